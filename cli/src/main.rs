@@ -1,1 +1,66 @@
-fn main() {}
+//! `strata`: one binary for every role and for users.
+//!
+//! - `strata dev` runs the whole service in one process on the embedded defaults.
+//! - `strata queue|send|receive|delete` talk to a running service (`STRATA_ENDPOINT`,
+//!   `STRATA_TOKEN`).
+//! - `strata bench` measures a running service.
+
+mod bench;
+mod dev;
+mod user;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "strata", version, about = "Strata: a serverless, durable, multi-tenant message queue")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every role in one process on the embedded defaults (local object store, one replica).
+    Dev(dev::DevArgs),
+    /// Manage queues.
+    Queue {
+        #[command(subcommand)]
+        command: user::QueueCommand,
+    },
+    /// Send one message.
+    Send(user::SendArgs),
+    /// Receive messages; prints one JSON object per message.
+    Receive(user::ReceiveArgs),
+    /// Delete a received message by its receipt handle.
+    Delete(user::DeleteArgs),
+    /// Measure throughput and latency of a running service.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Dev(args) => dev::run(args).await,
+            Command::Queue { command } => user::queue(command).await,
+            Command::Send(args) => user::send(args).await,
+            Command::Receive(args) => user::receive(args).await,
+            Command::Delete(args) => user::delete(args).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,18 @@
-//! placeholder
+//! Shared vocabulary of every Strata component: the public error kinds, the clock seam, limits,
+//! name validation, and the internal gRPC wire types.
+//!
+//! Nothing here depends on another Strata crate; everything else may depend on this.
+
+pub mod clock;
+pub mod error;
+pub mod limits;
+pub mod names;
+
+/// Internal gRPC wire types and service stubs (generated from `proto/strata.proto`).
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("strata.v1");
+}
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{ErrorKind, StrataError};

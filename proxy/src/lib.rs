@@ -1,1 +1,14 @@
-//! placeholder
+//! The stateless front door: the native HTTP/JSON API (described by `/openapi.json`), JWT
+//! authentication, and routing of each request to the storage node that holds its queue.
+//!
+//! The proxy keeps no state that matters: placement is cached from metadata and re-read when a
+//! storage node answers that a queue is not there. The tenant of every request comes only from
+//! the verified token; another tenant's queue answers exactly like a missing one.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod routing;
+pub mod storage_client;
+
+pub use api::{ProxySettings, router};

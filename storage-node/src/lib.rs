@@ -1,1 +1,12 @@
-//! placeholder
+//! The storage node: shard logs (the WAL as openraft's log), the queue state machine, tiering of
+//! sealed segments to object storage, and the cached read path for tiered data.
+//!
+//! The proxy reaches it only through its gRPC API ([`service`]).
+
+pub mod node;
+pub mod queue;
+pub mod service;
+pub mod shard;
+pub mod tier;
+
+pub use node::{ObjectStoreSettings, StorageNode, StorageSettings};

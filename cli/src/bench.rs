@@ -1,0 +1,244 @@
+//! `strata bench`: measures a running service through its HTTP API, the way a tenant sees it.
+//!
+//! Phases (each can be skipped): durable send throughput from concurrent senders; send latency
+//! at a fixed offered rate (open loop: sends are issued on a schedule, not after the previous
+//! one returns, so queueing delay is counted); receive+delete drain throughput; and memory of the
+//! server with many idle queues (`--idle-queues N --server-pid PID`, read from /proc).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long, env = "STRATA_ENDPOINT", hide_env_values = true)]
+    endpoint: String,
+    #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Queue to use (created if missing, purged first).
+    #[arg(long, default_value = "bench")]
+    queue: String,
+    /// Concurrent senders in the throughput phase.
+    #[arg(long, default_value_t = 16)]
+    senders: usize,
+    /// Messages per send request in the throughput phase.
+    #[arg(long, default_value_t = 10)]
+    batch: usize,
+    #[arg(long, default_value_t = 1024)]
+    message_bytes: usize,
+    /// Length of the throughput phase in seconds (0 skips it).
+    #[arg(long, default_value_t = 10)]
+    throughput_seconds: u64,
+    /// Offered rate of the latency phase in messages per second.
+    #[arg(long, default_value_t = 2000)]
+    rate: u64,
+    /// Length of the latency phase in seconds (0 skips it).
+    #[arg(long, default_value_t = 10)]
+    latency_seconds: u64,
+    /// Concurrent receivers in the drain phase (0 skips it).
+    #[arg(long, default_value_t = 16)]
+    receivers: usize,
+    /// Create this many idle queues and report the server's RSS (needs --server-pid).
+    #[arg(long, default_value_t = 0)]
+    idle_queues: usize,
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+struct Api {
+    client: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let response =
+            self.client.post(format!("{}{path}", self.base)).bearer_auth(&self.token).json(&body).send().await?;
+        let status = response.status();
+        let value: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("{status}: {value}");
+        }
+        Ok(value)
+    }
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading the server's /proc status")?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS line")?;
+    line.split_whitespace().nth(1).context("bad VmRSS line")?.parse().context("bad VmRSS value")
+}
+
+fn percentiles(h: &Histogram<u64>) -> Value {
+    let ms = |v: u64| v as f64 / 1000.0;
+    json!({
+        "count": h.len(),
+        "p50_ms": ms(h.value_at_quantile(0.50)),
+        "p99_ms": ms(h.value_at_quantile(0.99)),
+        "p999_ms": ms(h.value_at_quantile(0.999)),
+        "max_ms": ms(h.max()),
+    })
+}
+
+fn new_histogram() -> anyhow::Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+    let api =
+        Arc::new(Api { client, base: args.endpoint.trim_end_matches('/').to_string(), token: args.token.clone() });
+    let mut report = serde_json::Map::new();
+
+    let create =
+        api.post("/v1/queues", json!({ "name": args.queue, "attributes": { "visibility_timeout_seconds": 60 } })).await;
+    if let Err(e) = create {
+        bail!("creating the bench queue: {e}");
+    }
+    api.post(&format!("/v1/queues/{}/purge", args.queue), json!({})).await?;
+    let body = "x".repeat(args.message_bytes);
+    let send_path = Arc::new(format!("/v1/queues/{}/messages", args.queue));
+
+    if args.throughput_seconds > 0 {
+        let sent = Arc::new(AtomicU64::new(0));
+        let latencies = Arc::new(Mutex::new(new_histogram()?));
+        let deadline = Instant::now() + Duration::from_secs(args.throughput_seconds);
+        let batch: Vec<Value> = (0..args.batch).map(|_| json!({ "body": body })).collect();
+        let request = Arc::new(json!({ "messages": batch }));
+        let mut tasks = Vec::new();
+        let started = Instant::now();
+        for _ in 0..args.senders {
+            let (api, sent, latencies, request, path) =
+                (api.clone(), sent.clone(), latencies.clone(), request.clone(), send_path.clone());
+            let batch_len = args.batch as u64;
+            tasks.push(tokio::spawn(async move {
+                let mut local = new_histogram()?;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    api.post(&path, (*request).clone()).await?;
+                    local.record(t.elapsed().as_micros() as u64)?;
+                    sent.fetch_add(batch_len, Ordering::Relaxed);
+                }
+                latencies.lock().await.add(&local)?;
+                anyhow::Ok(())
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let total = sent.load(Ordering::Relaxed);
+        report.insert(
+            "send_throughput".into(),
+            json!({
+                "senders": args.senders, "batch": args.batch, "message_bytes": args.message_bytes,
+                "messages": total, "seconds": seconds, "messages_per_second": total as f64 / seconds,
+                "request_latency": percentiles(&*latencies.lock().await),
+            }),
+        );
+        eprintln!("send throughput: {:.0} msg/s", total as f64 / seconds);
+    }
+
+    if args.latency_seconds > 0 && args.rate > 0 {
+        let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
+        let total = args.rate * args.latency_seconds;
+        let latencies = Arc::new(Mutex::new(new_histogram()?));
+        let errors = Arc::new(AtomicU64::new(0));
+        let request = Arc::new(json!({ "messages": [{ "body": body }] }));
+        let started = Instant::now();
+        let mut tasks = Vec::with_capacity(total as usize);
+        for i in 0..total {
+            let due = started + interval.mul_f64(i as f64);
+            tokio::time::sleep_until(due.into()).await;
+            let (api, latencies, errors, request, path) =
+                (api.clone(), latencies.clone(), errors.clone(), request.clone(), send_path.clone());
+            tasks.push(tokio::spawn(async move {
+                // Latency from the scheduled time: a late start is the system's delay too.
+                match api.post(&path, (*request).clone()).await {
+                    Ok(_) => {
+                        let _ = latencies.lock().await.record(due.elapsed().as_micros() as u64);
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            task.await?;
+        }
+        let h = latencies.lock().await;
+        report.insert(
+            "send_latency_fixed_rate".into(),
+            json!({ "offered_messages_per_second": args.rate, "seconds": args.latency_seconds,
+                    "errors": errors.load(Ordering::Relaxed), "latency": percentiles(&h) }),
+        );
+        eprintln!(
+            "send latency at {} msg/s: p50 {:.2} ms, p99 {:.2} ms",
+            args.rate,
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0
+        );
+    }
+
+    if args.receivers > 0 {
+        let drained = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let receive_path = Arc::new(format!("/v1/queues/{}/receive", args.queue));
+        let delete_path = Arc::new(format!("/v1/queues/{}/delete", args.queue));
+        let mut tasks = Vec::new();
+        for _ in 0..args.receivers {
+            let (api, drained, rp, dp) = (api.clone(), drained.clone(), receive_path.clone(), delete_path.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let got = api.post(&rp, json!({ "max_messages": 10, "wait_seconds": 1 })).await?;
+                    let receipts: Vec<Value> =
+                        got["messages"].as_array().into_iter().flatten().map(|m| m["receipt_handle"].clone()).collect();
+                    if receipts.is_empty() {
+                        return anyhow::Ok(());
+                    }
+                    api.post(&dp, json!({ "receipt_handles": receipts })).await?;
+                    drained.fetch_add(receipts.len() as u64, Ordering::Relaxed);
+                }
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        // The last empty long poll of each receiver is not drain time.
+        let seconds = (started.elapsed().as_secs_f64() - 1.0).max(0.001);
+        let total = drained.load(Ordering::Relaxed);
+        report.insert(
+            "drain".into(),
+            json!({ "receivers": args.receivers, "messages": total, "seconds": seconds,
+                    "messages_per_second": total as f64 / seconds }),
+        );
+        eprintln!("receive+delete drain: {:.0} msg/s", total as f64 / seconds);
+    }
+
+    if args.idle_queues > 0 {
+        let pid = args.server_pid.context("--idle-queues needs --server-pid to read the server's RSS")?;
+        let before = rss_kib(pid)?;
+        for i in 0..args.idle_queues {
+            api.post("/v1/queues", json!({ "name": format!("idle-{i:06}") })).await?;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = rss_kib(pid)?;
+        report.insert(
+            "idle_queues".into(),
+            json!({ "queues": args.idle_queues, "rss_before_kib": before, "rss_after_kib": after,
+                    "bytes_per_queue": (after.saturating_sub(before) * 1024) as f64 / args.idle_queues as f64 }),
+        );
+        eprintln!("RSS with {} idle queues: {} KiB (before: {} KiB)", args.idle_queues, after, before);
+    }
+
+    println!("{}", serde_json::to_string_pretty(&Value::Object(report))?);
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! `strata dev`: the whole service in one process on the embedded defaults — one metadata voter,
+//! one storage node (one replica: "acknowledged" means fsynced on this machine's disk), a local
+//! directory as object store, and the proxy. Each role still talks to the others over gRPC on
+//! loopback, exactly as in a cluster.
+//!
+//! The data directory holds everything: `metadata/`, `storage/`, `objects/` (the bucket), the
+//! JWT signing secret of the dev tenant, and `dev-credentials.env`. Restarting on the same
+//! directory keeps every queue and message.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use strata_common::{Clock, SystemClock};
+use strata_metadata::{MetadataClient, MetadataNode};
+use strata_proxy::ProxySettings;
+use strata_proxy::auth::{JwtIssuer, JwtKey, JwtVerifier};
+use strata_storage::shard::ShardLogSettings;
+use strata_storage::{ObjectStoreSettings, StorageNode, StorageSettings};
+use tokio_util::sync::CancellationToken;
+
+/// The tenant `strata dev` creates and issues a token for.
+pub const DEV_TENANT: &str = "dev";
+const DEV_KEY_ID: &str = "dev-hs256";
+const DEV_ISSUER: &str = "strata-dev";
+const DEV_AUDIENCE: &str = "strata";
+/// Lifetime of the dev token; a restart issues a fresh one.
+const DEV_TOKEN_TTL_S: u64 = 30 * 24 * 3600;
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Where all state lives (default: ~/.strata/dev).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Port of the HTTP API.
+    #[arg(long, default_value_t = 9324)]
+    port: u16,
+    /// Port of the metadata gRPC service (loopback).
+    #[arg(long, default_value_t = 9400)]
+    metadata_port: u16,
+    /// Port of the storage gRPC service (loopback).
+    #[arg(long, default_value_t = 9500)]
+    storage_port: u16,
+    /// Seal WAL segments at this size (smaller means earlier tiering).
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    segment_bytes: u64,
+    /// Snapshot the queue state every this many log entries.
+    #[arg(long, default_value_t = 20_000)]
+    snapshot_every: u64,
+    /// How often sealed segments are tiered, in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    tier_interval_ms: u64,
+    /// S3-compatible endpoint for tiered segments (default: DATA_DIR/objects on local disk).
+    #[arg(long, env = "STRATA_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    #[arg(long, env = "STRATA_S3_BUCKET", default_value = "strata")]
+    s3_bucket: String,
+    #[arg(long, env = "STRATA_S3_REGION", default_value = "us-east-1")]
+    s3_region: String,
+    #[arg(long, env = "STRATA_S3_ACCESS_KEY_ID", default_value = "", hide_env_values = true)]
+    s3_access_key_id: String,
+    #[arg(long, env = "STRATA_S3_SECRET_ACCESS_KEY", default_value = "", hide_env_values = true)]
+    s3_secret_access_key: String,
+    /// Memory for cached blocks of tiered segments, in MiB.
+    #[arg(long, default_value_t = 64)]
+    cache_memory_mib: usize,
+    /// Local disk for cached blocks of tiered segments, in MiB.
+    #[arg(long, default_value_t = 256)]
+    cache_disk_mib: usize,
+}
+
+fn default_data_dir() -> PathBuf {
+    std::env::var_os("HOME").map_or_else(|| PathBuf::from(".strata-dev"), |h| PathBuf::from(h).join(".strata/dev"))
+}
+
+/// Loads the dev tenant's HMAC secret, creating it on first start.
+fn signing_secret(dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let path = dir.join("jwt-hs256.secret");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return hex_decode(text.trim()).context("the dev JWT secret file is damaged; delete it to issue a new one");
+    }
+    let secret: [u8; 32] = rand::random();
+    let text: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    strata_wal::write_file_atomic(&path, text.as_bytes())?;
+    Ok(secret.to_vec())
+}
+
+fn hex_decode(text: &str) -> anyhow::Result<Vec<u8>> {
+    anyhow::ensure!(text.len() == 64, "expected 64 hex characters");
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).context("not hex")).collect()
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,foyer=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let cancel = CancellationToken::new();
+
+    let metadata_addr = SocketAddr::from(([127, 0, 0, 1], args.metadata_port));
+    let storage_addr = SocketAddr::from(([127, 0, 0, 1], args.storage_port));
+    let proxy_addr = SocketAddr::from(([127, 0, 0, 1], args.port));
+    let metadata_endpoint = format!("http://{metadata_addr}");
+
+    let metadata = MetadataNode::open(&dir.join("metadata"), &metadata_endpoint, clock.clone())
+        .await
+        .context("opening metadata")?;
+    let metadata_listener = tokio::net::TcpListener::bind(metadata_addr)
+        .await
+        .with_context(|| format!("metadata port {metadata_addr} is taken (use --metadata-port)"))?;
+    let metadata_task =
+        tokio::spawn(metadata.clone().serve_with_listener(metadata_listener, cancel.clone().cancelled_owned()));
+
+    let object_store = match &args.s3_endpoint {
+        Some(endpoint) => ObjectStoreSettings::S3 {
+            endpoint: endpoint.clone(),
+            bucket: args.s3_bucket.clone(),
+            region: args.s3_region.clone(),
+            access_key_id: args.s3_access_key_id.clone(),
+            secret_access_key: args.s3_secret_access_key.clone(),
+        },
+        None => ObjectStoreSettings::Local { dir: dir.join("objects") },
+    };
+    let storage = StorageNode::start(
+        StorageSettings {
+            node_id: "dev-storage-1".to_string(),
+            data_dir: dir.join("storage"),
+            listen: storage_addr,
+            metadata_endpoint: metadata_endpoint.clone(),
+            object_store,
+            initial_shards: 1,
+            log: ShardLogSettings {
+                segment_size_bytes_max: args.segment_bytes,
+                snapshot_every_entries: args.snapshot_every,
+            },
+            tier_interval: Duration::from_millis(args.tier_interval_ms),
+            expire_interval: Duration::from_secs(1),
+            cache_memory_bytes: args.cache_memory_mib * 1024 * 1024,
+            cache_disk_bytes: args.cache_disk_mib * 1024 * 1024,
+        },
+        clock.clone(),
+    )
+    .await
+    .context("starting the storage node")?;
+
+    let secret = signing_secret(&dir)?;
+    let verifier = JwtVerifier::new(DEV_ISSUER, DEV_AUDIENCE, vec![JwtKey::hmac(DEV_KEY_ID, &secret)]);
+    let issuer = JwtIssuer::hmac(DEV_KEY_ID, &secret, DEV_ISSUER, DEV_AUDIENCE);
+    let token = issuer.mint(DEV_TENANT, DEV_TOKEN_TTL_S, clock.now_ms() / 1000)?;
+    MetadataClient::connect_lazy(&metadata_endpoint)?.ensure_tenant(DEV_TENANT).await?;
+
+    let router = strata_proxy::router(ProxySettings { metadata_endpoint, verifier })?;
+    let proxy_listener = tokio::net::TcpListener::bind(proxy_addr)
+        .await
+        .with_context(|| format!("HTTP port {proxy_addr} is taken (use --port)"))?;
+    let endpoint = format!("http://{proxy_addr}");
+    let credentials = dir.join("dev-credentials.env");
+    let env_text = format!(
+        "# Written by `strata dev`; `source` this file to use the CLI, curl or SDKs.\n\
+         export STRATA_ENDPOINT={endpoint}\nexport STRATA_TOKEN={token}\nexport STRATA_TENANT={DEV_TENANT}\n"
+    );
+    strata_wal::write_file_atomic(&credentials, env_text.as_bytes())?;
+    println!(
+        "strata dev is running (tenant '{DEV_TENANT}', one replica: acknowledged = fsynced on this disk)\n\
+         \n  data directory   {dir}\n  HTTP API         {endpoint}  (OpenAPI: {endpoint}/openapi.json)\n\
+         \n  credentials      {creds}\n\
+         \nTry:\n  source {creds}\n  strata queue create orders\n  strata send orders 'hello'\n  \
+         strata receive orders --wait 5\n\nStop with Ctrl-C.",
+        dir = dir.display(),
+        creds = credentials.display(),
+    );
+
+    let proxy_cancel = cancel.clone();
+    let proxy_task = tokio::spawn(strata_proxy::api::serve(router, proxy_listener, proxy_cancel.cancelled_owned()));
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    cancel.cancel();
+    let _ = proxy_task.await;
+    storage.shutdown().await;
+    let _ = metadata_task.await;
+    metadata.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! User subcommands: thin wrappers over the native HTTP API that print JSON.
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+#[derive(Args, Clone)]
+pub struct Connection {
+    /// Service endpoint, e.g. http://127.0.0.1:9324
+    #[arg(long, env = "STRATA_ENDPOINT", hide_env_values = true)]
+    endpoint: String,
+    /// Bearer token (JWT) of your tenant.
+    #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+#[derive(Subcommand)]
+pub enum QueueCommand {
+    /// Create a queue (idempotent with identical attributes).
+    Create {
+        name: String,
+        #[arg(long)]
+        retention_seconds: Option<u64>,
+        #[arg(long)]
+        visibility_timeout_seconds: Option<u64>,
+        #[arg(long)]
+        delay_seconds: Option<u64>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// List queues.
+    List {
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Delete a queue and all its messages.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Show a queue's attributes and approximate counts.
+    Attributes {
+        name: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+#[derive(Args)]
+pub struct SendArgs {
+    queue: String,
+    body: String,
+    #[arg(long)]
+    delay_seconds: Option<u64>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Args)]
+pub struct ReceiveArgs {
+    queue: String,
+    /// Messages to receive at most (1-10).
+    #[arg(long, default_value_t = 1)]
+    max: u32,
+    /// Long-poll for up to this many seconds (0-20).
+    #[arg(long, default_value_t = 0)]
+    wait: u64,
+    /// Hide received messages for this many seconds (default: the queue's).
+    #[arg(long)]
+    visibility: Option<u64>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Args)]
+pub struct DeleteArgs {
+    queue: String,
+    receipt: String,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// Sends a request and returns its JSON body, or fails with the service's error code and message.
+async fn call(
+    connection: &Connection,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let url = format!("{}{path}", connection.endpoint.trim_end_matches('/'));
+    let mut request = reqwest::Client::new().request(method, &url).bearer_auth(&connection.token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let text = response.text().await.context("reading the response")?;
+    let value: Value =
+        if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+    if !status.is_success() {
+        let code = value["error"]["code"].as_str().unwrap_or("Error");
+        let message = value["error"]["message"].as_str().unwrap_or("unexpected response");
+        bail!("{code} ({status}): {message}");
+    }
+    Ok(value)
+}
+
+fn print(value: &Value) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+pub async fn queue(command: QueueCommand) -> anyhow::Result<()> {
+    match command {
+        QueueCommand::Create { name, retention_seconds, visibility_timeout_seconds, delay_seconds, connection } => {
+            let mut attributes = serde_json::Map::new();
+            for (key, value) in [
+                ("retention_seconds", retention_seconds),
+                ("visibility_timeout_seconds", visibility_timeout_seconds),
+                ("delay_seconds", delay_seconds),
+            ] {
+                if let Some(v) = value {
+                    attributes.insert(key.to_string(), json!(v));
+                }
+            }
+            let body = json!({ "name": name, "attributes": attributes });
+            print(&call(&connection, reqwest::Method::POST, "/v1/queues", Some(body)).await?);
+        }
+        QueueCommand::List { prefix, connection } => {
+            let mut token: Option<String> = None;
+            loop {
+                let mut path = format!("/v1/queues?prefix={}", urlencode(&prefix));
+                if let Some(t) = &token {
+                    path.push_str(&format!("&next_token={}", urlencode(t)));
+                }
+                let page = call(&connection, reqwest::Method::GET, &path, None).await?;
+                for queue in page["queues"].as_array().into_iter().flatten() {
+                    println!("{}", queue["name"].as_str().unwrap_or_default());
+                }
+                match page["next_token"].as_str() {
+                    Some(t) => token = Some(t.to_string()),
+                    None => break,
+                }
+            }
+        }
+        QueueCommand::Delete { name, connection } => {
+            call(&connection, reqwest::Method::DELETE, &format!("/v1/queues/{}", urlencode(&name)), None).await?;
+            eprintln!("deleted queue {name}");
+        }
+        QueueCommand::Attributes { name, connection } => {
+            print(&call(&connection, reqwest::Method::GET, &format!("/v1/queues/{}", urlencode(&name)), None).await?);
+        }
+    }
+    Ok(())
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub async fn send(args: SendArgs) -> anyhow::Result<()> {
+    let mut message = json!({ "body": args.body });
+    if let Some(d) = args.delay_seconds {
+        message["delay_seconds"] = json!(d);
+    }
+    let path = format!("/v1/queues/{}/messages", urlencode(&args.queue));
+    let response = call(&args.connection, reqwest::Method::POST, &path, Some(json!({ "messages": [message] }))).await?;
+    for m in response["messages"].as_array().into_iter().flatten() {
+        println!("{}", serde_json::to_string(m)?);
+    }
+    Ok(())
+}
+
+pub async fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
+    let mut body = json!({ "max_messages": args.max, "wait_seconds": args.wait });
+    if let Some(v) = args.visibility {
+        body["visibility_timeout_seconds"] = json!(v);
+    }
+    let path = format!("/v1/queues/{}/receive", urlencode(&args.queue));
+    let response = call(&args.connection, reqwest::Method::POST, &path, Some(body)).await?;
+    for m in response["messages"].as_array().into_iter().flatten() {
+        println!("{}", serde_json::to_string(m)?);
+    }
+    Ok(())
+}
+
+pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
+    let path = format!("/v1/queues/{}/delete", urlencode(&args.queue));
+    let body = json!({ "receipt_handles": [args.receipt] });
+    let response = call(&args.connection, reqwest::Method::POST, &path, Some(body)).await?;
+    let result = &response["results"][0];
+    if result["ok"].as_bool() != Some(true) {
+        let code = result["error"]["code"].as_str().unwrap_or("Error");
+        let message = result["error"]["message"].as_str().unwrap_or("delete failed");
+        bail!("{code}: {message}");
+    }
+    eprintln!("deleted");
+    Ok(())
+}

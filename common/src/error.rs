@@ -1,0 +1,179 @@
+//! The public error vocabulary.
+//!
+//! Every crate keeps a precise internal error enum and maps it, with an exhaustive `match`, onto
+//! the small, stable [`ErrorKind`] that tenants see (as a JSON `code` on the HTTP API) and that
+//! crosses component boundaries (as a gRPC status plus the `x-strata-error` metadata key).
+//! Codes are append-only: a client may switch on them.
+
+use std::fmt;
+
+/// gRPC metadata key carrying the stable error code.
+const ERROR_CODE_METADATA_KEY: &str = "x-strata-error";
+
+/// The stable, public classification of an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The queue does not exist (or belongs to another tenant: the answer is the same).
+    QueueNotFound,
+    /// A queue with this name already exists with different attributes.
+    QueueAlreadyExists,
+    /// A request parameter is missing or out of range.
+    InvalidParameter,
+    /// A receipt handle is malformed, for another queue, or no longer current.
+    InvalidReceipt,
+    /// A message or request exceeds a size limit.
+    TooLarge,
+    /// The credential is missing, malformed, expired or not valid for this service.
+    Unauthenticated,
+    /// The tenant is over a quota; retry later.
+    Throttled,
+    /// The service cannot take the request now (leader change, shutting down); retry.
+    Unavailable,
+    /// A bug or an unexpected failure on our side.
+    Internal,
+}
+
+impl ErrorKind {
+    /// Every kind, for exhaustive tests of mappings.
+    pub const ALL: [ErrorKind; 9] = [
+        ErrorKind::QueueNotFound,
+        ErrorKind::QueueAlreadyExists,
+        ErrorKind::InvalidParameter,
+        ErrorKind::InvalidReceipt,
+        ErrorKind::TooLarge,
+        ErrorKind::Unauthenticated,
+        ErrorKind::Throttled,
+        ErrorKind::Unavailable,
+        ErrorKind::Internal,
+    ];
+
+    /// The stable code string shown to tenants.
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorKind::QueueNotFound => "QueueNotFound",
+            ErrorKind::QueueAlreadyExists => "QueueAlreadyExists",
+            ErrorKind::InvalidParameter => "InvalidParameter",
+            ErrorKind::InvalidReceipt => "InvalidReceipt",
+            ErrorKind::TooLarge => "TooLarge",
+            ErrorKind::Unauthenticated => "Unauthenticated",
+            ErrorKind::Throttled => "Throttled",
+            ErrorKind::Unavailable => "Unavailable",
+            ErrorKind::Internal => "Internal",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.code() == code)
+    }
+
+    /// The HTTP status a front door answers with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorKind::QueueNotFound => 404,
+            ErrorKind::QueueAlreadyExists => 409,
+            ErrorKind::InvalidParameter | ErrorKind::InvalidReceipt => 400,
+            ErrorKind::TooLarge => 413,
+            ErrorKind::Unauthenticated => 401,
+            ErrorKind::Throttled => 429,
+            ErrorKind::Unavailable => 503,
+            ErrorKind::Internal => 500,
+        }
+    }
+
+    fn grpc_code(self) -> tonic::Code {
+        match self {
+            ErrorKind::QueueNotFound => tonic::Code::NotFound,
+            ErrorKind::QueueAlreadyExists => tonic::Code::AlreadyExists,
+            ErrorKind::InvalidParameter | ErrorKind::InvalidReceipt => tonic::Code::InvalidArgument,
+            ErrorKind::TooLarge => tonic::Code::OutOfRange,
+            ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
+            ErrorKind::Throttled => tonic::Code::ResourceExhausted,
+            ErrorKind::Unavailable => tonic::Code::Unavailable,
+            ErrorKind::Internal => tonic::Code::Internal,
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// An error with its public kind and a message a tenant can act on (never internal detail).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct StrataError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl StrataError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+
+    pub fn queue_not_found(name: &str) -> Self {
+        Self::new(ErrorKind::QueueNotFound, format!("queue '{name}' does not exist"))
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidParameter, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, message)
+    }
+}
+
+impl From<StrataError> for tonic::Status {
+    fn from(e: StrataError) -> Self {
+        let mut status = tonic::Status::new(e.kind.grpc_code(), e.message);
+        if let Ok(value) = e.kind.code().parse() {
+            status.metadata_mut().insert(ERROR_CODE_METADATA_KEY, value);
+        }
+        status
+    }
+}
+
+impl From<tonic::Status> for StrataError {
+    /// A status from a Strata server carries its code; anything else (transport failures,
+    /// timeouts) is reported as unavailable so callers retry rather than blame the tenant.
+    fn from(status: tonic::Status) -> Self {
+        let kind =
+            status.metadata().get(ERROR_CODE_METADATA_KEY).and_then(|v| v.to_str().ok()).and_then(ErrorKind::from_code);
+        match kind {
+            Some(kind) => StrataError::new(kind, status.message()),
+            None => StrataError::unavailable(format!("internal call failed: {}", status.message())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_are_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for kind in ErrorKind::ALL {
+            assert_eq!(ErrorKind::from_code(kind.code()), Some(kind));
+            assert!(seen.insert(kind.code()));
+        }
+    }
+
+    #[test]
+    fn grpc_round_trip_keeps_kind_and_message() {
+        for kind in ErrorKind::ALL {
+            let status: tonic::Status = StrataError::new(kind, "m").into();
+            let back = StrataError::from(status);
+            assert_eq!(back, StrataError::new(kind, "m"));
+        }
+        let foreign = StrataError::from(tonic::Status::internal("boom"));
+        assert_eq!(foreign.kind, ErrorKind::Unavailable);
+    }
+}

@@ -1,0 +1,62 @@
+//! Validation of tenant ids and queue names, shared so every front door accepts the same set.
+
+use crate::error::{ErrorKind, StrataError};
+
+/// Longest tenant id.
+pub const TENANT_ID_CHARS_MAX: usize = 64;
+/// Longest queue name (SQS: 80 characters).
+pub const QUEUE_NAME_CHARS_MAX: usize = 80;
+
+fn allowed(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '-' || c == '_'
+}
+
+/// A tenant id is 1–64 characters of `[A-Za-z0-9_-]`.
+pub fn validate_tenant(tenant: &str) -> Result<(), StrataError> {
+    if tenant.is_empty() || tenant.len() > TENANT_ID_CHARS_MAX || !tenant.chars().all(allowed) {
+        return Err(StrataError::new(
+            ErrorKind::InvalidParameter,
+            format!("tenant id must be 1-{TENANT_ID_CHARS_MAX} characters of A-Z, a-z, 0-9, '-' and '_'"),
+        ));
+    }
+    Ok(())
+}
+
+/// A queue name is 1–80 characters of `[A-Za-z0-9_-]`, optionally ending in `.fifo`.
+pub fn validate_queue_name(name: &str) -> Result<(), StrataError> {
+    let stem = name.strip_suffix(".fifo").unwrap_or(name);
+    if name.is_empty() || name.len() > QUEUE_NAME_CHARS_MAX || stem.is_empty() || !stem.chars().all(allowed) {
+        return Err(StrataError::new(
+            ErrorKind::InvalidParameter,
+            format!(
+                "queue name must be 1-{QUEUE_NAME_CHARS_MAX} characters of A-Z, a-z, 0-9, '-' and '_' \
+                 (optionally ending in .fifo)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names() {
+        assert!(validate_queue_name("orders").is_ok());
+        assert!(validate_queue_name("orders-1_a.fifo").is_ok());
+        assert!(validate_queue_name("").is_err());
+        assert!(validate_queue_name(".fifo").is_err());
+        assert!(validate_queue_name("a/b").is_err());
+        assert!(validate_queue_name(&"x".repeat(81)).is_err());
+        assert!(validate_queue_name(&"x".repeat(80)).is_ok());
+    }
+
+    #[test]
+    fn tenants() {
+        assert!(validate_tenant("acme").is_ok());
+        assert!(validate_tenant("").is_err());
+        assert!(validate_tenant("a b").is_err());
+        assert!(validate_tenant(&"t".repeat(65)).is_err());
+    }
+}

@@ -1,0 +1,296 @@
+//! Runs the metadata Raft group and serves it over gRPC.
+//!
+//! Mutations go through the log (`client_write` returns after the entry is applied, so a reply
+//! reflects durable, applied state). Reads are served from the applied state of the leader; with
+//! one voter that is linearizable. With several voters, reads that route requests will use
+//! openraft's read-index.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use openraft::{BasicNode, Config, SnapshotPolicy};
+use strata_common::error::StrataError;
+use strata_common::limits::LIST_QUEUES_PAGE_MAX;
+use strata_common::proto::metadata_server::{Metadata, MetadataServer};
+use strata_common::proto::{self as pb};
+use strata_common::{Clock, limits};
+use strata_wal::group::{RaftGroup, open_single_voter};
+use strata_wal::raft_state::StateGuard;
+use strata_wal::raft_store::SegmentRetention;
+use strata_wal::{FsyncFailure, WalOptions};
+use tonic::{Request, Response, Status};
+
+use crate::MetaRaftConfig;
+use crate::catalog::{Catalog, MetaCommand, MetaResponse, QueueConfig, QueueRecord, SegmentRecord, ShardRecord};
+
+/// Log entries between metadata snapshots. The catalog is small; frequent snapshots keep
+/// restart replay short and let old segments go.
+const METADATA_SNAPSHOT_EVERY_ENTRIES: u64 = 10_000;
+/// WAL segment size of the metadata log.
+const METADATA_SEGMENT_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
+/// A running metadata node.
+pub struct MetadataNode {
+    group: RaftGroup<MetaRaftConfig, Catalog>,
+    clock: Arc<dyn Clock>,
+}
+
+impl MetadataNode {
+    /// Opens (or creates) the metadata group in `dir`; `address` is the advertised gRPC address.
+    pub async fn open(dir: &Path, address: &str, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<Self>> {
+        let config = Config {
+            cluster_name: "strata-metadata".to_string(),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(METADATA_SNAPSHOT_EVERY_ENTRIES),
+            max_in_snapshot_log_to_keep: 0,
+            ..Default::default()
+        };
+        let wal_options = WalOptions {
+            segment_size_bytes_max: METADATA_SEGMENT_BYTES_MAX,
+            on_fsync_error: FsyncFailure::Abort,
+            ..Default::default()
+        };
+        let group = open_single_voter::<MetaRaftConfig, Catalog>(
+            dir,
+            1,
+            BasicNode { addr: address.to_string() },
+            config,
+            wal_options,
+            SegmentRetention::RemoveOnPurge,
+        )
+        .await?;
+        Ok(Arc::new(Self { group, clock }))
+    }
+
+    /// Proposes a command and returns its applied result.
+    pub async fn propose(&self, command: MetaCommand) -> Result<MetaResponse, StrataError> {
+        let response = self.group.raft.client_write(command).await.map_err(|e| {
+            tracing::warn!(error = %e, "metadata proposal failed");
+            StrataError::unavailable("metadata service is not available; retry")
+        })?;
+        match response.data {
+            MetaResponse::Error(e) => Err(e.into()),
+            other => Ok(other),
+        }
+    }
+
+    /// The applied catalog. Hold the guard briefly.
+    pub fn catalog(&self) -> StateGuard<'_, MetaRaftConfig, Catalog> {
+        self.group.state.read()
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// Serves the gRPC API on `listener` until `shutdown` resolves.
+    pub async fn serve_with_listener(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let service = MetadataServer::new(MetadataService { node: self })
+            .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await?;
+        Ok(())
+    }
+
+    /// Stops the Raft group.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.group.raft.shutdown().await {
+            tracing::warn!(error = %e, "metadata raft shutdown");
+        }
+        self.group.log.wal().close();
+    }
+}
+
+impl From<pb::QueueConfig> for QueueConfig {
+    fn from(c: pb::QueueConfig) -> Self {
+        Self { retention_ms: c.retention_ms, visibility_timeout_ms: c.visibility_timeout_ms, delay_ms: c.delay_ms }
+    }
+}
+
+impl From<QueueConfig> for pb::QueueConfig {
+    fn from(c: QueueConfig) -> Self {
+        Self { retention_ms: c.retention_ms, visibility_timeout_ms: c.visibility_timeout_ms, delay_ms: c.delay_ms }
+    }
+}
+
+impl From<QueueRecord> for pb::QueueInfo {
+    fn from(q: QueueRecord) -> Self {
+        Self {
+            tenant: q.tenant,
+            name: q.name,
+            queue_id: q.queue_id,
+            shard_id: q.shard_id,
+            config: Some(q.config.into()),
+            created_ms: q.created_ms,
+            modified_ms: q.modified_ms,
+        }
+    }
+}
+
+impl From<SegmentRecord> for pb::Segment {
+    fn from(s: SegmentRecord) -> Self {
+        Self {
+            shard_id: s.shard_id,
+            first_index: s.first_index,
+            last_index: s.last_index,
+            object_key: s.object_key,
+            size_bytes: s.size_bytes,
+            crc32c: s.crc32c,
+            writer_epoch: s.writer_epoch,
+        }
+    }
+}
+
+impl From<pb::Segment> for SegmentRecord {
+    fn from(s: pb::Segment) -> Self {
+        Self {
+            shard_id: s.shard_id,
+            first_index: s.first_index,
+            last_index: s.last_index,
+            object_key: s.object_key,
+            size_bytes: s.size_bytes,
+            crc32c: s.crc32c,
+            writer_epoch: s.writer_epoch,
+        }
+    }
+}
+
+struct MetadataService {
+    node: Arc<MetadataNode>,
+}
+
+impl MetadataService {
+    fn shard_info(&self, shard: &ShardRecord) -> pb::ShardInfo {
+        let catalog = self.node.catalog();
+        let address = catalog.node(&shard.node_id).map(|n| n.address.clone()).unwrap_or_default();
+        pb::ShardInfo {
+            shard_id: shard.shard_id,
+            node_id: shard.node_id.clone(),
+            address,
+            writer_epoch: shard.writer_epoch,
+        }
+    }
+}
+
+fn queue_response(response: MetaResponse) -> Result<Response<pb::QueueInfo>, Status> {
+    match response {
+        MetaResponse::Queue(q) => Ok(Response::new(q.into())),
+        other => Err(StrataError::internal(format!("unexpected metadata response {other:?}")).into()),
+    }
+}
+
+fn required_config(config: Option<pb::QueueConfig>) -> Result<QueueConfig, Status> {
+    config.map(Into::into).ok_or_else(|| StrataError::invalid("queue config is required").into())
+}
+
+#[tonic::async_trait]
+impl Metadata for MetadataService {
+    async fn ensure_tenant(&self, request: Request<pb::EnsureTenantRequest>) -> Result<Response<pb::Tenant>, Status> {
+        let tenant = request.into_inner().tenant;
+        match self.node.propose(MetaCommand::EnsureTenant { tenant, now_ms: self.node.now_ms() }).await? {
+            MetaResponse::Tenant(t) => Ok(Response::new(pb::Tenant { tenant: t.tenant, created_ms: t.created_ms })),
+            other => Err(StrataError::internal(format!("unexpected metadata response {other:?}")).into()),
+        }
+    }
+
+    async fn create_queue(&self, request: Request<pb::CreateQueueRequest>) -> Result<Response<pb::QueueInfo>, Status> {
+        let r = request.into_inner();
+        let config = required_config(r.config)?;
+        let now_ms = if r.now_ms == 0 { self.node.now_ms() } else { r.now_ms };
+        queue_response(
+            self.node.propose(MetaCommand::CreateQueue { tenant: r.tenant, name: r.name, config, now_ms }).await?,
+        )
+    }
+
+    async fn get_queue(&self, request: Request<pb::QueueName>) -> Result<Response<pb::QueueInfo>, Status> {
+        let r = request.into_inner();
+        let found = self.node.catalog().queue(&r.tenant, &r.name).cloned();
+        found.map(|q| Response::new(q.into())).ok_or_else(|| StrataError::queue_not_found(&r.name).into())
+    }
+
+    async fn list_queues(
+        &self,
+        request: Request<pb::ListQueuesRequest>,
+    ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        let r = request.into_inner();
+        let max = if r.max_results == 0 { LIST_QUEUES_PAGE_MAX } else { r.max_results.min(LIST_QUEUES_PAGE_MAX) };
+        let (queues, truncated) = self.node.catalog().list_queues(&r.tenant, &r.prefix, &r.start_after, max as usize);
+        Ok(Response::new(pb::ListQueuesResponse { queues: queues.into_iter().map(Into::into).collect(), truncated }))
+    }
+
+    async fn delete_queue(&self, request: Request<pb::QueueName>) -> Result<Response<pb::QueueInfo>, Status> {
+        let r = request.into_inner();
+        queue_response(self.node.propose(MetaCommand::DeleteQueue { tenant: r.tenant, name: r.name }).await?)
+    }
+
+    async fn set_queue_config(
+        &self,
+        request: Request<pb::SetQueueConfigRequest>,
+    ) -> Result<Response<pb::QueueInfo>, Status> {
+        let r = request.into_inner();
+        let config = required_config(r.config)?;
+        let now_ms = if r.now_ms == 0 { self.node.now_ms() } else { r.now_ms };
+        queue_response(
+            self.node.propose(MetaCommand::SetQueueConfig { tenant: r.tenant, name: r.name, config, now_ms }).await?,
+        )
+    }
+
+    async fn register_storage_node(
+        &self,
+        request: Request<pb::RegisterStorageNodeRequest>,
+    ) -> Result<Response<pb::RegisterStorageNodeResponse>, Status> {
+        let r = request.into_inner();
+        let command = MetaCommand::RegisterStorageNode {
+            node_id: r.node_id,
+            address: r.address,
+            initial_shards: r.initial_shards,
+            now_ms: self.node.now_ms(),
+        };
+        match self.node.propose(command).await? {
+            MetaResponse::Shards(shards) => Ok(Response::new(pb::RegisterStorageNodeResponse {
+                shards: shards.iter().map(|s| self.shard_info(s)).collect(),
+            })),
+            other => Err(StrataError::internal(format!("unexpected metadata response {other:?}")).into()),
+        }
+    }
+
+    async fn get_shard(&self, request: Request<pb::GetShardRequest>) -> Result<Response<pb::ShardInfo>, Status> {
+        let shard_id = request.into_inner().shard_id;
+        let shard = self.node.catalog().shard(shard_id).cloned();
+        match shard {
+            Some(shard) => Ok(Response::new(self.shard_info(&shard))),
+            None => Err(StrataError::invalid(format!("unknown shard {shard_id}")).into()),
+        }
+    }
+
+    async fn commit_segment(&self, request: Request<pb::CommitSegmentRequest>) -> Result<Response<pb::Empty>, Status> {
+        let segment = request.into_inner().segment.ok_or_else(|| StrataError::invalid("segment is required"))?;
+        self.node.propose(MetaCommand::CommitSegment(segment.into())).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn list_segments(
+        &self,
+        request: Request<pb::ListSegmentsRequest>,
+    ) -> Result<Response<pb::ListSegmentsResponse>, Status> {
+        let shard_id = request.into_inner().shard_id;
+        let segments = self.node.catalog().segments(shard_id);
+        Ok(Response::new(pb::ListSegmentsResponse { segments: segments.into_iter().map(Into::into).collect() }))
+    }
+
+    async fn remove_segments(
+        &self,
+        request: Request<pb::RemoveSegmentsRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let r = request.into_inner();
+        self.node.propose(MetaCommand::RemoveSegments { shard_id: r.shard_id, object_keys: r.object_keys }).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+}

@@ -1,0 +1,548 @@
+//! The native HTTP/JSON API (`/v1/...`), documented in `openapi.json` (served at `/openapi.json`).
+//!
+//! Every `/v1` route needs a JWT bearer token; the tenant is the token's verified subject and
+//! nothing else. Request bodies are JSON, parsed here so that every malformed request gets a JSON
+//! error with a stable code. Limits: request body [`HTTP_REQUEST_BYTES_MAX`], message body
+//! [`MESSAGE_BODY_BYTES_MAX`], batches of at most 10.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use strata_common::error::{ErrorKind, StrataError};
+use strata_common::limits::{HTTP_REQUEST_BYTES_MAX, LIST_QUEUES_PAGE_MAX, LONG_POLL_MS_MAX, MESSAGE_BODY_BYTES_MAX};
+use strata_common::names::validate_queue_name;
+use strata_common::proto as pb;
+use strata_metadata::MetadataClient;
+
+use crate::auth::JwtVerifier;
+use crate::error::ApiError;
+use crate::routing::{self, Router as Placement};
+use crate::storage_client::StorageGrpcClient;
+
+const OPENAPI_JSON: &str = include_str!("../openapi.json");
+
+// Queue attribute limits (seconds on the API; DESIGN.md §10).
+const RETENTION_S_MIN: u64 = 60;
+const RETENTION_S_MAX: u64 = 14 * 24 * 3600;
+const RETENTION_S_DEFAULT: u64 = 4 * 24 * 3600;
+const VISIBILITY_TIMEOUT_S_MAX: u64 = 12 * 3600;
+const VISIBILITY_TIMEOUT_S_DEFAULT: u64 = 30;
+const DELAY_S_MAX: u64 = 15 * 60;
+const BATCH_ENTRIES_MAX: usize = 10;
+
+/// What the proxy needs to run.
+pub struct ProxySettings {
+    pub metadata_endpoint: String,
+    pub verifier: JwtVerifier,
+}
+
+#[derive(Clone)]
+struct AppState {
+    placement: Arc<Placement>,
+    verifier: Arc<JwtVerifier>,
+}
+
+/// The proxy's axum router.
+pub fn router(settings: ProxySettings) -> Result<Router, StrataError> {
+    let metadata = MetadataClient::connect_lazy(&settings.metadata_endpoint)?;
+    let state = AppState { placement: Arc::new(Placement::new(metadata)), verifier: Arc::new(settings.verifier) };
+    Ok(Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/queues", post(create_queue).get(list_queues))
+        .route("/v1/queues/{name}", get(get_queue).delete(delete_queue).patch(set_queue_attributes))
+        .route("/v1/queues/{name}/messages", post(send_messages))
+        .route("/v1/queues/{name}/receive", post(receive_messages))
+        .route("/v1/queues/{name}/delete", post(delete_messages))
+        .route("/v1/queues/{name}/visibility", post(change_visibility))
+        .route("/v1/queues/{name}/purge", post(purge_queue))
+        .fallback(|| async { ApiError(StrataError::invalid("no such route; see /openapi.json")) })
+        .layer(DefaultBodyLimit::max(HTTP_REQUEST_BYTES_MAX))
+        .with_state(state))
+}
+
+/// Serves the router on `addr` until `shutdown` resolves.
+pub async fn serve(
+    router: Router,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+}
+
+/// The verified tenant of a request.
+struct Tenant(String);
+
+impl FromRequestParts<AppState> for Tenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let token = state.verifier.verify_authorization_header(header).map_err(|e| {
+            tracing::debug!(error = %e, "authentication failed");
+            ApiError(StrataError::new(ErrorKind::Unauthenticated, e.public_message()))
+        })?;
+        Ok(Tenant(token.tenant))
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError(StrataError::new(
+                ErrorKind::TooLarge,
+                format!("request body exceeds {HTTP_REQUEST_BYTES_MAX} bytes"),
+            ))
+        } else {
+            ApiError::invalid(format!("could not read the request body: {e}"))
+        }
+    })?;
+    let body: &[u8] = if body.is_empty() { b"{}" } else { &body };
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("invalid JSON request: {e}")))
+}
+
+fn validate_name(name: &str) -> Result<(), ApiError> {
+    validate_queue_name(name).map_err(ApiError)
+}
+
+/// Runs a storage call for a queue. If the storage node does not know the cached incarnation,
+/// the placement is re-read from metadata and, when metadata still names the same incarnation
+/// (a create that crashed between metadata and storage), the queue is re-ensured before one retry.
+async fn on_queue<T, F, Fut>(state: &AppState, tenant: &str, name: &str, call: F) -> Result<T, ApiError>
+where
+    F: Fn(StorageGrpcClient, pb::QueueRef) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    validate_name(name)?;
+    let not_found = || ApiError(StrataError::queue_not_found(name));
+    let mut healed = false;
+    loop {
+        let info = match state.placement.queue(tenant, name).await {
+            Ok(info) => info,
+            Err(e) if e.kind == ErrorKind::QueueNotFound => return Err(not_found()),
+            Err(e) => return Err(e.into()),
+        };
+        let client = state.placement.storage_for(info.shard_id).await?;
+        match call(client.clone(), routing::queue_ref(&info)).await {
+            Ok(response) => return Ok(response.into_inner()),
+            Err(status) => {
+                let e = StrataError::from(status);
+                if e.kind != ErrorKind::QueueNotFound {
+                    return Err(e.into());
+                }
+                state.placement.forget(tenant, name);
+                if healed {
+                    return Err(not_found());
+                }
+                healed = true;
+                match state.placement.metadata.get_queue(tenant, name).await {
+                    Ok(fresh) if fresh.queue_id == info.queue_id => {
+                        let ensure =
+                            pb::EnsureQueueRequest { queue: Some(routing::queue_ref(&fresh)), config: fresh.config };
+                        client.clone().ensure_queue(ensure).await.map_err(StrataError::from)?;
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind == ErrorKind::QueueNotFound => return Err(not_found()),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------ queues
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct QueueAttributesInput {
+    retention_seconds: Option<u64>,
+    visibility_timeout_seconds: Option<u64>,
+    delay_seconds: Option<u64>,
+}
+
+impl QueueAttributesInput {
+    /// Validated config; unspecified fields come from `base`.
+    fn to_config(&self, base: pb::QueueConfig) -> Result<pb::QueueConfig, ApiError> {
+        let retention_s = self.retention_seconds.unwrap_or(base.retention_ms / 1000);
+        let visibility_s = self.visibility_timeout_seconds.unwrap_or(base.visibility_timeout_ms / 1000);
+        let delay_s = self.delay_seconds.unwrap_or(base.delay_ms / 1000);
+        if !(RETENTION_S_MIN..=RETENTION_S_MAX).contains(&retention_s) {
+            return Err(ApiError::invalid(format!(
+                "retention_seconds must be {RETENTION_S_MIN}-{RETENTION_S_MAX} (1 minute to 14 days)"
+            )));
+        }
+        if visibility_s > VISIBILITY_TIMEOUT_S_MAX {
+            return Err(ApiError::invalid(format!("visibility_timeout_seconds must be 0-{VISIBILITY_TIMEOUT_S_MAX}")));
+        }
+        if delay_s > DELAY_S_MAX {
+            return Err(ApiError::invalid(format!("delay_seconds must be 0-{DELAY_S_MAX}")));
+        }
+        Ok(pb::QueueConfig {
+            retention_ms: retention_s * 1000,
+            visibility_timeout_ms: visibility_s * 1000,
+            delay_ms: delay_s * 1000,
+        })
+    }
+}
+
+fn default_config() -> pb::QueueConfig {
+    pb::QueueConfig {
+        retention_ms: RETENTION_S_DEFAULT * 1000,
+        visibility_timeout_ms: VISIBILITY_TIMEOUT_S_DEFAULT * 1000,
+        delay_ms: 0,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateQueueRequest {
+    name: String,
+    #[serde(default)]
+    attributes: QueueAttributesInput,
+}
+
+fn queue_json(info: &pb::QueueInfo, stats: Option<&pb::QueueStats>) -> serde_json::Value {
+    let config = info.config.unwrap_or_default();
+    let mut value = json!({
+        "name": info.name,
+        "queue_id": info.queue_id.to_string(),
+        "created_timestamp_ms": info.created_ms,
+        "last_modified_timestamp_ms": info.modified_ms,
+        "attributes": {
+            "retention_seconds": config.retention_ms / 1000,
+            "visibility_timeout_seconds": config.visibility_timeout_ms / 1000,
+            "delay_seconds": config.delay_ms / 1000,
+        },
+    });
+    if let Some(stats) = stats {
+        value["approximate_number_of_messages"] = json!(stats.visible);
+        value["approximate_number_of_messages_not_visible"] = json!(stats.in_flight);
+        value["approximate_number_of_messages_delayed"] = json!(stats.delayed);
+    }
+    value
+}
+
+async fn create_queue(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: CreateQueueRequest = parse_json(body)?;
+    validate_name(&request.name)?;
+    let config = request.attributes.to_config(default_config())?;
+    // Tenants are created on first use: a verified token is proof the tenant exists.
+    state.placement.metadata.ensure_tenant(&tenant).await?;
+    let info = state.placement.metadata.create_queue(&tenant, &request.name, config).await?;
+    let client = state.placement.storage_for(info.shard_id).await?;
+    let ensure = pb::EnsureQueueRequest { queue: Some(routing::queue_ref(&info)), config: info.config };
+    client.clone().ensure_queue(ensure).await.map_err(StrataError::from)?;
+    state.placement.remember(info.clone());
+    Ok((StatusCode::CREATED, Json(queue_json(&info, None))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQueuesQuery {
+    #[serde(default)]
+    prefix: String,
+    max_results: Option<u32>,
+    next_token: Option<String>,
+}
+
+async fn list_queues(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    query: Result<Query<ListQueuesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid(format!("invalid query: {e}")))?;
+    let max = query.max_results.unwrap_or(LIST_QUEUES_PAGE_MAX);
+    if !(1..=LIST_QUEUES_PAGE_MAX).contains(&max) {
+        return Err(ApiError::invalid(format!("max_results must be 1-{LIST_QUEUES_PAGE_MAX}")));
+    }
+    let start_after = query.next_token.unwrap_or_default();
+    let page = state.placement.metadata.list_queues(&tenant, &query.prefix, &start_after, max).await?;
+    let next_token = if page.truncated { page.queues.last().map(|q| q.name.clone()) } else { None };
+    let queues: Vec<_> = page.queues.iter().map(|q| queue_json(q, None)).collect();
+    Ok(Json(json!({ "queues": queues, "next_token": next_token })))
+}
+
+async fn get_queue(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let stats = on_queue(&state, &tenant, &name, |mut c, q| async move { c.get_queue_stats(q).await }).await?;
+    let info = state.placement.queue(&tenant, &name).await?;
+    Ok(Json(queue_json(&info, Some(&stats))))
+}
+
+async fn delete_queue(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    validate_name(&name)?;
+    let info = state.placement.metadata.delete_queue(&tenant, &name).await.map_err(|e| {
+        if e.kind == ErrorKind::QueueNotFound { ApiError(StrataError::queue_not_found(&name)) } else { e.into() }
+    })?;
+    state.placement.forget(&tenant, &name);
+    // The queue is gone for tenants once metadata forgets it; dropping its state on the storage
+    // node frees memory and is retried by nobody if it fails (the incarnation is unreachable).
+    if let Ok(mut client) = state.placement.storage_for(info.shard_id).await
+        && let Err(status) = client.drop_queue(routing::queue_ref(&info)).await
+    {
+        tracing::warn!(queue_id = info.queue_id, error = %status, "dropping deleted queue state failed");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_queue_attributes(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let input: QueueAttributesInput = parse_json(body)?;
+    let current = match state.placement.queue(&tenant, &name).await {
+        Ok(info) => info,
+        Err(e) if e.kind == ErrorKind::QueueNotFound => return Err(ApiError(StrataError::queue_not_found(&name))),
+        Err(e) => return Err(e.into()),
+    };
+    let config = input.to_config(current.config.unwrap_or_default())?;
+    let info = state.placement.metadata.set_queue_config(&tenant, &name, config).await?;
+    state.placement.remember(info.clone());
+    on_queue(&state, &tenant, &name, |mut c, q| async move {
+        c.ensure_queue(pb::EnsureQueueRequest { queue: Some(q), config: Some(config) }).await
+    })
+    .await?;
+    Ok(Json(queue_json(&info, None)))
+}
+
+async fn purge_queue(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let purged = on_queue(&state, &tenant, &name, |mut c, q| async move { c.purge(q).await }).await?;
+    Ok(Json(json!({ "purged": purged.purged })))
+}
+
+// ------------------------------------------------------------------------------------ messages
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct AttributeJson {
+    /// "String", "Number" or "Binary" (base64 value).
+    #[serde(rename = "type")]
+    data_type: String,
+    value: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageInput {
+    body: String,
+    #[serde(default)]
+    attributes: BTreeMap<String, AttributeJson>,
+    delay_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendRequest {
+    messages: Vec<MessageInput>,
+}
+
+fn message_to_pb(m: MessageInput) -> Result<pb::NewMessage, ApiError> {
+    if m.body.is_empty() {
+        return Err(ApiError::invalid("message body must not be empty"));
+    }
+    if m.body.len() > MESSAGE_BODY_BYTES_MAX {
+        return Err(ApiError(StrataError::new(
+            ErrorKind::TooLarge,
+            format!("message body is {} bytes; the limit is {MESSAGE_BODY_BYTES_MAX}", m.body.len()),
+        )));
+    }
+    if m.delay_seconds.is_some_and(|d| d > DELAY_S_MAX) {
+        return Err(ApiError::invalid(format!("delay_seconds must be 0-{DELAY_S_MAX}")));
+    }
+    let mut attributes = std::collections::HashMap::new();
+    for (name, a) in m.attributes {
+        let value = if a.data_type.starts_with("Binary") {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(&a.value)
+                .map_err(|_| ApiError::invalid(format!("attribute '{name}' is Binary but its value is not base64")))?;
+            pb::MessageAttribute { data_type: a.data_type, string_value: String::new(), binary_value: bytes }
+        } else {
+            pb::MessageAttribute { data_type: a.data_type, string_value: a.value, binary_value: Vec::new() }
+        };
+        attributes.insert(name, value);
+    }
+    Ok(pb::NewMessage { body: Bytes::from(m.body), attributes, delay_ms: m.delay_seconds.map(|d| d * 1000) })
+}
+
+async fn send_messages(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let request: SendRequest = parse_json(body)?;
+    if request.messages.is_empty() || request.messages.len() > BATCH_ENTRIES_MAX {
+        return Err(ApiError::invalid(format!("messages must hold 1-{BATCH_ENTRIES_MAX} entries")));
+    }
+    let messages = request.messages.into_iter().map(message_to_pb).collect::<Result<Vec<_>, _>>()?;
+    let sent = on_queue(&state, &tenant, &name, |mut c, q| {
+        let messages = messages.clone();
+        async move { c.send(pb::SendRequest { queue: Some(q), messages }).await }
+    })
+    .await?;
+    let messages: Vec<_> = sent.messages.iter().map(|m| json!({ "message_id": m.message_id })).collect();
+    Ok(Json(json!({ "messages": messages })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReceiveRequest {
+    max_messages: Option<u32>,
+    wait_seconds: Option<u64>,
+    visibility_timeout_seconds: Option<u64>,
+}
+
+fn received_json(m: pb::ReceivedMessage) -> serde_json::Value {
+    let attributes: BTreeMap<String, serde_json::Value> = m
+        .attributes
+        .into_iter()
+        .map(|(k, a)| {
+            let value = if a.data_type.starts_with("Binary") {
+                base64::engine::general_purpose::STANDARD.encode(&a.binary_value)
+            } else {
+                a.string_value
+            };
+            (k, json!({ "type": a.data_type, "value": value }))
+        })
+        .collect();
+    json!({
+        "message_id": m.message_id,
+        "receipt_handle": m.receipt_handle,
+        "body": String::from_utf8_lossy(&m.body),
+        "attributes": attributes,
+        "receive_count": m.receive_count,
+        "sent_timestamp_ms": m.sent_ms,
+        "first_receive_timestamp_ms": m.first_receive_ms,
+    })
+}
+
+async fn receive_messages(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let request: ReceiveRequest = parse_json(body)?;
+    let max_messages = request.max_messages.unwrap_or(1);
+    if !(1..=BATCH_ENTRIES_MAX as u32).contains(&max_messages) {
+        return Err(ApiError::invalid(format!("max_messages must be 1-{BATCH_ENTRIES_MAX}")));
+    }
+    let wait_s = request.wait_seconds.unwrap_or(0);
+    if wait_s * 1000 > LONG_POLL_MS_MAX {
+        return Err(ApiError::invalid(format!("wait_seconds must be 0-{}", LONG_POLL_MS_MAX / 1000)));
+    }
+    if request.visibility_timeout_seconds.is_some_and(|v| v > VISIBILITY_TIMEOUT_S_MAX) {
+        return Err(ApiError::invalid(format!("visibility_timeout_seconds must be 0-{VISIBILITY_TIMEOUT_S_MAX}")));
+    }
+    let visibility_timeout_ms = request.visibility_timeout_seconds.map(|v| v * 1000);
+    let received = on_queue(&state, &tenant, &name, |mut c, q| async move {
+        c.receive(pb::ReceiveRequest { queue: Some(q), max_messages, visibility_timeout_ms, wait_ms: wait_s * 1000 })
+            .await
+    })
+    .await?;
+    let messages: Vec<_> = received.messages.into_iter().map(received_json).collect();
+    Ok(Json(json!({ "messages": messages })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteRequest {
+    receipt_handles: Vec<String>,
+}
+
+async fn delete_messages(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let request: DeleteRequest = parse_json(body)?;
+    if request.receipt_handles.is_empty() || request.receipt_handles.len() > BATCH_ENTRIES_MAX {
+        return Err(ApiError::invalid(format!("receipt_handles must hold 1-{BATCH_ENTRIES_MAX} entries")));
+    }
+    let receipts = request.receipt_handles;
+    let response = on_queue(&state, &tenant, &name, |mut c, q| {
+        let receipt_handles = receipts.clone();
+        async move { c.delete(pb::DeleteRequest { queue: Some(q), receipt_handles }).await }
+    })
+    .await?;
+    let results: Vec<_> = response
+        .results
+        .iter()
+        .map(|r| {
+            if r.error_code.is_empty() {
+                json!({ "ok": true })
+            } else {
+                json!({ "ok": false, "error": { "code": r.error_code, "message": r.error_message } })
+            }
+        })
+        .collect();
+    Ok(Json(json!({ "results": results })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VisibilityRequest {
+    receipt_handle: String,
+    visibility_timeout_seconds: u64,
+}
+
+async fn change_visibility(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let request: VisibilityRequest = parse_json(body)?;
+    if request.visibility_timeout_seconds > VISIBILITY_TIMEOUT_S_MAX {
+        return Err(ApiError::invalid(format!("visibility_timeout_seconds must be 0-{VISIBILITY_TIMEOUT_S_MAX}")));
+    }
+    let receipt = request.receipt_handle;
+    let visibility_timeout_ms = request.visibility_timeout_seconds * 1000;
+    on_queue(&state, &tenant, &name, |mut c, q| {
+        let receipt_handle = receipt.clone();
+        async move {
+            c.change_visibility(pb::ChangeVisibilityRequest { queue: Some(q), receipt_handle, visibility_timeout_ms })
+                .await
+        }
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

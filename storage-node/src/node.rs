@@ -1,0 +1,206 @@
+//! A storage node: registers with metadata, opens the shards placed on it, serves gRPC, and runs
+//! the background loops (tiering, retention expiry).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::ObjectStore;
+use serde::{Deserialize, Serialize};
+use strata_common::Clock;
+use strata_common::limits;
+use strata_common::proto::storage_server::StorageServer;
+use strata_metadata::MetadataClient;
+use tokio_util::sync::CancellationToken;
+
+use crate::queue::Command;
+use crate::service::StorageService;
+use crate::shard::{Shard, ShardLogSettings};
+use crate::tier::{TieredReader, probe_conditional_create, tier_shard_once};
+
+/// Where tiered segments go.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ObjectStoreSettings {
+    /// A local directory (the `strata dev` default).
+    Local { dir: PathBuf },
+    /// Any S3-compatible endpoint.
+    S3 { endpoint: String, bucket: String, region: String, access_key_id: String, secret_access_key: String },
+}
+
+impl ObjectStoreSettings {
+    pub fn build(&self) -> anyhow::Result<Arc<dyn ObjectStore>> {
+        match self {
+            ObjectStoreSettings::Local { dir } => {
+                std::fs::create_dir_all(dir)?;
+                Ok(Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir)?))
+            }
+            ObjectStoreSettings::S3 { endpoint, bucket, region, access_key_id, secret_access_key } => {
+                let store = object_store::aws::AmazonS3Builder::new()
+                    .with_endpoint(endpoint)
+                    .with_bucket_name(bucket)
+                    .with_region(region)
+                    .with_access_key_id(access_key_id)
+                    .with_secret_access_key(secret_access_key)
+                    .with_allow_http(endpoint.starts_with("http://"))
+                    .with_virtual_hosted_style_request(false)
+                    .build()?;
+                Ok(Arc::new(store))
+            }
+        }
+    }
+}
+
+/// Settings of a storage node.
+#[derive(Debug, Clone)]
+pub struct StorageSettings {
+    pub node_id: String,
+    pub data_dir: PathBuf,
+    /// gRPC listen address (also advertised to metadata).
+    pub listen: SocketAddr,
+    pub metadata_endpoint: String,
+    pub object_store: ObjectStoreSettings,
+    /// Shards created on the first registration when the catalog has none.
+    pub initial_shards: u32,
+    pub log: ShardLogSettings,
+    pub tier_interval: Duration,
+    pub expire_interval: Duration,
+    pub cache_memory_bytes: usize,
+    pub cache_disk_bytes: usize,
+}
+
+/// A running storage node.
+pub struct StorageNode {
+    pub shards: HashMap<u64, Arc<Shard>>,
+    pub reader: Arc<TieredReader>,
+    cancel: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// How long start-up keeps retrying registration while metadata comes up.
+const REGISTER_ATTEMPTS_MAX: u32 = 100;
+
+impl StorageNode {
+    /// Registers, opens shards, starts serving and the background loops.
+    pub async fn start(settings: StorageSettings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let metadata = MetadataClient::connect_lazy(&settings.metadata_endpoint)?;
+        let address = format!("http://{}", settings.listen);
+        let mut attempt = 0;
+        let placements = loop {
+            match metadata.register_storage_node(&settings.node_id, &address, settings.initial_shards).await {
+                Ok(p) => break p,
+                Err(e) if attempt < REGISTER_ATTEMPTS_MAX => {
+                    attempt += 1;
+                    tracing::info!(error = %e, "waiting for metadata to register");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let store = settings.object_store.build()?;
+        probe_conditional_create(store.as_ref(), &settings.node_id, clock.now_ms()).await;
+        let reader = Arc::new(
+            TieredReader::open(
+                store.clone(),
+                metadata.clone(),
+                &settings.data_dir.join("cache"),
+                settings.cache_memory_bytes,
+                settings.cache_disk_bytes,
+            )
+            .await?,
+        );
+        let mut shards = HashMap::new();
+        for placement in placements {
+            let dir = settings.data_dir.join("shards").join(format!("{:08}", placement.shard_id));
+            let shard = Shard::open(
+                &dir,
+                placement.shard_id,
+                placement.writer_epoch,
+                &settings.log,
+                clock.clone(),
+                reader.clone(),
+            )
+            .await?;
+            tracing::info!(shard = placement.shard_id, epoch = placement.writer_epoch, "shard open");
+            shards.insert(placement.shard_id, Arc::new(shard));
+        }
+
+        let cancel = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let service = StorageServer::new(StorageService::new(shards.clone()))
+            .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
+        let listener = tokio::net::TcpListener::bind(settings.listen).await?;
+        let serve_cancel = cancel.clone();
+        tasks.push(tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let result = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, serve_cancel.cancelled_owned())
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "storage gRPC server stopped");
+            }
+        }));
+        for shard in shards.values() {
+            tasks.push(tokio::spawn(tier_loop(
+                shard.clone(),
+                store.clone(),
+                metadata.clone(),
+                reader.clone(),
+                settings.tier_interval,
+                cancel.clone(),
+            )));
+            tasks.push(tokio::spawn(expire_loop(shard.clone(), settings.expire_interval, cancel.clone())));
+        }
+        Ok(Self { shards, reader, cancel, tasks })
+    }
+
+    /// Stops serving and the loops, then the shards.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        for shard in self.shards.values() {
+            shard.shutdown().await;
+        }
+        self.reader.close().await;
+    }
+}
+
+async fn tier_loop(
+    shard: Arc<Shard>,
+    store: Arc<dyn ObjectStore>,
+    metadata: MetadataClient,
+    reader: Arc<TieredReader>,
+    interval: Duration,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        match tier_shard_once(&shard, store.as_ref(), &metadata, &reader).await {
+            Ok(pass) if pass != Default::default() => tracing::info!(shard = shard.shard_id, ?pass, "tiering pass"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(shard = shard.shard_id, error = %e, "tiering pass failed; will retry"),
+        }
+    }
+}
+
+async fn expire_loop(shard: Arc<Shard>, interval: Duration, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let due = shard.state().0.has_expirable(shard.now_ms());
+        if due && let Err(e) = shard.propose(Command::Expire).await {
+            tracing::warn!(shard = shard.shard_id, error = %e, "retention expiry failed; will retry");
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! `ShardState`: all queues of one shard and the command dispatcher.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::receipt::Receipt;
+use super::store::{LeaseCheck, Queue};
+use super::types::{
+    Command, DELETE_BATCH_MAX, MESSAGE_ATTRIBUTES_MAX, NewMessage, QueueConfig, QueueCounts, QueueError, QueueId,
+    RECEIVE_BATCH_MAX, Response, SEND_BATCH_MAX, ShardCommand, check_delay, check_visibility_timeout,
+};
+
+/// The replicated state of one shard. See the module doc of [`crate::queue`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardState {
+    /// Highest `now_ms` seen in any applied command. Commands are applied at
+    /// `max(now_ms, clock_ms)` so time never runs backwards across a leader
+    /// change.
+    clock_ms: u64,
+    queues: BTreeMap<QueueId, Queue>,
+    /// `(expiry of the oldest message, queue)` for every non-empty queue, so
+    /// `Expire` and `has_expirable` do not scan idle queues.
+    by_expiry: BTreeSet<(u64, QueueId)>,
+    /// `(log index of the oldest message, queue)` for every non-empty queue.
+    by_log_index: BTreeSet<(u64, QueueId)>,
+}
+
+impl ShardState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The shard clock: the highest `now_ms` applied so far.
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
+    }
+
+    /// Applies one committed command. `log_index` must increase from call to
+    /// call (it is the Raft log index): it locates message bodies and makes
+    /// receipt leases unique. A response of `Response::Error` means nothing
+    /// but the clock changed.
+    pub fn apply(&mut self, log_index: u64, cmd: &ShardCommand) -> Response {
+        self.clock_ms = self.clock_ms.max(cmd.now_ms);
+        let now_ms = self.clock_ms;
+        let result = match &cmd.command {
+            Command::CreateQueue { queue, tenant, config } => self.create_queue(*queue, tenant, config),
+            Command::SetQueueConfig { queue, tenant, config } => {
+                let config = *config;
+                self.with_queue(*queue, tenant, |q| {
+                    config.validate()?;
+                    q.settle(now_ms);
+                    q.config = config;
+                    Ok(Response::QueueConfigSet)
+                })
+            }
+            Command::DeleteQueue { queue, tenant } => self.delete_queue(*queue, tenant),
+            Command::Send { queue, tenant, messages } => self.with_queue(*queue, tenant, |q| {
+                validate_send(messages)?;
+                q.settle(now_ms);
+                Ok(Response::Sent(q.send(log_index, now_ms, messages)))
+            }),
+            Command::Receive { queue, tenant, max_messages, visibility_timeout_ms } => {
+                let queue = *queue;
+                self.with_queue(queue, tenant, |q| {
+                    if !(1..=RECEIVE_BATCH_MAX).contains(max_messages) {
+                        return Err(QueueError::InvalidParameter(format!(
+                            "max_messages must be between 1 and {RECEIVE_BATCH_MAX}"
+                        )));
+                    }
+                    let timeout_ms = visibility_timeout_ms.unwrap_or(q.config.visibility_timeout_ms);
+                    check_visibility_timeout(timeout_ms)?;
+                    q.settle(now_ms);
+                    let max = usize::try_from(*max_messages).unwrap_or(usize::MAX);
+                    Ok(Response::Received(q.receive(queue, log_index, now_ms, max, timeout_ms)))
+                })
+            }
+            Command::Delete { queue, tenant, receipts } => {
+                let queue = *queue;
+                self.with_queue(queue, tenant, |q| {
+                    if receipts.is_empty() {
+                        return Err(QueueError::InvalidParameter("receipts must not be empty".to_owned()));
+                    }
+                    if receipts.len() > DELETE_BATCH_MAX {
+                        return Err(QueueError::TooManyEntries);
+                    }
+                    q.settle(now_ms);
+                    let results = receipts.iter().map(|text| delete_one(q, queue, text, now_ms)).collect();
+                    Ok(Response::Deleted(results))
+                })
+            }
+            Command::ChangeVisibility { queue, tenant, receipt, visibility_timeout_ms } => {
+                let queue = *queue;
+                self.with_queue(queue, tenant, |q| {
+                    check_visibility_timeout(*visibility_timeout_ms)?;
+                    let receipt = decode_for(q, queue, receipt)?;
+                    match q.check_lease(&receipt, now_ms) {
+                        LeaseCheck::Gone | LeaseCheck::Current { in_flight: false } => {
+                            return Err(QueueError::MessageNotInFlight);
+                        }
+                        LeaseCheck::Stale => return Err(QueueError::StaleReceipt),
+                        LeaseCheck::Current { in_flight: true } => {}
+                    }
+                    q.settle(now_ms);
+                    let visible_at_ms = now_ms.saturating_add(*visibility_timeout_ms);
+                    q.set_visible_at(receipt.seq, visible_at_ms, now_ms);
+                    Ok(Response::VisibilityChanged)
+                })
+            }
+            Command::Purge { queue, tenant } => self.with_queue(*queue, tenant, |q| {
+                q.settle(now_ms);
+                Ok(Response::Purged { count: q.purge() })
+            }),
+            Command::Expire => Ok(Response::Expired { count: self.expire(now_ms) }),
+        };
+        result.unwrap_or_else(Response::Error)
+    }
+
+    /// Approximate counts as of the last command applied to this queue: a
+    /// message whose delay or visibility timeout ran out since then is still
+    /// counted as delayed or in flight, and messages past retention are counted
+    /// until dropped. `None` if the queue does not exist for this tenant.
+    pub fn queue_counts(&self, queue: QueueId, tenant: &str) -> Option<QueueCounts> {
+        self.get(queue, tenant).map(Queue::counts)
+    }
+
+    /// Whether a Receive at `now_ms` would deliver at least one message. Cheap
+    /// and read-only, for long polling.
+    pub fn has_visible(&self, queue: QueueId, tenant: &str, now_ms: u64) -> bool {
+        let now_ms = now_ms.max(self.clock_ms);
+        self.get(queue, tenant).is_some_and(|q| q.has_visible(now_ms))
+    }
+
+    /// Earliest time strictly after `now_ms` (and after the shard clock) at
+    /// which a delayed or in-flight message becomes visible, ignoring messages
+    /// that reach retention first. `None` if there is none. A long poller
+    /// sleeps until this time, or until a Send, whichever comes first.
+    ///
+    /// Takes `now_ms` so that a time already passed is never returned (which
+    /// would make a poller spin when that message cannot be delivered).
+    pub fn next_visible_at_ms(&self, queue: QueueId, tenant: &str, now_ms: u64) -> Option<u64> {
+        let now_ms = now_ms.max(self.clock_ms);
+        self.get(queue, tenant)?.next_visible_at_ms(now_ms)
+    }
+
+    /// Lowest log index referenced by any message still stored (including
+    /// messages past retention not yet dropped); log segments wholly below it
+    /// hold no live body. `None` if the shard holds no message.
+    pub fn min_live_log_index(&self) -> Option<u64> {
+        self.by_log_index.first().map(|&(log_index, _)| log_index)
+    }
+
+    pub fn queue_config(&self, queue: QueueId, tenant: &str) -> Option<&QueueConfig> {
+        self.get(queue, tenant).map(|q| &q.config)
+    }
+
+    /// Whether an `Expire` at `now_ms` would drop at least one message.
+    pub fn has_expirable(&self, now_ms: u64) -> bool {
+        let now_ms = now_ms.max(self.clock_ms);
+        self.by_expiry.first().is_some_and(|&(expires_at_ms, _)| expires_at_ms <= now_ms)
+    }
+
+    fn get(&self, queue: QueueId, tenant: &str) -> Option<&Queue> {
+        self.queues.get(&queue).filter(|q| q.tenant == tenant)
+    }
+
+    /// Runs `f` on the queue if it exists for `tenant`, then refreshes the
+    /// shard indexes. `f` must validate before mutating, so that an error
+    /// leaves the queue unchanged.
+    fn with_queue(
+        &mut self,
+        queue: QueueId,
+        tenant: &str,
+        f: impl FnOnce(&mut Queue) -> Result<Response, QueueError>,
+    ) -> Result<Response, QueueError> {
+        let q = self
+            .queues
+            .get_mut(&queue)
+            // Another tenant's queue answers exactly like a missing one.
+            .filter(|q| q.tenant == tenant)
+            .ok_or(QueueError::QueueNotFound)?;
+        let result = f(q);
+        reindex(&mut self.by_expiry, &mut self.by_log_index, queue, q);
+        result
+    }
+
+    fn create_queue(&mut self, queue: QueueId, tenant: &str, config: &QueueConfig) -> Result<Response, QueueError> {
+        if let Some(existing) = self.queues.get(&queue) {
+            return if existing.tenant == tenant {
+                Ok(Response::QueueCreated)
+            } else {
+                Err(QueueError::QueueAlreadyExists)
+            };
+        }
+        if tenant.is_empty() {
+            return Err(QueueError::InvalidParameter("tenant must not be empty".to_owned()));
+        }
+        config.validate()?;
+        self.queues.insert(queue, Queue::new(tenant.to_owned(), *config));
+        Ok(Response::QueueCreated)
+    }
+
+    fn delete_queue(&mut self, queue: QueueId, tenant: &str) -> Result<Response, QueueError> {
+        if self.get(queue, tenant).is_none() {
+            return Err(QueueError::QueueNotFound);
+        }
+        if let Some(q) = self.queues.remove(&queue)
+            && let Some(keys) = q.indexed
+        {
+            self.by_expiry.remove(&(keys.expires_at_ms, queue));
+            self.by_log_index.remove(&(keys.log_index, queue));
+        }
+        Ok(Response::QueueDeleted)
+    }
+
+    /// Drops every message past retention at `now_ms`; returns how many.
+    fn expire(&mut self, now_ms: u64) -> u64 {
+        let mut count = 0;
+        while let Some(&(expires_at_ms, queue)) = self.by_expiry.first() {
+            if expires_at_ms > now_ms {
+                break;
+            }
+            match self.queues.get_mut(&queue) {
+                Some(q) => {
+                    count += q.drop_expired(now_ms);
+                    reindex(&mut self.by_expiry, &mut self.by_log_index, queue, q);
+                }
+                // Unreachable while the indexes are consistent; drop the stray
+                // entry rather than loop on it.
+                None => {
+                    self.by_expiry.pop_first();
+                }
+            }
+            // After dropping, the queue's oldest message expires after now (or
+            // the queue is empty), so its entry moved past now. If it did not,
+            // the indexes are inconsistent: stop rather than loop forever.
+            if self.by_expiry.first() == Some(&(expires_at_ms, queue)) {
+                break;
+            }
+        }
+        count
+    }
+}
+
+/// Moves the queue's entries in the shard indexes to match its oldest message.
+fn reindex(
+    by_expiry: &mut BTreeSet<(u64, QueueId)>,
+    by_log_index: &mut BTreeSet<(u64, QueueId)>,
+    queue: QueueId,
+    q: &mut Queue,
+) {
+    let keys = q.index_keys();
+    if keys == q.indexed {
+        return;
+    }
+    if let Some(old) = q.indexed {
+        by_expiry.remove(&(old.expires_at_ms, queue));
+        by_log_index.remove(&(old.log_index, queue));
+    }
+    if let Some(new) = keys {
+        by_expiry.insert((new.expires_at_ms, queue));
+        by_log_index.insert((new.log_index, queue));
+    }
+    q.indexed = keys;
+}
+
+fn validate_send(messages: &[NewMessage]) -> Result<(), QueueError> {
+    if messages.is_empty() {
+        return Err(QueueError::InvalidParameter("messages must not be empty".to_owned()));
+    }
+    if messages.len() > SEND_BATCH_MAX {
+        return Err(QueueError::TooManyEntries);
+    }
+    for message in messages {
+        if let Some(delay_ms) = message.delay_ms {
+            check_delay(delay_ms)?;
+        }
+        if message.attributes.len() > MESSAGE_ATTRIBUTES_MAX {
+            return Err(QueueError::InvalidParameter(format!(
+                "a message may have at most {MESSAGE_ATTRIBUTES_MAX} attributes"
+            )));
+        }
+        if message.attributes.keys().any(String::is_empty) {
+            return Err(QueueError::InvalidParameter("attribute names must not be empty".to_owned()));
+        }
+    }
+    Ok(())
+}
+
+/// Decodes a receipt and checks that it could have been issued by this queue.
+fn decode_for(q: &Queue, queue: QueueId, text: &str) -> Result<Receipt, QueueError> {
+    match Receipt::decode(text) {
+        Some(receipt) if receipt.queue == queue && q.seq_issued(receipt.seq) => Ok(receipt),
+        _ => Err(QueueError::InvalidReceipt),
+    }
+}
+
+/// One entry of a Delete; the queue is settled at `now_ms`.
+fn delete_one(q: &mut Queue, queue: QueueId, text: &str, now_ms: u64) -> Result<(), QueueError> {
+    let receipt = decode_for(q, queue, text)?;
+    match q.check_lease(&receipt, now_ms) {
+        // Already deleted or expired: deleting again succeeds, as in SQS.
+        LeaseCheck::Gone => Ok(()),
+        LeaseCheck::Stale => Err(QueueError::StaleReceipt),
+        // The latest receipt deletes even after its visibility timeout ran out.
+        LeaseCheck::Current { .. } => {
+            q.delete(receipt.seq);
+            Ok(())
+        }
+    }
+}

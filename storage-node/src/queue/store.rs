@@ -1,0 +1,302 @@
+//! One queue's messages and their visibility bookkeeping.
+//!
+//! Every message is in `messages`, and in exactly one of `visible` (keyed by
+//! seq) or `pending` (keyed by `(visible_at_ms, seq)`). `settle(now)` restores
+//! "`visible` holds exactly the messages with `visible_at_ms <= now`" by
+//! promoting due `pending` entries; between settles, `pending` may hold entries
+//! that are already due. The shard clock never goes backwards, so a message in
+//! `visible` never needs to move back on its own.
+//!
+//! Seqs are handed out in log order and `sent_ms` is the (monotonic) shard
+//! clock at send time, so in seq order `sent_ms` and the body's log index never
+//! decrease: the messages past retention are always a prefix of `messages`,
+//! and the first message holds the queue's lowest log index.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::receipt::Receipt;
+use super::types::{Delivery, MessageRef, NewMessage, QueueConfig, QueueCounts, QueueId, SentMessage};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Message {
+    message_id: Uuid,
+    body_ref: MessageRef,
+    sent_ms: u64,
+    visible_at_ms: u64,
+    /// Meaningless while `receive_count == 0`.
+    first_receive_ms: u64,
+    /// Log index of the latest Receive; meaningless while `receive_count == 0`.
+    lease: u64,
+    receive_count: u32,
+}
+
+impl Message {
+    fn expires_at_ms(&self, config: &QueueConfig) -> u64 {
+        self.sent_ms.saturating_add(config.retention_ms)
+    }
+
+    fn is_expired(&self, config: &QueueConfig, now_ms: u64) -> bool {
+        self.expires_at_ms(config) <= now_ms
+    }
+}
+
+/// The keys under which a queue appears in the shard-wide indexes; derived
+/// from its first (oldest) message, stored so they can be removed exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct IndexKeys {
+    pub(crate) expires_at_ms: u64,
+    pub(crate) log_index: u64,
+}
+
+/// What a receipt currently designates, checked without changing anything.
+pub(crate) enum LeaseCheck {
+    /// The message was deleted or is past retention.
+    Gone,
+    /// The message was never received or was received again since.
+    Stale,
+    /// The receipt's lease is the message's current one.
+    Current { in_flight: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Queue {
+    pub(crate) tenant: String,
+    pub(crate) config: QueueConfig,
+    next_seq: u64,
+    messages: BTreeMap<u64, Message>,
+    /// Seqs of messages with `visible_at_ms <= ` the last settle time.
+    visible: BTreeSet<u64>,
+    /// `(visible_at_ms, seq)` of every message not in `visible`.
+    pending: BTreeSet<(u64, u64)>,
+    /// How many `pending` entries were never received (SQS "delayed").
+    delayed: u64,
+    /// Keys of this queue in the shard indexes; `None` iff not indexed.
+    pub(crate) indexed: Option<IndexKeys>,
+}
+
+impl Queue {
+    pub(crate) fn new(tenant: String, config: QueueConfig) -> Self {
+        Self {
+            tenant,
+            config,
+            next_seq: 0,
+            messages: BTreeMap::new(),
+            visible: BTreeSet::new(),
+            pending: BTreeSet::new(),
+            delayed: 0,
+            indexed: None,
+        }
+    }
+
+    /// The index keys this queue should have now.
+    pub(crate) fn index_keys(&self) -> Option<IndexKeys> {
+        self.messages
+            .first_key_value()
+            .map(|(_, m)| IndexKeys { expires_at_ms: m.expires_at_ms(&self.config), log_index: m.body_ref.log_index })
+    }
+
+    /// Puts a message (already in `messages`) into `visible` or `pending`.
+    fn place(&mut self, seq: u64, visible_at_ms: u64, never_received: bool, now_ms: u64) {
+        if visible_at_ms <= now_ms {
+            self.visible.insert(seq);
+        } else {
+            self.pending.insert((visible_at_ms, seq));
+            if never_received {
+                self.delayed += 1;
+            }
+        }
+    }
+
+    /// Takes a message out of `visible` or `pending` (it stays in `messages`).
+    fn unplace(&mut self, seq: u64, message: &Message) {
+        if !self.visible.remove(&seq)
+            && self.pending.remove(&(message.visible_at_ms, seq))
+            && message.receive_count == 0
+        {
+            self.delayed = self.delayed.saturating_sub(1);
+        }
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<Message> {
+        let message = self.messages.remove(&seq)?;
+        self.unplace(seq, &message);
+        Some(message)
+    }
+
+    /// Drops the messages past retention at `now_ms`; returns how many.
+    pub(crate) fn drop_expired(&mut self, now_ms: u64) -> u64 {
+        let mut dropped = 0;
+        // Expired messages form a prefix in seq order (see module doc).
+        while let Some((&seq, first)) = self.messages.first_key_value() {
+            if !first.is_expired(&self.config, now_ms) {
+                break;
+            }
+            self.remove(seq);
+            dropped += 1;
+        }
+        dropped
+    }
+
+    /// Brings the queue up to `now_ms`: drops expired messages and promotes
+    /// due ones. Every successful command on the queue starts with this.
+    pub(crate) fn settle(&mut self, now_ms: u64) {
+        self.drop_expired(now_ms);
+        while let Some(&(visible_at_ms, seq)) = self.pending.first() {
+            if visible_at_ms > now_ms {
+                break;
+            }
+            self.pending.pop_first();
+            self.visible.insert(seq);
+            if self.messages.get(&seq).is_some_and(|m| m.receive_count == 0) {
+                self.delayed = self.delayed.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Appends validated messages. `now_ms` must be settled.
+    pub(crate) fn send(&mut self, log_index: u64, now_ms: u64, messages: &[NewMessage]) -> Vec<SentMessage> {
+        let mut sent = Vec::with_capacity(messages.len());
+        for (slot, new) in messages.iter().enumerate() {
+            let seq = self.next_seq;
+            // 2^64 sends per queue cannot happen; saturating keeps it panic-free.
+            self.next_seq = self.next_seq.saturating_add(1);
+            let delay_ms = new.delay_ms.unwrap_or(self.config.delay_ms);
+            let visible_at_ms = now_ms.saturating_add(delay_ms);
+            let message = Message {
+                message_id: new.message_id,
+                body_ref: MessageRef {
+                    log_index,
+                    // Batches are validated to at most SEND_BATCH_MAX entries.
+                    slot: u16::try_from(slot).unwrap_or(u16::MAX),
+                },
+                sent_ms: now_ms,
+                visible_at_ms,
+                first_receive_ms: 0,
+                lease: 0,
+                receive_count: 0,
+            };
+            self.messages.insert(seq, message);
+            self.place(seq, visible_at_ms, true, now_ms);
+            sent.push(SentMessage { message_id: new.message_id, seq });
+        }
+        sent
+    }
+
+    /// Leases up to `max_messages` visible messages, lowest seq first.
+    /// `now_ms` must be settled.
+    pub(crate) fn receive(
+        &mut self,
+        queue: QueueId,
+        log_index: u64,
+        now_ms: u64,
+        max_messages: usize,
+        visibility_timeout_ms: u64,
+    ) -> Vec<Delivery> {
+        let seqs: Vec<u64> = self.visible.iter().take(max_messages).copied().collect();
+        let mut deliveries = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            let Some(mut message) = self.remove(seq) else {
+                continue;
+            };
+            if message.receive_count == 0 {
+                message.first_receive_ms = now_ms;
+            }
+            message.receive_count = message.receive_count.saturating_add(1);
+            message.lease = log_index;
+            message.visible_at_ms = now_ms.saturating_add(visibility_timeout_ms);
+            deliveries.push(Delivery {
+                message_id: message.message_id,
+                seq,
+                body_ref: message.body_ref,
+                receipt: Receipt { queue, seq, lease: log_index }.encode(),
+                receive_count: message.receive_count,
+                sent_ms: message.sent_ms,
+                first_receive_ms: message.first_receive_ms,
+            });
+            let visible_at_ms = message.visible_at_ms;
+            self.messages.insert(seq, message);
+            self.place(seq, visible_at_ms, false, now_ms);
+        }
+        deliveries
+    }
+
+    /// Whether `seq` was ever handed out; receipts naming a later seq are forged.
+    pub(crate) fn seq_issued(&self, seq: u64) -> bool {
+        seq < self.next_seq
+    }
+
+    /// What the receipt designates at `now_ms`, without changing anything
+    /// (so callers can reject a command before mutating).
+    pub(crate) fn check_lease(&self, receipt: &Receipt, now_ms: u64) -> LeaseCheck {
+        match self.messages.get(&receipt.seq) {
+            None => LeaseCheck::Gone,
+            Some(m) if m.is_expired(&self.config, now_ms) => LeaseCheck::Gone,
+            Some(m) if m.receive_count == 0 || m.lease != receipt.lease => LeaseCheck::Stale,
+            Some(m) => LeaseCheck::Current { in_flight: m.visible_at_ms > now_ms },
+        }
+    }
+
+    /// Deletes a message by seq; absent is fine (already deleted or expired).
+    pub(crate) fn delete(&mut self, seq: u64) {
+        self.remove(seq);
+    }
+
+    /// Sets a message's visibility time. `now_ms` must be settled.
+    pub(crate) fn set_visible_at(&mut self, seq: u64, visible_at_ms: u64, now_ms: u64) {
+        if let Some(mut message) = self.remove(seq) {
+            message.visible_at_ms = visible_at_ms;
+            let never_received = message.receive_count == 0;
+            self.messages.insert(seq, message);
+            self.place(seq, visible_at_ms, never_received, now_ms);
+        }
+    }
+
+    /// Drops every message; returns how many.
+    pub(crate) fn purge(&mut self) -> u64 {
+        let count = self.messages.len() as u64;
+        self.messages.clear();
+        self.visible.clear();
+        self.pending.clear();
+        self.delayed = 0;
+        count
+    }
+
+    /// Counts as of the last settle of this queue.
+    pub(crate) fn counts(&self) -> QueueCounts {
+        let pending = self.pending.len() as u64;
+        QueueCounts {
+            visible: self.visible.len() as u64,
+            in_flight: pending.saturating_sub(self.delayed),
+            delayed: self.delayed,
+        }
+    }
+
+    /// Whether a Receive at `now_ms` would deliver at least one message.
+    /// Only messages that became due since the last settle and are expired
+    /// are scanned over, so this is cheap in practice.
+    pub(crate) fn has_visible(&self, now_ms: u64) -> bool {
+        let live = |seq: &u64| self.messages.get(seq).is_some_and(|m| !m.is_expired(&self.config, now_ms));
+        // The highest visible seq is the least likely to be expired; if it is,
+        // all of `visible` is (expired messages are a seq prefix).
+        if self.visible.last().is_some_and(live) {
+            return true;
+        }
+        self.pending.range(..=(now_ms, u64::MAX)).any(|(_, seq)| live(seq))
+    }
+
+    /// Earliest time after `now_ms` at which a message that is not visible
+    /// becomes visible, skipping messages that reach retention first (they will
+    /// never be delivered).
+    pub(crate) fn next_visible_at_ms(&self, now_ms: u64) -> Option<u64> {
+        let start = now_ms.checked_add(1)?;
+        self.pending
+            .range((start, 0)..)
+            .find(|(visible_at_ms, seq)| {
+                self.messages.get(seq).is_some_and(|m| !m.is_expired(&self.config, *visible_at_ms))
+            })
+            .map(|(visible_at_ms, _)| *visible_at_ms)
+    }
+}

@@ -1,0 +1,266 @@
+//! Commands, responses, configuration and limits of the queue state machine.
+//!
+//! Everything here crosses a boundary: commands travel through the Raft log,
+//! responses go back to the proxy, and errors become tenant-visible error codes.
+//! All types are serde-serializable (postcard in the log and in snapshots).
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Queue incarnation id, unique for the whole service (assigned by metadata).
+/// Deleting and re-creating a queue with the same name yields a new id, so
+/// receipts of the old incarnation never match the new one.
+pub type QueueId = u64;
+
+const SECOND_MS: u64 = 1_000;
+const MINUTE_MS: u64 = 60 * SECOND_MS;
+const HOUR_MS: u64 = 60 * MINUTE_MS;
+const DAY_MS: u64 = 24 * HOUR_MS;
+
+/// Shortest retention period: one minute (SQS `MessageRetentionPeriod` minimum).
+pub const RETENTION_MS_MIN: u64 = MINUTE_MS;
+/// Longest retention period: 14 days (SQS maximum).
+pub const RETENTION_MS_MAX: u64 = 14 * DAY_MS;
+/// Retention period of a queue created without one: 4 days (SQS default).
+pub const RETENTION_MS_DEFAULT: u64 = 4 * DAY_MS;
+/// Longest visibility timeout, for the queue default, a receive override and a
+/// visibility change alike: 12 hours (SQS maximum).
+pub const VISIBILITY_TIMEOUT_MS_MAX: u64 = 12 * HOUR_MS;
+/// Visibility timeout of a queue created without one: 30 seconds (SQS default).
+pub const VISIBILITY_TIMEOUT_MS_DEFAULT: u64 = 30 * SECOND_MS;
+/// Longest delivery delay, per queue or per message: 15 minutes (SQS maximum).
+pub const DELAY_MS_MAX: u64 = 15 * MINUTE_MS;
+/// Most messages one Receive returns (SQS `MaxNumberOfMessages` maximum).
+pub const RECEIVE_BATCH_MAX: u32 = 10;
+/// Most messages in one Send (SQS batch maximum).
+pub const SEND_BATCH_MAX: usize = 10;
+/// Most receipts in one Delete (SQS batch maximum).
+pub const DELETE_BATCH_MAX: usize = 10;
+/// Most attributes on one message. SQS allows 10; we allow a few more.
+pub const MESSAGE_ATTRIBUTES_MAX: usize = 16;
+
+/// Per-queue settings. Changing them affects later commands only: a new
+/// visibility timeout applies to later receives, a new delay to later sends,
+/// but a new retention period applies to the messages already stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueConfig {
+    /// How long a message is kept after it was sent, delivered or not.
+    pub retention_ms: u64,
+    /// How long a received message stays invisible unless the receive overrides it.
+    pub visibility_timeout_ms: u64,
+    /// How long a new message stays invisible unless the send overrides it.
+    pub delay_ms: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self { retention_ms: RETENTION_MS_DEFAULT, visibility_timeout_ms: VISIBILITY_TIMEOUT_MS_DEFAULT, delay_ms: 0 }
+    }
+}
+
+impl QueueConfig {
+    /// Checks every field against its limit.
+    pub fn validate(&self) -> Result<(), QueueError> {
+        if !(RETENTION_MS_MIN..=RETENTION_MS_MAX).contains(&self.retention_ms) {
+            return Err(QueueError::InvalidParameter(format!(
+                "retention_ms must be between {RETENTION_MS_MIN} and {RETENTION_MS_MAX}"
+            )));
+        }
+        check_visibility_timeout(self.visibility_timeout_ms)?;
+        check_delay(self.delay_ms)?;
+        Ok(())
+    }
+}
+
+pub(crate) fn check_visibility_timeout(timeout_ms: u64) -> Result<(), QueueError> {
+    if timeout_ms > VISIBILITY_TIMEOUT_MS_MAX {
+        return Err(QueueError::InvalidParameter(format!(
+            "visibility_timeout_ms must be at most {VISIBILITY_TIMEOUT_MS_MAX}"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_delay(delay_ms: u64) -> Result<(), QueueError> {
+    if delay_ms > DELAY_MS_MAX {
+        return Err(QueueError::InvalidParameter(format!("delay_ms must be at most {DELAY_MS_MAX}")));
+    }
+    Ok(())
+}
+
+/// Typed message attribute value, as SQS's data types.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttributeValue {
+    String(String),
+    /// A number kept as its decimal text, as SQS does.
+    Number(String),
+    Binary(#[serde(with = "serde_bytes")] Vec<u8>),
+}
+
+/// One message of a Send. The body and attributes live only in the Raft log
+/// entry that carries the Send; the state machine keeps a [`MessageRef`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewMessage {
+    /// Chosen by the proxy before proposing, so a retried proposal is recognisable.
+    pub message_id: Uuid,
+    pub body: Bytes,
+    pub attributes: BTreeMap<String, AttributeValue>,
+    /// Overrides the queue's `delay_ms` for this message (`Some(0)` means no delay).
+    pub delay_ms: Option<u64>,
+}
+
+/// Where a message body is: the Send log entry and the message's position in
+/// that entry's batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MessageRef {
+    pub log_index: u64,
+    pub slot: u16,
+}
+
+/// A command as stored in the Raft log: the leader's wall clock at proposal
+/// time travels with it, so every replica applies the same time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardCommand {
+    pub now_ms: u64,
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Idempotent: if the queue already exists for the same tenant, nothing
+    /// changes (the stored config is kept; use `SetQueueConfig` to change it).
+    CreateQueue {
+        queue: QueueId,
+        tenant: String,
+        config: QueueConfig,
+    },
+    SetQueueConfig {
+        queue: QueueId,
+        tenant: String,
+        config: QueueConfig,
+    },
+    DeleteQueue {
+        queue: QueueId,
+        tenant: String,
+    },
+    Send {
+        queue: QueueId,
+        tenant: String,
+        messages: Vec<NewMessage>,
+    },
+    Receive {
+        queue: QueueId,
+        tenant: String,
+        max_messages: u32,
+        /// Overrides the queue's visibility timeout for this receive; 0 is allowed.
+        visibility_timeout_ms: Option<u64>,
+    },
+    /// Per-entry results in `Response::Deleted`, in request order.
+    Delete {
+        queue: QueueId,
+        tenant: String,
+        receipts: Vec<String>,
+    },
+    ChangeVisibility {
+        queue: QueueId,
+        tenant: String,
+        receipt: String,
+        visibility_timeout_ms: u64,
+    },
+    Purge {
+        queue: QueueId,
+        tenant: String,
+    },
+    /// Drops messages past retention in every queue of the shard.
+    Expire,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentMessage {
+    pub message_id: Uuid,
+    pub seq: u64,
+}
+
+/// One delivered message. The body is read from the log through `body_ref`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub message_id: Uuid,
+    pub seq: u64,
+    pub body_ref: MessageRef,
+    /// Opaque handle for Delete and ChangeVisibility; valid for this delivery only.
+    pub receipt: String,
+    /// Including this delivery.
+    pub receive_count: u32,
+    pub sent_ms: u64,
+    pub first_receive_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    QueueCreated,
+    QueueConfigSet,
+    QueueDeleted,
+    /// In request order.
+    Sent(Vec<SentMessage>),
+    /// Lowest seq first; may be empty.
+    Received(Vec<Delivery>),
+    /// One result per receipt, in request order.
+    Deleted(Vec<Result<(), QueueError>>),
+    VisibilityChanged,
+    /// Messages removed (messages already past retention are not counted).
+    Purged {
+        count: u64,
+    },
+    /// Messages past retention removed from all queues.
+    Expired {
+        count: u64,
+    },
+    /// The command was rejected and changed nothing.
+    Error(QueueError),
+}
+
+/// Approximate counts, as SQS's `ApproximateNumberOf{Messages, MessagesNotVisible,
+/// MessagesDelayed}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct QueueCounts {
+    /// Ready to be received.
+    pub visible: u64,
+    /// Received and within their visibility timeout.
+    pub in_flight: u64,
+    /// Never received and within their delivery delay.
+    pub delayed: u64,
+}
+
+/// Tenant-visible errors. Kept deliberately small: each variant maps to one
+/// SQS-style error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum QueueError {
+    /// The queue does not exist, or belongs to another tenant (the two are
+    /// indistinguishable on purpose).
+    #[error("queue does not exist")]
+    QueueNotFound,
+    /// CreateQueue for a queue id already held by another tenant. Queue ids are
+    /// assigned by metadata, never chosen by tenants, so this is an internal
+    /// conflict and reveals nothing about the other tenant.
+    #[error("queue id already in use")]
+    QueueAlreadyExists,
+    #[error("invalid parameter: {0}")]
+    InvalidParameter(String),
+    /// A Send or Delete batch with more than the allowed number of entries.
+    #[error("too many entries in batch")]
+    TooManyEntries,
+    /// The receipt handle is malformed or names another queue.
+    #[error("receipt handle is invalid")]
+    InvalidReceipt,
+    /// The message was received again after this receipt was issued; only the
+    /// latest receipt may delete it or change its visibility.
+    #[error("receipt handle is stale: the message was received again")]
+    StaleReceipt,
+    /// ChangeVisibility on a message that is not in flight: deleted, past
+    /// retention, or whose visibility timeout has already run out.
+    #[error("message is not in flight")]
+    MessageNotInFlight,
+}

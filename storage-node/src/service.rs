@@ -1,0 +1,281 @@
+//! The storage node's gRPC API: queue operations routed to the shard that holds the queue.
+//!
+//! Every request names its shard, queue incarnation and tenant; the state machine answers a
+//! tenant mismatch exactly like a missing queue. Replies follow the log: a send is answered only
+//! after its entry is fsynced and applied.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_common::error::{ErrorKind, StrataError};
+use strata_common::limits;
+use strata_common::proto::storage_server::Storage;
+use strata_common::proto::{self as pb};
+use tonic::{Request, Response, Status};
+
+use crate::queue::{self, AttributeValue, Command, Delivery, NewMessage, QueueConfig};
+use crate::shard::{Shard, queue_error};
+
+/// Everything the service routes to.
+pub struct StorageService {
+    shards: HashMap<u64, Arc<Shard>>,
+}
+
+impl StorageService {
+    pub fn new(shards: HashMap<u64, Arc<Shard>>) -> Self {
+        Self { shards }
+    }
+
+    fn route(&self, queue: Option<&pb::QueueRef>) -> Result<(Arc<Shard>, u64, String), StrataError> {
+        let queue = queue.ok_or_else(|| StrataError::invalid("queue reference is required"))?;
+        let shard = self.shards.get(&queue.shard_id).cloned().ok_or_else(|| {
+            tracing::warn!(shard = queue.shard_id, "request for a shard this node does not host");
+            StrataError::unavailable("the queue's shard is not served here; retry")
+        })?;
+        Ok((shard, queue.queue_id, queue.tenant.clone()))
+    }
+}
+
+fn config_from_pb(config: Option<pb::QueueConfig>) -> Result<QueueConfig, StrataError> {
+    let c = config.ok_or_else(|| StrataError::invalid("queue config is required"))?;
+    let config = QueueConfig {
+        retention_ms: c.retention_ms,
+        visibility_timeout_ms: c.visibility_timeout_ms,
+        delay_ms: c.delay_ms,
+    };
+    config.validate().map_err(queue_error)?;
+    Ok(config)
+}
+
+fn attribute_from_pb(name: &str, a: pb::MessageAttribute) -> Result<AttributeValue, StrataError> {
+    let base = a.data_type.split('.').next().unwrap_or_default();
+    match base {
+        "String" => Ok(AttributeValue::String(a.string_value)),
+        "Number" => {
+            if a.string_value.trim().parse::<f64>().is_err() {
+                return Err(StrataError::invalid(format!("attribute '{name}' is not a valid Number")));
+            }
+            Ok(AttributeValue::Number(a.string_value))
+        }
+        "Binary" => Ok(AttributeValue::Binary(a.binary_value.to_vec())),
+        _ => Err(StrataError::invalid(format!(
+            "attribute '{name}' has data type '{}'; use String, Number or Binary",
+            a.data_type
+        ))),
+    }
+}
+
+fn attribute_to_pb(value: AttributeValue) -> pb::MessageAttribute {
+    match value {
+        AttributeValue::String(s) => {
+            pb::MessageAttribute { data_type: "String".into(), string_value: s, binary_value: Vec::new() }
+        }
+        AttributeValue::Number(s) => {
+            pb::MessageAttribute { data_type: "Number".into(), string_value: s, binary_value: Vec::new() }
+        }
+        AttributeValue::Binary(b) => {
+            pb::MessageAttribute { data_type: "Binary".into(), string_value: String::new(), binary_value: b }
+        }
+    }
+}
+
+fn message_from_pb(m: pb::NewMessage) -> Result<NewMessage, StrataError> {
+    let mut total_bytes = m.body.len();
+    let mut attributes = BTreeMap::new();
+    for (name, value) in m.attributes {
+        total_bytes += name.len() + value.string_value.len() + value.binary_value.len() + value.data_type.len();
+        let parsed = attribute_from_pb(&name, value)?;
+        attributes.insert(name, parsed);
+    }
+    if m.body.len() > limits::MESSAGE_BODY_BYTES_MAX || total_bytes > limits::MESSAGE_TOTAL_BYTES_MAX {
+        return Err(StrataError::new(
+            ErrorKind::TooLarge,
+            format!("message exceeds the {} byte limit", limits::MESSAGE_BODY_BYTES_MAX),
+        ));
+    }
+    Ok(NewMessage { message_id: uuid::Uuid::new_v4(), body: m.body, attributes, delay_ms: m.delay_ms })
+}
+
+async fn deliver(shard: &Shard, deliveries: Vec<Delivery>) -> Result<Vec<pb::ReceivedMessage>, StrataError> {
+    let mut out = Vec::with_capacity(deliveries.len());
+    for d in deliveries {
+        let message = shard.read_message(d.body_ref).await?;
+        out.push(pb::ReceivedMessage {
+            message_id: d.message_id.to_string(),
+            receipt_handle: d.receipt,
+            body: message.body,
+            attributes: message.attributes.into_iter().map(|(k, v)| (k, attribute_to_pb(v))).collect(),
+            receive_count: d.receive_count,
+            sent_ms: d.sent_ms,
+            first_receive_ms: d.first_receive_ms,
+        });
+    }
+    Ok(out)
+}
+
+/// Receives with long polling: proposes a Receive only when a message is visible, otherwise waits
+/// for the next apply (a send) or the next visibility deadline, until `wait_ms` runs out.
+async fn receive(
+    shard: &Shard,
+    queue_id: u64,
+    tenant: String,
+    max_messages: u32,
+    visibility_timeout_ms: Option<u64>,
+    wait_ms: u64,
+) -> Result<Vec<pb::ReceivedMessage>, StrataError> {
+    if !(1..=queue::RECEIVE_BATCH_MAX).contains(&max_messages) {
+        return Err(StrataError::invalid(format!("max messages must be 1-{}", queue::RECEIVE_BATCH_MAX)));
+    }
+    if visibility_timeout_ms.is_some_and(|v| v > queue::VISIBILITY_TIMEOUT_MS_MAX) {
+        return Err(StrataError::invalid("visibility timeout must be at most 12 hours"));
+    }
+    let wait_ms = wait_ms.min(limits::LONG_POLL_MS_MAX);
+    let deadline_ms = shard.now_ms() + wait_ms;
+    let mut applied = shard.subscribe_applied();
+    loop {
+        let now_ms = shard.now_ms();
+        let (exists, visible, next_visible_ms) = {
+            let state = shard.state();
+            (
+                state.0.queue_config(queue_id, &tenant).is_some(),
+                state.0.has_visible(queue_id, &tenant, now_ms),
+                state.0.next_visible_at_ms(queue_id, &tenant, now_ms),
+            )
+        };
+        if !exists {
+            return Err(queue_error(queue::QueueError::QueueNotFound));
+        }
+        if visible {
+            let command =
+                Command::Receive { queue: queue_id, tenant: tenant.clone(), max_messages, visibility_timeout_ms };
+            if let queue::Response::Received(deliveries) = shard.propose(command).await?
+                && !deliveries.is_empty()
+            {
+                return deliver(shard, deliveries).await;
+            }
+        }
+        if now_ms >= deadline_ms {
+            return Ok(Vec::new());
+        }
+        let wake_ms = next_visible_ms.map_or(deadline_ms, |n| n.min(deadline_ms)).max(now_ms + 1);
+        tokio::select! {
+            _ = applied.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(wake_ms - now_ms)) => {}
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Storage for StorageService {
+    async fn ensure_queue(&self, request: Request<pb::EnsureQueueRequest>) -> Result<Response<pb::Empty>, Status> {
+        let r = request.into_inner();
+        let (shard, queue, tenant) = self.route(r.queue.as_ref())?;
+        let config = config_from_pb(r.config)?;
+        shard.propose(Command::CreateQueue { queue, tenant: tenant.clone(), config }).await?;
+        let stored = shard.state().0.queue_config(queue, &tenant).copied();
+        if stored != Some(config) {
+            shard.propose(Command::SetQueueConfig { queue, tenant, config }).await?;
+        }
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn drop_queue(&self, request: Request<pb::QueueRef>) -> Result<Response<pb::Empty>, Status> {
+        let r = request.into_inner();
+        let (shard, queue, tenant) = self.route(Some(&r))?;
+        match shard.propose(Command::DeleteQueue { queue, tenant }).await {
+            Ok(_) => Ok(Response::new(pb::Empty {})),
+            // Already gone (a retried delete): dropping is idempotent.
+            Err(e) if e.kind == ErrorKind::QueueNotFound => Ok(Response::new(pb::Empty {})),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn send(&self, request: Request<pb::SendRequest>) -> Result<Response<pb::SendResponse>, Status> {
+        let r = request.into_inner();
+        let (shard, queue, tenant) = self.route(r.queue.as_ref())?;
+        if r.messages.is_empty() || r.messages.len() > queue::SEND_BATCH_MAX {
+            return Err(StrataError::invalid(format!("a send carries 1-{} messages", queue::SEND_BATCH_MAX)).into());
+        }
+        let messages = r.messages.into_iter().map(message_from_pb).collect::<Result<Vec<_>, _>>()?;
+        match shard.propose(Command::Send { queue, tenant, messages }).await? {
+            queue::Response::Sent(sent) => Ok(Response::new(pb::SendResponse {
+                messages: sent
+                    .into_iter()
+                    .map(|s| pb::SentMessage { message_id: s.message_id.to_string(), seq: s.seq })
+                    .collect(),
+            })),
+            other => Err(StrataError::internal(format!("unexpected response to send: {other:?}")).into()),
+        }
+    }
+
+    async fn receive(&self, request: Request<pb::ReceiveRequest>) -> Result<Response<pb::ReceiveResponse>, Status> {
+        let r = request.into_inner();
+        let (shard, queue, tenant) = self.route(r.queue.as_ref())?;
+        let messages = receive(&shard, queue, tenant, r.max_messages, r.visibility_timeout_ms, r.wait_ms).await?;
+        Ok(Response::new(pb::ReceiveResponse { messages }))
+    }
+
+    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        let r = request.into_inner();
+        let (shard, queue, tenant) = self.route(r.queue.as_ref())?;
+        if r.receipt_handles.is_empty() || r.receipt_handles.len() > queue::DELETE_BATCH_MAX {
+            return Err(StrataError::invalid(format!("a delete carries 1-{} receipts", queue::DELETE_BATCH_MAX)).into());
+        }
+        match shard.propose(Command::Delete { queue, tenant, receipts: r.receipt_handles }).await? {
+            queue::Response::Deleted(results) => Ok(Response::new(pb::DeleteResponse {
+                results: results
+                    .into_iter()
+                    .map(|r| match r {
+                        Ok(()) => pb::EntryResult::default(),
+                        Err(e) => {
+                            let e = queue_error(e);
+                            pb::EntryResult { error_code: e.kind.code().to_string(), error_message: e.message }
+                        }
+                    })
+                    .collect(),
+            })),
+            other => Err(StrataError::internal(format!("unexpected response to delete: {other:?}")).into()),
+        }
+    }
+
+    async fn change_visibility(
+        &self,
+        request: Request<pb::ChangeVisibilityRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let r = request.into_inner();
+        let (shard, queue, tenant) = self.route(r.queue.as_ref())?;
+        if r.visibility_timeout_ms > queue::VISIBILITY_TIMEOUT_MS_MAX {
+            return Err(StrataError::invalid("visibility timeout must be at most 12 hours").into());
+        }
+        let command = Command::ChangeVisibility {
+            queue,
+            tenant,
+            receipt: r.receipt_handle,
+            visibility_timeout_ms: r.visibility_timeout_ms,
+        };
+        shard.propose(command).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn purge(&self, request: Request<pb::QueueRef>) -> Result<Response<pb::PurgeResponse>, Status> {
+        let r = request.into_inner();
+        let (shard, queue, tenant) = self.route(Some(&r))?;
+        match shard.propose(Command::Purge { queue, tenant }).await? {
+            queue::Response::Purged { count } => Ok(Response::new(pb::PurgeResponse { purged: count })),
+            other => Err(StrataError::internal(format!("unexpected response to purge: {other:?}")).into()),
+        }
+    }
+
+    async fn get_queue_stats(&self, request: Request<pb::QueueRef>) -> Result<Response<pb::QueueStats>, Status> {
+        let r = request.into_inner();
+        let (shard, queue, tenant) = self.route(Some(&r))?;
+        let counts = shard.state().0.queue_counts(queue, &tenant);
+        let counts = counts.ok_or_else(|| queue_error(queue::QueueError::QueueNotFound))?;
+        Ok(Response::new(pb::QueueStats {
+            visible: counts.visible,
+            in_flight: counts.in_flight,
+            delayed: counts.delayed,
+        }))
+    }
+}

@@ -1,0 +1,303 @@
+//! A generic openraft state machine around a pure, deterministic [`ReplicatedState`].
+//!
+//! The shard queue state and the metadata catalog are both plain values with an
+//! `apply(log_index, command) -> response` function. [`StateMachineStore`] adds what openraft
+//! needs around them: the last applied log id, the last membership, snapshots, and a way for
+//! the rest of the process to read the state and to wait until an index has been applied.
+//!
+//! Snapshots are the whole state, postcard-encoded, in one checked file written atomically
+//! (`snapshot`) in the store directory. At start-up the state is loaded from that file and
+//! openraft re-applies the log after it. A snapshot never holds message bodies: those stay in
+//! the log and its tiered segments.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, RaftTypeConfig, SnapshotMeta};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use crate::write_file_atomic;
+
+const SNAPSHOT_FILE: &str = "snapshot";
+
+/// A deterministic state replicated through Raft.
+pub trait ReplicatedState: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The command carried in a normal log entry.
+    type Command;
+    /// What applying a command answers to the proposer.
+    type Response;
+
+    /// Applies one command. Must be deterministic: same state, index and command give the same
+    /// result on every replica and on every replay.
+    fn apply(&mut self, log_index: u64, command: &Self::Command) -> Self::Response;
+
+    /// The response for entries that carry no command (blank and membership entries).
+    fn noop_response() -> Self::Response;
+}
+
+/// Access to the application command of a log entry (None for blank and membership entries).
+pub trait EntryCommand<D> {
+    fn command(&self) -> Option<&D>;
+}
+
+impl<CLID, D, NID, N> EntryCommand<D> for openraft::Entry<CLID, EntryPayload<D, NID, N>>
+where
+    CLID: openraft::vote::RaftCommittedLeaderId,
+    D: openraft::AppData,
+    NID: openraft::NodeId,
+    N: openraft::Node,
+{
+    fn command(&self) -> Option<&D> {
+        match &self.payload {
+            EntryPayload::Normal(command) => Some(command),
+            EntryPayload::Blank | EntryPayload::Membership(_) => None,
+        }
+    }
+}
+
+/// State plus the Raft bookkeeping that must move with it atomically.
+struct Applied<C: RaftTypeConfig, S> {
+    last_applied: Option<LogIdOf<C>>,
+    membership: StoredMembershipOf<C>,
+    state: S,
+}
+
+/// Snapshot layout version, the first byte of the encoded snapshot.
+/// Layout: version u8, crc32c u32 LE of the rest, then postcard of
+/// (last applied log id, last membership, state).
+const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+const SNAPSHOT_HEADER_BYTES: usize = 5;
+
+fn encode_snapshot<C: RaftTypeConfig, S: Serialize>(applied: &Applied<C, S>) -> io::Result<Vec<u8>> {
+    let body = postcard::to_allocvec(&(&applied.last_applied, &applied.membership, &applied.state))
+        .map_err(io::Error::other)?;
+    let mut bytes = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + body.len());
+    bytes.push(SNAPSHOT_FORMAT_VERSION);
+    bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    Ok(bytes)
+}
+
+fn invalid(message: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message.into())
+}
+
+fn decode_snapshot<C: RaftTypeConfig, S: DeserializeOwned>(bytes: &[u8]) -> io::Result<Applied<C, S>> {
+    if bytes.len() < SNAPSHOT_HEADER_BYTES {
+        return Err(invalid("snapshot is truncated"));
+    }
+    if bytes[0] != SNAPSHOT_FORMAT_VERSION {
+        return Err(invalid(format!("snapshot format version {} is not supported", bytes[0])));
+    }
+    let crc = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+    let body = &bytes[SNAPSHOT_HEADER_BYTES..];
+    if crc32c::crc32c(body) != crc {
+        return Err(invalid("snapshot checksum mismatch"));
+    }
+    let (last_applied, membership, state): (Option<LogIdOf<C>>, StoredMembershipOf<C>, S) =
+        postcard::from_bytes(body).map_err(|e| invalid(e.to_string()))?;
+    Ok(Applied { last_applied, membership, state })
+}
+
+/// The shared part of a state machine store: readable by the rest of the process.
+pub struct SharedState<C: RaftTypeConfig, S> {
+    applied: RwLock<Applied<C, S>>,
+    applied_index: watch::Sender<u64>,
+    snapshot: Mutex<Option<(SnapshotMetaOf<C>, Vec<u8>)>>,
+    dir: PathBuf,
+}
+
+impl<C: RaftTypeConfig, S: ReplicatedState> SharedState<C, S> {
+    /// A read guard on the state. Hold it briefly: applies wait for it.
+    pub fn read(&self) -> StateGuard<'_, C, S> {
+        StateGuard { guard: self.applied.read() }
+    }
+
+    /// A receiver that changes whenever entries are applied; its value is the last applied index
+    /// (0 before anything was applied).
+    pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
+        self.applied_index.subscribe()
+    }
+
+    /// The index of the last applied entry (0 before anything was applied).
+    pub fn applied_index(&self) -> u64 {
+        *self.applied_index.borrow()
+    }
+
+    /// The last log id covered by the current snapshot.
+    pub fn snapshot_index(&self) -> Option<u64> {
+        self.snapshot.lock().as_ref().and_then(|(m, _)| m.last_log_id.as_ref().map(|l| l.index()))
+    }
+}
+
+/// A read guard that derefs to the replicated state.
+pub struct StateGuard<'a, C: RaftTypeConfig, S> {
+    guard: RwLockReadGuard<'a, Applied<C, S>>,
+}
+
+impl<C: RaftTypeConfig, S> std::ops::Deref for StateGuard<'_, C, S> {
+    type Target = S;
+    fn deref(&self) -> &S {
+        &self.guard.state
+    }
+}
+
+/// openraft's [`RaftStateMachine`] for a [`ReplicatedState`]. Cheap to clone.
+pub struct StateMachineStore<C: RaftTypeConfig, S> {
+    shared: Arc<SharedState<C, S>>,
+}
+
+impl<C: RaftTypeConfig, S> Clone for StateMachineStore<C, S> {
+    fn clone(&self) -> Self {
+        Self { shared: self.shared.clone() }
+    }
+}
+
+impl<C: RaftTypeConfig, S: ReplicatedState> StateMachineStore<C, S> {
+    /// Opens the store in `dir`, loading the last snapshot if there is one.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let stored = match std::fs::read(dir.join(SNAPSHOT_FILE)) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let (applied, snapshot) = match stored {
+            Some(bytes) => {
+                let applied: Applied<C, S> = decode_snapshot(&bytes)?;
+                let meta = SnapshotMeta {
+                    last_log_id: applied.last_applied.clone(),
+                    last_membership: applied.membership.clone(),
+                };
+                (applied, Some((meta, bytes)))
+            }
+            None => (
+                Applied { last_applied: None, membership: StoredMembershipOf::<C>::default(), state: S::default() },
+                None,
+            ),
+        };
+        let index = applied.last_applied.as_ref().map_or(0, |l| l.index());
+        let (applied_index, _) = watch::channel(index);
+        Ok(Self {
+            shared: Arc::new(SharedState {
+                applied: RwLock::new(applied),
+                applied_index,
+                snapshot: Mutex::new(snapshot),
+                dir: dir.to_path_buf(),
+            }),
+        })
+    }
+
+    /// The part of the store the rest of the process reads.
+    pub fn shared(&self) -> Arc<SharedState<C, S>> {
+        self.shared.clone()
+    }
+
+    fn encode_current(&self) -> io::Result<(SnapshotMetaOf<C>, Vec<u8>)> {
+        let applied = self.shared.applied.read();
+        let bytes = encode_snapshot(&applied)?;
+        let meta =
+            SnapshotMeta { last_log_id: applied.last_applied.clone(), last_membership: applied.membership.clone() };
+        Ok((meta, bytes))
+    }
+
+    fn store_snapshot(&self, meta: SnapshotMetaOf<C>, bytes: Vec<u8>) -> io::Result<SnapshotOf<C, Vec<u8>>> {
+        write_file_atomic(&self.shared.dir.join(SNAPSHOT_FILE), &bytes)?;
+        *self.shared.snapshot.lock() = Some((meta.clone(), bytes.clone()));
+        Ok(openraft::Snapshot { meta, snapshot: bytes })
+    }
+}
+
+impl<C, S> RaftSnapshotBuilder<C> for StateMachineStore<C, S>
+where
+    C: RaftTypeConfig<D = S::Command, R = S::Response>,
+    S: ReplicatedState,
+{
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, Vec<u8>>, io::Error> {
+        let (meta, bytes) = self.encode_current()?;
+        self.store_snapshot(meta, bytes)
+    }
+}
+
+impl<C, S> RaftStateMachine<C> for StateMachineStore<C, S>
+where
+    C: RaftTypeConfig<D = S::Command, R = S::Response>,
+    C::Entry: EntryCommand<S::Command>,
+    S: ReplicatedState,
+{
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogIdOf<C>>, StoredMembershipOf<C>), io::Error> {
+        let applied = self.shared.applied.read();
+        Ok((applied.last_applied.clone(), applied.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: futures::Stream<Item = Result<EntryResponder<C>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut last_index = None;
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let log_id = entry.log_id();
+            let index = log_id.index();
+            let membership = entry.get_membership();
+            let response = {
+                let mut applied = self.shared.applied.write();
+                let response = match entry.command() {
+                    Some(command) => applied.state.apply(index, command),
+                    None => S::noop_response(),
+                };
+                if let Some(membership) = membership {
+                    applied.membership = StoredMembershipOf::<C>::new(Some(log_id.clone()), membership);
+                }
+                applied.last_applied = Some(log_id);
+                response
+            };
+            last_index = Some(index);
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
+        }
+        if let Some(index) = last_index {
+            self.shared.applied_index.send_replace(index);
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<C>, snapshot: Vec<u8>) -> Result<(), io::Error> {
+        let applied: Applied<C, S> = decode_snapshot(&snapshot)?;
+        if applied.last_applied != meta.last_log_id {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot content does not match its metadata"));
+        }
+        let index = applied.last_applied.as_ref().map_or(0, |l| l.index());
+        *self.shared.applied.write() = applied;
+        self.store_snapshot(meta.clone(), snapshot)?;
+        self.shared.applied_index.send_replace(index);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, Vec<u8>>>, io::Error> {
+        Ok(self
+            .shared
+            .snapshot
+            .lock()
+            .as_ref()
+            .map(|(meta, bytes)| openraft::Snapshot { meta: meta.clone(), snapshot: bytes.clone() }))
+    }
+}

@@ -1,0 +1,274 @@
+//! The openraft log store on top of the WAL.
+//!
+//! [`WalLogStore`] is the Raft log of every shard and of the metadata quorum. Entries are
+//! postcard-encoded into WAL records whose index is the Raft log index, so the WAL's guarantees
+//! carry over: an append is readable when `append` returns and durable when openraft's
+//! [`IOFlushed`] callback fires, which happens only after the group-commit `fdatasync` that
+//! covers it.
+//!
+//! Beside the log, three small facts live in checked files in the same directory:
+//! - the vote (written atomically with fsync before `save_vote` returns: Raft safety needs it);
+//! - the last purged log id (fsynced: it bounds what readers may ask for);
+//! - the committed log id, persisted only every [`COMMITTED_PERSIST_EVERY_ENTRIES`] entries: it
+//!   is a lower bound used to re-apply entries at start-up and to detect a log that recovered
+//!   shorter than what was committed. Every entry it names was fsynced in the WAL before it was
+//!   committed, so a stale copy is harmless; an unreadable copy is ignored with a warning.
+//!
+//! Purging is logical: entries at or below the purge point disappear from the reader. Whether
+//! the segment files are removed at once depends on [`SegmentRetention`]: the metadata quorum
+//! removes them on purge, shards keep them until the tiering code has uploaded them, because
+//! message bodies are read back from the log long after the state machine snapshot covers them.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use openraft::alias::{EntryOf, LogIdOf, VoteOf};
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::{LogState, OptionalSend, RaftLogReader, RaftTypeConfig};
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{Wal, WalError, WalOptions, read_file_checked, write_file_checked};
+
+const VOTE_FILE: &str = "raft-vote";
+const COMMITTED_FILE: &str = "raft-committed";
+const PURGED_FILE: &str = "raft-purged";
+/// The committed index is written to disk when it has advanced this far since the last write:
+/// often enough to bound start-up re-apply work, rarely enough to cost nothing per commit.
+pub const COMMITTED_PERSIST_EVERY_ENTRIES: u64 = 4096;
+/// Segment files live in this subdirectory of the store directory.
+const LOG_DIR: &str = "log";
+
+/// What happens to WAL segment files once Raft purges the entries in them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentRetention {
+    /// Remove sealed segments as soon as every entry in them is purged (metadata quorum).
+    RemoveOnPurge,
+    /// Keep them; the owner removes them explicitly (shards: after tiering).
+    KeepUntilReleased,
+}
+
+/// openraft's [`RaftLogStorage`] and [`RaftLogReader`] backed by a [`Wal`]. Cheap to clone.
+pub struct WalLogStore<C: RaftTypeConfig> {
+    inner: Arc<Inner<C>>,
+}
+
+impl<C: RaftTypeConfig> Clone for WalLogStore<C> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone() }
+    }
+}
+
+struct Inner<C: RaftTypeConfig> {
+    wal: Wal,
+    dir: PathBuf,
+    retention: SegmentRetention,
+    facts: Mutex<Facts<C>>,
+}
+
+struct Facts<C: RaftTypeConfig> {
+    vote: Option<VoteOf<C>>,
+    committed: Option<LogIdOf<C>>,
+    committed_persisted_index: Option<u64>,
+    last_purged: Option<LogIdOf<C>>,
+}
+
+fn to_io(e: WalError) -> io::Error {
+    io::Error::other(e)
+}
+
+fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    postcard::to_allocvec(value).map_err(io::Error::other)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
+    postcard::from_bytes(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+fn load_fact<T: DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
+    match read_file_checked(path).map_err(to_io)? {
+        Some(bytes) => decode(&bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+impl<C: RaftTypeConfig> WalLogStore<C> {
+    /// Opens (or creates) the store in `dir`, recovering the WAL. Recovery treats a log that
+    /// ends below the persisted committed index as corruption.
+    pub fn open(dir: &Path, options: WalOptions, retention: SegmentRetention) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let vote: Option<VoteOf<C>> = load_fact(&dir.join(VOTE_FILE))?;
+        let last_purged: Option<LogIdOf<C>> = load_fact(&dir.join(PURGED_FILE))?;
+        // A torn committed file is tolerated: it is only a hint (see the module doc).
+        let committed: Option<LogIdOf<C>> = match load_fact(&dir.join(COMMITTED_FILE)) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring unreadable committed-index hint");
+                None
+            }
+        };
+        let durable_index_min = committed.as_ref().map(|c| c.index());
+        let (wal, report) = Wal::open(&dir.join(LOG_DIR), options, durable_index_min).map_err(to_io)?;
+        tracing::info!(dir = %dir.display(), ?report, "raft log recovered");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                wal,
+                dir: dir.to_path_buf(),
+                retention,
+                facts: Mutex::new(Facts {
+                    vote,
+                    committed_persisted_index: committed.as_ref().map(|c| c.index()),
+                    committed,
+                    last_purged,
+                }),
+            }),
+        })
+    }
+
+    /// The WAL underneath, for reading message bodies by log index and for tiering.
+    pub fn wal(&self) -> &Wal {
+        &self.inner.wal
+    }
+
+    /// The last purged log index, if any: entries at or below it are no longer served to Raft.
+    pub fn last_purged_index(&self) -> Option<u64> {
+        self.inner.facts.lock().last_purged.as_ref().map(|l| l.index())
+    }
+
+    /// Reads and decodes one entry from the local WAL (ignores the purge point).
+    pub fn read_entry(&self, index: u64) -> io::Result<Option<EntryOf<C>>> {
+        match self.inner.wal.read(index).map_err(to_io)? {
+            Some(bytes) => decode(&bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn entries(&self, range: impl RangeBounds<u64>) -> io::Result<Vec<EntryOf<C>>> {
+        let purged_next = self.last_purged_index().map_or(0, |i| i + 1);
+        let start = match range.start_bound() {
+            Bound::Included(s) => *s,
+            Bound::Excluded(s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        }
+        .max(purged_next)
+        .max(self.inner.wal.first_index().unwrap_or(u64::MAX));
+        let Some(last) = self.inner.wal.last_index() else {
+            return Ok(Vec::new());
+        };
+        let end_exclusive = match range.end_bound() {
+            Bound::Included(e) => e.saturating_add(1),
+            Bound::Excluded(e) => *e,
+            Bound::Unbounded => u64::MAX,
+        }
+        .min(last.saturating_add(1));
+        if start >= end_exclusive {
+            return Ok(Vec::new());
+        }
+        let records = self.inner.wal.read_range(start, end_exclusive).map_err(to_io)?;
+        records.iter().map(|(_, bytes)| decode(bytes)).collect()
+    }
+}
+
+impl<C: RaftTypeConfig> RaftLogReader<C> for WalLogStore<C> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<EntryOf<C>>, io::Error> {
+        self.entries(range)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<VoteOf<C>>, io::Error> {
+        Ok(self.inner.facts.lock().vote.clone())
+    }
+}
+
+impl<C: RaftTypeConfig> RaftLogStorage<C> for WalLogStore<C> {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
+        let last_purged_log_id = self.inner.facts.lock().last_purged.clone();
+        let last_in_wal = match self.inner.wal.last_index() {
+            Some(index) if Some(index) > last_purged_log_id.as_ref().map(|l| l.index()) => {
+                self.read_entry(index)?.map(|e| e.log_id())
+            }
+            _ => None,
+        };
+        let last_log_id = last_in_wal.or_else(|| last_purged_log_id.clone());
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &VoteOf<C>) -> Result<(), io::Error> {
+        write_file_checked(&self.inner.dir.join(VOTE_FILE), &encode(vote)?, true)?;
+        self.inner.facts.lock().vote = Some(vote.clone());
+        Ok(())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
+        let index = committed.as_ref().map(|c| c.index());
+        let persist = {
+            let mut facts = self.inner.facts.lock();
+            facts.committed = committed.clone();
+            let due = match (index, facts.committed_persisted_index) {
+                (Some(now), Some(before)) => now >= before + COMMITTED_PERSIST_EVERY_ENTRIES,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if due {
+                facts.committed_persisted_index = index;
+            }
+            due
+        };
+        if persist {
+            write_file_checked(&self.inner.dir.join(COMMITTED_FILE), &encode(&committed)?, false)?;
+        }
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
+        Ok(self.inner.facts.lock().committed.clone())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = EntryOf<C>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let records = entries
+            .into_iter()
+            .map(|entry| Ok((entry.index(), Bytes::from(encode(&entry)?))))
+            .collect::<io::Result<Vec<_>>>()?;
+        if records.is_empty() {
+            callback.io_completed(Ok(()));
+            return Ok(());
+        }
+        self.inner
+            .wal
+            .append(records, Box::new(move |result| callback.io_completed(result.map_err(to_io))))
+            .map_err(to_io)
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
+        let from = last_log_id.map_or(0, |l| l.index() + 1);
+        self.inner.wal.truncate_from(from).map_err(to_io)
+    }
+
+    async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {
+        let index = log_id.index();
+        write_file_checked(&self.inner.dir.join(PURGED_FILE), &encode(&Some(log_id.clone()))?, true)?;
+        self.inner.facts.lock().last_purged = Some(log_id);
+        if self.inner.retention == SegmentRetention::RemoveOnPurge {
+            self.inner.wal.remove_sealed_through(index).map_err(to_io)?;
+        }
+        Ok(())
+    }
+}
