@@ -301,14 +301,13 @@ impl JwtVerifier {
         // Presence (and numeric type of `exp`) is enforced by the library even
         // with its time checks off.
         validation.set_required_spec_claims(&REQUIRED_CLAIMS);
-        // The library reads the system clock directly; `exp`/`nbf` are checked
-        // in `verify` against `self.clock` instead (same rule, same leeway).
+        // The library reads the system clock directly, bypassing the `Clock`
+        // seam; `exp`/`nbf` are checked in `verify` against `self.clock`.
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.validate_aud = true;
         validation.set_audience(&[self.audience.as_str()]);
         validation.set_issuer(&[self.issuer.as_str()]);
-        validation.leeway = self.leeway_s;
         validation
     }
 }
