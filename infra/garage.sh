@@ -58,7 +58,10 @@ CONF
   fi
   local node
   node=$(garage node id -q | cut -d@ -f1)
-  if ! garage layout show 2>/dev/null | grep -q "$(echo "$node" | cut -c1-16)"; then
+  # Capture first: `grep -q` closing the pipe early makes garage abort on EPIPE.
+  local layout
+  layout=$(garage layout show 2>/dev/null || true)
+  if ! grep -q "Current cluster layout version: [1-9]" <<<"$layout"; then
     garage layout assign -z dc1 -c 1G "$node" >/dev/null
     garage layout apply --version 1 >/dev/null
   fi

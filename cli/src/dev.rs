@@ -50,6 +50,9 @@ pub struct DevArgs {
     /// Snapshot the queue state every this many log entries.
     #[arg(long, default_value_t = 20_000)]
     snapshot_every: u64,
+    /// Seal the active segment after this many idle milliseconds, so idle tails tier too.
+    #[arg(long, default_value_t = 60_000)]
+    seal_idle_ms: u64,
     /// How often sealed segments are tiered, in milliseconds.
     #[arg(long, default_value_t = 5_000)]
     tier_interval_ms: u64,
@@ -64,6 +67,9 @@ pub struct DevArgs {
     s3_access_key_id: String,
     #[arg(long, env = "STRATA_S3_SECRET_ACCESS_KEY", default_value = "", hide_env_values = true)]
     s3_secret_access_key: String,
+    /// Key prefix inside the bucket.
+    #[arg(long, env = "STRATA_S3_PREFIX", default_value = "")]
+    s3_prefix: String,
     /// Memory for cached blocks of tiered segments, in MiB.
     #[arg(long, default_value_t = 64)]
     cache_memory_mib: usize,
@@ -143,6 +149,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             region: args.s3_region.clone(),
             access_key_id: args.s3_access_key_id.clone(),
             secret_access_key: args.s3_secret_access_key.clone(),
+            prefix: args.s3_prefix.clone(),
         },
         None => ObjectStoreSettings::Local { dir: dir.join("objects") },
     };
@@ -157,6 +164,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             log: ShardLogSettings {
                 segment_size_bytes_max: args.segment_bytes,
                 snapshot_every_entries: args.snapshot_every,
+                seal_idle_after: Duration::from_millis(args.seal_idle_ms),
             },
             tier_interval: Duration::from_millis(args.tier_interval_ms),
             expire_interval: Duration::from_secs(1),

@@ -27,7 +27,16 @@ pub enum ObjectStoreSettings {
     /// A local directory (the `strata dev` default).
     Local { dir: PathBuf },
     /// Any S3-compatible endpoint.
-    S3 { endpoint: String, bucket: String, region: String, access_key_id: String, secret_access_key: String },
+    S3 {
+        endpoint: String,
+        bucket: String,
+        region: String,
+        access_key_id: String,
+        secret_access_key: String,
+        /// Key prefix inside the bucket, so several clusters (or test runs) can share one bucket.
+        #[serde(default)]
+        prefix: String,
+    },
 }
 
 impl ObjectStoreSettings {
@@ -37,7 +46,7 @@ impl ObjectStoreSettings {
                 std::fs::create_dir_all(dir)?;
                 Ok(Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir)?))
             }
-            ObjectStoreSettings::S3 { endpoint, bucket, region, access_key_id, secret_access_key } => {
+            ObjectStoreSettings::S3 { endpoint, bucket, region, access_key_id, secret_access_key, prefix } => {
                 let store = object_store::aws::AmazonS3Builder::new()
                     .with_endpoint(endpoint)
                     .with_bucket_name(bucket)
@@ -47,7 +56,11 @@ impl ObjectStoreSettings {
                     .with_allow_http(endpoint.starts_with("http://"))
                     .with_virtual_hosted_style_request(false)
                     .build()?;
-                Ok(Arc::new(store))
+                if prefix.is_empty() {
+                    Ok(Arc::new(store))
+                } else {
+                    Ok(Arc::new(object_store::prefix::PrefixStore::new(store, prefix.as_str())))
+                }
             }
         }
     }
@@ -151,6 +164,7 @@ impl StorageNode {
                 metadata.clone(),
                 reader.clone(),
                 settings.tier_interval,
+                settings.log.seal_idle_after,
                 cancel.clone(),
             )));
             tasks.push(tokio::spawn(expire_loop(shard.clone(), settings.expire_interval, cancel.clone())));
@@ -177,12 +191,26 @@ async fn tier_loop(
     metadata: MetadataClient,
     reader: Arc<TieredReader>,
     interval: Duration,
+    seal_idle_after: Duration,
     cancel: CancellationToken,
 ) {
+    // An idle shard seals its active segment after `seal_idle_after`, so its tail tiers too.
+    let mut last_seen_index = None;
+    let mut idle_since = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
+        }
+        let last_index = shard.wal().last_index();
+        if last_index != last_seen_index {
+            last_seen_index = last_index;
+            idle_since = tokio::time::Instant::now();
+        } else if idle_since.elapsed() >= seal_idle_after {
+            if let Err(e) = shard.wal().seal_active() {
+                tracing::warn!(shard = shard.shard_id, error = %e, "sealing an idle segment failed");
+            }
+            idle_since = tokio::time::Instant::now();
         }
         match tier_shard_once(&shard, store.as_ref(), &metadata, &reader).await {
             Ok(pass) if pass != Default::default() => tracing::info!(shard = shard.shard_id, ?pass, "tiering pass"),

@@ -78,11 +78,18 @@ pub struct ShardLogSettings {
     /// State machine snapshot every this many entries; segments below the snapshot may leave
     /// the local disk once tiered.
     pub snapshot_every_entries: u64,
+    /// A shard that appended nothing for this long seals its active segment, so the tail of an
+    /// idle queue tiers too instead of waiting for the segment to fill.
+    pub seal_idle_after: std::time::Duration,
 }
 
 impl Default for ShardLogSettings {
     fn default() -> Self {
-        Self { segment_size_bytes_max: 64 * 1024 * 1024, snapshot_every_entries: 20_000 }
+        Self {
+            segment_size_bytes_max: 64 * 1024 * 1024,
+            snapshot_every_entries: 20_000,
+            seal_idle_after: std::time::Duration::from_secs(60),
+        }
     }
 }
 
@@ -167,9 +174,10 @@ impl Shard {
         self.group.state.subscribe_applied()
     }
 
-    /// The last log index covered by a snapshot (entries at or below it are never replayed).
-    pub fn snapshot_index(&self) -> Option<u64> {
-        self.group.state.snapshot_index()
+    /// The last log index Raft has purged: entries at or below it are covered by a snapshot and
+    /// are never read by Raft again (restart replay starts after it).
+    pub fn purged_index(&self) -> Option<u64> {
+        self.group.log.last_purged_index()
     }
 
     pub fn trigger_snapshot(&self) {

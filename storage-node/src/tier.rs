@@ -5,8 +5,8 @@
 //! 2. it is uploaded under a deterministic key with create-only semantics
 //!    ([`segment_object_key`]: shard, writer epoch, index range);
 //! 3. it is recorded in the metadata segment catalog;
-//! 4. only then, and only once every entry in it is covered by a state-machine snapshot (so a
-//!    restart never needs to replay it), is the local file removed.
+//! 4. only then, and only once Raft has purged every entry in it (they are covered by a
+//!    state-machine snapshot, so a restart never replays them), is the local file removed.
 //!
 //! A crash between any two steps is safe: an uploaded but unrecorded object is garbage that no
 //! reader references (and a later writer epoch never reuses its key); a recorded segment that is
@@ -24,7 +24,8 @@
 //!
 //! # Garbage collection
 //! A tiered segment whose every entry is below both the lowest log index any live message still
-//! references and the snapshot point is deleted from the bucket and from the catalog.
+//! references and Raft's purge point is deleted from the bucket and from the catalog. (Above the
+//! purge point the local copy still exists and would be uploaded again.)
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
@@ -107,7 +108,7 @@ impl SegmentIndex {
 
     fn decode_body(body: &[u8], crc: u32) -> Result<Self, StrataError> {
         let bad = || StrataError::internal("a tiered segment has a damaged index");
-        if crc32c::crc32c(body) != crc || body.len() % INDEX_RECORD_BYTES != 0 {
+        if crc32c::crc32c(body) != crc || !body.len().is_multiple_of(INDEX_RECORD_BYTES) {
             return Err(bad());
         }
         let mut records = BTreeMap::new();
@@ -362,7 +363,7 @@ pub async fn tier_shard_once(
     let catalog = metadata.list_segments(shard.shard_id).await?;
     let recorded: HashMap<(u64, u64), pb::Segment> =
         catalog.iter().map(|s| ((s.first_index, s.last_index), s.clone())).collect();
-    let snapshot_index = shard.snapshot_index();
+    let purged_index = shard.purged_index();
     let mut needs_snapshot = false;
     for info in shard.wal().sealed_segments() {
         if !recorded.contains_key(&(info.first_index, info.last_index)) {
@@ -372,7 +373,7 @@ pub async fn tier_shard_once(
             pass.uploaded += 1;
         }
         // Uploaded and recorded: the file may go once no restart would replay it.
-        if snapshot_index.is_some_and(|s| info.last_index <= s) {
+        if purged_index.is_some_and(|p| info.last_index <= p) {
             let removed = shard.wal().remove_sealed_through(info.last_index).map_err(|e| {
                 tracing::error!(error = %e, "removing a tiered segment locally");
                 StrataError::internal("local segment removal failed")
@@ -387,12 +388,12 @@ pub async fn tier_shard_once(
         shard.trigger_snapshot();
     }
 
-    // GC: entries below both the oldest live message and the snapshot are never read again.
+    // GC: entries below both the oldest live message and the purge point are never read again.
     let live_min = shard.state().0.min_live_log_index();
-    let reclaim_below = match (live_min, snapshot_index) {
+    let reclaim_below = match (live_min, purged_index) {
         (_, None) => 0,
-        (Some(live), Some(snap)) => live.min(snap + 1),
-        (None, Some(snap)) => snap + 1,
+        (Some(live), Some(purged)) => live.min(purged + 1),
+        (None, Some(purged)) => purged + 1,
     };
     let garbage: Vec<&pb::Segment> = catalog.iter().filter(|s| s.last_index < reclaim_below).collect();
     if !garbage.is_empty() {

@@ -15,7 +15,7 @@ pub enum WalError {
     /// An operating-system call failed. For fsync/fdatasync failures in
     /// [`FsyncFailure::Poison`](crate::FsyncFailure::Poison) mode this is the error reported once;
     /// every later call returns [`WalError::Poisoned`].
-    #[error("WAL I/O error: {op} {path}")]
+    #[error("WAL I/O error: {op} {path}: {source}")]
     Io {
         /// The operation that failed (e.g. `"fdatasync"`, `"write"`).
         op: &'static str,

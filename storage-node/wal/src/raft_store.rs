@@ -113,7 +113,10 @@ impl<C: RaftTypeConfig> WalLogStore<C> {
                 None
             }
         };
-        let durable_index_min = committed.as_ref().map(|c| c.index());
+        // Entries at or below the purge point may have left the disk (tiered); only a committed
+        // entry above it must still be in the local log.
+        let durable_index_min =
+            committed.as_ref().map(|c| c.index()).filter(|c| Some(*c) > last_purged.as_ref().map(|p| p.index()));
         let (wal, report) = Wal::open(&dir.join(LOG_DIR), options, durable_index_min).map_err(to_io)?;
         tracing::info!(dir = %dir.display(), ?report, "raft log recovered");
         Ok(Self {
@@ -228,14 +231,19 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for WalLogStore<C> {
             }
             due
         };
-        if persist {
+        if persist && let Some(committed) = committed {
             write_file_checked(&self.inner.dir.join(COMMITTED_FILE), &encode(&committed)?, false)?;
         }
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
-        Ok(self.inner.facts.lock().committed.clone())
+        // The persisted hint may lag behind the purge point (it is written only now and then);
+        // purged entries were applied before they were purged, so the purge point is committed.
+        let facts = self.inner.facts.lock();
+        let committed_index = facts.committed.as_ref().map(|c| c.index());
+        let purged_index = facts.last_purged.as_ref().map(|p| p.index());
+        Ok(if purged_index > committed_index { facts.last_purged.clone() } else { facts.committed.clone() })
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>
@@ -264,7 +272,7 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for WalLogStore<C> {
 
     async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {
         let index = log_id.index();
-        write_file_checked(&self.inner.dir.join(PURGED_FILE), &encode(&Some(log_id.clone()))?, true)?;
+        write_file_checked(&self.inner.dir.join(PURGED_FILE), &encode(&log_id)?, true)?;
         self.inner.facts.lock().last_purged = Some(log_id);
         if self.inner.retention == SegmentRetention::RemoveOnPurge {
             self.inner.wal.remove_sealed_through(index).map_err(to_io)?;

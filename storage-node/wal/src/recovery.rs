@@ -10,6 +10,8 @@
 //!   `u64::MAX`) is never a tear.
 //!   A torn tail is cut off (file truncated + fsynced); anything else is corruption and
 //!   nothing is modified.
+//! - Every recovered segment, the last one included, is sealed (and fsynced): appends after
+//!   a restart go to a new segment file, so sealed segments stay immutable across restarts.
 //! - A last segment left with no records (crash while creating it, or its only records were
 //!   torn) is removed, and the directory fsynced.
 //! - If the recovered last index is below the caller's `durable_index_min` (or the WAL is empty
@@ -44,8 +46,9 @@ pub struct RecoveryReport {
     pub removed_segment_files: Vec<PathBuf>,
 }
 
-/// Recovers the segments of `dir` (which must exist). The last returned segment is unsealed
-/// (it becomes the active segment); all others are sealed.
+/// Recovers the segments of `dir` (which must exist). Every returned segment is sealed and
+/// fsynced: the next append starts a new segment file, so a segment that was sealed (and
+/// perhaps uploaded by tiering) before a restart never grows after it.
 pub(crate) fn recover(dir: &Path, durable_index_min: Option<u64>) -> Result<(Vec<Segment>, RecoveryReport), WalError> {
     let files = list_segment_files(dir)?;
     let mut segments: Vec<Segment> = Vec::with_capacity(files.len());
@@ -161,10 +164,12 @@ pub(crate) fn recover(dir: &Path, durable_index_min: Option<u64>) -> Result<(Vec
     }
 
     // All checks passed: apply the planned repairs.
-    if let Some(cut_at) = tail_cut
-        && let Some(last) = segments.last()
-    {
-        last.file.set_len(cut_at).map_err(|err| WalError::io("truncate", &last.path, err))?;
+    if let Some(last) = segments.last() {
+        if let Some(cut_at) = tail_cut {
+            last.file.set_len(cut_at).map_err(|err| WalError::io("truncate", &last.path, err))?;
+        }
+        // The last segment is sealed like the others, so it must be as durable: its newest
+        // records may have been read back from the page cache, never synced before the crash.
         last.file.sync_all().map_err(|err| WalError::io("fsync", &last.path, err))?;
     }
     for path in &removals {
@@ -172,9 +177,6 @@ pub(crate) fn recover(dir: &Path, durable_index_min: Option<u64>) -> Result<(Vec
     }
     if !removals.is_empty() {
         sync_dir(dir).map_err(|err| WalError::io("fsync", dir, err))?;
-    }
-    if let Some(last) = segments.last_mut() {
-        last.sealed = false;
     }
 
     report.segments = segments.len();

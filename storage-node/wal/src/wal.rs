@@ -769,9 +769,11 @@ impl Wal {
     }
 
     /// Deletes the oldest sealed segment files whose `last_index <= index`, oldest first, then
-    /// fsyncs the directory, and returns those removed. Never deletes the active segment nor
-    /// the newest segment (so [`Wal::last_index`] is unchanged). Records of removed segments
-    /// are no longer readable; a read that started before still completes.
+    /// fsyncs the directory, and returns those removed. Never deletes the active segment. If
+    /// the newest segment is sealed (see [`Wal::seal_active`]) and covered, it goes too and the
+    /// WAL becomes empty: [`Wal::last_index`] is then `None` and the next append may start at
+    /// any index. Records of removed segments are no longer readable; a read that started
+    /// before still completes.
     ///
     /// Errors: [`WalError::Io`] (segments removed before the failure stay removed),
     /// [`WalError::Poisoned`], [`WalError::Closed`].
@@ -782,7 +784,8 @@ impl Wal {
         let removable = state
             .segments
             .iter()
-            .take(state.segments.len().saturating_sub(1))
+            // The active segment is never sealed, so it is never removed; a sealed last segment
+            // (sealed while idle) may go like any other.
             .take_while(|segment| segment.sealed && segment.last_index().is_some_and(|last| last <= index))
             .count();
         let mut removed = Vec::with_capacity(removable);

@@ -30,20 +30,23 @@ fn poison_mode_fails_the_covered_appends_and_every_later_call() {
     };
     let options = WalOptions { sync_hook: Some(hook), on_fsync_error: FsyncFailure::Poison, ..WalOptions::default() };
     let (wal, _) = open(dir.path(), options);
+    // Re-bound after `wal` so that it is dropped first, releasing a blocked sync, if the test
+    // fails (dropping `wal` waits for the sync thread).
+    let release = release;
 
     let (results_sender, results) = mpsc::channel();
     let first = results_sender.clone();
     wal.append(records(1..3), Box::new(move |result| first.send(("first", result)).unwrap())).unwrap();
-    entered.recv().unwrap();
+    recv_or_fail(&entered, "sync start");
     // Queued while the failing sync runs: covered by no successful sync.
     let second = results_sender.clone();
     wal.append(records(3..4), Box::new(move |result| second.send(("second", result)).unwrap())).unwrap();
     release.send(()).unwrap();
 
-    let (name, result) = results.recv().unwrap();
+    let (name, result) = recv_or_fail(&results, "callback");
     assert_eq!(name, "first");
     assert!(matches!(result, Err(WalError::Io { op: "fdatasync", .. })), "{result:?}");
-    let (name, result) = results.recv().unwrap();
+    let (name, result) = recv_or_fail(&results, "callback");
     assert_eq!(name, "second");
     assert!(matches!(result, Err(WalError::Poisoned)), "{result:?}");
     // Never retried: the second round did not call sync again.

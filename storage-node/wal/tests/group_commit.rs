@@ -57,7 +57,7 @@ fn concurrent_appenders_share_fdatasyncs() {
                     if round == 0 {
                         all_appended_once.wait();
                     }
-                    receiver.recv().unwrap().unwrap();
+                    recv_or_fail(&receiver, "acknowledgement").unwrap();
                     acked += 1;
                 }
                 acked
@@ -107,6 +107,9 @@ fn nobody_is_acknowledged_before_the_sync_covering_them() {
     let dir = tempfile::tempdir().unwrap();
     let options = WalOptions { sync_hook: Some(hook), on_fsync_error: FsyncFailure::Poison, ..WalOptions::default() };
     let (wal, _) = open(dir.path(), options);
+    // Re-bound after `wal` so that it is dropped first, releasing a blocked sync, if the test
+    // fails (dropping `wal` waits for the sync thread).
+    let gate = gate;
     let (acked_sender, acked) = mpsc::channel::<&'static str>();
     let ack = |name: &'static str| -> strata_wal::DurableCallback {
         let acked_sender = acked_sender.clone();
@@ -117,7 +120,7 @@ fn nobody_is_acknowledged_before_the_sync_covering_them() {
     };
 
     wal.append(records(1..3), ack("a")).unwrap();
-    gate.entered.recv().unwrap(); // sync 1 started; it covers "a"
+    recv_or_fail(&gate.entered, "sync start"); // sync 1 started; it covers "a"
     // Written and readable, but not durable: not acknowledged.
     assert_eq!(wal.read(2).unwrap(), Some(payload(2)));
     wal.append(records(3..4), ack("b")).unwrap();
@@ -125,13 +128,13 @@ fn nobody_is_acknowledged_before_the_sync_covering_them() {
     assert!(acked.try_recv().is_err(), "acknowledged before any sync completed");
 
     gate.release.send(()).unwrap(); // sync 1 completes
-    assert_eq!(acked.recv().unwrap(), "a");
+    assert_eq!(recv_or_fail(&acked, "acknowledgement"), "a");
     // "b" and "c" were written after sync 1 started: they wait for sync 2.
-    gate.entered.recv().unwrap();
+    recv_or_fail(&gate.entered, "sync start");
     assert!(acked.try_recv().is_err(), "acknowledged by a sync that started before the write");
 
     gate.release.send(()).unwrap(); // sync 2 completes: one sync for both
-    let mut second: Vec<_> = vec![acked.recv().unwrap(), acked.recv().unwrap()];
+    let mut second: Vec<_> = vec![recv_or_fail(&acked, "acknowledgement"), recv_or_fail(&acked, "acknowledgement")];
     second.sort_unstable();
     assert_eq!(second, ["b", "c"]);
     assert_eq!(wal.stats().group_commits, 2);
@@ -145,13 +148,14 @@ fn close_flushes_pending_callbacks() {
     let dir = tempfile::tempdir().unwrap();
     let options = WalOptions { sync_hook: Some(hook), on_fsync_error: FsyncFailure::Poison, ..WalOptions::default() };
     let (wal, _) = open(dir.path(), options);
+    let gate = gate; // dropped before `wal`: see above
     let (acked_sender, acked) = mpsc::channel();
     for index in 1..=3u64 {
         let acked_sender = acked_sender.clone();
         wal.append(records(index..index + 1), Box::new(move |result| acked_sender.send((index, result)).unwrap()))
             .unwrap();
         if index == 1 {
-            gate.entered.recv().unwrap();
+            recv_or_fail(&gate.entered, "sync start");
         }
     }
     // Close from another thread (it waits for the sync thread), then let the syncs run.
@@ -160,7 +164,7 @@ fn close_flushes_pending_callbacks() {
         thread::spawn(move || wal.close())
     };
     gate.release.send(()).unwrap();
-    gate.entered.recv().unwrap();
+    recv_or_fail(&gate.entered, "sync start");
     gate.release.send(()).unwrap();
     closer.join().unwrap();
     let mut results: Vec<_> = acked.try_iter().collect();

@@ -204,7 +204,7 @@ fn last_segment_with_torn_or_bare_header_is_removed() {
     let (wal, report) = open(dir.path(), options.clone());
     assert_eq!(report.removed_segment_files, vec![next.clone()]);
     assert_holds(&wal, 1..=12);
-    // The previous segment is active again; the log continues.
+    // The log continues (in a new segment: recovered segments are sealed).
     append_wait(&wal, records(13..14)).unwrap();
     drop(wal);
     let (wal, _) = open(dir.path(), options);

@@ -93,38 +93,65 @@ fn rolls_truncation_across_segments_removal_and_reopen() {
     // Nothing more to remove through the same index.
     assert_eq!(wal.remove_sealed_through(through).unwrap(), vec![]);
 
-    // Reopen: same contents, same segments.
+    // Reopen: same contents, same segments; the formerly active one is now sealed too.
     let sealed_before = wal.sealed_segments();
+    let files_before = segment_files(dir.path());
     drop(wal);
     let (wal, report) = open(dir.path(), small_segments());
     assert_eq!(report.first_index, Some(sealed[2].first_index));
     assert_eq!(report.last_index, Some(last));
+    assert_eq!(report.segments, files_before.len());
     assert_eq!(report.torn_tail_bytes_dropped, 0);
     assert_holds(&wal, sealed[2].first_index..=last);
-    assert_eq!(wal.sealed_segments(), sealed_before);
+    let sealed_after = wal.sealed_segments();
+    assert_eq!(sealed_after.len(), sealed_before.len() + 1);
+    assert_eq!(sealed_after[..sealed_before.len()], sealed_before[..]);
+    assert_eq!(sealed_after.last().unwrap().last_index, last);
+    assert_segments_consistent(&wal);
+
+    // A segment sealed before the restart never grows after it: the next append starts a
+    // new file.
     append_wait(&wal, records(last + 1..last + 2)).unwrap();
+    assert_eq!(wal.sealed_segments(), sealed_after);
+    assert_eq!(segment_files(dir.path()).len(), files_before.len() + 1);
+    assert!(dir.path().join(segment_file_name(last + 1)).exists());
     assert_holds(&wal, sealed[2].first_index..=last + 1);
 }
 
 #[test]
-fn remove_sealed_never_removes_the_newest_segment() {
+fn remove_sealed_never_removes_the_active_segment() {
     let dir = tempfile::tempdir().unwrap();
     let (wal, _) = open(dir.path(), small_segments());
     append_wait(&wal, records(1..6)).unwrap();
-    wal.seal_active().unwrap();
-    assert_eq!(wal.sealed_segments().len(), 1);
-    // Sealed, but the newest: kept, so last_index stays meaningful.
+    // Covered, but active: kept.
     assert_eq!(wal.remove_sealed_through(u64::MAX - 1).unwrap(), vec![]);
     assert_holds(&wal, 1..=5);
-    // The next append starts a new segment file.
+    wal.seal_active().unwrap();
+    assert_eq!(wal.sealed_segments().len(), 1);
+    // Sealing an already sealed segment is a no-op.
+    wal.seal_active().unwrap();
+    assert_eq!(wal.sealed_segments().len(), 1);
+    // Sealed but not covered: kept.
+    assert_eq!(wal.remove_sealed_through(4).unwrap(), vec![]);
+    assert_holds(&wal, 1..=5);
+
+    // The next append starts a new segment file; the sealed one can go.
     append_wait(&wal, records(6..7)).unwrap();
     assert_eq!(segment_files(dir.path()).len(), 2);
     assert_eq!(wal.remove_sealed_through(5).unwrap().len(), 1);
     assert_holds(&wal, 6..=6);
-    // Sealing an already sealed or empty WAL is a no-op.
+    assert_eq!(segment_files(dir.path()).len(), 1);
+
+    // A sealed newest segment that is covered goes too: the WAL is then empty.
     wal.seal_active().unwrap();
-    wal.seal_active().unwrap();
-    assert_eq!(wal.sealed_segments().len(), 1);
+    let removed = wal.remove_sealed_through(6).unwrap();
+    assert_eq!(removed.iter().map(|s| (s.first_index, s.last_index)).collect::<Vec<_>>(), vec![(6, 6)]);
+    assert_eq!((wal.first_index(), wal.last_index()), (None, None));
+    assert!(segment_files(dir.path()).is_empty());
+    append_wait(&wal, records(20..22)).unwrap();
+    drop(wal);
+    let (wal, _) = open(dir.path(), small_segments());
+    assert_holds(&wal, 20..=21);
 }
 
 #[test]

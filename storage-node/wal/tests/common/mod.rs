@@ -32,7 +32,7 @@ pub fn append_wait(wal: &Wal, records: Vec<(u64, Bytes)>) -> Result<(), WalError
             sender.send(result).unwrap();
         }),
     )?;
-    receiver.recv().expect("callback is always called")
+    recv_or_fail(&receiver, "the durability callback")
 }
 
 /// Asserts that the WAL holds exactly `expected` with the deterministic payloads.
@@ -85,4 +85,13 @@ pub fn frame_offsets(bytes: &[u8]) -> Vec<(u64, u64, u64)> {
         .into_iter()
         .map(|location| (location.index, location.offset, location.len))
         .collect()
+}
+
+/// Watchdog for waits that a correct WAL satisfies at once: a broken one fails the test
+/// instead of hanging it. Not a timing assertion; the bound is far above any real wait.
+pub const WATCHDOG: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Receives from `receiver`, failing the test (instead of hanging) if nothing ever comes.
+pub fn recv_or_fail<T>(receiver: &mpsc::Receiver<T>, what: &str) -> T {
+    receiver.recv_timeout(WATCHDOG).unwrap_or_else(|err| panic!("never received {what}: {err}"))
 }

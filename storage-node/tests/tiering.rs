@@ -1,0 +1,256 @@
+//! Tiering end to end, against the local-directory object store and a real S3-compatible server
+//! (Garage on loopback, started by `infra/garage.sh` if the test command has not already).
+//!
+//! Real metadata node, real storage node, real gRPC, real foyer cache. Segments are made tiny so
+//! that many seal and tier; nothing is removed by hand. The test then restarts the storage node
+//! (cold cache), drains messages whose segments exist only in the bucket, reads them again (warm
+//! cache: no new object-store reads), deletes them, and waits for segment GC to empty the bucket.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::ObjectStore;
+use strata_common::proto::{self as pb, storage_client::StorageClient};
+use strata_common::{Clock, SystemClock};
+use strata_metadata::{MetadataClient, MetadataNode};
+use strata_storage::shard::ShardLogSettings;
+use strata_storage::{ObjectStoreSettings, StorageNode, StorageSettings};
+use tokio_util::sync::CancellationToken;
+
+const TENANT: &str = "tier-tenant";
+const MESSAGES: usize = 400;
+const BODY_BYTES: usize = 1024;
+
+fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr")
+}
+
+fn body_of(i: usize) -> String {
+    let head = format!("message-{i:05}-");
+    format!("{head}{}", "x".repeat(BODY_BYTES - head.len()))
+}
+
+async fn start_storage(
+    dir: &Path,
+    metadata_endpoint: &str,
+    store: &ObjectStoreSettings,
+    listen: SocketAddr,
+) -> StorageNode {
+    let settings = StorageSettings {
+        node_id: "tier-test-node".into(),
+        data_dir: dir.to_path_buf(),
+        listen,
+        metadata_endpoint: metadata_endpoint.to_string(),
+        object_store: store.clone(),
+        initial_shards: 1,
+        log: ShardLogSettings {
+            segment_size_bytes_max: 24 * 1024,
+            snapshot_every_entries: 16,
+            seal_idle_after: Duration::from_millis(300),
+        },
+        tier_interval: Duration::from_millis(100),
+        expire_interval: Duration::from_secs(1),
+        cache_memory_bytes: 32 << 20,
+        cache_disk_bytes: 64 << 20,
+    };
+    StorageNode::start(settings, Arc::new(SystemClock)).await.expect("storage node starts")
+}
+
+async fn storage_client(addr: SocketAddr) -> StorageClient<tonic::transport::Channel> {
+    StorageClient::connect(format!("http://{addr}")).await.expect("connect to the storage node")
+}
+
+async fn object_keys(store: &dyn ObjectStore) -> BTreeSet<String> {
+    let listed: Vec<_> =
+        store.list(Some(&object_store::path::Path::from("shards"))).try_collect().await.expect("list the bucket");
+    listed.into_iter().map(|m| m.location.to_string()).collect()
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Receives every message of the queue once (long visibility), checking bodies.
+async fn receive_all(client: &mut StorageClient<tonic::transport::Channel>, queue: &pb::QueueRef) -> Vec<String> {
+    let mut receipts = Vec::new();
+    let mut seen = BTreeMap::new();
+    while seen.len() < MESSAGES {
+        let request = pb::ReceiveRequest {
+            queue: Some(queue.clone()),
+            max_messages: 10,
+            visibility_timeout_ms: Some(600_000),
+            wait_ms: 2_000,
+        };
+        let got = client.receive(request).await.expect("receive").into_inner().messages;
+        assert!(!got.is_empty(), "queue ran dry after {} of {MESSAGES} messages", seen.len());
+        for m in got {
+            let body = String::from_utf8(m.body.to_vec()).expect("utf-8 body");
+            let index: usize = body[8..13].parse().expect("numbered body");
+            assert_eq!(body, body_of(index), "body of message {index} came back damaged");
+            assert!(seen.insert(index, m.message_id).is_none(), "message {index} delivered twice while leased");
+            receipts.push(m.receipt_handle);
+        }
+    }
+    assert_eq!(seen.keys().copied().collect::<Vec<_>>(), (0..MESSAGES).collect::<Vec<_>>());
+    receipts
+}
+
+async fn tiering_round_trip(store_settings: ObjectStoreSettings) {
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let metadata_addr = free_addr();
+    let metadata_endpoint = format!("http://{metadata_addr}");
+    let metadata = MetadataNode::open(&dir.path().join("metadata"), &metadata_endpoint, clock.clone())
+        .await
+        .expect("metadata opens");
+    let cancel = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind(metadata_addr).await.expect("bind metadata");
+    let metadata_task = tokio::spawn(metadata.clone().serve_with_listener(listener, cancel.clone().cancelled_owned()));
+    let meta_client = MetadataClient::connect_lazy(&metadata_endpoint).expect("metadata client");
+
+    let storage_dir = dir.path().join("storage");
+    let storage_addr = free_addr();
+    let node = start_storage(&storage_dir, &metadata_endpoint, &store_settings, storage_addr).await;
+    let store = store_settings.build().expect("object store");
+
+    meta_client.ensure_tenant(TENANT).await.expect("tenant");
+    let config = pb::QueueConfig { retention_ms: 3_600_000, visibility_timeout_ms: 30_000, delay_ms: 0 };
+    let info = meta_client.create_queue(TENANT, "tiered", config).await.expect("create queue");
+    let queue = pb::QueueRef { shard_id: info.shard_id, queue_id: info.queue_id, tenant: TENANT.into() };
+    let mut client = storage_client(storage_addr).await;
+    client
+        .ensure_queue(pb::EnsureQueueRequest { queue: Some(queue.clone()), config: Some(config) })
+        .await
+        .expect("ensure");
+
+    for batch in 0..MESSAGES / 10 {
+        let messages = (0..10)
+            .map(|j| pb::NewMessage {
+                body: Bytes::from(body_of(batch * 10 + j)),
+                attributes: Default::default(),
+                delay_ms: None,
+            })
+            .collect();
+        client.send(pb::SendRequest { queue: Some(queue.clone()), messages }).await.expect("send");
+    }
+
+    // Every send must leave the local disk by itself: seal (the tail once idle), upload, catalog,
+    // local delete. Afterwards every body lives only in the bucket.
+    let shard = node.shards.values().next().expect("one shard").clone();
+    let last_send_index = shard.wal().last_index().expect("sends are in the log");
+    wait_for("the sends to be tiered and removed locally", Duration::from_secs(60), async || {
+        shard.wal().first_index().is_none_or(|first| first > last_send_index)
+    })
+    .await;
+    let tiered_keys = object_keys(store.as_ref()).await;
+    assert!(tiered_keys.len() >= 3, "expected several tiered segments, found {tiered_keys:?}");
+    let catalog = meta_client.list_segments(info.shard_id).await.expect("catalog");
+    assert!(catalog.iter().all(|s| tiered_keys.contains(&s.object_key)), "catalog names an object that is not there");
+    assert!(catalog.iter().all(|s| s.object_key.contains("epoch-0000000001")), "first writer epoch is 1");
+    drop(shard);
+
+    // Cold cache: restart the node with its cache directory gone.
+    drop(client);
+    node.shutdown().await;
+    std::fs::remove_dir_all(storage_dir.join("cache")).expect("remove the cache directory");
+    let node = start_storage(&storage_dir, &metadata_endpoint, &store_settings, storage_addr).await;
+    let mut client = storage_client(storage_addr).await;
+    let receipts = receive_all(&mut client, &queue).await;
+    let gets_cold = node.reader.stats.object_gets.load(Ordering::Relaxed);
+    assert!(gets_cold > 0, "cold reads must come from the bucket");
+    assert!(node.reader.stats.block_cache_misses.load(Ordering::Relaxed) > 0);
+
+    // Warm cache: make everything visible again and read it all a second time.
+    for receipt in &receipts {
+        let request = pb::ChangeVisibilityRequest {
+            queue: Some(queue.clone()),
+            receipt_handle: receipt.clone(),
+            visibility_timeout_ms: 0,
+        };
+        client.change_visibility(request).await.expect("change visibility");
+    }
+    let receipts = receive_all(&mut client, &queue).await;
+    assert_eq!(
+        node.reader.stats.object_gets.load(Ordering::Relaxed),
+        gets_cold,
+        "warm reads must be served by the cache"
+    );
+    assert!(node.reader.stats.block_cache_hits.load(Ordering::Relaxed) > 0);
+
+    for chunk in receipts.chunks(10) {
+        let request = pb::DeleteRequest { queue: Some(queue.clone()), receipt_handles: chunk.to_vec() };
+        let results = client.delete(request).await.expect("delete").into_inner().results;
+        assert!(results.iter().all(|r| r.error_code.is_empty()), "delete failed: {results:?}");
+    }
+    let stats = client.get_queue_stats(queue.clone()).await.expect("stats").into_inner();
+    assert_eq!((stats.visible, stats.in_flight, stats.delayed), (0, 0, 0));
+
+    // Every segment that held these messages is garbage now and must leave the bucket.
+    wait_for("segment GC to remove the tiered segments", Duration::from_secs(60), async || {
+        let now = object_keys(store.as_ref()).await;
+        tiered_keys.iter().all(|k| !now.contains(k))
+    })
+    .await;
+    let catalog = meta_client.list_segments(info.shard_id).await.expect("catalog");
+    assert!(catalog.iter().all(|s| !tiered_keys.contains(&s.object_key)), "catalog still names collected segments");
+
+    drop(client);
+    node.shutdown().await;
+    cancel.cancel();
+    let _ = metadata_task.await;
+    metadata.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiering_round_trip_local_directory() {
+    let bucket = tempfile::tempdir().expect("tempdir");
+    tiering_round_trip(ObjectStoreSettings::Local { dir: bucket.path().to_path_buf() }).await;
+}
+
+/// Reads the S3 settings the test command exported, or starts Garage through the same script.
+fn garage_settings() -> ObjectStoreSettings {
+    let mut vars: BTreeMap<String, String> =
+        std::env::vars().filter(|(k, _)| k.starts_with("STRATA_TEST_S3_")).collect();
+    if !vars.contains_key("STRATA_TEST_S3_ENDPOINT") {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let output = std::process::Command::new("bash")
+            .arg(root.join("infra/garage.sh"))
+            .arg("start")
+            .arg(root.join("target/garage"))
+            .output()
+            .expect("run infra/garage.sh (installs and starts Garage)");
+        assert!(output.status.success(), "garage.sh failed: {}", String::from_utf8_lossy(&output.stderr));
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            if let Some((k, v)) = line.trim_start_matches("export ").split_once('=') {
+                vars.insert(k.to_string(), v.to_string());
+            }
+        }
+    }
+    let get = |k: &str| vars.get(k).cloned().unwrap_or_else(|| panic!("{k} missing from the Garage settings"));
+    ObjectStoreSettings::S3 {
+        endpoint: get("STRATA_TEST_S3_ENDPOINT"),
+        bucket: get("STRATA_TEST_S3_BUCKET"),
+        region: get("STRATA_TEST_S3_REGION"),
+        access_key_id: get("STRATA_TEST_S3_ACCESS_KEY_ID"),
+        secret_access_key: get("STRATA_TEST_S3_SECRET_ACCESS_KEY"),
+        // Each run writes under its own prefix: the bucket outlives test runs.
+        prefix: format!("tiering-test-{}", uuid::Uuid::new_v4()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiering_round_trip_garage_s3() {
+    tiering_round_trip(garage_settings()).await;
+}
