@@ -1,1 +1,211 @@
-//! placeholder
+//! Harness for tests that drive the real `strata` binary as a child process.
+//!
+//! [`DevProcess`] starts `strata dev` on free loopback ports in its own data directory, waits
+//! until it serves, and can be SIGKILLed and restarted on the same directory. [`Api`] is a small
+//! client of the native HTTP API that returns status and JSON, so tests can assert on errors.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// How long a `strata dev` start may take before the test fails.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `strata` binary, built once per test process (a no-op when it is up to date).
+pub fn strata_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-p", "strata", "--bin", "strata"])
+                .current_dir(&root)
+                .status()
+                .expect("run cargo build for the strata binary");
+            assert!(status.success(), "building the strata binary failed");
+            let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+            target.join("debug/strata")
+        })
+        .clone()
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A `strata dev` child process.
+pub struct DevProcess {
+    pub data_dir: PathBuf,
+    pub port: u16,
+    metadata_port: u16,
+    storage_port: u16,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+    pub endpoint: String,
+    pub token: String,
+}
+
+impl DevProcess {
+    /// Starts `strata dev` in `data_dir` with extra command-line arguments.
+    pub fn start(data_dir: &Path, extra_args: &[&str]) -> anyhow::Result<Self> {
+        let mut dev = Self {
+            data_dir: data_dir.to_path_buf(),
+            port: free_port(),
+            metadata_port: free_port(),
+            storage_port: free_port(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            endpoint: String::new(),
+            token: String::new(),
+        };
+        dev.spawn()?;
+        Ok(dev)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let credentials = self.data_dir.join("dev-credentials.env");
+        let _ = std::fs::remove_file(&credentials);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.with_extension("log"))
+            .context("open the dev log")?;
+        let child = Command::new(strata_binary())
+            .arg("dev")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--port", &self.port.to_string()])
+            .args(["--metadata-port", &self.metadata_port.to_string()])
+            .args(["--storage-port", &self.storage_port.to_string()])
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("spawn strata dev")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!(
+                    "strata dev exited during start-up with {status}; see {}",
+                    self.data_dir.with_extension("log").display()
+                );
+            }
+            if let Ok(text) = std::fs::read_to_string(&credentials) {
+                for line in text.lines() {
+                    if let Some(v) = line.strip_prefix("export STRATA_ENDPOINT=") {
+                        self.endpoint = v.to_string();
+                    }
+                    if let Some(v) = line.strip_prefix("export STRATA_TOKEN=") {
+                        self.token = v.to_string();
+                    }
+                }
+                if !self.endpoint.is_empty() && !self.token.is_empty() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("strata dev did not start within {START_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same directory and ports.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9();
+        self.spawn()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// A client with the dev tenant's token.
+    pub fn api(&self) -> Api {
+        Api::new(&self.endpoint, &self.token)
+    }
+}
+
+impl Drop for DevProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A minimal client of the native API.
+#[derive(Clone)]
+pub struct Api {
+    client: reqwest::Client,
+    endpoint: String,
+    token: Option<String>,
+}
+
+impl Api {
+    pub fn new(endpoint: &str, token: &str) -> Self {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("http client");
+        Self { client, endpoint: endpoint.to_string(), token: Some(token.to_string()) }
+    }
+
+    pub fn without_token(&self) -> Self {
+        Self { token: None, ..self.clone() }
+    }
+
+    pub fn with_token(&self, token: &str) -> Self {
+        Self { token: Some(token.to_string()), ..self.clone() }
+    }
+
+    /// Sends a request; returns (status, JSON body or Null).
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
+        let mut request = self.client.request(method, format!("{}{path}", self.endpoint));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        let value =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        Ok((status, value))
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<(u16, Value)> {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    /// POST that must succeed; returns the JSON body.
+    pub async fn post_ok(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let (status, value) = self.post(path, body).await?;
+        if !(200..300).contains(&status) {
+            bail!("POST {path} answered {status}: {value}");
+        }
+        Ok(value)
+    }
+
+    pub async fn create_queue(&self, name: &str) -> anyhow::Result<Value> {
+        self.post_ok("/v1/queues", serde_json::json!({ "name": name })).await
+    }
+}

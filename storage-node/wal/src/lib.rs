@@ -3,7 +3,7 @@
 //!
 //! Records are opaque byte payloads addressed by strictly consecutive `u64` indexes (the Raft
 //! log index). The crate owns:
-//! - the on-disk format ([`format`]): segment files `{first_index:020}.wal` of crc32c-framed
+//! - the on-disk format ([`format`](mod@format)): segment files `{first_index:020}.wal` of crc32c-framed
 //!   records;
 //! - [`Wal`]: appends with group commit (one `wal-sync` thread per WAL shares each fdatasync
 //!   among all appends queued before it; nobody is acknowledged before the sync covering its

@@ -243,7 +243,11 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for WalLogStore<C> {
         let facts = self.inner.facts.lock();
         let committed_index = facts.committed.as_ref().map(|c| c.index());
         let purged_index = facts.last_purged.as_ref().map(|p| p.index());
-        Ok(if purged_index > committed_index { facts.last_purged.clone() } else { facts.committed.clone() })
+        Ok(if committed_index.is_some() && purged_index > committed_index {
+            facts.last_purged.clone()
+        } else {
+            facts.committed.clone()
+        })
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>

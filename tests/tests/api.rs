@@ -1,0 +1,166 @@
+//! The native HTTP API of a real `strata dev`: tenant isolation with real tokens, authentication
+//! failures, limits and error shapes, long polling, restart persistence, the OpenAPI document.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use strata_proxy::auth::JwtIssuer;
+use strata_tests::DevProcess;
+
+/// Mints a token for `tenant` with the dev key, as an identity provider sharing the key would.
+fn token_for(dev: &DevProcess, tenant: &str, audience: &str) -> String {
+    let hex = std::fs::read_to_string(dev.data_dir.join("jwt-hs256.secret")).expect("dev secret");
+    let secret: Vec<u8> =
+        (0..64).step_by(2).map(|i| u8::from_str_radix(&hex.trim()[i..i + 2], 16).expect("hex")).collect();
+    let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    JwtIssuer::hmac("dev-hs256", &secret, "strata-dev", audience).mint(tenant, 600, now_s).expect("mint")
+}
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("<none>")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_cannot_see_or_touch_each_others_queues() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dev = DevProcess::start(&dir.path().join("dev"), &[])?;
+    let alice = dev.api().with_token(&token_for(&dev, "alice", "strata"));
+    let bob = dev.api().with_token(&token_for(&dev, "bob", "strata"));
+
+    let created = alice.create_queue("orders").await?;
+    alice.post_ok("/v1/queues/orders/messages", json!({ "messages": [{ "body": "alice's secret" }] })).await?;
+
+    // Bob's view of Alice's queue is exactly his view of a queue that does not exist.
+    let (status, missing) = bob.get("/v1/queues/never-created").await?;
+    assert_eq!((status, error_code(&missing)), (404, "QueueNotFound"));
+    let (status, body) = bob.get("/v1/queues/orders").await?;
+    assert_eq!((status, error_code(&body)), (404, "QueueNotFound"));
+    assert_eq!(body["error"]["message"], json!("queue 'orders' does not exist"));
+    for (path, request) in [
+        ("/v1/queues/orders/receive", json!({ "max_messages": 10 })),
+        ("/v1/queues/orders/messages", json!({ "messages": [{ "body": "x" }] })),
+        ("/v1/queues/orders/purge", json!({})),
+        ("/v1/queues/orders/delete", json!({ "receipt_handles": ["AQYABg"] })),
+    ] {
+        let (status, body) = bob.post(path, request).await?;
+        assert_eq!((status, error_code(&body)), (404, "QueueNotFound"), "{path}");
+    }
+    let (status, list) = bob.get("/v1/queues").await?;
+    assert_eq!(status, 200);
+    assert_eq!(list["queues"], json!([]));
+
+    // Bob's own queue of the same name is a different queue.
+    let bobs = bob.create_queue("orders").await?;
+    assert_ne!(bobs["queue_id"], created["queue_id"]);
+    let got = bob.post_ok("/v1/queues/orders/receive", json!({ "max_messages": 10 })).await?;
+    assert_eq!(got["messages"], json!([]));
+    let got = alice.post_ok("/v1/queues/orders/receive", json!({ "max_messages": 10 })).await?;
+    assert_eq!(got["messages"][0]["body"], json!("alice's secret"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_errors_are_401_with_actionable_messages() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dev = DevProcess::start(&dir.path().join("dev"), &[])?;
+    let api = dev.api();
+    let (status, body) = api.without_token().get("/v1/queues").await?;
+    assert_eq!((status, error_code(&body)), (401, "Unauthenticated"));
+    let (status, body) = api.with_token(&token_for(&dev, "alice", "someone-else")).get("/v1/queues").await?;
+    assert_eq!((status, error_code(&body)), (401, "Unauthenticated"));
+    let (status, body) = api.with_token("not.a.jwt").get("/v1/queues").await?;
+    assert_eq!((status, error_code(&body)), (401, "Unauthenticated"));
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_bad_input_get_json_errors() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dev = DevProcess::start(&dir.path().join("dev"), &[])?;
+    let api = dev.api();
+    api.create_queue("limits").await?;
+
+    let big = "x".repeat(1024 * 1024 + 1);
+    let (status, body) = api.post("/v1/queues/limits/messages", json!({ "messages": [{ "body": big }] })).await?;
+    assert_eq!((status, error_code(&body)), (413, "TooLarge"));
+    let exact = "y".repeat(1024 * 1024);
+    let (status, _) = api.post("/v1/queues/limits/messages", json!({ "messages": [{ "body": exact }] })).await?;
+    assert_eq!(status, 200, "a message of exactly 1 MiB is accepted");
+
+    let eleven: Vec<Value> = (0..11).map(|i| json!({ "body": format!("m{i}") })).collect();
+    let (status, body) = api.post("/v1/queues/limits/messages", json!({ "messages": eleven })).await?;
+    assert_eq!((status, error_code(&body)), (400, "InvalidParameter"));
+    let (status, body) = api.post("/v1/queues/limits/receive", json!({ "max_messages": 11 })).await?;
+    assert_eq!((status, error_code(&body)), (400, "InvalidParameter"));
+    let (status, body) = api.post("/v1/queues/limits/receive", json!({ "wait_seconds": 21 })).await?;
+    assert_eq!((status, error_code(&body)), (400, "InvalidParameter"));
+    let (status, body) = api.post("/v1/queues", json!({ "name": "bad/name" })).await?;
+    assert_eq!((status, error_code(&body)), (400, "InvalidParameter"));
+    let (status, body) =
+        api.post("/v1/queues", json!({ "name": "short", "attributes": { "retention_seconds": 59 } })).await?;
+    assert_eq!((status, error_code(&body)), (400, "InvalidParameter"));
+    let (status, body) =
+        api.post("/v1/queues", json!({ "name": "limits", "attributes": { "delay_seconds": 5 } })).await?;
+    assert_eq!((status, error_code(&body)), (409, "QueueAlreadyExists"));
+    let (status, body) = api.post("/v1/queues/limits/delete", json!({ "receipt_handles": ["garbage!"] })).await?;
+    assert_eq!(status, 200);
+    assert_eq!(body["results"][0]["error"]["code"], json!("InvalidReceipt"));
+    let (status, body) = api.post("/v1/queues/limits/receive", json!({ "unknown_field": 1 })).await?;
+    assert_eq!((status, error_code(&body)), (400, "InvalidParameter"));
+
+    let (status, doc) = api.without_token().get("/openapi.json").await?;
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], json!("3.0.3"));
+    assert!(doc["paths"]["/v1/queues/{name}/receive"]["post"].is_object());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_returns_when_a_message_arrives_and_state_survives_restart() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut dev = DevProcess::start(&dir.path().join("dev"), &[])?;
+    let api = dev.api();
+    api.create_queue("poll").await?;
+
+    let sender = api.clone();
+    let send = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        sender.post_ok("/v1/queues/poll/messages", json!({ "messages": [{ "body": "wake" }] })).await
+    });
+    let started = Instant::now();
+    let got =
+        api.post_ok("/v1/queues/poll/receive", json!({ "wait_seconds": 20, "visibility_timeout_seconds": 0 })).await?;
+    send.await??;
+    assert_eq!(got["messages"][0]["body"], json!("wake"));
+    // Functional, not a performance bound: the poll ends with the send, far before its 20 s deadline.
+    assert!(started.elapsed() < Duration::from_secs(15), "long poll did not wake up on send");
+
+    // Attributes and counts, then a restart keeps the queue and its message.
+    api.post_ok("/v1/queues/poll/messages", json!({ "messages": [{ "body": "delayed", "delay_seconds": 600 }] }))
+        .await?;
+    let (_, attributes) = api.get("/v1/queues/poll").await?;
+    assert_eq!(attributes["approximate_number_of_messages"], json!(1));
+    assert_eq!(attributes["approximate_number_of_messages_delayed"], json!(1));
+    dev.restart()?;
+    let api = dev.api();
+    let (status, attributes) = api.get("/v1/queues/poll").await?;
+    assert_eq!(status, 200);
+    assert_eq!(attributes["approximate_number_of_messages"], json!(1));
+    assert_eq!(attributes["approximate_number_of_messages_delayed"], json!(1));
+    let got = api.post_ok("/v1/queues/poll/receive", json!({ "max_messages": 10 })).await?;
+    assert_eq!(got["messages"][0]["body"], json!("wake"));
+    assert_eq!(got["messages"][0]["receive_count"], json!(2));
+    let receipt = got["messages"][0]["receipt_handle"].clone();
+    let deleted = api.post_ok("/v1/queues/poll/delete", json!({ "receipt_handles": [receipt] })).await?;
+    assert_eq!(deleted["results"][0]["ok"], json!(true));
+
+    // Deleting and re-creating a name gives a new incarnation with none of the old messages.
+    let (status, _) = api.call(reqwest::Method::DELETE, "/v1/queues/poll", None).await?;
+    assert_eq!(status, 204);
+    api.create_queue("poll").await?;
+    let (_, attributes) = api.get("/v1/queues/poll").await?;
+    assert_eq!(attributes["approximate_number_of_messages"], json!(0));
+    assert_eq!(attributes["approximate_number_of_messages_delayed"], json!(0));
+    Ok(())
+}
