@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use strata_common::{Clock, SystemClock};
 use strata_proxy::auth::JwtIssuer;
 use strata_tests::DevProcess;
 
@@ -12,7 +13,7 @@ fn token_for(dev: &DevProcess, tenant: &str, audience: &str) -> String {
     let hex = std::fs::read_to_string(dev.data_dir.join("jwt-hs256.secret")).expect("dev secret");
     let secret: Vec<u8> =
         (0..64).step_by(2).map(|i| u8::from_str_radix(&hex.trim()[i..i + 2], 16).expect("hex")).collect();
-    let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let now_s = SystemClock.now_ms() / 1000;
     JwtIssuer::hmac("dev-hs256", &secret, "strata-dev", audience).mint(tenant, 600, now_s).expect("mint")
 }
 
