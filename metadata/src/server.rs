@@ -91,7 +91,7 @@ impl MetadataNode {
         let service = MetadataServer::new(MetadataService { node: self })
             .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, shutdown)

@@ -148,7 +148,7 @@ impl StorageNode {
         let listener = tokio::net::TcpListener::bind(settings.listen).await?;
         let serve_cancel = cancel.clone();
         tasks.push(tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let result = tonic::transport::Server::builder()
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, serve_cancel.cancelled_owned())

@@ -44,7 +44,7 @@ pub async fn open_single_voter<C, S>(
 ) -> io::Result<RaftGroup<C, S>>
 where
     C: RaftTypeConfig<D = S::Command, R = S::Response>,
-    C::Entry: EntryCommand<S::Command>,
+    C::Entry: EntryCommand<S::Command> + Clone,
     S: ReplicatedState,
 {
     let log = WalLogStore::<C>::open(&dir.join("raft"), wal_options, retention)?;

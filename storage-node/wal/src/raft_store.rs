@@ -19,6 +19,7 @@
 //! removes them on purge, shards keep them until the tiering code has uploaded them, because
 //! message bodies are read back from the log long after the state machine snapshot covers them.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
@@ -42,6 +43,8 @@ const PURGED_FILE: &str = "raft-purged";
 /// The committed index is written to disk when it has advanced this far since the last write:
 /// often enough to bound start-up re-apply work, rarely enough to cost nothing per commit.
 pub const COMMITTED_PERSIST_EVERY_ENTRIES: u64 = 4096;
+/// Encoded bytes of recent entries kept decoded in memory (see `RecentEntries`).
+const RECENT_ENTRIES_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// Segment files live in this subdirectory of the store directory.
 const LOG_DIR: &str = "log";
 
@@ -70,6 +73,61 @@ struct Inner<C: RaftTypeConfig> {
     dir: PathBuf,
     retention: SegmentRetention,
     facts: Mutex<Facts<C>>,
+    recent: Mutex<RecentEntries<C>>,
+}
+
+/// Decoded copies of the most recently appended entries. Raft applies an entry right after it is
+/// flushed and receives read bodies of recent sends: both are served from here instead of a
+/// positioned read plus a decode. Bounded by [`RECENT_ENTRIES_BYTES_MAX`] of encoded size.
+struct RecentEntries<C: RaftTypeConfig> {
+    /// Consecutive indexes, oldest first: (index, encoded bytes, entry).
+    entries: VecDeque<(u64, usize, EntryOf<C>)>,
+    bytes: usize,
+}
+
+impl<C: RaftTypeConfig> RecentEntries<C>
+where
+    EntryOf<C>: Clone,
+{
+    fn push(&mut self, index: u64, bytes: usize, entry: EntryOf<C>) {
+        if self.entries.back().is_some_and(|(last, _, _)| *last + 1 != index) {
+            self.clear();
+        }
+        self.entries.push_back((index, bytes, entry));
+        self.bytes += bytes;
+        while self.bytes > RECENT_ENTRIES_BYTES_MAX {
+            match self.entries.pop_front() {
+                Some((_, b, _)) => self.bytes -= b,
+                None => break,
+            }
+        }
+    }
+
+    /// Clones of `[start, end)` if all of them are here.
+    fn range(&self, start: u64, end_exclusive: u64) -> Option<Vec<EntryOf<C>>> {
+        let (first, _, _) = self.entries.front()?;
+        let (last, _, _) = self.entries.back()?;
+        if start < *first || end_exclusive > *last + 1 || start >= end_exclusive {
+            return None;
+        }
+        let from = (start - first) as usize;
+        let to = (end_exclusive - first) as usize;
+        Some(self.entries.range(from..to).map(|(_, _, e)| e.clone()).collect())
+    }
+
+    /// Forgets entries at or after `index` (tail truncation).
+    fn truncate_from(&mut self, index: u64) {
+        while self.entries.back().is_some_and(|(last, _, _)| *last >= index) {
+            if let Some((_, b, _)) = self.entries.pop_back() {
+                self.bytes -= b;
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
 }
 
 struct Facts<C: RaftTypeConfig> {
@@ -130,6 +188,7 @@ impl<C: RaftTypeConfig> WalLogStore<C> {
                     committed,
                     last_purged,
                 }),
+                recent: Mutex::new(RecentEntries { entries: VecDeque::new(), bytes: 0 }),
             }),
         })
     }
@@ -145,14 +204,23 @@ impl<C: RaftTypeConfig> WalLogStore<C> {
     }
 
     /// Reads and decodes one entry from the local WAL (ignores the purge point).
-    pub fn read_entry(&self, index: u64) -> io::Result<Option<EntryOf<C>>> {
+    pub fn read_entry(&self, index: u64) -> io::Result<Option<EntryOf<C>>>
+    where
+        EntryOf<C>: Clone,
+    {
+        if let Some(mut hit) = self.inner.recent.lock().range(index, index + 1) {
+            return Ok(hit.pop());
+        }
         match self.inner.wal.read(index).map_err(to_io)? {
             Some(bytes) => decode(&bytes).map(Some),
             None => Ok(None),
         }
     }
 
-    fn entries(&self, range: impl RangeBounds<u64>) -> io::Result<Vec<EntryOf<C>>> {
+    fn entries(&self, range: impl RangeBounds<u64>) -> io::Result<Vec<EntryOf<C>>>
+    where
+        EntryOf<C>: Clone,
+    {
         let purged_next = self.last_purged_index().map_or(0, |i| i + 1);
         let start = match range.start_bound() {
             Bound::Included(s) => *s,
@@ -173,12 +241,18 @@ impl<C: RaftTypeConfig> WalLogStore<C> {
         if start >= end_exclusive {
             return Ok(Vec::new());
         }
+        if let Some(hit) = self.inner.recent.lock().range(start, end_exclusive) {
+            return Ok(hit);
+        }
         let records = self.inner.wal.read_range(start, end_exclusive).map_err(to_io)?;
         records.iter().map(|(_, bytes)| decode(bytes)).collect()
     }
 }
 
-impl<C: RaftTypeConfig> RaftLogReader<C> for WalLogStore<C> {
+impl<C: RaftTypeConfig> RaftLogReader<C> for WalLogStore<C>
+where
+    EntryOf<C>: Clone,
+{
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
@@ -191,7 +265,10 @@ impl<C: RaftTypeConfig> RaftLogReader<C> for WalLogStore<C> {
     }
 }
 
-impl<C: RaftTypeConfig> RaftLogStorage<C> for WalLogStore<C> {
+impl<C: RaftTypeConfig> RaftLogStorage<C> for WalLogStore<C>
+where
+    EntryOf<C>: Clone,
+{
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
@@ -255,22 +332,31 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for WalLogStore<C> {
         I: IntoIterator<Item = EntryOf<C>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<EntryOf<C>> = entries.into_iter().collect();
         let records = entries
-            .into_iter()
-            .map(|entry| Ok((entry.index(), Bytes::from(encode(&entry)?))))
+            .iter()
+            .map(|entry| Ok((entry.index(), Bytes::from(encode(entry)?))))
             .collect::<io::Result<Vec<_>>>()?;
         if records.is_empty() {
             callback.io_completed(Ok(()));
             return Ok(());
         }
+        let sizes: Vec<(u64, usize)> = records.iter().map(|(index, bytes)| (*index, bytes.len())).collect();
         self.inner
             .wal
             .append(records, Box::new(move |result| callback.io_completed(result.map_err(to_io))))
-            .map_err(to_io)
+            .map_err(to_io)?;
+        // Readable once `append` returned, so cacheable now too.
+        let mut recent = self.inner.recent.lock();
+        for ((index, bytes), entry) in sizes.into_iter().zip(entries) {
+            recent.push(index, bytes, entry);
+        }
+        Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |l| l.index() + 1);
+        self.inner.recent.lock().truncate_from(from);
         self.inner.wal.truncate_from(from).map_err(to_io)
     }
 
