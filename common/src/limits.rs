@@ -20,3 +20,8 @@ pub const LONG_POLL_MS_MAX: u64 = 20_000;
 
 /// Queues listed per page at most.
 pub const LIST_QUEUES_PAGE_MAX: u32 = 1000;
+
+/// HTTP/2 flow-control windows between components. The defaults (64 KiB) make a batch of ten
+/// 1 KiB messages from each of many concurrent requests stall on WINDOW_UPDATE round trips.
+pub const GRPC_STREAM_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
+pub const GRPC_CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;

@@ -25,6 +25,9 @@ impl MetadataClient {
             .map_err(|e| StrataError::invalid(format!("bad metadata endpoint '{endpoint}': {e}")))?
             .timeout(METADATA_CALL_TIMEOUT)
             .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .initial_stream_window_size(limits::GRPC_STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(limits::GRPC_CONNECTION_WINDOW_BYTES)
             .connect_lazy();
         let inner = metadata_client::MetadataClient::new(channel)
             .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)

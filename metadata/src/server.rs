@@ -93,6 +93,8 @@ impl MetadataNode {
             .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         tonic::transport::Server::builder()
+            .initial_stream_window_size(limits::GRPC_STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(limits::GRPC_CONNECTION_WINDOW_BYTES)
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;

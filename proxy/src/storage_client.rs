@@ -29,6 +29,9 @@ impl StorageClients {
             .map_err(|e| StrataError::internal(format!("bad storage address '{address}': {e}")))?
             .timeout(STORAGE_CALL_TIMEOUT)
             .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .initial_stream_window_size(limits::GRPC_STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(limits::GRPC_CONNECTION_WINDOW_BYTES)
             .connect_lazy();
         let client = storage_client::StorageClient::new(channel)
             .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)

@@ -150,6 +150,8 @@ impl StorageNode {
         tasks.push(tokio::spawn(async move {
             let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let result = tonic::transport::Server::builder()
+                .initial_stream_window_size(limits::GRPC_STREAM_WINDOW_BYTES)
+                .initial_connection_window_size(limits::GRPC_CONNECTION_WINDOW_BYTES)
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, serve_cancel.cancelled_owned())
                 .await;
