@@ -61,16 +61,8 @@ pub struct ShardRecord {
     pub writer_epoch: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SegmentRecord {
-    pub shard_id: u64,
-    pub first_index: u64,
-    pub last_index: u64,
-    pub object_key: String,
-    pub size_bytes: u64,
-    pub crc32c: u32,
-    pub writer_epoch: u64,
-}
+/// A tiered segment of a shard, as recorded in the catalog (the wire type is the record).
+pub type SegmentRecord = strata_common::proto::Segment;
 
 /// A mutation of the catalog, carried in a Raft log entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -325,17 +317,19 @@ mod tests {
 
     const CONFIG: QueueConfig = QueueConfig { retention_ms: 60_000, visibility_timeout_ms: 30_000, delay_ms: 0 };
 
+    fn register_node(c: &mut Catalog, index: u64) -> MetaResponse {
+        let command = MetaCommand::RegisterStorageNode {
+            node_id: "n1".into(),
+            address: "a".into(),
+            initial_shards: 2,
+            now_ms: 0,
+        };
+        c.apply(index, &command)
+    }
+
     fn catalog_with_node() -> Catalog {
         let mut c = Catalog::default();
-        c.apply(
-            1,
-            &MetaCommand::RegisterStorageNode {
-                node_id: "n1".into(),
-                address: "a".into(),
-                initial_shards: 2,
-                now_ms: 0,
-            },
-        );
+        register_node(&mut c, 1);
         c.apply(2, &MetaCommand::EnsureTenant { tenant: "t1".into(), now_ms: 0 });
         c.apply(3, &MetaCommand::EnsureTenant { tenant: "t2".into(), now_ms: 0 });
         c
@@ -393,15 +387,7 @@ mod tests {
     fn reregistration_bumps_writer_epoch_and_segments_are_idempotent() {
         let mut c = catalog_with_node();
         assert_eq!(c.shard(1).map(|s| s.writer_epoch), Some(1));
-        c.apply(
-            5,
-            &MetaCommand::RegisterStorageNode {
-                node_id: "n1".into(),
-                address: "a".into(),
-                initial_shards: 2,
-                now_ms: 0,
-            },
-        );
+        register_node(&mut c, 5);
         assert_eq!(c.shard(1).map(|s| s.writer_epoch), Some(2));
         let seg = SegmentRecord {
             shard_id: 1,

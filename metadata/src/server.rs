@@ -21,7 +21,7 @@ use strata_wal::{FsyncFailure, WalOptions};
 use tonic::{Request, Response, Status};
 
 use crate::MetaRaftConfig;
-use crate::catalog::{Catalog, MetaCommand, MetaResponse, QueueConfig, QueueRecord, SegmentRecord, ShardRecord};
+use crate::catalog::{Catalog, MetaCommand, MetaResponse, QueueConfig, QueueRecord, ShardRecord};
 
 /// Log entries between metadata snapshots. The catalog is small; frequent snapshots keep
 /// restart replay short and let old segments go.
@@ -136,34 +136,6 @@ impl From<QueueRecord> for pb::QueueInfo {
     }
 }
 
-impl From<SegmentRecord> for pb::Segment {
-    fn from(s: SegmentRecord) -> Self {
-        Self {
-            shard_id: s.shard_id,
-            first_index: s.first_index,
-            last_index: s.last_index,
-            object_key: s.object_key,
-            size_bytes: s.size_bytes,
-            crc32c: s.crc32c,
-            writer_epoch: s.writer_epoch,
-        }
-    }
-}
-
-impl From<pb::Segment> for SegmentRecord {
-    fn from(s: pb::Segment) -> Self {
-        Self {
-            shard_id: s.shard_id,
-            first_index: s.first_index,
-            last_index: s.last_index,
-            object_key: s.object_key,
-            size_bytes: s.size_bytes,
-            crc32c: s.crc32c,
-            writer_epoch: s.writer_epoch,
-        }
-    }
-}
-
 struct MetadataService {
     node: Arc<MetadataNode>,
 }
@@ -274,7 +246,7 @@ impl Metadata for MetadataService {
 
     async fn commit_segment(&self, request: Request<pb::CommitSegmentRequest>) -> Result<Response<pb::Empty>, Status> {
         let segment = request.into_inner().segment.ok_or_else(|| StrataError::invalid("segment is required"))?;
-        self.node.propose(MetaCommand::CommitSegment(segment.into())).await?;
+        self.node.propose(MetaCommand::CommitSegment(segment)).await?;
         Ok(Response::new(pb::Empty {}))
     }
 
@@ -284,7 +256,7 @@ impl Metadata for MetadataService {
     ) -> Result<Response<pb::ListSegmentsResponse>, Status> {
         let shard_id = request.into_inner().shard_id;
         let segments = self.node.catalog().segments(shard_id);
-        Ok(Response::new(pb::ListSegmentsResponse { segments: segments.into_iter().map(Into::into).collect() }))
+        Ok(Response::new(pb::ListSegmentsResponse { segments }))
     }
 
     async fn remove_segments(

@@ -154,9 +154,11 @@ async fn tiering_round_trip(store_settings: ObjectStoreSettings) {
         shard.wal().first_index().is_none_or(|first| first > last_send_index)
     })
     .await;
+    // Catalog first: an upload precedes its catalog entry, so every key read from the catalog
+    // must be in a listing taken after it (the tier loop keeps running meanwhile).
+    let catalog = meta_client.list_segments(info.shard_id).await.expect("catalog");
     let tiered_keys = object_keys(store.as_ref()).await;
     assert!(tiered_keys.len() >= 3, "expected several tiered segments, found {tiered_keys:?}");
-    let catalog = meta_client.list_segments(info.shard_id).await.expect("catalog");
     assert!(catalog.iter().all(|s| tiered_keys.contains(&s.object_key)), "catalog names an object that is not there");
     assert!(catalog.iter().all(|s| s.object_key.contains("epoch-0000000001")), "first writer epoch is 1");
     drop(shard);
