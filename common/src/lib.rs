@@ -5,6 +5,7 @@
 
 pub mod clock;
 pub mod error;
+pub mod grpc;
 pub mod limits;
 pub mod names;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use strata_common::error::StrataError;
 use strata_common::limits;
 use strata_common::proto::{self as pb, metadata_client};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Deadline of one metadata call.
 const METADATA_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -21,14 +21,8 @@ pub struct MetadataClient {
 impl MetadataClient {
     /// A client for `endpoint` (e.g. `http://127.0.0.1:9400`); connects lazily.
     pub fn connect_lazy(endpoint: &str) -> Result<Self, StrataError> {
-        let channel = Endpoint::from_shared(endpoint.to_string())
-            .map_err(|e| StrataError::invalid(format!("bad metadata endpoint '{endpoint}': {e}")))?
-            .timeout(METADATA_CALL_TIMEOUT)
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .initial_stream_window_size(limits::GRPC_STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(limits::GRPC_CONNECTION_WINDOW_BYTES)
-            .connect_lazy();
+        let channel = strata_common::grpc::lazy_channel(endpoint, METADATA_CALL_TIMEOUT)
+            .map_err(|e| StrataError::invalid(format!("bad metadata endpoint '{endpoint}': {e}")))?;
         let inner = metadata_client::MetadataClient::new(channel)
             .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);

@@ -7,7 +7,7 @@ use parking_lot::Mutex;
 use strata_common::error::StrataError;
 use strata_common::limits;
 use strata_common::proto::storage_client;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Deadline of one storage call: the longest long poll plus slack for the write itself.
 const STORAGE_CALL_TIMEOUT: Duration = Duration::from_millis(limits::LONG_POLL_MS_MAX + 10_000);
@@ -25,14 +25,8 @@ impl StorageClients {
         if let Some(client) = self.by_address.lock().get(address) {
             return Ok(client.clone());
         }
-        let channel = Endpoint::from_shared(address.to_string())
-            .map_err(|e| StrataError::internal(format!("bad storage address '{address}': {e}")))?
-            .timeout(STORAGE_CALL_TIMEOUT)
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .initial_stream_window_size(limits::GRPC_STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(limits::GRPC_CONNECTION_WINDOW_BYTES)
-            .connect_lazy();
+        let channel = strata_common::grpc::lazy_channel(address, STORAGE_CALL_TIMEOUT)
+            .map_err(|e| StrataError::internal(format!("bad storage address '{address}': {e}")))?;
         let client = storage_client::StorageClient::new(channel)
             .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
