@@ -48,7 +48,9 @@ async fn sigkill_during_concurrent_sends_loses_no_acknowledged_message() -> anyh
             (0..SENDERS).map(|id| tokio::spawn(sender(api.clone(), round, id, ledger.clone()))).collect();
         // Let acknowledgements accumulate, then kill in the middle of the traffic.
         let acked_before = ledger.lock().expect("ledger").acknowledged.len();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while ledger.lock().expect("ledger").acknowledged.len() < acked_before + 200 {
+            assert!(tokio::time::Instant::now() < deadline, "round {round}: sends stopped being acknowledged");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         dev.kill9();
