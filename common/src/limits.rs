@@ -1,6 +1,32 @@
-//! Service-wide limits, each a named constant with where its number comes from.
-//! Queue-semantics limits (retention, visibility, batch sizes) live with the queue state machine
-//! in the storage node; these are the ones every component enforces the same way.
+//! Service-wide limits, each a named constant with where its number comes from. Every front door
+//! and the queue state machine check against these same constants (DESIGN.md §10).
+
+const SECOND_MS: u64 = 1_000;
+const MINUTE_MS: u64 = 60 * SECOND_MS;
+const HOUR_MS: u64 = 60 * MINUTE_MS;
+const DAY_MS: u64 = 24 * HOUR_MS;
+
+/// Shortest retention period: one minute (SQS `MessageRetentionPeriod` minimum).
+pub const RETENTION_MS_MIN: u64 = MINUTE_MS;
+/// Longest retention period: 14 days (SQS maximum).
+pub const RETENTION_MS_MAX: u64 = 14 * DAY_MS;
+/// Retention period of a queue created without one: 4 days (SQS default).
+pub const RETENTION_MS_DEFAULT: u64 = 4 * DAY_MS;
+/// Longest visibility timeout, for the queue default, a receive override and a visibility change
+/// alike: 12 hours (SQS maximum).
+pub const VISIBILITY_TIMEOUT_MS_MAX: u64 = 12 * HOUR_MS;
+/// Visibility timeout of a queue created without one: 30 seconds (SQS default).
+pub const VISIBILITY_TIMEOUT_MS_DEFAULT: u64 = 30 * SECOND_MS;
+/// Longest delivery delay, per queue or per message: 15 minutes (SQS maximum).
+pub const DELAY_MS_MAX: u64 = 15 * MINUTE_MS;
+/// Most messages one Receive returns (SQS `MaxNumberOfMessages` maximum).
+pub const RECEIVE_BATCH_MAX: u32 = 10;
+/// Most messages in one Send (SQS batch maximum).
+pub const SEND_BATCH_MAX: usize = 10;
+/// Most receipts in one Delete (SQS batch maximum).
+pub const DELETE_BATCH_MAX: usize = 10;
+/// Most attributes on one message. SQS allows 10; we allow a few more.
+pub const MESSAGE_ATTRIBUTES_MAX: usize = 16;
 
 /// Largest message body: 1 MiB, SQS's current maximum (DESIGN.md §10).
 pub const MESSAGE_BODY_BYTES_MAX: usize = 1024 * 1024;

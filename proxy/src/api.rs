@@ -24,7 +24,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use strata_common::error::{ErrorKind, StrataError};
-use strata_common::limits::{HTTP_REQUEST_BYTES_MAX, LIST_QUEUES_PAGE_MAX, LONG_POLL_MS_MAX, MESSAGE_BODY_BYTES_MAX};
+use strata_common::limits::{
+    self, HTTP_REQUEST_BYTES_MAX, LIST_QUEUES_PAGE_MAX, LONG_POLL_MS_MAX, MESSAGE_BODY_BYTES_MAX,
+};
 use strata_common::names::validate_queue_name;
 use strata_common::proto as pb;
 use strata_metadata::MetadataClient;
@@ -36,14 +38,14 @@ use crate::storage_client::StorageGrpcClient;
 
 const OPENAPI_JSON: &str = include_str!("../openapi.json");
 
-// Queue attribute limits (seconds on the API; DESIGN.md §10).
-const RETENTION_S_MIN: u64 = 60;
-const RETENTION_S_MAX: u64 = 14 * 24 * 3600;
-const RETENTION_S_DEFAULT: u64 = 4 * 24 * 3600;
-const VISIBILITY_TIMEOUT_S_MAX: u64 = 12 * 3600;
-const VISIBILITY_TIMEOUT_S_DEFAULT: u64 = 30;
-const DELAY_S_MAX: u64 = 15 * 60;
-const BATCH_ENTRIES_MAX: usize = 10;
+// Queue attribute limits in the API's unit (seconds), from the shared limits.
+const RETENTION_S_MIN: u64 = limits::RETENTION_MS_MIN / 1000;
+const RETENTION_S_MAX: u64 = limits::RETENTION_MS_MAX / 1000;
+const RETENTION_S_DEFAULT: u64 = limits::RETENTION_MS_DEFAULT / 1000;
+const VISIBILITY_TIMEOUT_S_MAX: u64 = limits::VISIBILITY_TIMEOUT_MS_MAX / 1000;
+const VISIBILITY_TIMEOUT_S_DEFAULT: u64 = limits::VISIBILITY_TIMEOUT_MS_DEFAULT / 1000;
+const DELAY_S_MAX: u64 = limits::DELAY_MS_MAX / 1000;
+const BATCH_ENTRIES_MAX: usize = limits::SEND_BATCH_MAX;
 
 /// What the proxy needs to run.
 pub struct ProxySettings {
