@@ -45,13 +45,13 @@ pub struct DevArgs {
     #[arg(long, default_value_t = 9500)]
     storage_port: u16,
     /// Seal WAL segments at this size (smaller means earlier tiering).
-    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, default_value_t = ShardLogSettings::default().segment_size_bytes_max)]
     segment_bytes: u64,
     /// Snapshot the queue state every this many log entries.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = ShardLogSettings::default().snapshot_every_entries)]
     snapshot_every: u64,
     /// Seal the active segment after this many idle milliseconds, so idle tails tier too.
-    #[arg(long, default_value_t = 60_000)]
+    #[arg(long, default_value_t = ShardLogSettings::default().seal_idle_after.as_millis() as u64)]
     seal_idle_ms: u64,
     /// How often sealed segments are tiered, in milliseconds.
     #[arg(long, default_value_t = 5_000)]

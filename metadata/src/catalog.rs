@@ -145,10 +145,6 @@ fn stable_hash(parts: &[&str]) -> u64 {
 }
 
 impl Catalog {
-    pub fn tenant(&self, tenant: &str) -> Option<&TenantRecord> {
-        self.tenants.get(tenant)
-    }
-
     pub fn queue(&self, tenant: &str, name: &str) -> Option<&QueueRecord> {
         self.queues.get(&(tenant.to_string(), name.to_string()))
     }
@@ -173,10 +169,6 @@ impl Catalog {
             out.push(record.clone());
         }
         (out, more)
-    }
-
-    pub fn queue_count(&self) -> usize {
-        self.queues.len()
     }
 
     pub fn shard(&self, shard_id: u64) -> Option<&ShardRecord> {

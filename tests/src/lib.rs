@@ -133,10 +133,6 @@ impl DevProcess {
         self.spawn()
     }
 
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
     /// A client with the dev tenant's token.
     pub fn api(&self) -> Api {
         Api::new(&self.endpoint, &self.token)

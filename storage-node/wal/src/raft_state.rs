@@ -126,16 +126,6 @@ impl<C: RaftTypeConfig, S: ReplicatedState> SharedState<C, S> {
     pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
         self.applied_index.subscribe()
     }
-
-    /// The index of the last applied entry (0 before anything was applied).
-    pub fn applied_index(&self) -> u64 {
-        *self.applied_index.borrow()
-    }
-
-    /// The last log id covered by the current snapshot.
-    pub fn snapshot_index(&self) -> Option<u64> {
-        self.snapshot.lock().as_ref().and_then(|(m, _)| m.last_log_id.as_ref().map(|l| l.index()))
-    }
 }
 
 /// A read guard that derefs to the replicated state.
