@@ -1,7 +1,9 @@
 //! `strata dev`: the whole service in one process on the embedded defaults — one metadata voter,
 //! one storage node (one replica: "acknowledged" means fsynced on this machine's disk), a local
-//! directory as object store, and the proxy. Each role still talks to the others over gRPC on
-//! loopback, exactly as in a cluster.
+//! directory as object store, and the proxy. Metadata is reached over gRPC on loopback, exactly as
+//! in a cluster. The proxy calls the storage node's gRPC service in process by default (the same
+//! encoded requests, without the loopback TCP and HTTP/2 hop); `--storage-rpc loopback` sends
+//! them over the storage port instead, as a proxy in another process would.
 //!
 //! The data directory holds everything: `metadata/`, `storage/`, `objects/` (the bucket), the
 //! JWT signing secret of the dev tenant, and `dev-credentials.env`. Restarting on the same
@@ -18,6 +20,7 @@ use strata_common::{Clock, SystemClock};
 use strata_metadata::{MetadataClient, MetadataNode};
 use strata_proxy::ProxySettings;
 use strata_proxy::auth::{JwtIssuer, JwtKey, JwtVerifier};
+use strata_proxy::storage_client::CoLocatedStorage;
 use strata_storage::shard::ShardLogSettings;
 use strata_storage::{ObjectStoreSettings, StorageNode, StorageSettings};
 use tokio_util::sync::CancellationToken;
@@ -44,6 +47,9 @@ pub struct DevArgs {
     /// Port of the storage gRPC service (loopback).
     #[arg(long, default_value_t = 9500)]
     storage_port: u16,
+    /// How the proxy reaches the storage node's gRPC service.
+    #[arg(long, value_enum, default_value_t = StorageRpc::InProcess)]
+    storage_rpc: StorageRpc,
     /// Seal WAL segments at this size (smaller means earlier tiering).
     #[arg(long, default_value_t = ShardLogSettings::default().segment_size_bytes_max)]
     segment_bytes: u64,
@@ -76,6 +82,14 @@ pub struct DevArgs {
     /// Local disk for cached blocks of tiered segments, in MiB.
     #[arg(long, default_value_t = 256)]
     cache_disk_mib: usize,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum StorageRpc {
+    /// Call the service in this process (no network hop).
+    InProcess,
+    /// Connect to the storage port on loopback, as a separate proxy would.
+    Loopback,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -182,7 +196,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let token = issuer.mint(DEV_TENANT, DEV_TOKEN_TTL_S, clock.now_ms() / 1000)?;
     MetadataClient::connect_lazy(&metadata_endpoint)?.ensure_tenant(DEV_TENANT).await?;
 
-    let router = strata_proxy::router(ProxySettings { metadata_endpoint, verifier })?;
+    let co_located_storage = (args.storage_rpc == StorageRpc::InProcess)
+        .then(|| CoLocatedStorage::new(storage.address.clone(), storage.grpc_service()));
+    let router = strata_proxy::router(ProxySettings { metadata_endpoint, verifier, co_located_storage })?;
     let proxy_listener = tokio::net::TcpListener::bind(proxy_addr)
         .await
         .with_context(|| format!("HTTP port {proxy_addr} is taken (use --port)"))?;

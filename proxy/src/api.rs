@@ -35,6 +35,7 @@ use crate::auth::JwtVerifier;
 use crate::error::ApiError;
 use crate::routing::{self, Router as Placement};
 use crate::storage_client::StorageGrpcClient;
+use crate::storage_client::{CoLocatedStorage, StorageClients};
 
 const OPENAPI_JSON: &str = include_str!("../openapi.json");
 
@@ -51,6 +52,8 @@ const BATCH_ENTRIES_MAX: usize = limits::SEND_BATCH_MAX;
 pub struct ProxySettings {
     pub metadata_endpoint: String,
     pub verifier: JwtVerifier,
+    /// A storage node in this process, called without a network hop (`strata dev`).
+    pub co_located_storage: Option<CoLocatedStorage>,
 }
 
 #[derive(Clone)]
@@ -62,7 +65,9 @@ struct AppState {
 /// The proxy's axum router.
 pub fn router(settings: ProxySettings) -> Result<Router, StrataError> {
     let metadata = MetadataClient::connect_lazy(&settings.metadata_endpoint)?;
-    let state = AppState { placement: Arc::new(Placement::new(metadata)), verifier: Arc::new(settings.verifier) };
+    let storage = settings.co_located_storage.map(StorageClients::with_co_located).unwrap_or_default();
+    let state =
+        AppState { placement: Arc::new(Placement::new(metadata, storage)), verifier: Arc::new(settings.verifier) };
     Ok(Router::new()
         .route("/openapi.json", get(openapi))
         .route("/healthz", get(|| async { "ok" }))

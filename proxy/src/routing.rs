@@ -25,13 +25,8 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(metadata: MetadataClient) -> Self {
-        Self {
-            metadata,
-            storage: StorageClients::default(),
-            queues: Mutex::new(HashMap::new()),
-            shard_addresses: Mutex::new(HashMap::new()),
-        }
+    pub fn new(metadata: MetadataClient, storage: StorageClients) -> Self {
+        Self { metadata, storage, queues: Mutex::new(HashMap::new()), shard_addresses: Mutex::new(HashMap::new()) }
     }
 
     /// The queue's placement, from cache or metadata.

@@ -1,7 +1,8 @@
 //! The storage node: shard logs (the WAL as openraft's log), the queue state machine, tiering of
 //! sealed segments to object storage, and the cached read path for tiered data.
 //!
-//! The proxy reaches it only through its gRPC API ([`service`]).
+//! The proxy reaches it only through its gRPC API ([`service`]): over the network, or by calling
+//! the same service in process when both run in one process ([`StorageNode::grpc_service`]).
 
 pub mod node;
 pub mod queue;

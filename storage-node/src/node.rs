@@ -88,6 +88,9 @@ pub struct StorageSettings {
 pub struct StorageNode {
     pub shards: HashMap<u64, Arc<Shard>>,
     pub reader: Arc<TieredReader>,
+    /// The address registered with metadata, where the proxy looks for this node.
+    pub address: String,
+    service: StorageServer<StorageService>,
     cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -147,12 +150,13 @@ impl StorageNode {
             .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
         let listener = tokio::net::TcpListener::bind(settings.listen).await?;
         let serve_cancel = cancel.clone();
+        let served = service.clone();
         tasks.push(tokio::spawn(async move {
             let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let result = tonic::transport::Server::builder()
                 .initial_stream_window_size(limits::GRPC_STREAM_WINDOW_BYTES)
                 .initial_connection_window_size(limits::GRPC_CONNECTION_WINDOW_BYTES)
-                .add_service(service)
+                .add_service(served)
                 .serve_with_incoming_shutdown(incoming, serve_cancel.cancelled_owned())
                 .await;
             if let Err(e) = result {
@@ -171,7 +175,13 @@ impl StorageNode {
             )));
             tasks.push(tokio::spawn(expire_loop(shard.clone(), settings.expire_interval, cancel.clone())));
         }
-        Ok(Self { shards, reader, cancel, tasks })
+        Ok(Self { shards, reader, address, service, cancel, tasks })
+    }
+
+    /// The gRPC service itself, for a proxy in the same process to call without a network hop
+    /// (the same requests and answers as over gRPC).
+    pub fn grpc_service(&self) -> StorageServer<StorageService> {
+        self.service.clone()
     }
 
     /// Stops serving and the loops, then the shards.

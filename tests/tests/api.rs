@@ -119,8 +119,19 @@ async fn limits_and_bad_input_get_json_errors() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_poll_returns_when_a_message_arrives_and_state_survives_restart() -> anyhow::Result<()> {
+    long_poll_attributes_restart_and_recreate(&[]).await
+}
+
+/// The same walk with the proxy reaching the storage node over gRPC on loopback, as a proxy in
+/// another process does, instead of calling its service in process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_works_with_storage_calls_over_loopback_grpc() -> anyhow::Result<()> {
+    long_poll_attributes_restart_and_recreate(&["--storage-rpc", "loopback"]).await
+}
+
+async fn long_poll_attributes_restart_and_recreate(dev_args: &[&str]) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut dev = DevProcess::start(&dir.path().join("dev"), &[])?;
+    let mut dev = DevProcess::start(&dir.path().join("dev"), dev_args)?;
     let api = dev.api();
     api.create_queue("poll").await?;
 

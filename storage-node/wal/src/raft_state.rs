@@ -213,9 +213,26 @@ where
 {
     type SnapshotData = Vec<u8>;
 
+    /// Encodes and writes on a blocking thread: a large state takes tens of milliseconds to
+    /// encode and its file write competes with the WAL's fsyncs, neither of which may stall an
+    /// async worker. Applies still wait while the state is encoded (see design-notes.md).
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, Vec<u8>>, io::Error> {
-        let (meta, bytes) = self.encode_current()?;
-        self.store_snapshot(meta, bytes)
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let (meta, bytes) = store.encode_current()?;
+            let encoded_after = started.elapsed();
+            let snapshot = store.store_snapshot(meta, bytes)?;
+            tracing::debug!(
+                bytes = snapshot.snapshot.len(),
+                encode_ms = encoded_after.as_millis() as u64,
+                write_ms = (started.elapsed() - encoded_after).as_millis() as u64,
+                "snapshot stored"
+            );
+            Ok(snapshot)
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 }
 
