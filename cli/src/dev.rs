@@ -6,7 +6,8 @@
 //! them over the storage port instead, as a proxy in another process would.
 //!
 //! The data directory holds everything: `metadata/`, `storage/`, `objects/` (the bucket), the
-//! JWT signing secret of the dev tenant, and `dev-credentials.env`. Restarting on the same
+//! JWT signing secret and the SigV4 access key of the dev tenant, and `dev-credentials.env`
+//! (the native API's endpoint and token, and the AWS variables for the SQS API). Restarting on the same
 //! directory keeps every queue and message.
 
 use std::net::SocketAddr;
@@ -30,6 +31,9 @@ pub const DEV_TENANT: &str = "dev";
 const DEV_KEY_ID: &str = "dev-hs256";
 const DEV_ISSUER: &str = "strata-dev";
 const DEV_AUDIENCE: &str = "strata";
+/// Region the dev credentials name. Any region verifies; this one is not an AWS region because
+/// AWS CLI v1 replaces the configured endpoint by AWS's own for known SQS regions.
+const DEV_REGION: &str = "strata-dev";
 /// Lifetime of the dev token; a restart issues a fresh one.
 const DEV_TOKEN_TTL_S: u64 = 30 * 24 * 3600;
 
@@ -104,8 +108,44 @@ fn signing_secret(dir: &Path) -> anyhow::Result<Vec<u8>> {
     }
     let secret: [u8; 32] = rand::random();
     let text: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    strata_wal::write_file_atomic(&path, text.as_bytes())?;
+    write_secret_file(&path, text.as_bytes())?;
     Ok(secret.to_vec())
+}
+
+/// The dev tenant's SigV4 access key, kept in `DIR/dev-access-key` (id and secret, one per
+/// line) and re-created when it is missing or was revoked.
+async fn dev_access_key(dir: &Path, metadata: &MetadataClient, now_ms: u64) -> anyhow::Result<(String, String)> {
+    let path = dir.join("dev-access-key");
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Some((id, secret)) = text.trim().split_once('\n')
+    {
+        match metadata.lookup_access_key(id.trim()).await {
+            Ok(key)
+                if key.tenant == DEV_TENANT
+                    && key.secret_access_key == secret.trim()
+                    && (key.revoked_at_ms == 0 || now_ms < key.revoked_at_ms) =>
+            {
+                return Ok((key.access_key_id, key.secret_access_key));
+            }
+            Ok(_) => tracing::info!("the dev access key was revoked; creating a new one"),
+            Err(e) if e.kind == strata_common::error::ErrorKind::AccessKeyNotFound => {
+                tracing::info!("the dev access key is unknown; creating a new one")
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let key = metadata.create_access_key(DEV_TENANT).await?;
+    let text = format!("{}\n{}\n", key.access_key_id, key.secret_access_key);
+    write_secret_file(&path, text.as_bytes())?;
+    Ok((key.access_key_id, key.secret_access_key))
+}
+
+/// Writes a file of secrets atomically, readable by its owner only.
+fn write_secret_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    strata_wal::write_file_atomic(path, bytes)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", path.display()))
 }
 
 fn hex_decode(text: &str) -> anyhow::Result<Vec<u8>> {
@@ -194,11 +234,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let verifier = JwtVerifier::new(DEV_ISSUER, DEV_AUDIENCE, vec![JwtKey::hmac(DEV_KEY_ID, &secret)]);
     let issuer = JwtIssuer::hmac(DEV_KEY_ID, &secret, DEV_ISSUER, DEV_AUDIENCE);
     let token = issuer.mint(DEV_TENANT, DEV_TOKEN_TTL_S, clock.now_ms() / 1000)?;
-    MetadataClient::connect_lazy(&metadata_endpoint)?.ensure_tenant(DEV_TENANT).await?;
+    let metadata_client = MetadataClient::connect_lazy(&metadata_endpoint)?;
+    metadata_client.ensure_tenant(DEV_TENANT).await?;
+    let (access_key_id, secret_access_key) = dev_access_key(&dir, &metadata_client, clock.now_ms()).await?;
 
     let co_located_storage = (args.storage_rpc == StorageRpc::InProcess)
         .then(|| CoLocatedStorage::new(storage.address.clone(), storage.grpc_service()));
-    let router = strata_proxy::router(ProxySettings { metadata_endpoint, verifier, co_located_storage })?;
+    let router =
+        strata_proxy::router(ProxySettings { metadata_endpoint, verifier, co_located_storage, clock: clock.clone() })?;
     let proxy_listener = tokio::net::TcpListener::bind(proxy_addr)
         .await
         .with_context(|| format!("HTTP port {proxy_addr} is taken (use --port)"))?;
@@ -206,15 +249,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let credentials = dir.join("dev-credentials.env");
     let env_text = format!(
         "# Written by `strata dev`; `source` this file to use the CLI, curl or SDKs.\n\
-         export STRATA_ENDPOINT={endpoint}\nexport STRATA_TOKEN={token}\nexport STRATA_TENANT={DEV_TENANT}\n"
+         export STRATA_ENDPOINT={endpoint}\nexport STRATA_TOKEN={token}\nexport STRATA_TENANT={DEV_TENANT}\n\
+         # The SQS-compatible API (AWS CLI, boto3, SDKs):\n\
+         export AWS_ACCESS_KEY_ID={access_key_id}\nexport AWS_SECRET_ACCESS_KEY={secret_access_key}\n\
+         export AWS_DEFAULT_REGION={DEV_REGION}\nexport AWS_ENDPOINT_URL={endpoint}\n"
     );
-    strata_wal::write_file_atomic(&credentials, env_text.as_bytes())?;
+    write_secret_file(&credentials, env_text.as_bytes())?;
     println!(
         "strata dev is running (tenant '{DEV_TENANT}', one replica: acknowledged = fsynced on this disk)\n\
          \n  data directory   {dir}\n  HTTP API         {endpoint}  (OpenAPI: {endpoint}/openapi.json)\n\
          \n  credentials      {creds}\n\
          \nTry:\n  source {creds}\n  strata queue create orders\n  strata send orders 'hello'\n  \
-         strata receive orders --wait 5\n\nStop with Ctrl-C.",
+         strata receive orders --wait 5\n  aws sqs list-queues\n\nStop with Ctrl-C.",
         dir = dir.display(),
         creds = credentials.display(),
     );

@@ -31,11 +31,18 @@ pub enum ErrorKind {
     Unavailable,
     /// A bug or an unexpected failure on our side.
     Internal,
+    /// The access key does not exist (or belongs to another tenant: the answer is the same).
+    AccessKeyNotFound,
+    /// A per-tenant count limit (queues, access keys, tags) would be exceeded.
+    LimitExceeded,
+    /// A visibility change for a message that is not in flight (deleted, expired, or its
+    /// visibility timeout already ran out).
+    MessageNotInFlight,
 }
 
 impl ErrorKind {
     /// Every kind, for exhaustive tests of mappings.
-    pub const ALL: [ErrorKind; 9] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::QueueNotFound,
         ErrorKind::QueueAlreadyExists,
         ErrorKind::InvalidParameter,
@@ -45,6 +52,9 @@ impl ErrorKind {
         ErrorKind::Throttled,
         ErrorKind::Unavailable,
         ErrorKind::Internal,
+        ErrorKind::AccessKeyNotFound,
+        ErrorKind::LimitExceeded,
+        ErrorKind::MessageNotInFlight,
     ];
 
     /// The stable code string shown to tenants.
@@ -59,6 +69,9 @@ impl ErrorKind {
             ErrorKind::Throttled => "Throttled",
             ErrorKind::Unavailable => "Unavailable",
             ErrorKind::Internal => "Internal",
+            ErrorKind::AccessKeyNotFound => "AccessKeyNotFound",
+            ErrorKind::LimitExceeded => "LimitExceeded",
+            ErrorKind::MessageNotInFlight => "MessageNotInFlight",
         }
     }
 
@@ -69,9 +82,12 @@ impl ErrorKind {
     /// The HTTP status a front door answers with.
     pub fn http_status(self) -> u16 {
         match self {
-            ErrorKind::QueueNotFound => 404,
+            ErrorKind::QueueNotFound | ErrorKind::AccessKeyNotFound => 404,
             ErrorKind::QueueAlreadyExists => 409,
-            ErrorKind::InvalidParameter | ErrorKind::InvalidReceipt => 400,
+            ErrorKind::InvalidParameter
+            | ErrorKind::InvalidReceipt
+            | ErrorKind::LimitExceeded
+            | ErrorKind::MessageNotInFlight => 400,
             ErrorKind::TooLarge => 413,
             ErrorKind::Unauthenticated => 401,
             ErrorKind::Throttled => 429,
@@ -82,12 +98,13 @@ impl ErrorKind {
 
     fn grpc_code(self) -> tonic::Code {
         match self {
-            ErrorKind::QueueNotFound => tonic::Code::NotFound,
+            ErrorKind::QueueNotFound | ErrorKind::AccessKeyNotFound => tonic::Code::NotFound,
             ErrorKind::QueueAlreadyExists => tonic::Code::AlreadyExists,
             ErrorKind::InvalidParameter | ErrorKind::InvalidReceipt => tonic::Code::InvalidArgument,
             ErrorKind::TooLarge => tonic::Code::OutOfRange,
             ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
             ErrorKind::Throttled => tonic::Code::ResourceExhausted,
+            ErrorKind::LimitExceeded | ErrorKind::MessageNotInFlight => tonic::Code::FailedPrecondition,
             ErrorKind::Unavailable => tonic::Code::Unavailable,
             ErrorKind::Internal => tonic::Code::Internal,
         }

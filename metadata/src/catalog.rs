@@ -10,6 +10,9 @@
 //!   new incarnation id, so old messages and receipts can never resolve to the new queue;
 //! - a segment key is recorded at most once per shard, and committing the same segment twice is a
 //!   no-op (uploads may be retried after a crash);
+//! - an access key id is unique for the life of the service (revoked keys are kept, so an id
+//!   is never issued twice) and belongs to exactly one tenant; a tenant has at most
+//!   [`ACCESS_KEYS_PER_TENANT_MAX`] keys that are not yet revoked;
 //! - a storage node re-registering bumps the writer epoch of every shard it hosts, so objects it
 //!   writes after a restart never share a key with objects written before.
 
@@ -23,11 +26,48 @@ use strata_wal::raft_state::ReplicatedState;
 /// Most shards one registration may create.
 pub const INITIAL_SHARDS_MAX: u32 = 64;
 
+/// Most access keys a tenant may hold at once (revoked keys past their grace period do not count).
+pub const ACCESS_KEYS_PER_TENANT_MAX: usize = 10;
+
+/// Revoked keys kept per tenant (listed as revoked); older ones are forgotten.
+pub const REVOKED_ACCESS_KEYS_KEPT_MAX: usize = 50;
+
+/// A SigV4 secret access key. It is replicated and snapshotted as is (SigV4 verification needs
+/// the secret itself), but its `Debug` output is redacted so that commands and records can be
+/// logged.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessKeyRecord {
+    pub access_key_id: String,
+    pub tenant: String,
+    pub secret: Secret,
+    pub created_ms: u64,
+    /// When the key stops (or stopped) working; `None` while it is active.
+    pub revoked_at_ms: Option<u64>,
+}
+
+impl AccessKeyRecord {
+    pub fn is_active_at(&self, now_ms: u64) -> bool {
+        self.revoked_at_ms.is_none_or(|at| now_ms < at)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueConfig {
     pub retention_ms: u64,
     pub visibility_timeout_ms: u64,
     pub delay_ms: u64,
+    /// 0: the service limit.
+    pub maximum_message_bytes: u64,
+    pub receive_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,13 +107,58 @@ pub type SegmentRecord = strata_common::proto::Segment;
 /// A mutation of the catalog, carried in a Raft log entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum MetaCommand {
-    EnsureTenant { tenant: String, now_ms: u64 },
-    CreateQueue { tenant: String, name: String, config: QueueConfig, now_ms: u64 },
-    DeleteQueue { tenant: String, name: String },
-    SetQueueConfig { tenant: String, name: String, config: QueueConfig, now_ms: u64 },
-    RegisterStorageNode { node_id: String, address: String, initial_shards: u32, now_ms: u64 },
+    EnsureTenant {
+        tenant: String,
+        now_ms: u64,
+    },
+    CreateQueue {
+        tenant: String,
+        name: String,
+        config: QueueConfig,
+        now_ms: u64,
+    },
+    DeleteQueue {
+        tenant: String,
+        name: String,
+    },
+    SetQueueConfig {
+        tenant: String,
+        name: String,
+        config: QueueConfig,
+        now_ms: u64,
+    },
+    RegisterStorageNode {
+        node_id: String,
+        address: String,
+        initial_shards: u32,
+        now_ms: u64,
+    },
     CommitSegment(SegmentRecord),
-    RemoveSegments { shard_id: u64, object_keys: Vec<String> },
+    RemoveSegments {
+        shard_id: u64,
+        object_keys: Vec<String>,
+    },
+    /// The id and secret are drawn by the proposer, so applying stays deterministic.
+    CreateAccessKey {
+        tenant: String,
+        access_key_id: String,
+        secret: Secret,
+        now_ms: u64,
+    },
+    /// Creates the new key and ends the old one `grace_ms` after `now_ms`.
+    RotateAccessKey {
+        tenant: String,
+        old_access_key_id: String,
+        access_key_id: String,
+        secret: Secret,
+        grace_ms: u64,
+        now_ms: u64,
+    },
+    RevokeAccessKey {
+        tenant: String,
+        access_key_id: String,
+        now_ms: u64,
+    },
 }
 
 impl fmt::Display for MetaCommand {
@@ -87,6 +172,15 @@ impl fmt::Display for MetaCommand {
             MetaCommand::CommitSegment(s) => write!(f, "commit-segment {}", s.object_key),
             MetaCommand::RemoveSegments { shard_id, object_keys } => {
                 write!(f, "remove-segments shard={shard_id} n={}", object_keys.len())
+            }
+            MetaCommand::CreateAccessKey { tenant, access_key_id, .. } => {
+                write!(f, "create-access-key {tenant}/{access_key_id}")
+            }
+            MetaCommand::RotateAccessKey { tenant, old_access_key_id, access_key_id, .. } => {
+                write!(f, "rotate-access-key {tenant}/{old_access_key_id}->{access_key_id}")
+            }
+            MetaCommand::RevokeAccessKey { tenant, access_key_id, .. } => {
+                write!(f, "revoke-access-key {tenant}/{access_key_id}")
             }
         }
     }
@@ -117,6 +211,7 @@ pub enum MetaResponse {
     Tenant(TenantRecord),
     Queue(QueueRecord),
     Shards(Vec<ShardRecord>),
+    AccessKey(AccessKeyRecord),
     Error(MetaError),
 }
 
@@ -130,6 +225,8 @@ pub struct Catalog {
     shards: BTreeMap<u64, ShardRecord>,
     /// Per shard, keyed by first log index.
     segments: BTreeMap<u64, BTreeMap<u64, SegmentRecord>>,
+    /// By access key id.
+    access_keys: BTreeMap<String, AccessKeyRecord>,
 }
 
 /// FNV-1a: a stable hash (unlike std's, which is randomly seeded) for placing queues on shards.
@@ -181,6 +278,54 @@ impl Catalog {
 
     pub fn segments(&self, shard_id: u64) -> Vec<SegmentRecord> {
         self.segments.get(&shard_id).map(|s| s.values().cloned().collect()).unwrap_or_default()
+    }
+
+    pub fn access_key(&self, access_key_id: &str) -> Option<&AccessKeyRecord> {
+        self.access_keys.get(access_key_id)
+    }
+
+    /// A tenant's keys (active and kept revoked ones), by id.
+    pub fn access_keys_of(&self, tenant: &str) -> Vec<AccessKeyRecord> {
+        self.access_keys.values().filter(|k| k.tenant == tenant).cloned().collect()
+    }
+
+    /// The tenant's key `access_key_id`, as "not found" when it belongs to someone else.
+    fn own_access_key(&mut self, tenant: &str, access_key_id: &str) -> Result<&mut AccessKeyRecord, StrataError> {
+        self.access_keys.get_mut(access_key_id).filter(|k| k.tenant == tenant).ok_or_else(|| {
+            StrataError::new(ErrorKind::AccessKeyNotFound, format!("access key '{access_key_id}' does not exist"))
+        })
+    }
+
+    /// Adds a key after checking the id is new and the tenant has room. The tenant's last
+    /// [`REVOKED_ACCESS_KEYS_KEPT_MAX`] revoked keys stay in the catalog, answered as revoked.
+    fn add_access_key(&mut self, record: AccessKeyRecord) -> Result<MetaResponse, StrataError> {
+        if self.access_keys.contains_key(&record.access_key_id) {
+            return Err(StrataError::invalid("access key id already issued; retry to draw another"));
+        }
+        let now_ms = record.created_ms;
+        let tenant = record.tenant.clone();
+        let active = self.access_keys.values().filter(|k| k.tenant == tenant && k.is_active_at(now_ms)).count();
+        if active >= ACCESS_KEYS_PER_TENANT_MAX {
+            return Err(StrataError::new(
+                ErrorKind::LimitExceeded,
+                format!("a tenant may hold at most {ACCESS_KEYS_PER_TENANT_MAX} access keys; revoke one first"),
+            ));
+        }
+        let mut revoked: Vec<(u64, String)> = self
+            .access_keys
+            .values()
+            .filter(|k| k.tenant == tenant && !k.is_active_at(now_ms))
+            .map(|k| (k.revoked_at_ms.unwrap_or(0), k.access_key_id.clone()))
+            .collect();
+        if revoked.len() > REVOKED_ACCESS_KEYS_KEPT_MAX {
+            revoked.sort();
+            for (_, id) in &revoked[..revoked.len() - REVOKED_ACCESS_KEYS_KEPT_MAX] {
+                self.access_keys.remove(id);
+            }
+        }
+        self.tenants.entry(tenant.clone()).or_insert_with(|| TenantRecord { tenant, created_ms: now_ms });
+        self.access_keys.insert(record.access_key_id.clone(), record.clone());
+        Ok(MetaResponse::AccessKey(record))
     }
 
     fn apply_command(&mut self, log_index: u64, command: &MetaCommand) -> Result<MetaResponse, StrataError> {
@@ -286,6 +431,38 @@ impl Catalog {
                 }
                 Ok(MetaResponse::Done)
             }
+            MetaCommand::CreateAccessKey { tenant, access_key_id, secret, now_ms } => {
+                strata_common::names::validate_tenant(tenant)?;
+                self.add_access_key(AccessKeyRecord {
+                    access_key_id: access_key_id.clone(),
+                    tenant: tenant.clone(),
+                    secret: secret.clone(),
+                    created_ms: *now_ms,
+                    revoked_at_ms: None,
+                })
+            }
+            MetaCommand::RotateAccessKey { tenant, old_access_key_id, access_key_id, secret, grace_ms, now_ms } => {
+                let old = self.own_access_key(tenant, old_access_key_id)?;
+                if !old.is_active_at(*now_ms) {
+                    return Err(StrataError::invalid(format!("access key '{old_access_key_id}' is already revoked")));
+                }
+                // The new key must fit beside the old one, which still counts during its grace.
+                let added = self.add_access_key(AccessKeyRecord {
+                    access_key_id: access_key_id.clone(),
+                    tenant: tenant.clone(),
+                    secret: secret.clone(),
+                    created_ms: *now_ms,
+                    revoked_at_ms: None,
+                })?;
+                self.own_access_key(tenant, old_access_key_id)?.revoked_at_ms = Some(now_ms.saturating_add(*grace_ms));
+                Ok(added)
+            }
+            MetaCommand::RevokeAccessKey { tenant, access_key_id, now_ms } => {
+                let key = self.own_access_key(tenant, access_key_id)?;
+                let ends_at = key.revoked_at_ms.map_or(*now_ms, |at| at.min(*now_ms));
+                key.revoked_at_ms = Some(ends_at);
+                Ok(MetaResponse::AccessKey(key.clone()))
+            }
         }
     }
 }
@@ -307,7 +484,13 @@ impl ReplicatedState for Catalog {
 mod tests {
     use super::*;
 
-    const CONFIG: QueueConfig = QueueConfig { retention_ms: 60_000, visibility_timeout_ms: 30_000, delay_ms: 0 };
+    const CONFIG: QueueConfig = QueueConfig {
+        retention_ms: 60_000,
+        visibility_timeout_ms: 30_000,
+        delay_ms: 0,
+        maximum_message_bytes: 0,
+        receive_wait_ms: 0,
+    };
 
     fn register_node(c: &mut Catalog, index: u64) -> MetaResponse {
         let command = MetaCommand::RegisterStorageNode {
@@ -397,5 +580,63 @@ mod tests {
         assert_eq!(c.segments(1), vec![seg]);
         c.apply(9, &MetaCommand::RemoveSegments { shard_id: 1, object_keys: vec!["k".into()] });
         assert!(c.segments(1).is_empty());
+    }
+
+    fn create_key(c: &mut Catalog, index: u64, tenant: &str, id: &str, now_ms: u64) -> MetaResponse {
+        let command = MetaCommand::CreateAccessKey {
+            tenant: tenant.into(),
+            access_key_id: id.into(),
+            secret: Secret(format!("secret-of-{id}")),
+            now_ms,
+        };
+        c.apply(index, &command)
+    }
+
+    #[test]
+    fn access_keys_rotate_revoke_and_stay_with_their_tenant() {
+        let mut c = catalog_with_node();
+        assert!(matches!(create_key(&mut c, 10, "t1", "K1", 100), MetaResponse::AccessKey(_)));
+        let MetaResponse::Error(e) = create_key(&mut c, 11, "t2", "K1", 100) else { panic!("duplicate id") };
+        assert_eq!(e.code, "InvalidParameter");
+
+        // Another tenant cannot revoke or rotate t1's key: it answers as a missing one.
+        let revoke = |tenant: &str, now_ms| MetaCommand::RevokeAccessKey {
+            tenant: tenant.into(),
+            access_key_id: "K1".into(),
+            now_ms,
+        };
+        let MetaResponse::Error(e) = c.apply(12, &revoke("t2", 200)) else { panic!("cross-tenant revoke") };
+        assert_eq!(e.code, "AccessKeyNotFound");
+
+        // Rotation with a grace period: both work until it ends, then only the new one.
+        let rotate = MetaCommand::RotateAccessKey {
+            tenant: "t1".into(),
+            old_access_key_id: "K1".into(),
+            access_key_id: "K2".into(),
+            secret: Secret("s2".into()),
+            grace_ms: 1_000,
+            now_ms: 300,
+        };
+        assert!(matches!(c.apply(13, &rotate), MetaResponse::AccessKey(k) if k.access_key_id == "K2"));
+        let k1 = c.access_key("K1").cloned().expect("kept");
+        assert!(k1.is_active_at(1_299) && !k1.is_active_at(1_300));
+        // Revoking during the grace period ends it at once.
+        c.apply(14, &revoke("t1", 500));
+        assert!(!c.access_key("K1").expect("kept").is_active_at(500));
+        assert_eq!(c.access_keys_of("t1").len(), 2);
+        assert!(c.access_keys_of("t2").is_empty());
+        assert!(format!("{rotate:?}").contains("<redacted>") && !format!("{rotate:?}").contains("s2\""));
+    }
+
+    #[test]
+    fn a_tenant_holds_a_bounded_number_of_active_keys() {
+        let mut c = catalog_with_node();
+        for i in 0..ACCESS_KEYS_PER_TENANT_MAX {
+            assert!(matches!(create_key(&mut c, 10 + i as u64, "t1", &format!("K{i}"), 1), MetaResponse::AccessKey(_)));
+        }
+        let MetaResponse::Error(e) = create_key(&mut c, 50, "t1", "KX", 1) else { panic!("over the limit") };
+        assert_eq!(e.code, "LimitExceeded");
+        c.apply(51, &MetaCommand::RevokeAccessKey { tenant: "t1".into(), access_key_id: "K0".into(), now_ms: 2 });
+        assert!(matches!(create_key(&mut c, 52, "t1", "KX", 3), MetaResponse::AccessKey(_)));
     }
 }

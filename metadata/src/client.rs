@@ -121,4 +121,43 @@ impl MetadataClient {
         self.inner.clone().remove_segments(pb::RemoveSegmentsRequest { shard_id, object_keys }).await?;
         Ok(())
     }
+
+    /// A new access key of `tenant`, with its secret (shown only here).
+    pub async fn create_access_key(&self, tenant: &str) -> Result<pb::AccessKey, StrataError> {
+        let request = pb::CreateAccessKeyRequest { tenant: tenant.to_string() };
+        Ok(self.inner.clone().create_access_key(request).await?.into_inner())
+    }
+
+    /// Replaces `access_key_id` by a new key (answered with its secret); the old one keeps
+    /// working for `grace_ms`.
+    pub async fn rotate_access_key(
+        &self,
+        tenant: &str,
+        access_key_id: &str,
+        grace_ms: u64,
+    ) -> Result<pb::AccessKey, StrataError> {
+        let request = pb::RotateAccessKeyRequest {
+            tenant: tenant.to_string(),
+            access_key_id: access_key_id.to_string(),
+            grace_ms,
+        };
+        Ok(self.inner.clone().rotate_access_key(request).await?.into_inner())
+    }
+
+    pub async fn revoke_access_key(&self, tenant: &str, access_key_id: &str) -> Result<pb::AccessKey, StrataError> {
+        let request = pb::AccessKeyRef { tenant: tenant.to_string(), access_key_id: access_key_id.to_string() };
+        Ok(self.inner.clone().revoke_access_key(request).await?.into_inner())
+    }
+
+    /// The tenant's keys without secrets.
+    pub async fn list_access_keys(&self, tenant: &str) -> Result<Vec<pb::AccessKey>, StrataError> {
+        let request = pb::ListAccessKeysRequest { tenant: tenant.to_string() };
+        Ok(self.inner.clone().list_access_keys(request).await?.into_inner().keys)
+    }
+
+    /// A key with its secret, whatever its state (the proxy's SigV4 check).
+    pub async fn lookup_access_key(&self, access_key_id: &str) -> Result<pb::AccessKey, StrataError> {
+        let request = pb::LookupAccessKeyRequest { access_key_id: access_key_id.to_string() };
+        Ok(self.inner.clone().lookup_access_key(request).await?.into_inner())
+    }
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use openraft::{BasicNode, Config, SnapshotPolicy};
-use strata_common::error::StrataError;
+use strata_common::error::{ErrorKind, StrataError};
 use strata_common::limits::LIST_QUEUES_PAGE_MAX;
 use strata_common::proto::metadata_server::{Metadata, MetadataServer};
 use strata_common::proto::{self as pb};
@@ -21,13 +21,53 @@ use strata_wal::{FsyncFailure, WalOptions};
 use tonic::{Request, Response, Status};
 
 use crate::MetaRaftConfig;
-use crate::catalog::{Catalog, MetaCommand, MetaResponse, QueueConfig, QueueRecord, ShardRecord};
+use crate::catalog::{
+    AccessKeyRecord, Catalog, MetaCommand, MetaResponse, QueueConfig, QueueRecord, Secret, ShardRecord,
+};
 
 /// Log entries between metadata snapshots. The catalog is small; frequent snapshots keep
 /// restart replay short and let old segments go.
 const METADATA_SNAPSHOT_EVERY_ENTRIES: u64 = 10_000;
 /// WAL segment size of the metadata log.
 const METADATA_SEGMENT_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
+/// Access key ids: this prefix, then random characters of [`ACCESS_KEY_ID_ALPHABET`] (90 bits).
+const ACCESS_KEY_ID_PREFIX: &str = "SK";
+const ACCESS_KEY_ID_RANDOM_CHARS: usize = 18;
+const ACCESS_KEY_ID_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+/// Secrets: 40 characters of the base64 alphabet (240 bits), like AWS secret access keys.
+const SECRET_ACCESS_KEY_CHARS: usize = 40;
+const SECRET_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Draws a new access key id and secret from the thread's CSPRNG.
+fn new_access_key() -> (String, Secret) {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let mut draw = |alphabet: &[u8], n: usize| -> String {
+        (0..n).map(|_| char::from(alphabet[rng.random_range(0..alphabet.len())])).collect()
+    };
+    let id = format!("{ACCESS_KEY_ID_PREFIX}{}", draw(ACCESS_KEY_ID_ALPHABET, ACCESS_KEY_ID_RANDOM_CHARS));
+    let secret = Secret(draw(SECRET_ALPHABET, SECRET_ACCESS_KEY_CHARS));
+    (id, secret)
+}
+
+/// The wire form of a key; the secret only when `with_secret`.
+fn access_key_pb(key: AccessKeyRecord, with_secret: bool) -> pb::AccessKey {
+    pb::AccessKey {
+        access_key_id: key.access_key_id,
+        tenant: key.tenant,
+        secret_access_key: if with_secret { key.secret.0 } else { String::new() },
+        created_ms: key.created_ms,
+        revoked_at_ms: key.revoked_at_ms.unwrap_or(0),
+    }
+}
+
+fn access_key_response(response: MetaResponse, with_secret: bool) -> Result<Response<pb::AccessKey>, Status> {
+    match response {
+        MetaResponse::AccessKey(key) => Ok(Response::new(access_key_pb(key, with_secret))),
+        other => Err(StrataError::internal(format!("unexpected metadata response {other:?}")).into()),
+    }
+}
 
 /// A running metadata node.
 pub struct MetadataNode {
@@ -112,13 +152,25 @@ impl MetadataNode {
 
 impl From<pb::QueueConfig> for QueueConfig {
     fn from(c: pb::QueueConfig) -> Self {
-        Self { retention_ms: c.retention_ms, visibility_timeout_ms: c.visibility_timeout_ms, delay_ms: c.delay_ms }
+        Self {
+            retention_ms: c.retention_ms,
+            visibility_timeout_ms: c.visibility_timeout_ms,
+            delay_ms: c.delay_ms,
+            maximum_message_bytes: c.maximum_message_bytes,
+            receive_wait_ms: c.receive_wait_ms,
+        }
     }
 }
 
 impl From<QueueConfig> for pb::QueueConfig {
     fn from(c: QueueConfig) -> Self {
-        Self { retention_ms: c.retention_ms, visibility_timeout_ms: c.visibility_timeout_ms, delay_ms: c.delay_ms }
+        Self {
+            retention_ms: c.retention_ms,
+            visibility_timeout_ms: c.visibility_timeout_ms,
+            delay_ms: c.delay_ms,
+            maximum_message_bytes: c.maximum_message_bytes,
+            receive_wait_ms: c.receive_wait_ms,
+        }
     }
 }
 
@@ -266,5 +318,67 @@ impl Metadata for MetadataService {
         let r = request.into_inner();
         self.node.propose(MetaCommand::RemoveSegments { shard_id: r.shard_id, object_keys: r.object_keys }).await?;
         Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn create_access_key(
+        &self,
+        request: Request<pb::CreateAccessKeyRequest>,
+    ) -> Result<Response<pb::AccessKey>, Status> {
+        let tenant = request.into_inner().tenant;
+        let (access_key_id, secret) = new_access_key();
+        let command = MetaCommand::CreateAccessKey { tenant, access_key_id, secret, now_ms: self.node.now_ms() };
+        access_key_response(self.node.propose(command).await?, true)
+    }
+
+    async fn rotate_access_key(
+        &self,
+        request: Request<pb::RotateAccessKeyRequest>,
+    ) -> Result<Response<pb::AccessKey>, Status> {
+        let r = request.into_inner();
+        let (access_key_id, secret) = new_access_key();
+        let command = MetaCommand::RotateAccessKey {
+            tenant: r.tenant,
+            old_access_key_id: r.access_key_id,
+            access_key_id,
+            secret,
+            grace_ms: r.grace_ms,
+            now_ms: self.node.now_ms(),
+        };
+        access_key_response(self.node.propose(command).await?, true)
+    }
+
+    async fn revoke_access_key(&self, request: Request<pb::AccessKeyRef>) -> Result<Response<pb::AccessKey>, Status> {
+        let r = request.into_inner();
+        let command = MetaCommand::RevokeAccessKey {
+            tenant: r.tenant,
+            access_key_id: r.access_key_id,
+            now_ms: self.node.now_ms(),
+        };
+        access_key_response(self.node.propose(command).await?, false)
+    }
+
+    async fn list_access_keys(
+        &self,
+        request: Request<pb::ListAccessKeysRequest>,
+    ) -> Result<Response<pb::ListAccessKeysResponse>, Status> {
+        let tenant = request.into_inner().tenant;
+        let keys = self.node.catalog().access_keys_of(&tenant);
+        Ok(Response::new(pb::ListAccessKeysResponse {
+            keys: keys.into_iter().map(|k| access_key_pb(k, false)).collect(),
+        }))
+    }
+
+    async fn lookup_access_key(
+        &self,
+        request: Request<pb::LookupAccessKeyRequest>,
+    ) -> Result<Response<pb::AccessKey>, Status> {
+        let id = request.into_inner().access_key_id;
+        let key = self.node.catalog().access_key(&id).cloned();
+        match key {
+            Some(key) => Ok(Response::new(access_key_pb(key, true))),
+            None => {
+                Err(StrataError::new(ErrorKind::AccessKeyNotFound, format!("access key '{id}' does not exist")).into())
+            }
+        }
     }
 }

@@ -15,7 +15,7 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use base64::Engine;
@@ -33,9 +33,12 @@ use strata_metadata::MetadataClient;
 
 use crate::auth::JwtVerifier;
 use crate::error::ApiError;
-use crate::routing::{self, Router as Placement};
-use crate::storage_client::StorageGrpcClient;
+use crate::queues;
+use crate::routing::Router as Placement;
+use crate::sqs::auth::AccessKeys;
+use crate::sqs::{self, SqsState};
 use crate::storage_client::{CoLocatedStorage, StorageClients};
+use strata_common::Clock;
 
 const OPENAPI_JSON: &str = include_str!("../openapi.json");
 
@@ -54,20 +57,29 @@ pub struct ProxySettings {
     pub verifier: JwtVerifier,
     /// A storage node in this process, called without a network hop (`strata dev`).
     pub co_located_storage: Option<CoLocatedStorage>,
+    /// Time for SigV4 checks and key revocation.
+    pub clock: Arc<dyn Clock>,
 }
 
 #[derive(Clone)]
 struct AppState {
     placement: Arc<Placement>,
     verifier: Arc<JwtVerifier>,
+    sqs: Arc<SqsState>,
 }
 
 /// The proxy's axum router.
 pub fn router(settings: ProxySettings) -> Result<Router, StrataError> {
     let metadata = MetadataClient::connect_lazy(&settings.metadata_endpoint)?;
     let storage = settings.co_located_storage.map(StorageClients::with_co_located).unwrap_or_default();
-    let state =
-        AppState { placement: Arc::new(Placement::new(metadata, storage)), verifier: Arc::new(settings.verifier) };
+    let placement = Arc::new(Placement::new(metadata.clone(), storage));
+    let sqs =
+        Arc::new(SqsState { placement: placement.clone(), keys: AccessKeys::new(metadata), clock: settings.clock });
+    let state = AppState { placement, verifier: Arc::new(settings.verifier), sqs: sqs.clone() };
+    let sqs_router = Router::new()
+        .route("/", post(sqs::handle))
+        .layer(DefaultBodyLimit::max(HTTP_REQUEST_BYTES_MAX))
+        .with_state(sqs);
     Ok(Router::new()
         .route("/openapi.json", get(openapi))
         .route("/healthz", get(|| async { "ok" }))
@@ -78,9 +90,13 @@ pub fn router(settings: ProxySettings) -> Result<Router, StrataError> {
         .route("/v1/queues/{name}/delete", post(delete_messages))
         .route("/v1/queues/{name}/visibility", post(change_visibility))
         .route("/v1/queues/{name}/purge", post(purge_queue))
+        .route("/v1/access-keys", post(create_access_key).get(list_access_keys))
+        .route("/v1/access-keys/{id}", delete(revoke_access_key))
+        .route("/v1/access-keys/{id}/rotate", post(rotate_access_key))
         .fallback(|| async { ApiError(StrataError::invalid("no such route; see /openapi.json")) })
         .layer(DefaultBodyLimit::max(HTTP_REQUEST_BYTES_MAX))
-        .with_state(state))
+        .with_state(state)
+        .merge(sqs_router))
 }
 
 /// Serves the router on `addr` until `shutdown` resolves.
@@ -140,51 +156,6 @@ fn validate_name(name: &str) -> Result<(), ApiError> {
     validate_queue_name(name).map_err(ApiError)
 }
 
-/// Runs a storage call for a queue. If the storage node does not know the cached incarnation,
-/// the placement is re-read from metadata and, when metadata still names the same incarnation
-/// (a create that crashed between metadata and storage), the queue is re-ensured before one retry.
-async fn on_queue<T, F, Fut>(state: &AppState, tenant: &str, name: &str, call: F) -> Result<T, ApiError>
-where
-    F: Fn(StorageGrpcClient, pb::QueueRef) -> Fut,
-    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-{
-    validate_name(name)?;
-    let not_found = || ApiError(StrataError::queue_not_found(name));
-    let mut healed = false;
-    loop {
-        let info = match state.placement.queue(tenant, name).await {
-            Ok(info) => info,
-            Err(e) if e.kind == ErrorKind::QueueNotFound => return Err(not_found()),
-            Err(e) => return Err(e.into()),
-        };
-        let client = state.placement.storage_for(info.shard_id).await?;
-        match call(client.clone(), routing::queue_ref(&info)).await {
-            Ok(response) => return Ok(response.into_inner()),
-            Err(status) => {
-                let e = StrataError::from(status);
-                if e.kind != ErrorKind::QueueNotFound {
-                    return Err(e.into());
-                }
-                state.placement.forget(tenant, name);
-                if healed {
-                    return Err(not_found());
-                }
-                healed = true;
-                match state.placement.metadata.get_queue(tenant, name).await {
-                    Ok(fresh) if fresh.queue_id == info.queue_id => {
-                        let ensure =
-                            pb::EnsureQueueRequest { queue: Some(routing::queue_ref(&fresh)), config: fresh.config };
-                        client.clone().ensure_queue(ensure).await.map_err(StrataError::from)?;
-                    }
-                    Ok(_) => {}
-                    Err(e) if e.kind == ErrorKind::QueueNotFound => return Err(not_found()),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-    }
-}
-
 // ------------------------------------------------------------------------------------ queues
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -216,15 +187,16 @@ impl QueueAttributesInput {
             retention_ms: retention_s * 1000,
             visibility_timeout_ms: visibility_s * 1000,
             delay_ms: delay_s * 1000,
+            ..base
         })
     }
 }
 
-fn default_config() -> pb::QueueConfig {
+pub(crate) fn default_config() -> pb::QueueConfig {
     pb::QueueConfig {
         retention_ms: RETENTION_S_DEFAULT * 1000,
         visibility_timeout_ms: VISIBILITY_TIMEOUT_S_DEFAULT * 1000,
-        delay_ms: 0,
+        ..Default::default()
     }
 }
 
@@ -265,13 +237,7 @@ async fn create_queue(
     let request: CreateQueueRequest = parse_json(body)?;
     validate_name(&request.name)?;
     let config = request.attributes.to_config(default_config())?;
-    // Tenants are created on first use: a verified token is proof the tenant exists.
-    state.placement.metadata.ensure_tenant(&tenant).await?;
-    let info = state.placement.metadata.create_queue(&tenant, &request.name, config).await?;
-    let client = state.placement.storage_for(info.shard_id).await?;
-    let ensure = pb::EnsureQueueRequest { queue: Some(routing::queue_ref(&info)), config: info.config };
-    client.clone().ensure_queue(ensure).await.map_err(StrataError::from)?;
-    state.placement.remember(info.clone());
+    let info = queues::create_queue(&state.placement, &tenant, &request.name, config).await?;
     Ok((StatusCode::CREATED, Json(queue_json(&info, None))).into_response())
 }
 
@@ -306,7 +272,9 @@ async fn get_queue(
     Tenant(tenant): Tenant,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let stats = on_queue(&state, &tenant, &name, |mut c, q| async move { c.get_queue_stats(q).await }).await?;
+    let stats =
+        queues::on_queue(&state.placement, &tenant, &name, |mut c, q| async move { c.get_queue_stats(q).await })
+            .await?;
     let info = state.placement.queue(&tenant, &name).await?;
     Ok(Json(queue_json(&info, Some(&stats))))
 }
@@ -316,18 +284,7 @@ async fn delete_queue(
     Tenant(tenant): Tenant,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    validate_name(&name)?;
-    let info = state.placement.metadata.delete_queue(&tenant, &name).await.map_err(|e| {
-        if e.kind == ErrorKind::QueueNotFound { ApiError(StrataError::queue_not_found(&name)) } else { e.into() }
-    })?;
-    state.placement.forget(&tenant, &name);
-    // The queue is gone for tenants once metadata forgets it; dropping its state on the storage
-    // node frees memory and is retried by nobody if it fails (the incarnation is unreachable).
-    if let Ok(mut client) = state.placement.storage_for(info.shard_id).await
-        && let Err(status) = client.drop_queue(routing::queue_ref(&info)).await
-    {
-        tracing::warn!(queue_id = info.queue_id, error = %status, "dropping deleted queue state failed");
-    }
+    queues::delete_queue(&state.placement, &tenant, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -338,18 +295,9 @@ async fn set_queue_attributes(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let input: QueueAttributesInput = parse_json(body)?;
-    let current = match state.placement.queue(&tenant, &name).await {
-        Ok(info) => info,
-        Err(e) if e.kind == ErrorKind::QueueNotFound => return Err(ApiError(StrataError::queue_not_found(&name))),
-        Err(e) => return Err(e.into()),
-    };
+    let current = queues::info(&state.placement, &tenant, &name).await?;
     let config = input.to_config(current.config.unwrap_or_default())?;
-    let info = state.placement.metadata.set_queue_config(&tenant, &name, config).await?;
-    state.placement.remember(info.clone());
-    on_queue(&state, &tenant, &name, |mut c, q| async move {
-        c.ensure_queue(pb::EnsureQueueRequest { queue: Some(q), config: Some(config) }).await
-    })
-    .await?;
+    let info = queues::set_config(&state.placement, &tenant, &name, config).await?;
     Ok(Json(queue_json(&info, None)))
 }
 
@@ -358,7 +306,7 @@ async fn purge_queue(
     Tenant(tenant): Tenant,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let purged = on_queue(&state, &tenant, &name, |mut c, q| async move { c.purge(q).await }).await?;
+    let purged = queues::on_queue(&state.placement, &tenant, &name, |mut c, q| async move { c.purge(q).await }).await?;
     Ok(Json(json!({ "purged": purged.purged })))
 }
 
@@ -427,7 +375,7 @@ async fn send_messages(
         return Err(ApiError::invalid(format!("messages must hold 1-{BATCH_ENTRIES_MAX} entries")));
     }
     let messages = request.messages.into_iter().map(message_to_pb).collect::<Result<Vec<_>, _>>()?;
-    let sent = on_queue(&state, &tenant, &name, |mut c, q| {
+    let sent = queues::on_queue(&state.placement, &tenant, &name, |mut c, q| {
         let messages = messages.clone();
         async move { c.send(pb::SendRequest { queue: Some(q), messages }).await }
     })
@@ -487,7 +435,7 @@ async fn receive_messages(
         return Err(ApiError::invalid(format!("visibility_timeout_seconds must be 0-{VISIBILITY_TIMEOUT_S_MAX}")));
     }
     let visibility_timeout_ms = request.visibility_timeout_seconds.map(|v| v * 1000);
-    let received = on_queue(&state, &tenant, &name, |mut c, q| async move {
+    let received = queues::on_queue(&state.placement, &tenant, &name, |mut c, q| async move {
         c.receive(pb::ReceiveRequest { queue: Some(q), max_messages, visibility_timeout_ms, wait_ms: wait_s * 1000 })
             .await
     })
@@ -513,7 +461,7 @@ async fn delete_messages(
         return Err(ApiError::invalid(format!("receipt_handles must hold 1-{BATCH_ENTRIES_MAX} entries")));
     }
     let receipts = request.receipt_handles;
-    let response = on_queue(&state, &tenant, &name, |mut c, q| {
+    let response = queues::on_queue(&state.placement, &tenant, &name, |mut c, q| {
         let receipt_handles = receipts.clone();
         async move { c.delete(pb::DeleteRequest { queue: Some(q), receipt_handles }).await }
     })
@@ -551,7 +499,7 @@ async fn change_visibility(
     }
     let receipt = request.receipt_handle;
     let visibility_timeout_ms = request.visibility_timeout_seconds * 1000;
-    on_queue(&state, &tenant, &name, |mut c, q| {
+    queues::on_queue(&state.placement, &tenant, &name, |mut c, q| {
         let receipt_handle = receipt.clone();
         async move {
             c.change_visibility(pb::ChangeVisibilityRequest { queue: Some(q), receipt_handle, visibility_timeout_ms })
@@ -560,4 +508,74 @@ async fn change_visibility(
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+// ------------------------------------------------------------------------------- access keys
+
+/// Longest grace period of a rotated key.
+const ROTATION_GRACE_S_MAX: u64 = 7 * 24 * 3600;
+
+fn access_key_json(key: &pb::AccessKey, now_ms: u64) -> serde_json::Value {
+    let mut value = json!({
+        "access_key_id": key.access_key_id,
+        "created_timestamp_ms": key.created_ms,
+        "status": if key.revoked_at_ms == 0 || now_ms < key.revoked_at_ms { "active" } else { "revoked" },
+    });
+    if key.revoked_at_ms != 0 {
+        value["revoked_at_timestamp_ms"] = json!(key.revoked_at_ms);
+    }
+    if !key.secret_access_key.is_empty() {
+        value["secret_access_key"] = json!(key.secret_access_key);
+    }
+    value
+}
+
+async fn create_access_key(State(state): State<AppState>, Tenant(tenant): Tenant) -> Result<Response, ApiError> {
+    let key = state.placement.metadata.create_access_key(&tenant).await?;
+    let now_ms = state.sqs.clock.now_ms();
+    Ok((StatusCode::CREATED, Json(access_key_json(&key, now_ms))).into_response())
+}
+
+async fn list_access_keys(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let keys = state.placement.metadata.list_access_keys(&tenant).await?;
+    let now_ms = state.sqs.clock.now_ms();
+    let keys: Vec<_> = keys.iter().map(|k| access_key_json(k, now_ms)).collect();
+    Ok(Json(json!({ "access_keys": keys })))
+}
+
+async fn revoke_access_key(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let key = state.placement.metadata.revoke_access_key(&tenant, &id).await?;
+    state.sqs.keys.forget(&id);
+    Ok(Json(access_key_json(&key, state.sqs.clock.now_ms())))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateRequest {
+    /// How long the old key keeps working (default 0: it stops at once).
+    grace_seconds: Option<u64>,
+}
+
+async fn rotate_access_key(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: RotateRequest = parse_json(body)?;
+    let grace_s = request.grace_seconds.unwrap_or(0);
+    if grace_s > ROTATION_GRACE_S_MAX {
+        return Err(ApiError::invalid(format!("grace_seconds must be 0-{ROTATION_GRACE_S_MAX}")));
+    }
+    let key = state.placement.metadata.rotate_access_key(&tenant, &id, grace_s * 1000).await?;
+    state.sqs.keys.forget(&id);
+    let now_ms = state.sqs.clock.now_ms();
+    Ok((StatusCode::CREATED, Json(access_key_json(&key, now_ms))).into_response())
 }

@@ -8,7 +8,10 @@
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod queues;
 pub mod routing;
+pub mod sigv4;
+pub mod sqs;
 pub mod storage_client;
 
 pub use api::{ProxySettings, router};

@@ -99,9 +99,8 @@ pub fn queue_error(e: QueueError) -> StrataError {
         QueueError::QueueNotFound => ErrorKind::QueueNotFound,
         QueueError::QueueAlreadyExists => ErrorKind::Internal,
         QueueError::InvalidParameter(_) | QueueError::TooManyEntries => ErrorKind::InvalidParameter,
-        QueueError::InvalidReceipt | QueueError::StaleReceipt | QueueError::MessageNotInFlight => {
-            ErrorKind::InvalidReceipt
-        }
+        QueueError::InvalidReceipt | QueueError::StaleReceipt => ErrorKind::InvalidReceipt,
+        QueueError::MessageNotInFlight => ErrorKind::MessageNotInFlight,
     };
     StrataError::new(kind, e.to_string())
 }

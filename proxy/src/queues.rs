@@ -1,0 +1,112 @@
+//! Queue operations shared by the native and the SQS API: create, delete, reconfigure, and
+//! calls to the storage node that holds a queue (with the stale-placement recovery below).
+//!
+//! Errors are [`StrataError`]s; each front door renders them in its own protocol.
+
+use std::future::Future;
+
+use strata_common::error::{ErrorKind, StrataError};
+use strata_common::names::validate_queue_name;
+use strata_common::proto as pb;
+
+use crate::routing::{self, Router as Placement};
+use crate::storage_client::StorageGrpcClient;
+
+/// The placement of a tenant's queue, or `QueueNotFound` naming it.
+pub async fn info(placement: &Placement, tenant: &str, name: &str) -> Result<pb::QueueInfo, StrataError> {
+    validate_queue_name(name)?;
+    placement.queue(tenant, name).await
+}
+
+/// Creates the queue in metadata and on its storage node; idempotent for the same config.
+pub async fn create_queue(
+    placement: &Placement,
+    tenant: &str,
+    name: &str,
+    config: pb::QueueConfig,
+) -> Result<pb::QueueInfo, StrataError> {
+    validate_queue_name(name)?;
+    // Tenants are created on first use: a verified credential is proof the tenant exists.
+    placement.metadata.ensure_tenant(tenant).await?;
+    let info = placement.metadata.create_queue(tenant, name, config).await?;
+    let client = placement.storage_for(info.shard_id).await?;
+    let ensure = pb::EnsureQueueRequest { queue: Some(routing::queue_ref(&info)), config: info.config };
+    client.clone().ensure_queue(ensure).await.map_err(StrataError::from)?;
+    placement.remember(info.clone());
+    Ok(info)
+}
+
+pub async fn delete_queue(placement: &Placement, tenant: &str, name: &str) -> Result<pb::QueueInfo, StrataError> {
+    validate_queue_name(name)?;
+    let info = placement.metadata.delete_queue(tenant, name).await?;
+    placement.forget(tenant, name);
+    // The queue is gone for tenants once metadata forgets it; dropping its state on the storage
+    // node frees memory and is retried by nobody if it fails (the incarnation is unreachable).
+    if let Ok(mut client) = placement.storage_for(info.shard_id).await
+        && let Err(status) = client.drop_queue(routing::queue_ref(&info)).await
+    {
+        tracing::warn!(queue_id = info.queue_id, error = %status, "dropping deleted queue state failed");
+    }
+    Ok(info)
+}
+
+/// Replaces the queue's config in metadata, then on its storage node.
+pub async fn set_config(
+    placement: &Placement,
+    tenant: &str,
+    name: &str,
+    config: pb::QueueConfig,
+) -> Result<pb::QueueInfo, StrataError> {
+    let info = placement.metadata.set_queue_config(tenant, name, config).await?;
+    placement.remember(info.clone());
+    on_queue(placement, tenant, name, |mut c, q| async move {
+        c.ensure_queue(pb::EnsureQueueRequest { queue: Some(q), config: Some(config) }).await
+    })
+    .await?;
+    Ok(info)
+}
+
+/// Runs a storage call for a queue. If the storage node does not know the cached incarnation,
+/// the placement is re-read from metadata and, when metadata still names the same incarnation
+/// (a create that crashed between metadata and storage), the queue is re-ensured before one retry.
+pub async fn on_queue<T, F, Fut>(placement: &Placement, tenant: &str, name: &str, call: F) -> Result<T, StrataError>
+where
+    F: Fn(StorageGrpcClient, pb::QueueRef) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    validate_queue_name(name)?;
+    let not_found = || StrataError::queue_not_found(name);
+    let mut healed = false;
+    loop {
+        let info = match placement.queue(tenant, name).await {
+            Ok(info) => info,
+            Err(e) if e.kind == ErrorKind::QueueNotFound => return Err(not_found()),
+            Err(e) => return Err(e),
+        };
+        let client = placement.storage_for(info.shard_id).await?;
+        match call(client.clone(), routing::queue_ref(&info)).await {
+            Ok(response) => return Ok(response.into_inner()),
+            Err(status) => {
+                let e = StrataError::from(status);
+                if e.kind != ErrorKind::QueueNotFound {
+                    return Err(e);
+                }
+                placement.forget(tenant, name);
+                if healed {
+                    return Err(not_found());
+                }
+                healed = true;
+                match placement.metadata.get_queue(tenant, name).await {
+                    Ok(fresh) if fresh.queue_id == info.queue_id => {
+                        let ensure =
+                            pb::EnsureQueueRequest { queue: Some(routing::queue_ref(&fresh)), config: fresh.config };
+                        client.clone().ensure_queue(ensure).await.map_err(StrataError::from)?;
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind == ErrorKind::QueueNotFound => return Err(not_found()),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+}

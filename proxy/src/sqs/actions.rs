@@ -1,0 +1,771 @@
+//! The SQS actions on the JSON protocol's shapes (`serde_json` values named as in the SQS API
+//! reference), run on the same queues as the native API through [`crate::queues`].
+//!
+//! Validation follows SQS: missing parameters are `MissingParameter`, out-of-range values
+//! `InvalidParameterValue`, unknown queue attributes `InvalidAttributeName`; batch calls check
+//! the batch as a whole (`EmptyBatchRequest`, `TooManyEntriesInBatchRequest`,
+//! `BatchEntryIdsNotDistinct`, `InvalidBatchEntryId`, `BatchRequestTooLong`) and report
+//! each entry's own failure in `Failed` while the other entries go through.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+use strata_common::limits::{self, LIST_QUEUES_PAGE_MAX, LONG_POLL_MS_MAX, MESSAGE_BODY_BYTES_MAX};
+use strata_common::proto as pb;
+
+use super::error::SqsError;
+use super::{Ctx, md5};
+use crate::queues;
+
+/// Message attributes per message (SQS's limit).
+const SQS_MESSAGE_ATTRIBUTES_MAX: usize = 10;
+/// Longest message attribute name (SQS's limit).
+const ATTRIBUTE_NAME_CHARS_MAX: usize = 256;
+/// Longest batch entry id (SQS's limit).
+const BATCH_ENTRY_ID_CHARS_MAX: usize = 80;
+/// Smallest MaximumMessageSize a queue may set (SQS: 1 KiB).
+const MAXIMUM_MESSAGE_SIZE_MIN: u64 = 1024;
+
+const DELAY_S_MAX: u64 = limits::DELAY_MS_MAX / 1000;
+const RETENTION_S_MIN: u64 = limits::RETENTION_MS_MIN / 1000;
+const RETENTION_S_MAX: u64 = limits::RETENTION_MS_MAX / 1000;
+const VISIBILITY_TIMEOUT_S_MAX: u64 = limits::VISIBILITY_TIMEOUT_MS_MAX / 1000;
+const WAIT_S_MAX: u64 = LONG_POLL_MS_MAX / 1000;
+
+/// Runs one action.
+pub async fn dispatch(ctx: &Ctx<'_>, action: &str, input: Value) -> Result<Value, SqsError> {
+    match action {
+        "CreateQueue" => create_queue(ctx, &input).await,
+        "GetQueueUrl" => get_queue_url(ctx, &input).await,
+        "ListQueues" => list_queues(ctx, &input).await,
+        "DeleteQueue" => delete_queue(ctx, &input).await,
+        "GetQueueAttributes" => get_queue_attributes(ctx, &input).await,
+        "SetQueueAttributes" => set_queue_attributes(ctx, &input).await,
+        "PurgeQueue" => purge_queue(ctx, &input).await,
+        "SendMessage" => send_message(ctx, &input).await,
+        "SendMessageBatch" => send_message_batch(ctx, &input).await,
+        "ReceiveMessage" => receive_message(ctx, &input).await,
+        "DeleteMessage" => delete_message(ctx, &input).await,
+        "DeleteMessageBatch" => delete_message_batch(ctx, &input).await,
+        "ChangeMessageVisibility" => change_message_visibility(ctx, &input).await,
+        "ChangeMessageVisibilityBatch" => change_message_visibility_batch(ctx, &input).await,
+        "TagQueue"
+        | "UntagQueue"
+        | "ListQueueTags"
+        | "ListDeadLetterSourceQueues"
+        | "StartMessageMoveTask"
+        | "ListMessageMoveTasks"
+        | "CancelMessageMoveTask"
+        | "AddPermission"
+        | "RemovePermission" => {
+            Err(SqsError::unsupported_operation(format!("{action} is not supported by this service yet.")))
+        }
+        other => Err(SqsError::invalid_action(format!("The action {other} is not valid for this endpoint."))),
+    }
+}
+
+// ------------------------------------------------------------------------------- input access
+
+fn string<'a>(input: &'a Value, name: &str) -> Result<Option<&'a str>, SqsError> {
+    match input.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(SqsError::invalid_parameter_value(format!("{name} must be a string."))),
+    }
+}
+
+fn required_string<'a>(input: &'a Value, name: &str) -> Result<&'a str, SqsError> {
+    string(input, name)?.ok_or_else(|| SqsError::missing(name))
+}
+
+/// An integer parameter within `min..=max`.
+fn integer(input: &Value, name: &str, min: u64, max: u64) -> Result<Option<u64>, SqsError> {
+    let value = match input.get(name) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.parse().ok(),
+        Some(_) => None,
+    };
+    match value {
+        Some(v) if (min..=max).contains(&v) => Ok(Some(v)),
+        _ => Err(SqsError::invalid_parameter_value(format!(
+            "Value {} for parameter {name} is invalid. Reason: must be an integer from {min} to {max}.",
+            input.get(name).map(Value::to_string).unwrap_or_default()
+        ))),
+    }
+}
+
+fn string_list<'a>(input: &'a Value, name: &str) -> Result<Vec<&'a str>, SqsError> {
+    match input.get(name) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().ok_or_else(|| SqsError::invalid_parameter_value(format!("{name} must hold strings."))))
+            .collect(),
+        Some(_) => Err(SqsError::invalid_parameter_value(format!("{name} must be a list of strings."))),
+    }
+}
+
+fn string_map<'a>(input: &'a Value, name: &str) -> Result<Vec<(&'a str, &'a str)>, SqsError> {
+    match input.get(name) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Object(map)) => map
+            .iter()
+            .map(|(k, v)| {
+                v.as_str()
+                    .map(|v| (k.as_str(), v))
+                    .ok_or_else(|| SqsError::invalid_parameter_value(format!("{name}.{k} must be a string.")))
+            })
+            .collect(),
+        Some(_) => Err(SqsError::invalid_parameter_value(format!("{name} must be a map of strings."))),
+    }
+}
+
+async fn queue_of(ctx: &Ctx<'_>, input: &Value) -> Result<pb::QueueInfo, SqsError> {
+    let name = ctx.queue_name(required_string(input, "QueueUrl")?)?;
+    Ok(queues::info(&ctx.state.placement, ctx.tenant(), name).await?)
+}
+
+// ------------------------------------------------------------------------------------ queues
+
+/// Applies SQS queue attributes onto `config`. FIFO, dead-letter, policy and encryption
+/// attributes are refused for now rather than silently ignored.
+fn apply_queue_attributes(config: &mut pb::QueueConfig, attributes: &[(&str, &str)]) -> Result<(), SqsError> {
+    for &(name, value) in attributes {
+        let number = |min: u64, max: u64| -> Result<u64, SqsError> {
+            value.parse::<u64>().ok().filter(|v| (min..=max).contains(v)).ok_or_else(|| {
+                SqsError::invalid_attribute_value(format!(
+                    "Invalid value for the parameter {name}: must be an integer from {min} to {max}."
+                ))
+            })
+        };
+        match name {
+            "DelaySeconds" => config.delay_ms = number(0, DELAY_S_MAX)? * 1000,
+            "MaximumMessageSize" => {
+                config.maximum_message_bytes = number(MAXIMUM_MESSAGE_SIZE_MIN, MESSAGE_BODY_BYTES_MAX as u64)?
+            }
+            "MessageRetentionPeriod" => config.retention_ms = number(RETENTION_S_MIN, RETENTION_S_MAX)? * 1000,
+            "ReceiveMessageWaitTimeSeconds" => config.receive_wait_ms = number(0, WAIT_S_MAX)? * 1000,
+            "VisibilityTimeout" => config.visibility_timeout_ms = number(0, VISIBILITY_TIMEOUT_S_MAX)? * 1000,
+            "FifoQueue" | "ContentBasedDeduplication" | "DeduplicationScope" | "FifoThroughputLimit" => {
+                return Err(SqsError::invalid_attribute_name(format!(
+                    "{name}: FIFO queues are not supported by this service yet."
+                )));
+            }
+            "RedrivePolicy" | "RedriveAllowPolicy" => {
+                return Err(SqsError::invalid_attribute_name(format!(
+                    "{name}: dead-letter queues are not supported by this service yet."
+                )));
+            }
+            _ => {
+                return Err(SqsError::invalid_attribute_name(format!(
+                    "Unknown or unsupported attribute {name}. Supported: DelaySeconds, MaximumMessageSize, \
+                     MessageRetentionPeriod, ReceiveMessageWaitTimeSeconds, VisibilityTimeout."
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_sqs_queue_name(name: &str) -> Result<(), SqsError> {
+    if name.ends_with(".fifo") {
+        return Err(SqsError::invalid_parameter_value("FIFO queues are not supported by this service yet."));
+    }
+    strata_common::names::validate_queue_name(name).map_err(|_| {
+        SqsError::invalid_parameter_value(
+            "Can only include alphanumeric characters, hyphens, or underscores. 1 to 80 in length.",
+        )
+    })
+}
+
+async fn create_queue(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
+    let name = required_string(input, "QueueName")?;
+    validate_sqs_queue_name(name)?;
+    if !string_map(input, "tags")?.is_empty() {
+        return Err(SqsError::unsupported_operation("Queue tags are not supported by this service yet."));
+    }
+    let mut config = crate::api::default_config();
+    apply_queue_attributes(&mut config, &string_map(input, "Attributes")?)?;
+    queues::create_queue(&ctx.state.placement, ctx.tenant(), name, config).await?;
+    Ok(json!({ "QueueUrl": ctx.queue_url(name) }))
+}
+
+async fn get_queue_url(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
+    let name = required_string(input, "QueueName")?;
+    if string(input, "QueueOwnerAWSAccountId")?.is_some_and(|owner| owner != ctx.tenant()) {
+        return Err(SqsError::no_such_queue());
+    }
+    validate_sqs_queue_name(name).map_err(|_| SqsError::no_such_queue())?;
+    queues::info(&ctx.state.placement, ctx.tenant(), name).await?;
+    Ok(json!({ "QueueUrl": ctx.queue_url(name) }))
+}
+
+async fn list_queues(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
+    let prefix = string(input, "QueueNamePrefix")?.unwrap_or("");
+    let max_results = integer(input, "MaxResults", 1, u64::from(LIST_QUEUES_PAGE_MAX))?;
+    let start_after = match string(input, "NextToken")? {
+        Some(token) => decode_next_token(token)?,
+        None => String::new(),
+    };
+    let max = max_results.map_or(LIST_QUEUES_PAGE_MAX, |m| m as u32);
+    let page = ctx.state.placement.metadata.list_queues(ctx.tenant(), prefix, &start_after, max).await?;
+    let urls: Vec<String> = page.queues.iter().map(|q| ctx.queue_url(&q.name)).collect();
+    let mut out = Map::new();
+    out.insert("QueueUrls".into(), json!(urls));
+    // As SQS: a next token only when the caller paginates (gave MaxResults).
+    if max_results.is_some()
+        && page.truncated
+        && let Some(last) = page.queues.last()
+    {
+        out.insert("NextToken".into(), json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&last.name)));
+    }
+    Ok(Value::Object(out))
+}
+
+fn decode_next_token(token: &str) -> Result<String, SqsError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(|| SqsError::invalid_parameter_value("Invalid NextToken: pass the token a ListQueues returned."))
+}
+
+async fn delete_queue(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
+    let name = ctx.queue_name(required_string(input, "QueueUrl")?)?;
+    queues::delete_queue(&ctx.state.placement, ctx.tenant(), name).await?;
+    Ok(json!({}))
+}
+
+const QUEUE_ATTRIBUTE_NAMES: [&str; 11] = [
+    "ApproximateNumberOfMessages",
+    "ApproximateNumberOfMessagesNotVisible",
+    "ApproximateNumberOfMessagesDelayed",
+    "CreatedTimestamp",
+    "LastModifiedTimestamp",
+    "DelaySeconds",
+    "MaximumMessageSize",
+    "MessageRetentionPeriod",
+    "ReceiveMessageWaitTimeSeconds",
+    "VisibilityTimeout",
+    "QueueArn",
+];
+
+async fn get_queue_attributes(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
+    let info = queue_of(ctx, input).await?;
+    let requested = string_list(input, "AttributeNames")?;
+    let mut wanted: Vec<&str> = Vec::new();
+    for name in requested {
+        if name == "All" {
+            wanted = QUEUE_ATTRIBUTE_NAMES.to_vec();
+            break;
+        }
+        if !QUEUE_ATTRIBUTE_NAMES.contains(&name) {
+            return Err(SqsError::invalid_attribute_name(format!("Unknown Attribute {name}.")));
+        }
+        wanted.push(name);
+    }
+    if wanted.is_empty() {
+        return Ok(json!({}));
+    }
+    let needs_stats = wanted.iter().any(|n| n.starts_with("Approximate"));
+    let stats = if needs_stats {
+        Some(
+            queues::on_queue(&ctx.state.placement, ctx.tenant(), &info.name, |mut c, q| async move {
+                c.get_queue_stats(q).await
+            })
+            .await?,
+        )
+    } else {
+        None
+    };
+    let config = info.config.unwrap_or_default();
+    let mut attributes = Map::new();
+    for name in wanted {
+        let value = match name {
+            "ApproximateNumberOfMessages" => stats.map(|s| s.visible).unwrap_or(0).to_string(),
+            "ApproximateNumberOfMessagesNotVisible" => stats.map(|s| s.in_flight).unwrap_or(0).to_string(),
+            "ApproximateNumberOfMessagesDelayed" => stats.map(|s| s.delayed).unwrap_or(0).to_string(),
+            "CreatedTimestamp" => (info.created_ms / 1000).to_string(),
+            "LastModifiedTimestamp" => (info.modified_ms / 1000).to_string(),
+            "DelaySeconds" => (config.delay_ms / 1000).to_string(),
+            "MaximumMessageSize" => maximum_message_bytes(&config).to_string(),
+            "MessageRetentionPeriod" => (config.retention_ms / 1000).to_string(),
+            "ReceiveMessageWaitTimeSeconds" => (config.receive_wait_ms / 1000).to_string(),
+            "VisibilityTimeout" => (config.visibility_timeout_ms / 1000).to_string(),
+            "QueueArn" => ctx.queue_arn(&info.name),
+            _ => continue,
+        };
+        attributes.insert(name.to_string(), Value::String(value));
+    }
+    Ok(json!({ "Attributes": attributes }))
+}
+
+fn maximum_message_bytes(config: &pb::QueueConfig) -> u64 {
+    if config.maximum_message_bytes == 0 { MESSAGE_BODY_BYTES_MAX as u64 } else { config.maximum_message_bytes }
+}
+
+async fn set_queue_attributes(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
+    let info = queue_of(ctx, input).await?;
+    let attributes = string_map(input, "Attributes")?;
+    if attributes.is_empty() {
+        return Err(SqsError::missing("Attributes"));
+    }
+    let mut config = info.config.unwrap_or_default();
+    apply_queue_attributes(&mut config, &attributes)?;
+    queues::set_config(&ctx.state.placement, ctx.tenant(), &info.name, config).await?;
+    Ok(json!({}))
+}
+
+async fn purge_queue(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
+    let info = queue_of(ctx, input).await?;
+    queues::on_queue(&ctx.state.placement, ctx.tenant(), &info.name, |mut c, q| async move { c.purge(q).await })
+        .await?;
+    Ok(json!({}))
+}
+
+// ---------------------------------------------------------------------------------- messages
+
+/// SQS accepts #x9 | #xA | #xD | #x20 to #xD7FF | #xE000 to #xFFFD | #x10000 to #x10FFFF.
+fn valid_body_char(c: char) -> bool {
+    matches!(c, '\u{9}' | '\u{A}' | '\u{D}' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+fn valid_attribute_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    !name.is_empty()
+        && name.len() <= ATTRIBUTE_NAME_CHARS_MAX
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && !name.starts_with('.')
+        && !name.ends_with('.')
+        && !name.contains("..")
+        && !lower.starts_with("aws.")
+        && !lower.starts_with("amazon.")
+}
+
+/// Parses `MessageAttributes` into the stored form; answers the bytes they count toward the
+/// message size (names, types and values, as SQS counts).
+fn message_attributes(input: &Value) -> Result<(HashMap<String, pb::MessageAttribute>, usize), SqsError> {
+    let Some(value) = input.get("MessageAttributes").filter(|v| !v.is_null()) else {
+        return Ok((HashMap::new(), 0));
+    };
+    let map = value.as_object().ok_or_else(|| SqsError::invalid_parameter_value("MessageAttributes must be a map."))?;
+    if map.len() > SQS_MESSAGE_ATTRIBUTES_MAX {
+        return Err(SqsError::invalid_parameter_value(format!(
+            "Number of message attributes [{}] exceeds the allowed maximum [{SQS_MESSAGE_ATTRIBUTES_MAX}].",
+            map.len()
+        )));
+    }
+    let mut out = HashMap::new();
+    let mut bytes = 0;
+    for (name, attribute) in map {
+        if !valid_attribute_name(name) {
+            return Err(SqsError::invalid_parameter_value(format!(
+                "Message attribute name '{name}' is invalid: use 1-{ATTRIBUTE_NAME_CHARS_MAX} of A-Z, a-z, 0-9, \
+                 '_', '-', '.', no leading, trailing or double periods, and no 'AWS.' or 'Amazon.' prefix."
+            )));
+        }
+        let data_type = required_string(attribute, "DataType").map_err(|_| {
+            SqsError::invalid_parameter_value(format!(
+                "The message attribute '{name}' must contain a non-empty message attribute type."
+            ))
+        })?;
+        let base_type = data_type.split('.').next().unwrap_or("");
+        let stored = match base_type {
+            "String" | "Number" => {
+                let value = string(attribute, "StringValue")?.filter(|v| !v.is_empty()).ok_or_else(|| {
+                    SqsError::invalid_parameter_value(format!(
+                        "The message attribute '{name}' with type '{base_type}' must use field 'String'."
+                    ))
+                })?;
+                if base_type == "Number" && value.trim().parse::<f64>().is_err() {
+                    return Err(SqsError::invalid_parameter_value(format!(
+                        "Can't cast the value of message (user) attribute '{name}' to a number."
+                    )));
+                }
+                if !value.chars().all(valid_body_char) {
+                    return Err(SqsError::invalid_parameter_value(format!(
+                        "The message attribute '{name}' contains characters outside the allowed set."
+                    )));
+                }
+                pb::MessageAttribute {
+                    data_type: data_type.to_string(),
+                    string_value: value.to_string(),
+                    binary_value: Vec::new(),
+                }
+            }
+            "Binary" => {
+                let encoded = string(attribute, "BinaryValue")?.ok_or_else(|| {
+                    SqsError::invalid_parameter_value(format!(
+                        "The message attribute '{name}' with type 'Binary' must use field 'Binary'."
+                    ))
+                })?;
+                let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).map_err(|_| {
+                    SqsError::invalid_parameter_value(format!("The message attribute '{name}' is not valid base64."))
+                })?;
+                pb::MessageAttribute {
+                    data_type: data_type.to_string(),
+                    string_value: String::new(),
+                    binary_value: decoded,
+                }
+            }
+            _ => {
+                return Err(SqsError::invalid_parameter_value(format!(
+                    "The type of message (user) attribute '{name}' is invalid. You must use only the following \
+                     supported type prefixes: Binary, Number, String."
+                )));
+            }
+        };
+        bytes += name.len() + stored.data_type.len() + stored.string_value.len() + stored.binary_value.len();
+        out.insert(name.clone(), stored);
+    }
+    Ok((out, bytes))
+}
+
+/// A validated message to send, plus the digests the answer carries.
+struct Outgoing {
+    message: pb::NewMessage,
+    md5_of_body: String,
+    md5_of_attributes: Option<String>,
+    size_bytes: usize,
+}
+
+fn outgoing(entry: &Value, config: &pb::QueueConfig) -> Result<Outgoing, SqsError> {
+    let body = required_string(entry, "MessageBody")?;
+    if body.is_empty() {
+        return Err(SqsError::invalid_parameter_value("The message body must be at least 1 character long."));
+    }
+    if !body.chars().all(valid_body_char) {
+        return Err(SqsError::invalid_message_contents(
+            "Invalid characters found. Valid unicode characters are #x9 | #xA | #xD | #x20 to #xD7FF | #xE000 to \
+             #xFFFD | #x10000 to #x10FFFF.",
+        ));
+    }
+    if string(entry, "MessageDeduplicationId")?.is_some() || string(entry, "MessageGroupId")?.is_some() {
+        return Err(SqsError::invalid_parameter_value(
+            "MessageDeduplicationId and MessageGroupId are only valid for FIFO queues, which this service does not \
+             support yet.",
+        ));
+    }
+    let delay_s = integer(entry, "DelaySeconds", 0, DELAY_S_MAX)?;
+    let (attributes, attribute_bytes) = message_attributes(entry)?;
+    let size_bytes = body.len() + attribute_bytes;
+    let limit = maximum_message_bytes(config) as usize;
+    if size_bytes > limit {
+        return Err(SqsError::invalid_parameter_value(format!(
+            "One or more parameters are invalid. Reason: Message must be shorter than {limit} bytes."
+        )));
+    }
+    let md5_of_attributes = md5::of_attributes(&attributes);
+    Ok(Outgoing {
+        md5_of_body: md5::of_body(body.as_bytes()),
+        md5_of_attributes,
+        size_bytes,
+        message: pb::NewMessage {
+            body: Bytes::copy_from_slice(body.as_bytes()),
+            attributes,
+            delay_ms: delay_s.map(|d| d * 1000),
+        },
+    })
+}
+
+async fn send(
+    ctx: &Ctx<'_>,
+    info: &pb::QueueInfo,
+    messages: Vec<pb::NewMessage>,
+) -> Result<pb::SendResponse, SqsError> {
+    let sent = queues::on_queue(&ctx.state.placement, ctx.tenant(), &info.name, |mut c, q| {
+        let messages = messages.clone();
+        async move { c.send(pb::SendRequest { queue: Some(q), messages }).await }
+    })
+    .await?;
+    if sent.messages.len() != messages.len() {
+        return Err(SqsError::internal_error("The storage node answered a different number of messages."));
+    }
+    Ok(sent)
+}
+
+async fn send_message(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
+    let info = queue_of(ctx, input).await?;
+    let out = outgoing(input, &info.config.unwrap_or_default())?;
+    let sent = send(ctx, &info, vec![out.message]).await?;
+    let mut answer = json!({ "MessageId": sent.messages[0].message_id, "MD5OfMessageBody": out.md5_of_body });
+    if let Some(md5) = out.md5_of_attributes {
+        answer["MD5OfMessageAttributes"] = json!(md5);
+    }
+    Ok(answer)
+}
+
+/// Checks a batch's entries as a whole and answers them with their ids.
+fn batch_entries(input: &Value) -> Result<Vec<(&str, &Value)>, SqsError> {
+    let entries = match input.get("Entries") {
+        None | Some(Value::Null) => return Err(SqsError::missing("Entries")),
+        Some(Value::Array(entries)) => entries,
+        Some(_) => return Err(SqsError::invalid_parameter_value("Entries must be a list.")),
+    };
+    if entries.is_empty() {
+        return Err(SqsError::empty_batch_request("There should be at least one entry in the request."));
+    }
+    if entries.len() > limits::SEND_BATCH_MAX {
+        return Err(SqsError::too_many_entries(format!(
+            "Maximum number of entries per request are {}. You have sent {}.",
+            limits::SEND_BATCH_MAX,
+            entries.len()
+        )));
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let id = required_string(entry, "Id")?;
+        let valid = !id.is_empty()
+            && id.len() <= BATCH_ENTRY_ID_CHARS_MAX
+            && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid {
+            return Err(SqsError::invalid_batch_entry_id(format!(
+                "A batch entry id can only contain alphanumeric characters, hyphens and underscores. It can be at \
+                 most {BATCH_ENTRY_ID_CHARS_MAX} letters long. '{id}' is not valid."
+            )));
+        }
+        if !seen.insert(id) {
+            return Err(SqsError::batch_entry_ids_not_distinct(format!("Id {id} repeated.")));
+        }
+        out.push((id, entry));
+    }
+    Ok(out)
+}
+
+fn failed(id: &str, e: &SqsError) -> Value {
+    json!({ "Id": id, "SenderFault": e.sender_fault, "Code": e.code, "Message": e.message })
+}
+
+async fn send_message_batch(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
+    let info = queue_of(ctx, input).await?;
+    let entries = batch_entries(input)?;
+    let config = info.config.unwrap_or_default();
+    let mut failures = Vec::new();
+    let mut accepted: Vec<(&str, Outgoing)> = Vec::new();
+    for (id, entry) in entries {
+        match outgoing(entry, &config) {
+            Ok(out) => accepted.push((id, out)),
+            Err(e) => failures.push(failed(id, &e)),
+        }
+    }
+    let total_bytes: usize = accepted.iter().map(|(_, out)| out.size_bytes).sum();
+    if total_bytes > MESSAGE_BODY_BYTES_MAX {
+        return Err(SqsError::batch_request_too_long(format!(
+            "Batch requests cannot be longer than {MESSAGE_BODY_BYTES_MAX} bytes. You have sent {total_bytes} bytes."
+        )));
+    }
+    let mut successful = Vec::new();
+    if !accepted.is_empty() {
+        let messages = accepted.iter().map(|(_, out)| out.message.clone()).collect();
+        let sent = send(ctx, &info, messages).await?;
+        for ((id, out), sent) in accepted.into_iter().zip(sent.messages) {
+            let mut entry = json!({ "Id": id, "MessageId": sent.message_id, "MD5OfMessageBody": out.md5_of_body });
+            if let Some(md5) = out.md5_of_attributes {
+                entry["MD5OfMessageAttributes"] = json!(md5);
+            }
+            successful.push(entry);
+        }
+    }
+    Ok(json!({ "Successful": successful, "Failed": failures }))
+}
+
+/// System attributes a receive may ask for.
+const SYSTEM_ATTRIBUTE_NAMES: [&str; 4] =
+    ["SenderId", "SentTimestamp", "ApproximateReceiveCount", "ApproximateFirstReceiveTimestamp"];
+
+/// Which message attributes a receive returns: all, or by exact name or `prefix.*`.
+fn attribute_filter(names: &[&str]) -> impl Fn(&str) -> bool {
+    let all = names.iter().any(|n| *n == "All" || *n == ".*");
+    let exact: HashSet<String> = names.iter().filter(|n| !n.ends_with(".*")).map(|n| n.to_string()).collect();
+    let prefixes: Vec<String> =
+        names.iter().filter_map(|n| n.strip_suffix(".*")).filter(|p| !p.is_empty()).map(|p| format!("{p}.")).collect();
+    move |name: &str| all || exact.contains(name) || prefixes.iter().any(|p| name.starts_with(p.as_str()))
+}
+
+fn attribute_json(a: &pb::MessageAttribute) -> Value {
+    if a.data_type.starts_with("Binary") {
+        json!({ "DataType": a.data_type, "BinaryValue": base64::engine::general_purpose::STANDARD.encode(&a.binary_value) })
+    } else {
+        json!({ "DataType": a.data_type, "StringValue": a.string_value })
+    }
+}
+
+async fn receive_message(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
+    let info = queue_of(ctx, input).await?;
+    let config = info.config.unwrap_or_default();
+    let max_messages = integer(input, "MaxNumberOfMessages", 1, u64::from(limits::RECEIVE_BATCH_MAX))?.unwrap_or(1);
+    let visibility_timeout_ms = integer(input, "VisibilityTimeout", 0, VISIBILITY_TIMEOUT_S_MAX)?.map(|v| v * 1000);
+    let wait_ms = integer(input, "WaitTimeSeconds", 0, WAIT_S_MAX)?.map_or(config.receive_wait_ms, |w| w * 1000);
+    let mut system_names = string_list(input, "AttributeNames")?;
+    system_names.extend(string_list(input, "MessageSystemAttributeNames")?);
+    let all_system = system_names.contains(&"All");
+    let wanted_system: Vec<&str> =
+        SYSTEM_ATTRIBUTE_NAMES.iter().copied().filter(|n| all_system || system_names.contains(n)).collect();
+    let message_names = string_list(input, "MessageAttributeNames")?;
+    let wants_attribute = attribute_filter(&message_names);
+
+    let received = queues::on_queue(&ctx.state.placement, ctx.tenant(), &info.name, |mut c, q| async move {
+        c.receive(pb::ReceiveRequest {
+            queue: Some(q),
+            max_messages: max_messages as u32,
+            visibility_timeout_ms,
+            wait_ms,
+        })
+        .await
+    })
+    .await?;
+    let messages: Vec<Value> = received
+        .messages
+        .into_iter()
+        .map(|m| {
+            let mut out = json!({
+                "MessageId": m.message_id,
+                "ReceiptHandle": m.receipt_handle,
+                "MD5OfBody": md5::of_body(&m.body),
+                "Body": String::from_utf8_lossy(&m.body),
+            });
+            if !wanted_system.is_empty() {
+                let mut system = Map::new();
+                for name in &wanted_system {
+                    let value = match *name {
+                        "SenderId" => ctx.tenant().to_string(),
+                        "SentTimestamp" => m.sent_ms.to_string(),
+                        "ApproximateReceiveCount" => m.receive_count.to_string(),
+                        "ApproximateFirstReceiveTimestamp" => m.first_receive_ms.to_string(),
+                        _ => continue,
+                    };
+                    system.insert(name.to_string(), Value::String(value));
+                }
+                out["Attributes"] = Value::Object(system);
+            }
+            let returned: BTreeMap<&String, &pb::MessageAttribute> =
+                m.attributes.iter().filter(|(name, _)| wants_attribute(name)).collect();
+            if let Some(md5) = md5::of_attributes(returned.iter().map(|(k, v)| (*k, *v))) {
+                out["MD5OfMessageAttributes"] = json!(md5);
+                let attributes: Map<String, Value> =
+                    returned.iter().map(|(k, v)| (k.to_string(), attribute_json(v))).collect();
+                out["MessageAttributes"] = Value::Object(attributes);
+            }
+            out
+        })
+        .collect();
+    Ok(json!({ "Messages": messages }))
+}
+
+/// The SQS error for a storage entry error code.
+fn entry_error(code: &str, message: &str) -> SqsError {
+    match code {
+        "InvalidReceipt" => SqsError::receipt_handle_is_invalid(message.to_string()),
+        "MessageNotInFlight" => SqsError::message_not_inflight(message.to_string()),
+        "QueueNotFound" => SqsError::no_such_queue(),
+        _ => SqsError::invalid_parameter_value(message.to_string()),
+    }
+}
+
+async fn delete_receipts(
+    ctx: &Ctx<'_>,
+    info: &pb::QueueInfo,
+    receipts: Vec<String>,
+) -> Result<pb::DeleteResponse, SqsError> {
+    let response = queues::on_queue(&ctx.state.placement, ctx.tenant(), &info.name, |mut c, q| {
+        let receipt_handles = receipts.clone();
+        async move { c.delete(pb::DeleteRequest { queue: Some(q), receipt_handles }).await }
+    })
+    .await?;
+    if response.results.len() != receipts.len() {
+        return Err(SqsError::internal_error("The storage node answered a different number of results."));
+    }
+    Ok(response)
+}
+
+async fn delete_message(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
+    let info = queue_of(ctx, input).await?;
+    let receipt = required_string(input, "ReceiptHandle")?;
+    let response = delete_receipts(ctx, &info, vec![receipt.to_string()]).await?;
+    let result = &response.results[0];
+    if !result.error_code.is_empty() {
+        return Err(entry_error(&result.error_code, &result.error_message));
+    }
+    Ok(json!({}))
+}
+
+async fn delete_message_batch(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
+    let info = queue_of(ctx, input).await?;
+    let entries = batch_entries(input)?;
+    let mut failures = Vec::new();
+    let mut ids = Vec::new();
+    let mut receipts = Vec::new();
+    for (id, entry) in entries {
+        match required_string(entry, "ReceiptHandle") {
+            Ok(receipt) => {
+                ids.push(id);
+                receipts.push(receipt.to_string());
+            }
+            Err(e) => failures.push(failed(id, &e)),
+        }
+    }
+    let mut successful = Vec::new();
+    if !receipts.is_empty() {
+        let response = delete_receipts(ctx, &info, receipts).await?;
+        for (id, result) in ids.into_iter().zip(response.results) {
+            if result.error_code.is_empty() {
+                successful.push(json!({ "Id": id }));
+            } else {
+                failures.push(failed(id, &entry_error(&result.error_code, &result.error_message)));
+            }
+        }
+    }
+    Ok(json!({ "Successful": successful, "Failed": failures }))
+}
+
+async fn change_visibility(
+    ctx: &Ctx<'_>,
+    info: &pb::QueueInfo,
+    receipt_handle: &str,
+    visibility_timeout_ms: u64,
+) -> Result<(), SqsError> {
+    let receipt_handle = receipt_handle.to_string();
+    queues::on_queue(&ctx.state.placement, ctx.tenant(), &info.name, |mut c, q| {
+        let receipt_handle = receipt_handle.clone();
+        async move {
+            c.change_visibility(pb::ChangeVisibilityRequest { queue: Some(q), receipt_handle, visibility_timeout_ms })
+                .await
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+async fn change_message_visibility(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
+    let info = queue_of(ctx, input).await?;
+    let receipt = required_string(input, "ReceiptHandle")?;
+    let timeout_s = integer(input, "VisibilityTimeout", 0, VISIBILITY_TIMEOUT_S_MAX)?
+        .ok_or_else(|| SqsError::missing("VisibilityTimeout"))?;
+    change_visibility(ctx, &info, receipt, timeout_s * 1000).await?;
+    Ok(json!({}))
+}
+
+async fn change_message_visibility_batch(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
+    let info = queue_of(ctx, input).await?;
+    let entries = batch_entries(input)?;
+    let mut successful = Vec::new();
+    let mut failures = Vec::new();
+    for (id, entry) in entries {
+        let result = async {
+            let receipt = required_string(entry, "ReceiptHandle")?;
+            let timeout_s = integer(entry, "VisibilityTimeout", 0, VISIBILITY_TIMEOUT_S_MAX)?
+                .ok_or_else(|| SqsError::missing("VisibilityTimeout"))?;
+            change_visibility(ctx, &info, receipt, timeout_s * 1000).await
+        }
+        .await;
+        match result {
+            Ok(()) => successful.push(json!({ "Id": id })),
+            Err(e) => failures.push(failed(id, &e)),
+        }
+    }
+    Ok(json!({ "Successful": successful, "Failed": failures }))
+}

@@ -1,0 +1,86 @@
+//! SigV4 authentication of SQS requests against tenants' access keys kept in metadata.
+//!
+//! Keys are cached for [`ACCESS_KEY_CACHE_TTL`], so a revocation reaches every proxy within
+//! that time (and this proxy at once when the revocation went through it). Unknown key ids are
+//! not cached. Secrets are never logged.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use strata_common::error::ErrorKind;
+use strata_common::proto as pb;
+use strata_metadata::MetadataClient;
+
+use super::error::SqsError;
+use crate::sigv4::{self, SignedParts};
+
+/// How long a looked-up key is trusted before metadata is asked again.
+pub const ACCESS_KEY_CACHE_TTL: Duration = Duration::from_secs(5);
+/// Cached keys at most; the cache is cleared when it would grow past this.
+const ACCESS_KEY_CACHE_ENTRIES_MAX: usize = 10_000;
+
+/// Who a verified request comes from.
+pub struct Caller {
+    pub tenant: String,
+    /// The region of the signature's credential scope (used in ARNs).
+    pub region: String,
+}
+
+pub struct AccessKeys {
+    metadata: MetadataClient,
+    cache: Mutex<HashMap<String, (pb::AccessKey, Instant)>>,
+}
+
+impl AccessKeys {
+    pub fn new(metadata: MetadataClient) -> Self {
+        Self { metadata, cache: Mutex::new(HashMap::new()) }
+    }
+
+    /// Drops a key from the cache (after it was revoked or rotated through this proxy).
+    pub fn forget(&self, access_key_id: &str) {
+        self.cache.lock().remove(access_key_id);
+    }
+
+    async fn lookup(&self, access_key_id: &str) -> Result<Option<pb::AccessKey>, SqsError> {
+        if let Some((key, fetched)) = self.cache.lock().get(access_key_id)
+            && fetched.elapsed() < ACCESS_KEY_CACHE_TTL
+        {
+            return Ok(Some(key.clone()));
+        }
+        match self.metadata.lookup_access_key(access_key_id).await {
+            Ok(key) => {
+                let mut cache = self.cache.lock();
+                if cache.len() >= ACCESS_KEY_CACHE_ENTRIES_MAX {
+                    cache.clear();
+                }
+                cache.insert(access_key_id.to_string(), (key.clone(), Instant::now()));
+                Ok(Some(key))
+            }
+            Err(e) if e.kind == ErrorKind::AccessKeyNotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Verifies the request's signature; the caller's tenant is the key's tenant.
+    pub async fn authenticate(&self, parts: &SignedParts<'_>, now_ms: u64) -> Result<Caller, SqsError> {
+        let signature = sigv4::parse(parts).map_err(sigv4_error)?;
+        let invalid_key = || {
+            SqsError::auth(
+                "InvalidClientTokenId",
+                403,
+                "The security token included in the request is invalid: unknown or revoked access key id.",
+            )
+        };
+        let key = self.lookup(&signature.access_key_id).await?.ok_or_else(invalid_key)?;
+        if key.revoked_at_ms != 0 && now_ms >= key.revoked_at_ms {
+            return Err(invalid_key());
+        }
+        sigv4::verify(&signature, parts, &key.secret_access_key, now_ms).map_err(sigv4_error)?;
+        Ok(Caller { tenant: key.tenant, region: signature.region })
+    }
+}
+
+fn sigv4_error(e: sigv4::SigV4Error) -> SqsError {
+    SqsError::auth(e.code(), e.http_status(), e.to_string())
+}

@@ -1,0 +1,95 @@
+//! SQS errors: the code SDKs switch on, the HTTP status, and who is at fault.
+//!
+//! On the JSON protocol an error is `{"__type": "com.amazonaws.sqs#<Code>", "message": ...}` plus
+//! the header `x-amzn-query-error: <query code>;Sender|Receiver`, from which SDKs recover the
+//! query-protocol code (for example `AWS.SimpleQueueService.NonExistentQueue`), as SQS sends it.
+
+use strata_common::error::{ErrorKind, StrataError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqsError {
+    /// The JSON-protocol code (the modeled exception's name, or a common AWS code).
+    pub code: &'static str,
+    /// The query-protocol code.
+    pub query_code: &'static str,
+    pub status: u16,
+    pub sender_fault: bool,
+    pub message: String,
+}
+
+macro_rules! constructors {
+    ($($fn_name:ident => ($code:literal, $query_code:literal, $status:literal);)*) => {
+        impl SqsError {
+            $(
+                pub fn $fn_name(message: impl Into<String>) -> Self {
+                    Self { code: $code, query_code: $query_code, status: $status, sender_fault: $status < 500, message: message.into() }
+                }
+            )*
+        }
+    };
+}
+
+constructors! {
+    queue_does_not_exist => ("QueueDoesNotExist", "AWS.SimpleQueueService.NonExistentQueue", 400);
+    queue_name_exists => ("QueueNameExists", "QueueAlreadyExists", 400);
+    invalid_parameter_value => ("InvalidParameterValue", "InvalidParameterValue", 400);
+    missing_parameter => ("MissingParameter", "MissingParameter", 400);
+    invalid_attribute_name => ("InvalidAttributeName", "InvalidAttributeName", 400);
+    invalid_attribute_value => ("InvalidAttributeValue", "InvalidAttributeValue", 400);
+    invalid_message_contents => ("InvalidMessageContents", "InvalidMessageContents", 400);
+    receipt_handle_is_invalid => ("ReceiptHandleIsInvalid", "ReceiptHandleIsInvalid", 400);
+    message_not_inflight => ("MessageNotInflight", "AWS.SimpleQueueService.MessageNotInflight", 400);
+    empty_batch_request => ("EmptyBatchRequest", "AWS.SimpleQueueService.EmptyBatchRequest", 400);
+    too_many_entries => ("TooManyEntriesInBatchRequest", "AWS.SimpleQueueService.TooManyEntriesInBatchRequest", 400);
+    batch_entry_ids_not_distinct => ("BatchEntryIdsNotDistinct", "AWS.SimpleQueueService.BatchEntryIdsNotDistinct", 400);
+    invalid_batch_entry_id => ("InvalidBatchEntryId", "AWS.SimpleQueueService.InvalidBatchEntryId", 400);
+    batch_request_too_long => ("BatchRequestTooLong", "AWS.SimpleQueueService.BatchRequestTooLong", 400);
+    unsupported_operation => ("UnsupportedOperation", "AWS.SimpleQueueService.UnsupportedOperation", 400);
+    over_limit => ("OverLimit", "OverLimit", 403);
+    invalid_action => ("InvalidAction", "InvalidAction", 400);
+    malformed_request => ("SerializationException", "MalformedQueryString", 400);
+    access_denied => ("AccessDenied", "AccessDenied", 403);
+    throttled => ("RequestThrottled", "RequestThrottled", 400);
+    service_unavailable => ("ServiceUnavailable", "ServiceUnavailable", 503);
+    internal_error => ("InternalError", "InternalError", 500);
+}
+
+impl SqsError {
+    /// An authentication failure with an AWS code (`InvalidClientTokenId`, `SignatureDoesNotMatch`,
+    /// `RequestExpired`, ...).
+    pub fn auth(code: &'static str, status: u16, message: impl Into<String>) -> Self {
+        Self { code, query_code: code, status, sender_fault: true, message: message.into() }
+    }
+
+    pub fn missing(parameter: &str) -> Self {
+        Self::missing_parameter(format!("The request must contain the parameter {parameter}."))
+    }
+
+    pub fn no_such_queue() -> Self {
+        Self::queue_does_not_exist("The specified queue does not exist.")
+    }
+}
+
+impl From<StrataError> for SqsError {
+    fn from(e: StrataError) -> Self {
+        match e.kind {
+            ErrorKind::QueueNotFound => Self::no_such_queue(),
+            ErrorKind::QueueAlreadyExists => {
+                Self::queue_name_exists("A queue already exists with the same name and different attributes.")
+            }
+            ErrorKind::InvalidParameter | ErrorKind::TooLarge | ErrorKind::AccessKeyNotFound => {
+                Self::invalid_parameter_value(e.message)
+            }
+            ErrorKind::InvalidReceipt => Self::receipt_handle_is_invalid(e.message),
+            ErrorKind::LimitExceeded => Self::over_limit(e.message),
+            ErrorKind::MessageNotInFlight => Self::message_not_inflight(e.message),
+            ErrorKind::Unauthenticated => Self::access_denied(e.message),
+            ErrorKind::Throttled => Self::throttled(e.message),
+            ErrorKind::Unavailable => Self::service_unavailable(e.message),
+            ErrorKind::Internal => {
+                tracing::error!(message = %e.message, "internal error answered on the SQS API");
+                Self::internal_error("We encountered an internal error. Please try again.")
+            }
+        }
+    }
+}

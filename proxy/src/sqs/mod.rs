@@ -1,0 +1,144 @@
+//! The SQS-compatible API: the AWS CLI, boto3 and the AWS SDKs talk to the proxy unchanged
+//! (`--endpoint-url http://HOST:9324`).
+//!
+//! This module owns the wire side: SigV4 authentication ([`auth`]), the JSON protocol
+//! (`POST /` with `X-Amz-Target: AmazonSQS.<Action>` and `application/x-amz-json-1.0`), queue
+//! URLs (`http://HOST/<tenant>/<queue>`) and ARNs (`arn:aws:sqs:<region>:<tenant>:<queue>`), and
+//! SQS's error codes ([`error`]). The actions ([`actions`]) run on the same queues as the native
+//! API. The tenant comes only from the verified access key: a queue URL naming another tenant
+//! answers exactly like a missing queue.
+
+pub mod actions;
+pub mod auth;
+pub mod error;
+pub mod md5;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use strata_common::Clock;
+
+use self::auth::{AccessKeys, Caller};
+use self::error::SqsError;
+use crate::routing::Router as Placement;
+use crate::sigv4::SignedParts;
+
+const JSON_CONTENT_TYPE: &str = "application/x-amz-json-1.0";
+const TARGET_PREFIX: &str = "AmazonSQS.";
+
+/// What the SQS handlers share.
+pub struct SqsState {
+    pub placement: Arc<Placement>,
+    pub keys: AccessKeys,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// One authenticated request: who calls, and how its queue URLs are spelled.
+pub struct Ctx<'a> {
+    pub state: &'a SqsState,
+    pub caller: Caller,
+    /// `http://host[:port]` as the client addressed us, the base of queue URLs.
+    pub base_url: String,
+}
+
+impl Ctx<'_> {
+    pub fn tenant(&self) -> &str {
+        &self.caller.tenant
+    }
+
+    pub fn queue_url(&self, name: &str) -> String {
+        format!("{}/{}/{}", self.base_url, self.caller.tenant, name)
+    }
+
+    pub fn queue_arn(&self, name: &str) -> String {
+        format!("arn:aws:sqs:{}:{}:{}", self.caller.region, self.caller.tenant, name)
+    }
+
+    /// The queue name in a queue URL of the caller's tenant. A URL of another tenant's queue
+    /// answers like a missing queue.
+    pub fn queue_name<'u>(&self, url: &'u str) -> Result<&'u str, SqsError> {
+        let path = match url.split_once("://") {
+            Some((_, rest)) => rest.split_once('/').map_or("", |(_, path)| path),
+            None => url.trim_start_matches('/'),
+        };
+        let path = path.split(['?', '#']).next().unwrap_or("").trim_end_matches('/');
+        let (account, name) = path.rsplit_once('/').ok_or_else(|| {
+            SqsError::invalid_parameter_value(format!("Invalid QueueUrl '{url}': expected http://HOST/ACCOUNT/QUEUE."))
+        })?;
+        let account = account.rsplit('/').next().unwrap_or(account);
+        if account != self.caller.tenant || name.is_empty() {
+            return Err(SqsError::no_such_queue());
+        }
+        Ok(name)
+    }
+}
+
+/// `POST /` on the proxy: an SQS JSON-protocol request.
+pub async fn handle(
+    State(state): State<Arc<SqsState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let result = serve(&state, &method, &uri, &headers, &body).await;
+    let mut response = match result {
+        Ok(value) => (StatusCode::OK, value.to_string()).into_response(),
+        Err(e) => error_response(&e),
+    };
+    let response_headers = response.headers_mut();
+    response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON_CONTENT_TYPE));
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response_headers.insert("x-amzn-requestid", value);
+    }
+    response
+}
+
+async fn serve(
+    state: &SqsState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Value, SqsError> {
+    let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).ok_or_else(|| {
+        SqsError::invalid_action(
+            "Only the SQS JSON protocol is served here: send X-Amz-Target: AmazonSQS.<Action> with \
+             Content-Type: application/x-amz-json-1.0 (the AWS CLI and current SDKs do).",
+        )
+    })?;
+    let action = target
+        .strip_prefix(TARGET_PREFIX)
+        .ok_or_else(|| SqsError::invalid_action(format!("Unknown target '{target}'.")))?;
+    let parts =
+        SignedParts { method: method.as_str(), path: uri.path(), query: uri.query().unwrap_or(""), headers, body };
+    let caller = state.keys.authenticate(&parts, state.clock.now_ms()).await?;
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
+    let ctx = Ctx { state, caller, base_url: format!("http://{host}") };
+    let input: Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| SqsError::malformed_request(format!("The request body is not valid JSON: {e}")))?
+    };
+    if !input.is_object() {
+        return Err(SqsError::malformed_request("The request body must be a JSON object."));
+    }
+    actions::dispatch(&ctx, action, input).await
+}
+
+fn error_response(e: &SqsError) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
+    let body = json!({ "__type": format!("com.amazonaws.sqs#{}", e.code), "message": e.message });
+    let mut response = (status, body.to_string()).into_response();
+    let fault = if e.sender_fault { "Sender" } else { "Receiver" };
+    if let Ok(value) = HeaderValue::from_str(&format!("{};{fault}", e.query_code)) {
+        response.headers_mut().insert("x-amzn-query-error", value);
+    }
+    response
+}
