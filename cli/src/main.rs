@@ -1,7 +1,7 @@
 //! `strata`: one binary for every role and for users.
 //!
 //! - `strata dev` runs the whole service in one process on the embedded defaults.
-//! - `strata queue|send|receive|delete` talk to a running service (`STRATA_ENDPOINT`,
+//! - `strata queue|keys|send|receive|delete` talk to a running service (`STRATA_ENDPOINT`,
 //!   `STRATA_TOKEN`).
 //! - `strata bench` measures a running service.
 
@@ -27,6 +27,11 @@ enum Command {
         #[command(subcommand)]
         command: user::QueueCommand,
     },
+    /// Manage the access keys of the SQS-compatible API (AWS SigV4).
+    Keys {
+        #[command(subcommand)]
+        command: user::KeysCommand,
+    },
     /// Send one message.
     Send(user::SendArgs),
     /// Receive messages; prints one JSON object per message.
@@ -50,6 +55,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
             Command::Queue { command } => user::queue(command).await,
+            Command::Keys { command } => user::keys(command).await,
             Command::Send(args) => user::send(args).await,
             Command::Receive(args) => user::receive(args).await,
             Command::Delete(args) => user::delete(args).await,

@@ -49,6 +49,35 @@ pub enum QueueCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Create an access key for the SQS API; prints its secret (shown only this once).
+    Create {
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// List your access keys (without secrets).
+    List {
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Replace a key by a new one; prints the new secret. The old key stops after the grace period.
+    Rotate {
+        access_key_id: String,
+        /// How long the old key keeps working, in seconds (0-604800).
+        #[arg(long, default_value_t = 0)]
+        grace_seconds: u64,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Revoke a key at once.
+    Revoke {
+        access_key_id: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
 #[derive(Args)]
 pub struct SendArgs {
     queue: String,
@@ -151,6 +180,27 @@ pub async fn queue(command: QueueCommand) -> anyhow::Result<()> {
         }
         QueueCommand::Attributes { name, connection } => {
             print(&call(&connection, reqwest::Method::GET, &format!("/v1/queues/{}", urlencode(&name)), None).await?);
+        }
+    }
+    Ok(())
+}
+
+pub async fn keys(command: KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::Create { connection } => {
+            print(&call(&connection, reqwest::Method::POST, "/v1/access-keys", None).await?);
+        }
+        KeysCommand::List { connection } => {
+            print(&call(&connection, reqwest::Method::GET, "/v1/access-keys", None).await?);
+        }
+        KeysCommand::Rotate { access_key_id, grace_seconds, connection } => {
+            let path = format!("/v1/access-keys/{}/rotate", urlencode(&access_key_id));
+            let body = json!({ "grace_seconds": grace_seconds });
+            print(&call(&connection, reqwest::Method::POST, &path, Some(body)).await?);
+        }
+        KeysCommand::Revoke { access_key_id, connection } => {
+            let path = format!("/v1/access-keys/{}", urlencode(&access_key_id));
+            print(&call(&connection, reqwest::Method::DELETE, &path, None).await?);
         }
     }
     Ok(())

@@ -48,22 +48,40 @@ fn config_from_pb(config: Option<pb::QueueConfig>) -> Result<QueueConfig, Strata
     Ok(config)
 }
 
+/// Longest custom label of an attribute data type (after `String.`, `Number.`, `Binary.`).
+const DATA_TYPE_LABEL_CHARS_MAX: usize = 256;
+
 fn attribute_from_pb(name: &str, a: pb::MessageAttribute) -> Result<AttributeValue, StrataError> {
-    let base = a.data_type.split('.').next().unwrap_or_default();
-    match base {
-        "String" => Ok(AttributeValue::String(a.string_value)),
+    let (base, label) = match a.data_type.split_once('.') {
+        Some((base, label)) => (base, Some(label)),
+        None => (a.data_type.as_str(), None),
+    };
+    if label.is_some_and(|l| l.is_empty() || l.len() > DATA_TYPE_LABEL_CHARS_MAX) {
+        return Err(StrataError::invalid(format!(
+            "attribute '{name}' has data type '{}'; a custom label is 1-{DATA_TYPE_LABEL_CHARS_MAX} characters",
+            a.data_type
+        )));
+    }
+    let value = match base {
+        "String" => AttributeValue::String(a.string_value),
         "Number" => {
             if a.string_value.trim().parse::<f64>().is_err() {
                 return Err(StrataError::invalid(format!("attribute '{name}' is not a valid Number")));
             }
-            Ok(AttributeValue::Number(a.string_value))
+            AttributeValue::Number(a.string_value)
         }
-        "Binary" => Ok(AttributeValue::Binary(a.binary_value.to_vec())),
-        _ => Err(StrataError::invalid(format!(
-            "attribute '{name}' has data type '{}'; use String, Number or Binary",
-            a.data_type
-        ))),
-    }
+        "Binary" => AttributeValue::Binary(a.binary_value.to_vec()),
+        _ => {
+            return Err(StrataError::invalid(format!(
+                "attribute '{name}' has data type '{}'; use String, Number or Binary",
+                a.data_type
+            )));
+        }
+    };
+    Ok(match label {
+        Some(_) => AttributeValue::Labeled { data_type: a.data_type, value: Box::new(value) },
+        None => value,
+    })
 }
 
 fn attribute_to_pb(value: AttributeValue) -> pb::MessageAttribute {
@@ -77,6 +95,7 @@ fn attribute_to_pb(value: AttributeValue) -> pb::MessageAttribute {
         AttributeValue::Binary(b) => {
             pb::MessageAttribute { data_type: "Binary".into(), string_value: String::new(), binary_value: b }
         }
+        AttributeValue::Labeled { data_type, value } => pb::MessageAttribute { data_type, ..attribute_to_pb(*value) },
     }
 }
 

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
+use strata_common::{Clock, SystemClock};
+use strata_proxy::auth::JwtIssuer;
 
 /// How long a `strata dev` start may take before the test fails.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -133,6 +135,50 @@ impl DevProcess {
         self.spawn()
     }
 
+    /// The variables of `dev-credentials.env` (`STRATA_*` and `AWS_*`), as `source` would set them.
+    pub fn credentials_env(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let text = std::fs::read_to_string(self.data_dir.join("dev-credentials.env"))?;
+        Ok(text
+            .lines()
+            .filter_map(|line| line.strip_prefix("export "))
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect())
+    }
+
+    /// A command with the dev credentials in its environment and no AWS configuration from the
+    /// machine (no ~/.aws files, no inherited AWS_* variables).
+    pub fn command_with_credentials(&self, program: &str) -> anyhow::Result<Command> {
+        let mut command = Command::new(program);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("AWS_") {
+                command.env_remove(key);
+            }
+        }
+        command.env("AWS_CONFIG_FILE", "/dev/null").env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+        command.envs(self.credentials_env()?);
+        Ok(command)
+    }
+
+    /// A token for any tenant, signed with the dev key as an identity provider sharing the key
+    /// would sign it.
+    pub fn token_for_audience(&self, tenant: &str, audience: &str) -> anyhow::Result<String> {
+        let hex = std::fs::read_to_string(self.data_dir.join("jwt-hs256.secret"))?;
+        let hex = hex.trim();
+        let secret = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .context("the dev secret is not hex")?;
+        let now_s = SystemClock.now_ms() / 1000;
+        Ok(JwtIssuer::hmac("dev-hs256", &secret, "strata-dev", audience).mint(tenant, 600, now_s)?)
+    }
+
+    /// A token for `tenant` with the dev audience.
+    pub fn token_for(&self, tenant: &str) -> anyhow::Result<String> {
+        self.token_for_audience(tenant, "strata")
+    }
+
     /// A client with the dev tenant's token.
     pub fn api(&self) -> Api {
         Api::new(&self.endpoint, &self.token)
@@ -143,6 +189,25 @@ impl Drop for DevProcess {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// The repository's `tests/sqs` directory (Python scripts driving boto3).
+pub fn sqs_scripts_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("sqs")
+}
+
+/// Runs a command to completion; fails with its output when it exits non-zero.
+pub fn run_ok(command: &mut Command) -> anyhow::Result<String> {
+    let output = command.output().with_context(|| format!("running {command:?}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed with {}\nstdout:\n{stdout}\nstderr:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(stdout)
 }
 
 /// A minimal client of the native API.

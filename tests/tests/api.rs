@@ -4,17 +4,10 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use strata_common::{Clock, SystemClock};
-use strata_proxy::auth::JwtIssuer;
 use strata_tests::DevProcess;
 
-/// Mints a token for `tenant` with the dev key, as an identity provider sharing the key would.
 fn token_for(dev: &DevProcess, tenant: &str, audience: &str) -> String {
-    let hex = std::fs::read_to_string(dev.data_dir.join("jwt-hs256.secret")).expect("dev secret");
-    let secret: Vec<u8> =
-        (0..64).step_by(2).map(|i| u8::from_str_radix(&hex.trim()[i..i + 2], 16).expect("hex")).collect();
-    let now_s = SystemClock.now_ms() / 1000;
-    JwtIssuer::hmac("dev-hs256", &secret, "strata-dev", audience).mint(tenant, 600, now_s).expect("mint")
+    dev.token_for_audience(tenant, audience).expect("mint a token")
 }
 
 fn error_code(body: &Value) -> &str {

@@ -77,6 +77,12 @@ pub enum AttributeValue {
     /// A number kept as its decimal text, as SQS does.
     Number(String),
     Binary(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A data type with a custom label after its base type ("Number.int", "Binary.png"): the
+    /// full data type, and the value as its base type holds it (never `Labeled` again).
+    Labeled {
+        data_type: String,
+        value: Box<AttributeValue>,
+    },
 }
 
 /// One message of a Send. The body and attributes live only in the Raft log

@@ -1,0 +1,434 @@
+"""The SQS API driven by the real boto3 (the library the AWS CLI is built on).
+
+Run against a running `strata dev`, with the variables of its `dev-credentials.env` in the
+environment:
+
+    python3 tests/sqs/sqs_suite.py strata
+
+Every check asserts what SQS documents. The scenario steps also record what a client can observe
+(values, error codes) into a JSON file when `--record FILE` is given; `differential.py` runs the
+same steps against moto's SQS server and compares the two records.
+
+Exits non-zero, naming the failed checks, when any check fails.
+"""
+
+import base64
+import datetime
+import hashlib
+import json
+import os
+import struct
+import sys
+import threading
+import time
+import traceback
+import uuid
+
+import boto3
+import botocore.auth
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+
+def client(key_id=None, secret=None, endpoint=None):
+    return boto3.client(
+        "sqs",
+        endpoint_url=endpoint or os.environ["AWS_ENDPOINT_URL"],
+        region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+        aws_access_key_id=key_id or os.environ["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=secret or os.environ["AWS_SECRET_ACCESS_KEY"],
+        # Let the service, not the client, judge bad input; no retries so errors surface as is.
+        config=Config(parameter_validation=False, retries={"max_attempts": 1}),
+    )
+
+
+NO_ERROR = "<no error>"
+
+
+def error_code(call, *args, **kwargs):
+    """Runs a call that should fail; answers its error code (the query-compatible code), or
+    NO_ERROR when it succeeded."""
+    try:
+        call(*args, **kwargs)
+    except ClientError as e:
+        return e.response["Error"]["Code"]
+    return NO_ERROR
+
+
+def md5_of_attributes(attributes):
+    """SQS's MD5OfMessageAttributes, computed independently of the server."""
+    digest = hashlib.md5()
+    for name in sorted(attributes, key=lambda n: n.encode()):
+        value = attributes[name]
+        data_type = value["DataType"]
+        for part in (name.encode(), data_type.encode()):
+            digest.update(struct.pack(">I", len(part)) + part)
+        if data_type.startswith("Binary"):
+            raw = value["BinaryValue"]
+            digest.update(b"\x02" + struct.pack(">I", len(raw)) + raw)
+        else:
+            raw = value["StringValue"].encode()
+            digest.update(b"\x01" + struct.pack(">I", len(raw)) + raw)
+    return digest.hexdigest()
+
+
+def md5(text):
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+class Scenario:
+    """Steps shared by the Strata run and the differential run against moto."""
+
+    def __init__(self, sqs, prefix):
+        self.sqs = sqs
+        self.prefix = prefix
+        self.record = {}
+        self.failed_checks = []
+
+    def observe(self, step, value):
+        """Records what a client saw, with this run's queue-name prefix taken out."""
+        self.record[step] = json.loads(json.dumps(value).replace(self.prefix, "PREFIX"))
+
+    def check(self, condition, message):
+        """A failed check is reported but the step goes on, so that a run against another
+        implementation still records every observation."""
+        if not condition:
+            self.failed_checks.append(str(message)[:500])
+            print(f"  check failed: {str(message)[:500]}")
+
+    def name(self, suffix):
+        return f"{self.prefix}-{suffix}"
+
+    def queue_lifecycle(self):
+        sqs = self.sqs
+        url = sqs.create_queue(QueueName=self.name("life"), Attributes={"VisibilityTimeout": "40"})["QueueUrl"]
+        self.check(url.endswith("/" + self.name("life")), url)
+        # Same attributes again: the same queue. Different ones: QueueAlreadyExists.
+        self.check(sqs.create_queue(QueueName=self.name("life"), Attributes={"VisibilityTimeout": "40"})["QueueUrl"] == url, 'sqs.create_queue(QueueName=self.name("life"), Attributes={"VisibilityTimeout": "40"})["QueueUrl"] == url')
+        code = error_code(sqs.create_queue, QueueName=self.name("life"), Attributes={"VisibilityTimeout": "41"})
+        self.observe("create_conflict", code)
+        self.check(code == "QueueAlreadyExists", code)
+        self.check(sqs.get_queue_url(QueueName=self.name("life"))["QueueUrl"] == url, 'sqs.get_queue_url(QueueName=self.name("life"))["QueueUrl"] == url')
+        code = error_code(sqs.get_queue_url, QueueName=self.name("missing"))
+        self.observe("get_url_missing", code)
+        self.check(code == "AWS.SimpleQueueService.NonExistentQueue", code)
+        try:
+            sqs.get_queue_url(QueueName=self.name("missing"))
+        except sqs.exceptions.QueueDoesNotExist:
+            pass  # the modeled exception class matches too
+        code = error_code(sqs.create_queue, QueueName="bad name!")
+        self.observe("create_bad_name", code)
+        self.check(code == "InvalidParameterValue", code)
+        code = error_code(sqs.create_queue, QueueName=self.name("x"), Attributes={"NoSuchAttribute": "1"})
+        self.observe("create_bad_attribute", code)
+        self.check(code == "InvalidAttributeName", code)
+        code = error_code(sqs.create_queue, QueueName=self.name("x"), Attributes={"DelaySeconds": "901"})
+        self.observe("create_bad_value", code)
+        self.check(code == "InvalidAttributeValue", code)
+
+        attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        self.observe("default_attributes", {k: attrs[k] for k in (
+            "VisibilityTimeout", "DelaySeconds", "MessageRetentionPeriod", "ReceiveMessageWaitTimeSeconds",
+            "MaximumMessageSize", "ApproximateNumberOfMessages")})
+        self.check(attrs["VisibilityTimeout"] == "40", attrs)
+        self.check(attrs["MessageRetentionPeriod"] == "345600", attrs)
+        self.check(attrs["MaximumMessageSize"] in ("1048576", "262144"), attrs)
+        self.check(attrs["QueueArn"].startswith("arn:aws:sqs:") and attrs["QueueArn"].endswith(":" + self.name("life")), 'attrs["QueueArn"].startswith("arn:aws:sqs:") and attrs["QueueArn"].endswith(":" + self.name("life"))')
+        created = attrs["CreatedTimestamp"]
+        self.observe("created_timestamp_is_integer_seconds", created.isdigit() and len(created) == 10)
+        self.check(created.isdigit() and int(created) > 1_600_000_000, f"CreatedTimestamp {created}")
+        sqs.set_queue_attributes(QueueUrl=url, Attributes={"DelaySeconds": "3", "MessageRetentionPeriod": "600"})
+        attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["DelaySeconds", "MessageRetentionPeriod"])
+        self.observe("set_attributes", attrs["Attributes"])
+        self.check(attrs["Attributes"] == {"DelaySeconds": "3", "MessageRetentionPeriod": "600"}, attrs)
+        code = error_code(sqs.get_queue_attributes, QueueUrl=url, AttributeNames=["Bogus"])
+        self.observe("get_bad_attribute", code)
+        self.check(code == "InvalidAttributeName", code)
+
+        sqs.delete_queue(QueueUrl=url)
+        code = error_code(sqs.get_queue_url, QueueName=self.name("life"))
+        self.observe("deleted_queue", code)
+        self.check(code == "AWS.SimpleQueueService.NonExistentQueue", code)
+
+    def listing(self):
+        sqs = self.sqs
+        names = [self.name(f"list-{i}") for i in range(3)]
+        for n in names:
+            sqs.create_queue(QueueName=n)
+        listed = sqs.list_queues(QueueNamePrefix=self.name("list-"))["QueueUrls"]
+        self.observe("list_prefix", sorted(u.rsplit("/", 1)[1] for u in listed))
+        self.check(sorted(u.rsplit("/", 1)[1] for u in listed) == names, listed)
+        seen = []
+        page = sqs.list_queues(QueueNamePrefix=self.name("list-"), MaxResults=2)
+        seen += page["QueueUrls"]
+        self.check(len(page["QueueUrls"]) == 2 and "NextToken" in page, page)
+        if "NextToken" in page:
+            page = sqs.list_queues(QueueNamePrefix=self.name("list-"), MaxResults=2, NextToken=page["NextToken"])
+            seen += page["QueueUrls"]
+        self.observe("list_paged", sorted(u.rsplit("/", 1)[1] for u in seen))
+        self.check(sorted(u.rsplit("/", 1)[1] for u in seen) == names, seen)
+        for n in names:
+            sqs.delete_queue(QueueUrl=sqs.get_queue_url(QueueName=n)["QueueUrl"])
+
+    def messages(self):
+        sqs = self.sqs
+        url = sqs.create_queue(QueueName=self.name("msg"))["QueueUrl"]
+        attributes = {
+            "s": {"DataType": "String", "StringValue": "héllo <&>"},
+            "n": {"DataType": "Number.int", "StringValue": "42"},
+            "b": {"DataType": "Binary", "BinaryValue": b"\x00\x01\xff"},
+        }
+        body = "body with unicode ✓ and <xml> & \"quotes\""
+        sent = sqs.send_message(QueueUrl=url, MessageBody=body, MessageAttributes=attributes)
+        self.observe("send_md5", [sent["MD5OfMessageBody"], sent["MD5OfMessageAttributes"]])
+        self.check(sent["MD5OfMessageBody"] == md5(body), sent)
+        self.check(sent["MD5OfMessageAttributes"] == md5_of_attributes(attributes), sent)
+
+        got = sqs.receive_message(QueueUrl=url, MessageAttributeNames=["All"], AttributeNames=["All"],
+                                  VisibilityTimeout=30)["Messages"]
+        self.check(len(got) == 1, got)
+        m = got[0]
+        self.observe("received", {"Body": m["Body"], "MD5OfBody": m["MD5OfBody"],
+                                  "MessageAttributes": {k: v.get("StringValue", "") for k, v in m["MessageAttributes"].items()},
+                                  "ReceiveCount": m["Attributes"]["ApproximateReceiveCount"]})
+        self.check(m["Body"] == body and m["MD5OfBody"] == md5(body) and m["MessageId"] == sent["MessageId"], m)
+        self.check(m["MessageAttributes"]["b"]["BinaryValue"] == b"\x00\x01\xff", m)
+        self.check(m["MessageAttributes"]["s"]["StringValue"] == "héllo <&>", m)
+        self.check(m["MD5OfMessageAttributes"] == md5_of_attributes(attributes), m)
+        self.check(m["Attributes"]["ApproximateReceiveCount"] == "1", m)
+        self.check(int(m["Attributes"]["SentTimestamp"]) > 1_600_000_000_000, m)
+        # Filtering message attributes by name and by prefix.
+        sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0)
+        again = sqs.receive_message(QueueUrl=url, MessageAttributeNames=["s"], VisibilityTimeout=30)["Messages"][0]
+        self.check(set(again["MessageAttributes"]) == {"s"}, again)
+        self.check(again["MD5OfMessageAttributes"] == md5_of_attributes({"s": attributes["s"]}), again)
+        self.observe("filtered_attributes", sorted(again["MessageAttributes"]))
+        # The latest receipt deletes; the message is then gone.
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=again["ReceiptHandle"])
+        empty = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0).get("Messages", [])
+        self.observe("after_delete", len(empty))
+        self.check(empty == [], empty)
+        code = error_code(sqs.delete_message, QueueUrl=url, ReceiptHandle="not-a-receipt")
+        self.observe("bad_receipt", code)
+        self.check(code == "ReceiptHandleIsInvalid", code)
+
+        # Bad messages.
+        code = error_code(sqs.send_message, QueueUrl=url, MessageBody="x" * (1024 * 1024 + 1))
+        self.observe("too_long", code)
+        self.check(code == "InvalidParameterValue", code)
+        code = error_code(sqs.send_message, QueueUrl=url, MessageBody="bad \x01 char")
+        self.observe("bad_chars", code)
+        self.check(code == "InvalidMessageContents", code)
+        code = error_code(sqs.send_message, QueueUrl=url, MessageBody="x", DelaySeconds=901)
+        self.observe("bad_delay", code)
+        self.check(code == "InvalidParameterValue", code)
+        code = error_code(sqs.send_message, QueueUrl=url, MessageBody="x",
+                          MessageAttributes={"a": {"DataType": "Number", "StringValue": "nan?"}})
+        self.observe("bad_number", code)
+        self.check(code == "InvalidParameterValue", code)
+        code = error_code(sqs.send_message, QueueUrl=url)
+        self.observe("missing_body", code)
+        self.check(code == "MissingParameter", code)
+        sqs.delete_queue(QueueUrl=url)
+
+    def batches(self):
+        sqs = self.sqs
+        url = sqs.create_queue(QueueName=self.name("batch"))["QueueUrl"]
+        result = sqs.send_message_batch(QueueUrl=url, Entries=[
+            {"Id": "a", "MessageBody": "one"},
+            {"Id": "b", "MessageBody": "two", "DelaySeconds": 1000},
+            {"Id": "c", "MessageBody": "three", "MessageAttributes": {"k": {"DataType": "String", "StringValue": "v"}}},
+        ])
+        ok = sorted(e["Id"] for e in result.get("Successful", []))
+        failed = sorted((e["Id"], e["Code"], e["SenderFault"]) for e in result.get("Failed", []))
+        self.observe("send_batch", {"ok": ok, "failed": failed})
+        self.check(ok == ["a", "c"], result)
+        self.check(failed == [("b", "InvalidParameterValue", True)], result)
+        by_id = {e["Id"]: e for e in result["Successful"]}
+        self.check(by_id["a"]["MD5OfMessageBody"] == md5("one"), 'by_id["a"]["MD5OfMessageBody"] == md5("one")')
+        self.check(by_id["c"]["MD5OfMessageAttributes"] == md5_of_attributes({"k": {"DataType": "String", "StringValue": "v"}}), 'by_id["c"]["MD5OfMessageAttributes"] == md5_of_attributes({"k": {"DataType": "String", "StringValue": "v"}})')
+
+        for entries, expected in [
+            ([], "AWS.SimpleQueueService.EmptyBatchRequest"),
+            ([{"Id": str(i), "MessageBody": "x"} for i in range(11)], "AWS.SimpleQueueService.TooManyEntriesInBatchRequest"),
+            ([{"Id": "same", "MessageBody": "x"}, {"Id": "same", "MessageBody": "y"}],
+             "AWS.SimpleQueueService.BatchEntryIdsNotDistinct"),
+            ([{"Id": "bad id!", "MessageBody": "x"}], "AWS.SimpleQueueService.InvalidBatchEntryId"),
+        ]:
+            code = error_code(sqs.send_message_batch, QueueUrl=url, Entries=entries)
+            self.observe(f"batch_error_{len(entries)}_{expected}", code)
+            self.check(code == expected, (code, expected))
+
+        got = []
+        deadline = time.time() + 10
+        while len(got) < 2 and time.time() < deadline:
+            got += sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+        self.check(sorted(m["Body"] for m in got) == ["one", "three"], got)
+        entries = [{"Id": f"m{i}", "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)]
+        vis = sqs.change_message_visibility_batch(QueueUrl=url, Entries=[dict(e, VisibilityTimeout=60) for e in entries]
+                                                  + [{"Id": "bad", "ReceiptHandle": "garbage", "VisibilityTimeout": 5}])
+        self.observe("visibility_batch", {"ok": sorted(e["Id"] for e in vis.get("Successful", [])),
+                                          "failed": sorted((e["Id"], e["Code"]) for e in vis.get("Failed", []))})
+        self.check(sorted(e["Id"] for e in vis["Successful"]) == ["m0", "m1"], vis)
+        self.check([(e["Id"], e["Code"]) for e in vis["Failed"]] == [("bad", "ReceiptHandleIsInvalid")], vis)
+        deleted = sqs.delete_message_batch(QueueUrl=url, Entries=entries + [{"Id": "bad", "ReceiptHandle": "garbage"}])
+        self.observe("delete_batch", {"ok": sorted(e["Id"] for e in deleted.get("Successful", [])),
+                                      "failed": sorted((e["Id"], e["Code"]) for e in deleted.get("Failed", []))})
+        self.check(sorted(e["Id"] for e in deleted["Successful"]) == ["m0", "m1"], deleted)
+        self.check([(e["Id"], e["Code"]) for e in deleted["Failed"]] == [("bad", "ReceiptHandleIsInvalid")], deleted)
+        attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        self.check(attrs["ApproximateNumberOfMessages"] == "0" and attrs["ApproximateNumberOfMessagesNotVisible"] == "0", attrs)
+        sqs.delete_queue(QueueUrl=url)
+
+    def visibility_delay_purge_and_long_poll(self):
+        sqs = self.sqs
+        url = sqs.create_queue(QueueName=self.name("timing"))["QueueUrl"]
+        # A visibility timeout of 0 makes the message visible again at once.
+        sqs.send_message(QueueUrl=url, MessageBody="v")
+        m = sqs.receive_message(QueueUrl=url, VisibilityTimeout=60)["Messages"][0]
+        self.check(sqs.receive_message(QueueUrl=url).get("Messages", []) == [], 'sqs.receive_message(QueueUrl=url).get("Messages", []) == []')
+        sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0)
+        m2 = sqs.receive_message(QueueUrl=url, AttributeNames=["ApproximateReceiveCount"])["Messages"][0]
+        self.observe("receive_count_after_visibility", m2["Attributes"]["ApproximateReceiveCount"])
+        self.check(m2["Attributes"]["ApproximateReceiveCount"] == "2", m2)
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=m2["ReceiptHandle"])
+
+        # Per-message delay: counted as delayed, invisible, then delivered.
+        sqs.send_message(QueueUrl=url, MessageBody="later", DelaySeconds=2)
+        attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesDelayed"])
+        self.observe("delayed_count", attrs["Attributes"]["ApproximateNumberOfMessagesDelayed"])
+        self.check(attrs["Attributes"]["ApproximateNumberOfMessagesDelayed"] == "1", attrs)
+        self.check(sqs.receive_message(QueueUrl=url).get("Messages", []) == [], 'sqs.receive_message(QueueUrl=url).get("Messages", []) == []')
+        got = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=10).get("Messages", [])
+        self.check([m["Body"] for m in got] == ["later"], got)
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=got[0]["ReceiptHandle"])
+
+        # Long poll returns as soon as a message arrives.
+        def send_soon():
+            time.sleep(1)
+            sqs.send_message(QueueUrl=url, MessageBody="wake")
+
+        sender = threading.Thread(target=send_soon)
+        started = time.time()
+        sender.start()
+        got = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=15).get("Messages", [])
+        waited = time.time() - started
+        sender.join()
+        self.check([m["Body"] for m in got] == ["wake"], got)
+        # Functional, not a performance bound: it woke long before its 15 s deadline.
+        self.check(waited < 12, waited)
+
+        sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": "p"} for i in range(5)])
+        sqs.purge_queue(QueueUrl=url)
+        attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        self.observe("after_purge", [attrs["ApproximateNumberOfMessages"], attrs["ApproximateNumberOfMessagesNotVisible"]])
+        self.check(attrs["ApproximateNumberOfMessages"] == "0" and attrs["ApproximateNumberOfMessagesNotVisible"] == "0", attrs)
+        sqs.delete_queue(QueueUrl=url)
+
+    def run(self):
+        failures = []
+        for step in (self.queue_lifecycle, self.listing, self.messages, self.batches,
+                     self.visibility_delay_purge_and_long_poll):
+            checks_before = len(self.failed_checks)
+            try:
+                step()
+            except Exception:  # noqa: BLE001 - report every failing step, then fail
+                self.failed_checks.append(f"{step.__name__} raised")
+                print(traceback.format_exc())
+            if len(self.failed_checks) == checks_before:
+                print(f"ok   {step.__name__}")
+            else:
+                failures.append(step.__name__)
+                print(f"FAIL {step.__name__}")
+        return failures
+
+
+def sigv4_checks():
+    """Authentication failures as SQS reports them. Strata only (moto does not check signatures)."""
+    failures = []
+
+    def check(label, got, expected):
+        if got == expected:
+            print(f"ok   sigv4 {label}")
+        else:
+            failures.append(f"sigv4 {label}")
+            print(f"FAIL sigv4 {label}: got {got}, expected {expected}")
+
+    good = client()
+    good.list_queues()
+    check("wrong secret", error_code(client(secret="wrong" * 8).list_queues), "SignatureDoesNotMatch")
+    check("unknown key", error_code(client(key_id="SKUNKNOWNKEY0000000X").list_queues), "InvalidClientTokenId")
+    real_now = botocore.auth.get_current_datetime
+    for minutes in (-20, 20):
+        botocore.auth.get_current_datetime = lambda m=minutes: real_now() + datetime.timedelta(minutes=m)
+        try:
+            check(f"clock {minutes:+} min", error_code(client().list_queues), "RequestExpired")
+        finally:
+            botocore.auth.get_current_datetime = real_now
+    # Within the allowed skew it still works.
+    botocore.auth.get_current_datetime = lambda: real_now() + datetime.timedelta(minutes=5)
+    try:
+        client().list_queues()
+        print("ok   sigv4 clock +5 min accepted")
+    finally:
+        botocore.auth.get_current_datetime = real_now
+    return failures
+
+
+def other_tenant_checks():
+    """With OTHER_AWS_ACCESS_KEY_ID/SECRET (a key of another tenant): that tenant cannot see or
+    touch this tenant's queue, even with its exact URL."""
+    failures = []
+    mine = client()
+    url = mine.create_queue(QueueName="tenant-private")["QueueUrl"]
+    mine.send_message(QueueUrl=url, MessageBody="secret")
+    other = client(os.environ["OTHER_AWS_ACCESS_KEY_ID"], os.environ["OTHER_AWS_SECRET_ACCESS_KEY"])
+    for label, call, kwargs in [
+        ("receive", other.receive_message, {"QueueUrl": url}),
+        ("send", other.send_message, {"QueueUrl": url, "MessageBody": "x"}),
+        ("purge", other.purge_queue, {"QueueUrl": url}),
+        ("attributes", other.get_queue_attributes, {"QueueUrl": url, "AttributeNames": ["All"]}),
+        ("delete", other.delete_queue, {"QueueUrl": url}),
+        ("get url", other.get_queue_url, {"QueueName": "tenant-private"}),
+    ]:
+        code = error_code(call, **kwargs)
+        if code != "AWS.SimpleQueueService.NonExistentQueue":
+            failures.append(f"other tenant {label}")
+            print(f"FAIL other tenant {label}: {code}")
+    if other.list_queues().get("QueueUrls"):
+        failures.append("other tenant list")
+    got = mine.receive_message(QueueUrl=url)["Messages"]
+    if [m["Body"] for m in got] != ["secret"]:
+        failures.append("owner still reads its message")
+    mine.delete_queue(QueueUrl=url)
+    print("ok   other tenant" if not failures else f"FAIL {failures}")
+    return failures
+
+
+def main(argv):
+    """Modes: `strata` (the scenario and the SigV4 checks), `moto` (the scenario only),
+    `other-tenant` (isolation checks; needs OTHER_AWS_ACCESS_KEY_ID / OTHER_AWS_SECRET_ACCESS_KEY)."""
+    mode = argv[1] if len(argv) > 1 else "strata"
+    record_path = argv[argv.index("--record") + 1] if "--record" in argv else None
+    if mode == "other-tenant":
+        failures = other_tenant_checks()
+    elif mode in ("strata", "moto"):
+        scenario = Scenario(client(), "suite-" + uuid.uuid4().hex[:8])
+        failures = scenario.run()
+        if mode == "strata":
+            failures += sigv4_checks()
+        if record_path:
+            with open(record_path, "w") as f:
+                json.dump(scenario.record, f, indent=1, sort_keys=True)
+    else:
+        print(f"unknown mode {mode}")
+        return 2
+    if failures:
+        print(f"{len(failures)} failed: {', '.join(failures)}")
+        return 1
+    print("all passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

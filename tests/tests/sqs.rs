@@ -1,0 +1,208 @@
+//! The SQS-compatible API of a real `strata dev`, driven by the real AWS CLI and boto3 with the
+//! variables `strata dev` writes into `dev-credentials.env`, and compared with moto's SQS server.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+use strata_tests::{DevProcess, run_ok, sqs_scripts_dir};
+
+fn suite() -> String {
+    sqs_scripts_dir().join("sqs_suite.py").display().to_string()
+}
+
+/// Runs the AWS CLI; answers (exit code, stdout, stderr).
+fn aws(dev: &DevProcess, args: &[&str], key: Option<(&str, &str)>) -> anyhow::Result<(i32, String, String)> {
+    let mut command = dev.command_with_credentials("aws")?;
+    command.arg("sqs").args(args);
+    if let Some((id, secret)) = key {
+        command.env("AWS_ACCESS_KEY_ID", id).env("AWS_SECRET_ACCESS_KEY", secret);
+    }
+    let output = command.output().context("running the aws CLI")?;
+    Ok((
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+fn aws_json(dev: &DevProcess, args: &[&str]) -> anyhow::Result<Value> {
+    let (code, stdout, stderr) = aws(dev, args, None)?;
+    if code != 0 {
+        bail!("aws sqs {args:?} exited {code}: {stderr}");
+    }
+    Ok(if stdout.trim().is_empty() { Value::Null } else { serde_json::from_str(&stdout)? })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_suite_passes_and_tenants_stay_apart() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dev = DevProcess::start(&dir.path().join("dev"), &[])?;
+    let out = run_ok(dev.command_with_credentials("python3")?.arg(suite()).arg("strata"))?;
+    assert!(out.contains("all passed"), "{out}");
+
+    // A key of another tenant, created through that tenant's native API.
+    let alice = dev.api().with_token(&dev.token_for("alice")?);
+    let key = alice.post_ok("/v1/access-keys", serde_json::json!({})).await?;
+    let (id, secret) = (key["access_key_id"].as_str().unwrap_or(""), key["secret_access_key"].as_str().unwrap_or(""));
+    assert!(id.starts_with("SK") && secret.len() == 40, "{key}");
+    let out = run_ok(
+        dev.command_with_credentials("python3")?
+            .arg(suite())
+            .arg("other-tenant")
+            .env("OTHER_AWS_ACCESS_KEY_ID", id)
+            .env("OTHER_AWS_SECRET_ACCESS_KEY", secret),
+    )?;
+    assert!(out.contains("all passed"), "{out}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_cli_works_unchanged_and_keys_rotate_and_revoke() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dev = DevProcess::start(&dir.path().join("dev"), &[])?;
+
+    let created = aws_json(&dev, &["create-queue", "--queue-name", "cli-orders"])?;
+    let url = created["QueueUrl"].as_str().context("QueueUrl")?.to_string();
+    assert_eq!(url, format!("{}/dev/cli-orders", dev.endpoint));
+    let listed = aws_json(&dev, &["list-queues"])?;
+    assert_eq!(listed["QueueUrls"], serde_json::json!([url]));
+    let sent = aws_json(&dev, &["send-message", "--queue-url", &url, "--message-body", "hello from the CLI"])?;
+    // MD5 of the body, computed independently (hashlib).
+    assert_eq!(sent["MD5OfMessageBody"], "59da6b08ceb7b6dcb24f80ac24fb822e");
+    let got = aws_json(&dev, &["receive-message", "--queue-url", &url, "--wait-time-seconds", "5"])?;
+    let message = &got["Messages"][0];
+    assert_eq!(message["Body"], "hello from the CLI");
+    let receipt = message["ReceiptHandle"].as_str().context("ReceiptHandle")?;
+    aws_json(&dev, &["delete-message", "--queue-url", &url, "--receipt-handle", receipt])?;
+    let attributes = aws_json(&dev, &["get-queue-attributes", "--queue-url", &url, "--attribute-names", "All"])?;
+    assert_eq!(attributes["Attributes"]["ApproximateNumberOfMessages"], "0");
+    assert_eq!(attributes["Attributes"]["ApproximateNumberOfMessagesNotVisible"], "0");
+
+    let (code, _, stderr) = aws(&dev, &["get-queue-url", "--queue-name", "never-created"], None)?;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("AWS.SimpleQueueService.NonExistentQueue"), "{stderr}");
+
+    // Keys through the `strata keys` CLI: a new key works; rotation ends the old one at once
+    // (grace 0); revocation ends the new one.
+    let strata = |args: &[&str]| -> anyhow::Result<Value> {
+        let out =
+            run_ok(dev.command_with_credentials(&strata_tests::strata_binary().display().to_string())?.args(args))?;
+        Ok(serde_json::from_str(&out)?)
+    };
+    let first = strata(&["keys", "create"])?;
+    let first_key =
+        (first["access_key_id"].as_str().context("id")?, first["secret_access_key"].as_str().context("secret")?);
+    assert_eq!(aws(&dev, &["list-queues"], Some(first_key))?.0, 0);
+    let second = strata(&["keys", "rotate", first_key.0])?;
+    let second_key =
+        (second["access_key_id"].as_str().context("id")?, second["secret_access_key"].as_str().context("secret")?);
+    let (code, _, stderr) = aws(&dev, &["list-queues"], Some(first_key))?;
+    assert!(code != 0 && stderr.contains("InvalidClientTokenId"), "rotated-out key: {stderr}");
+    assert_eq!(aws(&dev, &["list-queues"], Some(second_key))?.0, 0);
+    let listed = strata(&["keys", "list"])?;
+    let statuses: BTreeMap<String, String> = listed["access_keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|k| {
+            (k["access_key_id"].as_str().unwrap_or("").to_string(), k["status"].as_str().unwrap_or("").to_string())
+        })
+        .collect();
+    assert_eq!(statuses.get(first_key.0).map(String::as_str), Some("revoked"));
+    assert_eq!(statuses.get(second_key.0).map(String::as_str), Some("active"));
+    assert!(!listed.to_string().contains(second_key.1), "listing must not show secrets");
+    strata(&["keys", "revoke", second_key.0])?;
+    let (code, _, stderr) = aws(&dev, &["list-queues"], Some(second_key))?;
+    assert!(code != 0 && stderr.contains("InvalidClientTokenId"), "revoked key: {stderr}");
+    // The dev key is untouched.
+    assert_eq!(aws(&dev, &["list-queues"], None)?.0, 0);
+    Ok(())
+}
+
+/// moto's SQS server as a child process, killed on drop.
+struct MotoServer {
+    child: Child,
+    endpoint: String,
+}
+
+impl MotoServer {
+    fn start() -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting moto_server (pip install 'moto[server]')")?;
+        let server = Self { child, endpoint: format!("http://127.0.0.1:{port}") };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("moto_server did not listen within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(server)
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One boto3 scenario against moto and against Strata: every observation must agree, except the
+/// differences listed (with their reasons) in `tests/sqs/moto_differences.json`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn differential_against_moto() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let moto = MotoServer::start()?;
+    let moto_record = dir.path().join("moto.json");
+    // moto fails some of the scenario's checks (the listed differences): its exit code is not
+    // the point, its record is.
+    let output = Command::new("python3")
+        .arg(suite())
+        .args(["moto", "--record"])
+        .arg(&moto_record)
+        .env("AWS_ENDPOINT_URL", &moto.endpoint)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .output()?;
+    let moto_out = String::from_utf8_lossy(&output.stdout);
+
+    let dev = DevProcess::start(&dir.path().join("dev"), &[])?;
+    let strata_record = dir.path().join("strata.json");
+    run_ok(dev.command_with_credentials("python3")?.arg(suite()).args(["strata", "--record"]).arg(&strata_record))?;
+
+    let moto: BTreeMap<String, Value> = serde_json::from_str(
+        &std::fs::read_to_string(&moto_record).with_context(|| format!("moto run:\n{moto_out}"))?,
+    )?;
+    let strata: BTreeMap<String, Value> = serde_json::from_str(&std::fs::read_to_string(&strata_record)?)?;
+    let allowed: BTreeMap<String, Value> =
+        serde_json::from_str(&std::fs::read_to_string(sqs_scripts_dir().join("moto_differences.json"))?)?;
+    assert!(strata.len() >= 25, "the scenario recorded too little: {strata:?}");
+    let mut unexpected = Vec::new();
+    let mut differing = Vec::new();
+    for key in strata.keys().chain(moto.keys()) {
+        if strata.get(key) != moto.get(key) && !differing.contains(key) {
+            differing.push(key.clone());
+            if !allowed.contains_key(key) {
+                unexpected.push(format!("{key}: strata={:?} moto={:?}", strata.get(key), moto.get(key)));
+            }
+        }
+    }
+    assert!(unexpected.is_empty(), "differences not listed in moto_differences.json:\n{}", unexpected.join("\n"));
+    // Every listed difference is still real, so the list does not rot.
+    for key in allowed.keys().filter(|k| !k.starts_with('_')) {
+        assert!(differing.contains(key), "'{key}' is listed as a difference but both now agree; remove it");
+    }
+    Ok(())
+}
