@@ -11,8 +11,15 @@ fn allowed(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '-' || c == '_'
 }
 
-/// A tenant id is 1–64 characters of `[A-Za-z0-9_-]`.
+/// Tenant ids that cannot be used: an SQS queue URL is `/<tenant>/<queue>`, and `/v1/...` is
+/// the native API.
+const RESERVED_TENANTS: [&str; 1] = ["v1"];
+
+/// A tenant id is 1–64 characters of `[A-Za-z0-9_-]`, and not reserved.
 pub fn validate_tenant(tenant: &str) -> Result<(), StrataError> {
+    if RESERVED_TENANTS.contains(&tenant) {
+        return Err(StrataError::new(ErrorKind::InvalidParameter, format!("tenant id '{tenant}' is reserved")));
+    }
     if tenant.is_empty() || tenant.len() > TENANT_ID_CHARS_MAX || !tenant.chars().all(allowed) {
         return Err(StrataError::new(
             ErrorKind::InvalidParameter,

@@ -26,6 +26,12 @@ use strata_wal::raft_state::ReplicatedState;
 /// Most shards one registration may create.
 pub const INITIAL_SHARDS_MAX: u32 = 64;
 
+/// Most tags on one queue (SQS's limit).
+pub const QUEUE_TAGS_MAX: usize = 50;
+/// Longest tag key and value, in characters (SQS's limits).
+pub const TAG_KEY_CHARS_MAX: usize = 128;
+pub const TAG_VALUE_CHARS_MAX: usize = 256;
+
 /// Most access keys a tenant may hold at once (revoked keys past their grace period do not count).
 pub const ACCESS_KEYS_PER_TENANT_MAX: usize = 10;
 
@@ -85,6 +91,7 @@ pub struct QueueRecord {
     pub config: QueueConfig,
     pub created_ms: u64,
     pub modified_ms: u64,
+    pub tags: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,7 +111,8 @@ pub struct ShardRecord {
 /// A tiered segment of a shard, as recorded in the catalog (the wire type is the record).
 pub type SegmentRecord = strata_common::proto::Segment;
 
-/// A mutation of the catalog, carried in a Raft log entry.
+/// A mutation of the catalog, carried in a Raft log entry. New variants go at the end: the
+/// variant index is part of the log's encoding.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum MetaCommand {
     EnsureTenant {
@@ -159,6 +167,17 @@ pub enum MetaCommand {
         access_key_id: String,
         now_ms: u64,
     },
+    /// Adds or replaces tags.
+    TagQueue {
+        tenant: String,
+        name: String,
+        tags: BTreeMap<String, String>,
+    },
+    UntagQueue {
+        tenant: String,
+        name: String,
+        keys: Vec<String>,
+    },
 }
 
 impl fmt::Display for MetaCommand {
@@ -168,6 +187,8 @@ impl fmt::Display for MetaCommand {
             MetaCommand::CreateQueue { tenant, name, .. } => write!(f, "create-queue {tenant}/{name}"),
             MetaCommand::DeleteQueue { tenant, name } => write!(f, "delete-queue {tenant}/{name}"),
             MetaCommand::SetQueueConfig { tenant, name, .. } => write!(f, "set-queue-config {tenant}/{name}"),
+            MetaCommand::TagQueue { tenant, name, tags } => write!(f, "tag-queue {tenant}/{name} n={}", tags.len()),
+            MetaCommand::UntagQueue { tenant, name, keys } => write!(f, "untag-queue {tenant}/{name} n={}", keys.len()),
             MetaCommand::RegisterStorageNode { node_id, .. } => write!(f, "register-node {node_id}"),
             MetaCommand::CommitSegment(s) => write!(f, "commit-segment {}", s.object_key),
             MetaCommand::RemoveSegments { shard_id, object_keys } => {
@@ -365,6 +386,7 @@ impl Catalog {
                     config: *config,
                     created_ms: *now_ms,
                     modified_ms: *now_ms,
+                    tags: BTreeMap::new(),
                 };
                 self.queues.insert((tenant.clone(), name.clone()), record.clone());
                 Ok(MetaResponse::Queue(record))
@@ -381,6 +403,37 @@ impl Catalog {
                     .ok_or_else(|| StrataError::queue_not_found(name))?;
                 record.config = *config;
                 record.modified_ms = *now_ms;
+                Ok(MetaResponse::Queue(record.clone()))
+            }
+            MetaCommand::TagQueue { tenant, name, tags } => {
+                let record = self
+                    .queues
+                    .get_mut(&(tenant.clone(), name.clone()))
+                    .ok_or_else(|| StrataError::queue_not_found(name))?;
+                for (key, value) in tags {
+                    if key.is_empty() || key.chars().count() > TAG_KEY_CHARS_MAX {
+                        return Err(StrataError::invalid(format!("tag keys are 1-{TAG_KEY_CHARS_MAX} characters")));
+                    }
+                    if value.chars().count() > TAG_VALUE_CHARS_MAX {
+                        return Err(StrataError::invalid(format!("tag values are 0-{TAG_VALUE_CHARS_MAX} characters")));
+                    }
+                }
+                let added = tags.keys().filter(|k| !record.tags.contains_key(*k)).count();
+                if record.tags.len() + added > QUEUE_TAGS_MAX {
+                    // InvalidParameter, as SQS answers (InvalidParameterValue) for too many tags.
+                    return Err(StrataError::invalid(format!("a queue may have at most {QUEUE_TAGS_MAX} tags")));
+                }
+                record.tags.extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+                Ok(MetaResponse::Queue(record.clone()))
+            }
+            MetaCommand::UntagQueue { tenant, name, keys } => {
+                let record = self
+                    .queues
+                    .get_mut(&(tenant.clone(), name.clone()))
+                    .ok_or_else(|| StrataError::queue_not_found(name))?;
+                for key in keys {
+                    record.tags.remove(key);
+                }
                 Ok(MetaResponse::Queue(record.clone()))
             }
             MetaCommand::RegisterStorageNode { node_id, address, initial_shards, now_ms } => {
@@ -638,5 +691,26 @@ mod tests {
         assert_eq!(e.code, "LimitExceeded");
         c.apply(51, &MetaCommand::RevokeAccessKey { tenant: "t1".into(), access_key_id: "K0".into(), now_ms: 2 });
         assert!(matches!(create_key(&mut c, 52, "t1", "KX", 3), MetaResponse::AccessKey(_)));
+    }
+
+    #[test]
+    fn tags_are_validated_bounded_and_removable() {
+        let mut c = catalog_with_node();
+        create(&mut c, 10, "t1", "q", CONFIG);
+        let tag = |c: &mut Catalog, index, tags: &[(&str, &str)]| {
+            let tags = tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            c.apply(index, &MetaCommand::TagQueue { tenant: "t1".into(), name: "q".into(), tags })
+        };
+        assert!(
+            matches!(tag(&mut c, 11, &[("team", "a"), ("env", "dev")]), MetaResponse::Queue(q) if q.tags.len() == 2)
+        );
+        assert!(matches!(tag(&mut c, 12, &[("", "x")]), MetaResponse::Error(e) if e.code == "InvalidParameter"));
+        let many: Vec<(String, String)> = (0..QUEUE_TAGS_MAX).map(|i| (format!("k{i}"), String::new())).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert!(matches!(tag(&mut c, 13, &many), MetaResponse::Error(e) if e.code == "InvalidParameter"));
+        let untag = MetaCommand::UntagQueue { tenant: "t1".into(), name: "q".into(), keys: vec!["team".into()] };
+        assert!(matches!(c.apply(14, &untag), MetaResponse::Queue(q) if q.tags.keys().collect::<Vec<_>>() == ["env"]));
+        let other = MetaCommand::UntagQueue { tenant: "t2".into(), name: "q".into(), keys: vec![] };
+        assert!(matches!(c.apply(15, &other), MetaResponse::Error(e) if e.code == "QueueNotFound"));
     }
 }

@@ -160,4 +160,20 @@ impl MetadataClient {
         let request = pb::LookupAccessKeyRequest { access_key_id: access_key_id.to_string() };
         Ok(self.inner.clone().lookup_access_key(request).await?.into_inner())
     }
+
+    /// Adds or replaces tags of a queue; answers the queue with all its tags.
+    pub async fn tag_queue(
+        &self,
+        tenant: &str,
+        name: &str,
+        tags: std::collections::HashMap<String, String>,
+    ) -> Result<pb::QueueInfo, StrataError> {
+        let request = pb::TagQueueRequest { tenant: tenant.to_string(), name: name.to_string(), tags };
+        Ok(self.inner.clone().tag_queue(request).await?.into_inner())
+    }
+
+    pub async fn untag_queue(&self, tenant: &str, name: &str, keys: Vec<String>) -> Result<pb::QueueInfo, StrataError> {
+        let request = pb::UntagQueueRequest { tenant: tenant.to_string(), name: name.to_string(), keys };
+        Ok(self.inner.clone().untag_queue(request).await?.into_inner())
+    }
 }

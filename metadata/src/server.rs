@@ -184,6 +184,7 @@ impl From<QueueRecord> for pb::QueueInfo {
             config: Some(q.config.into()),
             created_ms: q.created_ms,
             modified_ms: q.modified_ms,
+            tags: q.tags.into_iter().collect(),
         }
     }
 }
@@ -265,6 +266,19 @@ impl Metadata for MetadataService {
         let now_ms = if r.now_ms == 0 { self.node.now_ms() } else { r.now_ms };
         queue_response(
             self.node.propose(MetaCommand::SetQueueConfig { tenant: r.tenant, name: r.name, config, now_ms }).await?,
+        )
+    }
+
+    async fn tag_queue(&self, request: Request<pb::TagQueueRequest>) -> Result<Response<pb::QueueInfo>, Status> {
+        let r = request.into_inner();
+        let command = MetaCommand::TagQueue { tenant: r.tenant, name: r.name, tags: r.tags.into_iter().collect() };
+        queue_response(self.node.propose(command).await?)
+    }
+
+    async fn untag_queue(&self, request: Request<pb::UntagQueueRequest>) -> Result<Response<pb::QueueInfo>, Status> {
+        let r = request.into_inner();
+        queue_response(
+            self.node.propose(MetaCommand::UntagQueue { tenant: r.tenant, name: r.name, keys: r.keys }).await?,
         )
     }
 

@@ -77,7 +77,10 @@ pub fn router(settings: ProxySettings) -> Result<Router, StrataError> {
         Arc::new(SqsState { placement: placement.clone(), keys: AccessKeys::new(metadata), clock: settings.clock });
     let state = AppState { placement, verifier: Arc::new(settings.verifier), sqs: sqs.clone() };
     let sqs_router = Router::new()
-        .route("/", post(sqs::handle))
+        // The JSON protocol posts to `/`; the query protocol posts or gets at `/` or at a queue URL.
+        // Static segments win in axum, so the native `/v1/...` routes keep theirs.
+        .route("/", post(sqs::handle).get(sqs::handle))
+        .route("/{account}/{queue}", post(sqs::handle).get(sqs::handle))
         .layer(DefaultBodyLimit::max(HTTP_REQUEST_BYTES_MAX))
         .with_state(sqs);
     Ok(Router::new()

@@ -141,6 +141,10 @@ class Scenario:
         attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["DelaySeconds", "MessageRetentionPeriod"])
         self.observe("set_attributes", attrs["Attributes"])
         self.check(attrs["Attributes"] == {"DelaySeconds": "3", "MessageRetentionPeriod": "600"}, attrs)
+        # Valid names of attributes that are not set are answered without them.
+        attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn", "Policy", "RedrivePolicy"])
+        self.observe("unset_attributes", sorted(attrs["Attributes"]))
+        self.check(sorted(attrs["Attributes"]) == ["QueueArn"], attrs)
         code = error_code(sqs.get_queue_attributes, QueueUrl=url, AttributeNames=["Bogus"])
         self.observe("get_bad_attribute", code)
         self.check(code == "InvalidAttributeName", code)
@@ -325,9 +329,30 @@ class Scenario:
         self.check(attrs["ApproximateNumberOfMessages"] == "0" and attrs["ApproximateNumberOfMessagesNotVisible"] == "0", attrs)
         sqs.delete_queue(QueueUrl=url)
 
+    def tags(self):
+        sqs = self.sqs
+        url = sqs.create_queue(QueueName=self.name("tags"), tags={"team": "payments"})["QueueUrl"]
+        self.observe("created_tags", sqs.list_queue_tags(QueueUrl=url).get("Tags"))
+        self.check(sqs.list_queue_tags(QueueUrl=url).get("Tags") == {"team": "payments"}, "tags from CreateQueue")
+        sqs.tag_queue(QueueUrl=url, Tags={"env": "dev", "team": "billing"})
+        tags = sqs.list_queue_tags(QueueUrl=url).get("Tags")
+        self.observe("tagged", tags)
+        self.check(tags == {"env": "dev", "team": "billing"}, tags)
+        sqs.untag_queue(QueueUrl=url, TagKeys=["team", "absent"])
+        tags = sqs.list_queue_tags(QueueUrl=url).get("Tags")
+        self.observe("untagged", tags)
+        self.check(tags == {"env": "dev"}, tags)
+        sqs.untag_queue(QueueUrl=url, TagKeys=["env"])
+        self.observe("no_tags", sqs.list_queue_tags(QueueUrl=url).get("Tags"))
+        self.check(sqs.list_queue_tags(QueueUrl=url).get("Tags") in (None, {}), "all tags removed")
+        code = error_code(sqs.tag_queue, QueueUrl=url, Tags={f"k{i}": "v" for i in range(51)})
+        self.observe("too_many_tags", code)
+        self.check(code == "InvalidParameterValue", code)
+        sqs.delete_queue(QueueUrl=url)
+
     def run(self):
         failures = []
-        for step in (self.queue_lifecycle, self.listing, self.messages, self.batches,
+        for step in (self.queue_lifecycle, self.listing, self.messages, self.batches, self.tags,
                      self.visibility_delay_purge_and_long_poll):
             checks_before = len(self.failed_checks)
             try:

@@ -13,6 +13,18 @@ fn suite() -> String {
     sqs_scripts_dir().join("sqs_suite.py").display().to_string()
 }
 
+/// The query protocol (forms in, XML out), with botocore's own query serializer, signer and
+/// parser (`tests/sqs/query_protocol.py`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_protocol_works_with_botocores_query_serializer_and_parser() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dev = DevProcess::start(&dir.path().join("dev"), &[])?;
+    let script = sqs_scripts_dir().join("query_protocol.py");
+    let out = run_ok(dev.command_with_credentials("python3")?.arg(script))?;
+    assert!(!out.is_empty(), "the query-protocol script printed nothing");
+    Ok(())
+}
+
 /// Runs the AWS CLI; answers (exit code, stdout, stderr).
 fn aws(dev: &DevProcess, args: &[&str], key: Option<(&str, &str)>) -> anyhow::Result<(i32, String, String)> {
     let mut command = dev.command_with_credentials("aws")?;

@@ -51,10 +51,10 @@ pub async fn dispatch(ctx: &Ctx<'_>, action: &str, input: Value) -> Result<Value
         "DeleteMessageBatch" => delete_message_batch(ctx, &input).await,
         "ChangeMessageVisibility" => change_message_visibility(ctx, &input).await,
         "ChangeMessageVisibilityBatch" => change_message_visibility_batch(ctx, &input).await,
-        "TagQueue"
-        | "UntagQueue"
-        | "ListQueueTags"
-        | "ListDeadLetterSourceQueues"
+        "TagQueue" => tag_queue(ctx, &input).await,
+        "UntagQueue" => untag_queue(ctx, &input).await,
+        "ListQueueTags" => list_queue_tags(ctx, &input).await,
+        "ListDeadLetterSourceQueues"
         | "StartMessageMoveTask"
         | "ListMessageMoveTasks"
         | "CancelMessageMoveTask"
@@ -149,6 +149,13 @@ fn apply_queue_attributes(config: &mut pb::QueueConfig, attributes: &[(&str, &st
             "MessageRetentionPeriod" => config.retention_ms = number(RETENTION_S_MIN, RETENTION_S_MAX)? * 1000,
             "ReceiveMessageWaitTimeSeconds" => config.receive_wait_ms = number(0, WAIT_S_MAX)? * 1000,
             "VisibilityTimeout" => config.visibility_timeout_ms = number(0, VISIBILITY_TIMEOUT_S_MAX)? * 1000,
+            // Messages are not encrypted at rest by this service: only "false" is true to say.
+            "SqsManagedSseEnabled" if value == "false" => {}
+            "SqsManagedSseEnabled" => {
+                return Err(SqsError::invalid_attribute_value(
+                    "SqsManagedSseEnabled: server-side encryption is not supported by this service yet.",
+                ));
+            }
             "FifoQueue" | "ContentBasedDeduplication" | "DeduplicationScope" | "FifoThroughputLimit" => {
                 return Err(SqsError::invalid_attribute_name(format!(
                     "{name}: FIFO queues are not supported by this service yet."
@@ -184,12 +191,14 @@ fn validate_sqs_queue_name(name: &str) -> Result<(), SqsError> {
 async fn create_queue(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
     let name = required_string(input, "QueueName")?;
     validate_sqs_queue_name(name)?;
-    if !string_map(input, "tags")?.is_empty() {
-        return Err(SqsError::unsupported_operation("Queue tags are not supported by this service yet."));
-    }
+    let tags = string_map(input, "tags")?;
     let mut config = crate::api::default_config();
     apply_queue_attributes(&mut config, &string_map(input, "Attributes")?)?;
     queues::create_queue(&ctx.state.placement, ctx.tenant(), name, config).await?;
+    if !tags.is_empty() {
+        let tags = tags.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        ctx.state.placement.metadata.tag_queue(ctx.tenant(), name, tags).await?;
+    }
     Ok(json!({ "QueueUrl": ctx.queue_url(name) }))
 }
 
@@ -239,7 +248,22 @@ async fn delete_queue(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
     Ok(json!({}))
 }
 
-const QUEUE_ATTRIBUTE_NAMES: [&str; 11] = [
+/// SQS queue attributes this service never sets (no access policies, no KMS, no FIFO or
+/// dead-letter queues yet): asking for them is valid and answers nothing.
+const UNSET_QUEUE_ATTRIBUTE_NAMES: [&str; 9] = [
+    "Policy",
+    "RedrivePolicy",
+    "RedriveAllowPolicy",
+    "KmsMasterKeyId",
+    "KmsDataKeyReusePeriodSeconds",
+    "FifoQueue",
+    "ContentBasedDeduplication",
+    "DeduplicationScope",
+    "FifoThroughputLimit",
+];
+
+const QUEUE_ATTRIBUTE_NAMES: [&str; 12] = [
+    "SqsManagedSseEnabled",
     "ApproximateNumberOfMessages",
     "ApproximateNumberOfMessagesNotVisible",
     "ApproximateNumberOfMessagesDelayed",
@@ -261,6 +285,9 @@ async fn get_queue_attributes(ctx: &Ctx<'_>, input: &Value) -> Result<Value, Sqs
         if name == "All" {
             wanted = QUEUE_ATTRIBUTE_NAMES.to_vec();
             break;
+        }
+        if UNSET_QUEUE_ATTRIBUTE_NAMES.contains(&name) {
+            continue; // valid in SQS but never set here: omitted, as SQS omits unset attributes
         }
         if !QUEUE_ATTRIBUTE_NAMES.contains(&name) {
             return Err(SqsError::invalid_attribute_name(format!("Unknown Attribute {name}.")));
@@ -296,6 +323,7 @@ async fn get_queue_attributes(ctx: &Ctx<'_>, input: &Value) -> Result<Value, Sqs
             "ReceiveMessageWaitTimeSeconds" => (config.receive_wait_ms / 1000).to_string(),
             "VisibilityTimeout" => (config.visibility_timeout_ms / 1000).to_string(),
             "QueueArn" => ctx.queue_arn(&info.name),
+            "SqsManagedSseEnabled" => "false".to_string(),
             _ => continue,
         };
         attributes.insert(name.to_string(), Value::String(value));
@@ -324,6 +352,36 @@ async fn purge_queue(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
     queues::on_queue(&ctx.state.placement, ctx.tenant(), &info.name, |mut c, q| async move { c.purge(q).await })
         .await?;
     Ok(json!({}))
+}
+
+async fn tag_queue(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
+    let name = ctx.queue_name(required_string(input, "QueueUrl")?)?;
+    let tags = string_map(input, "Tags")?;
+    if tags.is_empty() {
+        return Err(SqsError::missing("Tags"));
+    }
+    let tags = tags.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    ctx.state.placement.metadata.tag_queue(ctx.tenant(), name, tags).await?;
+    Ok(json!({}))
+}
+
+async fn untag_queue(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
+    let name = ctx.queue_name(required_string(input, "QueueUrl")?)?;
+    let keys: Vec<String> = string_list(input, "TagKeys")?.into_iter().map(str::to_string).collect();
+    if keys.is_empty() {
+        return Err(SqsError::missing("TagKeys"));
+    }
+    ctx.state.placement.metadata.untag_queue(ctx.tenant(), name, keys).await?;
+    Ok(json!({}))
+}
+
+async fn list_queue_tags(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
+    let name = ctx.queue_name(required_string(input, "QueueUrl")?)?;
+    strata_common::names::validate_queue_name(name).map_err(|_| SqsError::no_such_queue())?;
+    // From metadata, not the placement cache: tags change without a new incarnation.
+    let info = ctx.state.placement.metadata.get_queue(ctx.tenant(), name).await?;
+    let tags: BTreeMap<&String, &String> = info.tags.iter().collect();
+    Ok(json!({ "Tags": tags }))
 }
 
 // ---------------------------------------------------------------------------------- messages
@@ -429,7 +487,6 @@ struct Outgoing {
     message: pb::NewMessage,
     md5_of_body: String,
     md5_of_attributes: Option<String>,
-    size_bytes: usize,
 }
 
 fn outgoing(entry: &Value, config: &pb::QueueConfig) -> Result<Outgoing, SqsError> {
@@ -462,7 +519,6 @@ fn outgoing(entry: &Value, config: &pb::QueueConfig) -> Result<Outgoing, SqsErro
     Ok(Outgoing {
         md5_of_body: md5::of_body(body.as_bytes()),
         md5_of_attributes,
-        size_bytes,
         message: pb::NewMessage {
             body: Bytes::copy_from_slice(body.as_bytes()),
             attributes,
@@ -544,6 +600,14 @@ async fn send_message_batch(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsEr
     let info = queue_of(ctx, input).await?;
     let entries = batch_entries(input)?;
     let config = info.config.unwrap_or_default();
+    // The batch limit counts every entry's body, valid or not, as SQS does.
+    let total_bytes: usize =
+        entries.iter().map(|(_, e)| e.get("MessageBody").and_then(Value::as_str).map_or(0, str::len)).sum();
+    if total_bytes > MESSAGE_BODY_BYTES_MAX {
+        return Err(SqsError::batch_request_too_long(format!(
+            "Batch requests cannot be longer than {MESSAGE_BODY_BYTES_MAX} bytes. You have sent {total_bytes} bytes."
+        )));
+    }
     let mut failures = Vec::new();
     let mut accepted: Vec<(&str, Outgoing)> = Vec::new();
     for (id, entry) in entries {
@@ -551,12 +615,6 @@ async fn send_message_batch(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsEr
             Ok(out) => accepted.push((id, out)),
             Err(e) => failures.push(failed(id, &e)),
         }
-    }
-    let total_bytes: usize = accepted.iter().map(|(_, out)| out.size_bytes).sum();
-    if total_bytes > MESSAGE_BODY_BYTES_MAX {
-        return Err(SqsError::batch_request_too_long(format!(
-            "Batch requests cannot be longer than {MESSAGE_BODY_BYTES_MAX} bytes. You have sent {total_bytes} bytes."
-        )));
     }
     let mut successful = Vec::new();
     if !accepted.is_empty() {

@@ -2,16 +2,18 @@
 //! (`--endpoint-url http://HOST:9324`).
 //!
 //! This module owns the wire side: SigV4 authentication ([`auth`]), the JSON protocol
-//! (`POST /` with `X-Amz-Target: AmazonSQS.<Action>` and `application/x-amz-json-1.0`), queue
-//! URLs (`http://HOST/<tenant>/<queue>`) and ARNs (`arn:aws:sqs:<region>:<tenant>:<queue>`), and
-//! SQS's error codes ([`error`]). The actions ([`actions`]) run on the same queues as the native
-//! API. The tenant comes only from the verified access key: a queue URL naming another tenant
-//! answers exactly like a missing queue.
+//! (`POST /` with `X-Amz-Target: AmazonSQS.<Action>` and `application/x-amz-json-1.0`), the query
+//! protocol of older SDKs ([`query`]: forms in, XML out, at `/` or at a queue URL), queue URLs
+//! (`http://HOST/<tenant>/<queue>`) and ARNs (`arn:aws:sqs:<region>:<tenant>:<queue>`), and SQS's
+//! error codes ([`error`]). Both protocols run the same actions ([`actions`], on the JSON
+//! protocol's shapes), on the same queues as the native API. The tenant comes only from the
+//! verified access key: a queue URL naming another tenant answers exactly like a missing queue.
 
 pub mod actions;
 pub mod auth;
 pub mod error;
 pub mod md5;
+pub mod query;
 
 use std::sync::Arc;
 
@@ -24,6 +26,7 @@ use strata_common::Clock;
 
 use self::auth::{AccessKeys, Caller};
 use self::error::SqsError;
+use crate::error::ApiError;
 use crate::routing::Router as Placement;
 use crate::sigv4::SignedParts;
 
@@ -77,7 +80,7 @@ impl Ctx<'_> {
     }
 }
 
-/// `POST /` on the proxy: an SQS JSON-protocol request.
+/// An SQS request (`/` or a queue URL `/{account}/{queue}`), in either protocol.
 pub async fn handle(
     State(state): State<Arc<SqsState>>,
     method: Method,
@@ -85,18 +88,58 @@ pub async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if is_native_path(&uri) && !is_sigv4_signed(&headers, &uri) {
+        // `/v1/<x>` matches the queue URL route when `<x>` is no native route. Unsigned, it is a
+        // native API call (they carry a JWT): answer as the native API's fallback does.
+        return ApiError::invalid("no such route; see /openapi.json").into_response();
+    }
     let request_id = uuid::Uuid::new_v4().to_string();
-    let result = serve(&state, &method, &uri, &headers, &body).await;
+    let mut response = if query::is_query_request(&headers) {
+        query::handle(&state, &method, &uri, &headers, &body, &request_id).await
+    } else {
+        json_response(serve(&state, &method, &uri, &headers, &body).await)
+    };
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-amzn-requestid", value);
+    }
+    response
+}
+
+/// Under the native API's prefix. Signed requests there still reach SQS, so a tenant named `v1`
+/// keeps its queue URLs, except those that are native routes (`/v1/queues`, `/v1/access-keys`).
+fn is_native_path(uri: &Uri) -> bool {
+    uri.path().starts_with("/v1/")
+}
+
+fn is_sigv4_signed(headers: &HeaderMap, uri: &Uri) -> bool {
+    let header = headers.get(header::AUTHORIZATION).is_some_and(|v| v.as_bytes().starts_with(b"AWS4-"));
+    let query = uri.query().unwrap_or("").split('&').any(|p| p.starts_with("X-Amz-Signature="));
+    header || query
+}
+
+fn json_response(result: Result<Value, SqsError>) -> Response {
     let mut response = match result {
         Ok(value) => (StatusCode::OK, value.to_string()).into_response(),
         Err(e) => error_response(&e),
     };
-    let response_headers = response.headers_mut();
-    response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON_CONTENT_TYPE));
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response_headers.insert("x-amzn-requestid", value);
-    }
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON_CONTENT_TYPE));
     response
+}
+
+/// Verifies the request's signature over its method, path, query, headers and body exactly as
+/// received; the context carries the caller and the base of its queue URLs (`http://{Host}`).
+async fn authenticate<'s>(
+    state: &'s SqsState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Ctx<'s>, SqsError> {
+    let parts =
+        SignedParts { method: method.as_str(), path: uri.path(), query: uri.query().unwrap_or(""), headers, body };
+    let caller = state.keys.authenticate(&parts, state.clock.now_ms()).await?;
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
+    Ok(Ctx { state, caller, base_url: format!("http://{host}") })
 }
 
 async fn serve(
@@ -108,18 +151,14 @@ async fn serve(
 ) -> Result<Value, SqsError> {
     let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).ok_or_else(|| {
         SqsError::invalid_action(
-            "Only the SQS JSON protocol is served here: send X-Amz-Target: AmazonSQS.<Action> with \
-             Content-Type: application/x-amz-json-1.0 (the AWS CLI and current SDKs do).",
+            "A JSON-protocol request needs X-Amz-Target: AmazonSQS.<Action> (with Content-Type: \
+             application/x-amz-json-1.0); a query-protocol request is a form with Action=<Action>.",
         )
     })?;
     let action = target
         .strip_prefix(TARGET_PREFIX)
         .ok_or_else(|| SqsError::invalid_action(format!("Unknown target '{target}'.")))?;
-    let parts =
-        SignedParts { method: method.as_str(), path: uri.path(), query: uri.query().unwrap_or(""), headers, body };
-    let caller = state.keys.authenticate(&parts, state.clock.now_ms()).await?;
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
-    let ctx = Ctx { state, caller, base_url: format!("http://{host}") };
+    let ctx = authenticate(state, method, uri, headers, body).await?;
     let input: Value = if body.is_empty() {
         json!({})
     } else {
