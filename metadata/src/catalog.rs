@@ -66,7 +66,7 @@ impl AccessKeyRecord {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueConfig {
     pub retention_ms: u64,
     pub visibility_timeout_ms: u64,
@@ -74,6 +74,12 @@ pub struct QueueConfig {
     /// 0: the service limit.
     pub maximum_message_bytes: u64,
     pub receive_wait_ms: u64,
+    /// SQS RedrivePolicy / RedriveAllowPolicy JSON as set; empty when unset.
+    pub redrive_policy: String,
+    pub redrive_allow_policy: String,
+    /// Incarnation of the dead-letter queue (0: none).
+    pub dead_letter_queue_id: u64,
+    pub max_receive_count: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -383,7 +389,7 @@ impl Catalog {
                     name: name.clone(),
                     queue_id: log_index,
                     shard_id: shard_ids[pick],
-                    config: *config,
+                    config: config.clone(),
                     created_ms: *now_ms,
                     modified_ms: *now_ms,
                     tags: BTreeMap::new(),
@@ -401,7 +407,7 @@ impl Catalog {
                     .queues
                     .get_mut(&(tenant.clone(), name.clone()))
                     .ok_or_else(|| StrataError::queue_not_found(name))?;
-                record.config = *config;
+                record.config = config.clone();
                 record.modified_ms = *now_ms;
                 Ok(MetaResponse::Queue(record.clone()))
             }
@@ -537,13 +543,9 @@ impl ReplicatedState for Catalog {
 mod tests {
     use super::*;
 
-    const CONFIG: QueueConfig = QueueConfig {
-        retention_ms: 60_000,
-        visibility_timeout_ms: 30_000,
-        delay_ms: 0,
-        maximum_message_bytes: 0,
-        receive_wait_ms: 0,
-    };
+    fn config() -> QueueConfig {
+        QueueConfig { retention_ms: 60_000, visibility_timeout_ms: 30_000, ..Default::default() }
+    }
 
     fn register_node(c: &mut Catalog, index: u64) -> MetaResponse {
         let command = MetaCommand::RegisterStorageNode {
@@ -570,10 +572,10 @@ mod tests {
     #[test]
     fn create_is_idempotent_and_conflicts_on_other_attributes() {
         let mut c = catalog_with_node();
-        let MetaResponse::Queue(q) = create(&mut c, 10, "t1", "q", CONFIG) else { panic!() };
+        let MetaResponse::Queue(q) = create(&mut c, 10, "t1", "q", config()) else { panic!() };
         assert_eq!(q.queue_id, 10);
-        assert_eq!(create(&mut c, 11, "t1", "q", CONFIG), MetaResponse::Queue(q));
-        let other = QueueConfig { delay_ms: 5, ..CONFIG };
+        assert_eq!(create(&mut c, 11, "t1", "q", config()), MetaResponse::Queue(q));
+        let other = QueueConfig { delay_ms: 5, ..config() };
         let MetaResponse::Error(e) = create(&mut c, 12, "t1", "q", other) else { panic!() };
         assert_eq!(e.code, "QueueAlreadyExists");
     }
@@ -581,13 +583,13 @@ mod tests {
     #[test]
     fn recreated_queue_gets_new_incarnation_and_tenants_are_separate() {
         let mut c = catalog_with_node();
-        create(&mut c, 10, "t1", "q", CONFIG);
-        create(&mut c, 11, "t2", "q", CONFIG);
+        create(&mut c, 10, "t1", "q", config());
+        create(&mut c, 11, "t2", "q", config());
         assert_eq!(c.queue("t2", "q").map(|q| q.queue_id), Some(11));
         c.apply(12, &MetaCommand::DeleteQueue { tenant: "t1".into(), name: "q".into() });
         assert!(c.queue("t1", "q").is_none());
         assert!(c.queue("t2", "q").is_some());
-        create(&mut c, 13, "t1", "q", CONFIG);
+        create(&mut c, 13, "t1", "q", config());
         assert_eq!(c.queue("t1", "q").map(|q| q.queue_id), Some(13));
         let MetaResponse::Error(e) = c.apply(14, &MetaCommand::DeleteQueue { tenant: "t2".into(), name: "zz".into() })
         else {
@@ -600,9 +602,9 @@ mod tests {
     fn listing_pages_within_one_tenant() {
         let mut c = catalog_with_node();
         for (i, name) in ["a1", "a2", "b1", "a3"].iter().enumerate() {
-            create(&mut c, 10 + i as u64, "t1", name, CONFIG);
+            create(&mut c, 10 + i as u64, "t1", name, config());
         }
-        create(&mut c, 20, "t2", "a0", CONFIG);
+        create(&mut c, 20, "t2", "a0", config());
         let (page, more) = c.list_queues("t1", "a", "", 2);
         assert_eq!(page.iter().map(|q| q.name.as_str()).collect::<Vec<_>>(), ["a1", "a2"]);
         assert!(more);
@@ -696,7 +698,7 @@ mod tests {
     #[test]
     fn tags_are_validated_bounded_and_removable() {
         let mut c = catalog_with_node();
-        create(&mut c, 10, "t1", "q", CONFIG);
+        create(&mut c, 10, "t1", "q", config());
         let tag = |c: &mut Catalog, index, tags: &[(&str, &str)]| {
             let tags = tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
             c.apply(index, &MetaCommand::TagQueue { tenant: "t1".into(), name: "q".into(), tags })

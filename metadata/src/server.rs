@@ -158,6 +158,10 @@ impl From<pb::QueueConfig> for QueueConfig {
             delay_ms: c.delay_ms,
             maximum_message_bytes: c.maximum_message_bytes,
             receive_wait_ms: c.receive_wait_ms,
+            redrive_policy: c.redrive_policy,
+            redrive_allow_policy: c.redrive_allow_policy,
+            dead_letter_queue_id: c.dead_letter_queue_id,
+            max_receive_count: c.max_receive_count,
         }
     }
 }
@@ -170,6 +174,10 @@ impl From<QueueConfig> for pb::QueueConfig {
             delay_ms: c.delay_ms,
             maximum_message_bytes: c.maximum_message_bytes,
             receive_wait_ms: c.receive_wait_ms,
+            redrive_policy: c.redrive_policy,
+            redrive_allow_policy: c.redrive_allow_policy,
+            dead_letter_queue_id: c.dead_letter_queue_id,
+            max_receive_count: c.max_receive_count,
         }
     }
 }

@@ -212,7 +212,7 @@ struct CreateQueueRequest {
 }
 
 fn queue_json(info: &pb::QueueInfo, stats: Option<&pb::QueueStats>) -> serde_json::Value {
-    let config = info.config.unwrap_or_default();
+    let config = info.config.clone().unwrap_or_default();
     let mut value = json!({
         "name": info.name,
         "queue_id": info.queue_id.to_string(),
@@ -299,7 +299,7 @@ async fn set_queue_attributes(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let input: QueueAttributesInput = parse_json(body)?;
     let current = queues::info(&state.placement, &tenant, &name).await?;
-    let config = input.to_config(current.config.unwrap_or_default())?;
+    let config = input.to_config(current.config.clone().unwrap_or_default())?;
     let info = queues::set_config(&state.placement, &tenant, &name, config).await?;
     Ok(Json(queue_json(&info, None)))
 }

@@ -30,7 +30,7 @@ pub async fn create_queue(
     placement.metadata.ensure_tenant(tenant).await?;
     let info = placement.metadata.create_queue(tenant, name, config).await?;
     let client = placement.storage_for(info.shard_id).await?;
-    let ensure = pb::EnsureQueueRequest { queue: Some(routing::queue_ref(&info)), config: info.config };
+    let ensure = pb::EnsureQueueRequest { queue: Some(routing::queue_ref(&info)), config: info.config.clone() };
     client.clone().ensure_queue(ensure).await.map_err(StrataError::from)?;
     placement.remember(info.clone());
     Ok(info)
@@ -57,10 +57,11 @@ pub async fn set_config(
     name: &str,
     config: pb::QueueConfig,
 ) -> Result<pb::QueueInfo, StrataError> {
-    let info = placement.metadata.set_queue_config(tenant, name, config).await?;
+    let info = placement.metadata.set_queue_config(tenant, name, config.clone()).await?;
     placement.remember(info.clone());
-    on_queue(placement, tenant, name, |mut c, q| async move {
-        c.ensure_queue(pb::EnsureQueueRequest { queue: Some(q), config: Some(config) }).await
+    on_queue(placement, tenant, name, |mut c, q| {
+        let config = config.clone();
+        async move { c.ensure_queue(pb::EnsureQueueRequest { queue: Some(q), config: Some(config) }).await }
     })
     .await?;
     Ok(info)

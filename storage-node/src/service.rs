@@ -14,7 +14,7 @@ use strata_common::proto::storage_server::Storage;
 use strata_common::proto::{self as pb};
 use tonic::{Request, Response, Status};
 
-use crate::queue::{self, AttributeValue, Command, Delivery, NewMessage, QueueConfig};
+use crate::queue::{self, AttributeValue, Command, Delivery, NewMessage, QueueConfig, Redrive};
 use crate::shard::{Shard, queue_error};
 
 /// Everything the service routes to.
@@ -39,10 +39,13 @@ impl StorageService {
 
 fn config_from_pb(config: Option<pb::QueueConfig>) -> Result<QueueConfig, StrataError> {
     let c = config.ok_or_else(|| StrataError::invalid("queue config is required"))?;
+    let redrive = (c.dead_letter_queue_id != 0)
+        .then_some(Redrive { dead_letter_queue: c.dead_letter_queue_id, max_receive_count: c.max_receive_count });
     let config = QueueConfig {
         retention_ms: c.retention_ms,
         visibility_timeout_ms: c.visibility_timeout_ms,
         delay_ms: c.delay_ms,
+        redrive,
     };
     config.validate().map_err(queue_error)?;
     Ok(config)

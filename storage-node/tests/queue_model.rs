@@ -401,6 +401,7 @@ fn config_strategy() -> impl Strategy<Value = QueueConfig> {
             retention_ms,
             visibility_timeout_ms,
             delay_ms,
+            redrive: None,
         })
 }
 
@@ -509,7 +510,7 @@ impl Harness {
             known: HashMap::new(),
         };
         for (queue, tenant) in harness.slot_queue.into_iter().zip(TENANTS) {
-            let config = QueueConfig { retention_ms: 90_000, visibility_timeout_ms: 5_000, delay_ms: 0 };
+            let config = QueueConfig { retention_ms: 90_000, visibility_timeout_ms: 5_000, delay_ms: 0, redrive: None };
             let response = harness.apply(0, Command::CreateQueue { queue, tenant: tenant.to_owned(), config })?;
             prop_assert_eq!(response, Response::QueueCreated);
         }
@@ -637,7 +638,8 @@ impl Harness {
                 } else {
                     queue
                 };
-                let config = QueueConfig { retention_ms: 60_000, visibility_timeout_ms: 2_000, delay_ms: 0 };
+                let config =
+                    QueueConfig { retention_ms: 60_000, visibility_timeout_ms: 2_000, delay_ms: 0, redrive: None };
                 self.apply(skew, Command::CreateQueue { queue, tenant, config })?;
             }
             Op::Snapshot => self.snapshot()?,

@@ -127,7 +127,7 @@ async fn tiering_round_trip(store_settings: ObjectStoreSettings) {
 
     meta_client.ensure_tenant(TENANT).await.expect("tenant");
     let config = pb::QueueConfig { retention_ms: 3_600_000, visibility_timeout_ms: 30_000, ..Default::default() };
-    let info = meta_client.create_queue(TENANT, "tiered", config).await.expect("create queue");
+    let info = meta_client.create_queue(TENANT, "tiered", config.clone()).await.expect("create queue");
     let queue = pb::QueueRef { shard_id: info.shard_id, queue_id: info.queue_id, tenant: TENANT.into() };
     let mut client = storage_client(storage_addr).await;
     client

@@ -350,9 +350,59 @@ class Scenario:
         self.check(code == "InvalidParameterValue", code)
         sqs.delete_queue(QueueUrl=url)
 
+    def dead_letters(self):
+        sqs = self.sqs
+        dlq_url = sqs.create_queue(QueueName=self.name("dlq"))["QueueUrl"]
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        policy = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "2"})
+        url = sqs.create_queue(QueueName=self.name("src"), Attributes={"RedrivePolicy": policy})["QueueUrl"]
+        got = json.loads(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])["Attributes"]["RedrivePolicy"])
+        self.observe("redrive_policy", {"target_is_dlq": got["deadLetterTargetArn"] == dlq_arn,
+                                        "max": int(got["maxReceiveCount"])})
+        self.check(got["deadLetterTargetArn"] == dlq_arn and int(got["maxReceiveCount"]) == 2, got)
+        sources = sqs.list_dead_letter_source_queues(QueueUrl=dlq_url)["queueUrls"]
+        self.observe("dead_letter_sources", [u.rsplit("/", 1)[1] for u in sources])
+        self.check(sources == [url], sources)
+
+        sqs.send_message(QueueUrl=url, MessageBody="poison")
+        counts = []
+        for _ in range(2):
+            got = sqs.receive_message(QueueUrl=url, VisibilityTimeout=0, AttributeNames=["ApproximateReceiveCount"])
+            counts.append([m["Attributes"]["ApproximateReceiveCount"] for m in got.get("Messages", [])])
+        self.observe("receives_before_moving", counts)
+        self.check(counts == [["1"], ["2"]], counts)
+        third = sqs.receive_message(QueueUrl=url, VisibilityTimeout=0).get("Messages", [])
+        self.observe("third_receive", len(third))
+        self.check(third == [], third)
+        moved = sqs.receive_message(QueueUrl=dlq_url, WaitTimeSeconds=5).get("Messages", [])
+        self.observe("in_dead_letter_queue", [m["Body"] for m in moved])
+        self.check([m["Body"] for m in moved] == ["poison"], moved)
+        left = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        self.check(left["ApproximateNumberOfMessages"] == "0" and left["ApproximateNumberOfMessagesNotVisible"] == "0", left)
+
+        # A dead-letter queue that denies all sources, and bad policies.
+        deny_url = sqs.create_queue(QueueName=self.name("deny"),
+                                    Attributes={"RedriveAllowPolicy": json.dumps({"redrivePermission": "denyAll"})})["QueueUrl"]
+        deny_arn = sqs.get_queue_attributes(QueueUrl=deny_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        for label, bad in [
+            ("denied", {"deadLetterTargetArn": deny_arn, "maxReceiveCount": 3}),
+            ("missing_target", {"deadLetterTargetArn": dlq_arn + "-nope", "maxReceiveCount": 3}),
+            ("bad_count", {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 0}),
+        ]:
+            code = error_code(sqs.set_queue_attributes, QueueUrl=url, Attributes={"RedrivePolicy": json.dumps(bad)})
+            self.observe(f"redrive_{label}", code)
+            self.check(code == "InvalidParameterValue", (label, code))
+        # Removing the policy: the queue no longer lists as a source.
+        sqs.set_queue_attributes(QueueUrl=url, Attributes={"RedrivePolicy": ""})
+        sources = sqs.list_dead_letter_source_queues(QueueUrl=dlq_url)["queueUrls"]
+        self.observe("sources_after_removal", sources)
+        self.check(sources == [], sources)
+        for u in (url, dlq_url, deny_url):
+            sqs.delete_queue(QueueUrl=u)
+
     def run(self):
         failures = []
-        for step in (self.queue_lifecycle, self.listing, self.messages, self.batches, self.tags,
+        for step in (self.queue_lifecycle, self.listing, self.messages, self.batches, self.tags, self.dead_letters,
                      self.visibility_delay_purge_and_long_poll):
             checks_before = len(self.failed_checks)
             try:

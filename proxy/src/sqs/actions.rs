@@ -54,8 +54,8 @@ pub async fn dispatch(ctx: &Ctx<'_>, action: &str, input: Value) -> Result<Value
         "TagQueue" => tag_queue(ctx, &input).await,
         "UntagQueue" => untag_queue(ctx, &input).await,
         "ListQueueTags" => list_queue_tags(ctx, &input).await,
-        "ListDeadLetterSourceQueues"
-        | "StartMessageMoveTask"
+        "ListDeadLetterSourceQueues" => list_dead_letter_source_queues(ctx, &input).await,
+        "StartMessageMoveTask"
         | "ListMessageMoveTasks"
         | "CancelMessageMoveTask"
         | "AddPermission"
@@ -161,11 +161,8 @@ fn apply_queue_attributes(config: &mut pb::QueueConfig, attributes: &[(&str, &st
                     "{name}: FIFO queues are not supported by this service yet."
                 )));
             }
-            "RedrivePolicy" | "RedriveAllowPolicy" => {
-                return Err(SqsError::invalid_attribute_name(format!(
-                    "{name}: dead-letter queues are not supported by this service yet."
-                )));
-            }
+            // Checked against metadata by `resolve_redrive`.
+            "RedrivePolicy" | "RedriveAllowPolicy" => {}
             _ => {
                 return Err(SqsError::invalid_attribute_name(format!(
                     "Unknown or unsupported attribute {name}. Supported: DelaySeconds, MaximumMessageSize, \
@@ -192,9 +189,17 @@ async fn create_queue(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
     let name = required_string(input, "QueueName")?;
     validate_sqs_queue_name(name)?;
     let tags = string_map(input, "tags")?;
+    let attributes = string_map(input, "Attributes")?;
     let mut config = crate::api::default_config();
-    apply_queue_attributes(&mut config, &string_map(input, "Attributes")?)?;
-    queues::create_queue(&ctx.state.placement, ctx.tenant(), name, config).await?;
+    apply_queue_attributes(&mut config, &attributes)?;
+    let dead_letter_shard = resolve_redrive(ctx, name, &mut config, &attributes).await?;
+    let info = queues::create_queue(&ctx.state.placement, ctx.tenant(), name, config.clone()).await?;
+    if dead_letter_shard.is_some_and(|shard| shard != info.shard_id) {
+        let without =
+            pb::QueueConfig { redrive_policy: String::new(), dead_letter_queue_id: 0, max_receive_count: 0, ..config };
+        queues::set_config(&ctx.state.placement, ctx.tenant(), name, without).await?;
+        return Err(different_shard());
+    }
     if !tags.is_empty() {
         let tags = tags.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         ctx.state.placement.metadata.tag_queue(ctx.tenant(), name, tags).await?;
@@ -250,10 +255,8 @@ async fn delete_queue(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
 
 /// SQS queue attributes this service never sets (no access policies, no KMS, no FIFO or
 /// dead-letter queues yet): asking for them is valid and answers nothing.
-const UNSET_QUEUE_ATTRIBUTE_NAMES: [&str; 9] = [
+const UNSET_QUEUE_ATTRIBUTE_NAMES: [&str; 7] = [
     "Policy",
-    "RedrivePolicy",
-    "RedriveAllowPolicy",
     "KmsMasterKeyId",
     "KmsDataKeyReusePeriodSeconds",
     "FifoQueue",
@@ -262,8 +265,10 @@ const UNSET_QUEUE_ATTRIBUTE_NAMES: [&str; 9] = [
     "FifoThroughputLimit",
 ];
 
-const QUEUE_ATTRIBUTE_NAMES: [&str; 12] = [
+const QUEUE_ATTRIBUTE_NAMES: [&str; 14] = [
     "SqsManagedSseEnabled",
+    "RedrivePolicy",
+    "RedriveAllowPolicy",
     "ApproximateNumberOfMessages",
     "ApproximateNumberOfMessagesNotVisible",
     "ApproximateNumberOfMessagesDelayed",
@@ -308,7 +313,7 @@ async fn get_queue_attributes(ctx: &Ctx<'_>, input: &Value) -> Result<Value, Sqs
     } else {
         None
     };
-    let config = info.config.unwrap_or_default();
+    let config = info.config.clone().unwrap_or_default();
     let mut attributes = Map::new();
     for name in wanted {
         let value = match name {
@@ -324,6 +329,9 @@ async fn get_queue_attributes(ctx: &Ctx<'_>, input: &Value) -> Result<Value, Sqs
             "VisibilityTimeout" => (config.visibility_timeout_ms / 1000).to_string(),
             "QueueArn" => ctx.queue_arn(&info.name),
             "SqsManagedSseEnabled" => "false".to_string(),
+            // Answered only when set, as SQS does.
+            "RedrivePolicy" if !config.redrive_policy.is_empty() => config.redrive_policy.clone(),
+            "RedriveAllowPolicy" if !config.redrive_allow_policy.is_empty() => config.redrive_allow_policy.clone(),
             _ => continue,
         };
         attributes.insert(name.to_string(), Value::String(value));
@@ -341,10 +349,171 @@ async fn set_queue_attributes(ctx: &Ctx<'_>, input: &Value) -> Result<Value, Sqs
     if attributes.is_empty() {
         return Err(SqsError::missing("Attributes"));
     }
-    let mut config = info.config.unwrap_or_default();
+    let mut config = info.config.clone().unwrap_or_default();
     apply_queue_attributes(&mut config, &attributes)?;
+    if resolve_redrive(ctx, &info.name, &mut config, &attributes).await?.is_some_and(|shard| shard != info.shard_id) {
+        return Err(different_shard());
+    }
     queues::set_config(&ctx.state.placement, ctx.tenant(), &info.name, config).await?;
     Ok(json!({}))
+}
+
+fn different_shard() -> SqsError {
+    SqsError::invalid_parameter_value(
+        "Value for parameter RedrivePolicy is invalid. Reason: the dead-letter queue must be placed on the same \
+         shard as the source queue in this version; cross-shard dead-letter queues come with cluster mode.",
+    )
+}
+
+/// Largest RedrivePolicy / RedriveAllowPolicy text.
+const REDRIVE_POLICY_BYTES_MAX: usize = 8 * 1024;
+/// Most source queues a `byQueue` RedriveAllowPolicy may name (SQS's limit).
+const REDRIVE_ALLOW_SOURCES_MAX: usize = 10;
+
+fn redrive_error(attribute: &str, reason: &str) -> SqsError {
+    SqsError::invalid_parameter_value(format!("Value for parameter {attribute} is invalid. Reason: {reason}"))
+}
+
+/// The queue name of an SQS ARN of the caller's tenant (`arn:aws:sqs:REGION:TENANT:NAME`).
+fn queue_name_of_arn<'a>(ctx: &Ctx<'_>, arn: &'a str) -> Option<&'a str> {
+    let parts: Vec<&str> = arn.split(':').collect();
+    match parts.as_slice() {
+        ["arn", _, "sqs", _, account, name] if *account == ctx.tenant() && !name.is_empty() => Some(name),
+        _ => None,
+    }
+}
+
+/// Whether a queue's RedriveAllowPolicy lets `source` use it as its dead-letter queue.
+fn redrive_allowed(ctx: &Ctx<'_>, allow_policy: &str, source: &str) -> bool {
+    if allow_policy.is_empty() {
+        return true;
+    }
+    let Ok(policy) = serde_json::from_str::<Value>(allow_policy) else {
+        return false;
+    };
+    match policy["redrivePermission"].as_str() {
+        Some("allowAll") => true,
+        Some("byQueue") => policy["sourceQueueArns"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .any(|arn| queue_name_of_arn(ctx, arn) == Some(source)),
+        _ => false,
+    }
+}
+
+/// Checks and applies `RedrivePolicy` and `RedriveAllowPolicy` for queue `source`; answers the
+/// shard of the dead-letter queue when a RedrivePolicy names one.
+async fn resolve_redrive(
+    ctx: &Ctx<'_>,
+    source: &str,
+    config: &mut pb::QueueConfig,
+    attributes: &[(&str, &str)],
+) -> Result<Option<u64>, SqsError> {
+    let mut dead_letter_shard = None;
+    for &(name, value) in attributes {
+        if value.len() > REDRIVE_POLICY_BYTES_MAX && (name == "RedrivePolicy" || name == "RedriveAllowPolicy") {
+            return Err(redrive_error(name, "the policy is too long."));
+        }
+        match name {
+            "RedrivePolicy" if value.is_empty() => {
+                config.redrive_policy.clear();
+                config.dead_letter_queue_id = 0;
+                config.max_receive_count = 0;
+            }
+            "RedrivePolicy" => {
+                let policy: Value =
+                    serde_json::from_str(value).map_err(|_| redrive_error(name, "it is not valid JSON."))?;
+                let arn = policy["deadLetterTargetArn"]
+                    .as_str()
+                    .ok_or_else(|| redrive_error(name, "deadLetterTargetArn is missing."))?;
+                let max_receive_count = match &policy["maxReceiveCount"] {
+                    Value::Number(n) => n.as_u64(),
+                    Value::String(s) => s.parse().ok(),
+                    _ => None,
+                }
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or_else(|| redrive_error(name, "maxReceiveCount must be an integer from 1 to 1000."))?;
+                let missing = || redrive_error(name, "Dead letter target does not exist.");
+                let target = queue_name_of_arn(ctx, arn).ok_or_else(missing)?;
+                if target == source {
+                    return Err(redrive_error(name, "a queue cannot be its own dead-letter queue."));
+                }
+                let dead_letter = queues::info(&ctx.state.placement, ctx.tenant(), target).await.map_err(|e| {
+                    if e.kind == strata_common::error::ErrorKind::QueueNotFound { missing() } else { e.into() }
+                })?;
+                let allow = dead_letter.config.as_ref().map_or("", |c| c.redrive_allow_policy.as_str());
+                if !redrive_allowed(ctx, allow, source) {
+                    return Err(redrive_error(
+                        name,
+                        "the dead-letter queue's RedriveAllowPolicy does not allow this queue.",
+                    ));
+                }
+                config.redrive_policy =
+                    json!({ "deadLetterTargetArn": arn, "maxReceiveCount": max_receive_count }).to_string();
+                config.dead_letter_queue_id = dead_letter.queue_id;
+                config.max_receive_count = max_receive_count as u32;
+                dead_letter_shard = Some(dead_letter.shard_id);
+            }
+            "RedriveAllowPolicy" if value.is_empty() => config.redrive_allow_policy.clear(),
+            "RedriveAllowPolicy" => {
+                let policy: Value =
+                    serde_json::from_str(value).map_err(|_| redrive_error(name, "it is not valid JSON."))?;
+                let sources = policy.get("sourceQueueArns");
+                match (policy["redrivePermission"].as_str(), sources) {
+                    (Some("allowAll" | "denyAll"), None) => {}
+                    (Some("byQueue"), Some(Value::Array(arns)))
+                        if (1..=REDRIVE_ALLOW_SOURCES_MAX).contains(&arns.len())
+                            && arns.iter().all(Value::is_string) => {}
+                    _ => {
+                        return Err(redrive_error(
+                            name,
+                            "redrivePermission must be allowAll, denyAll, or byQueue with 1 to 10 sourceQueueArns.",
+                        ));
+                    }
+                }
+                config.redrive_allow_policy = policy.to_string();
+            }
+            _ => {}
+        }
+    }
+    Ok(dead_letter_shard)
+}
+
+async fn list_dead_letter_source_queues(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
+    let dead_letter = queue_of(ctx, input).await?;
+    let max_results = integer(input, "MaxResults", 1, u64::from(LIST_QUEUES_PAGE_MAX))?;
+    let mut start_after = match string(input, "NextToken")? {
+        Some(token) => decode_next_token(token)?,
+        None => String::new(),
+    };
+    let max = max_results.map_or(LIST_QUEUES_PAGE_MAX as usize, |m| m as usize);
+    let mut urls = Vec::new();
+    let mut next_token = None;
+    // Pages through the tenant's queues (metadata keeps them by name).
+    loop {
+        let page =
+            ctx.state.placement.metadata.list_queues(ctx.tenant(), "", &start_after, LIST_QUEUES_PAGE_MAX).await?;
+        for queue in &page.queues {
+            if queue.config.as_ref().is_some_and(|c| c.dead_letter_queue_id == dead_letter.queue_id) {
+                if urls.len() == max {
+                    next_token = max_results.and(Some(start_after.clone()));
+                    break;
+                }
+                urls.push(ctx.queue_url(&queue.name));
+            }
+            start_after.clone_from(&queue.name);
+        }
+        if next_token.is_some() || !page.truncated {
+            break;
+        }
+    }
+    let mut out = json!({ "queueUrls": urls });
+    if let Some(token) = next_token {
+        out["NextToken"] = json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token));
+    }
+    Ok(out)
 }
 
 async fn purge_queue(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
@@ -545,7 +714,7 @@ async fn send(
 
 async fn send_message(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
     let info = queue_of(ctx, input).await?;
-    let out = outgoing(input, &info.config.unwrap_or_default())?;
+    let out = outgoing(input, &info.config.clone().unwrap_or_default())?;
     let sent = send(ctx, &info, vec![out.message]).await?;
     let mut answer = json!({ "MessageId": sent.messages[0].message_id, "MD5OfMessageBody": out.md5_of_body });
     if let Some(md5) = out.md5_of_attributes {
@@ -599,7 +768,7 @@ fn failed(id: &str, e: &SqsError) -> Value {
 async fn send_message_batch(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
     let info = queue_of(ctx, input).await?;
     let entries = batch_entries(input)?;
-    let config = info.config.unwrap_or_default();
+    let config = info.config.clone().unwrap_or_default();
     // The batch limit counts every entry's body, valid or not, as SQS does.
     let total_bytes: usize =
         entries.iter().map(|(_, e)| e.get("MessageBody").and_then(Value::as_str).map_or(0, str::len)).sum();
@@ -654,7 +823,7 @@ fn attribute_json(a: &pb::MessageAttribute) -> Value {
 
 async fn receive_message(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
     let info = queue_of(ctx, input).await?;
-    let config = info.config.unwrap_or_default();
+    let config = info.config.clone().unwrap_or_default();
     let max_messages = integer(input, "MaxNumberOfMessages", 1, u64::from(limits::RECEIVE_BATCH_MAX))?.unwrap_or(1);
     let visibility_timeout_ms = integer(input, "VisibilityTimeout", 0, VISIBILITY_TIMEOUT_S_MAX)?.map(|v| v * 1000);
     let wait_ms = integer(input, "WaitTimeSeconds", 0, WAIT_S_MAX)?.map_or(config.receive_wait_ms, |w| w * 1000);

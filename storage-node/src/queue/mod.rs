@@ -26,13 +26,24 @@
 //! * ChangeVisibility needs the latest receipt of a message still in flight.
 //! * A message past retention (`sent + retention <= now`) is never delivered
 //!   again; it is dropped by the next command on its queue or by `Expire`.
+//! * Dead letters: when a queue has a [`Redrive`] to a dead-letter queue of the
+//!   same tenant on this shard, a Receive first moves the visible messages it
+//!   reaches that were already received `max_receive_count` times into the
+//!   dead-letter queue, in the same apply: the move is one state transition, so
+//!   a message is never in both queues and never in neither. A moved message
+//!   keeps its id and body reference, starts with no receives, and its
+//!   retention restarts at the move. If the dead-letter queue does not exist
+//!   (deleted), nothing moves.
 //!
 //! # Invariants
 //!
 //! * Time never runs backwards: a command is applied at `max(now_ms, clock)`.
 //!   A leader change may hand us a slightly older `now_ms`; that is not an error.
-//! * Within a queue, seq order is send order, so `sent_ms` and the body's log
-//!   index never decrease with seq; expired messages are a seq prefix.
+//! * Within a queue, seq order is send (or move-in) order, so `sent_ms` never
+//!   decreases with seq and expired messages are a seq prefix. The body's log
+//!   index never decreases with seq among messages sent to the queue; moved-in
+//!   messages keep older bodies, which the queue counts separately so that its
+//!   lowest referenced log index is always known.
 //! * Each message is in exactly one of the visible set or the pending set
 //!   (delayed or in flight), see `store`.
 //! * The shard indexes hold exactly one entry per non-empty queue, keyed by its
@@ -52,8 +63,8 @@
 //!
 //! On a 64-bit target (record sizes checked by a unit test). B-tree values
 //! are stored inline in nodes of 11 slots that are 2/3 to fully occupied.
-//! * Per idle queue: a 160-byte record plus its 8-byte key in the shard's
-//!   queue map, so ~170–250 bytes, plus the tenant string's heap bytes. Its
+//! * Per idle queue: a 208-byte record plus its 8-byte key in the shard's
+//!   queue map, so ~220–330 bytes, plus the tenant string's heap bytes. Its
 //!   empty maps and sets allocate nothing, and an empty queue has no entry in
 //!   the shard indexes.
 //! * Per message: a 72-byte record plus its 8-byte seq key in the message map
@@ -71,8 +82,8 @@ mod tests;
 pub use receipt::Receipt;
 pub use state::ShardState;
 pub use types::{
-    AttributeValue, Command, DELAY_MS_MAX, DELETE_BATCH_MAX, Delivery, MESSAGE_ATTRIBUTES_MAX, MessageRef, NewMessage,
-    QueueConfig, QueueCounts, QueueError, QueueId, RECEIVE_BATCH_MAX, RETENTION_MS_DEFAULT, RETENTION_MS_MAX,
-    RETENTION_MS_MIN, Response, SEND_BATCH_MAX, SentMessage, ShardCommand, VISIBILITY_TIMEOUT_MS_DEFAULT,
-    VISIBILITY_TIMEOUT_MS_MAX,
+    AttributeValue, Command, DELAY_MS_MAX, DELETE_BATCH_MAX, Delivery, MAX_RECEIVE_COUNT_MAX, MAX_RECEIVE_COUNT_MIN,
+    MESSAGE_ATTRIBUTES_MAX, MessageRef, NewMessage, QueueConfig, QueueCounts, QueueError, QueueId, RECEIVE_BATCH_MAX,
+    RETENTION_MS_DEFAULT, RETENTION_MS_MAX, RETENTION_MS_MIN, Redrive, Response, SEND_BATCH_MAX, SentMessage,
+    ShardCommand, VISIBILITY_TIMEOUT_MS_DEFAULT, VISIBILITY_TIMEOUT_MS_MAX,
 };

@@ -62,7 +62,9 @@ impl ShardState {
             }),
             Command::Receive { queue, tenant, max_messages, visibility_timeout_ms } => {
                 let queue = *queue;
-                self.with_queue(queue, tenant, |q| {
+                let max = usize::try_from(*max_messages).unwrap_or(usize::MAX);
+                // Validate before anything moves: an error must leave the state unchanged.
+                let checked = self.with_queue(queue, tenant, |q| {
                     if !(1..=RECEIVE_BATCH_MAX).contains(max_messages) {
                         return Err(QueueError::InvalidParameter(format!(
                             "max_messages must be between 1 and {RECEIVE_BATCH_MAX}"
@@ -70,10 +72,18 @@ impl ShardState {
                     }
                     let timeout_ms = visibility_timeout_ms.unwrap_or(q.config.visibility_timeout_ms);
                     check_visibility_timeout(timeout_ms)?;
-                    q.settle(now_ms);
-                    let max = usize::try_from(*max_messages).unwrap_or(usize::MAX);
-                    Ok(Response::Received(q.receive(queue, log_index, now_ms, max, timeout_ms)))
-                })
+                    Ok(timeout_ms)
+                });
+                match checked {
+                    Ok(timeout_ms) => {
+                        let exhausted_at = self.move_dead_letters(queue, tenant, max, now_ms);
+                        self.with_queue(queue, tenant, |q| {
+                            q.settle(now_ms);
+                            Ok(Response::Received(q.receive(queue, log_index, now_ms, max, timeout_ms, exhausted_at)))
+                        })
+                    }
+                    Err(e) => Err(e),
+                }
             }
             Command::Delete { queue, tenant, receipts } => {
                 let queue = *queue;
@@ -167,12 +177,12 @@ impl ShardState {
     /// Runs `f` on the queue if it exists for `tenant`, then refreshes the
     /// shard indexes. `f` must validate before mutating, so that an error
     /// leaves the queue unchanged.
-    fn with_queue(
+    fn with_queue<T>(
         &mut self,
         queue: QueueId,
         tenant: &str,
-        f: impl FnOnce(&mut Queue) -> Result<Response, QueueError>,
-    ) -> Result<Response, QueueError> {
+        f: impl FnOnce(&mut Queue) -> Result<T, QueueError>,
+    ) -> Result<T, QueueError> {
         let q = self
             .queues
             .get_mut(&queue)
@@ -182,6 +192,32 @@ impl ShardState {
         let result = f(q);
         reindex(&mut self.by_expiry, &mut self.by_log_index, queue, q);
         result
+    }
+
+    /// Moves the exhausted messages a receive of `max` on `queue` would reach into its
+    /// dead-letter queue, when it has one of the same tenant (other than itself). Answers the
+    /// receive count from which messages are dead letters (not to be delivered), if any.
+    fn move_dead_letters(&mut self, queue: QueueId, tenant: &str, max: usize, now_ms: u64) -> Option<u32> {
+        let redrive = self.get(queue, tenant).and_then(|q| q.config.redrive)?;
+        if redrive.dead_letter_queue == queue || self.get(redrive.dead_letter_queue, tenant).is_none() {
+            return None;
+        }
+        let moved = self.with_queue(queue, tenant, |q| {
+            q.settle(now_ms);
+            Ok(q.take_dead_letters(max, redrive.max_receive_count))
+        });
+        if let Ok(moved) = moved
+            && !moved.is_empty()
+        {
+            let _ = self.with_queue(redrive.dead_letter_queue, tenant, |dlq| {
+                dlq.settle(now_ms);
+                for message in moved {
+                    dlq.adopt(message, now_ms);
+                }
+                Ok(())
+            });
+        }
+        Some(redrive.max_receive_count)
     }
 
     fn create_queue(&mut self, queue: QueueId, tenant: &str, config: &QueueConfig) -> Result<Response, QueueError> {

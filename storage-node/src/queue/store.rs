@@ -20,6 +20,10 @@ use uuid::Uuid;
 use super::receipt::Receipt;
 use super::types::{Delivery, MessageRef, NewMessage, QueueConfig, QueueCounts, QueueId, SentMessage};
 
+/// Most dead letters one receive moves; a later receive moves the rest. Bounds the work of one
+/// apply when many exhausted messages sit at the head of a queue.
+pub(crate) const DEAD_LETTER_MOVES_MAX: usize = 100;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Message {
     message_id: Uuid,
@@ -31,6 +35,9 @@ pub(crate) struct Message {
     /// Log index of the latest Receive; meaningless while `receive_count == 0`.
     lease: u64,
     receive_count: u32,
+    /// Moved in from another queue as a dead letter: its body may be older than
+    /// the bodies of messages sent to this queue before it.
+    moved_in: bool,
 }
 
 impl Message {
@@ -75,6 +82,8 @@ pub(crate) struct Queue {
     delayed: u64,
     /// Keys of this queue in the shard indexes; `None` iff not indexed.
     pub(crate) indexed: Option<IndexKeys>,
+    /// Body log index -> number of moved-in messages referencing it.
+    moved_in_bodies: BTreeMap<u64, u32>,
 }
 
 impl Queue {
@@ -88,14 +97,19 @@ impl Queue {
             pending: BTreeSet::new(),
             delayed: 0,
             indexed: None,
+            moved_in_bodies: BTreeMap::new(),
         }
     }
 
     /// The index keys this queue should have now.
     pub(crate) fn index_keys(&self) -> Option<IndexKeys> {
-        self.messages
-            .first_key_value()
-            .map(|(_, m)| IndexKeys { expires_at_ms: m.expires_at_ms(&self.config), log_index: m.body_ref.log_index })
+        self.messages.first_key_value().map(|(_, m)| {
+            let oldest_moved_in = self.moved_in_bodies.first_key_value().map_or(u64::MAX, |(&index, _)| index);
+            IndexKeys {
+                expires_at_ms: m.expires_at_ms(&self.config),
+                log_index: m.body_ref.log_index.min(oldest_moved_in),
+            }
+        })
     }
 
     /// Puts a message (already in `messages`) into `visible` or `pending`.
@@ -123,7 +137,56 @@ impl Queue {
     fn remove(&mut self, seq: u64) -> Option<Message> {
         let message = self.messages.remove(&seq)?;
         self.unplace(seq, &message);
+        if message.moved_in
+            && let Some(count) = self.moved_in_bodies.get_mut(&message.body_ref.log_index)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.moved_in_bodies.remove(&message.body_ref.log_index);
+            }
+        }
         Some(message)
+    }
+
+    /// Takes out the visible messages, lowest seq first, that were received
+    /// `max_receive_count` times or more, looking no further than where a
+    /// receive of `max_messages` would stop and moving at most
+    /// [`DEAD_LETTER_MOVES_MAX`] (the next receive goes on). `now_ms` must be
+    /// settled.
+    pub(crate) fn take_dead_letters(&mut self, max_messages: usize, max_receive_count: u32) -> Vec<Message> {
+        let mut exhausted = Vec::new();
+        let mut deliverable = 0;
+        for (&seq, message) in self.visible.iter().filter_map(|seq| self.messages.get(seq).map(|m| (seq, m))) {
+            if deliverable == max_messages || exhausted.len() == DEAD_LETTER_MOVES_MAX {
+                break;
+            }
+            if message.receive_count >= max_receive_count {
+                exhausted.push(seq);
+            } else {
+                deliverable += 1;
+            }
+        }
+        exhausted.into_iter().filter_map(|seq| self.remove(seq)).collect()
+    }
+
+    /// Adds a dead letter moved from another queue: visible now, not received
+    /// yet, retention counted from now. `now_ms` must be settled.
+    pub(crate) fn adopt(&mut self, moved: Message, now_ms: u64) {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.saturating_add(1);
+        *self.moved_in_bodies.entry(moved.body_ref.log_index).or_insert(0) += 1;
+        let message = Message {
+            message_id: moved.message_id,
+            body_ref: moved.body_ref,
+            sent_ms: now_ms,
+            visible_at_ms: now_ms,
+            first_receive_ms: 0,
+            lease: 0,
+            receive_count: 0,
+            moved_in: true,
+        };
+        self.messages.insert(seq, message);
+        self.place(seq, now_ms, false, now_ms);
     }
 
     /// Drops the messages past retention at `now_ms`; returns how many.
@@ -177,6 +240,7 @@ impl Queue {
                 first_receive_ms: 0,
                 lease: 0,
                 receive_count: 0,
+                moved_in: false,
             };
             self.messages.insert(seq, message);
             self.place(seq, visible_at_ms, true, now_ms);
@@ -185,8 +249,9 @@ impl Queue {
         sent
     }
 
-    /// Leases up to `max_messages` visible messages, lowest seq first.
-    /// `now_ms` must be settled.
+    /// Leases up to `max_messages` visible messages, lowest seq first, passing
+    /// over those received `exhausted_at` times or more (dead letters waiting
+    /// for a later receive to move them). `now_ms` must be settled.
     pub(crate) fn receive(
         &mut self,
         queue: QueueId,
@@ -194,8 +259,16 @@ impl Queue {
         now_ms: u64,
         max_messages: usize,
         visibility_timeout_ms: u64,
+        exhausted_at: Option<u32>,
     ) -> Vec<Delivery> {
-        let seqs: Vec<u64> = self.visible.iter().take(max_messages).copied().collect();
+        let limit = exhausted_at.unwrap_or(u32::MAX);
+        let seqs: Vec<u64> = self
+            .visible
+            .iter()
+            .filter(|seq| self.messages.get(seq).is_some_and(|m| m.receive_count < limit))
+            .take(max_messages)
+            .copied()
+            .collect();
         let mut deliveries = Vec::with_capacity(seqs.len());
         for seq in seqs {
             let Some(mut message) = self.remove(seq) else {

@@ -14,7 +14,7 @@ const OTHER_TENANT: &str = "tenant-b";
 const Q: QueueId = 7;
 
 fn config() -> QueueConfig {
-    QueueConfig { retention_ms: 120_000, visibility_timeout_ms: 10_000, delay_ms: 0 }
+    QueueConfig { retention_ms: 120_000, visibility_timeout_ms: 10_000, delay_ms: 0, redrive: None }
 }
 
 fn new_message(n: u128) -> NewMessage {
@@ -152,7 +152,7 @@ fn create_queue_rejects_a_taken_id_and_bad_input() {
 #[test]
 fn set_queue_config_changes_later_behaviour() {
     let mut shard = Shard::with_queue();
-    let new_config = QueueConfig { retention_ms: 60_000, visibility_timeout_ms: 0, delay_ms: 5_000 };
+    let new_config = QueueConfig { retention_ms: 60_000, visibility_timeout_ms: 0, delay_ms: 5_000, redrive: None };
     let response = shard.apply(0, Command::SetQueueConfig { queue: Q, tenant: TENANT.to_owned(), config: new_config });
     assert_eq!(response, Response::QueueConfigSet);
     assert_eq!(shard.state.queue_config(Q, TENANT), Some(&new_config));
@@ -619,7 +619,102 @@ fn snapshot_round_trip() {
 #[test]
 fn memory_figures_in_the_module_doc_hold() {
     use std::mem::size_of;
-    // Module doc: a 72-byte record per message, a 160-byte one per queue.
+    // Module doc: a 72-byte record per message, a 208-byte one per queue.
     assert_eq!(size_of::<Message>(), 72);
-    assert_eq!(size_of::<Queue>(), 160);
+    assert_eq!(size_of::<Queue>(), 208);
+}
+
+// ------------------------------------------------------------------------------ dead letters
+
+const DLQ: QueueId = 9;
+
+/// `Q` with a redrive to `DLQ` after `max_receive_count` receives, both of `TENANT`.
+fn shard_with_dead_letter_queue(max_receive_count: u32) -> Shard {
+    let mut shard = Shard::new();
+    let create = |queue, config| Command::CreateQueue { queue, tenant: TENANT.to_owned(), config };
+    assert_eq!(shard.apply(0, create(DLQ, config())), Response::QueueCreated);
+    let redrive = Some(Redrive { dead_letter_queue: DLQ, max_receive_count });
+    assert_eq!(shard.apply(0, create(Q, QueueConfig { redrive, ..config() })), Response::QueueCreated);
+    shard
+}
+
+fn receive_from(shard: &mut Shard, queue: QueueId, now_ms: u64) -> Vec<Delivery> {
+    let command =
+        Command::Receive { queue, tenant: TENANT.to_owned(), max_messages: 10, visibility_timeout_ms: Some(1_000) };
+    match shard.apply(now_ms, command) {
+        Response::Received(deliveries) => deliveries,
+        other => panic!("receive failed: {other:?}"),
+    }
+}
+
+#[test]
+fn a_message_received_max_receive_count_times_moves_to_the_dead_letter_queue_once() {
+    let mut shard = shard_with_dead_letter_queue(2);
+    shard.send(0, &[1, 2]);
+    // Two receives each; the visibility timeout (1 s) runs out between them.
+    assert_eq!(receive_from(&mut shard, Q, 0).len(), 2);
+    assert_eq!(receive_from(&mut shard, Q, 2_000).len(), 2);
+    // Message 2 is deleted on its second delivery: only message 1 is exhausted.
+    let second = receive_from(&mut shard, Q, 2_000);
+    assert!(second.is_empty(), "both are in flight");
+    let min_log_index_before = shard.state.min_live_log_index();
+    let third = receive_from(&mut shard, Q, 4_000);
+    assert!(third.is_empty(), "exhausted messages are not delivered again: {third:?}");
+    assert_eq!(shard.counts().visible + shard.counts().in_flight, 0, "nothing left in the source");
+    let counts = shard.state.queue_counts(DLQ, TENANT).expect("dead-letter queue");
+    assert_eq!(counts.visible, 2, "both moved, exactly once");
+    // The moved messages keep their ids and bodies and start with no receives.
+    let moved = receive_from(&mut shard, DLQ, 4_000);
+    let mut ids: Vec<_> = moved.iter().map(|d| d.message_id).collect();
+    ids.sort();
+    assert_eq!(ids, vec![Uuid::from_u128(1), Uuid::from_u128(2)]);
+    assert!(moved.iter().all(|d| d.receive_count == 1 && d.body_ref.log_index == 3), "{moved:?}");
+    // Their bodies still count as live, so the log under them is not released.
+    assert_eq!(shard.state.min_live_log_index(), min_log_index_before);
+}
+
+#[test]
+fn dead_letters_are_not_moved_to_a_missing_or_foreign_queue() {
+    let mut shard = Shard::new();
+    let redrive = Some(Redrive { dead_letter_queue: DLQ, max_receive_count: 1 });
+    let create = |queue, tenant: &str, config| Command::CreateQueue { queue, tenant: tenant.to_owned(), config };
+    assert_eq!(shard.apply(0, create(Q, TENANT, QueueConfig { redrive, ..config() })), Response::QueueCreated);
+    // The dead-letter id names another tenant's queue: nothing may cross tenants.
+    assert_eq!(shard.apply(0, create(DLQ, OTHER_TENANT, config())), Response::QueueCreated);
+    shard.send(0, &[1]);
+    assert_eq!(receive_from(&mut shard, Q, 0).len(), 1);
+    // Exhausted, but with no dead-letter queue of its tenant it is delivered again.
+    assert_eq!(receive_from(&mut shard, Q, 2_000).len(), 1);
+    assert_eq!(shard.state.queue_counts(DLQ, OTHER_TENANT).map(|c| c.visible), Some(0));
+}
+
+#[test]
+fn a_rejected_receive_moves_nothing() {
+    let mut shard = shard_with_dead_letter_queue(1);
+    shard.send(0, &[1]);
+    assert_eq!(receive_from(&mut shard, Q, 0).len(), 1);
+    // At 5 s the message is visible and exhausted; a receive with a bad argument must not move it.
+    shard.apply(5_000, Command::Expire);
+    let error = shard.apply_rejected(5_000, receive_cmd(0, None));
+    assert!(matches!(error, QueueError::InvalidParameter(_)), "{error:?}");
+    assert_eq!(shard.state.queue_counts(DLQ, TENANT).map(|c| c.visible), Some(0));
+}
+
+#[test]
+fn moves_per_receive_are_bounded_and_the_next_receive_goes_on() {
+    let mut shard = shard_with_dead_letter_queue(1);
+    let ids: Vec<u128> = (0..150).collect();
+    for chunk in ids.chunks(10) {
+        shard.send(0, chunk);
+    }
+    // Receive all 150 once (15 receives of 10).
+    for _ in 0..15 {
+        assert_eq!(receive_from(&mut shard, Q, 0).len(), 10);
+    }
+    let first = receive_from(&mut shard, Q, 2_000);
+    assert!(first.is_empty());
+    assert_eq!(shard.state.queue_counts(DLQ, TENANT).map(|c| c.visible), Some(100));
+    receive_from(&mut shard, Q, 2_000);
+    assert_eq!(shard.state.queue_counts(DLQ, TENANT).map(|c| c.visible), Some(150));
+    assert_eq!(shard.counts().visible, 0);
 }

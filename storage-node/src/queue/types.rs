@@ -32,11 +32,30 @@ pub struct QueueConfig {
     pub visibility_timeout_ms: u64,
     /// How long a new message stays invisible unless the send overrides it.
     pub delay_ms: u64,
+    /// Where messages go once received `max_receive_count` times.
+    pub redrive: Option<Redrive>,
 }
+
+/// A dead-letter queue on the same shard, and after how many receives a message moves there:
+/// the receive that would deliver it for the `max_receive_count + 1`-th time moves it instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redrive {
+    pub dead_letter_queue: QueueId,
+    pub max_receive_count: u32,
+}
+
+/// Bounds of `max_receive_count` (SQS's).
+pub const MAX_RECEIVE_COUNT_MIN: u32 = 1;
+pub const MAX_RECEIVE_COUNT_MAX: u32 = 1000;
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        Self { retention_ms: RETENTION_MS_DEFAULT, visibility_timeout_ms: VISIBILITY_TIMEOUT_MS_DEFAULT, delay_ms: 0 }
+        Self {
+            retention_ms: RETENTION_MS_DEFAULT,
+            visibility_timeout_ms: VISIBILITY_TIMEOUT_MS_DEFAULT,
+            delay_ms: 0,
+            redrive: None,
+        }
     }
 }
 
@@ -50,6 +69,13 @@ impl QueueConfig {
         }
         check_visibility_timeout(self.visibility_timeout_ms)?;
         check_delay(self.delay_ms)?;
+        if let Some(redrive) = self.redrive
+            && !(MAX_RECEIVE_COUNT_MIN..=MAX_RECEIVE_COUNT_MAX).contains(&redrive.max_receive_count)
+        {
+            return Err(QueueError::InvalidParameter(format!(
+                "max_receive_count must be between {MAX_RECEIVE_COUNT_MIN} and {MAX_RECEIVE_COUNT_MAX}"
+            )));
+        }
         Ok(())
     }
 }
