@@ -3,7 +3,8 @@
 //! Phases (each can be skipped): durable send throughput from concurrent senders; send latency
 //! at a fixed offered rate (open loop: sends are issued on a schedule, not after the previous
 //! one returns, so queueing delay is counted); receive+delete drain throughput; and memory of the
-//! server with many idle queues (`--idle-queues N --server-pid PID`, read from /proc).
+//! server with many idle queues (`--idle-queues N --server-pid PID`, read from /proc); and the
+//! native API next to the SQS API with SigV4 (`--compare-apis-seconds N`, see `bench_apis`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +50,17 @@ pub struct BenchArgs {
     idle_queues: usize,
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Run the send-batch / receive / delete-batch workload this many seconds through the native
+    /// API and then through the SQS API with SigV4 (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    compare_apis_seconds: u64,
+    /// SQS API credentials for --compare-apis-seconds (as `strata dev` writes them).
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    aws_access_key_id: Option<String>,
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    aws_secret_access_key: Option<String>,
+    #[arg(long, env = "AWS_DEFAULT_REGION", default_value = "us-east-1")]
+    aws_region: String,
 }
 
 struct Api {
@@ -88,7 +100,7 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     line.split_whitespace().nth(1).context("bad VmRSS line")?.parse().context("bad VmRSS value")
 }
 
-fn percentiles(h: &Histogram<u64>) -> Value {
+pub(crate) fn percentiles(h: &Histogram<u64>) -> Value {
     let ms = |v: u64| v as f64 / 1000.0;
     json!({
         "count": h.len(),
@@ -99,7 +111,7 @@ fn percentiles(h: &Histogram<u64>) -> Value {
     })
 }
 
-fn new_histogram() -> anyhow::Result<Histogram<u64>> {
+pub(crate) fn new_histogram() -> anyhow::Result<Histogram<u64>> {
     Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
 }
 
@@ -233,6 +245,33 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     "messages_per_second": total as f64 / seconds }),
         );
         eprintln!("receive+delete drain: {:.0} msg/s", total as f64 / seconds);
+    }
+
+    if args.compare_apis_seconds > 0 {
+        let sqs = crate::bench_apis::SqsTarget {
+            endpoint: args.endpoint.clone(),
+            region: args.aws_region.clone(),
+            access_key_id: args.aws_access_key_id.clone().context("--compare-apis-seconds needs AWS_ACCESS_KEY_ID")?,
+            secret_access_key: args
+                .aws_secret_access_key
+                .clone()
+                .context("--compare-apis-seconds needs AWS_SECRET_ACCESS_KEY")?,
+        };
+        let batch: Vec<Value> = (0..args.batch).map(|_| json!({ "body": body })).collect();
+        let result = crate::bench_apis::compare(
+            api.client.clone(),
+            &args.endpoint,
+            &args.token,
+            sqs,
+            crate::bench_apis::Workload {
+                senders: args.senders,
+                receivers: args.receivers.max(1),
+                batch: json!({ "messages": batch }),
+                send_seconds: args.compare_apis_seconds,
+            },
+        )
+        .await?;
+        report.insert("api_comparison".into(), result);
     }
 
     if args.idle_queues > 0 {

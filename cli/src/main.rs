@@ -6,6 +6,7 @@
 //! - `strata bench` measures a running service.
 
 mod bench;
+mod bench_apis;
 mod dev;
 mod user;
 

@@ -134,9 +134,17 @@ impl Queue {
         }
     }
 
-    fn remove(&mut self, seq: u64) -> Option<Message> {
+    /// Takes a message out of `messages` and its place, to be put back changed
+    /// (receive, visibility change). Its body stays counted.
+    fn detach(&mut self, seq: u64) -> Option<Message> {
         let message = self.messages.remove(&seq)?;
         self.unplace(seq, &message);
+        Some(message)
+    }
+
+    /// Removes a message for good (delete, expiry, move to a dead-letter queue).
+    fn remove(&mut self, seq: u64) -> Option<Message> {
+        let message = self.detach(seq)?;
         if message.moved_in
             && let Some(count) = self.moved_in_bodies.get_mut(&message.body_ref.log_index)
         {
@@ -271,7 +279,7 @@ impl Queue {
             .collect();
         let mut deliveries = Vec::with_capacity(seqs.len());
         for seq in seqs {
-            let Some(mut message) = self.remove(seq) else {
+            let Some(mut message) = self.detach(seq) else {
                 continue;
             };
             if message.receive_count == 0 {
@@ -319,7 +327,7 @@ impl Queue {
 
     /// Sets a message's visibility time. `now_ms` must be settled.
     pub(crate) fn set_visible_at(&mut self, seq: u64, visible_at_ms: u64, now_ms: u64) {
-        if let Some(mut message) = self.remove(seq) {
+        if let Some(mut message) = self.detach(seq) {
             message.visible_at_ms = visible_at_ms;
             let never_received = message.receive_count == 0;
             self.messages.insert(seq, message);
@@ -333,6 +341,7 @@ impl Queue {
         self.messages.clear();
         self.visible.clear();
         self.pending.clear();
+        self.moved_in_bodies.clear();
         self.delayed = 0;
         count
     }

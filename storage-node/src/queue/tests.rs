@@ -718,3 +718,38 @@ fn moves_per_receive_are_bounded_and_the_next_receive_goes_on() {
     assert_eq!(shard.state.queue_counts(DLQ, TENANT).map(|c| c.visible), Some(150));
     assert_eq!(shard.counts().visible, 0);
 }
+
+#[test]
+fn a_moved_in_body_stays_live_through_receives_visibility_changes_and_until_deleted() {
+    let mut shard = shard_with_dead_letter_queue(1);
+    shard.send(0, &[1]); // body at log index 3
+    // The dead-letter queue gets a newer message of its own first.
+    let direct = Command::Send { queue: DLQ, tenant: TENANT.to_owned(), messages: vec![new_message(2)] };
+    assert!(matches!(shard.apply(0, direct), Response::Sent(_)));
+    assert_eq!(receive_from(&mut shard, Q, 0).len(), 1);
+    assert!(receive_from(&mut shard, Q, 2_000).is_empty(), "moved");
+    assert_eq!(shard.state.min_live_log_index(), Some(3));
+    // Receive both from the dead-letter queue and delete only the direct one; make the moved one
+    // visible again: its old body must stay live all along.
+    let got = receive_from(&mut shard, DLQ, 2_000);
+    assert_eq!(got.len(), 2);
+    // The direct message (seq 0, newer body) is first in the queue; the moved one's older body
+    // must still count.
+    assert_eq!(shard.state.min_live_log_index(), Some(3));
+    let (moved, direct): (Vec<_>, Vec<_>) = got.into_iter().partition(|d| d.message_id == Uuid::from_u128(1));
+    let delete =
+        |receipt: &str| Command::Delete { queue: DLQ, tenant: TENANT.to_owned(), receipts: vec![receipt.to_owned()] };
+    assert!(matches!(shard.apply(2_000, delete(&direct[0].receipt)), Response::Deleted(_)));
+    let change = Command::ChangeVisibility {
+        queue: DLQ,
+        tenant: TENANT.to_owned(),
+        receipt: moved[0].receipt.clone(),
+        visibility_timeout_ms: 0,
+    };
+    assert_eq!(shard.apply(2_000, change), Response::VisibilityChanged);
+    assert_eq!(shard.state.min_live_log_index(), Some(3));
+    let again = receive_from(&mut shard, DLQ, 2_000);
+    assert_eq!(shard.state.min_live_log_index(), Some(3));
+    assert!(matches!(shard.apply(2_000, delete(&again[0].receipt)), Response::Deleted(_)));
+    assert_eq!(shard.state.min_live_log_index(), None, "nothing left anywhere");
+}
