@@ -80,6 +80,10 @@ pub struct QueueConfig {
     /// Incarnation of the dead-letter queue (0: none).
     pub dead_letter_queue_id: u64,
     pub max_receive_count: u32,
+    pub fifo_queue: bool,
+    pub content_based_deduplication: bool,
+    pub deduplication_per_group: bool,
+    pub throughput_per_group: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -162,6 +162,10 @@ impl From<pb::QueueConfig> for QueueConfig {
             redrive_allow_policy: c.redrive_allow_policy,
             dead_letter_queue_id: c.dead_letter_queue_id,
             max_receive_count: c.max_receive_count,
+            fifo_queue: c.fifo_queue,
+            content_based_deduplication: c.content_based_deduplication,
+            deduplication_per_group: c.deduplication_per_group,
+            throughput_per_group: c.throughput_per_group,
         }
     }
 }
@@ -178,6 +182,10 @@ impl From<QueueConfig> for pb::QueueConfig {
             redrive_allow_policy: c.redrive_allow_policy,
             dead_letter_queue_id: c.dead_letter_queue_id,
             max_receive_count: c.max_receive_count,
+            fifo_queue: c.fifo_queue,
+            content_based_deduplication: c.content_based_deduplication,
+            deduplication_per_group: c.deduplication_per_group,
+            throughput_per_group: c.throughput_per_group,
         }
     }
 }

@@ -364,7 +364,12 @@ fn message_to_pb(m: MessageInput) -> Result<pb::NewMessage, ApiError> {
         };
         attributes.insert(name, value);
     }
-    Ok(pb::NewMessage { body: Bytes::from(m.body), attributes, delay_ms: m.delay_seconds.map(|d| d * 1000) })
+    Ok(pb::NewMessage {
+        body: Bytes::from(m.body),
+        attributes,
+        delay_ms: m.delay_seconds.map(|d| d * 1000),
+        ..Default::default()
+    })
 }
 
 async fn send_messages(

@@ -14,7 +14,7 @@ use strata_common::proto::storage_server::Storage;
 use strata_common::proto::{self as pb};
 use tonic::{Request, Response, Status};
 
-use crate::queue::{self, AttributeValue, Command, Delivery, NewMessage, QueueConfig, Redrive};
+use crate::queue::{self, AttributeValue, Command, Delivery, FifoConfig, FifoIds, NewMessage, QueueConfig, Redrive};
 use crate::shard::{Shard, queue_error};
 
 /// Everything the service routes to.
@@ -46,6 +46,7 @@ fn config_from_pb(config: Option<pb::QueueConfig>) -> Result<QueueConfig, Strata
         visibility_timeout_ms: c.visibility_timeout_ms,
         delay_ms: c.delay_ms,
         redrive,
+        fifo: c.fifo_queue.then_some(FifoConfig { deduplication_per_group: c.deduplication_per_group }),
     };
     config.validate().map_err(queue_error)?;
     Ok(config)
@@ -116,7 +117,9 @@ fn message_from_pb(m: pb::NewMessage) -> Result<NewMessage, StrataError> {
             format!("message exceeds the {} byte limit", limits::MESSAGE_BODY_BYTES_MAX),
         ));
     }
-    Ok(NewMessage { message_id: uuid::Uuid::new_v4(), body: m.body, attributes, delay_ms: m.delay_ms })
+    let fifo = (!m.message_group_id.is_empty() || !m.message_deduplication_id.is_empty())
+        .then_some(FifoIds { group_id: m.message_group_id, deduplication_id: m.message_deduplication_id });
+    Ok(NewMessage { message_id: uuid::Uuid::new_v4(), body: m.body, attributes, delay_ms: m.delay_ms, fifo })
 }
 
 async fn deliver(shard: &Shard, deliveries: Vec<Delivery>) -> Result<Vec<pb::ReceivedMessage>, StrataError> {
@@ -131,6 +134,9 @@ async fn deliver(shard: &Shard, deliveries: Vec<Delivery>) -> Result<Vec<pb::Rec
             receive_count: d.receive_count,
             sent_ms: d.sent_ms,
             first_receive_ms: d.first_receive_ms,
+            sequence_number: if d.fifo.is_some() { d.seq } else { 0 },
+            message_group_id: d.fifo.as_ref().map(|f| f.group_id.clone()).unwrap_or_default(),
+            message_deduplication_id: d.fifo.map(|f| f.deduplication_id).unwrap_or_default(),
         });
     }
     Ok(out)

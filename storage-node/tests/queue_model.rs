@@ -209,6 +209,7 @@ impl Model {
                             receive_count: m.receive_count,
                             sent_ms: m.sent_ms,
                             first_receive_ms: m.first_receive_ms,
+                            fifo: None,
                         });
                     }
                     Ok(Response::Received(out))
@@ -402,6 +403,7 @@ fn config_strategy() -> impl Strategy<Value = QueueConfig> {
             visibility_timeout_ms,
             delay_ms,
             redrive: None,
+            fifo: None,
         })
 }
 
@@ -510,7 +512,13 @@ impl Harness {
             known: HashMap::new(),
         };
         for (queue, tenant) in harness.slot_queue.into_iter().zip(TENANTS) {
-            let config = QueueConfig { retention_ms: 90_000, visibility_timeout_ms: 5_000, delay_ms: 0, redrive: None };
+            let config = QueueConfig {
+                retention_ms: 90_000,
+                visibility_timeout_ms: 5_000,
+                delay_ms: 0,
+                redrive: None,
+                fifo: None,
+            };
             let response = harness.apply(0, Command::CreateQueue { queue, tenant: tenant.to_owned(), config })?;
             prop_assert_eq!(response, Response::QueueCreated);
         }
@@ -581,6 +589,7 @@ impl Harness {
                         body: Bytes::from_static(b"body"),
                         attributes: BTreeMap::new(),
                         delay_ms: *delay_ms,
+                        fifo: None,
                     })
                     .collect();
                 if let Some(first) = messages.first_mut() {
@@ -638,8 +647,13 @@ impl Harness {
                 } else {
                     queue
                 };
-                let config =
-                    QueueConfig { retention_ms: 60_000, visibility_timeout_ms: 2_000, delay_ms: 0, redrive: None };
+                let config = QueueConfig {
+                    retention_ms: 60_000,
+                    visibility_timeout_ms: 2_000,
+                    delay_ms: 0,
+                    redrive: None,
+                    fifo: None,
+                };
                 self.apply(skew, Command::CreateQueue { queue, tenant, config })?;
             }
             Op::Snapshot => self.snapshot()?,

@@ -137,11 +137,7 @@ async fn tiering_round_trip(store_settings: ObjectStoreSettings) {
 
     for batch in 0..MESSAGES / 10 {
         let messages = (0..10)
-            .map(|j| pb::NewMessage {
-                body: Bytes::from(body_of(batch * 10 + j)),
-                attributes: Default::default(),
-                delay_ms: None,
-            })
+            .map(|j| pb::NewMessage { body: Bytes::from(body_of(batch * 10 + j)), ..Default::default() })
             .collect();
         client.send(pb::SendRequest { queue: Some(queue.clone()), messages }).await.expect("send");
     }

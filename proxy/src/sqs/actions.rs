@@ -156,10 +156,43 @@ fn apply_queue_attributes(config: &mut pb::QueueConfig, attributes: &[(&str, &st
                     "SqsManagedSseEnabled: server-side encryption is not supported by this service yet.",
                 ));
             }
-            "FifoQueue" | "ContentBasedDeduplication" | "DeduplicationScope" | "FifoThroughputLimit" => {
-                return Err(SqsError::invalid_attribute_name(format!(
-                    "{name}: FIFO queues are not supported by this service yet."
-                )));
+            "FifoQueue" | "ContentBasedDeduplication" => {
+                let flag = match value {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(SqsError::invalid_attribute_value(format!(
+                            "Invalid value for the parameter {name}: must be true or false."
+                        )));
+                    }
+                };
+                if name == "FifoQueue" {
+                    config.fifo_queue = flag;
+                } else {
+                    config.content_based_deduplication = flag;
+                }
+            }
+            "DeduplicationScope" => {
+                config.deduplication_per_group = match value {
+                    "messageGroup" => true,
+                    "queue" => false,
+                    _ => {
+                        return Err(SqsError::invalid_attribute_value(
+                            "Invalid value for the parameter DeduplicationScope: must be messageGroup or queue.",
+                        ));
+                    }
+                }
+            }
+            "FifoThroughputLimit" => {
+                config.throughput_per_group = match value {
+                    "perMessageGroupId" => true,
+                    "perQueue" => false,
+                    _ => {
+                        return Err(SqsError::invalid_attribute_value(
+                            "Invalid value for the parameter FifoThroughputLimit: must be perMessageGroupId or perQueue.",
+                        ));
+                    }
+                }
             }
             // Checked against metadata by `resolve_redrive`.
             "RedrivePolicy" | "RedriveAllowPolicy" => {}
@@ -171,13 +204,21 @@ fn apply_queue_attributes(config: &mut pb::QueueConfig, attributes: &[(&str, &st
             }
         }
     }
+    let fifo_only = config.content_based_deduplication || config.deduplication_per_group || config.throughput_per_group;
+    if !config.fifo_queue && fifo_only {
+        return Err(SqsError::invalid_attribute_name(
+            "ContentBasedDeduplication, DeduplicationScope and FifoThroughputLimit are for FIFO queues only.",
+        ));
+    }
+    if config.throughput_per_group && !config.deduplication_per_group {
+        return Err(SqsError::invalid_attribute_value(
+            "FifoThroughputLimit perMessageGroupId needs DeduplicationScope messageGroup.",
+        ));
+    }
     Ok(())
 }
 
 fn validate_sqs_queue_name(name: &str) -> Result<(), SqsError> {
-    if name.ends_with(".fifo") {
-        return Err(SqsError::invalid_parameter_value("FIFO queues are not supported by this service yet."));
-    }
     strata_common::names::validate_queue_name(name).map_err(|_| {
         SqsError::invalid_parameter_value(
             "Can only include alphanumeric characters, hyphens, or underscores. 1 to 80 in length.",
@@ -192,6 +233,12 @@ async fn create_queue(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
     let attributes = string_map(input, "Attributes")?;
     let mut config = crate::api::default_config();
     apply_queue_attributes(&mut config, &attributes)?;
+    if name.ends_with(".fifo") != config.fifo_queue {
+        return Err(SqsError::invalid_parameter_value(
+            "A FIFO queue's name must end with .fifo and it must be created with FifoQueue=true; only FIFO queues \
+             have names ending with .fifo.",
+        ));
+    }
     let dead_letter_shard = resolve_redrive(ctx, name, &mut config, &attributes).await?;
     let info = queues::create_queue(&ctx.state.placement, ctx.tenant(), name, config.clone()).await?;
     if dead_letter_shard.is_some_and(|shard| shard != info.shard_id) {
@@ -255,17 +302,13 @@ async fn delete_queue(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
 
 /// SQS queue attributes this service never sets (no access policies, no KMS, no FIFO or
 /// dead-letter queues yet): asking for them is valid and answers nothing.
-const UNSET_QUEUE_ATTRIBUTE_NAMES: [&str; 7] = [
-    "Policy",
-    "KmsMasterKeyId",
-    "KmsDataKeyReusePeriodSeconds",
+const UNSET_QUEUE_ATTRIBUTE_NAMES: [&str; 3] = ["Policy", "KmsMasterKeyId", "KmsDataKeyReusePeriodSeconds"];
+
+const QUEUE_ATTRIBUTE_NAMES: [&str; 18] = [
     "FifoQueue",
     "ContentBasedDeduplication",
     "DeduplicationScope",
     "FifoThroughputLimit",
-];
-
-const QUEUE_ATTRIBUTE_NAMES: [&str; 14] = [
     "SqsManagedSseEnabled",
     "RedrivePolicy",
     "RedriveAllowPolicy",
@@ -329,6 +372,15 @@ async fn get_queue_attributes(ctx: &Ctx<'_>, input: &Value) -> Result<Value, Sqs
             "VisibilityTimeout" => (config.visibility_timeout_ms / 1000).to_string(),
             "QueueArn" => ctx.queue_arn(&info.name),
             "SqsManagedSseEnabled" => "false".to_string(),
+            // FIFO attributes exist on FIFO queues only.
+            "FifoQueue" if config.fifo_queue => "true".to_string(),
+            "ContentBasedDeduplication" if config.fifo_queue => config.content_based_deduplication.to_string(),
+            "DeduplicationScope" if config.fifo_queue => {
+                if config.deduplication_per_group { "messageGroup" } else { "queue" }.to_string()
+            }
+            "FifoThroughputLimit" if config.fifo_queue => {
+                if config.throughput_per_group { "perMessageGroupId" } else { "perQueue" }.to_string()
+            }
             // Answered only when set, as SQS does.
             "RedrivePolicy" if !config.redrive_policy.is_empty() => config.redrive_policy.clone(),
             "RedriveAllowPolicy" if !config.redrive_allow_policy.is_empty() => config.redrive_allow_policy.clone(),
@@ -350,7 +402,11 @@ async fn set_queue_attributes(ctx: &Ctx<'_>, input: &Value) -> Result<Value, Sqs
         return Err(SqsError::missing("Attributes"));
     }
     let mut config = info.config.clone().unwrap_or_default();
+    let was_fifo = config.fifo_queue;
     apply_queue_attributes(&mut config, &attributes)?;
+    if config.fifo_queue != was_fifo {
+        return Err(SqsError::invalid_attribute_value("FifoQueue cannot be changed after the queue is created."));
+    }
     if resolve_redrive(ctx, &info.name, &mut config, &attributes).await?.is_some_and(|shard| shard != info.shard_id) {
         return Err(different_shard());
     }
@@ -421,6 +477,12 @@ async fn resolve_redrive(
                 config.redrive_policy.clear();
                 config.dead_letter_queue_id = 0;
                 config.max_receive_count = 0;
+            }
+            "RedrivePolicy" if config.fifo_queue => {
+                return Err(redrive_error(
+                    name,
+                    "dead-letter queues of FIFO queues are not supported by this service yet.",
+                ));
             }
             "RedrivePolicy" => {
                 let policy: Value =
@@ -658,6 +720,58 @@ struct Outgoing {
     md5_of_attributes: Option<String>,
 }
 
+/// SQS allows 1-128 characters of letters, digits and punctuation in group and deduplication ids.
+fn valid_fifo_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.chars().count() <= 128
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c.is_ascii_punctuation())
+}
+
+/// The group and deduplication ids of a message to a FIFO queue (empty for standard queues):
+/// the deduplication id is the given one, else the SHA-256 of the body when the queue has
+/// content-based deduplication.
+fn fifo_ids(entry: &Value, config: &pb::QueueConfig, body: &str) -> Result<(String, String), SqsError> {
+    let group = string(entry, "MessageGroupId")?;
+    let dedup = string(entry, "MessageDeduplicationId")?;
+    if !config.fifo_queue {
+        if dedup.is_some() || group.is_some() {
+            return Err(SqsError::invalid_parameter_value(
+                "MessageGroupId and MessageDeduplicationId are only valid for FIFO queues.",
+            ));
+        }
+        return Ok((String::new(), String::new()));
+    }
+    let group = group.ok_or_else(|| SqsError::missing("MessageGroupId"))?;
+    if entry.get("DelaySeconds").is_some_and(|d| !d.is_null()) {
+        return Err(SqsError::invalid_parameter_value(
+            "Value for parameter DelaySeconds is invalid. Reason: The request include parameter that is not valid \
+             for this queue type (FIFO queues take the queue's DelaySeconds only).",
+        ));
+    }
+    let dedup = match dedup {
+        Some(id) => id.to_string(),
+        None if config.content_based_deduplication => {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(body.as_bytes()))
+        }
+        None => {
+            return Err(SqsError::invalid_parameter_value(
+                "The queue should either have ContentBasedDeduplication enabled or MessageDeduplicationId provided \
+                 explicitly",
+            ));
+        }
+    };
+    for (name, id) in [("MessageGroupId", group), ("MessageDeduplicationId", dedup.as_str())] {
+        if !valid_fifo_id(id) {
+            return Err(SqsError::invalid_parameter_value(format!(
+                "Value {id} for parameter {name} is invalid. Reason: it must be 1-128 characters of letters, digits \
+                 and punctuation."
+            )));
+        }
+    }
+    Ok((group.to_string(), dedup))
+}
+
 fn outgoing(entry: &Value, config: &pb::QueueConfig) -> Result<Outgoing, SqsError> {
     let body = required_string(entry, "MessageBody")?;
     if body.is_empty() {
@@ -669,12 +783,7 @@ fn outgoing(entry: &Value, config: &pb::QueueConfig) -> Result<Outgoing, SqsErro
              #xFFFD | #x10000 to #x10FFFF.",
         ));
     }
-    if string(entry, "MessageDeduplicationId")?.is_some() || string(entry, "MessageGroupId")?.is_some() {
-        return Err(SqsError::invalid_parameter_value(
-            "MessageDeduplicationId and MessageGroupId are only valid for FIFO queues, which this service does not \
-             support yet.",
-        ));
-    }
+    let (group_id, deduplication_id) = fifo_ids(entry, config, body)?;
     let delay_s = integer(entry, "DelaySeconds", 0, DELAY_S_MAX)?;
     let (attributes, attribute_bytes) = message_attributes(entry)?;
     let size_bytes = body.len() + attribute_bytes;
@@ -692,6 +801,8 @@ fn outgoing(entry: &Value, config: &pb::QueueConfig) -> Result<Outgoing, SqsErro
             body: Bytes::copy_from_slice(body.as_bytes()),
             attributes,
             delay_ms: delay_s.map(|d| d * 1000),
+            message_group_id: group_id,
+            message_deduplication_id: deduplication_id,
         },
     })
 }
@@ -715,10 +826,14 @@ async fn send(
 async fn send_message(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
     let info = queue_of(ctx, input).await?;
     let out = outgoing(input, &info.config.clone().unwrap_or_default())?;
+    let fifo = !out.message.message_group_id.is_empty();
     let sent = send(ctx, &info, vec![out.message]).await?;
     let mut answer = json!({ "MessageId": sent.messages[0].message_id, "MD5OfMessageBody": out.md5_of_body });
     if let Some(md5) = out.md5_of_attributes {
         answer["MD5OfMessageAttributes"] = json!(md5);
+    }
+    if fifo {
+        answer["SequenceNumber"] = json!(sequence_number(sent.messages[0].seq));
     }
     Ok(answer)
 }
@@ -794,15 +909,31 @@ async fn send_message_batch(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsEr
             if let Some(md5) = out.md5_of_attributes {
                 entry["MD5OfMessageAttributes"] = json!(md5);
             }
+            if !out.message.message_group_id.is_empty() {
+                entry["SequenceNumber"] = json!(sequence_number(sent.seq));
+            }
             successful.push(entry);
         }
     }
     Ok(json!({ "Successful": successful, "Failed": failures }))
 }
 
-/// System attributes a receive may ask for.
-const SYSTEM_ATTRIBUTE_NAMES: [&str; 4] =
-    ["SenderId", "SentTimestamp", "ApproximateReceiveCount", "ApproximateFirstReceiveTimestamp"];
+/// A FIFO message's sequence number as SQS spells it: a string of digits, increasing within a
+/// queue (here: the queue's seq, zero-padded to 20 digits).
+fn sequence_number(seq: u64) -> String {
+    format!("{seq:020}")
+}
+
+/// System attributes a receive may ask for (the last three only on FIFO messages).
+const SYSTEM_ATTRIBUTE_NAMES: [&str; 7] = [
+    "SenderId",
+    "SentTimestamp",
+    "ApproximateReceiveCount",
+    "ApproximateFirstReceiveTimestamp",
+    "MessageGroupId",
+    "MessageDeduplicationId",
+    "SequenceNumber",
+];
 
 /// Which message attributes a receive returns: all, or by exact name or `prefix.*`.
 fn attribute_filter(names: &[&str]) -> impl Fn(&str) -> bool {
@@ -863,6 +994,11 @@ async fn receive_message(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError
                         "SentTimestamp" => m.sent_ms.to_string(),
                         "ApproximateReceiveCount" => m.receive_count.to_string(),
                         "ApproximateFirstReceiveTimestamp" => m.first_receive_ms.to_string(),
+                        "MessageGroupId" if !m.message_group_id.is_empty() => m.message_group_id.clone(),
+                        "MessageDeduplicationId" if !m.message_group_id.is_empty() => {
+                            m.message_deduplication_id.clone()
+                        }
+                        "SequenceNumber" if !m.message_group_id.is_empty() => sequence_number(m.sequence_number),
                         _ => continue,
                     };
                     system.insert(name.to_string(), Value::String(value));

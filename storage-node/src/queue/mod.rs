@@ -26,6 +26,13 @@
 //! * ChangeVisibility needs the latest receipt of a message still in flight.
 //! * A message past retention (`sent + retention <= now`) is never delivered
 //!   again; it is dropped by the next command on its queue or by `Expire`.
+//! * FIFO queues ([`FifoConfig`]): every message carries a group id and a
+//!   deduplication id ([`FifoIds`]). A send whose deduplication id (per queue
+//!   or per group) was seen within [`DEDUP_WINDOW_MS`] answers the first
+//!   message's id and sequence number and stores nothing. A receive delivers,
+//!   in seq order, only messages of groups with no message in flight; several
+//!   messages of one group may go out in one receive, in order. A group stays
+//!   locked until its in-flight messages are deleted or visible again.
 //! * Dead letters: when a queue has a [`Redrive`] to a dead-letter queue of the
 //!   same tenant on this shard, a Receive first moves the visible messages it
 //!   reaches that were already received `max_receive_count` times into the
@@ -63,13 +70,15 @@
 //!
 //! On a 64-bit target (record sizes checked by a unit test). B-tree values
 //! are stored inline in nodes of 11 slots that are 2/3 to fully occupied.
-//! * Per idle queue: a 208-byte record plus its 8-byte key in the shard's
-//!   queue map, so ~220–330 bytes, plus the tenant string's heap bytes. Its
+//! * Per idle queue: a 224-byte record plus its 8-byte key in the shard's
+//!   queue map, so ~235–350 bytes, plus the tenant string's heap bytes. Its
 //!   empty maps and sets allocate nothing, and an empty queue has no entry in
 //!   the shard indexes.
 //! * Per message: a 72-byte record plus its 8-byte seq key in the message map
 //!   (~80–120 bytes), plus an 8-byte key in the visible set or a 16-byte key
-//!   in the pending set (~8–24 bytes): about 90–145 bytes per message.
+//!   in the pending set (~8–24 bytes): about 90–145 bytes per message. A FIFO
+//!   message adds its group and deduplication ids (two strings) and, for five
+//!   minutes, a deduplication entry.
 
 mod receipt;
 mod state;
@@ -82,8 +91,9 @@ mod tests;
 pub use receipt::Receipt;
 pub use state::ShardState;
 pub use types::{
-    AttributeValue, Command, DELAY_MS_MAX, DELETE_BATCH_MAX, Delivery, MAX_RECEIVE_COUNT_MAX, MAX_RECEIVE_COUNT_MIN,
-    MESSAGE_ATTRIBUTES_MAX, MessageRef, NewMessage, QueueConfig, QueueCounts, QueueError, QueueId, RECEIVE_BATCH_MAX,
-    RETENTION_MS_DEFAULT, RETENTION_MS_MAX, RETENTION_MS_MIN, Redrive, Response, SEND_BATCH_MAX, SentMessage,
-    ShardCommand, VISIBILITY_TIMEOUT_MS_DEFAULT, VISIBILITY_TIMEOUT_MS_MAX,
+    AttributeValue, Command, DEDUP_WINDOW_MS, DELAY_MS_MAX, DELETE_BATCH_MAX, Delivery, FIFO_ID_CHARS_MAX, FifoConfig,
+    FifoIds, MAX_RECEIVE_COUNT_MAX, MAX_RECEIVE_COUNT_MIN, MESSAGE_ATTRIBUTES_MAX, MessageRef, NewMessage, QueueConfig,
+    QueueCounts, QueueError, QueueId, RECEIVE_BATCH_MAX, RETENTION_MS_DEFAULT, RETENTION_MS_MAX, RETENTION_MS_MIN,
+    Redrive, Response, SEND_BATCH_MAX, SentMessage, ShardCommand, VISIBILITY_TIMEOUT_MS_DEFAULT,
+    VISIBILITY_TIMEOUT_MS_MAX,
 };

@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::receipt::Receipt;
-use super::types::{Delivery, MessageRef, NewMessage, QueueConfig, QueueCounts, QueueId, SentMessage};
+use super::types::{
+    DEDUP_WINDOW_MS, Delivery, FifoIds, MessageRef, NewMessage, QueueConfig, QueueCounts, QueueId, SentMessage,
+};
 
 /// Most dead letters one receive moves; a later receive moves the rest. Bounds the work of one
 /// apply when many exhausted messages sit at the head of a queue.
@@ -84,6 +86,63 @@ pub(crate) struct Queue {
     pub(crate) indexed: Option<IndexKeys>,
     /// Body log index -> number of moved-in messages referencing it.
     moved_in_bodies: BTreeMap<u64, u32>,
+    /// FIFO bookkeeping; `None` for standard queues (boxed: idle standard queues stay small).
+    fifo: Option<Box<FifoState>>,
+}
+
+/// FIFO queues: each stored message's ids, which groups are locked, and the deduplication window.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct FifoState {
+    /// seq -> the message's group and deduplication ids, for every stored message.
+    ids: BTreeMap<u64, FifoIds>,
+    /// group -> messages of the group in flight (no entry when none): a group with an entry is
+    /// locked.
+    in_flight: BTreeMap<String, u32>,
+    /// deduplication key -> the first message sent with it, while its window lasts.
+    dedup: BTreeMap<String, Deduplicated>,
+    /// `(window end, deduplication key)`, to drop ended windows in order.
+    dedup_ends: BTreeSet<(u64, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Deduplicated {
+    message_id: Uuid,
+    seq: u64,
+    window_ends_ms: u64,
+}
+
+impl FifoState {
+    fn lock(&mut self, seq: u64) {
+        if let Some(ids) = self.ids.get(&seq) {
+            *self.in_flight.entry(ids.group_id.clone()).or_insert(0) += 1;
+        }
+    }
+
+    fn unlock(&mut self, seq: u64) {
+        let Some(ids) = self.ids.get(&seq) else {
+            return;
+        };
+        if let Some(count) = self.in_flight.get_mut(&ids.group_id) {
+            *count -= 1;
+            if *count == 0 {
+                self.in_flight.remove(&ids.group_id);
+            }
+        }
+    }
+
+    fn is_locked(&self, seq: u64) -> bool {
+        self.ids.get(&seq).is_some_and(|ids| self.in_flight.contains_key(&ids.group_id))
+    }
+
+    fn end_windows(&mut self, now_ms: u64) {
+        while let Some((ends_ms, key)) = self.dedup_ends.first().cloned() {
+            if ends_ms > now_ms {
+                break;
+            }
+            self.dedup_ends.pop_first();
+            self.dedup.remove(&key);
+        }
+    }
 }
 
 impl Queue {
@@ -98,6 +157,7 @@ impl Queue {
             delayed: 0,
             indexed: None,
             moved_in_bodies: BTreeMap::new(),
+            fifo: config.fifo.map(|_| Box::default()),
         }
     }
 
@@ -112,7 +172,8 @@ impl Queue {
         })
     }
 
-    /// Puts a message (already in `messages`) into `visible` or `pending`.
+    /// Puts a message (already in `messages`) into `visible` or `pending`; a
+    /// received message going to `pending` is in flight and locks its FIFO group.
     fn place(&mut self, seq: u64, visible_at_ms: u64, never_received: bool, now_ms: u64) {
         if visible_at_ms <= now_ms {
             self.visible.insert(seq);
@@ -120,17 +181,20 @@ impl Queue {
             self.pending.insert((visible_at_ms, seq));
             if never_received {
                 self.delayed += 1;
+            } else if let Some(fifo) = &mut self.fifo {
+                fifo.lock(seq);
             }
         }
     }
 
     /// Takes a message out of `visible` or `pending` (it stays in `messages`).
     fn unplace(&mut self, seq: u64, message: &Message) {
-        if !self.visible.remove(&seq)
-            && self.pending.remove(&(message.visible_at_ms, seq))
-            && message.receive_count == 0
-        {
-            self.delayed = self.delayed.saturating_sub(1);
+        if !self.visible.remove(&seq) && self.pending.remove(&(message.visible_at_ms, seq)) {
+            if message.receive_count == 0 {
+                self.delayed = self.delayed.saturating_sub(1);
+            } else if let Some(fifo) = &mut self.fifo {
+                fifo.unlock(seq);
+            }
         }
     }
 
@@ -145,6 +209,9 @@ impl Queue {
     /// Removes a message for good (delete, expiry, move to a dead-letter queue).
     fn remove(&mut self, seq: u64) -> Option<Message> {
         let message = self.detach(seq)?;
+        if let Some(fifo) = &mut self.fifo {
+            fifo.ids.remove(&seq);
+        }
         if message.moved_in
             && let Some(count) = self.moved_in_bodies.get_mut(&message.body_ref.log_index)
         {
@@ -223,7 +290,13 @@ impl Queue {
             self.visible.insert(seq);
             if self.messages.get(&seq).is_some_and(|m| m.receive_count == 0) {
                 self.delayed = self.delayed.saturating_sub(1);
+            } else if let Some(fifo) = &mut self.fifo {
+                // Its visibility timeout ran out: no longer in flight.
+                fifo.unlock(seq);
             }
+        }
+        if let Some(fifo) = &mut self.fifo {
+            fifo.end_windows(now_ms);
         }
     }
 
@@ -231,6 +304,22 @@ impl Queue {
     pub(crate) fn send(&mut self, log_index: u64, now_ms: u64, messages: &[NewMessage]) -> Vec<SentMessage> {
         let mut sent = Vec::with_capacity(messages.len());
         for (slot, new) in messages.iter().enumerate() {
+            // FIFO: a deduplication id seen within the window answers the first message.
+            let dedup_key = match (&self.fifo, &new.fifo, self.config.fifo) {
+                (Some(fifo), Some(ids), Some(config)) => {
+                    let key = if config.deduplication_per_group {
+                        format!("{}\u{0}{}", ids.group_id, ids.deduplication_id)
+                    } else {
+                        ids.deduplication_id.clone()
+                    };
+                    if let Some(first) = fifo.dedup.get(&key) {
+                        sent.push(SentMessage { message_id: first.message_id, seq: first.seq });
+                        continue;
+                    }
+                    Some(key)
+                }
+                _ => None,
+            };
             let seq = self.next_seq;
             // 2^64 sends per queue cannot happen; saturating keeps it panic-free.
             self.next_seq = self.next_seq.saturating_add(1);
@@ -251,6 +340,14 @@ impl Queue {
                 moved_in: false,
             };
             self.messages.insert(seq, message);
+            if let (Some(fifo), Some(ids)) = (&mut self.fifo, &new.fifo) {
+                fifo.ids.insert(seq, ids.clone());
+                if let Some(key) = dedup_key {
+                    let window_ends_ms = now_ms.saturating_add(DEDUP_WINDOW_MS);
+                    fifo.dedup_ends.insert((window_ends_ms, key.clone()));
+                    fifo.dedup.insert(key, Deduplicated { message_id: new.message_id, seq, window_ends_ms });
+                }
+            }
             self.place(seq, visible_at_ms, true, now_ms);
             sent.push(SentMessage { message_id: new.message_id, seq });
         }
@@ -270,10 +367,13 @@ impl Queue {
         exhausted_at: Option<u32>,
     ) -> Vec<Delivery> {
         let limit = exhausted_at.unwrap_or(u32::MAX);
+        // FIFO: groups locked before this receive stay closed; a group opened here may give
+        // several messages, in seq order.
         let seqs: Vec<u64> = self
             .visible
             .iter()
             .filter(|seq| self.messages.get(seq).is_some_and(|m| m.receive_count < limit))
+            .filter(|seq| !self.fifo.as_ref().is_some_and(|fifo| fifo.is_locked(**seq)))
             .take(max_messages)
             .copied()
             .collect();
@@ -296,6 +396,7 @@ impl Queue {
                 receive_count: message.receive_count,
                 sent_ms: message.sent_ms,
                 first_receive_ms: message.first_receive_ms,
+                fifo: self.fifo.as_ref().and_then(|fifo| fifo.ids.get(&seq).cloned()),
             });
             let visible_at_ms = message.visible_at_ms;
             self.messages.insert(seq, message);
@@ -342,6 +443,11 @@ impl Queue {
         self.visible.clear();
         self.pending.clear();
         self.moved_in_bodies.clear();
+        if let Some(fifo) = &mut self.fifo {
+            // The deduplication window outlives a purge, as in SQS.
+            fifo.ids.clear();
+            fifo.in_flight.clear();
+        }
         self.delayed = 0;
         count
     }
@@ -361,6 +467,13 @@ impl Queue {
     /// are scanned over, so this is cheap in practice.
     pub(crate) fn has_visible(&self, now_ms: u64) -> bool {
         let live = |seq: &u64| self.messages.get(seq).is_some_and(|m| !m.is_expired(&self.config, now_ms));
+        if let Some(fifo) = &self.fifo {
+            // Only messages of unlocked groups can be delivered; a long poll must not spin on
+            // the others.
+            let deliverable = |seq: &u64| live(seq) && !fifo.is_locked(*seq);
+            return self.visible.iter().any(deliverable)
+                || self.pending.range(..=(now_ms, u64::MAX)).any(|(_, seq)| deliverable(seq));
+        }
         // The highest visible seq is the least likely to be expired; if it is,
         // all of `visible` is (expired messages are a seq prefix).
         if self.visible.last().is_some_and(live) {

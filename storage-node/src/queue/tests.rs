@@ -14,7 +14,7 @@ const OTHER_TENANT: &str = "tenant-b";
 const Q: QueueId = 7;
 
 fn config() -> QueueConfig {
-    QueueConfig { retention_ms: 120_000, visibility_timeout_ms: 10_000, delay_ms: 0, redrive: None }
+    QueueConfig { retention_ms: 120_000, visibility_timeout_ms: 10_000, delay_ms: 0, redrive: None, fifo: None }
 }
 
 fn new_message(n: u128) -> NewMessage {
@@ -23,6 +23,7 @@ fn new_message(n: u128) -> NewMessage {
         body: Bytes::from(format!("body {n}")),
         attributes: BTreeMap::new(),
         delay_ms: None,
+        fifo: None,
     }
 }
 
@@ -152,7 +153,8 @@ fn create_queue_rejects_a_taken_id_and_bad_input() {
 #[test]
 fn set_queue_config_changes_later_behaviour() {
     let mut shard = Shard::with_queue();
-    let new_config = QueueConfig { retention_ms: 60_000, visibility_timeout_ms: 0, delay_ms: 5_000, redrive: None };
+    let new_config =
+        QueueConfig { retention_ms: 60_000, visibility_timeout_ms: 0, delay_ms: 5_000, redrive: None, fifo: None };
     let response = shard.apply(0, Command::SetQueueConfig { queue: Q, tenant: TENANT.to_owned(), config: new_config });
     assert_eq!(response, Response::QueueConfigSet);
     assert_eq!(shard.state.queue_config(Q, TENANT), Some(&new_config));
@@ -619,9 +621,9 @@ fn snapshot_round_trip() {
 #[test]
 fn memory_figures_in_the_module_doc_hold() {
     use std::mem::size_of;
-    // Module doc: a 72-byte record per message, a 208-byte one per queue.
+    // Module doc: a 72-byte record per message, a 224-byte one per queue.
     assert_eq!(size_of::<Message>(), 72);
-    assert_eq!(size_of::<Queue>(), 208);
+    assert_eq!(size_of::<Queue>(), 224);
 }
 
 // ------------------------------------------------------------------------------ dead letters
@@ -752,4 +754,167 @@ fn a_moved_in_body_stays_live_through_receives_visibility_changes_and_until_dele
     assert_eq!(shard.state.min_live_log_index(), Some(3));
     assert!(matches!(shard.apply(2_000, delete(&again[0].receipt)), Response::Deleted(_)));
     assert_eq!(shard.state.min_live_log_index(), None, "nothing left anywhere");
+}
+
+// -------------------------------------------------------------------------------------- FIFO
+
+const FIFO_Q: QueueId = 11;
+
+fn fifo_shard(deduplication_per_group: bool) -> Shard {
+    let mut shard = Shard::new();
+    // An hour of retention, so that messages outlive the 5-minute deduplication window.
+    let config =
+        QueueConfig { retention_ms: 3_600_000, fifo: Some(FifoConfig { deduplication_per_group }), ..config() };
+    let create = Command::CreateQueue { queue: FIFO_Q, tenant: TENANT.to_owned(), config };
+    assert_eq!(shard.apply(0, create), Response::QueueCreated);
+    shard
+}
+
+fn fifo_message(n: u128, group: &str, dedup: &str) -> NewMessage {
+    NewMessage {
+        fifo: Some(FifoIds { group_id: group.to_owned(), deduplication_id: dedup.to_owned() }),
+        ..new_message(n)
+    }
+}
+
+fn fifo_send(shard: &mut Shard, now_ms: u64, messages: Vec<NewMessage>) -> Response {
+    shard.apply(now_ms, Command::Send { queue: FIFO_Q, tenant: TENANT.to_owned(), messages })
+}
+
+fn fifo_receive(shard: &mut Shard, now_ms: u64, max: u32, timeout_ms: u64) -> Vec<(u128, String)> {
+    let command = Command::Receive {
+        queue: FIFO_Q,
+        tenant: TENANT.to_owned(),
+        max_messages: max,
+        visibility_timeout_ms: Some(timeout_ms),
+    };
+    match shard.apply(now_ms, command) {
+        Response::Received(deliveries) => deliveries
+            .into_iter()
+            .map(|d| (d.message_id.as_u128(), d.fifo.map(|f| f.group_id).unwrap_or_default()))
+            .collect(),
+        other => panic!("receive failed: {other:?}"),
+    }
+}
+
+fn fifo_receipts(shard: &mut Shard, now_ms: u64, max: u32) -> Vec<(u128, String)> {
+    let command =
+        Command::Receive { queue: FIFO_Q, tenant: TENANT.to_owned(), max_messages: max, visibility_timeout_ms: None };
+    match shard.apply(now_ms, command) {
+        Response::Received(deliveries) => deliveries.into_iter().map(|d| (d.message_id.as_u128(), d.receipt)).collect(),
+        other => panic!("receive failed: {other:?}"),
+    }
+}
+
+#[test]
+fn fifo_groups_deliver_in_order_and_lock_while_a_message_is_in_flight() {
+    let mut shard = fifo_shard(false);
+    let sent = fifo_send(
+        &mut shard,
+        0,
+        vec![fifo_message(1, "a", "d1"), fifo_message(2, "a", "d2"), fifo_message(3, "b", "d3")],
+    );
+    assert!(matches!(sent, Response::Sent(ref s) if s.len() == 3), "{sent:?}");
+    // One message: the head of group a, which locks a.
+    let first = fifo_receipts(&mut shard, 0, 1);
+    assert_eq!(first.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [1]);
+    // Group a is locked: only b's message comes.
+    assert_eq!(fifo_receive(&mut shard, 0, 10, 10_000), [(3, "b".to_owned())]);
+    assert!(!shard.state.has_visible(FIFO_Q, TENANT, 0), "a's second message is visible but locked");
+    assert!(fifo_receive(&mut shard, 0, 10, 10_000).is_empty());
+    // Deleting a's head opens the group, in order.
+    let delete = Command::Delete { queue: FIFO_Q, tenant: TENANT.to_owned(), receipts: vec![first[0].1.clone()] };
+    assert!(matches!(shard.apply(0, delete), Response::Deleted(_)));
+    assert_eq!(fifo_receive(&mut shard, 0, 10, 10_000), [(2, "a".to_owned())]);
+}
+
+#[test]
+fn fifo_one_receive_may_take_several_messages_of_an_open_group_in_order() {
+    let mut shard = fifo_shard(false);
+    fifo_send(&mut shard, 0, vec![fifo_message(1, "a", "d1"), fifo_message(2, "b", "d2"), fifo_message(3, "a", "d3")]);
+    let got = fifo_receive(&mut shard, 0, 10, 1_000);
+    assert_eq!(got.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [1, 2, 3]);
+    // After the visibility timeout the group opens again from its head, in the same order.
+    let again = fifo_receive(&mut shard, 2_000, 10, 1_000);
+    assert_eq!(again.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [1, 2, 3]);
+}
+
+#[test]
+fn fifo_group_stays_locked_while_any_of_its_messages_is_in_flight() {
+    let mut shard = fifo_shard(false);
+    fifo_send(&mut shard, 0, vec![fifo_message(1, "a", "d1"), fifo_message(2, "a", "d2")]);
+    let both = fifo_receipts(&mut shard, 0, 10);
+    assert_eq!(both.len(), 2);
+    // The second message becomes visible again while the first is still in flight.
+    let change = Command::ChangeVisibility {
+        queue: FIFO_Q,
+        tenant: TENANT.to_owned(),
+        receipt: both[1].1.clone(),
+        visibility_timeout_ms: 0,
+    };
+    assert_eq!(shard.apply(0, change), Response::VisibilityChanged);
+    assert!(fifo_receive(&mut shard, 0, 10, 10_000).is_empty(), "message 1 still locks group a");
+}
+
+#[test]
+fn fifo_deduplication_window_per_queue_and_per_group() {
+    let mut shard = fifo_shard(false);
+    let Response::Sent(first) = fifo_send(&mut shard, 0, vec![fifo_message(1, "a", "same")]) else { panic!() };
+    // Within the window: accepted, answered with the first message, not stored again (also
+    // from another group, the scope being the queue).
+    let Response::Sent(again) =
+        fifo_send(&mut shard, 299_999, vec![fifo_message(2, "a", "same"), fifo_message(3, "b", "same")])
+    else {
+        panic!()
+    };
+    assert!(again.iter().all(|s| *s == first[0]), "{again:?}");
+    assert_eq!(shard.state.queue_counts(FIFO_Q, TENANT).map(|c| c.visible), Some(1));
+    // After the 5-minute window the same id is a new message.
+    let Response::Sent(later) = fifo_send(&mut shard, 300_000, vec![fifo_message(4, "a", "same")]) else { panic!() };
+    assert_ne!(later[0], first[0]);
+    assert_eq!(shard.state.queue_counts(FIFO_Q, TENANT).map(|c| c.visible), Some(2));
+
+    let mut per_group = fifo_shard(true);
+    fifo_send(&mut per_group, 0, vec![fifo_message(1, "a", "same"), fifo_message(2, "b", "same")]);
+    assert_eq!(per_group.state.queue_counts(FIFO_Q, TENANT).map(|c| c.visible), Some(2));
+}
+
+#[test]
+fn fifo_rules_are_checked_before_anything_changes() {
+    let mut shard = fifo_shard(false);
+    let send = |messages| Command::Send { queue: FIFO_Q, tenant: TENANT.to_owned(), messages };
+    for bad in [
+        vec![new_message(1)],
+        vec![NewMessage { delay_ms: Some(1_000), ..fifo_message(1, "a", "d") }],
+        vec![fifo_message(1, "", "d")],
+        vec![fifo_message(1, "a", &"x".repeat(129))],
+        vec![fifo_message(1, "a", "d"), fifo_message(2, "a b", "e")],
+    ] {
+        let error = shard.apply_rejected(0, send(bad));
+        assert!(matches!(error, QueueError::InvalidParameter(_)), "{error:?}");
+    }
+    let mut standard = Shard::with_queue();
+    let error = standard.apply_rejected(
+        0,
+        Command::Send { queue: Q, tenant: TENANT.to_owned(), messages: vec![fifo_message(1, "a", "d")] },
+    );
+    assert!(matches!(error, QueueError::InvalidParameter(_)), "{error:?}");
+    let to_fifo = QueueConfig { fifo: Some(FifoConfig { deduplication_per_group: false }), ..config() };
+    let error =
+        standard.apply_rejected(0, Command::SetQueueConfig { queue: Q, tenant: TENANT.to_owned(), config: to_fifo });
+    assert!(matches!(error, QueueError::InvalidParameter(_)), "{error:?}");
+}
+
+#[test]
+fn fifo_locks_and_deduplication_survive_a_snapshot_round_trip() {
+    let mut shard = fifo_shard(false);
+    fifo_send(&mut shard, 0, vec![fifo_message(1, "a", "d1"), fifo_message(2, "a", "d2")]);
+    assert_eq!(fifo_receive(&mut shard, 0, 1, 60_000).len(), 1);
+    let bytes = postcard::to_allocvec(&shard.state).expect("serialize");
+    let restored: ShardState = postcard::from_bytes(&bytes).expect("deserialize");
+    assert_eq!(restored, shard.state);
+    shard.state = restored;
+    assert!(fifo_receive(&mut shard, 1_000, 10, 60_000).is_empty(), "group a is still locked");
+    let Response::Sent(dup) = fifo_send(&mut shard, 1_000, vec![fifo_message(3, "a", "d1")]) else { panic!() };
+    assert_eq!(dup[0].message_id.as_u128(), 1, "still deduplicated");
 }

@@ -34,7 +34,22 @@ pub struct QueueConfig {
     pub delay_ms: u64,
     /// Where messages go once received `max_receive_count` times.
     pub redrive: Option<Redrive>,
+    /// Set for FIFO queues (fixed at creation).
+    pub fifo: Option<FifoConfig>,
 }
+
+/// How a FIFO queue deduplicates: within [`DEDUP_WINDOW_MS`] of the first send, a message with
+/// the same deduplication id (per queue, or per message group) is accepted but not stored again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FifoConfig {
+    /// Deduplication ids are scoped to the message group instead of the queue.
+    pub deduplication_per_group: bool,
+}
+
+/// The FIFO deduplication window (SQS's: 5 minutes).
+pub const DEDUP_WINDOW_MS: u64 = 5 * 60 * 1000;
+/// Longest message group id and deduplication id (SQS's: 128 characters).
+pub const FIFO_ID_CHARS_MAX: usize = 128;
 
 /// A dead-letter queue on the same shard, and after how many receives a message moves there:
 /// the receive that would deliver it for the `max_receive_count + 1`-th time moves it instead.
@@ -55,6 +70,7 @@ impl Default for QueueConfig {
             visibility_timeout_ms: VISIBILITY_TIMEOUT_MS_DEFAULT,
             delay_ms: 0,
             redrive: None,
+            fifo: None,
         }
     }
 }
@@ -121,6 +137,14 @@ pub struct NewMessage {
     pub attributes: BTreeMap<String, AttributeValue>,
     /// Overrides the queue's `delay_ms` for this message (`Some(0)` means no delay).
     pub delay_ms: Option<u64>,
+    /// FIFO queues only, and then required: the ordering group and the deduplication id.
+    pub fifo: Option<FifoIds>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FifoIds {
+    pub group_id: String,
+    pub deduplication_id: String,
 }
 
 /// Where a message body is: the Send log entry and the message's position in
@@ -207,6 +231,8 @@ pub struct Delivery {
     pub receive_count: u32,
     pub sent_ms: u64,
     pub first_receive_ms: u64,
+    /// FIFO queues: the message's group and deduplication ids (its sequence number is `seq`).
+    pub fifo: Option<FifoIds>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
