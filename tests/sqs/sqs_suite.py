@@ -400,9 +400,109 @@ class Scenario:
         for u in (url, dlq_url, deny_url):
             sqs.delete_queue(QueueUrl=u)
 
+    def fifo(self):
+        sqs = self.sqs
+        for label, name, attrs in [
+            ("fifo_attr_without_suffix", self.name("plain"), {"FifoQueue": "true"}),
+            ("fifo_suffix_without_attr", self.name("nofifo") + ".fifo", {}),
+        ]:
+            code = error_code(sqs.create_queue, QueueName=name, Attributes=attrs)
+            self.observe(label, code)
+            self.check(code == "InvalidParameterValue", (label, code))
+        url = sqs.create_queue(QueueName=self.name("orders") + ".fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
+        attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        self.observe("fifo_attributes", {k: attrs.get(k) for k in ("FifoQueue", "ContentBasedDeduplication")})
+        self.check(attrs.get("FifoQueue") == "true" and attrs.get("ContentBasedDeduplication") == "false", attrs)
+
+        for label, kwargs, expected in [
+            ("fifo_missing_group", {"MessageDeduplicationId": "d"}, "MissingParameter"),
+            ("fifo_missing_dedup", {"MessageGroupId": "g"}, "InvalidParameterValue"),
+            ("fifo_message_delay", {"MessageGroupId": "g", "MessageDeduplicationId": "d", "DelaySeconds": 5},
+             "InvalidParameterValue"),
+        ]:
+            code = error_code(sqs.send_message, QueueUrl=url, MessageBody="x", **kwargs)
+            self.observe(label, code)
+            self.check(code == expected, (label, code, expected))
+
+        groups = ["g1", "g2", "g3"]
+        sequence_numbers = []
+        for i in range(5):
+            for g in groups:
+                sent = sqs.send_message(QueueUrl=url, MessageBody=f"{g}-{i}", MessageGroupId=g,
+                                        MessageDeduplicationId=f"{g}-{i}")
+                sequence_numbers.append(int(sent["SequenceNumber"]))
+        self.check(sequence_numbers == sorted(sequence_numbers) and len(set(sequence_numbers)) == 15,
+                   f"sequence numbers increase: {sequence_numbers}")
+        # Deduplication inside the window: the same id is accepted, answered with the first message.
+        first = sqs.send_message(QueueUrl=url, MessageBody="dup", MessageGroupId="g1", MessageDeduplicationId="dedup-1")
+        again = sqs.send_message(QueueUrl=url, MessageBody="dup again", MessageGroupId="g1",
+                                 MessageDeduplicationId="dedup-1")
+        self.observe("fifo_dedup_same_id", again["MessageId"] == first["MessageId"])
+        self.check(again["MessageId"] == first["MessageId"], (first, again))
+
+        # Three consumers at once: each group is delivered in order and never to two at a time.
+        received = {g: [] for g in groups + ["g1-dup"]}
+        lock = threading.Lock()
+        in_flight_groups = set()
+        overlaps = []
+
+        def consume():
+            consumer = client()
+            idle = 0
+            while idle < 3:
+                got = consumer.receive_message(QueueUrl=url, MaxNumberOfMessages=3, VisibilityTimeout=30,
+                                               WaitTimeSeconds=1, AttributeNames=["All"]).get("Messages", [])
+                if not got:
+                    idle += 1
+                    continue
+                idle = 0
+                batch_groups = {m["Attributes"]["MessageGroupId"] for m in got}
+                with lock:
+                    if batch_groups & in_flight_groups:
+                        overlaps.append(sorted(batch_groups & in_flight_groups))
+                    in_flight_groups.update(batch_groups)
+                    for m in got:
+                        key = m["Attributes"]["MessageGroupId"]
+                        received[key if not m["Body"].startswith("dup") else "g1-dup"].append(m["Body"])
+                time.sleep(0.05)
+                with lock:
+                    in_flight_groups.difference_update(batch_groups)
+                consumer.delete_message_batch(QueueUrl=url, Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
+
+        consumers = [threading.Thread(target=consume) for _ in range(3)]
+        for t in consumers:
+            t.start()
+        for t in consumers:
+            t.join()
+        self.observe("fifo_order", {g: received[g] for g in groups})
+        for g in groups:
+            self.check(received[g] == [f"{g}-{i}" for i in range(5)], (g, received[g]))
+        self.check(received["g1-dup"] == ["dup"], received["g1-dup"])
+        self.check(overlaps == [], f"a group was in flight at two consumers: {overlaps}")
+
+        # Content-based deduplication: the body's SHA-256 is the id.
+        cbd = sqs.create_queue(QueueName=self.name("cbd") + ".fifo",
+                               Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "true"})["QueueUrl"]
+        a = sqs.send_message(QueueUrl=cbd, MessageBody="same body", MessageGroupId="g")
+        b = sqs.send_message(QueueUrl=cbd, MessageBody="same body", MessageGroupId="g")
+        got = sqs.receive_message(QueueUrl=cbd, MaxNumberOfMessages=10, AttributeNames=["All"]).get("Messages", [])
+        self.observe("fifo_content_dedup", [a["MessageId"] == b["MessageId"], len(got)])
+        self.check(a["MessageId"] == b["MessageId"] and len(got) == 1, (a, b, got))
+        if got:
+            import hashlib as _h
+            self.check(got[0]["Attributes"].get("MessageDeduplicationId") == _h.sha256(b"same body").hexdigest(),
+                       got[0]["Attributes"])
+        code = error_code(sqs.set_queue_attributes, QueueUrl=cbd, Attributes={"FifoQueue": "false"})
+        self.observe("fifo_cannot_change", code)
+        self.check(code in ("InvalidAttributeValue", "InvalidParameterValue"), code)
+        for u in (url, cbd):
+            sqs.delete_queue(QueueUrl=u)
+
     def run(self):
         failures = []
         for step in (self.queue_lifecycle, self.listing, self.messages, self.batches, self.tags, self.dead_letters,
+                     self.fifo,
                      self.visibility_delay_purge_and_long_poll):
             checks_before = len(self.failed_checks)
             try:

@@ -25,6 +25,21 @@ async fn query_protocol_works_with_botocores_query_serializer_and_parser() -> an
     Ok(())
 }
 
+/// A FIFO group lock, the deduplication window and a delayed message survive `kill -9` and a
+/// restart on the same directory (`tests/sqs/restart_check.py`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifo_locks_deduplication_and_delays_survive_sigkill() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut dev = DevProcess::start(&dir.path().join("dev"), &[])?;
+    let script = sqs_scripts_dir().join("restart_check.py");
+    let state = dir.path().join("state.json");
+    run_ok(dev.command_with_credentials("python3")?.arg(&script).arg("before").arg(&state))?;
+    dev.restart()?;
+    let out = run_ok(dev.command_with_credentials("python3")?.arg(&script).arg("after").arg(&state))?;
+    assert!(out.contains("after: ok"), "{out}");
+    Ok(())
+}
+
 /// Runs the AWS CLI; answers (exit code, stdout, stderr).
 fn aws(dev: &DevProcess, args: &[&str], key: Option<(&str, &str)>) -> anyhow::Result<(i32, String, String)> {
     let mut command = dev.command_with_credentials("aws")?;

@@ -402,11 +402,10 @@ async fn set_queue_attributes(ctx: &Ctx<'_>, input: &Value) -> Result<Value, Sqs
         return Err(SqsError::missing("Attributes"));
     }
     let mut config = info.config.clone().unwrap_or_default();
-    let was_fifo = config.fifo_queue;
-    apply_queue_attributes(&mut config, &attributes)?;
-    if config.fifo_queue != was_fifo {
+    if attributes.iter().any(|(name, value)| *name == "FifoQueue" && *value != config.fifo_queue.to_string()) {
         return Err(SqsError::invalid_attribute_value("FifoQueue cannot be changed after the queue is created."));
     }
+    apply_queue_attributes(&mut config, &attributes)?;
     if resolve_redrive(ctx, &info.name, &mut config, &attributes).await?.is_some_and(|shard| shard != info.shard_id) {
         return Err(different_shard());
     }
