@@ -174,6 +174,7 @@ impl StorageNode {
                 cancel.clone(),
             )));
             tasks.push(tokio::spawn(expire_loop(shard.clone(), settings.expire_interval, cancel.clone())));
+            tasks.push(tokio::spawn(move_loop(shard.clone(), cancel.clone())));
         }
         Ok(Self { shards, reader, address, service, cancel, tasks })
     }
@@ -228,6 +229,28 @@ async fn tier_loop(
             Ok(pass) if pass != Default::default() => tracing::info!(shard = shard.shard_id, ?pass, "tiering pass"),
             Ok(_) => {}
             Err(e) => tracing::warn!(shard = shard.shard_id, error = %e, "tiering pass failed; will retry"),
+        }
+    }
+}
+
+/// How often running move tasks take a step; each step moves a tick's share of the task's rate.
+const MOVE_TICK: Duration = Duration::from_millis(200);
+
+/// Paces the shard's running move tasks: every tick, one step per task of
+/// `max_per_second * tick` messages (at least one).
+async fn move_loop(shard: Arc<Shard>, cancel: CancellationToken) {
+    let ticks_per_second = (1000 / MOVE_TICK.as_millis()).max(1) as u32;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(MOVE_TICK) => {}
+        }
+        let running = shard.state().0.running_move_tasks();
+        for task in running {
+            let max_messages = task.max_per_second.div_ceil(ticks_per_second).max(1);
+            if let Err(e) = shard.propose(Command::MoveStep { task_id: task.task_id, max_messages }).await {
+                tracing::warn!(shard = shard.shard_id, task = task.task_id, error = %e, "move step failed; will retry");
+            }
         }
     }
 }

@@ -306,4 +306,69 @@ impl Storage for StorageService {
             delayed: counts.delayed,
         }))
     }
+
+    async fn start_move_task(
+        &self,
+        request: Request<pb::StartMoveTaskRequest>,
+    ) -> Result<Response<pb::MoveTaskInfo>, Status> {
+        let r = request.into_inner();
+        let (shard, source, tenant) = self.route(r.source.as_ref())?;
+        let command = Command::StartMoveTask {
+            tenant,
+            source,
+            destination: r.destination_queue_id,
+            max_per_second: r.max_per_second,
+        };
+        move_task_response(shard.propose(command).await?)
+    }
+
+    async fn cancel_move_task(
+        &self,
+        request: Request<pb::CancelMoveTaskRequest>,
+    ) -> Result<Response<pb::MoveTaskInfo>, Status> {
+        let r = request.into_inner();
+        let (shard, source, tenant) = self.route(r.source.as_ref())?;
+        let is_source = shard.state().0.move_tasks_of(&tenant, source).iter().any(|t| t.task_id == r.task_id);
+        if !is_source {
+            return Err(StrataError::invalid("no such move task for this queue").into());
+        }
+        move_task_response(shard.propose(Command::CancelMoveTask { tenant, task_id: r.task_id }).await?)
+    }
+
+    async fn list_move_tasks(
+        &self,
+        request: Request<pb::QueueRef>,
+    ) -> Result<Response<pb::ListMoveTasksResponse>, Status> {
+        let r = request.into_inner();
+        let (shard, source, tenant) = self.route(Some(&r))?;
+        let tasks = shard.state().0.move_tasks_of(&tenant, source);
+        Ok(Response::new(pb::ListMoveTasksResponse { tasks: tasks.iter().map(move_task_pb).collect() }))
+    }
+}
+
+fn move_task_pb(task: &queue::MoveTask) -> pb::MoveTaskInfo {
+    let (status, failure_reason) = match &task.status {
+        queue::MoveTaskStatus::Running => ("RUNNING", String::new()),
+        queue::MoveTaskStatus::Completed => ("COMPLETED", String::new()),
+        queue::MoveTaskStatus::Cancelled => ("CANCELLED", String::new()),
+        queue::MoveTaskStatus::Failed(reason) => ("FAILED", reason.clone()),
+    };
+    pb::MoveTaskInfo {
+        task_id: task.task_id,
+        source_queue_id: task.source,
+        destination_queue_id: task.destination,
+        max_per_second: task.max_per_second,
+        moved: task.moved,
+        to_move: task.to_move,
+        status: status.to_string(),
+        failure_reason,
+        started_ms: task.started_ms,
+    }
+}
+
+fn move_task_response(response: queue::Response) -> Result<Response<pb::MoveTaskInfo>, Status> {
+    match response {
+        queue::Response::MoveTask(task) => Ok(Response::new(move_task_pb(&task))),
+        other => Err(StrataError::internal(format!("unexpected answer to a move-task command: {other:?}")).into()),
+    }
 }

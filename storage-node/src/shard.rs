@@ -39,6 +39,9 @@ impl fmt::Display for ShardEntry {
             Command::ChangeVisibility { .. } => "change-visibility",
             Command::Purge { .. } => "purge",
             Command::Expire => "expire",
+            Command::StartMoveTask { .. } => "start-move-task",
+            Command::CancelMoveTask { .. } => "cancel-move-task",
+            Command::MoveStep { .. } => "move-step",
         };
         write!(f, "{name}@{}", self.0.now_ms)
     }

@@ -374,11 +374,44 @@ class Scenario:
         third = sqs.receive_message(QueueUrl=url, VisibilityTimeout=0).get("Messages", [])
         self.observe("third_receive", len(third))
         self.check(third == [], third)
-        moved = sqs.receive_message(QueueUrl=dlq_url, WaitTimeSeconds=5).get("Messages", [])
-        self.observe("in_dead_letter_queue", [m["Body"] for m in moved])
-        self.check([m["Body"] for m in moved] == ["poison"], moved)
         left = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
         self.check(left["ApproximateNumberOfMessages"] == "0" and left["ApproximateNumberOfMessagesNotVisible"] == "0", left)
+        moved = sqs.receive_message(QueueUrl=dlq_url, WaitTimeSeconds=5, VisibilityTimeout=0).get("Messages", [])
+        self.observe("in_dead_letter_queue", [m["Body"] for m in moved])
+        self.check([m["Body"] for m in moved] == ["poison"], moved)
+
+        # Redrive back to the source with a move task (the DLQ's only source is the destination).
+        src_arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        try:
+            handle = sqs.start_message_move_task(SourceArn=dlq_arn, MaxNumberOfMessagesPerSecond=50)["TaskHandle"]
+            self.observe("move_task_started", True)
+        except ClientError as e:
+            handle = None
+            self.observe("move_task_started", e.response["Error"]["Code"])
+            self.check(False, f"StartMessageMoveTask failed: {e}")
+        if handle:
+            back = []
+            deadline = time.time() + 15
+            while not back and time.time() < deadline:
+                back = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=2, VisibilityTimeout=0).get("Messages", [])
+            self.observe("redriven", [m["Body"] for m in back])
+            self.check([m["Body"] for m in back] == ["poison"], back)
+            tasks = []
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                tasks = sqs.list_message_move_tasks(SourceArn=dlq_arn, MaxResults=10)["Results"]
+                if tasks and tasks[0]["Status"] != "RUNNING":
+                    break
+                time.sleep(0.5)
+            summary = [(t["Status"], t["ApproximateNumberOfMessagesMoved"], t.get("DestinationArn") == src_arn) for t in tasks]
+            self.observe("move_tasks", summary)
+            self.check(summary == [("COMPLETED", 1, True)], tasks)
+            code = error_code(sqs.cancel_message_move_task, TaskHandle=handle)
+            self.observe("cancel_finished_task", code)
+            self.check(code in ("ResourceNotFoundException", "InvalidParameterValue", "UnsupportedOperation"), code)
+        code = error_code(sqs.start_message_move_task, SourceArn=src_arn)
+        self.observe("move_from_non_dlq", code)
+        self.check(code == "InvalidParameterValue", code)
 
         # A dead-letter queue that denies all sources, and bad policies.
         deny_url = sqs.create_queue(QueueName=self.name("deny"),

@@ -55,13 +55,12 @@ pub async fn dispatch(ctx: &Ctx<'_>, action: &str, input: Value) -> Result<Value
         "UntagQueue" => untag_queue(ctx, &input).await,
         "ListQueueTags" => list_queue_tags(ctx, &input).await,
         "ListDeadLetterSourceQueues" => list_dead_letter_source_queues(ctx, &input).await,
-        "StartMessageMoveTask"
-        | "ListMessageMoveTasks"
-        | "CancelMessageMoveTask"
-        | "AddPermission"
-        | "RemovePermission" => {
-            Err(SqsError::unsupported_operation(format!("{action} is not supported by this service yet.")))
-        }
+        "StartMessageMoveTask" => start_message_move_task(ctx, &input).await,
+        "ListMessageMoveTasks" => list_message_move_tasks(ctx, &input).await,
+        "CancelMessageMoveTask" => cancel_message_move_task(ctx, &input).await,
+        "AddPermission" | "RemovePermission" => Err(SqsError::unsupported_operation(format!(
+            "{action} is not supported: access is granted per tenant access key."
+        ))),
         other => Err(SqsError::invalid_action(format!("The action {other} is not valid for this endpoint."))),
     }
 }
@@ -612,6 +611,130 @@ async fn list_queue_tags(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError
     let info = ctx.state.placement.metadata.get_queue(ctx.tenant(), name).await?;
     let tags: BTreeMap<&String, &String> = info.tags.iter().collect();
     Ok(json!({ "Tags": tags }))
+}
+
+// -------------------------------------------------------------------------------- move tasks
+
+/// Default pace of a move task without MaxNumberOfMessagesPerSecond.
+const MOVE_PER_SECOND_DEFAULT: u64 = 100;
+
+/// A queue named by an ARN of the caller's tenant, as `attribute` of the request.
+async fn queue_of_arn(ctx: &Ctx<'_>, input: &Value, attribute: &str) -> Result<pb::QueueInfo, SqsError> {
+    let arn = required_string(input, attribute)?;
+    let name = queue_name_of_arn(ctx, arn).ok_or_else(SqsError::no_such_queue)?;
+    Ok(queues::info(&ctx.state.placement, ctx.tenant(), name).await?)
+}
+
+/// Task handles name the source queue and the task: `base64url("<queue name>/<task id>")`.
+fn task_handle(source: &str, task_id: u64) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{source}/{task_id}"))
+}
+
+fn parse_task_handle(handle: &str) -> Option<(String, u64)> {
+    let text = String::from_utf8(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(handle).ok()?).ok()?;
+    let (source, id) = text.rsplit_once('/')?;
+    Some((source.to_string(), id.parse().ok()?))
+}
+
+async fn start_message_move_task(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
+    let source = queue_of_arn(ctx, input, "SourceArn").await?;
+    let rate = integer(input, "MaxNumberOfMessagesPerSecond", 1, 500)?.unwrap_or(MOVE_PER_SECOND_DEFAULT);
+    // The source must be a dead-letter queue; without a destination its single source queue is
+    // the destination (messages do not remember which queue they came from).
+    let sources: Vec<String> = list_dead_letter_source_queues(ctx, &json!({ "QueueUrl": ctx.queue_url(&source.name) }))
+        .await?["queueUrls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|u| u.as_str().map(str::to_string))
+        .collect();
+    if sources.is_empty() {
+        return Err(SqsError::invalid_parameter_value(
+            "Source queue must be configured as a Dead Letter Queue (no queue names it in its RedrivePolicy).",
+        ));
+    }
+    let destination = match string(input, "DestinationArn")? {
+        Some(_) => queue_of_arn(ctx, input, "DestinationArn").await?,
+        None if sources.len() == 1 => {
+            let name = ctx.queue_name(&sources[0])?;
+            queues::info(&ctx.state.placement, ctx.tenant(), name).await?
+        }
+        None => {
+            return Err(SqsError::invalid_parameter_value(
+                "DestinationArn is required: several queues use this dead-letter queue and messages do not record \
+                 their original queue.",
+            ));
+        }
+    };
+    if destination.shard_id != source.shard_id {
+        return Err(SqsError::invalid_parameter_value(
+            "The destination must be on the source's shard in this version; cross-shard moves come with cluster mode.",
+        ));
+    }
+    let destination_queue_id = destination.queue_id;
+    let task = queues::on_queue(&ctx.state.placement, ctx.tenant(), &source.name, |mut c, q| async move {
+        c.start_move_task(pb::StartMoveTaskRequest {
+            source: Some(q),
+            destination_queue_id,
+            max_per_second: rate as u32,
+        })
+        .await
+    })
+    .await?;
+    Ok(json!({ "TaskHandle": task_handle(&source.name, task.task_id) }))
+}
+
+async fn list_message_move_tasks(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
+    let source = queue_of_arn(ctx, input, "SourceArn").await?;
+    let max = integer(input, "MaxResults", 1, 10)?.unwrap_or(1) as usize;
+    let tasks = queues::on_queue(&ctx.state.placement, ctx.tenant(), &source.name, |mut c, q| async move {
+        c.list_move_tasks(q).await
+    })
+    .await?
+    .tasks;
+    // Destinations by incarnation, to spell their ARNs.
+    let page = ctx.state.placement.metadata.list_queues(ctx.tenant(), "", "", LIST_QUEUES_PAGE_MAX).await?;
+    let arn_of = |queue_id: u64| {
+        page.queues.iter().find(|q| q.queue_id == queue_id).map(|q| ctx.queue_arn(&q.name)).unwrap_or_default()
+    };
+    let results: Vec<Value> = tasks
+        .iter()
+        .take(max)
+        .map(|t| {
+            let mut result = json!({
+                "Status": t.status,
+                "SourceArn": ctx.queue_arn(&source.name),
+                "DestinationArn": arn_of(t.destination_queue_id),
+                "MaxNumberOfMessagesPerSecond": t.max_per_second,
+                "ApproximateNumberOfMessagesMoved": t.moved,
+                "ApproximateNumberOfMessagesToMove": t.to_move,
+                "StartedTimestamp": t.started_ms,
+            });
+            if t.status == "RUNNING" {
+                result["TaskHandle"] = json!(task_handle(&source.name, t.task_id));
+            }
+            if !t.failure_reason.is_empty() {
+                result["FailureReason"] = json!(t.failure_reason);
+            }
+            result
+        })
+        .collect();
+    Ok(json!({ "Results": results }))
+}
+
+async fn cancel_message_move_task(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
+    let handle = required_string(input, "TaskHandle")?;
+    let (source, task_id) = parse_task_handle(handle)
+        .ok_or_else(|| SqsError::invalid_parameter_value("Value for parameter TaskHandle is invalid."))?;
+    let task = queues::on_queue(&ctx.state.placement, ctx.tenant(), &source, |mut c, q| async move {
+        c.cancel_move_task(pb::CancelMoveTaskRequest { source: Some(q), task_id }).await
+    })
+    .await
+    .map_err(|e| match e.kind {
+        strata_common::error::ErrorKind::QueueNotFound => SqsError::no_such_queue(),
+        _ => SqsError::invalid_parameter_value(format!("The task cannot be cancelled: {}", e.message)),
+    })?;
+    Ok(json!({ "ApproximateNumberOfMessagesMoved": task.moved }))
 }
 
 // ---------------------------------------------------------------------------------- messages

@@ -26,6 +26,10 @@
 //! * ChangeVisibility needs the latest receipt of a message still in flight.
 //! * A message past retention (`sent + retention <= now`) is never delivered
 //!   again; it is dropped by the next command on its queue or by `Expire`.
+//! * Move tasks ([`MoveTask`]) move the visible messages of one queue into
+//!   another of the same tenant on this shard, a step at a time (the storage
+//!   node paces the steps); each step is one state transition, like a
+//!   dead-letter move. A task completes when its source is empty.
 //! * FIFO queues ([`FifoConfig`]): every message carries a group id and a
 //!   deduplication id ([`FifoIds`]). A send whose deduplication id (per queue
 //!   or per group) was seen within [`DEDUP_WINDOW_MS`] answers the first
@@ -92,8 +96,9 @@ pub use receipt::Receipt;
 pub use state::ShardState;
 pub use types::{
     AttributeValue, Command, DEDUP_WINDOW_MS, DELAY_MS_MAX, DELETE_BATCH_MAX, Delivery, FIFO_ID_CHARS_MAX, FifoConfig,
-    FifoIds, MAX_RECEIVE_COUNT_MAX, MAX_RECEIVE_COUNT_MIN, MESSAGE_ATTRIBUTES_MAX, MessageRef, NewMessage, QueueConfig,
-    QueueCounts, QueueError, QueueId, RECEIVE_BATCH_MAX, RETENTION_MS_DEFAULT, RETENTION_MS_MAX, RETENTION_MS_MIN,
-    Redrive, Response, SEND_BATCH_MAX, SentMessage, ShardCommand, VISIBILITY_TIMEOUT_MS_DEFAULT,
+    FifoIds, MAX_RECEIVE_COUNT_MAX, MAX_RECEIVE_COUNT_MIN, MESSAGE_ATTRIBUTES_MAX, MOVE_PER_SECOND_MAX,
+    MOVE_STEP_MESSAGES_MAX, MOVE_TASKS_KEPT_PER_SOURCE, MessageRef, MoveTask, MoveTaskId, MoveTaskStatus, NewMessage,
+    QueueConfig, QueueCounts, QueueError, QueueId, RECEIVE_BATCH_MAX, RETENTION_MS_DEFAULT, RETENTION_MS_MAX,
+    RETENTION_MS_MIN, Redrive, Response, SEND_BATCH_MAX, SentMessage, ShardCommand, VISIBILITY_TIMEOUT_MS_DEFAULT,
     VISIBILITY_TIMEOUT_MS_MAX,
 };

@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 use super::receipt::Receipt;
 use super::store::{LeaseCheck, Queue};
 use super::types::{
-    Command, DELETE_BATCH_MAX, FIFO_ID_CHARS_MAX, MESSAGE_ATTRIBUTES_MAX, NewMessage, QueueConfig, QueueCounts,
-    QueueError, QueueId, RECEIVE_BATCH_MAX, Response, SEND_BATCH_MAX, ShardCommand, check_delay,
-    check_visibility_timeout,
+    Command, DELETE_BATCH_MAX, FIFO_ID_CHARS_MAX, MESSAGE_ATTRIBUTES_MAX, MOVE_PER_SECOND_MAX, MOVE_STEP_MESSAGES_MAX,
+    MOVE_TASKS_KEPT_PER_SOURCE, MoveTask, MoveTaskId, MoveTaskStatus, NewMessage, QueueConfig, QueueCounts, QueueError,
+    QueueId, RECEIVE_BATCH_MAX, Response, SEND_BATCH_MAX, ShardCommand, check_delay, check_visibility_timeout,
 };
 
 /// The replicated state of one shard. See the module doc of [`crate::queue`].
@@ -25,6 +25,8 @@ pub struct ShardState {
     by_expiry: BTreeSet<(u64, QueueId)>,
     /// `(log index of the oldest message, queue)` for every non-empty queue.
     by_log_index: BTreeSet<(u64, QueueId)>,
+    /// Move tasks, running and recently finished.
+    move_tasks: BTreeMap<MoveTaskId, MoveTask>,
 }
 
 impl ShardState {
@@ -128,6 +130,11 @@ impl ShardState {
                 Ok(Response::Purged { count: q.purge() })
             }),
             Command::Expire => Ok(Response::Expired { count: self.expire(now_ms) }),
+            Command::StartMoveTask { tenant, source, destination, max_per_second } => {
+                self.start_move_task(log_index, tenant, *source, *destination, *max_per_second, now_ms)
+            }
+            Command::CancelMoveTask { tenant, task_id } => self.cancel_move_task(tenant, *task_id),
+            Command::MoveStep { task_id, max_messages } => self.move_step(*task_id, *max_messages, now_ms),
         };
         result.unwrap_or_else(Response::Error)
     }
@@ -198,6 +205,123 @@ impl ShardState {
         let result = f(q);
         reindex(&mut self.by_expiry, &mut self.by_log_index, queue, q);
         result
+    }
+
+    /// The running move tasks, to be stepped.
+    pub fn running_move_tasks(&self) -> Vec<MoveTask> {
+        self.move_tasks.values().filter(|t| t.status == MoveTaskStatus::Running).cloned().collect()
+    }
+
+    /// The move tasks of a source queue, newest first.
+    pub fn move_tasks_of(&self, tenant: &str, source: QueueId) -> Vec<MoveTask> {
+        self.move_tasks.values().rev().filter(|t| t.tenant == tenant && t.source == source).cloned().collect()
+    }
+
+    fn start_move_task(
+        &mut self,
+        task_id: MoveTaskId,
+        tenant: &str,
+        source: QueueId,
+        destination: QueueId,
+        max_per_second: u32,
+        now_ms: u64,
+    ) -> Result<Response, QueueError> {
+        if !(1..=MOVE_PER_SECOND_MAX).contains(&max_per_second) {
+            return Err(QueueError::InvalidParameter(format!(
+                "max_per_second must be between 1 and {MOVE_PER_SECOND_MAX}"
+            )));
+        }
+        if source == destination {
+            return Err(QueueError::InvalidParameter("a move task needs two different queues".to_owned()));
+        }
+        let (Some(from), Some(to)) = (self.get(source, tenant), self.get(destination, tenant)) else {
+            return Err(QueueError::QueueNotFound);
+        };
+        if from.config.fifo.is_some() || to.config.fifo.is_some() {
+            return Err(QueueError::InvalidParameter(
+                "move tasks between FIFO queues are not supported yet".to_owned(),
+            ));
+        }
+        if self.move_tasks.values().any(|t| t.source == source && t.status == MoveTaskStatus::Running) {
+            return Err(QueueError::InvalidParameter("the source queue already has a running move task".to_owned()));
+        }
+        let counts = from.counts();
+        let task = MoveTask {
+            task_id,
+            tenant: tenant.to_owned(),
+            source,
+            destination,
+            max_per_second,
+            moved: 0,
+            to_move: counts.visible + counts.in_flight + counts.delayed,
+            status: MoveTaskStatus::Running,
+            started_ms: now_ms,
+        };
+        self.move_tasks.insert(task_id, task.clone());
+        // Keep the newest finished tasks of this source only.
+        let finished: Vec<MoveTaskId> = self
+            .move_tasks
+            .values()
+            .filter(|t| t.source == source && t.status != MoveTaskStatus::Running)
+            .map(|t| t.task_id)
+            .collect();
+        for id in finished.iter().take(finished.len().saturating_sub(MOVE_TASKS_KEPT_PER_SOURCE)) {
+            self.move_tasks.remove(id);
+        }
+        Ok(Response::MoveTask(task))
+    }
+
+    fn cancel_move_task(&mut self, tenant: &str, task_id: MoveTaskId) -> Result<Response, QueueError> {
+        let task = self
+            .move_tasks
+            .get_mut(&task_id)
+            .filter(|t| t.tenant == tenant)
+            .ok_or_else(|| QueueError::InvalidParameter("no such move task".to_owned()))?;
+        if task.status != MoveTaskStatus::Running {
+            return Err(QueueError::InvalidParameter("the move task is not running".to_owned()));
+        }
+        task.status = MoveTaskStatus::Cancelled;
+        Ok(Response::MoveTask(task.clone()))
+    }
+
+    fn move_step(&mut self, task_id: MoveTaskId, max_messages: u32, now_ms: u64) -> Result<Response, QueueError> {
+        let task = self
+            .move_tasks
+            .get(&task_id)
+            .cloned()
+            .ok_or_else(|| QueueError::InvalidParameter("no such move task".to_owned()))?;
+        if task.status != MoveTaskStatus::Running {
+            return Ok(Response::MoveTask(task));
+        }
+        let max = usize::try_from(max_messages.clamp(1, MOVE_STEP_MESSAGES_MAX)).unwrap_or(1);
+        let status =
+            if self.get(task.source, &task.tenant).is_none() || self.get(task.destination, &task.tenant).is_none() {
+                MoveTaskStatus::Failed("the source or the destination queue was deleted".to_owned())
+            } else {
+                let moved = self.with_queue(task.source, &task.tenant, |q| {
+                    q.settle(now_ms);
+                    Ok(q.take_visible(max))
+                })?;
+                let count = moved.len() as u64;
+                self.with_queue(task.destination, &task.tenant, |q| {
+                    q.settle(now_ms);
+                    for message in moved {
+                        q.adopt(message, now_ms);
+                    }
+                    Ok(())
+                })?;
+                if let Some(t) = self.move_tasks.get_mut(&task_id) {
+                    t.moved += count;
+                }
+                let source_empty = self.queues.get(&task.source).is_none_or(Queue::is_empty);
+                if source_empty { MoveTaskStatus::Completed } else { MoveTaskStatus::Running }
+            };
+        let task = self
+            .move_tasks
+            .get_mut(&task_id)
+            .ok_or_else(|| QueueError::InvalidParameter("no such move task".to_owned()))?;
+        task.status = status;
+        Ok(Response::MoveTask(task.clone()))
     }
 
     /// Moves the exhausted messages a receive of `max` on `queue` would reach into its

@@ -244,6 +244,18 @@ impl Queue {
         exhausted.into_iter().filter_map(|seq| self.remove(seq)).collect()
     }
 
+    /// Takes out up to `max` visible messages, lowest seq first (for a move task).
+    /// `now_ms` must be settled.
+    pub(crate) fn take_visible(&mut self, max: usize) -> Vec<Message> {
+        let seqs: Vec<u64> = self.visible.iter().take(max).copied().collect();
+        seqs.into_iter().filter_map(|seq| self.remove(seq)).collect()
+    }
+
+    /// Whether the queue holds no message at all.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
     /// Adds a dead letter moved from another queue: visible now, not received
     /// yet, retention counted from now. `now_ms` must be settled.
     pub(crate) fn adopt(&mut self, moved: Message, now_ms: u64) {

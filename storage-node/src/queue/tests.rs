@@ -918,3 +918,64 @@ fn fifo_locks_and_deduplication_survive_a_snapshot_round_trip() {
     let Response::Sent(dup) = fifo_send(&mut shard, 1_000, vec![fifo_message(3, "a", "d1")]) else { panic!() };
     assert_eq!(dup[0].message_id.as_u128(), 1, "still deduplicated");
 }
+
+// -------------------------------------------------------------------------------- move tasks
+
+fn start_move(shard: &mut Shard, source: QueueId, destination: QueueId, rate: u32) -> Response {
+    shard.apply(0, Command::StartMoveTask { tenant: TENANT.to_owned(), source, destination, max_per_second: rate })
+}
+
+#[test]
+fn a_move_task_moves_in_steps_and_completes_when_the_source_is_empty() {
+    let mut shard = shard_with_dead_letter_queue(1);
+    let to_dlq = Command::Send { queue: DLQ, tenant: TENANT.to_owned(), messages: (1..=5).map(new_message).collect() };
+    assert!(matches!(shard.apply(0, to_dlq), Response::Sent(_)));
+    let Response::MoveTask(task) = start_move(&mut shard, DLQ, Q, 10) else { panic!("start") };
+    assert_eq!((task.to_move, task.status.clone()), (5, MoveTaskStatus::Running));
+    // A second task on the same source is refused while the first runs.
+    assert!(matches!(start_move(&mut shard, DLQ, Q, 10), Response::Error(QueueError::InvalidParameter(_))));
+    let step = |shard: &mut Shard| shard.apply(0, Command::MoveStep { task_id: task.task_id, max_messages: 3 });
+    assert!(
+        matches!(step(&mut shard), Response::MoveTask(ref t) if t.moved == 3 && t.status == MoveTaskStatus::Running)
+    );
+    assert!(
+        matches!(step(&mut shard), Response::MoveTask(ref t) if t.moved == 5 && t.status == MoveTaskStatus::Completed)
+    );
+    assert_eq!(shard.counts().visible, 5);
+    assert_eq!(shard.state.queue_counts(DLQ, TENANT).map(|c| c.visible), Some(0));
+    assert_eq!(shard.state.move_tasks_of(TENANT, DLQ).len(), 1);
+    assert!(shard.state.running_move_tasks().is_empty());
+}
+
+#[test]
+fn move_tasks_cancel_fail_and_check_their_input() {
+    let mut shard = shard_with_dead_letter_queue(1);
+    for bad_rate in [0, MOVE_PER_SECOND_MAX + 1] {
+        assert!(matches!(start_move(&mut shard, DLQ, Q, bad_rate), Response::Error(_)));
+    }
+    assert!(matches!(start_move(&mut shard, DLQ, DLQ, 1), Response::Error(_)));
+    assert!(matches!(start_move(&mut shard, DLQ, 999, 1), Response::Error(QueueError::QueueNotFound)));
+    let other =
+        Command::StartMoveTask { tenant: OTHER_TENANT.to_owned(), source: DLQ, destination: Q, max_per_second: 1 };
+    assert!(matches!(shard.apply(0, other), Response::Error(QueueError::QueueNotFound)));
+
+    let send = Command::Send { queue: DLQ, tenant: TENANT.to_owned(), messages: vec![new_message(1)] };
+    shard.apply(0, send);
+    let Response::MoveTask(task) = start_move(&mut shard, DLQ, Q, 1) else { panic!("start") };
+    let cancel = |tenant: &str| Command::CancelMoveTask { tenant: tenant.to_owned(), task_id: task.task_id };
+    assert!(matches!(shard.apply(0, cancel(OTHER_TENANT)), Response::Error(_)), "another tenant cannot cancel");
+    assert!(
+        matches!(shard.apply(0, cancel(TENANT)), Response::MoveTask(ref t) if t.status == MoveTaskStatus::Cancelled)
+    );
+    assert!(matches!(shard.apply(0, cancel(TENANT)), Response::Error(_)), "only a running task can be cancelled");
+    // A cancelled task does not move anything.
+    shard.apply(0, Command::MoveStep { task_id: task.task_id, max_messages: 10 });
+    assert_eq!(shard.state.queue_counts(DLQ, TENANT).map(|c| c.visible), Some(1));
+
+    // A task whose destination disappears fails instead of losing messages.
+    let Response::MoveTask(task) = start_move(&mut shard, DLQ, Q, 1) else { panic!("restart") };
+    shard.apply(0, Command::DeleteQueue { queue: Q, tenant: TENANT.to_owned() });
+    let step = shard.apply(0, Command::MoveStep { task_id: task.task_id, max_messages: 10 });
+    assert!(matches!(step, Response::MoveTask(ref t) if matches!(t.status, MoveTaskStatus::Failed(_))), "{step:?}");
+    assert_eq!(shard.state.queue_counts(DLQ, TENANT).map(|c| c.visible), Some(1));
+}

@@ -211,6 +211,56 @@ pub enum Command {
     },
     /// Drops messages past retention in every queue of the shard.
     Expire,
+    /// Starts moving the messages of `source` (typically a dead-letter queue) to `destination`,
+    /// at most `max_per_second`; the storage node then proposes [`Command::MoveStep`]s.
+    StartMoveTask {
+        tenant: String,
+        source: QueueId,
+        destination: QueueId,
+        max_per_second: u32,
+    },
+    CancelMoveTask {
+        tenant: String,
+        task_id: MoveTaskId,
+    },
+    /// Moves up to `max_messages` visible messages of a running task.
+    MoveStep {
+        task_id: MoveTaskId,
+        max_messages: u32,
+    },
+}
+
+/// A move task's id: the log index of the command that started it.
+pub type MoveTaskId = u64;
+
+/// Fastest move task (SQS's MaxNumberOfMessagesPerSecond maximum).
+pub const MOVE_PER_SECOND_MAX: u32 = 500;
+/// Most messages one move step moves.
+pub const MOVE_STEP_MESSAGES_MAX: u32 = 100;
+/// Finished tasks kept per source queue (ListMessageMoveTasks shows at most 10).
+pub const MOVE_TASKS_KEPT_PER_SOURCE: usize = 10;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MoveTaskStatus {
+    Running,
+    Completed,
+    Cancelled,
+    Failed(String),
+}
+
+/// A task moving messages between two queues of one tenant on this shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveTask {
+    pub task_id: MoveTaskId,
+    pub tenant: String,
+    pub source: QueueId,
+    pub destination: QueueId,
+    pub max_per_second: u32,
+    pub moved: u64,
+    /// Messages in the source when the task started.
+    pub to_move: u64,
+    pub status: MoveTaskStatus,
+    pub started_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -257,6 +307,8 @@ pub enum Response {
     },
     /// The command was rejected and changed nothing.
     Error(QueueError),
+    /// A move task after the command.
+    MoveTask(MoveTask),
 }
 
 /// Approximate counts, as SQS's `ApproximateNumberOf{Messages, MessagesNotVisible,
