@@ -9,8 +9,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .bytes(".strata.v1.NewMessage.body")
         .bytes(".strata.v1.ReceivedMessage.body")
-        // The metadata catalog stores segment records as they travel, so one type serves both.
+        // The metadata catalog stores segment records and queue configs as they travel, so one
+        // type serves both.
         .type_attribute(".strata.v1.Segment", "#[derive(serde::Serialize, serde::Deserialize)]")
+        .type_attribute(".strata.v1.QueueConfig", "#[derive(serde::Serialize, serde::Deserialize)]")
         .compile_protos(&["proto/strata.proto"], &["proto"])?;
     Ok(())
 }

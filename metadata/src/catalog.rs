@@ -66,25 +66,9 @@ impl AccessKeyRecord {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QueueConfig {
-    pub retention_ms: u64,
-    pub visibility_timeout_ms: u64,
-    pub delay_ms: u64,
-    /// 0: the service limit.
-    pub maximum_message_bytes: u64,
-    pub receive_wait_ms: u64,
-    /// SQS RedrivePolicy / RedriveAllowPolicy JSON as set; empty when unset.
-    pub redrive_policy: String,
-    pub redrive_allow_policy: String,
-    /// Incarnation of the dead-letter queue (0: none).
-    pub dead_letter_queue_id: u64,
-    pub max_receive_count: u32,
-    pub fifo_queue: bool,
-    pub content_based_deduplication: bool,
-    pub deduplication_per_group: bool,
-    pub throughput_per_group: bool,
-}
+/// A queue's settings, as recorded in the catalog (the wire type is the record): retention,
+/// visibility, delay, SQS limits and defaults, redrive and FIFO settings.
+pub type QueueConfig = strata_common::proto::QueueConfig;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantRecord {

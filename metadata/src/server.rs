@@ -150,46 +150,6 @@ impl MetadataNode {
     }
 }
 
-impl From<pb::QueueConfig> for QueueConfig {
-    fn from(c: pb::QueueConfig) -> Self {
-        Self {
-            retention_ms: c.retention_ms,
-            visibility_timeout_ms: c.visibility_timeout_ms,
-            delay_ms: c.delay_ms,
-            maximum_message_bytes: c.maximum_message_bytes,
-            receive_wait_ms: c.receive_wait_ms,
-            redrive_policy: c.redrive_policy,
-            redrive_allow_policy: c.redrive_allow_policy,
-            dead_letter_queue_id: c.dead_letter_queue_id,
-            max_receive_count: c.max_receive_count,
-            fifo_queue: c.fifo_queue,
-            content_based_deduplication: c.content_based_deduplication,
-            deduplication_per_group: c.deduplication_per_group,
-            throughput_per_group: c.throughput_per_group,
-        }
-    }
-}
-
-impl From<QueueConfig> for pb::QueueConfig {
-    fn from(c: QueueConfig) -> Self {
-        Self {
-            retention_ms: c.retention_ms,
-            visibility_timeout_ms: c.visibility_timeout_ms,
-            delay_ms: c.delay_ms,
-            maximum_message_bytes: c.maximum_message_bytes,
-            receive_wait_ms: c.receive_wait_ms,
-            redrive_policy: c.redrive_policy,
-            redrive_allow_policy: c.redrive_allow_policy,
-            dead_letter_queue_id: c.dead_letter_queue_id,
-            max_receive_count: c.max_receive_count,
-            fifo_queue: c.fifo_queue,
-            content_based_deduplication: c.content_based_deduplication,
-            deduplication_per_group: c.deduplication_per_group,
-            throughput_per_group: c.throughput_per_group,
-        }
-    }
-}
-
 impl From<QueueRecord> for pb::QueueInfo {
     fn from(q: QueueRecord) -> Self {
         Self {
@@ -197,7 +157,7 @@ impl From<QueueRecord> for pb::QueueInfo {
             name: q.name,
             queue_id: q.queue_id,
             shard_id: q.shard_id,
-            config: Some(q.config.into()),
+            config: Some(q.config),
             created_ms: q.created_ms,
             modified_ms: q.modified_ms,
             tags: q.tags.into_iter().collect(),
@@ -230,7 +190,7 @@ fn queue_response(response: MetaResponse) -> Result<Response<pb::QueueInfo>, Sta
 }
 
 fn required_config(config: Option<pb::QueueConfig>) -> Result<QueueConfig, Status> {
-    config.map(Into::into).ok_or_else(|| StrataError::invalid("queue config is required").into())
+    config.ok_or_else(|| StrataError::invalid("queue config is required").into())
 }
 
 #[tonic::async_trait]
