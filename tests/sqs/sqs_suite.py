@@ -529,7 +529,26 @@ class Scenario:
         code = error_code(sqs.set_queue_attributes, QueueUrl=cbd, Attributes={"FifoQueue": "false"})
         self.observe("fifo_cannot_change", code)
         self.check(code in ("InvalidAttributeValue", "InvalidParameterValue"), code)
-        for u in (url, cbd):
+        # A FIFO queue's dead letters go to a FIFO dead-letter queue, keeping their group.
+        fifo_dlq = sqs.create_queue(QueueName=self.name("fdlq") + ".fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
+        fifo_dlq_arn = sqs.get_queue_attributes(QueueUrl=fifo_dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        plain = sqs.create_queue(QueueName=self.name("plaindlq"))["QueueUrl"]
+        plain_arn = sqs.get_queue_attributes(QueueUrl=plain, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        code = error_code(sqs.set_queue_attributes, QueueUrl=cbd, Attributes={
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": plain_arn, "maxReceiveCount": 1})})
+        self.observe("fifo_standard_dlq", code)
+        self.check(code == "InvalidParameterValue", code)
+        sqs.set_queue_attributes(QueueUrl=cbd, Attributes={
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": fifo_dlq_arn, "maxReceiveCount": 1})})
+        sqs.send_message(QueueUrl=cbd, MessageBody="fifo poison", MessageGroupId="pg")
+        # "same body" from above is still in flight in group g; receive the poison once, then again.
+        first_poison = sqs.receive_message(QueueUrl=cbd, MaxNumberOfMessages=10, VisibilityTimeout=0).get("Messages", [])
+        self.check([m["Body"] for m in first_poison] == ["fifo poison"], first_poison)
+        self.check(sqs.receive_message(QueueUrl=cbd, MaxNumberOfMessages=10).get("Messages", []) == [], "moved")
+        dead = sqs.receive_message(QueueUrl=fifo_dlq, WaitTimeSeconds=2, AttributeNames=["All"]).get("Messages", [])
+        self.observe("fifo_dead_letter", [(m["Body"], m["Attributes"].get("MessageGroupId")) for m in dead])
+        self.check([(m["Body"], m["Attributes"].get("MessageGroupId")) for m in dead] == [("fifo poison", "pg")], dead)
+        for u in (url, cbd, fifo_dlq, plain):
             sqs.delete_queue(QueueUrl=u)
 
     def run(self):

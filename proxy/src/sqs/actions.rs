@@ -476,12 +476,6 @@ async fn resolve_redrive(
                 config.dead_letter_queue_id = 0;
                 config.max_receive_count = 0;
             }
-            "RedrivePolicy" if config.fifo_queue => {
-                return Err(redrive_error(
-                    name,
-                    "dead-letter queues of FIFO queues are not supported by this service yet.",
-                ));
-            }
             "RedrivePolicy" => {
                 let policy: Value =
                     serde_json::from_str(value).map_err(|_| redrive_error(name, "it is not valid JSON."))?;
@@ -503,6 +497,13 @@ async fn resolve_redrive(
                 let dead_letter = queues::info(&ctx.state.placement, ctx.tenant(), target).await.map_err(|e| {
                     if e.kind == strata_common::error::ErrorKind::QueueNotFound { missing() } else { e.into() }
                 })?;
+                if dead_letter.config.as_ref().is_some_and(|c| c.fifo_queue) != config.fifo_queue {
+                    return Err(redrive_error(
+                        name,
+                        "the dead-letter queue of a FIFO queue must be a FIFO queue, and of a standard queue a \
+                         standard queue.",
+                    ));
+                }
                 let allow = dead_letter.config.as_ref().map_or("", |c| c.redrive_allow_policy.as_str());
                 if !redrive_allowed(ctx, allow, source) {
                     return Err(redrive_error(

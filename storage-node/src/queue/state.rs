@@ -328,9 +328,13 @@ impl ShardState {
     /// dead-letter queue, when it has one of the same tenant (other than itself). Answers the
     /// receive count from which messages are dead letters (not to be delivered), if any.
     fn move_dead_letters(&mut self, queue: QueueId, tenant: &str, max: usize, now_ms: u64) -> Option<u32> {
-        // Dead letters of FIFO queues would need their group ids carried over: not yet.
-        let redrive = self.get(queue, tenant).filter(|q| q.config.fifo.is_none()).and_then(|q| q.config.redrive)?;
-        if redrive.dead_letter_queue == queue || self.get(redrive.dead_letter_queue, tenant).is_none() {
+        let source = self.get(queue, tenant)?;
+        let redrive = source.config.redrive?;
+        let source_fifo = source.config.fifo.is_some();
+        // The dead-letter queue must exist for the tenant and be of the same kind (a FIFO
+        // queue's dead letters keep their groups in a FIFO dead-letter queue).
+        let dead_letter_fifo = self.get(redrive.dead_letter_queue, tenant)?.config.fifo.is_some();
+        if redrive.dead_letter_queue == queue || dead_letter_fifo != source_fifo {
             return None;
         }
         let moved = self.with_queue(queue, tenant, |q| {

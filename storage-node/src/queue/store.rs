@@ -60,6 +60,12 @@ pub(crate) struct IndexKeys {
     pub(crate) log_index: u64,
 }
 
+/// A message taken out of one queue to be adopted by another, with its FIFO ids.
+pub(crate) struct Moved {
+    message: Message,
+    fifo: Option<FifoIds>,
+}
+
 /// What a receipt currently designates, checked without changing anything.
 pub(crate) enum LeaseCheck {
     /// The message was deleted or is past retention.
@@ -228,7 +234,7 @@ impl Queue {
     /// receive of `max_messages` would stop and moving at most
     /// [`DEAD_LETTER_MOVES_MAX`] (the next receive goes on). `now_ms` must be
     /// settled.
-    pub(crate) fn take_dead_letters(&mut self, max_messages: usize, max_receive_count: u32) -> Vec<Message> {
+    pub(crate) fn take_dead_letters(&mut self, max_messages: usize, max_receive_count: u32) -> Vec<Moved> {
         let mut exhausted = Vec::new();
         let mut deliverable = 0;
         for (&seq, message) in self.visible.iter().filter_map(|seq| self.messages.get(seq).map(|m| (seq, m))) {
@@ -241,14 +247,20 @@ impl Queue {
                 deliverable += 1;
             }
         }
-        exhausted.into_iter().filter_map(|seq| self.remove(seq)).collect()
+        exhausted.into_iter().filter_map(|seq| self.take(seq)).collect()
+    }
+
+    /// Removes a message to move it to another queue, with its FIFO ids.
+    fn take(&mut self, seq: u64) -> Option<Moved> {
+        let fifo = self.fifo.as_ref().and_then(|f| f.ids.get(&seq).cloned());
+        self.remove(seq).map(|message| Moved { message, fifo })
     }
 
     /// Takes out up to `max` visible messages, lowest seq first (for a move task).
     /// `now_ms` must be settled.
-    pub(crate) fn take_visible(&mut self, max: usize) -> Vec<Message> {
+    pub(crate) fn take_visible(&mut self, max: usize) -> Vec<Moved> {
         let seqs: Vec<u64> = self.visible.iter().take(max).copied().collect();
-        seqs.into_iter().filter_map(|seq| self.remove(seq)).collect()
+        seqs.into_iter().filter_map(|seq| self.take(seq)).collect()
     }
 
     /// Whether the queue holds no message at all.
@@ -258,7 +270,8 @@ impl Queue {
 
     /// Adds a dead letter moved from another queue: visible now, not received
     /// yet, retention counted from now. `now_ms` must be settled.
-    pub(crate) fn adopt(&mut self, moved: Message, now_ms: u64) {
+    pub(crate) fn adopt(&mut self, moved: Moved, now_ms: u64) {
+        let Moved { message: moved, fifo } = moved;
         let seq = self.next_seq;
         self.next_seq = self.next_seq.saturating_add(1);
         *self.moved_in_bodies.entry(moved.body_ref.log_index).or_insert(0) += 1;
@@ -273,6 +286,11 @@ impl Queue {
             moved_in: true,
         };
         self.messages.insert(seq, message);
+        // A FIFO message keeps its group in a FIFO queue (its deduplication id is not registered
+        // again: the window belongs to the queue it was sent to).
+        if let (Some(state), Some(ids)) = (&mut self.fifo, fifo) {
+            state.ids.insert(seq, ids);
+        }
         self.place(seq, now_ms, false, now_ms);
     }
 

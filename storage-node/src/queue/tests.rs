@@ -979,3 +979,28 @@ fn move_tasks_cancel_fail_and_check_their_input() {
     assert!(matches!(step, Response::MoveTask(ref t) if matches!(t.status, MoveTaskStatus::Failed(_))), "{step:?}");
     assert_eq!(shard.state.queue_counts(DLQ, TENANT).map(|c| c.visible), Some(1));
 }
+
+#[test]
+fn fifo_dead_letters_keep_their_group_in_a_fifo_dead_letter_queue() {
+    let mut shard = Shard::new();
+    let fifo = Some(FifoConfig { deduplication_per_group: false });
+    let create = |queue, config| Command::CreateQueue { queue, tenant: TENANT.to_owned(), config };
+    shard.apply(0, create(DLQ, QueueConfig { retention_ms: 3_600_000, fifo, ..config() }));
+    let redrive = Some(Redrive { dead_letter_queue: DLQ, max_receive_count: 1 });
+    shard.apply(0, create(FIFO_Q, QueueConfig { retention_ms: 3_600_000, fifo, redrive, ..config() }));
+    fifo_send(&mut shard, 0, vec![fifo_message(1, "a", "d1"), fifo_message(2, "a", "d2")]);
+    assert_eq!(fifo_receive(&mut shard, 0, 10, 1_000).len(), 2);
+    assert!(fifo_receive(&mut shard, 2_000, 10, 1_000).is_empty(), "both moved");
+    let command = Command::Receive {
+        queue: DLQ,
+        tenant: TENANT.to_owned(),
+        max_messages: 1,
+        visibility_timeout_ms: Some(60_000),
+    };
+    let Response::Received(got) = shard.apply(2_000, command.clone()) else { panic!("receive") };
+    assert_eq!(got[0].message_id.as_u128(), 1);
+    assert_eq!(got[0].fifo.as_ref().map(|f| f.group_id.as_str()), Some("a"));
+    // The group is locked in the dead-letter queue too.
+    let Response::Received(none) = shard.apply(2_000, command) else { panic!("receive") };
+    assert!(none.is_empty(), "{none:?}");
+}
