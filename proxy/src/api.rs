@@ -444,8 +444,14 @@ async fn receive_messages(
     }
     let visibility_timeout_ms = request.visibility_timeout_seconds.map(|v| v * 1000);
     let received = queues::on_queue(&state.placement, &tenant, &name, |mut c, q| async move {
-        c.receive(pb::ReceiveRequest { queue: Some(q), max_messages, visibility_timeout_ms, wait_ms: wait_s * 1000 })
-            .await
+        c.receive(pb::ReceiveRequest {
+            queue: Some(q),
+            max_messages,
+            visibility_timeout_ms,
+            wait_ms: wait_s * 1000,
+            ..Default::default()
+        })
+        .await
     })
     .await?;
     let messages: Vec<_> = received.messages.into_iter().map(received_json).collect();

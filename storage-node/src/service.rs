@@ -151,6 +151,7 @@ async fn receive(
     max_messages: u32,
     visibility_timeout_ms: Option<u64>,
     wait_ms: u64,
+    attempt_id: String,
 ) -> Result<Vec<pb::ReceivedMessage>, StrataError> {
     if !(1..=queue::RECEIVE_BATCH_MAX).contains(&max_messages) {
         return Err(StrataError::invalid(format!("max messages must be 1-{}", queue::RECEIVE_BATCH_MAX)));
@@ -161,6 +162,7 @@ async fn receive(
     let wait_ms = wait_ms.min(limits::LONG_POLL_MS_MAX);
     let deadline_ms = shard.now_ms() + wait_ms;
     let mut applied = shard.subscribe_applied();
+    let mut first = true;
     loop {
         let now_ms = shard.now_ms();
         let (exists, visible, next_visible_ms) = {
@@ -174,9 +176,20 @@ async fn receive(
         if !exists {
             return Err(queue_error(queue::QueueError::QueueNotFound));
         }
-        if visible {
-            let command =
-                Command::Receive { queue: queue_id, tenant: tenant.clone(), max_messages, visibility_timeout_ms };
+        // A receive with an attempt id is proposed at once: its retry answers messages in flight.
+        if visible || (!attempt_id.is_empty() && first) {
+            first = false;
+            let command = if attempt_id.is_empty() {
+                Command::Receive { queue: queue_id, tenant: tenant.clone(), max_messages, visibility_timeout_ms }
+            } else {
+                Command::ReceiveAttempt {
+                    queue: queue_id,
+                    tenant: tenant.clone(),
+                    max_messages,
+                    visibility_timeout_ms,
+                    attempt_id: attempt_id.clone(),
+                }
+            };
             if let queue::Response::Received(deliveries) = shard.propose(command).await?
                 && !deliveries.is_empty()
             {
@@ -240,7 +253,16 @@ impl Storage for StorageService {
     async fn receive(&self, request: Request<pb::ReceiveRequest>) -> Result<Response<pb::ReceiveResponse>, Status> {
         let r = request.into_inner();
         let (shard, queue, tenant) = self.route(r.queue.as_ref())?;
-        let messages = receive(&shard, queue, tenant, r.max_messages, r.visibility_timeout_ms, r.wait_ms).await?;
+        let messages = receive(
+            &shard,
+            queue,
+            tenant,
+            r.max_messages,
+            r.visibility_timeout_ms,
+            r.wait_ms,
+            r.receive_request_attempt_id,
+        )
+        .await?;
         Ok(Response::new(pb::ReceiveResponse { messages }))
     }
 

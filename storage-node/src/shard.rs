@@ -42,6 +42,7 @@ impl fmt::Display for ShardEntry {
             Command::StartMoveTask { .. } => "start-move-task",
             Command::CancelMoveTask { .. } => "cancel-move-task",
             Command::MoveStep { .. } => "move-step",
+            Command::ReceiveAttempt { .. } => "receive-attempt",
         };
         write!(f, "{name}@{}", self.0.now_ms)
     }

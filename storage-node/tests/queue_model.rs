@@ -276,8 +276,11 @@ impl Model {
                 Ok(Response::Expired { count })
             }
             // Not generated here: move tasks, dead letters and FIFO have unit tests of their own.
-            Command::StartMoveTask { .. } | Command::CancelMoveTask { .. } | Command::MoveStep { .. } => {
-                unreachable!("the model test does not generate move-task commands")
+            Command::StartMoveTask { .. }
+            | Command::CancelMoveTask { .. }
+            | Command::MoveStep { .. }
+            | Command::ReceiveAttempt { .. } => {
+                unreachable!("the model test does not generate move-task or receive-attempt commands")
             }
         };
         result.unwrap_or_else(Response::Error)

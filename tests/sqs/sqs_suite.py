@@ -529,6 +529,18 @@ class Scenario:
         code = error_code(sqs.set_queue_attributes, QueueUrl=cbd, Attributes={"FifoQueue": "false"})
         self.observe("fifo_cannot_change", code)
         self.check(code in ("InvalidAttributeValue", "InvalidParameterValue"), code)
+        # A retried receive with the same ReceiveRequestAttemptId answers the same receipt.
+        attempt_q = sqs.create_queue(QueueName=self.name("attempt") + ".fifo",
+                                     Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "true"})["QueueUrl"]
+        sqs.send_message(QueueUrl=attempt_q, MessageBody="once", MessageGroupId="g")
+        sqs.send_message(QueueUrl=attempt_q, MessageBody="twice", MessageGroupId="h")
+        tries = [sqs.receive_message(QueueUrl=attempt_q, ReceiveRequestAttemptId="attempt-1",
+                                     VisibilityTimeout=60).get("Messages", []) for _ in range(2)]
+        same = len(tries[0]) == 1 and [m["ReceiptHandle"] for m in tries[0]] == [m["ReceiptHandle"] for m in tries[1]]
+        self.observe("receive_attempt_retry_same", same)
+        self.check(same, tries)
+        sqs.delete_queue(QueueUrl=attempt_q)
+
         # A FIFO queue's dead letters go to a FIFO dead-letter queue, keeping their group.
         fifo_dlq = sqs.create_queue(QueueName=self.name("fdlq") + ".fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
         fifo_dlq_arn = sqs.get_queue_attributes(QueueUrl=fifo_dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]

@@ -1089,14 +1089,31 @@ async fn receive_message(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError
     let message_names = string_list(input, "MessageAttributeNames")?;
     let wants_attribute = attribute_filter(&message_names);
 
-    let received = queues::on_queue(&ctx.state.placement, ctx.tenant(), &info.name, |mut c, q| async move {
-        c.receive(pb::ReceiveRequest {
-            queue: Some(q),
-            max_messages: max_messages as u32,
-            visibility_timeout_ms,
-            wait_ms,
-        })
-        .await
+    // Used by FIFO queues only, as in SQS; a standard queue ignores it.
+    let attempt_id = match string(input, "ReceiveRequestAttemptId")? {
+        Some(id) if config.fifo_queue => {
+            if !valid_fifo_id(id) {
+                return Err(SqsError::invalid_parameter_value(
+                    "Value for parameter ReceiveRequestAttemptId is invalid: 1-128 characters of letters, digits and \
+                     punctuation.",
+                ));
+            }
+            id.to_string()
+        }
+        _ => String::new(),
+    };
+    let received = queues::on_queue(&ctx.state.placement, ctx.tenant(), &info.name, |mut c, q| {
+        let receive_request_attempt_id = attempt_id.clone();
+        async move {
+            c.receive(pb::ReceiveRequest {
+                queue: Some(q),
+                max_messages: max_messages as u32,
+                visibility_timeout_ms,
+                wait_ms,
+                receive_request_attempt_id,
+            })
+            .await
+        }
     })
     .await?;
     let messages: Vec<Value> = received

@@ -69,29 +69,11 @@ impl ShardState {
                 Ok(Response::Sent(q.send(log_index, now_ms, messages)))
             }),
             Command::Receive { queue, tenant, max_messages, visibility_timeout_ms } => {
-                let queue = *queue;
-                let max = usize::try_from(*max_messages).unwrap_or(usize::MAX);
-                // Validate before anything moves: an error must leave the state unchanged.
-                let checked = self.with_queue(queue, tenant, |q| {
-                    if !(1..=RECEIVE_BATCH_MAX).contains(max_messages) {
-                        return Err(QueueError::InvalidParameter(format!(
-                            "max_messages must be between 1 and {RECEIVE_BATCH_MAX}"
-                        )));
-                    }
-                    let timeout_ms = visibility_timeout_ms.unwrap_or(q.config.visibility_timeout_ms);
-                    check_visibility_timeout(timeout_ms)?;
-                    Ok(timeout_ms)
-                });
-                match checked {
-                    Ok(timeout_ms) => {
-                        let exhausted_at = self.move_dead_letters(queue, tenant, max, now_ms);
-                        self.with_queue(queue, tenant, |q| {
-                            q.settle(now_ms);
-                            Ok(Response::Received(q.receive(queue, log_index, now_ms, max, timeout_ms, exhausted_at)))
-                        })
-                    }
-                    Err(e) => Err(e),
-                }
+                self.receive(*queue, tenant, *max_messages, *visibility_timeout_ms, None, log_index, now_ms)
+            }
+            Command::ReceiveAttempt { queue, tenant, max_messages, visibility_timeout_ms, attempt_id } => {
+                let attempt = Some(attempt_id.as_str());
+                self.receive(*queue, tenant, *max_messages, *visibility_timeout_ms, attempt, log_index, now_ms)
             }
             Command::Delete { queue, tenant, receipts } => {
                 let queue = *queue;
@@ -205,6 +187,54 @@ impl ShardState {
         let result = f(q);
         reindex(&mut self.by_expiry, &mut self.by_log_index, queue, q);
         result
+    }
+
+    /// A receive; with an attempt id (FIFO queues), a retry within the window answers the same
+    /// messages and receipts when they are still in flight under them.
+    #[allow(clippy::too_many_arguments)]
+    fn receive(
+        &mut self,
+        queue: QueueId,
+        tenant: &str,
+        max_messages: u32,
+        visibility_timeout_ms: Option<u64>,
+        attempt_id: Option<&str>,
+        log_index: u64,
+        now_ms: u64,
+    ) -> Result<Response, QueueError> {
+        let max = usize::try_from(max_messages).unwrap_or(usize::MAX);
+        // Validate before anything moves: an error must leave the state unchanged.
+        let timeout_ms = self.with_queue(queue, tenant, |q| {
+            if !(1..=RECEIVE_BATCH_MAX).contains(&max_messages) {
+                return Err(QueueError::InvalidParameter(format!(
+                    "max_messages must be between 1 and {RECEIVE_BATCH_MAX}"
+                )));
+            }
+            let timeout_ms = visibility_timeout_ms.unwrap_or(q.config.visibility_timeout_ms);
+            check_visibility_timeout(timeout_ms)?;
+            if let Some(id) = attempt_id {
+                validate_fifo_id("a receive request attempt id", id)?;
+            }
+            Ok(timeout_ms)
+        })?;
+        if let Some(id) = attempt_id {
+            let retried = self.with_queue(queue, tenant, |q| {
+                q.settle(now_ms);
+                Ok(q.retry_receive(queue, id, now_ms, timeout_ms))
+            })?;
+            if let Some(deliveries) = retried {
+                return Ok(Response::Received(deliveries));
+            }
+        }
+        let exhausted_at = self.move_dead_letters(queue, tenant, max, now_ms);
+        self.with_queue(queue, tenant, |q| {
+            q.settle(now_ms);
+            let deliveries = q.receive(queue, log_index, now_ms, max, timeout_ms, exhausted_at);
+            if let Some(id) = attempt_id {
+                q.record_receive_attempt(id, &deliveries, now_ms);
+            }
+            Ok(Response::Received(deliveries))
+        })
     }
 
     /// The running move tasks, to be stepped.

@@ -108,6 +108,16 @@ struct FifoState {
     dedup: BTreeMap<String, Deduplicated>,
     /// `(window end, deduplication key)`, to drop ended windows in order.
     dedup_ends: BTreeSet<(u64, String)>,
+    /// Receive attempt id -> what that receive delivered, while its window lasts.
+    attempts: BTreeMap<String, ReceiveAttempt>,
+    /// `(window end, attempt id)`.
+    attempt_ends: BTreeSet<(u64, String)>,
+}
+
+/// The messages one receive with an attempt id delivered: `(seq, lease)` of each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ReceiveAttempt {
+    delivered: Vec<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,6 +157,13 @@ impl FifoState {
             }
             self.dedup_ends.pop_first();
             self.dedup.remove(&key);
+        }
+        while let Some((ends_ms, id)) = self.attempt_ends.first().cloned() {
+            if ends_ms > now_ms {
+                break;
+            }
+            self.attempt_ends.pop_first();
+            self.attempts.remove(&id);
         }
     }
 }
@@ -433,6 +450,53 @@ impl Queue {
             self.place(seq, visible_at_ms, false, now_ms);
         }
         deliveries
+    }
+
+    /// A retried receive (FIFO, same attempt id within the window): the messages of the first
+    /// receive still in flight under its leases, with their visibility timeout restarted and
+    /// the same receipts. `None` when the attempt id is unknown (or this is no FIFO queue).
+    /// `now_ms` must be settled.
+    pub(crate) fn retry_receive(
+        &mut self,
+        queue: QueueId,
+        attempt_id: &str,
+        now_ms: u64,
+        visibility_timeout_ms: u64,
+    ) -> Option<Vec<Delivery>> {
+        let attempt = self.fifo.as_ref()?.attempts.get(attempt_id)?.clone();
+        let mut deliveries = Vec::new();
+        for (seq, lease) in attempt.delivered {
+            let still_leased = self.messages.get(&seq).is_some_and(|m| m.lease == lease && m.visible_at_ms > now_ms);
+            if !still_leased {
+                continue;
+            }
+            self.set_visible_at(seq, now_ms.saturating_add(visibility_timeout_ms), now_ms);
+            let Some(message) = self.messages.get(&seq) else { continue };
+            deliveries.push(Delivery {
+                message_id: message.message_id,
+                seq,
+                body_ref: message.body_ref,
+                receipt: Receipt { queue, seq, lease }.encode(),
+                receive_count: message.receive_count,
+                sent_ms: message.sent_ms,
+                first_receive_ms: message.first_receive_ms,
+                fifo: self.fifo.as_ref().and_then(|fifo| fifo.ids.get(&seq).cloned()),
+            });
+        }
+        Some(deliveries)
+    }
+
+    /// Remembers what a receive with an attempt id delivered (FIFO queues; nothing when empty).
+    pub(crate) fn record_receive_attempt(&mut self, attempt_id: &str, deliveries: &[Delivery], now_ms: u64) {
+        let Some(fifo) = &mut self.fifo else { return };
+        if deliveries.is_empty() {
+            return;
+        }
+        let lease = |d: &Delivery| Receipt::decode(&d.receipt).map(|r| (d.seq, r.lease));
+        let delivered = deliveries.iter().filter_map(lease).collect();
+        let ends_ms = now_ms.saturating_add(DEDUP_WINDOW_MS);
+        fifo.attempt_ends.insert((ends_ms, attempt_id.to_owned()));
+        fifo.attempts.insert(attempt_id.to_owned(), ReceiveAttempt { delivered });
     }
 
     /// Whether `seq` was ever handed out; receipts naming a later seq are forged.

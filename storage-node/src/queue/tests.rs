@@ -1004,3 +1004,42 @@ fn fifo_dead_letters_keep_their_group_in_a_fifo_dead_letter_queue() {
     let Response::Received(none) = shard.apply(2_000, command) else { panic!("receive") };
     assert!(none.is_empty(), "{none:?}");
 }
+
+#[test]
+fn fifo_receive_attempt_retries_answer_the_same_receipts() {
+    let mut shard = fifo_shard(false);
+    fifo_send(&mut shard, 0, vec![fifo_message(1, "a", "d1"), fifo_message(2, "b", "d2")]);
+    let attempt = |shard: &mut Shard, now_ms, id: &str| {
+        let command = Command::ReceiveAttempt {
+            queue: FIFO_Q,
+            tenant: TENANT.to_owned(),
+            max_messages: 1,
+            visibility_timeout_ms: Some(30_000),
+            attempt_id: id.to_owned(),
+        };
+        match shard.apply(now_ms, command) {
+            Response::Received(d) => d.into_iter().map(|d| (d.message_id.as_u128(), d.receipt)).collect::<Vec<_>>(),
+            other => panic!("receive failed: {other:?}"),
+        }
+    };
+    let first = attempt(&mut shard, 0, "try-1");
+    assert_eq!(first.len(), 1);
+    // The retry (a lost answer, say) gets the same message and receipt, not the next one.
+    assert_eq!(attempt(&mut shard, 20_000, "try-1"), first);
+    // Its visibility restarted at the retry: at 40 s (past the first 30 s) it is still in flight.
+    assert_eq!(attempt(&mut shard, 40_000, "try-2").iter().map(|(id, _)| *id).collect::<Vec<_>>(), [2]);
+    assert_eq!(attempt(&mut shard, 40_000, "try-1"), first);
+    // Once deleted, the retry answers nothing rather than another message.
+    let delete = Command::Delete { queue: FIFO_Q, tenant: TENANT.to_owned(), receipts: vec![first[0].1.clone()] };
+    assert!(matches!(shard.apply(40_000, delete), Response::Deleted(_)));
+    assert!(attempt(&mut shard, 40_000, "try-1").is_empty());
+    // A bad attempt id changes nothing.
+    let bad = Command::ReceiveAttempt {
+        queue: FIFO_Q,
+        tenant: TENANT.to_owned(),
+        max_messages: 1,
+        visibility_timeout_ms: None,
+        attempt_id: "no spaces".to_owned(),
+    };
+    assert!(matches!(shard.apply_rejected(40_000, bad), QueueError::InvalidParameter(_)));
+}

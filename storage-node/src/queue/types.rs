@@ -228,6 +228,16 @@ pub enum Command {
         task_id: MoveTaskId,
         max_messages: u32,
     },
+    /// A Receive with an attempt id (SQS ReceiveRequestAttemptId, FIFO queues): retried within
+    /// [`DEDUP_WINDOW_MS`], it answers the same messages and receipts while they are still in
+    /// flight under them, and restarts their visibility timeout.
+    ReceiveAttempt {
+        queue: QueueId,
+        tenant: String,
+        max_messages: u32,
+        visibility_timeout_ms: Option<u64>,
+        attempt_id: String,
+    },
 }
 
 /// A move task's id: the log index of the command that started it.
