@@ -91,6 +91,7 @@ async fn receive_all(client: &mut StorageClient<tonic::transport::Channel>, queu
             max_messages: 10,
             visibility_timeout_ms: Some(600_000),
             wait_ms: 2_000,
+            ..Default::default()
         };
         let got = client.receive(request).await.expect("receive").into_inner().messages;
         assert!(!got.is_empty(), "queue ran dry after {} of {MESSAGES} messages", seen.len());
