@@ -105,6 +105,7 @@ pub fn queue_error(e: QueueError) -> StrataError {
         QueueError::InvalidParameter(_) | QueueError::TooManyEntries => ErrorKind::InvalidParameter,
         QueueError::InvalidReceipt | QueueError::StaleReceipt => ErrorKind::InvalidReceipt,
         QueueError::MessageNotInFlight => ErrorKind::MessageNotInFlight,
+        QueueError::InFlightLimit => ErrorKind::LimitExceeded,
     };
     StrataError::new(kind, e.to_string())
 }

@@ -7,9 +7,10 @@ use serde::{Deserialize, Serialize};
 use super::receipt::Receipt;
 use super::store::{LeaseCheck, Queue};
 use super::types::{
-    Command, DELETE_BATCH_MAX, FIFO_ID_CHARS_MAX, MESSAGE_ATTRIBUTES_MAX, MOVE_PER_SECOND_MAX, MOVE_STEP_MESSAGES_MAX,
-    MOVE_TASKS_KEPT_PER_SOURCE, MoveTask, MoveTaskId, MoveTaskStatus, NewMessage, QueueConfig, QueueCounts, QueueError,
-    QueueId, RECEIVE_BATCH_MAX, Response, SEND_BATCH_MAX, ShardCommand, check_delay, check_visibility_timeout,
+    Command, DELETE_BATCH_MAX, FIFO_ID_CHARS_MAX, IN_FLIGHT_MAX, MESSAGE_ATTRIBUTES_MAX, MOVE_PER_SECOND_MAX,
+    MOVE_STEP_MESSAGES_MAX, MOVE_TASKS_KEPT_PER_SOURCE, MoveTask, MoveTaskId, MoveTaskStatus, NewMessage, QueueConfig,
+    QueueCounts, QueueError, QueueId, RECEIVE_BATCH_MAX, Response, SEND_BATCH_MAX, ShardCommand, check_delay,
+    check_visibility_timeout,
 };
 
 /// The replicated state of one shard. See the module doc of [`crate::queue`].
@@ -212,6 +213,12 @@ impl ShardState {
             }
             let timeout_ms = visibility_timeout_ms.unwrap_or(q.config.visibility_timeout_ms);
             check_visibility_timeout(timeout_ms)?;
+            // Settling first only lets time pass (expired messages go, due ones become visible),
+            // so that messages whose visibility already ran out do not count.
+            q.settle(now_ms);
+            if q.counts().in_flight >= IN_FLIGHT_MAX {
+                return Err(QueueError::InFlightLimit);
+            }
             if let Some(id) = attempt_id {
                 validate_fifo_id("a receive request attempt id", id)?;
             }

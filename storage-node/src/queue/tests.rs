@@ -1043,3 +1043,22 @@ fn fifo_receive_attempt_retries_answer_the_same_receipts() {
     };
     assert!(matches!(shard.apply_rejected(40_000, bad), QueueError::InvalidParameter(_)));
 }
+
+#[test]
+fn receives_stop_at_the_in_flight_limit_until_messages_come_back() {
+    let mut shard = Shard::new();
+    let config = QueueConfig { retention_ms: 3_600_000, visibility_timeout_ms: 60_000, ..config() };
+    shard.apply(0, Command::CreateQueue { queue: Q, tenant: TENANT.to_owned(), config });
+    let batches = IN_FLIGHT_MAX / 10;
+    for b in 0..batches {
+        shard.send(0, &(0..10).map(|i| u128::from(b * 10 + i)).collect::<Vec<_>>());
+    }
+    shard.send(0, &[u128::from(IN_FLIGHT_MAX) + 1]);
+    for _ in 0..batches {
+        assert_eq!(shard.receive(0, 10, None).len(), 10);
+    }
+    assert_eq!(shard.counts().in_flight, IN_FLIGHT_MAX);
+    assert!(matches!(shard.apply(0, receive_cmd(10, None)), Response::Error(QueueError::InFlightLimit)));
+    // When the visibility timeouts run out, receiving works again.
+    assert_eq!(shard.receive(60_000, 10, None).len(), 10);
+}

@@ -362,4 +362,11 @@ pub enum QueueError {
     /// retention, or whose visibility timeout has already run out.
     #[error("message is not in flight")]
     MessageNotInFlight,
+    /// A receive while the queue already has [`IN_FLIGHT_MAX`] messages in flight.
+    #[error("the queue has {IN_FLIGHT_MAX} messages in flight; delete or change the visibility of some first")]
+    InFlightLimit,
 }
+
+/// Most messages a queue may have in flight (received, not yet deleted or visible again): SQS's
+/// limit. Receives beyond it fail with `InFlightLimit` (SQS `OverLimit`).
+pub const IN_FLIGHT_MAX: u64 = 120_000;
