@@ -1,8 +1,8 @@
 //! SigV4 authentication of SQS requests against tenants' access keys kept in metadata.
 //!
-//! Keys are cached for [`ACCESS_KEY_CACHE_TTL`], so a revocation reaches every proxy within
-//! that time (and this proxy at once when the revocation went through it). Unknown key ids are
-//! not cached. Secrets are never logged.
+//! Keys (and unknown key ids) are cached for [`ACCESS_KEY_CACHE_TTL`], so a revocation reaches
+//! every proxy within that time (and this proxy at once when the revocation went through it), and
+//! a new key works everywhere within that time after creation at worst. Secrets are never logged.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -29,7 +29,9 @@ pub struct Caller {
 
 pub struct AccessKeys {
     metadata: MetadataClient,
-    cache: Mutex<HashMap<String, (pb::AccessKey, Instant)>>,
+    /// Looked-up keys; `None` records an id metadata does not know, so that requests with made-up
+    /// ids do not each cost a metadata call.
+    cache: Mutex<HashMap<String, (Option<pb::AccessKey>, Instant)>>,
 }
 
 impl AccessKeys {
@@ -46,20 +48,19 @@ impl AccessKeys {
         if let Some((key, fetched)) = self.cache.lock().get(access_key_id)
             && fetched.elapsed() < ACCESS_KEY_CACHE_TTL
         {
-            return Ok(Some(key.clone()));
+            return Ok(key.clone());
         }
-        match self.metadata.lookup_access_key(access_key_id).await {
-            Ok(key) => {
-                let mut cache = self.cache.lock();
-                if cache.len() >= ACCESS_KEY_CACHE_ENTRIES_MAX {
-                    cache.clear();
-                }
-                cache.insert(access_key_id.to_string(), (key.clone(), Instant::now()));
-                Ok(Some(key))
-            }
-            Err(e) if e.kind == ErrorKind::AccessKeyNotFound => Ok(None),
-            Err(e) => Err(e.into()),
+        let key = match self.metadata.lookup_access_key(access_key_id).await {
+            Ok(key) => Some(key),
+            Err(e) if e.kind == ErrorKind::AccessKeyNotFound => None,
+            Err(e) => return Err(e.into()),
+        };
+        let mut cache = self.cache.lock();
+        if cache.len() >= ACCESS_KEY_CACHE_ENTRIES_MAX {
+            cache.clear();
         }
+        cache.insert(access_key_id.to_string(), (key.clone(), Instant::now()));
+        Ok(key)
     }
 
     /// Verifies the request's signature; the caller's tenant is the key's tenant.
