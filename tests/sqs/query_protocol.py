@@ -138,10 +138,11 @@ class QueryClient:
         self.last_wire = None
         self.failed_at = None
 
-    def call(self, action, params, url=None, method="POST", drop_queue_url=False):
+    def call(self, action, params, url=None, method="POST", drop_queue_url=False, presign=False):
         """Answers (HTTP status, parsed answer). `url`: where to send (default the endpoint);
         `method` GET puts the parameters into the query string; `drop_queue_url` leaves the
-        QueueUrl parameter out (the URL path names the queue)."""
+        QueueUrl parameter out (the URL path names the queue); `presign` (GET only) signs in the
+        query string instead of the Authorization header."""
         operation = self.model.operation_model(action)
         request = self.serializer.serialize_to_request(params, operation)
         form = dict(request["body"])
@@ -156,7 +157,10 @@ class QueryClient:
             aws_request = botocore.awsrequest.AWSRequest(
                 method="POST", url=target, data=encoded.encode(), headers=request["headers"]
             )
-        botocore.auth.SigV4Auth(self.credentials, "sqs", self.region).add_auth(aws_request)
+        if presign:
+            botocore.auth.SigV4QueryAuth(self.credentials, "sqs", self.region, expires=300).add_auth(aws_request)
+        else:
+            botocore.auth.SigV4Auth(self.credentials, "sqs", self.region).add_auth(aws_request)
         response = self.http.send(aws_request.prepare())
         shape = operation.output_shape
         parsed = self.parser.parse(
@@ -232,6 +236,10 @@ def run(client, steps):
         step("ListQueues (GET, parameters in the query string)")
         listed = ok(client, "ListQueues", {"QueueNamePrefix": name}, method="GET")
         expect(listed.get("QueueUrls") == [queue_url], f"ListQueues answered {listed.get('QueueUrls')!r}")
+
+        step("ListQueues by a presigned URL (SigV4 in the query string)")
+        listed = ok(client, "ListQueues", {"QueueNamePrefix": name}, method="GET", presign=True)
+        expect(listed.get("QueueUrls") == [queue_url], f"presigned ListQueues answered {listed.get('QueueUrls')!r}")
 
         step("SendMessage with String, Number and Binary attributes, to the queue URL")
         body = "héllo <query> & \"protocol\" 'test'\r\nline two\t]]>"
