@@ -247,6 +247,17 @@ async fn move_loop(shard: Arc<Shard>, cancel: CancellationToken) {
         }
         let running = shard.state().0.running_move_tasks();
         for task in running {
+            // Nothing to move now but messages still in flight or delayed: no step (a step on an
+            // empty source completes the task).
+            let idle = {
+                let state = shard.state();
+                let counts = state.0.queue_counts(task.source, &task.tenant);
+                let empty = counts.is_none_or(|c| c.visible + c.in_flight + c.delayed == 0);
+                !empty && !state.0.has_visible(task.source, &task.tenant, shard.now_ms())
+            };
+            if idle {
+                continue;
+            }
             let max_messages = task.max_per_second.div_ceil(ticks_per_second).max(1);
             if let Err(e) = shard.propose(Command::MoveStep { task_id: task.task_id, max_messages }).await {
                 tracing::warn!(shard = shard.shard_id, task = task.task_id, error = %e, "move step failed; will retry");

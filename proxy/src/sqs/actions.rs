@@ -553,20 +553,20 @@ async fn list_dead_letter_source_queues(ctx: &Ctx<'_>, input: &Value) -> Result<
     let mut urls = Vec::new();
     let mut next_token = None;
     // Pages through the tenant's queues (metadata keeps them by name).
-    loop {
+    'pages: loop {
         let page =
             ctx.state.placement.metadata.list_queues(ctx.tenant(), "", &start_after, LIST_QUEUES_PAGE_MAX).await?;
         for queue in &page.queues {
             if queue.config.as_ref().is_some_and(|c| c.dead_letter_queue_id == dead_letter.queue_id) {
                 if urls.len() == max {
                     next_token = max_results.and(Some(start_after.clone()));
-                    break;
+                    break 'pages;
                 }
                 urls.push(ctx.queue_url(&queue.name));
             }
             start_after.clone_from(&queue.name);
         }
-        if next_token.is_some() || !page.truncated {
+        if !page.truncated {
             break;
         }
     }

@@ -213,12 +213,6 @@ impl ShardState {
             }
             let timeout_ms = visibility_timeout_ms.unwrap_or(q.config.visibility_timeout_ms);
             check_visibility_timeout(timeout_ms)?;
-            // Settling first only lets time pass (expired messages go, due ones become visible),
-            // so that messages whose visibility already ran out do not count.
-            q.settle(now_ms);
-            if q.counts().in_flight >= IN_FLIGHT_MAX {
-                return Err(QueueError::InFlightLimit);
-            }
             if let Some(id) = attempt_id {
                 validate_fifo_id("a receive request attempt id", id)?;
             }
@@ -233,6 +227,18 @@ impl ShardState {
                 return Ok(Response::Received(deliveries));
             }
         }
+        // The in-flight limit, counted after letting time pass (settling drops expired messages
+        // and makes due ones visible, so messages whose visibility ran out do not count). A
+        // receive near the limit takes only what still fits; at the limit it fails, and then
+        // nothing but time has passed.
+        let room = self.with_queue(queue, tenant, |q| {
+            q.settle(now_ms);
+            Ok(IN_FLIGHT_MAX.saturating_sub(q.counts().in_flight))
+        })?;
+        if room == 0 {
+            return Err(QueueError::InFlightLimit);
+        }
+        let max = max.min(usize::try_from(room).unwrap_or(usize::MAX));
         let exhausted_at = self.move_dead_letters(queue, tenant, max, now_ms);
         self.with_queue(queue, tenant, |q| {
             q.settle(now_ms);

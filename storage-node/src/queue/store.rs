@@ -118,6 +118,7 @@ struct FifoState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct ReceiveAttempt {
     delivered: Vec<(u64, u64)>,
+    window_ends_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -257,6 +258,9 @@ impl Queue {
         for (&seq, message) in self.visible.iter().filter_map(|seq| self.messages.get(seq).map(|m| (seq, m))) {
             if deliverable == max_messages || exhausted.len() == DEAD_LETTER_MOVES_MAX {
                 break;
+            }
+            if self.fifo.as_ref().is_some_and(|fifo| fifo.is_locked(seq)) {
+                continue; // neither delivered nor moved while its group is locked
             }
             if message.receive_count >= max_receive_count {
                 exhausted.push(seq);
@@ -454,7 +458,8 @@ impl Queue {
 
     /// A retried receive (FIFO, same attempt id within the window): the messages of the first
     /// receive still in flight under its leases, with their visibility timeout restarted and
-    /// the same receipts. `None` when the attempt id is unknown (or this is no FIFO queue).
+    /// the same receipts. `None` when the attempt id is unknown, when none of its messages is
+    /// in flight under it any more (the attempt is then forgotten), or for a standard queue.
     /// `now_ms` must be settled.
     pub(crate) fn retry_receive(
         &mut self,
@@ -464,6 +469,19 @@ impl Queue {
         visibility_timeout_ms: u64,
     ) -> Option<Vec<Delivery>> {
         let attempt = self.fifo.as_ref()?.attempts.get(attempt_id)?.clone();
+        let still_any = attempt
+            .delivered
+            .iter()
+            .any(|&(seq, lease)| self.messages.get(&seq).is_some_and(|m| m.lease == lease && m.visible_at_ms > now_ms));
+        if !still_any {
+            // Nothing of the first receive is in flight under it any more: forget the attempt, and
+            // this receive is a new one.
+            if let Some(fifo) = &mut self.fifo {
+                fifo.attempts.remove(attempt_id);
+                fifo.attempt_ends.remove(&(attempt.window_ends_ms, attempt_id.to_owned()));
+            }
+            return None;
+        }
         let mut deliveries = Vec::new();
         for (seq, lease) in attempt.delivered {
             let still_leased = self.messages.get(&seq).is_some_and(|m| m.lease == lease && m.visible_at_ms > now_ms);
@@ -496,7 +514,7 @@ impl Queue {
         let delivered = deliveries.iter().filter_map(lease).collect();
         let ends_ms = now_ms.saturating_add(DEDUP_WINDOW_MS);
         fifo.attempt_ends.insert((ends_ms, attempt_id.to_owned()));
-        fifo.attempts.insert(attempt_id.to_owned(), ReceiveAttempt { delivered });
+        fifo.attempts.insert(attempt_id.to_owned(), ReceiveAttempt { delivered, window_ends_ms: ends_ms });
     }
 
     /// Whether `seq` was ever handed out; receipts naming a later seq are forged.
@@ -564,9 +582,11 @@ impl Queue {
         if let Some(fifo) = &self.fifo {
             // Only messages of unlocked groups can be delivered; a long poll must not spin on
             // the others.
+            // A due pending message (its visibility ran out, so its group unlocks when a command
+            // settles the queue) also calls for a receive.
             let deliverable = |seq: &u64| live(seq) && !fifo.is_locked(*seq);
             return self.visible.iter().any(deliverable)
-                || self.pending.range(..=(now_ms, u64::MAX)).any(|(_, seq)| deliverable(seq));
+                || self.pending.first().is_some_and(|&(visible_at_ms, _)| visible_at_ms <= now_ms);
         }
         // The highest visible seq is the least likely to be expired; if it is,
         // all of `visible` is (expired messages are a seq prefix).

@@ -1029,10 +1029,10 @@ fn fifo_receive_attempt_retries_answer_the_same_receipts() {
     // Its visibility restarted at the retry: at 40 s (past the first 30 s) it is still in flight.
     assert_eq!(attempt(&mut shard, 40_000, "try-2").iter().map(|(id, _)| *id).collect::<Vec<_>>(), [2]);
     assert_eq!(attempt(&mut shard, 40_000, "try-1"), first);
-    // Once deleted, the retry answers nothing rather than another message.
+    // Once deleted, nothing of the first receive is in flight: the attempt id starts a new receive.
     let delete = Command::Delete { queue: FIFO_Q, tenant: TENANT.to_owned(), receipts: vec![first[0].1.clone()] };
     assert!(matches!(shard.apply(40_000, delete), Response::Deleted(_)));
-    assert!(attempt(&mut shard, 40_000, "try-1").is_empty());
+    assert!(attempt(&mut shard, 40_000, "try-1").is_empty(), "group b is locked by try-2, group a is empty");
     // A bad attempt id changes nothing.
     let bad = Command::ReceiveAttempt {
         queue: FIFO_Q,
@@ -1061,4 +1061,57 @@ fn receives_stop_at_the_in_flight_limit_until_messages_come_back() {
     assert!(matches!(shard.apply(0, receive_cmd(10, None)), Response::Error(QueueError::InFlightLimit)));
     // When the visibility timeouts run out, receiving works again.
     assert_eq!(shard.receive(60_000, 10, None).len(), 10);
+}
+
+#[test]
+fn fifo_message_whose_visibility_ran_out_on_a_quiet_queue_is_receivable() {
+    let mut shard = fifo_shard(false);
+    fifo_send(&mut shard, 0, vec![fifo_message(1, "a", "d1")]);
+    assert_eq!(fifo_receive(&mut shard, 0, 1, 1_000).len(), 1);
+    assert!(!shard.state.has_visible(FIFO_Q, TENANT, 500));
+    // No command touched the queue since; the long poll must still see it as receivable.
+    assert!(shard.state.has_visible(FIFO_Q, TENANT, 2_000));
+    assert_eq!(fifo_receive(&mut shard, 2_000, 1, 1_000).len(), 1);
+}
+
+#[test]
+fn fifo_receive_attempt_whose_messages_came_back_receives_again() {
+    let mut shard = fifo_shard(false);
+    fifo_send(&mut shard, 0, vec![fifo_message(1, "a", "d1")]);
+    let command = |timeout_ms| Command::ReceiveAttempt {
+        queue: FIFO_Q,
+        tenant: TENANT.to_owned(),
+        max_messages: 1,
+        visibility_timeout_ms: Some(timeout_ms),
+        attempt_id: "x".to_owned(),
+    };
+    assert!(matches!(shard.apply(0, command(30_000)), Response::Received(ref d) if d.len() == 1));
+    // At 40 s the message is visible again: the same attempt id delivers it anew.
+    let again = shard.apply(40_000, command(30_000));
+    assert!(matches!(again, Response::Received(ref d) if d.len() == 1 && d[0].receive_count == 2), "{again:?}");
+}
+
+#[test]
+fn fifo_dead_letter_scan_passes_over_locked_groups() {
+    let mut shard = Shard::new();
+    let fifo = Some(FifoConfig { deduplication_per_group: false });
+    let create = |queue, config| Command::CreateQueue { queue, tenant: TENANT.to_owned(), config };
+    shard.apply(0, create(DLQ, QueueConfig { retention_ms: 3_600_000, fifo, ..config() }));
+    let redrive = Some(Redrive { dead_letter_queue: DLQ, max_receive_count: 2 });
+    shard.apply(0, create(FIFO_Q, QueueConfig { retention_ms: 3_600_000, fifo, redrive, ..config() }));
+    fifo_send(&mut shard, 0, vec![fifo_message(1, "a", "a1"), fifo_message(2, "a", "a2"), fifo_message(3, "b", "b1")]);
+    let all = fifo_receipts(&mut shard, 0, 10);
+    assert_eq!(all.len(), 3);
+    // a1 stays in flight for long; a2 and b1 come back at 30 s (the queue's 10 s timeout ran out).
+    let keep = Command::ChangeVisibility {
+        queue: FIFO_Q,
+        tenant: TENANT.to_owned(),
+        receipt: all[0].1.clone(),
+        visibility_timeout_ms: 120_000,
+    };
+    assert_eq!(shard.apply(0, keep), Response::VisibilityChanged);
+    assert_eq!(fifo_receive(&mut shard, 31_000, 1, 10_000), [(3, "b".to_owned())], "b1's second receive");
+    // At 61 s b1 is exhausted; a2 is visible but group a is locked: b1 must move anyway.
+    assert!(fifo_receive(&mut shard, 61_000, 1, 10_000).is_empty());
+    assert_eq!(shard.state.queue_counts(DLQ, TENANT).map(|c| c.visible), Some(1));
 }
