@@ -26,6 +26,10 @@ use strata_wal::raft_state::ReplicatedState;
 /// Most shards one registration may create.
 pub const INITIAL_SHARDS_MAX: u32 = 64;
 
+/// Most queues one tenant may have (their state costs a few hundred bytes each on a storage node
+/// and a record here).
+pub const QUEUES_PER_TENANT_MAX: u64 = 100_000;
+
 /// Most tags on one queue (SQS's limit).
 pub const QUEUE_TAGS_MAX: usize = 50;
 /// Longest tag key and value, in characters (SQS's limits).
@@ -242,6 +246,8 @@ pub struct Catalog {
     segments: BTreeMap<u64, BTreeMap<u64, SegmentRecord>>,
     /// By access key id.
     access_keys: BTreeMap<String, AccessKeyRecord>,
+    /// Live queues per tenant, for the per-tenant limit.
+    queues_per_tenant: BTreeMap<String, u64>,
 }
 
 /// FNV-1a: a stable hash (unlike std's, which is randomly seeded) for placing queues on shards.
@@ -367,6 +373,13 @@ impl Catalog {
                         format!("queue '{name}' already exists with different attributes"),
                     ));
                 }
+                let count = self.queues_per_tenant.get(tenant).copied().unwrap_or(0);
+                if count >= QUEUES_PER_TENANT_MAX {
+                    return Err(StrataError::new(
+                        ErrorKind::LimitExceeded,
+                        format!("a tenant may have at most {QUEUES_PER_TENANT_MAX} queues; delete some first"),
+                    ));
+                }
                 let shard_ids: Vec<u64> = self.shards.keys().copied().collect();
                 if shard_ids.is_empty() {
                     return Err(StrataError::unavailable("no storage node has registered yet; retry shortly"));
@@ -383,13 +396,22 @@ impl Catalog {
                     tags: BTreeMap::new(),
                 };
                 self.queues.insert((tenant.clone(), name.clone()), record.clone());
+                *self.queues_per_tenant.entry(tenant.clone()).or_insert(0) += 1;
                 Ok(MetaResponse::Queue(record))
             }
-            MetaCommand::DeleteQueue { tenant, name } => self
-                .queues
-                .remove(&(tenant.clone(), name.clone()))
-                .map(MetaResponse::Queue)
-                .ok_or_else(|| StrataError::queue_not_found(name)),
+            MetaCommand::DeleteQueue { tenant, name } => {
+                let record = self
+                    .queues
+                    .remove(&(tenant.clone(), name.clone()))
+                    .ok_or_else(|| StrataError::queue_not_found(name))?;
+                if let Some(count) = self.queues_per_tenant.get_mut(tenant) {
+                    *count = count.saturating_sub(1);
+                    if *count == 0 {
+                        self.queues_per_tenant.remove(tenant);
+                    }
+                }
+                Ok(MetaResponse::Queue(record))
+            }
             MetaCommand::SetQueueConfig { tenant, name, config, now_ms } => {
                 let record = self
                     .queues
@@ -702,5 +724,20 @@ mod tests {
         assert!(matches!(c.apply(14, &untag), MetaResponse::Queue(q) if q.tags.keys().collect::<Vec<_>>() == ["env"]));
         let other = MetaCommand::UntagQueue { tenant: "t2".into(), name: "q".into(), keys: vec![] };
         assert!(matches!(c.apply(15, &other), MetaResponse::Error(e) if e.code == "QueueNotFound"));
+    }
+
+    #[test]
+    fn a_tenant_has_a_bounded_number_of_queues_and_deleting_makes_room() {
+        let mut c = catalog_with_node();
+        for i in 0..QUEUES_PER_TENANT_MAX {
+            assert!(matches!(create(&mut c, 10 + i, "t1", &format!("q{i}"), config()), MetaResponse::Queue(_)));
+        }
+        let over = create(&mut c, 1_000_000, "t1", "one-more", config());
+        assert!(matches!(over, MetaResponse::Error(ref e) if e.code == "LimitExceeded"), "{over:?}");
+        // Other tenants are not affected, and re-creating an existing queue still answers it.
+        assert!(matches!(create(&mut c, 1_000_001, "t2", "one-more", config()), MetaResponse::Queue(_)));
+        assert!(matches!(create(&mut c, 1_000_002, "t1", "q0", config()), MetaResponse::Queue(_)));
+        c.apply(1_000_003, &MetaCommand::DeleteQueue { tenant: "t1".into(), name: "q0".into() });
+        assert!(matches!(create(&mut c, 1_000_004, "t1", "one-more", config()), MetaResponse::Queue(_)));
     }
 }
