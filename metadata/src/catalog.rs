@@ -301,6 +301,10 @@ impl Catalog {
         self.segments.get(&shard_id).map(|s| s.values().cloned().collect()).unwrap_or_default()
     }
 
+    fn queue_mut(&mut self, tenant: &str, name: &str) -> Result<&mut QueueRecord, StrataError> {
+        self.queues.get_mut(&(tenant.to_string(), name.to_string())).ok_or_else(|| StrataError::queue_not_found(name))
+    }
+
     pub fn access_key(&self, access_key_id: &str) -> Option<&AccessKeyRecord> {
         self.access_keys.get(access_key_id)
     }
@@ -413,19 +417,13 @@ impl Catalog {
                 Ok(MetaResponse::Queue(record))
             }
             MetaCommand::SetQueueConfig { tenant, name, config, now_ms } => {
-                let record = self
-                    .queues
-                    .get_mut(&(tenant.clone(), name.clone()))
-                    .ok_or_else(|| StrataError::queue_not_found(name))?;
+                let record = self.queue_mut(tenant, name)?;
                 record.config = config.clone();
                 record.modified_ms = *now_ms;
                 Ok(MetaResponse::Queue(record.clone()))
             }
             MetaCommand::TagQueue { tenant, name, tags } => {
-                let record = self
-                    .queues
-                    .get_mut(&(tenant.clone(), name.clone()))
-                    .ok_or_else(|| StrataError::queue_not_found(name))?;
+                let record = self.queue_mut(tenant, name)?;
                 for (key, value) in tags {
                     if key.is_empty() || key.chars().count() > TAG_KEY_CHARS_MAX {
                         return Err(StrataError::invalid(format!("tag keys are 1-{TAG_KEY_CHARS_MAX} characters")));
@@ -443,10 +441,7 @@ impl Catalog {
                 Ok(MetaResponse::Queue(record.clone()))
             }
             MetaCommand::UntagQueue { tenant, name, keys } => {
-                let record = self
-                    .queues
-                    .get_mut(&(tenant.clone(), name.clone()))
-                    .ok_or_else(|| StrataError::queue_not_found(name))?;
+                let record = self.queue_mut(tenant, name)?;
                 for key in keys {
                     record.tags.remove(key);
                 }
