@@ -38,11 +38,14 @@ pub enum ErrorKind {
     /// A visibility change for a message that is not in flight (deleted, expired, or its
     /// visibility timeout already ran out).
     MessageNotInFlight,
+    /// The receipt is well formed but no longer the message's latest: it was received again
+    /// since. The message is left as it is.
+    StaleReceipt,
 }
 
 impl ErrorKind {
     /// Every kind, for exhaustive tests of mappings.
-    pub const ALL: [ErrorKind; 12] = [
+    pub const ALL: [ErrorKind; 13] = [
         ErrorKind::QueueNotFound,
         ErrorKind::QueueAlreadyExists,
         ErrorKind::InvalidParameter,
@@ -55,6 +58,7 @@ impl ErrorKind {
         ErrorKind::AccessKeyNotFound,
         ErrorKind::LimitExceeded,
         ErrorKind::MessageNotInFlight,
+        ErrorKind::StaleReceipt,
     ];
 
     /// The stable code string shown to tenants.
@@ -72,6 +76,7 @@ impl ErrorKind {
             ErrorKind::AccessKeyNotFound => "AccessKeyNotFound",
             ErrorKind::LimitExceeded => "LimitExceeded",
             ErrorKind::MessageNotInFlight => "MessageNotInFlight",
+            ErrorKind::StaleReceipt => "StaleReceipt",
         }
     }
 
@@ -87,7 +92,8 @@ impl ErrorKind {
             ErrorKind::InvalidParameter
             | ErrorKind::InvalidReceipt
             | ErrorKind::LimitExceeded
-            | ErrorKind::MessageNotInFlight => 400,
+            | ErrorKind::MessageNotInFlight
+            | ErrorKind::StaleReceipt => 400,
             ErrorKind::TooLarge => 413,
             ErrorKind::Unauthenticated => 401,
             ErrorKind::Throttled => 429,
@@ -100,7 +106,9 @@ impl ErrorKind {
         match self {
             ErrorKind::QueueNotFound | ErrorKind::AccessKeyNotFound => tonic::Code::NotFound,
             ErrorKind::QueueAlreadyExists => tonic::Code::AlreadyExists,
-            ErrorKind::InvalidParameter | ErrorKind::InvalidReceipt => tonic::Code::InvalidArgument,
+            ErrorKind::InvalidParameter | ErrorKind::InvalidReceipt | ErrorKind::StaleReceipt => {
+                tonic::Code::InvalidArgument
+            }
             ErrorKind::TooLarge => tonic::Code::OutOfRange,
             ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
             ErrorKind::Throttled => tonic::Code::ResourceExhausted,

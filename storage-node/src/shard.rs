@@ -103,7 +103,8 @@ pub fn queue_error(e: QueueError) -> StrataError {
         QueueError::QueueNotFound => ErrorKind::QueueNotFound,
         QueueError::QueueAlreadyExists => ErrorKind::Internal,
         QueueError::InvalidParameter(_) | QueueError::TooManyEntries => ErrorKind::InvalidParameter,
-        QueueError::InvalidReceipt | QueueError::StaleReceipt => ErrorKind::InvalidReceipt,
+        QueueError::InvalidReceipt => ErrorKind::InvalidReceipt,
+        QueueError::StaleReceipt => ErrorKind::StaleReceipt,
         QueueError::MessageNotInFlight => ErrorKind::MessageNotInFlight,
         QueueError::InFlightLimit => ErrorKind::LimitExceeded,
     };

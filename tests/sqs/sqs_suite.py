@@ -212,6 +212,16 @@ class Scenario:
         empty = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0).get("Messages", [])
         self.observe("after_delete", len(empty))
         self.check(empty == [], empty)
+        # A receipt superseded by a later receive: the delete succeeds and deletes nothing.
+        sqs.send_message(QueueUrl=url, MessageBody="stale")
+        old_receipt = sqs.receive_message(QueueUrl=url, VisibilityTimeout=0)["Messages"][0]["ReceiptHandle"]
+        latest = sqs.receive_message(QueueUrl=url, VisibilityTimeout=30)["Messages"][0]["ReceiptHandle"]
+        code = error_code(sqs.delete_message, QueueUrl=url, ReceiptHandle=old_receipt)
+        still = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"])
+        self.observe("stale_delete", [code, still["Attributes"]["ApproximateNumberOfMessagesNotVisible"]])
+        self.check(code == NO_ERROR and still["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "1",
+                   (code, still))
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=latest)
         code = error_code(sqs.delete_message, QueueUrl=url, ReceiptHandle="not-a-receipt")
         self.observe("bad_receipt", code)
         self.check(code == "ReceiptHandleIsInvalid", code)

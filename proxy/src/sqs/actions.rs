@@ -1159,6 +1159,9 @@ async fn receive_message(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError
     Ok(json!({ "Messages": messages }))
 }
 
+/// The storage code of a receipt that was superseded by a later receive.
+const STALE_RECEIPT: &str = "StaleReceipt";
+
 /// The SQS error for a storage entry error code.
 fn entry_error(code: &str, message: &str) -> SqsError {
     match code {
@@ -1190,7 +1193,8 @@ async fn delete_message(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError>
     let receipt = required_string(input, "ReceiptHandle")?;
     let response = delete_receipts(ctx, &info, vec![receipt.to_string()]).await?;
     let result = &response.results[0];
-    if !result.error_code.is_empty() {
+    // As SQS: deleting with a receipt that is no longer the latest succeeds and deletes nothing.
+    if !result.error_code.is_empty() && result.error_code != STALE_RECEIPT {
         return Err(entry_error(&result.error_code, &result.error_message));
     }
     Ok(json!({}))
@@ -1215,7 +1219,7 @@ async fn delete_message_batch(ctx: &Ctx<'_>, input: &Value) -> Result<Value, Sqs
     if !receipts.is_empty() {
         let response = delete_receipts(ctx, &info, receipts).await?;
         for (id, result) in ids.into_iter().zip(response.results) {
-            if result.error_code.is_empty() {
+            if result.error_code.is_empty() || result.error_code == STALE_RECEIPT {
                 successful.push(json!({ "Id": id }));
             } else {
                 failures.push(failed(id, &entry_error(&result.error_code, &result.error_message)));

@@ -80,7 +80,7 @@ impl From<StrataError> for SqsError {
             ErrorKind::InvalidParameter | ErrorKind::TooLarge | ErrorKind::AccessKeyNotFound => {
                 Self::invalid_parameter_value(e.message)
             }
-            ErrorKind::InvalidReceipt => Self::receipt_handle_is_invalid(e.message),
+            ErrorKind::InvalidReceipt | ErrorKind::StaleReceipt => Self::receipt_handle_is_invalid(e.message),
             ErrorKind::LimitExceeded => Self::over_limit(e.message),
             ErrorKind::MessageNotInFlight => Self::message_not_inflight(e.message),
             ErrorKind::Unauthenticated => Self::access_denied(e.message),
