@@ -36,7 +36,9 @@
 //!   message's id and sequence number and stores nothing. A receive delivers,
 //!   in seq order, only messages of groups with no message in flight; several
 //!   messages of one group may go out in one receive, in order. A group stays
-//!   locked until its in-flight messages are deleted or visible again.
+//!   locked until its in-flight messages are deleted or visible again. An index
+//!   of the open groups with visible messages (by their lowest seq) lets a
+//!   receive skip locked groups without scanning their messages.
 //! * Dead letters: when a queue has a [`Redrive`] to a dead-letter queue of the
 //!   same tenant on this shard, a Receive first moves the visible messages it
 //!   reaches that were already received `max_receive_count` times into the

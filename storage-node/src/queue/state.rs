@@ -166,6 +166,12 @@ impl ShardState {
         self.by_expiry.first().is_some_and(|&(expires_at_ms, _)| expires_at_ms <= now_ms)
     }
 
+    /// Test access to a queue's internals.
+    #[cfg(test)]
+    pub(crate) fn queue_for_tests(&self, queue: QueueId) -> Option<&Queue> {
+        self.queues.get(&queue)
+    }
+
     fn get(&self, queue: QueueId, tenant: &str) -> Option<&Queue> {
         self.queues.get(&queue).filter(|q| q.tenant == tenant)
     }

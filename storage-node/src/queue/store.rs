@@ -112,6 +112,11 @@ struct FifoState {
     attempts: BTreeMap<String, ReceiveAttempt>,
     /// `(window end, attempt id)`.
     attempt_ends: BTreeSet<(u64, String)>,
+    /// group -> the seqs of its visible messages.
+    visible_by_group: BTreeMap<String, BTreeSet<u64>>,
+    /// `(lowest visible seq, group)` of every unlocked group with a visible message: where a
+    /// receive looks, without scanning messages of locked groups.
+    ready: BTreeSet<(u64, String)>,
 }
 
 /// The messages one receive with an attempt id delivered: `(seq, lease)` of each.
@@ -129,26 +134,80 @@ struct Deduplicated {
 }
 
 impl FifoState {
-    fn lock(&mut self, seq: u64) {
-        if let Some(ids) = self.ids.get(&seq) {
-            *self.in_flight.entry(ids.group_id.clone()).or_insert(0) += 1;
+    fn group_of(&self, seq: u64) -> Option<String> {
+        self.ids.get(&seq).map(|ids| ids.group_id.clone())
+    }
+
+    fn head(&self, group: &str) -> Option<u64> {
+        self.visible_by_group.get(group).and_then(|seqs| seqs.first().copied())
+    }
+
+    /// Re-files `group` in `ready` after its head or its lock changed (`old_head`: its head
+    /// before the change).
+    fn refile(&mut self, group: String, old_head: Option<u64>) {
+        if let Some(head) = old_head {
+            self.ready.remove(&(head, group.clone()));
         }
+        if !self.in_flight.contains_key(&group)
+            && let Some(head) = self.head(&group)
+        {
+            self.ready.insert((head, group));
+        }
+    }
+
+    fn show(&mut self, seq: u64) {
+        let Some(group) = self.group_of(seq) else { return };
+        let old_head = self.head(&group);
+        self.visible_by_group.entry(group.clone()).or_default().insert(seq);
+        self.refile(group, old_head);
+    }
+
+    fn hide(&mut self, seq: u64) {
+        let Some(group) = self.group_of(seq) else { return };
+        let old_head = self.head(&group);
+        if let Some(seqs) = self.visible_by_group.get_mut(&group) {
+            seqs.remove(&seq);
+            if seqs.is_empty() {
+                self.visible_by_group.remove(&group);
+            }
+        }
+        self.refile(group, old_head);
+    }
+
+    fn lock(&mut self, seq: u64) {
+        let Some(group) = self.group_of(seq) else { return };
+        *self.in_flight.entry(group.clone()).or_insert(0) += 1;
+        let head = self.head(&group);
+        self.refile(group, head);
     }
 
     fn unlock(&mut self, seq: u64) {
-        let Some(ids) = self.ids.get(&seq) else {
-            return;
-        };
-        if let Some(count) = self.in_flight.get_mut(&ids.group_id) {
+        let Some(group) = self.group_of(seq) else { return };
+        if let Some(count) = self.in_flight.get_mut(&group) {
             *count -= 1;
             if *count == 0 {
-                self.in_flight.remove(&ids.group_id);
+                self.in_flight.remove(&group);
             }
         }
+        let head = self.head(&group);
+        self.refile(group, head);
     }
 
-    fn is_locked(&self, seq: u64) -> bool {
-        self.ids.get(&seq).is_some_and(|ids| self.in_flight.contains_key(&ids.group_id))
+    /// Visible messages of unlocked groups, group by group (by lowest seq), each group in seq
+    /// order; a group stops at its first message received `exhausted_at` times or more (a dead
+    /// letter waiting to move), so that nothing behind it in its group overtakes it.
+    fn open_visible(&self, messages: &BTreeMap<u64, Message>, exhausted_at: u32) -> impl Iterator<Item = (u64, bool)> {
+        self.ready.iter().flat_map(move |(_, group)| {
+            let mut blocked = false;
+            self.visible_by_group.get(group).into_iter().flatten().map_while(move |&seq| {
+                if blocked {
+                    return None;
+                }
+                let exhausted = messages.get(&seq).is_none_or(|m| m.receive_count >= exhausted_at);
+                blocked = exhausted;
+                Some((seq, exhausted))
+            })
+        })
     }
 
     fn end_windows(&mut self, now_ms: u64) {
@@ -196,11 +255,26 @@ impl Queue {
         })
     }
 
+    fn show(&mut self, seq: u64) {
+        self.visible.insert(seq);
+        if let Some(fifo) = &mut self.fifo {
+            fifo.show(seq);
+        }
+    }
+
+    fn hide(&mut self, seq: u64) -> bool {
+        let was_visible = self.visible.remove(&seq);
+        if was_visible && let Some(fifo) = &mut self.fifo {
+            fifo.hide(seq);
+        }
+        was_visible
+    }
+
     /// Puts a message (already in `messages`) into `visible` or `pending`; a
     /// received message going to `pending` is in flight and locks its FIFO group.
     fn place(&mut self, seq: u64, visible_at_ms: u64, never_received: bool, now_ms: u64) {
         if visible_at_ms <= now_ms {
-            self.visible.insert(seq);
+            self.show(seq);
         } else {
             self.pending.insert((visible_at_ms, seq));
             if never_received {
@@ -213,7 +287,7 @@ impl Queue {
 
     /// Takes a message out of `visible` or `pending` (it stays in `messages`).
     fn unplace(&mut self, seq: u64, message: &Message) {
-        if !self.visible.remove(&seq) && self.pending.remove(&(message.visible_at_ms, seq)) {
+        if !self.hide(seq) && self.pending.remove(&(message.visible_at_ms, seq)) {
             if message.receive_count == 0 {
                 self.delayed = self.delayed.saturating_sub(1);
             } else if let Some(fifo) = &mut self.fifo {
@@ -255,14 +329,25 @@ impl Queue {
     pub(crate) fn take_dead_letters(&mut self, max_messages: usize, max_receive_count: u32) -> Vec<Moved> {
         let mut exhausted = Vec::new();
         let mut deliverable = 0;
-        for (&seq, message) in self.visible.iter().filter_map(|seq| self.messages.get(seq).map(|m| (seq, m))) {
+        let candidates: Box<dyn Iterator<Item = (u64, bool)> + '_> = match &self.fifo {
+            // FIFO: only the visible messages of open groups, group by group in seq order.
+            Some(fifo) => Box::new(
+                fifo.ready
+                    .iter()
+                    .flat_map(|(_, group)| fifo.visible_by_group.get(group).into_iter().flatten())
+                    .map(|&seq| (seq, self.messages.get(&seq).is_some_and(|m| m.receive_count >= max_receive_count))),
+            ),
+            None => Box::new(
+                self.visible
+                    .iter()
+                    .map(|&seq| (seq, self.messages.get(&seq).is_some_and(|m| m.receive_count >= max_receive_count))),
+            ),
+        };
+        for (seq, is_exhausted) in candidates {
             if deliverable == max_messages || exhausted.len() == DEAD_LETTER_MOVES_MAX {
                 break;
             }
-            if self.fifo.as_ref().is_some_and(|fifo| fifo.is_locked(seq)) {
-                continue; // neither delivered nor moved while its group is locked
-            }
-            if message.receive_count >= max_receive_count {
+            if is_exhausted {
                 exhausted.push(seq);
             } else {
                 deliverable += 1;
@@ -282,6 +367,32 @@ impl Queue {
     pub(crate) fn take_visible(&mut self, max: usize) -> Vec<Moved> {
         let seqs: Vec<u64> = self.visible.iter().take(max).copied().collect();
         seqs.into_iter().filter_map(|seq| self.take(seq)).collect()
+    }
+
+    /// Test check: the FIFO ready index is what a scan of the messages gives.
+    #[cfg(test)]
+    pub(crate) fn fifo_index_is_consistent(&self) -> bool {
+        let Some(fifo) = &self.fifo else { return true };
+        let mut by_group: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+        for &seq in &self.visible {
+            if let Some(ids) = fifo.ids.get(&seq) {
+                by_group.entry(ids.group_id.clone()).or_default().insert(seq);
+            }
+        }
+        let mut in_flight: BTreeMap<String, u32> = BTreeMap::new();
+        for &(_, seq) in &self.pending {
+            if self.messages.get(&seq).is_some_and(|m| m.receive_count > 0)
+                && let Some(ids) = fifo.ids.get(&seq)
+            {
+                *in_flight.entry(ids.group_id.clone()).or_insert(0) += 1;
+            }
+        }
+        let ready: BTreeSet<(u64, String)> = by_group
+            .iter()
+            .filter(|(group, _)| !in_flight.contains_key(*group))
+            .filter_map(|(group, seqs)| seqs.first().map(|&head| (head, group.clone())))
+            .collect();
+        by_group == fifo.visible_by_group && in_flight == fifo.in_flight && ready == fifo.ready
     }
 
     /// Whether the queue holds no message at all.
@@ -338,7 +449,7 @@ impl Queue {
                 break;
             }
             self.pending.pop_first();
-            self.visible.insert(seq);
+            self.show(seq);
             if self.messages.get(&seq).is_some_and(|m| m.receive_count == 0) {
                 self.delayed = self.delayed.saturating_sub(1);
             } else if let Some(fifo) = &mut self.fifo {
@@ -418,16 +529,27 @@ impl Queue {
         exhausted_at: Option<u32>,
     ) -> Vec<Delivery> {
         let limit = exhausted_at.unwrap_or(u32::MAX);
-        // FIFO: groups locked before this receive stay closed; a group opened here may give
-        // several messages, in seq order.
-        let seqs: Vec<u64> = self
-            .visible
-            .iter()
-            .filter(|seq| self.messages.get(seq).is_some_and(|m| m.receive_count < limit))
-            .filter(|seq| !self.fifo.as_ref().is_some_and(|fifo| fifo.is_locked(**seq)))
-            .take(max_messages)
-            .copied()
-            .collect();
+        let seqs: Vec<u64> = match &self.fifo {
+            // FIFO: only groups unlocked before this receive; one group may give several
+            // messages, in seq order. Answered in seq order.
+            Some(fifo) => {
+                let mut seqs: Vec<u64> = fifo
+                    .open_visible(&self.messages, limit)
+                    .filter(|&(_, exhausted)| !exhausted)
+                    .map(|(seq, _)| seq)
+                    .take(max_messages)
+                    .collect();
+                seqs.sort_unstable();
+                seqs
+            }
+            None => self
+                .visible
+                .iter()
+                .filter(|seq| self.messages.get(seq).is_some_and(|m| m.receive_count < limit))
+                .take(max_messages)
+                .copied()
+                .collect(),
+        };
         let mut deliveries = Vec::with_capacity(seqs.len());
         for seq in seqs {
             let Some(mut message) = self.detach(seq) else {
@@ -559,6 +681,8 @@ impl Queue {
             // The deduplication window outlives a purge, as in SQS.
             fifo.ids.clear();
             fifo.in_flight.clear();
+            fifo.visible_by_group.clear();
+            fifo.ready.clear();
         }
         self.delayed = 0;
         count
@@ -584,8 +708,7 @@ impl Queue {
             // the others.
             // A due pending message (its visibility ran out, so its group unlocks when a command
             // settles the queue) also calls for a receive.
-            let deliverable = |seq: &u64| live(seq) && !fifo.is_locked(*seq);
-            return self.visible.iter().any(deliverable)
+            return fifo.ready.iter().any(|(head, _)| live(head))
                 || self.pending.first().is_some_and(|&(visible_at_ms, _)| visible_at_ms <= now_ms);
         }
         // The highest visible seq is the least likely to be expired; if it is,

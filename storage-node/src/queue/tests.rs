@@ -48,7 +48,14 @@ impl Shard {
 
     fn apply(&mut self, now_ms: u64, command: Command) -> Response {
         self.log_index += 1;
-        self.state.apply(self.log_index, &ShardCommand { now_ms, command })
+        let response = self.state.apply(self.log_index, &ShardCommand { now_ms, command });
+        // After every command, the FIFO indexes of every queue match a scan of its messages.
+        for queue in [Q, DLQ, FIFO_Q] {
+            if let Some(q) = self.state.queue_for_tests(queue) {
+                assert!(q.fifo_index_is_consistent(), "FIFO index of queue {queue} is inconsistent");
+            }
+        }
+        response
     }
 
     fn send(&mut self, now_ms: u64, ids: &[u128]) -> Vec<SentMessage> {
@@ -1114,4 +1121,71 @@ fn fifo_dead_letter_scan_passes_over_locked_groups() {
     // At 61 s b1 is exhausted; a2 is visible but group a is locked: b1 must move anyway.
     assert!(fifo_receive(&mut shard, 61_000, 1, 10_000).is_empty());
     assert_eq!(shard.state.queue_counts(DLQ, TENANT).map(|c| c.visible), Some(1));
+}
+
+/// A long pseudo-random run of sends, receives, deletes and visibility changes on a FIFO queue:
+/// after every command the FIFO indexes match a scan (checked in `Shard::apply`), and no receive
+/// ever hands out a message of a group that has another message in flight.
+#[test]
+fn fifo_random_walk_keeps_groups_exclusive_and_indexes_consistent() {
+    let mut shard = fifo_shard(false);
+    let mut seed: u64 = 0x5eed;
+    let mut next = |bound: u64| {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % bound
+    };
+    let mut in_flight: BTreeMap<u128, (String, String, u64)> = BTreeMap::new(); // id -> (group, receipt, until)
+    let mut now_ms = 0;
+    let mut sent = 0u128;
+    for _ in 0..3_000 {
+        now_ms += next(400);
+        in_flight.retain(|_, (_, _, until)| *until > now_ms);
+        match next(4) {
+            0 => {
+                sent += 1;
+                let group = format!("g{}", next(5));
+                fifo_send(&mut shard, now_ms, vec![fifo_message(sent, &group, &format!("d{sent}"))]);
+            }
+            1 => {
+                let timeout_ms = 200 + next(2_000);
+                let command = Command::Receive {
+                    queue: FIFO_Q,
+                    tenant: TENANT.to_owned(),
+                    max_messages: 1 + next(10) as u32,
+                    visibility_timeout_ms: Some(timeout_ms),
+                };
+                let Response::Received(got) = shard.apply(now_ms, command) else { panic!("receive") };
+                // One receive may take several messages of a group; none of a group already busy.
+                let busy: Vec<String> = in_flight.values().map(|(g, _, _)| g.clone()).collect();
+                for d in got {
+                    let group = d.fifo.map(|f| f.group_id).unwrap_or_default();
+                    let clash = busy.contains(&group);
+                    assert!(!clash, "group {group} handed out while another of its messages is in flight");
+                    in_flight.insert(d.message_id.as_u128(), (group, d.receipt, now_ms + timeout_ms));
+                }
+            }
+            2 => {
+                if let Some((&id, (_, receipt, _))) = in_flight.iter().nth(next(in_flight.len().max(1) as u64) as usize)
+                {
+                    let delete =
+                        Command::Delete { queue: FIFO_Q, tenant: TENANT.to_owned(), receipts: vec![receipt.clone()] };
+                    shard.apply(now_ms, delete);
+                    in_flight.remove(&id);
+                }
+            }
+            _ => {
+                if let Some((&id, (_, receipt, _))) = in_flight.iter().nth(next(in_flight.len().max(1) as u64) as usize)
+                {
+                    let change = Command::ChangeVisibility {
+                        queue: FIFO_Q,
+                        tenant: TENANT.to_owned(),
+                        receipt: receipt.clone(),
+                        visibility_timeout_ms: 0,
+                    };
+                    shard.apply(now_ms, change);
+                    in_flight.remove(&id);
+                }
+            }
+        }
+    }
 }
