@@ -31,6 +31,10 @@ pub const DEV_TENANT: &str = "dev";
 const DEV_KEY_ID: &str = "dev-hs256";
 const DEV_ISSUER: &str = "strata-dev";
 const DEV_AUDIENCE: &str = "strata";
+/// Audience of operators' tokens on the admin API (never accepted by the tenant API).
+const DEV_ADMIN_AUDIENCE: &str = "strata-admin";
+/// The operator `strata dev` issues an admin token for.
+const DEV_OPERATOR: &str = "dev-operator";
 /// Region the dev credentials name. Any region verifies; this one is not an AWS region because
 /// AWS CLI v1 replaces the configured endpoint by AWS's own for known SQS regions.
 const DEV_REGION: &str = "strata-dev";
@@ -45,6 +49,9 @@ pub struct DevArgs {
     /// Port of the HTTP API.
     #[arg(long, default_value_t = 9324)]
     port: u16,
+    /// Port of the admin API (operators: access keys of any tenant), on loopback.
+    #[arg(long, default_value_t = 9325)]
+    admin_port: u16,
     /// Port of the metadata gRPC service (loopback).
     #[arg(long, default_value_t = 9400)]
     metadata_port: u16,
@@ -185,6 +192,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let metadata_addr = SocketAddr::from(([127, 0, 0, 1], args.metadata_port));
     let storage_addr = SocketAddr::from(([127, 0, 0, 1], args.storage_port));
     let proxy_addr = SocketAddr::from(([127, 0, 0, 1], args.port));
+    let admin_addr = SocketAddr::from(([127, 0, 0, 1], args.admin_port));
     let metadata_endpoint = format!("http://{metadata_addr}");
 
     let metadata = MetadataNode::open(&dir.join("metadata"), &metadata_endpoint, clock.clone())
@@ -240,8 +248,22 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let co_located_storage = (args.storage_rpc == StorageRpc::InProcess)
         .then(|| CoLocatedStorage::new(storage.address.clone(), storage.grpc_service()));
-    let router =
-        strata_proxy::router(ProxySettings { metadata_endpoint, verifier, co_located_storage, clock: clock.clone() })?;
+    let admin_verifier = JwtVerifier::new(DEV_ISSUER, DEV_ADMIN_AUDIENCE, vec![JwtKey::hmac(DEV_KEY_ID, &secret)]);
+    let admin_token = JwtIssuer::hmac(DEV_KEY_ID, &secret, DEV_ISSUER, DEV_ADMIN_AUDIENCE).mint(
+        DEV_OPERATOR,
+        DEV_TOKEN_TTL_S,
+        clock.now_ms() / 1000,
+    )?;
+    let routers = strata_proxy::router(ProxySettings {
+        metadata_endpoint,
+        verifier,
+        co_located_storage,
+        clock: clock.clone(),
+        admin_verifier,
+    })?;
+    let admin_listener = tokio::net::TcpListener::bind(admin_addr)
+        .await
+        .with_context(|| format!("admin port {admin_addr} is taken (use --admin-port)"))?;
     let proxy_listener = tokio::net::TcpListener::bind(proxy_addr)
         .await
         .with_context(|| format!("HTTP port {proxy_addr} is taken (use --port)"))?;
@@ -252,12 +274,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
          export STRATA_ENDPOINT={endpoint}\nexport STRATA_TOKEN={token}\nexport STRATA_TENANT={DEV_TENANT}\n\
          # The SQS-compatible API (AWS CLI, boto3, SDKs):\n\
          export AWS_ACCESS_KEY_ID={access_key_id}\nexport AWS_SECRET_ACCESS_KEY={secret_access_key}\n\
-         export AWS_DEFAULT_REGION={DEV_REGION}\nexport AWS_ENDPOINT_URL={endpoint}\n"
+         export AWS_DEFAULT_REGION={DEV_REGION}\nexport AWS_ENDPOINT_URL={endpoint}\n\
+         # The admin API (operators; `strata keys ... --tenant T`):\n\
+         export STRATA_ADMIN_ENDPOINT=http://{admin_addr}\nexport STRATA_ADMIN_TOKEN={admin_token}\n"
     );
     write_secret_file(&credentials, env_text.as_bytes())?;
     println!(
         "strata dev is running (tenant '{DEV_TENANT}', one replica: acknowledged = fsynced on this disk)\n\
-         \n  data directory   {dir}\n  HTTP API         {endpoint}  (OpenAPI: {endpoint}/openapi.json)\n\
+         \n  data directory   {dir}\n  HTTP API         {endpoint}  (OpenAPI: {endpoint}/openapi.json)\n  \
+         admin API        http://{admin_addr}\n\
          \n  credentials      {creds}\n\
          \nTry:\n  source {creds}\n  strata queue create orders\n  strata send orders 'hello'\n  \
          strata receive orders --wait 5\n  aws sqs list-queues\n\nStop with Ctrl-C.",
@@ -266,11 +291,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     );
 
     let proxy_cancel = cancel.clone();
-    let proxy_task = tokio::spawn(strata_proxy::api::serve(router, proxy_listener, proxy_cancel.cancelled_owned()));
+    let proxy_task =
+        tokio::spawn(strata_proxy::api::serve(routers.api, proxy_listener, proxy_cancel.cancelled_owned()));
+    let admin_cancel = cancel.clone();
+    let admin_task =
+        tokio::spawn(strata_proxy::api::serve(routers.admin, admin_listener, admin_cancel.cancelled_owned()));
     shutdown_signal().await;
     tracing::info!("shutting down");
     cancel.cancel();
     let _ = proxy_task.await;
+    let _ = admin_task.await;
     storage.shutdown().await;
     let _ = metadata_task.await;
     metadata.shutdown().await;

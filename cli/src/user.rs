@@ -49,17 +49,54 @@ pub enum QueueCommand {
     },
 }
 
+/// Whose keys: your own (tenant token), or any tenant's as an operator (`--tenant`, admin API).
+#[derive(Args, Clone)]
+pub struct KeyOwner {
+    /// Manage this tenant's keys through the admin API (needs STRATA_ADMIN_ENDPOINT and
+    /// STRATA_ADMIN_TOKEN) instead of your own.
+    #[arg(long)]
+    tenant: Option<String>,
+    #[arg(long, env = "STRATA_ADMIN_ENDPOINT", hide_env_values = true)]
+    admin_endpoint: Option<String>,
+    #[arg(long, env = "STRATA_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Service endpoint, e.g. http://127.0.0.1:9324
+    #[arg(long, env = "STRATA_ENDPOINT", hide_env_values = true)]
+    endpoint: Option<String>,
+    /// Bearer token (JWT) of your tenant.
+    #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl KeyOwner {
+    /// The connection and the path prefix of the key routes.
+    fn resolve(self) -> anyhow::Result<(Connection, String)> {
+        match self.tenant {
+            Some(tenant) => {
+                let endpoint = self.admin_endpoint.context("--tenant needs STRATA_ADMIN_ENDPOINT")?;
+                let token = self.admin_token.context("--tenant needs STRATA_ADMIN_TOKEN")?;
+                Ok((Connection { endpoint, token }, format!("/admin/v1/tenants/{}/access-keys", urlencode(&tenant))))
+            }
+            None => {
+                let endpoint = self.endpoint.context("set STRATA_ENDPOINT (or --endpoint)")?;
+                let token = self.token.context("set STRATA_TOKEN (or --token)")?;
+                Ok((Connection { endpoint, token }, "/v1/access-keys".to_string()))
+            }
+        }
+    }
+}
+
 #[derive(Subcommand)]
 pub enum KeysCommand {
     /// Create an access key for the SQS API; prints its secret (shown only this once).
     Create {
         #[command(flatten)]
-        connection: Connection,
+        owner: KeyOwner,
     },
-    /// List your access keys (without secrets).
+    /// List the access keys (without secrets).
     List {
         #[command(flatten)]
-        connection: Connection,
+        owner: KeyOwner,
     },
     /// Replace a key by a new one; prints the new secret. The old key stops after the grace period.
     Rotate {
@@ -68,13 +105,13 @@ pub enum KeysCommand {
         #[arg(long, default_value_t = 0)]
         grace_seconds: u64,
         #[command(flatten)]
-        connection: Connection,
+        owner: KeyOwner,
     },
     /// Revoke a key at once.
     Revoke {
         access_key_id: String,
         #[command(flatten)]
-        connection: Connection,
+        owner: KeyOwner,
     },
 }
 
@@ -187,19 +224,23 @@ pub async fn queue(command: QueueCommand) -> anyhow::Result<()> {
 
 pub async fn keys(command: KeysCommand) -> anyhow::Result<()> {
     match command {
-        KeysCommand::Create { connection } => {
-            print(&call(&connection, reqwest::Method::POST, "/v1/access-keys", None).await?);
+        KeysCommand::Create { owner } => {
+            let (connection, base) = owner.resolve()?;
+            print(&call(&connection, reqwest::Method::POST, &base, None).await?);
         }
-        KeysCommand::List { connection } => {
-            print(&call(&connection, reqwest::Method::GET, "/v1/access-keys", None).await?);
+        KeysCommand::List { owner } => {
+            let (connection, base) = owner.resolve()?;
+            print(&call(&connection, reqwest::Method::GET, &base, None).await?);
         }
-        KeysCommand::Rotate { access_key_id, grace_seconds, connection } => {
-            let path = format!("/v1/access-keys/{}/rotate", urlencode(&access_key_id));
+        KeysCommand::Rotate { access_key_id, grace_seconds, owner } => {
+            let (connection, base) = owner.resolve()?;
+            let path = format!("{base}/{}/rotate", urlencode(&access_key_id));
             let body = json!({ "grace_seconds": grace_seconds });
             print(&call(&connection, reqwest::Method::POST, &path, Some(body)).await?);
         }
-        KeysCommand::Revoke { access_key_id, connection } => {
-            let path = format!("/v1/access-keys/{}", urlencode(&access_key_id));
+        KeysCommand::Revoke { access_key_id, owner } => {
+            let (connection, base) = owner.resolve()?;
+            let path = format!("{base}/{}", urlencode(&access_key_id));
             print(&call(&connection, reqwest::Method::DELETE, &path, None).await?);
         }
     }

@@ -59,23 +59,49 @@ pub struct ProxySettings {
     pub co_located_storage: Option<CoLocatedStorage>,
     /// Time for SigV4 checks and key revocation.
     pub clock: Arc<dyn Clock>,
+    /// Verifies operators' tokens on the admin API (its own audience).
+    pub admin_verifier: JwtVerifier,
 }
 
 #[derive(Clone)]
 struct AppState {
     placement: Arc<Placement>,
     verifier: Arc<JwtVerifier>,
+    admin_verifier: Arc<JwtVerifier>,
     sqs: Arc<SqsState>,
 }
 
-/// The proxy's axum router.
-pub fn router(settings: ProxySettings) -> Result<Router, StrataError> {
+/// The proxy's two routers: the tenant-facing API (native and SQS) and the operators' admin API,
+/// served on its own listener.
+pub struct Routers {
+    pub api: Router,
+    pub admin: Router,
+}
+
+/// The proxy's axum routers.
+pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
     let metadata = MetadataClient::connect_lazy(&settings.metadata_endpoint)?;
     let storage = settings.co_located_storage.map(StorageClients::with_co_located).unwrap_or_default();
     let placement = Arc::new(Placement::new(metadata.clone(), storage));
     let sqs =
         Arc::new(SqsState { placement: placement.clone(), keys: AccessKeys::new(metadata), clock: settings.clock });
-    let state = AppState { placement, verifier: Arc::new(settings.verifier), sqs: sqs.clone() };
+    let state = AppState {
+        placement,
+        verifier: Arc::new(settings.verifier),
+        admin_verifier: Arc::new(settings.admin_verifier),
+        sqs: sqs.clone(),
+    };
+    let admin = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/admin/v1/tenants/{tenant}/access-keys",
+            post(create_access_key::<AdminTenant>).get(list_access_keys::<AdminTenant>),
+        )
+        .route("/admin/v1/tenants/{tenant}/access-keys/{id}", delete(revoke_access_key::<AdminTenant>))
+        .route("/admin/v1/tenants/{tenant}/access-keys/{id}/rotate", post(rotate_access_key::<AdminTenant>))
+        .fallback(|| async { ApiError(StrataError::invalid("no such admin route")) })
+        .layer(DefaultBodyLimit::max(HTTP_REQUEST_BYTES_MAX))
+        .with_state(state.clone());
     let sqs_router = Router::new()
         // The JSON protocol posts to `/`; the query protocol posts or gets at `/` or at a queue URL.
         // Static segments win in axum, so the native `/v1/...` routes keep theirs.
@@ -83,7 +109,7 @@ pub fn router(settings: ProxySettings) -> Result<Router, StrataError> {
         .route("/{account}/{queue}", post(sqs::handle).get(sqs::handle))
         .layer(DefaultBodyLimit::max(HTTP_REQUEST_BYTES_MAX))
         .with_state(sqs);
-    Ok(Router::new()
+    let api = Router::new()
         .route("/openapi.json", get(openapi))
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/queues", post(create_queue).get(list_queues))
@@ -93,13 +119,14 @@ pub fn router(settings: ProxySettings) -> Result<Router, StrataError> {
         .route("/v1/queues/{name}/delete", post(delete_messages))
         .route("/v1/queues/{name}/visibility", post(change_visibility))
         .route("/v1/queues/{name}/purge", post(purge_queue))
-        .route("/v1/access-keys", post(create_access_key).get(list_access_keys))
-        .route("/v1/access-keys/{id}", delete(revoke_access_key))
-        .route("/v1/access-keys/{id}/rotate", post(rotate_access_key))
+        .route("/v1/access-keys", post(create_access_key::<Tenant>).get(list_access_keys::<Tenant>))
+        .route("/v1/access-keys/{id}", delete(revoke_access_key::<Tenant>))
+        .route("/v1/access-keys/{id}/rotate", post(rotate_access_key::<Tenant>))
         .fallback(|| async { ApiError(StrataError::invalid("no such route; see /openapi.json")) })
         .layer(DefaultBodyLimit::max(HTTP_REQUEST_BYTES_MAX))
         .with_state(state)
-        .merge(sqs_router))
+        .merge(sqs_router);
+    Ok(Routers { api, admin })
 }
 
 /// Serves the router on `addr` until `shutdown` resolves.
@@ -122,6 +149,57 @@ pub async fn serve(
 
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+}
+
+/// Whose access keys a request manages: the verified tenant itself (tenant API), or the tenant
+/// named in the path by a verified operator (admin API).
+trait KeyOwner: FromRequestParts<AppState, Rejection = ApiError> + Send {
+    fn tenant(&self) -> &str;
+}
+
+impl KeyOwner for Tenant {
+    fn tenant(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A tenant named by an operator on the admin API (`/admin/v1/tenants/{tenant}/...`), after
+/// the operator's token was verified against the admin audience.
+struct AdminTenant(String);
+
+impl KeyOwner for AdminTenant {
+    fn tenant(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromRequestParts<AppState> for AdminTenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let operator = state.admin_verifier.verify_authorization_header(header).map_err(|e| {
+            tracing::debug!(error = %e, "admin authentication failed");
+            ApiError(StrataError::new(ErrorKind::Unauthenticated, e.public_message()))
+        })?;
+        let params = axum::extract::RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::invalid(format!("bad path: {e}")))?;
+        let tenant = params
+            .iter()
+            .find(|(name, _)| *name == "tenant")
+            .map(|(_, value)| value.to_string())
+            .ok_or_else(|| ApiError::invalid("the path names no tenant"))?;
+        strata_common::names::validate_tenant(&tenant).map_err(ApiError)?;
+        tracing::info!(operator = %operator.tenant, %tenant, path = %parts.uri.path(), "admin request");
+        Ok(AdminTenant(tenant))
+    }
+}
+
+/// The `{id}` of an access-key route.
+#[derive(Debug, Deserialize)]
+struct KeyId {
+    id: String,
 }
 
 /// The verified tenant of a request.
@@ -544,28 +622,28 @@ fn access_key_json(key: &pb::AccessKey, now_ms: u64) -> serde_json::Value {
     value
 }
 
-async fn create_access_key(State(state): State<AppState>, Tenant(tenant): Tenant) -> Result<Response, ApiError> {
-    let key = state.placement.metadata.create_access_key(&tenant).await?;
+async fn create_access_key<O: KeyOwner>(State(state): State<AppState>, owner: O) -> Result<Response, ApiError> {
+    let key = state.placement.metadata.create_access_key(owner.tenant()).await?;
     let now_ms = state.sqs.clock.now_ms();
     Ok((StatusCode::CREATED, Json(access_key_json(&key, now_ms))).into_response())
 }
 
-async fn list_access_keys(
+async fn list_access_keys<O: KeyOwner>(
     State(state): State<AppState>,
-    Tenant(tenant): Tenant,
+    owner: O,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let keys = state.placement.metadata.list_access_keys(&tenant).await?;
+    let keys = state.placement.metadata.list_access_keys(owner.tenant()).await?;
     let now_ms = state.sqs.clock.now_ms();
     let keys: Vec<_> = keys.iter().map(|k| access_key_json(k, now_ms)).collect();
     Ok(Json(json!({ "access_keys": keys })))
 }
 
-async fn revoke_access_key(
+async fn revoke_access_key<O: KeyOwner>(
     State(state): State<AppState>,
-    Tenant(tenant): Tenant,
-    Path(id): Path<String>,
+    owner: O,
+    Path(KeyId { id }): Path<KeyId>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let key = state.placement.metadata.revoke_access_key(&tenant, &id).await?;
+    let key = state.placement.metadata.revoke_access_key(owner.tenant(), &id).await?;
     state.sqs.keys.forget(&id);
     Ok(Json(access_key_json(&key, state.sqs.clock.now_ms())))
 }
@@ -577,10 +655,10 @@ struct RotateRequest {
     grace_seconds: Option<u64>,
 }
 
-async fn rotate_access_key(
+async fn rotate_access_key<O: KeyOwner>(
     State(state): State<AppState>,
-    Tenant(tenant): Tenant,
-    Path(id): Path<String>,
+    owner: O,
+    Path(KeyId { id }): Path<KeyId>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request: RotateRequest = parse_json(body)?;
@@ -588,7 +666,7 @@ async fn rotate_access_key(
     if grace_s > ROTATION_GRACE_S_MAX {
         return Err(ApiError::invalid(format!("grace_seconds must be 0-{ROTATION_GRACE_S_MAX}")));
     }
-    let key = state.placement.metadata.rotate_access_key(&tenant, &id, grace_s * 1000).await?;
+    let key = state.placement.metadata.rotate_access_key(owner.tenant(), &id, grace_s * 1000).await?;
     state.sqs.keys.forget(&id);
     let now_ms = state.sqs.clock.now_ms();
     Ok((StatusCode::CREATED, Json(access_key_json(&key, now_ms))).into_response())

@@ -14,4 +14,4 @@ pub mod sigv4;
 pub mod sqs;
 pub mod storage_client;
 
-pub use api::{ProxySettings, router};
+pub use api::{ProxySettings, Routers, router};

@@ -48,6 +48,7 @@ pub struct DevProcess {
     pub port: u16,
     metadata_port: u16,
     storage_port: u16,
+    admin_port: u16,
     extra_args: Vec<String>,
     child: Option<Child>,
     pub endpoint: String,
@@ -62,6 +63,7 @@ impl DevProcess {
             port: free_port(),
             metadata_port: free_port(),
             storage_port: free_port(),
+            admin_port: free_port(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
             endpoint: String::new(),
@@ -86,6 +88,7 @@ impl DevProcess {
             .args(["--port", &self.port.to_string()])
             .args(["--metadata-port", &self.metadata_port.to_string()])
             .args(["--storage-port", &self.storage_port.to_string()])
+            .args(["--admin-port", &self.admin_port.to_string()])
             .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

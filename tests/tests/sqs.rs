@@ -146,6 +146,26 @@ async fn aws_cli_works_unchanged_and_keys_rotate_and_revoke() -> anyhow::Result<
     assert!(code != 0 && stderr.contains("InvalidClientTokenId"), "revoked key: {stderr}");
     // The dev key is untouched.
     assert_eq!(aws(&dev, &["list-queues"], None)?.0, 0);
+
+    // An operator creates a key for another tenant through the admin API; that key sees only
+    // its own tenant's (empty) queue list.
+    let carol = strata(&["keys", "create", "--tenant", "carol"])?;
+    let carol_key =
+        (carol["access_key_id"].as_str().context("id")?, carol["secret_access_key"].as_str().context("secret")?);
+    let (code, stdout, stderr) = aws(&dev, &["list-queues"], Some(carol_key))?;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stdout.contains("cli-orders"), "carol must not see dev's queues: {stdout}");
+    let listed = strata(&["keys", "list", "--tenant", "carol"])?;
+    assert_eq!(listed["access_keys"].as_array().map(Vec::len), Some(1));
+    // Each API takes only its own audience's tokens.
+    let env: BTreeMap<String, String> = dev.credentials_env()?.into_iter().collect();
+    let (admin_endpoint, admin_token) = (&env["STRATA_ADMIN_ENDPOINT"], &env["STRATA_ADMIN_TOKEN"]);
+    let http = reqwest::Client::new();
+    let tenant_on_admin =
+        http.get(format!("{admin_endpoint}/admin/v1/tenants/dev/access-keys")).bearer_auth(&dev.token).send().await?;
+    assert_eq!(tenant_on_admin.status(), 401);
+    let admin_on_tenant = http.get(format!("{}/v1/access-keys", dev.endpoint)).bearer_auth(admin_token).send().await?;
+    assert_eq!(admin_on_tenant.status(), 401);
     Ok(())
 }
 

@@ -1149,8 +1149,9 @@ mod tests {
             verifier: JwtVerifier::new("issuer", "audience", vec![JwtKey::hmac("k", b"secret")]),
             co_located_storage: None,
             clock: Arc::new(strata_common::ManualClock::new(0)),
+            admin_verifier: JwtVerifier::new("issuer", "admin", vec![JwtKey::hmac("k", b"secret")]),
         };
-        let router = crate::router(settings).expect("router");
+        let router = crate::router(settings).expect("router").api;
         // Method, path, headers, expected status, text the body must contain.
         type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], u16, &'a str);
         let cases: &[Case] = &[
