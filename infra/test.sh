@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: formatting, lints, and every test against real
-# components. Installs and starts what the tests need (Garage for S3) idempotently.
+# components. Installs and starts what the tests need (Garage for S3; the AWS CLI, boto3 and
+# moto's server for the SQS tests) idempotently.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== real components"
 infra/garage.sh install
+# The SQS API is tested with the real AWS CLI and boto3, and compared with moto's SQS server.
+if ! command -v aws >/dev/null || ! command -v moto_server >/dev/null || ! python3 -c 'import boto3' 2>/dev/null; then
+    python3 -m pip install --quiet awscli boto3 'moto[server]'
+fi
 GARAGE_DIR="${STRATA_GARAGE_DIR:-$PWD/target/garage}"
 eval "$(infra/garage.sh start "$GARAGE_DIR")"
 
