@@ -210,8 +210,8 @@ impl ShardState {
         now_ms: u64,
     ) -> Result<Response, QueueError> {
         let max = usize::try_from(max_messages).unwrap_or(usize::MAX);
-        // Validate before anything moves: an error must leave the state unchanged.
-        let timeout_ms = self.with_queue(queue, tenant, |q| {
+        let (timeout_ms, retried, room) = self.with_queue(queue, tenant, |q| {
+            // Validate before anything moves: an error must leave the state unchanged.
             if !(1..=RECEIVE_BATCH_MAX).contains(&max_messages) {
                 return Err(QueueError::InvalidParameter(format!(
                     "max_messages must be between 1 and {RECEIVE_BATCH_MAX}"
@@ -222,32 +222,23 @@ impl ShardState {
             if let Some(id) = attempt_id {
                 validate_fifo_id("a receive request attempt id", id)?;
             }
-            Ok(timeout_ms)
-        })?;
-        if let Some(id) = attempt_id {
-            let retried = self.with_queue(queue, tenant, |q| {
-                q.settle(now_ms);
-                Ok(q.retry_receive(queue, id, now_ms, timeout_ms))
-            })?;
-            if let Some(deliveries) = retried {
-                return Ok(Response::Received(deliveries));
-            }
-        }
-        // The in-flight limit, counted after letting time pass (settling drops expired messages
-        // and makes due ones visible, so messages whose visibility ran out do not count). A
-        // receive near the limit takes only what still fits; at the limit it fails, and then
-        // nothing but time has passed.
-        let room = self.with_queue(queue, tenant, |q| {
+            // Settling only lets time pass: expired messages go and due ones become visible, so
+            // messages whose visibility ran out do not count toward the in-flight limit.
             q.settle(now_ms);
-            Ok(IN_FLIGHT_MAX.saturating_sub(q.counts().in_flight))
+            let retried = attempt_id.and_then(|id| q.retry_receive(queue, id, now_ms, timeout_ms));
+            Ok((timeout_ms, retried, IN_FLIGHT_MAX.saturating_sub(q.counts().in_flight)))
         })?;
+        if let Some(deliveries) = retried {
+            return Ok(Response::Received(deliveries));
+        }
+        // A receive near the in-flight limit takes only what still fits; at the limit it fails,
+        // and then nothing but time has passed.
         if room == 0 {
             return Err(QueueError::InFlightLimit);
         }
         let max = max.min(usize::try_from(room).unwrap_or(usize::MAX));
         let exhausted_at = self.move_dead_letters(queue, tenant, max, now_ms);
         self.with_queue(queue, tenant, |q| {
-            q.settle(now_ms);
             let deliveries = q.receive(queue, log_index, now_ms, max, timeout_ms, exhausted_at);
             if let Some(id) = attempt_id {
                 q.record_receive_attempt(id, &deliveries, now_ms);
@@ -373,7 +364,7 @@ impl ShardState {
         Ok(Response::MoveTask(task.clone()))
     }
 
-    /// Moves the exhausted messages a receive of `max` on `queue` would reach into its
+    /// Moves the exhausted messages a receive of `max` on `queue` (settled at `now_ms`) would reach into its
     /// dead-letter queue, when it has one of the same tenant (other than itself). Answers the
     /// receive count from which messages are dead letters (not to be delivered), if any.
     fn move_dead_letters(&mut self, queue: QueueId, tenant: &str, max: usize, now_ms: u64) -> Option<u32> {
@@ -386,10 +377,8 @@ impl ShardState {
         if redrive.dead_letter_queue == queue || dead_letter_fifo != source_fifo {
             return None;
         }
-        let moved = self.with_queue(queue, tenant, |q| {
-            q.settle(now_ms);
-            Ok(q.take_dead_letters(max, redrive.max_receive_count))
-        });
+        // The caller settled the source at `now_ms`.
+        let moved = self.with_queue(queue, tenant, |q| Ok(q.take_dead_letters(max, redrive.max_receive_count)));
         if let Ok(moved) = moved
             && !moved.is_empty()
         {
