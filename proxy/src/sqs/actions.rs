@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use base64::Engine;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
+use strata_common::error::{ErrorKind, StrataError};
 use strata_common::limits::{self, LIST_QUEUES_PAGE_MAX, LONG_POLL_MS_MAX, MESSAGE_BODY_BYTES_MAX};
 use strata_common::proto as pb;
 
@@ -494,9 +495,9 @@ async fn resolve_redrive(
                 if target == source {
                     return Err(redrive_error(name, "a queue cannot be its own dead-letter queue."));
                 }
-                let dead_letter = queues::info(&ctx.state.placement, ctx.tenant(), target).await.map_err(|e| {
-                    if e.kind == strata_common::error::ErrorKind::QueueNotFound { missing() } else { e.into() }
-                })?;
+                let dead_letter = queues::info(&ctx.state.placement, ctx.tenant(), target)
+                    .await
+                    .map_err(|e| if e.kind == ErrorKind::QueueNotFound { missing() } else { e.into() })?;
                 if dead_letter.config.as_ref().is_some_and(|c| c.fifo_queue) != config.fifo_queue {
                     return Err(redrive_error(
                         name,
@@ -542,36 +543,49 @@ async fn resolve_redrive(
     Ok(dead_letter_shard)
 }
 
+/// The tenant's queues whose RedrivePolicy names the queue `dead_letter_queue_id`, in name order
+/// after `start_after`: at most `max`, and the name to go on after when there are more.
+async fn dead_letter_sources(
+    ctx: &Ctx<'_>,
+    dead_letter_queue_id: u64,
+    mut start_after: String,
+    max: usize,
+) -> Result<(Vec<pb::QueueInfo>, Option<String>), SqsError> {
+    let mut sources = Vec::new();
+    // Pages through the tenant's queues (metadata keeps them by name).
+    loop {
+        let page =
+            ctx.state.placement.metadata.list_queues(ctx.tenant(), "", &start_after, LIST_QUEUES_PAGE_MAX).await?;
+        for queue in page.queues {
+            if queue.config.as_ref().is_some_and(|c| c.dead_letter_queue_id == dead_letter_queue_id) {
+                if sources.len() == max {
+                    return Ok((sources, Some(start_after)));
+                }
+                start_after.clone_from(&queue.name);
+                sources.push(queue);
+            } else {
+                start_after = queue.name;
+            }
+        }
+        if !page.truncated {
+            return Ok((sources, None));
+        }
+    }
+}
+
 async fn list_dead_letter_source_queues(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
     let dead_letter = queue_of(ctx, input).await?;
     let max_results = integer(input, "MaxResults", 1, u64::from(LIST_QUEUES_PAGE_MAX))?;
-    let mut start_after = match string(input, "NextToken")? {
+    let start_after = match string(input, "NextToken")? {
         Some(token) => decode_next_token(token)?,
         None => String::new(),
     };
     let max = max_results.map_or(LIST_QUEUES_PAGE_MAX as usize, |m| m as usize);
-    let mut urls = Vec::new();
-    let mut next_token = None;
-    // Pages through the tenant's queues (metadata keeps them by name).
-    'pages: loop {
-        let page =
-            ctx.state.placement.metadata.list_queues(ctx.tenant(), "", &start_after, LIST_QUEUES_PAGE_MAX).await?;
-        for queue in &page.queues {
-            if queue.config.as_ref().is_some_and(|c| c.dead_letter_queue_id == dead_letter.queue_id) {
-                if urls.len() == max {
-                    next_token = max_results.and(Some(start_after.clone()));
-                    break 'pages;
-                }
-                urls.push(ctx.queue_url(&queue.name));
-            }
-            start_after.clone_from(&queue.name);
-        }
-        if !page.truncated {
-            break;
-        }
-    }
+    let (sources, next) = dead_letter_sources(ctx, dead_letter.queue_id, start_after, max).await?;
+    let urls: Vec<String> = sources.iter().map(|q| ctx.queue_url(&q.name)).collect();
     let mut out = json!({ "queueUrls": urls });
-    if let Some(token) = next_token {
+    // As ListQueues: a next token only when the caller paginates (gave MaxResults).
+    if let Some(token) = next.filter(|_| max_results.is_some()) {
         out["NextToken"] = json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token));
     }
     Ok(out)
@@ -642,13 +656,8 @@ async fn start_message_move_task(ctx: &Ctx<'_>, input: &Value) -> Result<Value, 
     let rate = integer(input, "MaxNumberOfMessagesPerSecond", 1, 500)?.unwrap_or(MOVE_PER_SECOND_DEFAULT);
     // The source must be a dead-letter queue; without a destination its single source queue is
     // the destination (messages do not remember which queue they came from).
-    let sources: Vec<String> = list_dead_letter_source_queues(ctx, &json!({ "QueueUrl": ctx.queue_url(&source.name) }))
-        .await?["queueUrls"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|u| u.as_str().map(str::to_string))
-        .collect();
+    // Two are enough to tell none, one and several.
+    let (mut sources, _) = dead_letter_sources(ctx, source.queue_id, String::new(), 2).await?;
     if sources.is_empty() {
         return Err(SqsError::invalid_parameter_value(
             "Source queue must be configured as a Dead Letter Queue (no queue names it in its RedrivePolicy).",
@@ -656,10 +665,7 @@ async fn start_message_move_task(ctx: &Ctx<'_>, input: &Value) -> Result<Value, 
     }
     let destination = match string(input, "DestinationArn")? {
         Some(_) => queue_of_arn(ctx, input, "DestinationArn").await?,
-        None if sources.len() == 1 => {
-            let name = ctx.queue_name(&sources[0])?;
-            queues::info(&ctx.state.placement, ctx.tenant(), name).await?
-        }
+        None if sources.len() == 1 => sources.remove(0),
         None => {
             return Err(SqsError::invalid_parameter_value(
                 "DestinationArn is required: several queues use this dead-letter queue and messages do not record \
@@ -732,7 +738,7 @@ async fn cancel_message_move_task(ctx: &Ctx<'_>, input: &Value) -> Result<Value,
     })
     .await
     .map_err(|e| match e.kind {
-        strata_common::error::ErrorKind::QueueNotFound => SqsError::no_such_queue(),
+        ErrorKind::QueueNotFound => SqsError::no_such_queue(),
         _ => SqsError::invalid_parameter_value(format!("The task cannot be cancelled: {}", e.message)),
     })?;
     Ok(json!({ "ApproximateNumberOfMessagesMoved": task.moved }))
@@ -1159,17 +1165,10 @@ async fn receive_message(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError
     Ok(json!({ "Messages": messages }))
 }
 
-/// The storage code of a receipt that was superseded by a later receive.
-const STALE_RECEIPT: &str = "StaleReceipt";
-
-/// The SQS error for a storage entry error code.
+/// The SQS error for a storage entry's error code, through the shared mapping.
 fn entry_error(code: &str, message: &str) -> SqsError {
-    match code {
-        "InvalidReceipt" => SqsError::receipt_handle_is_invalid(message.to_string()),
-        "MessageNotInFlight" => SqsError::message_not_inflight(message.to_string()),
-        "QueueNotFound" => SqsError::no_such_queue(),
-        _ => SqsError::invalid_parameter_value(message.to_string()),
-    }
+    let kind = ErrorKind::from_code(code).unwrap_or(ErrorKind::InvalidParameter);
+    StrataError::new(kind, message).into()
 }
 
 async fn delete_receipts(
@@ -1194,7 +1193,7 @@ async fn delete_message(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError>
     let response = delete_receipts(ctx, &info, vec![receipt.to_string()]).await?;
     let result = &response.results[0];
     // As SQS: deleting with a receipt that is no longer the latest succeeds and deletes nothing.
-    if !result.error_code.is_empty() && result.error_code != STALE_RECEIPT {
+    if !result.error_code.is_empty() && result.error_code != ErrorKind::StaleReceipt.code() {
         return Err(entry_error(&result.error_code, &result.error_message));
     }
     Ok(json!({}))
@@ -1219,7 +1218,7 @@ async fn delete_message_batch(ctx: &Ctx<'_>, input: &Value) -> Result<Value, Sqs
     if !receipts.is_empty() {
         let response = delete_receipts(ctx, &info, receipts).await?;
         for (id, result) in ids.into_iter().zip(response.results) {
-            if result.error_code.is_empty() || result.error_code == STALE_RECEIPT {
+            if result.error_code.is_empty() || result.error_code == ErrorKind::StaleReceipt.code() {
                 successful.push(json!({ "Id": id }));
             } else {
                 failures.push(failed(id, &entry_error(&result.error_code, &result.error_message)));
