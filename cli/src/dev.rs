@@ -107,15 +107,19 @@ fn default_data_dir() -> PathBuf {
     std::env::var_os("HOME").map_or_else(|| PathBuf::from(".strata-dev"), |h| PathBuf::from(h).join(".strata/dev"))
 }
 
+/// Length of the dev tenant's HMAC secret.
+const DEV_SECRET_BYTES: usize = 32;
+
 /// Loads the dev tenant's HMAC secret, creating it on first start.
 fn signing_secret(dir: &Path) -> anyhow::Result<Vec<u8>> {
     let path = dir.join("jwt-hs256.secret");
     if let Ok(text) = std::fs::read_to_string(&path) {
-        return hex_decode(text.trim()).context("the dev JWT secret file is damaged; delete it to issue a new one");
+        let secret = hex::decode(text.trim()).ok().filter(|s| s.len() == DEV_SECRET_BYTES);
+        return secret
+            .context("the dev JWT secret file is damaged (expected 64 hex characters); delete it to issue a new one");
     }
-    let secret: [u8; 32] = rand::random();
-    let text: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    write_secret_file(&path, text.as_bytes())?;
+    let secret: [u8; DEV_SECRET_BYTES] = rand::random();
+    write_secret_file(&path, hex::encode(secret).as_bytes())?;
     Ok(secret.to_vec())
 }
 
@@ -153,11 +157,6 @@ fn write_secret_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     strata_wal::write_file_atomic(path, bytes)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restricting {}", path.display()))
-}
-
-fn hex_decode(text: &str) -> anyhow::Result<Vec<u8>> {
-    anyhow::ensure!(text.len() == 64, "expected 64 hex characters");
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).context("not hex")).collect()
 }
 
 fn init_tracing() {

@@ -166,13 +166,8 @@ impl DevProcess {
     /// A token for any tenant, signed with the dev key as an identity provider sharing the key
     /// would sign it.
     pub fn token_for_audience(&self, tenant: &str, audience: &str) -> anyhow::Result<String> {
-        let hex = std::fs::read_to_string(self.data_dir.join("jwt-hs256.secret"))?;
-        let hex = hex.trim();
-        let secret = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
-            .collect::<Result<Vec<u8>, _>>()
-            .context("the dev secret is not hex")?;
+        let text = std::fs::read_to_string(self.data_dir.join("jwt-hs256.secret"))?;
+        let secret = hex::decode(text.trim()).context("the dev secret is not hex")?;
         let now_s = SystemClock.now_ms() / 1000;
         Ok(JwtIssuer::hmac("dev-hs256", &secret, "strata-dev", audience).mint(tenant, 600, now_s)?)
     }
