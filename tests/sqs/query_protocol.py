@@ -21,11 +21,8 @@ Requests go to `/` or, as query SDKs send queue operations, to the queue URL (on
 Exits non-zero with a message naming the failed step on any failure.
 """
 
-import base64
 import copy
-import hashlib
 import os
-import struct
 import sys
 import time
 import traceback
@@ -40,6 +37,8 @@ import botocore.model
 import botocore.parsers
 import botocore.serialize
 import botocore.session
+
+from sqs_digests import md5_hex, md5_of_attributes
 
 # ---------------------------------------------------------------------------- the query traits
 
@@ -172,27 +171,6 @@ class QueryClient:
 
 
 # ---------------------------------------------------------------------------- the checks
-
-
-def md5_hex(data):
-    return hashlib.md5(data).hexdigest()
-
-
-def md5_of_attributes(attributes):
-    """SQS's digest of message attributes: per attribute in name order, length-prefixed name and
-    type, transport byte (1 string, 2 binary), length-prefixed value."""
-    digest = hashlib.md5()
-    for name in sorted(attributes, key=lambda n: n.encode()):
-        value = attributes[name]
-        for part in (name, value["DataType"]):
-            digest.update(struct.pack(">I", len(part.encode())) + part.encode())
-        if value["DataType"].startswith("Binary"):
-            data = value["BinaryValue"]
-            digest.update(b"\x02" + struct.pack(">I", len(data)) + data)
-        else:
-            data = value["StringValue"].encode()
-            digest.update(b"\x01" + struct.pack(">I", len(data)) + data)
-    return digest.hexdigest()
 
 
 def expect(condition, message):

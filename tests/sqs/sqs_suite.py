@@ -12,12 +12,10 @@ same steps against moto's SQS server and compares the two records.
 Exits non-zero, naming the failed checks, when any check fails.
 """
 
-import base64
 import datetime
 import hashlib
 import json
 import os
-import struct
 import sys
 import threading
 import time
@@ -28,6 +26,8 @@ import boto3
 import botocore.auth
 from botocore.config import Config
 from botocore.exceptions import ClientError
+
+from sqs_digests import md5_hex, md5_of_attributes
 
 
 def client(key_id=None, secret=None, endpoint=None):
@@ -55,25 +55,8 @@ def error_code(call, *args, **kwargs):
     return NO_ERROR
 
 
-def md5_of_attributes(attributes):
-    """SQS's MD5OfMessageAttributes, computed independently of the server."""
-    digest = hashlib.md5()
-    for name in sorted(attributes, key=lambda n: n.encode()):
-        value = attributes[name]
-        data_type = value["DataType"]
-        for part in (name.encode(), data_type.encode()):
-            digest.update(struct.pack(">I", len(part)) + part)
-        if data_type.startswith("Binary"):
-            raw = value["BinaryValue"]
-            digest.update(b"\x02" + struct.pack(">I", len(raw)) + raw)
-        else:
-            raw = value["StringValue"].encode()
-            digest.update(b"\x01" + struct.pack(">I", len(raw)) + raw)
-    return digest.hexdigest()
-
-
 def md5(text):
-    return hashlib.md5(text.encode()).hexdigest()
+    return md5_hex(text.encode())
 
 
 class Scenario:
@@ -533,8 +516,7 @@ class Scenario:
         self.observe("fifo_content_dedup", [a["MessageId"] == b["MessageId"], len(got)])
         self.check(a["MessageId"] == b["MessageId"] and len(got) == 1, (a, b, got))
         if got:
-            import hashlib as _h
-            self.check(got[0]["Attributes"].get("MessageDeduplicationId") == _h.sha256(b"same body").hexdigest(),
+            self.check(got[0]["Attributes"].get("MessageDeduplicationId") == hashlib.sha256(b"same body").hexdigest(),
                        got[0]["Attributes"])
         code = error_code(sqs.set_queue_attributes, QueueUrl=cbd, Attributes={"FifoQueue": "false"})
         self.observe("fifo_cannot_change", code)
