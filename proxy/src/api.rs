@@ -15,7 +15,7 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{any, delete, get, post};
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use base64::Engine;
@@ -122,7 +122,10 @@ pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
         .route("/v1/access-keys", post(create_access_key::<Tenant>).get(list_access_keys::<Tenant>))
         .route("/v1/access-keys/{id}", delete(revoke_access_key::<Tenant>))
         .route("/v1/access-keys/{id}/rotate", post(rotate_access_key::<Tenant>))
-        .fallback(|| async { ApiError(StrataError::invalid("no such route; see /openapi.json")) })
+        // Everything else under `/v1/` is the native API's too (the tenant id `v1` is reserved),
+        // never an SQS queue URL `/{account}/{queue}`.
+        .route("/v1/{*rest}", any(no_such_route))
+        .fallback(no_such_route)
         .layer(DefaultBodyLimit::max(HTTP_REQUEST_BYTES_MAX))
         .with_state(state)
         .merge(sqs_router);
@@ -145,6 +148,10 @@ pub async fn serve(
     axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+async fn no_such_route() -> ApiError {
+    ApiError(StrataError::invalid("no such route; see /openapi.json"))
 }
 
 async fn openapi() -> Response {

@@ -26,7 +26,6 @@ use strata_common::Clock;
 
 use self::auth::{AccessKeys, Caller};
 use self::error::SqsError;
-use crate::error::ApiError;
 use crate::routing::Router as Placement;
 use crate::sigv4::SignedParts;
 
@@ -88,11 +87,6 @@ pub async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if is_native_path(&uri) && !is_sigv4_signed(&headers, &uri) {
-        // `/v1/<x>` matches the queue URL route when `<x>` is no native route. Unsigned, it is a
-        // native API call (they carry a JWT): answer as the native API's fallback does.
-        return ApiError::invalid("no such route; see /openapi.json").into_response();
-    }
     let request_id = uuid::Uuid::new_v4().to_string();
     let mut response = if query::is_query_request(&headers) {
         query::handle(&state, &method, &uri, &headers, &body, &request_id).await
@@ -103,18 +97,6 @@ pub async fn handle(
         response.headers_mut().insert("x-amzn-requestid", value);
     }
     response
-}
-
-/// Under the native API's prefix. Signed requests there still reach SQS, so a tenant named `v1`
-/// keeps its queue URLs, except those that are native routes (`/v1/queues`, `/v1/access-keys`).
-fn is_native_path(uri: &Uri) -> bool {
-    uri.path().starts_with("/v1/")
-}
-
-fn is_sigv4_signed(headers: &HeaderMap, uri: &Uri) -> bool {
-    let header = headers.get(header::AUTHORIZATION).is_some_and(|v| v.as_bytes().starts_with(b"AWS4-"));
-    let query = uri.query().unwrap_or("").split('&').any(|p| p.starts_with("X-Amz-Signature="));
-    header || query
 }
 
 fn json_response(result: Result<Value, SqsError>) -> Response {
