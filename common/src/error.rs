@@ -41,11 +41,14 @@ pub enum ErrorKind {
     /// The receipt is well formed but no longer the message's latest: it was received again
     /// since. The message is left as it is.
     StaleReceipt,
+    /// No message with this id waits for its deliver-at time on the queue (never scheduled, due
+    /// already, or cancelled).
+    ScheduledMessageNotFound,
 }
 
 impl ErrorKind {
     /// Every kind, for exhaustive tests of mappings.
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 14] = [
         ErrorKind::QueueNotFound,
         ErrorKind::QueueAlreadyExists,
         ErrorKind::InvalidParameter,
@@ -59,6 +62,7 @@ impl ErrorKind {
         ErrorKind::LimitExceeded,
         ErrorKind::MessageNotInFlight,
         ErrorKind::StaleReceipt,
+        ErrorKind::ScheduledMessageNotFound,
     ];
 
     /// The stable code string shown to tenants.
@@ -77,6 +81,7 @@ impl ErrorKind {
             ErrorKind::LimitExceeded => "LimitExceeded",
             ErrorKind::MessageNotInFlight => "MessageNotInFlight",
             ErrorKind::StaleReceipt => "StaleReceipt",
+            ErrorKind::ScheduledMessageNotFound => "ScheduledMessageNotFound",
         }
     }
 
@@ -87,7 +92,7 @@ impl ErrorKind {
     /// The HTTP status a front door answers with.
     pub fn http_status(self) -> u16 {
         match self {
-            ErrorKind::QueueNotFound | ErrorKind::AccessKeyNotFound => 404,
+            ErrorKind::QueueNotFound | ErrorKind::AccessKeyNotFound | ErrorKind::ScheduledMessageNotFound => 404,
             ErrorKind::QueueAlreadyExists => 409,
             ErrorKind::InvalidParameter
             | ErrorKind::InvalidReceipt
@@ -104,7 +109,9 @@ impl ErrorKind {
 
     fn grpc_code(self) -> tonic::Code {
         match self {
-            ErrorKind::QueueNotFound | ErrorKind::AccessKeyNotFound => tonic::Code::NotFound,
+            ErrorKind::QueueNotFound | ErrorKind::AccessKeyNotFound | ErrorKind::ScheduledMessageNotFound => {
+                tonic::Code::NotFound
+            }
             ErrorKind::QueueAlreadyExists => tonic::Code::AlreadyExists,
             ErrorKind::InvalidParameter | ErrorKind::InvalidReceipt | ErrorKind::StaleReceipt => {
                 tonic::Code::InvalidArgument

@@ -6,6 +6,7 @@
 
 pub mod node;
 pub mod queue;
+pub mod schedule_files;
 pub mod service;
 pub mod shard;
 pub mod tier;

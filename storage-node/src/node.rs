@@ -175,6 +175,7 @@ impl StorageNode {
             )));
             tasks.push(tokio::spawn(expire_loop(shard.clone(), settings.expire_interval, cancel.clone())));
             tasks.push(tokio::spawn(move_loop(shard.clone(), cancel.clone())));
+            tasks.push(tokio::spawn(schedule_loop(shard.clone(), cancel.clone())));
         }
         Ok(Self { shards, reader, address, service, cancel, tasks })
     }
@@ -261,6 +262,32 @@ async fn move_loop(shard: Arc<Shard>, cancel: CancellationToken) {
             let max_messages = task.max_per_second.div_ceil(ticks_per_second).max(1);
             if let Err(e) = shard.propose(Command::MoveStep { task_id: task.task_id, max_messages }).await {
                 tracing::warn!(shard = shard.shard_id, task = task.task_id, error = %e, "move step failed; will retry");
+            }
+        }
+    }
+}
+
+/// How often the shard looks for a slice of scheduled messages coming due.
+const SCHEDULE_TICK: Duration = Duration::from_millis(250);
+
+/// Loads slices of scheduled messages as they come due (see `queue::schedule`), a chunk per
+/// proposal, as fast as the log takes them.
+async fn schedule_loop(shard: Arc<Shard>, cancel: CancellationToken) {
+    let mut cache = None;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(SCHEDULE_TICK) => {}
+        }
+        loop {
+            match shard.load_scheduled_step(&mut cache).await {
+                Ok(true) if !cancel.is_cancelled() => {}
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(shard = shard.shard_id, error = %e, "loading scheduled messages failed; will retry");
+                    cache = None;
+                    break;
+                }
             }
         }
     }

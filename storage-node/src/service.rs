@@ -119,7 +119,12 @@ fn message_from_pb(m: pb::NewMessage) -> Result<NewMessage, StrataError> {
     }
     let fifo = (!m.message_group_id.is_empty() || !m.message_deduplication_id.is_empty())
         .then_some(FifoIds { group_id: m.message_group_id, deduplication_id: m.message_deduplication_id });
-    Ok(NewMessage { message_id: uuid::Uuid::new_v4(), body: m.body, attributes, delay_ms: m.delay_ms, fifo })
+    // A scheduled message's id carries its deliver-at time, for cancel by id.
+    let message_id = match m.deliver_at_ms {
+        Some(deliver_at_ms) => queue::schedule::scheduled_message_id(deliver_at_ms, uuid::Uuid::new_v4()),
+        None => uuid::Uuid::new_v4(),
+    };
+    Ok(NewMessage { message_id, body: m.body, attributes, delay_ms: m.delay_ms, deliver_at_ms: m.deliver_at_ms, fifo })
 }
 
 async fn deliver(shard: &Shard, deliveries: Vec<Delivery>) -> Result<Vec<pb::ReceivedMessage>, StrataError> {
@@ -365,6 +370,18 @@ impl Storage for StorageService {
         let (shard, source, tenant) = self.route(Some(&r))?;
         let tasks = shard.state().0.move_tasks_of(&tenant, source);
         Ok(Response::new(pb::ListMoveTasksResponse { tasks: tasks.iter().map(move_task_pb).collect() }))
+    }
+
+    async fn cancel_scheduled(
+        &self,
+        request: Request<pb::CancelScheduledRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let r = request.into_inner();
+        let (shard, queue, tenant) = self.route(r.queue.as_ref())?;
+        let message_id = uuid::Uuid::parse_str(&r.message_id)
+            .map_err(|_| StrataError::invalid(format!("'{}' is not a message id", r.message_id)))?;
+        shard.cancel_scheduled(queue, tenant, message_id).await?;
+        Ok(Response::new(pb::Empty {}))
     }
 }
 

@@ -5,8 +5,9 @@
 //! [`MessageRef`]: from the local WAL while the segment is on disk, otherwise from object storage
 //! through the [`TieredReader`].
 
+use std::collections::BTreeSet;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -19,8 +20,11 @@ use strata_wal::raft_state::{ReplicatedState, StateGuard};
 use strata_wal::raft_store::SegmentRetention;
 use strata_wal::{FsyncFailure, WalOptions};
 use tokio::sync::watch;
+use uuid::Uuid;
 
-use crate::queue::{Command, MessageRef, NewMessage, QueueError, Response, ShardCommand, ShardState};
+use crate::queue::schedule::{LOAD_CHUNK_RECORDS_MAX, ScheduledMessage, SliceRecord, deliver_at_of, slice_of};
+use crate::queue::{Command, MessageRef, NewMessage, QueueError, QueueId, Response, ShardCommand, ShardState};
+use crate::schedule_files::{SliceFiles, read_slice};
 use crate::tier::TieredReader;
 
 /// A shard log entry: one queue command stamped with the leader's time.
@@ -43,25 +47,67 @@ impl fmt::Display for ShardEntry {
             Command::CancelMoveTask { .. } => "cancel-move-task",
             Command::MoveStep { .. } => "move-step",
             Command::ReceiveAttempt { .. } => "receive-attempt",
+            Command::CancelScheduled { .. } => "cancel-scheduled",
+            Command::StartScheduledLoad { .. } => "start-scheduled-load",
+            Command::LoadScheduled { .. } => "load-scheduled",
         };
         write!(f, "{name}@{}", self.0.now_ms)
     }
 }
 
-/// The replicated state of a shard.
+/// The replicated state of a shard, and the slice files of its scheduled messages (which its
+/// applies write, see `schedule_files`).
 #[derive(Debug, Default, Serialize, Deserialize)]
-pub struct ShardMachine(pub ShardState);
+pub struct ShardMachine(pub ShardState, #[serde(skip)] Option<SliceFiles>);
+
+/// Where a shard's slice files live, inside its state-machine directory.
+const SCHEDULE_DIR: &str = "schedule";
+
+impl ShardMachine {
+    /// The directory of the slice files (`None` before the store opened them).
+    pub fn slice_dir(&self) -> Option<&Path> {
+        self.1.as_ref().map(SliceFiles::dir)
+    }
+}
 
 impl ReplicatedState for ShardMachine {
     type Command = ShardEntry;
     type Response = Response;
 
     fn apply(&mut self, log_index: u64, command: &ShardEntry) -> Response {
-        self.0.apply(log_index, &command.0)
+        let response = self.0.apply(log_index, &command.0);
+        let writes = self.0.take_slice_writes();
+        if !writes.is_empty() {
+            let written = match &mut self.1 {
+                Some(files) => files.write(writes),
+                None => Err(std::io::Error::other("slice files are not open")),
+            };
+            // The state already counts these records: going on without them would lose
+            // scheduled messages, as a failed log fsync would lose sent ones.
+            if let Err(e) = written {
+                tracing::error!(index = log_index, error = %e, "writing a slice file failed; stopping");
+                std::process::abort();
+            }
+        }
+        response
     }
 
     fn noop_response() -> Response {
         Response::Expired { count: 0 }
+    }
+
+    fn open_side_files(&mut self, dir: &Path, last_applied: Option<u64>) -> std::io::Result<()> {
+        let expected = self.0.slice_record_counts();
+        self.1 = Some(SliceFiles::recover(&dir.join(SCHEDULE_DIR), last_applied.unwrap_or(0), &expected)?);
+        Ok(())
+    }
+
+    fn sync_side_files(&self) -> std::io::Result<()> {
+        self.1.as_ref().map_or(Ok(()), SliceFiles::sync)
+    }
+
+    fn snapshot_stored(&self) -> std::io::Result<()> {
+        self.1.as_ref().map_or(Ok(()), SliceFiles::snapshot_stored)
     }
 }
 
@@ -107,6 +153,7 @@ pub fn queue_error(e: QueueError) -> StrataError {
         QueueError::StaleReceipt => ErrorKind::StaleReceipt,
         QueueError::MessageNotInFlight => ErrorKind::MessageNotInFlight,
         QueueError::InFlightLimit => ErrorKind::LimitExceeded,
+        QueueError::ScheduledMessageNotFound => ErrorKind::ScheduledMessageNotFound,
     };
     StrataError::new(kind, e.to_string())
 }
@@ -221,11 +268,128 @@ impl Shard {
         })
     }
 
+    /// Cancels a message scheduled with a deliver-at time that is not due yet. While its slice is
+    /// on disk, the slice file is searched first, so that an unknown id is answered as such.
+    pub async fn cancel_scheduled(&self, queue: QueueId, tenant: String, message_id: Uuid) -> Result<(), StrataError> {
+        let not_found = || queue_error(QueueError::ScheduledMessageNotFound);
+        let deliver_at_ms = deliver_at_of(&message_id).ok_or_else(not_found)?;
+        let slice_start_ms = slice_of(deliver_at_ms);
+        let on_disk = {
+            let state = self.state();
+            let counted = state.0.slice_record_counts().contains_key(&slice_start_ms);
+            counted.then(|| state.slice_dir().map(Path::to_path_buf)).flatten()
+        };
+        if let Some(dir) = on_disk {
+            let records = read_slice_blocking(dir, slice_start_ms).await?;
+            let sent = records
+                .iter()
+                .any(|r| matches!(r, SliceRecord::Message(m) if m.queue == queue && m.message_id == message_id));
+            let cancelled = records.iter().any(|r| {
+                matches!(r, SliceRecord::Cancel { queue: q, message_id: id, .. } if *q == queue && *id == message_id)
+            });
+            if !sent || cancelled {
+                // Another tenant's queue answers like a missing queue, not like a missing message.
+                if self.state().0.queue_config(queue, &tenant).is_none() {
+                    return Err(queue_error(QueueError::QueueNotFound));
+                }
+                return Err(not_found());
+            }
+        }
+        match self.propose(Command::CancelScheduled { queue, tenant, message_id }).await? {
+            Response::ScheduledCancelled => Ok(()),
+            other => Err(StrataError::internal(format!("unexpected answer to a cancel: {other:?}"))),
+        }
+    }
+
+    /// One step of loading the scheduled messages of slices coming due: freezes the next slice
+    /// due, or proposes the next chunk of its file. `cache` keeps the file read between steps.
+    /// Answers whether there may be more to do right away.
+    pub async fn load_scheduled_step(&self, cache: &mut Option<SliceLoad>) -> Result<bool, StrataError> {
+        let now_ms = self.now_ms();
+        let (slice_start_ms, slice, dir) = {
+            let state = self.state();
+            let Some((start, slice)) = state.0.next_slice_to_load(now_ms) else {
+                return Ok(false);
+            };
+            (start, slice.clone(), state.slice_dir().map(Path::to_path_buf))
+        };
+        if !slice.loading {
+            self.propose(Command::StartScheduledLoad { slice_start_ms }).await?;
+            return Ok(true);
+        }
+        if cache.as_ref().is_none_or(|c| c.slice_start_ms != slice_start_ms) {
+            let dir = dir.ok_or_else(|| StrataError::internal("slice files are not open"))?;
+            let records = read_slice_blocking(dir, slice_start_ms).await?;
+            if records.len() as u64 != slice.records {
+                tracing::error!(
+                    shard = self.shard_id,
+                    slice = slice_start_ms,
+                    read = records.len(),
+                    counted = slice.records,
+                    "a frozen slice file does not hold the records the state counts"
+                );
+                return Err(StrataError::internal("a slice file does not match the shard state"));
+            }
+            *cache = Some(SliceLoad::new(slice_start_ms, records));
+        }
+        let Some(load) = cache.as_ref() else { return Ok(false) };
+        let from = slice.loaded;
+        let to = (from + LOAD_CHUNK_RECORDS_MAX as u64).min(slice.records);
+        let messages = load.messages_between(from, to);
+        self.propose(Command::LoadScheduled { slice_start_ms, from, to, messages }).await?;
+        Ok(true)
+    }
+
     pub async fn shutdown(&self) {
         if let Err(e) = self.group.raft.shutdown().await {
             tracing::warn!(shard = self.shard_id, error = %e, "shard raft shutdown");
         }
         self.group.log.wal().close();
+    }
+}
+
+/// A slice file read for loading: its messages not cancelled in it, with their positions.
+pub struct SliceLoad {
+    slice_start_ms: u64,
+    /// `(position in the file, message)`, by position.
+    messages: Vec<(u64, ScheduledMessage)>,
+}
+
+impl SliceLoad {
+    pub(crate) fn new(slice_start_ms: u64, records: Vec<SliceRecord>) -> Self {
+        let cancelled: BTreeSet<(QueueId, Uuid)> = records
+            .iter()
+            .filter_map(|r| match r {
+                SliceRecord::Cancel { queue, message_id, .. } => Some((*queue, *message_id)),
+                SliceRecord::Message(_) => None,
+            })
+            .collect();
+        let messages = (0u64..)
+            .zip(records)
+            .filter_map(|(position, r)| match r {
+                SliceRecord::Message(m) if !cancelled.contains(&(m.queue, m.message_id)) => Some((position, m)),
+                _ => None,
+            })
+            .collect();
+        Self { slice_start_ms, messages }
+    }
+
+    /// The messages at positions `from..to`.
+    pub(crate) fn messages_between(&self, from: u64, to: u64) -> Vec<ScheduledMessage> {
+        let start = self.messages.partition_point(|(position, _)| *position < from);
+        self.messages[start..].iter().take_while(|(position, _)| *position < to).map(|(_, m)| *m).collect()
+    }
+}
+
+async fn read_slice_blocking(dir: PathBuf, slice_start_ms: u64) -> Result<Vec<SliceRecord>, StrataError> {
+    let read = tokio::task::spawn_blocking(move || read_slice(&dir, slice_start_ms)).await;
+    match read {
+        Ok(Ok(records)) => Ok(records),
+        Ok(Err(e)) => {
+            tracing::error!(slice = slice_start_ms, error = %e, "reading a slice file failed");
+            Err(StrataError::internal("could not read scheduled messages"))
+        }
+        Err(e) => Err(StrataError::internal(format!("slice read task failed: {e}"))),
     }
 }
 

@@ -275,12 +275,16 @@ impl Model {
                 let count = self.queues.values_mut().map(|q| q.drop_expired(now)).sum();
                 Ok(Response::Expired { count })
             }
-            // Not generated here: move tasks, dead letters and FIFO have unit tests of their own.
+            // Not generated here: move tasks, dead letters, FIFO and scheduled messages have tests
+            // of their own.
             Command::StartMoveTask { .. }
             | Command::CancelMoveTask { .. }
             | Command::MoveStep { .. }
-            | Command::ReceiveAttempt { .. } => {
-                unreachable!("the model test does not generate move-task or receive-attempt commands")
+            | Command::ReceiveAttempt { .. }
+            | Command::CancelScheduled { .. }
+            | Command::StartScheduledLoad { .. }
+            | Command::LoadScheduled { .. } => {
+                unreachable!("the model test does not generate move-task, receive-attempt or schedule commands")
             }
         };
         result.unwrap_or_else(Response::Error)
@@ -596,6 +600,7 @@ impl Harness {
                         body: Bytes::from_static(b"body"),
                         attributes: BTreeMap::new(),
                         delay_ms: *delay_ms,
+                        deliver_at_ms: None,
                         fifo: None,
                     })
                     .collect();

@@ -932,6 +932,8 @@ fn outgoing(entry: &Value, config: &pb::QueueConfig) -> Result<Outgoing, SqsErro
             delay_ms: delay_s.map(|d| d * 1000),
             message_group_id: group_id,
             message_deduplication_id: deduplication_id,
+            // SQS has delays only; deliver-at times are the native API's.
+            deliver_at_ms: None,
         },
     })
 }

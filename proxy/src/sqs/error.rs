@@ -77,9 +77,11 @@ impl From<StrataError> for SqsError {
             ErrorKind::QueueAlreadyExists => {
                 Self::queue_name_exists("A queue already exists with the same name and different attributes.")
             }
-            ErrorKind::InvalidParameter | ErrorKind::TooLarge | ErrorKind::AccessKeyNotFound => {
-                Self::invalid_parameter_value(e.message)
-            }
+            // The SQS API cancels no scheduled messages; the kind is listed for completeness.
+            ErrorKind::InvalidParameter
+            | ErrorKind::TooLarge
+            | ErrorKind::AccessKeyNotFound
+            | ErrorKind::ScheduledMessageNotFound => Self::invalid_parameter_value(e.message),
             ErrorKind::InvalidReceipt | ErrorKind::StaleReceipt => Self::receipt_handle_is_invalid(e.message),
             ErrorKind::LimitExceeded => Self::over_limit(e.message),
             ErrorKind::MessageNotInFlight => Self::message_not_inflight(e.message),

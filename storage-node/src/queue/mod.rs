@@ -76,8 +76,8 @@
 //!
 //! On a 64-bit target (record sizes checked by a unit test). B-tree values
 //! are stored inline in nodes of 11 slots that are 2/3 to fully occupied.
-//! * Per idle queue: a 224-byte record plus its 8-byte key in the shard's
-//!   queue map, so ~235–350 bytes, plus the tenant string's heap bytes. Its
+//! * Per idle queue: a 264-byte record plus its 8-byte key in the shard's
+//!   queue map, so ~275–410 bytes, plus the tenant string's heap bytes. Its
 //!   empty maps and sets allocate nothing, and an empty queue has no entry in
 //!   the shard indexes.
 //! * Per message: a 72-byte record plus its 8-byte seq key in the message map
@@ -87,6 +87,7 @@
 //!   minutes, a deduplication entry.
 
 mod receipt;
+pub mod schedule;
 mod state;
 mod store;
 mod types;
@@ -97,10 +98,10 @@ mod tests;
 pub use receipt::Receipt;
 pub use state::ShardState;
 pub use types::{
-    AttributeValue, Command, DEDUP_WINDOW_MS, DELAY_MS_MAX, DELETE_BATCH_MAX, Delivery, FIFO_ID_CHARS_MAX, FifoConfig,
-    FifoIds, IN_FLIGHT_MAX, MAX_RECEIVE_COUNT_MAX, MAX_RECEIVE_COUNT_MIN, MESSAGE_ATTRIBUTES_MAX, MOVE_PER_SECOND_MAX,
-    MOVE_STEP_MESSAGES_MAX, MOVE_TASKS_KEPT_PER_SOURCE, MessageRef, MoveTask, MoveTaskId, MoveTaskStatus, NewMessage,
-    QueueConfig, QueueCounts, QueueError, QueueId, RECEIVE_BATCH_MAX, RETENTION_MS_DEFAULT, RETENTION_MS_MAX,
-    RETENTION_MS_MIN, Redrive, Response, SEND_BATCH_MAX, SentMessage, ShardCommand, VISIBILITY_TIMEOUT_MS_DEFAULT,
-    VISIBILITY_TIMEOUT_MS_MAX,
+    AttributeValue, Command, DEDUP_WINDOW_MS, DELAY_MS_MAX, DELETE_BATCH_MAX, DELIVER_AHEAD_MS_MAX, Delivery,
+    FIFO_ID_CHARS_MAX, FifoConfig, FifoIds, IN_FLIGHT_MAX, MAX_RECEIVE_COUNT_MAX, MAX_RECEIVE_COUNT_MIN,
+    MESSAGE_ATTRIBUTES_MAX, MOVE_PER_SECOND_MAX, MOVE_STEP_MESSAGES_MAX, MOVE_TASKS_KEPT_PER_SOURCE, MessageRef,
+    MoveTask, MoveTaskId, MoveTaskStatus, NewMessage, QueueConfig, QueueCounts, QueueError, QueueId, RECEIVE_BATCH_MAX,
+    RETENTION_MS_DEFAULT, RETENTION_MS_MAX, RETENTION_MS_MIN, Redrive, Response, SEND_BATCH_MAX, SentMessage,
+    ShardCommand, VISIBILITY_TIMEOUT_MS_DEFAULT, VISIBILITY_TIMEOUT_MS_MAX,
 };

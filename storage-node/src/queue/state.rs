@@ -4,13 +4,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use uuid::Uuid;
+
 use super::receipt::Receipt;
+use super::schedule::{Schedule, ScheduledMessage, Slice, SliceWrite, deliver_at_of, slice_of};
 use super::store::{LeaseCheck, Queue};
 use super::types::{
-    Command, DELETE_BATCH_MAX, FIFO_ID_CHARS_MAX, IN_FLIGHT_MAX, MESSAGE_ATTRIBUTES_MAX, MOVE_PER_SECOND_MAX,
-    MOVE_STEP_MESSAGES_MAX, MOVE_TASKS_KEPT_PER_SOURCE, MoveTask, MoveTaskId, MoveTaskStatus, NewMessage, QueueConfig,
-    QueueCounts, QueueError, QueueId, RECEIVE_BATCH_MAX, Response, SEND_BATCH_MAX, ShardCommand, check_delay,
-    check_visibility_timeout,
+    Command, DELETE_BATCH_MAX, DELIVER_AHEAD_MS_MAX, FIFO_ID_CHARS_MAX, IN_FLIGHT_MAX, MESSAGE_ATTRIBUTES_MAX,
+    MOVE_PER_SECOND_MAX, MOVE_STEP_MESSAGES_MAX, MOVE_TASKS_KEPT_PER_SOURCE, MoveTask, MoveTaskId, MoveTaskStatus,
+    NewMessage, QueueConfig, QueueCounts, QueueError, QueueId, RECEIVE_BATCH_MAX, Response, SEND_BATCH_MAX,
+    ShardCommand, check_delay, check_visibility_timeout,
 };
 
 /// The replicated state of one shard. See the module doc of [`crate::queue`].
@@ -28,6 +31,8 @@ pub struct ShardState {
     by_log_index: BTreeSet<(u64, QueueId)>,
     /// Move tasks, running and recently finished.
     move_tasks: BTreeMap<MoveTaskId, MoveTask>,
+    /// Scheduled messages on disk, by time slice.
+    schedule: Schedule,
 }
 
 impl ShardState {
@@ -64,11 +69,7 @@ impl ShardState {
                 })
             }
             Command::DeleteQueue { queue, tenant } => self.delete_queue(*queue, tenant),
-            Command::Send { queue, tenant, messages } => self.with_queue(*queue, tenant, |q| {
-                validate_send(messages, q.config.fifo.is_some())?;
-                q.settle(now_ms);
-                Ok(Response::Sent(q.send(log_index, now_ms, messages)))
-            }),
+            Command::Send { queue, tenant, messages } => self.send(*queue, tenant, messages, log_index, now_ms),
             Command::Receive { queue, tenant, max_messages, visibility_timeout_ms } => {
                 self.receive(*queue, tenant, *max_messages, *visibility_timeout_ms, None, log_index, now_ms)
             }
@@ -110,7 +111,7 @@ impl ShardState {
             }
             Command::Purge { queue, tenant } => self.with_queue(*queue, tenant, |q| {
                 q.settle(now_ms);
-                Ok(Response::Purged { count: q.purge() })
+                Ok(Response::Purged { count: q.purge(log_index) })
             }),
             Command::Expire => Ok(Response::Expired { count: self.expire(now_ms) }),
             Command::StartMoveTask { tenant, source, destination, max_per_second } => {
@@ -118,6 +119,13 @@ impl ShardState {
             }
             Command::CancelMoveTask { tenant, task_id } => self.cancel_move_task(tenant, *task_id),
             Command::MoveStep { task_id, max_messages } => self.move_step(*task_id, *max_messages, now_ms),
+            Command::CancelScheduled { queue, tenant, message_id } => {
+                self.cancel_scheduled(*queue, tenant, *message_id, log_index, now_ms)
+            }
+            Command::StartScheduledLoad { slice_start_ms } => self.start_scheduled_load(*slice_start_ms, now_ms),
+            Command::LoadScheduled { slice_start_ms, from, to, messages } => {
+                self.load_scheduled(*slice_start_ms, *from, *to, messages, now_ms)
+            }
         };
         result.unwrap_or_else(Response::Error)
     }
@@ -153,7 +161,30 @@ impl ShardState {
     /// messages past retention not yet dropped); log segments wholly below it
     /// hold no live body. `None` if the shard holds no message.
     pub fn min_live_log_index(&self) -> Option<u64> {
-        self.by_log_index.first().map(|&(log_index, _)| log_index)
+        let in_memory = self.by_log_index.first().map(|&(log_index, _)| log_index);
+        in_memory.into_iter().chain(self.schedule.min_log_index()).min()
+    }
+
+    /// The slice files the last applies asked to change, in order; the storage node makes the
+    /// changes before the next apply.
+    pub fn take_slice_writes(&mut self) -> Vec<SliceWrite> {
+        std::mem::take(&mut self.schedule.writes)
+    }
+
+    /// The first slice due for loading at `now_ms` (at least this shard clock), if any.
+    pub fn next_slice_to_load(&self, now_ms: u64) -> Option<(u64, &Slice)> {
+        self.schedule.next_load(now_ms.max(self.clock_ms))
+    }
+
+    /// Every slice file the state expects, with its record count.
+    pub fn slice_record_counts(&self) -> BTreeMap<u64, u64> {
+        self.schedule.slices.iter().map(|(&start, slice)| (start, slice.records)).collect()
+    }
+
+    /// Whether a slice file is frozen for loading, or no longer expected at all: a slice not
+    /// loading takes records from applies, so it may be read only as a prefix.
+    pub fn slice_is_frozen(&self, slice_start_ms: u64) -> bool {
+        self.schedule.slices.get(&slice_start_ms).is_none_or(|s| s.loading)
     }
 
     pub fn queue_config(&self, queue: QueueId, tenant: &str) -> Option<&QueueConfig> {
@@ -245,6 +276,114 @@ impl ShardState {
             }
             Ok(Response::Received(deliveries))
         })
+    }
+
+    fn send(
+        &mut self,
+        queue: QueueId,
+        tenant: &str,
+        messages: &[NewMessage],
+        log_index: u64,
+        now_ms: u64,
+    ) -> Result<Response, QueueError> {
+        let Self { queues, schedule, by_expiry, by_log_index, .. } = self;
+        let q = queues.get_mut(&queue).filter(|q| q.tenant == tenant).ok_or(QueueError::QueueNotFound)?;
+        validate_send(messages, q.config.fifo.is_some(), now_ms)?;
+        q.settle(now_ms);
+        let goes_to_disk = |deliver_at_ms| schedule.goes_to_disk(deliver_at_ms, now_ms);
+        let (sent, to_disk) = q.send(queue, log_index, now_ms, messages, goes_to_disk);
+        reindex(by_expiry, by_log_index, queue, q);
+        for scheduled in to_disk {
+            schedule.append_message(scheduled);
+        }
+        Ok(Response::Sent(sent))
+    }
+
+    /// Cancels a scheduled message not due yet: a cancel record in its slice file while the
+    /// slice is on disk, else out of the queue's wheel (or, while its slice is loading and it
+    /// is not loaded yet, skipped when it comes).
+    fn cancel_scheduled(
+        &mut self,
+        queue: QueueId,
+        tenant: &str,
+        message_id: Uuid,
+        log_index: u64,
+        now_ms: u64,
+    ) -> Result<Response, QueueError> {
+        let deliver_at_ms = deliver_at_of(&message_id).ok_or(QueueError::ScheduledMessageNotFound)?;
+        let q = self.queues.get_mut(&queue).filter(|q| q.tenant == tenant).ok_or(QueueError::QueueNotFound)?;
+        q.settle(now_ms);
+        let result = if deliver_at_ms <= now_ms {
+            Err(QueueError::ScheduledMessageNotFound)
+        } else if q.cancel_waiting(message_id, deliver_at_ms) {
+            Ok(Response::ScheduledCancelled)
+        } else if self.schedule.append_cancel(log_index, queue, message_id, deliver_at_ms) {
+            q.cancel_on_disk();
+            Ok(Response::ScheduledCancelled)
+        } else if let Some(slice) = self.schedule.slices.get_mut(&slice_of(deliver_at_ms))
+            && slice.loading
+        {
+            slice.cancels.insert((queue, message_id));
+            q.cancel_on_disk();
+            Ok(Response::ScheduledCancelled)
+        } else {
+            Err(QueueError::ScheduledMessageNotFound)
+        };
+        reindex(&mut self.by_expiry, &mut self.by_log_index, queue, q);
+        result
+    }
+
+    fn start_scheduled_load(&mut self, slice_start_ms: u64, now_ms: u64) -> Result<Response, QueueError> {
+        match self.schedule.next_load(now_ms) {
+            Some((start, _)) if start == slice_start_ms => {}
+            _ => return Err(QueueError::InvalidParameter("the slice is not the next one due for loading".to_owned())),
+        }
+        if let Some(slice) = self.schedule.slices.get_mut(&slice_start_ms) {
+            slice.loading = true;
+        }
+        Ok(Response::ScheduledLoaded { count: 0 })
+    }
+
+    fn load_scheduled(
+        &mut self,
+        slice_start_ms: u64,
+        from: u64,
+        to: u64,
+        messages: &[ScheduledMessage],
+        now_ms: u64,
+    ) -> Result<Response, QueueError> {
+        let slice = self
+            .schedule
+            .slices
+            .get_mut(&slice_start_ms)
+            .filter(|s| s.loading)
+            .ok_or_else(|| QueueError::InvalidParameter("the slice is not loading".to_owned()))?;
+        if from != slice.loaded || to <= from || to > slice.records {
+            return Err(QueueError::InvalidParameter("the load step does not follow the last one".to_owned()));
+        }
+        if messages.len() as u64 > to - from || messages.iter().any(|m| slice_of(m.deliver_at_ms) != slice_start_ms) {
+            return Err(QueueError::InvalidParameter("the load step holds messages of another slice".to_owned()));
+        }
+        let mut count = 0;
+        for &scheduled in messages {
+            if slice.cancels.remove(&(scheduled.queue, scheduled.message_id)) {
+                continue;
+            }
+            // A queue deleted since the send drops its messages.
+            if let Some(q) = self.queues.get_mut(&scheduled.queue)
+                && q.load_scheduled(scheduled)
+            {
+                q.settle(now_ms);
+                reindex(&mut self.by_expiry, &mut self.by_log_index, scheduled.queue, q);
+                count += 1;
+            }
+        }
+        slice.loaded = to;
+        if slice.loaded == slice.records {
+            self.schedule.slices.remove(&slice_start_ms);
+            self.schedule.writes.push(SliceWrite::Remove { slice_start_ms });
+        }
+        Ok(Response::ScheduledLoaded { count })
     }
 
     /// The running move tasks, to be stepped.
@@ -485,7 +624,7 @@ fn validate_fifo_id(what: &str, id: &str) -> Result<(), QueueError> {
     Ok(())
 }
 
-fn validate_send(messages: &[NewMessage], fifo: bool) -> Result<(), QueueError> {
+fn validate_send(messages: &[NewMessage], fifo: bool, now_ms: u64) -> Result<(), QueueError> {
     if messages.is_empty() {
         return Err(QueueError::InvalidParameter("messages must not be empty".to_owned()));
     }
@@ -495,6 +634,28 @@ fn validate_send(messages: &[NewMessage], fifo: bool) -> Result<(), QueueError> 
     for message in messages {
         if let Some(delay_ms) = message.delay_ms {
             check_delay(delay_ms)?;
+        }
+        if let Some(deliver_at_ms) = message.deliver_at_ms {
+            if fifo {
+                return Err(QueueError::InvalidParameter("a FIFO queue takes no deliver-at time".to_owned()));
+            }
+            if message.delay_ms.is_some() {
+                return Err(QueueError::InvalidParameter(
+                    "a message takes a delay or a deliver-at time, not both".to_owned(),
+                ));
+            }
+            if deliver_at_ms > now_ms.saturating_add(DELIVER_AHEAD_MS_MAX) {
+                return Err(QueueError::InvalidParameter(format!(
+                    "deliver_at_ms may be at most {} days ahead",
+                    DELIVER_AHEAD_MS_MAX / (24 * 3600 * 1000)
+                )));
+            }
+            // Cancel by id finds the message through the time its id carries.
+            if deliver_at_ms > now_ms && deliver_at_of(&message.message_id) != Some(deliver_at_ms) {
+                return Err(QueueError::InvalidParameter(
+                    "a scheduled message's id must carry its deliver-at time".to_owned(),
+                ));
+            }
         }
         if message.attributes.len() > MESSAGE_ATTRIBUTES_MAX {
             return Err(QueueError::InvalidParameter(format!(

@@ -7,10 +7,17 @@
 //! that are already due. The shard clock never goes backwards, so a message in
 //! `visible` never needs to move back on its own.
 //!
-//! Seqs are handed out in log order and `sent_ms` is the (monotonic) shard
-//! clock at send time, so in seq order `sent_ms` and the body's log index never
-//! decrease: the messages past retention are always a prefix of `messages`,
-//! and the first message holds the queue's lowest log index.
+//! Seqs are handed out in log order and `enqueued_ms` is the (monotonic) shard
+//! clock when the message entered the queue (sent, moved in, or due after its
+//! deliver-at time), so in seq order `enqueued_ms` never decreases: the messages
+//! past retention are always a prefix of `messages`. The body's log index never
+//! decreases with seq either, except for messages whose body may be older than
+//! their place in the queue (moved in, or scheduled): `older_bodies` counts
+//! those, so the queue's lowest log index is always known.
+//!
+//! Messages scheduled with a deliver-at time that are in memory wait in the
+//! `wheel`, keyed by due time; they get a seq when due. Those still on disk
+//! (see `schedule`) are only counted here (`on_disk`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::receipt::Receipt;
+use super::schedule::ScheduledMessage;
 use super::types::{
     DEDUP_WINDOW_MS, Delivery, FifoIds, MessageRef, NewMessage, QueueConfig, QueueCounts, QueueId, SentMessage,
 };
@@ -29,22 +37,31 @@ pub(crate) const DEAD_LETTER_MOVES_MAX: usize = 100;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Message {
     message_id: Uuid,
-    body_ref: MessageRef,
+    /// Where the body is ([`MessageRef`], stored flat so the record stays 72 bytes).
+    body_log_index: u64,
+    body_slot: u16,
+    /// When it was sent (reported to receivers).
     sent_ms: u64,
+    /// When it entered this queue: retention counts from here.
+    enqueued_ms: u64,
     visible_at_ms: u64,
     /// Meaningless while `receive_count == 0`.
     first_receive_ms: u64,
     /// Log index of the latest Receive; meaningless while `receive_count == 0`.
     lease: u64,
     receive_count: u32,
-    /// Moved in from another queue as a dead letter: its body may be older than
-    /// the bodies of messages sent to this queue before it.
-    moved_in: bool,
+    /// Moved in from another queue or scheduled: its body may be older than the
+    /// bodies of messages sent to this queue before it (counted in `older_bodies`).
+    older_body: bool,
 }
 
 impl Message {
+    fn body_ref(&self) -> MessageRef {
+        MessageRef { log_index: self.body_log_index, slot: self.body_slot }
+    }
+
     fn expires_at_ms(&self, config: &QueueConfig) -> u64 {
-        self.sent_ms.saturating_add(config.retention_ms)
+        self.enqueued_ms.saturating_add(config.retention_ms)
     }
 
     fn is_expired(&self, config: &QueueConfig, now_ms: u64) -> bool {
@@ -90,8 +107,14 @@ pub(crate) struct Queue {
     delayed: u64,
     /// Keys of this queue in the shard indexes; `None` iff not indexed.
     pub(crate) indexed: Option<IndexKeys>,
-    /// Body log index -> number of moved-in messages referencing it.
-    moved_in_bodies: BTreeMap<u64, u32>,
+    /// Body log index -> number of messages with `older_body` and wheel entries referencing it.
+    older_bodies: BTreeMap<u64, u32>,
+    /// Scheduled messages in memory until due: `(deliver_at_ms, message id)` -> the message.
+    wheel: BTreeMap<(u64, Uuid), ScheduledMessage>,
+    /// Scheduled messages of this queue still in slice files.
+    on_disk: u64,
+    /// Log index of the last purge: scheduled messages sent before it are dropped when loaded.
+    purged_at_log_index: u64,
     /// FIFO bookkeeping; `None` for standard queues (boxed: idle standard queues stay small).
     fifo: Option<Box<FifoState>>,
 }
@@ -239,20 +262,40 @@ impl Queue {
             pending: BTreeSet::new(),
             delayed: 0,
             indexed: None,
-            moved_in_bodies: BTreeMap::new(),
+            older_bodies: BTreeMap::new(),
+            wheel: BTreeMap::new(),
+            on_disk: 0,
+            purged_at_log_index: 0,
             fifo: config.fifo.map(|_| Box::default()),
         }
     }
 
-    /// The index keys this queue should have now.
+    /// The index keys this queue should have now: `None` when it holds no message in memory (a
+    /// queue with only scheduled messages in the wheel is indexed for their bodies, and never
+    /// expires).
     pub(crate) fn index_keys(&self) -> Option<IndexKeys> {
-        self.messages.first_key_value().map(|(_, m)| {
-            let oldest_moved_in = self.moved_in_bodies.first_key_value().map_or(u64::MAX, |(&index, _)| index);
-            IndexKeys {
-                expires_at_ms: m.expires_at_ms(&self.config),
-                log_index: m.body_ref.log_index.min(oldest_moved_in),
-            }
+        let first = self.messages.first_key_value().map(|(_, m)| m);
+        let oldest_older = self.older_bodies.first_key_value().map(|(&index, _)| index);
+        if first.is_none() && oldest_older.is_none() {
+            return None;
+        }
+        Some(IndexKeys {
+            expires_at_ms: first.map_or(u64::MAX, |m| m.expires_at_ms(&self.config)),
+            log_index: first.map_or(u64::MAX, |m| m.body_log_index).min(oldest_older.unwrap_or(u64::MAX)),
         })
+    }
+
+    fn count_older_body(&mut self, log_index: u64) {
+        *self.older_bodies.entry(log_index).or_insert(0) += 1;
+    }
+
+    fn release_older_body(&mut self, log_index: u64) {
+        if let Some(count) = self.older_bodies.get_mut(&log_index) {
+            *count -= 1;
+            if *count == 0 {
+                self.older_bodies.remove(&log_index);
+            }
+        }
     }
 
     fn show(&mut self, seq: u64) {
@@ -310,13 +353,8 @@ impl Queue {
         if let Some(fifo) = &mut self.fifo {
             fifo.ids.remove(&seq);
         }
-        if message.moved_in
-            && let Some(count) = self.moved_in_bodies.get_mut(&message.body_ref.log_index)
-        {
-            *count -= 1;
-            if *count == 0 {
-                self.moved_in_bodies.remove(&message.body_ref.log_index);
-            }
+        if message.older_body {
+            self.release_older_body(message.body_log_index);
         }
         Some(message)
     }
@@ -406,16 +444,18 @@ impl Queue {
         let Moved { message: moved, fifo } = moved;
         let seq = self.next_seq;
         self.next_seq = self.next_seq.saturating_add(1);
-        *self.moved_in_bodies.entry(moved.body_ref.log_index).or_insert(0) += 1;
+        self.count_older_body(moved.body_log_index);
         let message = Message {
             message_id: moved.message_id,
-            body_ref: moved.body_ref,
-            sent_ms: now_ms,
+            body_log_index: moved.body_log_index,
+            body_slot: moved.body_slot,
+            sent_ms: moved.sent_ms,
+            enqueued_ms: now_ms,
             visible_at_ms: now_ms,
             first_receive_ms: 0,
             lease: 0,
             receive_count: 0,
-            moved_in: true,
+            older_body: true,
         };
         self.messages.insert(seq, message);
         // A FIFO message keeps its group in a FIFO queue (its deduplication id is not registered
@@ -440,10 +480,34 @@ impl Queue {
         dropped
     }
 
-    /// Brings the queue up to `now_ms`: drops expired messages and promotes
-    /// due ones. Every successful command on the queue starts with this.
+    /// Brings the queue up to `now_ms`: drops expired messages, enqueues the
+    /// scheduled messages now due, and promotes due ones. Every successful
+    /// command on the queue starts with this.
     pub(crate) fn settle(&mut self, now_ms: u64) {
         self.drop_expired(now_ms);
+        while let Some(entry) = self.wheel.first_entry() {
+            if entry.key().0 > now_ms {
+                break;
+            }
+            let due = entry.remove();
+            let seq = self.next_seq;
+            self.next_seq = self.next_seq.saturating_add(1);
+            // Its body is still counted in `older_bodies`, from when it entered the wheel.
+            let message = Message {
+                message_id: due.message_id,
+                body_log_index: due.body_ref.log_index,
+                body_slot: due.body_ref.slot,
+                sent_ms: due.sent_ms,
+                enqueued_ms: now_ms,
+                visible_at_ms: now_ms,
+                first_receive_ms: 0,
+                lease: 0,
+                receive_count: 0,
+                older_body: true,
+            };
+            self.messages.insert(seq, message);
+            self.place(seq, now_ms, true, now_ms);
+        }
         while let Some(&(visible_at_ms, seq)) = self.pending.first() {
             if visible_at_ms > now_ms {
                 break;
@@ -462,10 +526,39 @@ impl Queue {
         }
     }
 
-    /// Appends validated messages. `now_ms` must be settled.
-    pub(crate) fn send(&mut self, log_index: u64, now_ms: u64, messages: &[NewMessage]) -> Vec<SentMessage> {
+    /// Appends validated messages. A message with a deliver-at time after `now_ms` waits in the
+    /// wheel, or is answered for the caller to put on disk when `goes_to_disk(deliver_at_ms)`;
+    /// either way its seq is 0 until it is due. `now_ms` must be settled.
+    pub(crate) fn send(
+        &mut self,
+        queue: QueueId,
+        log_index: u64,
+        now_ms: u64,
+        messages: &[NewMessage],
+        goes_to_disk: impl Fn(u64) -> bool,
+    ) -> (Vec<SentMessage>, Vec<ScheduledMessage>) {
         let mut sent = Vec::with_capacity(messages.len());
+        let mut to_disk = Vec::new();
         for (slot, new) in messages.iter().enumerate() {
+            // Batches are validated to at most SEND_BATCH_MAX entries.
+            let body_slot = u16::try_from(slot).unwrap_or(u16::MAX);
+            if let Some(deliver_at_ms) = new.deliver_at_ms.filter(|&at| at > now_ms) {
+                let scheduled = ScheduledMessage {
+                    queue,
+                    message_id: new.message_id,
+                    body_ref: MessageRef { log_index, slot: body_slot },
+                    deliver_at_ms,
+                    sent_ms: now_ms,
+                };
+                if goes_to_disk(deliver_at_ms) {
+                    self.on_disk += 1;
+                    to_disk.push(scheduled);
+                } else {
+                    self.wait(scheduled);
+                }
+                sent.push(SentMessage { message_id: new.message_id, seq: 0 });
+                continue;
+            }
             // FIFO: a deduplication id seen within the window answers the first message.
             let dedup_key = match (&self.fifo, &new.fifo, self.config.fifo) {
                 (Some(fifo), Some(ids), Some(config)) => {
@@ -489,17 +582,15 @@ impl Queue {
             let visible_at_ms = now_ms.saturating_add(delay_ms);
             let message = Message {
                 message_id: new.message_id,
-                body_ref: MessageRef {
-                    log_index,
-                    // Batches are validated to at most SEND_BATCH_MAX entries.
-                    slot: u16::try_from(slot).unwrap_or(u16::MAX),
-                },
+                body_log_index: log_index,
+                body_slot,
                 sent_ms: now_ms,
+                enqueued_ms: now_ms,
                 visible_at_ms,
                 first_receive_ms: 0,
                 lease: 0,
                 receive_count: 0,
-                moved_in: false,
+                older_body: false,
             };
             self.messages.insert(seq, message);
             if let (Some(fifo), Some(ids)) = (&mut self.fifo, &new.fifo) {
@@ -513,7 +604,41 @@ impl Queue {
             self.place(seq, visible_at_ms, true, now_ms);
             sent.push(SentMessage { message_id: new.message_id, seq });
         }
-        sent
+        (sent, to_disk)
+    }
+
+    /// Puts a scheduled message in the wheel until due (the next settle at or after its time
+    /// enqueues it).
+    fn wait(&mut self, scheduled: ScheduledMessage) {
+        self.count_older_body(scheduled.body_ref.log_index);
+        self.wheel.insert((scheduled.deliver_at_ms, scheduled.message_id), scheduled);
+    }
+
+    /// Takes a scheduled message loaded from its slice file: into the wheel, unless a purge since
+    /// its send dropped it (then false). Settle afterwards (it may be due already).
+    pub(crate) fn load_scheduled(&mut self, scheduled: ScheduledMessage) -> bool {
+        if scheduled.body_ref.log_index < self.purged_at_log_index {
+            return false;
+        }
+        self.on_disk = self.on_disk.saturating_sub(1);
+        self.wait(scheduled);
+        true
+    }
+
+    /// Cancels a scheduled message waiting in the wheel; false if it is not there.
+    pub(crate) fn cancel_waiting(&mut self, message_id: Uuid, deliver_at_ms: u64) -> bool {
+        match self.wheel.remove(&(deliver_at_ms, message_id)) {
+            Some(scheduled) => {
+                self.release_older_body(scheduled.body_ref.log_index);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A scheduled message still on disk was cancelled.
+    pub(crate) fn cancel_on_disk(&mut self) {
+        self.on_disk = self.on_disk.saturating_sub(1);
     }
 
     /// Leases up to `max_messages` visible messages, lowest seq first, passing
@@ -564,7 +689,7 @@ impl Queue {
             deliveries.push(Delivery {
                 message_id: message.message_id,
                 seq,
-                body_ref: message.body_ref,
+                body_ref: message.body_ref(),
                 receipt: Receipt { queue, seq, lease: log_index }.encode(),
                 receive_count: message.receive_count,
                 sent_ms: message.sent_ms,
@@ -615,7 +740,7 @@ impl Queue {
             deliveries.push(Delivery {
                 message_id: message.message_id,
                 seq,
-                body_ref: message.body_ref,
+                body_ref: message.body_ref(),
                 receipt: Receipt { queue, seq, lease }.encode(),
                 receive_count: message.receive_count,
                 sent_ms: message.sent_ms,
@@ -670,13 +795,17 @@ impl Queue {
         }
     }
 
-    /// Drops every message; returns how many.
-    pub(crate) fn purge(&mut self) -> u64 {
-        let count = self.messages.len() as u64;
+    /// Drops every message, scheduled ones included (those on disk are dropped when loaded);
+    /// returns how many. `log_index` is the purge's.
+    pub(crate) fn purge(&mut self, log_index: u64) -> u64 {
+        let count = self.messages.len() as u64 + self.wheel.len() as u64 + self.on_disk;
         self.messages.clear();
         self.visible.clear();
         self.pending.clear();
-        self.moved_in_bodies.clear();
+        self.older_bodies.clear();
+        self.wheel.clear();
+        self.on_disk = 0;
+        self.purged_at_log_index = log_index;
         if let Some(fifo) = &mut self.fifo {
             // The deduplication window outlives a purge, as in SQS.
             fifo.ids.clear();
@@ -694,7 +823,7 @@ impl Queue {
         QueueCounts {
             visible: self.visible.len() as u64,
             in_flight: pending.saturating_sub(self.delayed),
-            delayed: self.delayed,
+            delayed: self.delayed + self.wheel.len() as u64 + self.on_disk,
         }
     }
 
@@ -716,6 +845,10 @@ impl Queue {
         if self.visible.last().is_some_and(live) {
             return true;
         }
+        // A scheduled message now due is enqueued (visible) by the receive's settle.
+        if self.wheel.first_key_value().is_some_and(|(&(deliver_at_ms, _), _)| deliver_at_ms <= now_ms) {
+            return true;
+        }
         self.pending.range(..=(now_ms, u64::MAX)).any(|(_, seq)| live(seq))
     }
 
@@ -724,11 +857,14 @@ impl Queue {
     /// never be delivered).
     pub(crate) fn next_visible_at_ms(&self, now_ms: u64) -> Option<u64> {
         let start = now_ms.checked_add(1)?;
-        self.pending
+        let pending = self
+            .pending
             .range((start, 0)..)
             .find(|(visible_at_ms, seq)| {
                 self.messages.get(seq).is_some_and(|m| !m.is_expired(&self.config, *visible_at_ms))
             })
-            .map(|(visible_at_ms, _)| *visible_at_ms)
+            .map(|(visible_at_ms, _)| *visible_at_ms);
+        let scheduled = self.wheel.range((start, Uuid::nil())..).next().map(|(&(deliver_at_ms, _), _)| deliver_at_ms);
+        pending.into_iter().chain(scheduled).min()
     }
 }

@@ -23,6 +23,7 @@ fn new_message(n: u128) -> NewMessage {
         body: Bytes::from(format!("body {n}")),
         attributes: BTreeMap::new(),
         delay_ms: None,
+        deliver_at_ms: None,
         fifo: None,
     }
 }
@@ -628,9 +629,9 @@ fn snapshot_round_trip() {
 #[test]
 fn memory_figures_in_the_module_doc_hold() {
     use std::mem::size_of;
-    // Module doc: a 72-byte record per message, a 224-byte one per queue.
+    // Module doc: a 72-byte record per message, a 264-byte one per queue.
     assert_eq!(size_of::<Message>(), 72);
-    assert_eq!(size_of::<Queue>(), 224);
+    assert_eq!(size_of::<Queue>(), 264);
 }
 
 // ------------------------------------------------------------------------------ dead letters
@@ -1187,5 +1188,295 @@ fn fifo_random_walk_keeps_groups_exclusive_and_indexes_consistent() {
                 }
             }
         }
+    }
+}
+
+// -------------------------------------------------------------------------- scheduled messages
+
+mod scheduled {
+    use super::super::schedule::{
+        LOAD_CHUNK_RECORDS_MAX, LOAD_LEAD_MS, SLICE_MS, SliceRecord, SliceWrite, scheduled_message_id,
+    };
+    use super::*;
+    use crate::shard::SliceLoad;
+
+    const DAY_MS: u64 = 24 * 3600 * 1000;
+    /// A time well inside a slice, so "now" is never on a slice boundary by accident.
+    const T0: u64 = 1_000 * SLICE_MS + 12_345;
+
+    /// The shard plus the slice files its applies wrote, kept in memory as the storage node
+    /// keeps them on disk, and the node's loader.
+    struct Scheduled {
+        shard: Shard,
+        files: BTreeMap<u64, Vec<SliceRecord>>,
+    }
+
+    impl Scheduled {
+        fn new() -> Self {
+            let mut shard = Shard::new();
+            let create = Command::CreateQueue { queue: Q, tenant: TENANT.to_owned(), config: config() };
+            assert_eq!(shard.apply(T0, create), Response::QueueCreated);
+            Self { shard, files: BTreeMap::new() }
+        }
+
+        fn apply(&mut self, now_ms: u64, command: Command) -> Response {
+            let response = self.shard.apply(now_ms, command);
+            for write in self.shard.state.take_slice_writes() {
+                match write {
+                    SliceWrite::Append { slice_start_ms, record } => {
+                        self.files.entry(slice_start_ms).or_default().push(record)
+                    }
+                    SliceWrite::Remove { slice_start_ms } => {
+                        self.files.remove(&slice_start_ms);
+                    }
+                }
+            }
+            response
+        }
+
+        /// Sends one message per deliver-at time; answers their ids.
+        fn send_at(&mut self, now_ms: u64, deliver_at: &[u64]) -> Vec<Uuid> {
+            let messages: Vec<NewMessage> = deliver_at
+                .iter()
+                .enumerate()
+                .map(|(i, &at)| NewMessage {
+                    message_id: scheduled_message_id(at, Uuid::from_u128(i as u128 + 1)),
+                    deliver_at_ms: Some(at),
+                    ..new_message(i as u128)
+                })
+                .collect();
+            match self.apply(now_ms, Command::Send { queue: Q, tenant: TENANT.to_owned(), messages }) {
+                Response::Sent(sent) => sent.into_iter().map(|s| s.message_id).collect(),
+                other => panic!("send failed: {other:?}"),
+            }
+        }
+
+        /// What the storage node's loader does at `now_ms`, until nothing is due.
+        fn load_due(&mut self, now_ms: u64) -> u64 {
+            let mut loaded = 0;
+            while let Some((start, slice)) = self.shard.state.next_slice_to_load(now_ms) {
+                let command = if slice.loading {
+                    let load = SliceLoad::new(start, self.files.get(&start).cloned().unwrap_or_default());
+                    let to = (slice.loaded + LOAD_CHUNK_RECORDS_MAX as u64).min(slice.records);
+                    let messages = load.messages_between(slice.loaded, to);
+                    Command::LoadScheduled { slice_start_ms: start, from: slice.loaded, to, messages }
+                } else {
+                    Command::StartScheduledLoad { slice_start_ms: start }
+                };
+                match self.apply(now_ms, command) {
+                    Response::ScheduledLoaded { count } => loaded += count,
+                    other => panic!("load step failed: {other:?}"),
+                }
+            }
+            loaded
+        }
+
+        fn receive_ids(&mut self, now_ms: u64) -> Vec<Uuid> {
+            self.shard.receive(now_ms, 10, None).into_iter().map(|d| d.message_id).collect()
+        }
+
+        fn counts(&self) -> QueueCounts {
+            self.shard.state.queue_counts(Q, TENANT).expect("queue exists")
+        }
+
+        fn cancel(&mut self, now_ms: u64, tenant: &str, message_id: Uuid) -> Response {
+            self.apply(now_ms, Command::CancelScheduled { queue: Q, tenant: tenant.to_owned(), message_id })
+        }
+    }
+
+    #[test]
+    fn a_far_future_message_waits_on_disk_and_arrives_at_its_time() {
+        let mut s = Scheduled::new();
+        let at = T0 + 30 * DAY_MS + 777;
+        let ids = s.send_at(T0, &[at]);
+        assert_eq!(s.files.values().map(Vec::len).sum::<usize>(), 1, "one record in a slice file");
+        assert_eq!(s.counts(), QueueCounts { visible: 0, in_flight: 0, delayed: 1 });
+        assert!(s.receive_ids(T0 + 1).is_empty());
+        // Nothing is due before the slice's lead time; then the slice loads into memory.
+        assert_eq!(s.load_due(at - LOAD_LEAD_MS - SLICE_MS), 0);
+        assert_eq!(s.load_due(at - 1), 1);
+        assert!(s.files.is_empty(), "a loaded slice's file goes");
+        assert!(s.receive_ids(at - 1).is_empty(), "never before its time");
+        assert!(!s.shard.state.has_visible(Q, TENANT, at - 1));
+        assert_eq!(s.shard.state.next_visible_at_ms(Q, TENANT, at - 1), Some(at));
+        assert!(s.shard.state.has_visible(Q, TENANT, at));
+        let delivered = s.shard.receive(at, 10, None);
+        assert_eq!(delivered.iter().map(|d| d.message_id).collect::<Vec<_>>(), ids);
+        assert_eq!(delivered[0].sent_ms, T0, "the send time is reported, not the due time");
+    }
+
+    #[test]
+    fn memory_does_not_grow_with_far_future_messages() {
+        let encoded_with = |count: u64| {
+            let mut s = Scheduled::new();
+            for batch in 0..count.div_ceil(10) {
+                let times: Vec<u64> = (0..10).map(|i| T0 + 90 * DAY_MS + (batch * 10 + i) * 7).collect();
+                s.send_at(T0, &times);
+            }
+            assert_eq!(s.counts().delayed, count.div_ceil(10) * 10);
+            postcard::to_allocvec(&s.shard.state).expect("encode").len()
+        };
+        let small = encoded_with(10);
+        let large = encoded_with(20_000);
+        // Only the counters' varints grow (a few bytes), not one entry per message.
+        assert!(large - small < 16, "state grew from {small} to {large} bytes");
+    }
+
+    #[test]
+    fn retention_counts_from_the_due_time() {
+        let mut s = Scheduled::new();
+        let at = T0 + 10 * DAY_MS;
+        s.send_at(T0, &[at]);
+        s.load_due(at);
+        // The queue keeps messages for 120 s (config()): long past since the send, not since due.
+        assert_eq!(s.receive_ids(at + 1).len(), 1);
+        s.apply(at + 200_000, Command::Expire);
+        assert_eq!(s.counts(), QueueCounts::default(), "expired 120 s after it was due");
+    }
+
+    #[test]
+    fn near_messages_wait_in_memory_and_past_times_deliver_at_once() {
+        let mut s = Scheduled::new();
+        let ids = s.send_at(T0, &[T0 + 5_000, T0 - 5_000]);
+        assert!(s.files.is_empty(), "within the lead time: no slice file");
+        assert_eq!(s.counts(), QueueCounts { visible: 1, in_flight: 0, delayed: 1 });
+        assert_eq!(s.receive_ids(T0), vec![ids[1]]);
+        assert_eq!(s.receive_ids(T0 + 5_000), vec![ids[0]]);
+    }
+
+    #[test]
+    fn cancel_works_on_disk_while_loading_and_in_memory() {
+        let mut s = Scheduled::new();
+        let far = T0 + 2 * DAY_MS;
+        let ids = s.send_at(T0, &[far, far + 1, far + 2, far + 3, T0 + 5_000]);
+        // On disk: a cancel record.
+        assert_eq!(s.cancel(T0, TENANT, ids[0]), Response::ScheduledCancelled);
+        assert_eq!(s.counts().delayed, 4);
+        // In memory.
+        assert_eq!(s.cancel(T0, TENANT, ids[4]), Response::ScheduledCancelled);
+        // While its slice loads, before its chunk.
+        let start = far - far % SLICE_MS;
+        assert_eq!(
+            s.apply(far - 1, Command::StartScheduledLoad { slice_start_ms: start }),
+            Response::ScheduledLoaded { count: 0 }
+        );
+        assert_eq!(s.cancel(far - 1, TENANT, ids[1]), Response::ScheduledCancelled);
+        assert_eq!(s.load_due(far - 1), 2, "ids 2 and 3 load; 0 and 1 were cancelled");
+        // Loaded, in memory.
+        assert_eq!(s.cancel(far - 1, TENANT, ids[2]), Response::ScheduledCancelled);
+        assert_eq!(s.counts().delayed, 1);
+        assert_eq!(s.receive_ids(far + 10), vec![ids[3]]);
+        // Due already, cancelled twice, another tenant's, not a scheduled id.
+        let not_found = Response::Error(QueueError::ScheduledMessageNotFound);
+        assert_eq!(s.cancel(far + 10, TENANT, ids[3]), not_found);
+        assert_eq!(s.cancel(far + 10, TENANT, ids[2]), not_found);
+        assert_eq!(s.cancel(far + 10, OTHER_TENANT, ids[2]), Response::Error(QueueError::QueueNotFound));
+        assert_eq!(s.cancel(far + 10, TENANT, Uuid::from_u128(5)), not_found);
+    }
+
+    #[test]
+    fn purge_and_delete_drop_scheduled_messages() {
+        let mut s = Scheduled::new();
+        let far = T0 + 3 * DAY_MS;
+        s.send_at(T0, &[far, T0 + 5_000]);
+        assert_eq!(s.apply(T0, Command::Purge { queue: Q, tenant: TENANT.to_owned() }), Response::Purged { count: 2 });
+        let kept = s.send_at(T0 + 1, &[far + 5]);
+        assert_eq!(s.counts().delayed, 1);
+        assert_eq!(s.load_due(far), 1, "the message sent after the purge loads; the one before is dropped");
+        assert_eq!(s.receive_ids(far + 5), kept);
+        assert_eq!(s.counts(), QueueCounts { visible: 0, in_flight: 1, delayed: 0 });
+
+        s.send_at(far + 6, &[far + 9 * DAY_MS]);
+        assert_eq!(
+            s.apply(far + 6, Command::DeleteQueue { queue: Q, tenant: TENANT.to_owned() }),
+            Response::QueueDeleted
+        );
+        assert_eq!(s.load_due(far + 9 * DAY_MS), 0, "a deleted queue's scheduled messages are dropped");
+        assert_eq!(s.shard.state.min_live_log_index(), None);
+    }
+
+    #[test]
+    fn scheduled_bodies_keep_the_log_live() {
+        let mut s = Scheduled::new();
+        s.send_at(T0, &[T0 + DAY_MS]);
+        let body_index = s.shard.log_index;
+        s.shard.send(T0 + 1, &[1]);
+        let received = s.shard.receive(T0 + 1, 10, None);
+        s.shard.delete(T0 + 1, &[received[0].receipt.as_str()]);
+        assert_eq!(s.shard.state.min_live_log_index(), Some(body_index), "kept by the slice on disk");
+        s.load_due(T0 + DAY_MS - 1);
+        assert_eq!(s.shard.state.min_live_log_index(), Some(body_index), "kept by the wheel");
+        let delivered = s.shard.receive(T0 + DAY_MS, 10, None);
+        assert_eq!(delivered[0].body_ref.log_index, body_index);
+        s.shard.delete(T0 + DAY_MS, &[delivered[0].receipt.as_str()]);
+        assert_eq!(s.shard.state.min_live_log_index(), None);
+    }
+
+    #[test]
+    fn invalid_deliver_at_times_are_refused_and_change_nothing() {
+        let mut s = Scheduled::new();
+        let send = |at: u64, id: Uuid, delay_ms: Option<u64>| Command::Send {
+            queue: Q,
+            tenant: TENANT.to_owned(),
+            messages: vec![NewMessage { message_id: id, deliver_at_ms: Some(at), delay_ms, ..new_message(1) }],
+        };
+        let year_and_a_day = T0 + DELIVER_AHEAD_MS_MAX + 1;
+        let cases = [
+            send(year_and_a_day, scheduled_message_id(year_and_a_day, Uuid::nil()), None),
+            send(T0 + DAY_MS, Uuid::from_u128(1), None),
+            send(T0 + DAY_MS, scheduled_message_id(T0 + DAY_MS, Uuid::nil()), Some(0)),
+        ];
+        for command in cases {
+            assert!(matches!(s.apply(T0, command), Response::Error(QueueError::InvalidParameter(_))));
+        }
+        let fifo = QueueConfig { fifo: Some(FifoConfig { deduplication_per_group: false }), ..config() };
+        s.apply(T0, Command::CreateQueue { queue: FIFO_Q, tenant: TENANT.to_owned(), config: fifo });
+        let at = T0 + DAY_MS;
+        let message = NewMessage {
+            message_id: scheduled_message_id(at, Uuid::nil()),
+            deliver_at_ms: Some(at),
+            fifo: Some(FifoIds { group_id: "g".into(), deduplication_id: "d".into() }),
+            ..new_message(1)
+        };
+        let response = s.apply(T0, Command::Send { queue: FIFO_Q, tenant: TENANT.to_owned(), messages: vec![message] });
+        assert!(matches!(response, Response::Error(QueueError::InvalidParameter(_))));
+        assert!(s.files.is_empty());
+        assert_eq!(s.counts(), QueueCounts::default());
+        // The last day of the year is fine.
+        s.send_at(T0, &[T0 + DELIVER_AHEAD_MS_MAX]);
+        assert_eq!(s.counts().delayed, 1);
+    }
+
+    #[test]
+    fn load_steps_out_of_order_are_refused() {
+        let mut s = Scheduled::new();
+        let far = T0 + DAY_MS;
+        s.send_at(T0, &[far, far + 1]);
+        let start = far - far % SLICE_MS;
+        let early = s.apply(T0, Command::StartScheduledLoad { slice_start_ms: start });
+        assert!(matches!(early, Response::Error(QueueError::InvalidParameter(_))), "not due for loading yet");
+        let not_loading = Command::LoadScheduled { slice_start_ms: start, from: 0, to: 2, messages: Vec::new() };
+        assert!(matches!(s.apply(far, not_loading), Response::Error(QueueError::InvalidParameter(_))));
+        s.apply(far, Command::StartScheduledLoad { slice_start_ms: start });
+        let skipping = Command::LoadScheduled { slice_start_ms: start, from: 1, to: 2, messages: Vec::new() };
+        assert!(matches!(s.apply(far, skipping), Response::Error(QueueError::InvalidParameter(_))));
+        assert_eq!(s.load_due(far), 2);
+    }
+
+    #[test]
+    fn many_messages_load_in_chunks() {
+        let mut s = Scheduled::new();
+        let far = T0 + 5 * DAY_MS;
+        let total = LOAD_CHUNK_RECORDS_MAX as u64 * 2 + 30;
+        for batch in 0..total / 10 {
+            let times: Vec<u64> = (0..10).map(|i| far + batch * 10 + i).collect();
+            s.send_at(T0, &times);
+        }
+        assert_eq!(s.load_due(far), total);
+        let mut received = 0;
+        while !s.receive_ids(far + total).is_empty() {
+            received += 10;
+        }
+        assert_eq!(received, total);
     }
 }

@@ -10,6 +10,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::schedule::ScheduledMessage;
+
 /// Queue incarnation id, unique for the whole service (assigned by metadata).
 /// Deleting and re-creating a queue with the same name yields a new id, so
 /// receipts of the old incarnation never match the new one.
@@ -17,8 +19,9 @@ pub type QueueId = u64;
 
 // The limits are shared with every front door (see `strata_common::limits`).
 pub use strata_common::limits::{
-    DELAY_MS_MAX, DELETE_BATCH_MAX, MESSAGE_ATTRIBUTES_MAX, RECEIVE_BATCH_MAX, RETENTION_MS_DEFAULT, RETENTION_MS_MAX,
-    RETENTION_MS_MIN, SEND_BATCH_MAX, VISIBILITY_TIMEOUT_MS_DEFAULT, VISIBILITY_TIMEOUT_MS_MAX,
+    DELAY_MS_MAX, DELETE_BATCH_MAX, DELIVER_AHEAD_MS_MAX, MESSAGE_ATTRIBUTES_MAX, RECEIVE_BATCH_MAX,
+    RETENTION_MS_DEFAULT, RETENTION_MS_MAX, RETENTION_MS_MIN, SEND_BATCH_MAX, VISIBILITY_TIMEOUT_MS_DEFAULT,
+    VISIBILITY_TIMEOUT_MS_MAX,
 };
 
 /// Per-queue settings. Changing them affects later commands only: a new
@@ -137,6 +140,11 @@ pub struct NewMessage {
     pub attributes: BTreeMap<String, AttributeValue>,
     /// Overrides the queue's `delay_ms` for this message (`Some(0)` means no delay).
     pub delay_ms: Option<u64>,
+    /// Delivers the message at this time (unix ms on the shard clock) instead: at most
+    /// [`DELIVER_AHEAD_MS_MAX`] ahead, standard queues only, not with `delay_ms`. A time already
+    /// passed delivers at once. A message due later than now must have the id
+    /// [`scheduled_message_id`](super::schedule::scheduled_message_id) gives for this time.
+    pub deliver_at_ms: Option<u64>,
     /// FIFO queues only, and then required: the ordering group and the deduplication id.
     pub fifo: Option<FifoIds>,
 }
@@ -238,6 +246,25 @@ pub enum Command {
         visibility_timeout_ms: Option<u64>,
         attempt_id: String,
     },
+    /// Cancels a message scheduled with `deliver_at_ms` that is not due yet.
+    CancelScheduled {
+        queue: QueueId,
+        tenant: String,
+        message_id: Uuid,
+    },
+    /// Freezes a slice file for loading (see `schedule`): proposed by the storage node once the
+    /// slice is within [`LOAD_LEAD_MS`](super::schedule::LOAD_LEAD_MS) of the clock.
+    StartScheduledLoad {
+        slice_start_ms: u64,
+    },
+    /// The records `from..to` of a loading slice file: its messages (cancelled ones left out by
+    /// the proposer) move into their queues' wheels. Proposed by the storage node.
+    LoadScheduled {
+        slice_start_ms: u64,
+        from: u64,
+        to: u64,
+        messages: Vec<ScheduledMessage>,
+    },
 }
 
 /// A move task's id: the log index of the command that started it.
@@ -319,6 +346,12 @@ pub enum Response {
     Error(QueueError),
     /// A move task after the command.
     MoveTask(MoveTask),
+    /// The scheduled message was cancelled: it will not be delivered.
+    ScheduledCancelled,
+    /// A slice load step: how many messages it moved into memory.
+    ScheduledLoaded {
+        count: u64,
+    },
 }
 
 /// Approximate counts, as SQS's `ApproximateNumberOf{Messages, MessagesNotVisible,
@@ -329,7 +362,7 @@ pub struct QueueCounts {
     pub visible: u64,
     /// Received and within their visibility timeout.
     pub in_flight: u64,
-    /// Never received and within their delivery delay.
+    /// Never received and within their delivery delay, or waiting for their deliver-at time.
     pub delayed: u64,
 }
 
@@ -365,6 +398,10 @@ pub enum QueueError {
     /// A receive while the queue already has [`IN_FLIGHT_MAX`] messages in flight.
     #[error("the queue has {IN_FLIGHT_MAX} messages in flight; delete or change the visibility of some first")]
     InFlightLimit,
+    /// No message with this id is scheduled on the queue: it was never sent with a deliver-at
+    /// time, is due already (delete it with its receipt), or was cancelled.
+    #[error("no message with this id is waiting for its deliver-at time on this queue")]
+    ScheduledMessageNotFound,
 }
 
 /// Most messages a queue may have in flight (received, not yet deleted or visible again): SQS's

@@ -41,6 +41,26 @@ pub trait ReplicatedState: Default + Serialize + DeserializeOwned + Send + Sync 
 
     /// The response for entries that carry no command (blank and membership entries).
     fn noop_response() -> Self::Response;
+
+    /// For a state that keeps files beside its snapshot (written by its applies): called when the
+    /// store opens, after the state was loaded from its snapshot (or made empty) and before the
+    /// log after it is applied again, with the store directory and the snapshot's last index.
+    /// The files must then hold exactly what the state at that index expects.
+    fn open_side_files(&mut self, _dir: &Path, _last_applied: Option<u64>) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Called with applies held off right before the state is encoded for a snapshot: side files
+    /// must be durable up to that point. An error aborts the snapshot.
+    fn sync_side_files(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Called once the snapshot encoded after the last [`ReplicatedState::sync_side_files`] is
+    /// stored.
+    fn snapshot_stored(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Access to the application command of a log entry (None for blank and membership entries).
@@ -160,7 +180,7 @@ impl<C: RaftTypeConfig, S: ReplicatedState> StateMachineStore<C, S> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        let (applied, snapshot) = match stored {
+        let (mut applied, snapshot) = match stored {
             Some(bytes) => {
                 let applied: Applied<C, S> = decode_snapshot(&bytes)?;
                 let meta = SnapshotMeta {
@@ -174,8 +194,9 @@ impl<C: RaftTypeConfig, S: ReplicatedState> StateMachineStore<C, S> {
                 None,
             ),
         };
-        let index = applied.last_applied.as_ref().map_or(0, |l| l.index());
-        let (applied_index, _) = watch::channel(index);
+        let last_applied = applied.last_applied.as_ref().map(|l| l.index());
+        applied.state.open_side_files(dir, last_applied)?;
+        let (applied_index, _) = watch::channel(last_applied.unwrap_or(0));
         Ok(Self {
             shared: Arc::new(SharedState {
                 applied: RwLock::new(applied),
@@ -193,6 +214,7 @@ impl<C: RaftTypeConfig, S: ReplicatedState> StateMachineStore<C, S> {
 
     fn encode_current(&self) -> io::Result<(SnapshotMetaOf<C>, Vec<u8>)> {
         let applied = self.shared.applied.read();
+        applied.state.sync_side_files()?;
         let bytes = encode_snapshot(&applied)?;
         let meta =
             SnapshotMeta { last_log_id: applied.last_applied.clone(), last_membership: applied.membership.clone() };
@@ -223,6 +245,7 @@ where
             let (meta, bytes) = store.encode_current()?;
             let encoded_after = started.elapsed();
             let snapshot = store.store_snapshot(meta, bytes)?;
+            store.shared.applied.read().state.snapshot_stored()?;
             tracing::debug!(
                 bytes = snapshot.snapshot.len(),
                 encode_ms = encoded_after.as_millis() as u64,
@@ -288,11 +311,14 @@ where
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<C>, snapshot: Vec<u8>) -> Result<(), io::Error> {
-        let applied: Applied<C, S> = decode_snapshot(&snapshot)?;
+        let mut applied: Applied<C, S> = decode_snapshot(&snapshot)?;
         if applied.last_applied != meta.last_log_id {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot content does not match its metadata"));
         }
         let index = applied.last_applied.as_ref().map_or(0, |l| l.index());
+        // Side files do not travel with a snapshot: a state that keeps any refuses one whose
+        // files it does not already hold.
+        applied.state.open_side_files(&self.shared.dir, Some(index))?;
         *self.shared.applied.write() = applied;
         self.store_snapshot(meta.clone(), snapshot)?;
         self.shared.applied_index.send_replace(index);
