@@ -39,6 +39,8 @@ enum Command {
     Receive(user::ReceiveArgs),
     /// Delete a received message by its receipt handle.
     Delete(user::DeleteArgs),
+    /// Cancel a message sent with `--deliver-at-ms` before it is due.
+    Cancel(user::CancelArgs),
     /// Measure throughput and latency of a running service.
     Bench(bench::BenchArgs),
 }
@@ -60,6 +62,7 @@ fn main() -> std::process::ExitCode {
             Command::Send(args) => user::send(args).await,
             Command::Receive(args) => user::receive(args).await,
             Command::Delete(args) => user::delete(args).await,
+            Command::Cancel(args) => user::cancel(args).await,
             Command::Bench(args) => bench::run(args).await,
         }
     });

@@ -119,8 +119,21 @@ pub enum KeysCommand {
 pub struct SendArgs {
     queue: String,
     body: String,
-    #[arg(long)]
+    #[arg(long, conflicts_with = "deliver_at_ms")]
     delay_seconds: Option<u64>,
+    /// Deliver at this unix time in milliseconds (up to a year ahead); cancel with
+    /// `strata cancel QUEUE MESSAGE_ID` until then.
+    #[arg(long)]
+    deliver_at_ms: Option<u64>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+#[derive(Args)]
+pub struct CancelArgs {
+    queue: String,
+    /// The id a send with `--deliver-at-ms` answered.
+    message_id: String,
     #[command(flatten)]
     connection: Connection,
 }
@@ -261,6 +274,9 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
     if let Some(d) = args.delay_seconds {
         message["delay_seconds"] = json!(d);
     }
+    if let Some(at) = args.deliver_at_ms {
+        message["deliver_at_ms"] = json!(at);
+    }
     let path = format!("/v1/queues/{}/messages", urlencode(&args.queue));
     let response = call(&args.connection, reqwest::Method::POST, &path, Some(json!({ "messages": [message] }))).await?;
     for m in response["messages"].as_array().into_iter().flatten() {
@@ -279,6 +295,13 @@ pub async fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
     for m in response["messages"].as_array().into_iter().flatten() {
         println!("{}", serde_json::to_string(m)?);
     }
+    Ok(())
+}
+
+pub async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
+    let path = format!("/v1/queues/{}/scheduled/{}", urlencode(&args.queue), urlencode(&args.message_id));
+    call(&args.connection, reqwest::Method::DELETE, &path, None).await?;
+    eprintln!("cancelled");
     Ok(())
 }
 

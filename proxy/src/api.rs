@@ -119,6 +119,7 @@ pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
         .route("/v1/queues/{name}/delete", post(delete_messages))
         .route("/v1/queues/{name}/visibility", post(change_visibility))
         .route("/v1/queues/{name}/purge", post(purge_queue))
+        .route("/v1/queues/{name}/scheduled/{message_id}", delete(cancel_scheduled))
         .route("/v1/access-keys", post(create_access_key::<Tenant>).get(list_access_keys::<Tenant>))
         .route("/v1/access-keys/{id}", delete(revoke_access_key::<Tenant>))
         .route("/v1/access-keys/{id}/rotate", post(rotate_access_key::<Tenant>))
@@ -398,6 +399,19 @@ async fn purge_queue(
     Ok(Json(json!({ "purged": purged.purged })))
 }
 
+async fn cancel_scheduled(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path((name, message_id)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    queues::on_queue(&state.placement, &tenant, &name, |mut c, q| {
+        let message_id = message_id.clone();
+        async move { c.cancel_scheduled(pb::CancelScheduledRequest { queue: Some(q), message_id }).await }
+    })
+    .await?;
+    Ok(Json(json!({ "cancelled": true })))
+}
+
 // ------------------------------------------------------------------------------------ messages
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -416,6 +430,8 @@ struct MessageInput {
     #[serde(default)]
     attributes: BTreeMap<String, AttributeJson>,
     delay_seconds: Option<u64>,
+    /// Deliver at this unix time in milliseconds (up to a year ahead); not with `delay_seconds`.
+    deliver_at_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -437,6 +453,10 @@ fn message_to_pb(m: MessageInput) -> Result<pb::NewMessage, ApiError> {
     if m.delay_seconds.is_some_and(|d| d > DELAY_S_MAX) {
         return Err(ApiError::invalid(format!("delay_seconds must be 0-{DELAY_S_MAX}")));
     }
+    // The shard checks the deliver-at time against its own clock (at most a year ahead).
+    if m.delay_seconds.is_some() && m.deliver_at_ms.is_some() {
+        return Err(ApiError::invalid("a message takes delay_seconds or deliver_at_ms, not both"));
+    }
     let mut attributes = std::collections::HashMap::new();
     for (name, a) in m.attributes {
         let value = if a.data_type.starts_with("Binary") {
@@ -453,6 +473,7 @@ fn message_to_pb(m: MessageInput) -> Result<pb::NewMessage, ApiError> {
         body: Bytes::from(m.body),
         attributes,
         delay_ms: m.delay_seconds.map(|d| d * 1000),
+        deliver_at_ms: m.deliver_at_ms,
         ..Default::default()
     })
 }
