@@ -14,6 +14,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
+use strata_common::Clock;
 use tokio::sync::Mutex;
 
 #[derive(Args, Debug)]
@@ -48,6 +49,10 @@ pub struct BenchArgs {
     /// Create this many idle queues and report the server's RSS (needs --server-pid).
     #[arg(long, default_value_t = 0)]
     idle_queues: usize,
+    /// Send this many messages scheduled up to 30 days ahead, then as many delayed 15 minutes,
+    /// and report the server's RSS after each (needs --server-pid; 0 skips it).
+    #[arg(long, default_value_t = 0)]
+    scheduled_messages: u64,
     #[arg(long)]
     server_pid: Option<u32>,
     /// Run the send-batch / receive / delete-batch workload this many seconds through the native
@@ -290,6 +295,70 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         eprintln!("RSS with {} idle queues: {} KiB (before: {} KiB)", args.idle_queues, after, before);
     }
 
+    if args.scheduled_messages > 0 {
+        let pid = args.server_pid.context("--scheduled-messages needs --server-pid to read the server's RSS")?;
+        report.insert("scheduled".into(), scheduled_memory(&api, pid, args.scheduled_messages).await?);
+    }
+
     println!("{}", serde_json::to_string_pretty(&Value::Object(report))?);
     Ok(())
+}
+
+/// Server RSS growth per message for messages scheduled far ahead (kept in slice files) next to
+/// messages delayed 15 minutes (kept in memory), sent by 16 concurrent senders in batches of 10.
+async fn scheduled_memory(api: &Arc<Api>, pid: u32, messages: u64) -> anyhow::Result<Value> {
+    const SENDERS: u64 = 16;
+    const DAY_MS: u64 = 24 * 3600 * 1000;
+    let queue = "bench-scheduled";
+    if let Err(e) = api.post("/v1/queues", json!({ "name": queue })).await {
+        bail!("creating the {queue} queue: {e}");
+    }
+    let path = Arc::new(format!("/v1/queues/{queue}/messages"));
+    let mut phases = serde_json::Map::new();
+    for far in [true, false] {
+        let before = rss_kib(pid)?;
+        let now_ms = strata_common::SystemClock.now_ms();
+        let started = Instant::now();
+        let mut senders = Vec::new();
+        for sender in 0..SENDERS {
+            let (api, path) = (api.clone(), path.clone());
+            senders.push(tokio::spawn(async move {
+                let mut i = sender * 10;
+                while i < messages {
+                    let batch: Vec<Value> = (i..(i + 10).min(messages))
+                        .map(|n| {
+                            if far {
+                                json!({ "body": "later", "deliver_at_ms": now_ms + DAY_MS + n * 30 * DAY_MS / messages })
+                            } else {
+                                json!({ "body": "later", "delay_seconds": 900 })
+                            }
+                        })
+                        .collect();
+                    api.post(&path, json!({ "messages": batch })).await?;
+                    i += SENDERS * 10;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for sender in senders {
+            sender.await??;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = rss_kib(pid)?;
+        let bytes_per_message = (after.saturating_sub(before) * 1024) as f64 / messages as f64;
+        let name = if far { "scheduled_1_to_31_days_ahead" } else { "delayed_15_minutes" };
+        eprintln!(
+            "{name}: {messages} messages in {seconds:.1} s ({:.0} msg/s); RSS {before} -> {after} KiB, \
+             {bytes_per_message:.0} bytes per message",
+            messages as f64 / seconds
+        );
+        phases.insert(
+            name.into(),
+            json!({ "messages": messages, "send_msgs_per_s": messages as f64 / seconds,
+                    "rss_before_kib": before, "rss_after_kib": after, "bytes_per_message": bytes_per_message }),
+        );
+    }
+    api.post(&format!("/v1/queues/{queue}/purge"), json!({})).await?;
+    Ok(Value::Object(phases))
 }

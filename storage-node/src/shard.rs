@@ -281,9 +281,12 @@ impl Shard {
         };
         if let Some(dir) = on_disk {
             let records = read_slice_blocking(dir, slice_start_ms).await?;
-            let sent = records
-                .iter()
-                .any(|r| matches!(r, SliceRecord::Message(m) if m.queue == queue && m.message_id == message_id));
+            // Sent after the queue's last purge (a purge drops what is on disk when it loads).
+            let purged_at = self.state().0.purged_at_log_index(queue, &tenant).unwrap_or(u64::MAX);
+            let sent = records.iter().any(|r| {
+                matches!(r, SliceRecord::Message(m)
+                    if m.queue == queue && m.message_id == message_id && m.body_ref.log_index >= purged_at)
+            });
             let cancelled = records.iter().any(|r| {
                 matches!(r, SliceRecord::Cancel { queue: q, message_id: id, .. } if *q == queue && *id == message_id)
             });

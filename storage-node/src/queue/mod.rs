@@ -48,15 +48,22 @@
 //!   retention restarts at the move. If the dead-letter queue does not exist
 //!   (deleted), nothing moves.
 //!
+//! * Scheduled messages (`deliver_at_ms`, see [`schedule`]): due within about
+//!   ten minutes they wait in memory in their queue's wheel, later ones in slice
+//!   files the storage node writes for the state; either way they enter the
+//!   queue, with a new seq, at their time, and retention counts from then. Until
+//!   then they can be cancelled by id.
+//!
 //! # Invariants
 //!
 //! * Time never runs backwards: a command is applied at `max(now_ms, clock)`.
 //!   A leader change may hand us a slightly older `now_ms`; that is not an error.
-//! * Within a queue, seq order is send (or move-in) order, so `sent_ms` never
-//!   decreases with seq and expired messages are a seq prefix. The body's log
-//!   index never decreases with seq among messages sent to the queue; moved-in
-//!   messages keep older bodies, which the queue counts separately so that its
-//!   lowest referenced log index is always known.
+//! * Within a queue, seq order is the order messages entered it (sent, moved in,
+//!   or due), so the time they entered never decreases with seq and expired
+//!   messages are a seq prefix. The body's log index never decreases with seq
+//!   among messages sent to the queue; moved-in and scheduled messages keep
+//!   older bodies, which the queue counts separately so that its lowest
+//!   referenced log index is always known.
 //! * Each message is in exactly one of the visible set or the pending set
 //!   (delayed or in flight), see `store`.
 //! * The shard indexes hold exactly one entry per non-empty queue, keyed by its

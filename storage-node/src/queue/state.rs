@@ -187,6 +187,12 @@ impl ShardState {
         self.schedule.slices.get(&slice_start_ms).is_none_or(|s| s.loading)
     }
 
+    /// Log index of the queue's last purge (0 if none): scheduled messages sent before it are
+    /// gone, even while their records are still in a slice file.
+    pub fn purged_at_log_index(&self, queue: QueueId, tenant: &str) -> Option<u64> {
+        self.get(queue, tenant).map(Queue::purged_at_log_index)
+    }
+
     pub fn queue_config(&self, queue: QueueId, tenant: &str) -> Option<&QueueConfig> {
         self.get(queue, tenant).map(|q| &q.config)
     }
@@ -301,7 +307,9 @@ impl ShardState {
 
     /// Cancels a scheduled message not due yet: a cancel record in its slice file while the
     /// slice is on disk, else out of the queue's wheel (or, while its slice is loading and it
-    /// is not loaded yet, skipped when it comes).
+    /// is not loaded yet, skipped when it comes). The state holds no index of the messages on
+    /// disk: the storage node searches the slice file before proposing, so that an id never
+    /// sent, already cancelled or purged is answered as not found.
     fn cancel_scheduled(
         &mut self,
         queue: QueueId,

@@ -636,6 +636,11 @@ impl Queue {
         }
     }
 
+    /// Log index of the last purge: scheduled messages sent before it are gone.
+    pub(crate) fn purged_at_log_index(&self) -> u64 {
+        self.purged_at_log_index
+    }
+
     /// A scheduled message still on disk was cancelled.
     pub(crate) fn cancel_on_disk(&mut self) {
         self.on_disk = self.on_disk.saturating_sub(1);
