@@ -22,7 +22,9 @@ use strata_wal::{FsyncFailure, WalOptions};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::queue::schedule::{LOAD_CHUNK_RECORDS_MAX, ScheduledMessage, SliceRecord, deliver_at_of, slice_of};
+use crate::queue::schedule::{
+    LOAD_CHUNK_RECORDS_MAX, ScheduledMessage, SliceRecord, deliver_at_of, is_waiting_in, slice_of,
+};
 use crate::queue::{Command, MessageRef, NewMessage, QueueError, QueueId, Response, ShardCommand, ShardState};
 use crate::schedule_files::{SliceFiles, read_slice};
 use crate::tier::TieredReader;
@@ -281,16 +283,8 @@ impl Shard {
         };
         if let Some(dir) = on_disk {
             let records = read_slice_blocking(dir, slice_start_ms).await?;
-            // Sent after the queue's last purge (a purge drops what is on disk when it loads).
             let purged_at = self.state().0.purged_at_log_index(queue, &tenant).unwrap_or(u64::MAX);
-            let sent = records.iter().any(|r| {
-                matches!(r, SliceRecord::Message(m)
-                    if m.queue == queue && m.message_id == message_id && m.body_ref.log_index >= purged_at)
-            });
-            let cancelled = records.iter().any(|r| {
-                matches!(r, SliceRecord::Cancel { queue: q, message_id: id, .. } if *q == queue && *id == message_id)
-            });
-            if !sent || cancelled {
+            if !is_waiting_in(&records, queue, message_id, purged_at) {
                 // Another tenant's queue answers like a missing queue, not like a missing message.
                 if self.state().0.queue_config(queue, &tenant).is_none() {
                     return Err(queue_error(QueueError::QueueNotFound));

@@ -87,6 +87,20 @@ impl SliceRecord {
     }
 }
 
+/// Whether a slice file's records hold message `message_id` of `queue`, sent after the queue's
+/// last purge (`purged_at_log_index`) and not cancelled: what a cancel needs before it is
+/// proposed, since the state keeps no index of the messages on disk.
+pub fn is_waiting_in(records: &[SliceRecord], queue: QueueId, message_id: Uuid, purged_at_log_index: u64) -> bool {
+    let sent = records.iter().any(|r| {
+        matches!(r, SliceRecord::Message(m)
+            if m.queue == queue && m.message_id == message_id && m.body_ref.log_index >= purged_at_log_index)
+    });
+    let cancelled = records
+        .iter()
+        .any(|r| matches!(r, SliceRecord::Cancel { queue: q, message_id: id, .. } if *q == queue && *id == message_id));
+    sent && !cancelled
+}
+
 /// A change to the slice files that an apply asks the storage node to make.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SliceWrite {

@@ -1198,7 +1198,8 @@ mod scheduled {
     use std::collections::BTreeSet;
 
     use super::super::schedule::{
-        LOAD_CHUNK_RECORDS_MAX, LOAD_LEAD_MS, SLICE_MS, SliceRecord, SliceWrite, scheduled_message_id,
+        LOAD_CHUNK_RECORDS_MAX, LOAD_LEAD_MS, SLICE_MS, SliceRecord, SliceWrite, deliver_at_of, is_waiting_in,
+        scheduled_message_id, slice_of,
     };
     use super::*;
     use crate::shard::SliceLoad;
@@ -1278,11 +1279,36 @@ mod scheduled {
             self.shard.receive(now_ms, 10, None).into_iter().map(|d| d.message_id).collect()
         }
 
+        /// Receives and deletes everything visible at `now_ms`; each message must come once.
+        fn drain(&mut self, now_ms: u64) -> BTreeSet<Uuid> {
+            let mut arrived = BTreeSet::new();
+            loop {
+                let deliveries = self.shard.receive(now_ms, 10, None);
+                if deliveries.is_empty() {
+                    return arrived;
+                }
+                let receipts: Vec<&str> = deliveries.iter().map(|d| d.receipt.as_str()).collect();
+                self.shard.delete(now_ms, &receipts);
+                for d in &deliveries {
+                    assert!(arrived.insert(d.message_id), "{} arrived twice", d.message_id);
+                }
+            }
+        }
+
         fn counts(&self) -> QueueCounts {
             self.shard.state.queue_counts(Q, TENANT).expect("queue exists")
         }
 
+        /// A cancel as the storage node makes it: the slice file is searched first while the
+        /// message's slice is on disk.
         fn cancel(&mut self, now_ms: u64, tenant: &str, message_id: Uuid) -> Response {
+            let slice_start_ms = deliver_at_of(&message_id).map(slice_of);
+            if let Some(records) = slice_start_ms.and_then(|start| self.files.get(&start))
+                && let Some(purged_at) = self.shard.state.purged_at_log_index(Q, tenant)
+                && !is_waiting_in(records, Q, message_id, purged_at)
+            {
+                return Response::Error(QueueError::ScheduledMessageNotFound);
+            }
             self.apply(now_ms, Command::CancelScheduled { queue: Q, tenant: tenant.to_owned(), message_id })
         }
     }
@@ -1526,9 +1552,8 @@ mod scheduled {
                 }
                 6 => {
                     if next(4) == 0 {
-                        // Not cancelled afterwards: whether a purged message on disk is still
-                        // there is the storage node's check (it reads the file), not the state's.
                         s.apply(now, Command::Purge { queue: Q, tenant: TENANT.to_owned() });
+                        gone.extend(scheduled.keys());
                         scheduled.clear();
                     } else {
                         let bytes = postcard::to_allocvec(&s.shard.state).expect("encode");
@@ -1538,26 +1563,23 @@ mod scheduled {
                 _ => now += next(3 * DAY_MS),
             }
             s.load_due(now);
-            let mut arrived = BTreeSet::new();
-            loop {
-                let deliveries = s.shard.receive(now, 10, None);
-                if deliveries.is_empty() {
-                    break;
-                }
-                let receipts: Vec<&str> = deliveries.iter().map(|d| d.receipt.as_str()).collect();
-                s.shard.delete(now, &receipts);
-                for d in &deliveries {
-                    assert!(arrived.insert(d.message_id), "step {step}: {} arrived twice", d.message_id);
-                }
-            }
+            let arrived = s.drain(now);
             let due: BTreeSet<Uuid> = scheduled.iter().filter(|(_, at)| **at <= now).map(|(id, _)| *id).collect();
             assert_eq!(arrived, due, "step {step}: what arrived is what was due");
             scheduled.retain(|id, _| !due.contains(id));
             gone.extend(due);
             assert_eq!(s.counts(), QueueCounts { delayed: scheduled.len() as u64, ..QueueCounts::default() });
-            assert_eq!(s.shard.state.min_live_log_index().is_some(), !scheduled.is_empty(), "step {step}");
+            // Slice files keep the log live until loaded, even when all they hold was cancelled or
+            // purged; the log must be live whenever something is scheduled.
+            assert!(scheduled.is_empty() || s.shard.state.min_live_log_index().is_some(), "step {step}");
         }
         assert!(n > 3_000, "the walk sent {n} messages");
+        // Past every deliver-at time: what is still scheduled arrives, and only that.
+        now += 61 * DAY_MS;
+        s.load_due(now);
+        assert!(s.files.is_empty(), "every slice loaded");
+        assert_eq!(s.drain(now), scheduled.keys().copied().collect::<BTreeSet<_>>());
+        assert_eq!(s.shard.state.min_live_log_index(), None);
     }
 
     #[test]
