@@ -274,21 +274,18 @@ impl Shard {
     /// on disk, the slice file is searched first, so that an unknown id is answered as such.
     pub async fn cancel_scheduled(&self, queue: QueueId, tenant: String, message_id: Uuid) -> Result<(), StrataError> {
         let not_found = || queue_error(QueueError::ScheduledMessageNotFound);
-        let deliver_at_ms = deliver_at_of(&message_id).ok_or_else(not_found)?;
-        let slice_start_ms = slice_of(deliver_at_ms);
-        let on_disk = {
+        let (purged_at, on_disk) = {
             let state = self.state();
-            let counted = state.0.slice_record_counts().contains_key(&slice_start_ms);
-            counted.then(|| state.slice_dir().map(Path::to_path_buf)).flatten()
+            // Another tenant's queue answers like a missing queue, before anything else.
+            let purged_at =
+                state.0.purged_at_log_index(queue, &tenant).ok_or_else(|| queue_error(QueueError::QueueNotFound))?;
+            let slice_start_ms = deliver_at_of(&message_id).map(slice_of).ok_or_else(not_found)?;
+            let dir = state.slice_dir().filter(|_| state.0.has_slice(slice_start_ms)).map(Path::to_path_buf);
+            (purged_at, dir.map(|dir| (dir, slice_start_ms)))
         };
-        if let Some(dir) = on_disk {
+        if let Some((dir, slice_start_ms)) = on_disk {
             let records = read_slice_blocking(dir, slice_start_ms).await?;
-            let purged_at = self.state().0.purged_at_log_index(queue, &tenant).unwrap_or(u64::MAX);
             if !is_waiting_in(&records, queue, message_id, purged_at) {
-                // Another tenant's queue answers like a missing queue, not like a missing message.
-                if self.state().0.queue_config(queue, &tenant).is_none() {
-                    return Err(queue_error(QueueError::QueueNotFound));
-                }
                 return Err(not_found());
             }
         }

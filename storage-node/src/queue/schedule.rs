@@ -183,7 +183,7 @@ impl Schedule {
         self.slices.values().map(|s| s.min_log_index).min()
     }
 
-    /// The first slice to load at `now_ms`: `(slice start, loading, records loaded, records)`.
+    /// The first slice, if it is due for loading at `now_ms`: its start and summary.
     pub(crate) fn next_load(&self, now_ms: u64) -> Option<(u64, &Slice)> {
         let (&start, slice) = self.slices.first_key_value()?;
         (start < now_ms.saturating_add(LOAD_LEAD_MS)).then_some((start, slice))

@@ -3,7 +3,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-
 use uuid::Uuid;
 
 use super::receipt::Receipt;
@@ -181,10 +180,9 @@ impl ShardState {
         self.schedule.slices.iter().map(|(&start, slice)| (start, slice.records)).collect()
     }
 
-    /// Whether a slice file is frozen for loading, or no longer expected at all: a slice not
-    /// loading takes records from applies, so it may be read only as a prefix.
-    pub fn slice_is_frozen(&self, slice_start_ms: u64) -> bool {
-        self.schedule.slices.get(&slice_start_ms).is_none_or(|s| s.loading)
+    /// Whether the slice starting at `slice_start_ms` has a file (on disk or loading).
+    pub fn has_slice(&self, slice_start_ms: u64) -> bool {
+        self.schedule.slices.contains_key(&slice_start_ms)
     }
 
     /// Log index of the queue's last purge (0 if none): scheduled messages sent before it are
@@ -318,8 +316,8 @@ impl ShardState {
         log_index: u64,
         now_ms: u64,
     ) -> Result<Response, QueueError> {
-        let deliver_at_ms = deliver_at_of(&message_id).ok_or(QueueError::ScheduledMessageNotFound)?;
         let q = self.queues.get_mut(&queue).filter(|q| q.tenant == tenant).ok_or(QueueError::QueueNotFound)?;
+        let deliver_at_ms = deliver_at_of(&message_id).ok_or(QueueError::ScheduledMessageNotFound)?;
         q.settle(now_ms);
         let result = if deliver_at_ms <= now_ms {
             Err(QueueError::ScheduledMessageNotFound)
