@@ -49,10 +49,15 @@ pub struct BenchArgs {
     /// Create this many idle queues and report the server's RSS (needs --server-pid).
     #[arg(long, default_value_t = 0)]
     idle_queues: usize,
-    /// Send this many messages scheduled up to 30 days ahead, then as many delayed 15 minutes,
-    /// and report the server's RSS after each (needs --server-pid; 0 skips it).
+    /// Send this many messages, twice, with the delivery of --memory-delivery, and report the
+    /// server's RSS after each round (needs --server-pid; 0 skips it). The second round's growth
+    /// is the state's cost per message once the server's bounded caches are full.
     #[arg(long, default_value_t = 0)]
-    scheduled_messages: u64,
+    memory_messages: u64,
+    /// `scheduled`: deliver-at times 1 to 31 days ahead (kept in slice files); `delayed`: a
+    /// 15-minute delay (kept in memory).
+    #[arg(long, default_value = "scheduled")]
+    memory_delivery: String,
     #[arg(long)]
     server_pid: Option<u32>,
     /// Run the send-batch / receive / delete-batch workload this many seconds through the native
@@ -295,27 +300,33 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         eprintln!("RSS with {} idle queues: {} KiB (before: {} KiB)", args.idle_queues, after, before);
     }
 
-    if args.scheduled_messages > 0 {
-        let pid = args.server_pid.context("--scheduled-messages needs --server-pid to read the server's RSS")?;
-        report.insert("scheduled".into(), scheduled_memory(&api, pid, args.scheduled_messages).await?);
+    if args.memory_messages > 0 {
+        let pid = args.server_pid.context("--memory-messages needs --server-pid to read the server's RSS")?;
+        let far = match args.memory_delivery.as_str() {
+            "scheduled" => true,
+            "delayed" => false,
+            other => bail!("--memory-delivery is 'scheduled' or 'delayed', not '{other}'"),
+        };
+        report.insert("memory_per_message".into(), memory_per_message(&api, pid, args.memory_messages, far).await?);
     }
 
     println!("{}", serde_json::to_string_pretty(&Value::Object(report))?);
     Ok(())
 }
 
-/// Server RSS growth per message for messages scheduled far ahead (kept in slice files) next to
-/// messages delayed 15 minutes (kept in memory), sent by 16 concurrent senders in batches of 10.
-async fn scheduled_memory(api: &Arc<Api>, pid: u32, messages: u64) -> anyhow::Result<Value> {
+/// Server RSS growth per message, for messages scheduled 1 to 31 days ahead (`far`: kept in
+/// slice files) or delayed 15 minutes (kept in memory): two rounds of `messages`, sent by 16
+/// concurrent senders in batches of 10.
+async fn memory_per_message(api: &Arc<Api>, pid: u32, messages: u64, far: bool) -> anyhow::Result<Value> {
     const SENDERS: u64 = 16;
     const DAY_MS: u64 = 24 * 3600 * 1000;
-    let queue = "bench-scheduled";
+    let queue = "bench-memory";
     if let Err(e) = api.post("/v1/queues", json!({ "name": queue })).await {
         bail!("creating the {queue} queue: {e}");
     }
     let path = Arc::new(format!("/v1/queues/{queue}/messages"));
-    let mut phases = serde_json::Map::new();
-    for far in [true, false] {
+    let mut rounds = Vec::new();
+    for round in 0..2 {
         let before = rss_kib(pid)?;
         let now_ms = strata_common::SystemClock.now_ms();
         let started = Instant::now();
@@ -344,21 +355,18 @@ async fn scheduled_memory(api: &Arc<Api>, pid: u32, messages: u64) -> anyhow::Re
             sender.await??;
         }
         let seconds = started.elapsed().as_secs_f64();
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
         let after = rss_kib(pid)?;
         let bytes_per_message = (after.saturating_sub(before) * 1024) as f64 / messages as f64;
-        let name = if far { "scheduled_1_to_31_days_ahead" } else { "delayed_15_minutes" };
         eprintln!(
-            "{name}: {messages} messages in {seconds:.1} s ({:.0} msg/s); RSS {before} -> {after} KiB, \
+            "round {round}: {messages} {} messages in {seconds:.1} s ({:.0} msg/s); RSS {before} -> {after} KiB, \
              {bytes_per_message:.0} bytes per message",
+            if far { "scheduled" } else { "delayed" },
             messages as f64 / seconds
         );
-        phases.insert(
-            name.into(),
-            json!({ "messages": messages, "send_msgs_per_s": messages as f64 / seconds,
-                    "rss_before_kib": before, "rss_after_kib": after, "bytes_per_message": bytes_per_message }),
-        );
+        rounds.push(json!({ "messages": messages, "send_msgs_per_s": messages as f64 / seconds,
+                            "rss_before_kib": before, "rss_after_kib": after, "bytes_per_message": bytes_per_message }));
     }
     api.post(&format!("/v1/queues/{queue}/purge"), json!({})).await?;
-    Ok(Value::Object(phases))
+    Ok(json!({ "delivery": if far { "scheduled" } else { "delayed" }, "rounds": rounds }))
 }
