@@ -2,8 +2,8 @@
 //! openraft node, wired the same way for the metadata quorum and for every shard.
 //!
 //! Layout under the group's directory: `raft/` (the log and the vote/committed/purged facts)
-//! and `state/` (the snapshot). This groups have one voter; replication adds voters
-//! with a real transport instead of [`SingleVoterNetwork`].
+//! and `state/` (the snapshot). `strata dev` groups have one voter ([`open_single_voter`]);
+//! replicated groups talk to their peers through the gRPC transport ([`crate::transport`]).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::network::{NetSnapshot, RaftNetworkFactory};
 use openraft::{Config, Raft, RaftTypeConfig, ServerState};
 
 use crate::WalOptions;
@@ -47,23 +48,49 @@ where
     C::Entry: EntryCommand<S::Command> + Clone,
     S: ReplicatedState,
 {
-    let log = WalLogStore::<C>::open(&dir.join("raft"), wal_options, retention)?;
-    let sm = StateMachineStore::<C, S>::open(&dir.join("state"))?;
-    let state = sm.shared();
-    let config = Arc::new(config.validate().map_err(io::Error::other)?);
-    let raft =
-        Raft::new(node_id.clone(), config, SingleVoterNetwork, log.clone(), sm).await.map_err(io::Error::other)?;
-    let initialized = raft.is_initialized().await.map_err(io::Error::other)?;
-    if !initialized {
-        let members = BTreeMap::from([(node_id, node)]);
-        raft.initialize(members).await.map_err(io::Error::other)?;
-    }
-    raft.wait(Some(GROUP_READY_TIMEOUT))
+    let members = BTreeMap::from([(node_id.clone(), node)]);
+    let group = open_group(dir, node_id, config, wal_options, retention, SingleVoterNetwork, Some(members)).await?;
+    group
+        .raft
+        .wait(Some(GROUP_READY_TIMEOUT))
         .state(ServerState::Leader, "single voter becomes leader")
         .await
         .map_err(io::Error::other)?;
     // A leader commits a blank entry of its term; once that is applied, every entry acknowledged
     // before a restart has been re-applied to the state machine.
-    raft.write_blank().await.map_err(io::Error::other)?;
+    group.raft.write_blank().await.map_err(io::Error::other)?;
+    Ok(group)
+}
+
+/// Opens the group in `dir`, talking to its peers through `network`. On a first start the node
+/// given `initial_members` initializes the group with them as voters (exactly one node of a new
+/// group does; the others learn the membership from it). Returns at once: a leader is elected
+/// when enough voters are up.
+pub async fn open_group<C, S, N>(
+    dir: &Path,
+    node_id: C::NodeId,
+    config: Config,
+    wal_options: WalOptions,
+    retention: SegmentRetention,
+    network: N,
+    initial_members: Option<BTreeMap<C::NodeId, C::Node>>,
+) -> io::Result<RaftGroup<C, S>>
+where
+    C: RaftTypeConfig<D = S::Command, R = S::Response>,
+    C::Entry: EntryCommand<S::Command> + Clone,
+    S: ReplicatedState,
+    N: RaftNetworkFactory<C>,
+    N::Network: NetSnapshot<C, SnapshotData = Vec<u8>>,
+{
+    let log = WalLogStore::<C>::open(&dir.join("raft"), wal_options, retention)?;
+    let sm = StateMachineStore::<C, S>::open(&dir.join("state"))?;
+    let state = sm.shared();
+    let config = Arc::new(config.validate().map_err(io::Error::other)?);
+    let raft = Raft::new(node_id, config, network, log.clone(), sm).await.map_err(io::Error::other)?;
+    if let Some(members) = initial_members
+        && !raft.is_initialized().await.map_err(io::Error::other)?
+    {
+        raft.initialize(members).await.map_err(io::Error::other)?;
+    }
     Ok(RaftGroup { raft, state, log })
 }

@@ -28,6 +28,7 @@ pub mod group;
 pub mod raft_state;
 pub mod raft_store;
 pub mod single_voter;
+pub mod transport;
 
 pub use atomic_file::{read_file_checked, write_file_atomic, write_file_checked};
 pub use error::{CorruptionReason, WalError};

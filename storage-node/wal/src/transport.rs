@@ -1,0 +1,288 @@
+//! The Raft transport between the voters of a group: openraft's three RPCs over gRPC.
+//!
+//! # What it owns
+//!
+//! * [`RaftRouter`]: the gRPC service (`strata.v1.RaftTransport`) a process serves once for all
+//!   of its Raft groups. Each group registers its [`Raft`] under a [`GroupId`]; a message for a
+//!   group that is not registered here (not hosted, or shutting down) answers `Unavailable`, which
+//!   the sender treats as an unreachable peer.
+//! * [`GrpcNetwork`]: the client side, openraft's network factory for one group. A peer's
+//!   address is its `BasicNode::addr` (`http://host:port` of the peer's Raft transport).
+//!
+//! Messages are the openraft request and response types, postcard-encoded, in
+//! `RaftMessage.payload`. A snapshot travels whole in one message (the state is small: message
+//! bodies stay in the log).
+//!
+//! # How it fails
+//!
+//! Transport failures (connection refused, unknown group, a peer shutting down) are
+//! `Unreachable`, so openraft backs off before retrying; an undecodable message is a bug between
+//! two builds and answers `InvalidArgument`. Nothing here retries by itself: openraft does.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::storage::RaftStateMachine;
+use openraft::{BasicNode, OptionalSend, Raft, RaftNetworkV2, RaftTypeConfig};
+use parking_lot::RwLock;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use strata_common::proto::raft_transport_client::RaftTransportClient;
+use strata_common::proto::raft_transport_server::{RaftTransport, RaftTransportServer};
+use strata_common::proto::{self as pb};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+/// Which Raft group of a process a message is for (the metadata quorum, or a shard).
+pub type GroupId = u64;
+
+type Reply = Pin<Box<dyn Future<Output = Result<Vec<u8>, Status>> + Send>>;
+
+/// One registered group, behind encoded messages.
+trait GroupEndpoint: Send + Sync {
+    fn append_entries(&self, payload: Bytes) -> Reply;
+    fn vote(&self, payload: Bytes) -> Reply;
+    fn install_snapshot(&self, payload: Bytes) -> Reply;
+}
+
+struct RaftEndpoint<C: RaftTypeConfig, SM: RaftStateMachine<C>> {
+    raft: Raft<C, SM>,
+}
+
+fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
+    postcard::from_bytes(payload).map_err(|e| Status::invalid_argument(format!("undecodable Raft message: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Status> {
+    postcard::to_allocvec(value).map_err(|e| Status::internal(format!("unencodable Raft message: {e}")))
+}
+
+/// A Raft that fails locally (shutting down, fatal) cannot take messages: the sender backs off.
+fn unavailable(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("the Raft group cannot take messages: {e}"))
+}
+
+impl<C, SM> GroupEndpoint for RaftEndpoint<C, SM>
+where
+    C: RaftTypeConfig,
+    SM: RaftStateMachine<C, SnapshotData = Vec<u8>>,
+{
+    fn append_entries(&self, payload: Bytes) -> Reply {
+        let raft = self.raft.clone();
+        Box::pin(async move {
+            let request: AppendEntriesRequest<C> = decode(&payload)?;
+            let response = raft.append_entries(request).await.map_err(unavailable)?;
+            encode(&response)
+        })
+    }
+
+    fn vote(&self, payload: Bytes) -> Reply {
+        let raft = self.raft.clone();
+        Box::pin(async move {
+            let request: VoteRequest<C> = decode(&payload)?;
+            let response = raft.vote(request).await.map_err(unavailable)?;
+            encode(&response)
+        })
+    }
+
+    fn install_snapshot(&self, payload: Bytes) -> Reply {
+        let raft = self.raft.clone();
+        Box::pin(async move {
+            let (vote, meta, data): (VoteOf<C>, SnapshotMetaOf<C>, Vec<u8>) = decode(&payload)?;
+            let snapshot = openraft::Snapshot { meta, snapshot: data };
+            let response = raft.install_full_snapshot(vote, snapshot).await.map_err(unavailable)?;
+            encode(&response)
+        })
+    }
+}
+
+/// The Raft transport service of a process: routes each message to its registered group.
+#[derive(Clone, Default)]
+pub struct RaftRouter {
+    groups: Arc<RwLock<HashMap<GroupId, Arc<dyn GroupEndpoint>>>>,
+}
+
+impl RaftRouter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Delivers messages for `group` to `raft` from now on (replacing an earlier registration).
+    pub fn register<C, SM>(&self, group: GroupId, raft: Raft<C, SM>)
+    where
+        C: RaftTypeConfig,
+        SM: RaftStateMachine<C, SnapshotData = Vec<u8>>,
+    {
+        self.groups.write().insert(group, Arc::new(RaftEndpoint { raft }));
+    }
+
+    /// Stops delivering messages for `group` (before its Raft shuts down).
+    pub fn deregister(&self, group: GroupId) {
+        self.groups.write().remove(&group);
+    }
+
+    /// The gRPC service to add to a server.
+    pub fn service(&self) -> RaftTransportServer<Self> {
+        RaftTransportServer::new(self.clone())
+            .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+    }
+
+    fn group(&self, group: GroupId) -> Result<Arc<dyn GroupEndpoint>, Status> {
+        self.groups
+            .read()
+            .get(&group)
+            .cloned()
+            .ok_or_else(|| Status::unavailable(format!("Raft group {group} is not served here")))
+    }
+}
+
+/// Largest Raft message: a batch of entries or a whole snapshot.
+pub const RAFT_MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+fn reply(group: GroupId, payload: Vec<u8>) -> Response<pb::RaftMessage> {
+    Response::new(pb::RaftMessage { group, payload: payload.into() })
+}
+
+#[tonic::async_trait]
+impl RaftTransport for RaftRouter {
+    async fn append_entries(&self, request: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+        let m = request.into_inner();
+        Ok(reply(m.group, self.group(m.group)?.append_entries(m.payload).await?))
+    }
+
+    async fn vote(&self, request: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+        let m = request.into_inner();
+        Ok(reply(m.group, self.group(m.group)?.vote(m.payload).await?))
+    }
+
+    async fn install_snapshot(&self, request: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+        let m = request.into_inner();
+        Ok(reply(m.group, self.group(m.group)?.install_snapshot(m.payload).await?))
+    }
+}
+
+/// openraft's network factory for one group over [`RaftRouter`]s.
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcNetwork {
+    pub group: GroupId,
+}
+
+/// How long a connection attempt to a peer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl<C: RaftTypeConfig<Node = BasicNode>> RaftNetworkFactory<C> for GrpcNetwork {
+    type Network = GrpcPeer;
+
+    async fn new_client(&mut self, target: C::NodeId, node: &BasicNode) -> GrpcPeer {
+        let client = Endpoint::from_shared(node.addr.clone())
+            .map(|e| e.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true).connect_lazy())
+            .map(|channel| {
+                RaftTransportClient::new(channel)
+                    .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+            });
+        if let Err(e) = &client {
+            tracing::error!(target_node = %target, addr = %node.addr, error = %e, "a Raft peer's address is invalid");
+        }
+        GrpcPeer { group: self.group, target: target.to_string(), client: client.ok() }
+    }
+}
+
+/// The client of one peer of one group.
+pub struct GrpcPeer {
+    group: GroupId,
+    target: String,
+    client: Option<RaftTransportClient<Channel>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("Raft peer {target}: {message}")]
+struct PeerError {
+    target: String,
+    message: String,
+}
+
+enum Rpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+impl GrpcPeer {
+    /// Sends one encoded message; transport failures are `Unreachable`, others `Network`.
+    async fn call<C: RaftTypeConfig, Resp: DeserializeOwned>(
+        &mut self,
+        rpc: Rpc,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<C>> {
+        let target = self.target.clone();
+        let fail = |message: String| PeerError { target: target.clone(), message };
+        let Some(client) = self.client.as_mut() else {
+            return Err(RPCError::Unreachable(Unreachable::new(&fail("invalid address".into()))));
+        };
+        let message = pb::RaftMessage { group: self.group, payload: payload.into() };
+        let call = async {
+            match rpc {
+                Rpc::AppendEntries => client.append_entries(message).await,
+                Rpc::Vote => client.vote(message).await,
+                Rpc::InstallSnapshot => client.install_snapshot(message).await,
+            }
+        };
+        let response = match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
+                return Err(RPCError::Network(NetworkError::new(&fail(status.message().to_owned()))));
+            }
+            Ok(Err(status)) => return Err(RPCError::Unreachable(Unreachable::new(&fail(status.message().to_owned())))),
+            Err(_) => return Err(RPCError::Unreachable(Unreachable::new(&fail(format!("no answer in {timeout:?}"))))),
+        };
+        postcard::from_bytes(&response.payload)
+            .map_err(|e| RPCError::Network(NetworkError::new(&fail(format!("undecodable answer: {e}")))))
+    }
+}
+
+fn encode_request<C: RaftTypeConfig, T: Serialize>(value: &T) -> Result<Vec<u8>, RPCError<C>> {
+    postcard::to_allocvec(value).map_err(|e| RPCError::Network(NetworkError::from_string(e)))
+}
+
+impl<C: RaftTypeConfig<Node = BasicNode>> RaftNetworkV2<C> for GrpcPeer {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<C>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
+        let payload = encode_request(&rpc)?;
+        self.call(Rpc::AppendEntries, payload, option.hard_ttl()).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
+        let payload = encode_request(&rpc)?;
+        self.call(Rpc::Vote, payload, option.hard_ttl()).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<C>,
+        snapshot: SnapshotOf<C, Vec<u8>>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
+        let payload = encode_request::<C, _>(&(vote, snapshot.meta, snapshot.snapshot))?;
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            result = self.call(Rpc::InstallSnapshot, payload, option.hard_ttl()) => result.map_err(StreamingError::from),
+        }
+    }
+}

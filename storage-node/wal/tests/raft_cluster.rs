@@ -1,0 +1,247 @@
+//! A three-voter Raft group over the gRPC transport on loopback, each voter with its own WAL and
+//! state directory: replication, leader failover without losing an acknowledged write, a
+//! restarted voter catching up (through a snapshot, since the others purge their logs), and a
+//! group that has lost its majority refusing to acknowledge until a voter comes back.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use openraft::{BasicNode, Config, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use strata_wal::group::{RaftGroup, open_group};
+use strata_wal::raft_state::ReplicatedState;
+use strata_wal::raft_store::SegmentRetention;
+use strata_wal::transport::{GrpcNetwork, RaftRouter};
+use strata_wal::{FsyncFailure, WalOptions};
+use tokio::sync::oneshot;
+
+openraft::declare_raft_types!(
+    pub ClusterConfig:
+        D = String,
+        R = u64,
+        NodeId = u64,
+        Node = BasicNode,
+);
+
+/// The applied commands, in order.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Applied(Vec<String>);
+
+impl ReplicatedState for Applied {
+    type Command = String;
+    type Response = u64;
+
+    fn apply(&mut self, log_index: u64, command: &String) -> u64 {
+        self.0.push(command.clone());
+        log_index
+    }
+
+    fn noop_response() -> u64 {
+        0
+    }
+}
+
+const GROUP: u64 = 7;
+
+struct Voter {
+    id: u64,
+    group: RaftGroup<ClusterConfig, Applied>,
+    router: RaftRouter,
+    stop_server: oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr")
+}
+
+fn node(addr: SocketAddr) -> BasicNode {
+    BasicNode { addr: format!("http://{addr}") }
+}
+
+async fn start_voter(id: u64, dir: &Path, addr: SocketAddr, members: Option<BTreeMap<u64, BasicNode>>) -> Voter {
+    let config = Config {
+        cluster_name: "raft-cluster-test".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 400,
+        election_timeout_max: 800,
+        // Frequent snapshots and no kept log: a voter that was away catches up by snapshot.
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(40),
+        max_in_snapshot_log_to_keep: 0,
+        ..Default::default()
+    };
+    let wal = WalOptions { on_fsync_error: FsyncFailure::Abort, ..Default::default() };
+    let group = open_group::<ClusterConfig, Applied, _>(
+        dir,
+        id,
+        config,
+        wal,
+        SegmentRetention::RemoveOnPurge,
+        GrpcNetwork { group: GROUP },
+        members,
+    )
+    .await
+    .expect("open the group");
+    let router = RaftRouter::new();
+    router.register(GROUP, group.raft.clone());
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("bind the Raft transport");
+    let (stop_server, stopped) = oneshot::channel::<()>();
+    let service = router.service();
+    let server = tokio::spawn(async move {
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let _ = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    Voter { id, group, router, stop_server, server }
+}
+
+async fn stop_voter(voter: Voter) {
+    voter.router.deregister(GROUP);
+    let _ = voter.group.raft.shutdown().await;
+    let _ = voter.stop_server.send(());
+    let _ = voter.server.await;
+    voter.group.log.wal().close();
+}
+
+/// Waits until one of `voters` sees a leader among `among`; answers its id.
+async fn leader_among(voters: &[Voter], among: &[u64]) -> u64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        for v in voters {
+            if let Some(leader) = v.group.raft.current_leader().await
+                && among.contains(&leader)
+                && voters.iter().any(|v| v.id == leader)
+            {
+                return leader;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no leader among {among:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn voter(voters: &[Voter], id: u64) -> &Voter {
+    voters.iter().find(|v| v.id == id).expect("a running voter")
+}
+
+/// Writes through whichever running voter leads, as a client does: a voter that is not (or no
+/// longer) leader refuses before appending anything, so trying again cannot apply it twice.
+async fn write(voters: &[Voter], command: &str) -> u64 {
+    let ids: Vec<u64> = voters.iter().map(|v| v.id).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let leader = leader_among(voters, &ids).await;
+        match voter(voters, leader).group.raft.client_write(command.to_owned()).await {
+            Ok(response) => return response.data,
+            Err(e) if e.forward_to_leader().is_some() && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("write {command} failed: {e}"),
+        }
+    }
+}
+
+/// Waits until a voter has applied every command in `acked`, in order.
+async fn wait_applied(v: &Voter, acked: &[String]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let applied = v.group.state.read().0.clone();
+        if applied.len() >= acked.len() {
+            assert_eq!(&applied[..acked.len()], acked, "voter {} applied something else", v.id);
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "voter {} applied {} of {}", v.id, applied.len(), acked.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn dir_of(root: &Path, id: u64) -> PathBuf {
+    root.join(format!("voter-{id}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_voters_fail_over_catch_up_and_refuse_without_a_majority() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let addrs: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, free_addr())).collect();
+    let members: BTreeMap<u64, BasicNode> = addrs.iter().map(|(&id, &addr)| (id, node(addr))).collect();
+    let mut voters = Vec::new();
+    for (&id, &addr) in &addrs {
+        let initial = (id == 1).then(|| members.clone());
+        voters.push(start_voter(id, &dir_of(root.path(), id), addr, initial).await);
+    }
+
+    // Replication: 100 acknowledged writes reach every voter.
+    let leader = leader_among(&voters, &[1, 2, 3]).await;
+    let mut acked = Vec::new();
+    for i in 0..100 {
+        let command = format!("a{i}");
+        write(&voters, &command).await;
+        acked.push(command);
+    }
+    for v in &voters {
+        wait_applied(v, &acked).await;
+    }
+
+    // Failover: the leader goes; the other two elect one and lose nothing acknowledged.
+    let old_leader = leader;
+    let position = voters.iter().position(|v| v.id == old_leader).expect("leader runs");
+    stop_voter(voters.remove(position)).await;
+    let survivors: Vec<u64> = voters.iter().map(|v| v.id).collect();
+    let leader = leader_among(&voters, &survivors).await;
+    assert_ne!(leader, old_leader);
+    for i in 0..100 {
+        let command = format!("b{i}");
+        write(&voters, &command).await;
+        acked.push(command);
+    }
+    for v in &voters {
+        wait_applied(v, &acked).await;
+    }
+
+    // The old leader comes back from its directory and catches up. Its peers purged their logs
+    // past where it stopped (after ~102 entries), so it can only catch up by a snapshot.
+    for v in &voters {
+        let purged = v.group.log.last_purged_index();
+        assert!(purged.is_some_and(|p| p > 110), "voter {} purged only to {purged:?}", v.id);
+    }
+    let back = start_voter(old_leader, &dir_of(root.path(), old_leader), addrs[&old_leader], None).await;
+    wait_applied(&back, &acked).await;
+    voters.push(back);
+
+    // Without a majority nothing is acknowledged: stop two voters, the one left must not accept.
+    let keep = leader;
+    let mut stopped = Vec::new();
+    while voters.len() > 1 {
+        let position = voters.iter().position(|v| v.id != keep).expect("another voter");
+        let v = voters.remove(position);
+        stopped.push(v.id);
+        stop_voter(v).await;
+    }
+    let alone = voter(&voters, keep);
+    let attempt = tokio::time::timeout(Duration::from_secs(3), alone.group.raft.client_write("lost".to_owned())).await;
+    assert!(!matches!(attempt, Ok(Ok(_))), "a write was acknowledged by a single voter of three: {attempt:?}");
+
+    // One voter back: a majority again, writes are acknowledged, and the refused one never
+    // appears before them.
+    let id = stopped[0];
+    voters.push(start_voter(id, &dir_of(root.path(), id), addrs[&id], None).await);
+    write(&voters, "c0").await;
+    for v in &voters {
+        let applied = {
+            wait_applied(v, &acked).await;
+            v.group.state.read().0.clone()
+        };
+        let tail: Vec<&String> = applied[acked.len()..].iter().collect();
+        assert!(tail.iter().all(|c| *c == "c0" || *c == "lost"), "unexpected commands: {tail:?}");
+    }
+    for v in voters {
+        stop_voter(v).await;
+    }
+}
