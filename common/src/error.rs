@@ -8,7 +8,7 @@
 use std::fmt;
 
 /// gRPC metadata key carrying the stable error code.
-const ERROR_CODE_METADATA_KEY: &str = "x-strata-error";
+pub const ERROR_CODE_METADATA_KEY: &str = "x-strata-error";
 
 /// The stable, public classification of an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

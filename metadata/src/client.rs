@@ -1,37 +1,118 @@
-//! The metadata client every other component uses. Cheap to clone (one HTTP/2 channel).
+//! The metadata client every other component uses. Cheap to clone.
+//!
+//! It takes one endpoint (`strata dev`) or every member of the quorum, comma-separated. Calls go
+//! to the member believed to lead; a member that does not lead answers `Unavailable` with the
+//! leader's address when it knows it, and the call moves there. Without a hint (an election in
+//! progress, a member down) it tries the next member after a short pause, for at most
+//! [`FAILOVER_WAIT`].
 //!
 //! Every call returns a [`StrataError`] whose kind survived the wire; transport failures come
 //! back as `Unavailable`, so callers retry instead of blaming the tenant.
+//!
+//! Retrying is safe for answers that say the member did not take the call. A call cut off in
+//! flight (the member died after taking it) may have been applied; mutations are then retried
+//! once more like any other, which idempotency keys on mutations will make exact (issue 4).
 
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use strata_common::error::StrataError;
+use strata_common::error::{ERROR_CODE_METADATA_KEY, StrataError};
 use strata_common::limits;
 use strata_common::proto::{self as pb, metadata_client};
 use tonic::transport::Channel;
 
+use crate::server::LEADER_HINT_KEY;
+
 /// Deadline of one metadata call.
 const METADATA_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a call keeps looking for the leader (elections take about a second).
+pub const FAILOVER_WAIT: Duration = Duration::from_secs(10);
+/// Pause before trying the next member when no leader is known.
+const NEXT_MEMBER_PAUSE: Duration = Duration::from_millis(100);
+
+type Client = metadata_client::MetadataClient<Channel>;
 
 #[derive(Clone)]
 pub struct MetadataClient {
-    inner: metadata_client::MetadataClient<Channel>,
+    members: Arc<Members>,
+}
+
+struct Members {
+    /// `(endpoint, client)` of every member.
+    endpoints: Vec<(String, Client)>,
+    /// Index of the member believed to lead.
+    current: AtomicUsize,
 }
 
 impl MetadataClient {
-    /// A client for `endpoint` (e.g. `http://127.0.0.1:9400`); connects lazily.
-    pub fn connect_lazy(endpoint: &str) -> Result<Self, StrataError> {
-        let channel = strata_common::grpc::lazy_channel(endpoint, METADATA_CALL_TIMEOUT)
-            .map_err(|e| StrataError::invalid(format!("bad metadata endpoint '{endpoint}': {e}")))?;
-        let inner = metadata_client::MetadataClient::new(channel)
-            .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
-        Ok(Self { inner })
+    /// A client for `endpoints`: one `http://host:port`, or every quorum member's,
+    /// comma-separated; connects lazily.
+    pub fn connect_lazy(endpoints: &str) -> Result<Self, StrataError> {
+        let mut members = Vec::new();
+        for endpoint in endpoints.split(',').map(|e| e.trim().trim_end_matches('/')).filter(|e| !e.is_empty()) {
+            let channel = strata_common::grpc::lazy_channel(endpoint, METADATA_CALL_TIMEOUT)
+                .map_err(|e| StrataError::invalid(format!("bad metadata endpoint '{endpoint}': {e}")))?;
+            let client = metadata_client::MetadataClient::new(channel)
+                .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
+            members.push((endpoint.to_string(), client));
+        }
+        if members.is_empty() {
+            return Err(StrataError::invalid("no metadata endpoint given"));
+        }
+        Ok(Self { members: Arc::new(Members { endpoints: members, current: AtomicUsize::new(0) }) })
+    }
+
+    /// Sends `request` to the leader, following hints and trying members in turn.
+    async fn call<Req, T, F, Fut>(&self, request: Req, send: F) -> Result<T, StrataError>
+    where
+        Req: Clone,
+        F: Fn(Client, Req) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let members = &self.members;
+        let count = members.endpoints.len();
+        let deadline = tokio::time::Instant::now() + FAILOVER_WAIT;
+        loop {
+            let at = members.current.load(Ordering::Relaxed) % count;
+            let status = match send(members.endpoints[at].1.clone(), request.clone()).await {
+                Ok(response) => return Ok(response.into_inner()),
+                // Unavailable without an error kind: the member cannot take calls (not the leader,
+                // down, electing). With a kind, it is the service's answer (such as "no storage
+                // node yet") and goes back to the caller.
+                Err(status)
+                    if status.code() == tonic::Code::Unavailable
+                        && count > 1
+                        && status.metadata().get(ERROR_CODE_METADATA_KEY).is_none() =>
+                {
+                    status
+                }
+                Err(status) => return Err(status.into()),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(status.into());
+            }
+            let hint = status.metadata().get(LEADER_HINT_KEY).and_then(|v| v.to_str().ok());
+            let hinted = hint.and_then(|leader| {
+                let leader = leader.trim_end_matches('/');
+                members.endpoints.iter().position(|(endpoint, _)| endpoint == leader)
+            });
+            match hinted {
+                Some(leader) if leader != at => members.current.store(leader, Ordering::Relaxed),
+                _ => {
+                    let _ =
+                        members.current.compare_exchange(at, (at + 1) % count, Ordering::Relaxed, Ordering::Relaxed);
+                    tokio::time::sleep(NEXT_MEMBER_PAUSE).await;
+                }
+            }
+        }
     }
 
     pub async fn ensure_tenant(&self, tenant: &str) -> Result<pb::Tenant, StrataError> {
-        let r = self.inner.clone().ensure_tenant(pb::EnsureTenantRequest { tenant: tenant.to_string() }).await?;
-        Ok(r.into_inner())
+        let request = pb::EnsureTenantRequest { tenant: tenant.to_string() };
+        self.call(request, |mut c, r| async move { c.ensure_tenant(r).await }).await
     }
 
     pub async fn create_queue(
@@ -46,12 +127,12 @@ impl MetadataClient {
             config: Some(config),
             now_ms: 0,
         };
-        Ok(self.inner.clone().create_queue(request).await?.into_inner())
+        self.call(request, |mut c, r| async move { c.create_queue(r).await }).await
     }
 
     pub async fn get_queue(&self, tenant: &str, name: &str) -> Result<pb::QueueInfo, StrataError> {
         let request = pb::QueueName { tenant: tenant.to_string(), name: name.to_string() };
-        Ok(self.inner.clone().get_queue(request).await?.into_inner())
+        self.call(request, |mut c, r| async move { c.get_queue(r).await }).await
     }
 
     pub async fn list_queues(
@@ -67,12 +148,12 @@ impl MetadataClient {
             max_results,
             start_after: start_after.to_string(),
         };
-        Ok(self.inner.clone().list_queues(request).await?.into_inner())
+        self.call(request, |mut c, r| async move { c.list_queues(r).await }).await
     }
 
     pub async fn delete_queue(&self, tenant: &str, name: &str) -> Result<pb::QueueInfo, StrataError> {
         let request = pb::QueueName { tenant: tenant.to_string(), name: name.to_string() };
-        Ok(self.inner.clone().delete_queue(request).await?.into_inner())
+        self.call(request, |mut c, r| async move { c.delete_queue(r).await }).await
     }
 
     pub async fn set_queue_config(
@@ -87,7 +168,7 @@ impl MetadataClient {
             config: Some(config),
             now_ms: 0,
         };
-        Ok(self.inner.clone().set_queue_config(request).await?.into_inner())
+        self.call(request, |mut c, r| async move { c.set_queue_config(r).await }).await
     }
 
     pub async fn register_storage_node(
@@ -101,31 +182,34 @@ impl MetadataClient {
             address: address.to_string(),
             initial_shards,
         };
-        Ok(self.inner.clone().register_storage_node(request).await?.into_inner().shards)
+        Ok(self.call(request, |mut c, r| async move { c.register_storage_node(r).await }).await?.shards)
     }
 
     pub async fn get_shard(&self, shard_id: u64) -> Result<pb::ShardInfo, StrataError> {
-        Ok(self.inner.clone().get_shard(pb::GetShardRequest { shard_id }).await?.into_inner())
+        self.call(pb::GetShardRequest { shard_id }, |mut c, r| async move { c.get_shard(r).await }).await
     }
 
     pub async fn commit_segment(&self, segment: pb::Segment) -> Result<(), StrataError> {
-        self.inner.clone().commit_segment(pb::CommitSegmentRequest { segment: Some(segment) }).await?;
+        let request = pb::CommitSegmentRequest { segment: Some(segment) };
+        self.call(request, |mut c, r| async move { c.commit_segment(r).await }).await?;
         Ok(())
     }
 
     pub async fn list_segments(&self, shard_id: u64) -> Result<Vec<pb::Segment>, StrataError> {
-        Ok(self.inner.clone().list_segments(pb::ListSegmentsRequest { shard_id }).await?.into_inner().segments)
+        let request = pb::ListSegmentsRequest { shard_id };
+        Ok(self.call(request, |mut c, r| async move { c.list_segments(r).await }).await?.segments)
     }
 
     pub async fn remove_segments(&self, shard_id: u64, object_keys: Vec<String>) -> Result<(), StrataError> {
-        self.inner.clone().remove_segments(pb::RemoveSegmentsRequest { shard_id, object_keys }).await?;
+        let request = pb::RemoveSegmentsRequest { shard_id, object_keys };
+        self.call(request, |mut c, r| async move { c.remove_segments(r).await }).await?;
         Ok(())
     }
 
     /// A new access key of `tenant`, with its secret (shown only here).
     pub async fn create_access_key(&self, tenant: &str) -> Result<pb::AccessKey, StrataError> {
         let request = pb::CreateAccessKeyRequest { tenant: tenant.to_string() };
-        Ok(self.inner.clone().create_access_key(request).await?.into_inner())
+        self.call(request, |mut c, r| async move { c.create_access_key(r).await }).await
     }
 
     /// Replaces `access_key_id` by a new key (answered with its secret); the old one keeps
@@ -141,24 +225,24 @@ impl MetadataClient {
             access_key_id: access_key_id.to_string(),
             grace_ms,
         };
-        Ok(self.inner.clone().rotate_access_key(request).await?.into_inner())
+        self.call(request, |mut c, r| async move { c.rotate_access_key(r).await }).await
     }
 
     pub async fn revoke_access_key(&self, tenant: &str, access_key_id: &str) -> Result<pb::AccessKey, StrataError> {
         let request = pb::AccessKeyRef { tenant: tenant.to_string(), access_key_id: access_key_id.to_string() };
-        Ok(self.inner.clone().revoke_access_key(request).await?.into_inner())
+        self.call(request, |mut c, r| async move { c.revoke_access_key(r).await }).await
     }
 
     /// The tenant's keys without secrets.
     pub async fn list_access_keys(&self, tenant: &str) -> Result<Vec<pb::AccessKey>, StrataError> {
         let request = pb::ListAccessKeysRequest { tenant: tenant.to_string() };
-        Ok(self.inner.clone().list_access_keys(request).await?.into_inner().keys)
+        Ok(self.call(request, |mut c, r| async move { c.list_access_keys(r).await }).await?.keys)
     }
 
     /// A key with its secret, whatever its state (the proxy's SigV4 check).
     pub async fn lookup_access_key(&self, access_key_id: &str) -> Result<pb::AccessKey, StrataError> {
         let request = pb::LookupAccessKeyRequest { access_key_id: access_key_id.to_string() };
-        Ok(self.inner.clone().lookup_access_key(request).await?.into_inner())
+        self.call(request, |mut c, r| async move { c.lookup_access_key(r).await }).await
     }
 
     /// Adds or replaces tags of a queue; answers the queue with all its tags.
@@ -169,11 +253,11 @@ impl MetadataClient {
         tags: std::collections::HashMap<String, String>,
     ) -> Result<pb::QueueInfo, StrataError> {
         let request = pb::TagQueueRequest { tenant: tenant.to_string(), name: name.to_string(), tags };
-        Ok(self.inner.clone().tag_queue(request).await?.into_inner())
+        self.call(request, |mut c, r| async move { c.tag_queue(r).await }).await
     }
 
     pub async fn untag_queue(&self, tenant: &str, name: &str, keys: Vec<String>) -> Result<pb::QueueInfo, StrataError> {
         let request = pb::UntagQueueRequest { tenant: tenant.to_string(), name: name.to_string(), keys };
-        Ok(self.inner.clone().untag_queue(request).await?.into_inner())
+        self.call(request, |mut c, r| async move { c.untag_queue(r).await }).await
     }
 }

@@ -1,22 +1,30 @@
 //! Runs the metadata Raft group and serves it over gRPC.
 //!
 //! Mutations go through the log (`client_write` returns after the entry is applied, so a reply
-//! reflects durable, applied state). Reads are served from the applied state of the leader; with
-//! one voter that is linearizable. With several voters, reads that route requests will use
-//! openraft's read-index.
+//! reflects durable, applied state). Reads are linearizable: each first confirms through
+//! openraft's read-index that this node still leads and has applied everything committed before
+//! the read began.
+//!
+//! `strata dev` runs one voter ([`MetadataNode::open`]). A quorum member
+//! ([`MetadataNode::open_member`]) also serves the Raft transport on its gRPC port, and only the
+//! leader answers: any other member answers `Unavailable` with the leader's address, when it
+//! knows it, in the [`LEADER_HINT_KEY`] response header, and [`crate::MetadataClient`] follows it.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use openraft::{BasicNode, Config, SnapshotPolicy};
+use openraft::error::ForwardToLeader;
+use openraft::{BasicNode, Config, ReadPolicy, SnapshotPolicy};
 use strata_common::error::{ErrorKind, StrataError};
 use strata_common::limits::LIST_QUEUES_PAGE_MAX;
 use strata_common::proto::metadata_server::{Metadata, MetadataServer};
 use strata_common::proto::{self as pb};
 use strata_common::{Clock, limits};
-use strata_wal::group::{RaftGroup, open_single_voter};
+use strata_wal::group::{RaftGroup, open_group, open_single_voter};
 use strata_wal::raft_state::StateGuard;
 use strata_wal::raft_store::SegmentRetention;
+use strata_wal::transport::{GroupId, GrpcNetwork, RaftRouter};
 use strata_wal::{FsyncFailure, WalOptions};
 use tonic::{Request, Response, Status};
 
@@ -69,48 +77,123 @@ fn access_key_response(response: MetaResponse, with_secret: bool) -> Result<Resp
     }
 }
 
+/// The metadata quorum's group id on the Raft transport.
+pub const METADATA_GROUP: GroupId = 0;
+/// Response header of a member that is not the leader: the leader's gRPC address.
+pub const LEADER_HINT_KEY: &str = "x-strata-metadata-leader";
+
+/// How a quorum member finds the others.
+#[derive(Debug, Clone)]
+pub struct MemberSettings {
+    pub node_id: u64,
+    /// Every voter's gRPC address (`http://host:port`), this member's included.
+    pub members: BTreeMap<u64, String>,
+    /// Set on exactly one member of a new quorum: it creates the group with `members` as voters
+    /// on its first start (later starts ignore it).
+    pub initialize: bool,
+}
+
 /// A running metadata node.
 pub struct MetadataNode {
     group: RaftGroup<MetaRaftConfig, Catalog>,
     clock: Arc<dyn Clock>,
+    /// The Raft transport of a quorum member (`None` for the single voter of `strata dev`).
+    router: Option<RaftRouter>,
+}
+
+fn raft_config() -> Config {
+    Config {
+        cluster_name: "strata-metadata".to_string(),
+        heartbeat_interval: 100,
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(METADATA_SNAPSHOT_EVERY_ENTRIES),
+        max_in_snapshot_log_to_keep: 0,
+        ..Default::default()
+    }
+}
+
+fn wal_options() -> WalOptions {
+    WalOptions {
+        segment_size_bytes_max: METADATA_SEGMENT_BYTES_MAX,
+        on_fsync_error: FsyncFailure::Abort,
+        ..Default::default()
+    }
 }
 
 impl MetadataNode {
-    /// Opens (or creates) the metadata group in `dir`; `address` is the advertised gRPC address.
+    /// Opens (or creates) the single-voter metadata group of `strata dev` in `dir`; `address` is
+    /// the advertised gRPC address.
     pub async fn open(dir: &Path, address: &str, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<Self>> {
-        let config = Config {
-            cluster_name: "strata-metadata".to_string(),
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(METADATA_SNAPSHOT_EVERY_ENTRIES),
-            max_in_snapshot_log_to_keep: 0,
-            ..Default::default()
-        };
-        let wal_options = WalOptions {
-            segment_size_bytes_max: METADATA_SEGMENT_BYTES_MAX,
-            on_fsync_error: FsyncFailure::Abort,
-            ..Default::default()
-        };
         let group = open_single_voter::<MetaRaftConfig, Catalog>(
             dir,
             1,
             BasicNode { addr: address.to_string() },
-            config,
-            wal_options,
+            raft_config(),
+            wal_options(),
             SegmentRetention::RemoveOnPurge,
         )
         .await?;
-        Ok(Arc::new(Self { group, clock }))
+        Ok(Arc::new(Self { group, clock, router: None }))
+    }
+
+    /// Opens (or creates) this member's replica of the metadata quorum in `dir`. Returns at once;
+    /// the members elect a leader once a majority of them is up.
+    pub async fn open_member(dir: &Path, member: &MemberSettings, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<Self>> {
+        if !member.members.contains_key(&member.node_id) {
+            anyhow::bail!("metadata member {} is not in its own member list", member.node_id);
+        }
+        let voters: BTreeMap<u64, BasicNode> =
+            member.members.iter().map(|(&id, addr)| (id, BasicNode { addr: addr.clone() })).collect();
+        let group = open_group::<MetaRaftConfig, Catalog, _>(
+            dir,
+            member.node_id,
+            raft_config(),
+            wal_options(),
+            SegmentRetention::RemoveOnPurge,
+            GrpcNetwork { group: METADATA_GROUP },
+            member.initialize.then_some(voters),
+        )
+        .await?;
+        let router = RaftRouter::new();
+        router.register(METADATA_GROUP, group.raft.clone());
+        Ok(Arc::new(Self { group, clock, router: Some(router) }))
+    }
+
+    /// The member that leads, as far as this one knows.
+    pub async fn current_leader(&self) -> Option<u64> {
+        self.group.raft.current_leader().await
+    }
+
+    /// Answers `Unavailable`, with the leader's address when known: the caller retries there.
+    fn not_leader(forward: Option<&ForwardToLeader<MetaRaftConfig>>) -> Status {
+        let mut status = Status::unavailable("this metadata member is not the leader; retry at the leader");
+        let leader = forward.and_then(|f| f.leader_node.as_ref()).and_then(|n| n.addr.parse().ok());
+        if let Some(addr) = leader {
+            status.metadata_mut().insert(LEADER_HINT_KEY, addr);
+        }
+        status
     }
 
     /// Proposes a command and returns its applied result.
-    pub async fn propose(&self, command: MetaCommand) -> Result<MetaResponse, StrataError> {
+    pub async fn propose(&self, command: MetaCommand) -> Result<MetaResponse, Status> {
         let response = self.group.raft.client_write(command).await.map_err(|e| {
-            tracing::warn!(error = %e, "metadata proposal failed");
-            StrataError::unavailable("metadata service is not available; retry")
+            tracing::debug!(error = %e, "metadata proposal not taken here");
+            Self::not_leader(e.forward_to_leader())
         })?;
         match response.data {
-            MetaResponse::Error(e) => Err(e.into()),
+            MetaResponse::Error(e) => Err(StrataError::from(e).into()),
             other => Ok(other),
         }
+    }
+
+    /// Waits until a read of the catalog here is linearizable: this member leads and has applied
+    /// every entry committed before the call.
+    pub async fn read_barrier(&self) -> Result<(), Status> {
+        self.group.raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map(|_| ()).map_err(|e| {
+            tracing::debug!(error = %e, "metadata read not served here");
+            Self::not_leader(e.forward_to_leader())
+        })
     }
 
     /// The applied catalog. Hold the guard briefly.
@@ -128,6 +211,7 @@ impl MetadataNode {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let raft_transport = self.router.as_ref().map(RaftRouter::service);
         let service = MetadataServer::new(MetadataService { node: self })
             .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
@@ -136,6 +220,7 @@ impl MetadataNode {
             .initial_stream_window_size(limits::GRPC_STREAM_WINDOW_BYTES)
             .initial_connection_window_size(limits::GRPC_CONNECTION_WINDOW_BYTES)
             .add_service(service)
+            .add_optional_service(raft_transport)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;
         Ok(())
@@ -143,6 +228,9 @@ impl MetadataNode {
 
     /// Stops the Raft group.
     pub async fn shutdown(&self) {
+        if let Some(router) = &self.router {
+            router.deregister(METADATA_GROUP);
+        }
         if let Err(e) = self.group.raft.shutdown().await {
             tracing::warn!(error = %e, "metadata raft shutdown");
         }
@@ -213,6 +301,7 @@ impl Metadata for MetadataService {
     }
 
     async fn get_queue(&self, request: Request<pb::QueueName>) -> Result<Response<pb::QueueInfo>, Status> {
+        self.node.read_barrier().await?;
         let r = request.into_inner();
         let found = self.node.catalog().queue(&r.tenant, &r.name).cloned();
         found.map(|q| Response::new(q.into())).ok_or_else(|| StrataError::queue_not_found(&r.name).into())
@@ -222,6 +311,7 @@ impl Metadata for MetadataService {
         &self,
         request: Request<pb::ListQueuesRequest>,
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        self.node.read_barrier().await?;
         let r = request.into_inner();
         let max = if r.max_results == 0 { LIST_QUEUES_PAGE_MAX } else { r.max_results.min(LIST_QUEUES_PAGE_MAX) };
         let (queues, truncated) = self.node.catalog().list_queues(&r.tenant, &r.prefix, &r.start_after, max as usize);
@@ -278,6 +368,7 @@ impl Metadata for MetadataService {
     }
 
     async fn get_shard(&self, request: Request<pb::GetShardRequest>) -> Result<Response<pb::ShardInfo>, Status> {
+        self.node.read_barrier().await?;
         let shard_id = request.into_inner().shard_id;
         let shard = self.node.catalog().shard(shard_id).cloned();
         match shard {
@@ -296,6 +387,7 @@ impl Metadata for MetadataService {
         &self,
         request: Request<pb::ListSegmentsRequest>,
     ) -> Result<Response<pb::ListSegmentsResponse>, Status> {
+        self.node.read_barrier().await?;
         let shard_id = request.into_inner().shard_id;
         let segments = self.node.catalog().segments(shard_id);
         Ok(Response::new(pb::ListSegmentsResponse { segments }))
@@ -351,6 +443,7 @@ impl Metadata for MetadataService {
         &self,
         request: Request<pb::ListAccessKeysRequest>,
     ) -> Result<Response<pb::ListAccessKeysResponse>, Status> {
+        self.node.read_barrier().await?;
         let tenant = request.into_inner().tenant;
         let keys = self.node.catalog().access_keys_of(&tenant);
         Ok(Response::new(pb::ListAccessKeysResponse {
@@ -362,6 +455,7 @@ impl Metadata for MetadataService {
         &self,
         request: Request<pb::LookupAccessKeyRequest>,
     ) -> Result<Response<pb::AccessKey>, Status> {
+        self.node.read_barrier().await?;
         let id = request.into_inner().access_key_id;
         let key = self.node.catalog().access_key(&id).cloned();
         match key {
