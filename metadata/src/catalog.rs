@@ -143,6 +143,8 @@ pub enum MetaCommand {
     RemoveSegments {
         shard_id: u64,
         object_keys: Vec<String>,
+        /// The remover's writer epoch: only the shard's current writer may remove segments.
+        writer_epoch: u64,
     },
     /// The id and secret are drawn by the proposer, so applying stays deterministic.
     CreateAccessKey {
@@ -189,7 +191,7 @@ impl fmt::Display for MetaCommand {
             MetaCommand::UntagQueue { tenant, name, keys } => write!(f, "untag-queue {tenant}/{name} n={}", keys.len()),
             MetaCommand::RegisterStorageNode { node_id, .. } => write!(f, "register-node {node_id}"),
             MetaCommand::CommitSegment(s) => write!(f, "commit-segment {}", s.object_key),
-            MetaCommand::RemoveSegments { shard_id, object_keys } => {
+            MetaCommand::RemoveSegments { shard_id, object_keys, .. } => {
                 write!(f, "remove-segments shard={shard_id} n={}", object_keys.len())
             }
             MetaCommand::CreateAccessKey { tenant, access_key_id, .. } => {
@@ -224,6 +226,27 @@ impl From<MetaError> for StrataError {
     }
 }
 
+/// A metadata log entry: a command, and the id of the request that proposed it. A request
+/// retried with the same id (the caller did not learn whether the first attempt was applied)
+/// is answered with the first attempt's response and applied once, as long as its id is among
+/// the last [`REQUEST_IDS_KEPT`] seen.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetaEntry {
+    pub request_id: Option<String>,
+    pub command: MetaCommand,
+}
+
+impl fmt::Display for MetaEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.command.fmt(f)
+    }
+}
+
+/// How many recent request ids the catalog remembers (retries come within seconds).
+pub const REQUEST_IDS_KEPT: usize = 10_000;
+/// Longest request id.
+pub const REQUEST_ID_CHARS_MAX: usize = 64;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaResponse {
     Done,
@@ -248,6 +271,10 @@ pub struct Catalog {
     access_keys: BTreeMap<String, AccessKeyRecord>,
     /// Live queues per tenant, for the per-tenant limit.
     queues_per_tenant: BTreeMap<String, u64>,
+    /// Recent request ids and what applying them answered.
+    requests: BTreeMap<String, MetaResponse>,
+    /// The same ids by the log index that applied them, oldest first, to forget the oldest.
+    request_order: BTreeMap<u64, String>,
 }
 
 /// FNV-1a: a stable hash (unlike std's, which is randomly seeded) for placing queues on shards.
@@ -473,9 +500,7 @@ impl Catalog {
                     .shards
                     .get(&segment.shard_id)
                     .ok_or_else(|| StrataError::invalid(format!("unknown shard {}", segment.shard_id)))?;
-                if segment.writer_epoch > shard.writer_epoch {
-                    return Err(StrataError::invalid("segment writer epoch is from the future"));
-                }
+                check_writer_epoch(shard, segment.writer_epoch)?;
                 let per_shard = self.segments.entry(segment.shard_id).or_default();
                 match per_shard.get(&segment.first_index) {
                     Some(existing) if existing == segment => Ok(MetaResponse::Done),
@@ -489,7 +514,12 @@ impl Catalog {
                     }
                 }
             }
-            MetaCommand::RemoveSegments { shard_id, object_keys } => {
+            MetaCommand::RemoveSegments { shard_id, object_keys, writer_epoch } => {
+                let shard = self
+                    .shards
+                    .get(shard_id)
+                    .ok_or_else(|| StrataError::invalid(format!("unknown shard {shard_id}")))?;
+                check_writer_epoch(shard, *writer_epoch)?;
                 if let Some(per_shard) = self.segments.get_mut(shard_id) {
                     per_shard.retain(|_, s| !object_keys.contains(&s.object_key));
                 }
@@ -531,12 +561,42 @@ impl Catalog {
     }
 }
 
+/// Fences writers: only the shard's current writer epoch may change its segment catalog. A
+/// writer whose epoch is older was replaced (its node registered again, or another took over).
+fn check_writer_epoch(shard: &ShardRecord, writer_epoch: u64) -> Result<(), StrataError> {
+    if writer_epoch > shard.writer_epoch {
+        return Err(StrataError::invalid("segment writer epoch is from the future"));
+    }
+    if writer_epoch < shard.writer_epoch {
+        return Err(StrataError::invalid(format!(
+            "writer epoch {writer_epoch} of shard {} is stale (current: {}): another writer took over",
+            shard.shard_id, shard.writer_epoch
+        )));
+    }
+    Ok(())
+}
+
 impl ReplicatedState for Catalog {
-    type Command = MetaCommand;
+    type Command = MetaEntry;
     type Response = MetaResponse;
 
-    fn apply(&mut self, log_index: u64, command: &MetaCommand) -> MetaResponse {
-        self.apply_command(log_index, command).unwrap_or_else(|e| MetaResponse::Error(e.into()))
+    fn apply(&mut self, log_index: u64, entry: &MetaEntry) -> MetaResponse {
+        if let Some(id) = &entry.request_id
+            && let Some(first) = self.requests.get(id)
+        {
+            return first.clone();
+        }
+        let response = self.apply_command(log_index, &entry.command).unwrap_or_else(|e| MetaResponse::Error(e.into()));
+        if let Some(id) = &entry.request_id {
+            self.requests.insert(id.clone(), response.clone());
+            self.request_order.insert(log_index, id.clone());
+            while self.request_order.len() > REQUEST_IDS_KEPT {
+                if let Some((_, oldest)) = self.request_order.pop_first() {
+                    self.requests.remove(&oldest);
+                }
+            }
+        }
+        response
     }
 
     fn noop_response() -> MetaResponse {
@@ -547,6 +607,80 @@ impl ReplicatedState for Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Applies a command without a request id.
+    trait Run {
+        fn run(&mut self, log_index: u64, command: &MetaCommand) -> MetaResponse;
+    }
+
+    impl Run for Catalog {
+        fn run(&mut self, log_index: u64, command: &MetaCommand) -> MetaResponse {
+            self.apply(log_index, &MetaEntry { request_id: None, command: command.clone() })
+        }
+    }
+
+    fn with_id(id: &str, command: MetaCommand) -> MetaEntry {
+        MetaEntry { request_id: Some(id.to_owned()), command }
+    }
+
+    #[test]
+    fn a_retried_request_is_applied_once_and_answered_as_the_first_time() {
+        let mut c = Catalog::default();
+        let create = |key: &str| MetaCommand::CreateAccessKey {
+            tenant: "t1".into(),
+            access_key_id: key.into(),
+            secret: Secret("s".repeat(40)),
+            now_ms: 0,
+        };
+        let first = c.apply(1, &with_id("r1", create("SKAAAAAAAAAAAAAAAAAAAA")));
+        // The retry was drawn again by the proposer (a new key id): still the first answer.
+        let retry = c.apply(2, &with_id("r1", create("SKBBBBBBBBBBBBBBBBBBBB")));
+        assert_eq!(first, retry);
+        assert_eq!(c.access_keys_of("t1").len(), 1);
+        // Another id is another request.
+        c.apply(3, &with_id("r2", create("SKCCCCCCCCCCCCCCCCCCCC")));
+        assert_eq!(c.access_keys_of("t1").len(), 2);
+    }
+
+    #[test]
+    fn request_ids_are_remembered_up_to_the_bound() {
+        let mut c = Catalog::default();
+        for i in 0..(REQUEST_IDS_KEPT as u64 + 5) {
+            c.apply(i + 1, &with_id(&format!("r{i}"), MetaCommand::EnsureTenant { tenant: "t".into(), now_ms: 0 }));
+        }
+        assert_eq!(c.requests.len(), REQUEST_IDS_KEPT);
+        assert_eq!(c.request_order.len(), REQUEST_IDS_KEPT);
+        assert!(!c.requests.contains_key("r0") && c.requests.contains_key(&format!("r{}", REQUEST_IDS_KEPT + 4)));
+    }
+
+    #[test]
+    fn stale_writers_are_fenced_from_the_segment_catalog() {
+        let mut c = Catalog::default();
+        register_node(&mut c, 1);
+        register_node(&mut c, 2);
+        let epoch = c.shard(1).map(|s| s.writer_epoch).unwrap_or(0);
+        let segment = |writer_epoch| SegmentRecord {
+            shard_id: 1,
+            first_index: 1,
+            last_index: 9,
+            object_key: format!("k{writer_epoch}"),
+            size_bytes: 1,
+            crc32c: 1,
+            writer_epoch,
+        };
+        let stale = c.run(3, &MetaCommand::CommitSegment(segment(epoch - 1)));
+        assert!(matches!(stale, MetaResponse::Error(_)), "{stale:?}");
+        assert_eq!(c.run(4, &MetaCommand::CommitSegment(segment(epoch))), MetaResponse::Done);
+        let remove = |writer_epoch| MetaCommand::RemoveSegments {
+            shard_id: 1,
+            object_keys: vec![format!("k{epoch}")],
+            writer_epoch,
+        };
+        assert!(matches!(c.run(5, &remove(epoch - 1)), MetaResponse::Error(_)));
+        assert_eq!(c.segments(1).len(), 1, "a stale writer removed nothing");
+        assert_eq!(c.run(6, &remove(epoch)), MetaResponse::Done);
+        assert!(c.segments(1).is_empty());
+    }
 
     fn config() -> QueueConfig {
         QueueConfig { retention_ms: 60_000, visibility_timeout_ms: 30_000, ..Default::default() }
@@ -559,19 +693,19 @@ mod tests {
             initial_shards: 2,
             now_ms: 0,
         };
-        c.apply(index, &command)
+        c.run(index, &command)
     }
 
     fn catalog_with_node() -> Catalog {
         let mut c = Catalog::default();
         register_node(&mut c, 1);
-        c.apply(2, &MetaCommand::EnsureTenant { tenant: "t1".into(), now_ms: 0 });
-        c.apply(3, &MetaCommand::EnsureTenant { tenant: "t2".into(), now_ms: 0 });
+        c.run(2, &MetaCommand::EnsureTenant { tenant: "t1".into(), now_ms: 0 });
+        c.run(3, &MetaCommand::EnsureTenant { tenant: "t2".into(), now_ms: 0 });
         c
     }
 
     fn create(c: &mut Catalog, index: u64, tenant: &str, name: &str, config: QueueConfig) -> MetaResponse {
-        c.apply(index, &MetaCommand::CreateQueue { tenant: tenant.into(), name: name.into(), config, now_ms: 5 })
+        c.run(index, &MetaCommand::CreateQueue { tenant: tenant.into(), name: name.into(), config, now_ms: 5 })
     }
 
     #[test]
@@ -591,12 +725,12 @@ mod tests {
         create(&mut c, 10, "t1", "q", config());
         create(&mut c, 11, "t2", "q", config());
         assert_eq!(c.queue("t2", "q").map(|q| q.queue_id), Some(11));
-        c.apply(12, &MetaCommand::DeleteQueue { tenant: "t1".into(), name: "q".into() });
+        c.run(12, &MetaCommand::DeleteQueue { tenant: "t1".into(), name: "q".into() });
         assert!(c.queue("t1", "q").is_none());
         assert!(c.queue("t2", "q").is_some());
         create(&mut c, 13, "t1", "q", config());
         assert_eq!(c.queue("t1", "q").map(|q| q.queue_id), Some(13));
-        let MetaResponse::Error(e) = c.apply(14, &MetaCommand::DeleteQueue { tenant: "t2".into(), name: "zz".into() })
+        let MetaResponse::Error(e) = c.run(14, &MetaCommand::DeleteQueue { tenant: "t2".into(), name: "zz".into() })
         else {
             panic!()
         };
@@ -633,12 +767,12 @@ mod tests {
             crc32c: 7,
             writer_epoch: 2,
         };
-        assert_eq!(c.apply(6, &MetaCommand::CommitSegment(seg.clone())), MetaResponse::Done);
-        assert_eq!(c.apply(7, &MetaCommand::CommitSegment(seg.clone())), MetaResponse::Done);
+        assert_eq!(c.run(6, &MetaCommand::CommitSegment(seg.clone())), MetaResponse::Done);
+        assert_eq!(c.run(7, &MetaCommand::CommitSegment(seg.clone())), MetaResponse::Done);
         let conflicting = SegmentRecord { object_key: "other".into(), ..seg.clone() };
-        assert!(matches!(c.apply(8, &MetaCommand::CommitSegment(conflicting)), MetaResponse::Error(_)));
+        assert!(matches!(c.run(8, &MetaCommand::CommitSegment(conflicting)), MetaResponse::Error(_)));
         assert_eq!(c.segments(1), vec![seg]);
-        c.apply(9, &MetaCommand::RemoveSegments { shard_id: 1, object_keys: vec!["k".into()] });
+        c.run(9, &MetaCommand::RemoveSegments { shard_id: 1, object_keys: vec!["k".into()], writer_epoch: 2 });
         assert!(c.segments(1).is_empty());
     }
 
@@ -649,7 +783,7 @@ mod tests {
             secret: Secret(format!("secret-of-{id}")),
             now_ms,
         };
-        c.apply(index, &command)
+        c.run(index, &command)
     }
 
     #[test]
@@ -665,7 +799,7 @@ mod tests {
             access_key_id: "K1".into(),
             now_ms,
         };
-        let MetaResponse::Error(e) = c.apply(12, &revoke("t2", 200)) else { panic!("cross-tenant revoke") };
+        let MetaResponse::Error(e) = c.run(12, &revoke("t2", 200)) else { panic!("cross-tenant revoke") };
         assert_eq!(e.code, "AccessKeyNotFound");
 
         // Rotation with a grace period: both work until it ends, then only the new one.
@@ -677,11 +811,11 @@ mod tests {
             grace_ms: 1_000,
             now_ms: 300,
         };
-        assert!(matches!(c.apply(13, &rotate), MetaResponse::AccessKey(k) if k.access_key_id == "K2"));
+        assert!(matches!(c.run(13, &rotate), MetaResponse::AccessKey(k) if k.access_key_id == "K2"));
         let k1 = c.access_key("K1").cloned().expect("kept");
         assert!(k1.is_active_at(1_299) && !k1.is_active_at(1_300));
         // Revoking during the grace period ends it at once.
-        c.apply(14, &revoke("t1", 500));
+        c.run(14, &revoke("t1", 500));
         assert!(!c.access_key("K1").expect("kept").is_active_at(500));
         assert_eq!(c.access_keys_of("t1").len(), 2);
         assert!(c.access_keys_of("t2").is_empty());
@@ -696,7 +830,7 @@ mod tests {
         }
         let MetaResponse::Error(e) = create_key(&mut c, 50, "t1", "KX", 1) else { panic!("over the limit") };
         assert_eq!(e.code, "LimitExceeded");
-        c.apply(51, &MetaCommand::RevokeAccessKey { tenant: "t1".into(), access_key_id: "K0".into(), now_ms: 2 });
+        c.run(51, &MetaCommand::RevokeAccessKey { tenant: "t1".into(), access_key_id: "K0".into(), now_ms: 2 });
         assert!(matches!(create_key(&mut c, 52, "t1", "KX", 3), MetaResponse::AccessKey(_)));
     }
 
@@ -706,7 +840,7 @@ mod tests {
         create(&mut c, 10, "t1", "q", config());
         let tag = |c: &mut Catalog, index, tags: &[(&str, &str)]| {
             let tags = tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-            c.apply(index, &MetaCommand::TagQueue { tenant: "t1".into(), name: "q".into(), tags })
+            c.run(index, &MetaCommand::TagQueue { tenant: "t1".into(), name: "q".into(), tags })
         };
         assert!(
             matches!(tag(&mut c, 11, &[("team", "a"), ("env", "dev")]), MetaResponse::Queue(q) if q.tags.len() == 2)
@@ -716,9 +850,9 @@ mod tests {
         let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert!(matches!(tag(&mut c, 13, &many), MetaResponse::Error(e) if e.code == "InvalidParameter"));
         let untag = MetaCommand::UntagQueue { tenant: "t1".into(), name: "q".into(), keys: vec!["team".into()] };
-        assert!(matches!(c.apply(14, &untag), MetaResponse::Queue(q) if q.tags.keys().collect::<Vec<_>>() == ["env"]));
+        assert!(matches!(c.run(14, &untag), MetaResponse::Queue(q) if q.tags.keys().collect::<Vec<_>>() == ["env"]));
         let other = MetaCommand::UntagQueue { tenant: "t2".into(), name: "q".into(), keys: vec![] };
-        assert!(matches!(c.apply(15, &other), MetaResponse::Error(e) if e.code == "QueueNotFound"));
+        assert!(matches!(c.run(15, &other), MetaResponse::Error(e) if e.code == "QueueNotFound"));
     }
 
     #[test]
@@ -732,7 +866,7 @@ mod tests {
         // Other tenants are not affected, and re-creating an existing queue still answers it.
         assert!(matches!(create(&mut c, 1_000_001, "t2", "one-more", config()), MetaResponse::Queue(_)));
         assert!(matches!(create(&mut c, 1_000_002, "t1", "q0", config()), MetaResponse::Queue(_)));
-        c.apply(1_000_003, &MetaCommand::DeleteQueue { tenant: "t1".into(), name: "q0".into() });
+        c.run(1_000_003, &MetaCommand::DeleteQueue { tenant: "t1".into(), name: "q0".into() });
         assert!(matches!(create(&mut c, 1_000_004, "t1", "one-more", config()), MetaResponse::Queue(_)));
     }
 }

@@ -9,9 +9,8 @@
 //! Every call returns a [`StrataError`] whose kind survived the wire; transport failures come
 //! back as `Unavailable`, so callers retry instead of blaming the tenant.
 //!
-//! Retrying is safe for answers that say the member did not take the call. A call cut off in
-//! flight (the member died after taking it) may have been applied; mutations are then retried
-//! once more like any other, which idempotency keys on mutations will make exact (issue 4).
+//! Every call carries a request id, the same on each retry, and the quorum applies a mutation
+//! once per id: a call cut off in flight (the member died after taking it) is safe to retry.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,7 +22,17 @@ use strata_common::limits;
 use strata_common::proto::{self as pb, metadata_client};
 use tonic::transport::Channel;
 
-use crate::server::LEADER_HINT_KEY;
+use crate::server::{LEADER_HINT_KEY, REQUEST_ID_KEY};
+
+/// A random request id: 26 characters of a 32-letter alphabet (130 bits).
+fn new_request_id() -> tonic::metadata::AsciiMetadataValue {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut rng = rand::rng();
+    let id: String = (0..26).map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())])).collect();
+    tonic::metadata::AsciiMetadataValue::try_from(id.as_str())
+        .unwrap_or_else(|_| tonic::metadata::AsciiMetadataValue::from_static("none"))
+}
 
 /// Deadline of one metadata call.
 const METADATA_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,19 +74,24 @@ impl MetadataClient {
         Ok(Self { members: Arc::new(Members { endpoints: members, current: AtomicUsize::new(0) }) })
     }
 
-    /// Sends `request` to the leader, following hints and trying members in turn.
+    /// Sends `request` to the leader, following hints and trying members in turn. Every attempt
+    /// carries the same request id, so a mutation retried after an answer that never arrived is
+    /// applied once.
     async fn call<Req, T, F, Fut>(&self, request: Req, send: F) -> Result<T, StrataError>
     where
         Req: Clone,
-        F: Fn(Client, Req) -> Fut,
+        F: Fn(Client, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let members = &self.members;
         let count = members.endpoints.len();
         let deadline = tokio::time::Instant::now() + FAILOVER_WAIT;
+        let request_id = new_request_id();
         loop {
             let at = members.current.load(Ordering::Relaxed) % count;
-            let status = match send(members.endpoints[at].1.clone(), request.clone()).await {
+            let mut attempt = tonic::Request::new(request.clone());
+            attempt.metadata_mut().insert(REQUEST_ID_KEY, request_id.clone());
+            let status = match send(members.endpoints[at].1.clone(), attempt).await {
                 Ok(response) => return Ok(response.into_inner()),
                 // Unavailable without an error kind: the member cannot take calls (not the leader,
                 // down, electing). With a kind, it is the service's answer (such as "no storage
@@ -200,8 +214,14 @@ impl MetadataClient {
         Ok(self.call(request, |mut c, r| async move { c.list_segments(r).await }).await?.segments)
     }
 
-    pub async fn remove_segments(&self, shard_id: u64, object_keys: Vec<String>) -> Result<(), StrataError> {
-        let request = pb::RemoveSegmentsRequest { shard_id, object_keys };
+    /// Removes segments from the catalog, as the shard's writer of `writer_epoch`.
+    pub async fn remove_segments(
+        &self,
+        shard_id: u64,
+        writer_epoch: u64,
+        object_keys: Vec<String>,
+    ) -> Result<(), StrataError> {
+        let request = pb::RemoveSegmentsRequest { shard_id, object_keys, writer_epoch };
         self.call(request, |mut c, r| async move { c.remove_segments(r).await }).await?;
         Ok(())
     }

@@ -8,14 +8,16 @@ pub mod catalog;
 pub mod client;
 pub mod server;
 
-pub use catalog::{Catalog, MetaCommand, MetaResponse, QueueConfig, QueueRecord, SegmentRecord, ShardRecord};
+pub use catalog::{
+    Catalog, MetaCommand, MetaEntry, MetaResponse, QueueConfig, QueueRecord, SegmentRecord, ShardRecord,
+};
 pub use client::MetadataClient;
 pub use server::MetadataNode;
 
 openraft::declare_raft_types!(
     /// Raft types of the metadata quorum.
     pub MetaRaftConfig:
-        D = MetaCommand,
+        D = MetaEntry,
         R = MetaResponse,
         NodeId = u64,
         Node = openraft::BasicNode,

@@ -30,7 +30,8 @@ use tonic::{Request, Response, Status};
 
 use crate::MetaRaftConfig;
 use crate::catalog::{
-    AccessKeyRecord, Catalog, MetaCommand, MetaResponse, QueueConfig, QueueRecord, Secret, ShardRecord,
+    AccessKeyRecord, Catalog, MetaCommand, MetaEntry, MetaResponse, QueueConfig, QueueRecord, REQUEST_ID_CHARS_MAX,
+    Secret, ShardRecord,
 };
 
 /// Log entries between metadata snapshots. The catalog is small; frequent snapshots keep
@@ -81,6 +82,20 @@ fn access_key_response(response: MetaResponse, with_secret: bool) -> Result<Resp
 pub const METADATA_GROUP: GroupId = 0;
 /// Response header of a member that is not the leader: the leader's gRPC address.
 pub const LEADER_HINT_KEY: &str = "x-strata-metadata-leader";
+/// Request header: the caller's id for a mutation, the same on every retry of it.
+pub const REQUEST_ID_KEY: &str = "x-strata-request-id";
+
+/// The request id a mutation carries, if any.
+fn request_id<T>(request: &Request<T>) -> Result<Option<String>, Status> {
+    let Some(value) = request.metadata().get(REQUEST_ID_KEY) else { return Ok(None) };
+    match value.to_str() {
+        Ok(id) if !id.is_empty() && id.len() <= REQUEST_ID_CHARS_MAX => Ok(Some(id.to_owned())),
+        _ => {
+            Err(StrataError::invalid(format!("{REQUEST_ID_KEY} must be 1-{REQUEST_ID_CHARS_MAX} ASCII characters"))
+                .into())
+        }
+    }
+}
 
 /// How a quorum member finds the others.
 #[derive(Debug, Clone)]
@@ -175,9 +190,11 @@ impl MetadataNode {
         status
     }
 
-    /// Proposes a command and returns its applied result.
-    pub async fn propose(&self, command: MetaCommand) -> Result<MetaResponse, Status> {
-        let response = self.group.raft.client_write(command).await.map_err(|e| {
+    /// Proposes a command and returns its applied result; a command retried with the same
+    /// request id is applied once (see [`MetaEntry`]).
+    pub async fn propose(&self, request_id: Option<String>, command: MetaCommand) -> Result<MetaResponse, Status> {
+        let entry = MetaEntry { request_id, command };
+        let response = self.group.raft.client_write(entry).await.map_err(|e| {
             tracing::debug!(error = %e, "metadata proposal not taken here");
             Self::not_leader(e.forward_to_leader())
         })?;
@@ -284,19 +301,23 @@ fn required_config(config: Option<pb::QueueConfig>) -> Result<QueueConfig, Statu
 #[tonic::async_trait]
 impl Metadata for MetadataService {
     async fn ensure_tenant(&self, request: Request<pb::EnsureTenantRequest>) -> Result<Response<pb::Tenant>, Status> {
+        let request_id = request_id(&request)?;
         let tenant = request.into_inner().tenant;
-        match self.node.propose(MetaCommand::EnsureTenant { tenant, now_ms: self.node.now_ms() }).await? {
+        match self.node.propose(request_id, MetaCommand::EnsureTenant { tenant, now_ms: self.node.now_ms() }).await? {
             MetaResponse::Tenant(t) => Ok(Response::new(pb::Tenant { tenant: t.tenant, created_ms: t.created_ms })),
             other => Err(StrataError::internal(format!("unexpected metadata response {other:?}")).into()),
         }
     }
 
     async fn create_queue(&self, request: Request<pb::CreateQueueRequest>) -> Result<Response<pb::QueueInfo>, Status> {
+        let request_id = request_id(&request)?;
         let r = request.into_inner();
         let config = required_config(r.config)?;
         let now_ms = if r.now_ms == 0 { self.node.now_ms() } else { r.now_ms };
         queue_response(
-            self.node.propose(MetaCommand::CreateQueue { tenant: r.tenant, name: r.name, config, now_ms }).await?,
+            self.node
+                .propose(request_id, MetaCommand::CreateQueue { tenant: r.tenant, name: r.name, config, now_ms })
+                .await?,
         )
     }
 
@@ -319,32 +340,42 @@ impl Metadata for MetadataService {
     }
 
     async fn delete_queue(&self, request: Request<pb::QueueName>) -> Result<Response<pb::QueueInfo>, Status> {
+        let request_id = request_id(&request)?;
         let r = request.into_inner();
-        queue_response(self.node.propose(MetaCommand::DeleteQueue { tenant: r.tenant, name: r.name }).await?)
+        queue_response(
+            self.node.propose(request_id, MetaCommand::DeleteQueue { tenant: r.tenant, name: r.name }).await?,
+        )
     }
 
     async fn set_queue_config(
         &self,
         request: Request<pb::SetQueueConfigRequest>,
     ) -> Result<Response<pb::QueueInfo>, Status> {
+        let request_id = request_id(&request)?;
         let r = request.into_inner();
         let config = required_config(r.config)?;
         let now_ms = if r.now_ms == 0 { self.node.now_ms() } else { r.now_ms };
         queue_response(
-            self.node.propose(MetaCommand::SetQueueConfig { tenant: r.tenant, name: r.name, config, now_ms }).await?,
+            self.node
+                .propose(request_id, MetaCommand::SetQueueConfig { tenant: r.tenant, name: r.name, config, now_ms })
+                .await?,
         )
     }
 
     async fn tag_queue(&self, request: Request<pb::TagQueueRequest>) -> Result<Response<pb::QueueInfo>, Status> {
+        let request_id = request_id(&request)?;
         let r = request.into_inner();
         let command = MetaCommand::TagQueue { tenant: r.tenant, name: r.name, tags: r.tags.into_iter().collect() };
-        queue_response(self.node.propose(command).await?)
+        queue_response(self.node.propose(request_id, command).await?)
     }
 
     async fn untag_queue(&self, request: Request<pb::UntagQueueRequest>) -> Result<Response<pb::QueueInfo>, Status> {
+        let request_id = request_id(&request)?;
         let r = request.into_inner();
         queue_response(
-            self.node.propose(MetaCommand::UntagQueue { tenant: r.tenant, name: r.name, keys: r.keys }).await?,
+            self.node
+                .propose(request_id, MetaCommand::UntagQueue { tenant: r.tenant, name: r.name, keys: r.keys })
+                .await?,
         )
     }
 
@@ -352,6 +383,7 @@ impl Metadata for MetadataService {
         &self,
         request: Request<pb::RegisterStorageNodeRequest>,
     ) -> Result<Response<pb::RegisterStorageNodeResponse>, Status> {
+        let request_id = request_id(&request)?;
         let r = request.into_inner();
         let command = MetaCommand::RegisterStorageNode {
             node_id: r.node_id,
@@ -359,7 +391,7 @@ impl Metadata for MetadataService {
             initial_shards: r.initial_shards,
             now_ms: self.node.now_ms(),
         };
-        match self.node.propose(command).await? {
+        match self.node.propose(request_id, command).await? {
             MetaResponse::Shards(shards) => Ok(Response::new(pb::RegisterStorageNodeResponse {
                 shards: shards.iter().map(|s| self.shard_info(s)).collect(),
             })),
@@ -378,8 +410,9 @@ impl Metadata for MetadataService {
     }
 
     async fn commit_segment(&self, request: Request<pb::CommitSegmentRequest>) -> Result<Response<pb::Empty>, Status> {
+        let request_id = request_id(&request)?;
         let segment = request.into_inner().segment.ok_or_else(|| StrataError::invalid("segment is required"))?;
-        self.node.propose(MetaCommand::CommitSegment(segment)).await?;
+        self.node.propose(request_id, MetaCommand::CommitSegment(segment)).await?;
         Ok(Response::new(pb::Empty {}))
     }
 
@@ -397,8 +430,14 @@ impl Metadata for MetadataService {
         &self,
         request: Request<pb::RemoveSegmentsRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
+        let request_id = request_id(&request)?;
         let r = request.into_inner();
-        self.node.propose(MetaCommand::RemoveSegments { shard_id: r.shard_id, object_keys: r.object_keys }).await?;
+        let command = MetaCommand::RemoveSegments {
+            shard_id: r.shard_id,
+            object_keys: r.object_keys,
+            writer_epoch: r.writer_epoch,
+        };
+        self.node.propose(request_id, command).await?;
         Ok(Response::new(pb::Empty {}))
     }
 
@@ -406,16 +445,18 @@ impl Metadata for MetadataService {
         &self,
         request: Request<pb::CreateAccessKeyRequest>,
     ) -> Result<Response<pb::AccessKey>, Status> {
+        let request_id = request_id(&request)?;
         let tenant = request.into_inner().tenant;
         let (access_key_id, secret) = new_access_key();
         let command = MetaCommand::CreateAccessKey { tenant, access_key_id, secret, now_ms: self.node.now_ms() };
-        access_key_response(self.node.propose(command).await?, true)
+        access_key_response(self.node.propose(request_id, command).await?, true)
     }
 
     async fn rotate_access_key(
         &self,
         request: Request<pb::RotateAccessKeyRequest>,
     ) -> Result<Response<pb::AccessKey>, Status> {
+        let request_id = request_id(&request)?;
         let r = request.into_inner();
         let (access_key_id, secret) = new_access_key();
         let command = MetaCommand::RotateAccessKey {
@@ -426,17 +467,18 @@ impl Metadata for MetadataService {
             grace_ms: r.grace_ms,
             now_ms: self.node.now_ms(),
         };
-        access_key_response(self.node.propose(command).await?, true)
+        access_key_response(self.node.propose(request_id, command).await?, true)
     }
 
     async fn revoke_access_key(&self, request: Request<pb::AccessKeyRef>) -> Result<Response<pb::AccessKey>, Status> {
+        let request_id = request_id(&request)?;
         let r = request.into_inner();
         let command = MetaCommand::RevokeAccessKey {
             tenant: r.tenant,
             access_key_id: r.access_key_id,
             now_ms: self.node.now_ms(),
         };
-        access_key_response(self.node.propose(command).await?, false)
+        access_key_response(self.node.propose(request_id, command).await?, false)
     }
 
     async fn list_access_keys(

@@ -406,7 +406,7 @@ pub async fn tier_shard_once(
                 Err(e) => tracing::warn!(key = segment.object_key, error = %e, "segment GC delete failed"),
             }
         }
-        metadata.remove_segments(shard.shard_id, keys.iter().cloned().collect()).await?;
+        metadata.remove_segments(shard.shard_id, shard.writer_epoch, keys.iter().cloned().collect()).await?;
         reader.forget_segments(shard.shard_id, &keys);
         reader.stats.segments_collected.fetch_add(keys.len() as u64, Ordering::Relaxed);
         pass.collected += keys.len();
