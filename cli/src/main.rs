@@ -1,6 +1,7 @@
 //! `strata`: one binary for every role and for users.
 //!
 //! - `strata dev` runs the whole service in one process on the embedded defaults.
+//! - `strata metadata --config FILE` runs one member of a metadata quorum (cluster mode).
 //! - `strata queue|keys|send|receive|delete` talk to a running service (`STRATA_ENDPOINT`,
 //!   `STRATA_TOKEN`).
 //! - `strata bench` measures a running service.
@@ -8,6 +9,7 @@
 mod bench;
 mod bench_apis;
 mod dev;
+mod roles;
 mod user;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +25,8 @@ struct Cli {
 enum Command {
     /// Run every role in one process on the embedded defaults (local object store, one replica).
     Dev(dev::DevArgs),
+    /// Run one member of the metadata quorum from its config file.
+    Metadata(roles::RoleArgs),
     /// Manage queues.
     Queue {
         #[command(subcommand)]
@@ -57,6 +61,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
+            Command::Metadata(args) => roles::metadata(args).await,
             Command::Queue { command } => user::queue(command).await,
             Command::Keys { command } => user::keys(command).await,
             Command::Send(args) => user::send(args).await,

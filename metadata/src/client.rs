@@ -93,12 +93,15 @@ impl MetadataClient {
             attempt.metadata_mut().insert(REQUEST_ID_KEY, request_id.clone());
             let status = match send(members.endpoints[at].1.clone(), attempt).await {
                 Ok(response) => return Ok(response.into_inner()),
-                // Unavailable without an error kind: the member cannot take calls (not the leader,
-                // down, electing). With a kind, it is the service's answer (such as "no storage
-                // node yet") and goes back to the caller.
+                // Without an error kind, the member could not take or finish the call: not the
+                // leader, down, electing, or the connection broke mid-call (Unknown, Cancelled),
+                // which the request id makes safe to retry. With a kind, it is the service's
+                // answer (such as "no storage node yet") and goes back to the caller.
                 Err(status)
-                    if status.code() == tonic::Code::Unavailable
-                        && count > 1
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                    ) && count > 1
                         && status.metadata().get(ERROR_CODE_METADATA_KEY).is_none() =>
                 {
                     status
