@@ -97,13 +97,49 @@ pub struct NodeRecord {
     pub node_id: String,
     pub address: String,
     pub registered_ms: u64,
+    pub zone: String,
+    pub capacity_bytes: u64,
+    /// The node's id in every Raft group it is a voter of; assigned at its first registration.
+    pub raft_id: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardRecord {
     pub shard_id: u64,
+    /// The designated writer: the first replica.
     pub node_id: String,
     pub writer_epoch: u64,
+    /// Every replica (distinct nodes), the writer first.
+    pub replicas: Vec<String>,
+}
+
+/// Most replicas per shard.
+pub const REPLICATION_FACTOR_MAX: u32 = 5;
+
+/// The replicas of the shard at position `index` among `nodes` (`(node id, zone)`, sorted by
+/// id): `count` distinct nodes, in distinct zones while there are unused zones, starting at a
+/// node that rotates with `index` so writers spread over the nodes. Fewer than `count` only if
+/// there are fewer nodes.
+pub fn place_replicas(nodes: &[(String, String)], index: usize, count: usize) -> Vec<String> {
+    if nodes.is_empty() {
+        return Vec::new();
+    }
+    let start = index % nodes.len();
+    let rotated: Vec<&(String, String)> = nodes[start..].iter().chain(&nodes[..start]).collect();
+    let mut chosen: Vec<String> = Vec::new();
+    let mut zones: Vec<&str> = Vec::new();
+    for (node, zone) in &rotated {
+        if chosen.len() < count && !zones.contains(&zone.as_str()) {
+            chosen.push(node.clone());
+            zones.push(zone);
+        }
+    }
+    for (node, _) in &rotated {
+        if chosen.len() < count && !chosen.contains(node) {
+            chosen.push(node.clone());
+        }
+    }
+    chosen
 }
 
 /// A tiered segment of a shard, as recorded in the catalog (the wire type is the record).
@@ -138,6 +174,9 @@ pub enum MetaCommand {
         address: String,
         initial_shards: u32,
         now_ms: u64,
+        zone: String,
+        capacity_bytes: u64,
+        replication_factor: u32,
     },
     CommitSegment(SegmentRecord),
     RemoveSegments {
@@ -474,23 +513,56 @@ impl Catalog {
                 }
                 Ok(MetaResponse::Queue(record.clone()))
             }
-            MetaCommand::RegisterStorageNode { node_id, address, initial_shards, now_ms } => {
+            MetaCommand::RegisterStorageNode {
+                node_id,
+                address,
+                initial_shards,
+                now_ms,
+                zone,
+                capacity_bytes,
+                replication_factor,
+            } => {
                 if *initial_shards > INITIAL_SHARDS_MAX {
                     return Err(StrataError::invalid(format!("initial_shards must be at most {INITIAL_SHARDS_MAX}")));
                 }
-                self.nodes.insert(
-                    node_id.clone(),
-                    NodeRecord { node_id: node_id.clone(), address: address.clone(), registered_ms: *now_ms },
-                );
-                if self.shards.is_empty() {
-                    for shard_id in 1..=u64::from(*initial_shards) {
+                let replication_factor = (*replication_factor).max(1);
+                if replication_factor > REPLICATION_FACTOR_MAX {
+                    return Err(StrataError::invalid(format!(
+                        "replication_factor must be at most {REPLICATION_FACTOR_MAX}"
+                    )));
+                }
+                // A node keeps its Raft id across registrations.
+                let raft_id = match self.nodes.get(node_id) {
+                    Some(known) => known.raft_id,
+                    None => self.nodes.values().map(|n| n.raft_id).max().unwrap_or(0) + 1,
+                };
+                let record = NodeRecord {
+                    node_id: node_id.clone(),
+                    address: address.clone(),
+                    registered_ms: *now_ms,
+                    zone: zone.clone(),
+                    capacity_bytes: *capacity_bytes,
+                    raft_id,
+                };
+                self.nodes.insert(node_id.clone(), record);
+                // The shards are created once enough nodes have registered to place them.
+                let count = usize::try_from(replication_factor).unwrap_or(1);
+                if self.shards.is_empty() && self.nodes.len() >= count {
+                    let nodes: Vec<(String, String)> =
+                        self.nodes.values().map(|n| (n.node_id.clone(), n.zone.clone())).collect();
+                    for (index, shard_id) in (1..=u64::from(*initial_shards)).enumerate() {
+                        let replicas = place_replicas(&nodes, index, count);
+                        let writer = replicas.first().cloned().unwrap_or_else(|| node_id.clone());
                         self.shards
-                            .insert(shard_id, ShardRecord { shard_id, node_id: node_id.clone(), writer_epoch: 0 });
+                            .insert(shard_id, ShardRecord { shard_id, node_id: writer, writer_epoch: 0, replicas });
                     }
                 }
                 let mut hosted = Vec::new();
-                for shard in self.shards.values_mut().filter(|s| s.node_id == *node_id) {
-                    shard.writer_epoch += 1;
+                for shard in self.shards.values_mut().filter(|s| s.replicas.contains(node_id)) {
+                    // The writer opening the shard again starts a new writer epoch.
+                    if shard.node_id == *node_id {
+                        shard.writer_epoch += 1;
+                    }
                     hosted.push(shard.clone());
                 }
                 Ok(MetaResponse::Shards(hosted))
@@ -687,13 +759,87 @@ mod tests {
     }
 
     fn register_node(c: &mut Catalog, index: u64) -> MetaResponse {
+        register(c, index, "n1", "z1", 1)
+    }
+
+    fn register(c: &mut Catalog, index: u64, node: &str, zone: &str, replication_factor: u32) -> MetaResponse {
         let command = MetaCommand::RegisterStorageNode {
-            node_id: "n1".into(),
-            address: "a".into(),
+            node_id: node.into(),
+            address: format!("http://{node}"),
             initial_shards: 2,
             now_ms: 0,
+            zone: zone.into(),
+            capacity_bytes: 1 << 40,
+            replication_factor,
         };
         c.run(index, &command)
+    }
+
+    fn hosted(response: &MetaResponse) -> Vec<u64> {
+        match response {
+            MetaResponse::Shards(shards) => shards.iter().map(|s| s.shard_id).collect(),
+            other => panic!("not a registration answer: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn replicas_go_to_distinct_nodes_and_zones_first() {
+        let nodes = |spec: &[(&str, &str)]| -> Vec<(String, String)> {
+            spec.iter().map(|(n, z)| (n.to_string(), z.to_string())).collect()
+        };
+        // Four nodes in two zones: three replicas use both zones before doubling one up.
+        let two_zones = nodes(&[("a", "z1"), ("b", "z1"), ("c", "z2"), ("d", "z2")]);
+        for index in 0..8 {
+            let replicas = place_replicas(&two_zones, index, 3);
+            assert_eq!(replicas.len(), 3);
+            let mut distinct = replicas.clone();
+            distinct.sort();
+            distinct.dedup();
+            assert_eq!(distinct.len(), 3, "{replicas:?}");
+            let zones: Vec<&str> = replicas
+                .iter()
+                .filter_map(|r| two_zones.iter().find(|(n, _)| n == r))
+                .map(|(_, z)| z.as_str())
+                .collect();
+            assert!(zones[..2].contains(&"z1") && zones[..2].contains(&"z2"), "first two in two zones: {replicas:?}");
+        }
+        // Writers (first replicas) rotate over the nodes.
+        let writers: Vec<String> = (0..4).map(|i| place_replicas(&two_zones, i, 3)[0].clone()).collect();
+        assert_eq!(writers, vec!["a", "b", "c", "d"]);
+        // Never more replicas than nodes.
+        assert_eq!(place_replicas(&two_zones[..2], 0, 3).len(), 2);
+        assert!(place_replicas(&[], 0, 3).is_empty());
+    }
+
+    #[test]
+    fn shards_are_created_once_enough_nodes_registered_and_each_node_learns_its_replicas() {
+        let mut c = Catalog::default();
+        assert_eq!(hosted(&register(&mut c, 1, "n1", "z1", 3)), Vec::<u64>::new(), "one node: no shards yet");
+        assert_eq!(hosted(&register(&mut c, 2, "n2", "z2", 3)), Vec::<u64>::new());
+        assert_eq!(hosted(&register(&mut c, 3, "n3", "z3", 3)), vec![1, 2], "the third node creates them");
+        for shard_id in [1, 2] {
+            let shard = c.shard(shard_id).cloned().expect("shard");
+            let mut replicas = shard.replicas.clone();
+            replicas.sort();
+            assert_eq!(replicas, vec!["n1", "n2", "n3"]);
+            assert_eq!(shard.node_id, shard.replicas[0], "the writer is the first replica");
+        }
+        assert_ne!(c.shard(1).map(|s| s.node_id.clone()), c.shard(2).map(|s| s.node_id.clone()), "writers spread");
+        // The earlier nodes learn their replicas when they register again; raft ids stay.
+        let raft_ids: Vec<u64> = ["n1", "n2", "n3"].iter().filter_map(|n| c.node(n)).map(|n| n.raft_id).collect();
+        assert_eq!(raft_ids, vec![1, 2, 3]);
+        assert_eq!(hosted(&register(&mut c, 4, "n1", "z1", 3)), vec![1, 2]);
+        assert_eq!(c.node("n1").map(|n| n.raft_id), Some(1));
+        // Only the writer's registration starts a new writer epoch.
+        let writer = c.shard(1).map(|s| s.node_id.clone()).expect("writer");
+        let before = c.shard(1).map(|s| s.writer_epoch);
+        let other = ["n1", "n2", "n3"].into_iter().find(|n| *n != writer).expect("a non-writer");
+        register(&mut c, 5, other, "z", 3);
+        assert_eq!(c.shard(1).map(|s| s.writer_epoch), before);
+        register(&mut c, 6, &writer, "z", 3);
+        assert_eq!(c.shard(1).map(|s| s.writer_epoch), before.map(|e| e + 1));
+        let too_many = register(&mut c, 7, "n9", "z9", REPLICATION_FACTOR_MAX + 1);
+        assert!(matches!(too_many, MetaResponse::Error(_)));
     }
 
     fn catalog_with_node() -> Catalog {

@@ -188,17 +188,12 @@ impl MetadataClient {
         self.call(request, |mut c, r| async move { c.set_queue_config(r).await }).await
     }
 
+    /// Registers (or re-registers) a storage node; answers the shards it hosts (none while too
+    /// few nodes are registered to place the first shards).
     pub async fn register_storage_node(
         &self,
-        node_id: &str,
-        address: &str,
-        initial_shards: u32,
+        request: pb::RegisterStorageNodeRequest,
     ) -> Result<Vec<pb::ShardInfo>, StrataError> {
-        let request = pb::RegisterStorageNodeRequest {
-            node_id: node_id.to_string(),
-            address: address.to_string(),
-            initial_shards,
-        };
         Ok(self.call(request, |mut c, r| async move { c.register_storage_node(r).await }).await?.shards)
     }
 

@@ -278,11 +278,18 @@ impl MetadataService {
     fn shard_info(&self, shard: &ShardRecord) -> pb::ShardInfo {
         let catalog = self.node.catalog();
         let address = catalog.node(&shard.node_id).map(|n| n.address.clone()).unwrap_or_default();
+        let replicas = shard
+            .replicas
+            .iter()
+            .filter_map(|id| catalog.node(id))
+            .map(|n| pb::Replica { node_id: n.node_id.clone(), address: n.address.clone(), raft_id: n.raft_id })
+            .collect();
         pb::ShardInfo {
             shard_id: shard.shard_id,
             node_id: shard.node_id.clone(),
             address,
             writer_epoch: shard.writer_epoch,
+            replicas,
         }
     }
 }
@@ -390,6 +397,9 @@ impl Metadata for MetadataService {
             address: r.address,
             initial_shards: r.initial_shards,
             now_ms: self.node.now_ms(),
+            zone: r.zone,
+            capacity_bytes: r.capacity_bytes,
+            replication_factor: r.replication_factor,
         };
         match self.node.propose(request_id, command).await? {
             MetaResponse::Shards(shards) => Ok(Response::new(pb::RegisterStorageNodeResponse {

@@ -97,7 +97,15 @@ async fn three_members_follow_the_leader_and_survive_losing_it() {
     let clients: Vec<MetadataClient> =
         addrs.keys().map(|&id| MetadataClient::connect_lazy(&endpoints(id)).expect("client")).collect();
     clients[0].ensure_tenant("acme").await.expect("tenant");
-    clients[1].register_storage_node("storage-1", "http://127.0.0.1:1", 2).await.expect("register a storage node");
+    clients[1]
+        .register_storage_node(pb::RegisterStorageNodeRequest {
+            node_id: "storage-1".into(),
+            address: "http://127.0.0.1:1".into(),
+            initial_shards: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("register a storage node");
     let mut created = Vec::new();
     for i in 0..30 {
         let name = format!("q{i:02}");

@@ -105,7 +105,15 @@ impl StorageNode {
         let address = format!("http://{}", settings.listen);
         let mut attempt = 0;
         let placements = loop {
-            match metadata.register_storage_node(&settings.node_id, &address, settings.initial_shards).await {
+            let request = strata_common::proto::RegisterStorageNodeRequest {
+                node_id: settings.node_id.clone(),
+                address: address.clone(),
+                initial_shards: settings.initial_shards,
+                // One replica per shard until shard replication lands (issue 4).
+                replication_factor: 1,
+                ..Default::default()
+            };
+            match metadata.register_storage_node(request).await {
                 Ok(p) => break p,
                 Err(e) if attempt < REGISTER_ATTEMPTS_MAX => {
                     attempt += 1;

@@ -81,7 +81,15 @@ async fn metadata_members_sigkilled_in_turn_lose_no_acknowledged_mutation() {
     }
     let client = MetadataClient::connect_lazy(&endpoints).expect("client");
     client.ensure_tenant("acme").await.expect("tenant (the quorum elects a leader first)");
-    client.register_storage_node("storage-1", "http://127.0.0.1:1", 2).await.expect("register a storage node");
+    client
+        .register_storage_node(pb::RegisterStorageNodeRequest {
+            node_id: "storage-1".into(),
+            address: "http://127.0.0.1:1".into(),
+            initial_shards: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("register a storage node");
 
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let running = Arc::new(AtomicBool::new(true));
