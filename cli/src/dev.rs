@@ -231,6 +231,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             expire_interval: Duration::from_secs(1),
             cache_memory_bytes: args.cache_memory_mib * 1024 * 1024,
             cache_disk_bytes: args.cache_disk_mib * 1024 * 1024,
+            replication_factor: 1,
+            zone: String::new(),
         },
         clock.clone(),
     )

@@ -13,11 +13,12 @@ use strata_common::Clock;
 use strata_common::limits;
 use strata_common::proto::storage_server::StorageServer;
 use strata_metadata::MetadataClient;
+use strata_wal::transport::RaftRouter;
 use tokio_util::sync::CancellationToken;
 
 use crate::queue::Command;
 use crate::service::StorageService;
-use crate::shard::{Shard, ShardLogSettings};
+use crate::shard::{Shard, ShardLogSettings, ShardReplicas};
 use crate::tier::{TieredReader, probe_conditional_create, tier_shard_once};
 
 /// Where tiered segments go.
@@ -82,6 +83,11 @@ pub struct StorageSettings {
     pub expire_interval: Duration,
     pub cache_memory_bytes: usize,
     pub cache_disk_bytes: usize,
+    /// Replicas per shard: 1 in `strata dev`; with more, the node waits at start until enough
+    /// nodes have registered to place the shards, and replicates each shard it hosts.
+    pub replication_factor: u32,
+    /// Failure domain, for placing replicas apart.
+    pub zone: String,
 }
 
 /// A running storage node.
@@ -97,6 +103,8 @@ pub struct StorageNode {
 
 /// How long start-up keeps retrying registration while metadata comes up.
 const REGISTER_ATTEMPTS_MAX: u32 = 100;
+/// How long a replicated node waits for its peers to register (200 ms each: 10 minutes).
+const PLACEMENT_WAIT_ATTEMPTS_MAX: u32 = 3_000;
 
 impl StorageNode {
     /// Registers, opens shards, starts serving and the background loops.
@@ -109,11 +117,17 @@ impl StorageNode {
                 node_id: settings.node_id.clone(),
                 address: address.clone(),
                 initial_shards: settings.initial_shards,
-                // One replica per shard until shard replication lands (issue 4).
-                replication_factor: 1,
+                replication_factor: settings.replication_factor,
+                zone: settings.zone.clone(),
                 ..Default::default()
             };
             match metadata.register_storage_node(request).await {
+                // Replicated: the shards exist once enough nodes registered; ask again until then.
+                Ok(p) if p.is_empty() && settings.replication_factor > 1 && attempt < PLACEMENT_WAIT_ATTEMPTS_MAX => {
+                    attempt += 1;
+                    tracing::info!("waiting for enough storage nodes to place the shards");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
                 Ok(p) => break p,
                 Err(e) if attempt < REGISTER_ATTEMPTS_MAX => {
                     attempt += 1;
@@ -136,8 +150,10 @@ impl StorageNode {
             .await?,
         );
         let mut shards = HashMap::new();
+        let router = RaftRouter::new();
         for placement in placements {
             let dir = settings.data_dir.join("shards").join(format!("{:08}", placement.shard_id));
+            let replicas = shard_replicas(&placement, &settings.node_id)?;
             let shard = Shard::open(
                 &dir,
                 placement.shard_id,
@@ -145,6 +161,8 @@ impl StorageNode {
                 &settings.log,
                 clock.clone(),
                 reader.clone(),
+                replicas.as_ref(),
+                &router,
             )
             .await?;
             tracing::info!(shard = placement.shard_id, epoch = placement.writer_epoch, "shard open");
@@ -159,12 +177,14 @@ impl StorageNode {
         let listener = tokio::net::TcpListener::bind(settings.listen).await?;
         let serve_cancel = cancel.clone();
         let served = service.clone();
+        let raft_transport = router.service();
         tasks.push(tokio::spawn(async move {
             let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let result = tonic::transport::Server::builder()
                 .initial_stream_window_size(limits::GRPC_STREAM_WINDOW_BYTES)
                 .initial_connection_window_size(limits::GRPC_CONNECTION_WINDOW_BYTES)
                 .add_service(served)
+                .add_service(raft_transport)
                 .serve_with_incoming_shutdown(incoming, serve_cancel.cancelled_owned())
                 .await;
             if let Err(e) = result {
@@ -234,12 +254,32 @@ async fn tier_loop(
             }
             idle_since = tokio::time::Instant::now();
         }
+        // Only the leader uploads and collects (followers keep their segments for now).
+        if !shard.is_leader() {
+            continue;
+        }
         match tier_shard_once(&shard, store.as_ref(), &metadata, &reader).await {
             Ok(pass) if pass != Default::default() => tracing::info!(shard = shard.shard_id, ?pass, "tiering pass"),
             Ok(_) => {}
             Err(e) => tracing::warn!(shard = shard.shard_id, error = %e, "tiering pass failed; will retry"),
         }
     }
+}
+
+/// This node's part in a shard's replication: `None` when the shard has a single replica.
+fn shard_replicas(placement: &strata_common::proto::ShardInfo, node_id: &str) -> anyhow::Result<Option<ShardReplicas>> {
+    if placement.replicas.len() <= 1 {
+        return Ok(None);
+    }
+    let own =
+        placement.replicas.iter().find(|r| r.node_id == node_id).ok_or_else(|| {
+            anyhow::anyhow!("shard {} is placed here but does not list this node", placement.shard_id)
+        })?;
+    Ok(Some(ShardReplicas {
+        raft_id: own.raft_id,
+        voters: placement.replicas.iter().map(|r| (r.raft_id, r.address.clone())).collect(),
+        initialize: placement.replicas.first().is_some_and(|first| first.node_id == node_id),
+    }))
 }
 
 /// How often running move tasks take a step; each step moves a tick's share of the task's rate.
@@ -253,6 +293,9 @@ async fn move_loop(shard: Arc<Shard>, cancel: CancellationToken) {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(MOVE_TICK) => {}
+        }
+        if !shard.is_leader() {
+            continue;
         }
         let running = shard.state().0.running_move_tasks();
         for task in running {
@@ -287,7 +330,7 @@ async fn schedule_loop(shard: Arc<Shard>, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(SCHEDULE_TICK) => {}
         }
-        loop {
+        while shard.is_leader() {
             match shard.load_scheduled_step(&mut cache).await {
                 Ok(true) if !cancel.is_cancelled() => {}
                 Ok(_) => break,
@@ -307,7 +350,7 @@ async fn expire_loop(shard: Arc<Shard>, interval: Duration, cancel: Cancellation
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        let due = shard.state().0.has_expirable(shard.now_ms());
+        let due = shard.is_leader() && shard.state().0.has_expirable(shard.now_ms());
         if due && let Err(e) = shard.propose(Command::Expire).await {
             tracing::warn!(shard = shard.shard_id, error = %e, "retention expiry failed; will retry");
         }

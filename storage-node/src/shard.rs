@@ -5,19 +5,21 @@
 //! [`MessageRef`]: from the local WAL while the segment is on disk, otherwise from object storage
 //! through the [`TieredReader`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use strata_common::Clock;
 use strata_common::error::{ErrorKind, StrataError};
-use strata_wal::group::{RaftGroup, open_single_voter};
+use strata_wal::group::{RaftGroup, open_group, open_single_voter};
 use strata_wal::raft_state::{ReplicatedState, StateGuard};
 use strata_wal::raft_store::SegmentRetention;
+use strata_wal::transport::{GrpcNetwork, RaftRouter};
 use strata_wal::{FsyncFailure, WalOptions};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -160,6 +162,16 @@ pub fn queue_error(e: QueueError) -> StrataError {
     StrataError::new(kind, e.to_string())
 }
 
+/// A shard replicated over several storage nodes: this node's Raft id and every voter's.
+#[derive(Debug, Clone)]
+pub struct ShardReplicas {
+    pub raft_id: u64,
+    /// Raft id -> the node's storage gRPC address (where its Raft transport is served).
+    pub voters: BTreeMap<u64, String>,
+    /// Set on the shard's first replica: it creates the group on its first start.
+    pub initialize: bool,
+}
+
 /// A running shard.
 pub struct Shard {
     pub shard_id: u64,
@@ -170,6 +182,9 @@ pub struct Shard {
 }
 
 impl Shard {
+    /// Opens the shard in `dir`: a single voter (`replicas: None`, `strata dev`), or this node's
+    /// replica of a replicated group, which then takes messages through `router`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn open(
         dir: &Path,
         shard_id: u64,
@@ -177,9 +192,14 @@ impl Shard {
         settings: &ShardLogSettings,
         clock: Arc<dyn Clock>,
         tiered: Arc<TieredReader>,
+        replicas: Option<&ShardReplicas>,
+        router: &RaftRouter,
     ) -> anyhow::Result<Self> {
         let config = Config {
             cluster_name: format!("strata-shard-{shard_id}"),
+            heartbeat_interval: 100,
+            election_timeout_min: 500,
+            election_timeout_max: 1000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every_entries),
             max_in_snapshot_log_to_keep: 0,
             ..Default::default()
@@ -189,16 +209,43 @@ impl Shard {
             on_fsync_error: FsyncFailure::Abort,
             ..Default::default()
         };
-        let group = open_single_voter::<ShardRaftConfig, ShardMachine>(
-            dir,
-            1,
-            BasicNode::default(),
-            config,
-            wal_options,
-            SegmentRetention::KeepUntilReleased,
-        )
-        .await?;
+        let group = match replicas {
+            None => {
+                open_single_voter::<ShardRaftConfig, ShardMachine>(
+                    dir,
+                    1,
+                    BasicNode::default(),
+                    config,
+                    wal_options,
+                    SegmentRetention::KeepUntilReleased,
+                )
+                .await?
+            }
+            Some(replicas) => {
+                let voters: BTreeMap<u64, BasicNode> =
+                    replicas.voters.iter().map(|(&id, addr)| (id, BasicNode { addr: addr.clone() })).collect();
+                let group = open_group::<ShardRaftConfig, ShardMachine, _>(
+                    dir,
+                    replicas.raft_id,
+                    config,
+                    wal_options,
+                    SegmentRetention::KeepUntilReleased,
+                    GrpcNetwork { group: shard_id },
+                    replicas.initialize.then_some(voters),
+                )
+                .await?;
+                router.register(shard_id, group.raft.clone());
+                group
+            }
+        };
         Ok(Self { shard_id, writer_epoch, group, clock, tiered })
+    }
+
+    /// Whether this replica leads its group now (always, for a single voter). Background work
+    /// that proposes or uploads (expiry, move tasks, scheduled loads, tiering) runs on the
+    /// leader only.
+    pub fn is_leader(&self) -> bool {
+        self.group.raft.metrics().borrow_watched().state == openraft::ServerState::Leader
     }
 
     pub fn now_ms(&self) -> u64 {

@@ -44,6 +44,8 @@ async fn start_storage(dir: &Path, metadata_endpoint: &str, listen: SocketAddr, 
         expire_interval: Duration::from_millis(200),
         cache_memory_bytes: 8 << 20,
         cache_disk_bytes: 16 << 20,
+        replication_factor: 1,
+        zone: String::new(),
     };
     StorageNode::start(settings, Arc::new(clock.clone())).await.expect("storage node starts")
 }

@@ -59,6 +59,8 @@ async fn start_storage(
         expire_interval: Duration::from_secs(1),
         cache_memory_bytes: 32 << 20,
         cache_disk_bytes: 64 << 20,
+        replication_factor: 1,
+        zone: String::new(),
     };
     StorageNode::start(settings, Arc::new(SystemClock)).await.expect("storage node starts")
 }
