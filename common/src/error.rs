@@ -138,11 +138,26 @@ impl fmt::Display for ErrorKind {
 pub struct StrataError {
     pub kind: ErrorKind,
     pub message: String,
+    /// With `Unavailable` from a replica that does not lead: the leader's address, when known.
+    /// Internal (between components); never shown to tenants.
+    pub leader_hint: Option<String>,
 }
+
+/// gRPC metadata key carrying [`StrataError::leader_hint`].
+const LEADER_HINT_METADATA_KEY: &str = "x-strata-leader";
 
 impl StrataError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self { kind, message: message.into(), leader_hint: None }
+    }
+
+    /// A replica that does not lead answers this; `leader` is where to go instead, if known.
+    pub fn not_leader(what: &str, leader: Option<String>) -> Self {
+        Self {
+            kind: ErrorKind::Unavailable,
+            message: format!("this replica does not lead {what}; retry at the leader"),
+            leader_hint: leader,
+        }
     }
 
     pub fn queue_not_found(name: &str) -> Self {
@@ -168,6 +183,9 @@ impl From<StrataError> for tonic::Status {
         if let Ok(value) = e.kind.code().parse() {
             status.metadata_mut().insert(ERROR_CODE_METADATA_KEY, value);
         }
+        if let Some(value) = e.leader_hint.and_then(|leader| leader.parse().ok()) {
+            status.metadata_mut().insert(LEADER_HINT_METADATA_KEY, value);
+        }
         status
     }
 }
@@ -178,10 +196,13 @@ impl From<tonic::Status> for StrataError {
     fn from(status: tonic::Status) -> Self {
         let kind =
             status.metadata().get(ERROR_CODE_METADATA_KEY).and_then(|v| v.to_str().ok()).and_then(ErrorKind::from_code);
-        match kind {
+        let mut error = match kind {
             Some(kind) => StrataError::new(kind, status.message()),
             None => StrataError::unavailable(format!("internal call failed: {}", status.message())),
-        }
+        };
+        error.leader_hint =
+            status.metadata().get(LEADER_HINT_METADATA_KEY).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        error
     }
 }
 

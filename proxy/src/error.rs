@@ -25,7 +25,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let StrataError { kind, message } = self.0;
+        let StrataError { kind, message, .. } = self.0;
         if kind == ErrorKind::Internal {
             tracing::error!(%message, "internal error answered to a tenant");
         }

@@ -67,6 +67,11 @@ pub async fn set_config(
     Ok(info)
 }
 
+/// Most times one call moves to another replica of its shard (elections take about a second).
+const REROUTES_MAX: u32 = 20;
+/// Pause before trying another replica when none was named as leader.
+const REROUTE_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Runs a storage call for a queue. If the storage node does not know the cached incarnation,
 /// the placement is re-read from metadata and, when metadata still names the same incarnation
 /// (a create that crashed between metadata and storage), the queue is re-ensured before one retry.
@@ -78,6 +83,7 @@ where
     validate_queue_name(name)?;
     let not_found = || StrataError::queue_not_found(name);
     let mut healed = false;
+    let mut reroutes = 0;
     loop {
         let info = match placement.queue(tenant, name).await {
             Ok(info) => info,
@@ -89,6 +95,18 @@ where
             Ok(response) => return Ok(response.into_inner()),
             Err(status) => {
                 let e = StrataError::from(status);
+                // A replica that does not lead, or cannot be reached: try where the leader is.
+                // (A send whose answer was lost in a failover may then be stored twice.)
+                if e.kind == ErrorKind::Unavailable
+                    && reroutes < REROUTES_MAX
+                    && placement.reroute(info.shard_id, e.leader_hint.as_deref())
+                {
+                    reroutes += 1;
+                    if e.leader_hint.is_none() {
+                        tokio::time::sleep(REROUTE_PAUSE).await;
+                    }
+                    continue;
+                }
                 if e.kind != ErrorKind::QueueNotFound {
                     return Err(e);
                 }

@@ -3,7 +3,9 @@
 //!
 //! Caches are only hints. A storage node that answers `QueueNotFound` for a cached incarnation
 //! makes the proxy drop the entry and ask metadata again, so a deleted-and-recreated queue is
-//! never served from a stale incarnation.
+//! never served from a stale incarnation. A replicated shard is reached at the replica believed to
+//! lead: a replica that does not lead names the leader, and one that cannot be reached makes the
+//! proxy try the next replica ([`Router::reroute`]).
 
 use std::collections::HashMap;
 
@@ -21,12 +23,19 @@ pub struct Router {
     pub metadata: MetadataClient,
     storage: StorageClients,
     queues: Mutex<HashMap<(String, String), pb::QueueInfo>>,
-    shard_addresses: Mutex<HashMap<u64, String>>,
+    shards: Mutex<HashMap<u64, ShardRoute>>,
+}
+
+/// Where a shard is reached: the replica believed to lead, and every replica's address.
+#[derive(Debug, Clone)]
+struct ShardRoute {
+    current: String,
+    replicas: Vec<String>,
 }
 
 impl Router {
     pub fn new(metadata: MetadataClient, storage: StorageClients) -> Self {
-        Self { metadata, storage, queues: Mutex::new(HashMap::new()), shard_addresses: Mutex::new(HashMap::new()) }
+        Self { metadata, storage, queues: Mutex::new(HashMap::new()), shards: Mutex::new(HashMap::new()) }
     }
 
     /// The queue's placement, from cache or metadata.
@@ -52,22 +61,79 @@ impl Router {
         self.queues.lock().remove(&(tenant.to_string(), name.to_string()));
     }
 
-    /// A client for the storage node hosting `shard_id`.
+    /// A client for the replica of `shard_id` believed to lead (its writer at first).
     pub async fn storage_for(&self, shard_id: u64) -> Result<StorageGrpcClient, StrataError> {
-        let cached = self.shard_addresses.lock().get(&shard_id).cloned();
+        let cached = self.shards.lock().get(&shard_id).map(|route| route.current.clone());
         let address = match cached {
             Some(a) => a,
             None => {
                 let shard = self.metadata.get_shard(shard_id).await?;
-                self.shard_addresses.lock().insert(shard_id, shard.address.clone());
+                let replicas = shard.replicas.iter().map(|r| r.address.clone()).collect();
+                let route = ShardRoute { current: shard.address.clone(), replicas };
+                self.shards.lock().insert(shard_id, route);
                 shard.address
             }
         };
         self.storage.get(&address)
+    }
+
+    /// After a replica of `shard_id` answered `Unavailable`: go to `leader` when it named one,
+    /// else to the next replica. False when there is nowhere else to go (one replica).
+    pub fn reroute(&self, shard_id: u64, leader: Option<&str>) -> bool {
+        let mut shards = self.shards.lock();
+        let Some(route) = shards.get_mut(&shard_id) else { return false };
+        match leader {
+            Some(leader) if leader != route.current => {
+                route.current = leader.to_owned();
+                true
+            }
+            _ if route.replicas.len() > 1 => {
+                let at = route.replicas.iter().position(|r| *r == route.current).unwrap_or(0);
+                route.current = route.replicas[(at + 1) % route.replicas.len()].clone();
+                true
+            }
+            _ => false,
+        }
     }
 }
 
 /// The storage-side reference of a queue for one request.
 pub fn queue_ref(info: &pb::QueueInfo) -> pb::QueueRef {
     pb::QueueRef { shard_id: info.shard_id, queue_id: info.queue_id, tenant: info.tenant.clone() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router_with(shard_id: u64, current: &str, replicas: &[&str]) -> Router {
+        let metadata = MetadataClient::connect_lazy("http://127.0.0.1:9").expect("lazy client");
+        let router = Router::new(metadata, StorageClients::default());
+        let route =
+            ShardRoute { current: current.to_owned(), replicas: replicas.iter().map(|r| r.to_string()).collect() };
+        router.shards.lock().insert(shard_id, route);
+        router
+    }
+
+    fn current(router: &Router, shard_id: u64) -> String {
+        router.shards.lock().get(&shard_id).map(|r| r.current.clone()).unwrap_or_default()
+    }
+
+    // Tokio for the lazily connecting metadata client the router holds (never called here).
+    #[tokio::test]
+    async fn reroute_follows_a_named_leader_else_the_next_replica() {
+        let router = router_with(1, "http://a", &["http://a", "http://b", "http://c"]);
+        assert!(router.reroute(1, Some("http://c")));
+        assert_eq!(current(&router, 1), "http://c");
+        // No leader named: the next replica, round the list.
+        assert!(router.reroute(1, None));
+        assert_eq!(current(&router, 1), "http://a");
+        // Named as leader but already there (it stepped down meanwhile): the next one.
+        assert!(router.reroute(1, Some("http://a")));
+        assert_eq!(current(&router, 1), "http://b");
+        // A single replica: nowhere else to go; an unknown shard neither.
+        let single = router_with(2, "http://a", &["http://a"]);
+        assert!(!single.reroute(2, None));
+        assert!(!single.reroute(3, None));
+    }
 }

@@ -241,6 +241,19 @@ impl Shard {
         Ok(Self { shard_id, writer_epoch, group, clock, tiered })
     }
 
+    /// Succeeds on the leader; elsewhere answers where the leader is. Reads of local state that
+    /// must not be stale (counts, move tasks) start with this.
+    pub fn ensure_leader(&self) -> Result<(), StrataError> {
+        if self.is_leader() {
+            return Ok(());
+        }
+        let metrics = self.group.raft.metrics().borrow_watched().clone();
+        let leader = metrics
+            .current_leader
+            .and_then(|id| metrics.membership_config.membership().get_node(&id).map(|n| n.addr.clone()));
+        Err(StrataError::not_leader(&format!("shard {}", self.shard_id), leader))
+    }
+
     /// Whether this replica leads its group now (always, for a single voter). Background work
     /// that proposes or uploads (expiry, move tasks, scheduled loads, tiering) runs on the
     /// leader only.
@@ -255,9 +268,15 @@ impl Shard {
     /// Proposes a command at the current time; returns after it is durable and applied.
     pub async fn propose(&self, command: Command) -> Result<Response, StrataError> {
         let entry = ShardEntry(ShardCommand { now_ms: self.clock.now_ms(), command });
-        let response = self.group.raft.client_write(entry).await.map_err(|e| {
-            tracing::warn!(shard = self.shard_id, error = %e, "shard proposal failed");
-            StrataError::unavailable("the shard is not available; retry")
+        let response = self.group.raft.client_write(entry).await.map_err(|e| match e.forward_to_leader() {
+            Some(forward) => {
+                let leader = forward.leader_node.as_ref().map(|n| n.addr.clone()).filter(|a| !a.is_empty());
+                StrataError::not_leader(&format!("shard {}", self.shard_id), leader)
+            }
+            None => {
+                tracing::warn!(shard = self.shard_id, error = %e, "shard proposal failed");
+                StrataError::unavailable("the shard is not available; retry")
+            }
         })?;
         match response.data {
             Response::Error(e) => Err(queue_error(e)),

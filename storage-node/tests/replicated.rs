@@ -100,6 +100,21 @@ async fn a_shard_on_three_nodes_keeps_acknowledged_sends_when_its_leader_goes() 
         client.send(pb::SendRequest { queue: Some(queue.clone()), messages }).await.expect("an acknowledged send");
     }
 
+    // A follower takes no send and serves no counts, and names the leader instead.
+    let follower = (0..3).find(|&i| i != first).expect("a follower");
+    let mut at_follower = StorageClient::connect(format!("http://{}", addrs[follower])).await.expect("connect");
+    let message = pb::NewMessage { body: Bytes::from_static(b"to a follower"), ..Default::default() };
+    let refused = at_follower
+        .send(pb::SendRequest { queue: Some(queue.clone()), messages: vec![message] })
+        .await
+        .expect_err("a follower must not take a send");
+    let error = strata_common::error::StrataError::from(refused);
+    assert_eq!(error.kind, strata_common::error::ErrorKind::Unavailable);
+    assert_eq!(error.leader_hint, Some(format!("http://{}", addrs[first])), "{error:?}");
+    let stats = at_follower.get_queue_stats(queue.clone()).await.expect_err("no counts from a follower");
+    let error = strata_common::error::StrataError::from(stats);
+    assert_eq!(error.leader_hint, Some(format!("http://{}", addrs[first])), "{error:?}");
+
     // The leader's node goes away; another replica leads and has every acknowledged send.
     if let Some(node) = nodes[first].take() {
         node.shutdown().await;
@@ -148,6 +163,7 @@ async fn a_shard_on_three_nodes_keeps_acknowledged_sends_when_its_leader_goes() 
     }
 
     drop(client);
+    drop(at_follower);
     for node in nodes.into_iter().flatten() {
         node.shutdown().await;
     }
