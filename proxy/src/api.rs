@@ -489,9 +489,11 @@ async fn send_messages(
         return Err(ApiError::invalid(format!("messages must hold 1-{BATCH_ENTRIES_MAX} entries")));
     }
     let messages = request.messages.into_iter().map(message_to_pb).collect::<Result<Vec<_>, _>>()?;
+    // One id for every attempt of this send (a retry at another replica is stored once).
+    let request_id = uuid::Uuid::new_v4().to_string();
     let sent = queues::on_queue(&state.placement, &tenant, &name, |mut c, q| {
-        let messages = messages.clone();
-        async move { c.send(pb::SendRequest { queue: Some(q), messages }).await }
+        let (messages, request_id) = (messages.clone(), request_id.clone());
+        async move { c.send(pb::SendRequest { queue: Some(q), messages, request_id }).await }
     })
     .await?;
     let messages: Vec<_> = sent.messages.iter().map(|m| json!({ "message_id": m.message_id })).collect();

@@ -244,7 +244,15 @@ impl Storage for StorageService {
             return Err(StrataError::invalid(format!("a send carries 1-{} messages", queue::SEND_BATCH_MAX)).into());
         }
         let messages = r.messages.into_iter().map(message_from_pb).collect::<Result<Vec<_>, _>>()?;
-        match shard.propose(Command::Send { queue, tenant, messages }).await? {
+        if r.request_id.len() > queue::REQUEST_ID_CHARS_MAX {
+            return Err(StrataError::invalid(format!(
+                "request_id is at most {} characters",
+                queue::REQUEST_ID_CHARS_MAX
+            ))
+            .into());
+        }
+        let request_id = (!r.request_id.is_empty()).then_some(r.request_id);
+        match shard.propose_once(request_id, Command::Send { queue, tenant, messages }).await? {
             queue::Response::Sent(sent) => Ok(Response::new(pb::SendResponse {
                 messages: sent
                     .into_iter()

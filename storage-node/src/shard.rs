@@ -267,7 +267,12 @@ impl Shard {
 
     /// Proposes a command at the current time; returns after it is durable and applied.
     pub async fn propose(&self, command: Command) -> Result<Response, StrataError> {
-        let entry = ShardEntry(ShardCommand { now_ms: self.clock.now_ms(), command });
+        self.propose_once(None, command).await
+    }
+
+    /// [`Shard::propose`], applied once per `request_id` (see [`ShardCommand::request_id`]).
+    pub async fn propose_once(&self, request_id: Option<String>, command: Command) -> Result<Response, StrataError> {
+        let entry = ShardEntry(ShardCommand { now_ms: self.clock.now_ms(), command, request_id });
         let response = self.group.raft.client_write(entry).await.map_err(|e| match e.forward_to_leader() {
             Some(forward) => {
                 let leader = forward.leader_node.as_ref().map(|n| n.addr.clone()).filter(|a| !a.is_empty());

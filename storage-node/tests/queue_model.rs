@@ -540,7 +540,7 @@ impl Harness {
     /// that all answer the same.
     fn apply(&mut self, skew_ms: u64, command: Command) -> Result<Response, TestCaseError> {
         self.log_index += 1;
-        let cmd = ShardCommand { now_ms: self.wall_ms.saturating_sub(skew_ms), command };
+        let cmd = ShardCommand { now_ms: self.wall_ms.saturating_sub(skew_ms), command, request_id: None };
         let expected = self.model.apply(self.log_index, &cmd, &self.known);
         let mut first: Option<Response> = None;
         for shard in &mut self.shards {

@@ -97,7 +97,10 @@ async fn a_shard_on_three_nodes_keeps_acknowledged_sends_when_its_leader_goes() 
         let messages = (0..10)
             .map(|j| pb::NewMessage { body: Bytes::from(format!("m{:03}", batch * 10 + j)), ..Default::default() })
             .collect();
-        client.send(pb::SendRequest { queue: Some(queue.clone()), messages }).await.expect("an acknowledged send");
+        client
+            .send(pb::SendRequest { queue: Some(queue.clone()), messages, ..Default::default() })
+            .await
+            .expect("an acknowledged send");
     }
 
     // A follower takes no send and serves no counts, and names the leader instead.
@@ -105,7 +108,7 @@ async fn a_shard_on_three_nodes_keeps_acknowledged_sends_when_its_leader_goes() 
     let mut at_follower = StorageClient::connect(format!("http://{}", addrs[follower])).await.expect("connect");
     let message = pb::NewMessage { body: Bytes::from_static(b"to a follower"), ..Default::default() };
     let refused = at_follower
-        .send(pb::SendRequest { queue: Some(queue.clone()), messages: vec![message] })
+        .send(pb::SendRequest { queue: Some(queue.clone()), messages: vec![message], ..Default::default() })
         .await
         .expect_err("a follower must not take a send");
     let error = strata_common::error::StrataError::from(refused);

@@ -135,7 +135,10 @@ async fn a_month_of_scheduled_messages_arrives_on_time_across_restarts() {
                 ..Default::default()
             })
             .collect();
-        let sent = client.send(pb::SendRequest { queue: Some(queue.clone()), messages }).await.expect("send");
+        let sent = client
+            .send(pb::SendRequest { queue: Some(queue.clone()), messages, ..Default::default() })
+            .await
+            .expect("send");
         for (m, &at) in sent.into_inner().messages.iter().zip(batch) {
             let id = uuid::Uuid::parse_str(&m.message_id).expect("uuid");
             assert_eq!(deliver_at_of(&id), Some(at), "the id carries the deliver-at time");
@@ -200,7 +203,10 @@ async fn a_month_of_scheduled_messages_arrives_on_time_across_restarts() {
     while !slice_files(&storage_dir).is_empty() {
         assert!(Instant::now() < deadline, "slice files left behind: {:?}", slice_files(&storage_dir));
         let message = pb::NewMessage { body: Bytes::from_static(b"tick"), ..Default::default() };
-        client.send(pb::SendRequest { queue: Some(queue.clone()), messages: vec![message] }).await.expect("send");
+        client
+            .send(pb::SendRequest { queue: Some(queue.clone()), messages: vec![message], ..Default::default() })
+            .await
+            .expect("send");
         drain(&mut client, &queue).await;
     }
 

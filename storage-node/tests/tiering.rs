@@ -142,7 +142,10 @@ async fn tiering_round_trip(store_settings: ObjectStoreSettings) {
         let messages = (0..10)
             .map(|j| pb::NewMessage { body: Bytes::from(body_of(batch * 10 + j)), ..Default::default() })
             .collect();
-        client.send(pb::SendRequest { queue: Some(queue.clone()), messages }).await.expect("send");
+        client
+            .send(pb::SendRequest { queue: Some(queue.clone()), messages, ..Default::default() })
+            .await
+            .expect("send");
     }
 
     // Every send must leave the local disk by itself: seal (the tail once idle), upload, catalog,

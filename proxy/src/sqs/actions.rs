@@ -943,9 +943,11 @@ async fn send(
     info: &pb::QueueInfo,
     messages: Vec<pb::NewMessage>,
 ) -> Result<pb::SendResponse, SqsError> {
+    // One id for every attempt of this send (a retry at another replica is stored once).
+    let request_id = uuid::Uuid::new_v4().to_string();
     let sent = queues::on_queue(&ctx.state.placement, ctx.tenant(), &info.name, |mut c, q| {
-        let messages = messages.clone();
-        async move { c.send(pb::SendRequest { queue: Some(q), messages }).await }
+        let (messages, request_id) = (messages.clone(), request_id.clone());
+        async move { c.send(pb::SendRequest { queue: Some(q), messages, request_id }).await }
     })
     .await?;
     if sent.messages.len() != messages.len() {

@@ -92,6 +92,9 @@
 //!   in the pending set (~8–24 bytes): about 90–145 bytes per message. A FIFO
 //!   message adds its group and deduplication ids (two strings) and, for five
 //!   minutes, a deduplication entry.
+//! * Per shard: the last [`REQUEST_IDS_KEPT`] request ids (proxies' sends) with
+//!   their answers, about 300 bytes each (up to ~6 MB), so that a send retried
+//!   at another replica after a failover is stored once.
 
 mod receipt;
 pub mod schedule;
@@ -109,6 +112,6 @@ pub use types::{
     FIFO_ID_CHARS_MAX, FifoConfig, FifoIds, IN_FLIGHT_MAX, MAX_RECEIVE_COUNT_MAX, MAX_RECEIVE_COUNT_MIN,
     MESSAGE_ATTRIBUTES_MAX, MOVE_PER_SECOND_MAX, MOVE_STEP_MESSAGES_MAX, MOVE_TASKS_KEPT_PER_SOURCE, MessageRef,
     MoveTask, MoveTaskId, MoveTaskStatus, NewMessage, QueueConfig, QueueCounts, QueueError, QueueId, RECEIVE_BATCH_MAX,
-    RETENTION_MS_DEFAULT, RETENTION_MS_MAX, RETENTION_MS_MIN, Redrive, Response, SEND_BATCH_MAX, SentMessage,
-    ShardCommand, VISIBILITY_TIMEOUT_MS_DEFAULT, VISIBILITY_TIMEOUT_MS_MAX,
+    REQUEST_ID_CHARS_MAX, REQUEST_IDS_KEPT, RETENTION_MS_DEFAULT, RETENTION_MS_MAX, RETENTION_MS_MIN, Redrive,
+    Response, SEND_BATCH_MAX, SentMessage, ShardCommand, VISIBILITY_TIMEOUT_MS_DEFAULT, VISIBILITY_TIMEOUT_MS_MAX,
 };

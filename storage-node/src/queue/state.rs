@@ -11,8 +11,8 @@ use super::store::{LeaseCheck, Queue};
 use super::types::{
     Command, DELETE_BATCH_MAX, DELIVER_AHEAD_MS_MAX, FIFO_ID_CHARS_MAX, IN_FLIGHT_MAX, MESSAGE_ATTRIBUTES_MAX,
     MOVE_PER_SECOND_MAX, MOVE_STEP_MESSAGES_MAX, MOVE_TASKS_KEPT_PER_SOURCE, MoveTask, MoveTaskId, MoveTaskStatus,
-    NewMessage, QueueConfig, QueueCounts, QueueError, QueueId, RECEIVE_BATCH_MAX, Response, SEND_BATCH_MAX,
-    ShardCommand, check_delay, check_visibility_timeout,
+    NewMessage, QueueConfig, QueueCounts, QueueError, QueueId, RECEIVE_BATCH_MAX, REQUEST_IDS_KEPT, Response,
+    SEND_BATCH_MAX, ShardCommand, check_delay, check_visibility_timeout,
 };
 
 /// The replicated state of one shard. See the module doc of [`crate::queue`].
@@ -32,6 +32,9 @@ pub struct ShardState {
     move_tasks: BTreeMap<MoveTaskId, MoveTask>,
     /// Scheduled messages on disk, by time slice.
     schedule: Schedule,
+    /// Recent request ids and their answers, and the same ids by log index (oldest first).
+    requests: BTreeMap<String, Response>,
+    request_order: BTreeMap<u64, String>,
 }
 
 impl ShardState {
@@ -50,8 +53,27 @@ impl ShardState {
     /// but the clock changed.
     pub fn apply(&mut self, log_index: u64, cmd: &ShardCommand) -> Response {
         self.clock_ms = self.clock_ms.max(cmd.now_ms);
+        if let Some(id) = &cmd.request_id
+            && let Some(first) = self.requests.get(id)
+        {
+            return first.clone();
+        }
+        let response = self.apply_command(log_index, &cmd.command);
+        if let Some(id) = &cmd.request_id {
+            self.requests.insert(id.clone(), response.clone());
+            self.request_order.insert(log_index, id.clone());
+            while self.request_order.len() > REQUEST_IDS_KEPT {
+                if let Some((_, oldest)) = self.request_order.pop_first() {
+                    self.requests.remove(&oldest);
+                }
+            }
+        }
+        response
+    }
+
+    fn apply_command(&mut self, log_index: u64, command: &Command) -> Response {
         let now_ms = self.clock_ms;
-        let result = match &cmd.command {
+        let result = match command {
             Command::CreateQueue { queue, tenant, config } => self.create_queue(*queue, tenant, config),
             Command::SetQueueConfig { queue, tenant, config } => {
                 let config = *config;

@@ -49,7 +49,7 @@ impl Shard {
 
     fn apply(&mut self, now_ms: u64, command: Command) -> Response {
         self.log_index += 1;
-        let response = self.state.apply(self.log_index, &ShardCommand { now_ms, command });
+        let response = self.state.apply(self.log_index, &ShardCommand { now_ms, command, request_id: None });
         // After every command, the FIFO indexes of every queue match a scan of its messages.
         for queue in [Q, DLQ, FIFO_Q] {
             if let Some(q) = self.state.queue_for_tests(queue) {
@@ -1598,4 +1598,45 @@ mod scheduled {
         }
         assert_eq!(received, total);
     }
+}
+
+// ------------------------------------------------------------------------------- request ids
+
+#[test]
+fn a_send_retried_with_its_request_id_is_stored_once_and_answered_the_same() {
+    let mut shard = Shard::with_queue();
+    let send = |ids: &[u128]| Command::Send {
+        queue: Q,
+        tenant: TENANT.to_owned(),
+        messages: ids.iter().map(|&n| new_message(n)).collect(),
+    };
+    let once = |shard: &mut Shard, id: &str, command: Command| {
+        shard.log_index += 1;
+        shard.state.apply(shard.log_index, &ShardCommand { now_ms: 5, command, request_id: Some(id.to_owned()) })
+    };
+    let first = once(&mut shard, "req-1", send(&[1, 2]));
+    // The retry was prepared again (new message ids): still the first answer, nothing stored.
+    let retry = once(&mut shard, "req-1", send(&[3, 4]));
+    assert_eq!(first, retry);
+    assert_eq!(shard.counts().visible, 2);
+    once(&mut shard, "req-2", send(&[5]));
+    assert_eq!(shard.counts().visible, 3, "another id is another send");
+}
+
+#[test]
+fn request_ids_are_forgotten_beyond_the_bound() {
+    let mut shard = Shard::with_queue();
+    for i in 0..(REQUEST_IDS_KEPT as u128 + 3) {
+        shard.log_index += 1;
+        let command = Command::Purge { queue: Q, tenant: TENANT.to_owned() };
+        shard.state.apply(shard.log_index, &ShardCommand { now_ms: 5, command, request_id: Some(format!("r{i}")) });
+    }
+    let bytes = postcard::to_allocvec(&shard.state).expect("encode").len();
+    // About 20,000 remembered ids with small answers; an unbounded map would keep growing.
+    assert!(bytes < 64 * REQUEST_IDS_KEPT, "state is {bytes} bytes");
+    shard.log_index += 1;
+    let command = Command::Send { queue: Q, tenant: TENANT.to_owned(), messages: vec![new_message(1)] };
+    let replay =
+        shard.state.apply(shard.log_index, &ShardCommand { now_ms: 5, command, request_id: Some("r0".into()) });
+    assert!(matches!(replay, Response::Sent(_)), "r0 was forgotten, so this is a new send: {replay:?}");
 }

@@ -169,7 +169,16 @@ pub struct MessageRef {
 pub struct ShardCommand {
     pub now_ms: u64,
     pub command: Command,
+    /// Set by a proposer that may retry the command (a proxy's send): a command whose request
+    /// id was seen among the shard's last [`REQUEST_IDS_KEPT`] is not applied again and gets
+    /// the first answer.
+    pub request_id: Option<String>,
 }
+
+/// Request ids a shard remembers, with their answers (a proxy retries within seconds).
+pub const REQUEST_IDS_KEPT: usize = 20_000;
+/// Longest request id.
+pub const REQUEST_ID_CHARS_MAX: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
