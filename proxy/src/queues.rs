@@ -29,9 +29,12 @@ pub async fn create_queue(
     // Tenants are created on first use: a verified credential is proof the tenant exists.
     placement.metadata.ensure_tenant(tenant).await?;
     let info = placement.metadata.create_queue(tenant, name, config).await?;
-    let client = placement.storage_for(info.shard_id).await?;
     let ensure = pb::EnsureQueueRequest { queue: Some(routing::queue_ref(&info)), config: info.config.clone() };
-    client.clone().ensure_queue(ensure).await.map_err(StrataError::from)?;
+    on_shard(placement, info.shard_id, |mut c| {
+        let ensure = ensure.clone();
+        async move { c.ensure_queue(ensure).await }
+    })
+    .await?;
     placement.remember(info.clone());
     Ok(info)
 }
@@ -42,10 +45,14 @@ pub async fn delete_queue(placement: &Placement, tenant: &str, name: &str) -> Re
     placement.forget(tenant, name);
     // The queue is gone for tenants once metadata forgets it; dropping its state on the storage
     // node frees memory and is retried by nobody if it fails (the incarnation is unreachable).
-    if let Ok(mut client) = placement.storage_for(info.shard_id).await
-        && let Err(status) = client.drop_queue(routing::queue_ref(&info)).await
-    {
-        tracing::warn!(queue_id = info.queue_id, error = %status, "dropping deleted queue state failed");
+    let queue = routing::queue_ref(&info);
+    let dropped = on_shard(placement, info.shard_id, |mut c| {
+        let queue = queue.clone();
+        async move { c.drop_queue(queue).await }
+    })
+    .await;
+    if let Err(e) = dropped {
+        tracing::warn!(queue_id = info.queue_id, error = %e, "dropping deleted queue state failed");
     }
     Ok(info)
 }
@@ -67,11 +74,6 @@ pub async fn set_config(
     Ok(info)
 }
 
-/// Most times one call moves to another replica of its shard (elections take about a second).
-const REROUTES_MAX: u32 = 20;
-/// Pause before trying another replica when none was named as leader.
-const REROUTE_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
-
 /// Runs a storage call for a queue. If the storage node does not know the cached incarnation,
 /// the placement is re-read from metadata and, when metadata still names the same incarnation
 /// (a create that crashed between metadata and storage), the queue is re-ensured before one retry.
@@ -83,49 +85,71 @@ where
     validate_queue_name(name)?;
     let not_found = || StrataError::queue_not_found(name);
     let mut healed = false;
-    let mut reroutes = 0;
     loop {
         let info = match placement.queue(tenant, name).await {
             Ok(info) => info,
             Err(e) if e.kind == ErrorKind::QueueNotFound => return Err(not_found()),
             Err(e) => return Err(e),
         };
-        let client = placement.storage_for(info.shard_id).await?;
-        match call(client.clone(), routing::queue_ref(&info)).await {
-            Ok(response) => return Ok(response.into_inner()),
-            Err(status) => {
-                let e = StrataError::from(status);
-                // A replica that does not lead, or cannot be reached: try where the leader is.
-                // (A send whose answer was lost in a failover may then be stored twice.)
-                if e.kind == ErrorKind::Unavailable
-                    && reroutes < REROUTES_MAX
-                    && placement.reroute(info.shard_id, e.leader_hint.as_deref())
-                {
-                    reroutes += 1;
-                    if e.leader_hint.is_none() {
-                        tokio::time::sleep(REROUTE_PAUSE).await;
-                    }
-                    continue;
-                }
-                if e.kind != ErrorKind::QueueNotFound {
-                    return Err(e);
-                }
-                placement.forget(tenant, name);
-                if healed {
-                    return Err(not_found());
-                }
-                healed = true;
-                match placement.metadata.get_queue(tenant, name).await {
-                    Ok(fresh) if fresh.queue_id == info.queue_id => {
-                        let ensure =
-                            pb::EnsureQueueRequest { queue: Some(routing::queue_ref(&fresh)), config: fresh.config };
-                        client.clone().ensure_queue(ensure).await.map_err(StrataError::from)?;
-                    }
-                    Ok(_) => {}
-                    Err(e) if e.kind == ErrorKind::QueueNotFound => return Err(not_found()),
-                    Err(e) => return Err(e),
-                }
-            }
+        let queue = routing::queue_ref(&info);
+        let e = match on_shard(placement, info.shard_id, |c| call(c, queue.clone())).await {
+            Ok(answer) => return Ok(answer),
+            Err(e) if e.kind != ErrorKind::QueueNotFound => return Err(e),
+            Err(e) => e,
+        };
+        tracing::debug!(error = %e, "the storage node does not know the cached incarnation");
+        placement.forget(tenant, name);
+        if healed {
+            return Err(not_found());
         }
+        healed = true;
+        match placement.metadata.get_queue(tenant, name).await {
+            Ok(fresh) if fresh.queue_id == info.queue_id => {
+                let ensure = pb::EnsureQueueRequest { queue: Some(routing::queue_ref(&fresh)), config: fresh.config };
+                on_shard(placement, fresh.shard_id, |mut c| {
+                    let ensure = ensure.clone();
+                    async move { c.ensure_queue(ensure).await }
+                })
+                .await?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind == ErrorKind::QueueNotFound => return Err(not_found()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Most times one call moves to another replica of its shard: 30 moves 50-100 ms apart outlast an
+/// election (about a second).
+const REROUTES_MAX: u32 = 30;
+/// Pause before trying another replica when none was named as leader.
+const REROUTE_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Runs a storage call at the leader of a shard: a replica that does not lead, or cannot be
+/// reached, sends the call on to the leader it names, or to the next replica. (A send whose
+/// answer was lost in a failover is retried with its request id, so it is stored once.)
+pub async fn on_shard<T, F, Fut>(placement: &Placement, shard_id: u64, call: F) -> Result<T, StrataError>
+where
+    F: Fn(StorageGrpcClient) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let mut reroutes = 0;
+    loop {
+        let client = placement.storage_for(shard_id).await?;
+        let e = match call(client).await {
+            Ok(response) => return Ok(response.into_inner()),
+            Err(status) => StrataError::from(status),
+        };
+        if e.kind != ErrorKind::Unavailable
+            || reroutes >= REROUTES_MAX
+            || !placement.reroute(shard_id, e.leader_hint.as_deref())
+        {
+            return Err(e);
+        }
+        reroutes += 1;
+        // A named leader may be one that just died (its followers have not elected another yet):
+        // pause a little even then, so the reroutes outlast an election.
+        let pause = if e.leader_hint.is_some() { REROUTE_PAUSE / 2 } else { REROUTE_PAUSE };
+        tokio::time::sleep(pause).await;
     }
 }
