@@ -1,7 +1,7 @@
 //! `strata`: one binary for every role and for users.
 //!
 //! - `strata dev` runs the whole service in one process on the embedded defaults.
-//! - `strata metadata --config FILE` runs one member of a metadata quorum (cluster mode).
+//! - `strata metadata|storage|proxy --config FILE` run one process of a cluster.
 //! - `strata queue|keys|send|receive|delete` talk to a running service (`STRATA_ENDPOINT`,
 //!   `STRATA_TOKEN`).
 //! - `strata bench` measures a running service.
@@ -27,6 +27,12 @@ enum Command {
     Dev(dev::DevArgs),
     /// Run one member of the metadata quorum from its config file.
     Metadata(roles::RoleArgs),
+    /// Run one storage node from its config file.
+    Storage(roles::RoleArgs),
+    /// Run one proxy (native and SQS APIs, admin API) from its config file.
+    Proxy(roles::RoleArgs),
+    /// Print a token the proxies of a proxy config file accept.
+    Token(roles::TokenArgs),
     /// Manage queues.
     Queue {
         #[command(subcommand)]
@@ -62,6 +68,9 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
             Command::Metadata(args) => roles::metadata(args).await,
+            Command::Storage(args) => roles::storage(args).await,
+            Command::Proxy(args) => roles::proxy(args).await,
+            Command::Token(args) => roles::token(args),
             Command::Queue { command } => user::queue(command).await,
             Command::Keys { command } => user::keys(command).await,
             Command::Send(args) => user::send(args).await,

@@ -1,6 +1,5 @@
 //! Cluster roles, each a process of its own started from a config file (TOML), the same file a
-//! real deployment uses. So far: `strata metadata --config FILE`, one member of the metadata
-//! quorum.
+//! real deployment uses: `strata metadata|storage|proxy --config FILE`. A metadata member's file:
 //!
 //! ```toml
 //! node_id = 1
@@ -18,6 +17,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -25,6 +25,10 @@ use serde::Deserialize;
 use strata_common::{Clock, SystemClock};
 use strata_metadata::MetadataNode;
 use strata_metadata::server::MemberSettings;
+use strata_proxy::ProxySettings;
+use strata_proxy::auth::{JwtIssuer, JwtKey, JwtVerifier};
+use strata_storage::shard::ShardLogSettings;
+use strata_storage::{ObjectStoreSettings, StorageNode, StorageSettings};
 use tokio_util::sync::CancellationToken;
 
 use crate::dev::{init_tracing, shutdown_signal};
@@ -77,5 +81,191 @@ pub async fn metadata(args: RoleArgs) -> anyhow::Result<()> {
     cancel.cancel();
     let _ = serving.await;
     node.shutdown().await;
+    Ok(())
+}
+
+/// A storage node's config file.
+///
+/// ```toml
+/// node_id = "storage-1"
+/// data_dir = "/var/lib/strata/storage-1"
+/// listen = "127.0.0.1:9501"          # storage gRPC and the shards' Raft transport
+/// metadata = "http://127.0.0.1:9401,http://127.0.0.1:9402,http://127.0.0.1:9403"
+/// zone = "zone-a"
+/// replication_factor = 3
+/// initial_shards = 4                 # used by the registration that creates the shards
+///
+/// [object_store]                     # or: kind = "local", dir = "..."
+/// kind = "s3"
+/// endpoint = "http://127.0.0.1:3900"
+/// bucket = "strata"
+/// region = "garage"
+/// access_key_id = "..."
+/// secret_access_key = "..."
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StorageConfig {
+    node_id: String,
+    data_dir: PathBuf,
+    listen: SocketAddr,
+    metadata: String,
+    #[serde(default)]
+    zone: String,
+    #[serde(default = "one")]
+    replication_factor: u32,
+    #[serde(default = "one")]
+    initial_shards: u32,
+    object_store: ObjectStoreSettings,
+    #[serde(default = "default_segment_bytes")]
+    segment_bytes: u64,
+    #[serde(default = "default_tier_interval_ms")]
+    tier_interval_ms: u64,
+    #[serde(default = "default_cache_memory_mib")]
+    cache_memory_mib: usize,
+    #[serde(default = "default_cache_disk_mib")]
+    cache_disk_mib: usize,
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_segment_bytes() -> u64 {
+    ShardLogSettings::default().segment_size_bytes_max
+}
+fn default_tier_interval_ms() -> u64 {
+    5_000
+}
+fn default_cache_memory_mib() -> usize {
+    64
+}
+fn default_cache_disk_mib() -> usize {
+    256
+}
+
+/// Runs one storage node until SIGTERM or Ctrl-C.
+pub async fn storage(args: RoleArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let config: StorageConfig = read_config(&args.config)?;
+    let settings = StorageSettings {
+        node_id: config.node_id,
+        data_dir: config.data_dir,
+        listen: config.listen,
+        metadata_endpoint: config.metadata,
+        object_store: config.object_store,
+        initial_shards: config.initial_shards,
+        log: ShardLogSettings { segment_size_bytes_max: config.segment_bytes, ..ShardLogSettings::default() },
+        tier_interval: Duration::from_millis(config.tier_interval_ms),
+        expire_interval: Duration::from_secs(1),
+        cache_memory_bytes: config.cache_memory_mib * 1024 * 1024,
+        cache_disk_bytes: config.cache_disk_mib * 1024 * 1024,
+        replication_factor: config.replication_factor,
+        zone: config.zone,
+    };
+    let node = StorageNode::start(settings, Arc::new(SystemClock)).await.context("starting the storage node")?;
+    tracing::info!(address = %node.address, shards = node.shards.len(), "storage node running");
+    shutdown_signal().await;
+    node.shutdown().await;
+    Ok(())
+}
+
+/// A proxy's config file. Tokens are HS256 with the given secrets (hex); the admin API takes
+/// only tokens of `admin_audience`.
+///
+/// ```toml
+/// listen = "127.0.0.1:9324"
+/// admin_listen = "127.0.0.1:9325"
+/// metadata = "http://127.0.0.1:9401,http://127.0.0.1:9402,http://127.0.0.1:9403"
+/// issuer = "strata-cluster"
+/// audience = "strata"
+/// admin_audience = "strata-admin"
+///
+/// [[keys]]
+/// kid = "k1"
+/// secret_hex = "..."
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProxyConfig {
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    metadata: String,
+    issuer: String,
+    audience: String,
+    admin_audience: String,
+    keys: Vec<KeyConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyConfig {
+    kid: String,
+    secret_hex: String,
+}
+
+/// Runs one proxy until SIGTERM or Ctrl-C.
+pub async fn proxy(args: RoleArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let config: ProxyConfig = read_config(&args.config)?;
+    let mut keys = Vec::new();
+    for key in &config.keys {
+        let secret =
+            hex::decode(&key.secret_hex).with_context(|| format!("key '{}': secret_hex is not hex", key.kid))?;
+        keys.push((key.kid.clone(), secret));
+    }
+    if keys.is_empty() {
+        anyhow::bail!("a proxy needs at least one [[keys]] entry to verify tokens");
+    }
+    let verifier_for = |audience: &str| {
+        JwtVerifier::new(&config.issuer, audience, keys.iter().map(|(kid, secret)| JwtKey::hmac(kid, secret)).collect())
+    };
+    let routers = strata_proxy::router(ProxySettings {
+        metadata_endpoint: config.metadata.clone(),
+        verifier: verifier_for(&config.audience),
+        co_located_storage: None,
+        clock: Arc::new(SystemClock),
+        admin_verifier: verifier_for(&config.admin_audience),
+    })?;
+    let api = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let admin = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
+    tracing::info!(listen = %config.listen, admin = %config.admin_listen, "proxy running");
+    let cancel = CancellationToken::new();
+    let api_task = tokio::spawn(strata_proxy::api::serve(routers.api, api, cancel.clone().cancelled_owned()));
+    let admin_task = tokio::spawn(strata_proxy::api::serve(routers.admin, admin, cancel.clone().cancelled_owned()));
+    shutdown_signal().await;
+    cancel.cancel();
+    let _ = api_task.await;
+    let _ = admin_task.await;
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    /// A proxy's config file: its issuer, audiences and first key sign the token.
+    #[arg(long)]
+    config: PathBuf,
+    /// The tenant (or operator) the token is for.
+    #[arg(long)]
+    tenant: String,
+    /// For the admin API (the config's admin audience) instead of the tenant API.
+    #[arg(long)]
+    admin: bool,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 30 * 24 * 3600)]
+    ttl_seconds: u64,
+}
+
+/// Prints a token the proxies of `config` accept (operators of a cluster mint tokens this way).
+pub fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let config: ProxyConfig = read_config(&args.config)?;
+    let key = config.keys.first().context("the proxy config has no [[keys]] entry")?;
+    let secret = hex::decode(&key.secret_hex).with_context(|| format!("key '{}': secret_hex is not hex", key.kid))?;
+    let audience = if args.admin { &config.admin_audience } else { &config.audience };
+    let issuer = JwtIssuer::hmac(&key.kid, &secret, &config.issuer, audience);
+    println!("{}", issuer.mint(&args.tenant, args.ttl_seconds, SystemClock.now_ms() / 1000)?);
     Ok(())
 }

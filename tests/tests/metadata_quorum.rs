@@ -43,6 +43,13 @@ impl Member {
     }
 }
 
+/// A failing test must not leave members running.
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
 fn write_configs(dir: &Path) -> (Vec<Member>, String) {
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let endpoints: Vec<String> = ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();

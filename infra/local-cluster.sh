@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# A local Strata cluster on loopback from the built binary: Garage (S3), 3 metadata members,
+# 3 storage nodes (3 replicas per shard, one zone each) and 2 proxies, each process with its own
+# config file and data directory under DIR.
+#
+#   infra/local-cluster.sh up DIR     # start (writes DIR/cluster-credentials.env)
+#   infra/local-cluster.sh down DIR   # stop everything it started
+#
+# Ports start at STRATA_PORT_BASE (default 19000): metadata +1..+3, storage +11..+13, proxies
+# +21/+22 (API) and +31/+32 (admin). The binary is STRATA_BIN, else target/release/strata, else
+# target/debug/strata. Garage listens on fixed ports, so there is one per machine: the one of
+# STRATA_GARAGE_DIR (default target/garage, shared with the test command), started if needed
+# and stopped by `down` only if `up` started it. Each cluster keeps its objects under its own
+# key prefix in the bucket.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+BASE=${STRATA_PORT_BASE:-19000}
+
+binary() {
+  if [ -n "${STRATA_BIN:-}" ]; then echo "$STRATA_BIN"
+  elif [ -x "$ROOT/target/release/strata" ]; then echo "$ROOT/target/release/strata"
+  elif [ -x "$ROOT/target/debug/strata" ]; then echo "$ROOT/target/debug/strata"
+  else echo "build strata first (cargo build --release -p strata)" >&2; exit 1
+  fi
+}
+
+start_role() { # name role
+  local dir=$1 name=$2 role=$3
+  nohup "$BIN" "$role" --config "$dir/$name.toml" >"$dir/$name.log" 2>&1 &
+  echo $! >"$dir/$name.pid"
+}
+
+up() {
+  local dir
+  mkdir -p "$1"
+  dir="$(cd "$1" && pwd)"
+  BIN="$(binary)"
+  local garage_dir=${STRATA_GARAGE_DIR:-$ROOT/target/garage}
+  if ! { [ -f "$garage_dir/garage.pid" ] && kill -0 "$(cat "$garage_dir/garage.pid")" 2>/dev/null; }; then
+    echo "$garage_dir" >"$dir/garage.owned"
+  fi
+  "$ROOT/infra/garage.sh" install
+  eval "$("$ROOT/infra/garage.sh" start "$garage_dir")"
+
+  local members="" metadata_endpoints=""
+  for i in 1 2 3; do
+    members+="$i = \"http://127.0.0.1:$((BASE + i))\""$'\n'
+    metadata_endpoints+="${metadata_endpoints:+,}http://127.0.0.1:$((BASE + i))"
+  done
+  for i in 1 2 3; do
+    cat >"$dir/metadata-$i.toml" <<CONF
+node_id = $i
+data_dir = "$dir/metadata-$i"
+listen = "127.0.0.1:$((BASE + i))"
+initialize = $([ "$i" = 1 ] && echo true || echo false)
+
+[members]
+$members
+CONF
+    start_role "$dir" "metadata-$i" metadata
+  done
+
+  for i in 1 2 3; do
+    cat >"$dir/storage-$i.toml" <<CONF
+node_id = "storage-$i"
+data_dir = "$dir/storage-$i"
+listen = "127.0.0.1:$((BASE + 10 + i))"
+metadata = "$metadata_endpoints"
+zone = "zone-$i"
+replication_factor = 3
+initial_shards = 3
+
+[object_store]
+kind = "s3"
+endpoint = "$STRATA_TEST_S3_ENDPOINT"
+bucket = "$STRATA_TEST_S3_BUCKET"
+region = "$STRATA_TEST_S3_REGION"
+access_key_id = "$STRATA_TEST_S3_ACCESS_KEY_ID"
+secret_access_key = "$STRATA_TEST_S3_SECRET_ACCESS_KEY"
+prefix = "local-cluster-$(basename "$dir")"
+CONF
+    start_role "$dir" "storage-$i" storage
+  done
+
+  local secret
+  secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  for i in 1 2; do
+    cat >"$dir/proxy-$i.toml" <<CONF
+listen = "127.0.0.1:$((BASE + 20 + i))"
+admin_listen = "127.0.0.1:$((BASE + 30 + i))"
+metadata = "$metadata_endpoints"
+issuer = "strata-local-cluster"
+audience = "strata"
+admin_audience = "strata-admin"
+
+[[keys]]
+kid = "local-1"
+secret_hex = "$secret"
+CONF
+    start_role "$dir" "proxy-$i" proxy
+  done
+
+  local endpoint="http://127.0.0.1:$((BASE + 21))"
+  local admin_endpoint="http://127.0.0.1:$((BASE + 31))"
+  local token admin_token
+  token=$("$BIN" token --config "$dir/proxy-1.toml" --tenant dev)
+  admin_token=$("$BIN" token --config "$dir/proxy-1.toml" --tenant operator --admin)
+  # Ready when a queue can be created: metadata elected, storage placed, proxies up.
+  local ready=""
+  for _ in $(seq 1 300); do
+    if curl -sf -H "Authorization: Bearer $token" -X POST "$endpoint/v1/queues" \
+        -d '{"name":"cluster-ready"}' >/dev/null 2>&1; then ready=yes; break; fi
+    sleep 0.2
+  done
+  [ -n "$ready" ] || { echo "the cluster did not come up; see the logs in $dir" >&2; exit 1; }
+  local key key_id key_secret
+  key=$(STRATA_ADMIN_ENDPOINT=$admin_endpoint STRATA_ADMIN_TOKEN=$admin_token "$BIN" keys create --tenant dev)
+  key_id=$(sed -n 's/.*"access_key_id": *"\([^"]*\)".*/\1/p' <<<"$key")
+  key_secret=$(sed -n 's/.*"secret_access_key": *"\([^"]*\)".*/\1/p' <<<"$key")
+  local pids=""
+  for f in "$dir"/*.pid; do pids+="${pids:+ }$f"; done
+  cat >"$dir/cluster-credentials.env" <<ENV
+# Written by infra/local-cluster.sh; \`source\` this file to use the CLI, curl or SDKs.
+export STRATA_ENDPOINT=$endpoint
+export STRATA_TOKEN=$token
+export STRATA_TENANT=dev
+export AWS_ACCESS_KEY_ID=$key_id
+export AWS_SECRET_ACCESS_KEY=$key_secret
+export AWS_DEFAULT_REGION=strata-local
+export AWS_ENDPOINT_URL=$endpoint
+export STRATA_ADMIN_ENDPOINT=$admin_endpoint
+export STRATA_ADMIN_TOKEN=$admin_token
+export STRATA_PROXY_ENDPOINTS=http://127.0.0.1:$((BASE + 21)),http://127.0.0.1:$((BASE + 22))
+export STRATA_METADATA_ENDPOINTS=$metadata_endpoints
+export STRATA_PID_FILES="$pids"
+ENV
+  chmod 600 "$dir/cluster-credentials.env"
+  echo "local cluster up; source $dir/cluster-credentials.env"
+}
+
+down() {
+  local dir=$1
+  for f in "$dir"/proxy-*.pid "$dir"/storage-*.pid "$dir"/metadata-*.pid; do
+    [ -f "$f" ] || continue
+    local pid
+    pid=$(cat "$f")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$f"
+  done
+  if [ -f "$dir/garage.owned" ]; then
+    "$ROOT/infra/garage.sh" stop "$(cat "$dir/garage.owned")"
+    rm -f "$dir/garage.owned"
+  fi
+  echo "local cluster down"
+}
+
+case "${1:-}" in
+  up) up "${2:?directory}" ;;
+  down) down "${2:?directory}" ;;
+  *) echo "usage: $0 up DIR | down DIR" >&2; exit 2 ;;
+esac
