@@ -58,6 +58,26 @@ async fn leader(nodes: &[Option<StorageNode>]) -> usize {
     }
 }
 
+/// Makes a call at the leader, again at the new leader while the answer is `Unavailable`.
+async fn at_leader<F, Fut>(nodes: &[Option<StorageNode>], addrs: &[SocketAddr], call: F)
+where
+    F: Fn(StorageClient<tonic::transport::Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+{
+    for _ in 0..50 {
+        let at = leader(nodes).await;
+        let client = StorageClient::connect(format!("http://{}", addrs[at])).await.expect("connect");
+        match call(client).await {
+            Ok(()) => return,
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("call failed: {status}"),
+        }
+    }
+    panic!("no leader took the call");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_on_three_nodes_keeps_acknowledged_sends_when_its_leader_goes() {
     let root = tempfile::tempdir().expect("tempdir");
@@ -87,21 +107,27 @@ async fn a_shard_on_three_nodes_keeps_acknowledged_sends_when_its_leader_goes() 
     let info = meta_client.create_queue(TENANT, "replicated", config.clone()).await.expect("create queue");
     let queue = pb::QueueRef { shard_id: info.shard_id, queue_id: info.queue_id, tenant: TENANT.into() };
 
-    let first = leader(&nodes).await;
-    let mut client = StorageClient::connect(format!("http://{}", addrs[first])).await.expect("connect");
-    client
-        .ensure_queue(pb::EnsureQueueRequest { queue: Some(queue.clone()), config: Some(config) })
-        .await
-        .expect("ensure the queue");
+    // At the leader, as a proxy does: a call that meets a replica no longer leading (an early
+    // election may still move leadership) is made again at the leader; sends carry request ids,
+    // so a retried one is stored once.
+    let ensure = pb::EnsureQueueRequest { queue: Some(queue.clone()), config: Some(config) };
+    at_leader(&nodes, &addrs, |mut c| {
+        let ensure = ensure.clone();
+        async move { c.ensure_queue(ensure).await.map(|_| ()) }
+    })
+    .await;
     for batch in 0..MESSAGES / 10 {
-        let messages = (0..10)
+        let messages: Vec<pb::NewMessage> = (0..10)
             .map(|j| pb::NewMessage { body: Bytes::from(format!("m{:03}", batch * 10 + j)), ..Default::default() })
             .collect();
-        client
-            .send(pb::SendRequest { queue: Some(queue.clone()), messages, ..Default::default() })
-            .await
-            .expect("an acknowledged send");
+        let send = pb::SendRequest { queue: Some(queue.clone()), messages, request_id: format!("send-{batch}") };
+        at_leader(&nodes, &addrs, |mut c| {
+            let send = send.clone();
+            async move { c.send(send).await.map(|_| ()) }
+        })
+        .await;
     }
+    let first = leader(&nodes).await;
 
     // A follower takes no send and serves no counts, and names the leader instead.
     let follower = (0..3).find(|&i| i != first).expect("a follower");
