@@ -33,7 +33,9 @@ async fn start_node(root: &Path, index: usize, listen: SocketAddr, metadata_endp
         metadata_endpoint: metadata_endpoint.to_string(),
         object_store: ObjectStoreSettings::Local { dir: root.join("bucket") },
         initial_shards: 1,
-        log: ShardLogSettings { snapshot_every_entries: 50, ..ShardLogSettings::default() },
+        // A snapshot every 5 entries: the returning node catches up by snapshot (its peers purged
+        // their logs past it), which once left its log unable to take the next append.
+        log: ShardLogSettings { snapshot_every_entries: 5, ..ShardLogSettings::default() },
         tier_interval: Duration::from_secs(3600),
         expire_interval: Duration::from_secs(1),
         cache_memory_bytes: 8 << 20,
@@ -80,6 +82,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_on_three_nodes_keeps_acknowledged_sends_when_its_leader_goes() {
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
     let root = tempfile::tempdir().expect("tempdir");
     let metadata_addr = free_addr();
     let metadata_endpoint = format!("http://{metadata_addr}");

@@ -364,8 +364,16 @@ where
         let index = log_id.index();
         write_file_checked(&self.inner.dir.join(PURGED_FILE), &encode(&log_id)?, true)?;
         self.inner.facts.lock().last_purged = Some(log_id);
-        if self.inner.retention == SegmentRetention::RemoveOnPurge {
-            self.inner.wal.remove_sealed_through(index).map_err(to_io)?;
+        let wal = &self.inner.wal;
+        if wal.last_index().is_some_and(|last| last <= index) {
+            // A snapshot installed from the leader reaches past everything held here: the next
+            // append continues after the snapshot, so the WAL must start afresh. (Bodies of
+            // these entries are read from the bucket once the leader has tiered them.)
+            if let Some(first) = wal.first_index() {
+                wal.truncate_from(first).map_err(to_io)?;
+            }
+        } else if self.inner.retention == SegmentRetention::RemoveOnPurge {
+            wal.remove_sealed_through(index).map_err(to_io)?;
         }
         Ok(())
     }
