@@ -365,10 +365,12 @@ where
         write_file_checked(&self.inner.dir.join(PURGED_FILE), &encode(&log_id)?, true)?;
         self.inner.facts.lock().last_purged = Some(log_id);
         let wal = &self.inner.wal;
-        if wal.last_index().is_some_and(|last| last <= index) {
+        if wal.last_index().is_some_and(|last| last < index) {
             // A snapshot installed from the leader reaches past everything held here: the next
-            // append continues after the snapshot, so the WAL must start afresh. (Bodies of
-            // these entries are read from the bucket once the leader has tiered them.)
+            // append continues after the snapshot, not after our last entry, so the WAL must
+            // start afresh. (Bodies of these entries are read from the bucket once the leader has
+            // tiered them.) A purge up to exactly the last entry (a local snapshot) keeps the
+            // segments: shards remove them only once tiered.
             if let Some(first) = wal.first_index() {
                 wal.truncate_from(first).map_err(to_io)?;
             }
