@@ -207,9 +207,17 @@ async fn three_voters_fail_over_catch_up_and_refuse_without_a_majority() {
 
     // The old leader comes back from its directory and catches up. Its peers purged their logs
     // past where it stopped (after ~102 entries), so it can only catch up by a snapshot.
+    // Snapshots are built in the background: wait for them rather than race them.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     for v in &voters {
-        let purged = v.group.log.last_purged_index();
-        assert!(purged.is_some_and(|p| p > 110), "voter {} purged only to {purged:?}", v.id);
+        loop {
+            let purged = v.group.log.last_purged_index();
+            if purged.is_some_and(|p| p > 110) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "voter {} purged only to {purged:?}", v.id);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     let back = start_voter(old_leader, &dir_of(root.path(), old_leader), addrs[&old_leader], None).await;
     wait_applied(&back, &acked).await;
