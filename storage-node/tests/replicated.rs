@@ -130,11 +130,23 @@ async fn a_shard_on_three_nodes_keeps_acknowledged_sends_when_its_leader_goes() 
         })
         .await;
     }
-    let first = leader(&nodes).await;
-
-    // A follower takes no send and serves no counts, and names the leader instead.
-    let follower = (0..3).find(|&i| i != first).expect("a follower");
-    let mut at_follower = StorageClient::connect(format!("http://{}", addrs[follower])).await.expect("connect");
+    // A follower serves no counts and takes no send, and names the leader instead. (Leadership
+    // may still move under load: wait until a follower names the node that leads.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (first, mut at_follower) = loop {
+        let first = leader(&nodes).await;
+        let follower = (0..3).find(|&i| i != first).expect("a follower");
+        let mut client = StorageClient::connect(format!("http://{}", addrs[follower])).await.expect("connect");
+        if let Err(status) = client.get_queue_stats(queue.clone()).await {
+            let error = strata_common::error::StrataError::from(status);
+            assert_eq!(error.kind, strata_common::error::ErrorKind::Unavailable, "{error:?}");
+            if error.leader_hint == Some(format!("http://{}", addrs[first])) {
+                break (first, client);
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no follower named the leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let message = pb::NewMessage { body: Bytes::from_static(b"to a follower"), ..Default::default() };
     let refused = at_follower
         .send(pb::SendRequest { queue: Some(queue.clone()), messages: vec![message], ..Default::default() })
@@ -142,9 +154,6 @@ async fn a_shard_on_three_nodes_keeps_acknowledged_sends_when_its_leader_goes() 
         .expect_err("a follower must not take a send");
     let error = strata_common::error::StrataError::from(refused);
     assert_eq!(error.kind, strata_common::error::ErrorKind::Unavailable);
-    assert_eq!(error.leader_hint, Some(format!("http://{}", addrs[first])), "{error:?}");
-    let stats = at_follower.get_queue_stats(queue.clone()).await.expect_err("no counts from a follower");
-    let error = strata_common::error::StrataError::from(stats);
     assert_eq!(error.leader_hint, Some(format!("http://{}", addrs[first])), "{error:?}");
 
     // The leader's node goes away; another replica leads and has every acknowledged send.
