@@ -143,8 +143,9 @@ pub struct StrataError {
     pub leader_hint: Option<String>,
 }
 
-/// gRPC metadata key carrying [`StrataError::leader_hint`].
-const LEADER_HINT_METADATA_KEY: &str = "x-strata-leader";
+/// gRPC metadata key carrying [`StrataError::leader_hint`] (the metadata quorum's members use it
+/// too, on answers without an error kind).
+pub const LEADER_HINT_METADATA_KEY: &str = "x-strata-leader";
 
 impl StrataError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {

@@ -21,6 +21,8 @@ pub const VISIBILITY_TIMEOUT_MS_DEFAULT: u64 = 30 * SECOND_MS;
 pub const DELAY_MS_MAX: u64 = 15 * MINUTE_MS;
 /// Latest deliver-at time a native-API send may ask for: one year ahead.
 pub const DELIVER_AHEAD_MS_MAX: u64 = 365 * DAY_MS;
+/// Longest request id (the id a proposer keeps across retries of one call).
+pub const REQUEST_ID_CHARS_MAX: usize = 64;
 /// Most messages one Receive returns (SQS `MaxNumberOfMessages` maximum).
 pub const RECEIVE_BATCH_MAX: u32 = 10;
 /// Most messages in one Send (SQS batch maximum).

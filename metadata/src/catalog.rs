@@ -22,6 +22,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use strata_common::error::{ErrorKind, StrataError};
 use strata_wal::raft_state::ReplicatedState;
+use strata_wal::requests::RecentRequests;
 
 /// Most shards one registration may create.
 pub const INITIAL_SHARDS_MAX: u32 = 64;
@@ -283,8 +284,6 @@ impl fmt::Display for MetaEntry {
 
 /// How many recent request ids the catalog remembers (retries come within seconds).
 pub const REQUEST_IDS_KEPT: usize = 10_000;
-/// Longest request id.
-pub const REQUEST_ID_CHARS_MAX: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaResponse {
@@ -311,9 +310,7 @@ pub struct Catalog {
     /// Live queues per tenant, for the per-tenant limit.
     queues_per_tenant: BTreeMap<String, u64>,
     /// Recent request ids and what applying them answered.
-    requests: BTreeMap<String, MetaResponse>,
-    /// The same ids by the log index that applied them, oldest first, to forget the oldest.
-    request_order: BTreeMap<u64, String>,
+    requests: RecentRequests<MetaResponse>,
 }
 
 /// FNV-1a: a stable hash (unlike std's, which is randomly seeded) for placing queues on shards.
@@ -653,20 +650,12 @@ impl ReplicatedState for Catalog {
     type Response = MetaResponse;
 
     fn apply(&mut self, log_index: u64, entry: &MetaEntry) -> MetaResponse {
-        if let Some(id) = &entry.request_id
-            && let Some(first) = self.requests.get(id)
-        {
+        if let Some(first) = entry.request_id.as_deref().and_then(|id| self.requests.answer(id)) {
             return first.clone();
         }
         let response = self.apply_command(log_index, &entry.command).unwrap_or_else(|e| MetaResponse::Error(e.into()));
         if let Some(id) = &entry.request_id {
-            self.requests.insert(id.clone(), response.clone());
-            self.request_order.insert(log_index, id.clone());
-            while self.request_order.len() > REQUEST_IDS_KEPT {
-                if let Some((_, oldest)) = self.request_order.pop_first() {
-                    self.requests.remove(&oldest);
-                }
-            }
+            self.requests.remember(log_index, id, &response, REQUEST_IDS_KEPT);
         }
         response
     }
@@ -721,8 +710,9 @@ mod tests {
             c.apply(i + 1, &with_id(&format!("r{i}"), MetaCommand::EnsureTenant { tenant: "t".into(), now_ms: 0 }));
         }
         assert_eq!(c.requests.len(), REQUEST_IDS_KEPT);
-        assert_eq!(c.request_order.len(), REQUEST_IDS_KEPT);
-        assert!(!c.requests.contains_key("r0") && c.requests.contains_key(&format!("r{}", REQUEST_IDS_KEPT + 4)));
+        assert!(
+            c.requests.answer("r0").is_none() && c.requests.answer(&format!("r{}", REQUEST_IDS_KEPT + 4)).is_some()
+        );
     }
 
     #[test]

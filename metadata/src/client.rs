@@ -17,12 +17,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use strata_common::error::{ERROR_CODE_METADATA_KEY, StrataError};
+use strata_common::error::{ERROR_CODE_METADATA_KEY, LEADER_HINT_METADATA_KEY, StrataError};
 use strata_common::limits;
 use strata_common::proto::{self as pb, metadata_client};
 use tonic::transport::Channel;
 
-use crate::server::{LEADER_HINT_KEY, REQUEST_ID_KEY};
+use crate::server::REQUEST_ID_KEY;
 
 /// A random request id: 26 characters of a 32-letter alphabet (130 bits).
 fn new_request_id() -> tonic::metadata::AsciiMetadataValue {
@@ -111,7 +111,7 @@ impl MetadataClient {
             if tokio::time::Instant::now() >= deadline {
                 return Err(status.into());
             }
-            let hint = status.metadata().get(LEADER_HINT_KEY).and_then(|v| v.to_str().ok());
+            let hint = status.metadata().get(LEADER_HINT_METADATA_KEY).and_then(|v| v.to_str().ok());
             let hinted = hint.and_then(|leader| {
                 let leader = leader.trim_end_matches('/');
                 members.endpoints.iter().position(|(endpoint, _)| endpoint == leader)

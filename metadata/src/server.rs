@@ -8,7 +8,8 @@
 //! `strata dev` runs one voter ([`MetadataNode::open`]). A quorum member
 //! ([`MetadataNode::open_member`]) also serves the Raft transport on its gRPC port, and only the
 //! leader answers: any other member answers `Unavailable` with the leader's address, when it
-//! knows it, in the [`LEADER_HINT_KEY`] response header, and [`crate::MetadataClient`] follows it.
+//! knows it, in the [`LEADER_HINT_METADATA_KEY`] response header, and [`crate::MetadataClient`]
+//! follows it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,8 +17,8 @@ use std::sync::Arc;
 
 use openraft::error::ForwardToLeader;
 use openraft::{BasicNode, Config, ReadPolicy, SnapshotPolicy};
-use strata_common::error::{ErrorKind, StrataError};
-use strata_common::limits::LIST_QUEUES_PAGE_MAX;
+use strata_common::error::{ErrorKind, LEADER_HINT_METADATA_KEY, StrataError};
+use strata_common::limits::{LIST_QUEUES_PAGE_MAX, REQUEST_ID_CHARS_MAX};
 use strata_common::proto::metadata_server::{Metadata, MetadataServer};
 use strata_common::proto::{self as pb};
 use strata_common::{Clock, limits};
@@ -30,8 +31,7 @@ use tonic::{Request, Response, Status};
 
 use crate::MetaRaftConfig;
 use crate::catalog::{
-    AccessKeyRecord, Catalog, MetaCommand, MetaEntry, MetaResponse, QueueConfig, QueueRecord, REQUEST_ID_CHARS_MAX,
-    Secret, ShardRecord,
+    AccessKeyRecord, Catalog, MetaCommand, MetaEntry, MetaResponse, QueueConfig, QueueRecord, Secret, ShardRecord,
 };
 
 /// Log entries between metadata snapshots. The catalog is small; frequent snapshots keep
@@ -80,8 +80,6 @@ fn access_key_response(response: MetaResponse, with_secret: bool) -> Result<Resp
 
 /// The metadata quorum's group id on the Raft transport.
 pub const METADATA_GROUP: GroupId = 0;
-/// Response header of a member that is not the leader: the leader's gRPC address.
-pub const LEADER_HINT_KEY: &str = "x-strata-metadata-leader";
 /// Request header: the caller's id for a mutation, the same on every retry of it.
 pub const REQUEST_ID_KEY: &str = "x-strata-request-id";
 
@@ -185,7 +183,7 @@ impl MetadataNode {
         let mut status = Status::unavailable("this metadata member is not the leader; retry at the leader");
         let leader = forward.and_then(|f| f.leader_node.as_ref()).and_then(|n| n.addr.parse().ok());
         if let Some(addr) = leader {
-            status.metadata_mut().insert(LEADER_HINT_KEY, addr);
+            status.metadata_mut().insert(LEADER_HINT_METADATA_KEY, addr);
         }
         status
     }

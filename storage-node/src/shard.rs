@@ -371,35 +371,36 @@ impl Shard {
     /// Answers whether there may be more to do right away.
     pub async fn load_scheduled_step(&self, cache: &mut Option<SliceLoad>) -> Result<bool, StrataError> {
         let now_ms = self.now_ms();
-        let (slice_start_ms, slice, dir) = {
+        // The counts only: the slice's set of pending cancels stays in the state.
+        let (slice_start_ms, loading, loaded, records, dir) = {
             let state = self.state();
             let Some((start, slice)) = state.0.next_slice_to_load(now_ms) else {
                 return Ok(false);
             };
-            (start, slice.clone(), state.slice_dir().map(Path::to_path_buf))
+            (start, slice.loading, slice.loaded, slice.records, state.slice_dir().map(Path::to_path_buf))
         };
-        if !slice.loading {
+        if !loading {
             self.propose(Command::StartScheduledLoad { slice_start_ms }).await?;
             return Ok(true);
         }
         if cache.as_ref().is_none_or(|c| c.slice_start_ms != slice_start_ms) {
             let dir = dir.ok_or_else(|| StrataError::internal("slice files are not open"))?;
-            let records = read_slice_blocking(dir, slice_start_ms).await?;
-            if records.len() as u64 != slice.records {
+            let read = read_slice_blocking(dir, slice_start_ms).await?;
+            if read.len() as u64 != records {
                 tracing::error!(
                     shard = self.shard_id,
                     slice = slice_start_ms,
-                    read = records.len(),
-                    counted = slice.records,
+                    read = read.len(),
+                    counted = records,
                     "a frozen slice file does not hold the records the state counts"
                 );
                 return Err(StrataError::internal("a slice file does not match the shard state"));
             }
-            *cache = Some(SliceLoad::new(slice_start_ms, records));
+            *cache = Some(SliceLoad::new(slice_start_ms, read));
         }
         let Some(load) = cache.as_ref() else { return Ok(false) };
-        let from = slice.loaded;
-        let to = (from + LOAD_CHUNK_RECORDS_MAX as u64).min(slice.records);
+        let from = loaded;
+        let to = (from + LOAD_CHUNK_RECORDS_MAX as u64).min(records);
         let messages = load.messages_between(from, to);
         self.propose(Command::LoadScheduled { slice_start_ms, from, to, messages }).await?;
         Ok(true)

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
+use strata_wal::requests::RecentRequests;
 use uuid::Uuid;
 
 use super::receipt::Receipt;
@@ -32,9 +33,8 @@ pub struct ShardState {
     move_tasks: BTreeMap<MoveTaskId, MoveTask>,
     /// Scheduled messages on disk, by time slice.
     schedule: Schedule,
-    /// Recent request ids and their answers, and the same ids by log index (oldest first).
-    requests: BTreeMap<String, Response>,
-    request_order: BTreeMap<u64, String>,
+    /// Recent request ids and their answers.
+    requests: RecentRequests<Response>,
 }
 
 impl ShardState {
@@ -53,20 +53,12 @@ impl ShardState {
     /// but the clock changed.
     pub fn apply(&mut self, log_index: u64, cmd: &ShardCommand) -> Response {
         self.clock_ms = self.clock_ms.max(cmd.now_ms);
-        if let Some(id) = &cmd.request_id
-            && let Some(first) = self.requests.get(id)
-        {
+        if let Some(first) = cmd.request_id.as_deref().and_then(|id| self.requests.answer(id)) {
             return first.clone();
         }
         let response = self.apply_command(log_index, &cmd.command);
         if let Some(id) = &cmd.request_id {
-            self.requests.insert(id.clone(), response.clone());
-            self.request_order.insert(log_index, id.clone());
-            while self.request_order.len() > REQUEST_IDS_KEPT {
-                if let Some((_, oldest)) = self.request_order.pop_first() {
-                    self.requests.remove(&oldest);
-                }
-            }
+            self.requests.remember(log_index, id, &response, REQUEST_IDS_KEPT);
         }
         response
     }

@@ -56,6 +56,31 @@ pub(crate) struct Message {
 }
 
 impl Message {
+    /// A message entering a queue at `now_ms`, never received: sent now, moved in, or due.
+    /// `older_body`: its body may be older than those already in the queue (moved in or
+    /// scheduled), and the caller counts it in `older_bodies`.
+    fn entering(
+        message_id: Uuid,
+        body: MessageRef,
+        sent_ms: u64,
+        now_ms: u64,
+        visible_at_ms: u64,
+        older_body: bool,
+    ) -> Self {
+        Message {
+            message_id,
+            body_log_index: body.log_index,
+            body_slot: body.slot,
+            sent_ms,
+            enqueued_ms: now_ms,
+            visible_at_ms,
+            first_receive_ms: 0,
+            lease: 0,
+            receive_count: 0,
+            older_body,
+        }
+    }
+
     fn body_ref(&self) -> MessageRef {
         MessageRef { log_index: self.body_log_index, slot: self.body_slot }
     }
@@ -442,21 +467,9 @@ impl Queue {
     /// yet, retention counted from now. `now_ms` must be settled.
     pub(crate) fn adopt(&mut self, moved: Moved, now_ms: u64) {
         let Moved { message: moved, fifo } = moved;
-        let seq = self.next_seq;
-        self.next_seq = self.next_seq.saturating_add(1);
+        let seq = self.take_seq();
         self.count_older_body(moved.body_log_index);
-        let message = Message {
-            message_id: moved.message_id,
-            body_log_index: moved.body_log_index,
-            body_slot: moved.body_slot,
-            sent_ms: moved.sent_ms,
-            enqueued_ms: now_ms,
-            visible_at_ms: now_ms,
-            first_receive_ms: 0,
-            lease: 0,
-            receive_count: 0,
-            older_body: true,
-        };
+        let message = Message::entering(moved.message_id, moved.body_ref(), moved.sent_ms, now_ms, now_ms, true);
         self.messages.insert(seq, message);
         // A FIFO message keeps its group in a FIFO queue (its deduplication id is not registered
         // again: the window belongs to the queue it was sent to).
@@ -490,21 +503,9 @@ impl Queue {
                 break;
             }
             let due = entry.remove();
-            let seq = self.next_seq;
-            self.next_seq = self.next_seq.saturating_add(1);
+            let seq = self.take_seq();
             // Its body is still counted in `older_bodies`, from when it entered the wheel.
-            let message = Message {
-                message_id: due.message_id,
-                body_log_index: due.body_ref.log_index,
-                body_slot: due.body_ref.slot,
-                sent_ms: due.sent_ms,
-                enqueued_ms: now_ms,
-                visible_at_ms: now_ms,
-                first_receive_ms: 0,
-                lease: 0,
-                receive_count: 0,
-                older_body: true,
-            };
+            let message = Message::entering(due.message_id, due.body_ref, due.sent_ms, now_ms, now_ms, true);
             self.messages.insert(seq, message);
             self.place(seq, now_ms, true, now_ms);
         }
@@ -541,12 +542,12 @@ impl Queue {
         let mut to_disk = Vec::new();
         for (slot, new) in messages.iter().enumerate() {
             // Batches are validated to at most SEND_BATCH_MAX entries.
-            let body_slot = u16::try_from(slot).unwrap_or(u16::MAX);
+            let body = MessageRef { log_index, slot: u16::try_from(slot).unwrap_or(u16::MAX) };
             if let Some(deliver_at_ms) = new.deliver_at_ms.filter(|&at| at > now_ms) {
                 let scheduled = ScheduledMessage {
                     queue,
                     message_id: new.message_id,
-                    body_ref: MessageRef { log_index, slot: body_slot },
+                    body_ref: body,
                     deliver_at_ms,
                     sent_ms: now_ms,
                 };
@@ -575,23 +576,10 @@ impl Queue {
                 }
                 _ => None,
             };
-            let seq = self.next_seq;
-            // 2^64 sends per queue cannot happen; saturating keeps it panic-free.
-            self.next_seq = self.next_seq.saturating_add(1);
+            let seq = self.take_seq();
             let delay_ms = new.delay_ms.unwrap_or(self.config.delay_ms);
             let visible_at_ms = now_ms.saturating_add(delay_ms);
-            let message = Message {
-                message_id: new.message_id,
-                body_log_index: log_index,
-                body_slot,
-                sent_ms: now_ms,
-                enqueued_ms: now_ms,
-                visible_at_ms,
-                first_receive_ms: 0,
-                lease: 0,
-                receive_count: 0,
-                older_body: false,
-            };
+            let message = Message::entering(new.message_id, body, now_ms, now_ms, visible_at_ms, false);
             self.messages.insert(seq, message);
             if let (Some(fifo), Some(ids)) = (&mut self.fifo, &new.fifo) {
                 fifo.ids.insert(seq, ids.clone());
@@ -605,6 +593,14 @@ impl Queue {
             sent.push(SentMessage { message_id: new.message_id, seq });
         }
         (sent, to_disk)
+    }
+
+    /// The next seq, in the order messages enter the queue. (2^64 per queue cannot happen;
+    /// saturating keeps it panic-free.)
+    fn take_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.saturating_add(1);
+        seq
     }
 
     /// Puts a scheduled message in the wheel until due (the next settle at or after its time

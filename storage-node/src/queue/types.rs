@@ -20,8 +20,8 @@ pub type QueueId = u64;
 // The limits are shared with every front door (see `strata_common::limits`).
 pub use strata_common::limits::{
     DELAY_MS_MAX, DELETE_BATCH_MAX, DELIVER_AHEAD_MS_MAX, MESSAGE_ATTRIBUTES_MAX, RECEIVE_BATCH_MAX,
-    RETENTION_MS_DEFAULT, RETENTION_MS_MAX, RETENTION_MS_MIN, SEND_BATCH_MAX, VISIBILITY_TIMEOUT_MS_DEFAULT,
-    VISIBILITY_TIMEOUT_MS_MAX,
+    REQUEST_ID_CHARS_MAX, RETENTION_MS_DEFAULT, RETENTION_MS_MAX, RETENTION_MS_MIN, SEND_BATCH_MAX,
+    VISIBILITY_TIMEOUT_MS_DEFAULT, VISIBILITY_TIMEOUT_MS_MAX,
 };
 
 /// Per-queue settings. Changing them affects later commands only: a new
@@ -177,8 +177,6 @@ pub struct ShardCommand {
 
 /// Request ids a shard remembers, with their answers (a proxy retries within seconds).
 pub const REQUEST_IDS_KEPT: usize = 20_000;
-/// Longest request id.
-pub const REQUEST_ID_CHARS_MAX: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {

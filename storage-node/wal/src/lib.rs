@@ -27,6 +27,7 @@ mod wal;
 pub mod group;
 pub mod raft_state;
 pub mod raft_store;
+pub mod requests;
 pub mod single_voter;
 pub mod transport;
 

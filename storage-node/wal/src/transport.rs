@@ -46,11 +46,17 @@ pub type GroupId = u64;
 
 type Reply = Pin<Box<dyn Future<Output = Result<Vec<u8>, Status>> + Send>>;
 
+/// The three openraft RPCs, on both sides of the transport.
+#[derive(Debug, Clone, Copy)]
+enum Rpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
 /// One registered group, behind encoded messages.
 trait GroupEndpoint: Send + Sync {
-    fn append_entries(&self, payload: Bytes) -> Reply;
-    fn vote(&self, payload: Bytes) -> Reply;
-    fn install_snapshot(&self, payload: Bytes) -> Reply;
+    fn handle(&self, rpc: Rpc, payload: Bytes) -> Reply;
 }
 
 struct RaftEndpoint<C: RaftTypeConfig, SM: RaftStateMachine<C>> {
@@ -75,31 +81,18 @@ where
     C: RaftTypeConfig,
     SM: RaftStateMachine<C, SnapshotData = Vec<u8>>,
 {
-    fn append_entries(&self, payload: Bytes) -> Reply {
+    fn handle(&self, rpc: Rpc, payload: Bytes) -> Reply {
         let raft = self.raft.clone();
         Box::pin(async move {
-            let request: AppendEntriesRequest<C> = decode(&payload)?;
-            let response = raft.append_entries(request).await.map_err(unavailable)?;
-            encode(&response)
-        })
-    }
-
-    fn vote(&self, payload: Bytes) -> Reply {
-        let raft = self.raft.clone();
-        Box::pin(async move {
-            let request: VoteRequest<C> = decode(&payload)?;
-            let response = raft.vote(request).await.map_err(unavailable)?;
-            encode(&response)
-        })
-    }
-
-    fn install_snapshot(&self, payload: Bytes) -> Reply {
-        let raft = self.raft.clone();
-        Box::pin(async move {
-            let (vote, meta, data): (VoteOf<C>, SnapshotMetaOf<C>, Vec<u8>) = decode(&payload)?;
-            let snapshot = openraft::Snapshot { meta, snapshot: data };
-            let response = raft.install_full_snapshot(vote, snapshot).await.map_err(unavailable)?;
-            encode(&response)
+            match rpc {
+                Rpc::AppendEntries => encode(&raft.append_entries(decode(&payload)?).await.map_err(unavailable)?),
+                Rpc::Vote => encode(&raft.vote(decode(&payload)?).await.map_err(unavailable)?),
+                Rpc::InstallSnapshot => {
+                    let (vote, meta, data): (VoteOf<C>, SnapshotMetaOf<C>, Vec<u8>) = decode(&payload)?;
+                    let snapshot = openraft::Snapshot { meta, snapshot: data };
+                    encode(&raft.install_full_snapshot(vote, snapshot).await.map_err(unavailable)?)
+                }
+            }
         })
     }
 }
@@ -136,37 +129,32 @@ impl RaftRouter {
             .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
     }
 
-    fn group(&self, group: GroupId) -> Result<Arc<dyn GroupEndpoint>, Status> {
-        self.groups
-            .read()
-            .get(&group)
-            .cloned()
-            .ok_or_else(|| Status::unavailable(format!("Raft group {group} is not served here")))
+    /// Hands a message to its group and wraps the answer.
+    async fn route(&self, rpc: Rpc, request: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+        let m = request.into_inner();
+        let endpoint = self.groups.read().get(&m.group).cloned();
+        let endpoint =
+            endpoint.ok_or_else(|| Status::unavailable(format!("Raft group {} is not served here", m.group)))?;
+        let payload = endpoint.handle(rpc, m.payload).await?;
+        Ok(Response::new(pb::RaftMessage { group: m.group, payload: payload.into() }))
     }
 }
 
 /// Largest Raft message: a batch of entries or a whole snapshot.
 pub const RAFT_MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
 
-fn reply(group: GroupId, payload: Vec<u8>) -> Response<pb::RaftMessage> {
-    Response::new(pb::RaftMessage { group, payload: payload.into() })
-}
-
 #[tonic::async_trait]
 impl RaftTransport for RaftRouter {
     async fn append_entries(&self, request: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
-        let m = request.into_inner();
-        Ok(reply(m.group, self.group(m.group)?.append_entries(m.payload).await?))
+        self.route(Rpc::AppendEntries, request).await
     }
 
     async fn vote(&self, request: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
-        let m = request.into_inner();
-        Ok(reply(m.group, self.group(m.group)?.vote(m.payload).await?))
+        self.route(Rpc::Vote, request).await
     }
 
     async fn install_snapshot(&self, request: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
-        let m = request.into_inner();
-        Ok(reply(m.group, self.group(m.group)?.install_snapshot(m.payload).await?))
+        self.route(Rpc::InstallSnapshot, request).await
     }
 }
 
@@ -209,12 +197,6 @@ pub struct GrpcPeer {
 struct PeerError {
     target: String,
     message: String,
-}
-
-enum Rpc {
-    AppendEntries,
-    Vote,
-    InstallSnapshot,
 }
 
 impl GrpcPeer {

@@ -1,0 +1,70 @@
+//! [`RecentRequests`]: the answers of recently applied requests, kept in a replicated state so
+//! that a command retried with the same request id (its proposer never learned whether the
+//! first attempt was applied) is applied once and answered as the first time.
+//!
+//! Part of the state it lives in (snapshotted with it), so every replica answers a retry alike.
+//! Bounded: only the newest `capacity` ids are kept, by the log index that applied them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentRequests<R> {
+    /// Request id -> the answer applying it gave.
+    answers: BTreeMap<String, R>,
+    /// The same ids by the log index that applied them, oldest first, to forget the oldest.
+    by_index: BTreeMap<u64, String>,
+}
+
+impl<R> Default for RecentRequests<R> {
+    fn default() -> Self {
+        Self { answers: BTreeMap::new(), by_index: BTreeMap::new() }
+    }
+}
+
+impl<R: Clone> RecentRequests<R> {
+    /// The first answer to `request_id`, if it is among the ids kept.
+    pub fn answer(&self, request_id: &str) -> Option<&R> {
+        self.answers.get(request_id)
+    }
+
+    /// Remembers the answer the command at `log_index` gave to `request_id`, forgetting the
+    /// oldest ids beyond `capacity`.
+    pub fn remember(&mut self, log_index: u64, request_id: &str, answer: &R, capacity: usize) {
+        self.answers.insert(request_id.to_owned(), answer.clone());
+        self.by_index.insert(log_index, request_id.to_owned());
+        while self.by_index.len() > capacity {
+            if let Some((_, oldest)) = self.by_index.pop_first() {
+                self.answers.remove(&oldest);
+            }
+        }
+    }
+
+    /// How many ids are kept.
+    pub fn len(&self) -> usize {
+        self.answers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.answers.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_newest_ids_up_to_capacity_in_both_maps() {
+        let mut recent = RecentRequests::default();
+        for i in 0..8u64 {
+            recent.remember(i + 1, &format!("r{i}"), &i, 5);
+        }
+        assert_eq!(recent.len(), 5);
+        assert_eq!(recent.by_index.len(), 5);
+        assert_eq!(recent.answer("r2"), None);
+        assert_eq!(recent.answer("r3"), Some(&3));
+        assert_eq!(recent.answer("r7"), Some(&7));
+    }
+}
