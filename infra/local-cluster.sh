@@ -5,6 +5,8 @@
 #
 #   infra/local-cluster.sh up DIR     # start (writes DIR/cluster-credentials.env)
 #   infra/local-cluster.sh down DIR   # stop everything it started
+#   infra/local-cluster.sh start DIR NAME   # start one process again after it died, such as
+#                                           # storage-2 (from DIR/storage-2.toml)
 #
 # Ports start at STRATA_PORT_BASE (default 19000): metadata +1..+3, storage +11..+13, proxies
 # +21/+22 (API) and +31/+32 (admin). The binary is STRATA_BIN, else target/release/strata, else
@@ -139,6 +141,21 @@ ENV
   echo "local cluster up; source $dir/cluster-credentials.env"
 }
 
+start_one() {
+  local dir name role
+  dir="$(cd "$1" && pwd)"
+  name=$2
+  role=${name%-*}
+  case "$role" in metadata | storage | proxy) ;; *) echo "no process named $name" >&2; exit 2 ;; esac
+  [ -f "$dir/$name.toml" ] || { echo "$dir/$name.toml does not exist: run up first" >&2; exit 2; }
+  if [ -f "$dir/$name.pid" ] && kill -0 "$(cat "$dir/$name.pid")" 2>/dev/null; then
+    echo "$name is already running" >&2
+    exit 2
+  fi
+  BIN="$(binary)"
+  start_role "$dir" "$name" "$role"
+}
+
 down() {
   local dir=$1
   for f in "$dir"/proxy-*.pid "$dir"/storage-*.pid "$dir"/metadata-*.pid; do
@@ -160,5 +177,6 @@ down() {
 case "${1:-}" in
   up) up "${2:?directory}" ;;
   down) down "${2:?directory}" ;;
-  *) echo "usage: $0 up DIR | down DIR" >&2; exit 2 ;;
+  start) start_one "${2:?directory}" "${3:?process name, such as storage-2}" ;;
+  *) echo "usage: $0 up DIR | down DIR | start DIR NAME" >&2; exit 2 ;;
 esac

@@ -551,7 +551,7 @@ async fn receive_messages(
         return Err(ApiError::invalid(format!("visibility_timeout_seconds must be 0-{VISIBILITY_TIMEOUT_S_MAX}")));
     }
     let visibility_timeout_ms = request.visibility_timeout_seconds.map(|v| v * 1000);
-    let received = queues::on_queue(&state.placement, &tenant, &name, |mut c, q| async move {
+    let received = queues::on_queue_polling(&state.placement, &tenant, &name, wait_s * 1000, |mut c, q| async move {
         c.receive(pb::ReceiveRequest {
             queue: Some(q),
             max_messages,

@@ -4,6 +4,7 @@
 //! Errors are [`StrataError`]s; each front door renders them in its own protocol.
 
 use std::future::Future;
+use std::time::Duration;
 
 use strata_common::error::{ErrorKind, StrataError};
 use strata_common::names::validate_queue_name;
@@ -82,6 +83,35 @@ where
     F: Fn(StorageGrpcClient, pb::QueueRef) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
+    on_queue_within(placement, tenant, name, ATTEMPT_TIMEOUT, call).await
+}
+
+/// [`on_queue`] for a long poll of `wait_ms`: each attempt may take that long and more.
+pub async fn on_queue_polling<T, F, Fut>(
+    placement: &Placement,
+    tenant: &str,
+    name: &str,
+    wait_ms: u64,
+    call: F,
+) -> Result<T, StrataError>
+where
+    F: Fn(StorageGrpcClient, pb::QueueRef) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    on_queue_within(placement, tenant, name, ATTEMPT_TIMEOUT + Duration::from_millis(wait_ms), call).await
+}
+
+async fn on_queue_within<T, F, Fut>(
+    placement: &Placement,
+    tenant: &str,
+    name: &str,
+    attempt_timeout: Duration,
+    call: F,
+) -> Result<T, StrataError>
+where
+    F: Fn(StorageGrpcClient, pb::QueueRef) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
     validate_queue_name(name)?;
     let not_found = || StrataError::queue_not_found(name);
     let mut healed = false;
@@ -92,7 +122,7 @@ where
             Err(e) => return Err(e),
         };
         let queue = routing::queue_ref(&info);
-        let e = match on_shard(placement, info.shard_id, |c| call(c, queue.clone())).await {
+        let e = match on_shard_within(placement, info.shard_id, attempt_timeout, |c| call(c, queue.clone())).await {
             Ok(answer) => return Ok(answer),
             Err(e) if e.kind != ErrorKind::QueueNotFound => return Err(e),
             Err(e) => e,
@@ -123,12 +153,29 @@ where
 /// election (about a second).
 const REROUTES_MAX: u32 = 30;
 /// Pause before trying another replica when none was named as leader.
-const REROUTE_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+const REROUTE_PAUSE: Duration = Duration::from_millis(100);
+/// How long one storage call (other than a long poll's wait) may take at one replica before the
+/// proxy tries another: a replica that stopped (paused, partitioned) answers nothing at all, and
+/// its followers elect a new leader within about a second.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Runs a storage call at the leader of a shard: a replica that does not lead, or cannot be
-/// reached, sends the call on to the leader it names, or to the next replica. (A send whose
-/// answer was lost in a failover is retried with its request id, so it is stored once.)
+/// Runs a storage call at the leader of a shard: a replica that does not lead, cannot be
+/// reached or does not answer in time sends the call on to the leader it names, or to the next
+/// replica. (A send whose answer was lost is retried with its request id, so it is stored once.)
 pub async fn on_shard<T, F, Fut>(placement: &Placement, shard_id: u64, call: F) -> Result<T, StrataError>
+where
+    F: Fn(StorageGrpcClient) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    on_shard_within(placement, shard_id, ATTEMPT_TIMEOUT, call).await
+}
+
+async fn on_shard_within<T, F, Fut>(
+    placement: &Placement,
+    shard_id: u64,
+    attempt_timeout: Duration,
+    call: F,
+) -> Result<T, StrataError>
 where
     F: Fn(StorageGrpcClient) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -136,9 +183,13 @@ where
     let mut reroutes = 0;
     loop {
         let client = placement.storage_for(shard_id).await?;
-        let e = match call(client).await {
-            Ok(response) => return Ok(response.into_inner()),
-            Err(status) => StrataError::from(status),
+        let e = match tokio::time::timeout(attempt_timeout, call(client)).await {
+            Ok(Ok(response)) => return Ok(response.into_inner()),
+            Ok(Err(status)) => StrataError::from(status),
+            Err(_) => StrataError::unavailable(format!(
+                "a replica of shard {shard_id} did not answer within {} ms",
+                attempt_timeout.as_millis()
+            )),
         };
         if e.kind != ErrorKind::Unavailable
             || reroutes >= REROUTES_MAX

@@ -333,7 +333,7 @@ impl Storage for StorageService {
     async fn get_queue_stats(&self, request: Request<pb::QueueRef>) -> Result<Response<pb::QueueStats>, Status> {
         let r = request.into_inner();
         let (shard, queue, tenant) = self.route(Some(&r))?;
-        shard.ensure_leader()?;
+        shard.read_barrier().await?;
         let counts = shard.state().0.queue_counts(queue, &tenant);
         let counts = counts.ok_or_else(|| queue_error(queue::QueueError::QueueNotFound))?;
         Ok(Response::new(pb::QueueStats {
@@ -377,7 +377,7 @@ impl Storage for StorageService {
     ) -> Result<Response<pb::ListMoveTasksResponse>, Status> {
         let r = request.into_inner();
         let (shard, source, tenant) = self.route(Some(&r))?;
-        shard.ensure_leader()?;
+        shard.read_barrier().await?;
         let tasks = shard.state().0.move_tasks_of(&tenant, source);
         Ok(Response::new(pb::ListMoveTasksResponse { tasks: tasks.iter().map(move_task_pb).collect() }))
     }

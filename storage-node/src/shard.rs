@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use openraft::async_runtime::WatchReceiver;
-use openraft::{BasicNode, Config, SnapshotPolicy};
+use openraft::{BasicNode, Config, ReadPolicy, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use strata_common::Clock;
 use strata_common::error::{ErrorKind, StrataError};
@@ -241,17 +241,19 @@ impl Shard {
         Ok(Self { shard_id, writer_epoch, group, clock, tiered })
     }
 
-    /// Succeeds on the leader; elsewhere answers where the leader is. Reads of local state that
-    /// must not be stale (counts, move tasks) start with this.
-    pub fn ensure_leader(&self) -> Result<(), StrataError> {
-        if self.is_leader() {
-            return Ok(());
-        }
-        let metrics = self.group.raft.metrics().borrow_watched().clone();
-        let leader = metrics
-            .current_leader
-            .and_then(|id| metrics.membership_config.membership().get_node(&id).map(|n| n.addr.clone()));
-        Err(StrataError::not_leader(&format!("shard {}", self.shard_id), leader))
+    /// Waits until a read of this replica's state is linearizable: it leads (confirmed by a
+    /// quorum, so a deposed leader that has not heard of its successor answers no) and has
+    /// applied everything committed before the call. Elsewhere answers where the leader is.
+    /// Reads of local state that must not be stale (counts, move tasks) start with this.
+    pub async fn read_barrier(&self) -> Result<(), StrataError> {
+        self.group.raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map(|_| ()).map_err(|e| {
+            let leader = e
+                .forward_to_leader()
+                .and_then(|f| f.leader_node.as_ref())
+                .map(|n| n.addr.clone())
+                .filter(|a| !a.is_empty());
+            StrataError::not_leader(&format!("shard {}", self.shard_id), leader)
+        })
     }
 
     /// Whether this replica leads its group now (always, for a single voter). Background work

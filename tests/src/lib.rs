@@ -4,6 +4,8 @@
 //! until it serves, and can be SIGKILLed and restarted on the same directory. [`Api`] is a small
 //! client of the native HTTP API that returns status and JSON, so tests can assert on errors.
 
+pub mod history;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

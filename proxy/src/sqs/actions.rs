@@ -1112,7 +1112,7 @@ async fn receive_message(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError
         }
         _ => String::new(),
     };
-    let received = queues::on_queue(&ctx.state.placement, ctx.tenant(), &info.name, |mut c, q| {
+    let received = queues::on_queue_polling(&ctx.state.placement, ctx.tenant(), &info.name, wait_ms, |mut c, q| {
         let receive_request_attempt_id = attempt_id.clone();
         async move {
             c.receive(pb::ReceiveRequest {

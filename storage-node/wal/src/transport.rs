@@ -6,6 +6,7 @@
 //!   of its Raft groups. Each group registers its [`Raft`] under a [`GroupId`]; a message for a
 //!   group that is not registered here (not hosted, or shutting down) answers `Unavailable`, which
 //!   the sender treats as an unreachable peer.
+//!   `Status` reports each registered group's role, term, leader and log progress.
 //! * [`GrpcNetwork`]: the client side, openraft's network factory for one group. A peer's
 //!   address is its `BasicNode::addr` (`http://host:port` of the peer's Raft transport).
 //!
@@ -27,11 +28,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::async_runtime::WatchReceiver;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
 use openraft::storage::RaftStateMachine;
-use openraft::{BasicNode, OptionalSend, Raft, RaftNetworkV2, RaftTypeConfig};
+use openraft::{BasicNode, LogIdOptionExt, OptionalSend, Raft, RaftNetworkV2, RaftTypeConfig, ServerState};
 use parking_lot::RwLock;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -57,6 +59,7 @@ enum Rpc {
 /// One registered group, behind encoded messages.
 trait GroupEndpoint: Send + Sync {
     fn handle(&self, rpc: Rpc, payload: Bytes) -> Reply;
+    fn status(&self, group: GroupId) -> pb::RaftGroupStatus;
 }
 
 struct RaftEndpoint<C: RaftTypeConfig, SM: RaftStateMachine<C>> {
@@ -78,9 +81,33 @@ fn unavailable(e: impl std::fmt::Display) -> Status {
 
 impl<C, SM> GroupEndpoint for RaftEndpoint<C, SM>
 where
-    C: RaftTypeConfig,
+    C: RaftTypeConfig<NodeId = u64, Term = u64, Node = BasicNode>,
     SM: RaftStateMachine<C, SnapshotData = Vec<u8>>,
 {
+    fn status(&self, group: GroupId) -> pb::RaftGroupStatus {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let role = match metrics.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let leader_address = metrics
+            .current_leader
+            .and_then(|id| metrics.membership_config.membership().get_node(&id).map(|n| n.addr.clone()));
+        pb::RaftGroupStatus {
+            group,
+            node_id: metrics.id,
+            role: role.to_owned(),
+            term: metrics.current_term,
+            leader_id: metrics.current_leader.unwrap_or(0),
+            leader_address: leader_address.unwrap_or_default(),
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            last_applied_index: metrics.last_applied.index().unwrap_or(0),
+        }
+    }
+
     fn handle(&self, rpc: Rpc, payload: Bytes) -> Reply {
         let raft = self.raft.clone();
         Box::pin(async move {
@@ -111,7 +138,7 @@ impl RaftRouter {
     /// Delivers messages for `group` to `raft` from now on (replacing an earlier registration).
     pub fn register<C, SM>(&self, group: GroupId, raft: Raft<C, SM>)
     where
-        C: RaftTypeConfig,
+        C: RaftTypeConfig<NodeId = u64, Term = u64, Node = BasicNode>,
         SM: RaftStateMachine<C, SnapshotData = Vec<u8>>,
     {
         self.groups.write().insert(group, Arc::new(RaftEndpoint { raft }));
@@ -155,6 +182,12 @@ impl RaftTransport for RaftRouter {
 
     async fn install_snapshot(&self, request: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
         self.route(Rpc::InstallSnapshot, request).await
+    }
+
+    async fn status(&self, _: Request<pb::RaftStatusRequest>) -> Result<Response<pb::RaftStatusResponse>, Status> {
+        let mut groups: Vec<_> = self.groups.read().iter().map(|(&id, endpoint)| endpoint.status(id)).collect();
+        groups.sort_by_key(|g| g.group);
+        Ok(Response::new(pb::RaftStatusResponse { groups }))
     }
 }
 

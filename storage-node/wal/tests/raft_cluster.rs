@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use strata_common::proto as pb;
+use strata_common::proto::raft_transport_client::RaftTransportClient;
 
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
@@ -187,6 +189,32 @@ async fn three_voters_fail_over_catch_up_and_refuse_without_a_majority() {
     }
     for v in &voters {
         wait_applied(v, &acked).await;
+    }
+    // The transport's Status: every voter names the same leader in one term, which alone calls
+    // itself leader, and all have applied the writes. (Asked again if leadership moved between
+    // the three questions, as it may under load.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut statuses = Vec::new();
+        for addr in addrs.values() {
+            let mut client = RaftTransportClient::connect(format!("http://{addr}")).await.expect("connect");
+            let groups = client.status(pb::RaftStatusRequest {}).await.expect("status").into_inner().groups;
+            assert_eq!(groups.len(), 1, "{groups:?}");
+            assert_eq!(groups[0].group, GROUP);
+            assert!(groups[0].last_applied_index >= 100, "{groups:?}");
+            statuses.push(groups.into_iter().next().expect("one group"));
+        }
+        let leader_now = statuses[0].leader_id;
+        let agreed = statuses.iter().all(|s| {
+            (s.leader_id, s.term) == (leader_now, statuses[0].term)
+                && (s.role == "leader") == (s.node_id == leader_now)
+                && members.get(&leader_now).is_some_and(|n| n.addr == s.leader_address)
+        });
+        if agreed {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the voters never agreed on a leader: {statuses:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     // Failover: the leader goes; the other two elect one and lose nothing acknowledged.
