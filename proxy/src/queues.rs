@@ -149,15 +149,15 @@ where
     }
 }
 
-/// Most times one call moves to another replica of its shard: 30 moves 50-100 ms apart outlast an
-/// election (about a second).
-const REROUTES_MAX: u32 = 30;
+/// How long one call keeps moving between the replicas of its shard: several elections (about
+/// a second each), and a paused leader's attempt timeout on the way.
+const REROUTE_WINDOW: Duration = Duration::from_secs(10);
 /// Pause before trying another replica when none was named as leader.
 const REROUTE_PAUSE: Duration = Duration::from_millis(100);
 /// How long one storage call (other than a long poll's wait) may take at one replica before the
 /// proxy tries another: a replica that stopped (paused, partitioned) answers nothing at all, and
 /// its followers elect a new leader within about a second.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs a storage call at the leader of a shard: a replica that does not lead, cannot be
 /// reached or does not answer in time sends the call on to the leader it names, or to the next
@@ -180,7 +180,7 @@ where
     F: Fn(StorageGrpcClient) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
-    let mut reroutes = 0;
+    let started = tokio::time::Instant::now();
     loop {
         let client = placement.storage_for(shard_id).await?;
         let e = match tokio::time::timeout(attempt_timeout, call(client)).await {
@@ -192,12 +192,11 @@ where
             )),
         };
         if e.kind != ErrorKind::Unavailable
-            || reroutes >= REROUTES_MAX
+            || started.elapsed() >= REROUTE_WINDOW
             || !placement.reroute(shard_id, e.leader_hint.as_deref())
         {
             return Err(e);
         }
-        reroutes += 1;
         // A named leader may be one that just died (its followers have not elected another yet):
         // pause a little even then, so the reroutes outlast an election.
         let pause = if e.leader_hint.is_some() { REROUTE_PAUSE / 2 } else { REROUTE_PAUSE };

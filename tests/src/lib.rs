@@ -4,6 +4,7 @@
 //! until it serves, and can be SIGKILLed and restarted on the same directory. [`Api`] is a small
 //! client of the native HTTP API that returns status and JSON, so tests can assert on errors.
 
+pub mod cluster;
 pub mod history;
 
 use std::net::TcpListener;

@@ -4,59 +4,18 @@
 //! the SQS API with the AWS CLI, a storage node SIGKILLed without losing acknowledged sends, and
 //! a clean stop.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
-use strata_tests::{Api, run_ok, strata_binary};
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/local-cluster.sh")
-}
-
-/// Runs `down` however the test ends.
-struct Cluster {
-    dir: PathBuf,
-    port_base: u16,
-}
-
-impl Cluster {
-    fn command(&self, verb: &str) -> Command {
-        let mut command = Command::new(script());
-        command
-            .arg(verb)
-            .arg(&self.dir)
-            .env("STRATA_BIN", strata_binary())
-            .env("STRATA_PORT_BASE", self.port_base.to_string());
-        command
-    }
-
-    fn credentials(&self) -> BTreeMap<String, String> {
-        let text = std::fs::read_to_string(self.dir.join("cluster-credentials.env")).expect("credentials file");
-        text.lines()
-            .filter_map(|l| l.strip_prefix("export "))
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
-            .collect()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = self.command("down").output();
-    }
-}
+use strata_tests::cluster::LocalCluster;
+use strata_tests::{Api, run_ok};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_cluster_comes_up_serves_both_apis_survives_a_storage_kill_and_goes_down() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // Below the ephemeral range, spread by process so parallel runs do not meet.
-    let port_base = 21_000 + (std::process::id() % 89) as u16 * 100;
-    let cluster = Cluster { dir: dir.path().join("cluster"), port_base };
-    run_ok(&mut cluster.command("up")).expect("local-cluster.sh up");
-    let env = cluster.credentials();
+    let cluster = LocalCluster::up(&dir.path().join("cluster"), LocalCluster::port_base(0)).expect("up");
+    let env = cluster.credentials().expect("credentials");
     for key in
         ["STRATA_ENDPOINT", "STRATA_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "STRATA_PROXY_ENDPOINTS"]
     {
@@ -86,8 +45,7 @@ async fn local_cluster_comes_up_serves_both_apis_survives_a_storage_kill_and_goe
     assert!(listed.contains("/dev/orders"), "{listed}");
 
     // SIGKILL one storage node (whichever leads or follows): sends keep being acknowledged.
-    let pid = std::fs::read_to_string(cluster.dir.join("storage-1.pid")).expect("pid file");
-    run_ok(Command::new("kill").args(["-9", pid.trim()])).expect("kill -9 a storage node");
+    cluster.kill9("storage-1").expect("kill -9 a storage node");
     for i in 20..40 {
         let body = format!("m{i:02}");
         let proxy = &proxies[i % 2];
@@ -114,7 +72,7 @@ async fn local_cluster_comes_up_serves_both_apis_survives_a_storage_kill_and_goe
     received.sort();
     assert_eq!(received, acknowledged, "every acknowledged send, exactly once");
 
-    run_ok(&mut cluster.command("down")).expect("local-cluster.sh down");
+    cluster.down().expect("local-cluster.sh down");
     let left: Vec<_> = std::fs::read_dir(&cluster.dir)
         .expect("cluster dir")
         .flatten()

@@ -1,0 +1,154 @@
+//! A local cluster started by `infra/local-cluster.sh` from the test build of `strata`: Garage,
+//! three metadata members, three storage nodes, two proxies, each its own process. Tests kill,
+//! pause and restart its processes by name (`metadata-2`, `storage-1`, `proxy-2`, ...) and ask
+//! each process's Raft transport which groups it leads. `down` runs however the test ends.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use strata_common::proto as pb;
+use strata_common::proto::raft_transport_client::RaftTransportClient;
+
+use crate::{run_ok, strata_binary};
+
+/// The processes of the cluster, by name.
+pub const METADATA: [&str; 3] = ["metadata-1", "metadata-2", "metadata-3"];
+pub const STORAGE: [&str; 3] = ["storage-1", "storage-2", "storage-3"];
+pub const PROXIES: [&str; 2] = ["proxy-1", "proxy-2"];
+
+pub struct LocalCluster {
+    pub dir: PathBuf,
+    port_base: u16,
+}
+
+impl LocalCluster {
+    /// Starts a cluster in `dir` with ports from `port_base` (see the script for the layout).
+    pub fn up(dir: &Path, port_base: u16) -> anyhow::Result<Self> {
+        let cluster = Self { dir: dir.to_path_buf(), port_base };
+        run_ok(&mut cluster.script("up")).context("local-cluster.sh up")?;
+        Ok(cluster)
+    }
+
+    /// A port base below the ephemeral range, spread by process and by `slot` so parallel test
+    /// processes do not meet.
+    pub fn port_base(slot: u16) -> u16 {
+        21_000 + ((std::process::id() % 40) as u16 * 2 + slot) * 100
+    }
+
+    fn script(&self, verb: &str) -> Command {
+        let mut command = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/local-cluster.sh"));
+        command
+            .arg(verb)
+            .arg(&self.dir)
+            .env("STRATA_BIN", strata_binary())
+            .env("STRATA_PORT_BASE", self.port_base.to_string());
+        command
+    }
+
+    /// Stops everything (also done on drop).
+    pub fn down(&self) -> anyhow::Result<()> {
+        run_ok(&mut self.script("down")).map(|_| ())
+    }
+
+    /// The variables of `cluster-credentials.env`.
+    pub fn credentials(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        let text = std::fs::read_to_string(self.dir.join("cluster-credentials.env"))?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
+            .collect())
+    }
+
+    /// A token for `tenant`, minted with the proxies' key.
+    pub fn token_for(&self, tenant: &str) -> anyhow::Result<String> {
+        let mut command = Command::new(strata_binary());
+        command.arg("token").arg("--config").arg(self.dir.join("proxy-1.toml")).args(["--tenant", tenant]);
+        Ok(run_ok(&mut command)?.trim().to_owned())
+    }
+
+    /// The gRPC address (`http://127.0.0.1:port`) of a metadata member or storage node.
+    pub fn grpc_address(&self, name: &str) -> anyhow::Result<String> {
+        let offset = match name.split_once('-') {
+            Some(("metadata", i)) => i.parse::<u16>()?,
+            Some(("storage", i)) => 10 + i.parse::<u16>()?,
+            _ => bail!("{name} serves no gRPC"),
+        };
+        Ok(format!("http://127.0.0.1:{}", self.port_base + offset))
+    }
+
+    fn pid(&self, name: &str) -> anyhow::Result<String> {
+        let pid = std::fs::read_to_string(self.dir.join(format!("{name}.pid")))
+            .with_context(|| format!("{name} has no pid file"))?;
+        Ok(pid.trim().to_owned())
+    }
+
+    fn signal(&self, name: &str, signal: &str) -> anyhow::Result<()> {
+        run_ok(Command::new("kill").args([signal, &self.pid(name)?])).map(|_| ())
+    }
+
+    /// SIGKILL: no shutdown path runs. Waits until the process is gone.
+    pub fn kill9(&self, name: &str) -> anyhow::Result<()> {
+        let pid = self.pid(name)?;
+        self.signal(name, "-KILL")?;
+        let proc = PathBuf::from(format!("/proc/{pid}"));
+        for _ in 0..200 {
+            // A killed child of the script's shell is reaped by init: gone or a zombie.
+            let state = std::fs::read_to_string(proc.join("stat")).unwrap_or_default();
+            if state.is_empty() || state.contains(") Z ") {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        bail!("{name} (pid {pid}) did not die")
+    }
+
+    /// SIGSTOP: the process keeps its sockets but answers nothing.
+    pub fn pause(&self, name: &str) -> anyhow::Result<()> {
+        self.signal(name, "-STOP")
+    }
+
+    /// SIGCONT after [`LocalCluster::pause`].
+    pub fn resume(&self, name: &str) -> anyhow::Result<()> {
+        self.signal(name, "-CONT")
+    }
+
+    /// Starts a process that died again, on its data directory.
+    pub fn start(&self, name: &str) -> anyhow::Result<()> {
+        let mut command = self.script("start");
+        command.arg(name);
+        run_ok(&mut command).map(|_| ())
+    }
+
+    /// The Raft groups the process `name` serves, with its view of each (role, term, leader).
+    pub async fn raft_status(&self, name: &str) -> anyhow::Result<Vec<pb::RaftGroupStatus>> {
+        let connect = RaftTransportClient::connect(self.grpc_address(name)?);
+        let mut client = tokio::time::timeout(std::time::Duration::from_secs(2), connect).await??;
+        let status = client.status(pb::RaftStatusRequest {});
+        Ok(tokio::time::timeout(std::time::Duration::from_secs(2), status).await??.into_inner().groups)
+    }
+
+    /// Which of `names` leads group `group` now, if one says so.
+    pub async fn leader_of(&self, names: &[&str], group: u64) -> Option<String> {
+        for name in names {
+            let Ok(groups) = self.raft_status(name).await else { continue };
+            if groups.iter().any(|g| g.group == group && g.role == "leader") {
+                return Some(name.to_string());
+            }
+        }
+        None
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        // A paused process would not see the script's SIGTERM.
+        for name in STORAGE.iter().chain(&METADATA).chain(&PROXIES) {
+            let _ = self.resume(name);
+        }
+        let _ = self.script("down").output();
+    }
+}

@@ -1,0 +1,244 @@
+//! Fault tests on a local cluster (`infra/local-cluster.sh`: Garage, three metadata members,
+//! three storage nodes holding three replicas of every shard, two proxies; all real processes).
+//!
+//! Under a steady mixed load (three tenants with two queues each; per queue one client sending
+//! unique message bodies and one receiving and deleting, spread over both proxies) the test
+//! repeatedly:
+//!
+//! * SIGKILLs and restarts the storage node leading a shard, then a follower of it;
+//! * SIGKILLs and restarts the metadata leader, then a proxy;
+//! * SIGSTOPs a shard leader for three election timeouts and resumes it;
+//! * SIGKILLs two of the three storage nodes: no send may be acknowledged until one is back;
+//!   then restarts both.
+//!
+//! Then it heals everything, stops sending, drains every queue and has the history checker
+//! ([`strata_tests::history`]) judge the run: nothing acknowledged lost, nothing invented,
+//! nothing across tenants or queues, nothing redelivered after a delete; duplicates and the
+//! recovery times are printed. `STRATA_FAULT_ROUNDS=N` runs the fault sequence N times (1 in
+//! CI).
+
+use std::time::Duration;
+
+use serde_json::json;
+use strata_metadata::MetadataClient;
+use strata_tests::Api;
+use strata_tests::cluster::{LocalCluster, METADATA, PROXIES, STORAGE};
+use strata_tests::history::{History, Outcome, Stream};
+use tokio_util::sync::CancellationToken;
+
+const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
+const QUEUES: [&str; 2] = ["orders", "events"];
+/// Pause between one client's sends: about 20 sends per second per queue.
+const SEND_PAUSE: Duration = Duration::from_millis(50);
+/// Longer than a message stays unacknowledged in the test, so a redelivery means a lost delete
+/// or a failover, not a slow receiver.
+const VISIBILITY_S: u64 = 30;
+/// How long the load runs undisturbed between faults, and a killed process stays down.
+const SETTLE: Duration = Duration::from_secs(3);
+const DOWN: Duration = Duration::from_secs(2);
+/// Longer than a shard's election timeout (0.5-1 s) several times over.
+const PAUSED: Duration = Duration::from_secs(3);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn outcome(answer: &anyhow::Result<(u16, serde_json::Value)>) -> Outcome {
+    match answer {
+        Ok((200..=299, _)) => Outcome::Ok,
+        Ok((400..=499, _)) => Outcome::Failed,
+        Ok(_) => Outcome::Unknown,
+        // Refused before anything was sent (the proxy is down): definitely not done.
+        Err(e) if e.downcast_ref::<reqwest::Error>().is_some_and(reqwest::Error::is_connect) => Outcome::Failed,
+        Err(_) => Outcome::Unknown,
+    }
+}
+
+/// Sends unique bodies to one queue, alternating proxies, until `stop`.
+async fn sender(history: History, stream: Stream, proxies: Vec<Api>, stop: CancellationToken) {
+    let path = format!("/v1/queues/{}/messages", stream.queue);
+    let mut i = 0usize;
+    while !stop.is_cancelled() {
+        let id = format!("{stream}/{i}");
+        let started_ms = history.now_ms();
+        let answer = proxies[i % proxies.len()].post(&path, json!({ "messages": [{ "body": id }] })).await;
+        history.send(&stream, &id, started_ms, outcome(&answer));
+        i += 1;
+        tokio::time::sleep(SEND_PAUSE).await;
+    }
+}
+
+/// Receives from one queue and deletes what it got, alternating proxies, until `stop`.
+async fn receiver(history: History, stream: Stream, proxies: Vec<Api>, stop: CancellationToken) {
+    let receive = format!("/v1/queues/{}/receive", stream.queue);
+    let delete = format!("/v1/queues/{}/delete", stream.queue);
+    let mut turn = 0usize;
+    while !stop.is_cancelled() {
+        turn += 1;
+        let proxy = &proxies[turn % proxies.len()];
+        let started_ms = history.now_ms();
+        let body = json!({ "max_messages": 10, "wait_seconds": 1, "visibility_timeout_seconds": VISIBILITY_S });
+        let Ok((200, got)) = proxy.post(&receive, body).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let messages = got["messages"].as_array().cloned().unwrap_or_default();
+        let ids: Vec<String> = messages.iter().map(|m| m["body"].as_str().unwrap_or_default().to_owned()).collect();
+        history.receive(&stream, ids.clone(), started_ms);
+        if messages.is_empty() {
+            continue;
+        }
+        let handles: Vec<&str> = messages.iter().map(|m| m["receipt_handle"].as_str().unwrap_or_default()).collect();
+        let answer = proxy.post(&delete, json!({ "receipt_handles": handles })).await;
+        match &answer {
+            Ok((200, results)) => {
+                let results = results["results"].as_array().cloned().unwrap_or_default();
+                for (id, result) in ids.iter().zip(results) {
+                    let ok = result["ok"].as_bool() == Some(true);
+                    history.delete(id, if ok { Outcome::Ok } else { Outcome::Failed });
+                }
+            }
+            other => {
+                for id in &ids {
+                    history.delete(id, outcome(other));
+                }
+            }
+        }
+    }
+}
+
+/// The storage node leading `shard` (waiting out an election), and the others holding it.
+async fn shard_roles(cluster: &LocalCluster, shard: u64) -> (String, Vec<String>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(leader) = cluster.leader_of(&STORAGE, shard).await {
+            let followers = STORAGE.iter().filter(|n| **n != leader).map(|n| n.to_string()).collect();
+            return (leader, followers);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "shard {shard} has no leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn metadata_leader(cluster: &LocalCluster) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(leader) = cluster.leader_of(&METADATA, strata_metadata::server::METADATA_GROUP).await {
+            return leader;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the metadata quorum has no leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// SIGKILL `name`, keep it down a while, start it again.
+async fn crash_and_restart(cluster: &LocalCluster, history: &History, name: &str, what: &str) {
+    history.fault(&format!("SIGKILL of {what} ({name})"));
+    cluster.kill9(name).expect("kill");
+    tokio::time::sleep(DOWN).await;
+    cluster.start(name).expect("restart");
+    tokio::time::sleep(SETTLE).await;
+}
+
+async fn run_faults(cluster: &LocalCluster, history: &History, shards: &[u64], streams: &[Stream], round: usize) {
+    let shard = shards[round % shards.len()];
+    let (leader, _) = shard_roles(cluster, shard).await;
+    crash_and_restart(cluster, history, &leader, &format!("shard {shard}'s leader")).await;
+
+    let (_, followers) = shard_roles(cluster, shard).await;
+    crash_and_restart(cluster, history, &followers[round % 2], &format!("a follower of shard {shard}")).await;
+
+    let leader = metadata_leader(cluster).await;
+    crash_and_restart(cluster, history, &leader, "the metadata leader").await;
+
+    crash_and_restart(cluster, history, PROXIES[round % 2], "a proxy").await;
+
+    let (leader, _) = shard_roles(cluster, shard).await;
+    history.fault(&format!("SIGSTOP of shard {shard}'s leader ({leader})"));
+    cluster.pause(&leader).expect("pause");
+    tokio::time::sleep(PAUSED).await;
+    cluster.resume(&leader).expect("resume");
+    tokio::time::sleep(SETTLE).await;
+    // The resumed leader has heard of its successor's term: one leader per shard.
+    for &s in shards {
+        let mut leaders = Vec::new();
+        for name in STORAGE {
+            let groups = cluster.raft_status(name).await.expect("status");
+            if groups.iter().any(|g| g.group == s && g.role == "leader") {
+                leaders.push(name);
+            }
+        }
+        assert!(leaders.len() <= 1, "shard {s} has two leaders after a pause: {leaders:?}");
+    }
+
+    // Two of three replicas of every shard down: nothing may be acknowledged until one is back.
+    let (leader, followers) = shard_roles(cluster, shard).await;
+    let down = [leader, followers[round % 2].clone()];
+    for name in &down {
+        cluster.kill9(name).expect("kill");
+    }
+    let killed_ms = history.now_ms();
+    tokio::time::sleep(SETTLE).await;
+    let healed_ms = history.now_ms();
+    let unsafe_acks = history.acknowledged_sends_between(streams, killed_ms, healed_ms);
+    assert!(unsafe_acks.is_empty(), "acknowledged with two of three replicas down: {unsafe_acks:?}");
+    history.fault(&format!("restart of one of two killed storage nodes ({})", down[0]));
+    cluster.start(&down[0]).expect("restart");
+    tokio::time::sleep(SETTLE).await;
+    cluster.start(&down[1]).expect("restart");
+    tokio::time::sleep(SETTLE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_message_is_lost_through_crashes_pauses_and_lost_majorities() {
+    let rounds: usize = std::env::var("STRATA_FAULT_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = LocalCluster::up(&dir.path().join("cluster"), LocalCluster::port_base(1)).expect("up");
+    let env = cluster.credentials().expect("credentials");
+    let endpoints: Vec<&str> = env["STRATA_PROXY_ENDPOINTS"].split(',').collect();
+    let metadata = MetadataClient::connect_lazy(&env["STRATA_METADATA_ENDPOINTS"]).expect("metadata client");
+
+    let history = History::new();
+    let stop_sending = CancellationToken::new();
+    let stop_receiving = CancellationToken::new();
+    let mut streams = Vec::new();
+    let mut shards = Vec::new();
+    let mut tasks = Vec::new();
+    for tenant in TENANTS {
+        let token = cluster.token_for(tenant).expect("token");
+        let proxies: Vec<Api> = endpoints.iter().map(|e| Api::new(e, &token)).collect();
+        for queue in QUEUES {
+            proxies[0].create_queue(queue).await.expect("create queue");
+            let info = metadata.get_queue(tenant, queue).await.expect("queue placement");
+            if !shards.contains(&info.shard_id) {
+                shards.push(info.shard_id);
+            }
+            let stream = Stream::new(tenant, queue);
+            streams.push(stream.clone());
+            tasks.push(tokio::spawn(sender(history.clone(), stream.clone(), proxies.clone(), stop_sending.clone())));
+            tasks.push(tokio::spawn(receiver(history.clone(), stream, proxies.clone(), stop_receiving.clone())));
+        }
+    }
+    shards.sort_unstable();
+
+    tokio::time::sleep(SETTLE).await;
+    for round in 0..rounds {
+        run_faults(&cluster, &history, &shards, &streams, round).await;
+    }
+
+    // Healed: stop sending, drain until every acknowledged send has been delivered.
+    stop_sending.cancel();
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    while history.undelivered() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop_receiving.cancel();
+    for task in tasks {
+        task.await.expect("client task");
+    }
+
+    let report = history.check();
+    println!("fault test ({rounds} round(s), shards {shards:?}):\n{report}");
+    assert!(report.is_safe(), "{report}");
+    assert!(report.sends_acknowledged > 0);
+    for (fault, recovery) in &report.recoveries {
+        assert!(recovery.is_some(), "no acknowledged send on some queue after {fault}:\n{report}");
+    }
+}
