@@ -107,9 +107,13 @@ pub struct NodeRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardRecord {
     pub shard_id: u64,
-    /// The designated writer: the first replica.
+    /// The writer: the replica that last claimed the shard (its Raft leader), at first the first
+    /// replica. Only the writer uploads segments and changes the segment catalog.
     pub node_id: String,
+    /// Incremented by every claim of a new writer; part of every object key the writer uploads.
     pub writer_epoch: u64,
+    /// The shard's Raft term of the last claim: a claim from an older term is refused.
+    pub writer_term: u64,
     /// Every replica (distinct nodes), the writer first.
     pub replicas: Vec<String>,
 }
@@ -218,6 +222,13 @@ pub enum MetaCommand {
         name: String,
         keys: Vec<String>,
     },
+    /// The leader of a shard's Raft group in `raft_term` becomes its writer, with a new writer
+    /// epoch; refused if a claim of a later term was made (the claimant was deposed).
+    ClaimShardWriter {
+        shard_id: u64,
+        node_id: String,
+        raft_term: u64,
+    },
 }
 
 impl fmt::Display for MetaCommand {
@@ -231,6 +242,9 @@ impl fmt::Display for MetaCommand {
             MetaCommand::UntagQueue { tenant, name, keys } => write!(f, "untag-queue {tenant}/{name} n={}", keys.len()),
             MetaCommand::RegisterStorageNode { node_id, .. } => write!(f, "register-node {node_id}"),
             MetaCommand::CommitSegment(s) => write!(f, "commit-segment {}", s.object_key),
+            MetaCommand::ClaimShardWriter { shard_id, node_id, raft_term } => {
+                write!(f, "claim-shard-writer {shard_id} {node_id} term {raft_term}")
+            }
             MetaCommand::RemoveSegments { shard_id, object_keys, .. } => {
                 write!(f, "remove-segments shard={shard_id} n={}", object_keys.len())
             }
@@ -293,6 +307,7 @@ pub enum MetaResponse {
     Shards(Vec<ShardRecord>),
     AccessKey(AccessKeyRecord),
     Error(MetaError),
+    Shard(ShardRecord),
 }
 
 /// The replicated catalog.
@@ -550,18 +565,13 @@ impl Catalog {
                     for (index, shard_id) in (1..=u64::from(*initial_shards)).enumerate() {
                         let replicas = place_replicas(&nodes, index, count);
                         let writer = replicas.first().cloned().unwrap_or_else(|| node_id.clone());
-                        self.shards
-                            .insert(shard_id, ShardRecord { shard_id, node_id: writer, writer_epoch: 0, replicas });
+                        self.shards.insert(
+                            shard_id,
+                            ShardRecord { shard_id, node_id: writer, writer_epoch: 0, writer_term: 0, replicas },
+                        );
                     }
                 }
-                let mut hosted = Vec::new();
-                for shard in self.shards.values_mut().filter(|s| s.replicas.contains(node_id)) {
-                    // The writer opening the shard again starts a new writer epoch.
-                    if shard.node_id == *node_id {
-                        shard.writer_epoch += 1;
-                    }
-                    hosted.push(shard.clone());
-                }
+                let hosted = self.shards.values().filter(|s| s.replicas.contains(node_id)).cloned().collect();
                 Ok(MetaResponse::Shards(hosted))
             }
             MetaCommand::CommitSegment(segment) => {
@@ -593,6 +603,27 @@ impl Catalog {
                     per_shard.retain(|_, s| !object_keys.contains(&s.object_key));
                 }
                 Ok(MetaResponse::Done)
+            }
+            MetaCommand::ClaimShardWriter { shard_id, node_id, raft_term } => {
+                let shard = self
+                    .shards
+                    .get_mut(shard_id)
+                    .ok_or_else(|| StrataError::invalid(format!("unknown shard {shard_id}")))?;
+                if !shard.replicas.contains(node_id) {
+                    return Err(StrataError::invalid(format!("{node_id} holds no replica of shard {shard_id}")));
+                }
+                if *raft_term > shard.writer_term {
+                    shard.node_id = node_id.clone();
+                    shard.writer_term = *raft_term;
+                    shard.writer_epoch += 1;
+                } else if *raft_term < shard.writer_term || shard.node_id != *node_id {
+                    // One leader per term: a different node in the same term is a bug elsewhere.
+                    return Err(StrataError::invalid(format!(
+                        "claim of shard {shard_id} in Raft term {raft_term} is stale (term {} claimed by {})",
+                        shard.writer_term, shard.node_id
+                    )));
+                }
+                Ok(MetaResponse::Shard(shard.clone()))
             }
             MetaCommand::CreateAccessKey { tenant, access_key_id, secret, now_ms } => {
                 strata_common::names::validate_tenant(tenant)?;
@@ -631,7 +662,8 @@ impl Catalog {
 }
 
 /// Fences writers: only the shard's current writer epoch may change its segment catalog. A
-/// writer whose epoch is older was replaced (its node registered again, or another took over).
+/// writer whose epoch is older was replaced (another replica, or itself in a later term, claimed
+/// the shard).
 fn check_writer_epoch(shard: &ShardRecord, writer_epoch: u64) -> Result<(), StrataError> {
     if writer_epoch > shard.writer_epoch {
         return Err(StrataError::invalid("segment writer epoch is from the future"));
@@ -719,8 +751,10 @@ mod tests {
     fn stale_writers_are_fenced_from_the_segment_catalog() {
         let mut c = Catalog::default();
         register_node(&mut c, 1);
-        register_node(&mut c, 2);
+        claim(&mut c, 2, "n1", 1);
+        claim(&mut c, 3, "n1", 2);
         let epoch = c.shard(1).map(|s| s.writer_epoch).unwrap_or(0);
+        assert_eq!(epoch, 2);
         let segment = |writer_epoch| SegmentRecord {
             shard_id: 1,
             first_index: 1,
@@ -746,6 +780,10 @@ mod tests {
 
     fn config() -> QueueConfig {
         QueueConfig { retention_ms: 60_000, visibility_timeout_ms: 30_000, ..Default::default() }
+    }
+
+    fn claim(c: &mut Catalog, index: u64, node: &str, raft_term: u64) -> MetaResponse {
+        c.run(index, &MetaCommand::ClaimShardWriter { shard_id: 1, node_id: node.into(), raft_term })
     }
 
     fn register_node(c: &mut Catalog, index: u64) -> MetaResponse {
@@ -820,16 +858,10 @@ mod tests {
         assert_eq!(raft_ids, vec![1, 2, 3]);
         assert_eq!(hosted(&register(&mut c, 4, "n1", "z1", 3)), vec![1, 2]);
         assert_eq!(c.node("n1").map(|n| n.raft_id), Some(1));
-        // Only the writer's registration starts a new writer epoch.
-        let writer = c.shard(1).map(|s| s.node_id.clone()).expect("writer");
+        // Registering again changes no writer epoch: only claims do.
         let before = c.shard(1).map(|s| s.writer_epoch);
-        let other = ["n1", "n2", "n3"].into_iter().find(|n| *n != writer).expect("a non-writer");
-        register(&mut c, 5, other, "z", 3);
+        register(&mut c, 5, "n2", "z", 3);
         assert_eq!(c.shard(1).map(|s| s.writer_epoch), before);
-        register(&mut c, 6, &writer, "z", 3);
-        assert_eq!(c.shard(1).map(|s| s.writer_epoch), before.map(|e| e + 1));
-        let too_many = register(&mut c, 7, "n9", "z9", REPLICATION_FACTOR_MAX + 1);
-        assert!(matches!(too_many, MetaResponse::Error(_)));
     }
 
     fn catalog_with_node() -> Catalog {
@@ -889,10 +921,31 @@ mod tests {
     }
 
     #[test]
-    fn reregistration_bumps_writer_epoch_and_segments_are_idempotent() {
+    fn claims_move_the_writer_by_raft_term_and_segments_are_idempotent() {
+        let mut c = Catalog::default();
+        register(&mut c, 1, "n1", "z1", 3);
+        register(&mut c, 2, "n2", "z2", 3);
+        register(&mut c, 3, "n3", "z3", 3);
+        assert_eq!(c.shard(1).map(|s| s.writer_epoch), Some(0));
+        let writer = |c: &Catalog| c.shard(1).map(|s| (s.node_id.clone(), s.writer_epoch, s.writer_term));
+        assert!(matches!(claim(&mut c, 4, "n2", 3), MetaResponse::Shard(_)));
+        assert_eq!(writer(&c), Some(("n2".into(), 1, 3)));
+        // The same leader asking again in its term (a retry, a restart): the same epoch.
+        assert!(matches!(claim(&mut c, 5, "n2", 3), MetaResponse::Shard(_)));
+        assert_eq!(writer(&c), Some(("n2".into(), 1, 3)));
+        // A deposed leader (older term), or another node in the same term, is refused.
+        assert!(matches!(claim(&mut c, 6, "n1", 2), MetaResponse::Error(_)));
+        assert!(matches!(claim(&mut c, 7, "n3", 3), MetaResponse::Error(_)));
+        assert!(matches!(claim(&mut c, 8, "elsewhere", 9), MetaResponse::Error(_)), "not a replica");
+        assert_eq!(writer(&c), Some(("n2".into(), 1, 3)));
+        // The next term's leader takes over with a new epoch.
+        claim(&mut c, 9, "n1", 4);
+        assert_eq!(writer(&c), Some(("n1".into(), 2, 4)));
+        claim(&mut c, 10, "n1", 5);
+        assert_eq!(writer(&c), Some(("n1".into(), 3, 5)));
         let mut c = catalog_with_node();
-        assert_eq!(c.shard(1).map(|s| s.writer_epoch), Some(1));
-        register_node(&mut c, 5);
+        claim(&mut c, 5, "n1", 1);
+        claim(&mut c, 6, "n1", 2);
         assert_eq!(c.shard(1).map(|s| s.writer_epoch), Some(2));
         let seg = SegmentRecord {
             shard_id: 1,
@@ -903,12 +956,12 @@ mod tests {
             crc32c: 7,
             writer_epoch: 2,
         };
-        assert_eq!(c.run(6, &MetaCommand::CommitSegment(seg.clone())), MetaResponse::Done);
         assert_eq!(c.run(7, &MetaCommand::CommitSegment(seg.clone())), MetaResponse::Done);
+        assert_eq!(c.run(8, &MetaCommand::CommitSegment(seg.clone())), MetaResponse::Done);
         let conflicting = SegmentRecord { object_key: "other".into(), ..seg.clone() };
-        assert!(matches!(c.run(8, &MetaCommand::CommitSegment(conflicting)), MetaResponse::Error(_)));
+        assert!(matches!(c.run(9, &MetaCommand::CommitSegment(conflicting)), MetaResponse::Error(_)));
         assert_eq!(c.segments(1), vec![seg]);
-        c.run(9, &MetaCommand::RemoveSegments { shard_id: 1, object_keys: vec!["k".into()], writer_epoch: 2 });
+        c.run(10, &MetaCommand::RemoveSegments { shard_id: 1, object_keys: vec!["k".into()], writer_epoch: 2 });
         assert!(c.segments(1).is_empty());
     }
 

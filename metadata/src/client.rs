@@ -207,6 +207,18 @@ impl MetadataClient {
         Ok(())
     }
 
+    /// Makes this node the writer of `shard_id` as its Raft leader in `raft_term`: answers the
+    /// shard with its new writer epoch.
+    pub async fn claim_shard_writer(
+        &self,
+        shard_id: u64,
+        node_id: &str,
+        raft_term: u64,
+    ) -> Result<pb::ShardInfo, StrataError> {
+        let request = pb::ClaimShardWriterRequest { shard_id, node_id: node_id.to_owned(), raft_term };
+        self.call(request, |mut c, r| async move { c.claim_shard_writer(r).await }).await
+    }
+
     pub async fn list_segments(&self, shard_id: u64) -> Result<Vec<pb::Segment>, StrataError> {
         let request = pb::ListSegmentsRequest { shard_id };
         Ok(self.call(request, |mut c, r| async move { c.list_segments(r).await }).await?.segments)

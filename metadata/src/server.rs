@@ -424,6 +424,20 @@ impl Metadata for MetadataService {
         Ok(Response::new(pb::Empty {}))
     }
 
+    async fn claim_shard_writer(
+        &self,
+        request: Request<pb::ClaimShardWriterRequest>,
+    ) -> Result<Response<pb::ShardInfo>, Status> {
+        let request_id = request_id(&request)?;
+        let r = request.into_inner();
+        let command =
+            MetaCommand::ClaimShardWriter { shard_id: r.shard_id, node_id: r.node_id, raft_term: r.raft_term };
+        match self.node.propose(request_id, command).await? {
+            MetaResponse::Shard(shard) => Ok(Response::new(self.shard_info(&shard))),
+            other => Err(StrataError::internal(format!("unexpected metadata response {other:?}")).into()),
+        }
+    }
+
     async fn list_segments(
         &self,
         request: Request<pb::ListSegmentsRequest>,

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::queue::Command;
 use crate::service::StorageService;
 use crate::shard::{Shard, ShardLogSettings, ShardReplicas};
-use crate::tier::{TieredReader, probe_conditional_create, tier_shard_once};
+use crate::tier::{TieredReader, probe_conditional_create, release_tiered_segments, tier_shard_once};
 
 /// Where tiered segments go.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,7 +157,7 @@ impl StorageNode {
             let shard = Shard::open(
                 &dir,
                 placement.shard_id,
-                placement.writer_epoch,
+                &settings.node_id,
                 &settings.log,
                 clock.clone(),
                 reader.clone(),
@@ -165,7 +165,7 @@ impl StorageNode {
                 &router,
             )
             .await?;
-            tracing::info!(shard = placement.shard_id, epoch = placement.writer_epoch, "shard open");
+            tracing::info!(shard = placement.shard_id, "shard open");
             shards.insert(placement.shard_id, Arc::new(shard));
         }
 
@@ -254,8 +254,13 @@ async fn tier_loop(
             }
             idle_since = tokio::time::Instant::now();
         }
-        // Only the leader uploads and collects (followers keep their segments for now).
+        // Only the leader uploads and collects; followers drop what it has tiered.
         if !shard.is_leader() {
+            match release_tiered_segments(&shard, &metadata, &reader).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(shard = shard.shard_id, removed, "released tiered segments"),
+                Err(e) => tracing::warn!(shard = shard.shard_id, error = %e, "releasing tiered segments failed"),
+            }
             continue;
         }
         match tier_shard_once(&shard, store.as_ref(), &metadata, &reader).await {

@@ -175,7 +175,11 @@ pub struct ShardReplicas {
 /// A running shard.
 pub struct Shard {
     pub shard_id: u64,
-    pub writer_epoch: u64,
+    /// The storage node this replica runs on (its id in metadata).
+    pub node_id: String,
+    /// The writer epoch claimed in metadata for the Raft term this replica leads in, if it has
+    /// claimed one: `(raft term, writer epoch)`.
+    writer_claim: parking_lot::Mutex<Option<(u64, u64)>>,
     group: RaftGroup<ShardRaftConfig, ShardMachine>,
     clock: Arc<dyn Clock>,
     tiered: Arc<TieredReader>,
@@ -188,7 +192,7 @@ impl Shard {
     pub async fn open(
         dir: &Path,
         shard_id: u64,
-        writer_epoch: u64,
+        node_id: &str,
         settings: &ShardLogSettings,
         clock: Arc<dyn Clock>,
         tiered: Arc<TieredReader>,
@@ -238,7 +242,8 @@ impl Shard {
                 group
             }
         };
-        Ok(Self { shard_id, writer_epoch, group, clock, tiered })
+        let writer_claim = parking_lot::Mutex::new(None);
+        Ok(Self { shard_id, node_id: node_id.to_owned(), writer_claim, group, clock, tiered })
     }
 
     /// Waits until a read of this replica's state is linearizable: it leads (confirmed by a
@@ -303,6 +308,27 @@ impl Shard {
 
     /// The last log index Raft has purged: entries at or below it are covered by a snapshot and
     /// are never read by Raft again (restart replay starts after it).
+    /// The Raft term this replica leads in, if it leads.
+    pub fn leader_term(&self) -> Option<u64> {
+        let metrics = self.group.raft.metrics().borrow_watched().clone();
+        (metrics.state == openraft::ServerState::Leader).then_some(metrics.current_term)
+    }
+
+    /// The last log index applied here (so committed).
+    pub fn applied_index(&self) -> Option<u64> {
+        self.group.raft.metrics().borrow_watched().last_applied.map(|id| id.index)
+    }
+
+    /// The writer epoch recorded for `raft_term`, if this replica claimed one in that term.
+    pub fn writer_epoch_of_term(&self, raft_term: u64) -> Option<u64> {
+        self.writer_claim.lock().filter(|(term, _)| *term == raft_term).map(|(_, epoch)| epoch)
+    }
+
+    /// Records the writer epoch metadata granted for `raft_term`.
+    pub fn set_writer_claim(&self, raft_term: u64, writer_epoch: u64) {
+        *self.writer_claim.lock() = Some((raft_term, writer_epoch));
+    }
+
     pub fn purged_index(&self) -> Option<u64> {
         self.group.log.last_purged_index()
     }

@@ -296,12 +296,15 @@ impl TieredReader {
     }
 }
 
-/// Uploads one sealed segment file (idempotently) and returns its catalog record.
+/// Uploads one sealed segment file (idempotently) and returns its catalog record, which covers
+/// the file's entries from `first_index` (later than the file's first entry when another writer
+/// already tiered the earlier ones: the object then holds a few entries its record does not).
 async fn upload_segment(
     store: &dyn ObjectStore,
     shard_id: u64,
     writer_epoch: u64,
     info: &strata_wal::SegmentInfo,
+    first_index: u64,
 ) -> Result<pb::Segment, StrataError> {
     let bytes = tokio::fs::read(&info.path).await.map_err(|e| {
         tracing::error!(path = %info.path.display(), error = %e, "reading a sealed segment");
@@ -311,10 +314,10 @@ async fn upload_segment(
     let mut object = BytesMut::from(&bytes[..]);
     object.extend_from_slice(&index.encode_footer());
     let object = object.freeze();
-    let key = segment_object_key(shard_id, writer_epoch, info.first_index, info.last_index);
+    let key = segment_object_key(shard_id, writer_epoch, first_index, info.last_index);
     let segment = pb::Segment {
         shard_id,
-        first_index: info.first_index,
+        first_index,
         last_index: info.last_index,
         object_key: key.clone(),
         size_bytes: object.len() as u64,
@@ -344,6 +347,21 @@ async fn upload_segment(
     }
 }
 
+/// The writer epoch this replica uploads under: claimed in metadata once per Raft term it leads
+/// in, so a new leader's object keys never meet a deposed one's, and a deposed leader can no
+/// longer change the segment catalog.
+async fn claim_writer_epoch(shard: &crate::shard::Shard, metadata: &MetadataClient) -> Result<u64, StrataError> {
+    let term =
+        shard.leader_term().ok_or_else(|| StrataError::not_leader(&format!("shard {}", shard.shard_id), None))?;
+    if let Some(epoch) = shard.writer_epoch_of_term(term) {
+        return Ok(epoch);
+    }
+    let claimed = metadata.claim_shard_writer(shard.shard_id, &shard.node_id, term).await?;
+    tracing::info!(shard = shard.shard_id, term, epoch = claimed.writer_epoch, "claimed the shard's writer role");
+    shard.set_writer_claim(term, claimed.writer_epoch);
+    Ok(claimed.writer_epoch)
+}
+
 /// What one tiering pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TierPass {
@@ -360,19 +378,36 @@ pub async fn tier_shard_once(
     reader: &TieredReader,
 ) -> Result<TierPass, StrataError> {
     let mut pass = TierPass::default();
+    let writer_epoch = claim_writer_epoch(shard, metadata).await?;
     let catalog = metadata.list_segments(shard.shard_id).await?;
-    let recorded: HashMap<(u64, u64), pb::Segment> =
-        catalog.iter().map(|s| ((s.first_index, s.last_index), s.clone())).collect();
+    // Only committed entries are tiered: an uncommitted tail may still be replaced by another
+    // leader's entries, while a committed index holds the same entry on every replica. The
+    // catalog covers the log up to `tiered_through` (but for dead entries, never read again),
+    // whichever writers tiered it: their files may end at other indices than this replica's.
+    let applied_index = shard.applied_index().unwrap_or(0);
+    let mut tiered_through = catalog.iter().map(|s| s.last_index).max().unwrap_or(0);
     let purged_index = shard.purged_index();
+    // Entries below both the oldest live message and the purge point are never read again.
+    let live_min = shard.state().0.min_live_log_index();
+    let reclaim_below = match (live_min, purged_index) {
+        (_, None) => 0,
+        (Some(live), Some(purged)) => live.min(purged + 1),
+        (None, Some(purged)) => purged + 1,
+    };
     let mut needs_snapshot = false;
     for info in shard.wal().sealed_segments() {
-        if !recorded.contains_key(&(info.first_index, info.last_index)) {
-            let segment = upload_segment(store, shard.shard_id, shard.writer_epoch, &info).await?;
+        if info.last_index > applied_index {
+            break;
+        }
+        if info.last_index > tiered_through && info.last_index >= reclaim_below {
+            let first_index = info.first_index.max(tiered_through + 1);
+            let segment = upload_segment(store, shard.shard_id, writer_epoch, &info, first_index).await?;
             metadata.commit_segment(segment).await?;
+            tiered_through = info.last_index;
             reader.stats.segments_uploaded.fetch_add(1, Ordering::Relaxed);
             pass.uploaded += 1;
         }
-        // Uploaded and recorded: the file may go once no restart would replay it.
+        // Tiered (or dead) and recorded: the file may go once no restart would replay it.
         if purged_index.is_some_and(|p| info.last_index <= p) {
             let removed = shard.wal().remove_sealed_through(info.last_index).map_err(|e| {
                 tracing::error!(error = %e, "removing a tiered segment locally");
@@ -388,13 +423,6 @@ pub async fn tier_shard_once(
         shard.trigger_snapshot();
     }
 
-    // GC: entries below both the oldest live message and the purge point are never read again.
-    let live_min = shard.state().0.min_live_log_index();
-    let reclaim_below = match (live_min, purged_index) {
-        (_, None) => 0,
-        (Some(live), Some(purged)) => live.min(purged + 1),
-        (None, Some(purged)) => purged + 1,
-    };
     let garbage: Vec<&pb::Segment> = catalog.iter().filter(|s| s.last_index < reclaim_below).collect();
     if !garbage.is_empty() {
         let mut keys = HashSet::new();
@@ -406,12 +434,37 @@ pub async fn tier_shard_once(
                 Err(e) => tracing::warn!(key = segment.object_key, error = %e, "segment GC delete failed"),
             }
         }
-        metadata.remove_segments(shard.shard_id, shard.writer_epoch, keys.iter().cloned().collect()).await?;
+        metadata.remove_segments(shard.shard_id, writer_epoch, keys.iter().cloned().collect()).await?;
         reader.forget_segments(shard.shard_id, &keys);
         reader.stats.segments_collected.fetch_add(keys.len() as u64, Ordering::Relaxed);
         pass.collected += keys.len();
     }
     Ok(pass)
+}
+
+/// On a replica that does not lead: removes the local sealed segments that the writer has tiered
+/// and that this replica's own snapshot covers (so no restart replays them), so followers do not
+/// keep the whole history on disk. Reads of those entries, should this replica lead later, go
+/// to the bucket like the leader's. Answers how many files went.
+pub async fn release_tiered_segments(
+    shard: &crate::shard::Shard,
+    metadata: &MetadataClient,
+    reader: &TieredReader,
+) -> Result<usize, StrataError> {
+    let Some(purged_index) = shard.purged_index() else { return Ok(0) };
+    let sealed = shard.wal().sealed_segments();
+    if !sealed.iter().any(|s| s.last_index <= purged_index) {
+        return Ok(0);
+    }
+    let catalog = metadata.list_segments(shard.shard_id).await?;
+    let through = purged_index.min(catalog.iter().map(|s| s.last_index).max().unwrap_or(0));
+    let Some(last) = sealed.iter().map(|s| s.last_index).filter(|&l| l <= through).max() else { return Ok(0) };
+    let removed = shard.wal().remove_sealed_through(last).map_err(|e| {
+        tracing::error!(error = %e, "removing a tiered segment locally");
+        StrataError::internal("local segment removal failed")
+    })?;
+    reader.stats.segments_removed_locally.fetch_add(removed.len() as u64, Ordering::Relaxed);
+    Ok(removed.len())
 }
 
 /// Checks at start-up that the store honours create-only puts; warns loudly if not (for example

@@ -6,6 +6,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,6 +26,20 @@ fn free_addr() -> SocketAddr {
 }
 
 async fn start_node(root: &Path, index: usize, listen: SocketAddr, metadata_endpoint: &str) -> StorageNode {
+    // A snapshot every 5 entries: the returning node catches up by snapshot (its peers purged
+    // their logs past it), which once left its log unable to take the next append.
+    let log = ShardLogSettings { snapshot_every_entries: 5, ..ShardLogSettings::default() };
+    start_node_with(root, index, listen, metadata_endpoint, log, Duration::from_secs(3600)).await
+}
+
+async fn start_node_with(
+    root: &Path,
+    index: usize,
+    listen: SocketAddr,
+    metadata_endpoint: &str,
+    log: ShardLogSettings,
+    tier_interval: Duration,
+) -> StorageNode {
     let dir = root.join(format!("storage-{index}"));
     let settings = StorageSettings {
         node_id: format!("storage-{index}"),
@@ -33,10 +48,8 @@ async fn start_node(root: &Path, index: usize, listen: SocketAddr, metadata_endp
         metadata_endpoint: metadata_endpoint.to_string(),
         object_store: ObjectStoreSettings::Local { dir: root.join("bucket") },
         initial_shards: 1,
-        // A snapshot every 5 entries: the returning node catches up by snapshot (its peers purged
-        // their logs past it), which once left its log unable to take the next append.
-        log: ShardLogSettings { snapshot_every_entries: 5, ..ShardLogSettings::default() },
-        tier_interval: Duration::from_secs(3600),
+        log,
+        tier_interval,
         expire_interval: Duration::from_secs(1),
         cache_memory_bytes: 8 << 20,
         cache_disk_bytes: 16 << 20,
@@ -80,6 +93,55 @@ where
     panic!("no leader took the call");
 }
 
+/// Receives and deletes until `count` messages came back; answers their bodies.
+async fn drain(
+    mut client: StorageClient<tonic::transport::Channel>,
+    queue: &pb::QueueRef,
+    count: usize,
+) -> Vec<String> {
+    let mut bodies = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while bodies.len() < count {
+        assert!(tokio::time::Instant::now() < deadline, "only {} of {count} messages came back", bodies.len());
+        let request = pb::ReceiveRequest {
+            queue: Some(queue.clone()),
+            max_messages: 10,
+            visibility_timeout_ms: Some(600_000),
+            wait_ms: 1_000,
+            ..Default::default()
+        };
+        let got = match client.receive(request).await {
+            Ok(got) => got.into_inner().messages,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let receipts = got.iter().map(|m| m.receipt_handle.clone()).collect();
+        bodies.extend(got.into_iter().map(|m| String::from_utf8_lossy(&m.body).into_owned()));
+        client
+            .delete(pb::DeleteRequest { queue: Some(queue.clone()), receipt_handles: receipts })
+            .await
+            .expect("delete");
+    }
+    bodies
+}
+
+/// Sends `bodies` at the leader, ten per request.
+async fn send_all(nodes: &[Option<StorageNode>], addrs: &[SocketAddr], queue: &pb::QueueRef, bodies: &[String]) {
+    for (batch, chunk) in bodies.chunks(10).enumerate() {
+        let messages: Vec<pb::NewMessage> =
+            chunk.iter().map(|b| pb::NewMessage { body: Bytes::from(b.clone()), ..Default::default() }).collect();
+        let request_id = format!("send-{}-{batch}", &chunk[0][..4.min(chunk[0].len())]);
+        let send = pb::SendRequest { queue: Some(queue.clone()), messages, request_id };
+        at_leader(nodes, addrs, |mut c| {
+            let send = send.clone();
+            async move { c.send(send).await.map(|_| ()) }
+        })
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_on_three_nodes_keeps_acknowledged_sends_when_its_leader_goes() {
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
@@ -119,17 +181,8 @@ async fn a_shard_on_three_nodes_keeps_acknowledged_sends_when_its_leader_goes() 
         async move { c.ensure_queue(ensure).await.map(|_| ()) }
     })
     .await;
-    for batch in 0..MESSAGES / 10 {
-        let messages: Vec<pb::NewMessage> = (0..10)
-            .map(|j| pb::NewMessage { body: Bytes::from(format!("m{:03}", batch * 10 + j)), ..Default::default() })
-            .collect();
-        let send = pb::SendRequest { queue: Some(queue.clone()), messages, request_id: format!("send-{batch}") };
-        at_leader(&nodes, &addrs, |mut c| {
-            let send = send.clone();
-            async move { c.send(send).await.map(|_| ()) }
-        })
-        .await;
-    }
+    let sent: Vec<String> = (0..MESSAGES).map(|i| format!("m{i:03}")).collect();
+    send_all(&nodes, &addrs, &queue, &sent).await;
     // A follower serves no counts and takes no send, and names the leader instead. (Leadership
     // may still move under load: wait until a follower names the node that leads.)
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -162,33 +215,10 @@ async fn a_shard_on_three_nodes_keeps_acknowledged_sends_when_its_leader_goes() 
     }
     let second = leader(&nodes).await;
     assert_ne!(second, first);
-    let mut client = StorageClient::connect(format!("http://{}", addrs[second])).await.expect("connect");
-    let mut bodies = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while bodies.len() < MESSAGES {
-        assert!(tokio::time::Instant::now() < deadline, "only {} of {MESSAGES} messages came back", bodies.len());
-        let request = pb::ReceiveRequest {
-            queue: Some(queue.clone()),
-            max_messages: 10,
-            visibility_timeout_ms: Some(600_000),
-            wait_ms: 1_000,
-            ..Default::default()
-        };
-        let Ok(got) = client.receive(request).await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let got = got.into_inner().messages;
-        let receipts = got.iter().map(|m| m.receipt_handle.clone()).collect();
-        bodies.extend(got.into_iter().map(|m| String::from_utf8_lossy(&m.body).into_owned()));
-        client
-            .delete(pb::DeleteRequest { queue: Some(queue.clone()), receipt_handles: receipts })
-            .await
-            .expect("delete");
-    }
+    let client = StorageClient::connect(format!("http://{}", addrs[second])).await.expect("connect");
+    let mut bodies = drain(client.clone(), &queue, MESSAGES).await;
     bodies.sort();
-    let expected: Vec<String> = (0..MESSAGES).map(|i| format!("m{i:03}")).collect();
-    assert_eq!(bodies, expected, "every acknowledged send, exactly once");
+    assert_eq!(bodies, sent, "every acknowledged send, exactly once");
 
     // The node comes back from its directory and catches up with the deletes.
     nodes[first] = Some(start_node(root.path(), first, addrs[first], &metadata_endpoint).await);
@@ -205,6 +235,130 @@ async fn a_shard_on_three_nodes_keeps_acknowledged_sends_when_its_leader_goes() 
 
     drop(client);
     drop(at_follower);
+    for node in nodes.into_iter().flatten() {
+        node.shutdown().await;
+    }
+    stop.cancel();
+    let _ = metadata_task.await;
+    metadata.shutdown().await;
+}
+
+/// Tiering with three replicas: the leader claims a writer epoch and uploads; followers drop the
+/// segments it tiered; after the leader goes, the next one claims a new epoch (the old one is
+/// fenced from the catalog), tiers on from where the catalog ends, and serves old messages whose
+/// local copies it dropped as a follower from the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_shards_tier_from_the_leader_and_followers_release_what_it_tiered() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let metadata_addr = free_addr();
+    let metadata_endpoint = format!("http://{metadata_addr}");
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let metadata =
+        MetadataNode::open(&root.path().join("metadata"), &metadata_endpoint, clock).await.expect("metadata opens");
+    let stop = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind(metadata_addr).await.expect("bind metadata");
+    let metadata_task = tokio::spawn(metadata.clone().serve_with_listener(listener, stop.clone().cancelled_owned()));
+    let meta_client = MetadataClient::connect_lazy(&metadata_endpoint).expect("metadata client");
+
+    let log = ShardLogSettings {
+        segment_size_bytes_max: 16 * 1024,
+        snapshot_every_entries: 8,
+        seal_idle_after: Duration::from_millis(300),
+    };
+    let tier_every = Duration::from_millis(100);
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let (a, b, c) = tokio::join!(
+        start_node_with(root.path(), 0, addrs[0], &metadata_endpoint, log.clone(), tier_every),
+        start_node_with(root.path(), 1, addrs[1], &metadata_endpoint, log.clone(), tier_every),
+        start_node_with(root.path(), 2, addrs[2], &metadata_endpoint, log.clone(), tier_every),
+    );
+    let mut nodes = vec![Some(a), Some(b), Some(c)];
+    meta_client.ensure_tenant(TENANT).await.expect("tenant");
+    let config = pb::QueueConfig { retention_ms: 3_600_000, visibility_timeout_ms: 30_000, ..Default::default() };
+    let info = meta_client.create_queue(TENANT, "tiered", config.clone()).await.expect("create queue");
+    let queue = pb::QueueRef { shard_id: info.shard_id, queue_id: info.queue_id, tenant: TENANT.into() };
+    let ensure = pb::EnsureQueueRequest { queue: Some(queue.clone()), config: Some(config) };
+    at_leader(&nodes, &addrs, |mut c| {
+        let ensure = ensure.clone();
+        async move { c.ensure_queue(ensure).await.map(|_| ()) }
+    })
+    .await;
+    let padding = "x".repeat(1000);
+    let first_batch: Vec<String> = (0..200).map(|i| format!("a{i:03}{padding}")).collect();
+    send_all(&nodes, &addrs, &queue, &first_batch).await;
+
+    // The leader tiers under the epoch it claimed; every follower drops some tiered segments.
+    // (Leadership may still move under load: judged against the leader of the moment.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (first, first_epoch) = loop {
+        let first = leader(&nodes).await;
+        let shard = meta_client.get_shard(1).await.expect("shard");
+        let segments = meta_client.list_segments(1).await.expect("segments");
+        let followers_released = (0..3).filter(|&i| i != first).all(|i| {
+            let node = nodes[i].as_ref().expect("running");
+            node.reader.stats.segments_removed_locally.load(Ordering::Relaxed) > 0
+        });
+        let key = format!("epoch-{:010}", shard.writer_epoch);
+        let current = segments.iter().filter(|s| s.object_key.contains(&key)).count();
+        if current >= 2 && followers_released && shard.node_id == format!("storage-{first}") {
+            assert!(shard.writer_epoch >= 1);
+            break (first, shard.writer_epoch);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no tiering with followers releasing: {shard:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // The leader goes. The next one claims a new epoch, and tiers on where the catalog ends.
+    if let Some(node) = nodes[first].take() {
+        node.shutdown().await;
+    }
+    let second_batch: Vec<String> = (0..100).map(|i| format!("b{i:03}{padding}")).collect();
+    send_all(&nodes, &addrs, &queue, &second_batch).await;
+    let second = leader(&nodes).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let shard = meta_client.get_shard(1).await.expect("shard");
+        let segments = meta_client.list_segments(1).await.expect("segments");
+        let new_key = format!("epoch-{:010}", shard.writer_epoch);
+        if shard.writer_epoch > first_epoch && segments.iter().any(|s| s.object_key.contains(&new_key)) {
+            assert_eq!(shard.node_id, format!("storage-{second}"));
+            // The catalog never covers an index twice.
+            for pair in segments.windows(2) {
+                assert!(pair[0].last_index < pair[1].first_index, "overlapping segments: {segments:?}");
+            }
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the new leader did not tier: {shard:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The deposed writer's epoch can no longer change the catalog.
+    let fenced = meta_client.remove_segments(1, first_epoch, vec![]).await;
+    assert!(fenced.is_err(), "a stale writer epoch was accepted");
+
+    // Both remaining nodes restart (cold caches, the old leader still away): every message comes
+    // back, the old ones from the bucket (their local copies were released).
+    let others: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+    for &i in &others {
+        if let Some(node) = nodes[i].take() {
+            node.shutdown().await;
+        }
+    }
+    let (x, y) = tokio::join!(
+        start_node_with(root.path(), others[0], addrs[others[0]], &metadata_endpoint, log.clone(), tier_every),
+        start_node_with(root.path(), others[1], addrs[others[1]], &metadata_endpoint, log.clone(), tier_every),
+    );
+    nodes[others[0]] = Some(x);
+    nodes[others[1]] = Some(y);
+    let third = leader(&nodes).await;
+    let client = StorageClient::connect(format!("http://{}", addrs[third])).await.expect("connect");
+    let mut bodies = drain(client, &queue, first_batch.len() + second_batch.len()).await;
+    bodies.sort();
+    let mut sent: Vec<String> = first_batch.into_iter().chain(second_batch).collect();
+    sent.sort();
+    assert!(bodies == sent, "every acknowledged send, exactly once");
+    let gets = nodes[third].as_ref().expect("running").reader.stats.object_gets.load(Ordering::Relaxed);
+    assert!(gets > 0, "old messages were not read from the bucket");
+
     for node in nodes.into_iter().flatten() {
         node.shutdown().await;
     }
