@@ -163,7 +163,7 @@ pub async fn storage(args: RoleArgs) -> anyhow::Result<()> {
         zone: config.zone,
     };
     let node = StorageNode::start(settings, Arc::new(SystemClock)).await.context("starting the storage node")?;
-    tracing::info!(address = %node.address, shards = node.shards.len(), "storage node running");
+    tracing::info!(address = %node.address, shards = node.shard_ids().len(), "storage node running");
     shutdown_signal().await;
     node.shutdown().await;
     Ok(())

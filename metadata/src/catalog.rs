@@ -114,8 +114,12 @@ pub struct ShardRecord {
     pub writer_epoch: u64,
     /// The shard's Raft term of the last claim: a claim from an older term is refused.
     pub writer_term: u64,
-    /// Every replica (distinct nodes), the writer first.
+    /// Every replica (distinct nodes); the first one created the Raft group, a node moved in
+    /// comes last (so it never creates one).
     pub replicas: Vec<String>,
+    /// Nodes moved off the shard that may still be voters of its group, until its leader
+    /// confirms the group's voters are `replicas`.
+    pub leaving: Vec<String>,
 }
 
 /// Most replicas per shard.
@@ -229,6 +233,17 @@ pub enum MetaCommand {
         node_id: String,
         raft_term: u64,
     },
+    /// Moves a replica of a shard from one node to another (see `MoveReplicaRequest`).
+    MoveReplica {
+        shard_id: u64,
+        from: String,
+        to: String,
+    },
+    /// The shard's leader saw its group's voters become `voters`: the move is done.
+    ConfirmReplicas {
+        shard_id: u64,
+        voters: Vec<String>,
+    },
 }
 
 impl fmt::Display for MetaCommand {
@@ -244,6 +259,10 @@ impl fmt::Display for MetaCommand {
             MetaCommand::CommitSegment(s) => write!(f, "commit-segment {}", s.object_key),
             MetaCommand::ClaimShardWriter { shard_id, node_id, raft_term } => {
                 write!(f, "claim-shard-writer {shard_id} {node_id} term {raft_term}")
+            }
+            MetaCommand::MoveReplica { shard_id, from, to } => write!(f, "move-replica {shard_id} {from} -> {to}"),
+            MetaCommand::ConfirmReplicas { shard_id, voters } => {
+                write!(f, "confirm-replicas {shard_id} {}", voters.join(","))
             }
             MetaCommand::RemoveSegments { shard_id, object_keys, .. } => {
                 write!(f, "remove-segments shard={shard_id} n={}", object_keys.len())
@@ -373,6 +392,25 @@ impl Catalog {
 
     pub fn node(&self, node_id: &str) -> Option<&NodeRecord> {
         self.nodes.get(node_id)
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Every registered storage node, by id.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeRecord> {
+        self.nodes.values()
+    }
+
+    /// The shards `node_id` was moved off that may still count it as a voter.
+    pub fn shards_leaving<'a>(&'a self, node_id: &'a str) -> impl Iterator<Item = u64> + 'a {
+        self.shards.values().filter(move |s| s.leaving.iter().any(|r| r == node_id)).map(|s| s.shard_id)
+    }
+
+    /// The shards `node_id` holds a replica of.
+    pub fn shards_of<'a>(&'a self, node_id: &'a str) -> impl Iterator<Item = &'a ShardRecord> + 'a {
+        self.shards.values().filter(move |s| s.replicas.iter().any(|r| r == node_id))
     }
 
     pub fn segments(&self, shard_id: u64) -> Vec<SegmentRecord> {
@@ -567,7 +605,14 @@ impl Catalog {
                         let writer = replicas.first().cloned().unwrap_or_else(|| node_id.clone());
                         self.shards.insert(
                             shard_id,
-                            ShardRecord { shard_id, node_id: writer, writer_epoch: 0, writer_term: 0, replicas },
+                            ShardRecord {
+                                shard_id,
+                                node_id: writer,
+                                writer_epoch: 0,
+                                writer_term: 0,
+                                replicas,
+                                leaving: Vec::new(),
+                            },
                         );
                     }
                 }
@@ -609,7 +654,8 @@ impl Catalog {
                     .shards
                     .get_mut(shard_id)
                     .ok_or_else(|| StrataError::invalid(format!("unknown shard {shard_id}")))?;
-                if !shard.replicas.contains(node_id) {
+                // A node being moved off may still lead until the group lets it go.
+                if !shard.replicas.contains(node_id) && !shard.leaving.contains(node_id) {
                     return Err(StrataError::invalid(format!("{node_id} holds no replica of shard {shard_id}")));
                 }
                 if *raft_term > shard.writer_term {
@@ -623,6 +669,48 @@ impl Catalog {
                         shard.writer_term, shard.node_id
                     )));
                 }
+                Ok(MetaResponse::Shard(shard.clone()))
+            }
+            MetaCommand::MoveReplica { shard_id, from, to } => {
+                if !self.nodes.contains_key(to) {
+                    return Err(StrataError::invalid(format!("storage node {to} is not registered")));
+                }
+                let shard = self
+                    .shards
+                    .get_mut(shard_id)
+                    .ok_or_else(|| StrataError::invalid(format!("unknown shard {shard_id}")))?;
+                if !shard.leaving.is_empty() {
+                    return Err(StrataError::invalid(format!(
+                        "shard {shard_id} is still moving a replica off {}; retry once that is done",
+                        shard.leaving.join(", ")
+                    )));
+                }
+                if !shard.replicas.contains(from) {
+                    return Err(StrataError::invalid(format!("{from} holds no replica of shard {shard_id}")));
+                }
+                if shard.replicas.contains(to) {
+                    return Err(StrataError::invalid(format!("{to} already holds a replica of shard {shard_id}")));
+                }
+                shard.replicas.retain(|r| r != from);
+                shard.replicas.push(to.clone());
+                shard.leaving.push(from.clone());
+                Ok(MetaResponse::Shard(shard.clone()))
+            }
+            MetaCommand::ConfirmReplicas { shard_id, voters } => {
+                let shard = self
+                    .shards
+                    .get_mut(shard_id)
+                    .ok_or_else(|| StrataError::invalid(format!("unknown shard {shard_id}")))?;
+                let mut have: Vec<&String> = voters.iter().collect();
+                let mut want: Vec<&String> = shard.replicas.iter().collect();
+                have.sort();
+                want.sort();
+                if have != want {
+                    return Err(StrataError::invalid(format!(
+                        "shard {shard_id}'s voters are not its replicas yet (another move came in between)"
+                    )));
+                }
+                shard.leaving.clear();
                 Ok(MetaResponse::Shard(shard.clone()))
             }
             MetaCommand::CreateAccessKey { tenant, access_key_id, secret, now_ms } => {
@@ -780,6 +868,37 @@ mod tests {
 
     fn config() -> QueueConfig {
         QueueConfig { retention_ms: 60_000, visibility_timeout_ms: 30_000, ..Default::default() }
+    }
+
+    #[test]
+    fn a_replica_moves_to_the_end_and_the_old_node_leaves_once_confirmed() {
+        let mut c = Catalog::default();
+        for (i, node) in ["n1", "n2", "n3", "n4"].iter().enumerate() {
+            register(&mut c, i as u64 + 1, node, "z", 3);
+        }
+        let replicas = |c: &Catalog| c.shard(1).map(|s| (s.replicas.clone(), s.leaving.clone())).expect("shard");
+        let (before, _) = replicas(&c);
+        let from = before[0].clone();
+        let mv = |from: &str, to: &str| MetaCommand::MoveReplica { shard_id: 1, from: from.into(), to: to.into() };
+        // Refused: an unknown target, a target already a replica, a source that is not one.
+        assert!(matches!(c.run(5, &mv(&from, "n9")), MetaResponse::Error(_)));
+        assert!(matches!(c.run(6, &mv(&from, &before[1])), MetaResponse::Error(_)));
+        assert!(matches!(c.run(7, &mv("n4", &from)), MetaResponse::Error(_)));
+        assert!(matches!(c.run(8, &mv(&from, "n4")), MetaResponse::Shard(_)));
+        let (after, leaving) = replicas(&c);
+        assert_eq!(after, [&before[1..], &["n4".to_owned()]].concat(), "the new node comes last");
+        assert_eq!(leaving, std::slice::from_ref(&from));
+        assert_eq!(c.shards_leaving(&from).collect::<Vec<_>>(), [1]);
+        assert!(c.shards_of(&from).all(|s| s.shard_id != 1));
+        // One move at a time; a confirmation must name the new replicas.
+        assert!(matches!(c.run(9, &mv(&after[0], &from)), MetaResponse::Error(_)));
+        let confirm = |voters: &[String]| MetaCommand::ConfirmReplicas { shard_id: 1, voters: voters.to_vec() };
+        assert!(matches!(c.run(10, &confirm(&before)), MetaResponse::Error(_)));
+        let mut shuffled = after.clone();
+        shuffled.reverse();
+        assert!(matches!(c.run(11, &confirm(&shuffled)), MetaResponse::Shard(_)));
+        assert!(replicas(&c).1.is_empty());
+        assert_eq!(c.shards_leaving(&from).count(), 0);
     }
 
     fn claim(c: &mut Catalog, index: u64, node: &str, raft_term: u64) -> MetaResponse {

@@ -193,8 +193,8 @@ impl MetadataClient {
     pub async fn register_storage_node(
         &self,
         request: pb::RegisterStorageNodeRequest,
-    ) -> Result<Vec<pb::ShardInfo>, StrataError> {
-        Ok(self.call(request, |mut c, r| async move { c.register_storage_node(r).await }).await?.shards)
+    ) -> Result<pb::RegisterStorageNodeResponse, StrataError> {
+        self.call(request, |mut c, r| async move { c.register_storage_node(r).await }).await
     }
 
     pub async fn get_shard(&self, shard_id: u64) -> Result<pb::ShardInfo, StrataError> {
@@ -217,6 +217,35 @@ impl MetadataClient {
     ) -> Result<pb::ShardInfo, StrataError> {
         let request = pb::ClaimShardWriterRequest { shard_id, node_id: node_id.to_owned(), raft_term };
         self.call(request, |mut c, r| async move { c.claim_shard_writer(r).await }).await
+    }
+
+    /// Keeps `node_id`'s lease; answers the lease and the shards the node holds a replica of.
+    pub async fn heartbeat(&self, node_id: &str) -> Result<pb::HeartbeatResponse, StrataError> {
+        let request = pb::HeartbeatRequest { node_id: node_id.to_owned() };
+        self.call(request, |mut c, r| async move { c.heartbeat(r).await }).await
+    }
+
+    /// Every registered storage node, with whether its lease is current.
+    pub async fn list_storage_nodes(&self) -> Result<Vec<pb::StorageNodeInfo>, StrataError> {
+        let request = pb::ListStorageNodesRequest {};
+        Ok(self.call(request, |mut c, r| async move { c.list_storage_nodes(r).await }).await?.nodes)
+    }
+
+    /// Moves a replica of `shard_id` from `from_node` to `to_node` (a live node).
+    pub async fn move_replica(
+        &self,
+        shard_id: u64,
+        from_node: &str,
+        to_node: &str,
+    ) -> Result<pb::ShardInfo, StrataError> {
+        let request = pb::MoveReplicaRequest { shard_id, from_node: from_node.to_owned(), to_node: to_node.to_owned() };
+        self.call(request, |mut c, r| async move { c.move_replica(r).await }).await
+    }
+
+    /// Reports, as the shard's leader, that its group's voters are `voters` (node ids).
+    pub async fn confirm_replicas(&self, shard_id: u64, voters: Vec<String>) -> Result<pb::ShardInfo, StrataError> {
+        let request = pb::ConfirmReplicasRequest { shard_id, voters };
+        self.call(request, |mut c, r| async move { c.confirm_replicas(r).await }).await
     }
 
     pub async fn list_segments(&self, shard_id: u64) -> Result<Vec<pb::Segment>, StrataError> {

@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod client;
+pub mod leases;
 pub mod server;
 
 pub use catalog::{

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::error::ForwardToLeader;
 use openraft::{BasicNode, Config, ReadPolicy, SnapshotPolicy};
 use strata_common::error::{ErrorKind, LEADER_HINT_METADATA_KEY, StrataError};
@@ -33,6 +34,7 @@ use crate::MetaRaftConfig;
 use crate::catalog::{
     AccessKeyRecord, Catalog, MetaCommand, MetaEntry, MetaResponse, QueueConfig, QueueRecord, Secret, ShardRecord,
 };
+use crate::leases::{LEASE_MS, Leases};
 
 /// Log entries between metadata snapshots. The catalog is small; frequent snapshots keep
 /// restart replay short and let old segments go.
@@ -112,6 +114,8 @@ pub struct MetadataNode {
     clock: Arc<dyn Clock>,
     /// The Raft transport of a quorum member (`None` for the single voter of `strata dev`).
     router: Option<RaftRouter>,
+    /// Storage-node leases, while this member leads.
+    leases: Leases,
 }
 
 fn raft_config() -> Config {
@@ -147,7 +151,7 @@ impl MetadataNode {
             SegmentRetention::RemoveOnPurge,
         )
         .await?;
-        Ok(Arc::new(Self { group, clock, router: None }))
+        Ok(Arc::new(Self { group, clock, router: None, leases: Leases::default() }))
     }
 
     /// Opens (or creates) this member's replica of the metadata quorum in `dir`. Returns at once;
@@ -170,7 +174,7 @@ impl MetadataNode {
         .await?;
         let router = RaftRouter::new();
         router.register(METADATA_GROUP, group.raft.clone());
-        Ok(Arc::new(Self { group, clock, router: Some(router) }))
+        Ok(Arc::new(Self { group, clock, router: Some(router), leases: Leases::default() }))
     }
 
     /// The member that leads, as far as this one knows.
@@ -209,6 +213,11 @@ impl MetadataNode {
             tracing::debug!(error = %e, "metadata read not served here");
             Self::not_leader(e.forward_to_leader())
         })
+    }
+
+    /// The Raft term this member is in (the one it leads in, after a read barrier).
+    fn term(&self) -> u64 {
+        self.group.raft.metrics().borrow_watched().current_term
     }
 
     /// The applied catalog. Hold the guard briefly.
@@ -288,6 +297,7 @@ impl MetadataService {
             address,
             writer_epoch: shard.writer_epoch,
             replicas,
+            leaving: shard.leaving.clone(),
         }
     }
 }
@@ -390,6 +400,7 @@ impl Metadata for MetadataService {
     ) -> Result<Response<pb::RegisterStorageNodeResponse>, Status> {
         let request_id = request_id(&request)?;
         let r = request.into_inner();
+        let node_id = r.node_id.clone();
         let command = MetaCommand::RegisterStorageNode {
             node_id: r.node_id,
             address: r.address,
@@ -400,9 +411,18 @@ impl Metadata for MetadataService {
             replication_factor: r.replication_factor,
         };
         match self.node.propose(request_id, command).await? {
-            MetaResponse::Shards(shards) => Ok(Response::new(pb::RegisterStorageNodeResponse {
-                shards: shards.iter().map(|s| self.shard_info(s)).collect(),
-            })),
+            // The placement as it is now, read at one moment with the shard count (another
+            // registration may have created the shards since this one applied).
+            MetaResponse::Shards(_) => {
+                let (hosted, count) = {
+                    let catalog = self.node.catalog();
+                    (catalog.shards_of(&node_id).cloned().collect::<Vec<_>>(), catalog.shard_count() as u64)
+                };
+                Ok(Response::new(pb::RegisterStorageNodeResponse {
+                    shards: hosted.iter().map(|s| self.shard_info(s)).collect(),
+                    shards_in_catalog: count,
+                }))
+            }
             other => Err(StrataError::internal(format!("unexpected metadata response {other:?}")).into()),
         }
     }
@@ -432,6 +452,79 @@ impl Metadata for MetadataService {
         let r = request.into_inner();
         let command =
             MetaCommand::ClaimShardWriter { shard_id: r.shard_id, node_id: r.node_id, raft_term: r.raft_term };
+        match self.node.propose(request_id, command).await? {
+            MetaResponse::Shard(shard) => Ok(Response::new(self.shard_info(&shard))),
+            other => Err(StrataError::internal(format!("unexpected metadata response {other:?}")).into()),
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        self.node.read_barrier().await?;
+        let node_id = request.into_inner().node_id;
+        let (shards, leaving_shards): (Vec<ShardRecord>, Vec<u64>) = {
+            let catalog = self.node.catalog();
+            if catalog.node(&node_id).is_none() {
+                return Err(StrataError::invalid(format!("storage node {node_id} is not registered")).into());
+            }
+            (catalog.shards_of(&node_id).cloned().collect(), catalog.shards_leaving(&node_id).collect())
+        };
+        self.node.leases.heartbeat(&node_id, self.node.term(), self.node.now_ms());
+        let shards = shards.iter().map(|s| self.shard_info(s)).collect();
+        Ok(Response::new(pb::HeartbeatResponse { lease_ms: LEASE_MS, shards, leaving_shards }))
+    }
+
+    async fn list_storage_nodes(
+        &self,
+        _: Request<pb::ListStorageNodesRequest>,
+    ) -> Result<Response<pb::ListStorageNodesResponse>, Status> {
+        self.node.read_barrier().await?;
+        let (term, now_ms) = (self.node.term(), self.node.now_ms());
+        let nodes = self
+            .node
+            .catalog()
+            .nodes()
+            .map(|n| pb::StorageNodeInfo {
+                node_id: n.node_id.clone(),
+                address: n.address.clone(),
+                zone: n.zone.clone(),
+                capacity_bytes: n.capacity_bytes,
+                raft_id: n.raft_id,
+                live: self.node.leases.is_live(&n.node_id, term, now_ms),
+                registered_ms: n.registered_ms,
+            })
+            .collect();
+        Ok(Response::new(pb::ListStorageNodesResponse { nodes }))
+    }
+
+    async fn move_replica(&self, request: Request<pb::MoveReplicaRequest>) -> Result<Response<pb::ShardInfo>, Status> {
+        let request_id = request_id(&request)?;
+        let r = request.into_inner();
+        // Leases live on the leader: this member must lead to judge them.
+        self.node.read_barrier().await?;
+        if !self.node.leases.is_live(&r.to_node, self.node.term(), self.node.now_ms()) {
+            return Err(StrataError::unavailable(format!(
+                "storage node {} has not heartbeated within its lease; move the replica to a live node",
+                r.to_node
+            ))
+            .into());
+        }
+        let command = MetaCommand::MoveReplica { shard_id: r.shard_id, from: r.from_node, to: r.to_node };
+        match self.node.propose(request_id, command).await? {
+            MetaResponse::Shard(shard) => Ok(Response::new(self.shard_info(&shard))),
+            other => Err(StrataError::internal(format!("unexpected metadata response {other:?}")).into()),
+        }
+    }
+
+    async fn confirm_replicas(
+        &self,
+        request: Request<pb::ConfirmReplicasRequest>,
+    ) -> Result<Response<pb::ShardInfo>, Status> {
+        let request_id = request_id(&request)?;
+        let r = request.into_inner();
+        let command = MetaCommand::ConfirmReplicas { shard_id: r.shard_id, voters: r.voters };
         match self.node.propose(request_id, command).await? {
             MetaResponse::Shard(shard) => Ok(Response::new(self.shard_info(&shard))),
             other => Err(StrataError::internal(format!("unexpected metadata response {other:?}")).into()),

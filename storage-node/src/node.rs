@@ -8,18 +8,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::ObjectStore;
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use strata_common::Clock;
 use strata_common::limits;
+use strata_common::proto::ShardInfo;
 use strata_common::proto::storage_server::StorageServer;
 use strata_metadata::MetadataClient;
+use strata_metadata::leases::HEARTBEAT_INTERVAL_MS;
 use strata_wal::transport::RaftRouter;
 use tokio_util::sync::CancellationToken;
 
 use crate::queue::Command;
 use crate::service::StorageService;
 use crate::shard::{Shard, ShardLogSettings, ShardReplicas};
-use crate::tier::{TieredReader, probe_conditional_create, release_tiered_segments, tier_shard_once};
+use crate::tier::{
+    TieredReader, probe_conditional_create, release_tiered_segments, tier_shard_once, tiered_through_snapshot,
+};
 
 /// Where tiered segments go.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,15 +95,38 @@ pub struct StorageSettings {
     pub zone: String,
 }
 
+/// The shards this node serves now, shared with its gRPC service. Replicas come and go while
+/// the node runs, as metadata moves them.
+pub type ShardMap = Arc<RwLock<HashMap<u64, Arc<Shard>>>>;
+
 /// A running storage node.
 pub struct StorageNode {
-    pub shards: HashMap<u64, Arc<Shard>>,
     pub reader: Arc<TieredReader>,
     /// The address registered with metadata, where the proxy looks for this node.
     pub address: String,
+    host: Arc<Host>,
     service: StorageServer<StorageService>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// A shard replica this node runs, with its background loops.
+struct Hosted {
+    shard: Arc<Shard>,
     cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What opening, running and closing shard replicas needs.
+struct Host {
+    settings: StorageSettings,
+    clock: Arc<dyn Clock>,
+    metadata: MetadataClient,
+    store: Arc<dyn ObjectStore>,
+    reader: Arc<TieredReader>,
+    router: RaftRouter,
+    shards: ShardMap,
+    hosted: tokio::sync::Mutex<HashMap<u64, Hosted>>,
+    cancel: CancellationToken,
 }
 
 /// How long start-up keeps retrying registration while metadata comes up.
@@ -123,12 +151,20 @@ impl StorageNode {
             };
             match metadata.register_storage_node(request).await {
                 // Replicated: the shards exist once enough nodes registered; ask again until then.
-                Ok(p) if p.is_empty() && settings.replication_factor > 1 && attempt < PLACEMENT_WAIT_ATTEMPTS_MAX => {
+                // (A node joining later may hold none yet: replicas are moved to it.)
+                Ok(r)
+                    if r.shards_in_catalog == 0
+                        && settings.replication_factor > 1
+                        && attempt < PLACEMENT_WAIT_ATTEMPTS_MAX =>
+                {
                     attempt += 1;
                     tracing::info!("waiting for enough storage nodes to place the shards");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                Ok(p) => break p,
+                Ok(r) => {
+                    tracing::info!(shards = r.shards.len(), in_catalog = r.shards_in_catalog, "registered");
+                    break r.shards;
+                }
                 Err(e) if attempt < REGISTER_ATTEMPTS_MAX => {
                     attempt += 1;
                     tracing::info!(error = %e, "waiting for metadata to register");
@@ -149,35 +185,30 @@ impl StorageNode {
             )
             .await?,
         );
-        let mut shards = HashMap::new();
-        let router = RaftRouter::new();
-        for placement in placements {
-            let dir = settings.data_dir.join("shards").join(format!("{:08}", placement.shard_id));
-            let replicas = shard_replicas(&placement, &settings.node_id)?;
-            let shard = Shard::open(
-                &dir,
-                placement.shard_id,
-                &settings.node_id,
-                &settings.log,
-                clock.clone(),
-                reader.clone(),
-                replicas.as_ref(),
-                &router,
-            )
-            .await?;
-            tracing::info!(shard = placement.shard_id, "shard open");
-            shards.insert(placement.shard_id, Arc::new(shard));
+        let shards: ShardMap = Arc::default();
+        let host = Arc::new(Host {
+            settings: settings.clone(),
+            clock,
+            metadata: metadata.clone(),
+            store,
+            reader: reader.clone(),
+            router: RaftRouter::new(),
+            shards: shards.clone(),
+            hosted: tokio::sync::Mutex::new(HashMap::new()),
+            cancel: CancellationToken::new(),
+        });
+        for placement in &placements {
+            host.open_shard(placement, false).await?;
         }
 
-        let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
-        let service = StorageServer::new(StorageService::new(shards.clone()))
+        let service = StorageServer::new(StorageService::new(shards))
             .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
         let listener = tokio::net::TcpListener::bind(settings.listen).await?;
-        let serve_cancel = cancel.clone();
+        let serve_cancel = host.cancel.clone();
         let served = service.clone();
-        let raft_transport = router.service();
+        let raft_transport = host.router.service();
         tasks.push(tokio::spawn(async move {
             let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let result = tonic::transport::Server::builder()
@@ -191,21 +222,20 @@ impl StorageNode {
                 tracing::error!(error = %e, "storage gRPC server stopped");
             }
         }));
-        for shard in shards.values() {
-            tasks.push(tokio::spawn(tier_loop(
-                shard.clone(),
-                store.clone(),
-                metadata.clone(),
-                reader.clone(),
-                settings.tier_interval,
-                settings.log.seal_idle_after,
-                cancel.clone(),
-            )));
-            tasks.push(tokio::spawn(expire_loop(shard.clone(), settings.expire_interval, cancel.clone())));
-            tasks.push(tokio::spawn(move_loop(shard.clone(), cancel.clone())));
-            tasks.push(tokio::spawn(schedule_loop(shard.clone(), cancel.clone())));
-        }
-        Ok(Self { shards, reader, address, service, cancel, tasks })
+        tasks.push(tokio::spawn(heartbeat_loop(host.clone())));
+        Ok(Self { reader, address, host, service, tasks })
+    }
+
+    /// The replica of `shard_id` this node runs, if it runs one.
+    pub fn shard(&self, shard_id: u64) -> Option<Arc<Shard>> {
+        self.host.shards.read().get(&shard_id).cloned()
+    }
+
+    /// The ids of the shards this node runs a replica of.
+    pub fn shard_ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.host.shards.read().keys().copied().collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// The gRPC service itself, for a proxy in the same process to call without a network hop
@@ -216,14 +246,169 @@ impl StorageNode {
 
     /// Stops serving and the loops, then the shards.
     pub async fn shutdown(self) {
-        self.cancel.cancel();
+        self.host.cancel.cancel();
         for task in self.tasks {
             let _ = task.await;
         }
-        for shard in self.shards.values() {
-            shard.shutdown().await;
+        let ids: Vec<u64> = self.host.hosted.lock().await.keys().copied().collect();
+        for shard_id in ids {
+            self.host.close_shard(shard_id, false).await;
         }
         self.reader.close().await;
+    }
+}
+
+impl Host {
+    fn shard_dir(&self, shard_id: u64) -> PathBuf {
+        self.settings.data_dir.join("shards").join(format!("{shard_id:08}"))
+    }
+
+    /// Opens this node's replica of a shard and starts its loops. A replica that `joins` a
+    /// running group (moved here) never creates the group: its leader brings it up to date.
+    async fn open_shard(&self, placement: &ShardInfo, joins: bool) -> anyhow::Result<()> {
+        let mut replicas = shard_replicas(placement, &self.settings.node_id)?;
+        if joins && let Some(replicas) = replicas.as_mut() {
+            replicas.initialize = false;
+        }
+        let shard = Arc::new(
+            Shard::open(
+                &self.shard_dir(placement.shard_id),
+                placement.shard_id,
+                &self.settings.node_id,
+                &self.settings.log,
+                self.clock.clone(),
+                self.reader.clone(),
+                replicas.as_ref(),
+                &self.router,
+            )
+            .await?,
+        );
+        tracing::info!(node = self.settings.node_id, shard = placement.shard_id, joins, "shard open");
+        let cancel = self.cancel.child_token();
+        let settings = &self.settings;
+        let tasks = vec![
+            tokio::spawn(tier_loop(
+                shard.clone(),
+                self.store.clone(),
+                self.metadata.clone(),
+                self.reader.clone(),
+                settings.tier_interval,
+                settings.log.seal_idle_after,
+                cancel.clone(),
+            )),
+            tokio::spawn(expire_loop(shard.clone(), settings.expire_interval, cancel.clone())),
+            tokio::spawn(move_loop(shard.clone(), cancel.clone())),
+            tokio::spawn(schedule_loop(shard.clone(), cancel.clone())),
+            tokio::spawn(membership_loop(shard.clone(), self.metadata.clone(), cancel.clone())),
+        ];
+        self.shards.write().insert(placement.shard_id, shard.clone());
+        self.hosted.lock().await.insert(placement.shard_id, Hosted { shard, cancel, tasks });
+        Ok(())
+    }
+
+    /// Stops this node's replica of a shard; with `remove_data`, deletes its directory too (the
+    /// replica was moved off this node and its group no longer counts it).
+    async fn close_shard(&self, shard_id: u64, remove_data: bool) {
+        let Some(hosted) = self.hosted.lock().await.remove(&shard_id) else { return };
+        self.shards.write().remove(&shard_id);
+        hosted.cancel.cancel();
+        for task in hosted.tasks {
+            let _ = task.await;
+        }
+        self.router.deregister(shard_id);
+        hosted.shard.shutdown().await;
+        if remove_data {
+            match std::fs::remove_dir_all(self.shard_dir(shard_id)) {
+                Ok(()) => tracing::info!(shard = shard_id, "replica moved off this node: its data is removed"),
+                Err(e) => tracing::warn!(shard = shard_id, error = %e, "removing a moved replica's data failed"),
+            }
+        }
+    }
+
+    /// Follows metadata's placement: opens replicas moved here, closes the ones moved off once
+    /// their move is done (before that, the group may still need them as voters).
+    async fn reconcile(&self, assigned: &[ShardInfo], leaving: &[u64]) {
+        let running: Vec<u64> = self.hosted.lock().await.keys().copied().collect();
+        for placement in assigned.iter().filter(|p| !running.contains(&p.shard_id)) {
+            if let Err(e) = self.open_shard(placement, true).await {
+                tracing::warn!(shard = placement.shard_id, error = %e, "opening a replica moved here failed; will retry");
+            }
+        }
+        for shard_id in running {
+            if !assigned.iter().any(|p| p.shard_id == shard_id) && !leaving.contains(&shard_id) {
+                self.close_shard(shard_id, true).await;
+            }
+        }
+    }
+}
+
+/// Keeps this node's lease in metadata, and follows the placement each heartbeat answers.
+async fn heartbeat_loop(host: Arc<Host>) {
+    loop {
+        tokio::select! {
+            _ = host.cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(HEARTBEAT_INTERVAL_MS)) => {}
+        }
+        match host.metadata.heartbeat(&host.settings.node_id).await {
+            Ok(answer) => host.reconcile(&answer.shards, &answer.leaving_shards).await,
+            Err(e) => tracing::warn!(error = %e, "heartbeat to metadata failed; will retry"),
+        }
+    }
+}
+
+/// How often a shard's leader compares its group's voters with metadata's replicas.
+const MEMBERSHIP_TICK: Duration = Duration::from_secs(1);
+
+/// On the leader: makes the group's voters metadata's replicas (a replica moved to a new node:
+/// the node joins as a learner, catches up, becomes a voter, and the old one is removed, through
+/// openraft's joint consensus), then confirms the move to metadata.
+async fn membership_loop(shard: Arc<Shard>, metadata: MetadataClient, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(MEMBERSHIP_TICK) => {}
+        }
+        if !shard.is_leader() {
+            continue;
+        }
+        let placement = match metadata.get_shard(shard.shard_id).await {
+            Ok(placement) => placement,
+            Err(e) => {
+                tracing::warn!(shard = shard.shard_id, error = %e, "reading the shard's placement failed");
+                continue;
+            }
+        };
+        if placement.replicas.len() <= 1 {
+            continue;
+        }
+        // A replica that joined by snapshot lacks the entries before it: the old one leaves only
+        // once every live entry up to this leader's snapshot is in the bucket.
+        let may_remove = match tiered_through_snapshot(&shard, &metadata).await {
+            Ok(tiered) => tiered,
+            Err(e) => {
+                tracing::warn!(shard = shard.shard_id, error = %e, "reading the segment catalog failed");
+                false
+            }
+        };
+        let matched = tokio::select! {
+            _ = cancel.cancelled() => return,
+            matched = shard.change_voters(&placement, may_remove) => matched,
+        };
+        match matched {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::warn!(shard = shard.shard_id, error = %e, "changing the group's voters failed; will retry");
+                continue;
+            }
+        }
+        if !placement.leaving.is_empty() {
+            let voters = placement.replicas.iter().map(|r| r.node_id.clone()).collect();
+            match metadata.confirm_replicas(shard.shard_id, voters).await {
+                Ok(_) => tracing::info!(shard = shard.shard_id, left = ?placement.leaving, "replica move done"),
+                Err(e) => tracing::warn!(shard = shard.shard_id, error = %e, "confirming a replica move failed"),
+            }
+        }
     }
 }
 
@@ -272,7 +457,7 @@ async fn tier_loop(
 }
 
 /// This node's part in a shard's replication: `None` when the shard has a single replica.
-fn shard_replicas(placement: &strata_common::proto::ShardInfo, node_id: &str) -> anyhow::Result<Option<ShardReplicas>> {
+fn shard_replicas(placement: &ShardInfo, node_id: &str) -> anyhow::Result<Option<ShardReplicas>> {
     if placement.replicas.len() <= 1 {
         return Ok(None);
     }

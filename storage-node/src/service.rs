@@ -4,7 +4,7 @@
 //! tenant mismatch exactly like a missing queue. Replies follow the log: a send is answered only
 //! after its entry is fsynced and applied.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,22 +14,23 @@ use strata_common::proto::storage_server::Storage;
 use strata_common::proto::{self as pb};
 use tonic::{Request, Response, Status};
 
+use crate::node::ShardMap;
 use crate::queue::{self, AttributeValue, Command, Delivery, FifoConfig, FifoIds, NewMessage, QueueConfig, Redrive};
 use crate::shard::{Shard, queue_error};
 
 /// Everything the service routes to.
 pub struct StorageService {
-    shards: HashMap<u64, Arc<Shard>>,
+    shards: ShardMap,
 }
 
 impl StorageService {
-    pub fn new(shards: HashMap<u64, Arc<Shard>>) -> Self {
+    pub fn new(shards: ShardMap) -> Self {
         Self { shards }
     }
 
     fn route(&self, queue: Option<&pb::QueueRef>) -> Result<(Arc<Shard>, u64, String), StrataError> {
         let queue = queue.ok_or_else(|| StrataError::invalid("queue reference is required"))?;
-        let shard = self.shards.get(&queue.shard_id).cloned().ok_or_else(|| {
+        let shard = self.shards.read().get(&queue.shard_id).cloned().ok_or_else(|| {
             tracing::warn!(shard = queue.shard_id, "request for a shard this node does not host");
             StrataError::unavailable("the queue's shard is not served here; retry")
         })?;
@@ -392,6 +393,16 @@ impl Storage for StorageService {
             .map_err(|_| StrataError::invalid(format!("'{}' is not a message id", r.message_id)))?;
         shard.cancel_scheduled(queue, tenant, message_id).await?;
         Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn read_log_entry(
+        &self,
+        request: Request<pb::ReadLogEntryRequest>,
+    ) -> Result<Response<pb::ReadLogEntryResponse>, Status> {
+        let r = request.into_inner();
+        let shard = self.shards.read().get(&r.shard_id).cloned();
+        let shard = shard.ok_or_else(|| StrataError::unavailable("the shard is not served here"))?;
+        Ok(Response::new(pb::ReadLogEntryResponse { entry: shard.local_entry_bytes(r.index)? }))
     }
 }
 

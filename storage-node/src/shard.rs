@@ -172,6 +172,12 @@ pub struct ShardReplicas {
     pub initialize: bool,
 }
 
+/// How long a read of a log entry from a peer replica may take.
+const PEER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How far behind the leader's log a new replica may be when it becomes a voter.
+pub const CATCH_UP_LAG_ENTRIES: u64 = 64;
+
 /// A running shard.
 pub struct Shard {
     pub shard_id: u64,
@@ -308,6 +314,52 @@ impl Shard {
 
     /// The last log index Raft has purged: entries at or below it are covered by a snapshot and
     /// are never read by Raft again (restart replay starts after it).
+    /// One step towards the group's voters being the placement's replicas, on the leader. A new
+    /// replica first joins as a learner; once it has caught up (within
+    /// [`CATCH_UP_LAG_ENTRIES`] of the leader's log) the voters are replaced through joint
+    /// consensus, and a removed voter leaves the group (only once `may_remove`: the caller knows
+    /// the bucket holds what the new replica lacks). Answers whether the voters match now;
+    /// called again until they do.
+    pub async fn change_voters(
+        &self,
+        placement: &strata_common::proto::ShardInfo,
+        may_remove: bool,
+    ) -> Result<bool, StrataError> {
+        let target: BTreeMap<u64, String> = placement.replicas.iter().map(|r| (r.raft_id, r.address.clone())).collect();
+        let metrics = self.group.raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership();
+        if membership.voter_ids().eq(target.keys().copied()) {
+            return Ok(true);
+        }
+        let failed = |what: &str, e: &dyn std::fmt::Display| {
+            tracing::warn!(shard = self.shard_id, error = %e, "{what}");
+            StrataError::unavailable(format!("shard {}: {what}", self.shard_id))
+        };
+        let known: BTreeSet<u64> = membership.nodes().map(|(id, _)| *id).collect();
+        let mut joining = false;
+        for (&id, addr) in target.iter().filter(|(id, _)| !known.contains(id)) {
+            tracing::info!(shard = self.shard_id, raft_id = id, addr, "adding a learner");
+            let node = BasicNode { addr: addr.clone() };
+            self.group.raft.add_learner(id, node, false).await.map_err(|e| failed("adding a learner failed", &e))?;
+            joining = true;
+        }
+        let last_index = metrics.last_log_index.unwrap_or(0);
+        let caught_up = |id: &u64| {
+            let matched = metrics.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index);
+            matched.is_some_and(|m| m + CATCH_UP_LAG_ENTRIES >= last_index)
+        };
+        if joining
+            || !may_remove
+            || !target.keys().filter(|id| !membership.voter_ids().any(|v| v == **id)).all(caught_up)
+        {
+            return Ok(false);
+        }
+        let ids: BTreeSet<u64> = target.keys().copied().collect();
+        tracing::info!(shard = self.shard_id, ?ids, "replacing the voters");
+        self.group.raft.change_membership(ids, false).await.map_err(|e| failed("changing the voters failed", &e))?;
+        Ok(true)
+    }
+
     /// The Raft term this replica leads in, if it leads.
     pub fn leader_term(&self) -> Option<u64> {
         let metrics = self.group.raft.metrics().borrow_watched().clone();
@@ -346,11 +398,60 @@ impl Shard {
         self.group.log.wal()
     }
 
-    /// Reads the message a [`MessageRef`] points at: local WAL first, then object storage.
+    /// The committed entry at `index` from the local log, encoded for a peer (empty if this
+    /// replica does not hold it: not committed yet, released, or before its snapshot).
+    pub fn local_entry_bytes(&self, index: u64) -> Result<Vec<u8>, StrataError> {
+        if self.applied_index().is_none_or(|applied| index > applied) {
+            return Ok(Vec::new());
+        }
+        match self.group.log.read_entry(index) {
+            Ok(Some(entry)) => postcard::to_allocvec(&entry).map_err(|e| StrataError::internal(e.to_string())),
+            Ok(None) => Ok(Vec::new()),
+            Err(e) => {
+                tracing::error!(shard = self.shard_id, index, error = %e, "local log read failed");
+                Err(StrataError::internal("could not read the log"))
+            }
+        }
+    }
+
+    /// The entry at `index` from another replica's local log: for a replica that caught up by
+    /// snapshot (so lacks entries before it) while they are not in the bucket yet.
+    async fn entry_from_peers(&self, index: u64) -> Result<openraft::alias::EntryOf<ShardRaftConfig>, StrataError> {
+        let peers: Vec<String> = {
+            let metrics = self.group.raft.metrics().borrow_watched().clone();
+            let membership = metrics.membership_config.membership();
+            membership.nodes().filter(|(id, _)| **id != metrics.id).map(|(_, n)| n.addr.clone()).collect()
+        };
+        for peer in peers {
+            let Ok(channel) = strata_common::grpc::lazy_channel(&peer, PEER_READ_TIMEOUT) else { continue };
+            let mut client = strata_common::proto::storage_client::StorageClient::new(channel)
+                .max_decoding_message_size(strata_common::limits::GRPC_MESSAGE_BYTES_MAX);
+            let request = strata_common::proto::ReadLogEntryRequest { shard_id: self.shard_id, index };
+            match client.read_log_entry(request).await {
+                Ok(answer) if !answer.get_ref().entry.is_empty() => {
+                    return postcard::from_bytes(&answer.get_ref().entry).map_err(|e| {
+                        tracing::error!(shard = self.shard_id, index, peer, error = %e, "undecodable entry from a peer");
+                        StrataError::internal("a peer sent a damaged log entry")
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(shard = self.shard_id, index, peer, error = %e, "peer read failed"),
+            }
+        }
+        tracing::error!(shard = self.shard_id, index, "log entry is neither local, nor tiered, nor on a peer");
+        Err(StrataError::unavailable("a message could not be read from the log now; retry"))
+    }
+
+    /// Reads the message a [`MessageRef`] points at: local WAL first, then object storage, then
+    /// another replica's local log.
     pub async fn read_message(&self, at: MessageRef) -> Result<NewMessage, StrataError> {
         let entry = match self.group.log.read_entry(at.log_index) {
             Ok(Some(entry)) => entry,
-            Ok(None) => self.tiered.read_entry(self.shard_id, at.log_index).await?,
+            Ok(None) => match self.tiered.read_entry(self.shard_id, at.log_index).await {
+                Ok(entry) => entry,
+                Err(e) if e.kind == ErrorKind::Internal => self.entry_from_peers(at.log_index).await?,
+                Err(e) => return Err(e),
+            },
             Err(e) => {
                 tracing::error!(shard = self.shard_id, index = at.log_index, error = %e, "local log read failed");
                 return Err(StrataError::internal("could not read a message from the log"));

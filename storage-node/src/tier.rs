@@ -194,7 +194,7 @@ impl TieredReader {
         let mut catalogs = self.catalogs.lock();
         catalogs.insert(shard_id, segments.into_iter().map(|s| (s.first_index, s)).collect());
         lookup(&catalogs).ok_or_else(|| {
-            tracing::error!(shard_id, index, "log entry is neither local nor in the segment catalog");
+            tracing::debug!(shard_id, index, "log entry is neither local nor in the segment catalog");
             StrataError::internal("a message could not be found in the log")
         })
     }
@@ -297,14 +297,15 @@ impl TieredReader {
 }
 
 /// Uploads one sealed segment file (idempotently) and returns its catalog record, which covers
-/// the file's entries from `first_index` (later than the file's first entry when another writer
-/// already tiered the earlier ones: the object then holds a few entries its record does not).
+/// the file's entries `first_index..=last_index` (fewer than the file holds when other writers
+/// tiered the others: the object's index still locates every entry it holds).
 async fn upload_segment(
     store: &dyn ObjectStore,
     shard_id: u64,
     writer_epoch: u64,
     info: &strata_wal::SegmentInfo,
     first_index: u64,
+    last_index: u64,
 ) -> Result<pb::Segment, StrataError> {
     let bytes = tokio::fs::read(&info.path).await.map_err(|e| {
         tracing::error!(path = %info.path.display(), error = %e, "reading a sealed segment");
@@ -314,11 +315,11 @@ async fn upload_segment(
     let mut object = BytesMut::from(&bytes[..]);
     object.extend_from_slice(&index.encode_footer());
     let object = object.freeze();
-    let key = segment_object_key(shard_id, writer_epoch, first_index, info.last_index);
+    let key = segment_object_key(shard_id, writer_epoch, first_index, last_index);
     let segment = pb::Segment {
         shard_id,
         first_index,
-        last_index: info.last_index,
+        last_index,
         object_key: key.clone(),
         size_bytes: object.len() as u64,
         crc32c: crc32c::crc32c(&object),
@@ -345,6 +346,52 @@ async fn upload_segment(
             Err(StrataError::unavailable("object storage is not reachable"))
         }
     }
+}
+
+/// Entries below both the oldest live message and the purge point are never read again.
+fn reclaim_below(shard: &crate::shard::Shard, purged_index: Option<u64>) -> u64 {
+    let live_min = shard.state().0.min_live_log_index();
+    match (live_min, purged_index) {
+        (_, None) => 0,
+        (Some(live), Some(purged)) => live.min(purged + 1),
+        (None, Some(purged)) => purged + 1,
+    }
+}
+
+/// Whether the segment catalog holds every live entry up to this replica's purge point (its
+/// last snapshot): what a replica that joins by that snapshot must read from the bucket.
+pub async fn tiered_through_snapshot(
+    shard: &crate::shard::Shard,
+    metadata: &MetadataClient,
+) -> Result<bool, StrataError> {
+    let Some(purged_index) = shard.purged_index() else { return Ok(true) };
+    let catalog = metadata.list_segments(shard.shard_id).await?;
+    let covered: Vec<(u64, u64)> = catalog.iter().map(|s| (s.first_index, s.last_index)).collect();
+    Ok(gaps(&covered, reclaim_below(shard, Some(purged_index)), purged_index).is_empty())
+}
+
+/// The parts of `first..=last` that no range of `covered` (inclusive, non-overlapping) covers.
+fn gaps(covered: &[(u64, u64)], first: u64, last: u64) -> Vec<(u64, u64)> {
+    let mut sorted = covered.to_vec();
+    sorted.sort_unstable();
+    let mut out = Vec::new();
+    let mut at = first;
+    for (from, to) in sorted {
+        if at > last {
+            break;
+        }
+        if to < at {
+            continue;
+        }
+        if from > at {
+            out.push((at, last.min(from - 1)));
+        }
+        at = at.max(to.saturating_add(1));
+    }
+    if at <= last {
+        out.push((at, last));
+    }
+    out
 }
 
 /// The writer epoch this replica uploads under: claimed in metadata once per Raft term it leads
@@ -381,29 +428,24 @@ pub async fn tier_shard_once(
     let writer_epoch = claim_writer_epoch(shard, metadata).await?;
     let catalog = metadata.list_segments(shard.shard_id).await?;
     // Only committed entries are tiered: an uncommitted tail may still be replaced by another
-    // leader's entries, while a committed index holds the same entry on every replica. The
-    // catalog covers the log up to `tiered_through` (but for dead entries, never read again),
-    // whichever writers tiered it: their files may end at other indices than this replica's.
+    // leader's entries, while a committed index holds the same entry on every replica. Other
+    // writers cut their files at other indices, and a replica that caught up by snapshot lacks
+    // entries before it: each file uploads what the catalog does not cover yet (one record per
+    // gap), so the catalog never covers an index twice.
     let applied_index = shard.applied_index().unwrap_or(0);
-    let mut tiered_through = catalog.iter().map(|s| s.last_index).max().unwrap_or(0);
+    let mut covered: Vec<(u64, u64)> = catalog.iter().map(|s| (s.first_index, s.last_index)).collect();
     let purged_index = shard.purged_index();
-    // Entries below both the oldest live message and the purge point are never read again.
-    let live_min = shard.state().0.min_live_log_index();
-    let reclaim_below = match (live_min, purged_index) {
-        (_, None) => 0,
-        (Some(live), Some(purged)) => live.min(purged + 1),
-        (None, Some(purged)) => purged + 1,
-    };
+    let reclaim_below = reclaim_below(shard, purged_index);
     let mut needs_snapshot = false;
     for info in shard.wal().sealed_segments() {
         if info.last_index > applied_index {
             break;
         }
-        if info.last_index > tiered_through && info.last_index >= reclaim_below {
-            let first_index = info.first_index.max(tiered_through + 1);
-            let segment = upload_segment(store, shard.shard_id, writer_epoch, &info, first_index).await?;
+        for (first, last) in gaps(&covered, info.first_index.max(reclaim_below), info.last_index) {
+            let segment = upload_segment(store, shard.shard_id, writer_epoch, &info, first, last).await?;
             metadata.commit_segment(segment).await?;
-            tiered_through = info.last_index;
+            covered.push((first, last));
+            covered.sort_unstable();
             reader.stats.segments_uploaded.fetch_add(1, Ordering::Relaxed);
             pass.uploaded += 1;
         }
@@ -457,8 +499,19 @@ pub async fn release_tiered_segments(
         return Ok(0);
     }
     let catalog = metadata.list_segments(shard.shard_id).await?;
-    let through = purged_index.min(catalog.iter().map(|s| s.last_index).max().unwrap_or(0));
-    let Some(last) = sealed.iter().map(|s| s.last_index).filter(|&l| l <= through).max() else { return Ok(0) };
+    let covered: Vec<(u64, u64)> = catalog.iter().map(|s| (s.first_index, s.last_index)).collect();
+    let reclaim_below = reclaim_below(shard, Some(purged_index));
+    // The files in order, up to the first one whose live entries are not all in the catalog.
+    let Some(last) = sealed
+        .iter()
+        .take_while(|s| {
+            s.last_index <= purged_index && gaps(&covered, s.first_index.max(reclaim_below), s.last_index).is_empty()
+        })
+        .map(|s| s.last_index)
+        .last()
+    else {
+        return Ok(0);
+    };
     let removed = shard.wal().remove_sealed_through(last).map_err(|e| {
         tracing::error!(error = %e, "removing a tiered segment locally");
         StrataError::internal("local segment removal failed")
@@ -492,6 +545,19 @@ pub async fn probe_conditional_create(store: &dyn ObjectStore, node_id: &str, no
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gaps_are_the_uncovered_parts_of_a_range() {
+        let covered = [(1, 10), (21, 30), (31, 40)];
+        assert_eq!(gaps(&covered, 1, 40), vec![(11, 20)]);
+        assert_eq!(gaps(&covered, 5, 8), vec![]);
+        assert_eq!(gaps(&covered, 5, 25), vec![(11, 20)]);
+        assert_eq!(gaps(&covered, 35, 50), vec![(41, 50)]);
+        assert_eq!(gaps(&[], 3, 4), vec![(3, 4)]);
+        assert_eq!(gaps(&[(5, 6)], 1, 9), vec![(1, 4), (7, 9)]);
+        // An empty range (all of it dead) has no gaps.
+        assert_eq!(gaps(&[], 9, 4), vec![]);
+    }
 
     #[test]
     fn keys_are_deterministic_and_carry_shard_and_epoch() {

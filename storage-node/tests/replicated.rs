@@ -13,6 +13,7 @@ use bytes::Bytes;
 use strata_common::proto::{self as pb, storage_client::StorageClient};
 use strata_common::{Clock, SystemClock};
 use strata_metadata::{MetadataClient, MetadataNode};
+use strata_storage::queue::MessageRef;
 use strata_storage::shard::ShardLogSettings;
 use strata_storage::{ObjectStoreSettings, StorageNode, StorageSettings};
 use tokio_util::sync::CancellationToken;
@@ -64,7 +65,7 @@ async fn leader(nodes: &[Option<StorageNode>]) -> usize {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         for (i, node) in nodes.iter().enumerate() {
-            if node.as_ref().and_then(|n| n.shards.get(&1)).is_some_and(|s| s.is_leader()) {
+            if node.as_ref().and_then(|n| n.shard(1)).is_some_and(|s| s.is_leader()) {
                 return i;
             }
         }
@@ -117,6 +118,9 @@ async fn drain(
                 continue;
             }
         };
+        if got.is_empty() {
+            continue;
+        }
         let receipts = got.iter().map(|m| m.receipt_handle.clone()).collect();
         bodies.extend(got.into_iter().map(|m| String::from_utf8_lossy(&m.body).into_owned()));
         client
@@ -222,7 +226,7 @@ async fn a_shard_on_three_nodes_keeps_acknowledged_sends_when_its_leader_goes() 
 
     // The node comes back from its directory and catches up with the deletes.
     nodes[first] = Some(start_node(root.path(), first, addrs[first], &metadata_endpoint).await);
-    let back = nodes[first].as_ref().and_then(|n| n.shards.get(&1)).cloned().expect("shard 1 reopened");
+    let back = nodes[first].as_ref().and_then(|n| n.shard(1)).expect("shard 1 reopened");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let counts = back.state().0.queue_counts(info.queue_id, TENANT);
@@ -358,6 +362,200 @@ async fn replicated_shards_tier_from_the_leader_and_followers_release_what_it_ti
     assert!(bodies == sent, "every acknowledged send, exactly once");
     let gets = nodes[third].as_ref().expect("running").reader.stats.object_gets.load(Ordering::Relaxed);
     assert!(gets > 0, "old messages were not read from the bucket");
+
+    for node in nodes.into_iter().flatten() {
+        node.shutdown().await;
+    }
+    stop.cancel();
+    let _ = metadata_task.await;
+    metadata.shutdown().await;
+}
+
+/// A replica moves off the shard's leader to a fourth node while sends go on: the new node joins
+/// as a learner and becomes a voter, the old one leaves and drops its data, and the group then
+/// survives losing one of its original replicas with every acknowledged send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_moves_to_a_new_node_without_losing_a_send() {
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
+    let root = tempfile::tempdir().expect("tempdir");
+    let metadata_addr = free_addr();
+    let metadata_endpoint = format!("http://{metadata_addr}");
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let metadata =
+        MetadataNode::open(&root.path().join("metadata"), &metadata_endpoint, clock).await.expect("metadata opens");
+    let stop = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind(metadata_addr).await.expect("bind metadata");
+    let metadata_task = tokio::spawn(metadata.clone().serve_with_listener(listener, stop.clone().cancelled_owned()));
+    let meta_client = MetadataClient::connect_lazy(&metadata_endpoint).expect("metadata client");
+
+    // Frequent snapshots: the new node joins by snapshot, so the old replica may leave only once
+    // the bucket holds what the snapshot leaves out (tiering every 100 ms).
+    let log = ShardLogSettings {
+        segment_size_bytes_max: 16 * 1024,
+        snapshot_every_entries: 8,
+        seal_idle_after: Duration::from_millis(300),
+    };
+    let tier_every = Duration::from_millis(100);
+    let addrs: Vec<SocketAddr> = (0..4).map(|_| free_addr()).collect();
+    let (a, b, c) = tokio::join!(
+        start_node_with(root.path(), 0, addrs[0], &metadata_endpoint, log.clone(), tier_every),
+        start_node_with(root.path(), 1, addrs[1], &metadata_endpoint, log.clone(), tier_every),
+        start_node_with(root.path(), 2, addrs[2], &metadata_endpoint, log.clone(), tier_every),
+    );
+    // The fourth node registers once the shard exists: it holds no replica yet.
+    let d = start_node_with(root.path(), 3, addrs[3], &metadata_endpoint, log.clone(), tier_every).await;
+    assert!(d.shard_ids().is_empty());
+    let mut nodes = vec![Some(a), Some(b), Some(c), Some(d)];
+
+    meta_client.ensure_tenant(TENANT).await.expect("tenant");
+    let config = pb::QueueConfig { retention_ms: 3_600_000, visibility_timeout_ms: 30_000, ..Default::default() };
+    let info = meta_client.create_queue(TENANT, "moving", config.clone()).await.expect("create queue");
+    let queue = pb::QueueRef { shard_id: info.shard_id, queue_id: info.queue_id, tenant: TENANT.into() };
+    let ensure = pb::EnsureQueueRequest { queue: Some(queue.clone()), config: Some(config) };
+    at_leader(&nodes, &addrs, |mut c| {
+        let ensure = ensure.clone();
+        async move { c.ensure_queue(ensure).await.map(|_| ()) }
+    })
+    .await;
+    let batch = |name: &str| -> Vec<String> { (0..30).map(|i| format!("{name}{i:02}")).collect() };
+    let mut sent = batch("a");
+    send_all(&nodes, &addrs, &queue, &sent).await;
+
+    // Refused: moving to a node that already holds a replica, or from one that holds none.
+    assert!(meta_client.move_replica(1, "storage-0", "storage-1").await.is_err());
+    assert!(meta_client.move_replica(1, "storage-3", "storage-0").await.is_err());
+
+    // Move the leader's replica to the fourth node; sends go on meanwhile.
+    let from = leader(&nodes).await;
+    let moved = meta_client.move_replica(1, &format!("storage-{from}"), "storage-3").await.expect("move");
+    assert_eq!(moved.leaving, [format!("storage-{from}")]);
+    let during = batch("b");
+    send_all(&nodes, &addrs, &queue, &during).await;
+    sent.extend(during);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let shard = meta_client.get_shard(1).await.expect("shard");
+        let done = shard.leaving.is_empty()
+            && nodes[3].as_ref().and_then(|n| n.shard(1)).is_some()
+            && nodes[from].as_ref().and_then(|n| n.shard(1)).is_none();
+        if done {
+            let mut replicas: Vec<String> = shard.replicas.iter().map(|r| r.node_id.clone()).collect();
+            replicas.sort();
+            let mut expected: Vec<String> = (0..4).filter(|&i| i != from).map(|i| format!("storage-{i}")).collect();
+            expected.sort();
+            assert_eq!(replicas, expected);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the move did not finish: {shard:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!root.path().join(format!("storage-{from}/shards/00000001")).exists(), "the old replica kept its data");
+
+    // The group is the two remaining originals and the new node: it commits without the
+    // node that left, and without one of the originals.
+    if let Some(node) = nodes[from].take() {
+        node.shutdown().await;
+    }
+    let after = batch("c");
+    send_all(&nodes, &addrs, &queue, &after).await;
+    sent.extend(after);
+    let original = (0..3).find(|&i| i != from).expect("an original replica");
+    if let Some(node) = nodes[original].take() {
+        node.shutdown().await;
+    }
+    let last = batch("d");
+    send_all(&nodes, &addrs, &queue, &last).await;
+    sent.extend(last);
+
+    let at = leader(&nodes).await;
+    let client = StorageClient::connect(format!("http://{}", addrs[at])).await.expect("connect");
+    let mut bodies = drain(client, &queue, sent.len()).await;
+    bodies.sort();
+    sent.sort();
+    assert_eq!(bodies, sent, "every acknowledged send, exactly once");
+
+    for node in nodes.into_iter().flatten() {
+        node.shutdown().await;
+    }
+    stop.cancel();
+    let _ = metadata_task.await;
+    metadata.shutdown().await;
+}
+
+/// A replica moved to a new node joins by snapshot, so its log lacks the entries before it.
+/// With nothing tiered yet it reads those messages from its peers' logs, and the old replica
+/// does not leave the group (the bucket does not hold what the new one lacks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_joined_by_snapshot_reads_older_messages_from_its_peers() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let metadata_addr = free_addr();
+    let metadata_endpoint = format!("http://{metadata_addr}");
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let metadata =
+        MetadataNode::open(&root.path().join("metadata"), &metadata_endpoint, clock).await.expect("metadata opens");
+    let stop = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind(metadata_addr).await.expect("bind metadata");
+    let metadata_task = tokio::spawn(metadata.clone().serve_with_listener(listener, stop.clone().cancelled_owned()));
+    let meta_client = MetadataClient::connect_lazy(&metadata_endpoint).expect("metadata client");
+
+    let addrs: Vec<SocketAddr> = (0..4).map(|_| free_addr()).collect();
+    let (a, b, c) = tokio::join!(
+        start_node(root.path(), 0, addrs[0], &metadata_endpoint),
+        start_node(root.path(), 1, addrs[1], &metadata_endpoint),
+        start_node(root.path(), 2, addrs[2], &metadata_endpoint),
+    );
+    let d = start_node(root.path(), 3, addrs[3], &metadata_endpoint).await;
+    let nodes = vec![Some(a), Some(b), Some(c), Some(d)];
+    meta_client.ensure_tenant(TENANT).await.expect("tenant");
+    let config = pb::QueueConfig { retention_ms: 3_600_000, visibility_timeout_ms: 30_000, ..Default::default() };
+    let info = meta_client.create_queue(TENANT, "joined", config.clone()).await.expect("create queue");
+    let queue = pb::QueueRef { shard_id: info.shard_id, queue_id: info.queue_id, tenant: TENANT.into() };
+    let ensure = pb::EnsureQueueRequest { queue: Some(queue.clone()), config: Some(config) };
+    at_leader(&nodes, &addrs, |mut c| {
+        let ensure = ensure.clone();
+        async move { c.ensure_queue(ensure).await.map(|_| ()) }
+    })
+    .await;
+    // One entry per message, snapshots every 5 entries: the leader's log is purged past most.
+    let sent: Vec<String> = (0..40).map(|i| format!("r{i:02}")).collect();
+    for one in sent.chunks(1) {
+        send_all(&nodes, &addrs, &queue, one).await;
+    }
+
+    let from = (leader(&nodes).await + 1) % 3;
+    meta_client.move_replica(1, &format!("storage-{from}"), "storage-3").await.expect("move");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (joined, applied) = loop {
+        let joined = nodes[3].as_ref().and_then(|n| n.shard(1));
+        let caught_up = joined.as_ref().and_then(|s| {
+            let counts = s.state().0.queue_counts(info.queue_id, TENANT)?;
+            (counts.visible == sent.len() as u64).then(|| s.applied_index())?
+        });
+        if let (Some(joined), Some(applied)) = (joined, caught_up) {
+            break (joined, applied);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the new replica did not catch up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let missing = (1..=applied).filter(|&i| joined.local_entry_bytes(i).is_ok_and(|e| e.is_empty())).count();
+    assert!(missing > 10, "the replica did not join by snapshot (its log lacks only {missing} entries)");
+
+    // Every message, including those before its log starts, reads back at the new replica.
+    let mut bodies = Vec::new();
+    for log_index in 1..=applied {
+        if let Ok(message) = joined.read_message(MessageRef { log_index, slot: 0 }).await {
+            bodies.push(String::from_utf8_lossy(&message.body).into_owned());
+        }
+    }
+    bodies.sort();
+    assert_eq!(bodies, sent, "messages before the replica's snapshot read from its peers");
+
+    // Nothing is tiered (tiering runs hourly here): the old replica stays in the group.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let shard = meta_client.get_shard(1).await.expect("shard");
+    assert_eq!(shard.leaving, [format!("storage-{from}")], "{shard:?}");
+    assert!(nodes[from].as_ref().and_then(|n| n.shard(1)).is_some(), "the old replica left too early");
 
     for node in nodes.into_iter().flatten() {
         node.shutdown().await;

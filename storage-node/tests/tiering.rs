@@ -150,7 +150,7 @@ async fn tiering_round_trip(store_settings: ObjectStoreSettings) {
 
     // Every send must leave the local disk by itself: seal (the tail once idle), upload, catalog,
     // local delete. Afterwards every body lives only in the bucket.
-    let shard = node.shards.values().next().expect("one shard").clone();
+    let shard = node.shard(node.shard_ids()[0]).expect("one shard");
     let last_send_index = shard.wal().last_index().expect("sends are in the log");
     wait_for("the sends to be tiered and removed locally", Duration::from_secs(60), async || {
         shard.wal().first_index().is_none_or(|first| first > last_send_index)

@@ -102,7 +102,7 @@ async fn the_proxy_follows_the_shard_leader_through_a_failover() {
     // The leader's node goes away; sends go on through the proxy.
     let leader = nodes
         .iter()
-        .position(|n| n.as_ref().and_then(|n| n.shards.get(&1)).is_some_and(|s| s.is_leader()))
+        .position(|n| n.as_ref().and_then(|n| n.shard(1)).is_some_and(|s| s.is_leader()))
         .expect("a leader");
     if let Some(node) = nodes[leader].take() {
         node.shutdown().await;

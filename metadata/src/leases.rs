@@ -1,0 +1,79 @@
+//! Storage-node leases: a registered node is live while it has heartbeated within
+//! [`LEASE_MS`].
+//!
+//! Leases are kept by the metadata leader in memory, not in the replicated catalog: a heartbeat
+//! every few seconds from every node would otherwise be a Raft write each. The cost is that a new
+//! leader cannot know who heartbeated its predecessor, so it starts every known node's lease
+//! afresh when it starts leading (in a new term): liveness errs towards "live" for one lease
+//! after a failover, never towards declaring a live node dead.
+
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
+
+/// How long a heartbeat keeps a node live.
+pub const LEASE_MS: u64 = 10_000;
+/// How often a storage node heartbeats: several times per lease, so one lost heartbeat is no
+/// expiry.
+pub const HEARTBEAT_INTERVAL_MS: u64 = LEASE_MS / 4;
+
+#[derive(Default)]
+struct Inner {
+    /// The leader term the heartbeats below were received in.
+    term: u64,
+    /// When this member started taking heartbeats in `term`.
+    since_ms: u64,
+    /// Node id → last heartbeat (ms, from the metadata clock).
+    last_ms: HashMap<String, u64>,
+}
+
+/// The leases this member knows, for the term it leads in.
+#[derive(Default)]
+pub struct Leases {
+    inner: Mutex<Inner>,
+}
+
+impl Leases {
+    /// Starts afresh when `term` is a new leader term.
+    fn in_term(inner: &mut Inner, term: u64, now_ms: u64) {
+        if inner.term != term {
+            *inner = Inner { term, since_ms: now_ms, last_ms: HashMap::new() };
+        }
+    }
+
+    /// Records a heartbeat of `node_id`.
+    pub fn heartbeat(&self, node_id: &str, term: u64, now_ms: u64) {
+        let mut inner = self.inner.lock();
+        Self::in_term(&mut inner, term, now_ms);
+        inner.last_ms.insert(node_id.to_owned(), now_ms);
+    }
+
+    /// Whether `node_id` is live: it heartbeated within the lease, or this member began leading
+    /// less than a lease ago (and so cannot know).
+    pub fn is_live(&self, node_id: &str, term: u64, now_ms: u64) -> bool {
+        let mut inner = self.inner.lock();
+        Self::in_term(&mut inner, term, now_ms);
+        let since = inner.last_ms.get(node_id).copied().unwrap_or(inner.since_ms);
+        now_ms.saturating_sub(since) < LEASE_MS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_lasts_from_the_last_heartbeat_and_a_new_term_starts_afresh() {
+        let leases = Leases::default();
+        // A new leader: everyone is live for one lease, then only who heartbeated.
+        assert!(leases.is_live("a", 1, 1_000));
+        leases.heartbeat("a", 1, 5_000);
+        assert!(leases.is_live("b", 1, 1_000 + LEASE_MS - 1));
+        assert!(!leases.is_live("b", 1, 1_000 + LEASE_MS));
+        assert!(leases.is_live("a", 1, 5_000 + LEASE_MS - 1));
+        assert!(!leases.is_live("a", 1, 5_000 + LEASE_MS));
+        // Another term (this member leads again after someone else did): a fresh start.
+        assert!(leases.is_live("b", 2, 40_000));
+        assert!(!leases.is_live("a", 2, 40_000 + LEASE_MS));
+    }
+}
