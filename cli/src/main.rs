@@ -43,6 +43,11 @@ enum Command {
         #[command(subcommand)]
         command: user::KeysCommand,
     },
+    /// Operate a cluster through a proxy's admin API: storage nodes, shards, replica moves.
+    Cluster {
+        #[command(subcommand)]
+        command: user::ClusterCommand,
+    },
     /// Send one message.
     Send(user::SendArgs),
     /// Receive messages; prints one JSON object per message.
@@ -73,6 +78,7 @@ fn main() -> std::process::ExitCode {
             Command::Token(args) => roles::token(args),
             Command::Queue { command } => user::queue(command).await,
             Command::Keys { command } => user::keys(command).await,
+            Command::Cluster { command } => user::cluster(command).await,
             Command::Send(args) => user::send(args).await,
             Command::Receive(args) => user::receive(args).await,
             Command::Delete(args) => user::delete(args).await,

@@ -86,6 +86,59 @@ impl KeyOwner {
     }
 }
 
+/// The operators' admin API of a proxy.
+#[derive(clap::Args)]
+pub struct AdminConnection {
+    #[arg(long, env = "STRATA_ADMIN_ENDPOINT", hide_env_values = true)]
+    admin_endpoint: String,
+    #[arg(long, env = "STRATA_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: String,
+}
+
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// List the storage nodes, with whether each keeps its lease.
+    Nodes {
+        #[command(flatten)]
+        admin: AdminConnection,
+    },
+    /// Show a shard's writer, replicas, and any replica still leaving.
+    Shard {
+        shard_id: u64,
+        #[command(flatten)]
+        admin: AdminConnection,
+    },
+    /// Move a replica of a shard to another (live) storage node; completes in the background.
+    MoveReplica {
+        shard_id: u64,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        admin: AdminConnection,
+    },
+}
+
+pub async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
+    let admin = |a: AdminConnection| Connection { endpoint: a.admin_endpoint, token: a.admin_token };
+    let answer = match command {
+        ClusterCommand::Nodes { admin: a } => {
+            call(&admin(a), reqwest::Method::GET, "/admin/v1/storage-nodes", None).await?
+        }
+        ClusterCommand::Shard { shard_id, admin: a } => {
+            call(&admin(a), reqwest::Method::GET, &format!("/admin/v1/shards/{shard_id}"), None).await?
+        }
+        ClusterCommand::MoveReplica { shard_id, from, to, admin: a } => {
+            let path = format!("/admin/v1/shards/{shard_id}/move-replica");
+            let body = json!({ "from_node": from, "to_node": to });
+            call(&admin(a), reqwest::Method::POST, &path, Some(body)).await?
+        }
+    };
+    print(&answer);
+    Ok(())
+}
+
 #[derive(Subcommand)]
 pub enum KeysCommand {
     /// Create an access key for the SQS API; prints its secret (shown only this once).

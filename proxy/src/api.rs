@@ -99,6 +99,9 @@ pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
         )
         .route("/admin/v1/tenants/{tenant}/access-keys/{id}", delete(revoke_access_key::<AdminTenant>))
         .route("/admin/v1/tenants/{tenant}/access-keys/{id}/rotate", post(rotate_access_key::<AdminTenant>))
+        .route("/admin/v1/storage-nodes", get(list_storage_nodes))
+        .route("/admin/v1/shards/{id}", get(get_shard))
+        .route("/admin/v1/shards/{id}/move-replica", post(move_replica))
         .fallback(|| async { ApiError(StrataError::invalid("no such admin route")) })
         .layer(DefaultBodyLimit::max(HTTP_REQUEST_BYTES_MAX))
         .with_state(state.clone());
@@ -185,11 +188,7 @@ impl FromRequestParts<AppState> for AdminTenant {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let operator = state.admin_verifier.verify_authorization_header(header).map_err(|e| {
-            tracing::debug!(error = %e, "admin authentication failed");
-            ApiError(StrataError::new(ErrorKind::Unauthenticated, e.public_message()))
-        })?;
+        let operator = verify_operator(parts, state)?;
         let params = axum::extract::RawPathParams::from_request_parts(parts, state)
             .await
             .map_err(|e| ApiError::invalid(format!("bad path: {e}")))?;
@@ -199,9 +198,32 @@ impl FromRequestParts<AppState> for AdminTenant {
             .map(|(_, value)| value.to_string())
             .ok_or_else(|| ApiError::invalid("the path names no tenant"))?;
         strata_common::names::validate_tenant(&tenant).map_err(ApiError)?;
-        tracing::info!(operator = %operator.tenant, %tenant, path = %parts.uri.path(), "admin request");
+        tracing::info!(%operator, %tenant, path = %parts.uri.path(), "admin request");
         Ok(AdminTenant(tenant))
     }
+}
+
+/// An operator with a verified admin token (cluster-wide admin routes).
+struct Operator;
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let operator = verify_operator(parts, state)?;
+        tracing::info!(%operator, path = %parts.uri.path(), "admin request");
+        Ok(Operator)
+    }
+}
+
+/// The operator named by the request's admin token.
+fn verify_operator(parts: &Parts, state: &AppState) -> Result<String, ApiError> {
+    let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let operator = state.admin_verifier.verify_authorization_header(header).map_err(|e| {
+        tracing::debug!(error = %e, "admin authentication failed");
+        ApiError(StrataError::new(ErrorKind::Unauthenticated, e.public_message()))
+    })?;
+    Ok(operator.tenant)
 }
 
 /// The `{id}` of an access-key route.
@@ -650,6 +672,68 @@ fn access_key_json(key: &pb::AccessKey, now_ms: u64) -> serde_json::Value {
         value["secret_access_key"] = json!(key.secret_access_key);
     }
     value
+}
+
+async fn list_storage_nodes(State(state): State<AppState>, _: Operator) -> Result<Json<serde_json::Value>, ApiError> {
+    let nodes = state.placement.metadata.list_storage_nodes().await?;
+    let nodes: Vec<_> = nodes
+        .iter()
+        .map(|n| {
+            json!({
+                "node_id": n.node_id,
+                "address": n.address,
+                "zone": n.zone,
+                "capacity_bytes": n.capacity_bytes,
+                "live": n.live,
+                "registered_ms": n.registered_ms,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "storage_nodes": nodes })))
+}
+
+fn shard_json(shard: &pb::ShardInfo) -> serde_json::Value {
+    json!({
+        "shard_id": shard.shard_id,
+        "writer": shard.node_id,
+        "writer_epoch": shard.writer_epoch,
+        "replicas": shard.replicas.iter().map(|r| json!({ "node_id": r.node_id, "address": r.address })).collect::<Vec<_>>(),
+        "leaving": shard.leaving,
+    })
+}
+
+/// The `{id}` of a shard route.
+#[derive(Debug, Deserialize)]
+struct ShardId {
+    id: u64,
+}
+
+async fn get_shard(
+    State(state): State<AppState>,
+    _: Operator,
+    Path(ShardId { id }): Path<ShardId>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(shard_json(&state.placement.metadata.get_shard(id).await?)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoveReplicaRequest {
+    from_node: String,
+    to_node: String,
+}
+
+/// Moves a replica of a shard to another storage node; the move completes in the background
+/// (`leaving` empties once the old node has left the shard's group).
+async fn move_replica(
+    State(state): State<AppState>,
+    _: Operator,
+    Path(ShardId { id }): Path<ShardId>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: MoveReplicaRequest = parse_json(body)?;
+    let shard = state.placement.metadata.move_replica(id, &request.from_node, &request.to_node).await?;
+    Ok((StatusCode::ACCEPTED, Json(shard_json(&shard))).into_response())
 }
 
 async fn create_access_key<O: KeyOwner>(State(state): State<AppState>, owner: O) -> Result<Response, ApiError> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use strata_tests::cluster::LocalCluster;
-use strata_tests::{Api, run_ok};
+use strata_tests::{Api, run_ok, strata_binary};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_cluster_comes_up_serves_both_apis_survives_a_storage_kill_and_goes_down() {
@@ -43,6 +43,34 @@ async fn local_cluster_comes_up_serves_both_apis_survives_a_storage_kill_and_goe
     }
     let listed = run_ok(&mut aws).expect("aws sqs list-queues");
     assert!(listed.contains("/dev/orders"), "{listed}");
+
+    // The operators' view through the CLI: three live storage nodes, each shard on all three; a
+    // move onto a node that already holds the replica is refused with a reason.
+    let cli = |args: &[&str]| {
+        let mut command = Command::new(strata_binary());
+        command.args(args);
+        for key in ["STRATA_ADMIN_ENDPOINT", "STRATA_ADMIN_TOKEN"] {
+            command.env(key, &env[key]);
+        }
+        command.output().expect("run strata")
+    };
+    let nodes = cli(&["cluster", "nodes"]);
+    let nodes: serde_json::Value = serde_json::from_slice(&nodes.stdout).expect("nodes JSON");
+    let live: Vec<&str> = nodes["storage_nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["live"] == true)
+        .filter_map(|n| n["node_id"].as_str())
+        .collect();
+    assert_eq!(live, ["storage-1", "storage-2", "storage-3"], "{nodes}");
+    let shard = cli(&["cluster", "shard", "1"]);
+    let shard: serde_json::Value = serde_json::from_slice(&shard.stdout).expect("shard JSON");
+    assert_eq!(shard["replicas"].as_array().map(Vec::len), Some(3), "{shard}");
+    let refused = cli(&["cluster", "move-replica", "1", "--from", "storage-1", "--to", "storage-2"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("already holds a replica"), "{stderr}");
 
     // SIGKILL one storage node (whichever leads or follows): sends keep being acknowledged.
     cluster.kill9("storage-1").expect("kill -9 a storage node");
