@@ -12,8 +12,9 @@
 # +21/+22 (API) and +31/+32 (admin). The binary is STRATA_BIN, else target/release/strata, else
 # target/debug/strata. Garage listens on fixed ports, so there is one per machine: the one of
 # STRATA_GARAGE_DIR (default target/garage, shared with the test command), started if needed
-# and stopped by `down` only if `up` started it. Each cluster keeps its objects under its own
-# key prefix in the bucket.
+# and stopped by `down` only if `up` started it. Each cluster keeps its objects (segments,
+# copies of metadata snapshots) under its own key prefix in the bucket (DIR's name and the port
+# base), so clusters running at once never share keys.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -56,9 +57,18 @@ node_id = $i
 data_dir = "$dir/metadata-$i"
 listen = "127.0.0.1:$((BASE + i))"
 initialize = $([ "$i" = 1 ] && echo true || echo false)
+backup_interval_s = 30
 
 [members]
 $members
+[object_store]
+kind = "s3"
+endpoint = "$STRATA_TEST_S3_ENDPOINT"
+bucket = "$STRATA_TEST_S3_BUCKET"
+region = "$STRATA_TEST_S3_REGION"
+access_key_id = "$STRATA_TEST_S3_ACCESS_KEY_ID"
+secret_access_key = "$STRATA_TEST_S3_SECRET_ACCESS_KEY"
+prefix = "local-cluster-$(basename "$dir")-$BASE"
 CONF
     start_role "$dir" "metadata-$i" metadata
   done
@@ -80,7 +90,7 @@ bucket = "$STRATA_TEST_S3_BUCKET"
 region = "$STRATA_TEST_S3_REGION"
 access_key_id = "$STRATA_TEST_S3_ACCESS_KEY_ID"
 secret_access_key = "$STRATA_TEST_S3_SECRET_ACCESS_KEY"
-prefix = "local-cluster-$(basename "$dir")"
+prefix = "local-cluster-$(basename "$dir")-$BASE"
 CONF
     start_role "$dir" "storage-$i" storage
   done

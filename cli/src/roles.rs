@@ -23,8 +23,8 @@ use anyhow::Context;
 use clap::Args;
 use serde::Deserialize;
 use strata_common::{Clock, SystemClock};
-use strata_metadata::MetadataNode;
 use strata_metadata::server::MemberSettings;
+use strata_metadata::{MetadataNode, backup};
 use strata_proxy::ProxySettings;
 use strata_proxy::auth::{JwtIssuer, JwtKey, JwtVerifier};
 use strata_storage::shard::ShardLogSettings;
@@ -40,7 +40,8 @@ pub struct RoleArgs {
     config: PathBuf,
 }
 
-/// A metadata member's config file.
+/// A metadata member's config file. With `[object_store]`, the leader copies the quorum's
+/// snapshots there every `backup_interval_s` (under `metadata/snapshots/`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MetadataConfig {
@@ -51,6 +52,13 @@ struct MetadataConfig {
     initialize: bool,
     /// Member id (as text: TOML keys are strings) -> advertised endpoint.
     members: BTreeMap<String, String>,
+    object_store: Option<ObjectStoreSettings>,
+    #[serde(default = "default_backup_interval_s")]
+    backup_interval_s: u64,
+}
+
+fn default_backup_interval_s() -> u64 {
+    60
 }
 
 fn read_config<T: serde::de::DeserializeOwned>(path: &PathBuf) -> anyhow::Result<T> {
@@ -77,9 +85,19 @@ pub async fn metadata(args: RoleArgs) -> anyhow::Result<()> {
     tracing::info!(node = config.node_id, listen = %config.listen, "metadata member running");
     let cancel = CancellationToken::new();
     let serving = tokio::spawn(node.clone().serve_with_listener(listener, cancel.clone().cancelled_owned()));
+    let backups = match &config.object_store {
+        Some(store) => {
+            let interval = Duration::from_secs(config.backup_interval_s.max(1));
+            Some(tokio::spawn(backup::run(node.clone(), store.build()?, interval, cancel.clone())))
+        }
+        None => None,
+    };
     shutdown_signal().await;
     cancel.cancel();
     let _ = serving.await;
+    if let Some(backups) = backups {
+        let _ = backups.await;
+    }
     node.shutdown().await;
     Ok(())
 }

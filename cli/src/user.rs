@@ -108,6 +108,18 @@ pub enum ClusterCommand {
         #[command(flatten)]
         admin: AdminConnection,
     },
+    /// List the metadata quorum's members; with --add/--remove, change them (an added member
+    /// must be running: it catches up before it votes).
+    MetadataMembers {
+        /// A member to add, as ID=ENDPOINT (repeatable).
+        #[arg(long, value_parser = member_arg)]
+        add: Vec<(u64, String)>,
+        /// A member id to remove (repeatable).
+        #[arg(long)]
+        remove: Vec<u64>,
+        #[command(flatten)]
+        admin: AdminConnection,
+    },
     /// Move a replica of a shard to another (live) storage node; completes in the background.
     MoveReplica {
         shard_id: u64,
@@ -120,6 +132,13 @@ pub enum ClusterCommand {
     },
 }
 
+/// `ID=ENDPOINT`, a metadata member to add.
+fn member_arg(text: &str) -> Result<(u64, String), String> {
+    let (id, endpoint) = text.split_once('=').ok_or("expected ID=ENDPOINT, such as 4=http://10.0.0.4:7001")?;
+    let id = id.parse().map_err(|_| format!("'{id}' is not a member id"))?;
+    Ok((id, endpoint.to_owned()))
+}
+
 pub async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
     let admin = |a: AdminConnection| Connection { endpoint: a.admin_endpoint, token: a.admin_token };
     let answer = match command {
@@ -128,6 +147,14 @@ pub async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
         }
         ClusterCommand::Shard { shard_id, admin: a } => {
             call(&admin(a), reqwest::Method::GET, &format!("/admin/v1/shards/{shard_id}"), None).await?
+        }
+        ClusterCommand::MetadataMembers { add, remove, admin: a } if add.is_empty() && remove.is_empty() => {
+            call(&admin(a), reqwest::Method::GET, "/admin/v1/metadata-members", None).await?
+        }
+        ClusterCommand::MetadataMembers { add, remove, admin: a } => {
+            let add: Vec<_> = add.iter().map(|(id, address)| json!({ "node_id": id, "address": address })).collect();
+            let body = json!({ "add": add, "remove": remove });
+            call(&admin(a), reqwest::Method::POST, "/admin/v1/metadata-members", Some(body)).await?
         }
         ClusterCommand::MoveReplica { shard_id, from, to, admin: a } => {
             let path = format!("/admin/v1/shards/{shard_id}/move-replica");

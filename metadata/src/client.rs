@@ -248,6 +248,22 @@ impl MetadataClient {
         self.call(request, |mut c, r| async move { c.confirm_replicas(r).await }).await
     }
 
+    /// Adds and removes metadata quorum members (see `ChangeMetadataMembersRequest`).
+    pub async fn change_metadata_members(
+        &self,
+        add: Vec<pb::MetadataMember>,
+        remove: Vec<u64>,
+    ) -> Result<pb::MetadataMembersResponse, StrataError> {
+        let request = pb::ChangeMetadataMembersRequest { add, remove };
+        self.call(request, |mut c, r| async move { c.change_metadata_members(r).await }).await
+    }
+
+    /// The metadata quorum's voters and leader.
+    pub async fn list_metadata_members(&self) -> Result<pb::MetadataMembersResponse, StrataError> {
+        let request = pb::ListMetadataMembersRequest {};
+        self.call(request, |mut c, r| async move { c.list_metadata_members(r).await }).await
+    }
+
     pub async fn list_segments(&self, shard_id: u64) -> Result<Vec<pb::Segment>, StrataError> {
         let request = pb::ListSegmentsRequest { shard_id };
         Ok(self.call(request, |mut c, r| async move { c.list_segments(r).await }).await?.segments)

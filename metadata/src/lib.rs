@@ -4,6 +4,7 @@
 //! [`server`] runs the group and serves it over gRPC; [`client`] is how every other component
 //! talks to it. Its Raft log is the same WAL as the shards' (`strata-wal`).
 
+pub mod backup;
 pub mod catalog;
 pub mod client;
 pub mod leases;

@@ -11,7 +11,7 @@
 //! knows it, in the [`LEADER_HINT_METADATA_KEY`] response header, and [`crate::MetadataClient`]
 //! follows it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -35,6 +35,13 @@ use crate::catalog::{
     AccessKeyRecord, Catalog, MetaCommand, MetaEntry, MetaResponse, QueueConfig, QueueRecord, Secret, ShardRecord,
 };
 use crate::leases::{LEASE_MS, Leases};
+
+/// Most voters of the metadata quorum.
+pub const METADATA_MEMBERS_MAX: usize = 7;
+/// How long a membership change waits for a new member to catch up.
+pub const MEMBER_CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How far behind the leader's log a new member may be when it becomes a voter.
+pub const MEMBER_CATCH_UP_LAG_ENTRIES: u64 = 64;
 
 /// Log entries between metadata snapshots. The catalog is small; frequent snapshots keep
 /// restart replay short and let old segments go.
@@ -177,6 +184,99 @@ impl MetadataNode {
         Ok(Arc::new(Self { group, clock, router: Some(router), leases: Leases::default() }))
     }
 
+    /// The quorum's voters (node id → endpoint) and its leader, as this member knows them.
+    pub fn members(&self) -> (BTreeMap<u64, String>, Option<u64>) {
+        let metrics = self.group.raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .filter(|(id, _)| voters.contains(id))
+            .map(|(id, node)| (*id, node.addr.clone()))
+            .collect();
+        (members, metrics.current_leader)
+    }
+
+    /// Makes the voters the current ones plus `add` minus `remove`, on the leader: each new
+    /// member joins as a learner and is waited for (up to [`MEMBER_CATCH_UP_WAIT`]) until it
+    /// is within [`MEMBER_CATCH_UP_LAG_ENTRIES`] of the log, then the voters are replaced
+    /// through joint consensus. Asking again for what is already so changes nothing.
+    pub async fn change_members(
+        &self,
+        add: BTreeMap<u64, String>,
+        remove: BTreeSet<u64>,
+    ) -> Result<BTreeMap<u64, String>, Status> {
+        self.read_barrier().await?;
+        let (current, _) = self.members();
+        let mut target = current.clone();
+        target.retain(|id, _| !remove.contains(id));
+        for (id, addr) in &add {
+            if remove.contains(id) {
+                return Err(StrataError::invalid(format!("member {id} is both added and removed")).into());
+            }
+            if addr.parse::<tonic::codegen::http::Uri>().is_err() || !addr.starts_with("http") {
+                return Err(StrataError::invalid(format!("'{addr}' is not an http(s) endpoint")).into());
+            }
+            target.insert(*id, addr.clone());
+        }
+        if target.is_empty() || target.len() > METADATA_MEMBERS_MAX {
+            return Err(StrataError::invalid(format!("the quorum must keep 1-{METADATA_MEMBERS_MAX} members")).into());
+        }
+        if target.keys().eq(current.keys()) {
+            return Ok(current);
+        }
+        let failed = |what: &str, e: &dyn std::fmt::Display| -> Status {
+            tracing::warn!(error = %e, "{what}");
+            StrataError::unavailable(format!("{what}: {e}")).into()
+        };
+        let raft = &self.group.raft;
+        for (&id, addr) in target.iter().filter(|(id, _)| !current.contains_key(id)) {
+            let node = BasicNode { addr: addr.clone() };
+            raft.add_learner(id, node, false).await.map_err(|e| failed("adding a metadata learner failed", &e))?;
+        }
+        let deadline = tokio::time::Instant::now() + MEMBER_CATCH_UP_WAIT;
+        loop {
+            let metrics = raft.metrics().borrow_watched().clone();
+            let last = metrics.last_log_index.unwrap_or(0);
+            let caught_up = target.keys().filter(|id| !current.contains_key(id)).all(|id| {
+                let matched = metrics.replication.as_ref().and_then(|r| r.get(id).cloned().flatten());
+                matched.is_some_and(|m| m.index + MEMBER_CATCH_UP_LAG_ENTRIES >= last)
+            });
+            if caught_up {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StrataError::unavailable(
+                    "a new member did not catch up in time: is it running and reachable at its endpoint?",
+                )
+                .into());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let ids: BTreeSet<u64> = target.keys().copied().collect();
+        raft.change_membership(ids, false).await.map_err(|e| failed("changing the metadata voters failed", &e))?;
+        tracing::info!(members = ?target, "metadata members changed");
+        Ok(target)
+    }
+
+    /// Whether this member leads now.
+    pub fn is_leader(&self) -> bool {
+        self.group.raft.metrics().borrow_watched().state == openraft::ServerState::Leader
+    }
+
+    /// The latest snapshot this member stored, if any.
+    pub async fn latest_snapshot(
+        &self,
+    ) -> Result<Option<openraft::alias::SnapshotOf<MetaRaftConfig, Vec<u8>>>, StrataError> {
+        self.group.raft.get_snapshot().await.map_err(|e| StrataError::internal(format!("reading the snapshot: {e}")))
+    }
+
+    /// Takes a snapshot now (it is also taken every few hundred entries).
+    pub async fn snapshot_now(&self) -> Result<(), StrataError> {
+        let trigger = self.group.raft.trigger().snapshot().await;
+        trigger.map_err(|e| StrataError::internal(format!("triggering a snapshot: {e}")))
+    }
+
     /// The member that leads, as far as this one knows.
     pub async fn current_leader(&self) -> Option<u64> {
         self.group.raft.current_leader().await
@@ -299,6 +399,16 @@ impl MetadataService {
             replicas,
             leaving: shard.leaving.clone(),
         }
+    }
+}
+
+fn members_response(members: &BTreeMap<u64, String>, leader: Option<u64>) -> pb::MetadataMembersResponse {
+    pb::MetadataMembersResponse {
+        members: members
+            .iter()
+            .map(|(&node_id, address)| pb::MetadataMember { node_id, address: address.clone() })
+            .collect(),
+        leader_id: leader.unwrap_or(0),
     }
 }
 
@@ -529,6 +639,26 @@ impl Metadata for MetadataService {
             MetaResponse::Shard(shard) => Ok(Response::new(self.shard_info(&shard))),
             other => Err(StrataError::internal(format!("unexpected metadata response {other:?}")).into()),
         }
+    }
+
+    async fn change_metadata_members(
+        &self,
+        request: Request<pb::ChangeMetadataMembersRequest>,
+    ) -> Result<Response<pb::MetadataMembersResponse>, Status> {
+        let r = request.into_inner();
+        let add = r.add.into_iter().map(|m| (m.node_id, m.address)).collect();
+        let members = self.node.change_members(add, r.remove.into_iter().collect()).await?;
+        let (_, leader) = self.node.members();
+        Ok(Response::new(members_response(&members, leader)))
+    }
+
+    async fn list_metadata_members(
+        &self,
+        _: Request<pb::ListMetadataMembersRequest>,
+    ) -> Result<Response<pb::MetadataMembersResponse>, Status> {
+        self.node.read_barrier().await?;
+        let (members, leader) = self.node.members();
+        Ok(Response::new(members_response(&members, leader)))
     }
 
     async fn list_segments(

@@ -145,3 +145,65 @@ async fn three_members_follow_the_leader_and_survive_losing_it() {
         stop(m).await;
     }
 }
+
+/// Membership: a fourth member joins (it catches up before it votes) and an original one is
+/// removed while the quorum serves; then the quorum commits without the removed member and
+/// without another original one, so the new member votes, and it holds the whole catalog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_added_and_removed_while_the_quorum_serves() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let addrs: BTreeMap<u64, SocketAddr> = (1..=4).map(|id| (id, free_addr())).collect();
+    let originals: BTreeMap<u64, SocketAddr> =
+        addrs.iter().filter(|(id, _)| **id <= 3).map(|(k, v)| (*k, *v)).collect();
+    let mut members = Vec::new();
+    for id in 1..=3 {
+        members.push(start(root.path(), id, &originals, id == 1).await);
+    }
+    let endpoints: Vec<String> = addrs.values().map(|a| format!("http://{a}")).collect();
+    let client = MetadataClient::connect_lazy(&endpoints.join(",")).expect("client");
+    client.ensure_tenant("acme").await.expect("tenant");
+    let storage = pb::RegisterStorageNodeRequest {
+        node_id: "storage-1".into(),
+        address: "http://127.0.0.1:1".into(),
+        initial_shards: 1,
+        ..Default::default()
+    };
+    client.register_storage_node(storage).await.expect("register a storage node");
+    let mut expected = Vec::new();
+    for i in 0..10 {
+        let name = format!("q{i:02}");
+        client.create_queue("acme", &name, config()).await.expect("create");
+        expected.push(name);
+    }
+
+    // Refused: a bad endpoint, and a quorum left without members.
+    let bad = pb::MetadataMember { node_id: 9, address: "not an endpoint".into() };
+    assert!(client.change_metadata_members(vec![bad], vec![]).await.is_err());
+    assert!(client.change_metadata_members(vec![], vec![1, 2, 3]).await.is_err());
+
+    members.push(start(root.path(), 4, &addrs, false).await);
+    let fourth = pb::MetadataMember { node_id: 4, address: format!("http://{}", addrs[&4]) };
+    let changed = client.change_metadata_members(vec![fourth.clone()], vec![1]).await.expect("change members");
+    let ids: Vec<u64> = changed.members.iter().map(|m| m.node_id).collect();
+    assert_eq!(ids, [2, 3, 4]);
+    // Asking again changes nothing.
+    let again = client.change_metadata_members(vec![fourth], vec![1]).await.expect("same change again");
+    assert_eq!(again.members.iter().map(|m| m.node_id).collect::<Vec<_>>(), [2, 3, 4]);
+
+    // Without the removed member and another original one, the quorum still commits.
+    for id in [1, 2] {
+        let at = members.iter().position(|m| m.id == id).expect("running");
+        stop(members.remove(at)).await;
+    }
+    for i in 10..15 {
+        let name = format!("q{i:02}");
+        client.create_queue("acme", &name, config()).await.expect("create with members 3 and 4");
+        expected.push(name);
+    }
+    assert_eq!(queue_names(&client).await, expected);
+    let listed = client.list_metadata_members().await.expect("members");
+    assert!([3, 4].contains(&listed.leader_id), "{listed:?}");
+    for member in members {
+        stop(member).await;
+    }
+}

@@ -102,6 +102,7 @@ pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
         .route("/admin/v1/storage-nodes", get(list_storage_nodes))
         .route("/admin/v1/shards/{id}", get(get_shard))
         .route("/admin/v1/shards/{id}/move-replica", post(move_replica))
+        .route("/admin/v1/metadata-members", get(list_metadata_members).post(change_metadata_members))
         .fallback(|| async { ApiError(StrataError::invalid("no such admin route")) })
         .layer(DefaultBodyLimit::max(HTTP_REQUEST_BYTES_MAX))
         .with_state(state.clone());
@@ -734,6 +735,46 @@ async fn move_replica(
     let request: MoveReplicaRequest = parse_json(body)?;
     let shard = state.placement.metadata.move_replica(id, &request.from_node, &request.to_node).await?;
     Ok((StatusCode::ACCEPTED, Json(shard_json(&shard))).into_response())
+}
+
+fn members_json(members: &pb::MetadataMembersResponse) -> serde_json::Value {
+    let list: Vec<_> = members.members.iter().map(|m| json!({ "node_id": m.node_id, "address": m.address })).collect();
+    json!({ "members": list, "leader_id": members.leader_id })
+}
+
+async fn list_metadata_members(
+    State(state): State<AppState>,
+    _: Operator,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(members_json(&state.placement.metadata.list_metadata_members().await?)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberJson {
+    node_id: u64,
+    address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangeMembersRequest {
+    #[serde(default)]
+    add: Vec<MemberJson>,
+    #[serde(default)]
+    remove: Vec<u64>,
+}
+
+/// Adds members (running, caught up first) to the metadata quorum and removes others.
+async fn change_metadata_members(
+    State(state): State<AppState>,
+    _: Operator,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let request: ChangeMembersRequest = parse_json(body)?;
+    let add = request.add.into_iter().map(|m| pb::MetadataMember { node_id: m.node_id, address: m.address }).collect();
+    let members = state.placement.metadata.change_metadata_members(add, request.remove).await?;
+    Ok(Json(members_json(&members)))
 }
 
 async fn create_access_key<O: KeyOwner>(State(state): State<AppState>, owner: O) -> Result<Response, ApiError> {

@@ -190,7 +190,7 @@ async fn run_faults(cluster: &LocalCluster, history: &History, shards: &[u64], s
 async fn no_acknowledged_message_is_lost_through_crashes_pauses_and_lost_majorities() {
     let rounds: usize = std::env::var("STRATA_FAULT_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = LocalCluster::up(&dir.path().join("cluster"), LocalCluster::port_base(1)).expect("up");
+    let cluster = LocalCluster::up(&dir.path().join("faults-cluster"), LocalCluster::port_base(1)).expect("up");
     let env = cluster.credentials().expect("credentials");
     let endpoints: Vec<&str> = env["STRATA_PROXY_ENDPOINTS"].split(',').collect();
     let metadata = MetadataClient::connect_lazy(&env["STRATA_METADATA_ENDPOINTS"]).expect("metadata client");

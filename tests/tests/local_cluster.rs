@@ -67,6 +67,12 @@ async fn local_cluster_comes_up_serves_both_apis_survives_a_storage_kill_and_goe
     let shard = cli(&["cluster", "shard", "1"]);
     let shard: serde_json::Value = serde_json::from_slice(&shard.stdout).expect("shard JSON");
     assert_eq!(shard["replicas"].as_array().map(Vec::len), Some(3), "{shard}");
+    let members = cli(&["cluster", "metadata-members"]);
+    let members: serde_json::Value = serde_json::from_slice(&members.stdout).expect("members JSON");
+    let ids: Vec<u64> =
+        members["members"].as_array().into_iter().flatten().filter_map(|m| m["node_id"].as_u64()).collect();
+    assert_eq!(ids, [1, 2, 3], "{members}");
+    assert!(ids.contains(&members["leader_id"].as_u64().unwrap_or(0)), "{members}");
     let refused = cli(&["cluster", "move-replica", "1", "--from", "storage-1", "--to", "storage-2"]);
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);

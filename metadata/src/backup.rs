@@ -1,0 +1,95 @@
+//! Copies of the metadata quorum's snapshots in object storage: the catalog survives losing
+//! every member's disk.
+//!
+//! The leader uploads its latest snapshot whenever it is newer than the last one it uploaded,
+//! as `metadata/snapshots/{last index:020}-{term:020}.snap` (the snapshot's metadata and bytes,
+//! postcard-encoded), and keeps the newest [`BACKUPS_KEPT`]. Keys sort by log index, so the
+//! newest is the last one listed. Followers upload nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use openraft::alias::SnapshotMetaOf;
+use strata_common::error::StrataError;
+use tokio_util::sync::CancellationToken;
+
+use crate::MetaRaftConfig;
+use crate::server::MetadataNode;
+
+/// Where the copies go in the bucket.
+pub const BACKUP_PREFIX: &str = "metadata/snapshots";
+/// How many copies are kept.
+pub const BACKUPS_KEPT: usize = 3;
+
+/// A stored copy: the snapshot's metadata and its bytes (the encoded catalog).
+pub type Backup = (SnapshotMetaOf<MetaRaftConfig>, Vec<u8>);
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> StrataError {
+    tracing::warn!(error = %e, "{what}");
+    StrataError::unavailable(format!("{what}: object storage is not reachable"))
+}
+
+/// Uploads the latest snapshot if this member leads and it is not in the bucket yet; answers
+/// its key, or `None` when there was nothing to do.
+pub async fn backup_once(node: &MetadataNode, store: &dyn ObjectStore) -> Result<Option<String>, StrataError> {
+    if !node.is_leader() {
+        return Ok(None);
+    }
+    let Some(snapshot) = node.latest_snapshot().await? else { return Ok(None) };
+    let Some(last) = snapshot.meta.last_log_id else { return Ok(None) };
+    let key = format!("{BACKUP_PREFIX}/{:020}-{:020}.snap", last.index, last.leader_id.term);
+    let keys = list(store).await?;
+    if keys.contains(&key) {
+        return Ok(None);
+    }
+    let bytes = postcard::to_allocvec(&(snapshot.meta, snapshot.snapshot))
+        .map_err(|e| StrataError::internal(format!("encoding a metadata backup: {e}")))?;
+    store
+        .put(&ObjectPath::from(key.as_str()), bytes.into())
+        .await
+        .map_err(|e| unavailable("uploading a metadata backup failed", e))?;
+    let mut keys = keys;
+    keys.push(key.clone());
+    keys.sort();
+    for old in keys.iter().take(keys.len().saturating_sub(BACKUPS_KEPT)) {
+        if let Err(e) = store.delete(&ObjectPath::from(old.as_str())).await {
+            tracing::warn!(key = old, error = %e, "deleting an old metadata backup failed");
+        }
+    }
+    tracing::info!(key, "metadata snapshot copied to object storage");
+    Ok(Some(key))
+}
+
+/// The keys of the stored copies, oldest first.
+pub async fn list(store: &dyn ObjectStore) -> Result<Vec<String>, StrataError> {
+    let prefix = ObjectPath::from(BACKUP_PREFIX);
+    let objects: Vec<_> =
+        store.list(Some(&prefix)).try_collect().await.map_err(|e| unavailable("listing metadata backups failed", e))?;
+    let mut keys: Vec<String> = objects.into_iter().map(|o| o.location.to_string()).collect();
+    keys.sort();
+    Ok(keys)
+}
+
+/// Reads a stored copy.
+pub async fn read(store: &dyn ObjectStore, key: &str) -> Result<Backup, StrataError> {
+    let object =
+        store.get(&ObjectPath::from(key)).await.map_err(|e| unavailable("reading a metadata backup failed", e))?;
+    let bytes = object.bytes().await.map_err(|e| unavailable("reading a metadata backup failed", e))?;
+    postcard::from_bytes(&bytes).map_err(|e| StrataError::internal(format!("a metadata backup is damaged: {e}")))
+}
+
+/// Copies snapshots every `interval` until `cancel`.
+pub async fn run(node: Arc<MetadataNode>, store: Arc<dyn ObjectStore>, interval: Duration, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        if let Err(e) = backup_once(&node, store.as_ref()).await {
+            tracing::warn!(error = %e, "metadata backup failed; will retry");
+        }
+    }
+}
