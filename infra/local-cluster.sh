@@ -28,6 +28,21 @@ binary() {
   fi
 }
 
+# The [object_store] section of every role that writes to the bucket: Garage, under this
+# cluster's own key prefix.
+object_store_section() { # dir
+  cat <<CONF
+[object_store]
+kind = "s3"
+endpoint = "$STRATA_TEST_S3_ENDPOINT"
+bucket = "$STRATA_TEST_S3_BUCKET"
+region = "$STRATA_TEST_S3_REGION"
+access_key_id = "$STRATA_TEST_S3_ACCESS_KEY_ID"
+secret_access_key = "$STRATA_TEST_S3_SECRET_ACCESS_KEY"
+prefix = "local-cluster-$(basename "$1")-$BASE"
+CONF
+}
+
 start_role() { # name role
   local dir=$1 name=$2 role=$3
   nohup "$BIN" "$role" --config "$dir/$name.toml" >"$dir/$name.log" 2>&1 &
@@ -61,14 +76,7 @@ backup_interval_s = 30
 
 [members]
 $members
-[object_store]
-kind = "s3"
-endpoint = "$STRATA_TEST_S3_ENDPOINT"
-bucket = "$STRATA_TEST_S3_BUCKET"
-region = "$STRATA_TEST_S3_REGION"
-access_key_id = "$STRATA_TEST_S3_ACCESS_KEY_ID"
-secret_access_key = "$STRATA_TEST_S3_SECRET_ACCESS_KEY"
-prefix = "local-cluster-$(basename "$dir")-$BASE"
+$(object_store_section "$dir")
 CONF
     start_role "$dir" "metadata-$i" metadata
   done
@@ -83,14 +91,7 @@ zone = "zone-$i"
 replication_factor = 3
 initial_shards = 3
 
-[object_store]
-kind = "s3"
-endpoint = "$STRATA_TEST_S3_ENDPOINT"
-bucket = "$STRATA_TEST_S3_BUCKET"
-region = "$STRATA_TEST_S3_REGION"
-access_key_id = "$STRATA_TEST_S3_ACCESS_KEY_ID"
-secret_access_key = "$STRATA_TEST_S3_SECRET_ACCESS_KEY"
-prefix = "local-cluster-$(basename "$dir")-$BASE"
+$(object_store_section "$dir")
 CONF
     start_role "$dir" "storage-$i" storage
   done

@@ -382,6 +382,18 @@ struct MetadataService {
 }
 
 impl MetadataService {
+    /// Proposes a command answered by a shard record; answers the shard.
+    async fn propose_shard(
+        &self,
+        request_id: Option<String>,
+        command: MetaCommand,
+    ) -> Result<Response<pb::ShardInfo>, Status> {
+        match self.node.propose(request_id, command).await? {
+            MetaResponse::Shard(shard) => Ok(Response::new(self.shard_info(&shard))),
+            other => Err(StrataError::internal(format!("unexpected metadata response {other:?}")).into()),
+        }
+    }
+
     fn shard_info(&self, shard: &ShardRecord) -> pb::ShardInfo {
         let catalog = self.node.catalog();
         let address = catalog.node(&shard.node_id).map(|n| n.address.clone()).unwrap_or_default();
@@ -562,10 +574,7 @@ impl Metadata for MetadataService {
         let r = request.into_inner();
         let command =
             MetaCommand::ClaimShardWriter { shard_id: r.shard_id, node_id: r.node_id, raft_term: r.raft_term };
-        match self.node.propose(request_id, command).await? {
-            MetaResponse::Shard(shard) => Ok(Response::new(self.shard_info(&shard))),
-            other => Err(StrataError::internal(format!("unexpected metadata response {other:?}")).into()),
-        }
+        self.propose_shard(request_id, command).await
     }
 
     async fn heartbeat(
@@ -622,10 +631,7 @@ impl Metadata for MetadataService {
             .into());
         }
         let command = MetaCommand::MoveReplica { shard_id: r.shard_id, from: r.from_node, to: r.to_node };
-        match self.node.propose(request_id, command).await? {
-            MetaResponse::Shard(shard) => Ok(Response::new(self.shard_info(&shard))),
-            other => Err(StrataError::internal(format!("unexpected metadata response {other:?}")).into()),
-        }
+        self.propose_shard(request_id, command).await
     }
 
     async fn confirm_replicas(
@@ -635,10 +641,7 @@ impl Metadata for MetadataService {
         let request_id = request_id(&request)?;
         let r = request.into_inner();
         let command = MetaCommand::ConfirmReplicas { shard_id: r.shard_id, voters: r.voters };
-        match self.node.propose(request_id, command).await? {
-            MetaResponse::Shard(shard) => Ok(Response::new(self.shard_info(&shard))),
-            other => Err(StrataError::internal(format!("unexpected metadata response {other:?}")).into()),
-        }
+        self.propose_shard(request_id, command).await
     }
 
     async fn change_metadata_members(

@@ -94,6 +94,56 @@ where
     panic!("no leader took the call");
 }
 
+/// The metadata node (a single voter) the storage nodes of a test register with.
+struct Metadata {
+    node: Arc<MetadataNode>,
+    endpoint: String,
+    client: MetadataClient,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Metadata {
+    async fn start(root: &Path) -> Self {
+        let addr = free_addr();
+        let endpoint = format!("http://{addr}");
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let node = MetadataNode::open(&root.join("metadata"), &endpoint, clock).await.expect("metadata opens");
+        let stop = CancellationToken::new();
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind metadata");
+        let task = tokio::spawn(node.clone().serve_with_listener(listener, stop.clone().cancelled_owned()));
+        let client = MetadataClient::connect_lazy(&endpoint).expect("metadata client");
+        Self { node, endpoint, client, stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+        self.node.shutdown().await;
+    }
+}
+
+/// Creates the test tenant's queue `name` in metadata and, at the shard's leader, on storage
+/// (as a proxy does: a call that meets a replica no longer leading is made again at the leader).
+async fn create_queue(
+    meta_client: &MetadataClient,
+    nodes: &[Option<StorageNode>],
+    addrs: &[SocketAddr],
+    name: &str,
+) -> (pb::QueueInfo, pb::QueueRef) {
+    meta_client.ensure_tenant(TENANT).await.expect("tenant");
+    let config = pb::QueueConfig { retention_ms: 3_600_000, visibility_timeout_ms: 30_000, ..Default::default() };
+    let info = meta_client.create_queue(TENANT, name, config.clone()).await.expect("create queue");
+    let queue = pb::QueueRef { shard_id: info.shard_id, queue_id: info.queue_id, tenant: TENANT.into() };
+    let ensure = pb::EnsureQueueRequest { queue: Some(queue.clone()), config: Some(config) };
+    at_leader(nodes, addrs, |mut c| {
+        let ensure = ensure.clone();
+        async move { c.ensure_queue(ensure).await.map(|_| ()) }
+    })
+    .await;
+    (info, queue)
+}
+
 /// Receives and deletes until `count` messages came back; answers their bodies.
 async fn drain(
     mut client: StorageClient<tonic::transport::Channel>,
@@ -150,15 +200,8 @@ async fn send_all(nodes: &[Option<StorageNode>], addrs: &[SocketAddr], queue: &p
 async fn a_shard_on_three_nodes_keeps_acknowledged_sends_when_its_leader_goes() {
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
     let root = tempfile::tempdir().expect("tempdir");
-    let metadata_addr = free_addr();
-    let metadata_endpoint = format!("http://{metadata_addr}");
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let metadata =
-        MetadataNode::open(&root.path().join("metadata"), &metadata_endpoint, clock).await.expect("metadata opens");
-    let stop = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind(metadata_addr).await.expect("bind metadata");
-    let metadata_task = tokio::spawn(metadata.clone().serve_with_listener(listener, stop.clone().cancelled_owned()));
-    let meta_client = MetadataClient::connect_lazy(&metadata_endpoint).expect("metadata client");
+    let metadata = Metadata::start(root.path()).await;
+    let (metadata_endpoint, meta_client) = (metadata.endpoint.clone(), metadata.client.clone());
 
     // Each node waits at start until all three registered: start them together.
     let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
@@ -171,20 +214,10 @@ async fn a_shard_on_three_nodes_keeps_acknowledged_sends_when_its_leader_goes() 
     let shard = meta_client.get_shard(1).await.expect("shard 1");
     assert_eq!(shard.replicas.len(), 3, "{shard:?}");
 
-    meta_client.ensure_tenant(TENANT).await.expect("tenant");
-    let config = pb::QueueConfig { retention_ms: 3_600_000, visibility_timeout_ms: 30_000, ..Default::default() };
-    let info = meta_client.create_queue(TENANT, "replicated", config.clone()).await.expect("create queue");
-    let queue = pb::QueueRef { shard_id: info.shard_id, queue_id: info.queue_id, tenant: TENANT.into() };
-
-    // At the leader, as a proxy does: a call that meets a replica no longer leading (an early
-    // election may still move leadership) is made again at the leader; sends carry request ids,
-    // so a retried one is stored once.
-    let ensure = pb::EnsureQueueRequest { queue: Some(queue.clone()), config: Some(config) };
-    at_leader(&nodes, &addrs, |mut c| {
-        let ensure = ensure.clone();
-        async move { c.ensure_queue(ensure).await.map(|_| ()) }
-    })
-    .await;
+    // Calls go to the leader, as a proxy's do: one that meets a replica no longer leading (an
+    // early election may still move leadership) is made again at the leader; sends carry
+    // request ids, so a retried one is stored once.
+    let (info, queue) = create_queue(&meta_client, &nodes, &addrs, "replicated").await;
     let sent: Vec<String> = (0..MESSAGES).map(|i| format!("m{i:03}")).collect();
     send_all(&nodes, &addrs, &queue, &sent).await;
     // A follower serves no counts and takes no send, and names the leader instead. (Leadership
@@ -242,9 +275,7 @@ async fn a_shard_on_three_nodes_keeps_acknowledged_sends_when_its_leader_goes() 
     for node in nodes.into_iter().flatten() {
         node.shutdown().await;
     }
-    stop.cancel();
-    let _ = metadata_task.await;
-    metadata.shutdown().await;
+    metadata.stop().await;
 }
 
 /// Tiering with three replicas: the leader claims a writer epoch and uploads; followers drop the
@@ -254,15 +285,8 @@ async fn a_shard_on_three_nodes_keeps_acknowledged_sends_when_its_leader_goes() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicated_shards_tier_from_the_leader_and_followers_release_what_it_tiered() {
     let root = tempfile::tempdir().expect("tempdir");
-    let metadata_addr = free_addr();
-    let metadata_endpoint = format!("http://{metadata_addr}");
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let metadata =
-        MetadataNode::open(&root.path().join("metadata"), &metadata_endpoint, clock).await.expect("metadata opens");
-    let stop = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind(metadata_addr).await.expect("bind metadata");
-    let metadata_task = tokio::spawn(metadata.clone().serve_with_listener(listener, stop.clone().cancelled_owned()));
-    let meta_client = MetadataClient::connect_lazy(&metadata_endpoint).expect("metadata client");
+    let metadata = Metadata::start(root.path()).await;
+    let (metadata_endpoint, meta_client) = (metadata.endpoint.clone(), metadata.client.clone());
 
     let log = ShardLogSettings {
         segment_size_bytes_max: 16 * 1024,
@@ -277,16 +301,7 @@ async fn replicated_shards_tier_from_the_leader_and_followers_release_what_it_ti
         start_node_with(root.path(), 2, addrs[2], &metadata_endpoint, log.clone(), tier_every),
     );
     let mut nodes = vec![Some(a), Some(b), Some(c)];
-    meta_client.ensure_tenant(TENANT).await.expect("tenant");
-    let config = pb::QueueConfig { retention_ms: 3_600_000, visibility_timeout_ms: 30_000, ..Default::default() };
-    let info = meta_client.create_queue(TENANT, "tiered", config.clone()).await.expect("create queue");
-    let queue = pb::QueueRef { shard_id: info.shard_id, queue_id: info.queue_id, tenant: TENANT.into() };
-    let ensure = pb::EnsureQueueRequest { queue: Some(queue.clone()), config: Some(config) };
-    at_leader(&nodes, &addrs, |mut c| {
-        let ensure = ensure.clone();
-        async move { c.ensure_queue(ensure).await.map(|_| ()) }
-    })
-    .await;
+    let (_, queue) = create_queue(&meta_client, &nodes, &addrs, "tiered").await;
     let padding = "x".repeat(1000);
     let first_batch: Vec<String> = (0..200).map(|i| format!("a{i:03}{padding}")).collect();
     send_all(&nodes, &addrs, &queue, &first_batch).await;
@@ -366,9 +381,7 @@ async fn replicated_shards_tier_from_the_leader_and_followers_release_what_it_ti
     for node in nodes.into_iter().flatten() {
         node.shutdown().await;
     }
-    stop.cancel();
-    let _ = metadata_task.await;
-    metadata.shutdown().await;
+    metadata.stop().await;
 }
 
 /// A replica moves off the shard's leader to a fourth node while sends go on: the new node joins
@@ -378,15 +391,8 @@ async fn replicated_shards_tier_from_the_leader_and_followers_release_what_it_ti
 async fn a_replica_moves_to_a_new_node_without_losing_a_send() {
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
     let root = tempfile::tempdir().expect("tempdir");
-    let metadata_addr = free_addr();
-    let metadata_endpoint = format!("http://{metadata_addr}");
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let metadata =
-        MetadataNode::open(&root.path().join("metadata"), &metadata_endpoint, clock).await.expect("metadata opens");
-    let stop = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind(metadata_addr).await.expect("bind metadata");
-    let metadata_task = tokio::spawn(metadata.clone().serve_with_listener(listener, stop.clone().cancelled_owned()));
-    let meta_client = MetadataClient::connect_lazy(&metadata_endpoint).expect("metadata client");
+    let metadata = Metadata::start(root.path()).await;
+    let (metadata_endpoint, meta_client) = (metadata.endpoint.clone(), metadata.client.clone());
 
     // Frequent snapshots: the new node joins by snapshot, so the old replica may leave only once
     // the bucket holds what the snapshot leaves out (tiering every 100 ms).
@@ -407,16 +413,7 @@ async fn a_replica_moves_to_a_new_node_without_losing_a_send() {
     assert!(d.shard_ids().is_empty());
     let mut nodes = vec![Some(a), Some(b), Some(c), Some(d)];
 
-    meta_client.ensure_tenant(TENANT).await.expect("tenant");
-    let config = pb::QueueConfig { retention_ms: 3_600_000, visibility_timeout_ms: 30_000, ..Default::default() };
-    let info = meta_client.create_queue(TENANT, "moving", config.clone()).await.expect("create queue");
-    let queue = pb::QueueRef { shard_id: info.shard_id, queue_id: info.queue_id, tenant: TENANT.into() };
-    let ensure = pb::EnsureQueueRequest { queue: Some(queue.clone()), config: Some(config) };
-    at_leader(&nodes, &addrs, |mut c| {
-        let ensure = ensure.clone();
-        async move { c.ensure_queue(ensure).await.map(|_| ()) }
-    })
-    .await;
+    let (_, queue) = create_queue(&meta_client, &nodes, &addrs, "moving").await;
     let batch = |name: &str| -> Vec<String> { (0..30).map(|i| format!("{name}{i:02}")).collect() };
     let mut sent = batch("a");
     send_all(&nodes, &addrs, &queue, &sent).await;
@@ -478,9 +475,7 @@ async fn a_replica_moves_to_a_new_node_without_losing_a_send() {
     for node in nodes.into_iter().flatten() {
         node.shutdown().await;
     }
-    stop.cancel();
-    let _ = metadata_task.await;
-    metadata.shutdown().await;
+    metadata.stop().await;
 }
 
 /// A replica moved to a new node joins by snapshot, so its log lacks the entries before it.
@@ -489,15 +484,8 @@ async fn a_replica_moves_to_a_new_node_without_losing_a_send() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_joined_by_snapshot_reads_older_messages_from_its_peers() {
     let root = tempfile::tempdir().expect("tempdir");
-    let metadata_addr = free_addr();
-    let metadata_endpoint = format!("http://{metadata_addr}");
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let metadata =
-        MetadataNode::open(&root.path().join("metadata"), &metadata_endpoint, clock).await.expect("metadata opens");
-    let stop = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind(metadata_addr).await.expect("bind metadata");
-    let metadata_task = tokio::spawn(metadata.clone().serve_with_listener(listener, stop.clone().cancelled_owned()));
-    let meta_client = MetadataClient::connect_lazy(&metadata_endpoint).expect("metadata client");
+    let metadata = Metadata::start(root.path()).await;
+    let (metadata_endpoint, meta_client) = (metadata.endpoint.clone(), metadata.client.clone());
 
     let addrs: Vec<SocketAddr> = (0..4).map(|_| free_addr()).collect();
     let (a, b, c) = tokio::join!(
@@ -507,16 +495,7 @@ async fn a_replica_joined_by_snapshot_reads_older_messages_from_its_peers() {
     );
     let d = start_node(root.path(), 3, addrs[3], &metadata_endpoint).await;
     let nodes = vec![Some(a), Some(b), Some(c), Some(d)];
-    meta_client.ensure_tenant(TENANT).await.expect("tenant");
-    let config = pb::QueueConfig { retention_ms: 3_600_000, visibility_timeout_ms: 30_000, ..Default::default() };
-    let info = meta_client.create_queue(TENANT, "joined", config.clone()).await.expect("create queue");
-    let queue = pb::QueueRef { shard_id: info.shard_id, queue_id: info.queue_id, tenant: TENANT.into() };
-    let ensure = pb::EnsureQueueRequest { queue: Some(queue.clone()), config: Some(config) };
-    at_leader(&nodes, &addrs, |mut c| {
-        let ensure = ensure.clone();
-        async move { c.ensure_queue(ensure).await.map(|_| ()) }
-    })
-    .await;
+    let (info, queue) = create_queue(&meta_client, &nodes, &addrs, "joined").await;
     // One entry per message, snapshots every 5 entries: the leader's log is purged past most.
     let sent: Vec<String> = (0..40).map(|i| format!("r{i:02}")).collect();
     for one in sent.chunks(1) {
@@ -560,7 +539,5 @@ async fn a_replica_joined_by_snapshot_reads_older_messages_from_its_peers() {
     for node in nodes.into_iter().flatten() {
         node.shutdown().await;
     }
-    stop.cancel();
-    let _ = metadata_task.await;
-    metadata.shutdown().await;
+    metadata.stop().await;
 }
