@@ -244,8 +244,13 @@ impl StorageNode {
         self.service.clone()
     }
 
-    /// Stops serving and the loops, then the shards.
+    /// Hands off the leadership of the shards it leads (while still serving, so the successors
+    /// can win their votes), then stops serving and the loops, then the shards.
     pub async fn shutdown(self) {
+        let shards: Vec<Arc<Shard>> = self.host.shards.read().values().cloned().collect();
+        for shard in shards {
+            shard.hand_off_leadership().await;
+        }
         self.host.cancel.cancel();
         for task in self.tasks {
             let _ = task.await;

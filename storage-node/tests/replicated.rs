@@ -270,6 +270,15 @@ async fn a_shard_on_three_nodes_keeps_acknowledged_sends_when_its_leader_goes() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // A planned stop hands leadership to another voter instead of leaving it to an election.
+    let current = leader(&nodes).await;
+    let shard = nodes[current].as_ref().and_then(|n| n.shard(1)).expect("the leader's replica");
+    assert!(shard.hand_off_leadership().await, "the leader did not hand off");
+    assert!(!shard.is_leader());
+    assert_ne!(leader(&nodes).await, current);
+    // A follower has nothing to hand off.
+    assert!(!shard.hand_off_leadership().await);
+
     drop(client);
     drop(at_follower);
     for node in nodes.into_iter().flatten() {

@@ -1,4 +1,4 @@
-//! The Raft transport between the voters of a group: openraft's three RPCs over gRPC.
+//! The Raft transport between the voters of a group: openraft's RPCs over gRPC.
 //!
 //! # What it owns
 //!
@@ -31,7 +31,10 @@ use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
 use openraft::storage::RaftStateMachine;
 use openraft::{BasicNode, LogIdOptionExt, OptionalSend, Raft, RaftNetworkV2, RaftTypeConfig, ServerState};
 use parking_lot::RwLock;
@@ -48,12 +51,13 @@ pub type GroupId = u64;
 
 type Reply = Pin<Box<dyn Future<Output = Result<Vec<u8>, Status>> + Send>>;
 
-/// The three openraft RPCs, on both sides of the transport.
+/// The openraft RPCs, on both sides of the transport.
 #[derive(Debug, Clone, Copy)]
 enum Rpc {
     AppendEntries,
     Vote,
     InstallSnapshot,
+    TransferLeader,
 }
 
 /// One registered group, behind encoded messages.
@@ -119,6 +123,9 @@ where
                     let snapshot = openraft::Snapshot { meta, snapshot: data };
                     encode(&raft.install_full_snapshot(vote, snapshot).await.map_err(unavailable)?)
                 }
+                Rpc::TransferLeader => {
+                    encode(&raft.handle_transfer_leader(decode(&payload)?).await.map_err(unavailable)?)
+                }
             }
         })
     }
@@ -182,6 +189,10 @@ impl RaftTransport for RaftRouter {
 
     async fn install_snapshot(&self, request: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
         self.route(Rpc::InstallSnapshot, request).await
+    }
+
+    async fn transfer_leader(&self, request: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+        self.route(Rpc::TransferLeader, request).await
     }
 
     async fn status(&self, _: Request<pb::RaftStatusRequest>) -> Result<Response<pb::RaftStatusResponse>, Status> {
@@ -251,6 +262,7 @@ impl GrpcPeer {
                 Rpc::AppendEntries => client.append_entries(message).await,
                 Rpc::Vote => client.vote(message).await,
                 Rpc::InstallSnapshot => client.install_snapshot(message).await,
+                Rpc::TransferLeader => client.transfer_leader(message).await,
             }
         };
         let response = match tokio::time::timeout(timeout, call).await {
@@ -285,6 +297,15 @@ impl<C: RaftTypeConfig<Node = BasicNode>> RaftNetworkV2<C> for GrpcPeer {
     async fn vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
         let payload = encode_request(&rpc)?;
         self.call(Rpc::Vote, payload, option.hard_ttl()).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<C>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<C>, RPCError<C>> {
+        let payload = encode_request(&req)?;
+        self.call(Rpc::TransferLeader, payload, option.hard_ttl()).await
     }
 
     async fn full_snapshot(
