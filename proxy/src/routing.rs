@@ -78,7 +78,9 @@ impl Router {
     }
 
     /// After a replica of `shard_id` answered `Unavailable`: go to `leader` when it named one,
-    /// else to the next replica. False when there is nowhere else to go (one replica).
+    /// else to the next replica; after the last one, read the placement from metadata again
+    /// (replicas may have moved to other nodes). False when there is nowhere else to go (one
+    /// replica).
     pub fn reroute(&self, shard_id: u64, leader: Option<&str>) -> bool {
         let mut shards = self.shards.lock();
         let Some(route) = shards.get_mut(&shard_id) else { return false };
@@ -88,8 +90,12 @@ impl Router {
                 true
             }
             _ if route.replicas.len() > 1 => {
-                let at = route.replicas.iter().position(|r| *r == route.current).unwrap_or(0);
-                route.current = route.replicas[(at + 1) % route.replicas.len()].clone();
+                match route.replicas.iter().position(|r| *r == route.current) {
+                    Some(at) if at + 1 < route.replicas.len() => route.current = route.replicas[at + 1].clone(),
+                    _ => {
+                        shards.remove(&shard_id);
+                    }
+                }
                 true
             }
             _ => false,
@@ -125,9 +131,11 @@ mod tests {
         let router = router_with(1, "http://a", &["http://a", "http://b", "http://c"]);
         assert!(router.reroute(1, Some("http://c")));
         assert_eq!(current(&router, 1), "http://c");
-        // No leader named: the next replica, round the list.
+        // No leader named, at the last replica (or at one not listed): the placement is read
+        // from metadata again.
         assert!(router.reroute(1, None));
-        assert_eq!(current(&router, 1), "http://a");
+        assert_eq!(current(&router, 1), "", "the route is dropped");
+        let router = router_with(1, "http://a", &["http://a", "http://b", "http://c"]);
         // Named as leader but already there (it stepped down meanwhile): the next one.
         assert!(router.reroute(1, Some("http://a")));
         assert_eq!(current(&router, 1), "http://b");
