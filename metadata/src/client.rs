@@ -49,10 +49,42 @@ pub struct MetadataClient {
 }
 
 struct Members {
-    /// `(endpoint, client)` of every member.
-    endpoints: Vec<(String, Client)>,
+    /// `(endpoint, client)` of every member: those given, then leaders named by hints (members
+    /// added since), at most [`KNOWN_MEMBERS_MAX`].
+    endpoints: parking_lot::RwLock<Vec<(String, Client)>>,
     /// Index of the member believed to lead.
     current: AtomicUsize,
+}
+
+/// Most member endpoints a client remembers.
+const KNOWN_MEMBERS_MAX: usize = 16;
+
+fn member_client(endpoint: &str) -> Result<Client, StrataError> {
+    let channel = strata_common::grpc::lazy_channel(endpoint, METADATA_CALL_TIMEOUT)
+        .map_err(|e| StrataError::invalid(format!("bad metadata endpoint '{endpoint}': {e}")))?;
+    Ok(metadata_client::MetadataClient::new(channel)
+        .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX))
+}
+
+impl Members {
+    /// The index of `endpoint`, remembering it if it is new (a member added since the client
+    /// was configured, named as leader by another). `None` if it cannot be remembered.
+    fn position_of(&self, endpoint: &str) -> Option<usize> {
+        if let Some(at) = self.endpoints.read().iter().position(|(e, _)| e == endpoint) {
+            return Some(at);
+        }
+        let client = member_client(endpoint).ok()?;
+        let mut endpoints = self.endpoints.write();
+        if let Some(at) = endpoints.iter().position(|(e, _)| e == endpoint) {
+            return Some(at);
+        }
+        if endpoints.len() >= KNOWN_MEMBERS_MAX {
+            return None;
+        }
+        endpoints.push((endpoint.to_owned(), client));
+        Some(endpoints.len() - 1)
+    }
 }
 
 impl MetadataClient {
@@ -61,17 +93,14 @@ impl MetadataClient {
     pub fn connect_lazy(endpoints: &str) -> Result<Self, StrataError> {
         let mut members = Vec::new();
         for endpoint in endpoints.split(',').map(|e| e.trim().trim_end_matches('/')).filter(|e| !e.is_empty()) {
-            let channel = strata_common::grpc::lazy_channel(endpoint, METADATA_CALL_TIMEOUT)
-                .map_err(|e| StrataError::invalid(format!("bad metadata endpoint '{endpoint}': {e}")))?;
-            let client = metadata_client::MetadataClient::new(channel)
-                .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
-            members.push((endpoint.to_string(), client));
+            members.push((endpoint.to_string(), member_client(endpoint)?));
         }
         if members.is_empty() {
             return Err(StrataError::invalid("no metadata endpoint given"));
         }
-        Ok(Self { members: Arc::new(Members { endpoints: members, current: AtomicUsize::new(0) }) })
+        members.truncate(KNOWN_MEMBERS_MAX);
+        let members = Members { endpoints: parking_lot::RwLock::new(members), current: AtomicUsize::new(0) };
+        Ok(Self { members: Arc::new(members) })
     }
 
     /// Sends `request` to the leader, following hints and trying members in turn. Every attempt
@@ -84,14 +113,17 @@ impl MetadataClient {
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let members = &self.members;
-        let count = members.endpoints.len();
         let deadline = tokio::time::Instant::now() + FAILOVER_WAIT;
         let request_id = new_request_id();
         loop {
-            let at = members.current.load(Ordering::Relaxed) % count;
+            let (at, count, client) = {
+                let endpoints = members.endpoints.read();
+                let at = members.current.load(Ordering::Relaxed) % endpoints.len();
+                (at, endpoints.len(), endpoints[at].1.clone())
+            };
             let mut attempt = tonic::Request::new(request.clone());
             attempt.metadata_mut().insert(REQUEST_ID_KEY, request_id.clone());
-            let status = match send(members.endpoints[at].1.clone(), attempt).await {
+            let status = match send(client, attempt).await {
                 Ok(response) => return Ok(response.into_inner()),
                 // Without an error kind, the member could not take or finish the call: not the
                 // leader, down, electing, or the connection broke mid-call (Unknown, Cancelled),
@@ -101,7 +133,7 @@ impl MetadataClient {
                     if matches!(
                         status.code(),
                         tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
-                    ) && count > 1
+                    ) && (count > 1 || status.metadata().get(LEADER_HINT_METADATA_KEY).is_some())
                         && status.metadata().get(ERROR_CODE_METADATA_KEY).is_none() =>
                 {
                     status
@@ -112,12 +144,8 @@ impl MetadataClient {
                 return Err(status.into());
             }
             let hint = status.metadata().get(LEADER_HINT_METADATA_KEY).and_then(|v| v.to_str().ok());
-            let hinted = hint.and_then(|leader| {
-                let leader = leader.trim_end_matches('/');
-                members.endpoints.iter().position(|(endpoint, _)| endpoint == leader)
-            });
-            match hinted {
-                Some(leader) if leader != at => members.current.store(leader, Ordering::Relaxed),
+            match hint.map(|leader| members.position_of(leader.trim_end_matches('/'))) {
+                Some(Some(leader)) if leader != at => members.current.store(leader, Ordering::Relaxed),
                 _ => {
                     let _ =
                         members.current.compare_exchange(at, (at + 1) % count, Ordering::Relaxed, Ordering::Relaxed);

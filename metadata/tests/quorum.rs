@@ -159,7 +159,8 @@ async fn members_are_added_and_removed_while_the_quorum_serves() {
     for id in 1..=3 {
         members.push(start(root.path(), id, &originals, id == 1).await);
     }
-    let endpoints: Vec<String> = addrs.values().map(|a| format!("http://{a}")).collect();
+    // The client knows the original members only: it learns the fourth from leader hints.
+    let endpoints: Vec<String> = originals.values().map(|a| format!("http://{a}")).collect();
     let client = MetadataClient::connect_lazy(&endpoints.join(",")).expect("client");
     client.ensure_tenant("acme").await.expect("tenant");
     let storage = pb::RegisterStorageNodeRequest {
@@ -203,6 +204,10 @@ async fn members_are_added_and_removed_while_the_quorum_serves() {
     assert_eq!(queue_names(&client).await, expected);
     let listed = client.list_metadata_members().await.expect("members");
     assert!([3, 4].contains(&listed.leader_id), "{listed:?}");
+    // A client given member 3 alone reaches the leader wherever it is (member 4 through 3's
+    // hint, member 4 being in no client's configuration).
+    let only_third = MetadataClient::connect_lazy(&format!("http://{}", addrs[&3])).expect("client");
+    assert_eq!(queue_names(&only_third).await, expected);
     for member in members {
         stop(member).await;
     }
