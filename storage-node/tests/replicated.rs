@@ -60,6 +60,17 @@ async fn start_node_with(
     StorageNode::start(settings, Arc::new(SystemClock)).await.expect("storage node starts")
 }
 
+/// Log settings and tier interval that make segments seal, tier and snapshot within a test:
+/// 16 KiB segments, a snapshot every 8 entries, tiering every 100 ms.
+fn tiering_fast() -> (ShardLogSettings, Duration) {
+    let log = ShardLogSettings {
+        segment_size_bytes_max: 16 * 1024,
+        snapshot_every_entries: 8,
+        seal_idle_after: Duration::from_millis(300),
+    };
+    (log, Duration::from_millis(100))
+}
+
 /// Index of the node whose replica of shard 1 leads, waiting for an election.
 async fn leader(nodes: &[Option<StorageNode>]) -> usize {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -297,12 +308,7 @@ async fn replicated_shards_tier_from_the_leader_and_followers_release_what_it_ti
     let metadata = Metadata::start(root.path()).await;
     let (metadata_endpoint, meta_client) = (metadata.endpoint.clone(), metadata.client.clone());
 
-    let log = ShardLogSettings {
-        segment_size_bytes_max: 16 * 1024,
-        snapshot_every_entries: 8,
-        seal_idle_after: Duration::from_millis(300),
-    };
-    let tier_every = Duration::from_millis(100);
+    let (log, tier_every) = tiering_fast();
     let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
     let (a, b, c) = tokio::join!(
         start_node_with(root.path(), 0, addrs[0], &metadata_endpoint, log.clone(), tier_every),
@@ -405,12 +411,7 @@ async fn a_replica_moves_to_a_new_node_without_losing_a_send() {
 
     // Frequent snapshots: the new node joins by snapshot, so the old replica may leave only once
     // the bucket holds what the snapshot leaves out (tiering every 100 ms).
-    let log = ShardLogSettings {
-        segment_size_bytes_max: 16 * 1024,
-        snapshot_every_entries: 8,
-        seal_idle_after: Duration::from_millis(300),
-    };
-    let tier_every = Duration::from_millis(100);
+    let (log, tier_every) = tiering_fast();
     let addrs: Vec<SocketAddr> = (0..4).map(|_| free_addr()).collect();
     let (a, b, c) = tokio::join!(
         start_node_with(root.path(), 0, addrs[0], &metadata_endpoint, log.clone(), tier_every),
