@@ -352,6 +352,10 @@ impl MetadataNode {
 
     /// Stops the Raft group.
     pub async fn shutdown(&self) {
+        // A leader stopping on purpose hands over first: no member waits out an election.
+        if self.router.is_some() && self.group.hand_off_leadership().await {
+            tracing::info!("metadata leadership handed off");
+        }
         if let Some(router) = &self.router {
             router.deregister(METADATA_GROUP);
         }

@@ -175,11 +175,6 @@ pub struct ShardReplicas {
 /// How long a read of a log entry from a peer replica may take.
 const PEER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// A voter that acknowledged a heartbeat within this long is taken to be running.
-const RECENT_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
-/// How long a leader that stops waits for its successor to take over.
-const HAND_OFF_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// How far behind the leader's log a new replica may be when it becomes a voter.
 pub const CATCH_UP_LAG_ENTRIES: u64 = 64;
 
@@ -365,41 +360,14 @@ impl Shard {
         Ok(true)
     }
 
-    /// On the leader: hands leadership to the most up-to-date other voter and waits (at most
-    /// [`HAND_OFF_WAIT`]) until this replica no longer leads, so a planned stop costs no
-    /// election timeout. Answers whether leadership moved; elsewhere, does nothing.
+    /// On the leader: hands leadership to another voter before a planned stop (see
+    /// [`strata_wal::group::RaftGroup::hand_off_leadership`]). Answers whether it moved.
     pub async fn hand_off_leadership(&self) -> bool {
-        let metrics = self.group.raft.metrics().borrow_watched().clone();
-        if metrics.state != openraft::ServerState::Leader {
-            return false;
+        let moved = self.group.hand_off_leadership().await;
+        if moved {
+            tracing::info!(shard = self.shard_id, "leadership handed off");
         }
-        let voters: BTreeSet<u64> = metrics.membership_config.membership().voter_ids().collect();
-        // Only a voter that answered heartbeats lately: a stopped one cannot take over.
-        let answering = |id: &u64| {
-            let last = metrics.heartbeat.as_ref().and_then(|h| h.get(id).cloned().flatten());
-            last.is_some_and(|at| openraft::Instant::elapsed(&*at) < RECENT_HEARTBEAT)
-        };
-        let successor = metrics
-            .replication
-            .iter()
-            .flatten()
-            .filter(|(id, _)| **id != metrics.id && voters.contains(id) && answering(id))
-            .max_by_key(|(_, matched)| matched.as_ref().map(|l| l.index))
-            .map(|(id, _)| *id);
-        let Some(successor) = successor else { return false };
-        if let Err(e) = self.group.raft.trigger().transfer_leader(successor).await {
-            tracing::warn!(shard = self.shard_id, error = %e, "handing off leadership failed");
-            return false;
-        }
-        let deadline = tokio::time::Instant::now() + HAND_OFF_WAIT;
-        while tokio::time::Instant::now() < deadline {
-            if !self.is_leader() {
-                tracing::info!(shard = self.shard_id, successor, "leadership handed off");
-                return true;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        false
+        moved
     }
 
     /// The Raft term this replica leads in, if it leads.

@@ -5,14 +5,15 @@
 //! and `state/` (the snapshot). `strata dev` groups have one voter ([`open_single_voter`]);
 //! replicated groups talk to their peers through the gRPC transport ([`crate::transport`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::network::{NetSnapshot, RaftNetworkFactory};
-use openraft::{Config, Raft, RaftTypeConfig, ServerState};
+use openraft::{Config, LogIdOptionExt, Raft, RaftTypeConfig, ServerState};
 
 use crate::WalOptions;
 use crate::raft_state::{EntryCommand, ReplicatedState, SharedState, StateMachineStore};
@@ -31,6 +32,54 @@ where
     pub raft: Raft<C, StateMachineStore<C, S>>,
     pub state: Arc<SharedState<C, S>>,
     pub log: WalLogStore<C>,
+}
+
+/// A voter that acknowledged a heartbeat within this long is taken to be running.
+const RECENT_HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long a leader that stops waits for its successor to take over.
+const HAND_OFF_WAIT: Duration = Duration::from_secs(2);
+
+impl<C, S> RaftGroup<C, S>
+where
+    C: RaftTypeConfig<D = S::Command, R = S::Response>,
+    C::Entry: EntryCommand<S::Command>,
+    S: ReplicatedState,
+{
+    /// On the leader: hands leadership to the most up-to-date other voter that answered
+    /// heartbeats lately, and waits (at most [`HAND_OFF_WAIT`]) until this member no longer
+    /// leads, so a planned stop costs no election timeout. Answers whether leadership moved;
+    /// elsewhere, does nothing.
+    pub async fn hand_off_leadership(&self) -> bool {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        if metrics.state != ServerState::Leader {
+            return false;
+        }
+        let voters: BTreeSet<C::NodeId> = metrics.membership_config.membership().voter_ids().collect();
+        let answering = |id: &C::NodeId| {
+            let last = metrics.heartbeat.as_ref().and_then(|h| h.get(id).cloned().flatten());
+            last.is_some_and(|at| openraft::Instant::elapsed(&*at) < RECENT_HEARTBEAT)
+        };
+        let successor = metrics
+            .replication
+            .iter()
+            .flatten()
+            .filter(|(id, _)| **id != metrics.id && voters.contains(id) && answering(id))
+            .max_by_key(|(_, matched)| matched.index())
+            .map(|(id, _)| id.clone());
+        let Some(successor) = successor else { return false };
+        if let Err(e) = self.raft.trigger().transfer_leader(successor).await {
+            tracing::warn!(error = %e, "handing off leadership failed");
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + HAND_OFF_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            if self.raft.metrics().borrow_watched().state != ServerState::Leader {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
 }
 
 /// Opens the group in `dir` with this node as its only voter, initializing it on first start,
