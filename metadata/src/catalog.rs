@@ -404,8 +404,8 @@ impl Catalog {
     }
 
     /// The shards `node_id` was moved off that may still count it as a voter.
-    pub fn shards_leaving<'a>(&'a self, node_id: &'a str) -> impl Iterator<Item = u64> + 'a {
-        self.shards.values().filter(move |s| s.leaving.iter().any(|r| r == node_id)).map(|s| s.shard_id)
+    pub fn shards_leaving<'a>(&'a self, node_id: &'a str) -> impl Iterator<Item = &'a ShardRecord> + 'a {
+        self.shards.values().filter(move |s| s.leaving.iter().any(|r| r == node_id))
     }
 
     /// The shards `node_id` holds a replica of.
@@ -888,7 +888,7 @@ mod tests {
         let (after, leaving) = replicas(&c);
         assert_eq!(after, [&before[1..], &["n4".to_owned()]].concat(), "the new node comes last");
         assert_eq!(leaving, std::slice::from_ref(&from));
-        assert_eq!(c.shards_leaving(&from).collect::<Vec<_>>(), [1]);
+        assert_eq!(c.shards_leaving(&from).map(|s| s.shard_id).collect::<Vec<_>>(), [1]);
         assert!(c.shards_of(&from).all(|s| s.shard_id != 1));
         // One move at a time; a confirmation must name the new replicas.
         assert!(matches!(c.run(9, &mv(&after[0], &from)), MetaResponse::Error(_)));

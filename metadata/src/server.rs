@@ -261,7 +261,7 @@ impl MetadataNode {
 
     /// Whether this member leads now.
     pub fn is_leader(&self) -> bool {
-        self.group.raft.metrics().borrow_watched().state == openraft::ServerState::Leader
+        self.group.is_leader()
     }
 
     /// The latest snapshot this member stored, if any.
@@ -587,15 +587,16 @@ impl Metadata for MetadataService {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         self.node.read_barrier().await?;
         let node_id = request.into_inner().node_id;
-        let (shards, leaving_shards): (Vec<ShardRecord>, Vec<u64>) = {
+        let (shards, leaving): (Vec<ShardRecord>, Vec<ShardRecord>) = {
             let catalog = self.node.catalog();
             if catalog.node(&node_id).is_none() {
                 return Err(StrataError::invalid(format!("storage node {node_id} is not registered")).into());
             }
-            (catalog.shards_of(&node_id).cloned().collect(), catalog.shards_leaving(&node_id).collect())
+            (catalog.shards_of(&node_id).cloned().collect(), catalog.shards_leaving(&node_id).cloned().collect())
         };
         self.node.leases.heartbeat(&node_id, self.node.term(), self.node.now_ms());
         let shards = shards.iter().map(|s| self.shard_info(s)).collect();
+        let leaving_shards = leaving.iter().map(|s| self.shard_info(s)).collect();
         Ok(Response::new(pb::HeartbeatResponse { lease_ms: LEASE_MS, shards, leaving_shards }))
     }
 

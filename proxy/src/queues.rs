@@ -83,7 +83,7 @@ where
     F: Fn(StorageGrpcClient, pb::QueueRef) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
-    on_queue_within(placement, tenant, name, ATTEMPT_TIMEOUT, call).await
+    on_queue_polling(placement, tenant, name, 0, call).await
 }
 
 /// [`on_queue`] for a long poll of `wait_ms`: each attempt may take that long and more.
@@ -98,20 +98,7 @@ where
     F: Fn(StorageGrpcClient, pb::QueueRef) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
-    on_queue_within(placement, tenant, name, ATTEMPT_TIMEOUT + Duration::from_millis(wait_ms), call).await
-}
-
-async fn on_queue_within<T, F, Fut>(
-    placement: &Placement,
-    tenant: &str,
-    name: &str,
-    attempt_timeout: Duration,
-    call: F,
-) -> Result<T, StrataError>
-where
-    F: Fn(StorageGrpcClient, pb::QueueRef) -> Fut,
-    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-{
+    let attempt_timeout = ATTEMPT_TIMEOUT + Duration::from_millis(wait_ms);
     validate_queue_name(name)?;
     let not_found = || StrataError::queue_not_found(name);
     let mut healed = false;

@@ -288,6 +288,7 @@ impl Host {
             )
             .await?,
         );
+        shard.set_placement(placement.clone());
         tracing::info!(node = self.settings.node_id, shard = placement.shard_id, joins, "shard open");
         let cancel = self.cancel.child_token();
         let settings = &self.settings;
@@ -331,8 +332,9 @@ impl Host {
     }
 
     /// Follows metadata's placement: opens replicas moved here, closes the ones moved off once
-    /// their move is done (before that, the group may still need them as voters).
-    async fn reconcile(&self, assigned: &[ShardInfo], leaving: &[u64]) {
+    /// their move is done (before that, the group may still need them as voters), and hands
+    /// each running replica its shard's placement.
+    async fn reconcile(&self, assigned: &[ShardInfo], leaving: &[ShardInfo]) {
         let running: Vec<u64> = self.hosted.lock().await.keys().copied().collect();
         for placement in assigned.iter().filter(|p| !running.contains(&p.shard_id)) {
             if let Err(e) = self.open_shard(placement, true).await {
@@ -340,8 +342,13 @@ impl Host {
             }
         }
         for shard_id in running {
-            if !assigned.iter().any(|p| p.shard_id == shard_id) && !leaving.contains(&shard_id) {
-                self.close_shard(shard_id, true).await;
+            match assigned.iter().chain(leaving).find(|p| p.shard_id == shard_id) {
+                Some(placement) => {
+                    if let Some(shard) = self.shards.read().get(&shard_id) {
+                        shard.set_placement(placement.clone());
+                    }
+                }
+                None => self.close_shard(shard_id, true).await,
             }
         }
     }
@@ -361,7 +368,8 @@ async fn heartbeat_loop(host: Arc<Host>) {
     }
 }
 
-/// How often a shard's leader compares its group's voters with metadata's replicas.
+/// How often a shard's leader compares its group's voters with the replicas of the placement
+/// its node's heartbeats last brought.
 const MEMBERSHIP_TICK: Duration = Duration::from_secs(1);
 
 /// On the leader: makes the group's voters metadata's replicas (a replica moved to a new node:
@@ -373,44 +381,41 @@ async fn membership_loop(shard: Arc<Shard>, metadata: MetadataClient, cancel: Ca
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(MEMBERSHIP_TICK) => {}
         }
+        // The placement comes with this node's heartbeats: nothing is asked while none moves.
+        let Some(placement) = shard.placement().filter(|p| p.replicas.len() > 1) else { continue };
         if !shard.is_leader() {
             continue;
         }
-        let placement = match metadata.get_shard(shard.shard_id).await {
-            Ok(placement) => placement,
-            Err(e) => {
-                tracing::warn!(shard = shard.shard_id, error = %e, "reading the shard's placement failed");
-                continue;
-            }
-        };
-        if placement.replicas.len() <= 1 {
-            continue;
-        }
-        // A replica that joined by snapshot lacks the entries before it: the old one leaves only
-        // once every live entry up to this leader's snapshot is in the bucket.
-        let may_remove = match tiered_through_snapshot(&shard, &metadata).await {
-            Ok(tiered) => tiered,
-            Err(e) => {
-                tracing::warn!(shard = shard.shard_id, error = %e, "reading the segment catalog failed");
-                false
-            }
-        };
-        let matched = tokio::select! {
-            _ = cancel.cancelled() => return,
-            matched = shard.change_voters(&placement, may_remove) => matched,
-        };
-        match matched {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(e) => {
-                tracing::warn!(shard = shard.shard_id, error = %e, "changing the group's voters failed; will retry");
-                continue;
+        if !shard.voters_are(&placement) {
+            // A replica that joined by snapshot lacks the entries before it: the old one leaves
+            // only once every live entry up to this leader's snapshot is in the bucket.
+            let may_remove = match tiered_through_snapshot(&shard, &metadata).await {
+                Ok(tiered) => tiered,
+                Err(e) => {
+                    tracing::warn!(shard = shard.shard_id, error = %e, "reading the segment catalog failed");
+                    false
+                }
+            };
+            let matched = tokio::select! {
+                _ = cancel.cancelled() => return,
+                matched = shard.change_voters(&placement, may_remove) => matched,
+            };
+            match matched {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(shard = shard.shard_id, error = %e, "changing the group's voters failed; will retry");
+                    continue;
+                }
             }
         }
         if !placement.leaving.is_empty() {
             let voters = placement.replicas.iter().map(|r| r.node_id.clone()).collect();
             match metadata.confirm_replicas(shard.shard_id, voters).await {
-                Ok(_) => tracing::info!(shard = shard.shard_id, left = ?placement.leaving, "replica move done"),
+                Ok(confirmed) => {
+                    tracing::info!(shard = shard.shard_id, left = ?placement.leaving, "replica move done");
+                    shard.set_placement(confirmed);
+                }
                 Err(e) => tracing::warn!(shard = shard.shard_id, error = %e, "confirming a replica move failed"),
             }
         }

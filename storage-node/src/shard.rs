@@ -5,7 +5,7 @@
 //! [`MessageRef`]: from the local WAL while the segment is on disk, otherwise from object storage
 //! through the [`TieredReader`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -172,6 +172,9 @@ pub struct ShardReplicas {
     pub initialize: bool,
 }
 
+/// The storage gRPC client of another replica.
+type PeerClient = strata_common::proto::storage_client::StorageClient<tonic::transport::Channel>;
+
 /// How long a read of a log entry from a peer replica may take.
 const PEER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -186,6 +189,12 @@ pub struct Shard {
     /// The writer epoch claimed in metadata for the Raft term this replica leads in, if it has
     /// claimed one: `(raft term, writer epoch)`.
     writer_claim: parking_lot::Mutex<Option<(u64, u64)>>,
+    /// The shard's placement in metadata as last seen (from this node's heartbeats, or a
+    /// change this replica made): where its leader takes the voters to have.
+    placement: parking_lot::Mutex<Option<strata_common::proto::ShardInfo>>,
+    /// Clients of the other replicas (by address) for reads of entries this one lacks; clones
+    /// share one connection.
+    peers: parking_lot::Mutex<HashMap<String, PeerClient>>,
     group: RaftGroup<ShardRaftConfig, ShardMachine>,
     clock: Arc<dyn Clock>,
     tiered: Arc<TieredReader>,
@@ -248,8 +257,8 @@ impl Shard {
                 group
             }
         };
-        let writer_claim = parking_lot::Mutex::new(None);
-        Ok(Self { shard_id, node_id: node_id.to_owned(), writer_claim, group, clock, tiered })
+        let (writer_claim, placement, peers) = Default::default();
+        Ok(Self { shard_id, node_id: node_id.to_owned(), writer_claim, placement, peers, group, clock, tiered })
     }
 
     /// Waits until a read of this replica's state is linearizable: it leads (confirmed by a
@@ -271,7 +280,7 @@ impl Shard {
     /// that proposes or uploads (expiry, move tasks, scheduled loads, tiering) runs on the
     /// leader only.
     pub fn is_leader(&self) -> bool {
-        self.group.raft.metrics().borrow_watched().state == openraft::ServerState::Leader
+        self.group.is_leader()
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -314,6 +323,23 @@ impl Shard {
 
     /// The last log index Raft has purged: entries at or below it are covered by a snapshot and
     /// are never read by Raft again (restart replay starts after it).
+    /// The shard's placement in metadata as last seen, if seen yet.
+    pub fn placement(&self) -> Option<strata_common::proto::ShardInfo> {
+        self.placement.lock().clone()
+    }
+
+    /// Records the shard's placement as metadata last answered it.
+    pub fn set_placement(&self, placement: strata_common::proto::ShardInfo) {
+        *self.placement.lock() = Some(placement);
+    }
+
+    /// Whether the group's voters are the placement's replicas.
+    pub fn voters_are(&self, placement: &strata_common::proto::ShardInfo) -> bool {
+        let metrics = self.group.raft.metrics().borrow_watched().clone();
+        let voters: BTreeSet<u64> = metrics.membership_config.membership().voter_ids().collect();
+        voters == placement.replicas.iter().map(|r| r.raft_id).collect()
+    }
+
     /// One step towards the group's voters being the placement's replicas, on the leader. A new
     /// replica first joins as a learner; once it has caught up (within
     /// [`CATCH_UP_LAG_ENTRIES`] of the leader's log) the voters are replaced through joint
@@ -328,7 +354,8 @@ impl Shard {
         let target: BTreeMap<u64, String> = placement.replicas.iter().map(|r| (r.raft_id, r.address.clone())).collect();
         let metrics = self.group.raft.metrics().borrow_watched().clone();
         let membership = metrics.membership_config.membership();
-        if membership.voter_ids().eq(target.keys().copied()) {
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        if voters.iter().eq(target.keys()) {
             return Ok(true);
         }
         let failed = |what: &str, e: &dyn std::fmt::Display| {
@@ -348,10 +375,7 @@ impl Shard {
             let matched = metrics.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index);
             matched.is_some_and(|m| m + CATCH_UP_LAG_ENTRIES >= last_index)
         };
-        if joining
-            || !may_remove
-            || !target.keys().filter(|id| !membership.voter_ids().any(|v| v == **id)).all(caught_up)
-        {
+        if joining || !may_remove || !target.keys().filter(|id| !voters.contains(id)).all(caught_up) {
             return Ok(false);
         }
         let ids: BTreeSet<u64> = target.keys().copied().collect();
@@ -424,6 +448,18 @@ impl Shard {
         }
     }
 
+    /// A client of the replica at `address` (`None` if the address is not one).
+    fn peer_client(&self, address: &str) -> Option<PeerClient> {
+        let mut peers = self.peers.lock();
+        if let Some(client) = peers.get(address) {
+            return Some(client.clone());
+        }
+        let channel = strata_common::grpc::lazy_channel(address, PEER_READ_TIMEOUT).ok()?;
+        let client = PeerClient::new(channel).max_decoding_message_size(strata_common::limits::GRPC_MESSAGE_BYTES_MAX);
+        peers.insert(address.to_owned(), client.clone());
+        Some(client)
+    }
+
     /// The entry at `index` from another replica's local log: for a replica that caught up by
     /// snapshot (so lacks entries before it) while they are not in the bucket yet.
     async fn entry_from_peers(&self, index: u64) -> Result<openraft::alias::EntryOf<ShardRaftConfig>, StrataError> {
@@ -433,9 +469,7 @@ impl Shard {
             membership.nodes().filter(|(id, _)| **id != metrics.id).map(|(_, n)| n.addr.clone()).collect()
         };
         for peer in peers {
-            let Ok(channel) = strata_common::grpc::lazy_channel(&peer, PEER_READ_TIMEOUT) else { continue };
-            let mut client = strata_common::proto::storage_client::StorageClient::new(channel)
-                .max_decoding_message_size(strata_common::limits::GRPC_MESSAGE_BYTES_MAX);
+            let Some(mut client) = self.peer_client(&peer) else { continue };
             let request = strata_common::proto::ReadLogEntryRequest { shard_id: self.shard_id, index };
             match client.read_log_entry(request).await {
                 Ok(answer) if !answer.get_ref().entry.is_empty() => {

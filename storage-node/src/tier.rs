@@ -366,17 +366,23 @@ pub async fn tiered_through_snapshot(
 ) -> Result<bool, StrataError> {
     let Some(purged_index) = shard.purged_index() else { return Ok(true) };
     let catalog = metadata.list_segments(shard.shard_id).await?;
-    let covered: Vec<(u64, u64)> = catalog.iter().map(|s| (s.first_index, s.last_index)).collect();
+    let covered = covered_ranges(&catalog);
     Ok(gaps(&covered, reclaim_below(shard, Some(purged_index)), purged_index).is_empty())
 }
 
-/// The parts of `first..=last` that no range of `covered` (inclusive, non-overlapping) covers.
+/// The index ranges the catalog covers, in order.
+fn covered_ranges(catalog: &[pb::Segment]) -> Vec<(u64, u64)> {
+    let mut covered: Vec<(u64, u64)> = catalog.iter().map(|s| (s.first_index, s.last_index)).collect();
+    covered.sort_unstable();
+    covered
+}
+
+/// The parts of `first..=last` that no range of `covered` (inclusive, non-overlapping, in order)
+/// covers.
 fn gaps(covered: &[(u64, u64)], first: u64, last: u64) -> Vec<(u64, u64)> {
-    let mut sorted = covered.to_vec();
-    sorted.sort_unstable();
     let mut out = Vec::new();
     let mut at = first;
-    for (from, to) in sorted {
+    for &(from, to) in covered {
         if at > last {
             break;
         }
@@ -433,7 +439,7 @@ pub async fn tier_shard_once(
     // entries before it: each file uploads what the catalog does not cover yet (one record per
     // gap), so the catalog never covers an index twice.
     let applied_index = shard.applied_index().unwrap_or(0);
-    let mut covered: Vec<(u64, u64)> = catalog.iter().map(|s| (s.first_index, s.last_index)).collect();
+    let mut covered = covered_ranges(&catalog);
     let purged_index = shard.purged_index();
     let reclaim_below = reclaim_below(shard, purged_index);
     let mut needs_snapshot = false;
@@ -444,8 +450,7 @@ pub async fn tier_shard_once(
         for (first, last) in gaps(&covered, info.first_index.max(reclaim_below), info.last_index) {
             let segment = upload_segment(store, shard.shard_id, writer_epoch, &info, first, last).await?;
             metadata.commit_segment(segment).await?;
-            covered.push((first, last));
-            covered.sort_unstable();
+            covered.insert(covered.partition_point(|range| *range < (first, last)), (first, last));
             reader.stats.segments_uploaded.fetch_add(1, Ordering::Relaxed);
             pass.uploaded += 1;
         }
@@ -499,7 +504,7 @@ pub async fn release_tiered_segments(
         return Ok(0);
     }
     let catalog = metadata.list_segments(shard.shard_id).await?;
-    let covered: Vec<(u64, u64)> = catalog.iter().map(|s| (s.first_index, s.last_index)).collect();
+    let covered = covered_ranges(&catalog);
     let reclaim_below = reclaim_below(shard, Some(purged_index));
     // The files in order, up to the first one whose live entries are not all in the catalog.
     let Some(last) = sealed

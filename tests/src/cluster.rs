@@ -131,6 +131,20 @@ impl LocalCluster {
         Ok(tokio::time::timeout(std::time::Duration::from_secs(2), status).await??.into_inner().groups)
     }
 
+    /// Which of `names` leads group `group`, waiting out an election (at most 30 s).
+    pub async fn wait_for_leader(&self, names: &[&str], group: u64) -> anyhow::Result<String> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(leader) = self.leader_of(names, group).await {
+                return Ok(leader);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("no leader of group {group} among {names:?}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// Which of `names` leads group `group` now, if one says so.
     pub async fn leader_of(&self, names: &[&str], group: u64) -> Option<String> {
         for name in names {

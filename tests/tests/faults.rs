@@ -106,26 +106,9 @@ async fn receiver(history: History, stream: Stream, proxies: Vec<Api>, stop: Can
 
 /// The storage node leading `shard` (waiting out an election), and the others holding it.
 async fn shard_roles(cluster: &LocalCluster, shard: u64) -> (String, Vec<String>) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(leader) = cluster.leader_of(&STORAGE, shard).await {
-            let followers = STORAGE.iter().filter(|n| **n != leader).map(|n| n.to_string()).collect();
-            return (leader, followers);
-        }
-        assert!(tokio::time::Instant::now() < deadline, "shard {shard} has no leader");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn metadata_leader(cluster: &LocalCluster) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(leader) = cluster.leader_of(&METADATA, strata_metadata::server::METADATA_GROUP).await {
-            return leader;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the metadata quorum has no leader");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let leader = cluster.wait_for_leader(&STORAGE, shard).await.expect("a shard leader");
+    let followers = STORAGE.iter().filter(|n| **n != leader).map(|n| n.to_string()).collect();
+    (leader, followers)
 }
 
 /// SIGKILL `name`, keep it down a while, start it again.
@@ -145,7 +128,7 @@ async fn run_faults(cluster: &LocalCluster, history: &History, shards: &[u64], s
     let (_, followers) = shard_roles(cluster, shard).await;
     crash_and_restart(cluster, history, &followers[round % 2], &format!("a follower of shard {shard}")).await;
 
-    let leader = metadata_leader(cluster).await;
+    let leader = cluster.wait_for_leader(&METADATA, strata_metadata::server::METADATA_GROUP).await.expect("a leader");
     crash_and_restart(cluster, history, &leader, "the metadata leader").await;
 
     crash_and_restart(cluster, history, PROXIES[round % 2], "a proxy").await;

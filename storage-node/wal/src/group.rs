@@ -45,6 +45,11 @@ where
     C::Entry: EntryCommand<S::Command>,
     S: ReplicatedState,
 {
+    /// Whether this member leads its group now.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow_watched().state == ServerState::Leader
+    }
+
     /// On the leader: hands leadership to the most up-to-date other voter that answered
     /// heartbeats lately, and waits (at most [`HAND_OFF_WAIT`]) until this member no longer
     /// leads, so a planned stop costs no election timeout. Answers whether leadership moved;
@@ -73,7 +78,7 @@ where
         }
         let deadline = tokio::time::Instant::now() + HAND_OFF_WAIT;
         while tokio::time::Instant::now() < deadline {
-            if self.raft.metrics().borrow_watched().state != ServerState::Leader {
+            if !self.is_leader() {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
