@@ -19,6 +19,10 @@
 //!
 //! Readers outside apply ([`read_slice`]) see a prefix of whole records: a slice that is not
 //! frozen may be appended to while they read, and a torn last record is not returned.
+//!
+//! A snapshot sent to another replica carries the files as they stand at its index ([`export`]);
+//! the receiver replaces its own by them ([`import`]) before [`SliceFiles::recover`] checks them
+//! against the snapshot's counts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
@@ -111,6 +115,61 @@ fn decode_prefix(bytes: &[u8]) -> Vec<SliceRecord> {
         .chunks_exact(RECORD_BYTES)
         .map_while(|chunk| chunk.try_into().ok().and_then(|record: &[u8; RECORD_BYTES]| decode(record)))
         .collect()
+}
+
+/// Every slice file's records of entries up to `last_index`, for a snapshot at that index sent
+/// to another replica: postcard of `(slice start ms, record bytes)` pairs, or nothing when no
+/// file holds such a record.
+pub fn export(dir: &Path, last_index: u64) -> io::Result<Vec<u8>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut slices: Vec<(u64, Vec<u8>)> = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let Some(slice_start_ms) = entry.file_name().to_str().and_then(slice_of_file_name) else { continue };
+        let mut bytes = match std::fs::read(entry.path()) {
+            Ok(bytes) => bytes,
+            // Removed since the listing: the snapshot no longer counted it.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let kept = decode_prefix(&bytes).iter().take_while(|r| r.log_index() <= last_index).count();
+        if kept > 0 {
+            bytes.truncate(kept * RECORD_BYTES);
+            slices.push((slice_start_ms, bytes));
+        }
+    }
+    if slices.is_empty() {
+        return Ok(Vec::new());
+    }
+    slices.sort_unstable_by_key(|(slice_start_ms, _)| *slice_start_ms);
+    postcard::to_allocvec(&slices).map_err(io::Error::other)
+}
+
+/// Replaces the slice files in `dir` by what [`export`] produced on another replica, durably.
+pub fn import(dir: &Path, exported: &[u8]) -> io::Result<()> {
+    let slices: Vec<(u64, Vec<u8>)> = if exported.is_empty() {
+        Vec::new()
+    } else {
+        postcard::from_bytes(exported).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+    };
+    std::fs::create_dir_all(dir)?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_str().and_then(slice_of_file_name).is_some() {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    for (slice_start_ms, bytes) in &slices {
+        if bytes.len() % RECORD_BYTES != 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "a sent slice file holds a partial record"));
+        }
+        strata_wal::write_file_atomic(&dir.join(file_name(*slice_start_ms)), bytes)?;
+    }
+    File::open(dir)?.sync_all()
 }
 
 /// The slice files of one shard, written by applies.
@@ -306,6 +365,30 @@ mod tests {
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);
         let error = SliceFiles::recover(dir.path(), 10, &BTreeMap::from([(0, 1), (600_000, 1)])).expect_err("missing");
         assert_eq!(error.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn an_export_holds_the_records_up_to_its_index_and_an_import_replaces_the_files() {
+        let from = tempfile::tempdir().expect("tempdir");
+        let mut files = SliceFiles::recover(from.path(), 0, &BTreeMap::new()).expect("open");
+        let records = [(0, 3), (0, 5), (600_000, 6), (0, 9)]
+            .map(|(slice_start_ms, log_index)| (slice_start_ms, message(log_index, slice_start_ms + 1)));
+        let appends = records.iter().map(|&(slice_start_ms, record)| SliceWrite::Append { slice_start_ms, record });
+        files.write(appends.collect()).expect("write");
+        files.sync().expect("sync");
+
+        // At index 5 only slice 0's first two records count; slice 600000 starts later.
+        let exported = export(from.path(), 5).expect("export");
+        let to = tempfile::tempdir().expect("tempdir");
+        std::fs::write(to.path().join(file_name(1_200_000)), encode(&message(1, 1_200_001))).expect("stale file");
+        import(to.path(), &exported).expect("import");
+        SliceFiles::recover(to.path(), 5, &BTreeMap::from([(0, 2)])).expect("recover what was sent");
+        assert_eq!(read_slice(to.path(), 0).expect("slice 0"), [records[0].1, records[1].1]);
+        assert!(!to.path().join(file_name(600_000)).exists());
+        assert!(!to.path().join(file_name(1_200_000)).exists(), "the receiver's own files are replaced");
+
+        assert!(export(from.path(), 2).expect("export").is_empty(), "nothing up to index 2");
+        assert!(import(to.path(), b"not postcard of slices").is_err());
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::queue::schedule::{
     LOAD_CHUNK_RECORDS_MAX, ScheduledMessage, SliceRecord, deliver_at_of, is_waiting_in, slice_of,
 };
 use crate::queue::{Command, MessageRef, NewMessage, QueueError, QueueId, Response, ShardCommand, ShardState};
-use crate::schedule_files::{SliceFiles, read_slice};
+use crate::schedule_files::{self, SliceFiles, read_slice};
 use crate::tier::TieredReader;
 
 /// A shard log entry: one queue command stamped with the leader's time.
@@ -112,6 +112,14 @@ impl ReplicatedState for ShardMachine {
 
     fn snapshot_stored(&self) -> std::io::Result<()> {
         self.1.as_ref().map_or(Ok(()), SliceFiles::snapshot_stored)
+    }
+
+    fn export_side_files(dir: &Path, last_index: u64) -> std::io::Result<Vec<u8>> {
+        schedule_files::export(&dir.join(SCHEDULE_DIR), last_index)
+    }
+
+    fn import_side_files(dir: &Path, exported: &[u8]) -> std::io::Result<()> {
+        schedule_files::import(&dir.join(SCHEDULE_DIR), exported)
     }
 }
 

@@ -551,3 +551,124 @@ async fn a_replica_joined_by_snapshot_reads_older_messages_from_its_peers() {
     }
     metadata.stop().await;
 }
+
+/// Scheduled messages far ahead wait in slice files beside the shard's snapshot, not in its
+/// state. A replica moved to a new node joins by snapshot: the snapshot carries the slice files
+/// as they stood at its index, so the new replica holds every scheduled message, reopens from
+/// its directory, and cancels one when it leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_joined_by_snapshot_receives_the_slice_files_of_scheduled_messages() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let metadata = Metadata::start(root.path()).await;
+    let (metadata_endpoint, meta_client) = (metadata.endpoint.clone(), metadata.client.clone());
+    let (log, tier_every) = tiering_fast();
+    let start = |index: usize, addr: SocketAddr| {
+        start_node_with(root.path(), index, addr, &metadata_endpoint, log.clone(), tier_every)
+    };
+    let addrs: Vec<SocketAddr> = (0..4).map(|_| free_addr()).collect();
+    let (a, b, c) = tokio::join!(start(0, addrs[0]), start(1, addrs[1]), start(2, addrs[2]));
+    let d = start(3, addrs[3]).await;
+    let mut nodes = vec![Some(a), Some(b), Some(c), Some(d)];
+    let (_, queue) = create_queue(&meta_client, &nodes, &addrs, "scheduled").await;
+
+    // Five messages a day ahead, one send each: their slice starts far beyond a minute from now.
+    let ids = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let day_ahead_ms = SystemClock.now_ms() + 86_400_000;
+    for i in 0..5u64 {
+        let message = pb::NewMessage {
+            body: Bytes::from(format!("scheduled-{i}")),
+            deliver_at_ms: Some(day_ahead_ms + i),
+            ..Default::default()
+        };
+        let send = pb::SendRequest {
+            queue: Some(queue.clone()),
+            messages: vec![message],
+            request_id: format!("scheduled-{i}"),
+        };
+        at_leader(&nodes, &addrs, |mut c| {
+            let (send, ids) = (send.clone(), ids.clone());
+            async move {
+                let sent = c.send(send).await?.into_inner();
+                ids.lock().extend(sent.messages.into_iter().map(|m| m.message_id));
+                Ok(())
+            }
+        })
+        .await;
+    }
+    let ids = std::mem::take(&mut *ids.lock());
+    assert_eq!(ids.len(), 5);
+    // More entries: the replicas snapshot (every 8) and purge their logs past the sends.
+    let plain: Vec<String> = (0..20).map(|i| format!("p{i:02}")).collect();
+    for one in plain.chunks(1) {
+        send_all(&nodes, &addrs, &queue, one).await;
+    }
+
+    // A follower's replica moves to the fourth node, which joins by snapshot.
+    let from = (leader(&nodes).await + 1) % 3;
+    meta_client.move_replica(1, &format!("storage-{from}"), "storage-3").await.expect("move");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let shard = meta_client.get_shard(1).await.expect("shard");
+        if shard.leaving.is_empty() && nodes[from].as_ref().and_then(|n| n.shard(1)).is_none() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the move did not finish: {shard:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if let Some(node) = nodes[from].take() {
+        node.shutdown().await;
+    }
+    let joined = nodes[3].as_ref().and_then(|n| n.shard(1)).expect("the new replica");
+    let missing = (1..=10).filter(|&i| joined.local_entry_bytes(i).is_ok_and(|e| e.is_empty())).count();
+    assert_eq!(missing, 10, "the new replica did not join by snapshot");
+    let counts = joined.state().0.slice_record_counts();
+    assert_eq!(counts.values().sum::<u64>(), 5, "{counts:?}");
+    let slice_records = |shard: &strata_storage::shard::Shard| {
+        let dir = shard.state().slice_dir().expect("slice files open").to_path_buf();
+        counts
+            .keys()
+            .map(|&slice| strata_storage::schedule_files::read_slice(&dir, slice).expect("a slice file"))
+            .collect::<Vec<_>>()
+    };
+    let lead = leader(&nodes).await;
+    let leader_shard = nodes[lead].as_ref().and_then(|n| n.shard(1)).expect("the leader's replica");
+    assert_eq!(slice_records(&joined), slice_records(&leader_shard), "the slice files differ");
+    drop((joined, leader_shard));
+
+    // It reopens from its directory (the slice files match what its snapshot counts).
+    if let Some(node) = nodes[3].take() {
+        node.shutdown().await;
+    }
+    nodes[3] = Some(start(3, addrs[3]).await);
+    let joined = nodes[3].as_ref().and_then(|n| n.shard(1)).expect("the new replica reopened");
+    assert_eq!(joined.state().0.slice_record_counts(), counts);
+    drop(joined);
+
+    // Leadership goes to it; cancelling a message searches its slice file.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let lead = leader(&nodes).await;
+        if lead == 3 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the new replica never led");
+        let shard = nodes[lead].as_ref().and_then(|n| n.shard(1)).expect("the leader's replica");
+        shard.hand_off_leadership().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut client = StorageClient::connect(format!("http://{}", addrs[3])).await.expect("connect");
+    let cancel = |id: &str| pb::CancelScheduledRequest { queue: Some(queue.clone()), message_id: id.to_owned() };
+    client.cancel_scheduled(cancel(&ids[2])).await.expect("cancel a message from the shipped slice file");
+    // Same deliver-at time (so the same slice), another id.
+    let mut unknown = *uuid::Uuid::parse_str(&ids[3]).expect("a message id").as_bytes();
+    unknown[15] ^= 0xff;
+    let unknown = uuid::Uuid::from_bytes(unknown).to_string();
+    let status = client.cancel_scheduled(cancel(&unknown)).await.expect_err("an unknown id");
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+
+    drop(client);
+    for node in nodes.into_iter().flatten() {
+        node.shutdown().await;
+    }
+    metadata.stop().await;
+}

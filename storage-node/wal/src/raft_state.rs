@@ -9,6 +9,13 @@
 //! (`snapshot`) in the store directory. At start-up the state is loaded from that file and
 //! openraft re-applies the log after it. A snapshot never holds message bodies: those stay in
 //! the log and its tiered segments.
+//!
+//! A state may keep files beside its snapshot that its applies write (the shard's slice files of
+//! scheduled messages). A snapshot sent to another replica carries them: what the files hold up
+//! to the snapshot's index is read when the snapshot is sent ([`ReplicatedState::export_side_files`])
+//! and written at the receiver before the state opens them
+//! ([`ReplicatedState::import_side_files`]). Storing a snapshot, sending one and installing one
+//! hold the same lock, so a file a sent snapshot counts is not removed while it is read.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -60,6 +67,23 @@ pub trait ReplicatedState: Default + Serialize + DeserializeOwned + Send + Sync 
     /// stored.
     fn snapshot_stored(&self) -> io::Result<()> {
         Ok(())
+    }
+
+    /// The side files in `dir` as another replica needs them with the snapshot at `last_index`,
+    /// as one value (empty when there are none). The files may be ahead of the snapshot (applies
+    /// went on since): what later entries wrote must be left out.
+    fn export_side_files(_dir: &Path, _last_index: u64) -> io::Result<Vec<u8>> {
+        Ok(Vec::new())
+    }
+
+    /// Replaces the side files in `dir` by what another replica exported with a snapshot, durably;
+    /// [`ReplicatedState::open_side_files`] then checks them against the snapshot's state.
+    fn import_side_files(_dir: &Path, exported: &[u8]) -> io::Result<()> {
+        if exported.is_empty() {
+            Ok(())
+        } else {
+            Err(invalid("this state keeps no side files, but a snapshot carries some"))
+        }
     }
 }
 
@@ -127,10 +151,52 @@ fn decode_snapshot<C: RaftTypeConfig, S: DeserializeOwned>(bytes: &[u8]) -> io::
     Ok(Applied { last_applied, membership, state })
 }
 
+/// A snapshot as sent to another replica, when it carries side files: version u8 (2), CRC32C u32
+/// LE of the side files, the stored snapshot's length u64 LE, the stored snapshot, the side
+/// files. Without side files the stored snapshot is sent as it is.
+const TRANSFER_FORMAT_VERSION: u8 = 2;
+const TRANSFER_HEADER_BYTES: usize = 13;
+
+fn encode_transfer(stored: &[u8], side_files: &[u8]) -> Vec<u8> {
+    if side_files.is_empty() {
+        return stored.to_vec();
+    }
+    let mut bytes = Vec::with_capacity(TRANSFER_HEADER_BYTES + stored.len() + side_files.len());
+    bytes.push(TRANSFER_FORMAT_VERSION);
+    bytes.extend_from_slice(&crc32c::crc32c(side_files).to_le_bytes());
+    bytes.extend_from_slice(&(stored.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(stored);
+    bytes.extend_from_slice(side_files);
+    bytes
+}
+
+/// Splits a sent snapshot into the stored snapshot and the side files (checked).
+fn decode_transfer(bytes: &[u8]) -> io::Result<(&[u8], &[u8])> {
+    if bytes.first() != Some(&TRANSFER_FORMAT_VERSION) {
+        return Ok((bytes, &[]));
+    }
+    let header = bytes.get(..TRANSFER_HEADER_BYTES).ok_or_else(|| invalid("sent snapshot is truncated"))?;
+    let crc = u32::from_le_bytes([header[1], header[2], header[3], header[4]]);
+    let mut stored_len = [0u8; 8];
+    stored_len.copy_from_slice(&header[5..13]);
+    let rest = &bytes[TRANSFER_HEADER_BYTES..];
+    let stored_len = usize::try_from(u64::from_le_bytes(stored_len))
+        .ok()
+        .filter(|&n| n <= rest.len())
+        .ok_or_else(|| invalid("sent snapshot is truncated"))?;
+    let (stored, side_files) = rest.split_at(stored_len);
+    if crc32c::crc32c(side_files) != crc {
+        return Err(invalid("sent snapshot's side files fail their checksum"));
+    }
+    Ok((stored, side_files))
+}
+
 /// The shared part of a state machine store: readable by the rest of the process.
 pub struct SharedState<C: RaftTypeConfig, S> {
     applied: RwLock<Applied<C, S>>,
     applied_index: watch::Sender<u64>,
+    /// The stored snapshot. Held while one is stored (through [`ReplicatedState::snapshot_stored`]),
+    /// sent (reading the side files) or installed (writing them).
     snapshot: Mutex<Option<(SnapshotMetaOf<C>, Vec<u8>)>>,
     dir: PathBuf,
 }
@@ -221,9 +287,15 @@ impl<C: RaftTypeConfig, S: ReplicatedState> StateMachineStore<C, S> {
         Ok((meta, bytes))
     }
 
-    fn store_snapshot(&self, meta: SnapshotMetaOf<C>, bytes: Vec<u8>) -> io::Result<SnapshotOf<C, Vec<u8>>> {
+    /// Writes `bytes` as the stored snapshot; `slot` is the held [`SharedState::snapshot`].
+    fn store_snapshot(
+        &self,
+        slot: &mut Option<(SnapshotMetaOf<C>, Vec<u8>)>,
+        meta: SnapshotMetaOf<C>,
+        bytes: Vec<u8>,
+    ) -> io::Result<SnapshotOf<C, Vec<u8>>> {
         write_file_atomic(&self.shared.dir.join(SNAPSHOT_FILE), &bytes)?;
-        *self.shared.snapshot.lock() = Some((meta.clone(), bytes.clone()));
+        *slot = Some((meta.clone(), bytes.clone()));
         Ok(openraft::Snapshot { meta, snapshot: bytes })
     }
 }
@@ -244,8 +316,16 @@ where
             let started = std::time::Instant::now();
             let (meta, bytes) = store.encode_current()?;
             let encoded_after = started.elapsed();
-            let snapshot = store.store_snapshot(meta, bytes)?;
+            let mut slot = store.shared.snapshot.lock();
+            // A snapshot installed from the leader meanwhile is newer than this one: keep it.
+            if let Some((stored_meta, stored_bytes)) = slot.as_ref()
+                && stored_meta.last_log_id >= meta.last_log_id
+            {
+                return Ok(openraft::Snapshot { meta: stored_meta.clone(), snapshot: stored_bytes.clone() });
+            }
+            let snapshot = store.store_snapshot(&mut slot, meta, bytes)?;
             store.shared.applied.read().state.snapshot_stored()?;
+            drop(slot);
             tracing::debug!(
                 bytes = snapshot.snapshot.len(),
                 encode_ms = encoded_after.as_millis() as u64,
@@ -311,26 +391,41 @@ where
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<C>, snapshot: Vec<u8>) -> Result<(), io::Error> {
-        let mut applied: Applied<C, S> = decode_snapshot(&snapshot)?;
+        let (stored, side_files) = decode_transfer(&snapshot)?;
+        let mut applied: Applied<C, S> = decode_snapshot(stored)?;
         if applied.last_applied != meta.last_log_id {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot content does not match its metadata"));
         }
         let index = applied.last_applied.as_ref().map_or(0, |l| l.index());
-        // Side files do not travel with a snapshot: a state that keeps any refuses one whose
-        // files it does not already hold.
-        applied.state.open_side_files(&self.shared.dir, Some(index))?;
-        *self.shared.applied.write() = applied;
-        self.store_snapshot(meta.clone(), snapshot)?;
-        self.shared.applied_index.send_replace(index);
-        Ok(())
+        let store = self.clone();
+        let meta = meta.clone();
+        let stored = stored.to_vec();
+        let side_files = side_files.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let mut slot = store.shared.snapshot.lock();
+            S::import_side_files(&store.shared.dir, &side_files)?;
+            applied.state.open_side_files(&store.shared.dir, Some(index))?;
+            *store.shared.applied.write() = applied;
+            store.store_snapshot(&mut slot, meta, stored)?;
+            store.shared.applied_index.send_replace(index);
+            Ok(())
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
+    /// The stored snapshot with what its side files hold up to its index, read on a blocking
+    /// thread (they may be large).
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, Vec<u8>>>, io::Error> {
-        Ok(self
-            .shared
-            .snapshot
-            .lock()
-            .as_ref()
-            .map(|(meta, bytes)| openraft::Snapshot { meta: meta.clone(), snapshot: bytes.clone() }))
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let slot = shared.snapshot.lock();
+            let Some((meta, stored)) = slot.as_ref() else { return Ok(None) };
+            let index = meta.last_log_id.as_ref().map_or(0, |l| l.index());
+            let side_files = S::export_side_files(&shared.dir, index)?;
+            Ok(Some(openraft::Snapshot { meta: meta.clone(), snapshot: encode_transfer(stored, &side_files) }))
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 }
