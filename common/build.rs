@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".strata.v1.NewMessage.body")
         .bytes(".strata.v1.ReceivedMessage.body")
         .bytes(".strata.v1.RaftMessage.payload")
+        .bytes(".strata.v1.ReadLogEntriesResponse.entries")
         // The metadata catalog stores segment records and queue configs as they travel, so one
         // type serves both.
         .type_attribute(".strata.v1.Segment", "#[derive(serde::Serialize, serde::Deserialize)]")

@@ -4,6 +4,7 @@
 //! The proxy reaches it only through its gRPC API ([`service`]): over the network, or by calling
 //! the same service in process when both run in one process ([`StorageNode::grpc_service`]).
 
+pub mod backfill;
 pub mod node;
 pub mod queue;
 pub mod schedule_files;

@@ -19,6 +19,7 @@ use strata_metadata::leases::HEARTBEAT_INTERVAL_MS;
 use strata_wal::transport::RaftRouter;
 use tokio_util::sync::CancellationToken;
 
+use crate::backfill::backfill_shard_once;
 use crate::queue::Command;
 use crate::service::StorageService;
 use crate::shard::{Shard, ShardLogSettings, ShardReplicas};
@@ -306,6 +307,7 @@ impl Host {
             tokio::spawn(move_loop(shard.clone(), cancel.clone())),
             tokio::spawn(schedule_loop(shard.clone(), cancel.clone())),
             tokio::spawn(membership_loop(shard.clone(), self.metadata.clone(), cancel.clone())),
+            tokio::spawn(backfill_loop(shard.clone(), self.metadata.clone(), cancel.clone())),
         ];
         self.shards.write().insert(placement.shard_id, shard.clone());
         self.hosted.lock().await.insert(placement.shard_id, Hosted { shard, cancel, tasks });
@@ -418,6 +420,25 @@ async fn membership_loop(shard: Arc<Shard>, metadata: MetadataClient, cancel: Ca
                 }
                 Err(e) => tracing::warn!(shard = shard.shard_id, error = %e, "confirming a replica move failed"),
             }
+        }
+    }
+}
+
+/// How often a replica checks for live entries before its snapshot that only its peers hold.
+const BACKFILL_TICK: Duration = Duration::from_secs(1);
+
+/// Any replica: copies the live entries before its snapshot that only its peers hold (see
+/// `backfill`), soon after it caught up by snapshot rather than at the next tiering pass.
+async fn backfill_loop(shard: Arc<Shard>, metadata: MetadataClient, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(BACKFILL_TICK) => {}
+        }
+        match backfill_shard_once(&shard, &metadata).await {
+            Ok(pass) if pass != Default::default() => tracing::info!(shard = shard.shard_id, ?pass, "backfill pass"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(shard = shard.shard_id, error = %e, "backfill pass failed; will retry"),
         }
     }
 }

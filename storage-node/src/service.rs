@@ -395,14 +395,15 @@ impl Storage for StorageService {
         Ok(Response::new(pb::Empty {}))
     }
 
-    async fn read_log_entry(
+    async fn read_log_entries(
         &self,
-        request: Request<pb::ReadLogEntryRequest>,
-    ) -> Result<Response<pb::ReadLogEntryResponse>, Status> {
+        request: Request<pb::ReadLogEntriesRequest>,
+    ) -> Result<Response<pb::ReadLogEntriesResponse>, Status> {
         let r = request.into_inner();
         let shard = self.shards.read().get(&r.shard_id).cloned();
         let shard = shard.ok_or_else(|| StrataError::unavailable("the shard is not served here"))?;
-        Ok(Response::new(pb::ReadLogEntryResponse { entry: shard.local_entry_bytes(r.index)? }))
+        let entries = shard.local_entries(r.first_index, r.count_max)?;
+        Ok(Response::new(pb::ReadLogEntriesResponse { entries }))
     }
 }
 

@@ -24,6 +24,7 @@ use strata_wal::{FsyncFailure, WalOptions};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::backfill::{BackfillFiles, FETCH_BYTES_MAX, FETCH_ENTRIES_MAX};
 use crate::queue::schedule::{
     LOAD_CHUNK_RECORDS_MAX, ScheduledMessage, SliceRecord, deliver_at_of, is_waiting_in, slice_of,
 };
@@ -66,6 +67,8 @@ pub struct ShardMachine(pub ShardState, #[serde(skip)] Option<SliceFiles>);
 
 /// Where a shard's slice files live, inside its state-machine directory.
 const SCHEDULE_DIR: &str = "schedule";
+/// Where a shard's backfill files live, inside its directory.
+const BACKFILL_DIR: &str = "backfill";
 
 impl ShardMachine {
     /// The directory of the slice files (`None` before the store opened them).
@@ -204,6 +207,11 @@ pub struct Shard {
     /// share one connection.
     peers: parking_lot::Mutex<HashMap<String, PeerClient>>,
     group: RaftGroup<ShardRaftConfig, ShardMachine>,
+    /// Entries before this replica's snapshot copied from its peers (see `backfill`).
+    backfill: BackfillFiles,
+    /// The purge point up to which the log, the backfill files and the bucket were last seen to
+    /// hold every live entry.
+    backfill_verified_through: std::sync::atomic::AtomicU64,
     clock: Arc<dyn Clock>,
     tiered: Arc<TieredReader>,
 }
@@ -265,8 +273,20 @@ impl Shard {
                 group
             }
         };
-        let (writer_claim, placement, peers) = Default::default();
-        Ok(Self { shard_id, node_id: node_id.to_owned(), writer_claim, placement, peers, group, clock, tiered })
+        let backfill = BackfillFiles::open(&dir.join(BACKFILL_DIR))?;
+        let (writer_claim, placement, peers, backfill_verified_through) = Default::default();
+        Ok(Self {
+            shard_id,
+            node_id: node_id.to_owned(),
+            writer_claim,
+            placement,
+            peers,
+            group,
+            backfill,
+            backfill_verified_through,
+            clock,
+            tiered,
+        })
     }
 
     /// Waits until a read of this replica's state is linearizable: it leads (confirmed by a
@@ -440,20 +460,47 @@ impl Shard {
         self.group.log.wal()
     }
 
-    /// The committed entry at `index` from the local log, encoded for a peer (empty if this
-    /// replica does not hold it: not committed yet, released, or before its snapshot).
-    pub fn local_entry_bytes(&self, index: u64) -> Result<Vec<u8>, StrataError> {
-        if self.applied_index().is_none_or(|applied| index > applied) {
-            return Ok(Vec::new());
-        }
-        match self.group.log.read_entry(index) {
-            Ok(Some(entry)) => postcard::to_allocvec(&entry).map_err(|e| StrataError::internal(e.to_string())),
-            Ok(None) => Ok(Vec::new()),
-            Err(e) => {
-                tracing::error!(shard = self.shard_id, index, error = %e, "local log read failed");
-                Err(StrataError::internal("could not read the log"))
+    pub fn backfill(&self) -> &BackfillFiles {
+        &self.backfill
+    }
+
+    pub fn backfill_verified_through(&self) -> u64 {
+        self.backfill_verified_through.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_backfill_verified_through(&self, purged_index: u64) {
+        self.backfill_verified_through.fetch_max(purged_index, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The encoded entry at `index` from this replica's WAL or backfill files, if it holds it.
+    fn local_record(&self, index: u64) -> Result<Option<Bytes>, StrataError> {
+        let read = self.wal().read(index).map_err(std::io::Error::other).and_then(|local| match local {
+            Some(bytes) => Ok(Some(bytes)),
+            None => self.backfill.read(index),
+        });
+        read.map_err(|e| {
+            tracing::error!(shard = self.shard_id, index, error = %e, "local log read failed");
+            StrataError::internal("could not read the log")
+        })
+    }
+
+    /// Committed entries from `first_index` on that this replica holds locally, encoded for a
+    /// peer: consecutive, stopping before the first it lacks (not committed yet, released, or
+    /// before its snapshot and not copied), at `count_max` (capped) or at about 4 MiB.
+    pub fn local_entries(&self, first_index: u64, count_max: u32) -> Result<Vec<Bytes>, StrataError> {
+        let applied = self.applied_index().unwrap_or(0);
+        let count_max = u64::from(count_max.clamp(1, FETCH_ENTRIES_MAX));
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        for index in first_index..first_index.saturating_add(count_max) {
+            if index > applied || bytes >= FETCH_BYTES_MAX {
+                break;
             }
+            let Some(entry) = self.local_record(index)? else { break };
+            bytes += entry.len();
+            entries.push(entry);
         }
+        Ok(entries)
     }
 
     /// A client of the replica at `address` (`None` if the address is not one).
@@ -468,9 +515,10 @@ impl Shard {
         Some(client)
     }
 
-    /// The entry at `index` from another replica's local log: for a replica that caught up by
-    /// snapshot (so lacks entries before it) while they are not in the bucket yet.
-    async fn entry_from_peers(&self, index: u64) -> Result<openraft::alias::EntryOf<ShardRaftConfig>, StrataError> {
+    /// Up to `count_max` consecutive entries from `first_index` on, from the first other replica
+    /// whose local log holds `first_index`: for a replica that caught up by snapshot (so lacks
+    /// entries before it) while they are not in the bucket. Empty when no peer answers with it.
+    pub async fn entries_from_peers(&self, first_index: u64, count_max: u32) -> Vec<(u64, Bytes)> {
         let peers: Vec<String> = {
             let metrics = self.group.raft.metrics().borrow_watched().clone();
             let membership = metrics.membership_config.membership();
@@ -478,31 +526,46 @@ impl Shard {
         };
         for peer in peers {
             let Some(mut client) = self.peer_client(&peer) else { continue };
-            let request = strata_common::proto::ReadLogEntryRequest { shard_id: self.shard_id, index };
-            match client.read_log_entry(request).await {
-                Ok(answer) if !answer.get_ref().entry.is_empty() => {
-                    return postcard::from_bytes(&answer.get_ref().entry).map_err(|e| {
-                        tracing::error!(shard = self.shard_id, index, peer, error = %e, "undecodable entry from a peer");
-                        StrataError::internal("a peer sent a damaged log entry")
-                    });
+            let request =
+                strata_common::proto::ReadLogEntriesRequest { shard_id: self.shard_id, first_index, count_max };
+            match client.read_log_entries(request).await {
+                Ok(answer) if !answer.get_ref().entries.is_empty() => {
+                    return (first_index..).zip(answer.into_inner().entries).collect();
                 }
                 Ok(_) => {}
-                Err(e) => tracing::debug!(shard = self.shard_id, index, peer, error = %e, "peer read failed"),
+                Err(e) => tracing::debug!(shard = self.shard_id, first_index, peer, error = %e, "peer read failed"),
             }
         }
-        tracing::error!(shard = self.shard_id, index, "log entry is neither local, nor tiered, nor on a peer");
-        Err(StrataError::unavailable("a message could not be read from the log now; retry"))
+        Vec::new()
     }
 
-    /// Reads the message a [`MessageRef`] points at: local WAL first, then object storage, then
-    /// another replica's local log.
+    /// The entry at `index` from another replica's local log (see [`Shard::entries_from_peers`]).
+    async fn entry_from_peers(&self, index: u64) -> Result<openraft::alias::EntryOf<ShardRaftConfig>, StrataError> {
+        match self.entries_from_peers(index, 1).await.pop() {
+            Some((_, bytes)) => decode_entry(&bytes),
+            None => {
+                tracing::error!(shard = self.shard_id, index, "log entry is neither local, nor tiered, nor on a peer");
+                Err(StrataError::unavailable("a message could not be read from the log now; retry"))
+            }
+        }
+    }
+
+    /// Reads the message a [`MessageRef`] points at: local WAL first (then its backfill files),
+    /// then object storage, then another replica's local log.
     pub async fn read_message(&self, at: MessageRef) -> Result<NewMessage, StrataError> {
         let entry = match self.group.log.read_entry(at.log_index) {
             Ok(Some(entry)) => entry,
-            Ok(None) => match self.tiered.read_entry(self.shard_id, at.log_index).await {
-                Ok(entry) => entry,
-                Err(e) if e.kind == ErrorKind::Internal => self.entry_from_peers(at.log_index).await?,
-                Err(e) => return Err(e),
+            Ok(None) => match self.backfill.read(at.log_index) {
+                Ok(Some(bytes)) => decode_entry(&bytes)?,
+                Ok(None) => match self.tiered.read_entry(self.shard_id, at.log_index).await {
+                    Ok(entry) => entry,
+                    Err(e) if e.kind == ErrorKind::Internal => self.entry_from_peers(at.log_index).await?,
+                    Err(e) => return Err(e),
+                },
+                Err(e) => {
+                    tracing::error!(shard = self.shard_id, index = at.log_index, error = %e, "backfill read failed");
+                    return Err(StrataError::internal("could not read a message from the log"));
+                }
             },
             Err(e) => {
                 tracing::error!(shard = self.shard_id, index = at.log_index, error = %e, "local log read failed");

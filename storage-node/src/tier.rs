@@ -349,7 +349,7 @@ async fn upload_segment(
 }
 
 /// Entries below both the oldest live message and the purge point are never read again.
-fn reclaim_below(shard: &crate::shard::Shard, purged_index: Option<u64>) -> u64 {
+pub(crate) fn reclaim_below(shard: &crate::shard::Shard, purged_index: Option<u64>) -> u64 {
     let live_min = shard.state().0.min_live_log_index();
     match (live_min, purged_index) {
         (_, None) => 0,
@@ -371,15 +371,15 @@ pub async fn tiered_through_snapshot(
 }
 
 /// The index ranges the catalog covers, in order.
-fn covered_ranges(catalog: &[pb::Segment]) -> Vec<(u64, u64)> {
+pub(crate) fn covered_ranges(catalog: &[pb::Segment]) -> Vec<(u64, u64)> {
     let mut covered: Vec<(u64, u64)> = catalog.iter().map(|s| (s.first_index, s.last_index)).collect();
     covered.sort_unstable();
     covered
 }
 
-/// The parts of `first..=last` that no range of `covered` (inclusive, non-overlapping, in order)
-/// covers.
-fn gaps(covered: &[(u64, u64)], first: u64, last: u64) -> Vec<(u64, u64)> {
+/// The parts of `first..=last` that no range of `covered` (inclusive, sorted by start; they may
+/// overlap) covers.
+pub(crate) fn gaps(covered: &[(u64, u64)], first: u64, last: u64) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
     let mut at = first;
     for &(from, to) in covered {
@@ -415,6 +415,30 @@ async fn claim_writer_epoch(shard: &crate::shard::Shard, metadata: &MetadataClie
     Ok(claimed.writer_epoch)
 }
 
+/// Uploads and records the live entries of a segment file that the catalog does not cover yet
+/// (one object per gap); answers how many objects.
+#[allow(clippy::too_many_arguments)]
+async fn upload_gaps(
+    shard: &crate::shard::Shard,
+    store: &dyn ObjectStore,
+    metadata: &MetadataClient,
+    reader: &TieredReader,
+    writer_epoch: u64,
+    info: &strata_wal::SegmentInfo,
+    reclaim_below: u64,
+    covered: &mut Vec<(u64, u64)>,
+) -> Result<usize, StrataError> {
+    let mut uploaded = 0;
+    for (first, last) in gaps(covered, info.first_index.max(reclaim_below), info.last_index) {
+        let segment = upload_segment(store, shard.shard_id, writer_epoch, info, first, last).await?;
+        metadata.commit_segment(segment).await?;
+        covered.insert(covered.partition_point(|range| *range < (first, last)), (first, last));
+        reader.stats.segments_uploaded.fetch_add(1, Ordering::Relaxed);
+        uploaded += 1;
+    }
+    Ok(uploaded)
+}
+
 /// What one tiering pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TierPass {
@@ -443,17 +467,18 @@ pub async fn tier_shard_once(
     let purged_index = shard.purged_index();
     let reclaim_below = reclaim_below(shard, purged_index);
     let mut needs_snapshot = false;
+    // Entries copied from peers (this replica joined by snapshot) tier like sealed segments; the
+    // backfill pass removes their files once the catalog covers them.
+    for info in shard.backfill().segments() {
+        pass.uploaded +=
+            upload_gaps(shard, store, metadata, reader, writer_epoch, &info, reclaim_below, &mut covered).await?;
+    }
     for info in shard.wal().sealed_segments() {
         if info.last_index > applied_index {
             break;
         }
-        for (first, last) in gaps(&covered, info.first_index.max(reclaim_below), info.last_index) {
-            let segment = upload_segment(store, shard.shard_id, writer_epoch, &info, first, last).await?;
-            metadata.commit_segment(segment).await?;
-            covered.insert(covered.partition_point(|range| *range < (first, last)), (first, last));
-            reader.stats.segments_uploaded.fetch_add(1, Ordering::Relaxed);
-            pass.uploaded += 1;
-        }
+        pass.uploaded +=
+            upload_gaps(shard, store, metadata, reader, writer_epoch, &info, reclaim_below, &mut covered).await?;
         // Tiered (or dead) and recorded: the file may go once no restart would replay it.
         if purged_index.is_some_and(|p| info.last_index <= p) {
             let removed = shard.wal().remove_sealed_through(info.last_index).map_err(|e| {

@@ -458,6 +458,14 @@ async fn a_replica_moves_to_a_new_node_without_losing_a_send() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(!root.path().join(format!("storage-{from}/shards/00000001")).exists(), "the old replica kept its data");
+    // What the new replica copied from its peers goes once the bucket holds it.
+    let joined = nodes[3].as_ref().and_then(|n| n.shard(1)).expect("the new replica");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !joined.backfill().covered().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "backfill files stayed: {:?}", joined.backfill().covered());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(joined);
 
     // The group is the two remaining originals and the new node: it commits without the
     // node that left, and without one of the originals.
@@ -489,10 +497,11 @@ async fn a_replica_moves_to_a_new_node_without_losing_a_send() {
 }
 
 /// A replica moved to a new node joins by snapshot, so its log lacks the entries before it.
-/// With nothing tiered yet it reads those messages from its peers' logs, and the old replica
-/// does not leave the group (the bucket does not hold what the new one lacks).
+/// With nothing tiered yet it reads those messages from its peers' logs and copies them into
+/// backfill files, after which it needs no peer to read them; the old replica does not leave the
+/// group meanwhile (the bucket does not hold what the new one lacked).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_joined_by_snapshot_reads_older_messages_from_its_peers() {
+async fn a_replica_joined_by_snapshot_copies_older_entries_from_its_peers() {
     let root = tempfile::tempdir().expect("tempdir");
     let metadata = Metadata::start(root.path()).await;
     let (metadata_endpoint, meta_client) = (metadata.endpoint.clone(), metadata.client.clone());
@@ -527,7 +536,7 @@ async fn a_replica_joined_by_snapshot_reads_older_messages_from_its_peers() {
         assert!(tokio::time::Instant::now() < deadline, "the new replica did not catch up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let missing = (1..=applied).filter(|&i| joined.local_entry_bytes(i).is_ok_and(|e| e.is_empty())).count();
+    let missing = (1..=applied).filter(|&i| joined.wal().read(i).is_ok_and(|e| e.is_none())).count();
     assert!(missing > 10, "the replica did not join by snapshot (its log lacks only {missing} entries)");
 
     // Every message, including those before its log starts, reads back at the new replica.
@@ -545,6 +554,29 @@ async fn a_replica_joined_by_snapshot_reads_older_messages_from_its_peers() {
     let shard = meta_client.get_shard(1).await.expect("shard");
     assert_eq!(shard.leaving, [format!("storage-{from}")], "{shard:?}");
     assert!(nodes[from].as_ref().and_then(|n| n.shard(1)).is_some(), "the old replica left too early");
+
+    // Meanwhile the new replica copied those entries from its peers: with every peer gone, it
+    // still reads every message.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let purged = joined.purged_index().expect("joined by snapshot");
+    while joined.backfill_verified_through() < purged {
+        assert!(tokio::time::Instant::now() < deadline, "the new replica did not copy its peers' log");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!joined.backfill().covered().is_empty(), "nothing was copied");
+    let mut nodes = nodes;
+    for peer in (0..3).filter_map(|i| nodes[i].take()) {
+        peer.shutdown().await;
+    }
+    let mut bodies = Vec::new();
+    for log_index in 1..=applied {
+        if let Ok(message) = joined.read_message(MessageRef { log_index, slot: 0 }).await {
+            bodies.push(String::from_utf8_lossy(&message.body).into_owned());
+        }
+    }
+    bodies.sort();
+    assert_eq!(bodies, sent, "messages before the replica's snapshot read from its backfill files");
+    drop(joined);
 
     for node in nodes.into_iter().flatten() {
         node.shutdown().await;
@@ -619,7 +651,7 @@ async fn a_replica_joined_by_snapshot_receives_the_slice_files_of_scheduled_mess
         node.shutdown().await;
     }
     let joined = nodes[3].as_ref().and_then(|n| n.shard(1)).expect("the new replica");
-    let missing = (1..=10).filter(|&i| joined.local_entry_bytes(i).is_ok_and(|e| e.is_empty())).count();
+    let missing = (1..=10).filter(|&i| joined.wal().read(i).is_ok_and(|e| e.is_none())).count();
     assert_eq!(missing, 10, "the new replica did not join by snapshot");
     let counts = joined.state().0.slice_record_counts();
     assert_eq!(counts.values().sum::<u64>(), 5, "{counts:?}");
