@@ -31,7 +31,7 @@ use strata_metadata::MetadataClient;
 use strata_wal::format::{encode_record_into, encode_segment_header};
 use strata_wal::{RecordLocation, SegmentInfo, scan_segment_bytes};
 
-use crate::shard::Shard;
+use crate::shard::{Shard, decode_entry};
 use crate::tier::{covered_ranges, gaps, reclaim_below};
 
 /// Entries asked of a peer per call.
@@ -208,6 +208,14 @@ pub async fn backfill_shard_once(shard: &Shard, metadata: &MetadataClient) -> Re
             if entries.is_empty() {
                 pass.missing += last - at + 1;
                 break;
+            }
+            // What a peer sent must be the entries asked for, whole.
+            for (index, bytes) in &entries {
+                let entry = decode_entry(bytes)?;
+                if entry.log_id.index() != *index {
+                    tracing::error!(shard = shard.shard_id, index, "a peer answered another log entry");
+                    return Err(StrataError::internal("a peer answered the wrong log entry"));
+                }
             }
             let next = at + entries.len() as u64;
             files.write(&entries).map_err(|e| {
