@@ -26,7 +26,7 @@ enum Command {
     /// Run every role in one process on the embedded defaults (local object store, one replica).
     Dev(dev::DevArgs),
     /// Run one member of the metadata quorum from its config file.
-    Metadata(roles::RoleArgs),
+    Metadata(roles::MetadataArgs),
     /// Run one storage node from its config file.
     Storage(roles::RoleArgs),
     /// Run one proxy (native and SQS APIs, admin API) from its config file.

@@ -40,6 +40,18 @@ pub struct RoleArgs {
     config: PathBuf,
 }
 
+#[derive(Args, Debug)]
+pub struct MetadataArgs {
+    #[command(flatten)]
+    role: RoleArgs,
+    /// Before starting, seed this member's empty data directory from the newest copy of the
+    /// quorum's snapshots in `[object_store]` (disaster recovery after every member's disk is
+    /// gone; catalog changes after that copy are lost). Start the other members empty, without
+    /// `initialize`.
+    #[arg(long)]
+    restore_from_bucket: bool,
+}
+
 /// A metadata member's config file. With `[object_store]`, the leader copies the quorum's
 /// snapshots there every `backup_interval_s` (under `metadata/snapshots/`).
 #[derive(Debug, Deserialize)]
@@ -67,9 +79,9 @@ fn read_config<T: serde::de::DeserializeOwned>(path: &PathBuf) -> anyhow::Result
 }
 
 /// Runs one metadata member until SIGTERM or Ctrl-C.
-pub async fn metadata(args: RoleArgs) -> anyhow::Result<()> {
+pub async fn metadata(args: MetadataArgs) -> anyhow::Result<()> {
     init_tracing();
-    let config: MetadataConfig = read_config(&args.config)?;
+    let config: MetadataConfig = read_config(&args.role.config)?;
     let mut members = BTreeMap::new();
     for (id, endpoint) in config.members {
         let id: u64 = id.parse().with_context(|| format!("member id '{id}' is not a number"))?;
@@ -77,6 +89,13 @@ pub async fn metadata(args: RoleArgs) -> anyhow::Result<()> {
     }
     let settings = MemberSettings { node_id: config.node_id, members, initialize: config.initialize };
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    if args.restore_from_bucket {
+        let store = config.object_store.as_ref().context("--restore-from-bucket needs [object_store] in the config")?;
+        let (key, index) = backup::restore_newest(store.build()?.as_ref(), &config.data_dir, &settings)
+            .await
+            .context("restoring metadata from the bucket")?;
+        tracing::info!(key, index, "metadata member seeded from a snapshot copy");
+    }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let node = MetadataNode::open_member(&config.data_dir, &settings, clock).await.context("opening metadata")?;
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -4,20 +4,25 @@
 //! The leader uploads its latest snapshot whenever it is newer than the last one it uploaded,
 //! as `metadata/snapshots/{last index:020}-{term:020}.snap` (the snapshot's metadata and bytes,
 //! postcard-encoded), and keeps the newest [`BACKUPS_KEPT`]. Keys sort by log index, so the
-//! newest is the last one listed. Followers upload nothing.
+//! newest is the last one listed. Followers upload nothing. [`restore_newest`] seeds a new
+//! member from the newest copy when every member's disk is gone.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
-use openraft::alias::SnapshotMetaOf;
+use openraft::BasicNode;
+use openraft::alias::{SnapshotMetaOf, VoteOf};
 use strata_common::error::StrataError;
 use tokio_util::sync::CancellationToken;
 
 use crate::MetaRaftConfig;
-use crate::server::MetadataNode;
+use crate::catalog::Catalog;
+use crate::server::{MemberSettings, MetadataNode};
+use strata_wal::group::seed_group;
 
 /// Where the copies go in the bucket.
 pub const BACKUP_PREFIX: &str = "metadata/snapshots";
@@ -92,4 +97,27 @@ pub async fn run(node: Arc<MetadataNode>, store: Arc<dyn ObjectStore>, interval:
             tracing::warn!(error = %e, "metadata backup failed; will retry");
         }
     }
+}
+
+/// Seeds a new member's directory from the newest copy in the bucket, for a quorum that lost
+/// every member's disk: the member starts from that snapshot with `member`'s list as voters; the
+/// other members start with empty directories and catch up from it once it leads. What the
+/// quorum committed after that copy is lost (at most one `backup_interval_s` of catalog
+/// changes). Refuses a directory that holds a replica. Answers the copy's key and last log index.
+pub async fn restore_newest(
+    store: &dyn ObjectStore,
+    dir: &Path,
+    member: &MemberSettings,
+) -> Result<(String, u64), StrataError> {
+    let keys = list(store).await?;
+    let key = keys.last().ok_or_else(|| StrataError::invalid("the bucket holds no metadata snapshot copy"))?;
+    let (_, snapshot) = read(store, key).await?;
+    let members = member.members.iter().map(|(&id, addr)| (id, BasicNode { addr: addr.clone() })).collect();
+    let node_id = member.node_id;
+    let last = seed_group::<MetaRaftConfig, Catalog>(dir, &snapshot, members, |last| {
+        VoteOf::<MetaRaftConfig>::new(last.leader_id.term, node_id)
+    })
+    .map_err(|e| StrataError::invalid(format!("cannot restore into {}: {e}", dir.display())))?;
+    tracing::info!(key, index = last.index, "metadata restored from a snapshot copy");
+    Ok((key.clone(), last.index))
 }

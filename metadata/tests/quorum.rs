@@ -212,3 +212,86 @@ async fn members_are_added_and_removed_while_the_quorum_serves() {
         stop(member).await;
     }
 }
+
+/// Every member's disk is lost: one new member is seeded from the newest snapshot copy in the
+/// bucket, with a new member list (other addresses), and two more start empty. The quorum elects
+/// the restored member, the others catch up from it, the catalog is as the copy had it (what
+/// came after the copy is lost, as documented), new writes get fresh ids, and the quorum keeps
+/// the catalog without the restored member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_that_lost_every_disk_restores_from_the_bucket() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let bucket = root.path().join("bucket");
+    std::fs::create_dir_all(&bucket).expect("bucket dir");
+    let store = object_store::local::LocalFileSystem::new_with_prefix(&bucket).expect("local store");
+
+    let before = root.path().join("before");
+    let addrs: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, free_addr())).collect();
+    let mut members = Vec::new();
+    for id in 1..=3 {
+        members.push(start(&before, id, &addrs, id == 1).await);
+    }
+    let endpoints =
+        |addrs: &BTreeMap<u64, SocketAddr>| addrs.values().map(|a| format!("http://{a}")).collect::<Vec<_>>().join(",");
+    let client = MetadataClient::connect_lazy(&endpoints(&addrs)).expect("client");
+    client.ensure_tenant("acme").await.expect("tenant");
+    let storage = pb::RegisterStorageNodeRequest {
+        node_id: "storage-1".into(),
+        address: "http://127.0.0.1:1".into(),
+        initial_shards: 2,
+        ..Default::default()
+    };
+    client.register_storage_node(storage).await.expect("register a storage node");
+    let mut kept = Vec::new();
+    for name in ["orders", "invoices"] {
+        kept.push(client.create_queue("acme", name, config()).await.expect("create"));
+    }
+    let lead = leader(&members).await;
+    let leader_node = &members.iter().find(|m| m.id == lead).expect("leader").node;
+    leader_node.snapshot_now().await.expect("snapshot");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while leader_node.latest_snapshot().await.expect("snapshot").is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "no snapshot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    strata_metadata::backup::backup_once(leader_node, &store).await.expect("backup").expect("a copy");
+    // After the copy: lost with the disks.
+    client.create_queue("acme", "late", config()).await.expect("create");
+    for member in members {
+        stop(member).await;
+    }
+    drop(client);
+
+    let after = root.path().join("after");
+    let addrs: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, free_addr())).collect();
+    let settings = MemberSettings {
+        node_id: 1,
+        members: addrs.iter().map(|(&id, addr)| (id, format!("http://{addr}"))).collect(),
+        initialize: false,
+    };
+    let (_, index) =
+        strata_metadata::backup::restore_newest(&store, &after.join("member-1"), &settings).await.expect("restore");
+    assert!(index > 0);
+    let mut members = Vec::new();
+    for id in 1..=3 {
+        members.push(start(&after, id, &addrs, false).await);
+    }
+    let client = MetadataClient::connect_lazy(&endpoints(&addrs)).expect("client");
+    assert_eq!(queue_names(&client).await, ["invoices", "orders"]);
+    let info = client.get_queue("acme", "orders").await.expect("a restored queue");
+    assert_eq!(info.queue_id, kept[0].queue_id);
+    let fresh = client.create_queue("acme", "fresh", config()).await.expect("create after restore");
+    assert!(kept.iter().all(|q| q.queue_id != fresh.queue_id), "a new queue reused an id");
+
+    // A directory holding a replica is not overwritten.
+    let refused = strata_metadata::backup::restore_newest(&store, &after.join("member-1"), &settings).await;
+    assert!(refused.is_err(), "{refused:?}");
+
+    // The empty members caught up from the restored one: they keep the catalog without it.
+    let restored = members.remove(0);
+    stop(restored).await;
+    assert_eq!(queue_names(&client).await, ["fresh", "invoices", "orders"]);
+    for member in members {
+        stop(member).await;
+    }
+}

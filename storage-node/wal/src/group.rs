@@ -15,6 +15,8 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::network::{NetSnapshot, RaftNetworkFactory};
 use openraft::{Config, LogIdOptionExt, Raft, RaftTypeConfig, ServerState};
 
+use openraft::alias::{LogIdOf, VoteOf};
+
 use crate::WalOptions;
 use crate::raft_state::{EntryCommand, ReplicatedState, SharedState, StateMachineStore};
 use crate::raft_store::{SegmentRetention, WalLogStore};
@@ -87,6 +89,11 @@ where
     }
 }
 
+/// Where a group keeps its log (the WAL and Raft's facts) and its state machine, inside its
+/// directory.
+const LOG_STORE_DIR: &str = "raft";
+const STATE_DIR: &str = "state";
+
 /// Opens the group in `dir` with this node as its only voter, initializing it on first start,
 /// and returns once the node leads and has re-applied everything committed before a restart.
 pub async fn open_single_voter<C, S>(
@@ -116,6 +123,34 @@ where
     Ok(group)
 }
 
+/// Seeds a new group directory from a snapshot taken elsewhere (a copy kept in object storage,
+/// after every replica's disk was lost): this node's vote is `vote_after(snapshot's last log
+/// id)`, which must be in that log id's term, so its first election is in a later one; then the
+/// state starts from the snapshot with `members` as voters. Open the group afterwards without
+/// initial members: the log counts as purged up to the snapshot, and the other members, started
+/// empty, catch up from this one once it leads. Refuses a directory with a stored snapshot.
+pub fn seed_group<C, S>(
+    dir: &Path,
+    snapshot: &[u8],
+    members: BTreeMap<C::NodeId, C::Node>,
+    vote_after: impl FnOnce(&LogIdOf<C>) -> VoteOf<C>,
+) -> io::Result<LogIdOf<C>>
+where
+    C: RaftTypeConfig,
+    S: ReplicatedState,
+{
+    let state_dir = dir.join(STATE_DIR);
+    if state_dir.join(crate::raft_state::SNAPSHOT_FILE).exists() {
+        return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} holds a replica already", dir.display())));
+    }
+    let last = crate::raft_state::snapshot_last_log_id::<C, S>(snapshot)?;
+    // The vote first: a crash before the snapshot is stored leaves a directory seeding again.
+    crate::raft_store::seed_vote::<C>(&dir.join(LOG_STORE_DIR), &vote_after(&last))?;
+    let voters = members.keys().cloned().collect::<BTreeSet<_>>();
+    let membership = openraft::Membership::new(vec![voters], members).map_err(io::Error::other)?;
+    crate::raft_state::seed_snapshot::<C, S>(&state_dir, snapshot, membership)
+}
+
 /// Opens the group in `dir`, talking to its peers through `network`. On a first start the node
 /// given `initial_members` initializes the group with them as voters (exactly one node of a new
 /// group does; the others learn the membership from it). Returns at once: a leader is elected
@@ -136,8 +171,8 @@ where
     N: RaftNetworkFactory<C>,
     N::Network: NetSnapshot<C, SnapshotData = Vec<u8>>,
 {
-    let log = WalLogStore::<C>::open(&dir.join("raft"), wal_options, retention)?;
-    let sm = StateMachineStore::<C, S>::open(&dir.join("state"))?;
+    let log = WalLogStore::<C>::open(&dir.join(LOG_STORE_DIR), wal_options, retention)?;
+    let sm = StateMachineStore::<C, S>::open(&dir.join(STATE_DIR))?;
     let state = sm.shared();
     let config = Arc::new(config.validate().map_err(io::Error::other)?);
     let raft = Raft::new(node_id, config, network, log.clone(), sm).await.map_err(io::Error::other)?;

@@ -33,7 +33,7 @@ use tokio::sync::watch;
 
 use crate::write_file_atomic;
 
-const SNAPSHOT_FILE: &str = "snapshot";
+pub(crate) const SNAPSHOT_FILE: &str = "snapshot";
 
 /// A deterministic state replicated through Raft.
 pub trait ReplicatedState: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
@@ -189,6 +189,38 @@ fn decode_transfer(bytes: &[u8]) -> io::Result<(&[u8], &[u8])> {
         return Err(invalid("sent snapshot's side files fail their checksum"));
     }
     Ok((stored, side_files))
+}
+
+/// The last log id a snapshot (as sent, or a copy of one) covers.
+pub fn snapshot_last_log_id<C: RaftTypeConfig, S: ReplicatedState>(snapshot: &[u8]) -> io::Result<LogIdOf<C>> {
+    let (stored, _) = decode_transfer(snapshot)?;
+    let applied: Applied<C, S> = decode_snapshot(stored)?;
+    applied.last_applied.ok_or_else(|| invalid("the snapshot is empty"))
+}
+
+/// Writes a snapshot taken elsewhere (as another replica sent it, or a copy of one) as the
+/// stored snapshot of a state directory that holds none, with `membership` in place of its own;
+/// answers the snapshot's last log id. Its side files are written too. A store opened on the
+/// directory starts from it (openraft treats the log as purged up to it).
+pub fn seed_snapshot<C: RaftTypeConfig, S: ReplicatedState>(
+    dir: &Path,
+    snapshot: &[u8],
+    membership: openraft::Membership<C::NodeId, C::Node>,
+) -> io::Result<LogIdOf<C>> {
+    if dir.join(SNAPSHOT_FILE).exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} already holds a snapshot", dir.display()),
+        ));
+    }
+    let (stored, side_files) = decode_transfer(snapshot)?;
+    let mut applied: Applied<C, S> = decode_snapshot(stored)?;
+    let last = applied.last_applied.clone().ok_or_else(|| invalid("the snapshot is empty"))?;
+    applied.membership = StoredMembershipOf::<C>::new(Some(last.clone()), membership);
+    std::fs::create_dir_all(dir)?;
+    S::import_side_files(dir, side_files)?;
+    write_file_atomic(&dir.join(SNAPSHOT_FILE), &encode_snapshot(&applied)?)?;
+    Ok(last)
 }
 
 /// The shared part of a state machine store: readable by the rest of the process.

@@ -156,6 +156,14 @@ fn load_fact<T: DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
     }
 }
 
+/// Records `vote` in a log store directory whose log is empty: for a group seeded from a
+/// snapshot taken elsewhere, whose first election must be in a later term than every entry the
+/// snapshot covers.
+pub fn seed_vote<C: RaftTypeConfig>(dir: &Path, vote: &VoteOf<C>) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    write_file_checked(&dir.join(VOTE_FILE), &encode(vote)?, true)
+}
+
 impl<C: RaftTypeConfig> WalLogStore<C> {
     /// Opens (or creates) the store in `dir`, recovering the WAL. Recovery treats a log that
     /// ends below the persisted committed index as corruption.
