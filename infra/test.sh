@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: formatting, lints, and every test against real
-# components. Installs and starts what the tests need (Garage for S3; the AWS CLI, boto3 and
-# moto's server for the SQS tests) idempotently.
+# components. Installs and starts what the tests need (Garage for S3; PostgreSQL for billing; the
+# AWS CLI, boto3 and moto's server for the SQS tests) idempotently.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +17,8 @@ if ! command -v aws >/dev/null || ! command -v moto_server >/dev/null || ! pytho
 fi
 GARAGE_DIR="${STRATA_GARAGE_DIR:-$PWD/target/garage}"
 eval "$(infra/garage.sh start "$GARAGE_DIR")"
+infra/postgres.sh install
+eval "$(infra/postgres.sh start "${STRATA_POSTGRES_DIR:-$PWD/target/postgres}")"
 
 echo "== tests"
 # The process tests drive the real `strata` binary.
