@@ -70,6 +70,15 @@ impl Month {
         }
     }
 
+    /// The month before.
+    pub fn previous(self) -> Self {
+        if self.month <= 1 {
+            Self { year: self.year - 1, month: 12 }
+        } else {
+            Self { year: self.year, month: self.month - 1 }
+        }
+    }
+
     /// The first millisecond after the month.
     pub fn end_ms(self) -> Result<u64, PricingError> {
         self.next().start_ms()

@@ -23,7 +23,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 
-use crate::pricing::{HOUR_MS, HourUsage};
+use crate::pricing::{
+    HOUR_MS, HourUsage, InvoiceLine, Micros, Month, MonthRating, PackageBalance, Plan, PricingError, rate_month,
+};
 
 /// Longest accepted text field (tenant, request id, queue, sub-tenant, action), in bytes.
 pub const TEXT_FIELD_BYTES_MAX: usize = 256;
@@ -72,9 +74,11 @@ pub enum StoreError {
     Invalid(String),
     #[error("billing database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Pricing(#[from] PricingError),
 }
 
-const SCHEMA: [&str; 2] = [
+const SCHEMA: [&str; 4] = [
     "CREATE TABLE IF NOT EXISTS metering_records (
         tenant TEXT NOT NULL,
         request_id TEXT NOT NULL,
@@ -94,7 +98,98 @@ const SCHEMA: [&str; 2] = [
         empty_receives BIGINT NOT NULL,
         PRIMARY KEY (tenant, hour_start_ms, queue, sub_tenant, action)
     )",
+    "CREATE TABLE IF NOT EXISTS tenant_plans (
+        tenant TEXT NOT NULL PRIMARY KEY,
+        plan TEXT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS packages (
+        tenant TEXT NOT NULL,
+        package_id TEXT NOT NULL,
+        units BIGINT NOT NULL,
+        valid_from_ms BIGINT NOT NULL,
+        valid_until_ms BIGINT NOT NULL,
+        price BIGINT NOT NULL,
+        PRIMARY KEY (tenant, package_id)
+    )",
 ];
+
+/// How far back an invoice looks for packages bought earlier whose balance carries over.
+pub const PACKAGE_HISTORY_MONTHS_MAX: u32 = 60;
+
+/// A prepaid package bought by a tenant: `units` for usage in hours starting in
+/// `valid_from_ms..valid_until_ms`, for `price`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Package {
+    pub package_id: String,
+    pub units: u64,
+    pub valid_from_ms: u64,
+    pub valid_until_ms: u64,
+    pub price: Micros,
+}
+
+/// A tenant's invoice for one month.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invoice {
+    pub tenant: String,
+    pub month: Month,
+    pub plan: Plan,
+    pub lines: Vec<InvoiceLine>,
+    pub total: Micros,
+    /// Where the month's units went (free tier, packages, on demand).
+    pub rating: MonthRating,
+}
+
+/// The plan of a tenant nobody set one for: the first million units of each month free, then
+/// $0.40 per million.
+pub fn default_plan() -> Plan {
+    Plan::PayPerCall { free_units_per_month: 1_000_000, price_per_million_units: 400_000 }
+}
+
+fn check_text(name: &str, value: &str) -> Result<(), StoreError> {
+    if value.len() > TEXT_FIELD_BYTES_MAX {
+        return Err(StoreError::Invalid(format!("{name} is longer than {TEXT_FIELD_BYTES_MAX} bytes")));
+    }
+    Ok(())
+}
+
+/// Usage rows as CSV (RFC 4180, with a header line), hours as RFC 3339 UTC.
+pub fn usage_csv(rows: &[UsageRow]) -> Result<String, StoreError> {
+    let mut out = csv::Writer::from_writer(Vec::new());
+    let invalid = |e: csv::Error| StoreError::Invalid(e.to_string());
+    out.write_record([
+        "hour_start",
+        "queue",
+        "sub_tenant",
+        "action",
+        "calls",
+        "units",
+        "bytes_in",
+        "bytes_out",
+        "empty_receives",
+    ])
+    .map_err(invalid)?;
+    for row in rows {
+        let hour = i64::try_from(row.hour_start_ms)
+            .ok()
+            .and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis)
+            .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default();
+        out.write_record([
+            hour,
+            row.queue.clone(),
+            row.sub_tenant.clone(),
+            row.action.clone(),
+            row.calls.to_string(),
+            row.units.to_string(),
+            row.bytes_in.to_string(),
+            row.bytes_out.to_string(),
+            row.empty_receives.to_string(),
+        ])
+        .map_err(invalid)?;
+    }
+    let bytes = out.into_inner().map_err(|e| StoreError::Invalid(e.to_string()))?;
+    String::from_utf8(bytes).map_err(|e| StoreError::Invalid(e.to_string()))
+}
 
 /// The billing store (cheap to clone: a connection pool).
 #[derive(Debug, Clone)]
@@ -151,9 +246,7 @@ impl BillingStore {
                 ("queue", &r.queue),
                 ("action", &r.action),
             ] {
-                if value.len() > TEXT_FIELD_BYTES_MAX {
-                    return Err(StoreError::Invalid(format!("{name} is longer than {TEXT_FIELD_BYTES_MAX} bytes")));
-                }
+                check_text(name, value)?;
             }
             if r.request_id.is_empty() || r.tenant.is_empty() || r.action.is_empty() {
                 return Err(StoreError::Invalid("request id, tenant and action are required".into()));
@@ -241,5 +334,132 @@ impl BillingStore {
             *hours.entry(row.hour_start_ms).or_default() += row.units;
         }
         Ok(hours.into_iter().map(|(hour_start_ms, units)| HourUsage { hour_start_ms, units }).collect())
+    }
+
+    /// Sets `tenant`'s price plan, replacing the one it had (an invoice uses the plan set when
+    /// it is made).
+    pub async fn set_plan(&self, tenant: &str, plan: &Plan) -> Result<(), StoreError> {
+        check_text("tenant", tenant)?;
+        let plan = serde_json::to_string(plan).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO tenant_plans (tenant, plan) VALUES ($1, $2)
+             ON CONFLICT (tenant) DO UPDATE SET plan = excluded.plan",
+        )
+        .bind(tenant)
+        .bind(plan)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// `tenant`'s price plan ([`default_plan`] when none was set).
+    pub async fn plan(&self, tenant: &str) -> Result<Plan, StoreError> {
+        let row = sqlx::query("SELECT plan FROM tenant_plans WHERE tenant = $1")
+            .bind(tenant)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => {
+                let text: String = row.try_get("plan")?;
+                serde_json::from_str(&text).map_err(|e| StoreError::Invalid(format!("a stored plan is damaged: {e}")))
+            }
+            None => Ok(default_plan()),
+        }
+    }
+
+    /// Adds a prepaid package to `tenant`, once per package id: adding the same id again
+    /// changes nothing.
+    pub async fn add_package(&self, tenant: &str, package: &Package) -> Result<(), StoreError> {
+        check_text("tenant", tenant)?;
+        check_text("package id", &package.package_id)?;
+        if package.package_id.is_empty() || package.valid_from_ms >= package.valid_until_ms {
+            return Err(StoreError::Invalid("a package needs an id and a validity that ends after it starts".into()));
+        }
+        sqlx::query(
+            "INSERT INTO packages (tenant, package_id, units, valid_from_ms, valid_until_ms, price)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant, package_id) DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(&package.package_id)
+        .bind(to_i64(package.units, "units")?)
+        .bind(to_i64(package.valid_from_ms, "time")?)
+        .bind(to_i64(package.valid_until_ms, "time")?)
+        .bind(to_i64(package.price, "price")?)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// `tenant`'s packages, by start of validity.
+    pub async fn packages(&self, tenant: &str) -> Result<Vec<Package>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT package_id, units, valid_from_ms, valid_until_ms, price FROM packages WHERE tenant = $1
+             ORDER BY valid_from_ms, package_id",
+        )
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Package {
+                    package_id: row.try_get("package_id")?,
+                    units: to_u64(row.try_get("units")?),
+                    valid_from_ms: to_u64(row.try_get("valid_from_ms")?),
+                    valid_until_ms: to_u64(row.try_get("valid_until_ms")?),
+                    price: to_u64(row.try_get("price")?),
+                })
+            })
+            .collect()
+    }
+
+    /// `tenant`'s invoice for `month`: its usage rated against its plan and packages, plus the
+    /// packages bought that month. Package balances are what earlier months left of them (those
+    /// months are rated again, from the month the first package started, at most
+    /// [`PACKAGE_HISTORY_MONTHS_MAX`] back), so an invoice is a function of the stored usage and
+    /// the plan set now.
+    pub async fn invoice(&self, tenant: &str, month: Month) -> Result<Invoice, StoreError> {
+        let plan = self.plan(tenant).await?;
+        let packages = self.packages(tenant).await?;
+        let month_start_ms = month.start_ms()?;
+        // Balances at the month's start: what earlier months left. Every month since the first
+        // package began is rated again (an expired package may have been drawn before a
+        // still-valid one in a month both covered).
+        let mut first = month;
+        for p in packages.iter().filter(|p| p.valid_from_ms < month_start_ms) {
+            first = first.min(Month::of_ms(p.valid_from_ms)?);
+        }
+        let earliest = (0..PACKAGE_HISTORY_MONTHS_MAX).fold(month, |m, _| m.previous());
+        let first = first.max(earliest);
+        let mut balances: Vec<PackageBalance> = packages
+            .iter()
+            .map(|p| PackageBalance {
+                package_id: p.package_id.clone(),
+                remaining_units: p.units,
+                valid_from_ms: p.valid_from_ms,
+                valid_until_ms: p.valid_until_ms,
+            })
+            .collect();
+        let mut at = first;
+        loop {
+            let hours = self.hourly_units(tenant, at.start_ms()?, at.end_ms()?).await?;
+            let rating = rate_month(&plan, at, &balances, &hours)?;
+            if at == month {
+                let mut lines = Vec::new();
+                let month_end_ms = month.end_ms()?;
+                for p in packages.iter().filter(|p| (month_start_ms..month_end_ms).contains(&p.valid_from_ms)) {
+                    lines.push(InvoiceLine {
+                        description: format!("prepaid package {} bought", p.package_id),
+                        units: p.units,
+                        amount: p.price,
+                    });
+                }
+                lines.extend(rating.lines.iter().cloned());
+                let total =
+                    lines.iter().try_fold(0u64, |sum, l| sum.checked_add(l.amount)).ok_or(PricingError::Overflow)?;
+                return Ok(Invoice { tenant: tenant.to_owned(), month, plan, lines, total, rating });
+            }
+            balances = rating.balances_after;
+            at = at.next();
+        }
     }
 }

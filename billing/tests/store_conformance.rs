@@ -5,8 +5,10 @@
 use std::time::Duration;
 
 use sqlx::Connection;
-use strata_billing::pricing::{HOUR_MS, HourUsage};
-use strata_billing::store::{BillingStore, MeterRecord, RECORDS_PER_BATCH_MAX, StoreError};
+use strata_billing::pricing::{HOUR_MS, HourUsage, Month, Plan};
+use strata_billing::store::{
+    BillingStore, MeterRecord, Package, RECORDS_PER_BATCH_MAX, StoreError, default_plan, usage_csv,
+};
 
 /// 2026-03-01T10:00:00Z.
 const HOUR_10_MS: u64 = 1_772_359_200_000;
@@ -95,6 +97,63 @@ async fn conformance(url: &str) {
     assert_eq!(store.record(&batch).await.expect("record after reopen"), 0);
     let total: u64 = store.hourly_units("acme", 0, u64::MAX >> 1).await.expect("hours").iter().map(|h| h.units).sum();
     assert_eq!(total, 1 + 3 + 2 + 5 + 1 + 1 + 50);
+
+    invoicing(&store).await;
+}
+
+/// Plans, prepaid packages carried over months, invoices and the CSV export.
+async fn invoicing(store: &BillingStore) {
+    let (jan, feb, mar) =
+        (Month { year: 2026, month: 1 }, Month { year: 2026, month: 2 }, Month { year: 2026, month: 3 });
+    let start = |m: Month| m.start_ms().expect("month");
+    assert_eq!(store.plan("initech").await.expect("plan"), default_plan());
+    let plan = Plan::PayPerCall { free_units_per_month: 100, price_per_million_units: 1_000_000 };
+    store.set_plan("initech", &plan).await.expect("set plan");
+    assert_eq!(store.plan("initech").await.expect("plan"), plan);
+    let package = Package {
+        package_id: "p-1".into(),
+        units: 200,
+        valid_from_ms: start(jan),
+        valid_until_ms: start(Month { year: 2026, month: 7 }),
+        price: 150,
+    };
+    store.add_package("initech", &package).await.expect("add package");
+    store.add_package("initech", &Package { units: 9_999, ..package.clone() }).await.expect("same id again");
+    assert_eq!(store.packages("initech").await.expect("packages"), std::slice::from_ref(&package));
+    let backwards = Package { valid_until_ms: package.valid_from_ms, ..package.clone() };
+    assert!(matches!(store.add_package("initech", &backwards).await, Err(StoreError::Invalid(_))));
+
+    // January 250 units (100 free, 150 from the package), February 120 (100 free, 20), March 200
+    // (100 free, the package's last 30, 70 on demand at one micro each).
+    let mut customer = record("initech", "i-1", start(jan), "SendMessage", 250);
+    customer.sub_tenant = "Lumbergh, Bill".into();
+    let usage = [
+        customer,
+        record("initech", "i-2", start(feb), "SendMessage", 120),
+        record("initech", "i-3", start(mar), "SendMessage", 200),
+    ];
+    store.record(&usage).await.expect("record");
+
+    let january = store.invoice("initech", jan).await.expect("invoice");
+    assert_eq!(january.total, 150, "{january:?}");
+    assert_eq!(january.lines[0].description, "prepaid package p-1 bought");
+    assert_eq!((january.rating.free_units, january.rating.package_units["p-1"]), (100, 150));
+    let march = store.invoice("initech", mar).await.expect("invoice");
+    let rating = &march.rating;
+    assert_eq!((rating.free_units, rating.package_units["p-1"], rating.on_demand_units), (100, 30, 70));
+    assert_eq!(march.total, 70);
+    assert_eq!(rating.balances_after[0].remaining_units, 0);
+    // Another tenant's invoice holds only its own unit of March (in its free tier).
+    let other = store.invoice("globex", mar).await.expect("invoice");
+    assert_eq!((other.total, other.rating.total_units, other.plan), (0, 1, default_plan()));
+
+    let rows = store.usage("initech", start(jan), start(feb)).await.expect("usage");
+    let csv = usage_csv(&rows).expect("csv");
+    assert_eq!(
+        csv,
+        "hour_start,queue,sub_tenant,action,calls,units,bytes_in,bytes_out,empty_receives\n\
+         2026-01-01T00:00:00Z,orders,\"Lumbergh, Bill\",SendMessage,1,250,250000,0,0\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
