@@ -501,21 +501,50 @@ fn message_to_pb(m: MessageInput) -> Result<pb::NewMessage, ApiError> {
     })
 }
 
+/// The header a client sets to make a send idempotent: a retry with the same id (same tenant,
+/// same queue) is stored once and answered like the first attempt.
+pub const REQUEST_ID_HEADER: &str = "x-strata-request-id";
+/// Longest client request id.
+pub const CLIENT_REQUEST_ID_CHARS_MAX: usize = 128;
+
+/// The client's request id, if it gave one: 1-128 of `A-Z a-z 0-9 . _ -`.
+fn client_request_id(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(REQUEST_ID_HEADER) else { return Ok(None) };
+    let valid = value.to_str().ok().filter(|id| {
+        (1..=CLIENT_REQUEST_ID_CHARS_MAX).contains(&id.len())
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    });
+    match valid {
+        Some(id) => Ok(Some(id.to_owned())),
+        None => Err(ApiError::invalid(format!(
+            "{REQUEST_ID_HEADER} must be 1-{CLIENT_REQUEST_ID_CHARS_MAX} characters of A-Z, a-z, 0-9, '.', '_' and '-'"
+        ))),
+    }
+}
+
 async fn send_messages(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let client_id = client_request_id(&headers)?;
     let request: SendRequest = parse_json(body)?;
     if request.messages.is_empty() || request.messages.len() > BATCH_ENTRIES_MAX {
         return Err(ApiError::invalid(format!("messages must hold 1-{BATCH_ENTRIES_MAX} entries")));
     }
     let messages = request.messages.into_iter().map(message_to_pb).collect::<Result<Vec<_>, _>>()?;
-    // One id for every attempt of this send (a retry at another replica is stored once).
-    let request_id = uuid::Uuid::new_v4().to_string();
+    // One id for every attempt of this send (a retry at another replica is stored once). A
+    // client's own id is scoped to its tenant and this queue incarnation (the tenant's length
+    // first, so no two tenants' ids can meet), so it never answers with another's send.
+    let generated = uuid::Uuid::new_v4().to_string();
     let sent = queues::on_queue(&state.placement, &tenant, &name, |mut c, q| {
-        let (messages, request_id) = (messages.clone(), request_id.clone());
+        let request_id = match &client_id {
+            Some(id) => format!("client:{}:{tenant}:{}:{id}", tenant.len(), q.queue_id),
+            None => generated.clone(),
+        };
+        let messages = messages.clone();
         async move { c.send(pb::SendRequest { queue: Some(q), messages, request_id }).await }
     })
     .await?;

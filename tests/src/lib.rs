@@ -217,12 +217,21 @@ pub struct Api {
     client: reqwest::Client,
     endpoint: String,
     token: Option<String>,
+    /// Extra headers of every request.
+    headers: Vec<(String, String)>,
 }
 
 impl Api {
     pub fn new(endpoint: &str, token: &str) -> Self {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("http client");
-        Self { client, endpoint: endpoint.to_string(), token: Some(token.to_string()) }
+        Self { client, endpoint: endpoint.to_string(), token: Some(token.to_string()), headers: Vec::new() }
+    }
+
+    /// This client, sending `name: value` with every request as well.
+    pub fn with_header(&self, name: &str, value: &str) -> Self {
+        let mut headers = self.headers.clone();
+        headers.push((name.to_string(), value.to_string()));
+        Self { headers, ..self.clone() }
     }
 
     pub fn without_token(&self) -> Self {
@@ -238,6 +247,9 @@ impl Api {
         let mut request = self.client.request(method, format!("{}{path}", self.endpoint));
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
+        }
+        for (name, value) in &self.headers {
+            request = request.header(name, value);
         }
         if let Some(body) = body {
             request = request.json(&body);

@@ -53,6 +53,49 @@ async fn tenants_cannot_see_or_touch_each_others_queues() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// A send retried with the client's request id is stored once and answered like the first
+/// attempt; the same id in another queue or another tenant is another send; a bad id is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_retried_with_the_clients_request_id_is_stored_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dev = DevProcess::start(&dir.path().join("dev"), &[])?;
+    let alice = dev.api().with_token(&token_for(&dev, "alice", "strata"));
+    let bob = dev.api().with_token(&token_for(&dev, "bob", "strata"));
+    for api in [&alice, &bob] {
+        api.create_queue("orders").await?;
+    }
+    alice.create_queue("invoices").await?;
+
+    let send = json!({ "messages": [{ "body": "once" }, { "body": "twice" }] });
+    let with_id = alice.with_header("x-strata-request-id", "order-42.attempt_1");
+    let first = with_id.post_ok("/v1/queues/orders/messages", send.clone()).await?;
+    let again = with_id.post_ok("/v1/queues/orders/messages", send.clone()).await?;
+    assert_eq!(first, again, "a retry answers the first attempt's message ids");
+    let other_queue = with_id.post_ok("/v1/queues/invoices/messages", send.clone()).await?;
+    assert_ne!(other_queue, first);
+    let other_tenant = bob
+        .with_header("x-strata-request-id", "order-42.attempt_1")
+        .post_ok("/v1/queues/orders/messages", send.clone())
+        .await?;
+    assert_ne!(other_tenant, first);
+
+    for (api, queue) in [(&alice, "orders"), (&alice, "invoices"), (&bob, "orders")] {
+        let got = api
+            .post_ok(&format!("/v1/queues/{queue}/receive"), json!({ "max_messages": 10, "wait_seconds": 1 }))
+            .await?;
+        let bodies: Vec<&str> =
+            got["messages"].as_array().into_iter().flatten().filter_map(|m| m["body"].as_str()).collect();
+        assert_eq!(bodies.len(), 2, "{queue}: {got}");
+    }
+
+    for bad in ["", "has space", "colon:inside", &"x".repeat(129)] {
+        let (status, body) =
+            alice.with_header("x-strata-request-id", bad).post("/v1/queues/orders/messages", send.clone()).await?;
+        assert_eq!((status, error_code(&body)), (400, "InvalidParameter"), "{bad:?}: {body}");
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authentication_errors_are_401_with_actionable_messages() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
