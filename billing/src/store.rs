@@ -2,11 +2,13 @@
 //!
 //! # What it owns
 //!
-//! Two tables, the same on SQLite (embedded, the default) and PostgreSQL (production), reached
+//! Four tables, the same on SQLite (embedded, the default) and PostgreSQL (production), reached
 //! through one code path (`sqlx`'s `Any` driver, portable SQL):
 //! - `metering_records`: one row per (tenant, request id) ever counted;
 //! - `hourly_usage`: per tenant, hour, queue, sub-tenant and action, the calls, billable units,
-//!   bytes in and out, and empty receives.
+//!   bytes in and out, and empty receives;
+//! - `tenant_plans` and `packages`: what each tenant pays by, from which
+//!   [`BillingStore::invoice`] rates a month (see [`crate::pricing`]).
 //!
 //! # What it guarantees
 //!
