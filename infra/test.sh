@@ -18,7 +18,9 @@ fi
 GARAGE_DIR="${STRATA_GARAGE_DIR:-$PWD/target/garage}"
 eval "$(infra/garage.sh start "$GARAGE_DIR")"
 infra/postgres.sh install
-eval "$(infra/postgres.sh start "${STRATA_POSTGRES_DIR:-$PWD/target/postgres}")"
+# Its directory is outside the checkout: the server runs as the `postgres` user, which may not
+# traverse the directories above the checkout.
+eval "$(infra/postgres.sh start "${STRATA_POSTGRES_DIR:-/tmp/strata-postgres}")"
 
 echo "== tests"
 # The process tests drive the real `strata` binary.
