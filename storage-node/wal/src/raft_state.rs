@@ -461,3 +461,29 @@ where
         .map_err(io::Error::other)?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sent_snapshot_carries_side_files_checked_and_without_them_is_the_stored_one() {
+        let stored = [SNAPSHOT_FORMAT_VERSION, 1, 2, 3, 4, 5, 6];
+        assert_eq!(encode_transfer(&stored, &[]), stored, "no side files: the stored snapshot as it is");
+        assert_eq!(decode_transfer(&stored).expect("decode"), (&stored[..], &[][..]));
+
+        let sent = encode_transfer(&stored, b"slice records");
+        assert_eq!(sent[0], TRANSFER_FORMAT_VERSION);
+        assert_eq!(decode_transfer(&sent).expect("decode"), (&stored[..], &b"slice records"[..]));
+
+        let mut damaged = sent.clone();
+        if let Some(last) = damaged.last_mut() {
+            *last ^= 1;
+        }
+        assert!(decode_transfer(&damaged).is_err(), "a damaged side file is refused");
+        assert!(decode_transfer(&sent[..TRANSFER_HEADER_BYTES - 1]).is_err(), "a truncated header is refused");
+        let mut too_long = sent.clone();
+        too_long[5..13].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode_transfer(&too_long).is_err(), "a stored length past the end is refused");
+    }
+}
