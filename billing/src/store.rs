@@ -19,8 +19,6 @@
 //! durable when `record` returns (SQLite runs in WAL mode with `synchronous=FULL`). Every read
 //! names its tenant: no query returns another tenant's rows.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
@@ -331,11 +329,24 @@ impl BillingStore {
     /// `tenant`'s billable units per hour in `from_ms..to_ms`, in order: the input of
     /// [`crate::pricing::rate_month`].
     pub async fn hourly_units(&self, tenant: &str, from_ms: u64, to_ms: u64) -> Result<Vec<HourUsage>, StoreError> {
-        let mut hours: BTreeMap<u64, u64> = BTreeMap::new();
-        for row in self.usage(tenant, from_ms, to_ms).await? {
-            *hours.entry(row.hour_start_ms).or_default() += row.units;
-        }
-        Ok(hours.into_iter().map(|(hour_start_ms, units)| HourUsage { hour_start_ms, units }).collect())
+        let rows = sqlx::query(
+            "SELECT hour_start_ms, CAST(SUM(units) AS BIGINT) AS units FROM hourly_usage
+             WHERE tenant = $1 AND hour_start_ms >= $2 AND hour_start_ms < $3
+             GROUP BY hour_start_ms ORDER BY hour_start_ms",
+        )
+        .bind(tenant)
+        .bind(to_i64(from_ms, "time")?)
+        .bind(to_i64(to_ms, "time")?)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(HourUsage {
+                    hour_start_ms: to_u64(row.try_get("hour_start_ms")?),
+                    units: to_u64(row.try_get("units")?),
+                })
+            })
+            .collect()
     }
 
     /// Sets `tenant`'s price plan, replacing the one it had (an invoice uses the plan set when
@@ -441,27 +452,32 @@ impl BillingStore {
                 valid_until_ms: p.valid_until_ms,
             })
             .collect();
+        // Every hour from the first month on, read once and cut by month.
+        let hours = self.hourly_units(tenant, first.start_ms()?, month.end_ms()?).await?;
         let mut at = first;
-        loop {
-            let hours = self.hourly_units(tenant, at.start_ms()?, at.end_ms()?).await?;
-            let rating = rate_month(&plan, at, &balances, &hours)?;
+        let rating = loop {
+            let (from, to) = (at.start_ms()?, at.end_ms()?);
+            let start = hours.partition_point(|h| h.hour_start_ms < from);
+            let end = hours.partition_point(|h| h.hour_start_ms < to);
+            let rating = rate_month(&plan, at, &balances, &hours[start..end])?;
             if at == month {
-                let mut lines = Vec::new();
-                let month_end_ms = month.end_ms()?;
-                for p in packages.iter().filter(|p| (month_start_ms..month_end_ms).contains(&p.valid_from_ms)) {
-                    lines.push(InvoiceLine {
-                        description: format!("prepaid package {} bought", p.package_id),
-                        units: p.units,
-                        amount: p.price,
-                    });
-                }
-                lines.extend(rating.lines.iter().cloned());
-                let total =
-                    lines.iter().try_fold(0u64, |sum, l| sum.checked_add(l.amount)).ok_or(PricingError::Overflow)?;
-                return Ok(Invoice { tenant: tenant.to_owned(), month, plan, lines, total, rating });
+                break rating;
             }
             balances = rating.balances_after;
             at = at.next();
-        }
+        };
+        let month_end_ms = month.end_ms()?;
+        let mut lines: Vec<InvoiceLine> = packages
+            .iter()
+            .filter(|p| (month_start_ms..month_end_ms).contains(&p.valid_from_ms))
+            .map(|p| InvoiceLine {
+                description: format!("prepaid package {} bought", p.package_id),
+                units: p.units,
+                amount: p.price,
+            })
+            .collect();
+        lines.extend(rating.lines.iter().cloned());
+        let total = lines.iter().try_fold(0u64, |sum, l| sum.checked_add(l.amount)).ok_or(PricingError::Overflow)?;
+        Ok(Invoice { tenant: tenant.to_owned(), month, plan, lines, total, rating })
     }
 }

@@ -39,14 +39,14 @@ pub const FETCH_ENTRIES_MAX: u32 = 1024;
 /// Bytes of entries a peer answers per call (at least one entry, whatever its size).
 pub const FETCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 
-const EXTENSION: &str = "seg";
+const SUFFIX: &str = ".seg";
 
 fn file_name(first_index: u64, last_index: u64) -> String {
-    format!("{first_index:020}-{last_index:020}.{EXTENSION}")
+    format!("{first_index:020}-{last_index:020}{SUFFIX}")
 }
 
 fn range_of_file_name(name: &str) -> Option<(u64, u64)> {
-    let (first, last) = name.strip_suffix(".seg")?.split_once('-')?;
+    let (first, last) = name.strip_suffix(SUFFIX)?.split_once('-')?;
     Some((first.parse().ok()?, last.parse().ok()?))
 }
 
@@ -181,6 +181,7 @@ pub async fn backfill_shard_once(shard: &Shard, metadata: &MetadataClient) -> Re
     let reclaim_below = reclaim_below(shard, Some(purged_index));
     let files = shard.backfill();
     let mut local = files.covered();
+    let has_files = !local.is_empty();
     if let (Some(first), Some(last)) = (shard.wal().first_index(), shard.wal().last_index()) {
         local.push((first, last));
     }
@@ -188,7 +189,6 @@ pub async fn backfill_shard_once(shard: &Shard, metadata: &MetadataClient) -> Re
     // Once the catalog and the local log covered every live entry up to a purge point, they keep
     // doing so (local files go only once the catalog covers them, the catalog drops only dead
     // entries): ask again when the purge point moves on.
-    let has_files = !files.covered().is_empty();
     let locally_missing = gaps(&local, reclaim_below, purged_index);
     if !has_files && (locally_missing.is_empty() || shard.backfill_verified_through() >= purged_index) {
         return Ok(pass);

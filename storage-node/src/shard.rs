@@ -474,14 +474,15 @@ impl Shard {
 
     /// The encoded entry at `index` from this replica's WAL or backfill files, if it holds it.
     fn local_record(&self, index: u64) -> Result<Option<Bytes>, StrataError> {
-        let read = self.wal().read(index).map_err(std::io::Error::other).and_then(|local| match local {
+        match self.wal().read(index).map_err(|e| self.log_read_failed(index, e))? {
             Some(bytes) => Ok(Some(bytes)),
-            None => self.backfill.read(index),
-        });
-        read.map_err(|e| {
-            tracing::error!(shard = self.shard_id, index, error = %e, "local log read failed");
-            StrataError::internal("could not read the log")
-        })
+            None => self.backfill.read(index).map_err(|e| self.log_read_failed(index, e)),
+        }
+    }
+
+    fn log_read_failed(&self, index: u64, error: impl fmt::Display) -> StrataError {
+        tracing::error!(shard = self.shard_id, index, error = %error, "local log read failed");
+        StrataError::internal("could not read the log")
     }
 
     /// Committed entries from `first_index` on that this replica holds locally, encoded for a
@@ -550,27 +551,24 @@ impl Shard {
         }
     }
 
+    /// An entry this replica's WAL lacks: from its backfill files, else the bucket, else a peer.
+    async fn entry_elsewhere(&self, index: u64) -> Result<openraft::alias::EntryOf<ShardRaftConfig>, StrataError> {
+        if let Some(bytes) = self.backfill.read(index).map_err(|e| self.log_read_failed(index, e))? {
+            return decode_entry(&bytes);
+        }
+        match self.tiered.read_entry(self.shard_id, index).await {
+            Err(e) if e.kind == ErrorKind::Internal => self.entry_from_peers(index).await,
+            read => read,
+        }
+    }
+
     /// Reads the message a [`MessageRef`] points at: local WAL first (then its backfill files),
     /// then object storage, then another replica's local log.
     pub async fn read_message(&self, at: MessageRef) -> Result<NewMessage, StrataError> {
-        let entry = match self.group.log.read_entry(at.log_index) {
-            Ok(Some(entry)) => entry,
-            Ok(None) => match self.backfill.read(at.log_index) {
-                Ok(Some(bytes)) => decode_entry(&bytes)?,
-                Ok(None) => match self.tiered.read_entry(self.shard_id, at.log_index).await {
-                    Ok(entry) => entry,
-                    Err(e) if e.kind == ErrorKind::Internal => self.entry_from_peers(at.log_index).await?,
-                    Err(e) => return Err(e),
-                },
-                Err(e) => {
-                    tracing::error!(shard = self.shard_id, index = at.log_index, error = %e, "backfill read failed");
-                    return Err(StrataError::internal("could not read a message from the log"));
-                }
-            },
-            Err(e) => {
-                tracing::error!(shard = self.shard_id, index = at.log_index, error = %e, "local log read failed");
-                return Err(StrataError::internal("could not read a message from the log"));
-            }
+        let local = self.group.log.read_entry(at.log_index).map_err(|e| self.log_read_failed(at.log_index, e))?;
+        let entry = match local {
+            Some(entry) => entry,
+            None => self.entry_elsewhere(at.log_index).await?,
         };
         let openraft::EntryPayload::Normal(ShardEntry(ShardCommand {
             command: Command::Send { messages, .. }, ..

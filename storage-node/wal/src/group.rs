@@ -139,16 +139,12 @@ where
     C: RaftTypeConfig,
     S: ReplicatedState,
 {
-    let state_dir = dir.join(STATE_DIR);
-    if state_dir.join(crate::raft_state::SNAPSHOT_FILE).exists() {
-        return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} holds a replica already", dir.display())));
-    }
-    let last = crate::raft_state::snapshot_last_log_id::<C, S>(snapshot)?;
-    // The vote first: a crash before the snapshot is stored leaves a directory seeding again.
-    crate::raft_store::seed_vote::<C>(&dir.join(LOG_STORE_DIR), &vote_after(&last))?;
     let voters = members.keys().cloned().collect::<BTreeSet<_>>();
     let membership = openraft::Membership::new(vec![voters], members).map_err(io::Error::other)?;
-    crate::raft_state::seed_snapshot::<C, S>(&state_dir, snapshot, membership)
+    // The vote first: a crash before the snapshot is stored leaves a directory seeding again.
+    crate::raft_state::seed_snapshot::<C, S>(&dir.join(STATE_DIR), snapshot, membership, |last| {
+        crate::raft_store::seed_vote::<C>(&dir.join(LOG_STORE_DIR), &vote_after(last))
+    })
 }
 
 /// Opens the group in `dir`, talking to its peers through `network`. On a first start the node

@@ -33,7 +33,7 @@ use tokio::sync::watch;
 
 use crate::write_file_atomic;
 
-pub(crate) const SNAPSHOT_FILE: &str = "snapshot";
+const SNAPSHOT_FILE: &str = "snapshot";
 
 /// A deterministic state replicated through Raft.
 pub trait ReplicatedState: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
@@ -191,21 +191,16 @@ fn decode_transfer(bytes: &[u8]) -> io::Result<(&[u8], &[u8])> {
     Ok((stored, side_files))
 }
 
-/// The last log id a snapshot (as sent, or a copy of one) covers.
-pub fn snapshot_last_log_id<C: RaftTypeConfig, S: ReplicatedState>(snapshot: &[u8]) -> io::Result<LogIdOf<C>> {
-    let (stored, _) = decode_transfer(snapshot)?;
-    let applied: Applied<C, S> = decode_snapshot(stored)?;
-    applied.last_applied.ok_or_else(|| invalid("the snapshot is empty"))
-}
-
 /// Writes a snapshot taken elsewhere (as another replica sent it, or a copy of one) as the
 /// stored snapshot of a state directory that holds none, with `membership` in place of its own;
-/// answers the snapshot's last log id. Its side files are written too. A store opened on the
-/// directory starts from it (openraft treats the log as purged up to it).
+/// answers the snapshot's last log id. `before_store` runs with that log id before anything is
+/// written here (the group seeds its vote there). Its side files are written too. A store opened
+/// on the directory starts from it (openraft treats the log as purged up to it).
 pub fn seed_snapshot<C: RaftTypeConfig, S: ReplicatedState>(
     dir: &Path,
     snapshot: &[u8],
     membership: openraft::Membership<C::NodeId, C::Node>,
+    before_store: impl FnOnce(&LogIdOf<C>) -> io::Result<()>,
 ) -> io::Result<LogIdOf<C>> {
     if dir.join(SNAPSHOT_FILE).exists() {
         return Err(io::Error::new(
@@ -216,6 +211,7 @@ pub fn seed_snapshot<C: RaftTypeConfig, S: ReplicatedState>(
     let (stored, side_files) = decode_transfer(snapshot)?;
     let mut applied: Applied<C, S> = decode_snapshot(stored)?;
     let last = applied.last_applied.clone().ok_or_else(|| invalid("the snapshot is empty"))?;
+    before_store(&last)?;
     applied.membership = StoredMembershipOf::<C>::new(Some(last.clone()), membership);
     std::fs::create_dir_all(dir)?;
     S::import_side_files(dir, side_files)?;
@@ -422,22 +418,24 @@ where
         self.clone()
     }
 
+    /// Decodes and installs on a blocking thread: a large state takes tens of milliseconds to
+    /// decode, and the side files are written there too.
     async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<C>, snapshot: Vec<u8>) -> Result<(), io::Error> {
-        let (stored, side_files) = decode_transfer(&snapshot)?;
-        let mut applied: Applied<C, S> = decode_snapshot(stored)?;
-        if applied.last_applied != meta.last_log_id {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot content does not match its metadata"));
-        }
-        let index = applied.last_applied.as_ref().map_or(0, |l| l.index());
         let store = self.clone();
         let meta = meta.clone();
-        let stored = stored.to_vec();
-        let side_files = side_files.to_vec();
         tokio::task::spawn_blocking(move || {
+            let (stored, side_files) = decode_transfer(&snapshot)?;
+            let mut applied: Applied<C, S> = decode_snapshot(stored)?;
+            if applied.last_applied != meta.last_log_id {
+                return Err(invalid("snapshot content does not match its metadata"));
+            }
+            let index = applied.last_applied.as_ref().map_or(0, |l| l.index());
             let mut slot = store.shared.snapshot.lock();
-            S::import_side_files(&store.shared.dir, &side_files)?;
+            S::import_side_files(&store.shared.dir, side_files)?;
             applied.state.open_side_files(&store.shared.dir, Some(index))?;
             *store.shared.applied.write() = applied;
+            // Without side files the sent snapshot is the stored one: kept without a copy.
+            let stored = if side_files.is_empty() { snapshot } else { stored.to_vec() };
             store.store_snapshot(&mut slot, meta, stored)?;
             store.shared.applied_index.send_replace(index);
             Ok(())
