@@ -191,6 +191,16 @@ pub fn usage_csv(rows: &[UsageRow]) -> Result<String, StoreError> {
     String::from_utf8(bytes).map_err(|e| StoreError::Invalid(e.to_string()))
 }
 
+/// A tenant's usage rows for a range of hours.
+const USAGE_ROWS_SQL: &str =
+    "SELECT hour_start_ms, queue, sub_tenant, action, calls, units, bytes_in, bytes_out, empty_receives
+     FROM hourly_usage WHERE tenant = $1 AND hour_start_ms >= $2 AND hour_start_ms < $3
+     ORDER BY hour_start_ms, queue, sub_tenant, action";
+/// A tenant's billable units per hour for a range of hours.
+const HOURLY_UNITS_SQL: &str = "SELECT hour_start_ms, CAST(SUM(units) AS BIGINT) AS units FROM hourly_usage
+     WHERE tenant = $1 AND hour_start_ms >= $2 AND hour_start_ms < $3
+     GROUP BY hour_start_ms ORDER BY hour_start_ms";
+
 /// The billing store (cheap to clone: a connection pool).
 #[derive(Debug, Clone)]
 pub struct BillingStore {
@@ -296,19 +306,22 @@ impl BillingStore {
         Ok(new)
     }
 
+    /// Rows of a query whose parameters are a tenant ($1) and a range of hours ($2..$3).
+    async fn tenant_rows(
+        &self,
+        sql: &'static str,
+        tenant: &str,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<sqlx::any::AnyRow>, StoreError> {
+        let query = sqlx::query(sql).bind(tenant).bind(to_i64(from_ms, "time")?).bind(to_i64(to_ms, "time")?);
+        Ok(query.fetch_all(&self.pool).await?)
+    }
+
     /// `tenant`'s usage rows for hours starting in `from_ms..to_ms`, ordered by hour, queue,
     /// sub-tenant and action.
     pub async fn usage(&self, tenant: &str, from_ms: u64, to_ms: u64) -> Result<Vec<UsageRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT hour_start_ms, queue, sub_tenant, action, calls, units, bytes_in, bytes_out, empty_receives
-             FROM hourly_usage WHERE tenant = $1 AND hour_start_ms >= $2 AND hour_start_ms < $3
-             ORDER BY hour_start_ms, queue, sub_tenant, action",
-        )
-        .bind(tenant)
-        .bind(to_i64(from_ms, "time")?)
-        .bind(to_i64(to_ms, "time")?)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = self.tenant_rows(USAGE_ROWS_SQL, tenant, from_ms, to_ms).await?;
         rows.iter()
             .map(|row| {
                 Ok(UsageRow {
@@ -329,16 +342,7 @@ impl BillingStore {
     /// `tenant`'s billable units per hour in `from_ms..to_ms`, in order: the input of
     /// [`crate::pricing::rate_month`].
     pub async fn hourly_units(&self, tenant: &str, from_ms: u64, to_ms: u64) -> Result<Vec<HourUsage>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT hour_start_ms, CAST(SUM(units) AS BIGINT) AS units FROM hourly_usage
-             WHERE tenant = $1 AND hour_start_ms >= $2 AND hour_start_ms < $3
-             GROUP BY hour_start_ms ORDER BY hour_start_ms",
-        )
-        .bind(tenant)
-        .bind(to_i64(from_ms, "time")?)
-        .bind(to_i64(to_ms, "time")?)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = self.tenant_rows(HOURLY_UNITS_SQL, tenant, from_ms, to_ms).await?;
         rows.iter()
             .map(|row| {
                 Ok(HourUsage {
