@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // type serves both.
         .type_attribute(".strata.v1.Segment", "#[derive(serde::Serialize, serde::Deserialize)]")
         .type_attribute(".strata.v1.QueueConfig", "#[derive(serde::Serialize, serde::Deserialize)]")
+        .type_attribute(".strata.v1.TenantLimits", "#[derive(serde::Serialize, serde::Deserialize)]")
         .compile_protos(&["proto/strata.proto"], &["proto"])?;
     Ok(())
 }

@@ -22,19 +22,12 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-/// Payload bytes per billable unit (the SQS convention).
-pub const UNIT_PAYLOAD_BYTES: u64 = 64 * 1024;
+pub use strata_common::metering::{UNIT_PAYLOAD_BYTES, billable_units};
 /// One hour in milliseconds: usage is kept per hour.
 pub const HOUR_MS: u64 = 3_600_000;
 
 /// Money in millionths of the currency unit (1 USD = 1,000,000).
 pub type Micros = u64;
-
-/// Billable units of one call with `payload_bytes` of payload: one per started 64 KiB, at least
-/// one (an empty receive is one unit too).
-pub fn billable_units(payload_bytes: u64) -> u64 {
-    payload_bytes.div_ceil(UNIT_PAYLOAD_BYTES).max(1)
-}
 
 /// A calendar month in UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -22,6 +22,7 @@
 use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
+pub use strata_common::metering::MeterRecord;
 
 use crate::pricing::{
     HOUR_MS, HourUsage, InvoiceLine, Micros, Month, MonthRating, PackageBalance, Plan, PricingError, rate_month,
@@ -31,28 +32,6 @@ use crate::pricing::{
 pub const TEXT_FIELD_BYTES_MAX: usize = 256;
 /// Most records per [`BillingStore::record`] call.
 pub const RECORDS_PER_BATCH_MAX: usize = 1_000;
-
-/// One accepted call, as the proxy meters it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MeterRecord {
-    /// The call's id: the same on every retry of the call.
-    pub request_id: String,
-    /// From the verified credential.
-    pub tenant: String,
-    /// The tenant's own customer, from `x-strata-customer` (empty when not given).
-    pub sub_tenant: String,
-    /// The queue's name (empty for calls on no queue).
-    pub queue: String,
-    /// The API action, such as `SendMessage`.
-    pub action: String,
-    /// When the call was accepted (milliseconds since the Unix epoch).
-    pub at_ms: u64,
-    pub units: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    /// A receive that returned no message.
-    pub empty_receive: bool,
-}
 
 /// A row of hourly usage.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

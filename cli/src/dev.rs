@@ -61,6 +61,9 @@ pub struct DevArgs {
     /// How the proxy reaches the storage node's gRPC service.
     #[arg(long, value_enum, default_value_t = StorageRpc::InProcess)]
     storage_rpc: StorageRpc,
+    /// Do not meter calls for billing (only to measure what metering costs).
+    #[arg(long)]
+    no_metering: bool,
     /// Seal WAL segments at this size (smaller means earlier tiering).
     #[arg(long, default_value_t = ShardLogSettings::default().segment_size_bytes_max)]
     segment_bytes: u64,
@@ -261,6 +264,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         co_located_storage,
         clock: clock.clone(),
         admin_verifier,
+        metering: !args.no_metering,
+        fleet_proxies: 1,
     })?;
     let admin_listener = tokio::net::TcpListener::bind(admin_addr)
         .await

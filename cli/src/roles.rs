@@ -231,6 +231,21 @@ struct ProxyConfig {
     audience: String,
     admin_audience: String,
     keys: Vec<KeyConfig>,
+    /// Meter every accepted call for billing (default on; off only to measure its cost).
+    #[serde(default = "yes")]
+    metering: bool,
+    /// How many proxies serve the cluster behind one balancer: each enforces 1/N of every
+    /// tenant's rate limits (default 1).
+    #[serde(default = "one_proxy")]
+    fleet_proxies: u32,
+}
+
+fn one_proxy() -> u32 {
+    1
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -262,6 +277,8 @@ pub async fn proxy(args: RoleArgs) -> anyhow::Result<()> {
         co_located_storage: None,
         clock: Arc::new(SystemClock),
         admin_verifier: verifier_for(&config.admin_audience),
+        metering: config.metering,
+        fleet_proxies: config.fleet_proxies,
     })?;
     let api = tokio::net::TcpListener::bind(config.listen)
         .await

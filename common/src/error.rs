@@ -141,6 +141,8 @@ pub struct StrataError {
     /// With `Unavailable` from a replica that does not lead: the leader's address, when known.
     /// Internal (between components); never shown to tenants.
     pub leader_hint: Option<String>,
+    /// With `Throttled`: when a retry may succeed, in whole seconds (HTTP `Retry-After`).
+    pub retry_after_s: Option<u64>,
 }
 
 /// gRPC metadata key carrying [`StrataError::leader_hint`] (the metadata quorum's members use it
@@ -149,7 +151,12 @@ pub const LEADER_HINT_METADATA_KEY: &str = "x-strata-leader";
 
 impl StrataError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), leader_hint: None }
+        Self { kind, message: message.into(), leader_hint: None, retry_after_s: None }
+    }
+
+    /// Over a rate quota; a retry after `retry_after_s` seconds may succeed.
+    pub fn throttled(message: impl Into<String>, retry_after_s: u64) -> Self {
+        Self { retry_after_s: Some(retry_after_s), ..Self::new(ErrorKind::Throttled, message) }
     }
 
     /// A replica that does not lead answers this; `leader` is where to go instead, if known.
@@ -158,6 +165,7 @@ impl StrataError {
             kind: ErrorKind::Unavailable,
             message: format!("this replica does not lead {what}; retry at the leader"),
             leader_hint: leader,
+            retry_after_s: None,
         }
     }
 

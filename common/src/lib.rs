@@ -1,5 +1,5 @@
 //! Shared vocabulary of every Strata component: the public error kinds, the clock seam, limits,
-//! name validation, and the internal gRPC wire types.
+//! name validation, metering records, and the internal gRPC wire types.
 //!
 //! Nothing here depends on another Strata crate; everything else may depend on this.
 
@@ -7,6 +7,7 @@ pub mod clock;
 pub mod error;
 pub mod grpc;
 pub mod limits;
+pub mod metering;
 pub mod names;
 
 /// Internal gRPC wire types and service stubs (generated from `proto/strata.proto`).

@@ -11,9 +11,9 @@ fn allowed(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '-' || c == '_'
 }
 
-/// Tenant ids that cannot be used: an SQS queue URL is `/<tenant>/<queue>`, and `/v1/...` is
-/// the native API.
-const RESERVED_TENANTS: [&str; 1] = ["v1"];
+/// Tenant ids that cannot be used: an SQS queue URL is `/<tenant>/<queue>`, `/v1/...` is the
+/// native API, and the system tenant owns Strata's internal queues.
+const RESERVED_TENANTS: [&str; 2] = ["v1", crate::metering::SYSTEM_TENANT];
 
 /// A tenant id is 1–64 characters of `[A-Za-z0-9_-]`, and not reserved.
 pub fn validate_tenant(tenant: &str) -> Result<(), StrataError> {
@@ -27,6 +27,12 @@ pub fn validate_tenant(tenant: &str) -> Result<(), StrataError> {
         ));
     }
     Ok(())
+}
+
+/// A tenant id a credential may name, or the system tenant (metadata accepts both; the
+/// front doors accept only the former).
+pub fn validate_tenant_or_system(tenant: &str) -> Result<(), StrataError> {
+    if tenant == crate::metering::SYSTEM_TENANT { Ok(()) } else { validate_tenant(tenant) }
 }
 
 /// A queue name is 1–80 characters of `[A-Za-z0-9_-]`, optionally ending in `.fifo`.
@@ -65,5 +71,7 @@ mod tests {
         assert!(validate_tenant("").is_err());
         assert!(validate_tenant("a b").is_err());
         assert!(validate_tenant(&"t".repeat(65)).is_err());
+        assert!(validate_tenant(crate::metering::SYSTEM_TENANT).is_err());
+        assert!(validate_tenant_or_system(crate::metering::SYSTEM_TENANT).is_ok());
     }
 }

@@ -75,6 +75,50 @@ impl AccessKeyRecord {
 /// visibility, delay, SQS limits and defaults, redrive and FIFO settings.
 pub type QueueConfig = strata_common::proto::QueueConfig;
 
+/// A tenant's limits (the wire type is the record); 0 means no limit of that kind.
+pub type Limits = strata_common::proto::TenantLimits;
+
+/// The limits plan a plan-less tenant follows.
+pub const DEFAULT_LIMIT_PLAN: &str = "default";
+/// Most limit plans.
+pub const LIMIT_PLANS_MAX: usize = 1_000;
+/// Longest limit plan name.
+pub const LIMIT_PLAN_NAME_CHARS_MAX: usize = 64;
+/// Longest reason a tenant is capped.
+pub const CAPPED_REASON_CHARS_MAX: usize = 512;
+
+/// A tenant's limits plan, its own overrides, and why its calls are refused (empty: they are not).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantLimitsRecord {
+    pub plan: String,
+    pub overrides: Limits,
+    pub capped_reason: String,
+}
+
+/// Each of `overrides`' limits that is set (non-zero), else `plan`'s.
+pub fn effective_limits(plan: &Limits, overrides: &Limits) -> Limits {
+    let pick = |own: u64, inherited: u64| if own != 0 { own } else { inherited };
+    Limits {
+        requests_per_second: pick(overrides.requests_per_second, plan.requests_per_second),
+        payload_bytes_per_second: pick(overrides.payload_bytes_per_second, plan.payload_bytes_per_second),
+        queues_max: pick(overrides.queues_max, plan.queues_max),
+        in_flight_messages_max: pick(overrides.in_flight_messages_max, plan.in_flight_messages_max),
+    }
+}
+
+/// A limit plan's name: 1-64 of `A-Z a-z 0-9 _ -`.
+fn validate_limit_plan_name(name: &str) -> Result<(), StrataError> {
+    let valid = (1..=LIMIT_PLAN_NAME_CHARS_MAX).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(StrataError::invalid(format!(
+            "a limit plan name is 1-{LIMIT_PLAN_NAME_CHARS_MAX} characters of A-Z, a-z, 0-9, '_' and '-'"
+        )))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantRecord {
     pub tenant: String,
@@ -244,12 +288,33 @@ pub enum MetaCommand {
         shard_id: u64,
         voters: Vec<String>,
     },
+    /// Creates or replaces a named limits plan.
+    SetLimitPlan {
+        name: String,
+        limits: Limits,
+    },
+    /// Puts a tenant on a limits plan (empty: the default plan) with its own overrides.
+    SetTenantLimits {
+        tenant: String,
+        plan: String,
+        overrides: Limits,
+    },
+    /// Refuses a tenant's calls for `reason`, or lets them through again (empty reason).
+    SetTenantCapped {
+        tenant: String,
+        reason: String,
+    },
 }
 
 impl fmt::Display for MetaCommand {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             MetaCommand::EnsureTenant { tenant, .. } => write!(f, "ensure-tenant {tenant}"),
+            MetaCommand::SetLimitPlan { name, .. } => write!(f, "set-limit-plan {name}"),
+            MetaCommand::SetTenantLimits { tenant, plan, .. } => write!(f, "set-tenant-limits {tenant} plan={plan}"),
+            MetaCommand::SetTenantCapped { tenant, reason } => {
+                write!(f, "set-tenant-capped {tenant} capped={}", !reason.is_empty())
+            }
             MetaCommand::CreateQueue { tenant, name, .. } => write!(f, "create-queue {tenant}/{name}"),
             MetaCommand::DeleteQueue { tenant, name } => write!(f, "delete-queue {tenant}/{name}"),
             MetaCommand::SetQueueConfig { tenant, name, .. } => write!(f, "set-queue-config {tenant}/{name}"),
@@ -343,6 +408,10 @@ pub struct Catalog {
     access_keys: BTreeMap<String, AccessKeyRecord>,
     /// Live queues per tenant, for the per-tenant limit.
     queues_per_tenant: BTreeMap<String, u64>,
+    /// Named limits plans.
+    limit_plans: BTreeMap<String, Limits>,
+    /// Tenants with a plan, overrides or a cap.
+    tenant_limits: BTreeMap<String, TenantLimitsRecord>,
     /// Recent request ids and what applying them answered.
     requests: RecentRequests<MetaResponse>,
 }
@@ -426,6 +495,19 @@ impl Catalog {
     }
 
     /// A tenant's keys (active and kept revoked ones), by id.
+    pub fn limit_plans(&self) -> &BTreeMap<String, Limits> {
+        &self.limit_plans
+    }
+
+    /// A tenant's limits record and its effective limits.
+    pub fn limits_of(&self, tenant: &str) -> (TenantLimitsRecord, Limits) {
+        let record = self.tenant_limits.get(tenant).cloned().unwrap_or_default();
+        let plan_name = if record.plan.is_empty() { DEFAULT_LIMIT_PLAN } else { &record.plan };
+        let plan = self.limit_plans.get(plan_name).cloned().unwrap_or_default();
+        let effective = effective_limits(&plan, &record.overrides);
+        (record, effective)
+    }
+
     pub fn access_keys_of(&self, tenant: &str) -> Vec<AccessKeyRecord> {
         self.access_keys.values().filter(|k| k.tenant == tenant).cloned().collect()
     }
@@ -471,8 +553,37 @@ impl Catalog {
 
     fn apply_command(&mut self, log_index: u64, command: &MetaCommand) -> Result<MetaResponse, StrataError> {
         match command {
-            MetaCommand::EnsureTenant { tenant, now_ms } => {
+            MetaCommand::SetLimitPlan { name, limits } => {
+                validate_limit_plan_name(name)?;
+                if !self.limit_plans.contains_key(name) && self.limit_plans.len() >= LIMIT_PLANS_MAX {
+                    return Err(StrataError::new(
+                        ErrorKind::LimitExceeded,
+                        format!("at most {LIMIT_PLANS_MAX} limit plans; change an existing one"),
+                    ));
+                }
+                self.limit_plans.insert(name.clone(), limits.clone());
+                Ok(MetaResponse::Done)
+            }
+            MetaCommand::SetTenantLimits { tenant, plan, overrides } => {
                 strata_common::names::validate_tenant(tenant)?;
+                if !plan.is_empty() && !self.limit_plans.contains_key(plan) {
+                    return Err(StrataError::invalid(format!("no limit plan '{plan}'; create it first")));
+                }
+                let record = self.tenant_limits.entry(tenant.clone()).or_default();
+                record.plan = plan.clone();
+                record.overrides = overrides.clone();
+                Ok(MetaResponse::Done)
+            }
+            MetaCommand::SetTenantCapped { tenant, reason } => {
+                strata_common::names::validate_tenant(tenant)?;
+                if reason.len() > CAPPED_REASON_CHARS_MAX {
+                    return Err(StrataError::invalid(format!("a reason is at most {CAPPED_REASON_CHARS_MAX} bytes")));
+                }
+                self.tenant_limits.entry(tenant.clone()).or_default().capped_reason = reason.clone();
+                Ok(MetaResponse::Done)
+            }
+            MetaCommand::EnsureTenant { tenant, now_ms } => {
+                strata_common::names::validate_tenant_or_system(tenant)?;
                 let record = self
                     .tenants
                     .entry(tenant.clone())
@@ -494,10 +605,14 @@ impl Catalog {
                     ));
                 }
                 let count = self.queues_per_tenant.get(tenant).copied().unwrap_or(0);
-                if count >= QUEUES_PER_TENANT_MAX {
+                let limit = match self.limits_of(tenant).1.queues_max {
+                    0 => QUEUES_PER_TENANT_MAX,
+                    own => own.min(QUEUES_PER_TENANT_MAX),
+                };
+                if count >= limit {
                     return Err(StrataError::new(
                         ErrorKind::LimitExceeded,
-                        format!("a tenant may have at most {QUEUES_PER_TENANT_MAX} queues; delete some first"),
+                        format!("this tenant may have at most {limit} queues; delete some first"),
                     ));
                 }
                 let shard_ids: Vec<u64> = self.shards.keys().copied().collect();

@@ -343,6 +343,41 @@ impl MetadataClient {
     }
 
     /// A key with its secret, whatever its state (the proxy's SigV4 check).
+    /// Creates or replaces a named limits plan.
+    pub async fn set_limit_plan(&self, name: &str, limits: pb::TenantLimits) -> Result<pb::LimitPlan, StrataError> {
+        let request = pb::LimitPlan { name: name.to_owned(), limits: Some(limits) };
+        self.call(request, |mut c, r| async move { c.set_limit_plan(r).await }).await
+    }
+
+    pub async fn list_limit_plans(&self) -> Result<Vec<pb::LimitPlan>, StrataError> {
+        let response: pb::ListLimitPlansResponse =
+            self.call(pb::ListLimitPlansRequest {}, |mut c, r| async move { c.list_limit_plans(r).await }).await?;
+        Ok(response.plans)
+    }
+
+    /// Puts a tenant on a limits plan (empty: the default plan) with its own overrides.
+    pub async fn set_tenant_limits(
+        &self,
+        tenant: &str,
+        plan: &str,
+        overrides: pb::TenantLimits,
+    ) -> Result<pb::TenantLimitsInfo, StrataError> {
+        let request =
+            pb::SetTenantLimitsRequest { tenant: tenant.to_owned(), plan: plan.to_owned(), overrides: Some(overrides) };
+        self.call(request, |mut c, r| async move { c.set_tenant_limits(r).await }).await
+    }
+
+    /// Refuses a tenant's calls for `reason`, or lets them through again (empty reason).
+    pub async fn set_tenant_capped(&self, tenant: &str, reason: &str) -> Result<pb::TenantLimitsInfo, StrataError> {
+        let request = pb::SetTenantCappedRequest { tenant: tenant.to_owned(), capped_reason: reason.to_owned() };
+        self.call(request, |mut c, r| async move { c.set_tenant_capped(r).await }).await
+    }
+
+    pub async fn get_tenant_limits(&self, tenant: &str) -> Result<pb::TenantLimitsInfo, StrataError> {
+        let request = pb::TenantRef { tenant: tenant.to_owned() };
+        self.call(request, |mut c, r| async move { c.get_tenant_limits(r).await }).await
+    }
+
     pub async fn lookup_access_key(&self, access_key_id: &str) -> Result<pb::AccessKey, StrataError> {
         let request = pb::LookupAccessKeyRequest { access_key_id: access_key_id.to_string() };
         self.call(request, |mut c, r| async move { c.lookup_access_key(r).await }).await

@@ -760,4 +760,75 @@ impl Metadata for MetadataService {
             }
         }
     }
+
+    async fn set_limit_plan(&self, request: Request<pb::LimitPlan>) -> Result<Response<pb::LimitPlan>, Status> {
+        let request_id = request_id(&request)?;
+        let plan = request.into_inner();
+        let limits = plan.limits.clone().unwrap_or_default();
+        self.node.propose(request_id, MetaCommand::SetLimitPlan { name: plan.name.clone(), limits }).await?;
+        Ok(Response::new(plan))
+    }
+
+    async fn list_limit_plans(
+        &self,
+        _: Request<pb::ListLimitPlansRequest>,
+    ) -> Result<Response<pb::ListLimitPlansResponse>, Status> {
+        self.node.read_barrier().await?;
+        let plans = self
+            .node
+            .catalog()
+            .limit_plans()
+            .iter()
+            .map(|(name, limits)| pb::LimitPlan { name: name.clone(), limits: Some(limits.clone()) })
+            .collect();
+        Ok(Response::new(pb::ListLimitPlansResponse { plans }))
+    }
+
+    async fn set_tenant_limits(
+        &self,
+        request: Request<pb::SetTenantLimitsRequest>,
+    ) -> Result<Response<pb::TenantLimitsInfo>, Status> {
+        let request_id = request_id(&request)?;
+        let r = request.into_inner();
+        let command = MetaCommand::SetTenantLimits {
+            tenant: r.tenant.clone(),
+            plan: r.plan,
+            overrides: r.overrides.unwrap_or_default(),
+        };
+        self.node.propose(request_id, command).await?;
+        Ok(Response::new(self.tenant_limits(&r.tenant)))
+    }
+
+    async fn set_tenant_capped(
+        &self,
+        request: Request<pb::SetTenantCappedRequest>,
+    ) -> Result<Response<pb::TenantLimitsInfo>, Status> {
+        let request_id = request_id(&request)?;
+        let r = request.into_inner();
+        self.node
+            .propose(request_id, MetaCommand::SetTenantCapped { tenant: r.tenant.clone(), reason: r.capped_reason })
+            .await?;
+        Ok(Response::new(self.tenant_limits(&r.tenant)))
+    }
+
+    async fn get_tenant_limits(
+        &self,
+        request: Request<pb::TenantRef>,
+    ) -> Result<Response<pb::TenantLimitsInfo>, Status> {
+        self.node.read_barrier().await?;
+        Ok(Response::new(self.tenant_limits(&request.into_inner().tenant)))
+    }
+}
+
+impl MetadataService {
+    fn tenant_limits(&self, tenant: &str) -> pb::TenantLimitsInfo {
+        let (record, effective) = self.node.catalog().limits_of(tenant);
+        pb::TenantLimitsInfo {
+            tenant: tenant.to_owned(),
+            plan: record.plan,
+            overrides: Some(record.overrides),
+            effective: Some(effective),
+            capped_reason: record.capped_reason,
+        }
+    }
 }

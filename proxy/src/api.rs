@@ -33,7 +33,9 @@ use strata_metadata::MetadataClient;
 
 use crate::auth::JwtVerifier;
 use crate::error::ApiError;
+use crate::metering::{CallId, Charge, Meter, message_payload_bytes};
 use crate::queues;
+use crate::quotas::Quotas;
 use crate::routing::Router as Placement;
 use crate::sqs::auth::AccessKeys;
 use crate::sqs::{self, SqsState};
@@ -61,6 +63,10 @@ pub struct ProxySettings {
     pub clock: Arc<dyn Clock>,
     /// Verifies operators' tokens on the admin API (its own audience).
     pub admin_verifier: JwtVerifier,
+    /// Meter every accepted call into the system metering queue (off only to measure its cost).
+    pub metering: bool,
+    /// How many proxies share each tenant's rate limits: this one enforces 1/N of them.
+    pub fleet_proxies: u32,
 }
 
 #[derive(Clone)]
@@ -69,6 +75,7 @@ struct AppState {
     verifier: Arc<JwtVerifier>,
     admin_verifier: Arc<JwtVerifier>,
     sqs: Arc<SqsState>,
+    meter: Meter,
 }
 
 /// The proxy's two routers: the tenant-facing API (native and SQS) and the operators' admin API,
@@ -83,13 +90,24 @@ pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
     let metadata = MetadataClient::connect_lazy(&settings.metadata_endpoint)?;
     let storage = settings.co_located_storage.map(StorageClients::with_co_located).unwrap_or_default();
     let placement = Arc::new(Placement::new(metadata.clone(), storage));
-    let sqs =
-        Arc::new(SqsState { placement: placement.clone(), keys: AccessKeys::new(metadata), clock: settings.clock });
+    let meter = if settings.metering {
+        Meter::start(placement.clone(), settings.clock.clone())
+    } else {
+        Meter::disabled(settings.clock.clone())
+    };
+    let sqs = Arc::new(SqsState {
+        placement: placement.clone(),
+        keys: AccessKeys::new(metadata.clone()),
+        quotas: Quotas::new(metadata, settings.fleet_proxies),
+        clock: settings.clock,
+        meter: meter.clone(),
+    });
     let state = AppState {
         placement,
         verifier: Arc::new(settings.verifier),
         admin_verifier: Arc::new(settings.admin_verifier),
         sqs: sqs.clone(),
+        meter,
     };
     let admin = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -249,8 +267,32 @@ impl FromRequestParts<AppState> for Tenant {
     }
 }
 
+impl FromRequestParts<AppState> for CallId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
+        CallId::from_headers(&parts.headers).map_err(ApiError)
+    }
+}
+
+impl AppState {
+    /// Checks the tenant's quotas (and billing cap) before a call carrying `request_bytes`.
+    async fn admit(&self, tenant: &str, request_bytes: usize) -> Result<(), ApiError> {
+        Ok(self.sqs.quotas.admit(tenant, request_bytes as u64).await?)
+    }
+
+    /// Charges an accepted call (durably) before it is answered.
+    async fn charge(&self, tenant: &str, call: &CallId, body: &[u8], charge: Charge) -> Result<(), ApiError> {
+        Ok(self.meter.charge(tenant, call, body, charge).await?)
+    }
+}
+
 fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let body = body.map_err(|e| {
+    parse_body(&body_bytes(body)?)
+}
+
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError(StrataError::new(
                 ErrorKind::TooLarge,
@@ -259,8 +301,11 @@ fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Resul
         } else {
             ApiError::invalid(format!("could not read the request body: {e}"))
         }
-    })?;
-    let body: &[u8] = if body.is_empty() { b"{}" } else { &body };
+    })
+}
+
+fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let body: &[u8] = if body.is_empty() { b"{}" } else { body };
     serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("invalid JSON request: {e}")))
 }
 
@@ -344,12 +389,16 @@ fn queue_json(info: &pb::QueueInfo, stats: Option<&pb::QueueStats>) -> serde_jso
 async fn create_queue(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
+    call: CallId,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let request: CreateQueueRequest = parse_json(body)?;
+    let body = body_bytes(body)?;
+    state.admit(&tenant, body.len()).await?;
+    let request: CreateQueueRequest = parse_body(&body)?;
     validate_name(&request.name)?;
     let config = request.attributes.to_config(default_config())?;
     let info = queues::create_queue(&state.placement, &tenant, &request.name, config).await?;
+    state.charge(&tenant, &call, &body, Charge::new("CreateQueue", &request.name)).await?;
     Ok((StatusCode::CREATED, Json(queue_json(&info, None))).into_response())
 }
 
@@ -365,8 +414,11 @@ struct ListQueuesQuery {
 async fn list_queues(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
+    call: CallId,
+    uri: axum::http::Uri,
     query: Result<Query<ListQueuesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    state.admit(&tenant, 0).await?;
     let Query(query) = query.map_err(|e| ApiError::invalid(format!("invalid query: {e}")))?;
     let max = query.max_results.unwrap_or(LIST_QUEUES_PAGE_MAX);
     if !(1..=LIST_QUEUES_PAGE_MAX).contains(&max) {
@@ -376,62 +428,80 @@ async fn list_queues(
     let page = state.placement.metadata.list_queues(&tenant, &query.prefix, &start_after, max).await?;
     let next_token = if page.truncated { page.queues.last().map(|q| q.name.clone()) } else { None };
     let queues: Vec<_> = page.queues.iter().map(|q| queue_json(q, None)).collect();
+    let query_text = uri.query().unwrap_or("").as_bytes();
+    state.charge(&tenant, &call, query_text, Charge::new("ListQueues", "")).await?;
     Ok(Json(json!({ "queues": queues, "next_token": next_token })))
 }
 
 async fn get_queue(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
+    call: CallId,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    state.admit(&tenant, 0).await?;
     let stats =
         queues::on_queue(&state.placement, &tenant, &name, |mut c, q| async move { c.get_queue_stats(q).await })
             .await?;
     let info = state.placement.queue(&tenant, &name).await?;
+    state.charge(&tenant, &call, b"", Charge::new("GetQueueAttributes", &name)).await?;
     Ok(Json(queue_json(&info, Some(&stats))))
 }
 
 async fn delete_queue(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
+    call: CallId,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    state.admit(&tenant, 0).await?;
     queues::delete_queue(&state.placement, &tenant, &name).await?;
+    state.charge(&tenant, &call, b"", Charge::new("DeleteQueue", &name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn set_queue_attributes(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
+    call: CallId,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let input: QueueAttributesInput = parse_json(body)?;
+    let body = body_bytes(body)?;
+    state.admit(&tenant, body.len()).await?;
+    let input: QueueAttributesInput = parse_body(&body)?;
     let current = queues::info(&state.placement, &tenant, &name).await?;
     let config = input.to_config(current.config.clone().unwrap_or_default())?;
     let info = queues::set_config(&state.placement, &tenant, &name, config).await?;
+    state.charge(&tenant, &call, &body, Charge::new("SetQueueAttributes", &name)).await?;
     Ok(Json(queue_json(&info, None)))
 }
 
 async fn purge_queue(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
+    call: CallId,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    state.admit(&tenant, 0).await?;
     let purged = queues::on_queue(&state.placement, &tenant, &name, |mut c, q| async move { c.purge(q).await }).await?;
+    state.charge(&tenant, &call, b"", Charge::new("PurgeQueue", &name)).await?;
     Ok(Json(json!({ "purged": purged.purged })))
 }
 
 async fn cancel_scheduled(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
+    call: CallId,
     Path((name, message_id)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    state.admit(&tenant, 0).await?;
     queues::on_queue(&state.placement, &tenant, &name, |mut c, q| {
         let message_id = message_id.clone();
         async move { c.cancel_scheduled(pb::CancelScheduledRequest { queue: Some(q), message_id }).await }
     })
     .await?;
+    state.charge(&tenant, &call, message_id.as_bytes(), Charge::new("CancelScheduledMessage", &name)).await?;
     Ok(Json(json!({ "cancelled": true })))
 }
 
@@ -501,53 +571,34 @@ fn message_to_pb(m: MessageInput) -> Result<pb::NewMessage, ApiError> {
     })
 }
 
-/// The header a client sets to make a send idempotent: a retry with the same id (same tenant,
-/// same queue) is stored once and answered like the first attempt.
-pub const REQUEST_ID_HEADER: &str = "x-strata-request-id";
-/// Longest client request id.
-pub const CLIENT_REQUEST_ID_CHARS_MAX: usize = 128;
-
-/// The client's request id, if it gave one: 1-128 of `A-Z a-z 0-9 . _ -`.
-fn client_request_id(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get(REQUEST_ID_HEADER) else { return Ok(None) };
-    let valid = value.to_str().ok().filter(|id| {
-        (1..=CLIENT_REQUEST_ID_CHARS_MAX).contains(&id.len())
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    });
-    match valid {
-        Some(id) => Ok(Some(id.to_owned())),
-        None => Err(ApiError::invalid(format!(
-            "{REQUEST_ID_HEADER} must be 1-{CLIENT_REQUEST_ID_CHARS_MAX} characters of A-Z, a-z, 0-9, '.', '_' and '-'"
-        ))),
-    }
-}
-
+/// Sends 1-10 messages. With `x-strata-request-id`, a retry (same tenant, same queue) is
+/// stored once and answered like the first attempt.
 async fn send_messages(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
+    call: CallId,
     Path(name): Path<String>,
-    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let client_id = client_request_id(&headers)?;
-    let request: SendRequest = parse_json(body)?;
+    let body = body_bytes(body)?;
+    state.admit(&tenant, body.len()).await?;
+    let request: SendRequest = parse_body(&body)?;
     if request.messages.is_empty() || request.messages.len() > BATCH_ENTRIES_MAX {
         return Err(ApiError::invalid(format!("messages must hold 1-{BATCH_ENTRIES_MAX} entries")));
     }
     let messages = request.messages.into_iter().map(message_to_pb).collect::<Result<Vec<_>, _>>()?;
-    // One id for every attempt of this send (a retry at another replica is stored once). A
-    // client's own id is scoped to its tenant and this queue incarnation (the tenant's length
-    // first, so no two tenants' ids can meet), so it never answers with another's send.
+    let payload_in_bytes = messages.iter().map(|m| message_payload_bytes(&m.body, &m.attributes)).sum();
+    // One id for every attempt of this send: a retry at another replica is stored once.
     let generated = uuid::Uuid::new_v4().to_string();
     let sent = queues::on_queue(&state.placement, &tenant, &name, |mut c, q| {
-        let request_id = match &client_id {
-            Some(id) => format!("client:{}:{tenant}:{}:{id}", tenant.len(), q.queue_id),
-            None => generated.clone(),
-        };
+        let request_id =
+            if call.client_id.is_some() { call.send_request_id(&tenant, q.queue_id) } else { generated.clone() };
         let messages = messages.clone();
         async move { c.send(pb::SendRequest { queue: Some(q), messages, request_id }).await }
     })
     .await?;
+    let action = if messages.len() == 1 { "SendMessage" } else { "SendMessageBatch" };
+    state.charge(&tenant, &call, &body, Charge { payload_in_bytes, ..Charge::new(action, &name) }).await?;
     let messages: Vec<_> = sent.messages.iter().map(|m| json!({ "message_id": m.message_id })).collect();
     Ok(Json(json!({ "messages": messages })))
 }
@@ -587,10 +638,14 @@ fn received_json(m: pb::ReceivedMessage) -> serde_json::Value {
 async fn receive_messages(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
+    call: CallId,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let request: ReceiveRequest = parse_json(body)?;
+    let body = body_bytes(body)?;
+    state.admit(&tenant, body.len()).await?;
+    state.sqs.quotas.admit_receive(&state.placement, &tenant).await?;
+    let request: ReceiveRequest = parse_body(&body)?;
     let max_messages = request.max_messages.unwrap_or(1);
     if !(1..=BATCH_ENTRIES_MAX as u32).contains(&max_messages) {
         return Err(ApiError::invalid(format!("max_messages must be 1-{BATCH_ENTRIES_MAX}")));
@@ -614,6 +669,13 @@ async fn receive_messages(
         .await
     })
     .await?;
+    let payload_out_bytes = received.messages.iter().map(|m| message_payload_bytes(&m.body, &m.attributes)).sum();
+    let charge = Charge {
+        payload_out_bytes,
+        empty_receive: received.messages.is_empty(),
+        ..Charge::new("ReceiveMessage", &name)
+    };
+    state.charge(&tenant, &call, &body, charge).await?;
     let messages: Vec<_> = received.messages.into_iter().map(received_json).collect();
     Ok(Json(json!({ "messages": messages })))
 }
@@ -627,10 +689,13 @@ struct DeleteRequest {
 async fn delete_messages(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
+    call: CallId,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let request: DeleteRequest = parse_json(body)?;
+    let body = body_bytes(body)?;
+    state.admit(&tenant, body.len()).await?;
+    let request: DeleteRequest = parse_body(&body)?;
     if request.receipt_handles.is_empty() || request.receipt_handles.len() > BATCH_ENTRIES_MAX {
         return Err(ApiError::invalid(format!("receipt_handles must hold 1-{BATCH_ENTRIES_MAX} entries")));
     }
@@ -640,6 +705,8 @@ async fn delete_messages(
         async move { c.delete(pb::DeleteRequest { queue: Some(q), receipt_handles }).await }
     })
     .await?;
+    let action = if response.results.len() == 1 { "DeleteMessage" } else { "DeleteMessageBatch" };
+    state.charge(&tenant, &call, &body, Charge::new(action, &name)).await?;
     let results: Vec<_> = response
         .results
         .iter()
@@ -664,10 +731,13 @@ struct VisibilityRequest {
 async fn change_visibility(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
+    call: CallId,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let request: VisibilityRequest = parse_json(body)?;
+    let body = body_bytes(body)?;
+    state.admit(&tenant, body.len()).await?;
+    let request: VisibilityRequest = parse_body(&body)?;
     if request.visibility_timeout_seconds > VISIBILITY_TIMEOUT_S_MAX {
         return Err(ApiError::invalid(format!("visibility_timeout_seconds must be 0-{VISIBILITY_TIMEOUT_S_MAX}")));
     }
@@ -681,6 +751,7 @@ async fn change_visibility(
         }
     })
     .await?;
+    state.charge(&tenant, &call, &body, Charge::new("ChangeMessageVisibility", &name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

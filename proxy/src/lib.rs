@@ -8,7 +8,9 @@
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod metering;
 pub mod queues;
+pub mod quotas;
 pub mod routing;
 pub mod sigv4;
 pub mod sqs;

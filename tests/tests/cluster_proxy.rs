@@ -82,6 +82,8 @@ async fn the_proxy_follows_the_shard_leader_through_a_failover() {
         co_located_storage: None,
         clock: clock.clone(),
         admin_verifier,
+        metering: true,
+        fleet_proxies: 1,
     })
     .expect("proxy router");
     let proxy_addr = free_addr();

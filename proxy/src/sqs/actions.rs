@@ -18,6 +18,7 @@ use strata_common::proto as pb;
 
 use super::error::SqsError;
 use super::{Ctx, md5};
+use crate::metering::{CUSTOMER_ATTRIBUTE, message_payload_bytes};
 use crate::queues;
 
 /// Message attributes per message (SQS's limit).
@@ -123,9 +124,12 @@ fn string_map<'a>(input: &'a Value, name: &str) -> Result<Vec<(&'a str, &'a str)
     }
 }
 
+/// The queue a call's `QueueUrl` names (the queue it is charged to).
 async fn queue_of(ctx: &Ctx<'_>, input: &Value) -> Result<pb::QueueInfo, SqsError> {
     let name = ctx.queue_name(required_string(input, "QueueUrl")?)?;
-    Ok(queues::info(&ctx.state.placement, ctx.tenant(), name).await?)
+    let info = queues::info(&ctx.state.placement, ctx.tenant(), name).await?;
+    ctx.charge.lock().queue = info.name.clone();
+    Ok(info)
 }
 
 // ------------------------------------------------------------------------------------ queues
@@ -943,16 +947,31 @@ async fn send(
     info: &pb::QueueInfo,
     messages: Vec<pb::NewMessage>,
 ) -> Result<pb::SendResponse, SqsError> {
-    // One id for every attempt of this send (a retry at another replica is stored once).
-    let request_id = uuid::Uuid::new_v4().to_string();
+    // The customer of a send may come from its messages' attribute (one per call).
+    let mut customers = messages.iter().filter_map(|m| m.attributes.get(CUSTOMER_ATTRIBUTE));
+    if let Some(first) = customers.next() {
+        if customers.any(|other| other.string_value != first.string_value) {
+            return Err(SqsError::invalid_parameter_value(format!(
+                "The entries of a batch must name the same {CUSTOMER_ATTRIBUTE}."
+            )));
+        }
+        ctx.call.lock().customer_from_attribute(&first.string_value)?;
+    }
+    let call = ctx.call.lock().clone();
+    // One id for every attempt of this send (a retry at another replica is stored once); the
+    // SDK's invocation id makes the SDK's own retries idempotent too.
+    let generated = uuid::Uuid::new_v4().to_string();
     let sent = queues::on_queue(&ctx.state.placement, ctx.tenant(), &info.name, |mut c, q| {
-        let (messages, request_id) = (messages.clone(), request_id.clone());
+        let request_id =
+            if call.client_id.is_some() { call.send_request_id(ctx.tenant(), q.queue_id) } else { generated.clone() };
+        let messages = messages.clone();
         async move { c.send(pb::SendRequest { queue: Some(q), messages, request_id }).await }
     })
     .await?;
     if sent.messages.len() != messages.len() {
         return Err(SqsError::internal_error("The storage node answered a different number of messages."));
     }
+    ctx.charge.lock().payload_in_bytes = messages.iter().map(|m| message_payload_bytes(&m.body, &m.attributes)).sum();
     Ok(sent)
 }
 
@@ -1126,6 +1145,12 @@ async fn receive_message(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError
         }
     })
     .await?;
+    {
+        let mut charge = ctx.charge.lock();
+        charge.payload_out_bytes =
+            received.messages.iter().map(|m| message_payload_bytes(&m.body, &m.attributes)).sum();
+        charge.empty_receive = received.messages.is_empty();
+    }
     let messages: Vec<Value> = received
         .messages
         .into_iter()

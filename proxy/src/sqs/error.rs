@@ -15,6 +15,8 @@ pub struct SqsError {
     pub status: u16,
     pub sender_fault: bool,
     pub message: String,
+    /// Seconds after which a throttled call may be retried (`Retry-After`).
+    pub retry_after_s: Option<u64>,
 }
 
 macro_rules! constructors {
@@ -22,7 +24,7 @@ macro_rules! constructors {
         impl SqsError {
             $(
                 pub fn $fn_name(message: impl Into<String>) -> Self {
-                    Self { code: $code, query_code: $query_code, status: $status, sender_fault: $status < 500, message: message.into() }
+                    Self { code: $code, query_code: $query_code, status: $status, sender_fault: $status < 500, message: message.into(), retry_after_s: None }
                 }
             )*
         }
@@ -55,10 +57,10 @@ constructors! {
 }
 
 impl SqsError {
-    /// An authentication failure with an AWS code (`InvalidClientTokenId`, `SignatureDoesNotMatch`,
-    /// `RequestExpired`, ...).
+    /// A client error whose code is the same on both protocols (`InvalidClientTokenId`,
+    /// `SignatureDoesNotMatch`, `RequestExpired`, `MissingAction`, ...).
     pub fn auth(code: &'static str, status: u16, message: impl Into<String>) -> Self {
-        Self { code, query_code: code, status, sender_fault: true, message: message.into() }
+        Self { code, query_code: code, status, sender_fault: true, message: message.into(), retry_after_s: None }
     }
 
     pub fn missing(parameter: &str) -> Self {
@@ -86,7 +88,7 @@ impl From<StrataError> for SqsError {
             ErrorKind::LimitExceeded => Self::over_limit(e.message),
             ErrorKind::MessageNotInFlight => Self::message_not_inflight(e.message),
             ErrorKind::Unauthenticated => Self::access_denied(e.message),
-            ErrorKind::Throttled => Self::throttled(e.message),
+            ErrorKind::Throttled => Self { retry_after_s: e.retry_after_s, ..Self::throttled(e.message) },
             ErrorKind::Unavailable => Self::service_unavailable(e.message),
             ErrorKind::Internal => {
                 tracing::error!(message = %e.message, "internal error answered on the SQS API");

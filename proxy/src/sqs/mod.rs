@@ -26,6 +26,8 @@ use strata_common::Clock;
 
 use self::auth::{AccessKeys, Caller};
 use self::error::SqsError;
+use crate::metering::{CallId, Charge, Meter};
+use crate::quotas::Quotas;
 use crate::routing::Router as Placement;
 use crate::sigv4::SignedParts;
 
@@ -37,6 +39,8 @@ pub struct SqsState {
     pub placement: Arc<Placement>,
     pub keys: AccessKeys,
     pub clock: Arc<dyn Clock>,
+    pub meter: Meter,
+    pub quotas: Quotas,
 }
 
 /// One authenticated request: who calls, and how its queue URLs are spelled.
@@ -45,6 +49,10 @@ pub struct Ctx<'a> {
     pub caller: Caller,
     /// `http://host[:port]` as the client addressed us, the base of queue URLs.
     pub base_url: String,
+    /// The call's id and customer, for metering and idempotent sends.
+    pub call: parking_lot::Mutex<CallId>,
+    /// What the action is charged for, filled in as it runs (queue, payload).
+    pub charge: parking_lot::Mutex<Charge>,
 }
 
 impl Ctx<'_> {
@@ -120,8 +128,30 @@ async fn authenticate<'s>(
     let parts =
         SignedParts { method: method.as_str(), path: uri.path(), query: uri.query().unwrap_or(""), headers, body };
     let caller = state.keys.authenticate(&parts, state.clock.now_ms()).await?;
+    let call = CallId::from_headers(headers).map_err(|e| SqsError::invalid_parameter_value(e.message))?;
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
-    Ok(Ctx { state, caller, base_url: format!("http://{host}") })
+    Ok(Ctx {
+        state,
+        caller,
+        base_url: format!("http://{host}"),
+        call: parking_lot::Mutex::new(call),
+        charge: parking_lot::Mutex::new(Charge::default()),
+    })
+}
+
+/// Runs an authenticated action and, when it is accepted, charges it before it is answered
+/// (a batch with failed entries is accepted; its payload counts the entries stored).
+async fn run(ctx: &Ctx<'_>, action: &str, input: Value, body: &[u8]) -> Result<Value, SqsError> {
+    let quotas = &ctx.state.quotas;
+    quotas.admit(ctx.tenant(), body.len() as u64).await?;
+    if action == "ReceiveMessage" {
+        quotas.admit_receive(&ctx.state.placement, ctx.tenant()).await?;
+    }
+    let output = actions::dispatch(ctx, action, input).await?;
+    let charge = Charge { action: action.to_owned(), ..ctx.charge.lock().clone() };
+    let call = ctx.call.lock().clone();
+    ctx.state.meter.charge(ctx.tenant(), &call, body, charge).await?;
+    Ok(output)
 }
 
 async fn serve(
@@ -150,13 +180,16 @@ async fn serve(
     if !input.is_object() {
         return Err(SqsError::malformed_request("The request body must be a JSON object."));
     }
-    actions::dispatch(&ctx, action, input).await
+    run(&ctx, action, input, body).await
 }
 
 fn error_response(e: &SqsError) -> Response {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
     let body = json!({ "__type": format!("com.amazonaws.sqs#{}", e.code), "message": e.message });
     let mut response = (status, body.to_string()).into_response();
+    if let Some(seconds) = e.retry_after_s {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
     let fault = if e.sender_fault { "Sender" } else { "Receiver" };
     if let Ok(value) = HeaderValue::from_str(&format!("{};{fault}", e.query_code)) {
         response.headers_mut().insert("x-amzn-query-error", value);

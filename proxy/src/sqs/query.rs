@@ -33,8 +33,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
+use super::SqsState;
 use super::error::SqsError;
-use super::{SqsState, actions};
 
 /// Most parameters in one request. A SendMessageBatch of 10 entries with 10 message attributes
 /// each has about 400.
@@ -359,11 +359,17 @@ pub async fn handle(
     body: &[u8],
     request_id: &str,
 ) -> Response {
-    let (status, xml) = match serve(state, method, uri, headers, body).await {
-        Ok((operation, output)) => (StatusCode::OK, response_xml(operation, &output, request_id)),
-        Err(e) => (StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST), error_xml(&e, request_id)),
+    let (status, xml, retry_after_s) = match serve(state, method, uri, headers, body).await {
+        Ok((operation, output)) => (StatusCode::OK, response_xml(operation, &output, request_id), None),
+        Err(e) => {
+            let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
+            (status, error_xml(&e, request_id), e.retry_after_s)
+        }
     };
     let mut response = (status, xml).into_response();
+    if let Some(seconds) = retry_after_s {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(XML_CONTENT_TYPE));
     response
 }
@@ -396,7 +402,7 @@ async fn serve(
     {
         input.insert("QueueUrl".into(), Value::String(format!("{}{path}", ctx.base_url)));
     }
-    let output = actions::dispatch(&ctx, operation.name, Value::Object(input)).await?;
+    let output = super::run(&ctx, operation.name, Value::Object(input), body).await?;
     Ok((operation, output))
 }
 
@@ -486,21 +492,14 @@ fn to_input(params: Vec<(String, String)>) -> Result<(&'static Operation, Map<St
             return Err(malformed(format!("The parameter {name} appears more than once.")));
         }
     }
-    let action = action.ok_or_else(|| SqsError {
-        code: "MissingAction",
-        query_code: "MissingAction",
-        status: 400,
-        sender_fault: true,
-        message: "The request must contain the parameter Action.".into(),
-    })?;
+    let action =
+        action.ok_or_else(|| SqsError::auth("MissingAction", 400, "The request must contain the parameter Action."))?;
     if version.as_deref().is_some_and(|v| v != API_VERSION) {
-        return Err(SqsError {
-            code: "NoSuchVersion",
-            query_code: "NoSuchVersion",
-            status: 400,
-            sender_fault: true,
-            message: format!("Version must be {API_VERSION}, the only version of this API."),
-        });
+        return Err(SqsError::auth(
+            "NoSuchVersion",
+            400,
+            format!("Version must be {API_VERSION}, the only version of this API."),
+        ));
     }
     let operation = operation(&action)
         .ok_or_else(|| SqsError::invalid_action(format!("The action {action} is not valid for this endpoint.")))?;
@@ -1150,6 +1149,8 @@ mod tests {
             co_located_storage: None,
             clock: Arc::new(strata_common::ManualClock::new(0)),
             admin_verifier: JwtVerifier::new("issuer", "admin", vec![JwtKey::hmac("k", b"secret")]),
+            metering: false,
+            fleet_proxies: 1,
         };
         let router = crate::router(settings).expect("router").api;
         // Method, path, headers, expected status, text the body must contain.

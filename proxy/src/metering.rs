@@ -1,0 +1,347 @@
+//! Metering: every accepted billable call leaves a durable record before it is answered.
+//!
+//! # What it owns
+//!
+//! - [`CallId`]: the id a call's retries share (the client's `x-strata-request-id`, or the AWS
+//!   SDKs' `amz-sdk-invocation-id`) and the tenant's own customer (`x-strata-customer`).
+//! - [`Meter`]: records go through a bounded channel to a flusher, which appends them in batches
+//!   (group commit: up to [`BATCH_RECORDS_MAX`] records or [`BATCH_BYTES_MAX`] bytes, one message
+//!   each) to the system metering queue ([`strata_common::metering`]), with up to
+//!   [`FLUSHES_IN_FLIGHT_MAX`] appends in flight.
+//!
+//! # What it guarantees
+//!
+//! [`Meter::charge`] returns once the record's batch is an acknowledged message: replicated and
+//! fsynced like any tenant message, so it survives the proxy's crash. A call whose record could
+//! not be stored is answered with an error instead of its result (the client retries; its retry
+//! carries the same billing key, see [`CallId::billing_key`], so it is counted once).
+//!
+//! A call is billed ⌈payload / 64 KiB⌉ units, at least one: sends by the message bodies and
+//! attributes they carry, receives by those they return. Rejected calls (authentication
+//! failures, invalid requests, throttling, errors) answer before they are charged, so they are
+//! never billed (docs/design-notes.md, "Billing").
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::http::HeaderMap;
+use sha2::{Digest, Sha256};
+use strata_common::Clock;
+use strata_common::error::{ErrorKind, StrataError};
+use strata_common::limits::RETENTION_MS_MAX;
+use strata_common::metering::{
+    BATCH_BYTES_MAX, BATCH_RECORDS_MAX, METERING_QUEUE, MeterRecord, SYSTEM_TENANT, billable_units, encode_batch,
+};
+use strata_common::proto as pb;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::queues;
+use crate::routing::Router as Placement;
+
+/// The header a client sets to name a call: its retries carry the same id.
+pub const REQUEST_ID_HEADER: &str = "x-strata-request-id";
+/// The header the AWS SDKs set to the same value on every attempt of one call.
+pub const SDK_INVOCATION_ID_HEADER: &str = "amz-sdk-invocation-id";
+/// The header naming the tenant's own customer the call is for (usage per sub-tenant).
+pub const CUSTOMER_HEADER: &str = "x-strata-customer";
+/// The message attribute that names the customer of an SQS send, when the header is absent.
+pub const CUSTOMER_ATTRIBUTE: &str = "x-strata-customer";
+/// Longest client request id.
+pub const CLIENT_REQUEST_ID_CHARS_MAX: usize = 128;
+/// Longest customer tag.
+pub const CUSTOMER_CHARS_MAX: usize = 64;
+/// Metering appends in flight at once.
+pub const FLUSHES_IN_FLIGHT_MAX: usize = 4;
+/// Records waiting for a flush at most; callers wait for room beyond it.
+const PENDING_RECORDS_MAX: usize = 100_000;
+/// A record's encoded size beyond its text fields (field names, numbers), for batch sizing.
+const RECORD_OVERHEAD_BYTES: usize = 160;
+
+/// The metering queue's attributes: messages kept as long as possible, and a visibility timeout
+/// long enough for the billing service to store a batch.
+fn metering_queue_config() -> pb::QueueConfig {
+    pb::QueueConfig { retention_ms: RETENTION_MS_MAX, visibility_timeout_ms: 60_000, ..Default::default() }
+}
+
+fn valid_token(value: &str, chars_max: usize) -> bool {
+    (1..=chars_max).contains(&value.len())
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// What a request says about itself for billing: the id its retries share and its customer.
+#[derive(Debug, Clone, Default)]
+pub struct CallId {
+    /// The client's id for the call, if it gave one.
+    pub client_id: Option<String>,
+    /// The tenant's customer the call is for (empty when not given).
+    pub customer: String,
+}
+
+impl CallId {
+    /// Reads and checks the request's headers: a request id is 1-128 and a customer 1-64 of
+    /// `A-Z a-z 0-9 . _ -`.
+    pub fn from_headers(headers: &HeaderMap) -> Result<Self, StrataError> {
+        let header = |name: &str, chars_max: usize| -> Result<Option<String>, StrataError> {
+            let Some(value) = headers.get(name) else { return Ok(None) };
+            match value.to_str().ok().filter(|v| valid_token(v, chars_max)) {
+                Some(v) => Ok(Some(v.to_owned())),
+                None => Err(StrataError::invalid(format!(
+                    "{name} must be 1-{chars_max} characters of A-Z, a-z, 0-9, '.', '_' and '-'"
+                ))),
+            }
+        };
+        let client_id = match header(REQUEST_ID_HEADER, CLIENT_REQUEST_ID_CHARS_MAX)? {
+            Some(id) => Some(id),
+            None => header(SDK_INVOCATION_ID_HEADER, CLIENT_REQUEST_ID_CHARS_MAX)?,
+        };
+        let customer = header(CUSTOMER_HEADER, CUSTOMER_CHARS_MAX)?.unwrap_or_default();
+        Ok(Self { client_id, customer })
+    }
+
+    /// Sets the customer from a message attribute when no header named one.
+    pub fn customer_from_attribute(&mut self, value: &str) -> Result<(), StrataError> {
+        if !self.customer.is_empty() {
+            return Ok(());
+        }
+        if !valid_token(value, CUSTOMER_CHARS_MAX) {
+            return Err(StrataError::invalid(format!(
+                "the {CUSTOMER_ATTRIBUTE} attribute must be 1-{CUSTOMER_CHARS_MAX} characters of A-Z, a-z, 0-9, \
+                 '.', '_' and '-'"
+            )));
+        }
+        self.customer = value.to_owned();
+        Ok(())
+    }
+
+    /// The key a call is counted once by, per tenant. With a client id, it is a digest of the
+    /// id, the action, the queue and the request body, so an exact retry has the same key (and
+    /// is counted once) while an id reused for a different call does not make it free. Without
+    /// one, every attempt is a call of its own.
+    pub fn billing_key(&self, action: &str, queue: &str, body: &[u8]) -> String {
+        let Some(id) = &self.client_id else { return format!("p-{}", uuid::Uuid::new_v4().simple()) };
+        let mut digest = Sha256::new();
+        for part in [id.as_bytes(), action.as_bytes(), queue.as_bytes()] {
+            digest.update((part.len() as u64).to_be_bytes());
+            digest.update(part);
+        }
+        digest.update(body);
+        format!("c-{}", hex::encode(digest.finalize()))
+    }
+
+    /// The storage request id of a send: the same for every retry of the call to this queue
+    /// incarnation, and never another tenant's (the tenant is part of the digest). Generated
+    /// when the client gave no id (a retry inside the proxy reuses it all the same).
+    pub fn send_request_id(&self, tenant: &str, queue_id: u64) -> String {
+        let Some(id) = &self.client_id else { return uuid::Uuid::new_v4().to_string() };
+        let mut digest = Sha256::new();
+        for part in [tenant.as_bytes(), &queue_id.to_be_bytes(), id.as_bytes()] {
+            digest.update((part.len() as u64).to_be_bytes());
+            digest.update(part);
+        }
+        // 2 + 62 characters: within the storage node's request-id limit.
+        format!("c-{}", &hex::encode(digest.finalize())[..62])
+    }
+}
+
+/// Payload bytes of a message: its body and its attributes' names, types and values (what
+/// SQS counts toward the 256 KiB message size).
+pub fn message_payload_bytes(body: &[u8], attributes: &HashMap<String, pb::MessageAttribute>) -> u64 {
+    let attributes: usize = attributes
+        .iter()
+        .map(|(name, a)| name.len() + a.data_type.len() + a.string_value.len() + a.binary_value.len())
+        .sum();
+    (body.len() + attributes) as u64
+}
+
+/// What one accepted call is charged for.
+#[derive(Debug, Clone, Default)]
+pub struct Charge {
+    /// The action, in the SQS API's names (`SendMessage`, `ReceiveMessage`, ...), on both APIs.
+    pub action: String,
+    /// The queue's name (empty for calls on no queue).
+    pub queue: String,
+    /// Message payload the call carried in.
+    pub payload_in_bytes: u64,
+    /// Message payload the call returned.
+    pub payload_out_bytes: u64,
+    /// A receive that returned nothing.
+    pub empty_receive: bool,
+}
+
+impl Charge {
+    pub fn new(action: &str, queue: &str) -> Self {
+        Self { action: action.to_owned(), queue: queue.to_owned(), ..Default::default() }
+    }
+}
+
+struct Pending {
+    record: MeterRecord,
+    done: oneshot::Sender<Result<(), StrataError>>,
+}
+
+/// Meters accepted calls into the system metering queue (or nowhere, when disabled).
+#[derive(Clone)]
+pub struct Meter {
+    records: Option<mpsc::Sender<Pending>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Meter {
+    /// A meter that stores nothing (for measuring metering's cost, and for tests of other things).
+    pub fn disabled(clock: Arc<dyn Clock>) -> Self {
+        Self { records: None, clock }
+    }
+
+    /// A meter appending to the metering queue through `placement`; its flusher runs until
+    /// every clone of the meter is dropped.
+    pub fn start(placement: Arc<Placement>, clock: Arc<dyn Clock>) -> Self {
+        let (tx, rx) = mpsc::channel(PENDING_RECORDS_MAX);
+        tokio::spawn(flush_loop(placement, rx));
+        Self { records: Some(tx), clock }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.records.is_some()
+    }
+
+    /// Stores the record of an accepted call; returns once it is durable.
+    pub async fn charge(&self, tenant: &str, call: &CallId, body: &[u8], charge: Charge) -> Result<(), StrataError> {
+        let Some(records) = &self.records else { return Ok(()) };
+        let record = MeterRecord {
+            request_id: call.billing_key(&charge.action, &charge.queue, body),
+            tenant: tenant.to_owned(),
+            sub_tenant: call.customer.clone(),
+            queue: charge.queue,
+            action: charge.action,
+            at_ms: self.clock.now_ms(),
+            units: billable_units(charge.payload_in_bytes + charge.payload_out_bytes),
+            bytes_in: charge.payload_in_bytes,
+            bytes_out: charge.payload_out_bytes,
+            empty_receive: charge.empty_receive,
+        };
+        let (done, stored) = oneshot::channel();
+        let unavailable =
+            || StrataError::unavailable("metering is unavailable; retry the call with the same request id");
+        records.send(Pending { record, done }).await.map_err(|_| unavailable())?;
+        stored.await.map_err(|_| unavailable())?
+    }
+}
+
+fn encoded_bytes_estimate(r: &MeterRecord) -> usize {
+    r.request_id.len() + r.tenant.len() + r.sub_tenant.len() + r.queue.len() + r.action.len() + RECORD_OVERHEAD_BYTES
+}
+
+/// Group commit: takes what is waiting (at least one record), appends it as one message, and
+/// answers every waiter with the append's outcome.
+async fn flush_loop(placement: Arc<Placement>, mut rx: mpsc::Receiver<Pending>) {
+    let flushes = Arc::new(Semaphore::new(FLUSHES_IN_FLIGHT_MAX));
+    loop {
+        // Records gather in the channel while every flush is busy.
+        let Ok(permit) = flushes.clone().acquire_owned().await else { return };
+        let Some(first) = rx.recv().await else { return };
+        let mut bytes = encoded_bytes_estimate(&first.record);
+        let mut batch = vec![first];
+        while batch.len() < BATCH_RECORDS_MAX && bytes < BATCH_BYTES_MAX {
+            match rx.try_recv() {
+                Ok(next) => {
+                    bytes += encoded_bytes_estimate(&next.record);
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let placement = placement.clone();
+        tokio::spawn(async move {
+            let records: Vec<MeterRecord> = batch.iter().map(|p| p.record.clone()).collect();
+            let outcome = append(&placement, &records).await;
+            if let Err(e) = &outcome {
+                tracing::warn!(error = %e, records = records.len(), "metering append failed; the calls answer an error");
+            }
+            for pending in batch {
+                let _ = pending.done.send(outcome.clone());
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Appends one batch to the metering queue, creating the queue on first use.
+async fn append(placement: &Placement, records: &[MeterRecord]) -> Result<(), StrataError> {
+    let message = pb::NewMessage { body: encode_batch(records).into(), ..Default::default() };
+    // One id for every attempt: a retry at another replica is stored once.
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let send = || {
+        queues::on_queue(placement, SYSTEM_TENANT, METERING_QUEUE, |mut c, queue| {
+            let (message, request_id) = (message.clone(), request_id.clone());
+            async move { c.send(pb::SendRequest { queue: Some(queue), messages: vec![message], request_id }).await }
+        })
+    };
+    match send().await {
+        Err(e) if e.kind == ErrorKind::QueueNotFound => {
+            ensure_metering_queue(placement).await?;
+            send().await.map(drop)
+        }
+        other => other.map(drop),
+    }
+}
+
+/// Creates the system metering queue if it does not exist (idempotent).
+pub async fn ensure_metering_queue(placement: &Placement) -> Result<pb::QueueInfo, StrataError> {
+    queues::create_queue(placement, SYSTEM_TENANT, METERING_QUEUE, metering_queue_config()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, value.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn a_call_id_comes_from_the_client_or_the_sdk_header() {
+        let call = CallId::from_headers(&headers(&[(REQUEST_ID_HEADER, "r-1"), (CUSTOMER_HEADER, "shop.7")])).unwrap();
+        assert_eq!(call.client_id.as_deref(), Some("r-1"));
+        assert_eq!(call.customer, "shop.7");
+        let sdk = CallId::from_headers(&headers(&[(SDK_INVOCATION_ID_HEADER, "0b1c-22")])).unwrap();
+        assert_eq!(sdk.client_id.as_deref(), Some("0b1c-22"));
+        assert!(CallId::from_headers(&headers(&[(CUSTOMER_HEADER, "a b")])).is_err());
+        assert!(CallId::from_headers(&headers(&[(REQUEST_ID_HEADER, &"x".repeat(129))])).is_err());
+    }
+
+    #[test]
+    fn an_exact_retry_keeps_its_billing_key_and_a_reused_id_does_not() {
+        let call = CallId { client_id: Some("r-1".into()), customer: String::new() };
+        let key = call.billing_key("SendMessage", "orders", b"{\"a\":1}");
+        assert_eq!(key, call.billing_key("SendMessage", "orders", b"{\"a\":1}"));
+        assert_ne!(key, call.billing_key("SendMessage", "orders", b"{\"a\":2}"));
+        assert_ne!(key, call.billing_key("ReceiveMessage", "orders", b"{\"a\":1}"));
+        assert_ne!(key, call.billing_key("SendMessage", "orders2", b"{\"a\":1}"));
+        let anonymous = CallId::default();
+        assert_ne!(anonymous.billing_key("SendMessage", "q", b""), anonymous.billing_key("SendMessage", "q", b""));
+    }
+
+    #[test]
+    fn send_request_ids_fit_the_storage_limit_and_differ_per_tenant() {
+        let call = CallId { client_id: Some("x".repeat(128)), customer: String::new() };
+        let id = call.send_request_id(&"t".repeat(64), u64::MAX);
+        assert!(id.len() <= strata_common::limits::REQUEST_ID_CHARS_MAX);
+        assert_ne!(call.send_request_id("a", 1), call.send_request_id("b", 1));
+        assert_eq!(call.send_request_id("a", 1), call.send_request_id("a", 1));
+    }
+
+    #[test]
+    fn a_header_customer_wins_over_the_attribute() {
+        let mut call = CallId { client_id: None, customer: "h".into() };
+        call.customer_from_attribute("a").unwrap();
+        assert_eq!(call.customer, "h");
+        let mut call = CallId::default();
+        call.customer_from_attribute("a").unwrap();
+        assert_eq!(call.customer, "a");
+        assert!(CallId::default().customer_from_attribute("bad value").is_err());
+    }
+}

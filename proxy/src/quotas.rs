@@ -1,0 +1,223 @@
+//! Per-tenant quotas at the proxy, over all of a tenant's queues: requests per second, message
+//! payload bytes per second, and in-flight messages; and the refusal of a tenant whose billing
+//! hard cap was reached. (The number of queues is enforced exactly by metadata, at create.)
+//!
+//! # What it owns
+//!
+//! A cache of each tenant's effective limits (from metadata, re-read every
+//! [`LIMITS_REFRESH`]) with token buckets (`governor`) for the rates, and, for tenants with an
+//! in-flight limit, the tenant's in-flight total (summed over its queues, re-read every
+//! [`IN_FLIGHT_REFRESH`]).
+//!
+//! # How accurate it is
+//!
+//! - Rates: each proxy enforces `limit / fleet_proxies` (its configured share), with a burst of
+//!   one second's share. With N proxies behind a balancer that spreads a tenant's calls evenly,
+//!   the tenant gets its limit; a skewed balancer gives it less, never more than the limit plus
+//!   one second's burst per proxy.
+//! - In-flight messages: the total is at most [`IN_FLIGHT_REFRESH`] old, so receives in that
+//!   window can overshoot the limit by what they take.
+//! - A changed limit or cap applies within [`LIMITS_REFRESH`] on every proxy.
+//! - When metadata cannot be reached, the last limits read stay in force; a tenant never read
+//!   is let through (quotas protect the service; they do not decide who may call).
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use governor::clock::{Clock as _, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use parking_lot::Mutex;
+use strata_common::error::{ErrorKind, StrataError};
+use strata_common::proto as pb;
+use strata_metadata::MetadataClient;
+
+use crate::routing::Router as Placement;
+
+/// How long a tenant's limits are used before metadata is asked again.
+pub const LIMITS_REFRESH: Duration = Duration::from_secs(5);
+/// How long a tenant's in-flight total is used before it is summed again.
+pub const IN_FLIGHT_REFRESH: Duration = Duration::from_secs(2);
+/// How long a read of limits or stats may take before the cached value is used.
+const READ_TIMEOUT: Duration = Duration::from_secs(1);
+/// Tenants cached at most; the cache is cleared when it would grow past this.
+const TENANTS_CACHED_MAX: usize = 100_000;
+/// Queues summed for a tenant's in-flight total at most (one listing page).
+const IN_FLIGHT_QUEUES_SUMMED_MAX: u32 = 1_000;
+
+/// A tenant's limits as this proxy enforces them.
+struct TenantQuota {
+    read_at: Instant,
+    limits: pb::TenantLimits,
+    capped_reason: String,
+    requests: Option<Arc<DefaultDirectRateLimiter>>,
+    payload_bytes: Option<Arc<DefaultDirectRateLimiter>>,
+    /// The tenant's in-flight total and when it was summed.
+    in_flight: Arc<Mutex<Option<(Instant, u64)>>>,
+}
+
+/// This proxy's bucket for a tenant's rate: its share, with a burst of one second's share.
+fn bucket(per_second: u64, share: u32) -> Option<Arc<DefaultDirectRateLimiter>> {
+    let own = (per_second / u64::from(share.max(1))).max(1);
+    let own = NonZeroU32::new(u32::try_from(own).unwrap_or(u32::MAX))?;
+    (per_second > 0).then(|| Arc::new(RateLimiter::direct(Quota::per_second(own))))
+}
+
+impl TenantQuota {
+    fn new(info: pb::TenantLimitsInfo, share: u32) -> Self {
+        let limits = info.effective.unwrap_or_default();
+        Self {
+            read_at: Instant::now(),
+            requests: bucket(limits.requests_per_second, share),
+            payload_bytes: bucket(limits.payload_bytes_per_second, share),
+            limits,
+            capped_reason: info.capped_reason,
+            in_flight: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The same limits re-read now: the buckets (and what they hold) carry on.
+    fn reread(old: &TenantQuota, capped_reason: String) -> Self {
+        Self {
+            read_at: Instant::now(),
+            limits: old.limits.clone(),
+            capped_reason,
+            requests: old.requests.clone(),
+            payload_bytes: old.payload_bytes.clone(),
+            in_flight: old.in_flight.clone(),
+        }
+    }
+}
+
+/// The quota checks of one proxy.
+pub struct Quotas {
+    metadata: MetadataClient,
+    /// The number of proxies sharing each tenant's rate limits (this proxy enforces 1/N).
+    fleet_proxies: u32,
+    tenants: Mutex<HashMap<String, Arc<TenantQuota>>>,
+}
+
+fn throttled(what: &str, wait: Duration) -> StrataError {
+    let retry_after_s = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    StrataError::throttled(
+        format!("over this tenant's {what} quota; retry after {retry_after_s} s or ask for a higher limit"),
+        retry_after_s.max(1),
+    )
+}
+
+impl Quotas {
+    pub fn new(metadata: MetadataClient, fleet_proxies: u32) -> Self {
+        Self { metadata, fleet_proxies: fleet_proxies.max(1), tenants: Mutex::new(HashMap::new()) }
+    }
+
+    /// Admits a call carrying `payload_bytes` of messages, or answers why not: `LimitExceeded`
+    /// for a tenant past its hard cap, `Throttled` (with a retry-after) over a rate.
+    pub async fn admit(&self, tenant: &str, payload_bytes: u64) -> Result<(), StrataError> {
+        let Some(quota) = self.quota(tenant).await else { return Ok(()) };
+        if !quota.capped_reason.is_empty() {
+            return Err(StrataError::new(
+                ErrorKind::LimitExceeded,
+                format!("calls are refused: {}", quota.capped_reason),
+            ));
+        }
+        if let Some(requests) = &quota.requests
+            && let Err(not_until) = requests.check()
+        {
+            return Err(throttled("requests per second", not_until.wait_time_from(DefaultClock::default().now())));
+        }
+        if let (Some(bytes), Some(n)) =
+            (&quota.payload_bytes, NonZeroU32::new(payload_bytes.min(u64::from(u32::MAX)) as u32))
+        {
+            match bytes.check_n(n) {
+                Ok(Ok(())) => {}
+                Ok(Err(not_until)) => {
+                    return Err(throttled(
+                        "payload bytes per second",
+                        not_until.wait_time_from(DefaultClock::default().now()),
+                    ));
+                }
+                // One call larger than a second's share: it would never pass, so it is not held back.
+                Err(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Admits a receive: a tenant at its in-flight limit waits until messages are deleted or
+    /// their visibility timeouts end.
+    pub async fn admit_receive(&self, placement: &Placement, tenant: &str) -> Result<(), StrataError> {
+        let Some(quota) = self.quota(tenant).await else { return Ok(()) };
+        let max = quota.limits.in_flight_messages_max;
+        if max == 0 {
+            return Ok(());
+        }
+        let cached = *quota.in_flight.lock();
+        let total = match cached {
+            Some((at, total)) if at.elapsed() < IN_FLIGHT_REFRESH => total,
+            _ => match tokio::time::timeout(READ_TIMEOUT, in_flight_total(placement, tenant)).await {
+                Ok(Ok(total)) => {
+                    *quota.in_flight.lock() = Some((Instant::now(), total));
+                    total
+                }
+                _ => cached.map_or(0, |(_, total)| total),
+            },
+        };
+        if total >= max {
+            return Err(StrataError::throttled(
+                format!("this tenant has {total} messages in flight (limit {max}); delete some or let them time out"),
+                1,
+            ));
+        }
+        Ok(())
+    }
+
+    /// The tenant's quota, re-read when stale.
+    async fn quota(&self, tenant: &str) -> Option<Arc<TenantQuota>> {
+        let cached = self.tenants.lock().get(tenant).cloned();
+        if let Some(quota) = &cached
+            && quota.read_at.elapsed() < LIMITS_REFRESH
+        {
+            return cached;
+        }
+        match tokio::time::timeout(READ_TIMEOUT, self.metadata.get_tenant_limits(tenant)).await {
+            Ok(Ok(info)) => {
+                let fresh = Arc::new(match &cached {
+                    Some(old) if old.limits == info.effective.clone().unwrap_or_default() => {
+                        TenantQuota::reread(old, info.capped_reason)
+                    }
+                    _ => TenantQuota::new(info, self.fleet_proxies),
+                });
+                let mut tenants = self.tenants.lock();
+                if tenants.len() >= TENANTS_CACHED_MAX {
+                    tenants.clear();
+                }
+                tenants.insert(tenant.to_owned(), fresh.clone());
+                Some(fresh)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(tenant, error = %e, "cannot read tenant limits; the last ones read stay in force");
+                cached
+            }
+            Err(_) => cached,
+        }
+    }
+}
+
+/// The messages in flight over a tenant's queues (its first listing page).
+async fn in_flight_total(placement: &Placement, tenant: &str) -> Result<u64, StrataError> {
+    let page = placement.metadata.list_queues(tenant, "", "", IN_FLIGHT_QUEUES_SUMMED_MAX).await?;
+    let mut total = 0;
+    for queue in &page.queues {
+        let stats =
+            crate::queues::on_queue(
+                placement,
+                tenant,
+                &queue.name,
+                |mut c, q| async move { c.get_queue_stats(q).await },
+            )
+            .await?;
+        total += stats.in_flight;
+    }
+    Ok(total)
+}
