@@ -78,6 +78,24 @@ impl Month {
     }
 }
 
+impl std::str::FromStr for Month {
+    type Err = PricingError;
+
+    /// `YYYY-MM`, as the month is displayed.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || PricingError::UnreadableMonth(text.chars().take(16).collect());
+        let (year, month) = text.split_once('-').ok_or_else(bad)?;
+        if year.len() != 4 || month.len() != 2 {
+            return Err(bad());
+        }
+        let month = Self { year: year.parse().map_err(|_| bad())?, month: month.parse().map_err(|_| bad())? };
+        if !(1..=12).contains(&month.month) {
+            return Err(bad());
+        }
+        Ok(month)
+    }
+}
+
 impl std::fmt::Display for Month {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:04}-{:02}", self.year, self.month)
@@ -152,6 +170,8 @@ pub enum PricingError {
     TimeOutOfRange { unix_ms: u64 },
     #[error("{0} is not a valid month")]
     InvalidMonth(Month),
+    #[error("'{0}' is not a month: expected YYYY-MM")]
+    UnreadableMonth(String),
     #[error("usage hour {hour_start_ms} is not the start of an hour")]
     UnalignedHour { hour_start_ms: u64 },
     #[error("usage hour {hour_start_ms} is not in {month}")]
@@ -293,6 +313,16 @@ mod tests {
             remaining_units: units,
             valid_from_ms: from.start_ms().expect("valid month"),
             valid_until_ms: until.start_ms().expect("valid month"),
+        }
+    }
+
+    #[test]
+    fn months_parse_as_they_display() {
+        let month: Month = "2026-02".parse().unwrap();
+        assert_eq!(month, Month { year: 2026, month: 2 });
+        assert_eq!(month.to_string(), "2026-02");
+        for bad in ["2026-13", "2026-00", "26-01", "2026-1", "2026/01", "", "abcd-ef"] {
+            assert!(bad.parse::<Month>().is_err(), "{bad}");
         }
     }
 

@@ -57,7 +57,7 @@ pub enum StoreError {
     Pricing(#[from] PricingError),
 }
 
-const SCHEMA: [&str; 4] = [
+const SCHEMA: [&str; 6] = [
     "CREATE TABLE IF NOT EXISTS metering_records (
         tenant TEXT NOT NULL,
         request_id TEXT NOT NULL,
@@ -90,7 +90,57 @@ const SCHEMA: [&str; 4] = [
         price BIGINT NOT NULL,
         PRIMARY KEY (tenant, package_id)
     )",
+    "CREATE TABLE IF NOT EXISTS tenant_budgets (
+        tenant TEXT NOT NULL PRIMARY KEY,
+        monthly_budget BIGINT NOT NULL,
+        hard_cap BIGINT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS budget_alerts (
+        tenant TEXT NOT NULL,
+        month TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        at_ms BIGINT NOT NULL,
+        spent BIGINT NOT NULL,
+        PRIMARY KEY (tenant, month, kind)
+    )",
 ];
+
+/// A tenant's monthly spending limits (0: none). Crossing the budget raises an alert; reaching
+/// the hard cap refuses the tenant's calls until the month ends or the cap is raised.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Budget {
+    pub monthly_budget: Micros,
+    pub hard_cap: Micros,
+}
+
+/// What a budget alert says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// The month's spend reached the budget.
+    BudgetReached,
+    /// The month's spend reached the hard cap: calls are refused.
+    HardCapReached,
+}
+
+impl AlertKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::BudgetReached => "budget_reached",
+            AlertKind::HardCapReached => "hard_cap_reached",
+        }
+    }
+}
+
+/// A budget alert: raised once per tenant, month and kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alert {
+    pub month: Month,
+    pub kind: AlertKind,
+    pub at_ms: u64,
+    /// The month's spend when it was raised.
+    pub spent: Micros,
+}
 
 /// How far back an invoice looks for packages bought earlier whose balance carries over.
 pub const PACKAGE_HISTORY_MONTHS_MAX: u32 = 60;
@@ -403,6 +453,86 @@ impl BillingStore {
                     valid_from_ms: to_u64(row.try_get("valid_from_ms")?),
                     valid_until_ms: to_u64(row.try_get("valid_until_ms")?),
                     price: to_u64(row.try_get("price")?),
+                })
+            })
+            .collect()
+    }
+
+    /// Sets `tenant`'s monthly budget and hard cap (0: none).
+    pub async fn set_budget(&self, tenant: &str, budget: Budget) -> Result<(), StoreError> {
+        check_text("tenant", tenant)?;
+        sqlx::query(
+            "INSERT INTO tenant_budgets (tenant, monthly_budget, hard_cap) VALUES ($1, $2, $3)
+             ON CONFLICT (tenant) DO UPDATE SET monthly_budget = excluded.monthly_budget, hard_cap = excluded.hard_cap",
+        )
+        .bind(tenant)
+        .bind(to_i64(budget.monthly_budget, "budget")?)
+        .bind(to_i64(budget.hard_cap, "hard cap")?)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every tenant whose budget was ever set (a budget set back to zeros is listed too, so a
+    /// cap it had is lifted).
+    pub async fn budgets(&self) -> Result<Vec<(String, Budget)>, StoreError> {
+        let rows = sqlx::query("SELECT tenant, monthly_budget, hard_cap FROM tenant_budgets ORDER BY tenant")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let budget = Budget {
+                    monthly_budget: to_u64(row.try_get("monthly_budget")?),
+                    hard_cap: to_u64(row.try_get("hard_cap")?),
+                };
+                Ok((row.try_get("tenant")?, budget))
+            })
+            .collect()
+    }
+
+    /// `tenant`'s budget (none set: zeros).
+    pub async fn budget(&self, tenant: &str) -> Result<Budget, StoreError> {
+        Ok(self.budgets().await?.into_iter().find(|(t, _)| t == tenant).map(|(_, b)| b).unwrap_or_default())
+    }
+
+    /// Raises an alert once per (tenant, month, kind); answers whether it is new.
+    pub async fn raise_alert(&self, tenant: &str, alert: &Alert) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO budget_alerts (tenant, month, kind, at_ms, spent) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (tenant, month, kind) DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(alert.month.to_string())
+        .bind(alert.kind.as_str())
+        .bind(to_i64(alert.at_ms, "time")?)
+        .bind(to_i64(alert.spent, "spend")?)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// `tenant`'s alerts, newest month first.
+    pub async fn alerts(&self, tenant: &str) -> Result<Vec<Alert>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT month, kind, at_ms, spent FROM budget_alerts WHERE tenant = $1 ORDER BY month DESC, at_ms",
+        )
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let month: String = row.try_get("month")?;
+                let kind: String = row.try_get("kind")?;
+                let damaged = || StoreError::Invalid(format!("a stored alert is damaged: {month} {kind}"));
+                Ok(Alert {
+                    month: month.parse().map_err(|_| damaged())?,
+                    kind: match kind.as_str() {
+                        "budget_reached" => AlertKind::BudgetReached,
+                        "hard_cap_reached" => AlertKind::HardCapReached,
+                        _ => return Err(damaged()),
+                    },
+                    at_ms: to_u64(row.try_get("at_ms")?),
+                    spent: to_u64(row.try_get("spent")?),
                 })
             })
             .collect()

@@ -5,6 +5,9 @@
 //! encoded requests, without the loopback TCP and HTTP/2 hop); `--storage-rpc loopback` sends
 //! them over the storage port instead, as a proxy in another process would.
 //!
+//! Billing runs here too: it counts the metering queue into SQLite (`billing.db`) and serves
+//! usage and invoices on the same listeners.
+//!
 //! The data directory holds everything: `metadata/`, `storage/`, `objects/` (the bucket), the
 //! JWT signing secret and the SigV4 access key of the dev tenant, and `dev-credentials.env`
 //! (the native API's endpoint and token, and the AWS variables for the SQS API). Restarting on the same
@@ -64,6 +67,9 @@ pub struct DevArgs {
     /// Do not meter calls for billing (only to measure what metering costs).
     #[arg(long)]
     no_metering: bool,
+    /// The billing database (default: SQLite at DATA_DIR/billing.db; or postgres://...).
+    #[arg(long)]
+    billing_database: Option<String>,
     /// Seal WAL segments at this size (smaller means earlier tiering).
     #[arg(long, default_value_t = ShardLogSettings::default().segment_size_bytes_max)]
     segment_bytes: u64,
@@ -258,6 +264,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         DEV_TOKEN_TTL_S,
         clock.now_ms() / 1000,
     )?;
+    let billing = strata_billing::service::start(
+        strata_billing::service::BillingSettings {
+            database_url: args
+                .billing_database
+                .clone()
+                .unwrap_or_else(|| format!("sqlite://{}", dir.join("billing.db").display())),
+            metadata_endpoint: metadata_endpoint.clone(),
+            verifier: JwtVerifier::new(DEV_ISSUER, DEV_AUDIENCE, vec![JwtKey::hmac(DEV_KEY_ID, &secret)]),
+            admin_verifier: JwtVerifier::new(DEV_ISSUER, DEV_ADMIN_AUDIENCE, vec![JwtKey::hmac(DEV_KEY_ID, &secret)]),
+            clock: clock.clone(),
+        },
+        cancel.clone(),
+    )
+    .await
+    .context("starting billing")?;
     let routers = strata_proxy::router(ProxySettings {
         metadata_endpoint,
         verifier,
@@ -297,11 +318,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     );
 
     let proxy_cancel = cancel.clone();
-    let proxy_task =
-        tokio::spawn(strata_proxy::api::serve(routers.api, proxy_listener, proxy_cancel.cancelled_owned()));
+    let api = routers.api.merge(billing.api);
+    let proxy_task = tokio::spawn(strata_proxy::api::serve(api, proxy_listener, proxy_cancel.cancelled_owned()));
     let admin_cancel = cancel.clone();
-    let admin_task =
-        tokio::spawn(strata_proxy::api::serve(routers.admin, admin_listener, admin_cancel.cancelled_owned()));
+    let admin = routers.admin.merge(billing.admin);
+    let admin_task = tokio::spawn(strata_proxy::api::serve(admin, admin_listener, admin_cancel.cancelled_owned()));
     shutdown_signal().await;
     tracing::info!("shutting down");
     cancel.cancel();

@@ -1,7 +1,9 @@
 //! `strata`: one binary for every role and for users.
 //!
 //! - `strata dev` runs the whole service in one process on the embedded defaults.
-//! - `strata metadata|storage|proxy --config FILE` run one process of a cluster.
+//! - `strata metadata|storage|proxy|billing --config FILE` run one process of a cluster.
+//! - `strata usage|invoice` show the current tenant's bill; `strata plans ...` sets plans,
+//!   packages, budgets and limits (operators).
 //! - `strata queue|keys|send|receive|delete` talk to a running service (`STRATA_ENDPOINT`,
 //!   `STRATA_TOKEN`).
 //! - `strata bench` measures a running service.
@@ -31,6 +33,18 @@ enum Command {
     Storage(roles::RoleArgs),
     /// Run one proxy (native and SQS APIs, admin API) from its config file.
     Proxy(roles::RoleArgs),
+    /// Run the billing service (metering consumer, budgets, usage and invoice API) from its
+    /// config file.
+    Billing(roles::RoleArgs),
+    /// Your tenant's usage: per hour, queue, sub-tenant and action.
+    Usage(user::UsageArgs),
+    /// Your tenant's invoice for a month.
+    Invoice(user::InvoiceArgs),
+    /// Operators: price plans, prepaid packages, budgets and limits of tenants.
+    Plans {
+        #[command(subcommand)]
+        command: user::PlansCommand,
+    },
     /// Print a token the proxies of a proxy config file accept.
     Token(roles::TokenArgs),
     /// Manage queues.
@@ -76,6 +90,10 @@ fn main() -> std::process::ExitCode {
             Command::Storage(args) => roles::storage(args).await,
             Command::Proxy(args) => roles::proxy(args).await,
             Command::Token(args) => roles::token(args),
+            Command::Billing(args) => roles::billing(args).await,
+            Command::Usage(args) => user::usage(args).await,
+            Command::Invoice(args) => user::invoice(args).await,
+            Command::Plans { command } => user::plans(command).await,
             Command::Queue { command } => user::queue(command).await,
             Command::Keys { command } => user::keys(command).await,
             Command::Cluster { command } => user::cluster(command).await,

@@ -297,6 +297,83 @@ pub async fn proxy(args: RoleArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A billing service's config file: where it listens, the metadata quorum, its database, and
+/// the same token settings as the proxies (tenants read their own usage with their tokens).
+///
+/// ```toml
+/// listen = "127.0.0.1:9330"
+/// admin_listen = "127.0.0.1:9331"
+/// metadata = "http://127.0.0.1:9401,http://127.0.0.1:9402,http://127.0.0.1:9403"
+/// database = "postgres://strata:secret@127.0.0.1:5432/strata_billing"
+/// issuer = "strata"
+/// audience = "strata"
+/// admin_audience = "strata-admin"
+/// [[keys]]
+/// kid = "k1"
+/// secret_hex = "..."
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BillingConfig {
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    metadata: String,
+    database: String,
+    issuer: String,
+    audience: String,
+    admin_audience: String,
+    keys: Vec<KeyConfig>,
+}
+
+/// Runs the billing service until SIGTERM or Ctrl-C: counts the metering queue, enforces
+/// budgets, and serves usage and invoices (one instance per cluster; a second one is safe, as
+/// counting is idempotent, but does the work twice).
+pub async fn billing(args: RoleArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let config: BillingConfig = read_config(&args.config)?;
+    let mut keys = Vec::new();
+    for key in &config.keys {
+        let secret =
+            hex::decode(&key.secret_hex).with_context(|| format!("key '{}': secret_hex is not hex", key.kid))?;
+        keys.push((key.kid.clone(), secret));
+    }
+    if keys.is_empty() {
+        anyhow::bail!("the billing service needs at least one [[keys]] entry to verify tokens");
+    }
+    let verifier_for = |audience: &str| {
+        JwtVerifier::new(&config.issuer, audience, keys.iter().map(|(kid, secret)| JwtKey::hmac(kid, secret)).collect())
+    };
+    let cancel = CancellationToken::new();
+    let routers = strata_billing::service::start(
+        strata_billing::service::BillingSettings {
+            database_url: config.database.clone(),
+            metadata_endpoint: config.metadata.clone(),
+            verifier: verifier_for(&config.audience),
+            admin_verifier: verifier_for(&config.admin_audience),
+            clock: Arc::new(SystemClock),
+        },
+        cancel.clone(),
+    )
+    .await?;
+    let api = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let admin = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
+    tracing::info!(listen = %config.listen, admin = %config.admin_listen, "billing running");
+    let not_found = || async { strata_proxy::error::ApiError::invalid("no such billing route") };
+    let api_router = routers.api.fallback(not_found);
+    let admin_router = routers.admin.route("/healthz", axum::routing::get(|| async { "ok" })).fallback(not_found);
+    let api_task = tokio::spawn(strata_proxy::api::serve(api_router, api, cancel.clone().cancelled_owned()));
+    let admin_task = tokio::spawn(strata_proxy::api::serve(admin_router, admin, cancel.clone().cancelled_owned()));
+    shutdown_signal().await;
+    cancel.cancel();
+    let _ = api_task.await;
+    let _ = admin_task.await;
+    Ok(())
+}
+
 #[derive(Args, Debug)]
 pub struct TokenArgs {
     /// A proxy's config file: its issuer, audiences and first key sign the token.

@@ -398,3 +398,340 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
     eprintln!("deleted");
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------- billing
+
+/// Whose bill: your own (tenant token), or a tenant's as an operator (`--tenant`, admin API).
+#[derive(Args, Clone)]
+pub struct BillOwner {
+    /// Read this tenant's bill through the admin API (needs STRATA_ADMIN_ENDPOINT and
+    /// STRATA_ADMIN_TOKEN) instead of your own.
+    #[arg(long)]
+    tenant: Option<String>,
+    #[arg(long, env = "STRATA_ADMIN_ENDPOINT", hide_env_values = true)]
+    admin_endpoint: Option<String>,
+    #[arg(long, env = "STRATA_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    #[arg(long, env = "STRATA_ENDPOINT", hide_env_values = true)]
+    endpoint: Option<String>,
+    #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl BillOwner {
+    /// The connection and the path prefix of the billing routes.
+    fn resolve(self) -> anyhow::Result<(Connection, String)> {
+        let key_owner = KeyOwner {
+            tenant: self.tenant.clone(),
+            admin_endpoint: self.admin_endpoint,
+            admin_token: self.admin_token,
+            endpoint: self.endpoint,
+            token: self.token,
+        };
+        let (connection, _) = key_owner.resolve()?;
+        let prefix = match &self.tenant {
+            Some(tenant) => format!("/admin/v1/tenants/{}/billing", urlencode(tenant)),
+            None => "/v1/billing".to_owned(),
+        };
+        Ok((connection, prefix))
+    }
+}
+
+#[derive(Args)]
+pub struct UsageArgs {
+    /// The month (YYYY-MM, UTC); default: this month.
+    #[arg(long)]
+    month: Option<String>,
+    /// Group by any of hour, queue, sub_tenant and action (comma-separated; default: all).
+    #[arg(long)]
+    by: Option<String>,
+    /// Print the JSON answer.
+    #[arg(long, conflicts_with = "csv")]
+    json: bool,
+    /// Print CSV.
+    #[arg(long)]
+    csv: bool,
+    #[command(flatten)]
+    owner: BillOwner,
+}
+
+#[derive(Args)]
+pub struct InvoiceArgs {
+    /// The month (YYYY-MM, UTC); default: this month so far.
+    #[arg(long)]
+    month: Option<String>,
+    /// Print the JSON answer.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    owner: BillOwner,
+}
+
+fn month_arg(month: Option<String>) -> anyhow::Result<strata_billing::pricing::Month> {
+    use strata_common::Clock;
+    match month {
+        Some(text) => Ok(text.parse()?),
+        None => Ok(strata_billing::pricing::Month::of_ms(strata_common::SystemClock.now_ms())?),
+    }
+}
+
+/// Money in micro-units as dollars, e.g. `0.400000`.
+fn dollars(micros: u64) -> String {
+    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+}
+
+/// Dollars (`0.40`, `12`) as micro-units.
+fn parse_dollars(text: &str) -> Result<u64, String> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if whole.is_empty() && fraction.is_empty() || fraction.len() > 6 {
+        return Err(format!("'{text}' is not an amount (at most 6 decimals)"));
+    }
+    let whole: u64 =
+        if whole.is_empty() { 0 } else { whole.parse().map_err(|_| format!("'{text}' is not an amount"))? };
+    let fraction: u64 = if fraction.is_empty() {
+        0
+    } else {
+        format!("{fraction:0<6}").parse().map_err(|_| format!("'{text}' is not an amount"))?
+    };
+    whole.checked_mul(1_000_000).and_then(|w| w.checked_add(fraction)).ok_or_else(|| format!("'{text}' is too large"))
+}
+
+pub async fn usage(args: UsageArgs) -> anyhow::Result<()> {
+    let month = month_arg(args.month)?;
+    let (connection, prefix) = args.owner.resolve()?;
+    let mut path = format!("{prefix}/usage?from_ms={}&to_ms={}", month.start_ms()?, month.end_ms()?);
+    if let Some(by) = &args.by {
+        path.push_str(&format!("&group_by={}", urlencode(by)));
+    }
+    if args.csv {
+        path.push_str("&format=csv");
+    }
+    let answer = call(&connection, reqwest::Method::GET, &path, None).await?;
+    if args.csv {
+        print!("{}", answer.as_str().unwrap_or_default());
+        return Ok(());
+    }
+    if args.json {
+        print(&answer);
+        return Ok(());
+    }
+    println!("usage of {} in {month}: {} units", answer["tenant"].as_str().unwrap_or(""), answer["total_units"]);
+    println!(
+        "{:<20} {:<24} {:<16} {:<24} {:>10} {:>10}",
+        "hour (UTC)", "queue", "sub-tenant", "action", "calls", "units"
+    );
+    let month_start_ms = month.start_ms()?;
+    for row in answer["rows"].as_array().into_iter().flatten() {
+        let hour_ms = row["hour_start_ms"].as_u64().unwrap_or(month_start_ms);
+        let hours_in = hour_ms.saturating_sub(month_start_ms) / 3_600_000;
+        println!(
+            "{:<20} {:<24} {:<16} {:<24} {:>10} {:>10}",
+            format!("day {} {:02}:00", hours_in / 24 + 1, hours_in % 24),
+            row["queue"].as_str().unwrap_or(""),
+            row["sub_tenant"].as_str().unwrap_or(""),
+            row["action"].as_str().unwrap_or(""),
+            row["calls"].as_u64().unwrap_or(0),
+            row["units"].as_u64().unwrap_or(0),
+        );
+    }
+    Ok(())
+}
+
+pub async fn invoice(args: InvoiceArgs) -> anyhow::Result<()> {
+    let month = month_arg(args.month)?;
+    let (connection, prefix) = args.owner.resolve()?;
+    let answer = call(&connection, reqwest::Method::GET, &format!("{prefix}/invoices/{month}"), None).await?;
+    if args.json {
+        print(&answer);
+        return Ok(());
+    }
+    println!("invoice of {} for {month}", answer["tenant"].as_str().unwrap_or(""));
+    for line in answer["lines"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<48} {:>14} units {:>16}",
+            line["description"].as_str().unwrap_or(""),
+            line["units"].as_u64().unwrap_or(0),
+            dollars(line["amount"].as_u64().unwrap_or(0))
+        );
+    }
+    println!("  {:<48} {:>37}", "total", dollars(answer["total"].as_u64().unwrap_or(0)));
+    Ok(())
+}
+
+/// Limits as flags (0 or absent: none of that kind; in a tenant's overrides: the plan's).
+#[derive(Args, Clone)]
+pub struct LimitFlags {
+    #[arg(long, default_value_t = 0)]
+    requests_per_second: u64,
+    #[arg(long, default_value_t = 0)]
+    payload_bytes_per_second: u64,
+    #[arg(long, default_value_t = 0)]
+    queues_max: u64,
+    #[arg(long, default_value_t = 0)]
+    in_flight_messages_max: u64,
+}
+
+impl LimitFlags {
+    fn json(&self) -> Value {
+        json!({
+            "requests_per_second": self.requests_per_second,
+            "payload_bytes_per_second": self.payload_bytes_per_second,
+            "queues_max": self.queues_max,
+            "in_flight_messages_max": self.in_flight_messages_max,
+        })
+    }
+}
+
+#[derive(Subcommand)]
+pub enum PlansCommand {
+    /// Set a tenant's price plan: pay per call (a free tier, then a price per million units)
+    /// or dedicated capacity at a flat monthly fee.
+    SetPrice {
+        #[arg(long)]
+        tenant: String,
+        /// Units free each month (pay per call).
+        #[arg(long, default_value_t = 1_000_000)]
+        free_units: u64,
+        /// Price of a million units, in dollars (pay per call).
+        #[arg(long, value_parser = parse_dollars, default_value = "0.40")]
+        price_per_million: u64,
+        /// A flat monthly fee in dollars: dedicated capacity instead of pay per call.
+        #[arg(long, value_parser = parse_dollars)]
+        dedicated_fee: Option<u64>,
+        #[command(flatten)]
+        admin: AdminConnection,
+    },
+    /// Sell a tenant a prepaid package (once per id).
+    AddPackage {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        units: u64,
+        /// Its price in dollars.
+        #[arg(long, value_parser = parse_dollars)]
+        price: u64,
+        /// First month it covers (YYYY-MM).
+        #[arg(long)]
+        from_month: String,
+        /// How many months it covers.
+        #[arg(long, default_value_t = 12)]
+        months: u32,
+        #[command(flatten)]
+        admin: AdminConnection,
+    },
+    /// Set a tenant's monthly budget (an alert when reached) and hard cap (calls refused).
+    SetBudget {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_parser = parse_dollars, default_value = "0")]
+        budget: u64,
+        #[arg(long, value_parser = parse_dollars, default_value = "0")]
+        hard_cap: u64,
+        #[command(flatten)]
+        admin: AdminConnection,
+    },
+    /// Create or replace a limits plan (the plan named `default` applies to plan-less tenants).
+    SetLimitPlan {
+        name: String,
+        #[command(flatten)]
+        limits: LimitFlags,
+        #[command(flatten)]
+        admin: AdminConnection,
+    },
+    /// Put a tenant on a limits plan with its own overrides.
+    SetLimits {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value = "")]
+        plan: String,
+        #[command(flatten)]
+        limits: LimitFlags,
+        #[command(flatten)]
+        admin: AdminConnection,
+    },
+    /// Show a tenant's price plan, packages, budget, alerts and limits.
+    Show {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        admin: AdminConnection,
+    },
+}
+
+pub async fn plans(command: PlansCommand) -> anyhow::Result<()> {
+    let admin = |a: AdminConnection| Connection { endpoint: a.admin_endpoint, token: a.admin_token };
+    let billing = |tenant: &str| format!("/admin/v1/tenants/{}/billing", urlencode(tenant));
+    let put = reqwest::Method::PUT;
+    let answer = match command {
+        PlansCommand::SetPrice { tenant, free_units, price_per_million, dedicated_fee, admin: a } => {
+            let plan = match dedicated_fee {
+                Some(fee) => json!({ "kind": "dedicated", "fee_per_month": fee }),
+                None => json!({
+                    "kind": "pay_per_call",
+                    "free_units_per_month": free_units,
+                    "price_per_million_units": price_per_million,
+                }),
+            };
+            call(&admin(a), put, &format!("{}/plan", billing(&tenant)), Some(plan)).await?
+        }
+        PlansCommand::AddPackage { tenant, id, units, price, from_month, months, admin: a } => {
+            let first: strata_billing::pricing::Month = from_month.parse()?;
+            let last = (1..months.max(1)).fold(first, |m, _| m.next());
+            let package = json!({
+                "package_id": id,
+                "units": units,
+                "valid_from_ms": first.start_ms()?,
+                "valid_until_ms": last.end_ms()?,
+                "price": price,
+            });
+            call(&admin(a), reqwest::Method::POST, &format!("{}/packages", billing(&tenant)), Some(package)).await?
+        }
+        PlansCommand::SetBudget { tenant, budget, hard_cap, admin: a } => {
+            let body = json!({ "monthly_budget": budget, "hard_cap": hard_cap });
+            call(&admin(a), put, &format!("{}/budget", billing(&tenant)), Some(body)).await?
+        }
+        PlansCommand::SetLimitPlan { name, limits, admin: a } => {
+            call(&admin(a), put, &format!("/admin/v1/limit-plans/{}", urlencode(&name)), Some(limits.json())).await?
+        }
+        PlansCommand::SetLimits { tenant, plan, limits, admin: a } => {
+            let body = json!({ "plan": plan, "overrides": limits.json() });
+            call(&admin(a), put, &format!("/admin/v1/tenants/{}/limits", urlencode(&tenant)), Some(body)).await?
+        }
+        PlansCommand::Show { tenant, admin: a } => {
+            let connection = admin(a);
+            let get = |path: String| {
+                let connection = &connection;
+                async move { call(connection, reqwest::Method::GET, &path, None).await }
+            };
+            json!({
+                "tenant": tenant,
+                "plan": get(format!("{}/plan", billing(&tenant))).await?["plan"],
+                "packages": get(format!("{}/packages", billing(&tenant))).await?["packages"],
+                "budget": get(format!("{}/budget", billing(&tenant))).await?["budget"],
+                "alerts": get(format!("{}/alerts", billing(&tenant))).await?["alerts"],
+                "limits": get(format!("/admin/v1/tenants/{}/limits", urlencode(&tenant))).await?,
+            })
+        }
+    };
+    print(&answer);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_dollars;
+
+    #[test]
+    fn dollars_parse_to_micros() {
+        assert_eq!(parse_dollars("0.40"), Ok(400_000));
+        assert_eq!(parse_dollars("12"), Ok(12_000_000));
+        assert_eq!(parse_dollars(".5"), Ok(500_000));
+        assert_eq!(parse_dollars("1.000001"), Ok(1_000_001));
+        assert!(parse_dollars("1.0000001").is_err());
+        assert!(parse_dollars("x").is_err());
+        assert!(parse_dollars("").is_err());
+        assert!(parse_dollars("-1").is_err());
+    }
+}

@@ -561,7 +561,7 @@ impl Catalog {
                         format!("at most {LIMIT_PLANS_MAX} limit plans; change an existing one"),
                     ));
                 }
-                self.limit_plans.insert(name.clone(), limits.clone());
+                self.limit_plans.insert(name.clone(), *limits);
                 Ok(MetaResponse::Done)
             }
             MetaCommand::SetTenantLimits { tenant, plan, overrides } => {
@@ -571,7 +571,7 @@ impl Catalog {
                 }
                 let record = self.tenant_limits.entry(tenant.clone()).or_default();
                 record.plan = plan.clone();
-                record.overrides = overrides.clone();
+                record.overrides = *overrides;
                 Ok(MetaResponse::Done)
             }
             MetaCommand::SetTenantCapped { tenant, reason } => {

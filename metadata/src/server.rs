@@ -764,7 +764,7 @@ impl Metadata for MetadataService {
     async fn set_limit_plan(&self, request: Request<pb::LimitPlan>) -> Result<Response<pb::LimitPlan>, Status> {
         let request_id = request_id(&request)?;
         let plan = request.into_inner();
-        let limits = plan.limits.clone().unwrap_or_default();
+        let limits = plan.limits.unwrap_or_default();
         self.node.propose(request_id, MetaCommand::SetLimitPlan { name: plan.name.clone(), limits }).await?;
         Ok(Response::new(plan))
     }
@@ -779,7 +779,7 @@ impl Metadata for MetadataService {
             .catalog()
             .limit_plans()
             .iter()
-            .map(|(name, limits)| pb::LimitPlan { name: name.clone(), limits: Some(limits.clone()) })
+            .map(|(name, limits)| pb::LimitPlan { name: name.clone(), limits: Some(*limits) })
             .collect();
         Ok(Response::new(pb::ListLimitPlansResponse { plans }))
     }

@@ -121,6 +121,9 @@ pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
         .route("/admin/v1/shards/{id}", get(get_shard))
         .route("/admin/v1/shards/{id}/move-replica", post(move_replica))
         .route("/admin/v1/metadata-members", get(list_metadata_members).post(change_metadata_members))
+        .route("/admin/v1/limit-plans", get(list_limit_plans))
+        .route("/admin/v1/limit-plans/{name}", axum::routing::put(set_limit_plan))
+        .route("/admin/v1/tenants/{tenant}/limits", get(get_limits::<AdminTenant>).put(set_tenant_limits))
         .fallback(|| async { ApiError(StrataError::invalid("no such admin route")) })
         .layer(DefaultBodyLimit::max(HTTP_REQUEST_BYTES_MAX))
         .with_state(state.clone());
@@ -142,6 +145,7 @@ pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
         .route("/v1/queues/{name}/visibility", post(change_visibility))
         .route("/v1/queues/{name}/purge", post(purge_queue))
         .route("/v1/queues/{name}/scheduled/{message_id}", delete(cancel_scheduled))
+        .route("/v1/limits", get(get_limits::<Tenant>))
         .route("/v1/access-keys", post(create_access_key::<Tenant>).get(list_access_keys::<Tenant>))
         .route("/v1/access-keys/{id}", delete(revoke_access_key::<Tenant>))
         .route("/v1/access-keys/{id}/rotate", post(rotate_access_key::<Tenant>))
@@ -181,8 +185,8 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
 }
 
-/// Whose access keys a request manages: the verified tenant itself (tenant API), or the tenant
-/// named in the path by a verified operator (admin API).
+/// Whose access keys (or limits) a request reads or manages: the verified tenant itself (tenant
+/// API), or the tenant named in the path by a verified operator (admin API).
 trait KeyOwner: FromRequestParts<AppState, Rejection = ApiError> + Send {
     fn tenant(&self) -> &str;
 }
@@ -875,6 +879,108 @@ async fn change_metadata_members(
     let add = request.add.into_iter().map(|m| pb::MetadataMember { node_id: m.node_id, address: m.address }).collect();
     let members = state.placement.metadata.change_metadata_members(add, request.remove).await?;
     Ok(Json(members_json(&members)))
+}
+
+// ------------------------------------------------------------------------------------ limits
+
+/// A tenant's limits on the wire; 0 (or absent) means none of that kind (in overrides: the
+/// plan's).
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsJson {
+    #[serde(default)]
+    requests_per_second: u64,
+    #[serde(default)]
+    payload_bytes_per_second: u64,
+    #[serde(default)]
+    queues_max: u64,
+    #[serde(default)]
+    in_flight_messages_max: u64,
+}
+
+impl From<LimitsJson> for pb::TenantLimits {
+    fn from(l: LimitsJson) -> Self {
+        Self {
+            requests_per_second: l.requests_per_second,
+            payload_bytes_per_second: l.payload_bytes_per_second,
+            queues_max: l.queues_max,
+            in_flight_messages_max: l.in_flight_messages_max,
+        }
+    }
+}
+
+impl From<pb::TenantLimits> for LimitsJson {
+    fn from(l: pb::TenantLimits) -> Self {
+        Self {
+            requests_per_second: l.requests_per_second,
+            payload_bytes_per_second: l.payload_bytes_per_second,
+            queues_max: l.queues_max,
+            in_flight_messages_max: l.in_flight_messages_max,
+        }
+    }
+}
+
+fn limits_info_json(info: pb::TenantLimitsInfo) -> serde_json::Value {
+    json!({
+        "tenant": info.tenant,
+        "plan": info.plan,
+        "overrides": LimitsJson::from(info.overrides.unwrap_or_default()),
+        "effective": LimitsJson::from(info.effective.unwrap_or_default()),
+        "capped_reason": info.capped_reason,
+    })
+}
+
+async fn get_limits<O: KeyOwner>(State(state): State<AppState>, owner: O) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(limits_info_json(state.placement.metadata.get_tenant_limits(owner.tenant()).await?)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetTenantLimitsRequest {
+    /// A limits plan (empty or absent: the plan named `default`, if any).
+    #[serde(default)]
+    plan: String,
+    #[serde(default)]
+    overrides: LimitsJson,
+}
+
+async fn set_tenant_limits(
+    State(state): State<AppState>,
+    AdminTenant(tenant): AdminTenant,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let request: SetTenantLimitsRequest = parse_json(body)?;
+    let info = state.placement.metadata.set_tenant_limits(&tenant, &request.plan, request.overrides.into()).await?;
+    Ok(Json(limits_info_json(info)))
+}
+
+/// The `{name}` of a limit plan route.
+#[derive(Debug, Deserialize)]
+struct PlanName {
+    name: String,
+}
+
+async fn set_limit_plan(
+    State(state): State<AppState>,
+    _: Operator,
+    Path(PlanName { name }): Path<PlanName>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let limits: LimitsJson = parse_json(body)?;
+    let plan = state.placement.metadata.set_limit_plan(&name, limits.into()).await?;
+    Ok(Json(json!({ "name": plan.name, "limits": LimitsJson::from(plan.limits.unwrap_or_default()) })))
+}
+
+async fn list_limit_plans(State(state): State<AppState>, _: Operator) -> Result<Json<serde_json::Value>, ApiError> {
+    let plans: Vec<_> = state
+        .placement
+        .metadata
+        .list_limit_plans()
+        .await?
+        .into_iter()
+        .map(|p| json!({ "name": p.name, "limits": LimitsJson::from(p.limits.unwrap_or_default()) }))
+        .collect();
+    Ok(Json(json!({ "limit_plans": plans })))
 }
 
 async fn create_access_key<O: KeyOwner>(State(state): State<AppState>, owner: O) -> Result<Response, ApiError> {

@@ -81,7 +81,7 @@ impl TenantQuota {
     fn reread(old: &TenantQuota, capped_reason: String) -> Self {
         Self {
             read_at: Instant::now(),
-            limits: old.limits.clone(),
+            limits: old.limits,
             capped_reason,
             requests: old.requests.clone(),
             payload_bytes: old.payload_bytes.clone(),
@@ -183,7 +183,7 @@ impl Quotas {
         match tokio::time::timeout(READ_TIMEOUT, self.metadata.get_tenant_limits(tenant)).await {
             Ok(Ok(info)) => {
                 let fresh = Arc::new(match &cached {
-                    Some(old) if old.limits == info.effective.clone().unwrap_or_default() => {
+                    Some(old) if old.limits == info.effective.unwrap_or_default() => {
                         TenantQuota::reread(old, info.capped_reason)
                     }
                     _ => TenantQuota::new(info, self.fleet_proxies),

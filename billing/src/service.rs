@@ -1,0 +1,201 @@
+//! The billing service's loops: counting metering records, and enforcing budgets.
+//!
+//! # What it owns
+//!
+//! - [`consume`]: receives the batches proxies append to the system metering queue, counts
+//!   their records into the store, then deletes them. A batch is deleted only after its records
+//!   are committed, and counting is idempotent per (tenant, request id), so a crash at any point
+//!   redelivers the batch and nothing is counted twice or lost.
+//! - [`enforce_budgets`]: every [`BUDGET_CHECK_INTERVAL`], prices each budgeted tenant's month
+//!   so far; raises an alert once per month when the spend reaches the budget, and while it is
+//!   at or over the hard cap, marks the tenant capped in metadata, where every proxy reads it
+//!   and refuses the tenant's calls (and lifts the mark when the cap is raised or a month starts).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_common::Clock;
+use strata_common::error::{ErrorKind, StrataError};
+use strata_common::metering::{METERING_QUEUE, SYSTEM_TENANT, decode_batch};
+use strata_common::proto as pb;
+use strata_proxy::metering::ensure_metering_queue;
+use strata_proxy::queues;
+use strata_proxy::routing::Router as Placement;
+use tokio_util::sync::CancellationToken;
+
+use crate::pricing::{Micros, Month};
+use crate::store::{Alert, AlertKind, BillingStore, RECORDS_PER_BATCH_MAX, StoreError};
+
+/// How long one receive of the metering queue waits for a batch.
+const RECEIVE_WAIT_MS: u64 = 5_000;
+/// Pause after a failed pass before the next.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// How often budgets and hard caps are checked.
+pub const BUDGET_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Strata(#[from] StrataError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Counts metering batches into `store` until `cancel`.
+pub async fn consume(store: BillingStore, placement: Arc<Placement>, cancel: CancellationToken) {
+    loop {
+        let pass = tokio::select! {
+            _ = cancel.cancelled() => return,
+            pass = consume_once(&store, &placement) => pass,
+        };
+        if let Err(e) = pass {
+            tracing::warn!(error = %e, "counting metering records failed; retrying");
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(RETRY_PAUSE) => {}
+            }
+        }
+    }
+}
+
+/// Receives up to ten batches, counts them, deletes them; answers how many records were new.
+pub async fn consume_once(store: &BillingStore, placement: &Placement) -> Result<usize, ServiceError> {
+    let receive = |mut c: strata_proxy::storage_client::StorageGrpcClient, queue| async move {
+        c.receive(pb::ReceiveRequest {
+            queue: Some(queue),
+            max_messages: strata_common::limits::RECEIVE_BATCH_MAX,
+            wait_ms: RECEIVE_WAIT_MS,
+            ..Default::default()
+        })
+        .await
+    };
+    let received =
+        match queues::on_queue_polling(placement, SYSTEM_TENANT, METERING_QUEUE, RECEIVE_WAIT_MS, receive).await {
+            Err(e) if e.kind == ErrorKind::QueueNotFound => {
+                ensure_metering_queue(placement).await?;
+                return Ok(0);
+            }
+            other => other?,
+        };
+    let mut new = 0;
+    let mut counted = Vec::new();
+    for message in received.messages {
+        let records = match decode_batch(&message.body) {
+            Ok(records) => records,
+            Err(e) => {
+                // Left in the queue (nothing is dropped): it comes back after its visibility
+                // timeout, for an operator to look at.
+                tracing::error!(message_id = %message.message_id, error = %e, "a metering batch cannot be read");
+                continue;
+            }
+        };
+        for chunk in records.chunks(RECORDS_PER_BATCH_MAX) {
+            new += store.record(chunk).await?;
+        }
+        counted.push(message.receipt_handle);
+    }
+    if !counted.is_empty() {
+        let deleted = queues::on_queue(placement, SYSTEM_TENANT, METERING_QUEUE, |mut c, queue| {
+            let receipt_handles = counted.clone();
+            async move { c.delete(pb::DeleteRequest { queue: Some(queue), receipt_handles }).await }
+        })
+        .await;
+        // Counted already: a batch that stays is counted as nothing when it comes back.
+        if let Err(e) = deleted {
+            tracing::warn!(error = %e, "deleting counted metering batches failed; they will be seen again");
+        }
+    }
+    Ok(new)
+}
+
+/// Checks budgets and hard caps every [`BUDGET_CHECK_INTERVAL`] until `cancel`.
+pub async fn enforce_budgets(
+    store: BillingStore,
+    placement: Arc<Placement>,
+    clock: Arc<dyn Clock>,
+    cancel: CancellationToken,
+) {
+    loop {
+        if let Err(e) = enforce_budgets_once(&store, &placement, clock.as_ref()).await {
+            tracing::warn!(error = %e, "checking budgets failed; retrying");
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(BUDGET_CHECK_INTERVAL) => {}
+        }
+    }
+}
+
+fn dollars(micros: Micros) -> String {
+    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+}
+
+/// One pass over every tenant with a budget or hard cap.
+pub async fn enforce_budgets_once(
+    store: &BillingStore,
+    placement: &Placement,
+    clock: &dyn Clock,
+) -> Result<(), ServiceError> {
+    let now_ms = clock.now_ms();
+    let month = Month::of_ms(now_ms).map_err(StoreError::from)?;
+    for (tenant, budget) in store.budgets().await? {
+        let spent = store.invoice(&tenant, month).await?.total;
+        let alert = |kind| Alert { month, kind, at_ms: now_ms, spent };
+        if budget.monthly_budget > 0
+            && spent >= budget.monthly_budget
+            && store.raise_alert(&tenant, &alert(AlertKind::BudgetReached)).await?
+        {
+            tracing::warn!(%tenant, %month, spent = %dollars(spent), "a tenant's spend reached its monthly budget");
+        }
+        let capped = budget.hard_cap > 0 && spent >= budget.hard_cap;
+        if capped && store.raise_alert(&tenant, &alert(AlertKind::HardCapReached)).await? {
+            tracing::warn!(%tenant, %month, spent = %dollars(spent), "a tenant reached its hard cap; its calls are refused");
+        }
+        let reason = if capped {
+            format!(
+                "the monthly hard cap of {} was reached ({} spent in {month}); raise the cap or wait for next month",
+                dollars(budget.hard_cap),
+                dollars(spent)
+            )
+        } else {
+            String::new()
+        };
+        let current = placement.metadata.get_tenant_limits(&tenant).await?;
+        // The reason names the spend, which moves: re-mark only when capped starts or ends.
+        if current.capped_reason.is_empty() != reason.is_empty() {
+            placement.metadata.set_tenant_capped(&tenant, &reason).await?;
+        }
+    }
+    Ok(())
+}
+
+/// What the billing role needs to run.
+pub struct BillingSettings {
+    /// `sqlite://PATH` or `postgres://...`.
+    pub database_url: String,
+    pub metadata_endpoint: String,
+    /// Verifies tenants' tokens (the proxies' audience).
+    pub verifier: strata_proxy::auth::JwtVerifier,
+    /// Verifies operators' tokens (the admin audience).
+    pub admin_verifier: strata_proxy::auth::JwtVerifier,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Opens the store, starts counting the metering queue and enforcing budgets (until `cancel`),
+/// and answers the billing routes.
+pub async fn start(
+    settings: BillingSettings,
+    cancel: CancellationToken,
+) -> Result<crate::api::BillingRouters, ServiceError> {
+    let store = BillingStore::open(&settings.database_url).await?;
+    let metadata = strata_metadata::MetadataClient::connect_lazy(&settings.metadata_endpoint)?;
+    let placement = Arc::new(Placement::new(metadata, Default::default()));
+    tokio::spawn(consume(store.clone(), placement.clone(), cancel.clone()));
+    tokio::spawn(enforce_budgets(store.clone(), placement, settings.clock.clone(), cancel));
+    Ok(crate::api::routers(crate::api::BillingApi {
+        store,
+        verifier: Arc::new(settings.verifier),
+        admin_verifier: Arc::new(settings.admin_verifier),
+        clock: settings.clock,
+    }))
+}
