@@ -1,0 +1,325 @@
+//! Billing end to end on `strata dev`: metering in the proxy, the metering queue, the billing
+//! service's count, and the usage API.
+//!
+//! - Reconciliation: random billable calls of two tenants and three sub-tenants, retried with
+//!   the same request id until answered, some repeated after their answer (a client that lost
+//!   the answer), failing calls mixed in, and a SIGKILL of the whole process (proxy included)
+//!   in the middle. The billed units and calls equal the client's own ledger, exactly, per
+//!   tenant and sub-tenant.
+//! - Rejected calls (no token, invalid requests, missing queues, throttled, hard cap) are not
+//!   billed, as docs/design-notes.md ("Billing") says.
+//! - A tenant reads only its own usage and invoices.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use strata_tests::{Api, DevProcess};
+
+/// One tenant's sub-tenants (empty: none given).
+const CUSTOMERS: [&str; 3] = ["", "shop-1", "shop-2"];
+/// Bodies of the queue whose messages are received: small, so a receive is always one unit.
+const SMALL_BODY_BYTES_MAX: usize = 1_000;
+/// Bodies of the queue only sent to: 100 KiB, two units each.
+const BIG_BODY_BYTES: usize = 100 * 1024;
+/// How long the billing service may take to count everything.
+const COUNT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A small deterministic generator (the test needs no crate for it).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Billed calls and units per (tenant, sub-tenant).
+type Ledger = BTreeMap<(String, String), (u64, u64)>;
+
+/// Runs one logical call until the service answers it (a connection failure or a 503 is
+/// retried with the same request id and body); answers the final status and body.
+async fn until_answered(api: &Api, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    let started = Instant::now();
+    loop {
+        match api.call(method.clone(), path, body.clone()).await {
+            Ok((status, value)) if status != 503 => return (status, value),
+            outcome => {
+                assert!(started.elapsed() < Duration::from_secs(120), "{path} never answered: {outcome:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// The billed calls and units per sub-tenant of the tenant whose client `api` is.
+async fn billed(api: &Api) -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
+    let (status, usage) = api.get("/v1/billing/usage?group_by=sub_tenant").await?;
+    anyhow::ensure!(status == 200, "usage answered {status}: {usage}");
+    let mut out = BTreeMap::new();
+    for row in usage["rows"].as_array().into_iter().flatten() {
+        let sub_tenant = row["sub_tenant"].as_str().unwrap_or_default().to_owned();
+        out.insert(sub_tenant, (row["calls"].as_u64().unwrap_or(0), row["units"].as_u64().unwrap_or(0)));
+    }
+    Ok(out)
+}
+
+/// Waits until the billing service has counted `expected` for the tenant of `api` (this
+/// month's usage), or answers what it counted by the timeout.
+async fn wait_for_count(
+    api: &Api,
+    expected: &BTreeMap<String, (u64, u64)>,
+) -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
+    let started = Instant::now();
+    loop {
+        let now = billed(api).await?;
+        if &now == expected || started.elapsed() > COUNT_TIMEOUT {
+            return Ok(now);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Random calls of one tenant; answers what must be billed.
+async fn random_calls(
+    endpoint: String,
+    token: String,
+    tenant: String,
+    calls: usize,
+    seed: u64,
+) -> anyhow::Result<Ledger> {
+    let api = Api::new(&endpoint, &token);
+    let mut rng = Rng(seed);
+    let mut ledger = Ledger::new();
+    let mut receipts: Vec<String> = Vec::new();
+    for n in 0..calls {
+        let customer = CUSTOMERS[rng.below(3) as usize];
+        let mut client = api.with_header("x-strata-request-id", &format!("{tenant}-{seed}-{n}"));
+        if !customer.is_empty() {
+            client = client.with_header("x-strata-customer", customer);
+        }
+        let post = reqwest::Method::POST;
+        let send = |body: String| Some(json!({ "messages": [{ "body": body }] }));
+        // (method, path, body, billed units; None: the call must fail and is not billed)
+        let (method, path, body, units) = match rng.below(8) {
+            0 | 1 => {
+                let body = "s".repeat(1 + rng.below(SMALL_BODY_BYTES_MAX as u64) as usize);
+                (post, "/v1/queues/small/messages", send(body), Some(1))
+            }
+            2 => (post, "/v1/queues/big/messages", send("b".repeat(BIG_BODY_BYTES)), Some(2)),
+            3 => (post, "/v1/queues/small/receive", Some(json!({ "max_messages": 1 })), Some(1)),
+            4 if !receipts.is_empty() => {
+                let receipt = receipts.swap_remove(0);
+                (post, "/v1/queues/small/delete", Some(json!({ "receipt_handles": [receipt] })), Some(1))
+            }
+            4 | 5 => (reqwest::Method::GET, "/v1/queues/small", None, Some(1)),
+            6 => (post, "/v1/queues/missing/messages", send("x".into()), None),
+            _ => (post, "/v1/queues/small/messages", Some(json!({ "messages": [] })), None),
+        };
+        let (status, answer) = until_answered(&client, method.clone(), path, body.clone()).await;
+        match units {
+            Some(units) => {
+                anyhow::ensure!((200..300).contains(&status), "{path} answered {status}: {answer}");
+                let entry = ledger.entry((tenant.clone(), customer.to_owned())).or_default();
+                entry.0 += 1;
+                entry.1 += units;
+                for m in answer["messages"].as_array().into_iter().flatten() {
+                    if let Some(receipt) = m["receipt_handle"].as_str() {
+                        receipts.push(receipt.to_owned());
+                    }
+                }
+            }
+            None => anyhow::ensure!((400..500).contains(&status), "{path} should fail, answered {status}: {answer}"),
+        }
+        // A client that lost the answer sends the same call again: billed once.
+        if rng.below(5) == 0 {
+            until_answered(&client, method, path, body).await;
+        }
+    }
+    Ok(ledger)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn billed_units_match_the_clients_ledger_through_retries_failures_and_a_sigkill() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut dev = DevProcess::start(dir.path(), &[])?;
+    let tenants = ["acme", "globex"];
+    // Creating the two queues is billed too (one unit each, no sub-tenant).
+    let mut ledger = Ledger::new();
+    for tenant in tenants {
+        let api = Api::new(&dev.endpoint, &dev.token_for(tenant)?);
+        api.create_queue("small").await?;
+        api.create_queue("big").await?;
+        ledger.insert((tenant.to_owned(), String::new()), (2, 2));
+    }
+    let mut runs = Vec::new();
+    for (i, tenant) in tenants.into_iter().enumerate() {
+        let (endpoint, token) = (dev.endpoint.clone(), dev.token_for(tenant)?);
+        runs.push(tokio::spawn(random_calls(endpoint, token, tenant.to_owned(), 150, 7 + i as u64)));
+    }
+    // SIGKILL while both tenants' calls are in flight; they retry until it serves again.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    anyhow::ensure!(!runs.iter().all(|r| r.is_finished()), "the calls ended before the SIGKILL");
+    dev.kill9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::block_in_place(|| dev.restart())?;
+    for run in runs {
+        for (key, (calls, units)) in run.await?? {
+            let entry = ledger.entry(key).or_default();
+            entry.0 += calls;
+            entry.1 += units;
+        }
+    }
+    for tenant in tenants {
+        let expected: BTreeMap<String, (u64, u64)> =
+            ledger.iter().filter(|((t, _), _)| t == tenant).map(|((_, s), v)| (s.clone(), *v)).collect();
+        let api = Api::new(&dev.endpoint, &dev.token_for(tenant)?);
+        let counted = wait_for_count(&api, &expected).await?;
+        assert_eq!(counted, expected, "tenant {tenant}: billed (calls, units) per sub-tenant vs the client's ledger");
+    }
+    Ok(())
+}
+
+/// The admin API's endpoint and an operator's token.
+fn admin_api(dev: &DevProcess) -> anyhow::Result<Api> {
+    Ok(Api::new(&admin_endpoint(dev)?, &dev.token_for_audience("dev-operator", "strata-admin")?))
+}
+
+fn admin_endpoint(dev: &DevProcess) -> anyhow::Result<String> {
+    let env: BTreeMap<String, String> = dev.credentials_env()?.into_iter().collect();
+    env.get("STRATA_ADMIN_ENDPOINT").cloned().ok_or_else(|| anyhow::anyhow!("no STRATA_ADMIN_ENDPOINT"))
+}
+
+/// The current month as `YYYY-MM` (UTC).
+fn this_month() -> String {
+    use strata_common::Clock;
+    let days = strata_common::SystemClock.now_ms() / 86_400_000;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}")
+}
+
+/// Sends one small message; answers the status and the `Retry-After` header.
+async fn send_one(endpoint: &str, token: &str) -> anyhow::Result<(u16, Option<String>, Value)> {
+    let response = reqwest::Client::new()
+        .post(format!("{endpoint}/v1/queues/q/messages"))
+        .bearer_auth(token)
+        .json(&json!({ "messages": [{ "body": "m" }] }))
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    Ok((status, retry_after, response.json().await.unwrap_or(Value::Null)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_calls_are_not_billed_and_a_tenant_reads_only_its_own_bill() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dev = DevProcess::start(dir.path(), &[])?;
+    let admin = admin_api(&dev)?;
+    let token = dev.token_for("payer")?;
+    let api = Api::new(&dev.endpoint, &token);
+    api.create_queue("q").await?;
+    let mut accepted = 1u64;
+
+    // Rejected before any work: no token, a token of another issuer's key, invalid requests,
+    // a missing queue, a malformed customer tag.
+    assert_eq!(
+        api.without_token().post("/v1/queues/q/messages", json!({ "messages": [{ "body": "m" }] })).await?.0,
+        401
+    );
+    let forged = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJwYXllciJ9.c2lnbmF0dXJl";
+    assert_eq!(api.with_token(forged).post("/v1/queues/q/messages", json!({ "messages": [] })).await?.0, 401);
+    assert_eq!(api.post("/v1/queues/q/messages", json!({ "messages": [] })).await?.0, 400);
+    assert_eq!(api.post("/v1/queues/q/receive", json!({ "max_messages": 99 })).await?.0, 400);
+    assert_eq!(api.post("/v1/queues/nope/messages", json!({ "messages": [{ "body": "m" }] })).await?.0, 404);
+    let bad_tag = api.with_header("x-strata-customer", "no spaces allowed");
+    assert_eq!(bad_tag.post("/v1/queues/q/messages", json!({ "messages": [{ "body": "m" }] })).await?.0, 400);
+
+    // Throttled: two requests per second. Calls over it answer 429 with Retry-After, unbilled.
+    let (status, limits) = admin
+        .call(
+            reqwest::Method::PUT,
+            "/admin/v1/tenants/payer/limits",
+            Some(json!({ "overrides": { "requests_per_second": 2 } })),
+        )
+        .await?;
+    assert_eq!(status, 200, "{limits}");
+    assert_eq!(limits["effective"]["requests_per_second"], 2);
+    let (mut throttled, started) = (0, Instant::now());
+    while throttled < 5 {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "never throttled");
+        let (status, retry_after, body) = send_one(&dev.endpoint, &token).await?;
+        match status {
+            200 => accepted += 1,
+            429 => {
+                throttled += 1;
+                assert_eq!(body["error"]["code"], "Throttled");
+                assert!(retry_after.is_some_and(|s| s.parse::<u64>().is_ok_and(|s| s >= 1)), "Retry-After");
+            }
+            other => anyhow::bail!("unexpected {other}: {body}"),
+        }
+    }
+    let lifted = json!({ "overrides": {} });
+    assert_eq!(admin.call(reqwest::Method::PUT, "/admin/v1/tenants/payer/limits", Some(lifted)).await?.0, 200);
+
+    // Hard cap: one dollar per unit, a cap of five dollars; once reached, calls are refused.
+    let plan =
+        json!({ "kind": "pay_per_call", "free_units_per_month": 0, "price_per_million_units": 1_000_000_000_000u64 });
+    assert_eq!(admin.call(reqwest::Method::PUT, "/admin/v1/tenants/payer/billing/plan", Some(plan)).await?.0, 200);
+    let budget = json!({ "monthly_budget": 3_000_000, "hard_cap": 5_000_000 });
+    assert_eq!(admin.call(reqwest::Method::PUT, "/admin/v1/tenants/payer/billing/budget", Some(budget)).await?.0, 200);
+    let started = Instant::now();
+    loop {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "the hard cap never applied");
+        let (status, _, body) = send_one(&dev.endpoint, &token).await?;
+        match status {
+            200 => accepted += 1,
+            429 => {}
+            400 if body["error"]["code"] == "LimitExceeded" => {
+                let message = body["error"]["message"].as_str().unwrap_or_default();
+                assert!(message.contains("hard cap"), "{message}");
+                break;
+            }
+            other => anyhow::bail!("unexpected {other}: {body}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, alerts) = api.get("/v1/billing/alerts").await?;
+    let kinds: Vec<&str> =
+        alerts["alerts"].as_array().into_iter().flatten().filter_map(|a| a["kind"].as_str()).collect();
+    assert!(kinds.contains(&"budget_reached") && kinds.contains(&"hard_cap_reached"), "{alerts}");
+
+    // Billed: exactly the accepted calls.
+    let expected = BTreeMap::from([(String::new(), (accepted, accepted))]);
+    assert_eq!(wait_for_count(&api, &expected).await?, expected);
+
+    // Another tenant's bill is out of reach: the usage routes take no tenant, the admin routes
+    // refuse a tenant token, and the other tenant's own usage holds only its calls.
+    let other = Api::new(&dev.endpoint, &dev.token_for("other")?);
+    other.create_queue("q").await?;
+    let other_expected = BTreeMap::from([(String::new(), (1, 1))]);
+    assert_eq!(wait_for_count(&other, &other_expected).await?, other_expected);
+    assert_eq!(other.get("/v1/billing/usage?tenant=payer").await?.0, 400);
+    let admin_route = Api::new(&admin_endpoint(&dev)?, &dev.token_for("other")?);
+    assert_eq!(admin_route.get("/admin/v1/tenants/payer/billing/usage").await?.0, 401);
+    let (status, invoice) = other.get(&format!("/v1/billing/invoices/{}", this_month())).await?;
+    assert_eq!(status, 200);
+    assert_eq!(invoice["tenant"], "other");
+    assert_eq!(invoice["rating"]["total_units"], 1, "{invoice}");
+    Ok(())
+}
