@@ -18,9 +18,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use strata_common::Clock;
-use strata_common::error::{ErrorKind, StrataError};
+use strata_common::error::StrataError;
 use strata_proxy::auth::JwtVerifier;
-use strata_proxy::error::ApiError;
+use strata_proxy::error::{ApiError, verified_subject};
 
 use crate::pricing::{HOUR_MS, Month, Plan};
 use crate::store::{BillingStore, Budget, Package, StoreError, UsageRow, usage_csv};
@@ -89,12 +89,7 @@ impl FromRequestParts<BillingApi> for Tenant {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &BillingApi) -> Result<Self, Self::Rejection> {
-        let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let token = state
-            .verifier
-            .verify_authorization_header(header)
-            .map_err(|e| ApiError(StrataError::new(ErrorKind::Unauthenticated, e.public_message())))?;
-        Ok(Tenant(token.tenant))
+        Ok(Tenant(verified_subject(&state.verifier, &parts.headers)?))
     }
 }
 
@@ -111,11 +106,7 @@ impl FromRequestParts<BillingApi> for AdminTenant {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &BillingApi) -> Result<Self, Self::Rejection> {
-        let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let operator = state
-            .admin_verifier
-            .verify_authorization_header(header)
-            .map_err(|e| ApiError(StrataError::new(ErrorKind::Unauthenticated, e.public_message())))?;
+        let operator = verified_subject(&state.admin_verifier, &parts.headers)?;
         let params = axum::extract::RawPathParams::from_request_parts(parts, state)
             .await
             .map_err(|e| ApiError::invalid(format!("bad path: {e}")))?;
@@ -125,7 +116,7 @@ impl FromRequestParts<BillingApi> for AdminTenant {
             .map(|(_, value)| value.to_string())
             .ok_or_else(|| ApiError::invalid("the path names no tenant"))?;
         strata_common::names::validate_tenant(&tenant).map_err(ApiError)?;
-        tracing::info!(operator = %operator.tenant, %tenant, path = %parts.uri.path(), "admin billing request");
+        tracing::info!(%operator, %tenant, path = %parts.uri.path(), "admin billing request");
         Ok(AdminTenant(tenant))
     }
 }

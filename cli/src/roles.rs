@@ -255,22 +255,28 @@ struct KeyConfig {
     secret_hex: String,
 }
 
+/// A maker of token verifiers for `issuer` and the configured keys, one per audience.
+fn verifiers(issuer: &str, keys: &[KeyConfig]) -> anyhow::Result<impl Fn(&str) -> JwtVerifier> {
+    let mut secrets = Vec::new();
+    for key in keys {
+        let secret =
+            hex::decode(&key.secret_hex).with_context(|| format!("key '{}': secret_hex is not hex", key.kid))?;
+        secrets.push((key.kid.clone(), secret));
+    }
+    if secrets.is_empty() {
+        anyhow::bail!("the config needs at least one [[keys]] entry to verify tokens");
+    }
+    let issuer = issuer.to_owned();
+    Ok(move |audience: &str| {
+        JwtVerifier::new(&issuer, audience, secrets.iter().map(|(kid, secret)| JwtKey::hmac(kid, secret)).collect())
+    })
+}
+
 /// Runs one proxy until SIGTERM or Ctrl-C.
 pub async fn proxy(args: RoleArgs) -> anyhow::Result<()> {
     init_tracing();
     let config: ProxyConfig = read_config(&args.config)?;
-    let mut keys = Vec::new();
-    for key in &config.keys {
-        let secret =
-            hex::decode(&key.secret_hex).with_context(|| format!("key '{}': secret_hex is not hex", key.kid))?;
-        keys.push((key.kid.clone(), secret));
-    }
-    if keys.is_empty() {
-        anyhow::bail!("a proxy needs at least one [[keys]] entry to verify tokens");
-    }
-    let verifier_for = |audience: &str| {
-        JwtVerifier::new(&config.issuer, audience, keys.iter().map(|(kid, secret)| JwtKey::hmac(kid, secret)).collect())
-    };
+    let verifier_for = verifiers(&config.issuer, &config.keys)?;
     let routers = strata_proxy::router(ProxySettings {
         metadata_endpoint: config.metadata.clone(),
         verifier: verifier_for(&config.audience),
@@ -331,18 +337,7 @@ struct BillingConfig {
 pub async fn billing(args: RoleArgs) -> anyhow::Result<()> {
     init_tracing();
     let config: BillingConfig = read_config(&args.config)?;
-    let mut keys = Vec::new();
-    for key in &config.keys {
-        let secret =
-            hex::decode(&key.secret_hex).with_context(|| format!("key '{}': secret_hex is not hex", key.kid))?;
-        keys.push((key.kid.clone(), secret));
-    }
-    if keys.is_empty() {
-        anyhow::bail!("the billing service needs at least one [[keys]] entry to verify tokens");
-    }
-    let verifier_for = |audience: &str| {
-        JwtVerifier::new(&config.issuer, audience, keys.iter().map(|(kid, secret)| JwtKey::hmac(kid, secret)).collect())
-    };
+    let verifier_for = verifiers(&config.issuer, &config.keys)?;
     let cancel = CancellationToken::new();
     let routers = strata_billing::service::start(
         strata_billing::service::BillingSettings {

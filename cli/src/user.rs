@@ -49,10 +49,11 @@ pub enum QueueCommand {
     },
 }
 
-/// Whose keys: your own (tenant token), or any tenant's as an operator (`--tenant`, admin API).
+/// Whose keys (or bill): your own (tenant token), or any tenant's as an operator (`--tenant`,
+/// admin API).
 #[derive(Args, Clone)]
 pub struct KeyOwner {
-    /// Manage this tenant's keys through the admin API (needs STRATA_ADMIN_ENDPOINT and
+    /// Manage (or read) this tenant's keys or bill through the admin API (needs STRATA_ADMIN_ENDPOINT and
     /// STRATA_ADMIN_TOKEN) instead of your own.
     #[arg(long)]
     tenant: Option<String>,
@@ -69,20 +70,26 @@ pub struct KeyOwner {
 }
 
 impl KeyOwner {
-    /// The connection and the path prefix of the key routes.
-    fn resolve(self) -> anyhow::Result<(Connection, String)> {
+    /// The connection and the path of a route family: `/admin/v1/tenants/{tenant}/{admin_route}`
+    /// with `--tenant`, else the tenant's own `own_path`.
+    fn resolve_to(self, admin_route: &str, own_path: &str) -> anyhow::Result<(Connection, String)> {
         match self.tenant {
             Some(tenant) => {
                 let endpoint = self.admin_endpoint.context("--tenant needs STRATA_ADMIN_ENDPOINT")?;
                 let token = self.admin_token.context("--tenant needs STRATA_ADMIN_TOKEN")?;
-                Ok((Connection { endpoint, token }, format!("/admin/v1/tenants/{}/access-keys", urlencode(&tenant))))
+                Ok((Connection { endpoint, token }, format!("/admin/v1/tenants/{}/{admin_route}", urlencode(&tenant))))
             }
             None => {
                 let endpoint = self.endpoint.context("set STRATA_ENDPOINT (or --endpoint)")?;
                 let token = self.token.context("set STRATA_TOKEN (or --token)")?;
-                Ok((Connection { endpoint, token }, "/v1/access-keys".to_string()))
+                Ok((Connection { endpoint, token }, own_path.to_string()))
             }
         }
+    }
+
+    /// The connection and the path prefix of the key routes.
+    fn resolve(self) -> anyhow::Result<(Connection, String)> {
+        self.resolve_to("access-keys", "/v1/access-keys")
     }
 }
 
@@ -401,42 +408,6 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
 
 // ---------------------------------------------------------------------------------- billing
 
-/// Whose bill: your own (tenant token), or a tenant's as an operator (`--tenant`, admin API).
-#[derive(Args, Clone)]
-pub struct BillOwner {
-    /// Read this tenant's bill through the admin API (needs STRATA_ADMIN_ENDPOINT and
-    /// STRATA_ADMIN_TOKEN) instead of your own.
-    #[arg(long)]
-    tenant: Option<String>,
-    #[arg(long, env = "STRATA_ADMIN_ENDPOINT", hide_env_values = true)]
-    admin_endpoint: Option<String>,
-    #[arg(long, env = "STRATA_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
-    #[arg(long, env = "STRATA_ENDPOINT", hide_env_values = true)]
-    endpoint: Option<String>,
-    #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-}
-
-impl BillOwner {
-    /// The connection and the path prefix of the billing routes.
-    fn resolve(self) -> anyhow::Result<(Connection, String)> {
-        let key_owner = KeyOwner {
-            tenant: self.tenant.clone(),
-            admin_endpoint: self.admin_endpoint,
-            admin_token: self.admin_token,
-            endpoint: self.endpoint,
-            token: self.token,
-        };
-        let (connection, _) = key_owner.resolve()?;
-        let prefix = match &self.tenant {
-            Some(tenant) => format!("/admin/v1/tenants/{}/billing", urlencode(tenant)),
-            None => "/v1/billing".to_owned(),
-        };
-        Ok((connection, prefix))
-    }
-}
-
 #[derive(Args)]
 pub struct UsageArgs {
     /// The month (YYYY-MM, UTC); default: this month.
@@ -451,8 +422,9 @@ pub struct UsageArgs {
     /// Print CSV.
     #[arg(long)]
     csv: bool,
+    /// (`--tenant`: an operator reads a tenant's bill through the admin API.)
     #[command(flatten)]
-    owner: BillOwner,
+    owner: KeyOwner,
 }
 
 #[derive(Args)]
@@ -463,8 +435,9 @@ pub struct InvoiceArgs {
     /// Print the JSON answer.
     #[arg(long)]
     json: bool,
+    /// (`--tenant`: an operator reads a tenant's bill through the admin API.)
     #[command(flatten)]
-    owner: BillOwner,
+    owner: KeyOwner,
 }
 
 fn month_arg(month: Option<String>) -> anyhow::Result<strata_billing::pricing::Month> {
@@ -498,7 +471,7 @@ fn parse_dollars(text: &str) -> Result<u64, String> {
 
 pub async fn usage(args: UsageArgs) -> anyhow::Result<()> {
     let month = month_arg(args.month)?;
-    let (connection, prefix) = args.owner.resolve()?;
+    let (connection, prefix) = args.owner.resolve_to("billing", "/v1/billing")?;
     let mut path = format!("{prefix}/usage?from_ms={}&to_ms={}", month.start_ms()?, month.end_ms()?);
     if let Some(by) = &args.by {
         path.push_str(&format!("&group_by={}", urlencode(by)));
@@ -539,7 +512,7 @@ pub async fn usage(args: UsageArgs) -> anyhow::Result<()> {
 
 pub async fn invoice(args: InvoiceArgs) -> anyhow::Result<()> {
     let month = month_arg(args.month)?;
-    let (connection, prefix) = args.owner.resolve()?;
+    let (connection, prefix) = args.owner.resolve_to("billing", "/v1/billing")?;
     let answer = call(&connection, reqwest::Method::GET, &format!("{prefix}/invoices/{month}"), None).await?;
     if args.json {
         print(&answer);

@@ -32,7 +32,7 @@ use strata_common::proto as pb;
 use strata_metadata::MetadataClient;
 
 use crate::auth::JwtVerifier;
-use crate::error::ApiError;
+use crate::error::{ApiError, verified_subject};
 use crate::metering::{CallId, Charge, Meter, message_payload_bytes};
 use crate::queues;
 use crate::quotas::Quotas;
@@ -241,12 +241,7 @@ impl FromRequestParts<AppState> for Operator {
 
 /// The operator named by the request's admin token.
 fn verify_operator(parts: &Parts, state: &AppState) -> Result<String, ApiError> {
-    let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let operator = state.admin_verifier.verify_authorization_header(header).map_err(|e| {
-        tracing::debug!(error = %e, "admin authentication failed");
-        ApiError(StrataError::new(ErrorKind::Unauthenticated, e.public_message()))
-    })?;
-    Ok(operator.tenant)
+    verified_subject(&state.admin_verifier, &parts.headers)
 }
 
 /// The `{id}` of an access-key route.
@@ -262,12 +257,7 @@ impl FromRequestParts<AppState> for Tenant {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let token = state.verifier.verify_authorization_header(header).map_err(|e| {
-            tracing::debug!(error = %e, "authentication failed");
-            ApiError(StrataError::new(ErrorKind::Unauthenticated, e.public_message()))
-        })?;
-        Ok(Tenant(token.tenant))
+        Ok(Tenant(verified_subject(&state.verifier, &parts.headers)?))
     }
 }
 

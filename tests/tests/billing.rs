@@ -11,6 +11,8 @@
 //! - A tenant reads only its own usage and invoices.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -94,6 +96,7 @@ async fn random_calls(
     tenant: String,
     calls: usize,
     seed: u64,
+    done: Arc<AtomicUsize>,
 ) -> anyhow::Result<Ledger> {
     let api = Api::new(&endpoint, &token);
     let mut rng = Rng(seed);
@@ -142,6 +145,7 @@ async fn random_calls(
         if rng.below(5) == 0 {
             until_answered(&client, method, path, body).await;
         }
+        done.fetch_add(1, Ordering::Relaxed);
     }
     Ok(ledger)
 }
@@ -159,14 +163,20 @@ async fn billed_units_match_the_clients_ledger_through_retries_failures_and_a_si
         api.create_queue("big").await?;
         ledger.insert((tenant.to_owned(), String::new()), (2, 2));
     }
+    let calls_per_tenant = 150;
+    let done = Arc::new(AtomicUsize::new(0));
     let mut runs = Vec::new();
     for (i, tenant) in tenants.into_iter().enumerate() {
         let (endpoint, token) = (dev.endpoint.clone(), dev.token_for(tenant)?);
-        runs.push(tokio::spawn(random_calls(endpoint, token, tenant.to_owned(), 150, 7 + i as u64)));
+        let run = random_calls(endpoint, token, tenant.to_owned(), calls_per_tenant, 7 + i as u64, done.clone());
+        runs.push(tokio::spawn(run));
     }
-    // SIGKILL while both tenants' calls are in flight; they retry until it serves again.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    anyhow::ensure!(!runs.iter().all(|r| r.is_finished()), "the calls ended before the SIGKILL");
+    // SIGKILL once a fifth of the calls are done, with both tenants' calls in flight; they
+    // retry until it serves again.
+    while done.load(Ordering::Relaxed) < calls_per_tenant * tenants.len() / 5 {
+        anyhow::ensure!(!runs.iter().any(|r| r.is_finished()), "a tenant's calls ended early (failed)");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     dev.kill9();
     tokio::time::sleep(Duration::from_millis(500)).await;
     tokio::task::block_in_place(|| dev.restart())?;
