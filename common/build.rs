@@ -15,7 +15,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // type serves both.
         .type_attribute(".strata.v1.Segment", "#[derive(serde::Serialize, serde::Deserialize)]")
         .type_attribute(".strata.v1.QueueConfig", "#[derive(serde::Serialize, serde::Deserialize)]")
-        .type_attribute(".strata.v1.TenantLimits", "#[derive(serde::Serialize, serde::Deserialize)]")
+        // Tenant limits are stored in the catalog and are the admin API's JSON too (absent: 0).
+        .type_attribute(
+            ".strata.v1.TenantLimits",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default, deny_unknown_fields)]",
+        )
         .compile_protos(&["proto/strata.proto"], &["proto"])?;
     Ok(())
 }

@@ -20,7 +20,8 @@ use serde_json::json;
 use strata_common::Clock;
 use strata_common::error::StrataError;
 use strata_proxy::auth::JwtVerifier;
-use strata_proxy::error::{ApiError, verified_subject};
+use strata_proxy::credentials::{admin_path_tenant, verified_subject};
+use strata_proxy::error::ApiError;
 
 use crate::pricing::{HOUR_MS, Month, Plan};
 use crate::store::{BillingStore, Budget, Package, StoreError, UsageRow, usage_csv};
@@ -106,18 +107,7 @@ impl FromRequestParts<BillingApi> for AdminTenant {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &BillingApi) -> Result<Self, Self::Rejection> {
-        let operator = verified_subject(&state.admin_verifier, &parts.headers)?;
-        let params = axum::extract::RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::invalid(format!("bad path: {e}")))?;
-        let tenant = params
-            .iter()
-            .find(|(name, _)| *name == "tenant")
-            .map(|(_, value)| value.to_string())
-            .ok_or_else(|| ApiError::invalid("the path names no tenant"))?;
-        strata_common::names::validate_tenant(&tenant).map_err(ApiError)?;
-        tracing::info!(%operator, %tenant, path = %parts.uri.path(), "admin billing request");
-        Ok(AdminTenant(tenant))
+        Ok(AdminTenant(admin_path_tenant(parts, state, &state.admin_verifier).await?))
     }
 }
 

@@ -29,6 +29,11 @@ pub const HOUR_MS: u64 = 3_600_000;
 /// Money in millionths of the currency unit (1 USD = 1,000,000).
 pub type Micros = u64;
 
+/// Money as a decimal with its six places, e.g. `0.400000`.
+pub fn format_micros(amount: Micros) -> String {
+    format!("{}.{:06}", amount / 1_000_000, amount % 1_000_000)
+}
+
 /// A calendar month in UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Month {

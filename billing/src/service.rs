@@ -11,6 +11,7 @@
 //!   at or over the hard cap, marks the tenant capped in metadata, where every proxy reads it
 //!   and refuses the tenant's calls (and lifts the mark when the cap is raised or a month starts).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ use strata_proxy::queues;
 use strata_proxy::routing::Router as Placement;
 use tokio_util::sync::CancellationToken;
 
-use crate::pricing::{Micros, Month};
+use crate::pricing::{Month, format_micros as dollars};
 use crate::store::{Alert, AlertKind, BillingStore, RECORDS_PER_BATCH_MAX, StoreError};
 
 /// How long one receive of the metering queue waits for a batch.
@@ -115,8 +116,9 @@ pub async fn enforce_budgets(
     clock: Arc<dyn Clock>,
     cancel: CancellationToken,
 ) {
+    let mut marked = HashMap::new();
     loop {
-        if let Err(e) = enforce_budgets_once(&store, &placement, clock.as_ref()).await {
+        if let Err(e) = enforce_budgets_once(&store, &placement, clock.as_ref(), &mut marked).await {
             tracing::warn!(error = %e, "checking budgets failed; retrying");
         }
         tokio::select! {
@@ -126,15 +128,13 @@ pub async fn enforce_budgets(
     }
 }
 
-fn dollars(micros: Micros) -> String {
-    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
-}
-
-/// One pass over every tenant with a budget or hard cap.
+/// One pass over every tenant with a budget or hard cap. `marked` remembers whether each tenant
+/// was last seen capped in metadata, so metadata is read and written only when that changes.
 pub async fn enforce_budgets_once(
     store: &BillingStore,
     placement: &Placement,
     clock: &dyn Clock,
+    marked: &mut HashMap<String, bool>,
 ) -> Result<(), ServiceError> {
     let now_ms = clock.now_ms();
     let month = Month::of_ms(now_ms).map_err(StoreError::from)?;
@@ -160,11 +160,15 @@ pub async fn enforce_budgets_once(
         } else {
             String::new()
         };
-        let current = placement.metadata.get_tenant_limits(&tenant).await?;
+        if marked.get(&tenant) == Some(&capped) {
+            continue;
+        }
         // The reason names the spend, which moves: re-mark only when capped starts or ends.
-        if current.capped_reason.is_empty() != reason.is_empty() {
+        let current = placement.metadata.get_tenant_limits(&tenant).await?;
+        if current.capped_reason.is_empty() == capped {
             placement.metadata.set_tenant_capped(&tenant, &reason).await?;
         }
+        marked.insert(tenant, capped);
     }
     Ok(())
 }

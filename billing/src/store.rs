@@ -492,7 +492,15 @@ impl BillingStore {
 
     /// `tenant`'s budget (none set: zeros).
     pub async fn budget(&self, tenant: &str) -> Result<Budget, StoreError> {
-        Ok(self.budgets().await?.into_iter().find(|(t, _)| t == tenant).map(|(_, b)| b).unwrap_or_default())
+        let row = sqlx::query("SELECT monthly_budget, hard_cap FROM tenant_budgets WHERE tenant = $1")
+            .bind(tenant)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(Budget::default()) };
+        Ok(Budget {
+            monthly_budget: to_u64(row.try_get("monthly_budget")?),
+            hard_cap: to_u64(row.try_get("hard_cap")?),
+        })
     }
 
     /// Raises an alert once per (tenant, month, kind); answers whether it is new.

@@ -271,8 +271,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(|| format!("sqlite://{}", dir.join("billing.db").display())),
             metadata_endpoint: metadata_endpoint.clone(),
-            verifier: JwtVerifier::new(DEV_ISSUER, DEV_AUDIENCE, vec![JwtKey::hmac(DEV_KEY_ID, &secret)]),
-            admin_verifier: JwtVerifier::new(DEV_ISSUER, DEV_ADMIN_AUDIENCE, vec![JwtKey::hmac(DEV_KEY_ID, &secret)]),
+            verifier: verifier.clone(),
+            admin_verifier: admin_verifier.clone(),
             clock: clock.clone(),
         },
         cancel.clone(),

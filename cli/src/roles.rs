@@ -236,12 +236,8 @@ struct ProxyConfig {
     metering: bool,
     /// How many proxies serve the cluster behind one balancer: each enforces 1/N of every
     /// tenant's rate limits (default 1).
-    #[serde(default = "one_proxy")]
+    #[serde(default = "one")]
     fleet_proxies: u32,
-}
-
-fn one_proxy() -> u32 {
-    1
 }
 
 fn yes() -> bool {
@@ -286,16 +282,31 @@ pub async fn proxy(args: RoleArgs) -> anyhow::Result<()> {
         metering: config.metering,
         fleet_proxies: config.fleet_proxies,
     })?;
-    let api = tokio::net::TcpListener::bind(config.listen)
+    serve_until_signal(
+        "proxy",
+        (routers.api, config.listen),
+        (routers.admin, config.admin_listen),
+        CancellationToken::new(),
+    )
+    .await
+}
+
+/// Serves a role's tenant and admin routers on their listeners until SIGTERM or Ctrl-C, then
+/// cancels `cancel` (the role's background work too) and waits for the servers to stop.
+async fn serve_until_signal(
+    role: &str,
+    (api, listen): (axum::Router, SocketAddr),
+    (admin, admin_listen): (axum::Router, SocketAddr),
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let api_listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let admin_listener = tokio::net::TcpListener::bind(admin_listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let admin = tokio::net::TcpListener::bind(config.admin_listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
-    tracing::info!(listen = %config.listen, admin = %config.admin_listen, "proxy running");
-    let cancel = CancellationToken::new();
-    let api_task = tokio::spawn(strata_proxy::api::serve(routers.api, api, cancel.clone().cancelled_owned()));
-    let admin_task = tokio::spawn(strata_proxy::api::serve(routers.admin, admin, cancel.clone().cancelled_owned()));
+        .with_context(|| format!("cannot listen on {admin_listen}"))?;
+    tracing::info!(%listen, admin = %admin_listen, "{role} running");
+    let api_task = tokio::spawn(strata_proxy::api::serve(api, api_listener, cancel.clone().cancelled_owned()));
+    let admin_task = tokio::spawn(strata_proxy::api::serve(admin, admin_listener, cancel.clone().cancelled_owned()));
     shutdown_signal().await;
     cancel.cancel();
     let _ = api_task.await;
@@ -350,23 +361,10 @@ pub async fn billing(args: RoleArgs) -> anyhow::Result<()> {
         cancel.clone(),
     )
     .await?;
-    let api = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let admin = tokio::net::TcpListener::bind(config.admin_listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.admin_listen))?;
-    tracing::info!(listen = %config.listen, admin = %config.admin_listen, "billing running");
     let not_found = || async { strata_proxy::error::ApiError::invalid("no such billing route") };
-    let api_router = routers.api.fallback(not_found);
-    let admin_router = routers.admin.route("/healthz", axum::routing::get(|| async { "ok" })).fallback(not_found);
-    let api_task = tokio::spawn(strata_proxy::api::serve(api_router, api, cancel.clone().cancelled_owned()));
-    let admin_task = tokio::spawn(strata_proxy::api::serve(admin_router, admin, cancel.clone().cancelled_owned()));
-    shutdown_signal().await;
-    cancel.cancel();
-    let _ = api_task.await;
-    let _ = admin_task.await;
-    Ok(())
+    let api = routers.api.fallback(not_found);
+    let admin = routers.admin.route("/healthz", axum::routing::get(|| async { "ok" })).fallback(not_found);
+    serve_until_signal("billing", (api, config.listen), (admin, config.admin_listen), cancel).await
 }
 
 #[derive(Args, Debug)]

@@ -3,6 +3,7 @@
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
+use strata_billing::pricing::format_micros as dollars;
 
 #[derive(Args, Clone)]
 pub struct Connection {
@@ -446,11 +447,6 @@ fn month_arg(month: Option<String>) -> anyhow::Result<strata_billing::pricing::M
         Some(text) => Ok(text.parse()?),
         None => Ok(strata_billing::pricing::Month::of_ms(strata_common::SystemClock.now_ms())?),
     }
-}
-
-/// Money in micro-units as dollars, e.g. `0.400000`.
-fn dollars(micros: u64) -> String {
-    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
 }
 
 /// Dollars (`0.40`, `12`) as micro-units.

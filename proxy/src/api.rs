@@ -32,7 +32,8 @@ use strata_common::proto as pb;
 use strata_metadata::MetadataClient;
 
 use crate::auth::JwtVerifier;
-use crate::error::{ApiError, verified_subject};
+use crate::credentials::{admin_path_tenant, verified_subject};
+use crate::error::ApiError;
 use crate::metering::{CallId, Charge, Meter, message_payload_bytes};
 use crate::queues;
 use crate::quotas::Quotas;
@@ -97,8 +98,8 @@ pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
     };
     let sqs = Arc::new(SqsState {
         placement: placement.clone(),
-        keys: AccessKeys::new(metadata.clone()),
-        quotas: Quotas::new(metadata, settings.fleet_proxies),
+        keys: AccessKeys::new(metadata),
+        quotas: Quotas::new(placement.clone(), settings.fleet_proxies),
         clock: settings.clock,
         meter: meter.clone(),
     });
@@ -211,18 +212,7 @@ impl FromRequestParts<AppState> for AdminTenant {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let operator = verify_operator(parts, state)?;
-        let params = axum::extract::RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::invalid(format!("bad path: {e}")))?;
-        let tenant = params
-            .iter()
-            .find(|(name, _)| *name == "tenant")
-            .map(|(_, value)| value.to_string())
-            .ok_or_else(|| ApiError::invalid("the path names no tenant"))?;
-        strata_common::names::validate_tenant(&tenant).map_err(ApiError)?;
-        tracing::info!(%operator, %tenant, path = %parts.uri.path(), "admin request");
-        Ok(AdminTenant(tenant))
+        Ok(AdminTenant(admin_path_tenant(parts, state, &state.admin_verifier).await?))
     }
 }
 
@@ -272,7 +262,7 @@ impl FromRequestParts<AppState> for CallId {
 impl AppState {
     /// Checks the tenant's quotas (and billing cap) before a call carrying `request_bytes`.
     async fn admit(&self, tenant: &str, request_bytes: usize) -> Result<(), ApiError> {
-        Ok(self.sqs.quotas.admit(tenant, request_bytes as u64).await?)
+        Ok(self.sqs.quotas.admit(tenant, request_bytes as u64, false).await?)
     }
 
     /// Charges an accepted call (durably) before it is answered.
@@ -582,16 +572,8 @@ async fn send_messages(
     }
     let messages = request.messages.into_iter().map(message_to_pb).collect::<Result<Vec<_>, _>>()?;
     let payload_in_bytes = messages.iter().map(|m| message_payload_bytes(&m.body, &m.attributes)).sum();
-    // One id for every attempt of this send: a retry at another replica is stored once.
-    let generated = uuid::Uuid::new_v4().to_string();
-    let sent = queues::on_queue(&state.placement, &tenant, &name, |mut c, q| {
-        let request_id =
-            if call.client_id.is_some() { call.send_request_id(&tenant, q.queue_id) } else { generated.clone() };
-        let messages = messages.clone();
-        async move { c.send(pb::SendRequest { queue: Some(q), messages, request_id }).await }
-    })
-    .await?;
     let action = if messages.len() == 1 { "SendMessage" } else { "SendMessageBatch" };
+    let sent = queues::send(&state.placement, &tenant, &name, &call, messages).await?;
     state.charge(&tenant, &call, &body, Charge { payload_in_bytes, ..Charge::new(action, &name) }).await?;
     let messages: Vec<_> = sent.messages.iter().map(|m| json!({ "message_id": m.message_id })).collect();
     Ok(Json(json!({ "messages": messages })))
@@ -637,8 +619,7 @@ async fn receive_messages(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let body = body_bytes(body)?;
-    state.admit(&tenant, body.len()).await?;
-    state.sqs.quotas.admit_receive(&state.placement, &tenant).await?;
+    state.sqs.quotas.admit(&tenant, body.len() as u64, true).await?;
     let request: ReceiveRequest = parse_body(&body)?;
     let max_messages = request.max_messages.unwrap_or(1);
     if !(1..=BATCH_ENTRIES_MAX as u32).contains(&max_messages) {
@@ -873,49 +854,14 @@ async fn change_metadata_members(
 
 // ------------------------------------------------------------------------------------ limits
 
-/// A tenant's limits on the wire; 0 (or absent) means none of that kind (in overrides: the
-/// plan's).
-#[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-struct LimitsJson {
-    #[serde(default)]
-    requests_per_second: u64,
-    #[serde(default)]
-    payload_bytes_per_second: u64,
-    #[serde(default)]
-    queues_max: u64,
-    #[serde(default)]
-    in_flight_messages_max: u64,
-}
-
-impl From<LimitsJson> for pb::TenantLimits {
-    fn from(l: LimitsJson) -> Self {
-        Self {
-            requests_per_second: l.requests_per_second,
-            payload_bytes_per_second: l.payload_bytes_per_second,
-            queues_max: l.queues_max,
-            in_flight_messages_max: l.in_flight_messages_max,
-        }
-    }
-}
-
-impl From<pb::TenantLimits> for LimitsJson {
-    fn from(l: pb::TenantLimits) -> Self {
-        Self {
-            requests_per_second: l.requests_per_second,
-            payload_bytes_per_second: l.payload_bytes_per_second,
-            queues_max: l.queues_max,
-            in_flight_messages_max: l.in_flight_messages_max,
-        }
-    }
-}
-
+/// A tenant's limits on the wire are `pb::TenantLimits` as JSON: 0 (or absent) means none of
+/// that kind (in overrides: the plan's).
 fn limits_info_json(info: pb::TenantLimitsInfo) -> serde_json::Value {
     json!({
         "tenant": info.tenant,
         "plan": info.plan,
-        "overrides": LimitsJson::from(info.overrides.unwrap_or_default()),
-        "effective": LimitsJson::from(info.effective.unwrap_or_default()),
+        "overrides": info.overrides.unwrap_or_default(),
+        "effective": info.effective.unwrap_or_default(),
         "capped_reason": info.capped_reason,
     })
 }
@@ -931,7 +877,7 @@ struct SetTenantLimitsRequest {
     #[serde(default)]
     plan: String,
     #[serde(default)]
-    overrides: LimitsJson,
+    overrides: pb::TenantLimits,
 }
 
 async fn set_tenant_limits(
@@ -940,7 +886,7 @@ async fn set_tenant_limits(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let request: SetTenantLimitsRequest = parse_json(body)?;
-    let info = state.placement.metadata.set_tenant_limits(&tenant, &request.plan, request.overrides.into()).await?;
+    let info = state.placement.metadata.set_tenant_limits(&tenant, &request.plan, request.overrides).await?;
     Ok(Json(limits_info_json(info)))
 }
 
@@ -956,9 +902,9 @@ async fn set_limit_plan(
     Path(PlanName { name }): Path<PlanName>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let limits: LimitsJson = parse_json(body)?;
-    let plan = state.placement.metadata.set_limit_plan(&name, limits.into()).await?;
-    Ok(Json(json!({ "name": plan.name, "limits": LimitsJson::from(plan.limits.unwrap_or_default()) })))
+    let limits: pb::TenantLimits = parse_json(body)?;
+    let plan = state.placement.metadata.set_limit_plan(&name, limits).await?;
+    Ok(Json(json!({ "name": plan.name, "limits": plan.limits.unwrap_or_default() })))
 }
 
 async fn list_limit_plans(State(state): State<AppState>, _: Operator) -> Result<Json<serde_json::Value>, ApiError> {
@@ -968,7 +914,7 @@ async fn list_limit_plans(State(state): State<AppState>, _: Operator) -> Result<
         .list_limit_plans()
         .await?
         .into_iter()
-        .map(|p| json!({ "name": p.name, "limits": LimitsJson::from(p.limits.unwrap_or_default()) }))
+        .map(|p| json!({ "name": p.name, "limits": p.limits.unwrap_or_default() }))
         .collect();
     Ok(Json(json!({ "limit_plans": plans })))
 }

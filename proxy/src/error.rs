@@ -23,21 +23,6 @@ impl ApiError {
     }
 }
 
-/// The subject of the request's `Authorization: Bearer` token, verified by `verifier` (a
-/// tenant, or an operator for the admin audience); `Unauthenticated` with an actionable message
-/// otherwise.
-pub fn verified_subject(
-    verifier: &crate::auth::JwtVerifier,
-    headers: &axum::http::HeaderMap,
-) -> Result<String, ApiError> {
-    let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let token = verifier.verify_authorization_header(header).map_err(|e| {
-        tracing::debug!(error = %e, "authentication failed");
-        ApiError(StrataError::new(ErrorKind::Unauthenticated, e.public_message()))
-    })?;
-    Ok(token.tenant)
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let StrataError { kind, message, retry_after_s, .. } = self.0;

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod credentials;
 pub mod error;
 pub mod metering;
 pub mod queues;

@@ -119,28 +119,30 @@ impl CallId {
     /// one, every attempt is a call of its own.
     pub fn billing_key(&self, action: &str, queue: &str, body: &[u8]) -> String {
         let Some(id) = &self.client_id else { return format!("p-{}", uuid::Uuid::new_v4().simple()) };
-        let mut digest = Sha256::new();
-        for part in [id.as_bytes(), action.as_bytes(), queue.as_bytes()] {
-            digest.update((part.len() as u64).to_be_bytes());
-            digest.update(part);
-        }
+        let mut digest = framed_digest(&[id.as_bytes(), action.as_bytes(), queue.as_bytes()]);
         digest.update(body);
         format!("c-{}", hex::encode(digest.finalize()))
     }
 
-    /// The storage request id of a send: the same for every retry of the call to this queue
-    /// incarnation, and never another tenant's (the tenant is part of the digest). Generated
-    /// when the client gave no id (a retry inside the proxy reuses it all the same).
-    pub fn send_request_id(&self, tenant: &str, queue_id: u64) -> String {
-        let Some(id) = &self.client_id else { return uuid::Uuid::new_v4().to_string() };
-        let mut digest = Sha256::new();
-        for part in [tenant.as_bytes(), &queue_id.to_be_bytes(), id.as_bytes()] {
-            digest.update((part.len() as u64).to_be_bytes());
-            digest.update(part);
-        }
+    /// The storage request id of a send derived from the client's id: the same for every retry
+    /// of the call to this queue incarnation, and never another tenant's (the tenant is part of
+    /// the digest). None when the client gave no id.
+    pub fn send_request_id(&self, tenant: &str, queue_id: u64) -> Option<String> {
+        let id = self.client_id.as_ref()?;
+        let digest = framed_digest(&[tenant.as_bytes(), &queue_id.to_be_bytes(), id.as_bytes()]);
         // 2 + 62 characters: within the storage node's request-id limit.
-        format!("c-{}", &hex::encode(digest.finalize())[..62])
+        Some(format!("c-{}", &hex::encode(digest.finalize())[..62]))
     }
+}
+
+/// A digest of `parts`, each preceded by its length so that no two lists of parts meet.
+fn framed_digest(parts: &[&[u8]]) -> Sha256 {
+    let mut digest = Sha256::new();
+    for part in parts {
+        digest.update((part.len() as u64).to_be_bytes());
+        digest.update(part);
+    }
+    digest
 }
 
 /// Payload bytes of a message: its body and its attributes' names, types and values (what
@@ -200,10 +202,6 @@ impl Meter {
         Self { records: Some(tx), clock }
     }
 
-    pub fn enabled(&self) -> bool {
-        self.records.is_some()
-    }
-
     /// Stores the record of an accepted call; returns once it is durable.
     pub async fn charge(&self, tenant: &str, call: &CallId, body: &[u8], charge: Charge) -> Result<(), StrataError> {
         let Some(records) = &self.records else { return Ok(()) };
@@ -252,13 +250,14 @@ async fn flush_loop(placement: Arc<Placement>, mut rx: mpsc::Receiver<Pending>) 
         }
         let placement = placement.clone();
         tokio::spawn(async move {
-            let records: Vec<MeterRecord> = batch.iter().map(|p| p.record.clone()).collect();
+            let (records, waiters): (Vec<MeterRecord>, Vec<_>) = batch.into_iter().map(|p| (p.record, p.done)).unzip();
             let outcome = append(&placement, &records).await;
             if let Err(e) = &outcome {
                 tracing::warn!(error = %e, records = records.len(), "metering append failed; the calls answer an error");
             }
-            for pending in batch {
-                let _ = pending.done.send(outcome.clone());
+            for done in waiters {
+                // A caller that went away needs no answer.
+                let _ = done.send(outcome.clone());
             }
             drop(permit);
         });
@@ -328,7 +327,7 @@ mod tests {
     #[test]
     fn send_request_ids_fit_the_storage_limit_and_differ_per_tenant() {
         let call = CallId { client_id: Some("x".repeat(128)), customer: String::new() };
-        let id = call.send_request_id(&"t".repeat(64), u64::MAX);
+        let id = call.send_request_id(&"t".repeat(64), u64::MAX).unwrap();
         assert!(id.len() <= strata_common::limits::REQUEST_ID_CHARS_MAX);
         assert_ne!(call.send_request_id("a", 1), call.send_request_id("b", 1));
         assert_eq!(call.send_request_id("a", 1), call.send_request_id("a", 1));

@@ -10,6 +10,7 @@ use strata_common::error::{ErrorKind, StrataError};
 use strata_common::names::validate_queue_name;
 use strata_common::proto as pb;
 
+use crate::metering::CallId;
 use crate::routing::{self, Router as Placement};
 use crate::storage_client::StorageGrpcClient;
 
@@ -73,6 +74,25 @@ pub async fn set_config(
     })
     .await?;
     Ok(info)
+}
+
+/// Sends messages to a tenant's queue, stored once however often the call is retried: the
+/// storage request id derives from the client's id when it gave one, and is otherwise generated
+/// once for every attempt of this call (a retry at another replica is stored once).
+pub async fn send(
+    placement: &Placement,
+    tenant: &str,
+    name: &str,
+    call: &CallId,
+    messages: Vec<pb::NewMessage>,
+) -> Result<pb::SendResponse, StrataError> {
+    let generated = uuid::Uuid::new_v4().to_string();
+    on_queue(placement, tenant, name, |mut c, q| {
+        let request_id = call.send_request_id(tenant, q.queue_id).unwrap_or_else(|| generated.clone());
+        let messages = messages.clone();
+        async move { c.send(pb::SendRequest { queue: Some(q), messages, request_id }).await }
+    })
+    .await
 }
 
 /// Runs a storage call for a queue. If the storage node does not know the cached incarnation,

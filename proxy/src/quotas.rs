@@ -31,7 +31,6 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use parking_lot::Mutex;
 use strata_common::error::{ErrorKind, StrataError};
 use strata_common::proto as pb;
-use strata_metadata::MetadataClient;
 
 use crate::routing::Router as Placement;
 
@@ -92,7 +91,7 @@ impl TenantQuota {
 
 /// The quota checks of one proxy.
 pub struct Quotas {
-    metadata: MetadataClient,
+    placement: Arc<Placement>,
     /// The number of proxies sharing each tenant's rate limits (this proxy enforces 1/N).
     fleet_proxies: u32,
     tenants: Mutex<HashMap<String, Arc<TenantQuota>>>,
@@ -107,13 +106,14 @@ fn throttled(what: &str, wait: Duration) -> StrataError {
 }
 
 impl Quotas {
-    pub fn new(metadata: MetadataClient, fleet_proxies: u32) -> Self {
-        Self { metadata, fleet_proxies: fleet_proxies.max(1), tenants: Mutex::new(HashMap::new()) }
+    pub fn new(placement: Arc<Placement>, fleet_proxies: u32) -> Self {
+        Self { placement, fleet_proxies: fleet_proxies.max(1), tenants: Mutex::new(HashMap::new()) }
     }
 
-    /// Admits a call carrying `payload_bytes` of messages, or answers why not: `LimitExceeded`
-    /// for a tenant past its hard cap, `Throttled` (with a retry-after) over a rate.
-    pub async fn admit(&self, tenant: &str, payload_bytes: u64) -> Result<(), StrataError> {
+    /// Admits a call carrying `payload_bytes` of messages (a receive when `receive`), or answers
+    /// why not: `LimitExceeded` for a tenant past its hard cap, `Throttled` (with a retry-after)
+    /// over a rate or, for a receive, at the in-flight limit.
+    pub async fn admit(&self, tenant: &str, payload_bytes: u64, receive: bool) -> Result<(), StrataError> {
         let Some(quota) = self.quota(tenant).await else { return Ok(()) };
         if !quota.capped_reason.is_empty() {
             return Err(StrataError::new(
@@ -141,13 +141,12 @@ impl Quotas {
                 Err(_) => {}
             }
         }
-        Ok(())
+        if receive { self.admit_receive(&quota, tenant).await } else { Ok(()) }
     }
 
-    /// Admits a receive: a tenant at its in-flight limit waits until messages are deleted or
-    /// their visibility timeouts end.
-    pub async fn admit_receive(&self, placement: &Placement, tenant: &str) -> Result<(), StrataError> {
-        let Some(quota) = self.quota(tenant).await else { return Ok(()) };
+    /// A tenant at its in-flight limit receives nothing until messages are deleted or their
+    /// visibility timeouts end.
+    async fn admit_receive(&self, quota: &TenantQuota, tenant: &str) -> Result<(), StrataError> {
         let max = quota.limits.in_flight_messages_max;
         if max == 0 {
             return Ok(());
@@ -155,7 +154,7 @@ impl Quotas {
         let cached = *quota.in_flight.lock();
         let total = match cached {
             Some((at, total)) if at.elapsed() < IN_FLIGHT_REFRESH => total,
-            _ => match tokio::time::timeout(READ_TIMEOUT, in_flight_total(placement, tenant)).await {
+            _ => match tokio::time::timeout(READ_TIMEOUT, in_flight_total(&self.placement, tenant)).await {
                 Ok(Ok(total)) => {
                     *quota.in_flight.lock() = Some((Instant::now(), total));
                     total
@@ -180,7 +179,7 @@ impl Quotas {
         {
             return cached;
         }
-        match tokio::time::timeout(READ_TIMEOUT, self.metadata.get_tenant_limits(tenant)).await {
+        match tokio::time::timeout(READ_TIMEOUT, self.placement.metadata.get_tenant_limits(tenant)).await {
             Ok(Ok(info)) => {
                 let fresh = Arc::new(match &cached {
                     Some(old) if old.limits == info.effective.unwrap_or_default() => {

@@ -208,19 +208,9 @@ fn admin_endpoint(dev: &DevProcess) -> anyhow::Result<String> {
 }
 
 /// The current month as `YYYY-MM` (UTC).
-fn this_month() -> String {
+fn this_month() -> anyhow::Result<String> {
     use strata_common::Clock;
-    let days = strata_common::SystemClock.now_ms() / 86_400_000;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}")
+    Ok(strata_billing::pricing::Month::of_ms(strata_common::SystemClock.now_ms())?.to_string())
 }
 
 /// Sends one small message; answers the status and the `Retry-After` header.
@@ -327,7 +317,7 @@ async fn rejected_calls_are_not_billed_and_a_tenant_reads_only_its_own_bill() ->
     assert_eq!(other.get("/v1/billing/usage?tenant=payer").await?.0, 400);
     let admin_route = Api::new(&admin_endpoint(&dev)?, &dev.token_for("other")?);
     assert_eq!(admin_route.get("/admin/v1/tenants/payer/billing/usage").await?.0, 401);
-    let (status, invoice) = other.get(&format!("/v1/billing/invoices/{}", this_month())).await?;
+    let (status, invoice) = other.get(&format!("/v1/billing/invoices/{}", this_month()?)).await?;
     assert_eq!(status, 200);
     assert_eq!(invoice["tenant"], "other");
     assert_eq!(invoice["rating"]["total_units"], 1, "{invoice}");

@@ -957,21 +957,15 @@ async fn send(
         }
         ctx.call.lock().customer_from_attribute(&first.string_value)?;
     }
+    // The SDK's invocation id makes the SDK's own retries idempotent too.
     let call = ctx.call.lock().clone();
-    // One id for every attempt of this send (a retry at another replica is stored once); the
-    // SDK's invocation id makes the SDK's own retries idempotent too.
-    let generated = uuid::Uuid::new_v4().to_string();
-    let sent = queues::on_queue(&ctx.state.placement, ctx.tenant(), &info.name, |mut c, q| {
-        let request_id =
-            if call.client_id.is_some() { call.send_request_id(ctx.tenant(), q.queue_id) } else { generated.clone() };
-        let messages = messages.clone();
-        async move { c.send(pb::SendRequest { queue: Some(q), messages, request_id }).await }
-    })
-    .await?;
-    if sent.messages.len() != messages.len() {
+    let count = messages.len();
+    let payload_in_bytes = messages.iter().map(|m| message_payload_bytes(&m.body, &m.attributes)).sum();
+    let sent = queues::send(&ctx.state.placement, ctx.tenant(), &info.name, &call, messages).await?;
+    if sent.messages.len() != count {
         return Err(SqsError::internal_error("The storage node answered a different number of messages."));
     }
-    ctx.charge.lock().payload_in_bytes = messages.iter().map(|m| message_payload_bytes(&m.body, &m.attributes)).sum();
+    ctx.charge.lock().payload_in_bytes = payload_in_bytes;
     Ok(sent)
 }
 

@@ -142,11 +142,7 @@ async fn authenticate<'s>(
 /// Runs an authenticated action and, when it is accepted, charges it before it is answered
 /// (a batch with failed entries is accepted; its payload counts the entries stored).
 async fn run(ctx: &Ctx<'_>, action: &str, input: Value, body: &[u8]) -> Result<Value, SqsError> {
-    let quotas = &ctx.state.quotas;
-    quotas.admit(ctx.tenant(), body.len() as u64).await?;
-    if action == "ReceiveMessage" {
-        quotas.admit_receive(&ctx.state.placement, ctx.tenant()).await?;
-    }
+    ctx.state.quotas.admit(ctx.tenant(), body.len() as u64, action == "ReceiveMessage").await?;
     let output = actions::dispatch(ctx, action, input).await?;
     let charge = Charge { action: action.to_owned(), ..ctx.charge.lock().clone() };
     let call = ctx.call.lock().clone();
