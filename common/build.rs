@@ -20,6 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".strata.v1.TenantLimits",
             "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default, deny_unknown_fields)]",
         )
+        // A metering record travels in shard log entries (postcard) and in metering batches (JSON).
+        .type_attribute(".strata.v1.MeterRecord", "#[derive(serde::Serialize, serde::Deserialize)]")
         .compile_protos(&["proto/strata.proto"], &["proto"])?;
     Ok(())
 }

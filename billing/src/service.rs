@@ -6,6 +6,9 @@
 //!   their records into the store, then deletes them. A batch is deleted only after its records
 //!   are committed, and counting is idempotent per (tenant, request id), so a crash at any point
 //!   redelivers the batch and nothing is counted twice or lost.
+//! - [`drain_outboxes`]: reads the metering outboxes of the shards every storage node leads
+//!   (the records of sends, kept with their messages), counts them, then trims them. A trim
+//!   follows the commit of what it drops, so a crash between the two only reads records again.
 //! - [`enforce_budgets`]: every [`BUDGET_CHECK_INTERVAL`], prices each budgeted tenant's month
 //!   so far; raises an alert once per month when the spend reaches the budget, and while it is
 //!   at or over the hard cap, marks the tenant capped in metadata, where every proxy reads it
@@ -31,6 +34,10 @@ use crate::store::{Alert, AlertKind, BillingStore, RECORDS_PER_BATCH_MAX, StoreE
 const RECEIVE_WAIT_MS: u64 = 5_000;
 /// Pause after a failed pass before the next.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// Pause between passes over the metering outboxes that found nothing.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(500);
+/// Most outbox records one storage node answers per pass.
+const OUTBOX_READ_RECORDS_MAX: u32 = 5_000;
 /// How often budgets and hard caps are checked.
 pub const BUDGET_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -107,6 +114,58 @@ pub async fn consume_once(store: &BillingStore, placement: &Placement) -> Result
         }
     }
     Ok(new)
+}
+
+/// Counts the shards' metering outboxes until `cancel`: at once again after a pass that found
+/// records, otherwise after [`DRAIN_INTERVAL`].
+pub async fn drain_outboxes(store: BillingStore, placement: Arc<Placement>, cancel: CancellationToken) {
+    loop {
+        let pause = match drain_outboxes_once(&store, &placement).await {
+            Ok(0) => DRAIN_INTERVAL,
+            Ok(_) => Duration::ZERO,
+            Err(e) => {
+                tracing::warn!(error = %e, "counting metering outboxes failed; retrying");
+                RETRY_PAUSE
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// One pass over every live storage node: counts up to [`OUTBOX_READ_RECORDS_MAX`] records of
+/// the shards it leads and trims them; answers how many records were read. A node that cannot
+/// be reached is skipped until the next pass (its records stay in its shards' outboxes).
+pub async fn drain_outboxes_once(store: &BillingStore, placement: &Placement) -> Result<usize, ServiceError> {
+    let mut read = 0;
+    for node in placement.metadata.list_storage_nodes().await? {
+        if !node.live {
+            continue;
+        }
+        let mut client = placement.storage_at(&node.address)?;
+        let request = pb::ReadMeteringRequest { records_max: OUTBOX_READ_RECORDS_MAX };
+        let shards = match client.read_metering(request).await {
+            Ok(response) => response.into_inner().shards,
+            Err(status) => {
+                tracing::warn!(node = %node.node_id, error = %StrataError::from(status), "reading metering outboxes failed");
+                continue;
+            }
+        };
+        for shard in shards {
+            for chunk in shard.records.chunks(RECORDS_PER_BATCH_MAX) {
+                store.record(chunk).await?;
+            }
+            read += shard.records.len();
+            // Counted already: records a failed trim leaves are counted as nothing when read again.
+            let trim = pb::TrimMeteringRequest { shard_id: shard.shard_id, through_seq: shard.through_seq };
+            if let Err(status) = client.trim_metering(trim).await {
+                tracing::warn!(shard = shard.shard_id, error = %StrataError::from(status), "trimming a metering outbox failed");
+            }
+        }
+    }
+    Ok(read)
 }
 
 /// Checks budgets and hard caps every [`BUDGET_CHECK_INTERVAL`] until `cancel`.
@@ -195,6 +254,7 @@ pub async fn start(
     let metadata = strata_metadata::MetadataClient::connect_lazy(&settings.metadata_endpoint)?;
     let placement = Arc::new(Placement::new(metadata, Default::default()));
     tokio::spawn(consume(store.clone(), placement.clone(), cancel.clone()));
+    tokio::spawn(drain_outboxes(store.clone(), placement.clone(), cancel.clone()));
     tokio::spawn(enforce_budgets(store.clone(), placement, settings.clock.clone(), cancel));
     Ok(crate::api::routers(crate::api::BillingApi {
         store,

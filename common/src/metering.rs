@@ -1,12 +1,17 @@
 //! The metering vocabulary shared by the proxies (which meter calls) and the billing service
 //! (which counts them): the record of one billable call, billable units, and where records go.
 //!
-//! Proxies append batches of [`MeterRecord`]s, as one message each, to the [`METERING_QUEUE`]
-//! of the [`SYSTEM_TENANT`], a queue of Strata itself: a record is as durable as any
-//! acknowledged message before the call it bills is answered. The billing service consumes the
-//! queue and counts each record once per (tenant, request id).
-
-use serde::{Deserialize, Serialize};
+//! A record is durable before the call it bills is answered, by one of two routes:
+//!
+//! - A call that writes to a shard (a send) carries its record in the same log entry as its
+//!   command. The shard keeps the record in its metering outbox once the command applies, so the
+//!   call and its record commit together, with one fsync. The billing service drains the outboxes
+//!   through the storage nodes (`ReadMetering`, `TrimMetering`).
+//! - Every other call's record is appended, in batches of [`MeterRecord`]s as one message each,
+//!   to the [`METERING_QUEUE`] of the [`SYSTEM_TENANT`], a queue of Strata itself, which the
+//!   billing service consumes.
+//!
+//! Either way the billing service counts each record once per (tenant, request id).
 
 /// The tenant that owns Strata's internal queues. It is reserved: no credential can name it
 /// ([`crate::names::validate_tenant`] refuses it), so no tenant can read or write its queues.
@@ -26,26 +31,33 @@ pub fn billable_units(payload_bytes: u64) -> u64 {
     payload_bytes.div_ceil(UNIT_PAYLOAD_BYTES).max(1)
 }
 
-/// One accepted call, as a proxy meters it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MeterRecord {
-    /// The call's id: the same on every retry of the call.
-    pub request_id: String,
-    /// From the verified credential.
-    pub tenant: String,
-    /// The tenant's own customer, from `x-strata-customer` (empty when not given).
-    pub sub_tenant: String,
-    /// The queue's name (empty for calls on no queue).
-    pub queue: String,
-    /// The API action, such as `SendMessage`.
-    pub action: String,
-    /// When the call was accepted (milliseconds since the Unix epoch).
-    pub at_ms: u64,
-    pub units: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    /// A receive that returned no message.
-    pub empty_receive: bool,
+/// One accepted call, as a proxy meters it (the field docs are in `proto/strata.proto`).
+pub use crate::proto::MeterRecord;
+
+/// Longest billing key ([`MeterRecord::request_id`]).
+pub const RECORD_REQUEST_ID_CHARS_MAX: usize = 128;
+/// Longest action name.
+pub const RECORD_ACTION_CHARS_MAX: usize = 64;
+
+/// Checks that a record's text fields are within their limits, so a record costs a bounded
+/// amount wherever it is kept (a shard's outbox, a metering message).
+pub fn check_record(record: &MeterRecord) -> Result<(), String> {
+    let fields = [
+        ("request_id", &record.request_id, RECORD_REQUEST_ID_CHARS_MAX),
+        ("tenant", &record.tenant, crate::names::TENANT_ID_CHARS_MAX),
+        ("sub_tenant", &record.sub_tenant, crate::names::TENANT_ID_CHARS_MAX),
+        ("queue", &record.queue, crate::names::QUEUE_NAME_CHARS_MAX),
+        ("action", &record.action, RECORD_ACTION_CHARS_MAX),
+    ];
+    for (name, value, chars_max) in fields {
+        if value.len() > chars_max {
+            return Err(format!("the metering record's {name} is longer than {chars_max} characters"));
+        }
+    }
+    if record.request_id.is_empty() || record.tenant.is_empty() || record.action.is_empty() {
+        return Err("a metering record needs a request id, a tenant and an action".to_owned());
+    }
+    Ok(())
 }
 
 /// One metering message's body: records as a JSON array.
@@ -86,7 +98,23 @@ mod tests {
             empty_receive: false,
         };
         let body = encode_batch(std::slice::from_ref(&record));
-        assert_eq!(decode_batch(&body).unwrap(), vec![record]);
+        assert_eq!(decode_batch(&body).unwrap(), vec![record.clone()]);
         assert!(decode_batch(b"{").is_err());
+        assert_eq!(check_record(&record), Ok(()));
+    }
+
+    #[test]
+    fn a_record_must_name_its_call_and_stay_within_limits() {
+        let record = MeterRecord {
+            request_id: "r".into(),
+            tenant: "acme".into(),
+            action: "SendMessage".into(),
+            ..Default::default()
+        };
+        assert_eq!(check_record(&record), Ok(()));
+        assert!(check_record(&MeterRecord { request_id: String::new(), ..record.clone() }).is_err());
+        assert!(check_record(&MeterRecord { tenant: "t".repeat(65), ..record.clone() }).is_err());
+        assert!(check_record(&MeterRecord { queue: "q".repeat(81), ..record.clone() }).is_err());
+        assert!(check_record(&MeterRecord { request_id: "r".repeat(129), ..record }).is_err());
     }
 }

@@ -573,8 +573,8 @@ async fn send_messages(
     let messages = request.messages.into_iter().map(message_to_pb).collect::<Result<Vec<_>, _>>()?;
     let payload_in_bytes = messages.iter().map(|m| message_payload_bytes(&m.body, &m.attributes)).sum();
     let action = if messages.len() == 1 { "SendMessage" } else { "SendMessageBatch" };
-    let sent = queues::send(&state.placement, &tenant, &name, &call, messages).await?;
-    state.charge(&tenant, &call, &body, Charge { payload_in_bytes, ..Charge::new(action, &name) }).await?;
+    let meter = state.meter.record(&tenant, &call, &body, Charge { payload_in_bytes, ..Charge::new(action, &name) });
+    let sent = queues::send(&state.placement, &tenant, &name, &call, messages, meter).await?;
     let messages: Vec<_> = sent.messages.iter().map(|m| json!({ "message_id": m.message_id })).collect();
     Ok(Json(json!({ "messages": messages })))
 }

@@ -4,17 +4,20 @@
 //!
 //! - [`CallId`]: the id a call's retries share (the client's `x-strata-request-id`, or the AWS
 //!   SDKs' `amz-sdk-invocation-id`) and the tenant's own customer (`x-strata-customer`).
-//! - [`Meter`]: records go through a bounded channel to a flusher, which appends them in batches
-//!   (group commit: up to [`BATCH_RECORDS_MAX`] records or [`BATCH_BYTES_MAX`] bytes, one message
-//!   each) to the system metering queue ([`strata_common::metering`]), with up to
-//!   [`FLUSHES_IN_FLIGHT_MAX`] appends in flight.
+//! - [`Meter`]: a send's record travels in its storage request ([`Meter::record`]) and is kept
+//!   by the shard with the messages. Other calls' records go through a bounded channel to a
+//!   flusher, which appends them in batches (group commit: up to [`BATCH_RECORDS_MAX`] records or
+//!   [`BATCH_BYTES_MAX`] bytes, one message each) to the system metering queue
+//!   ([`strata_common::metering`]), with up to [`FLUSHES_IN_FLIGHT_MAX`] appends in flight.
 //!
 //! # What it guarantees
 //!
-//! [`Meter::charge`] returns once the record's batch is an acknowledged message: replicated and
-//! fsynced like any tenant message, so it survives the proxy's crash. A call whose record could
-//! not be stored is answered with an error instead of its result (the client retries; its retry
-//! carries the same billing key, see [`CallId::billing_key`], so it is counted once).
+//! A call is answered only once its record is durable: a send's with its messages (one log
+//! entry), any other call's once [`Meter::charge`] returns, when its batch is an acknowledged
+//! message. Either is replicated and fsynced like any tenant message, so it survives the proxy's
+//! crash. A call whose record could not be stored is answered with an error instead of its
+//! result (the client retries; its retry carries the same billing key, see
+//! [`CallId::billing_key`], so it is counted once).
 //!
 //! A call is billed ⌈payload / 64 KiB⌉ units, at least one: sends by the message bodies and
 //! attributes they carry, receives by those they return. Rejected calls (authentication
@@ -168,6 +171,9 @@ pub struct Charge {
     pub payload_out_bytes: u64,
     /// A receive that returned nothing.
     pub empty_receive: bool,
+    /// The record travelled in the call's own storage command (see [`Meter::record`]): the call
+    /// is not charged again.
+    pub carried: bool,
 }
 
 impl Charge {
@@ -202,10 +208,12 @@ impl Meter {
         Self { records: Some(tx), clock }
     }
 
-    /// Stores the record of an accepted call; returns once it is durable.
-    pub async fn charge(&self, tenant: &str, call: &CallId, body: &[u8], charge: Charge) -> Result<(), StrataError> {
-        let Some(records) = &self.records else { return Ok(()) };
-        let record = MeterRecord {
+    /// The record of a call, for a storage command that carries it (a send): the shard keeps it
+    /// exactly when the command applies, so it is durable with the call's effect. None when
+    /// metering is off.
+    pub fn record(&self, tenant: &str, call: &CallId, body: &[u8], charge: Charge) -> Option<MeterRecord> {
+        self.records.as_ref()?;
+        Some(MeterRecord {
             request_id: call.billing_key(&charge.action, &charge.queue, body),
             tenant: tenant.to_owned(),
             sub_tenant: call.customer.clone(),
@@ -216,6 +224,13 @@ impl Meter {
             bytes_in: charge.payload_in_bytes,
             bytes_out: charge.payload_out_bytes,
             empty_receive: charge.empty_receive,
+        })
+    }
+
+    /// Stores the record of an accepted call in the metering queue; returns once it is durable.
+    pub async fn charge(&self, tenant: &str, call: &CallId, body: &[u8], charge: Charge) -> Result<(), StrataError> {
+        let (Some(records), Some(record)) = (&self.records, self.record(tenant, call, body, charge)) else {
+            return Ok(());
         };
         let (done, stored) = oneshot::channel();
         let unavailable =
@@ -272,7 +287,9 @@ async fn append(placement: &Placement, records: &[MeterRecord]) -> Result<(), St
     let send = || {
         queues::on_queue(placement, SYSTEM_TENANT, METERING_QUEUE, |mut c, queue| {
             let (message, request_id) = (message.clone(), request_id.clone());
-            async move { c.send(pb::SendRequest { queue: Some(queue), messages: vec![message], request_id }).await }
+            async move {
+                c.send(pb::SendRequest { queue: Some(queue), messages: vec![message], request_id, meter: None }).await
+            }
         })
     };
     match send().await {

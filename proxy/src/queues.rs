@@ -7,6 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use strata_common::error::{ErrorKind, StrataError};
+use strata_common::metering::MeterRecord;
 use strata_common::names::validate_queue_name;
 use strata_common::proto as pb;
 
@@ -78,19 +79,21 @@ pub async fn set_config(
 
 /// Sends messages to a tenant's queue, stored once however often the call is retried: the
 /// storage request id derives from the client's id when it gave one, and is otherwise generated
-/// once for every attempt of this call (a retry at another replica is stored once).
+/// once for every attempt of this call (a retry at another replica is stored once). `meter` is
+/// the call's metering record, stored with the messages (see [`crate::metering::Meter::record`]).
 pub async fn send(
     placement: &Placement,
     tenant: &str,
     name: &str,
     call: &CallId,
     messages: Vec<pb::NewMessage>,
+    meter: Option<MeterRecord>,
 ) -> Result<pb::SendResponse, StrataError> {
     let generated = uuid::Uuid::new_v4().to_string();
     on_queue(placement, tenant, name, |mut c, q| {
         let request_id = call.send_request_id(tenant, q.queue_id).unwrap_or_else(|| generated.clone());
-        let messages = messages.clone();
-        async move { c.send(pb::SendRequest { queue: Some(q), messages, request_id }).await }
+        let (messages, meter) = (messages.clone(), meter.clone());
+        async move { c.send(pb::SendRequest { queue: Some(q), messages, request_id, meter }).await }
     })
     .await
 }

@@ -61,6 +61,11 @@ impl Router {
         self.queues.lock().remove(&(tenant.to_string(), name.to_string()));
     }
 
+    /// A client for the storage node at `address`.
+    pub fn storage_at(&self, address: &str) -> Result<StorageGrpcClient, StrataError> {
+        self.storage.get(address)
+    }
+
     /// A client for the replica of `shard_id` believed to lead (its writer at first).
     pub async fn storage_for(&self, shard_id: u64) -> Result<StorageGrpcClient, StrataError> {
         let cached = self.shards.lock().get(&shard_id).map(|route| route.current.clone());

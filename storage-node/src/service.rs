@@ -252,8 +252,14 @@ impl Storage for StorageService {
             ))
             .into());
         }
+        if let Some(meter) = &r.meter {
+            strata_common::metering::check_record(meter).map_err(StrataError::invalid)?;
+            if meter.tenant != tenant {
+                return Err(StrataError::invalid("the metering record names another tenant than the queue").into());
+            }
+        }
         let request_id = (!r.request_id.is_empty()).then_some(r.request_id);
-        match shard.propose_once(request_id, Command::Send { queue, tenant, messages }).await? {
+        match shard.propose_metered(request_id, r.meter, Command::Send { queue, tenant, messages }).await? {
             queue::Response::Sent(sent) => Ok(Response::new(pb::SendResponse {
                 messages: sent
                     .into_iter()
@@ -405,7 +411,42 @@ impl Storage for StorageService {
         let entries = shard.local_entries(r.first_index, r.count_max)?;
         Ok(Response::new(pb::ReadLogEntriesResponse { entries }))
     }
+
+    async fn read_metering(
+        &self,
+        request: Request<pb::ReadMeteringRequest>,
+    ) -> Result<Response<pb::ReadMeteringResponse>, Status> {
+        let records_max = request.into_inner().records_max as usize;
+        if !(1..=READ_METERING_RECORDS_MAX).contains(&records_max) {
+            return Err(StrataError::invalid(format!("records_max must be 1-{READ_METERING_RECORDS_MAX}")).into());
+        }
+        let mut leading: Vec<Arc<Shard>> = self.shards.read().values().filter(|s| s.is_leader()).cloned().collect();
+        leading.sort_by_key(|s| s.shard_id);
+        let mut left = records_max;
+        let mut shards = Vec::new();
+        for shard in leading {
+            if left == 0 {
+                break;
+            }
+            // Applied records are committed: what a leader's state holds is durable.
+            let Some((through_seq, records)) = shard.state().0.metering().oldest(left) else { continue };
+            left -= records.len();
+            shards.push(pb::ShardMetering { shard_id: shard.shard_id, through_seq, records });
+        }
+        Ok(Response::new(pb::ReadMeteringResponse { shards }))
+    }
+
+    async fn trim_metering(&self, request: Request<pb::TrimMeteringRequest>) -> Result<Response<pb::Empty>, Status> {
+        let r = request.into_inner();
+        let shard = self.shards.read().get(&r.shard_id).cloned();
+        let shard = shard.ok_or_else(|| StrataError::unavailable("the shard is not served here"))?;
+        shard.propose(Command::TrimMetering { through_seq: r.through_seq }).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
 }
+
+/// Most metering records one `ReadMetering` answers (a few MiB).
+const READ_METERING_RECORDS_MAX: usize = 10_000;
 
 fn move_task_pb(task: &queue::MoveTask) -> pb::MoveTaskInfo {
     let (status, failure_reason) = match &task.status {

@@ -16,6 +16,7 @@ use openraft::{BasicNode, Config, ReadPolicy, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use strata_common::Clock;
 use strata_common::error::{ErrorKind, StrataError};
+use strata_common::metering::MeterRecord;
 use strata_wal::group::{RaftGroup, open_group, open_single_voter};
 use strata_wal::raft_state::{ReplicatedState, StateGuard};
 use strata_wal::raft_store::SegmentRetention;
@@ -55,6 +56,7 @@ impl fmt::Display for ShardEntry {
             Command::CancelScheduled { .. } => "cancel-scheduled",
             Command::StartScheduledLoad { .. } => "start-scheduled-load",
             Command::LoadScheduled { .. } => "load-scheduled",
+            Command::TrimMetering { .. } => "trim-metering",
         };
         write!(f, "{name}@{}", self.0.now_ms)
     }
@@ -169,6 +171,7 @@ pub fn queue_error(e: QueueError) -> StrataError {
         QueueError::MessageNotInFlight => ErrorKind::MessageNotInFlight,
         QueueError::InFlightLimit => ErrorKind::LimitExceeded,
         QueueError::ScheduledMessageNotFound => ErrorKind::ScheduledMessageNotFound,
+        QueueError::MeteringBacklogFull => ErrorKind::Unavailable,
     };
     StrataError::new(kind, e.to_string())
 }
@@ -317,12 +320,18 @@ impl Shard {
 
     /// Proposes a command at the current time; returns after it is durable and applied.
     pub async fn propose(&self, command: Command) -> Result<Response, StrataError> {
-        self.propose_once(None, command).await
+        self.propose_metered(None, None, command).await
     }
 
-    /// [`Shard::propose`], applied once per `request_id` (see [`ShardCommand::request_id`]).
-    pub async fn propose_once(&self, request_id: Option<String>, command: Command) -> Result<Response, StrataError> {
-        let entry = ShardEntry(ShardCommand { now_ms: self.clock.now_ms(), command, request_id });
+    /// [`Shard::propose`], applied once per `request_id` (see [`ShardCommand::request_id`]), with
+    /// the call's metering record `meter` in the same entry (see [`ShardCommand::meter`]).
+    pub async fn propose_metered(
+        &self,
+        request_id: Option<String>,
+        meter: Option<MeterRecord>,
+        command: Command,
+    ) -> Result<Response, StrataError> {
+        let entry = ShardEntry(ShardCommand { now_ms: self.clock.now_ms(), command, request_id, meter });
         let response = self.group.raft.client_write(entry).await.map_err(|e| match e.forward_to_leader() {
             Some(forward) => {
                 let leader = forward.leader_node.as_ref().map(|n| n.addr.clone()).filter(|a| !a.is_empty());

@@ -275,16 +275,19 @@ impl Model {
                 let count = self.queues.values_mut().map(|q| q.drop_expired(now)).sum();
                 Ok(Response::Expired { count })
             }
-            // Not generated here: move tasks, dead letters, FIFO and scheduled messages have tests
-            // of their own.
+            // Not generated here: move tasks, dead letters, FIFO, scheduled messages and metering
+            // have tests of their own.
             Command::StartMoveTask { .. }
             | Command::CancelMoveTask { .. }
             | Command::MoveStep { .. }
             | Command::ReceiveAttempt { .. }
             | Command::CancelScheduled { .. }
             | Command::StartScheduledLoad { .. }
-            | Command::LoadScheduled { .. } => {
-                unreachable!("the model test does not generate move-task, receive-attempt or schedule commands")
+            | Command::LoadScheduled { .. }
+            | Command::TrimMetering { .. } => {
+                unreachable!(
+                    "the model test does not generate move-task, receive-attempt, schedule or metering commands"
+                )
             }
         };
         result.unwrap_or_else(Response::Error)
@@ -540,7 +543,7 @@ impl Harness {
     /// that all answer the same.
     fn apply(&mut self, skew_ms: u64, command: Command) -> Result<Response, TestCaseError> {
         self.log_index += 1;
-        let cmd = ShardCommand { now_ms: self.wall_ms.saturating_sub(skew_ms), command, request_id: None };
+        let cmd = ShardCommand { now_ms: self.wall_ms.saturating_sub(skew_ms), command, request_id: None, meter: None };
         let expected = self.model.apply(self.log_index, &cmd, &self.known);
         let mut first: Option<Response> = None;
         for shard in &mut self.shards {

@@ -198,7 +198,7 @@ async fn send_all(nodes: &[Option<StorageNode>], addrs: &[SocketAddr], queue: &p
         let messages: Vec<pb::NewMessage> =
             chunk.iter().map(|b| pb::NewMessage { body: Bytes::from(b.clone()), ..Default::default() }).collect();
         let request_id = format!("send-{}-{batch}", &chunk[0][..4.min(chunk[0].len())]);
-        let send = pb::SendRequest { queue: Some(queue.clone()), messages, request_id };
+        let send = pb::SendRequest { queue: Some(queue.clone()), messages, request_id, meter: None };
         at_leader(nodes, addrs, |mut c| {
             let send = send.clone();
             async move { c.send(send).await.map(|_| ()) }
@@ -616,6 +616,7 @@ async fn a_replica_joined_by_snapshot_receives_the_slice_files_of_scheduled_mess
             queue: Some(queue.clone()),
             messages: vec![message],
             request_id: format!("scheduled-{i}"),
+            meter: None,
         };
         at_leader(&nodes, &addrs, |mut c| {
             let (send, ids) = (send.clone(), ids.clone());

@@ -18,7 +18,7 @@ use strata_common::proto as pb;
 
 use super::error::SqsError;
 use super::{Ctx, md5};
-use crate::metering::{CUSTOMER_ATTRIBUTE, message_payload_bytes};
+use crate::metering::{CUSTOMER_ATTRIBUTE, Charge, message_payload_bytes};
 use crate::queues;
 
 /// Message attributes per message (SQS's limit).
@@ -961,11 +961,14 @@ async fn send(
     let call = ctx.call.lock().clone();
     let count = messages.len();
     let payload_in_bytes = messages.iter().map(|m| message_payload_bytes(&m.body, &m.attributes)).sum();
-    let sent = queues::send(&ctx.state.placement, ctx.tenant(), &info.name, &call, messages).await?;
+    // The record travels with the messages: the shard keeps both or neither.
+    let charge = Charge { payload_in_bytes, ..ctx.charge.lock().clone() };
+    let meter = ctx.state.meter.record(ctx.tenant(), &call, ctx.body, charge);
+    let sent = queues::send(&ctx.state.placement, ctx.tenant(), &info.name, &call, messages, meter).await?;
+    ctx.charge.lock().carried = true;
     if sent.messages.len() != count {
         return Err(SqsError::internal_error("The storage node answered a different number of messages."));
     }
-    ctx.charge.lock().payload_in_bytes = payload_in_bytes;
     Ok(sent)
 }
 

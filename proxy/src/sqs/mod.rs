@@ -53,6 +53,8 @@ pub struct Ctx<'a> {
     pub call: parking_lot::Mutex<CallId>,
     /// What the action is charged for, filled in as it runs (queue, payload).
     pub charge: parking_lot::Mutex<Charge>,
+    /// The request body as received (part of the call's billing key).
+    pub body: &'a [u8],
 }
 
 impl Ctx<'_> {
@@ -123,7 +125,7 @@ async fn authenticate<'s>(
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
-    body: &[u8],
+    body: &'s [u8],
 ) -> Result<Ctx<'s>, SqsError> {
     let parts =
         SignedParts { method: method.as_str(), path: uri.path(), query: uri.query().unwrap_or(""), headers, body };
@@ -136,17 +138,22 @@ async fn authenticate<'s>(
         base_url: format!("http://{host}"),
         call: parking_lot::Mutex::new(call),
         charge: parking_lot::Mutex::new(Charge::default()),
+        body,
     })
 }
 
 /// Runs an authenticated action and, when it is accepted, charges it before it is answered
-/// (a batch with failed entries is accepted; its payload counts the entries stored).
-async fn run(ctx: &Ctx<'_>, action: &str, input: Value, body: &[u8]) -> Result<Value, SqsError> {
-    ctx.state.quotas.admit(ctx.tenant(), body.len() as u64, action == "ReceiveMessage").await?;
+/// (a batch with failed entries is accepted; its payload counts the entries stored), unless its
+/// record travelled with its storage command.
+async fn run(ctx: &Ctx<'_>, action: &str, input: Value) -> Result<Value, SqsError> {
+    ctx.state.quotas.admit(ctx.tenant(), ctx.body.len() as u64, action == "ReceiveMessage").await?;
+    ctx.charge.lock().action = action.to_owned();
     let output = actions::dispatch(ctx, action, input).await?;
-    let charge = Charge { action: action.to_owned(), ..ctx.charge.lock().clone() };
-    let call = ctx.call.lock().clone();
-    ctx.state.meter.charge(ctx.tenant(), &call, body, charge).await?;
+    let charge = ctx.charge.lock().clone();
+    if !charge.carried {
+        let call = ctx.call.lock().clone();
+        ctx.state.meter.charge(ctx.tenant(), &call, ctx.body, charge).await?;
+    }
     Ok(output)
 }
 
@@ -176,7 +183,7 @@ async fn serve(
     if !input.is_object() {
         return Err(SqsError::malformed_request("The request body must be a JSON object."));
     }
-    run(&ctx, action, input, body).await
+    run(&ctx, action, input).await
 }
 
 fn error_response(e: &SqsError) -> Response {

@@ -402,7 +402,7 @@ async fn serve(
     {
         input.insert("QueueUrl".into(), Value::String(format!("{}{path}", ctx.base_url)));
     }
-    let output = super::run(&ctx, operation.name, Value::Object(input), body).await?;
+    let output = super::run(&ctx, operation.name, Value::Object(input)).await?;
     Ok((operation, output))
 }
 

@@ -96,6 +96,7 @@
 //!   their answers, about 300 bytes each (up to ~6 MB), so that a send retried
 //!   at another replica after a failover is stored once.
 
+pub mod outbox;
 mod receipt;
 pub mod schedule;
 mod state;

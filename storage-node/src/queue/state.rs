@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use strata_wal::requests::RecentRequests;
 use uuid::Uuid;
 
+use super::outbox::MeterOutbox;
 use super::receipt::Receipt;
 use super::schedule::{Schedule, ScheduledMessage, Slice, SliceWrite, deliver_at_of, slice_of};
 use super::store::{LeaseCheck, Queue};
@@ -35,6 +36,8 @@ pub struct ShardState {
     schedule: Schedule,
     /// Recent request ids and their answers.
     requests: RecentRequests<Response>,
+    /// Metering records of applied commands, until the billing service has counted them.
+    metering: MeterOutbox,
 }
 
 impl ShardState {
@@ -54,9 +57,19 @@ impl ShardState {
     pub fn apply(&mut self, log_index: u64, cmd: &ShardCommand) -> Response {
         self.clock_ms = self.clock_ms.max(cmd.now_ms);
         if let Some(first) = cmd.request_id.as_deref().and_then(|id| self.requests.answer(id)) {
+            // Its record entered the outbox with the first answer, if that was a success.
             return first.clone();
         }
+        // Not remembered under the request id: a retry once the outbox has room may succeed.
+        if cmd.meter.is_some() && self.metering.is_full() {
+            return Response::Error(QueueError::MeteringBacklogFull);
+        }
         let response = self.apply_command(log_index, &cmd.command);
+        if let Some(record) = &cmd.meter
+            && !matches!(response, Response::Error(_))
+        {
+            self.metering.push(record.clone());
+        }
         if let Some(id) = &cmd.request_id {
             self.requests.remember(log_index, id, &response, REQUEST_IDS_KEPT);
         }
@@ -139,8 +152,17 @@ impl ShardState {
             Command::LoadScheduled { slice_start_ms, from, to, messages } => {
                 self.load_scheduled(*slice_start_ms, *from, *to, messages, now_ms)
             }
+            Command::TrimMetering { through_seq } => {
+                self.metering.trim(*through_seq);
+                Ok(Response::MeteringTrimmed)
+            }
         };
         result.unwrap_or_else(Response::Error)
+    }
+
+    /// The metering outbox: records of applied metered commands not yet trimmed.
+    pub fn metering(&self) -> &MeterOutbox {
+        &self.metering
     }
 
     /// Approximate counts as of the last command applied to this queue: a

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
+use strata_common::metering::MeterRecord;
 use uuid::Uuid;
 
 use super::store::{Message, Queue};
@@ -49,7 +50,8 @@ impl Shard {
 
     fn apply(&mut self, now_ms: u64, command: Command) -> Response {
         self.log_index += 1;
-        let response = self.state.apply(self.log_index, &ShardCommand { now_ms, command, request_id: None });
+        let response =
+            self.state.apply(self.log_index, &ShardCommand { now_ms, command, request_id: None, meter: None });
         // After every command, the FIFO indexes of every queue match a scan of its messages.
         for queue in [Q, DLQ, FIFO_Q] {
             if let Some(q) = self.state.queue_for_tests(queue) {
@@ -1612,7 +1614,9 @@ fn a_send_retried_with_its_request_id_is_stored_once_and_answered_the_same() {
     };
     let once = |shard: &mut Shard, id: &str, command: Command| {
         shard.log_index += 1;
-        shard.state.apply(shard.log_index, &ShardCommand { now_ms: 5, command, request_id: Some(id.to_owned()) })
+        shard
+            .state
+            .apply(shard.log_index, &ShardCommand { now_ms: 5, command, request_id: Some(id.to_owned()), meter: None })
     };
     let first = once(&mut shard, "req-1", send(&[1, 2]));
     // The retry was prepared again (new message ids): still the first answer, nothing stored.
@@ -1629,14 +1633,80 @@ fn request_ids_are_forgotten_beyond_the_bound() {
     for i in 0..(REQUEST_IDS_KEPT as u128 + 3) {
         shard.log_index += 1;
         let command = Command::Purge { queue: Q, tenant: TENANT.to_owned() };
-        shard.state.apply(shard.log_index, &ShardCommand { now_ms: 5, command, request_id: Some(format!("r{i}")) });
+        shard.state.apply(
+            shard.log_index,
+            &ShardCommand { now_ms: 5, command, request_id: Some(format!("r{i}")), meter: None },
+        );
     }
     let bytes = postcard::to_allocvec(&shard.state).expect("encode").len();
     // About 20,000 remembered ids with small answers; an unbounded map would keep growing.
     assert!(bytes < 64 * REQUEST_IDS_KEPT, "state is {bytes} bytes");
     shard.log_index += 1;
     let command = Command::Send { queue: Q, tenant: TENANT.to_owned(), messages: vec![new_message(1)] };
-    let replay =
-        shard.state.apply(shard.log_index, &ShardCommand { now_ms: 5, command, request_id: Some("r0".into()) });
+    let replay = shard
+        .state
+        .apply(shard.log_index, &ShardCommand { now_ms: 5, command, request_id: Some("r0".into()), meter: None });
     assert!(matches!(replay, Response::Sent(_)), "r0 was forgotten, so this is a new send: {replay:?}");
+}
+
+// ----------------------------------------------------------------------------- metering outbox
+
+fn meter(id: &str) -> MeterRecord {
+    MeterRecord { request_id: id.into(), tenant: TENANT.into(), action: "SendMessage".into(), ..Default::default() }
+}
+
+impl Shard {
+    fn metered(&mut self, request_id: &str, record: &str, command: Command) -> Response {
+        self.log_index += 1;
+        let cmd = ShardCommand { now_ms: 5, command, request_id: Some(request_id.into()), meter: Some(meter(record)) };
+        self.state.apply(self.log_index, &cmd)
+    }
+
+    fn outbox_ids(&self) -> Vec<String> {
+        let oldest = self.state.metering().oldest(usize::MAX);
+        oldest.map(|(_, records)| records.into_iter().map(|r| r.request_id).collect()).unwrap_or_default()
+    }
+}
+
+#[test]
+fn a_metered_command_keeps_its_record_exactly_when_it_applies() {
+    let mut shard = Shard::with_queue();
+    let send = |n| Command::Send { queue: Q, tenant: TENANT.to_owned(), messages: vec![new_message(n)] };
+    assert!(matches!(shard.metered("s1", "m1", send(1)), Response::Sent(_)));
+    // A retry of the same request is answered from memory and keeps no second record.
+    assert!(matches!(shard.metered("s1", "m1", send(2)), Response::Sent(_)));
+    // A command that fails changes nothing, its record included.
+    let missing = Command::Send { queue: Q + 1, tenant: TENANT.to_owned(), messages: vec![new_message(3)] };
+    assert!(matches!(shard.metered("s2", "m2", missing), Response::Error(QueueError::QueueNotFound)));
+    let foreign = Command::Send { queue: Q, tenant: OTHER_TENANT.to_owned(), messages: vec![new_message(4)] };
+    assert!(matches!(shard.metered("s3", "m3", foreign), Response::Error(_)));
+    assert_eq!(shard.outbox_ids(), vec!["m1"]);
+    assert_eq!(shard.counts().visible, 1);
+
+    // The outbox survives a snapshot, and a trim drops what was counted.
+    let restored: ShardState = postcard::from_bytes(&postcard::to_allocvec(&shard.state).unwrap()).unwrap();
+    assert_eq!(restored, shard.state);
+    shard.metered("s4", "m4", send(5));
+    let (through_seq, _) = shard.state.metering().oldest(1).unwrap();
+    shard.apply(5, Command::TrimMetering { through_seq });
+    assert_eq!(shard.outbox_ids(), vec!["m4"]);
+}
+
+#[test]
+fn a_full_outbox_refuses_metered_commands_until_it_is_trimmed() {
+    let mut shard = Shard::with_queue();
+    let purge = || Command::Purge { queue: Q, tenant: TENANT.to_owned() };
+    for i in 0..super::outbox::OUTBOX_RECORDS_MAX {
+        shard.metered(&format!("p{i}"), &format!("m{i}"), purge());
+    }
+    let send = Command::Send { queue: Q, tenant: TENANT.to_owned(), messages: vec![new_message(1)] };
+    let refused = shard.metered("last", "m-last", send.clone());
+    assert_eq!(refused, Response::Error(QueueError::MeteringBacklogFull));
+    assert_eq!(shard.counts().visible, 0, "a refused send stores nothing");
+    // Unmetered commands (the storage node's own) still apply.
+    assert!(matches!(shard.apply(5, Command::Expire), Response::Expired { .. }));
+    shard.apply(5, Command::TrimMetering { through_seq: 10 });
+    // The refusal was not remembered under the request id: its retry now goes through.
+    assert!(matches!(shard.metered("last", "m-last", send), Response::Sent(_)));
+    assert_eq!(shard.state.metering().len(), super::outbox::OUTBOX_RECORDS_MAX - 10 + 1);
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use strata_common::metering::MeterRecord;
 use uuid::Uuid;
 
 use super::schedule::ScheduledMessage;
@@ -173,6 +174,9 @@ pub struct ShardCommand {
     /// id was seen among the shard's last [`REQUEST_IDS_KEPT`] is not applied again and gets
     /// the first answer.
     pub request_id: Option<String>,
+    /// The metering record of the call this command serves: it enters the shard's metering
+    /// outbox when the command applies without error (see [`super::outbox`]).
+    pub meter: Option<MeterRecord>,
 }
 
 /// Request ids a shard remembers, with their answers (a proxy retries within seconds).
@@ -272,6 +276,11 @@ pub enum Command {
         to: u64,
         messages: Vec<ScheduledMessage>,
     },
+    /// Drops the metering outbox's records up to and including `through_seq`, once the billing
+    /// service has counted them.
+    TrimMetering {
+        through_seq: u64,
+    },
 }
 
 /// A move task's id: the log index of the command that started it.
@@ -359,6 +368,7 @@ pub enum Response {
     ScheduledLoaded {
         count: u64,
     },
+    MeteringTrimmed,
 }
 
 /// Approximate counts, as SQS's `ApproximateNumberOf{Messages, MessagesNotVisible,
@@ -409,6 +419,10 @@ pub enum QueueError {
     /// time, is due already (delete it with its receipt), or was cancelled.
     #[error("no message with this id is waiting for its deliver-at time on this queue")]
     ScheduledMessageNotFound,
+    /// A metered command while the shard's metering outbox is full: the billing service is
+    /// behind, and the call is refused rather than served unbilled.
+    #[error("the shard's metering backlog is full (billing is behind); retry later")]
+    MeteringBacklogFull,
 }
 
 /// Most messages a queue may have in flight (received, not yet deleted or visible again): SQS's
