@@ -60,10 +60,18 @@ const PENDING_RECORDS_MAX: usize = 100_000;
 /// A record's encoded size beyond its text fields (field names, numbers), for batch sizing.
 const RECORD_OVERHEAD_BYTES: usize = 160;
 
-/// The metering queue's attributes: messages kept as long as possible, and a visibility timeout
-/// long enough for the billing service to store a batch.
+/// How long a metering batch the billing service received stays invisible: long enough to
+/// store it, and what a crash of the billing service delays its counting by (a batch counted
+/// twice is counted once).
+const METERING_VISIBILITY_TIMEOUT_MS: u64 = 10_000;
+
+/// The metering queue's attributes: messages kept as long as possible.
 fn metering_queue_config() -> pb::QueueConfig {
-    pb::QueueConfig { retention_ms: RETENTION_MS_MAX, visibility_timeout_ms: 60_000, ..Default::default() }
+    pb::QueueConfig {
+        retention_ms: RETENTION_MS_MAX,
+        visibility_timeout_ms: METERING_VISIBILITY_TIMEOUT_MS,
+        ..Default::default()
+    }
 }
 
 fn valid_token(value: &str, chars_max: usize) -> bool {
