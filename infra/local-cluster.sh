@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A local Strata cluster on loopback from the built binary: Garage (S3), 3 metadata members,
-# 3 storage nodes (3 replicas per shard, one zone each) and 2 proxies, each process with its own
-# config file and data directory under DIR.
+# 3 storage nodes (3 replicas per shard, one zone each), 2 proxies and a billing service (on
+# SQLite), each process with its own config file and data directory under DIR.
 #
 #   infra/local-cluster.sh up DIR     # start (writes DIR/cluster-credentials.env)
 #   infra/local-cluster.sh down DIR   # stop everything it started
@@ -9,7 +9,7 @@
 #                                           # storage-2 (from DIR/storage-2.toml)
 #
 # Ports start at STRATA_PORT_BASE (default 19000): metadata +1..+3, storage +11..+13, proxies
-# +21/+22 (API) and +31/+32 (admin). The binary is STRATA_BIN, else target/release/strata, else
+# +21/+22 (API) and +31/+32 (admin), billing +41 (API) and +42 (admin). The binary is STRATA_BIN, else target/release/strata, else
 # target/debug/strata. Garage listens on fixed ports, so there is one per machine: the one of
 # STRATA_GARAGE_DIR (default target/garage, shared with the test command), started if needed
 # and stopped by `down` only if `up` started it. Each cluster keeps its objects (segments,
@@ -106,6 +106,8 @@ metadata = "$metadata_endpoints"
 issuer = "strata-local-cluster"
 audience = "strata"
 admin_audience = "strata-admin"
+# Each proxy enforces half of a tenant's rate limits.
+fleet_proxies = 2
 
 [[keys]]
 kid = "local-1"
@@ -113,6 +115,20 @@ secret_hex = "$secret"
 CONF
     start_role "$dir" "proxy-$i" proxy
   done
+  cat >"$dir/billing-1.toml" <<CONF
+listen = "127.0.0.1:$((BASE + 41))"
+admin_listen = "127.0.0.1:$((BASE + 42))"
+metadata = "$metadata_endpoints"
+database = "sqlite://$dir/billing.db"
+issuer = "strata-local-cluster"
+audience = "strata"
+admin_audience = "strata-admin"
+
+[[keys]]
+kid = "local-1"
+secret_hex = "$secret"
+CONF
+  start_role "$dir" billing-1 billing
 
   local endpoint="http://127.0.0.1:$((BASE + 21))"
   local admin_endpoint="http://127.0.0.1:$((BASE + 31))"
@@ -144,6 +160,8 @@ export AWS_DEFAULT_REGION=strata-local
 export AWS_ENDPOINT_URL=$endpoint
 export STRATA_ADMIN_ENDPOINT=$admin_endpoint
 export STRATA_ADMIN_TOKEN=$admin_token
+export STRATA_BILLING_ENDPOINT=http://127.0.0.1:$((BASE + 41))
+export STRATA_BILLING_ADMIN_ENDPOINT=http://127.0.0.1:$((BASE + 42))
 export STRATA_PROXY_ENDPOINTS=http://127.0.0.1:$((BASE + 21)),http://127.0.0.1:$((BASE + 22))
 export STRATA_METADATA_ENDPOINTS=$metadata_endpoints
 export STRATA_PID_FILES="$pids"
@@ -157,7 +175,7 @@ start_one() {
   dir="$(cd "$1" && pwd)"
   name=$2
   role=${name%-*}
-  case "$role" in metadata | storage | proxy) ;; *) echo "no process named $name" >&2; exit 2 ;; esac
+  case "$role" in metadata | storage | proxy | billing) ;; *) echo "no process named $name" >&2; exit 2 ;; esac
   [ -f "$dir/$name.toml" ] || { echo "$dir/$name.toml does not exist: run up first" >&2; exit 2; }
   if [ -f "$dir/$name.pid" ] && kill -0 "$(cat "$dir/$name.pid")" 2>/dev/null; then
     echo "$name is already running" >&2
@@ -169,7 +187,7 @@ start_one() {
 
 down() {
   local dir=$1
-  for f in "$dir"/proxy-*.pid "$dir"/storage-*.pid "$dir"/metadata-*.pid; do
+  for f in "$dir"/billing-*.pid "$dir"/proxy-*.pid "$dir"/storage-*.pid "$dir"/metadata-*.pid; do
     [ -f "$f" ] || continue
     local pid
     pid=$(cat "$f")

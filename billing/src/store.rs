@@ -19,6 +19,8 @@
 //! durable when `record` returns (SQLite runs in WAL mode with `synchronous=FULL`). Every read
 //! names its tenant: no query returns another tenant's rows.
 
+use std::collections::{BTreeMap, HashSet};
+
 use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
@@ -32,6 +34,9 @@ use crate::pricing::{
 pub const TEXT_FIELD_BYTES_MAX: usize = 256;
 /// Most records per [`BillingStore::record`] call.
 pub const RECORDS_PER_BATCH_MAX: usize = 1_000;
+/// Rows of one multi-row insert of metering records (3 parameters each, well within SQLite's
+/// and PostgreSQL's limits).
+const INSERT_ROWS_MAX: usize = 250;
 
 /// A row of hourly usage.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -292,44 +297,68 @@ impl BillingStore {
             }
         }
         let mut transaction = self.pool.begin().await?;
-        let mut new = 0;
+        // The records not seen before: one multi-row insert per chunk answers which they are.
+        let mut fresh: HashSet<(String, String)> = HashSet::new();
+        for chunk in records.chunks(INSERT_ROWS_MAX) {
+            let rows: Vec<String> =
+                (0..chunk.len()).map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)).collect();
+            let sql = format!(
+                "INSERT INTO metering_records (tenant, request_id, hour_start_ms) VALUES {}
+                 ON CONFLICT (tenant, request_id) DO NOTHING RETURNING tenant, request_id",
+                rows.join(", ")
+            );
+            let mut insert = sqlx::query(&sql);
+            for r in chunk {
+                insert = insert.bind(&r.tenant).bind(&r.request_id).bind(to_i64(r.at_ms - r.at_ms % HOUR_MS, "time")?);
+            }
+            for row in insert.fetch_all(&mut *transaction).await? {
+                fresh.insert((row.try_get(0)?, row.try_get(1)?));
+            }
+        }
+        // Their sums per usage row (a request id repeated inside the batch counts once).
+        let mut sums: BTreeMap<(&str, u64, &str, &str, &str), [u64; 5]> = BTreeMap::new();
         for r in records {
-            let hour_start_ms = to_i64(r.at_ms - r.at_ms % HOUR_MS, "time")?;
-            let inserted = sqlx::query(
-                "INSERT INTO metering_records (tenant, request_id, hour_start_ms) VALUES ($1, $2, $3)
-                 ON CONFLICT (tenant, request_id) DO NOTHING",
-            )
-            .bind(&r.tenant)
-            .bind(&r.request_id)
-            .bind(hour_start_ms)
-            .execute(&mut *transaction)
-            .await?;
-            if inserted.rows_affected() == 0 {
+            if !fresh.remove(&(r.tenant.clone(), r.request_id.clone())) {
                 continue;
             }
+            let key = (
+                r.tenant.as_str(),
+                r.at_ms - r.at_ms % HOUR_MS,
+                r.queue.as_str(),
+                r.sub_tenant.as_str(),
+                r.action.as_str(),
+            );
+            let sum = sums.entry(key).or_default();
+            for (total, add) in sum.iter_mut().zip([1, r.units, r.bytes_in, r.bytes_out, u64::from(r.empty_receive)]) {
+                *total += add;
+            }
+        }
+        let mut new = 0;
+        for ((tenant, hour_start_ms, queue, sub_tenant, action), [calls, units, bytes_in, bytes_out, empty]) in sums {
             sqlx::query(
                 "INSERT INTO hourly_usage
                    (tenant, hour_start_ms, queue, sub_tenant, action, calls, units, bytes_in, bytes_out, empty_receives)
-                 VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                  ON CONFLICT (tenant, hour_start_ms, queue, sub_tenant, action) DO UPDATE SET
-                   calls = hourly_usage.calls + 1,
+                   calls = hourly_usage.calls + excluded.calls,
                    units = hourly_usage.units + excluded.units,
                    bytes_in = hourly_usage.bytes_in + excluded.bytes_in,
                    bytes_out = hourly_usage.bytes_out + excluded.bytes_out,
                    empty_receives = hourly_usage.empty_receives + excluded.empty_receives",
             )
-            .bind(&r.tenant)
-            .bind(hour_start_ms)
-            .bind(&r.queue)
-            .bind(&r.sub_tenant)
-            .bind(&r.action)
-            .bind(to_i64(r.units, "units")?)
-            .bind(to_i64(r.bytes_in, "bytes in")?)
-            .bind(to_i64(r.bytes_out, "bytes out")?)
-            .bind(i64::from(r.empty_receive))
+            .bind(tenant)
+            .bind(to_i64(hour_start_ms, "time")?)
+            .bind(queue)
+            .bind(sub_tenant)
+            .bind(action)
+            .bind(to_i64(calls, "calls")?)
+            .bind(to_i64(units, "units")?)
+            .bind(to_i64(bytes_in, "bytes in")?)
+            .bind(to_i64(bytes_out, "bytes out")?)
+            .bind(to_i64(empty, "empty receives")?)
             .execute(&mut *transaction)
             .await?;
-            new += 1;
+            new += calls as usize;
         }
         transaction.commit().await?;
         Ok(new)

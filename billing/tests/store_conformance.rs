@@ -42,6 +42,12 @@ async fn conformance(url: &str) {
     let mut mixed = first.clone();
     mixed.push(record("acme", "r-4", HOUR_10_MS + 10, "SendMessage", 5));
     assert_eq!(store.record(&mixed).await.expect("record a mixed batch"), 1);
+    // Repeated inside one batch, and a batch larger than one multi-row insert: still once each.
+    let big: Vec<MeterRecord> =
+        (0..600).map(|i| record("hooli", &format!("b-{}", i % 400), HOUR_10_MS, "SendMessage", 1)).collect();
+    assert_eq!(store.record(&big).await.expect("record a big batch"), 400);
+    let hooli = store.usage("hooli", 0, u64::MAX >> 1).await.expect("usage");
+    assert_eq!((hooli.len(), hooli[0].calls, hooli[0].units), (1, 400, 400));
 
     // The same request id in another tenant is another call; neither sees the other's usage.
     let mut globex = record("globex", "r-1", HOUR_10_MS, "ReceiveMessage", 1);

@@ -1,11 +1,11 @@
-//! Billing end to end on `strata dev`: metering in the proxy, the metering queue, the billing
+//! Billing end to end on `strata dev` and on a local cluster: metering in the proxy, the metering queue, the billing
 //! service's count, and the usage API.
 //!
 //! - Reconciliation: random billable calls of two tenants and three sub-tenants, retried with
 //!   the same request id until answered, some repeated after their answer (a client that lost
-//!   the answer), failing calls mixed in, and a SIGKILL of the whole process (proxy included)
-//!   in the middle. The billed units and calls equal the client's own ledger, exactly, per
-//!   tenant and sub-tenant.
+//!   the answer), failing calls mixed in, and in the middle a SIGKILL: of the whole `strata dev`
+//!   process, or of one proxy of a local cluster (the clients go on through the other). The
+//!   billed units and calls equal the client's own ledger, exactly, per tenant and sub-tenant.
 //! - Rejected calls (no token, invalid requests, missing queues, throttled, hard cap) are not
 //!   billed, as docs/design-notes.md ("Billing") says.
 //! - A tenant reads only its own usage and invoices.
@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use strata_tests::cluster::{LocalCluster, PROXIES};
 use strata_tests::{Api, DevProcess};
 
 /// One tenant's sub-tenants (empty: none given).
@@ -47,11 +48,12 @@ impl Rng {
 type Ledger = BTreeMap<(String, String), (u64, u64)>;
 
 /// Runs one logical call until the service answers it (a connection failure or a 503 is
-/// retried with the same request id and body); answers the final status and body.
-async fn until_answered(api: &Api, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+/// retried with the same request id and body, at the next proxy of `proxies`); answers the
+/// final status and body.
+async fn until_answered(proxies: &[Api], method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
     let started = Instant::now();
-    loop {
-        match api.call(method.clone(), path, body.clone()).await {
+    for attempt in 0.. {
+        match proxies[attempt % proxies.len()].call(method.clone(), path, body.clone()).await {
             Ok((status, value)) if status != 503 => return (status, value),
             outcome => {
                 assert!(started.elapsed() < Duration::from_secs(120), "{path} never answered: {outcome:?}");
@@ -59,6 +61,7 @@ async fn until_answered(api: &Api, method: reqwest::Method, path: &str, body: Op
             }
         }
     }
+    unreachable!("the attempts never run out")
 }
 
 /// The billed calls and units per sub-tenant of the tenant whose client `api` is.
@@ -89,25 +92,29 @@ async fn wait_for_count(
     }
 }
 
-/// Random calls of one tenant; answers what must be billed.
+/// Random calls of one tenant through `endpoints` (the next one when a call fails); answers
+/// what must be billed.
 async fn random_calls(
-    endpoint: String,
+    endpoints: Vec<String>,
     token: String,
     tenant: String,
     calls: usize,
     seed: u64,
     done: Arc<AtomicUsize>,
 ) -> anyhow::Result<Ledger> {
-    let api = Api::new(&endpoint, &token);
     let mut rng = Rng(seed);
     let mut ledger = Ledger::new();
     let mut receipts: Vec<String> = Vec::new();
     for n in 0..calls {
         let customer = CUSTOMERS[rng.below(3) as usize];
-        let mut client = api.with_header("x-strata-request-id", &format!("{tenant}-{seed}-{n}"));
-        if !customer.is_empty() {
-            client = client.with_header("x-strata-customer", customer);
-        }
+        let client: Vec<Api> = endpoints
+            .iter()
+            .map(|endpoint| {
+                let api =
+                    Api::new(endpoint, &token).with_header("x-strata-request-id", &format!("{tenant}-{seed}-{n}"));
+                if customer.is_empty() { api } else { api.with_header("x-strata-customer", customer) }
+            })
+            .collect();
         let post = reqwest::Method::POST;
         let send = |body: String| Some(json!({ "messages": [{ "body": body }] }));
         // (method, path, body, billed units; None: the call must fail and is not billed)
@@ -150,36 +157,39 @@ async fn random_calls(
     Ok(ledger)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn billed_units_match_the_clients_ledger_through_retries_failures_and_a_sigkill() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut dev = DevProcess::start(dir.path(), &[])?;
-    let tenants = ["acme", "globex"];
+/// The tenants of the reconciliation tests and their calls each.
+const TENANTS: [&str; 2] = ["acme", "globex"];
+const CALLS_PER_TENANT: usize = 150;
+
+/// Creates two queues per tenant, then runs [`random_calls`] for each tenant at once through
+/// `endpoints`, and calls `crash` once a fifth of the calls are done, with both tenants' calls
+/// in flight (they retry until served again). Answers the clients' ledger.
+async fn calls_through_a_crash(
+    endpoints: &[String],
+    tokens: &BTreeMap<&str, String>,
+    crash: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<Ledger> {
     // Creating the two queues is billed too (one unit each, no sub-tenant).
     let mut ledger = Ledger::new();
-    for tenant in tenants {
-        let api = Api::new(&dev.endpoint, &dev.token_for(tenant)?);
+    for tenant in TENANTS {
+        let api = Api::new(&endpoints[0], &tokens[tenant]);
         api.create_queue("small").await?;
         api.create_queue("big").await?;
         ledger.insert((tenant.to_owned(), String::new()), (2, 2));
     }
-    let calls_per_tenant = 150;
     let done = Arc::new(AtomicUsize::new(0));
     let mut runs = Vec::new();
-    for (i, tenant) in tenants.into_iter().enumerate() {
-        let (endpoint, token) = (dev.endpoint.clone(), dev.token_for(tenant)?);
-        let run = random_calls(endpoint, token, tenant.to_owned(), calls_per_tenant, 7 + i as u64, done.clone());
+    for (i, tenant) in TENANTS.into_iter().enumerate() {
+        let token = tokens[tenant].clone();
+        let run =
+            random_calls(endpoints.to_vec(), token, tenant.to_owned(), CALLS_PER_TENANT, 7 + i as u64, done.clone());
         runs.push(tokio::spawn(run));
     }
-    // SIGKILL once a fifth of the calls are done, with both tenants' calls in flight; they
-    // retry until it serves again.
-    while done.load(Ordering::Relaxed) < calls_per_tenant * tenants.len() / 5 {
+    while done.load(Ordering::Relaxed) < CALLS_PER_TENANT * TENANTS.len() / 5 {
         anyhow::ensure!(!runs.iter().any(|r| r.is_finished()), "a tenant's calls ended early (failed)");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    dev.kill9();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    tokio::task::block_in_place(|| dev.restart())?;
+    tokio::task::block_in_place(crash)?;
     for run in runs {
         for (key, (calls, units)) in run.await?? {
             let entry = ledger.entry(key).or_default();
@@ -187,14 +197,54 @@ async fn billed_units_match_the_clients_ledger_through_retries_failures_and_a_si
             entry.1 += units;
         }
     }
-    for tenant in tenants {
+    Ok(ledger)
+}
+
+/// Asserts that what `billing_endpoint` counted for each tenant equals the ledger, per
+/// sub-tenant.
+async fn assert_billed_as_ledger(
+    billing_endpoint: &str,
+    tokens: &BTreeMap<&str, String>,
+    ledger: &Ledger,
+) -> anyhow::Result<()> {
+    for tenant in TENANTS {
         let expected: BTreeMap<String, (u64, u64)> =
             ledger.iter().filter(|((t, _), _)| t == tenant).map(|((_, s), v)| (s.clone(), *v)).collect();
-        let api = Api::new(&dev.endpoint, &dev.token_for(tenant)?);
-        let counted = wait_for_count(&api, &expected).await?;
+        let counted = wait_for_count(&Api::new(billing_endpoint, &tokens[tenant]), &expected).await?;
         assert_eq!(counted, expected, "tenant {tenant}: billed (calls, units) per sub-tenant vs the client's ledger");
     }
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn billed_units_match_the_clients_ledger_through_retries_failures_and_a_sigkill() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut dev = DevProcess::start(dir.path(), &[])?;
+    let tokens: BTreeMap<&str, String> =
+        TENANTS.into_iter().map(|t| Ok((t, dev.token_for(t)?))).collect::<anyhow::Result<_>>()?;
+    let endpoint = dev.endpoint.clone();
+    // The whole process goes: proxy, storage node and billing service.
+    let ledger = calls_through_a_crash(std::slice::from_ref(&endpoint), &tokens, || {
+        dev.kill9();
+        std::thread::sleep(Duration::from_millis(500));
+        dev.restart()
+    })
+    .await?;
+    assert_billed_as_ledger(&dev.endpoint, &tokens, &ledger).await
+}
+
+/// The same on a local cluster (three storage nodes, two proxies, a billing service): one proxy
+/// is SIGKILLed in the middle, and the clients go on through the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn billed_units_match_the_clients_ledger_when_one_proxy_of_a_cluster_is_sigkilled() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cluster = LocalCluster::up(&dir.path().join("cluster"), LocalCluster::port_base(0))?;
+    let env = cluster.credentials()?;
+    let proxies: Vec<String> = env["STRATA_PROXY_ENDPOINTS"].split(',').map(str::to_owned).collect();
+    let tokens: BTreeMap<&str, String> =
+        TENANTS.into_iter().map(|t| Ok((t, cluster.token_for(t)?))).collect::<anyhow::Result<_>>()?;
+    let ledger = calls_through_a_crash(&proxies, &tokens, || cluster.kill9(PROXIES[0])).await?;
+    assert_billed_as_ledger(&env["STRATA_BILLING_ENDPOINT"], &tokens, &ledger).await
 }
 
 /// The admin API's endpoint and an operator's token.

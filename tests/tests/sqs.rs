@@ -1,7 +1,7 @@
 //! The SQS-compatible API of a real `strata dev`, driven by the real AWS CLI and boto3 with the
 //! variables `strata dev` writes into `dev-credentials.env`, and compared with moto's SQS server.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -84,6 +84,47 @@ async fn boto3_suite_passes_and_tenants_stay_apart() -> anyhow::Result<()> {
     )?;
     assert!(out.contains("all passed"), "{out}");
     Ok(())
+}
+
+/// Metering through boto3 (`tests/sqs/metering_check.py`): the `x-strata-customer` message
+/// attribute names the sub-tenant, a batch naming two is refused and not billed, and two attempts
+/// under one SDK invocation id are stored and billed once. The tenant's usage then holds exactly
+/// the script's calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_calls_are_billed_to_the_customer_attribute_and_once_per_sdk_invocation() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dev = DevProcess::start(&dir.path().join("dev"), &[])?;
+    let out = run_ok(dev.command_with_credentials("python3")?.arg(sqs_scripts_dir().join("metering_check.py")))?;
+    assert!(out.contains("metering: ok"), "{out}");
+    let expected: BTreeSet<(String, String, u64)> = [
+        ("", "CreateQueue"),
+        ("", "SendMessage"),
+        ("", "GetQueueAttributes"),
+        ("shop-9", "SendMessage"),
+        ("shop-9", "SendMessageBatch"),
+    ]
+    .into_iter()
+    .map(|(sub_tenant, action)| (sub_tenant.to_owned(), action.to_owned(), 1))
+    .collect();
+    let started = Instant::now();
+    loop {
+        let (status, usage) = dev.api().get("/v1/billing/usage?group_by=sub_tenant,action").await?;
+        anyhow::ensure!(status == 200, "usage answered {status}: {usage}");
+        let billed: BTreeSet<(String, String, u64)> = usage["rows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                let text = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+                (text("sub_tenant"), text("action"), r["calls"].as_u64().unwrap_or(0))
+            })
+            .collect();
+        if billed == expected || started.elapsed() > Duration::from_secs(30) {
+            assert_eq!(billed, expected, "billed (sub-tenant, action, calls)");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
