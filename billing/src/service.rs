@@ -116,13 +116,14 @@ pub async fn consume_once(store: &BillingStore, placement: &Placement) -> Result
     Ok(new)
 }
 
-/// Counts the shards' metering outboxes until `cancel`: at once again after a pass that found
-/// records, otherwise after [`DRAIN_INTERVAL`].
+/// Counts the shards' metering outboxes until `cancel`: every [`DRAIN_INTERVAL`], or at once
+/// again after a pass that read as much as it may (a backlog). Passes at an interval batch the
+/// records of busy shards: each pass costs a store commit and a trim per shard, not per record.
 pub async fn drain_outboxes(store: BillingStore, placement: Arc<Placement>, cancel: CancellationToken) {
     loop {
         let pause = match drain_outboxes_once(&store, &placement).await {
-            Ok(0) => DRAIN_INTERVAL,
-            Ok(_) => Duration::ZERO,
+            Ok(read) if read >= OUTBOX_READ_RECORDS_MAX as usize => Duration::ZERO,
+            Ok(_) => DRAIN_INTERVAL,
             Err(e) => {
                 tracing::warn!(error = %e, "counting metering outboxes failed; retrying");
                 RETRY_PAUSE
