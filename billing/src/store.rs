@@ -25,12 +25,14 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 pub use strata_common::metering::MeterRecord;
+use strata_common::metering::check_record;
 
 use crate::pricing::{
     HOUR_MS, HourUsage, InvoiceLine, Micros, Month, MonthRating, PackageBalance, Plan, PricingError, rate_month,
 };
 
-/// Longest accepted text field (tenant, request id, queue, sub-tenant, action), in bytes.
+/// Longest accepted text field of plans, packages and budgets (tenant, package id), in bytes;
+/// records are checked by [`check_record`].
 pub const TEXT_FIELD_BYTES_MAX: usize = 256;
 /// Most records per [`BillingStore::record`] call.
 pub const RECORDS_PER_BATCH_MAX: usize = 1_000;
@@ -283,18 +285,7 @@ impl BillingStore {
             return Err(StoreError::Invalid(format!("at most {RECORDS_PER_BATCH_MAX} records per batch")));
         }
         for r in records {
-            for (name, value) in [
-                ("request id", &r.request_id),
-                ("tenant", &r.tenant),
-                ("sub-tenant", &r.sub_tenant),
-                ("queue", &r.queue),
-                ("action", &r.action),
-            ] {
-                check_text(name, value)?;
-            }
-            if r.request_id.is_empty() || r.tenant.is_empty() || r.action.is_empty() {
-                return Err(StoreError::Invalid("request id, tenant and action are required".into()));
-            }
+            check_record(r).map_err(StoreError::Invalid)?;
         }
         let mut transaction = self.pool.begin().await?;
         // The records not seen before: one multi-row insert per chunk answers which they are.

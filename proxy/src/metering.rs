@@ -34,6 +34,7 @@ use strata_common::error::{ErrorKind, StrataError};
 use strata_common::limits::RETENTION_MS_MAX;
 use strata_common::metering::{
     BATCH_BYTES_MAX, BATCH_RECORDS_MAX, METERING_QUEUE, MeterRecord, SYSTEM_TENANT, billable_units, encode_batch,
+    text_bytes,
 };
 use strata_common::proto as pb;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -249,7 +250,7 @@ impl Meter {
 }
 
 fn encoded_bytes_estimate(r: &MeterRecord) -> usize {
-    r.request_id.len() + r.tenant.len() + r.sub_tenant.len() + r.queue.len() + r.action.len() + RECORD_OVERHEAD_BYTES
+    text_bytes(r) + RECORD_OVERHEAD_BYTES
 }
 
 /// Group commit: takes what is waiting (at least one record), appends it as one message, and

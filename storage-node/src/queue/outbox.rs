@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
-use strata_common::metering::MeterRecord;
+use strata_common::metering::{MeterRecord, text_bytes};
 
 /// Most records an outbox holds.
 pub const OUTBOX_RECORDS_MAX: usize = 200_000;
@@ -30,7 +30,7 @@ const RECORD_OVERHEAD_BYTES: usize = 64;
 
 /// A record's size, as the outbox counts it.
 fn record_bytes(r: &MeterRecord) -> usize {
-    r.request_id.len() + r.tenant.len() + r.sub_tenant.len() + r.queue.len() + r.action.len() + RECORD_OVERHEAD_BYTES
+    text_bytes(r) + RECORD_OVERHEAD_BYTES
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
