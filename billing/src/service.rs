@@ -155,8 +155,12 @@ pub async fn drain_outboxes_once(store: &BillingStore, placement: &Placement) ->
             }
         };
         for shard in shards {
+            // The records are numbered up to `through_seq`; each chunk is counted with its own end.
+            let first_seq = (shard.through_seq + 1).saturating_sub(shard.records.len() as u64);
+            let mut counted = 0;
             for chunk in shard.records.chunks(RECORDS_PER_BATCH_MAX) {
-                store.record(chunk).await?;
+                counted += chunk.len();
+                store.record_outbox(shard.shard_id, first_seq + counted as u64 - 1, chunk).await?;
             }
             read += shard.records.len();
             // Counted already: records a failed trim leaves are counted as nothing when read again.

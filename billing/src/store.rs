@@ -2,9 +2,10 @@
 //!
 //! # What it owns
 //!
-//! Four tables, the same on SQLite (embedded, the default) and PostgreSQL (production), reached
+//! Tables, the same on SQLite (embedded, the default) and PostgreSQL (production), reached
 //! through one code path (`sqlx`'s `Any` driver, portable SQL):
-//! - `metering_records`: one row per (tenant, request id) ever counted;
+//! - `metering_records`: one row per (tenant, request id) counted whose key may come again;
+//! - `outbox_cursors`: per shard, the metering outbox sequence number counted through;
 //! - `hourly_usage`: per tenant, hour, queue, sub-tenant and action, the calls, billable units,
 //!   bytes in and out, and empty receives;
 //! - `tenant_plans` and `packages`: what each tenant pays by, from which
@@ -12,20 +13,22 @@
 //!
 //! # What it guarantees
 //!
-//! [`BillingStore::record`] counts each record once per (tenant, request id), whatever the
-//! number of times it is delivered (retries, redeliveries of the metering queue): the record's
-//! row and its addition to the hourly aggregate commit in one transaction, and a record whose
-//! row exists adds nothing. A request id never suppresses another tenant's record. A batch is
-//! durable when `record` returns (SQLite runs in WAL mode with `synchronous=FULL`). Every read
-//! names its tenant: no query returns another tenant's rows.
+//! Each record counts once per (tenant, request id), whatever the number of times it is
+//! delivered (retries, redeliveries of the metering queue, outboxes read again): what marks it
+//! counted (its key's row, or its shard's cursor for [`BillingStore::record_outbox`]) and its
+//! addition to the hourly aggregate commit in one transaction, and a record already marked adds
+//! nothing. A request id never suppresses another tenant's record. A batch is durable when the
+//! call returns (SQLite runs in WAL mode with `synchronous=FULL`). Every read names its tenant:
+//! no query returns another tenant's rows.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
 
 use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 pub use strata_common::metering::MeterRecord;
-use strata_common::metering::check_record;
+use strata_common::metering::{check_record, key_may_repeat};
 
 use crate::pricing::{
     HOUR_MS, HourUsage, InvoiceLine, Micros, Month, MonthRating, PackageBalance, Plan, PricingError, rate_month,
@@ -36,9 +39,23 @@ use crate::pricing::{
 pub const TEXT_FIELD_BYTES_MAX: usize = 256;
 /// Most records per [`BillingStore::record`] call.
 pub const RECORDS_PER_BATCH_MAX: usize = 1_000;
-/// Rows of one multi-row insert of metering records (3 parameters each, well within SQLite's
-/// and PostgreSQL's limits).
-const INSERT_ROWS_MAX: usize = 250;
+/// Rows of the multi-row insert of metering records (3 parameters each). Every execution has
+/// exactly this many rows, so the statement is parsed once and then served from the
+/// connection's statement cache; a shorter chunk repeats its last record, which the conflict
+/// clause skips. Small enough that binding (SQLite looks each numbered parameter up by name)
+/// stays cheap.
+const INSERT_ROWS: usize = 50;
+
+/// The insert of [`INSERT_ROWS`] metering records, answering the rows that were new.
+static INSERT_RECORDS_SQL: LazyLock<String> = LazyLock::new(|| {
+    let rows: Vec<String> =
+        (0..INSERT_ROWS).map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)).collect();
+    format!(
+        "INSERT INTO metering_records (tenant, request_id, hour_start_ms) VALUES {}
+         ON CONFLICT (tenant, request_id) DO NOTHING RETURNING tenant, request_id",
+        rows.join(", ")
+    )
+});
 
 /// A row of hourly usage.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,12 +81,16 @@ pub enum StoreError {
     Pricing(#[from] PricingError),
 }
 
-const SCHEMA: [&str; 6] = [
+const SCHEMA: [&str; 7] = [
     "CREATE TABLE IF NOT EXISTS metering_records (
         tenant TEXT NOT NULL,
         request_id TEXT NOT NULL,
         hour_start_ms BIGINT NOT NULL,
         PRIMARY KEY (tenant, request_id)
+    )",
+    "CREATE TABLE IF NOT EXISTS outbox_cursors (
+        shard_id BIGINT NOT NULL PRIMARY KEY,
+        counted_through_seq BIGINT NOT NULL
     )",
     "CREATE TABLE IF NOT EXISTS hourly_usage (
         tenant TEXT NOT NULL,
@@ -281,75 +302,64 @@ impl BillingStore {
     /// Counts `records` into hourly usage, each once per (tenant, request id); answers how many
     /// were new. Durable when it returns.
     pub async fn record(&self, records: &[MeterRecord]) -> Result<usize, StoreError> {
-        if records.len() > RECORDS_PER_BATCH_MAX {
-            return Err(StoreError::Invalid(format!("at most {RECORDS_PER_BATCH_MAX} records per batch")));
-        }
-        for r in records {
-            check_record(r).map_err(StoreError::Invalid)?;
+        check_batch(records)?;
+        if records.is_empty() {
+            return Ok(0);
         }
         let mut transaction = self.pool.begin().await?;
-        // The records not seen before: one multi-row insert per chunk answers which they are.
-        let mut fresh: HashSet<(String, String)> = HashSet::new();
-        for chunk in records.chunks(INSERT_ROWS_MAX) {
-            let rows: Vec<String> =
-                (0..chunk.len()).map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)).collect();
-            let sql = format!(
-                "INSERT INTO metering_records (tenant, request_id, hour_start_ms) VALUES {}
-                 ON CONFLICT (tenant, request_id) DO NOTHING RETURNING tenant, request_id",
-                rows.join(", ")
-            );
-            let mut insert = sqlx::query(&sql);
-            for r in chunk {
-                insert = insert.bind(&r.tenant).bind(&r.request_id).bind(to_i64(r.at_ms - r.at_ms % HOUR_MS, "time")?);
-            }
-            for row in insert.fetch_all(&mut *transaction).await? {
-                fresh.insert((row.try_get(0)?, row.try_get(1)?));
-            }
-        }
-        // Their sums per usage row (a request id repeated inside the batch counts once).
-        let mut sums: BTreeMap<(&str, u64, &str, &str, &str), [u64; 5]> = BTreeMap::new();
-        for r in records {
-            if !fresh.remove(&(r.tenant.clone(), r.request_id.clone())) {
-                continue;
-            }
-            let key = (
-                r.tenant.as_str(),
-                r.at_ms - r.at_ms % HOUR_MS,
-                r.queue.as_str(),
-                r.sub_tenant.as_str(),
-                r.action.as_str(),
-            );
-            let sum = sums.entry(key).or_default();
-            for (total, add) in sum.iter_mut().zip([1, r.units, r.bytes_in, r.bytes_out, u64::from(r.empty_receive)]) {
-                *total += add;
-            }
-        }
-        let mut new = 0;
-        for ((tenant, hour_start_ms, queue, sub_tenant, action), [calls, units, bytes_in, bytes_out, empty]) in sums {
-            sqlx::query(
-                "INSERT INTO hourly_usage
-                   (tenant, hour_start_ms, queue, sub_tenant, action, calls, units, bytes_in, bytes_out, empty_receives)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                 ON CONFLICT (tenant, hour_start_ms, queue, sub_tenant, action) DO UPDATE SET
-                   calls = hourly_usage.calls + excluded.calls,
-                   units = hourly_usage.units + excluded.units,
-                   bytes_in = hourly_usage.bytes_in + excluded.bytes_in,
-                   bytes_out = hourly_usage.bytes_out + excluded.bytes_out,
-                   empty_receives = hourly_usage.empty_receives + excluded.empty_receives",
-            )
-            .bind(tenant)
-            .bind(to_i64(hour_start_ms, "time")?)
-            .bind(queue)
-            .bind(sub_tenant)
-            .bind(action)
-            .bind(to_i64(calls, "calls")?)
-            .bind(to_i64(units, "units")?)
-            .bind(to_i64(bytes_in, "bytes in")?)
-            .bind(to_i64(bytes_out, "bytes out")?)
-            .bind(to_i64(empty, "empty receives")?)
-            .execute(&mut *transaction)
-            .await?;
-            new += calls as usize;
+        let new = count(&mut transaction, records, |_| true).await?;
+        transaction.commit().await?;
+        Ok(new)
+    }
+
+    /// Counts records read from the metering outbox of shard `shard_id`: `records` are the
+    /// outbox's records numbered `through_seq + 1 - records.len() ..= through_seq`. Answers how
+    /// many were new. Durable when it returns.
+    ///
+    /// The store keeps, per shard, the sequence number counted through, in the same transaction
+    /// as the counts: records at or below it (read again after a trim failed, or by a second
+    /// billing service) count nothing. The shard itself applies a request id once, so a record
+    /// whose billing key was generated for one attempt needs no other check, and costs no row
+    /// in `metering_records`; a key the client chose ([`key_may_repeat`]) is still checked
+    /// against every key counted, since its retry may have reached another shard.
+    pub async fn record_outbox(
+        &self,
+        shard_id: u64,
+        through_seq: u64,
+        records: &[MeterRecord],
+    ) -> Result<usize, StoreError> {
+        check_batch(records)?;
+        let first_seq = (through_seq + 1)
+            .checked_sub(records.len() as u64)
+            .filter(|first| *first > 0)
+            .ok_or_else(|| StoreError::Invalid(format!("{} records cannot end at {through_seq}", records.len())))?;
+        let shard = to_i64(shard_id, "shard id")?;
+        let mut transaction = self.pool.begin().await?;
+        // Writing the shard's row first makes concurrent counters of one shard take turns.
+        sqlx::query(
+            "INSERT INTO outbox_cursors (shard_id, counted_through_seq) VALUES ($1, 0)
+             ON CONFLICT (shard_id) DO NOTHING",
+        )
+        .bind(shard)
+        .execute(&mut *transaction)
+        .await?;
+        let counted_through: i64 = sqlx::query(
+            "UPDATE outbox_cursors SET counted_through_seq = counted_through_seq WHERE shard_id = $1
+             RETURNING counted_through_seq",
+        )
+        .bind(shard)
+        .fetch_one(&mut *transaction)
+        .await?
+        .try_get(0)?;
+        let counted_through = to_u64(counted_through);
+        let skip = counted_through.saturating_sub(first_seq - 1).min(records.len() as u64) as usize;
+        let new = count(&mut transaction, &records[skip..], |r| key_may_repeat(&r.request_id)).await?;
+        if through_seq > counted_through {
+            sqlx::query("UPDATE outbox_cursors SET counted_through_seq = $2 WHERE shard_id = $1")
+                .bind(shard)
+                .bind(to_i64(through_seq, "sequence number")?)
+                .execute(&mut *transaction)
+                .await?;
         }
         transaction.commit().await?;
         Ok(new)
@@ -621,4 +631,87 @@ impl BillingStore {
         let total = lines.iter().try_fold(0u64, |sum, l| sum.checked_add(l.amount)).ok_or(PricingError::Overflow)?;
         Ok(Invoice { tenant: tenant.to_owned(), month, plan, lines, total, rating })
     }
+}
+
+/// Checks a batch of records before anything is stored.
+fn check_batch(records: &[MeterRecord]) -> Result<(), StoreError> {
+    if records.len() > RECORDS_PER_BATCH_MAX {
+        return Err(StoreError::Invalid(format!("at most {RECORDS_PER_BATCH_MAX} records per batch")));
+    }
+    records.iter().try_for_each(|r| check_record(r).map_err(StoreError::Invalid))
+}
+
+/// Adds `records` to hourly usage within `transaction`; answers how many were counted. A
+/// record for which `check_key` holds counts only if its (tenant, request id) has no row in
+/// `metering_records` yet (it gets one), and only its first occurrence in the batch counts;
+/// any other record counts.
+async fn count(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Any>,
+    records: &[MeterRecord],
+    check_key: impl Fn(&MeterRecord) -> bool,
+) -> Result<usize, StoreError> {
+    let mut counted: Vec<bool> = records.iter().map(|r| !check_key(r)).collect();
+    let keyed: Vec<usize> = (0..records.len()).filter(|&i| !counted[i]).collect();
+    // Each keyed (tenant, request id) is counted by its first record in the batch, if it is new.
+    let mut first: HashMap<(&str, &str), usize> = HashMap::with_capacity(keyed.len());
+    for &i in &keyed {
+        first.entry((records[i].tenant.as_str(), records[i].request_id.as_str())).or_insert(i);
+    }
+    // The keys not seen before: one multi-row insert per chunk answers which they are.
+    for chunk in keyed.chunks(INSERT_ROWS) {
+        let mut insert = sqlx::query(INSERT_RECORDS_SQL.as_str());
+        for i in 0..INSERT_ROWS {
+            let r = &records[chunk[i.min(chunk.len() - 1)]];
+            insert = insert.bind(&r.tenant).bind(&r.request_id).bind(to_i64(r.at_ms - r.at_ms % HOUR_MS, "time")?);
+        }
+        for row in insert.fetch_all(&mut **transaction).await? {
+            let key: (&str, &str) = (row.try_get(0)?, row.try_get(1)?);
+            if let Some(&i) = first.get(&key) {
+                counted[i] = true;
+            }
+        }
+    }
+    // Their sums per usage row.
+    let mut sums: BTreeMap<(&str, u64, &str, &str, &str), [u64; 5]> = BTreeMap::new();
+    for (r, _) in records.iter().zip(&counted).filter(|(_, counted)| **counted) {
+        let key = (
+            r.tenant.as_str(),
+            r.at_ms - r.at_ms % HOUR_MS,
+            r.queue.as_str(),
+            r.sub_tenant.as_str(),
+            r.action.as_str(),
+        );
+        let sum = sums.entry(key).or_default();
+        for (total, add) in sum.iter_mut().zip([1, r.units, r.bytes_in, r.bytes_out, u64::from(r.empty_receive)]) {
+            *total += add;
+        }
+    }
+    let mut new = 0;
+    for ((tenant, hour_start_ms, queue, sub_tenant, action), [calls, units, bytes_in, bytes_out, empty]) in sums {
+        sqlx::query(
+            "INSERT INTO hourly_usage
+               (tenant, hour_start_ms, queue, sub_tenant, action, calls, units, bytes_in, bytes_out, empty_receives)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (tenant, hour_start_ms, queue, sub_tenant, action) DO UPDATE SET
+               calls = hourly_usage.calls + excluded.calls,
+               units = hourly_usage.units + excluded.units,
+               bytes_in = hourly_usage.bytes_in + excluded.bytes_in,
+               bytes_out = hourly_usage.bytes_out + excluded.bytes_out,
+               empty_receives = hourly_usage.empty_receives + excluded.empty_receives",
+        )
+        .bind(tenant)
+        .bind(to_i64(hour_start_ms, "time")?)
+        .bind(queue)
+        .bind(sub_tenant)
+        .bind(action)
+        .bind(to_i64(calls, "calls")?)
+        .bind(to_i64(units, "units")?)
+        .bind(to_i64(bytes_in, "bytes in")?)
+        .bind(to_i64(bytes_out, "bytes out")?)
+        .bind(to_i64(empty, "empty receives")?)
+        .execute(&mut **transaction)
+        .await?;
+        new += calls as usize;
+    }
+    Ok(new)
 }

@@ -97,6 +97,23 @@ async fn conformance(url: &str) {
     let (a, b) = tokio::join!(store.record(&batch), store.record(&batch));
     assert_eq!(a.expect("one delivery") + b.expect("the other"), 50);
 
+    // Outbox records count once per shard sequence number: a re-read after a failed trim, a
+    // stale read and two billing services reading at once add nothing twice. Generated keys
+    // (`p-`) are not looked up; a client's key (`c-`) still counts once across shards.
+    let outbox: Vec<MeterRecord> =
+        (1..=5).map(|i| record("umbrella", &format!("p-{i}"), HOUR_10_MS, "SendMessage", 2)).collect();
+    assert_eq!(store.record_outbox(7, 3, &outbox[..3]).await.expect("count"), 3);
+    assert_eq!(store.record_outbox(7, 4, &outbox[..4]).await.expect("read again, one more"), 1);
+    assert_eq!(store.record_outbox(7, 2, &outbox[..2]).await.expect("stale read"), 0);
+    let (a, b) = tokio::join!(store.record_outbox(7, 5, &outbox), store.record_outbox(7, 5, &outbox));
+    assert_eq!(a.expect("one service") + b.expect("the other"), 1);
+    let client_keyed = record("umbrella", "c-retried", HOUR_10_MS, "SendMessage", 2);
+    assert_eq!(store.record_outbox(8, 1, std::slice::from_ref(&client_keyed)).await.expect("count"), 1);
+    assert_eq!(store.record_outbox(9, 1, std::slice::from_ref(&client_keyed)).await.expect("other shard"), 0);
+    assert!(matches!(store.record_outbox(9, 1, &outbox[..2]).await, Err(StoreError::Invalid(_))));
+    let umbrella = store.usage("umbrella", 0, u64::MAX >> 1).await.expect("usage");
+    assert_eq!((umbrella.len(), umbrella[0].calls, umbrella[0].units), (1, 6, 12));
+
     // Reopened, the store still holds everything (and counts nothing twice).
     drop(store);
     let store = BillingStore::open(url).await.expect("reopen");

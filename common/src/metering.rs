@@ -34,6 +34,21 @@ pub fn billable_units(payload_bytes: u64) -> u64 {
 /// One accepted call, as a proxy meters it (the field docs are in `proto/strata.proto`).
 pub use crate::proto::MeterRecord;
 
+/// Prefix of a billing key derived from the client's id for the call: every retry of the call
+/// has the same key.
+pub const CLIENT_KEY_PREFIX: &str = "c-";
+/// Prefix of a billing key the proxy generated for a call without a client id: unique to one
+/// attempt, so no other call has it.
+pub const GENERATED_KEY_PREFIX: &str = "p-";
+
+/// Whether another call may carry the same billing key (a client's retry, which may reach
+/// another shard or come after a shard forgot its request id), so that counting the record
+/// needs every key counted before. A generated key comes again only with the same record
+/// read twice.
+pub fn key_may_repeat(request_id: &str) -> bool {
+    !request_id.starts_with(GENERATED_KEY_PREFIX)
+}
+
 /// Longest billing key ([`MeterRecord::request_id`]).
 pub const RECORD_REQUEST_ID_CHARS_MAX: usize = 128;
 /// Longest action name.

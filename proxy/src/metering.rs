@@ -33,8 +33,8 @@ use strata_common::Clock;
 use strata_common::error::{ErrorKind, StrataError};
 use strata_common::limits::RETENTION_MS_MAX;
 use strata_common::metering::{
-    BATCH_BYTES_MAX, BATCH_RECORDS_MAX, METERING_QUEUE, MeterRecord, SYSTEM_TENANT, billable_units, encode_batch,
-    text_bytes,
+    BATCH_BYTES_MAX, BATCH_RECORDS_MAX, CLIENT_KEY_PREFIX, GENERATED_KEY_PREFIX, METERING_QUEUE, MeterRecord,
+    SYSTEM_TENANT, billable_units, encode_batch, text_bytes,
 };
 use strata_common::proto as pb;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -130,10 +130,12 @@ impl CallId {
     /// is counted once) while an id reused for a different call does not make it free. Without
     /// one, every attempt is a call of its own.
     pub fn billing_key(&self, action: &str, queue: &str, body: &[u8]) -> String {
-        let Some(id) = &self.client_id else { return format!("p-{}", uuid::Uuid::new_v4().simple()) };
+        let Some(id) = &self.client_id else {
+            return format!("{GENERATED_KEY_PREFIX}{}", uuid::Uuid::new_v4().simple());
+        };
         let mut digest = framed_digest(&[id.as_bytes(), action.as_bytes(), queue.as_bytes()]);
         digest.update(body);
-        format!("c-{}", hex::encode(digest.finalize()))
+        format!("{CLIENT_KEY_PREFIX}{}", hex::encode(digest.finalize()))
     }
 
     /// The storage request id of a send derived from the client's id: the same for every retry
@@ -317,6 +319,8 @@ pub async fn ensure_metering_queue(placement: &Placement) -> Result<pb::QueueInf
 
 #[cfg(test)]
 mod tests {
+    use strata_common::metering::key_may_repeat;
+
     use super::*;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -348,6 +352,9 @@ mod tests {
         assert_ne!(key, call.billing_key("SendMessage", "orders2", b"{\"a\":1}"));
         let anonymous = CallId::default();
         assert_ne!(anonymous.billing_key("SendMessage", "q", b""), anonymous.billing_key("SendMessage", "q", b""));
+        // Only a key no other call can have is exempt from the billing store's key check.
+        assert!(key_may_repeat(&key));
+        assert!(!key_may_repeat(&anonymous.billing_key("SendMessage", "q", b"")));
     }
 
     #[test]
