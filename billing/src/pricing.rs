@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use strata_common::metering::{UNIT_PAYLOAD_BYTES, billable_units};
 /// One hour in milliseconds: usage is kept per hour.
-pub const HOUR_MS: u64 = 3_600_000;
+pub const HOUR_MS: u64 = strata_common::metering::USAGE_HOUR_MS;
 
 /// Money in millionths of the currency unit (1 USD = 1,000,000).
 pub type Micros = u64;

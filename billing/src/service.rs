@@ -155,16 +155,18 @@ pub async fn drain_outboxes_once(store: &BillingStore, placement: &Placement) ->
             }
         };
         for shard in shards {
-            // The records are numbered up to `through_seq`; each chunk is counted with its own end.
-            let first_seq = (shard.through_seq + 1).saturating_sub(shard.records.len() as u64);
-            let mut counted = 0;
-            for chunk in shard.records.chunks(RECORDS_PER_BATCH_MAX) {
-                counted += chunk.len();
-                store.record_outbox(shard.shard_id, first_seq + counted as u64 - 1, chunk).await?;
-            }
-            read += shard.records.len();
-            // Counted already: records a failed trim leaves are counted as nothing when read again.
-            let trim = pb::TrimMeteringRequest { shard_id: shard.shard_id, through_seq: shard.through_seq };
+            let (first_seq, through_seq) = (shard.first_seq, shard.through_seq);
+            let counted =
+                store.record_outbox(shard.shard_id, first_seq, through_seq, &shard.records, &shard.usage).await;
+            // Counted already: what a failed trim leaves counts as nothing when read again.
+            let trim_through = match counted {
+                Ok(_) => through_seq,
+                // A trim failed after an earlier count: drop what was counted, read the rest next pass.
+                Err(StoreError::OutboxOverlap { counted_through_seq }) => counted_through_seq,
+                Err(e) => return Err(e.into()),
+            };
+            read += through_seq.saturating_sub(first_seq) as usize + 1;
+            let trim = pb::TrimMeteringRequest { shard_id: shard.shard_id, through_seq: trim_through };
             if let Err(status) = client.trim_metering(trim).await {
                 tracing::warn!(shard = shard.shard_id, error = %StrataError::from(status), "trimming a metering outbox failed");
             }

@@ -21,14 +21,14 @@
 //! call returns (SQLite runs in WAL mode with `synchronous=FULL`). Every read names its tenant:
 //! no query returns another tenant's rows.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 pub use strata_common::metering::MeterRecord;
-use strata_common::metering::{check_record, key_may_repeat};
+use strata_common::metering::{UsageSum, check_record, check_usage_sum, key_may_repeat, sum_usage};
 
 use crate::pricing::{
     HOUR_MS, HourUsage, InvoiceLine, Micros, Month, MonthRating, PackageBalance, Plan, PricingError, rate_month,
@@ -37,6 +37,9 @@ use crate::pricing::{
 /// Longest accepted text field of plans, packages and budgets (tenant, package id), in bytes;
 /// records are checked by [`check_record`].
 pub const TEXT_FIELD_BYTES_MAX: usize = 256;
+/// Most client-keyed records, and most usage rows, per [`BillingStore::record_outbox`] call
+/// (what one `ReadMetering` answers at most).
+pub const OUTBOX_READ_MAX: usize = 10_000;
 /// Most records per [`BillingStore::record`] call.
 pub const RECORDS_PER_BATCH_MAX: usize = 1_000;
 /// Rows of the multi-row insert of metering records (3 parameters each). Every execution has
@@ -79,6 +82,10 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Pricing(#[from] PricingError),
+    /// An outbox read that starts inside what was counted (a trim failed after the count):
+    /// trim through `counted_through_seq` and read again.
+    #[error("the outbox read starts before sequence number {counted_through_seq}, which was counted already")]
+    OutboxOverlap { counted_through_seq: u64 },
 }
 
 const SCHEMA: [&str; 7] = [
@@ -312,27 +319,36 @@ impl BillingStore {
         Ok(new)
     }
 
-    /// Counts records read from the metering outbox of shard `shard_id`: `records` are the
-    /// outbox's records numbered `through_seq + 1 - records.len() ..= through_seq`. Answers how
-    /// many were new. Durable when it returns.
+    /// Counts what was read from the metering outbox of shard `shard_id`: its records numbered
+    /// `first_seq..=through_seq`, the client-keyed ones in `keyed` and the others summed in
+    /// `usage` (see `ReadMetering`). Answers how many calls were new. Durable when it returns.
     ///
     /// The store keeps, per shard, the sequence number counted through, in the same transaction
-    /// as the counts: records at or below it (read again after a trim failed, or by a second
-    /// billing service) count nothing. The shard itself applies a request id once, so a record
-    /// whose billing key was generated for one attempt needs no other check, and costs no row
-    /// in `metering_records`; a key the client chose ([`key_may_repeat`]) is still checked
-    /// against every key counted, since its retry may have reached another shard.
+    /// as the counts: a read at or below it (read again after a trim failed, or by a second
+    /// billing service) counts nothing, and one that starts inside it is refused with
+    /// [`StoreError::OutboxOverlap`]. The shard itself applies a request id once, so a record
+    /// whose billing key was generated for one attempt needs no other check and can be summed
+    /// before it gets here; a key the client chose ([`key_may_repeat`]) is still checked against
+    /// every key counted, since its retry may have reached another shard.
     pub async fn record_outbox(
         &self,
         shard_id: u64,
+        first_seq: u64,
         through_seq: u64,
-        records: &[MeterRecord],
+        keyed: &[MeterRecord],
+        usage: &[UsageSum],
     ) -> Result<usize, StoreError> {
-        check_batch(records)?;
-        let first_seq = (through_seq + 1)
-            .checked_sub(records.len() as u64)
-            .filter(|first| *first > 0)
-            .ok_or_else(|| StoreError::Invalid(format!("{} records cannot end at {through_seq}", records.len())))?;
+        if keyed.len() > OUTBOX_READ_MAX || usage.len() > OUTBOX_READ_MAX {
+            return Err(StoreError::Invalid(format!("at most {OUTBOX_READ_MAX} records and usage rows per read")));
+        }
+        keyed.iter().try_for_each(|r| check_record(r).map_err(StoreError::Invalid))?;
+        usage.iter().try_for_each(|u| check_usage_sum(u).map_err(StoreError::Invalid))?;
+        let calls = usage.iter().try_fold(keyed.len() as u64, |total, u| total.checked_add(u.calls));
+        if first_seq == 0 || calls.and_then(|calls| first_seq.checked_add(calls)) != Some(through_seq + 1) {
+            return Err(StoreError::Invalid(format!(
+                "an outbox read numbered {first_seq}..={through_seq} must hold as many records"
+            )));
+        }
         let shard = to_i64(shard_id, "shard id")?;
         let mut transaction = self.pool.begin().await?;
         // Writing the shard's row first makes concurrent counters of one shard take turns.
@@ -351,16 +367,20 @@ impl BillingStore {
         .fetch_one(&mut *transaction)
         .await?
         .try_get(0)?;
-        let counted_through = to_u64(counted_through);
-        let skip = counted_through.saturating_sub(first_seq - 1).min(records.len() as u64) as usize;
-        let new = count(&mut transaction, &records[skip..], |r| key_may_repeat(&r.request_id)).await?;
-        if through_seq > counted_through {
-            sqlx::query("UPDATE outbox_cursors SET counted_through_seq = $2 WHERE shard_id = $1")
-                .bind(shard)
-                .bind(to_i64(through_seq, "sequence number")?)
-                .execute(&mut *transaction)
-                .await?;
+        let counted_through_seq = to_u64(counted_through);
+        if counted_through_seq >= through_seq {
+            return Ok(0);
         }
+        if counted_through_seq >= first_seq {
+            return Err(StoreError::OutboxOverlap { counted_through_seq });
+        }
+        let new = count(&mut transaction, keyed, |r| key_may_repeat(&r.request_id)).await?
+            + add_usage(&mut transaction, usage).await?;
+        sqlx::query("UPDATE outbox_cursors SET counted_through_seq = $2 WHERE shard_id = $1")
+            .bind(shard)
+            .bind(to_i64(through_seq, "sequence number")?)
+            .execute(&mut *transaction)
+            .await?;
         transaction.commit().await?;
         Ok(new)
     }
@@ -671,23 +691,14 @@ async fn count(
             }
         }
     }
-    // Their sums per usage row.
-    let mut sums: BTreeMap<(&str, u64, &str, &str, &str), [u64; 5]> = BTreeMap::new();
-    for (r, _) in records.iter().zip(&counted).filter(|(_, counted)| **counted) {
-        let key = (
-            r.tenant.as_str(),
-            r.at_ms - r.at_ms % HOUR_MS,
-            r.queue.as_str(),
-            r.sub_tenant.as_str(),
-            r.action.as_str(),
-        );
-        let sum = sums.entry(key).or_default();
-        for (total, add) in sum.iter_mut().zip([1, r.units, r.bytes_in, r.bytes_out, u64::from(r.empty_receive)]) {
-            *total += add;
-        }
-    }
+    let counted = records.iter().zip(&counted).filter(|(_, counted)| **counted).map(|(r, _)| r);
+    add_usage(transaction, &sum_usage(counted)).await
+}
+
+/// Adds usage rows to hourly usage within `transaction`; answers the calls they hold.
+async fn add_usage(transaction: &mut sqlx::Transaction<'_, sqlx::Any>, rows: &[UsageSum]) -> Result<usize, StoreError> {
     let mut new = 0;
-    for ((tenant, hour_start_ms, queue, sub_tenant, action), [calls, units, bytes_in, bytes_out, empty]) in sums {
+    for row in rows {
         sqlx::query(
             "INSERT INTO hourly_usage
                (tenant, hour_start_ms, queue, sub_tenant, action, calls, units, bytes_in, bytes_out, empty_receives)
@@ -699,19 +710,19 @@ async fn count(
                bytes_out = hourly_usage.bytes_out + excluded.bytes_out,
                empty_receives = hourly_usage.empty_receives + excluded.empty_receives",
         )
-        .bind(tenant)
-        .bind(to_i64(hour_start_ms, "time")?)
-        .bind(queue)
-        .bind(sub_tenant)
-        .bind(action)
-        .bind(to_i64(calls, "calls")?)
-        .bind(to_i64(units, "units")?)
-        .bind(to_i64(bytes_in, "bytes in")?)
-        .bind(to_i64(bytes_out, "bytes out")?)
-        .bind(to_i64(empty, "empty receives")?)
+        .bind(&row.tenant)
+        .bind(to_i64(row.hour_start_ms, "time")?)
+        .bind(&row.queue)
+        .bind(&row.sub_tenant)
+        .bind(&row.action)
+        .bind(to_i64(row.calls, "calls")?)
+        .bind(to_i64(row.units, "units")?)
+        .bind(to_i64(row.bytes_in, "bytes in")?)
+        .bind(to_i64(row.bytes_out, "bytes out")?)
+        .bind(to_i64(row.empty_receives, "empty receives")?)
         .execute(&mut **transaction)
         .await?;
-        new += calls as usize;
+        new += row.calls as usize;
     }
     Ok(new)
 }

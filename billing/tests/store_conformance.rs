@@ -9,6 +9,7 @@ use strata_billing::pricing::{HOUR_MS, HourUsage, Month, Plan};
 use strata_billing::store::{
     BillingStore, MeterRecord, Package, RECORDS_PER_BATCH_MAX, StoreError, default_plan, usage_csv,
 };
+use strata_common::metering::sum_usage;
 
 /// 2026-03-01T10:00:00Z.
 const HOUR_10_MS: u64 = 1_772_359_200_000;
@@ -97,20 +98,28 @@ async fn conformance(url: &str) {
     let (a, b) = tokio::join!(store.record(&batch), store.record(&batch));
     assert_eq!(a.expect("one delivery") + b.expect("the other"), 50);
 
-    // Outbox records count once per shard sequence number: a re-read after a failed trim, a
-    // stale read and two billing services reading at once add nothing twice. Generated keys
-    // (`p-`) are not looked up; a client's key (`c-`) still counts once across shards.
+    // Outbox reads count once per shard sequence number: a stale read and two billing services
+    // reading at once add nothing twice, and a read starting inside what was counted is refused
+    // with the point to trim through. A client's key (`c-`) still counts once across shards;
+    // generated keys (`p-`) come summed.
     let outbox: Vec<MeterRecord> =
         (1..=5).map(|i| record("umbrella", &format!("p-{i}"), HOUR_10_MS, "SendMessage", 2)).collect();
-    assert_eq!(store.record_outbox(7, 3, &outbox[..3]).await.expect("count"), 3);
-    assert_eq!(store.record_outbox(7, 4, &outbox[..4]).await.expect("read again, one more"), 1);
-    assert_eq!(store.record_outbox(7, 2, &outbox[..2]).await.expect("stale read"), 0);
-    let (a, b) = tokio::join!(store.record_outbox(7, 5, &outbox), store.record_outbox(7, 5, &outbox));
-    assert_eq!(a.expect("one service") + b.expect("the other"), 1);
+    let sums = |range: std::ops::Range<usize>| sum_usage(&outbox[range]);
+    assert_eq!(store.record_outbox(7, 1, 3, &[], &sums(0..3)).await.expect("count"), 3);
+    assert_eq!(store.record_outbox(7, 1, 2, &[], &sums(0..2)).await.expect("stale read"), 0);
+    assert!(matches!(
+        store.record_outbox(7, 1, 4, &[], &sums(0..4)).await,
+        Err(StoreError::OutboxOverlap { counted_through_seq: 3 })
+    ));
+    let rest = sums(3..5);
+    let (a, b) = tokio::join!(store.record_outbox(7, 4, 5, &[], &rest), store.record_outbox(7, 4, 5, &[], &rest));
+    assert_eq!(a.expect("one service") + b.expect("the other"), 2);
     let client_keyed = record("umbrella", "c-retried", HOUR_10_MS, "SendMessage", 2);
-    assert_eq!(store.record_outbox(8, 1, std::slice::from_ref(&client_keyed)).await.expect("count"), 1);
-    assert_eq!(store.record_outbox(9, 1, std::slice::from_ref(&client_keyed)).await.expect("other shard"), 0);
-    assert!(matches!(store.record_outbox(9, 1, &outbox[..2]).await, Err(StoreError::Invalid(_))));
+    assert_eq!(store.record_outbox(8, 1, 1, std::slice::from_ref(&client_keyed), &[]).await.expect("count"), 1);
+    assert_eq!(store.record_outbox(9, 1, 1, std::slice::from_ref(&client_keyed), &[]).await.expect("other shard"), 0);
+    // The numbering must match what the read holds.
+    assert!(matches!(store.record_outbox(9, 2, 4, &[], &sums(0..2)).await, Err(StoreError::Invalid(_))));
+    assert!(matches!(store.record_outbox(9, 0, 1, &[], &sums(0..2)).await, Err(StoreError::Invalid(_))));
     let umbrella = store.usage("umbrella", 0, u64::MAX >> 1).await.expect("usage");
     assert_eq!((umbrella.len(), umbrella[0].calls, umbrella[0].units), (1, 6, 12));
 

@@ -13,6 +13,8 @@
 //!
 //! Either way the billing service counts each record once per (tenant, request id).
 
+use std::collections::BTreeMap;
+
 /// The tenant that owns Strata's internal queues. It is reserved: no credential can name it
 /// ([`crate::names::validate_tenant`] refuses it), so no tenant can read or write its queues.
 pub const SYSTEM_TENANT: &str = "strata-system";
@@ -49,6 +51,68 @@ pub fn key_may_repeat(request_id: &str) -> bool {
     !request_id.starts_with(GENERATED_KEY_PREFIX)
 }
 
+/// Usage is counted per hour of this length, starting at multiples of it since the Unix epoch.
+pub const USAGE_HOUR_MS: u64 = 3_600_000;
+
+/// Metering records summed per usage row (the field docs are in `proto/strata.proto`).
+pub use crate::proto::UsageSum;
+
+/// Sums `records` per usage row (tenant, hour, queue, sub-tenant, action), in that order.
+pub fn sum_usage<'a>(records: impl IntoIterator<Item = &'a MeterRecord>) -> Vec<UsageSum> {
+    let mut sums: BTreeMap<(&str, u64, &str, &str, &str), [u64; 5]> = BTreeMap::new();
+    for r in records {
+        let hour_start_ms = r.at_ms - r.at_ms % USAGE_HOUR_MS;
+        let key = (r.tenant.as_str(), hour_start_ms, r.queue.as_str(), r.sub_tenant.as_str(), r.action.as_str());
+        let sum = sums.entry(key).or_default();
+        for (total, add) in sum.iter_mut().zip([1, r.units, r.bytes_in, r.bytes_out, u64::from(r.empty_receive)]) {
+            *total = total.saturating_add(add);
+        }
+    }
+    sums.into_iter()
+        .map(|((tenant, hour_start_ms, queue, sub_tenant, action), [calls, units, bytes_in, bytes_out, empty])| {
+            UsageSum {
+                tenant: tenant.to_owned(),
+                hour_start_ms,
+                queue: queue.to_owned(),
+                sub_tenant: sub_tenant.to_owned(),
+                action: action.to_owned(),
+                calls,
+                units,
+                bytes_in,
+                bytes_out,
+                empty_receives: empty,
+            }
+        })
+        .collect()
+}
+
+/// Checks that a usage row's text fields are within a record's limits and that it names a
+/// tenant and an action, at the start of an hour.
+pub fn check_usage_sum(sum: &UsageSum) -> Result<(), String> {
+    check_text_fields(&[
+        ("tenant", &sum.tenant, crate::names::TENANT_ID_CHARS_MAX),
+        ("sub_tenant", &sum.sub_tenant, crate::names::TENANT_ID_CHARS_MAX),
+        ("queue", &sum.queue, crate::names::QUEUE_NAME_CHARS_MAX),
+        ("action", &sum.action, RECORD_ACTION_CHARS_MAX),
+    ])?;
+    if sum.tenant.is_empty() || sum.action.is_empty() || sum.calls == 0 {
+        return Err("a usage row needs a tenant, an action and at least one call".to_owned());
+    }
+    if !sum.hour_start_ms.is_multiple_of(USAGE_HOUR_MS) {
+        return Err("a usage row's hour must start at a whole hour".to_owned());
+    }
+    Ok(())
+}
+
+fn check_text_fields(fields: &[(&str, &String, usize)]) -> Result<(), String> {
+    for (name, value, chars_max) in fields {
+        if value.len() > *chars_max {
+            return Err(format!("the metering record's {name} is longer than {chars_max} characters"));
+        }
+    }
+    Ok(())
+}
+
 /// Longest billing key ([`MeterRecord::request_id`]).
 pub const RECORD_REQUEST_ID_CHARS_MAX: usize = 128;
 /// Longest action name.
@@ -57,18 +121,13 @@ pub const RECORD_ACTION_CHARS_MAX: usize = 64;
 /// Checks that a record's text fields are within their limits, so a record costs a bounded
 /// amount wherever it is kept (a shard's outbox, a metering message).
 pub fn check_record(record: &MeterRecord) -> Result<(), String> {
-    let fields = [
+    check_text_fields(&[
         ("request_id", &record.request_id, RECORD_REQUEST_ID_CHARS_MAX),
         ("tenant", &record.tenant, crate::names::TENANT_ID_CHARS_MAX),
         ("sub_tenant", &record.sub_tenant, crate::names::TENANT_ID_CHARS_MAX),
         ("queue", &record.queue, crate::names::QUEUE_NAME_CHARS_MAX),
         ("action", &record.action, RECORD_ACTION_CHARS_MAX),
-    ];
-    for (name, value, chars_max) in fields {
-        if value.len() > chars_max {
-            return Err(format!("the metering record's {name} is longer than {chars_max} characters"));
-        }
-    }
+    ])?;
     if record.request_id.is_empty() || record.tenant.is_empty() || record.action.is_empty() {
         return Err("a metering record needs a request id, a tenant and an action".to_owned());
     }
@@ -102,6 +161,41 @@ mod tests {
         assert_eq!(billable_units(1), 1);
         assert_eq!(billable_units(UNIT_PAYLOAD_BYTES), 1);
         assert_eq!(billable_units(UNIT_PAYLOAD_BYTES + 1), 2);
+    }
+
+    #[test]
+    fn usage_sums_per_row_and_hour_and_checks_its_rows() {
+        let at = |request_id: &str, at_ms: u64, action: &str| MeterRecord {
+            request_id: request_id.into(),
+            tenant: "acme".into(),
+            action: action.into(),
+            at_ms,
+            units: 2,
+            bytes_in: 10,
+            ..Default::default()
+        };
+        let records = [
+            at("p-1", USAGE_HOUR_MS + 1, "SendMessage"),
+            at("p-2", 2 * USAGE_HOUR_MS - 1, "SendMessage"),
+            at("p-3", 2 * USAGE_HOUR_MS, "SendMessage"),
+            at("p-4", USAGE_HOUR_MS, "DeleteMessage"),
+        ];
+        let sums = sum_usage(&records);
+        let rows: Vec<(u64, &str, u64, u64, u64)> =
+            sums.iter().map(|s| (s.hour_start_ms, s.action.as_str(), s.calls, s.units, s.bytes_in)).collect();
+        assert_eq!(
+            rows,
+            [
+                (USAGE_HOUR_MS, "DeleteMessage", 1, 2, 10),
+                (USAGE_HOUR_MS, "SendMessage", 2, 4, 20),
+                (2 * USAGE_HOUR_MS, "SendMessage", 1, 2, 10)
+            ]
+        );
+        assert!(sums.iter().all(|s| check_usage_sum(s).is_ok()));
+        let off_hour = UsageSum { hour_start_ms: 5, ..sums[0].clone() };
+        assert!(check_usage_sum(&off_hour).is_err());
+        assert!(check_usage_sum(&UsageSum { calls: 0, ..sums[0].clone() }).is_err());
+        assert!(check_usage_sum(&UsageSum { action: "x".repeat(65), ..sums[0].clone() }).is_err());
     }
 
     #[test]

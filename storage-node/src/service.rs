@@ -429,9 +429,15 @@ impl Storage for StorageService {
                 break;
             }
             // Applied records are committed: what a leader's state holds is durable.
-            let Some((through_seq, records)) = shard.state().0.metering().oldest(left) else { continue };
-            left -= records.len();
-            shards.push(pb::ShardMetering { shard_id: shard.shard_id, through_seq, records });
+            let Some(read) = shard.state().0.metering().read(left) else { continue };
+            left -= (read.through_seq + 1 - read.first_seq) as usize;
+            shards.push(pb::ShardMetering {
+                shard_id: shard.shard_id,
+                first_seq: read.first_seq,
+                through_seq: read.through_seq,
+                records: read.keyed,
+                usage: read.usage,
+            });
         }
         Ok(Response::new(pb::ReadMeteringResponse { shards }))
     }

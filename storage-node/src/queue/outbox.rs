@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
-use strata_common::metering::{MeterRecord, text_bytes};
+use strata_common::metering::{MeterRecord, UsageSum, key_may_repeat, sum_usage, text_bytes};
 
 /// Most records an outbox holds.
 pub const OUTBOX_RECORDS_MAX: usize = 200_000;
@@ -31,6 +31,17 @@ const RECORD_OVERHEAD_BYTES: usize = 64;
 /// A record's size, as the outbox counts it.
 fn record_bytes(r: &MeterRecord) -> usize {
     text_bytes(r) + RECORD_OVERHEAD_BYTES
+}
+
+/// What [`MeterOutbox::read`] answers: the records numbered `first_seq..=through_seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRead {
+    pub first_seq: u64,
+    pub through_seq: u64,
+    /// The records whose billing key may come again in another call, in order.
+    pub keyed: Vec<MeterRecord>,
+    /// The other records, summed per usage row.
+    pub usage: Vec<UsageSum>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,8 +80,23 @@ impl MeterOutbox {
         self.records.push_back(record);
     }
 
+    /// The oldest `records_max` records, for counting: those whose key a client chose as they
+    /// are, the others summed per usage row (`None` when the outbox is empty).
+    pub fn read(&self, records_max: usize) -> Option<OutboxRead> {
+        let count = self.records.len().min(records_max);
+        let through_seq = self.first_seq + (count as u64).checked_sub(1)?;
+        let oldest = || self.records.iter().take(count);
+        Some(OutboxRead {
+            first_seq: self.first_seq,
+            through_seq,
+            keyed: oldest().filter(|r| key_may_repeat(&r.request_id)).cloned().collect(),
+            usage: sum_usage(oldest().filter(|r| !key_may_repeat(&r.request_id))),
+        })
+    }
+
     /// The oldest `records_max` records and the sequence number of the last of them (`None`
     /// when the outbox is empty).
+    #[cfg(test)]
     pub fn oldest(&self, records_max: usize) -> Option<(u64, Vec<MeterRecord>)> {
         let records: Vec<MeterRecord> = self.records.iter().take(records_max).cloned().collect();
         let through_seq = self.first_seq + (records.len() as u64).checked_sub(1)?;
@@ -117,6 +143,30 @@ mod tests {
         assert_eq!(outbox.bytes, 0);
         outbox.push(record("e"));
         assert_eq!(outbox.oldest(10), Some((5, vec![record("e")])));
+    }
+
+    #[test]
+    fn a_read_keeps_client_keyed_records_and_sums_the_others() {
+        let mut outbox = MeterOutbox::default();
+        assert_eq!(outbox.read(10), None);
+        for id in ["p-1", "c-1", "p-2", "p-3", "c-2"] {
+            let mut r = record(id);
+            r.units = 2;
+            outbox.push(r);
+        }
+        outbox.trim(1);
+        let read = outbox.read(3).unwrap();
+        assert_eq!((read.first_seq, read.through_seq), (2, 4));
+        assert_eq!(
+            read.keyed,
+            vec![{
+                let mut r = record("c-1");
+                r.units = 2;
+                r
+            }]
+        );
+        assert_eq!(read.usage.len(), 1);
+        assert_eq!((read.usage[0].calls, read.usage[0].units, read.usage[0].tenant.as_str()), (2, 4, "acme"));
     }
 
     #[test]
