@@ -54,8 +54,14 @@ stop_dev() {
 
 # send_messages SECONDS: runs the send load; prints the messages sent and the rate.
 send_messages() {
-  "$strata" bench --throughput-seconds "$1" --latency-seconds 0 --receivers 0 2>"$work/bench.err" |
-    python3 -c 'import json,sys; t=json.load(sys.stdin)["send_throughput"]; print(t["messages"], round(t["messages_per_second"]))'
+  local report
+  if ! report=$("$strata" bench --throughput-seconds "$1" --latency-seconds 0 --receivers 0 2>"$work/bench.err"); then
+    tail -3 "$work/bench.err" >&2
+    echo "strata bench failed (under valgrind a call can outlast the service's timeouts: run again)" >&2
+    return 1
+  fi
+  python3 -c 'import json,sys; t=json.load(sys.stdin)["send_throughput"]; print(t["messages"], round(t["messages_per_second"]))' \
+    <<<"$report"
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
@@ -67,7 +73,8 @@ case ${1:-throughput} in
     for round in $(seq 1 "$rounds"); do
       for mode in off on; do
         start_dev $mode
-        read -r _ rate < <(send_messages "$seconds")
+        result=$(send_messages "$seconds")
+        read -r _ rate <<<"$result"
         stop_dev
         echo "round $round metering $mode: $rate msg/s"
         echo "$rate" >>"$work/$mode.rates"
@@ -85,7 +92,8 @@ case ${1:-throughput} in
       send_messages 3 >/dev/null # creates the queue, warms the caches
       sleep 3
       callgrind_control -i on "$pid" >/dev/null
-      read -r messages _ < <(send_messages "$seconds")
+      result=$(send_messages "$seconds")
+      read -r messages _ <<<"$result"
       sleep 4 # billing counts what was sent (it drains every 500 ms)
       callgrind_control -d "$pid" >/dev/null
       stop_dev

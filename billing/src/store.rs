@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 pub use strata_common::metering::MeterRecord;
-use strata_common::metering::{UsageSum, check_record, check_usage_sum, key_may_repeat, sum_usage};
+use strata_common::metering::{UsageSum, check_record, check_usage_sum, sum_usage};
 
 use crate::pricing::{
     HOUR_MS, HourUsage, InvoiceLine, Micros, Month, MonthRating, PackageBalance, Plan, PricingError, rate_month,
@@ -314,7 +314,7 @@ impl BillingStore {
             return Ok(0);
         }
         let mut transaction = self.pool.begin().await?;
-        let new = count(&mut transaction, records, |_| true).await?;
+        let new = count(&mut transaction, records).await?;
         transaction.commit().await?;
         Ok(new)
     }
@@ -328,8 +328,9 @@ impl BillingStore {
     /// billing service) counts nothing, and one that starts inside it is refused with
     /// [`StoreError::OutboxOverlap`]. The shard itself applies a request id once, so a record
     /// whose billing key was generated for one attempt needs no other check and can be summed
-    /// before it gets here; a key the client chose ([`key_may_repeat`]) is still checked against
-    /// every key counted, since its retry may have reached another shard.
+    /// before it gets here. A key the client chose
+    /// ([`strata_common::metering::key_may_repeat`]) is still checked against every key
+    /// counted, since its retry may have reached another shard.
     pub async fn record_outbox(
         &self,
         shard_id: u64,
@@ -374,8 +375,7 @@ impl BillingStore {
         if counted_through_seq >= first_seq {
             return Err(StoreError::OutboxOverlap { counted_through_seq });
         }
-        let new = count(&mut transaction, keyed, |r| key_may_repeat(&r.request_id)).await?
-            + add_usage(&mut transaction, usage).await?;
+        let new = count(&mut transaction, keyed).await? + add_usage(&mut transaction, usage).await?;
         sqlx::query("UPDATE outbox_cursors SET counted_through_seq = $2 WHERE shard_id = $1")
             .bind(shard)
             .bind(to_i64(through_seq, "sequence number")?)
@@ -661,27 +661,24 @@ fn check_batch(records: &[MeterRecord]) -> Result<(), StoreError> {
     records.iter().try_for_each(|r| check_record(r).map_err(StoreError::Invalid))
 }
 
-/// Adds `records` to hourly usage within `transaction`; answers how many were counted. A
-/// record for which `check_key` holds counts only if its (tenant, request id) has no row in
-/// `metering_records` yet (it gets one), and only its first occurrence in the batch counts;
-/// any other record counts.
+/// Adds `records` to hourly usage within `transaction`, each once per (tenant, request id):
+/// a record counts only if its key has no row in `metering_records` yet (it gets one), and
+/// only its first occurrence in the batch counts. Answers how many were counted.
 async fn count(
     transaction: &mut sqlx::Transaction<'_, sqlx::Any>,
     records: &[MeterRecord],
-    check_key: impl Fn(&MeterRecord) -> bool,
 ) -> Result<usize, StoreError> {
-    let mut counted: Vec<bool> = records.iter().map(|r| !check_key(r)).collect();
-    let keyed: Vec<usize> = (0..records.len()).filter(|&i| !counted[i]).collect();
-    // Each keyed (tenant, request id) is counted by its first record in the batch, if it is new.
-    let mut first: HashMap<(&str, &str), usize> = HashMap::with_capacity(keyed.len());
-    for &i in &keyed {
-        first.entry((records[i].tenant.as_str(), records[i].request_id.as_str())).or_insert(i);
+    let mut counted = vec![false; records.len()];
+    // Each (tenant, request id) is counted by its first record in the batch, if it is new.
+    let mut first: HashMap<(&str, &str), usize> = HashMap::with_capacity(records.len());
+    for (i, r) in records.iter().enumerate() {
+        first.entry((r.tenant.as_str(), r.request_id.as_str())).or_insert(i);
     }
     // The keys not seen before: one multi-row insert per chunk answers which they are.
-    for chunk in keyed.chunks(INSERT_ROWS) {
+    for chunk in records.chunks(INSERT_ROWS) {
         let mut insert = sqlx::query(INSERT_RECORDS_SQL.as_str());
         for i in 0..INSERT_ROWS {
-            let r = &records[chunk[i.min(chunk.len() - 1)]];
+            let r = &chunk[i.min(chunk.len() - 1)];
             insert = insert.bind(&r.tenant).bind(&r.request_id).bind(to_i64(r.at_ms - r.at_ms % HOUR_MS, "time")?);
         }
         for row in insert.fetch_all(&mut **transaction).await? {

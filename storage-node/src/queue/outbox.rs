@@ -149,22 +149,14 @@ mod tests {
     fn a_read_keeps_client_keyed_records_and_sums_the_others() {
         let mut outbox = MeterOutbox::default();
         assert_eq!(outbox.read(10), None);
+        let priced = |id| MeterRecord { units: 2, ..record(id) };
         for id in ["p-1", "c-1", "p-2", "p-3", "c-2"] {
-            let mut r = record(id);
-            r.units = 2;
-            outbox.push(r);
+            outbox.push(priced(id));
         }
         outbox.trim(1);
         let read = outbox.read(3).unwrap();
         assert_eq!((read.first_seq, read.through_seq), (2, 4));
-        assert_eq!(
-            read.keyed,
-            vec![{
-                let mut r = record("c-1");
-                r.units = 2;
-                r
-            }]
-        );
+        assert_eq!(read.keyed, vec![priced("c-1")]);
         assert_eq!(read.usage.len(), 1);
         assert_eq!((read.usage[0].calls, read.usage[0].units, read.usage[0].tenant.as_str()), (2, 4, "acme"));
     }
