@@ -13,6 +13,8 @@
 //!   so far; raises an alert once per month when the spend reaches the budget, and while it is
 //!   at or over the hard cap, marks the tenant capped in metadata, where every proxy reads it
 //!   and refuses the tenant's calls (and lifts the mark when the cap is raised or a month starts).
+//! - [`prune_keys`]: every [`PRUNE_INTERVAL`], forgets the counted keys older than any record
+//!   can come again ([`crate::store::KEY_HORIZON_MS`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,6 +40,8 @@ const RETRY_PAUSE: Duration = Duration::from_secs(1);
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(500);
 /// Most outbox records one storage node answers per pass.
 const OUTBOX_READ_RECORDS_MAX: u32 = 5_000;
+/// How often counted keys past the horizon are forgotten.
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 /// How often budgets and hard caps are checked.
 pub const BUDGET_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -175,6 +179,21 @@ pub async fn drain_outboxes_once(store: &BillingStore, placement: &Placement) ->
     Ok(read)
 }
 
+/// Forgets counted keys past the horizon at start and every [`PRUNE_INTERVAL`] until `cancel`.
+pub async fn prune_keys(store: BillingStore, clock: Arc<dyn Clock>, cancel: CancellationToken) {
+    loop {
+        match store.prune_keys(clock.now_ms()).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "forgot counted metering keys past the horizon"),
+            Err(e) => tracing::warn!(error = %e, "pruning counted metering keys failed; retrying later"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(PRUNE_INTERVAL) => {}
+        }
+    }
+}
+
 /// Checks budgets and hard caps every [`BUDGET_CHECK_INTERVAL`] until `cancel`.
 pub async fn enforce_budgets(
     store: BillingStore,
@@ -262,6 +281,7 @@ pub async fn start(
     let placement = Arc::new(Placement::new(metadata, Default::default()));
     tokio::spawn(consume(store.clone(), placement.clone(), cancel.clone()));
     tokio::spawn(drain_outboxes(store.clone(), placement.clone(), cancel.clone()));
+    tokio::spawn(prune_keys(store.clone(), settings.clock.clone(), cancel.clone()));
     tokio::spawn(enforce_budgets(store.clone(), placement, settings.clock.clone(), cancel));
     Ok(crate::api::routers(crate::api::BillingApi {
         store,

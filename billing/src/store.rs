@@ -27,6 +27,7 @@ use std::sync::LazyLock;
 use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
+use strata_common::limits::RETENTION_MS_MAX;
 pub use strata_common::metering::MeterRecord;
 use strata_common::metering::{UsageSum, check_record, check_usage_sum, sum_usage};
 
@@ -40,6 +41,10 @@ pub const TEXT_FIELD_BYTES_MAX: usize = 256;
 /// Most client-keyed records, and most usage rows, per [`BillingStore::record_outbox`] call
 /// (what one `ReadMetering` answers at most).
 pub const OUTBOX_READ_MAX: usize = 10_000;
+/// How long after its hour a counted key is kept ([`BillingStore::prune_keys`]): longer than
+/// any record can come again. A metering-queue batch is redelivered only while the queue keeps
+/// it (at most [`RETENTION_MS_MAX`]); a client retries a call within minutes. A day to spare.
+pub const KEY_HORIZON_MS: u64 = RETENTION_MS_MAX + 24 * HOUR_MS;
 /// Most records per [`BillingStore::record`] call.
 pub const RECORDS_PER_BATCH_MAX: usize = 1_000;
 /// Rows of the multi-row insert of metering records (3 parameters each). Every execution has
@@ -88,13 +93,14 @@ pub enum StoreError {
     OutboxOverlap { counted_through_seq: u64 },
 }
 
-const SCHEMA: [&str; 7] = [
+const SCHEMA: [&str; 8] = [
     "CREATE TABLE IF NOT EXISTS metering_records (
         tenant TEXT NOT NULL,
         request_id TEXT NOT NULL,
         hour_start_ms BIGINT NOT NULL,
         PRIMARY KEY (tenant, request_id)
     )",
+    "CREATE INDEX IF NOT EXISTS metering_records_by_hour ON metering_records (hour_start_ms)",
     "CREATE TABLE IF NOT EXISTS outbox_cursors (
         shard_id BIGINT NOT NULL PRIMARY KEY,
         counted_through_seq BIGINT NOT NULL
@@ -383,6 +389,18 @@ impl BillingStore {
             .await?;
         transaction.commit().await?;
         Ok(new)
+    }
+
+    /// Forgets the counted keys of hours that ended [`KEY_HORIZON_MS`] or more before
+    /// `now_ms`, so `metering_records` stays bounded; answers how many went. Usage is kept.
+    pub async fn prune_keys(&self, now_ms: u64) -> Result<u64, StoreError> {
+        // The last hour start whose hour ended by the cutoff.
+        let Some(last_hour_ms) = now_ms.checked_sub(KEY_HORIZON_MS + HOUR_MS) else { return Ok(0) };
+        let done = sqlx::query("DELETE FROM metering_records WHERE hour_start_ms <= $1")
+            .bind(to_i64(last_hour_ms, "time")?)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     /// Rows of a query whose parameters are a tenant ($1) and a range of hours ($2..$3).

@@ -7,7 +7,7 @@ use std::time::Duration;
 use sqlx::Connection;
 use strata_billing::pricing::{HOUR_MS, HourUsage, Month, Plan};
 use strata_billing::store::{
-    BillingStore, MeterRecord, Package, RECORDS_PER_BATCH_MAX, StoreError, default_plan, usage_csv,
+    BillingStore, KEY_HORIZON_MS, MeterRecord, Package, RECORDS_PER_BATCH_MAX, StoreError, default_plan, usage_csv,
 };
 use strata_common::metering::sum_usage;
 
@@ -129,6 +129,17 @@ async fn conformance(url: &str) {
     assert_eq!(store.record(&batch).await.expect("record after reopen"), 0);
     let total: u64 = store.hourly_units("acme", 0, u64::MAX >> 1).await.expect("hours").iter().map(|h| h.units).sum();
     assert_eq!(total, 1 + 3 + 2 + 5 + 1 + 1 + 50);
+
+    // Keys are forgotten once their hour ended the horizon ago; usage stays.
+    let last = record("wayne", "r-1", HOUR_10_MS + 7, "SendMessage", 1);
+    store.record(std::slice::from_ref(&last)).await.expect("record");
+    let expiry_ms = HOUR_10_MS + HOUR_MS + KEY_HORIZON_MS;
+    assert_eq!(store.prune_keys(expiry_ms - 1).await.expect("prune"), 0);
+    assert_eq!(store.record(std::slice::from_ref(&last)).await.expect("still known"), 0);
+    assert!(store.prune_keys(expiry_ms).await.expect("prune") >= 1);
+    assert_eq!(store.record(std::slice::from_ref(&last)).await.expect("forgotten, so new"), 1);
+    let wayne = store.usage("wayne", 0, u64::MAX >> 1).await.expect("usage");
+    assert_eq!(wayne[0].calls, 2);
 
     invoicing(&store).await;
 }
