@@ -29,7 +29,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 use strata_common::limits::RETENTION_MS_MAX;
 pub use strata_common::metering::MeterRecord;
-use strata_common::metering::{UsageSum, check_record, check_usage_sum, sum_usage};
+use strata_common::metering::{UsageSum, check_record, check_usage_sum, hour_start_ms, sum_usage};
 
 use crate::pricing::{
     HOUR_MS, HourUsage, InvoiceLine, Micros, Month, MonthRating, PackageBalance, Plan, PricingError, rate_month,
@@ -315,7 +315,7 @@ impl BillingStore {
     /// Counts `records` into hourly usage, each once per (tenant, request id); answers how many
     /// were new. Durable when it returns.
     pub async fn record(&self, records: &[MeterRecord]) -> Result<usize, StoreError> {
-        check_batch(records)?;
+        check_batch(records, RECORDS_PER_BATCH_MAX)?;
         if records.is_empty() {
             return Ok(0);
         }
@@ -345,10 +345,10 @@ impl BillingStore {
         keyed: &[MeterRecord],
         usage: &[UsageSum],
     ) -> Result<usize, StoreError> {
-        if keyed.len() > OUTBOX_READ_MAX || usage.len() > OUTBOX_READ_MAX {
-            return Err(StoreError::Invalid(format!("at most {OUTBOX_READ_MAX} records and usage rows per read")));
+        check_batch(keyed, OUTBOX_READ_MAX)?;
+        if usage.len() > OUTBOX_READ_MAX {
+            return Err(StoreError::Invalid(format!("at most {OUTBOX_READ_MAX} usage rows per read")));
         }
-        keyed.iter().try_for_each(|r| check_record(r).map_err(StoreError::Invalid))?;
         usage.iter().try_for_each(|u| check_usage_sum(u).map_err(StoreError::Invalid))?;
         let calls = usage.iter().try_fold(keyed.len() as u64, |total, u| total.checked_add(u.calls));
         if first_seq == 0 || calls.and_then(|calls| first_seq.checked_add(calls)) != Some(through_seq + 1) {
@@ -358,16 +358,11 @@ impl BillingStore {
         }
         let shard = to_i64(shard_id, "shard id")?;
         let mut transaction = self.pool.begin().await?;
-        // Writing the shard's row first makes concurrent counters of one shard take turns.
-        sqlx::query(
-            "INSERT INTO outbox_cursors (shard_id, counted_through_seq) VALUES ($1, 0)
-             ON CONFLICT (shard_id) DO NOTHING",
-        )
-        .bind(shard)
-        .execute(&mut *transaction)
-        .await?;
+        // Reads the shard's cursor by writing its row (created at 0 the first time), so that
+        // concurrent counters of one shard take turns.
         let counted_through: i64 = sqlx::query(
-            "UPDATE outbox_cursors SET counted_through_seq = counted_through_seq WHERE shard_id = $1
+            "INSERT INTO outbox_cursors (shard_id, counted_through_seq) VALUES ($1, 0)
+             ON CONFLICT (shard_id) DO UPDATE SET counted_through_seq = outbox_cursors.counted_through_seq
              RETURNING counted_through_seq",
         )
         .bind(shard)
@@ -671,10 +666,10 @@ impl BillingStore {
     }
 }
 
-/// Checks a batch of records before anything is stored.
-fn check_batch(records: &[MeterRecord]) -> Result<(), StoreError> {
-    if records.len() > RECORDS_PER_BATCH_MAX {
-        return Err(StoreError::Invalid(format!("at most {RECORDS_PER_BATCH_MAX} records per batch")));
+/// Checks a batch of at most `records_max` records before anything is stored.
+fn check_batch(records: &[MeterRecord], records_max: usize) -> Result<(), StoreError> {
+    if records.len() > records_max {
+        return Err(StoreError::Invalid(format!("at most {records_max} records per batch")));
     }
     records.iter().try_for_each(|r| check_record(r).map_err(StoreError::Invalid))
 }
@@ -697,7 +692,7 @@ async fn count(
         let mut insert = sqlx::query(INSERT_RECORDS_SQL.as_str());
         for i in 0..INSERT_ROWS {
             let r = &chunk[i.min(chunk.len() - 1)];
-            insert = insert.bind(&r.tenant).bind(&r.request_id).bind(to_i64(r.at_ms - r.at_ms % HOUR_MS, "time")?);
+            insert = insert.bind(&r.tenant).bind(&r.request_id).bind(to_i64(hour_start_ms(r.at_ms), "time")?);
         }
         for row in insert.fetch_all(&mut **transaction).await? {
             let key: (&str, &str) = (row.try_get(0)?, row.try_get(1)?);

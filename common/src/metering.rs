@@ -54,6 +54,11 @@ pub fn key_may_repeat(request_id: &str) -> bool {
 /// Usage is counted per hour of this length, starting at multiples of it since the Unix epoch.
 pub const USAGE_HOUR_MS: u64 = 3_600_000;
 
+/// The start of the usage hour holding `at_ms`.
+pub fn hour_start_ms(at_ms: u64) -> u64 {
+    at_ms - at_ms % USAGE_HOUR_MS
+}
+
 /// Metering records summed per usage row (the field docs are in `proto/strata.proto`).
 pub use crate::proto::UsageSum;
 
@@ -61,8 +66,8 @@ pub use crate::proto::UsageSum;
 pub fn sum_usage<'a>(records: impl IntoIterator<Item = &'a MeterRecord>) -> Vec<UsageSum> {
     let mut sums: BTreeMap<(&str, u64, &str, &str, &str), [u64; 5]> = BTreeMap::new();
     for r in records {
-        let hour_start_ms = r.at_ms - r.at_ms % USAGE_HOUR_MS;
-        let key = (r.tenant.as_str(), hour_start_ms, r.queue.as_str(), r.sub_tenant.as_str(), r.action.as_str());
+        let key =
+            (r.tenant.as_str(), hour_start_ms(r.at_ms), r.queue.as_str(), r.sub_tenant.as_str(), r.action.as_str());
         let sum = sums.entry(key).or_default();
         for (total, add) in sum.iter_mut().zip([1, r.units, r.bytes_in, r.bytes_out, u64::from(r.empty_receive)]) {
             *total = total.saturating_add(add);
