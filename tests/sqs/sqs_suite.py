@@ -501,9 +501,11 @@ class Scenario:
             t.start()
         for t in consumers:
             t.join()
-        # What arrived, per group; the order is checked below. moto's group lock is not atomic
-        # under concurrent consumers, so its order varies from run to run.
-        self.observe("fifo_order", {g: sorted(received[g]) for g in groups})
+        # Which messages arrived, per group; order and exactly-once delivery are checked below.
+        # moto's group lock is not atomic under concurrent consumers: its order varies from run
+        # to run and it sometimes hands one message to two consumers, so the comparison with it
+        # records each group's distinct bodies only.
+        self.observe("fifo_order", {g: sorted(set(received[g])) for g in groups})
         for g in groups:
             self.check(received[g] == [f"{g}-{i}" for i in range(5)], (g, received[g]))
         self.check(received["g1-dup"] == ["dup"], received["g1-dup"])
