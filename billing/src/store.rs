@@ -29,7 +29,9 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 use strata_common::limits::RETENTION_MS_MAX;
 pub use strata_common::metering::MeterRecord;
-use strata_common::metering::{UsageSum, check_record, check_usage_sum, hour_start_ms, sum_usage};
+use strata_common::metering::{
+    READ_METERING_RECORDS_MAX, UsageSum, check_record, check_usage_sum, hour_start_ms, sum_usage,
+};
 
 use crate::pricing::{
     HOUR_MS, HourUsage, InvoiceLine, Micros, Month, MonthRating, PackageBalance, Plan, PricingError, rate_month,
@@ -38,9 +40,6 @@ use crate::pricing::{
 /// Longest accepted text field of plans, packages and budgets (tenant, package id), in bytes;
 /// records are checked by [`check_record`].
 pub const TEXT_FIELD_BYTES_MAX: usize = 256;
-/// Most client-keyed records, and most usage rows, per [`BillingStore::record_outbox`] call
-/// (what one `ReadMetering` answers at most).
-pub const OUTBOX_READ_MAX: usize = 10_000;
 /// How long after its hour a counted key is kept ([`BillingStore::prune_keys`]): longer than
 /// any record can come again. A metering-queue batch is redelivered only while the queue keeps
 /// it (at most [`RETENTION_MS_MAX`]); a client retries a call within minutes. A day to spare.
@@ -345,9 +344,9 @@ impl BillingStore {
         keyed: &[MeterRecord],
         usage: &[UsageSum],
     ) -> Result<usize, StoreError> {
-        check_batch(keyed, OUTBOX_READ_MAX)?;
-        if usage.len() > OUTBOX_READ_MAX {
-            return Err(StoreError::Invalid(format!("at most {OUTBOX_READ_MAX} usage rows per read")));
+        check_batch(keyed, READ_METERING_RECORDS_MAX)?;
+        if usage.len() > READ_METERING_RECORDS_MAX {
+            return Err(StoreError::Invalid(format!("at most {READ_METERING_RECORDS_MAX} usage rows per read")));
         }
         usage.iter().try_for_each(|u| check_usage_sum(u).map_err(StoreError::Invalid))?;
         let calls = usage.iter().try_fold(keyed.len() as u64, |total, u| total.checked_add(u.calls));

@@ -118,6 +118,10 @@ fn check_text_fields(fields: &[(&str, &String, usize)]) -> Result<(), String> {
     Ok(())
 }
 
+/// Most outbox records one `ReadMetering` answers (a few MiB), so also most client-keyed records
+/// and most usage rows the billing service counts from one shard's read.
+pub const READ_METERING_RECORDS_MAX: usize = 10_000;
+
 /// Longest billing key ([`MeterRecord::request_id`]).
 pub const RECORD_REQUEST_ID_CHARS_MAX: usize = 128;
 /// Longest action name.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use strata_common::error::{ErrorKind, StrataError};
 use strata_common::limits;
+use strata_common::metering::READ_METERING_RECORDS_MAX;
 use strata_common::proto::storage_server::Storage;
 use strata_common::proto::{self as pb};
 use tonic::{Request, Response, Status};
@@ -450,9 +451,6 @@ impl Storage for StorageService {
         Ok(Response::new(pb::Empty {}))
     }
 }
-
-/// Most metering records one `ReadMetering` answers (a few MiB).
-const READ_METERING_RECORDS_MAX: usize = 10_000;
 
 fn move_task_pb(task: &queue::MoveTask) -> pb::MoveTaskInfo {
     let (status, failure_reason) = match &task.status {
