@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use strata_common::{Clock, SystemClock};
+use strata_common::{Clock, ShiftedClock, SystemClock};
 use strata_metadata::{MetadataClient, MetadataNode};
 use strata_proxy::ProxySettings;
 use strata_proxy::auth::{JwtIssuer, JwtKey, JwtVerifier};
@@ -102,6 +102,10 @@ pub struct DevArgs {
     /// Local disk for cached blocks of tiered segments, in MiB.
     #[arg(long, default_value_t = 256)]
     cache_disk_mib: usize,
+    /// Run the service's clock from this unix time in milliseconds instead of now (tests that
+    /// open a data directory written at another time).
+    #[arg(long, hide = true)]
+    clock_start_unix_ms: Option<u64>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,7 +198,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let clock: Arc<dyn Clock> = match args.clock_start_unix_ms {
+        Some(start_ms) => Arc::new(ShiftedClock::starting_at(start_ms)),
+        None => Arc::new(SystemClock),
+    };
     let cancel = CancellationToken::new();
 
     let metadata_addr = SocketAddr::from(([127, 0, 0, 1], args.metadata_port));

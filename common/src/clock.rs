@@ -23,6 +23,28 @@ impl Clock for SystemClock {
     }
 }
 
+/// The operating system's clock shifted by a fixed offset: a process that must run at another
+/// time than now (a test opening a data directory written months ago, whose messages would
+/// otherwise have expired) starts at a chosen time and then advances in real time.
+#[derive(Debug, Clone, Copy)]
+pub struct ShiftedClock {
+    offset_ms: i64,
+}
+
+impl ShiftedClock {
+    /// A clock that reads `start_ms` now.
+    pub fn starting_at(start_ms: u64) -> Self {
+        let now_ms = SystemClock.now_ms();
+        Self { offset_ms: start_ms as i64 - now_ms as i64 }
+    }
+}
+
+impl Clock for ShiftedClock {
+    fn now_ms(&self) -> u64 {
+        SystemClock.now_ms().saturating_add_signed(self.offset_ms)
+    }
+}
+
 /// A clock moved by hand (tests, simulation).
 #[derive(Debug, Default, Clone)]
 pub struct ManualClock {

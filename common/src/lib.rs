@@ -16,5 +16,5 @@ pub mod proto {
     tonic::include_proto!("strata.v1");
 }
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, ShiftedClock, SystemClock};
 pub use error::{ErrorKind, StrataError};
