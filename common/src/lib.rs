@@ -1,10 +1,12 @@
 //! Shared vocabulary of every Strata component: the public error kinds, the clock seam, limits,
-//! name validation, metering records, and the internal gRPC wire types.
+//! name validation, metering records, the rule of persisted formats, and the internal gRPC wire
+//! types.
 //!
 //! Nothing here depends on another Strata crate; everything else may depend on this.
 
 pub mod clock;
 pub mod error;
+pub mod format;
 pub mod grpc;
 pub mod limits;
 pub mod metering;

@@ -21,6 +21,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use strata_common::error::{ErrorKind, StrataError};
+use strata_common::format::{LEGACY_FORMAT_VERSION, Persisted, postcard_exact, postcard_into, unknown_version};
 use strata_wal::raft_state::ReplicatedState;
 use strata_wal::requests::RecentRequests;
 
@@ -414,6 +415,40 @@ pub struct Catalog {
     tenant_limits: BTreeMap<String, TenantLimitsRecord>,
     /// Recent request ids and what applying them answered.
     requests: RecentRequests<MetaResponse>,
+}
+
+/// A metadata log entry, persisted (see `docs/formats.md`). Version 1 is the postcard encoding of
+/// [`MetaEntry`] as it stands; the legacy version is the same layout.
+impl Persisted for MetaEntry {
+    const FORMAT_VERSION: u8 = 1;
+
+    fn encode_body(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        postcard_into(self, out)
+    }
+
+    fn decode_body(version: u8, body: &[u8]) -> std::io::Result<Self> {
+        match version {
+            LEGACY_FORMAT_VERSION | 1 => postcard_exact(body),
+            v => Err(unknown_version("metadata command", v)),
+        }
+    }
+}
+
+/// The catalog in a metadata snapshot. Version 1 is the postcard encoding of [`Catalog`] as it
+/// stands; the legacy version is the same layout.
+impl Persisted for Catalog {
+    const FORMAT_VERSION: u8 = 1;
+
+    fn encode_body(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        postcard_into(self, out)
+    }
+
+    fn decode_body(version: u8, body: &[u8]) -> std::io::Result<Self> {
+        match version {
+            LEGACY_FORMAT_VERSION | 1 => postcard_exact(body),
+            v => Err(unknown_version("metadata catalog", v)),
+        }
+    }
 }
 
 /// FNV-1a: a stable hash (unlike std's, which is randomly seeded) for placing queues on shards.

@@ -16,6 +16,7 @@ use openraft::{BasicNode, Config, ReadPolicy, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use strata_common::Clock;
 use strata_common::error::{ErrorKind, StrataError};
+use strata_common::format::{LEGACY_FORMAT_VERSION, Persisted, postcard_exact, postcard_into, unknown_version};
 use strata_common::metering::MeterRecord;
 use strata_wal::group::{RaftGroup, open_group, open_single_voter};
 use strata_wal::raft_state::{ReplicatedState, StateGuard};
@@ -36,6 +37,40 @@ use crate::tier::TieredReader;
 /// A shard log entry: one queue command stamped with the leader's time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardEntry(pub ShardCommand);
+
+/// A shard log entry's command, persisted (see `docs/formats.md`). Version 1 is the postcard
+/// encoding of [`ShardCommand`] as it stands; the legacy version is the same layout.
+impl Persisted for ShardEntry {
+    const FORMAT_VERSION: u8 = 1;
+
+    fn encode_body(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        postcard_into(&self.0, out)
+    }
+
+    fn decode_body(version: u8, body: &[u8]) -> std::io::Result<Self> {
+        match version {
+            LEGACY_FORMAT_VERSION | 1 => postcard_exact(body).map(ShardEntry),
+            v => Err(unknown_version("shard command", v)),
+        }
+    }
+}
+
+/// A shard's state in its snapshot (the slice files travel beside it). Version 1 is the postcard
+/// encoding of [`ShardState`] as it stands; the legacy version is the same layout.
+impl Persisted for ShardMachine {
+    const FORMAT_VERSION: u8 = 1;
+
+    fn encode_body(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        postcard_into(&self.0, out)
+    }
+
+    fn decode_body(version: u8, body: &[u8]) -> std::io::Result<Self> {
+        match version {
+            LEGACY_FORMAT_VERSION | 1 => Ok(ShardMachine(postcard_exact(body)?, None)),
+            v => Err(unknown_version("shard state", v)),
+        }
+    }
+}
 
 impl fmt::Display for ShardEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -64,8 +99,8 @@ impl fmt::Display for ShardEntry {
 
 /// The replicated state of a shard, and the slice files of its scheduled messages (which its
 /// applies write, see `schedule_files`).
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct ShardMachine(pub ShardState, #[serde(skip)] Option<SliceFiles>);
+#[derive(Debug, Default)]
+pub struct ShardMachine(pub ShardState, Option<SliceFiles>);
 
 /// Where a shard's slice files live, inside its state-machine directory.
 const SCHEDULE_DIR: &str = "schedule";
@@ -712,7 +747,7 @@ async fn read_slice_blocking(dir: PathBuf, slice_start_ms: u64) -> Result<Vec<Sl
 
 /// Decodes a shard log entry from a WAL record payload (used for tiered segments).
 pub fn decode_entry(bytes: &Bytes) -> Result<openraft::alias::EntryOf<ShardRaftConfig>, StrataError> {
-    postcard::from_bytes(bytes).map_err(|e| {
+    strata_wal::persisted::decode_entry::<ShardRaftConfig>(bytes).map_err(|e| {
         tracing::error!(error = %e, "undecodable shard log entry in a tiered segment");
         StrataError::internal("a stored log entry could not be decoded")
     })

@@ -12,7 +12,9 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::WalError;
-use crate::format::{CHECKED_FILE_BODY_BYTES_MAX, decode_checked_file, encode_checked_file};
+use bytes::Bytes;
+
+use crate::format::{CHECKED_FILE_BODY_BYTES_MAX, decode_checked_file, encode_checked_file, versioned_payload};
 
 /// Suffix of the temporary file written next to the target before the rename.
 const TMP_SUFFIX: &str = ".tmp";
@@ -74,7 +76,9 @@ fn replace_file(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
 }
 
 /// Reads a file written by [`write_file_checked`] and returns its body, or `None` if the
-/// file does not exist.
+/// file does not exist. The body of a file written before bodies carried their own format
+/// version comes with [`LEGACY_PAYLOAD_VERSION`](crate::format::LEGACY_PAYLOAD_VERSION) in front
+/// (see the payload versions in [`crate::format`]).
 ///
 /// Errors: [`WalError::CorruptMetadataFile`] if the file is torn, damaged or not such a file;
 /// [`WalError::Io`] on read errors.
@@ -85,7 +89,7 @@ pub fn read_file_checked(path: &Path) -> Result<Option<Vec<u8>>, WalError> {
         Err(err) => return Err(WalError::io("read", path, err)),
     };
     match decode_checked_file(&bytes) {
-        Ok(body) => Ok(Some(body.to_vec())),
+        Ok((version, body)) => Ok(Some(versioned_payload(version, Bytes::copy_from_slice(body)).to_vec())),
         Err(reason) => Err(WalError::CorruptMetadataFile { path: path.to_path_buf(), reason }),
     }
 }

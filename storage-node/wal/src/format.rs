@@ -3,7 +3,16 @@
 //! This module owns every byte-layout constant and the pure encode/decode functions; nothing
 //! here does I/O. Any change to the layout must bump [`RECORD_FORMAT_VERSION`] (records),
 //! [`SEGMENT_MAGIC`] (segment header) or [`CHECKED_FILE_VERSION`] (metadata files), and will
-//! show up in the exact-bytes snapshot tests below.
+//! show up in the exact-bytes snapshot tests below. Every version ever written stays readable.
+//!
+//! # Payload versions
+//!
+//! Record frames and checked files of version 2 (written since on-disk formats carry versions,
+//! see `docs/formats.md`) have the same layout as version 1; they differ in what the payload
+//! holds: a version-2 payload starts with its own format version byte, chosen by its writer and
+//! never 0. Version-1 payloads were written before that rule and carry no version; readers get
+//! them with [`LEGACY_PAYLOAD_VERSION`] (0) put in front ([`versioned_payload`]), so every
+//! payload handed out starts with its format version.
 //!
 //! # Segment file
 //!
@@ -22,7 +31,7 @@
 //!
 //! ```text
 //! offset  size  field
-//! 0       1     version          u8, = RECORD_FORMAT_VERSION (1)
+//! 0       1     version          u8, = RECORD_FORMAT_VERSION (2; 1 is read too)
 //! 1       1     flags            u8, = 0 (reserved for future use; non-zero is rejected)
 //! 2       2     reserved         u16 LE, = 0 (non-zero is rejected)
 //! 4       4     payload_len      u32 LE, <= RECORD_PAYLOAD_BYTES_MAX
@@ -41,7 +50,7 @@
 //!
 //! ```text
 //! offset  size  field
-//! 0       1     version          u8, = CHECKED_FILE_VERSION (1)
+//! 0       1     version          u8, = CHECKED_FILE_VERSION (2; 1 is read too)
 //! 1       4     body_len         u32 LE, <= CHECKED_FILE_BODY_BYTES_MAX
 //! 5       n     body             body_len bytes
 //! 5+n     4     crc              u32 LE: crc32c of bytes 0..5+n
@@ -63,7 +72,15 @@ pub const SEGMENT_FILE_EXTENSION: &str = "wal";
 pub const SEGMENT_FILE_INDEX_DIGITS: usize = 20;
 
 /// Version byte of every record frame written by this code.
-pub const RECORD_FORMAT_VERSION: u8 = 1;
+pub const RECORD_FORMAT_VERSION: u8 = 2;
+
+/// Version byte of record frames (and checked files) written before payloads carried their own
+/// format version; still read.
+pub const LEGACY_FRAME_VERSION: u8 = 1;
+
+/// The format version a reader sees in front of a payload from a [`LEGACY_FRAME_VERSION`] frame
+/// (it equals `strata_common::format::LEGACY_FORMAT_VERSION`).
+pub const LEGACY_PAYLOAD_VERSION: u8 = 0;
 
 /// Size of a record frame header: version (1) + flags (1) + reserved (2) + payload_len (4) +
 /// index (8) + crc (4).
@@ -74,8 +91,8 @@ pub const RECORD_HEADER_BYTES: usize = 20;
 /// bounding what a corrupt length field can make a reader allocate.
 pub const RECORD_PAYLOAD_BYTES_MAX: usize = 16 * 1024 * 1024;
 
-/// Version byte of checked metadata files.
-pub const CHECKED_FILE_VERSION: u8 = 1;
+/// Version byte of checked metadata files written by this code.
+pub const CHECKED_FILE_VERSION: u8 = 2;
 
 /// Size of the checked-file prefix: version (1) + body_len (4).
 pub const CHECKED_FILE_PREFIX_BYTES: usize = 5;
@@ -247,6 +264,8 @@ pub fn encode_record(index: u64, payload: &[u8]) -> Vec<u8> {
 /// A record frame decoded in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodedRecord<'a> {
+    /// The frame's version ([`RECORD_FORMAT_VERSION`] or [`LEGACY_FRAME_VERSION`]).
+    pub version: u8,
     /// The record's log index.
     pub index: u64,
     /// The payload, borrowed from the input.
@@ -255,13 +274,32 @@ pub struct DecodedRecord<'a> {
     pub frame_len: usize,
 }
 
+/// Whether `version` is a record frame (or checked file) version this code reads.
+pub fn is_readable_frame_version(version: u8) -> bool {
+    version == RECORD_FORMAT_VERSION || version == LEGACY_FRAME_VERSION
+}
+
+/// The payload of a frame of `frame_version` as readers get it: starting with its format
+/// version. A legacy frame's payload is copied behind [`LEGACY_PAYLOAD_VERSION`]; any other is
+/// returned as it is.
+pub fn versioned_payload(frame_version: u8, payload: bytes::Bytes) -> bytes::Bytes {
+    if frame_version == LEGACY_FRAME_VERSION {
+        let mut prefixed = Vec::with_capacity(payload.len() + 1);
+        prefixed.push(LEGACY_PAYLOAD_VERSION);
+        prefixed.extend_from_slice(&payload);
+        bytes::Bytes::from(prefixed)
+    } else {
+        payload
+    }
+}
+
 /// Validates only the fixed header fields of a record frame at the start of `bytes`
-/// (everything except the crc), returning `(payload_len, index)`.
-fn check_record_header(bytes: &[u8]) -> Result<(usize, u64), FrameError> {
+/// (everything except the crc), returning `(version, payload_len, index)`.
+fn check_record_header(bytes: &[u8]) -> Result<(u8, usize, u64), FrameError> {
     let header = bytes
         .get(..RECORD_HEADER_BYTES)
         .ok_or(FrameError::TruncatedHeader { needed: RECORD_HEADER_BYTES, available: bytes.len() })?;
-    if header[0] != RECORD_FORMAT_VERSION {
+    if !is_readable_frame_version(header[0]) {
         return Err(FrameError::BadVersion { found: header[0] });
     }
     if header[1] != 0 {
@@ -280,13 +318,13 @@ fn check_record_header(bytes: &[u8]) -> Result<(usize, u64), FrameError> {
             max_bytes: RECORD_PAYLOAD_BYTES_MAX as u64,
         });
     }
-    Ok((payload_len_usize, read_u64(header, 8)))
+    Ok((header[0], payload_len_usize, read_u64(header, 8)))
 }
 
 /// Decodes the record frame at the start of `bytes`, validating version, flags, reserved
 /// field, length bound and crc. Bytes after the frame are ignored (see `frame_len`).
 pub fn decode_record(bytes: &[u8]) -> Result<DecodedRecord<'_>, FrameError> {
-    let (payload_len, index) = check_record_header(bytes)?;
+    let (version, payload_len, index) = check_record_header(bytes)?;
     let frame_len = record_frame_len(payload_len);
     let frame =
         bytes.get(..frame_len).ok_or(FrameError::TruncatedPayload { needed: frame_len, available: bytes.len() })?;
@@ -296,7 +334,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<DecodedRecord<'_>, FrameError> {
     if stored != computed {
         return Err(FrameError::CrcMismatch { stored, computed });
     }
-    Ok(DecodedRecord { index, payload, frame_len })
+    Ok(DecodedRecord { version, index, payload, frame_len })
 }
 
 /// Encodes a checked metadata file (see the module docs). The caller must have checked
@@ -313,12 +351,12 @@ pub fn encode_checked_file(body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Decodes a whole checked metadata file, returning its body.
-pub fn decode_checked_file(bytes: &[u8]) -> Result<&[u8], FrameError> {
+/// Decodes a whole checked metadata file, returning its version and body.
+pub fn decode_checked_file(bytes: &[u8]) -> Result<(u8, &[u8]), FrameError> {
     let prefix = bytes
         .get(..CHECKED_FILE_PREFIX_BYTES)
         .ok_or(FrameError::TruncatedHeader { needed: CHECKED_FILE_PREFIX_BYTES, available: bytes.len() })?;
-    if prefix[0] != CHECKED_FILE_VERSION {
+    if !is_readable_frame_version(prefix[0]) {
         return Err(FrameError::BadVersion { found: prefix[0] });
     }
     let body_len = read_u32(prefix, 1);
@@ -342,7 +380,7 @@ pub fn decode_checked_file(bytes: &[u8]) -> Result<&[u8], FrameError> {
     if stored != computed {
         return Err(FrameError::CrcMismatch { stored, computed });
     }
-    Ok(&bytes[CHECKED_FILE_PREFIX_BYTES..body_end])
+    Ok((prefix[0], &bytes[CHECKED_FILE_PREFIX_BYTES..body_end]))
 }
 
 /// Reads a little-endian u32 at `at`; the caller guarantees `bytes.len() >= at + 4`.
@@ -362,6 +400,7 @@ fn read_u64(bytes: &[u8], at: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use proptest::prelude::*;
 
     #[test]
@@ -370,15 +409,37 @@ mod tests {
         assert_eq!(crc32c::crc32c(b"123456789"), 0xE306_9283);
         let encoded = encode_record(0x0102_0304_0506_0708, b"hello");
         let expected: Vec<u8> = vec![
-            0x01, // version
+            0x02, // version
             0x00, // flags
             0x00, 0x00, // reserved
             0x05, 0x00, 0x00, 0x00, // payload_len = 5
             0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01, // index
-            0xFA, 0x40, 0x76, 0x83, // crc32c(bytes 0..16 ++ payload) = 0x837640FA, computed independently
+            0xCD, 0xC6, 0x68, 0x94, // crc32c(bytes 0..16 ++ payload) = 0x9468C6CD, computed independently
             b'h', b'e', b'l', b'l', b'o',
         ];
         assert_eq!(encoded, expected);
+        let decoded = decode_record(&encoded).unwrap();
+        assert_eq!(decoded.version, RECORD_FORMAT_VERSION);
+        assert_eq!(versioned_payload(decoded.version, Bytes::copy_from_slice(decoded.payload)), &b"hello"[..]);
+    }
+
+    /// A frame written before payloads carried versions (frame version 1) still decodes, and its
+    /// payload is handed out behind the legacy version 0.
+    #[test]
+    fn legacy_record_frame_still_decodes() {
+        let legacy: Vec<u8> = vec![
+            0x01, 0x00, 0x00, 0x00, 0x05, 0x00, 0x00, 0x00, 0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01, 0xFA, 0x40,
+            0x76, 0x83, b'h', b'e', b'l', b'l', b'o',
+        ];
+        let decoded = decode_record(&legacy).unwrap();
+        assert_eq!(
+            (decoded.version, decoded.index, decoded.payload),
+            (LEGACY_FRAME_VERSION, 0x0102_0304_0506_0708, &b"hello"[..])
+        );
+        assert_eq!(versioned_payload(decoded.version, Bytes::copy_from_slice(decoded.payload)), &b"\0hello"[..]);
+        let mut unknown = legacy.clone();
+        unknown[0] = 3;
+        assert_eq!(decode_record(&unknown), Err(FrameError::BadVersion { found: 3 }));
     }
 
     #[test]
@@ -456,7 +517,7 @@ mod tests {
     #[test]
     fn checked_file_detects_truncation_and_flips() {
         let encoded = encode_checked_file(b"vote:term=3");
-        assert_eq!(decode_checked_file(&encoded), Ok(&b"vote:term=3"[..]));
+        assert_eq!(decode_checked_file(&encoded), Ok((CHECKED_FILE_VERSION, &b"vote:term=3"[..])));
         for len in 0..encoded.len() {
             assert!(decode_checked_file(&encoded[..len]).is_err(), "{len}");
         }
@@ -490,7 +551,7 @@ mod tests {
         #[test]
         fn checked_file_round_trip(body in proptest::collection::vec(any::<u8>(), 0..512)) {
             let encoded = encode_checked_file(&body);
-            prop_assert_eq!(decode_checked_file(&encoded), Ok(&body[..]));
+            prop_assert_eq!(decode_checked_file(&encoded), Ok((CHECKED_FILE_VERSION, &body[..])));
         }
     }
 }

@@ -18,6 +18,7 @@ use openraft::{Config, LogIdOptionExt, Raft, RaftTypeConfig, ServerState};
 use openraft::alias::{LogIdOf, VoteOf};
 
 use crate::WalOptions;
+use crate::persisted::PersistedRaftTypes;
 use crate::raft_state::{EntryCommand, ReplicatedState, SharedState, StateMachineStore};
 use crate::raft_store::{SegmentRetention, WalLogStore};
 use crate::single_voter::SingleVoterNetwork;
@@ -28,7 +29,7 @@ const GROUP_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A running Raft group and handles to its parts.
 pub struct RaftGroup<C: RaftTypeConfig, S: ReplicatedState>
 where
-    C: RaftTypeConfig<D = S::Command, R = S::Response>,
+    C: PersistedRaftTypes + RaftTypeConfig<D = S::Command, R = S::Response>,
     C::Entry: EntryCommand<S::Command>,
 {
     pub raft: Raft<C, StateMachineStore<C, S>>,
@@ -43,7 +44,7 @@ const HAND_OFF_WAIT: Duration = Duration::from_secs(2);
 
 impl<C, S> RaftGroup<C, S>
 where
-    C: RaftTypeConfig<D = S::Command, R = S::Response>,
+    C: PersistedRaftTypes + RaftTypeConfig<D = S::Command, R = S::Response>,
     C::Entry: EntryCommand<S::Command>,
     S: ReplicatedState,
 {
@@ -72,7 +73,7 @@ where
             .flatten()
             .filter(|(id, _)| **id != metrics.id && voters.contains(id) && answering(id))
             .max_by_key(|(_, matched)| matched.index())
-            .map(|(id, _)| id.clone());
+            .map(|(id, _)| *id);
         let Some(successor) = successor else { return false };
         if let Err(e) = self.raft.trigger().transfer_leader(successor).await {
             tracing::warn!(error = %e, "handing off leadership failed");
@@ -105,11 +106,11 @@ pub async fn open_single_voter<C, S>(
     retention: SegmentRetention,
 ) -> io::Result<RaftGroup<C, S>>
 where
-    C: RaftTypeConfig<D = S::Command, R = S::Response>,
+    C: PersistedRaftTypes + RaftTypeConfig<D = S::Command, R = S::Response>,
     C::Entry: EntryCommand<S::Command> + Clone,
     S: ReplicatedState,
 {
-    let members = BTreeMap::from([(node_id.clone(), node)]);
+    let members = BTreeMap::from([(node_id, node)]);
     let group = open_group(dir, node_id, config, wal_options, retention, SingleVoterNetwork, Some(members)).await?;
     group
         .raft
@@ -136,7 +137,7 @@ pub fn seed_group<C, S>(
     vote_after: impl FnOnce(&LogIdOf<C>) -> VoteOf<C>,
 ) -> io::Result<LogIdOf<C>>
 where
-    C: RaftTypeConfig,
+    C: PersistedRaftTypes,
     S: ReplicatedState,
 {
     let voters = members.keys().cloned().collect::<BTreeSet<_>>();
@@ -161,7 +162,7 @@ pub async fn open_group<C, S, N>(
     initial_members: Option<BTreeMap<C::NodeId, C::Node>>,
 ) -> io::Result<RaftGroup<C, S>>
 where
-    C: RaftTypeConfig<D = S::Command, R = S::Response>,
+    C: PersistedRaftTypes + RaftTypeConfig<D = S::Command, R = S::Response>,
     C::Entry: EntryCommand<S::Command> + Clone,
     S: ReplicatedState,
     N: RaftNetworkFactory<C>,

@@ -25,6 +25,7 @@ mod wal;
 
 // The Raft layer on top of the WAL (openraft log store, generic state machine, group wiring).
 pub mod group;
+pub mod persisted;
 pub mod raft_state;
 pub mod raft_store;
 pub mod requests;

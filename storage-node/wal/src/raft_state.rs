@@ -5,7 +5,7 @@
 //! needs around them: the last applied log id, the last membership, snapshots, and a way for
 //! the rest of the process to read the state and to wait until an index has been applied.
 //!
-//! Snapshots are the whole state, postcard-encoded, in one checked file written atomically
+//! Snapshots are the whole state in its persisted form, in one checked file written atomically
 //! (`snapshot`) in the store directory. At start-up the state is loaded from that file and
 //! openraft re-applies the log after it. A snapshot never holds message bodies: those stay in
 //! the log and its tiered segments.
@@ -27,18 +27,18 @@ use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, RaftTypeConfig, SnapshotMeta};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use strata_common::format::{LEGACY_FORMAT_VERSION, Persisted, postcard_into};
 use tokio::sync::watch;
 
+use crate::persisted::{LogIdV1, PersistedRaftTypes, StoredMembershipV1};
 use crate::write_file_atomic;
 
 const SNAPSHOT_FILE: &str = "snapshot";
 
 /// A deterministic state replicated through Raft.
-pub trait ReplicatedState: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
+pub trait ReplicatedState: Default + Persisted + Send + Sync + 'static {
     /// The command carried in a normal log entry.
-    type Command;
+    type Command: openraft::AppData + Persisted;
     /// What applying a command answers to the proposer.
     type Response;
 
@@ -114,19 +114,24 @@ struct Applied<C: RaftTypeConfig, S> {
     state: S,
 }
 
-/// Snapshot layout version, the first byte of the encoded snapshot.
-/// Layout: version u8, crc32c u32 LE of the rest, then postcard of
-/// (last applied log id, last membership, state).
-const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+/// Snapshot layout version, the first byte of the encoded snapshot. Layout: version u8, crc32c
+/// u32 LE of the rest, postcard of (last applied log id, last membership) in their persisted
+/// forms ([`LogIdV1`], [`StoredMembershipV1`]), then the state as a [`Persisted`] value (its own
+/// version byte and body). Version 2 is taken: it names a sent snapshot with side files.
+const SNAPSHOT_FORMAT_VERSION: u8 = 3;
+/// The snapshot layout from before formats were versioned: the same header, then postcard of
+/// (last applied log id, last membership, state), the state in its legacy form.
+const SNAPSHOT_FORMAT_VERSION_LEGACY: u8 = 1;
 const SNAPSHOT_HEADER_BYTES: usize = 5;
 
-fn encode_snapshot<C: RaftTypeConfig, S: Serialize>(applied: &Applied<C, S>) -> io::Result<Vec<u8>> {
-    let body = postcard::to_allocvec(&(&applied.last_applied, &applied.membership, &applied.state))
-        .map_err(io::Error::other)?;
-    let mut bytes = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + body.len());
-    bytes.push(SNAPSHOT_FORMAT_VERSION);
-    bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-    bytes.extend_from_slice(&body);
+fn encode_snapshot<C: PersistedRaftTypes, S: Persisted>(applied: &Applied<C, S>) -> io::Result<Vec<u8>> {
+    let mut bytes = vec![SNAPSHOT_FORMAT_VERSION, 0, 0, 0, 0];
+    let raft = (applied.last_applied.as_ref().map(LogIdV1::from), StoredMembershipV1::from(&applied.membership));
+    postcard_into(&raft, &mut bytes)?;
+    bytes.push(S::FORMAT_VERSION);
+    applied.state.encode_body(&mut bytes)?;
+    let crc = crc32c::crc32c(&bytes[SNAPSHOT_HEADER_BYTES..]);
+    bytes[1..SNAPSHOT_HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
     Ok(bytes)
 }
 
@@ -134,21 +139,27 @@ fn invalid(message: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.into())
 }
 
-fn decode_snapshot<C: RaftTypeConfig, S: DeserializeOwned>(bytes: &[u8]) -> io::Result<Applied<C, S>> {
+fn decode_snapshot<C: PersistedRaftTypes, S: Persisted>(bytes: &[u8]) -> io::Result<Applied<C, S>> {
     if bytes.len() < SNAPSHOT_HEADER_BYTES {
         return Err(invalid("snapshot is truncated"));
     }
-    if bytes[0] != SNAPSHOT_FORMAT_VERSION {
-        return Err(invalid(format!("snapshot format version {} is not supported", bytes[0])));
+    let version = bytes[0];
+    if version != SNAPSHOT_FORMAT_VERSION && version != SNAPSHOT_FORMAT_VERSION_LEGACY {
+        return Err(invalid(format!("snapshot format version {version} is not supported")));
     }
     let crc = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
     let body = &bytes[SNAPSHOT_HEADER_BYTES..];
     if crc32c::crc32c(body) != crc {
         return Err(invalid("snapshot checksum mismatch"));
     }
-    let (last_applied, membership, state): (Option<LogIdOf<C>>, StoredMembershipOf<C>, S) =
-        postcard::from_bytes(body).map_err(|e| invalid(e.to_string()))?;
-    Ok(Applied { last_applied, membership, state })
+    let ((last_applied, membership), rest): ((Option<LogIdV1>, StoredMembershipV1), &[u8]) =
+        postcard::take_from_bytes(body).map_err(|e| invalid(format!("snapshot header: {e}")))?;
+    let state = if version == SNAPSHOT_FORMAT_VERSION_LEGACY {
+        S::decode_body(LEGACY_FORMAT_VERSION, rest)?
+    } else {
+        S::decode_versioned(rest)?
+    };
+    Ok(Applied { last_applied: last_applied.map(Into::into), membership: membership.try_into()?, state })
 }
 
 /// A snapshot as sent to another replica, when it carries side files: version u8 (2), CRC32C u32
@@ -196,7 +207,7 @@ fn decode_transfer(bytes: &[u8]) -> io::Result<(&[u8], &[u8])> {
 /// answers the snapshot's last log id. `before_store` runs with that log id before anything is
 /// written here (the group seeds its vote there). Its side files are written too. A store opened
 /// on the directory starts from it (openraft treats the log as purged up to it).
-pub fn seed_snapshot<C: RaftTypeConfig, S: ReplicatedState>(
+pub fn seed_snapshot<C: PersistedRaftTypes, S: ReplicatedState>(
     dir: &Path,
     snapshot: &[u8],
     membership: openraft::Membership<C::NodeId, C::Node>,
@@ -210,9 +221,9 @@ pub fn seed_snapshot<C: RaftTypeConfig, S: ReplicatedState>(
     }
     let (stored, side_files) = decode_transfer(snapshot)?;
     let mut applied: Applied<C, S> = decode_snapshot(stored)?;
-    let last = applied.last_applied.clone().ok_or_else(|| invalid("the snapshot is empty"))?;
+    let last = applied.last_applied.ok_or_else(|| invalid("the snapshot is empty"))?;
     before_store(&last)?;
-    applied.membership = StoredMembershipOf::<C>::new(Some(last.clone()), membership);
+    applied.membership = StoredMembershipOf::<C>::new(Some(last), membership);
     std::fs::create_dir_all(dir)?;
     S::import_side_files(dir, side_files)?;
     write_file_atomic(&dir.join(SNAPSHOT_FILE), &encode_snapshot(&applied)?)?;
@@ -265,7 +276,7 @@ impl<C: RaftTypeConfig, S> Clone for StateMachineStore<C, S> {
     }
 }
 
-impl<C: RaftTypeConfig, S: ReplicatedState> StateMachineStore<C, S> {
+impl<C: PersistedRaftTypes, S: ReplicatedState> StateMachineStore<C, S> {
     /// Opens the store in `dir`, loading the last snapshot if there is one.
     pub fn open(dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
@@ -277,10 +288,8 @@ impl<C: RaftTypeConfig, S: ReplicatedState> StateMachineStore<C, S> {
         let (mut applied, snapshot) = match stored {
             Some(bytes) => {
                 let applied: Applied<C, S> = decode_snapshot(&bytes)?;
-                let meta = SnapshotMeta {
-                    last_log_id: applied.last_applied.clone(),
-                    last_membership: applied.membership.clone(),
-                };
+                let meta =
+                    SnapshotMeta { last_log_id: applied.last_applied, last_membership: applied.membership.clone() };
                 (applied, Some((meta, bytes)))
             }
             None => (
@@ -310,8 +319,7 @@ impl<C: RaftTypeConfig, S: ReplicatedState> StateMachineStore<C, S> {
         let applied = self.shared.applied.read();
         applied.state.sync_side_files()?;
         let bytes = encode_snapshot(&applied)?;
-        let meta =
-            SnapshotMeta { last_log_id: applied.last_applied.clone(), last_membership: applied.membership.clone() };
+        let meta = SnapshotMeta { last_log_id: applied.last_applied, last_membership: applied.membership.clone() };
         Ok((meta, bytes))
     }
 
@@ -330,7 +338,7 @@ impl<C: RaftTypeConfig, S: ReplicatedState> StateMachineStore<C, S> {
 
 impl<C, S> RaftSnapshotBuilder<C> for StateMachineStore<C, S>
 where
-    C: RaftTypeConfig<D = S::Command, R = S::Response>,
+    C: PersistedRaftTypes + RaftTypeConfig<D = S::Command, R = S::Response>,
     S: ReplicatedState,
 {
     type SnapshotData = Vec<u8>;
@@ -369,7 +377,7 @@ where
 
 impl<C, S> RaftStateMachine<C> for StateMachineStore<C, S>
 where
-    C: RaftTypeConfig<D = S::Command, R = S::Response>,
+    C: PersistedRaftTypes + RaftTypeConfig<D = S::Command, R = S::Response>,
     C::Entry: EntryCommand<S::Command>,
     S: ReplicatedState,
 {
@@ -378,7 +386,7 @@ where
 
     async fn applied_state(&mut self) -> Result<(Option<LogIdOf<C>>, StoredMembershipOf<C>), io::Error> {
         let applied = self.shared.applied.read();
-        Ok((applied.last_applied.clone(), applied.membership.clone()))
+        Ok((applied.last_applied, applied.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -398,7 +406,7 @@ where
                     None => S::noop_response(),
                 };
                 if let Some(membership) = membership {
-                    applied.membership = StoredMembershipOf::<C>::new(Some(log_id.clone()), membership);
+                    applied.membership = StoredMembershipOf::<C>::new(Some(log_id), membership);
                 }
                 applied.last_applied = Some(log_id);
                 response

@@ -1,7 +1,8 @@
 //! The openraft log store on top of the WAL.
 //!
 //! [`WalLogStore`] is the Raft log of every shard and of the metadata quorum. Entries are
-//! postcard-encoded into WAL records whose index is the Raft log index, so the WAL's guarantees
+//! encoded in their persisted form ([`crate::persisted`]) into WAL records whose index is the
+//! Raft log index, so the WAL's guarantees
 //! carry over: an append is readable when `append` returns and durable when openraft's
 //! [`IOFlushed`] callback fires, which happens only after the group-commit `fdatasync` that
 //! covers it.
@@ -26,16 +27,14 @@ use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::persisted::{LogIdV1, PersistedRaftTypes, VoteV1, decode_entry, decode_fact, encode_entry, encode_fact};
+use crate::{Wal, WalError, WalOptions, read_file_checked, write_file_checked};
 use bytes::Bytes;
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader, RaftTypeConfig};
 use parking_lot::Mutex;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
-use crate::{Wal, WalError, WalOptions, read_file_checked, write_file_checked};
 
 const VOTE_FILE: &str = "raft-vote";
 const COMMITTED_FILE: &str = "raft-committed";
@@ -141,17 +140,16 @@ fn to_io(e: WalError) -> io::Error {
     io::Error::other(e)
 }
 
-fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
-    postcard::to_allocvec(value).map_err(io::Error::other)
-}
-
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
-    postcard::from_bytes(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
-fn load_fact<T: DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
+fn load_vote<C: PersistedRaftTypes>(path: &Path) -> io::Result<Option<VoteOf<C>>> {
     match read_file_checked(path).map_err(to_io)? {
-        Some(bytes) => decode(&bytes).map(Some),
+        Some(bytes) => Ok(Some(decode_fact::<VoteV1>(&bytes)?.into())),
+        None => Ok(None),
+    }
+}
+
+fn load_log_id<C: PersistedRaftTypes>(path: &Path) -> io::Result<Option<LogIdOf<C>>> {
+    match read_file_checked(path).map_err(to_io)? {
+        Some(bytes) => Ok(Some(decode_fact::<LogIdV1>(&bytes)?.into())),
         None => Ok(None),
     }
 }
@@ -159,20 +157,20 @@ fn load_fact<T: DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
 /// Records `vote` in a log store directory whose log is empty: for a group seeded from a
 /// snapshot taken elsewhere, whose first election must be in a later term than every entry the
 /// snapshot covers.
-pub fn seed_vote<C: RaftTypeConfig>(dir: &Path, vote: &VoteOf<C>) -> io::Result<()> {
+pub fn seed_vote<C: PersistedRaftTypes>(dir: &Path, vote: &VoteOf<C>) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    write_file_checked(&dir.join(VOTE_FILE), &encode(vote)?, true)
+    write_file_checked(&dir.join(VOTE_FILE), &encode_fact(&VoteV1::from(vote))?, true)
 }
 
-impl<C: RaftTypeConfig> WalLogStore<C> {
+impl<C: PersistedRaftTypes> WalLogStore<C> {
     /// Opens (or creates) the store in `dir`, recovering the WAL. Recovery treats a log that
     /// ends below the persisted committed index as corruption.
     pub fn open(dir: &Path, options: WalOptions, retention: SegmentRetention) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let vote: Option<VoteOf<C>> = load_fact(&dir.join(VOTE_FILE))?;
-        let last_purged: Option<LogIdOf<C>> = load_fact(&dir.join(PURGED_FILE))?;
+        let vote = load_vote::<C>(&dir.join(VOTE_FILE))?;
+        let last_purged = load_log_id::<C>(&dir.join(PURGED_FILE))?;
         // A torn committed file is tolerated: it is only a hint (see the module doc).
-        let committed: Option<LogIdOf<C>> = match load_fact(&dir.join(COMMITTED_FILE)) {
+        let committed = match load_log_id::<C>(&dir.join(COMMITTED_FILE)) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "ignoring unreadable committed-index hint");
@@ -220,7 +218,7 @@ impl<C: RaftTypeConfig> WalLogStore<C> {
             return Ok(hit.pop());
         }
         match self.inner.wal.read(index).map_err(to_io)? {
-            Some(bytes) => decode(&bytes).map(Some),
+            Some(bytes) => decode_entry::<C>(&bytes).map(Some),
             None => Ok(None),
         }
     }
@@ -253,11 +251,11 @@ impl<C: RaftTypeConfig> WalLogStore<C> {
             return Ok(hit);
         }
         let records = self.inner.wal.read_range(start, end_exclusive).map_err(to_io)?;
-        records.iter().map(|(_, bytes)| decode(bytes)).collect()
+        records.iter().map(|(_, bytes)| decode_entry::<C>(bytes)).collect()
     }
 }
 
-impl<C: RaftTypeConfig> RaftLogReader<C> for WalLogStore<C>
+impl<C: PersistedRaftTypes> RaftLogReader<C> for WalLogStore<C>
 where
     EntryOf<C>: Clone,
 {
@@ -269,25 +267,25 @@ where
     }
 
     async fn read_vote(&mut self) -> Result<Option<VoteOf<C>>, io::Error> {
-        Ok(self.inner.facts.lock().vote.clone())
+        Ok(self.inner.facts.lock().vote)
     }
 }
 
-impl<C: RaftTypeConfig> RaftLogStorage<C> for WalLogStore<C>
+impl<C: PersistedRaftTypes> RaftLogStorage<C> for WalLogStore<C>
 where
     EntryOf<C>: Clone,
 {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
-        let last_purged_log_id = self.inner.facts.lock().last_purged.clone();
+        let last_purged_log_id = self.inner.facts.lock().last_purged;
         let last_in_wal = match self.inner.wal.last_index() {
             Some(index) if Some(index) > last_purged_log_id.as_ref().map(|l| l.index()) => {
                 self.read_entry(index)?.map(|e| e.log_id())
             }
             _ => None,
         };
-        let last_log_id = last_in_wal.or_else(|| last_purged_log_id.clone());
+        let last_log_id = last_in_wal.or(last_purged_log_id);
         Ok(LogState { last_purged_log_id, last_log_id })
     }
 
@@ -296,8 +294,8 @@ where
     }
 
     async fn save_vote(&mut self, vote: &VoteOf<C>) -> Result<(), io::Error> {
-        write_file_checked(&self.inner.dir.join(VOTE_FILE), &encode(vote)?, true)?;
-        self.inner.facts.lock().vote = Some(vote.clone());
+        write_file_checked(&self.inner.dir.join(VOTE_FILE), &encode_fact(&VoteV1::from(vote))?, true)?;
+        self.inner.facts.lock().vote = Some(*vote);
         Ok(())
     }
 
@@ -305,7 +303,7 @@ where
         let index = committed.as_ref().map(|c| c.index());
         let persist = {
             let mut facts = self.inner.facts.lock();
-            facts.committed = committed.clone();
+            facts.committed = committed;
             let due = match (index, facts.committed_persisted_index) {
                 (Some(now), Some(before)) => now >= before + COMMITTED_PERSIST_EVERY_ENTRIES,
                 (Some(_), None) => true,
@@ -317,7 +315,7 @@ where
             due
         };
         if persist && let Some(committed) = committed {
-            write_file_checked(&self.inner.dir.join(COMMITTED_FILE), &encode(&committed)?, false)?;
+            write_file_checked(&self.inner.dir.join(COMMITTED_FILE), &encode_fact(&LogIdV1::from(&committed))?, false)?;
         }
         Ok(())
     }
@@ -329,9 +327,9 @@ where
         let committed_index = facts.committed.as_ref().map(|c| c.index());
         let purged_index = facts.last_purged.as_ref().map(|p| p.index());
         Ok(if committed_index.is_some() && purged_index > committed_index {
-            facts.last_purged.clone()
+            facts.last_purged
         } else {
-            facts.committed.clone()
+            facts.committed
         })
     }
 
@@ -343,7 +341,7 @@ where
         let entries: Vec<EntryOf<C>> = entries.into_iter().collect();
         let records = entries
             .iter()
-            .map(|entry| Ok((entry.index(), Bytes::from(encode(entry)?))))
+            .map(|entry| Ok((entry.index(), Bytes::from(encode_entry::<C>(entry)?))))
             .collect::<io::Result<Vec<_>>>()?;
         if records.is_empty() {
             callback.io_completed(Ok(()));
@@ -370,7 +368,7 @@ where
 
     async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {
         let index = log_id.index();
-        write_file_checked(&self.inner.dir.join(PURGED_FILE), &encode(&log_id)?, true)?;
+        write_file_checked(&self.inner.dir.join(PURGED_FILE), &encode_fact(&LogIdV1::from(&log_id))?, true)?;
         self.inner.facts.lock().last_purged = Some(log_id);
         let wal = &self.inner.wal;
         if wal.last_index().is_some_and(|last| last < index) {

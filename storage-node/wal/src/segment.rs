@@ -13,7 +13,8 @@ use bytes::Bytes;
 
 use crate::error::{CorruptionReason, WalError};
 use crate::format::{
-    FrameError, RECORD_FORMAT_VERSION, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, decode_record, decode_segment_header,
+    FrameError, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, decode_record, decode_segment_header,
+    is_readable_frame_version, versioned_payload,
 };
 
 /// Where one record's whole frame (header + payload) lies within a segment's bytes.
@@ -165,7 +166,7 @@ pub(crate) fn find_later_valid_record(bytes: &[u8], invalid_offset: usize, next_
     let first_candidate = invalid_offset + 1;
     (first_candidate..=last_candidate).find_map(|offset| {
         // Cheap pre-filter; decode_record checks everything again.
-        if bytes[offset] != RECORD_FORMAT_VERSION {
+        if !is_readable_frame_version(bytes[offset]) {
             return None;
         }
         let frame = decode_record(&bytes[offset..]).ok()?;
@@ -202,7 +203,8 @@ pub fn scan_segment_bytes(bytes: &[u8]) -> Result<Vec<RecordLocation>, WalError>
 }
 
 /// Decodes exactly one record frame (e.g. the bytes of a ranged read of a
-/// [`RecordLocation`]) and returns `(index, payload)`.
+/// [`RecordLocation`]) and returns `(index, payload)`; the payload starts with its format version
+/// (see the payload versions in [`crate::format`]).
 ///
 /// Errors: [`WalError::InvalidBytes`] if the frame is invalid or `bytes` holds anything after
 /// it.
@@ -212,7 +214,7 @@ pub fn decode_record_at(bytes: &[u8]) -> Result<(u64, Bytes), WalError> {
     if frame.frame_len != bytes.len() {
         return Err(invalid(FrameError::TrailingBytes { extra: bytes.len() - frame.frame_len }));
     }
-    Ok((frame.index, Bytes::copy_from_slice(frame.payload)))
+    Ok((frame.index, versioned_payload(frame.version, Bytes::copy_from_slice(frame.payload))))
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ use crate::atomic_file::sync_dir;
 use crate::error::{CorruptionReason, WalError};
 use crate::format::{
     RECORD_PAYLOAD_BYTES_MAX, SEGMENT_HEADER_BYTES, decode_record, encode_record_into, encode_segment_header,
-    record_frame_len, segment_file_name,
+    record_frame_len, segment_file_name, versioned_payload,
 };
 use crate::recovery::{RecoveryReport, recover};
 use crate::segment::{RecordPos, Segment, SegmentInfo};
@@ -405,7 +405,8 @@ impl Shared {
                 }));
             }
             let payload_start = start + (decoded.frame_len - decoded.payload.len());
-            out.push((expected_index, buf.slice(payload_start..start + decoded.frame_len)));
+            let payload = buf.slice(payload_start..start + decoded.frame_len);
+            out.push((expected_index, versioned_payload(decoded.version, payload)));
         }
         Ok(())
     }
@@ -631,7 +632,9 @@ impl Wal {
     }
 
     /// The payload of record `index`, or `None` if it is not stored locally (removed, beyond
-    /// the last index, or truncated). Verifies the record's crc.
+    /// the last index, or truncated). Verifies the record's crc. A record written before
+    /// payloads carried their format version comes with version 0 in front (see the payload
+    /// versions in [`crate::format`]).
     ///
     /// Errors: [`WalError::Corruption`] if the stored frame is damaged; [`WalError::Io`];
     /// [`WalError::Poisoned`]; [`WalError::Closed`]. Blocking (one positioned read).

@@ -31,6 +31,18 @@ openraft::declare_raft_types!(
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Applied(Vec<String>);
 
+impl strata_common::format::Persisted for Applied {
+    const FORMAT_VERSION: u8 = 1;
+
+    fn encode_body(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        strata_common::format::postcard_into(&self.0, out)
+    }
+
+    fn decode_body(_version: u8, body: &[u8]) -> std::io::Result<Self> {
+        strata_common::format::postcard_exact(body).map(Applied)
+    }
+}
+
 impl ReplicatedState for Applied {
     type Command = String;
     type Response = u64;

@@ -1,0 +1,130 @@
+//! The rule every persisted byte follows (see `docs/formats.md`).
+//!
+//! Whatever Strata writes to disk or to the bucket is a [`Persisted`] value: a type owned by the
+//! component that writes it (never a gRPC wire struct or another crate's type), encoded as one
+//! format-version byte followed by a body whose layout that version fixes forever. Decoding
+//! dispatches on the version, and every version ever released stays decodable.
+//!
+//! Version [`LEGACY_FORMAT_VERSION`] (0) names what was written before versions existed. Those
+//! bytes carry no version of their own; their container tells them apart (a WAL record frame of
+//! version 1, a checked file of version 1, a snapshot file of version 1) and hands them to
+//! [`Persisted::decode_body`] with version 0. Every body of version 0 has the layout of version 1.
+//!
+//! Bodies are postcard (compact, not self-describing): a version's layout is the postcard
+//! encoding of a frozen set of Rust types. Changing any of them, even adding a field, is a new
+//! version; the golden fixtures under `tests/fixtures/formats/` fail when an encoding changes
+//! without one.
+
+use std::io;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The format version of bytes written before formats were versioned.
+pub const LEGACY_FORMAT_VERSION: u8 = 0;
+
+/// A value with a versioned persisted form.
+pub trait Persisted: Sized {
+    /// The newest version this release writes and reads.
+    const FORMAT_VERSION: u8;
+
+    /// Appends the body of `self` in [`Persisted::FORMAT_VERSION`] (without the version byte).
+    fn encode_body(&self, out: &mut Vec<u8>) -> io::Result<()>;
+
+    /// Decodes a body written in `version` ([`LEGACY_FORMAT_VERSION`] for bytes from before
+    /// versions). Errors: `InvalidData` for an unknown version or a damaged body.
+    fn decode_body(version: u8, body: &[u8]) -> io::Result<Self>;
+
+    /// The version byte followed by the body.
+    fn encode_versioned(&self) -> io::Result<Vec<u8>> {
+        let mut out = vec![Self::FORMAT_VERSION];
+        self.encode_body(&mut out)?;
+        Ok(out)
+    }
+
+    /// Decodes what [`Persisted::encode_versioned`] wrote (in any released version).
+    fn decode_versioned(bytes: &[u8]) -> io::Result<Self> {
+        let (&version, body) = bytes.split_first().ok_or_else(|| invalid_data("empty persisted value"))?;
+        Self::decode_body(version, body)
+    }
+}
+
+/// A plain string (the command type of tests of generic Raft code): version 1 is its postcard
+/// encoding.
+impl Persisted for String {
+    const FORMAT_VERSION: u8 = 1;
+
+    fn encode_body(&self, out: &mut Vec<u8>) -> io::Result<()> {
+        postcard_into(self, out)
+    }
+
+    fn decode_body(version: u8, body: &[u8]) -> io::Result<Self> {
+        match version {
+            LEGACY_FORMAT_VERSION | 1 => postcard_exact(body),
+            v => Err(unknown_version("string", v)),
+        }
+    }
+}
+
+/// Appends the postcard encoding of `value` to `out`.
+pub fn postcard_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> io::Result<()> {
+    let encoded = postcard::to_extend(value, std::mem::take(out)).map_err(io::Error::other)?;
+    *out = encoded;
+    Ok(())
+}
+
+/// Decodes a postcard body that must be exactly one `T` (trailing bytes are damage).
+pub fn postcard_exact<T: DeserializeOwned>(body: &[u8]) -> io::Result<T> {
+    let (value, rest) = postcard::take_from_bytes(body).map_err(|e| invalid_data(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(invalid_data(format!("{} bytes after the value", rest.len())));
+    }
+    Ok(value)
+}
+
+/// The error of a version this release does not know.
+pub fn unknown_version(what: &str, version: u8) -> io::Error {
+    invalid_data(format!("{what} format version {version} is unknown to this release (written by a newer one?)"))
+}
+
+/// An `InvalidData` error.
+pub fn invalid_data(message: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq)]
+    struct Pair(u32, String);
+
+    impl Persisted for Pair {
+        const FORMAT_VERSION: u8 = 1;
+
+        fn encode_body(&self, out: &mut Vec<u8>) -> io::Result<()> {
+            postcard_into(&(self.0, &self.1), out)
+        }
+
+        fn decode_body(version: u8, body: &[u8]) -> io::Result<Self> {
+            match version {
+                LEGACY_FORMAT_VERSION | 1 => postcard_exact::<(u32, String)>(body).map(|(a, b)| Pair(a, b)),
+                v => Err(unknown_version("pair", v)),
+            }
+        }
+    }
+
+    #[test]
+    fn versioned_round_trip_and_refusals() {
+        let value = Pair(300, "x".into());
+        let bytes = value.encode_versioned().unwrap();
+        assert_eq!(bytes, [1, 0xac, 0x02, 1, b'x']);
+        assert_eq!(Pair::decode_versioned(&bytes).unwrap(), value);
+        assert_eq!(Pair::decode_body(LEGACY_FORMAT_VERSION, &bytes[1..]).unwrap(), value);
+        assert!(Pair::decode_versioned(&[]).is_err());
+        assert!(Pair::decode_versioned(&[2, 0, 0]).unwrap_err().to_string().contains("unknown"));
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(Pair::decode_versioned(&trailing).is_err());
+    }
+}

@@ -1,0 +1,221 @@
+//! The persisted forms of the Raft log's own data: log entries, the vote, log ids and
+//! memberships (see `docs/formats.md`).
+//!
+//! openraft's types are not written as they are: their serde layout belongs to openraft and may
+//! change with any upgrade of it. Each has a frozen mirror here (`*V1`) with the layout openraft
+//! 0.10.0-alpha.37 gave them, which is also what was written before formats were versioned, so
+//! bytes of [`LEGACY_FORMAT_VERSION`] decode with the same types.
+//!
+//! A log entry of version 1 is: the version byte, postcard of its [`LogIdV1`], the payload kind
+//! (a postcard enum tag: 0 blank, 1 normal, 2 membership), then for a normal entry the
+//! application's command as a [`Persisted`] value (its own version byte and body), for a
+//! membership entry postcard of a [`MembershipV1`]. A legacy entry is the same without the two
+//! version bytes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+
+use openraft::impls::leader_id_adv::LeaderId;
+use openraft::impls::{BasicNode, Entry, EntryPayload, Vote};
+use openraft::{LogId, Membership, RaftTypeConfig, StoredMembership};
+use serde::{Deserialize, Serialize};
+use strata_common::format::{
+    LEGACY_FORMAT_VERSION, Persisted, invalid_data, postcard_exact, postcard_into, unknown_version,
+};
+
+/// The version of entries, votes, log ids and memberships this release writes.
+pub const RAFT_FORMAT_VERSION: u8 = 1;
+
+/// The Raft types of every Strata group (shards and the metadata quorum), whose persisted forms
+/// this module owns. Blanket-implemented: any `declare_raft_types!` config with these types is
+/// one.
+pub trait PersistedRaftTypes:
+    RaftTypeConfig<
+        D: Persisted,
+        NodeId = u64,
+        Node = BasicNode,
+        Term = u64,
+        LeaderId = LeaderId<u64, u64>,
+        Vote = Vote<LeaderId<u64, u64>>,
+        Entry = Entry<LeaderId<u64, u64>, EntryPayload<<Self as RaftTypeConfig>::D, u64, BasicNode>>,
+    >
+{
+}
+
+impl<C> PersistedRaftTypes for C where
+    C: RaftTypeConfig<
+            D: Persisted,
+            NodeId = u64,
+            Node = BasicNode,
+            Term = u64,
+            LeaderId = LeaderId<u64, u64>,
+            Vote = Vote<LeaderId<u64, u64>>,
+            Entry = Entry<LeaderId<u64, u64>, EntryPayload<<C as RaftTypeConfig>::D, u64, BasicNode>>,
+        >
+{
+}
+
+/// A leader: the term and the node elected in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderIdV1 {
+    pub term: u64,
+    pub node_id: u64,
+}
+
+/// A log entry's id: who proposed it and where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogIdV1 {
+    pub leader_id: LeaderIdV1,
+    pub index: u64,
+}
+
+/// A vote: the leader voted for, and whether a quorum granted it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoteV1 {
+    pub leader_id: LeaderIdV1,
+    pub committed: bool,
+}
+
+/// A node's address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeV1 {
+    pub addr: String,
+}
+
+/// Voter sets (two during a joint change) and every member's address (learners too).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipV1 {
+    pub configs: Vec<BTreeSet<u64>>,
+    pub nodes: BTreeMap<u64, NodeV1>,
+}
+
+/// A membership and the entry that carried it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMembershipV1 {
+    pub log_id: Option<LogIdV1>,
+    pub membership: MembershipV1,
+}
+
+/// The payload kinds of an entry (the postcard enum tags openraft's `EntryPayload` had).
+const KIND_BLANK: u8 = 0;
+const KIND_NORMAL: u8 = 1;
+const KIND_MEMBERSHIP: u8 = 2;
+
+impl From<&LogId<LeaderId<u64, u64>>> for LogIdV1 {
+    fn from(id: &LogId<LeaderId<u64, u64>>) -> Self {
+        Self { leader_id: LeaderIdV1 { term: id.leader_id.term, node_id: id.leader_id.node_id }, index: id.index }
+    }
+}
+
+impl From<LogIdV1> for LogId<LeaderId<u64, u64>> {
+    fn from(id: LogIdV1) -> Self {
+        LogId::new(LeaderId { term: id.leader_id.term, node_id: id.leader_id.node_id }, id.index)
+    }
+}
+
+impl From<&Vote<LeaderId<u64, u64>>> for VoteV1 {
+    fn from(vote: &Vote<LeaderId<u64, u64>>) -> Self {
+        Self {
+            leader_id: LeaderIdV1 { term: vote.leader_id.term, node_id: vote.leader_id.node_id },
+            committed: vote.committed,
+        }
+    }
+}
+
+impl From<VoteV1> for Vote<LeaderId<u64, u64>> {
+    fn from(vote: VoteV1) -> Self {
+        Vote {
+            leader_id: LeaderId { term: vote.leader_id.term, node_id: vote.leader_id.node_id },
+            committed: vote.committed,
+        }
+    }
+}
+
+impl From<&Membership<u64, BasicNode>> for MembershipV1 {
+    fn from(membership: &Membership<u64, BasicNode>) -> Self {
+        Self {
+            configs: membership.get_joint_config().clone(),
+            nodes: membership.nodes().map(|(id, node)| (*id, NodeV1 { addr: node.addr.clone() })).collect(),
+        }
+    }
+}
+
+impl TryFrom<MembershipV1> for Membership<u64, BasicNode> {
+    type Error = io::Error;
+
+    fn try_from(membership: MembershipV1) -> io::Result<Self> {
+        let nodes: BTreeMap<u64, BasicNode> =
+            membership.nodes.into_iter().map(|(id, node)| (id, BasicNode { addr: node.addr })).collect();
+        Membership::new(membership.configs, nodes).map_err(|e| invalid_data(format!("stored membership: {e}")))
+    }
+}
+
+impl From<&StoredMembership<LeaderId<u64, u64>, u64, BasicNode>> for StoredMembershipV1 {
+    fn from(stored: &StoredMembership<LeaderId<u64, u64>, u64, BasicNode>) -> Self {
+        Self { log_id: stored.log_id().as_ref().map(LogIdV1::from), membership: stored.membership().into() }
+    }
+}
+
+impl TryFrom<StoredMembershipV1> for StoredMembership<LeaderId<u64, u64>, u64, BasicNode> {
+    type Error = io::Error;
+
+    fn try_from(stored: StoredMembershipV1) -> io::Result<Self> {
+        Ok(StoredMembership::new(stored.log_id.map(LogId::from), stored.membership.try_into()?))
+    }
+}
+
+/// Encodes a log entry in [`RAFT_FORMAT_VERSION`] (see the module doc).
+pub fn encode_entry<C: PersistedRaftTypes>(entry: &C::Entry) -> io::Result<Vec<u8>> {
+    let mut out = vec![RAFT_FORMAT_VERSION];
+    postcard_into(&LogIdV1::from(&entry.log_id), &mut out)?;
+    match &entry.payload {
+        EntryPayload::Blank => out.push(KIND_BLANK),
+        EntryPayload::Normal(command) => {
+            out.push(KIND_NORMAL);
+            out.push(<C::D as Persisted>::FORMAT_VERSION);
+            command.encode_body(&mut out)?;
+        }
+        EntryPayload::Membership(membership) => {
+            out.push(KIND_MEMBERSHIP);
+            postcard_into(&MembershipV1::from(membership), &mut out)?;
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes a log entry from a WAL payload (which starts with its format version).
+pub fn decode_entry<C: PersistedRaftTypes>(payload: &[u8]) -> io::Result<C::Entry> {
+    let (&version, rest) = payload.split_first().ok_or_else(|| invalid_data("empty log entry"))?;
+    if version != LEGACY_FORMAT_VERSION && version != RAFT_FORMAT_VERSION {
+        return Err(unknown_version("log entry", version));
+    }
+    let (log_id, rest): (LogIdV1, &[u8]) =
+        postcard::take_from_bytes(rest).map_err(|e| invalid_data(format!("log entry id: {e}")))?;
+    let (&kind, rest) = rest.split_first().ok_or_else(|| invalid_data("log entry without a payload"))?;
+    let payload = match kind {
+        KIND_BLANK if rest.is_empty() => EntryPayload::Blank,
+        KIND_NORMAL if version == LEGACY_FORMAT_VERSION => {
+            EntryPayload::Normal(C::D::decode_body(LEGACY_FORMAT_VERSION, rest)?)
+        }
+        KIND_NORMAL => EntryPayload::Normal(C::D::decode_versioned(rest)?),
+        KIND_MEMBERSHIP => EntryPayload::Membership(postcard_exact::<MembershipV1>(rest)?.try_into()?),
+        _ => return Err(invalid_data(format!("log entry payload kind {kind} (or trailing bytes)"))),
+    };
+    Ok(Entry { log_id: log_id.into(), payload })
+}
+
+/// A small persisted Raft fact (vote, log id) with its version byte.
+pub fn encode_fact<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    let mut out = vec![RAFT_FORMAT_VERSION];
+    postcard_into(value, &mut out)?;
+    Ok(out)
+}
+
+/// Decodes what [`encode_fact`] wrote, or a legacy fact (version 0 in front).
+pub fn decode_fact<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
+    match bytes.split_first() {
+        Some((&(LEGACY_FORMAT_VERSION | RAFT_FORMAT_VERSION), body)) => postcard_exact(body),
+        Some((&version, _)) => Err(unknown_version("Raft fact", version)),
+        None => Err(invalid_data("empty Raft fact")),
+    }
+}
