@@ -11,17 +11,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".strata.v1.ReceivedMessage.body")
         .bytes(".strata.v1.RaftMessage.payload")
         .bytes(".strata.v1.ReadLogEntriesResponse.entries")
-        // The metadata catalog stores segment records and queue configs as they travel, so one
-        // type serves both.
-        .type_attribute(".strata.v1.Segment", "#[derive(serde::Serialize, serde::Deserialize)]")
-        .type_attribute(".strata.v1.QueueConfig", "#[derive(serde::Serialize, serde::Deserialize)]")
-        // Tenant limits are stored in the catalog and are the admin API's JSON too (absent: 0).
+        // Tenant limits are the admin API's JSON (absent: 0). Nothing persists a wire type: the
+        // catalog and the shards own their persisted types (docs/formats.md).
         .type_attribute(
             ".strata.v1.TenantLimits",
             "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default, deny_unknown_fields)]",
         )
-        // A metering record travels in shard log entries (postcard) and in metering batches (JSON).
-        .type_attribute(".strata.v1.MeterRecord", "#[derive(serde::Serialize, serde::Deserialize)]")
         .compile_protos(&["proto/strata.proto"], &["proto"])?;
     Ok(())
 }

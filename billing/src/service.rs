@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use strata_common::Clock;
 use strata_common::error::{ErrorKind, StrataError};
-use strata_common::metering::{METERING_QUEUE, SYSTEM_TENANT, decode_batch};
+use strata_common::metering::{METERING_QUEUE, MeterRecord, SYSTEM_TENANT, decode_batch};
 use strata_common::proto as pb;
 use strata_proxy::metering::ensure_metering_queue;
 use strata_proxy::queues;
@@ -160,8 +160,8 @@ pub async fn drain_outboxes_once(store: &BillingStore, placement: &Placement) ->
         };
         for shard in shards {
             let (first_seq, through_seq) = (shard.first_seq, shard.through_seq);
-            let counted =
-                store.record_outbox(shard.shard_id, first_seq, through_seq, &shard.records, &shard.usage).await;
+            let records: Vec<MeterRecord> = shard.records.into_iter().map(Into::into).collect();
+            let counted = store.record_outbox(shard.shard_id, first_seq, through_seq, &records, &shard.usage).await;
             // Counted already: what a failed trim leaves counts as nothing when read again.
             let trim_through = match counted {
                 Ok(_) => through_seq,

@@ -49,6 +49,27 @@ pub trait Persisted: Sized {
     }
 }
 
+/// Implements `From` both ways between two structs with the same fields, typically a persisted
+/// type and its gRPC twin. Every field is named in both directions, so a field added to either
+/// side and not to the other fails to compile instead of being dropped.
+#[macro_export]
+macro_rules! same_fields {
+    ($a:path, $b:path, { $($field:ident),* $(,)? }) => {
+        impl From<$a> for $b {
+            fn from(value: $a) -> Self {
+                let $a { $($field),* } = value;
+                $b { $($field),* }
+            }
+        }
+        impl From<$b> for $a {
+            fn from(value: $b) -> Self {
+                let $b { $($field),* } = value;
+                $a { $($field),* }
+            }
+        }
+    };
+}
+
 /// A plain string (the command type of tests of generic Raft code): version 1 is its postcard
 /// encoding.
 impl Persisted for String {
@@ -90,6 +111,62 @@ pub fn unknown_version(what: &str, version: u8) -> io::Error {
 /// An `InvalidData` error.
 pub fn invalid_data(message: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.into())
+}
+
+/// Golden fixtures: committed encodings of persisted values, which tests compare with what this
+/// release writes (test support; see `docs/formats.md`).
+pub mod golden {
+    use std::fmt::Debug;
+    use std::path::Path;
+
+    use super::{LEGACY_FORMAT_VERSION, Persisted};
+
+    /// Set (to anything) to write fixtures that do not exist yet. An existing fixture is never
+    /// rewritten: it stands for data a released version wrote.
+    pub const BLESS_ENV: &str = "STRATA_BLESS_FORMATS";
+
+    /// Compares `encoded` with the fixture `dir/file`, writing it first when it is missing and
+    /// [`BLESS_ENV`] is set. Panics when they differ: the encoding changed without a new version.
+    pub fn check_bytes(dir: &Path, file: &str, encoded: &[u8]) -> Vec<u8> {
+        let path = dir.join(file);
+        let stored = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::env::var_os(BLESS_ENV).is_some() => {
+                std::fs::create_dir_all(dir).expect("create the fixture directory");
+                std::fs::write(&path, encoded).expect("write the fixture");
+                encoded.to_vec()
+            }
+            Err(e) => panic!(
+                "no golden fixture {} ({e}): run the test with {BLESS_ENV}=1 to write it, then commit it",
+                path.display()
+            ),
+        };
+        assert!(
+            stored == encoded,
+            "the encoding behind {} changed without a new format version: add a version (docs/formats.md); \
+             never rewrite a fixture\n  fixture {stored:02x?}\n  now     {encoded:02x?}",
+            path.display()
+        );
+        stored
+    }
+
+    /// Checks `value` against its fixture `dir/{name}-v{version}.bin`: this release encodes it to
+    /// exactly those bytes, and decodes them (and, for version 1, their legacy form without the
+    /// version byte) back to the same content (compared through `Debug`, which covers types
+    /// without `PartialEq`).
+    pub fn check<T: Persisted + Debug>(dir: &Path, name: &str, value: &T) {
+        let encoded = value.encode_versioned().expect("encode");
+        let file = format!("{name}-v{}.bin", T::FORMAT_VERSION);
+        let stored = check_bytes(dir, &file, &encoded);
+        let expected = format!("{value:?}");
+        let decoded = T::decode_versioned(&stored).unwrap_or_else(|e| panic!("{file} does not decode: {e}"));
+        assert_eq!(format!("{decoded:?}"), expected, "{file} decodes to other content");
+        if T::FORMAT_VERSION == 1 {
+            let legacy = T::decode_body(LEGACY_FORMAT_VERSION, &stored[1..])
+                .unwrap_or_else(|e| panic!("{file} without its version byte does not decode as legacy: {e}"));
+            assert_eq!(format!("{legacy:?}"), expected, "{file} as legacy decodes to other content");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 /// The tenant that owns Strata's internal queues. It is reserved: no credential can name it
 /// ([`crate::names::validate_tenant`] refuses it), so no tenant can read or write its queues.
 pub const SYSTEM_TENANT: &str = "strata-system";
@@ -33,8 +35,34 @@ pub fn billable_units(payload_bytes: u64) -> u64 {
     payload_bytes.div_ceil(UNIT_PAYLOAD_BYTES).max(1)
 }
 
-/// One accepted call, as a proxy meters it (the field docs are in `proto/strata.proto`).
-pub use crate::proto::MeterRecord;
+/// One accepted call, as a proxy meters it. Persisted: in shard log entries and outboxes
+/// (postcard, inside the shard's versioned command and state formats) and in metering batches
+/// (JSON), so its fields and their order are part of those formats (see `docs/formats.md`); the
+/// gRPC `proto::MeterRecord` converts to and from it at the service boundary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeterRecord {
+    /// The call's billing key: the same on every retry of the call.
+    pub request_id: String,
+    /// From the verified credential.
+    pub tenant: String,
+    /// The tenant's own customer, from `x-strata-customer` (empty when not given).
+    pub sub_tenant: String,
+    /// The queue's name (empty for calls on no queue).
+    pub queue: String,
+    /// The API action, such as `SendMessage`.
+    pub action: String,
+    /// When the call was accepted (milliseconds since the Unix epoch).
+    pub at_ms: u64,
+    pub units: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// A receive that returned no message.
+    pub empty_receive: bool,
+}
+
+crate::same_fields!(MeterRecord, crate::proto::MeterRecord, {
+    request_id, tenant, sub_tenant, queue, action, at_ms, units, bytes_in, bytes_out, empty_receive,
+});
 
 /// Prefix of a billing key derived from the client's id for the call: every retry of the call
 /// has the same key.

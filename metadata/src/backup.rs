@@ -2,8 +2,8 @@
 //! every member's disk.
 //!
 //! The leader uploads its latest snapshot whenever it is newer than the last one it uploaded,
-//! as `metadata/snapshots/{last index:020}-{term:020}.snap` (the snapshot's metadata and bytes,
-//! postcard-encoded), and keeps the newest [`BACKUPS_KEPT`]. Keys sort by log index, so the
+//! as `metadata/snapshots/{last index:020}-{term:020}.snap` (layout in [`encode_backup`]), and
+//! keeps the newest [`BACKUPS_KEPT`]. Keys sort by log index, so the
 //! newest is the last one listed. Followers upload nothing. [`restore_newest`] seeds a new
 //! member from the newest copy when every member's disk is gone.
 
@@ -14,9 +14,12 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
-use openraft::BasicNode;
 use openraft::alias::{SnapshotMetaOf, VoteOf};
+use openraft::{BasicNode, SnapshotMeta};
+use serde::{Deserialize, Serialize};
 use strata_common::error::StrataError;
+use strata_common::format::{invalid_data, postcard_exact, postcard_into, unknown_version};
+use strata_wal::persisted::{LogIdV1, StoredMembershipV1};
 use tokio_util::sync::CancellationToken;
 
 use crate::MetaRaftConfig;
@@ -31,6 +34,58 @@ pub const BACKUPS_KEPT: usize = 3;
 
 /// A stored copy: the snapshot's metadata and its bytes (the encoded catalog).
 pub type Backup = (SnapshotMetaOf<MetaRaftConfig>, Vec<u8>);
+
+/// Format version of the copies this release writes (see `docs/formats.md`). Copies written
+/// before versions start with a postcard option tag (0 or 1), so versions start at 2.
+const BACKUP_FORMAT_VERSION: u8 = 2;
+
+/// The snapshot's metadata in a copy, in the persisted forms of openraft's types.
+#[derive(Serialize, Deserialize)]
+struct BackupHeaderV2 {
+    last_log_id: Option<LogIdV1>,
+    last_membership: StoredMembershipV1,
+    /// Always empty: openraft 0.9's snapshot id, whose slot its serde layout (what legacy copies
+    /// hold) kept.
+    reserved_snapshot_id: String,
+}
+
+/// Version 2: the version byte, postcard of a [`BackupHeaderV2`], then the snapshot's bytes (a
+/// stored snapshot, versioned itself) to the end. The legacy layout is postcard of the same header
+/// followed by the snapshot's bytes as a length-prefixed postcard byte string.
+fn encode_backup(backup: &Backup) -> std::io::Result<Vec<u8>> {
+    let (meta, snapshot) = backup;
+    let header = BackupHeaderV2 {
+        last_log_id: meta.last_log_id.as_ref().map(LogIdV1::from),
+        last_membership: (&meta.last_membership).into(),
+        reserved_snapshot_id: String::new(),
+    };
+    let mut out = vec![BACKUP_FORMAT_VERSION];
+    postcard_into(&header, &mut out)?;
+    out.extend_from_slice(snapshot);
+    Ok(out)
+}
+
+fn decode_backup(bytes: &[u8]) -> std::io::Result<Backup> {
+    let (header, snapshot) = match bytes.first() {
+        Some(&BACKUP_FORMAT_VERSION) => {
+            let (header, rest): (BackupHeaderV2, &[u8]) =
+                postcard::take_from_bytes(&bytes[1..]).map_err(|e| invalid_data(e.to_string()))?;
+            (header, rest.to_vec())
+        }
+        Some(0 | 1) => {
+            let (header, rest): (BackupHeaderV2, &[u8]) =
+                postcard::take_from_bytes(bytes).map_err(|e| invalid_data(e.to_string()))?;
+            (header, postcard_exact::<Vec<u8>>(rest)?)
+        }
+        Some(&version) => return Err(unknown_version("metadata backup", version)),
+        None => return Err(invalid_data("empty metadata backup")),
+    };
+    let meta = SnapshotMeta {
+        last_log_id: header.last_log_id.map(Into::into),
+        last_membership: header.last_membership.try_into()?,
+    };
+    Ok((meta, snapshot))
+}
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StrataError {
     tracing::warn!(error = %e, "{what}");
@@ -50,7 +105,7 @@ pub async fn backup_once(node: &MetadataNode, store: &dyn ObjectStore) -> Result
     if keys.contains(&key) {
         return Ok(None);
     }
-    let bytes = postcard::to_allocvec(&(snapshot.meta, snapshot.snapshot))
+    let bytes = encode_backup(&(snapshot.meta, snapshot.snapshot))
         .map_err(|e| StrataError::internal(format!("encoding a metadata backup: {e}")))?;
     store
         .put(&ObjectPath::from(key.as_str()), bytes.into())
@@ -83,7 +138,7 @@ pub async fn read(store: &dyn ObjectStore, key: &str) -> Result<Backup, StrataEr
     let object =
         store.get(&ObjectPath::from(key)).await.map_err(|e| unavailable("reading a metadata backup failed", e))?;
     let bytes = object.bytes().await.map_err(|e| unavailable("reading a metadata backup failed", e))?;
-    postcard::from_bytes(&bytes).map_err(|e| StrataError::internal(format!("a metadata backup is damaged: {e}")))
+    decode_backup(&bytes).map_err(|e| StrataError::internal(format!("a metadata backup is damaged: {e}")))
 }
 
 /// Copies snapshots every `interval` until `cancel`.
@@ -120,4 +175,32 @@ pub async fn restore_newest(
     .map_err(|e| StrataError::invalid(format!("cannot restore into {}: {e}", dir.display())))?;
     tracing::info!(key, index = last.index, "metadata restored from a snapshot copy");
     Ok((key.clone(), last.index))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A copy written before versions (postcard of the meta and the bytes) still reads.
+    #[test]
+    fn legacy_and_current_copies_decode() {
+        let membership = openraft::Membership::new(
+            vec![[1u64].into()],
+            std::collections::BTreeMap::from([(1u64, BasicNode { addr: "a:1".into() })]),
+        )
+        .expect("membership");
+        let log_id = openraft::LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 2, node_id: 1 }, 7);
+        let meta: SnapshotMetaOf<MetaRaftConfig> = SnapshotMeta {
+            last_log_id: Some(log_id),
+            last_membership: openraft::StoredMembership::new(Some(log_id), membership),
+        };
+        let backup = (meta, vec![3u8, 1, 2, 3]);
+        let legacy = postcard::to_allocvec(&backup).expect("legacy encoding");
+        assert!(matches!(legacy.first(), Some(0 | 1)));
+        assert_eq!(decode_backup(&legacy).expect("legacy"), backup);
+        let current = encode_backup(&backup).expect("encode");
+        assert_eq!(current[0], BACKUP_FORMAT_VERSION);
+        assert_eq!(decode_backup(&current).expect("current"), backup);
+        assert!(decode_backup(&[9, 0]).is_err());
+    }
 }

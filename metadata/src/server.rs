@@ -373,7 +373,7 @@ impl From<QueueRecord> for pb::QueueInfo {
             name: q.name,
             queue_id: q.queue_id,
             shard_id: q.shard_id,
-            config: Some(q.config),
+            config: Some(q.config.into()),
             created_ms: q.created_ms,
             modified_ms: q.modified_ms,
             tags: q.tags.into_iter().collect(),
@@ -436,7 +436,7 @@ fn queue_response(response: MetaResponse) -> Result<Response<pb::QueueInfo>, Sta
 }
 
 fn required_config(config: Option<pb::QueueConfig>) -> Result<QueueConfig, Status> {
-    config.ok_or_else(|| StrataError::invalid("queue config is required").into())
+    config.map(Into::into).ok_or_else(|| StrataError::invalid("queue config is required").into())
 }
 
 #[tonic::async_trait]
@@ -566,7 +566,7 @@ impl Metadata for MetadataService {
     async fn commit_segment(&self, request: Request<pb::CommitSegmentRequest>) -> Result<Response<pb::Empty>, Status> {
         let request_id = request_id(&request)?;
         let segment = request.into_inner().segment.ok_or_else(|| StrataError::invalid("segment is required"))?;
-        self.node.propose(request_id, MetaCommand::CommitSegment(segment)).await?;
+        self.node.propose(request_id, MetaCommand::CommitSegment(segment.into())).await?;
         Ok(Response::new(pb::Empty {}))
     }
 
@@ -676,7 +676,7 @@ impl Metadata for MetadataService {
         self.node.read_barrier().await?;
         let shard_id = request.into_inner().shard_id;
         let segments = self.node.catalog().segments(shard_id);
-        Ok(Response::new(pb::ListSegmentsResponse { segments }))
+        Ok(Response::new(pb::ListSegmentsResponse { segments: segments.into_iter().map(Into::into).collect() }))
     }
 
     async fn remove_segments(
@@ -764,7 +764,7 @@ impl Metadata for MetadataService {
     async fn set_limit_plan(&self, request: Request<pb::LimitPlan>) -> Result<Response<pb::LimitPlan>, Status> {
         let request_id = request_id(&request)?;
         let plan = request.into_inner();
-        let limits = plan.limits.unwrap_or_default();
+        let limits = plan.limits.unwrap_or_default().into();
         self.node.propose(request_id, MetaCommand::SetLimitPlan { name: plan.name.clone(), limits }).await?;
         Ok(Response::new(plan))
     }
@@ -779,7 +779,7 @@ impl Metadata for MetadataService {
             .catalog()
             .limit_plans()
             .iter()
-            .map(|(name, limits)| pb::LimitPlan { name: name.clone(), limits: Some(*limits) })
+            .map(|(name, limits)| pb::LimitPlan { name: name.clone(), limits: Some((*limits).into()) })
             .collect();
         Ok(Response::new(pb::ListLimitPlansResponse { plans }))
     }
@@ -793,7 +793,7 @@ impl Metadata for MetadataService {
         let command = MetaCommand::SetTenantLimits {
             tenant: r.tenant.clone(),
             plan: r.plan,
-            overrides: r.overrides.unwrap_or_default(),
+            overrides: r.overrides.unwrap_or_default().into(),
         };
         self.node.propose(request_id, command).await?;
         Ok(Response::new(self.tenant_limits(&r.tenant)))
@@ -826,8 +826,8 @@ impl MetadataService {
         pb::TenantLimitsInfo {
             tenant: tenant.to_owned(),
             plan: record.plan,
-            overrides: Some(record.overrides),
-            effective: Some(effective),
+            overrides: Some(record.overrides.into()),
+            effective: Some(effective.into()),
             capped_reason: record.capped_reason,
         }
     }

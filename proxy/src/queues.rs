@@ -92,7 +92,7 @@ pub async fn send(
     let generated = uuid::Uuid::new_v4().to_string();
     on_queue(placement, tenant, name, |mut c, q| {
         let request_id = call.send_request_id(tenant, q.queue_id).unwrap_or_else(|| generated.clone());
-        let (messages, meter) = (messages.clone(), meter.clone());
+        let (messages, meter) = (messages.clone(), meter.clone().map(Into::into));
         async move { c.send(pb::SendRequest { queue: Some(q), messages, request_id, meter }).await }
     })
     .await

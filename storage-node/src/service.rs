@@ -253,14 +253,15 @@ impl Storage for StorageService {
             ))
             .into());
         }
-        if let Some(meter) = &r.meter {
+        let meter = r.meter.map(strata_common::metering::MeterRecord::from);
+        if let Some(meter) = &meter {
             strata_common::metering::check_record(meter).map_err(StrataError::invalid)?;
             if meter.tenant != tenant {
                 return Err(StrataError::invalid("the metering record names another tenant than the queue").into());
             }
         }
         let request_id = (!r.request_id.is_empty()).then_some(r.request_id);
-        match shard.propose_metered(request_id, r.meter, Command::Send { queue, tenant, messages }).await? {
+        match shard.propose_metered(request_id, meter, Command::Send { queue, tenant, messages }).await? {
             queue::Response::Sent(sent) => Ok(Response::new(pb::SendResponse {
                 messages: sent
                     .into_iter()
@@ -436,7 +437,7 @@ impl Storage for StorageService {
                 shard_id: shard.shard_id,
                 first_seq: read.first_seq,
                 through_seq: read.through_seq,
-                records: read.keyed,
+                records: read.keyed.into_iter().map(Into::into).collect(),
                 usage: read.usage,
             });
         }

@@ -493,3 +493,63 @@ mod tests {
         assert!(decode_transfer(&too_long).is_err(), "a stored length past the end is refused");
     }
 }
+
+#[cfg(test)]
+mod golden_tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::PathBuf;
+
+    use openraft::impls::leader_id_adv::LeaderId;
+    use openraft::{BasicNode, LogId, Membership, StoredMembership};
+    use strata_common::format::golden;
+
+    use super::*;
+
+    openraft::declare_raft_types!(
+        Config:
+            D = String,
+            R = (),
+            NodeId = u64,
+            Node = BasicNode,
+    );
+
+    fn applied() -> Applied<Config, String> {
+        let log_id = LogId::new(LeaderId { term: 4, node_id: 1 }, 300);
+        let nodes = BTreeMap::from([(1, BasicNode { addr: "10.0.0.1:9500".into() })]);
+        let membership = Membership::new(vec![BTreeSet::from([1])], nodes).expect("membership");
+        Applied {
+            last_applied: Some(LogId::new(LeaderId { term: 5, node_id: 1 }, 512)),
+            membership: StoredMembership::new(Some(log_id), membership),
+            state: "the state".to_string(),
+        }
+    }
+
+    /// The snapshot file: this release writes the committed bytes, and reads them and a snapshot
+    /// written before versions (version 1: the state without a version of its own).
+    #[test]
+    fn snapshot_files_match_their_golden_fixtures() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/formats/raft");
+        let value = applied();
+        let stored = golden::check_bytes(&dir, "snapshot-v3.bin", &encode_snapshot(&value).expect("encode"));
+        let decoded: Applied<Config, String> = decode_snapshot(&stored).expect("decode");
+        assert_eq!(
+            (decoded.last_applied, decoded.membership, decoded.state),
+            (value.last_applied, value.membership.clone(), value.state.clone())
+        );
+
+        let body = postcard::to_allocvec(&(&value.last_applied, &value.membership, &value.state)).expect("legacy body");
+        let mut legacy = vec![SNAPSHOT_FORMAT_VERSION_LEGACY];
+        legacy.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        legacy.extend_from_slice(&body);
+        let stored = golden::check_bytes(&dir, "snapshot-v1.bin", &legacy);
+        let decoded: Applied<Config, String> = decode_snapshot(&stored).expect("decode legacy");
+        assert_eq!(
+            (decoded.last_applied, decoded.membership, decoded.state),
+            (value.last_applied, value.membership, value.state)
+        );
+
+        let mut damaged = stored.clone();
+        *damaged.last_mut().expect("bytes") ^= 1;
+        assert!(decode_snapshot::<Config, String>(&damaged).is_err(), "checksum");
+    }
+}
