@@ -65,7 +65,7 @@ fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::Invalid(message) => ApiError::invalid(message),
         StoreError::Pricing(e) => ApiError::invalid(e.to_string()),
-        StoreError::Database(_) | StoreError::OutboxOverlap { .. } => {
+        StoreError::Database(_) | StoreError::OutboxOverlap { .. } | StoreError::SchemaTooNew { .. } => {
             tracing::error!(error = %e, "billing database error");
             ApiError(StrataError::unavailable("the billing database is unavailable; retry shortly"))
         }

@@ -90,7 +90,20 @@ pub enum StoreError {
     /// trim through `counted_through_seq` and read again.
     #[error("the outbox read starts before sequence number {counted_through_seq}, which was counted already")]
     OutboxOverlap { counted_through_seq: u64 },
+    /// The database was written by a newer release.
+    #[error("the billing database has schema version {found}; this release knows up to {known}")]
+    SchemaTooNew { found: i64, known: i64 },
 }
+
+/// The version of the tables below (see `docs/formats.md`), kept in `schema_version`. A
+/// database from before the version was kept has these tables and no version: it is version 1.
+/// A later schema adds a migration from each older version and bumps this.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (
+    id BIGINT NOT NULL PRIMARY KEY,
+    version BIGINT NOT NULL
+)";
 
 const SCHEMA: [&str; 8] = [
     "CREATE TABLE IF NOT EXISTS metering_records (
@@ -305,9 +318,19 @@ impl BillingStore {
             })
             .connect(&url)
             .await?;
+        sqlx::query(SCHEMA_VERSION_TABLE).execute(&pool).await?;
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM schema_version WHERE id = 1").fetch_optional(&pool).await?;
+        if let Some(version) = found.filter(|v| *v > SCHEMA_VERSION) {
+            return Err(StoreError::SchemaTooNew { found: version, known: SCHEMA_VERSION });
+        }
         for statement in SCHEMA {
             sqlx::query(statement).execute(&pool).await?;
         }
+        sqlx::query("INSERT INTO schema_version (id, version) VALUES (1, $1) ON CONFLICT (id) DO NOTHING")
+            .bind(SCHEMA_VERSION)
+            .execute(&pool)
+            .await?;
         Ok(Self { pool })
     }
 

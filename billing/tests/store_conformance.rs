@@ -142,6 +142,23 @@ async fn conformance(url: &str) {
     assert_eq!(wayne[0].calls, 2);
 
     invoicing(&store).await;
+    schema_versions(url, store).await;
+}
+
+/// The schema's version: opening again keeps the data; a database a newer release wrote is
+/// refused instead of misread.
+async fn schema_versions(url: &str, store: BillingStore) {
+    let before = store.usage("acme", 0, u64::MAX >> 1).await.expect("usage");
+    drop(store);
+    let again = BillingStore::open(url).await.expect("open again");
+    assert_eq!(again.usage("acme", 0, u64::MAX >> 1).await.expect("usage"), before);
+    drop(again);
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.expect("connect");
+    sqlx::query("UPDATE schema_version SET version = 2 WHERE id = 1").execute(&pool).await.expect("bump");
+    pool.close().await;
+    let Err(refused) = BillingStore::open(url).await else { panic!("a newer schema must be refused") };
+    assert!(matches!(refused, StoreError::SchemaTooNew { found: 2, known: 1 }), "{refused}");
 }
 
 /// Plans, prepaid packages carried over months, invoices and the CSV export.

@@ -39,11 +39,16 @@ use crate::queue::{MessageRef, QueueId};
 pub const RECORD_BYTES: usize = 64;
 const KIND_MESSAGE: u8 = 1;
 const KIND_CANCEL: u8 = 2;
+/// The record layout version this release writes, at byte 3 (see `docs/formats.md`). Records
+/// written before versions hold 0 there ([`strata_common::format::LEGACY_FORMAT_VERSION`]), with
+/// the same layout.
+const RECORD_FORMAT_VERSION: u8 = 1;
 /// Append handles kept open; slices beyond it are reopened when written again.
 const OPEN_FILES_MAX: usize = 16;
 
-/// Record layout (little-endian): kind (1), slot (2), 5 zero bytes, log index (8), queue (8),
-/// message id (16), deliver-at ms (8), sent ms (8), 4 zero bytes, CRC32C of bytes 0..60 (4).
+/// Record layout (little-endian): kind (1), slot (2), format version (1), 4 zero bytes, log
+/// index (8), queue (8), message id (16), deliver-at ms (8), sent ms (8), 4 zero bytes, CRC32C of
+/// bytes 0..60 (4).
 /// A cancel has slot, deliver-at and sent set to 0; its log index is the cancel's.
 pub fn encode(record: &SliceRecord) -> [u8; RECORD_BYTES] {
     let mut out = [0u8; RECORD_BYTES];
@@ -55,6 +60,7 @@ pub fn encode(record: &SliceRecord) -> [u8; RECORD_BYTES] {
     };
     out[0] = kind;
     out[1..3].copy_from_slice(&slot.to_le_bytes());
+    out[3] = RECORD_FORMAT_VERSION;
     out[8..16].copy_from_slice(&log_index.to_le_bytes());
     out[16..24].copy_from_slice(&queue.to_le_bytes());
     out[24..40].copy_from_slice(message_id.as_bytes());
@@ -65,8 +71,11 @@ pub fn encode(record: &SliceRecord) -> [u8; RECORD_BYTES] {
     out
 }
 
-/// `None` for a record that is torn, corrupt or of an unknown kind.
+/// `None` for a record that is torn, corrupt, or of an unknown kind or version.
 pub fn decode(bytes: &[u8; RECORD_BYTES]) -> Option<SliceRecord> {
+    if bytes[3] != RECORD_FORMAT_VERSION && bytes[3] != strata_common::format::LEGACY_FORMAT_VERSION {
+        return None;
+    }
     let u64_at = |at: usize| {
         let mut b = [0u8; 8];
         b.copy_from_slice(&bytes[at..at + 8]);
@@ -323,6 +332,37 @@ mod tests {
             deliver_at_ms,
             sent_ms: 11,
         })
+    }
+
+    /// Golden fixtures (see `docs/formats.md`): the record layout this release writes, and a
+    /// record written before versions, still read.
+    #[test]
+    fn records_match_their_golden_fixtures() {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/formats/shard");
+        let message = SliceRecord::Message(ScheduledMessage {
+            queue: 7,
+            message_id: Uuid::from_bytes([9; 16]),
+            body_ref: MessageRef { log_index: 5, slot: 3 },
+            deliver_at_ms: 1_800_000_000_000,
+            sent_ms: 1_796_569_000_000,
+        });
+        let cancel = SliceRecord::Cancel { log_index: 9, queue: 7, message_id: Uuid::from_bytes([9; 16]) };
+        for (name, record) in [("slice-message", message), ("slice-cancel", cancel)] {
+            let stored = strata_common::format::golden::check_bytes(&dir, &format!("{name}-v1.bin"), &encode(&record));
+            let stored: [u8; RECORD_BYTES] = stored.try_into().expect("one record");
+            assert_eq!(decode(&stored), Some(record));
+            // The legacy record: version 0, CRC over it.
+            let mut legacy = stored;
+            legacy[3] = 0;
+            let crc = crc32c::crc32c(&legacy[..60]);
+            legacy[60..].copy_from_slice(&crc.to_le_bytes());
+            assert_eq!(decode(&legacy), Some(record), "{name} written before versions");
+            let mut unknown = stored;
+            unknown[3] = 2;
+            let crc = crc32c::crc32c(&unknown[..60]);
+            unknown[60..].copy_from_slice(&crc.to_le_bytes());
+            assert_eq!(decode(&unknown), None, "{name} of a later version");
+        }
     }
 
     #[test]

@@ -596,6 +596,17 @@ mod tests {
         assert_ne!(key, segment_object_key(3, 8, 1, 99));
     }
 
+    /// The index and tail of a segment object (see `docs/formats.md`) keep their bytes.
+    #[test]
+    fn footer_matches_its_golden_fixture() {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/formats/shard");
+        let index = SegmentIndex { records: BTreeMap::from([(5, (20, 40)), (6, (60, 44)), (7, (104, 1_048_600))]) };
+        let footer = strata_common::format::golden::check_bytes(&dir, "segment-index-v1.bin", &index.encode_footer());
+        let tail = &footer[footer.len() - TAIL_BYTES as usize..];
+        let (len, crc) = SegmentIndex::decode_tail(tail).unwrap();
+        assert_eq!(SegmentIndex::decode_body(&footer[..len as usize], crc).unwrap(), index);
+    }
+
     #[test]
     fn footer_round_trips_and_detects_damage() {
         let index = SegmentIndex { records: BTreeMap::from([(5, (20, 40)), (6, (60, 44))]) };
