@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use strata_common::format::{FormatGate, NEWEST_GENERATION};
 use strata_common::{Clock, ShiftedClock, SystemClock};
 use strata_metadata::{MetadataClient, MetadataNode};
 use strata_proxy::ProxySettings;
@@ -210,9 +211,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let admin_addr = SocketAddr::from(([127, 0, 0, 1], args.admin_port));
     let metadata_endpoint = format!("http://{metadata_addr}");
 
-    let metadata = MetadataNode::open(&dir.join("metadata"), &metadata_endpoint, clock.clone())
-        .await
-        .context("opening metadata")?;
+    let metadata = MetadataNode::open(
+        &dir.join("metadata"),
+        &metadata_endpoint,
+        clock.clone(),
+        FormatGate::new(NEWEST_GENERATION),
+    )
+    .await
+    .context("opening metadata")?;
     let metadata_listener = tokio::net::TcpListener::bind(metadata_addr)
         .await
         .with_context(|| format!("metadata port {metadata_addr} is taken (use --metadata-port)"))?;
@@ -249,6 +255,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             cache_disk_bytes: args.cache_disk_mib * 1024 * 1024,
             replication_factor: 1,
             zone: String::new(),
+            format_generation_max: NEWEST_GENERATION,
         },
         clock.clone(),
     )

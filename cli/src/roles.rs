@@ -22,6 +22,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use serde::Deserialize;
+use strata_common::format::{FormatGate, FormatGeneration, NEWEST_GENERATION};
 use strata_common::{Clock, SystemClock};
 use strata_metadata::server::MemberSettings;
 use strata_metadata::{MetadataNode, backup};
@@ -67,6 +68,14 @@ struct MetadataConfig {
     object_store: Option<ObjectStoreSettings>,
     #[serde(default = "default_backup_interval_s")]
     backup_interval_s: u64,
+    /// The newest format generation this member reads (see docs/formats.md): this release's
+    /// unless set lower, which makes it behave as an older release would (rolling-upgrade tests).
+    #[serde(default = "newest_generation")]
+    format_generation_max: FormatGeneration,
+}
+
+fn newest_generation() -> FormatGeneration {
+    NEWEST_GENERATION
 }
 
 fn default_backup_interval_s() -> u64 {
@@ -97,7 +106,9 @@ pub async fn metadata(args: MetadataArgs) -> anyhow::Result<()> {
         tracing::info!(key, index, "metadata member seeded from a snapshot copy");
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let node = MetadataNode::open_member(&config.data_dir, &settings, clock).await.context("opening metadata")?;
+    let format = FormatGate::new(config.format_generation_max);
+    let node =
+        MetadataNode::open_member(&config.data_dir, &settings, clock, format).await.context("opening metadata")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -162,6 +173,9 @@ struct StorageConfig {
     cache_memory_mib: usize,
     #[serde(default = "default_cache_disk_mib")]
     cache_disk_mib: usize,
+    /// As a metadata member's.
+    #[serde(default = "newest_generation")]
+    format_generation_max: FormatGeneration,
 }
 
 fn one() -> u32 {
@@ -198,6 +212,7 @@ pub async fn storage(args: RoleArgs) -> anyhow::Result<()> {
         cache_disk_bytes: config.cache_disk_mib * 1024 * 1024,
         replication_factor: config.replication_factor,
         zone: config.zone,
+        format_generation_max: config.format_generation_max,
     };
     let node = StorageNode::start(settings, Arc::new(SystemClock)).await.context("starting the storage node")?;
     tracing::info!(address = %node.address, shards = node.shard_ids().len(), "storage node running");

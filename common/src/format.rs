@@ -23,30 +23,152 @@ use serde::de::DeserializeOwned;
 /// The format version of bytes written before formats were versioned.
 pub const LEGACY_FORMAT_VERSION: u8 = 0;
 
+/// A format generation names the format version of every persisted type that a cluster may
+/// write: generation 0 is what releases from before format versions wrote, generation 1 the
+/// first versioned formats. A process writes the generation its cluster has reached (recorded in
+/// metadata, raised once every process can read it) and reads every generation up to its own
+/// newest (see `docs/formats.md`, rolling upgrades).
+pub type FormatGeneration = u32;
+
+/// The generation of everything written before formats were versioned.
+pub const LEGACY_GENERATION: FormatGeneration = 0;
+/// The newest generation this release reads and writes.
+pub const NEWEST_GENERATION: FormatGeneration = 1;
+
 /// A value with a versioned persisted form.
 pub trait Persisted: Sized {
-    /// The newest version this release writes and reads.
-    const FORMAT_VERSION: u8;
+    /// The version written in each format generation, generation 0 first: `VERSIONS[g]` for a
+    /// cluster at generation `g` (the last one for any later generation). Never decreasing; its
+    /// last element is the newest version.
+    const VERSIONS: &'static [u8];
 
-    /// Appends the body of `self` in [`Persisted::FORMAT_VERSION`] (without the version byte).
-    fn encode_body(&self, out: &mut Vec<u8>) -> io::Result<()>;
+    /// The newest version this release writes and reads.
+    const FORMAT_VERSION: u8 = Self::VERSIONS[Self::VERSIONS.len() - 1];
+
+    /// The version a cluster at `generation` writes, before [`Persisted::version_needed`].
+    fn version_for(generation: FormatGeneration) -> u8 {
+        let last = Self::VERSIONS.len() - 1;
+        Self::VERSIONS[usize::try_from(generation).unwrap_or(usize::MAX).min(last)]
+    }
+
+    /// The oldest version that can hold this value (a value made of something a newer version
+    /// added). Such a value is proposed only once every process reads that version.
+    fn version_needed(&self) -> u8 {
+        LEGACY_FORMAT_VERSION
+    }
+
+    /// The version to write this value in, in a cluster at `generation`.
+    fn version_to_write(&self, generation: FormatGeneration) -> u8 {
+        Self::version_for(generation).max(self.version_needed())
+    }
+
+    /// Appends the body of `self` in `version` (without the version byte). Errors: `InvalidInput`
+    /// for a version that cannot hold this value.
+    fn encode_body(&self, version: u8, out: &mut Vec<u8>) -> io::Result<()>;
 
     /// Decodes a body written in `version` ([`LEGACY_FORMAT_VERSION`] for bytes from before
     /// versions). Errors: `InvalidData` for an unknown version or a damaged body.
     fn decode_body(version: u8, body: &[u8]) -> io::Result<Self>;
 
-    /// The version byte followed by the body.
+    /// The version byte followed by the body, in the newest version.
     fn encode_versioned(&self) -> io::Result<Vec<u8>> {
         let mut out = vec![Self::FORMAT_VERSION];
-        self.encode_body(&mut out)?;
+        self.encode_body(Self::FORMAT_VERSION, &mut out)?;
         Ok(out)
     }
 
-    /// Decodes what [`Persisted::encode_versioned`] wrote (in any released version).
+    /// Decodes a version byte followed by a body (in any released version).
     fn decode_versioned(bytes: &[u8]) -> io::Result<Self> {
         let (&version, body) = bytes.split_first().ok_or_else(|| invalid_data("empty persisted value"))?;
         Self::decode_body(version, body)
     }
+}
+
+/// Which format generation this process writes, and the newest it reads. Shared by everything
+/// that persists in one process; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct FormatGate {
+    inner: std::sync::Arc<GateInner>,
+}
+
+#[derive(Debug)]
+struct GateInner {
+    readable_max: FormatGeneration,
+    writing: std::sync::atomic::AtomicU32,
+}
+
+impl FormatGate {
+    /// A process that reads generations up to `readable_max` (at most [`NEWEST_GENERATION`]; a
+    /// lower cap makes it behave as a release of that generation would) and writes
+    /// [`LEGACY_GENERATION`] until its cluster's generation is known.
+    pub fn new(readable_max: FormatGeneration) -> Self {
+        let readable_max = readable_max.min(NEWEST_GENERATION);
+        Self { inner: std::sync::Arc::new(GateInner { readable_max, writing: LEGACY_GENERATION.into() }) }
+    }
+
+    /// A process alone with its data (tests, tools): reads and writes the newest generation.
+    pub fn newest() -> Self {
+        let gate = Self::new(NEWEST_GENERATION);
+        gate.raise(NEWEST_GENERATION);
+        gate
+    }
+
+    /// The newest generation this process reads (and reports to its cluster).
+    pub fn readable_max(&self) -> FormatGeneration {
+        self.inner.readable_max
+    }
+
+    /// The generation this process writes now.
+    pub fn writing(&self) -> FormatGeneration {
+        self.inner.writing.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Follows the cluster's generation: writes `generation` from now on (never less than before,
+    /// never more than it reads).
+    pub fn raise(&self, generation: FormatGeneration) {
+        let generation = generation.min(self.inner.readable_max);
+        self.inner.writing.fetch_max(generation, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Refuses a version that this process's cap says it cannot read (`version > newest` for
+    /// the generation it reads): a capped process behaves as the older release would.
+    pub fn check_readable<T: Persisted>(&self, what: &str, version: u8) -> io::Result<()> {
+        if version > T::version_for(self.inner.readable_max) {
+            return Err(unknown_version(what, version));
+        }
+        Ok(())
+    }
+}
+
+/// Appends the postcard encoding of `value` to `out`.
+pub fn postcard_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> io::Result<()> {
+    let encoded = postcard::to_extend(value, std::mem::take(out)).map_err(io::Error::other)?;
+    *out = encoded;
+    Ok(())
+}
+
+/// Decodes a postcard body that must be exactly one `T` (trailing bytes are damage).
+pub fn postcard_exact<T: DeserializeOwned>(body: &[u8]) -> io::Result<T> {
+    let (value, rest) = postcard::take_from_bytes(body).map_err(|e| invalid_data(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(invalid_data(format!("{} bytes after the value", rest.len())));
+    }
+    Ok(value)
+}
+
+/// The error of a version this release does not know.
+pub fn unknown_version(what: &str, version: u8) -> io::Error {
+    invalid_data(format!("{what} format version {version} is unknown to this release (written by a newer one?)"))
+}
+
+/// The error of a value that the version asked for cannot hold.
+pub fn cannot_hold(what: &str, version: u8) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, format!("{what} format version {version} cannot hold this value"))
+}
+
+/// An `InvalidData` error.
+pub fn invalid_data(message: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message.into())
 }
 
 /// Implements `From` both ways between two structs with the same fields, typically a persisted
@@ -73,9 +195,9 @@ macro_rules! same_fields {
 /// A plain string (the command type of tests of generic Raft code): version 1 is its postcard
 /// encoding.
 impl Persisted for String {
-    const FORMAT_VERSION: u8 = 1;
+    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 1];
 
-    fn encode_body(&self, out: &mut Vec<u8>) -> io::Result<()> {
+    fn encode_body(&self, _version: u8, out: &mut Vec<u8>) -> io::Result<()> {
         postcard_into(self, out)
     }
 
@@ -85,32 +207,6 @@ impl Persisted for String {
             v => Err(unknown_version("string", v)),
         }
     }
-}
-
-/// Appends the postcard encoding of `value` to `out`.
-pub fn postcard_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> io::Result<()> {
-    let encoded = postcard::to_extend(value, std::mem::take(out)).map_err(io::Error::other)?;
-    *out = encoded;
-    Ok(())
-}
-
-/// Decodes a postcard body that must be exactly one `T` (trailing bytes are damage).
-pub fn postcard_exact<T: DeserializeOwned>(body: &[u8]) -> io::Result<T> {
-    let (value, rest) = postcard::take_from_bytes(body).map_err(|e| invalid_data(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(invalid_data(format!("{} bytes after the value", rest.len())));
-    }
-    Ok(value)
-}
-
-/// The error of a version this release does not know.
-pub fn unknown_version(what: &str, version: u8) -> io::Error {
-    invalid_data(format!("{what} format version {version} is unknown to this release (written by a newer one?)"))
-}
-
-/// An `InvalidData` error.
-pub fn invalid_data(message: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, message.into())
 }
 
 /// Golden fixtures: committed encodings of persisted values, which tests compare with what this
@@ -150,21 +246,34 @@ pub mod golden {
         stored
     }
 
-    /// Checks `value` against its fixture `dir/{name}-v{version}.bin`: this release encodes it to
-    /// exactly those bytes, and decodes them (and, for version 1, their legacy form without the
-    /// version byte) back to the same content (compared through `Debug`, which covers types
-    /// without `PartialEq`).
+    /// Checks `value` against its fixtures `dir/{name}-v{version}.bin`, one per version this
+    /// release writes (the version byte first; none for the legacy version 0, whose container
+    /// tells it apart): this release encodes it to exactly those bytes and decodes them back to
+    /// the same content (compared through `Debug`, which covers types without `PartialEq`). Every
+    /// other fixture of the value that exists (a version no longer written) must still decode to
+    /// the same content.
     pub fn check<T: Persisted + Debug>(dir: &Path, name: &str, value: &T) {
-        let encoded = value.encode_versioned().expect("encode");
-        let file = format!("{name}-v{}.bin", T::FORMAT_VERSION);
-        let stored = check_bytes(dir, &file, &encoded);
         let expected = format!("{value:?}");
-        let decoded = T::decode_versioned(&stored).unwrap_or_else(|e| panic!("{file} does not decode: {e}"));
-        assert_eq!(format!("{decoded:?}"), expected, "{file} decodes to other content");
-        if T::FORMAT_VERSION == 1 {
-            let legacy = T::decode_body(LEGACY_FORMAT_VERSION, &stored[1..])
-                .unwrap_or_else(|e| panic!("{file} without its version byte does not decode as legacy: {e}"));
-            assert_eq!(format!("{legacy:?}"), expected, "{file} as legacy decodes to other content");
+        for version in 0..=T::FORMAT_VERSION {
+            let file = format!("{name}-v{version}.bin");
+            let written = T::VERSIONS.contains(&version) && version >= value.version_needed();
+            let stored = if written {
+                let mut encoded = if version == LEGACY_FORMAT_VERSION { Vec::new() } else { vec![version] };
+                value.encode_body(version, &mut encoded).unwrap_or_else(|e| panic!("encode {file}: {e}"));
+                check_bytes(dir, &file, &encoded)
+            } else {
+                match std::fs::read(dir.join(&file)) {
+                    Ok(bytes) => bytes,
+                    Err(_) => continue,
+                }
+            };
+            let decoded = if version == LEGACY_FORMAT_VERSION {
+                T::decode_body(LEGACY_FORMAT_VERSION, &stored)
+            } else {
+                T::decode_versioned(&stored)
+            }
+            .unwrap_or_else(|e| panic!("{file} does not decode: {e}"));
+            assert_eq!(format!("{decoded:?}"), expected, "{file} decodes to other content");
         }
     }
 }
@@ -177,9 +286,9 @@ mod tests {
     struct Pair(u32, String);
 
     impl Persisted for Pair {
-        const FORMAT_VERSION: u8 = 1;
+        const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 1];
 
-        fn encode_body(&self, out: &mut Vec<u8>) -> io::Result<()> {
+        fn encode_body(&self, _version: u8, out: &mut Vec<u8>) -> io::Result<()> {
             postcard_into(&(self.0, &self.1), out)
         }
 

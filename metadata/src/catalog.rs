@@ -21,7 +21,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use strata_common::error::{ErrorKind, StrataError};
-use strata_common::format::{LEGACY_FORMAT_VERSION, Persisted, postcard_exact, postcard_into, unknown_version};
+use strata_common::format::{
+    FormatGeneration, LEGACY_FORMAT_VERSION, LEGACY_GENERATION, Persisted, cannot_hold, invalid_data, postcard_exact,
+    postcard_into, unknown_version,
+};
 use strata_common::proto as pb;
 use strata_wal::raft_state::ReplicatedState;
 use strata_wal::requests::RecentRequests;
@@ -351,6 +354,12 @@ pub enum MetaCommand {
         tenant: String,
         reason: String,
     },
+    /// The cluster writes format generation `generation` from now on (never lowered). Proposed
+    /// once every metadata member and storage node reads it (see `docs/formats.md`); only
+    /// command format version 2 holds it.
+    SetFormatGeneration {
+        generation: FormatGeneration,
+    },
 }
 
 impl fmt::Display for MetaCommand {
@@ -362,6 +371,7 @@ impl fmt::Display for MetaCommand {
             MetaCommand::SetTenantCapped { tenant, reason } => {
                 write!(f, "set-tenant-capped {tenant} capped={}", !reason.is_empty())
             }
+            MetaCommand::SetFormatGeneration { generation } => write!(f, "set-format-generation {generation}"),
             MetaCommand::CreateQueue { tenant, name, .. } => write!(f, "create-queue {tenant}/{name}"),
             MetaCommand::DeleteQueue { tenant, name } => write!(f, "delete-queue {tenant}/{name}"),
             MetaCommand::SetQueueConfig { tenant, name, .. } => write!(f, "set-queue-config {tenant}/{name}"),
@@ -461,37 +471,69 @@ pub struct Catalog {
     tenant_limits: BTreeMap<String, TenantLimitsRecord>,
     /// Recent request ids and what applying them answered.
     requests: RecentRequests<MetaResponse>,
+    /// The format generation the cluster writes. Not part of the serde layout: catalog format
+    /// version 2 appends it (see the `Persisted` impl).
+    #[serde(skip)]
+    format_generation: FormatGeneration,
 }
 
-/// A metadata log entry, persisted (see `docs/formats.md`). Version 1 is the postcard encoding of
-/// [`MetaEntry`] as it stands; the legacy version is the same layout.
+/// A metadata log entry, persisted (see `docs/formats.md`). Version 1 is the postcard encoding
+/// of [`MetaEntry`] without [`MetaCommand::SetFormatGeneration`] (the legacy version is the same
+/// layout); version 2 adds that command as the enum's last variant.
 impl Persisted for MetaEntry {
-    const FORMAT_VERSION: u8 = 1;
+    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 2];
 
-    fn encode_body(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
+    fn version_needed(&self) -> u8 {
+        match self.command {
+            MetaCommand::SetFormatGeneration { .. } => 2,
+            _ => LEGACY_FORMAT_VERSION,
+        }
+    }
+
+    fn encode_body(&self, version: u8, out: &mut Vec<u8>) -> std::io::Result<()> {
+        if version < self.version_needed() {
+            return Err(cannot_hold("metadata command", version));
+        }
         postcard_into(self, out)
     }
 
     fn decode_body(version: u8, body: &[u8]) -> std::io::Result<Self> {
         match version {
-            LEGACY_FORMAT_VERSION | 1 => postcard_exact(body),
+            LEGACY_FORMAT_VERSION | 1 | 2 => postcard_exact(body),
             v => Err(unknown_version("metadata command", v)),
         }
     }
 }
 
-/// The catalog in a metadata snapshot. Version 1 is the postcard encoding of [`Catalog`] as it
-/// stands; the legacy version is the same layout.
+/// The catalog in a metadata snapshot. Version 1 is the postcard encoding of [`Catalog`]'s serde
+/// layout (the legacy version is the same); version 2 appends the format generation.
 impl Persisted for Catalog {
-    const FORMAT_VERSION: u8 = 1;
+    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 2];
 
-    fn encode_body(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
-        postcard_into(self, out)
+    fn version_needed(&self) -> u8 {
+        if self.format_generation > LEGACY_GENERATION { 2 } else { LEGACY_FORMAT_VERSION }
+    }
+
+    fn encode_body(&self, version: u8, out: &mut Vec<u8>) -> std::io::Result<()> {
+        if version < self.version_needed() {
+            return Err(cannot_hold("metadata catalog", version));
+        }
+        postcard_into(self, out)?;
+        if version >= 2 {
+            postcard_into(&self.format_generation, out)?;
+        }
+        Ok(())
     }
 
     fn decode_body(version: u8, body: &[u8]) -> std::io::Result<Self> {
         match version {
             LEGACY_FORMAT_VERSION | 1 => postcard_exact(body),
+            2 => {
+                let (mut catalog, rest): (Catalog, &[u8]) =
+                    postcard::take_from_bytes(body).map_err(|e| invalid_data(e.to_string()))?;
+                catalog.format_generation = postcard_exact(rest)?;
+                Ok(catalog)
+            }
             v => Err(unknown_version("metadata catalog", v)),
         }
     }
@@ -542,6 +584,11 @@ impl Catalog {
 
     pub fn node(&self, node_id: &str) -> Option<&NodeRecord> {
         self.nodes.get(node_id)
+    }
+
+    /// The format generation the cluster writes.
+    pub fn format_generation(&self) -> FormatGeneration {
+        self.format_generation
     }
 
     pub fn shard_count(&self) -> usize {
@@ -653,6 +700,10 @@ impl Catalog {
                 let record = self.tenant_limits.entry(tenant.clone()).or_default();
                 record.plan = plan.clone();
                 record.overrides = *overrides;
+                Ok(MetaResponse::Done)
+            }
+            MetaCommand::SetFormatGeneration { generation } => {
+                self.format_generation = self.format_generation.max(*generation);
                 Ok(MetaResponse::Done)
             }
             MetaCommand::SetTenantCapped { tenant, reason } => {
@@ -1559,11 +1610,18 @@ mod format_tests {
         ]
     }
 
+    fn set_format_generation() -> MetaEntry {
+        MetaEntry { request_id: None, command: MetaCommand::SetFormatGeneration { generation: 1 } }
+    }
+
     #[test]
     fn every_command_kind_matches_its_golden_fixture() {
         for (name, entry) in commands() {
             golden::check(&fixtures(), &format!("command-{name}"), &entry);
         }
+        // Only version 2 holds it.
+        golden::check(&fixtures(), "command-set-format-generation", &set_format_generation());
+        assert!(set_format_generation().encode_body(LEGACY_FORMAT_VERSION, &mut Vec::new()).is_err());
     }
 
     #[test]
@@ -1575,5 +1633,14 @@ mod format_tests {
         }
         assert_eq!(catalog.queues.len(), 1, "the catalog holds what the commands made");
         golden::check(&fixtures(), "catalog", &catalog);
+
+        // Once the cluster writes generation 1, only catalog version 2 holds the catalog.
+        catalog.apply(100, &set_format_generation());
+        assert_eq!(catalog.format_generation(), 1);
+        golden::check(&fixtures(), "catalog-generation-1", &catalog);
+        assert!(catalog.encode_body(LEGACY_FORMAT_VERSION, &mut Vec::new()).is_err());
+        catalog
+            .apply(101, &MetaEntry { request_id: None, command: MetaCommand::SetFormatGeneration { generation: 0 } });
+        assert_eq!(catalog.format_generation(), 1, "never lowered");
     }
 }

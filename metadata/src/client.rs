@@ -247,9 +247,14 @@ impl MetadataClient {
         self.call(request, |mut c, r| async move { c.claim_shard_writer(r).await }).await
     }
 
-    /// Keeps `node_id`'s lease; answers the lease and the shards the node holds a replica of.
-    pub async fn heartbeat(&self, node_id: &str) -> Result<pb::HeartbeatResponse, StrataError> {
-        let request = pb::HeartbeatRequest { node_id: node_id.to_owned() };
+    /// Keeps `node_id`'s lease, saying the newest format generation it reads; answers the lease,
+    /// the shards the node holds a replica of and the generation the cluster writes.
+    pub async fn heartbeat(
+        &self,
+        node_id: &str,
+        format_generation_max: u32,
+    ) -> Result<pb::HeartbeatResponse, StrataError> {
+        let request = pb::HeartbeatRequest { node_id: node_id.to_owned(), format_generation_max };
         self.call(request, |mut c, r| async move { c.heartbeat(r).await }).await
     }
 

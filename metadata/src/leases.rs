@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 
 use parking_lot::Mutex;
+use strata_common::format::FormatGeneration;
 
 /// How long a heartbeat keeps a node live.
 pub const LEASE_MS: u64 = 10_000;
@@ -25,6 +26,8 @@ struct Inner {
     since_ms: u64,
     /// Node id → last heartbeat (ms, from the metadata clock).
     last_ms: HashMap<String, u64>,
+    /// Node id → the newest format generation it said it reads, in its last heartbeat.
+    format_generations: HashMap<String, FormatGeneration>,
 }
 
 /// The leases this member knows, for the term it leads in.
@@ -37,15 +40,27 @@ impl Leases {
     /// Starts afresh when `term` is a new leader term.
     fn in_term(inner: &mut Inner, term: u64, now_ms: u64) {
         if inner.term != term {
-            *inner = Inner { term, since_ms: now_ms, last_ms: HashMap::new() };
+            *inner = Inner { term, since_ms: now_ms, ..Inner::default() };
         }
     }
 
-    /// Records a heartbeat of `node_id`.
-    pub fn heartbeat(&self, node_id: &str, term: u64, now_ms: u64) {
+    /// Records a heartbeat of `node_id`, which reads format generations up to
+    /// `format_generation_max`.
+    pub fn heartbeat(&self, node_id: &str, term: u64, now_ms: u64, format_generation_max: FormatGeneration) {
         let mut inner = self.inner.lock();
         Self::in_term(&mut inner, term, now_ms);
         inner.last_ms.insert(node_id.to_owned(), now_ms);
+        inner.format_generations.insert(node_id.to_owned(), format_generation_max);
+    }
+
+    /// The newest format generation `node_id` reads, as it said in a heartbeat in `term` (`None`
+    /// before its first heartbeat to this leader).
+    pub fn format_generation_max(&self, node_id: &str, term: u64) -> Option<FormatGeneration> {
+        let inner = self.inner.lock();
+        if inner.term != term {
+            return None;
+        }
+        inner.format_generations.get(node_id).copied()
     }
 
     /// Whether `node_id` is live: it heartbeated within the lease, or this member began leading
@@ -67,7 +82,9 @@ mod tests {
         let leases = Leases::default();
         // A new leader: everyone is live for one lease, then only who heartbeated.
         assert!(leases.is_live("a", 1, 1_000));
-        leases.heartbeat("a", 1, 5_000);
+        leases.heartbeat("a", 1, 5_000, 1);
+        assert_eq!(leases.format_generation_max("a", 1), Some(1));
+        assert_eq!(leases.format_generation_max("b", 1), None);
         assert!(leases.is_live("b", 1, 1_000 + LEASE_MS - 1));
         assert!(!leases.is_live("b", 1, 1_000 + LEASE_MS));
         assert!(leases.is_live("a", 1, 5_000 + LEASE_MS - 1));

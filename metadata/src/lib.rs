@@ -7,6 +7,7 @@
 pub mod backup;
 pub mod catalog;
 pub mod client;
+mod formats;
 pub mod leases;
 pub mod server;
 

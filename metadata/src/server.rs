@@ -19,11 +19,12 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::error::ForwardToLeader;
 use openraft::{BasicNode, Config, ReadPolicy, SnapshotPolicy};
 use strata_common::error::{ErrorKind, LEADER_HINT_METADATA_KEY, StrataError};
+use strata_common::format::FormatGate;
 use strata_common::limits::{LIST_QUEUES_PAGE_MAX, REQUEST_ID_CHARS_MAX};
 use strata_common::proto::metadata_server::{Metadata, MetadataServer};
 use strata_common::proto::{self as pb};
 use strata_common::{Clock, limits};
-use strata_wal::group::{RaftGroup, open_group, open_single_voter};
+use strata_wal::group::{GroupStorage, RaftGroup, open_group, open_single_voter};
 use strata_wal::raft_state::StateGuard;
 use strata_wal::raft_store::SegmentRetention;
 use strata_wal::transport::{GroupId, GrpcNetwork, RaftRouter};
@@ -122,7 +123,9 @@ pub struct MetadataNode {
     /// The Raft transport of a quorum member (`None` for the single voter of `strata dev`).
     router: Option<RaftRouter>,
     /// Storage-node leases, while this member leads.
-    leases: Leases,
+    pub(crate) leases: Leases,
+    /// Which format generation this member writes (the catalog's), and the newest it reads.
+    pub(crate) format: FormatGate,
 }
 
 fn raft_config() -> Config {
@@ -137,33 +140,48 @@ fn raft_config() -> Config {
     }
 }
 
-fn wal_options() -> WalOptions {
-    WalOptions {
-        segment_size_bytes_max: METADATA_SEGMENT_BYTES_MAX,
-        on_fsync_error: FsyncFailure::Abort,
-        ..Default::default()
+fn group_storage(format: &FormatGate) -> GroupStorage {
+    GroupStorage {
+        wal: WalOptions {
+            segment_size_bytes_max: METADATA_SEGMENT_BYTES_MAX,
+            on_fsync_error: FsyncFailure::Abort,
+            ..Default::default()
+        },
+        retention: SegmentRetention::RemoveOnPurge,
+        format: format.clone(),
     }
 }
 
 impl MetadataNode {
     /// Opens (or creates) the single-voter metadata group of `strata dev` in `dir`; `address` is
     /// the advertised gRPC address.
-    pub async fn open(dir: &Path, address: &str, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<Self>> {
+    /// `format` says which format generations this process reads; it writes the catalog's.
+    pub async fn open(
+        dir: &Path,
+        address: &str,
+        clock: Arc<dyn Clock>,
+        format: FormatGate,
+    ) -> anyhow::Result<Arc<Self>> {
         let group = open_single_voter::<MetaRaftConfig, Catalog>(
             dir,
             1,
             BasicNode { addr: address.to_string() },
             raft_config(),
-            wal_options(),
-            SegmentRetention::RemoveOnPurge,
+            group_storage(&format),
         )
         .await?;
-        Ok(Arc::new(Self { group, clock, router: None, leases: Leases::default() }))
+        crate::formats::follow_catalog(&group.state, &format);
+        Ok(Arc::new(Self { group, clock, router: None, leases: Leases::default(), format }))
     }
 
     /// Opens (or creates) this member's replica of the metadata quorum in `dir`. Returns at once;
     /// the members elect a leader once a majority of them is up.
-    pub async fn open_member(dir: &Path, member: &MemberSettings, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<Self>> {
+    pub async fn open_member(
+        dir: &Path,
+        member: &MemberSettings,
+        clock: Arc<dyn Clock>,
+        format: FormatGate,
+    ) -> anyhow::Result<Arc<Self>> {
         if !member.members.contains_key(&member.node_id) {
             anyhow::bail!("metadata member {} is not in its own member list", member.node_id);
         }
@@ -173,15 +191,15 @@ impl MetadataNode {
             dir,
             member.node_id,
             raft_config(),
-            wal_options(),
-            SegmentRetention::RemoveOnPurge,
+            group_storage(&format),
             GrpcNetwork { group: METADATA_GROUP },
             member.initialize.then_some(voters),
         )
         .await?;
-        let router = RaftRouter::new();
+        crate::formats::follow_catalog(&group.state, &format);
+        let router = RaftRouter::new(format.readable_max());
         router.register(METADATA_GROUP, group.raft.clone());
-        Ok(Arc::new(Self { group, clock, router: Some(router), leases: Leases::default() }))
+        Ok(Arc::new(Self { group, clock, router: Some(router), leases: Leases::default(), format }))
     }
 
     /// The quorum's voters (node id → endpoint) and its leader, as this member knows them.
@@ -316,7 +334,12 @@ impl MetadataNode {
     }
 
     /// The Raft term this member is in (the one it leads in, after a read barrier).
-    fn term(&self) -> u64 {
+    /// This member's id in the quorum.
+    pub(crate) fn node_id(&self) -> u64 {
+        self.group.raft.metrics().borrow_watched().id
+    }
+
+    pub(crate) fn term(&self) -> u64 {
         self.group.raft.metrics().borrow_watched().current_term
     }
 
@@ -336,17 +359,20 @@ impl MetadataNode {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let raft_transport = self.router.as_ref().map(RaftRouter::service);
+        let upgrades = tokio::spawn(crate::formats::raise_format_generation(self.clone()));
         let service = MetadataServer::new(MetadataService { node: self })
             .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        tonic::transport::Server::builder()
+        let served = tonic::transport::Server::builder()
             .initial_stream_window_size(limits::GRPC_STREAM_WINDOW_BYTES)
             .initial_connection_window_size(limits::GRPC_CONNECTION_WINDOW_BYTES)
             .add_service(service)
             .add_optional_service(raft_transport)
             .serve_with_incoming_shutdown(incoming, shutdown)
-            .await?;
+            .await;
+        upgrades.abort();
+        served?;
         Ok(())
     }
 
@@ -527,6 +553,19 @@ impl Metadata for MetadataService {
         let request_id = request_id(&request)?;
         let r = request.into_inner();
         let node_id = r.node_id.clone();
+        self.node.read_barrier().await?;
+        let generation = self.node.catalog().format_generation();
+        if r.format_generation_max < generation {
+            return Err(StrataError::new(
+                ErrorKind::InvalidParameter,
+                format!(
+                    "storage node {node_id} reads format generations up to {}, but the cluster writes {generation}: \
+                     run a release that reads it",
+                    r.format_generation_max
+                ),
+            )
+            .into());
+        }
         let command = MetaCommand::RegisterStorageNode {
             node_id: r.node_id,
             address: r.address,
@@ -547,6 +586,7 @@ impl Metadata for MetadataService {
                 Ok(Response::new(pb::RegisterStorageNodeResponse {
                     shards: hosted.iter().map(|s| self.shard_info(s)).collect(),
                     shards_in_catalog: count,
+                    format_generation: self.node.catalog().format_generation(),
                 }))
             }
             other => Err(StrataError::internal(format!("unexpected metadata response {other:?}")).into()),
@@ -586,18 +626,22 @@ impl Metadata for MetadataService {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         self.node.read_barrier().await?;
-        let node_id = request.into_inner().node_id;
-        let (shards, leaving): (Vec<ShardRecord>, Vec<ShardRecord>) = {
+        let pb::HeartbeatRequest { node_id, format_generation_max } = request.into_inner();
+        let (shards, leaving, format_generation): (Vec<ShardRecord>, Vec<ShardRecord>, _) = {
             let catalog = self.node.catalog();
             if catalog.node(&node_id).is_none() {
                 return Err(StrataError::invalid(format!("storage node {node_id} is not registered")).into());
             }
-            (catalog.shards_of(&node_id).cloned().collect(), catalog.shards_leaving(&node_id).cloned().collect())
+            (
+                catalog.shards_of(&node_id).cloned().collect(),
+                catalog.shards_leaving(&node_id).cloned().collect(),
+                catalog.format_generation(),
+            )
         };
-        self.node.leases.heartbeat(&node_id, self.node.term(), self.node.now_ms());
+        self.node.leases.heartbeat(&node_id, self.node.term(), self.node.now_ms(), format_generation_max);
         let shards = shards.iter().map(|s| self.shard_info(s)).collect();
         let leaving_shards = leaving.iter().map(|s| self.shard_info(s)).collect();
-        Ok(Response::new(pb::HeartbeatResponse { lease_ms: LEASE_MS, shards, leaving_shards }))
+        Ok(Response::new(pb::HeartbeatResponse { lease_ms: LEASE_MS, shards, leaving_shards, format_generation }))
     }
 
     async fn list_storage_nodes(

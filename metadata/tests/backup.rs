@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use object_store::local::LocalFileSystem;
+use strata_common::format::{FormatGate, NEWEST_GENERATION};
 use strata_common::{Clock, SystemClock};
 use strata_metadata::{MetadataNode, backup};
 
@@ -15,7 +16,14 @@ async fn the_leader_copies_each_new_snapshot_and_keeps_the_newest_three() {
     std::fs::create_dir_all(&bucket).expect("bucket dir");
     let store = LocalFileSystem::new_with_prefix(&bucket).expect("local store");
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let node = MetadataNode::open(&root.path().join("metadata"), "http://127.0.0.1:9", clock).await.expect("open");
+    let node = MetadataNode::open(
+        &root.path().join("metadata"),
+        "http://127.0.0.1:9",
+        clock,
+        FormatGate::new(NEWEST_GENERATION),
+    )
+    .await
+    .expect("open");
 
     // No snapshot yet: nothing to copy.
     assert_eq!(backup::backup_once(&node, &store).await.expect("backup"), None);

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use strata_common::format::{FormatGate, NEWEST_GENERATION};
 use strata_common::proto as pb;
 use strata_common::{Clock, SystemClock};
 use strata_metadata::server::MemberSettings;
@@ -31,8 +32,14 @@ async fn start(root: &Path, id: u64, addrs: &BTreeMap<u64, SocketAddr>, initiali
     let members = addrs.iter().map(|(&id, addr)| (id, format!("http://{addr}"))).collect();
     let settings = MemberSettings { node_id: id, members, initialize };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let node =
-        MetadataNode::open_member(&root.join(format!("member-{id}")), &settings, clock).await.expect("open the member");
+    let node = MetadataNode::open_member(
+        &root.join(format!("member-{id}")),
+        &settings,
+        clock,
+        FormatGate::new(NEWEST_GENERATION),
+    )
+    .await
+    .expect("open the member");
     let listener = tokio::net::TcpListener::bind(addrs[&id]).await.expect("bind");
     let (stop, stopped) = oneshot::channel::<()>();
     let serving = node.clone();

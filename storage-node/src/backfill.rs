@@ -28,7 +28,7 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 use strata_common::error::StrataError;
 use strata_metadata::MetadataClient;
-use strata_wal::format::{encode_record_into, encode_segment_header};
+use strata_wal::format::{encode_record_version_into, encode_segment_header, frame_for_payload};
 use strata_wal::{RecordLocation, SegmentInfo, scan_segment_bytes};
 
 use crate::shard::{Shard, decode_entry};
@@ -126,7 +126,10 @@ impl BackfillFiles {
         }
         let mut bytes = encode_segment_header(first).to_vec();
         for (index, payload) in entries {
-            encode_record_into(&mut bytes, *index, payload);
+            // Each entry in the frame it was written in: tiered like a sealed segment, the file
+            // must be readable by every process of the cluster.
+            let (frame_version, stored) = frame_for_payload(payload);
+            encode_record_version_into(&mut bytes, frame_version, *index, stored);
         }
         let records = scan_segment_bytes(&bytes).map_err(io::Error::other)?;
         let path = self.dir.join(file_name(first, last));
@@ -211,7 +214,7 @@ pub async fn backfill_shard_once(shard: &Shard, metadata: &MetadataClient) -> Re
             }
             // What a peer sent must be the entries asked for, whole.
             for (index, bytes) in &entries {
-                let entry = decode_entry(bytes)?;
+                let entry = decode_entry(bytes, shard.log_format())?;
                 if entry.log_id.index() != *index {
                     tracing::error!(shard = shard.shard_id, index, "a peer answered another log entry");
                     return Err(StrataError::internal("a peer answered the wrong log entry"));

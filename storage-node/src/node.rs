@@ -11,6 +11,8 @@ use object_store::ObjectStore;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use strata_common::Clock;
+use strata_common::error::ErrorKind;
+use strata_common::format::{FormatGate, FormatGeneration};
 use strata_common::limits;
 use strata_common::proto::ShardInfo;
 use strata_common::proto::storage_server::StorageServer;
@@ -94,6 +96,10 @@ pub struct StorageSettings {
     pub replication_factor: u32,
     /// Failure domain, for placing replicas apart.
     pub zone: String,
+    /// The newest format generation this node reads (`NEWEST_GENERATION`; lower only to make
+    /// it behave as an older release would, as the rolling-upgrade test does). It writes the
+    /// generation its cluster has reached.
+    pub format_generation_max: FormatGeneration,
 }
 
 /// The shards this node serves now, shared with its gRPC service. Replicas come and go while
@@ -128,6 +134,8 @@ struct Host {
     shards: ShardMap,
     hosted: tokio::sync::Mutex<HashMap<u64, Hosted>>,
     cancel: CancellationToken,
+    /// Which format generation this node's shards write, and the newest they read.
+    format: FormatGate,
 }
 
 /// How long start-up keeps retrying registration while metadata comes up.
@@ -140,6 +148,7 @@ impl StorageNode {
     pub async fn start(settings: StorageSettings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let metadata = MetadataClient::connect_lazy(&settings.metadata_endpoint)?;
         let address = format!("http://{}", settings.listen);
+        let format = FormatGate::new(settings.format_generation_max);
         let mut attempt = 0;
         let placements = loop {
             let request = strata_common::proto::RegisterStorageNodeRequest {
@@ -148,6 +157,7 @@ impl StorageNode {
                 initial_shards: settings.initial_shards,
                 replication_factor: settings.replication_factor,
                 zone: settings.zone.clone(),
+                format_generation_max: format.readable_max(),
                 ..Default::default()
             };
             match metadata.register_storage_node(request).await {
@@ -163,9 +173,17 @@ impl StorageNode {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Ok(r) => {
-                    tracing::info!(shards = r.shards.len(), in_catalog = r.shards_in_catalog, "registered");
+                    tracing::info!(
+                        shards = r.shards.len(),
+                        in_catalog = r.shards_in_catalog,
+                        format_generation = r.format_generation,
+                        "registered"
+                    );
+                    format.raise(r.format_generation);
                     break r.shards;
                 }
+                // The cluster writes formats this node cannot read: waiting does not help.
+                Err(e) if e.kind == ErrorKind::InvalidParameter => return Err(e.into()),
                 Err(e) if attempt < REGISTER_ATTEMPTS_MAX => {
                     attempt += 1;
                     tracing::info!(error = %e, "waiting for metadata to register");
@@ -183,6 +201,7 @@ impl StorageNode {
                 &settings.data_dir.join("cache"),
                 settings.cache_memory_bytes,
                 settings.cache_disk_bytes,
+                format.clone(),
             )
             .await?,
         );
@@ -193,10 +212,11 @@ impl StorageNode {
             metadata: metadata.clone(),
             store,
             reader: reader.clone(),
-            router: RaftRouter::new(),
+            router: RaftRouter::new(format.readable_max()),
             shards: shards.clone(),
             hosted: tokio::sync::Mutex::new(HashMap::new()),
             cancel: CancellationToken::new(),
+            format,
         });
         for placement in &placements {
             host.open_shard(placement, false).await?;
@@ -286,6 +306,7 @@ impl Host {
                 self.reader.clone(),
                 replicas.as_ref(),
                 &self.router,
+                self.format.clone(),
             )
             .await?,
         );
@@ -363,8 +384,11 @@ async fn heartbeat_loop(host: Arc<Host>) {
             _ = host.cancel.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(HEARTBEAT_INTERVAL_MS)) => {}
         }
-        match host.metadata.heartbeat(&host.settings.node_id).await {
-            Ok(answer) => host.reconcile(&answer.shards, &answer.leaving_shards).await,
+        match host.metadata.heartbeat(&host.settings.node_id, host.format.readable_max()).await {
+            Ok(answer) => {
+                host.format.raise(answer.format_generation);
+                host.reconcile(&answer.shards, &answer.leaving_shards).await
+            }
             Err(e) => tracing::warn!(error = %e, "heartbeat to metadata failed; will retry"),
         }
     }

@@ -410,8 +410,17 @@ impl Storage for StorageService {
         let r = request.into_inner();
         let shard = self.shards.read().get(&r.shard_id).cloned();
         let shard = shard.ok_or_else(|| StrataError::unavailable("the shard is not served here"))?;
-        let entries = shard.local_entries(r.first_index, r.count_max)?;
-        Ok(Response::new(pb::ReadLogEntriesResponse { entries }))
+        let mut entries = shard.local_entries(r.first_index, r.count_max)?;
+        if !r.versioned_payloads {
+            // A release from before payload versions reads only legacy entries, without a version.
+            for entry in &mut entries {
+                match strata_wal::format::frame_for_payload(entry) {
+                    (strata_wal::format::LEGACY_FRAME_VERSION, legacy) => *entry = entry.slice_ref(legacy),
+                    _ => return Err(StrataError::invalid("these log entries need a newer release to read them").into()),
+                }
+            }
+        }
+        Ok(Response::new(pb::ReadLogEntriesResponse { entries, versioned_payloads: r.versioned_payloads }))
     }
 
     async fn read_metering(

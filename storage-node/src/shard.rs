@@ -16,9 +16,12 @@ use openraft::{BasicNode, Config, ReadPolicy, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use strata_common::Clock;
 use strata_common::error::{ErrorKind, StrataError};
-use strata_common::format::{LEGACY_FORMAT_VERSION, Persisted, postcard_exact, postcard_into, unknown_version};
+use strata_common::format::{
+    FormatGate, LEGACY_FORMAT_VERSION, Persisted, postcard_exact, postcard_into, unknown_version,
+};
 use strata_common::metering::MeterRecord;
-use strata_wal::group::{RaftGroup, open_group, open_single_voter};
+use strata_wal::format::{LEGACY_FRAME_VERSION, versioned_payload};
+use strata_wal::group::{GroupStorage, RaftGroup, open_group, open_single_voter};
 use strata_wal::raft_state::{ReplicatedState, StateGuard};
 use strata_wal::raft_store::SegmentRetention;
 use strata_wal::transport::{GrpcNetwork, RaftRouter};
@@ -41,9 +44,9 @@ pub struct ShardEntry(pub ShardCommand);
 /// A shard log entry's command, persisted (see `docs/formats.md`). Version 1 is the postcard
 /// encoding of [`ShardCommand`] as it stands; the legacy version is the same layout.
 impl Persisted for ShardEntry {
-    const FORMAT_VERSION: u8 = 1;
+    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 1];
 
-    fn encode_body(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
+    fn encode_body(&self, _version: u8, out: &mut Vec<u8>) -> std::io::Result<()> {
         postcard_into(&self.0, out)
     }
 
@@ -58,9 +61,9 @@ impl Persisted for ShardEntry {
 /// A shard's state in its snapshot (the slice files travel beside it). Version 1 is the postcard
 /// encoding of [`ShardState`] as it stands; the legacy version is the same layout.
 impl Persisted for ShardMachine {
-    const FORMAT_VERSION: u8 = 1;
+    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 1];
 
-    fn encode_body(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
+    fn encode_body(&self, _version: u8, out: &mut Vec<u8>) -> std::io::Result<()> {
         postcard_into(&self.0, out)
     }
 
@@ -267,6 +270,7 @@ impl Shard {
         tiered: Arc<TieredReader>,
         replicas: Option<&ShardReplicas>,
         router: &RaftRouter,
+        format: FormatGate,
     ) -> anyhow::Result<Self> {
         let config = Config {
             cluster_name: format!("strata-shard-{shard_id}"),
@@ -289,8 +293,7 @@ impl Shard {
                     1,
                     BasicNode::default(),
                     config,
-                    wal_options,
-                    SegmentRetention::KeepUntilReleased,
+                    GroupStorage { wal: wal_options, retention: SegmentRetention::KeepUntilReleased, format },
                 )
                 .await?
             }
@@ -301,8 +304,7 @@ impl Shard {
                     dir,
                     replicas.raft_id,
                     config,
-                    wal_options,
-                    SegmentRetention::KeepUntilReleased,
+                    GroupStorage { wal: wal_options, retention: SegmentRetention::KeepUntilReleased, format },
                     GrpcNetwork { group: shard_id },
                     replicas.initialize.then_some(voters),
                 )
@@ -571,11 +573,21 @@ impl Shard {
         };
         for peer in peers {
             let Some(mut client) = self.peer_client(&peer) else { continue };
-            let request =
-                strata_common::proto::ReadLogEntriesRequest { shard_id: self.shard_id, first_index, count_max };
+            let request = strata_common::proto::ReadLogEntriesRequest {
+                shard_id: self.shard_id,
+                first_index,
+                count_max,
+                versioned_payloads: true,
+            };
             match client.read_log_entries(request).await {
                 Ok(answer) if !answer.get_ref().entries.is_empty() => {
-                    return (first_index..).zip(answer.into_inner().entries).collect();
+                    let answer = answer.into_inner();
+                    let versioned = answer.versioned_payloads;
+                    let entries = answer.entries.into_iter().map(|entry| {
+                        // A peer of a release from before payload versions sends legacy entries.
+                        if versioned { entry } else { versioned_payload(LEGACY_FRAME_VERSION, entry) }
+                    });
+                    return (first_index..).zip(entries).collect();
                 }
                 Ok(_) => {}
                 Err(e) => tracing::debug!(shard = self.shard_id, first_index, peer, error = %e, "peer read failed"),
@@ -584,10 +596,15 @@ impl Shard {
         Vec::new()
     }
 
+    /// Which format generation this replica writes, and the newest it reads.
+    pub fn log_format(&self) -> &FormatGate {
+        self.group.log.format()
+    }
+
     /// The entry at `index` from another replica's local log (see [`Shard::entries_from_peers`]).
     async fn entry_from_peers(&self, index: u64) -> Result<openraft::alias::EntryOf<ShardRaftConfig>, StrataError> {
         match self.entries_from_peers(index, 1).await.pop() {
-            Some((_, bytes)) => decode_entry(&bytes),
+            Some((_, bytes)) => decode_entry(&bytes, self.group.log.format()),
             None => {
                 tracing::error!(shard = self.shard_id, index, "log entry is neither local, nor tiered, nor on a peer");
                 Err(StrataError::unavailable("a message could not be read from the log now; retry"))
@@ -598,7 +615,7 @@ impl Shard {
     /// An entry this replica's WAL lacks: from its backfill files, else the bucket, else a peer.
     async fn entry_elsewhere(&self, index: u64) -> Result<openraft::alias::EntryOf<ShardRaftConfig>, StrataError> {
         if let Some(bytes) = self.backfill.read(index).map_err(|e| self.log_read_failed(index, e))? {
-            return decode_entry(&bytes);
+            return decode_entry(&bytes, self.group.log.format());
         }
         match self.tiered.read_entry(self.shard_id, index).await {
             Err(e) if e.kind == ErrorKind::Internal => self.entry_from_peers(index).await,
@@ -745,9 +762,13 @@ async fn read_slice_blocking(dir: PathBuf, slice_start_ms: u64) -> Result<Vec<Sl
     }
 }
 
-/// Decodes a shard log entry from a WAL record payload (used for tiered segments).
-pub fn decode_entry(bytes: &Bytes) -> Result<openraft::alias::EntryOf<ShardRaftConfig>, StrataError> {
-    strata_wal::persisted::decode_entry::<ShardRaftConfig>(bytes).map_err(|e| {
+/// Decodes a shard log entry from a WAL record payload (of a tiered segment, a backfill file or
+/// a peer's log), refusing versions newer than `format` reads.
+pub fn decode_entry(
+    bytes: &Bytes,
+    format: &FormatGate,
+) -> Result<openraft::alias::EntryOf<ShardRaftConfig>, StrataError> {
+    strata_wal::persisted::decode_entry::<ShardRaftConfig>(bytes, format).map_err(|e| {
         tracing::error!(error = %e, "undecodable shard log entry in a tiered segment");
         StrataError::internal("a stored log entry could not be decoded")
     })

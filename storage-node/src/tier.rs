@@ -39,6 +39,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use parking_lot::Mutex;
 use strata_common::error::StrataError;
+use strata_common::format::FormatGate;
 use strata_common::proto as pb;
 use strata_metadata::MetadataClient;
 
@@ -142,6 +143,8 @@ pub struct TieredReader {
     catalogs: Mutex<HashMap<u64, BTreeMap<u64, pb::Segment>>>,
     indexes: Mutex<HashMap<String, Arc<SegmentIndex>>>,
     pub stats: TierStats,
+    /// The newest format generation entries may be read in.
+    format: FormatGate,
 }
 
 impl TieredReader {
@@ -152,6 +155,7 @@ impl TieredReader {
         cache_dir: &Path,
         memory_bytes: usize,
         disk_bytes: usize,
+        format: FormatGate,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(cache_dir)?;
         let device = FsDeviceBuilder::new(cache_dir).with_capacity(disk_bytes).build()?;
@@ -170,6 +174,7 @@ impl TieredReader {
             catalogs: Mutex::new(HashMap::new()),
             indexes: Mutex::new(HashMap::new()),
             stats: TierStats::default(),
+            format,
         })
     }
 
@@ -282,7 +287,7 @@ impl TieredReader {
         shard_id: u64,
         index: u64,
     ) -> Result<openraft::alias::EntryOf<ShardRaftConfig>, StrataError> {
-        decode_entry(&self.read_record(shard_id, index).await?)
+        decode_entry(&self.read_record(shard_id, index).await?, &self.format)
     }
 
     fn forget_segments(&self, shard_id: u64, keys: &HashSet<String>) {

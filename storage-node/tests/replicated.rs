@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
+use strata_common::format::{FormatGate, NEWEST_GENERATION};
 use strata_common::proto::{self as pb, storage_client::StorageClient};
 use strata_common::{Clock, SystemClock};
 use strata_metadata::{MetadataClient, MetadataNode};
@@ -56,6 +57,7 @@ async fn start_node_with(
         cache_disk_bytes: 16 << 20,
         replication_factor: 3,
         zone: format!("zone-{index}"),
+        format_generation_max: NEWEST_GENERATION,
     };
     StorageNode::start(settings, Arc::new(SystemClock)).await.expect("storage node starts")
 }
@@ -119,7 +121,9 @@ impl Metadata {
         let addr = free_addr();
         let endpoint = format!("http://{addr}");
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let node = MetadataNode::open(&root.join("metadata"), &endpoint, clock).await.expect("metadata opens");
+        let node = MetadataNode::open(&root.join("metadata"), &endpoint, clock, FormatGate::new(NEWEST_GENERATION))
+            .await
+            .expect("metadata opens");
         let stop = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind metadata");
         let task = tokio::spawn(node.clone().serve_with_listener(listener, stop.clone().cancelled_owned()));

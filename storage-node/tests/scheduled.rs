@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use strata_common::format::{FormatGate, NEWEST_GENERATION};
 use strata_common::proto::{self as pb, storage_client::StorageClient};
 use strata_common::{Clock, ManualClock, SystemClock};
 use strata_metadata::{MetadataClient, MetadataNode};
@@ -46,6 +47,7 @@ async fn start_storage(dir: &Path, metadata_endpoint: &str, listen: SocketAddr, 
         cache_disk_bytes: 16 << 20,
         replication_factor: 1,
         zone: String::new(),
+        format_generation_max: NEWEST_GENERATION,
     };
     StorageNode::start(settings, Arc::new(clock.clone())).await.expect("storage node starts")
 }
@@ -98,9 +100,14 @@ async fn a_month_of_scheduled_messages_arrives_on_time_across_restarts() {
     let metadata_addr = free_addr();
     let metadata_endpoint = format!("http://{metadata_addr}");
     let system_clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let metadata = MetadataNode::open(&dir.path().join("metadata"), &metadata_endpoint, system_clock.clone())
-        .await
-        .expect("metadata opens");
+    let metadata = MetadataNode::open(
+        &dir.path().join("metadata"),
+        &metadata_endpoint,
+        system_clock.clone(),
+        FormatGate::new(NEWEST_GENERATION),
+    )
+    .await
+    .expect("metadata opens");
     let stop = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind(metadata_addr).await.expect("bind metadata");
     let metadata_task = tokio::spawn(metadata.clone().serve_with_listener(listener, stop.clone().cancelled_owned()));

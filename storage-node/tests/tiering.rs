@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::ObjectStore;
+use strata_common::format::{FormatGate, NEWEST_GENERATION};
 use strata_common::proto::{self as pb, storage_client::StorageClient};
 use strata_common::{Clock, SystemClock};
 use strata_metadata::{MetadataClient, MetadataNode};
@@ -61,6 +62,7 @@ async fn start_storage(
         cache_disk_bytes: 64 << 20,
         replication_factor: 1,
         zone: String::new(),
+        format_generation_max: NEWEST_GENERATION,
     };
     StorageNode::start(settings, Arc::new(SystemClock)).await.expect("storage node starts")
 }
@@ -115,9 +117,14 @@ async fn tiering_round_trip(store_settings: ObjectStoreSettings) {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let metadata_addr = free_addr();
     let metadata_endpoint = format!("http://{metadata_addr}");
-    let metadata = MetadataNode::open(&dir.path().join("metadata"), &metadata_endpoint, clock.clone())
-        .await
-        .expect("metadata opens");
+    let metadata = MetadataNode::open(
+        &dir.path().join("metadata"),
+        &metadata_endpoint,
+        clock.clone(),
+        FormatGate::new(NEWEST_GENERATION),
+    )
+    .await
+    .expect("metadata opens");
     let cancel = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind(metadata_addr).await.expect("bind metadata");
     let metadata_task = tokio::spawn(metadata.clone().serve_with_listener(listener, cancel.clone().cancelled_owned()));

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
+use strata_common::format::{FormatGate, NEWEST_GENERATION};
 use strata_common::{Clock, SystemClock};
 use strata_metadata::MetadataNode;
 use strata_proxy::ProxySettings;
@@ -44,6 +45,7 @@ async fn start_node(root: &Path, index: usize, listen: SocketAddr, metadata_endp
         cache_disk_bytes: 16 << 20,
         replication_factor: 3,
         zone: format!("zone-{index}"),
+        format_generation_max: NEWEST_GENERATION,
     };
     StorageNode::start(settings, Arc::new(SystemClock)).await.expect("storage node starts")
 }
@@ -60,9 +62,14 @@ async fn the_proxy_follows_the_shard_leader_through_a_failover() {
     let stop = CancellationToken::new();
     let metadata_addr = free_addr();
     let metadata_endpoint = format!("http://{metadata_addr}");
-    let metadata = MetadataNode::open(&root.path().join("metadata"), &metadata_endpoint, clock.clone())
-        .await
-        .expect("metadata opens");
+    let metadata = MetadataNode::open(
+        &root.path().join("metadata"),
+        &metadata_endpoint,
+        clock.clone(),
+        FormatGate::new(NEWEST_GENERATION),
+    )
+    .await
+    .expect("metadata opens");
     let listener = tokio::net::TcpListener::bind(metadata_addr).await.expect("bind metadata");
     let metadata_task = tokio::spawn(metadata.clone().serve_with_listener(listener, stop.clone().cancelled_owned()));
 

@@ -231,11 +231,20 @@ pub const fn record_frame_len(payload_len: usize) -> usize {
     RECORD_HEADER_BYTES + payload_len
 }
 
-/// Appends the frame of record `index` with `payload` to `buf`.
+/// Appends the frame of record `index` with `payload` to `buf`, in [`RECORD_FORMAT_VERSION`].
 ///
 /// The caller must have checked `payload.len() <= RECORD_PAYLOAD_BYTES_MAX`; this function
 /// panics otherwise (a programming error, never a data-dependent condition).
 pub fn encode_record_into(buf: &mut Vec<u8>, index: u64, payload: &[u8]) {
+    encode_record_version_into(buf, RECORD_FORMAT_VERSION, index, payload);
+}
+
+/// [`encode_record_into`] in a frame version of choice: [`LEGACY_FRAME_VERSION`] for a payload
+/// without a format version of its own, which a process of a release from before payload
+/// versions must be able to read (see `docs/formats.md`, rolling upgrades). Panics on a version
+/// this code does not read.
+pub fn encode_record_version_into(buf: &mut Vec<u8>, version: u8, index: u64, payload: &[u8]) {
+    assert!(is_readable_frame_version(version), "record frame version {version} is unknown");
     assert!(
         payload.len() <= RECORD_PAYLOAD_BYTES_MAX,
         "record payload of {} bytes exceeds RECORD_PAYLOAD_BYTES_MAX",
@@ -243,7 +252,7 @@ pub fn encode_record_into(buf: &mut Vec<u8>, index: u64, payload: &[u8]) {
     );
     let payload_len = u32::try_from(payload.len()).expect("bounded by RECORD_PAYLOAD_BYTES_MAX");
     let mut header = [0u8; RECORD_HEADER_BYTES];
-    header[0] = RECORD_FORMAT_VERSION;
+    header[0] = version;
     // header[1] flags = 0, header[2..4] reserved = 0.
     header[4..8].copy_from_slice(&payload_len.to_le_bytes());
     header[8..16].copy_from_slice(&index.to_le_bytes());
@@ -290,6 +299,16 @@ pub fn versioned_payload(frame_version: u8, payload: bytes::Bytes) -> bytes::Byt
         bytes::Bytes::from(prefixed)
     } else {
         payload
+    }
+}
+
+/// The frame a versioned payload (as [`versioned_payload`] hands them out) is stored in again, and
+/// the bytes stored: a legacy payload goes back into a [`LEGACY_FRAME_VERSION`] frame without its
+/// version, which releases from before payload versions read; any other as it is.
+pub fn frame_for_payload(payload: &[u8]) -> (u8, &[u8]) {
+    match payload.split_first() {
+        Some((&LEGACY_PAYLOAD_VERSION, legacy)) => (LEGACY_FRAME_VERSION, legacy),
+        _ => (RECORD_FORMAT_VERSION, payload),
     }
 }
 

@@ -22,6 +22,7 @@ use crate::persisted::PersistedRaftTypes;
 use crate::raft_state::{EntryCommand, ReplicatedState, SharedState, StateMachineStore};
 use crate::raft_store::{SegmentRetention, WalLogStore};
 use crate::single_voter::SingleVoterNetwork;
+use strata_common::format::FormatGate;
 
 /// How long opening a group may wait for its single voter to become leader and re-apply its log.
 const GROUP_READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -102,8 +103,7 @@ pub async fn open_single_voter<C, S>(
     node_id: C::NodeId,
     node: C::Node,
     config: Config,
-    wal_options: WalOptions,
-    retention: SegmentRetention,
+    storage: GroupStorage,
 ) -> io::Result<RaftGroup<C, S>>
 where
     C: PersistedRaftTypes + RaftTypeConfig<D = S::Command, R = S::Response>,
@@ -111,7 +111,7 @@ where
     S: ReplicatedState,
 {
     let members = BTreeMap::from([(node_id, node)]);
-    let group = open_group(dir, node_id, config, wal_options, retention, SingleVoterNetwork, Some(members)).await?;
+    let group = open_group(dir, node_id, config, storage, SingleVoterNetwork, Some(members)).await?;
     group
         .raft
         .wait(Some(GROUP_READY_TIMEOUT))
@@ -148,6 +148,15 @@ where
     })
 }
 
+/// How a group keeps its log and state on disk.
+#[derive(Clone)]
+pub struct GroupStorage {
+    pub wal: WalOptions,
+    pub retention: SegmentRetention,
+    /// Which format generation the group writes, and the newest it reads.
+    pub format: FormatGate,
+}
+
 /// Opens the group in `dir`, talking to its peers through `network`. On a first start the node
 /// given `initial_members` initializes the group with them as voters (exactly one node of a new
 /// group does; the others learn the membership from it). Returns at once: a leader is elected
@@ -156,8 +165,7 @@ pub async fn open_group<C, S, N>(
     dir: &Path,
     node_id: C::NodeId,
     config: Config,
-    wal_options: WalOptions,
-    retention: SegmentRetention,
+    storage: GroupStorage,
     network: N,
     initial_members: Option<BTreeMap<C::NodeId, C::Node>>,
 ) -> io::Result<RaftGroup<C, S>>
@@ -168,8 +176,9 @@ where
     N: RaftNetworkFactory<C>,
     N::Network: NetSnapshot<C, SnapshotData = Vec<u8>>,
 {
-    let log = WalLogStore::<C>::open(&dir.join(LOG_STORE_DIR), wal_options, retention)?;
-    let sm = StateMachineStore::<C, S>::open(&dir.join(STATE_DIR))?;
+    let GroupStorage { wal, retention, format } = storage;
+    let log = WalLogStore::<C>::open(&dir.join(LOG_STORE_DIR), wal, retention, format.clone())?;
+    let sm = StateMachineStore::<C, S>::open(&dir.join(STATE_DIR), format)?;
     let state = sm.shared();
     let config = Arc::new(config.validate().map_err(io::Error::other)?);
     let raft = Raft::new(node_id, config, network, log.clone(), sm).await.map_err(io::Error::other)?;

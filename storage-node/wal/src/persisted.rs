@@ -10,7 +10,8 @@
 //! (a postcard enum tag: 0 blank, 1 normal, 2 membership), then for a normal entry the
 //! application's command as a [`Persisted`] value (its own version byte and body), for a
 //! membership entry postcard of a [`MembershipV1`]. A legacy entry is the same without the two
-//! version bytes.
+//! version bytes, in a legacy WAL frame; a cluster writes legacy entries while its format
+//! generation is 0, so that processes of releases from before versions read them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -20,7 +21,8 @@ use openraft::impls::{BasicNode, Entry, EntryPayload, Vote};
 use openraft::{LogId, Membership, RaftTypeConfig, StoredMembership};
 use serde::{Deserialize, Serialize};
 use strata_common::format::{
-    LEGACY_FORMAT_VERSION, Persisted, invalid_data, postcard_exact, postcard_into, unknown_version,
+    FormatGate, FormatGeneration, LEGACY_FORMAT_VERSION, LEGACY_GENERATION, Persisted, invalid_data, postcard_exact,
+    postcard_into, unknown_version,
 };
 
 /// The version of entries, votes, log ids and memberships this release writes.
@@ -164,16 +166,35 @@ impl TryFrom<StoredMembershipV1> for StoredMembership<LeaderId<u64, u64>, u64, B
     }
 }
 
-/// Encodes a log entry in [`RAFT_FORMAT_VERSION`] (see the module doc).
-pub fn encode_entry<C: PersistedRaftTypes>(entry: &C::Entry) -> io::Result<Vec<u8>> {
-    let mut out = vec![RAFT_FORMAT_VERSION];
+/// Whether a batch of entries is written in the legacy layout (and legacy WAL frames): in a
+/// cluster still at [`LEGACY_GENERATION`], unless an entry holds something only a newer version
+/// can (proposed only once every voter reads it).
+pub fn writes_legacy<C: PersistedRaftTypes>(entries: &[C::Entry], generation: FormatGeneration) -> bool {
+    generation == LEGACY_GENERATION
+        && entries.iter().all(|entry| match &entry.payload {
+            EntryPayload::Normal(command) => command.version_to_write(generation) == LEGACY_FORMAT_VERSION,
+            EntryPayload::Blank | EntryPayload::Membership(_) => true,
+        })
+}
+
+/// Encodes a log entry (see the module doc): in the legacy layout, or in [`RAFT_FORMAT_VERSION`]
+/// with the command in the version a cluster at `generation` writes.
+pub fn encode_entry<C: PersistedRaftTypes>(
+    entry: &C::Entry,
+    legacy: bool,
+    generation: FormatGeneration,
+) -> io::Result<Vec<u8>> {
+    let mut out = if legacy { Vec::new() } else { vec![RAFT_FORMAT_VERSION] };
     postcard_into(&LogIdV1::from(&entry.log_id), &mut out)?;
     match &entry.payload {
         EntryPayload::Blank => out.push(KIND_BLANK),
         EntryPayload::Normal(command) => {
             out.push(KIND_NORMAL);
-            out.push(<C::D as Persisted>::FORMAT_VERSION);
-            command.encode_body(&mut out)?;
+            let version = if legacy { LEGACY_FORMAT_VERSION } else { command.version_to_write(generation) };
+            if !legacy {
+                out.push(version);
+            }
+            command.encode_body(version, &mut out)?;
         }
         EntryPayload::Membership(membership) => {
             out.push(KIND_MEMBERSHIP);
@@ -183,10 +204,12 @@ pub fn encode_entry<C: PersistedRaftTypes>(entry: &C::Entry) -> io::Result<Vec<u
     Ok(out)
 }
 
-/// Decodes a log entry from a WAL payload (which starts with its format version).
-pub fn decode_entry<C: PersistedRaftTypes>(payload: &[u8]) -> io::Result<C::Entry> {
+/// Decodes a log entry from a WAL payload (which starts with its format version), refusing
+/// versions newer than `gate` reads.
+pub fn decode_entry<C: PersistedRaftTypes>(payload: &[u8], gate: &FormatGate) -> io::Result<C::Entry> {
     let (&version, rest) = payload.split_first().ok_or_else(|| invalid_data("empty log entry"))?;
-    if version != LEGACY_FORMAT_VERSION && version != RAFT_FORMAT_VERSION {
+    let readable = if gate.readable_max() == LEGACY_GENERATION { LEGACY_FORMAT_VERSION } else { RAFT_FORMAT_VERSION };
+    if version > readable {
         return Err(unknown_version("log entry", version));
     }
     let (log_id, rest): (LogIdV1, &[u8]) =
@@ -197,7 +220,12 @@ pub fn decode_entry<C: PersistedRaftTypes>(payload: &[u8]) -> io::Result<C::Entr
         KIND_NORMAL if version == LEGACY_FORMAT_VERSION => {
             EntryPayload::Normal(C::D::decode_body(LEGACY_FORMAT_VERSION, rest)?)
         }
-        KIND_NORMAL => EntryPayload::Normal(C::D::decode_versioned(rest)?),
+        KIND_NORMAL => {
+            let (&command_version, body) =
+                rest.split_first().ok_or_else(|| invalid_data("log entry without a command"))?;
+            gate.check_readable::<C::D>("command", command_version)?;
+            EntryPayload::Normal(C::D::decode_body(command_version, body)?)
+        }
         KIND_MEMBERSHIP => EntryPayload::Membership(postcard_exact::<MembershipV1>(rest)?.try_into()?),
         _ => return Err(invalid_data(format!("log entry payload kind {kind} (or trailing bytes)"))),
     };
@@ -224,7 +252,7 @@ pub fn decode_fact<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> io::Result<T
 mod tests {
     use std::path::PathBuf;
 
-    use strata_common::format::golden;
+    use strata_common::format::{NEWEST_GENERATION, golden};
 
     use super::*;
 
@@ -263,15 +291,24 @@ mod tests {
     #[test]
     fn entries_match_their_golden_fixtures() {
         for (name, entry) in entries() {
-            let encoded = encode_entry::<Config>(&entry).expect("encode");
+            let gate = FormatGate::newest();
+            let encoded = encode_entry::<Config>(&entry, false, NEWEST_GENERATION).expect("encode");
             let stored = golden::check_bytes(&fixtures(), &format!("{name}-v1.bin"), &encoded);
-            assert_eq!(decode_entry::<Config>(&stored).expect("decode"), entry, "{name}");
+            assert_eq!(decode_entry::<Config>(&stored, &gate).expect("decode"), entry, "{name}");
+            let capped = FormatGate::new(LEGACY_GENERATION);
+            assert!(decode_entry::<Config>(&stored, &capped).is_err(), "{name}: a legacy reader refuses version 1");
 
+            // The legacy layout is what openraft's serde wrote, and what a cluster still at
+            // generation 0 writes.
             let legacy = postcard::to_allocvec(&entry).expect("legacy encoding");
+            assert!(writes_legacy::<Config>(std::slice::from_ref(&entry), LEGACY_GENERATION));
+            assert_eq!(encode_entry::<Config>(&entry, true, LEGACY_GENERATION).expect("encode legacy"), legacy);
             let stored = golden::check_bytes(&fixtures(), &format!("{name}-v0.bin"), &legacy);
             let mut versioned = vec![LEGACY_FORMAT_VERSION];
             versioned.extend_from_slice(&stored);
-            assert_eq!(decode_entry::<Config>(&versioned).expect("decode legacy"), entry, "{name} (legacy)");
+            for gate in [&gate, &capped] {
+                assert_eq!(decode_entry::<Config>(&versioned, gate).expect("decode legacy"), entry, "{name} (legacy)");
+            }
         }
     }
 
@@ -300,12 +337,13 @@ mod tests {
     #[test]
     fn unknown_versions_and_damage_are_refused() {
         let (_, entry) = entries().remove(1);
-        let mut encoded = encode_entry::<Config>(&entry).expect("encode");
+        let gate = FormatGate::newest();
+        let mut encoded = encode_entry::<Config>(&entry, false, NEWEST_GENERATION).expect("encode");
         encoded[0] = 9;
-        assert!(decode_entry::<Config>(&encoded).unwrap_err().to_string().contains("unknown"));
-        let mut encoded = encode_entry::<Config>(&entry).expect("encode");
+        assert!(decode_entry::<Config>(&encoded, &gate).unwrap_err().to_string().contains("unknown"));
+        let mut encoded = encode_entry::<Config>(&entry, false, NEWEST_GENERATION).expect("encode");
         encoded.push(0);
-        assert!(decode_entry::<Config>(&encoded).is_err(), "trailing bytes");
-        assert!(decode_entry::<Config>(&[]).is_err());
+        assert!(decode_entry::<Config>(&encoded, &gate).is_err(), "trailing bytes");
+        assert!(decode_entry::<Config>(&[], &gate).is_err());
     }
 }

@@ -27,7 +27,9 @@ use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, RaftTypeConfig, SnapshotMeta};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
-use strata_common::format::{LEGACY_FORMAT_VERSION, Persisted, postcard_into};
+use strata_common::format::{
+    FormatGate, FormatGeneration, LEGACY_FORMAT_VERSION, LEGACY_GENERATION, NEWEST_GENERATION, Persisted, postcard_into,
+};
 use tokio::sync::watch;
 
 use crate::persisted::{LogIdV1, PersistedRaftTypes, StoredMembershipV1};
@@ -124,12 +126,23 @@ const SNAPSHOT_FORMAT_VERSION: u8 = 3;
 const SNAPSHOT_FORMAT_VERSION_LEGACY: u8 = 1;
 const SNAPSHOT_HEADER_BYTES: usize = 5;
 
-fn encode_snapshot<C: PersistedRaftTypes, S: Persisted>(applied: &Applied<C, S>) -> io::Result<Vec<u8>> {
-    let mut bytes = vec![SNAPSHOT_FORMAT_VERSION, 0, 0, 0, 0];
+/// Encodes a snapshot for a cluster at `generation`: in the legacy layout while it is at
+/// generation 0 (unless the state holds something only a newer version can), else in
+/// [`SNAPSHOT_FORMAT_VERSION`].
+fn encode_snapshot<C: PersistedRaftTypes, S: Persisted>(
+    applied: &Applied<C, S>,
+    generation: FormatGeneration,
+) -> io::Result<Vec<u8>> {
+    let state_version = applied.state.version_to_write(generation);
+    let legacy = generation == LEGACY_GENERATION && state_version == LEGACY_FORMAT_VERSION;
+    let version = if legacy { SNAPSHOT_FORMAT_VERSION_LEGACY } else { SNAPSHOT_FORMAT_VERSION };
+    let mut bytes = vec![version, 0, 0, 0, 0];
     let raft = (applied.last_applied.as_ref().map(LogIdV1::from), StoredMembershipV1::from(&applied.membership));
     postcard_into(&raft, &mut bytes)?;
-    bytes.push(S::FORMAT_VERSION);
-    applied.state.encode_body(&mut bytes)?;
+    if !legacy {
+        bytes.push(state_version);
+    }
+    applied.state.encode_body(state_version, &mut bytes)?;
     let crc = crc32c::crc32c(&bytes[SNAPSHOT_HEADER_BYTES..]);
     bytes[1..SNAPSHOT_HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
     Ok(bytes)
@@ -139,12 +152,19 @@ fn invalid(message: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.into())
 }
 
-fn decode_snapshot<C: PersistedRaftTypes, S: Persisted>(bytes: &[u8]) -> io::Result<Applied<C, S>> {
+/// Decodes a stored snapshot, refusing versions newer than `gate` reads; also answers whether it
+/// was in the legacy layout.
+fn decode_snapshot<C: PersistedRaftTypes, S: Persisted>(
+    bytes: &[u8],
+    gate: &FormatGate,
+) -> io::Result<(Applied<C, S>, bool)> {
     if bytes.len() < SNAPSHOT_HEADER_BYTES {
         return Err(invalid("snapshot is truncated"));
     }
     let version = bytes[0];
-    if version != SNAPSHOT_FORMAT_VERSION && version != SNAPSHOT_FORMAT_VERSION_LEGACY {
+    let readable = version == SNAPSHOT_FORMAT_VERSION_LEGACY
+        || (version == SNAPSHOT_FORMAT_VERSION && gate.readable_max() > LEGACY_GENERATION);
+    if !readable {
         return Err(invalid(format!("snapshot format version {version} is not supported")));
     }
     let crc = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
@@ -154,12 +174,16 @@ fn decode_snapshot<C: PersistedRaftTypes, S: Persisted>(bytes: &[u8]) -> io::Res
     }
     let ((last_applied, membership), rest): ((Option<LogIdV1>, StoredMembershipV1), &[u8]) =
         postcard::take_from_bytes(body).map_err(|e| invalid(format!("snapshot header: {e}")))?;
-    let state = if version == SNAPSHOT_FORMAT_VERSION_LEGACY {
+    let legacy = version == SNAPSHOT_FORMAT_VERSION_LEGACY;
+    let state = if legacy {
         S::decode_body(LEGACY_FORMAT_VERSION, rest)?
     } else {
-        S::decode_versioned(rest)?
+        let (&state_version, body) = rest.split_first().ok_or_else(|| invalid("snapshot without a state"))?;
+        gate.check_readable::<S>("snapshot state", state_version)?;
+        S::decode_body(state_version, body)?
     };
-    Ok(Applied { last_applied: last_applied.map(Into::into), membership: membership.try_into()?, state })
+    let applied = Applied { last_applied: last_applied.map(Into::into), membership: membership.try_into()?, state };
+    Ok((applied, legacy))
 }
 
 /// A snapshot as sent to another replica, when it carries side files: version u8 (2), CRC32C u32
@@ -220,13 +244,15 @@ pub fn seed_snapshot<C: PersistedRaftTypes, S: ReplicatedState>(
         ));
     }
     let (stored, side_files) = decode_transfer(snapshot)?;
-    let mut applied: Applied<C, S> = decode_snapshot(stored)?;
+    let (mut applied, legacy): (Applied<C, S>, bool) = decode_snapshot(stored, &FormatGate::newest())?;
     let last = applied.last_applied.ok_or_else(|| invalid("the snapshot is empty"))?;
     before_store(&last)?;
     applied.membership = StoredMembershipOf::<C>::new(Some(last), membership);
     std::fs::create_dir_all(dir)?;
     S::import_side_files(dir, side_files)?;
-    write_file_atomic(&dir.join(SNAPSHOT_FILE), &encode_snapshot(&applied)?)?;
+    // In the layout it came in: the copy's cluster had reached that generation.
+    let generation = if legacy { LEGACY_GENERATION } else { NEWEST_GENERATION };
+    write_file_atomic(&dir.join(SNAPSHOT_FILE), &encode_snapshot(&applied, generation)?)?;
     Ok(last)
 }
 
@@ -238,6 +264,8 @@ pub struct SharedState<C: RaftTypeConfig, S> {
     /// sent (reading the side files) or installed (writing them).
     snapshot: Mutex<Option<(SnapshotMetaOf<C>, Vec<u8>)>>,
     dir: PathBuf,
+    /// Which format generation snapshots are written in, and the newest that is read.
+    format: FormatGate,
 }
 
 impl<C: RaftTypeConfig, S: ReplicatedState> SharedState<C, S> {
@@ -278,7 +306,7 @@ impl<C: RaftTypeConfig, S> Clone for StateMachineStore<C, S> {
 
 impl<C: PersistedRaftTypes, S: ReplicatedState> StateMachineStore<C, S> {
     /// Opens the store in `dir`, loading the last snapshot if there is one.
-    pub fn open(dir: &Path) -> io::Result<Self> {
+    pub fn open(dir: &Path, format: FormatGate) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let stored = match std::fs::read(dir.join(SNAPSHOT_FILE)) {
             Ok(bytes) => Some(bytes),
@@ -287,7 +315,7 @@ impl<C: PersistedRaftTypes, S: ReplicatedState> StateMachineStore<C, S> {
         };
         let (mut applied, snapshot) = match stored {
             Some(bytes) => {
-                let applied: Applied<C, S> = decode_snapshot(&bytes)?;
+                let (applied, _): (Applied<C, S>, bool) = decode_snapshot(&bytes, &format)?;
                 let meta =
                     SnapshotMeta { last_log_id: applied.last_applied, last_membership: applied.membership.clone() };
                 (applied, Some((meta, bytes)))
@@ -306,6 +334,7 @@ impl<C: PersistedRaftTypes, S: ReplicatedState> StateMachineStore<C, S> {
                 applied_index,
                 snapshot: Mutex::new(snapshot),
                 dir: dir.to_path_buf(),
+                format,
             }),
         })
     }
@@ -318,7 +347,7 @@ impl<C: PersistedRaftTypes, S: ReplicatedState> StateMachineStore<C, S> {
     fn encode_current(&self) -> io::Result<(SnapshotMetaOf<C>, Vec<u8>)> {
         let applied = self.shared.applied.read();
         applied.state.sync_side_files()?;
-        let bytes = encode_snapshot(&applied)?;
+        let bytes = encode_snapshot(&applied, self.shared.format.writing())?;
         let meta = SnapshotMeta { last_log_id: applied.last_applied, last_membership: applied.membership.clone() };
         Ok((meta, bytes))
     }
@@ -433,7 +462,7 @@ where
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || {
             let (stored, side_files) = decode_transfer(&snapshot)?;
-            let mut applied: Applied<C, S> = decode_snapshot(stored)?;
+            let (mut applied, _): (Applied<C, S>, bool) = decode_snapshot(stored, &store.shared.format)?;
             if applied.last_applied != meta.last_log_id {
                 return Err(invalid("snapshot content does not match its metadata"));
             }
@@ -525,31 +554,37 @@ mod golden_tests {
     }
 
     /// The snapshot file: this release writes the committed bytes, and reads them and a snapshot
-    /// written before versions (version 1: the state without a version of its own).
+    /// written before versions (version 1: the state without a version of its own), which a
+    /// cluster still at generation 0 writes too.
     #[test]
     fn snapshot_files_match_their_golden_fixtures() {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/formats/raft");
         let value = applied();
-        let stored = golden::check_bytes(&dir, "snapshot-v3.bin", &encode_snapshot(&value).expect("encode"));
-        let decoded: Applied<Config, String> = decode_snapshot(&stored).expect("decode");
-        assert_eq!(
-            (decoded.last_applied, decoded.membership, decoded.state),
-            (value.last_applied, value.membership.clone(), value.state.clone())
-        );
+        let parts = |a: Applied<Config, String>| (a.last_applied, a.membership, a.state);
+        let gate = FormatGate::newest();
+        let capped = FormatGate::new(LEGACY_GENERATION);
+
+        let encoded = encode_snapshot(&value, NEWEST_GENERATION).expect("encode");
+        let stored = golden::check_bytes(&dir, "snapshot-v3.bin", &encoded);
+        let (decoded, legacy) = decode_snapshot::<Config, String>(&stored, &gate).expect("decode");
+        assert!(!legacy);
+        assert_eq!(parts(decoded), parts(applied()));
+        assert!(decode_snapshot::<Config, String>(&stored, &capped).is_err(), "a legacy reader refuses version 3");
 
         let body = postcard::to_allocvec(&(&value.last_applied, &value.membership, &value.state)).expect("legacy body");
         let mut legacy = vec![SNAPSHOT_FORMAT_VERSION_LEGACY];
         legacy.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
         legacy.extend_from_slice(&body);
+        assert_eq!(encode_snapshot(&value, LEGACY_GENERATION).expect("encode legacy"), legacy);
         let stored = golden::check_bytes(&dir, "snapshot-v1.bin", &legacy);
-        let decoded: Applied<Config, String> = decode_snapshot(&stored).expect("decode legacy");
-        assert_eq!(
-            (decoded.last_applied, decoded.membership, decoded.state),
-            (value.last_applied, value.membership, value.state)
-        );
+        for gate in [&gate, &capped] {
+            let (decoded, legacy) = decode_snapshot::<Config, String>(&stored, gate).expect("decode legacy");
+            assert!(legacy);
+            assert_eq!(parts(decoded), parts(applied()));
+        }
 
         let mut damaged = stored.clone();
         *damaged.last_mut().expect("bytes") ^= 1;
-        assert!(decode_snapshot::<Config, String>(&damaged).is_err(), "checksum");
+        assert!(decode_snapshot::<Config, String>(&damaged, &gate).is_err(), "checksum");
     }
 }

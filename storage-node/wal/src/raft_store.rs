@@ -27,7 +27,12 @@ use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::persisted::{LogIdV1, PersistedRaftTypes, VoteV1, decode_entry, decode_fact, encode_entry, encode_fact};
+use strata_common::format::FormatGate;
+
+use crate::format::{LEGACY_FRAME_VERSION, RECORD_FORMAT_VERSION};
+use crate::persisted::{
+    LogIdV1, PersistedRaftTypes, VoteV1, decode_entry, decode_fact, encode_entry, encode_fact, writes_legacy,
+};
 use crate::{Wal, WalError, WalOptions, read_file_checked, write_file_checked};
 use bytes::Bytes;
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
@@ -69,6 +74,8 @@ impl<C: RaftTypeConfig> Clone for WalLogStore<C> {
 
 struct Inner<C: RaftTypeConfig> {
     wal: Wal,
+    /// Which format generation entries are written in, and the newest that is read.
+    format: FormatGate,
     dir: PathBuf,
     retention: SegmentRetention,
     facts: Mutex<Facts<C>>,
@@ -165,7 +172,7 @@ pub fn seed_vote<C: PersistedRaftTypes>(dir: &Path, vote: &VoteOf<C>) -> io::Res
 impl<C: PersistedRaftTypes> WalLogStore<C> {
     /// Opens (or creates) the store in `dir`, recovering the WAL. Recovery treats a log that
     /// ends below the persisted committed index as corruption.
-    pub fn open(dir: &Path, options: WalOptions, retention: SegmentRetention) -> io::Result<Self> {
+    pub fn open(dir: &Path, options: WalOptions, retention: SegmentRetention, format: FormatGate) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let vote = load_vote::<C>(&dir.join(VOTE_FILE))?;
         let last_purged = load_log_id::<C>(&dir.join(PURGED_FILE))?;
@@ -186,6 +193,7 @@ impl<C: PersistedRaftTypes> WalLogStore<C> {
         Ok(Self {
             inner: Arc::new(Inner {
                 wal,
+                format,
                 dir: dir.to_path_buf(),
                 retention,
                 facts: Mutex::new(Facts {
@@ -209,6 +217,11 @@ impl<C: PersistedRaftTypes> WalLogStore<C> {
         self.inner.facts.lock().last_purged.as_ref().map(|l| l.index())
     }
 
+    /// Which format generation this store writes, and the newest it reads.
+    pub fn format(&self) -> &FormatGate {
+        &self.inner.format
+    }
+
     /// Reads and decodes one entry from the local WAL (ignores the purge point).
     pub fn read_entry(&self, index: u64) -> io::Result<Option<EntryOf<C>>>
     where
@@ -218,7 +231,7 @@ impl<C: PersistedRaftTypes> WalLogStore<C> {
             return Ok(hit.pop());
         }
         match self.inner.wal.read(index).map_err(to_io)? {
-            Some(bytes) => decode_entry::<C>(&bytes).map(Some),
+            Some(bytes) => decode_entry::<C>(&bytes, &self.inner.format).map(Some),
             None => Ok(None),
         }
     }
@@ -251,7 +264,7 @@ impl<C: PersistedRaftTypes> WalLogStore<C> {
             return Ok(hit);
         }
         let records = self.inner.wal.read_range(start, end_exclusive).map_err(to_io)?;
-        records.iter().map(|(_, bytes)| decode_entry::<C>(bytes)).collect()
+        records.iter().map(|(_, bytes)| decode_entry::<C>(bytes, &self.inner.format)).collect()
     }
 }
 
@@ -339,9 +352,13 @@ where
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<EntryOf<C>> = entries.into_iter().collect();
+        // Read once: the whole batch is written in one generation.
+        let generation = self.inner.format.writing();
+        let legacy = writes_legacy::<C>(&entries, generation);
+        let frame_version = if legacy { LEGACY_FRAME_VERSION } else { RECORD_FORMAT_VERSION };
         let records = entries
             .iter()
-            .map(|entry| Ok((entry.index(), Bytes::from(encode_entry::<C>(entry)?))))
+            .map(|entry| Ok((entry.index(), Bytes::from(encode_entry::<C>(entry, legacy, generation)?))))
             .collect::<io::Result<Vec<_>>>()?;
         if records.is_empty() {
             callback.io_completed(Ok(()));
@@ -350,7 +367,11 @@ where
         let sizes: Vec<(u64, usize)> = records.iter().map(|(index, bytes)| (*index, bytes.len())).collect();
         self.inner
             .wal
-            .append(records, Box::new(move |result| callback.io_completed(result.map_err(to_io))))
+            .append_in_frame_version(
+                records,
+                frame_version,
+                Box::new(move |result| callback.io_completed(result.map_err(to_io))),
+            )
             .map_err(to_io)?;
         // Readable once `append` returned, so cacheable now too.
         let mut recent = self.inner.recent.lock();

@@ -40,6 +40,7 @@ use openraft::{BasicNode, LogIdOptionExt, OptionalSend, Raft, RaftNetworkV2, Raf
 use parking_lot::RwLock;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use strata_common::format::FormatGeneration;
 use strata_common::proto::raft_transport_client::RaftTransportClient;
 use strata_common::proto::raft_transport_server::{RaftTransport, RaftTransportServer};
 use strata_common::proto::{self as pb};
@@ -132,14 +133,17 @@ where
 }
 
 /// The Raft transport service of a process: routes each message to its registered group.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct RaftRouter {
     groups: Arc<RwLock<HashMap<GroupId, Arc<dyn GroupEndpoint>>>>,
+    /// The newest format generation this process reads, which `Status` reports.
+    format_generation_max: FormatGeneration,
 }
 
 impl RaftRouter {
-    pub fn new() -> Self {
-        Self::default()
+    /// The transport of a process that reads format generations up to `format_generation_max`.
+    pub fn new(format_generation_max: FormatGeneration) -> Self {
+        Self { groups: Arc::default(), format_generation_max }
     }
 
     /// Delivers messages for `group` to `raft` from now on (replacing an earlier registration).
@@ -198,7 +202,7 @@ impl RaftTransport for RaftRouter {
     async fn status(&self, _: Request<pb::RaftStatusRequest>) -> Result<Response<pb::RaftStatusResponse>, Status> {
         let mut groups: Vec<_> = self.groups.read().iter().map(|(&id, endpoint)| endpoint.status(id)).collect();
         groups.sort_by_key(|g| g.group);
-        Ok(Response::new(pb::RaftStatusResponse { groups }))
+        Ok(Response::new(pb::RaftStatusResponse { groups, format_generation_max: self.format_generation_max }))
     }
 }
 

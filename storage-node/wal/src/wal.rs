@@ -34,8 +34,8 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use crate::atomic_file::sync_dir;
 use crate::error::{CorruptionReason, WalError};
 use crate::format::{
-    RECORD_PAYLOAD_BYTES_MAX, SEGMENT_HEADER_BYTES, decode_record, encode_record_into, encode_segment_header,
-    record_frame_len, segment_file_name, versioned_payload,
+    RECORD_FORMAT_VERSION, RECORD_PAYLOAD_BYTES_MAX, SEGMENT_HEADER_BYTES, decode_record, encode_record_version_into,
+    encode_segment_header, record_frame_len, segment_file_name, versioned_payload,
 };
 use crate::recovery::{RecoveryReport, recover};
 use crate::segment::{RecordPos, Segment, SegmentInfo};
@@ -588,8 +588,20 @@ impl Wal {
         records: Vec<(u64, Bytes)>,
         on_durable: Box<dyn FnOnce(Result<(), WalError>) + Send + 'static>,
     ) -> Result<(), WalError> {
+        self.append_in_frame_version(records, RECORD_FORMAT_VERSION, on_durable)
+    }
+
+    /// [`Wal::append`] in frames of `frame_version`: [`LEGACY_FRAME_VERSION`](crate::format::LEGACY_FRAME_VERSION) for payloads without
+    /// a format version of their own (a cluster some process of which is of a release from before
+    /// payload versions; see `docs/formats.md`). Panics on a version this code does not read.
+    pub fn append_in_frame_version(
+        &self,
+        records: Vec<(u64, Bytes)>,
+        frame_version: u8,
+        on_durable: Box<dyn FnOnce(Result<(), WalError>) + Send + 'static>,
+    ) -> Result<(), WalError> {
         let shared = &self.handle.shared;
-        let batch = encode_batch(&records)?;
+        let batch = encode_batch(&records, frame_version)?;
         let mut state = shared.state.lock();
         shared.check_usable(&state)?;
         if let Some(batch) = &batch {
@@ -833,7 +845,7 @@ impl Wal {
 }
 
 /// Validates and encodes a batch outside the lock; `None` for an empty batch.
-fn encode_batch(records: &[(u64, Bytes)]) -> Result<Option<EncodedBatch>, WalError> {
+fn encode_batch(records: &[(u64, Bytes)], frame_version: u8) -> Result<Option<EncodedBatch>, WalError> {
     let Some((first_index, _)) = records.first() else {
         return Ok(None);
     };
@@ -861,7 +873,7 @@ fn encode_batch(records: &[(u64, Bytes)]) -> Result<Option<EncodedBatch>, WalErr
     let mut frames = Vec::with_capacity(records.len());
     for (index, payload) in records {
         let offset = bytes.len() as u64;
-        encode_record_into(&mut bytes, *index, payload);
+        encode_record_version_into(&mut bytes, frame_version, *index, payload);
         frames.push(RecordPos {
             offset,
             // Bounded by RECORD_HEADER_BYTES + RECORD_PAYLOAD_BYTES_MAX.

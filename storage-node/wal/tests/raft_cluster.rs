@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use strata_common::format::FormatGate;
 use strata_common::proto as pb;
 use strata_common::proto::raft_transport_client::RaftTransportClient;
 
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
-use strata_wal::group::{RaftGroup, open_group};
+use strata_wal::group::{GroupStorage, RaftGroup, open_group};
 use strata_wal::raft_state::ReplicatedState;
 use strata_wal::raft_store::SegmentRetention;
 use strata_wal::transport::{GrpcNetwork, RaftRouter};
@@ -32,9 +33,9 @@ openraft::declare_raft_types!(
 struct Applied(Vec<String>);
 
 impl strata_common::format::Persisted for Applied {
-    const FORMAT_VERSION: u8 = 1;
+    const VERSIONS: &'static [u8] = &[0, 1];
 
-    fn encode_body(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
+    fn encode_body(&self, _version: u8, out: &mut Vec<u8>) -> std::io::Result<()> {
         strata_common::format::postcard_into(&self.0, out)
     }
 
@@ -92,14 +93,13 @@ async fn start_voter(id: u64, dir: &Path, addr: SocketAddr, members: Option<BTre
         dir,
         id,
         config,
-        wal,
-        SegmentRetention::RemoveOnPurge,
+        GroupStorage { wal, retention: SegmentRetention::RemoveOnPurge, format: FormatGate::newest() },
         GrpcNetwork { group: GROUP },
         members,
     )
     .await
     .expect("open the group");
-    let router = RaftRouter::new();
+    let router = RaftRouter::new(strata_common::format::NEWEST_GENERATION);
     router.register(GROUP, group.raft.clone());
     let listener = tokio::net::TcpListener::bind(addr).await.expect("bind the Raft transport");
     let (stop_server, stopped) = oneshot::channel::<()>();

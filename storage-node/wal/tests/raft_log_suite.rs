@@ -7,6 +7,7 @@ use openraft::StorageError;
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::type_config::TypeConfigExt;
 use serde::{Deserialize, Serialize};
+use strata_common::format::FormatGate;
 use strata_wal::raft_state::{ReplicatedState, StateMachineStore};
 use strata_wal::raft_store::{SegmentRetention, WalLogStore};
 use strata_wal::{FsyncFailure, WalOptions};
@@ -25,9 +26,9 @@ openraft::declare_raft_types!(
 struct Applied(Vec<String>);
 
 impl strata_common::format::Persisted for Applied {
-    const FORMAT_VERSION: u8 = 1;
+    const VERSIONS: &'static [u8] = &[0, 1];
 
-    fn encode_body(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
+    fn encode_body(&self, _version: u8, out: &mut Vec<u8>) -> std::io::Result<()> {
         strata_common::format::postcard_into(&self.0, out)
     }
 
@@ -66,9 +67,9 @@ impl StoreBuilder<SuiteConfig, WalLogStore<SuiteConfig>, StateMachineStore<Suite
             on_fsync_error: FsyncFailure::Poison,
             ..Default::default()
         };
-        let log = WalLogStore::open(&dir.path().join("raft"), options, self.retention)
+        let log = WalLogStore::open(&dir.path().join("raft"), options, self.retention, FormatGate::newest())
             .map_err(|e: io::Error| StorageError::read(SuiteConfig::err_from_error(&e)))?;
-        let sm = StateMachineStore::open(&dir.path().join("state"))
+        let sm = StateMachineStore::open(&dir.path().join("state"), FormatGate::newest())
             .map_err(|e| StorageError::read(SuiteConfig::err_from_error(&e)))?;
         Ok((dir, log, sm))
     }
