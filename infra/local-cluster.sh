@@ -15,6 +15,10 @@
 # and stopped by `down` only if `up` started it. Each cluster keeps its objects (segments,
 # copies of metadata snapshots) under its own key prefix in the bucket (DIR's name and the port
 # base), so clusters running at once never share keys.
+#
+# STRATA_FORMAT_CAPPED="storage-3 metadata-3" starts those processes reading format generations
+# only up to STRATA_FORMAT_CAP (default 0), as processes of an older release would
+# (docs/formats.md, rolling upgrades; the rolling-upgrade test).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -41,6 +45,13 @@ access_key_id = "$STRATA_TEST_S3_ACCESS_KEY_ID"
 secret_access_key = "$STRATA_TEST_S3_SECRET_ACCESS_KEY"
 prefix = "local-cluster-$(basename "$1")-$BASE"
 CONF
+}
+
+# The config line that caps a process's format generation, if STRATA_FORMAT_CAPPED names it.
+format_cap_line() { # name
+  case " ${STRATA_FORMAT_CAPPED:-} " in
+    *" $1 "*) echo "format_generation_max = ${STRATA_FORMAT_CAP:-0}" ;;
+  esac
 }
 
 start_role() { # name role
@@ -73,6 +84,7 @@ data_dir = "$dir/metadata-$i"
 listen = "127.0.0.1:$((BASE + i))"
 initialize = $([ "$i" = 1 ] && echo true || echo false)
 backup_interval_s = 30
+$(format_cap_line "metadata-$i")
 
 [members]
 $members
@@ -90,6 +102,7 @@ metadata = "$metadata_endpoints"
 zone = "zone-$i"
 replication_factor = 3
 initial_shards = 3
+$(format_cap_line "storage-$i")
 
 $(object_store_section "$dir")
 CONF

@@ -105,7 +105,8 @@ pub struct AdminConnection {
 
 #[derive(Subcommand)]
 pub enum ClusterCommand {
-    /// List the storage nodes, with whether each keeps its lease.
+    /// List the storage nodes, with whether each keeps its lease and which format generations it
+    /// reads, and the generation the cluster writes.
     Nodes {
         #[command(flatten)]
         admin: AdminConnection,

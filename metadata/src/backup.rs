@@ -18,7 +18,9 @@ use openraft::alias::{SnapshotMetaOf, VoteOf};
 use openraft::{BasicNode, SnapshotMeta};
 use serde::{Deserialize, Serialize};
 use strata_common::error::StrataError;
-use strata_common::format::{invalid_data, postcard_exact, postcard_into, unknown_version};
+use strata_common::format::{
+    FormatGeneration, LEGACY_GENERATION, invalid_data, postcard_exact, postcard_into, unknown_version,
+};
 use strata_wal::persisted::{LogIdV1, StoredMembershipV1};
 use tokio_util::sync::CancellationToken;
 
@@ -52,8 +54,14 @@ struct BackupHeaderV2 {
 /// Version 2: the version byte, postcard of a [`BackupHeaderV2`], then the snapshot's bytes (a
 /// stored snapshot, versioned itself) to the end. The legacy layout is postcard of the same header
 /// followed by the snapshot's bytes as a length-prefixed postcard byte string.
-fn encode_backup(backup: &Backup) -> std::io::Result<Vec<u8>> {
+///
+/// A cluster still at format generation 0 writes the legacy layout, which releases from before
+/// versions restore from.
+fn encode_backup(backup: &Backup, generation: FormatGeneration) -> std::io::Result<Vec<u8>> {
     let (meta, snapshot) = backup;
+    if generation == LEGACY_GENERATION {
+        return postcard::to_allocvec(backup).map_err(std::io::Error::other);
+    }
     let header = BackupHeaderV2 {
         last_log_id: meta.last_log_id.as_ref().map(LogIdV1::from),
         last_membership: (&meta.last_membership).into(),
@@ -105,7 +113,7 @@ pub async fn backup_once(node: &MetadataNode, store: &dyn ObjectStore) -> Result
     if keys.contains(&key) {
         return Ok(None);
     }
-    let bytes = encode_backup(&(snapshot.meta, snapshot.snapshot))
+    let bytes = encode_backup(&(snapshot.meta, snapshot.snapshot), node.format.writing())
         .map_err(|e| StrataError::internal(format!("encoding a metadata backup: {e}")))?;
     store
         .put(&ObjectPath::from(key.as_str()), bytes.into())
@@ -179,6 +187,8 @@ pub async fn restore_newest(
 
 #[cfg(test)]
 mod tests {
+    use strata_common::format::NEWEST_GENERATION;
+
     use super::*;
 
     /// A copy written before versions (postcard of the meta and the bytes) still reads.
@@ -198,7 +208,8 @@ mod tests {
         let legacy = postcard::to_allocvec(&backup).expect("legacy encoding");
         assert!(matches!(legacy.first(), Some(0 | 1)));
         assert_eq!(decode_backup(&legacy).expect("legacy"), backup);
-        let current = encode_backup(&backup).expect("encode");
+        assert_eq!(encode_backup(&backup, LEGACY_GENERATION).expect("encode legacy"), legacy);
+        let current = encode_backup(&backup, NEWEST_GENERATION).expect("encode");
         assert_eq!(current[0], BACKUP_FORMAT_VERSION);
         assert_eq!(decode_backup(&current).expect("current"), backup);
         assert!(decode_backup(&[9, 0]).is_err());

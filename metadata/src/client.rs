@@ -260,8 +260,14 @@ impl MetadataClient {
 
     /// Every registered storage node, with whether its lease is current.
     pub async fn list_storage_nodes(&self) -> Result<Vec<pb::StorageNodeInfo>, StrataError> {
+        Ok(self.storage_nodes().await?.nodes)
+    }
+
+    /// Every registered storage node, with whether its lease is current and which format
+    /// generations it reads, and the format generation the cluster writes.
+    pub async fn storage_nodes(&self) -> Result<pb::ListStorageNodesResponse, StrataError> {
         let request = pb::ListStorageNodesRequest {};
-        Ok(self.call(request, |mut c, r| async move { c.list_storage_nodes(r).await }).await?.nodes)
+        self.call(request, |mut c, r| async move { c.list_storage_nodes(r).await }).await
     }
 
     /// Moves a replica of `shard_id` from `from_node` to `to_node` (a live node).

@@ -650,9 +650,8 @@ impl Metadata for MetadataService {
     ) -> Result<Response<pb::ListStorageNodesResponse>, Status> {
         self.node.read_barrier().await?;
         let (term, now_ms) = (self.node.term(), self.node.now_ms());
-        let nodes = self
-            .node
-            .catalog()
+        let catalog = self.node.catalog();
+        let nodes = catalog
             .nodes()
             .map(|n| pb::StorageNodeInfo {
                 node_id: n.node_id.clone(),
@@ -662,9 +661,10 @@ impl Metadata for MetadataService {
                 raft_id: n.raft_id,
                 live: self.node.leases.is_live(&n.node_id, term, now_ms),
                 registered_ms: n.registered_ms,
+                format_generation_max: self.node.leases.format_generation_max(&n.node_id, term).unwrap_or_default(),
             })
             .collect();
-        Ok(Response::new(pb::ListStorageNodesResponse { nodes }))
+        Ok(Response::new(pb::ListStorageNodesResponse { nodes, format_generation: catalog.format_generation() }))
     }
 
     async fn move_replica(&self, request: Request<pb::MoveReplicaRequest>) -> Result<Response<pb::ShardInfo>, Status> {

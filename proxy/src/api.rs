@@ -751,8 +751,9 @@ fn access_key_json(key: &pb::AccessKey, now_ms: u64) -> serde_json::Value {
 }
 
 async fn list_storage_nodes(State(state): State<AppState>, _: Operator) -> Result<Json<serde_json::Value>, ApiError> {
-    let nodes = state.placement.metadata.list_storage_nodes().await?;
-    let nodes: Vec<_> = nodes
+    let answer = state.placement.metadata.storage_nodes().await?;
+    let nodes: Vec<_> = answer
+        .nodes
         .iter()
         .map(|n| {
             json!({
@@ -762,10 +763,11 @@ async fn list_storage_nodes(State(state): State<AppState>, _: Operator) -> Resul
                 "capacity_bytes": n.capacity_bytes,
                 "live": n.live,
                 "registered_ms": n.registered_ms,
+                "format_generation_max": n.format_generation_max,
             })
         })
         .collect();
-    Ok(Json(json!({ "storage_nodes": nodes })))
+    Ok(Json(json!({ "storage_nodes": nodes, "format_generation": answer.format_generation })))
 }
 
 fn shard_json(shard: &pb::ShardInfo) -> serde_json::Value {

@@ -26,8 +26,16 @@ pub struct LocalCluster {
 impl LocalCluster {
     /// Starts a cluster in `dir` with ports from `port_base` (see the script for the layout).
     pub fn up(dir: &Path, port_base: u16) -> anyhow::Result<Self> {
+        Self::up_with_format_cap(dir, port_base, &[], 0)
+    }
+
+    /// [`LocalCluster::up`] with the processes `capped` reading format generations only up to
+    /// `generation`, as processes of an older release would (`docs/formats.md`).
+    pub fn up_with_format_cap(dir: &Path, port_base: u16, capped: &[&str], generation: u32) -> anyhow::Result<Self> {
         let cluster = Self { dir: dir.to_path_buf(), port_base };
-        run_ok(&mut cluster.script("up")).context("local-cluster.sh up")?;
+        let mut up = cluster.script("up");
+        up.env("STRATA_FORMAT_CAPPED", capped.join(" ")).env("STRATA_FORMAT_CAP", generation.to_string());
+        run_ok(&mut up).context("local-cluster.sh up")?;
         Ok(cluster)
     }
 
@@ -92,18 +100,30 @@ impl LocalCluster {
 
     /// SIGKILL: no shutdown path runs. Waits until the process is gone.
     pub fn kill9(&self, name: &str) -> anyhow::Result<()> {
+        self.end(name, "-KILL", 200)
+    }
+
+    /// SIGTERM: the process shuts down as an operator's stop would (a leader hands over first).
+    /// Waits until it is gone (at most 30 s).
+    pub fn stop(&self, name: &str) -> anyhow::Result<()> {
+        self.end(name, "-TERM", 3_000)
+    }
+
+    fn end(&self, name: &str, signal: &str, waits_10ms: u32) -> anyhow::Result<()> {
         let pid = self.pid(name)?;
-        self.signal(name, "-KILL")?;
+        self.signal(name, signal)?;
         let proc = PathBuf::from(format!("/proc/{pid}"));
-        for _ in 0..200 {
-            // A killed child of the script's shell is reaped by init: gone or a zombie.
+        for _ in 0..waits_10ms {
+            // An ended child of the script's shell is reaped by init: gone or a zombie.
             let state = std::fs::read_to_string(proc.join("stat")).unwrap_or_default();
             if state.is_empty() || state.contains(") Z ") {
+                // Gone for the script too, even while the zombie waits to be reaped.
+                let _ = std::fs::remove_file(self.dir.join(format!("{name}.pid")));
                 return Ok(());
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        bail!("{name} (pid {pid}) did not die")
+        bail!("{name} (pid {pid}) did not end after {signal}")
     }
 
     /// SIGSTOP: the process keeps its sockets but answers nothing.

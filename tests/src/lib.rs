@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod history;
+pub mod load;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -19,90 +19,21 @@
 
 use std::time::Duration;
 
-use serde_json::json;
 use strata_metadata::MetadataClient;
 use strata_tests::Api;
 use strata_tests::cluster::{LocalCluster, METADATA, PROXIES, STORAGE};
-use strata_tests::history::{History, Outcome, Stream};
+use strata_tests::history::{History, Stream};
+use strata_tests::load::{receiver, sender};
 use tokio_util::sync::CancellationToken;
 
 const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
 const QUEUES: [&str; 2] = ["orders", "events"];
-/// Pause between one client's sends: about 20 sends per second per queue.
-const SEND_PAUSE: Duration = Duration::from_millis(50);
-/// Longer than a message stays unacknowledged in the test, so a redelivery means a lost delete
-/// or a failover, not a slow receiver.
-const VISIBILITY_S: u64 = 30;
 /// How long the load runs undisturbed between faults, and a killed process stays down.
 const SETTLE: Duration = Duration::from_secs(3);
 const DOWN: Duration = Duration::from_secs(2);
 /// Longer than a shard's election timeout (0.5-1 s) several times over.
 const PAUSED: Duration = Duration::from_secs(3);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
-
-fn outcome(answer: &anyhow::Result<(u16, serde_json::Value)>) -> Outcome {
-    match answer {
-        Ok((200..=299, _)) => Outcome::Ok,
-        Ok((400..=499, _)) => Outcome::Failed,
-        Ok(_) => Outcome::Unknown,
-        // Refused before anything was sent (the proxy is down): definitely not done.
-        Err(e) if e.downcast_ref::<reqwest::Error>().is_some_and(reqwest::Error::is_connect) => Outcome::Failed,
-        Err(_) => Outcome::Unknown,
-    }
-}
-
-/// Sends unique bodies to one queue, alternating proxies, until `stop`.
-async fn sender(history: History, stream: Stream, proxies: Vec<Api>, stop: CancellationToken) {
-    let path = format!("/v1/queues/{}/messages", stream.queue);
-    let mut i = 0usize;
-    while !stop.is_cancelled() {
-        let id = format!("{stream}/{i}");
-        let started_ms = history.now_ms();
-        let answer = proxies[i % proxies.len()].post(&path, json!({ "messages": [{ "body": id }] })).await;
-        history.send(&stream, &id, started_ms, outcome(&answer));
-        i += 1;
-        tokio::time::sleep(SEND_PAUSE).await;
-    }
-}
-
-/// Receives from one queue and deletes what it got, alternating proxies, until `stop`.
-async fn receiver(history: History, stream: Stream, proxies: Vec<Api>, stop: CancellationToken) {
-    let receive = format!("/v1/queues/{}/receive", stream.queue);
-    let delete = format!("/v1/queues/{}/delete", stream.queue);
-    let mut turn = 0usize;
-    while !stop.is_cancelled() {
-        turn += 1;
-        let proxy = &proxies[turn % proxies.len()];
-        let started_ms = history.now_ms();
-        let body = json!({ "max_messages": 10, "wait_seconds": 1, "visibility_timeout_seconds": VISIBILITY_S });
-        let Ok((200, got)) = proxy.post(&receive, body).await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let messages = got["messages"].as_array().cloned().unwrap_or_default();
-        let ids: Vec<String> = messages.iter().map(|m| m["body"].as_str().unwrap_or_default().to_owned()).collect();
-        history.receive(&stream, ids.clone(), started_ms);
-        if messages.is_empty() {
-            continue;
-        }
-        let handles: Vec<&str> = messages.iter().map(|m| m["receipt_handle"].as_str().unwrap_or_default()).collect();
-        let answer = proxy.post(&delete, json!({ "receipt_handles": handles })).await;
-        match &answer {
-            Ok((200, results)) => {
-                let results = results["results"].as_array().cloned().unwrap_or_default();
-                for (id, result) in ids.iter().zip(results) {
-                    let ok = result["ok"].as_bool() == Some(true);
-                    history.delete(id, if ok { Outcome::Ok } else { Outcome::Failed });
-                }
-            }
-            other => {
-                for id in &ids {
-                    history.delete(id, outcome(other));
-                }
-            }
-        }
-    }
-}
 
 /// The storage node leading `shard` (waiting out an election), and the others holding it.
 async fn shard_roles(cluster: &LocalCluster, shard: u64) -> (String, Vec<String>) {
