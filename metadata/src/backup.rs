@@ -21,13 +21,13 @@ use strata_common::error::StrataError;
 use strata_common::format::{
     FormatGeneration, LEGACY_GENERATION, invalid_data, postcard_exact, postcard_into, unknown_version,
 };
-use strata_wal::persisted::{LogIdV1, StoredMembershipV1};
+use strata_raft::persisted::{LogIdV1, StoredMembershipV1};
 use tokio_util::sync::CancellationToken;
 
 use crate::MetaRaftConfig;
 use crate::catalog::Catalog;
 use crate::server::{MemberSettings, MetadataNode};
-use strata_wal::group::seed_group;
+use strata_raft::group::seed_group;
 
 /// Where the copies go in the bucket.
 pub const BACKUP_PREFIX: &str = "metadata/snapshots";

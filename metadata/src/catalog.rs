@@ -26,8 +26,8 @@ use strata_common::format::{
     postcard_into, unknown_version,
 };
 use strata_common::proto as pb;
-use strata_wal::raft_state::ReplicatedState;
-use strata_wal::requests::RecentRequests;
+use strata_raft::raft_state::ReplicatedState;
+use strata_raft::requests::RecentRequests;
 
 /// Most shards one registration may create.
 pub const INITIAL_SHARDS_MAX: u32 = 64;

@@ -26,7 +26,7 @@ use strata_common::error::StrataError;
 use strata_common::format::{FormatGate, FormatGeneration};
 use strata_common::proto as pb;
 use strata_common::proto::raft_transport_client::RaftTransportClient;
-use strata_wal::raft_state::SharedState;
+use strata_raft::raft_state::SharedState;
 
 use crate::MetaRaftConfig;
 use crate::catalog::{Catalog, MetaCommand};

@@ -24,10 +24,10 @@ use strata_common::limits::{LIST_QUEUES_PAGE_MAX, REQUEST_ID_CHARS_MAX};
 use strata_common::proto::metadata_server::{Metadata, MetadataServer};
 use strata_common::proto::{self as pb};
 use strata_common::{Clock, limits};
-use strata_wal::group::{GroupStorage, RaftGroup, open_group, open_single_voter};
-use strata_wal::raft_state::StateGuard;
-use strata_wal::raft_store::SegmentRetention;
-use strata_wal::transport::{GroupId, GrpcNetwork, RaftRouter};
+use strata_raft::group::{GroupStorage, RaftGroup, open_group, open_single_voter};
+use strata_raft::raft_state::StateGuard;
+use strata_raft::raft_store::SegmentRetention;
+use strata_raft::transport::{GroupId, GrpcNetwork, RaftRouter};
 use strata_wal::{FsyncFailure, WalOptions};
 use tonic::{Request, Response, Status};
 

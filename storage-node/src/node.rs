@@ -18,7 +18,7 @@ use strata_common::proto::ShardInfo;
 use strata_common::proto::storage_server::StorageServer;
 use strata_metadata::MetadataClient;
 use strata_metadata::leases::HEARTBEAT_INTERVAL_MS;
-use strata_wal::transport::RaftRouter;
+use strata_raft::transport::RaftRouter;
 use tokio_util::sync::CancellationToken;
 
 use crate::backfill::backfill_shard_once;

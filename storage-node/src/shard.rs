@@ -20,11 +20,11 @@ use strata_common::format::{
     FormatGate, LEGACY_FORMAT_VERSION, Persisted, postcard_exact, postcard_into, unknown_version,
 };
 use strata_common::metering::MeterRecord;
+use strata_raft::group::{GroupStorage, RaftGroup, open_group, open_single_voter};
+use strata_raft::raft_state::{ReplicatedState, StateGuard};
+use strata_raft::raft_store::SegmentRetention;
+use strata_raft::transport::{GrpcNetwork, RaftRouter};
 use strata_wal::format::{LEGACY_FRAME_VERSION, versioned_payload};
-use strata_wal::group::{GroupStorage, RaftGroup, open_group, open_single_voter};
-use strata_wal::raft_state::{ReplicatedState, StateGuard};
-use strata_wal::raft_store::SegmentRetention;
-use strata_wal::transport::{GrpcNetwork, RaftRouter};
 use strata_wal::{FsyncFailure, WalOptions};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -459,7 +459,7 @@ impl Shard {
     }
 
     /// On the leader: hands leadership to another voter before a planned stop (see
-    /// [`strata_wal::group::RaftGroup::hand_off_leadership`]). Answers whether it moved.
+    /// [`strata_raft::group::RaftGroup::hand_off_leadership`]). Answers whether it moved.
     pub async fn hand_off_leadership(&self) -> bool {
         let moved = self.group.hand_off_leadership().await;
         if moved {
@@ -768,7 +768,7 @@ pub fn decode_entry(
     bytes: &Bytes,
     format: &FormatGate,
 ) -> Result<openraft::alias::EntryOf<ShardRaftConfig>, StrataError> {
-    strata_wal::persisted::decode_entry::<ShardRaftConfig>(bytes, format).map_err(|e| {
+    strata_raft::persisted::decode_entry::<ShardRaftConfig>(bytes, format).map_err(|e| {
         tracing::error!(error = %e, "undecodable shard log entry in a tiered segment");
         StrataError::internal("a stored log entry could not be decoded")
     })

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use strata_wal::requests::RecentRequests;
+use strata_raft::requests::RecentRequests;
 use uuid::Uuid;
 
 use super::outbox::MeterOutbox;

@@ -23,15 +23,6 @@ mod recovery;
 mod segment;
 mod wal;
 
-// The Raft layer on top of the WAL (openraft log store, generic state machine, group wiring).
-pub mod group;
-pub mod persisted;
-pub mod raft_state;
-pub mod raft_store;
-pub mod requests;
-pub mod single_voter;
-pub mod transport;
-
 pub use atomic_file::{read_file_checked, write_file_atomic, write_file_checked};
 pub use error::{CorruptionReason, WalError};
 pub use format::{FrameError, RECORD_PAYLOAD_BYTES_MAX};

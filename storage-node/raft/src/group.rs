@@ -17,12 +17,12 @@ use openraft::{Config, LogIdOptionExt, Raft, RaftTypeConfig, ServerState};
 
 use openraft::alias::{LogIdOf, VoteOf};
 
-use crate::WalOptions;
 use crate::persisted::PersistedRaftTypes;
 use crate::raft_state::{EntryCommand, ReplicatedState, SharedState, StateMachineStore};
 use crate::raft_store::{SegmentRetention, WalLogStore};
 use crate::single_voter::SingleVoterNetwork;
 use strata_common::format::FormatGate;
+use strata_wal::WalOptions;
 
 /// How long opening a group may wait for its single voter to become leader and re-apply its log.
 const GROUP_READY_TIMEOUT: Duration = Duration::from_secs(60);

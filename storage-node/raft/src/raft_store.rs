@@ -29,17 +29,17 @@ use std::sync::Arc;
 
 use strata_common::format::FormatGate;
 
-use crate::format::{LEGACY_FRAME_VERSION, RECORD_FORMAT_VERSION};
 use crate::persisted::{
     LogIdV1, PersistedRaftTypes, VoteV1, decode_entry, decode_fact, encode_entry, encode_fact, writes_legacy,
 };
-use crate::{Wal, WalError, WalOptions, read_file_checked, write_file_checked};
 use bytes::Bytes;
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader, RaftTypeConfig};
 use parking_lot::Mutex;
+use strata_wal::format::{LEGACY_FRAME_VERSION, RECORD_FORMAT_VERSION};
+use strata_wal::{Wal, WalError, WalOptions, read_file_checked, write_file_checked};
 
 const VOTE_FILE: &str = "raft-vote";
 const COMMITTED_FILE: &str = "raft-committed";

@@ -8,8 +8,8 @@ use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::type_config::TypeConfigExt;
 use serde::{Deserialize, Serialize};
 use strata_common::format::FormatGate;
-use strata_wal::raft_state::{ReplicatedState, StateMachineStore};
-use strata_wal::raft_store::{SegmentRetention, WalLogStore};
+use strata_raft::raft_state::{ReplicatedState, StateMachineStore};
+use strata_raft::raft_store::{SegmentRetention, WalLogStore};
 use strata_wal::{FsyncFailure, WalOptions};
 use tempfile::TempDir;
 

@@ -33,7 +33,7 @@ use strata_common::format::{
 use tokio::sync::watch;
 
 use crate::persisted::{LogIdV1, PersistedRaftTypes, StoredMembershipV1};
-use crate::write_file_atomic;
+use strata_wal::write_file_atomic;
 
 const SNAPSHOT_FILE: &str = "snapshot";
 

@@ -13,10 +13,10 @@ use strata_common::proto::raft_transport_client::RaftTransportClient;
 
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
-use strata_wal::group::{GroupStorage, RaftGroup, open_group};
-use strata_wal::raft_state::ReplicatedState;
-use strata_wal::raft_store::SegmentRetention;
-use strata_wal::transport::{GrpcNetwork, RaftRouter};
+use strata_raft::group::{GroupStorage, RaftGroup, open_group};
+use strata_raft::raft_state::ReplicatedState;
+use strata_raft::raft_store::SegmentRetention;
+use strata_raft::transport::{GrpcNetwork, RaftRouter};
 use strata_wal::{FsyncFailure, WalOptions};
 use tokio::sync::oneshot;
 

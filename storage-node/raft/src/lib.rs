@@ -1,0 +1,19 @@
+//! `strata-raft`: the Raft runtime of every shard and of the metadata quorum, on top of the WAL.
+//!
+//! - [`raft_store`]: openraft's log storage on a [`strata_wal::Wal`] (entries, vote, committed
+//!   and purged ids);
+//! - [`raft_state`]: openraft's state machine around any deterministic [`raft_state::ReplicatedState`],
+//!   with snapshots and their side files;
+//! - [`persisted`]: the persisted forms of the log's own data (entries, votes, log ids,
+//!   memberships), versioned and gated by the cluster's format generation (`docs/formats.md`);
+//! - [`transport`]: Raft messages between processes over gRPC, one router per process;
+//! - [`group`]: opening a group (single voter or replicated) from those parts;
+//! - [`requests`]: the answers of recently applied request ids, for exactly-once retries.
+
+pub mod group;
+pub mod persisted;
+pub mod raft_state;
+pub mod raft_store;
+pub mod requests;
+pub mod single_voter;
+pub mod transport;
