@@ -277,7 +277,7 @@ pub async fn start(
     cancel: CancellationToken,
 ) -> Result<crate::api::BillingRouters, ServiceError> {
     let store = BillingStore::open(&settings.database_url).await?;
-    let metadata = strata_metadata::MetadataClient::connect_lazy(&settings.metadata_endpoint)?;
+    let metadata = strata_metadata_client::MetadataClient::connect_lazy(&settings.metadata_endpoint)?;
     let placement = Arc::new(Placement::new(metadata, Default::default()));
     tokio::spawn(consume(store.clone(), placement.clone(), cancel.clone()));
     tokio::spawn(drain_outboxes(store.clone(), placement.clone(), cancel.clone()));

@@ -8,6 +8,10 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::limits;
 
+/// The gRPC metadata key of a mutation's idempotency key: a retry with the same value is applied
+/// once and answered like the first attempt.
+pub const REQUEST_ID_KEY: &str = "x-strata-request-id";
+
 /// How long establishing a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -55,3 +55,9 @@ pub const LIST_QUEUES_PAGE_MAX: u32 = 1000;
 /// 1 KiB messages from each of many concurrent requests stall on WINDOW_UPDATE round trips.
 pub const GRPC_STREAM_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
 pub const GRPC_CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+
+/// How long a storage node's heartbeat keeps it live in metadata.
+pub const LEASE_MS: u64 = 10_000;
+/// How often a storage node heartbeats: several times per lease, so one lost heartbeat is no
+/// expiry.
+pub const HEARTBEAT_INTERVAL_MS: u64 = LEASE_MS / 4;

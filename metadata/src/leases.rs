@@ -12,11 +12,7 @@ use std::collections::HashMap;
 use parking_lot::Mutex;
 use strata_common::format::FormatGeneration;
 
-/// How long a heartbeat keeps a node live.
-pub const LEASE_MS: u64 = 10_000;
-/// How often a storage node heartbeats: several times per lease, so one lost heartbeat is no
-/// expiry.
-pub const HEARTBEAT_INTERVAL_MS: u64 = LEASE_MS / 4;
+pub use strata_common::limits::{HEARTBEAT_INTERVAL_MS, LEASE_MS};
 
 #[derive(Default)]
 struct Inner {

@@ -91,7 +91,7 @@ fn access_key_response(response: MetaResponse, with_secret: bool) -> Result<Resp
 /// The metadata quorum's group id on the Raft transport.
 pub const METADATA_GROUP: GroupId = 0;
 /// Request header: the caller's id for a mutation, the same on every retry of it.
-pub const REQUEST_ID_KEY: &str = "x-strata-request-id";
+pub use strata_common::grpc::REQUEST_ID_KEY;
 
 /// The request id a mutation carries, if any.
 fn request_id<T>(request: &Request<T>) -> Result<Option<String>, Status> {

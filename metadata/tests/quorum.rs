@@ -12,8 +12,9 @@ use std::time::Duration;
 use strata_common::format::{FormatGate, NEWEST_GENERATION};
 use strata_common::proto as pb;
 use strata_common::{Clock, SystemClock};
+use strata_metadata::MetadataNode;
 use strata_metadata::server::MemberSettings;
-use strata_metadata::{MetadataClient, MetadataNode};
+use strata_metadata_client::MetadataClient;
 use tokio::sync::oneshot;
 
 struct Member {

@@ -29,7 +29,7 @@ use strata_common::limits::{
 };
 use strata_common::names::validate_queue_name;
 use strata_common::proto as pb;
-use strata_metadata::MetadataClient;
+use strata_metadata_client::MetadataClient;
 
 use crate::auth::JwtVerifier;
 use crate::credentials::{admin_path_tenant, verified_subject};

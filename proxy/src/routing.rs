@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use parking_lot::Mutex;
 use strata_common::error::StrataError;
 use strata_common::proto as pb;
-use strata_metadata::MetadataClient;
+use strata_metadata_client::MetadataClient;
 
 use crate::storage_client::{StorageClients, StorageGrpcClient};
 

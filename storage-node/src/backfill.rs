@@ -27,7 +27,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::RwLock;
 use strata_common::error::StrataError;
-use strata_metadata::MetadataClient;
+use strata_metadata_client::MetadataClient;
 use strata_wal::format::{encode_record_version_into, encode_segment_header, frame_for_payload};
 use strata_wal::{RecordLocation, SegmentInfo, scan_segment_bytes};
 

@@ -14,10 +14,10 @@ use strata_common::Clock;
 use strata_common::error::ErrorKind;
 use strata_common::format::{FormatGate, FormatGeneration};
 use strata_common::limits;
+use strata_common::limits::HEARTBEAT_INTERVAL_MS;
 use strata_common::proto::ShardInfo;
 use strata_common::proto::storage_server::StorageServer;
-use strata_metadata::MetadataClient;
-use strata_metadata::leases::HEARTBEAT_INTERVAL_MS;
+use strata_metadata_client::MetadataClient;
 use strata_raft::transport::RaftRouter;
 use tokio_util::sync::CancellationToken;
 

@@ -41,7 +41,7 @@ use parking_lot::Mutex;
 use strata_common::error::StrataError;
 use strata_common::format::FormatGate;
 use strata_common::proto as pb;
-use strata_metadata::MetadataClient;
+use strata_metadata_client::MetadataClient;
 
 use crate::shard::{ShardRaftConfig, decode_entry};
 

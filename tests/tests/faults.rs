@@ -19,7 +19,7 @@
 
 use std::time::Duration;
 
-use strata_metadata::MetadataClient;
+use strata_metadata_client::MetadataClient;
 use strata_tests::Api;
 use strata_tests::cluster::{LocalCluster, METADATA, PROXIES, STORAGE};
 use strata_tests::history::{History, Stream};

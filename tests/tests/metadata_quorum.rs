@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use strata_common::proto as pb;
-use strata_metadata::MetadataClient;
+use strata_metadata_client::MetadataClient;
 use strata_tests::{free_port, strata_binary};
 use tokio::sync::Mutex;
 

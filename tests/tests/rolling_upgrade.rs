@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use strata_common::format::{LEGACY_GENERATION, NEWEST_GENERATION};
-use strata_metadata::MetadataClient;
+use strata_metadata_client::MetadataClient;
 use strata_tests::Api;
 use strata_tests::cluster::{LocalCluster, METADATA, STORAGE};
 use strata_tests::history::{History, Stream};

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use strata_common::error::ErrorKind;
 use strata_common::proto as pb;
-use strata_metadata::MetadataClient;
+use strata_metadata_client::MetadataClient;
 
 use super::error::SqsError;
 use crate::sigv4::{self, SignedParts};

@@ -22,7 +22,7 @@ use strata_common::limits;
 use strata_common::proto::{self as pb, metadata_client};
 use tonic::transport::Channel;
 
-use crate::server::REQUEST_ID_KEY;
+use strata_common::grpc::REQUEST_ID_KEY;
 
 /// A random request id: 26 characters of a 32-letter alphabet (130 bits).
 fn new_request_id() -> tonic::metadata::AsciiMetadataValue {
