@@ -19,9 +19,9 @@ use serde::Deserialize;
 use serde_json::json;
 use strata_common::Clock;
 use strata_common::error::StrataError;
-use strata_proxy::auth::JwtVerifier;
-use strata_proxy::credentials::{admin_path_tenant, verified_subject};
-use strata_proxy::error::ApiError;
+use strata_http::auth::JwtVerifier;
+use strata_http::credentials::{admin_path_tenant, verified_subject};
+use strata_http::error::ApiError;
 
 use crate::pricing::{HOUR_MS, Month, Plan};
 use crate::store::{BillingStore, Budget, Package, StoreError, UsageRow, usage_csv};

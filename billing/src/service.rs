@@ -24,9 +24,8 @@ use strata_common::Clock;
 use strata_common::error::{ErrorKind, StrataError};
 use strata_common::metering::{METERING_QUEUE, MeterRecord, SYSTEM_TENANT, decode_batch};
 use strata_common::proto as pb;
-use strata_proxy::metering::ensure_metering_queue;
-use strata_proxy::queues;
-use strata_proxy::routing::Router as Placement;
+use strata_storage_client::queues::{self, ensure_metering_queue};
+use strata_storage_client::routing::Router as Placement;
 use tokio_util::sync::CancellationToken;
 
 use crate::pricing::{Month, format_micros as dollars};
@@ -72,7 +71,7 @@ pub async fn consume(store: BillingStore, placement: Arc<Placement>, cancel: Can
 
 /// Receives up to ten batches, counts them, deletes them; answers how many records were new.
 pub async fn consume_once(store: &BillingStore, placement: &Placement) -> Result<usize, ServiceError> {
-    let receive = |mut c: strata_proxy::storage_client::StorageGrpcClient, queue| async move {
+    let receive = |mut c: strata_storage_client::clients::StorageGrpcClient, queue| async move {
         c.receive(pb::ReceiveRequest {
             queue: Some(queue),
             max_messages: strata_common::limits::RECEIVE_BATCH_MAX,
@@ -264,9 +263,9 @@ pub struct BillingSettings {
     pub database_url: String,
     pub metadata_endpoint: String,
     /// Verifies tenants' tokens (the proxies' audience).
-    pub verifier: strata_proxy::auth::JwtVerifier,
+    pub verifier: strata_http::auth::JwtVerifier,
     /// Verifies operators' tokens (the admin audience).
-    pub admin_verifier: strata_proxy::auth::JwtVerifier,
+    pub admin_verifier: strata_http::auth::JwtVerifier,
     pub clock: Arc<dyn Clock>,
 }
 

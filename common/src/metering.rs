@@ -29,6 +29,20 @@ pub const BATCH_BYTES_MAX: usize = 512 * 1024;
 /// Most records in one metering message.
 pub const BATCH_RECORDS_MAX: usize = 1_000;
 
+/// How long a metering batch a billing service received stays invisible: long enough to store
+/// it, and what a crash of the billing service delays its counting by (a batch counted twice is
+/// counted once).
+const METERING_VISIBILITY_TIMEOUT_MS: u64 = 10_000;
+
+/// The metering queue's attributes: messages kept as long as possible.
+pub fn metering_queue_config() -> crate::proto::QueueConfig {
+    crate::proto::QueueConfig {
+        retention_ms: crate::limits::RETENTION_MS_MAX,
+        visibility_timeout_ms: METERING_VISIBILITY_TIMEOUT_MS,
+        ..Default::default()
+    }
+}
+
 /// Billable units of one call with `payload_bytes` of payload: one per started 64 KiB, at least
 /// one (an empty receive is one unit too).
 pub fn billable_units(payload_bytes: u64) -> u64 {

@@ -6,15 +6,13 @@
 //! the verified token; another tenant's queue answers exactly like a missing one.
 
 pub mod api;
-pub mod auth;
-pub mod credentials;
-pub mod error;
 pub mod metering;
 pub mod queues;
 pub mod quotas;
-pub mod routing;
 pub mod sigv4;
 pub mod sqs;
-pub mod storage_client;
 
 pub use api::{ProxySettings, Routers, router};
+pub use strata_http::{auth, credentials, error};
+pub use strata_storage_client::clients as storage_client;
+pub use strata_storage_client::routing;

@@ -31,7 +31,6 @@ use axum::http::HeaderMap;
 use sha2::{Digest, Sha256};
 use strata_common::Clock;
 use strata_common::error::{ErrorKind, StrataError};
-use strata_common::limits::RETENTION_MS_MAX;
 use strata_common::metering::{
     BATCH_BYTES_MAX, BATCH_RECORDS_MAX, CLIENT_KEY_PREFIX, GENERATED_KEY_PREFIX, METERING_QUEUE, MeterRecord,
     SYSTEM_TENANT, billable_units, encode_batch, text_bytes,
@@ -60,20 +59,6 @@ pub const FLUSHES_IN_FLIGHT_MAX: usize = 4;
 const PENDING_RECORDS_MAX: usize = 100_000;
 /// A record's encoded size beyond its text fields (field names, numbers), for batch sizing.
 const RECORD_OVERHEAD_BYTES: usize = 160;
-
-/// How long a metering batch the billing service received stays invisible: long enough to
-/// store it, and what a crash of the billing service delays its counting by (a batch counted
-/// twice is counted once).
-const METERING_VISIBILITY_TIMEOUT_MS: u64 = 10_000;
-
-/// The metering queue's attributes: messages kept as long as possible.
-fn metering_queue_config() -> pb::QueueConfig {
-    pb::QueueConfig {
-        retention_ms: RETENTION_MS_MAX,
-        visibility_timeout_ms: METERING_VISIBILITY_TIMEOUT_MS,
-        ..Default::default()
-    }
-}
 
 fn valid_token(value: &str, chars_max: usize) -> bool {
     (1..=chars_max).contains(&value.len())
@@ -312,10 +297,7 @@ async fn append(placement: &Placement, records: &[MeterRecord]) -> Result<(), St
     }
 }
 
-/// Creates the system metering queue if it does not exist (idempotent).
-pub async fn ensure_metering_queue(placement: &Placement) -> Result<pb::QueueInfo, StrataError> {
-    queues::create_queue(placement, SYSTEM_TENANT, METERING_QUEUE, metering_queue_config()).await
-}
+pub use strata_storage_client::queues::ensure_metering_queue;
 
 #[cfg(test)]
 mod tests {

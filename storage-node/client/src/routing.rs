@@ -14,7 +14,7 @@ use strata_common::error::StrataError;
 use strata_common::proto as pb;
 use strata_metadata_client::MetadataClient;
 
-use crate::storage_client::{StorageClients, StorageGrpcClient};
+use crate::clients::{StorageClients, StorageGrpcClient};
 
 /// Cached queue placements at most; the cache is cleared when it would grow past this.
 const QUEUE_CACHE_ENTRIES_MAX: usize = 100_000;
