@@ -1,6 +1,6 @@
 //! Client load for tests on a cluster: one task sending unique bodies to a queue and one
 //! receiving and deleting from it, each recording what it did and how it ended in a [`History`]
-//! for the checker.
+//! for the checker. [`Load`] runs them for every queue of several tenants.
 
 use std::time::Duration;
 
@@ -8,7 +8,8 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::Api;
-use crate::history::{History, Outcome, Stream};
+use crate::cluster::LocalCluster;
+use crate::history::{History, Outcome, Report, Stream};
 
 /// Pause between one client's sends: about 20 sends per second per queue.
 const SEND_PAUSE: Duration = Duration::from_millis(50);
@@ -77,5 +78,58 @@ pub async fn receiver(history: History, stream: Stream, proxies: Vec<Api>, stop:
                 }
             }
         }
+    }
+}
+
+/// How long [`Load::finish`] waits for every acknowledged send to be delivered.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A sender and a receiver for each queue of each tenant, spread over a cluster's proxies.
+pub struct Load {
+    pub history: History,
+    pub streams: Vec<Stream>,
+    stop_sending: CancellationToken,
+    stop_receiving: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Creates `queues` for every tenant of `tenants` and starts their clients.
+    pub async fn start(cluster: &LocalCluster, tenants: &[&str], queues: &[&str]) -> anyhow::Result<Self> {
+        let env = cluster.credentials()?;
+        let endpoints: Vec<String> = env["STRATA_PROXY_ENDPOINTS"].split(',').map(str::to_owned).collect();
+        let history = History::new();
+        let (stop_sending, stop_receiving) = (CancellationToken::new(), CancellationToken::new());
+        let mut streams = Vec::new();
+        let mut tasks = Vec::new();
+        for tenant in tenants {
+            let token = cluster.token_for(tenant)?;
+            let proxies: Vec<Api> = endpoints.iter().map(|e| Api::new(e, &token)).collect();
+            for queue in queues {
+                proxies[0].create_queue(queue).await?;
+                let stream = Stream::new(tenant, queue);
+                streams.push(stream.clone());
+                let (h, s, p) = (history.clone(), stream.clone(), proxies.clone());
+                tasks.push(tokio::spawn(sender(h, s, p, stop_sending.clone())));
+                let (h, p) = (history.clone(), proxies.clone());
+                tasks.push(tokio::spawn(receiver(h, stream, p, stop_receiving.clone())));
+            }
+        }
+        Ok(Self { history, streams, stop_sending, stop_receiving, tasks })
+    }
+
+    /// Stops sending, drains until every acknowledged send was delivered (or a timeout), stops
+    /// the receivers and judges the run.
+    pub async fn finish(self) -> Report {
+        self.stop_sending.cancel();
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        while self.history.undelivered() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        self.stop_receiving.cancel();
+        for task in self.tasks {
+            task.await.expect("client task");
+        }
+        self.history.check()
     }
 }

@@ -20,11 +20,9 @@
 use std::time::Duration;
 
 use strata_metadata_client::MetadataClient;
-use strata_tests::Api;
 use strata_tests::cluster::{LocalCluster, METADATA, PROXIES, STORAGE};
 use strata_tests::history::{History, Stream};
-use strata_tests::load::{receiver, sender};
-use tokio_util::sync::CancellationToken;
+use strata_tests::load::Load;
 
 const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
 const QUEUES: [&str; 2] = ["orders", "events"];
@@ -33,7 +31,6 @@ const SETTLE: Duration = Duration::from_secs(3);
 const DOWN: Duration = Duration::from_secs(2);
 /// Longer than a shard's election timeout (0.5-1 s) several times over.
 const PAUSED: Duration = Duration::from_secs(3);
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The storage node leading `shard` (waiting out an election), and the others holding it.
 async fn shard_roles(cluster: &LocalCluster, shard: u64) -> (String, Vec<String>) {
@@ -106,49 +103,24 @@ async fn no_acknowledged_message_is_lost_through_crashes_pauses_and_lost_majorit
     let dir = tempfile::tempdir().expect("tempdir");
     let cluster = LocalCluster::up(&dir.path().join("faults-cluster"), LocalCluster::port_base(1)).expect("up");
     let env = cluster.credentials().expect("credentials");
-    let endpoints: Vec<&str> = env["STRATA_PROXY_ENDPOINTS"].split(',').collect();
     let metadata = MetadataClient::connect_lazy(&env["STRATA_METADATA_ENDPOINTS"]).expect("metadata client");
-
-    let history = History::new();
-    let stop_sending = CancellationToken::new();
-    let stop_receiving = CancellationToken::new();
-    let mut streams = Vec::new();
+    let load = Load::start(&cluster, &TENANTS, &QUEUES).await.expect("start the load");
     let mut shards = Vec::new();
-    let mut tasks = Vec::new();
-    for tenant in TENANTS {
-        let token = cluster.token_for(tenant).expect("token");
-        let proxies: Vec<Api> = endpoints.iter().map(|e| Api::new(e, &token)).collect();
-        for queue in QUEUES {
-            proxies[0].create_queue(queue).await.expect("create queue");
-            let info = metadata.get_queue(tenant, queue).await.expect("queue placement");
-            if !shards.contains(&info.shard_id) {
-                shards.push(info.shard_id);
-            }
-            let stream = Stream::new(tenant, queue);
-            streams.push(stream.clone());
-            tasks.push(tokio::spawn(sender(history.clone(), stream.clone(), proxies.clone(), stop_sending.clone())));
-            tasks.push(tokio::spawn(receiver(history.clone(), stream, proxies.clone(), stop_receiving.clone())));
+    for stream in &load.streams {
+        let info = metadata.get_queue(&stream.tenant, &stream.queue).await.expect("queue placement");
+        if !shards.contains(&info.shard_id) {
+            shards.push(info.shard_id);
         }
     }
     shards.sort_unstable();
 
     tokio::time::sleep(SETTLE).await;
     for round in 0..rounds {
-        run_faults(&cluster, &history, &shards, &streams, round).await;
+        run_faults(&cluster, &load.history, &shards, &load.streams, round).await;
     }
 
     // Healed: stop sending, drain until every acknowledged send has been delivered.
-    stop_sending.cancel();
-    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-    while history.undelivered() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    stop_receiving.cancel();
-    for task in tasks {
-        task.await.expect("client task");
-    }
-
-    let report = history.check();
+    let report = load.finish().await;
     println!("fault test ({rounds} round(s), shards {shards:?}):\n{report}");
     assert!(report.is_safe(), "{report}");
     assert!(report.sends_acknowledged > 0);

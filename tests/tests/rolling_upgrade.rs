@@ -14,11 +14,8 @@ use std::time::Duration;
 
 use strata_common::format::{LEGACY_GENERATION, NEWEST_GENERATION};
 use strata_metadata_client::MetadataClient;
-use strata_tests::Api;
 use strata_tests::cluster::{LocalCluster, METADATA, STORAGE};
-use strata_tests::history::{History, Stream};
-use strata_tests::load::{receiver, sender};
-use tokio_util::sync::CancellationToken;
+use strata_tests::load::Load;
 
 const TENANTS: [&str; 2] = ["acme", "globex"];
 const QUEUES: [&str; 2] = ["orders", "events"];
@@ -27,7 +24,6 @@ const OLD: [&str; 2] = ["metadata-3", "storage-3"];
 /// How long the load runs at each step: several metadata checks (2 s) and snapshots.
 const RUN: Duration = Duration::from_secs(8);
 const RAISE_TIMEOUT: Duration = Duration::from_secs(60);
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
 /// How far a healthy follower's applied index may trail the leader's when both are read.
 const APPLIED_LAG_MAX: u64 = 200;
 
@@ -71,25 +67,9 @@ async fn a_rolling_upgrade_under_load_never_writes_what_an_old_process_cannot_re
     )
     .expect("up");
     let env = cluster.credentials().expect("credentials");
-    let endpoints: Vec<&str> = env["STRATA_PROXY_ENDPOINTS"].split(',').collect();
     let metadata = MetadataClient::connect_lazy(&env["STRATA_METADATA_ENDPOINTS"]).expect("metadata client");
-
-    let history = History::new();
-    let stop_sending = CancellationToken::new();
-    let stop_receiving = CancellationToken::new();
-    let mut streams = Vec::new();
-    let mut tasks = Vec::new();
-    for tenant in TENANTS {
-        let token = cluster.token_for(tenant).expect("token");
-        let proxies: Vec<Api> = endpoints.iter().map(|e| Api::new(e, &token)).collect();
-        for queue in QUEUES {
-            proxies[0].create_queue(queue).await.expect("create queue");
-            let stream = Stream::new(tenant, queue);
-            streams.push(stream.clone());
-            tasks.push(tokio::spawn(sender(history.clone(), stream.clone(), proxies.clone(), stop_sending.clone())));
-            tasks.push(tokio::spawn(receiver(history.clone(), stream, proxies.clone(), stop_receiving.clone())));
-        }
-    }
+    let load = Load::start(&cluster, &TENANTS, &QUEUES).await.expect("start the load");
+    let history = &load.history;
 
     // Half upgraded: the old processes hold the cluster at generation 0 and keep up.
     tokio::time::sleep(RUN).await;
@@ -134,19 +114,10 @@ async fn a_rolling_upgrade_under_load_never_writes_what_an_old_process_cannot_re
     for name in METADATA {
         keeps_up(&cluster, name, &METADATA).await;
     }
-    let after_raise = history.acknowledged_sends_between(&streams, raised_ms, history.now_ms());
+    let after_raise = history.acknowledged_sends_between(&load.streams, raised_ms, history.now_ms());
     assert!(!after_raise.is_empty(), "nothing was acknowledged in the new generation");
 
-    stop_sending.cancel();
-    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-    while history.undelivered() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    stop_receiving.cancel();
-    for task in tasks {
-        task.await.expect("client task");
-    }
-    let report = history.check();
+    let report = load.finish().await;
     println!("rolling upgrade:\n{report}");
     assert!(report.is_safe(), "{report}");
     assert!(report.sends_acknowledged > 0);
