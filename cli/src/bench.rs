@@ -18,7 +18,7 @@ use strata_common::Clock;
 use tokio::sync::Mutex;
 
 #[derive(Args, Debug)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     #[arg(long, env = "STRATA_ENDPOINT", hide_env_values = true)]
     endpoint: String,
     #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
@@ -125,7 +125,7 @@ pub(crate) fn new_histogram() -> anyhow::Result<Histogram<u64>> {
     Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
     let api =
         Arc::new(Api { client, base: args.endpoint.trim_end_matches('/').to_string(), token: args.token.clone() });

@@ -20,7 +20,7 @@ use tokio::sync::Mutex;
 use crate::bench::{new_histogram, percentiles};
 
 /// Where and as whom the SQS API is called.
-pub struct SqsTarget {
+pub(crate) struct SqsTarget {
     pub endpoint: String,
     pub region: String,
     pub access_key_id: String,
@@ -150,7 +150,7 @@ struct Latencies {
 
 /// The workload both APIs run.
 #[derive(Clone)]
-pub struct Workload {
+pub(crate) struct Workload {
     pub senders: usize,
     pub receivers: usize,
     /// A native-API send request (`{"messages": [{"body": ...}, ...]}`); the SQS run sends the same
@@ -233,7 +233,7 @@ async fn run_workload(client: Arc<Client>, workload: Workload) -> anyhow::Result
 }
 
 /// Runs the workload on the native API, then on the SQS API; each on its own fresh queue.
-pub async fn compare(
+pub(crate) async fn compare(
     http: reqwest::Client,
     endpoint: &str,
     token: &str,

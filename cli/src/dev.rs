@@ -32,7 +32,7 @@ use strata_storage::{ObjectStoreSettings, StorageNode, StorageSettings};
 use tokio_util::sync::CancellationToken;
 
 /// The tenant `strata dev` creates and issues a token for.
-pub const DEV_TENANT: &str = "dev";
+pub(crate) const DEV_TENANT: &str = "dev";
 const DEV_KEY_ID: &str = "dev-hs256";
 const DEV_ISSUER: &str = "strata-dev";
 const DEV_AUDIENCE: &str = "strata";
@@ -47,7 +47,7 @@ const DEV_REGION: &str = "strata-dev";
 const DEV_TOKEN_TTL_S: u64 = 30 * 24 * 3600;
 
 #[derive(Args, Debug)]
-pub struct DevArgs {
+pub(crate) struct DevArgs {
     /// Where all state lives (default: ~/.strata/dev).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -195,7 +195,7 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
-pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     init_tracing();
     let dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -35,14 +35,14 @@ use tokio_util::sync::CancellationToken;
 use crate::dev::{init_tracing, shutdown_signal};
 
 #[derive(Args, Debug)]
-pub struct RoleArgs {
+pub(crate) struct RoleArgs {
     /// The role's config file (TOML).
     #[arg(long)]
     config: PathBuf,
 }
 
 #[derive(Args, Debug)]
-pub struct MetadataArgs {
+pub(crate) struct MetadataArgs {
     #[command(flatten)]
     role: RoleArgs,
     /// Before starting, seed this member's empty data directory from the newest copy of the
@@ -88,7 +88,7 @@ fn read_config<T: serde::de::DeserializeOwned>(path: &PathBuf) -> anyhow::Result
 }
 
 /// Runs one metadata member until SIGTERM or Ctrl-C.
-pub async fn metadata(args: MetadataArgs) -> anyhow::Result<()> {
+pub(crate) async fn metadata(args: MetadataArgs) -> anyhow::Result<()> {
     init_tracing();
     let config: MetadataConfig = read_config(&args.role.config)?;
     let mut members = BTreeMap::new();
@@ -195,7 +195,7 @@ fn default_cache_disk_mib() -> usize {
 }
 
 /// Runs one storage node until SIGTERM or Ctrl-C.
-pub async fn storage(args: RoleArgs) -> anyhow::Result<()> {
+pub(crate) async fn storage(args: RoleArgs) -> anyhow::Result<()> {
     init_tracing();
     let config: StorageConfig = read_config(&args.config)?;
     let settings = StorageSettings {
@@ -284,7 +284,7 @@ fn verifiers(issuer: &str, keys: &[KeyConfig]) -> anyhow::Result<impl Fn(&str) -
 }
 
 /// Runs one proxy until SIGTERM or Ctrl-C.
-pub async fn proxy(args: RoleArgs) -> anyhow::Result<()> {
+pub(crate) async fn proxy(args: RoleArgs) -> anyhow::Result<()> {
     init_tracing();
     let config: ProxyConfig = read_config(&args.config)?;
     let verifier_for = verifiers(&config.issuer, &config.keys)?;
@@ -360,7 +360,7 @@ struct BillingConfig {
 /// Runs the billing service until SIGTERM or Ctrl-C: counts the metering queue, enforces
 /// budgets, and serves usage and invoices (one instance per cluster; a second one is safe, as
 /// counting is idempotent, but does the work twice).
-pub async fn billing(args: RoleArgs) -> anyhow::Result<()> {
+pub(crate) async fn billing(args: RoleArgs) -> anyhow::Result<()> {
     init_tracing();
     let config: BillingConfig = read_config(&args.config)?;
     let verifier_for = verifiers(&config.issuer, &config.keys)?;
@@ -383,7 +383,7 @@ pub async fn billing(args: RoleArgs) -> anyhow::Result<()> {
 }
 
 #[derive(Args, Debug)]
-pub struct TokenArgs {
+pub(crate) struct TokenArgs {
     /// A proxy's config file: its issuer, audiences and first key sign the token.
     #[arg(long)]
     config: PathBuf,
@@ -399,7 +399,7 @@ pub struct TokenArgs {
 }
 
 /// Prints a token the proxies of `config` accept (operators of a cluster mint tokens this way).
-pub fn token(args: TokenArgs) -> anyhow::Result<()> {
+pub(crate) fn token(args: TokenArgs) -> anyhow::Result<()> {
     let config: ProxyConfig = read_config(&args.config)?;
     let key = config.keys.first().context("the proxy config has no [[keys]] entry")?;
     let secret = hex::decode(&key.secret_hex).with_context(|| format!("key '{}': secret_hex is not hex", key.kid))?;

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use strata_billing::pricing::format_micros as dollars;
 
 #[derive(Args, Clone)]
-pub struct Connection {
+pub(crate) struct Connection {
     /// Service endpoint, e.g. http://127.0.0.1:9324
     #[arg(long, env = "STRATA_ENDPOINT", hide_env_values = true)]
     endpoint: String,
@@ -16,7 +16,7 @@ pub struct Connection {
 }
 
 #[derive(Subcommand)]
-pub enum QueueCommand {
+pub(crate) enum QueueCommand {
     /// Create a queue (idempotent with identical attributes).
     Create {
         name: String,
@@ -53,7 +53,7 @@ pub enum QueueCommand {
 /// Whose keys (or bill): your own (tenant token), or any tenant's as an operator (`--tenant`,
 /// admin API).
 #[derive(Args, Clone)]
-pub struct KeyOwner {
+pub(crate) struct KeyOwner {
     /// Manage (or read) this tenant's keys or bill through the admin API (needs STRATA_ADMIN_ENDPOINT and
     /// STRATA_ADMIN_TOKEN) instead of your own.
     #[arg(long)]
@@ -96,7 +96,7 @@ impl KeyOwner {
 
 /// The operators' admin API of a proxy.
 #[derive(clap::Args)]
-pub struct AdminConnection {
+pub(crate) struct AdminConnection {
     #[arg(long, env = "STRATA_ADMIN_ENDPOINT", hide_env_values = true)]
     admin_endpoint: String,
     #[arg(long, env = "STRATA_ADMIN_TOKEN", hide_env_values = true)]
@@ -104,7 +104,7 @@ pub struct AdminConnection {
 }
 
 #[derive(Subcommand)]
-pub enum ClusterCommand {
+pub(crate) enum ClusterCommand {
     /// List the storage nodes, with whether each keeps its lease and which format generations it
     /// reads, and the generation the cluster writes.
     Nodes {
@@ -148,7 +148,7 @@ fn member_arg(text: &str) -> Result<(u64, String), String> {
     Ok((id, endpoint.to_owned()))
 }
 
-pub async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
+pub(crate) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
     let admin = |a: AdminConnection| Connection { endpoint: a.admin_endpoint, token: a.admin_token };
     let answer = match command {
         ClusterCommand::Nodes { admin: a } => {
@@ -176,7 +176,7 @@ pub async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
 }
 
 #[derive(Subcommand)]
-pub enum KeysCommand {
+pub(crate) enum KeysCommand {
     /// Create an access key for the SQS API; prints its secret (shown only this once).
     Create {
         #[command(flatten)]
@@ -205,7 +205,7 @@ pub enum KeysCommand {
 }
 
 #[derive(Args)]
-pub struct SendArgs {
+pub(crate) struct SendArgs {
     queue: String,
     body: String,
     #[arg(long, conflicts_with = "deliver_at_ms")]
@@ -219,7 +219,7 @@ pub struct SendArgs {
 }
 
 #[derive(Args)]
-pub struct CancelArgs {
+pub(crate) struct CancelArgs {
     queue: String,
     /// The id a send with `--deliver-at-ms` answered.
     message_id: String,
@@ -228,7 +228,7 @@ pub struct CancelArgs {
 }
 
 #[derive(Args)]
-pub struct ReceiveArgs {
+pub(crate) struct ReceiveArgs {
     queue: String,
     /// Messages to receive at most (1-10).
     #[arg(long, default_value_t = 1)]
@@ -244,7 +244,7 @@ pub struct ReceiveArgs {
 }
 
 #[derive(Args)]
-pub struct DeleteArgs {
+pub(crate) struct DeleteArgs {
     queue: String,
     receipt: String,
     #[command(flatten)]
@@ -280,7 +280,7 @@ fn print(value: &Value) {
     println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
 }
 
-pub async fn queue(command: QueueCommand) -> anyhow::Result<()> {
+pub(crate) async fn queue(command: QueueCommand) -> anyhow::Result<()> {
     match command {
         QueueCommand::Create { name, retention_seconds, visibility_timeout_seconds, delay_seconds, connection } => {
             let mut attributes = serde_json::Map::new();
@@ -324,7 +324,7 @@ pub async fn queue(command: QueueCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn keys(command: KeysCommand) -> anyhow::Result<()> {
+pub(crate) async fn keys(command: KeysCommand) -> anyhow::Result<()> {
     match command {
         KeysCommand::Create { owner } => {
             let (connection, base) = owner.resolve()?;
@@ -358,7 +358,7 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-pub async fn send(args: SendArgs) -> anyhow::Result<()> {
+pub(crate) async fn send(args: SendArgs) -> anyhow::Result<()> {
     let mut message = json!({ "body": args.body });
     if let Some(d) = args.delay_seconds {
         message["delay_seconds"] = json!(d);
@@ -374,7 +374,7 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
+pub(crate) async fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
     let mut body = json!({ "max_messages": args.max, "wait_seconds": args.wait });
     if let Some(v) = args.visibility {
         body["visibility_timeout_seconds"] = json!(v);
@@ -387,14 +387,14 @@ pub async fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
+pub(crate) async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
     let path = format!("/v1/queues/{}/scheduled/{}", urlencode(&args.queue), urlencode(&args.message_id));
     call(&args.connection, reqwest::Method::DELETE, &path, None).await?;
     eprintln!("cancelled");
     Ok(())
 }
 
-pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
+pub(crate) async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
     let path = format!("/v1/queues/{}/delete", urlencode(&args.queue));
     let body = json!({ "receipt_handles": [args.receipt] });
     let response = call(&args.connection, reqwest::Method::POST, &path, Some(body)).await?;
@@ -411,7 +411,7 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------- billing
 
 #[derive(Args)]
-pub struct UsageArgs {
+pub(crate) struct UsageArgs {
     /// The month (YYYY-MM, UTC); default: this month.
     #[arg(long)]
     month: Option<String>,
@@ -430,7 +430,7 @@ pub struct UsageArgs {
 }
 
 #[derive(Args)]
-pub struct InvoiceArgs {
+pub(crate) struct InvoiceArgs {
     /// The month (YYYY-MM, UTC); default: this month so far.
     #[arg(long)]
     month: Option<String>,
@@ -466,7 +466,7 @@ fn parse_dollars(text: &str) -> Result<u64, String> {
     whole.checked_mul(1_000_000).and_then(|w| w.checked_add(fraction)).ok_or_else(|| format!("'{text}' is too large"))
 }
 
-pub async fn usage(args: UsageArgs) -> anyhow::Result<()> {
+pub(crate) async fn usage(args: UsageArgs) -> anyhow::Result<()> {
     let month = month_arg(args.month)?;
     let (connection, prefix) = args.owner.resolve_to("billing", "/v1/billing")?;
     let mut path = format!("{prefix}/usage?from_ms={}&to_ms={}", month.start_ms()?, month.end_ms()?);
@@ -507,7 +507,7 @@ pub async fn usage(args: UsageArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn invoice(args: InvoiceArgs) -> anyhow::Result<()> {
+pub(crate) async fn invoice(args: InvoiceArgs) -> anyhow::Result<()> {
     let month = month_arg(args.month)?;
     let (connection, prefix) = args.owner.resolve_to("billing", "/v1/billing")?;
     let answer = call(&connection, reqwest::Method::GET, &format!("{prefix}/invoices/{month}"), None).await?;
@@ -530,7 +530,7 @@ pub async fn invoice(args: InvoiceArgs) -> anyhow::Result<()> {
 
 /// Limits as flags (0 or absent: none of that kind; in a tenant's overrides: the plan's).
 #[derive(Args, Clone)]
-pub struct LimitFlags {
+pub(crate) struct LimitFlags {
     #[arg(long, default_value_t = 0)]
     requests_per_second: u64,
     #[arg(long, default_value_t = 0)]
@@ -553,7 +553,7 @@ impl LimitFlags {
 }
 
 #[derive(Subcommand)]
-pub enum PlansCommand {
+pub(crate) enum PlansCommand {
     /// Set a tenant's price plan: pay per call (a free tier, then a price per million units)
     /// or dedicated capacity at a flat monthly fee.
     SetPrice {
@@ -630,7 +630,7 @@ pub enum PlansCommand {
     },
 }
 
-pub async fn plans(command: PlansCommand) -> anyhow::Result<()> {
+pub(crate) async fn plans(command: PlansCommand) -> anyhow::Result<()> {
     let admin = |a: AdminConnection| Connection { endpoint: a.admin_endpoint, token: a.admin_token };
     let billing = |tenant: &str| format!("/admin/v1/tenants/{}/billing", urlencode(tenant));
     let put = reqwest::Method::PUT;

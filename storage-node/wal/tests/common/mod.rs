@@ -8,23 +8,23 @@ use bytes::Bytes;
 use strata_wal::{RecoveryReport, Wal, WalError, WalOptions};
 
 /// Deterministic payload of record `index`; lengths vary from 0 to 40 bytes.
-pub fn payload(index: u64) -> Bytes {
+pub(crate) fn payload(index: u64) -> Bytes {
     let len = (index * 7 % 41) as usize;
     let pattern = format!("<{index}>");
     Bytes::from(pattern.bytes().cycle().take(len).collect::<Vec<u8>>())
 }
 
 /// Records `range` with their deterministic payloads.
-pub fn records(range: std::ops::Range<u64>) -> Vec<(u64, Bytes)> {
+pub(crate) fn records(range: std::ops::Range<u64>) -> Vec<(u64, Bytes)> {
     range.map(|index| (index, payload(index))).collect()
 }
 
-pub fn open(dir: &Path, options: WalOptions) -> (Wal, RecoveryReport) {
+pub(crate) fn open(dir: &Path, options: WalOptions) -> (Wal, RecoveryReport) {
     Wal::open(dir, options, None).expect("open WAL")
 }
 
 /// Appends and blocks until the durability callback ran; returns its result.
-pub fn append_wait(wal: &Wal, records: Vec<(u64, Bytes)>) -> Result<(), WalError> {
+pub(crate) fn append_wait(wal: &Wal, records: Vec<(u64, Bytes)>) -> Result<(), WalError> {
     let (sender, receiver) = mpsc::channel();
     wal.append(
         records,
@@ -36,7 +36,7 @@ pub fn append_wait(wal: &Wal, records: Vec<(u64, Bytes)>) -> Result<(), WalError
 }
 
 /// Asserts that the WAL holds exactly `expected` with the deterministic payloads.
-pub fn assert_holds(wal: &Wal, expected: std::ops::RangeInclusive<u64>) {
+pub(crate) fn assert_holds(wal: &Wal, expected: std::ops::RangeInclusive<u64>) {
     assert_eq!(wal.first_index(), Some(*expected.start()));
     assert_eq!(wal.last_index(), Some(*expected.end()));
     let all = wal.read_range(*expected.start(), expected.end() + 1).unwrap();
@@ -47,7 +47,7 @@ pub fn assert_holds(wal: &Wal, expected: std::ops::RangeInclusive<u64>) {
 }
 
 /// Segment files of `dir`, sorted.
-pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn segment_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|entry| entry.unwrap().path())
@@ -58,7 +58,7 @@ pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Copies every file of `from` into `to` (no fsync: tests only).
-pub fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
@@ -66,7 +66,7 @@ pub fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// Small deterministic pseudo-random bytes (xorshift), for garbage.
-pub fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
+pub(crate) fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut state = seed | 1;
     (0..len)
         .map(|_| {
@@ -79,7 +79,7 @@ pub fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
 }
 
 /// Frame offsets of every record in a segment file (via the public scanner).
-pub fn frame_offsets(bytes: &[u8]) -> Vec<(u64, u64, u64)> {
+pub(crate) fn frame_offsets(bytes: &[u8]) -> Vec<(u64, u64, u64)> {
     strata_wal::scan_segment_bytes(bytes)
         .unwrap()
         .into_iter()
@@ -89,9 +89,9 @@ pub fn frame_offsets(bytes: &[u8]) -> Vec<(u64, u64, u64)> {
 
 /// Watchdog for waits that a correct WAL satisfies at once: a broken one fails the test
 /// instead of hanging it. Not a timing assertion; the bound is far above any real wait.
-pub const WATCHDOG: std::time::Duration = std::time::Duration::from_secs(60);
+pub(crate) const WATCHDOG: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Receives from `receiver`, failing the test (instead of hanging) if nothing ever comes.
-pub fn recv_or_fail<T>(receiver: &mpsc::Receiver<T>, what: &str) -> T {
+pub(crate) fn recv_or_fail<T>(receiver: &mpsc::Receiver<T>, what: &str) -> T {
     receiver.recv_timeout(WATCHDOG).unwrap_or_else(|err| panic!("never received {what}: {err}"))
 }
