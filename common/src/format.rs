@@ -70,13 +70,6 @@ pub trait Persisted: Sized {
     /// versions). Errors: `InvalidData` for an unknown version or a damaged body.
     fn decode_body(version: u8, body: &[u8]) -> io::Result<Self>;
 
-    /// The version byte followed by the body, in the newest version.
-    fn encode_versioned(&self) -> io::Result<Vec<u8>> {
-        let mut out = vec![Self::FORMAT_VERSION];
-        self.encode_body(Self::FORMAT_VERSION, &mut out)?;
-        Ok(out)
-    }
-
     /// Decodes a version byte followed by a body (in any released version).
     fn decode_versioned(bytes: &[u8]) -> io::Result<Self> {
         let (&version, body) = bytes.split_first().ok_or_else(|| invalid_data("empty persisted value"))?;
@@ -156,6 +149,21 @@ pub fn postcard_exact<T: DeserializeOwned>(body: &[u8]) -> io::Result<T> {
     Ok(value)
 }
 
+/// Decodes a body of `version` as the one postcard layout shared by `layout_versions` (the
+/// legacy version and version 1, say, or versions that differ only in what they may hold);
+/// any other version is unknown.
+pub fn postcard_of_versions<T: DeserializeOwned>(
+    what: &str,
+    version: u8,
+    layout_versions: &[u8],
+    body: &[u8],
+) -> io::Result<T> {
+    if !layout_versions.contains(&version) {
+        return Err(unknown_version(what, version));
+    }
+    postcard_exact(body)
+}
+
 /// The error of a version this release does not know.
 pub fn unknown_version(what: &str, version: u8) -> io::Error {
     invalid_data(format!("{what} format version {version} is unknown to this release (written by a newer one?)"))
@@ -202,10 +210,7 @@ impl Persisted for String {
     }
 
     fn decode_body(version: u8, body: &[u8]) -> io::Result<Self> {
-        match version {
-            LEGACY_FORMAT_VERSION | 1 => postcard_exact(body),
-            v => Err(unknown_version("string", v)),
-        }
+        postcard_of_versions("string", version, Self::VERSIONS, body)
     }
 }
 
@@ -293,17 +298,15 @@ mod tests {
         }
 
         fn decode_body(version: u8, body: &[u8]) -> io::Result<Self> {
-            match version {
-                LEGACY_FORMAT_VERSION | 1 => postcard_exact::<(u32, String)>(body).map(|(a, b)| Pair(a, b)),
-                v => Err(unknown_version("pair", v)),
-            }
+            postcard_of_versions::<(u32, String)>("pair", version, Self::VERSIONS, body).map(|(a, b)| Pair(a, b))
         }
     }
 
     #[test]
     fn versioned_round_trip_and_refusals() {
         let value = Pair(300, "x".into());
-        let bytes = value.encode_versioned().unwrap();
+        let mut bytes = vec![Pair::FORMAT_VERSION];
+        value.encode_body(Pair::FORMAT_VERSION, &mut bytes).unwrap();
         assert_eq!(bytes, [1, 0xac, 0x02, 1, b'x']);
         assert_eq!(Pair::decode_versioned(&bytes).unwrap(), value);
         assert_eq!(Pair::decode_body(LEGACY_FORMAT_VERSION, &bytes[1..]).unwrap(), value);

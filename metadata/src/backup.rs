@@ -59,17 +59,19 @@ struct BackupHeaderV2 {
 /// versions restore from.
 fn encode_backup(backup: &Backup, generation: FormatGeneration) -> std::io::Result<Vec<u8>> {
     let (meta, snapshot) = backup;
-    if generation == LEGACY_GENERATION {
-        return postcard::to_allocvec(backup).map_err(std::io::Error::other);
-    }
     let header = BackupHeaderV2 {
         last_log_id: meta.last_log_id.as_ref().map(LogIdV1::from),
         last_membership: (&meta.last_membership).into(),
         reserved_snapshot_id: String::new(),
     };
-    let mut out = vec![BACKUP_FORMAT_VERSION];
+    let legacy = generation == LEGACY_GENERATION;
+    let mut out = if legacy { Vec::new() } else { vec![BACKUP_FORMAT_VERSION] };
     postcard_into(&header, &mut out)?;
-    out.extend_from_slice(snapshot);
+    if legacy {
+        postcard_into(snapshot, &mut out)?;
+    } else {
+        out.extend_from_slice(snapshot);
+    }
     Ok(out)
 }
 

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use strata_common::error::{ErrorKind, StrataError};
 use strata_common::format::{
     FormatGeneration, LEGACY_FORMAT_VERSION, LEGACY_GENERATION, Persisted, cannot_hold, invalid_data, postcard_exact,
-    postcard_into, unknown_version,
+    postcard_into, postcard_of_versions, unknown_version,
 };
 use strata_common::proto as pb;
 use strata_raft::raft_state::ReplicatedState;
@@ -498,10 +498,8 @@ impl Persisted for MetaEntry {
     }
 
     fn decode_body(version: u8, body: &[u8]) -> std::io::Result<Self> {
-        match version {
-            LEGACY_FORMAT_VERSION | 1 | 2 => postcard_exact(body),
-            v => Err(unknown_version("metadata command", v)),
-        }
+        // Every version so far is one layout; version 2 may hold one more command.
+        postcard_of_versions("metadata command", version, &[LEGACY_FORMAT_VERSION, 1, 2], body)
     }
 }
 

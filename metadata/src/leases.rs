@@ -20,10 +20,16 @@ struct Inner {
     term: u64,
     /// When this member started taking heartbeats in `term`.
     since_ms: u64,
-    /// Node id → last heartbeat (ms, from the metadata clock).
-    last_ms: HashMap<String, u64>,
-    /// Node id → the newest format generation it said it reads, in its last heartbeat.
-    format_generations: HashMap<String, FormatGeneration>,
+    /// Node id → its last heartbeat.
+    heartbeats: HashMap<String, Heartbeat>,
+}
+
+/// What a node's last heartbeat said.
+struct Heartbeat {
+    /// When it came (ms, from the metadata clock).
+    at_ms: u64,
+    /// The newest format generation the node reads.
+    format_generation_max: FormatGeneration,
 }
 
 /// The leases this member knows, for the term it leads in.
@@ -45,8 +51,7 @@ impl Leases {
     pub fn heartbeat(&self, node_id: &str, term: u64, now_ms: u64, format_generation_max: FormatGeneration) {
         let mut inner = self.inner.lock();
         Self::in_term(&mut inner, term, now_ms);
-        inner.last_ms.insert(node_id.to_owned(), now_ms);
-        inner.format_generations.insert(node_id.to_owned(), format_generation_max);
+        inner.heartbeats.insert(node_id.to_owned(), Heartbeat { at_ms: now_ms, format_generation_max });
     }
 
     /// The newest format generation `node_id` reads, as it said in a heartbeat in `term` (`None`
@@ -56,7 +61,7 @@ impl Leases {
         if inner.term != term {
             return None;
         }
-        inner.format_generations.get(node_id).copied()
+        inner.heartbeats.get(node_id).map(|h| h.format_generation_max)
     }
 
     /// Whether `node_id` is live: it heartbeated within the lease, or this member began leading
@@ -64,7 +69,7 @@ impl Leases {
     pub fn is_live(&self, node_id: &str, term: u64, now_ms: u64) -> bool {
         let mut inner = self.inner.lock();
         Self::in_term(&mut inner, term, now_ms);
-        let since = inner.last_ms.get(node_id).copied().unwrap_or(inner.since_ms);
+        let since = inner.heartbeats.get(node_id).map_or(inner.since_ms, |h| h.at_ms);
         now_ms.saturating_sub(since) < LEASE_MS
     }
 }

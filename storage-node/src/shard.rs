@@ -16,9 +16,7 @@ use openraft::{BasicNode, Config, ReadPolicy, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use strata_common::Clock;
 use strata_common::error::{ErrorKind, StrataError};
-use strata_common::format::{
-    FormatGate, LEGACY_FORMAT_VERSION, Persisted, postcard_exact, postcard_into, unknown_version,
-};
+use strata_common::format::{FormatGate, LEGACY_FORMAT_VERSION, Persisted, postcard_into, postcard_of_versions};
 use strata_common::metering::MeterRecord;
 use strata_raft::group::{GroupStorage, RaftGroup, open_group, open_single_voter};
 use strata_raft::raft_state::{ReplicatedState, StateGuard};
@@ -51,10 +49,7 @@ impl Persisted for ShardEntry {
     }
 
     fn decode_body(version: u8, body: &[u8]) -> std::io::Result<Self> {
-        match version {
-            LEGACY_FORMAT_VERSION | 1 => postcard_exact(body).map(ShardEntry),
-            v => Err(unknown_version("shard command", v)),
-        }
+        postcard_of_versions("shard command", version, Self::VERSIONS, body).map(ShardEntry)
     }
 }
 
@@ -68,10 +63,7 @@ impl Persisted for ShardMachine {
     }
 
     fn decode_body(version: u8, body: &[u8]) -> std::io::Result<Self> {
-        match version {
-            LEGACY_FORMAT_VERSION | 1 => Ok(ShardMachine(postcard_exact(body)?, None)),
-            v => Err(unknown_version("shard state", v)),
-        }
+        Ok(ShardMachine(postcard_of_versions("shard state", version, Self::VERSIONS, body)?, None))
     }
 }
 
@@ -604,7 +596,7 @@ impl Shard {
     /// The entry at `index` from another replica's local log (see [`Shard::entries_from_peers`]).
     async fn entry_from_peers(&self, index: u64) -> Result<openraft::alias::EntryOf<ShardRaftConfig>, StrataError> {
         match self.entries_from_peers(index, 1).await.pop() {
-            Some((_, bytes)) => decode_entry(&bytes, self.group.log.format()),
+            Some((_, bytes)) => decode_entry(&bytes, self.log_format()),
             None => {
                 tracing::error!(shard = self.shard_id, index, "log entry is neither local, nor tiered, nor on a peer");
                 Err(StrataError::unavailable("a message could not be read from the log now; retry"))
@@ -615,7 +607,7 @@ impl Shard {
     /// An entry this replica's WAL lacks: from its backfill files, else the bucket, else a peer.
     async fn entry_elsewhere(&self, index: u64) -> Result<openraft::alias::EntryOf<ShardRaftConfig>, StrataError> {
         if let Some(bytes) = self.backfill.read(index).map_err(|e| self.log_read_failed(index, e))? {
-            return decode_entry(&bytes, self.group.log.format());
+            return decode_entry(&bytes, self.log_format());
         }
         match self.tiered.read_entry(self.shard_id, index).await {
             Err(e) if e.kind == ErrorKind::Internal => self.entry_from_peers(index).await,

@@ -2,10 +2,9 @@
 //!
 //! [`WalLogStore`] is the Raft log of every shard and of the metadata quorum. Entries are
 //! encoded in their persisted form ([`crate::persisted`]) into WAL records whose index is the
-//! Raft log index, so the WAL's guarantees
-//! carry over: an append is readable when `append` returns and durable when openraft's
-//! [`IOFlushed`] callback fires, which happens only after the group-commit `fdatasync` that
-//! covers it.
+//! Raft log index, so the WAL's guarantees carry over: an append is readable when `append`
+//! returns and durable when openraft's [`IOFlushed`] callback fires, which happens only after
+//! the group-commit `fdatasync` that covers it.
 //!
 //! Beside the log, three small facts live in checked files in the same directory:
 //! - the vote (written atomically with fsync before `save_vote` returns: Raft safety needs it);
@@ -27,19 +26,19 @@ use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use strata_common::format::FormatGate;
-
-use crate::persisted::{
-    LogIdV1, PersistedRaftTypes, VoteV1, decode_entry, decode_fact, encode_entry, encode_fact, writes_legacy,
-};
 use bytes::Bytes;
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader, RaftTypeConfig};
 use parking_lot::Mutex;
+use strata_common::format::FormatGate;
 use strata_wal::format::{LEGACY_FRAME_VERSION, RECORD_FORMAT_VERSION};
 use strata_wal::{Wal, WalError, WalOptions, read_file_checked, write_file_checked};
+
+use crate::persisted::{
+    LogIdV1, PersistedRaftTypes, VoteV1, decode_entry, decode_fact, encode_entry, encode_fact, writes_legacy,
+};
 
 const VOTE_FILE: &str = "raft-vote";
 const COMMITTED_FILE: &str = "raft-committed";

@@ -39,8 +39,8 @@ impl strata_common::format::Persisted for Applied {
         strata_common::format::postcard_into(&self.0, out)
     }
 
-    fn decode_body(_version: u8, body: &[u8]) -> std::io::Result<Self> {
-        strata_common::format::postcard_exact(body).map(Applied)
+    fn decode_body(version: u8, body: &[u8]) -> std::io::Result<Self> {
+        strata_common::format::postcard_of_versions("applied", version, Self::VERSIONS, body).map(Applied)
     }
 }
 

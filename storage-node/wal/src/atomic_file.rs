@@ -12,9 +12,9 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::WalError;
-use bytes::Bytes;
-
-use crate::format::{CHECKED_FILE_BODY_BYTES_MAX, decode_checked_file, encode_checked_file, versioned_payload};
+use crate::format::{
+    CHECKED_FILE_BODY_BYTES_MAX, LEGACY_FRAME_VERSION, LEGACY_PAYLOAD_VERSION, decode_checked_file, encode_checked_file,
+};
 
 /// Suffix of the temporary file written next to the target before the rename.
 const TMP_SUFFIX: &str = ".tmp";
@@ -89,7 +89,8 @@ pub fn read_file_checked(path: &Path) -> Result<Option<Vec<u8>>, WalError> {
         Err(err) => return Err(WalError::io("read", path, err)),
     };
     match decode_checked_file(&bytes) {
-        Ok((version, body)) => Ok(Some(versioned_payload(version, Bytes::copy_from_slice(body)).to_vec())),
+        Ok((LEGACY_FRAME_VERSION, body)) => Ok(Some([&[LEGACY_PAYLOAD_VERSION], body].concat())),
+        Ok((_, body)) => Ok(Some(body.to_vec())),
         Err(reason) => Err(WalError::CorruptMetadataFile { path: path.to_path_buf(), reason }),
     }
 }
