@@ -20,10 +20,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use strata_common::Clock;
 use strata_common::error::{ErrorKind, StrataError};
 use strata_common::metering::{METERING_QUEUE, MeterRecord, SYSTEM_TENANT, decode_batch};
 use strata_common::proto as pb;
+use strata_common::{Clock, Random};
 use strata_storage_client::queues::{self, ensure_metering_queue};
 use strata_storage_client::routing::Router as Placement;
 use tokio_util::sync::CancellationToken;
@@ -63,7 +63,7 @@ pub async fn consume(store: BillingStore, placement: Arc<Placement>, cancel: Can
             tracing::warn!(error = %e, "counting metering records failed; retrying");
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(RETRY_PAUSE) => {}
+                () = placement.metadata.clock().sleep(RETRY_PAUSE) => {}
             }
         }
     }
@@ -134,7 +134,7 @@ pub async fn drain_outboxes(store: BillingStore, placement: Arc<Placement>, canc
         };
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(pause) => {}
+            () = placement.metadata.clock().sleep(pause) => {}
         }
     }
 }
@@ -188,7 +188,7 @@ pub async fn prune_keys(store: BillingStore, clock: Arc<dyn Clock>, cancel: Canc
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(PRUNE_INTERVAL) => {}
+            () = clock.sleep(PRUNE_INTERVAL) => {}
         }
     }
 }
@@ -207,7 +207,7 @@ pub async fn enforce_budgets(
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(BUDGET_CHECK_INTERVAL) => {}
+            () = clock.sleep(BUDGET_CHECK_INTERVAL) => {}
         }
     }
 }
@@ -267,6 +267,7 @@ pub struct BillingSettings {
     /// Verifies operators' tokens (the admin audience).
     pub admin_verifier: strata_http::auth::JwtVerifier,
     pub clock: Arc<dyn Clock>,
+    pub random: Random,
 }
 
 /// Opens the store, starts counting the metering queue and enforcing budgets (until `cancel`),
@@ -276,7 +277,8 @@ pub async fn start(
     cancel: CancellationToken,
 ) -> Result<crate::api::BillingRouters, ServiceError> {
     let store = BillingStore::open(&settings.database_url).await?;
-    let metadata = strata_metadata_client::MetadataClient::connect_lazy(&settings.metadata_endpoint)?;
+    let metadata = strata_metadata_client::MetadataClient::connect_lazy(&settings.metadata_endpoint)?
+        .with_seams(settings.clock.clone(), settings.random.clone());
     let placement = Arc::new(Placement::new(metadata, Default::default()));
     tokio::spawn(consume(store.clone(), placement.clone(), cancel.clone()));
     tokio::spawn(drain_outboxes(store.clone(), placement.clone(), cancel.clone()));

@@ -2,6 +2,8 @@
 //! directory) and a real PostgreSQL server (`STRATA_TEST_POSTGRES_URL`, which the test command
 //! sets after starting one; each run uses a database of its own).
 
+#![allow(clippy::disallowed_methods)] // a test waits and measures in real time
+
 use std::time::Duration;
 
 use sqlx::Connection;

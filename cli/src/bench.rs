@@ -8,14 +8,17 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
-use strata_common::Clock;
+use strata_common::{Clock, ClockExt, SystemClock};
 use tokio::sync::Mutex;
+
+/// A benchmark measures the real machine: it reads the operating system's clock.
+pub(crate) const CLOCK: SystemClock = SystemClock;
 
 #[derive(Args, Debug)]
 pub(crate) struct BenchArgs {
@@ -143,21 +146,21 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.throughput_seconds > 0 {
         let sent = Arc::new(AtomicU64::new(0));
         let latencies = Arc::new(Mutex::new(new_histogram()?));
-        let deadline = Instant::now() + Duration::from_secs(args.throughput_seconds);
+        let deadline = CLOCK.instant() + Duration::from_secs(args.throughput_seconds);
         let batch: Vec<Value> = (0..args.batch).map(|_| json!({ "body": body })).collect();
         let request = bytes::Bytes::from(serde_json::to_vec(&json!({ "messages": batch }))?);
         let mut tasks = Vec::new();
-        let started = Instant::now();
+        let started = CLOCK.instant();
         for _ in 0..args.senders {
             let (api, sent, latencies, request, path) =
                 (api.clone(), sent.clone(), latencies.clone(), request.clone(), send_path.clone());
             let batch_len = args.batch as u64;
             tasks.push(tokio::spawn(async move {
                 let mut local = new_histogram()?;
-                while Instant::now() < deadline {
-                    let t = Instant::now();
+                while CLOCK.instant() < deadline {
+                    let t = CLOCK.instant();
                     api.post_encoded(&path, request.clone()).await?;
-                    local.record(t.elapsed().as_micros() as u64)?;
+                    local.record(CLOCK.instant().duration_since(t).as_micros() as u64)?;
                     sent.fetch_add(batch_len, Ordering::Relaxed);
                 }
                 latencies.lock().await.add(&local)?;
@@ -167,7 +170,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         for task in tasks {
             task.await??;
         }
-        let seconds = started.elapsed().as_secs_f64();
+        let seconds = CLOCK.instant().duration_since(started).as_secs_f64();
         let total = sent.load(Ordering::Relaxed);
         report.insert(
             "send_throughput".into(),
@@ -186,18 +189,18 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let latencies = Arc::new(Mutex::new(new_histogram()?));
         let errors = Arc::new(AtomicU64::new(0));
         let request = bytes::Bytes::from(serde_json::to_vec(&json!({ "messages": [{ "body": body }] }))?);
-        let started = Instant::now();
+        let started = CLOCK.instant();
         let mut tasks = Vec::with_capacity(total as usize);
         for i in 0..total {
             let due = started + interval.mul_f64(i as f64);
-            tokio::time::sleep_until(due.into()).await;
+            CLOCK.sleep_until(due).await;
             let (api, latencies, errors, request, path) =
                 (api.clone(), latencies.clone(), errors.clone(), request.clone(), send_path.clone());
             tasks.push(tokio::spawn(async move {
                 // Latency from the scheduled time: a late start is the system's delay too.
                 match api.post_encoded(&path, request).await {
                     Ok(_) => {
-                        let _ = latencies.lock().await.record(due.elapsed().as_micros() as u64);
+                        let _ = latencies.lock().await.record(CLOCK.instant().duration_since(due).as_micros() as u64);
                     }
                     Err(_) => {
                         errors.fetch_add(1, Ordering::Relaxed);
@@ -224,7 +227,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     if args.receivers > 0 {
         let drained = Arc::new(AtomicU64::new(0));
-        let started = Instant::now();
+        let started = CLOCK.instant();
         let receive_path = Arc::new(format!("/v1/queues/{}/receive", args.queue));
         let delete_path = Arc::new(format!("/v1/queues/{}/delete", args.queue));
         let mut tasks = Vec::new();
@@ -247,7 +250,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             task.await??;
         }
         // The last empty long poll of each receiver is not drain time.
-        let seconds = (started.elapsed().as_secs_f64() - 1.0).max(0.001);
+        let seconds = (CLOCK.instant().duration_since(started).as_secs_f64() - 1.0).max(0.001);
         let total = drained.load(Ordering::Relaxed);
         report.insert(
             "drain".into(),
@@ -290,7 +293,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         for i in 0..args.idle_queues {
             api.post("/v1/queues", json!({ "name": format!("idle-{i:06}") })).await?;
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        CLOCK.sleep(Duration::from_secs(2)).await;
         let after = rss_kib(pid)?;
         report.insert(
             "idle_queues".into(),
@@ -329,7 +332,7 @@ async fn memory_per_message(api: &Arc<Api>, pid: u32, messages: u64, far: bool) 
     for round in 0..2 {
         let before = rss_kib(pid)?;
         let now_ms = strata_common::SystemClock.now_ms();
-        let started = Instant::now();
+        let started = CLOCK.instant();
         let mut senders = Vec::new();
         for sender in 0..SENDERS {
             let (api, path) = (api.clone(), path.clone());
@@ -354,8 +357,8 @@ async fn memory_per_message(api: &Arc<Api>, pid: u32, messages: u64, far: bool) 
         for sender in senders {
             sender.await??;
         }
-        let seconds = started.elapsed().as_secs_f64();
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        let seconds = CLOCK.instant().duration_since(started).as_secs_f64();
+        CLOCK.sleep(Duration::from_secs(3)).await;
         let after = rss_kib(pid)?;
         let bytes_per_message = (after.saturating_sub(before) * 1024) as f64 / messages as f64;
         eprintln!(

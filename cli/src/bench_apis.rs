@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use aws_credential_types::Credentials;
@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use strata_common::{Clock, SystemClock};
 use tokio::sync::Mutex;
 
-use crate::bench::{new_histogram, percentiles};
+use crate::bench::{CLOCK, new_histogram, percentiles};
 
 /// Where and as whom the SQS API is called.
 pub(crate) struct SqsTarget {
@@ -169,17 +169,17 @@ async fn run_workload(client: Arc<Client>, workload: Workload) -> anyhow::Result
     let batch_len = batch["messages"].as_array().map_or(0, Vec::len) as u64;
     let batch = Arc::new(batch);
     let sent = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let started = Instant::now();
+    let deadline = CLOCK.instant() + Duration::from_secs(seconds);
+    let started = CLOCK.instant();
     let mut tasks = Vec::new();
     for _ in 0..senders {
         let (client, batch, sent, latencies) = (client.clone(), batch.clone(), sent.clone(), latencies.clone());
         tasks.push(tokio::spawn(async move {
             let mut local = new_histogram()?;
-            while Instant::now() < deadline {
-                let t = Instant::now();
+            while CLOCK.instant() < deadline {
+                let t = CLOCK.instant();
                 client.send_batch(&batch).await?;
-                local.record(t.elapsed().as_micros() as u64)?;
+                local.record(CLOCK.instant().duration_since(t).as_micros() as u64)?;
                 sent.fetch_add(batch_len, Ordering::Relaxed);
             }
             latencies.send.lock().await.add(&local)?;
@@ -189,25 +189,25 @@ async fn run_workload(client: Arc<Client>, workload: Workload) -> anyhow::Result
     for task in tasks.drain(..) {
         task.await??;
     }
-    let send_seconds = started.elapsed().as_secs_f64();
+    let send_seconds = CLOCK.instant().duration_since(started).as_secs_f64();
 
     let drained = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
+    let started = CLOCK.instant();
     for _ in 0..receivers {
         let (client, drained, latencies) = (client.clone(), drained.clone(), latencies.clone());
         tasks.push(tokio::spawn(async move {
             let (mut receives, mut deletes) = (new_histogram()?, new_histogram()?);
             loop {
-                let t = Instant::now();
+                let t = CLOCK.instant();
                 let receipts = client.receive().await?;
                 if receipts.is_empty() {
                     break;
                 }
-                receives.record(t.elapsed().as_micros() as u64)?;
+                receives.record(CLOCK.instant().duration_since(t).as_micros() as u64)?;
                 let count = receipts.len() as u64;
-                let t = Instant::now();
+                let t = CLOCK.instant();
                 client.delete_batch(receipts).await?;
-                deletes.record(t.elapsed().as_micros() as u64)?;
+                deletes.record(CLOCK.instant().duration_since(t).as_micros() as u64)?;
                 drained.fetch_add(count, Ordering::Relaxed);
             }
             latencies.receive.lock().await.add(&receives)?;
@@ -219,7 +219,7 @@ async fn run_workload(client: Arc<Client>, workload: Workload) -> anyhow::Result
         task.await??;
     }
     // Each receiver's last, empty long poll (1 s) is not drain time.
-    let drain_seconds = (started.elapsed().as_secs_f64() - 1.0).max(0.001);
+    let drain_seconds = (CLOCK.instant().duration_since(started).as_secs_f64() - 1.0).max(0.001);
     let (sent, drained) = (sent.load(Ordering::Relaxed), drained.load(Ordering::Relaxed));
     Ok(json!({
         "send_messages_per_second": sent as f64 / send_seconds,

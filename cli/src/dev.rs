@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use strata_common::format::{FormatGate, NEWEST_GENERATION};
-use strata_common::{Clock, ShiftedClock, SystemClock};
+use strata_common::{Clock, Random, ShiftedClock, SystemClock};
 use strata_metadata::MetadataNode;
 use strata_metadata_client::MetadataClient;
 use strata_proxy::ProxySettings;
@@ -108,6 +108,10 @@ pub(crate) struct DevArgs {
     /// open a data directory written at another time).
     #[arg(long, hide = true)]
     clock_start_unix_ms: Option<u64>,
+    /// Draw message ids and other ids from a generator seeded with this number instead of the
+    /// operating system's (runs that must be replayed). Secrets never come from it.
+    #[arg(long, hide = true)]
+    random_seed: Option<u64>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,7 +137,7 @@ fn signing_secret(dir: &Path) -> anyhow::Result<Vec<u8>> {
         return secret
             .context("the dev JWT secret file is damaged (expected 64 hex characters); delete it to issue a new one");
     }
-    let secret: [u8; DEV_SECRET_BYTES] = rand::random();
+    let secret: [u8; DEV_SECRET_BYTES] = strata_common::random::secret_bytes();
     write_secret_file(&path, hex::encode(secret).as_bytes())?;
     Ok(secret.to_vec())
 }
@@ -204,6 +208,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         Some(start_ms) => Arc::new(ShiftedClock::starting_at(start_ms)),
         None => Arc::new(SystemClock),
     };
+    let random = args.random_seed.map_or_else(Random::os, Random::seeded);
     let cancel = CancellationToken::new();
 
     let metadata_addr = SocketAddr::from(([127, 0, 0, 1], args.metadata_port));
@@ -259,6 +264,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
             format_generation_max: NEWEST_GENERATION,
         },
         clock.clone(),
+        random.clone(),
     )
     .await
     .context("starting the storage node")?;
@@ -267,7 +273,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let verifier = JwtVerifier::new(DEV_ISSUER, DEV_AUDIENCE, vec![JwtKey::hmac(DEV_KEY_ID, &secret)]);
     let issuer = JwtIssuer::hmac(DEV_KEY_ID, &secret, DEV_ISSUER, DEV_AUDIENCE);
     let token = issuer.mint(DEV_TENANT, DEV_TOKEN_TTL_S, clock.now_ms() / 1000)?;
-    let metadata_client = MetadataClient::connect_lazy(&metadata_endpoint)?;
+    let metadata_client = MetadataClient::connect_lazy(&metadata_endpoint)?.with_seams(clock.clone(), random.clone());
     metadata_client.ensure_tenant(DEV_TENANT).await?;
     let (access_key_id, secret_access_key) = dev_access_key(&dir, &metadata_client, clock.now_ms()).await?;
 
@@ -289,6 +295,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
             verifier: verifier.clone(),
             admin_verifier: admin_verifier.clone(),
             clock: clock.clone(),
+            random: random.clone(),
         },
         cancel.clone(),
     )
@@ -299,6 +306,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         verifier,
         co_located_storage,
         clock: clock.clone(),
+        random,
         admin_verifier,
         metering: !args.no_metering,
         fleet_proxies: 1,

@@ -23,7 +23,7 @@ use anyhow::Context;
 use clap::Args;
 use serde::Deserialize;
 use strata_common::format::{FormatGate, FormatGeneration, NEWEST_GENERATION};
-use strata_common::{Clock, SystemClock};
+use strata_common::{Clock, Random, SystemClock};
 use strata_metadata::server::MemberSettings;
 use strata_metadata::{MetadataNode, backup};
 use strata_proxy::ProxySettings;
@@ -214,7 +214,8 @@ pub(crate) async fn storage(args: RoleArgs) -> anyhow::Result<()> {
         zone: config.zone,
         format_generation_max: config.format_generation_max,
     };
-    let node = StorageNode::start(settings, Arc::new(SystemClock)).await.context("starting the storage node")?;
+    let node =
+        StorageNode::start(settings, Arc::new(SystemClock), Random::os()).await.context("starting the storage node")?;
     tracing::info!(address = %node.address, shards = node.shard_ids().len(), "storage node running");
     shutdown_signal().await;
     node.shutdown().await;
@@ -293,6 +294,7 @@ pub(crate) async fn proxy(args: RoleArgs) -> anyhow::Result<()> {
         verifier: verifier_for(&config.audience),
         co_located_storage: None,
         clock: Arc::new(SystemClock),
+        random: Random::os(),
         admin_verifier: verifier_for(&config.admin_audience),
         metering: config.metering,
         fleet_proxies: config.fleet_proxies,
@@ -372,6 +374,7 @@ pub(crate) async fn billing(args: RoleArgs) -> anyhow::Result<()> {
             verifier: verifier_for(&config.audience),
             admin_verifier: verifier_for(&config.admin_audience),
             clock: Arc::new(SystemClock),
+            random: Random::os(),
         },
         cancel.clone(),
     )

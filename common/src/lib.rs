@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod limits;
 pub mod metering;
 pub mod names;
+pub mod random;
 
 /// Internal gRPC wire types and service stubs (generated from `proto/strata.proto`).
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -18,5 +19,6 @@ pub mod proto {
     tonic::include_proto!("strata.v1");
 }
 
-pub use clock::{Clock, ManualClock, ShiftedClock, SystemClock};
+pub use clock::{Clock, ClockExt, ManualClock, ShiftedClock, SystemClock};
 pub use error::{ErrorKind, StrataError};
+pub use random::Random;

@@ -156,7 +156,7 @@ pub async fn run(node: Arc<MetadataNode>, store: Arc<dyn ObjectStore>, interval:
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+            () = node.clock.sleep(interval) => {}
         }
         if let Err(e) = backup_once(&node, store.as_ref()).await {
             tracing::warn!(error = %e, "metadata backup failed; will retry");

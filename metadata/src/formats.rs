@@ -26,6 +26,7 @@ use strata_common::error::StrataError;
 use strata_common::format::{FormatGate, FormatGeneration};
 use strata_common::proto as pb;
 use strata_common::proto::raft_transport_client::RaftTransportClient;
+use strata_common::{Clock, ClockExt};
 use strata_raft::raft_state::SharedState;
 
 use crate::MetaRaftConfig;
@@ -56,7 +57,7 @@ pub(crate) fn follow_catalog(state: &Arc<SharedState<MetaRaftConfig, Catalog>>, 
 /// process reads. Runs until aborted.
 pub(crate) async fn raise_format_generation(node: Arc<MetadataNode>) {
     loop {
-        tokio::time::sleep(CHECK_INTERVAL).await;
+        node.clock.sleep(CHECK_INTERVAL).await;
         match raise_once(&node).await {
             Ok(Some(generation)) => tracing::info!(generation, "the cluster writes a new format generation"),
             Ok(None) => {}
@@ -86,7 +87,7 @@ async fn raise_once(node: &MetadataNode) -> Result<Option<FormatGeneration>, Str
     let (members, _) = node.members();
     let own_id = node.node_id();
     for (member_id, address) in members.into_iter().filter(|(id, _)| *id != own_id) {
-        readable = readable.min(member_format_generation(&address).await.map_err(|e| {
+        readable = readable.min(member_format_generation(node.clock.as_ref(), &address).await.map_err(|e| {
             StrataError::unavailable(format!("metadata member {member_id} did not report its formats: {e}"))
         })?);
     }
@@ -101,11 +102,11 @@ async fn raise_once(node: &MetadataNode) -> Result<Option<FormatGeneration>, Str
 
 /// The newest format generation the metadata member at `address` reads (0 from a release that
 /// does not report it).
-async fn member_format_generation(address: &str) -> Result<FormatGeneration, String> {
+async fn member_format_generation(clock: &dyn Clock, address: &str) -> Result<FormatGeneration, String> {
     let ask = async {
         let mut client = RaftTransportClient::connect(address.to_owned()).await.map_err(|e| e.to_string())?;
         let status = client.status(pb::RaftStatusRequest {}).await.map_err(|e| e.message().to_owned())?;
         Ok(status.into_inner().format_generation_max)
     };
-    tokio::time::timeout(STATUS_TIMEOUT, ask).await.map_err(|_| "timed out".to_string())?
+    clock.timeout(STATUS_TIMEOUT, ask).await.map_err(|_| "timed out".to_string())?
 }

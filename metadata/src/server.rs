@@ -58,15 +58,11 @@ const ACCESS_KEY_ID_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
 const SECRET_ACCESS_KEY_CHARS: usize = 40;
 const SECRET_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-/// Draws a new access key id and secret from the thread's CSPRNG.
+/// Draws a new access key id and secret from the operating system's CSPRNG (never a seeded source).
 fn new_access_key() -> (String, Secret) {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    let mut draw = |alphabet: &[u8], n: usize| -> String {
-        (0..n).map(|_| char::from(alphabet[rng.random_range(0..alphabet.len())])).collect()
-    };
-    let id = format!("{ACCESS_KEY_ID_PREFIX}{}", draw(ACCESS_KEY_ID_ALPHABET, ACCESS_KEY_ID_RANDOM_CHARS));
-    let secret = Secret(draw(SECRET_ALPHABET, SECRET_ACCESS_KEY_CHARS));
+    let random_part = strata_common::random::secret_string(ACCESS_KEY_ID_ALPHABET, ACCESS_KEY_ID_RANDOM_CHARS);
+    let id = format!("{ACCESS_KEY_ID_PREFIX}{random_part}");
+    let secret = Secret(strata_common::random::secret_string(SECRET_ALPHABET, SECRET_ACCESS_KEY_CHARS));
     (id, secret)
 }
 
@@ -119,7 +115,7 @@ pub struct MemberSettings {
 /// A running metadata node.
 pub struct MetadataNode {
     group: RaftGroup<MetaRaftConfig, Catalog>,
-    clock: Arc<dyn Clock>,
+    pub(crate) clock: Arc<dyn Clock>,
     /// The Raft transport of a quorum member (`None` for the single voter of `strata dev`).
     router: Option<RaftRouter>,
     /// Storage-node leases, while this member leads.
@@ -252,7 +248,7 @@ impl MetadataNode {
             let node = BasicNode { addr: addr.clone() };
             raft.add_learner(id, node, false).await.map_err(|e| failed("adding a metadata learner failed", &e))?;
         }
-        let deadline = tokio::time::Instant::now() + MEMBER_CATCH_UP_WAIT;
+        let deadline = self.clock.instant() + MEMBER_CATCH_UP_WAIT;
         loop {
             let metrics = raft.metrics().borrow_watched().clone();
             let last = metrics.last_log_index.unwrap_or(0);
@@ -263,13 +259,13 @@ impl MetadataNode {
             if caught_up {
                 break;
             }
-            if tokio::time::Instant::now() >= deadline {
+            if self.clock.instant() >= deadline {
                 return Err(StrataError::unavailable(
                     "a new member did not catch up in time: is it running and reachable at its endpoint?",
                 )
                 .into());
             }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            self.clock.sleep(std::time::Duration::from_millis(100)).await;
         }
         let ids: BTreeSet<u64> = target.keys().copied().collect();
         raft.change_membership(ids, false).await.map_err(|e| failed("changing the metadata voters failed", &e))?;

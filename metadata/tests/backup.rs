@@ -2,6 +2,8 @@
 //! leader uploads a snapshot once, a newer one again, keeps the newest three, and each copy
 //! holds the snapshot it was made from.
 
+#![allow(clippy::disallowed_methods)] // a test waits and measures in real time
+
 use std::sync::Arc;
 
 use object_store::local::LocalFileSystem;

@@ -3,6 +3,8 @@
 //! reads are linearizable, the quorum survives its leader going away with nothing acknowledged
 //! lost, and a member coming back catches up.
 
+#![allow(clippy::disallowed_methods)] // a test waits and measures in real time
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;

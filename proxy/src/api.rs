@@ -41,7 +41,7 @@ use crate::routing::Router as Placement;
 use crate::sqs::auth::AccessKeys;
 use crate::sqs::{self, SqsState};
 use crate::storage_client::{CoLocatedStorage, StorageClients};
-use strata_common::Clock;
+use strata_common::{Clock, Random};
 
 const OPENAPI_JSON: &str = include_str!("../openapi.json");
 
@@ -60,8 +60,10 @@ pub struct ProxySettings {
     pub verifier: JwtVerifier,
     /// A storage node in this process, called without a network hop (`strata dev`).
     pub co_located_storage: Option<CoLocatedStorage>,
-    /// Time for SigV4 checks and key revocation.
+    /// Time for SigV4 checks, key revocation, quotas and retries.
     pub clock: Arc<dyn Clock>,
+    /// Where request ids and billing keys are drawn from.
+    pub random: Random,
     /// Verifies operators' tokens on the admin API (its own audience).
     pub admin_verifier: JwtVerifier,
     /// Meter every accepted call into the system metering queue (off only to measure its cost).
@@ -88,7 +90,8 @@ pub struct Routers {
 
 /// The proxy's axum routers.
 pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
-    let metadata = MetadataClient::connect_lazy(&settings.metadata_endpoint)?;
+    let metadata = MetadataClient::connect_lazy(&settings.metadata_endpoint)?
+        .with_seams(settings.clock.clone(), settings.random.clone());
     let storage = settings.co_located_storage.map(StorageClients::with_co_located).unwrap_or_default();
     let placement = Arc::new(Placement::new(metadata.clone(), storage));
     let meter = if settings.metering {

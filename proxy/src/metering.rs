@@ -29,13 +29,13 @@ use std::sync::Arc;
 
 use axum::http::HeaderMap;
 use sha2::{Digest, Sha256};
-use strata_common::Clock;
 use strata_common::error::{ErrorKind, StrataError};
 use strata_common::metering::{
     BATCH_BYTES_MAX, BATCH_RECORDS_MAX, CLIENT_KEY_PREFIX, GENERATED_KEY_PREFIX, METERING_QUEUE, MeterRecord,
     SYSTEM_TENANT, billable_units, encode_batch, text_bytes,
 };
 use strata_common::proto as pb;
+use strata_common::{Clock, Random};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::queues;
@@ -114,9 +114,9 @@ impl CallId {
     /// id, the action, the queue and the request body, so an exact retry has the same key (and
     /// is counted once) while an id reused for a different call does not make it free. Without
     /// one, every attempt is a call of its own.
-    pub fn billing_key(&self, action: &str, queue: &str, body: &[u8]) -> String {
+    pub fn billing_key(&self, random: &Random, action: &str, queue: &str, body: &[u8]) -> String {
         let Some(id) = &self.client_id else {
-            return format!("{GENERATED_KEY_PREFIX}{}", uuid::Uuid::new_v4().simple());
+            return format!("{GENERATED_KEY_PREFIX}{}", random.uuid().simple());
         };
         let mut digest = framed_digest(&[id.as_bytes(), action.as_bytes(), queue.as_bytes()]);
         digest.update(body);
@@ -188,20 +188,23 @@ struct Pending {
 pub struct Meter {
     records: Option<mpsc::Sender<Pending>>,
     clock: Arc<dyn Clock>,
+    /// Draws the billing keys of calls without a client id.
+    random: Random,
 }
 
 impl Meter {
     /// A meter that stores nothing (for measuring metering's cost, and for tests of other things).
     pub fn disabled(clock: Arc<dyn Clock>) -> Self {
-        Self { records: None, clock }
+        Self { records: None, clock, random: Random::os() }
     }
 
     /// A meter appending to the metering queue through `placement`; its flusher runs until
     /// every clone of the meter is dropped.
     pub fn start(placement: Arc<Placement>, clock: Arc<dyn Clock>) -> Self {
         let (tx, rx) = mpsc::channel(PENDING_RECORDS_MAX);
+        let random = placement.metadata.random().clone();
         tokio::spawn(flush_loop(placement, rx));
-        Self { records: Some(tx), clock }
+        Self { records: Some(tx), clock, random }
     }
 
     /// The record of a call, for a storage command that carries it (a send): the shard keeps it
@@ -210,7 +213,7 @@ impl Meter {
     pub fn record(&self, tenant: &str, call: &CallId, body: &[u8], charge: Charge) -> Option<MeterRecord> {
         self.records.as_ref()?;
         Some(MeterRecord {
-            request_id: call.billing_key(&charge.action, &charge.queue, body),
+            request_id: call.billing_key(&self.random, &charge.action, &charge.queue, body),
             tenant: tenant.to_owned(),
             sub_tenant: call.customer.clone(),
             queue: charge.queue,
@@ -279,7 +282,7 @@ async fn flush_loop(placement: Arc<Placement>, mut rx: mpsc::Receiver<Pending>) 
 async fn append(placement: &Placement, records: &[MeterRecord]) -> Result<(), StrataError> {
     let message = pb::NewMessage { body: encode_batch(records).into(), ..Default::default() };
     // One id for every attempt: a retry at another replica is stored once.
-    let request_id = uuid::Uuid::new_v4().to_string();
+    let request_id = placement.metadata.random().uuid().to_string();
     let send = || {
         queues::on_queue(placement, SYSTEM_TENANT, METERING_QUEUE, |mut c, queue| {
             let (message, request_id) = (message.clone(), request_id.clone());
@@ -326,17 +329,21 @@ mod tests {
 
     #[test]
     fn an_exact_retry_keeps_its_billing_key_and_a_reused_id_does_not() {
+        let random = Random::seeded(1);
         let call = CallId { client_id: Some("r-1".into()), customer: String::new() };
-        let key = call.billing_key("SendMessage", "orders", b"{\"a\":1}");
-        assert_eq!(key, call.billing_key("SendMessage", "orders", b"{\"a\":1}"));
-        assert_ne!(key, call.billing_key("SendMessage", "orders", b"{\"a\":2}"));
-        assert_ne!(key, call.billing_key("ReceiveMessage", "orders", b"{\"a\":1}"));
-        assert_ne!(key, call.billing_key("SendMessage", "orders2", b"{\"a\":1}"));
+        let key = call.billing_key(&random, "SendMessage", "orders", b"{\"a\":1}");
+        assert_eq!(key, call.billing_key(&random, "SendMessage", "orders", b"{\"a\":1}"));
+        assert_ne!(key, call.billing_key(&random, "SendMessage", "orders", b"{\"a\":2}"));
+        assert_ne!(key, call.billing_key(&random, "ReceiveMessage", "orders", b"{\"a\":1}"));
+        assert_ne!(key, call.billing_key(&random, "SendMessage", "orders2", b"{\"a\":1}"));
         let anonymous = CallId::default();
-        assert_ne!(anonymous.billing_key("SendMessage", "q", b""), anonymous.billing_key("SendMessage", "q", b""));
+        assert_ne!(
+            anonymous.billing_key(&random, "SendMessage", "q", b""),
+            anonymous.billing_key(&random, "SendMessage", "q", b"")
+        );
         // Only a key no other call can have is exempt from the billing store's key check.
         assert!(key_may_repeat(&key));
-        assert!(!key_may_repeat(&anonymous.billing_key("SendMessage", "q", b"")));
+        assert!(!key_may_repeat(&anonymous.billing_key(&random, "SendMessage", "q", b"")));
     }
 
     #[test]

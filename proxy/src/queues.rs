@@ -22,7 +22,7 @@ pub async fn send(
     messages: Vec<pb::NewMessage>,
     meter: Option<MeterRecord>,
 ) -> Result<pb::SendResponse, StrataError> {
-    let generated = uuid::Uuid::new_v4().to_string();
+    let generated = placement.metadata.random().uuid().to_string();
     on_queue(placement, tenant, name, |mut c, q| {
         let request_id = call.send_request_id(tenant, q.queue_id).unwrap_or_else(|| generated.clone());
         let (messages, meter) = (messages.clone(), meter.clone().map(Into::into));

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use parking_lot::Mutex;
+use strata_common::ClockExt;
 use strata_common::error::{ErrorKind, StrataError};
 use strata_common::proto as pb;
 
@@ -64,10 +65,10 @@ fn bucket(per_second: u64, share: u32) -> Option<Arc<DefaultDirectRateLimiter>> 
 }
 
 impl TenantQuota {
-    fn new(info: pb::TenantLimitsInfo, share: u32) -> Self {
+    fn new(info: pb::TenantLimitsInfo, share: u32, read_at: Instant) -> Self {
         let limits = info.effective.unwrap_or_default();
         Self {
-            read_at: Instant::now(),
+            read_at,
             requests: bucket(limits.requests_per_second, share),
             payload_bytes: bucket(limits.payload_bytes_per_second, share),
             limits,
@@ -77,9 +78,9 @@ impl TenantQuota {
     }
 
     /// The same limits re-read now: the buckets (and what they hold) carry on.
-    fn reread(old: &TenantQuota, capped_reason: String) -> Self {
+    fn reread(old: &TenantQuota, capped_reason: String, read_at: Instant) -> Self {
         Self {
-            read_at: Instant::now(),
+            read_at,
             limits: old.limits,
             capped_reason,
             requests: old.requests.clone(),
@@ -151,12 +152,13 @@ impl Quotas {
         if max == 0 {
             return Ok(());
         }
+        let clock = self.placement.metadata.clock();
         let cached = *quota.in_flight.lock();
         let total = match cached {
-            Some((at, total)) if at.elapsed() < IN_FLIGHT_REFRESH => total,
-            _ => match tokio::time::timeout(READ_TIMEOUT, in_flight_total(&self.placement, tenant)).await {
+            Some((at, total)) if clock.instant().duration_since(at) < IN_FLIGHT_REFRESH => total,
+            _ => match clock.timeout(READ_TIMEOUT, in_flight_total(&self.placement, tenant)).await {
                 Ok(Ok(total)) => {
-                    *quota.in_flight.lock() = Some((Instant::now(), total));
+                    *quota.in_flight.lock() = Some((clock.instant(), total));
                     total
                 }
                 _ => cached.map_or(0, |(_, total)| total),
@@ -173,19 +175,20 @@ impl Quotas {
 
     /// The tenant's quota, re-read when stale.
     async fn quota(&self, tenant: &str) -> Option<Arc<TenantQuota>> {
+        let clock = self.placement.metadata.clock();
         let cached = self.tenants.lock().get(tenant).cloned();
         if let Some(quota) = &cached
-            && quota.read_at.elapsed() < LIMITS_REFRESH
+            && clock.instant().duration_since(quota.read_at) < LIMITS_REFRESH
         {
             return cached;
         }
-        match tokio::time::timeout(READ_TIMEOUT, self.placement.metadata.get_tenant_limits(tenant)).await {
+        match clock.timeout(READ_TIMEOUT, self.placement.metadata.get_tenant_limits(tenant)).await {
             Ok(Ok(info)) => {
                 let fresh = Arc::new(match &cached {
                     Some(old) if old.limits == info.effective.unwrap_or_default() => {
-                        TenantQuota::reread(old, info.capped_reason)
+                        TenantQuota::reread(old, info.capped_reason, clock.instant())
                     }
-                    _ => TenantQuota::new(info, self.fleet_proxies),
+                    _ => TenantQuota::new(info, self.fleet_proxies, clock.instant()),
                 });
                 let mut tenants = self.tenants.lock();
                 if tenants.len() >= TENANTS_CACHED_MAX {

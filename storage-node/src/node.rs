@@ -10,13 +10,13 @@ use std::time::Duration;
 use object_store::ObjectStore;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
-use strata_common::Clock;
 use strata_common::error::ErrorKind;
 use strata_common::format::{FormatGate, FormatGeneration};
 use strata_common::limits;
 use strata_common::limits::HEARTBEAT_INTERVAL_MS;
 use strata_common::proto::ShardInfo;
 use strata_common::proto::storage_server::StorageServer;
+use strata_common::{Clock, Random};
 use strata_metadata_client::MetadataClient;
 use strata_raft::transport::RaftRouter;
 use tokio_util::sync::CancellationToken;
@@ -145,8 +145,9 @@ const PLACEMENT_WAIT_ATTEMPTS_MAX: u32 = 3_000;
 
 impl StorageNode {
     /// Registers, opens shards, starts serving and the background loops.
-    pub async fn start(settings: StorageSettings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        let metadata = MetadataClient::connect_lazy(&settings.metadata_endpoint)?;
+    pub async fn start(settings: StorageSettings, clock: Arc<dyn Clock>, random: Random) -> anyhow::Result<Self> {
+        let metadata =
+            MetadataClient::connect_lazy(&settings.metadata_endpoint)?.with_seams(clock.clone(), random.clone());
         let address = format!("http://{}", settings.listen);
         let format = FormatGate::new(settings.format_generation_max);
         let mut attempt = 0;
@@ -170,7 +171,7 @@ impl StorageNode {
                 {
                     attempt += 1;
                     tracing::info!("waiting for enough storage nodes to place the shards");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    clock.sleep(Duration::from_millis(200)).await;
                 }
                 Ok(r) => {
                     tracing::info!(
@@ -187,7 +188,7 @@ impl StorageNode {
                 Err(e) if attempt < REGISTER_ATTEMPTS_MAX => {
                     attempt += 1;
                     tracing::info!(error = %e, "waiting for metadata to register");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    clock.sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -223,7 +224,7 @@ impl StorageNode {
         }
 
         let mut tasks = Vec::new();
-        let service = StorageServer::new(StorageService::new(shards))
+        let service = StorageServer::new(StorageService::new(shards, random))
             .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
         let listener = tokio::net::TcpListener::bind(settings.listen).await?;
@@ -382,7 +383,7 @@ async fn heartbeat_loop(host: Arc<Host>) {
     loop {
         tokio::select! {
             _ = host.cancel.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(HEARTBEAT_INTERVAL_MS)) => {}
+            () = host.clock.sleep(Duration::from_millis(HEARTBEAT_INTERVAL_MS)) => {}
         }
         match host.metadata.heartbeat(&host.settings.node_id, host.format.readable_max()).await {
             Ok(answer) => {
@@ -405,7 +406,7 @@ async fn membership_loop(shard: Arc<Shard>, metadata: MetadataClient, cancel: Ca
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(MEMBERSHIP_TICK) => {}
+            () = shard.clock().sleep(MEMBERSHIP_TICK) => {}
         }
         // The placement comes with this node's heartbeats: nothing is asked while none moves.
         let Some(placement) = shard.placement().filter(|p| p.replicas.len() > 1) else { continue };
@@ -457,7 +458,7 @@ async fn backfill_loop(shard: Arc<Shard>, metadata: MetadataClient, cancel: Canc
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(BACKFILL_TICK) => {}
+            () = shard.clock().sleep(BACKFILL_TICK) => {}
         }
         match backfill_shard_once(&shard, &metadata).await {
             Ok(pass) if pass != Default::default() => tracing::info!(shard = shard.shard_id, ?pass, "backfill pass"),
@@ -478,21 +479,22 @@ async fn tier_loop(
 ) {
     // An idle shard seals its active segment after `seal_idle_after`, so its tail tiers too.
     let mut last_seen_index = None;
-    let mut idle_since = tokio::time::Instant::now();
+    let clock = shard.clock().clone();
+    let mut idle_since = clock.instant();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+            () = shard.clock().sleep(interval) => {}
         }
         let last_index = shard.wal().last_index();
         if last_index != last_seen_index {
             last_seen_index = last_index;
-            idle_since = tokio::time::Instant::now();
-        } else if idle_since.elapsed() >= seal_idle_after {
+            idle_since = clock.instant();
+        } else if clock.instant().duration_since(idle_since) >= seal_idle_after {
             if let Err(e) = shard.wal().seal_active() {
                 tracing::warn!(shard = shard.shard_id, error = %e, "sealing an idle segment failed");
             }
-            idle_since = tokio::time::Instant::now();
+            idle_since = clock.instant();
         }
         // Only the leader uploads and collects; followers drop what it has tiered.
         if !shard.is_leader() {
@@ -537,7 +539,7 @@ async fn move_loop(shard: Arc<Shard>, cancel: CancellationToken) {
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(MOVE_TICK) => {}
+            () = shard.clock().sleep(MOVE_TICK) => {}
         }
         if !shard.is_leader() {
             continue;
@@ -573,7 +575,7 @@ async fn schedule_loop(shard: Arc<Shard>, cancel: CancellationToken) {
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(SCHEDULE_TICK) => {}
+            () = shard.clock().sleep(SCHEDULE_TICK) => {}
         }
         while shard.is_leader() {
             match shard.load_scheduled_step(&mut cache).await {
@@ -593,7 +595,7 @@ async fn expire_loop(shard: Arc<Shard>, interval: Duration, cancel: Cancellation
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+            () = shard.clock().sleep(interval) => {}
         }
         let due = shard.is_leader() && shard.state().0.has_expirable(shard.now_ms());
         if due && let Err(e) = shard.propose(Command::Expire).await {

@@ -327,7 +327,7 @@ mod tests {
     fn message(log_index: u64, deliver_at_ms: u64) -> SliceRecord {
         SliceRecord::Message(ScheduledMessage {
             queue: 7,
-            message_id: Uuid::new_v4(),
+            message_id: strata_common::Random::os().uuid(),
             body_ref: MessageRef { log_index, slot: 3 },
             deliver_at_ms,
             sent_ms: 11,
@@ -367,7 +367,7 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_corruption_is_detected() {
-        let cancel = SliceRecord::Cancel { log_index: 9, queue: 7, message_id: Uuid::new_v4() };
+        let cancel = SliceRecord::Cancel { log_index: 9, queue: 7, message_id: strata_common::Random::os().uuid() };
         for record in [message(5, 1_800_000_000_000), cancel] {
             let mut bytes = encode(&record);
             assert_eq!(decode(&bytes), Some(record));

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use strata_common::Random;
 use strata_common::error::{ErrorKind, StrataError};
 use strata_common::limits;
 use strata_common::metering::READ_METERING_RECORDS_MAX;
@@ -22,11 +23,13 @@ use crate::shard::{Shard, queue_error};
 /// Everything the service routes to.
 pub struct StorageService {
     shards: ShardMap,
+    /// Draws the ids of new messages.
+    random: Random,
 }
 
 impl StorageService {
-    pub fn new(shards: ShardMap) -> Self {
-        Self { shards }
+    pub fn new(shards: ShardMap, random: Random) -> Self {
+        Self { shards, random }
     }
 
     fn route(&self, queue: Option<&pb::QueueRef>) -> Result<(Arc<Shard>, u64, String), StrataError> {
@@ -105,7 +108,7 @@ fn attribute_to_pb(value: AttributeValue) -> pb::MessageAttribute {
     }
 }
 
-fn message_from_pb(m: pb::NewMessage) -> Result<NewMessage, StrataError> {
+fn message_from_pb(m: pb::NewMessage, random: &Random) -> Result<NewMessage, StrataError> {
     let mut total_bytes = m.body.len();
     let mut attributes = BTreeMap::new();
     for (name, value) in m.attributes {
@@ -123,8 +126,8 @@ fn message_from_pb(m: pb::NewMessage) -> Result<NewMessage, StrataError> {
         .then_some(FifoIds { group_id: m.message_group_id, deduplication_id: m.message_deduplication_id });
     // A scheduled message's id carries its deliver-at time, for cancel by id.
     let message_id = match m.deliver_at_ms {
-        Some(deliver_at_ms) => queue::schedule::scheduled_message_id(deliver_at_ms, uuid::Uuid::new_v4()),
-        None => uuid::Uuid::new_v4(),
+        Some(deliver_at_ms) => queue::schedule::scheduled_message_id(deliver_at_ms, random.uuid()),
+        None => random.uuid(),
     };
     Ok(NewMessage { message_id, body: m.body, attributes, delay_ms: m.delay_ms, deliver_at_ms: m.deliver_at_ms, fifo })
 }
@@ -209,7 +212,7 @@ async fn receive(
         let wake_ms = next_visible_ms.map_or(deadline_ms, |n| n.min(deadline_ms)).max(now_ms + 1);
         tokio::select! {
             _ = applied.changed() => {}
-            _ = tokio::time::sleep(Duration::from_millis(wake_ms - now_ms)) => {}
+            () = shard.clock().sleep(Duration::from_millis(wake_ms - now_ms)) => {}
         }
     }
 }
@@ -245,7 +248,8 @@ impl Storage for StorageService {
         if r.messages.is_empty() || r.messages.len() > queue::SEND_BATCH_MAX {
             return Err(StrataError::invalid(format!("a send carries 1-{} messages", queue::SEND_BATCH_MAX)).into());
         }
-        let messages = r.messages.into_iter().map(message_from_pb).collect::<Result<Vec<_>, _>>()?;
+        let messages =
+            r.messages.into_iter().map(|m| message_from_pb(m, &self.random)).collect::<Result<Vec<_>, _>>()?;
         if r.request_id.len() > queue::REQUEST_ID_CHARS_MAX {
             return Err(StrataError::invalid(format!(
                 "request_id is at most {} characters",

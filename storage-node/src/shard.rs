@@ -347,6 +347,11 @@ impl Shard {
         self.clock.now_ms()
     }
 
+    /// The clock the shard stamps commands with; its background loops wait on it too.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
     /// Proposes a command at the current time; returns after it is durable and applied.
     pub async fn propose(&self, command: Command) -> Result<Response, StrataError> {
         self.propose_metered(None, None, command).await

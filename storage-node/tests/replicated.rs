@@ -3,6 +3,8 @@
 //! catalog places the replicas, the nodes open the group, sends acknowledged by the leader
 //! survive the leader's node going away, and the node coming back catches up.
 
+#![allow(clippy::disallowed_methods)] // a test waits and measures in real time
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use strata_common::format::{FormatGate, NEWEST_GENERATION};
 use strata_common::proto::{self as pb, storage_client::StorageClient};
-use strata_common::{Clock, SystemClock};
+use strata_common::{Clock, Random, SystemClock};
 use strata_metadata::MetadataNode;
 use strata_metadata_client::MetadataClient;
 use strata_storage::queue::MessageRef;
@@ -60,7 +62,7 @@ async fn start_node_with(
         zone: format!("zone-{index}"),
         format_generation_max: NEWEST_GENERATION,
     };
-    StorageNode::start(settings, Arc::new(SystemClock)).await.expect("storage node starts")
+    StorageNode::start(settings, Arc::new(SystemClock), Random::os()).await.expect("storage node starts")
 }
 
 /// Log settings and tier interval that make segments seal, tier and snapshot within a test:

@@ -6,6 +6,8 @@
 //! drains what is due and checks that nothing arrives before its time, that every message
 //! arrives exactly once, and that no cancelled message ever arrives.
 
+#![allow(clippy::disallowed_methods)] // a test waits and measures in real time
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use strata_common::format::{FormatGate, NEWEST_GENERATION};
 use strata_common::proto::{self as pb, storage_client::StorageClient};
-use strata_common::{Clock, ManualClock, SystemClock};
+use strata_common::{Clock, ManualClock, Random, SystemClock};
 use strata_metadata::MetadataNode;
 use strata_metadata_client::MetadataClient;
 use strata_storage::queue::schedule::{deliver_at_of, scheduled_message_id};
@@ -30,6 +32,24 @@ const DAY_MS: u64 = 24 * HOUR_MS;
 fn free_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local addr")
+}
+
+/// The wall clock jumps when the test says (a month in seconds); the node's timers (its loops'
+/// ticks, long-poll waits) run in real time, as they would on a machine whose clock was set.
+struct JumpingWallClock(ManualClock);
+
+impl Clock for JumpingWallClock {
+    fn now_ms(&self) -> u64 {
+        self.0.now_ms()
+    }
+
+    fn instant(&self) -> Instant {
+        SystemClock.instant()
+    }
+
+    fn sleep(&self, duration: Duration) -> strata_common::clock::Sleep {
+        SystemClock.sleep(duration)
+    }
 }
 
 async fn start_storage(dir: &Path, metadata_endpoint: &str, listen: SocketAddr, clock: &ManualClock) -> StorageNode {
@@ -50,7 +70,9 @@ async fn start_storage(dir: &Path, metadata_endpoint: &str, listen: SocketAddr, 
         zone: String::new(),
         format_generation_max: NEWEST_GENERATION,
     };
-    StorageNode::start(settings, Arc::new(clock.clone())).await.expect("storage node starts")
+    StorageNode::start(settings, Arc::new(JumpingWallClock(clock.clone())), Random::seeded(14))
+        .await
+        .expect("storage node starts")
 }
 
 fn slice_files(dir: &Path) -> Vec<String> {

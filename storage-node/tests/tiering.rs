@@ -6,6 +6,8 @@
 //! (cold cache), drains messages whose segments exist only in the bucket, reads them again (warm
 //! cache: no new object-store reads), deletes them, and waits for segment GC to empty the bucket.
 
+#![allow(clippy::disallowed_methods)] // a test waits and measures in real time
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
@@ -18,7 +20,7 @@ use futures::TryStreamExt;
 use object_store::ObjectStore;
 use strata_common::format::{FormatGate, NEWEST_GENERATION};
 use strata_common::proto::{self as pb, storage_client::StorageClient};
-use strata_common::{Clock, SystemClock};
+use strata_common::{Clock, Random, SystemClock};
 use strata_metadata::MetadataNode;
 use strata_metadata_client::MetadataClient;
 use strata_storage::shard::ShardLogSettings;
@@ -65,7 +67,7 @@ async fn start_storage(
         zone: String::new(),
         format_generation_max: NEWEST_GENERATION,
     };
-    StorageNode::start(settings, Arc::new(SystemClock)).await.expect("storage node starts")
+    StorageNode::start(settings, Arc::new(SystemClock), Random::os()).await.expect("storage node starts")
 }
 
 async fn storage_client(addr: SocketAddr) -> StorageClient<tonic::transport::Channel> {

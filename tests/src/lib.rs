@@ -4,6 +4,8 @@
 //! until it serves, and can be SIGKILLed and restarted on the same directory. [`Api`] is a small
 //! client of the native HTTP API that returns status and JSON, so tests can assert on errors.
 
+#![allow(clippy::disallowed_methods)] // the test harness waits for real processes in real time
+
 pub mod cluster;
 pub mod history;
 pub mod load;

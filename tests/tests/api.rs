@@ -1,6 +1,8 @@
 //! The native HTTP API of a real `strata dev`: tenant isolation with real tokens, authentication
 //! failures, limits and error shapes, long polling, restart persistence, the OpenAPI document.
 
+#![allow(clippy::disallowed_methods)] // a test waits and measures in real time
+
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};

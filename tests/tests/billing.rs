@@ -10,6 +10,8 @@
 //!   billed, as docs/design-notes.md ("Billing") says.
 //! - A tenant reads only its own usage and invoices.
 
+#![allow(clippy::disallowed_methods)] // a test waits and measures in real time
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

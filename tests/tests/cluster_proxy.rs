@@ -3,6 +3,8 @@
 //! the shard's leader node goes away (the proxy follows the leader named by a follower, or
 //! tries the next replica), and every acknowledged send is received exactly once.
 
+#![allow(clippy::disallowed_methods)] // a test waits and measures in real time
+
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use strata_common::format::{FormatGate, NEWEST_GENERATION};
-use strata_common::{Clock, SystemClock};
+use strata_common::{Clock, Random, SystemClock};
 use strata_metadata::MetadataNode;
 use strata_proxy::ProxySettings;
 use strata_proxy::auth::{JwtIssuer, JwtKey, JwtVerifier};
@@ -47,7 +49,7 @@ async fn start_node(root: &Path, index: usize, listen: SocketAddr, metadata_endp
         zone: format!("zone-{index}"),
         format_generation_max: NEWEST_GENERATION,
     };
-    StorageNode::start(settings, Arc::new(SystemClock)).await.expect("storage node starts")
+    StorageNode::start(settings, Arc::new(SystemClock), Random::os()).await.expect("storage node starts")
 }
 
 async fn send(api: &Api, body: &str) -> bool {
@@ -88,6 +90,7 @@ async fn the_proxy_follows_the_shard_leader_through_a_failover() {
         verifier,
         co_located_storage: None,
         clock: clock.clone(),
+        random: Random::os(),
         admin_verifier,
         metering: true,
         fleet_proxies: 1,

@@ -4,6 +4,8 @@
 //! Checks: every acknowledged message is delivered (0 lost) and nothing that was never sent
 //! appears. Messages whose send was cut off by the kill may or may not be delivered.
 
+#![allow(clippy::disallowed_methods)] // a test waits and measures in real time
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -17,6 +17,8 @@
 //! recovery times are printed. `STRATA_FAULT_ROUNDS=N` runs the fault sequence N times (1 in
 //! CI).
 
+#![allow(clippy::disallowed_methods)] // a test waits and measures in real time
+
 use std::time::Duration;
 
 use strata_metadata_client::MetadataClient;

@@ -4,6 +4,8 @@
 //! the SQS API with the AWS CLI, a storage node SIGKILLed without losing acknowledged sends, and
 //! a clean stop.
 
+#![allow(clippy::disallowed_methods)] // a test waits and measures in real time
+
 use std::process::Command;
 use std::time::Duration;
 

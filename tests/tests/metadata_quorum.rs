@@ -3,6 +3,8 @@
 //! once) is SIGKILLed and restarted. Afterwards every acknowledged mutation is there, and
 //! access-key creations retried across a kill were applied once each (request ids).
 
+#![allow(clippy::disallowed_methods)] // a test waits and measures in real time
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;

@@ -10,6 +10,8 @@
 //! and has the history checker judge the whole run: nothing acknowledged lost, nothing invented,
 //! nothing redelivered after a delete.
 
+#![allow(clippy::disallowed_methods)] // a test waits and measures in real time
+
 use std::time::Duration;
 
 use strata_common::format::{LEGACY_GENERATION, NEWEST_GENERATION};

@@ -1,6 +1,8 @@
 //! The SQS-compatible API of a real `strata dev`, driven by the real AWS CLI and boto3 with the
 //! variables `strata dev` writes into `dev-credentials.env`, and compared with moto's SQS server.
 
+#![allow(clippy::disallowed_methods)] // a test waits and measures in real time
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

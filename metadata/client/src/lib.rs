@@ -20,16 +20,15 @@ use std::time::Duration;
 use strata_common::error::{ERROR_CODE_METADATA_KEY, LEADER_HINT_METADATA_KEY, StrataError};
 use strata_common::limits;
 use strata_common::proto::{self as pb, metadata_client};
+use strata_common::{Clock, Random, SystemClock};
 use tonic::transport::Channel;
 
 use strata_common::grpc::REQUEST_ID_KEY;
 
 /// A random request id: 26 characters of a 32-letter alphabet (130 bits).
-fn new_request_id() -> tonic::metadata::AsciiMetadataValue {
-    use rand::Rng;
+fn new_request_id(random: &Random) -> tonic::metadata::AsciiMetadataValue {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
-    let mut rng = rand::rng();
-    let id: String = (0..26).map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())])).collect();
+    let id = random.string(ALPHABET, 26);
     tonic::metadata::AsciiMetadataValue::try_from(id.as_str())
         .unwrap_or_else(|_| tonic::metadata::AsciiMetadataValue::from_static("none"))
 }
@@ -46,6 +45,8 @@ type Client = metadata_client::MetadataClient<Channel>;
 #[derive(Clone)]
 pub struct MetadataClient {
     members: Arc<Members>,
+    clock: Arc<dyn Clock>,
+    random: Random,
 }
 
 struct Members {
@@ -100,7 +101,22 @@ impl MetadataClient {
         }
         members.truncate(KNOWN_MEMBERS_MAX);
         let members = Members { endpoints: parking_lot::RwLock::new(members), current: AtomicUsize::new(0) };
-        Ok(Self { members: Arc::new(members) })
+        Ok(Self { members: Arc::new(members), clock: Arc::new(SystemClock), random: Random::os() })
+    }
+
+    /// The same client timing its failover on `clock` and drawing request ids from `random`.
+    pub fn with_seams(self, clock: Arc<dyn Clock>, random: Random) -> Self {
+        Self { clock, random, ..self }
+    }
+
+    /// The clock this client times its calls on (components built on the client use it too).
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Where this client draws ids from (components built on the client use it too).
+    pub fn random(&self) -> &Random {
+        &self.random
     }
 
     /// Sends `request` to the leader, following hints and trying members in turn. Every attempt
@@ -113,8 +129,8 @@ impl MetadataClient {
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let members = &self.members;
-        let deadline = tokio::time::Instant::now() + FAILOVER_WAIT;
-        let request_id = new_request_id();
+        let deadline = self.clock.instant() + FAILOVER_WAIT;
+        let request_id = new_request_id(&self.random);
         loop {
             let (at, count, client) = {
                 let endpoints = members.endpoints.read();
@@ -140,7 +156,7 @@ impl MetadataClient {
                 }
                 Err(status) => return Err(status.into()),
             };
-            if tokio::time::Instant::now() >= deadline {
+            if self.clock.instant() >= deadline {
                 return Err(status.into());
             }
             let hint = status.metadata().get(LEADER_HINT_METADATA_KEY).and_then(|v| v.to_str().ok());
@@ -149,7 +165,7 @@ impl MetadataClient {
                 _ => {
                     let _ =
                         members.current.compare_exchange(at, (at + 1) % count, Ordering::Relaxed, Ordering::Relaxed);
-                    tokio::time::sleep(NEXT_MEMBER_PAUSE).await;
+                    self.clock.sleep(NEXT_MEMBER_PAUSE).await;
                 }
             }
         }

@@ -45,8 +45,9 @@ impl AccessKeys {
     }
 
     async fn lookup(&self, access_key_id: &str) -> Result<Option<pb::AccessKey>, SqsError> {
+        let clock = self.metadata.clock();
         if let Some((key, fetched)) = self.cache.lock().get(access_key_id)
-            && fetched.elapsed() < ACCESS_KEY_CACHE_TTL
+            && clock.instant().duration_since(*fetched) < ACCESS_KEY_CACHE_TTL
         {
             return Ok(key.clone());
         }
@@ -59,7 +60,7 @@ impl AccessKeys {
         if cache.len() >= ACCESS_KEY_CACHE_ENTRIES_MAX {
             cache.clear();
         }
-        cache.insert(access_key_id.to_string(), (key.clone(), Instant::now()));
+        cache.insert(access_key_id.to_string(), (key.clone(), clock.instant()));
         Ok(key)
     }
 

@@ -97,7 +97,7 @@ pub async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let request_id = uuid::Uuid::new_v4().to_string();
+    let request_id = state.placement.metadata.random().uuid().to_string();
     let mut response = if query::is_query_request(&headers) {
         query::handle(&state, &method, &uri, &headers, &body, &request_id).await
     } else {

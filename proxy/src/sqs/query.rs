@@ -1148,6 +1148,7 @@ mod tests {
             verifier: JwtVerifier::new("issuer", "audience", vec![JwtKey::hmac("k", b"secret")]),
             co_located_storage: None,
             clock: Arc::new(strata_common::ManualClock::new(0)),
+            random: strata_common::Random::seeded(1),
             admin_verifier: JwtVerifier::new("issuer", "admin", vec![JwtKey::hmac("k", b"secret")]),
             metering: false,
             fleet_proxies: 1,

@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use strata_common::ClockExt;
 use strata_common::error::{ErrorKind, StrataError};
 use strata_common::names::validate_queue_name;
 use strata_common::proto as pb;
@@ -178,10 +179,11 @@ where
     F: Fn(StorageGrpcClient) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
-    let started = tokio::time::Instant::now();
+    let clock = placement.metadata.clock();
+    let started = clock.instant();
     loop {
         let client = placement.storage_for(shard_id).await?;
-        let e = match tokio::time::timeout(attempt_timeout, call(client)).await {
+        let e = match clock.timeout(attempt_timeout, call(client)).await {
             Ok(Ok(response)) => return Ok(response.into_inner()),
             Ok(Err(status)) => StrataError::from(status),
             Err(_) => StrataError::unavailable(format!(
@@ -190,7 +192,7 @@ where
             )),
         };
         if e.kind != ErrorKind::Unavailable
-            || started.elapsed() >= REROUTE_WINDOW
+            || clock.instant().duration_since(started) >= REROUTE_WINDOW
             || !placement.reroute(shard_id, e.leader_hint.as_deref())
         {
             return Err(e);
@@ -198,6 +200,6 @@ where
         // A named leader may be one that just died (its followers have not elected another yet):
         // pause a little even then, so the reroutes outlast an election.
         let pause = if e.leader_hint.is_some() { REROUTE_PAUSE / 2 } else { REROUTE_PAUSE };
-        tokio::time::sleep(pause).await;
+        clock.sleep(pause).await;
     }
 }

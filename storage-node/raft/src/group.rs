@@ -10,6 +10,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use strata_common::Clock;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::network::{NetSnapshot, RaftNetworkFactory};
@@ -80,12 +81,12 @@ where
             tracing::warn!(error = %e, "handing off leadership failed");
             return false;
         }
-        let deadline = tokio::time::Instant::now() + HAND_OFF_WAIT;
-        while tokio::time::Instant::now() < deadline {
+        let deadline = crate::RAFT_CLOCK.instant() + HAND_OFF_WAIT;
+        while crate::RAFT_CLOCK.instant() < deadline {
             if !self.is_leader() {
                 return true;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            crate::RAFT_CLOCK.sleep(Duration::from_millis(10)).await;
         }
         false
     }

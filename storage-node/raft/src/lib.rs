@@ -9,6 +9,10 @@
 //! - [`transport`]: Raft messages between processes over gRPC, one router per process;
 //! - [`group`]: opening a group (single voter or replicated) from those parts;
 //! - [`requests`]: the answers of recently applied request ids, for exactly-once retries.
+//!
+//! Time: openraft runs its elections, heartbeats and timeouts on tokio's timer, so this crate's
+//! own waits and timeouts read the same time through [`RAFT_CLOCK`] (tokio's clock, which a test
+//! can pause) rather than through a clock of their caller's choosing that Raft would not follow.
 
 pub mod group;
 pub mod persisted;
@@ -17,3 +21,6 @@ pub mod raft_store;
 pub mod requests;
 pub mod single_voter;
 pub mod transport;
+
+/// The clock Raft runs on: tokio's, as openraft's own timers are.
+pub(crate) const RAFT_CLOCK: strata_common::SystemClock = strata_common::SystemClock;

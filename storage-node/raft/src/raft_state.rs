@@ -20,6 +20,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use strata_common::Clock;
 
 use futures::StreamExt;
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
@@ -378,9 +379,9 @@ where
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, Vec<u8>>, io::Error> {
         let store = self.clone();
         tokio::task::spawn_blocking(move || {
-            let started = std::time::Instant::now();
+            let started = crate::RAFT_CLOCK.instant();
             let (meta, bytes) = store.encode_current()?;
-            let encoded_after = started.elapsed();
+            let encoded_after = crate::RAFT_CLOCK.instant().duration_since(started);
             let mut slot = store.shared.snapshot.lock();
             // A snapshot installed from the leader meanwhile is newer than this one: keep it.
             if let Some((stored_meta, stored_bytes)) = slot.as_ref()
@@ -394,7 +395,7 @@ where
             tracing::debug!(
                 bytes = snapshot.snapshot.len(),
                 encode_ms = encoded_after.as_millis() as u64,
-                write_ms = (started.elapsed() - encoded_after).as_millis() as u64,
+                write_ms = (crate::RAFT_CLOCK.instant().duration_since(started) - encoded_after).as_millis() as u64,
                 "snapshot stored"
             );
             Ok(snapshot)

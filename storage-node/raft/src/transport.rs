@@ -25,6 +25,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use strata_common::ClockExt;
 
 use bytes::Bytes;
 use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
@@ -269,7 +270,7 @@ impl GrpcPeer {
                 Rpc::TransferLeader => client.transfer_leader(message).await,
             }
         };
-        let response = match tokio::time::timeout(timeout, call).await {
+        let response = match crate::RAFT_CLOCK.timeout(timeout, call).await {
             Ok(Ok(response)) => response.into_inner(),
             Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
                 return Err(RPCError::Network(NetworkError::new(&fail(status.message().to_owned()))));

@@ -3,6 +3,8 @@
 //! restarted voter catching up (through a snapshot, since the others purge their logs), and a
 //! group that has lost its majority refusing to acknowledge until a voter comes back.
 
+#![allow(clippy::disallowed_methods)] // a test waits and measures in real time
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -197,11 +197,11 @@ mod tests {
     #[test]
     fn a_scheduled_id_carries_its_deliver_at_time() {
         for deliver_at_ms in [0, 1, 1_795_000_000_123, (1 << 48) - 1] {
-            let id = scheduled_message_id(deliver_at_ms, Uuid::new_v4());
+            let id = scheduled_message_id(deliver_at_ms, strata_common::Random::os().uuid());
             assert_eq!(deliver_at_of(&id), Some(deliver_at_ms));
             assert_eq!(id.get_version_num(), 8);
         }
-        assert_eq!(deliver_at_of(&Uuid::new_v4()), None);
+        assert_eq!(deliver_at_of(&strata_common::Random::os().uuid()), None);
     }
 
     #[test]
