@@ -122,7 +122,7 @@ enum StorageRpc {
     Loopback,
 }
 
-fn default_data_dir() -> PathBuf {
+pub(crate) fn default_data_dir() -> PathBuf {
     std::env::var_os("HOME").map_or_else(|| PathBuf::from(".strata-dev"), |h| PathBuf::from(h).join(".strata/dev"))
 }
 

@@ -3,29 +3,111 @@
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
-use strata_billing::pricing::format_micros as dollars;
 
+/// Where a call goes and the token it carries.
+pub(crate) struct Target {
+    endpoint: String,
+    token: String,
+}
+
+/// The tenant API: from `--endpoint`/`--token` or the environment `strata dev` writes.
 #[derive(Args, Clone)]
 pub(crate) struct Connection {
     /// Service endpoint, e.g. http://127.0.0.1:9324
     #[arg(long, env = "STRATA_ENDPOINT", hide_env_values = true)]
-    endpoint: String,
+    endpoint: Option<String>,
     /// Bearer token (JWT) of your tenant.
     #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
-    token: String,
+    token: Option<String>,
+}
+
+/// What to do when a setting is missing: name the file `strata dev` writes it to.
+fn missing(variable: &str, flag: &str) -> anyhow::Error {
+    let credentials = crate::dev::default_data_dir().join("dev-credentials.env");
+    anyhow::anyhow!(
+        "{variable} is not set: run `source {}` (written by `strata dev`; its banner names it when --data-dir \
+         is elsewhere), export {variable} for your cluster, or pass {flag}",
+        credentials.display()
+    )
+}
+
+impl Connection {
+    pub(crate) fn target(self) -> anyhow::Result<Target> {
+        let endpoint = self.endpoint.ok_or_else(|| missing("STRATA_ENDPOINT", "--endpoint"))?;
+        let token = self.token.ok_or_else(|| missing("STRATA_TOKEN", "--token"))?;
+        Ok(Target { endpoint, token })
+    }
 }
 
 #[derive(Subcommand)]
 pub(crate) enum QueueCommand {
-    /// Create a queue (idempotent with identical attributes).
+    /// Create a queue (idempotent with identical attributes). A name ending with .fifo makes a
+    /// FIFO queue, and only such a name does.
     Create {
         name: String,
+        #[command(flatten)]
+        settings: QueueSettings,
+        /// A tag, KEY=VALUE (repeatable).
+        #[arg(long = "tag", value_parser = tag_arg)]
+        tags: Vec<(String, String)>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Change a queue's settings (those given; the others stay).
+    Update {
+        name: String,
+        #[command(flatten)]
+        settings: QueueSettings,
+        /// Remove the queue's dead-letter queue.
+        #[arg(long, conflicts_with_all = ["dead_letter_queue", "max_receive_count"])]
+        no_dead_letter: bool,
+        /// Let every queue use this one as its dead-letter queue again.
+        #[arg(long, conflicts_with_all = ["redrive_allow", "redrive_allow_source"])]
+        no_redrive_allow: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Delete every message of a queue.
+    Purge {
+        name: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Show a queue's tags; with --tag/--untag, change them.
+    Tags {
+        name: String,
+        /// A tag to add or overwrite, KEY=VALUE (repeatable).
+        #[arg(long = "tag", value_parser = tag_arg)]
+        tags: Vec<(String, String)>,
+        /// A tag key to remove (repeatable).
         #[arg(long)]
-        retention_seconds: Option<u64>,
+        untag: Vec<String>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// List the queues that use this queue as their dead-letter queue.
+    DeadLetterSources {
+        name: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Move a dead-letter queue's messages back (to its only source queue unless --to), or list
+    /// or cancel such moves.
+    Move {
+        /// The dead-letter queue.
+        name: String,
+        /// Where the messages go (default: the queue's only source queue).
+        #[arg(long, conflicts_with_all = ["list", "cancel"])]
+        to: Option<String>,
+        /// Messages per second (1-500; default 100).
+        #[arg(long, conflicts_with_all = ["list", "cancel"])]
+        rate: Option<u64>,
+        /// List the queue's move tasks instead.
+        #[arg(long, conflicts_with = "cancel")]
+        list: bool,
+        /// Cancel this move task instead.
         #[arg(long)]
-        visibility_timeout_seconds: Option<u64>,
-        #[arg(long)]
-        delay_seconds: Option<u64>,
+        cancel: Option<String>,
         #[command(flatten)]
         connection: Connection,
     },
@@ -48,6 +130,89 @@ pub(crate) enum QueueCommand {
         #[command(flatten)]
         connection: Connection,
     },
+}
+
+/// Settings a queue create or update may give (absent: the default, or unchanged).
+#[derive(Args, Clone, Default)]
+pub(crate) struct QueueSettings {
+    #[arg(long)]
+    retention_seconds: Option<u64>,
+    #[arg(long)]
+    visibility_timeout_seconds: Option<u64>,
+    #[arg(long)]
+    delay_seconds: Option<u64>,
+    /// Largest message (body plus attributes), 1024-1048576 bytes.
+    #[arg(long)]
+    maximum_message_bytes: Option<u64>,
+    /// Long-poll wait of a receive that does not say, 0-20 s.
+    #[arg(long)]
+    receive_wait_seconds: Option<u64>,
+    /// FIFO: deduplicate sends without a deduplication id by their body.
+    #[arg(long)]
+    content_based_deduplication: Option<bool>,
+    /// FIFO: queue or message_group.
+    #[arg(long)]
+    deduplication_scope: Option<String>,
+    /// FIFO: per_queue or per_message_group_id.
+    #[arg(long)]
+    throughput_limit: Option<String>,
+    /// Dead-letter queue: where a message goes after --max-receive-count receives.
+    #[arg(long, requires = "max_receive_count")]
+    dead_letter_queue: Option<String>,
+    /// Receives before a message moves to the dead-letter queue (1-1000).
+    #[arg(long, requires = "dead_letter_queue")]
+    max_receive_count: Option<u64>,
+    /// Who may use this queue as a dead-letter queue: allow_all, deny_all or by_queue.
+    #[arg(long)]
+    redrive_allow: Option<String>,
+    /// With --redrive-allow by_queue: a queue allowed (repeatable, at most 10).
+    #[arg(long)]
+    redrive_allow_source: Vec<String>,
+}
+
+impl QueueSettings {
+    fn json(&self) -> serde_json::Map<String, Value> {
+        let mut attributes = serde_json::Map::new();
+        let numbers = [
+            ("retention_seconds", self.retention_seconds),
+            ("visibility_timeout_seconds", self.visibility_timeout_seconds),
+            ("delay_seconds", self.delay_seconds),
+            ("maximum_message_bytes", self.maximum_message_bytes),
+            ("receive_wait_seconds", self.receive_wait_seconds),
+        ];
+        for (key, value) in numbers {
+            if let Some(v) = value {
+                attributes.insert(key.to_string(), json!(v));
+            }
+        }
+        if let Some(on) = self.content_based_deduplication {
+            attributes.insert("content_based_deduplication".into(), json!(on));
+        }
+        for (key, value) in
+            [("deduplication_scope", &self.deduplication_scope), ("throughput_limit", &self.throughput_limit)]
+        {
+            if let Some(v) = value {
+                attributes.insert(key.to_string(), json!(v));
+            }
+        }
+        if let (Some(queue), Some(count)) = (&self.dead_letter_queue, self.max_receive_count) {
+            attributes.insert("dead_letter".into(), json!({ "queue": queue, "max_receive_count": count }));
+        }
+        if let Some(permission) = &self.redrive_allow {
+            let mut allow = json!({ "permission": permission });
+            if !self.redrive_allow_source.is_empty() {
+                allow["source_queues"] = json!(self.redrive_allow_source);
+            }
+            attributes.insert("redrive_allow".into(), allow);
+        }
+        attributes
+    }
+}
+
+/// `KEY=VALUE`, a queue tag.
+fn tag_arg(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text.split_once('=').ok_or("expected KEY=VALUE, such as team=payments")?;
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 /// Whose keys (or bill): your own (tenant token), or any tenant's as an operator (`--tenant`,
@@ -73,23 +238,23 @@ pub(crate) struct KeyOwner {
 impl KeyOwner {
     /// The connection and the path of a route family: `/admin/v1/tenants/{tenant}/{admin_route}`
     /// with `--tenant`, else the tenant's own `own_path`.
-    fn resolve_to(self, admin_route: &str, own_path: &str) -> anyhow::Result<(Connection, String)> {
+    fn resolve_to(self, admin_route: &str, own_path: &str) -> anyhow::Result<(Target, String)> {
         match self.tenant {
             Some(tenant) => {
-                let endpoint = self.admin_endpoint.context("--tenant needs STRATA_ADMIN_ENDPOINT")?;
-                let token = self.admin_token.context("--tenant needs STRATA_ADMIN_TOKEN")?;
-                Ok((Connection { endpoint, token }, format!("/admin/v1/tenants/{}/{admin_route}", urlencode(&tenant))))
+                let endpoint =
+                    self.admin_endpoint.ok_or_else(|| missing("STRATA_ADMIN_ENDPOINT", "--admin-endpoint"))?;
+                let token = self.admin_token.ok_or_else(|| missing("STRATA_ADMIN_TOKEN", "--admin-token"))?;
+                Ok((Target { endpoint, token }, format!("/admin/v1/tenants/{}/{admin_route}", urlencode(&tenant))))
             }
             None => {
-                let endpoint = self.endpoint.context("set STRATA_ENDPOINT (or --endpoint)")?;
-                let token = self.token.context("set STRATA_TOKEN (or --token)")?;
-                Ok((Connection { endpoint, token }, own_path.to_string()))
+                let target = Connection { endpoint: self.endpoint, token: self.token }.target()?;
+                Ok((target, own_path.to_string()))
             }
         }
     }
 
     /// The connection and the path prefix of the key routes.
-    fn resolve(self) -> anyhow::Result<(Connection, String)> {
+    fn resolve(self) -> anyhow::Result<(Target, String)> {
         self.resolve_to("access-keys", "/v1/access-keys")
     }
 }
@@ -149,7 +314,7 @@ fn member_arg(text: &str) -> Result<(u64, String), String> {
 }
 
 pub(crate) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
-    let admin = |a: AdminConnection| Connection { endpoint: a.admin_endpoint, token: a.admin_token };
+    let admin = |a: AdminConnection| Target { endpoint: a.admin_endpoint, token: a.admin_token };
     let answer = match command {
         ClusterCommand::Nodes { admin: a } => {
             call(&admin(a), reqwest::Method::GET, "/admin/v1/storage-nodes", None).await?
@@ -207,7 +372,18 @@ pub(crate) enum KeysCommand {
 #[derive(Args)]
 pub(crate) struct SendArgs {
     queue: String,
-    body: String,
+    /// The message body (or give --body-file).
+    #[arg(required_unless_present = "body_file", conflicts_with = "body_file")]
+    body: Option<String>,
+    /// Read the body from this file; `-` reads standard input.
+    #[arg(long)]
+    body_file: Option<std::path::PathBuf>,
+    /// FIFO queues: the message group (messages of a group are delivered in order).
+    #[arg(long)]
+    group_id: Option<String>,
+    /// FIFO queues: a send with an id seen in the last 5 minutes is not stored again.
+    #[arg(long)]
+    deduplication_id: Option<String>,
     #[arg(long, conflicts_with = "deliver_at_ms")]
     delay_seconds: Option<u64>,
     /// Deliver at this unix time in milliseconds (up to a year ahead); cancel with
@@ -233,12 +409,15 @@ pub(crate) struct ReceiveArgs {
     /// Messages to receive at most (1-10).
     #[arg(long, default_value_t = 1)]
     max: u32,
-    /// Long-poll for up to this many seconds (0-20).
-    #[arg(long, default_value_t = 0)]
-    wait: u64,
+    /// Long-poll for up to this many seconds (0-20; default: the queue's).
+    #[arg(long)]
+    wait: Option<u64>,
     /// Hide received messages for this many seconds (default: the queue's).
     #[arg(long)]
     visibility: Option<u64>,
+    /// FIFO queues: a retry with the same id (within 5 minutes) receives the same messages.
+    #[arg(long)]
+    attempt_id: Option<String>,
     #[command(flatten)]
     connection: Connection,
 }
@@ -252,12 +431,7 @@ pub(crate) struct DeleteArgs {
 }
 
 /// Sends a request and returns its JSON body, or fails with the service's error code and message.
-async fn call(
-    connection: &Connection,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> anyhow::Result<Value> {
+async fn call(connection: &Target, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
     let url = format!("{}{path}", connection.endpoint.trim_end_matches('/'));
     let mut request = reqwest::Client::new().request(method, &url).bearer_auth(&connection.token);
     if let Some(body) = body {
@@ -280,30 +454,41 @@ fn print(value: &Value) {
     println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
 }
 
+fn queue_path(name: &str) -> String {
+    format!("/v1/queues/{}", urlencode(name))
+}
+
 pub(crate) async fn queue(command: QueueCommand) -> anyhow::Result<()> {
+    use reqwest::Method;
     match command {
-        QueueCommand::Create { name, retention_seconds, visibility_timeout_seconds, delay_seconds, connection } => {
-            let mut attributes = serde_json::Map::new();
-            for (key, value) in [
-                ("retention_seconds", retention_seconds),
-                ("visibility_timeout_seconds", visibility_timeout_seconds),
-                ("delay_seconds", delay_seconds),
-            ] {
-                if let Some(v) = value {
-                    attributes.insert(key.to_string(), json!(v));
-                }
+        QueueCommand::Create { name, settings, tags, connection } => {
+            let tags: serde_json::Map<String, Value> = tags.into_iter().map(|(k, v)| (k, json!(v))).collect();
+            let body = json!({ "name": name, "attributes": settings.json(), "tags": tags });
+            print(&call(&connection.target()?, Method::POST, "/v1/queues", Some(body)).await?);
+        }
+        QueueCommand::Update { name, settings, no_dead_letter, no_redrive_allow, connection } => {
+            let mut attributes = settings.json();
+            if no_dead_letter {
+                attributes.insert("dead_letter".into(), Value::Null);
             }
-            let body = json!({ "name": name, "attributes": attributes });
-            print(&call(&connection, reqwest::Method::POST, "/v1/queues", Some(body)).await?);
+            if no_redrive_allow {
+                attributes.insert("redrive_allow".into(), Value::Null);
+            }
+            if attributes.is_empty() {
+                bail!("nothing to change: give at least one setting (see --help)");
+            }
+            let body = Value::Object(attributes);
+            print(&call(&connection.target()?, Method::PATCH, &queue_path(&name), Some(body)).await?);
         }
         QueueCommand::List { prefix, connection } => {
+            let target = connection.target()?;
             let mut token: Option<String> = None;
             loop {
                 let mut path = format!("/v1/queues?prefix={}", urlencode(&prefix));
                 if let Some(t) = &token {
                     path.push_str(&format!("&next_token={}", urlencode(t)));
                 }
-                let page = call(&connection, reqwest::Method::GET, &path, None).await?;
+                let page = call(&target, Method::GET, &path, None).await?;
                 for queue in page["queues"].as_array().into_iter().flatten() {
                     println!("{}", queue["name"].as_str().unwrap_or_default());
                 }
@@ -314,11 +499,67 @@ pub(crate) async fn queue(command: QueueCommand) -> anyhow::Result<()> {
             }
         }
         QueueCommand::Delete { name, connection } => {
-            call(&connection, reqwest::Method::DELETE, &format!("/v1/queues/{}", urlencode(&name)), None).await?;
+            call(&connection.target()?, Method::DELETE, &queue_path(&name), None).await?;
             eprintln!("deleted queue {name}");
         }
         QueueCommand::Attributes { name, connection } => {
-            print(&call(&connection, reqwest::Method::GET, &format!("/v1/queues/{}", urlencode(&name)), None).await?);
+            print(&call(&connection.target()?, Method::GET, &queue_path(&name), None).await?);
+        }
+        QueueCommand::Purge { name, connection } => {
+            let answer =
+                call(&connection.target()?, Method::POST, &format!("{}/purge", queue_path(&name)), None).await?;
+            eprintln!("purged {} messages from {name}", answer["purged"]);
+        }
+        QueueCommand::Tags { name, tags, untag, connection } => {
+            let target = connection.target()?;
+            let path = format!("{}/tags", queue_path(&name));
+            if !tags.is_empty() {
+                let tags: serde_json::Map<String, Value> = tags.into_iter().map(|(k, v)| (k, json!(v))).collect();
+                call(&target, Method::POST, &path, Some(json!({ "tags": tags }))).await?;
+            }
+            for key in untag {
+                call(&target, Method::DELETE, &format!("{path}/{}", urlencode(&key)), None).await?;
+            }
+            print(&call(&target, Method::GET, &path, None).await?);
+        }
+        QueueCommand::DeadLetterSources { name, connection } => {
+            let target = connection.target()?;
+            let mut token: Option<String> = None;
+            loop {
+                let mut path = format!("{}/dead-letter-sources", queue_path(&name));
+                if let Some(t) = &token {
+                    path.push_str(&format!("?next_token={}", urlencode(t)));
+                }
+                let page = call(&target, Method::GET, &path, None).await?;
+                for queue in page["queues"].as_array().into_iter().flatten() {
+                    println!("{}", queue.as_str().unwrap_or_default());
+                }
+                match page["next_token"].as_str() {
+                    Some(t) => token = Some(t.to_string()),
+                    None => break,
+                }
+            }
+        }
+        QueueCommand::Move { name, to, rate, list, cancel, connection } => {
+            let target = connection.target()?;
+            let path = format!("{}/move-tasks", queue_path(&name));
+            let answer = match (list, cancel) {
+                (true, _) => call(&target, Method::GET, &path, None).await?,
+                (false, Some(task)) => {
+                    call(&target, Method::DELETE, &format!("{path}/{}", urlencode(&task)), None).await?
+                }
+                (false, None) => {
+                    let mut body = json!({});
+                    if let Some(to) = to {
+                        body["destination"] = json!(to);
+                    }
+                    if let Some(rate) = rate {
+                        body["max_messages_per_second"] = json!(rate);
+                    }
+                    call(&target, Method::POST, &path, Some(body)).await?
+                }
+            };
+            print(&answer);
         }
     }
     Ok(())
@@ -358,8 +599,33 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
+/// Largest body file read (the service refuses more than 1 MiB anyway).
+const BODY_FILE_BYTES_MAX: u64 = 1 << 20;
+
+fn read_body(args: &SendArgs) -> anyhow::Result<String> {
+    use std::io::Read;
+    let Some(path) = &args.body_file else { return Ok(args.body.clone().unwrap_or_default()) };
+    let mut bytes = Vec::new();
+    let read = if path.as_os_str() == "-" {
+        std::io::stdin().take(BODY_FILE_BYTES_MAX + 1).read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(path).and_then(|f| f.take(BODY_FILE_BYTES_MAX + 1).read_to_end(&mut bytes))
+    };
+    read.with_context(|| format!("reading the body from {}", path.display()))?;
+    if bytes.len() as u64 > BODY_FILE_BYTES_MAX {
+        bail!("the body is larger than {BODY_FILE_BYTES_MAX} bytes, the most a message holds");
+    }
+    String::from_utf8(bytes).context("the body must be UTF-8 text")
+}
+
 pub(crate) async fn send(args: SendArgs) -> anyhow::Result<()> {
-    let mut message = json!({ "body": args.body });
+    let mut message = json!({ "body": read_body(&args)? });
+    if let Some(group) = &args.group_id {
+        message["group_id"] = json!(group);
+    }
+    if let Some(id) = &args.deduplication_id {
+        message["deduplication_id"] = json!(id);
+    }
     if let Some(d) = args.delay_seconds {
         message["delay_seconds"] = json!(d);
     }
@@ -367,7 +633,8 @@ pub(crate) async fn send(args: SendArgs) -> anyhow::Result<()> {
         message["deliver_at_ms"] = json!(at);
     }
     let path = format!("/v1/queues/{}/messages", urlencode(&args.queue));
-    let response = call(&args.connection, reqwest::Method::POST, &path, Some(json!({ "messages": [message] }))).await?;
+    let target = args.connection.target()?;
+    let response = call(&target, reqwest::Method::POST, &path, Some(json!({ "messages": [message] }))).await?;
     for m in response["messages"].as_array().into_iter().flatten() {
         println!("{}", serde_json::to_string(m)?);
     }
@@ -375,12 +642,18 @@ pub(crate) async fn send(args: SendArgs) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
-    let mut body = json!({ "max_messages": args.max, "wait_seconds": args.wait });
+    let mut body = json!({ "max_messages": args.max });
+    if let Some(wait) = args.wait {
+        body["wait_seconds"] = json!(wait);
+    }
     if let Some(v) = args.visibility {
         body["visibility_timeout_seconds"] = json!(v);
     }
+    if let Some(id) = &args.attempt_id {
+        body["attempt_id"] = json!(id);
+    }
     let path = format!("/v1/queues/{}/receive", urlencode(&args.queue));
-    let response = call(&args.connection, reqwest::Method::POST, &path, Some(body)).await?;
+    let response = call(&args.connection.target()?, reqwest::Method::POST, &path, Some(body)).await?;
     for m in response["messages"].as_array().into_iter().flatten() {
         println!("{}", serde_json::to_string(m)?);
     }
@@ -389,7 +662,7 @@ pub(crate) async fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
 
 pub(crate) async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
     let path = format!("/v1/queues/{}/scheduled/{}", urlencode(&args.queue), urlencode(&args.message_id));
-    call(&args.connection, reqwest::Method::DELETE, &path, None).await?;
+    call(&args.connection.target()?, reqwest::Method::DELETE, &path, None).await?;
     eprintln!("cancelled");
     Ok(())
 }
@@ -397,7 +670,7 @@ pub(crate) async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
 pub(crate) async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
     let path = format!("/v1/queues/{}/delete", urlencode(&args.queue));
     let body = json!({ "receipt_handles": [args.receipt] });
-    let response = call(&args.connection, reqwest::Method::POST, &path, Some(body)).await?;
+    let response = call(&args.connection.target()?, reqwest::Method::POST, &path, Some(body)).await?;
     let result = &response["results"][0];
     if result["ok"].as_bool() != Some(true) {
         let code = result["error"]["code"].as_str().unwrap_or("Error");
@@ -427,6 +700,33 @@ pub(crate) struct UsageArgs {
     /// (`--tenant`: an operator reads a tenant's bill through the admin API.)
     #[command(flatten)]
     owner: KeyOwner,
+    #[command(flatten)]
+    billing: BillingEndpoints,
+}
+
+/// The billing service's own listeners (cluster mode); `strata dev` serves billing on the
+/// proxy's, so these are not needed there.
+#[derive(Args)]
+pub(crate) struct BillingEndpoints {
+    /// The billing service's tenant API, instead of STRATA_ENDPOINT.
+    #[arg(long, env = "STRATA_BILLING_ENDPOINT", hide_env_values = true)]
+    billing_endpoint: Option<String>,
+    /// The billing service's admin API (with --tenant), instead of STRATA_ADMIN_ENDPOINT.
+    #[arg(long, env = "STRATA_BILLING_ADMIN_ENDPOINT", hide_env_values = true)]
+    billing_admin_endpoint: Option<String>,
+}
+
+impl BillingEndpoints {
+    /// Where the billing routes of `owner` are reached, and their path prefix.
+    fn resolve(self, owner: KeyOwner) -> anyhow::Result<(Target, String)> {
+        let admin = owner.tenant.is_some();
+        let (mut target, prefix) = owner.resolve_to("billing", "/v1/billing")?;
+        let endpoint = if admin { self.billing_admin_endpoint } else { self.billing_endpoint };
+        if let Some(endpoint) = endpoint {
+            target.endpoint = endpoint;
+        }
+        Ok((target, prefix))
+    }
 }
 
 #[derive(Args)]
@@ -434,12 +734,14 @@ pub(crate) struct InvoiceArgs {
     /// The month (YYYY-MM, UTC); default: this month so far.
     #[arg(long)]
     month: Option<String>,
-    /// Print the JSON answer.
+    /// Print the JSON answer (amounts in currency units).
     #[arg(long)]
     json: bool,
     /// (`--tenant`: an operator reads a tenant's bill through the admin API.)
     #[command(flatten)]
     owner: KeyOwner,
+    #[command(flatten)]
+    billing: BillingEndpoints,
 }
 
 fn month_arg(month: Option<String>) -> anyhow::Result<strata_billing::pricing::Month> {
@@ -447,6 +749,34 @@ fn month_arg(month: Option<String>) -> anyhow::Result<strata_billing::pricing::M
     match month {
         Some(text) => Ok(text.parse()?),
         None => Ok(strata_billing::pricing::Month::of_ms(strata_common::SystemClock.now_ms())?),
+    }
+}
+
+/// An amount of micro-units in currency units, with at least two decimals (`12.00`, `0.40`,
+/// `0.000004`).
+fn currency(micros: u64) -> String {
+    let fraction = format!("{:06}", micros % 1_000_000);
+    let fraction = fraction.trim_end_matches('0');
+    format!("{}.{fraction:0<2}", micros / 1_000_000)
+}
+
+/// Fields of the billing API's answers that hold money (in micro-units).
+const MONEY_FIELDS: [&str; 7] =
+    ["price_per_million_units", "fee_per_month", "price", "monthly_budget", "hard_cap", "amount", "total"];
+
+/// Rewrites the money fields of a billing answer into currency units (as strings, exact).
+fn money_in_currency(value: &mut Value) {
+    match value {
+        Value::Object(fields) => {
+            for (key, field) in fields.iter_mut() {
+                match field.as_u64() {
+                    Some(micros) if MONEY_FIELDS.contains(&key.as_str()) => *field = json!(currency(micros)),
+                    _ => money_in_currency(field),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(money_in_currency),
+        _ => {}
     }
 }
 
@@ -468,7 +798,7 @@ fn parse_dollars(text: &str) -> Result<u64, String> {
 
 pub(crate) async fn usage(args: UsageArgs) -> anyhow::Result<()> {
     let month = month_arg(args.month)?;
-    let (connection, prefix) = args.owner.resolve_to("billing", "/v1/billing")?;
+    let (connection, prefix) = args.billing.resolve(args.owner)?;
     let mut path = format!("{prefix}/usage?from_ms={}&to_ms={}", month.start_ms()?, month.end_ms()?);
     if let Some(by) = &args.by {
         path.push_str(&format!("&group_by={}", urlencode(by)));
@@ -490,13 +820,16 @@ pub(crate) async fn usage(args: UsageArgs) -> anyhow::Result<()> {
         "{:<20} {:<24} {:<16} {:<24} {:>10} {:>10}",
         "hour (UTC)", "queue", "sub-tenant", "action", "calls", "units"
     );
-    let month_start_ms = month.start_ms()?;
     for row in answer["rows"].as_array().into_iter().flatten() {
-        let hour_ms = row["hour_start_ms"].as_u64().unwrap_or(month_start_ms);
-        let hours_in = hour_ms.saturating_sub(month_start_ms) / 3_600_000;
+        // Rows grouped without the hour are the month's totals.
+        let period = match row["hour_start_ms"].as_u64() {
+            Some(hour_ms) => chrono::DateTime::from_timestamp_millis(hour_ms as i64)
+                .map_or_else(|| hour_ms.to_string(), |t| t.format("%Y-%m-%d %H:00").to_string()),
+            None => format!("{month} (month)"),
+        };
         println!(
             "{:<20} {:<24} {:<16} {:<24} {:>10} {:>10}",
-            format!("day {} {:02}:00", hours_in / 24 + 1, hours_in % 24),
+            period,
             row["queue"].as_str().unwrap_or(""),
             row["sub_tenant"].as_str().unwrap_or(""),
             row["action"].as_str().unwrap_or(""),
@@ -509,9 +842,10 @@ pub(crate) async fn usage(args: UsageArgs) -> anyhow::Result<()> {
 
 pub(crate) async fn invoice(args: InvoiceArgs) -> anyhow::Result<()> {
     let month = month_arg(args.month)?;
-    let (connection, prefix) = args.owner.resolve_to("billing", "/v1/billing")?;
-    let answer = call(&connection, reqwest::Method::GET, &format!("{prefix}/invoices/{month}"), None).await?;
+    let (connection, prefix) = args.billing.resolve(args.owner)?;
+    let mut answer = call(&connection, reqwest::Method::GET, &format!("{prefix}/invoices/{month}"), None).await?;
     if args.json {
+        money_in_currency(&mut answer);
         print(&answer);
         return Ok(());
     }
@@ -521,10 +855,10 @@ pub(crate) async fn invoice(args: InvoiceArgs) -> anyhow::Result<()> {
             "  {:<48} {:>14} units {:>16}",
             line["description"].as_str().unwrap_or(""),
             line["units"].as_u64().unwrap_or(0),
-            dollars(line["amount"].as_u64().unwrap_or(0))
+            currency(line["amount"].as_u64().unwrap_or(0))
         );
     }
-    println!("  {:<48} {:>37}", "total", dollars(answer["total"].as_u64().unwrap_or(0)));
+    println!("  {:<48} {:>37}", "total", currency(answer["total"].as_u64().unwrap_or(0)));
     Ok(())
 }
 
@@ -631,10 +965,10 @@ pub(crate) enum PlansCommand {
 }
 
 pub(crate) async fn plans(command: PlansCommand) -> anyhow::Result<()> {
-    let admin = |a: AdminConnection| Connection { endpoint: a.admin_endpoint, token: a.admin_token };
+    let admin = |a: AdminConnection| Target { endpoint: a.admin_endpoint, token: a.admin_token };
     let billing = |tenant: &str| format!("/admin/v1/tenants/{}/billing", urlencode(tenant));
     let put = reqwest::Method::PUT;
-    let answer = match command {
+    let mut answer = match command {
         PlansCommand::SetPrice { tenant, free_units, price_per_million, dedicated_fee, admin: a } => {
             let plan = match dedicated_fee {
                 Some(fee) => json!({ "kind": "dedicated", "fee_per_month": fee }),
@@ -685,13 +1019,31 @@ pub(crate) async fn plans(command: PlansCommand) -> anyhow::Result<()> {
             })
         }
     };
+    money_in_currency(&mut answer);
     print(&answer);
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_dollars;
+    use serde_json::json;
+
+    use super::{currency, money_in_currency, parse_dollars};
+
+    #[test]
+    fn money_prints_in_currency_units() {
+        assert_eq!(currency(12_000_000), "12.00");
+        assert_eq!(currency(400_000), "0.40");
+        assert_eq!(currency(4), "0.000004");
+        assert_eq!(currency(1_234_500), "1.2345");
+        let mut answer = json!({ "plan": { "price_per_million_units": 400_000, "free_units_per_month": 1_000_000 },
+            "lines": [{ "units": 3, "amount": 1_500_000 }] });
+        money_in_currency(&mut answer);
+        assert_eq!(answer["plan"]["price_per_million_units"], "0.40");
+        assert_eq!(answer["plan"]["free_units_per_month"], 1_000_000);
+        assert_eq!(answer["lines"][0]["amount"], "1.50");
+        assert_eq!(answer["lines"][0]["units"], 3);
+    }
 
     #[test]
     fn dollars_parse_to_micros() {

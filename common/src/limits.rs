@@ -61,3 +61,9 @@ pub const LEASE_MS: u64 = 10_000;
 /// How often a storage node heartbeats: several times per lease, so one lost heartbeat is no
 /// expiry.
 pub const HEARTBEAT_INTERVAL_MS: u64 = LEASE_MS / 4;
+
+/// Most tags on one queue (SQS's limit).
+pub const QUEUE_TAGS_MAX: usize = 50;
+/// Longest tag key and value, in characters (SQS's limits).
+pub const TAG_KEY_CHARS_MAX: usize = 128;
+pub const TAG_VALUE_CHARS_MAX: usize = 256;

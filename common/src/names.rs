@@ -50,6 +50,18 @@ pub fn validate_queue_name(name: &str) -> Result<(), StrataError> {
     Ok(())
 }
 
+/// A queue tag: a key of 1-128 characters and a value of 0-256.
+pub fn validate_tag(key: &str, value: &str) -> Result<(), StrataError> {
+    use crate::limits::{TAG_KEY_CHARS_MAX, TAG_VALUE_CHARS_MAX};
+    if key.is_empty() || key.chars().count() > TAG_KEY_CHARS_MAX {
+        return Err(StrataError::invalid(format!("tag keys are 1-{TAG_KEY_CHARS_MAX} characters")));
+    }
+    if value.chars().count() > TAG_VALUE_CHARS_MAX {
+        return Err(StrataError::invalid(format!("tag values are 0-{TAG_VALUE_CHARS_MAX} characters")));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,11 +36,7 @@ pub const INITIAL_SHARDS_MAX: u32 = 64;
 /// and a record here).
 pub const QUEUES_PER_TENANT_MAX: u64 = 100_000;
 
-/// Most tags on one queue (SQS's limit).
-pub const QUEUE_TAGS_MAX: usize = 50;
-/// Longest tag key and value, in characters (SQS's limits).
-pub const TAG_KEY_CHARS_MAX: usize = 128;
-pub const TAG_VALUE_CHARS_MAX: usize = 256;
+pub use strata_common::limits::QUEUE_TAGS_MAX;
 
 /// Most access keys a tenant may hold at once (revoked keys past their grace period do not count).
 pub const ACCESS_KEYS_PER_TENANT_MAX: usize = 10;
@@ -786,12 +782,7 @@ impl Catalog {
             MetaCommand::TagQueue { tenant, name, tags } => {
                 let record = self.queue_mut(tenant, name)?;
                 for (key, value) in tags {
-                    if key.is_empty() || key.chars().count() > TAG_KEY_CHARS_MAX {
-                        return Err(StrataError::invalid(format!("tag keys are 1-{TAG_KEY_CHARS_MAX} characters")));
-                    }
-                    if value.chars().count() > TAG_VALUE_CHARS_MAX {
-                        return Err(StrataError::invalid(format!("tag values are 0-{TAG_VALUE_CHARS_MAX} characters")));
-                    }
+                    strata_common::names::validate_tag(key, value)?;
                 }
                 let added = tags.keys().filter(|k| !record.tags.contains_key(*k)).count();
                 if record.tags.len() + added > QUEUE_TAGS_MAX {

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod metering;
+pub mod queue_rules;
 pub mod queues;
 pub mod quotas;
 pub mod sigv4;

@@ -214,3 +214,130 @@ async fn long_poll_attributes_restart_and_recreate(dev_args: &[&str]) -> anyhow:
     assert_eq!(attributes["approximate_number_of_messages_delayed"], json!(0));
     Ok(())
 }
+
+/// The native API has the SQS API's queue features: FIFO queues (the `.fifo` naming rule, group
+/// and deduplication ids), dead-letter queues and their allow policies, move tasks and tags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifo_dead_letters_move_tasks_and_tags_on_the_native_api() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dev = DevProcess::start(&dir.path().join("dev"), &[])?;
+    let api = dev.api();
+    let patch = |path: &'static str, body: Value| api.call(reqwest::Method::PATCH, path, Some(body));
+    let delete = |path: &'static str| api.call(reqwest::Method::DELETE, path, None);
+
+    // The name decides the kind; an explicit kind must agree with it and never changes.
+    let fifo = api
+        .post_ok(
+            "/v1/queues",
+            json!({ "name": "jobs.fifo", "attributes": {
+        "content_based_deduplication": true } }),
+        )
+        .await?;
+    assert_eq!(fifo["attributes"]["fifo"], json!(true));
+    assert_eq!(fifo["attributes"]["deduplication_scope"], json!("queue"));
+    for attributes in [json!({ "fifo": true }), json!({ "content_based_deduplication": true })] {
+        let (status, body) = api.post("/v1/queues", json!({ "name": "plain", "attributes": attributes })).await?;
+        assert_eq!((status, error_code(&body)), (400, "InvalidParameter"), "{body}");
+    }
+    let (status, _) = api.post("/v1/queues", json!({ "name": "odd.fifo", "attributes": { "fifo": false } })).await?;
+    assert_eq!(status, 400);
+    let plain = api.create_queue("plain").await?;
+    assert_eq!(plain["attributes"]["fifo"], json!(false));
+    let (status, body) = patch("/v1/queues/plain", json!({ "fifo": true })).await?;
+    assert_eq!((status, error_code(&body)), (400, "InvalidParameter"), "{body}");
+
+    // FIFO sends need a group; duplicates (by content here) are stored once; order holds.
+    let (status, body) = api.post("/v1/queues/jobs.fifo/messages", json!({ "messages": [{ "body": "a" }] })).await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or("").contains("group id"), "{body}");
+    let (status, _) =
+        api.post("/v1/queues/plain/messages", json!({ "messages": [{ "body": "a", "group_id": "g" }] })).await?;
+    assert_eq!(status, 400);
+    let mut ids = Vec::new();
+    for body in ["a", "b", "a"] {
+        let sent = api
+            .post_ok("/v1/queues/jobs.fifo/messages", json!({ "messages": [{ "body": body, "group_id": "g1" }] }))
+            .await?;
+        assert!(sent["messages"][0]["sequence_number"].is_string(), "{sent}");
+        ids.push(sent["messages"][0]["message_id"].clone());
+    }
+    assert_eq!(ids[0], ids[2], "a duplicate answers the first send's id");
+    let got = api.post_ok("/v1/queues/jobs.fifo/receive", json!({ "max_messages": 10 })).await?;
+    let bodies: Vec<&str> =
+        got["messages"].as_array().into_iter().flatten().filter_map(|m| m["body"].as_str()).collect();
+    assert_eq!(bodies, ["a", "b"]);
+    assert_eq!(got["messages"][0]["group_id"], json!("g1"));
+    assert!(got["messages"][0]["deduplication_id"].is_string());
+
+    // Dead-letter queues: set, read back, refused by an allow policy, of the wrong kind, removed.
+    api.create_queue("work-dlq").await?;
+    api.post_ok(
+        "/v1/queues",
+        json!({ "name": "closed-dlq", "attributes": {
+        "redrive_allow": { "permission": "deny_all" } } }),
+    )
+    .await?;
+    let work = api
+        .post_ok(
+            "/v1/queues",
+            json!({ "name": "work", "attributes": {
+        "visibility_timeout_seconds": 0, "dead_letter": { "queue": "work-dlq", "max_receive_count": 1 } } }),
+        )
+        .await?;
+    assert_eq!(work["attributes"]["dead_letter"], json!({ "queue": "work-dlq", "max_receive_count": 1 }));
+    let (_, sources) = api.get("/v1/queues/work-dlq/dead-letter-sources").await?;
+    assert_eq!(sources["queues"], json!(["work"]));
+    for (target, fragment) in [("closed-dlq", "allow policy"), ("jobs.fifo", "FIFO"), ("nope", "does not exist")] {
+        let (status, body) = patch(
+            "/v1/queues/plain",
+            json!({ "dead_letter": {
+            "queue": target, "max_receive_count": 3 } }),
+        )
+        .await?;
+        assert!(status == 400 || status == 404, "{target}: {status} {body}");
+        assert!(body["error"]["message"].as_str().unwrap_or("").contains(fragment), "{target}: {body}");
+    }
+
+    // A message received once too often moves to the dead-letter queue; a move task brings it back.
+    api.post_ok("/v1/queues/work/messages", json!({ "messages": [{ "body": "poison" }] })).await?;
+    let first = api.post_ok("/v1/queues/work/receive", json!({ "wait_seconds": 1 })).await?;
+    assert_eq!(first["messages"][0]["body"], json!("poison"));
+    let again = api.post_ok("/v1/queues/work/receive", json!({ "wait_seconds": 1 })).await?;
+    assert_eq!(again["messages"], json!([]), "moved to the dead-letter queue on its second receive");
+    let (_, dlq) = api.get("/v1/queues/work-dlq").await?;
+    assert_eq!(dlq["approximate_number_of_messages"], json!(1), "{dlq}");
+    let started = api.post_ok("/v1/queues/work-dlq/move-tasks", json!({ "max_messages_per_second": 10 })).await?;
+    assert!(started["task_id"].is_string(), "{started}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let task = loop {
+        let (_, listed) = api.get("/v1/queues/work-dlq/move-tasks").await?;
+        let task = listed["tasks"][0].clone();
+        if task["status"] == json!("completed") || Instant::now() > deadline {
+            break task;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!((task["status"].clone(), task["moved"].clone()), (json!("completed"), json!(1)), "{task}");
+    assert_eq!(task["destination"], json!("work"));
+    let (status, body) = api.post("/v1/queues/plain-dlq-less/move-tasks", json!({})).await?;
+    assert_eq!((status, error_code(&body)), (404, "QueueNotFound"));
+    let (status, body) = api.post("/v1/queues/plain/move-tasks", json!({})).await?;
+    assert_eq!(status, 400, "not a dead-letter queue: {body}");
+    let (_, removed) = patch("/v1/queues/work", json!({ "dead_letter": null })).await?;
+    assert!(removed["attributes"].get("dead_letter").is_none(), "{removed}");
+
+    // Tags: at creation, added, removed; another tenant sees none of it.
+    api.post_ok("/v1/queues", json!({ "name": "tagged", "tags": { "team": "payments" } })).await?;
+    let tags = api.post_ok("/v1/queues/tagged/tags", json!({ "tags": { "env": "prod" } })).await?;
+    assert_eq!(tags["tags"], json!({ "env": "prod", "team": "payments" }));
+    let (status, _) = delete("/v1/queues/tagged/tags/team").await?;
+    assert_eq!(status, 204);
+    let (_, queue) = api.get("/v1/queues/tagged").await?;
+    assert_eq!(queue["tags"], json!({ "env": "prod" }));
+    let (status, body) = api.post("/v1/queues/tagged/tags", json!({ "tags": { "": "x" } })).await?;
+    assert_eq!((status, error_code(&body)), (400, "InvalidParameter"));
+    let mallory = api.with_token(&token_for(&dev, "mallory", "strata"));
+    let (status, body) = mallory.get("/v1/queues/tagged/tags").await?;
+    assert_eq!((status, error_code(&body)), (404, "QueueNotFound"));
+    Ok(())
+}

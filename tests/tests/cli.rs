@@ -73,3 +73,85 @@ fn queue_send_receive_delete_round_trip_and_errors() -> anyhow::Result<()> {
     assert!(stderr(&unauthenticated).contains("Unauthenticated"), "{}", stderr(&unauthenticated));
     Ok(())
 }
+
+/// The CLI as a new user meets it: FIFO queues by name, bodies from standard input, purge, tags,
+/// dead-letter settings, a missing environment that says which file to source, and billing
+/// found through its own endpoint.
+#[test]
+fn fifo_purge_tags_stdin_bodies_and_missing_settings() -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir()?;
+    let dev = DevProcess::start(&dir.path().join("dev"), &[])?;
+    let ok = |args: &[&str]| -> anyhow::Result<String> {
+        let output = strata(&dev, args);
+        anyhow::ensure!(output.status.success(), "strata {args:?}: {}", stderr(&output));
+        Ok(stdout(&output))
+    };
+
+    let created: Value = serde_json::from_str(&ok(&["queue", "create", "cli.fifo", "--tag", "team=a"])?)?;
+    assert_eq!(created["attributes"]["fifo"], Value::from(true));
+    assert_eq!(created["tags"]["team"], Value::from("a"));
+
+    let mut send = Command::new(strata_binary())
+        .args(["send", "cli.fifo", "--body-file", "-", "--group-id", "g", "--deduplication-id", "d1"])
+        .env("STRATA_ENDPOINT", &dev.endpoint)
+        .env("STRATA_TOKEN", &dev.token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    send.stdin.take().expect("stdin").write_all("line one\nline two\n".as_bytes())?;
+    let sent = send.wait_with_output()?;
+    assert!(sent.status.success(), "{}", stderr(&sent));
+    let without_group = strata(&dev, &["send", "cli.fifo", "x"]);
+    assert!(!without_group.status.success());
+    assert!(stderr(&without_group).contains("group id"), "{}", stderr(&without_group));
+
+    let received: Value = serde_json::from_str(ok(&["receive", "cli.fifo", "--wait", "1"])?.trim())?;
+    assert_eq!(received["body"], Value::from("line one\nline two\n"));
+    assert_eq!(received["group_id"], Value::from("g"));
+
+    ok(&["queue", "purge", "cli.fifo"])?;
+    let attributes: Value = serde_json::from_str(&ok(&["queue", "attributes", "cli.fifo"])?)?;
+    assert_eq!(attributes["approximate_number_of_messages_not_visible"], Value::from(0));
+
+    let tags: Value =
+        serde_json::from_str(&ok(&["queue", "tags", "cli.fifo", "--tag", "env=dev", "--untag", "team"])?)?;
+    assert_eq!(tags["tags"], serde_json::json!({ "env": "dev" }));
+
+    ok(&["queue", "create", "cli-dlq"])?;
+    ok(&["queue", "create", "cli-work"])?;
+    let updated: Value = serde_json::from_str(&ok(&[
+        "queue",
+        "update",
+        "cli-work",
+        "--dead-letter-queue",
+        "cli-dlq",
+        "--max-receive-count",
+        "3",
+    ])?)?;
+    assert_eq!(updated["attributes"]["dead_letter"]["queue"], Value::from("cli-dlq"));
+    assert_eq!(ok(&["queue", "dead-letter-sources", "cli-dlq"])?.trim(), "cli-work");
+
+    // Without the environment `strata dev` writes, the error names the file to source.
+    let home = dir.path().join("home");
+    let unset = Command::new(strata_binary()).args(["queue", "list"]).env_clear().env("HOME", &home).output()?;
+    assert!(!unset.status.success());
+    let message = stderr(&unset);
+    assert!(message.contains("STRATA_ENDPOINT is not set"), "{message}");
+    assert!(message.contains(&format!("{}", home.join(".strata/dev/dev-credentials.env").display())), "{message}");
+
+    // Billing through STRATA_BILLING_ENDPOINT when it is set (here the only endpoint that works).
+    let invoice = Command::new(strata_binary())
+        .args(["invoice", "--json"])
+        .env("STRATA_ENDPOINT", "http://127.0.0.1:9")
+        .env("STRATA_BILLING_ENDPOINT", &dev.endpoint)
+        .env("STRATA_TOKEN", &dev.token)
+        .output()?;
+    assert!(invoice.status.success(), "{}", stderr(&invoice));
+    let invoice: Value = serde_json::from_str(&stdout(&invoice))?;
+    assert!(invoice["total"].as_str().is_some_and(|t| t.contains('.')), "money in currency units: {invoice}");
+    Ok(())
+}

@@ -19,6 +19,9 @@ use strata_common::proto as pb;
 use super::error::SqsError;
 use super::{Ctx, md5};
 use crate::metering::{CUSTOMER_ATTRIBUTE, Charge, message_payload_bytes};
+use crate::queue_rules::{
+    self, GROUP_ID_FIELD, MOVE_PER_SECOND_DEFAULT, MOVE_PER_SECOND_MAX, REDRIVE_POLICY_BYTES_MAX, Refusal,
+};
 use crate::queues;
 
 /// Message attributes per message (SQS's limit).
@@ -208,18 +211,71 @@ fn apply_queue_attributes(config: &mut pb::QueueConfig, attributes: &[(&str, &st
             }
         }
     }
-    let fifo_only = config.content_based_deduplication || config.deduplication_per_group || config.throughput_per_group;
-    if !config.fifo_queue && fifo_only {
-        return Err(SqsError::invalid_attribute_name(
-            "ContentBasedDeduplication, DeduplicationScope and FifoThroughputLimit are for FIFO queues only.",
-        ));
-    }
-    if config.throughput_per_group && !config.deduplication_per_group {
-        return Err(SqsError::invalid_attribute_value(
-            "FifoThroughputLimit perMessageGroupId needs DeduplicationScope messageGroup.",
-        ));
-    }
     Ok(())
+}
+
+/// The SQS wording of a queue rule's refusal (the texts AWS clients know); `attribute` names
+/// the policy attribute a dead-letter refusal is about.
+fn refused(refusal: Refusal, attribute: &str) -> SqsError {
+    match refusal {
+        Refusal::FifoName => SqsError::invalid_parameter_value(
+            "A FIFO queue's name must end with .fifo and it must be created with FifoQueue=true; only FIFO queues \
+             have names ending with .fifo.",
+        ),
+        Refusal::FifoOnlySetting => SqsError::invalid_attribute_name(
+            "ContentBasedDeduplication, DeduplicationScope and FifoThroughputLimit are for FIFO queues only.",
+        ),
+        Refusal::ThroughputNeedsGroupScope => SqsError::invalid_attribute_value(
+            "FifoThroughputLimit perMessageGroupId needs DeduplicationScope messageGroup.",
+        ),
+        Refusal::FifoFixed => {
+            SqsError::invalid_attribute_value("FifoQueue cannot be changed after the queue is created.")
+        }
+        Refusal::FifoIdsOnStandard => SqsError::invalid_parameter_value(
+            "MessageGroupId and MessageDeduplicationId are only valid for FIFO queues.",
+        ),
+        Refusal::GroupIdMissing => SqsError::missing("MessageGroupId"),
+        Refusal::FifoMessageDelay => SqsError::invalid_parameter_value(
+            "Value for parameter DelaySeconds is invalid. Reason: The request include parameter that is not valid \
+             for this queue type (FIFO queues take the queue's DelaySeconds only).",
+        ),
+        Refusal::DeduplicationIdMissing => SqsError::invalid_parameter_value(
+            "The queue should either have ContentBasedDeduplication enabled or MessageDeduplicationId provided \
+             explicitly",
+        ),
+        Refusal::BadFifoId { field, id } => {
+            let name = if field == GROUP_ID_FIELD { "MessageGroupId" } else { "MessageDeduplicationId" };
+            SqsError::invalid_parameter_value(format!(
+                "Value {id} for parameter {name} is invalid. Reason: it must be 1-128 characters of letters, digits \
+                 and punctuation."
+            ))
+        }
+        Refusal::BadPolicy(_) => redrive_error(
+            attribute,
+            "redrivePermission must be allowAll, denyAll, or byQueue with 1 to 10 sourceQueueArns.",
+        ),
+        Refusal::DeadLetterMissing => redrive_error(attribute, "Dead letter target does not exist."),
+        Refusal::DeadLetterIsItself => redrive_error(attribute, "a queue cannot be its own dead-letter queue."),
+        Refusal::DeadLetterKindMismatch => redrive_error(
+            attribute,
+            "the dead-letter queue of a FIFO queue must be a FIFO queue, and of a standard queue a standard queue.",
+        ),
+        Refusal::DeadLetterNotAllowed => {
+            redrive_error(attribute, "the dead-letter queue's RedriveAllowPolicy does not allow this queue.")
+        }
+        Refusal::DifferentShard => SqsError::invalid_parameter_value(format!(
+            "Value for parameter {attribute} is invalid. Reason: the queues must be placed on the same shard in \
+             this version; cross-shard dead-letter queues and moves are not supported yet."
+        )),
+        Refusal::NotADeadLetterQueue => SqsError::invalid_parameter_value(
+            "Source queue must be configured as a Dead Letter Queue (no queue names it in its RedrivePolicy).",
+        ),
+        Refusal::MoveDestinationNeeded => SqsError::invalid_parameter_value(
+            "DestinationArn is required: several queues use this dead-letter queue and messages do not record \
+             their original queue.",
+        ),
+        Refusal::Service(e) => e.into(),
+    }
 }
 
 fn validate_sqs_queue_name(name: &str) -> Result<(), SqsError> {
@@ -237,20 +293,11 @@ async fn create_queue(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
     let attributes = string_map(input, "Attributes")?;
     let mut config = crate::api::default_config();
     apply_queue_attributes(&mut config, &attributes)?;
-    if name.ends_with(".fifo") != config.fifo_queue {
-        return Err(SqsError::invalid_parameter_value(
-            "A FIFO queue's name must end with .fifo and it must be created with FifoQueue=true; only FIFO queues \
-             have names ending with .fifo.",
-        ));
-    }
+    queue_rules::check_fifo_config(name, &config).map_err(|r| refused(r, "Attributes"))?;
     let dead_letter_shard = resolve_redrive(ctx, name, &mut config, &attributes).await?;
-    let info = queues::create_queue(&ctx.state.placement, ctx.tenant(), name, config.clone()).await?;
-    if dead_letter_shard.is_some_and(|shard| shard != info.shard_id) {
-        let without =
-            pb::QueueConfig { redrive_policy: String::new(), dead_letter_queue_id: 0, max_receive_count: 0, ..config };
-        queues::set_config(&ctx.state.placement, ctx.tenant(), name, without).await?;
-        return Err(different_shard());
-    }
+    queue_rules::create_queue_with_dead_letter(&ctx.state.placement, ctx.tenant(), name, config, dead_letter_shard)
+        .await
+        .map_err(|r| refused(r, "RedrivePolicy"))?;
     if !tags.is_empty() {
         let tags = tags.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         ctx.state.placement.metadata.tag_queue(ctx.tenant(), name, tags).await?;
@@ -370,7 +417,7 @@ async fn get_queue_attributes(ctx: &Ctx<'_>, input: &Value) -> Result<Value, Sqs
             "CreatedTimestamp" => (info.created_ms / 1000).to_string(),
             "LastModifiedTimestamp" => (info.modified_ms / 1000).to_string(),
             "DelaySeconds" => (config.delay_ms / 1000).to_string(),
-            "MaximumMessageSize" => maximum_message_bytes(&config).to_string(),
+            "MaximumMessageSize" => queue_rules::maximum_message_bytes(&config).to_string(),
             "MessageRetentionPeriod" => (config.retention_ms / 1000).to_string(),
             "ReceiveMessageWaitTimeSeconds" => (config.receive_wait_ms / 1000).to_string(),
             "VisibilityTimeout" => (config.visibility_timeout_ms / 1000).to_string(),
@@ -395,10 +442,6 @@ async fn get_queue_attributes(ctx: &Ctx<'_>, input: &Value) -> Result<Value, Sqs
     Ok(json!({ "Attributes": attributes }))
 }
 
-fn maximum_message_bytes(config: &pb::QueueConfig) -> u64 {
-    if config.maximum_message_bytes == 0 { MESSAGE_BODY_BYTES_MAX as u64 } else { config.maximum_message_bytes }
-}
-
 async fn set_queue_attributes(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
     let info = queue_of(ctx, input).await?;
     let attributes = string_map(input, "Attributes")?;
@@ -407,59 +450,19 @@ async fn set_queue_attributes(ctx: &Ctx<'_>, input: &Value) -> Result<Value, Sqs
     }
     let mut config = info.config.clone().unwrap_or_default();
     if attributes.iter().any(|(name, value)| *name == "FifoQueue" && *value != config.fifo_queue.to_string()) {
-        return Err(SqsError::invalid_attribute_value("FifoQueue cannot be changed after the queue is created."));
+        return Err(refused(Refusal::FifoFixed, "FifoQueue"));
     }
     apply_queue_attributes(&mut config, &attributes)?;
+    queue_rules::check_fifo_config(&info.name, &config).map_err(|r| refused(r, "Attributes"))?;
     if resolve_redrive(ctx, &info.name, &mut config, &attributes).await?.is_some_and(|shard| shard != info.shard_id) {
-        return Err(different_shard());
+        return Err(refused(Refusal::DifferentShard, "RedrivePolicy"));
     }
     queues::set_config(&ctx.state.placement, ctx.tenant(), &info.name, config).await?;
     Ok(json!({}))
 }
 
-fn different_shard() -> SqsError {
-    SqsError::invalid_parameter_value(
-        "Value for parameter RedrivePolicy is invalid. Reason: the dead-letter queue must be placed on the same \
-         shard as the source queue in this version; cross-shard dead-letter queues come with cluster mode.",
-    )
-}
-
-/// Largest RedrivePolicy / RedriveAllowPolicy text.
-const REDRIVE_POLICY_BYTES_MAX: usize = 8 * 1024;
-/// Most source queues a `byQueue` RedriveAllowPolicy may name (SQS's limit).
-const REDRIVE_ALLOW_SOURCES_MAX: usize = 10;
-
 fn redrive_error(attribute: &str, reason: &str) -> SqsError {
     SqsError::invalid_parameter_value(format!("Value for parameter {attribute} is invalid. Reason: {reason}"))
-}
-
-/// The queue name of an SQS ARN of the caller's tenant (`arn:aws:sqs:REGION:TENANT:NAME`).
-fn queue_name_of_arn<'a>(ctx: &Ctx<'_>, arn: &'a str) -> Option<&'a str> {
-    let parts: Vec<&str> = arn.split(':').collect();
-    match parts.as_slice() {
-        ["arn", _, "sqs", _, account, name] if *account == ctx.tenant() && !name.is_empty() => Some(name),
-        _ => None,
-    }
-}
-
-/// Whether a queue's RedriveAllowPolicy lets `source` use it as its dead-letter queue.
-fn redrive_allowed(ctx: &Ctx<'_>, allow_policy: &str, source: &str) -> bool {
-    if allow_policy.is_empty() {
-        return true;
-    }
-    let Ok(policy) = serde_json::from_str::<Value>(allow_policy) else {
-        return false;
-    };
-    match policy["redrivePermission"].as_str() {
-        Some("allowAll") => true,
-        Some("byQueue") => policy["sourceQueueArns"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .any(|arn| queue_name_of_arn(ctx, arn) == Some(source)),
-        _ => false,
-    }
 }
 
 /// Checks and applies `RedrivePolicy` and `RedriveAllowPolicy` for queue `source`; answers the
@@ -477,9 +480,7 @@ async fn resolve_redrive(
         }
         match name {
             "RedrivePolicy" if value.is_empty() => {
-                config.redrive_policy.clear();
-                config.dead_letter_queue_id = 0;
-                config.max_receive_count = 0;
+                queue_rules::clear_dead_letter(config);
             }
             "RedrivePolicy" => {
                 let policy: Value =
@@ -494,87 +495,35 @@ async fn resolve_redrive(
                 }
                 .filter(|n| (1..=1000).contains(n))
                 .ok_or_else(|| redrive_error(name, "maxReceiveCount must be an integer from 1 to 1000."))?;
-                let missing = || redrive_error(name, "Dead letter target does not exist.");
-                let target = queue_name_of_arn(ctx, arn).ok_or_else(missing)?;
-                if target == source {
-                    return Err(redrive_error(name, "a queue cannot be its own dead-letter queue."));
-                }
-                let dead_letter = queues::info(&ctx.state.placement, ctx.tenant(), target)
-                    .await
-                    .map_err(|e| if e.kind == ErrorKind::QueueNotFound { missing() } else { e.into() })?;
-                if dead_letter.config.as_ref().is_some_and(|c| c.fifo_queue) != config.fifo_queue {
-                    return Err(redrive_error(
-                        name,
-                        "the dead-letter queue of a FIFO queue must be a FIFO queue, and of a standard queue a \
-                         standard queue.",
-                    ));
-                }
-                let allow = dead_letter.config.as_ref().map_or("", |c| c.redrive_allow_policy.as_str());
-                if !redrive_allowed(ctx, allow, source) {
-                    return Err(redrive_error(
-                        name,
-                        "the dead-letter queue's RedriveAllowPolicy does not allow this queue.",
-                    ));
-                }
-                config.redrive_policy =
-                    json!({ "deadLetterTargetArn": arn, "maxReceiveCount": max_receive_count }).to_string();
-                config.dead_letter_queue_id = dead_letter.queue_id;
-                config.max_receive_count = max_receive_count as u32;
-                dead_letter_shard = Some(dead_letter.shard_id);
+                let shard = queue_rules::set_dead_letter(
+                    &ctx.state.placement,
+                    ctx.tenant(),
+                    source,
+                    config,
+                    arn,
+                    max_receive_count,
+                )
+                .await
+                .map_err(|r| refused(r, name))?;
+                dead_letter_shard = Some(shard);
             }
             "RedriveAllowPolicy" if value.is_empty() => config.redrive_allow_policy.clear(),
             "RedriveAllowPolicy" => {
                 let policy: Value =
                     serde_json::from_str(value).map_err(|_| redrive_error(name, "it is not valid JSON."))?;
-                let sources = policy.get("sourceQueueArns");
-                match (policy["redrivePermission"].as_str(), sources) {
-                    (Some("allowAll" | "denyAll"), None) => {}
-                    (Some("byQueue"), Some(Value::Array(arns)))
-                        if (1..=REDRIVE_ALLOW_SOURCES_MAX).contains(&arns.len())
-                            && arns.iter().all(Value::is_string) => {}
-                    _ => {
-                        return Err(redrive_error(
-                            name,
-                            "redrivePermission must be allowAll, denyAll, or byQueue with 1 to 10 sourceQueueArns.",
-                        ));
-                    }
-                }
-                config.redrive_allow_policy = policy.to_string();
+                let permission = policy["redrivePermission"].as_str().unwrap_or_default();
+                let sources = match policy.get("sourceQueueArns") {
+                    None => None,
+                    Some(Value::Array(arns)) => Some(arns.as_slice()),
+                    Some(_) => Some(&[][..]),
+                };
+                config.redrive_allow_policy =
+                    queue_rules::allow_policy(permission, sources).map_err(|r| refused(r, name))?;
             }
             _ => {}
         }
     }
     Ok(dead_letter_shard)
-}
-
-/// The tenant's queues whose RedrivePolicy names the queue `dead_letter_queue_id`, in name order
-/// after `start_after`: at most `max`, and the name to go on after when there are more.
-async fn dead_letter_sources(
-    ctx: &Ctx<'_>,
-    dead_letter_queue_id: u64,
-    mut start_after: String,
-    max: usize,
-) -> Result<(Vec<pb::QueueInfo>, Option<String>), SqsError> {
-    let mut sources = Vec::new();
-    // Pages through the tenant's queues (metadata keeps them by name).
-    loop {
-        let page =
-            ctx.state.placement.metadata.list_queues(ctx.tenant(), "", &start_after, LIST_QUEUES_PAGE_MAX).await?;
-        for queue in page.queues {
-            if queue.config.as_ref().is_some_and(|c| c.dead_letter_queue_id == dead_letter_queue_id) {
-                if sources.len() == max {
-                    return Ok((sources, Some(start_after)));
-                }
-                start_after.clone_from(&queue.name);
-                sources.push(queue);
-            } else {
-                start_after = queue.name;
-            }
-        }
-        if !page.truncated {
-            return Ok((sources, None));
-        }
-    }
 }
 
 async fn list_dead_letter_source_queues(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
@@ -585,7 +534,9 @@ async fn list_dead_letter_source_queues(ctx: &Ctx<'_>, input: &Value) -> Result<
         None => String::new(),
     };
     let max = max_results.map_or(LIST_QUEUES_PAGE_MAX as usize, |m| m as usize);
-    let (sources, next) = dead_letter_sources(ctx, dead_letter.queue_id, start_after, max).await?;
+    let (sources, next) =
+        queue_rules::dead_letter_sources(&ctx.state.placement, ctx.tenant(), dead_letter.queue_id, start_after, max)
+            .await?;
     let urls: Vec<String> = sources.iter().map(|q| ctx.queue_url(&q.name)).collect();
     let mut out = json!({ "queueUrls": urls });
     // As ListQueues: a next token only when the caller paginates (gave MaxResults).
@@ -634,13 +585,10 @@ async fn list_queue_tags(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError
 
 // -------------------------------------------------------------------------------- move tasks
 
-/// Default pace of a move task without MaxNumberOfMessagesPerSecond.
-const MOVE_PER_SECOND_DEFAULT: u64 = 100;
-
 /// A queue named by an ARN of the caller's tenant, as `attribute` of the request.
 async fn queue_of_arn(ctx: &Ctx<'_>, input: &Value, attribute: &str) -> Result<pb::QueueInfo, SqsError> {
     let arn = required_string(input, attribute)?;
-    let name = queue_name_of_arn(ctx, arn).ok_or_else(SqsError::no_such_queue)?;
+    let name = queue_rules::queue_name_of_arn(ctx.tenant(), arn).ok_or_else(SqsError::no_such_queue)?;
     Ok(queues::info(&ctx.state.placement, ctx.tenant(), name).await?)
 }
 
@@ -657,65 +605,31 @@ fn parse_task_handle(handle: &str) -> Option<(String, u64)> {
 
 async fn start_message_move_task(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
     let source = queue_of_arn(ctx, input, "SourceArn").await?;
-    let rate = integer(input, "MaxNumberOfMessagesPerSecond", 1, 500)?.unwrap_or(MOVE_PER_SECOND_DEFAULT);
-    // The source must be a dead-letter queue; without a destination its single source queue is
-    // the destination (messages do not remember which queue they came from).
-    // Two are enough to tell none, one and several.
-    let (mut sources, _) = dead_letter_sources(ctx, source.queue_id, String::new(), 2).await?;
-    if sources.is_empty() {
-        return Err(SqsError::invalid_parameter_value(
-            "Source queue must be configured as a Dead Letter Queue (no queue names it in its RedrivePolicy).",
-        ));
-    }
+    let rate =
+        integer(input, "MaxNumberOfMessagesPerSecond", 1, MOVE_PER_SECOND_MAX)?.unwrap_or(MOVE_PER_SECOND_DEFAULT);
     let destination = match string(input, "DestinationArn")? {
-        Some(_) => queue_of_arn(ctx, input, "DestinationArn").await?,
-        None if sources.len() == 1 => sources.remove(0),
-        None => {
-            return Err(SqsError::invalid_parameter_value(
-                "DestinationArn is required: several queues use this dead-letter queue and messages do not record \
-                 their original queue.",
-            ));
-        }
+        Some(_) => Some(queue_of_arn(ctx, input, "DestinationArn").await?.name),
+        None => None,
     };
-    if destination.shard_id != source.shard_id {
-        return Err(SqsError::invalid_parameter_value(
-            "The destination must be on the source's shard in this version; cross-shard moves come with cluster mode.",
-        ));
-    }
-    let destination_queue_id = destination.queue_id;
-    let task = queues::on_queue(&ctx.state.placement, ctx.tenant(), &source.name, |mut c, q| async move {
-        c.start_move_task(pb::StartMoveTaskRequest {
-            source: Some(q),
-            destination_queue_id,
-            max_per_second: rate as u32,
-        })
-        .await
-    })
-    .await?;
-    Ok(json!({ "TaskHandle": task_handle(&source.name, task.task_id) }))
+    let task_id =
+        queue_rules::start_move_task(&ctx.state.placement, ctx.tenant(), &source, destination.as_deref(), rate)
+            .await
+            .map_err(|r| refused(r, "DestinationArn"))?;
+    Ok(json!({ "TaskHandle": task_handle(&source.name, task_id) }))
 }
 
 async fn list_message_move_tasks(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
     let source = queue_of_arn(ctx, input, "SourceArn").await?;
     let max = integer(input, "MaxResults", 1, 10)?.unwrap_or(1) as usize;
-    let tasks = queues::on_queue(&ctx.state.placement, ctx.tenant(), &source.name, |mut c, q| async move {
-        c.list_move_tasks(q).await
-    })
-    .await?
-    .tasks;
-    // Destinations by incarnation, to spell their ARNs.
-    let page = ctx.state.placement.metadata.list_queues(ctx.tenant(), "", "", LIST_QUEUES_PAGE_MAX).await?;
-    let arn_of = |queue_id: u64| {
-        page.queues.iter().find(|q| q.queue_id == queue_id).map(|q| ctx.queue_arn(&q.name)).unwrap_or_default()
-    };
+    let tasks = queue_rules::list_move_tasks(&ctx.state.placement, ctx.tenant(), &source.name).await?;
     let results: Vec<Value> = tasks
         .iter()
         .take(max)
-        .map(|t| {
+        .map(|(t, destination)| {
             let mut result = json!({
                 "Status": t.status,
                 "SourceArn": ctx.queue_arn(&source.name),
-                "DestinationArn": arn_of(t.destination_queue_id),
+                "DestinationArn": ctx.queue_arn(destination),
                 "MaxNumberOfMessagesPerSecond": t.max_per_second,
                 "ApproximateNumberOfMessagesMoved": t.moved,
                 "ApproximateNumberOfMessagesToMove": t.to_move,
@@ -737,14 +651,12 @@ async fn cancel_message_move_task(ctx: &Ctx<'_>, input: &Value) -> Result<Value,
     let handle = required_string(input, "TaskHandle")?;
     let (source, task_id) = parse_task_handle(handle)
         .ok_or_else(|| SqsError::invalid_parameter_value("Value for parameter TaskHandle is invalid."))?;
-    let task = queues::on_queue(&ctx.state.placement, ctx.tenant(), &source, |mut c, q| async move {
-        c.cancel_move_task(pb::CancelMoveTaskRequest { source: Some(q), task_id }).await
-    })
-    .await
-    .map_err(|e| match e.kind {
-        ErrorKind::QueueNotFound => SqsError::no_such_queue(),
-        _ => SqsError::invalid_parameter_value(format!("The task cannot be cancelled: {}", e.message)),
-    })?;
+    let task = queue_rules::cancel_move_task(&ctx.state.placement, ctx.tenant(), &source, task_id).await.map_err(
+        |e| match e.kind {
+            ErrorKind::QueueNotFound => SqsError::no_such_queue(),
+            _ => SqsError::invalid_parameter_value(format!("The task cannot be cancelled: {}", e.message)),
+        },
+    )?;
     Ok(json!({ "ApproximateNumberOfMessagesMoved": task.moved }))
 }
 
@@ -853,56 +765,12 @@ struct Outgoing {
     md5_of_attributes: Option<String>,
 }
 
-/// SQS allows 1-128 characters of letters, digits and punctuation in group and deduplication ids.
-fn valid_fifo_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.chars().count() <= 128
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || c.is_ascii_punctuation())
-}
-
-/// The group and deduplication ids of a message to a FIFO queue (empty for standard queues):
-/// the deduplication id is the given one, else the SHA-256 of the body when the queue has
-/// content-based deduplication.
+/// The group and deduplication ids of a message (see [`queue_rules::fifo_ids`]).
 fn fifo_ids(entry: &Value, config: &pb::QueueConfig, body: &str) -> Result<(String, String), SqsError> {
     let group = string(entry, "MessageGroupId")?;
-    let dedup = string(entry, "MessageDeduplicationId")?;
-    if !config.fifo_queue {
-        if dedup.is_some() || group.is_some() {
-            return Err(SqsError::invalid_parameter_value(
-                "MessageGroupId and MessageDeduplicationId are only valid for FIFO queues.",
-            ));
-        }
-        return Ok((String::new(), String::new()));
-    }
-    let group = group.ok_or_else(|| SqsError::missing("MessageGroupId"))?;
-    if entry.get("DelaySeconds").is_some_and(|d| !d.is_null()) {
-        return Err(SqsError::invalid_parameter_value(
-            "Value for parameter DelaySeconds is invalid. Reason: The request include parameter that is not valid \
-             for this queue type (FIFO queues take the queue's DelaySeconds only).",
-        ));
-    }
-    let dedup = match dedup {
-        Some(id) => id.to_string(),
-        None if config.content_based_deduplication => {
-            use sha2::Digest;
-            hex::encode(sha2::Sha256::digest(body.as_bytes()))
-        }
-        None => {
-            return Err(SqsError::invalid_parameter_value(
-                "The queue should either have ContentBasedDeduplication enabled or MessageDeduplicationId provided \
-                 explicitly",
-            ));
-        }
-    };
-    for (name, id) in [("MessageGroupId", group), ("MessageDeduplicationId", dedup.as_str())] {
-        if !valid_fifo_id(id) {
-            return Err(SqsError::invalid_parameter_value(format!(
-                "Value {id} for parameter {name} is invalid. Reason: it must be 1-128 characters of letters, digits \
-                 and punctuation."
-            )));
-        }
-    }
-    Ok((group.to_string(), dedup))
+    let deduplication = string(entry, "MessageDeduplicationId")?;
+    let has_own_delay = entry.get("DelaySeconds").is_some_and(|d| !d.is_null());
+    queue_rules::fifo_ids(config, group, deduplication, has_own_delay, body.as_bytes()).map_err(|r| refused(r, ""))
 }
 
 fn outgoing(entry: &Value, config: &pb::QueueConfig) -> Result<Outgoing, SqsError> {
@@ -920,7 +788,7 @@ fn outgoing(entry: &Value, config: &pb::QueueConfig) -> Result<Outgoing, SqsErro
     let delay_s = integer(entry, "DelaySeconds", 0, DELAY_S_MAX)?;
     let (attributes, attribute_bytes) = message_attributes(entry)?;
     let size_bytes = body.len() + attribute_bytes;
-    let limit = maximum_message_bytes(config) as usize;
+    let limit = queue_rules::maximum_message_bytes(config) as usize;
     if size_bytes > limit {
         return Err(SqsError::invalid_parameter_value(format!(
             "One or more parameters are invalid. Reason: Message must be shorter than {limit} bytes."
@@ -1118,7 +986,7 @@ async fn receive_message(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError
     // Used by FIFO queues only, as in SQS; a standard queue ignores it.
     let attempt_id = match string(input, "ReceiveRequestAttemptId")? {
         Some(id) if config.fifo_queue => {
-            if !valid_fifo_id(id) {
+            if !queue_rules::valid_fifo_id(id) {
                 return Err(SqsError::invalid_parameter_value(
                     "Value for parameter ReceiveRequestAttemptId is invalid: 1-128 characters of letters, digits and \
                      punctuation.",

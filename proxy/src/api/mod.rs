@@ -35,6 +35,7 @@ use crate::auth::JwtVerifier;
 use crate::credentials::{admin_path_tenant, verified_subject};
 use crate::error::ApiError;
 use crate::metering::{CallId, Charge, Meter, message_payload_bytes};
+use crate::queue_rules::{self, Refusal};
 use crate::queues;
 use crate::quotas::Quotas;
 use crate::routing::Router as Placement;
@@ -43,15 +44,15 @@ use crate::sqs::{self, SqsState};
 use crate::storage_client::{CoLocatedStorage, StorageClients};
 use strata_common::{Clock, Random};
 
-const OPENAPI_JSON: &str = include_str!("../openapi.json");
+const OPENAPI_JSON: &str = include_str!("../../openapi.json");
 
-// Queue attribute limits in the API's unit (seconds), from the shared limits.
-const RETENTION_S_MIN: u64 = limits::RETENTION_MS_MIN / 1000;
-const RETENTION_S_MAX: u64 = limits::RETENTION_MS_MAX / 1000;
-const RETENTION_S_DEFAULT: u64 = limits::RETENTION_MS_DEFAULT / 1000;
-const VISIBILITY_TIMEOUT_S_MAX: u64 = limits::VISIBILITY_TIMEOUT_MS_MAX / 1000;
-const VISIBILITY_TIMEOUT_S_DEFAULT: u64 = limits::VISIBILITY_TIMEOUT_MS_DEFAULT / 1000;
-const DELAY_S_MAX: u64 = limits::DELAY_MS_MAX / 1000;
+mod dead_letters;
+mod settings;
+mod tags;
+
+pub(crate) use settings::default_config;
+use settings::{DELAY_S_MAX, QueueAttributesInput, VISIBILITY_TIMEOUT_S_MAX};
+
 const BATCH_ENTRIES_MAX: usize = limits::SEND_BATCH_MAX;
 
 /// What the proxy needs to run.
@@ -149,6 +150,11 @@ pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
         .route("/v1/queues/{name}/visibility", post(change_visibility))
         .route("/v1/queues/{name}/purge", post(purge_queue))
         .route("/v1/queues/{name}/scheduled/{message_id}", delete(cancel_scheduled))
+        .route("/v1/queues/{name}/tags", get(tags::list).post(tags::add))
+        .route("/v1/queues/{name}/tags/{key}", delete(tags::remove))
+        .route("/v1/queues/{name}/dead-letter-sources", get(dead_letters::sources))
+        .route("/v1/queues/{name}/move-tasks", post(dead_letters::start).get(dead_letters::list))
+        .route("/v1/queues/{name}/move-tasks/{task_id}", delete(dead_letters::cancel))
         .route("/v1/limits", get(get_limits::<Tenant>))
         .route("/v1/access-keys", post(create_access_key::<Tenant>).get(list_access_keys::<Tenant>))
         .route("/v1/access-keys/{id}", delete(revoke_access_key::<Tenant>))
@@ -302,68 +308,26 @@ fn validate_name(name: &str) -> Result<(), ApiError> {
 
 // ------------------------------------------------------------------------------------ queues
 
-#[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-struct QueueAttributesInput {
-    retention_seconds: Option<u64>,
-    visibility_timeout_seconds: Option<u64>,
-    delay_seconds: Option<u64>,
-}
-
-impl QueueAttributesInput {
-    /// Validated config; unspecified fields come from `base`.
-    fn to_config(&self, base: pb::QueueConfig) -> Result<pb::QueueConfig, ApiError> {
-        let retention_s = self.retention_seconds.unwrap_or(base.retention_ms / 1000);
-        let visibility_s = self.visibility_timeout_seconds.unwrap_or(base.visibility_timeout_ms / 1000);
-        let delay_s = self.delay_seconds.unwrap_or(base.delay_ms / 1000);
-        if !(RETENTION_S_MIN..=RETENTION_S_MAX).contains(&retention_s) {
-            return Err(ApiError::invalid(format!(
-                "retention_seconds must be {RETENTION_S_MIN}-{RETENTION_S_MAX} (1 minute to 14 days)"
-            )));
-        }
-        if visibility_s > VISIBILITY_TIMEOUT_S_MAX {
-            return Err(ApiError::invalid(format!("visibility_timeout_seconds must be 0-{VISIBILITY_TIMEOUT_S_MAX}")));
-        }
-        if delay_s > DELAY_S_MAX {
-            return Err(ApiError::invalid(format!("delay_seconds must be 0-{DELAY_S_MAX}")));
-        }
-        Ok(pb::QueueConfig {
-            retention_ms: retention_s * 1000,
-            visibility_timeout_ms: visibility_s * 1000,
-            delay_ms: delay_s * 1000,
-            ..base
-        })
-    }
-}
-
-pub(crate) fn default_config() -> pb::QueueConfig {
-    pb::QueueConfig {
-        retention_ms: RETENTION_S_DEFAULT * 1000,
-        visibility_timeout_ms: VISIBILITY_TIMEOUT_S_DEFAULT * 1000,
-        ..Default::default()
-    }
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateQueueRequest {
     name: String,
     #[serde(default)]
     attributes: QueueAttributesInput,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
 }
 
 fn queue_json(info: &pb::QueueInfo, stats: Option<&pb::QueueStats>) -> serde_json::Value {
     let config = info.config.clone().unwrap_or_default();
+    let tags: BTreeMap<&String, &String> = info.tags.iter().collect();
     let mut value = json!({
         "name": info.name,
         "queue_id": info.queue_id.to_string(),
         "created_timestamp_ms": info.created_ms,
         "last_modified_timestamp_ms": info.modified_ms,
-        "attributes": {
-            "retention_seconds": config.retention_ms / 1000,
-            "visibility_timeout_seconds": config.visibility_timeout_ms / 1000,
-            "delay_seconds": config.delay_ms / 1000,
-        },
+        "attributes": settings::attributes_json(&info.tenant, &config),
+        "tags": tags,
     });
     if let Some(stats) = stats {
         value["approximate_number_of_messages"] = json!(stats.visible);
@@ -383,8 +347,16 @@ async fn create_queue(
     state.admit(&tenant, body.len()).await?;
     let request: CreateQueueRequest = parse_body(&body)?;
     validate_name(&request.name)?;
-    let config = request.attributes.to_config(default_config())?;
-    let info = queues::create_queue(&state.placement, &tenant, &request.name, config).await?;
+    tags::check(&request.tags)?;
+    let (config, dead_letter_shard) =
+        request.attributes.apply(&state.placement, &tenant, &request.name, default_config(), true).await?;
+    let mut info =
+        queue_rules::create_queue_with_dead_letter(&state.placement, &tenant, &request.name, config, dead_letter_shard)
+            .await
+            .map_err(|r| ApiError(r.into()))?;
+    if !request.tags.is_empty() {
+        info = state.placement.metadata.tag_queue(&tenant, &request.name, request.tags.into_iter().collect()).await?;
+    }
     state.charge(&tenant, &call, &body, Charge::new("CreateQueue", &request.name)).await?;
     Ok((StatusCode::CREATED, Json(queue_json(&info, None))).into_response())
 }
@@ -430,7 +402,8 @@ async fn get_queue(
     let stats =
         queues::on_queue(&state.placement, &tenant, &name, |mut c, q| async move { c.get_queue_stats(q).await })
             .await?;
-    let info = state.placement.queue(&tenant, &name).await?;
+    // From metadata, not the placement cache: settings and tags change without a new incarnation.
+    let info = state.placement.metadata.get_queue(&tenant, &name).await?;
     state.charge(&tenant, &call, b"", Charge::new("GetQueueAttributes", &name)).await?;
     Ok(Json(queue_json(&info, Some(&stats))))
 }
@@ -458,7 +431,11 @@ async fn set_queue_attributes(
     state.admit(&tenant, body.len()).await?;
     let input: QueueAttributesInput = parse_body(&body)?;
     let current = queues::info(&state.placement, &tenant, &name).await?;
-    let config = input.to_config(current.config.clone().unwrap_or_default())?;
+    let base = current.config.clone().unwrap_or_default();
+    let (config, dead_letter_shard) = input.apply(&state.placement, &tenant, &name, base, false).await?;
+    if dead_letter_shard.is_some_and(|shard| shard != current.shard_id) {
+        return Err(ApiError(Refusal::DifferentShard.into()));
+    }
     let info = queues::set_config(&state.placement, &tenant, &name, config).await?;
     state.charge(&tenant, &call, &body, Charge::new("SetQueueAttributes", &name)).await?;
     Ok(Json(queue_json(&info, None)))
@@ -512,6 +489,11 @@ struct MessageInput {
     delay_seconds: Option<u64>,
     /// Deliver at this unix time in milliseconds (up to a year ahead); not with `delay_seconds`.
     deliver_at_ms: Option<u64>,
+    /// FIFO queues: the message group, delivered in order one message at a time.
+    group_id: Option<String>,
+    /// FIFO queues: a send with an id seen in the last 5 minutes is accepted and not stored
+    /// again. Not needed when the queue deduplicates by content.
+    deduplication_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -520,7 +502,7 @@ struct SendRequest {
     messages: Vec<MessageInput>,
 }
 
-fn message_to_pb(m: MessageInput) -> Result<pb::NewMessage, ApiError> {
+fn message_to_pb(m: MessageInput, config: &pb::QueueConfig) -> Result<pb::NewMessage, ApiError> {
     if m.body.is_empty() {
         return Err(ApiError::invalid("message body must not be empty"));
     }
@@ -530,6 +512,15 @@ fn message_to_pb(m: MessageInput) -> Result<pb::NewMessage, ApiError> {
             format!("message body is {} bytes; the limit is {MESSAGE_BODY_BYTES_MAX}", m.body.len()),
         )));
     }
+    let has_own_delay = m.delay_seconds.is_some() || m.deliver_at_ms.is_some();
+    let (message_group_id, message_deduplication_id) = queue_rules::fifo_ids(
+        config,
+        m.group_id.as_deref(),
+        m.deduplication_id.as_deref(),
+        has_own_delay,
+        m.body.as_bytes(),
+    )
+    .map_err(|r| ApiError(r.into()))?;
     if m.delay_seconds.is_some_and(|d| d > DELAY_S_MAX) {
         return Err(ApiError::invalid(format!("delay_seconds must be 0-{DELAY_S_MAX}")));
     }
@@ -549,12 +540,21 @@ fn message_to_pb(m: MessageInput) -> Result<pb::NewMessage, ApiError> {
         };
         attributes.insert(name, value);
     }
+    let size_bytes = message_payload_bytes(m.body.as_bytes(), &attributes);
+    let limit = queue_rules::maximum_message_bytes(config);
+    if size_bytes > limit {
+        return Err(ApiError(StrataError::new(
+            ErrorKind::TooLarge,
+            format!("the message (body and attributes) is {size_bytes} bytes; this queue takes at most {limit}"),
+        )));
+    }
     Ok(pb::NewMessage {
         body: Bytes::from(m.body),
         attributes,
         delay_ms: m.delay_seconds.map(|d| d * 1000),
         deliver_at_ms: m.deliver_at_ms,
-        ..Default::default()
+        message_group_id,
+        message_deduplication_id,
     })
 }
 
@@ -573,12 +573,23 @@ async fn send_messages(
     if request.messages.is_empty() || request.messages.len() > BATCH_ENTRIES_MAX {
         return Err(ApiError::invalid(format!("messages must hold 1-{BATCH_ENTRIES_MAX} entries")));
     }
-    let messages = request.messages.into_iter().map(message_to_pb).collect::<Result<Vec<_>, _>>()?;
+    let config = queues::info(&state.placement, &tenant, &name).await?.config.unwrap_or_default();
+    let messages = request.messages.into_iter().map(|m| message_to_pb(m, &config)).collect::<Result<Vec<_>, _>>()?;
     let payload_in_bytes = messages.iter().map(|m| message_payload_bytes(&m.body, &m.attributes)).sum();
     let action = if messages.len() == 1 { "SendMessage" } else { "SendMessageBatch" };
     let meter = state.meter.record(&tenant, &call, &body, Charge { payload_in_bytes, ..Charge::new(action, &name) });
     let sent = queues::send(&state.placement, &tenant, &name, &call, messages, meter).await?;
-    let messages: Vec<_> = sent.messages.iter().map(|m| json!({ "message_id": m.message_id })).collect();
+    let messages: Vec<_> = sent
+        .messages
+        .iter()
+        .map(|m| {
+            let mut sent = json!({ "message_id": m.message_id });
+            if config.fifo_queue {
+                sent["sequence_number"] = json!(m.seq.to_string());
+            }
+            sent
+        })
+        .collect();
     Ok(Json(json!({ "messages": messages })))
 }
 
@@ -586,8 +597,11 @@ async fn send_messages(
 #[serde(deny_unknown_fields)]
 struct ReceiveRequest {
     max_messages: Option<u32>,
+    /// Long-poll wait; the queue's `receive_wait_seconds` when absent.
     wait_seconds: Option<u64>,
     visibility_timeout_seconds: Option<u64>,
+    /// FIFO queues: a retry with the same id (within 5 minutes) answers the same messages.
+    attempt_id: Option<String>,
 }
 
 fn received_json(m: pb::ReceivedMessage) -> serde_json::Value {
@@ -603,7 +617,7 @@ fn received_json(m: pb::ReceivedMessage) -> serde_json::Value {
             (k, json!({ "type": a.data_type, "value": value }))
         })
         .collect();
-    json!({
+    let mut value = json!({
         "message_id": m.message_id,
         "receipt_handle": m.receipt_handle,
         "body": String::from_utf8_lossy(&m.body),
@@ -611,7 +625,13 @@ fn received_json(m: pb::ReceivedMessage) -> serde_json::Value {
         "receive_count": m.receive_count,
         "sent_timestamp_ms": m.sent_ms,
         "first_receive_timestamp_ms": m.first_receive_ms,
-    })
+    });
+    if !m.message_group_id.is_empty() {
+        value["group_id"] = json!(m.message_group_id);
+        value["deduplication_id"] = json!(m.message_deduplication_id);
+        value["sequence_number"] = json!(m.sequence_number.to_string());
+    }
+    value
 }
 
 async fn receive_messages(
@@ -628,23 +648,38 @@ async fn receive_messages(
     if !(1..=BATCH_ENTRIES_MAX as u32).contains(&max_messages) {
         return Err(ApiError::invalid(format!("max_messages must be 1-{BATCH_ENTRIES_MAX}")));
     }
-    let wait_s = request.wait_seconds.unwrap_or(0);
-    if wait_s * 1000 > LONG_POLL_MS_MAX {
-        return Err(ApiError::invalid(format!("wait_seconds must be 0-{}", LONG_POLL_MS_MAX / 1000)));
-    }
+    let config = queues::info(&state.placement, &tenant, &name).await?.config.unwrap_or_default();
+    let wait_ms = match request.wait_seconds {
+        Some(s) if s * 1000 > LONG_POLL_MS_MAX => {
+            return Err(ApiError::invalid(format!("wait_seconds must be 0-{}", LONG_POLL_MS_MAX / 1000)));
+        }
+        Some(s) => s * 1000,
+        None => config.receive_wait_ms,
+    };
+    let attempt_id = match request.attempt_id {
+        Some(id) if !queue_rules::valid_fifo_id(&id) => {
+            return Err(ApiError::invalid("attempt_id must be 1-128 characters of letters, digits and punctuation"));
+        }
+        // As SQS: used by FIFO queues only.
+        Some(id) if config.fifo_queue => id,
+        _ => String::new(),
+    };
     if request.visibility_timeout_seconds.is_some_and(|v| v > VISIBILITY_TIMEOUT_S_MAX) {
         return Err(ApiError::invalid(format!("visibility_timeout_seconds must be 0-{VISIBILITY_TIMEOUT_S_MAX}")));
     }
     let visibility_timeout_ms = request.visibility_timeout_seconds.map(|v| v * 1000);
-    let received = queues::on_queue_polling(&state.placement, &tenant, &name, wait_s * 1000, |mut c, q| async move {
-        c.receive(pb::ReceiveRequest {
-            queue: Some(q),
-            max_messages,
-            visibility_timeout_ms,
-            wait_ms: wait_s * 1000,
-            ..Default::default()
-        })
-        .await
+    let received = queues::on_queue_polling(&state.placement, &tenant, &name, wait_ms, |mut c, q| {
+        let receive_request_attempt_id = attempt_id.clone();
+        async move {
+            c.receive(pb::ReceiveRequest {
+                queue: Some(q),
+                max_messages,
+                visibility_timeout_ms,
+                wait_ms,
+                receive_request_attempt_id,
+            })
+            .await
+        }
     })
     .await?;
     let payload_out_bytes = received.messages.iter().map(|m| message_payload_bytes(&m.body, &m.attributes)).sum();
