@@ -458,6 +458,26 @@ fn queue_path(name: &str) -> String {
     format!("/v1/queues/{}", urlencode(name))
 }
 
+/// Prints the name of every queue a paged listing answers (`queues` and `next_token`); `path`
+/// already has its query (perhaps empty).
+async fn print_pages(target: &Target, path: &str, name_of: impl Fn(&Value) -> Option<&str>) -> anyhow::Result<()> {
+    let mut token: Option<String> = None;
+    loop {
+        let page_path = match &token {
+            Some(t) => format!("{path}&next_token={}", urlencode(t)),
+            None => path.to_owned(),
+        };
+        let page = call(target, reqwest::Method::GET, &page_path, None).await?;
+        for queue in page["queues"].as_array().into_iter().flatten() {
+            println!("{}", name_of(queue).unwrap_or_default());
+        }
+        match page["next_token"].as_str() {
+            Some(t) => token = Some(t.to_string()),
+            None => return Ok(()),
+        }
+    }
+}
+
 pub(crate) async fn queue(command: QueueCommand) -> anyhow::Result<()> {
     use reqwest::Method;
     match command {
@@ -481,22 +501,8 @@ pub(crate) async fn queue(command: QueueCommand) -> anyhow::Result<()> {
             print(&call(&connection.target()?, Method::PATCH, &queue_path(&name), Some(body)).await?);
         }
         QueueCommand::List { prefix, connection } => {
-            let target = connection.target()?;
-            let mut token: Option<String> = None;
-            loop {
-                let mut path = format!("/v1/queues?prefix={}", urlencode(&prefix));
-                if let Some(t) = &token {
-                    path.push_str(&format!("&next_token={}", urlencode(t)));
-                }
-                let page = call(&target, Method::GET, &path, None).await?;
-                for queue in page["queues"].as_array().into_iter().flatten() {
-                    println!("{}", queue["name"].as_str().unwrap_or_default());
-                }
-                match page["next_token"].as_str() {
-                    Some(t) => token = Some(t.to_string()),
-                    None => break,
-                }
-            }
+            let path = format!("/v1/queues?prefix={}", urlencode(&prefix));
+            print_pages(&connection.target()?, &path, |queue| queue["name"].as_str()).await?;
         }
         QueueCommand::Delete { name, connection } => {
             call(&connection.target()?, Method::DELETE, &queue_path(&name), None).await?;
@@ -523,22 +529,8 @@ pub(crate) async fn queue(command: QueueCommand) -> anyhow::Result<()> {
             print(&call(&target, Method::GET, &path, None).await?);
         }
         QueueCommand::DeadLetterSources { name, connection } => {
-            let target = connection.target()?;
-            let mut token: Option<String> = None;
-            loop {
-                let mut path = format!("{}/dead-letter-sources", queue_path(&name));
-                if let Some(t) = &token {
-                    path.push_str(&format!("?next_token={}", urlencode(t)));
-                }
-                let page = call(&target, Method::GET, &path, None).await?;
-                for queue in page["queues"].as_array().into_iter().flatten() {
-                    println!("{}", queue.as_str().unwrap_or_default());
-                }
-                match page["next_token"].as_str() {
-                    Some(t) => token = Some(t.to_string()),
-                    None => break,
-                }
-            }
+            let path = format!("{}/dead-letter-sources?", queue_path(&name));
+            print_pages(&connection.target()?, &path, Value::as_str).await?;
         }
         QueueCommand::Move { name, to, rate, list, cancel, connection } => {
             let target = connection.target()?;

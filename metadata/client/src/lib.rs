@@ -426,3 +426,39 @@ impl MetadataClient {
         self.call(request, |mut c, r| async move { c.untag_queue(r).await }).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use strata_common::error::ErrorKind;
+    use strata_common::{Clock, ManualClock, Random};
+
+    use super::*;
+
+    /// The failover loop runs on the client's clock: with no member answering, a call gives up
+    /// only once a manual clock has been moved past the failover window, however long the test
+    /// takes in real time (the seam a simulator drives).
+    #[tokio::test]
+    #[allow(clippy::disallowed_methods)] // the test gives the real attempts real time to fail
+    async fn failover_waits_on_the_clients_clock() {
+        let clock = ManualClock::new(0);
+        // Nothing listens on the discard and echo ports of loopback: every attempt is refused.
+        let client = MetadataClient::connect_lazy("http://127.0.0.1:9,http://127.0.0.1:7")
+            .expect("client")
+            .with_seams(Arc::new(clock.clone()), Random::seeded(3));
+        let call = tokio::spawn(async move { client.get_queue("t", "q").await });
+        let start = clock.instant();
+        while !call.is_finished() {
+            // Let the attempt fail and the loop reach its pause before time moves again.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            clock.advance_ms(NEXT_MEMBER_PAUSE.as_millis() as u64);
+        }
+        let error = call.await.expect("the call task").expect_err("no member answers");
+        assert_eq!(error.kind, ErrorKind::Unavailable);
+        let waited = clock.instant() - start;
+        // Not before the window, and not long after it: a loop timed by the real clock would see
+        // the manual one race far ahead (20 manual ms per real ms) before giving up.
+        assert!(waited >= FAILOVER_WAIT && waited < 2 * FAILOVER_WAIT, "gave up after {waited:?}");
+    }
+}

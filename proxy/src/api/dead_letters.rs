@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 use strata_common::proto as pb;
 
-use super::{AppState, Tenant, body_bytes, parse_body};
+use super::{AppState, Tenant};
 use crate::error::ApiError;
 use crate::metering::{CallId, Charge};
 use crate::queue_rules::{self, MOVE_PER_SECOND_DEFAULT, MOVE_PER_SECOND_MAX};
@@ -84,9 +84,7 @@ pub(super) async fn start(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let body = body_bytes(body)?;
-    state.admit(&tenant, body.len()).await?;
-    let request: StartMoveRequest = parse_body(&body)?;
+    let (body, request): (_, StartMoveRequest) = state.admit_json(&tenant, body).await?;
     let rate = request.max_messages_per_second.unwrap_or(MOVE_PER_SECOND_DEFAULT);
     if !(1..=MOVE_PER_SECOND_MAX).contains(&rate) {
         return Err(ApiError::invalid(format!("max_messages_per_second must be 1-{MOVE_PER_SECOND_MAX}")));

@@ -274,6 +274,20 @@ impl AppState {
         Ok(self.sqs.quotas.admit(tenant, request_bytes as u64, false).await?)
     }
 
+    /// Reads a call's JSON body, admits the call under the tenant's quotas (before parsing, so
+    /// malformed calls count too), and parses it; answers the raw body (part of the billing key)
+    /// and the request.
+    async fn admit_json<T: DeserializeOwned>(
+        &self,
+        tenant: &str,
+        body: Result<Bytes, BytesRejection>,
+    ) -> Result<(Bytes, T), ApiError> {
+        let body = body_bytes(body)?;
+        self.admit(tenant, body.len()).await?;
+        let request = parse_body(&body)?;
+        Ok((body, request))
+    }
+
     /// Charges an accepted call (durably) before it is answered.
     async fn charge(&self, tenant: &str, call: &CallId, body: &[u8], charge: Charge) -> Result<(), ApiError> {
         Ok(self.meter.charge(tenant, call, body, charge).await?)
@@ -343,9 +357,7 @@ async fn create_queue(
     call: CallId,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body_bytes(body)?;
-    state.admit(&tenant, body.len()).await?;
-    let request: CreateQueueRequest = parse_body(&body)?;
+    let (body, request): (_, CreateQueueRequest) = state.admit_json(&tenant, body).await?;
     validate_name(&request.name)?;
     tags::check(&request.tags)?;
     let (config, dead_letter_shard) =
@@ -427,9 +439,7 @@ async fn set_queue_attributes(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let body = body_bytes(body)?;
-    state.admit(&tenant, body.len()).await?;
-    let input: QueueAttributesInput = parse_body(&body)?;
+    let (body, input): (_, QueueAttributesInput) = state.admit_json(&tenant, body).await?;
     let current = queues::info(&state.placement, &tenant, &name).await?;
     let base = current.config.clone().unwrap_or_default();
     let (config, dead_letter_shard) = input.apply(&state.placement, &tenant, &name, base, false).await?;
@@ -567,9 +577,7 @@ async fn send_messages(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let body = body_bytes(body)?;
-    state.admit(&tenant, body.len()).await?;
-    let request: SendRequest = parse_body(&body)?;
+    let (body, request): (_, SendRequest) = state.admit_json(&tenant, body).await?;
     if request.messages.is_empty() || request.messages.len() > BATCH_ENTRIES_MAX {
         return Err(ApiError::invalid(format!("messages must hold 1-{BATCH_ENTRIES_MAX} entries")));
     }
@@ -706,9 +714,7 @@ async fn delete_messages(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let body = body_bytes(body)?;
-    state.admit(&tenant, body.len()).await?;
-    let request: DeleteRequest = parse_body(&body)?;
+    let (body, request): (_, DeleteRequest) = state.admit_json(&tenant, body).await?;
     if request.receipt_handles.is_empty() || request.receipt_handles.len() > BATCH_ENTRIES_MAX {
         return Err(ApiError::invalid(format!("receipt_handles must hold 1-{BATCH_ENTRIES_MAX} entries")));
     }
@@ -748,9 +754,7 @@ async fn change_visibility(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let body = body_bytes(body)?;
-    state.admit(&tenant, body.len()).await?;
-    let request: VisibilityRequest = parse_body(&body)?;
+    let (body, request): (_, VisibilityRequest) = state.admit_json(&tenant, body).await?;
     if request.visibility_timeout_seconds > VISIBILITY_TIMEOUT_S_MAX {
         return Err(ApiError::invalid(format!("visibility_timeout_seconds must be 0-{VISIBILITY_TIMEOUT_S_MAX}")));
     }

@@ -13,7 +13,7 @@ use serde_json::json;
 use strata_common::limits::QUEUE_TAGS_MAX;
 use strata_common::names::validate_tag;
 
-use super::{AppState, Tenant, body_bytes, parse_body};
+use super::{AppState, Tenant};
 use crate::error::ApiError;
 use crate::metering::{CallId, Charge};
 
@@ -53,9 +53,7 @@ pub(super) async fn add(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let body = body_bytes(body)?;
-    state.admit(&tenant, body.len()).await?;
-    let request: TagRequest = parse_body(&body)?;
+    let (body, request): (_, TagRequest) = state.admit_json(&tenant, body).await?;
     if request.tags.is_empty() {
         return Err(ApiError::invalid("tags must name at least one tag"));
     }
