@@ -144,7 +144,7 @@ pub async fn drain_outboxes(store: BillingStore, placement: Arc<Placement>, canc
 /// be reached is skipped until the next pass (its records stay in its shards' outboxes).
 pub async fn drain_outboxes_once(store: &BillingStore, placement: &Placement) -> Result<usize, ServiceError> {
     let mut read = 0;
-    for node in placement.metadata.list_storage_nodes().await? {
+    for node in placement.metadata.storage_nodes().await?.nodes {
         if !node.live {
             continue;
         }

@@ -227,12 +227,8 @@ pub(crate) struct KeyOwner {
     admin_endpoint: Option<String>,
     #[arg(long, env = "STRATA_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
-    /// Service endpoint, e.g. http://127.0.0.1:9324
-    #[arg(long, env = "STRATA_ENDPOINT", hide_env_values = true)]
-    endpoint: Option<String>,
-    /// Bearer token (JWT) of your tenant.
-    #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    #[command(flatten)]
+    own: Connection,
 }
 
 impl KeyOwner {
@@ -246,10 +242,7 @@ impl KeyOwner {
                 let token = self.admin_token.ok_or_else(|| missing("STRATA_ADMIN_TOKEN", "--admin-token"))?;
                 Ok((Target { endpoint, token }, format!("/admin/v1/tenants/{}/{admin_route}", urlencode(&tenant))))
             }
-            None => {
-                let target = Connection { endpoint: self.endpoint, token: self.token }.target()?;
-                Ok((target, own_path.to_string()))
-            }
+            None => Ok((self.own.target()?, own_path.to_string())),
         }
     }
 

@@ -45,7 +45,7 @@ pub trait ClockExt: Clock {
     /// Runs `future` for at most `limit`; [`TimedOut`] if the limit passes first (the future is
     /// dropped).
     fn timeout<F: Future>(&self, limit: Duration, future: F) -> Timeout<F> {
-        Timeout { future: Box::pin(future), sleep: self.sleep(limit) }
+        Timeout { future, sleep: self.sleep(limit) }
     }
 
     /// Ticks every `period`, the first tick after one period. A tick that comes late (the
@@ -61,24 +61,28 @@ pub trait ClockExt: Clock {
 
 impl<C: Clock + ?Sized> ClockExt for C {}
 
-/// A future bounded by a deadline (see [`ClockExt::timeout`]).
-pub struct Timeout<F> {
-    future: Pin<Box<F>>,
-    sleep: Sleep,
+pin_project_lite::pin_project! {
+    /// A future bounded by a deadline (see [`ClockExt::timeout`]); the future runs in place.
+    pub struct Timeout<F> {
+        #[pin]
+        future: F,
+        sleep: Sleep,
+    }
 }
 
 impl<F: Future> Future for Timeout<F> {
     type Output = Result<F::Output, TimedOut>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Poll::Ready(output) = self.future.as_mut().poll(cx) {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(output) = this.future.poll(cx) {
             return Poll::Ready(Ok(output));
         }
-        self.sleep.as_mut().poll(cx).map(|()| Err(TimedOut))
+        this.sleep.as_mut().poll(cx).map(|()| Err(TimedOut))
     }
 }
 
-/// Ticks at a fixed period on a clock (see [`ClockExt::interval`] and [`interval`]).
+/// Ticks at a fixed period on a clock (see [`ClockExt::interval`]).
 pub struct Interval {
     clock: Arc<dyn Clock>,
     period: Duration,
@@ -93,9 +97,19 @@ impl Interval {
     }
 }
 
-/// [`ClockExt::interval`] for a shared clock.
-pub fn interval(clock: &Arc<dyn Clock>, period: Duration) -> Interval {
-    Interval { clock: Arc::clone(clock), period, next: clock.instant() + period }
+/// A shared clock is a clock (so `Arc<dyn Clock>` has [`ClockExt`]'s helpers too).
+impl<C: Clock + ?Sized> Clock for Arc<C> {
+    fn now_ms(&self) -> u64 {
+        (**self).now_ms()
+    }
+
+    fn instant(&self) -> Instant {
+        (**self).instant()
+    }
+
+    fn sleep(&self, duration: Duration) -> Sleep {
+        (**self).sleep(duration)
+    }
 }
 
 /// The operating system's clock, sleeping through tokio's timer (so a test that pauses tokio's

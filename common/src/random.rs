@@ -48,10 +48,6 @@ impl Random {
         uuid::Builder::from_random_bytes(bytes).into_uuid()
     }
 
-    pub fn u64(&self) -> u64 {
-        self.with(|rng| rng.next_u64())
-    }
-
     /// A number in `0..bound`; 0 when `bound` is 0.
     pub fn below(&self, bound: u64) -> u64 {
         if bound == 0 {

@@ -36,7 +36,7 @@ pub const INITIAL_SHARDS_MAX: u32 = 64;
 /// and a record here).
 pub const QUEUES_PER_TENANT_MAX: u64 = 100_000;
 
-pub use strata_common::limits::QUEUE_TAGS_MAX;
+use strata_common::limits::QUEUE_TAGS_MAX;
 
 /// Most access keys a tenant may hold at once (revoked keys past their grace period do not count).
 pub const ACCESS_KEYS_PER_TENANT_MAX: usize = 10;

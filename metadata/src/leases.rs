@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use parking_lot::Mutex;
 use strata_common::format::FormatGeneration;
 
-pub use strata_common::limits::{HEARTBEAT_INTERVAL_MS, LEASE_MS};
+use strata_common::limits::LEASE_MS;
 
 #[derive(Default)]
 struct Inner {

@@ -35,7 +35,8 @@ use crate::MetaRaftConfig;
 use crate::catalog::{
     AccessKeyRecord, Catalog, MetaCommand, MetaEntry, MetaResponse, QueueConfig, QueueRecord, Secret, ShardRecord,
 };
-use crate::leases::{LEASE_MS, Leases};
+use crate::leases::Leases;
+use strata_common::limits::LEASE_MS;
 
 /// Most voters of the metadata quorum.
 pub const METADATA_MEMBERS_MAX: usize = 7;
@@ -86,8 +87,7 @@ fn access_key_response(response: MetaResponse, with_secret: bool) -> Result<Resp
 
 /// The metadata quorum's group id on the Raft transport.
 pub const METADATA_GROUP: GroupId = 0;
-/// Request header: the caller's id for a mutation, the same on every retry of it.
-pub use strata_common::grpc::REQUEST_ID_KEY;
+use strata_common::grpc::REQUEST_ID_KEY;
 
 /// The request id a mutation carries, if any.
 fn request_id<T>(request: &Request<T>) -> Result<Option<String>, Status> {

@@ -186,7 +186,15 @@ struct Pending {
 /// Meters accepted calls into the system metering queue (or nowhere, when disabled).
 #[derive(Clone)]
 pub struct Meter {
-    records: Option<mpsc::Sender<Pending>>,
+    /// None when metering is off.
+    recorder: Option<Recorder>,
+}
+
+/// Where a running meter sends its records, and what stamps them.
+#[derive(Clone)]
+struct Recorder {
+    records: mpsc::Sender<Pending>,
+    /// Stamps records (the clock of the placement's metadata client).
     clock: Arc<dyn Clock>,
     /// Draws the billing keys of calls without a client id.
     random: Random,
@@ -194,31 +202,32 @@ pub struct Meter {
 
 impl Meter {
     /// A meter that stores nothing (for measuring metering's cost, and for tests of other things).
-    pub fn disabled(clock: Arc<dyn Clock>) -> Self {
-        Self { records: None, clock, random: Random::os() }
+    pub fn disabled() -> Self {
+        Self { recorder: None }
     }
 
-    /// A meter appending to the metering queue through `placement`; its flusher runs until
-    /// every clone of the meter is dropped.
-    pub fn start(placement: Arc<Placement>, clock: Arc<dyn Clock>) -> Self {
-        let (tx, rx) = mpsc::channel(PENDING_RECORDS_MAX);
+    /// A meter appending to the metering queue through `placement`, on the clock and random
+    /// source of its metadata client; its flusher runs until every clone of the meter is dropped.
+    pub fn start(placement: Arc<Placement>) -> Self {
+        let (records, rx) = mpsc::channel(PENDING_RECORDS_MAX);
+        let clock = placement.metadata.clock().clone();
         let random = placement.metadata.random().clone();
         tokio::spawn(flush_loop(placement, rx));
-        Self { records: Some(tx), clock, random }
+        Self { recorder: Some(Recorder { records, clock, random }) }
     }
 
     /// The record of a call, for a storage command that carries it (a send): the shard keeps it
     /// exactly when the command applies, so it is durable with the call's effect. None when
     /// metering is off.
     pub fn record(&self, tenant: &str, call: &CallId, body: &[u8], charge: Charge) -> Option<MeterRecord> {
-        self.records.as_ref()?;
+        let recorder = self.recorder.as_ref()?;
         Some(MeterRecord {
-            request_id: call.billing_key(&self.random, &charge.action, &charge.queue, body),
+            request_id: call.billing_key(&recorder.random, &charge.action, &charge.queue, body),
             tenant: tenant.to_owned(),
             sub_tenant: call.customer.clone(),
             queue: charge.queue,
             action: charge.action,
-            at_ms: self.clock.now_ms(),
+            at_ms: recorder.clock.now_ms(),
             units: billable_units(charge.payload_in_bytes + charge.payload_out_bytes),
             bytes_in: charge.payload_in_bytes,
             bytes_out: charge.payload_out_bytes,
@@ -228,13 +237,13 @@ impl Meter {
 
     /// Stores the record of an accepted call in the metering queue; returns once it is durable.
     pub async fn charge(&self, tenant: &str, call: &CallId, body: &[u8], charge: Charge) -> Result<(), StrataError> {
-        let (Some(records), Some(record)) = (&self.records, self.record(tenant, call, body, charge)) else {
+        let (Some(recorder), Some(record)) = (&self.recorder, self.record(tenant, call, body, charge)) else {
             return Ok(());
         };
         let (done, stored) = oneshot::channel();
         let unavailable =
             || StrataError::unavailable("metering is unavailable; retry the call with the same request id");
-        records.send(Pending { record, done }).await.map_err(|_| unavailable())?;
+        recorder.records.send(Pending { record, done }).await.map_err(|_| unavailable())?;
         stored.await.map_err(|_| unavailable())?
     }
 }
@@ -293,14 +302,12 @@ async fn append(placement: &Placement, records: &[MeterRecord]) -> Result<(), St
     };
     match send().await {
         Err(e) if e.kind == ErrorKind::QueueNotFound => {
-            ensure_metering_queue(placement).await?;
+            queues::ensure_metering_queue(placement).await?;
             send().await.map(drop)
         }
         other => other.map(drop),
     }
 }
-
-pub use strata_storage_client::queues::ensure_metering_queue;
 
 #[cfg(test)]
 mod tests {

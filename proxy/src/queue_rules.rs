@@ -127,6 +127,12 @@ impl std::fmt::Display for Refusal {
     }
 }
 
+impl From<Refusal> for crate::error::ApiError {
+    fn from(refusal: Refusal) -> Self {
+        crate::error::ApiError(refusal.into())
+    }
+}
+
 impl From<Refusal> for StrataError {
     fn from(refusal: Refusal) -> Self {
         match refusal {
@@ -392,7 +398,13 @@ pub async fn list_move_tasks(
     let page = placement.metadata.list_queues(tenant, "", "", LIST_QUEUES_PAGE_MAX).await?;
     let name_of =
         |queue_id: u64| page.queues.iter().find(|q| q.queue_id == queue_id).map(|q| q.name.clone()).unwrap_or_default();
-    Ok(tasks.into_iter().map(|t| (t.clone(), name_of(t.destination_queue_id))).collect())
+    Ok(tasks
+        .into_iter()
+        .map(|task| {
+            let destination = name_of(task.destination_queue_id);
+            (task, destination)
+        })
+        .collect())
 }
 
 /// Cancels a running move task of a dead-letter queue; answers the task as it stopped.

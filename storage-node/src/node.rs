@@ -202,7 +202,6 @@ impl StorageNode {
                 &settings.data_dir.join("cache"),
                 settings.cache_memory_bytes,
                 settings.cache_disk_bytes,
-                format.clone(),
             )
             .await?,
         );

@@ -614,7 +614,8 @@ impl Shard {
         if let Some(bytes) = self.backfill.read(index).map_err(|e| self.log_read_failed(index, e))? {
             return decode_entry(&bytes, self.log_format());
         }
-        match self.tiered.read_entry(self.shard_id, index).await {
+        let tiered = self.tiered.read_record(self.shard_id, index).await;
+        match tiered.and_then(|bytes| decode_entry(&bytes, self.log_format())) {
             Err(e) if e.kind == ErrorKind::Internal => self.entry_from_peers(index).await,
             read => read,
         }

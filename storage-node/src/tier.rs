@@ -39,11 +39,8 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use parking_lot::Mutex;
 use strata_common::error::StrataError;
-use strata_common::format::FormatGate;
 use strata_common::proto as pb;
 use strata_metadata_client::MetadataClient;
-
-use crate::shard::{ShardRaftConfig, decode_entry};
 
 /// Size of one cached block of a tiered segment: large enough that draining a queue reads each
 /// block once, small enough that reading one message does not pull a whole segment.
@@ -143,8 +140,6 @@ pub struct TieredReader {
     catalogs: Mutex<HashMap<u64, BTreeMap<u64, pb::Segment>>>,
     indexes: Mutex<HashMap<String, Arc<SegmentIndex>>>,
     pub stats: TierStats,
-    /// The newest format generation entries may be read in.
-    format: FormatGate,
 }
 
 impl TieredReader {
@@ -155,7 +150,6 @@ impl TieredReader {
         cache_dir: &Path,
         memory_bytes: usize,
         disk_bytes: usize,
-        format: FormatGate,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(cache_dir)?;
         let device = FsDeviceBuilder::new(cache_dir).with_capacity(disk_bytes).build()?;
@@ -174,7 +168,6 @@ impl TieredReader {
             catalogs: Mutex::new(HashMap::new()),
             indexes: Mutex::new(HashMap::new()),
             stats: TierStats::default(),
-            format,
         })
     }
 
@@ -279,15 +272,6 @@ impl TieredReader {
             return Err(StrataError::internal("a tiered segment index points at the wrong record"));
         }
         Ok(payload)
-    }
-
-    /// Reads and decodes the shard log entry at `index` from object storage.
-    pub async fn read_entry(
-        &self,
-        shard_id: u64,
-        index: u64,
-    ) -> Result<openraft::alias::EntryOf<ShardRaftConfig>, StrataError> {
-        decode_entry(&self.read_record(shard_id, index).await?, &self.format)
     }
 
     fn forget_segments(&self, shard_id: u64, keys: &HashSet<String>) {

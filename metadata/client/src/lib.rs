@@ -274,11 +274,6 @@ impl MetadataClient {
         self.call(request, |mut c, r| async move { c.heartbeat(r).await }).await
     }
 
-    /// Every registered storage node, with whether its lease is current.
-    pub async fn list_storage_nodes(&self) -> Result<Vec<pb::StorageNodeInfo>, StrataError> {
-        Ok(self.storage_nodes().await?.nodes)
-    }
-
     /// Every registered storage node, with whether its lease is current and which format
     /// generations it reads, and the format generation the cluster writes.
     pub async fn storage_nodes(&self) -> Result<pb::ListStorageNodesResponse, StrataError> {

@@ -84,16 +84,14 @@ pub(super) async fn start(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let (body, request): (_, StartMoveRequest) = state.admit_json(&tenant, body).await?;
+    let (body, request): (_, StartMoveRequest) = state.admit_json(&tenant, body, false).await?;
     let rate = request.max_messages_per_second.unwrap_or(MOVE_PER_SECOND_DEFAULT);
     if !(1..=MOVE_PER_SECOND_MAX).contains(&rate) {
         return Err(ApiError::invalid(format!("max_messages_per_second must be 1-{MOVE_PER_SECOND_MAX}")));
     }
     let source = queues::info(&state.placement, &tenant, &name).await?;
     let task_id =
-        queue_rules::start_move_task(&state.placement, &tenant, &source, request.destination.as_deref(), rate)
-            .await
-            .map_err(|r| ApiError(r.into()))?;
+        queue_rules::start_move_task(&state.placement, &tenant, &source, request.destination.as_deref(), rate).await?;
     state.charge(&tenant, &call, &body, Charge::new("StartMessageMoveTask", &name)).await?;
     Ok(Json(json!({ "task_id": task_id.to_string() })))
 }

@@ -95,11 +95,7 @@ pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
         .with_seams(settings.clock.clone(), settings.random.clone());
     let storage = settings.co_located_storage.map(StorageClients::with_co_located).unwrap_or_default();
     let placement = Arc::new(Placement::new(metadata.clone(), storage));
-    let meter = if settings.metering {
-        Meter::start(placement.clone(), settings.clock.clone())
-    } else {
-        Meter::disabled(settings.clock.clone())
-    };
+    let meter = if settings.metering { Meter::start(placement.clone()) } else { Meter::disabled() };
     let sqs = Arc::new(SqsState {
         placement: placement.clone(),
         keys: AccessKeys::new(metadata),
@@ -276,14 +272,15 @@ impl AppState {
 
     /// Reads a call's JSON body, admits the call under the tenant's quotas (before parsing, so
     /// malformed calls count too), and parses it; answers the raw body (part of the billing key)
-    /// and the request.
+    /// and the request. A receive is held to the tenant's in-flight limit as well.
     async fn admit_json<T: DeserializeOwned>(
         &self,
         tenant: &str,
         body: Result<Bytes, BytesRejection>,
+        receive: bool,
     ) -> Result<(Bytes, T), ApiError> {
         let body = body_bytes(body)?;
-        self.admit(tenant, body.len()).await?;
+        self.sqs.quotas.admit(tenant, body.len() as u64, receive).await?;
         let request = parse_body(&body)?;
         Ok((body, request))
     }
@@ -357,15 +354,14 @@ async fn create_queue(
     call: CallId,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (body, request): (_, CreateQueueRequest) = state.admit_json(&tenant, body).await?;
+    let (body, request): (_, CreateQueueRequest) = state.admit_json(&tenant, body, false).await?;
     validate_name(&request.name)?;
     tags::check(&request.tags)?;
     let (config, dead_letter_shard) =
         request.attributes.apply(&state.placement, &tenant, &request.name, default_config(), true).await?;
     let mut info =
         queue_rules::create_queue_with_dead_letter(&state.placement, &tenant, &request.name, config, dead_letter_shard)
-            .await
-            .map_err(|r| ApiError(r.into()))?;
+            .await?;
     if !request.tags.is_empty() {
         info = state.placement.metadata.tag_queue(&tenant, &request.name, request.tags.into_iter().collect()).await?;
     }
@@ -439,7 +435,7 @@ async fn set_queue_attributes(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let (body, input): (_, QueueAttributesInput) = state.admit_json(&tenant, body).await?;
+    let (body, input): (_, QueueAttributesInput) = state.admit_json(&tenant, body, false).await?;
     let current = queues::info(&state.placement, &tenant, &name).await?;
     let base = current.config.clone().unwrap_or_default();
     let (config, dead_letter_shard) = input.apply(&state.placement, &tenant, &name, base, false).await?;
@@ -529,8 +525,7 @@ fn message_to_pb(m: MessageInput, config: &pb::QueueConfig) -> Result<pb::NewMes
         m.deduplication_id.as_deref(),
         has_own_delay,
         m.body.as_bytes(),
-    )
-    .map_err(|r| ApiError(r.into()))?;
+    )?;
     if m.delay_seconds.is_some_and(|d| d > DELAY_S_MAX) {
         return Err(ApiError::invalid(format!("delay_seconds must be 0-{DELAY_S_MAX}")));
     }
@@ -577,7 +572,7 @@ async fn send_messages(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let (body, request): (_, SendRequest) = state.admit_json(&tenant, body).await?;
+    let (body, request): (_, SendRequest) = state.admit_json(&tenant, body, false).await?;
     if request.messages.is_empty() || request.messages.len() > BATCH_ENTRIES_MAX {
         return Err(ApiError::invalid(format!("messages must hold 1-{BATCH_ENTRIES_MAX} entries")));
     }
@@ -649,9 +644,7 @@ async fn receive_messages(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let body = body_bytes(body)?;
-    state.sqs.quotas.admit(&tenant, body.len() as u64, true).await?;
-    let request: ReceiveRequest = parse_body(&body)?;
+    let (body, request): (_, ReceiveRequest) = state.admit_json(&tenant, body, true).await?;
     let max_messages = request.max_messages.unwrap_or(1);
     if !(1..=BATCH_ENTRIES_MAX as u32).contains(&max_messages) {
         return Err(ApiError::invalid(format!("max_messages must be 1-{BATCH_ENTRIES_MAX}")));
@@ -714,7 +707,7 @@ async fn delete_messages(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let (body, request): (_, DeleteRequest) = state.admit_json(&tenant, body).await?;
+    let (body, request): (_, DeleteRequest) = state.admit_json(&tenant, body, false).await?;
     if request.receipt_handles.is_empty() || request.receipt_handles.len() > BATCH_ENTRIES_MAX {
         return Err(ApiError::invalid(format!("receipt_handles must hold 1-{BATCH_ENTRIES_MAX} entries")));
     }
@@ -754,7 +747,7 @@ async fn change_visibility(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let (body, request): (_, VisibilityRequest) = state.admit_json(&tenant, body).await?;
+    let (body, request): (_, VisibilityRequest) = state.admit_json(&tenant, body, false).await?;
     if request.visibility_timeout_seconds > VISIBILITY_TIMEOUT_S_MAX {
         return Err(ApiError::invalid(format!("visibility_timeout_seconds must be 0-{VISIBILITY_TIMEOUT_S_MAX}")));
     }

@@ -4,7 +4,6 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
-use strata_common::error::StrataError;
 use strata_common::limits::{self, LONG_POLL_MS_MAX, MESSAGE_BODY_BYTES_MAX};
 use strata_common::proto as pb;
 
@@ -103,10 +102,6 @@ fn in_range(field: &str, value: u64, min: u64, max: u64) -> Result<u64, ApiError
     }
 }
 
-fn refused(refusal: Refusal) -> ApiError {
-    ApiError(StrataError::from(refusal))
-}
-
 pub(crate) fn default_config() -> pb::QueueConfig {
     pb::QueueConfig {
         retention_ms: RETENTION_S_DEFAULT * 1000,
@@ -147,7 +142,7 @@ impl QueueAttributesInput {
         }
         match (creating, self.fifo) {
             (true, fifo) => config.fifo_queue = fifo.unwrap_or(name.ends_with(queue_rules::FIFO_SUFFIX)),
-            (false, Some(fifo)) if fifo != config.fifo_queue => return Err(refused(Refusal::FifoFixed)),
+            (false, Some(fifo)) if fifo != config.fifo_queue => return Err(Refusal::FifoFixed.into()),
             (false, _) => {}
         }
         if let Some(on) = self.content_based_deduplication {
@@ -159,7 +154,7 @@ impl QueueAttributesInput {
         if let Some(limit) = self.throughput_limit {
             config.throughput_per_group = limit == ThroughputLimit::PerMessageGroupId;
         }
-        queue_rules::check_fifo_config(name, &config).map_err(refused)?;
+        queue_rules::check_fifo_config(name, &config)?;
         match &self.redrive_allow {
             None => {}
             Some(None) => config.redrive_allow_policy.clear(),
@@ -178,7 +173,7 @@ impl QueueAttributesInput {
                 if allow.permission != RedrivePermission::ByQueue && !allow.source_queues.is_empty() {
                     return Err(ApiError::invalid("source_queues go with the by_queue permission only"));
                 }
-                config.redrive_allow_policy = queue_rules::allow_policy(permission, sources).map_err(refused)?;
+                config.redrive_allow_policy = queue_rules::allow_policy(permission, sources)?;
             }
         }
         let mut dead_letter_shard = None;
@@ -189,9 +184,7 @@ impl QueueAttributesInput {
                 let count =
                     in_range("dead_letter.max_receive_count", dead_letter.max_receive_count, 1, MAX_RECEIVE_COUNT_MAX)?;
                 let arn = queue_rules::queue_arn(NATIVE_ARN_REGION, tenant, &dead_letter.queue);
-                let shard = queue_rules::set_dead_letter(placement, tenant, name, &mut config, &arn, count)
-                    .await
-                    .map_err(refused)?;
+                let shard = queue_rules::set_dead_letter(placement, tenant, name, &mut config, &arn, count).await?;
                 dead_letter_shard = Some(shard);
             }
         }

@@ -53,7 +53,7 @@ pub(super) async fn add(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let (body, request): (_, TagRequest) = state.admit_json(&tenant, body).await?;
+    let (body, request): (_, TagRequest) = state.admit_json(&tenant, body, false).await?;
     if request.tags.is_empty() {
         return Err(ApiError::invalid("tags must name at least one tag"));
     }

@@ -14,13 +14,15 @@ use strata_common::proto as pb;
 use strata_common::proto::raft_transport_client::RaftTransportClient;
 
 use openraft::{BasicNode, Config, SnapshotPolicy};
-use serde::{Deserialize, Serialize};
 use strata_raft::group::{GroupStorage, RaftGroup, open_group};
 use strata_raft::raft_state::ReplicatedState;
 use strata_raft::raft_store::SegmentRetention;
 use strata_raft::transport::{GrpcNetwork, RaftRouter};
 use strata_wal::{FsyncFailure, WalOptions};
 use tokio::sync::oneshot;
+
+mod support;
+use support::Applied;
 
 openraft::declare_raft_types!(
     pub ClusterConfig:
@@ -29,22 +31,6 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = BasicNode,
 );
-
-/// The applied commands, in order.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Applied(Vec<String>);
-
-impl strata_common::format::Persisted for Applied {
-    const VERSIONS: &'static [u8] = &[0, 1];
-
-    fn encode_body(&self, _version: u8, out: &mut Vec<u8>) -> std::io::Result<()> {
-        strata_common::format::postcard_into(&self.0, out)
-    }
-
-    fn decode_body(version: u8, body: &[u8]) -> std::io::Result<Self> {
-        strata_common::format::postcard_of_versions("applied", version, Self::VERSIONS, body).map(Applied)
-    }
-}
 
 impl ReplicatedState for Applied {
     type Command = String;

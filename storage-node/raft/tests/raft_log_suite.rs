@@ -6,12 +6,14 @@ use std::io;
 use openraft::StorageError;
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::type_config::TypeConfigExt;
-use serde::{Deserialize, Serialize};
 use strata_common::format::FormatGate;
 use strata_raft::raft_state::{ReplicatedState, StateMachineStore};
 use strata_raft::raft_store::{SegmentRetention, WalLogStore};
 use strata_wal::{FsyncFailure, WalOptions};
 use tempfile::TempDir;
+
+mod support;
+use support::Applied;
 
 openraft::declare_raft_types!(
     pub SuiteConfig:
@@ -20,22 +22,6 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
 );
-
-/// A trivial replicated state: the list of applied commands.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Applied(Vec<String>);
-
-impl strata_common::format::Persisted for Applied {
-    const VERSIONS: &'static [u8] = &[0, 1];
-
-    fn encode_body(&self, _version: u8, out: &mut Vec<u8>) -> std::io::Result<()> {
-        strata_common::format::postcard_into(&self.0, out)
-    }
-
-    fn decode_body(version: u8, body: &[u8]) -> std::io::Result<Self> {
-        strata_common::format::postcard_of_versions("applied", version, Self::VERSIONS, body).map(Applied)
-    }
-}
 
 impl ReplicatedState for Applied {
     type Command = String;

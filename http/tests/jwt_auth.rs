@@ -1,4 +1,4 @@
-//! Tests for JWT bearer verification (`strata_proxy::auth`).
+//! Tests for JWT bearer verification (`strata_http::auth`).
 //!
 //! Keys under `tests/fixtures/` are test-only (see the README there).
 
@@ -9,7 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use strata_common::clock::ManualClock;
-use strata_proxy::auth::{AuthError, JwtIssuer, JwtKey, JwtVerifier, LEEWAY_S_DEFAULT, TOKEN_BYTES_MAX, VerifiedToken};
+use strata_http::auth::{AuthError, JwtIssuer, JwtKey, JwtVerifier, LEEWAY_S_DEFAULT, TOKEN_BYTES_MAX, VerifiedToken};
 
 const RSA_PRIVATE_PEM: &[u8] = include_bytes!("fixtures/rsa_private.pem");
 const RSA_PUBLIC_PEM: &[u8] = include_bytes!("fixtures/rsa_public.pem");
