@@ -14,6 +14,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
+use strata_client::Client;
+use strata_client::model::{self, CreateQueue, NewMessage, QueueAttributesChange, SendMessages};
 use strata_common::{Clock, ClockExt, SystemClock};
 use tokio::sync::Mutex;
 
@@ -76,37 +78,6 @@ pub(crate) struct BenchArgs {
     aws_region: String,
 }
 
-struct Api {
-    client: reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl Api {
-    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        self.post_encoded(path, serde_json::to_vec(&body)?.into()).await
-    }
-
-    /// POST of an already encoded JSON body (the send phases encode once, not per request, so the
-    /// load generator spends its share of the two cores on sending).
-    async fn post_encoded(&self, path: &str, body: bytes::Bytes) -> anyhow::Result<Value> {
-        let response = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await?;
-        let status = response.status();
-        let value: Value = response.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            bail!("{status}: {value}");
-        }
-        Ok(value)
-    }
-}
-
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading the server's /proc status")?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS line")?;
@@ -130,36 +101,37 @@ pub(crate) fn new_histogram() -> anyhow::Result<Histogram<u64>> {
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
-    let api =
-        Arc::new(Api { client, base: args.endpoint.trim_end_matches('/').to_string(), token: args.token.clone() });
+    let api = Arc::new(Client::with_http(client.clone(), &args.endpoint, &args.token));
     let mut report = serde_json::Map::new();
 
-    let create =
-        api.post("/v1/queues", json!({ "name": args.queue, "attributes": { "visibility_timeout_seconds": 60 } })).await;
+    let attributes = QueueAttributesChange { visibility_timeout_seconds: Some(60), ..Default::default() };
+    let create = api.create_queue(&CreateQueue { attributes, ..CreateQueue::named(&args.queue) }).await;
     if let Err(e) = create {
         bail!("creating the bench queue: {e}");
     }
-    api.post(&format!("/v1/queues/{}/purge", args.queue), json!({})).await?;
+    api.purge_queue(&args.queue).await?;
     let body = "x".repeat(args.message_bytes);
-    let send_path = Arc::new(format!("/v1/queues/{}/messages", args.queue));
+    let queue = Arc::new(args.queue.clone());
+    let batch_of = |n: usize| SendMessages { messages: vec![NewMessage::new(body.as_str()); n] };
 
     if args.throughput_seconds > 0 {
         let sent = Arc::new(AtomicU64::new(0));
         let latencies = Arc::new(Mutex::new(new_histogram()?));
         let deadline = CLOCK.instant() + Duration::from_secs(args.throughput_seconds);
-        let batch: Vec<Value> = (0..args.batch).map(|_| json!({ "body": body })).collect();
-        let request = bytes::Bytes::from(serde_json::to_vec(&json!({ "messages": batch }))?);
+        // Encoded once, not per request, so the load generator spends its share of the two cores
+        // on sending.
+        let request = bytes::Bytes::from(serde_json::to_vec(&batch_of(args.batch))?);
         let mut tasks = Vec::new();
         let started = CLOCK.instant();
         for _ in 0..args.senders {
-            let (api, sent, latencies, request, path) =
-                (api.clone(), sent.clone(), latencies.clone(), request.clone(), send_path.clone());
+            let (api, sent, latencies, request, queue) =
+                (api.clone(), sent.clone(), latencies.clone(), request.clone(), queue.clone());
             let batch_len = args.batch as u64;
             tasks.push(tokio::spawn(async move {
                 let mut local = new_histogram()?;
                 while CLOCK.instant() < deadline {
                     let t = CLOCK.instant();
-                    api.post_encoded(&path, request.clone()).await?;
+                    api.send_encoded(&queue, request.clone()).await?;
                     local.record(CLOCK.instant().duration_since(t).as_micros() as u64)?;
                     sent.fetch_add(batch_len, Ordering::Relaxed);
                 }
@@ -188,17 +160,17 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let total = args.rate * args.latency_seconds;
         let latencies = Arc::new(Mutex::new(new_histogram()?));
         let errors = Arc::new(AtomicU64::new(0));
-        let request = bytes::Bytes::from(serde_json::to_vec(&json!({ "messages": [{ "body": body }] }))?);
+        let request = bytes::Bytes::from(serde_json::to_vec(&batch_of(1))?);
         let started = CLOCK.instant();
         let mut tasks = Vec::with_capacity(total as usize);
         for i in 0..total {
             let due = started + interval.mul_f64(i as f64);
             CLOCK.sleep_until(due).await;
-            let (api, latencies, errors, request, path) =
-                (api.clone(), latencies.clone(), errors.clone(), request.clone(), send_path.clone());
+            let (api, latencies, errors, request, queue) =
+                (api.clone(), latencies.clone(), errors.clone(), request.clone(), queue.clone());
             tasks.push(tokio::spawn(async move {
                 // Latency from the scheduled time: a late start is the system's delay too.
-                match api.post_encoded(&path, request).await {
+                match api.send_encoded(&queue, request).await {
                     Ok(_) => {
                         let _ = latencies.lock().await.record(CLOCK.instant().duration_since(due).as_micros() as u64);
                     }
@@ -228,21 +200,20 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.receivers > 0 {
         let drained = Arc::new(AtomicU64::new(0));
         let started = CLOCK.instant();
-        let receive_path = Arc::new(format!("/v1/queues/{}/receive", args.queue));
-        let delete_path = Arc::new(format!("/v1/queues/{}/delete", args.queue));
         let mut tasks = Vec::new();
+        let receive = model::Receive { max_messages: Some(10), wait_seconds: Some(1), ..Default::default() };
         for _ in 0..args.receivers {
-            let (api, drained, rp, dp) = (api.clone(), drained.clone(), receive_path.clone(), delete_path.clone());
+            let (api, drained, queue, receive) = (api.clone(), drained.clone(), queue.clone(), receive.clone());
             tasks.push(tokio::spawn(async move {
                 loop {
-                    let got = api.post(&rp, json!({ "max_messages": 10, "wait_seconds": 1 })).await?;
-                    let receipts: Vec<Value> =
-                        got["messages"].as_array().into_iter().flatten().map(|m| m["receipt_handle"].clone()).collect();
-                    if receipts.is_empty() {
+                    let got = api.receive(&queue, &receive).await?;
+                    let receipt_handles: Vec<String> = got.messages.into_iter().map(|m| m.receipt_handle).collect();
+                    if receipt_handles.is_empty() {
                         return anyhow::Ok(());
                     }
-                    api.post(&dp, json!({ "receipt_handles": receipts })).await?;
-                    drained.fetch_add(receipts.len() as u64, Ordering::Relaxed);
+                    let received = receipt_handles.len() as u64;
+                    api.delete_messages(&queue, &model::DeleteMessages { receipt_handles }).await?;
+                    drained.fetch_add(received, Ordering::Relaxed);
                 }
             }));
         }
@@ -270,16 +241,15 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 .clone()
                 .context("--compare-apis-seconds needs AWS_SECRET_ACCESS_KEY")?,
         };
-        let batch: Vec<Value> = (0..args.batch).map(|_| json!({ "body": body })).collect();
         let result = crate::bench_apis::compare(
-            api.client.clone(),
+            client,
             &args.endpoint,
             &args.token,
             sqs,
             crate::bench_apis::Workload {
                 senders: args.senders,
                 receivers: args.receivers.max(1),
-                batch: json!({ "messages": batch }),
+                batch: batch_of(args.batch),
                 send_seconds: args.compare_apis_seconds,
             },
         )
@@ -291,7 +261,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let pid = args.server_pid.context("--idle-queues needs --server-pid to read the server's RSS")?;
         let before = rss_kib(pid)?;
         for i in 0..args.idle_queues {
-            api.post("/v1/queues", json!({ "name": format!("idle-{i:06}") })).await?;
+            api.create_queue(&CreateQueue::named(format!("idle-{i:06}"))).await?;
         }
         CLOCK.sleep(Duration::from_secs(2)).await;
         let after = rss_kib(pid)?;
@@ -320,14 +290,13 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// Server RSS growth per message, for messages scheduled 1 to 31 days ahead (`far`: kept in
 /// slice files) or delayed 15 minutes (kept in memory): two rounds of `messages`, sent by 16
 /// concurrent senders in batches of 10.
-async fn memory_per_message(api: &Arc<Api>, pid: u32, messages: u64, far: bool) -> anyhow::Result<Value> {
+async fn memory_per_message(api: &Arc<Client>, pid: u32, messages: u64, far: bool) -> anyhow::Result<Value> {
     const SENDERS: u64 = 16;
     const DAY_MS: u64 = 24 * 3600 * 1000;
     let queue = "bench-memory";
-    if let Err(e) = api.post("/v1/queues", json!({ "name": queue })).await {
+    if let Err(e) = api.create_queue(&CreateQueue::named(queue)).await {
         bail!("creating the {queue} queue: {e}");
     }
-    let path = Arc::new(format!("/v1/queues/{queue}/messages"));
     let mut rounds = Vec::new();
     for round in 0..2 {
         let before = rss_kib(pid)?;
@@ -335,20 +304,21 @@ async fn memory_per_message(api: &Arc<Api>, pid: u32, messages: u64, far: bool) 
         let started = CLOCK.instant();
         let mut senders = Vec::new();
         for sender in 0..SENDERS {
-            let (api, path) = (api.clone(), path.clone());
+            let api = api.clone();
             senders.push(tokio::spawn(async move {
                 let mut i = sender * 10;
                 while i < messages {
-                    let batch: Vec<Value> = (i..(i + 10).min(messages))
+                    let batch = (i..(i + 10).min(messages))
                         .map(|n| {
                             if far {
-                                json!({ "body": "later", "deliver_at_ms": now_ms + DAY_MS + n * 30 * DAY_MS / messages })
+                                let deliver_at_ms = now_ms + DAY_MS + n * 30 * DAY_MS / messages;
+                                NewMessage { deliver_at_ms: Some(deliver_at_ms), ..NewMessage::new("later") }
                             } else {
-                                json!({ "body": "later", "delay_seconds": 900 })
+                                NewMessage { delay_seconds: Some(900), ..NewMessage::new("later") }
                             }
                         })
                         .collect();
-                    api.post(&path, json!({ "messages": batch })).await?;
+                    api.send(queue, &SendMessages { messages: batch }, None).await?;
                     i += SENDERS * 10;
                 }
                 anyhow::Ok(())
@@ -370,6 +340,6 @@ async fn memory_per_message(api: &Arc<Api>, pid: u32, messages: u64, far: bool) 
         rounds.push(json!({ "messages": messages, "send_msgs_per_s": messages as f64 / seconds,
                             "rss_before_kib": before, "rss_after_kib": after, "bytes_per_message": bytes_per_message }));
     }
-    api.post(&format!("/v1/queues/{queue}/purge"), json!({})).await?;
+    api.purge_queue(queue).await?;
     Ok(json!({ "delivery": if far { "scheduled" } else { "delayed" }, "rounds": rounds }))
 }

@@ -14,6 +14,7 @@ use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, si
 use aws_sigv4::sign::v4;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
+use strata_client::model::{self, CreateQueue, QueueAttributesChange, SendMessages};
 use strata_common::{Clock, SystemClock};
 use tokio::sync::Mutex;
 
@@ -29,22 +30,11 @@ pub(crate) struct SqsTarget {
 
 /// One API's client for the three calls of the workload.
 enum Client {
-    Native { http: reqwest::Client, base: String, token: String, queue: String },
+    Native { client: strata_client::Client, queue: String },
     Sqs { http: reqwest::Client, target: SqsTarget, credentials: Credentials, queue_url: String },
 }
 
 impl Client {
-    async fn native(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let Client::Native { http, base, token, .. } = self else { bail!("not the native client") };
-        let response = http.post(format!("{base}{path}")).bearer_auth(token).json(body).send().await?;
-        let status = response.status();
-        let value: Value = response.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            bail!("{status}: {value}");
-        }
-        Ok(value)
-    }
-
     /// One SigV4-signed JSON-protocol call.
     async fn sqs(&self, action: &str, body: &Value) -> anyhow::Result<Value> {
         let Client::Sqs { http, target, credentials, .. } = self else { bail!("not the SQS client") };
@@ -80,18 +70,17 @@ impl Client {
         Ok(value)
     }
 
-    async fn send_batch(&self, batch: &Value) -> anyhow::Result<()> {
+    async fn send_batch(&self, batch: &SendMessages) -> anyhow::Result<()> {
         match self {
-            Client::Native { queue, .. } => {
-                self.native(&format!("/v1/queues/{queue}/messages"), batch).await?;
+            Client::Native { client, queue } => {
+                client.send(queue, batch, None).await?;
             }
             Client::Sqs { queue_url, .. } => {
-                let entries: Vec<Value> = batch["messages"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+                let entries: Vec<Value> = batch
+                    .messages
+                    .iter()
                     .enumerate()
-                    .map(|(i, m)| json!({ "Id": i.to_string(), "MessageBody": m["body"] }))
+                    .map(|(i, m)| json!({ "Id": i.to_string(), "MessageBody": m.body }))
                     .collect();
                 let answer =
                     self.sqs("SendMessageBatch", &json!({ "QueueUrl": queue_url, "Entries": entries })).await?;
@@ -109,11 +98,10 @@ impl Client {
             messages.as_array().into_iter().flatten().filter_map(|m| m[field].as_str().map(str::to_string)).collect()
         };
         match self {
-            Client::Native { queue, .. } => {
-                let got = self
-                    .native(&format!("/v1/queues/{queue}/receive"), &json!({ "max_messages": 10, "wait_seconds": 1 }))
-                    .await?;
-                Ok(handles(&got["messages"], "receipt_handle"))
+            Client::Native { client, queue } => {
+                let request = model::Receive { max_messages: Some(10), wait_seconds: Some(1), ..Default::default() };
+                let got = client.receive(queue, &request).await?;
+                Ok(got.messages.into_iter().map(|m| m.receipt_handle).collect())
             }
             Client::Sqs { queue_url, .. } => {
                 let request = json!({ "QueueUrl": queue_url, "MaxNumberOfMessages": 10, "WaitTimeSeconds": 1 });
@@ -125,8 +113,8 @@ impl Client {
 
     async fn delete_batch(&self, receipts: Vec<String>) -> anyhow::Result<()> {
         match self {
-            Client::Native { queue, .. } => {
-                self.native(&format!("/v1/queues/{queue}/delete"), &json!({ "receipt_handles": receipts })).await?;
+            Client::Native { client, queue } => {
+                client.delete_messages(queue, &model::DeleteMessages { receipt_handles: receipts }).await?;
             }
             Client::Sqs { queue_url, .. } => {
                 let entries: Vec<Value> = receipts
@@ -153,9 +141,8 @@ struct Latencies {
 pub(crate) struct Workload {
     pub senders: usize,
     pub receivers: usize,
-    /// A native-API send request (`{"messages": [{"body": ...}, ...]}`); the SQS run sends the same
-    /// bodies as SendMessageBatch entries.
-    pub batch: Value,
+    /// A native-API send; the SQS run sends the same bodies as SendMessageBatch entries.
+    pub batch: SendMessages,
     pub send_seconds: u64,
 }
 
@@ -166,7 +153,7 @@ async fn run_workload(client: Arc<Client>, workload: Workload) -> anyhow::Result
         receive: Mutex::new(new_histogram()?),
         delete: Mutex::new(new_histogram()?),
     });
-    let batch_len = batch["messages"].as_array().map_or(0, Vec::len) as u64;
+    let batch_len = batch.messages.len() as u64;
     let batch = Arc::new(batch);
     let sent = Arc::new(AtomicU64::new(0));
     let deadline = CLOCK.instant() + Duration::from_secs(seconds);
@@ -240,13 +227,12 @@ pub(crate) async fn compare(
     sqs: SqsTarget,
     workload: Workload,
 ) -> anyhow::Result<Value> {
-    let base = endpoint.trim_end_matches('/').to_string();
-    let native_queue = "bench-compare-native".to_string();
-    let native = Client::Native { http: http.clone(), base, token: token.to_string(), queue: native_queue.clone() };
-    native
-        .native("/v1/queues", &json!({ "name": native_queue, "attributes": { "visibility_timeout_seconds": 60 } }))
-        .await?;
-    native.native(&format!("/v1/queues/{native_queue}/purge"), &json!({})).await?;
+    let queue = "bench-compare-native".to_string();
+    let client = strata_client::Client::with_http(http.clone(), endpoint, token);
+    let attributes = QueueAttributesChange { visibility_timeout_seconds: Some(60), ..Default::default() };
+    client.create_queue(&CreateQueue { attributes, ..CreateQueue::named(&queue) }).await?;
+    client.purge_queue(&queue).await?;
+    let native = Client::Native { client, queue };
     let native_result = run_workload(Arc::new(native), workload.clone()).await?;
     eprintln!("native API: {native_result}");
 

@@ -1,8 +1,13 @@
-//! User subcommands: thin wrappers over the native HTTP API that print JSON.
+//! User subcommands: thin wrappers over the native HTTP API (through `strata-client`, the one
+//! client of it) that print JSON.
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use strata_client::model::{self, admin};
+use strata_client::{Client, path_segment};
 
 /// Where a call goes and the token it carries.
 pub(crate) struct Target {
@@ -31,11 +36,21 @@ fn missing(variable: &str, flag: &str) -> anyhow::Error {
     )
 }
 
+impl Target {
+    fn client(&self) -> Client {
+        Client::new(&self.endpoint, &self.token)
+    }
+}
+
 impl Connection {
     pub(crate) fn target(self) -> anyhow::Result<Target> {
         let endpoint = self.endpoint.ok_or_else(|| missing("STRATA_ENDPOINT", "--endpoint"))?;
         let token = self.token.ok_or_else(|| missing("STRATA_TOKEN", "--token"))?;
         Ok(Target { endpoint, token })
+    }
+
+    fn client(self) -> anyhow::Result<Client> {
+        Ok(self.target()?.client())
     }
 }
 
@@ -170,42 +185,49 @@ pub(crate) struct QueueSettings {
     redrive_allow_source: Vec<String>,
 }
 
+/// `value` as one of the choices of `T` (a snake_case enum of the API), or an error naming them.
+fn choice<T: DeserializeOwned>(flag: &str, value: &str, choices: &str) -> anyhow::Result<T> {
+    serde_json::from_value(Value::String(value.to_owned()))
+        .map_err(|_| anyhow::anyhow!("{flag} must be one of {choices}, not '{value}'"))
+}
+
 impl QueueSettings {
-    fn json(&self) -> serde_json::Map<String, Value> {
-        let mut attributes = serde_json::Map::new();
-        let numbers = [
-            ("retention_seconds", self.retention_seconds),
-            ("visibility_timeout_seconds", self.visibility_timeout_seconds),
-            ("delay_seconds", self.delay_seconds),
-            ("maximum_message_bytes", self.maximum_message_bytes),
-            ("receive_wait_seconds", self.receive_wait_seconds),
-        ];
-        for (key, value) in numbers {
-            if let Some(v) = value {
-                attributes.insert(key.to_string(), json!(v));
+    /// The settings given, as the API's change (absent: unchanged, or the default).
+    fn change(&self) -> anyhow::Result<model::QueueAttributesChange> {
+        let deduplication_scope = match &self.deduplication_scope {
+            Some(v) => Some(choice("--deduplication-scope", v, "queue, message_group")?),
+            None => None,
+        };
+        let throughput_limit = match &self.throughput_limit {
+            Some(v) => Some(choice("--throughput-limit", v, "per_queue, per_message_group_id")?),
+            None => None,
+        };
+        let dead_letter = match (&self.dead_letter_queue, self.max_receive_count) {
+            (Some(queue), Some(max_receive_count)) => {
+                Some(Some(model::DeadLetter { queue: queue.clone(), max_receive_count }))
             }
-        }
-        if let Some(on) = self.content_based_deduplication {
-            attributes.insert("content_based_deduplication".into(), json!(on));
-        }
-        for (key, value) in
-            [("deduplication_scope", &self.deduplication_scope), ("throughput_limit", &self.throughput_limit)]
-        {
-            if let Some(v) = value {
-                attributes.insert(key.to_string(), json!(v));
-            }
-        }
-        if let (Some(queue), Some(count)) = (&self.dead_letter_queue, self.max_receive_count) {
-            attributes.insert("dead_letter".into(), json!({ "queue": queue, "max_receive_count": count }));
-        }
-        if let Some(permission) = &self.redrive_allow {
-            let mut allow = json!({ "permission": permission });
-            if !self.redrive_allow_source.is_empty() {
-                allow["source_queues"] = json!(self.redrive_allow_source);
-            }
-            attributes.insert("redrive_allow".into(), allow);
-        }
-        attributes
+            _ => None,
+        };
+        let redrive_allow = match &self.redrive_allow {
+            Some(permission) => Some(Some(model::RedriveAllow {
+                permission: choice("--redrive-allow", permission, "allow_all, deny_all, by_queue")?,
+                source_queues: self.redrive_allow_source.clone(),
+            })),
+            None => None,
+        };
+        Ok(model::QueueAttributesChange {
+            retention_seconds: self.retention_seconds,
+            visibility_timeout_seconds: self.visibility_timeout_seconds,
+            delay_seconds: self.delay_seconds,
+            maximum_message_bytes: self.maximum_message_bytes,
+            receive_wait_seconds: self.receive_wait_seconds,
+            fifo: None,
+            content_based_deduplication: self.content_based_deduplication,
+            deduplication_scope,
+            throughput_limit,
+            dead_letter,
+            redrive_allow,
+        })
     }
 }
 
@@ -240,7 +262,7 @@ impl KeyOwner {
                 let endpoint =
                     self.admin_endpoint.ok_or_else(|| missing("STRATA_ADMIN_ENDPOINT", "--admin-endpoint"))?;
                 let token = self.admin_token.ok_or_else(|| missing("STRATA_ADMIN_TOKEN", "--admin-token"))?;
-                Ok((Target { endpoint, token }, format!("/admin/v1/tenants/{}/{admin_route}", urlencode(&tenant))))
+                Ok((Target { endpoint, token }, format!("/admin/v1/tenants/{}/{admin_route}", path_segment(&tenant))))
             }
             None => Ok((self.own.target()?, own_path.to_string())),
         }
@@ -307,29 +329,22 @@ fn member_arg(text: &str) -> Result<(u64, String), String> {
 }
 
 pub(crate) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
-    let admin = |a: AdminConnection| Target { endpoint: a.admin_endpoint, token: a.admin_token };
-    let answer = match command {
-        ClusterCommand::Nodes { admin: a } => {
-            call(&admin(a), reqwest::Method::GET, "/admin/v1/storage-nodes", None).await?
-        }
-        ClusterCommand::Shard { shard_id, admin: a } => {
-            call(&admin(a), reqwest::Method::GET, &format!("/admin/v1/shards/{shard_id}"), None).await?
-        }
+    let admin = |a: AdminConnection| Client::new(&a.admin_endpoint, &a.admin_token);
+    match command {
+        ClusterCommand::Nodes { admin: a } => print(&admin(a).storage_nodes().await?),
+        ClusterCommand::Shard { shard_id, admin: a } => print(&admin(a).shard(shard_id).await?),
         ClusterCommand::MetadataMembers { add, remove, admin: a } if add.is_empty() && remove.is_empty() => {
-            call(&admin(a), reqwest::Method::GET, "/admin/v1/metadata-members", None).await?
+            print(&admin(a).metadata_members().await?)
         }
         ClusterCommand::MetadataMembers { add, remove, admin: a } => {
-            let add: Vec<_> = add.iter().map(|(id, address)| json!({ "node_id": id, "address": address })).collect();
-            let body = json!({ "add": add, "remove": remove });
-            call(&admin(a), reqwest::Method::POST, "/admin/v1/metadata-members", Some(body)).await?
+            let add = add.into_iter().map(|(node_id, address)| admin::MetadataMember { node_id, address }).collect();
+            print(&admin(a).change_metadata_members(&admin::ChangeMembers { add, remove }).await?)
         }
         ClusterCommand::MoveReplica { shard_id, from, to, admin: a } => {
-            let path = format!("/admin/v1/shards/{shard_id}/move-replica");
-            let body = json!({ "from_node": from, "to_node": to });
-            call(&admin(a), reqwest::Method::POST, &path, Some(body)).await?
+            let request = admin::MoveReplica { from_node: from, to_node: to };
+            print(&admin(a).move_replica(shard_id, &request).await?)
         }
-    };
-    print(&answer);
+    }
     Ok(())
 }
 
@@ -423,165 +438,129 @@ pub(crate) struct DeleteArgs {
     connection: Connection,
 }
 
-/// Sends a request and returns its JSON body, or fails with the service's error code and message.
+/// Sends a request and returns its JSON body, or fails with the service's error code and message
+/// (for the routes of other services, such as billing's, which `strata-client` has no types for).
 async fn call(connection: &Target, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-    let url = format!("{}{path}", connection.endpoint.trim_end_matches('/'));
-    let mut request = reqwest::Client::new().request(method, &url).bearer_auth(&connection.token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.with_context(|| format!("cannot reach {url}"))?;
-    let status = response.status();
-    let text = response.text().await.context("reading the response")?;
-    let value: Value =
-        if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
-    if !status.is_success() {
-        let code = value["error"]["code"].as_str().unwrap_or("Error");
-        let message = value["error"]["message"].as_str().unwrap_or("unexpected response");
-        bail!("{code} ({status}): {message}");
-    }
-    Ok(value)
+    Ok(connection.client().json(method, path, body.as_ref()).await?)
 }
 
-fn print(value: &Value) {
+fn print(value: &impl Serialize) {
     println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
 }
 
-fn queue_path(name: &str) -> String {
-    format!("/v1/queues/{}", urlencode(name))
-}
-
-/// Prints the name of every queue a paged listing answers (`queues` and `next_token`); `path`
-/// already has its query (perhaps empty).
-async fn print_pages(target: &Target, path: &str, name_of: impl Fn(&Value) -> Option<&str>) -> anyhow::Result<()> {
-    let mut token: Option<String> = None;
-    loop {
-        let page_path = match &token {
-            Some(t) => format!("{path}&next_token={}", urlencode(t)),
-            None => path.to_owned(),
-        };
-        let page = call(target, reqwest::Method::GET, &page_path, None).await?;
-        for queue in page["queues"].as_array().into_iter().flatten() {
-            println!("{}", name_of(queue).unwrap_or_default());
-        }
-        match page["next_token"].as_str() {
-            Some(t) => token = Some(t.to_string()),
-            None => return Ok(()),
-        }
-    }
-}
-
 pub(crate) async fn queue(command: QueueCommand) -> anyhow::Result<()> {
-    use reqwest::Method;
     match command {
         QueueCommand::Create { name, settings, tags, connection } => {
-            let tags: serde_json::Map<String, Value> = tags.into_iter().map(|(k, v)| (k, json!(v))).collect();
-            let body = json!({ "name": name, "attributes": settings.json(), "tags": tags });
-            print(&call(&connection.target()?, Method::POST, "/v1/queues", Some(body)).await?);
+            let request = model::CreateQueue { name, attributes: settings.change()?, tags: tags.into_iter().collect() };
+            print(&connection.client()?.create_queue(&request).await?);
         }
         QueueCommand::Update { name, settings, no_dead_letter, no_redrive_allow, connection } => {
-            let mut attributes = settings.json();
+            let mut change = settings.change()?;
             if no_dead_letter {
-                attributes.insert("dead_letter".into(), Value::Null);
+                change.dead_letter = Some(None);
             }
             if no_redrive_allow {
-                attributes.insert("redrive_allow".into(), Value::Null);
+                change.redrive_allow = Some(None);
             }
-            if attributes.is_empty() {
+            if change == model::QueueAttributesChange::default() {
                 bail!("nothing to change: give at least one setting (see --help)");
             }
-            let body = Value::Object(attributes);
-            print(&call(&connection.target()?, Method::PATCH, &queue_path(&name), Some(body)).await?);
+            print(&connection.client()?.update_queue(&name, &change).await?);
         }
         QueueCommand::List { prefix, connection } => {
-            let path = format!("/v1/queues?prefix={}", urlencode(&prefix));
-            print_pages(&connection.target()?, &path, |queue| queue["name"].as_str()).await?;
+            let client = connection.client()?;
+            let mut query = model::ListQueuesQuery { prefix, ..Default::default() };
+            loop {
+                let page = client.list_queues(&query).await?;
+                page.queues.iter().for_each(|queue| println!("{}", queue.name));
+                match page.next_token {
+                    Some(token) => query.next_token = Some(token),
+                    None => break,
+                }
+            }
         }
         QueueCommand::Delete { name, connection } => {
-            call(&connection.target()?, Method::DELETE, &queue_path(&name), None).await?;
+            connection.client()?.delete_queue(&name).await?;
             eprintln!("deleted queue {name}");
         }
         QueueCommand::Attributes { name, connection } => {
-            print(&call(&connection.target()?, Method::GET, &queue_path(&name), None).await?);
+            print(&connection.client()?.get_queue(&name).await?);
         }
         QueueCommand::Purge { name, connection } => {
-            let answer =
-                call(&connection.target()?, Method::POST, &format!("{}/purge", queue_path(&name)), None).await?;
-            eprintln!("purged {} messages from {name}", answer["purged"]);
+            let answer = connection.client()?.purge_queue(&name).await?;
+            eprintln!("purged {} messages from {name}", answer.purged);
         }
         QueueCommand::Tags { name, tags, untag, connection } => {
-            let target = connection.target()?;
-            let path = format!("{}/tags", queue_path(&name));
+            let client = connection.client()?;
             if !tags.is_empty() {
-                let tags: serde_json::Map<String, Value> = tags.into_iter().map(|(k, v)| (k, json!(v))).collect();
-                call(&target, Method::POST, &path, Some(json!({ "tags": tags }))).await?;
+                client.tag_queue(&name, &model::TagSet { tags: tags.into_iter().collect() }).await?;
             }
             for key in untag {
-                call(&target, Method::DELETE, &format!("{path}/{}", urlencode(&key)), None).await?;
+                client.untag_queue(&name, &key).await?;
             }
-            print(&call(&target, Method::GET, &path, None).await?);
+            print(&client.tags(&name).await?);
         }
         QueueCommand::DeadLetterSources { name, connection } => {
-            let path = format!("{}/dead-letter-sources?", queue_path(&name));
-            print_pages(&connection.target()?, &path, Value::as_str).await?;
+            let client = connection.client()?;
+            let mut page_query = model::PageQuery::default();
+            loop {
+                let page = client.dead_letter_sources(&name, &page_query).await?;
+                page.queues.iter().for_each(|queue| println!("{queue}"));
+                match page.next_token {
+                    Some(token) => page_query.next_token = Some(token),
+                    None => break,
+                }
+            }
         }
         QueueCommand::Move { name, to, rate, list, cancel, connection } => {
-            let target = connection.target()?;
-            let path = format!("{}/move-tasks", queue_path(&name));
-            let answer = match (list, cancel) {
-                (true, _) => call(&target, Method::GET, &path, None).await?,
-                (false, Some(task)) => {
-                    call(&target, Method::DELETE, &format!("{path}/{}", urlencode(&task)), None).await?
-                }
+            let client = connection.client()?;
+            match (list, cancel) {
+                (true, _) => print(&client.move_tasks(&name).await?),
+                (false, Some(task)) => print(&client.cancel_move_task(&name, &task).await?),
                 (false, None) => {
-                    let mut body = json!({});
-                    if let Some(to) = to {
-                        body["destination"] = json!(to);
-                    }
-                    if let Some(rate) = rate {
-                        body["max_messages_per_second"] = json!(rate);
-                    }
-                    call(&target, Method::POST, &path, Some(body)).await?
+                    let request = model::StartMoveTask { destination: to, max_messages_per_second: rate };
+                    print(&client.start_move_task(&name, &request).await?)
                 }
-            };
-            print(&answer);
+            }
         }
     }
     Ok(())
+}
+
+/// Whose keys a call names: the tenant given with `--tenant`, else the caller.
+fn key_owner(tenant: &Option<String>) -> strata_client::KeyOwner<'_> {
+    match tenant {
+        Some(tenant) => strata_client::KeyOwner::Tenant(tenant),
+        None => strata_client::KeyOwner::Caller,
+    }
 }
 
 pub(crate) async fn keys(command: KeysCommand) -> anyhow::Result<()> {
+    let client = |owner: KeyOwner| -> anyhow::Result<(Client, Option<String>)> {
+        let tenant = owner.tenant.clone();
+        let (target, _) = owner.resolve()?;
+        Ok((target.client(), tenant))
+    };
     match command {
         KeysCommand::Create { owner } => {
-            let (connection, base) = owner.resolve()?;
-            print(&call(&connection, reqwest::Method::POST, &base, None).await?);
+            let (client, tenant) = client(owner)?;
+            print(&client.create_access_key(key_owner(&tenant)).await?);
         }
         KeysCommand::List { owner } => {
-            let (connection, base) = owner.resolve()?;
-            print(&call(&connection, reqwest::Method::GET, &base, None).await?);
+            let (client, tenant) = client(owner)?;
+            print(&client.access_keys(key_owner(&tenant)).await?);
         }
         KeysCommand::Rotate { access_key_id, grace_seconds, owner } => {
-            let (connection, base) = owner.resolve()?;
-            let path = format!("{base}/{}/rotate", urlencode(&access_key_id));
-            let body = json!({ "grace_seconds": grace_seconds });
-            print(&call(&connection, reqwest::Method::POST, &path, Some(body)).await?);
+            let (client, tenant) = client(owner)?;
+            let request = model::RotateKey { grace_seconds: Some(grace_seconds) };
+            print(&client.rotate_access_key(key_owner(&tenant), &access_key_id, &request).await?);
         }
         KeysCommand::Revoke { access_key_id, owner } => {
-            let (connection, base) = owner.resolve()?;
-            let path = format!("{base}/{}", urlencode(&access_key_id));
-            print(&call(&connection, reqwest::Method::DELETE, &path, None).await?);
+            let (client, tenant) = client(owner)?;
+            print(&client.revoke_access_key(key_owner(&tenant), &access_key_id).await?);
         }
     }
     Ok(())
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Largest body file read (the service refuses more than 1 MiB anyway).
@@ -604,63 +583,49 @@ fn read_body(args: &SendArgs) -> anyhow::Result<String> {
 }
 
 pub(crate) async fn send(args: SendArgs) -> anyhow::Result<()> {
-    let mut message = json!({ "body": read_body(&args)? });
-    if let Some(group) = &args.group_id {
-        message["group_id"] = json!(group);
-    }
-    if let Some(id) = &args.deduplication_id {
-        message["deduplication_id"] = json!(id);
-    }
-    if let Some(d) = args.delay_seconds {
-        message["delay_seconds"] = json!(d);
-    }
-    if let Some(at) = args.deliver_at_ms {
-        message["deliver_at_ms"] = json!(at);
-    }
-    let path = format!("/v1/queues/{}/messages", urlencode(&args.queue));
-    let target = args.connection.target()?;
-    let response = call(&target, reqwest::Method::POST, &path, Some(json!({ "messages": [message] }))).await?;
-    for m in response["messages"].as_array().into_iter().flatten() {
+    let message = model::NewMessage {
+        body: read_body(&args)?,
+        attributes: Default::default(),
+        delay_seconds: args.delay_seconds,
+        deliver_at_ms: args.deliver_at_ms,
+        group_id: args.group_id,
+        deduplication_id: args.deduplication_id,
+    };
+    let client = args.connection.client()?;
+    let response = client.send(&args.queue, &model::SendMessages { messages: vec![message] }, None).await?;
+    for m in &response.messages {
         println!("{}", serde_json::to_string(m)?);
     }
     Ok(())
 }
 
 pub(crate) async fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
-    let mut body = json!({ "max_messages": args.max });
-    if let Some(wait) = args.wait {
-        body["wait_seconds"] = json!(wait);
-    }
-    if let Some(v) = args.visibility {
-        body["visibility_timeout_seconds"] = json!(v);
-    }
-    if let Some(id) = &args.attempt_id {
-        body["attempt_id"] = json!(id);
-    }
-    let path = format!("/v1/queues/{}/receive", urlencode(&args.queue));
-    let response = call(&args.connection.target()?, reqwest::Method::POST, &path, Some(body)).await?;
-    for m in response["messages"].as_array().into_iter().flatten() {
+    let request = model::Receive {
+        max_messages: Some(args.max),
+        wait_seconds: args.wait,
+        visibility_timeout_seconds: args.visibility,
+        attempt_id: args.attempt_id,
+    };
+    let response = args.connection.client()?.receive(&args.queue, &request).await?;
+    for m in &response.messages {
         println!("{}", serde_json::to_string(m)?);
     }
     Ok(())
 }
 
 pub(crate) async fn cancel(args: CancelArgs) -> anyhow::Result<()> {
-    let path = format!("/v1/queues/{}/scheduled/{}", urlencode(&args.queue), urlencode(&args.message_id));
-    call(&args.connection.target()?, reqwest::Method::DELETE, &path, None).await?;
+    args.connection.client()?.cancel_scheduled(&args.queue, &args.message_id).await?;
     eprintln!("cancelled");
     Ok(())
 }
 
 pub(crate) async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
-    let path = format!("/v1/queues/{}/delete", urlencode(&args.queue));
-    let body = json!({ "receipt_handles": [args.receipt] });
-    let response = call(&args.connection.target()?, reqwest::Method::POST, &path, Some(body)).await?;
-    let result = &response["results"][0];
-    if result["ok"].as_bool() != Some(true) {
-        let code = result["error"]["code"].as_str().unwrap_or("Error");
-        let message = result["error"]["message"].as_str().unwrap_or("delete failed");
-        bail!("{code}: {message}");
+    let request = model::DeleteMessages { receipt_handles: vec![args.receipt] };
+    let response = args.connection.client()?.delete_messages(&args.queue, &request).await?;
+    match response.results.into_iter().next() {
+        Some(model::DeleteOutcome { ok: true, .. }) => {}
+        Some(model::DeleteOutcome { error: Some(e), .. }) => bail!("{}: {}", e.code, e.message),
+        _ => bail!("Error: delete failed"),
     }
     eprintln!("deleted");
     Ok(())
@@ -786,7 +751,7 @@ pub(crate) async fn usage(args: UsageArgs) -> anyhow::Result<()> {
     let (connection, prefix) = args.billing.resolve(args.owner)?;
     let mut path = format!("{prefix}/usage?from_ms={}&to_ms={}", month.start_ms()?, month.end_ms()?);
     if let Some(by) = &args.by {
-        path.push_str(&format!("&group_by={}", urlencode(by)));
+        path.push_str(&format!("&group_by={}", path_segment(by)));
     }
     if args.csv {
         path.push_str("&format=csv");
@@ -861,13 +826,13 @@ pub(crate) struct LimitFlags {
 }
 
 impl LimitFlags {
-    fn json(&self) -> Value {
-        json!({
-            "requests_per_second": self.requests_per_second,
-            "payload_bytes_per_second": self.payload_bytes_per_second,
-            "queues_max": self.queues_max,
-            "in_flight_messages_max": self.in_flight_messages_max,
-        })
+    fn limits(&self) -> model::TenantLimits {
+        model::TenantLimits {
+            requests_per_second: self.requests_per_second,
+            payload_bytes_per_second: self.payload_bytes_per_second,
+            queues_max: self.queues_max,
+            in_flight_messages_max: self.in_flight_messages_max,
+        }
     }
 }
 
@@ -951,7 +916,7 @@ pub(crate) enum PlansCommand {
 
 pub(crate) async fn plans(command: PlansCommand) -> anyhow::Result<()> {
     let admin = |a: AdminConnection| Target { endpoint: a.admin_endpoint, token: a.admin_token };
-    let billing = |tenant: &str| format!("/admin/v1/tenants/{}/billing", urlencode(tenant));
+    let billing = |tenant: &str| format!("/admin/v1/tenants/{}/billing", path_segment(tenant));
     let put = reqwest::Method::PUT;
     let mut answer = match command {
         PlansCommand::SetPrice { tenant, free_units, price_per_million, dedicated_fee, admin: a } => {
@@ -982,11 +947,11 @@ pub(crate) async fn plans(command: PlansCommand) -> anyhow::Result<()> {
             call(&admin(a), put, &format!("{}/budget", billing(&tenant)), Some(body)).await?
         }
         PlansCommand::SetLimitPlan { name, limits, admin: a } => {
-            call(&admin(a), put, &format!("/admin/v1/limit-plans/{}", urlencode(&name)), Some(limits.json())).await?
+            serde_json::to_value(admin(a).client().set_limit_plan(&name, &limits.limits()).await?)?
         }
         PlansCommand::SetLimits { tenant, plan, limits, admin: a } => {
-            let body = json!({ "plan": plan, "overrides": limits.json() });
-            call(&admin(a), put, &format!("/admin/v1/tenants/{}/limits", urlencode(&tenant)), Some(body)).await?
+            let request = admin::SetTenantLimits { plan, overrides: limits.limits() };
+            serde_json::to_value(admin(a).client().set_tenant_limits(&tenant, &request).await?)?
         }
         PlansCommand::Show { tenant, admin: a } => {
             let connection = admin(a);
@@ -1000,7 +965,7 @@ pub(crate) async fn plans(command: PlansCommand) -> anyhow::Result<()> {
                 "packages": get(format!("{}/packages", billing(&tenant))).await?["packages"],
                 "budget": get(format!("{}/budget", billing(&tenant))).await?["budget"],
                 "alerts": get(format!("{}/alerts", billing(&tenant))).await?["alerts"],
-                "limits": get(format!("/admin/v1/tenants/{}/limits", urlencode(&tenant))).await?,
+                "limits": connection.client().limits(strata_client::KeyOwner::Tenant(&tenant)).await?,
             })
         }
     };

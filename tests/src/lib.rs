@@ -1,8 +1,8 @@
 //! Harness for tests that drive the real `strata` binary as a child process.
 //!
 //! [`DevProcess`] starts `strata dev` on free loopback ports in its own data directory, waits
-//! until it serves, and can be SIGKILLed and restarted on the same directory. [`Api`] is a small
-//! client of the native HTTP API that returns status and JSON, so tests can assert on errors.
+//! until it serves, and can be SIGKILLed and restarted on the same directory. [`Api`] is the
+//! client of the native API (`strata-client`).
 
 #![allow(clippy::disallowed_methods)] // the test harness waits for real processes in real time
 
@@ -17,7 +17,6 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use serde_json::Value;
 use strata_common::{Clock, SystemClock};
 use strata_proxy::auth::JwtIssuer;
 
@@ -214,75 +213,7 @@ pub fn run_ok(command: &mut Command) -> anyhow::Result<String> {
     Ok(stdout)
 }
 
-/// A minimal client of the native API.
-#[derive(Clone)]
-pub struct Api {
-    client: reqwest::Client,
-    endpoint: String,
-    token: Option<String>,
-    /// Extra headers of every request.
-    headers: Vec<(String, String)>,
-}
-
-impl Api {
-    pub fn new(endpoint: &str, token: &str) -> Self {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("http client");
-        Self { client, endpoint: endpoint.to_string(), token: Some(token.to_string()), headers: Vec::new() }
-    }
-
-    /// This client, sending `name: value` with every request as well.
-    pub fn with_header(&self, name: &str, value: &str) -> Self {
-        let mut headers = self.headers.clone();
-        headers.push((name.to_string(), value.to_string()));
-        Self { headers, ..self.clone() }
-    }
-
-    pub fn without_token(&self) -> Self {
-        Self { token: None, ..self.clone() }
-    }
-
-    pub fn with_token(&self, token: &str) -> Self {
-        Self { token: Some(token.to_string()), ..self.clone() }
-    }
-
-    /// Sends a request; returns (status, JSON body or Null).
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
-        let mut request = self.client.request(method, format!("{}{path}", self.endpoint));
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        for (name, value) in &self.headers {
-            request = request.header(name, value);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await?;
-        let status = response.status().as_u16();
-        let text = response.text().await?;
-        let value =
-            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
-        Ok((status, value))
-    }
-
-    pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<(u16, Value)> {
-        self.call(reqwest::Method::POST, path, Some(body)).await
-    }
-
-    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
-        self.call(reqwest::Method::GET, path, None).await
-    }
-
-    /// POST that must succeed; returns the JSON body.
-    pub async fn post_ok(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        let (status, value) = self.post(path, body).await?;
-        if !(200..300).contains(&status) {
-            bail!("POST {path} answered {status}: {value}");
-        }
-        Ok(value)
-    }
-
-    pub async fn create_queue(&self, name: &str) -> anyhow::Result<Value> {
-        self.post_ok("/v1/queues", serde_json::json!({ "name": name })).await
-    }
-}
+/// The tests call the service through the one client of the native API (the CLI's and the
+/// bench's): typed calls, and `call`/`get`/`post` answering status and JSON for tests of errors.
+pub use strata_client::Client as Api;
+pub use strata_client::model;

@@ -7,9 +7,9 @@ use std::time::Duration;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::Api;
 use crate::cluster::LocalCluster;
 use crate::history::{History, Outcome, Report, Stream};
+use crate::{Api, model};
 
 /// Pause between one client's sends: about 20 sends per second per queue.
 const SEND_PAUSE: Duration = Duration::from_millis(50);
@@ -17,13 +17,13 @@ const SEND_PAUSE: Duration = Duration::from_millis(50);
 /// or a failover, not a slow receiver.
 const VISIBILITY_S: u64 = 30;
 
-fn outcome(answer: &anyhow::Result<(u16, serde_json::Value)>) -> Outcome {
+fn outcome(answer: &Result<(u16, serde_json::Value), strata_client::ClientError>) -> Outcome {
     match answer {
         Ok((200..=299, _)) => Outcome::Ok,
         Ok((400..=499, _)) => Outcome::Failed,
         Ok(_) => Outcome::Unknown,
         // Refused before anything was sent (the proxy is down): definitely not done.
-        Err(e) if e.downcast_ref::<reqwest::Error>().is_some_and(reqwest::Error::is_connect) => Outcome::Failed,
+        Err(e) if e.never_sent() => Outcome::Failed,
         Err(_) => Outcome::Unknown,
     }
 }
@@ -106,7 +106,7 @@ impl Load {
             let token = cluster.token_for(tenant)?;
             let proxies: Vec<Api> = endpoints.iter().map(|e| Api::new(e, &token)).collect();
             for queue in queues {
-                proxies[0].create_queue(queue).await?;
+                proxies[0].create_queue(&model::CreateQueue::named(*queue)).await?;
                 let stream = Stream::new(tenant, queue);
                 streams.push(stream.clone());
                 let (h, s, p) = (history.clone(), stream.clone(), proxies.clone());

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use strata_tests::cluster::{LocalCluster, PROXIES};
-use strata_tests::{Api, DevProcess};
+use strata_tests::{Api, DevProcess, model};
 
 /// One tenant's sub-tenants (empty: none given).
 const CUSTOMERS: [&str; 3] = ["", "shop-1", "shop-2"];
@@ -176,8 +176,8 @@ async fn calls_through_a_crash(
     let mut ledger = Ledger::new();
     for tenant in TENANTS {
         let api = Api::new(&endpoints[0], &tokens[tenant]);
-        api.create_queue("small").await?;
-        api.create_queue("big").await?;
+        api.create_queue(&model::CreateQueue::named("small")).await?;
+        api.create_queue(&model::CreateQueue::named("big")).await?;
         ledger.insert((tenant.to_owned(), String::new()), (2, 2));
     }
     let done = Arc::new(AtomicUsize::new(0));
@@ -286,7 +286,7 @@ async fn rejected_calls_are_not_billed_and_a_tenant_reads_only_its_own_bill() ->
     let admin = admin_api(&dev)?;
     let token = dev.token_for("payer")?;
     let api = Api::new(&dev.endpoint, &token);
-    api.create_queue("q").await?;
+    api.create_queue(&model::CreateQueue::named("q")).await?;
     let mut accepted = 1u64;
 
     // Rejected before any work: no token, a token of another issuer's key, invalid requests,
@@ -364,7 +364,7 @@ async fn rejected_calls_are_not_billed_and_a_tenant_reads_only_its_own_bill() ->
     // Another tenant's bill is out of reach: the usage routes take no tenant, the admin routes
     // refuse a tenant token, and the other tenant's own usage holds only its calls.
     let other = Api::new(&dev.endpoint, &dev.token_for("other")?);
-    other.create_queue("q").await?;
+    other.create_queue(&model::CreateQueue::named("q")).await?;
     let other_expected = BTreeMap::from([(String::new(), (1, 1))]);
     assert_eq!(wait_for_count(&other, &other_expected).await?, other_expected);
     assert_eq!(other.get("/v1/billing/usage?tenant=payer").await?.0, 400);

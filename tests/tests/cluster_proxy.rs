@@ -19,7 +19,7 @@ use strata_proxy::ProxySettings;
 use strata_proxy::auth::{JwtIssuer, JwtKey, JwtVerifier};
 use strata_storage::shard::ShardLogSettings;
 use strata_storage::{ObjectStoreSettings, StorageNode, StorageSettings};
-use strata_tests::Api;
+use strata_tests::{Api, model};
 use tokio_util::sync::CancellationToken;
 
 const KEY_ID: &str = "cluster-test";
@@ -103,7 +103,7 @@ async fn the_proxy_follows_the_shard_leader_through_a_failover() {
     let token =
         JwtIssuer::hmac(KEY_ID, SECRET, ISSUER, AUDIENCE).mint("acme", 3600, clock.now_ms() / 1000).expect("token");
     let api = Api::new(&format!("http://{proxy_addr}"), &token);
-    api.create_queue("orders").await.expect("create a queue");
+    api.create_queue(&model::CreateQueue::named("orders")).await.expect("create a queue");
 
     let mut acknowledged = Vec::new();
     for i in 0..30 {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use strata_tests::{Api, DevProcess};
+use strata_tests::{Api, DevProcess, model};
 
 const QUEUE: &str = "crash";
 const ROUNDS: usize = 4;
@@ -41,7 +41,7 @@ async fn sender(api: Api, round: usize, id: usize, ledger: Arc<Mutex<Ledger>>) {
 async fn sigkill_during_concurrent_sends_loses_no_acknowledged_message() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut dev = DevProcess::start(&dir.path().join("dev"), &[])?;
-    dev.api().create_queue(QUEUE).await?;
+    dev.api().create_queue(&model::CreateQueue::named(QUEUE)).await?;
     let ledger = Arc::new(Mutex::new(Ledger::default()));
 
     for round in 0..ROUNDS {

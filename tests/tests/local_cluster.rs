@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use strata_tests::cluster::LocalCluster;
-use strata_tests::{Api, run_ok, strata_binary};
+use strata_tests::{Api, model, run_ok, strata_binary};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_cluster_comes_up_serves_both_apis_survives_a_storage_kill_and_goes_down() {
@@ -26,7 +26,7 @@ async fn local_cluster_comes_up_serves_both_apis_survives_a_storage_kill_and_goe
     let token = &env["STRATA_TOKEN"];
     let proxies: Vec<Api> = env["STRATA_PROXY_ENDPOINTS"].split(',').map(|e| Api::new(e, token)).collect();
     assert_eq!(proxies.len(), 2);
-    proxies[0].create_queue("orders").await.expect("create through proxy 1");
+    proxies[0].create_queue(&model::CreateQueue::named("orders")).await.expect("create through proxy 1");
 
     let mut acknowledged = Vec::new();
     for i in 0..20 {

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 use strata_common::{Clock, SystemClock};
-use strata_tests::{Api, DevProcess};
+use strata_tests::{Api, DevProcess, model};
 
 const DAY_MS: u64 = 24 * 3600 * 1000;
 
@@ -20,7 +20,7 @@ async fn send_at(api: &Api, body: &str, deliver_at_ms: u64) -> anyhow::Result<St
 }
 
 async fn cancel(api: &Api, queue: &str, id: &str) -> anyhow::Result<(u16, Value)> {
-    api.call(reqwest::Method::DELETE, &format!("/v1/queues/{queue}/scheduled/{id}"), None).await
+    api.call(reqwest::Method::DELETE, &format!("/v1/queues/{queue}/scheduled/{id}"), None).await.map_err(Into::into)
 }
 
 async fn delayed(api: &Api) -> anyhow::Result<Value> {
@@ -33,7 +33,7 @@ async fn scheduled_messages_are_cancelled_by_id_and_survive_sigkill() -> anyhow:
     let dir = tempfile::tempdir()?;
     let mut dev = DevProcess::start(&dir.path().join("dev"), &[])?;
     let api = dev.api();
-    api.create_queue("later").await?;
+    api.create_queue(&model::CreateQueue::named("later")).await?;
     let now_ms = SystemClock.now_ms();
 
     let soon_ms = now_ms + 4_000;
@@ -61,7 +61,7 @@ async fn scheduled_messages_are_cancelled_by_id_and_survive_sigkill() -> anyhow:
     let (status, body) = cancel(&api, "later", "not-an-id").await?;
     assert_eq!((status, error_code(&body)), (400, "InvalidParameter"), "{body}");
     let other = api.with_token(&dev.token_for("mallory")?);
-    other.create_queue("later").await?;
+    other.create_queue(&model::CreateQueue::named("later")).await?;
     let (status, body) = cancel(&other, "later", &in_300_days).await?;
     assert_eq!((status, error_code(&body)), (404, "ScheduledMessageNotFound"), "{body}");
     assert_eq!(delayed(&api).await?, json!(2));

@@ -7,11 +7,10 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use serde::Deserialize;
-use serde_json::json;
+use strata_client::model;
 use strata_common::proto as pb;
 
-use super::{AppState, Tenant};
+use super::{AppState, Errors, QueuePath, Tenant};
 use crate::error::ApiError;
 use crate::metering::{CallId, Charge};
 use crate::queue_rules::{self, MOVE_PER_SECOND_DEFAULT, MOVE_PER_SECOND_MAX};
@@ -20,14 +19,19 @@ use crate::queues;
 /// Most source queues one answer lists.
 const SOURCES_PAGE_MAX: usize = 1000;
 
-/// The queues whose dead-letter queue this is (at most 1000 a page; `next_token` goes on).
+/// The queues that use this queue as their dead-letter queue
+///
+/// At most 1000 a page; `next_token` goes on.
+#[utoipa::path(get, path = "/v1/queues/{name}/dead-letter-sources", tag = "dead letters",
+    params(QueuePath, model::PageQuery),
+    responses((status = 200, description = "success", body = model::DeadLetterSources), Errors), security(("bearer" = [])))]
 pub(super) async fn sources(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     call: CallId,
-    Path(name): Path<String>,
-    query: axum::extract::Query<SourcesQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    Path(QueuePath { name }): Path<QueuePath>,
+    query: axum::extract::Query<model::PageQuery>,
+) -> Result<Json<model::DeadLetterSources>, ApiError> {
     state.admit(&tenant, 0).await?;
     let dead_letter = queues::info(&state.placement, &tenant, &name).await?;
     let start_after = query.0.next_token.unwrap_or_default();
@@ -40,51 +44,42 @@ pub(super) async fn sources(
     )
     .await?;
     state.charge(&tenant, &call, b"", Charge::new("ListDeadLetterSourceQueues", &name)).await?;
-    let names: Vec<&str> = sources.iter().map(|q| q.name.as_str()).collect();
-    Ok(Json(json!({ "queues": names, "next_token": next })))
+    let queues = sources.into_iter().map(|q| q.name).collect();
+    Ok(Json(model::DeadLetterSources { queues, next_token: next }))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct SourcesQuery {
-    next_token: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StartMoveRequest {
-    /// Where the messages go; by default the dead-letter queue's only source queue.
-    destination: Option<String>,
-    /// Pace, 1-500 messages per second (default 100).
-    max_messages_per_second: Option<u64>,
-}
-
-fn task_json(task: &pb::MoveTaskInfo, source: &str, destination: &str) -> serde_json::Value {
-    let mut value = json!({
-        "task_id": task.task_id.to_string(),
-        "status": task.status.to_ascii_lowercase(),
-        "source": source,
-        "destination": destination,
-        "max_messages_per_second": task.max_per_second,
-        "moved": task.moved,
-        "to_move": task.to_move,
-        "started_timestamp_ms": task.started_ms,
-    });
-    if !task.failure_reason.is_empty() {
-        value["failure_reason"] = json!(task.failure_reason);
+fn task_answer(task: &pb::MoveTaskInfo, source: &str, destination: &str) -> model::MoveTask {
+    let status = match task.status.as_str() {
+        "RUNNING" => model::MoveTaskStatus::Running,
+        "COMPLETED" => model::MoveTaskStatus::Completed,
+        "CANCELLED" => model::MoveTaskStatus::Cancelled,
+        _ => model::MoveTaskStatus::Failed,
+    };
+    model::MoveTask {
+        task_id: task.task_id.to_string(),
+        status,
+        source: source.to_owned(),
+        destination: destination.to_owned(),
+        max_messages_per_second: task.max_per_second,
+        moved: task.moved,
+        to_move: task.to_move,
+        started_timestamp_ms: task.started_ms,
+        failure_reason: (!task.failure_reason.is_empty()).then(|| task.failure_reason.clone()),
     }
-    value
 }
 
-/// Starts moving the dead-letter queue's messages.
+/// Start moving this dead-letter queue's messages back to a source queue
+#[utoipa::path(post, path = "/v1/queues/{name}/move-tasks", tag = "dead letters", params(QueuePath),
+    request_body = model::StartMoveTask,
+    responses((status = 200, description = "success", body = model::MoveTaskStarted), Errors), security(("bearer" = [])))]
 pub(super) async fn start(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     call: CallId,
-    Path(name): Path<String>,
+    Path(QueuePath { name }): Path<QueuePath>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let (body, request): (_, StartMoveRequest) = state.admit_json(&tenant, body, false).await?;
+) -> Result<Json<model::MoveTaskStarted>, ApiError> {
+    let (body, request): (_, model::StartMoveTask) = state.admit_json(&tenant, body, false).await?;
     let rate = request.max_messages_per_second.unwrap_or(MOVE_PER_SECOND_DEFAULT);
     if !(1..=MOVE_PER_SECOND_MAX).contains(&rate) {
         return Err(ApiError::invalid(format!("max_messages_per_second must be 1-{MOVE_PER_SECOND_MAX}")));
@@ -93,33 +88,47 @@ pub(super) async fn start(
     let task_id =
         queue_rules::start_move_task(&state.placement, &tenant, &source, request.destination.as_deref(), rate).await?;
     state.charge(&tenant, &call, &body, Charge::new("StartMessageMoveTask", &name)).await?;
-    Ok(Json(json!({ "task_id": task_id.to_string() })))
+    Ok(Json(model::MoveTaskStarted { task_id: task_id.to_string() }))
 }
 
-/// The dead-letter queue's move tasks, newest first.
+/// This dead-letter queue's move tasks, newest first
+#[utoipa::path(get, path = "/v1/queues/{name}/move-tasks", tag = "dead letters", params(QueuePath),
+    responses((status = 200, description = "success", body = model::MoveTaskList), Errors), security(("bearer" = [])))]
 pub(super) async fn list(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     call: CallId,
-    Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    Path(QueuePath { name }): Path<QueuePath>,
+) -> Result<Json<model::MoveTaskList>, ApiError> {
     state.admit(&tenant, 0).await?;
     let tasks = queue_rules::list_move_tasks(&state.placement, &tenant, &name).await?;
     state.charge(&tenant, &call, b"", Charge::new("ListMessageMoveTasks", &name)).await?;
-    let tasks: Vec<_> = tasks.iter().map(|(task, destination)| task_json(task, &name, destination)).collect();
-    Ok(Json(json!({ "tasks": tasks })))
+    let tasks = tasks.iter().map(|(task, destination)| task_answer(task, &name, destination)).collect();
+    Ok(Json(model::MoveTaskList { tasks }))
 }
 
-/// Cancels a running move task; messages moved so far stay moved.
+/// The `{name}` and `{task_id}` of a move task's route.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(super) struct TaskPath {
+    /// The dead-letter queue.
+    name: String,
+    /// The id a start answered.
+    task_id: String,
+}
+
+/// Cancel a running move task (messages moved stay moved)
+#[utoipa::path(delete, path = "/v1/queues/{name}/move-tasks/{task_id}", tag = "dead letters", params(TaskPath),
+    responses((status = 200, description = "success", body = model::MoveTaskCancelled), Errors), security(("bearer" = [])))]
 pub(super) async fn cancel(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     call: CallId,
-    Path((name, task_id)): Path<(String, String)>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    Path(TaskPath { name, task_id }): Path<TaskPath>,
+) -> Result<Json<model::MoveTaskCancelled>, ApiError> {
     state.admit(&tenant, 0).await?;
     let task_id: u64 = task_id.parse().map_err(|_| ApiError::invalid("task_id must be a task id from a start"))?;
     let task = queue_rules::cancel_move_task(&state.placement, &tenant, &name, task_id).await?;
     state.charge(&tenant, &call, task_id.to_string().as_bytes(), Charge::new("CancelMessageMoveTask", &name)).await?;
-    Ok(Json(json!({ "moved": task.moved })))
+    Ok(Json(model::MoveTaskCancelled { moved: task.moved }))
 }

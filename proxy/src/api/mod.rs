@@ -1,4 +1,6 @@
-//! The native HTTP/JSON API (`/v1/...`), documented in `openapi.json` (served at `/openapi.json`).
+//! The native HTTP/JSON API (`/v1/...`). Its shapes are the types of [`strata_client::model`]; the
+//! OpenAPI document served at `/openapi.json` is generated from them and from the routes below
+//! (`openapi.json` in this crate is a committed copy, checked by a test).
 //!
 //! Every `/v1` route needs a JWT bearer token; the tenant is the token's verified subject and
 //! nothing else. Request bodies are JSON, parsed here so that every malformed request gets a JSON
@@ -20,16 +22,21 @@ use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use base64::Engine;
 use bytes::Bytes;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+use strata_client::model::{self, admin};
 use strata_common::error::{ErrorKind, StrataError};
 use strata_common::limits::{
     self, HTTP_REQUEST_BYTES_MAX, LIST_QUEUES_PAGE_MAX, LONG_POLL_MS_MAX, MESSAGE_BODY_BYTES_MAX,
 };
 use strata_common::names::validate_queue_name;
 use strata_common::proto as pb;
+use strata_common::{Clock, Random};
 use strata_metadata_client::MetadataClient;
+use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
+use utoipa::{IntoParams, IntoResponses, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::JwtVerifier;
 use crate::credentials::{admin_path_tenant, verified_subject};
@@ -42,16 +49,13 @@ use crate::routing::Router as Placement;
 use crate::sqs::auth::AccessKeys;
 use crate::sqs::{self, SqsState};
 use crate::storage_client::{CoLocatedStorage, StorageClients};
-use strata_common::{Clock, Random};
-
-const OPENAPI_JSON: &str = include_str!("../../openapi.json");
 
 mod dead_letters;
 mod settings;
 mod tags;
 
 pub(crate) use settings::default_config;
-use settings::{DELAY_S_MAX, QueueAttributesInput, VISIBILITY_TIMEOUT_S_MAX};
+use settings::{DELAY_S_MAX, VISIBILITY_TIMEOUT_S_MAX};
 
 const BATCH_ENTRIES_MAX: usize = limits::SEND_BATCH_MAX;
 
@@ -135,26 +139,11 @@ pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
         .route("/{account}/{queue}", post(sqs::handle).get(sqs::handle))
         .layer(DefaultBodyLimit::max(HTTP_REQUEST_BYTES_MAX))
         .with_state(sqs);
-    let api = Router::new()
-        .route("/openapi.json", get(openapi))
+    let (native, document) = native_routes().split_for_parts();
+    let document = document.to_pretty_json().map_err(|e| StrataError::internal(format!("OpenAPI document: {e}")))?;
+    let api = native
+        .route("/openapi.json", get(move || async move { ([(header::CONTENT_TYPE, "application/json")], document) }))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/v1/queues", post(create_queue).get(list_queues))
-        .route("/v1/queues/{name}", get(get_queue).delete(delete_queue).patch(set_queue_attributes))
-        .route("/v1/queues/{name}/messages", post(send_messages))
-        .route("/v1/queues/{name}/receive", post(receive_messages))
-        .route("/v1/queues/{name}/delete", post(delete_messages))
-        .route("/v1/queues/{name}/visibility", post(change_visibility))
-        .route("/v1/queues/{name}/purge", post(purge_queue))
-        .route("/v1/queues/{name}/scheduled/{message_id}", delete(cancel_scheduled))
-        .route("/v1/queues/{name}/tags", get(tags::list).post(tags::add))
-        .route("/v1/queues/{name}/tags/{key}", delete(tags::remove))
-        .route("/v1/queues/{name}/dead-letter-sources", get(dead_letters::sources))
-        .route("/v1/queues/{name}/move-tasks", post(dead_letters::start).get(dead_letters::list))
-        .route("/v1/queues/{name}/move-tasks/{task_id}", delete(dead_letters::cancel))
-        .route("/v1/limits", get(get_limits::<Tenant>))
-        .route("/v1/access-keys", post(create_access_key::<Tenant>).get(list_access_keys::<Tenant>))
-        .route("/v1/access-keys/{id}", delete(revoke_access_key::<Tenant>))
-        .route("/v1/access-keys/{id}/rotate", post(rotate_access_key::<Tenant>))
         // Everything else under `/v1/` is the native API's too (the tenant id `v1` is reserved),
         // never an SQS queue URL `/{account}/{queue}`.
         .route("/v1/{*rest}", any(no_such_route))
@@ -187,8 +176,59 @@ async fn no_such_route() -> ApiError {
     ApiError(StrataError::invalid("no such route; see /openapi.json"))
 }
 
-async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+/// The OpenAPI document's frame: what is not generated from the routes.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Strata native API",
+        version = "1.0.0",
+        description = "Queues and messages over HTTP/JSON. Authenticate with a JWT bearer token; the tenant is \
+            the token's subject. Errors are {\"error\": {\"code\", \"message\"}} with stable codes: \
+            QueueNotFound, QueueAlreadyExists, InvalidParameter, InvalidReceipt, TooLarge, Unauthenticated, \
+            Throttled, Unavailable, Internal.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0")
+    ),
+    components(schemas(model::ErrorBody)),
+    modifiers(&BearerToken)
+)]
+struct NativeApi;
+
+/// The bearer-token security scheme the routes name.
+struct BearerToken;
+
+impl utoipa::Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let scheme = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build();
+        openapi.components.get_or_insert_default().add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+/// The tenant API's routes, each with its OpenAPI description.
+fn native_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(NativeApi::openapi())
+        .routes(routes!(create_queue, list_queues))
+        .routes(routes!(get_queue, delete_queue, set_queue_attributes))
+        .routes(routes!(send_messages))
+        .routes(routes!(receive_messages))
+        .routes(routes!(delete_messages))
+        .routes(routes!(change_visibility))
+        .routes(routes!(purge_queue))
+        .routes(routes!(cancel_scheduled))
+        .routes(routes!(tags::list, tags::add))
+        .routes(routes!(tags::remove))
+        .routes(routes!(dead_letters::sources))
+        .routes(routes!(dead_letters::start, dead_letters::list))
+        .routes(routes!(dead_letters::cancel))
+        .routes(routes!(own_limits))
+        .routes(routes!(create_own_access_key, list_own_access_keys))
+        .routes(routes!(revoke_own_access_key))
+        .routes(routes!(rotate_own_access_key))
+}
+
+/// The native API's OpenAPI document, as served at `/openapi.json`.
+pub fn openapi_json() -> String {
+    native_routes().into_openapi().to_pretty_json().unwrap_or_default()
 }
 
 /// Whose access keys (or limits) a request reads or manages: the verified tenant itself (tenant
@@ -237,12 +277,6 @@ impl FromRequestParts<AppState> for Operator {
 /// The operator named by the request's admin token.
 fn verify_operator(parts: &Parts, state: &AppState) -> Result<String, ApiError> {
     verified_subject(&state.admin_verifier, &parts.headers)
-}
-
-/// The `{id}` of an access-key route.
-#[derive(Debug, Deserialize)]
-struct KeyId {
-    id: String,
 }
 
 /// The verified tenant of a request.
@@ -319,46 +353,164 @@ fn validate_name(name: &str) -> Result<(), ApiError> {
 
 // ------------------------------------------------------------------------------------ queues
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateQueueRequest {
+/// The `{name}` of a queue route.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct QueuePath {
+    /// A FIFO queue's name ends with `.fifo`, and only a FIFO queue's.
+    #[param(pattern = r"^[A-Za-z0-9_-]{1,80}$|^[A-Za-z0-9_-]{1,75}\.fifo$")]
     name: String,
-    #[serde(default)]
-    attributes: QueueAttributesInput,
-    #[serde(default)]
-    tags: BTreeMap<String, String>,
 }
 
-fn queue_json(info: &pb::QueueInfo, stats: Option<&pb::QueueStats>) -> serde_json::Value {
-    let config = info.config.clone().unwrap_or_default();
-    let tags: BTreeMap<&String, &String> = info.tags.iter().collect();
-    let mut value = json!({
-        "name": info.name,
-        "queue_id": info.queue_id.to_string(),
-        "created_timestamp_ms": info.created_ms,
-        "last_modified_timestamp_ms": info.modified_ms,
-        "attributes": settings::attributes_json(&info.tenant, &config),
-        "tags": tags,
-    });
-    if let Some(stats) = stats {
-        value["approximate_number_of_messages"] = json!(stats.visible);
-        value["approximate_number_of_messages_not_visible"] = json!(stats.in_flight);
-        value["approximate_number_of_messages_delayed"] = json!(stats.delayed);
+/// The error answers every tenant call may give, each an [`model::ErrorBody`].
+struct Errors;
+
+impl IntoResponses for Errors {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        const ERRORS: [(u16, &str); 6] = [
+            (400, "The request is malformed or breaks a rule (code `InvalidParameter`, `InvalidReceipt`, ...)."),
+            (401, "No valid bearer token."),
+            (404, "No such queue (or message, or task) of this tenant."),
+            (413, "The request or a message is too large."),
+            (429, "Over the tenant's rate limits; retry after `Retry-After` seconds."),
+            (503, "The service cannot answer now; retry."),
+        ];
+        ERRORS
+            .into_iter()
+            .map(|(status, description)| {
+                let content = Content::new(Some(Ref::from_schema_name("Error")));
+                let response = ResponseBuilder::new().description(description).content("application/json", content);
+                (status.to_string(), response.build().into())
+            })
+            .collect()
     }
-    value
 }
 
+fn queue_answer(info: &pb::QueueInfo, stats: Option<&pb::QueueStats>) -> model::Queue {
+    let config = info.config.clone().unwrap_or_default();
+    model::Queue {
+        name: info.name.clone(),
+        queue_id: info.queue_id.to_string(),
+        created_timestamp_ms: info.created_ms,
+        last_modified_timestamp_ms: info.modified_ms,
+        attributes: settings::attributes(&info.tenant, &config),
+        tags: info.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        approximate_number_of_messages: stats.map(|s| s.visible),
+        approximate_number_of_messages_not_visible: stats.map(|s| s.in_flight),
+        approximate_number_of_messages_delayed: stats.map(|s| s.delayed),
+    }
+}
+
+async fn get_limits<O: KeyOwner>(State(state): State<AppState>, owner: O) -> Result<Json<model::LimitsInfo>, ApiError> {
+    Ok(Json(limits_info_answer(state.placement.metadata.get_tenant_limits(owner.tenant()).await?)))
+}
+
+async fn set_tenant_limits(
+    State(state): State<AppState>,
+    AdminTenant(tenant): AdminTenant,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<model::LimitsInfo>, ApiError> {
+    let request: admin::SetTenantLimits = parse_json(body)?;
+    let overrides = limits_to_pb(request.overrides);
+    let info = state.placement.metadata.set_tenant_limits(&tenant, &request.plan, overrides).await?;
+    Ok(Json(limits_info_answer(info)))
+}
+
+/// The `{name}` of a limit plan route.
+#[derive(Debug, Deserialize)]
+struct PlanName {
+    name: String,
+}
+
+fn plan_answer(plan: pb::LimitPlan) -> admin::LimitPlan {
+    admin::LimitPlan { name: plan.name, limits: limits_answer(plan.limits) }
+}
+
+async fn set_limit_plan(
+    State(state): State<AppState>,
+    _: Operator,
+    Path(PlanName { name }): Path<PlanName>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<admin::LimitPlan>, ApiError> {
+    let limits: model::TenantLimits = parse_json(body)?;
+    let plan = state.placement.metadata.set_limit_plan(&name, limits_to_pb(limits)).await?;
+    Ok(Json(plan_answer(plan)))
+}
+
+async fn list_limit_plans(State(state): State<AppState>, _: Operator) -> Result<Json<admin::LimitPlanList>, ApiError> {
+    let plans = state.placement.metadata.list_limit_plans().await?;
+    Ok(Json(admin::LimitPlanList { limit_plans: plans.into_iter().map(plan_answer).collect() }))
+}
+
+/// The `{id}` of an access-key route.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct KeyId {
+    /// The access key id.
+    id: String,
+}
+
+async fn create_access_key<O: KeyOwner>(State(state): State<AppState>, owner: O) -> Result<Response, ApiError> {
+    let key = state.placement.metadata.create_access_key(owner.tenant()).await?;
+    let now_ms = state.sqs.clock.now_ms();
+    Ok((StatusCode::CREATED, Json(access_key_answer(key, now_ms))).into_response())
+}
+
+async fn list_access_keys<O: KeyOwner>(
+    State(state): State<AppState>,
+    owner: O,
+) -> Result<Json<model::AccessKeyList>, ApiError> {
+    let keys = state.placement.metadata.list_access_keys(owner.tenant()).await?;
+    let now_ms = state.sqs.clock.now_ms();
+    Ok(Json(model::AccessKeyList { access_keys: keys.into_iter().map(|k| access_key_answer(k, now_ms)).collect() }))
+}
+
+async fn revoke_access_key<O: KeyOwner>(
+    State(state): State<AppState>,
+    owner: O,
+    Path(KeyId { id }): Path<KeyId>,
+) -> Result<Json<model::AccessKey>, ApiError> {
+    let key = state.placement.metadata.revoke_access_key(owner.tenant(), &id).await?;
+    state.sqs.keys.forget(&id);
+    Ok(Json(access_key_answer(key, state.sqs.clock.now_ms())))
+}
+
+async fn rotate_access_key<O: KeyOwner>(
+    State(state): State<AppState>,
+    owner: O,
+    Path(KeyId { id }): Path<KeyId>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: model::RotateKey = parse_json(body)?;
+    let grace_s = request.grace_seconds.unwrap_or(0);
+    if grace_s > ROTATION_GRACE_S_MAX {
+        return Err(ApiError::invalid(format!("grace_seconds must be 0-{ROTATION_GRACE_S_MAX}")));
+    }
+    let key = state.placement.metadata.rotate_access_key(owner.tenant(), &id, grace_s * 1000).await?;
+    state.sqs.keys.forget(&id);
+    let now_ms = state.sqs.clock.now_ms();
+    Ok((StatusCode::CREATED, Json(access_key_answer(key, now_ms))).into_response())
+}
+
+// The tenant API's own routes over the handlers above (typed for the OpenAPI document).
+
+/// Create a queue
+///
+/// Idempotent with identical settings and tags; a queue of that name with other settings answers
+/// `QueueAlreadyExists`.
+#[utoipa::path(post, path = "/v1/queues", tag = "queues", request_body = model::CreateQueue,
+    responses((status = 201, description = "created", body = model::Queue), Errors), security(("bearer" = [])))]
 async fn create_queue(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     call: CallId,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (body, request): (_, CreateQueueRequest) = state.admit_json(&tenant, body, false).await?;
+    let (body, request): (_, model::CreateQueue) = state.admit_json(&tenant, body, false).await?;
     validate_name(&request.name)?;
     tags::check(&request.tags)?;
     let (config, dead_letter_shard) =
-        request.attributes.apply(&state.placement, &tenant, &request.name, default_config(), true).await?;
+        settings::apply(&request.attributes, &state.placement, &tenant, &request.name, default_config(), true).await?;
     let mut info =
         queue_rules::create_queue_with_dead_letter(&state.placement, &tenant, &request.name, config, dead_letter_shard)
             .await?;
@@ -366,25 +518,21 @@ async fn create_queue(
         info = state.placement.metadata.tag_queue(&tenant, &request.name, request.tags.into_iter().collect()).await?;
     }
     state.charge(&tenant, &call, &body, Charge::new("CreateQueue", &request.name)).await?;
-    Ok((StatusCode::CREATED, Json(queue_json(&info, None))).into_response())
+    Ok((StatusCode::CREATED, Json(queue_answer(&info, None))).into_response())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQueuesQuery {
-    #[serde(default)]
-    prefix: String,
-    max_results: Option<u32>,
-    next_token: Option<String>,
-}
-
+/// List queues
+///
+/// In name order, a page at a time; pass `next_token` for the next page.
+#[utoipa::path(get, path = "/v1/queues", tag = "queues", params(model::ListQueuesQuery),
+    responses((status = 200, description = "success", body = model::QueueList), Errors), security(("bearer" = [])))]
 async fn list_queues(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     call: CallId,
     uri: axum::http::Uri,
-    query: Result<Query<ListQueuesQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    query: Result<Query<model::ListQueuesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<model::QueueList>, ApiError> {
     state.admit(&tenant, 0).await?;
     let Query(query) = query.map_err(|e| ApiError::invalid(format!("invalid query: {e}")))?;
     let max = query.max_results.unwrap_or(LIST_QUEUES_PAGE_MAX);
@@ -394,18 +542,21 @@ async fn list_queues(
     let start_after = query.next_token.unwrap_or_default();
     let page = state.placement.metadata.list_queues(&tenant, &query.prefix, &start_after, max).await?;
     let next_token = if page.truncated { page.queues.last().map(|q| q.name.clone()) } else { None };
-    let queues: Vec<_> = page.queues.iter().map(|q| queue_json(q, None)).collect();
+    let queues = page.queues.iter().map(|q| queue_answer(q, None)).collect();
     let query_text = uri.query().unwrap_or("").as_bytes();
     state.charge(&tenant, &call, query_text, Charge::new("ListQueues", "")).await?;
-    Ok(Json(json!({ "queues": queues, "next_token": next_token })))
+    Ok(Json(model::QueueList { queues, next_token }))
 }
 
+/// A queue's settings, tags and approximate counts
+#[utoipa::path(get, path = "/v1/queues/{name}", tag = "queues", params(QueuePath),
+    responses((status = 200, description = "success", body = model::Queue), Errors), security(("bearer" = [])))]
 async fn get_queue(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     call: CallId,
-    Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    Path(QueuePath { name }): Path<QueuePath>,
+) -> Result<Json<model::Queue>, ApiError> {
     state.admit(&tenant, 0).await?;
     let stats =
         queues::on_queue(&state.placement, &tenant, &name, |mut c, q| async move { c.get_queue_stats(q).await })
@@ -413,14 +564,17 @@ async fn get_queue(
     // From metadata, not the placement cache: settings and tags change without a new incarnation.
     let info = state.placement.metadata.get_queue(&tenant, &name).await?;
     state.charge(&tenant, &call, b"", Charge::new("GetQueueAttributes", &name)).await?;
-    Ok(Json(queue_json(&info, Some(&stats))))
+    Ok(Json(queue_answer(&info, Some(&stats))))
 }
 
+/// Delete a queue and its messages
+#[utoipa::path(delete, path = "/v1/queues/{name}", tag = "queues", params(QueuePath),
+    responses((status = 204, description = "deleted"), Errors), security(("bearer" = [])))]
 async fn delete_queue(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     call: CallId,
-    Path(name): Path<String>,
+    Path(QueuePath { name }): Path<QueuePath>,
 ) -> Result<StatusCode, ApiError> {
     state.admit(&tenant, 0).await?;
     queues::delete_queue(&state.placement, &tenant, &name).await?;
@@ -428,43 +582,65 @@ async fn delete_queue(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Change a queue's settings
+///
+/// Absent fields keep their values; `null` clears `dead_letter` or `redrive_allow`.
+#[utoipa::path(patch, path = "/v1/queues/{name}", tag = "queues", params(QueuePath),
+    request_body = model::QueueAttributesChange,
+    responses((status = 200, description = "success", body = model::Queue), Errors), security(("bearer" = [])))]
 async fn set_queue_attributes(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     call: CallId,
-    Path(name): Path<String>,
+    Path(QueuePath { name }): Path<QueuePath>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let (body, input): (_, QueueAttributesInput) = state.admit_json(&tenant, body, false).await?;
+) -> Result<Json<model::Queue>, ApiError> {
+    let (body, change): (_, model::QueueAttributesChange) = state.admit_json(&tenant, body, false).await?;
     let current = queues::info(&state.placement, &tenant, &name).await?;
     let base = current.config.clone().unwrap_or_default();
-    let (config, dead_letter_shard) = input.apply(&state.placement, &tenant, &name, base, false).await?;
+    let (config, dead_letter_shard) = settings::apply(&change, &state.placement, &tenant, &name, base, false).await?;
     if dead_letter_shard.is_some_and(|shard| shard != current.shard_id) {
         return Err(ApiError(Refusal::DifferentShard.into()));
     }
     let info = queues::set_config(&state.placement, &tenant, &name, config).await?;
     state.charge(&tenant, &call, &body, Charge::new("SetQueueAttributes", &name)).await?;
-    Ok(Json(queue_json(&info, None)))
+    Ok(Json(queue_answer(&info, None)))
 }
 
+/// Delete every message of a queue
+#[utoipa::path(post, path = "/v1/queues/{name}/purge", tag = "queues", params(QueuePath),
+    responses((status = 200, description = "success", body = model::PurgeResult), Errors), security(("bearer" = [])))]
 async fn purge_queue(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     call: CallId,
-    Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    Path(QueuePath { name }): Path<QueuePath>,
+) -> Result<Json<model::PurgeResult>, ApiError> {
     state.admit(&tenant, 0).await?;
     let purged = queues::on_queue(&state.placement, &tenant, &name, |mut c, q| async move { c.purge(q).await }).await?;
     state.charge(&tenant, &call, b"", Charge::new("PurgeQueue", &name)).await?;
-    Ok(Json(json!({ "purged": purged.purged })))
+    Ok(Json(model::PurgeResult { purged: purged.purged }))
 }
 
+/// The `{name}` and `{message_id}` of a scheduled message's route.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct ScheduledPath {
+    /// The queue.
+    name: String,
+    /// The id a send with `deliver_at_ms` answered.
+    message_id: String,
+}
+
+/// Cancel a message sent with deliver_at_ms that is not due yet
+#[utoipa::path(delete, path = "/v1/queues/{name}/scheduled/{message_id}", tag = "messages", params(ScheduledPath),
+    responses((status = 200, description = "success", body = model::CancelResult), Errors), security(("bearer" = [])))]
 async fn cancel_scheduled(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     call: CallId,
-    Path((name, message_id)): Path<(String, String)>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    Path(ScheduledPath { name, message_id }): Path<ScheduledPath>,
+) -> Result<Json<model::CancelResult>, ApiError> {
     state.admit(&tenant, 0).await?;
     queues::on_queue(&state.placement, &tenant, &name, |mut c, q| {
         let message_id = message_id.clone();
@@ -472,43 +648,12 @@ async fn cancel_scheduled(
     })
     .await?;
     state.charge(&tenant, &call, message_id.as_bytes(), Charge::new("CancelScheduledMessage", &name)).await?;
-    Ok(Json(json!({ "cancelled": true })))
+    Ok(Json(model::CancelResult { cancelled: true }))
 }
 
 // ------------------------------------------------------------------------------------ messages
 
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-struct AttributeJson {
-    /// "String", "Number" or "Binary" (base64 value).
-    #[serde(rename = "type")]
-    data_type: String,
-    value: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MessageInput {
-    body: String,
-    #[serde(default)]
-    attributes: BTreeMap<String, AttributeJson>,
-    delay_seconds: Option<u64>,
-    /// Deliver at this unix time in milliseconds (up to a year ahead); not with `delay_seconds`.
-    deliver_at_ms: Option<u64>,
-    /// FIFO queues: the message group, delivered in order one message at a time.
-    group_id: Option<String>,
-    /// FIFO queues: a send with an id seen in the last 5 minutes is accepted and not stored
-    /// again. Not needed when the queue deduplicates by content.
-    deduplication_id: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SendRequest {
-    messages: Vec<MessageInput>,
-}
-
-fn message_to_pb(m: MessageInput, config: &pb::QueueConfig) -> Result<pb::NewMessage, ApiError> {
+fn message_to_pb(m: model::NewMessage, config: &pb::QueueConfig) -> Result<pb::NewMessage, ApiError> {
     if m.body.is_empty() {
         return Err(ApiError::invalid("message body must not be empty"));
     }
@@ -563,16 +708,21 @@ fn message_to_pb(m: MessageInput, config: &pb::QueueConfig) -> Result<pb::NewMes
     })
 }
 
-/// Sends 1-10 messages. With `x-strata-request-id`, a retry (same tenant, same queue) is
-/// stored once and answered like the first attempt.
+/// Send 1-10 messages; answered after they are durable
+#[utoipa::path(post, path = "/v1/queues/{name}/messages", tag = "messages",
+    params(QueuePath, ("x-strata-request-id" = Option<String>, Header, pattern = r"^[A-Za-z0-9._-]{1,128}$",
+        description = "Makes the send idempotent: a retry with the same id (same tenant and queue) is stored once \
+            and answered with the first attempt's message ids. Remembered for the shard's last 20,000 sends.")),
+    request_body = model::SendMessages,
+    responses((status = 200, description = "success", body = model::SendResult), Errors), security(("bearer" = [])))]
 async fn send_messages(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     call: CallId,
-    Path(name): Path<String>,
+    Path(QueuePath { name }): Path<QueuePath>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let (body, request): (_, SendRequest) = state.admit_json(&tenant, body, false).await?;
+) -> Result<Json<model::SendResult>, ApiError> {
+    let (body, request): (_, model::SendMessages) = state.admit_json(&tenant, body, false).await?;
     if request.messages.is_empty() || request.messages.len() > BATCH_ENTRIES_MAX {
         return Err(ApiError::invalid(format!("messages must hold 1-{BATCH_ENTRIES_MAX} entries")));
     }
@@ -582,33 +732,19 @@ async fn send_messages(
     let action = if messages.len() == 1 { "SendMessage" } else { "SendMessageBatch" };
     let meter = state.meter.record(&tenant, &call, &body, Charge { payload_in_bytes, ..Charge::new(action, &name) });
     let sent = queues::send(&state.placement, &tenant, &name, &call, messages, meter).await?;
-    let messages: Vec<_> = sent
+    let messages = sent
         .messages
         .iter()
-        .map(|m| {
-            let mut sent = json!({ "message_id": m.message_id });
-            if config.fifo_queue {
-                sent["sequence_number"] = json!(m.seq.to_string());
-            }
-            sent
+        .map(|m| model::SentMessage {
+            message_id: m.message_id.clone(),
+            sequence_number: config.fifo_queue.then(|| m.seq.to_string()),
         })
         .collect();
-    Ok(Json(json!({ "messages": messages })))
+    Ok(Json(model::SendResult { messages }))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReceiveRequest {
-    max_messages: Option<u32>,
-    /// Long-poll wait; the queue's `receive_wait_seconds` when absent.
-    wait_seconds: Option<u64>,
-    visibility_timeout_seconds: Option<u64>,
-    /// FIFO queues: a retry with the same id (within 5 minutes) answers the same messages.
-    attempt_id: Option<String>,
-}
-
-fn received_json(m: pb::ReceivedMessage) -> serde_json::Value {
-    let attributes: BTreeMap<String, serde_json::Value> = m
+fn received_answer(m: pb::ReceivedMessage) -> model::ReceivedMessage {
+    let attributes = m
         .attributes
         .into_iter()
         .map(|(k, a)| {
@@ -617,41 +753,43 @@ fn received_json(m: pb::ReceivedMessage) -> serde_json::Value {
             } else {
                 a.string_value
             };
-            (k, json!({ "type": a.data_type, "value": value }))
+            (k, model::MessageAttribute { data_type: a.data_type, value })
         })
         .collect();
-    let mut value = json!({
-        "message_id": m.message_id,
-        "receipt_handle": m.receipt_handle,
-        "body": String::from_utf8_lossy(&m.body),
-        "attributes": attributes,
-        "receive_count": m.receive_count,
-        "sent_timestamp_ms": m.sent_ms,
-        "first_receive_timestamp_ms": m.first_receive_ms,
-    });
-    if !m.message_group_id.is_empty() {
-        value["group_id"] = json!(m.message_group_id);
-        value["deduplication_id"] = json!(m.message_deduplication_id);
-        value["sequence_number"] = json!(m.sequence_number.to_string());
+    let fifo = !m.message_group_id.is_empty();
+    model::ReceivedMessage {
+        message_id: m.message_id,
+        receipt_handle: m.receipt_handle,
+        body: String::from_utf8_lossy(&m.body).into_owned(),
+        attributes,
+        receive_count: m.receive_count,
+        sent_timestamp_ms: m.sent_ms,
+        first_receive_timestamp_ms: m.first_receive_ms,
+        group_id: fifo.then_some(m.message_group_id),
+        deduplication_id: fifo.then_some(m.message_deduplication_id),
+        sequence_number: fifo.then(|| m.sequence_number.to_string()),
     }
-    value
 }
 
+/// Receive 1-10 messages, long polling up to 20 s
+#[utoipa::path(post, path = "/v1/queues/{name}/receive", tag = "messages", params(QueuePath),
+    request_body = model::Receive,
+    responses((status = 200, description = "success", body = model::ReceiveResult), Errors), security(("bearer" = [])))]
 async fn receive_messages(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     call: CallId,
-    Path(name): Path<String>,
+    Path(QueuePath { name }): Path<QueuePath>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let (body, request): (_, ReceiveRequest) = state.admit_json(&tenant, body, true).await?;
+) -> Result<Json<model::ReceiveResult>, ApiError> {
+    let (body, request): (_, model::Receive) = state.admit_json(&tenant, body, true).await?;
     let max_messages = request.max_messages.unwrap_or(1);
     if !(1..=BATCH_ENTRIES_MAX as u32).contains(&max_messages) {
         return Err(ApiError::invalid(format!("max_messages must be 1-{BATCH_ENTRIES_MAX}")));
     }
     let config = queues::info(&state.placement, &tenant, &name).await?.config.unwrap_or_default();
     let wait_ms = match request.wait_seconds {
-        Some(s) if s * 1000 > LONG_POLL_MS_MAX => {
+        Some(s) if s.saturating_mul(1000) > LONG_POLL_MS_MAX => {
             return Err(ApiError::invalid(format!("wait_seconds must be 0-{}", LONG_POLL_MS_MAX / 1000)));
         }
         Some(s) => s * 1000,
@@ -690,24 +828,21 @@ async fn receive_messages(
         ..Charge::new("ReceiveMessage", &name)
     };
     state.charge(&tenant, &call, &body, charge).await?;
-    let messages: Vec<_> = received.messages.into_iter().map(received_json).collect();
-    Ok(Json(json!({ "messages": messages })))
+    Ok(Json(model::ReceiveResult { messages: received.messages.into_iter().map(received_answer).collect() }))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DeleteRequest {
-    receipt_handles: Vec<String>,
-}
-
+/// Delete 1-10 messages by receipt handle
+#[utoipa::path(post, path = "/v1/queues/{name}/delete", tag = "messages", params(QueuePath),
+    request_body = model::DeleteMessages,
+    responses((status = 200, description = "success", body = model::DeleteResult), Errors), security(("bearer" = [])))]
 async fn delete_messages(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     call: CallId,
-    Path(name): Path<String>,
+    Path(QueuePath { name }): Path<QueuePath>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let (body, request): (_, DeleteRequest) = state.admit_json(&tenant, body, false).await?;
+) -> Result<Json<model::DeleteResult>, ApiError> {
+    let (body, request): (_, model::DeleteMessages) = state.admit_json(&tenant, body, false).await?;
     if request.receipt_handles.is_empty() || request.receipt_handles.len() > BATCH_ENTRIES_MAX {
         return Err(ApiError::invalid(format!("receipt_handles must hold 1-{BATCH_ENTRIES_MAX} entries")));
     }
@@ -719,35 +854,30 @@ async fn delete_messages(
     .await?;
     let action = if response.results.len() == 1 { "DeleteMessage" } else { "DeleteMessageBatch" };
     state.charge(&tenant, &call, &body, Charge::new(action, &name)).await?;
-    let results: Vec<_> = response
+    let results = response
         .results
-        .iter()
-        .map(|r| {
-            if r.error_code.is_empty() {
-                json!({ "ok": true })
-            } else {
-                json!({ "ok": false, "error": { "code": r.error_code, "message": r.error_message } })
-            }
+        .into_iter()
+        .map(|r| model::DeleteOutcome {
+            ok: r.error_code.is_empty(),
+            error: (!r.error_code.is_empty())
+                .then_some(model::ErrorDetail { code: r.error_code, message: r.error_message }),
         })
         .collect();
-    Ok(Json(json!({ "results": results })))
+    Ok(Json(model::DeleteResult { results }))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VisibilityRequest {
-    receipt_handle: String,
-    visibility_timeout_seconds: u64,
-}
-
+/// Change the visibility timeout of a received message
+#[utoipa::path(post, path = "/v1/queues/{name}/visibility", tag = "messages", params(QueuePath),
+    request_body = model::ChangeVisibility,
+    responses((status = 204, description = "changed"), Errors), security(("bearer" = [])))]
 async fn change_visibility(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     call: CallId,
-    Path(name): Path<String>,
+    Path(QueuePath { name }): Path<QueuePath>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let (body, request): (_, VisibilityRequest) = state.admit_json(&tenant, body, false).await?;
+    let (body, request): (_, model::ChangeVisibility) = state.admit_json(&tenant, body, false).await?;
     if request.visibility_timeout_seconds > VISIBILITY_TIMEOUT_S_MAX {
         return Err(ApiError::invalid(format!("visibility_timeout_seconds must be 0-{VISIBILITY_TIMEOUT_S_MAX}")));
     }
@@ -770,49 +900,50 @@ async fn change_visibility(
 /// Longest grace period of a rotated key.
 const ROTATION_GRACE_S_MAX: u64 = 7 * 24 * 3600;
 
-fn access_key_json(key: &pb::AccessKey, now_ms: u64) -> serde_json::Value {
-    let mut value = json!({
-        "access_key_id": key.access_key_id,
-        "created_timestamp_ms": key.created_ms,
-        "status": if key.revoked_at_ms == 0 || now_ms < key.revoked_at_ms { "active" } else { "revoked" },
-    });
-    if key.revoked_at_ms != 0 {
-        value["revoked_at_timestamp_ms"] = json!(key.revoked_at_ms);
+fn access_key_answer(key: pb::AccessKey, now_ms: u64) -> model::AccessKey {
+    let active = key.revoked_at_ms == 0 || now_ms < key.revoked_at_ms;
+    model::AccessKey {
+        access_key_id: key.access_key_id,
+        secret_access_key: (!key.secret_access_key.is_empty()).then_some(key.secret_access_key),
+        created_timestamp_ms: key.created_ms,
+        status: if active { model::KeyStatus::Active } else { model::KeyStatus::Revoked },
+        revoked_at_timestamp_ms: (key.revoked_at_ms != 0).then_some(key.revoked_at_ms),
     }
-    if !key.secret_access_key.is_empty() {
-        value["secret_access_key"] = json!(key.secret_access_key);
-    }
-    value
 }
 
-async fn list_storage_nodes(State(state): State<AppState>, _: Operator) -> Result<Json<serde_json::Value>, ApiError> {
+async fn list_storage_nodes(
+    State(state): State<AppState>,
+    _: Operator,
+) -> Result<Json<admin::StorageNodeList>, ApiError> {
     let answer = state.placement.metadata.storage_nodes().await?;
-    let nodes: Vec<_> = answer
+    let storage_nodes = answer
         .nodes
-        .iter()
-        .map(|n| {
-            json!({
-                "node_id": n.node_id,
-                "address": n.address,
-                "zone": n.zone,
-                "capacity_bytes": n.capacity_bytes,
-                "live": n.live,
-                "registered_ms": n.registered_ms,
-                "format_generation_max": n.format_generation_max,
-            })
+        .into_iter()
+        .map(|n| admin::StorageNode {
+            node_id: n.node_id,
+            address: n.address,
+            zone: n.zone,
+            capacity_bytes: n.capacity_bytes,
+            live: n.live,
+            registered_ms: n.registered_ms,
+            format_generation_max: n.format_generation_max,
         })
         .collect();
-    Ok(Json(json!({ "storage_nodes": nodes, "format_generation": answer.format_generation })))
+    Ok(Json(admin::StorageNodeList { storage_nodes, format_generation: answer.format_generation }))
 }
 
-fn shard_json(shard: &pb::ShardInfo) -> serde_json::Value {
-    json!({
-        "shard_id": shard.shard_id,
-        "writer": shard.node_id,
-        "writer_epoch": shard.writer_epoch,
-        "replicas": shard.replicas.iter().map(|r| json!({ "node_id": r.node_id, "address": r.address })).collect::<Vec<_>>(),
-        "leaving": shard.leaving,
-    })
+fn shard_answer(shard: pb::ShardInfo) -> admin::Shard {
+    admin::Shard {
+        shard_id: shard.shard_id,
+        writer: shard.node_id,
+        writer_epoch: shard.writer_epoch,
+        replicas: shard
+            .replicas
+            .into_iter()
+            .map(|r| admin::Replica { node_id: r.node_id, address: r.address })
+            .collect(),
+        leaving: shard.leaving,
+    }
 }
 
 /// The `{id}` of a shard route.
@@ -825,15 +956,8 @@ async fn get_shard(
     State(state): State<AppState>,
     _: Operator,
     Path(ShardId { id }): Path<ShardId>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(shard_json(&state.placement.metadata.get_shard(id).await?)))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MoveReplicaRequest {
-    from_node: String,
-    to_node: String,
+) -> Result<Json<admin::Shard>, ApiError> {
+    Ok(Json(shard_answer(state.placement.metadata.get_shard(id).await?)))
 }
 
 /// Moves a replica of a shard to another storage node; the move completes in the background
@@ -844,37 +968,27 @@ async fn move_replica(
     Path(ShardId { id }): Path<ShardId>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let request: MoveReplicaRequest = parse_json(body)?;
+    let request: admin::MoveReplica = parse_json(body)?;
     let shard = state.placement.metadata.move_replica(id, &request.from_node, &request.to_node).await?;
-    Ok((StatusCode::ACCEPTED, Json(shard_json(&shard))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(shard_answer(shard))).into_response())
 }
 
-fn members_json(members: &pb::MetadataMembersResponse) -> serde_json::Value {
-    let list: Vec<_> = members.members.iter().map(|m| json!({ "node_id": m.node_id, "address": m.address })).collect();
-    json!({ "members": list, "leader_id": members.leader_id })
+fn members_answer(members: pb::MetadataMembersResponse) -> admin::MetadataMembers {
+    admin::MetadataMembers {
+        members: members
+            .members
+            .into_iter()
+            .map(|m| admin::MetadataMember { node_id: m.node_id, address: m.address })
+            .collect(),
+        leader_id: members.leader_id,
+    }
 }
 
 async fn list_metadata_members(
     State(state): State<AppState>,
     _: Operator,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(members_json(&state.placement.metadata.list_metadata_members().await?)))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MemberJson {
-    node_id: u64,
-    address: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ChangeMembersRequest {
-    #[serde(default)]
-    add: Vec<MemberJson>,
-    #[serde(default)]
-    remove: Vec<u64>,
+) -> Result<Json<admin::MetadataMembers>, ApiError> {
+    Ok(Json(members_answer(state.placement.metadata.list_metadata_members().await?)))
 }
 
 /// Adds members (running, caught up first) to the metadata quorum and removes others.
@@ -882,126 +996,126 @@ async fn change_metadata_members(
     State(state): State<AppState>,
     _: Operator,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let request: ChangeMembersRequest = parse_json(body)?;
+) -> Result<Json<admin::MetadataMembers>, ApiError> {
+    let request: admin::ChangeMembers = parse_json(body)?;
     let add = request.add.into_iter().map(|m| pb::MetadataMember { node_id: m.node_id, address: m.address }).collect();
     let members = state.placement.metadata.change_metadata_members(add, request.remove).await?;
-    Ok(Json(members_json(&members)))
+    Ok(Json(members_answer(members)))
 }
 
 // ------------------------------------------------------------------------------------ limits
 
-/// A tenant's limits on the wire are `pb::TenantLimits` as JSON: 0 (or absent) means none of
-/// that kind (in overrides: the plan's).
-fn limits_info_json(info: pb::TenantLimitsInfo) -> serde_json::Value {
-    json!({
-        "tenant": info.tenant,
-        "plan": info.plan,
-        "overrides": info.overrides.unwrap_or_default(),
-        "effective": info.effective.unwrap_or_default(),
-        "capped_reason": info.capped_reason,
-    })
+fn limits_answer(limits: Option<pb::TenantLimits>) -> model::TenantLimits {
+    let limits = limits.unwrap_or_default();
+    model::TenantLimits {
+        requests_per_second: limits.requests_per_second,
+        payload_bytes_per_second: limits.payload_bytes_per_second,
+        queues_max: limits.queues_max,
+        in_flight_messages_max: limits.in_flight_messages_max,
+    }
 }
 
-async fn get_limits<O: KeyOwner>(State(state): State<AppState>, owner: O) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(limits_info_json(state.placement.metadata.get_tenant_limits(owner.tenant()).await?)))
+fn limits_to_pb(limits: model::TenantLimits) -> pb::TenantLimits {
+    pb::TenantLimits {
+        requests_per_second: limits.requests_per_second,
+        payload_bytes_per_second: limits.payload_bytes_per_second,
+        queues_max: limits.queues_max,
+        in_flight_messages_max: limits.in_flight_messages_max,
+    }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SetTenantLimitsRequest {
-    /// A limits plan (empty or absent: the plan named `default`, if any).
-    #[serde(default)]
-    plan: String,
-    #[serde(default)]
-    overrides: pb::TenantLimits,
+/// A tenant's limits: 0 means none of that kind (in overrides: the plan's).
+fn limits_info_answer(info: pb::TenantLimitsInfo) -> model::LimitsInfo {
+    model::LimitsInfo {
+        tenant: info.tenant,
+        plan: info.plan,
+        overrides: limits_answer(info.overrides),
+        effective: limits_answer(info.effective),
+        capped_reason: info.capped_reason,
+    }
 }
 
-async fn set_tenant_limits(
-    State(state): State<AppState>,
-    AdminTenant(tenant): AdminTenant,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let request: SetTenantLimitsRequest = parse_json(body)?;
-    let info = state.placement.metadata.set_tenant_limits(&tenant, &request.plan, request.overrides).await?;
-    Ok(Json(limits_info_json(info)))
+/// The tenant's limits
+///
+/// Its plan, its own overrides, and what applies; `capped_reason` is set while a billing hard
+/// cap refuses its calls.
+#[utoipa::path(get, path = "/v1/limits", tag = "limits",
+    responses((status = 200, description = "success", body = model::LimitsInfo), Errors), security(("bearer" = [])))]
+async fn own_limits(state: State<AppState>, tenant: Tenant) -> Result<Json<model::LimitsInfo>, ApiError> {
+    get_limits(state, tenant).await
 }
 
-/// The `{name}` of a limit plan route.
-#[derive(Debug, Deserialize)]
-struct PlanName {
-    name: String,
+/// Create an access key for the SQS-compatible API (AWS SigV4)
+///
+/// The secret is shown only in this answer.
+#[utoipa::path(post, path = "/v1/access-keys", tag = "access keys",
+    responses((status = 201, description = "created", body = model::AccessKey), Errors), security(("bearer" = [])))]
+async fn create_own_access_key(state: State<AppState>, tenant: Tenant) -> Result<Response, ApiError> {
+    create_access_key(state, tenant).await
 }
 
-async fn set_limit_plan(
-    State(state): State<AppState>,
-    _: Operator,
-    Path(PlanName { name }): Path<PlanName>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let limits: pb::TenantLimits = parse_json(body)?;
-    let plan = state.placement.metadata.set_limit_plan(&name, limits).await?;
-    Ok(Json(json!({ "name": plan.name, "limits": plan.limits.unwrap_or_default() })))
+/// List the tenant's access keys (without secrets)
+#[utoipa::path(get, path = "/v1/access-keys", tag = "access keys",
+    responses((status = 200, description = "success", body = model::AccessKeyList), Errors), security(("bearer" = [])))]
+async fn list_own_access_keys(state: State<AppState>, tenant: Tenant) -> Result<Json<model::AccessKeyList>, ApiError> {
+    list_access_keys(state, tenant).await
 }
 
-async fn list_limit_plans(State(state): State<AppState>, _: Operator) -> Result<Json<serde_json::Value>, ApiError> {
-    let plans: Vec<_> = state
-        .placement
-        .metadata
-        .list_limit_plans()
-        .await?
-        .into_iter()
-        .map(|p| json!({ "name": p.name, "limits": p.limits.unwrap_or_default() }))
-        .collect();
-    Ok(Json(json!({ "limit_plans": plans })))
+/// Revoke an access key at once
+#[utoipa::path(delete, path = "/v1/access-keys/{id}", tag = "access keys", params(KeyId),
+    responses((status = 200, description = "success", body = model::AccessKey), Errors), security(("bearer" = [])))]
+async fn revoke_own_access_key(
+    state: State<AppState>,
+    tenant: Tenant,
+    key: Path<KeyId>,
+) -> Result<Json<model::AccessKey>, ApiError> {
+    revoke_access_key(state, tenant, key).await
 }
 
-async fn create_access_key<O: KeyOwner>(State(state): State<AppState>, owner: O) -> Result<Response, ApiError> {
-    let key = state.placement.metadata.create_access_key(owner.tenant()).await?;
-    let now_ms = state.sqs.clock.now_ms();
-    Ok((StatusCode::CREATED, Json(access_key_json(&key, now_ms))).into_response())
-}
-
-async fn list_access_keys<O: KeyOwner>(
-    State(state): State<AppState>,
-    owner: O,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let keys = state.placement.metadata.list_access_keys(owner.tenant()).await?;
-    let now_ms = state.sqs.clock.now_ms();
-    let keys: Vec<_> = keys.iter().map(|k| access_key_json(k, now_ms)).collect();
-    Ok(Json(json!({ "access_keys": keys })))
-}
-
-async fn revoke_access_key<O: KeyOwner>(
-    State(state): State<AppState>,
-    owner: O,
-    Path(KeyId { id }): Path<KeyId>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let key = state.placement.metadata.revoke_access_key(owner.tenant(), &id).await?;
-    state.sqs.keys.forget(&id);
-    Ok(Json(access_key_json(&key, state.sqs.clock.now_ms())))
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RotateRequest {
-    /// How long the old key keeps working (default 0: it stops at once).
-    grace_seconds: Option<u64>,
-}
-
-async fn rotate_access_key<O: KeyOwner>(
-    State(state): State<AppState>,
-    owner: O,
-    Path(KeyId { id }): Path<KeyId>,
+/// Replace an access key by a new one; the old one keeps working for grace_seconds
+#[utoipa::path(post, path = "/v1/access-keys/{id}/rotate", tag = "access keys", params(KeyId),
+    request_body = model::RotateKey,
+    responses((status = 201, description = "created", body = model::AccessKey), Errors), security(("bearer" = [])))]
+async fn rotate_own_access_key(
+    state: State<AppState>,
+    tenant: Tenant,
+    key: Path<KeyId>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let request: RotateRequest = parse_json(body)?;
-    let grace_s = request.grace_seconds.unwrap_or(0);
-    if grace_s > ROTATION_GRACE_S_MAX {
-        return Err(ApiError::invalid(format!("grace_seconds must be 0-{ROTATION_GRACE_S_MAX}")));
+    rotate_access_key(state, tenant, key, body).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed `openapi.json` is the document the proxy serves, generated from the API's
+    /// types and routes. After a change to them, write the new document with
+    /// `STRATA_WRITE_OPENAPI=1 cargo test -p strata-proxy openapi` and commit it.
+    #[test]
+    fn the_committed_openapi_json_is_the_generated_one() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json");
+        let generated = openapi_json() + "\n";
+        if std::env::var_os("STRATA_WRITE_OPENAPI").is_some() {
+            std::fs::write(&path, &generated).expect("write openapi.json");
+        }
+        let committed = std::fs::read_to_string(&path).expect("read openapi.json");
+        assert!(
+            committed == generated,
+            "proxy/openapi.json differs from the document generated from the API's types; \
+             regenerate it with STRATA_WRITE_OPENAPI=1 cargo test -p strata-proxy openapi"
+        );
     }
-    let key = state.placement.metadata.rotate_access_key(owner.tenant(), &id, grace_s * 1000).await?;
-    state.sqs.keys.forget(&id);
-    let now_ms = state.sqs.clock.now_ms();
-    Ok((StatusCode::CREATED, Json(access_key_json(&key, now_ms))).into_response())
+
+    #[test]
+    fn every_tenant_route_is_documented() {
+        let document: serde_json::Value = serde_json::from_str(&openapi_json()).expect("JSON");
+        let paths = document["paths"].as_object().expect("paths");
+        let operations: usize = paths.values().map(|p| p.as_object().map_or(0, |o| o.len())).sum();
+        assert_eq!(operations, 23, "{:?}", paths.keys().collect::<Vec<_>>());
+        for schema in ["Queue", "CreateQueue", "NewMessage", "ReceivedMessage", "Error", "MoveTask", "AccessKey"] {
+            assert!(document["components"]["schemas"][schema].is_object(), "no schema {schema}");
+        }
+        assert_eq!(document["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    }
 }

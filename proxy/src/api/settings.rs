@@ -2,8 +2,11 @@
 //! FIFO, the dead-letter queue and who may use this queue as theirs), checked by the rules both
 //! front doors share ([`crate::queue_rules`]), and how a queue's settings read back.
 
-use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
+use strata_client::model::{
+    DeadLetter, DeduplicationScope, QueueAttributes, QueueAttributesChange, RedriveAllow, RedrivePermission,
+    ThroughputLimit,
+};
 use strata_common::limits::{self, LONG_POLL_MS_MAX, MESSAGE_BODY_BYTES_MAX};
 use strata_common::proto as pb;
 
@@ -21,79 +24,6 @@ const RECEIVE_WAIT_S_MAX: u64 = LONG_POLL_MS_MAX / 1000;
 /// Smallest maximum message size a queue may set (1 KiB, as SQS).
 const MAXIMUM_MESSAGE_BYTES_MIN: u64 = 1024;
 
-/// Whether a FIFO queue deduplicates across the queue or per message group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub(super) enum DeduplicationScope {
-    Queue,
-    MessageGroup,
-}
-
-/// Whether a FIFO queue's throughput limit is per queue or per message group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub(super) enum ThroughputLimit {
-    PerQueue,
-    PerMessageGroupId,
-}
-
-/// Where messages go after too many receives.
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct DeadLetterInput {
-    /// The dead-letter queue's name (a queue of the same tenant and kind).
-    queue: String,
-    /// Receives before a message moves there: 1-1000.
-    max_receive_count: u64,
-}
-
-/// Which queues may use this queue as their dead-letter queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub(super) enum RedrivePermission {
-    AllowAll,
-    DenyAll,
-    ByQueue,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RedriveAllowInput {
-    permission: RedrivePermission,
-    /// With `by_queue`: 1-10 queue names.
-    #[serde(default)]
-    source_queues: Vec<String>,
-}
-
-/// `null` (clear the setting) apart from an absent field (keep it).
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
-}
-
-/// The settings a create or update names; absent fields keep their value (or default).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct QueueAttributesInput {
-    retention_seconds: Option<u64>,
-    visibility_timeout_seconds: Option<u64>,
-    delay_seconds: Option<u64>,
-    /// Largest message (body plus attributes) the queue takes, 1024-262144 bytes.
-    maximum_message_bytes: Option<u64>,
-    /// Long-poll wait of a receive that does not say, 0-20 s.
-    receive_wait_seconds: Option<u64>,
-    /// FIFO queue; fixed at creation. Defaults to whether the name ends with `.fifo`.
-    fifo: Option<bool>,
-    content_based_deduplication: Option<bool>,
-    deduplication_scope: Option<DeduplicationScope>,
-    throughput_limit: Option<ThroughputLimit>,
-    /// The dead-letter queue; `null` removes it.
-    #[serde(default, deserialize_with = "present")]
-    dead_letter: Option<Option<DeadLetterInput>>,
-    /// Who may use this queue as a dead-letter queue; `null` allows every queue again.
-    #[serde(default, deserialize_with = "present")]
-    redrive_allow: Option<Option<RedriveAllowInput>>,
-}
-
 fn in_range(field: &str, value: u64, min: u64, max: u64) -> Result<u64, ApiError> {
     if (min..=max).contains(&value) {
         Ok(value)
@@ -110,132 +40,129 @@ pub(crate) fn default_config() -> pb::QueueConfig {
     }
 }
 
-impl QueueAttributesInput {
-    /// `base` with these settings applied and checked. `creating` says whether the queue is
-    /// being created (the only time its kind may be chosen). Answers the dead-letter queue's
-    /// shard when one is set.
-    pub(super) async fn apply(
-        &self,
-        placement: &Placement,
-        tenant: &str,
-        name: &str,
-        base: pb::QueueConfig,
-        creating: bool,
-    ) -> Result<(pb::QueueConfig, Option<u64>), ApiError> {
-        let mut config = base;
-        if let Some(s) = self.retention_seconds {
-            config.retention_ms = in_range("retention_seconds", s, RETENTION_S_MIN, RETENTION_S_MAX)? * 1000;
-        }
-        if let Some(s) = self.visibility_timeout_seconds {
-            config.visibility_timeout_ms =
-                in_range("visibility_timeout_seconds", s, 0, VISIBILITY_TIMEOUT_S_MAX)? * 1000;
-        }
-        if let Some(s) = self.delay_seconds {
-            config.delay_ms = in_range("delay_seconds", s, 0, DELAY_S_MAX)? * 1000;
-        }
-        if let Some(bytes) = self.maximum_message_bytes {
-            config.maximum_message_bytes =
-                in_range("maximum_message_bytes", bytes, MAXIMUM_MESSAGE_BYTES_MIN, MESSAGE_BODY_BYTES_MAX as u64)?;
-        }
-        if let Some(s) = self.receive_wait_seconds {
-            config.receive_wait_ms = in_range("receive_wait_seconds", s, 0, RECEIVE_WAIT_S_MAX)? * 1000;
-        }
-        match (creating, self.fifo) {
-            (true, fifo) => config.fifo_queue = fifo.unwrap_or(name.ends_with(queue_rules::FIFO_SUFFIX)),
-            (false, Some(fifo)) if fifo != config.fifo_queue => return Err(Refusal::FifoFixed.into()),
-            (false, _) => {}
-        }
-        if let Some(on) = self.content_based_deduplication {
-            config.content_based_deduplication = on;
-        }
-        if let Some(scope) = self.deduplication_scope {
-            config.deduplication_per_group = scope == DeduplicationScope::MessageGroup;
-        }
-        if let Some(limit) = self.throughput_limit {
-            config.throughput_per_group = limit == ThroughputLimit::PerMessageGroupId;
-        }
-        queue_rules::check_fifo_config(name, &config)?;
-        match &self.redrive_allow {
-            None => {}
-            Some(None) => config.redrive_allow_policy.clear(),
-            Some(Some(allow)) => {
-                let permission = match allow.permission {
-                    RedrivePermission::AllowAll => "allowAll",
-                    RedrivePermission::DenyAll => "denyAll",
-                    RedrivePermission::ByQueue => "byQueue",
-                };
-                let arns: Vec<Value> = allow
-                    .source_queues
-                    .iter()
-                    .map(|q| json!(queue_rules::queue_arn(NATIVE_ARN_REGION, tenant, q)))
-                    .collect();
-                let sources = (allow.permission == RedrivePermission::ByQueue).then_some(arns.as_slice());
-                if allow.permission != RedrivePermission::ByQueue && !allow.source_queues.is_empty() {
-                    return Err(ApiError::invalid("source_queues go with the by_queue permission only"));
-                }
-                config.redrive_allow_policy = queue_rules::allow_policy(permission, sources)?;
-            }
-        }
-        let mut dead_letter_shard = None;
-        match &self.dead_letter {
-            None => {}
-            Some(None) => queue_rules::clear_dead_letter(&mut config),
-            Some(Some(dead_letter)) => {
-                let count =
-                    in_range("dead_letter.max_receive_count", dead_letter.max_receive_count, 1, MAX_RECEIVE_COUNT_MAX)?;
-                let arn = queue_rules::queue_arn(NATIVE_ARN_REGION, tenant, &dead_letter.queue);
-                let shard = queue_rules::set_dead_letter(placement, tenant, name, &mut config, &arn, count).await?;
-                dead_letter_shard = Some(shard);
-            }
-        }
-        Ok((config, dead_letter_shard))
+/// `base` with `change` applied and checked. `creating` says whether the queue is being created
+/// (the only time its kind may be chosen). Answers the dead-letter queue's shard when one is set.
+pub(super) async fn apply(
+    change: &QueueAttributesChange,
+    placement: &Placement,
+    tenant: &str,
+    name: &str,
+    base: pb::QueueConfig,
+    creating: bool,
+) -> Result<(pb::QueueConfig, Option<u64>), ApiError> {
+    let mut config = base;
+    if let Some(s) = change.retention_seconds {
+        config.retention_ms = in_range("retention_seconds", s, RETENTION_S_MIN, RETENTION_S_MAX)? * 1000;
     }
+    if let Some(s) = change.visibility_timeout_seconds {
+        config.visibility_timeout_ms = in_range("visibility_timeout_seconds", s, 0, VISIBILITY_TIMEOUT_S_MAX)? * 1000;
+    }
+    if let Some(s) = change.delay_seconds {
+        config.delay_ms = in_range("delay_seconds", s, 0, DELAY_S_MAX)? * 1000;
+    }
+    if let Some(bytes) = change.maximum_message_bytes {
+        config.maximum_message_bytes =
+            in_range("maximum_message_bytes", bytes, MAXIMUM_MESSAGE_BYTES_MIN, MESSAGE_BODY_BYTES_MAX as u64)?;
+    }
+    if let Some(s) = change.receive_wait_seconds {
+        config.receive_wait_ms = in_range("receive_wait_seconds", s, 0, RECEIVE_WAIT_S_MAX)? * 1000;
+    }
+    match (creating, change.fifo) {
+        (true, fifo) => config.fifo_queue = fifo.unwrap_or(name.ends_with(queue_rules::FIFO_SUFFIX)),
+        (false, Some(fifo)) if fifo != config.fifo_queue => return Err(Refusal::FifoFixed.into()),
+        (false, _) => {}
+    }
+    if let Some(on) = change.content_based_deduplication {
+        config.content_based_deduplication = on;
+    }
+    if let Some(scope) = change.deduplication_scope {
+        config.deduplication_per_group = scope == DeduplicationScope::MessageGroup;
+    }
+    if let Some(limit) = change.throughput_limit {
+        config.throughput_per_group = limit == ThroughputLimit::PerMessageGroupId;
+    }
+    queue_rules::check_fifo_config(name, &config)?;
+    match &change.redrive_allow {
+        None => {}
+        Some(None) => config.redrive_allow_policy.clear(),
+        Some(Some(allow)) => {
+            let permission = match allow.permission {
+                RedrivePermission::AllowAll => "allowAll",
+                RedrivePermission::DenyAll => "denyAll",
+                RedrivePermission::ByQueue => "byQueue",
+            };
+            let arns: Vec<Value> = allow
+                .source_queues
+                .iter()
+                .map(|q| json!(queue_rules::queue_arn(NATIVE_ARN_REGION, tenant, q)))
+                .collect();
+            let sources = (allow.permission == RedrivePermission::ByQueue).then_some(arns.as_slice());
+            if allow.permission != RedrivePermission::ByQueue && !allow.source_queues.is_empty() {
+                return Err(ApiError::invalid("source_queues go with the by_queue permission only"));
+            }
+            config.redrive_allow_policy = queue_rules::allow_policy(permission, sources)?;
+        }
+    }
+    let mut dead_letter_shard = None;
+    match &change.dead_letter {
+        None => {}
+        Some(None) => queue_rules::clear_dead_letter(&mut config),
+        Some(Some(dead_letter)) => {
+            let count =
+                in_range("dead_letter.max_receive_count", dead_letter.max_receive_count, 1, MAX_RECEIVE_COUNT_MAX)?;
+            let arn = queue_rules::queue_arn(NATIVE_ARN_REGION, tenant, &dead_letter.queue);
+            let shard = queue_rules::set_dead_letter(placement, tenant, name, &mut config, &arn, count).await?;
+            dead_letter_shard = Some(shard);
+        }
+    }
+    Ok((config, dead_letter_shard))
 }
 
 /// A queue's settings as the native API shows them.
-pub(super) fn attributes_json(tenant: &str, config: &pb::QueueConfig) -> Value {
-    let mut value = json!({
-        "retention_seconds": config.retention_ms / 1000,
-        "visibility_timeout_seconds": config.visibility_timeout_ms / 1000,
-        "delay_seconds": config.delay_ms / 1000,
-        "maximum_message_bytes": queue_rules::maximum_message_bytes(config),
-        "receive_wait_seconds": config.receive_wait_ms / 1000,
-        "fifo": config.fifo_queue,
-    });
-    if config.fifo_queue {
-        value["content_based_deduplication"] = json!(config.content_based_deduplication);
-        value["deduplication_scope"] = json!(if config.deduplication_per_group {
-            DeduplicationScope::MessageGroup
-        } else {
-            DeduplicationScope::Queue
-        });
-        value["throughput_limit"] = json!(if config.throughput_per_group {
-            ThroughputLimit::PerMessageGroupId
-        } else {
-            ThroughputLimit::PerQueue
-        });
-    }
-    if let Ok(policy) = serde_json::from_str::<Value>(&config.redrive_policy) {
+pub(super) fn attributes(tenant: &str, config: &pb::QueueConfig) -> QueueAttributes {
+    let fifo = config.fifo_queue;
+    let dead_letter = serde_json::from_str::<Value>(&config.redrive_policy).ok().map(|policy| {
         let arn = policy["deadLetterTargetArn"].as_str().unwrap_or_default();
-        value["dead_letter"] = json!({
-            "queue": queue_rules::queue_name_of_arn(tenant, arn).unwrap_or_default(),
-            "max_receive_count": config.max_receive_count,
-        });
-    }
-    if let Ok(policy) = serde_json::from_str::<Value>(&config.redrive_allow_policy) {
+        DeadLetter {
+            queue: queue_rules::queue_name_of_arn(tenant, arn).unwrap_or_default().to_owned(),
+            max_receive_count: config.max_receive_count.into(),
+        }
+    });
+    let redrive_allow = serde_json::from_str::<Value>(&config.redrive_allow_policy).ok().map(|policy| {
         let permission = match policy["redrivePermission"].as_str() {
             Some("allowAll") => RedrivePermission::AllowAll,
             Some("byQueue") => RedrivePermission::ByQueue,
             _ => RedrivePermission::DenyAll,
         };
-        let sources: Vec<&str> = policy["sourceQueueArns"]
+        let source_queues = policy["sourceQueueArns"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(Value::as_str)
             .filter_map(|arn| queue_rules::queue_name_of_arn(tenant, arn))
+            .map(str::to_owned)
             .collect();
-        value["redrive_allow"] = json!({ "permission": permission, "source_queues": sources });
+        RedriveAllow { permission, source_queues }
+    });
+    QueueAttributes {
+        retention_seconds: config.retention_ms / 1000,
+        visibility_timeout_seconds: config.visibility_timeout_ms / 1000,
+        delay_seconds: config.delay_ms / 1000,
+        maximum_message_bytes: queue_rules::maximum_message_bytes(config),
+        receive_wait_seconds: config.receive_wait_ms / 1000,
+        fifo,
+        content_based_deduplication: fifo.then_some(config.content_based_deduplication),
+        deduplication_scope: fifo.then_some(if config.deduplication_per_group {
+            DeduplicationScope::MessageGroup
+        } else {
+            DeduplicationScope::Queue
+        }),
+        throughput_limit: fifo.then_some(if config.throughput_per_group {
+            ThroughputLimit::PerMessageGroupId
+        } else {
+            ThroughputLimit::PerQueue
+        }),
+        dead_letter,
+        redrive_allow,
     }
-    value
 }

@@ -27,10 +27,14 @@
 //! `MalformedQueryString`; a parameter the action does not have, or a value of the wrong kind,
 //! `InvalidParameterValue` naming the parameter. No input makes this module panic.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::io;
 
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use quick_xml::Writer;
+use quick_xml::events::{BytesDecl, BytesText, Event};
 use serde_json::{Map, Value};
 
 use super::SqsState;
@@ -366,7 +370,15 @@ pub async fn handle(
             (status, error_xml(&e, request_id), e.retry_after_s)
         }
     };
-    let mut response = (status, xml).into_response();
+    // Writing into memory cannot fail; should it, the caller gets a bare 500 rather than half a
+    // document.
+    let mut response = match xml {
+        Ok(xml) => (status, xml).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot write an XML answer");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    };
     if let Some(seconds) = retry_after_s {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
@@ -426,42 +438,32 @@ fn invalid(message: impl Into<String>) -> SqsError {
 }
 
 /// Appends the pairs of an `application/x-www-form-urlencoded` string (`+` is a space), decoded
-/// strictly: a bad `%` escape or bytes that are not UTF-8 are an error, not a replacement.
+/// strictly: a bad `%` escape or bytes that are not UTF-8 are an error, not a replacement (as
+/// `form_urlencoded` alone would make them).
 fn parse_form(raw: &[u8], params: &mut Vec<(String, String)>) -> Result<(), SqsError> {
-    for pair in raw.split(|&b| b == b'&').filter(|pair| !pair.is_empty()) {
+    let mut rest = raw;
+    while let Some(at) = rest.iter().position(|&b| b == b'%') {
+        let hex = rest.get(at + 1..at + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
+        if !hex {
+            return Err(malformed("The request has a '%' not followed by two hexadecimal digits."));
+        }
+        rest = &rest[at + 3..];
+    }
+    // Names and values are split at ASCII bytes, which never cut a UTF-8 sequence: the whole
+    // input decodes to UTF-8 exactly when every name and value does.
+    if percent_encoding::percent_decode(raw).decode_utf8().is_err() {
+        return Err(malformed("The request's parameters are not valid UTF-8 once decoded."));
+    }
+    for (name, value) in form_urlencoded::parse(raw) {
         if params.len() >= PARAMS_MAX {
             return Err(malformed(format!("A request may have at most {PARAMS_MAX} parameters.")));
         }
-        let (name, value) = match pair.iter().position(|&b| b == b'=') {
-            Some(at) => (&pair[..at], &pair[at + 1..]),
-            None => (pair, &[][..]),
-        };
-        let name = decode_component(name)?;
         if name.len() > NAME_BYTES_MAX {
             return Err(malformed(format!("A parameter name is longer than {NAME_BYTES_MAX} bytes.")));
         }
-        params.push((name, decode_component(value)?));
+        params.push((name.into_owned(), value.into_owned()));
     }
     Ok(())
-}
-
-fn decode_component(raw: &[u8]) -> Result<String, SqsError> {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut bytes = raw.iter();
-    while let Some(&b) = bytes.next() {
-        match b {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
-                match (hex(bytes.next()), hex(bytes.next())) {
-                    (Some(high), Some(low)) => out.push((high * 16 + low) as u8),
-                    _ => return Err(malformed("The request has a '%' not followed by two hexadecimal digits.")),
-                }
-            }
-            b => out.push(b),
-        }
-    }
-    String::from_utf8(out).map_err(|_| malformed("The request's parameters are not valid UTF-8 once decoded."))
 }
 
 /// The parameters as a tree of their dotted names: `Attribute.1.Name=x` is
@@ -667,100 +669,112 @@ fn indexed<'a>(node: &'a Node, path: &str) -> Result<Vec<(&'a str, &'a Node)>, S
 
 // ------------------------------------------------------------------------------ JSON → XML
 
+type XmlWriter = Writer<Vec<u8>>;
+
+/// A document with its XML declaration written.
+fn xml_document() -> io::Result<XmlWriter> {
+    let mut xml = Writer::new(Vec::new());
+    xml.write_event(Event::Decl(BytesDecl::new("1.0", None, None)))?;
+    Ok(xml)
+}
+
 /// The XML answer of a successful action.
-fn response_xml(operation: &Operation, output: &Value, request_id: &str) -> String {
+fn response_xml(operation: &Operation, output: &Value, request_id: &str) -> io::Result<Vec<u8>> {
     let name = operation.name;
-    let mut xml = format!("<?xml version=\"1.0\"?><{name}Response xmlns=\"{XML_NAMESPACE}\">");
-    if let Some(members) = operation.output {
-        xml.push_str(&format!("<{name}Result>"));
-        if let Value::Object(fields) = output {
-            write_members(&mut xml, fields, members);
-        }
-        xml.push_str(&format!("</{name}Result>"));
-    }
-    xml.push_str("<ResponseMetadata><RequestId>");
-    escape_into(&mut xml, request_id);
-    xml.push_str(&format!("</RequestId></ResponseMetadata></{name}Response>"));
-    xml
+    let mut xml = xml_document()?;
+    xml.create_element(format!("{name}Response")).with_attribute(("xmlns", XML_NAMESPACE)).write_inner_content(
+        |xml| {
+            if let Some(members) = operation.output {
+                xml.create_element(format!("{name}Result")).write_inner_content(|xml| match output {
+                    Value::Object(fields) => write_members(xml, fields, members),
+                    _ => Ok(()),
+                })?;
+            }
+            xml.create_element("ResponseMetadata")
+                .write_inner_content(|xml| text_element(xml, "RequestId", request_id))?;
+            Ok(())
+        },
+    )?;
+    Ok(xml.into_inner())
 }
 
 /// The XML answer of a failed request.
-fn error_xml(e: &SqsError, request_id: &str) -> String {
+fn error_xml(e: &SqsError, request_id: &str) -> io::Result<Vec<u8>> {
     let fault = if e.sender_fault { "Sender" } else { "Receiver" };
-    let mut xml =
-        format!("<?xml version=\"1.0\"?><ErrorResponse xmlns=\"{XML_NAMESPACE}\"><Error><Type>{fault}</Type><Code>");
-    escape_into(&mut xml, e.query_code);
-    xml.push_str("</Code><Message>");
-    escape_into(&mut xml, &e.message);
-    xml.push_str("</Message><Detail/></Error><RequestId>");
-    escape_into(&mut xml, request_id);
-    xml.push_str("</RequestId></ErrorResponse>");
-    xml
+    let mut xml = xml_document()?;
+    xml.create_element("ErrorResponse").with_attribute(("xmlns", XML_NAMESPACE)).write_inner_content(|xml| {
+        xml.create_element("Error").write_inner_content(|xml| {
+            text_element(xml, "Type", fault)?;
+            text_element(xml, "Code", e.query_code)?;
+            text_element(xml, "Message", &e.message)?;
+            xml.create_element("Detail").write_empty()?;
+            Ok(())
+        })?;
+        text_element(xml, "RequestId", request_id)
+    })?;
+    Ok(xml.into_inner())
 }
 
 /// Writes the members of a structure in the model's order. Fields the table does not know are
 /// left out (the table names every field the actions answer).
-fn write_members(xml: &mut String, fields: &Map<String, Value>, members: &[Member]) {
+fn write_members(xml: &mut XmlWriter, fields: &Map<String, Value>, members: &[Member]) -> io::Result<()> {
     for member in members {
         if let Some(value) = fields.get(member.json).filter(|v| !v.is_null()) {
-            write_value(xml, member.wire, value, &member.shape);
+            write_value(xml, member.wire, value, &member.shape)?;
         }
     }
+    Ok(())
 }
 
-fn write_value(xml: &mut String, name: &str, value: &Value, shape: &Shape) {
+fn write_value(xml: &mut XmlWriter, name: &str, value: &Value, shape: &Shape) -> io::Result<()> {
     match (shape, value) {
         (Shape::List(item), Value::Array(items)) => {
             for value in items {
-                write_value(xml, name, value, item);
+                write_value(xml, name, value, item)?;
             }
         }
         (Shape::Map { key, value: value_name, shape }, Value::Object(entries)) => {
             for (entry_key, entry_value) in entries {
-                xml.push_str(&format!("<{name}><{key}>"));
-                escape_into(xml, entry_key);
-                xml.push_str(&format!("</{key}>"));
-                write_value(xml, value_name, entry_value, shape);
-                xml.push_str(&format!("</{name}>"));
+                xml.create_element(name).write_inner_content(|xml| {
+                    text_element(xml, key, entry_key)?;
+                    write_value(xml, value_name, entry_value, shape)
+                })?;
             }
         }
         (Shape::Structure(members), Value::Object(fields)) => {
-            xml.push_str(&format!("<{name}>"));
-            write_members(xml, fields, members);
-            xml.push_str(&format!("</{name}>"));
+            xml.create_element(name).write_inner_content(|xml| write_members(xml, fields, members))?;
         }
-        (_, value) => {
-            xml.push_str(&format!("<{name}>"));
-            match value {
-                Value::String(s) => escape_into(xml, s),
-                Value::Bool(b) => xml.push_str(if *b { "true" } else { "false" }),
-                Value::Number(n) => xml.push_str(&n.to_string()),
-                // A shape mismatch between the actions and the table: answer the JSON text rather
-                // than drop the field.
-                other => escape_into(xml, &other.to_string()),
-            }
-            xml.push_str(&format!("</{name}>"));
-        }
+        (_, Value::String(s)) => text_element(xml, name, s)?,
+        (_, Value::Bool(b)) => text_element(xml, name, if *b { "true" } else { "false" })?,
+        (_, Value::Number(n)) => text_element(xml, name, &n.to_string())?,
+        // A shape mismatch between the actions and the table: answer the JSON text rather than
+        // drop the field.
+        (_, other) => text_element(xml, name, &other.to_string())?,
     }
+    Ok(())
 }
 
-/// Appends `text` as XML character data. Besides the five markup characters, a carriage return
-/// is written as a reference: XML parsers turn a literal CR (and CRLF) into LF, which would change
-/// a message body and break its MD5. Characters XML 1.0 cannot carry at all (most C0 controls,
-/// U+FFFE, U+FFFF; message bodies cannot contain them) become U+FFFD.
-fn escape_into(xml: &mut String, text: &str) {
-    for c in text.chars() {
-        match c {
-            '<' => xml.push_str("&lt;"),
-            '>' => xml.push_str("&gt;"),
-            '&' => xml.push_str("&amp;"),
-            '"' => xml.push_str("&quot;"),
-            '\'' => xml.push_str("&apos;"),
-            '\r' => xml.push_str("&#xD;"),
-            '\t' | '\n' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'.. => xml.push(c),
-            _ => xml.push('\u{FFFD}'),
-        }
-    }
+/// `<name>text</name>`.
+fn text_element(xml: &mut XmlWriter, name: &str, text: &str) -> io::Result<()> {
+    xml.create_element(name).write_text_content(character_data(text))?;
+    Ok(())
+}
+
+/// `text` as XML character data. Besides the markup characters (escaped by quick-xml), a carriage
+/// return is written as a reference: XML parsers turn a literal CR (and CRLF) into LF, which would
+/// change a message body and break its MD5. Characters XML 1.0 cannot carry at all (most C0
+/// controls, U+FFFE, U+FFFF; message bodies cannot contain them) become U+FFFD.
+fn character_data(text: &str) -> BytesText<'static> {
+    let carried =
+        |c: char| matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..);
+    let text: Cow<'_, str> = if text.chars().all(carried) {
+        Cow::Borrowed(text)
+    } else {
+        Cow::Owned(text.chars().map(|c| if carried(c) { c } else { '\u{FFFD}' }).collect())
+    };
+    let escaped = quick_xml::escape::escape(text);
+    let escaped = if escaped.contains('\r') { escaped.replace('\r', "&#xD;") } else { escaped.into_owned() };
+    BytesText::from_escaped(escaped)
 }
 
 #[cfg(test)]
@@ -768,6 +782,14 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    fn response_xml(operation: &Operation, output: &Value, request_id: &str) -> String {
+        String::from_utf8(super::response_xml(operation, output, request_id).expect("written")).expect("UTF-8")
+    }
+
+    fn error_xml(e: &SqsError, request_id: &str) -> String {
+        String::from_utf8(super::error_xml(e, request_id).expect("written")).expect("UTF-8")
+    }
 
     fn input(form: &str) -> Result<(&'static str, Value), SqsError> {
         let mut params = Vec::new();

@@ -1,0 +1,649 @@
+//! Every request and response body of the native API, as serde types. The proxy parses requests
+//! into these and answers with them, `openapi.json` is generated from them (their doc comments
+//! are its descriptions), and [`crate::Client`] sends and reads them.
+//!
+//! Requests refuse unknown fields (a misspelt setting is an error, not silently ignored).
+//! Responses may gain fields in later releases; a client reading them ignores what it does not
+//! know. Optional response fields are left out when they do not apply (FIFO fields of a standard
+//! queue's message, a key's secret after its creation).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+// ------------------------------------------------------------------------------------ errors
+
+/// The body of every error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong: a stable code (`QueueNotFound`, `QueueAlreadyExists`, `InvalidParameter`,
+/// `InvalidReceipt`, `TooLarge`, `Unauthenticated`, `Throttled`, `Unavailable`, `Internal`) and a
+/// message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+// ------------------------------------------------------------------------------------ queues
+
+/// Whether a FIFO queue deduplicates across the queue or per message group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeduplicationScope {
+    Queue,
+    MessageGroup,
+}
+
+/// Whether a FIFO queue's throughput limit is per queue or per message group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ThroughputLimit {
+    PerQueue,
+    PerMessageGroupId,
+}
+
+/// Where a message goes after too many receives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetter {
+    /// The dead-letter queue: a queue of the same tenant, kind and shard whose `redrive_allow`
+    /// allows this queue.
+    #[schema(pattern = r"^[A-Za-z0-9_-]{1,80}$|^[A-Za-z0-9_-]{1,75}\.fifo$")]
+    pub queue: String,
+    /// Receives before a message moves there.
+    #[schema(minimum = 1, maximum = 1000)]
+    pub max_receive_count: u64,
+}
+
+/// Which queues may use a queue as their dead-letter queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RedrivePermission {
+    AllowAll,
+    DenyAll,
+    ByQueue,
+}
+
+/// Which queues may use this queue as their dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedriveAllow {
+    pub permission: RedrivePermission,
+    /// With `by_queue` only: 1-10 queue names.
+    #[serde(default)]
+    #[schema(max_items = 10)]
+    pub source_queues: Vec<String>,
+}
+
+/// `null` (clear the setting) apart from an absent field (keep it).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// The settings a create or an update names; an absent field keeps its value (or default).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueueAttributesChange {
+    /// How long a message is kept (default 4 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 60, maximum = 1_209_600)]
+    pub retention_seconds: Option<u64>,
+    /// How long a received message stays hidden (default 30 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 43_200)]
+    pub visibility_timeout_seconds: Option<u64>,
+    /// Delay of every message sent (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 900)]
+    pub delay_seconds: Option<u64>,
+    /// Largest message (body plus attribute names, types and values) the queue takes (default
+    /// 1 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1024, maximum = 1_048_576)]
+    pub maximum_message_bytes: Option<u64>,
+    /// Long-poll wait of a receive that gives no `wait_seconds` (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 20)]
+    pub receive_wait_seconds: Option<u64>,
+    /// FIFO queue: messages of a group are delivered in order, one in flight at a time, and
+    /// sends are deduplicated for 5 minutes. Fixed at creation; defaults to whether the name ends
+    /// with `.fifo`, and must agree with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fifo: Option<bool>,
+    /// FIFO only: a send without `deduplication_id` is deduplicated by the SHA-256 of its body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_based_deduplication: Option<bool>,
+    /// FIFO only (default `queue`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deduplication_scope: Option<DeduplicationScope>,
+    /// FIFO only (default `per_queue`); `per_message_group_id` needs `deduplication_scope`
+    /// `message_group`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput_limit: Option<ThroughputLimit>,
+    /// Where a message goes after `max_receive_count` receives; `null` removes it.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<DeadLetter>)]
+    pub dead_letter: Option<Option<DeadLetter>>,
+    /// Which queues may use this queue as their dead-letter queue; `null` (the default) allows
+    /// all.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<RedriveAllow>)]
+    pub redrive_allow: Option<Option<RedriveAllow>>,
+}
+
+/// A queue's settings as they are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct QueueAttributes {
+    pub retention_seconds: u64,
+    pub visibility_timeout_seconds: u64,
+    pub delay_seconds: u64,
+    pub maximum_message_bytes: u64,
+    pub receive_wait_seconds: u64,
+    pub fifo: bool,
+    /// FIFO queues only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_based_deduplication: Option<bool>,
+    /// FIFO queues only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deduplication_scope: Option<DeduplicationScope>,
+    /// FIFO queues only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput_limit: Option<ThroughputLimit>,
+    /// Absent when the queue has no dead-letter queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<DeadLetter>,
+    /// Absent when every queue may use this one as its dead-letter queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redrive_allow: Option<RedriveAllow>,
+}
+
+/// A queue's tags: at most 50, keys of 1-128 characters, values of at most 256.
+pub type Tags = BTreeMap<String, String>;
+
+/// Creates a queue (idempotent with identical settings).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateQueue {
+    /// A FIFO queue's name ends with `.fifo`, and only a FIFO queue's.
+    #[schema(pattern = r"^[A-Za-z0-9_-]{1,80}$|^[A-Za-z0-9_-]{1,75}\.fifo$")]
+    pub name: String,
+    #[serde(default)]
+    pub attributes: QueueAttributesChange,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+}
+
+impl CreateQueue {
+    /// A queue of this name with the default settings and no tags.
+    pub fn named(name: impl Into<String>) -> Self {
+        Self { name: name.into(), attributes: QueueAttributesChange::default(), tags: BTreeMap::new() }
+    }
+}
+
+/// A queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Queue {
+    pub name: String,
+    /// The queue's incarnation: a queue deleted and created again has a new one.
+    pub queue_id: String,
+    pub created_timestamp_ms: u64,
+    pub last_modified_timestamp_ms: u64,
+    pub attributes: QueueAttributes,
+    pub tags: BTreeMap<String, String>,
+    /// Visible messages (reading one queue only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approximate_number_of_messages: Option<u64>,
+    /// Messages in flight (reading one queue only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approximate_number_of_messages_not_visible: Option<u64>,
+    /// Delayed and scheduled messages (reading one queue only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approximate_number_of_messages_delayed: Option<u64>,
+}
+
+/// Which queues to list.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQueuesQuery {
+    /// Only queues whose names start with this.
+    #[serde(default)]
+    pub prefix: String,
+    /// Queues per page (default 1000).
+    #[param(minimum = 1, maximum = 1000)]
+    pub max_results: Option<u32>,
+    /// The `next_token` of the page before.
+    pub next_token: Option<String>,
+}
+
+/// A page of queues, in name order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct QueueList {
+    pub queues: Vec<Queue>,
+    /// Set when more queues follow: pass it to get the next page.
+    pub next_token: Option<String>,
+}
+
+/// How many messages a purge deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PurgeResult {
+    pub purged: u64,
+}
+
+/// A scheduled message was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CancelResult {
+    pub cancelled: bool,
+}
+
+/// A queue's tags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TagSet {
+    pub tags: BTreeMap<String, String>,
+}
+
+// ---------------------------------------------------------------------------------- messages
+
+/// A message attribute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessageAttribute {
+    /// `String`, `Number` or `Binary` (base64 value), optionally with a `.suffix`.
+    #[serde(rename = "type")]
+    pub data_type: String,
+    pub value: String,
+}
+
+/// A message to send.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewMessage {
+    /// At most 1 MiB (with the attributes: at most the queue's `maximum_message_bytes`).
+    #[schema(min_length = 1)]
+    pub body: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, MessageAttribute>,
+    /// Standard queues; the queue's delay when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 900)]
+    pub delay_seconds: Option<u64>,
+    /// Deliver at this unix time in milliseconds, at most one year ahead; a time already passed
+    /// delivers at once; not with `delay_seconds`; standard queues only. The message id returned
+    /// then carries this time, and the message can be cancelled by it until due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliver_at_ms: Option<u64>,
+    /// FIFO queues (required there, refused elsewhere): letters, digits and punctuation. A FIFO
+    /// message takes the queue's delay, not `delay_seconds` or `deliver_at_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 128)]
+    pub group_id: Option<String>,
+    /// FIFO queues: a send with an id seen in the last 5 minutes is accepted and not stored
+    /// again; required unless the queue has `content_based_deduplication`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 128)]
+    pub deduplication_id: Option<String>,
+}
+
+impl NewMessage {
+    /// A message of this body with nothing else set.
+    pub fn new(body: impl Into<String>) -> Self {
+        Self { body: body.into(), ..Self::default() }
+    }
+}
+
+/// Sends 1-10 messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendMessages {
+    #[schema(min_items = 1, max_items = 10)]
+    pub messages: Vec<NewMessage>,
+}
+
+/// A message stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SentMessage {
+    pub message_id: String,
+    /// FIFO queues: the message's place in its queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence_number: Option<String>,
+}
+
+/// The messages stored, in the order sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SendResult {
+    pub messages: Vec<SentMessage>,
+}
+
+/// Receives messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Receive {
+    /// Most messages to answer (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 10)]
+    pub max_messages: Option<u32>,
+    /// Long-poll wait; the queue's `receive_wait_seconds` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 20)]
+    pub wait_seconds: Option<u64>,
+    /// How long the messages stay hidden; the queue's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 43_200)]
+    pub visibility_timeout_seconds: Option<u64>,
+    /// FIFO queues: a retry with the same id within 5 minutes answers the same messages
+    /// (ignored by standard queues).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 128)]
+    pub attempt_id: Option<String>,
+}
+
+/// A message received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReceivedMessage {
+    pub message_id: String,
+    /// Deletes the message or changes its visibility, until it is received again.
+    pub receipt_handle: String,
+    pub body: String,
+    pub attributes: BTreeMap<String, MessageAttribute>,
+    /// How many times the message has been received, this time included.
+    pub receive_count: u32,
+    pub sent_timestamp_ms: u64,
+    pub first_receive_timestamp_ms: u64,
+    /// FIFO queues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// FIFO queues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deduplication_id: Option<String>,
+    /// FIFO queues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence_number: Option<String>,
+}
+
+/// The messages received (none when the wait ended empty).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReceiveResult {
+    pub messages: Vec<ReceivedMessage>,
+}
+
+/// Deletes 1-10 received messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteMessages {
+    #[schema(min_items = 1, max_items = 10)]
+    pub receipt_handles: Vec<String>,
+}
+
+/// The outcome of one delete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeleteOutcome {
+    pub ok: bool,
+    /// Why this delete failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}
+
+/// One outcome per receipt handle, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeleteResult {
+    pub results: Vec<DeleteOutcome>,
+}
+
+/// Changes how long a received message stays hidden, from now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeVisibility {
+    pub receipt_handle: String,
+    #[schema(maximum = 43_200)]
+    pub visibility_timeout_seconds: u64,
+}
+
+// ------------------------------------------------------------------------------ dead letters
+
+/// A page of listing.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// The `next_token` of the page before.
+    pub next_token: Option<String>,
+}
+
+/// The queues that use a queue as their dead-letter queue (at most 1000 a page).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeadLetterSources {
+    pub queues: Vec<String>,
+    /// Set when more queues follow.
+    pub next_token: Option<String>,
+}
+
+/// Starts moving a dead-letter queue's messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartMoveTask {
+    /// Where the messages go; by default the dead-letter queue's only source queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^[A-Za-z0-9_-]{1,80}$|^[A-Za-z0-9_-]{1,75}\.fifo$")]
+    pub destination: Option<String>,
+    /// Pace (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 500)]
+    pub max_messages_per_second: Option<u64>,
+}
+
+/// A move task started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MoveTaskStarted {
+    pub task_id: String,
+}
+
+/// Where a move task is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MoveTaskStatus {
+    Running,
+    Completed,
+    Cancelled,
+    Failed,
+}
+
+/// A move task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MoveTask {
+    pub task_id: String,
+    pub status: MoveTaskStatus,
+    pub source: String,
+    pub destination: String,
+    pub max_messages_per_second: u32,
+    pub moved: u64,
+    pub to_move: u64,
+    pub started_timestamp_ms: u64,
+    /// Why a failed task failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+}
+
+/// A dead-letter queue's move tasks, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MoveTaskList {
+    pub tasks: Vec<MoveTask>,
+}
+
+/// A move task cancelled: how many messages it had moved (they stay moved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MoveTaskCancelled {
+    pub moved: u64,
+}
+
+// ------------------------------------------------------------------------------- access keys
+
+/// Whether an access key works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStatus {
+    Active,
+    Revoked,
+}
+
+/// An access key of the SQS-compatible API (AWS SigV4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AccessKey {
+    pub access_key_id: String,
+    /// Only in the answers to create and rotate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
+    pub created_timestamp_ms: u64,
+    pub status: KeyStatus,
+    /// When the key stops or stopped working.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at_timestamp_ms: Option<u64>,
+}
+
+/// A tenant's access keys (without secrets).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AccessKeyList {
+    pub access_keys: Vec<AccessKey>,
+}
+
+/// Replaces an access key by a new one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKey {
+    /// How long the old key keeps working (default 0: it stops at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 604_800)]
+    pub grace_seconds: Option<u64>,
+}
+
+// ------------------------------------------------------------------------------------ limits
+
+/// Rate and size limits of a tenant; 0 means none of that kind (in overrides: the plan's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantLimits {
+    pub requests_per_second: u64,
+    pub payload_bytes_per_second: u64,
+    pub queues_max: u64,
+    pub in_flight_messages_max: u64,
+}
+
+/// A tenant's limits: its plan, its own overrides and what applies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LimitsInfo {
+    pub tenant: String,
+    pub plan: String,
+    pub overrides: TenantLimits,
+    /// The overrides over the plan (or over the plan named `default` when the tenant names none).
+    pub effective: TenantLimits,
+    /// Not empty while the tenant's calls are refused: why (a billing hard cap reached).
+    pub capped_reason: String,
+}
+
+/// The operators' admin API (its own listener and token audience; not in `openapi.json`).
+pub mod admin {
+    use serde::{Deserialize, Serialize};
+
+    use super::TenantLimits;
+
+    /// A storage node as metadata knows it.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct StorageNode {
+        pub node_id: String,
+        pub address: String,
+        pub zone: String,
+        pub capacity_bytes: u64,
+        pub live: bool,
+        pub registered_ms: u64,
+        /// The newest format generation this node's build can read and write.
+        pub format_generation_max: u32,
+    }
+
+    /// The storage nodes and the cluster's format generation.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct StorageNodeList {
+        pub storage_nodes: Vec<StorageNode>,
+        pub format_generation: u32,
+    }
+
+    /// A replica of a shard.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Replica {
+        pub node_id: String,
+        pub address: String,
+    }
+
+    /// A shard: its writer and replicas.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Shard {
+        pub shard_id: u64,
+        pub writer: String,
+        pub writer_epoch: u64,
+        pub replicas: Vec<Replica>,
+        /// Nodes being moved out of the shard's group.
+        pub leaving: Vec<String>,
+    }
+
+    /// Moves a replica of a shard to another storage node.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct MoveReplica {
+        pub from_node: String,
+        pub to_node: String,
+    }
+
+    /// A member of the metadata quorum.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct MetadataMember {
+        pub node_id: u64,
+        pub address: String,
+    }
+
+    /// The metadata quorum.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct MetadataMembers {
+        pub members: Vec<MetadataMember>,
+        pub leader_id: u64,
+    }
+
+    /// Adds members (running, caught up first) to the metadata quorum and removes others.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ChangeMembers {
+        #[serde(default)]
+        pub add: Vec<MetadataMember>,
+        #[serde(default)]
+        pub remove: Vec<u64>,
+    }
+
+    /// Sets a tenant's plan and overrides.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct SetTenantLimits {
+        /// A limits plan (empty or absent: the plan named `default`, if any).
+        #[serde(default)]
+        pub plan: String,
+        #[serde(default)]
+        pub overrides: TenantLimits,
+    }
+
+    /// A named set of limits tenants can be put on.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct LimitPlan {
+        pub name: String,
+        pub limits: TenantLimits,
+    }
+
+    /// Every limits plan.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct LimitPlanList {
+        pub limit_plans: Vec<LimitPlan>,
+    }
+}
