@@ -15,6 +15,8 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ("strata-storage-client", &["strata-storage", "strata-metadata", "strata-raft", "strata-wal", "openraft"]),
     ("strata-http", &["strata-proxy", "strata-metadata", "strata-storage", "strata-raft", "strata-wal"]),
     ("strata-wal", &["openraft", "tonic"]),
+    // The native API's client (CLI, bench, tests, users' programs): no server and no web framework.
+    ("strata-client", &["strata-proxy", "strata-http", "strata-metadata", "strata-storage", "strata-raft", "axum"]),
 ];
 
 /// Package name → the names of its normal dependencies, for the whole workspace's resolve.
