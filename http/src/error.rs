@@ -1,5 +1,7 @@
 //! HTTP error responses: `{"error": {"code": "...", "message": "..."}}` with the status of the
-//! error's kind. Codes are the stable [`ErrorKind`] codes; messages never carry internal detail.
+//! error's kind. Codes are the stable [`ErrorKind`] codes; messages never carry internal detail:
+//! the message of an `Internal` or `Unavailable` error (which may name a shard, a peer's
+//! address, a file or a peer's error) goes to the log, and the caller gets a fixed one.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -21,6 +23,26 @@ impl From<StrataError> for ApiError {
 pub const INTERNAL_ERROR_MESSAGE: &str =
     "the service failed to complete the request; retry, and report it if it persists";
 
+/// What a caller is told when the service cannot take a request now.
+pub const UNAVAILABLE_MESSAGE: &str = "the service cannot take this request now (a leader change, a restart or \
+    a lost connection); retry shortly. A send retried with the same x-strata-request-id is stored once";
+
+/// The message a caller may see for an error of `kind` whose message is `message`: the message
+/// itself, or for the kinds that carry internal detail a fixed text (the detail is logged here).
+pub fn public_message(kind: ErrorKind, message: String) -> String {
+    match kind {
+        ErrorKind::Internal => {
+            tracing::error!(%message, "internal error answered to a caller");
+            INTERNAL_ERROR_MESSAGE.to_owned()
+        }
+        ErrorKind::Unavailable => {
+            tracing::warn!(%message, "unavailable answered to a caller");
+            UNAVAILABLE_MESSAGE.to_owned()
+        }
+        _ => message,
+    }
+}
+
 impl ApiError {
     pub fn invalid(message: impl Into<String>) -> Self {
         Self(StrataError::invalid(message))
@@ -29,12 +51,8 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let StrataError { kind, mut message, retry_after_s, .. } = self.0;
-        if kind == ErrorKind::Internal {
-            // The detail (a peer's error, a file, an address) is for the logs, not the caller.
-            tracing::error!(%message, "internal error answered to a tenant");
-            message = INTERNAL_ERROR_MESSAGE.to_owned();
-        }
+        let StrataError { kind, message, retry_after_s, .. } = self.0;
+        let message = public_message(kind, message);
         let status = StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response =
             (status, Json(json!({ "error": { "code": kind.code(), "message": message } }))).into_response();
@@ -50,7 +68,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn an_internal_error_answers_without_its_detail() {
+    async fn internal_and_unavailable_errors_answer_without_their_detail() {
         let detail = "reading /var/lib/strata/shard-3/state.snap from 10.0.0.7:9000 failed";
         let response = ApiError(StrataError::internal(detail)).into_response();
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
@@ -58,6 +76,15 @@ mod tests {
         let text = String::from_utf8_lossy(&body);
         assert!(
             text.contains(INTERNAL_ERROR_MESSAGE) && !text.contains("10.0.0.7") && !text.contains("/var/lib"),
+            "{text}"
+        );
+        let unavailable = "shard 7: a replica at 10.0.0.9:7101 did not answer within 2000 ms";
+        let response = ApiError(StrataError::unavailable(unavailable)).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.expect("body");
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            text.contains(UNAVAILABLE_MESSAGE) && !text.contains("10.0.0.9") && !text.contains("shard 7"),
             "{text}"
         );
         let invalid = ApiError::invalid("max_messages must be 1-10").into_response();

@@ -40,7 +40,7 @@ use utoipa_axum::routes;
 
 use crate::auth::JwtVerifier;
 use crate::credentials::{admin_path_tenant, verified_subject};
-use crate::error::ApiError;
+use crate::error::{ApiError, public_message};
 use crate::metering::{CallId, Charge, Meter, message_payload_bytes};
 use crate::queue_rules::{self, Refusal};
 use crate::queues;
@@ -859,8 +859,10 @@ async fn delete_messages(
         .into_iter()
         .map(|r| model::DeleteOutcome {
             ok: r.error_code.is_empty(),
-            error: (!r.error_code.is_empty())
-                .then_some(model::ErrorDetail { code: r.error_code, message: r.error_message }),
+            error: (!r.error_code.is_empty()).then(|| {
+                let kind = ErrorKind::from_code(&r.error_code).unwrap_or(ErrorKind::Internal);
+                model::ErrorDetail { message: public_message(kind, r.error_message), code: r.error_code }
+            }),
         })
         .collect();
     Ok(Json(model::DeleteResult { results }))

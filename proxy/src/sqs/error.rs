@@ -89,11 +89,31 @@ impl From<StrataError> for SqsError {
             ErrorKind::MessageNotInFlight => Self::message_not_inflight(e.message),
             ErrorKind::Unauthenticated => Self::access_denied(e.message),
             ErrorKind::Throttled => Self { retry_after_s: e.retry_after_s, ..Self::throttled(e.message) },
-            ErrorKind::Unavailable => Self::service_unavailable(e.message),
+            // The detail (a shard, a peer's address or error, a file) is logged, not answered.
+            ErrorKind::Unavailable => {
+                tracing::warn!(message = %e.message, "unavailable answered on the SQS API");
+                Self::service_unavailable("The service is unavailable. Please try again shortly.")
+            }
             ErrorKind::Internal => {
                 tracing::error!(message = %e.message, "internal error answered on the SQS API");
                 Self::internal_error("We encountered an internal error. Please try again.")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unavailable_and_internal_errors_answer_without_their_detail() {
+        let detail = "shard 7: a replica at 10.0.0.9:7101 did not answer; /var/lib/strata/shard-7";
+        for e in [StrataError::unavailable(detail), StrataError::internal(detail)] {
+            let answer = SqsError::from(e);
+            assert!(!answer.message.contains("10.0.0.9") && !answer.message.contains("shard"), "{answer:?}");
+            assert!(answer.status >= 500 && !answer.sender_fault);
+        }
+        assert!(SqsError::from(StrataError::invalid("MaxNumberOfMessages must be 1-10")).message.contains("1-10"));
     }
 }
