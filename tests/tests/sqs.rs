@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
-use strata_tests::{DevProcess, run_ok, sqs_scripts_dir};
+use strata_tests::{Api, DevProcess, run_ok, sqs_scripts_dir};
 
 fn suite() -> String {
     sqs_scripts_dir().join("sqs_suite.py").display().to_string()
@@ -203,12 +203,10 @@ async fn aws_cli_works_unchanged_and_keys_rotate_and_revoke() -> anyhow::Result<
     // Each API takes only its own audience's tokens.
     let env: BTreeMap<String, String> = dev.credentials_env()?.into_iter().collect();
     let (admin_endpoint, admin_token) = (&env["STRATA_ADMIN_ENDPOINT"], &env["STRATA_ADMIN_TOKEN"]);
-    let http = reqwest::Client::new();
-    let tenant_on_admin =
-        http.get(format!("{admin_endpoint}/admin/v1/tenants/dev/access-keys")).bearer_auth(&dev.token).send().await?;
-    assert_eq!(tenant_on_admin.status(), 401);
-    let admin_on_tenant = http.get(format!("{}/v1/access-keys", dev.endpoint)).bearer_auth(admin_token).send().await?;
-    assert_eq!(admin_on_tenant.status(), 401);
+    let (tenant_on_admin, _) = Api::new(admin_endpoint, &dev.token).get("/admin/v1/tenants/dev/access-keys").await?;
+    assert_eq!(tenant_on_admin, 401);
+    let (admin_on_tenant, _) = Api::new(&dev.endpoint, admin_token).get("/v1/access-keys").await?;
+    assert_eq!(admin_on_tenant, 401);
     Ok(())
 }
 

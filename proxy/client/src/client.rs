@@ -29,9 +29,9 @@ pub enum ClientError {
         #[source]
         source: reqwest::Error,
     },
-    /// The service answered with an error.
+    /// The service answered with an error; a throttled call says when to retry.
     #[error("{code} ({status}): {message}")]
-    Api { status: u16, code: String, message: String },
+    Api { status: u16, code: String, message: String, retry_after_s: Option<u64> },
     /// The answer is not what the API describes.
     #[error("unexpected answer from {url}: {detail}")]
     Decode { url: String, detail: String },
@@ -51,6 +51,14 @@ impl ClientError {
     pub fn never_sent(&self) -> bool {
         matches!(self, ClientError::Transport { source, .. } if source.is_connect())
     }
+}
+
+/// An answer as it came.
+struct Answer {
+    status: u16,
+    /// `Retry-After`, in seconds.
+    retry_after_s: Option<u64>,
+    text: String,
 }
 
 /// Whose access keys a call manages.
@@ -134,12 +142,17 @@ impl Client {
         (url, request)
     }
 
-    async fn exchange(url: &str, request: reqwest::RequestBuilder) -> Result<(u16, String), ClientError> {
+    async fn exchange(url: &str, request: reqwest::RequestBuilder) -> Result<Answer, ClientError> {
         let transport = |source| ClientError::Transport { url: url.to_string(), source };
         let response = request.send().await.map_err(transport)?;
         let status = response.status().as_u16();
+        let retry_after_s = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         let text = response.text().await.map_err(transport)?;
-        Ok((status, text))
+        Ok(Answer { status, retry_after_s, text })
     }
 
     /// Any call, answered as it came: the status and the JSON body (`Null` when empty, a string
@@ -150,7 +163,7 @@ impl Client {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let (status, text) = Self::exchange(&url, request).await?;
+        let Answer { status, text, .. } = Self::exchange(&url, request).await?;
         let value =
             if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
         Ok((status, value))
@@ -171,13 +184,15 @@ impl Client {
         Self::answer(&url, Self::exchange(&url, request).await?)
     }
 
-    fn answer<T: DeserializeOwned>(url: &str, (status, text): (u16, String)) -> Result<T, ClientError> {
+    fn answer<T: DeserializeOwned>(url: &str, answer: Answer) -> Result<T, ClientError> {
+        let Answer { status, retry_after_s, text } = answer;
         let decode = |e: serde_json::Error| ClientError::Decode { url: url.to_string(), detail: e.to_string() };
         if !(200..300).contains(&status) {
-            return Err(match serde_json::from_str::<model::ErrorBody>(&text) {
-                Ok(body) => ClientError::Api { status, code: body.error.code, message: body.error.message },
-                Err(_) => ClientError::Api { status, code: "Error".into(), message: text.chars().take(200).collect() },
-            });
+            let (code, message) = match serde_json::from_str::<model::ErrorBody>(&text) {
+                Ok(body) => (body.error.code, body.error.message),
+                Err(_) => ("Error".to_owned(), text.chars().take(200).collect()),
+            };
+            return Err(ClientError::Api { status, code, message, retry_after_s });
         }
         if text.is_empty() {
             serde_json::from_value(Value::Null).map_err(decode)

@@ -227,7 +227,8 @@ fn native_routes() -> OpenApiRouter<AppState> {
 }
 
 /// The native API's OpenAPI document, as served at `/openapi.json`.
-pub fn openapi_json() -> String {
+#[cfg(test)]
+fn openapi_json() -> String {
     native_routes().into_openapi().to_pretty_json().unwrap_or_default()
 }
 
