@@ -15,8 +15,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use strata_common::Clock;
 use strata_common::error::StrataError;
 use strata_http::auth::JwtVerifier;
@@ -24,7 +23,7 @@ use strata_http::credentials::{admin_path_tenant, verified_subject};
 use strata_http::error::ApiError;
 
 use crate::pricing::{HOUR_MS, Month, Plan};
-use crate::store::{BillingStore, Budget, Package, StoreError, UsageRow, usage_csv};
+use crate::store::{Alert, BillingStore, Budget, Package, StoreError, UsageRow, usage_csv};
 
 /// Longest range of one usage query: about 13 months of hours.
 pub const USAGE_RANGE_MS_MAX: u64 = 400 * 24 * HOUR_MS;
@@ -210,13 +209,7 @@ async fn usage<O: BillingOwner>(
     match query.format.as_deref() {
         None | Some("json") => {
             let total_units: u64 = rows.iter().map(|r| r.units).sum();
-            let body = json!({
-                "tenant": owner.tenant(),
-                "from_ms": from_ms,
-                "to_ms": to_ms,
-                "total_units": total_units,
-                "rows": rows,
-            });
+            let body = Usage { tenant: owner.tenant(), from_ms, to_ms, total_units, rows: &rows };
             Ok(Json(body).into_response())
         }
         Some("csv") => {
@@ -225,6 +218,50 @@ async fn usage<O: BillingOwner>(
         }
         Some(other) => Err(ApiError::invalid(format!("format is json or csv, not '{other}'"))),
     }
+}
+
+/// A tenant's usage over a range, as `/usage` answers it in JSON.
+#[derive(Serialize)]
+struct Usage<'a> {
+    tenant: &'a str,
+    from_ms: u64,
+    to_ms: u64,
+    total_units: u64,
+    rows: &'a [UsageRow],
+}
+
+/// The budget alerts of a tenant.
+#[derive(Serialize)]
+struct Alerts {
+    alerts: Vec<Alert>,
+}
+
+/// A tenant's price plan.
+#[derive(Serialize)]
+struct PlanAnswer<'a> {
+    tenant: &'a str,
+    plan: Plan,
+}
+
+/// A prepaid package sold.
+#[derive(Serialize)]
+struct PackageAnswer<'a> {
+    tenant: &'a str,
+    package: Package,
+}
+
+/// A tenant's prepaid packages.
+#[derive(Serialize)]
+struct PackagesAnswer<'a> {
+    tenant: &'a str,
+    packages: Vec<Package>,
+}
+
+/// A tenant's budget and hard cap.
+#[derive(Serialize)]
+struct BudgetAnswer<'a> {
+    tenant: &'a str,
+    budget: Budget,
 }
 
 fn month_of(text: &str) -> Result<Month, ApiError> {
@@ -249,7 +286,7 @@ async fn invoice<O: BillingOwner>(
 
 async fn alerts<O: BillingOwner>(State(state): State<BillingApi>, owner: O) -> Result<Response, ApiError> {
     let alerts = state.store.alerts(owner.tenant()).await.map_err(store_error)?;
-    Ok(Json(json!({ "alerts": alerts })).into_response())
+    Ok(Json(Alerts { alerts }).into_response())
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -263,12 +300,12 @@ async fn set_plan(
 ) -> Result<Response, ApiError> {
     let plan: Plan = parse_json(&body)?;
     state.store.set_plan(&tenant, &plan).await.map_err(store_error)?;
-    Ok(Json(json!({ "tenant": tenant, "plan": plan })).into_response())
+    Ok(Json(PlanAnswer { tenant: &tenant, plan }).into_response())
 }
 
 async fn get_plan(State(state): State<BillingApi>, AdminTenant(tenant): AdminTenant) -> Result<Response, ApiError> {
     let plan = state.store.plan(&tenant).await.map_err(store_error)?;
-    Ok(Json(json!({ "tenant": tenant, "plan": plan })).into_response())
+    Ok(Json(PlanAnswer { tenant: &tenant, plan }).into_response())
 }
 
 async fn add_package(
@@ -278,7 +315,7 @@ async fn add_package(
 ) -> Result<Response, ApiError> {
     let package: Package = parse_json(&body)?;
     state.store.add_package(&tenant, &package).await.map_err(store_error)?;
-    Ok((StatusCode::CREATED, Json(json!({ "tenant": tenant, "package": package }))).into_response())
+    Ok((StatusCode::CREATED, Json(PackageAnswer { tenant: &tenant, package })).into_response())
 }
 
 async fn list_packages(
@@ -286,7 +323,7 @@ async fn list_packages(
     AdminTenant(tenant): AdminTenant,
 ) -> Result<Response, ApiError> {
     let packages = state.store.packages(&tenant).await.map_err(store_error)?;
-    Ok(Json(json!({ "tenant": tenant, "packages": packages })).into_response())
+    Ok(Json(PackagesAnswer { tenant: &tenant, packages }).into_response())
 }
 
 async fn set_budget(
@@ -296,10 +333,10 @@ async fn set_budget(
 ) -> Result<Response, ApiError> {
     let budget: Budget = parse_json(&body)?;
     state.store.set_budget(&tenant, budget).await.map_err(store_error)?;
-    Ok(Json(json!({ "tenant": tenant, "budget": budget })).into_response())
+    Ok(Json(BudgetAnswer { tenant: &tenant, budget }).into_response())
 }
 
 async fn get_budget(State(state): State<BillingApi>, AdminTenant(tenant): AdminTenant) -> Result<Response, ApiError> {
     let budget = state.store.budget(&tenant).await.map_err(store_error)?;
-    Ok(Json(json!({ "tenant": tenant, "budget": budget })).into_response())
+    Ok(Json(BudgetAnswer { tenant: &tenant, budget }).into_response())
 }
