@@ -21,8 +21,10 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-/// What went wrong: a stable code (`QueueNotFound`, `QueueAlreadyExists`, `InvalidParameter`,
-/// `InvalidReceipt`, `TooLarge`, `Unauthenticated`, `Throttled`, `Unavailable`, `Internal`) and a
+/// What went wrong: a stable code a program may switch on (`QueueNotFound`, `QueueAlreadyExists`,
+/// `InvalidParameter`, `InvalidReceipt`, `StaleReceipt`, `MessageNotInFlight`,
+/// `ScheduledMessageNotFound`, `AccessKeyNotFound`, `LimitExceeded`, `TooLarge`,
+/// `Unauthenticated`, `Throttled`, `Unavailable`, `Internal`; new codes may be added) and a
 /// message for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {

@@ -184,8 +184,9 @@ async fn no_such_route() -> ApiError {
         version = "1.0.0",
         description = "Queues and messages over HTTP/JSON. Authenticate with a JWT bearer token; the tenant is \
             the token's subject. Errors are {\"error\": {\"code\", \"message\"}} with stable codes: \
-            QueueNotFound, QueueAlreadyExists, InvalidParameter, InvalidReceipt, TooLarge, Unauthenticated, \
-            Throttled, Unavailable, Internal.",
+            QueueNotFound, QueueAlreadyExists, InvalidParameter, InvalidReceipt, StaleReceipt, \
+            MessageNotInFlight, ScheduledMessageNotFound, AccessKeyNotFound, LimitExceeded, TooLarge, \
+            Unauthenticated, Throttled, Unavailable, Internal.",
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
     components(schemas(model::ErrorBody)),
@@ -368,12 +369,14 @@ struct Errors;
 
 impl IntoResponses for Errors {
     fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
-        const ERRORS: [(u16, &str); 6] = [
+        const ERRORS: [(u16, &str); 8] = [
             (400, "The request is malformed or breaks a rule (code `InvalidParameter`, `InvalidReceipt`, ...)."),
             (401, "No valid bearer token."),
             (404, "No such queue (or message, or task) of this tenant."),
+            (409, "A queue of this name exists with other settings (`QueueAlreadyExists`)."),
             (413, "The request or a message is too large."),
             (429, "Over the tenant's rate limits; retry after `Retry-After` seconds."),
+            (500, "The service failed; retry, and report it if it persists."),
             (503, "The service cannot answer now; retry."),
         ];
         ERRORS
@@ -1120,5 +1123,14 @@ mod tests {
             assert!(document["components"]["schemas"][schema].is_object(), "no schema {schema}");
         }
         assert_eq!(document["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+        // Every error kind's status is among the answers a call documents.
+        let answers = &document["paths"]["/v1/queues/{name}/messages"]["post"]["responses"];
+        for kind in ErrorKind::ALL {
+            assert!(
+                answers[kind.http_status().to_string()].is_object(),
+                "{kind} ({}) undocumented",
+                kind.http_status()
+            );
+        }
     }
 }
