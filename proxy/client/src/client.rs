@@ -446,3 +446,45 @@ impl Client {
         self.post_as("/admin/v1/metadata-members", request).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, retry_after_s: Option<u64>, text: &str) -> Answer {
+        Answer { status, retry_after_s, text: text.to_owned() }
+    }
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(path_segment("orders.fifo"), "orders.fifo");
+        assert_eq!(path_segment("a/b c?"), "a%2Fb%20c%3F");
+        assert_eq!(path_segment("ü"), "%C3%BC");
+    }
+
+    #[test]
+    fn error_answers_keep_their_code_message_and_retry_after() {
+        let body = r#"{"error": {"code": "Throttled", "message": "over 10 requests per second"}}"#;
+        let e = Client::answer::<model::PurgeResult>("u", answer(429, Some(2), body)).expect_err("an error");
+        assert_eq!(e.code(), Some("Throttled"));
+        assert!(matches!(e, ClientError::Api { status: 429, retry_after_s: Some(2), .. }), "{e:?}");
+        assert_eq!(e.to_string(), "Throttled (429): over 10 requests per second");
+        let e = Client::answer::<model::PurgeResult>("u", answer(502, None, "<html>bad gateway</html>"))
+            .expect_err("an error");
+        assert!(matches!(&e, ClientError::Api { code, .. } if code == "Error"), "{e:?}");
+        assert!(!e.never_sent());
+    }
+
+    #[test]
+    fn answers_decode_into_their_types() {
+        let purged: model::PurgeResult = Client::answer("u", answer(200, None, r#"{"purged": 3}"#)).expect("decoded");
+        assert_eq!(purged.purged, 3);
+        Client::answer::<()>("u", answer(204, None, "")).expect("an empty answer");
+        // A newer service may answer more fields.
+        let purged: model::PurgeResult =
+            Client::answer("u", answer(200, None, r#"{"purged": 1, "later": true}"#)).expect("decoded");
+        assert_eq!(purged.purged, 1);
+        let e = Client::answer::<model::PurgeResult>("u", answer(200, None, "{}")).expect_err("no purged field");
+        assert!(matches!(e, ClientError::Decode { .. }), "{e:?}");
+    }
+}
