@@ -9,12 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-use aws_sigv4::sign::v4;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use strata_client::model::{self, CreateQueue, QueueAttributesChange, SendMessages};
+use strata_client::sqs::{SignOptions, SqsSigner};
 use strata_common::{Clock, SystemClock};
 use tokio::sync::Mutex;
 
@@ -31,34 +29,19 @@ pub(crate) struct SqsTarget {
 /// One API's client for the three calls of the workload.
 enum Client {
     Native { client: strata_client::Client, queue: String },
-    Sqs { http: reqwest::Client, target: SqsTarget, credentials: Credentials, queue_url: String },
+    Sqs { http: reqwest::Client, target: SqsTarget, signer: SqsSigner, queue_url: String },
 }
 
 impl Client {
     /// One SigV4-signed JSON-protocol call.
     async fn sqs(&self, action: &str, body: &Value) -> anyhow::Result<Value> {
-        let Client::Sqs { http, target, credentials, .. } = self else { bail!("not the SQS client") };
+        let Client::Sqs { http, target, signer, .. } = self else { bail!("not the SQS client") };
         let bytes = serde_json::to_vec(body)?;
         let url = format!("{}/", target.endpoint.trim_end_matches('/'));
-        let host = url.split("://").nth(1).and_then(|rest| rest.split('/').next()).context("endpoint has no host")?;
-        let target_header = format!("AmazonSQS.{action}");
-        let headers =
-            [("host", host), ("content-type", "application/x-amz-json-1.0"), ("x-amz-target", target_header.as_str())];
-        let identity = credentials.clone().into();
         let now = UNIX_EPOCH + Duration::from_millis(SystemClock.now_ms());
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(&target.region)
-            .name("sqs")
-            .time(now)
-            .settings(SigningSettings::default())
-            .build()?
-            .into();
-        let signable =
-            SignableRequest::new("POST", url.as_str(), headers.iter().copied(), SignableBody::Bytes(&bytes))?;
-        let (instructions, _) = sign(signable, &params)?.into_parts();
-        let mut request = http.post(&url).body(bytes.clone());
-        for (name, value) in headers.iter().skip(1).copied().chain(instructions.headers()) {
+        let headers = signer.json_call_headers(&url, action, &bytes, now, &SignOptions::default())?;
+        let mut request = http.post(&url).body(bytes);
+        for (name, value) in headers {
             request = request.header(name, value);
         }
         let response = request.send().await?;
@@ -236,8 +219,8 @@ pub(crate) async fn compare(
     let native_result = run_workload(Arc::new(native), workload.clone()).await?;
     eprintln!("native API: {native_result}");
 
-    let credentials = Credentials::new(&sqs.access_key_id, &sqs.secret_access_key, None, None, "strata-bench");
-    let mut client = Client::Sqs { http, target: sqs, credentials, queue_url: String::new() };
+    let signer = SqsSigner::new(&sqs.region, &sqs.access_key_id, &sqs.secret_access_key);
+    let mut client = Client::Sqs { http, target: sqs, signer, queue_url: String::new() };
     let created = client
         .sqs("CreateQueue", &json!({ "QueueName": "bench-compare-sqs", "Attributes": { "VisibilityTimeout": "60" } }))
         .await?;

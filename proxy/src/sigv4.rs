@@ -12,9 +12,14 @@
 //!
 //! Guarantees:
 //! - a request passes only if its signature was made with the secret over its method, path, query,
-//!   the headers it names (which must include `host`) and its body (unless the signer chose
-//!   `UNSIGNED-PAYLOAD`), for service `sqs`, at a time within [`CLOCK_SKEW_MS_MAX`] of `now_ms`
-//!   (a presigned URL: not in the future beyond that skew, and until its `X-Amz-Expires`);
+//!   the headers it names and its body, for service `sqs`, at a time within [`CLOCK_SKEW_MS_MAX`]
+//!   of `now_ms` (a presigned URL: not in the future beyond that skew, and until its
+//!   `X-Amz-Expires`);
+//! - the signed headers include `host`, every `x-amz-*` header sent (`X-Amz-Target`, which names
+//!   the action, among them), `content-type` when sent, and `date` when it carries the request
+//!   time: a captured request cannot be replayed as another action or with another body shape;
+//! - an `UNSIGNED-PAYLOAD` signature (S3-style presigned URLs) is taken only with an empty body, so
+//!   no parameter ever comes from a body nobody signed;
 //! - signatures are compared in constant time;
 //! - error messages say what to check and never carry the secret, the signature we expected or the
 //!   string to sign;
@@ -200,7 +205,23 @@ pub fn parse(parts: &SignedParts<'_>) -> Result<Signature, SigV4Error> {
     if let Some(name) = signature.signed_headers.iter().find(|name| !parts.headers.contains_key(name.as_str())) {
         return Err(missing_signed_header(name));
     }
+    if let Some(name) =
+        parts.headers.keys().map(|name| name.as_str()).find(|name| must_be_signed(&signature, parts, name))
+    {
+        return Err(incomplete(format!(
+            "the header '{name}' is sent but not signed; sign every x-amz-* header, content-type and the request time"
+        )));
+    }
     Ok(signature)
+}
+
+/// Whether the header `name`, sent with the request, must be among the signed ones.
+fn must_be_signed(signature: &Signature, parts: &SignedParts<'_>, name: &str) -> bool {
+    let signed = signature.signed_headers.binary_search_by(|signed| signed.as_str().cmp(name)).is_ok();
+    let time_header = name == "date"
+        && signature.location == Location::AuthorizationHeader
+        && !parts.headers.contains_key("x-amz-date");
+    !signed && (name.starts_with("x-amz-") || name == "content-type" || time_header)
 }
 
 fn missing_signed_header(name: &str) -> SigV4Error {
@@ -292,12 +313,19 @@ fn payload_hashes(signature: &Signature, parts: &SignedParts<'_>) -> Result<Vec<
     let Some(claimed) = single_header(parts.headers, "x-amz-content-sha256")? else {
         return Ok(match signature.location {
             Location::AuthorizationHeader => vec![body_hash],
-            // botocore's SigV4QueryAuth signs the body's hash, S3-style presigners UNSIGNED-PAYLOAD.
-            Location::Query => vec![body_hash, UNSIGNED_PAYLOAD.to_string()],
+            // botocore's SigV4QueryAuth signs the body's hash, S3-style presigners UNSIGNED-PAYLOAD
+            // (taken only without a body: parameters never come from a body nobody signed).
+            Location::Query if parts.body.is_empty() => vec![body_hash, UNSIGNED_PAYLOAD.to_string()],
+            Location::Query => vec![body_hash],
         });
     };
     // Like botocore, the header's value itself stands for the payload in the canonical request.
     if claimed == UNSIGNED_PAYLOAD {
+        if !parts.body.is_empty() {
+            return Err(incomplete(
+                "UNSIGNED-PAYLOAD is accepted only without a body; sign the body (its SHA-256) instead",
+            ));
+        }
         return Ok(vec![claimed.to_string()]);
     }
     if claimed.len() != SIGNATURE_HEX_CHARS || !claimed.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -1078,11 +1106,40 @@ mod tests {
     }
 
     #[test]
-    fn unsigned_payload_header_verifies_whatever_the_body() {
-        let mut request = Request::new("POST", "/", UNSIGNED_PAYLOAD_HEADERS, br#"{"QueueName":"orders"}"#);
-        request.check(SECRET, SIGNED_MS).expect("UNSIGNED-PAYLOAD request verifies");
-        request.body = b"anything else".to_vec();
-        request.check(SECRET, SIGNED_MS).expect("the body is not signed");
+    fn unsigned_payload_is_taken_only_without_a_body() {
+        let mut request = Request::new("POST", "/", UNSIGNED_PAYLOAD_HEADERS, b"");
+        request.check(SECRET, SIGNED_MS).expect("UNSIGNED-PAYLOAD request without a body verifies");
+        request.body = br#"{"QueueName":"orders"}"#.to_vec();
+        assert_code(request.check(SECRET, SIGNED_MS), "IncompleteSignature");
+
+        let mut request =
+            Request::new("GET", PRESIGNED_UNSIGNED_PATH_AND_QUERY, &[("Host", "sqs.us-east-1.amazonaws.com")], b"");
+        request.body = b"Action=ReceiveMessage&QueueUrl=x".to_vec();
+        assert_code(request.check(SECRET, SIGNED_MS), "SignatureDoesNotMatch");
+    }
+
+    #[test]
+    fn every_amz_header_content_type_and_the_time_must_be_signed() {
+        // A signed GetQueueAttributes replayed as ReceiveMessage with an unsigned X-Amz-Target.
+        let mut request = Request::new("GET", GET_PARAMS_PATH_AND_QUERY, GET_PARAMS_HEADERS, b"");
+        request.check(SECRET, SIGNED_MS).expect("fixture verifies");
+        request.set_header("x-amz-target", "AmazonSQS.ReceiveMessage");
+        let error = assert_code(request.check(SECRET, SIGNED_MS), "IncompleteSignature");
+        assert!(error.to_string().contains("x-amz-target"), "{error}");
+
+        let mut request = Request::new("GET", GET_PARAMS_PATH_AND_QUERY, GET_PARAMS_HEADERS, b"");
+        request.set_header("content-type", "application/x-amz-json-1.0");
+        assert_code(request.check(SECRET, SIGNED_MS), "IncompleteSignature");
+
+        let mut request = Request::presigned();
+        request.set_header("x-amz-target", "AmazonSQS.PurgeQueue");
+        assert_code(request.check(SECRET, SIGNED_MS), "IncompleteSignature");
+
+        // Headers outside those rules may travel unsigned (proxies add some).
+        let mut request = Request::boto3_list_queues();
+        request.set_header("x-amzn-trace-id", "Root=1-5759e988");
+        request.set_header("user-agent", "curl/8");
+        request.check(SECRET, SIGNED_MS).expect("x-amzn-* and user-agent need no signature");
     }
 
     #[test]
@@ -1116,6 +1173,10 @@ mod tests {
     #[test]
     fn content_sha256_header_must_match_the_body() {
         let mut request = Request::boto3_list_queues();
+        // Sent unsigned, the header itself is refused; signed, it must be the body's hash.
+        request.set_header("x-amz-content-sha256", &sha256_hex(b"another body"));
+        assert_code(request.check(SECRET, SIGNED_MS), "IncompleteSignature");
+        let mut request = Request::new("POST", "/", UNSIGNED_PAYLOAD_HEADERS, b"");
         request.set_header("x-amz-content-sha256", &sha256_hex(b"another body"));
         assert_code(request.check(SECRET, SIGNED_MS), "SignatureDoesNotMatch");
         request.set_header("x-amz-content-sha256", "STREAMING-UNSIGNED-PAYLOAD-TRAILER");
@@ -1393,11 +1454,14 @@ mod tests {
         request.headers.append("x-multi", HeaderValue::from_static("three"));
         let signature = "0".repeat(64);
         let authorization = format!(
-            "AWS4-HMAC-SHA256 Credential={AKID}/20261121/r/sqs/aws4_request, SignedHeaders=host;x-multi, \
+            "AWS4-HMAC-SHA256 Credential={AKID}/20261121/r/sqs/aws4_request, SignedHeaders=host;x-amz-date;x-multi, \
              Signature={signature}"
         );
         request.set_header("authorization", &authorization);
-        assert_eq!(request.canonical("p"), "GET\n/\n\nhost:h\nx-multi:one two,three\n\nhost;x-multi\np");
+        assert_eq!(
+            request.canonical("p"),
+            "GET\n/\n\nhost:h\nx-amz-date:20261121T120000Z\nx-multi:one two,three\n\nhost;x-amz-date;x-multi\np"
+        );
     }
 
     #[test]

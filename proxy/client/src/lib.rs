@@ -4,6 +4,7 @@
 
 mod client;
 pub mod model;
+pub mod sqs;
 
 pub use client::{Client, ClientError, KeyOwner, path_segment};
 pub use reqwest::Method;
