@@ -44,11 +44,13 @@ pub enum ErrorKind {
     /// No message with this id waits for its deliver-at time on the queue (never scheduled, due
     /// already, or cancelled).
     ScheduledMessageNotFound,
+    /// A request id was used before by a different request; nothing was done.
+    IdempotencyConflict,
 }
 
 impl ErrorKind {
     /// Every kind, for exhaustive tests of mappings.
-    pub const ALL: [ErrorKind; 14] = [
+    pub const ALL: [ErrorKind; 15] = [
         ErrorKind::QueueNotFound,
         ErrorKind::QueueAlreadyExists,
         ErrorKind::InvalidParameter,
@@ -63,6 +65,7 @@ impl ErrorKind {
         ErrorKind::MessageNotInFlight,
         ErrorKind::StaleReceipt,
         ErrorKind::ScheduledMessageNotFound,
+        ErrorKind::IdempotencyConflict,
     ];
 
     /// The stable code string shown to tenants.
@@ -82,6 +85,7 @@ impl ErrorKind {
             ErrorKind::MessageNotInFlight => "MessageNotInFlight",
             ErrorKind::StaleReceipt => "StaleReceipt",
             ErrorKind::ScheduledMessageNotFound => "ScheduledMessageNotFound",
+            ErrorKind::IdempotencyConflict => "IdempotencyConflict",
         }
     }
 
@@ -93,7 +97,7 @@ impl ErrorKind {
     pub fn http_status(self) -> u16 {
         match self {
             ErrorKind::QueueNotFound | ErrorKind::AccessKeyNotFound | ErrorKind::ScheduledMessageNotFound => 404,
-            ErrorKind::QueueAlreadyExists => 409,
+            ErrorKind::QueueAlreadyExists | ErrorKind::IdempotencyConflict => 409,
             ErrorKind::InvalidParameter
             | ErrorKind::InvalidReceipt
             | ErrorKind::LimitExceeded
@@ -119,7 +123,9 @@ impl ErrorKind {
             ErrorKind::TooLarge => tonic::Code::OutOfRange,
             ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
             ErrorKind::Throttled => tonic::Code::ResourceExhausted,
-            ErrorKind::LimitExceeded | ErrorKind::MessageNotInFlight => tonic::Code::FailedPrecondition,
+            ErrorKind::LimitExceeded | ErrorKind::MessageNotInFlight | ErrorKind::IdempotencyConflict => {
+                tonic::Code::FailedPrecondition
+            }
             ErrorKind::Unavailable => tonic::Code::Unavailable,
             ErrorKind::Internal => tonic::Code::Internal,
         }

@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 
 use crate::node::ShardMap;
 use crate::queue::{self, AttributeValue, Command, Delivery, FifoConfig, FifoIds, NewMessage, QueueConfig, Redrive};
-use crate::shard::{Shard, queue_error};
+use crate::shard::{REQUEST_DIGEST_GENERATION, Shard, queue_error};
 
 /// Everything the service routes to.
 pub struct StorageService {
@@ -264,7 +264,11 @@ impl Storage for StorageService {
                 return Err(StrataError::invalid("the metering record names another tenant than the queue").into());
             }
         }
-        let request_id = (!r.request_id.is_empty()).then_some(r.request_id);
+        // With every replica able to read it (generation 2), the id carries a digest of the
+        // request, and the same id with other messages is refused instead of answered as a retry.
+        let digests = shard.log_format().writing() >= REQUEST_DIGEST_GENERATION;
+        let request_id = (!r.request_id.is_empty())
+            .then(|| if digests { queue::request_key(&r.request_id, &messages) } else { r.request_id });
         match shard.propose_metered(request_id, meter, Command::Send { queue, tenant, messages }).await? {
             queue::Response::Sent(sent) => Ok(Response::new(pb::SendResponse {
                 messages: sent

@@ -16,7 +16,9 @@ use openraft::{BasicNode, Config, ReadPolicy, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use strata_common::Clock;
 use strata_common::error::{ErrorKind, StrataError};
-use strata_common::format::{FormatGate, LEGACY_FORMAT_VERSION, Persisted, postcard_into, postcard_of_versions};
+use strata_common::format::{
+    FormatGate, LEGACY_FORMAT_VERSION, Persisted, cannot_hold, postcard_into, postcard_of_versions,
+};
 use strata_common::metering::MeterRecord;
 use strata_raft::group::{GroupStorage, RaftGroup, open_group, open_single_voter};
 use strata_raft::raft_state::{ReplicatedState, StateGuard};
@@ -31,7 +33,9 @@ use crate::backfill::{BackfillFiles, FETCH_BYTES_MAX, FETCH_ENTRIES_MAX};
 use crate::queue::schedule::{
     LOAD_CHUNK_RECORDS_MAX, ScheduledMessage, SliceRecord, deliver_at_of, is_waiting_in, slice_of,
 };
-use crate::queue::{Command, MessageRef, NewMessage, QueueError, QueueId, Response, ShardCommand, ShardState};
+use crate::queue::{
+    Command, MessageRef, NewMessage, QueueError, QueueId, REQUEST_DIGEST_SEPARATOR, Response, ShardCommand, ShardState,
+};
 use crate::schedule_files::{self, SliceFiles, read_slice};
 use crate::tier::TieredReader;
 
@@ -39,12 +43,25 @@ use crate::tier::TieredReader;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardEntry(pub ShardCommand);
 
-/// A shard log entry's command, persisted (see `docs/formats.md`). Version 1 is the postcard
-/// encoding of [`ShardCommand`] as it stands; the legacy version is the same layout.
-impl Persisted for ShardEntry {
-    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 1];
+/// The first format generation whose shard commands may carry request digests (version 2).
+pub const REQUEST_DIGEST_GENERATION: strata_common::format::FormatGeneration = 2;
 
-    fn encode_body(&self, _version: u8, out: &mut Vec<u8>) -> std::io::Result<()> {
+/// A shard log entry's command, persisted (see `docs/formats.md`). Version 1 is the postcard
+/// encoding of [`ShardCommand`] as it stands; the legacy version is the same layout. Version 2
+/// has that layout too, and its request id may carry the digest of its request
+/// ([`crate::queue::request_key`]), which releases before it would take for a plain id.
+impl Persisted for ShardEntry {
+    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 1, 2];
+
+    fn version_needed(&self) -> u8 {
+        let digest = self.0.request_id.as_deref().is_some_and(|id| id.contains(REQUEST_DIGEST_SEPARATOR));
+        if digest { 2 } else { LEGACY_FORMAT_VERSION }
+    }
+
+    fn encode_body(&self, version: u8, out: &mut Vec<u8>) -> std::io::Result<()> {
+        if version < self.version_needed() {
+            return Err(cannot_hold("shard command", version));
+        }
         postcard_into(&self.0, out)
     }
 
@@ -54,11 +71,20 @@ impl Persisted for ShardEntry {
 }
 
 /// A shard's state in its snapshot (the slice files travel beside it). Version 1 is the postcard
-/// encoding of [`ShardState`] as it stands; the legacy version is the same layout.
+/// encoding of [`ShardState`] as it stands; the legacy version is the same layout. Version 2 has
+/// that layout too, and its remembered request ids may carry digests (as shard commands of
+/// version 2 do).
 impl Persisted for ShardMachine {
-    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 1];
+    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 1, 2];
 
-    fn encode_body(&self, _version: u8, out: &mut Vec<u8>) -> std::io::Result<()> {
+    fn version_needed(&self) -> u8 {
+        if self.0.holds_request_digests() { 2 } else { LEGACY_FORMAT_VERSION }
+    }
+
+    fn encode_body(&self, version: u8, out: &mut Vec<u8>) -> std::io::Result<()> {
+        if version < self.version_needed() {
+            return Err(cannot_hold("shard state", version));
+        }
         postcard_into(&self.0, out)
     }
 
@@ -202,6 +228,7 @@ pub fn queue_error(e: QueueError) -> StrataError {
         QueueError::InFlightLimit => ErrorKind::LimitExceeded,
         QueueError::ScheduledMessageNotFound => ErrorKind::ScheduledMessageNotFound,
         QueueError::MeteringBacklogFull => ErrorKind::Unavailable,
+        QueueError::IdempotencyConflict => ErrorKind::IdempotencyConflict,
     };
     StrataError::new(kind, e.to_string())
 }
@@ -957,11 +984,28 @@ mod format_tests {
         ]
     }
 
+    /// A send whose request id carries its request's digest (format version 2 on).
+    fn send_with_digest() -> ShardCommand {
+        let messages = vec![message(8, None)];
+        let request_id = Some(crate::queue::request_key("c-req-2", &messages));
+        ShardCommand {
+            now_ms: NOW_MS,
+            command: Command::Send { queue: 1, tenant: TENANT.into(), messages },
+            request_id,
+            meter: None,
+        }
+    }
+
     #[test]
     fn every_command_kind_matches_its_golden_fixture() {
         for (name, command) in commands() {
             golden::check(&fixtures(), &format!("command-{name}"), &ShardEntry(command));
         }
+        let entry = ShardEntry(send_with_digest());
+        assert_eq!(entry.version_needed(), 2);
+        golden::check(&fixtures(), "command-send-with-digest", &entry);
+        let mut too_old = Vec::new();
+        assert!(entry.encode_body(1, &mut too_old).is_err(), "version 1 cannot hold a digest");
     }
 
     #[test]
@@ -977,7 +1021,11 @@ mod format_tests {
             // Applies hand these to the slice files; they are not part of the state.
             state.take_slice_writes();
         }
-        golden::check(&fixtures(), "state", &ShardMachine(state, None));
+        golden::check(&fixtures(), "state", &ShardMachine(state.clone(), None));
+        state.apply(100, &send_with_digest());
+        let machine = ShardMachine(state, None);
+        assert_eq!(machine.version_needed(), 2);
+        golden::check(&fixtures(), "state-with-digests", &machine);
     }
 
     #[test]

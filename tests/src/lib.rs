@@ -17,6 +17,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use strata_common::format::NEWEST_GENERATION;
+use strata_common::limits::HEARTBEAT_INTERVAL_MS;
 use strata_common::{Clock, SystemClock};
 use strata_proxy::auth::JwtIssuer;
 
@@ -185,6 +187,29 @@ impl DevProcess {
     /// A client with the dev tenant's token.
     pub fn api(&self) -> Api {
         Api::new(&self.endpoint, &self.token)
+    }
+
+    /// A client of the admin API with an operator's token.
+    pub fn admin_api(&self) -> anyhow::Result<Api> {
+        let env = self.credentials_env()?;
+        let endpoint = env.iter().find(|(k, _)| k == "STRATA_ADMIN_ENDPOINT").context("no STRATA_ADMIN_ENDPOINT")?;
+        Ok(Api::new(&endpoint.1, &self.token_for_audience("dev-operator", "strata-admin")?))
+    }
+
+    /// Waits until the process writes the newest format generation: metadata raises it a few
+    /// seconds after start (a data directory may hold older formats), and the storage node
+    /// follows at its next heartbeat.
+    pub async fn wait_for_newest_formats(&self) -> anyhow::Result<()> {
+        let admin = self.admin_api()?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        while admin.storage_nodes().await?.format_generation < NEWEST_GENERATION {
+            if Instant::now() > deadline {
+                bail!("the format generation was not raised within {START_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(HEARTBEAT_INTERVAL_MS + 500)).await;
+        Ok(())
     }
 }
 

@@ -67,6 +67,8 @@ async fn a_send_retried_with_the_clients_request_id_is_stored_once() -> anyhow::
         api.create_queue(&model::CreateQueue::named("orders")).await?;
     }
     alice.create_queue(&model::CreateQueue::named("invoices")).await?;
+    // Request digests are written from format generation 2 on.
+    dev.wait_for_newest_formats().await?;
 
     let send = json!({ "messages": [{ "body": "once" }, { "body": "twice" }] });
     let with_id = alice.with_header("x-strata-request-id", "order-42.attempt_1");
@@ -80,6 +82,11 @@ async fn a_send_retried_with_the_clients_request_id_is_stored_once() -> anyhow::
         .post_ok("/v1/queues/orders/messages", send.clone())
         .await?;
     assert_ne!(other_tenant, first);
+    // The same id with another request: refused, and nothing of it stored.
+    let changed = json!({ "messages": [{ "body": "once" }, { "body": "a different second message" }] });
+    let (status, body) = with_id.post("/v1/queues/orders/messages", changed).await?;
+    assert_eq!((status, error_code(&body)), (409, "IdempotencyConflict"), "{body}");
+    assert_eq!(with_id.post_ok("/v1/queues/orders/messages", send.clone()).await?, first, "the first answer stays");
 
     for (api, queue) in [(&alice, "orders"), (&alice, "invoices"), (&bob, "orders")] {
         let got = api
@@ -88,6 +95,7 @@ async fn a_send_retried_with_the_clients_request_id_is_stored_once() -> anyhow::
         let bodies: Vec<&str> =
             got["messages"].as_array().into_iter().flatten().filter_map(|m| m["body"].as_str()).collect();
         assert_eq!(bodies.len(), 2, "{queue}: {got}");
+        assert!(!bodies.contains(&"a different second message"), "{queue}: {got}");
     }
 
     for bad in ["", "has space", "colon:inside", &"x".repeat(129)] {

@@ -18,6 +18,18 @@ async fn sqs_call(
     body: &Value,
     options: &SignOptions,
 ) -> anyhow::Result<(u16, Value)> {
+    sqs_call_with(dev, action, sent_as, body, options, &[]).await
+}
+
+/// [`sqs_call`] with `extra` headers (unsigned, as SDKs send `amz-sdk-invocation-id`).
+async fn sqs_call_with(
+    dev: &DevProcess,
+    action: &str,
+    sent_as: Option<&str>,
+    body: &Value,
+    options: &SignOptions,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<(u16, Value)> {
     let env: BTreeMap<String, String> = dev.credentials_env()?.into_iter().collect();
     let signer = SqsSigner::new(&env["AWS_DEFAULT_REGION"], &env["AWS_ACCESS_KEY_ID"], &env["AWS_SECRET_ACCESS_KEY"]);
     let url = format!("{}/", dev.endpoint);
@@ -31,6 +43,9 @@ async fn sqs_call(
             _ => value,
         };
         request = request.header(name, value);
+    }
+    for (name, value) in extra {
+        request = request.header(*name, *value);
     }
     let response = request.send().await?;
     let status = response.status().as_u16();
@@ -66,5 +81,38 @@ async fn sigv4_signatures_must_cover_the_action_and_the_body() -> anyhow::Result
     // Nothing was taken: the message is still visible.
     let queue = api.get_queue("loot").await?;
     assert_eq!(queue.approximate_number_of_messages, Some(1));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_reused_for_another_request_stores_nothing() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dev = DevProcess::start(&dir.path().join("dev"), &[])?;
+    let api = dev.api();
+    api.create_queue(&model::CreateQueue::named("payments")).await?;
+    dev.wait_for_newest_formats().await?;
+    let queue_url = format!("{}/dev/payments", dev.endpoint);
+    let invocation = [("amz-sdk-invocation-id", "0f7d3b2a-1c9e-4e55-9a51-7d2c6b1e8f40")];
+    let send = |body: &str| json!({ "QueueUrl": queue_url, "MessageBody": body });
+    let options = SignOptions::default();
+
+    let (status, first) = sqs_call_with(&dev, "SendMessage", None, &send("pay 10"), &options, &invocation).await?;
+    assert_eq!(status, 200, "{first}");
+    // An SDK's retry of the same call: the first answer, stored once.
+    let (status, retry) = sqs_call_with(&dev, "SendMessage", None, &send("pay 10"), &options, &invocation).await?;
+    assert_eq!((status, &retry["MessageId"]), (200, &first["MessageId"]), "{retry}");
+    // The same invocation id for another message: refused, nothing stored.
+    let (status, other) = sqs_call_with(&dev, "SendMessage", None, &send("pay 9999"), &options, &invocation).await?;
+    assert_eq!((status, other["__type"].as_str()), (400, Some("com.amazonaws.sqs#InvalidParameterValue")), "{other}");
+
+    // The same through the native API's request id.
+    let with_id = api.with_header("x-strata-request-id", "pay-run-7");
+    let batch = |body: &str| model::SendMessages { messages: vec![model::NewMessage::new(body)] };
+    with_id.send("payments", &batch("pay 20"), None).await?;
+    let conflict = with_id.send("payments", &batch("pay 2000"), None).await.expect_err("a conflict");
+    assert_eq!(conflict.code(), Some("IdempotencyConflict"), "{conflict}");
+
+    let queue = api.get_queue("payments").await?;
+    assert_eq!(queue.approximate_number_of_messages, Some(2), "only the first of each id is stored");
     Ok(())
 }

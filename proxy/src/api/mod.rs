@@ -185,8 +185,8 @@ async fn no_such_route() -> ApiError {
         description = "Queues and messages over HTTP/JSON. Authenticate with a JWT bearer token; the tenant is \
             the token's subject. Errors are {\"error\": {\"code\", \"message\"}} with stable codes: \
             QueueNotFound, QueueAlreadyExists, InvalidParameter, InvalidReceipt, StaleReceipt, \
-            MessageNotInFlight, ScheduledMessageNotFound, AccessKeyNotFound, LimitExceeded, TooLarge, \
-            Unauthenticated, Throttled, Unavailable, Internal.",
+            MessageNotInFlight, ScheduledMessageNotFound, AccessKeyNotFound, LimitExceeded, IdempotencyConflict, \
+            TooLarge, Unauthenticated, Throttled, Unavailable, Internal.",
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
     components(schemas(model::ErrorBody)),
@@ -373,7 +373,11 @@ impl IntoResponses for Errors {
             (400, "The request is malformed or breaks a rule (code `InvalidParameter`, `InvalidReceipt`, ...)."),
             (401, "No valid bearer token."),
             (404, "No such queue (or message, or task) of this tenant."),
-            (409, "A queue of this name exists with other settings (`QueueAlreadyExists`)."),
+            (
+                409,
+                "A queue of this name exists with other settings (`QueueAlreadyExists`), or a request id was used by \
+                   another request (`IdempotencyConflict`).",
+            ),
             (413, "The request or a message is too large."),
             (429, "Over the tenant's rate limits; retry after `Retry-After` seconds."),
             (500, "The service failed; retry, and report it if it persists."),
@@ -716,7 +720,8 @@ fn message_to_pb(m: model::NewMessage, config: &pb::QueueConfig) -> Result<pb::N
 #[utoipa::path(post, path = "/v1/queues/{name}/messages", tag = "messages",
     params(QueuePath, ("x-strata-request-id" = Option<String>, Header, pattern = r"^[A-Za-z0-9._-]{1,128}$",
         description = "Makes the send idempotent: a retry with the same id (same tenant and queue) is stored once \
-            and answered with the first attempt's message ids. Remembered for the shard's last 20,000 sends.")),
+            and answered with the first attempt's message ids. The same id with other messages answers 409 \
+            IdempotencyConflict and stores nothing. Remembered for the shard's last 20,000 sends.")),
     request_body = model::SendMessages,
     responses((status = 200, description = "success", body = model::SendResult), Errors), security(("bearer" = [])))]
 async fn send_messages(

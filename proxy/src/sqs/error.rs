@@ -84,6 +84,10 @@ impl From<StrataError> for SqsError {
             | ErrorKind::TooLarge
             | ErrorKind::AccessKeyNotFound
             | ErrorKind::ScheduledMessageNotFound => Self::invalid_parameter_value(e.message),
+            ErrorKind::IdempotencyConflict => Self::invalid_parameter_value(
+                "This request id (x-strata-request-id, or the SDK's amz-sdk-invocation-id) was used by a different \
+                 request; nothing was sent. Use a new id for a new request.",
+            ),
             ErrorKind::InvalidReceipt | ErrorKind::StaleReceipt => Self::receipt_handle_is_invalid(e.message),
             ErrorKind::LimitExceeded => Self::over_limit(e.message),
             ErrorKind::MessageNotInFlight => Self::message_not_inflight(e.message),

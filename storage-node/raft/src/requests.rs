@@ -41,6 +41,19 @@ impl<R: Clone> RecentRequests<R> {
         }
     }
 
+    /// Whether any id kept starts with `prefix`.
+    pub fn any_with_prefix(&self, prefix: &str) -> bool {
+        self.answers
+            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .next()
+            .is_some_and(|(id, _)| id.starts_with(prefix))
+    }
+
+    /// The ids kept, in order.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.answers.keys().map(String::as_str)
+    }
+
     /// How many ids are kept.
     pub fn len(&self) -> usize {
         self.answers.len()
@@ -66,5 +79,7 @@ mod tests {
         assert_eq!(recent.answer("r2"), None);
         assert_eq!(recent.answer("r3"), Some(&3));
         assert_eq!(recent.answer("r7"), Some(&7));
+        assert!(recent.any_with_prefix("r") && recent.any_with_prefix("r6"));
+        assert!(!recent.any_with_prefix("r2") && !recent.any_with_prefix("s"));
     }
 }

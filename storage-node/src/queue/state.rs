@@ -13,8 +13,8 @@ use super::store::{LeaseCheck, Queue};
 use super::types::{
     Command, DELETE_BATCH_MAX, DELIVER_AHEAD_MS_MAX, FIFO_ID_CHARS_MAX, IN_FLIGHT_MAX, MESSAGE_ATTRIBUTES_MAX,
     MOVE_PER_SECOND_MAX, MOVE_STEP_MESSAGES_MAX, MOVE_TASKS_KEPT_PER_SOURCE, MoveTask, MoveTaskId, MoveTaskStatus,
-    NewMessage, QueueConfig, QueueCounts, QueueError, QueueId, RECEIVE_BATCH_MAX, REQUEST_IDS_KEPT, Response,
-    SEND_BATCH_MAX, ShardCommand, check_delay, check_visibility_timeout,
+    NewMessage, QueueConfig, QueueCounts, QueueError, QueueId, RECEIVE_BATCH_MAX, REQUEST_DIGEST_SEPARATOR,
+    REQUEST_IDS_KEPT, Response, SEND_BATCH_MAX, ShardCommand, check_delay, check_visibility_timeout,
 };
 
 /// The replicated state of one shard. See the module doc of [`crate::queue`].
@@ -45,6 +45,12 @@ impl ShardState {
         Self::default()
     }
 
+    /// Whether a remembered request id carries a request digest (which only shard states of
+    /// format version 2 on may hold).
+    pub fn holds_request_digests(&self) -> bool {
+        self.requests.ids().any(|id| id.contains(REQUEST_DIGEST_SEPARATOR))
+    }
+
     /// The shard clock: the highest `now_ms` applied so far.
     pub fn clock_ms(&self) -> u64 {
         self.clock_ms
@@ -56,9 +62,14 @@ impl ShardState {
     /// but the clock changed.
     pub fn apply(&mut self, log_index: u64, cmd: &ShardCommand) -> Response {
         self.clock_ms = self.clock_ms.max(cmd.now_ms);
-        if let Some(first) = cmd.request_id.as_deref().and_then(|id| self.requests.answer(id)) {
-            // Its record entered the outbox with the first answer, if that was a success.
-            return first.clone();
+        if let Some(key) = cmd.request_id.as_deref() {
+            match self.earlier_request(key) {
+                // Its record entered the outbox with the first answer, if that was a success.
+                Some(Ok(first)) => return first.clone(),
+                // Stores nothing and is not remembered: the first request keeps its id.
+                Some(Err(conflict)) => return Response::Error(conflict),
+                None => {}
+            }
         }
         // Not remembered under the request id: a retry once the outbox has room may succeed.
         if cmd.meter.is_some() && self.metering.is_full() {
@@ -74,6 +85,21 @@ impl ShardState {
             self.requests.remember(log_index, id, &response, REQUEST_IDS_KEPT);
         }
         response
+    }
+
+    /// What an earlier request with `key`'s request id answered: its first answer for a retry of
+    /// the same request (the same key, or the bare id a command from before request digests
+    /// remembered), a conflict for the same id with another request, nothing for a new id.
+    fn earlier_request(&self, key: &str) -> Option<Result<&Response, QueueError>> {
+        if let Some(first) = self.requests.answer(key) {
+            return Some(Ok(first));
+        }
+        let (id, _digest) = key.split_once(REQUEST_DIGEST_SEPARATOR)?;
+        if let Some(first) = self.requests.answer(id) {
+            return Some(Ok(first));
+        }
+        let prefix = format!("{id}{REQUEST_DIGEST_SEPARATOR}");
+        self.requests.any_with_prefix(&prefix).then_some(Err(QueueError::IdempotencyConflict))
     }
 
     fn apply_command(&mut self, log_index: u64, command: &Command) -> Response {

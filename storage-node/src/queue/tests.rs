@@ -1628,6 +1628,35 @@ fn a_send_retried_with_its_request_id_is_stored_once_and_answered_the_same() {
 }
 
 #[test]
+fn a_request_id_reused_for_another_request_is_refused_and_stores_nothing() {
+    let mut shard = Shard::with_queue();
+    let messages = |ids: &[u128], body: &str| -> Vec<NewMessage> {
+        ids.iter().map(|&n| NewMessage { body: Bytes::from(body.to_owned()), ..new_message(n) }).collect()
+    };
+    let send = |shard: &mut Shard, key: String, messages: Vec<NewMessage>| {
+        shard.log_index += 1;
+        let command = Command::Send { queue: Q, tenant: TENANT.to_owned(), messages };
+        shard.state.apply(shard.log_index, &ShardCommand { now_ms: 5, command, request_id: Some(key), meter: None })
+    };
+    let first = send(&mut shard, request_key("req-1", &messages(&[1], "pay 10")), messages(&[1], "pay 10"));
+    assert!(matches!(first, Response::Sent(_)), "{first:?}");
+    // An exact retry (its message ids drawn anew) is answered as the first time.
+    let retry = send(&mut shard, request_key("req-1", &messages(&[2], "pay 10")), messages(&[2], "pay 10"));
+    assert_eq!(retry, first);
+    // The same id with another body: refused, nothing stored, and the first answer stays.
+    let other = send(&mut shard, request_key("req-1", &messages(&[3], "pay 99")), messages(&[3], "pay 99"));
+    assert_eq!(other, Response::Error(QueueError::IdempotencyConflict));
+    assert_eq!(shard.counts().visible, 1);
+    let retry = send(&mut shard, request_key("req-1", &messages(&[4], "pay 10")), messages(&[4], "pay 10"));
+    assert_eq!(retry, first);
+    // An id remembered without a digest (a command from before digests) answers its retries.
+    let legacy = send(&mut shard, "req-2".to_owned(), messages(&[5], "a"));
+    let retry = send(&mut shard, request_key("req-2", &messages(&[6], "a")), messages(&[6], "a"));
+    assert_eq!(retry, legacy);
+    assert_eq!(shard.counts().visible, 2);
+}
+
+#[test]
 fn request_ids_are_forgotten_beyond_the_bound() {
     let mut shard = Shard::with_queue();
     for i in 0..(REQUEST_IDS_KEPT as u128 + 3) {

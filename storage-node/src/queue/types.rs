@@ -182,6 +182,29 @@ pub struct ShardCommand {
 /// Request ids a shard remembers, with their answers (a proxy retries within seconds).
 pub const REQUEST_IDS_KEPT: usize = 20_000;
 
+/// Separates a send's request id from the digest of its request in [`ShardCommand::request_id`]
+/// (shard command format version 2 on: see [`request_key`]).
+pub const REQUEST_DIGEST_SEPARATOR: char = '\u{1f}';
+
+/// A send's request key: its request id and a digest of what it sends (bodies, attributes,
+/// delays, FIFO ids; not the message ids, which each attempt draws anew). A retry of the same
+/// request has the same key; the same id with other messages has another one, which the shard
+/// answers with [`QueueError::IdempotencyConflict`].
+pub fn request_key(request_id: &str, messages: &[NewMessage]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    for m in messages {
+        // postcard of the request's own fields: a deterministic encoding (attributes are a
+        // BTreeMap), framed by the message's length so that no two lists of messages meet.
+        let fields = (&m.body, &m.attributes, m.delay_ms, m.deliver_at_ms, &m.fifo);
+        let encoded = postcard::to_allocvec(&fields).unwrap_or_default();
+        digest.update((encoded.len() as u64).to_be_bytes());
+        digest.update(&encoded);
+    }
+    let digest = digest.finalize();
+    format!("{request_id}{REQUEST_DIGEST_SEPARATOR}{}", hex::encode(&digest[..16]))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Idempotent: if the queue already exists for the same tenant, nothing
@@ -423,6 +446,10 @@ pub enum QueueError {
     /// behind, and the call is refused rather than served unbilled.
     #[error("the shard's metering backlog is full (billing is behind); retry later")]
     MeteringBacklogFull,
+    /// A send whose request id was used by a different request (other messages): nothing is
+    /// stored. Never remembered, so never persisted.
+    #[error("this request id was used by a different request; use a new id for a new request")]
+    IdempotencyConflict,
 }
 
 /// Most messages a queue may have in flight (received, not yet deleted or visible again): SQS's
