@@ -109,8 +109,10 @@ CONF
     start_role "$dir" "storage-$i" storage
   done
 
-  local secret
+  local secret admin_secret
   secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  # Operators' tokens are signed with a key of their own.
+  admin_secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
   for i in 1 2; do
     cat >"$dir/proxy-$i.toml" <<CONF
 listen = "127.0.0.1:$((BASE + 20 + i))"
@@ -125,6 +127,10 @@ fleet_proxies = 2
 [[keys]]
 kid = "local-1"
 secret_hex = "$secret"
+
+[[admin_keys]]
+kid = "local-admin-1"
+secret_hex = "$admin_secret"
 CONF
     start_role "$dir" "proxy-$i" proxy
   done
@@ -140,6 +146,10 @@ admin_audience = "strata-admin"
 [[keys]]
 kid = "local-1"
 secret_hex = "$secret"
+
+[[admin_keys]]
+kid = "local-admin-1"
+secret_hex = "$admin_secret"
 CONF
   start_role "$dir" billing-1 billing
 

@@ -34,6 +34,8 @@ use tokio_util::sync::CancellationToken;
 /// The tenant `strata dev` creates and issues a token for.
 pub(crate) const DEV_TENANT: &str = "dev";
 const DEV_KEY_ID: &str = "dev-hs256";
+/// The admin API's own signing key: a tenant key never signs an operator's token.
+const DEV_ADMIN_KEY_ID: &str = "dev-admin-hs256";
 const DEV_ISSUER: &str = "strata-dev";
 const DEV_AUDIENCE: &str = "strata";
 /// Audience of operators' tokens on the admin API (never accepted by the tenant API).
@@ -43,7 +45,8 @@ const DEV_OPERATOR: &str = "dev-operator";
 /// Region the dev credentials name. Any region verifies; this one is not an AWS region because
 /// AWS CLI v1 replaces the configured endpoint by AWS's own for known SQS regions.
 const DEV_REGION: &str = "strata-dev";
-/// Lifetime of the dev token; a restart issues a fresh one.
+/// Lifetime of the dev tokens, and the longest `strata dev` accepts (a cluster's default is a
+/// day); a restart issues fresh ones.
 const DEV_TOKEN_TTL_S: u64 = 30 * 24 * 3600;
 
 #[derive(Args, Debug)]
@@ -126,12 +129,13 @@ pub(crate) fn default_data_dir() -> PathBuf {
     std::env::var_os("HOME").map_or_else(|| PathBuf::from(".strata-dev"), |h| PathBuf::from(h).join(".strata/dev"))
 }
 
-/// Length of the dev tenant's HMAC secret.
+/// Length of the dev HMAC secrets.
 const DEV_SECRET_BYTES: usize = 32;
 
-/// Loads the dev tenant's HMAC secret, creating it on first start.
-fn signing_secret(dir: &Path) -> anyhow::Result<Vec<u8>> {
-    let path = dir.join("jwt-hs256.secret");
+/// Loads an HMAC signing secret kept in `DIR/file` (the tenant API's or the admin API's),
+/// creating it on first start.
+fn signing_secret(dir: &Path, file: &str) -> anyhow::Result<Vec<u8>> {
+    let path = dir.join(file);
     if let Ok(text) = std::fs::read_to_string(&path) {
         let secret = hex::decode(text.trim()).ok().filter(|s| s.len() == DEV_SECRET_BYTES);
         return secret
@@ -269,8 +273,10 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     .await
     .context("starting the storage node")?;
 
-    let secret = signing_secret(&dir)?;
-    let verifier = JwtVerifier::new(DEV_ISSUER, DEV_AUDIENCE, vec![JwtKey::hmac(DEV_KEY_ID, &secret)]);
+    let secret = signing_secret(&dir, "jwt-hs256.secret")?;
+    let verifier = JwtVerifier::new(DEV_ISSUER, DEV_AUDIENCE, vec![JwtKey::hmac(DEV_KEY_ID, &secret)])
+        .with_other_audiences([DEV_ADMIN_AUDIENCE])
+        .with_lifetime_s_max(DEV_TOKEN_TTL_S);
     let issuer = JwtIssuer::hmac(DEV_KEY_ID, &secret, DEV_ISSUER, DEV_AUDIENCE);
     let token = issuer.mint(DEV_TENANT, DEV_TOKEN_TTL_S, clock.now_ms() / 1000)?;
     let metadata_client = MetadataClient::connect_lazy(&metadata_endpoint)?.with_seams(clock.clone(), random.clone());
@@ -279,8 +285,12 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let co_located_storage = (args.storage_rpc == StorageRpc::InProcess)
         .then(|| CoLocatedStorage::new(storage.address.clone(), storage.grpc_service()));
-    let admin_verifier = JwtVerifier::new(DEV_ISSUER, DEV_ADMIN_AUDIENCE, vec![JwtKey::hmac(DEV_KEY_ID, &secret)]);
-    let admin_token = JwtIssuer::hmac(DEV_KEY_ID, &secret, DEV_ISSUER, DEV_ADMIN_AUDIENCE).mint(
+    let admin_secret = signing_secret(&dir, "jwt-admin-hs256.secret")?;
+    let admin_verifier =
+        JwtVerifier::new(DEV_ISSUER, DEV_ADMIN_AUDIENCE, vec![JwtKey::hmac(DEV_ADMIN_KEY_ID, &admin_secret)])
+            .with_other_audiences([DEV_AUDIENCE])
+            .with_lifetime_s_max(DEV_TOKEN_TTL_S);
+    let admin_token = JwtIssuer::hmac(DEV_ADMIN_KEY_ID, &admin_secret, DEV_ISSUER, DEV_ADMIN_AUDIENCE).mint(
         DEV_OPERATOR,
         DEV_TOKEN_TTL_S,
         clock.now_ms() / 1000,

@@ -222,8 +222,10 @@ pub(crate) async fn storage(args: RoleArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A proxy's config file. Tokens are HS256 with the given secrets (hex); the admin API takes
-/// only tokens of `admin_audience`.
+/// A proxy's config file. Tokens are HS256: tenants' signed with `keys`, operators' (the admin
+/// API takes only tokens of `admin_audience`) with `admin_keys`, which share no secret with
+/// `keys`. A token may live at most `token_lifetime_s_max` (`admin_token_lifetime_s_max`),
+/// a day unless set.
 ///
 /// ```toml
 /// listen = "127.0.0.1:9324"
@@ -236,6 +238,10 @@ pub(crate) async fn storage(args: RoleArgs) -> anyhow::Result<()> {
 /// [[keys]]
 /// kid = "k1"
 /// secret_hex = "..."
+///
+/// [[admin_keys]]
+/// kid = "a1"
+/// secret_hex = "..."
 /// ```
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -247,6 +253,11 @@ struct ProxyConfig {
     audience: String,
     admin_audience: String,
     keys: Vec<KeyConfig>,
+    admin_keys: Vec<KeyConfig>,
+    #[serde(default = "day_s")]
+    token_lifetime_s_max: u64,
+    #[serde(default = "day_s")]
+    admin_token_lifetime_s_max: u64,
     /// Meter every accepted call for billing (default on; off only to measure its cost).
     #[serde(default = "yes")]
     metering: bool,
@@ -260,6 +271,10 @@ fn yes() -> bool {
     true
 }
 
+fn day_s() -> u64 {
+    strata_proxy::auth::TOKEN_LIFETIME_S_MAX_DEFAULT
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KeyConfig {
@@ -267,35 +282,80 @@ struct KeyConfig {
     secret_hex: String,
 }
 
-/// A maker of token verifiers for `issuer` and the configured keys, one per audience.
-fn verifiers(issuer: &str, keys: &[KeyConfig]) -> anyhow::Result<impl Fn(&str) -> JwtVerifier> {
-    let mut secrets = Vec::new();
-    for key in keys {
-        let secret =
-            hex::decode(&key.secret_hex).with_context(|| format!("key '{}': secret_hex is not hex", key.kid))?;
-        secrets.push((key.kid.clone(), secret));
+/// The HMAC secrets of `keys`.
+fn secrets(keys: &[KeyConfig], table: &str) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    if keys.is_empty() {
+        anyhow::bail!("the config needs at least one [[{table}]] entry to verify tokens");
     }
-    if secrets.is_empty() {
-        anyhow::bail!("the config needs at least one [[keys]] entry to verify tokens");
+    keys.iter()
+        .map(|key| {
+            let secret = hex::decode(&key.secret_hex)
+                .with_context(|| format!("{table} '{}': secret_hex is not hex", key.kid))?;
+            Ok((key.kid.clone(), secret))
+        })
+        .collect()
+}
+
+/// What a role's tokens are checked against (the same settings in the proxy's and billing's
+/// config files).
+struct TokenSettings<'a> {
+    issuer: &'a str,
+    audience: &'a str,
+    admin_audience: &'a str,
+    keys: &'a [KeyConfig],
+    admin_keys: &'a [KeyConfig],
+    lifetime_s_max: u64,
+    admin_lifetime_s_max: u64,
+}
+
+impl TokenSettings<'_> {
+    /// The tenant API's verifier and the admin API's: each takes its own audience only, signed
+    /// with its own keys (a secret in both lists is refused), and refuses a token naming both.
+    fn verifiers(&self) -> anyhow::Result<(JwtVerifier, JwtVerifier)> {
+        let (tenant, admin) = (secrets(self.keys, "keys")?, secrets(self.admin_keys, "admin_keys")?);
+        if tenant.iter().any(|(_, secret)| admin.iter().any(|(_, a)| a == secret)) {
+            anyhow::bail!("a secret is in both [[keys]] and [[admin_keys]]: operators' tokens need keys of their own");
+        }
+        if self.audience == self.admin_audience {
+            anyhow::bail!("audience and admin_audience must differ");
+        }
+        let verifier = |audience: &str, other: &str, keys: &[(String, Vec<u8>)], lifetime_s_max: u64| {
+            JwtVerifier::new(
+                self.issuer,
+                audience,
+                keys.iter().map(|(kid, secret)| JwtKey::hmac(kid, secret)).collect(),
+            )
+            .with_other_audiences([other])
+            .with_lifetime_s_max(lifetime_s_max)
+        };
+        Ok((
+            verifier(self.audience, self.admin_audience, &tenant, self.lifetime_s_max),
+            verifier(self.admin_audience, self.audience, &admin, self.admin_lifetime_s_max),
+        ))
     }
-    let issuer = issuer.to_owned();
-    Ok(move |audience: &str| {
-        JwtVerifier::new(&issuer, audience, secrets.iter().map(|(kid, secret)| JwtKey::hmac(kid, secret)).collect())
-    })
 }
 
 /// Runs one proxy until SIGTERM or Ctrl-C.
 pub(crate) async fn proxy(args: RoleArgs) -> anyhow::Result<()> {
     init_tracing();
     let config: ProxyConfig = read_config(&args.config)?;
-    let verifier_for = verifiers(&config.issuer, &config.keys)?;
+    let (verifier, admin_verifier) = TokenSettings {
+        issuer: &config.issuer,
+        audience: &config.audience,
+        admin_audience: &config.admin_audience,
+        keys: &config.keys,
+        admin_keys: &config.admin_keys,
+        lifetime_s_max: config.token_lifetime_s_max,
+        admin_lifetime_s_max: config.admin_token_lifetime_s_max,
+    }
+    .verifiers()?;
     let routers = strata_proxy::router(ProxySettings {
         metadata_endpoint: config.metadata.clone(),
-        verifier: verifier_for(&config.audience),
+        verifier,
         co_located_storage: None,
         clock: Arc::new(SystemClock),
         random: Random::os(),
-        admin_verifier: verifier_for(&config.admin_audience),
+        admin_verifier,
         metering: config.metering,
         fleet_proxies: config.fleet_proxies,
     })?;
@@ -345,6 +405,9 @@ async fn serve_until_signal(
 /// [[keys]]
 /// kid = "k1"
 /// secret_hex = "..."
+/// [[admin_keys]]
+/// kid = "a1"
+/// secret_hex = "..."
 /// ```
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -357,6 +420,11 @@ struct BillingConfig {
     audience: String,
     admin_audience: String,
     keys: Vec<KeyConfig>,
+    admin_keys: Vec<KeyConfig>,
+    #[serde(default = "day_s")]
+    token_lifetime_s_max: u64,
+    #[serde(default = "day_s")]
+    admin_token_lifetime_s_max: u64,
 }
 
 /// Runs the billing service until SIGTERM or Ctrl-C: counts the metering queue, enforces
@@ -365,14 +433,23 @@ struct BillingConfig {
 pub(crate) async fn billing(args: RoleArgs) -> anyhow::Result<()> {
     init_tracing();
     let config: BillingConfig = read_config(&args.config)?;
-    let verifier_for = verifiers(&config.issuer, &config.keys)?;
+    let (verifier, admin_verifier) = TokenSettings {
+        issuer: &config.issuer,
+        audience: &config.audience,
+        admin_audience: &config.admin_audience,
+        keys: &config.keys,
+        admin_keys: &config.admin_keys,
+        lifetime_s_max: config.token_lifetime_s_max,
+        admin_lifetime_s_max: config.admin_token_lifetime_s_max,
+    }
+    .verifiers()?;
     let cancel = CancellationToken::new();
     let routers = strata_billing::service::start(
         strata_billing::service::BillingSettings {
             database_url: config.database.clone(),
             metadata_endpoint: config.metadata.clone(),
-            verifier: verifier_for(&config.audience),
-            admin_verifier: verifier_for(&config.admin_audience),
+            verifier,
+            admin_verifier,
             clock: Arc::new(SystemClock),
             random: Random::os(),
         },
@@ -387,7 +464,7 @@ pub(crate) async fn billing(args: RoleArgs) -> anyhow::Result<()> {
 
 #[derive(Args, Debug)]
 pub(crate) struct TokenArgs {
-    /// A proxy's config file: its issuer, audiences and first key sign the token.
+    /// A proxy's config file: its issuer, an audience and the first key of it sign the token.
     #[arg(long)]
     config: PathBuf,
     /// The tenant (or operator) the token is for.
@@ -396,18 +473,24 @@ pub(crate) struct TokenArgs {
     /// For the admin API (the config's admin audience) instead of the tenant API.
     #[arg(long)]
     admin: bool,
-    /// Lifetime in seconds.
-    #[arg(long, default_value_t = 30 * 24 * 3600)]
+    /// Lifetime in seconds (at most what the config accepts: a day unless set).
+    #[arg(long, default_value_t = 24 * 3600)]
     ttl_seconds: u64,
 }
 
 /// Prints a token the proxies of `config` accept (operators of a cluster mint tokens this way).
 pub(crate) fn token(args: TokenArgs) -> anyhow::Result<()> {
     let config: ProxyConfig = read_config(&args.config)?;
-    let key = config.keys.first().context("the proxy config has no [[keys]] entry")?;
-    let secret = hex::decode(&key.secret_hex).with_context(|| format!("key '{}': secret_hex is not hex", key.kid))?;
-    let audience = if args.admin { &config.admin_audience } else { &config.audience };
-    let issuer = JwtIssuer::hmac(&key.kid, &secret, &config.issuer, audience);
+    let (keys, table, audience, lifetime_s_max) = if args.admin {
+        (&config.admin_keys, "admin_keys", &config.admin_audience, config.admin_token_lifetime_s_max)
+    } else {
+        (&config.keys, "keys", &config.audience, config.token_lifetime_s_max)
+    };
+    if args.ttl_seconds > lifetime_s_max {
+        anyhow::bail!("--ttl-seconds {} is longer than the {lifetime_s_max} s the config accepts", args.ttl_seconds);
+    }
+    let (kid, secret) = secrets(keys, table)?.swap_remove(0);
+    let issuer = JwtIssuer::hmac(&kid, &secret, &config.issuer, audience);
     println!("{}", issuer.mint(&args.tenant, args.ttl_seconds, SystemClock.now_ms() / 1000)?);
     Ok(())
 }

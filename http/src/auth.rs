@@ -16,6 +16,11 @@
 //!   the configured values; `exp` (and `nbf` when present) are checked against
 //!   the verifier's [`Clock`] (the system clock unless one is injected) with a
 //!   small clock-skew leeway ([`LEEWAY_S_DEFAULT`]).
+//! - A token may live at most the verifier's maximum lifetime
+//!   ([`TOKEN_LIFETIME_S_MAX_DEFAULT`] unless configured): `exp` no further than that from now,
+//!   and from `iat` when the token carries one. A stolen token stops working within it.
+//! - A token whose `aud` names another of Strata's audiences too (the tenant API's and the
+//!   admin API's, say) is refused: one token never opens two doors.
 //! - The tenant is taken from the verified `sub` claim and nowhere else; it
 //!   must be a valid tenant id ([`strata_common::names::validate_tenant`]).
 //!
@@ -40,6 +45,9 @@ pub const TOKEN_BYTES_MAX: usize = 8 * 1024;
 
 /// Default clock-skew allowance applied to `exp` and `nbf`, in seconds.
 pub const LEEWAY_S_DEFAULT: u64 = 5;
+
+/// Default longest lifetime of an accepted token (24 hours), in seconds.
+pub const TOKEN_LIFETIME_S_MAX_DEFAULT: u64 = 24 * 3600;
 
 /// Claims every accepted token must carry.
 const REQUIRED_CLAIMS: [&str; 4] = ["exp", "aud", "iss", "sub"];
@@ -69,6 +77,12 @@ pub enum AuthError {
     /// The `aud` claim does not name this service.
     #[error("token audience is not accepted")]
     InvalidAudience,
+    /// The `aud` claim names this service and another of Strata's.
+    #[error("token names more than one of Strata's audiences")]
+    SeveralAudiences,
+    /// The token lives longer than the verifier's maximum lifetime.
+    #[error("token lifetime exceeds the maximum")]
+    LifetimeTooLong,
     /// The `iss` claim is not the configured issuer.
     #[error("token issuer is not accepted")]
     InvalidIssuer,
@@ -103,6 +117,12 @@ impl AuthError {
             }
             AuthError::Expired => "token expired or not yet valid: obtain a new token",
             AuthError::InvalidAudience => "token audience is not accepted: obtain a token issued for this service",
+            AuthError::SeveralAudiences => {
+                "token names more than one of Strata's audiences (tenant API, admin API): obtain a token for one"
+            }
+            AuthError::LifetimeTooLong => {
+                "token lives longer than this service accepts (24 hours unless configured): obtain a shorter-lived token"
+            }
             AuthError::InvalidIssuer => "token issuer is not accepted: obtain a token from a configured issuer",
             AuthError::InvalidSignature => "token signature is invalid: obtain a new token",
             AuthError::MissingClaim(_) => {
@@ -165,7 +185,10 @@ pub struct JwtVerifier {
     keys: BTreeMap<String, JwtKey>,
     issuer: String,
     audience: String,
+    /// Strata's other audiences: a token naming one of them too is refused.
+    other_audiences: Vec<String>,
     leeway_s: u64,
+    lifetime_s_max: u64,
     clock: Arc<dyn Clock>,
 }
 
@@ -175,7 +198,9 @@ impl std::fmt::Debug for JwtVerifier {
             .field("kids", &self.keys.keys().collect::<Vec<_>>())
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
+            .field("other_audiences", &self.other_audiences)
             .field("leeway_s", &self.leeway_s)
+            .field("lifetime_s_max", &self.lifetime_s_max)
             .finish_non_exhaustive()
     }
 }
@@ -201,9 +226,23 @@ impl JwtVerifier {
             keys: keys.into_iter().map(|k| (k.kid.clone(), k)).collect(),
             issuer: issuer.into(),
             audience: audience.into(),
+            other_audiences: Vec::new(),
             leeway_s: LEEWAY_S_DEFAULT,
+            lifetime_s_max: TOKEN_LIFETIME_S_MAX_DEFAULT,
             clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Refuses tokens that also name one of `audiences` (Strata's other APIs).
+    pub fn with_other_audiences(mut self, audiences: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.other_audiences = audiences.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Replaces the longest accepted token lifetime ([`TOKEN_LIFETIME_S_MAX_DEFAULT`]).
+    pub fn with_lifetime_s_max(mut self, lifetime_s_max: u64) -> Self {
+        self.lifetime_s_max = lifetime_s_max;
+        self
     }
 
     /// Replaces the clock that `exp` and `nbf` are checked against.
@@ -261,6 +300,24 @@ impl JwtVerifier {
             if not_before_s > now_s.saturating_add(self.leeway_s) {
                 return Err(AuthError::Expired);
             }
+        }
+        if expires_at_s > now_s.saturating_add(self.lifetime_s_max).saturating_add(self.leeway_s) {
+            return Err(AuthError::LifetimeTooLong);
+        }
+        if let Some(iat) = claims.get("iat") {
+            let issued_at_s = numeric_date_s(iat).ok_or(AuthError::Malformed)?;
+            if expires_at_s.saturating_sub(issued_at_s) > self.lifetime_s_max {
+                return Err(AuthError::LifetimeTooLong);
+            }
+        }
+        let names_other_audience = match claims.get("aud") {
+            Some(Value::Array(audiences)) => {
+                audiences.iter().filter_map(Value::as_str).any(|a| self.other_audiences.iter().any(|o| o == a))
+            }
+            _ => false,
+        };
+        if names_other_audience {
+            return Err(AuthError::SeveralAudiences);
         }
 
         let tenant = match claims.get("sub") {

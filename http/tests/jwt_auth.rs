@@ -9,7 +9,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use strata_common::clock::ManualClock;
-use strata_http::auth::{AuthError, JwtIssuer, JwtKey, JwtVerifier, LEEWAY_S_DEFAULT, TOKEN_BYTES_MAX, VerifiedToken};
+use strata_http::auth::{
+    AuthError, JwtIssuer, JwtKey, JwtVerifier, LEEWAY_S_DEFAULT, TOKEN_BYTES_MAX, TOKEN_LIFETIME_S_MAX_DEFAULT,
+    VerifiedToken,
+};
 
 const RSA_PRIVATE_PEM: &[u8] = include_bytes!("fixtures/rsa_private.pem");
 const RSA_PUBLIC_PEM: &[u8] = include_bytes!("fixtures/rsa_public.pem");
@@ -446,4 +449,42 @@ fn public_messages_are_static_guidance_without_secrets() {
         assert!(!message.contains("BEGIN"), "{error:?} leaks PEM");
     }
     assert_eq!(AuthError::Expired.public_message(), "token expired or not yet valid: obtain a new token");
+}
+
+// ------------------------------------------------------------- lifetime and audiences
+
+#[test]
+fn tokens_living_longer_than_the_maximum_are_refused() {
+    const DAY_S: u64 = 24 * 3600;
+    assert_eq!(TOKEN_LIFETIME_S_MAX_DEFAULT, DAY_S);
+    let a_day = hs_issuer().mint("tenant-a", DAY_S, NOW_S).expect("mint");
+    verifier().verify(&a_day).expect("a token of the maximum lifetime");
+    let a_month = hs_issuer().mint("tenant-a", 30 * DAY_S, NOW_S).expect("mint");
+    assert_eq!(verifier().verify(&a_month), Err(AuthError::LifetimeTooLong));
+    assert!(verifier().with_lifetime_s_max(30 * DAY_S).verify(&a_month).is_ok(), "configurable");
+
+    // Without `iat`, the lifetime left counts.
+    let mut claims = with_claim_removed(&good_claims("tenant-a"), "iat");
+    claims["exp"] = json!(NOW_S + 2 * DAY_S);
+    let token = sign(Algorithm::HS256, Some(HS_KID), &claims, &hs_key());
+    assert_eq!(verifier().verify(&token), Err(AuthError::LifetimeTooLong));
+    // With `iat`, the whole lifetime counts, even once part of it has passed.
+    let mut claims = good_claims("tenant-a");
+    claims["iat"] = json!(NOW_S - DAY_S);
+    claims["exp"] = json!(NOW_S + 3600);
+    let token = sign(Algorithm::HS256, Some(HS_KID), &claims, &hs_key());
+    assert_eq!(verifier().verify(&token), Err(AuthError::LifetimeTooLong));
+}
+
+#[test]
+fn a_token_for_two_of_stratas_audiences_is_refused() {
+    let mut claims = good_claims("tenant-a");
+    claims["aud"] = json!([AUDIENCE, "strata-admin"]);
+    let token = sign(Algorithm::HS256, Some(HS_KID), &claims, &hs_key());
+    let tenant_api = verifier().with_other_audiences(["strata-admin"]);
+    assert_eq!(tenant_api.verify(&token), Err(AuthError::SeveralAudiences));
+    // An audience outside Strata's beside ours is another service's business.
+    claims["aud"] = json!([AUDIENCE, "billing-portal"]);
+    let token = sign(Algorithm::HS256, Some(HS_KID), &claims, &hs_key());
+    assert!(tenant_api.verify(&token).is_ok());
 }

@@ -173,10 +173,15 @@ impl DevProcess {
     /// A token for any tenant, signed with the dev key as an identity provider sharing the key
     /// would sign it.
     pub fn token_for_audience(&self, tenant: &str, audience: &str) -> anyhow::Result<String> {
-        let text = std::fs::read_to_string(self.data_dir.join("jwt-hs256.secret"))?;
+        // The admin API has a signing key of its own.
+        let (file, kid) = match audience {
+            "strata-admin" => ("jwt-admin-hs256.secret", "dev-admin-hs256"),
+            _ => ("jwt-hs256.secret", "dev-hs256"),
+        };
+        let text = std::fs::read_to_string(self.data_dir.join(file))?;
         let secret = hex::decode(text.trim()).context("the dev secret is not hex")?;
         let now_s = SystemClock.now_ms() / 1000;
-        Ok(JwtIssuer::hmac("dev-hs256", &secret, "strata-dev", audience).mint(tenant, 600, now_s)?)
+        Ok(JwtIssuer::hmac(kid, &secret, "strata-dev", audience).mint(tenant, 600, now_s)?)
     }
 
     /// A token for `tenant` with the dev audience.

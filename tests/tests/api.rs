@@ -6,6 +6,8 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use strata_common::{Clock, SystemClock};
+use strata_proxy::auth::JwtIssuer;
 use strata_tests::{DevProcess, model};
 
 fn token_for(dev: &DevProcess, tenant: &str, audience: &str) -> String {
@@ -118,6 +120,20 @@ async fn authentication_errors_are_401_with_actionable_messages() -> anyhow::Res
     let (status, body) = api.with_token("not.a.jwt").get("/v1/queues").await?;
     assert_eq!((status, error_code(&body)), (401, "Unauthenticated"));
     assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+
+    // Operators' tokens have a key of their own: the tenant key cannot sign one.
+    let admin = dev.admin_api()?;
+    assert_eq!(admin.get("/admin/v1/storage-nodes").await?.0, 200);
+    let secret = hex::decode(std::fs::read_to_string(dev.data_dir.join("jwt-hs256.secret"))?.trim())?;
+    let now_s = SystemClock.now_ms() / 1000;
+    let forged = JwtIssuer::hmac("dev-hs256", &secret, "strata-dev", "strata-admin").mint("mallory", 600, now_s)?;
+    let (status, body) = admin.with_token(&forged).get("/admin/v1/storage-nodes").await?;
+    assert_eq!((status, error_code(&body)), (401, "Unauthenticated"), "{body}");
+    // A token may not live longer than the service accepts (30 days for `strata dev`).
+    let long = JwtIssuer::hmac("dev-hs256", &secret, "strata-dev", "strata").mint("dev", 31 * 24 * 3600, now_s)?;
+    let (status, body) = api.with_token(&long).get("/v1/queues").await?;
+    assert_eq!((status, error_code(&body)), (401, "Unauthenticated"), "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("lives longer")), "{body}");
     Ok(())
 }
 

@@ -84,7 +84,8 @@ async fn the_proxy_follows_the_shard_leader_through_a_failover() {
     let mut nodes = vec![Some(a), Some(b), Some(c)];
 
     let verifier = JwtVerifier::new(ISSUER, AUDIENCE, vec![JwtKey::hmac(KEY_ID, SECRET)]);
-    let admin_verifier = JwtVerifier::new(ISSUER, "strata-admin", vec![JwtKey::hmac(KEY_ID, SECRET)]);
+    let admin_verifier =
+        JwtVerifier::new(ISSUER, "strata-admin", vec![JwtKey::hmac("admin-1", b"an operators-only secret")]);
     let routers = strata_proxy::router(ProxySettings {
         metadata_endpoint: metadata_endpoint.clone(),
         verifier,
