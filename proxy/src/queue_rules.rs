@@ -26,6 +26,10 @@ pub const MAX_RECEIVE_COUNT_MAX: u64 = 1000;
 /// Pace of a move task that does not say, and the fastest one may go (messages per second).
 pub const MOVE_PER_SECOND_DEFAULT: u64 = 100;
 pub const MOVE_PER_SECOND_MAX: u64 = 500;
+/// Message attributes per message (SQS's limit, on both APIs).
+pub const MESSAGE_ATTRIBUTES_MAX: usize = 10;
+/// Longest message attribute name (SQS's limit).
+pub const ATTRIBUTE_NAME_CHARS_MAX: usize = 256;
 /// How [`Refusal::BadFifoId`] names the id at fault.
 pub const GROUP_ID_FIELD: &str = "message group id";
 pub const DEDUPLICATION_ID_FIELD: &str = "message deduplication id";
@@ -144,6 +148,27 @@ impl From<Refusal> for StrataError {
 }
 
 /// The largest message (body plus attributes) a queue takes.
+/// Whether a message body (or string attribute value) may hold `c`: SQS accepts #x9 | #xA |
+/// #xD | #x20 to #xD7FF | #xE000 to #xFFFD | #x10000 to #x10FFFF, and so does the native API
+/// (a consumer through the other API would otherwise get what it cannot take).
+pub fn valid_body_char(c: char) -> bool {
+    matches!(c, '\u{9}' | '\u{A}' | '\u{D}' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+/// SQS's rule for message attribute names: 1-256 of `A-Z a-z 0-9 _ - .`, no leading, trailing or
+/// double periods, and no `AWS.` or `Amazon.` prefix.
+pub fn valid_attribute_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    !name.is_empty()
+        && name.len() <= ATTRIBUTE_NAME_CHARS_MAX
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && !name.starts_with('.')
+        && !name.ends_with('.')
+        && !name.contains("..")
+        && !lower.starts_with("aws.")
+        && !lower.starts_with("amazon.")
+}
+
 pub fn maximum_message_bytes(config: &pb::QueueConfig) -> u64 {
     if config.maximum_message_bytes == 0 { MESSAGE_BODY_BYTES_MAX as u64 } else { config.maximum_message_bytes }
 }

@@ -267,9 +267,12 @@ pub struct MessageAttribute {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewMessage {
-    /// At most 1 MiB (with the attributes: at most the queue's `maximum_message_bytes`).
+    /// At most 1 MiB (with the attributes: at most the queue's `maximum_message_bytes`), of the
+    /// characters SQS accepts (#x9, #xA, #xD, #x20-#xD7FF, #xE000-#xFFFD, #x10000-#x10FFFF).
     #[schema(min_length = 1)]
     pub body: String,
+    /// At most 10, named by SQS's rule (1-256 of `A-Z a-z 0-9 _ - .`, no leading, trailing or
+    /// double periods, no `AWS.` or `Amazon.` prefix).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attributes: BTreeMap<String, MessageAttribute>,
     /// Standard queues; the queue's delay when absent.

@@ -665,6 +665,18 @@ fn message_to_pb(m: model::NewMessage, config: &pb::QueueConfig) -> Result<pb::N
     if m.body.is_empty() {
         return Err(ApiError::invalid("message body must not be empty"));
     }
+    if !m.body.chars().all(queue_rules::valid_body_char) {
+        return Err(ApiError::invalid(
+            "message body has characters queues cannot carry: use #x9, #xA, #xD, #x20-#xD7FF, #xE000-#xFFFD or \
+             #x10000-#x10FFFF (as SQS)",
+        ));
+    }
+    if m.attributes.len() > queue_rules::MESSAGE_ATTRIBUTES_MAX {
+        return Err(ApiError::invalid(format!(
+            "a message has at most {} attributes",
+            queue_rules::MESSAGE_ATTRIBUTES_MAX
+        )));
+    }
     if m.body.len() > MESSAGE_BODY_BYTES_MAX {
         return Err(ApiError(StrataError::new(
             ErrorKind::TooLarge,
@@ -688,15 +700,7 @@ fn message_to_pb(m: model::NewMessage, config: &pb::QueueConfig) -> Result<pb::N
     }
     let mut attributes = std::collections::HashMap::new();
     for (name, a) in m.attributes {
-        let value = if a.data_type.starts_with("Binary") {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(&a.value)
-                .map_err(|_| ApiError::invalid(format!("attribute '{name}' is Binary but its value is not base64")))?;
-            pb::MessageAttribute { data_type: a.data_type, string_value: String::new(), binary_value: bytes }
-        } else {
-            pb::MessageAttribute { data_type: a.data_type, string_value: a.value, binary_value: Vec::new() }
-        };
-        attributes.insert(name, value);
+        attributes.insert(name.clone(), attribute_to_pb(&name, a)?);
     }
     let size_bytes = message_payload_bytes(m.body.as_bytes(), &attributes);
     let limit = queue_rules::maximum_message_bytes(config);
@@ -714,6 +718,42 @@ fn message_to_pb(m: model::NewMessage, config: &pb::QueueConfig) -> Result<pb::N
         message_group_id,
         message_deduplication_id,
     })
+}
+
+/// A message attribute checked by SQS's rules: its name, a `String`, `Number` or `Binary` type
+/// (with an optional `.label`), a value of that type.
+fn attribute_to_pb(name: &str, a: model::MessageAttribute) -> Result<pb::MessageAttribute, ApiError> {
+    if !queue_rules::valid_attribute_name(name) {
+        return Err(ApiError::invalid(format!(
+            "attribute name '{name}' is invalid: use 1-{} of A-Z, a-z, 0-9, '_', '-', '.', no leading, trailing or \
+             double periods, and no 'AWS.' or 'Amazon.' prefix",
+            queue_rules::ATTRIBUTE_NAME_CHARS_MAX
+        )));
+    }
+    let base_type = a.data_type.split('.').next().unwrap_or("");
+    match base_type {
+        "Binary" => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(&a.value)
+                .map_err(|_| ApiError::invalid(format!("attribute '{name}' is Binary but its value is not base64")))?;
+            Ok(pb::MessageAttribute { data_type: a.data_type, string_value: String::new(), binary_value: bytes })
+        }
+        "String" | "Number" => {
+            if a.value.is_empty() || !a.value.chars().all(queue_rules::valid_body_char) {
+                return Err(ApiError::invalid(format!(
+                    "attribute '{name}' needs a value of characters queues can carry"
+                )));
+            }
+            if base_type == "Number" && a.value.trim().parse::<f64>().is_err() {
+                return Err(ApiError::invalid(format!("attribute '{name}' is a Number but its value is not one")));
+            }
+            Ok(pb::MessageAttribute { data_type: a.data_type, string_value: a.value, binary_value: Vec::new() })
+        }
+        _ => Err(ApiError::invalid(format!(
+            "attribute '{name}' has type '{}': use String, Number or Binary (optionally with a .label)",
+            a.data_type
+        ))),
+    }
 }
 
 /// Send 1-10 messages; answered after they are durable

@@ -20,14 +20,11 @@ use super::error::SqsError;
 use super::{Ctx, md5};
 use crate::metering::{CUSTOMER_ATTRIBUTE, Charge, message_payload_bytes};
 use crate::queue_rules::{
-    self, GROUP_ID_FIELD, MOVE_PER_SECOND_DEFAULT, MOVE_PER_SECOND_MAX, REDRIVE_POLICY_BYTES_MAX, Refusal,
+    self, ATTRIBUTE_NAME_CHARS_MAX, GROUP_ID_FIELD, MESSAGE_ATTRIBUTES_MAX, MOVE_PER_SECOND_DEFAULT,
+    MOVE_PER_SECOND_MAX, REDRIVE_POLICY_BYTES_MAX, Refusal, valid_attribute_name, valid_body_char,
 };
 use crate::queues;
 
-/// Message attributes per message (SQS's limit).
-const SQS_MESSAGE_ATTRIBUTES_MAX: usize = 10;
-/// Longest message attribute name (SQS's limit).
-const ATTRIBUTE_NAME_CHARS_MAX: usize = 256;
 /// Longest batch entry id (SQS's limit).
 const BATCH_ENTRY_ID_CHARS_MAX: usize = 80;
 /// Smallest MaximumMessageSize a queue may set (SQS: 1 KiB).
@@ -662,23 +659,6 @@ async fn cancel_message_move_task(ctx: &Ctx<'_>, input: &Value) -> Result<Value,
 
 // ---------------------------------------------------------------------------------- messages
 
-/// SQS accepts #x9 | #xA | #xD | #x20 to #xD7FF | #xE000 to #xFFFD | #x10000 to #x10FFFF.
-fn valid_body_char(c: char) -> bool {
-    matches!(c, '\u{9}' | '\u{A}' | '\u{D}' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
-}
-
-fn valid_attribute_name(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    !name.is_empty()
-        && name.len() <= ATTRIBUTE_NAME_CHARS_MAX
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-        && !name.starts_with('.')
-        && !name.ends_with('.')
-        && !name.contains("..")
-        && !lower.starts_with("aws.")
-        && !lower.starts_with("amazon.")
-}
-
 /// Parses `MessageAttributes` into the stored form; answers the bytes they count toward the
 /// message size (names, types and values, as SQS counts).
 fn message_attributes(input: &Value) -> Result<(HashMap<String, pb::MessageAttribute>, usize), SqsError> {
@@ -686,9 +666,9 @@ fn message_attributes(input: &Value) -> Result<(HashMap<String, pb::MessageAttri
         return Ok((HashMap::new(), 0));
     };
     let map = value.as_object().ok_or_else(|| SqsError::invalid_parameter_value("MessageAttributes must be a map."))?;
-    if map.len() > SQS_MESSAGE_ATTRIBUTES_MAX {
+    if map.len() > MESSAGE_ATTRIBUTES_MAX {
         return Err(SqsError::invalid_parameter_value(format!(
-            "Number of message attributes [{}] exceeds the allowed maximum [{SQS_MESSAGE_ATTRIBUTES_MAX}].",
+            "Number of message attributes [{}] exceeds the allowed maximum [{MESSAGE_ATTRIBUTES_MAX}].",
             map.len()
         )));
     }
