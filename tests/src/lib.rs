@@ -17,6 +17,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use serde_json::Value;
+use strata_client::sqs::{SignOptions, SqsSigner};
 use strata_common::format::NEWEST_GENERATION;
 use strata_common::limits::HEARTBEAT_INTERVAL_MS;
 use strata_common::{Clock, SystemClock};
@@ -192,6 +194,39 @@ impl DevProcess {
     /// A client with the dev tenant's token.
     pub fn api(&self) -> Api {
         Api::new(&self.endpoint, &self.token)
+    }
+
+    /// A call of the SQS API's JSON protocol, signed with the dev access key as `options` say
+    /// (`sent_as` replaces the action in the sent `X-Amz-Target` after signing; `extra` headers
+    /// go unsigned). Answers the status and the JSON body.
+    pub async fn sqs_call(
+        &self,
+        action: &str,
+        sent_as: Option<&str>,
+        body: &Value,
+        options: &SignOptions,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, Value)> {
+        let env: std::collections::BTreeMap<String, String> = self.credentials_env()?.into_iter().collect();
+        let signer =
+            SqsSigner::new(&env["AWS_DEFAULT_REGION"], &env["AWS_ACCESS_KEY_ID"], &env["AWS_SECRET_ACCESS_KEY"]);
+        let url = format!("{}/", self.endpoint);
+        let bytes = serde_json::to_vec(body)?;
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(SystemClock.now_ms());
+        let mut request = reqwest::Client::new().post(&url).body(bytes.clone());
+        for (name, value) in signer.json_call_headers(&url, action, &bytes, at, options)? {
+            let value = match (name.as_str(), sent_as) {
+                ("x-amz-target", Some(other)) => format!("AmazonSQS.{other}"),
+                _ => value,
+            };
+            request = request.header(name, value);
+        }
+        for (name, value) in extra {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
     }
 
     /// A client of the admin API with an operator's token.

@@ -3,54 +3,9 @@
 
 #![allow(clippy::disallowed_methods)] // a test of real processes in real time
 
-use std::collections::BTreeMap;
-
-use serde_json::{Value, json};
-use strata_client::sqs::{SignOptions, SqsSigner};
-use strata_common::{Clock, SystemClock};
+use serde_json::json;
+use strata_client::sqs::SignOptions;
 use strata_tests::{DevProcess, model};
-
-/// Sends a signed JSON-protocol call, as `options` sign it; answers the status and body.
-async fn sqs_call(
-    dev: &DevProcess,
-    action: &str,
-    sent_as: Option<&str>,
-    body: &Value,
-    options: &SignOptions,
-) -> anyhow::Result<(u16, Value)> {
-    sqs_call_with(dev, action, sent_as, body, options, &[]).await
-}
-
-/// [`sqs_call`] with `extra` headers (unsigned, as SDKs send `amz-sdk-invocation-id`).
-async fn sqs_call_with(
-    dev: &DevProcess,
-    action: &str,
-    sent_as: Option<&str>,
-    body: &Value,
-    options: &SignOptions,
-    extra: &[(&str, &str)],
-) -> anyhow::Result<(u16, Value)> {
-    let env: BTreeMap<String, String> = dev.credentials_env()?.into_iter().collect();
-    let signer = SqsSigner::new(&env["AWS_DEFAULT_REGION"], &env["AWS_ACCESS_KEY_ID"], &env["AWS_SECRET_ACCESS_KEY"]);
-    let url = format!("{}/", dev.endpoint);
-    let bytes = serde_json::to_vec(body)?;
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(SystemClock.now_ms());
-    let mut request = reqwest::Client::new().post(&url).body(bytes.clone());
-    for (name, value) in signer.json_call_headers(&url, action, &bytes, at, options)? {
-        // The captured request, replayed with another action in its (unsigned) target header.
-        let value = match (name.as_str(), sent_as) {
-            ("x-amz-target", Some(other)) => format!("AmazonSQS.{other}"),
-            _ => value,
-        };
-        request = request.header(name, value);
-    }
-    for (name, value) in extra {
-        request = request.header(*name, *value);
-    }
-    let response = request.send().await?;
-    let status = response.status().as_u16();
-    Ok((status, response.json().await.unwrap_or(Value::Null)))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigv4_signatures_must_cover_the_action_and_the_body() -> anyhow::Result<()> {
@@ -63,19 +18,20 @@ async fn sigv4_signatures_must_cover_the_action_and_the_body() -> anyhow::Result
     let get_attributes = json!({ "QueueUrl": queue_url, "AttributeNames": ["All"] });
 
     // Signed as an SDK signs, the call works: the refusals below are the checks, not the fixture.
-    let (status, answer) = sqs_call(&dev, "GetQueueAttributes", None, &get_attributes, &SignOptions::default()).await?;
+    let (status, answer) =
+        dev.sqs_call("GetQueueAttributes", None, &get_attributes, &SignOptions::default(), &[]).await?;
     assert_eq!(status, 200, "{answer}");
 
     // A signature that leaves X-Amz-Target out, replayed as ReceiveMessage.
     let unsigned_target = SignOptions { unsigned_headers: vec!["x-amz-target"], ..Default::default() };
     let receive = json!({ "QueueUrl": queue_url });
     let (status, answer) =
-        sqs_call(&dev, "GetQueueAttributes", Some("ReceiveMessage"), &receive, &unsigned_target).await?;
+        dev.sqs_call("GetQueueAttributes", Some("ReceiveMessage"), &receive, &unsigned_target, &[]).await?;
     assert_eq!((status, answer["__type"].as_str()), (400, Some("com.amazonaws.sqs#IncompleteSignature")), "{answer}");
 
     // UNSIGNED-PAYLOAD: the body (the whole input of a JSON call) would be nobody's.
     let unsigned_body = SignOptions { unsigned_payload: true, ..Default::default() };
-    let (status, answer) = sqs_call(&dev, "ReceiveMessage", None, &receive, &unsigned_body).await?;
+    let (status, answer) = dev.sqs_call("ReceiveMessage", None, &receive, &unsigned_body, &[]).await?;
     assert_eq!((status, answer["__type"].as_str()), (400, Some("com.amazonaws.sqs#IncompleteSignature")), "{answer}");
 
     // Nothing was taken: the message is still visible.
@@ -96,13 +52,13 @@ async fn a_request_id_reused_for_another_request_stores_nothing() -> anyhow::Res
     let send = |body: &str| json!({ "QueueUrl": queue_url, "MessageBody": body });
     let options = SignOptions::default();
 
-    let (status, first) = sqs_call_with(&dev, "SendMessage", None, &send("pay 10"), &options, &invocation).await?;
+    let (status, first) = dev.sqs_call("SendMessage", None, &send("pay 10"), &options, &invocation).await?;
     assert_eq!(status, 200, "{first}");
     // An SDK's retry of the same call: the first answer, stored once.
-    let (status, retry) = sqs_call_with(&dev, "SendMessage", None, &send("pay 10"), &options, &invocation).await?;
+    let (status, retry) = dev.sqs_call("SendMessage", None, &send("pay 10"), &options, &invocation).await?;
     assert_eq!((status, &retry["MessageId"]), (200, &first["MessageId"]), "{retry}");
     // The same invocation id for another message: refused, nothing stored.
-    let (status, other) = sqs_call_with(&dev, "SendMessage", None, &send("pay 9999"), &options, &invocation).await?;
+    let (status, other) = dev.sqs_call("SendMessage", None, &send("pay 9999"), &options, &invocation).await?;
     assert_eq!((status, other["__type"].as_str()), (400, Some("com.amazonaws.sqs#InvalidParameterValue")), "{other}");
 
     // The same through the native API's request id.

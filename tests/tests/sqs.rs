@@ -8,7 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use serde_json::Value;
+use serde_json::{Value, json};
+use strata_client::sqs::SignOptions;
 use strata_tests::{Api, DevProcess, run_ok, sqs_scripts_dir};
 
 fn suite() -> String {
@@ -291,6 +292,38 @@ async fn differential_against_moto() -> anyhow::Result<()> {
     // Every listed difference is still real, so the list does not rot.
     for key in allowed.keys().filter(|k| !k.starts_with('_')) {
         assert!(differing.contains(key), "'{key}' is listed as a difference but both now agree; remove it");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_urls_in_every_sdk_form_and_create_of_an_existing_queue() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dev = DevProcess::start(&dir.path().join("dev"), &[])?;
+    let sign = SignOptions::default();
+    let call = |action: &'static str, body: serde_json::Value| {
+        let (dev, sign) = (&dev, &sign);
+        async move { dev.sqs_call(action, None, &body, sign, &[]).await }
+    };
+    let (status, created) =
+        call("CreateQueue", json!({ "QueueName": "forms", "Attributes": { "VisibilityTimeout": "45" } })).await?;
+    assert_eq!(status, 200, "{created}");
+    // A create naming no attributes gets the existing queue's URL; one naming other values fails.
+    let (status, again) = call("CreateQueue", json!({ "QueueName": "forms" })).await?;
+    assert_eq!((status, &again["QueueUrl"]), (200, &created["QueueUrl"]), "{again}");
+    let (status, conflict) =
+        call("CreateQueue", json!({ "QueueName": "forms", "Attributes": { "VisibilityTimeout": "46" } })).await?;
+    assert_eq!((status, conflict["__type"].as_str()), (400, Some("com.amazonaws.sqs#QueueNameExists")), "{conflict}");
+
+    let attributes = |url: &str| json!({ "QueueUrl": url, "AttributeNames": ["VisibilityTimeout"] });
+    for url in ["http://sqs.elsewhere.example:443/dev/forms", "/dev/forms", "forms"] {
+        let (status, answer) = call("GetQueueAttributes", attributes(url)).await?;
+        assert_eq!((status, answer["Attributes"]["VisibilityTimeout"].as_str()), (200, Some("45")), "{url}: {answer}");
+    }
+    for url in ["http://127.0.0.1:1/", "http://127.0.0.1:1/dev/", "/other-tenant/forms", "missing"] {
+        let (status, answer) = call("GetQueueAttributes", attributes(url)).await?;
+        let code = answer["__type"].as_str();
+        assert_eq!((status, code), (400, Some("com.amazonaws.sqs#QueueDoesNotExist")), "{url}: {answer}");
     }
     Ok(())
 }

@@ -292,9 +292,18 @@ async fn create_queue(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
     apply_queue_attributes(&mut config, &attributes)?;
     queue_rules::check_fifo_config(name, &config).map_err(|r| refused(r, "Attributes"))?;
     let dead_letter_shard = resolve_redrive(ctx, name, &mut config, &attributes).await?;
-    queue_rules::create_queue_with_dead_letter(&ctx.state.placement, ctx.tenant(), name, config, dead_letter_shard)
-        .await
-        .map_err(|r| refused(r, "RedrivePolicy"))?;
+    let created =
+        queue_rules::create_queue_with_dead_letter(&ctx.state.placement, ctx.tenant(), name, config, dead_letter_shard)
+            .await;
+    match created {
+        Ok(_) => {}
+        // As SQS: a create that names no attributes gets an existing queue's URL, whatever its
+        // settings (only attributes that differ from the queue's are a conflict).
+        Err(Refusal::Service(e)) if e.kind == ErrorKind::QueueAlreadyExists && attributes.is_empty() => {
+            return Ok(json!({ "QueueUrl": ctx.queue_url(name) }));
+        }
+        Err(r) => return Err(refused(r, "RedrivePolicy")),
+    }
     if !tags.is_empty() {
         let tags = tags.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         ctx.state.placement.metadata.tag_queue(ctx.tenant(), name, tags).await?;

@@ -70,19 +70,29 @@ impl Ctx<'_> {
         format!("arn:aws:sqs:{}:{}:{}", self.caller.region, self.caller.tenant, name)
     }
 
-    /// The queue name in a queue URL of the caller's tenant. A URL of another tenant's queue
-    /// answers like a missing queue.
+    /// The queue name in a `QueueUrl` of the caller's tenant, in the forms SDKs send: a full URL
+    /// with any host (`http://HOST/ACCOUNT/QUEUE`), a path (`/ACCOUNT/QUEUE`) or the bare queue
+    /// name. A URL of another tenant's queue, or one that names no queue, answers like a missing
+    /// queue.
     pub fn queue_name<'u>(&self, url: &'u str) -> Result<&'u str, SqsError> {
         let path = match url.split_once("://") {
             Some((_, rest)) => rest.split_once('/').map_or("", |(_, path)| path),
             None => url.trim_start_matches('/'),
         };
         let path = path.split(['?', '#']).next().unwrap_or("").trim_end_matches('/');
-        let (account, name) = path.rsplit_once('/').ok_or_else(|| {
-            SqsError::invalid_parameter_value(format!("Invalid QueueUrl '{url}': expected http://HOST/ACCOUNT/QUEUE."))
-        })?;
-        let account = account.rsplit('/').next().unwrap_or(account);
-        if account != self.caller.tenant || name.is_empty() {
+        let name = match path.rsplit_once('/') {
+            Some((account, name)) => {
+                let account = account.rsplit('/').next().unwrap_or(account);
+                if account != self.caller.tenant {
+                    return Err(SqsError::no_such_queue());
+                }
+                name
+            }
+            // A bare queue name (some SDKs and tools send one), or the path of a full URL.
+            None if url.contains("://") => "",
+            None => path,
+        };
+        if name.is_empty() {
             return Err(SqsError::no_such_queue());
         }
         Ok(name)
