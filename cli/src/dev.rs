@@ -174,12 +174,10 @@ async fn dev_access_key(dir: &Path, metadata: &MetadataClient, now_ms: u64) -> a
     Ok((key.access_key_id, key.secret_access_key))
 }
 
-/// Writes a file of secrets atomically, readable by its owner only.
+/// Writes a file of secrets atomically; like every file Strata creates it is readable by its
+/// owner only from the moment it exists (see `strata_wal::private_fs`).
 fn write_secret_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    strata_wal::write_file_atomic(path, bytes)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("restricting {}", path.display()))
+    strata_wal::write_file_atomic(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 pub(crate) fn init_tracing() {
@@ -206,7 +204,9 @@ pub(crate) async fn shutdown_signal() {
 pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     init_tracing();
     let dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    strata_wal::private_fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    strata_wal::private_fs::restrict_dir(&dir)
+        .with_context(|| format!("restricting {} to its owner", dir.display()))?;
     let dir = dir.canonicalize()?;
     let clock: Arc<dyn Clock> = match args.clock_start_unix_ms {
         Some(start_ms) => Arc::new(ShiftedClock::starting_at(start_ms)),

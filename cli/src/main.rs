@@ -75,6 +75,9 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // Whatever this process creates, itself or through a library (the billing database, the
+    // read cache's files), is its user's only: files 0600, directories 0700.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

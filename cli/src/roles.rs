@@ -97,7 +97,10 @@ pub(crate) async fn metadata(args: MetadataArgs) -> anyhow::Result<()> {
         members.insert(id, endpoint);
     }
     let settings = MemberSettings { node_id: config.node_id, members, initialize: config.initialize };
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    strata_wal::private_fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    strata_wal::private_fs::restrict_dir(&config.data_dir)
+        .with_context(|| format!("restricting {} to its owner", config.data_dir.display()))?;
     if args.restore_from_bucket {
         let store = config.object_store.as_ref().context("--restore-from-bucket needs [object_store] in the config")?;
         let (key, index) = backup::restore_newest(store.build()?.as_ref(), &config.data_dir, &settings)

@@ -67,7 +67,7 @@ pub struct BackfillFiles {
 impl BackfillFiles {
     /// Opens `dir`, dropping files that do not read back whole (their entries are copied again).
     pub fn open(dir: &Path) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        strata_wal::private_fs::create_dir_all(dir)?;
         let mut files = BTreeMap::new();
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;

@@ -52,7 +52,7 @@ impl ObjectStoreSettings {
     pub fn build(&self) -> anyhow::Result<Arc<dyn ObjectStore>> {
         match self {
             ObjectStoreSettings::Local { dir } => {
-                std::fs::create_dir_all(dir)?;
+                strata_wal::private_fs::create_dir_all(dir)?;
                 Ok(Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir)?))
             }
             ObjectStoreSettings::S3 { endpoint, bucket, region, access_key_id, secret_access_key, prefix } => {

@@ -165,7 +165,7 @@ pub fn import(dir: &Path, exported: &[u8]) -> io::Result<()> {
     } else {
         postcard::from_bytes(exported).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
     };
-    std::fs::create_dir_all(dir)?;
+    strata_wal::private_fs::create_dir_all(dir)?;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         if entry.file_name().to_str().and_then(slice_of_file_name).is_some() {
@@ -203,7 +203,7 @@ impl SliceFiles {
     /// replay writes them again); files of slices the state does not count are removed (loaded
     /// before `last_applied`, or begun after it and written again by the replay).
     pub fn recover(dir: &Path, last_applied: u64, expected: &BTreeMap<u64, u64>) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        strata_wal::private_fs::create_dir_all(dir)?;
         let mut seen = BTreeSet::new();
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
@@ -271,7 +271,7 @@ impl SliceFiles {
                         if !path.exists() {
                             *self.dir_dirty.lock() = true;
                         }
-                        let file = OpenOptions::new().create(true).append(true).open(path)?;
+                        let file = strata_wal::private_fs::file_options().create(true).append(true).open(path)?;
                         self.open.insert(slice_start_ms, file);
                     }
                     if let Some(file) = self.open.get_mut(&slice_start_ms) {

@@ -151,7 +151,7 @@ impl TieredReader {
         memory_bytes: usize,
         disk_bytes: usize,
     ) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(cache_dir)?;
+        strata_wal::private_fs::create_dir_all(cache_dir)?;
         let device = FsDeviceBuilder::new(cache_dir).with_capacity(disk_bytes).build()?;
         let cache = HybridCacheBuilder::new()
             .with_name("strata-segments")

@@ -72,3 +72,41 @@ async fn a_request_id_reused_for_another_request_stores_nothing() -> anyhow::Res
     assert_eq!(queue.approximate_number_of_messages, Some(2), "only the first of each id is stored");
     Ok(())
 }
+
+/// Every file and directory under `root`, with its mode bits.
+fn modes(root: &std::path::Path) -> anyhow::Result<Vec<(std::path::PathBuf, u32)>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        out.push((dir.clone(), std::fs::metadata(&dir)?.permissions().mode() & 0o777));
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                out.push((entry.path(), meta.permissions().mode() & 0o777));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_in_the_data_directory_is_open_to_other_users() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut dev = DevProcess::start(&dir.path().join("dev"), &[])?;
+    let api = dev.api();
+    api.create_queue(&model::CreateQueue::named("private")).await?;
+    api.send("private", &model::SendMessages { messages: vec![model::NewMessage::new("a body")] }, None).await?;
+    api.create_access_key(strata_client::KeyOwner::Caller).await?;
+    // A restart writes snapshots, credentials and keys again.
+    dev.restart()?;
+    dev.api().get_queue("private").await?;
+    let modes = modes(&dev.data_dir)?;
+    assert!(modes.len() > 10, "{modes:?}");
+    let open: Vec<_> = modes.iter().filter(|(_, mode)| mode & 0o077 != 0).collect();
+    assert!(open.is_empty(), "readable by others: {open:?}");
+    Ok(())
+}

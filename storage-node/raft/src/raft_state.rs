@@ -249,7 +249,7 @@ pub fn seed_snapshot<C: PersistedRaftTypes, S: ReplicatedState>(
     let last = applied.last_applied.ok_or_else(|| invalid("the snapshot is empty"))?;
     before_store(&last)?;
     applied.membership = StoredMembershipOf::<C>::new(Some(last), membership);
-    std::fs::create_dir_all(dir)?;
+    strata_wal::private_fs::create_dir_all(dir)?;
     S::import_side_files(dir, side_files)?;
     // In the layout it came in: the copy's cluster had reached that generation.
     let generation = if legacy { LEGACY_GENERATION } else { NEWEST_GENERATION };
@@ -308,7 +308,7 @@ impl<C: RaftTypeConfig, S> Clone for StateMachineStore<C, S> {
 impl<C: PersistedRaftTypes, S: ReplicatedState> StateMachineStore<C, S> {
     /// Opens the store in `dir`, loading the last snapshot if there is one.
     pub fn open(dir: &Path, format: FormatGate) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        strata_wal::private_fs::create_dir_all(dir)?;
         let stored = match std::fs::read(dir.join(SNAPSHOT_FILE)) {
             Ok(bytes) => Some(bytes),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,

@@ -164,7 +164,7 @@ fn load_log_id<C: PersistedRaftTypes>(path: &Path) -> io::Result<Option<LogIdOf<
 /// snapshot taken elsewhere, whose first election must be in a later term than every entry the
 /// snapshot covers.
 pub fn seed_vote<C: PersistedRaftTypes>(dir: &Path, vote: &VoteOf<C>) -> io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    strata_wal::private_fs::create_dir_all(dir)?;
     write_file_checked(&dir.join(VOTE_FILE), &encode_fact(&VoteV1::from(vote))?, true)
 }
 
@@ -172,7 +172,7 @@ impl<C: PersistedRaftTypes> WalLogStore<C> {
     /// Opens (or creates) the store in `dir`, recovering the WAL. Recovery treats a log that
     /// ends below the persisted committed index as corruption.
     pub fn open(dir: &Path, options: WalOptions, retention: SegmentRetention, format: FormatGate) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        strata_wal::private_fs::create_dir_all(dir)?;
         let vote = load_vote::<C>(&dir.join(VOTE_FILE))?;
         let last_purged = load_log_id::<C>(&dir.join(PURGED_FILE))?;
         // A torn committed file is tolerated: it is only a hint (see the module doc).

@@ -7,7 +7,7 @@
 //! not honour rename ordering, bit rot, a foreign file) is detected instead of misread.
 
 use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -62,7 +62,7 @@ fn replace_file(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
     tmp_name.push(TMP_SUFFIX);
     let tmp_path = path.with_file_name(tmp_name);
     {
-        let mut tmp = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp_path)?;
+        let mut tmp = crate::private_fs::file_options().write(true).create(true).truncate(true).open(&tmp_path)?;
         tmp.write_all(bytes)?;
         if sync {
             tmp.sync_all()?;

@@ -12,13 +12,15 @@
 //!   anything else that is damaged is [`WalError::Corruption`] and is never silently dropped;
 //! - helpers for the tiering code ([`scan_segment_bytes`], [`decode_record_at`]) and for small
 //!   atomically replaced metadata files ([`write_file_atomic`], [`write_file_checked`],
-//!   [`read_file_checked`]).
+//!   [`read_file_checked`]);
+//! - [`private_fs`]: every file it (and the crates above it) creates is 0600, every directory 0700.
 //!
 //! A failed fsync is never retried: by default the process aborts ([`FsyncFailure`]).
 
 mod atomic_file;
 mod error;
 pub mod format;
+pub mod private_fs;
 mod recovery;
 mod segment;
 mod wal;

@@ -19,7 +19,7 @@
 //! Lock order: `layout` → `state` → `queue` / `fsync_lock`. The sync thread never holds two.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions, TryLockError};
+use std::fs::{self, File, TryLockError};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -284,7 +284,7 @@ impl Shared {
         let result = (|| {
             // No segment of this name can hold records (its index is beyond the last one), so
             // a leftover file is simply replaced.
-            let file = OpenOptions::new()
+            let file = crate::private_fs::file_options()
                 .read(true)
                 .write(true)
                 .create(true)
@@ -503,13 +503,13 @@ impl Wal {
             });
         }
         if !dir.exists() {
-            fs::create_dir_all(dir).map_err(|err| WalError::io("create_dir", dir, err))?;
+            crate::private_fs::create_dir_all(dir).map_err(|err| WalError::io("create_dir", dir, err))?;
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
                 sync_dir(parent).map_err(|err| WalError::io("fsync", parent, err))?;
             }
         }
         let lock_path = dir.join(LOCK_FILE_NAME);
-        let lock_file = OpenOptions::new()
+        let lock_file = crate::private_fs::file_options()
             .read(true)
             .write(true)
             .create(true)
