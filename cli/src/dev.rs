@@ -24,9 +24,9 @@ use strata_common::format::{FormatGate, NEWEST_GENERATION};
 use strata_common::{Clock, Random, ShiftedClock, SystemClock};
 use strata_metadata::MetadataNode;
 use strata_metadata_client::MetadataClient;
-use strata_proxy::ProxySettings;
 use strata_proxy::auth::{JwtIssuer, JwtKey, JwtVerifier};
 use strata_proxy::storage_client::CoLocatedStorage;
+use strata_proxy::{ProxySettings, ServerLimits};
 use strata_storage::shard::ShardLogSettings;
 use strata_storage::{ObjectStoreSettings, StorageNode, StorageSettings};
 use tokio_util::sync::CancellationToken;
@@ -115,6 +115,15 @@ pub(crate) struct DevArgs {
     /// operating system's (runs that must be replayed). Secrets never come from it.
     #[arg(long, hide = true)]
     random_seed: Option<u64>,
+    /// Open connections from one IP address at most, on each HTTP listener.
+    #[arg(long, hide = true, default_value_t = ServerLimits::default().connections_per_ip_max)]
+    connections_per_ip_max: usize,
+    /// Longest wait for a request's head (and an idle connection's next request), in ms.
+    #[arg(long, hide = true, default_value_t = ServerLimits::default().header_read_timeout.as_millis() as u64)]
+    header_read_timeout_ms: u64,
+    /// Longest wait for the next bytes of a request body, in ms.
+    #[arg(long, hide = true, default_value_t = ServerLimits::default().body_read_timeout.as_millis() as u64)]
+    body_read_timeout_ms: u64,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -352,10 +361,18 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let proxy_cancel = cancel.clone();
     let api = routers.api.merge(billing.api);
-    let proxy_task = tokio::spawn(strata_proxy::api::serve(api, proxy_listener, proxy_cancel.cancelled_owned()));
+    let limits = ServerLimits {
+        connections_per_ip_max: args.connections_per_ip_max,
+        header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
+        body_read_timeout: Duration::from_millis(args.body_read_timeout_ms),
+        ..ServerLimits::default()
+    };
+    let proxy_task =
+        tokio::spawn(strata_proxy::api::serve(api, proxy_listener, limits, proxy_cancel.cancelled_owned()));
     let admin_cancel = cancel.clone();
     let admin = routers.admin.merge(billing.admin);
-    let admin_task = tokio::spawn(strata_proxy::api::serve(admin, admin_listener, admin_cancel.cancelled_owned()));
+    let admin_task =
+        tokio::spawn(strata_proxy::api::serve(admin, admin_listener, limits, admin_cancel.cancelled_owned()));
     shutdown_signal().await;
     tracing::info!("shutting down");
     cancel.cancel();

@@ -385,8 +385,10 @@ async fn serve_until_signal(
         .await
         .with_context(|| format!("cannot listen on {admin_listen}"))?;
     tracing::info!(%listen, admin = %admin_listen, "{role} running");
-    let api_task = tokio::spawn(strata_proxy::api::serve(api, api_listener, cancel.clone().cancelled_owned()));
-    let admin_task = tokio::spawn(strata_proxy::api::serve(admin, admin_listener, cancel.clone().cancelled_owned()));
+    let limits = strata_proxy::ServerLimits::default();
+    let api_task = tokio::spawn(strata_proxy::api::serve(api, api_listener, limits, cancel.clone().cancelled_owned()));
+    let admin_task =
+        tokio::spawn(strata_proxy::api::serve(admin, admin_listener, limits, cancel.clone().cancelled_owned()));
     shutdown_signal().await;
     cancel.cancel();
     let _ = api_task.await;

@@ -4,8 +4,11 @@
 //! - [`credentials`]: the extractors that turn a verified bearer token into a tenant or an
 //!   operator;
 //! - [`error`]: the mapping of errors to HTTP answers a tenant can act on, revealing nothing
-//!   internal.
+//!   internal;
+//! - [`server`]: serving a router to strangers with caps on connections and timeouts on heads
+//!   and bodies.
 
 pub mod auth;
 pub mod credentials;
 pub mod error;
+pub mod server;

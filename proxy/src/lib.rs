@@ -14,6 +14,7 @@ pub mod sigv4;
 pub mod sqs;
 
 pub use api::{ProxySettings, Routers, router};
+pub use strata_http::server::ServerLimits;
 pub use strata_http::{auth, credentials, error};
 pub use strata_storage_client::clients as storage_client;
 pub use strata_storage_client::routing;

@@ -110,3 +110,69 @@ async fn nothing_in_the_data_directory_is_open_to_other_users() -> anyhow::Resul
     assert!(open.is_empty(), "readable by others: {open:?}");
     Ok(())
 }
+
+/// Whether the server has closed `stream` (a read answers end of file or an error, not data).
+async fn closed_by_server(stream: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            // An answer (to a request cut short): the connection closes after it.
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_excess_connections_are_closed_while_calls_go_on() -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir()?;
+    let args = ["--connections-per-ip-max", "20", "--header-read-timeout-ms", "1000", "--body-read-timeout-ms", "1000"];
+    let dev = DevProcess::start(&dir.path().join("dev"), &args)?;
+    let api = dev.api();
+    api.create_queue(&model::CreateQueue::named("calm")).await?;
+    let server: std::net::SocketAddr = format!("127.0.0.1:{}", dev.port).parse()?;
+    // The stranger comes from another loopback address than the tenant's client.
+    let connect = || async move {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind("127.0.0.2:0".parse()?)?;
+        anyhow::Ok(socket.connect(server).await?)
+    };
+    let mut idle = Vec::new();
+    for _ in 0..25 {
+        idle.push(connect().await?);
+    }
+    // The 5 beyond the per-address cap are closed at once; the tenant is not affected.
+    let mut closed_at_once = 0;
+    for stream in idle.iter_mut().skip(20) {
+        closed_at_once += usize::from(closed_by_server(stream, std::time::Duration::from_secs(5)).await);
+    }
+    assert_eq!(closed_at_once, 5);
+    api.send("calm", &model::SendMessages { messages: vec![model::NewMessage::new("still served")] }, None).await?;
+
+    // A client that sends half a body and stops is cut off.
+    let mut slow = connect().await?;
+    let head = format!(
+        "POST /v1/queues/calm/messages HTTP/1.1\r\nhost: {server}\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"messages\": [",
+        dev.token
+    );
+    slow.write_all(head.as_bytes()).await?;
+    assert!(closed_by_server(&mut slow, std::time::Duration::from_secs(10)).await, "a stalled body is cut off");
+
+    // A kept-alive connection that goes quiet after a call is closed too.
+    let mut kept_alive = connect().await?;
+    kept_alive.write_all(format!("GET /healthz HTTP/1.1\r\nhost: {server}\r\n\r\n").as_bytes()).await?;
+    assert!(closed_by_server(&mut kept_alive, std::time::Duration::from_secs(10)).await, "an idle keep-alive stays");
+
+    // The idle ones are closed by the header timeout, while calls go on.
+    for stream in idle.iter_mut().take(20) {
+        assert!(closed_by_server(stream, std::time::Duration::from_secs(10)).await, "an idle connection stays open");
+    }
+    let queue = api.get_queue("calm").await?;
+    assert_eq!(queue.approximate_number_of_messages, Some(1));
+    Ok(())
+}

@@ -99,8 +99,12 @@ async fn the_proxy_follows_the_shard_leader_through_a_failover() {
     .expect("proxy router");
     let proxy_addr = free_addr();
     let proxy_listener = tokio::net::TcpListener::bind(proxy_addr).await.expect("bind the proxy");
-    let proxy_task =
-        tokio::spawn(strata_proxy::api::serve(routers.api, proxy_listener, stop.clone().cancelled_owned()));
+    let proxy_task = tokio::spawn(strata_proxy::api::serve(
+        routers.api,
+        proxy_listener,
+        Default::default(),
+        stop.clone().cancelled_owned(),
+    ));
     let token =
         JwtIssuer::hmac(KEY_ID, SECRET, ISSUER, AUDIENCE).mint("acme", 3600, clock.now_ms() / 1000).expect("token");
     let api = Api::new(&format!("http://{proxy_addr}"), &token);

@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::rejection::BytesRejection;
@@ -18,7 +17,6 @@ use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, delete, get, post};
-use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use base64::Engine;
 use bytes::Bytes;
@@ -32,6 +30,7 @@ use strata_common::limits::{
 use strata_common::names::validate_queue_name;
 use strata_common::proto as pb;
 use strata_common::{Clock, Random};
+use strata_http::server::ServerLimits;
 use strata_metadata_client::MetadataClient;
 use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 use utoipa::{IntoParams, IntoResponses, OpenApi};
@@ -154,22 +153,15 @@ pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
     Ok(Routers { api, admin })
 }
 
-/// Serves the router on `addr` until `shutdown` resolves.
+/// Serves the router on `listener` within `limits` until `shutdown` resolves (see
+/// [`strata_http::server`]).
 pub async fn serve(
     router: Router,
     listener: tokio::net::TcpListener,
+    limits: ServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Without TCP_NODELAY a response split over two writes waits for the peer's delayed ACK
-    // (~40 ms per request).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    strata_http::server::serve(router, listener, limits, shutdown).await
 }
 
 async fn no_such_route() -> ApiError {
