@@ -461,9 +461,14 @@ pub(crate) async fn billing(args: RoleArgs) -> anyhow::Result<()> {
         cancel.clone(),
     )
     .await?;
-    let not_found = || async { strata_proxy::error::ApiError::invalid("no such billing route") };
-    let api = routers.api.fallback(not_found);
-    let admin = routers.admin.route("/healthz", axum::routing::get(|| async { "ok" })).fallback(not_found);
+    let not_found = || async {
+        let kind = strata_common::error::ErrorKind::UnknownRoute;
+        strata_proxy::error::ApiError(strata_common::error::StrataError::new(kind, "no such billing route"))
+    };
+    let json_errors = axum::middleware::map_response(strata_proxy::error::json_errors);
+    let api = routers.api.fallback(not_found).layer(json_errors.clone());
+    let admin =
+        routers.admin.route("/healthz", axum::routing::get(|| async { "ok" })).fallback(not_found).layer(json_errors);
     serve_until_signal("billing", (api, config.listen), (admin, config.admin_listen), cancel).await
 }
 

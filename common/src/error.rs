@@ -46,11 +46,13 @@ pub enum ErrorKind {
     ScheduledMessageNotFound,
     /// A request id was used before by a different request; nothing was done.
     IdempotencyConflict,
+    /// No route has this method and path.
+    UnknownRoute,
 }
 
 impl ErrorKind {
     /// Every kind, for exhaustive tests of mappings.
-    pub const ALL: [ErrorKind; 15] = [
+    pub const ALL: [ErrorKind; 16] = [
         ErrorKind::QueueNotFound,
         ErrorKind::QueueAlreadyExists,
         ErrorKind::InvalidParameter,
@@ -66,6 +68,7 @@ impl ErrorKind {
         ErrorKind::StaleReceipt,
         ErrorKind::ScheduledMessageNotFound,
         ErrorKind::IdempotencyConflict,
+        ErrorKind::UnknownRoute,
     ];
 
     /// The stable code string shown to tenants.
@@ -86,6 +89,7 @@ impl ErrorKind {
             ErrorKind::StaleReceipt => "StaleReceipt",
             ErrorKind::ScheduledMessageNotFound => "ScheduledMessageNotFound",
             ErrorKind::IdempotencyConflict => "IdempotencyConflict",
+            ErrorKind::UnknownRoute => "UnknownRoute",
         }
     }
 
@@ -96,7 +100,10 @@ impl ErrorKind {
     /// The HTTP status a front door answers with.
     pub fn http_status(self) -> u16 {
         match self {
-            ErrorKind::QueueNotFound | ErrorKind::AccessKeyNotFound | ErrorKind::ScheduledMessageNotFound => 404,
+            ErrorKind::QueueNotFound
+            | ErrorKind::AccessKeyNotFound
+            | ErrorKind::ScheduledMessageNotFound
+            | ErrorKind::UnknownRoute => 404,
             ErrorKind::QueueAlreadyExists | ErrorKind::IdempotencyConflict => 409,
             ErrorKind::InvalidParameter
             | ErrorKind::InvalidReceipt
@@ -128,6 +135,7 @@ impl ErrorKind {
             }
             ErrorKind::Unavailable => tonic::Code::Unavailable,
             ErrorKind::Internal => tonic::Code::Internal,
+            ErrorKind::UnknownRoute => tonic::Code::Unimplemented,
         }
     }
 }

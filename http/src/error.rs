@@ -49,6 +49,50 @@ impl ApiError {
     }
 }
 
+/// Longest text of a framework answer carried into a JSON error.
+const FRAMEWORK_MESSAGE_CHARS_MAX: usize = 300;
+
+/// Middleware (`axum::middleware::map_response`) that turns the error answers the web framework
+/// makes itself (a method a path does not take, a path that is not UTF-8, a body over its limit)
+/// into JSON errors of the same status with a stable code, like every other error.
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let kind = match status {
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => ErrorKind::UnknownRoute,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorKind::TooLarge,
+        StatusCode::UNAUTHORIZED => ErrorKind::Unauthenticated,
+        StatusCode::TOO_MANY_REQUESTS => ErrorKind::Throttled,
+        StatusCode::SERVICE_UNAVAILABLE => ErrorKind::Unavailable,
+        s if s.is_server_error() => ErrorKind::Internal,
+        _ => ErrorKind::InvalidParameter,
+    };
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4 * FRAMEWORK_MESSAGE_CHARS_MAX).await.unwrap_or_default();
+    let text: String = String::from_utf8_lossy(&text).chars().take(FRAMEWORK_MESSAGE_CHARS_MAX).collect();
+    let message = match (kind, text.is_empty()) {
+        (ErrorKind::UnknownRoute, _) if status == StatusCode::METHOD_NOT_ALLOWED => {
+            "this path does not take this method; see /openapi.json".to_owned()
+        }
+        (ErrorKind::UnknownRoute, _) => "no such route; see /openapi.json".to_owned(),
+        (_, true) => status.canonical_reason().unwrap_or("error").to_owned(),
+        (_, false) => text,
+    };
+    let message = public_message(kind, message);
+    let mut answer = (status, Json(json!({ "error": { "code": kind.code(), "message": message } }))).into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        answer.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    answer
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let StrataError { kind, message, retry_after_s, .. } = self.0;

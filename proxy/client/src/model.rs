@@ -24,7 +24,8 @@ pub struct ErrorBody {
 /// What went wrong: a stable code a program may switch on (`QueueNotFound`, `QueueAlreadyExists`,
 /// `InvalidParameter`, `InvalidReceipt`, `StaleReceipt`, `MessageNotInFlight`,
 /// `ScheduledMessageNotFound`, `AccessKeyNotFound`, `LimitExceeded`, `IdempotencyConflict`, `TooLarge`,
-/// `Unauthenticated`, `Throttled`, `Unavailable`, `Internal`; new codes may be added) and a
+/// `Unauthenticated`, `Throttled`, `Unavailable`, `Internal`, `UnknownRoute`; new codes may be
+/// added) and a
 /// message for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {

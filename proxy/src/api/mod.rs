@@ -39,7 +39,7 @@ use utoipa_axum::routes;
 
 use crate::auth::JwtVerifier;
 use crate::credentials::{admin_path_tenant, verified_subject};
-use crate::error::{ApiError, public_message};
+use crate::error::{ApiError, json_errors, public_message};
 use crate::metering::{CallId, Charge, Meter, message_payload_bytes};
 use crate::queue_rules::{self, Refusal};
 use crate::queues;
@@ -128,8 +128,9 @@ pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
         .route("/admin/v1/limit-plans", get(list_limit_plans))
         .route("/admin/v1/limit-plans/{name}", axum::routing::put(set_limit_plan))
         .route("/admin/v1/tenants/{tenant}/limits", get(get_limits::<AdminTenant>).put(set_tenant_limits))
-        .fallback(|| async { ApiError(StrataError::invalid("no such admin route")) })
+        .fallback(|| async { ApiError(StrataError::new(ErrorKind::UnknownRoute, "no such admin route")) })
         .layer(DefaultBodyLimit::max(HTTP_REQUEST_BYTES_MAX))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state.clone());
     let sqs_router = Router::new()
         // The JSON protocol posts to `/`; the query protocol posts or gets at `/` or at a queue URL.
@@ -148,6 +149,9 @@ pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
         .route("/v1/{*rest}", any(no_such_route))
         .fallback(no_such_route)
         .layer(DefaultBodyLimit::max(HTTP_REQUEST_BYTES_MAX))
+        // The native API's own routes answer errors in JSON only (the SQS routes merged below
+        // answer in their protocol's shapes).
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
         .merge(sqs_router);
     Ok(Routers { api, admin })
@@ -165,7 +169,7 @@ pub async fn serve(
 }
 
 async fn no_such_route() -> ApiError {
-    ApiError(StrataError::invalid("no such route; see /openapi.json"))
+    ApiError(StrataError::new(ErrorKind::UnknownRoute, "no such route; see /openapi.json"))
 }
 
 /// The OpenAPI document's frame: what is not generated from the routes.
@@ -178,7 +182,7 @@ async fn no_such_route() -> ApiError {
             the token's subject. Errors are {\"error\": {\"code\", \"message\"}} with stable codes: \
             QueueNotFound, QueueAlreadyExists, InvalidParameter, InvalidReceipt, StaleReceipt, \
             MessageNotInFlight, ScheduledMessageNotFound, AccessKeyNotFound, LimitExceeded, IdempotencyConflict, \
-            TooLarge, Unauthenticated, Throttled, Unavailable, Internal.",
+            TooLarge, Unauthenticated, Throttled, Unavailable, Internal, UnknownRoute.",
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
     components(schemas(model::ErrorBody)),
@@ -364,7 +368,7 @@ impl IntoResponses for Errors {
         const ERRORS: [(u16, &str); 8] = [
             (400, "The request is malformed or breaks a rule (code `InvalidParameter`, `InvalidReceipt`, ...)."),
             (401, "No valid bearer token."),
-            (404, "No such queue (or message, or task) of this tenant."),
+            (404, "No such queue (or message, or task) of this tenant, or no such route (`UnknownRoute`)."),
             (
                 409,
                 "A queue of this name exists with other settings (`QueueAlreadyExists`), or a request id was used by \

@@ -84,6 +84,7 @@ impl From<StrataError> for SqsError {
             | ErrorKind::TooLarge
             | ErrorKind::AccessKeyNotFound
             | ErrorKind::ScheduledMessageNotFound => Self::invalid_parameter_value(e.message),
+            ErrorKind::UnknownRoute => Self::invalid_action("The request names no action of this endpoint."),
             ErrorKind::IdempotencyConflict => Self::invalid_parameter_value(
                 "This request id (x-strata-request-id, or the SDK's amz-sdk-invocation-id) was used by a different \
                  request; nothing was sent. Use a new id for a new request.",

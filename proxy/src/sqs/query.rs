@@ -1176,6 +1176,11 @@ mod tests {
             fleet_proxies: 1,
         };
         let router = crate::router(settings).expect("router").api;
+        // The verifier reads the system clock.
+        let now_s = strata_common::Clock::now_ms(&strata_common::SystemClock) / 1000;
+        let issuer = crate::auth::JwtIssuer::hmac("k", b"secret", "issuer", "audience");
+        let token = issuer.mint("t", 60, now_s).expect("token");
+        let bearer = format!("Bearer {token}");
         // Method, path, headers, expected status, text the body must contain.
         type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], u16, &'a str);
         let cases: &[Case] = &[
@@ -1185,8 +1190,13 @@ mod tests {
             ("POST", "/v1/queues", &[], 401, "\"Unauthenticated\""),
             ("GET", "/v1/queues/orders", &[], 401, "\"Unauthenticated\""),
             ("POST", "/v1/access-keys", &[], 401, "\"Unauthenticated\""),
-            ("POST", "/v1/nope", &[], 400, "no such route"),
-            ("GET", "/v1/queues/orders/nope", &[], 400, "no such route"),
+            ("POST", "/v1/nope", &[], 404, "\"UnknownRoute\""),
+            ("GET", "/v1/queues/orders/nope", &[], 404, "\"UnknownRoute\""),
+            ("PUT", "/v1/queues", &[], 405, "\"UnknownRoute\""),
+            ("DELETE", "/openapi.json", &[], 405, "\"UnknownRoute\""),
+            ("GET", "/a/b/c", &[], 404, "\"UnknownRoute\""),
+            // A path that is not UTF-8 once decoded: a JSON error too, not the framework's text.
+            ("GET", "/v1/queues/%FF%FE", &[("authorization", &bearer)], 400, "\"InvalidParameter\""),
             ("GET", "/?Action=ListQueues", &[], 403, "<Code>MissingAuthenticationToken</Code>"),
             ("GET", "/dev/orders?Action=GetQueueAttributes", &[], 403, "<ErrorResponse"),
             ("POST", "/", &[("content-type", FORM_CONTENT_TYPE)], 403, "<Type>Sender</Type>"),
