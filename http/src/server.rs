@@ -27,10 +27,14 @@ use axum::extract::ConnectInfo;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use strata_common::{Clock, SystemClock};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 use tower_http::timeout::TimeoutBody;
+
+/// How long the accept loop waits after a failed accept (out of file descriptors, say).
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 /// What a listener allows one client, and all of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,8 +117,10 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    // Out of file descriptors, say: the connections already open go on.
+                    // Out of file descriptors, say: the connections already open go on, and
+                    // this loop waits a little rather than spin on the same error.
                     tracing::warn!(error = %e, "cannot accept a connection");
+                    SystemClock.sleep(ACCEPT_ERROR_PAUSE).await;
                     continue;
                 }
             },
