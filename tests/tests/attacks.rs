@@ -176,3 +176,39 @@ async fn idle_and_excess_connections_are_closed_while_calls_go_on() -> anyhow::R
     assert_eq!(queue.approximate_number_of_messages, Some(1));
     Ok(())
 }
+
+/// The status line of the answer to `head` (a request head announcing a body that never comes).
+async fn answer_before_the_body(server: std::net::SocketAddr, head: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server).await?;
+    stream.write_all(head.as_bytes()).await?;
+    let mut buffer = vec![0u8; 4096];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buffer)).await??;
+    let text = String::from_utf8_lossy(&buffer[..read]).into_owned();
+    Ok(text.lines().next().unwrap_or_default().to_owned() + "\n" + &text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sqs_request_without_a_live_key_is_refused_before_its_body() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dev = DevProcess::start(&dir.path().join("dev"), &[])?;
+    let server: std::net::SocketAddr = format!("127.0.0.1:{}", dev.port).parse()?;
+    // 16 MB announced, none sent: the answer comes without waiting for it.
+    let unsigned = format!(
+        "POST / HTTP/1.1\r\nhost: {server}\r\nx-amz-target: AmazonSQS.SendMessage\r\n\
+         content-type: application/x-amz-json-1.0\r\ncontent-length: 16000000\r\n\r\n"
+    );
+    let answer = answer_before_the_body(server, &unsigned).await?;
+    assert!(answer.starts_with("HTTP/1.1 403") && answer.contains("MissingAuthenticationToken"), "{answer}");
+    let unknown_key = format!(
+        "POST / HTTP/1.1\r\nhost: {server}\r\nx-amz-target: AmazonSQS.SendMessage\r\n\
+         content-type: application/x-amz-json-1.0\r\nx-amz-date: 20261206T120000Z\r\n\
+         authorization: AWS4-HMAC-SHA256 Credential=SKNOSUCHKEY000000000/20261206/us-east-1/sqs/aws4_request, \
+         SignedHeaders=content-type;host;x-amz-date;x-amz-target, Signature={}\r\n\
+         content-length: 16000000\r\n\r\n",
+        "0".repeat(64)
+    );
+    let answer = answer_before_the_body(server, &unknown_key).await?;
+    assert!(answer.starts_with("HTTP/1.1 403") && answer.contains("InvalidClientTokenId"), "{answer}");
+    Ok(())
+}

@@ -64,9 +64,24 @@ impl AccessKeys {
         Ok(key)
     }
 
+    /// What can be checked before the body is read: a well-formed signature of a live access
+    /// key. `parts` may carry no body. A stranger without a key is refused before it can make
+    /// the service hold its body.
+    pub async fn precheck(&self, parts: &SignedParts<'_>, now_ms: u64) -> Result<(), SqsError> {
+        let signature = sigv4::parse(parts).map_err(sigv4_error)?;
+        self.live_key(&signature.access_key_id, now_ms).await.map(drop)
+    }
+
     /// Verifies the request's signature; the caller's tenant is the key's tenant.
     pub async fn authenticate(&self, parts: &SignedParts<'_>, now_ms: u64) -> Result<Caller, SqsError> {
         let signature = sigv4::parse(parts).map_err(sigv4_error)?;
+        let key = self.live_key(&signature.access_key_id, now_ms).await?;
+        sigv4::verify(&signature, parts, &key.secret_access_key, now_ms).map_err(sigv4_error)?;
+        Ok(Caller { tenant: key.tenant, region: signature.region })
+    }
+
+    /// The access key `access_key_id`, if it exists and is not revoked at `now_ms`.
+    async fn live_key(&self, access_key_id: &str, now_ms: u64) -> Result<pb::AccessKey, SqsError> {
         let invalid_key = || {
             SqsError::auth(
                 "InvalidClientTokenId",
@@ -74,12 +89,11 @@ impl AccessKeys {
                 "The security token included in the request is invalid: unknown or revoked access key id.",
             )
         };
-        let key = self.lookup(&signature.access_key_id).await?.ok_or_else(invalid_key)?;
+        let key = self.lookup(access_key_id).await?.ok_or_else(invalid_key)?;
         if key.revoked_at_ms != 0 && now_ms >= key.revoked_at_ms {
             return Err(invalid_key());
         }
-        sigv4::verify(&signature, parts, &key.secret_access_key, now_ms).map_err(sigv4_error)?;
-        Ok(Caller { tenant: key.tenant, region: signature.region })
+        Ok(key)
     }
 }
 

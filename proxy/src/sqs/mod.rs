@@ -17,12 +17,13 @@ pub mod query;
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use strata_common::Clock;
+use strata_common::limits::HTTP_REQUEST_BYTES_MAX;
 
 use self::auth::{AccessKeys, Caller};
 use self::error::SqsError;
@@ -99,19 +100,37 @@ impl Ctx<'_> {
     }
 }
 
-/// An SQS request (`/` or a queue URL `/{account}/{queue}`), in either protocol.
+/// An SQS request (`/` or a queue URL `/{account}/{queue}`), in either protocol. What needs no
+/// body (a well-formed signature of a live access key) is checked before the body is read.
 pub async fn handle(
     State(state): State<Arc<SqsState>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let request_id = state.placement.metadata.random().uuid().to_string();
-    let mut response = if query::is_query_request(&headers) {
-        query::handle(&state, &method, &uri, &headers, &body, &request_id).await
-    } else {
-        json_response(serve(&state, &method, &uri, &headers, &body).await)
+    let query_protocol = query::is_query_request(&headers);
+    let bare = SignedParts {
+        method: method.as_str(),
+        path: uri.path(),
+        query: uri.query().unwrap_or(""),
+        headers: &headers,
+        body: &[],
+    };
+    let body = match state.keys.precheck(&bare, state.clock.now_ms()).await {
+        Ok(()) => axum::body::to_bytes(body, HTTP_REQUEST_BYTES_MAX).await.map_err(|_| {
+            SqsError::malformed_request(format!(
+                "The request body could not be read whole, or is larger than {HTTP_REQUEST_BYTES_MAX} bytes."
+            ))
+        }),
+        Err(e) => Err(e),
+    };
+    let mut response = match (body, query_protocol) {
+        (Ok(body), true) => query::handle(&state, &method, &uri, &headers, &body, &request_id).await,
+        (Ok(body), false) => json_response(serve(&state, &method, &uri, &headers, &body).await),
+        (Err(e), true) => query::error_answer(&e, &request_id),
+        (Err(e), false) => json_response(Err(e)),
     };
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-amzn-requestid", value);

@@ -363,13 +363,20 @@ pub async fn handle(
     body: &[u8],
     request_id: &str,
 ) -> Response {
-    let (status, xml, retry_after_s) = match serve(state, method, uri, headers, body).await {
-        Ok((operation, output)) => (StatusCode::OK, response_xml(operation, &output, request_id), None),
-        Err(e) => {
-            let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
-            (status, error_xml(&e, request_id), e.retry_after_s)
-        }
-    };
+    match serve(state, method, uri, headers, body).await {
+        Ok((operation, output)) => xml_answer(StatusCode::OK, response_xml(operation, &output, request_id), None),
+        Err(e) => error_answer(&e, request_id),
+    }
+}
+
+/// The XML answer of a failed query-protocol request.
+pub(super) fn error_answer(e: &SqsError, request_id: &str) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
+    xml_answer(status, error_xml(e, request_id), e.retry_after_s)
+}
+
+/// An XML document as the answer, with its status and `Retry-After`.
+fn xml_answer(status: StatusCode, xml: io::Result<Vec<u8>>, retry_after_s: Option<u64>) -> Response {
     // Writing into memory cannot fail; should it, the caller gets a bare 500 rather than half a
     // document.
     let mut response = match xml {
