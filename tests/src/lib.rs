@@ -229,11 +229,17 @@ impl DevProcess {
         Ok((status, response.json().await.unwrap_or(Value::Null)))
     }
 
+    /// The admin API's endpoint (`STRATA_ADMIN_ENDPOINT`).
+    pub fn admin_endpoint(&self) -> anyhow::Result<String> {
+        let env = self.credentials_env()?;
+        let (_, endpoint) =
+            env.into_iter().find(|(k, _)| k == "STRATA_ADMIN_ENDPOINT").context("no STRATA_ADMIN_ENDPOINT")?;
+        Ok(endpoint)
+    }
+
     /// A client of the admin API with an operator's token.
     pub fn admin_api(&self) -> anyhow::Result<Api> {
-        let env = self.credentials_env()?;
-        let endpoint = env.iter().find(|(k, _)| k == "STRATA_ADMIN_ENDPOINT").context("no STRATA_ADMIN_ENDPOINT")?;
-        Ok(Api::new(&endpoint.1, &self.token_for_audience("dev-operator", "strata-admin")?))
+        Ok(Api::new(&self.admin_endpoint()?, &self.token_for_audience("dev-operator", "strata-admin")?))
     }
 
     /// Waits until the process writes the newest format generation: metadata raises it a few

@@ -251,16 +251,6 @@ async fn billed_units_match_the_clients_ledger_when_one_proxy_of_a_cluster_is_si
     assert_billed_as_ledger(&env["STRATA_BILLING_ENDPOINT"], &tokens, &ledger).await
 }
 
-/// The admin API's endpoint and an operator's token.
-fn admin_api(dev: &DevProcess) -> anyhow::Result<Api> {
-    Ok(Api::new(&admin_endpoint(dev)?, &dev.token_for_audience("dev-operator", "strata-admin")?))
-}
-
-fn admin_endpoint(dev: &DevProcess) -> anyhow::Result<String> {
-    let env: BTreeMap<String, String> = dev.credentials_env()?.into_iter().collect();
-    env.get("STRATA_ADMIN_ENDPOINT").cloned().ok_or_else(|| anyhow::anyhow!("no STRATA_ADMIN_ENDPOINT"))
-}
-
 /// The current month as `YYYY-MM` (UTC).
 fn this_month() -> anyhow::Result<String> {
     use strata_common::Clock;
@@ -283,7 +273,7 @@ async fn send_one(endpoint: &str, token: &str) -> anyhow::Result<(u16, Option<u6
 async fn rejected_calls_are_not_billed_and_a_tenant_reads_only_its_own_bill() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let dev = DevProcess::start(dir.path(), &[])?;
-    let admin = admin_api(&dev)?;
+    let admin = dev.admin_api()?;
     let token = dev.token_for("payer")?;
     let api = Api::new(&dev.endpoint, &token);
     api.create_queue(&model::CreateQueue::named("q")).await?;
@@ -368,7 +358,7 @@ async fn rejected_calls_are_not_billed_and_a_tenant_reads_only_its_own_bill() ->
     let other_expected = BTreeMap::from([(String::new(), (1, 1))]);
     assert_eq!(wait_for_count(&other, &other_expected).await?, other_expected);
     assert_eq!(other.get("/v1/billing/usage?tenant=payer").await?.0, 400);
-    let admin_route = Api::new(&admin_endpoint(&dev)?, &dev.token_for("other")?);
+    let admin_route = Api::new(&dev.admin_endpoint()?, &dev.token_for("other")?);
     assert_eq!(admin_route.get("/admin/v1/tenants/payer/billing/usage").await?.0, 401);
     let (status, invoice) = other.get(&format!("/v1/billing/invoices/{}", this_month()?)).await?;
     assert_eq!(status, 200);

@@ -66,35 +66,44 @@ impl AccessKeys {
 
     /// What can be checked before the body is read: a well-formed signature of a live access
     /// key. `parts` may carry no body. A stranger without a key is refused before it can make
-    /// the service hold its body.
-    pub async fn precheck(&self, parts: &SignedParts<'_>, now_ms: u64) -> Result<(), SqsError> {
+    /// the service hold its body; the answer verifies the whole request once it is read.
+    pub async fn precheck(&self, parts: &SignedParts<'_>, now_ms: u64) -> Result<Signed, SqsError> {
         let signature = sigv4::parse(parts).map_err(sigv4_error)?;
-        self.live_key(&signature.access_key_id, now_ms).await.map(drop)
+        let key = self.lookup(&signature.access_key_id).await?.ok_or_else(invalid_key)?;
+        let signed = Signed { signature, key };
+        signed.check_live(now_ms)?;
+        Ok(signed)
+    }
+}
+
+/// A request's signature, read before its body, and the live access key it names.
+pub struct Signed {
+    signature: sigv4::Signature,
+    key: pb::AccessKey,
+}
+
+impl Signed {
+    /// Verifies the signature over the whole request (`parts` with its body); the caller's
+    /// tenant is the key's tenant.
+    pub fn verify(self, parts: &SignedParts<'_>, now_ms: u64) -> Result<Caller, SqsError> {
+        // The body may have taken a while: a revocation meanwhile counts.
+        self.check_live(now_ms)?;
+        sigv4::verify(&self.signature, parts, &self.key.secret_access_key, now_ms).map_err(sigv4_error)?;
+        Ok(Caller { tenant: self.key.tenant, region: self.signature.region })
     }
 
-    /// Verifies the request's signature; the caller's tenant is the key's tenant.
-    pub async fn authenticate(&self, parts: &SignedParts<'_>, now_ms: u64) -> Result<Caller, SqsError> {
-        let signature = sigv4::parse(parts).map_err(sigv4_error)?;
-        let key = self.live_key(&signature.access_key_id, now_ms).await?;
-        sigv4::verify(&signature, parts, &key.secret_access_key, now_ms).map_err(sigv4_error)?;
-        Ok(Caller { tenant: key.tenant, region: signature.region })
+    fn check_live(&self, now_ms: u64) -> Result<(), SqsError> {
+        let revoked = self.key.revoked_at_ms != 0 && now_ms >= self.key.revoked_at_ms;
+        if revoked { Err(invalid_key()) } else { Ok(()) }
     }
+}
 
-    /// The access key `access_key_id`, if it exists and is not revoked at `now_ms`.
-    async fn live_key(&self, access_key_id: &str, now_ms: u64) -> Result<pb::AccessKey, SqsError> {
-        let invalid_key = || {
-            SqsError::auth(
-                "InvalidClientTokenId",
-                403,
-                "The security token included in the request is invalid: unknown or revoked access key id.",
-            )
-        };
-        let key = self.lookup(access_key_id).await?.ok_or_else(invalid_key)?;
-        if key.revoked_at_ms != 0 && now_ms >= key.revoked_at_ms {
-            return Err(invalid_key());
-        }
-        Ok(key)
-    }
+fn invalid_key() -> SqsError {
+    SqsError::auth(
+        "InvalidClientTokenId",
+        403,
+        "The security token included in the request is invalid: unknown or revoked access key id.",
+    )
 }
 
 fn sigv4_error(e: sigv4::SigV4Error) -> SqsError {

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use strata_common::Clock;
 use strata_common::limits::HTTP_REQUEST_BYTES_MAX;
 
-use self::auth::{AccessKeys, Caller};
+use self::auth::{AccessKeys, Caller, Signed};
 use self::error::SqsError;
 use crate::metering::{CallId, Charge, Meter};
 use crate::quotas::Quotas;
@@ -118,17 +118,18 @@ pub async fn handle(
         headers: &headers,
         body: &[],
     };
-    let body = match state.keys.precheck(&bare, state.clock.now_ms()).await {
-        Ok(()) => axum::body::to_bytes(body, HTTP_REQUEST_BYTES_MAX).await.map_err(|_| {
-            SqsError::malformed_request(format!(
+    let received = match state.keys.precheck(&bare, state.clock.now_ms()).await {
+        Ok(signed) => match axum::body::to_bytes(body, HTTP_REQUEST_BYTES_MAX).await {
+            Ok(body) => Ok((signed, body)),
+            Err(_) => Err(SqsError::malformed_request(format!(
                 "The request body could not be read whole, or is larger than {HTTP_REQUEST_BYTES_MAX} bytes."
-            ))
-        }),
+            ))),
+        },
         Err(e) => Err(e),
     };
-    let mut response = match (body, query_protocol) {
-        (Ok(body), true) => query::handle(&state, &method, &uri, &headers, &body, &request_id).await,
-        (Ok(body), false) => json_response(serve(&state, &method, &uri, &headers, &body).await),
+    let mut response = match (received, query_protocol) {
+        (Ok((signed, body)), true) => query::handle(&state, signed, &method, &uri, &headers, &body, &request_id).await,
+        (Ok((signed, body)), false) => json_response(serve(&state, signed, &method, &uri, &headers, &body).await),
         (Err(e), true) => query::error_answer(&e, &request_id),
         (Err(e), false) => json_response(Err(e)),
     };
@@ -147,10 +148,12 @@ fn json_response(result: Result<Value, SqsError>) -> Response {
     response
 }
 
-/// Verifies the request's signature over its method, path, query, headers and body exactly as
-/// received; the context carries the caller and the base of its queue URLs (`http://{Host}`).
-async fn authenticate<'s>(
+/// Verifies the request's signature (read before the body, as `signed`) over its method, path,
+/// query, headers and body exactly as received; the context carries the caller and the base of
+/// its queue URLs (`http://{Host}`).
+fn authenticate<'s>(
     state: &'s SqsState,
+    signed: Signed,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -158,7 +161,7 @@ async fn authenticate<'s>(
 ) -> Result<Ctx<'s>, SqsError> {
     let parts =
         SignedParts { method: method.as_str(), path: uri.path(), query: uri.query().unwrap_or(""), headers, body };
-    let caller = state.keys.authenticate(&parts, state.clock.now_ms()).await?;
+    let caller = signed.verify(&parts, state.clock.now_ms())?;
     let call = CallId::from_headers(headers).map_err(|e| SqsError::invalid_parameter_value(e.message))?;
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
     Ok(Ctx {
@@ -188,6 +191,7 @@ async fn run(ctx: &Ctx<'_>, action: &str, input: Value) -> Result<Value, SqsErro
 
 async fn serve(
     state: &SqsState,
+    signed: Signed,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -202,7 +206,7 @@ async fn serve(
     let action = target
         .strip_prefix(TARGET_PREFIX)
         .ok_or_else(|| SqsError::invalid_action(format!("Unknown target '{target}'.")))?;
-    let ctx = authenticate(state, method, uri, headers, body).await?;
+    let ctx = authenticate(state, signed, method, uri, headers, body)?;
     let input: Value = if body.is_empty() {
         json!({})
     } else {

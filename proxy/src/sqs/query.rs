@@ -38,6 +38,7 @@ use quick_xml::events::{BytesDecl, BytesText, Event};
 use serde_json::{Map, Value};
 
 use super::SqsState;
+use super::auth::Signed;
 use super::error::SqsError;
 
 /// Most parameters in one request. A SendMessageBatch of 10 entries with 10 message attributes
@@ -357,13 +358,14 @@ fn content_type(headers: &HeaderMap) -> Option<String> {
 /// `x-amzn-requestid`.
 pub async fn handle(
     state: &SqsState,
+    signed: Signed,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
     request_id: &str,
 ) -> Response {
-    match serve(state, method, uri, headers, body).await {
+    match serve(state, signed, method, uri, headers, body).await {
         Ok((operation, output)) => xml_answer(StatusCode::OK, response_xml(operation, &output, request_id), None),
         Err(e) => error_answer(&e, request_id),
     }
@@ -395,13 +397,14 @@ fn xml_answer(status: StatusCode, xml: io::Result<Vec<u8>>, retry_after_s: Optio
 
 async fn serve(
     state: &SqsState,
+    signed: Signed,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(&'static Operation, Value), SqsError> {
     // Authentication first, over the query and body exactly as received.
-    let ctx = super::authenticate(state, method, uri, headers, body).await?;
+    let ctx = super::authenticate(state, signed, method, uri, headers, body)?;
     let mut params = Vec::new();
     parse_form(uri.query().unwrap_or("").as_bytes(), &mut params)?;
     if *method == Method::POST && !body.is_empty() {
@@ -772,8 +775,8 @@ fn text_element(xml: &mut XmlWriter, name: &str, text: &str) -> io::Result<()> {
 /// change a message body and break its MD5. Characters XML 1.0 cannot carry at all (most C0
 /// controls, U+FFFE, U+FFFF; message bodies cannot contain them) become U+FFFD.
 fn character_data(text: &str) -> BytesText<'static> {
-    let carried =
-        |c: char| matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..);
+    // XML 1.0's characters are the ones message bodies may hold.
+    let carried = crate::queue_rules::valid_body_char;
     let text: Cow<'_, str> = if text.chars().all(carried) {
         Cow::Borrowed(text)
     } else {
