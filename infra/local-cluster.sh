@@ -16,6 +16,10 @@
 # copies of metadata snapshots) under its own key prefix in the bucket (DIR's name and the port
 # base), so clusters running at once never share keys.
 #
+# The internal plane is mutual TLS: `up` makes a CA in DIR/tls (once) and a certificate for
+# every process with `strata certs`, named in each config's [tls] section, and one for an
+# operator (STRATA_TLS_* in DIR/cluster-credentials.env).
+#
 # STRATA_FORMAT_CAPPED="storage-3 metadata-3" starts those processes reading format generations
 # only up to STRATA_FORMAT_CAP (default 0), as processes of an older release would
 # (docs/formats.md, rolling upgrades; the rolling-upgrade test).
@@ -54,6 +58,11 @@ format_cap_line() { # name
   esac
 }
 
+# A new certificate of the cluster's CA for one process, as the [tls] section of its config.
+tls_section() { # dir role name
+  "$BIN" certs --ca-dir "$1/tls" --role "$2" --name "$3"
+}
+
 start_role() { # name role
   local dir=$1 name=$2 role=$3
   nohup "$BIN" "$role" --config "$dir/$name.toml" >"$dir/$name.log" 2>&1 &
@@ -74,8 +83,8 @@ up() {
 
   local members="" metadata_endpoints=""
   for i in 1 2 3; do
-    members+="$i = \"http://127.0.0.1:$((BASE + i))\""$'\n'
-    metadata_endpoints+="${metadata_endpoints:+,}http://127.0.0.1:$((BASE + i))"
+    members+="$i = \"https://127.0.0.1:$((BASE + i))\""$'\n'
+    metadata_endpoints+="${metadata_endpoints:+,}https://127.0.0.1:$((BASE + i))"
   done
   for i in 1 2 3; do
     cat >"$dir/metadata-$i.toml" <<CONF
@@ -89,6 +98,8 @@ $(format_cap_line "metadata-$i")
 [members]
 $members
 $(object_store_section "$dir")
+
+$(tls_section "$dir" metadata "$i")
 CONF
     start_role "$dir" "metadata-$i" metadata
   done
@@ -105,6 +116,8 @@ initial_shards = 3
 $(format_cap_line "storage-$i")
 
 $(object_store_section "$dir")
+
+$(tls_section "$dir" storage "storage-$i")
 CONF
     start_role "$dir" "storage-$i" storage
   done
@@ -131,6 +144,8 @@ secret_hex = "$secret"
 [[admin_keys]]
 kid = "local-admin-1"
 secret_hex = "$admin_secret"
+
+$(tls_section "$dir" proxy "proxy-$i")
 CONF
     start_role "$dir" "proxy-$i" proxy
   done
@@ -150,6 +165,8 @@ secret_hex = "$secret"
 [[admin_keys]]
 kid = "local-admin-1"
 secret_hex = "$admin_secret"
+
+$(tls_section "$dir" billing billing-1)
 CONF
   start_role "$dir" billing-1 billing
 
@@ -170,6 +187,7 @@ CONF
   key=$(STRATA_ADMIN_ENDPOINT=$admin_endpoint STRATA_ADMIN_TOKEN=$admin_token "$BIN" keys create --tenant dev)
   key_id=$(sed -n 's/.*"access_key_id": *"\([^"]*\)".*/\1/p' <<<"$key")
   key_secret=$(sed -n 's/.*"secret_access_key": *"\([^"]*\)".*/\1/p' <<<"$key")
+  tls_section "$dir" operator local-operator >/dev/null
   local pids=""
   for f in "$dir"/*.pid; do pids+="${pids:+ }$f"; done
   cat >"$dir/cluster-credentials.env" <<ENV
@@ -188,6 +206,10 @@ export STRATA_BILLING_ADMIN_ENDPOINT=http://127.0.0.1:$((BASE + 42))
 export STRATA_PROXY_ENDPOINTS=http://127.0.0.1:$((BASE + 21)),http://127.0.0.1:$((BASE + 22))
 export STRATA_METADATA_ENDPOINTS=$metadata_endpoints
 export STRATA_PID_FILES="$pids"
+# The internal plane (mutual TLS): its CA and an operator's certificate.
+export STRATA_TLS_CA=$dir/tls/ca.pem
+export STRATA_TLS_CERT=$dir/tls/operator-local-operator.pem
+export STRATA_TLS_KEY=$dir/tls/operator-local-operator.key
 ENV
   chmod 600 "$dir/cluster-credentials.env"
   echo "local cluster up; source $dir/cluster-credentials.env"

@@ -262,6 +262,8 @@ pub struct BillingSettings {
     /// `sqlite://PATH` or `postgres://...`.
     pub database_url: String,
     pub metadata_endpoint: String,
+    /// Billing's credentials on the internal plane (metadata and storage calls).
+    pub tls: strata_tls::Credentials,
     /// Verifies tenants' tokens (the proxies' audience).
     pub verifier: strata_http::auth::JwtVerifier,
     /// Verifies operators' tokens (the admin audience).
@@ -277,9 +279,10 @@ pub async fn start(
     cancel: CancellationToken,
 ) -> Result<crate::api::BillingRouters, ServiceError> {
     let store = BillingStore::open(&settings.database_url).await?;
-    let metadata = strata_metadata_client::MetadataClient::connect_lazy(&settings.metadata_endpoint)?
+    let metadata = strata_metadata_client::MetadataClient::connect_lazy(&settings.metadata_endpoint, &settings.tls)?
         .with_seams(settings.clock.clone(), settings.random.clone());
-    let placement = Arc::new(Placement::new(metadata, Default::default()));
+    let storage = strata_storage_client::clients::StorageClients::new(settings.tls);
+    let placement = Arc::new(Placement::new(metadata, storage));
     tokio::spawn(consume(store.clone(), placement.clone(), cancel.clone()));
     tokio::spawn(drain_outboxes(store.clone(), placement.clone(), cancel.clone()));
     tokio::spawn(prune_keys(store.clone(), settings.clock.clone(), cancel.clone()));

@@ -1,7 +1,9 @@
 //! `strata dev`: the whole service in one process on the embedded defaults — one metadata voter,
 //! one storage node (one replica: "acknowledged" means fsynced on this machine's disk), a local
 //! directory as object store, and the proxy. Metadata is reached over gRPC on loopback, exactly as
-//! in a cluster. The proxy calls the storage node's gRPC service in process by default (the same
+//! in a cluster, over mutual TLS: on first start `strata dev` makes its own CA in `tls/` and, at
+//! every start, a certificate for each role it runs (and one for an operator, named in
+//! `dev-credentials.env`). The proxy calls the storage node's gRPC service in process by default (the same
 //! encoded requests, without the loopback TCP and HTTP/2 hop); `--storage-rpc loopback` sends
 //! them over the storage port instead, as a proxy in another process would.
 //!
@@ -29,6 +31,8 @@ use strata_proxy::storage_client::CoLocatedStorage;
 use strata_proxy::{ProxySettings, ServerLimits};
 use strata_storage::shard::ShardLogSettings;
 use strata_storage::{ObjectStoreSettings, StorageNode, StorageSettings};
+use strata_tls::pki::LocalCa;
+use strata_tls::{Credentials, Identity, Role, TlsFiles};
 use tokio_util::sync::CancellationToken;
 
 /// The tenant `strata dev` creates and issues a token for.
@@ -141,6 +145,32 @@ pub(crate) fn default_data_dir() -> PathBuf {
 /// Length of the dev HMAC secrets.
 const DEV_SECRET_BYTES: usize = 32;
 
+/// The internal plane's credentials of `strata dev`: its own CA, kept in the data directory,
+/// and a certificate for each role (and an operator) issued at every start, all 0600.
+struct DevTls {
+    metadata: Credentials,
+    storage: Credentials,
+    proxy: Credentials,
+    billing: Credentials,
+    /// For tools and tests that call the internal plane as an operator.
+    operator: TlsFiles,
+}
+
+impl DevTls {
+    fn issue(dir: &Path, now_ms: u64) -> anyhow::Result<Self> {
+        let ca = LocalCa::open_or_create(dir, now_ms)?;
+        let issue = |role, name| ca.credentials(role, name, now_ms);
+        let operator = Identity::new(Role::Operator, DEV_OPERATOR)?;
+        Ok(Self {
+            metadata: issue(Role::Metadata, "dev-metadata")?,
+            storage: issue(Role::Storage, "dev-storage-1")?,
+            proxy: issue(Role::Proxy, "dev-proxy")?,
+            billing: issue(Role::Billing, "dev-billing")?,
+            operator: ca.issue(&operator, &[], dir, &format!("operator-{DEV_OPERATOR}"), now_ms)?,
+        })
+    }
+}
+
 /// Loads an HMAC signing secret kept in `DIR/file` (the tenant API's or the admin API's),
 /// creating it on first start.
 fn signing_secret(dir: &Path, file: &str) -> anyhow::Result<Vec<u8>> {
@@ -230,11 +260,13 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let admin_addr = SocketAddr::from(([127, 0, 0, 1], args.admin_port));
     let metadata_endpoint = format!("http://{metadata_addr}");
 
+    let tls = DevTls::issue(&dir.join("tls"), clock.now_ms()).context("making the internal plane's certificates")?;
     let metadata = MetadataNode::open(
         &dir.join("metadata"),
         &metadata_endpoint,
         clock.clone(),
         FormatGate::new(NEWEST_GENERATION),
+        tls.metadata,
     )
     .await
     .context("opening metadata")?;
@@ -275,6 +307,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
             replication_factor: 1,
             zone: String::new(),
             format_generation_max: NEWEST_GENERATION,
+            tls: tls.storage,
         },
         clock.clone(),
         random.clone(),
@@ -288,7 +321,8 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         .with_lifetime_s_max(DEV_TOKEN_TTL_S);
     let issuer = JwtIssuer::hmac(DEV_KEY_ID, &secret, DEV_ISSUER, DEV_AUDIENCE);
     let token = issuer.mint(DEV_TENANT, DEV_TOKEN_TTL_S, clock.now_ms() / 1000)?;
-    let metadata_client = MetadataClient::connect_lazy(&metadata_endpoint)?.with_seams(clock.clone(), random.clone());
+    let metadata_client =
+        MetadataClient::connect_lazy(&metadata_endpoint, &tls.proxy)?.with_seams(clock.clone(), random.clone());
     metadata_client.ensure_tenant(DEV_TENANT).await?;
     let (access_key_id, secret_access_key) = dev_access_key(&dir, &metadata_client, clock.now_ms()).await?;
 
@@ -311,6 +345,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(|| format!("sqlite://{}", dir.join("billing.db").display())),
             metadata_endpoint: metadata_endpoint.clone(),
+            tls: tls.billing,
             verifier: verifier.clone(),
             admin_verifier: admin_verifier.clone(),
             clock: clock.clone(),
@@ -321,7 +356,8 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     .await
     .context("starting billing")?;
     let routers = strata_proxy::router(ProxySettings {
-        metadata_endpoint,
+        metadata_endpoint: metadata_endpoint.clone(),
+        tls: tls.proxy,
         verifier,
         co_located_storage,
         clock: clock.clone(),
@@ -345,7 +381,13 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
          export AWS_ACCESS_KEY_ID={access_key_id}\nexport AWS_SECRET_ACCESS_KEY={secret_access_key}\n\
          export AWS_DEFAULT_REGION={DEV_REGION}\nexport AWS_ENDPOINT_URL={endpoint}\n\
          # The admin API (operators; `strata keys ... --tenant T`):\n\
-         export STRATA_ADMIN_ENDPOINT=http://{admin_addr}\nexport STRATA_ADMIN_TOKEN={admin_token}\n"
+         export STRATA_ADMIN_ENDPOINT=http://{admin_addr}\nexport STRATA_ADMIN_TOKEN={admin_token}\n\
+         # The internal gRPC plane (mutual TLS): its CA and an operator's certificate.\n\
+         export STRATA_METADATA_ENDPOINTS={metadata_endpoint}\nexport STRATA_STORAGE_ENDPOINT=http://{storage_addr}\n\
+         export STRATA_TLS_CA={ca}\nexport STRATA_TLS_CERT={cert}\nexport STRATA_TLS_KEY={key}\n",
+        ca = tls.operator.ca.display(),
+        cert = tls.operator.cert.display(),
+        key = tls.operator.key.display(),
     );
     write_secret_file(&credentials, env_text.as_bytes())?;
     println!(

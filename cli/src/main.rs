@@ -47,6 +47,8 @@ enum Command {
     },
     /// Print a token the proxies of a proxy config file accept.
     Token(roles::TokenArgs),
+    /// Make a local CA for the internal plane (once) and a certificate naming one process.
+    Certs(roles::CertsArgs),
     /// Manage queues.
     Queue {
         #[command(subcommand)]
@@ -93,6 +95,7 @@ fn main() -> std::process::ExitCode {
             Command::Storage(args) => roles::storage(args).await,
             Command::Proxy(args) => roles::proxy(args).await,
             Command::Token(args) => roles::token(args),
+            Command::Certs(args) => roles::certs(args),
             Command::Billing(args) => roles::billing(args).await,
             Command::Usage(args) => user::usage(args).await,
             Command::Invoice(args) => user::invoice(args).await,

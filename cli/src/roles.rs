@@ -8,10 +8,17 @@
 //! initialize = true                # on exactly one member, for the quorum's first start
 //!
 //! [members]                        # every member's advertised endpoint, this one's included
-//! 1 = "http://127.0.0.1:9401"
-//! 2 = "http://127.0.0.1:9402"
-//! 3 = "http://127.0.0.1:9403"
+//! 1 = "https://127.0.0.1:9401"
+//! 2 = "https://127.0.0.1:9402"
+//! 3 = "https://127.0.0.1:9403"
+//!
+//! [tls]                            # every role's file has one: the internal plane is mTLS only
+//! ca = "/etc/strata/tls/ca.pem"
+//! cert = "/etc/strata/tls/metadata-1.pem"   # names spiffe://strata/metadata/1
+//! key = "/etc/strata/tls/metadata-1.key"
 //! ```
+//!
+//! `strata certs` makes a CA and such certificates (see `docs/security.md`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,6 +37,7 @@ use strata_proxy::ProxySettings;
 use strata_proxy::auth::{JwtIssuer, JwtKey, JwtVerifier};
 use strata_storage::shard::ShardLogSettings;
 use strata_storage::{ObjectStoreSettings, StorageNode, StorageSettings};
+use strata_tls::{Credentials, TlsFiles};
 use tokio_util::sync::CancellationToken;
 
 use crate::dev::{init_tracing, shutdown_signal};
@@ -72,6 +80,7 @@ struct MetadataConfig {
     /// unless set lower, which makes it behave as an older release would (rolling-upgrade tests).
     #[serde(default = "newest_generation")]
     format_generation_max: FormatGeneration,
+    tls: TlsFiles,
 }
 
 fn newest_generation() -> FormatGeneration {
@@ -80,6 +89,11 @@ fn newest_generation() -> FormatGeneration {
 
 fn default_backup_interval_s() -> u64 {
     60
+}
+
+/// A role's credentials on the internal plane, from its config's `[tls]` files.
+fn load_tls(files: &TlsFiles) -> anyhow::Result<Credentials> {
+    Credentials::load(files.clone()).context("loading the [tls] credentials")
 }
 
 fn read_config<T: serde::de::DeserializeOwned>(path: &PathBuf) -> anyhow::Result<T> {
@@ -110,8 +124,9 @@ pub(crate) async fn metadata(args: MetadataArgs) -> anyhow::Result<()> {
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let format = FormatGate::new(config.format_generation_max);
+    let tls = load_tls(&config.tls)?;
     let node =
-        MetadataNode::open_member(&config.data_dir, &settings, clock, format).await.context("opening metadata")?;
+        MetadataNode::open_member(&config.data_dir, &settings, clock, format, tls).await.context("opening metadata")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -141,7 +156,7 @@ pub(crate) async fn metadata(args: MetadataArgs) -> anyhow::Result<()> {
 /// node_id = "storage-1"
 /// data_dir = "/var/lib/strata/storage-1"
 /// listen = "127.0.0.1:9501"          # storage gRPC and the shards' Raft transport
-/// metadata = "http://127.0.0.1:9401,http://127.0.0.1:9402,http://127.0.0.1:9403"
+/// metadata = "https://127.0.0.1:9401,https://127.0.0.1:9402,https://127.0.0.1:9403"
 /// zone = "zone-a"
 /// replication_factor = 3
 /// initial_shards = 4                 # used by the registration that creates the shards
@@ -179,6 +194,7 @@ struct StorageConfig {
     /// As a metadata member's.
     #[serde(default = "newest_generation")]
     format_generation_max: FormatGeneration,
+    tls: TlsFiles,
 }
 
 fn one() -> u32 {
@@ -216,6 +232,7 @@ pub(crate) async fn storage(args: RoleArgs) -> anyhow::Result<()> {
         replication_factor: config.replication_factor,
         zone: config.zone,
         format_generation_max: config.format_generation_max,
+        tls: load_tls(&config.tls)?,
     };
     let node =
         StorageNode::start(settings, Arc::new(SystemClock), Random::os()).await.context("starting the storage node")?;
@@ -233,7 +250,7 @@ pub(crate) async fn storage(args: RoleArgs) -> anyhow::Result<()> {
 /// ```toml
 /// listen = "127.0.0.1:9324"
 /// admin_listen = "127.0.0.1:9325"
-/// metadata = "http://127.0.0.1:9401,http://127.0.0.1:9402,http://127.0.0.1:9403"
+/// metadata = "https://127.0.0.1:9401,https://127.0.0.1:9402,https://127.0.0.1:9403"
 /// issuer = "strata-cluster"
 /// audience = "strata"
 /// admin_audience = "strata-admin"
@@ -268,6 +285,7 @@ struct ProxyConfig {
     /// tenant's rate limits (default 1).
     #[serde(default = "one")]
     fleet_proxies: u32,
+    tls: TlsFiles,
 }
 
 fn yes() -> bool {
@@ -354,6 +372,7 @@ pub(crate) async fn proxy(args: RoleArgs) -> anyhow::Result<()> {
     .verifiers()?;
     let routers = strata_proxy::router(ProxySettings {
         metadata_endpoint: config.metadata.clone(),
+        tls: load_tls(&config.tls)?,
         verifier,
         co_located_storage: None,
         clock: Arc::new(SystemClock),
@@ -402,7 +421,7 @@ async fn serve_until_signal(
 /// ```toml
 /// listen = "127.0.0.1:9330"
 /// admin_listen = "127.0.0.1:9331"
-/// metadata = "http://127.0.0.1:9401,http://127.0.0.1:9402,http://127.0.0.1:9403"
+/// metadata = "https://127.0.0.1:9401,https://127.0.0.1:9402,https://127.0.0.1:9403"
 /// database = "postgres://strata:secret@127.0.0.1:5432/strata_billing"
 /// issuer = "strata"
 /// audience = "strata"
@@ -430,6 +449,7 @@ struct BillingConfig {
     token_lifetime_s_max: u64,
     #[serde(default = "day_s")]
     admin_token_lifetime_s_max: u64,
+    tls: TlsFiles,
 }
 
 /// Runs the billing service until SIGTERM or Ctrl-C: counts the metering queue, enforces
@@ -453,6 +473,7 @@ pub(crate) async fn billing(args: RoleArgs) -> anyhow::Result<()> {
         strata_billing::service::BillingSettings {
             database_url: config.database.clone(),
             metadata_endpoint: config.metadata.clone(),
+            tls: load_tls(&config.tls)?,
             verifier,
             admin_verifier,
             clock: Arc::new(SystemClock),
@@ -470,6 +491,43 @@ pub(crate) async fn billing(args: RoleArgs) -> anyhow::Result<()> {
     let admin =
         routers.admin.route("/healthz", axum::routing::get(|| async { "ok" })).fallback(not_found).layer(json_errors);
     serve_until_signal("billing", (api, config.listen), (admin, config.admin_listen), cancel).await
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct CertsArgs {
+    /// The CA's directory: its key and certificate are made there on first use (0600), and
+    /// certificates are written there too unless `--out` says otherwise.
+    #[arg(long)]
+    ca_dir: PathBuf,
+    /// The role the certificate names: proxy, storage, metadata, billing, autoscaler, operator.
+    #[arg(long)]
+    role: strata_tls::Role,
+    /// The process's name among its role (a storage node's id, a metadata member's id...).
+    #[arg(long)]
+    name: String,
+    /// A host name or IP address the process is reached at besides loopback (repeatable).
+    #[arg(long = "host")]
+    hosts: Vec<String>,
+    /// Where to write `<role>-<name>.pem` and `.key` (default: the CA's directory).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Issues a certificate of the local CA (making the CA first if needed) and prints the `[tls]`
+/// section that names it. Run it again to rotate: processes reload changed files by themselves.
+pub(crate) fn certs(args: CertsArgs) -> anyhow::Result<()> {
+    let now_ms = SystemClock.now_ms();
+    let ca = strata_tls::pki::LocalCa::open_or_create(&args.ca_dir, now_ms)?;
+    let identity = strata_tls::Identity::new(args.role, &args.name)?;
+    let out = args.out.unwrap_or_else(|| args.ca_dir.clone());
+    let files = ca.issue(&identity, &args.hosts, &out, &format!("{}-{}", args.role, args.name), now_ms)?;
+    println!(
+        "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"",
+        files.ca.display(),
+        files.cert.display(),
+        files.key.display()
+    );
+    Ok(())
 }
 
 #[derive(Args, Debug)]

@@ -22,12 +22,13 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use strata_common::ClockExt;
 use strata_common::error::StrataError;
 use strata_common::format::{FormatGate, FormatGeneration};
 use strata_common::proto as pb;
 use strata_common::proto::raft_transport_client::RaftTransportClient;
-use strata_common::{Clock, ClockExt};
 use strata_raft::raft_state::SharedState;
+use strata_tls::Role;
 
 use crate::MetaRaftConfig;
 use crate::catalog::{Catalog, MetaCommand};
@@ -87,7 +88,7 @@ async fn raise_once(node: &MetadataNode) -> Result<Option<FormatGeneration>, Str
     let (members, _) = node.members();
     let own_id = node.node_id();
     for (member_id, address) in members.into_iter().filter(|(id, _)| *id != own_id) {
-        readable = readable.min(member_format_generation(node.clock.as_ref(), &address).await.map_err(|e| {
+        readable = readable.min(member_format_generation(&node, &address).await.map_err(|e| {
             StrataError::unavailable(format!("metadata member {member_id} did not report its formats: {e}"))
         })?);
     }
@@ -102,11 +103,13 @@ async fn raise_once(node: &MetadataNode) -> Result<Option<FormatGeneration>, Str
 
 /// The newest format generation the metadata member at `address` reads (0 from a release that
 /// does not report it).
-async fn member_format_generation(clock: &dyn Clock, address: &str) -> Result<FormatGeneration, String> {
+async fn member_format_generation(node: &MetadataNode, address: &str) -> Result<FormatGeneration, String> {
     let ask = async {
-        let mut client = RaftTransportClient::connect(address.to_owned()).await.map_err(|e| e.to_string())?;
+        let channel = strata_tls::lazy_channel(address, STATUS_TIMEOUT, &node.credentials, Role::Metadata)
+            .map_err(|e| e.to_string())?;
+        let mut client = RaftTransportClient::new(channel);
         let status = client.status(pb::RaftStatusRequest {}).await.map_err(|e| e.message().to_owned())?;
         Ok(status.into_inner().format_generation_max)
     };
-    clock.timeout(STATUS_TIMEOUT, ask).await.map_err(|_| "timed out".to_string())?
+    node.clock.timeout(STATUS_TIMEOUT, ask).await.map_err(|_| "timed out".to_string())?
 }

@@ -28,6 +28,7 @@ use strata_raft::group::{GroupStorage, RaftGroup, open_group, open_single_voter}
 use strata_raft::raft_state::StateGuard;
 use strata_raft::raft_store::SegmentRetention;
 use strata_raft::transport::{GroupId, GrpcNetwork, RaftRouter};
+use strata_tls::{AuthorizeLayer, Credentials, Listener, Role};
 use strata_wal::{FsyncFailure, WalOptions};
 use tonic::{Request, Response, Status};
 
@@ -122,6 +123,9 @@ pub struct MetadataNode {
     pub(crate) leases: Leases,
     /// Which format generation this member writes (the catalog's), and the newest it reads.
     pub(crate) format: FormatGate,
+    /// This member's certificate and CA on the internal plane: it serves and calls only over
+    /// mutual TLS.
+    pub(crate) credentials: Credentials,
 }
 
 fn raft_config() -> Config {
@@ -157,6 +161,7 @@ impl MetadataNode {
         address: &str,
         clock: Arc<dyn Clock>,
         format: FormatGate,
+        credentials: Credentials,
     ) -> anyhow::Result<Arc<Self>> {
         let group = open_single_voter::<MetaRaftConfig, Catalog>(
             dir,
@@ -167,7 +172,7 @@ impl MetadataNode {
         )
         .await?;
         crate::formats::follow_catalog(&group.state, &format);
-        Ok(Arc::new(Self { group, clock, router: None, leases: Leases::default(), format }))
+        Ok(Arc::new(Self { group, clock, router: None, leases: Leases::default(), format, credentials }))
     }
 
     /// Opens (or creates) this member's replica of the metadata quorum in `dir`. Returns at once;
@@ -177,6 +182,7 @@ impl MetadataNode {
         member: &MemberSettings,
         clock: Arc<dyn Clock>,
         format: FormatGate,
+        credentials: Credentials,
     ) -> anyhow::Result<Arc<Self>> {
         if !member.members.contains_key(&member.node_id) {
             anyhow::bail!("metadata member {} is not in its own member list", member.node_id);
@@ -188,14 +194,15 @@ impl MetadataNode {
             member.node_id,
             raft_config(),
             group_storage(&format),
-            GrpcNetwork { group: METADATA_GROUP },
+            GrpcNetwork::new(METADATA_GROUP, credentials.clone(), Role::Metadata),
             member.initialize.then_some(voters),
         )
         .await?;
         crate::formats::follow_catalog(&group.state, &format);
         let router = RaftRouter::new(format.readable_max());
         router.register(METADATA_GROUP, group.raft.clone());
-        Ok(Arc::new(Self { group, clock, router: Some(router), leases: Leases::default(), format }))
+        let leases = Leases::default();
+        Ok(Arc::new(Self { group, clock, router: Some(router), leases, format, credentials }))
     }
 
     /// The quorum's voters (node id → endpoint) and its leader, as this member knows them.
@@ -348,7 +355,8 @@ impl MetadataNode {
         self.clock.now_ms()
     }
 
-    /// Serves the gRPC API on `listener` until `shutdown` resolves.
+    /// Serves the gRPC API on `listener`, over mutual TLS and by the role table, until
+    /// `shutdown` resolves.
     pub async fn serve_with_listener(
         self: Arc<Self>,
         listener: tokio::net::TcpListener,
@@ -356,13 +364,14 @@ impl MetadataNode {
     ) -> anyhow::Result<()> {
         let raft_transport = self.router.as_ref().map(RaftRouter::service);
         let upgrades = tokio::spawn(crate::formats::raise_format_generation(self.clone()));
+        let incoming = strata_tls::incoming(listener, self.credentials.clone(), self.clock.clone());
         let service = MetadataServer::new(MetadataService { node: self })
             .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let served = tonic::transport::Server::builder()
             .initial_stream_window_size(limits::GRPC_STREAM_WINDOW_BYTES)
             .initial_connection_window_size(limits::GRPC_CONNECTION_WINDOW_BYTES)
+            .layer(AuthorizeLayer::new(Listener::Metadata))
             .add_service(service)
             .add_optional_service(raft_transport)
             .serve_with_incoming_shutdown(incoming, shutdown)

@@ -10,6 +10,8 @@ use object_store::local::LocalFileSystem;
 use strata_common::format::{FormatGate, NEWEST_GENERATION};
 use strata_common::{Clock, SystemClock};
 use strata_metadata::{MetadataNode, backup};
+use strata_tls::Role;
+use strata_tls::pki::test_credentials;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_copies_each_new_snapshot_and_keeps_the_newest_three() {
@@ -23,6 +25,7 @@ async fn the_leader_copies_each_new_snapshot_and_keeps_the_newest_three() {
         "http://127.0.0.1:9",
         clock,
         FormatGate::new(NEWEST_GENERATION),
+        test_credentials(Role::Metadata, "1"),
     )
     .await
     .expect("open");

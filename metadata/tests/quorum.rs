@@ -17,6 +17,8 @@ use strata_common::{Clock, SystemClock};
 use strata_metadata::MetadataNode;
 use strata_metadata::server::MemberSettings;
 use strata_metadata_client::MetadataClient;
+use strata_tls::Role;
+use strata_tls::pki::test_credentials;
 use tokio::sync::oneshot;
 
 struct Member {
@@ -24,6 +26,16 @@ struct Member {
     node: Arc<MetadataNode>,
     stop: oneshot::Sender<()>,
     server: tokio::task::JoinHandle<()>,
+}
+
+/// A metadata client as an operator (catalog changes, member changes).
+fn operator(endpoints: &str) -> MetadataClient {
+    MetadataClient::connect_lazy(endpoints, &test_credentials(Role::Operator, "test")).expect("client")
+}
+
+/// A metadata client as a storage node (registration).
+fn storage_node(endpoints: &str) -> MetadataClient {
+    MetadataClient::connect_lazy(endpoints, &test_credentials(Role::Storage, "storage-1")).expect("client")
 }
 
 fn free_addr() -> SocketAddr {
@@ -40,6 +52,7 @@ async fn start(root: &Path, id: u64, addrs: &BTreeMap<u64, SocketAddr>, initiali
         &settings,
         clock,
         FormatGate::new(NEWEST_GENERATION),
+        test_credentials(Role::Metadata, &id.to_string()),
     )
     .await
     .expect("open the member");
@@ -104,10 +117,9 @@ async fn three_members_follow_the_leader_and_survive_losing_it() {
         ids.rotate_left(start);
         ids.iter().map(|id| format!("http://{}", addrs[id])).collect::<Vec<_>>().join(",")
     };
-    let clients: Vec<MetadataClient> =
-        addrs.keys().map(|&id| MetadataClient::connect_lazy(&endpoints(id)).expect("client")).collect();
+    let clients: Vec<MetadataClient> = addrs.keys().map(|&id| operator(&endpoints(id))).collect();
     clients[0].ensure_tenant("acme").await.expect("tenant");
-    clients[1]
+    storage_node(&endpoints(1))
         .register_storage_node(pb::RegisterStorageNodeRequest {
             node_id: "storage-1".into(),
             address: "http://127.0.0.1:1".into(),
@@ -171,7 +183,7 @@ async fn members_are_added_and_removed_while_the_quorum_serves() {
     }
     // The client knows the original members only: it learns the fourth from leader hints.
     let endpoints: Vec<String> = originals.values().map(|a| format!("http://{a}")).collect();
-    let client = MetadataClient::connect_lazy(&endpoints.join(",")).expect("client");
+    let client = operator(&endpoints.join(","));
     client.ensure_tenant("acme").await.expect("tenant");
     let storage = pb::RegisterStorageNodeRequest {
         node_id: "storage-1".into(),
@@ -179,7 +191,7 @@ async fn members_are_added_and_removed_while_the_quorum_serves() {
         initial_shards: 1,
         ..Default::default()
     };
-    client.register_storage_node(storage).await.expect("register a storage node");
+    storage_node(&endpoints.join(",")).register_storage_node(storage).await.expect("register a storage node");
     let mut expected = Vec::new();
     for i in 0..10 {
         let name = format!("q{i:02}");
@@ -216,7 +228,7 @@ async fn members_are_added_and_removed_while_the_quorum_serves() {
     assert!([3, 4].contains(&listed.leader_id), "{listed:?}");
     // A client given member 3 alone reaches the leader wherever it is (member 4 through 3's
     // hint, member 4 being in no client's configuration).
-    let only_third = MetadataClient::connect_lazy(&format!("http://{}", addrs[&3])).expect("client");
+    let only_third = operator(&format!("http://{}", addrs[&3]));
     assert_eq!(queue_names(&only_third).await, expected);
     for member in members {
         stop(member).await;
@@ -243,7 +255,7 @@ async fn a_quorum_that_lost_every_disk_restores_from_the_bucket() {
     }
     let endpoints =
         |addrs: &BTreeMap<u64, SocketAddr>| addrs.values().map(|a| format!("http://{a}")).collect::<Vec<_>>().join(",");
-    let client = MetadataClient::connect_lazy(&endpoints(&addrs)).expect("client");
+    let client = operator(&endpoints(&addrs));
     client.ensure_tenant("acme").await.expect("tenant");
     let storage = pb::RegisterStorageNodeRequest {
         node_id: "storage-1".into(),
@@ -251,7 +263,7 @@ async fn a_quorum_that_lost_every_disk_restores_from_the_bucket() {
         initial_shards: 2,
         ..Default::default()
     };
-    client.register_storage_node(storage).await.expect("register a storage node");
+    storage_node(&endpoints(&addrs)).register_storage_node(storage).await.expect("register a storage node");
     let mut kept = Vec::new();
     for name in ["orders", "invoices"] {
         kept.push(client.create_queue("acme", name, config()).await.expect("create"));
@@ -286,7 +298,7 @@ async fn a_quorum_that_lost_every_disk_restores_from_the_bucket() {
     for id in 1..=3 {
         members.push(start(&after, id, &addrs, false).await);
     }
-    let client = MetadataClient::connect_lazy(&endpoints(&addrs)).expect("client");
+    let client = operator(&endpoints(&addrs));
     assert_eq!(queue_names(&client).await, ["invoices", "orders"]);
     let info = client.get_queue("acme", "orders").await.expect("a restored queue");
     assert_eq!(info.queue_id, kept[0].queue_id);

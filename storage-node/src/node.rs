@@ -19,6 +19,7 @@ use strata_common::proto::storage_server::StorageServer;
 use strata_common::{Clock, Random};
 use strata_metadata_client::MetadataClient;
 use strata_raft::transport::RaftRouter;
+use strata_tls::{AuthorizeLayer, Credentials, Listener};
 use tokio_util::sync::CancellationToken;
 
 use crate::backfill::backfill_shard_once;
@@ -100,6 +101,9 @@ pub struct StorageSettings {
     /// it behave as an older release would, as the rolling-upgrade test does). It writes the
     /// generation its cluster has reached.
     pub format_generation_max: FormatGeneration,
+    /// The node's certificate and CA: it serves, and calls metadata and its peers, only over
+    /// mutual TLS.
+    pub tls: Credentials,
 }
 
 /// The shards this node serves now, shared with its gRPC service. Replicas come and go while
@@ -146,8 +150,8 @@ const PLACEMENT_WAIT_ATTEMPTS_MAX: u32 = 3_000;
 impl StorageNode {
     /// Registers, opens shards, starts serving and the background loops.
     pub async fn start(settings: StorageSettings, clock: Arc<dyn Clock>, random: Random) -> anyhow::Result<Self> {
-        let metadata =
-            MetadataClient::connect_lazy(&settings.metadata_endpoint)?.with_seams(clock.clone(), random.clone());
+        let metadata = MetadataClient::connect_lazy(&settings.metadata_endpoint, &settings.tls)?
+            .with_seams(clock.clone(), random.clone());
         let address = format!("http://{}", settings.listen);
         let format = FormatGate::new(settings.format_generation_max);
         let mut attempt = 0;
@@ -230,11 +234,12 @@ impl StorageNode {
         let serve_cancel = host.cancel.clone();
         let served = service.clone();
         let raft_transport = host.router.service();
+        let incoming = strata_tls::incoming(listener, settings.tls.clone(), host.clock.clone());
         tasks.push(tokio::spawn(async move {
-            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let result = tonic::transport::Server::builder()
                 .initial_stream_window_size(limits::GRPC_STREAM_WINDOW_BYTES)
                 .initial_connection_window_size(limits::GRPC_CONNECTION_WINDOW_BYTES)
+                .layer(AuthorizeLayer::new(Listener::Storage))
                 .add_service(served)
                 .add_service(raft_transport)
                 .serve_with_incoming_shutdown(incoming, serve_cancel.cancelled_owned())
@@ -307,6 +312,7 @@ impl Host {
                 replicas.as_ref(),
                 &self.router,
                 self.format.clone(),
+                self.settings.tls.clone(),
             )
             .await?,
         );

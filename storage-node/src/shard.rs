@@ -24,6 +24,7 @@ use strata_raft::group::{GroupStorage, RaftGroup, open_group, open_single_voter}
 use strata_raft::raft_state::{ReplicatedState, StateGuard};
 use strata_raft::raft_store::SegmentRetention;
 use strata_raft::transport::{GrpcNetwork, RaftRouter};
+use strata_tls::{Credentials, Role};
 use strata_wal::format::{LEGACY_FRAME_VERSION, versioned_payload};
 use strata_wal::{FsyncFailure, WalOptions};
 use tokio::sync::watch;
@@ -266,6 +267,8 @@ pub struct Shard {
     /// Clients of the other replicas (by address) for reads of entries this one lacks; clones
     /// share one connection.
     peers: parking_lot::Mutex<HashMap<String, PeerClient>>,
+    /// What this node presents to the other replicas (Raft messages, log reads).
+    credentials: Credentials,
     group: RaftGroup<ShardRaftConfig, ShardMachine>,
     /// Entries before this replica's snapshot copied from its peers (see `backfill`).
     backfill: BackfillFiles,
@@ -290,6 +293,7 @@ impl Shard {
         replicas: Option<&ShardReplicas>,
         router: &RaftRouter,
         format: FormatGate,
+        credentials: Credentials,
     ) -> anyhow::Result<Self> {
         let config = Config {
             cluster_name: format!("strata-shard-{shard_id}"),
@@ -324,7 +328,7 @@ impl Shard {
                     replicas.raft_id,
                     config,
                     GroupStorage { wal: wal_options, retention: SegmentRetention::KeepUntilReleased, format },
-                    GrpcNetwork { group: shard_id },
+                    GrpcNetwork::new(shard_id, credentials.clone(), Role::Storage),
                     replicas.initialize.then_some(voters),
                 )
                 .await?;
@@ -340,6 +344,7 @@ impl Shard {
             writer_claim,
             placement,
             peers,
+            credentials,
             group,
             backfill,
             backfill_verified_through,
@@ -580,7 +585,7 @@ impl Shard {
         if let Some(client) = peers.get(address) {
             return Some(client.clone());
         }
-        let channel = strata_common::grpc::lazy_channel(address, PEER_READ_TIMEOUT).ok()?;
+        let channel = strata_tls::lazy_channel(address, PEER_READ_TIMEOUT, &self.credentials, Role::Storage).ok()?;
         let client = PeerClient::new(channel).max_decoding_message_size(strata_common::limits::GRPC_MESSAGE_BYTES_MAX);
         peers.insert(address.to_owned(), client.clone());
         Some(client)

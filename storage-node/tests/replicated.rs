@@ -20,6 +20,8 @@ use strata_metadata_client::MetadataClient;
 use strata_storage::queue::MessageRef;
 use strata_storage::shard::ShardLogSettings;
 use strata_storage::{ObjectStoreSettings, StorageNode, StorageSettings};
+use strata_tls::Role;
+use strata_tls::pki::{test_channel, test_credentials};
 use tokio_util::sync::CancellationToken;
 
 const TENANT: &str = "replicated-tenant";
@@ -28,6 +30,11 @@ const MESSAGES: usize = 100;
 fn free_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local addr")
+}
+
+/// A client of the storage node at `addr`, as a proxy.
+fn storage_client(addr: SocketAddr) -> StorageClient<tonic::transport::Channel> {
+    StorageClient::new(test_channel(&format!("https://{addr}"), Role::Proxy, Role::Storage))
 }
 
 async fn start_node(root: &Path, index: usize, listen: SocketAddr, metadata_endpoint: &str) -> StorageNode {
@@ -61,6 +68,7 @@ async fn start_node_with(
         replication_factor: 3,
         zone: format!("zone-{index}"),
         format_generation_max: NEWEST_GENERATION,
+        tls: test_credentials(Role::Storage, &format!("storage-{index}")),
     };
     StorageNode::start(settings, Arc::new(SystemClock), Random::os()).await.expect("storage node starts")
 }
@@ -98,7 +106,7 @@ where
 {
     for _ in 0..50 {
         let at = leader(nodes).await;
-        let client = StorageClient::connect(format!("http://{}", addrs[at])).await.expect("connect");
+        let client = storage_client(addrs[at]);
         match call(client).await {
             Ok(()) => return,
             Err(status) if status.code() == tonic::Code::Unavailable => {
@@ -124,13 +132,16 @@ impl Metadata {
         let addr = free_addr();
         let endpoint = format!("http://{addr}");
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let node = MetadataNode::open(&root.join("metadata"), &endpoint, clock, FormatGate::new(NEWEST_GENERATION))
-            .await
-            .expect("metadata opens");
+        let tls = test_credentials(Role::Metadata, "1");
+        let node =
+            MetadataNode::open(&root.join("metadata"), &endpoint, clock, FormatGate::new(NEWEST_GENERATION), tls)
+                .await
+                .expect("metadata opens");
         let stop = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind metadata");
         let task = tokio::spawn(node.clone().serve_with_listener(listener, stop.clone().cancelled_owned()));
-        let client = MetadataClient::connect_lazy(&endpoint).expect("metadata client");
+        let client = MetadataClient::connect_lazy(&endpoint, &test_credentials(Role::Operator, "test"))
+            .expect("metadata client");
         Self { node, endpoint, client, stop, task }
     }
 
@@ -244,7 +255,7 @@ async fn a_shard_on_three_nodes_keeps_acknowledged_sends_when_its_leader_goes() 
     let (first, mut at_follower) = loop {
         let first = leader(&nodes).await;
         let follower = (0..3).find(|&i| i != first).expect("a follower");
-        let mut client = StorageClient::connect(format!("http://{}", addrs[follower])).await.expect("connect");
+        let mut client = storage_client(addrs[follower]);
         if let Err(status) = client.get_queue_stats(queue.clone()).await {
             let error = strata_common::error::StrataError::from(status);
             assert_eq!(error.kind, strata_common::error::ErrorKind::Unavailable, "{error:?}");
@@ -270,7 +281,7 @@ async fn a_shard_on_three_nodes_keeps_acknowledged_sends_when_its_leader_goes() 
     }
     let second = leader(&nodes).await;
     assert_ne!(second, first);
-    let client = StorageClient::connect(format!("http://{}", addrs[second])).await.expect("connect");
+    let client = storage_client(addrs[second]);
     let mut bodies = drain(client.clone(), &queue, MESSAGES).await;
     bodies.sort();
     assert_eq!(bodies, sent, "every acknowledged send, exactly once");
@@ -391,7 +402,7 @@ async fn replicated_shards_tier_from_the_leader_and_followers_release_what_it_ti
     nodes[others[0]] = Some(x);
     nodes[others[1]] = Some(y);
     let third = leader(&nodes).await;
-    let client = StorageClient::connect(format!("http://{}", addrs[third])).await.expect("connect");
+    let client = storage_client(addrs[third]);
     let mut bodies = drain(client, &queue, first_batch.len() + second_batch.len()).await;
     bodies.sort();
     let mut sent: Vec<String> = first_batch.into_iter().chain(second_batch).collect();
@@ -491,7 +502,7 @@ async fn a_replica_moves_to_a_new_node_without_losing_a_send() {
     sent.extend(last);
 
     let at = leader(&nodes).await;
-    let client = StorageClient::connect(format!("http://{}", addrs[at])).await.expect("connect");
+    let client = storage_client(addrs[at]);
     let mut bodies = drain(client, &queue, sent.len()).await;
     bodies.sort();
     sent.sort();
@@ -696,7 +707,7 @@ async fn a_replica_joined_by_snapshot_receives_the_slice_files_of_scheduled_mess
         shard.hand_off_leadership().await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let mut client = StorageClient::connect(format!("http://{}", addrs[3])).await.expect("connect");
+    let mut client = storage_client(addrs[3]);
     let cancel = |id: &str| pb::CancelScheduledRequest { queue: Some(queue.clone()), message_id: id.to_owned() };
     client.cancel_scheduled(cancel(&ids[2])).await.expect("cancel a message from the shipped slice file");
     // Same deliver-at time (so the same slice), another id.

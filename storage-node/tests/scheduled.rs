@@ -23,6 +23,8 @@ use strata_metadata_client::MetadataClient;
 use strata_storage::queue::schedule::{deliver_at_of, scheduled_message_id};
 use strata_storage::shard::ShardLogSettings;
 use strata_storage::{ObjectStoreSettings, StorageNode, StorageSettings};
+use strata_tls::Role;
+use strata_tls::pki::{test_channel, test_credentials};
 use tokio_util::sync::CancellationToken;
 
 const TENANT: &str = "schedule-tenant";
@@ -69,6 +71,7 @@ async fn start_storage(dir: &Path, metadata_endpoint: &str, listen: SocketAddr, 
         replication_factor: 1,
         zone: String::new(),
         format_generation_max: NEWEST_GENERATION,
+        tls: test_credentials(Role::Storage, "storage"),
     };
     StorageNode::start(settings, Arc::new(JumpingWallClock(clock.clone())), Random::seeded(14))
         .await
@@ -128,13 +131,15 @@ async fn a_month_of_scheduled_messages_arrives_on_time_across_restarts() {
         &metadata_endpoint,
         system_clock.clone(),
         FormatGate::new(NEWEST_GENERATION),
+        test_credentials(Role::Metadata, "1"),
     )
     .await
     .expect("metadata opens");
     let stop = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind(metadata_addr).await.expect("bind metadata");
     let metadata_task = tokio::spawn(metadata.clone().serve_with_listener(listener, stop.clone().cancelled_owned()));
-    let meta_client = MetadataClient::connect_lazy(&metadata_endpoint).expect("metadata client");
+    let meta_client = MetadataClient::connect_lazy(&metadata_endpoint, &test_credentials(Role::Operator, "test"))
+        .expect("metadata client");
 
     let start_ms = system_clock.now_ms();
     let clock = ManualClock::new(start_ms);
@@ -146,7 +151,7 @@ async fn a_month_of_scheduled_messages_arrives_on_time_across_restarts() {
     let config = pb::QueueConfig { retention_ms: 14 * DAY_MS, visibility_timeout_ms: 30_000, ..Default::default() };
     let info = meta_client.create_queue(TENANT, "later", config.clone()).await.expect("create queue");
     let queue = pb::QueueRef { shard_id: info.shard_id, queue_id: info.queue_id, tenant: TENANT.into() };
-    let mut client = StorageClient::connect(format!("http://{storage_addr}")).await.expect("connect");
+    let mut client = StorageClient::new(test_channel(&format!("https://{storage_addr}"), Role::Proxy, Role::Storage));
     client
         .ensure_queue(pb::EnsureQueueRequest { queue: Some(queue.clone()), config: Some(config) })
         .await
@@ -208,7 +213,7 @@ async fn a_month_of_scheduled_messages_arrives_on_time_across_restarts() {
             drop(client);
             node.shutdown().await;
             node = start_storage(&storage_dir, &metadata_endpoint, storage_addr, &clock).await;
-            client = StorageClient::connect(format!("http://{storage_addr}")).await.expect("reconnect");
+            client = StorageClient::new(test_channel(&format!("https://{storage_addr}"), Role::Proxy, Role::Storage));
         }
         let expected: usize = due_at.iter().filter(|(id, at)| **at <= now_ms && !cancelled.contains(*id)).count();
         let deadline = Instant::now() + Duration::from_secs(20);

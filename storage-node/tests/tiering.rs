@@ -25,6 +25,8 @@ use strata_metadata::MetadataNode;
 use strata_metadata_client::MetadataClient;
 use strata_storage::shard::ShardLogSettings;
 use strata_storage::{ObjectStoreSettings, StorageNode, StorageSettings};
+use strata_tls::Role;
+use strata_tls::pki::{test_channel, test_credentials};
 use tokio_util::sync::CancellationToken;
 
 const TENANT: &str = "tier-tenant";
@@ -66,12 +68,13 @@ async fn start_storage(
         replication_factor: 1,
         zone: String::new(),
         format_generation_max: NEWEST_GENERATION,
+        tls: test_credentials(Role::Storage, "storage"),
     };
     StorageNode::start(settings, Arc::new(SystemClock), Random::os()).await.expect("storage node starts")
 }
 
 async fn storage_client(addr: SocketAddr) -> StorageClient<tonic::transport::Channel> {
-    StorageClient::connect(format!("http://{addr}")).await.expect("connect to the storage node")
+    StorageClient::new(test_channel(&format!("https://{addr}"), Role::Proxy, Role::Storage))
 }
 
 async fn object_keys(store: &dyn ObjectStore) -> BTreeSet<String> {
@@ -125,13 +128,15 @@ async fn tiering_round_trip(store_settings: ObjectStoreSettings) {
         &metadata_endpoint,
         clock.clone(),
         FormatGate::new(NEWEST_GENERATION),
+        test_credentials(Role::Metadata, "1"),
     )
     .await
     .expect("metadata opens");
     let cancel = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind(metadata_addr).await.expect("bind metadata");
     let metadata_task = tokio::spawn(metadata.clone().serve_with_listener(listener, cancel.clone().cancelled_owned()));
-    let meta_client = MetadataClient::connect_lazy(&metadata_endpoint).expect("metadata client");
+    let meta_client = MetadataClient::connect_lazy(&metadata_endpoint, &test_credentials(Role::Operator, "test"))
+        .expect("metadata client");
 
     let storage_dir = dir.path().join("storage");
     let storage_addr = free_addr();

@@ -11,7 +11,18 @@ use anyhow::{Context, bail};
 use strata_common::proto as pb;
 use strata_common::proto::raft_transport_client::RaftTransportClient;
 
+use strata_metadata_client::MetadataClient;
+use strata_tls::{Credentials, Role, TlsFiles};
+
 use crate::{run_ok, strata_binary};
+
+/// The credentials `STRATA_TLS_CA`, `STRATA_TLS_CERT` and `STRATA_TLS_KEY` of a credentials
+/// file name (an operator's, in the files `strata dev` and `infra/local-cluster.sh` write).
+pub fn tls_from_env(env: &BTreeMap<String, String>) -> anyhow::Result<Credentials> {
+    let file = |key: &str| env.get(key).map(PathBuf::from).with_context(|| format!("{key} is not set"));
+    let files = TlsFiles { ca: file("STRATA_TLS_CA")?, cert: file("STRATA_TLS_CERT")?, key: file("STRATA_TLS_KEY")? };
+    Ok(Credentials::load(files)?)
+}
 
 /// The processes of the cluster, by name.
 pub const METADATA: [&str; 3] = ["metadata-1", "metadata-2", "metadata-3"];
@@ -71,6 +82,39 @@ impl LocalCluster {
             .collect())
     }
 
+    /// The operator's credentials on the cluster's internal plane (mutual TLS).
+    pub fn operator_tls(&self) -> anyhow::Result<Credentials> {
+        tls_from_env(&self.credentials()?)
+    }
+
+    /// A metadata client of every member, as the operator.
+    pub fn metadata_client(&self) -> anyhow::Result<MetadataClient> {
+        let env = self.credentials()?;
+        Ok(MetadataClient::connect_lazy(&env["STRATA_METADATA_ENDPOINTS"], &tls_from_env(&env)?)?)
+    }
+
+    /// What went wrong when every internal port of the cluster was called in plaintext and with
+    /// a certificate of another CA (made in `other_ca_dir`): nothing, when each refused both.
+    pub async fn refuses_strangers(&self, other_ca_dir: &Path) -> anyhow::Result<Vec<String>> {
+        let env = self.credentials()?;
+        #[allow(clippy::disallowed_methods)] // certificates start their validity now
+        let now_ms = strata_common::Clock::now_ms(&strata_common::SystemClock);
+        let other_ca = strata_tls::pki::LocalCa::open_or_create(other_ca_dir, now_ms)?;
+        let identity = strata_tls::Identity::new(Role::Proxy, "proxy-1")?;
+        let forged = other_ca.issue(&identity, &[], other_ca_dir, "forged", now_ms)?;
+        let forged = Credentials::load(TlsFiles { ca: PathBuf::from(&env["STRATA_TLS_CA"]), ..forged })?;
+        let mut wrong = Vec::new();
+        for name in METADATA.iter().chain(&STORAGE) {
+            let (path, role) = if name.starts_with("metadata") {
+                ("/strata.v1.Metadata/LookupAccessKey", Role::Metadata)
+            } else {
+                ("/strata.v1.Storage/Receive", Role::Storage)
+            };
+            wrong.extend(crate::internal::refuses_strangers(&self.grpc_address(name)?, path, &forged, role).await);
+        }
+        Ok(wrong)
+    }
+
     /// A token for `tenant`, minted with the proxies' key.
     pub fn token_for(&self, tenant: &str) -> anyhow::Result<String> {
         let mut command = Command::new(strata_binary());
@@ -85,7 +129,7 @@ impl LocalCluster {
             Some(("storage", i)) => 10 + i.parse::<u16>()?,
             _ => bail!("{name} serves no gRPC"),
         };
-        Ok(format!("http://127.0.0.1:{}", self.port_base + offset))
+        Ok(format!("https://127.0.0.1:{}", self.port_base + offset))
     }
 
     fn pid(&self, name: &str) -> anyhow::Result<String> {
@@ -145,10 +189,12 @@ impl LocalCluster {
 
     /// The Raft groups the process `name` serves, with its view of each (role, term, leader).
     pub async fn raft_status(&self, name: &str) -> anyhow::Result<Vec<pb::RaftGroupStatus>> {
-        let connect = RaftTransportClient::connect(self.grpc_address(name)?);
-        let mut client = tokio::time::timeout(std::time::Duration::from_secs(2), connect).await??;
+        let role = if name.starts_with("metadata") { Role::Metadata } else { Role::Storage };
+        let timeout = std::time::Duration::from_secs(2);
+        let channel = strata_tls::lazy_channel(&self.grpc_address(name)?, timeout, &self.operator_tls()?, role)?;
+        let mut client = RaftTransportClient::new(channel);
         let status = client.status(pb::RaftStatusRequest {});
-        Ok(tokio::time::timeout(std::time::Duration::from_secs(2), status).await??.into_inner().groups)
+        Ok(tokio::time::timeout(timeout, status).await??.into_inner().groups)
     }
 
     /// Which of `names` leads group `group`, waiting out an election (at most 30 s).

@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod history;
+pub mod internal;
 pub mod load;
 
 use std::net::TcpListener;

@@ -90,7 +90,8 @@ pub struct Load {
     pub streams: Vec<Stream>,
     stop_sending: CancellationToken,
     stop_receiving: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    senders: Vec<tokio::task::JoinHandle<()>>,
+    receivers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Load {
@@ -101,7 +102,7 @@ impl Load {
         let history = History::new();
         let (stop_sending, stop_receiving) = (CancellationToken::new(), CancellationToken::new());
         let mut streams = Vec::new();
-        let mut tasks = Vec::new();
+        let (mut senders, mut receivers) = (Vec::new(), Vec::new());
         for tenant in tenants {
             let token = cluster.token_for(tenant)?;
             let proxies: Vec<Api> = endpoints.iter().map(|e| Api::new(e, &token)).collect();
@@ -110,25 +111,30 @@ impl Load {
                 let stream = Stream::new(tenant, queue);
                 streams.push(stream.clone());
                 let (h, s, p) = (history.clone(), stream.clone(), proxies.clone());
-                tasks.push(tokio::spawn(sender(h, s, p, stop_sending.clone())));
+                senders.push(tokio::spawn(sender(h, s, p, stop_sending.clone())));
                 let (h, p) = (history.clone(), proxies.clone());
-                tasks.push(tokio::spawn(receiver(h, stream, p, stop_receiving.clone())));
+                receivers.push(tokio::spawn(receiver(h, stream, p, stop_receiving.clone())));
             }
         }
-        Ok(Self { history, streams, stop_sending, stop_receiving, tasks })
+        Ok(Self { history, streams, stop_sending, stop_receiving, senders, receivers })
     }
 
     /// Stops sending, drains until every acknowledged send was delivered (or a timeout), stops
     /// the receivers and judges the run.
     pub async fn finish(self) -> Report {
         self.stop_sending.cancel();
+        // A send still under way when sending stops may yet be acknowledged: the drain must
+        // wait for it, so it starts once every sender has recorded its last outcome.
+        for task in self.senders {
+            task.await.expect("sender task");
+        }
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         while self.history.undelivered() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         self.stop_receiving.cancel();
-        for task in self.tasks {
-            task.await.expect("client task");
+        for task in self.receivers {
+            task.await.expect("receiver task");
         }
         self.history.check()
     }

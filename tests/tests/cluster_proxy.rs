@@ -20,6 +20,8 @@ use strata_proxy::auth::{JwtIssuer, JwtKey, JwtVerifier};
 use strata_storage::shard::ShardLogSettings;
 use strata_storage::{ObjectStoreSettings, StorageNode, StorageSettings};
 use strata_tests::{Api, model};
+use strata_tls::Role;
+use strata_tls::pki::test_credentials;
 use tokio_util::sync::CancellationToken;
 
 const KEY_ID: &str = "cluster-test";
@@ -48,6 +50,7 @@ async fn start_node(root: &Path, index: usize, listen: SocketAddr, metadata_endp
         replication_factor: 3,
         zone: format!("zone-{index}"),
         format_generation_max: NEWEST_GENERATION,
+        tls: test_credentials(Role::Storage, "storage"),
     };
     StorageNode::start(settings, Arc::new(SystemClock), Random::os()).await.expect("storage node starts")
 }
@@ -69,6 +72,7 @@ async fn the_proxy_follows_the_shard_leader_through_a_failover() {
         &metadata_endpoint,
         clock.clone(),
         FormatGate::new(NEWEST_GENERATION),
+        test_credentials(Role::Metadata, "1"),
     )
     .await
     .expect("metadata opens");
@@ -88,6 +92,7 @@ async fn the_proxy_follows_the_shard_leader_through_a_failover() {
         JwtVerifier::new(ISSUER, "strata-admin", vec![JwtKey::hmac("admin-1", b"an operators-only secret")]);
     let routers = strata_proxy::router(ProxySettings {
         metadata_endpoint: metadata_endpoint.clone(),
+        tls: test_credentials(Role::Proxy, "proxy"),
         verifier,
         co_located_storage: None,
         clock: clock.clone(),

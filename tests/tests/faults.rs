@@ -11,6 +11,9 @@
 //! * SIGKILLs two of the three storage nodes: no send may be acknowledged until one is back;
 //!   then restarts both.
 //!
+//! Before the load, every internal port (metadata and storage) is checked to answer neither
+//! plaintext gRPC nor a certificate of another CA: the whole run is on mutual TLS.
+//!
 //! Then it heals everything, stops sending, drains every queue and has the history checker
 //! ([`strata_tests::history`]) judge the run: nothing acknowledged lost, nothing invented,
 //! nothing across tenants or queues, nothing redelivered after a delete; duplicates and the
@@ -21,7 +24,6 @@
 
 use std::time::Duration;
 
-use strata_metadata_client::MetadataClient;
 use strata_tests::cluster::{LocalCluster, METADATA, PROXIES, STORAGE};
 use strata_tests::history::{History, Stream};
 use strata_tests::load::Load;
@@ -104,8 +106,9 @@ async fn no_acknowledged_message_is_lost_through_crashes_pauses_and_lost_majorit
     let rounds: usize = std::env::var("STRATA_FAULT_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     let dir = tempfile::tempdir().expect("tempdir");
     let cluster = LocalCluster::up(&dir.path().join("faults-cluster"), LocalCluster::port_base(1)).expect("up");
-    let env = cluster.credentials().expect("credentials");
-    let metadata = MetadataClient::connect_lazy(&env["STRATA_METADATA_ENDPOINTS"]).expect("metadata client");
+    let metadata = cluster.metadata_client().expect("metadata client");
+    let wrong = cluster.refuses_strangers(&dir.path().join("other-ca")).await.expect("probe the internal ports");
+    assert!(wrong.is_empty(), "{wrong:#?}");
     let load = Load::start(&cluster, &TENANTS, &QUEUES).await.expect("start the load");
     let mut shards = Vec::new();
     for stream in &load.streams {

@@ -12,8 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use strata_common::proto as pb;
+use strata_common::{Clock, SystemClock};
 use strata_metadata_client::MetadataClient;
 use strata_tests::{free_port, strata_binary};
+use strata_tls::pki::LocalCa;
+use strata_tls::{Credentials, Role, TlsFiles};
 use tokio::sync::Mutex;
 
 struct Member {
@@ -52,19 +55,36 @@ impl Drop for Member {
     }
 }
 
+/// A new certificate of the test's CA (made in `dir/tls` on first use).
+fn issue(dir: &Path, role: Role, name: &str) -> TlsFiles {
+    let ca = LocalCa::open_or_create(&dir.join("tls"), SystemClock.now_ms()).expect("CA");
+    let identity = strata_tls::Identity::new(role, name).expect("identity");
+    ca.issue(&identity, &[], &dir.join("tls"), &format!("{role}-{name}"), SystemClock.now_ms()).expect("certificate")
+}
+
+/// The `[tls]` section of a config file naming `files`.
+fn tls_section(files: &TlsFiles) -> String {
+    format!("[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n", files.ca, files.cert, files.key)
+}
+
+fn credentials(dir: &Path, role: Role, name: &str) -> Credentials {
+    Credentials::load(issue(dir, role, name)).expect("credentials")
+}
+
 fn write_configs(dir: &Path) -> (Vec<Member>, String) {
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let endpoints: Vec<String> = ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
+    let endpoints: Vec<String> = ports.iter().map(|p| format!("https://127.0.0.1:{p}")).collect();
     let members_table: String = endpoints.iter().enumerate().map(|(i, e)| format!("{} = \"{e}\"\n", i + 1)).collect();
     let members = (0..3)
         .map(|i| {
             let config = dir.join(format!("metadata-{}.toml", i + 1));
             let text = format!(
-                "node_id = {id}\ndata_dir = \"{data}\"\nlisten = \"127.0.0.1:{port}\"\ninitialize = {init}\n\n[members]\n{members_table}",
+                "node_id = {id}\ndata_dir = \"{data}\"\nlisten = \"127.0.0.1:{port}\"\ninitialize = {init}\n\n[members]\n{members_table}\n{tls}",
                 id = i + 1,
                 data = dir.join(format!("metadata-{}", i + 1)).display(),
                 port = ports[i],
                 init = i == 0,
+                tls = tls_section(&issue(dir, Role::Metadata, &(i + 1).to_string())),
             );
             std::fs::write(&config, text).expect("write a config file");
             Member { config, log: dir.join(format!("metadata-{}.log", i + 1)), child: None }
@@ -88,9 +108,13 @@ async fn metadata_members_sigkilled_in_turn_lose_no_acknowledged_mutation() {
     for m in &mut members {
         m.spawn();
     }
-    let client = MetadataClient::connect_lazy(&endpoints).expect("client");
+    // The mutations come from a proxy; the one storage node registers itself.
+    let client =
+        MetadataClient::connect_lazy(&endpoints, &credentials(dir.path(), Role::Proxy, "proxy-1")).expect("client");
+    let storage_node =
+        MetadataClient::connect_lazy(&endpoints, &credentials(dir.path(), Role::Storage, "storage-1")).expect("client");
     client.ensure_tenant("acme").await.expect("tenant (the quorum elects a leader first)");
-    client
+    storage_node
         .register_storage_node(pb::RegisterStorageNodeRequest {
             node_id: "storage-1".into(),
             address: "http://127.0.0.1:1".into(),

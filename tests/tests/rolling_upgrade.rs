@@ -68,8 +68,7 @@ async fn a_rolling_upgrade_under_load_never_writes_what_an_old_process_cannot_re
         LEGACY_GENERATION,
     )
     .expect("up");
-    let env = cluster.credentials().expect("credentials");
-    let metadata = MetadataClient::connect_lazy(&env["STRATA_METADATA_ENDPOINTS"]).expect("metadata client");
+    let metadata = cluster.metadata_client().expect("metadata client");
     let load = Load::start(&cluster, &TENANTS, &QUEUES).await.expect("start the load");
     let history = &load.history;
 

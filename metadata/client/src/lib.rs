@@ -21,6 +21,7 @@ use strata_common::error::{ERROR_CODE_METADATA_KEY, LEADER_HINT_METADATA_KEY, St
 use strata_common::limits;
 use strata_common::proto::{self as pb, metadata_client};
 use strata_common::{Clock, Random, SystemClock};
+use strata_tls::{Credentials, Role};
 use tonic::transport::Channel;
 
 use strata_common::grpc::REQUEST_ID_KEY;
@@ -50,6 +51,8 @@ pub struct MetadataClient {
 }
 
 struct Members {
+    /// What this process presents to members, and trusts them by.
+    credentials: Credentials,
     /// `(endpoint, client)` of every member: those given, then leaders named by hints (members
     /// added since), at most [`KNOWN_MEMBERS_MAX`].
     endpoints: parking_lot::RwLock<Vec<(String, Client)>>,
@@ -60,8 +63,8 @@ struct Members {
 /// Most member endpoints a client remembers.
 const KNOWN_MEMBERS_MAX: usize = 16;
 
-fn member_client(endpoint: &str) -> Result<Client, StrataError> {
-    let channel = strata_common::grpc::lazy_channel(endpoint, METADATA_CALL_TIMEOUT)
+fn member_client(endpoint: &str, credentials: &Credentials) -> Result<Client, StrataError> {
+    let channel = strata_tls::lazy_channel(endpoint, METADATA_CALL_TIMEOUT, credentials, Role::Metadata)
         .map_err(|e| StrataError::invalid(format!("bad metadata endpoint '{endpoint}': {e}")))?;
     Ok(metadata_client::MetadataClient::new(channel)
         .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
@@ -75,7 +78,7 @@ impl Members {
         if let Some(at) = self.endpoints.read().iter().position(|(e, _)| e == endpoint) {
             return Some(at);
         }
-        let client = member_client(endpoint).ok()?;
+        let client = member_client(endpoint, &self.credentials).ok()?;
         let mut endpoints = self.endpoints.write();
         if let Some(at) = endpoints.iter().position(|(e, _)| e == endpoint) {
             return Some(at);
@@ -89,18 +92,22 @@ impl Members {
 }
 
 impl MetadataClient {
-    /// A client for `endpoints`: one `http://host:port`, or every quorum member's,
-    /// comma-separated; connects lazily.
-    pub fn connect_lazy(endpoints: &str) -> Result<Self, StrataError> {
+    /// A client for `endpoints`: one `https://host:port`, or every quorum member's,
+    /// comma-separated; connects lazily, over mutual TLS with `credentials`.
+    pub fn connect_lazy(endpoints: &str, credentials: &Credentials) -> Result<Self, StrataError> {
         let mut members = Vec::new();
         for endpoint in endpoints.split(',').map(|e| e.trim().trim_end_matches('/')).filter(|e| !e.is_empty()) {
-            members.push((endpoint.to_string(), member_client(endpoint)?));
+            members.push((endpoint.to_string(), member_client(endpoint, credentials)?));
         }
         if members.is_empty() {
             return Err(StrataError::invalid("no metadata endpoint given"));
         }
         members.truncate(KNOWN_MEMBERS_MAX);
-        let members = Members { endpoints: parking_lot::RwLock::new(members), current: AtomicUsize::new(0) };
+        let members = Members {
+            credentials: credentials.clone(),
+            endpoints: parking_lot::RwLock::new(members),
+            current: AtomicUsize::new(0),
+        };
         Ok(Self { members: Arc::new(members), clock: Arc::new(SystemClock), random: Random::os() })
     }
 
@@ -439,7 +446,8 @@ mod tests {
     async fn failover_waits_on_the_clients_clock() {
         let clock = ManualClock::new(0);
         // Nothing listens on the discard and echo ports of loopback: every attempt is refused.
-        let client = MetadataClient::connect_lazy("http://127.0.0.1:9,http://127.0.0.1:7")
+        let credentials = strata_tls::pki::test_credentials(strata_tls::Role::Proxy, "proxy");
+        let client = MetadataClient::connect_lazy("https://127.0.0.1:9,https://127.0.0.1:7", &credentials)
             .expect("client")
             .with_seams(Arc::new(clock.clone()), Random::seeded(3));
         let call = tokio::spawn(async move { client.get_queue("t", "q").await });

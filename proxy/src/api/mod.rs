@@ -32,6 +32,7 @@ use strata_common::proto as pb;
 use strata_common::{Clock, Random};
 use strata_http::server::ServerLimits;
 use strata_metadata_client::MetadataClient;
+use strata_tls::Credentials;
 use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 use utoipa::{IntoParams, IntoResponses, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -61,6 +62,8 @@ const BATCH_ENTRIES_MAX: usize = limits::SEND_BATCH_MAX;
 /// What the proxy needs to run.
 pub struct ProxySettings {
     pub metadata_endpoint: String,
+    /// The proxy's credentials on the internal plane (metadata and storage calls).
+    pub tls: Credentials,
     pub verifier: JwtVerifier,
     /// A storage node in this process, called without a network hop (`strata dev`).
     pub co_located_storage: Option<CoLocatedStorage>,
@@ -94,9 +97,12 @@ pub struct Routers {
 
 /// The proxy's axum routers.
 pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
-    let metadata = MetadataClient::connect_lazy(&settings.metadata_endpoint)?
+    let metadata = MetadataClient::connect_lazy(&settings.metadata_endpoint, &settings.tls)?
         .with_seams(settings.clock.clone(), settings.random.clone());
-    let storage = settings.co_located_storage.map(StorageClients::with_co_located).unwrap_or_default();
+    let storage = match settings.co_located_storage {
+        Some(co_located) => StorageClients::with_co_located(settings.tls, co_located),
+        None => StorageClients::new(settings.tls),
+    };
     let placement = Arc::new(Placement::new(metadata.clone(), storage));
     let meter = if settings.metering { Meter::start(placement.clone()) } else { Meter::disabled() };
     let sqs = Arc::new(SqsState {

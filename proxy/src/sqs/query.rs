@@ -1176,7 +1176,8 @@ mod tests {
 
         let settings = crate::ProxySettings {
             // Never dialed: no request below gets past authentication.
-            metadata_endpoint: "http://127.0.0.1:9".into(),
+            metadata_endpoint: "https://127.0.0.1:9".into(),
+            tls: strata_tls::pki::test_credentials(strata_tls::Role::Proxy, "proxy"),
             verifier: JwtVerifier::new("issuer", "audience", vec![JwtKey::hmac("k", b"secret")]),
             co_located_storage: None,
             clock: Arc::new(strata_common::ManualClock::new(0)),

@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use strata_common::error::StrataError;
 use strata_common::limits;
 use strata_common::proto::storage_client;
+use strata_tls::{Credentials, Role};
 use tonic::body::Body;
 use tonic::codegen::{Service, http};
 use tower::ServiceExt;
@@ -57,15 +58,21 @@ impl CoLocatedStorage {
 }
 
 /// Hands out clients by node address; clones of one client share its connection.
-#[derive(Default)]
 pub struct StorageClients {
+    /// What this process presents to storage nodes over mutual TLS, and trusts them by.
+    credentials: Credentials,
     by_address: Mutex<HashMap<String, StorageGrpcClient>>,
 }
 
 impl StorageClients {
+    /// Clients that reach every node over the network with `credentials`.
+    pub fn new(credentials: Credentials) -> Self {
+        Self { credentials, by_address: Mutex::default() }
+    }
+
     /// Clients that reach `co_located` in process and every other node over the network.
-    pub fn with_co_located(co_located: CoLocatedStorage) -> Self {
-        let clients = Self::default();
+    pub fn with_co_located(credentials: Credentials, co_located: CoLocatedStorage) -> Self {
+        let clients = Self::new(credentials);
         clients.by_address.lock().insert(co_located.address, client(co_located.transport));
         clients
     }
@@ -74,7 +81,7 @@ impl StorageClients {
         if let Some(client) = self.by_address.lock().get(address) {
             return Ok(client.clone());
         }
-        let channel = strata_common::grpc::lazy_channel(address, STORAGE_CALL_TIMEOUT)
+        let channel = strata_tls::lazy_channel(address, STORAGE_CALL_TIMEOUT, &self.credentials, Role::Storage)
             .map_err(|e| StrataError::internal(format!("bad storage address '{address}': {e}")))?;
         let client = client(BoxCloneSyncService::new(channel.map_err(TransportError::from)));
         self.by_address.lock().insert(address.to_string(), client.clone());

@@ -118,8 +118,9 @@ mod tests {
     use super::*;
 
     fn router_with(shard_id: u64, current: &str, replicas: &[&str]) -> Router {
-        let metadata = MetadataClient::connect_lazy("http://127.0.0.1:9").expect("lazy client");
-        let router = Router::new(metadata, StorageClients::default());
+        let credentials = strata_tls::pki::test_credentials(strata_tls::Role::Proxy, "proxy");
+        let metadata = MetadataClient::connect_lazy("https://127.0.0.1:9", &credentials).expect("lazy client");
+        let router = Router::new(metadata, StorageClients::new(credentials));
         let route =
             ShardRoute { current: current.to_owned(), replicas: replicas.iter().map(|r| r.to_string()).collect() };
         router.shards.lock().insert(shard_id, route);

@@ -8,7 +8,8 @@
 //!   the sender treats as an unreachable peer.
 //!   `Status` reports each registered group's role, term, leader and log progress.
 //! * [`GrpcNetwork`]: the client side, openraft's network factory for one group. A peer's
-//!   address is its `BasicNode::addr` (`http://host:port` of the peer's Raft transport).
+//!   address is its `BasicNode::addr` (`https://host:port` of the peer's Raft transport); every
+//!   connection is mutual TLS, to a peer whose certificate names the group's role.
 //!
 //! Messages are the openraft request and response types, postcard-encoded, in
 //! `RaftMessage.payload`. A snapshot travels whole in one message (the state is small: message
@@ -45,6 +46,7 @@ use strata_common::format::FormatGeneration;
 use strata_common::proto::raft_transport_client::RaftTransportClient;
 use strata_common::proto::raft_transport_server::{RaftTransport, RaftTransportServer};
 use strata_common::proto::{self as pb};
+use strata_tls::{Credentials, Role};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
@@ -207,10 +209,20 @@ impl RaftTransport for RaftRouter {
     }
 }
 
-/// openraft's network factory for one group over [`RaftRouter`]s.
-#[derive(Debug, Clone, Copy)]
+/// openraft's network factory for one group over [`RaftRouter`]s, over mutual TLS.
+#[derive(Debug, Clone)]
 pub struct GrpcNetwork {
-    pub group: GroupId,
+    group: GroupId,
+    /// What this process presents to its peers.
+    credentials: Credentials,
+    /// The role every peer of the group has (its certificate must name it).
+    peer_role: Role,
+}
+
+impl GrpcNetwork {
+    pub fn new(group: GroupId, credentials: Credentials, peer_role: Role) -> Self {
+        Self { group, credentials, peer_role }
+    }
 }
 
 /// How long a connection attempt to a peer may take.
@@ -220,8 +232,9 @@ impl<C: RaftTypeConfig<Node = BasicNode>> RaftNetworkFactory<C> for GrpcNetwork 
     type Network = GrpcPeer;
 
     async fn new_client(&mut self, target: C::NodeId, node: &BasicNode) -> GrpcPeer {
+        let connector = strata_tls::client::Connector::new(self.credentials.clone(), self.peer_role);
         let client = Endpoint::from_shared(node.addr.clone())
-            .map(|e| e.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true).connect_lazy())
+            .map(|e| e.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true).connect_with_connector_lazy(connector))
             .map(|channel| {
                 RaftTransportClient::new(channel)
                     .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)

@@ -8,16 +8,20 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use strata_common::format::FormatGate;
 use strata_common::proto as pb;
 use strata_common::proto::raft_transport_client::RaftTransportClient;
 
 use openraft::{BasicNode, Config, SnapshotPolicy};
+use strata_common::SystemClock;
 use strata_raft::group::{GroupStorage, RaftGroup, open_group};
 use strata_raft::raft_state::ReplicatedState;
 use strata_raft::raft_store::SegmentRetention;
 use strata_raft::transport::{GrpcNetwork, RaftRouter};
+use strata_tls::pki::{test_channel, test_credentials};
+use strata_tls::{AuthorizeLayer, Listener, Role};
 use strata_wal::{FsyncFailure, WalOptions};
 use tokio::sync::oneshot;
 
@@ -82,7 +86,7 @@ async fn start_voter(id: u64, dir: &Path, addr: SocketAddr, members: Option<BTre
         id,
         config,
         GroupStorage { wal, retention: SegmentRetention::RemoveOnPurge, format: FormatGate::newest() },
-        GrpcNetwork { group: GROUP },
+        GrpcNetwork::new(GROUP, test_credentials(Role::Storage, &id.to_string()), Role::Storage),
         members,
     )
     .await
@@ -92,9 +96,11 @@ async fn start_voter(id: u64, dir: &Path, addr: SocketAddr, members: Option<BTre
     let listener = tokio::net::TcpListener::bind(addr).await.expect("bind the Raft transport");
     let (stop_server, stopped) = oneshot::channel::<()>();
     let service = router.service();
+    let incoming =
+        strata_tls::incoming(listener, test_credentials(Role::Storage, &id.to_string()), Arc::new(SystemClock));
     let server = tokio::spawn(async move {
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
         let _ = tonic::transport::Server::builder()
+            .layer(AuthorizeLayer::new(Listener::Storage))
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stopped.await;
@@ -197,7 +203,8 @@ async fn three_voters_fail_over_catch_up_and_refuse_without_a_majority() {
     loop {
         let mut statuses = Vec::new();
         for addr in addrs.values() {
-            let mut client = RaftTransportClient::connect(format!("http://{addr}")).await.expect("connect");
+            let channel = test_channel(&format!("https://{addr}"), Role::Operator, Role::Storage);
+            let mut client = RaftTransportClient::new(channel);
             let groups = client.status(pb::RaftStatusRequest {}).await.expect("status").into_inner().groups;
             assert_eq!(groups.len(), 1, "{groups:?}");
             assert_eq!(groups[0].group, GROUP);
