@@ -88,7 +88,7 @@ async fn raise_once(node: &MetadataNode) -> Result<Option<FormatGeneration>, Str
     let (members, _) = node.members();
     let own_id = node.node_id();
     for (member_id, address) in members.into_iter().filter(|(id, _)| *id != own_id) {
-        readable = readable.min(member_format_generation(&node, &address).await.map_err(|e| {
+        readable = readable.min(member_format_generation(node, &address).await.map_err(|e| {
             StrataError::unavailable(format!("metadata member {member_id} did not report its formats: {e}"))
         })?);
     }
