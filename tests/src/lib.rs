@@ -148,6 +148,14 @@ impl DevProcess {
         self.spawn()
     }
 
+    /// The resident set size of the running process, in KiB.
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        let pid = self.child.as_ref().context("not running")?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS line")?;
+        Ok(line.split_whitespace().nth(1).context("bad VmRSS line")?.parse()?)
+    }
+
     /// The variables of `dev-credentials.env` (`STRATA_*` and `AWS_*`), as `source` would set them.
     pub fn credentials_env(&self) -> anyhow::Result<Vec<(String, String)>> {
         let text = std::fs::read_to_string(self.data_dir.join("dev-credentials.env"))?;

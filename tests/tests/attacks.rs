@@ -212,3 +212,51 @@ async fn an_sqs_request_without_a_live_key_is_refused_before_its_body() -> anyho
     assert!(answer.starts_with("HTTP/1.1 403") && answer.contains("InvalidClientTokenId"), "{answer}");
     Ok(())
 }
+
+/// Opens a connection, sends `head` (announcing 16,000,000 bytes) and up to 15.9 MiB of body as
+/// long as the server reads it, and answers the connection, still open.
+async fn hold_a_body(server: std::net::SocketAddr, head: String) -> anyhow::Result<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(server).await?;
+    stream.write_all(head.as_bytes()).await?;
+    let chunk = vec![b'a'; 1 << 20];
+    for _ in 0..15 {
+        match tokio::time::timeout(std::time::Duration::from_secs(2), stream.write_all(&chunk)).await {
+            Ok(Ok(())) => {}
+            // The server stopped reading (or closed): hold what is there.
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    Ok(stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_unauthenticated_bodies_do_not_grow_the_server() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dev = DevProcess::start(&dir.path().join("dev"), &[])?;
+    let api = dev.api();
+    api.create_queue(&model::CreateQueue::named("calm")).await?;
+    let before_kib = dev.rss_kib()?;
+    let server: std::net::SocketAddr = format!("127.0.0.1:{}", dev.port).parse()?;
+    let sqs = format!(
+        "POST / HTTP/1.1\r\nhost: {server}\r\nx-amz-target: AmazonSQS.SendMessage\r\n\
+         content-type: application/x-amz-json-1.0\r\ncontent-length: 16000000\r\n\r\n"
+    );
+    let native = format!(
+        "POST /v1/queues/calm/messages HTTP/1.1\r\nhost: {server}\r\n\
+         content-type: application/json\r\ncontent-length: 16000000\r\n\r\n"
+    );
+    // 48 strangers, half on each API, each holding a 16 MB body open.
+    let holders =
+        (0..48).map(|i| tokio::spawn(hold_a_body(server, if i % 2 == 0 { sqs.clone() } else { native.clone() })));
+    let mut held = Vec::new();
+    for holder in holders {
+        held.push(holder.await??);
+    }
+    let grown_kib = dev.rss_kib()?.saturating_sub(before_kib);
+    // Calls go on meanwhile.
+    api.send("calm", &model::SendMessages { messages: vec![model::NewMessage::new("still served")] }, None).await?;
+    assert!(grown_kib < 64 * 1024, "48 held bodies grew the server by {grown_kib} KiB");
+    drop(held);
+    Ok(())
+}
