@@ -28,7 +28,7 @@ use strata_raft::group::{GroupStorage, RaftGroup, open_group, open_single_voter}
 use strata_raft::raft_state::StateGuard;
 use strata_raft::raft_store::SegmentRetention;
 use strata_raft::transport::{GroupId, GrpcNetwork, RaftRouter};
-use strata_tls::{AuthorizeLayer, Credentials, Listener, Role};
+use strata_tls::{AuthorizeLayer, Credentials, Listener, Peer, Role};
 use strata_wal::{FsyncFailure, WalOptions};
 use tonic::{Request, Response, Status};
 
@@ -99,6 +99,18 @@ fn request_id<T>(request: &Request<T>) -> Result<Option<String>, Status> {
             Err(StrataError::invalid(format!("{REQUEST_ID_KEY} must be 1-{REQUEST_ID_CHARS_MAX} ASCII characters"))
                 .into())
         }
+    }
+}
+
+/// A storage node acts only as itself: the node id a request names must be the name its
+/// certificate names (the role table already let only storage certificates through).
+fn own_storage_node<T>(request: &Request<T>, node_id: &str) -> Result<(), Status> {
+    match request.extensions().get::<Peer>() {
+        Some(peer) if peer.identity.role == Role::Storage && peer.identity.name == node_id => Ok(()),
+        Some(peer) => {
+            Err(Status::permission_denied(format!("{} may not act as storage node '{node_id}'", peer.identity)))
+        }
+        None => Err(Status::unauthenticated("no client certificate")),
     }
 }
 
@@ -556,8 +568,18 @@ impl Metadata for MetadataService {
         request: Request<pb::RegisterStorageNodeRequest>,
     ) -> Result<Response<pb::RegisterStorageNodeResponse>, Status> {
         let request_id = request_id(&request)?;
+        own_storage_node(&request, &request.get_ref().node_id)?;
         let r = request.into_inner();
         let node_id = r.node_id.clone();
+        let address_ok =
+            r.address.parse::<tonic::codegen::http::Uri>().is_ok_and(|u| u.host().is_some() && u.port().is_some());
+        if !address_ok {
+            return Err(StrataError::invalid(format!(
+                "storage node {node_id}: address '{}' is not scheme://host:port",
+                r.address
+            ))
+            .into());
+        }
         self.node.read_barrier().await?;
         let generation = self.node.catalog().format_generation();
         if r.format_generation_max < generation {
@@ -620,6 +642,7 @@ impl Metadata for MetadataService {
         request: Request<pb::ClaimShardWriterRequest>,
     ) -> Result<Response<pb::ShardInfo>, Status> {
         let request_id = request_id(&request)?;
+        own_storage_node(&request, &request.get_ref().node_id)?;
         let r = request.into_inner();
         let command =
             MetaCommand::ClaimShardWriter { shard_id: r.shard_id, node_id: r.node_id, raft_term: r.raft_term };
@@ -630,6 +653,7 @@ impl Metadata for MetadataService {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        own_storage_node(&request, &request.get_ref().node_id)?;
         self.node.read_barrier().await?;
         let pb::HeartbeatRequest { node_id, format_generation_max } = request.into_inner();
         let (shards, leaving, format_generation): (Vec<ShardRecord>, Vec<ShardRecord>, _) = {

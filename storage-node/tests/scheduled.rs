@@ -71,7 +71,7 @@ async fn start_storage(dir: &Path, metadata_endpoint: &str, listen: SocketAddr, 
         replication_factor: 1,
         zone: String::new(),
         format_generation_max: NEWEST_GENERATION,
-        tls: test_credentials(Role::Storage, "storage"),
+        tls: test_credentials(Role::Storage, "schedule-test-node"),
     };
     StorageNode::start(settings, Arc::new(JumpingWallClock(clock.clone())), Random::seeded(14))
         .await

@@ -68,7 +68,7 @@ async fn start_storage(
         replication_factor: 1,
         zone: String::new(),
         format_generation_max: NEWEST_GENERATION,
-        tls: test_credentials(Role::Storage, "storage"),
+        tls: test_credentials(Role::Storage, "tier-test-node"),
     };
     StorageNode::start(settings, Arc::new(SystemClock), Random::os()).await.expect("storage node starts")
 }

@@ -50,7 +50,7 @@ async fn start_node(root: &Path, index: usize, listen: SocketAddr, metadata_endp
         replication_factor: 3,
         zone: format!("zone-{index}"),
         format_generation_max: NEWEST_GENERATION,
-        tls: test_credentials(Role::Storage, "storage"),
+        tls: test_credentials(Role::Storage, &format!("storage-{index}")),
     };
     StorageNode::start(settings, Arc::new(SystemClock), Random::os()).await.expect("storage node starts")
 }

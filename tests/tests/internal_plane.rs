@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use strata_client::model;
+use strata_common::proto as pb;
 use strata_tests::DevProcess;
 use strata_tests::internal::{call, channel, refuses_strangers};
 use strata_tls::authz::{Listener, RPC_ROLES};
@@ -68,6 +69,21 @@ async fn internal_ports_refuse_strangers_and_every_role_outside_its_row() -> any
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
     assert!(refused > 100, "only {refused} refusals checked");
+
+    // A storage certificate acts only as its own node: it cannot heartbeat or register as
+    // another.
+    let impostor = ca.credentials(Role::Storage, "attacker", now_ms())?;
+    let mut metadata = pb::metadata_client::MetadataClient::new(channel(&endpoints[0].2, &impostor, Role::Metadata));
+    let heartbeat = pb::HeartbeatRequest { node_id: "dev-storage-1".into(), ..Default::default() };
+    let refused = metadata.heartbeat(heartbeat).await.expect_err("a heartbeat as another node");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    let register = pb::RegisterStorageNodeRequest {
+        node_id: "dev-storage-1".into(),
+        address: "http://127.0.0.1:1".into(),
+        ..Default::default()
+    };
+    let refused = metadata.register_storage_node(register).await.expect_err("a registration as another node");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
 
     // In-row calls go through: a proxy reads a tenant's limits; billing reads them too.
     for role in [Role::Proxy, Role::Billing] {
