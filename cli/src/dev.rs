@@ -27,6 +27,7 @@ use strata_common::{Clock, Random, ShiftedClock, SystemClock};
 use strata_metadata::MetadataNode;
 use strata_metadata_client::MetadataClient;
 use strata_proxy::auth::{JwtIssuer, JwtKey, JwtVerifier};
+use strata_proxy::quotas::ConcurrencyLimits;
 use strata_proxy::storage_client::CoLocatedStorage;
 use strata_proxy::{ProxySettings, ServerLimits};
 use strata_storage::shard::ShardLogSettings;
@@ -128,6 +129,12 @@ pub(crate) struct DevArgs {
     /// Longest wait for the next bytes of a request body, in ms.
     #[arg(long, hide = true, default_value_t = ServerLimits::default().body_read_timeout.as_millis() as u64)]
     body_read_timeout_ms: u64,
+    /// Calls of one tenant under way at once at most, long polls included.
+    #[arg(long, hide = true, default_value_t = ConcurrencyLimits::default().calls_max)]
+    tenant_calls_max: u32,
+    /// Receives (long polls) of one tenant under way at once at most.
+    #[arg(long, hide = true, default_value_t = ConcurrencyLimits::default().receives_max)]
+    tenant_receives_max: u32,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -365,6 +372,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         admin_verifier,
         metering: !args.no_metering,
         fleet_proxies: 1,
+        concurrency: ConcurrencyLimits { calls_max: args.tenant_calls_max, receives_max: args.tenant_receives_max },
     })?;
     let admin_listener = tokio::net::TcpListener::bind(admin_addr)
         .await

@@ -35,6 +35,7 @@ use strata_metadata::server::MemberSettings;
 use strata_metadata::{MetadataNode, backup};
 use strata_proxy::ProxySettings;
 use strata_proxy::auth::{JwtIssuer, JwtKey, JwtVerifier};
+use strata_proxy::quotas::ConcurrencyLimits;
 use strata_storage::shard::ShardLogSettings;
 use strata_storage::{ObjectStoreSettings, StorageNode, StorageSettings};
 use strata_tls::{Credentials, TlsFiles};
@@ -285,7 +286,21 @@ struct ProxyConfig {
     /// tenant's rate limits (default 1).
     #[serde(default = "one")]
     fleet_proxies: u32,
+    /// Calls of one tenant this proxy serves at once, long polls included (default 1,000).
+    #[serde(default = "tenant_calls_max")]
+    tenant_calls_under_way_max: u32,
+    /// Receives (long polls) of one tenant this proxy serves at once (default 200).
+    #[serde(default = "tenant_receives_max")]
+    tenant_receives_under_way_max: u32,
     tls: TlsFiles,
+}
+
+fn tenant_calls_max() -> u32 {
+    ConcurrencyLimits::default().calls_max
+}
+
+fn tenant_receives_max() -> u32 {
+    ConcurrencyLimits::default().receives_max
 }
 
 fn yes() -> bool {
@@ -380,6 +395,10 @@ pub(crate) async fn proxy(args: RoleArgs) -> anyhow::Result<()> {
         admin_verifier,
         metering: config.metering,
         fleet_proxies: config.fleet_proxies,
+        concurrency: ConcurrencyLimits {
+            calls_max: config.tenant_calls_under_way_max,
+            receives_max: config.tenant_receives_under_way_max,
+        },
     })?;
     serve_until_signal(
         "proxy",

@@ -1,6 +1,7 @@
 //! Per-tenant quotas at the proxy, over all of a tenant's queues: requests per second, message
-//! payload bytes per second, and in-flight messages; and the refusal of a tenant whose billing
-//! hard cap was reached. (The number of queues is enforced exactly by metadata, at create.)
+//! payload bytes per second, and in-flight messages; calls and receives under way at once; and
+//! the refusal of a tenant whose billing hard cap was reached. (The number of queues is
+//! enforced exactly by metadata, at create.)
 //!
 //! # What it owns
 //!
@@ -20,10 +21,14 @@
 //! - A changed limit or cap applies within [`LIMITS_REFRESH`] on every proxy.
 //! - When metadata cannot be reached, the last limits read stay in force; a tenant never read
 //!   is let through (quotas protect the service; they do not decide who may call).
+//! - Calls under way ([`ConcurrencyLimits`]) are counted exactly, per proxy: an admitted call
+//!   holds its slot (an [`Admission`]) until it is answered, so one tenant's long polls or slow
+//!   calls cannot take every connection and task of a proxy from the others.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock as _, DefaultClock};
@@ -45,6 +50,65 @@ const READ_TIMEOUT: Duration = Duration::from_secs(1);
 const TENANTS_CACHED_MAX: usize = 100_000;
 /// Queues summed for a tenant's in-flight total at most (one listing page).
 const IN_FLIGHT_QUEUES_SUMMED_MAX: u32 = 1_000;
+
+/// Most calls of one tenant under way at once at one proxy, long polls included.
+pub const CALLS_UNDER_WAY_PER_TENANT_MAX: u32 = 1_000;
+/// Most receives (long polls) of one tenant under way at once at one proxy.
+pub const RECEIVES_UNDER_WAY_PER_TENANT_MAX: u32 = 200;
+
+/// How many calls of one tenant one proxy serves at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConcurrencyLimits {
+    pub calls_max: u32,
+    /// Receives, which may wait up to 20 s each, are held to their own, lower limit.
+    pub receives_max: u32,
+}
+
+impl Default for ConcurrencyLimits {
+    fn default() -> Self {
+        Self { calls_max: CALLS_UNDER_WAY_PER_TENANT_MAX, receives_max: RECEIVES_UNDER_WAY_PER_TENANT_MAX }
+    }
+}
+
+/// One tenant's calls and receives under way at this proxy.
+#[derive(Default)]
+struct UnderWay {
+    calls: AtomicU32,
+    receives: AtomicU32,
+}
+
+/// A slot taken in a counter, given back when dropped.
+struct Slot {
+    under_way: Arc<UnderWay>,
+    receive: bool,
+}
+
+impl Slot {
+    fn counter(&self) -> &AtomicU32 {
+        if self.receive { &self.under_way.receives } else { &self.under_way.calls }
+    }
+
+    /// Takes a slot if fewer than `max` are taken.
+    fn take(under_way: &Arc<UnderWay>, receive: bool, max: u32) -> Option<Slot> {
+        let counter = if receive { &under_way.receives } else { &under_way.calls };
+        counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
+        Some(Slot { under_way: under_way.clone(), receive })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.counter().fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An admitted call: it holds its tenant's slots of calls (and receives) under way until it is
+/// dropped, when the call has been answered.
+#[must_use = "the call's slot under way is given back when the admission is dropped"]
+pub struct Admission {
+    _call: Slot,
+    _receive: Option<Slot>,
+}
 
 /// A tenant's limits as this proxy enforces them.
 struct TenantQuota {
@@ -96,6 +160,9 @@ pub struct Quotas {
     /// The number of proxies sharing each tenant's rate limits (this proxy enforces 1/N).
     fleet_proxies: u32,
     tenants: Mutex<HashMap<String, Arc<TenantQuota>>>,
+    concurrency: ConcurrencyLimits,
+    /// Calls under way, by tenant (tenants with none are dropped when the map grows large).
+    under_way: Mutex<HashMap<String, Arc<UnderWay>>>,
 }
 
 fn throttled(what: &str, wait: Duration) -> StrataError {
@@ -107,14 +174,51 @@ fn throttled(what: &str, wait: Duration) -> StrataError {
 }
 
 impl Quotas {
-    pub fn new(placement: Arc<Placement>, fleet_proxies: u32) -> Self {
-        Self { placement, fleet_proxies: fleet_proxies.max(1), tenants: Mutex::new(HashMap::new()) }
+    pub fn new(placement: Arc<Placement>, fleet_proxies: u32, concurrency: ConcurrencyLimits) -> Self {
+        Self {
+            placement,
+            fleet_proxies: fleet_proxies.max(1),
+            tenants: Mutex::new(HashMap::new()),
+            concurrency,
+            under_way: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Admits a call carrying `payload_bytes` of messages (a receive when `receive`), or answers
     /// why not: `LimitExceeded` for a tenant past its hard cap, `Throttled` (with a retry-after)
-    /// over a rate or, for a receive, at the in-flight limit.
-    pub async fn admit(&self, tenant: &str, payload_bytes: u64, receive: bool) -> Result<(), StrataError> {
+    /// over a rate, with as many calls (or receives) under way as it may have, or, for a
+    /// receive, at the in-flight limit. The admission holds the call's slots until dropped.
+    pub async fn admit(&self, tenant: &str, payload_bytes: u64, receive: bool) -> Result<Admission, StrataError> {
+        let admission = self.take_slots(tenant, receive)?;
+        self.admit_rates(tenant, payload_bytes, receive).await?;
+        Ok(admission)
+    }
+
+    /// The tenant's slots of calls (and receives) under way.
+    fn take_slots(&self, tenant: &str, receive: bool) -> Result<Admission, StrataError> {
+        let under_way = {
+            let mut all = self.under_way.lock();
+            if all.len() >= TENANTS_CACHED_MAX && !all.contains_key(tenant) {
+                all.retain(|_, u| u.calls.load(Ordering::Acquire) > 0);
+            }
+            all.entry(tenant.to_owned()).or_default().clone()
+        };
+        let busy = |what: &str, max: u32| {
+            StrataError::throttled(format!("this tenant has {max} {what} under way at once; retry when some end"), 1)
+        };
+        let call = Slot::take(&under_way, false, self.concurrency.calls_max)
+            .ok_or_else(|| busy("calls", self.concurrency.calls_max))?;
+        let receive = match receive {
+            true => Some(
+                Slot::take(&under_way, true, self.concurrency.receives_max)
+                    .ok_or_else(|| busy("receives", self.concurrency.receives_max))?,
+            ),
+            false => None,
+        };
+        Ok(Admission { _call: call, _receive: receive })
+    }
+
+    async fn admit_rates(&self, tenant: &str, payload_bytes: u64, receive: bool) -> Result<(), StrataError> {
         let Some(quota) = self.quota(tenant).await else { return Ok(()) };
         if !quota.capped_reason.is_empty() {
             return Err(StrataError::new(

@@ -260,3 +260,46 @@ async fn held_unauthenticated_bodies_do_not_grow_the_server() -> anyhow::Result<
     drop(held);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenants_long_polls_cannot_take_the_proxy_from_the_others() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dev = DevProcess::start(&dir.path().join("dev"), &["--tenant-receives-max", "4"])?;
+    let greedy = dev.api();
+    greedy.create_queue(&model::CreateQueue::named("empty")).await?;
+    let other = strata_tests::Api::new(&dev.endpoint, &dev.token_for("other")?);
+    other.create_queue(&model::CreateQueue::named("work")).await?;
+
+    // Four long polls of 5 s on an empty queue hold all of the tenant's receives.
+    let poll = || {
+        let api = greedy.clone();
+        tokio::spawn(async move { api.post("/v1/queues/empty/receive", json!({ "wait_seconds": 5 })).await })
+    };
+    let polls: Vec<_> = (0..4).map(|_| poll()).collect();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // A fifth is refused at once, on the native API and in the SQS API's shape.
+    let started = std::time::Instant::now();
+    let (status, refusal) = greedy.post("/v1/queues/empty/receive", json!({ "wait_seconds": 5 })).await?;
+    assert_eq!((status, refusal["error"]["code"].as_str()), (429, Some("Throttled")), "{refusal}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "refused only after {:?}", started.elapsed());
+    let url = format!("{}/000000000000/empty", dev.endpoint);
+    let receive = json!({ "QueueUrl": url, "WaitTimeSeconds": 5 });
+    let (status, refusal) = dev.sqs_call("ReceiveMessage", None, &receive, &SignOptions::default(), &[]).await?;
+    assert_eq!(status, 400, "{refusal}");
+    assert!(refusal.to_string().contains("RequestThrottled"), "{refusal}");
+
+    // Meanwhile the tenant's other calls, and another tenant's receives, go on.
+    let body = |b: &str| model::SendMessages { messages: vec![model::NewMessage::new(b)] };
+    greedy.send("empty", &body("a send of the greedy tenant"), None).await?;
+    other.send("work", &body("another tenant's message"), None).await?;
+    let got = other.receive("work", &model::Receive::default()).await?;
+    assert_eq!(got.messages.len(), 1);
+
+    // The long polls end (one with the message sent meanwhile); the slots come back.
+    for poll in polls {
+        poll.await??;
+    }
+    let (status, _) = greedy.post("/v1/queues/empty/receive", json!({ "wait_seconds": 0 })).await?;
+    assert_eq!(status, 200);
+    Ok(())
+}

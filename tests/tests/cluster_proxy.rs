@@ -100,6 +100,7 @@ async fn the_proxy_follows_the_shard_leader_through_a_failover() {
         admin_verifier,
         metering: true,
         fleet_proxies: 1,
+        concurrency: Default::default(),
     })
     .expect("proxy router");
     let proxy_addr = free_addr();

@@ -32,7 +32,7 @@ pub(super) async fn sources(
     Path(QueuePath { name }): Path<QueuePath>,
     query: axum::extract::Query<model::PageQuery>,
 ) -> Result<Json<model::DeadLetterSources>, ApiError> {
-    state.admit(&tenant, 0).await?;
+    let _admission = state.admit(&tenant, 0).await?;
     let dead_letter = queues::info(&state.placement, &tenant, &name).await?;
     let start_after = query.0.next_token.unwrap_or_default();
     let (sources, next) = queue_rules::dead_letter_sources(
@@ -79,7 +79,7 @@ pub(super) async fn start(
     Path(QueuePath { name }): Path<QueuePath>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<model::MoveTaskStarted>, ApiError> {
-    let (body, request): (_, model::StartMoveTask) = state.admit_json(&tenant, body, false).await?;
+    let (body, request, _admission): (_, model::StartMoveTask, _) = state.admit_json(&tenant, body, false).await?;
     let rate = request.max_messages_per_second.unwrap_or(MOVE_PER_SECOND_DEFAULT);
     if !(1..=MOVE_PER_SECOND_MAX).contains(&rate) {
         return Err(ApiError::invalid(format!("max_messages_per_second must be 1-{MOVE_PER_SECOND_MAX}")));
@@ -100,7 +100,7 @@ pub(super) async fn list(
     call: CallId,
     Path(QueuePath { name }): Path<QueuePath>,
 ) -> Result<Json<model::MoveTaskList>, ApiError> {
-    state.admit(&tenant, 0).await?;
+    let _admission = state.admit(&tenant, 0).await?;
     let tasks = queue_rules::list_move_tasks(&state.placement, &tenant, &name).await?;
     state.charge(&tenant, &call, b"", Charge::new("ListMessageMoveTasks", &name)).await?;
     let tasks = tasks.iter().map(|(task, destination)| task_answer(task, &name, destination)).collect();
@@ -126,7 +126,7 @@ pub(super) async fn cancel(
     call: CallId,
     Path(TaskPath { name, task_id }): Path<TaskPath>,
 ) -> Result<Json<model::MoveTaskCancelled>, ApiError> {
-    state.admit(&tenant, 0).await?;
+    let _admission = state.admit(&tenant, 0).await?;
     let task_id: u64 = task_id.parse().map_err(|_| ApiError::invalid("task_id must be a task id from a start"))?;
     let task = queue_rules::cancel_move_task(&state.placement, &tenant, &name, task_id).await?;
     state.charge(&tenant, &call, task_id.to_string().as_bytes(), Charge::new("CancelMessageMoveTask", &name)).await?;

@@ -44,7 +44,7 @@ use crate::error::{ApiError, json_errors, public_message};
 use crate::metering::{CallId, Charge, Meter, message_payload_bytes};
 use crate::queue_rules::{self, Refusal};
 use crate::queues;
-use crate::quotas::Quotas;
+use crate::quotas::{Admission, ConcurrencyLimits, Quotas};
 use crate::routing::Router as Placement;
 use crate::sqs::auth::AccessKeys;
 use crate::sqs::{self, SqsState};
@@ -77,6 +77,8 @@ pub struct ProxySettings {
     pub metering: bool,
     /// How many proxies share each tenant's rate limits: this one enforces 1/N of them.
     pub fleet_proxies: u32,
+    /// How many calls (and receives) of one tenant this proxy serves at once.
+    pub concurrency: ConcurrencyLimits,
 }
 
 #[derive(Clone)]
@@ -108,7 +110,7 @@ pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
     let sqs = Arc::new(SqsState {
         placement: placement.clone(),
         keys: AccessKeys::new(metadata),
-        quotas: Quotas::new(placement.clone(), settings.fleet_proxies),
+        quotas: Quotas::new(placement.clone(), settings.fleet_proxies, settings.concurrency),
         clock: settings.clock,
         meter: meter.clone(),
     });
@@ -304,23 +306,24 @@ impl FromRequestParts<AppState> for CallId {
 
 impl AppState {
     /// Checks the tenant's quotas (and billing cap) before a call carrying `request_bytes`.
-    async fn admit(&self, tenant: &str, request_bytes: usize) -> Result<(), ApiError> {
+    async fn admit(&self, tenant: &str, request_bytes: usize) -> Result<Admission, ApiError> {
         Ok(self.sqs.quotas.admit(tenant, request_bytes as u64, false).await?)
     }
 
     /// Reads a call's JSON body, admits the call under the tenant's quotas (before parsing, so
     /// malformed calls count too), and parses it; answers the raw body (part of the billing key)
-    /// and the request. A receive is held to the tenant's in-flight limit as well.
+    /// and the request, and the admission, which holds the call's slot under way until the
+    /// handler drops it. A receive is held to the tenant's in-flight limit as well.
     async fn admit_json<T: DeserializeOwned>(
         &self,
         tenant: &str,
         body: Result<Bytes, BytesRejection>,
         receive: bool,
-    ) -> Result<(Bytes, T), ApiError> {
+    ) -> Result<(Bytes, T, Admission), ApiError> {
         let body = body_bytes(body)?;
-        self.sqs.quotas.admit(tenant, body.len() as u64, receive).await?;
+        let admission = self.sqs.quotas.admit(tenant, body.len() as u64, receive).await?;
         let request = parse_body(&body)?;
-        Ok((body, request))
+        Ok((body, request, admission))
     }
 
     /// Charges an accepted call (durably) before it is answered.
@@ -516,7 +519,7 @@ async fn create_queue(
     call: CallId,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (body, request): (_, model::CreateQueue) = state.admit_json(&tenant, body, false).await?;
+    let (body, request, _admission): (_, model::CreateQueue, _) = state.admit_json(&tenant, body, false).await?;
     validate_name(&request.name)?;
     tags::check(&request.tags)?;
     let (config, dead_letter_shard) =
@@ -543,7 +546,7 @@ async fn list_queues(
     uri: axum::http::Uri,
     query: Result<Query<model::ListQueuesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<model::QueueList>, ApiError> {
-    state.admit(&tenant, 0).await?;
+    let _admission = state.admit(&tenant, 0).await?;
     let Query(query) = query.map_err(|e| ApiError::invalid(format!("invalid query: {e}")))?;
     let max = query.max_results.unwrap_or(LIST_QUEUES_PAGE_MAX);
     if !(1..=LIST_QUEUES_PAGE_MAX).contains(&max) {
@@ -567,7 +570,7 @@ async fn get_queue(
     call: CallId,
     Path(QueuePath { name }): Path<QueuePath>,
 ) -> Result<Json<model::Queue>, ApiError> {
-    state.admit(&tenant, 0).await?;
+    let _admission = state.admit(&tenant, 0).await?;
     let stats =
         queues::on_queue(&state.placement, &tenant, &name, |mut c, q| async move { c.get_queue_stats(q).await })
             .await?;
@@ -586,7 +589,7 @@ async fn delete_queue(
     call: CallId,
     Path(QueuePath { name }): Path<QueuePath>,
 ) -> Result<StatusCode, ApiError> {
-    state.admit(&tenant, 0).await?;
+    let _admission = state.admit(&tenant, 0).await?;
     queues::delete_queue(&state.placement, &tenant, &name).await?;
     state.charge(&tenant, &call, b"", Charge::new("DeleteQueue", &name)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -605,7 +608,8 @@ async fn set_queue_attributes(
     Path(QueuePath { name }): Path<QueuePath>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<model::Queue>, ApiError> {
-    let (body, change): (_, model::QueueAttributesChange) = state.admit_json(&tenant, body, false).await?;
+    let (body, change, _admission): (_, model::QueueAttributesChange, _) =
+        state.admit_json(&tenant, body, false).await?;
     let current = queues::info(&state.placement, &tenant, &name).await?;
     let base = current.config.clone().unwrap_or_default();
     let (config, dead_letter_shard) = settings::apply(&change, &state.placement, &tenant, &name, base, false).await?;
@@ -626,7 +630,7 @@ async fn purge_queue(
     call: CallId,
     Path(QueuePath { name }): Path<QueuePath>,
 ) -> Result<Json<model::PurgeResult>, ApiError> {
-    state.admit(&tenant, 0).await?;
+    let _admission = state.admit(&tenant, 0).await?;
     let purged = queues::on_queue(&state.placement, &tenant, &name, |mut c, q| async move { c.purge(q).await }).await?;
     state.charge(&tenant, &call, b"", Charge::new("PurgeQueue", &name)).await?;
     Ok(Json(model::PurgeResult { purged: purged.purged }))
@@ -651,7 +655,7 @@ async fn cancel_scheduled(
     call: CallId,
     Path(ScheduledPath { name, message_id }): Path<ScheduledPath>,
 ) -> Result<Json<model::CancelResult>, ApiError> {
-    state.admit(&tenant, 0).await?;
+    let _admission = state.admit(&tenant, 0).await?;
     queues::on_queue(&state.placement, &tenant, &name, |mut c, q| {
         let message_id = message_id.clone();
         async move { c.cancel_scheduled(pb::CancelScheduledRequest { queue: Some(q), message_id }).await }
@@ -773,7 +777,7 @@ async fn send_messages(
     Path(QueuePath { name }): Path<QueuePath>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<model::SendResult>, ApiError> {
-    let (body, request): (_, model::SendMessages) = state.admit_json(&tenant, body, false).await?;
+    let (body, request, _admission): (_, model::SendMessages, _) = state.admit_json(&tenant, body, false).await?;
     if request.messages.is_empty() || request.messages.len() > BATCH_ENTRIES_MAX {
         return Err(ApiError::invalid(format!("messages must hold 1-{BATCH_ENTRIES_MAX} entries")));
     }
@@ -833,7 +837,7 @@ async fn receive_messages(
     Path(QueuePath { name }): Path<QueuePath>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<model::ReceiveResult>, ApiError> {
-    let (body, request): (_, model::Receive) = state.admit_json(&tenant, body, true).await?;
+    let (body, request, _admission): (_, model::Receive, _) = state.admit_json(&tenant, body, true).await?;
     let max_messages = request.max_messages.unwrap_or(1);
     if !(1..=BATCH_ENTRIES_MAX as u32).contains(&max_messages) {
         return Err(ApiError::invalid(format!("max_messages must be 1-{BATCH_ENTRIES_MAX}")));
@@ -893,7 +897,7 @@ async fn delete_messages(
     Path(QueuePath { name }): Path<QueuePath>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<model::DeleteResult>, ApiError> {
-    let (body, request): (_, model::DeleteMessages) = state.admit_json(&tenant, body, false).await?;
+    let (body, request, _admission): (_, model::DeleteMessages, _) = state.admit_json(&tenant, body, false).await?;
     if request.receipt_handles.is_empty() || request.receipt_handles.len() > BATCH_ENTRIES_MAX {
         return Err(ApiError::invalid(format!("receipt_handles must hold 1-{BATCH_ENTRIES_MAX} entries")));
     }
@@ -930,7 +934,7 @@ async fn change_visibility(
     Path(QueuePath { name }): Path<QueuePath>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let (body, request): (_, model::ChangeVisibility) = state.admit_json(&tenant, body, false).await?;
+    let (body, request, _admission): (_, model::ChangeVisibility, _) = state.admit_json(&tenant, body, false).await?;
     if request.visibility_timeout_seconds > VISIBILITY_TIMEOUT_S_MAX {
         return Err(ApiError::invalid(format!("visibility_timeout_seconds must be 0-{VISIBILITY_TIMEOUT_S_MAX}")));
     }

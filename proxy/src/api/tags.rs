@@ -35,7 +35,7 @@ pub(super) async fn list(
     call: CallId,
     Path(QueuePath { name }): Path<QueuePath>,
 ) -> Result<Json<model::TagSet>, ApiError> {
-    state.admit(&tenant, 0).await?;
+    let _admission = state.admit(&tenant, 0).await?;
     // From metadata, not the placement cache: tags change without a new incarnation.
     let info = state.placement.metadata.get_queue(&tenant, &name).await?;
     state.charge(&tenant, &call, b"", Charge::new("ListQueueTags", &name)).await?;
@@ -54,7 +54,7 @@ pub(super) async fn add(
     Path(QueuePath { name }): Path<QueuePath>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<model::TagSet>, ApiError> {
-    let (body, request): (_, model::TagSet) = state.admit_json(&tenant, body, false).await?;
+    let (body, request, _admission): (_, model::TagSet, _) = state.admit_json(&tenant, body, false).await?;
     if request.tags.is_empty() {
         return Err(ApiError::invalid("tags must name at least one tag"));
     }
@@ -85,7 +85,7 @@ pub(super) async fn remove(
     call: CallId,
     Path(TagPath { name, key }): Path<TagPath>,
 ) -> Result<StatusCode, ApiError> {
-    state.admit(&tenant, 0).await?;
+    let _admission = state.admit(&tenant, 0).await?;
     state.placement.metadata.untag_queue(&tenant, &name, vec![key.clone()]).await?;
     state.charge(&tenant, &call, key.as_bytes(), Charge::new("UntagQueue", &name)).await?;
     Ok(StatusCode::NO_CONTENT)

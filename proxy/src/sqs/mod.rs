@@ -178,7 +178,7 @@ fn authenticate<'s>(
 /// (a batch with failed entries is accepted; its payload counts the entries stored), unless its
 /// record travelled with its storage command.
 async fn run(ctx: &Ctx<'_>, action: &str, input: Value) -> Result<Value, SqsError> {
-    ctx.state.quotas.admit(ctx.tenant(), ctx.body.len() as u64, action == "ReceiveMessage").await?;
+    let _admission = ctx.state.quotas.admit(ctx.tenant(), ctx.body.len() as u64, action == "ReceiveMessage").await?;
     ctx.charge.lock().action = action.to_owned();
     let output = actions::dispatch(ctx, action, input).await?;
     let charge = ctx.charge.lock().clone();

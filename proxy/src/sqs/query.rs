@@ -1185,6 +1185,7 @@ mod tests {
             admin_verifier: JwtVerifier::new("issuer", "admin", vec![JwtKey::hmac("k", b"secret")]),
             metering: false,
             fleet_proxies: 1,
+            concurrency: Default::default(),
         };
         let router = crate::router(settings).expect("router").api;
         // The verifier reads the system clock.
