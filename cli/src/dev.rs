@@ -30,6 +30,7 @@ use strata_proxy::auth::{JwtIssuer, JwtKey, JwtVerifier};
 use strata_proxy::quotas::ConcurrencyLimits;
 use strata_proxy::storage_client::CoLocatedStorage;
 use strata_proxy::{ProxySettings, ServerLimits};
+use strata_storage::disk::DISK_RESERVE_BYTES_DEFAULT;
 use strata_storage::shard::ShardLogSettings;
 use strata_storage::{ObjectStoreSettings, StorageNode, StorageSettings};
 use strata_tls::pki::LocalCa;
@@ -129,6 +130,10 @@ pub(crate) struct DevArgs {
     /// Longest wait for the next bytes of a request body, in ms.
     #[arg(long, hide = true, default_value_t = ServerLimits::default().body_read_timeout.as_millis() as u64)]
     body_read_timeout_ms: u64,
+    /// Free disk space kept for snapshots and recovery, in MiB: below it, new messages and
+    /// queues are refused until space returns.
+    #[arg(long, hide = true, default_value_t = DISK_RESERVE_BYTES_DEFAULT >> 20)]
+    disk_reserve_mib: u64,
     /// Calls of one tenant under way at once at most, long polls included.
     #[arg(long, hide = true, default_value_t = ConcurrencyLimits::default().calls_max)]
     tenant_calls_max: u32,
@@ -315,6 +320,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
             zone: String::new(),
             format_generation_max: NEWEST_GENERATION,
             tls: tls.storage,
+            disk_reserve_bytes: args.disk_reserve_mib << 20,
         },
         clock.clone(),
         random.clone(),

@@ -195,7 +195,15 @@ struct StorageConfig {
     /// As a metadata member's.
     #[serde(default = "newest_generation")]
     format_generation_max: FormatGeneration,
+    /// Free space kept on the data directory's disk (default 256 MiB): below it, new messages
+    /// and queues are refused until space returns.
+    #[serde(default = "default_disk_reserve_bytes")]
+    disk_reserve_bytes: u64,
     tls: TlsFiles,
+}
+
+fn default_disk_reserve_bytes() -> u64 {
+    strata_storage::disk::DISK_RESERVE_BYTES_DEFAULT
 }
 
 fn one() -> u32 {
@@ -234,6 +242,7 @@ pub(crate) async fn storage(args: RoleArgs) -> anyhow::Result<()> {
         zone: config.zone,
         format_generation_max: config.format_generation_max,
         tls: load_tls(&config.tls)?,
+        disk_reserve_bytes: config.disk_reserve_bytes,
     };
     let node =
         StorageNode::start(settings, Arc::new(SystemClock), Random::os()).await.context("starting the storage node")?;

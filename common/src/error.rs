@@ -48,11 +48,14 @@ pub enum ErrorKind {
     IdempotencyConflict,
     /// No route has this method and path.
     UnknownRoute,
+    /// The storage holding the queue is low on disk space: it takes no new messages or queues
+    /// until space returns (by itself); receives and deletes go on. Retry later.
+    InsufficientStorage,
 }
 
 impl ErrorKind {
     /// Every kind, for exhaustive tests of mappings.
-    pub const ALL: [ErrorKind; 16] = [
+    pub const ALL: [ErrorKind; 17] = [
         ErrorKind::QueueNotFound,
         ErrorKind::QueueAlreadyExists,
         ErrorKind::InvalidParameter,
@@ -69,6 +72,7 @@ impl ErrorKind {
         ErrorKind::ScheduledMessageNotFound,
         ErrorKind::IdempotencyConflict,
         ErrorKind::UnknownRoute,
+        ErrorKind::InsufficientStorage,
     ];
 
     /// The stable code string shown to tenants.
@@ -90,6 +94,7 @@ impl ErrorKind {
             ErrorKind::ScheduledMessageNotFound => "ScheduledMessageNotFound",
             ErrorKind::IdempotencyConflict => "IdempotencyConflict",
             ErrorKind::UnknownRoute => "UnknownRoute",
+            ErrorKind::InsufficientStorage => "InsufficientStorage",
         }
     }
 
@@ -115,6 +120,7 @@ impl ErrorKind {
             ErrorKind::Throttled => 429,
             ErrorKind::Unavailable => 503,
             ErrorKind::Internal => 500,
+            ErrorKind::InsufficientStorage => 507,
         }
     }
 
@@ -129,7 +135,7 @@ impl ErrorKind {
             }
             ErrorKind::TooLarge => tonic::Code::OutOfRange,
             ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
-            ErrorKind::Throttled => tonic::Code::ResourceExhausted,
+            ErrorKind::Throttled | ErrorKind::InsufficientStorage => tonic::Code::ResourceExhausted,
             ErrorKind::LimitExceeded | ErrorKind::MessageNotInFlight | ErrorKind::IdempotencyConflict => {
                 tonic::Code::FailedPrecondition
             }
@@ -198,7 +204,18 @@ impl StrataError {
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Unavailable, message)
     }
+
+    /// Low on disk space: new messages are refused until space returns.
+    pub fn insufficient_storage(message: impl Into<String>) -> Self {
+        Self {
+            retry_after_s: Some(INSUFFICIENT_STORAGE_RETRY_AFTER_S),
+            ..Self::new(ErrorKind::InsufficientStorage, message)
+        }
+    }
 }
+
+/// How long a caller refused for low disk space is told to wait before retrying.
+pub const INSUFFICIENT_STORAGE_RETRY_AFTER_S: u64 = 5;
 
 impl From<StrataError> for tonic::Status {
     fn from(e: StrataError) -> Self {
@@ -220,6 +237,7 @@ impl From<tonic::Status> for StrataError {
         let kind =
             status.metadata().get(ERROR_CODE_METADATA_KEY).and_then(|v| v.to_str().ok()).and_then(ErrorKind::from_code);
         let mut error = match kind {
+            Some(ErrorKind::InsufficientStorage) => StrataError::insufficient_storage(status.message()),
             Some(kind) => StrataError::new(kind, status.message()),
             None => StrataError::unavailable(format!("internal call failed: {}", status.message())),
         };
@@ -247,8 +265,11 @@ mod tests {
         for kind in ErrorKind::ALL {
             let status: tonic::Status = StrataError::new(kind, "m").into();
             let back = StrataError::from(status);
-            assert_eq!(back, StrataError::new(kind, "m"));
+            assert_eq!((back.kind, back.message.as_str()), (kind, "m"));
         }
+        // A low-disk refusal keeps telling the caller when to retry across the hop.
+        let status: tonic::Status = StrataError::insufficient_storage("m").into();
+        assert_eq!(StrataError::from(status).retry_after_s, Some(INSUFFICIENT_STORAGE_RETRY_AFTER_S));
         let foreign = StrataError::from(tonic::Status::internal("boom"));
         assert_eq!(foreign.kind, ErrorKind::Unavailable);
     }

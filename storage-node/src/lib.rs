@@ -5,6 +5,7 @@
 //! the same service in process when both run in one process ([`StorageNode::grpc_service`]).
 
 pub mod backfill;
+pub mod disk;
 pub mod node;
 pub mod queue;
 pub mod schedule_files;

@@ -23,6 +23,7 @@ use strata_tls::{AuthorizeLayer, Credentials, Listener};
 use tokio_util::sync::CancellationToken;
 
 use crate::backfill::backfill_shard_once;
+use crate::disk::DiskGuard;
 use crate::queue::Command;
 use crate::service::StorageService;
 use crate::shard::{Shard, ShardLogSettings, ShardReplicas};
@@ -104,6 +105,9 @@ pub struct StorageSettings {
     /// The node's certificate and CA: it serves, and calls metadata and its peers, only over
     /// mutual TLS.
     pub tls: Credentials,
+    /// Free space kept on the data directory's disk: below it, new messages and queues are
+    /// refused until space returns (see [`crate::disk`]).
+    pub disk_reserve_bytes: u64,
 }
 
 /// The shards this node serves now, shared with its gRPC service. Replicas come and go while
@@ -227,7 +231,9 @@ impl StorageNode {
         }
 
         let mut tasks = Vec::new();
-        let service = StorageServer::new(StorageService::new(shards, random))
+        let disk = DiskGuard::new(&settings.data_dir, settings.disk_reserve_bytes);
+        tasks.push(tokio::spawn(disk.clone().watch(host.clock.clone(), host.cancel.clone())));
+        let service = StorageServer::new(StorageService::new(shards, random, disk))
             .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
         let listener = tokio::net::TcpListener::bind(settings.listen).await?;

@@ -16,6 +16,7 @@ use strata_common::proto::storage_server::Storage;
 use strata_common::proto::{self as pb};
 use tonic::{Request, Response, Status};
 
+use crate::disk::DiskGuard;
 use crate::node::ShardMap;
 use crate::queue::{self, AttributeValue, Command, Delivery, FifoConfig, FifoIds, NewMessage, QueueConfig, Redrive};
 use crate::shard::{REQUEST_DIGEST_GENERATION, Shard, queue_error};
@@ -25,11 +26,13 @@ pub struct StorageService {
     shards: ShardMap,
     /// Draws the ids of new messages.
     random: Random,
+    /// Refuses new messages and queues while the disk is below its reserve.
+    disk: Arc<DiskGuard>,
 }
 
 impl StorageService {
-    pub fn new(shards: ShardMap, random: Random) -> Self {
-        Self { shards, random }
+    pub fn new(shards: ShardMap, random: Random, disk: Arc<DiskGuard>) -> Self {
+        Self { shards, random, disk }
     }
 
     fn route(&self, queue: Option<&pb::QueueRef>) -> Result<(Arc<Shard>, u64, String), StrataError> {
@@ -39,6 +42,13 @@ impl StorageService {
             StrataError::unavailable("the queue's shard is not served here; retry")
         })?;
         Ok((shard, queue.queue_id, queue.tenant.clone()))
+    }
+
+    /// Whether `tenant` may add data now (see [`crate::disk`]). The system tenant's metering
+    /// records are small and carry the charges of receives and deletes, which go on while the
+    /// disk is low, so they are never refused.
+    fn admit_growth(&self, tenant: &str) -> Result<(), StrataError> {
+        if tenant == strata_common::metering::SYSTEM_TENANT { Ok(()) } else { self.disk.admit() }
     }
 }
 
@@ -222,6 +232,7 @@ impl Storage for StorageService {
     async fn ensure_queue(&self, request: Request<pb::EnsureQueueRequest>) -> Result<Response<pb::Empty>, Status> {
         let r = request.into_inner();
         let (shard, queue, tenant) = self.route(r.queue.as_ref())?;
+        self.admit_growth(&tenant)?;
         let config = config_from_pb(r.config)?;
         shard.propose(Command::CreateQueue { queue, tenant: tenant.clone(), config }).await?;
         let stored = shard.state().0.queue_config(queue, &tenant).copied();
@@ -245,6 +256,7 @@ impl Storage for StorageService {
     async fn send(&self, request: Request<pb::SendRequest>) -> Result<Response<pb::SendResponse>, Status> {
         let r = request.into_inner();
         let (shard, queue, tenant) = self.route(r.queue.as_ref())?;
+        self.admit_growth(&tenant)?;
         if r.messages.is_empty() || r.messages.len() > queue::SEND_BATCH_MAX {
             return Err(StrataError::invalid(format!("a send carries 1-{} messages", queue::SEND_BATCH_MAX)).into());
         }
@@ -364,6 +376,7 @@ impl Storage for StorageService {
         &self,
         request: Request<pb::StartMoveTaskRequest>,
     ) -> Result<Response<pb::MoveTaskInfo>, Status> {
+        self.disk.admit()?;
         let r = request.into_inner();
         let (shard, source, tenant) = self.route(r.source.as_ref())?;
         let command = Command::StartMoveTask {

@@ -72,6 +72,7 @@ async fn start_storage(dir: &Path, metadata_endpoint: &str, listen: SocketAddr, 
         zone: String::new(),
         format_generation_max: NEWEST_GENERATION,
         tls: test_credentials(Role::Storage, "schedule-test-node"),
+        disk_reserve_bytes: strata_storage::disk::DISK_RESERVE_BYTES_DEFAULT,
     };
     StorageNode::start(settings, Arc::new(JumpingWallClock(clock.clone())), Random::seeded(14))
         .await

@@ -69,6 +69,7 @@ async fn start_storage(
         zone: String::new(),
         format_generation_max: NEWEST_GENERATION,
         tls: test_credentials(Role::Storage, "tier-test-node"),
+        disk_reserve_bytes: strata_storage::disk::DISK_RESERVE_BYTES_DEFAULT,
     };
     StorageNode::start(settings, Arc::new(SystemClock), Random::os()).await.expect("storage node starts")
 }

@@ -51,6 +51,7 @@ async fn start_node(root: &Path, index: usize, listen: SocketAddr, metadata_endp
         zone: format!("zone-{index}"),
         format_generation_max: NEWEST_GENERATION,
         tls: test_credentials(Role::Storage, &format!("storage-{index}")),
+        disk_reserve_bytes: strata_storage::disk::DISK_RESERVE_BYTES_DEFAULT,
     };
     StorageNode::start(settings, Arc::new(SystemClock), Random::os()).await.expect("storage node starts")
 }

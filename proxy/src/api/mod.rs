@@ -190,7 +190,7 @@ async fn no_such_route() -> ApiError {
             the token's subject. Errors are {\"error\": {\"code\", \"message\"}} with stable codes: \
             QueueNotFound, QueueAlreadyExists, InvalidParameter, InvalidReceipt, StaleReceipt, \
             MessageNotInFlight, ScheduledMessageNotFound, AccessKeyNotFound, LimitExceeded, IdempotencyConflict, \
-            TooLarge, Unauthenticated, Throttled, Unavailable, Internal, UnknownRoute.",
+            TooLarge, Unauthenticated, Throttled, Unavailable, Internal, UnknownRoute, InsufficientStorage.",
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
     components(schemas(model::ErrorBody)),
@@ -374,7 +374,7 @@ struct Errors;
 
 impl IntoResponses for Errors {
     fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
-        const ERRORS: [(u16, &str); 8] = [
+        const ERRORS: [(u16, &str); 9] = [
             (400, "The request is malformed or breaks a rule (code `InvalidParameter`, `InvalidReceipt`, ...)."),
             (401, "No valid bearer token."),
             (404, "No such queue (or message, or task) of this tenant, or no such route (`UnknownRoute`)."),
@@ -384,9 +384,18 @@ impl IntoResponses for Errors {
                    another request (`IdempotencyConflict`).",
             ),
             (413, "The request or a message is too large."),
-            (429, "Over the tenant's rate limits; retry after `Retry-After` seconds."),
+            (
+                429,
+                "Over the tenant's rate limits, or with as many calls under way as it may have; retry after \
+                   `Retry-After` seconds.",
+            ),
             (500, "The service failed; retry, and report it if it persists."),
             (503, "The service cannot answer now; retry."),
+            (
+                507,
+                "The storage holding the queue is low on disk space and takes no new messages for now \
+                   (`InsufficientStorage`); receives and deletes go on. Retry after `Retry-After` seconds.",
+            ),
         ];
         ERRORS
             .into_iter()

@@ -94,6 +94,10 @@ impl From<StrataError> for SqsError {
             ErrorKind::MessageNotInFlight => Self::message_not_inflight(e.message),
             ErrorKind::Unauthenticated => Self::access_denied(e.message),
             ErrorKind::Throttled => Self { retry_after_s: e.retry_after_s, ..Self::throttled(e.message) },
+            // SDKs retry a 503 by themselves.
+            ErrorKind::InsufficientStorage => {
+                Self { retry_after_s: e.retry_after_s, ..Self::service_unavailable(e.message) }
+            }
             // The detail (a shard, a peer's address or error, a file) is logged, not answered.
             ErrorKind::Unavailable => {
                 tracing::warn!(message = %e.message, "unavailable answered on the SQS API");

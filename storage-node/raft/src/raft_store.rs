@@ -142,6 +142,18 @@ struct Facts<C: RaftTypeConfig> {
     last_purged: Option<LogIdOf<C>>,
 }
 
+/// A log write that failed (a full disk, an I/O error) stops openraft's group for good while
+/// the process lives: with the WAL's abort policy (production) the process ends instead, so its
+/// supervisor restarts it and the replica recovers from what is durable; with the poison policy
+/// (tests) the error is returned.
+fn log_write_failed(wal: &Wal, e: WalError) -> io::Error {
+    if wal.fsync_failure() == strata_wal::FsyncFailure::Abort && matches!(e, WalError::Io { .. }) {
+        tracing::error!(error = %e, "a Raft log write failed; ending the process so that it restarts from its log");
+        std::process::abort();
+    }
+    to_io(e)
+}
+
 fn to_io(e: WalError) -> io::Error {
     io::Error::other(e)
 }
@@ -364,14 +376,14 @@ where
             return Ok(());
         }
         let sizes: Vec<(u64, usize)> = records.iter().map(|(index, bytes)| (*index, bytes.len())).collect();
-        self.inner
-            .wal
-            .append_in_frame_version(
-                records,
-                frame_version,
-                Box::new(move |result| callback.io_completed(result.map_err(to_io))),
-            )
-            .map_err(to_io)?;
+        let appended = self.inner.wal.append_in_frame_version(
+            records,
+            frame_version,
+            Box::new(move |result| callback.io_completed(result.map_err(to_io))),
+        );
+        if let Err(e) = appended {
+            return Err(log_write_failed(&self.inner.wal, e));
+        }
         // Readable once `append` returned, so cacheable now too.
         let mut recent = self.inner.recent.lock();
         for ((index, bytes), entry) in sizes.into_iter().zip(entries) {
@@ -383,7 +395,7 @@ where
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |l| l.index() + 1);
         self.inner.recent.lock().truncate_from(from);
-        self.inner.wal.truncate_from(from).map_err(to_io)
+        self.inner.wal.truncate_from(from).map_err(|e| log_write_failed(&self.inner.wal, e))
     }
 
     async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {

@@ -482,6 +482,12 @@ fn run_sync_thread(shared: Arc<Shared>) {
 }
 
 impl Wal {
+    /// What this WAL does when a sync fails; its owner applies the same policy to failed writes
+    /// it cannot go on from.
+    pub fn fsync_failure(&self) -> FsyncFailure {
+        self.handle.shared.options.on_fsync_error
+    }
+
     /// Opens or creates the WAL in `dir` (created if missing), recovering existing segments
     /// (see [`RecoveryReport`] and the `recovery` module docs), and starts its sync thread.
     ///
