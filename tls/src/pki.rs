@@ -55,7 +55,9 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
 
 /// Writes `bytes` to `path` as a private (0600) file, atomically.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
-    let temporary = path.with_extension("tmp");
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
