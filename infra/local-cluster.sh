@@ -81,6 +81,11 @@ up() {
   "$ROOT/infra/garage.sh" install
   eval "$("$ROOT/infra/garage.sh" start "$garage_dir")"
 
+  # The KEK sealing SigV4 secrets at rest, shared by the metadata members (docs/security.md).
+  if [ ! -f "$dir/tls/kek-1.secret" ]; then
+    mkdir -p -m 700 "$dir/tls"
+    (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/tls/kek-1.secret")
+  fi
   local members="" metadata_endpoints=""
   for i in 1 2 3; do
     members+="$i = \"https://127.0.0.1:$((BASE + i))\""$'\n'
@@ -100,6 +105,10 @@ $members
 $(object_store_section "$dir")
 
 $(tls_section "$dir" metadata "$i")
+
+[[kek]]
+id = "kek-1"
+file = "$dir/tls/kek-1.secret"
 CONF
     start_role "$dir" "metadata-$i" metadata
   done

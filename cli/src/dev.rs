@@ -25,6 +25,7 @@ use clap::Args;
 use strata_common::format::{FormatGate, NEWEST_GENERATION};
 use strata_common::{Clock, Random, ShiftedClock, SystemClock};
 use strata_metadata::MetadataNode;
+use strata_metadata::sealing::{KekSource, Keks};
 use strata_metadata_client::MetadataClient;
 use strata_proxy::auth::{JwtIssuer, JwtKey, JwtVerifier};
 use strata_proxy::quotas::ConcurrencyLimits;
@@ -157,6 +158,17 @@ pub(crate) fn default_data_dir() -> PathBuf {
 /// Length of the dev HMAC secrets.
 const DEV_SECRET_BYTES: usize = 32;
 
+/// The KEK that seals `strata dev`'s SigV4 secrets at rest: `kek-dev-1.secret` in the data
+/// directory (0600), made on first start. (A deployment keeps its KEK away from the data.)
+fn dev_kek(dir: &Path) -> anyhow::Result<Keks> {
+    let file = dir.join("kek-dev-1.secret");
+    if !file.exists() {
+        let hex = strata_common::random::secret_string(b"0123456789abcdef", 2 * strata_metadata::sealing::KEK_BYTES);
+        write_secret_file(&file, hex.as_bytes())?;
+    }
+    Keks::load(&[KekSource { id: "dev-1".into(), file: Some(file), env: None }])
+}
+
 /// The internal plane's credentials of `strata dev`: its own CA, kept in the data directory,
 /// and a certificate for each role (and an operator) issued at every start, all 0600.
 struct DevTls {
@@ -282,6 +294,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     )
     .await
     .context("opening metadata")?;
+    metadata.use_keks(dev_kek(&dir)?);
     let metadata_listener = tokio::net::TcpListener::bind(metadata_addr)
         .await
         .with_context(|| format!("metadata port {metadata_addr} is taken (use --metadata-port)"))?;

@@ -31,6 +31,7 @@ use clap::Args;
 use serde::Deserialize;
 use strata_common::format::{FormatGate, FormatGeneration, NEWEST_GENERATION};
 use strata_common::{Clock, Random, SystemClock};
+use strata_metadata::sealing::{KekSource, Keks};
 use strata_metadata::server::MemberSettings;
 use strata_metadata::{MetadataNode, backup};
 use strata_proxy::ProxySettings;
@@ -82,6 +83,9 @@ struct MetadataConfig {
     #[serde(default = "newest_generation")]
     format_generation_max: FormatGeneration,
     tls: TlsFiles,
+    /// The KEKs that seal SigV4 secrets at rest, the sealing one first (docs/security.md).
+    #[serde(default)]
+    kek: Vec<KekSource>,
 }
 
 fn newest_generation() -> FormatGeneration {
@@ -126,8 +130,13 @@ pub(crate) async fn metadata(args: MetadataArgs) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let format = FormatGate::new(config.format_generation_max);
     let tls = load_tls(&config.tls)?;
+    let keks = Keks::load(&config.kek).context("loading the [[kek]] keys")?;
+    if keks.is_empty() {
+        tracing::warn!("no [[kek]] configured: SigV4 secrets are stored in clear");
+    }
     let node =
         MetadataNode::open_member(&config.data_dir, &settings, clock, format, tls).await.context("opening metadata")?;
+    node.use_keks(keks);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

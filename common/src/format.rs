@@ -25,7 +25,8 @@ pub const LEGACY_FORMAT_VERSION: u8 = 0;
 
 /// A format generation names the format version of every persisted type that a cluster may
 /// write: generation 0 is what releases from before format versions wrote, generation 1 the
-/// first versioned formats, generation 2 adds request digests to shard commands and states. A process writes the generation its cluster has reached (recorded in
+/// first versioned formats, generation 2 adds request digests to shard commands and states,
+/// generation 3 SigV4 secrets sealed under a KEK in the metadata catalog. A process writes the generation its cluster has reached (recorded in
 /// metadata, raised once every process can read it) and reads every generation up to its own
 /// newest (see `docs/formats.md`, rolling upgrades).
 pub type FormatGeneration = u32;
@@ -33,7 +34,7 @@ pub type FormatGeneration = u32;
 /// The generation of everything written before formats were versioned.
 pub const LEGACY_GENERATION: FormatGeneration = 0;
 /// The newest generation this release reads and writes.
-pub const NEWEST_GENERATION: FormatGeneration = 2;
+pub const NEWEST_GENERATION: FormatGeneration = 3;
 
 /// A value with a versioned persisted form.
 pub trait Persisted: Sized {

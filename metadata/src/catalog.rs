@@ -473,14 +473,24 @@ pub struct Catalog {
     format_generation: FormatGeneration,
 }
 
+/// The format generation from which new SigV4 secrets are stored sealed (see
+/// [`crate::sealing`]): a release before it would take the sealed text for the secret.
+pub const SEALED_SECRETS_GENERATION: FormatGeneration = 3;
+
 /// A metadata log entry, persisted (see `docs/formats.md`). Version 1 is the postcard encoding
 /// of [`MetaEntry`] without [`MetaCommand::SetFormatGeneration`] (the legacy version is the same
-/// layout); version 2 adds that command as the enum's last variant.
+/// layout); version 2 adds that command as the enum's last variant; version 3 is the layout of
+/// 2 whose access-key secrets may be sealed.
 impl Persisted for MetaEntry {
-    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 2];
+    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 2, 2, 3];
 
     fn version_needed(&self) -> u8 {
-        match self.command {
+        match &self.command {
+            MetaCommand::CreateAccessKey { secret, .. } | MetaCommand::RotateAccessKey { secret, .. }
+                if crate::sealing::is_sealed(&secret.0) =>
+            {
+                3
+            }
             MetaCommand::SetFormatGeneration { .. } => 2,
             _ => LEGACY_FORMAT_VERSION,
         }
@@ -494,18 +504,26 @@ impl Persisted for MetaEntry {
     }
 
     fn decode_body(version: u8, body: &[u8]) -> std::io::Result<Self> {
-        // Every version so far is one layout; version 2 may hold one more command.
-        postcard_of_versions("metadata command", version, &[LEGACY_FORMAT_VERSION, 1, 2], body)
+        // Every version so far is one layout; version 2 may hold one more command, version 3
+        // sealed secrets.
+        postcard_of_versions("metadata command", version, &[LEGACY_FORMAT_VERSION, 1, 2, 3], body)
     }
 }
 
 /// The catalog in a metadata snapshot. Version 1 is the postcard encoding of [`Catalog`]'s serde
-/// layout (the legacy version is the same); version 2 appends the format generation.
+/// layout (the legacy version is the same); version 2 appends the format generation; version 3
+/// is the layout of 2 whose access-key secrets may be sealed.
 impl Persisted for Catalog {
-    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 2];
+    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 2, 2, 3];
 
     fn version_needed(&self) -> u8 {
-        if self.format_generation > LEGACY_GENERATION { 2 } else { LEGACY_FORMAT_VERSION }
+        if self.access_keys.values().any(|k| crate::sealing::is_sealed(&k.secret.0)) {
+            3
+        } else if self.format_generation > LEGACY_GENERATION {
+            2
+        } else {
+            LEGACY_FORMAT_VERSION
+        }
     }
 
     fn encode_body(&self, version: u8, out: &mut Vec<u8>) -> std::io::Result<()> {
@@ -522,7 +540,7 @@ impl Persisted for Catalog {
     fn decode_body(version: u8, body: &[u8]) -> std::io::Result<Self> {
         match version {
             LEGACY_FORMAT_VERSION | 1 => postcard_exact(body),
-            2 => {
+            2 | 3 => {
                 let (mut catalog, rest): (Catalog, &[u8]) =
                     postcard::take_from_bytes(body).map_err(|e| invalid_data(e.to_string()))?;
                 catalog.format_generation = postcard_exact(rest)?;
@@ -1611,6 +1629,22 @@ mod format_tests {
         // Only version 2 holds it.
         golden::check(&fixtures(), "command-set-format-generation", &set_format_generation());
         assert!(set_format_generation().encode_body(LEGACY_FORMAT_VERSION, &mut Vec::new()).is_err());
+        // Only version 3 holds a sealed secret: a release before it would take it for the secret.
+        golden::check(&fixtures(), "command-create-access-key-sealed", &create_sealed_key());
+        assert!(create_sealed_key().encode_body(2, &mut Vec::new()).is_err());
+    }
+
+    /// A key created with a sealed secret (a fixed text: the fixture pins the layout, not AES).
+    fn create_sealed_key() -> MetaEntry {
+        MetaEntry {
+            request_id: Some("req-sealed".into()),
+            command: MetaCommand::CreateAccessKey {
+                tenant: "t1".into(),
+                access_key_id: "SKSEALED".into(),
+                secret: Secret(format!("{}kek-1:{}", crate::sealing::SEALED_PREFIX, "A".repeat(70))),
+                now_ms: 1_700_000_000_000,
+            },
+        }
     }
 
     #[test]
@@ -1631,5 +1665,10 @@ mod format_tests {
         catalog
             .apply(101, &MetaEntry { request_id: None, command: MetaCommand::SetFormatGeneration { generation: 0 } });
         assert_eq!(catalog.format_generation(), 1, "never lowered");
+
+        // A sealed secret in the catalog: only version 3 holds it.
+        catalog.apply(102, &create_sealed_key());
+        golden::check(&fixtures(), "catalog-sealed-secret", &catalog);
+        assert!(catalog.encode_body(2, &mut Vec::new()).is_err());
     }
 }

@@ -8,6 +8,7 @@ pub mod backup;
 pub mod catalog;
 mod formats;
 pub mod leases;
+pub mod sealing;
 pub mod server;
 
 pub use catalog::{

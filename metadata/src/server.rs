@@ -29,6 +29,9 @@ use strata_raft::raft_state::StateGuard;
 use strata_raft::raft_store::SegmentRetention;
 use strata_raft::transport::{GroupId, GrpcNetwork, RaftRouter};
 use strata_tls::{AuthorizeLayer, Credentials, Listener, Peer, Role};
+
+use crate::catalog::SEALED_SECRETS_GENERATION;
+use crate::sealing::Keks;
 use strata_wal::{FsyncFailure, WalOptions};
 use tonic::{Request, Response, Status};
 
@@ -68,20 +71,24 @@ fn new_access_key() -> (String, Secret) {
     (id, secret)
 }
 
-/// The wire form of a key; the secret only when `with_secret`.
-fn access_key_pb(key: AccessKeyRecord, with_secret: bool) -> pb::AccessKey {
-    pb::AccessKey {
+/// The wire form of a key; its secret (opened when sealed) only when `keks` is given.
+fn access_key_pb(key: AccessKeyRecord, keks: Option<&Keks>) -> Result<pb::AccessKey, StrataError> {
+    let secret_access_key = match keks {
+        Some(keks) => keks.open(&key.secret.0, &key.access_key_id)?,
+        None => String::new(),
+    };
+    Ok(pb::AccessKey {
         access_key_id: key.access_key_id,
         tenant: key.tenant,
-        secret_access_key: if with_secret { key.secret.0 } else { String::new() },
+        secret_access_key,
         created_ms: key.created_ms,
         revoked_at_ms: key.revoked_at_ms.unwrap_or(0),
-    }
+    })
 }
 
-fn access_key_response(response: MetaResponse, with_secret: bool) -> Result<Response<pb::AccessKey>, Status> {
+fn access_key_response(response: MetaResponse, keks: Option<&Keks>) -> Result<Response<pb::AccessKey>, Status> {
     match response {
-        MetaResponse::AccessKey(key) => Ok(Response::new(access_key_pb(key, with_secret))),
+        MetaResponse::AccessKey(key) => Ok(Response::new(access_key_pb(key, keks)?)),
         other => Err(StrataError::internal(format!("unexpected metadata response {other:?}")).into()),
     }
 }
@@ -138,6 +145,8 @@ pub struct MetadataNode {
     /// This member's certificate and CA on the internal plane: it serves and calls only over
     /// mutual TLS.
     pub(crate) credentials: Credentials,
+    /// The KEKs that seal SigV4 secrets at rest (see [`crate::sealing`]); none: in clear.
+    keks: parking_lot::RwLock<Keks>,
 }
 
 fn raft_config() -> Config {
@@ -184,7 +193,8 @@ impl MetadataNode {
         )
         .await?;
         crate::formats::follow_catalog(&group.state, &format);
-        Ok(Arc::new(Self { group, clock, router: None, leases: Leases::default(), format, credentials }))
+        let keks = parking_lot::RwLock::default();
+        Ok(Arc::new(Self { group, clock, router: None, leases: Leases::default(), format, credentials, keks }))
     }
 
     /// Opens (or creates) this member's replica of the metadata quorum in `dir`. Returns at once;
@@ -213,8 +223,8 @@ impl MetadataNode {
         crate::formats::follow_catalog(&group.state, &format);
         let router = RaftRouter::new(format.readable_max());
         router.register(METADATA_GROUP, group.raft.clone());
-        let leases = Leases::default();
-        Ok(Arc::new(Self { group, clock, router: Some(router), leases, format, credentials }))
+        let (leases, keks) = (Leases::default(), parking_lot::RwLock::default());
+        Ok(Arc::new(Self { group, clock, router: Some(router), leases, format, credentials, keks }))
     }
 
     /// The quorum's voters (node id → endpoint) and its leader, as this member knows them.
@@ -391,6 +401,24 @@ impl MetadataNode {
         upgrades.abort();
         served?;
         Ok(())
+    }
+
+    /// Seals SigV4 secrets created from now on under `keks` (once the cluster writes
+    /// [`SEALED_SECRETS_GENERATION`]), and opens those sealed before.
+    pub fn use_keks(&self, keks: Keks) {
+        *self.keks.write() = keks;
+    }
+
+    /// A new secret as stored: sealed when this member holds a KEK and the cluster reads sealed
+    /// secrets, else in clear.
+    fn stored_secret(&self, secret: Secret, access_key_id: &str) -> Result<Secret, StrataError> {
+        if self.catalog().format_generation() < SEALED_SECRETS_GENERATION {
+            return Ok(secret);
+        }
+        match self.keks.read().seal(&secret.0, access_key_id) {
+            Some(sealed) => Ok(Secret(sealed?)),
+            None => Ok(secret),
+        }
     }
 
     /// Stops the Raft group.
@@ -773,9 +801,12 @@ impl Metadata for MetadataService {
     ) -> Result<Response<pb::AccessKey>, Status> {
         let request_id = request_id(&request)?;
         let tenant = request.into_inner().tenant;
+        self.node.read_barrier().await?;
         let (access_key_id, secret) = new_access_key();
+        let secret = self.node.stored_secret(secret, &access_key_id)?;
         let command = MetaCommand::CreateAccessKey { tenant, access_key_id, secret, now_ms: self.node.now_ms() };
-        access_key_response(self.node.propose(request_id, command).await?, true)
+        let keks = self.node.keks.read().clone();
+        access_key_response(self.node.propose(request_id, command).await?, Some(&keks))
     }
 
     async fn rotate_access_key(
@@ -784,7 +815,9 @@ impl Metadata for MetadataService {
     ) -> Result<Response<pb::AccessKey>, Status> {
         let request_id = request_id(&request)?;
         let r = request.into_inner();
+        self.node.read_barrier().await?;
         let (access_key_id, secret) = new_access_key();
+        let secret = self.node.stored_secret(secret, &access_key_id)?;
         let command = MetaCommand::RotateAccessKey {
             tenant: r.tenant,
             old_access_key_id: r.access_key_id,
@@ -793,7 +826,8 @@ impl Metadata for MetadataService {
             grace_ms: r.grace_ms,
             now_ms: self.node.now_ms(),
         };
-        access_key_response(self.node.propose(request_id, command).await?, true)
+        let keks = self.node.keks.read().clone();
+        access_key_response(self.node.propose(request_id, command).await?, Some(&keks))
     }
 
     async fn revoke_access_key(&self, request: Request<pb::AccessKeyRef>) -> Result<Response<pb::AccessKey>, Status> {
@@ -804,7 +838,7 @@ impl Metadata for MetadataService {
             access_key_id: r.access_key_id,
             now_ms: self.node.now_ms(),
         };
-        access_key_response(self.node.propose(request_id, command).await?, false)
+        access_key_response(self.node.propose(request_id, command).await?, None)
     }
 
     async fn list_access_keys(
@@ -815,7 +849,7 @@ impl Metadata for MetadataService {
         let tenant = request.into_inner().tenant;
         let keys = self.node.catalog().access_keys_of(&tenant);
         Ok(Response::new(pb::ListAccessKeysResponse {
-            keys: keys.into_iter().map(|k| access_key_pb(k, false)).collect(),
+            keys: keys.into_iter().map(|k| access_key_pb(k, None)).collect::<Result<_, _>>()?,
         }))
     }
 
@@ -827,7 +861,7 @@ impl Metadata for MetadataService {
         let id = request.into_inner().access_key_id;
         let key = self.node.catalog().access_key(&id).cloned();
         match key {
-            Some(key) => Ok(Response::new(access_key_pb(key, true))),
+            Some(key) => Ok(Response::new(access_key_pb(key, Some(&self.node.keks.read().clone()))?)),
             None => {
                 Err(StrataError::new(ErrorKind::AccessKeyNotFound, format!("access key '{id}' does not exist")).into())
             }

@@ -217,8 +217,22 @@ impl DevProcess {
         extra: &[(&str, &str)],
     ) -> anyhow::Result<(u16, Value)> {
         let env: std::collections::BTreeMap<String, String> = self.credentials_env()?.into_iter().collect();
-        let signer =
-            SqsSigner::new(&env["AWS_DEFAULT_REGION"], &env["AWS_ACCESS_KEY_ID"], &env["AWS_SECRET_ACCESS_KEY"]);
+        let key = (env["AWS_ACCESS_KEY_ID"].as_str(), env["AWS_SECRET_ACCESS_KEY"].as_str());
+        self.sqs_call_as(key, action, sent_as, body, options, extra).await
+    }
+
+    /// [`DevProcess::sqs_call`] signed with the access key `(id, secret)`.
+    pub async fn sqs_call_as(
+        &self,
+        (access_key_id, secret): (&str, &str),
+        action: &str,
+        sent_as: Option<&str>,
+        body: &Value,
+        options: &SignOptions,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, Value)> {
+        let env: std::collections::BTreeMap<String, String> = self.credentials_env()?.into_iter().collect();
+        let signer = SqsSigner::new(&env["AWS_DEFAULT_REGION"], access_key_id, secret);
         let url = format!("{}/", self.endpoint);
         let bytes = serde_json::to_vec(body)?;
         let at = std::time::UNIX_EPOCH + Duration::from_millis(SystemClock.now_ms());
