@@ -27,7 +27,7 @@ use strata_common::{Clock, limits};
 use strata_raft::group::{GroupStorage, RaftGroup, open_group, open_single_voter};
 use strata_raft::raft_state::StateGuard;
 use strata_raft::raft_store::SegmentRetention;
-use strata_raft::transport::{GroupId, GrpcNetwork, RaftRouter};
+use strata_raft::transport::{GroupId, GrpcNetwork, RaftRouter, Senders};
 use strata_tls::{AuthorizeLayer, Credentials, Listener, Peer, Role};
 
 use crate::catalog::SEALED_SECRETS_GENERATION;
@@ -222,7 +222,7 @@ impl MetadataNode {
         .await?;
         crate::formats::follow_catalog(&group.state, &format);
         let router = RaftRouter::new(format.readable_max());
-        router.register(METADATA_GROUP, group.raft.clone());
+        router.register(METADATA_GROUP, group.raft.clone(), Senders::MembersById);
         let (leases, keks) = (Leases::default(), parking_lot::RwLock::default());
         Ok(Arc::new(Self { group, clock, router: Some(router), leases, format, credentials, keks }))
     }

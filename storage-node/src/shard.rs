@@ -23,7 +23,7 @@ use strata_common::metering::MeterRecord;
 use strata_raft::group::{GroupStorage, RaftGroup, open_group, open_single_voter};
 use strata_raft::raft_state::{ReplicatedState, StateGuard};
 use strata_raft::raft_store::SegmentRetention;
-use strata_raft::transport::{GrpcNetwork, RaftRouter};
+use strata_raft::transport::{GrpcNetwork, RaftRouter, Senders};
 use strata_tls::{Credentials, Role};
 use strata_wal::format::{LEGACY_FRAME_VERSION, versioned_payload};
 use strata_wal::{FsyncFailure, WalOptions};
@@ -332,7 +332,7 @@ impl Shard {
                     replicas.initialize.then_some(voters),
                 )
                 .await?;
-                router.register(shard_id, group.raft.clone());
+                router.register(shard_id, group.raft.clone(), Senders::AnyOfTheRole);
                 group
             }
         };

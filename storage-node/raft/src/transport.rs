@@ -68,10 +68,25 @@ enum Rpc {
 trait GroupEndpoint: Send + Sync {
     fn handle(&self, rpc: Rpc, payload: Bytes) -> Reply;
     fn status(&self, group: GroupId) -> pb::RaftGroupStatus;
+    /// Whether the process a certificate names may send this group Raft messages.
+    fn admits(&self, peer_name: &str) -> bool;
+}
+
+/// Who may send a group Raft messages, besides the role the table requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Senders {
+    /// Any process of the role (the shards: their members' certificates name storage nodes,
+    /// whose Raft ids only metadata maps).
+    AnyOfTheRole,
+    /// Only members (voters or learners) of the group: the certificate's name is the member's
+    /// Raft node id (the metadata quorum). A process that has not joined a group yet hears from
+    /// any process of the role, as the one that brings it the membership.
+    MembersById,
 }
 
 struct RaftEndpoint<C: RaftTypeConfig, SM: RaftStateMachine<C>> {
     raft: Raft<C, SM>,
+    senders: Senders,
 }
 
 fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
@@ -116,6 +131,20 @@ where
         }
     }
 
+    fn admits(&self, peer_name: &str) -> bool {
+        match self.senders {
+            Senders::AnyOfTheRole => true,
+            // A process that has not joined yet (no membership) hears from whoever brings it
+            // the group's membership; once it knows the members, only they are heard.
+            Senders::MembersById => {
+                let metrics = self.raft.metrics().borrow_watched().clone();
+                let membership = metrics.membership_config.membership();
+                membership.nodes().next().is_none()
+                    || peer_name.parse::<u64>().is_ok_and(|id| membership.get_node(&id).is_some())
+            }
+        }
+    }
+
     fn handle(&self, rpc: Rpc, payload: Bytes) -> Reply {
         let raft = self.raft.clone();
         Box::pin(async move {
@@ -149,13 +178,14 @@ impl RaftRouter {
         Self { groups: Arc::default(), format_generation_max }
     }
 
-    /// Delivers messages for `group` to `raft` from now on (replacing an earlier registration).
-    pub fn register<C, SM>(&self, group: GroupId, raft: Raft<C, SM>)
+    /// Delivers messages for `group` from `senders` to `raft` from now on (replacing an earlier
+    /// registration).
+    pub fn register<C, SM>(&self, group: GroupId, raft: Raft<C, SM>, senders: Senders)
     where
         C: RaftTypeConfig<NodeId = u64, Term = u64, Node = BasicNode>,
         SM: RaftStateMachine<C, SnapshotData = Vec<u8>>,
     {
-        self.groups.write().insert(group, Arc::new(RaftEndpoint { raft }));
+        self.groups.write().insert(group, Arc::new(RaftEndpoint { raft, senders }));
     }
 
     /// Stops delivering messages for `group` (before its Raft shuts down).
@@ -172,10 +202,16 @@ impl RaftRouter {
 
     /// Hands a message to its group and wraps the answer.
     async fn route(&self, rpc: Rpc, request: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+        let peer = request.extensions().get::<strata_tls::Peer>().map(|p| p.identity.name.clone());
         let m = request.into_inner();
         let endpoint = self.groups.read().get(&m.group).cloned();
         let endpoint =
             endpoint.ok_or_else(|| Status::unavailable(format!("Raft group {} is not served here", m.group)))?;
+        let Some(peer) = peer else { return Err(Status::unauthenticated("no client certificate")) };
+        if !endpoint.admits(&peer) {
+            tracing::warn!(group = m.group, peer, "Raft message from a process that is not a member refused");
+            return Err(Status::permission_denied(format!("'{peer}' is not a member of Raft group {}", m.group)));
+        }
         let payload = endpoint.handle(rpc, m.payload).await?;
         Ok(Response::new(pb::RaftMessage { group: m.group, payload: payload.into() }))
     }

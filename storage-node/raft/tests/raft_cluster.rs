@@ -19,7 +19,7 @@ use strata_common::SystemClock;
 use strata_raft::group::{GroupStorage, RaftGroup, open_group};
 use strata_raft::raft_state::ReplicatedState;
 use strata_raft::raft_store::SegmentRetention;
-use strata_raft::transport::{GrpcNetwork, RaftRouter};
+use strata_raft::transport::{GrpcNetwork, RaftRouter, Senders};
 use strata_tls::pki::{test_channel, test_credentials};
 use strata_tls::{AuthorizeLayer, Listener, Role};
 use strata_wal::{FsyncFailure, WalOptions};
@@ -92,7 +92,7 @@ async fn start_voter(id: u64, dir: &Path, addr: SocketAddr, members: Option<BTre
     .await
     .expect("open the group");
     let router = RaftRouter::new(strata_common::format::NEWEST_GENERATION);
-    router.register(GROUP, group.raft.clone());
+    router.register(GROUP, group.raft.clone(), Senders::MembersById);
     let listener = tokio::net::TcpListener::bind(addr).await.expect("bind the Raft transport");
     let (stop_server, stopped) = oneshot::channel::<()>();
     let service = router.service();
@@ -200,6 +200,19 @@ async fn three_voters_fail_over_catch_up_and_refuse_without_a_majority() {
     // itself leader, and all have applied the writes. (Asked again if leadership moved between
     // the three questions, as it may under load.)
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // Only members send the group Raft messages: a certificate of the role that names no member
+    // is refused before the message is read; a member's gets as far as decoding it.
+    let first = format!("https://{}", addrs.values().next().expect("a voter"));
+    let stranger = test_channel(&first, Role::Storage, Role::Storage);
+    let message = pb::RaftMessage { group: GROUP, payload: Default::default() };
+    let refused = RaftTransportClient::new(stranger).vote(message.clone()).await.expect_err("a non-member's vote");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    let member =
+        strata_tls::lazy_channel(&first, Duration::from_secs(5), &test_credentials(Role::Storage, "2"), Role::Storage)
+            .expect("channel");
+    let undecodable = RaftTransportClient::new(member).vote(message).await.expect_err("an empty vote");
+    assert_eq!(undecodable.code(), tonic::Code::InvalidArgument, "{undecodable:?}");
+
     loop {
         let mut statuses = Vec::new();
         for addr in addrs.values() {
