@@ -805,8 +805,8 @@ impl Metadata for MetadataService {
         let (access_key_id, secret) = new_access_key();
         let secret = self.node.stored_secret(secret, &access_key_id)?;
         let command = MetaCommand::CreateAccessKey { tenant, access_key_id, secret, now_ms: self.node.now_ms() };
-        let keks = self.node.keks.read().clone();
-        access_key_response(self.node.propose(request_id, command).await?, Some(&keks))
+        let response = self.node.propose(request_id, command).await?;
+        access_key_response(response, Some(&self.node.keks.read()))
     }
 
     async fn rotate_access_key(
@@ -826,8 +826,8 @@ impl Metadata for MetadataService {
             grace_ms: r.grace_ms,
             now_ms: self.node.now_ms(),
         };
-        let keks = self.node.keks.read().clone();
-        access_key_response(self.node.propose(request_id, command).await?, Some(&keks))
+        let response = self.node.propose(request_id, command).await?;
+        access_key_response(response, Some(&self.node.keks.read()))
     }
 
     async fn revoke_access_key(&self, request: Request<pb::AccessKeyRef>) -> Result<Response<pb::AccessKey>, Status> {
@@ -861,7 +861,7 @@ impl Metadata for MetadataService {
         let id = request.into_inner().access_key_id;
         let key = self.node.catalog().access_key(&id).cloned();
         match key {
-            Some(key) => Ok(Response::new(access_key_pb(key, Some(&self.node.keks.read().clone()))?)),
+            Some(key) => Ok(Response::new(access_key_pb(key, Some(&self.node.keks.read()))?)),
             None => {
                 Err(StrataError::new(ErrorKind::AccessKeyNotFound, format!("access key '{id}' does not exist")).into())
             }

@@ -77,6 +77,12 @@ struct UnderWay {
     receives: AtomicU32,
 }
 
+impl UnderWay {
+    fn counter(&self, receive: bool) -> &AtomicU32 {
+        if receive { &self.receives } else { &self.calls }
+    }
+}
+
 /// A slot taken in a counter, given back when dropped.
 struct Slot {
     under_way: Arc<UnderWay>,
@@ -84,13 +90,9 @@ struct Slot {
 }
 
 impl Slot {
-    fn counter(&self) -> &AtomicU32 {
-        if self.receive { &self.under_way.receives } else { &self.under_way.calls }
-    }
-
     /// Takes a slot if fewer than `max` are taken.
     fn take(under_way: &Arc<UnderWay>, receive: bool, max: u32) -> Option<Slot> {
-        let counter = if receive { &under_way.receives } else { &under_way.calls };
+        let counter = under_way.counter(receive);
         counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
         Some(Slot { under_way: under_way.clone(), receive })
     }
@@ -98,7 +100,7 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.counter().fetch_sub(1, Ordering::AcqRel);
+        self.under_way.counter(self.receive).fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -208,12 +210,11 @@ impl Quotas {
         };
         let call = Slot::take(&under_way, false, self.concurrency.calls_max)
             .ok_or_else(|| busy("calls", self.concurrency.calls_max))?;
-        let receive = match receive {
-            true => Some(
-                Slot::take(&under_way, true, self.concurrency.receives_max)
-                    .ok_or_else(|| busy("receives", self.concurrency.receives_max))?,
-            ),
-            false => None,
+        let receive = if receive {
+            let max = self.concurrency.receives_max;
+            Some(Slot::take(&under_way, true, max).ok_or_else(|| busy("receives", max))?)
+        } else {
+            None
         };
         Ok(Admission { _call: call, _receive: receive })
     }

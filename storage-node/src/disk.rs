@@ -20,7 +20,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use strata_common::error::StrataError;
@@ -36,8 +36,7 @@ pub const DISK_RESERVE_BYTES_DEFAULT: u64 = 256 << 20;
 pub struct DiskGuard {
     dir: PathBuf,
     reserve_bytes: u64,
-    /// Bytes available to the node's user at the last check.
-    available_bytes: AtomicU64,
+    /// Whether the space available was below the reserve at the last check.
     low: AtomicBool,
 }
 
@@ -50,12 +49,7 @@ fn available_bytes(dir: &Path) -> std::io::Result<u64> {
 impl DiskGuard {
     /// A guard of `dir`'s file system keeping `reserve_bytes` free; reads the space once now.
     pub fn new(dir: &Path, reserve_bytes: u64) -> Arc<Self> {
-        let guard = Arc::new(Self {
-            dir: dir.to_owned(),
-            reserve_bytes,
-            available_bytes: AtomicU64::new(u64::MAX),
-            low: AtomicBool::new(false),
-        });
+        let guard = Arc::new(Self { dir: dir.to_owned(), reserve_bytes, low: AtomicBool::new(false) });
         guard.check();
         guard
     }
@@ -69,7 +63,6 @@ impl DiskGuard {
                 return;
             }
         };
-        self.available_bytes.store(available, Ordering::Release);
         let low = available < self.reserve_bytes;
         if self.low.swap(low, Ordering::AcqRel) != low {
             if low {

@@ -97,20 +97,11 @@ impl LocalCluster {
     /// a certificate of another CA (made in `other_ca_dir`): nothing, when each refused both.
     pub async fn refuses_strangers(&self, other_ca_dir: &Path) -> anyhow::Result<Vec<String>> {
         let env = self.credentials()?;
-        #[allow(clippy::disallowed_methods)] // certificates start their validity now
-        let now_ms = strata_common::Clock::now_ms(&strata_common::SystemClock);
-        let other_ca = strata_tls::pki::LocalCa::open_or_create(other_ca_dir, now_ms)?;
-        let identity = strata_tls::Identity::new(Role::Proxy, "proxy-1")?;
-        let forged = other_ca.issue(&identity, &[], other_ca_dir, "forged", now_ms)?;
-        let forged = Credentials::load(TlsFiles { ca: PathBuf::from(&env["STRATA_TLS_CA"]), ..forged })?;
+        let forged = crate::internal::forged_credentials(other_ca_dir, PathBuf::from(&env["STRATA_TLS_CA"]))?;
         let mut wrong = Vec::new();
         for name in METADATA.iter().chain(&STORAGE) {
-            let (path, role) = if name.starts_with("metadata") {
-                ("/strata.v1.Metadata/LookupAccessKey", Role::Metadata)
-            } else {
-                ("/strata.v1.Storage/Receive", Role::Storage)
-            };
-            wrong.extend(crate::internal::refuses_strangers(&self.grpc_address(name)?, path, &forged, role).await);
+            let role = if name.starts_with("metadata") { Role::Metadata } else { Role::Storage };
+            wrong.extend(crate::internal::refuses_strangers(&self.grpc_address(name)?, &forged, role).await);
         }
         Ok(wrong)
     }

@@ -1,10 +1,12 @@
 //! Probes of the internal gRPC plane as a stranger, or as a process of some role, would call it:
 //! any RPC by its path, with an empty request (every request message decodes from no bytes).
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use strata_common::proto as pb;
-use strata_tls::{Credentials, Role};
+use strata_tls::pki::LocalCa;
+use strata_tls::{Credentials, Identity, Role, TlsFiles};
 use tonic::transport::{Channel, Endpoint};
 
 /// How long one probe may take.
@@ -31,10 +33,22 @@ pub fn unanswered(status: &tonic::Status) -> bool {
     transport || status.code() == tonic::Code::Unavailable
 }
 
-/// Checks that `address` answers neither plaintext gRPC nor a client presenting a certificate
-/// another CA signed (`foreign`: it trusts the server's CA, so only the server can refuse it),
-/// calling `path`. Answers what went wrong, if anything did.
-pub async fn refuses_strangers(address: &str, path: &'static str, foreign: &Credentials, role: Role) -> Vec<String> {
+/// Credentials presenting a certificate (naming a proxy) that another CA, made in
+/// `other_ca_dir`, signed, and trusting `trusted_ca`: the client side goes on, so only the server
+/// can refuse them.
+pub fn forged_credentials(other_ca_dir: &Path, trusted_ca: PathBuf) -> anyhow::Result<Credentials> {
+    let now_ms = strata_common::Clock::now_ms(&strata_common::SystemClock);
+    let other_ca = LocalCa::open_or_create(other_ca_dir, now_ms)?;
+    let forged = other_ca.issue(&Identity::new(Role::Proxy, "proxy-1")?, &[], other_ca_dir, "forged", now_ms)?;
+    Ok(Credentials::load(TlsFiles { ca: trusted_ca, ..forged })?)
+}
+
+/// Checks that `address`, a server of `role`, answers neither plaintext gRPC nor a client
+/// presenting `forged` credentials (see [`forged_credentials`]), calling an RPC that reads
+/// secrets or messages. Answers what went wrong, if anything did.
+pub async fn refuses_strangers(address: &str, forged: &Credentials, role: Role) -> Vec<String> {
+    let path =
+        if role == Role::Metadata { "/strata.v1.Metadata/LookupAccessKey" } else { "/strata.v1.Storage/Receive" };
     let mut wrong = Vec::new();
     let plain = Endpoint::from_shared(address.replace("https://", "http://"))
         .expect("an address")
@@ -44,7 +58,7 @@ pub async fn refuses_strangers(address: &str, path: &'static str, foreign: &Cred
         Err(status) if unanswered(&status) => {}
         other => wrong.push(format!("{address}{path} answered plaintext: {other:?}")),
     }
-    match call(channel(address, foreign, role), path).await {
+    match call(channel(address, forged, role), path).await {
         Err(status) if unanswered(&status) => {}
         other => wrong.push(format!("{address}{path} answered another CA's certificate: {other:?}")),
     }

@@ -216,15 +216,17 @@ impl DevProcess {
         options: &SignOptions,
         extra: &[(&str, &str)],
     ) -> anyhow::Result<(u16, Value)> {
-        let env: std::collections::BTreeMap<String, String> = self.credentials_env()?.into_iter().collect();
-        let key = (env["AWS_ACCESS_KEY_ID"].as_str(), env["AWS_SECRET_ACCESS_KEY"].as_str());
-        self.sqs_call_as(key, action, sent_as, body, options, extra).await
+        self.signed_sqs_call(None, action, sent_as, body, options, extra).await
     }
 
-    /// [`DevProcess::sqs_call`] signed with the access key `(id, secret)`.
-    pub async fn sqs_call_as(
+    /// A plain SQS call of `action` signed with the access key `(id, secret)` instead.
+    pub async fn sqs_call_as(&self, key: (&str, &str), action: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+        self.signed_sqs_call(Some(key), action, None, body, &SignOptions::default(), &[]).await
+    }
+
+    async fn signed_sqs_call(
         &self,
-        (access_key_id, secret): (&str, &str),
+        key: Option<(&str, &str)>,
         action: &str,
         sent_as: Option<&str>,
         body: &Value,
@@ -232,6 +234,8 @@ impl DevProcess {
         extra: &[(&str, &str)],
     ) -> anyhow::Result<(u16, Value)> {
         let env: std::collections::BTreeMap<String, String> = self.credentials_env()?.into_iter().collect();
+        let (access_key_id, secret) =
+            key.unwrap_or((env["AWS_ACCESS_KEY_ID"].as_str(), env["AWS_SECRET_ACCESS_KEY"].as_str()));
         let signer = SqsSigner::new(&env["AWS_DEFAULT_REGION"], access_key_id, secret);
         let url = format!("{}/", self.endpoint);
         let bytes = serde_json::to_vec(body)?;

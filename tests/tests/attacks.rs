@@ -325,13 +325,11 @@ async fn access_key_secrets_are_sealed_in_every_file_and_still_verify_signatures
     let key = dev.api().create_access_key(strata_client::KeyOwner::Caller).await?;
     let (id, secret_text) = (key.access_key_id, key.secret_access_key.expect("a new key's secret"));
     let list = json!({});
-    let (status, answer) =
-        dev.sqs_call_as((&id, &secret_text), "ListQueues", None, &list, &SignOptions::default(), &[]).await?;
+    let (status, answer) = dev.sqs_call_as((&id, &secret_text), "ListQueues", &list).await?;
     assert_eq!(status, 200, "{answer}");
     // Written to the log, then to snapshots and files again on restart: nowhere in clear.
     dev.restart()?;
-    let (status, answer) =
-        dev.sqs_call_as((&id, &secret_text), "ListQueues", None, &list, &SignOptions::default(), &[]).await?;
+    let (status, answer) = dev.sqs_call_as((&id, &secret_text), "ListQueues", &list).await?;
     assert_eq!(status, 200, "{answer}");
     let holding = files_holding(&dev.data_dir, secret_text.as_bytes())?;
     assert!(holding.is_empty(), "the secret is in clear in {holding:?}");

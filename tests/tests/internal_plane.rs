@@ -11,10 +11,10 @@ use std::collections::BTreeMap;
 use strata_client::model;
 use strata_common::proto as pb;
 use strata_tests::DevProcess;
-use strata_tests::internal::{call, channel, refuses_strangers};
+use strata_tests::internal::{call, channel, forged_credentials, refuses_strangers};
+use strata_tls::Role;
 use strata_tls::authz::{Listener, RPC_ROLES};
 use strata_tls::pki::LocalCa;
-use strata_tls::{Credentials, Identity, Role, TlsFiles};
 
 fn now_ms() -> u64 {
     strata_common::Clock::now_ms(&strata_common::SystemClock)
@@ -37,15 +37,10 @@ async fn internal_ports_refuse_strangers_and_every_role_outside_its_row() -> any
 
     // Plaintext, and a certificate another CA signed (naming a proxy, trusting dev's CA so the
     // client side would go on), get no answer on either port.
-    let other_ca = LocalCa::open_or_create(&dir.path().join("other-ca"), now_ms())?;
-    let proxy = Identity::new(Role::Proxy, "dev-proxy")?;
-    let forged = other_ca.issue(&proxy, &[], &dir.path().join("other-ca"), "forged", now_ms())?;
-    let forged = Credentials::load(TlsFiles { ca: dir.path().join("dev/tls/ca.pem"), ..forged })?;
+    let forged = forged_credentials(&dir.path().join("other-ca"), dev.data_dir.join("tls/ca.pem"))?;
     let mut wrong = Vec::new();
     for (_, role, address) in &endpoints {
-        let path =
-            if *role == Role::Metadata { "/strata.v1.Metadata/LookupAccessKey" } else { "/strata.v1.Storage/Receive" };
-        wrong.extend(refuses_strangers(address, path, &forged, *role).await);
+        wrong.extend(refuses_strangers(address, &forged, *role).await);
     }
 
     // A certificate of dev's own CA for each role (as an attacker holding one would have):

@@ -7,15 +7,14 @@
 //! the old file or the new one, never half of one. A production deployment may use its own CA
 //! instead: any certificate whose URI SAN names the identity (see [`crate::identity`]) serves.
 
-use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
+use strata_common::private_fs;
 use time::{Duration, OffsetDateTime};
 
 use crate::identity::{Identity, Role};
@@ -58,11 +57,10 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(".tmp");
     let temporary = PathBuf::from(temporary);
-    let mut file = OpenOptions::new()
+    let mut file = private_fs::file_options()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
         .open(&temporary)
         .map_err(io_error(&temporary))?;
     file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io_error(&temporary))?;
@@ -84,7 +82,7 @@ impl LocalCa {
     /// The CA in `dir`, created (with a new key) when `dir` holds none. `now_ms` starts the
     /// validity of what is created.
     pub fn open_or_create(dir: &Path, now_ms: u64) -> Result<Self, PkiError> {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_error(dir))?;
+        private_fs::create_dir_all(dir).map_err(io_error(dir))?;
         let (cert_path, key_path) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
         if !cert_path.exists() {
             let key = KeyPair::generate()?;
@@ -147,7 +145,7 @@ impl LocalCa {
         params.not_before = at(now_ms)? - BACKDATE;
         params.not_after = at(now_ms)? + Duration::days(LEAF_VALIDITY_DAYS);
         let cert = params.signed_by(&key, &self.issuer)?;
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(out_dir).map_err(io_error(out_dir))?;
+        private_fs::create_dir_all(out_dir).map_err(io_error(out_dir))?;
         let files = TlsFiles {
             ca: self.cert_file(),
             cert: out_dir.join(format!("{file_stem}.pem")),
@@ -178,10 +176,7 @@ pub fn local_credentials(ca_dir: &Path, role: Role, name: &str, now_ms: u64) -> 
 pub fn test_credentials(role: Role, name: &str) -> Credentials {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     let dir = DIR.get_or_init(|| std::env::temp_dir().join(format!("strata-test-ca-{}", std::process::id())));
-    #[allow(clippy::disallowed_methods)] // a test CA starts its certificates' validity now
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let now_ms = strata_common::Clock::now_ms(&strata_common::SystemClock);
     match local_credentials(dir, role, name, now_ms) {
         Ok(credentials) => credentials,
         Err(e) => panic!("test credentials of {role}/{name}: {e}"),

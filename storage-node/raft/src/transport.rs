@@ -137,7 +137,8 @@ where
             // A process that has not joined yet (no membership) hears from whoever brings it
             // the group's membership; once it knows the members, only they are heard.
             Senders::MembersById => {
-                let metrics = self.raft.metrics().borrow_watched().clone();
+                let metrics = self.raft.metrics();
+                let metrics = metrics.borrow_watched();
                 let membership = metrics.membership_config.membership();
                 membership.nodes().next().is_none()
                     || peer_name.parse::<u64>().is_ok_and(|id| membership.get_node(&id).is_some())
@@ -202,16 +203,18 @@ impl RaftRouter {
 
     /// Hands a message to its group and wraps the answer.
     async fn route(&self, rpc: Rpc, request: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
-        let peer = request.extensions().get::<strata_tls::Peer>().map(|p| p.identity.name.clone());
-        let m = request.into_inner();
-        let endpoint = self.groups.read().get(&m.group).cloned();
-        let endpoint =
-            endpoint.ok_or_else(|| Status::unavailable(format!("Raft group {} is not served here", m.group)))?;
-        let Some(peer) = peer else { return Err(Status::unauthenticated("no client certificate")) };
-        if !endpoint.admits(&peer) {
-            tracing::warn!(group = m.group, peer, "Raft message from a process that is not a member refused");
-            return Err(Status::permission_denied(format!("'{peer}' is not a member of Raft group {}", m.group)));
+        let group = request.get_ref().group;
+        let endpoint = self.groups.read().get(&group).cloned();
+        let endpoint = endpoint.ok_or_else(|| Status::unavailable(format!("Raft group {group} is not served here")))?;
+        let Some(peer) = request.extensions().get::<strata_tls::Peer>() else {
+            return Err(Status::unauthenticated("no client certificate"));
+        };
+        if !endpoint.admits(&peer.identity.name) {
+            let peer = &peer.identity;
+            tracing::warn!(group, %peer, "Raft message from a process that is not a member refused");
+            return Err(Status::permission_denied(format!("{peer} is not a member of Raft group {group}")));
         }
+        let m = request.into_inner();
         let payload = endpoint.handle(rpc, m.payload).await?;
         Ok(Response::new(pb::RaftMessage { group: m.group, payload: payload.into() }))
     }

@@ -20,7 +20,9 @@
 mod atomic_file;
 mod error;
 pub mod format;
-pub mod private_fs;
+/// Re-exported from `strata-common`, where every crate (the WAL, the TLS credentials, the CLI)
+/// finds it.
+pub use strata_common::private_fs;
 mod recovery;
 mod segment;
 mod wal;
