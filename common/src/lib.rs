@@ -11,7 +11,6 @@ pub mod grpc;
 pub mod limits;
 pub mod metering;
 pub mod names;
-pub mod private_fs;
 pub mod random;
 
 /// Internal gRPC wire types and service stubs (generated from `proto/strata.proto`).

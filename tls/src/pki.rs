@@ -14,7 +14,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
-use strata_common::private_fs;
+use strata_fs as private_fs;
 use time::{Duration, OffsetDateTime};
 
 use crate::identity::{Identity, Role};

@@ -20,9 +20,8 @@
 mod atomic_file;
 mod error;
 pub mod format;
-/// Re-exported from `strata-common`, where every crate (the WAL, the TLS credentials, the CLI)
-/// finds it.
-pub use strata_common::private_fs;
+/// Re-exported from `strata-fs`, which the TLS credentials use too.
+pub use strata_fs as private_fs;
 mod recovery;
 mod segment;
 mod wal;
