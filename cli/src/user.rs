@@ -823,6 +823,9 @@ pub(crate) struct LimitFlags {
     queues_max: u64,
     #[arg(long, default_value_t = 0)]
     in_flight_messages_max: u64,
+    /// Bytes of messages the tenant's queues may hold together.
+    #[arg(long, default_value_t = 0)]
+    stored_bytes_max: u64,
 }
 
 impl LimitFlags {
@@ -832,6 +835,7 @@ impl LimitFlags {
             payload_bytes_per_second: self.payload_bytes_per_second,
             queues_max: self.queues_max,
             in_flight_messages_max: self.in_flight_messages_max,
+            stored_bytes_max: self.stored_bytes_max,
         }
     }
 }

@@ -105,10 +105,14 @@ pub struct Limits {
     pub payload_bytes_per_second: u64,
     pub queues_max: u64,
     pub in_flight_messages_max: u64,
+    /// Not part of the serde layout: [`MetaCommand::SetStoredBytesMax`] sets it, and catalogs of
+    /// format version 4 carry it after their layout; older ones hold none (0).
+    #[serde(skip)]
+    pub stored_bytes_max: u64,
 }
 
 strata_common::same_fields!(Limits, pb::TenantLimits, {
-    requests_per_second, payload_bytes_per_second, queues_max, in_flight_messages_max,
+    requests_per_second, payload_bytes_per_second, queues_max, in_flight_messages_max, stored_bytes_max,
 });
 
 /// The limits plan a plan-less tenant follows.
@@ -136,6 +140,7 @@ pub fn effective_limits(plan: &Limits, overrides: &Limits) -> Limits {
         payload_bytes_per_second: pick(overrides.payload_bytes_per_second, plan.payload_bytes_per_second),
         queues_max: pick(overrides.queues_max, plan.queues_max),
         in_flight_messages_max: pick(overrides.in_flight_messages_max, plan.in_flight_messages_max),
+        stored_bytes_max: pick(overrides.stored_bytes_max, plan.stored_bytes_max),
     }
 }
 
@@ -356,6 +361,20 @@ pub enum MetaCommand {
     SetFormatGeneration {
         generation: FormatGeneration,
     },
+    /// Sets the stored-bytes limit of a limits plan or of a tenant's overrides (0: none, or the
+    /// plan's); only command format version 4 holds it. [`MetaCommand::SetLimitPlan`] and
+    /// [`MetaCommand::SetTenantLimits`] leave that limit as it was.
+    SetStoredBytesMax {
+        of: LimitsOf,
+        stored_bytes_max: u64,
+    },
+}
+
+/// Whose limits a command sets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LimitsOf {
+    Plan(String),
+    Tenant(String),
 }
 
 impl fmt::Display for MetaCommand {
@@ -368,6 +387,9 @@ impl fmt::Display for MetaCommand {
                 write!(f, "set-tenant-capped {tenant} capped={}", !reason.is_empty())
             }
             MetaCommand::SetFormatGeneration { generation } => write!(f, "set-format-generation {generation}"),
+            MetaCommand::SetStoredBytesMax { of, stored_bytes_max } => {
+                write!(f, "set-stored-bytes-max {of:?} {stored_bytes_max}")
+            }
             MetaCommand::CreateQueue { tenant, name, .. } => write!(f, "create-queue {tenant}/{name}"),
             MetaCommand::DeleteQueue { tenant, name } => write!(f, "delete-queue {tenant}/{name}"),
             MetaCommand::SetQueueConfig { tenant, name, .. } => write!(f, "set-queue-config {tenant}/{name}"),
@@ -476,13 +498,19 @@ pub struct Catalog {
 /// The format generation from which new SigV4 secrets are stored sealed (see
 /// [`crate::sealing`]): a release before it would take the sealed text for the secret.
 pub const SEALED_SECRETS_GENERATION: FormatGeneration = 3;
+/// The format generation from which limits may hold a stored-bytes limit
+/// ([`Limits::stored_bytes_max`]): the metadata formats of version 4 carry it.
+pub const STORED_BYTES_LIMITS_GENERATION: FormatGeneration = 4;
+/// The metadata command and catalog format version that holds stored-bytes limits.
+const STORED_BYTES_LIMITS_VERSION: u8 = 4;
 
 /// A metadata log entry, persisted (see `docs/formats.md`). Version 1 is the postcard encoding
 /// of [`MetaEntry`] without [`MetaCommand::SetFormatGeneration`] (the legacy version is the same
 /// layout); version 2 adds that command as the enum's last variant; version 3 is the layout of
-/// 2 whose access-key secrets may be sealed.
+/// 2 whose access-key secrets may be sealed; version 4 adds [`MetaCommand::SetStoredBytesMax`]
+/// as the last variant.
 impl Persisted for MetaEntry {
-    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 2, 2, 3];
+    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 2, 2, 3, 4];
 
     fn version_needed(&self) -> u8 {
         match &self.command {
@@ -491,6 +519,7 @@ impl Persisted for MetaEntry {
             {
                 3
             }
+            MetaCommand::SetStoredBytesMax { .. } => STORED_BYTES_LIMITS_VERSION,
             MetaCommand::SetFormatGeneration { .. } => 2,
             _ => LEGACY_FORMAT_VERSION,
         }
@@ -505,19 +534,22 @@ impl Persisted for MetaEntry {
 
     fn decode_body(version: u8, body: &[u8]) -> std::io::Result<Self> {
         // Every version so far is one layout; version 2 may hold one more command, version 3
-        // sealed secrets.
-        postcard_of_versions("metadata command", version, &[LEGACY_FORMAT_VERSION, 1, 2, 3], body)
+        // sealed secrets, version 4 one more command again.
+        postcard_of_versions("metadata command", version, &[LEGACY_FORMAT_VERSION, 1, 2, 3, 4], body)
     }
 }
 
 /// The catalog in a metadata snapshot. Version 1 is the postcard encoding of [`Catalog`]'s serde
 /// layout (the legacy version is the same); version 2 appends the format generation; version 3
-/// is the layout of 2 whose access-key secrets may be sealed.
+/// is the layout of 2 whose access-key secrets may be sealed; version 4 appends after the
+/// generation the stored-bytes limits ([`StoredBytesLimits`]).
 impl Persisted for Catalog {
-    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 2, 2, 3];
+    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 2, 2, 3, 4];
 
     fn version_needed(&self) -> u8 {
-        if self.access_keys.values().any(|k| crate::sealing::is_sealed(&k.secret.0)) {
+        if self.stored_bytes_limits() != StoredBytesLimits::default() {
+            STORED_BYTES_LIMITS_VERSION
+        } else if self.access_keys.values().any(|k| crate::sealing::is_sealed(&k.secret.0)) {
             3
         } else if self.format_generation > LEGACY_GENERATION {
             2
@@ -534,6 +566,9 @@ impl Persisted for Catalog {
         if version >= 2 {
             postcard_into(&self.format_generation, out)?;
         }
+        if version >= STORED_BYTES_LIMITS_VERSION {
+            postcard_into(&self.stored_bytes_limits(), out)?;
+        }
         Ok(())
     }
 
@@ -546,8 +581,52 @@ impl Persisted for Catalog {
                 catalog.format_generation = postcard_exact(rest)?;
                 Ok(catalog)
             }
+            STORED_BYTES_LIMITS_VERSION => {
+                let (mut catalog, rest): (Catalog, &[u8]) =
+                    postcard::take_from_bytes(body).map_err(|e| invalid_data(e.to_string()))?;
+                let (generation, rest) = postcard::take_from_bytes(rest).map_err(|e| invalid_data(e.to_string()))?;
+                catalog.format_generation = generation;
+                catalog.set_stored_bytes_limits(postcard_exact(rest)?)?;
+                Ok(catalog)
+            }
             v => Err(unknown_version("metadata catalog", v)),
         }
+    }
+}
+
+/// The stored-bytes limits of a catalog's plans and tenants' overrides, in the order of their
+/// maps: what catalog format version 4 appends.
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredBytesLimits {
+    plans: Vec<u64>,
+    tenants: Vec<u64>,
+}
+
+impl Catalog {
+    /// The stored-bytes limits, empty when none is set.
+    fn stored_bytes_limits(&self) -> StoredBytesLimits {
+        let plans: Vec<u64> = self.limit_plans.values().map(|l| l.stored_bytes_max).collect();
+        let tenants: Vec<u64> = self.tenant_limits.values().map(|r| r.overrides.stored_bytes_max).collect();
+        if plans.iter().chain(&tenants).all(|&bytes| bytes == 0) {
+            return StoredBytesLimits::default();
+        }
+        StoredBytesLimits { plans, tenants }
+    }
+
+    fn set_stored_bytes_limits(&mut self, limits: StoredBytesLimits) -> std::io::Result<()> {
+        if limits == StoredBytesLimits::default() {
+            return Ok(());
+        }
+        if limits.plans.len() != self.limit_plans.len() || limits.tenants.len() != self.tenant_limits.len() {
+            return Err(invalid_data("the stored-bytes limits do not match the catalog's plans and tenants"));
+        }
+        for (plan, bytes) in self.limit_plans.values_mut().zip(limits.plans) {
+            plan.stored_bytes_max = bytes;
+        }
+        for (record, bytes) in self.tenant_limits.values_mut().zip(limits.tenants) {
+            record.overrides.stored_bytes_max = bytes;
+        }
+        Ok(())
     }
 }
 
@@ -701,7 +780,8 @@ impl Catalog {
                         format!("at most {LIMIT_PLANS_MAX} limit plans; change an existing one"),
                     ));
                 }
-                self.limit_plans.insert(name.clone(), *limits);
+                let stored_bytes_max = self.limit_plans.get(name).map_or(0, |l| l.stored_bytes_max);
+                self.limit_plans.insert(name.clone(), Limits { stored_bytes_max, ..*limits });
                 Ok(MetaResponse::Done)
             }
             MetaCommand::SetTenantLimits { tenant, plan, overrides } => {
@@ -711,7 +791,21 @@ impl Catalog {
                 }
                 let record = self.tenant_limits.entry(tenant.clone()).or_default();
                 record.plan = plan.clone();
-                record.overrides = *overrides;
+                record.overrides = Limits { stored_bytes_max: record.overrides.stored_bytes_max, ..*overrides };
+                Ok(MetaResponse::Done)
+            }
+            MetaCommand::SetStoredBytesMax { of, stored_bytes_max } => {
+                let limits = match of {
+                    LimitsOf::Plan(name) => self
+                        .limit_plans
+                        .get_mut(name)
+                        .ok_or_else(|| StrataError::invalid(format!("no limit plan '{name}'; create it first")))?,
+                    LimitsOf::Tenant(tenant) => {
+                        strata_common::names::validate_tenant(tenant)?;
+                        &mut self.tenant_limits.entry(tenant.clone()).or_default().overrides
+                    }
+                };
+                limits.stored_bytes_max = *stored_bytes_max;
                 Ok(MetaResponse::Done)
             }
             MetaCommand::SetFormatGeneration { generation } => {
@@ -1473,6 +1567,15 @@ mod format_tests {
             payload_bytes_per_second: 10 << 20,
             queues_max: 100,
             in_flight_messages_max: 0,
+            stored_bytes_max: 0,
+        }
+    }
+
+    /// A tenant's stored-bytes limit (format version 4 on).
+    fn set_stored_bytes_limit() -> MetaEntry {
+        MetaEntry {
+            request_id: Some("req-stored-bytes".into()),
+            command: MetaCommand::SetStoredBytesMax { of: LimitsOf::Tenant("t1".into()), stored_bytes_max: 5 << 30 },
         }
     }
 
@@ -1632,6 +1735,9 @@ mod format_tests {
         // Only version 3 holds a sealed secret: a release before it would take it for the secret.
         golden::check(&fixtures(), "command-create-access-key-sealed", &create_sealed_key());
         assert!(create_sealed_key().encode_body(2, &mut Vec::new()).is_err());
+        // Only version 4 holds a stored-bytes limit.
+        golden::check(&fixtures(), "command-set-stored-bytes-max", &set_stored_bytes_limit());
+        assert!(set_stored_bytes_limit().encode_body(3, &mut Vec::new()).is_err());
     }
 
     /// A key created with a sealed secret (a fixed text: the fixture pins the layout, not AES).
@@ -1670,5 +1776,23 @@ mod format_tests {
         catalog.apply(102, &create_sealed_key());
         golden::check(&fixtures(), "catalog-sealed-secret", &catalog);
         assert!(catalog.encode_body(2, &mut Vec::new()).is_err());
+
+        // A stored-bytes limit: only version 4 holds it.
+        catalog.apply(103, &set_stored_bytes_limit());
+        assert_eq!(catalog.limits_of("t1").1.stored_bytes_max, 5 << 30);
+        let plan = MetaCommand::SetStoredBytesMax { of: LimitsOf::Plan("gold".into()), stored_bytes_max: 1 << 30 };
+        catalog.apply(104, &MetaEntry { request_id: None, command: plan });
+        assert_eq!(catalog.limit_plans()["gold"].stored_bytes_max, 1 << 30);
+        // Setting the other limits leaves the stored-bytes limit as it was.
+        catalog.apply(
+            105,
+            &MetaEntry {
+                request_id: None,
+                command: MetaCommand::SetLimitPlan { name: "gold".into(), limits: limits() },
+            },
+        );
+        assert_eq!(catalog.limit_plans()["gold"].stored_bytes_max, 1 << 30);
+        golden::check(&fixtures(), "catalog-stored-bytes-limit", &catalog);
+        assert!(catalog.encode_body(3, &mut Vec::new()).is_err());
     }
 }

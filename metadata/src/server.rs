@@ -30,14 +30,15 @@ use strata_raft::raft_store::SegmentRetention;
 use strata_raft::transport::{GroupId, GrpcNetwork, RaftRouter, Senders};
 use strata_tls::{AuthorizeLayer, Credentials, Listener, Peer, Role};
 
-use crate::catalog::SEALED_SECRETS_GENERATION;
+use crate::catalog::{SEALED_SECRETS_GENERATION, STORED_BYTES_LIMITS_GENERATION};
 use crate::sealing::Keks;
 use strata_wal::{FsyncFailure, WalOptions};
 use tonic::{Request, Response, Status};
 
 use crate::MetaRaftConfig;
 use crate::catalog::{
-    AccessKeyRecord, Catalog, MetaCommand, MetaEntry, MetaResponse, QueueConfig, QueueRecord, Secret, ShardRecord,
+    AccessKeyRecord, Catalog, Limits, LimitsOf, MetaCommand, MetaEntry, MetaResponse, QueueConfig, QueueRecord, Secret,
+    ShardRecord,
 };
 use crate::leases::Leases;
 use strata_common::limits::LEASE_MS;
@@ -407,6 +408,41 @@ impl MetadataNode {
     /// [`SEALED_SECRETS_GENERATION`]), and opens those sealed before.
     pub fn use_keks(&self, keks: Keks) {
         *self.keks.write() = keks;
+    }
+
+    /// The command that changes the stored-bytes limit of `of` from `was` to what `limits` say,
+    /// if it changes. Refused while some process of the cluster could not read it (the cluster
+    /// writes a format generation before [`STORED_BYTES_LIMITS_GENERATION`]).
+    fn stored_bytes_command(
+        &self,
+        of: LimitsOf,
+        was: u64,
+        limits: &Limits,
+    ) -> Result<Option<MetaCommand>, StrataError> {
+        if limits.stored_bytes_max == was {
+            return Ok(None);
+        }
+        let generation = self.catalog().format_generation();
+        if generation < STORED_BYTES_LIMITS_GENERATION {
+            return Err(StrataError::invalid(format!(
+                "stored-bytes limits take format generation {STORED_BYTES_LIMITS_GENERATION}; this cluster writes \
+                 {generation} until every process runs a release that reads it"
+            )));
+        }
+        Ok(Some(MetaCommand::SetStoredBytesMax { of, stored_bytes_max: limits.stored_bytes_max }))
+    }
+
+    /// Proposes what [`MetadataNode::stored_bytes_command`] gave, after the limits' own command
+    /// (under a request id of its own, derived from the call's).
+    async fn propose_stored_bytes(
+        &self,
+        request_id: Option<String>,
+        command: Option<MetaCommand>,
+    ) -> Result<(), StrataError> {
+        if let Some(command) = command {
+            self.propose(request_id.map(|id| format!("{id}/stored-bytes")), command).await?;
+        }
+        Ok(())
     }
 
     /// A new secret as stored: sealed when this member holds a KEK and the cluster reads sealed
@@ -871,8 +907,11 @@ impl Metadata for MetadataService {
     async fn set_limit_plan(&self, request: Request<pb::LimitPlan>) -> Result<Response<pb::LimitPlan>, Status> {
         let request_id = request_id(&request)?;
         let plan = request.into_inner();
-        let limits = plan.limits.unwrap_or_default().into();
-        self.node.propose(request_id, MetaCommand::SetLimitPlan { name: plan.name.clone(), limits }).await?;
+        let limits: Limits = plan.limits.unwrap_or_default().into();
+        let was = self.node.catalog().limit_plans().get(&plan.name).map_or(0, |l| l.stored_bytes_max);
+        let stored_bytes = self.node.stored_bytes_command(LimitsOf::Plan(plan.name.clone()), was, &limits)?;
+        self.node.propose(request_id.clone(), MetaCommand::SetLimitPlan { name: plan.name.clone(), limits }).await?;
+        self.node.propose_stored_bytes(request_id, stored_bytes).await?;
         Ok(Response::new(plan))
     }
 
@@ -897,12 +936,12 @@ impl Metadata for MetadataService {
     ) -> Result<Response<pb::TenantLimitsInfo>, Status> {
         let request_id = request_id(&request)?;
         let r = request.into_inner();
-        let command = MetaCommand::SetTenantLimits {
-            tenant: r.tenant.clone(),
-            plan: r.plan,
-            overrides: r.overrides.unwrap_or_default().into(),
-        };
-        self.node.propose(request_id, command).await?;
+        let overrides: Limits = r.overrides.unwrap_or_default().into();
+        let was = self.node.catalog().limits_of(&r.tenant).0.overrides.stored_bytes_max;
+        let stored_bytes = self.node.stored_bytes_command(LimitsOf::Tenant(r.tenant.clone()), was, &overrides)?;
+        let command = MetaCommand::SetTenantLimits { tenant: r.tenant.clone(), plan: r.plan, overrides };
+        self.node.propose(request_id.clone(), command).await?;
+        self.node.propose_stored_bytes(request_id, stored_bytes).await?;
         Ok(Response::new(self.tenant_limits(&r.tenant)))
     }
 

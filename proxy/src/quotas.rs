@@ -1,14 +1,14 @@
 //! Per-tenant quotas at the proxy, over all of a tenant's queues: requests per second, message
-//! payload bytes per second, and in-flight messages; calls and receives under way at once; and
-//! the refusal of a tenant whose billing hard cap was reached. (The number of queues is
-//! enforced exactly by metadata, at create.)
+//! payload bytes per second, in-flight messages and stored bytes; calls and receives under way
+//! at once; and the refusal of a tenant whose billing hard cap was reached. (The number of
+//! queues is enforced exactly by metadata, at create.)
 //!
 //! # What it owns
 //!
 //! A cache of each tenant's effective limits (from metadata, re-read every
 //! [`LIMITS_REFRESH`]) with token buckets (`governor`) for the rates, and, for tenants with an
-//! in-flight limit, the tenant's in-flight total (summed over its queues, re-read every
-//! [`IN_FLIGHT_REFRESH`]).
+//! in-flight or stored-bytes limit, the tenant's usage (its in-flight messages and stored bytes
+//! summed over its queues, re-read every [`USAGE_REFRESH`]).
 //!
 //! # How accurate it is
 //!
@@ -16,8 +16,14 @@
 //!   one second's share. With N proxies behind a balancer that spreads a tenant's calls evenly,
 //!   the tenant gets its limit; a skewed balancer gives it less, never more than the limit plus
 //!   one second's burst per proxy.
-//! - In-flight messages: the total is at most [`IN_FLIGHT_REFRESH`] old, so receives in that
-//!   window can overshoot the limit by what they take.
+//! - In-flight messages and stored bytes: the totals are at most [`USAGE_REFRESH`] old, so
+//!   receives in that window can overshoot the in-flight limit by what they take. Sends
+//!   admitted by this proxy count in its stored total at once, so stored bytes overshoot by
+//!   what sends under way and other proxies store in that window. Only the tenant's first
+//!   [`USAGE_QUEUES_SUMMED_MAX`] queues (in name order) are summed.
+//! - Stored bytes are what the storage nodes count per queue (bodies and attributes, scheduled
+//!   messages included); a tenant over its limit can still receive, delete and purge, which is
+//!   how it gets under it again.
 //! - A changed limit or cap applies within [`LIMITS_REFRESH`] on every proxy.
 //! - When metadata cannot be reached, the last limits read stay in force; a tenant never read
 //!   is let through (quotas protect the service; they do not decide who may call).
@@ -42,14 +48,16 @@ use crate::routing::Router as Placement;
 
 /// How long a tenant's limits are used before metadata is asked again.
 pub const LIMITS_REFRESH: Duration = Duration::from_secs(5);
-/// How long a tenant's in-flight total is used before it is summed again.
-pub const IN_FLIGHT_REFRESH: Duration = Duration::from_secs(2);
+/// How long a tenant's usage (in-flight messages, stored bytes) is used before it is summed again.
+pub const USAGE_REFRESH: Duration = Duration::from_secs(2);
 /// How long a read of limits or stats may take before the cached value is used.
 const READ_TIMEOUT: Duration = Duration::from_secs(1);
 /// Tenants cached at most; the cache is cleared when it would grow past this.
 const TENANTS_CACHED_MAX: usize = 100_000;
-/// Queues summed for a tenant's in-flight total at most (one listing page).
-const IN_FLIGHT_QUEUES_SUMMED_MAX: u32 = 1_000;
+/// Queue stats read at once while a tenant's usage is summed.
+const USAGE_READS_AT_ONCE: usize = 32;
+/// Queues summed for a tenant's usage at most (one listing page).
+pub const USAGE_QUEUES_SUMMED_MAX: u32 = 1_000;
 
 /// Most calls of one tenant under way at once at one proxy, long polls included.
 pub const CALLS_UNDER_WAY_PER_TENANT_MAX: u32 = 1_000;
@@ -119,8 +127,15 @@ struct TenantQuota {
     capped_reason: String,
     requests: Option<Arc<DefaultDirectRateLimiter>>,
     payload_bytes: Option<Arc<DefaultDirectRateLimiter>>,
-    /// The tenant's in-flight total and when it was summed.
-    in_flight: Arc<Mutex<Option<(Instant, u64)>>>,
+    /// The tenant's usage and when it was summed.
+    usage: Arc<Mutex<Option<(Instant, Usage)>>>,
+}
+
+/// What a tenant holds over its queues.
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    in_flight: u64,
+    stored_bytes: u64,
 }
 
 /// This proxy's bucket for a tenant's rate: its share, with a burst of one second's share.
@@ -139,7 +154,7 @@ impl TenantQuota {
             payload_bytes: bucket(limits.payload_bytes_per_second, share),
             limits,
             capped_reason: info.capped_reason,
-            in_flight: Arc::new(Mutex::new(None)),
+            usage: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -151,7 +166,7 @@ impl TenantQuota {
             capped_reason,
             requests: old.requests.clone(),
             payload_bytes: old.payload_bytes.clone(),
-            in_flight: old.in_flight.clone(),
+            usage: old.usage.clone(),
         }
     }
 }
@@ -250,6 +265,49 @@ impl Quotas {
         if receive { self.admit_receive(&quota, tenant).await } else { Ok(()) }
     }
 
+    /// Admits a send of `bytes` (bodies and attributes): a tenant whose queues hold its
+    /// stored-bytes limit or more stores nothing more (`LimitExceeded`) until it receives and
+    /// deletes, or purges, some. An admitted send counts in the tenant's usage at once, until
+    /// the next sum.
+    pub async fn admit_store(&self, tenant: &str, bytes: u64) -> Result<(), StrataError> {
+        let Some(quota) = self.quota(tenant).await else { return Ok(()) };
+        let max = quota.limits.stored_bytes_max;
+        if max == 0 {
+            return Ok(());
+        }
+        let stored = self.usage(&quota, tenant).await.stored_bytes;
+        if let Some((_, usage)) = quota.usage.lock().as_mut() {
+            usage.stored_bytes = usage.stored_bytes.saturating_add(bytes);
+        }
+        if stored >= max {
+            return Err(StrataError::new(
+                ErrorKind::LimitExceeded,
+                format!(
+                    "this tenant's queues hold {stored} bytes of messages (limit {max}); receive and delete or \
+                     purge some, or ask for a higher limit"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The tenant's usage, summed again when older than [`USAGE_REFRESH`]; the last sum (or
+    /// nothing) when the storage nodes do not answer in time.
+    async fn usage(&self, quota: &TenantQuota, tenant: &str) -> Usage {
+        let clock = self.placement.metadata.clock();
+        let cached = *quota.usage.lock();
+        match cached {
+            Some((at, usage)) if clock.instant().duration_since(at) < USAGE_REFRESH => usage,
+            _ => match clock.timeout(READ_TIMEOUT, usage_of(self.placement.clone(), tenant.to_owned())).await {
+                Ok(Ok(usage)) => {
+                    *quota.usage.lock() = Some((clock.instant(), usage));
+                    usage
+                }
+                _ => cached.map(|(_, usage)| usage).unwrap_or_default(),
+            },
+        }
+    }
+
     /// A tenant at its in-flight limit receives nothing until messages are deleted or their
     /// visibility timeouts end.
     async fn admit_receive(&self, quota: &TenantQuota, tenant: &str) -> Result<(), StrataError> {
@@ -257,18 +315,7 @@ impl Quotas {
         if max == 0 {
             return Ok(());
         }
-        let clock = self.placement.metadata.clock();
-        let cached = *quota.in_flight.lock();
-        let total = match cached {
-            Some((at, total)) if clock.instant().duration_since(at) < IN_FLIGHT_REFRESH => total,
-            _ => match clock.timeout(READ_TIMEOUT, in_flight_total(&self.placement, tenant)).await {
-                Ok(Ok(total)) => {
-                    *quota.in_flight.lock() = Some((clock.instant(), total));
-                    total
-                }
-                _ => cached.map_or(0, |(_, total)| total),
-            },
-        };
+        let total = self.usage(quota, tenant).await.in_flight;
         if total >= max {
             return Err(StrataError::throttled(
                 format!("this tenant has {total} messages in flight (limit {max}); delete some or let them time out"),
@@ -311,20 +358,32 @@ impl Quotas {
     }
 }
 
-/// The messages in flight over a tenant's queues (its first listing page).
-async fn in_flight_total(placement: &Placement, tenant: &str) -> Result<u64, StrataError> {
-    let page = placement.metadata.list_queues(tenant, "", "", IN_FLIGHT_QUEUES_SUMMED_MAX).await?;
-    let mut total = 0;
-    for queue in &page.queues {
-        let stats =
-            crate::queues::on_queue(
-                placement,
-                tenant,
-                &queue.name,
-                |mut c, q| async move { c.get_queue_stats(q).await },
-            )
-            .await?;
-        total += stats.in_flight;
+/// What a tenant's queues hold (its first listing page), asked of their storage nodes
+/// [`USAGE_READS_AT_ONCE`] queues at a time.
+async fn usage_of(placement: Arc<Placement>, tenant: String) -> Result<Usage, StrataError> {
+    let page = placement.metadata.list_queues(&tenant, "", "", USAGE_QUEUES_SUMMED_MAX).await?;
+    let mut reads = tokio::task::JoinSet::new();
+    let mut names = page.queues.into_iter().map(|queue| queue.name);
+    let mut total = Usage::default();
+    loop {
+        while reads.len() < USAGE_READS_AT_ONCE
+            && let Some(name) = names.next()
+        {
+            let (placement, tenant) = (placement.clone(), tenant.clone());
+            reads.spawn(async move {
+                crate::queues::on_queue(
+                    &placement,
+                    &tenant,
+                    &name,
+                    |mut c, q| async move { c.get_queue_stats(q).await },
+                )
+                .await
+            });
+        }
+        let Some(read) = reads.join_next().await else { break };
+        let stats = read.map_err(|e| StrataError::internal(format!("a queue stats read failed: {e}")))??;
+        total.in_flight += stats.in_flight;
+        total.stored_bytes += stats.stored_bytes;
     }
     Ok(total)
 }

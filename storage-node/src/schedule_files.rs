@@ -98,6 +98,7 @@ pub fn decode(bytes: &[u8; RECORD_BYTES]) -> Option<SliceRecord> {
             body_ref: MessageRef { log_index, slot: u16::from_le_bytes([bytes[1], bytes[2]]) },
             deliver_at_ms: u64_at(40),
             sent_ms: u64_at(48),
+            body_bytes: 0,
         })),
         KIND_CANCEL => Some(SliceRecord::Cancel { log_index, queue, message_id }),
         _ => None,
@@ -331,6 +332,7 @@ mod tests {
             body_ref: MessageRef { log_index, slot: 3 },
             deliver_at_ms,
             sent_ms: 11,
+            body_bytes: 0,
         })
     }
 
@@ -345,6 +347,7 @@ mod tests {
             body_ref: MessageRef { log_index: 5, slot: 3 },
             deliver_at_ms: 1_800_000_000_000,
             sent_ms: 1_796_569_000_000,
+            body_bytes: 0,
         });
         let cancel = SliceRecord::Cancel { log_index: 9, queue: 7, message_id: Uuid::from_bytes([9; 16]) };
         for (name, record) in [("slice-message", message), ("slice-cancel", cancel)] {

@@ -363,12 +363,15 @@ impl Storage for StorageService {
         let r = request.into_inner();
         let (shard, queue, tenant) = self.route(Some(&r))?;
         shard.read_barrier().await?;
-        let counts = shard.state().0.queue_counts(queue, &tenant);
-        let counts = counts.ok_or_else(|| queue_error(queue::QueueError::QueueNotFound))?;
+        let state = shard.state();
+        let not_found = || queue_error(queue::QueueError::QueueNotFound);
+        let counts = state.0.queue_counts(queue, &tenant).ok_or_else(not_found)?;
+        let stored_bytes = state.0.queue_stored_bytes(queue, &tenant).ok_or_else(not_found)?;
         Ok(Response::new(pb::QueueStats {
             visible: counts.visible,
             in_flight: counts.in_flight,
             delayed: counts.delayed,
+            stored_bytes,
         }))
     }
 

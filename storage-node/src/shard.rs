@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use strata_common::Clock;
 use strata_common::error::{ErrorKind, StrataError};
 use strata_common::format::{
-    FormatGate, LEGACY_FORMAT_VERSION, Persisted, cannot_hold, postcard_into, postcard_of_versions,
+    FormatGate, LEGACY_FORMAT_VERSION, Persisted, cannot_hold, invalid_data, postcard_exact, postcard_into,
+    postcard_of_versions, unknown_version,
 };
 use strata_common::metering::MeterRecord;
 use strata_raft::group::{GroupStorage, RaftGroup, open_group, open_single_voter};
@@ -36,6 +37,7 @@ use crate::queue::schedule::{
 };
 use crate::queue::{
     Command, MessageRef, NewMessage, QueueError, QueueId, REQUEST_DIGEST_SEPARATOR, Response, ShardCommand, ShardState,
+    StoredSizes,
 };
 use crate::schedule_files::{self, SliceFiles, read_slice};
 use crate::tier::TieredReader;
@@ -74,9 +76,11 @@ impl Persisted for ShardEntry {
 /// A shard's state in its snapshot (the slice files travel beside it). Version 1 is the postcard
 /// encoding of [`ShardState`] as it stands; the legacy version is the same layout. Version 2 has
 /// that layout too, and its remembered request ids may carry digests (as shard commands of
-/// version 2 do).
+/// version 2 do). Version 3 appends what each message counts in its queue's stored bytes
+/// ([`StoredSizes`]), which the serde layout leaves out; a state of an older version counts
+/// its messages as 0 bytes.
 impl Persisted for ShardMachine {
-    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 1, 2];
+    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 1, 2, 2, 3];
 
     fn version_needed(&self) -> u8 {
         if self.0.holds_request_digests() { 2 } else { LEGACY_FORMAT_VERSION }
@@ -86,12 +90,41 @@ impl Persisted for ShardMachine {
         if version < self.version_needed() {
             return Err(cannot_hold("shard state", version));
         }
-        postcard_into(&self.0, out)
+        postcard_into(&self.0, out)?;
+        if version >= STORED_SIZES_VERSION {
+            postcard_into(&self.0.stored_sizes(), out)?;
+        }
+        Ok(())
     }
 
     fn decode_body(version: u8, body: &[u8]) -> std::io::Result<Self> {
-        Ok(ShardMachine(postcard_of_versions("shard state", version, Self::VERSIONS, body)?, None))
+        if version < STORED_SIZES_VERSION {
+            return Ok(ShardMachine(postcard_of_versions("shard state", version, Self::VERSIONS, body)?, None));
+        }
+        if version > STORED_SIZES_VERSION {
+            return Err(unknown_version("shard state", version));
+        }
+        let (mut state, rest): (ShardState, &[u8]) =
+            postcard::take_from_bytes(body).map_err(|e| invalid_data(e.to_string()))?;
+        state.restore_stored_sizes(postcard_exact::<StoredSizes>(rest)?).map_err(invalid_data)?;
+        Ok(ShardMachine(state, None))
     }
+}
+
+/// The shard state format version that carries the stored sizes of messages.
+const STORED_SIZES_VERSION: u8 = 3;
+
+/// A shard state as its snapshot holds it (without the slice files beside it), in the newest
+/// format version: the version byte and the body.
+pub fn encode_state(state: &ShardState) -> std::io::Result<Vec<u8>> {
+    let mut out = vec![ShardMachine::FORMAT_VERSION];
+    ShardMachine(state.clone(), None).encode_body(ShardMachine::FORMAT_VERSION, &mut out)?;
+    Ok(out)
+}
+
+/// A shard state from what [`encode_state`] (or a snapshot of any released version) holds.
+pub fn decode_state(bytes: &[u8]) -> std::io::Result<ShardState> {
+    ShardMachine::decode_versioned(bytes).map(|machine| machine.0)
 }
 
 impl fmt::Display for ShardEntry {
@@ -979,6 +1012,7 @@ mod format_tests {
                         body_ref: MessageRef { log_index: 6, slot: 0 },
                         deliver_at_ms: NOW_MS,
                         sent_ms: NOW_MS - 1,
+                        body_bytes: 0,
                     }],
                 }),
             ),
@@ -1026,11 +1060,21 @@ mod format_tests {
             // Applies hand these to the slice files; they are not part of the state.
             state.take_slice_writes();
         }
-        golden::check(&fixtures(), "state", &ShardMachine(state.clone(), None));
+        assert!(state.stored_sizes() != state.without_stored_sizes().stored_sizes(), "the state holds sized messages");
+        check_state(&fixtures(), "state", &state);
         state.apply(100, &send_with_digest());
-        let machine = ShardMachine(state, None);
+        let machine = ShardMachine(state.clone(), None);
         assert_eq!(machine.version_needed(), 2);
-        golden::check(&fixtures(), "state-with-digests", &machine);
+        check_state(&fixtures(), "state-with-digests", &state);
+    }
+
+    /// A shard state's fixtures: versions before 3 hold no stored sizes, and read as 0 bytes.
+    fn check_state(dir: &Path, name: &str, state: &ShardState) {
+        let with_sizes = format!("{:?}", ShardMachine(state.clone(), None));
+        let without_sizes = format!("{:?}", ShardMachine(state.without_stored_sizes(), None));
+        golden::check_as(dir, name, &ShardMachine(state.clone(), None), |version| {
+            if version >= STORED_SIZES_VERSION { with_sizes.clone() } else { without_sizes.clone() }
+        });
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! after every command the responses must match (delivered ids in order,
 //! receive counts, per-entry delete results, error kinds) and so must every
 //! read-only query. Midway through each sequence the state is snapshotted with
-//! postcard and restored, and the restored copy must keep behaving exactly
+//! in its snapshot format and restored, and the restored copy must keep behaving exactly
 //! like the original.
 
 use std::collections::{BTreeMap, HashMap};
@@ -378,7 +378,7 @@ enum Op {
     CreateQueue {
         fresh: bool,
     },
-    /// Replace the restored copy with a fresh postcard round trip of the original.
+    /// Replace the restored copy with a fresh snapshot round trip of the original.
     Snapshot,
 }
 
@@ -495,8 +495,8 @@ fn normalize(response: &Response) -> Response {
 }
 
 fn restore(state: &ShardState) -> ShardState {
-    let bytes = postcard::to_allocvec(state).expect("serialize snapshot");
-    postcard::from_bytes(&bytes).expect("deserialize snapshot")
+    let bytes = strata_storage::shard::encode_state(state).expect("encode snapshot");
+    strata_storage::shard::decode_state(&bytes).expect("decode snapshot")
 }
 
 struct Harness {
@@ -742,8 +742,8 @@ fn run(steps: &[Step]) -> Result<(), TestCaseError> {
     // The copies end byte-for-byte identical.
     if let [original, restored] = harness.shards.as_slice() {
         prop_assert_eq!(
-            postcard::to_allocvec(original).expect("serialize"),
-            postcard::to_allocvec(restored).expect("serialize")
+            strata_storage::shard::encode_state(original).expect("encode"),
+            strata_storage::shard::encode_state(restored).expect("encode")
         );
     }
     Ok(())

@@ -538,6 +538,9 @@ pub struct TenantLimits {
     pub payload_bytes_per_second: u64,
     pub queues_max: u64,
     pub in_flight_messages_max: u64,
+    /// Bytes of messages (bodies and attributes, scheduled ones included) the tenant's queues
+    /// may hold together; sends are refused while they hold more.
+    pub stored_bytes_max: u64,
 }
 
 /// A tenant's limits: its plan, its own overrides and what applies.

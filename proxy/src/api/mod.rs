@@ -793,6 +793,7 @@ async fn send_messages(
     let config = queues::info(&state.placement, &tenant, &name).await?.config.unwrap_or_default();
     let messages = request.messages.into_iter().map(|m| message_to_pb(m, &config)).collect::<Result<Vec<_>, _>>()?;
     let payload_in_bytes = messages.iter().map(|m| message_payload_bytes(&m.body, &m.attributes)).sum();
+    state.sqs.quotas.admit_store(&tenant, payload_in_bytes).await?;
     let action = if messages.len() == 1 { "SendMessage" } else { "SendMessageBatch" };
     let meter = state.meter.record(&tenant, &call, &body, Charge { payload_in_bytes, ..Charge::new(action, &name) });
     let sent = queues::send(&state.placement, &tenant, &name, &call, messages, meter).await?;
@@ -1078,6 +1079,7 @@ fn limits_answer(limits: Option<pb::TenantLimits>) -> model::TenantLimits {
         payload_bytes_per_second: limits.payload_bytes_per_second,
         queues_max: limits.queues_max,
         in_flight_messages_max: limits.in_flight_messages_max,
+        stored_bytes_max: limits.stored_bytes_max,
     }
 }
 
@@ -1087,6 +1089,7 @@ fn limits_to_pb(limits: model::TenantLimits) -> pb::TenantLimits {
         payload_bytes_per_second: limits.payload_bytes_per_second,
         queues_max: limits.queues_max,
         in_flight_messages_max: limits.in_flight_messages_max,
+        stored_bytes_max: limits.stored_bytes_max,
     }
 }
 

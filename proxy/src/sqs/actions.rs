@@ -818,6 +818,7 @@ async fn send(
     let call = ctx.call.lock().clone();
     let count = messages.len();
     let payload_in_bytes = messages.iter().map(|m| message_payload_bytes(&m.body, &m.attributes)).sum();
+    ctx.state.quotas.admit_store(ctx.tenant(), payload_in_bytes).await?;
     // The record travels with the messages: the shard keeps both or neither.
     let charge = Charge { payload_in_bytes, ..ctx.charge.lock().clone() };
     let meter = ctx.state.meter.record(ctx.tenant(), &call, ctx.body, charge);

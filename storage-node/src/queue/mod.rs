@@ -83,13 +83,13 @@
 //!
 //! On a 64-bit target (record sizes checked by a unit test). B-tree values
 //! are stored inline in nodes of 11 slots that are 2/3 to fully occupied.
-//! * Per idle queue: a 264-byte record plus its 8-byte key in the shard's
-//!   queue map, so ~275–410 bytes, plus the tenant string's heap bytes. Its
+//! * Per idle queue: a 280-byte record plus its 8-byte key in the shard's
+//!   queue map, so ~290–430 bytes, plus the tenant string's heap bytes. Its
 //!   empty maps and sets allocate nothing, and an empty queue has no entry in
 //!   the shard indexes.
-//! * Per message: a 72-byte record plus its 8-byte seq key in the message map
-//!   (~80–120 bytes), plus an 8-byte key in the visible set or a 16-byte key
-//!   in the pending set (~8–24 bytes): about 90–145 bytes per message. A FIFO
+//! * Per message: an 80-byte record plus its 8-byte seq key in the message map
+//!   (~88–130 bytes), plus an 8-byte key in the visible set or a 16-byte key
+//!   in the pending set (~8–24 bytes): about 100–155 bytes per message. A FIFO
 //!   message adds its group and deduplication ids (two strings) and, for five
 //!   minutes, a deduplication entry.
 //! * Per shard: the last [`REQUEST_IDS_KEPT`] request ids (proxies' sends) with
@@ -107,7 +107,7 @@ mod types;
 mod tests;
 
 pub use receipt::Receipt;
-pub use state::ShardState;
+pub use state::{ShardState, StoredSizes};
 pub use types::{
     AttributeValue, Command, DEDUP_WINDOW_MS, DELAY_MS_MAX, DELETE_BATCH_MAX, DELIVER_AHEAD_MS_MAX, Delivery,
     FIFO_ID_CHARS_MAX, FifoConfig, FifoIds, IN_FLIGHT_MAX, MAX_RECEIVE_COUNT_MAX, MAX_RECEIVE_COUNT_MIN,

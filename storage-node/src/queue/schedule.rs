@@ -63,6 +63,11 @@ pub struct ScheduledMessage {
     pub body_ref: MessageRef,
     pub deliver_at_ms: u64,
     pub sent_ms: u64,
+    /// What it counts in its queue's stored bytes while in the wheel. Not part of the serde
+    /// layout, nor of slice records: a message loaded from disk counts its queue's mean (see
+    /// `Queue::load_scheduled`).
+    #[serde(skip)]
+    pub body_bytes: u32,
 }
 
 /// One record of a slice file, in log order.

@@ -9,13 +9,18 @@ use uuid::Uuid;
 use super::outbox::MeterOutbox;
 use super::receipt::Receipt;
 use super::schedule::{Schedule, ScheduledMessage, Slice, SliceWrite, deliver_at_of, slice_of};
-use super::store::{LeaseCheck, Queue};
+use super::store::{LeaseCheck, Queue, QueueSizes};
 use super::types::{
     Command, DELETE_BATCH_MAX, DELIVER_AHEAD_MS_MAX, FIFO_ID_CHARS_MAX, IN_FLIGHT_MAX, MESSAGE_ATTRIBUTES_MAX,
     MOVE_PER_SECOND_MAX, MOVE_STEP_MESSAGES_MAX, MOVE_TASKS_KEPT_PER_SOURCE, MoveTask, MoveTaskId, MoveTaskStatus,
     NewMessage, QueueConfig, QueueCounts, QueueError, QueueId, RECEIVE_BATCH_MAX, REQUEST_DIGEST_SEPARATOR,
     REQUEST_IDS_KEPT, Response, SEND_BATCH_MAX, ShardCommand, check_delay, check_visibility_timeout,
 };
+
+/// What the messages of a shard's queues count in their stored bytes, queue by queue (see
+/// [`ShardState::stored_sizes`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSizes(Vec<(QueueId, QueueSizes)>);
 
 /// The replicated state of one shard. See the module doc of [`crate::queue`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,6 +194,44 @@ impl ShardState {
     /// The metering outbox: records of applied metered commands not yet trimmed.
     pub fn metering(&self) -> &MeterOutbox {
         &self.metering
+    }
+
+    /// Bytes of the messages the queue holds, scheduled ones included, as of the last command
+    /// applied to it (see [`NewMessage::stored_bytes`]). `None` if the queue does not exist for
+    /// this tenant.
+    pub fn queue_stored_bytes(&self, queue: QueueId, tenant: &str) -> Option<u64> {
+        self.get(queue, tenant).map(Queue::stored_bytes)
+    }
+
+    /// What every message counts in its queue's stored bytes: the part of the state that its
+    /// serde layout leaves out (shard state format version 3 carries it after the layout).
+    pub fn stored_sizes(&self) -> StoredSizes {
+        StoredSizes(self.queues.iter().map(|(&id, q)| (id, q.sizes())).collect())
+    }
+
+    /// Puts back what [`ShardState::stored_sizes`] gave, after a decode of the serde layout.
+    /// Errors when they are not the sizes of this state's queues and messages.
+    pub fn restore_stored_sizes(&mut self, sizes: StoredSizes) -> Result<(), String> {
+        if sizes.0.len() != self.queues.len() {
+            return Err("the stored sizes do not match the shard's queues".to_owned());
+        }
+        for ((id, queue), (sized_id, sizes)) in self.queues.iter_mut().zip(sizes.0) {
+            if *id != sized_id {
+                return Err(format!("the stored sizes name queue {sized_id} where the state has {id}"));
+            }
+            queue.set_sizes(sizes).map_err(|e| format!("queue {id}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// This state as read from a format version without stored sizes (test support).
+    #[cfg(test)]
+    pub fn without_stored_sizes(&self) -> ShardState {
+        let mut state = self.clone();
+        for queue in state.queues.values_mut() {
+            queue.forget_sizes();
+        }
+        state
     }
 
     /// Approximate counts as of the last command applied to this queue: a

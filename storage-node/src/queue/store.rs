@@ -37,7 +37,7 @@ pub(crate) const DEAD_LETTER_MOVES_MAX: usize = 100;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Message {
     message_id: Uuid,
-    /// Where the body is ([`MessageRef`], stored flat so the record stays 72 bytes).
+    /// Where the body is ([`MessageRef`], stored flat so the record stays 80 bytes).
     body_log_index: u64,
     body_slot: u16,
     /// When it was sent (reported to receivers).
@@ -53,6 +53,11 @@ pub(crate) struct Message {
     /// Moved in from another queue or scheduled: its body may be older than the
     /// bodies of messages sent to this queue before it (counted in `older_bodies`).
     older_body: bool,
+    /// What it counts in the queue's stored bytes ([`NewMessage::stored_bytes`]). Not part of
+    /// the serde layout: shard states of format version 3 carry it after the state (see
+    /// [`Queue::sizes`]); in older states it is unknown (0).
+    #[serde(skip)]
+    body_bytes: u32,
 }
 
 impl Message {
@@ -66,6 +71,7 @@ impl Message {
         now_ms: u64,
         visible_at_ms: u64,
         older_body: bool,
+        body_bytes: u32,
     ) -> Self {
         Message {
             message_id,
@@ -78,6 +84,7 @@ impl Message {
             lease: 0,
             receive_count: 0,
             older_body,
+            body_bytes,
         }
     }
 
@@ -100,6 +107,15 @@ impl Message {
 pub(crate) struct IndexKeys {
     pub(crate) expires_at_ms: u64,
     pub(crate) log_index: u64,
+}
+
+/// What a queue's messages count in its stored bytes, in the order of its messages (by seq) and
+/// of its wheel: persisted after the shard state's serde layout (format version 3).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct QueueSizes {
+    messages: Vec<u32>,
+    wheel: Vec<u32>,
+    on_disk_bytes: u64,
 }
 
 /// A message taken out of one queue to be adopted by another, with its FIFO ids.
@@ -138,6 +154,15 @@ pub(crate) struct Queue {
     wheel: BTreeMap<(u64, Uuid), ScheduledMessage>,
     /// Scheduled messages of this queue still in slice files.
     on_disk: u64,
+    /// What the scheduled messages still in slice files count in `stored_bytes`, together (the
+    /// slice files do not hold sizes: one of them leaving releases their mean). Not in the
+    /// serde layout, like `Message::body_bytes`.
+    #[serde(skip)]
+    on_disk_bytes: u64,
+    /// Bytes of the messages this queue holds, scheduled ones included: the sum of their
+    /// `body_bytes` and `on_disk_bytes`, kept as they come and go (rebuilt by [`Queue::sizes`]).
+    #[serde(skip)]
+    stored_bytes: u64,
     /// Log index of the last purge: scheduled messages sent before it are dropped when loaded.
     purged_at_log_index: u64,
     /// FIFO bookkeeping; `None` for standard queues (boxed: idle standard queues stay small).
@@ -290,6 +315,8 @@ impl Queue {
             older_bodies: BTreeMap::new(),
             wheel: BTreeMap::new(),
             on_disk: 0,
+            on_disk_bytes: 0,
+            stored_bytes: 0,
             purged_at_log_index: 0,
             fifo: config.fifo.map(|_| Box::default()),
         }
@@ -381,6 +408,7 @@ impl Queue {
         if message.older_body {
             self.release_older_body(message.body_log_index);
         }
+        self.stored_bytes = self.stored_bytes.saturating_sub(u64::from(message.body_bytes));
         Some(message)
     }
 
@@ -469,7 +497,16 @@ impl Queue {
         let Moved { message: moved, fifo } = moved;
         let seq = self.take_seq();
         self.count_older_body(moved.body_log_index);
-        let message = Message::entering(moved.message_id, moved.body_ref(), moved.sent_ms, now_ms, now_ms, true);
+        let message = Message::entering(
+            moved.message_id,
+            moved.body_ref(),
+            moved.sent_ms,
+            now_ms,
+            now_ms,
+            true,
+            moved.body_bytes,
+        );
+        self.stored_bytes = self.stored_bytes.saturating_add(u64::from(message.body_bytes));
         self.messages.insert(seq, message);
         // A FIFO message keeps its group in a FIFO queue (its deduplication id is not registered
         // again: the window belongs to the queue it was sent to).
@@ -504,8 +541,10 @@ impl Queue {
             }
             let due = entry.remove();
             let seq = self.take_seq();
-            // Its body is still counted in `older_bodies`, from when it entered the wheel.
-            let message = Message::entering(due.message_id, due.body_ref, due.sent_ms, now_ms, now_ms, true);
+            // Its body is still counted in `older_bodies` and `stored_bytes`, from when it entered
+            // the wheel.
+            let message =
+                Message::entering(due.message_id, due.body_ref, due.sent_ms, now_ms, now_ms, true, due.body_bytes);
             self.messages.insert(seq, message);
             self.place(seq, now_ms, true, now_ms);
         }
@@ -543,6 +582,7 @@ impl Queue {
         for (slot, new) in messages.iter().enumerate() {
             // Batches are validated to at most SEND_BATCH_MAX entries.
             let body = MessageRef { log_index, slot: u16::try_from(slot).unwrap_or(u16::MAX) };
+            let body_bytes = new.stored_bytes();
             if let Some(deliver_at_ms) = new.deliver_at_ms.filter(|&at| at > now_ms) {
                 let scheduled = ScheduledMessage {
                     queue,
@@ -550,9 +590,12 @@ impl Queue {
                     body_ref: body,
                     deliver_at_ms,
                     sent_ms: now_ms,
+                    body_bytes,
                 };
                 if goes_to_disk(deliver_at_ms) {
                     self.on_disk += 1;
+                    self.on_disk_bytes = self.on_disk_bytes.saturating_add(u64::from(body_bytes));
+                    self.stored_bytes = self.stored_bytes.saturating_add(u64::from(body_bytes));
                     to_disk.push(scheduled);
                 } else {
                     self.wait(scheduled);
@@ -579,7 +622,8 @@ impl Queue {
             let seq = self.take_seq();
             let delay_ms = new.delay_ms.unwrap_or(self.config.delay_ms);
             let visible_at_ms = now_ms.saturating_add(delay_ms);
-            let message = Message::entering(new.message_id, body, now_ms, now_ms, visible_at_ms, false);
+            let message = Message::entering(new.message_id, body, now_ms, now_ms, visible_at_ms, false, body_bytes);
+            self.stored_bytes = self.stored_bytes.saturating_add(u64::from(body_bytes));
             self.messages.insert(seq, message);
             if let (Some(fifo), Some(ids)) = (&mut self.fifo, &new.fifo) {
                 fifo.ids.insert(seq, ids.clone());
@@ -607,6 +651,7 @@ impl Queue {
     /// enqueues it).
     fn wait(&mut self, scheduled: ScheduledMessage) {
         self.count_older_body(scheduled.body_ref.log_index);
+        self.stored_bytes = self.stored_bytes.saturating_add(u64::from(scheduled.body_bytes));
         self.wheel.insert((scheduled.deliver_at_ms, scheduled.message_id), scheduled);
     }
 
@@ -616,9 +661,20 @@ impl Queue {
         if scheduled.body_ref.log_index < self.purged_at_log_index {
             return false;
         }
-        self.on_disk = self.on_disk.saturating_sub(1);
-        self.wait(scheduled);
+        let body_bytes = self.leave_disk();
+        self.wait(ScheduledMessage { body_bytes, ..scheduled });
         true
+    }
+
+    /// One scheduled message leaves the slice files: what it counted in `stored_bytes` (the
+    /// mean of those on disk, all that is left for the last one) is taken off, and returned.
+    fn leave_disk(&mut self) -> u32 {
+        let bytes = if self.on_disk <= 1 { self.on_disk_bytes } else { self.on_disk_bytes / self.on_disk };
+        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+        self.on_disk = self.on_disk.saturating_sub(1);
+        self.on_disk_bytes = self.on_disk_bytes.saturating_sub(u64::from(bytes));
+        self.stored_bytes = self.stored_bytes.saturating_sub(u64::from(bytes));
+        bytes
     }
 
     /// Cancels a scheduled message waiting in the wheel; false if it is not there.
@@ -626,6 +682,7 @@ impl Queue {
         match self.wheel.remove(&(deliver_at_ms, message_id)) {
             Some(scheduled) => {
                 self.release_older_body(scheduled.body_ref.log_index);
+                self.stored_bytes = self.stored_bytes.saturating_sub(u64::from(scheduled.body_bytes));
                 true
             }
             None => false,
@@ -639,7 +696,7 @@ impl Queue {
 
     /// A scheduled message still on disk was cancelled.
     pub(crate) fn cancel_on_disk(&mut self) {
-        self.on_disk = self.on_disk.saturating_sub(1);
+        self.leave_disk();
     }
 
     /// Leases up to `max_messages` visible messages, lowest seq first, passing
@@ -806,6 +863,8 @@ impl Queue {
         self.older_bodies.clear();
         self.wheel.clear();
         self.on_disk = 0;
+        self.on_disk_bytes = 0;
+        self.stored_bytes = 0;
         self.purged_at_log_index = log_index;
         if let Some(fifo) = &mut self.fifo {
             // The deduplication window outlives a purge, as in SQS.
@@ -816,6 +875,49 @@ impl Queue {
         }
         self.delayed = 0;
         count
+    }
+
+    /// Bytes of the messages this queue holds ([`NewMessage::stored_bytes`] each), scheduled
+    /// ones included, as of the last settle.
+    pub(crate) fn stored_bytes(&self) -> u64 {
+        self.stored_bytes
+    }
+
+    /// What each message counts in the stored bytes, for the shard state's format version 3,
+    /// which carries them after the serde layout.
+    pub(crate) fn sizes(&self) -> QueueSizes {
+        QueueSizes {
+            messages: self.messages.values().map(|m| m.body_bytes).collect(),
+            wheel: self.wheel.values().map(|s| s.body_bytes).collect(),
+            on_disk_bytes: self.on_disk_bytes,
+        }
+    }
+
+    /// Puts back what [`Queue::sizes`] gave, after a decode of the serde layout. Errors when the
+    /// sizes are not those of this queue's messages.
+    pub(crate) fn set_sizes(&mut self, sizes: QueueSizes) -> Result<(), &'static str> {
+        if sizes.messages.len() != self.messages.len() || sizes.wheel.len() != self.wheel.len() {
+            return Err("the message sizes do not match the queue's messages");
+        }
+        for (message, bytes) in self.messages.values_mut().zip(sizes.messages) {
+            message.body_bytes = bytes;
+        }
+        for (scheduled, bytes) in self.wheel.values_mut().zip(sizes.wheel) {
+            scheduled.body_bytes = bytes;
+        }
+        self.on_disk_bytes = sizes.on_disk_bytes;
+        self.stored_bytes = self.messages.values().map(|m| u64::from(m.body_bytes)).sum::<u64>()
+            + self.wheel.values().map(|s| u64::from(s.body_bytes)).sum::<u64>()
+            + self.on_disk_bytes;
+        Ok(())
+    }
+
+    /// Every size unknown (0), as after a decode of a format version without them.
+    #[cfg(test)]
+    pub(crate) fn forget_sizes(&mut self) {
+        let messages = vec![0; self.messages.len()];
+        let wheel = vec![0; self.wheel.len()];
+        let _ = self.set_sizes(QueueSizes { messages, wheel, on_disk_bytes: 0 });
     }
 
     /// Counts as of the last settle of this queue.

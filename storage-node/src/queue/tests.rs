@@ -618,22 +618,62 @@ fn other_tenant_sees_nothing_and_changes_nothing() {
     assert_eq!(shard.counts(), QueueCounts { visible: 1, in_flight: 1, delayed: 0 });
 }
 
+/// The state as a snapshot of it reads back.
+fn round_trip(state: &ShardState) -> ShardState {
+    crate::shard::decode_state(&crate::shard::encode_state(state).expect("encode")).expect("decode")
+}
+
 #[test]
 fn snapshot_round_trip() {
     let mut shard = Shard::with_queue();
     shard.send(0, &[1, 2, 3]);
     shard.receive(10, 1, None);
-    let bytes = postcard::to_allocvec(&shard.state).expect("serialize");
-    let restored: ShardState = postcard::from_bytes(&bytes).expect("deserialize");
+    let restored = round_trip(&shard.state);
     assert_eq!(restored, shard.state);
+}
+
+#[test]
+fn stored_bytes_follow_messages_in_and_out() {
+    let mut shard = Shard::with_queue();
+    let stored = |shard: &Shard| shard.state.queue_stored_bytes(Q, TENANT).expect("queue exists");
+    assert_eq!(stored(&shard), 0);
+    // "body 1" and "body 22" (6 and 7 bytes); an attribute counts its name, data type and value.
+    shard.send(0, &[1, 22]);
+    assert_eq!(stored(&shard), 13);
+    let with_attribute = NewMessage {
+        attributes: BTreeMap::from([("k".to_owned(), AttributeValue::String("vv".to_owned()))]),
+        ..new_message(3)
+    };
+    assert_eq!(with_attribute.stored_bytes(), 6 + 1 + "String".len() as u32 + 2);
+    shard.apply(1, Command::Send { queue: Q, tenant: TENANT.to_owned(), messages: vec![with_attribute] });
+    assert_eq!(stored(&shard), 28);
+    assert_eq!(shard.state.queue_stored_bytes(Q, OTHER_TENANT), None, "another tenant's queue is not found");
+
+    // A receive keeps them stored; a delete releases the message's own size.
+    let deliveries = shard.receive(2, 1, None);
+    assert_eq!(stored(&shard), 28);
+    shard.delete(3, &[deliveries[0].receipt.as_str()]);
+    assert_eq!(stored(&shard), 22);
+
+    // A snapshot keeps the sizes (format version 3), and older versions read them as 0.
+    let restored = round_trip(&shard.state);
+    assert_eq!(restored.queue_stored_bytes(Q, TENANT), Some(22));
+    assert_eq!(shard.state.without_stored_sizes().queue_stored_bytes(Q, TENANT), Some(0));
+
+    // Expiry releases what it drops; a purge releases everything.
+    shard.send(60_000, &[4]);
+    shard.apply(125_000, Command::Expire);
+    assert_eq!(stored(&shard), 6, "the first two expired, the last one stays");
+    shard.apply(125_001, Command::Purge { queue: Q, tenant: TENANT.to_owned() });
+    assert_eq!(stored(&shard), 0);
 }
 
 #[test]
 fn memory_figures_in_the_module_doc_hold() {
     use std::mem::size_of;
-    // Module doc: a 72-byte record per message, a 264-byte one per queue.
-    assert_eq!(size_of::<Message>(), 72);
-    assert_eq!(size_of::<Queue>(), 264);
+    // Module doc: an 80-byte record per message, a 280-byte one per queue.
+    assert_eq!(size_of::<Message>(), 80);
+    assert_eq!(size_of::<Queue>(), 280);
 }
 
 // ------------------------------------------------------------------------------ dead letters
@@ -921,8 +961,7 @@ fn fifo_locks_and_deduplication_survive_a_snapshot_round_trip() {
     let mut shard = fifo_shard(false);
     fifo_send(&mut shard, 0, vec![fifo_message(1, "a", "d1"), fifo_message(2, "a", "d2")]);
     assert_eq!(fifo_receive(&mut shard, 0, 1, 60_000).len(), 1);
-    let bytes = postcard::to_allocvec(&shard.state).expect("serialize");
-    let restored: ShardState = postcard::from_bytes(&bytes).expect("deserialize");
+    let restored = round_trip(&shard.state);
     assert_eq!(restored, shard.state);
     shard.state = restored;
     assert!(fifo_receive(&mut shard, 1_000, 10, 60_000).is_empty(), "group a is still locked");
@@ -1354,6 +1393,27 @@ mod scheduled {
     }
 
     #[test]
+    fn scheduled_messages_count_in_stored_bytes_on_disk_and_in_memory() {
+        let mut s = Scheduled::new();
+        let stored = |s: &Scheduled| s.shard.state.queue_stored_bytes(Q, TENANT).expect("queue exists");
+        let far = T0 + 30 * DAY_MS;
+        // Three on disk ("body 0" to "body 2", 6 bytes each) and one in the wheel.
+        let ids = s.send_at(T0, &[far, far + 1, far + 2, T0 + 1_000]);
+        assert_eq!(stored(&s), 24);
+        assert_eq!(round_trip(&s.shard.state).queue_stored_bytes(Q, TENANT), Some(24), "kept by a snapshot");
+        // A cancel on disk releases the mean of those on disk; one in the wheel its own size.
+        assert_eq!(s.cancel(T0 + 1, TENANT, ids[0]), Response::ScheduledCancelled);
+        assert_eq!(stored(&s), 18);
+        assert_eq!(s.cancel(T0 + 2, TENANT, ids[3]), Response::ScheduledCancelled);
+        assert_eq!(stored(&s), 12);
+        // Loaded, due, received and deleted: nothing is left.
+        assert_eq!(s.load_due(far), 2);
+        assert_eq!(stored(&s), 12, "loading moves them, it does not release them");
+        assert_eq!(s.drain(far + 2).len(), 2);
+        assert_eq!(stored(&s), 0);
+    }
+
+    #[test]
     fn retention_counts_from_the_due_time() {
         let mut s = Scheduled::new();
         let at = T0 + 10 * DAY_MS;
@@ -1558,8 +1618,7 @@ mod scheduled {
                         gone.extend(scheduled.keys());
                         scheduled.clear();
                     } else {
-                        let bytes = postcard::to_allocvec(&s.shard.state).expect("encode");
-                        s.shard.state = postcard::from_bytes(&bytes).expect("decode");
+                        s.shard.state = round_trip(&s.shard.state);
                     }
                 }
                 _ => now += next(3 * DAY_MS),
@@ -1713,7 +1772,7 @@ fn a_metered_command_keeps_its_record_exactly_when_it_applies() {
     assert_eq!(shard.counts().visible, 1);
 
     // The outbox survives a snapshot, and a trim drops what was counted.
-    let restored: ShardState = postcard::from_bytes(&postcard::to_allocvec(&shard.state).unwrap()).unwrap();
+    let restored = round_trip(&shard.state);
     assert_eq!(restored, shard.state);
     shard.metered("s4", "m4", send(5));
     let (through_seq, _) = shard.state.metering().oldest(1).unwrap();

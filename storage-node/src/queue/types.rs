@@ -150,6 +150,36 @@ pub struct NewMessage {
     pub fifo: Option<FifoIds>,
 }
 
+impl NewMessage {
+    /// What the message counts in its queue's stored bytes: its body and its attributes (names,
+    /// data types and values), as SQS counts a message's size.
+    pub fn stored_bytes(&self) -> u32 {
+        let attributes: usize = self.attributes.iter().map(|(name, value)| name.len() + value.stored_bytes()).sum();
+        u32::try_from(self.body.len().saturating_add(attributes)).unwrap_or(u32::MAX)
+    }
+}
+
+impl AttributeValue {
+    /// Bytes of its data type and value.
+    fn stored_bytes(&self) -> usize {
+        let data_type_bytes = match self {
+            AttributeValue::String(_) => "String".len(),
+            AttributeValue::Number(_) => "Number".len(),
+            AttributeValue::Binary(_) => "Binary".len(),
+            AttributeValue::Labeled { data_type, .. } => data_type.len(),
+        };
+        data_type_bytes + self.value_bytes()
+    }
+
+    fn value_bytes(&self) -> usize {
+        match self {
+            AttributeValue::String(text) | AttributeValue::Number(text) => text.len(),
+            AttributeValue::Binary(bytes) => bytes.len(),
+            AttributeValue::Labeled { value, .. } => value.value_bytes(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct FifoIds {
     pub group_id: String,
