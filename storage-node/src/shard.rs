@@ -286,6 +286,14 @@ const PEER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2)
 /// How far behind the leader's log a new replica may be when it becomes a voter.
 pub const CATCH_UP_LAG_ENTRIES: u64 = 64;
 
+/// Whether the storage node `node` may send a shard's group Raft messages: it is one of the
+/// shard's replicas, or a node moving off it that may still be a voter, in `placement`. A
+/// replica that has not seen its placement yet hears from any storage node, as the one that
+/// brings it the group's state.
+fn admits_raft_sender(placement: Option<&strata_common::proto::ShardInfo>, node: &str) -> bool {
+    placement.is_none_or(|p| p.replicas.iter().any(|r| r.node_id == node) || p.leaving.iter().any(|n| n == node))
+}
+
 /// A running shard.
 pub struct Shard {
     pub shard_id: u64,
@@ -295,8 +303,9 @@ pub struct Shard {
     /// claimed one: `(raft term, writer epoch)`.
     writer_claim: parking_lot::Mutex<Option<(u64, u64)>>,
     /// The shard's placement in metadata as last seen (from this node's heartbeats, or a
-    /// change this replica made): where its leader takes the voters to have.
-    placement: parking_lot::Mutex<Option<strata_common::proto::ShardInfo>>,
+    /// change this replica made): where its leader takes the voters to have, and whose nodes
+    /// may send the group Raft messages ([`admits_raft_sender`]).
+    placement: Arc<parking_lot::Mutex<Option<strata_common::proto::ShardInfo>>>,
     /// Clients of the other replicas (by address) for reads of entries this one lacks; clones
     /// share one connection.
     peers: parking_lot::Mutex<HashMap<String, PeerClient>>,
@@ -328,6 +337,7 @@ impl Shard {
         format: FormatGate,
         credentials: Credentials,
     ) -> anyhow::Result<Self> {
+        let placement: Arc<parking_lot::Mutex<Option<strata_common::proto::ShardInfo>>> = Arc::default();
         let config = Config {
             cluster_name: format!("strata-shard-{shard_id}"),
             heartbeat_interval: 100,
@@ -365,12 +375,14 @@ impl Shard {
                     replicas.initialize.then_some(voters),
                 )
                 .await?;
-                router.register(shard_id, group.raft.clone(), Senders::AnyOfTheRole);
+                let placement = placement.clone();
+                let senders = Senders::Named(Arc::new(move |node| admits_raft_sender(placement.lock().as_ref(), node)));
+                router.register(shard_id, group.raft.clone(), senders);
                 group
             }
         };
         let backfill = BackfillFiles::open(&dir.join(BACKFILL_DIR))?;
-        let (writer_claim, placement, peers, backfill_verified_through) = Default::default();
+        let (writer_claim, peers, backfill_verified_through) = Default::default();
         Ok(Self {
             shard_id,
             node_id: node_id.to_owned(),

@@ -106,6 +106,37 @@ impl LocalCluster {
         Ok(wrong)
     }
 
+    /// What went wrong when every shard group of the storage node `name` was sent a Raft
+    /// message (an empty vote) with a storage certificate of the cluster's own CA naming no
+    /// replica, and with one naming `replica`, a replica of every shard: nothing, when the first
+    /// was refused before the message was read and the second got as far as decoding it.
+    pub async fn shard_raft_hears_only_replicas(&self, name: &str, replica: &str) -> anyhow::Result<Vec<String>> {
+        let now_ms = strata_common::Clock::now_ms(&strata_common::SystemClock);
+        let ca = strata_tls::pki::LocalCa::open_or_create(&self.dir.join("tls"), now_ms)?;
+        let timeout = std::time::Duration::from_secs(5);
+        let address = self.grpc_address(name)?;
+        let client = |node: &str| -> anyhow::Result<RaftTransportClient<tonic::transport::Channel>> {
+            let credentials = ca.credentials(Role::Storage, node, now_ms)?;
+            Ok(RaftTransportClient::new(strata_tls::lazy_channel(&address, timeout, &credentials, Role::Storage)?))
+        };
+        let (mut intruder, mut member) = (client("intruder")?, client(replica)?);
+        let mut wrong = Vec::new();
+        let groups = self.raft_status(name).await?;
+        anyhow::ensure!(!groups.is_empty(), "{name} serves no shard group");
+        for group in groups.iter().map(|g| g.group) {
+            let vote = pb::RaftMessage { group, payload: Default::default() };
+            match intruder.vote(vote.clone()).await {
+                Err(status) if status.code() == tonic::Code::PermissionDenied => {}
+                other => wrong.push(format!("shard {group} of {name} heard a non-replica: {other:?}")),
+            }
+            match member.vote(vote).await {
+                Err(status) if status.code() == tonic::Code::InvalidArgument => {}
+                other => wrong.push(format!("shard {group} of {name} did not hear its replica {replica}: {other:?}")),
+            }
+        }
+        Ok(wrong)
+    }
+
     /// A token for `tenant`, minted with the proxies' key.
     pub fn token_for(&self, tenant: &str) -> anyhow::Result<String> {
         let mut command = Command::new(strata_binary());

@@ -1,8 +1,8 @@
 //! `infra/local-cluster.sh up DIR` / `down DIR` from the built binary: Garage, three metadata
 //! members, three storage nodes (three replicas per shard) and two proxies as separate processes
 //! with their own config files. Through the written credentials: the native API on both proxies,
-//! the SQS API with the AWS CLI, a storage node SIGKILLed without losing acknowledged sends, and
-//! a clean stop.
+//! the SQS API with the AWS CLI, shard Raft messages heard from replicas only, a storage node
+//! SIGKILLed without losing acknowledged sends, and a clean stop.
 
 #![allow(clippy::disallowed_methods)] // a test waits and measures in real time
 
@@ -23,6 +23,9 @@ async fn local_cluster_comes_up_serves_both_apis_survives_a_storage_kill_and_goe
     {
         assert!(env.get(key).is_some_and(|v| !v.is_empty()), "{key} missing from cluster-credentials.env");
     }
+    // A shard's Raft messages are heard from its replicas only, not from any storage node.
+    let wrong = cluster.shard_raft_hears_only_replicas("storage-1", "storage-2").await.expect("probe shard Raft");
+    assert!(wrong.is_empty(), "{wrong:#?}");
     let token = &env["STRATA_TOKEN"];
     let proxies: Vec<Api> = env["STRATA_PROXY_ENDPOINTS"].split(',').map(|e| Api::new(e, token)).collect();
     assert_eq!(proxies.len(), 2);

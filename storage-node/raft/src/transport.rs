@@ -73,15 +73,16 @@ trait GroupEndpoint: Send + Sync {
 }
 
 /// Who may send a group Raft messages, besides the role the table requires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Senders {
-    /// Any process of the role (the shards: their members' certificates name storage nodes,
-    /// whose Raft ids only metadata maps).
-    AnyOfTheRole,
     /// Only members (voters or learners) of the group: the certificate's name is the member's
     /// Raft node id (the metadata quorum). A process that has not joined a group yet hears from
     /// any process of the role, as the one that brings it the membership.
     MembersById,
+    /// The processes whose certificate names the predicate admits (the shards: their members'
+    /// certificates name storage nodes, whose Raft ids only metadata maps, so a shard admits the
+    /// nodes its placement in metadata lists).
+    Named(Arc<dyn Fn(&str) -> bool + Send + Sync>),
 }
 
 struct RaftEndpoint<C: RaftTypeConfig, SM: RaftStateMachine<C>> {
@@ -132,8 +133,8 @@ where
     }
 
     fn admits(&self, peer_name: &str) -> bool {
-        match self.senders {
-            Senders::AnyOfTheRole => true,
+        match &self.senders {
+            Senders::Named(admits) => admits(peer_name),
             // A process that has not joined yet (no membership) hears from whoever brings it
             // the group's membership; once it knows the members, only they are heard.
             Senders::MembersById => {
