@@ -55,6 +55,15 @@ def error_code(call, *args, **kwargs):
     return NO_ERROR
 
 
+def error_of(call, *args, **kwargs):
+    """Runs a call that should fail; answers its error code and message, or NO_ERROR."""
+    try:
+        call(*args, **kwargs)
+    except ClientError as e:
+        return e.response["Error"]["Code"], e.response["Error"].get("Message")
+    return NO_ERROR, None
+
+
 def md5(text):
     return md5_hex(text.encode())
 
@@ -559,10 +568,89 @@ class Scenario:
         for u in (url, cbd, fifo_dlq, plain):
             sqs.delete_queue(QueueUrl=u)
 
+    def validation_wording(self):
+        """Validation errors in SQS's own words (the texts AWS answers, as recorded from it). Checked,
+        not observed: moto words its errors its own way, so a differential record would say nothing."""
+        sqs = self.sqs
+        url = sqs.create_queue(QueueName=self.name("words"))["QueueUrl"]
+        fifo = sqs.create_queue(QueueName=self.name("words") + ".fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
+        cases = [
+            ("words_max_messages", sqs.receive_message, {"QueueUrl": url, "MaxNumberOfMessages": 11},
+             ("InvalidParameterValue",
+              "Value 11 for parameter MaxNumberOfMessages is invalid. Reason: Must be between 1 and 10, if provided.")),
+            ("words_wait_time", sqs.receive_message, {"QueueUrl": url, "WaitTimeSeconds": 21},
+             ("InvalidParameterValue",
+              "Value 21 for parameter WaitTimeSeconds is invalid. Reason: Must be >= 0 and <= 20, if provided.")),
+            ("words_delay", sqs.send_message, {"QueueUrl": url, "MessageBody": "x", "DelaySeconds": 901},
+             ("InvalidParameterValue",
+              "Value 901 for parameter DelaySeconds is invalid. Reason: DelaySeconds must be >= 0 and <= 900.")),
+            ("words_bad_char", sqs.send_message, {"QueueUrl": url, "MessageBody": "bad \x01 char"},
+             ("InvalidMessageContents",
+              "Invalid binary character '#x1' was found in the message body, the set of allowed characters is "
+              "#x9 | #xA | #xD | [#x20-#xD7FF] | [#xE000-#xFFFD] | [#x10000-#x10FFFF].")),
+            ("words_empty_body", sqs.send_message, {"QueueUrl": url, "MessageBody": ""},
+             ("MissingParameter", "The request must contain the parameter MessageBody.")),
+            ("words_empty_attribute", sqs.send_message,
+             {"QueueUrl": url, "MessageBody": "x", "MessageAttributes": {"a": {"DataType": "String", "StringValue": ""}}},
+             ("InvalidParameterValue", "Message (user) attribute 'a' must contain a non-empty value of type 'String'.")),
+            ("words_empty_batch", sqs.send_message_batch, {"QueueUrl": url, "Entries": []},
+             ("AWS.SimpleQueueService.EmptyBatchRequest",
+              "There should be at least one SendMessageBatchRequestEntry in the request.")),
+            ("words_batch_id", sqs.send_message_batch, {"QueueUrl": url, "Entries": [{"Id": "bad id!", "MessageBody": "x"}]},
+             ("AWS.SimpleQueueService.InvalidBatchEntryId",
+              "A batch entry id can only contain alphanumeric characters, hyphens and underscores. It can be at most "
+              "80 letters long.")),
+            ("words_queue_name", sqs.create_queue, {"QueueName": "bad name!"},
+             ("InvalidParameterValue",
+              "Can only include alphanumeric characters, hyphens, or underscores. 1 to 80 in length")),
+            ("words_fifo_name", sqs.create_queue, {"QueueName": self.name("plain"), "Attributes": {"FifoQueue": "true"}},
+             ("InvalidParameterValue",
+              "The name of a FIFO queue can only include alphanumeric characters, hyphens, or underscores, must end "
+              "with .fifo suffix and be 1 to 80 in length.")),
+            ("words_unknown_attribute", sqs.create_queue, {"QueueName": self.name("x"), "Attributes": {"Nope": "1"}},
+             ("InvalidAttributeName", "Unknown Attribute Nope.")),
+            ("words_attribute_value", sqs.create_queue,
+             {"QueueName": self.name("x"), "Attributes": {"DelaySeconds": "901"}},
+             ("InvalidAttributeValue", "Invalid value for the parameter DelaySeconds.")),
+            ("words_queue_exists", sqs.create_queue, {"QueueName": self.name("words"), "Attributes": {"DelaySeconds": "5"}},
+             ("QueueAlreadyExists",
+              "A queue already exists with the same name and a different value for attribute DelaySeconds")),
+            ("words_bad_receipt", sqs.delete_message, {"QueueUrl": url, "ReceiptHandle": "garbage"},
+             ("ReceiptHandleIsInvalid", 'The input receipt handle "garbage" is not a valid receipt handle.')),
+            ("words_fifo_delay", sqs.send_message,
+             {"QueueUrl": fifo, "MessageBody": "x", "MessageGroupId": "g", "MessageDeduplicationId": "d1",
+              "DelaySeconds": 5},
+             ("InvalidParameterValue",
+              "Value 5 for parameter DelaySeconds is invalid. Reason: The request include parameter that is not valid "
+              "for this queue type.")),
+            ("words_group_id", sqs.send_message,
+             {"QueueUrl": fifo, "MessageBody": "x", "MessageGroupId": "g\u00e9", "MessageDeduplicationId": "d2"},
+             ("InvalidParameterValue",
+              "Value g\u00e9 for parameter MessageGroupId is invalid. Reason: MessageGroupId can only include "
+              "alphanumeric and punctuation characters. 1 to 128 in length.")),
+        ]
+        for label, call, kwargs, expected in cases:
+            got = error_of(call, **kwargs)
+            self.check(got == expected, (label, got, expected))
+
+        # A FIFO message may name a delay of 0 (SDKs send it), as SQS takes it.
+        sqs.send_message(QueueUrl=fifo, MessageBody="x", MessageGroupId="g", MessageDeduplicationId="d0",
+                         DelaySeconds=0)
+        # A visibility change of a message no longer in flight.
+        sqs.send_message(QueueUrl=url, MessageBody="once")
+        receipt = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=2)["Messages"][0]["ReceiptHandle"]
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=receipt)
+        got = error_of(sqs.change_message_visibility, QueueUrl=url, ReceiptHandle=receipt, VisibilityTimeout=5)
+        expected = ("InvalidParameterValue", f"Value {receipt} for parameter ReceiptHandle is invalid. Reason: "
+                    "Message does not exist or is not available for visibility timeout change.")
+        self.check(got == expected, ("words_visibility_gone", got, expected))
+        for u in (url, fifo):
+            sqs.delete_queue(QueueUrl=u)
+
     def run(self):
         failures = []
         for step in (self.queue_lifecycle, self.listing, self.messages, self.batches, self.tags, self.dead_letters,
-                     self.fifo,
+                     self.fifo, self.validation_wording,
                      self.visibility_delay_purge_and_long_poll):
             checks_before = len(self.failed_checks)
             try:

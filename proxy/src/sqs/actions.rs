@@ -81,8 +81,18 @@ fn required_string<'a>(input: &'a Value, name: &str) -> Result<&'a str, SqsError
     string(input, name)?.ok_or_else(|| SqsError::missing(name))
 }
 
-/// An integer parameter within `min..=max`.
+/// An integer parameter within `min..=max`, refused as SQS words it.
 fn integer(input: &Value, name: &str, min: u64, max: u64) -> Result<Option<u64>, SqsError> {
+    let reason = match name {
+        "MaxNumberOfMessages" => format!("Must be between {min} and {max}, if provided."),
+        "DelaySeconds" => format!("DelaySeconds must be >= {min} and <= {max}."),
+        _ => format!("Must be >= {min} and <= {max}, if provided."),
+    };
+    integer_for(input, name, min, max, &reason)
+}
+
+/// An integer parameter within `min..=max`; out of it, SQS's "Value .. is invalid" with `reason`.
+fn integer_for(input: &Value, name: &str, min: u64, max: u64, reason: &str) -> Result<Option<u64>, SqsError> {
     let value = match input.get(name) {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Number(n)) => n.as_u64(),
@@ -91,11 +101,29 @@ fn integer(input: &Value, name: &str, min: u64, max: u64) -> Result<Option<u64>,
     };
     match value {
         Some(v) if (min..=max).contains(&v) => Ok(Some(v)),
-        _ => Err(SqsError::invalid_parameter_value(format!(
-            "Value {} for parameter {name} is invalid. Reason: must be an integer from {min} to {max}.",
-            input.get(name).map(Value::to_string).unwrap_or_default()
-        ))),
+        _ => Err(invalid_value(name, &input.get(name).map(raw_text).unwrap_or_default(), reason)),
     }
+}
+
+/// SQS's refusal of a parameter's value.
+fn invalid_value(name: &str, value: &str, reason: &str) -> SqsError {
+    SqsError::invalid_parameter_value(format!("Value {value} for parameter {name} is invalid. Reason: {reason}"))
+}
+
+/// A JSON value as the caller wrote it (a string without its quotes).
+fn raw_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A message's visibility timeout in ChangeMessageVisibility(Batch).
+fn visibility_change_s(entry: &Value) -> Result<u64, SqsError> {
+    let beyond =
+        format!("Total VisibilityTimeout for the message is beyond the limit [{VISIBILITY_TIMEOUT_S_MAX} seconds].");
+    integer_for(entry, "VisibilityTimeout", 0, VISIBILITY_TIMEOUT_S_MAX, &beyond)?
+        .ok_or_else(|| SqsError::missing("VisibilityTimeout"))
 }
 
 fn string_list<'a>(input: &'a Value, name: &str) -> Result<Vec<&'a str>, SqsError> {
@@ -138,13 +166,12 @@ async fn queue_of(ctx: &Ctx<'_>, input: &Value) -> Result<pb::QueueInfo, SqsErro
 /// attributes are refused for now rather than silently ignored.
 fn apply_queue_attributes(config: &mut pb::QueueConfig, attributes: &[(&str, &str)]) -> Result<(), SqsError> {
     for &(name, value) in attributes {
-        let number = |min: u64, max: u64| -> Result<u64, SqsError> {
-            value.parse::<u64>().ok().filter(|v| (min..=max).contains(v)).ok_or_else(|| {
-                SqsError::invalid_attribute_value(format!(
-                    "Invalid value for the parameter {name}: must be an integer from {min} to {max}."
-                ))
-            })
-        };
+        let number =
+            |min: u64, max: u64| -> Result<u64, SqsError> {
+                value.parse::<u64>().ok().filter(|v| (min..=max).contains(v)).ok_or_else(|| {
+                    SqsError::invalid_attribute_value(format!("Invalid value for the parameter {name}."))
+                })
+            };
         match name {
             "DelaySeconds" => config.delay_ms = number(0, DELAY_S_MAX)? * 1000,
             "MaximumMessageSize" => {
@@ -201,10 +228,7 @@ fn apply_queue_attributes(config: &mut pb::QueueConfig, attributes: &[(&str, &st
             // Checked against metadata by `resolve_redrive`.
             "RedrivePolicy" | "RedriveAllowPolicy" => {}
             _ => {
-                return Err(SqsError::invalid_attribute_name(format!(
-                    "Unknown or unsupported attribute {name}. Supported: DelaySeconds, MaximumMessageSize, \
-                     MessageRetentionPeriod, ReceiveMessageWaitTimeSeconds, VisibilityTimeout."
-                )));
+                return Err(SqsError::invalid_attribute_name(format!("Unknown Attribute {name}.")));
             }
         }
     }
@@ -216,8 +240,8 @@ fn apply_queue_attributes(config: &mut pb::QueueConfig, attributes: &[(&str, &st
 fn refused(refusal: Refusal, attribute: &str) -> SqsError {
     match refusal {
         Refusal::FifoName => SqsError::invalid_parameter_value(
-            "A FIFO queue's name must end with .fifo and it must be created with FifoQueue=true; only FIFO queues \
-             have names ending with .fifo.",
+            "The name of a FIFO queue can only include alphanumeric characters, hyphens, or underscores, must end \
+             with .fifo suffix and be 1 to 80 in length.",
         ),
         Refusal::FifoOnlySetting => SqsError::invalid_attribute_name(
             "ContentBasedDeduplication, DeduplicationScope and FifoThroughputLimit are for FIFO queues only.",
@@ -232,9 +256,10 @@ fn refused(refusal: Refusal, attribute: &str) -> SqsError {
             "MessageGroupId and MessageDeduplicationId are only valid for FIFO queues.",
         ),
         Refusal::GroupIdMissing => SqsError::missing("MessageGroupId"),
+        // `fifo_ids` below words it with the value.
         Refusal::FifoMessageDelay => SqsError::invalid_parameter_value(
             "Value for parameter DelaySeconds is invalid. Reason: The request include parameter that is not valid \
-             for this queue type (FIFO queues take the queue's DelaySeconds only).",
+             for this queue type.",
         ),
         Refusal::DeduplicationIdMissing => SqsError::invalid_parameter_value(
             "The queue should either have ContentBasedDeduplication enabled or MessageDeduplicationId provided \
@@ -242,10 +267,11 @@ fn refused(refusal: Refusal, attribute: &str) -> SqsError {
         ),
         Refusal::BadFifoId { field, id } => {
             let name = if field == GROUP_ID_FIELD { "MessageGroupId" } else { "MessageDeduplicationId" };
-            SqsError::invalid_parameter_value(format!(
-                "Value {id} for parameter {name} is invalid. Reason: it must be 1-128 characters of letters, digits \
-                 and punctuation."
-            ))
+            invalid_value(
+                name,
+                &id,
+                &format!("{name} can only include alphanumeric and punctuation characters. 1 to 128 in length."),
+            )
         }
         Refusal::BadPolicy(_) => redrive_error(
             attribute,
@@ -275,12 +301,11 @@ fn refused(refusal: Refusal, attribute: &str) -> SqsError {
     }
 }
 
+/// SQS's refusal of a queue name.
+const QUEUE_NAME_RULE: &str = "Can only include alphanumeric characters, hyphens, or underscores. 1 to 80 in length";
+
 fn validate_sqs_queue_name(name: &str) -> Result<(), SqsError> {
-    strata_common::names::validate_queue_name(name).map_err(|_| {
-        SqsError::invalid_parameter_value(
-            "Can only include alphanumeric characters, hyphens, or underscores. 1 to 80 in length.",
-        )
-    })
+    strata_common::names::validate_queue_name(name).map_err(|_| SqsError::invalid_parameter_value(QUEUE_NAME_RULE))
 }
 
 async fn create_queue(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
@@ -290,7 +315,11 @@ async fn create_queue(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
     let attributes = string_map(input, "Attributes")?;
     let mut config = crate::api::default_config();
     apply_queue_attributes(&mut config, &attributes)?;
-    queue_rules::check_fifo_config(name, &config).map_err(|r| refused(r, "Attributes"))?;
+    queue_rules::check_fifo_config(name, &config).map_err(|r| match r {
+        // A .fifo name of a standard queue is a bad queue name.
+        Refusal::FifoName if !config.fifo_queue => SqsError::invalid_parameter_value(QUEUE_NAME_RULE),
+        other => refused(other, "Attributes"),
+    })?;
     let dead_letter_shard = resolve_redrive(ctx, name, &mut config, &attributes).await?;
     let created =
         queue_rules::create_queue_with_dead_letter(&ctx.state.placement, ctx.tenant(), name, config, dead_letter_shard)
@@ -301,6 +330,9 @@ async fn create_queue(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
         // settings (only attributes that differ from the queue's are a conflict).
         Err(Refusal::Service(e)) if e.kind == ErrorKind::QueueAlreadyExists && attributes.is_empty() => {
             return Ok(json!({ "QueueUrl": ctx.queue_url(name) }));
+        }
+        Err(Refusal::Service(e)) if e.kind == ErrorKind::QueueAlreadyExists => {
+            return Err(already_exists(ctx, name, &attributes).await);
         }
         Err(r) => return Err(refused(r, "RedrivePolicy")),
     }
@@ -413,39 +445,69 @@ async fn get_queue_attributes(ctx: &Ctx<'_>, input: &Value) -> Result<Value, Sqs
     } else {
         None
     };
-    let config = info.config.clone().unwrap_or_default();
     let mut attributes = Map::new();
     for name in wanted {
         let value = match name {
             "ApproximateNumberOfMessages" => stats.map(|s| s.visible).unwrap_or(0).to_string(),
             "ApproximateNumberOfMessagesNotVisible" => stats.map(|s| s.in_flight).unwrap_or(0).to_string(),
             "ApproximateNumberOfMessagesDelayed" => stats.map(|s| s.delayed).unwrap_or(0).to_string(),
-            "CreatedTimestamp" => (info.created_ms / 1000).to_string(),
-            "LastModifiedTimestamp" => (info.modified_ms / 1000).to_string(),
-            "DelaySeconds" => (config.delay_ms / 1000).to_string(),
-            "MaximumMessageSize" => queue_rules::maximum_message_bytes(&config).to_string(),
-            "MessageRetentionPeriod" => (config.retention_ms / 1000).to_string(),
-            "ReceiveMessageWaitTimeSeconds" => (config.receive_wait_ms / 1000).to_string(),
-            "VisibilityTimeout" => (config.visibility_timeout_ms / 1000).to_string(),
-            "QueueArn" => ctx.queue_arn(&info.name),
-            "SqsManagedSseEnabled" => "false".to_string(),
-            // FIFO attributes exist on FIFO queues only.
-            "FifoQueue" if config.fifo_queue => "true".to_string(),
-            "ContentBasedDeduplication" if config.fifo_queue => config.content_based_deduplication.to_string(),
-            "DeduplicationScope" if config.fifo_queue => {
-                if config.deduplication_per_group { "messageGroup" } else { "queue" }.to_string()
-            }
-            "FifoThroughputLimit" if config.fifo_queue => {
-                if config.throughput_per_group { "perMessageGroupId" } else { "perQueue" }.to_string()
-            }
-            // Answered only when set, as SQS does.
-            "RedrivePolicy" if !config.redrive_policy.is_empty() => config.redrive_policy.clone(),
-            "RedriveAllowPolicy" if !config.redrive_allow_policy.is_empty() => config.redrive_allow_policy.clone(),
-            _ => continue,
+            _ => match setting_attribute(ctx, &info, name) {
+                Some(value) => value,
+                None => continue,
+            },
         };
         attributes.insert(name.to_string(), Value::String(value));
     }
     Ok(json!({ "Attributes": attributes }))
+}
+
+/// A queue attribute that the queue's settings hold (not its counts), as SQS answers it; `None`
+/// when the queue has none of that name (FIFO attributes of a standard queue, unset policies).
+fn setting_attribute(ctx: &Ctx<'_>, info: &pb::QueueInfo, name: &str) -> Option<String> {
+    let config = info.config.clone().unwrap_or_default();
+    let value = match name {
+        "CreatedTimestamp" => (info.created_ms / 1000).to_string(),
+        "LastModifiedTimestamp" => (info.modified_ms / 1000).to_string(),
+        "DelaySeconds" => (config.delay_ms / 1000).to_string(),
+        "MaximumMessageSize" => queue_rules::maximum_message_bytes(&config).to_string(),
+        "MessageRetentionPeriod" => (config.retention_ms / 1000).to_string(),
+        "ReceiveMessageWaitTimeSeconds" => (config.receive_wait_ms / 1000).to_string(),
+        "VisibilityTimeout" => (config.visibility_timeout_ms / 1000).to_string(),
+        "QueueArn" => ctx.queue_arn(&info.name),
+        "SqsManagedSseEnabled" => "false".to_string(),
+        // FIFO attributes exist on FIFO queues only.
+        "FifoQueue" if config.fifo_queue => "true".to_string(),
+        "ContentBasedDeduplication" if config.fifo_queue => config.content_based_deduplication.to_string(),
+        "DeduplicationScope" if config.fifo_queue => {
+            if config.deduplication_per_group { "messageGroup" } else { "queue" }.to_string()
+        }
+        "FifoThroughputLimit" if config.fifo_queue => {
+            if config.throughput_per_group { "perMessageGroupId" } else { "perQueue" }.to_string()
+        }
+        // Answered only when set, as SQS does.
+        "RedrivePolicy" if !config.redrive_policy.is_empty() => config.redrive_policy.clone(),
+        "RedriveAllowPolicy" if !config.redrive_allow_policy.is_empty() => config.redrive_allow_policy.clone(),
+        _ => return None,
+    };
+    Some(value)
+}
+
+/// SQS's answer to a create of an existing queue with attributes: it names the first one that
+/// differs from the queue's.
+async fn already_exists(ctx: &Ctx<'_>, name: &str, attributes: &[(&str, &str)]) -> SqsError {
+    let differing = match queues::info(&ctx.state.placement, ctx.tenant(), name).await {
+        Ok(info) => attributes
+            .iter()
+            .find(|(attribute, value)| setting_attribute(ctx, &info, attribute).as_deref() != Some(*value))
+            .map(|(attribute, _)| *attribute),
+        Err(_) => None,
+    };
+    match differing {
+        Some(attribute) => SqsError::queue_name_exists(format!(
+            "A queue already exists with the same name and a different value for attribute {attribute}"
+        )),
+        None => StrataError::new(ErrorKind::QueueAlreadyExists, "").into(),
+    }
 }
 
 async fn set_queue_attributes(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
@@ -700,7 +762,7 @@ fn message_attributes(input: &Value) -> Result<(HashMap<String, pb::MessageAttri
             "String" | "Number" => {
                 let value = string(attribute, "StringValue")?.filter(|v| !v.is_empty()).ok_or_else(|| {
                     SqsError::invalid_parameter_value(format!(
-                        "The message attribute '{name}' with type '{base_type}' must use field 'String'."
+                        "Message (user) attribute '{name}' must contain a non-empty value of type '{base_type}'."
                     ))
                 })?;
                 if base_type == "Number" && value.trim().parse::<f64>().is_err() {
@@ -720,9 +782,9 @@ fn message_attributes(input: &Value) -> Result<(HashMap<String, pb::MessageAttri
                 }
             }
             "Binary" => {
-                let encoded = string(attribute, "BinaryValue")?.ok_or_else(|| {
+                let encoded = string(attribute, "BinaryValue")?.filter(|v| !v.is_empty()).ok_or_else(|| {
                     SqsError::invalid_parameter_value(format!(
-                        "The message attribute '{name}' with type 'Binary' must use field 'Binary'."
+                        "Message (user) attribute '{name}' must contain a non-empty value of type 'Binary'."
                     ))
                 })?;
                 let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).map_err(|_| {
@@ -754,27 +816,48 @@ struct Outgoing {
     md5_of_attributes: Option<String>,
 }
 
-/// The group and deduplication ids of a message (see [`queue_rules::fifo_ids`]).
-fn fifo_ids(entry: &Value, config: &pb::QueueConfig, body: &str) -> Result<(String, String), SqsError> {
+/// The group and deduplication ids of a message (see [`queue_rules::fifo_ids`]). A FIFO
+/// message may name a delay of 0 (as SQS takes it), no other.
+fn fifo_ids(
+    entry: &Value,
+    config: &pb::QueueConfig,
+    body: &str,
+    delay_s: Option<u64>,
+) -> Result<(String, String), SqsError> {
     let group = string(entry, "MessageGroupId")?;
     let deduplication = string(entry, "MessageDeduplicationId")?;
-    let has_own_delay = entry.get("DelaySeconds").is_some_and(|d| !d.is_null());
-    queue_rules::fifo_ids(config, group, deduplication, has_own_delay, body.as_bytes()).map_err(|r| refused(r, ""))
+    let has_own_delay = delay_s.is_some_and(|d| d > 0);
+    queue_rules::fifo_ids(config, group, deduplication, has_own_delay, body.as_bytes()).map_err(|r| match r {
+        Refusal::FifoMessageDelay => invalid_value(
+            "DelaySeconds",
+            &delay_s.unwrap_or_default().to_string(),
+            "The request include parameter that is not valid for this queue type.",
+        ),
+        other => refused(other, ""),
+    })
+}
+
+/// The first character SQS refuses in a message body or string attribute, if any.
+fn invalid_char(text: &str) -> Option<char> {
+    text.chars().find(|&c| !valid_body_char(c))
 }
 
 fn outgoing(entry: &Value, config: &pb::QueueConfig) -> Result<Outgoing, SqsError> {
     let body = required_string(entry, "MessageBody")?;
     if body.is_empty() {
-        return Err(SqsError::invalid_parameter_value("The message body must be at least 1 character long."));
+        return Err(SqsError::missing("MessageBody"));
     }
-    if !body.chars().all(valid_body_char) {
-        return Err(SqsError::invalid_message_contents(
-            "Invalid characters found. Valid unicode characters are #x9 | #xA | #xD | #x20 to #xD7FF | #xE000 to \
-             #xFFFD | #x10000 to #x10FFFF.",
-        ));
+    if let Some(c) = invalid_char(body) {
+        return Err(SqsError::invalid_message_contents(format!(
+            "Invalid binary character '#x{:X}' was found in the message body, the set of allowed characters is #x9 \
+             | #xA | #xD | [#x20-#xD7FF] | [#xE000-#xFFFD] | [#x10000-#x10FFFF].",
+            u32::from(c)
+        )));
     }
-    let (group_id, deduplication_id) = fifo_ids(entry, config, body)?;
     let delay_s = integer(entry, "DelaySeconds", 0, DELAY_S_MAX)?;
+    let (group_id, deduplication_id) = fifo_ids(entry, config, body, delay_s)?;
+    // A FIFO message's delay of 0 is the queue's (which FIFO queues take).
+    let delay_s = delay_s.filter(|_| !config.fifo_queue);
     let (attributes, attribute_bytes) = message_attributes(entry)?;
     let size_bytes = body.len() + attribute_bytes;
     let limit = queue_rules::maximum_message_bytes(config) as usize;
@@ -845,15 +928,18 @@ async fn send_message(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
     Ok(answer)
 }
 
-/// Checks a batch's entries as a whole and answers them with their ids.
-fn batch_entries(input: &Value) -> Result<Vec<(&str, &Value)>, SqsError> {
+/// Checks a batch's entries as a whole and answers them with their ids (`action`: the batch
+/// action, as SQS's errors name its entries).
+fn batch_entries<'a>(input: &'a Value, action: &str) -> Result<Vec<(&'a str, &'a Value)>, SqsError> {
     let entries = match input.get("Entries") {
         None | Some(Value::Null) => return Err(SqsError::missing("Entries")),
         Some(Value::Array(entries)) => entries,
         Some(_) => return Err(SqsError::invalid_parameter_value("Entries must be a list.")),
     };
     if entries.is_empty() {
-        return Err(SqsError::empty_batch_request("There should be at least one entry in the request."));
+        return Err(SqsError::empty_batch_request(format!(
+            "There should be at least one {action}RequestEntry in the request."
+        )));
     }
     if entries.len() > limits::SEND_BATCH_MAX {
         return Err(SqsError::too_many_entries(format!(
@@ -872,7 +958,7 @@ fn batch_entries(input: &Value) -> Result<Vec<(&str, &Value)>, SqsError> {
         if !valid {
             return Err(SqsError::invalid_batch_entry_id(format!(
                 "A batch entry id can only contain alphanumeric characters, hyphens and underscores. It can be at \
-                 most {BATCH_ENTRY_ID_CHARS_MAX} letters long. '{id}' is not valid."
+                 most {BATCH_ENTRY_ID_CHARS_MAX} letters long."
             )));
         }
         if !seen.insert(id) {
@@ -889,7 +975,7 @@ fn failed(id: &str, e: &SqsError) -> Value {
 
 async fn send_message_batch(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
     let info = queue_of(ctx, input).await?;
-    let entries = batch_entries(input)?;
+    let entries = batch_entries(input, "SendMessageBatch")?;
     let config = info.config.clone().unwrap_or_default();
     // The batch limit counts every entry's body, valid or not, as SQS does.
     let total_bytes: usize =
@@ -1049,10 +1135,21 @@ async fn receive_message(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError
     Ok(json!({ "Messages": messages }))
 }
 
-/// The SQS error for a storage entry's error code, through the shared mapping.
-fn entry_error(code: &str, message: &str) -> SqsError {
+/// The SQS error for a storage entry's error code about `receipt`, through the shared mapping
+/// (a receipt that is not one in SQS's words).
+fn entry_error(code: &str, message: &str, receipt: &str) -> SqsError {
     let kind = ErrorKind::from_code(code).unwrap_or(ErrorKind::InvalidParameter);
-    StrataError::new(kind, message).into()
+    receipt_error(StrataError::new(kind, message), receipt)
+}
+
+/// A storage error about `receipt` in SQS's words.
+fn receipt_error(e: StrataError, receipt: &str) -> SqsError {
+    match e.kind {
+        ErrorKind::InvalidReceipt => SqsError::receipt_handle_is_invalid(format!(
+            "The input receipt handle \"{receipt}\" is not a valid receipt handle."
+        )),
+        _ => e.into(),
+    }
 }
 
 async fn delete_receipts(
@@ -1078,14 +1175,14 @@ async fn delete_message(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError>
     let result = &response.results[0];
     // As SQS: deleting with a receipt that is no longer the latest succeeds and deletes nothing.
     if !result.error_code.is_empty() && result.error_code != ErrorKind::StaleReceipt.code() {
-        return Err(entry_error(&result.error_code, &result.error_message));
+        return Err(entry_error(&result.error_code, &result.error_message, receipt));
     }
     Ok(json!({}))
 }
 
 async fn delete_message_batch(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
     let info = queue_of(ctx, input).await?;
-    let entries = batch_entries(input)?;
+    let entries = batch_entries(input, "DeleteMessageBatch")?;
     let mut failures = Vec::new();
     let mut ids = Vec::new();
     let mut receipts = Vec::new();
@@ -1100,12 +1197,12 @@ async fn delete_message_batch(ctx: &Ctx<'_>, input: &Value) -> Result<Value, Sqs
     }
     let mut successful = Vec::new();
     if !receipts.is_empty() {
-        let response = delete_receipts(ctx, &info, receipts).await?;
-        for (id, result) in ids.into_iter().zip(response.results) {
+        let response = delete_receipts(ctx, &info, receipts.clone()).await?;
+        for ((id, receipt), result) in ids.into_iter().zip(&receipts).zip(response.results) {
             if result.error_code.is_empty() || result.error_code == ErrorKind::StaleReceipt.code() {
                 successful.push(json!({ "Id": id }));
             } else {
-                failures.push(failed(id, &entry_error(&result.error_code, &result.error_message)));
+                failures.push(failed(id, &entry_error(&result.error_code, &result.error_message, receipt)));
             }
         }
     }
@@ -1118,37 +1215,44 @@ async fn change_visibility(
     receipt_handle: &str,
     visibility_timeout_ms: u64,
 ) -> Result<(), SqsError> {
-    let receipt_handle = receipt_handle.to_string();
-    queues::on_queue(&ctx.state.placement, ctx.tenant(), &info.name, |mut c, q| {
-        let receipt_handle = receipt_handle.clone();
+    let receipt = receipt_handle.to_string();
+    let changed = queues::on_queue(&ctx.state.placement, ctx.tenant(), &info.name, |mut c, q| {
+        let receipt_handle = receipt.clone();
         async move {
             c.change_visibility(pb::ChangeVisibilityRequest { queue: Some(q), receipt_handle, visibility_timeout_ms })
                 .await
         }
     })
-    .await?;
-    Ok(())
+    .await;
+    match changed {
+        Ok(_) => Ok(()),
+        // As SQS: a message deleted, not in flight, or received again since.
+        Err(e) if matches!(e.kind, ErrorKind::MessageNotInFlight | ErrorKind::StaleReceipt) => Err(invalid_value(
+            "ReceiptHandle",
+            receipt_handle,
+            "Message does not exist or is not available for visibility timeout change.",
+        )),
+        Err(e) => Err(receipt_error(e, receipt_handle)),
+    }
 }
 
 async fn change_message_visibility(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
     let info = queue_of(ctx, input).await?;
     let receipt = required_string(input, "ReceiptHandle")?;
-    let timeout_s = integer(input, "VisibilityTimeout", 0, VISIBILITY_TIMEOUT_S_MAX)?
-        .ok_or_else(|| SqsError::missing("VisibilityTimeout"))?;
+    let timeout_s = visibility_change_s(input)?;
     change_visibility(ctx, &info, receipt, timeout_s * 1000).await?;
     Ok(json!({}))
 }
 
 async fn change_message_visibility_batch(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
     let info = queue_of(ctx, input).await?;
-    let entries = batch_entries(input)?;
+    let entries = batch_entries(input, "ChangeMessageVisibilityBatch")?;
     let mut successful = Vec::new();
     let mut failures = Vec::new();
     for (id, entry) in entries {
         let result = async {
             let receipt = required_string(entry, "ReceiptHandle")?;
-            let timeout_s = integer(entry, "VisibilityTimeout", 0, VISIBILITY_TIMEOUT_S_MAX)?
-                .ok_or_else(|| SqsError::missing("VisibilityTimeout"))?;
+            let timeout_s = visibility_change_s(entry)?;
             change_visibility(ctx, &info, receipt, timeout_s * 1000).await
         }
         .await;

@@ -708,6 +708,9 @@ fn response_xml(operation: &Operation, output: &Value, request_id: &str) -> io::
     Ok(xml.into_inner())
 }
 
+/// How the query protocol words a queue that does not exist.
+const QUERY_NO_SUCH_QUEUE: &str = "The specified queue does not exist for this wsdl version.";
+
 /// The XML answer of a failed request.
 fn error_xml(e: &SqsError, request_id: &str) -> io::Result<Vec<u8>> {
     let fault = if e.sender_fault { "Sender" } else { "Receiver" };
@@ -716,7 +719,9 @@ fn error_xml(e: &SqsError, request_id: &str) -> io::Result<Vec<u8>> {
         xml.create_element("Error").write_inner_content(|xml| {
             text_element(xml, "Type", fault)?;
             text_element(xml, "Code", e.query_code)?;
-            text_element(xml, "Message", &e.message)?;
+            // The query protocol's own wording of a missing queue, as SQS answers it.
+            let message = if e.code == "QueueDoesNotExist" { QUERY_NO_SUCH_QUEUE } else { e.message.as_str() };
+            text_element(xml, "Message", message)?;
             xml.create_element("Detail").write_empty()?;
             Ok(())
         })?;
@@ -1124,7 +1129,7 @@ mod tests {
             error_xml(&e, "r<1>"),
             "<?xml version=\"1.0\"?><ErrorResponse xmlns=\"http://queue.amazonaws.com/doc/2012-11-05/\"><Error>\
              <Type>Sender</Type><Code>AWS.SimpleQueueService.NonExistentQueue</Code>\
-             <Message>The specified queue does not exist.</Message><Detail/></Error>\
+             <Message>The specified queue does not exist for this wsdl version.</Message><Detail/></Error>\
              <RequestId>r&lt;1&gt;</RequestId></ErrorResponse>"
         );
         let e = SqsError::internal_error("x & y");
