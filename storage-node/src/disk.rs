@@ -3,7 +3,9 @@
 //! # What it owns
 //!
 //! [`DiskGuard`] watches the file system of the node's data directory every
-//! [`DISK_CHECK_INTERVAL`]. While the space available falls below the reserve, the node refuses
+//! [`DISK_CHECK_INTERVAL`], and between two reads counts the bytes of the writes it admits
+//! against the space it read, so a burst of sends within one interval cannot run past the
+//! reserve. While the space available falls below the reserve, the node refuses
 //! what makes its data grow without bound — new messages (sends, moves) and new queues — with
 //! `InsufficientStorage` (retryable, with a retry-after), and keeps serving everything else:
 //! receives, deletes and visibility changes (which let consumers free space), Raft replication,
@@ -20,7 +22,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use strata_common::error::StrataError;
@@ -36,8 +38,13 @@ pub const DISK_RESERVE_BYTES_DEFAULT: u64 = 256 << 20;
 pub struct DiskGuard {
     dir: PathBuf,
     reserve_bytes: u64,
-    /// Whether the space available was below the reserve at the last check.
+    /// Whether the space available was below the reserve at the last check, or the writes
+    /// admitted since brought it there.
     low: AtomicBool,
+    /// The space available at the last check.
+    available_bytes: AtomicU64,
+    /// Bytes of the writes admitted since the last check.
+    admitted_bytes: AtomicU64,
 }
 
 /// The bytes available to an unprivileged writer on the file system holding `dir`.
@@ -49,7 +56,13 @@ fn available_bytes(dir: &Path) -> std::io::Result<u64> {
 impl DiskGuard {
     /// A guard of `dir`'s file system keeping `reserve_bytes` free; reads the space once now.
     pub fn new(dir: &Path, reserve_bytes: u64) -> Arc<Self> {
-        let guard = Arc::new(Self { dir: dir.to_owned(), reserve_bytes, low: AtomicBool::new(false) });
+        let guard = Arc::new(Self {
+            dir: dir.to_owned(),
+            reserve_bytes,
+            low: AtomicBool::new(false),
+            available_bytes: AtomicU64::new(u64::MAX),
+            admitted_bytes: AtomicU64::new(0),
+        });
         guard.check();
         guard
     }
@@ -63,6 +76,8 @@ impl DiskGuard {
                 return;
             }
         };
+        self.available_bytes.store(available, Ordering::Release);
+        self.admitted_bytes.store(0, Ordering::Release);
         let low = available < self.reserve_bytes;
         if self.low.swap(low, Ordering::AcqRel) != low {
             if low {
@@ -83,8 +98,20 @@ impl DiskGuard {
 
     /// Whether new data may be written; the refusal to answer otherwise.
     pub fn admit(&self) -> Result<(), StrataError> {
+        self.admit_bytes(0)
+    }
+
+    /// Whether a write of about `bytes` may be made: it counts against the space read at the
+    /// last check, and one that would bring it below the reserve is refused (as is every write
+    /// until the next check finds space).
+    pub fn admit_bytes(&self, bytes: u64) -> Result<(), StrataError> {
         if !self.low.load(Ordering::Acquire) {
-            return Ok(());
+            let admitted = self.admitted_bytes.fetch_add(bytes, Ordering::AcqRel).saturating_add(bytes);
+            let left = self.available_bytes.load(Ordering::Acquire).saturating_sub(admitted);
+            if left >= self.reserve_bytes {
+                return Ok(());
+            }
+            self.low.store(true, Ordering::Release);
         }
         Err(StrataError::insufficient_storage(
             "the storage holding this queue is low on disk space and takes no new messages for now; \
@@ -116,5 +143,20 @@ mod tests {
         assert_eq!(refused.kind, strata_common::error::ErrorKind::InsufficientStorage);
         assert_eq!(refused.retry_after_s, Some(strata_common::error::INSUFFICIENT_STORAGE_RETRY_AFTER_S));
         assert!(DiskGuard::new(dir.path(), 0).admit().is_ok());
+    }
+
+    #[test]
+    fn writes_admitted_between_checks_count_against_the_space_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let available = available_bytes(dir.path()).unwrap();
+        let reserve = available / 2;
+        let guard = DiskGuard::new(dir.path(), reserve);
+        // Well under what is left above the reserve, then one write that would cross it.
+        assert!(guard.admit_bytes(available / 8).is_ok());
+        assert!(guard.admit_bytes(available / 2).is_err());
+        assert!(guard.admit().is_err(), "refused until the next check");
+        // The next check reads the space again: nothing was written, so writes are taken again.
+        guard.check();
+        assert!(guard.admit_bytes(available / 8).is_ok());
     }
 }

@@ -44,11 +44,11 @@ impl StorageService {
         Ok((shard, queue.queue_id, queue.tenant.clone()))
     }
 
-    /// Whether `tenant` may add data now (see [`crate::disk`]). The system tenant's metering
-    /// records are small and carry the charges of receives and deletes, which go on while the
-    /// disk is low, so they are never refused.
-    fn admit_growth(&self, tenant: &str) -> Result<(), StrataError> {
-        if tenant == strata_common::metering::SYSTEM_TENANT { Ok(()) } else { self.disk.admit() }
+    /// Whether `tenant` may add about `bytes` of data now (see [`crate::disk`]). The system
+    /// tenant's metering records are small and carry the charges of receives and deletes, which
+    /// go on while the disk is low, so they are never refused.
+    fn admit_growth(&self, tenant: &str, bytes: u64) -> Result<(), StrataError> {
+        if tenant == strata_common::metering::SYSTEM_TENANT { Ok(()) } else { self.disk.admit_bytes(bytes) }
     }
 }
 
@@ -232,7 +232,7 @@ impl Storage for StorageService {
     async fn ensure_queue(&self, request: Request<pb::EnsureQueueRequest>) -> Result<Response<pb::Empty>, Status> {
         let r = request.into_inner();
         let (shard, queue, tenant) = self.route(r.queue.as_ref())?;
-        self.admit_growth(&tenant)?;
+        self.admit_growth(&tenant, 0)?;
         let config = config_from_pb(r.config)?;
         shard.propose(Command::CreateQueue { queue, tenant: tenant.clone(), config }).await?;
         let stored = shard.state().0.queue_config(queue, &tenant).copied();
@@ -256,7 +256,18 @@ impl Storage for StorageService {
     async fn send(&self, request: Request<pb::SendRequest>) -> Result<Response<pb::SendResponse>, Status> {
         let r = request.into_inner();
         let (shard, queue, tenant) = self.route(r.queue.as_ref())?;
-        self.admit_growth(&tenant)?;
+        let bytes: usize = r
+            .messages
+            .iter()
+            .map(|m| {
+                let attributes = m.attributes.iter();
+                m.body.len()
+                    + attributes
+                        .map(|(name, a)| name.len() + a.data_type.len() + a.string_value.len() + a.binary_value.len())
+                        .sum::<usize>()
+            })
+            .sum();
+        self.admit_growth(&tenant, bytes as u64)?;
         if r.messages.is_empty() || r.messages.len() > queue::SEND_BATCH_MAX {
             return Err(StrataError::invalid(format!("a send carries 1-{} messages", queue::SEND_BATCH_MAX)).into());
         }
