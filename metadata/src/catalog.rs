@@ -368,6 +368,14 @@ pub enum MetaCommand {
         of: LimitsOf,
         stored_bytes_max: u64,
     },
+    /// Replaces the secret of a key stored in clear (made before the cluster sealed secrets) by
+    /// that secret sealed (see [`crate::sealing`]); nothing when it is sealed already or the key
+    /// is gone. A key's secret never changes, so the sealed one is the same secret. Only command
+    /// format version 4 holds it.
+    SealSecret {
+        access_key_id: String,
+        secret: Secret,
+    },
 }
 
 /// Whose limits a command sets.
@@ -390,6 +398,7 @@ impl fmt::Display for MetaCommand {
             MetaCommand::SetStoredBytesMax { of, stored_bytes_max } => {
                 write!(f, "set-stored-bytes-max {of:?} {stored_bytes_max}")
             }
+            MetaCommand::SealSecret { access_key_id, .. } => write!(f, "seal-secret {access_key_id}"),
             MetaCommand::CreateQueue { tenant, name, .. } => write!(f, "create-queue {tenant}/{name}"),
             MetaCommand::DeleteQueue { tenant, name } => write!(f, "delete-queue {tenant}/{name}"),
             MetaCommand::SetQueueConfig { tenant, name, .. } => write!(f, "set-queue-config {tenant}/{name}"),
@@ -501,14 +510,18 @@ pub const SEALED_SECRETS_GENERATION: FormatGeneration = 3;
 /// The format generation from which limits may hold a stored-bytes limit
 /// ([`Limits::stored_bytes_max`]): the metadata formats of version 4 carry it.
 pub const STORED_BYTES_LIMITS_GENERATION: FormatGeneration = 4;
-/// The metadata command and catalog format version that holds stored-bytes limits.
-const STORED_BYTES_LIMITS_VERSION: u8 = 4;
+/// The format generation from which secrets stored in clear are sealed
+/// ([`MetaCommand::SealSecret`], command format version 4).
+pub const SEAL_CLEAR_SECRETS_GENERATION: FormatGeneration = 4;
+/// The metadata command and catalog format version of generation 4: stored-bytes limits, and
+/// secrets sealed after their key was made.
+const VERSION_4: u8 = 4;
 
 /// A metadata log entry, persisted (see `docs/formats.md`). Version 1 is the postcard encoding
 /// of [`MetaEntry`] without [`MetaCommand::SetFormatGeneration`] (the legacy version is the same
 /// layout); version 2 adds that command as the enum's last variant; version 3 is the layout of
 /// 2 whose access-key secrets may be sealed; version 4 adds [`MetaCommand::SetStoredBytesMax`]
-/// as the last variant.
+/// and [`MetaCommand::SealSecret`] as the last variants.
 impl Persisted for MetaEntry {
     const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 2, 2, 3, 4];
 
@@ -519,7 +532,7 @@ impl Persisted for MetaEntry {
             {
                 3
             }
-            MetaCommand::SetStoredBytesMax { .. } => STORED_BYTES_LIMITS_VERSION,
+            MetaCommand::SetStoredBytesMax { .. } | MetaCommand::SealSecret { .. } => VERSION_4,
             MetaCommand::SetFormatGeneration { .. } => 2,
             _ => LEGACY_FORMAT_VERSION,
         }
@@ -548,7 +561,7 @@ impl Persisted for Catalog {
 
     fn version_needed(&self) -> u8 {
         if self.stored_bytes_limits() != StoredBytesLimits::default() {
-            STORED_BYTES_LIMITS_VERSION
+            VERSION_4
         } else if self.access_keys.values().any(|k| crate::sealing::is_sealed(&k.secret.0)) {
             3
         } else if self.format_generation > LEGACY_GENERATION {
@@ -566,7 +579,7 @@ impl Persisted for Catalog {
         if version >= 2 {
             postcard_into(&self.format_generation, out)?;
         }
-        if version >= STORED_BYTES_LIMITS_VERSION {
+        if version >= VERSION_4 {
             postcard_into(&self.stored_bytes_limits(), out)?;
         }
         Ok(())
@@ -581,7 +594,7 @@ impl Persisted for Catalog {
                 catalog.format_generation = postcard_exact(rest)?;
                 Ok(catalog)
             }
-            STORED_BYTES_LIMITS_VERSION => {
+            VERSION_4 => {
                 let (mut catalog, rest): (Catalog, &[u8]) =
                     postcard::take_from_bytes(body).map_err(|e| invalid_data(e.to_string()))?;
                 let (generation, rest) = postcard::take_from_bytes(rest).map_err(|e| invalid_data(e.to_string()))?;
@@ -713,6 +726,13 @@ impl Catalog {
         self.access_keys.get(access_key_id)
     }
 
+    /// Up to `max` keys whose secret is stored in clear (made before the cluster sealed secrets,
+    /// or by a member without KEKs): their ids and secrets.
+    pub fn clear_secrets(&self, max: usize) -> Vec<(String, Secret)> {
+        let clear = self.access_keys.values().filter(|k| !crate::sealing::is_sealed(&k.secret.0));
+        clear.take(max).map(|k| (k.access_key_id.clone(), k.secret.clone())).collect()
+    }
+
     /// A tenant's keys (active and kept revoked ones), by id.
     pub fn limit_plans(&self) -> &BTreeMap<String, Limits> {
         &self.limit_plans
@@ -792,6 +812,22 @@ impl Catalog {
                 let record = self.tenant_limits.entry(tenant.clone()).or_default();
                 record.plan = plan.clone();
                 record.overrides = Limits { stored_bytes_max: record.overrides.stored_bytes_max, ..*overrides };
+                Ok(MetaResponse::Done)
+            }
+            MetaCommand::SealSecret { access_key_id, secret } => {
+                if !crate::sealing::is_sealed(&secret.0) {
+                    return Err(StrataError::invalid("a secret to seal in place must be sealed"));
+                }
+                let records = self.access_keys.get_mut(access_key_id).into_iter().chain(
+                    // The key's creation is remembered with its answer, which holds the secret too.
+                    self.requests.answers_mut().filter_map(|answer| match answer {
+                        MetaResponse::AccessKey(record) if record.access_key_id == *access_key_id => Some(record),
+                        _ => None,
+                    }),
+                );
+                for record in records.filter(|r| !crate::sealing::is_sealed(&r.secret.0)) {
+                    record.secret = secret.clone();
+                }
                 Ok(MetaResponse::Done)
             }
             MetaCommand::SetStoredBytesMax { of, stored_bytes_max } => {
@@ -1735,9 +1771,58 @@ mod format_tests {
         // Only version 3 holds a sealed secret: a release before it would take it for the secret.
         golden::check(&fixtures(), "command-create-access-key-sealed", &create_sealed_key());
         assert!(create_sealed_key().encode_body(2, &mut Vec::new()).is_err());
-        // Only version 4 holds a stored-bytes limit.
+        // Only version 4 holds a stored-bytes limit, or a secret sealed in place.
         golden::check(&fixtures(), "command-set-stored-bytes-max", &set_stored_bytes_limit());
         assert!(set_stored_bytes_limit().encode_body(3, &mut Vec::new()).is_err());
+        golden::check(&fixtures(), "command-seal-secret", &seal_secret("SKOLD"));
+        assert!(seal_secret("SKOLD").encode_body(3, &mut Vec::new()).is_err());
+    }
+
+    /// The secret of key `access_key_id` sealed in place (a fixed text, as in [`create_sealed_key`]).
+    fn seal_secret(access_key_id: &str) -> MetaEntry {
+        MetaEntry {
+            request_id: None,
+            command: MetaCommand::SealSecret {
+                access_key_id: access_key_id.into(),
+                secret: Secret(format!("{}kek-1:{}", crate::sealing::SEALED_PREFIX, "B".repeat(70))),
+            },
+        }
+    }
+
+    #[test]
+    fn a_secret_stored_in_clear_is_sealed_in_place_once() {
+        let mut catalog = Catalog::default();
+        let create = |id: &str, secret: &str| MetaEntry {
+            request_id: Some(format!("req-{id}")),
+            command: MetaCommand::CreateAccessKey {
+                tenant: "t1".into(),
+                access_key_id: id.into(),
+                secret: Secret(secret.into()),
+                now_ms: 1_700_000_000_000,
+            },
+        };
+        catalog.apply(1, &create("SKOLD", "clear-secret-of-an-old-key-0000000000000"));
+        assert_eq!(catalog.clear_secrets(10).len(), 1);
+        catalog.apply(2, &seal_secret("SKOLD"));
+        assert!(crate::sealing::is_sealed(&catalog.access_key("SKOLD").unwrap().secret.0));
+        assert!(catalog.clear_secrets(10).is_empty());
+        // So is the remembered answer of the key's creation (a retry answers it).
+        let Some(MetaResponse::AccessKey(answered)) = catalog.requests.answer("req-SKOLD") else {
+            panic!("the creation's answer is remembered")
+        };
+        assert!(crate::sealing::is_sealed(&answered.secret.0));
+        // A sealed secret is left as it is; a key that is gone is no error; a clear text is refused.
+        let before = catalog.access_key("SKOLD").unwrap().secret.0.clone();
+        let again = MetaCommand::SealSecret {
+            access_key_id: "SKOLD".into(),
+            secret: Secret(format!("{}other", crate::sealing::SEALED_PREFIX)),
+        };
+        catalog.apply(3, &MetaEntry { request_id: None, command: again });
+        assert_eq!(catalog.access_key("SKOLD").unwrap().secret.0, before);
+        catalog.apply(4, &seal_secret("SKGONE"));
+        assert!(catalog.access_key("SKGONE").is_none());
+        let clear = MetaCommand::SealSecret { access_key_id: "SKOLD".into(), secret: Secret("in clear".into()) };
+        assert!(matches!(catalog.apply(5, &MetaEntry { request_id: None, command: clear }), MetaResponse::Error(_)));
     }
 
     /// A key created with a sealed secret (a fixed text: the fixture pins the layout, not AES).

@@ -13,18 +13,28 @@
 //! bucket then hold no secret in clear; the members open secrets only to answer those who verify
 //! signatures (`LookupAccessKey`) and the caller who created the key.
 //!
+//! [`seal_clear_secrets`]: on the leader, seals in place the secrets stored in clear before (keys
+//! made before the cluster sealed secrets), once the cluster writes format generation 4, and then
+//! has the catalog snapshotted so that the clear text leaves the snapshots and their backups.
+//!
 //! # What it guarantees
 //!
 //! A secret is sealed only when the cluster writes format generation 3 or later (older releases
-//! would take the sealed text for the secret); secrets stored in clear before stay readable.
+//! would take the sealed text for the secret); secrets stored in clear before stay readable, and
+//! are sealed in the catalog once it writes generation 4. The log entries that created them keep
+//! the clear text until the log is compacted past them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine;
 use serde::Deserialize;
 use strata_common::error::StrataError;
+
+use crate::catalog::{MetaCommand, SEAL_CLEAR_SECRETS_GENERATION, Secret};
+use crate::server::MetadataNode;
 
 /// What a sealed secret starts with.
 pub const SEALED_PREFIX: &str = "sealed1:";
@@ -180,4 +190,41 @@ mod tests {
         assert_eq!(Keks::default().open("clear", "SKAAA").unwrap(), "clear");
         assert!(Keks::default().seal("x", "SKAAA").is_none());
     }
+}
+
+/// How often the leader looks for secrets stored in clear.
+const SEAL_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// Most secrets sealed in one look (the next look goes on).
+const SEALS_PER_CHECK_MAX: usize = 100;
+
+/// Every [`SEAL_CHECK_INTERVAL`] while `node` leads, holds KEKs and the cluster writes
+/// [`SEAL_CLEAR_SECRETS_GENERATION`]: seals the secrets stored in clear in place, then snapshots
+/// the catalog. Runs until aborted.
+pub(crate) async fn seal_clear_secrets(node: Arc<MetadataNode>) {
+    loop {
+        node.clock.sleep(SEAL_CHECK_INTERVAL).await;
+        match seal_once(&node).await {
+            Ok(0) => {}
+            Ok(sealed) => tracing::info!(sealed, "secrets stored in clear are sealed now"),
+            Err(e) => tracing::warn!(error = %e, "sealing the secrets stored in clear failed; will retry"),
+        }
+    }
+}
+
+/// One look: how many secrets were sealed.
+async fn seal_once(node: &MetadataNode) -> Result<usize, StrataError> {
+    let keks = node.keks();
+    if !node.is_leader() || keks.is_empty() || node.catalog().format_generation() < SEAL_CLEAR_SECRETS_GENERATION {
+        return Ok(0);
+    }
+    let clear = node.catalog().clear_secrets(SEALS_PER_CHECK_MAX);
+    for (access_key_id, secret) in &clear {
+        let Some(sealed) = keks.seal(&secret.0, access_key_id) else { return Ok(0) };
+        let command = MetaCommand::SealSecret { access_key_id: access_key_id.clone(), secret: Secret(sealed?) };
+        node.propose(None, command).await.map_err(|status| StrataError::unavailable(status.message().to_owned()))?;
+    }
+    if !clear.is_empty() {
+        node.snapshot_now().await?;
+    }
+    Ok(clear.len())
 }

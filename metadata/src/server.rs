@@ -387,6 +387,7 @@ impl MetadataNode {
     ) -> anyhow::Result<()> {
         let raft_transport = self.router.as_ref().map(RaftRouter::service);
         let upgrades = tokio::spawn(crate::formats::raise_format_generation(self.clone()));
+        let sealing = tokio::spawn(crate::sealing::seal_clear_secrets(self.clone()));
         let incoming = strata_tls::incoming(listener, self.credentials.clone(), self.clock.clone());
         let service = MetadataServer::new(MetadataService { node: self })
             .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
@@ -400,6 +401,7 @@ impl MetadataNode {
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         upgrades.abort();
+        sealing.abort();
         served?;
         Ok(())
     }
@@ -408,6 +410,11 @@ impl MetadataNode {
     /// [`SEALED_SECRETS_GENERATION`]), and opens those sealed before.
     pub fn use_keks(&self, keks: Keks) {
         *self.keks.write() = keks;
+    }
+
+    /// This member's KEKs.
+    pub(crate) fn keks(&self) -> Keks {
+        self.keks.read().clone()
     }
 
     /// The command that changes the stored-bytes limit of `of` from `was` to what `limits` say,

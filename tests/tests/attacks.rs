@@ -335,3 +335,52 @@ async fn access_key_secrets_are_sealed_in_every_file_and_still_verify_signatures
     assert!(holding.is_empty(), "the secret is in clear in {holding:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_stored_in_clear_before_sealing_is_sealed_in_place_and_still_verifies() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut dev = DevProcess::start(&dir.path().join("dev"), &[])?;
+    // The dev key is made at first start, before metadata raises the format generation: in clear.
+    let env: std::collections::BTreeMap<String, String> = dev.credentials_env()?.into_iter().collect();
+    let secret = env["AWS_SECRET_ACCESS_KEY"].clone();
+    dev.wait_for_newest_formats().await?;
+    // The leader seals it in place and snapshots the catalog: the snapshot holds it no more.
+    let metadata_dir = dev.data_dir.join("metadata");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let snapshots = files_named(&metadata_dir, "snapshot")?;
+        let holding: Vec<_> = snapshots
+            .iter()
+            .filter(|p| std::fs::read(p).is_ok_and(|b| b.windows(secret.len()).any(|w| w == secret.as_bytes())))
+            .collect();
+        if !snapshots.is_empty() && holding.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "snapshots {snapshots:?}, holding the secret in clear: {holding:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    // The sealed secret still verifies signatures, after a restart too.
+    let (status, answer) = dev.sqs_call("ListQueues", None, &json!({}), &SignOptions::default(), &[]).await?;
+    assert_eq!(status, 200, "{answer}");
+    dev.restart()?;
+    let (status, answer) = dev.sqs_call("ListQueues", None, &json!({}), &SignOptions::default(), &[]).await?;
+    assert_eq!(status, 200, "{answer}");
+    Ok(())
+}
+
+/// Every file named `name` under `root`.
+fn files_named(root: &std::path::Path, name: &str) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(root)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            found.extend(files_named(&path, name)?);
+        } else if path.file_name().is_some_and(|n| n == name) {
+            found.push(path);
+        }
+    }
+    Ok(found)
+}

@@ -41,6 +41,12 @@ impl<R: Clone> RecentRequests<R> {
         }
     }
 
+    /// The answers kept, to be rewritten in place (an answer that holds what the state changes
+    /// in place, such as a secret sealed after it was answered).
+    pub fn answers_mut(&mut self) -> impl Iterator<Item = &mut R> {
+        self.answers.values_mut()
+    }
+
     /// Whether any id kept starts with `prefix`.
     pub fn any_with_prefix(&self, prefix: &str) -> bool {
         self.answers
