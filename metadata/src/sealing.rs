@@ -156,42 +156,6 @@ impl Keks {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn keks(ids_and_hex: &[(&str, &str)]) -> Keks {
-        let dir = tempfile::tempdir().unwrap();
-        let sources: Vec<KekSource> = ids_and_hex
-            .iter()
-            .map(|(id, hex)| {
-                let file = dir.path().join(id);
-                std::fs::write(&file, hex).unwrap();
-                KekSource { id: (*id).to_owned(), file: Some(file), env: None }
-            })
-            .collect();
-        Keks::load(&sources).unwrap()
-    }
-
-    #[test]
-    fn sealed_secrets_open_only_for_their_key_id_and_under_a_held_kek() {
-        let old = keks(&[("old", &"11".repeat(32))]);
-        let sealed = old.seal("the secret", "SKAAA").unwrap().unwrap();
-        assert!(is_sealed(&sealed) && !sealed.contains("the secret"), "{sealed}");
-        assert_eq!(old.open(&sealed, "SKAAA").unwrap(), "the secret");
-        assert!(old.open(&sealed, "SKBBB").is_err(), "a sealed value moved to another key opens");
-        // Rotation: the new KEK seals, the old one still opens what it sealed.
-        let rotated = keks(&[("new", &"22".repeat(32)), ("old2", &"11".repeat(32))]);
-        let renamed = sealed.replace(":old:", ":old2:");
-        assert_eq!(rotated.open(&renamed, "SKAAA").unwrap(), "the secret");
-        assert!(rotated.seal("x", "SKAAA").unwrap().unwrap().starts_with("sealed1:new:"));
-        assert!(keks(&[("other", &"33".repeat(32))]).open(&sealed, "SKAAA").is_err());
-        // Clear secrets (stored before sealing) read as they are; no KEK seals nothing.
-        assert_eq!(Keks::default().open("clear", "SKAAA").unwrap(), "clear");
-        assert!(Keks::default().seal("x", "SKAAA").is_none());
-    }
-}
-
 /// How often the leader looks for secrets stored in clear.
 const SEAL_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// Most secrets sealed in one look (the next look goes on).
@@ -227,4 +191,40 @@ async fn seal_once(node: &MetadataNode) -> Result<usize, StrataError> {
         node.snapshot_now().await?;
     }
     Ok(clear.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keks(ids_and_hex: &[(&str, &str)]) -> Keks {
+        let dir = tempfile::tempdir().unwrap();
+        let sources: Vec<KekSource> = ids_and_hex
+            .iter()
+            .map(|(id, hex)| {
+                let file = dir.path().join(id);
+                std::fs::write(&file, hex).unwrap();
+                KekSource { id: (*id).to_owned(), file: Some(file), env: None }
+            })
+            .collect();
+        Keks::load(&sources).unwrap()
+    }
+
+    #[test]
+    fn sealed_secrets_open_only_for_their_key_id_and_under_a_held_kek() {
+        let old = keks(&[("old", &"11".repeat(32))]);
+        let sealed = old.seal("the secret", "SKAAA").unwrap().unwrap();
+        assert!(is_sealed(&sealed) && !sealed.contains("the secret"), "{sealed}");
+        assert_eq!(old.open(&sealed, "SKAAA").unwrap(), "the secret");
+        assert!(old.open(&sealed, "SKBBB").is_err(), "a sealed value moved to another key opens");
+        // Rotation: the new KEK seals, the old one still opens what it sealed.
+        let rotated = keks(&[("new", &"22".repeat(32)), ("old2", &"11".repeat(32))]);
+        let renamed = sealed.replace(":old:", ":old2:");
+        assert_eq!(rotated.open(&renamed, "SKAAA").unwrap(), "the secret");
+        assert!(rotated.seal("x", "SKAAA").unwrap().unwrap().starts_with("sealed1:new:"));
+        assert!(keks(&[("other", &"33".repeat(32))]).open(&sealed, "SKAAA").is_err());
+        // Clear secrets (stored before sealing) read as they are; no KEK seals nothing.
+        assert_eq!(Keks::default().open("clear", "SKAAA").unwrap(), "clear");
+        assert!(Keks::default().seal("x", "SKAAA").is_none());
+    }
 }
