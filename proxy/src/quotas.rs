@@ -276,9 +276,6 @@ impl Quotas {
             return Ok(());
         }
         let stored = self.usage(&quota, tenant).await.stored_bytes;
-        if let Some((_, usage)) = quota.usage.lock().as_mut() {
-            usage.stored_bytes = usage.stored_bytes.saturating_add(bytes);
-        }
         if stored >= max {
             return Err(StrataError::new(
                 ErrorKind::LimitExceeded,
@@ -287,6 +284,9 @@ impl Quotas {
                      purge some, or ask for a higher limit"
                 ),
             ));
+        }
+        if let Some((_, usage)) = quota.usage.lock().as_mut() {
+            usage.stored_bytes = usage.stored_bytes.saturating_add(bytes);
         }
         Ok(())
     }
