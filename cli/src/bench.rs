@@ -2,9 +2,13 @@
 //!
 //! Phases (each can be skipped): durable send throughput from concurrent senders; send latency
 //! at a fixed offered rate (open loop: sends are issued on a schedule, not after the previous
-//! one returns, so queueing delay is counted); receive+delete drain throughput; and memory of the
-//! server with many idle queues (`--idle-queues N --server-pid PID`, read from /proc); and the
-//! native API next to the SQS API with SigV4 (`--compare-apis-seconds N`, see `bench_apis`).
+//! one returns, so queueing delay is counted); end-to-end latency at that rate (send to receive
+//! by long poll, on a queue of its own, so a backlog left in the main queue by earlier phases
+//! stays beside it); a preloaded backlog (`--backlog N`); receive+delete drain throughput;
+//! memory of the server with many idle queues (`--idle-queues N --server-pid PID`, read from
+//! /proc); and the native API next to the SQS API with SigV4 (`--compare-apis-seconds N`, see
+//! `bench_apis`). The report holds the run's settings and the machine's load average before and
+//! after, since only ratios from one run on a shared machine mean anything.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +52,16 @@ pub(crate) struct BenchArgs {
     /// Length of the latency phase in seconds (0 skips it).
     #[arg(long, default_value_t = 10)]
     latency_seconds: u64,
+    /// Length of the end-to-end phase (send to receive at --rate) in seconds (0 skips it).
+    #[arg(long, default_value_t = 10)]
+    e2e_seconds: u64,
+    /// Long-polling receivers of the end-to-end phase.
+    #[arg(long, default_value_t = 4)]
+    e2e_receivers: usize,
+    /// Messages to send (by --senders in batches of --batch) before the drain phase, on top of
+    /// what earlier phases left (0: none).
+    #[arg(long, default_value_t = 0)]
+    backlog: u64,
     /// Concurrent receivers in the drain phase (0 skips it).
     #[arg(long, default_value_t = 16)]
     receivers: usize,
@@ -78,6 +92,26 @@ pub(crate) struct BenchArgs {
     aws_region: String,
 }
 
+/// The machine's 1-minute load average (`/proc/loadavg`), if readable.
+fn load_average_1m() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
+impl BenchArgs {
+    /// What the run was asked to do (no credentials), for its report.
+    fn settings(&self) -> Value {
+        json!({
+            "endpoint": self.endpoint, "queue": self.queue, "senders": self.senders, "batch": self.batch,
+            "message_bytes": self.message_bytes, "throughput_seconds": self.throughput_seconds,
+            "rate": self.rate, "latency_seconds": self.latency_seconds, "e2e_seconds": self.e2e_seconds,
+            "e2e_receivers": self.e2e_receivers, "backlog": self.backlog, "receivers": self.receivers,
+            "idle_queues": self.idle_queues, "memory_messages": self.memory_messages,
+            "compare_apis_seconds": self.compare_apis_seconds,
+            "cores": std::thread::available_parallelism().map(usize::from).unwrap_or(0),
+        })
+    }
+}
+
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading the server's /proc status")?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS line")?;
@@ -103,6 +137,8 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
     let api = Arc::new(Client::with_http(client.clone(), &args.endpoint, &args.token));
     let mut report = serde_json::Map::new();
+    report.insert("settings".into(), args.settings());
+    report.insert("load_average_1m_before".into(), json!(load_average_1m()));
 
     let attributes = QueueAttributesChange { visibility_timeout_seconds: Some(60), ..Default::default() };
     let create = api.create_queue(&CreateQueue { attributes, ..CreateQueue::named(&args.queue) }).await;
@@ -197,6 +233,36 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
 
+    if args.e2e_seconds > 0 && args.rate > 0 {
+        let e2e_queue = format!("{}-e2e", args.queue);
+        let result =
+            end_to_end(&api, &e2e_queue, args.rate, args.e2e_seconds, args.e2e_receivers, args.message_bytes).await?;
+        report.insert("end_to_end_fixed_rate".into(), result);
+    }
+
+    if args.backlog > 0 {
+        let started = CLOCK.instant();
+        let request = bytes::Bytes::from(serde_json::to_vec(&batch_of(args.batch))?);
+        let per_sender = args.backlog.div_ceil(args.senders.max(1) as u64 * args.batch.max(1) as u64);
+        let mut tasks = Vec::new();
+        for _ in 0..args.senders.max(1) {
+            let (api, request, queue) = (api.clone(), request.clone(), queue.clone());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..per_sender {
+                    api.send_encoded(&queue, request.clone()).await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        let sent = per_sender * args.senders.max(1) as u64 * args.batch.max(1) as u64;
+        let seconds = CLOCK.instant().duration_since(started).as_secs_f64();
+        report.insert("backlog".into(), json!({ "messages": sent, "seconds": seconds }));
+        eprintln!("backlog of {sent} messages sent in {seconds:.1} s");
+    }
+
     if args.receivers > 0 {
         let drained = Arc::new(AtomicU64::new(0));
         let started = CLOCK.instant();
@@ -283,8 +349,100 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         report.insert("memory_per_message".into(), memory_per_message(&api, pid, args.memory_messages, far).await?);
     }
 
+    report.insert("load_average_1m_after".into(), json!(load_average_1m()));
     println!("{}", serde_json::to_string_pretty(&Value::Object(report))?);
     Ok(())
+}
+
+/// Send-to-receive latency at `rate` messages per second for `seconds`, on `queue` (created or
+/// purged first): one message per tick, stamped with its scheduled send time; `receivers` long
+/// poll, delete what they get and record now minus the stamp. Messages not received within
+/// 10 s of the last send count as lost.
+async fn end_to_end(
+    api: &Arc<Client>,
+    queue: &str,
+    rate: u64,
+    seconds: u64,
+    receivers: usize,
+    message_bytes: usize,
+) -> anyhow::Result<Value> {
+    if let Err(e) = api.create_queue(&CreateQueue::named(queue)).await {
+        bail!("creating the {queue} queue: {e}");
+    }
+    api.purge_queue(queue).await?;
+    let total = rate * seconds;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let epoch = CLOCK.instant();
+    let latencies = Arc::new(Mutex::new(new_histogram()?));
+    let received = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let queue = Arc::new(queue.to_owned());
+    let mut consumers = Vec::new();
+    for _ in 0..receivers.max(1) {
+        let (api, queue, latencies, received, stop) =
+            (api.clone(), queue.clone(), latencies.clone(), received.clone(), stop.clone());
+        consumers.push(tokio::spawn(async move {
+            let receive = model::Receive { max_messages: Some(10), wait_seconds: Some(1), ..Default::default() };
+            let mut local = new_histogram()?;
+            while !stop.is_cancelled() {
+                let got = api.receive(&queue, &receive).await?;
+                let now_us = CLOCK.instant().duration_since(epoch).as_micros() as u64;
+                let mut receipt_handles = Vec::with_capacity(got.messages.len());
+                for message in got.messages {
+                    // The stamp: microseconds since the phase began, then ';'.
+                    if let Some(sent_us) = message.body.split(';').next().and_then(|t| t.parse::<u64>().ok()) {
+                        local.record(now_us.saturating_sub(sent_us).max(1))?;
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                    receipt_handles.push(message.receipt_handle);
+                }
+                if !receipt_handles.is_empty() {
+                    api.delete_messages(&queue, &model::DeleteMessages { receipt_handles }).await?;
+                }
+            }
+            latencies.lock().await.add(&local)?;
+            anyhow::Ok(())
+        }));
+    }
+    let mut senders = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let due = epoch + interval.mul_f64(i as f64);
+        CLOCK.sleep_until(due).await;
+        let stamp = due.duration_since(epoch).as_micros();
+        let body = format!("{stamp};{}", "x".repeat(message_bytes.saturating_sub(24)));
+        let (api, queue, errors) = (api.clone(), queue.clone(), errors.clone());
+        senders.push(tokio::spawn(async move {
+            let request = SendMessages { messages: vec![NewMessage::new(body)] };
+            if api.send(&queue, &request, None).await.is_err() {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for sender in senders {
+        sender.await?;
+    }
+    let sent = total - errors.load(Ordering::Relaxed);
+    let deadline = CLOCK.instant() + Duration::from_secs(10);
+    while received.load(Ordering::Relaxed) < sent && CLOCK.instant() < deadline {
+        CLOCK.sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    for consumer in consumers {
+        consumer.await??;
+    }
+    let h = latencies.lock().await;
+    let got = received.load(Ordering::Relaxed);
+    eprintln!(
+        "end-to-end latency at {rate} msg/s: p50 {:.2} ms, p99 {:.2} ms ({got} of {sent} received)",
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0
+    );
+    Ok(json!({
+        "offered_messages_per_second": rate, "seconds": seconds, "receivers": receivers,
+        "send_errors": errors.load(Ordering::Relaxed), "sent": sent, "received": got,
+        "lost_or_late": sent.saturating_sub(got), "latency": percentiles(&h),
+    }))
 }
 
 /// Server RSS growth per message, for messages scheduled 1 to 31 days ahead (`far`: kept in
