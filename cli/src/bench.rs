@@ -25,6 +25,8 @@ use tokio::sync::Mutex;
 
 /// A benchmark measures the real machine: it reads the operating system's clock.
 pub(crate) const CLOCK: SystemClock = SystemClock;
+/// Clients creating the idle queues of `--idle-queues` at once.
+const IDLE_QUEUE_CREATORS: usize = 16;
 
 #[derive(Args, Debug)]
 pub(crate) struct BenchArgs {
@@ -326,17 +328,34 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.idle_queues > 0 {
         let pid = args.server_pid.context("--idle-queues needs --server-pid to read the server's RSS")?;
         let before = rss_kib(pid)?;
-        for i in 0..args.idle_queues {
-            api.create_queue(&CreateQueue::named(format!("idle-{i:06}"))).await?;
+        // Created by IDLE_QUEUE_CREATORS clients at once, each its share of the names.
+        let started = CLOCK.instant();
+        let mut creators = Vec::new();
+        for creator in 0..IDLE_QUEUE_CREATORS {
+            let (api, count) = (api.clone(), args.idle_queues);
+            creators.push(tokio::spawn(async move {
+                for i in (creator..count).step_by(IDLE_QUEUE_CREATORS) {
+                    api.create_queue(&CreateQueue::named(format!("idle-{i:06}"))).await?;
+                }
+                anyhow::Ok(())
+            }));
         }
+        for creator in creators {
+            creator.await??;
+        }
+        let seconds = CLOCK.instant().duration_since(started).as_secs_f64();
         CLOCK.sleep(Duration::from_secs(2)).await;
         let after = rss_kib(pid)?;
         report.insert(
             "idle_queues".into(),
-            json!({ "queues": args.idle_queues, "rss_before_kib": before, "rss_after_kib": after,
+            json!({ "queues": args.idle_queues, "creators": IDLE_QUEUE_CREATORS, "create_seconds": seconds,
+                    "rss_before_kib": before, "rss_after_kib": after,
                     "bytes_per_queue": (after.saturating_sub(before) * 1024) as f64 / args.idle_queues as f64 }),
         );
-        eprintln!("RSS with {} idle queues: {} KiB (before: {} KiB)", args.idle_queues, after, before);
+        eprintln!(
+            "RSS with {} idle queues: {} KiB (before: {} KiB), created in {seconds:.1} s",
+            args.idle_queues, after, before
+        );
     }
 
     if args.memory_messages > 0 {
