@@ -28,11 +28,13 @@ pub(crate) const CLOCK: SystemClock = SystemClock;
 /// Clients creating the idle queues of `--idle-queues` at once.
 const IDLE_QUEUE_CREATORS: usize = 16;
 
-#[derive(Args, Debug)]
+/// The flags, which the report repeats as the run's settings (credentials left out).
+#[derive(Args, Debug, serde::Serialize)]
 pub(crate) struct BenchArgs {
     #[arg(long, env = "STRATA_ENDPOINT", hide_env_values = true)]
     endpoint: String,
     #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
+    #[serde(skip)]
     token: String,
     /// Queue to use (created if missing, purged first).
     #[arg(long, default_value = "bench")]
@@ -87,8 +89,10 @@ pub(crate) struct BenchArgs {
     compare_apis_seconds: u64,
     /// SQS API credentials for --compare-apis-seconds (as `strata dev` writes them).
     #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    #[serde(skip)]
     aws_access_key_id: Option<String>,
     #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    #[serde(skip)]
     aws_secret_access_key: Option<String>,
     #[arg(long, env = "AWS_DEFAULT_REGION", default_value = "us-east-1")]
     aws_region: String,
@@ -99,19 +103,11 @@ fn load_average_1m() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }
 
-impl BenchArgs {
-    /// What the run was asked to do (no credentials), for its report.
-    fn settings(&self) -> Value {
-        json!({
-            "endpoint": self.endpoint, "queue": self.queue, "senders": self.senders, "batch": self.batch,
-            "message_bytes": self.message_bytes, "throughput_seconds": self.throughput_seconds,
-            "rate": self.rate, "latency_seconds": self.latency_seconds, "e2e_seconds": self.e2e_seconds,
-            "e2e_receivers": self.e2e_receivers, "backlog": self.backlog, "receivers": self.receivers,
-            "idle_queues": self.idle_queues, "memory_messages": self.memory_messages,
-            "compare_apis_seconds": self.compare_apis_seconds,
-            "cores": std::thread::available_parallelism().map(usize::from).unwrap_or(0),
-        })
-    }
+/// What the run was asked to do, and on how many cores, for its report.
+fn settings(args: &BenchArgs) -> anyhow::Result<Value> {
+    let mut settings = serde_json::to_value(args)?;
+    settings["cores"] = json!(std::thread::available_parallelism().map(usize::from).unwrap_or(0));
+    Ok(settings)
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
@@ -139,7 +135,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
     let api = Arc::new(Client::with_http(client.clone(), &args.endpoint, &args.token));
     let mut report = serde_json::Map::new();
-    report.insert("settings".into(), args.settings());
+    report.insert("settings".into(), settings(&args)?);
     report.insert("load_average_1m_before".into(), json!(load_average_1m()));
 
     let attributes = QueueAttributesChange { visibility_timeout_seconds: Some(60), ..Default::default() };
@@ -424,12 +420,13 @@ async fn end_to_end(
             anyhow::Ok(())
         }));
     }
+    let padding = "x".repeat(message_bytes.saturating_sub(24));
     let mut senders = Vec::with_capacity(total as usize);
     for i in 0..total {
         let due = epoch + interval.mul_f64(i as f64);
         CLOCK.sleep_until(due).await;
         let stamp = due.duration_since(epoch).as_micros();
-        let body = format!("{stamp};{}", "x".repeat(message_bytes.saturating_sub(24)));
+        let body = format!("{stamp};{padding}");
         let (api, queue, errors) = (api.clone(), queue.clone(), errors.clone());
         senders.push(tokio::spawn(async move {
             let request = SendMessages { messages: vec![NewMessage::new(body)] };

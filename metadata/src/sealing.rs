@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine;
 use serde::Deserialize;
 use strata_common::error::StrataError;
@@ -113,10 +112,7 @@ impl Keks {
     /// `secret` sealed under the first KEK for `access_key_id`; `None` without a KEK.
     pub fn seal(&self, secret: &str, access_key_id: &str) -> Option<Result<String, StrataError>> {
         let kek = self.keys.first()?;
-        let mut nonce = [0u8; NONCE_LEN];
-        if SystemRandom::new().fill(&mut nonce).is_err() {
-            return Some(Err(StrataError::internal("no randomness for a nonce")));
-        }
+        let nonce = strata_common::random::secret_bytes::<NONCE_LEN>();
         let mut sealed = secret.as_bytes().to_vec();
         if kek
             .key
@@ -165,11 +161,21 @@ const SEALS_PER_CHECK_MAX: usize = 100;
 /// [`SEAL_CLEAR_SECRETS_GENERATION`]: seals the secrets stored in clear in place, then snapshots
 /// the catalog. Runs until aborted.
 pub(crate) async fn seal_clear_secrets(node: Arc<MetadataNode>) {
+    // Secrets were sealed since the last snapshot: one snapshot once none is left in clear, not
+    // one per batch.
+    let mut snapshot_due = false;
     loop {
         node.clock.sleep(SEAL_CHECK_INTERVAL).await;
         match seal_once(&node).await {
+            Ok(0) if snapshot_due => match node.snapshot_now().await {
+                Ok(()) => snapshot_due = false,
+                Err(e) => tracing::warn!(error = %e, "snapshotting the sealed secrets failed; will retry"),
+            },
             Ok(0) => {}
-            Ok(sealed) => tracing::info!(sealed, "secrets stored in clear are sealed now"),
+            Ok(sealed) => {
+                snapshot_due = true;
+                tracing::info!(sealed, "secrets stored in clear are sealed now");
+            }
             Err(e) => tracing::warn!(error = %e, "sealing the secrets stored in clear failed; will retry"),
         }
     }
@@ -186,9 +192,6 @@ async fn seal_once(node: &MetadataNode) -> Result<usize, StrataError> {
         let Some(sealed) = keks.seal(&secret.0, access_key_id) else { return Ok(0) };
         let command = MetaCommand::SealSecret { access_key_id: access_key_id.clone(), secret: Secret(sealed?) };
         node.propose(None, command).await.map_err(|status| StrataError::unavailable(status.message().to_owned()))?;
-    }
-    if !clear.is_empty() {
-        node.snapshot_now().await?;
     }
     Ok(clear.len())
 }

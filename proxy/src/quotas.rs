@@ -129,6 +129,17 @@ struct TenantQuota {
     payload_bytes: Option<Arc<DefaultDirectRateLimiter>>,
     /// The tenant's usage and when it was summed.
     usage: Arc<Mutex<Option<(Instant, Usage)>>>,
+    /// Whether a call is summing the usage now (the others take the last sum meanwhile).
+    summing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Clears a tenant's summing flag when dropped.
+struct SummingFlag<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for SummingFlag<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// What a tenant holds over its queues.
@@ -155,6 +166,7 @@ impl TenantQuota {
             limits,
             capped_reason: info.capped_reason,
             usage: Arc::new(Mutex::new(None)),
+            summing: Arc::default(),
         }
     }
 
@@ -167,6 +179,7 @@ impl TenantQuota {
             requests: old.requests.clone(),
             payload_bytes: old.payload_bytes.clone(),
             usage: old.usage.clone(),
+            summing: old.summing.clone(),
         }
     }
 }
@@ -291,20 +304,28 @@ impl Quotas {
         Ok(())
     }
 
-    /// The tenant's usage, summed again when older than [`USAGE_REFRESH`]; the last sum (or
-    /// nothing) when the storage nodes do not answer in time.
+    /// The tenant's usage, summed again when older than [`USAGE_REFRESH`] by one call at a time;
+    /// the last sum (or nothing) while another call sums it, or when the storage nodes do not
+    /// answer in time.
     async fn usage(&self, quota: &TenantQuota, tenant: &str) -> Usage {
         let clock = self.placement.metadata.clock();
         let cached = *quota.usage.lock();
+        let last = cached.map(|(_, usage)| usage).unwrap_or_default();
         match cached {
             Some((at, usage)) if clock.instant().duration_since(at) < USAGE_REFRESH => usage,
-            _ => match clock.timeout(READ_TIMEOUT, usage_of(self.placement.clone(), tenant.to_owned())).await {
-                Ok(Ok(usage)) => {
-                    *quota.usage.lock() = Some((clock.instant(), usage));
-                    usage
+            _ if quota.summing.swap(true, Ordering::AcqRel) => last,
+            _ => {
+                // Given back however the sum ends, a dropped call included.
+                let _summing = SummingFlag(&quota.summing);
+                let summed = clock.timeout(READ_TIMEOUT, usage_of(self.placement.clone(), tenant.to_owned())).await;
+                match summed {
+                    Ok(Ok(usage)) => {
+                        *quota.usage.lock() = Some((clock.instant(), usage));
+                        usage
+                    }
+                    _ => last,
                 }
-                _ => cached.map(|(_, usage)| usage).unwrap_or_default(),
-            },
+            }
         }
     }
 

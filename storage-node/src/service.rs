@@ -119,18 +119,10 @@ fn attribute_to_pb(value: AttributeValue) -> pb::MessageAttribute {
 }
 
 fn message_from_pb(m: pb::NewMessage, random: &Random) -> Result<NewMessage, StrataError> {
-    let mut total_bytes = m.body.len();
     let mut attributes = BTreeMap::new();
     for (name, value) in m.attributes {
-        total_bytes += name.len() + value.string_value.len() + value.binary_value.len() + value.data_type.len();
         let parsed = attribute_from_pb(&name, value)?;
         attributes.insert(name, parsed);
-    }
-    if m.body.len() > limits::MESSAGE_BODY_BYTES_MAX || total_bytes > limits::MESSAGE_TOTAL_BYTES_MAX {
-        return Err(StrataError::new(
-            ErrorKind::TooLarge,
-            format!("message exceeds the {} byte limit", limits::MESSAGE_BODY_BYTES_MAX),
-        ));
     }
     let fifo = (!m.message_group_id.is_empty() || !m.message_deduplication_id.is_empty())
         .then_some(FifoIds { group_id: m.message_group_id, deduplication_id: m.message_deduplication_id });
@@ -139,7 +131,17 @@ fn message_from_pb(m: pb::NewMessage, random: &Random) -> Result<NewMessage, Str
         Some(deliver_at_ms) => queue::schedule::scheduled_message_id(deliver_at_ms, random.uuid()),
         None => random.uuid(),
     };
-    Ok(NewMessage { message_id, body: m.body, attributes, delay_ms: m.delay_ms, deliver_at_ms: m.deliver_at_ms, fifo })
+    let message =
+        NewMessage { message_id, body: m.body, attributes, delay_ms: m.delay_ms, deliver_at_ms: m.deliver_at_ms, fifo };
+    // The body and attributes together, as the queue counts its stored bytes.
+    let total_bytes = message.stored_bytes() as usize;
+    if message.body.len() > limits::MESSAGE_BODY_BYTES_MAX || total_bytes > limits::MESSAGE_TOTAL_BYTES_MAX {
+        return Err(StrataError::new(
+            ErrorKind::TooLarge,
+            format!("message exceeds the {} byte limit", limits::MESSAGE_BODY_BYTES_MAX),
+        ));
+    }
+    Ok(message)
 }
 
 async fn deliver(shard: &Shard, deliveries: Vec<Delivery>) -> Result<Vec<pb::ReceivedMessage>, StrataError> {
@@ -256,23 +258,13 @@ impl Storage for StorageService {
     async fn send(&self, request: Request<pb::SendRequest>) -> Result<Response<pb::SendResponse>, Status> {
         let r = request.into_inner();
         let (shard, queue, tenant) = self.route(r.queue.as_ref())?;
-        let bytes: usize = r
-            .messages
-            .iter()
-            .map(|m| {
-                let attributes = m.attributes.iter();
-                m.body.len()
-                    + attributes
-                        .map(|(name, a)| name.len() + a.data_type.len() + a.string_value.len() + a.binary_value.len())
-                        .sum::<usize>()
-            })
-            .sum();
-        self.admit_growth(&tenant, bytes as u64)?;
         if r.messages.is_empty() || r.messages.len() > queue::SEND_BATCH_MAX {
             return Err(StrataError::invalid(format!("a send carries 1-{} messages", queue::SEND_BATCH_MAX)).into());
         }
         let messages =
             r.messages.into_iter().map(|m| message_from_pb(m, &self.random)).collect::<Result<Vec<_>, _>>()?;
+        // What the messages will count in their queue's stored bytes is what they take on disk.
+        self.admit_growth(&tenant, messages.iter().map(|m| u64::from(m.stored_bytes())).sum())?;
         if r.request_id.len() > queue::REQUEST_ID_CHARS_MAX {
             return Err(StrataError::invalid(format!(
                 "request_id is at most {} characters",

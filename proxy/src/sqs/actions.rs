@@ -83,16 +83,22 @@ fn required_string<'a>(input: &'a Value, name: &str) -> Result<&'a str, SqsError
 
 /// An integer parameter within `min..=max`, refused as SQS words it.
 fn integer(input: &Value, name: &str, min: u64, max: u64) -> Result<Option<u64>, SqsError> {
-    let reason = match name {
+    integer_for(input, name, min, max, || match name {
         "MaxNumberOfMessages" => format!("Must be between {min} and {max}, if provided."),
         "DelaySeconds" => format!("DelaySeconds must be >= {min} and <= {max}."),
         _ => format!("Must be >= {min} and <= {max}, if provided."),
-    };
-    integer_for(input, name, min, max, &reason)
+    })
 }
 
-/// An integer parameter within `min..=max`; out of it, SQS's "Value .. is invalid" with `reason`.
-fn integer_for(input: &Value, name: &str, min: u64, max: u64, reason: &str) -> Result<Option<u64>, SqsError> {
+/// An integer parameter within `min..=max`; out of it, SQS's "Value .. is invalid" with the
+/// reason `reason` words (only then).
+fn integer_for(
+    input: &Value,
+    name: &str,
+    min: u64,
+    max: u64,
+    reason: impl FnOnce() -> String,
+) -> Result<Option<u64>, SqsError> {
     let value = match input.get(name) {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Number(n)) => n.as_u64(),
@@ -101,7 +107,7 @@ fn integer_for(input: &Value, name: &str, min: u64, max: u64, reason: &str) -> R
     };
     match value {
         Some(v) if (min..=max).contains(&v) => Ok(Some(v)),
-        _ => Err(invalid_value(name, &input.get(name).map(raw_text).unwrap_or_default(), reason)),
+        _ => Err(invalid_value(name, &input.get(name).map(raw_text).unwrap_or_default(), &reason())),
     }
 }
 
@@ -121,8 +127,8 @@ fn raw_text(value: &Value) -> String {
 /// A message's visibility timeout in ChangeMessageVisibility(Batch).
 fn visibility_change_s(entry: &Value) -> Result<u64, SqsError> {
     let beyond =
-        format!("Total VisibilityTimeout for the message is beyond the limit [{VISIBILITY_TIMEOUT_S_MAX} seconds].");
-    integer_for(entry, "VisibilityTimeout", 0, VISIBILITY_TIMEOUT_S_MAX, &beyond)?
+        || format!("Total VisibilityTimeout for the message is beyond the limit [{VISIBILITY_TIMEOUT_S_MAX} seconds].");
+    integer_for(entry, "VisibilityTimeout", 0, VISIBILITY_TIMEOUT_S_MAX, beyond)?
         .ok_or_else(|| SqsError::missing("VisibilityTimeout"))
 }
 
@@ -445,13 +451,14 @@ async fn get_queue_attributes(ctx: &Ctx<'_>, input: &Value) -> Result<Value, Sqs
     } else {
         None
     };
+    let config = info.config.clone().unwrap_or_default();
     let mut attributes = Map::new();
     for name in wanted {
         let value = match name {
             "ApproximateNumberOfMessages" => stats.map(|s| s.visible).unwrap_or(0).to_string(),
             "ApproximateNumberOfMessagesNotVisible" => stats.map(|s| s.in_flight).unwrap_or(0).to_string(),
             "ApproximateNumberOfMessagesDelayed" => stats.map(|s| s.delayed).unwrap_or(0).to_string(),
-            _ => match setting_attribute(ctx, &info, name) {
+            _ => match setting_attribute(ctx, &info, &config, name) {
                 Some(value) => value,
                 None => continue,
             },
@@ -463,13 +470,12 @@ async fn get_queue_attributes(ctx: &Ctx<'_>, input: &Value) -> Result<Value, Sqs
 
 /// A queue attribute that the queue's settings hold (not its counts), as SQS answers it; `None`
 /// when the queue has none of that name (FIFO attributes of a standard queue, unset policies).
-fn setting_attribute(ctx: &Ctx<'_>, info: &pb::QueueInfo, name: &str) -> Option<String> {
-    let config = info.config.clone().unwrap_or_default();
+fn setting_attribute(ctx: &Ctx<'_>, info: &pb::QueueInfo, config: &pb::QueueConfig, name: &str) -> Option<String> {
     let value = match name {
         "CreatedTimestamp" => (info.created_ms / 1000).to_string(),
         "LastModifiedTimestamp" => (info.modified_ms / 1000).to_string(),
         "DelaySeconds" => (config.delay_ms / 1000).to_string(),
-        "MaximumMessageSize" => queue_rules::maximum_message_bytes(&config).to_string(),
+        "MaximumMessageSize" => queue_rules::maximum_message_bytes(config).to_string(),
         "MessageRetentionPeriod" => (config.retention_ms / 1000).to_string(),
         "ReceiveMessageWaitTimeSeconds" => (config.receive_wait_ms / 1000).to_string(),
         "VisibilityTimeout" => (config.visibility_timeout_ms / 1000).to_string(),
@@ -496,10 +502,13 @@ fn setting_attribute(ctx: &Ctx<'_>, info: &pb::QueueInfo, name: &str) -> Option<
 /// differs from the queue's.
 async fn already_exists(ctx: &Ctx<'_>, name: &str, attributes: &[(&str, &str)]) -> SqsError {
     let differing = match queues::info(&ctx.state.placement, ctx.tenant(), name).await {
-        Ok(info) => attributes
-            .iter()
-            .find(|(attribute, value)| setting_attribute(ctx, &info, attribute).as_deref() != Some(*value))
-            .map(|(attribute, _)| *attribute),
+        Ok(info) => {
+            let config = info.config.clone().unwrap_or_default();
+            attributes
+                .iter()
+                .find(|(attribute, value)| setting_attribute(ctx, &info, &config, attribute).as_deref() != Some(*value))
+                .map(|(attribute, _)| *attribute)
+        }
         Err(_) => None,
     };
     match differing {
