@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error::MemberError;
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -97,11 +98,6 @@ fn decode_backup(bytes: &[u8]) -> std::io::Result<Backup> {
     Ok((meta, snapshot))
 }
 
-fn unavailable(what: &str, e: impl std::fmt::Display) -> StrataError {
-    tracing::warn!(error = %e, "{what}");
-    StrataError::unavailable(format!("{what}: object storage is not reachable"))
-}
-
 /// Uploads the latest snapshot if this member leads and it is not in the bucket yet; answers
 /// its key, or `None` when there was nothing to do.
 pub async fn backup_once(node: &MetadataNode, store: &dyn ObjectStore) -> Result<Option<String>, StrataError> {
@@ -116,11 +112,11 @@ pub async fn backup_once(node: &MetadataNode, store: &dyn ObjectStore) -> Result
         return Ok(None);
     }
     let bytes = encode_backup(&(snapshot.meta, snapshot.snapshot), node.format.writing())
-        .map_err(|e| StrataError::internal(format!("encoding a metadata backup: {e}")))?;
+        .map_err(|e| MemberError::bug("encoding a metadata backup failed", e))?;
     store
         .put(&ObjectPath::from(key.as_str()), bytes.into())
         .await
-        .map_err(|e| unavailable("uploading a metadata backup failed", e))?;
+        .map_err(|e| MemberError::bucket("uploading a metadata backup failed", format_args!("{key}: {e}")))?;
     let mut keys = keys;
     keys.push(key.clone());
     keys.sort();
@@ -136,8 +132,11 @@ pub async fn backup_once(node: &MetadataNode, store: &dyn ObjectStore) -> Result
 /// The keys of the stored copies, oldest first.
 pub async fn list(store: &dyn ObjectStore) -> Result<Vec<String>, StrataError> {
     let prefix = ObjectPath::from(BACKUP_PREFIX);
-    let objects: Vec<_> =
-        store.list(Some(&prefix)).try_collect().await.map_err(|e| unavailable("listing metadata backups failed", e))?;
+    let objects: Vec<_> = store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(|e| MemberError::bucket("listing metadata backups failed", e))?;
     let mut keys: Vec<String> = objects.into_iter().map(|o| o.location.to_string()).collect();
     keys.sort();
     Ok(keys)
@@ -145,10 +144,11 @@ pub async fn list(store: &dyn ObjectStore) -> Result<Vec<String>, StrataError> {
 
 /// Reads a stored copy.
 pub async fn read(store: &dyn ObjectStore, key: &str) -> Result<Backup, StrataError> {
-    let object =
-        store.get(&ObjectPath::from(key)).await.map_err(|e| unavailable("reading a metadata backup failed", e))?;
-    let bytes = object.bytes().await.map_err(|e| unavailable("reading a metadata backup failed", e))?;
-    decode_backup(&bytes).map_err(|e| StrataError::internal(format!("a metadata backup is damaged: {e}")))
+    let failed =
+        |e: object_store::Error| MemberError::bucket("reading a metadata backup failed", format_args!("{key}: {e}"));
+    let bytes = store.get(&ObjectPath::from(key)).await.map_err(failed)?.bytes().await.map_err(failed)?;
+    Ok(decode_backup(&bytes)
+        .map_err(|e| MemberError::damaged("a metadata backup is damaged", format_args!("{key}: {e}")))?)
 }
 
 /// Copies snapshots every `interval` until `cancel`.

@@ -22,6 +22,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use crate::error::MemberError;
 use strata_common::ClockExt;
 use strata_common::error::StrataError;
 use strata_common::format::{FormatGate, FormatGeneration};
@@ -82,14 +83,17 @@ async fn raise_once(node: &MetadataNode) -> Result<Option<FormatGeneration>, Str
     for node_id in storage_nodes {
         match node.leases.format_generation_max(&node_id, term) {
             Some(generation) => readable = readable.min(generation),
-            None => return Err(StrataError::unavailable(format!("storage node {node_id} has not reported yet"))),
+            None => {
+                let detail = format!("storage node {node_id} has not reported yet");
+                return Err(MemberError::quorum("a storage node has not reported its formats yet", detail).into());
+            }
         }
     }
     let (members, _) = node.members();
     let own_id = node.node_id();
     for (member_id, address) in members.into_iter().filter(|(id, _)| *id != own_id) {
         readable = readable.min(member_format_generation(node, &address).await.map_err(|e| {
-            StrataError::unavailable(format!("metadata member {member_id} did not report its formats: {e}"))
+            MemberError::quorum("a metadata member did not report its formats", format_args!("member {member_id}: {e}"))
         })?);
     }
     if readable <= current {
@@ -97,7 +101,7 @@ async fn raise_once(node: &MetadataNode) -> Result<Option<FormatGeneration>, Str
     }
     node.propose(None, MetaCommand::SetFormatGeneration { generation: readable })
         .await
-        .map_err(|status| StrataError::unavailable(status.message().to_owned()))?;
+        .map_err(|status| MemberError::quorum("raising the format generation", status.message()))?;
     Ok(Some(readable))
 }
 

@@ -6,6 +6,7 @@
 
 pub mod backup;
 pub mod catalog;
+pub mod error;
 mod formats;
 pub mod leases;
 pub mod sealing;
@@ -14,6 +15,7 @@ pub mod server;
 pub use catalog::{
     Catalog, MetaCommand, MetaEntry, MetaResponse, QueueConfig, QueueRecord, SegmentRecord, ShardRecord,
 };
+pub use error::MemberError;
 pub use server::MetadataNode;
 
 openraft::declare_raft_types!(

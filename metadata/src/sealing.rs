@@ -27,6 +27,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error::MemberError;
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use base64::Engine;
 use serde::Deserialize;
@@ -119,7 +120,7 @@ impl Keks {
             .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), aad(access_key_id), &mut sealed)
             .is_err()
         {
-            return Some(Err(StrataError::internal("sealing a secret failed")));
+            return Some(Err(MemberError::bug("sealing a secret failed", "the AEAD refused").into()));
         }
         let mut body = nonce.to_vec();
         body.extend_from_slice(&sealed);
@@ -130,25 +131,27 @@ impl Keks {
     /// The clear secret of a stored one (sealed or not) of `access_key_id`.
     pub fn open(&self, stored: &str, access_key_id: &str) -> Result<String, StrataError> {
         let Some(rest) = stored.strip_prefix(SEALED_PREFIX) else { return Ok(stored.to_owned()) };
-        let (id, encoded) =
-            rest.split_once(':').ok_or_else(|| StrataError::internal("a sealed secret is malformed"))?;
+        let malformed =
+            |why: &str| MemberError::damaged("a sealed secret is malformed", format_args!("{access_key_id}: {why}"));
+        let (id, encoded) = rest.split_once(':').ok_or_else(|| malformed("no KEK id"))?;
         let kek = self.keys.iter().find(|k| k.id == id).ok_or_else(|| {
-            StrataError::internal(format!("a secret is sealed under KEK '{id}', which this member does not hold"))
+            MemberError::damaged(
+                "a secret is sealed under a KEK this member does not hold",
+                format_args!("{access_key_id}: KEK '{id}'"),
+            )
         })?;
-        let body = base64::engine::general_purpose::STANDARD_NO_PAD
-            .decode(encoded)
-            .map_err(|_| StrataError::internal("a sealed secret is malformed"))?;
+        let body =
+            base64::engine::general_purpose::STANDARD_NO_PAD.decode(encoded).map_err(|_| malformed("not base64"))?;
         if body.len() < NONCE_LEN {
-            return Err(StrataError::internal("a sealed secret is malformed"));
+            return Err(malformed("shorter than its nonce").into());
         }
         let (nonce, ciphertext) = body.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| StrataError::internal("bad nonce"))?;
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| malformed("bad nonce"))?;
         let mut buffer = ciphertext.to_vec();
-        let clear = kek
-            .key
-            .open_in_place(nonce, aad(access_key_id), &mut buffer)
-            .map_err(|_| StrataError::internal(format!("a secret sealed under KEK '{id}' does not open")))?;
-        String::from_utf8(clear.to_vec()).map_err(|_| StrataError::internal("a sealed secret is not text"))
+        let clear = kek.key.open_in_place(nonce, aad(access_key_id), &mut buffer).map_err(|_| {
+            MemberError::damaged("a sealed secret does not open", format_args!("{access_key_id}: KEK '{id}'"))
+        })?;
+        Ok(String::from_utf8(clear.to_vec()).map_err(|_| malformed("not text"))?)
     }
 }
 
@@ -191,7 +194,9 @@ async fn seal_once(node: &MetadataNode) -> Result<usize, StrataError> {
     for (access_key_id, secret) in &clear {
         let Some(sealed) = keks.seal(&secret.0, access_key_id) else { return Ok(0) };
         let command = MetaCommand::SealSecret { access_key_id: access_key_id.clone(), secret: Secret(sealed?) };
-        node.propose(None, command).await.map_err(|status| StrataError::unavailable(status.message().to_owned()))?;
+        node.propose(None, command)
+            .await
+            .map_err(|status| MemberError::quorum("sealing a secret", status.message()))?;
     }
     Ok(clear.len())
 }

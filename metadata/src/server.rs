@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::error::MemberError;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::ForwardToLeader;
 use openraft::{BasicNode, Config, ReadPolicy, SnapshotPolicy};
@@ -90,7 +91,7 @@ fn access_key_pb(key: AccessKeyRecord, keks: Option<&Keks>) -> Result<pb::Access
 fn access_key_response(response: MetaResponse, keks: Option<&Keks>) -> Result<Response<pb::AccessKey>, Status> {
     match response {
         MetaResponse::AccessKey(key) => Ok(Response::new(access_key_pb(key, keks)?)),
-        other => Err(StrataError::internal(format!("unexpected metadata response {other:?}")).into()),
+        other => Err(MemberError::bug("unexpected metadata response", format_args!("{other:?}")).into()),
     }
 }
 
@@ -269,10 +270,7 @@ impl MetadataNode {
         if target.keys().eq(current.keys()) {
             return Ok(current);
         }
-        let failed = |what: &str, e: &dyn std::fmt::Display| -> Status {
-            tracing::warn!(error = %e, "{what}");
-            StrataError::unavailable(format!("{what}: {e}")).into()
-        };
+        let failed = |what: &'static str, e: &dyn std::fmt::Display| -> Status { MemberError::quorum(what, e).into() };
         let raft = &self.group.raft;
         for (&id, addr) in target.iter().filter(|(id, _)| !current.contains_key(id)) {
             let node = BasicNode { addr: addr.clone() };
@@ -312,13 +310,13 @@ impl MetadataNode {
     pub async fn latest_snapshot(
         &self,
     ) -> Result<Option<openraft::alias::SnapshotOf<MetaRaftConfig, Vec<u8>>>, StrataError> {
-        self.group.raft.get_snapshot().await.map_err(|e| StrataError::internal(format!("reading the snapshot: {e}")))
+        Ok(self.group.raft.get_snapshot().await.map_err(|e| MemberError::bug("reading the snapshot failed", e))?)
     }
 
     /// Takes a snapshot now (it is also taken every few hundred entries).
     pub async fn snapshot_now(&self) -> Result<(), StrataError> {
         let trigger = self.group.raft.trigger().snapshot().await;
-        trigger.map_err(|e| StrataError::internal(format!("triggering a snapshot: {e}")))
+        Ok(trigger.map_err(|e| MemberError::quorum("triggering a snapshot failed", e))?)
     }
 
     /// The member that leads, as far as this one knows.
@@ -508,7 +506,7 @@ impl MetadataService {
     ) -> Result<Response<pb::ShardInfo>, Status> {
         match self.node.propose(request_id, command).await? {
             MetaResponse::Shard(shard) => Ok(Response::new(self.shard_info(&shard))),
-            other => Err(StrataError::internal(format!("unexpected metadata response {other:?}")).into()),
+            other => Err(MemberError::bug("unexpected metadata response", format_args!("{other:?}")).into()),
         }
     }
 
@@ -545,7 +543,7 @@ fn members_response(members: &BTreeMap<u64, String>, leader: Option<u64>) -> pb:
 fn queue_response(response: MetaResponse) -> Result<Response<pb::QueueInfo>, Status> {
     match response {
         MetaResponse::Queue(q) => Ok(Response::new(q.into())),
-        other => Err(StrataError::internal(format!("unexpected metadata response {other:?}")).into()),
+        other => Err(MemberError::bug("unexpected metadata response", format_args!("{other:?}")).into()),
     }
 }
 
@@ -560,7 +558,7 @@ impl Metadata for MetadataService {
         let tenant = request.into_inner().tenant;
         match self.node.propose(request_id, MetaCommand::EnsureTenant { tenant, now_ms: self.node.now_ms() }).await? {
             MetaResponse::Tenant(t) => Ok(Response::new(pb::Tenant { tenant: t.tenant, created_ms: t.created_ms })),
-            other => Err(StrataError::internal(format!("unexpected metadata response {other:?}")).into()),
+            other => Err(MemberError::bug("unexpected metadata response", format_args!("{other:?}")).into()),
         }
     }
 
@@ -687,7 +685,7 @@ impl Metadata for MetadataService {
                     format_generation: self.node.catalog().format_generation(),
                 }))
             }
-            other => Err(StrataError::internal(format!("unexpected metadata response {other:?}")).into()),
+            other => Err(MemberError::bug("unexpected metadata response", format_args!("{other:?}")).into()),
         }
     }
 

@@ -31,6 +31,7 @@ use strata_metadata_client::MetadataClient;
 use strata_wal::format::{encode_record_version_into, encode_segment_header, frame_for_payload};
 use strata_wal::{RecordLocation, SegmentInfo, scan_segment_bytes};
 
+use crate::error::NodeError;
 use crate::shard::{Shard, decode_entry};
 use crate::tier::{covered_ranges, gaps, reclaim_below};
 
@@ -198,8 +199,7 @@ pub async fn backfill_shard_once(shard: &Shard, metadata: &MetadataClient) -> Re
     }
     let catalog = covered_ranges(&metadata.list_segments(shard.shard_id).await?);
     pass.removed = files.remove_covered(&catalog, reclaim_below).map_err(|e| {
-        tracing::error!(shard = shard.shard_id, error = %e, "removing a backfill file");
-        StrataError::internal("backfill file removal failed")
+        NodeError::local_file("backfill file removal failed", format_args!("shard {}: {e}", shard.shard_id))
     })?;
     let mut covered = [local, catalog].concat();
     covered.sort_unstable();
@@ -216,14 +216,13 @@ pub async fn backfill_shard_once(shard: &Shard, metadata: &MetadataClient) -> Re
             for (index, bytes) in &entries {
                 let entry = decode_entry(bytes, shard.log_format())?;
                 if entry.log_id.index() != *index {
-                    tracing::error!(shard = shard.shard_id, index, "a peer answered another log entry");
-                    return Err(StrataError::internal("a peer answered the wrong log entry"));
+                    let detail = format!("shard {}: asked for {index}, got {}", shard.shard_id, entry.log_id.index());
+                    return Err(NodeError::damaged("a replica answered the wrong log entry", detail).into());
                 }
             }
             let next = at + entries.len() as u64;
             files.write(&entries).map_err(|e| {
-                tracing::error!(shard = shard.shard_id, error = %e, "writing a backfill file");
-                StrataError::internal("backfill file write failed")
+                NodeError::local_file("backfill file write failed", format_args!("shard {}: {e}", shard.shard_id))
             })?;
             pass.copied += entries.len() as u64;
             at = next;

@@ -6,6 +6,7 @@
 
 pub mod backfill;
 pub mod disk;
+pub mod error;
 pub mod node;
 pub mod queue;
 pub mod schedule_files;
@@ -13,4 +14,5 @@ pub mod service;
 pub mod shard;
 pub mod tier;
 
+pub use error::NodeError;
 pub use node::{ObjectStoreSettings, StorageNode, StorageSettings};

@@ -17,6 +17,7 @@ use strata_common::proto::{self as pb};
 use tonic::{Request, Response, Status};
 
 use crate::disk::DiskGuard;
+use crate::error::NodeError;
 use crate::node::ShardMap;
 use crate::queue::{self, AttributeValue, Command, Delivery, FifoConfig, FifoIds, NewMessage, QueueConfig, Redrive};
 use crate::shard::{REQUEST_DIGEST_GENERATION, Shard, queue_error};
@@ -291,7 +292,7 @@ impl Storage for StorageService {
                     .map(|s| pb::SentMessage { message_id: s.message_id.to_string(), seq: s.seq })
                     .collect(),
             })),
-            other => Err(StrataError::internal(format!("unexpected response to send: {other:?}")).into()),
+            other => Err(NodeError::bug("unexpected answer to a send", format_args!("{other:?}")).into()),
         }
     }
 
@@ -330,7 +331,7 @@ impl Storage for StorageService {
                     })
                     .collect(),
             })),
-            other => Err(StrataError::internal(format!("unexpected response to delete: {other:?}")).into()),
+            other => Err(NodeError::bug("unexpected answer to a delete", format_args!("{other:?}")).into()),
         }
     }
 
@@ -358,7 +359,7 @@ impl Storage for StorageService {
         let (shard, queue, tenant) = self.route(Some(&r))?;
         match shard.propose(Command::Purge { queue, tenant }).await? {
             queue::Response::Purged { count } => Ok(Response::new(pb::PurgeResponse { purged: count })),
-            other => Err(StrataError::internal(format!("unexpected response to purge: {other:?}")).into()),
+            other => Err(NodeError::bug("unexpected answer to a purge", format_args!("{other:?}")).into()),
         }
     }
 
@@ -512,6 +513,6 @@ fn move_task_pb(task: &queue::MoveTask) -> pb::MoveTaskInfo {
 fn move_task_response(response: queue::Response) -> Result<Response<pb::MoveTaskInfo>, Status> {
     match response {
         queue::Response::MoveTask(task) => Ok(Response::new(move_task_pb(&task))),
-        other => Err(StrataError::internal(format!("unexpected answer to a move-task command: {other:?}")).into()),
+        other => Err(NodeError::bug("unexpected answer to a move-task command", format_args!("{other:?}")).into()),
     }
 }

@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::backfill::{BackfillFiles, FETCH_BYTES_MAX, FETCH_ENTRIES_MAX};
+use crate::error::NodeError;
 use crate::queue::schedule::{
     LOAD_CHUNK_RECORDS_MAX, ScheduledMessage, SliceRecord, deliver_at_of, is_waiting_in, slice_of,
 };
@@ -449,8 +450,8 @@ impl Shard {
                 StrataError::not_leader(&format!("shard {}", self.shard_id), leader)
             }
             None => {
-                tracing::warn!(shard = self.shard_id, error = %e, "shard proposal failed");
-                StrataError::unavailable("the shard is not available; retry")
+                NodeError::shard_unavailable("the shard is not available", format_args!("shard {}: {e}", self.shard_id))
+                    .into()
             }
         })?;
         match response.data {
@@ -506,9 +507,8 @@ impl Shard {
         if voters.iter().eq(target.keys()) {
             return Ok(true);
         }
-        let failed = |what: &str, e: &dyn std::fmt::Display| {
-            tracing::warn!(shard = self.shard_id, error = %e, "{what}");
-            StrataError::unavailable(format!("shard {}: {what}", self.shard_id))
+        let failed = |what: &'static str, e: &dyn std::fmt::Display| {
+            StrataError::from(NodeError::shard_unavailable(what, format_args!("shard {}: {e}", self.shard_id)))
         };
         let known: BTreeSet<u64> = membership.nodes().map(|(id, _)| *id).collect();
         let mut joining = false;
@@ -601,8 +601,8 @@ impl Shard {
     }
 
     fn log_read_failed(&self, index: u64, error: impl fmt::Display) -> StrataError {
-        tracing::error!(shard = self.shard_id, index, error = %error, "local log read failed");
-        StrataError::internal("could not read the log")
+        NodeError::local_file("could not read the log", format_args!("shard {}, entry {index}: {error}", self.shard_id))
+            .into()
     }
 
     /// Committed entries from `first_index` on that this replica holds locally, encoded for a
@@ -679,10 +679,11 @@ impl Shard {
     async fn entry_from_peers(&self, index: u64) -> Result<openraft::alias::EntryOf<ShardRaftConfig>, StrataError> {
         match self.entries_from_peers(index, 1).await.pop() {
             Some((_, bytes)) => decode_entry(&bytes, self.log_format()),
-            None => {
-                tracing::error!(shard = self.shard_id, index, "log entry is neither local, nor tiered, nor on a peer");
-                Err(StrataError::unavailable("a message could not be read from the log now; retry"))
-            }
+            None => Err(NodeError::shard_unavailable(
+                "a message could not be read from the log now",
+                format_args!("shard {}: entry {index} is neither local, nor tiered, nor on a peer", self.shard_id),
+            )
+            .into()),
         }
     }
 
@@ -710,12 +711,12 @@ impl Shard {
             command: Command::Send { messages, .. }, ..
         })) = entry.payload
         else {
-            tracing::error!(shard = self.shard_id, index = at.log_index, "message reference is not a send entry");
-            return Err(StrataError::internal("message reference does not point at a send"));
+            let detail = format!("shard {}, entry {}", self.shard_id, at.log_index);
+            return Err(NodeError::damaged("a message reference does not point at a send", detail).into());
         };
         messages.into_iter().nth(usize::from(at.slot)).ok_or_else(|| {
-            tracing::error!(shard = self.shard_id, index = at.log_index, slot = at.slot, "message slot out of range");
-            StrataError::internal("message reference points past its batch")
+            let detail = format!("shard {}, entry {}, slot {}", self.shard_id, at.log_index, at.slot);
+            NodeError::damaged("a message reference points past its batch", detail).into()
         })
     }
 
@@ -740,7 +741,7 @@ impl Shard {
         }
         match self.propose(Command::CancelScheduled { queue, tenant, message_id }).await? {
             Response::ScheduledCancelled => Ok(()),
-            other => Err(StrataError::internal(format!("unexpected answer to a cancel: {other:?}"))),
+            other => Err(NodeError::bug("unexpected answer to a cancel", format_args!("{other:?}")).into()),
         }
     }
 
@@ -762,17 +763,16 @@ impl Shard {
             return Ok(true);
         }
         if cache.as_ref().is_none_or(|c| c.slice_start_ms != slice_start_ms) {
-            let dir = dir.ok_or_else(|| StrataError::internal("slice files are not open"))?;
+            let dir =
+                dir.ok_or_else(|| NodeError::bug("slice files are not open", format_args!("shard {}", self.shard_id)))?;
             let read = read_slice_blocking(dir, slice_start_ms).await?;
             if read.len() as u64 != records {
-                tracing::error!(
-                    shard = self.shard_id,
-                    slice = slice_start_ms,
-                    read = read.len(),
-                    counted = records,
-                    "a frozen slice file does not hold the records the state counts"
+                let detail = format!(
+                    "shard {}, slice {slice_start_ms}: {} records read, {records} counted",
+                    self.shard_id,
+                    read.len()
                 );
-                return Err(StrataError::internal("a slice file does not match the shard state"));
+                return Err(NodeError::damaged("a slice file does not match the shard state", detail).into());
             }
             *cache = Some(SliceLoad::new(slice_start_ms, read));
         }
@@ -830,10 +830,10 @@ async fn read_slice_blocking(dir: PathBuf, slice_start_ms: u64) -> Result<Vec<Sl
     match read {
         Ok(Ok(records)) => Ok(records),
         Ok(Err(e)) => {
-            tracing::error!(slice = slice_start_ms, error = %e, "reading a slice file failed");
-            Err(StrataError::internal("could not read scheduled messages"))
+            Err(NodeError::local_file("could not read scheduled messages", format_args!("slice {slice_start_ms}: {e}"))
+                .into())
         }
-        Err(e) => Err(StrataError::internal(format!("slice read task failed: {e}"))),
+        Err(e) => Err(NodeError::bug("a slice read task failed", e).into()),
     }
 }
 
@@ -843,10 +843,8 @@ pub fn decode_entry(
     bytes: &Bytes,
     format: &FormatGate,
 ) -> Result<openraft::alias::EntryOf<ShardRaftConfig>, StrataError> {
-    strata_raft::persisted::decode_entry::<ShardRaftConfig>(bytes, format).map_err(|e| {
-        tracing::error!(error = %e, "undecodable shard log entry in a tiered segment");
-        StrataError::internal("a stored log entry could not be decoded")
-    })
+    strata_raft::persisted::decode_entry::<ShardRaftConfig>(bytes, format)
+        .map_err(|e| NodeError::damaged("a stored log entry could not be decoded", e).into())
 }
 
 /// Golden fixtures of the shard's persisted values (see `docs/formats.md`): every command kind,

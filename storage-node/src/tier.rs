@@ -42,6 +42,8 @@ use strata_common::error::StrataError;
 use strata_common::proto as pb;
 use strata_metadata_client::MetadataClient;
 
+use crate::error::NodeError;
+
 /// Size of one cached block of a tiered segment: large enough that draining a queue reads each
 /// block once, small enough that reading one message does not pull a whole segment.
 pub const BLOCK_BYTES: u64 = 256 * 1024;
@@ -68,10 +70,8 @@ pub struct SegmentIndex {
 impl SegmentIndex {
     /// Builds the index of a sealed segment file's bytes, validating every record.
     pub fn of_segment(bytes: &[u8]) -> Result<Self, StrataError> {
-        let locations = strata_wal::scan_segment_bytes(bytes).map_err(|e| {
-            tracing::error!(error = %e, "sealed segment failed validation before upload");
-            StrataError::internal("a sealed segment is corrupt")
-        })?;
+        let locations = strata_wal::scan_segment_bytes(bytes)
+            .map_err(|e| NodeError::damaged("a sealed segment failed validation before upload", e))?;
         let records = locations.iter().map(|l| (l.index, (l.offset, l.len as u32))).collect();
         Ok(Self { records })
     }
@@ -95,9 +95,9 @@ impl SegmentIndex {
 
     /// Parses the tail: returns the index length in bytes.
     fn decode_tail(tail: &[u8]) -> Result<(u64, u32), StrataError> {
-        let bad = || StrataError::internal("a tiered segment has a damaged index");
+        let bad = || NodeError::damaged("a tiered segment has a damaged index", "its tail");
         if tail.len() != TAIL_BYTES as usize || &tail[9..16] != TAIL_MAGIC || tail[8] != INDEX_FORMAT_VERSION {
-            return Err(bad());
+            return Err(bad().into());
         }
         let len = u32::from_le_bytes(tail[0..4].try_into().map_err(|_| bad())?);
         let crc = u32::from_le_bytes(tail[4..8].try_into().map_err(|_| bad())?);
@@ -105,9 +105,9 @@ impl SegmentIndex {
     }
 
     fn decode_body(body: &[u8], crc: u32) -> Result<Self, StrataError> {
-        let bad = || StrataError::internal("a tiered segment has a damaged index");
+        let bad = || NodeError::damaged("a tiered segment has a damaged index", "its body");
         if crc32c::crc32c(body) != crc || !body.len().is_multiple_of(INDEX_RECORD_BYTES) {
-            return Err(bad());
+            return Err(bad().into());
         }
         let mut records = BTreeMap::new();
         for chunk in body.chunks_exact(INDEX_RECORD_BYTES) {
@@ -192,17 +192,18 @@ impl TieredReader {
         let mut catalogs = self.catalogs.lock();
         catalogs.insert(shard_id, segments.into_iter().map(|s| (s.first_index, s)).collect());
         lookup(&catalogs).ok_or_else(|| {
-            tracing::debug!(shard_id, index, "log entry is neither local nor in the segment catalog");
-            StrataError::internal("a message could not be found in the log")
+            NodeError::not_held(
+                "a message could not be found in the log",
+                format_args!("shard {shard_id}: log entry {index} is neither local nor in the segment catalog"),
+            )
+            .into()
         })
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StrataError> {
         self.stats.object_gets.fetch_add(1, Ordering::Relaxed);
-        self.store.get_range(&ObjectPath::from(key), range).await.map_err(|e| {
-            tracing::warn!(key, error = %e, "object store read failed");
-            StrataError::unavailable("object storage is not reachable; retry")
-        })
+        let read = self.store.get_range(&ObjectPath::from(key), range).await;
+        Ok(read.map_err(|e| NodeError::bucket("object storage is not reachable", format_args!("reading {key}: {e}")))?)
     }
 
     async fn index_of(&self, segment: &pb::Segment) -> Result<Arc<SegmentIndex>, StrataError> {
@@ -211,11 +212,13 @@ impl TieredReader {
         }
         let size = segment.size_bytes;
         if size < TAIL_BYTES {
-            return Err(StrataError::internal("a tiered segment is too short"));
+            return Err(NodeError::damaged("a tiered segment is too short", &segment.object_key).into());
         }
         let tail = self.get_range(&segment.object_key, size - TAIL_BYTES..size).await?;
         let (len, crc) = SegmentIndex::decode_tail(&tail)?;
-        let start = (size - TAIL_BYTES).checked_sub(len).ok_or_else(|| StrataError::internal("bad index length"))?;
+        let start = (size - TAIL_BYTES)
+            .checked_sub(len)
+            .ok_or_else(|| NodeError::damaged("a tiered segment has a damaged index", &segment.object_key))?;
         let body = self.get_range(&segment.object_key, start..size - TAIL_BYTES).await?;
         let index = Arc::new(SegmentIndex::decode_body(&body, crc)?);
         let mut indexes = self.indexes.lock();
@@ -248,10 +251,12 @@ impl TieredReader {
     pub async fn read_record(&self, shard_id: u64, index: u64) -> Result<Bytes, StrataError> {
         let segment = self.segment_for(shard_id, index).await?;
         let segment_index = self.index_of(&segment).await?;
-        let &(offset, len) = segment_index
-            .records
-            .get(&index)
-            .ok_or_else(|| StrataError::internal("a tiered segment does not hold an entry its catalog claims"))?;
+        let &(offset, len) = segment_index.records.get(&index).ok_or_else(|| {
+            NodeError::damaged(
+                "a tiered segment does not hold an entry its catalog claims",
+                format_args!("{} lacks log entry {index}", segment.object_key),
+            )
+        })?;
         let end = offset + u64::from(len);
         let mut frame = Vec::with_capacity(len as usize);
         for block in offset / BLOCK_BYTES..=(end - 1) / BLOCK_BYTES {
@@ -259,17 +264,17 @@ impl TieredReader {
             let block_start = block * BLOCK_BYTES;
             let from = offset.max(block_start) - block_start;
             let to = end.min(block_start + bytes.len() as u64) - block_start;
-            let slice = bytes
-                .get(from as usize..to as usize)
-                .ok_or_else(|| StrataError::internal("a tiered segment block is shorter than expected"))?;
+            let slice = bytes.get(from as usize..to as usize).ok_or_else(|| {
+                NodeError::damaged("a tiered segment block is shorter than expected", &segment.object_key)
+            })?;
             frame.extend_from_slice(slice);
         }
         let (record_index, payload) = strata_wal::decode_record_at(&frame).map_err(|e| {
-            tracing::error!(shard_id, index, error = %e, "tiered record failed its checksum");
-            StrataError::internal("a stored record is damaged")
+            NodeError::damaged("a stored record is damaged", format_args!("shard {shard_id}, log entry {index}: {e}"))
         })?;
         if record_index != index {
-            return Err(StrataError::internal("a tiered segment index points at the wrong record"));
+            let detail = format!("{}: entry {index} found {record_index}", segment.object_key);
+            return Err(NodeError::damaged("a tiered segment index points at the wrong record", detail).into());
         }
         Ok(payload)
     }
@@ -297,8 +302,7 @@ async fn upload_segment(
     last_index: u64,
 ) -> Result<pb::Segment, StrataError> {
     let bytes = tokio::fs::read(&info.path).await.map_err(|e| {
-        tracing::error!(path = %info.path.display(), error = %e, "reading a sealed segment");
-        StrataError::internal("a sealed segment could not be read")
+        NodeError::local_file("a sealed segment could not be read", format_args!("{}: {e}", info.path.display()))
     })?;
     let index = SegmentIndex::of_segment(&bytes)?;
     let mut object = BytesMut::from(&bytes[..]);
@@ -319,20 +323,18 @@ async fn upload_segment(
         Ok(_) => Ok(segment),
         // A retry after a failure between upload and commit: same epoch, same bytes.
         Err(object_store::Error::AlreadyExists { .. }) => {
-            let meta = store.head(&ObjectPath::from(key.as_str())).await.map_err(|e| {
-                tracing::warn!(key, error = %e, "object store head failed");
-                StrataError::unavailable("object storage is not reachable")
-            })?;
+            let meta = store
+                .head(&ObjectPath::from(key.as_str()))
+                .await
+                .map_err(|e| NodeError::bucket("object storage is not reachable", format_args!("head {key}: {e}")))?;
             if meta.size == segment.size_bytes {
                 Ok(segment)
             } else {
-                tracing::error!(key, "an object with this segment's key exists with other content");
-                Err(StrataError::internal("segment key collision"))
+                Err(NodeError::damaged("segment key collision", format_args!("{key} exists with other content")).into())
             }
         }
         Err(e) => {
-            tracing::warn!(key, error = %e, "segment upload failed");
-            Err(StrataError::unavailable("object storage is not reachable"))
+            Err(NodeError::bucket("object storage is not reachable", format_args!("uploading {key}: {e}")).into())
         }
     }
 }
@@ -470,10 +472,10 @@ pub async fn tier_shard_once(
             upload_gaps(shard, store, metadata, reader, writer_epoch, &info, reclaim_below, &mut covered).await?;
         // Tiered (or dead) and recorded: the file may go once no restart would replay it.
         if purged_index.is_some_and(|p| info.last_index <= p) {
-            let removed = shard.wal().remove_sealed_through(info.last_index).map_err(|e| {
-                tracing::error!(error = %e, "removing a tiered segment locally");
-                StrataError::internal("local segment removal failed")
-            })?;
+            let removed = shard
+                .wal()
+                .remove_sealed_through(info.last_index)
+                .map_err(|e| NodeError::local_file("local segment removal failed", e))?;
             reader.stats.segments_removed_locally.fetch_add(removed.len() as u64, Ordering::Relaxed);
             pass.removed_locally += removed.len();
         } else {
@@ -531,10 +533,10 @@ pub async fn release_tiered_segments(
     else {
         return Ok(0);
     };
-    let removed = shard.wal().remove_sealed_through(last).map_err(|e| {
-        tracing::error!(error = %e, "removing a tiered segment locally");
-        StrataError::internal("local segment removal failed")
-    })?;
+    let removed = shard
+        .wal()
+        .remove_sealed_through(last)
+        .map_err(|e| NodeError::local_file("local segment removal failed", e))?;
     reader.stats.segments_removed_locally.fetch_add(removed.len() as u64, Ordering::Relaxed);
     Ok(removed.len())
 }

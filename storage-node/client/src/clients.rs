@@ -82,7 +82,10 @@ impl StorageClients {
             return Ok(client.clone());
         }
         let channel = strata_tls::lazy_channel(address, STORAGE_CALL_TIMEOUT, &self.credentials, Role::Storage)
-            .map_err(|e| StrataError::internal(format!("bad storage address '{address}': {e}")))?;
+            .map_err(|e| {
+                tracing::error!(address, error = %e, "a storage node's registered address is not usable");
+                StrataError::internal("a storage node's address is not usable")
+            })?;
         let client = client(BoxCloneSyncService::new(channel.map_err(TransportError::from)));
         self.by_address.lock().insert(address.to_string(), client.clone());
         Ok(client)
