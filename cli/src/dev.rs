@@ -91,6 +91,10 @@ pub(crate) struct DevArgs {
     /// Seal the active segment after this many idle milliseconds, so idle tails tier too.
     #[arg(long, default_value_t = ShardLogSettings::default().seal_idle_after.as_millis() as u64)]
     seal_idle_ms: u64,
+    /// Sealed segments kept on local disk after tiering, newest first, for reads, in bytes per
+    /// shard (never more than half the room above the disk reserve).
+    #[arg(long, default_value_t = ShardLogSettings::default().local_retention_bytes)]
+    local_retention_bytes: u64,
     /// How often sealed segments are tiered, in milliseconds.
     #[arg(long, default_value_t = 5_000)]
     tier_interval_ms: u64,
@@ -324,6 +328,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
                 segment_size_bytes_max: args.segment_bytes,
                 snapshot_every_entries: args.snapshot_every,
                 seal_idle_after: Duration::from_millis(args.seal_idle_ms),
+                local_retention_bytes: args.local_retention_bytes,
             },
             tier_interval: Duration::from_millis(args.tier_interval_ms),
             expire_interval: Duration::from_secs(1),

@@ -197,6 +197,10 @@ struct StorageConfig {
     segment_bytes: u64,
     #[serde(default = "default_tier_interval_ms")]
     tier_interval_ms: u64,
+    /// Sealed segments kept on local disk after tiering, newest first, for reads (default
+    /// 1 GiB per shard, never more than half the room above the disk reserve).
+    #[serde(default = "default_local_retention_bytes")]
+    local_retention_bytes: u64,
     #[serde(default = "default_cache_memory_mib")]
     cache_memory_mib: usize,
     #[serde(default = "default_cache_disk_mib")]
@@ -221,6 +225,9 @@ fn one() -> u32 {
 fn default_segment_bytes() -> u64 {
     ShardLogSettings::default().segment_size_bytes_max
 }
+fn default_local_retention_bytes() -> u64 {
+    ShardLogSettings::default().local_retention_bytes
+}
 fn default_tier_interval_ms() -> u64 {
     5_000
 }
@@ -242,7 +249,11 @@ pub(crate) async fn storage(args: RoleArgs) -> anyhow::Result<()> {
         metadata_endpoint: config.metadata,
         object_store: config.object_store,
         initial_shards: config.initial_shards,
-        log: ShardLogSettings { segment_size_bytes_max: config.segment_bytes, ..ShardLogSettings::default() },
+        log: ShardLogSettings {
+            segment_size_bytes_max: config.segment_bytes,
+            local_retention_bytes: config.local_retention_bytes,
+            ..ShardLogSettings::default()
+        },
         tier_interval: Duration::from_millis(config.tier_interval_ms),
         expire_interval: Duration::from_secs(1),
         cache_memory_bytes: config.cache_memory_mib * 1024 * 1024,

@@ -96,6 +96,13 @@ impl DiskGuard {
         }
     }
 
+    /// The space above the reserve as of the last check, less the writes admitted since: what
+    /// optional uses of the disk (sealed segments kept for reads) may take a share of.
+    pub fn room_above_reserve_bytes(&self) -> u64 {
+        let admitted = self.admitted_bytes.load(Ordering::Acquire);
+        self.available_bytes.load(Ordering::Acquire).saturating_sub(admitted).saturating_sub(self.reserve_bytes)
+    }
+
     /// Whether new data may be written; the refusal to answer otherwise.
     pub fn admit(&self) -> Result<(), StrataError> {
         self.admit_bytes(0)

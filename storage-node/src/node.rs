@@ -144,6 +144,9 @@ struct Host {
     cancel: CancellationToken,
     /// Which format generation this node's shards write, and the newest they read.
     format: FormatGate,
+    /// The data directory's free space (new data is refused below the reserve; sealed segments
+    /// are kept locally for reads only while there is room).
+    disk: Arc<DiskGuard>,
 }
 
 /// How long start-up keeps retrying registration while metadata comes up.
@@ -214,6 +217,7 @@ impl StorageNode {
             .await?,
         );
         let shards: ShardMap = Arc::default();
+        let disk = DiskGuard::new(&settings.data_dir, settings.disk_reserve_bytes);
         let host = Arc::new(Host {
             settings: settings.clone(),
             clock,
@@ -225,13 +229,13 @@ impl StorageNode {
             hosted: tokio::sync::Mutex::new(HashMap::new()),
             cancel: CancellationToken::new(),
             format,
+            disk: disk.clone(),
         });
         for placement in &placements {
             host.open_shard(placement, false).await?;
         }
 
         let mut tasks = Vec::new();
-        let disk = DiskGuard::new(&settings.data_dir, settings.disk_reserve_bytes);
         tasks.push(tokio::spawn(disk.clone().watch(host.clock.clone(), host.cancel.clone())));
         let service = StorageServer::new(StorageService::new(shards, random, disk))
             .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
@@ -332,8 +336,9 @@ impl Host {
                 self.store.clone(),
                 self.metadata.clone(),
                 self.reader.clone(),
+                self.disk.clone(),
                 settings.tier_interval,
-                settings.log.seal_idle_after,
+                settings.log.clone(),
                 cancel.clone(),
             )),
             tokio::spawn(expire_loop(shard.clone(), settings.expire_interval, cancel.clone())),
@@ -484,10 +489,12 @@ async fn tier_loop(
     store: Arc<dyn ObjectStore>,
     metadata: MetadataClient,
     reader: Arc<TieredReader>,
+    disk: Arc<DiskGuard>,
     interval: Duration,
-    seal_idle_after: Duration,
+    log: ShardLogSettings,
     cancel: CancellationToken,
 ) {
+    let (seal_idle_after, local_retention_bytes) = (log.seal_idle_after, log.local_retention_bytes);
     // An idle shard seals its active segment after `seal_idle_after`, so its tail tiers too.
     let mut last_seen_index = None;
     let clock = shard.clock().clone();
@@ -507,16 +514,18 @@ async fn tier_loop(
             }
             idle_since = clock.instant();
         }
+        // Tiered segments stay for reads while the disk has room for them.
+        let keep_local_bytes = local_retention_bytes.min(disk.room_above_reserve_bytes() / 2);
         // Only the leader uploads and collects; followers drop what it has tiered.
         if !shard.is_leader() {
-            match release_tiered_segments(&shard, &metadata, &reader).await {
+            match release_tiered_segments(&shard, &metadata, &reader, keep_local_bytes).await {
                 Ok(0) => {}
                 Ok(removed) => tracing::info!(shard = shard.shard_id, removed, "released tiered segments"),
                 Err(e) => tracing::warn!(shard = shard.shard_id, error = %e, "releasing tiered segments failed"),
             }
             continue;
         }
-        match tier_shard_once(&shard, store.as_ref(), &metadata, &reader).await {
+        match tier_shard_once(&shard, store.as_ref(), &metadata, &reader, keep_local_bytes).await {
             Ok(pass) if pass != Default::default() => tracing::info!(shard = shard.shard_id, ?pass, "tiering pass"),
             Ok(_) => {}
             Err(e) => tracing::warn!(shard = shard.shard_id, error = %e, "tiering pass failed; will retry"),

@@ -146,9 +146,11 @@ fn message_from_pb(m: pb::NewMessage, random: &Random) -> Result<NewMessage, Str
 }
 
 async fn deliver(shard: &Shard, deliveries: Vec<Delivery>) -> Result<Vec<pb::ReceivedMessage>, StrataError> {
+    let refs: Vec<_> = deliveries.iter().map(|d| d.body_ref).collect();
+    let messages = shard.read_messages(&refs).await;
     let mut out = Vec::with_capacity(deliveries.len());
-    for d in deliveries {
-        let message = shard.read_message(d.body_ref).await?;
+    for (d, message) in deliveries.into_iter().zip(messages) {
+        let message = message?;
         out.push(pb::ReceivedMessage {
             message_id: d.message_id.to_string(),
             receipt_handle: d.receipt,

@@ -239,6 +239,11 @@ pub struct ShardLogSettings {
     /// A shard that appended nothing for this long seals its active segment, so the tail of an
     /// idle queue tiers too instead of waiting for the segment to fill.
     pub seal_idle_after: std::time::Duration,
+    /// Sealed segments kept on local disk after they are tiered, newest first, up to about this
+    /// many bytes (and half the disk's room above its reserve): reads of recent messages, a
+    /// backlog being drained, come from the local log instead of the bucket. Segments holding
+    /// only dead entries go at once.
+    pub local_retention_bytes: u64,
 }
 
 impl Default for ShardLogSettings {
@@ -247,6 +252,7 @@ impl Default for ShardLogSettings {
             segment_size_bytes_max: 64 * 1024 * 1024,
             snapshot_every_entries: 20_000,
             seal_idle_after: std::time::Duration::from_secs(60),
+            local_retention_bytes: 1 << 30,
         }
     }
 }
@@ -699,25 +705,49 @@ impl Shard {
         }
     }
 
-    /// Reads the message a [`MessageRef`] points at: local WAL first (then its backfill files),
-    /// then object storage, then another replica's local log.
-    pub async fn read_message(&self, at: MessageRef) -> Result<NewMessage, StrataError> {
-        let local = self.group.log.read_entry(at.log_index).map_err(|e| self.log_read_failed(at.log_index, e))?;
+    /// Reads the messages `refs` point at, one answer per ref in order: each Send entry is read
+    /// and decoded once however many of its messages are asked for, from the local WAL first
+    /// (then its backfill files), then object storage, then another replica's local log. One
+    /// entry that cannot be read fails only the refs into it.
+    pub async fn read_messages(&self, refs: &[MessageRef]) -> Vec<Result<NewMessage, StrataError>> {
+        let mut by_entry: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+        for (position, at) in refs.iter().enumerate() {
+            by_entry.entry(at.log_index).or_default().push(position);
+        }
+        let mut out: Vec<Option<Result<NewMessage, StrataError>>> = vec![None; refs.len()];
+        for (log_index, positions) in by_entry {
+            let messages = self.send_entry(log_index).await;
+            for position in positions {
+                let slot = refs[position].slot;
+                out[position] = Some(match &messages {
+                    Ok(messages) => messages.get(usize::from(slot)).cloned().ok_or_else(|| {
+                        let detail = format!("shard {}, entry {log_index}, slot {slot}", self.shard_id);
+                        NodeError::damaged("a message reference points past its batch", detail).into()
+                    }),
+                    Err(e) => Err(e.clone()),
+                });
+            }
+        }
+        out.into_iter().flatten().collect()
+    }
+
+    /// The messages of the Send entry at `log_index`.
+    async fn send_entry(&self, log_index: u64) -> Result<Vec<NewMessage>, StrataError> {
+        let local = self.group.log.read_entry(log_index).map_err(|e| self.log_read_failed(log_index, e))?;
         let entry = match local {
             Some(entry) => entry,
-            None => self.entry_elsewhere(at.log_index).await?,
+            None => self.entry_elsewhere(log_index).await?,
         };
-        let openraft::EntryPayload::Normal(ShardEntry(ShardCommand {
-            command: Command::Send { messages, .. }, ..
-        })) = entry.payload
-        else {
-            let detail = format!("shard {}, entry {}", self.shard_id, at.log_index);
-            return Err(NodeError::damaged("a message reference does not point at a send", detail).into());
-        };
-        messages.into_iter().nth(usize::from(at.slot)).ok_or_else(|| {
-            let detail = format!("shard {}, entry {}, slot {}", self.shard_id, at.log_index, at.slot);
-            NodeError::damaged("a message reference points past its batch", detail).into()
-        })
+        match entry.payload {
+            openraft::EntryPayload::Normal(ShardEntry(ShardCommand {
+                command: Command::Send { messages, .. },
+                ..
+            })) => Ok(messages),
+            _ => {
+                let detail = format!("shard {}, entry {log_index}", self.shard_id);
+                Err(NodeError::damaged("a message reference does not point at a send", detail).into())
+            }
+        }
     }
 
     /// Cancels a message scheduled with a deliver-at time that is not due yet. While its slice is

@@ -134,7 +134,9 @@ pub struct TierStats {
 /// Reads records of tiered segments through the block cache.
 pub struct TieredReader {
     store: Arc<dyn ObjectStore>,
-    cache: HybridCache<String, Vec<u8>>,
+    /// Blocks by `object key#block`. `Bytes`, so a hit hands out the block without copying it
+    /// (serialized like `Vec<u8>`: length, then the bytes).
+    cache: HybridCache<String, Bytes>,
     metadata: MetadataClient,
     /// Per shard, the catalog's segments by first index (refreshed on a miss).
     catalogs: Mutex<HashMap<u64, BTreeMap<u64, pb::Segment>>>,
@@ -156,7 +158,7 @@ impl TieredReader {
         let cache = HybridCacheBuilder::new()
             .with_name("strata-segments")
             .memory(memory_bytes)
-            .with_weighter(|key: &String, value: &Vec<u8>| key.len() + value.len())
+            .with_weighter(|key: &String, value: &Bytes| key.len() + value.len())
             .storage()
             .with_engine_config(BlockEngineConfig::new(device))
             .build()
@@ -229,7 +231,7 @@ impl TieredReader {
         Ok(index)
     }
 
-    async fn block(&self, segment: &pb::Segment, block: u64) -> Result<Vec<u8>, StrataError> {
+    async fn block(&self, segment: &pb::Segment, block: u64) -> Result<Bytes, StrataError> {
         let cache_key = format!("{}#{block}", segment.object_key);
         match self.cache.get(&cache_key).await {
             Ok(Some(entry)) => {
@@ -242,7 +244,7 @@ impl TieredReader {
         self.stats.block_cache_misses.fetch_add(1, Ordering::Relaxed);
         let start = block * BLOCK_BYTES;
         let end = (start + BLOCK_BYTES).min(segment.size_bytes);
-        let bytes = self.get_range(&segment.object_key, start..end).await?.to_vec();
+        let bytes = self.get_range(&segment.object_key, start..end).await?;
         self.cache.insert(cache_key, bytes.clone());
         Ok(bytes)
     }
@@ -337,6 +339,21 @@ async fn upload_segment(
             Err(NodeError::bucket("object storage is not reachable", format_args!("uploading {key}: {e}")).into())
         }
     }
+}
+
+/// The first index of the oldest sealed segment kept locally for reads: the newest segments
+/// whose sizes add up to at most `keep_local_bytes` (`u64::MAX` when none fits).
+fn kept_for_reads_from(sealed: &[strata_wal::SegmentInfo], keep_local_bytes: u64) -> u64 {
+    let mut kept_bytes = 0u64;
+    let mut kept_from = u64::MAX;
+    for info in sealed.iter().rev() {
+        kept_bytes = kept_bytes.saturating_add(info.size_bytes);
+        if kept_bytes > keep_local_bytes {
+            break;
+        }
+        kept_from = info.first_index;
+    }
+    kept_from
 }
 
 /// Entries below both the oldest live message and the purge point are never read again.
@@ -444,6 +461,7 @@ pub async fn tier_shard_once(
     store: &dyn ObjectStore,
     metadata: &MetadataClient,
     reader: &TieredReader,
+    keep_local_bytes: u64,
 ) -> Result<TierPass, StrataError> {
     let mut pass = TierPass::default();
     let writer_epoch = claim_writer_epoch(shard, metadata).await?;
@@ -464,14 +482,23 @@ pub async fn tier_shard_once(
         pass.uploaded +=
             upload_gaps(shard, store, metadata, reader, writer_epoch, &info, reclaim_below, &mut covered).await?;
     }
-    for info in shard.wal().sealed_segments() {
+    let sealed = shard.wal().sealed_segments();
+    let kept_from = kept_for_reads_from(&sealed, keep_local_bytes);
+    // Files leave in order: once one is kept for reads, so are the ones after it.
+    let mut keeping = false;
+    for info in sealed {
         if info.last_index > applied_index {
             break;
         }
         pass.uploaded +=
             upload_gaps(shard, store, metadata, reader, writer_epoch, &info, reclaim_below, &mut covered).await?;
-        // Tiered (or dead) and recorded: the file may go once no restart would replay it.
+        keeping = keeping || (info.last_index >= reclaim_below && info.last_index >= kept_from);
+        // Tiered (or dead) and recorded: the file may go once no restart would replay it,
+        // unless it is among the newest kept for reads.
         if purged_index.is_some_and(|p| info.last_index <= p) {
+            if keeping {
+                continue;
+            }
             let removed = shard
                 .wal()
                 .remove_sealed_through(info.last_index)
@@ -513,20 +540,25 @@ pub async fn release_tiered_segments(
     shard: &crate::shard::Shard,
     metadata: &MetadataClient,
     reader: &TieredReader,
+    keep_local_bytes: u64,
 ) -> Result<usize, StrataError> {
     let Some(purged_index) = shard.purged_index() else { return Ok(0) };
     let sealed = shard.wal().sealed_segments();
+    let kept_from = kept_for_reads_from(&sealed, keep_local_bytes);
     if !sealed.iter().any(|s| s.last_index <= purged_index) {
         return Ok(0);
     }
     let catalog = metadata.list_segments(shard.shard_id).await?;
     let covered = covered_ranges(&catalog);
     let reclaim_below = reclaim_below(shard, Some(purged_index));
-    // The files in order, up to the first one whose live entries are not all in the catalog.
+    // The files in order, up to the first one whose live entries are not all in the catalog, or
+    // that is kept for reads.
     let Some(last) = sealed
         .iter()
         .take_while(|s| {
-            s.last_index <= purged_index && gaps(&covered, s.first_index.max(reclaim_below), s.last_index).is_empty()
+            s.last_index <= purged_index
+                && gaps(&covered, s.first_index.max(reclaim_below), s.last_index).is_empty()
+                && (s.last_index < reclaim_below || s.last_index < kept_from)
         })
         .map(|s| s.last_index)
         .last()
@@ -566,6 +598,23 @@ pub async fn probe_conditional_create(store: &dyn ObjectStore, node_id: &str, no
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_newest_segments_that_fit_the_budget_are_kept_for_reads() {
+        let segment = |first_index, last_index, size_bytes| strata_wal::SegmentInfo {
+            first_index,
+            last_index,
+            path: std::path::PathBuf::new(),
+            size_bytes,
+        };
+        let sealed = [segment(1, 10, 100), segment(11, 20, 100), segment(21, 30, 100)];
+        assert_eq!(kept_for_reads_from(&sealed, 0), u64::MAX);
+        assert_eq!(kept_for_reads_from(&sealed, 99), u64::MAX);
+        assert_eq!(kept_for_reads_from(&sealed, 100), 21);
+        assert_eq!(kept_for_reads_from(&sealed, 250), 11);
+        assert_eq!(kept_for_reads_from(&sealed, 300), 1);
+        assert_eq!(kept_for_reads_from(&[], 300), u64::MAX);
+    }
 
     #[test]
     fn gaps_are_the_uncovered_parts_of_a_range() {

@@ -81,6 +81,7 @@ fn tiering_fast() -> (ShardLogSettings, Duration) {
         segment_size_bytes_max: 16 * 1024,
         snapshot_every_entries: 8,
         seal_idle_after: Duration::from_millis(300),
+        local_retention_bytes: 0,
     };
     (log, Duration::from_millis(100))
 }
@@ -561,7 +562,7 @@ async fn a_replica_joined_by_snapshot_copies_older_entries_from_its_peers() {
     // Every message, including those before its log starts, reads back at the new replica.
     let mut bodies = Vec::new();
     for log_index in 1..=applied {
-        if let Ok(message) = joined.read_message(MessageRef { log_index, slot: 0 }).await {
+        if let Some(Ok(message)) = joined.read_messages(&[MessageRef { log_index, slot: 0 }]).await.pop() {
             bodies.push(String::from_utf8_lossy(&message.body).into_owned());
         }
     }
@@ -589,7 +590,7 @@ async fn a_replica_joined_by_snapshot_copies_older_entries_from_its_peers() {
     }
     let mut bodies = Vec::new();
     for log_index in 1..=applied {
-        if let Ok(message) = joined.read_message(MessageRef { log_index, slot: 0 }).await {
+        if let Some(Ok(message)) = joined.read_messages(&[MessageRef { log_index, slot: 0 }]).await.pop() {
             bodies.push(String::from_utf8_lossy(&message.body).into_owned());
         }
     }

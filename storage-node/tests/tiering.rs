@@ -60,6 +60,7 @@ async fn start_storage(
             segment_size_bytes_max: 24 * 1024,
             snapshot_every_entries: 16,
             seal_idle_after: Duration::from_millis(300),
+            local_retention_bytes: 0,
         },
         tier_interval: Duration::from_millis(100),
         expire_interval: Duration::from_secs(1),
