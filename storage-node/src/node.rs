@@ -50,6 +50,17 @@ pub enum ObjectStoreSettings {
     },
 }
 
+/// How long a bucket request is retried before its error reaches the caller: a receive of
+/// tiered messages waits at most this long on an unreachable bucket before it is answered
+/// `Unavailable` (and its messages are taken back), instead of object_store's 3 minutes.
+fn bucket_retry() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        backoff: object_store::BackoffConfig::default(),
+        max_retries: 3,
+        retry_timeout: Duration::from_secs(10),
+    }
+}
+
 impl ObjectStoreSettings {
     pub fn build(&self) -> anyhow::Result<Arc<dyn ObjectStore>> {
         match self {
@@ -66,6 +77,7 @@ impl ObjectStoreSettings {
                     .with_secret_access_key(secret_access_key)
                     .with_allow_http(endpoint.starts_with("http://"))
                     .with_virtual_hosted_style_request(false)
+                    .with_retry(bucket_retry())
                     .build()?;
                 if prefix.is_empty() {
                     Ok(Arc::new(store))
@@ -333,12 +345,14 @@ impl Host {
         let tasks = vec![
             tokio::spawn(tier_loop(
                 shard.clone(),
-                self.store.clone(),
-                self.metadata.clone(),
-                self.reader.clone(),
-                self.disk.clone(),
-                settings.tier_interval,
-                settings.log.clone(),
+                TierLoop {
+                    store: self.store.clone(),
+                    metadata: self.metadata.clone(),
+                    reader: self.reader.clone(),
+                    disk: self.disk.clone(),
+                    interval: settings.tier_interval,
+                    log: settings.log.clone(),
+                },
                 cancel.clone(),
             )),
             tokio::spawn(expire_loop(shard.clone(), settings.expire_interval, cancel.clone())),
@@ -484,16 +498,18 @@ async fn backfill_loop(shard: Arc<Shard>, metadata: MetadataClient, cancel: Canc
     }
 }
 
-async fn tier_loop(
-    shard: Arc<Shard>,
+/// What a shard's tiering loop works with.
+struct TierLoop {
     store: Arc<dyn ObjectStore>,
     metadata: MetadataClient,
     reader: Arc<TieredReader>,
     disk: Arc<DiskGuard>,
     interval: Duration,
     log: ShardLogSettings,
-    cancel: CancellationToken,
-) {
+}
+
+async fn tier_loop(shard: Arc<Shard>, tier: TierLoop, cancel: CancellationToken) {
+    let TierLoop { store, metadata, reader, disk, interval, log } = tier;
     let (seal_idle_after, local_retention_bytes) = (log.seal_idle_after, log.local_retention_bytes);
     // An idle shard seals its active segment after `seal_idle_after`, so its tail tiers too.
     let mut last_seen_index = None;

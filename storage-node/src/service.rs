@@ -4,7 +4,7 @@
 //! tenant mismatch exactly like a missing queue. Replies follow the log: a send is answered only
 //! after its entry is fsynced and applied.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use crate::disk::DiskGuard;
 use crate::error::NodeError;
 use crate::node::ShardMap;
 use crate::queue::{self, AttributeValue, Command, Delivery, FifoConfig, FifoIds, NewMessage, QueueConfig, Redrive};
-use crate::shard::{REQUEST_DIGEST_GENERATION, Shard, queue_error};
+use crate::shard::{REQUEST_DIGEST_GENERATION, RETURN_UNDELIVERED_GENERATION, Shard, queue_error};
 
 /// Everything the service routes to.
 pub struct StorageService {
@@ -145,12 +145,38 @@ fn message_from_pb(m: pb::NewMessage, random: &Random) -> Result<NewMessage, Str
     Ok(message)
 }
 
-async fn deliver(shard: &Shard, deliveries: Vec<Delivery>) -> Result<Vec<pb::ReceivedMessage>, StrataError> {
+/// Reads the bodies of what a receive leased and answers the messages whose bodies were read.
+/// Those that could not be read are taken back in the same shard (visible again, their receive
+/// count as before), so a receive counts only when it delivers; in a FIFO queue, so are the
+/// later messages of the same group, which keeps the group in order. When nothing could be read
+/// the read's error is the answer (the caller retries).
+async fn deliver(
+    shard: &Shard,
+    queue_id: u64,
+    tenant: &str,
+    deliveries: Vec<Delivery>,
+) -> Result<Vec<pb::ReceivedMessage>, StrataError> {
     let refs: Vec<_> = deliveries.iter().map(|d| d.body_ref).collect();
     let messages = shard.read_messages(&refs).await;
     let mut out = Vec::with_capacity(deliveries.len());
+    let mut undelivered = Vec::new();
+    let mut held_groups: HashSet<String> = HashSet::new();
+    let mut read_error = None;
     for (d, message) in deliveries.into_iter().zip(messages) {
-        let message = message?;
+        let group_held = d.fifo.as_ref().is_some_and(|f| held_groups.contains(&f.group_id));
+        let message = match message {
+            Ok(message) if !group_held => message,
+            other => {
+                if let Err(e) = other {
+                    read_error.get_or_insert(e);
+                }
+                if let Some(f) = &d.fifo {
+                    held_groups.insert(f.group_id.clone());
+                }
+                undelivered.push(d.receipt);
+                continue;
+            }
+        };
         out.push(pb::ReceivedMessage {
             message_id: d.message_id.to_string(),
             receipt_handle: d.receipt,
@@ -164,7 +190,35 @@ async fn deliver(shard: &Shard, deliveries: Vec<Delivery>) -> Result<Vec<pb::Rec
             message_deduplication_id: d.fifo.map(|f| f.deduplication_id).unwrap_or_default(),
         });
     }
-    Ok(out)
+    if !undelivered.is_empty() {
+        return_undelivered(shard, queue_id, tenant, undelivered).await;
+    }
+    match read_error {
+        Some(e) if out.is_empty() => Err(e),
+        _ => Ok(out),
+    }
+}
+
+/// Takes back leases whose messages were not delivered. A cluster that does not write
+/// [`RETURN_UNDELIVERED_GENERATION`] yet only makes them visible again (their receive counts
+/// stay raised). A failure here is logged: the messages then come back when their visibility
+/// timeout runs out.
+async fn return_undelivered(shard: &Shard, queue: u64, tenant: &str, receipts: Vec<String>) {
+    let tenant = tenant.to_owned();
+    let result = if shard.log_format().writing() >= RETURN_UNDELIVERED_GENERATION {
+        shard.propose(Command::ReturnUndelivered { queue, tenant, receipts }).await.map(drop)
+    } else {
+        let mut result = Ok(());
+        for receipt in receipts {
+            let command =
+                Command::ChangeVisibility { queue, tenant: tenant.clone(), receipt, visibility_timeout_ms: 0 };
+            result = result.and(shard.propose(command).await.map(drop));
+        }
+        result
+    };
+    if let Err(e) = result {
+        tracing::warn!(shard = shard.shard_id, queue, error = %e, "taking back undelivered receives failed");
+    }
 }
 
 /// Receives with long polling: proposes a Receive only when a message is visible, otherwise waits
@@ -218,7 +272,7 @@ async fn receive(
             if let queue::Response::Received(deliveries) = shard.propose(command).await?
                 && !deliveries.is_empty()
             {
-                return deliver(shard, deliveries).await;
+                return deliver(shard, queue_id, &tenant, deliveries).await;
             }
         }
         if now_ms >= deadline_ms {

@@ -50,14 +50,23 @@ pub struct ShardEntry(pub ShardCommand);
 /// The first format generation whose shard commands may carry request digests (version 2).
 pub const REQUEST_DIGEST_GENERATION: strata_common::format::FormatGeneration = 2;
 
+/// The first format generation whose shard commands may take back undelivered receives
+/// ([`Command::ReturnUndelivered`], version 3).
+pub const RETURN_UNDELIVERED_GENERATION: strata_common::format::FormatGeneration = 5;
+
 /// A shard log entry's command, persisted (see `docs/formats.md`). Version 1 is the postcard
 /// encoding of [`ShardCommand`] as it stands; the legacy version is the same layout. Version 2
 /// has that layout too, and its request id may carry the digest of its request
 /// ([`crate::queue::request_key`]), which releases before it would take for a plain id.
+/// Version 3 has that layout too, and may hold [`Command::ReturnUndelivered`], a variant that
+/// releases before it do not know.
 impl Persisted for ShardEntry {
-    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 1, 2];
+    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 1, 2, 2, 2, 3];
 
     fn version_needed(&self) -> u8 {
+        if matches!(self.0.command, Command::ReturnUndelivered { .. }) {
+            return 3;
+        }
         let digest = self.0.request_id.as_deref().is_some_and(|id| id.contains(REQUEST_DIGEST_SEPARATOR));
         if digest { 2 } else { LEGACY_FORMAT_VERSION }
     }
@@ -148,6 +157,7 @@ impl fmt::Display for ShardEntry {
             Command::StartScheduledLoad { .. } => "start-scheduled-load",
             Command::LoadScheduled { .. } => "load-scheduled",
             Command::TrimMetering { .. } => "trim-metering",
+            Command::ReturnUndelivered { .. } => "return-undelivered",
         };
         write!(f, "{name}@{}", self.0.now_ms)
     }
@@ -1060,6 +1070,15 @@ mod format_tests {
             ("expire", plain(Command::Expire)),
             ("purge", plain(Command::Purge { queue: 2, tenant: tenant() })),
             ("delete-queue", plain(Command::DeleteQueue { queue: 2, tenant: tenant() })),
+            // Last, so the states built from this list stay those of the fixtures before it.
+            (
+                "return-undelivered",
+                plain(Command::ReturnUndelivered {
+                    queue: 1,
+                    tenant: tenant(),
+                    receipts: vec!["not-a-receipt".into()],
+                }),
+            ),
         ]
     }
 
@@ -1085,6 +1104,12 @@ mod format_tests {
         golden::check(&fixtures(), "command-send-with-digest", &entry);
         let mut too_old = Vec::new();
         assert!(entry.encode_body(1, &mut too_old).is_err(), "version 1 cannot hold a digest");
+        let (_, take_back) = commands().pop().expect("commands");
+        let entry = ShardEntry(take_back);
+        assert_eq!(entry.version_needed(), 3);
+        assert!(entry.encode_body(2, &mut too_old).is_err(), "version 2 cannot hold a take-back");
+        assert_eq!(ShardEntry::version_for(RETURN_UNDELIVERED_GENERATION - 1), 2);
+        assert_eq!(ShardEntry::version_for(RETURN_UNDELIVERED_GENERATION), 3);
     }
 
     #[test]

@@ -265,6 +265,35 @@ impl Model {
                     Ok(Response::VisibilityChanged)
                 })
             }
+            Command::ReturnUndelivered { queue, tenant, receipts: texts } => {
+                self.queue_mut(*queue, tenant).and_then(|q| {
+                    if texts.len() > RECEIVE_BATCH_MAX as usize {
+                        return Err(QueueError::TooManyEntries);
+                    }
+                    q.settle(now);
+                    for text in texts {
+                        let Some(r) = receipts.get(text).filter(|r| r.queue == *queue && r.seq < q.next_seq) else {
+                            continue;
+                        };
+                        let Some(i) = q.position(r.seq) else { continue };
+                        let m = &mut q.messages[i];
+                        // Only a message still in flight under this very receipt is taken back.
+                        if m.lease != Some(r.lease)
+                            || m.visible_at_ms <= now
+                            || m.sent_ms + q.config.retention_ms <= now
+                        {
+                            continue;
+                        }
+                        m.receive_count -= 1;
+                        if m.receive_count == 0 {
+                            m.first_receive_ms = 0;
+                            m.lease = None;
+                        }
+                        m.visible_at_ms = now;
+                    }
+                    Ok(Response::VisibilityChanged)
+                })
+            }
             Command::Purge { queue, tenant } => self.queue_mut(*queue, tenant).map(|q| {
                 q.settle(now);
                 let count = q.messages.len() as u64;
@@ -366,6 +395,8 @@ enum Op {
         timeout_ms: Option<u64>,
     },
     Delete(Vec<Pick>),
+    /// Takes back receives whose bodies could not be read.
+    ReturnUndelivered(Vec<Pick>),
     ChangeVisibility {
         pick: Pick,
         timeout_ms: u64,
@@ -452,6 +483,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         6 => (0u32..=RECEIVE_BATCH_MAX + 1, timeout)
             .prop_map(|(max, timeout_ms)| Op::Receive { max, timeout_ms }),
         4 => prop::collection::vec(pick_strategy(), 0..=DELETE_BATCH_MAX + 1).prop_map(Op::Delete),
+        2 => prop::collection::vec(pick_strategy(), 0..=RECEIVE_BATCH_MAX as usize + 1).prop_map(Op::ReturnUndelivered),
         3 => (
             pick_strategy(),
             prop_oneof![Just(0u64), time_ms(40_000), Just(VISIBILITY_TIMEOUT_MS_MAX + 1)]
@@ -634,6 +666,10 @@ impl Harness {
             Op::Delete(picks) => {
                 let receipts = picks.iter().map(|p| self.receipt(p)).collect();
                 self.apply(skew, Command::Delete { queue, tenant, receipts })?;
+            }
+            Op::ReturnUndelivered(picks) => {
+                let receipts = picks.iter().map(|p| self.receipt(p)).collect();
+                self.apply(skew, Command::ReturnUndelivered { queue, tenant, receipts })?;
             }
             Op::ChangeVisibility { pick, timeout_ms } => {
                 let receipt = self.receipt(pick);

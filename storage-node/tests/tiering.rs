@@ -23,7 +23,7 @@ use strata_common::proto::{self as pb, storage_client::StorageClient};
 use strata_common::{Clock, Random, SystemClock};
 use strata_metadata::MetadataNode;
 use strata_metadata_client::MetadataClient;
-use strata_storage::shard::ShardLogSettings;
+use strata_storage::shard::{RETURN_UNDELIVERED_GENERATION, ShardLogSettings};
 use strata_storage::{ObjectStoreSettings, StorageNode, StorageSettings};
 use strata_tls::Role;
 use strata_tls::pki::{test_channel, test_credentials};
@@ -93,8 +93,13 @@ async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() ->
     }
 }
 
-/// Receives every message of the queue once (long visibility), checking bodies.
-async fn receive_all(client: &mut StorageClient<tonic::transport::Channel>, queue: &pb::QueueRef) -> Vec<String> {
+/// Receives every message of the queue once (long visibility), checking bodies and that no
+/// message counts more than `expected_receive_count` receives.
+async fn receive_all_counted(
+    client: &mut StorageClient<tonic::transport::Channel>,
+    queue: &pb::QueueRef,
+    expected_receive_count: u32,
+) -> Vec<String> {
     let mut receipts = Vec::new();
     let mut seen = BTreeMap::new();
     while seen.len() < MESSAGES {
@@ -112,11 +117,16 @@ async fn receive_all(client: &mut StorageClient<tonic::transport::Channel>, queu
             let index: usize = body[8..13].parse().expect("numbered body");
             assert_eq!(body, body_of(index), "body of message {index} came back damaged");
             assert!(seen.insert(index, m.message_id).is_none(), "message {index} delivered twice while leased");
+            assert!(m.receive_count <= expected_receive_count, "message {index} counts {} receives", m.receive_count);
             receipts.push(m.receipt_handle);
         }
     }
     assert_eq!(seen.keys().copied().collect::<Vec<_>>(), (0..MESSAGES).collect::<Vec<_>>());
     receipts
+}
+
+async fn receive_all(client: &mut StorageClient<tonic::transport::Channel>, queue: &pb::QueueRef) -> Vec<String> {
+    receive_all_counted(client, queue, u32::MAX).await
 }
 
 async fn tiering_round_trip(store_settings: ObjectStoreSettings) {
@@ -278,4 +288,176 @@ fn garage_settings() -> ObjectStoreSettings {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiering_round_trip_garage_s3() {
     tiering_round_trip(garage_settings()).await;
+}
+
+/// A TCP relay in front of the S3 server, so a test can take the bucket away for real: cut, it
+/// drops the connections it relays and closes new ones at once; restored, it relays again.
+struct Relay {
+    endpoint: String,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    relayed: Arc<parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the relay");
+        let endpoint = format!("http://{}", listener.local_addr().expect("relay address"));
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let relayed = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let (up_in, relayed_in) = (up.clone(), relayed.clone());
+        let accepting = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up_in.load(Ordering::SeqCst) {
+                    continue; // dropped: the client sees the connection closed
+                }
+                let target = target.clone();
+                relayed_in.lock().push(tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                }));
+            }
+        });
+        Self { endpoint, up, relayed, accepting }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for task in self.relayed.lock().drain(..) {
+            task.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
+        self.accepting.abort();
+    }
+}
+
+/// Receives of messages that live only in the bucket while the bucket is unreachable: each
+/// fails (`Unavailable`, retry), but none counts: no receive count rises, no message stays
+/// hidden and none is dead-lettered (max receive count 2, five failed receives). Once the bucket
+/// is back, every message is delivered exactly once, as its first receive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_outage_during_receives_counts_no_receive_and_dead_letters_nothing() {
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
+    let ObjectStoreSettings::S3 { endpoint, bucket, region, access_key_id, secret_access_key, prefix } =
+        garage_settings()
+    else {
+        unreachable!("garage_settings answers S3 settings");
+    };
+    let relay = Relay::start(endpoint.trim_start_matches("http://").to_owned()).await;
+    let store_settings = ObjectStoreSettings::S3 {
+        endpoint: relay.endpoint.clone(),
+        bucket,
+        region,
+        access_key_id,
+        secret_access_key,
+        prefix,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let metadata_addr = free_addr();
+    let metadata_endpoint = format!("http://{metadata_addr}");
+    let metadata = MetadataNode::open(
+        &dir.path().join("metadata"),
+        &metadata_endpoint,
+        clock.clone(),
+        FormatGate::new(NEWEST_GENERATION),
+        test_credentials(Role::Metadata, "1"),
+    )
+    .await
+    .expect("metadata opens");
+    let cancel = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind(metadata_addr).await.expect("bind metadata");
+    let metadata_task = tokio::spawn(metadata.clone().serve_with_listener(listener, cancel.clone().cancelled_owned()));
+    let meta_client = MetadataClient::connect_lazy(&metadata_endpoint, &test_credentials(Role::Operator, "test"))
+        .expect("metadata client");
+    let storage_dir = dir.path().join("storage");
+    let storage_addr = free_addr();
+    let node = start_storage(&storage_dir, &metadata_endpoint, &store_settings, storage_addr).await;
+    let mut client = storage_client(storage_addr).await;
+
+    meta_client.ensure_tenant(TENANT).await.expect("tenant");
+    let base = pb::QueueConfig { retention_ms: 3_600_000, visibility_timeout_ms: 60_000, ..Default::default() };
+    let dead_letters = meta_client.create_queue(TENANT, "outage-dlq", base.clone()).await.expect("create the DLQ");
+    let config = pb::QueueConfig { dead_letter_queue_id: dead_letters.queue_id, max_receive_count: 2, ..base.clone() };
+    let source = meta_client.create_queue(TENANT, "outage", config.clone()).await.expect("create the queue");
+    let queue_ref =
+        |info: &pb::QueueInfo| pb::QueueRef { shard_id: info.shard_id, queue_id: info.queue_id, tenant: TENANT.into() };
+    let (queue, dlq) = (queue_ref(&source), queue_ref(&dead_letters));
+    for (queue, config) in [(&dlq, base), (&queue, config)] {
+        let request = pb::EnsureQueueRequest { queue: Some(queue.clone()), config: Some(config) };
+        client.ensure_queue(request).await.expect("ensure");
+    }
+    for batch in 0..MESSAGES / 10 {
+        let messages = (0..10)
+            .map(|j| pb::NewMessage { body: Bytes::from(body_of(batch * 10 + j)), ..Default::default() })
+            .collect();
+        let request = pb::SendRequest { queue: Some(queue.clone()), messages, ..Default::default() };
+        client.send(request).await.expect("send");
+    }
+    let shard = node.shard(node.shard_ids()[0]).expect("one shard");
+    let last_send_index = shard.wal().last_index().expect("sends are in the log");
+    wait_for("the sends to be tiered and removed locally", Duration::from_secs(60), async || {
+        shard.wal().first_index().is_none_or(|first| first > last_send_index)
+    })
+    .await;
+    drop(shard);
+    // Cold cache, so every body must come from the bucket.
+    drop(client);
+    node.shutdown().await;
+    std::fs::remove_dir_all(storage_dir.join("cache")).expect("remove the cache directory");
+    let node = start_storage(&storage_dir, &metadata_endpoint, &store_settings, storage_addr).await;
+    let mut client = storage_client(storage_addr).await;
+    // Taking receives back is a command of format generation 5: wait until the node writes it.
+    let shard = node.shard(node.shard_ids()[0]).expect("one shard");
+    wait_for("the cluster to write the newest format generation", Duration::from_secs(30), async || {
+        shard.log_format().writing() >= RETURN_UNDELIVERED_GENERATION
+    })
+    .await;
+    drop(shard);
+
+    relay.cut();
+    for attempt in 0..5 {
+        let request = pb::ReceiveRequest {
+            queue: Some(queue.clone()),
+            max_messages: 10,
+            visibility_timeout_ms: Some(60_000),
+            ..Default::default()
+        };
+        let answer = client.receive(request).await;
+        let status = answer.expect_err("a receive of bodies only the bucket holds fails while it is away");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "attempt {attempt}: {status:?}");
+        let stats = client.get_queue_stats(queue.clone()).await.expect("stats").into_inner();
+        assert_eq!(
+            (stats.visible, stats.in_flight),
+            (MESSAGES as u64, 0),
+            "attempt {attempt}: a failed receive left messages hidden"
+        );
+    }
+    relay.restore();
+
+    let receipts = receive_all_counted(&mut client, &queue, 1).await;
+    assert_eq!(receipts.len(), MESSAGES);
+    for receipt in receipts.chunks(10) {
+        let request = pb::DeleteRequest { queue: Some(queue.clone()), receipt_handles: receipt.to_vec() };
+        let results = client.delete(request).await.expect("delete").into_inner().results;
+        assert!(results.iter().all(|r| r.error_code.is_empty()), "delete failed: {results:?}");
+    }
+    let dead = client.get_queue_stats(dlq.clone()).await.expect("DLQ stats").into_inner();
+    assert_eq!((dead.visible, dead.in_flight), (0, 0), "messages were dead-lettered by receives that failed");
+
+    drop(client);
+    node.shutdown().await;
+    cancel.cancel();
+    let _ = metadata_task.await;
+    metadata.shutdown().await;
 }

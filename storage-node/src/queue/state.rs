@@ -183,6 +183,25 @@ impl ShardState {
             Command::LoadScheduled { slice_start_ms, from, to, messages } => {
                 self.load_scheduled(*slice_start_ms, *from, *to, messages, now_ms)
             }
+            Command::ReturnUndelivered { queue, tenant, receipts } => {
+                let queue = *queue;
+                self.with_queue(queue, tenant, |q| {
+                    if receipts.len() > RECEIVE_BATCH_MAX as usize {
+                        return Err(QueueError::TooManyEntries);
+                    }
+                    q.settle(now_ms);
+                    for text in receipts {
+                        // A receipt no longer current (deleted, expired, received again) is
+                        // passed over: what it leased has moved on already.
+                        if let Ok(receipt) = decode_for(q, queue, text)
+                            && let LeaseCheck::Current { in_flight: true } = q.check_lease(&receipt, now_ms)
+                        {
+                            q.return_undelivered(receipt.seq, now_ms);
+                        }
+                    }
+                    Ok(Response::VisibilityChanged)
+                })
+            }
             Command::TrimMetering { through_seq } => {
                 self.metering.trim(*through_seq);
                 Ok(Response::MeteringTrimmed)

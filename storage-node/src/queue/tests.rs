@@ -1798,3 +1798,48 @@ fn a_full_outbox_refuses_metered_commands_until_it_is_trimmed() {
     assert!(matches!(shard.metered("last", "m-last", send), Response::Sent(_)));
     assert_eq!(shard.state.metering().len(), super::outbox::OUTBOX_RECORDS_MAX - 10 + 1);
 }
+
+fn return_undelivered(shard: &mut Shard, queue: QueueId, now_ms: u64, receipts: &[&str]) -> Response {
+    let receipts = receipts.iter().map(|r| (*r).to_owned()).collect();
+    shard.apply(now_ms, Command::ReturnUndelivered { queue, tenant: TENANT.to_owned(), receipts })
+}
+
+#[test]
+fn undelivered_receives_are_taken_back_without_counting_or_dead_lettering() {
+    let mut shard = shard_with_dead_letter_queue(2);
+    shard.send(0, &[1, 2]);
+    // Ten receives whose bodies could not be read: each one is taken back at once.
+    for attempt in 0..10u64 {
+        let now_ms = attempt * 10;
+        let got = receive_from(&mut shard, Q, now_ms);
+        assert_eq!(ids(&got), vec![1, 2], "attempt {attempt}: both are visible again");
+        assert!(got.iter().all(|d| d.receive_count == 1), "attempt {attempt}: counts rose: {got:?}");
+        let receipts: Vec<&str> = got.iter().map(|d| d.receipt.as_str()).collect();
+        assert_eq!(return_undelivered(&mut shard, Q, now_ms, &receipts), Response::VisibilityChanged);
+        assert_eq!(shard.counts().visible, 2);
+    }
+    assert_eq!(shard.state.queue_counts(DLQ, TENANT).expect("dead-letter queue").visible, 0);
+    // A delivered receive counts: message 1 is delivered, message 2 taken back.
+    let got = receive_from(&mut shard, Q, 1_000);
+    assert_eq!(return_undelivered(&mut shard, Q, 1_000, &[got[1].receipt.as_str()]), Response::VisibilityChanged);
+    let again = receive_from(&mut shard, Q, 3_000);
+    let counts: Vec<(u128, u32)> = again.iter().map(|d| (d.message_id.as_u128(), d.receive_count)).collect();
+    assert_eq!(counts, vec![(1, 2), (2, 1)]);
+    // A receipt no longer current (the message was received again since) takes nothing back.
+    let stale = got[0].receipt.as_str();
+    assert_eq!(return_undelivered(&mut shard, Q, 3_000, &[stale]), Response::VisibilityChanged);
+    assert_eq!(shard.counts().in_flight, 2, "a stale receipt changed nothing");
+}
+
+#[test]
+fn an_undelivered_fifo_message_unlocks_its_group_in_order() {
+    let mut shard = fifo_shard(false);
+    let messages = vec![fifo_message(1, "g", "d1"), fifo_message(2, "g", "d2")];
+    assert!(matches!(fifo_send(&mut shard, 0, messages), Response::Sent(_)));
+    let got = fifo_receipts(&mut shard, 0, 10);
+    assert_eq!(got.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![1, 2]);
+    assert!(fifo_receive(&mut shard, 0, 10, 30_000).is_empty(), "the group is locked while in flight");
+    let receipts: Vec<&str> = got.iter().map(|(_, r)| r.as_str()).collect();
+    assert_eq!(return_undelivered(&mut shard, FIFO_Q, 0, &receipts), Response::VisibilityChanged);
+    assert_eq!(fifo_receive(&mut shard, 0, 10, 30_000), vec![(1, "g".to_owned()), (2, "g".to_owned())]);
+}

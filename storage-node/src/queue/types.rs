@@ -334,6 +334,14 @@ pub enum Command {
     TrimMetering {
         through_seq: u64,
     },
+    /// Takes back receives whose messages never reached the receiver (their bodies could not be
+    /// read): each message still leased under its receipt becomes visible at once with the
+    /// receive count it had before. Shard command version 3 and later.
+    ReturnUndelivered {
+        queue: QueueId,
+        tenant: String,
+        receipts: Vec<String>,
+    },
 }
 
 /// A move task's id: the log index of the command that started it.
