@@ -108,7 +108,7 @@ pub async fn consume_once(store: &BillingStore, placement: &Placement) -> Result
     if !counted.is_empty() {
         let deleted = queues::on_queue(placement, SYSTEM_TENANT, METERING_QUEUE, |mut c, queue| {
             let receipt_handles = counted.clone();
-            async move { c.delete(pb::DeleteRequest { queue: Some(queue), receipt_handles }).await }
+            async move { c.delete(pb::DeleteRequest { queue: Some(queue), receipt_handles, meter: None }).await }
         })
         .await;
         // Counted already: a batch that stays is counted as nothing when it comes back.

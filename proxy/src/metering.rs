@@ -216,7 +216,7 @@ impl Meter {
         Self { recorder: Some(Recorder { records, clock, random }) }
     }
 
-    /// The record of a call, for a storage command that carries it (a send): the shard keeps it
+    /// The record of a call, for a storage command that carries it (a send, a delete): the shard keeps it
     /// exactly when the command applies, so it is durable with the call's effect. None when
     /// metering is off.
     pub fn record(&self, tenant: &str, call: &CallId, body: &[u8], charge: Charge) -> Option<MeterRecord> {

@@ -145,6 +145,20 @@ fn message_from_pb(m: pb::NewMessage, random: &Random) -> Result<NewMessage, Str
     Ok(message)
 }
 
+/// The billing record a call carries for its shard to keep, checked: well formed, and of the
+/// queue's own tenant.
+fn meter_of(
+    record: Option<pb::MeterRecord>,
+    tenant: &str,
+) -> Result<Option<strata_common::metering::MeterRecord>, StrataError> {
+    let Some(record) = record.map(strata_common::metering::MeterRecord::from) else { return Ok(None) };
+    strata_common::metering::check_record(&record).map_err(StrataError::invalid)?;
+    if record.tenant != tenant {
+        return Err(StrataError::invalid("the metering record names another tenant than the queue"));
+    }
+    Ok(Some(record))
+}
+
 /// Reads the bodies of what a receive leased and answers the messages whose bodies were read.
 /// Those that could not be read are taken back in the same shard (visible again, their receive
 /// count as before), so a receive counts only when it delivers; in a FIFO queue, so are the
@@ -329,13 +343,7 @@ impl Storage for StorageService {
             ))
             .into());
         }
-        let meter = r.meter.map(strata_common::metering::MeterRecord::from);
-        if let Some(meter) = &meter {
-            strata_common::metering::check_record(meter).map_err(StrataError::invalid)?;
-            if meter.tenant != tenant {
-                return Err(StrataError::invalid("the metering record names another tenant than the queue").into());
-            }
-        }
+        let meter = meter_of(r.meter, &tenant)?;
         // With every replica able to read it (generation 2), the id carries a digest of the
         // request, and the same id with other messages is refused instead of answered as a retry.
         let digests = shard.log_format().writing() >= REQUEST_DIGEST_GENERATION;
@@ -374,7 +382,9 @@ impl Storage for StorageService {
         if r.receipt_handles.is_empty() || r.receipt_handles.len() > queue::DELETE_BATCH_MAX {
             return Err(StrataError::invalid(format!("a delete carries 1-{} receipts", queue::DELETE_BATCH_MAX)).into());
         }
-        match shard.propose(Command::Delete { queue, tenant, receipts: r.receipt_handles }).await? {
+        let meter = meter_of(r.meter, &tenant)?;
+        match shard.propose_metered(None, meter, Command::Delete { queue, tenant, receipts: r.receipt_handles }).await?
+        {
             queue::Response::Deleted(results) => Ok(Response::new(pb::DeleteResponse {
                 results: results
                     .into_iter()

@@ -205,7 +205,7 @@ async fn drain(
         let receipts = got.iter().map(|m| m.receipt_handle.clone()).collect();
         bodies.extend(got.into_iter().map(|m| String::from_utf8_lossy(&m.body).into_owned()));
         client
-            .delete(pb::DeleteRequest { queue: Some(queue.clone()), receipt_handles: receipts })
+            .delete(pb::DeleteRequest { queue: Some(queue.clone()), receipt_handles: receipts, meter: None })
             .await
             .expect("delete");
     }

@@ -221,7 +221,7 @@ async fn tiering_round_trip(store_settings: ObjectStoreSettings) {
     assert!(node.reader.stats.block_cache_hits.load(Ordering::Relaxed) > 0);
 
     for chunk in receipts.chunks(10) {
-        let request = pb::DeleteRequest { queue: Some(queue.clone()), receipt_handles: chunk.to_vec() };
+        let request = pb::DeleteRequest { queue: Some(queue.clone()), receipt_handles: chunk.to_vec(), meter: None };
         let results = client.delete(request).await.expect("delete").into_inner().results;
         assert!(results.iter().all(|r| r.error_code.is_empty()), "delete failed: {results:?}");
     }
@@ -448,7 +448,7 @@ async fn a_bucket_outage_during_receives_counts_no_receive_and_dead_letters_noth
     let receipts = receive_all_counted(&mut client, &queue, 1).await;
     assert_eq!(receipts.len(), MESSAGES);
     for receipt in receipts.chunks(10) {
-        let request = pb::DeleteRequest { queue: Some(queue.clone()), receipt_handles: receipt.to_vec() };
+        let request = pb::DeleteRequest { queue: Some(queue.clone()), receipt_handles: receipt.to_vec(), meter: None };
         let results = client.delete(request).await.expect("delete").into_inner().results;
         assert!(results.iter().all(|r| r.error_code.is_empty()), "delete failed: {results:?}");
     }

@@ -912,13 +912,14 @@ async fn delete_messages(
         return Err(ApiError::invalid(format!("receipt_handles must hold 1-{BATCH_ENTRIES_MAX} entries")));
     }
     let receipts = request.receipt_handles;
+    // The record travels with the delete: the shard keeps it in the delete's own log entry.
+    let action = if receipts.len() == 1 { "DeleteMessage" } else { "DeleteMessageBatch" };
+    let meter = state.meter.record(&tenant, &call, &body, Charge::new(action, &name)).map(pb::MeterRecord::from);
     let response = queues::on_queue(&state.placement, &tenant, &name, |mut c, q| {
-        let receipt_handles = receipts.clone();
-        async move { c.delete(pb::DeleteRequest { queue: Some(q), receipt_handles }).await }
+        let (receipt_handles, meter) = (receipts.clone(), meter.clone());
+        async move { c.delete(pb::DeleteRequest { queue: Some(q), receipt_handles, meter }).await }
     })
     .await?;
-    let action = if response.results.len() == 1 { "DeleteMessage" } else { "DeleteMessageBatch" };
-    state.charge(&tenant, &call, &body, Charge::new(action, &name)).await?;
     let results = response
         .results
         .into_iter()

@@ -1161,16 +1161,28 @@ fn receipt_error(e: StrataError, receipt: &str) -> SqsError {
     }
 }
 
+/// Deletes by receipt. A batch carries its billing record to the shard, which keeps it in the
+/// delete's own log entry (a batch is accepted whatever its entries' outcomes); a single delete
+/// is charged once answered, since a refused receipt fails the call.
 async fn delete_receipts(
     ctx: &Ctx<'_>,
     info: &pb::QueueInfo,
     receipts: Vec<String>,
+    batch: bool,
 ) -> Result<pb::DeleteResponse, SqsError> {
+    let meter = if batch {
+        let call = ctx.call.lock().clone();
+        let charge = ctx.charge.lock().clone();
+        ctx.state.meter.record(ctx.tenant(), &call, ctx.body, charge).map(pb::MeterRecord::from)
+    } else {
+        None
+    };
     let response = queues::on_queue(&ctx.state.placement, ctx.tenant(), &info.name, |mut c, q| {
-        let receipt_handles = receipts.clone();
-        async move { c.delete(pb::DeleteRequest { queue: Some(q), receipt_handles }).await }
+        let (receipt_handles, meter) = (receipts.clone(), meter.clone());
+        async move { c.delete(pb::DeleteRequest { queue: Some(q), receipt_handles, meter }).await }
     })
     .await?;
+    ctx.charge.lock().carried = batch;
     if response.results.len() != receipts.len() {
         return Err(SqsError::internal_error("The storage node answered a different number of results."));
     }
@@ -1180,7 +1192,7 @@ async fn delete_receipts(
 async fn delete_message(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
     let info = queue_of(ctx, input).await?;
     let receipt = required_string(input, "ReceiptHandle")?;
-    let response = delete_receipts(ctx, &info, vec![receipt.to_string()]).await?;
+    let response = delete_receipts(ctx, &info, vec![receipt.to_string()], false).await?;
     let result = &response.results[0];
     // As SQS: deleting with a receipt that is no longer the latest succeeds and deletes nothing.
     if !result.error_code.is_empty() && result.error_code != ErrorKind::StaleReceipt.code() {
@@ -1206,7 +1218,7 @@ async fn delete_message_batch(ctx: &Ctx<'_>, input: &Value) -> Result<Value, Sqs
     }
     let mut successful = Vec::new();
     if !receipts.is_empty() {
-        let response = delete_receipts(ctx, &info, receipts.clone()).await?;
+        let response = delete_receipts(ctx, &info, receipts.clone(), true).await?;
         for ((id, receipt), result) in ids.into_iter().zip(&receipts).zip(response.results) {
             if result.error_code.is_empty() || result.error_code == ErrorKind::StaleReceipt.code() {
                 successful.push(json!({ "Id": id }));
