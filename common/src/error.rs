@@ -39,7 +39,8 @@ pub enum ErrorKind {
     /// visibility timeout already ran out).
     MessageNotInFlight,
     /// The receipt is well formed but no longer the message's latest: it was received again
-    /// since. The message is left as it is.
+    /// since, or moved to another queue (a dead-letter move, a move task). The message is left
+    /// as it is.
     StaleReceipt,
     /// No message with this id waits for its deliver-at time on the queue (never scheduled, due
     /// already, or cancelled).

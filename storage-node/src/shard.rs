@@ -37,8 +37,8 @@ use crate::queue::schedule::{
     LOAD_CHUNK_RECORDS_MAX, ScheduledMessage, SliceRecord, deliver_at_of, is_waiting_in, slice_of,
 };
 use crate::queue::{
-    Command, MessageRef, NewMessage, QueueError, QueueId, REQUEST_DIGEST_SEPARATOR, Response, ShardCommand, ShardState,
-    StoredSizes,
+    Command, MessageRef, MovedAway, NewMessage, QueueError, QueueId, REQUEST_DIGEST_SEPARATOR, Response, ShardCommand,
+    ShardState, StoredSizes,
 };
 use crate::schedule_files::{self, SliceFiles, read_slice};
 use crate::tier::TieredReader;
@@ -88,9 +88,10 @@ impl Persisted for ShardEntry {
 /// that layout too, and its remembered request ids may carry digests (as shard commands of
 /// version 2 do). Version 3 appends what each message counts in its queue's stored bytes
 /// ([`StoredSizes`]), which the serde layout leaves out; a state of an older version counts
-/// its messages as 0 bytes.
+/// its messages as 0 bytes. Version 4 appends, after those, the seqs of received messages each
+/// queue remembers as moved away ([`MovedAway`]); an older version remembers none.
 impl Persisted for ShardMachine {
-    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 1, 2, 2, 3];
+    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 1, 2, 2, 3, 4];
 
     fn version_needed(&self) -> u8 {
         if self.0.holds_request_digests() { 2 } else { LEGACY_FORMAT_VERSION }
@@ -104,6 +105,9 @@ impl Persisted for ShardMachine {
         if version >= STORED_SIZES_VERSION {
             postcard_into(&self.0.stored_sizes(), out)?;
         }
+        if version >= MOVED_AWAY_VERSION {
+            postcard_into(&self.0.moved_away(), out)?;
+        }
         Ok(())
     }
 
@@ -111,18 +115,27 @@ impl Persisted for ShardMachine {
         if version < STORED_SIZES_VERSION {
             return Ok(ShardMachine(postcard_of_versions("shard state", version, Self::VERSIONS, body)?, None));
         }
-        if version > STORED_SIZES_VERSION {
+        if version > MOVED_AWAY_VERSION {
             return Err(unknown_version("shard state", version));
         }
         let (mut state, rest): (ShardState, &[u8]) =
             postcard::take_from_bytes(body).map_err(|e| invalid_data(e.to_string()))?;
-        state.restore_stored_sizes(postcard_exact::<StoredSizes>(rest)?).map_err(invalid_data)?;
+        if version == STORED_SIZES_VERSION {
+            state.restore_stored_sizes(postcard_exact::<StoredSizes>(rest)?).map_err(invalid_data)?;
+            return Ok(ShardMachine(state, None));
+        }
+        let (sizes, rest): (StoredSizes, &[u8]) =
+            postcard::take_from_bytes(rest).map_err(|e| invalid_data(e.to_string()))?;
+        state.restore_stored_sizes(sizes).map_err(invalid_data)?;
+        state.restore_moved_away(postcard_exact::<MovedAway>(rest)?).map_err(invalid_data)?;
         Ok(ShardMachine(state, None))
     }
 }
 
 /// The shard state format version that carries the stored sizes of messages.
 const STORED_SIZES_VERSION: u8 = 3;
+/// The shard state format version that carries the seqs moved away.
+const MOVED_AWAY_VERSION: u8 = 4;
 
 /// A shard state as its snapshot holds it (without the slice files beside it), in the newest
 /// format version: the version byte and the body.
@@ -1131,14 +1144,28 @@ mod format_tests {
         let machine = ShardMachine(state.clone(), None);
         assert_eq!(machine.version_needed(), 2);
         check_state(&fixtures(), "state-with-digests", &state);
+        // A message of queue 1 (dead letters to queue 2 after one receive) received, visible
+        // again at once, and moved by the next receive: queue 1 remembers it.
+        let command = |command| ShardCommand { now_ms: NOW_MS, command, request_id: None, meter: None };
+        state.apply(101, &command(Command::Send { queue: 1, tenant: TENANT.into(), messages: vec![message(9, None)] }));
+        let receive =
+            || Command::Receive { queue: 1, tenant: TENANT.into(), max_messages: 10, visibility_timeout_ms: Some(0) };
+        state.apply(102, &command(receive()));
+        state.apply(103, &command(receive()));
+        assert!(state.moved_away() != MovedAway::default(), "the state remembers a message moved away");
+        check_state(&fixtures(), "state-with-moved-away", &state);
     }
 
-    /// A shard state's fixtures: versions before 3 hold no stored sizes, and read as 0 bytes.
+    /// A shard state's fixtures: versions before 3 hold no stored sizes, and read as 0 bytes;
+    /// versions before 4 remember no message as moved away.
     fn check_state(dir: &Path, name: &str, state: &ShardState) {
-        let with_sizes = format!("{:?}", ShardMachine(state.clone(), None));
-        let without_sizes = format!("{:?}", ShardMachine(state.without_stored_sizes(), None));
-        golden::check_as(dir, name, &ShardMachine(state.clone(), None), |version| {
-            if version >= STORED_SIZES_VERSION { with_sizes.clone() } else { without_sizes.clone() }
+        let whole = format!("{:?}", ShardMachine(state.clone(), None));
+        let with_sizes = format!("{:?}", ShardMachine(state.without_moved_away(), None));
+        let without_sizes = format!("{:?}", ShardMachine(state.without_moved_away().without_stored_sizes(), None));
+        golden::check_as(dir, name, &ShardMachine(state.clone(), None), |version| match version {
+            v if v >= MOVED_AWAY_VERSION => whole.clone(),
+            STORED_SIZES_VERSION => with_sizes.clone(),
+            _ => without_sizes.clone(),
         });
     }
 

@@ -352,6 +352,11 @@ async fn fifo_dead_letters_move_tasks_and_tags_on_the_native_api() -> anyhow::Re
     assert_eq!(first["messages"][0]["body"], json!("poison"));
     let again = api.post_ok("/v1/queues/work/receive", json!({ "wait_seconds": 1 })).await?;
     assert_eq!(again["messages"], json!([]), "moved to the dead-letter queue on its second receive");
+    // Its first receipt deletes nothing now, and says so.
+    let receipt = first["messages"][0]["receipt_handle"].clone();
+    let deleted = api.post_ok("/v1/queues/work/delete", json!({ "receipt_handles": [receipt] })).await?;
+    assert_eq!(deleted["results"][0]["ok"], json!(false), "{deleted}");
+    assert_eq!(deleted["results"][0]["error"]["code"], json!("StaleReceipt"), "{deleted}");
     let (_, dlq) = api.get("/v1/queues/work-dlq").await?;
     assert_eq!(dlq["approximate_number_of_messages"], json!(1), "{dlq}");
     let started = api.post_ok("/v1/queues/work-dlq/move-tasks", json!({ "max_messages_per_second": 10 })).await?;

@@ -83,8 +83,8 @@
 //!
 //! On a 64-bit target (record sizes checked by a unit test). B-tree values
 //! are stored inline in nodes of 11 slots that are 2/3 to fully occupied.
-//! * Per idle queue: a 280-byte record plus its 8-byte key in the shard's
-//!   queue map, so ~290–430 bytes, plus the tenant string's heap bytes. Its
+//! * Per idle queue: a 304-byte record plus its 8-byte key in the shard's
+//!   queue map, so ~310–470 bytes, plus the tenant string's heap bytes. Its
 //!   empty maps and sets allocate nothing, and an empty queue has no entry in
 //!   the shard indexes.
 //! * Per message: an 80-byte record plus its 8-byte seq key in the message map
@@ -107,7 +107,7 @@ mod types;
 mod tests;
 
 pub use receipt::Receipt;
-pub use state::{ShardState, StoredSizes};
+pub use state::{MovedAway, ShardState, StoredSizes};
 pub use types::{
     AttributeValue, Command, DEDUP_WINDOW_MS, DELAY_MS_MAX, DELETE_BATCH_MAX, DELIVER_AHEAD_MS_MAX, Delivery,
     FIFO_ID_CHARS_MAX, FifoConfig, FifoIds, IN_FLIGHT_MAX, MAX_RECEIVE_COUNT_MAX, MAX_RECEIVE_COUNT_MIN,

@@ -22,6 +22,11 @@ use super::types::{
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredSizes(Vec<(QueueId, QueueSizes)>);
 
+/// The seqs of received messages each queue remembers as moved away (queues remembering none
+/// are left out; see [`ShardState::moved_away`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovedAway(Vec<(QueueId, Vec<u64>)>);
+
 /// The replicated state of one shard. See the module doc of [`crate::queue`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardState {
@@ -228,6 +233,23 @@ impl ShardState {
         StoredSizes(self.queues.iter().map(|(&id, q)| (id, q.sizes())).collect())
     }
 
+    /// The seqs of received messages each queue remembers as moved away: the part of the state
+    /// that shard state format version 4 carries after the stored sizes.
+    pub fn moved_away(&self) -> MovedAway {
+        let remembered = self.queues.iter().filter(|(_, q)| !q.moved_away().is_empty());
+        MovedAway(remembered.map(|(&id, q)| (id, q.moved_away().iter().copied().collect())).collect())
+    }
+
+    /// Puts back what [`ShardState::moved_away`] gave. Errors when it names a queue the state
+    /// does not hold.
+    pub fn restore_moved_away(&mut self, moved: MovedAway) -> Result<(), String> {
+        for (id, seqs) in moved.0 {
+            let queue = self.queues.get_mut(&id).ok_or_else(|| format!("moved-away seqs name no queue {id}"))?;
+            queue.set_moved_away(seqs.into_iter().collect());
+        }
+        Ok(())
+    }
+
     /// Puts back what [`ShardState::stored_sizes`] gave, after a decode of the serde layout.
     /// Errors when they are not the sizes of this state's queues and messages.
     pub fn restore_stored_sizes(&mut self, sizes: StoredSizes) -> Result<(), String> {
@@ -241,6 +263,16 @@ impl ShardState {
             queue.set_sizes(sizes).map_err(|e| format!("queue {id}: {e}"))?;
         }
         Ok(())
+    }
+
+    /// This state as read from a format version without moved-away seqs (test support).
+    #[cfg(test)]
+    pub fn without_moved_away(&self) -> ShardState {
+        let mut state = self.clone();
+        for queue in state.queues.values_mut() {
+            queue.set_moved_away(BTreeSet::new());
+        }
+        state
     }
 
     /// This state as read from a format version without stored sizes (test support).

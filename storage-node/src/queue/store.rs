@@ -30,6 +30,10 @@ use super::types::{
     DEDUP_WINDOW_MS, Delivery, FifoIds, MessageRef, NewMessage, QueueConfig, QueueCounts, QueueId, SentMessage,
 };
 
+/// Seqs of received messages moved to another queue that a queue remembers, newest first (about
+/// 40 bytes each): a receipt of one of them answers `StaleReceipt`.
+pub(crate) const MOVED_AWAY_KEPT: usize = 10_000;
+
 /// Most dead letters one receive moves; a later receive moves the rest. Bounds the work of one
 /// apply when many exhausted messages sit at the head of a queue.
 pub(crate) const DEAD_LETTER_MOVES_MAX: usize = 100;
@@ -167,6 +171,12 @@ pub(crate) struct Queue {
     purged_at_log_index: u64,
     /// FIFO bookkeeping; `None` for standard queues (boxed: idle standard queues stay small).
     fifo: Option<Box<FifoState>>,
+    /// Seqs of messages that left for another queue (a dead-letter move, a move task) after
+    /// being received, the newest [`MOVED_AWAY_KEPT`]: a receipt naming one is stale rather
+    /// than a message already deleted. Not in the serde layout: shard states of format version
+    /// 4 carry it after the layout (older ones read as none remembered).
+    #[serde(skip)]
+    moved_away: BTreeSet<u64>,
 }
 
 /// FIFO queues: each stored message's ids, which groups are locked, and the deduplication window.
@@ -319,6 +329,7 @@ impl Queue {
             stored_bytes: 0,
             purged_at_log_index: 0,
             fifo: config.fifo.map(|_| Box::default()),
+            moved_away: BTreeSet::new(),
         }
     }
 
@@ -450,7 +461,25 @@ impl Queue {
     /// Removes a message to move it to another queue, with its FIFO ids.
     fn take(&mut self, seq: u64) -> Option<Moved> {
         let fifo = self.fifo.as_ref().and_then(|f| f.ids.get(&seq).cloned());
-        self.remove(seq).map(|message| Moved { message, fifo })
+        let message = self.remove(seq)?;
+        if message.receive_count > 0 {
+            self.moved_away.insert(seq);
+            if self.moved_away.len() > MOVED_AWAY_KEPT {
+                self.moved_away.pop_first();
+            }
+        }
+        Some(Moved { message, fifo })
+    }
+
+    /// The seqs of received messages moved away that this queue remembers, for the shard
+    /// state's format version 4, which carries them after the serde layout.
+    pub(crate) fn moved_away(&self) -> &BTreeSet<u64> {
+        &self.moved_away
+    }
+
+    /// Puts back what [`Queue::moved_away`] gave, after a decode of the serde layout.
+    pub(crate) fn set_moved_away(&mut self, seqs: BTreeSet<u64>) {
+        self.moved_away = seqs;
     }
 
     /// Takes out up to `max` visible messages, lowest seq first (for a move task).
@@ -831,6 +860,7 @@ impl Queue {
     /// (so callers can reject a command before mutating).
     pub(crate) fn check_lease(&self, receipt: &Receipt, now_ms: u64) -> LeaseCheck {
         match self.messages.get(&receipt.seq) {
+            None if self.moved_away.contains(&receipt.seq) => LeaseCheck::Stale,
             None => LeaseCheck::Gone,
             Some(m) if m.is_expired(&self.config, now_ms) => LeaseCheck::Gone,
             Some(m) if m.receive_count == 0 || m.lease != receipt.lease => LeaseCheck::Stale,
