@@ -254,7 +254,7 @@ async fn receive(
     }
     let wait_ms = wait_ms.min(limits::LONG_POLL_MS_MAX);
     let deadline_ms = shard.now_ms() + wait_ms;
-    let mut applied = shard.subscribe_applied();
+    let mut woken = shard.queue_waker(queue_id);
     let mut first = true;
     loop {
         let now_ms = shard.now_ms();
@@ -294,7 +294,7 @@ async fn receive(
         }
         let wake_ms = next_visible_ms.map_or(deadline_ms, |n| n.min(deadline_ms)).max(now_ms + 1);
         tokio::select! {
-            _ = applied.changed() => {}
+            _ = woken.changed() => {}
             () = shard.clock().sleep(Duration::from_millis(wake_ms - now_ms)) => {}
         }
     }

@@ -22,7 +22,7 @@ use strata_common::format::{
 };
 use strata_common::metering::MeterRecord;
 use strata_raft::group::{GroupStorage, RaftGroup, open_group, open_single_voter};
-use strata_raft::raft_state::{ReplicatedState, StateGuard};
+use strata_raft::raft_state::{ReplicatedState, SharedState, StateGuard};
 use strata_raft::raft_store::SegmentRetention;
 use strata_raft::transport::{GrpcNetwork, RaftRouter, Senders};
 use strata_tls::{Credentials, Role};
@@ -38,7 +38,7 @@ use crate::queue::schedule::{
 };
 use crate::queue::{
     Command, MessageRef, MovedAway, NewMessage, QueueError, QueueId, REQUEST_DIGEST_SEPARATOR, Response, ShardCommand,
-    ShardState, StoredSizes,
+    ShardState, StoredSizes, Touch,
 };
 use crate::schedule_files::{self, SliceFiles, read_slice};
 use crate::tier::TieredReader;
@@ -349,6 +349,52 @@ pub struct Shard {
     backfill_verified_through: std::sync::atomic::AtomicU64,
     clock: Arc<dyn Clock>,
     tiered: Arc<TieredReader>,
+    /// Long polls waiting on this shard's queues, by queue: an apply wakes only the waiters of
+    /// the queues it touched ([`crate::queue::Touches`]).
+    wakers: Arc<QueueWakers>,
+}
+
+/// One watch channel per queue that has long polls waiting (dropped once none waits).
+#[derive(Default)]
+struct QueueWakers {
+    by_queue: parking_lot::Mutex<HashMap<QueueId, watch::Sender<()>>>,
+}
+
+impl QueueWakers {
+    /// Wakes the waiters of the queues `touches` names (every waiter for `None` or a touch of
+    /// every queue), and forgets the queues nobody waits on any more.
+    fn wake(&self, touches: Option<Vec<Touch>>) {
+        let mut by_queue = self.by_queue.lock();
+        by_queue.retain(|_, sender| sender.receiver_count() > 0);
+        match touches {
+            Some(touches) if !touches.contains(&Touch::All) => {
+                for touch in touches {
+                    if let Touch::Queue(queue) = touch
+                        && let Some(sender) = by_queue.get(&queue)
+                    {
+                        sender.send_replace(());
+                    }
+                }
+            }
+            _ => by_queue.values().for_each(|sender| {
+                sender.send_replace(());
+            }),
+        }
+    }
+}
+
+/// Wakes long polls after each batch of applies, reading what the applies touched, until the
+/// shard's state is dropped.
+async fn wake_loop(state: std::sync::Weak<SharedState<ShardRaftConfig, ShardMachine>>, wakers: Arc<QueueWakers>) {
+    let Some(mut applied) = state.upgrade().map(|s| s.subscribe_applied()) else { return };
+    let mut seen = *applied.borrow_and_update();
+    while applied.changed().await.is_ok() {
+        let Some(state) = state.upgrade() else { return };
+        let now = *applied.borrow_and_update();
+        let touches = state.read().0.touches().since(seen);
+        seen = now;
+        wakers.wake(touches);
+    }
 }
 
 impl Shard {
@@ -413,6 +459,8 @@ impl Shard {
         };
         let backfill = BackfillFiles::open(&dir.join(BACKFILL_DIR))?;
         let (writer_claim, peers, backfill_verified_through) = Default::default();
+        let wakers = Arc::new(QueueWakers::default());
+        tokio::spawn(wake_loop(Arc::downgrade(&group.state), wakers.clone()));
         Ok(Self {
             shard_id,
             node_id: node_id.to_owned(),
@@ -425,6 +473,7 @@ impl Shard {
             backfill_verified_through,
             clock,
             tiered,
+            wakers,
         })
     }
 
@@ -497,6 +546,13 @@ impl Shard {
     /// Changes whenever entries are applied.
     pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
         self.group.state.subscribe_applied()
+    }
+
+    /// Changes whenever an apply may have made a message of `queue` receivable, or changed or
+    /// removed the queue (and, once after a snapshot is installed, for every queue).
+    pub fn queue_waker(&self, queue: QueueId) -> watch::Receiver<()> {
+        let mut by_queue = self.wakers.by_queue.lock();
+        by_queue.entry(queue).or_insert_with(|| watch::channel(()).0).subscribe()
     }
 
     /// The last log index Raft has purged: entries at or below it are covered by a snapshot and
@@ -904,6 +960,32 @@ pub fn decode_entry(
 /// and a state holding something of every kind (queues of each type, visible, in-flight, delayed
 /// and scheduled messages, FIFO groups, a dead-letter move, a move task, request ids, the
 /// metering outbox).
+#[cfg(test)]
+mod waker_tests {
+    use super::*;
+
+    #[test]
+    fn an_apply_wakes_only_the_waiters_of_the_queues_it_touched() {
+        let wakers = QueueWakers::default();
+        let waiter = |queue| wakers.by_queue.lock().entry(queue).or_insert_with(|| watch::channel(()).0).subscribe();
+        let (one, two) = (waiter(1), waiter(2));
+        wakers.wake(Some(vec![Touch::Queue(1), Touch::Queue(3)]));
+        assert!(one.has_changed().unwrap_or(false), "queue 1 was touched");
+        assert!(!two.has_changed().unwrap_or(true), "queue 2 was not");
+        wakers.wake(Some(vec![]));
+        assert!(!two.has_changed().unwrap_or(true));
+        wakers.wake(Some(vec![Touch::All]));
+        assert!(two.has_changed().unwrap_or(false), "a touch of every queue wakes every waiter");
+        let mut two = two;
+        two.mark_unchanged();
+        wakers.wake(None);
+        assert!(two.has_changed().unwrap_or(false), "unknown touches wake every waiter");
+        drop((one, two));
+        wakers.wake(Some(vec![]));
+        assert!(wakers.by_queue.lock().is_empty(), "queues nobody waits on are forgotten");
+    }
+}
+
 #[cfg(test)]
 mod format_tests {
     use std::collections::BTreeMap;

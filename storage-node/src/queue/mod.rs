@@ -101,6 +101,7 @@ mod receipt;
 pub mod schedule;
 mod state;
 mod store;
+mod touches;
 mod types;
 
 #[cfg(test)]
@@ -108,6 +109,7 @@ mod tests;
 
 pub use receipt::Receipt;
 pub use state::{MovedAway, ShardState, StoredSizes};
+pub use touches::{Touch, Touches};
 pub use types::{
     AttributeValue, Command, DEDUP_WINDOW_MS, DELAY_MS_MAX, DELETE_BATCH_MAX, DELIVER_AHEAD_MS_MAX, Delivery,
     FIFO_ID_CHARS_MAX, FifoConfig, FifoIds, IN_FLIGHT_MAX, MAX_RECEIVE_COUNT_MAX, MAX_RECEIVE_COUNT_MIN,

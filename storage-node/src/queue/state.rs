@@ -10,6 +10,7 @@ use super::outbox::MeterOutbox;
 use super::receipt::Receipt;
 use super::schedule::{Schedule, ScheduledMessage, Slice, SliceWrite, deliver_at_of, slice_of};
 use super::store::{LeaseCheck, Queue, QueueSizes};
+use super::touches::{Touch, Touches};
 use super::types::{
     Command, DELETE_BATCH_MAX, DELIVER_AHEAD_MS_MAX, FIFO_ID_CHARS_MAX, IN_FLIGHT_MAX, MESSAGE_ATTRIBUTES_MAX,
     MOVE_PER_SECOND_MAX, MOVE_STEP_MESSAGES_MAX, MOVE_TASKS_KEPT_PER_SOURCE, MoveTask, MoveTaskId, MoveTaskStatus,
@@ -48,6 +49,10 @@ pub struct ShardState {
     requests: RecentRequests<Response>,
     /// Metering records of applied commands, until the billing service has counted them.
     metering: MeterOutbox,
+    /// Which queues the last applies may have made receivable (for waking long polls; not
+    /// persisted, not compared).
+    #[serde(skip)]
+    touches: Touches,
 }
 
 impl ShardState {
@@ -85,7 +90,9 @@ impl ShardState {
         if cmd.meter.is_some() && self.metering.is_full() {
             return Response::Error(QueueError::MeteringBacklogFull);
         }
+        let touch = self.touch_of(&cmd.command);
         let response = self.apply_command(log_index, &cmd.command);
+        self.touches.record(log_index, touch);
         if let Some(record) = &cmd.meter
             && !matches!(response, Response::Error(_))
         {
@@ -213,6 +220,38 @@ impl ShardState {
             }
         };
         result.unwrap_or_else(Response::Error)
+    }
+
+    /// What `command` may make receivable: the queue it sends to, changes or takes back
+    /// leases in; a receive's dead-letter queue (exhausted messages move there); every queue
+    /// for the rarer commands that move messages between queues. Deletes, expiry and receives
+    /// without a dead-letter queue make nothing receivable.
+    fn touch_of(&self, command: &Command) -> Option<Touch> {
+        match command {
+            Command::CreateQueue { queue, .. }
+            | Command::SetQueueConfig { queue, .. }
+            | Command::DeleteQueue { queue, .. }
+            | Command::Send { queue, .. }
+            | Command::ChangeVisibility { queue, .. }
+            | Command::Purge { queue, .. }
+            | Command::ReturnUndelivered { queue, .. } => Some(Touch::Queue(*queue)),
+            Command::Receive { queue, tenant, .. } | Command::ReceiveAttempt { queue, tenant, .. } => {
+                let redrive = self.queue_config(*queue, tenant).and_then(|c| c.redrive);
+                redrive.map(|r| Touch::Queue(r.dead_letter_queue))
+            }
+            Command::Delete { .. } | Command::Expire | Command::TrimMetering { .. } => None,
+            Command::StartMoveTask { .. }
+            | Command::CancelMoveTask { .. }
+            | Command::MoveStep { .. }
+            | Command::CancelScheduled { .. }
+            | Command::StartScheduledLoad { .. }
+            | Command::LoadScheduled { .. } => Some(Touch::All),
+        }
+    }
+
+    /// Which queues the last applies may have made receivable.
+    pub fn touches(&self) -> &Touches {
+        &self.touches
     }
 
     /// The metering outbox: records of applied metered commands not yet trimmed.
