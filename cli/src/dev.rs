@@ -92,7 +92,7 @@ pub(crate) struct DevArgs {
     #[arg(long, default_value_t = ShardLogSettings::default().seal_idle_after.as_millis() as u64)]
     seal_idle_ms: u64,
     /// Sealed segments kept on local disk after tiering, newest first, for reads, in bytes per
-    /// shard (never more than half the room above the disk reserve).
+    /// shard (never more than half the room above the disk reserve, none under 1 GiB of room).
     #[arg(long, default_value_t = ShardLogSettings::default().local_retention_bytes)]
     local_retention_bytes: u64,
     /// How often sealed segments are tiered, in milliseconds.

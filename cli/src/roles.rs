@@ -198,7 +198,8 @@ struct StorageConfig {
     #[serde(default = "default_tier_interval_ms")]
     tier_interval_ms: u64,
     /// Sealed segments kept on local disk after tiering, newest first, for reads (default
-    /// 1 GiB per shard, never more than half the room above the disk reserve).
+    /// 1 GiB per shard, never more than half the room above the disk reserve, and
+    /// none when that room is under 1 GiB).
     #[serde(default = "default_local_retention_bytes")]
     local_retention_bytes: u64,
     #[serde(default = "default_cache_memory_mib")]

@@ -206,6 +206,14 @@ impl StrataError {
         Self::new(ErrorKind::Unavailable, message)
     }
 
+    /// The public form of an internal failure of `kind`: only `what`, fixed words of the crate
+    /// that failed (no runtime value can reach it), with a retry hint when it is `Unavailable`.
+    /// The caller logs the detail.
+    pub fn concealed(kind: ErrorKind, what: &'static str) -> Self {
+        let message = if kind == ErrorKind::Unavailable { format!("{what}; retry") } else { what.to_owned() };
+        Self::new(kind, message)
+    }
+
     /// Low on disk space: new messages are refused until space returns.
     pub fn insufficient_storage(message: impl Into<String>) -> Self {
         Self {

@@ -70,9 +70,7 @@ impl From<MemberError> for StrataError {
         } else {
             tracing::error!(error = %e, "metadata member error");
         }
-        let what = e.what();
-        let message = if kind == ErrorKind::Unavailable { format!("{what}; retry") } else { what.to_owned() };
-        StrataError::new(kind, message)
+        StrataError::concealed(kind, e.what())
     }
 }
 

@@ -93,9 +93,7 @@ impl From<NodeError> for StrataError {
                 tracing::error!(error = %e, "storage node error")
             }
         }
-        let what = e.what();
-        let message = if kind == ErrorKind::Unavailable { format!("{what}; retry") } else { what.to_owned() };
-        StrataError::new(kind, message)
+        StrataError::concealed(kind, e.what())
     }
 }
 

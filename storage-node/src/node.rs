@@ -498,6 +498,20 @@ async fn backfill_loop(shard: Arc<Shard>, metadata: MetadataClient, cancel: Canc
     }
 }
 
+/// Below this much room above the disk reserve, no tiered segment is kept for reads: the node
+/// lets them go well before it would refuse new messages for lack of space.
+const RETENTION_ROOM_MIN_BYTES: u64 = 1 << 30;
+
+/// How many bytes of tiered segments a shard keeps on local disk for reads: up to its setting
+/// and half the room above the reserve, and none once that room is under
+/// [`RETENTION_ROOM_MIN_BYTES`].
+fn kept_for_reads_bytes(local_retention_bytes: u64, room_above_reserve_bytes: u64) -> u64 {
+    if room_above_reserve_bytes < RETENTION_ROOM_MIN_BYTES {
+        return 0;
+    }
+    local_retention_bytes.min(room_above_reserve_bytes / 2)
+}
+
 /// What a shard's tiering loop works with.
 struct TierLoop {
     store: Arc<dyn ObjectStore>,
@@ -530,8 +544,7 @@ async fn tier_loop(shard: Arc<Shard>, tier: TierLoop, cancel: CancellationToken)
             }
             idle_since = clock.instant();
         }
-        // Tiered segments stay for reads while the disk has room for them.
-        let keep_local_bytes = local_retention_bytes.min(disk.room_above_reserve_bytes() / 2);
+        let keep_local_bytes = kept_for_reads_bytes(local_retention_bytes, disk.room_above_reserve_bytes());
         // Only the leader uploads and collects; followers drop what it has tiered.
         if !shard.is_leader() {
             match release_tiered_segments(&shard, &metadata, &reader, keep_local_bytes).await {
@@ -637,5 +650,19 @@ async fn expire_loop(shard: Arc<Shard>, interval: Duration, cancel: Cancellation
         if due && let Err(e) = shard.propose(Command::Expire).await {
             tracing::warn!(shard = shard.shard_id, error = %e, "retention expiry failed; will retry");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_kept_for_reads_only_while_the_disk_has_room() {
+        let gib = 1u64 << 30;
+        assert_eq!(kept_for_reads_bytes(gib, 10 * gib), gib);
+        assert_eq!(kept_for_reads_bytes(gib, 3 * gib / 2), 3 * gib / 4, "half the room");
+        assert_eq!(kept_for_reads_bytes(gib, gib - 1), 0, "none under 1 GiB of room");
+        assert_eq!(kept_for_reads_bytes(0, 10 * gib), 0);
     }
 }

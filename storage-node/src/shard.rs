@@ -263,9 +263,9 @@ pub struct ShardLogSettings {
     /// idle queue tiers too instead of waiting for the segment to fill.
     pub seal_idle_after: std::time::Duration,
     /// Sealed segments kept on local disk after they are tiered, newest first, up to about this
-    /// many bytes (and half the disk's room above its reserve): reads of recent messages, a
-    /// backlog being drained, come from the local log instead of the bucket. Segments holding
-    /// only dead entries go at once.
+    /// many bytes (and half the disk's room above its reserve; none under 1 GiB of room): reads
+    /// of recent messages, a backlog being drained, come from the local log instead of the
+    /// bucket. Segments holding only dead entries go at once.
     pub local_retention_bytes: u64,
 }
 

@@ -125,6 +125,67 @@ async fn receive_all_counted(
     receipts
 }
 
+/// A metadata node serving on loopback, with an operator's client.
+struct Metadata {
+    node: Arc<MetadataNode>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    cancel: CancellationToken,
+    endpoint: String,
+    client: MetadataClient,
+}
+
+impl Metadata {
+    async fn start(dir: &Path) -> Self {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let addr = free_addr();
+        let endpoint = format!("http://{addr}");
+        let node = MetadataNode::open(
+            &dir.join("metadata"),
+            &endpoint,
+            clock,
+            FormatGate::new(NEWEST_GENERATION),
+            test_credentials(Role::Metadata, "1"),
+        )
+        .await
+        .expect("metadata opens");
+        let cancel = CancellationToken::new();
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind metadata");
+        let task = tokio::spawn(node.clone().serve_with_listener(listener, cancel.clone().cancelled_owned()));
+        let client = MetadataClient::connect_lazy(&endpoint, &test_credentials(Role::Operator, "test"))
+            .expect("metadata client");
+        Self { node, task, cancel, endpoint, client }
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+        self.node.shutdown().await;
+    }
+}
+
+/// Sends the numbered bodies, then waits until every send has left the local disk by itself:
+/// sealed (the tail once idle), uploaded, cataloged, deleted locally. Afterwards every body
+/// lives only in the bucket.
+async fn send_all_and_wait_until_only_the_bucket_holds_them(
+    node: &StorageNode,
+    client: &mut StorageClient<tonic::transport::Channel>,
+    queue: &pb::QueueRef,
+) {
+    for batch in 0..MESSAGES / 10 {
+        let messages = (0..10)
+            .map(|j| pb::NewMessage { body: Bytes::from(body_of(batch * 10 + j)), ..Default::default() })
+            .collect();
+        let request = pb::SendRequest { queue: Some(queue.clone()), messages, ..Default::default() };
+        client.send(request).await.expect("send");
+    }
+    let shard = node.shard(node.shard_ids()[0]).expect("one shard");
+    let last_send_index = shard.wal().last_index().expect("sends are in the log");
+    wait_for("the sends to be tiered and removed locally", Duration::from_secs(60), async || {
+        shard.wal().first_index().is_none_or(|first| first > last_send_index)
+    })
+    .await;
+}
+
 async fn receive_all(client: &mut StorageClient<tonic::transport::Channel>, queue: &pb::QueueRef) -> Vec<String> {
     receive_all_counted(client, queue, u32::MAX).await
 }
@@ -132,23 +193,8 @@ async fn receive_all(client: &mut StorageClient<tonic::transport::Channel>, queu
 async fn tiering_round_trip(store_settings: ObjectStoreSettings) {
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
     let dir = tempfile::tempdir().expect("tempdir");
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let metadata_addr = free_addr();
-    let metadata_endpoint = format!("http://{metadata_addr}");
-    let metadata = MetadataNode::open(
-        &dir.path().join("metadata"),
-        &metadata_endpoint,
-        clock.clone(),
-        FormatGate::new(NEWEST_GENERATION),
-        test_credentials(Role::Metadata, "1"),
-    )
-    .await
-    .expect("metadata opens");
-    let cancel = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind(metadata_addr).await.expect("bind metadata");
-    let metadata_task = tokio::spawn(metadata.clone().serve_with_listener(listener, cancel.clone().cancelled_owned()));
-    let meta_client = MetadataClient::connect_lazy(&metadata_endpoint, &test_credentials(Role::Operator, "test"))
-        .expect("metadata client");
+    let metadata = Metadata::start(dir.path()).await;
+    let (metadata_endpoint, meta_client) = (metadata.endpoint.clone(), metadata.client.clone());
 
     let storage_dir = dir.path().join("storage");
     let storage_addr = free_addr();
@@ -165,24 +211,8 @@ async fn tiering_round_trip(store_settings: ObjectStoreSettings) {
         .await
         .expect("ensure");
 
-    for batch in 0..MESSAGES / 10 {
-        let messages = (0..10)
-            .map(|j| pb::NewMessage { body: Bytes::from(body_of(batch * 10 + j)), ..Default::default() })
-            .collect();
-        client
-            .send(pb::SendRequest { queue: Some(queue.clone()), messages, ..Default::default() })
-            .await
-            .expect("send");
-    }
-
-    // Every send must leave the local disk by itself: seal (the tail once idle), upload, catalog,
-    // local delete. Afterwards every body lives only in the bucket.
+    send_all_and_wait_until_only_the_bucket_holds_them(&node, &mut client, &queue).await;
     let shard = node.shard(node.shard_ids()[0]).expect("one shard");
-    let last_send_index = shard.wal().last_index().expect("sends are in the log");
-    wait_for("the sends to be tiered and removed locally", Duration::from_secs(60), async || {
-        shard.wal().first_index().is_none_or(|first| first > last_send_index)
-    })
-    .await;
     // Catalog first: an upload precedes its catalog entry, so every key read from the catalog
     // must be in a listing taken after it (the tier loop keeps running meanwhile).
     let catalog = meta_client.list_segments(info.shard_id).await.expect("catalog");
@@ -243,9 +273,7 @@ async fn tiering_round_trip(store_settings: ObjectStoreSettings) {
 
     drop(client);
     node.shutdown().await;
-    cancel.cancel();
-    let _ = metadata_task.await;
-    metadata.shutdown().await;
+    metadata.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,23 +391,8 @@ async fn a_bucket_outage_during_receives_counts_no_receive_and_dead_letters_noth
         prefix,
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let metadata_addr = free_addr();
-    let metadata_endpoint = format!("http://{metadata_addr}");
-    let metadata = MetadataNode::open(
-        &dir.path().join("metadata"),
-        &metadata_endpoint,
-        clock.clone(),
-        FormatGate::new(NEWEST_GENERATION),
-        test_credentials(Role::Metadata, "1"),
-    )
-    .await
-    .expect("metadata opens");
-    let cancel = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind(metadata_addr).await.expect("bind metadata");
-    let metadata_task = tokio::spawn(metadata.clone().serve_with_listener(listener, cancel.clone().cancelled_owned()));
-    let meta_client = MetadataClient::connect_lazy(&metadata_endpoint, &test_credentials(Role::Operator, "test"))
-        .expect("metadata client");
+    let metadata = Metadata::start(dir.path()).await;
+    let (metadata_endpoint, meta_client) = (metadata.endpoint.clone(), metadata.client.clone());
     let storage_dir = dir.path().join("storage");
     let storage_addr = free_addr();
     let node = start_storage(&storage_dir, &metadata_endpoint, &store_settings, storage_addr).await;
@@ -397,20 +410,7 @@ async fn a_bucket_outage_during_receives_counts_no_receive_and_dead_letters_noth
         let request = pb::EnsureQueueRequest { queue: Some(queue.clone()), config: Some(config) };
         client.ensure_queue(request).await.expect("ensure");
     }
-    for batch in 0..MESSAGES / 10 {
-        let messages = (0..10)
-            .map(|j| pb::NewMessage { body: Bytes::from(body_of(batch * 10 + j)), ..Default::default() })
-            .collect();
-        let request = pb::SendRequest { queue: Some(queue.clone()), messages, ..Default::default() };
-        client.send(request).await.expect("send");
-    }
-    let shard = node.shard(node.shard_ids()[0]).expect("one shard");
-    let last_send_index = shard.wal().last_index().expect("sends are in the log");
-    wait_for("the sends to be tiered and removed locally", Duration::from_secs(60), async || {
-        shard.wal().first_index().is_none_or(|first| first > last_send_index)
-    })
-    .await;
-    drop(shard);
+    send_all_and_wait_until_only_the_bucket_holds_them(&node, &mut client, &queue).await;
     // Cold cache, so every body must come from the bucket.
     drop(client);
     node.shutdown().await;
@@ -457,7 +457,5 @@ async fn a_bucket_outage_during_receives_counts_no_receive_and_dead_letters_noth
 
     drop(client);
     node.shutdown().await;
-    cancel.cancel();
-    let _ = metadata_task.await;
-    metadata.shutdown().await;
+    metadata.stop().await;
 }
