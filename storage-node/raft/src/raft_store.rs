@@ -46,8 +46,14 @@ const PURGED_FILE: &str = "raft-purged";
 /// The committed index is written to disk when it has advanced this far since the last write:
 /// often enough to bound start-up re-apply work, rarely enough to cost nothing per commit.
 pub const COMMITTED_PERSIST_EVERY_ENTRIES: u64 = 4096;
-/// Encoded bytes of recent entries kept decoded in memory (see `RecentEntries`).
+/// Bytes of recent entries kept decoded in memory (see `RecentEntries`), each counted as its
+/// encoded size plus [`DECODED_ENTRY_OVERHEAD_BYTES`].
 const RECENT_ENTRIES_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// What a decoded entry costs beyond its encoded bytes (its structs, and an allocation per
+/// string), so that many small entries (queue creations, receives) are bounded by the memory
+/// they take rather than by their much smaller encoding: counted at encoded size alone, 32 MiB
+/// of them held hundreds of MiB (issue 16, item 4).
+const DECODED_ENTRY_OVERHEAD_BYTES: usize = 512;
 /// Segment files live in this subdirectory of the store directory.
 const LOG_DIR: &str = "log";
 
@@ -83,9 +89,10 @@ struct Inner<C: RaftTypeConfig> {
 
 /// Decoded copies of the most recently appended entries. Raft applies an entry right after it is
 /// flushed and receives read bodies of recent sends: both are served from here instead of a
-/// positioned read plus a decode. Bounded by [`RECENT_ENTRIES_BYTES_MAX`] of encoded size.
+/// positioned read plus a decode. Bounded by [`RECENT_ENTRIES_BYTES_MAX`] of encoded size plus
+/// [`DECODED_ENTRY_OVERHEAD_BYTES`] per entry.
 struct RecentEntries<C: RaftTypeConfig> {
-    /// Consecutive indexes, oldest first: (index, encoded bytes, entry).
+    /// Consecutive indexes, oldest first: (index, bytes counted, entry).
     entries: VecDeque<(u64, usize, EntryOf<C>)>,
     bytes: usize,
 }
@@ -94,10 +101,12 @@ impl<C: RaftTypeConfig> RecentEntries<C>
 where
     EntryOf<C>: Clone,
 {
-    fn push(&mut self, index: u64, bytes: usize, entry: EntryOf<C>) {
+    /// Keeps `entry`, whose encoding is `encoded_bytes` long, dropping the oldest over the bound.
+    fn push(&mut self, index: u64, encoded_bytes: usize, entry: EntryOf<C>) {
         if self.entries.back().is_some_and(|(last, _, _)| *last + 1 != index) {
             self.clear();
         }
+        let bytes = encoded_bytes + DECODED_ENTRY_OVERHEAD_BYTES;
         self.entries.push_back((index, bytes, entry));
         self.bytes += bytes;
         while self.bytes > RECENT_ENTRIES_BYTES_MAX {
