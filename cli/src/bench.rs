@@ -241,9 +241,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.backlog > 0 {
         let started = CLOCK.instant();
         let request = bytes::Bytes::from(serde_json::to_vec(&batch_of(args.batch))?);
-        let per_sender = args.backlog.div_ceil(args.senders.max(1) as u64 * args.batch.max(1) as u64);
+        let (senders, batch) = (args.senders.max(1) as u64, args.batch.max(1) as u64);
+        let per_sender = args.backlog.div_ceil(senders * batch);
         let mut tasks = Vec::new();
-        for _ in 0..args.senders.max(1) {
+        for _ in 0..senders {
             let (api, request, queue) = (api.clone(), request.clone(), queue.clone());
             tasks.push(tokio::spawn(async move {
                 for _ in 0..per_sender {
@@ -255,7 +256,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         for task in tasks {
             task.await??;
         }
-        let sent = per_sender * args.senders.max(1) as u64 * args.batch.max(1) as u64;
+        let sent = per_sender * senders * batch;
         let seconds = CLOCK.instant().duration_since(started).as_secs_f64();
         report.insert("backlog".into(), json!({ "messages": sent, "seconds": seconds }));
         eprintln!("backlog of {sent} messages sent in {seconds:.1} s");

@@ -88,10 +88,15 @@ fn access_key_pb(key: AccessKeyRecord, keks: Option<&Keks>) -> Result<pb::Access
     })
 }
 
+/// A metadata response the command cannot give: a bug, reported as one.
+fn unexpected(response: MetaResponse) -> Status {
+    MemberError::bug("unexpected metadata response", format_args!("{response:?}")).into()
+}
+
 fn access_key_response(response: MetaResponse, keks: Option<&Keks>) -> Result<Response<pb::AccessKey>, Status> {
     match response {
         MetaResponse::AccessKey(key) => Ok(Response::new(access_key_pb(key, keks)?)),
-        other => Err(MemberError::bug("unexpected metadata response", format_args!("{other:?}")).into()),
+        other => Err(unexpected(other)),
     }
 }
 
@@ -506,7 +511,7 @@ impl MetadataService {
     ) -> Result<Response<pb::ShardInfo>, Status> {
         match self.node.propose(request_id, command).await? {
             MetaResponse::Shard(shard) => Ok(Response::new(self.shard_info(&shard))),
-            other => Err(MemberError::bug("unexpected metadata response", format_args!("{other:?}")).into()),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -543,7 +548,7 @@ fn members_response(members: &BTreeMap<u64, String>, leader: Option<u64>) -> pb:
 fn queue_response(response: MetaResponse) -> Result<Response<pb::QueueInfo>, Status> {
     match response {
         MetaResponse::Queue(q) => Ok(Response::new(q.into())),
-        other => Err(MemberError::bug("unexpected metadata response", format_args!("{other:?}")).into()),
+        other => Err(unexpected(other)),
     }
 }
 
@@ -558,7 +563,7 @@ impl Metadata for MetadataService {
         let tenant = request.into_inner().tenant;
         match self.node.propose(request_id, MetaCommand::EnsureTenant { tenant, now_ms: self.node.now_ms() }).await? {
             MetaResponse::Tenant(t) => Ok(Response::new(pb::Tenant { tenant: t.tenant, created_ms: t.created_ms })),
-            other => Err(MemberError::bug("unexpected metadata response", format_args!("{other:?}")).into()),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -685,7 +690,7 @@ impl Metadata for MetadataService {
                     format_generation: self.node.catalog().format_generation(),
                 }))
             }
-            other => Err(MemberError::bug("unexpected metadata response", format_args!("{other:?}")).into()),
+            other => Err(unexpected(other)),
         }
     }
 

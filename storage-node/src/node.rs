@@ -28,7 +28,8 @@ use crate::queue::Command;
 use crate::service::StorageService;
 use crate::shard::{Shard, ShardLogSettings, ShardReplicas};
 use crate::tier::{
-    TieredReader, probe_conditional_create, release_tiered_segments, tier_shard_once, tiered_through_snapshot,
+    TieredReader, kept_for_reads_bytes, probe_conditional_create, release_tiered_segments, tier_shard_once,
+    tiered_through_snapshot,
 };
 
 /// Where tiered segments go.
@@ -351,7 +352,8 @@ impl Host {
                     reader: self.reader.clone(),
                     disk: self.disk.clone(),
                     interval: settings.tier_interval,
-                    log: settings.log.clone(),
+                    seal_idle_after: settings.log.seal_idle_after,
+                    local_retention_bytes: settings.log.local_retention_bytes,
                 },
                 cancel.clone(),
             )),
@@ -498,20 +500,6 @@ async fn backfill_loop(shard: Arc<Shard>, metadata: MetadataClient, cancel: Canc
     }
 }
 
-/// Below this much room above the disk reserve, no tiered segment is kept for reads: the node
-/// lets them go well before it would refuse new messages for lack of space.
-const RETENTION_ROOM_MIN_BYTES: u64 = 1 << 30;
-
-/// How many bytes of tiered segments a shard keeps on local disk for reads: up to its setting
-/// and half the room above the reserve, and none once that room is under
-/// [`RETENTION_ROOM_MIN_BYTES`].
-fn kept_for_reads_bytes(local_retention_bytes: u64, room_above_reserve_bytes: u64) -> u64 {
-    if room_above_reserve_bytes < RETENTION_ROOM_MIN_BYTES {
-        return 0;
-    }
-    local_retention_bytes.min(room_above_reserve_bytes / 2)
-}
-
 /// What a shard's tiering loop works with.
 struct TierLoop {
     store: Arc<dyn ObjectStore>,
@@ -519,12 +507,12 @@ struct TierLoop {
     reader: Arc<TieredReader>,
     disk: Arc<DiskGuard>,
     interval: Duration,
-    log: ShardLogSettings,
+    seal_idle_after: Duration,
+    local_retention_bytes: u64,
 }
 
 async fn tier_loop(shard: Arc<Shard>, tier: TierLoop, cancel: CancellationToken) {
-    let TierLoop { store, metadata, reader, disk, interval, log } = tier;
-    let (seal_idle_after, local_retention_bytes) = (log.seal_idle_after, log.local_retention_bytes);
+    let TierLoop { store, metadata, reader, disk, interval, seal_idle_after, local_retention_bytes } = tier;
     // An idle shard seals its active segment after `seal_idle_after`, so its tail tiers too.
     let mut last_seen_index = None;
     let clock = shard.clock().clone();
@@ -650,19 +638,5 @@ async fn expire_loop(shard: Arc<Shard>, interval: Duration, cancel: Cancellation
         if due && let Err(e) = shard.propose(Command::Expire).await {
             tracing::warn!(shard = shard.shard_id, error = %e, "retention expiry failed; will retry");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn segments_are_kept_for_reads_only_while_the_disk_has_room() {
-        let gib = 1u64 << 30;
-        assert_eq!(kept_for_reads_bytes(gib, 10 * gib), gib);
-        assert_eq!(kept_for_reads_bytes(gib, 3 * gib / 2), 3 * gib / 4, "half the room");
-        assert_eq!(kept_for_reads_bytes(gib, gib - 1), 0, "none under 1 GiB of room");
-        assert_eq!(kept_for_reads_bytes(0, 10 * gib), 0);
     }
 }

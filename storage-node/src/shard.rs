@@ -795,11 +795,12 @@ impl Shard {
         }
         let mut out: Vec<Option<Result<NewMessage, StrataError>>> = vec![None; refs.len()];
         for (log_index, positions) in by_entry {
-            let messages = self.send_entry(log_index).await;
+            // Each message moves out of its decoded entry (a receive names a message once).
+            let mut messages = self.send_entry(log_index).await.map(|m| m.into_iter().map(Some).collect::<Vec<_>>());
             for position in positions {
                 let slot = refs[position].slot;
-                out[position] = Some(match &messages {
-                    Ok(messages) => messages.get(usize::from(slot)).cloned().ok_or_else(|| {
+                out[position] = Some(match &mut messages {
+                    Ok(messages) => messages.get_mut(usize::from(slot)).and_then(Option::take).ok_or_else(|| {
                         let detail = format!("shard {}, entry {log_index}, slot {slot}", self.shard_id);
                         NodeError::damaged("a message reference points past its batch", detail).into()
                     }),
@@ -956,10 +957,6 @@ pub fn decode_entry(
         .map_err(|e| NodeError::damaged("a stored log entry could not be decoded", e).into())
 }
 
-/// Golden fixtures of the shard's persisted values (see `docs/formats.md`): every command kind,
-/// and a state holding something of every kind (queues of each type, visible, in-flight, delayed
-/// and scheduled messages, FIFO groups, a dead-letter move, a move task, request ids, the
-/// metering outbox).
 #[cfg(test)]
 mod waker_tests {
     use super::*;
@@ -986,6 +983,10 @@ mod waker_tests {
     }
 }
 
+/// Golden fixtures of the shard's persisted values (see `docs/formats.md`): every command kind,
+/// and a state holding something of every kind (queues of each type, visible, in-flight, delayed
+/// and scheduled messages, FIFO groups, a dead-letter move, a move task, request ids, the
+/// metering outbox).
 #[cfg(test)]
 mod format_tests {
     use std::collections::BTreeMap;

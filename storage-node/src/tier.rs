@@ -341,6 +341,20 @@ async fn upload_segment(
     }
 }
 
+/// Below this much room above the disk reserve, no tiered segment is kept for reads: the node
+/// lets them go well before it would refuse new messages for lack of space.
+const RETENTION_ROOM_MIN_BYTES: u64 = 1 << 30;
+
+/// How many bytes of tiered segments a shard keeps on local disk for reads: up to its setting
+/// and half the room above the reserve, and none once that room is under
+/// [`RETENTION_ROOM_MIN_BYTES`].
+pub(crate) fn kept_for_reads_bytes(local_retention_bytes: u64, room_above_reserve_bytes: u64) -> u64 {
+    if room_above_reserve_bytes < RETENTION_ROOM_MIN_BYTES {
+        return 0;
+    }
+    local_retention_bytes.min(room_above_reserve_bytes / 2)
+}
+
 /// The first index of the oldest sealed segment kept locally for reads: the newest segments
 /// whose sizes add up to at most `keep_local_bytes` (`u64::MAX` when none fits).
 fn kept_for_reads_from(sealed: &[strata_wal::SegmentInfo], keep_local_bytes: u64) -> u64 {
@@ -483,20 +497,18 @@ pub async fn tier_shard_once(
             upload_gaps(shard, store, metadata, reader, writer_epoch, &info, reclaim_below, &mut covered).await?;
     }
     let sealed = shard.wal().sealed_segments();
-    let kept_from = kept_for_reads_from(&sealed, keep_local_bytes);
-    // Files leave in order: once one is kept for reads, so are the ones after it.
-    let mut keeping = false;
+    // Segments ending at or after this hold live entries and are among the newest kept for reads.
+    let keep_from = kept_for_reads_from(&sealed, keep_local_bytes).max(reclaim_below);
     for info in sealed {
         if info.last_index > applied_index {
             break;
         }
         pass.uploaded +=
             upload_gaps(shard, store, metadata, reader, writer_epoch, &info, reclaim_below, &mut covered).await?;
-        keeping = keeping || (info.last_index >= reclaim_below && info.last_index >= kept_from);
         // Tiered (or dead) and recorded: the file may go once no restart would replay it,
         // unless it is among the newest kept for reads.
         if purged_index.is_some_and(|p| info.last_index <= p) {
-            if keeping {
+            if info.last_index >= keep_from {
                 continue;
             }
             let removed = shard
@@ -544,13 +556,13 @@ pub async fn release_tiered_segments(
 ) -> Result<usize, StrataError> {
     let Some(purged_index) = shard.purged_index() else { return Ok(0) };
     let sealed = shard.wal().sealed_segments();
-    let kept_from = kept_for_reads_from(&sealed, keep_local_bytes);
     if !sealed.iter().any(|s| s.last_index <= purged_index) {
         return Ok(0);
     }
     let catalog = metadata.list_segments(shard.shard_id).await?;
     let covered = covered_ranges(&catalog);
     let reclaim_below = reclaim_below(shard, Some(purged_index));
+    let keep_from = kept_for_reads_from(&sealed, keep_local_bytes).max(reclaim_below);
     // The files in order, up to the first one whose live entries are not all in the catalog, or
     // that is kept for reads.
     let Some(last) = sealed
@@ -558,7 +570,7 @@ pub async fn release_tiered_segments(
         .take_while(|s| {
             s.last_index <= purged_index
                 && gaps(&covered, s.first_index.max(reclaim_below), s.last_index).is_empty()
-                && (s.last_index < reclaim_below || s.last_index < kept_from)
+                && s.last_index < keep_from
         })
         .map(|s| s.last_index)
         .last()
@@ -598,6 +610,15 @@ pub async fn probe_conditional_create(store: &dyn ObjectStore, node_id: &str, no
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segments_are_kept_for_reads_only_while_the_disk_has_room() {
+        let gib = 1u64 << 30;
+        assert_eq!(kept_for_reads_bytes(gib, 10 * gib), gib);
+        assert_eq!(kept_for_reads_bytes(gib, 3 * gib / 2), 3 * gib / 4, "half the room");
+        assert_eq!(kept_for_reads_bytes(gib, gib - 1), 0, "none under 1 GiB of room");
+        assert_eq!(kept_for_reads_bytes(0, 10 * gib), 0);
+    }
 
     #[test]
     fn the_newest_segments_that_fit_the_budget_are_kept_for_reads() {

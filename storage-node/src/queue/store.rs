@@ -877,16 +877,15 @@ impl Queue {
     /// `now_ms`, with one receive fewer (never received again: no first receive either). The
     /// caller has checked that it is in flight under that receive. `now_ms` must be settled.
     pub(crate) fn return_undelivered(&mut self, seq: u64, now_ms: u64) {
-        if let Some(mut message) = self.detach(seq) {
+        // Visible first, while its count still says it is in flight (which unlocks its group);
+        // a visible message's place does not depend on its count.
+        self.set_visible_at(seq, now_ms, now_ms);
+        if let Some(message) = self.messages.get_mut(&seq) {
             message.receive_count = message.receive_count.saturating_sub(1);
             if message.receive_count == 0 {
                 message.first_receive_ms = 0;
                 message.lease = 0;
             }
-            message.visible_at_ms = now_ms;
-            let never_received = message.receive_count == 0;
-            self.messages.insert(seq, message);
-            self.place(seq, now_ms, never_received, now_ms);
         }
     }
 
