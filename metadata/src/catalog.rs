@@ -818,16 +818,19 @@ impl Catalog {
                 if !crate::sealing::is_sealed(&secret.0) {
                     return Err(StrataError::invalid("a secret to seal in place must be sealed"));
                 }
-                let records = self.access_keys.get_mut(access_key_id).into_iter().chain(
-                    // The key's creation is remembered with its answer, which holds the secret too.
-                    self.requests.answers_mut().filter_map(|answer| match answer {
-                        MetaResponse::AccessKey(record) if record.access_key_id == *access_key_id => Some(record),
-                        _ => None,
-                    }),
-                );
-                for record in records.filter(|r| !crate::sealing::is_sealed(&r.secret.0)) {
-                    record.secret = secret.clone();
+                let seal = |record: &mut AccessKeyRecord| {
+                    if !crate::sealing::is_sealed(&record.secret.0) {
+                        record.secret = secret.clone();
+                    }
+                };
+                if let Some(record) = self.access_keys.get_mut(access_key_id) {
+                    seal(record);
                 }
+                // The key's creation is remembered with its answer, which holds the secret too.
+                self.requests.update_answers(|answer| match answer {
+                    MetaResponse::AccessKey(record) if record.access_key_id == *access_key_id => seal(record),
+                    _ => {}
+                });
                 Ok(MetaResponse::Done)
             }
             MetaCommand::SetStoredBytesMax { of, stored_bytes_max } => {
@@ -1166,6 +1169,10 @@ impl ReplicatedState for Catalog {
 
     fn noop_response() -> MetaResponse {
         MetaResponse::Done
+    }
+
+    fn copy_for_snapshot(&self) -> Self {
+        self.clone()
     }
 }
 

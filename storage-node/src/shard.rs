@@ -219,6 +219,11 @@ impl ReplicatedState for ShardMachine {
         Response::Expired { count: 0 }
     }
 
+    /// The state without its slice files' handle: a snapshot encodes the state only.
+    fn copy_for_snapshot(&self) -> Self {
+        ShardMachine(self.0.clone(), None)
+    }
+
     fn open_side_files(&mut self, dir: &Path, last_applied: Option<u64>) -> std::io::Result<()> {
         let expected = self.0.slice_record_counts();
         self.1 = Some(SliceFiles::recover(&dir.join(SCHEDULE_DIR), last_applied.unwrap_or(0), &expected)?);

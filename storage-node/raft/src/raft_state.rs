@@ -52,6 +52,11 @@ pub trait ReplicatedState: Default + Persisted + Send + Sync + 'static {
     /// The response for entries that carry no command (blank and membership entries).
     fn noop_response() -> Self::Response;
 
+    /// A copy of what a snapshot encodes, taken while applies are held off; the copy is encoded
+    /// after they resume, so applies wait for a copy of the state, never for its encoding.
+    /// Handles to side files need not be copied.
+    fn copy_for_snapshot(&self) -> Self;
+
     /// For a state that keeps files beside its snapshot (written by its applies): called when the
     /// store opens, after the state was loaded from its snapshot (or made empty) and before the
     /// log after it is applied again, with the store directory and the snapshot's last index.
@@ -345,11 +350,23 @@ impl<C: PersistedRaftTypes, S: ReplicatedState> StateMachineStore<C, S> {
         self.shared.clone()
     }
 
+    /// Copies the state with applies held off (after its side files are durable to that point),
+    /// then encodes the copy with applies running.
     fn encode_current(&self) -> io::Result<(SnapshotMetaOf<C>, Vec<u8>)> {
-        let applied = self.shared.applied.read();
-        applied.state.sync_side_files()?;
-        let bytes = encode_snapshot(&applied, self.shared.format.writing())?;
-        let meta = SnapshotMeta { last_log_id: applied.last_applied, last_membership: applied.membership.clone() };
+        let started = crate::RAFT_CLOCK.instant();
+        let copy: Applied<C, S> = {
+            let applied = self.shared.applied.read();
+            applied.state.sync_side_files()?;
+            Applied {
+                last_applied: applied.last_applied,
+                membership: applied.membership.clone(),
+                state: applied.state.copy_for_snapshot(),
+            }
+        };
+        let held = crate::RAFT_CLOCK.instant().duration_since(started);
+        tracing::debug!(held_us = held.as_micros() as u64, "state copied for a snapshot");
+        let bytes = encode_snapshot(&copy, self.shared.format.writing())?;
+        let meta = SnapshotMeta { last_log_id: copy.last_applied, last_membership: copy.membership };
         Ok((meta, bytes))
     }
 
@@ -373,9 +390,9 @@ where
 {
     type SnapshotData = Vec<u8>;
 
-    /// Encodes and writes on a blocking thread: a large state takes tens of milliseconds to
-    /// encode and its file write competes with the WAL's fsyncs, neither of which may stall an
-    /// async worker. Applies still wait while the state is encoded (see design-notes.md).
+    /// Copies, encodes and writes on a blocking thread: a large state takes tens of milliseconds
+    /// to encode and its file write competes with the WAL's fsyncs, neither of which may stall an
+    /// async worker. Applies wait only while the state is copied (see design-notes.md).
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, Vec<u8>>, io::Error> {
         let store = self.clone();
         tokio::task::spawn_blocking(move || {

@@ -3,23 +3,25 @@
 //! first attempt was applied) is applied once and answered as the first time.
 //!
 //! Part of the state it lives in (snapshotted with it), so every replica answers a retry alike.
-//! Bounded: only the newest `capacity` ids are kept, by the log index that applied them.
+//! Bounded: only the newest `capacity` ids are kept, by the log index that applied them. Held in
+//! persistent maps, so a copy of the state for a snapshot takes constant time.
 
-use std::collections::BTreeMap;
+use imbl::OrdMap;
 
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(bound(serialize = "R: Serialize", deserialize = "R: Deserialize<'de> + Clone"))]
 pub struct RecentRequests<R> {
     /// Request id -> the answer applying it gave.
-    answers: BTreeMap<String, R>,
+    answers: OrdMap<String, R>,
     /// The same ids by the log index that applied them, oldest first, to forget the oldest.
-    by_index: BTreeMap<u64, String>,
+    by_index: OrdMap<u64, String>,
 }
 
 impl<R> Default for RecentRequests<R> {
     fn default() -> Self {
-        Self { answers: BTreeMap::new(), by_index: BTreeMap::new() }
+        Self { answers: OrdMap::new(), by_index: OrdMap::new() }
     }
 }
 
@@ -35,22 +37,28 @@ impl<R: Clone> RecentRequests<R> {
         self.answers.insert(request_id.to_owned(), answer.clone());
         self.by_index.insert(log_index, request_id.to_owned());
         while self.by_index.len() > capacity {
-            if let Some((_, oldest)) = self.by_index.pop_first() {
+            let Some(&(oldest_index, _)) = self.by_index.get_min() else { break };
+            if let Some(oldest) = self.by_index.remove(&oldest_index) {
                 self.answers.remove(&oldest);
             }
         }
     }
 
-    /// The answers kept, to be rewritten in place (an answer that holds what the state changes
-    /// in place, such as a secret sealed after it was answered).
-    pub fn answers_mut(&mut self) -> impl Iterator<Item = &mut R> {
-        self.answers.values_mut()
+    /// Rewrites each answer kept in place (an answer that holds what the state changes in
+    /// place, such as a secret sealed after it was answered).
+    pub fn update_answers(&mut self, mut update: impl FnMut(&mut R)) {
+        let ids: Vec<String> = self.answers.keys().cloned().collect();
+        for id in ids {
+            if let Some(answer) = self.answers.get_mut(&id) {
+                update(answer);
+            }
+        }
     }
 
     /// Whether any id kept starts with `prefix`.
     pub fn any_with_prefix(&self, prefix: &str) -> bool {
         self.answers
-            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .range::<_, str>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
             .next()
             .is_some_and(|(id, _)| id.starts_with(prefix))
     }

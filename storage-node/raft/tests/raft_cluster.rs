@@ -48,6 +48,10 @@ impl ReplicatedState for Applied {
     fn noop_response() -> u64 {
         0
     }
+
+    fn copy_for_snapshot(&self) -> Self {
+        self.clone()
+    }
 }
 
 const GROUP: u64 = 7;

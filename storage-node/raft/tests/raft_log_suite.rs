@@ -35,6 +35,10 @@ impl ReplicatedState for Applied {
     fn noop_response() -> String {
         String::new()
     }
+
+    fn copy_for_snapshot(&self) -> Self {
+        self.clone()
+    }
 }
 
 struct Builder {

@@ -15,8 +15,11 @@
 //! - The outbox holds at most [`OUTBOX_RECORDS_MAX`] records and about [`OUTBOX_BYTES_MAX`]
 //!   bytes. When it is full (the billing service is behind), metered commands are refused with
 //!   `MeteringBacklogFull` and change nothing: a call is never served unbilled.
+//!
+//! The records are a persistent vector, so a copy of the state for a snapshot takes constant
+//! time however many records wait.
 
-use std::collections::VecDeque;
+use imbl::Vector;
 
 use serde::{Deserialize, Serialize};
 use strata_common::metering::{MeterRecord, UsageSum, key_may_repeat, sum_usage, text_bytes};
@@ -48,7 +51,7 @@ pub struct OutboxRead {
 pub struct MeterOutbox {
     /// The sequence number of `records[0]` (the next record's is `first_seq + records.len()`).
     first_seq: u64,
-    records: VecDeque<MeterRecord>,
+    records: Vector<MeterRecord>,
     /// Sum of [`record_bytes`] over `records`.
     bytes: usize,
 }
@@ -56,7 +59,7 @@ pub struct MeterOutbox {
 impl Default for MeterOutbox {
     fn default() -> Self {
         // Sequence numbers start at 1, so a trim through 0 drops nothing.
-        Self { first_seq: 1, records: VecDeque::new(), bytes: 0 }
+        Self { first_seq: 1, records: Vector::new(), bytes: 0 }
     }
 }
 

@@ -309,7 +309,7 @@ impl ShardState {
     pub fn without_moved_away(&self) -> ShardState {
         let mut state = self.clone();
         for queue in state.queues.values_mut() {
-            queue.set_moved_away(BTreeSet::new());
+            queue.set_moved_away(Default::default());
         }
         state
     }

@@ -18,8 +18,11 @@
 //! Messages scheduled with a deliver-at time that are in memory wait in the
 //! `wheel`, keyed by due time; they get a seq when due. Those still on disk
 //! (see `schedule`) are only counted here (`on_disk`).
+//!
+//! Every collection is persistent (`imbl`, copy-on-write): a copy of a queue for a snapshot
+//! shares them and takes constant time, and they serialize like `std`'s B-tree maps and sets.
 
-use std::collections::{BTreeMap, BTreeSet};
+use imbl::{OrdMap, OrdSet};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -143,19 +146,19 @@ pub(crate) struct Queue {
     pub(crate) tenant: String,
     pub(crate) config: QueueConfig,
     next_seq: u64,
-    messages: BTreeMap<u64, Message>,
+    messages: OrdMap<u64, Message>,
     /// Seqs of messages with `visible_at_ms <= ` the last settle time.
-    visible: BTreeSet<u64>,
+    visible: OrdSet<u64>,
     /// `(visible_at_ms, seq)` of every message not in `visible`.
-    pending: BTreeSet<(u64, u64)>,
+    pending: OrdSet<(u64, u64)>,
     /// How many `pending` entries were never received (SQS "delayed").
     delayed: u64,
     /// Keys of this queue in the shard indexes; `None` iff not indexed.
     pub(crate) indexed: Option<IndexKeys>,
     /// Body log index -> number of messages with `older_body` and wheel entries referencing it.
-    older_bodies: BTreeMap<u64, u32>,
+    older_bodies: OrdMap<u64, u32>,
     /// Scheduled messages in memory until due: `(deliver_at_ms, message id)` -> the message.
-    wheel: BTreeMap<(u64, Uuid), ScheduledMessage>,
+    wheel: OrdMap<(u64, Uuid), ScheduledMessage>,
     /// Scheduled messages of this queue still in slice files.
     on_disk: u64,
     /// What the scheduled messages still in slice files count in `stored_bytes`, together (the
@@ -176,30 +179,30 @@ pub(crate) struct Queue {
     /// than a message already deleted. Not in the serde layout: shard states of format version
     /// 4 carry it after the layout (older ones read as none remembered).
     #[serde(skip)]
-    moved_away: BTreeSet<u64>,
+    moved_away: OrdSet<u64>,
 }
 
 /// FIFO queues: each stored message's ids, which groups are locked, and the deduplication window.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct FifoState {
     /// seq -> the message's group and deduplication ids, for every stored message.
-    ids: BTreeMap<u64, FifoIds>,
+    ids: OrdMap<u64, FifoIds>,
     /// group -> messages of the group in flight (no entry when none): a group with an entry is
     /// locked.
-    in_flight: BTreeMap<String, u32>,
+    in_flight: OrdMap<String, u32>,
     /// deduplication key -> the first message sent with it, while its window lasts.
-    dedup: BTreeMap<String, Deduplicated>,
+    dedup: OrdMap<String, Deduplicated>,
     /// `(window end, deduplication key)`, to drop ended windows in order.
-    dedup_ends: BTreeSet<(u64, String)>,
+    dedup_ends: OrdSet<(u64, String)>,
     /// Receive attempt id -> what that receive delivered, while its window lasts.
-    attempts: BTreeMap<String, ReceiveAttempt>,
+    attempts: OrdMap<String, ReceiveAttempt>,
     /// `(window end, attempt id)`.
-    attempt_ends: BTreeSet<(u64, String)>,
+    attempt_ends: OrdSet<(u64, String)>,
     /// group -> the seqs of its visible messages.
-    visible_by_group: BTreeMap<String, BTreeSet<u64>>,
+    visible_by_group: OrdMap<String, OrdSet<u64>>,
     /// `(lowest visible seq, group)` of every unlocked group with a visible message: where a
     /// receive looks, without scanning messages of locked groups.
-    ready: BTreeSet<(u64, String)>,
+    ready: OrdSet<(u64, String)>,
 }
 
 /// The messages one receive with an attempt id delivered: `(seq, lease)` of each.
@@ -222,7 +225,7 @@ impl FifoState {
     }
 
     fn head(&self, group: &str) -> Option<u64> {
-        self.visible_by_group.get(group).and_then(|seqs| seqs.first().copied())
+        self.visible_by_group.get(group).and_then(|seqs| seqs.get_min().copied())
     }
 
     /// Re-files `group` in `ready` after its head or its lock changed (`old_head`: its head
@@ -279,7 +282,7 @@ impl FifoState {
     /// Visible messages of unlocked groups, group by group (by lowest seq), each group in seq
     /// order; a group stops at its first message received `exhausted_at` times or more (a dead
     /// letter waiting to move), so that nothing behind it in its group overtakes it.
-    fn open_visible(&self, messages: &BTreeMap<u64, Message>, exhausted_at: u32) -> impl Iterator<Item = (u64, bool)> {
+    fn open_visible(&self, messages: &OrdMap<u64, Message>, exhausted_at: u32) -> impl Iterator<Item = (u64, bool)> {
         self.ready.iter().flat_map(move |(_, group)| {
             let mut blocked = false;
             self.visible_by_group.get(group).into_iter().flatten().map_while(move |&seq| {
@@ -294,18 +297,18 @@ impl FifoState {
     }
 
     fn end_windows(&mut self, now_ms: u64) {
-        while let Some((ends_ms, key)) = self.dedup_ends.first().cloned() {
+        while let Some((ends_ms, key)) = self.dedup_ends.get_min().cloned() {
             if ends_ms > now_ms {
                 break;
             }
-            self.dedup_ends.pop_first();
+            self.dedup_ends.remove_min();
             self.dedup.remove(&key);
         }
-        while let Some((ends_ms, id)) = self.attempt_ends.first().cloned() {
+        while let Some((ends_ms, id)) = self.attempt_ends.get_min().cloned() {
             if ends_ms > now_ms {
                 break;
             }
-            self.attempt_ends.pop_first();
+            self.attempt_ends.remove_min();
             self.attempts.remove(&id);
         }
     }
@@ -317,19 +320,19 @@ impl Queue {
             tenant,
             config,
             next_seq: 0,
-            messages: BTreeMap::new(),
-            visible: BTreeSet::new(),
-            pending: BTreeSet::new(),
+            messages: OrdMap::new(),
+            visible: OrdSet::new(),
+            pending: OrdSet::new(),
             delayed: 0,
             indexed: None,
-            older_bodies: BTreeMap::new(),
-            wheel: BTreeMap::new(),
+            older_bodies: OrdMap::new(),
+            wheel: OrdMap::new(),
             on_disk: 0,
             on_disk_bytes: 0,
             stored_bytes: 0,
             purged_at_log_index: 0,
             fifo: config.fifo.map(|_| Box::default()),
-            moved_away: BTreeSet::new(),
+            moved_away: OrdSet::new(),
         }
     }
 
@@ -337,8 +340,8 @@ impl Queue {
     /// queue with only scheduled messages in the wheel is indexed for their bodies, and never
     /// expires).
     pub(crate) fn index_keys(&self) -> Option<IndexKeys> {
-        let first = self.messages.first_key_value().map(|(_, m)| m);
-        let oldest_older = self.older_bodies.first_key_value().map(|(&index, _)| index);
+        let first = self.messages.get_min().map(|(_, m)| m);
+        let oldest_older = self.older_bodies.get_min().map(|&(index, _)| index);
         if first.is_none() && oldest_older.is_none() {
             return None;
         }
@@ -369,7 +372,7 @@ impl Queue {
     }
 
     fn hide(&mut self, seq: u64) -> bool {
-        let was_visible = self.visible.remove(&seq);
+        let was_visible = self.visible.remove(&seq).is_some();
         if was_visible && let Some(fifo) = &mut self.fifo {
             fifo.hide(seq);
         }
@@ -393,7 +396,7 @@ impl Queue {
 
     /// Takes a message out of `visible` or `pending` (it stays in `messages`).
     fn unplace(&mut self, seq: u64, message: &Message) {
-        if !self.hide(seq) && self.pending.remove(&(message.visible_at_ms, seq)) {
+        if !self.hide(seq) && self.pending.remove(&(message.visible_at_ms, seq)).is_some() {
             if message.receive_count == 0 {
                 self.delayed = self.delayed.saturating_sub(1);
             } else if let Some(fifo) = &mut self.fifo {
@@ -465,7 +468,7 @@ impl Queue {
         if message.receive_count > 0 {
             self.moved_away.insert(seq);
             if self.moved_away.len() > MOVED_AWAY_KEPT {
-                self.moved_away.pop_first();
+                self.moved_away.remove_min();
             }
         }
         Some(Moved { message, fifo })
@@ -473,12 +476,12 @@ impl Queue {
 
     /// The seqs of received messages moved away that this queue remembers, for the shard
     /// state's format version 4, which carries them after the serde layout.
-    pub(crate) fn moved_away(&self) -> &BTreeSet<u64> {
+    pub(crate) fn moved_away(&self) -> &OrdSet<u64> {
         &self.moved_away
     }
 
     /// Puts back what [`Queue::moved_away`] gave, after a decode of the serde layout.
-    pub(crate) fn set_moved_away(&mut self, seqs: BTreeSet<u64>) {
+    pub(crate) fn set_moved_away(&mut self, seqs: OrdSet<u64>) {
         self.moved_away = seqs;
     }
 
@@ -489,17 +492,24 @@ impl Queue {
         seqs.into_iter().filter_map(|seq| self.take(seq)).collect()
     }
 
+    /// Test check: whether this queue and `other` (a copy of it) share their messages and
+    /// visibility indexes instead of holding copies of them.
+    #[cfg(test)]
+    pub(crate) fn shares_messages_with(&self, other: &Queue) -> bool {
+        self.messages.ptr_eq(&other.messages) && self.visible.ptr_eq(&other.visible)
+    }
+
     /// Test check: the FIFO ready index is what a scan of the messages gives.
     #[cfg(test)]
     pub(crate) fn fifo_index_is_consistent(&self) -> bool {
         let Some(fifo) = &self.fifo else { return true };
-        let mut by_group: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+        let mut by_group: OrdMap<String, OrdSet<u64>> = OrdMap::new();
         for &seq in &self.visible {
             if let Some(ids) = fifo.ids.get(&seq) {
                 by_group.entry(ids.group_id.clone()).or_default().insert(seq);
             }
         }
-        let mut in_flight: BTreeMap<String, u32> = BTreeMap::new();
+        let mut in_flight: OrdMap<String, u32> = OrdMap::new();
         for &(_, seq) in &self.pending {
             if self.messages.get(&seq).is_some_and(|m| m.receive_count > 0)
                 && let Some(ids) = fifo.ids.get(&seq)
@@ -507,10 +517,10 @@ impl Queue {
                 *in_flight.entry(ids.group_id.clone()).or_insert(0) += 1;
             }
         }
-        let ready: BTreeSet<(u64, String)> = by_group
+        let ready: OrdSet<(u64, String)> = by_group
             .iter()
             .filter(|(group, _)| !in_flight.contains_key(*group))
-            .filter_map(|(group, seqs)| seqs.first().map(|&head| (head, group.clone())))
+            .filter_map(|(group, seqs)| seqs.get_min().map(|&head| (head, group.clone())))
             .collect();
         by_group == fifo.visible_by_group && in_flight == fifo.in_flight && ready == fifo.ready
     }
@@ -549,10 +559,9 @@ impl Queue {
     pub(crate) fn drop_expired(&mut self, now_ms: u64) -> u64 {
         let mut dropped = 0;
         // Expired messages form a prefix in seq order (see module doc).
-        while let Some((&seq, first)) = self.messages.first_key_value() {
-            if !first.is_expired(&self.config, now_ms) {
-                break;
-            }
+        while let Some(seq) =
+            self.messages.get_min().filter(|(_, first)| first.is_expired(&self.config, now_ms)).map(|&(seq, _)| seq)
+        {
             self.remove(seq);
             dropped += 1;
         }
@@ -564,11 +573,10 @@ impl Queue {
     /// command on the queue starts with this.
     pub(crate) fn settle(&mut self, now_ms: u64) {
         self.drop_expired(now_ms);
-        while let Some(entry) = self.wheel.first_entry() {
-            if entry.key().0 > now_ms {
-                break;
-            }
-            let due = entry.remove();
+        while let Some(key) =
+            self.wheel.get_min().map(|&(key, _)| key).filter(|&(deliver_at_ms, _)| deliver_at_ms <= now_ms)
+        {
+            let Some(due) = self.wheel.remove(&key) else { break };
             let seq = self.take_seq();
             // Its body is still counted in `older_bodies` and `stored_bytes`, from when it entered
             // the wheel.
@@ -577,11 +585,11 @@ impl Queue {
             self.messages.insert(seq, message);
             self.place(seq, now_ms, true, now_ms);
         }
-        while let Some(&(visible_at_ms, seq)) = self.pending.first() {
+        while let Some(&(visible_at_ms, seq)) = self.pending.get_min() {
             if visible_at_ms > now_ms {
                 break;
             }
-            self.pending.pop_first();
+            self.pending.remove_min();
             self.show(seq);
             if self.messages.get(&seq).is_some_and(|m| m.receive_count == 0) {
                 self.delayed = self.delayed.saturating_sub(1);
@@ -757,7 +765,7 @@ impl Queue {
             None => self
                 .visible
                 .iter()
-                .filter(|seq| self.messages.get(seq).is_some_and(|m| m.receive_count < limit))
+                .filter(|seq| self.messages.get(*seq).is_some_and(|m| m.receive_count < limit))
                 .take(max_messages)
                 .copied()
                 .collect(),
@@ -945,12 +953,10 @@ impl Queue {
         if sizes.messages.len() != self.messages.len() || sizes.wheel.len() != self.wheel.len() {
             return Err("the message sizes do not match the queue's messages");
         }
-        for (message, bytes) in self.messages.values_mut().zip(sizes.messages) {
-            message.body_bytes = bytes;
-        }
-        for (scheduled, bytes) in self.wheel.values_mut().zip(sizes.wheel) {
-            scheduled.body_bytes = bytes;
-        }
+        let messages = std::mem::take(&mut self.messages).into_iter().zip(sizes.messages);
+        self.messages = messages.map(|((seq, message), body_bytes)| (seq, Message { body_bytes, ..message })).collect();
+        let wheel = std::mem::take(&mut self.wheel).into_iter().zip(sizes.wheel);
+        self.wheel = wheel.map(|((key, due), body_bytes)| (key, ScheduledMessage { body_bytes, ..due })).collect();
         self.on_disk_bytes = sizes.on_disk_bytes;
         self.stored_bytes = self.messages.values().map(|m| u64::from(m.body_bytes)).sum::<u64>()
             + self.wheel.values().map(|s| u64::from(s.body_bytes)).sum::<u64>()
@@ -987,15 +993,15 @@ impl Queue {
             // A due pending message (its visibility ran out, so its group unlocks when a command
             // settles the queue) also calls for a receive.
             return fifo.ready.iter().any(|(head, _)| live(head))
-                || self.pending.first().is_some_and(|&(visible_at_ms, _)| visible_at_ms <= now_ms);
+                || self.pending.get_min().is_some_and(|&(visible_at_ms, _)| visible_at_ms <= now_ms);
         }
         // The highest visible seq is the least likely to be expired; if it is,
         // all of `visible` is (expired messages are a seq prefix).
-        if self.visible.last().is_some_and(live) {
+        if self.visible.get_max().is_some_and(live) {
             return true;
         }
         // A scheduled message now due is enqueued (visible) by the receive's settle.
-        if self.wheel.first_key_value().is_some_and(|(&(deliver_at_ms, _), _)| deliver_at_ms <= now_ms) {
+        if self.wheel.get_min().is_some_and(|&((deliver_at_ms, _), _)| deliver_at_ms <= now_ms) {
             return true;
         }
         self.pending.range(..=(now_ms, u64::MAX)).any(|(_, seq)| live(seq))

@@ -1866,3 +1866,28 @@ fn a_receipt_of_a_message_moved_away_is_stale_and_deletes_nothing() {
     let restored = round_trip(&shard.state);
     assert_eq!(restored, shard.state);
 }
+
+/// A snapshot copies the state while applies wait: the copy shares the queue's messages instead
+/// of copying them, and what is applied after the copy does not reach it.
+#[test]
+fn a_copy_for_a_snapshot_shares_the_messages_and_keeps_what_it_copied() {
+    let mut shard = Shard::with_queue();
+    for batch in 0..100 {
+        shard.send(1, &(batch * 10..batch * 10 + 10).collect::<Vec<_>>());
+    }
+    let copy = shard.state.clone();
+    let shared = |state: &ShardState| state.queue_for_tests(Q).expect("queue").clone();
+    assert!(shared(&shard.state).shares_messages_with(&shared(&copy)));
+    let encoded = postcard::to_allocvec(&copy).expect("encode");
+
+    let received = shard.receive(2, 10, None);
+    assert_eq!(received.len(), 10);
+    shard.send(3, &[5_000]);
+    let receipt = received[0].receipt.clone();
+    assert_eq!(shard.delete(4, &[receipt.as_str()]), Response::Deleted(vec![Ok(())]));
+
+    assert_eq!(postcard::to_allocvec(&copy).expect("encode"), encoded, "a later apply changed the copy");
+    let counts = |state: &ShardState| state.queue_counts(Q, TENANT).expect("queue");
+    assert_eq!((counts(&copy).visible, counts(&copy).in_flight), (1_000, 0));
+    assert_eq!((counts(&shard.state).visible, counts(&shard.state).in_flight), (991, 9));
+}

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use strata_common::format::{Persisted, postcard_into, postcard_of_versions};
 
 /// The applied commands, in order.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Applied(pub(crate) Vec<String>);
 
 impl Persisted for Applied {
