@@ -72,6 +72,9 @@ pub(crate) struct BenchArgs {
     /// Create this many idle queues and report the server's RSS (needs --server-pid).
     #[arg(long, default_value_t = 0)]
     idle_queues: usize,
+    /// Names of the idle queues: PREFIX-000000 on (a new prefix per run measures new queues).
+    #[arg(long, default_value = "idle")]
+    idle_queue_prefix: String,
     /// Send this many messages, twice, with the delivery of --memory-delivery, and report the
     /// server's RSS after each round (needs --server-pid; 0 skips it). The second round's growth
     /// is the state's cost per message once the server's bounded caches are full.
@@ -329,10 +332,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let started = CLOCK.instant();
         let mut creators = Vec::new();
         for creator in 0..IDLE_QUEUE_CREATORS {
-            let (api, count) = (api.clone(), args.idle_queues);
+            let (api, count, prefix) = (api.clone(), args.idle_queues, args.idle_queue_prefix.clone());
             creators.push(tokio::spawn(async move {
                 for i in (creator..count).step_by(IDLE_QUEUE_CREATORS) {
-                    api.create_queue(&CreateQueue::named(format!("idle-{i:06}"))).await?;
+                    api.create_queue(&CreateQueue::named(format!("{prefix}-{i:06}"))).await?;
                 }
                 anyhow::Ok(())
             }));

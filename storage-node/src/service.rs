@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use strata_common::Random;
 use strata_common::error::{ErrorKind, StrataError};
 use strata_common::limits;
@@ -132,8 +133,11 @@ fn message_from_pb(m: pb::NewMessage, random: &Random) -> Result<NewMessage, Str
         Some(deliver_at_ms) => queue::schedule::scheduled_message_id(deliver_at_ms, random.uuid()),
         None => random.uuid(),
     };
+    // The body is copied out of the request's receive buffer: the log's cache of recent entries
+    // keeps bodies, and a slice would keep the whole buffer (often several times the body) alive.
+    let body = Bytes::copy_from_slice(&m.body);
     let message =
-        NewMessage { message_id, body: m.body, attributes, delay_ms: m.delay_ms, deliver_at_ms: m.deliver_at_ms, fifo };
+        NewMessage { message_id, body, attributes, delay_ms: m.delay_ms, deliver_at_ms: m.deliver_at_ms, fifo };
     // The body and attributes together, as the queue counts its stored bytes.
     let total_bytes = message.stored_bytes() as usize;
     if message.body.len() > limits::MESSAGE_BODY_BYTES_MAX || total_bytes > limits::MESSAGE_TOTAL_BYTES_MAX {

@@ -37,7 +37,9 @@ pub async fn create_queue(
         async move { c.ensure_queue(ensure).await }
     })
     .await?;
-    placement.remember(info.clone());
+    // Not cached until it is used: an idle queue costs the proxy nothing. An entry left from an
+    // earlier queue of the name goes.
+    placement.forget(tenant, name);
     Ok(info)
 }
 

@@ -47,8 +47,10 @@ const PURGED_FILE: &str = "raft-purged";
 /// often enough to bound start-up re-apply work, rarely enough to cost nothing per commit.
 pub const COMMITTED_PERSIST_EVERY_ENTRIES: u64 = 4096;
 /// Bytes of recent entries kept decoded in memory (see `RecentEntries`), each counted as its
-/// encoded size plus [`DECODED_ENTRY_OVERHEAD_BYTES`].
-const RECENT_ENTRIES_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// encoded size plus [`DECODED_ENTRY_OVERHEAD_BYTES`]. Seconds of sends at a moderate rate (a
+/// receive that keeps up reads them from here); a consumer further behind reads the log files.
+/// Every group of a process holds this much once warm, so it is kept small (was 32 MiB).
+const RECENT_ENTRIES_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// What a decoded entry costs beyond its encoded bytes (its structs, and an allocation per
 /// string), so that many small entries (queue creations, receives) are bounded by the memory
 /// they take rather than by their much smaller encoding: counted at encoded size alone, 32 MiB
