@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use strata_common::{Clock, SystemClock};
 use strata_tests::{Api, DevProcess, model};
 
 /// The bound the issue sets for an idle queue (`strata dev`, the whole process).
@@ -43,12 +44,12 @@ async fn an_idle_queue_costs_the_process_at_most_2_kib() -> anyhow::Result<()> {
         let messages = (0..10).map(|_| model::NewMessage::new(&body)).collect();
         api.send("traffic", &model::SendMessages { messages }, None).await?;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    SystemClock.sleep(Duration::from_secs(2)).await;
     let before_kib = dev.rss_kib()?;
 
     let queues = 10_000;
     create_queues(&api, "idle", queues).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    SystemClock.sleep(Duration::from_secs(2)).await;
     let grown_bytes = dev.rss_kib()?.saturating_sub(before_kib) * 1024;
     let per_queue = grown_bytes / queues as u64;
     eprintln!("{queues} idle queues grew the process by {grown_bytes} bytes, {per_queue} per queue");
