@@ -29,7 +29,7 @@ use strata_storage_client::routing::Router as Placement;
 use tokio_util::sync::CancellationToken;
 
 use crate::pricing::{Month, format_micros as dollars};
-use crate::store::{Alert, AlertKind, BillingStore, RECORDS_PER_BATCH_MAX, StoreError};
+use crate::store::{Alert, AlertKind, BillingStore, StoreError};
 
 /// How long one receive of the metering queue waits for a batch.
 const RECEIVE_WAIT_MS: u64 = 5_000;
@@ -100,9 +100,7 @@ pub async fn consume_once(store: &BillingStore, placement: &Placement) -> Result
                 continue;
             }
         };
-        for chunk in records.chunks(RECORDS_PER_BATCH_MAX) {
-            new += store.record(chunk).await?;
-        }
+        new += store.record_batch(&message.message_id, &records).await?;
         counted.push(message.receipt_handle);
     }
     if !counted.is_empty() {

@@ -52,6 +52,25 @@ async fn conformance(url: &str) {
     let hooli = store.usage("hooli", 0, u64::MAX >> 1).await.expect("usage");
     assert_eq!((hooli.len(), hooli[0].calls, hooli[0].units), (1, 400, 400));
 
+    // A metering-queue batch counts once however often it comes: its records with generated
+    // keys under the batch's key, those with client keys each under its own.
+    let batch = vec![
+        record("vandelay", "p-1", HOUR_10_MS, "ReceiveMessage", 1),
+        record("vandelay", "p-2", HOUR_10_MS + 1, "ReceiveMessage", 2),
+        record("vandelay", "c-9", HOUR_10_MS + 2, "ReceiveMessage", 4),
+    ];
+    assert_eq!(store.record_batch("m-1", &batch).await.expect("record a batch"), 3);
+    assert_eq!(store.record_batch("m-1", &batch).await.expect("record a batch again"), 0);
+    // A client's retry of c-9 in another batch counts nothing; that batch's own records do.
+    let retried = vec![
+        record("vandelay", "c-9", HOUR_10_MS + 3, "ReceiveMessage", 4),
+        record("vandelay", "p-3", HOUR_10_MS + 4, "ReceiveMessage", 1),
+    ];
+    assert_eq!(store.record_batch("m-2", &retried).await.expect("record another batch"), 1);
+    let vandelay = store.usage("vandelay", 0, u64::MAX >> 1).await.expect("usage");
+    assert_eq!((vandelay.len(), vandelay[0].calls, vandelay[0].units), (1, 4, 8));
+    assert!(matches!(store.record_batch("", &batch).await, Err(StoreError::Invalid(_))));
+
     // The same request id in another tenant is another call; neither sees the other's usage.
     let mut globex = record("globex", "r-1", HOUR_10_MS, "ReceiveMessage", 1);
     globex.empty_receive = true;
