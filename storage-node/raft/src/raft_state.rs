@@ -135,14 +135,18 @@ const SNAPSHOT_HEADER_BYTES: usize = 5;
 /// Encodes a snapshot for a cluster at `generation`: in the legacy layout while it is at
 /// generation 0 (unless the state holds something only a newer version can), else in
 /// [`SNAPSHOT_FORMAT_VERSION`].
+/// `capacity_bytes` sizes the buffer up front (the previous snapshot's size is a good guess): a
+/// buffer grown by doubling to tens of MiB copies itself over and over.
 fn encode_snapshot<C: PersistedRaftTypes, S: Persisted>(
     applied: &Applied<C, S>,
     generation: FormatGeneration,
+    capacity_bytes: usize,
 ) -> io::Result<Vec<u8>> {
     let state_version = applied.state.version_to_write(generation);
     let legacy = generation == LEGACY_GENERATION && state_version == LEGACY_FORMAT_VERSION;
     let version = if legacy { SNAPSHOT_FORMAT_VERSION_LEGACY } else { SNAPSHOT_FORMAT_VERSION };
-    let mut bytes = vec![version, 0, 0, 0, 0];
+    let mut bytes = Vec::with_capacity(capacity_bytes.max(SNAPSHOT_HEADER_BYTES));
+    bytes.extend_from_slice(&[version, 0, 0, 0, 0]);
     let raft = (applied.last_applied.as_ref().map(LogIdV1::from), StoredMembershipV1::from(&applied.membership));
     postcard_into(&raft, &mut bytes)?;
     if !legacy {
@@ -258,7 +262,7 @@ pub fn seed_snapshot<C: PersistedRaftTypes, S: ReplicatedState>(
     S::import_side_files(dir, side_files)?;
     // In the layout it came in: the copy's cluster had reached that generation.
     let generation = if legacy { LEGACY_GENERATION } else { NEWEST_GENERATION };
-    write_file_atomic(&dir.join(SNAPSHOT_FILE), &encode_snapshot(&applied, generation)?)?;
+    write_file_atomic(&dir.join(SNAPSHOT_FILE), &encode_snapshot(&applied, generation, 0)?)?;
     Ok(last)
 }
 
@@ -365,7 +369,8 @@ impl<C: PersistedRaftTypes, S: ReplicatedState> StateMachineStore<C, S> {
         };
         let held = crate::RAFT_CLOCK.instant().duration_since(started);
         tracing::debug!(held_us = held.as_micros() as u64, "state copied for a snapshot");
-        let bytes = encode_snapshot(&copy, self.shared.format.writing())?;
+        let previous_bytes = self.shared.snapshot.lock().as_ref().map_or(0, |(_, bytes)| bytes.len());
+        let bytes = encode_snapshot(&copy, self.shared.format.writing(), previous_bytes + previous_bytes / 8)?;
         let meta = SnapshotMeta { last_log_id: copy.last_applied, last_membership: copy.membership };
         Ok((meta, bytes))
     }
@@ -582,7 +587,7 @@ mod golden_tests {
         let gate = FormatGate::newest();
         let capped = FormatGate::new(LEGACY_GENERATION);
 
-        let encoded = encode_snapshot(&value, NEWEST_GENERATION).expect("encode");
+        let encoded = encode_snapshot(&value, NEWEST_GENERATION, 0).expect("encode");
         let stored = golden::check_bytes(&dir, "snapshot-v3.bin", &encoded);
         let (decoded, legacy) = decode_snapshot::<Config, String>(&stored, &gate).expect("decode");
         assert!(!legacy);
@@ -593,7 +598,7 @@ mod golden_tests {
         let mut legacy = vec![SNAPSHOT_FORMAT_VERSION_LEGACY];
         legacy.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
         legacy.extend_from_slice(&body);
-        assert_eq!(encode_snapshot(&value, LEGACY_GENERATION).expect("encode legacy"), legacy);
+        assert_eq!(encode_snapshot(&value, LEGACY_GENERATION, 0).expect("encode legacy"), legacy);
         let stored = golden::check_bytes(&dir, "snapshot-v1.bin", &legacy);
         for gate in [&gate, &capped] {
             let (decoded, legacy) = decode_snapshot::<Config, String>(&stored, gate).expect("decode legacy");
