@@ -88,7 +88,7 @@ pub async fn consume_once(store: &BillingStore, placement: &Placement) -> Result
             }
             other => other?,
         };
-    let mut new = 0;
+    let mut batches = Vec::new();
     let mut counted = Vec::new();
     for message in received.messages {
         let records = match decode_batch(&message.body) {
@@ -100,9 +100,11 @@ pub async fn consume_once(store: &BillingStore, placement: &Placement) -> Result
                 continue;
             }
         };
-        new += store.record_batch(&message.message_id, &records).await?;
+        batches.push((message.message_id, records));
         counted.push(message.receipt_handle);
     }
+    // One transaction (one commit, one fsync) for every batch of the receive.
+    let new = store.record_batches(&batches).await?;
     if !counted.is_empty() {
         let deleted = queues::on_queue(placement, SYSTEM_TENANT, METERING_QUEUE, |mut c, queue| {
             let receipt_handles = counted.clone();

@@ -5,7 +5,7 @@
 //! Tables, the same on SQLite (embedded, the default) and PostgreSQL (production), reached
 //! through one code path (`sqlx`'s `Any` driver, portable SQL):
 //! - `metering_records`: one row per (tenant, request id) counted whose key may come again,
-//!   and one per metering-queue batch counted ([`BillingStore::record_batch`]);
+//!   and one per metering-queue batch counted ([`BillingStore::record_batches`]);
 //! - `outbox_cursors`: per shard, the metering outbox sequence number counted through;
 //! - `hourly_usage`: per tenant, hour, queue, sub-tenant and action, the calls, billable units,
 //!   bytes in and out, and empty receives;
@@ -48,9 +48,11 @@ pub const TEXT_FIELD_BYTES_MAX: usize = 256;
 pub const KEY_HORIZON_MS: u64 = RETENTION_MS_MAX + 24 * HOUR_MS;
 /// Most records per [`BillingStore::record`] call.
 pub const RECORDS_PER_BATCH_MAX: usize = 1_000;
-/// Prefix of the key under which [`BillingStore::record_batch`] marks a metering-queue batch
+/// Prefix of the key under which [`BillingStore::record_batches`] marks a metering-queue batch
 /// counted (with the system tenant, which no call is billed to): unlike any billing key.
 const BATCH_KEY_PREFIX: &str = "batch-";
+/// Most batches per [`BillingStore::record_batches`] call (a receive answers at most ten).
+pub const BATCHES_PER_CALL_MAX: usize = 10;
 /// Rows of the multi-row insert of metering records (3 parameters each). Every execution has
 /// exactly this many rows, so the statement is parsed once and then served from the
 /// connection's statement cache; a shorter chunk repeats its last record, which the conflict
@@ -352,39 +354,27 @@ impl BillingStore {
         Ok(new)
     }
 
-    /// Counts one batch of the metering queue, whose message id is `batch_id`; answers how many
-    /// calls were new. Durable when it returns. A batch comes again only as itself (the queue
-    /// redelivers it when its deletion did not happen), and a record whose billing key was
-    /// generated for one attempt travels in exactly one batch: those records are summed and
-    /// counted once per batch, under one key for the whole batch, instead of a key each. A key
-    /// the client chose is checked record by record, as [`BillingStore::record`] does, since
-    /// its retry may travel in another batch.
-    pub async fn record_batch(&self, batch_id: &str, records: &[MeterRecord]) -> Result<usize, StoreError> {
-        check_batch(records, BATCH_RECORDS_MAX)?;
-        if batch_id.is_empty() || batch_id.len() > TEXT_FIELD_BYTES_MAX {
-            return Err(StoreError::Invalid(format!("a batch id is 1-{TEXT_FIELD_BYTES_MAX} bytes")));
+    /// Counts batches of the metering queue, each given with its message id, in one
+    /// transaction; answers how many calls were new. Durable when it returns. A batch comes
+    /// again only as itself (the queue redelivers it when its deletion did not happen), and a
+    /// record whose billing key was generated for one attempt travels in exactly one batch:
+    /// those records are summed and counted once per batch, under one key for the whole batch,
+    /// instead of a key each. A key the client chose is checked record by record, as
+    /// [`BillingStore::record`] does, since its retry may travel in another batch.
+    pub async fn record_batches(&self, batches: &[(String, Vec<MeterRecord>)]) -> Result<usize, StoreError> {
+        if batches.len() > BATCHES_PER_CALL_MAX {
+            return Err(StoreError::Invalid(format!("at most {BATCHES_PER_CALL_MAX} batches per call")));
         }
-        let (keyed, generated): (Vec<MeterRecord>, Vec<MeterRecord>) =
-            records.iter().cloned().partition(|r| key_may_repeat(&r.request_id));
-        let mut transaction = self.pool.begin().await?;
-        let mut new = 0;
-        if let Some(newest_ms) = generated.iter().map(|r| r.at_ms).max() {
-            // Kept as long as the newest record's key would be, so past any redelivery.
-            let claimed = sqlx::query(
-                "INSERT INTO metering_records (tenant, request_id, hour_start_ms) VALUES ($1, $2, $3)
-                 ON CONFLICT (tenant, request_id) DO NOTHING RETURNING request_id",
-            )
-            .bind(SYSTEM_TENANT)
-            .bind(format!("{BATCH_KEY_PREFIX}{batch_id}"))
-            .bind(to_i64(hour_start_ms(newest_ms), "time")?)
-            .fetch_optional(&mut *transaction)
-            .await?;
-            if claimed.is_some() {
-                new += add_usage(&mut transaction, &sum_usage(generated.iter())).await?;
+        for (batch_id, records) in batches {
+            check_batch(records, BATCH_RECORDS_MAX)?;
+            if batch_id.is_empty() || batch_id.len() > TEXT_FIELD_BYTES_MAX {
+                return Err(StoreError::Invalid(format!("a batch id is 1-{TEXT_FIELD_BYTES_MAX} bytes")));
             }
         }
-        for chunk in keyed.chunks(RECORDS_PER_BATCH_MAX) {
-            new += count(&mut transaction, chunk).await?;
+        let mut transaction = self.pool.begin().await?;
+        let mut new = 0;
+        for (batch_id, records) in batches {
+            new += count_batch(&mut transaction, batch_id, records).await?;
         }
         transaction.commit().await?;
         Ok(new)
@@ -768,6 +758,37 @@ async fn count(
     }
     let counted = records.iter().zip(&counted).filter(|(_, counted)| **counted).map(|(r, _)| r);
     add_usage(transaction, &sum_usage(counted)).await
+}
+
+/// Counts one metering-queue batch within `transaction` (see [`BillingStore::record_batches`]).
+async fn count_batch(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Any>,
+    batch_id: &str,
+    records: &[MeterRecord],
+) -> Result<usize, StoreError> {
+    let (keyed, generated): (Vec<&MeterRecord>, Vec<&MeterRecord>) =
+        records.iter().partition(|r| key_may_repeat(&r.request_id));
+    let mut new = 0;
+    if let Some(newest_ms) = generated.iter().map(|r| r.at_ms).max() {
+        // Kept as long as the newest record's key would be, so past any redelivery.
+        let claimed = sqlx::query(
+            "INSERT INTO metering_records (tenant, request_id, hour_start_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (tenant, request_id) DO NOTHING RETURNING request_id",
+        )
+        .bind(SYSTEM_TENANT)
+        .bind(format!("{BATCH_KEY_PREFIX}{batch_id}"))
+        .bind(to_i64(hour_start_ms(newest_ms), "time")?)
+        .fetch_optional(&mut **transaction)
+        .await?;
+        if claimed.is_some() {
+            new += add_usage(transaction, &sum_usage(generated)).await?;
+        }
+    }
+    let keyed: Vec<MeterRecord> = keyed.into_iter().cloned().collect();
+    for chunk in keyed.chunks(RECORDS_PER_BATCH_MAX) {
+        new += count(transaction, chunk).await?;
+    }
+    Ok(new)
 }
 
 /// Adds usage rows to hourly usage within `transaction`; answers the calls they hold.

@@ -59,17 +59,23 @@ async fn conformance(url: &str) {
         record("vandelay", "p-2", HOUR_10_MS + 1, "ReceiveMessage", 2),
         record("vandelay", "c-9", HOUR_10_MS + 2, "ReceiveMessage", 4),
     ];
-    assert_eq!(store.record_batch("m-1", &batch).await.expect("record a batch"), 3);
-    assert_eq!(store.record_batch("m-1", &batch).await.expect("record a batch again"), 0);
+    assert_eq!(store.record_batches(&[("m-1".into(), batch.clone())]).await.expect("record a batch"), 3);
+    assert_eq!(store.record_batches(&[("m-1".into(), batch.clone())]).await.expect("record a batch again"), 0);
     // A client's retry of c-9 in another batch counts nothing; that batch's own records do.
     let retried = vec![
         record("vandelay", "c-9", HOUR_10_MS + 3, "ReceiveMessage", 4),
         record("vandelay", "p-3", HOUR_10_MS + 4, "ReceiveMessage", 1),
     ];
-    assert_eq!(store.record_batch("m-2", &retried).await.expect("record another batch"), 1);
+    assert_eq!(store.record_batches(&[("m-2".into(), retried)]).await.expect("record another batch"), 1);
     let vandelay = store.usage("vandelay", 0, u64::MAX >> 1).await.expect("usage");
     assert_eq!((vandelay.len(), vandelay[0].calls, vandelay[0].units), (1, 4, 8));
-    assert!(matches!(store.record_batch("", &batch).await, Err(StoreError::Invalid(_))));
+    assert!(matches!(store.record_batches(&[(String::new(), batch.clone())]).await, Err(StoreError::Invalid(_))));
+    // Several batches in one call: each counted once, a repeated one not again.
+    let two = vec![
+        ("m-3".to_string(), vec![record("vandelay", "p-4", HOUR_10_MS, "ReceiveMessage", 1)]),
+        ("m-1".to_string(), batch),
+    ];
+    assert_eq!(store.record_batches(&two).await.expect("record two batches"), 1);
 
     // The same request id in another tenant is another call; neither sees the other's usage.
     let mut globex = record("globex", "r-1", HOUR_10_MS, "ReceiveMessage", 1);
