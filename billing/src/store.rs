@@ -28,7 +28,7 @@ use std::sync::LazyLock;
 use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
-use strata_common::limits::RETENTION_MS_MAX;
+use strata_common::limits::{RECEIVE_BATCH_MAX, RETENTION_MS_MAX};
 pub use strata_common::metering::MeterRecord;
 use strata_common::metering::{
     BATCH_RECORDS_MAX, READ_METERING_RECORDS_MAX, SYSTEM_TENANT, UsageSum, check_record, check_usage_sum,
@@ -51,8 +51,6 @@ pub const RECORDS_PER_BATCH_MAX: usize = 1_000;
 /// Prefix of the key under which [`BillingStore::record_batches`] marks a metering-queue batch
 /// counted (with the system tenant, which no call is billed to): unlike any billing key.
 const BATCH_KEY_PREFIX: &str = "batch-";
-/// Most batches per [`BillingStore::record_batches`] call (a receive answers at most ten).
-pub const BATCHES_PER_CALL_MAX: usize = 10;
 /// Rows of the multi-row insert of metering records (3 parameters each). Every execution has
 /// exactly this many rows, so the statement is parsed once and then served from the
 /// connection's statement cache; a shorter chunk repeats its last record, which the conflict
@@ -362,8 +360,10 @@ impl BillingStore {
     /// instead of a key each. A key the client chose is checked record by record, as
     /// [`BillingStore::record`] does, since its retry may travel in another batch.
     pub async fn record_batches(&self, batches: &[(String, Vec<MeterRecord>)]) -> Result<usize, StoreError> {
-        if batches.len() > BATCHES_PER_CALL_MAX {
-            return Err(StoreError::Invalid(format!("at most {BATCHES_PER_CALL_MAX} batches per call")));
+        // As many as one receive of the metering queue answers.
+        let batches_max = RECEIVE_BATCH_MAX as usize;
+        if batches.len() > batches_max {
+            return Err(StoreError::Invalid(format!("at most {batches_max} batches per call")));
         }
         for (batch_id, records) in batches {
             check_batch(records, BATCH_RECORDS_MAX)?;
@@ -785,10 +785,7 @@ async fn count_batch(
         }
     }
     let keyed: Vec<MeterRecord> = keyed.into_iter().cloned().collect();
-    for chunk in keyed.chunks(RECORDS_PER_BATCH_MAX) {
-        new += count(transaction, chunk).await?;
-    }
-    Ok(new)
+    Ok(new + count(transaction, &keyed).await?)
 }
 
 /// Adds usage rows to hourly usage within `transaction`; answers the calls they hold.

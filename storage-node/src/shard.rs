@@ -366,6 +366,11 @@ struct QueueWakers {
 }
 
 impl QueueWakers {
+    /// A receiver that changes whenever the waiters of `queue` are woken.
+    fn subscribe(&self, queue: QueueId) -> watch::Receiver<()> {
+        self.by_queue.lock().entry(queue).or_insert_with(|| watch::channel(()).0).subscribe()
+    }
+
     /// Wakes the waiters of the queues `touches` names (every waiter for `None` or a touch of
     /// every queue), and forgets the queues nobody waits on any more.
     fn wake(&self, touches: Option<Vec<Touch>>) {
@@ -548,16 +553,10 @@ impl Shard {
         self.group.state.read()
     }
 
-    /// Changes whenever entries are applied.
-    pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
-        self.group.state.subscribe_applied()
-    }
-
     /// Changes whenever an apply may have made a message of `queue` receivable, or changed or
     /// removed the queue (and, once after a snapshot is installed, for every queue).
     pub fn queue_waker(&self, queue: QueueId) -> watch::Receiver<()> {
-        let mut by_queue = self.wakers.by_queue.lock();
-        by_queue.entry(queue).or_insert_with(|| watch::channel(()).0).subscribe()
+        self.wakers.subscribe(queue)
     }
 
     /// The last log index Raft has purged: entries at or below it are covered by a snapshot and
@@ -969,8 +968,7 @@ mod waker_tests {
     #[test]
     fn an_apply_wakes_only_the_waiters_of_the_queues_it_touched() {
         let wakers = QueueWakers::default();
-        let waiter = |queue| wakers.by_queue.lock().entry(queue).or_insert_with(|| watch::channel(()).0).subscribe();
-        let (one, two) = (waiter(1), waiter(2));
+        let (one, two) = (wakers.subscribe(1), wakers.subscribe(2));
         wakers.wake(Some(vec![Touch::Queue(1), Touch::Queue(3)]));
         assert!(one.has_changed().unwrap_or(false), "queue 1 was touched");
         assert!(!two.has_changed().unwrap_or(true), "queue 2 was not");
