@@ -5,6 +5,7 @@
 //! the same service in process when both run in one process ([`StorageNode::grpc_service`]).
 
 pub mod backfill;
+mod calls;
 pub mod disk;
 pub mod error;
 pub mod node;

@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::backfill::{BackfillFiles, FETCH_BYTES_MAX, FETCH_ENTRIES_MAX};
+use crate::calls::CallBatcher;
 use crate::error::NodeError;
 use crate::queue::schedule::{
     LOAD_CHUNK_RECORDS_MAX, ScheduledMessage, SliceRecord, deliver_at_of, is_waiting_in, slice_of,
@@ -54,16 +55,23 @@ pub const REQUEST_DIGEST_GENERATION: strata_common::format::FormatGeneration = 2
 /// ([`Command::ReturnUndelivered`], version 3).
 pub const RETURN_UNDELIVERED_GENERATION: strata_common::format::FormatGeneration = 5;
 
+/// The first format generation whose shard log entries may carry the calls of many clients
+/// ([`Command::Calls`], version 4).
+pub const BATCHED_CALLS_GENERATION: strata_common::format::FormatGeneration = 6;
+
 /// A shard log entry's command, persisted (see `docs/formats.md`). Version 1 is the postcard
 /// encoding of [`ShardCommand`] as it stands; the legacy version is the same layout. Version 2
 /// has that layout too, and its request id may carry the digest of its request
 /// ([`crate::queue::request_key`]), which releases before it would take for a plain id.
 /// Version 3 has that layout too, and may hold [`Command::ReturnUndelivered`], a variant that
-/// releases before it do not know.
+/// releases before it do not know. Version 4 likewise may hold [`Command::Calls`].
 impl Persisted for ShardEntry {
-    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 1, 2, 2, 2, 3];
+    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 1, 2, 2, 2, 3, 4];
 
     fn version_needed(&self) -> u8 {
+        if matches!(self.0.command, Command::Calls { .. }) {
+            return 4;
+        }
         if matches!(self.0.command, Command::ReturnUndelivered { .. }) {
             return 3;
         }
@@ -171,6 +179,7 @@ impl fmt::Display for ShardEntry {
             Command::LoadScheduled { .. } => "load-scheduled",
             Command::TrimMetering { .. } => "trim-metering",
             Command::ReturnUndelivered { .. } => "return-undelivered",
+            Command::Calls { .. } => "calls",
         };
         write!(f, "{name}@{}", self.0.now_ms)
     }
@@ -329,6 +338,47 @@ fn admits_raft_sender(placement: Option<&strata_common::proto::ShardInfo>, node:
     placement.is_none_or(|p| p.replicas.iter().any(|r| r.node_id == node) || p.leaving.iter().any(|n| n == node))
 }
 
+/// Proposes log entries to a shard's group, one command each, stamped with the leader's clock.
+#[derive(Clone)]
+pub(crate) struct EntryWriter {
+    shard_id: u64,
+    raft: openraft::Raft<ShardRaftConfig, strata_raft::raft_state::StateMachineStore<ShardRaftConfig, ShardMachine>>,
+    clock: Arc<dyn Clock>,
+    format: FormatGate,
+}
+
+impl EntryWriter {
+    /// Proposes `command` at the current time; answers after it is durable and applied (a
+    /// [`Response::Error`] as the error it names).
+    pub(crate) async fn write(
+        &self,
+        request_id: Option<String>,
+        meter: Option<MeterRecord>,
+        command: Command,
+    ) -> Result<Response, StrataError> {
+        let entry = ShardEntry(ShardCommand { now_ms: self.clock.now_ms(), command, request_id, meter });
+        let response = self.raft.client_write(entry).await.map_err(|e| match e.forward_to_leader() {
+            Some(forward) => {
+                let leader = forward.leader_node.as_ref().map(|n| n.addr.clone()).filter(|a| !a.is_empty());
+                StrataError::not_leader(&format!("shard {}", self.shard_id), leader)
+            }
+            None => {
+                NodeError::shard_unavailable("the shard is not available", format_args!("shard {}: {e}", self.shard_id))
+                    .into()
+            }
+        })?;
+        match response.data {
+            Response::Error(e) => Err(queue_error(e)),
+            other => Ok(other),
+        }
+    }
+
+    /// The generation the shard's log writes.
+    pub(crate) fn format(&self) -> &FormatGate {
+        &self.format
+    }
+}
+
 /// A running shard.
 pub struct Shard {
     pub shard_id: u64,
@@ -357,6 +407,9 @@ pub struct Shard {
     /// Long polls waiting on this shard's queues, by queue: an apply wakes only the waiters of
     /// the queues it touched ([`crate::queue::Touches`]).
     wakers: Arc<QueueWakers>,
+    writer: EntryWriter,
+    /// Gathers receives, deletes and visibility changes into shared entries.
+    calls: CallBatcher,
 }
 
 /// One watch channel per queue that has long polls waiting (dropped once none waits).
@@ -471,6 +524,13 @@ impl Shard {
         let (writer_claim, peers, backfill_verified_through) = Default::default();
         let wakers = Arc::new(QueueWakers::default());
         tokio::spawn(wake_loop(Arc::downgrade(&group.state), wakers.clone()));
+        let writer = EntryWriter {
+            shard_id,
+            raft: group.raft.clone(),
+            clock: clock.clone(),
+            format: group.log.format().clone(),
+        };
+        let calls = CallBatcher::start(writer.clone());
         Ok(Self {
             shard_id,
             node_id: node_id.to_owned(),
@@ -484,6 +544,8 @@ impl Shard {
             clock,
             tiered,
             wakers,
+            writer,
+            calls,
         })
     }
 
@@ -525,27 +587,18 @@ impl Shard {
 
     /// [`Shard::propose`], applied once per `request_id` (see [`ShardCommand::request_id`]), with
     /// the call's metering record `meter` in the same entry (see [`ShardCommand::meter`]).
+    /// Receives, deletes and visibility changes share entries with other clients' (see
+    /// [`crate::calls`]).
     pub async fn propose_metered(
         &self,
         request_id: Option<String>,
         meter: Option<MeterRecord>,
         command: Command,
     ) -> Result<Response, StrataError> {
-        let entry = ShardEntry(ShardCommand { now_ms: self.clock.now_ms(), command, request_id, meter });
-        let response = self.group.raft.client_write(entry).await.map_err(|e| match e.forward_to_leader() {
-            Some(forward) => {
-                let leader = forward.leader_node.as_ref().map(|n| n.addr.clone()).filter(|a| !a.is_empty());
-                StrataError::not_leader(&format!("shard {}", self.shard_id), leader)
-            }
-            None => {
-                NodeError::shard_unavailable("the shard is not available", format_args!("shard {}: {e}", self.shard_id))
-                    .into()
-            }
-        })?;
-        match response.data {
-            Response::Error(e) => Err(queue_error(e)),
-            other => Ok(other),
+        if request_id.is_none() && command.batchable() {
+            return self.calls.propose(command, meter).await;
         }
+        self.writer.write(request_id, meter, command).await
     }
 
     /// The applied queue state. Hold the guard briefly: applies wait for it.
@@ -999,7 +1052,7 @@ mod format_tests {
 
     use super::*;
     use crate::queue::schedule::scheduled_message_id;
-    use crate::queue::{AttributeValue, FifoConfig, FifoIds, QueueConfig, Receipt, Redrive};
+    use crate::queue::{AttributeValue, Call, FifoConfig, FifoIds, QueueConfig, Receipt, Redrive};
 
     const TENANT: &str = "acme";
     const NOW_MS: u64 = 1_796_569_000_000;
@@ -1209,6 +1262,31 @@ mod format_tests {
         assert!(entry.encode_body(2, &mut too_old).is_err(), "version 2 cannot hold a take-back");
         assert_eq!(ShardEntry::version_for(RETURN_UNDELIVERED_GENERATION - 1), 2);
         assert_eq!(ShardEntry::version_for(RETURN_UNDELIVERED_GENERATION), 3);
+
+        let receipt = Receipt { queue: 1, seq: 1, lease: 9 }.encode();
+        let calls = vec![
+            Call {
+                command: Command::Receive {
+                    queue: 1,
+                    tenant: TENANT.into(),
+                    max_messages: 10,
+                    visibility_timeout_ms: None,
+                },
+                meter: Some(meter()),
+            },
+            Call { command: Command::Delete { queue: 1, tenant: TENANT.into(), receipts: vec![receipt] }, meter: None },
+        ];
+        let entry = ShardEntry(ShardCommand {
+            now_ms: NOW_MS,
+            command: Command::Calls { calls },
+            request_id: None,
+            meter: None,
+        });
+        assert_eq!(entry.version_needed(), 4);
+        golden::check(&fixtures(), "command-calls", &entry);
+        assert!(entry.encode_body(3, &mut too_old).is_err(), "version 3 cannot hold calls");
+        assert_eq!(ShardEntry::version_for(BATCHED_CALLS_GENERATION - 1), 3);
+        assert_eq!(ShardEntry::version_for(BATCHED_CALLS_GENERATION), 4);
     }
 
     #[test]

@@ -16,9 +16,9 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::Config;
 use strata_storage::queue::{
-    AttributeValue, Command, DELAY_MS_MAX, DELETE_BATCH_MAX, Delivery, MESSAGE_ATTRIBUTES_MAX, MessageRef, NewMessage,
-    QueueConfig, QueueCounts, QueueError, QueueId, RECEIVE_BATCH_MAX, RETENTION_MS_MAX, RETENTION_MS_MIN, Response,
-    SEND_BATCH_MAX, SentMessage, ShardCommand, ShardState, VISIBILITY_TIMEOUT_MS_MAX,
+    AttributeValue, Call, Command, DELAY_MS_MAX, DELETE_BATCH_MAX, Delivery, MESSAGE_ATTRIBUTES_MAX, MessageRef,
+    NewMessage, QueueConfig, QueueCounts, QueueError, QueueId, RECEIVE_BATCH_MAX, RETENTION_MS_MAX, RETENTION_MS_MIN,
+    Response, SEND_BATCH_MAX, SentMessage, ShardCommand, ShardState, VISIBILITY_TIMEOUT_MS_MAX,
 };
 use uuid::Uuid;
 
@@ -109,8 +109,33 @@ impl Model {
 
     fn apply(&mut self, log_index: u64, cmd: &ShardCommand, receipts: &HashMap<String, KnownReceipt>) -> Response {
         self.clock_ms = self.clock_ms.max(cmd.now_ms);
+        match &cmd.command {
+            // One entry, calls applied in order at its index; only receives, deletes and
+            // visibility changes may ride in it.
+            Command::Calls { calls } => Response::Calls(
+                calls
+                    .iter()
+                    .map(|call| match call.command {
+                        Command::Receive { .. }
+                        | Command::Delete { .. }
+                        | Command::ChangeVisibility { .. }
+                        | Command::ReturnUndelivered { .. } => self.apply_command(log_index, &call.command, receipts),
+                        _ => Response::Error(invalid()),
+                    })
+                    .collect(),
+            ),
+            command => self.apply_command(log_index, command, receipts),
+        }
+    }
+
+    fn apply_command(
+        &mut self,
+        log_index: u64,
+        command: &Command,
+        receipts: &HashMap<String, KnownReceipt>,
+    ) -> Response {
         let now = self.clock_ms;
-        let result = match &cmd.command {
+        let result = match command {
             Command::CreateQueue { queue, tenant, config } => match self.queues.get(queue) {
                 Some(q) if q.tenant == *tenant => Ok(Response::QueueCreated),
                 Some(_) => Err(QueueError::QueueAlreadyExists),
@@ -192,7 +217,8 @@ impl Model {
                         if out.len() == *max_messages as usize {
                             break;
                         }
-                        if m.visible_at_ms > now {
+                        // Leased by an earlier call of the same entry: not again in it.
+                        if m.visible_at_ms > now || (m.receive_count > 0 && m.lease == Some(log_index)) {
                             continue;
                         }
                         if m.receive_count == 0 {
@@ -313,7 +339,8 @@ impl Model {
             | Command::CancelScheduled { .. }
             | Command::StartScheduledLoad { .. }
             | Command::LoadScheduled { .. }
-            | Command::TrimMetering { .. } => {
+            | Command::TrimMetering { .. }
+            | Command::Calls { .. } => {
                 unreachable!(
                     "the model test does not generate move-task, receive-attempt, schedule or metering commands"
                 )
@@ -411,6 +438,8 @@ enum Op {
     },
     /// Replace the restored copy with a fresh snapshot round trip of the original.
     Snapshot,
+    /// Calls of several clients in one entry ([`Command::Calls`]), each on a slot's queue.
+    Calls(Vec<(usize, Op)>),
 }
 
 #[derive(Debug, Clone)]
@@ -461,18 +490,35 @@ fn pick_strategy() -> impl Strategy<Value = Pick> {
     ]
 }
 
-fn op_strategy() -> impl Strategy<Value = Op> {
-    let delay = prop_oneof![
-        6 => Just(None),
-        3 => time_ms(20_000).prop_map(Some),
-        1 => prop_oneof![Just(Some(DELAY_MS_MAX)), Just(Some(DELAY_MS_MAX + 1))],
-    ];
-    let timeout = prop_oneof![
+fn timeout_strategy() -> impl Strategy<Value = Option<u64>> {
+    prop_oneof![
         3 => Just(None),
         1 => Just(Some(0u64)),
         3 => time_ms(40_000).prop_map(Some),
         1 => Just(Some(VISIBILITY_TIMEOUT_MS_MAX)),
         1 => Just(Some(VISIBILITY_TIMEOUT_MS_MAX + 1)),
+    ]
+}
+
+/// A call that may share an entry with others, now and then one that may not (a purge).
+fn call_strategy() -> impl Strategy<Value = (usize, Op)> {
+    let op = prop_oneof![
+        6 => (0u32..=RECEIVE_BATCH_MAX + 1, timeout_strategy())
+            .prop_map(|(max, timeout_ms)| Op::Receive { max, timeout_ms }),
+        4 => prop::collection::vec(pick_strategy(), 0..=DELETE_BATCH_MAX + 1).prop_map(Op::Delete),
+        1 => prop::collection::vec(pick_strategy(), 0..=RECEIVE_BATCH_MAX as usize + 1).prop_map(Op::ReturnUndelivered),
+        2 => (pick_strategy(), prop_oneof![Just(0u64), time_ms(40_000)])
+            .prop_map(|(pick, timeout_ms)| Op::ChangeVisibility { pick, timeout_ms }),
+        1 => Just(Op::Purge),
+    ];
+    (0..SLOTS, op)
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    let delay = prop_oneof![
+        6 => Just(None),
+        3 => time_ms(20_000).prop_map(Some),
+        1 => prop_oneof![Just(Some(DELAY_MS_MAX)), Just(Some(DELAY_MS_MAX + 1))],
     ];
     prop_oneof![
         6 => time_ms(3_000).prop_map(Op::Advance),
@@ -480,7 +526,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => (30_000u64..400_000).prop_map(Op::Advance),
         6 => (prop::collection::vec(delay, 0..=SEND_BATCH_MAX + 1), any::<u8>())
             .prop_map(|(delays, fault)| Op::Send { delays, fault }),
-        6 => (0u32..=RECEIVE_BATCH_MAX + 1, timeout)
+        6 => (0u32..=RECEIVE_BATCH_MAX + 1, timeout_strategy())
             .prop_map(|(max, timeout_ms)| Op::Receive { max, timeout_ms }),
         4 => prop::collection::vec(pick_strategy(), 0..=DELETE_BATCH_MAX + 1).prop_map(Op::Delete),
         2 => prop::collection::vec(pick_strategy(), 0..=RECEIVE_BATCH_MAX as usize + 1).prop_map(Op::ReturnUndelivered),
@@ -495,6 +541,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => Just(Op::DeleteQueue),
         1 => any::<bool>().prop_map(|fresh| Op::CreateQueue { fresh }),
         1 => Just(Op::Snapshot),
+        4 => prop::collection::vec(call_strategy(), 1..8).prop_map(Op::Calls),
     ]
 }
 
@@ -522,6 +569,7 @@ fn normalize(response: &Response) -> Response {
             Response::Deleted(results.iter().map(|r| r.as_ref().map(|_| ()).map_err(error)).collect())
         }
         Response::Error(e) => Response::Error(error(e)),
+        Response::Calls(responses) => Response::Calls(responses.iter().map(normalize).collect()),
         other => other.clone(),
     }
 }
@@ -588,13 +636,24 @@ impl Harness {
             }
         }
         let response = first.unwrap_or(expected);
-        if let (Response::Received(deliveries), Command::Receive { queue, .. }) = (&response, &cmd.command) {
+        match (&response, &cmd.command) {
+            (Response::Calls(responses), Command::Calls { calls }) => {
+                for (response, call) in responses.iter().zip(calls) {
+                    self.learn_receipts(response, &call.command);
+                }
+            }
+            (response, command) => self.learn_receipts(response, command),
+        }
+        Ok(response)
+    }
+
+    fn learn_receipts(&mut self, response: &Response, command: &Command) {
+        if let (Response::Received(deliveries), Command::Receive { queue, .. }) = (response, command) {
             for d in deliveries {
                 self.issued.push(d.receipt.clone());
                 self.known.insert(d.receipt.clone(), KnownReceipt { queue: *queue, seq: d.seq, lease: self.log_index });
             }
         }
-        Ok(response)
     }
 
     fn receipt(&self, pick: &Pick) -> String {
@@ -615,6 +674,30 @@ impl Harness {
                 let text = i.get(recent);
                 text[..text.len().saturating_sub(usize::from(*n))].to_owned()
             }
+        }
+    }
+
+    /// The command of a call on `queue` (a receive, delete, take-back, visibility change or
+    /// purge).
+    fn call_command(&self, queue: QueueId, tenant: String, op: &Op) -> Command {
+        match op {
+            Op::Receive { max, timeout_ms } => {
+                Command::Receive { queue, tenant, max_messages: *max, visibility_timeout_ms: *timeout_ms }
+            }
+            Op::Delete(picks) => {
+                Command::Delete { queue, tenant, receipts: picks.iter().map(|p| self.receipt(p)).collect() }
+            }
+            Op::ReturnUndelivered(picks) => {
+                Command::ReturnUndelivered { queue, tenant, receipts: picks.iter().map(|p| self.receipt(p)).collect() }
+            }
+            Op::ChangeVisibility { pick, timeout_ms } => Command::ChangeVisibility {
+                queue,
+                tenant,
+                receipt: self.receipt(pick),
+                visibility_timeout_ms: *timeout_ms,
+            },
+            Op::Purge => Command::Purge { queue, tenant },
+            other => unreachable!("{other:?} is not a call"),
         }
     }
 
@@ -657,29 +740,19 @@ impl Harness {
                 }
                 self.apply(skew, Command::Send { queue, tenant, messages })?;
             }
-            Op::Receive { max, timeout_ms } => {
-                self.apply(
-                    skew,
-                    Command::Receive { queue, tenant, max_messages: *max, visibility_timeout_ms: *timeout_ms },
-                )?;
+            Op::Receive { .. } | Op::Delete(_) | Op::ReturnUndelivered(_) | Op::ChangeVisibility { .. } | Op::Purge => {
+                let command = self.call_command(queue, tenant, &step.op);
+                self.apply(skew, command)?;
             }
-            Op::Delete(picks) => {
-                let receipts = picks.iter().map(|p| self.receipt(p)).collect();
-                self.apply(skew, Command::Delete { queue, tenant, receipts })?;
-            }
-            Op::ReturnUndelivered(picks) => {
-                let receipts = picks.iter().map(|p| self.receipt(p)).collect();
-                self.apply(skew, Command::ReturnUndelivered { queue, tenant, receipts })?;
-            }
-            Op::ChangeVisibility { pick, timeout_ms } => {
-                let receipt = self.receipt(pick);
-                self.apply(
-                    skew,
-                    Command::ChangeVisibility { queue, tenant, receipt, visibility_timeout_ms: *timeout_ms },
-                )?;
-            }
-            Op::Purge => {
-                self.apply(skew, Command::Purge { queue, tenant })?;
+            Op::Calls(calls) => {
+                let calls = calls
+                    .iter()
+                    .map(|(slot, op)| {
+                        let command = self.call_command(self.slot_queue[*slot], TENANTS[*slot].to_owned(), op);
+                        Call { command, meter: None }
+                    })
+                    .collect();
+                self.apply(skew, Command::Calls { calls })?;
             }
             Op::Expire => {
                 self.apply(skew, Command::Expire)?;
@@ -819,6 +892,31 @@ fn fixed_sequence_matches_reference_model() {
         step(1, Op::Receive { max: 1, timeout_ms: None }),
         step(0, Op::Expire),
         step(0, Op::Purge),
+    ];
+    let result = run(&steps);
+    assert!(result.is_ok(), "{result:?}");
+}
+
+/// Calls sharing entries: two receives of one entry never lease the same message, even when the
+/// first leaves it visible at once; deletes and visibility changes in an entry use receipts of
+/// earlier entries; a call that may not share an entry is refused alone.
+#[test]
+fn calls_sharing_an_entry_match_reference_model() {
+    let step = |slot, op| Step { slot, wrong_tenant: false, skew_ms: 0, op };
+    let receive = |max, timeout_ms| Op::Receive { max, timeout_ms };
+    let steps = vec![
+        step(0, Op::Send { delays: vec![None, None, None], fault: 3 }),
+        step(0, Op::Calls(vec![(0, receive(1, Some(0))), (0, receive(2, Some(0))), (0, receive(10, None))])),
+        step(0, Op::Calls(vec![(0, receive(1, None)), (1, receive(1, None)), (0, Op::Purge)])),
+        step(
+            0,
+            Op::Calls(vec![
+                (0, Op::Delete(vec![Pick::Nth(3), Pick::Nth(4)])),
+                (0, Op::ChangeVisibility { pick: Pick::Nth(5), timeout_ms: 0 }),
+                (0, receive(10, Some(0))),
+                (0, receive(10, Some(0))),
+            ]),
+        ),
     ];
     let result = run(&steps);
     assert!(result.is_ok(), "{result:?}");

@@ -17,8 +17,8 @@ use strata_common::proto::{self as pb, storage_client::StorageClient};
 use strata_common::{Clock, Random, SystemClock};
 use strata_metadata::MetadataNode;
 use strata_metadata_client::MetadataClient;
-use strata_storage::queue::MessageRef;
-use strata_storage::shard::ShardLogSettings;
+use strata_storage::queue::{Command, MessageRef};
+use strata_storage::shard::{BATCHED_CALLS_GENERATION, ShardEntry, ShardLogSettings};
 use strata_storage::{ObjectStoreSettings, StorageNode, StorageSettings};
 use strata_tls::Role;
 use strata_tls::pki::{test_channel, test_credentials};
@@ -720,6 +720,126 @@ async fn a_replica_joined_by_snapshot_receives_the_slice_files_of_scheduled_mess
     assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
 
     drop(client);
+    for node in nodes.into_iter().flatten() {
+        node.shutdown().await;
+    }
+    metadata.stop().await;
+}
+
+/// Receives and deletes of many clients at once share log entries on a replicated shard: every
+/// message is delivered exactly once while its lease holds, every delete applies, the leader's
+/// log holds entries of several calls, and the replicas apply them to the same state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_receives_and_deletes_share_entries_and_keep_every_guarantee() {
+    const DRAINERS: usize = 12;
+    const SENT: usize = 600;
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
+    let root = tempfile::tempdir().expect("tempdir");
+    let metadata = Metadata::start(root.path()).await;
+    let (metadata_endpoint, meta_client) = (metadata.endpoint.clone(), metadata.client.clone());
+    // No snapshot (and so no purge) during the test: the whole log stays to be read back.
+    let log = ShardLogSettings { snapshot_every_entries: 100_000, ..ShardLogSettings::default() };
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let hour = Duration::from_secs(3600);
+    let (a, b, c) = tokio::join!(
+        start_node_with(root.path(), 0, addrs[0], &metadata_endpoint, log.clone(), hour),
+        start_node_with(root.path(), 1, addrs[1], &metadata_endpoint, log.clone(), hour),
+        start_node_with(root.path(), 2, addrs[2], &metadata_endpoint, log.clone(), hour),
+    );
+    let nodes = vec![Some(a), Some(b), Some(c)];
+    let (info, queue) = create_queue(&meta_client, &nodes, &addrs, "shared-entries").await;
+    let sent: Vec<String> = (0..SENT).map(|i| format!("m{i:04}")).collect();
+    send_all(&nodes, &addrs, &queue, &sent).await;
+    // Entries of several calls are written once every node reads them.
+    let at = leader(&nodes).await;
+    let shard = nodes[at].as_ref().and_then(|n| n.shard(1)).expect("the leader's replica");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while shard.log_format().writing() < BATCHED_CALLS_GENERATION {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cluster never wrote generation {BATCHED_CALLS_GENERATION}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first_drain_index = shard.applied_index().expect("applied") + 1;
+
+    // Each drainer receives (a lease of ten minutes, longer than the test) and deletes what it
+    // got, until every message came back.
+    let delivered = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let drainers: Vec<_> = (0..DRAINERS)
+        .map(|_| {
+            let (mut client, queue, delivered) = (storage_client(addrs[at]), queue.clone(), delivered.clone());
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                while delivered.lock().len() < SENT {
+                    assert!(tokio::time::Instant::now() < deadline, "the drain stalled");
+                    let request = pb::ReceiveRequest {
+                        queue: Some(queue.clone()),
+                        max_messages: 10,
+                        visibility_timeout_ms: Some(600_000),
+                        wait_ms: 200,
+                        ..Default::default()
+                    };
+                    let got = client.receive(request).await.expect("receive").into_inner().messages;
+                    if got.is_empty() {
+                        continue;
+                    }
+                    let receipts = got.iter().map(|m| m.receipt_handle.clone()).collect();
+                    let request =
+                        pb::DeleteRequest { queue: Some(queue.clone()), receipt_handles: receipts, meter: None };
+                    let results = client.delete(request).await.expect("delete").into_inner().results;
+                    assert!(results.iter().all(|r| r.error_code.is_empty()), "a delete failed: {results:?}");
+                    delivered.lock().extend(got.into_iter().map(|m| String::from_utf8_lossy(&m.body).into_owned()));
+                }
+            })
+        })
+        .collect();
+    for drainer in drainers {
+        drainer.await.expect("drainer");
+    }
+    let mut bodies = delivered.lock().clone();
+    bodies.sort();
+    assert_eq!(bodies, sent, "every message exactly once");
+
+    // The leader's log holds entries that several clients' calls shared.
+    let last_index = shard.applied_index().expect("applied");
+    let mut calls_per_entry = Vec::new();
+    let mut index = first_drain_index;
+    while index <= last_index {
+        let entries = shard.local_entries(index, 256).expect("the log is local");
+        assert!(!entries.is_empty(), "entry {index} is missing");
+        for bytes in &entries {
+            let entry = strata_storage::shard::decode_entry(bytes, shard.log_format()).expect("decodes");
+            if let openraft::EntryPayload::Normal(ShardEntry(command)) = entry.payload
+                && let Command::Calls { calls } = command.command
+            {
+                calls_per_entry.push(calls.len());
+            }
+        }
+        index += entries.len() as u64;
+    }
+    let shared = calls_per_entry.iter().filter(|&&n| n > 1).count();
+    eprintln!(
+        "entries of calls: {}, of several calls: {shared}, most calls in one: {:?}",
+        calls_per_entry.len(),
+        calls_per_entry.iter().max()
+    );
+    assert!(shared > 0, "no entry carried the calls of several clients: {calls_per_entry:?}");
+
+    // Every replica applies them to the same, empty queue.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for node in nodes.iter().flatten() {
+        let replica = node.shard(1).expect("a replica of shard 1");
+        loop {
+            let counts = replica.state().0.queue_counts(info.queue_id, TENANT);
+            if counts.is_some_and(|c| c.visible + c.in_flight + c.delayed == 0) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "a replica did not apply every delete: {counts:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     for node in nodes.into_iter().flatten() {
         node.shutdown().await;
     }

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
+use strata_common::metering::MeterRecord;
 use strata_raft::requests::RecentRequests;
 use uuid::Uuid;
 
@@ -12,10 +13,11 @@ use super::schedule::{Schedule, ScheduledMessage, Slice, SliceWrite, deliver_at_
 use super::store::{LeaseCheck, Queue, QueueSizes};
 use super::touches::{Touch, Touches};
 use super::types::{
-    Command, DELETE_BATCH_MAX, DELIVER_AHEAD_MS_MAX, FIFO_ID_CHARS_MAX, IN_FLIGHT_MAX, MESSAGE_ATTRIBUTES_MAX,
-    MOVE_PER_SECOND_MAX, MOVE_STEP_MESSAGES_MAX, MOVE_TASKS_KEPT_PER_SOURCE, MoveTask, MoveTaskId, MoveTaskStatus,
-    NewMessage, QueueConfig, QueueCounts, QueueError, QueueId, RECEIVE_BATCH_MAX, REQUEST_DIGEST_SEPARATOR,
-    REQUEST_IDS_KEPT, Response, SEND_BATCH_MAX, ShardCommand, check_delay, check_visibility_timeout,
+    CALLS_PER_ENTRY_MAX, Call, Command, DELETE_BATCH_MAX, DELIVER_AHEAD_MS_MAX, FIFO_ID_CHARS_MAX, IN_FLIGHT_MAX,
+    MESSAGE_ATTRIBUTES_MAX, MOVE_PER_SECOND_MAX, MOVE_STEP_MESSAGES_MAX, MOVE_TASKS_KEPT_PER_SOURCE, MoveTask,
+    MoveTaskId, MoveTaskStatus, NewMessage, QueueConfig, QueueCounts, QueueError, QueueId, RECEIVE_BATCH_MAX,
+    REQUEST_DIGEST_SEPARATOR, REQUEST_IDS_KEPT, Response, SEND_BATCH_MAX, ShardCommand, check_delay,
+    check_visibility_timeout,
 };
 
 /// What the messages of a shard's queues count in their stored bytes, queue by queue (see
@@ -86,22 +88,48 @@ impl ShardState {
                 None => {}
             }
         }
-        // Not remembered under the request id: a retry once the outbox has room may succeed.
-        if cmd.meter.is_some() && self.metering.is_full() {
-            return Response::Error(QueueError::MeteringBacklogFull);
-        }
-        let touch = self.touch_of(&cmd.command);
-        let response = self.apply_command(log_index, &cmd.command);
-        self.touches.record(log_index, touch);
-        if let Some(record) = &cmd.meter
-            && !matches!(response, Response::Error(_))
-        {
-            self.metering.push(record.clone());
-        }
+        let response = match &cmd.command {
+            Command::Calls { calls } => Response::Calls(self.apply_calls(log_index, calls)),
+            command => self.apply_metered(log_index, command, cmd.meter.as_ref()),
+        };
         if let Some(id) = &cmd.request_id {
             self.requests.remember(log_index, id, &response, REQUEST_IDS_KEPT);
         }
         response
+    }
+
+    /// Applies `command` and, when it succeeds, queues its metering record `meter`.
+    fn apply_metered(&mut self, log_index: u64, command: &Command, meter: Option<&MeterRecord>) -> Response {
+        // Not remembered under a request id: a retry once the outbox has room may succeed.
+        if meter.is_some() && self.metering.is_full() {
+            return Response::Error(QueueError::MeteringBacklogFull);
+        }
+        let touch = self.touch_of(command);
+        let response = self.apply_command(log_index, command);
+        self.touches.record(log_index, touch);
+        if let Some(record) = meter
+            && !matches!(response, Response::Error(_))
+        {
+            self.metering.push(record.clone());
+        }
+        response
+    }
+
+    /// The calls of one [`Command::Calls`] entry, one after another; each answers on its own.
+    fn apply_calls(&mut self, log_index: u64, calls: &[Call]) -> Vec<Response> {
+        if calls.len() > CALLS_PER_ENTRY_MAX {
+            return vec![Response::Error(QueueError::TooManyEntries); calls.len()];
+        }
+        calls
+            .iter()
+            .map(|call| {
+                if !call.command.batchable() {
+                    let message = "only receives, deletes and visibility changes share a log entry";
+                    return Response::Error(QueueError::InvalidParameter(message.to_owned()));
+                }
+                self.apply_metered(log_index, &call.command, call.meter.as_ref())
+            })
+            .collect()
     }
 
     /// What an earlier request with `key`'s request id answered: its first answer for a retry of
@@ -218,6 +246,8 @@ impl ShardState {
                 self.metering.trim(*through_seq);
                 Ok(Response::MeteringTrimmed)
             }
+            // Calls are applied by `apply`, one by one; they do not nest.
+            Command::Calls { .. } => Err(QueueError::InvalidParameter("calls do not nest".to_owned())),
         };
         result.unwrap_or_else(Response::Error)
     }
@@ -239,7 +269,7 @@ impl ShardState {
                 let redrive = self.queue_config(*queue, tenant).and_then(|c| c.redrive);
                 redrive.map(|r| Touch::Queue(r.dead_letter_queue))
             }
-            Command::Delete { .. } | Command::Expire | Command::TrimMetering { .. } => None,
+            Command::Delete { .. } | Command::Expire | Command::TrimMetering { .. } | Command::Calls { .. } => None,
             Command::StartMoveTask { .. }
             | Command::CancelMoveTask { .. }
             | Command::MoveStep { .. }

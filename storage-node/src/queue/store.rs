@@ -99,6 +99,13 @@ impl Message {
         MessageRef { log_index: self.body_log_index, slot: self.body_slot }
     }
 
+    /// Whether the receive of the entry at `log_index` leased it (leases are the log indexes
+    /// of receives; several receives share one only within a
+    /// [`Command::Calls`](super::types::Command::Calls) entry).
+    fn leased_by(&self, log_index: u64) -> bool {
+        self.receive_count > 0 && self.lease == log_index
+    }
+
     fn expires_at_ms(&self, config: &QueueConfig) -> u64 {
         self.enqueued_ms.saturating_add(config.retention_ms)
     }
@@ -280,18 +287,25 @@ impl FifoState {
     }
 
     /// Visible messages of unlocked groups, group by group (by lowest seq), each group in seq
-    /// order; a group stops at its first message received `exhausted_at` times or more (a dead
-    /// letter waiting to move), so that nothing behind it in its group overtakes it.
-    fn open_visible(&self, messages: &OrdMap<u64, Message>, exhausted_at: u32) -> impl Iterator<Item = (u64, bool)> {
+    /// order, each with whether it blocks its group. A group stops at its first message that
+    /// may not be delivered now, so that nothing behind it in its group overtakes it: one
+    /// received `exhausted_at` times or more (a dead letter waiting to move), or one leased by
+    /// the entry at `log_index` already (see [`Message::leased_by`]).
+    fn open_visible(
+        &self,
+        messages: &OrdMap<u64, Message>,
+        exhausted_at: u32,
+        log_index: u64,
+    ) -> impl Iterator<Item = (u64, bool)> {
         self.ready.iter().flat_map(move |(_, group)| {
             let mut blocked = false;
             self.visible_by_group.get(group).into_iter().flatten().map_while(move |&seq| {
                 if blocked {
                     return None;
                 }
-                let exhausted = messages.get(&seq).is_none_or(|m| m.receive_count >= exhausted_at);
-                blocked = exhausted;
-                Some((seq, exhausted))
+                let held = messages.get(&seq).is_none_or(|m| m.receive_count >= exhausted_at || m.leased_by(log_index));
+                blocked = held;
+                Some((seq, held))
             })
         })
     }
@@ -738,7 +752,9 @@ impl Queue {
 
     /// Leases up to `max_messages` visible messages, lowest seq first, passing
     /// over those received `exhausted_at` times or more (dead letters waiting
-    /// for a later receive to move them). `now_ms` must be settled.
+    /// for a later receive to move them) and those an earlier call of the same
+    /// entry leased (visible again at once: a receive with a visibility timeout
+    /// of 0). `now_ms` must be settled.
     pub(crate) fn receive(
         &mut self,
         queue: QueueId,
@@ -754,8 +770,8 @@ impl Queue {
             // messages, in seq order. Answered in seq order.
             Some(fifo) => {
                 let mut seqs: Vec<u64> = fifo
-                    .open_visible(&self.messages, limit)
-                    .filter(|&(_, exhausted)| !exhausted)
+                    .open_visible(&self.messages, limit, log_index)
+                    .filter(|&(_, held)| !held)
                     .map(|(seq, _)| seq)
                     .take(max_messages)
                     .collect();
@@ -765,7 +781,9 @@ impl Queue {
             None => self
                 .visible
                 .iter()
-                .filter(|seq| self.messages.get(*seq).is_some_and(|m| m.receive_count < limit))
+                .filter(|seq| {
+                    self.messages.get(*seq).is_some_and(|m| m.receive_count < limit && !m.leased_by(log_index))
+                })
                 .take(max_messages)
                 .copied()
                 .collect(),

@@ -1891,3 +1891,110 @@ fn a_copy_for_a_snapshot_shares_the_messages_and_keeps_what_it_copied() {
     assert_eq!((counts(&copy).visible, counts(&copy).in_flight), (1_000, 0));
     assert_eq!((counts(&shard.state).visible, counts(&shard.state).in_flight), (991, 9));
 }
+
+// ------------------------------------------------------------------------ calls sharing an entry
+
+fn call(command: Command, meter: Option<MeterRecord>) -> Call {
+    Call { command, meter }
+}
+
+impl Shard {
+    /// Applies `calls` in one entry and answers each call's response.
+    fn calls(&mut self, now_ms: u64, calls: Vec<Call>) -> Vec<Response> {
+        match self.apply(now_ms, Command::Calls { calls }) {
+            Response::Calls(responses) => responses,
+            other => panic!("calls answered {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn calls_of_one_entry_apply_in_order_each_with_its_own_answer_and_record() {
+    let mut shard = Shard::with_queue();
+    shard.send(0, &[1, 2, 3]);
+    let first = shard.receive(0, 1, None);
+    let responses = shard.calls(
+        5,
+        vec![
+            call(receive_cmd(1, None), Some(meter("receive"))),
+            call(
+                Command::Delete { queue: Q, tenant: TENANT.to_owned(), receipts: vec![first[0].receipt.clone()] },
+                None,
+            ),
+            // Another tenant's call fails alone, and its record is not kept.
+            call(
+                Command::Receive {
+                    queue: Q,
+                    tenant: OTHER_TENANT.to_owned(),
+                    max_messages: 1,
+                    visibility_timeout_ms: None,
+                },
+                Some(meter("foreign")),
+            ),
+            // A call that may not share an entry is refused alone, and changes nothing.
+            call(Command::Purge { queue: Q, tenant: TENANT.to_owned() }, None),
+            call(receive_cmd(10, None), Some(meter("receive-rest"))),
+        ],
+    );
+    let [
+        Response::Received(one),
+        Response::Deleted(deleted),
+        Response::Error(foreign),
+        Response::Error(purge),
+        Response::Received(rest),
+    ] = responses.as_slice()
+    else {
+        panic!("unexpected answers {responses:?}");
+    };
+    assert_eq!(one.iter().map(|d| d.message_id.as_u128()).collect::<Vec<_>>(), [2]);
+    assert_eq!(deleted, &[Ok(())]);
+    assert_eq!(foreign, &QueueError::QueueNotFound);
+    assert!(matches!(purge, QueueError::InvalidParameter(_)), "{purge:?}");
+    assert_eq!(rest.iter().map(|d| d.message_id.as_u128()).collect::<Vec<_>>(), [3]);
+    assert_eq!(shard.outbox_ids(), vec!["receive", "receive-rest"]);
+    assert_eq!(shard.counts(), QueueCounts { visible: 0, in_flight: 2, delayed: 0 });
+    // Receipts of calls sharing an entry are distinct, and each deletes its own message.
+    assert_ne!(one[0].receipt, rest[0].receipt);
+    assert_eq!(shard.delete(5, &[&one[0].receipt, &rest[0].receipt]), Response::Deleted(vec![Ok(()), Ok(())]));
+}
+
+#[test]
+fn receives_sharing_an_entry_never_lease_one_message_twice_and_keep_fifo_order() {
+    // Standard: the first receive leaves its message visible at once; the second passes it over.
+    let mut shard = Shard::with_queue();
+    shard.send(0, &[1, 2]);
+    let responses = shard.calls(0, vec![call(receive_cmd(1, Some(0)), None), call(receive_cmd(10, Some(0)), None)]);
+    let ids = |r: &Response| match r {
+        Response::Received(d) => d.iter().map(|d| d.message_id.as_u128()).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(responses.iter().map(ids).collect::<Vec<_>>(), [vec![1], vec![2]]);
+    // A later entry receives both again.
+    assert_eq!(shard.receive(0, 10, None).len(), 2);
+
+    // FIFO: group a's head is leased (and visible again at once) by the first call; the second
+    // call may not take a's next message past it, only group b's.
+    let mut shard = fifo_shard(false);
+    fifo_send(&mut shard, 0, vec![fifo_message(1, "a", "d1"), fifo_message(2, "a", "d2"), fifo_message(3, "b", "d3")]);
+    let fifo_receive = |max| Command::Receive {
+        queue: FIFO_Q,
+        tenant: TENANT.to_owned(),
+        max_messages: max,
+        visibility_timeout_ms: Some(0),
+    };
+    let responses = shard.calls(0, vec![call(fifo_receive(1), None), call(fifo_receive(10), None)]);
+    assert_eq!(responses.iter().map(ids).collect::<Vec<_>>(), [vec![1], vec![3]]);
+    assert_eq!(fifo_receipts(&mut shard, 0, 10).iter().map(|(id, _)| *id).collect::<Vec<_>>(), [1, 2, 3]);
+}
+
+#[test]
+fn an_entry_with_too_many_calls_is_refused_whole() {
+    let mut shard = Shard::with_queue();
+    shard.send(0, &[1]);
+    let calls = (0..=CALLS_PER_ENTRY_MAX).map(|_| call(receive_cmd(1, None), Some(meter("r")))).collect();
+    let responses = shard.calls(0, calls);
+    assert_eq!(responses.len(), CALLS_PER_ENTRY_MAX + 1);
+    assert!(responses.iter().all(|r| *r == Response::Error(QueueError::TooManyEntries)));
+    assert_eq!(shard.counts().visible, 1);
+    assert!(shard.outbox_ids().is_empty());
+}

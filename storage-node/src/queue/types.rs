@@ -342,6 +342,42 @@ pub enum Command {
         tenant: String,
         receipts: Vec<String>,
     },
+    /// Calls of many clients in one log entry (a shard's proposal batcher gathers them while
+    /// the entries before are being written): applied one after another at the entry's log
+    /// index and time, each answered on its own in [`Response::Calls`]. Only receives, deletes
+    /// and visibility changes ride here ([`Command::batchable`]); anything else in a batch is
+    /// answered `InvalidParameter`. A receive passes over messages leased earlier in the same
+    /// entry (their receipts would be the same). Shard command version 4 and later.
+    Calls {
+        calls: Vec<Call>,
+    },
+}
+
+/// One client's call in a [`Command::Calls`] entry, with its metering record (which enters the
+/// outbox when the call succeeds, as [`ShardCommand::meter`] does).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Call {
+    pub command: Command,
+    pub meter: Option<MeterRecord>,
+}
+
+/// Most calls one [`Command::Calls`] entry carries.
+pub const CALLS_PER_ENTRY_MAX: usize = 64;
+
+impl Command {
+    /// Whether the command may share a log entry with others ([`Command::Calls`]): the calls
+    /// clients make at the rate they receive, which neither place message bodies in the entry
+    /// (sends locate bodies by log index and slot) nor remember request ids.
+    pub fn batchable(&self) -> bool {
+        matches!(
+            self,
+            Command::Receive { .. }
+                | Command::ReceiveAttempt { .. }
+                | Command::Delete { .. }
+                | Command::ChangeVisibility { .. }
+                | Command::ReturnUndelivered { .. }
+        )
+    }
 }
 
 /// A move task's id: the log index of the command that started it.
@@ -430,6 +466,8 @@ pub enum Response {
         count: u64,
     },
     MeteringTrimmed,
+    /// The answers to the calls of a [`Command::Calls`] entry, in its order.
+    Calls(Vec<Response>),
 }
 
 /// Approximate counts, as SQS's `ApproximateNumberOf{Messages, MessagesNotVisible,
