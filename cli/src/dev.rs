@@ -95,6 +95,10 @@ pub(crate) struct DevArgs {
     /// shard (never more than half the room above the disk reserve, none under 1 GiB of room).
     #[arg(long, default_value_t = ShardLogSettings::default().local_retention_bytes)]
     local_retention_bytes: u64,
+    /// How long a sealed segment kept for reads waits before it is uploaded, in milliseconds
+    /// (what consumers delete meanwhile is never uploaded).
+    #[arg(long, default_value_t = ShardLogSettings::default().upload_after.as_millis() as u64)]
+    upload_after_ms: u64,
     /// How often sealed segments are tiered, in milliseconds.
     #[arg(long, default_value_t = 5_000)]
     tier_interval_ms: u64,
@@ -329,6 +333,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
                 snapshot_every_entries: args.snapshot_every,
                 seal_idle_after: Duration::from_millis(args.seal_idle_ms),
                 local_retention_bytes: args.local_retention_bytes,
+                upload_after: Duration::from_millis(args.upload_after_ms),
             },
             tier_interval: Duration::from_millis(args.tier_interval_ms),
             expire_interval: Duration::from_secs(1),

@@ -202,6 +202,10 @@ struct StorageConfig {
     /// none when that room is under 1 GiB).
     #[serde(default = "default_local_retention_bytes")]
     local_retention_bytes: u64,
+    /// How long a sealed segment kept for reads waits before it is uploaded (default 60 s):
+    /// what consumers delete meanwhile is never uploaded.
+    #[serde(default = "default_upload_after_ms")]
+    upload_after_ms: u64,
     #[serde(default = "default_cache_memory_mib")]
     cache_memory_mib: usize,
     #[serde(default = "default_cache_disk_mib")]
@@ -229,6 +233,9 @@ fn default_segment_bytes() -> u64 {
 fn default_local_retention_bytes() -> u64 {
     ShardLogSettings::default().local_retention_bytes
 }
+fn default_upload_after_ms() -> u64 {
+    ShardLogSettings::default().upload_after.as_millis() as u64
+}
 fn default_tier_interval_ms() -> u64 {
     5_000
 }
@@ -253,6 +260,7 @@ pub(crate) async fn storage(args: RoleArgs) -> anyhow::Result<()> {
         log: ShardLogSettings {
             segment_size_bytes_max: config.segment_bytes,
             local_retention_bytes: config.local_retention_bytes,
+            upload_after: Duration::from_millis(config.upload_after_ms),
             ..ShardLogSettings::default()
         },
         tier_interval: Duration::from_millis(config.tier_interval_ms),

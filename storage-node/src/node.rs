@@ -28,7 +28,7 @@ use crate::queue::Command;
 use crate::service::StorageService;
 use crate::shard::{Shard, ShardLogSettings, ShardReplicas};
 use crate::tier::{
-    TieredReader, kept_for_reads_bytes, probe_conditional_create, release_tiered_segments, tier_shard_once,
+    SealedAges, TieredReader, kept_for_reads_bytes, probe_conditional_create, release_tiered_segments, tier_shard_once,
     tiered_through_snapshot,
 };
 
@@ -354,6 +354,7 @@ impl Host {
                     interval: settings.tier_interval,
                     seal_idle_after: settings.log.seal_idle_after,
                     local_retention_bytes: settings.log.local_retention_bytes,
+                    upload_after: settings.log.upload_after,
                 },
                 cancel.clone(),
             )),
@@ -509,10 +510,13 @@ struct TierLoop {
     interval: Duration,
     seal_idle_after: Duration,
     local_retention_bytes: u64,
+    upload_after: Duration,
 }
 
 async fn tier_loop(shard: Arc<Shard>, tier: TierLoop, cancel: CancellationToken) {
-    let TierLoop { store, metadata, reader, disk, interval, seal_idle_after, local_retention_bytes } = tier;
+    let TierLoop { store, metadata, reader, disk, interval, seal_idle_after, local_retention_bytes, upload_after } =
+        tier;
+    let mut sealed_ages = SealedAges::default();
     // An idle shard seals its active segment after `seal_idle_after`, so its tail tiers too.
     let mut last_seen_index = None;
     let clock = shard.clock().clone();
@@ -542,7 +546,12 @@ async fn tier_loop(shard: Arc<Shard>, tier: TierLoop, cancel: CancellationToken)
             }
             continue;
         }
-        match tier_shard_once(&shard, store.as_ref(), &metadata, &reader, keep_local_bytes).await {
+        // A replica move waits until the bucket holds what the new replica lacks: nothing waits.
+        let moving = shard.placement().is_some_and(|p| !shard.voters_are(&p));
+        let upload_after = if moving { Duration::ZERO } else { upload_after };
+        let sealed = shard.wal().sealed_segments();
+        let waiting_from = sealed_ages.waiting_from(&sealed, clock.instant(), upload_after, keep_local_bytes);
+        match tier_shard_once(&shard, store.as_ref(), &metadata, &reader, keep_local_bytes, waiting_from).await {
             Ok(pass) if pass != Default::default() => tracing::info!(shard = shard.shard_id, ?pass, "tiering pass"),
             Ok(_) => {}
             Err(e) => tracing::warn!(shard = shard.shard_id, error = %e, "tiering pass failed; will retry"),

@@ -281,6 +281,12 @@ pub struct ShardLogSettings {
     /// of recent messages, a backlog being drained, come from the local log instead of the
     /// bucket. Segments holding only dead entries go at once.
     pub local_retention_bytes: u64,
+    /// A sealed segment among those kept for reads waits this long before it is uploaded, so
+    /// what consumers delete within it is never uploaded at all (a queue drained as it fills
+    /// uploads nothing). Durability does not wait on uploads: the log is fsynced (and
+    /// replicated) before a send is acknowledged. Disk pressure (segments beyond the local
+    /// retention) and replica moves upload at once.
+    pub upload_after: std::time::Duration,
 }
 
 impl Default for ShardLogSettings {
@@ -290,6 +296,7 @@ impl Default for ShardLogSettings {
             snapshot_every_entries: 20_000,
             seal_idle_after: std::time::Duration::from_secs(60),
             local_retention_bytes: 1 << 30,
+            upload_after: std::time::Duration::from_secs(60),
         }
     }
 }

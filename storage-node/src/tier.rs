@@ -469,13 +469,49 @@ pub struct TierPass {
     pub collected: usize,
 }
 
-/// One pass of upload → commit → local removal, then bucket GC, for a shard.
+/// When a shard's sealed segments were first seen sealed, so that the newest wait before they
+/// are uploaded (see `ShardLogSettings::upload_after`). In memory only: after a restart every
+/// segment waits once more.
+#[derive(Debug, Default)]
+pub struct SealedAges {
+    first_seen: BTreeMap<u64, std::time::Instant>,
+}
+
+impl SealedAges {
+    /// The first index from which the sealed segments wait (`u64::MAX` when none does): the
+    /// oldest segment sealed less than `upload_after` before `now` among those kept for reads
+    /// (within `keep_local_bytes`, newest first).
+    pub fn waiting_from(
+        &mut self,
+        sealed: &[strata_wal::SegmentInfo],
+        now: std::time::Instant,
+        upload_after: std::time::Duration,
+        keep_local_bytes: u64,
+    ) -> u64 {
+        self.first_seen.retain(|first_index, _| sealed.iter().any(|info| info.first_index == *first_index));
+        let kept_from = kept_for_reads_from(sealed, keep_local_bytes);
+        let mut waiting_from = u64::MAX;
+        for info in sealed.iter().rev() {
+            let seen = *self.first_seen.entry(info.first_index).or_insert(now);
+            if info.first_index < kept_from || now.duration_since(seen) >= upload_after {
+                break;
+            }
+            waiting_from = info.first_index;
+        }
+        waiting_from
+    }
+}
+
+/// One pass of upload → commit → local removal, then bucket GC, for a shard. Sealed segments
+/// from `waiting_from` on are not uploaded yet (see [`SealedAges`]); those of them that hold
+/// only dead entries are removed all the same.
 pub async fn tier_shard_once(
     shard: &crate::shard::Shard,
     store: &dyn ObjectStore,
     metadata: &MetadataClient,
     reader: &TieredReader,
     keep_local_bytes: u64,
+    waiting_from: u64,
 ) -> Result<TierPass, StrataError> {
     let mut pass = TierPass::default();
     let writer_epoch = claim_writer_epoch(shard, metadata).await?;
@@ -500,7 +536,9 @@ pub async fn tier_shard_once(
     // Segments ending at or after this hold live entries and are among the newest kept for reads.
     let keep_from = kept_for_reads_from(&sealed, keep_local_bytes).max(reclaim_below);
     for info in sealed {
-        if info.last_index > applied_index {
+        // Removal goes through a segment's last index, so the first segment that must stay
+        // (not applied, or waiting with live entries) ends the pass.
+        if info.last_index > applied_index || (info.first_index >= waiting_from && info.last_index >= reclaim_below) {
             break;
         }
         pass.uploaded +=
@@ -635,6 +673,32 @@ mod tests {
         assert_eq!(kept_for_reads_from(&sealed, 250), 11);
         assert_eq!(kept_for_reads_from(&sealed, 300), 1);
         assert_eq!(kept_for_reads_from(&[], 300), u64::MAX);
+    }
+
+    #[test]
+    fn the_newest_sealed_segments_wait_before_upload_within_the_budget() {
+        let segment = |first_index, last_index| strata_wal::SegmentInfo {
+            first_index,
+            last_index,
+            path: std::path::PathBuf::new(),
+            size_bytes: 100,
+        };
+        let minute = std::time::Duration::from_secs(60);
+        let start = std::time::Instant::now();
+        let mut ages = SealedAges::default();
+        let sealed = vec![segment(1, 10), segment(11, 20)];
+        // Just sealed: both wait, while the budget holds them.
+        assert_eq!(ages.waiting_from(&sealed, start, minute, 1_000), 1);
+        // Beyond the budget, the older one goes at once; with no wait, none waits.
+        assert_eq!(ages.waiting_from(&sealed, start, minute, 150), 11);
+        assert_eq!(ages.waiting_from(&sealed, start, std::time::Duration::ZERO, 1_000), u64::MAX);
+        // A minute later they are due, while a segment sealed since still waits.
+        let later = start + minute;
+        let sealed = vec![segment(1, 10), segment(11, 20), segment(21, 30)];
+        assert_eq!(ages.waiting_from(&sealed, later, minute, 1_000), 21);
+        // Segments removed are forgotten.
+        assert_eq!(ages.waiting_from(&sealed[2..], later, minute, 1_000), 21);
+        assert_eq!(ages.first_seen.len(), 1);
     }
 
     #[test]

@@ -82,6 +82,7 @@ fn tiering_fast() -> (ShardLogSettings, Duration) {
         snapshot_every_entries: 8,
         seal_idle_after: Duration::from_millis(300),
         local_retention_bytes: 0,
+        upload_after: Duration::ZERO,
     };
     (log, Duration::from_millis(100))
 }

@@ -43,11 +43,32 @@ fn body_of(i: usize) -> String {
     format!("{head}{}", "x".repeat(BODY_BYTES - head.len()))
 }
 
+/// Tiny segments that seal, snapshot and tier within a test, uploaded as soon as sealed.
+fn tiny_segments() -> ShardLogSettings {
+    ShardLogSettings {
+        segment_size_bytes_max: 24 * 1024,
+        snapshot_every_entries: 16,
+        seal_idle_after: Duration::from_millis(300),
+        local_retention_bytes: 0,
+        upload_after: Duration::ZERO,
+    }
+}
+
 async fn start_storage(
     dir: &Path,
     metadata_endpoint: &str,
     store: &ObjectStoreSettings,
     listen: SocketAddr,
+) -> StorageNode {
+    start_storage_with(dir, metadata_endpoint, store, listen, tiny_segments()).await
+}
+
+async fn start_storage_with(
+    dir: &Path,
+    metadata_endpoint: &str,
+    store: &ObjectStoreSettings,
+    listen: SocketAddr,
+    log: ShardLogSettings,
 ) -> StorageNode {
     let settings = StorageSettings {
         node_id: "tier-test-node".into(),
@@ -56,12 +77,7 @@ async fn start_storage(
         metadata_endpoint: metadata_endpoint.to_string(),
         object_store: store.clone(),
         initial_shards: 1,
-        log: ShardLogSettings {
-            segment_size_bytes_max: 24 * 1024,
-            snapshot_every_entries: 16,
-            seal_idle_after: Duration::from_millis(300),
-            local_retention_bytes: 0,
-        },
+        log,
         tier_interval: Duration::from_millis(100),
         expire_interval: Duration::from_secs(1),
         cache_memory_bytes: 32 << 20,
@@ -456,6 +472,71 @@ async fn a_bucket_outage_during_receives_counts_no_receive_and_dead_letters_noth
     assert_eq!((dead.visible, dead.in_flight), (0, 0), "messages were dead-lettered by receives that failed");
 
     drop(client);
+    node.shutdown().await;
+    metadata.stop().await;
+}
+
+/// Sealed segments kept for reads wait before they are uploaded: a queue drained within the wait
+/// uploads nothing (its segments leave the local disk as dead), while a backlog still there after
+/// it is uploaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_drained_before_they_are_due_are_never_uploaded() {
+    const UPLOAD_AFTER: Duration = Duration::from_secs(10);
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metadata = Metadata::start(dir.path()).await;
+    let store_settings = ObjectStoreSettings::Local { dir: dir.path().join("bucket") };
+    let storage_addr = free_addr();
+    // The local retention budget only holds segments while the disk has 1 GiB of room.
+    let log = ShardLogSettings { local_retention_bytes: 1 << 30, upload_after: UPLOAD_AFTER, ..tiny_segments() };
+    let node =
+        start_storage_with(&dir.path().join("storage"), &metadata.endpoint, &store_settings, storage_addr, log).await;
+    let store = store_settings.build().expect("object store");
+    metadata.client.ensure_tenant(TENANT).await.expect("tenant");
+    let config = pb::QueueConfig { retention_ms: 3_600_000, visibility_timeout_ms: 30_000, ..Default::default() };
+    let info = metadata.client.create_queue(TENANT, "drained", config.clone()).await.expect("create queue");
+    let queue = pb::QueueRef { shard_id: info.shard_id, queue_id: info.queue_id, tenant: TENANT.into() };
+    let mut client = storage_client(storage_addr).await;
+    let ensure = pb::EnsureQueueRequest { queue: Some(queue.clone()), config: Some(config) };
+    client.ensure_queue(ensure).await.expect("ensure");
+    let shard = node.shard(info.shard_id).expect("the shard");
+    let send_all = async |client: &mut StorageClient<tonic::transport::Channel>| {
+        for batch in 0..MESSAGES / 10 {
+            let messages = (0..10)
+                .map(|j| pb::NewMessage { body: Bytes::from(body_of(batch * 10 + j)), ..Default::default() })
+                .collect();
+            let request = pb::SendRequest { queue: Some(queue.clone()), messages, ..Default::default() };
+            client.send(request).await.expect("send");
+        }
+    };
+
+    // Sent and drained at once: the sealed segments die before they are due.
+    send_all(&mut client).await;
+    let sealed = shard.wal().sealed_segments().len();
+    assert!(sealed >= 3, "expected several sealed segments, found {sealed}");
+    let receipts = receive_all(&mut client, &queue).await;
+    for chunk in receipts.chunks(10) {
+        let request = pb::DeleteRequest { queue: Some(queue.clone()), receipt_handles: chunk.to_vec(), meter: None };
+        client.delete(request).await.expect("delete");
+    }
+    let last_drained_index = shard.applied_index().expect("applied");
+    wait_for("the dead segments to leave the local disk", UPLOAD_AFTER * 3, async || {
+        shard.wal().sealed_segments().iter().all(|s| s.first_index > last_drained_index)
+    })
+    .await;
+    assert_eq!(node.reader.stats.segments_uploaded.load(Ordering::Relaxed), 0, "a drained segment was uploaded");
+    assert!(object_keys(store.as_ref()).await.is_empty(), "the bucket holds segments nobody reads");
+
+    // A backlog still there once its segments are due goes to the bucket.
+    send_all(&mut client).await;
+    wait_for("the backlog to be uploaded", UPLOAD_AFTER * 3, async || {
+        node.reader.stats.segments_uploaded.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    assert!(!object_keys(store.as_ref()).await.is_empty());
+
+    drop(client);
+    drop(shard);
     node.shutdown().await;
     metadata.stop().await;
 }
