@@ -26,7 +26,7 @@ use crate::backfill::backfill_shard_once;
 use crate::disk::DiskGuard;
 use crate::queue::Command;
 use crate::service::StorageService;
-use crate::shard::{Shard, ShardLogSettings, ShardReplicas};
+use crate::shard::{Shard, ShardLogSettings, ShardReplicas, snapshot_due};
 use crate::tier::{
     SealedAges, TieredReader, kept_for_reads_bytes, probe_conditional_create, release_tiered_segments, tier_shard_once,
     tiered_through_snapshot,
@@ -358,6 +358,7 @@ impl Host {
                 },
                 cancel.clone(),
             )),
+            tokio::spawn(snapshot_loop(shard.clone(), settings.log.snapshot_every_entries, cancel.clone())),
             tokio::spawn(expire_loop(shard.clone(), settings.expire_interval, cancel.clone())),
             tokio::spawn(move_loop(shard.clone(), cancel.clone())),
             tokio::spawn(schedule_loop(shard.clone(), cancel.clone())),
@@ -497,6 +498,41 @@ async fn backfill_loop(shard: Arc<Shard>, metadata: MetadataClient, cancel: Canc
             Ok(pass) if pass != Default::default() => tracing::info!(shard = shard.shard_id, ?pass, "backfill pass"),
             Ok(_) => {}
             Err(e) => tracing::warn!(shard = shard.shard_id, error = %e, "backfill pass failed; will retry"),
+        }
+    }
+}
+
+/// How often a shard checks whether its state is due for a snapshot.
+const SNAPSHOT_TICK: Duration = Duration::from_millis(100);
+/// A snapshot asked for and not stored after this long is asked for again.
+const SNAPSHOT_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// Snapshots the shard's state when [`snapshot_due`], on every replica. Log bytes count from
+/// what this process wrote since it saw the stored snapshot (after a restart, from then).
+async fn snapshot_loop(shard: Arc<Shard>, every_entries: u64, cancel: CancellationToken) {
+    let clock = shard.clock().clone();
+    // The stored snapshot's index, and the log's bytes written when it was first seen.
+    let mut seen: Option<(u64, u64)> = None;
+    let mut asked_at = None;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            () = clock.sleep(SNAPSHOT_TICK) => {}
+        }
+        let Some((snapshot_index, snapshot_bytes)) = shard.stored_snapshot() else { continue };
+        let written = shard.wal().stats().bytes_written;
+        if seen.is_none_or(|(index, _)| index != snapshot_index) {
+            seen = Some((snapshot_index, written));
+            asked_at = None;
+        }
+        let written_at = seen.map_or(0, |(_, bytes)| bytes);
+        let entries_since = shard.applied_index().unwrap_or(0).saturating_sub(snapshot_index);
+        let asked_lately = asked_at.is_some_and(|at| clock.instant().duration_since(at) < SNAPSHOT_RETRY_AFTER);
+        if !asked_lately
+            && snapshot_due(entries_since, written.saturating_sub(written_at), snapshot_bytes, every_entries)
+        {
+            shard.trigger_snapshot();
+            asked_at = Some(clock.instant());
         }
     }
 }

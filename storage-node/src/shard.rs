@@ -270,8 +270,9 @@ openraft::declare_raft_types!(
 pub struct ShardLogSettings {
     /// A segment is sealed (and becomes eligible for tiering) at this size.
     pub segment_size_bytes_max: u64,
-    /// State machine snapshot every this many entries; segments below the snapshot may leave
-    /// the local disk once tiered.
+    /// State machine snapshot once at least this many entries were applied since the last
+    /// one and the log grew by at least the last snapshot's size (see [`snapshot_due`]);
+    /// segments below the snapshot may leave the local disk once tiered.
     pub snapshot_every_entries: u64,
     /// A shard that appended nothing for this long seals its active segment, so the tail of an
     /// idle queue tiers too instead of waiting for the segment to fill.
@@ -299,6 +300,15 @@ impl Default for ShardLogSettings {
             upload_after: std::time::Duration::from_secs(60),
         }
     }
+}
+
+/// Whether a shard snapshots its state now: once `every_entries` entries were applied since its
+/// last snapshot, and the log grew by at least that snapshot's size (`snapshot_bytes`) since. A
+/// large state is snapshotted less often, so its snapshots never cost more writes (and encoding
+/// CPU) than the log itself, while a restart replays about as many log bytes as the snapshot
+/// holds at most (beyond the `every_entries`); a small state snapshots every `every_entries`.
+pub fn snapshot_due(entries_since: u64, log_bytes_since: u64, snapshot_bytes: u64, every_entries: u64) -> bool {
+    entries_since >= every_entries && log_bytes_since >= snapshot_bytes
 }
 
 /// Maps a state-machine error onto the public error vocabulary (exhaustive, no wildcard).
@@ -489,7 +499,8 @@ impl Shard {
             heartbeat_interval: 100,
             election_timeout_min: 500,
             election_timeout_max: 1000,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every_entries),
+            // The storage node decides (see `snapshot_due`): openraft counts entries only.
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: 0,
             ..Default::default()
         };
@@ -714,6 +725,12 @@ impl Shard {
 
     pub fn purged_index(&self) -> Option<u64> {
         self.group.log.last_purged_index()
+    }
+
+    /// The stored snapshot's last log index and size in bytes (`(0, 0)` before the first);
+    /// `None` while one is being stored, sent or installed.
+    pub fn stored_snapshot(&self) -> Option<(u64, u64)> {
+        self.group.state.stored_snapshot()
     }
 
     pub fn trigger_snapshot(&self) {
@@ -1019,6 +1036,24 @@ pub fn decode_entry(
 ) -> Result<openraft::alias::EntryOf<ShardRaftConfig>, StrataError> {
     strata_raft::persisted::decode_entry::<ShardRaftConfig>(bytes, format)
         .map_err(|e| NodeError::damaged("a stored log entry could not be decoded", e).into())
+}
+
+#[cfg(test)]
+mod snapshot_tests {
+    use super::snapshot_due;
+
+    #[test]
+    fn a_large_state_is_snapshotted_once_the_log_grew_by_its_size() {
+        // A small state: every 20,000 entries.
+        assert!(!snapshot_due(19_999, 10 << 20, 1_000, 20_000));
+        assert!(snapshot_due(20_000, 10 << 20, 1_000, 20_000));
+        // A 60 MB state: 20,000 small entries are not enough, 60 MB of log is.
+        assert!(!snapshot_due(20_000, 5 << 20, 60 << 20, 20_000));
+        assert!(!snapshot_due(500_000, (60 << 20) - 1, 60 << 20, 20_000));
+        assert!(snapshot_due(500_000, 60 << 20, 60 << 20, 20_000));
+        // The first snapshot: entries alone.
+        assert!(snapshot_due(20_000, 0, 0, 20_000));
+    }
 }
 
 #[cfg(test)]

@@ -535,10 +535,19 @@ pub async fn tier_shard_once(
     let sealed = shard.wal().sealed_segments();
     // Segments ending at or after this hold live entries and are among the newest kept for reads.
     let keep_from = kept_for_reads_from(&sealed, keep_local_bytes).max(reclaim_below);
+    let live_min = shard.state().0.min_live_log_index();
     for info in sealed {
         // Removal goes through a segment's last index, so the first segment that must stay
         // (not applied, or waiting with live entries) ends the pass.
-        if info.last_index > applied_index || (info.first_index >= waiting_from && info.last_index >= reclaim_below) {
+        if info.last_index > applied_index {
+            break;
+        }
+        if info.first_index >= waiting_from && info.last_index >= reclaim_below {
+            // No message needs its entries any more, only a restart would replay them: a
+            // snapshot lets it go without an upload.
+            if live_min.is_none_or(|live| live > info.last_index) {
+                needs_snapshot = true;
+            }
             break;
         }
         pass.uploaded +=
@@ -684,7 +693,7 @@ mod tests {
             size_bytes: 100,
         };
         let minute = std::time::Duration::from_secs(60);
-        let start = std::time::Instant::now();
+        let start = strata_common::Clock::instant(&strata_common::SystemClock);
         let mut ages = SealedAges::default();
         let sealed = vec![segment(1, 10), segment(11, 20)];
         // Just sealed: both wait, while the budget holds them.

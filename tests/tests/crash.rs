@@ -189,8 +189,7 @@ async fn sigkill_during_concurrent_receives_and_deletes_loses_no_acknowledged_de
     // Drain what is visible, then delete what was delivered but whose delete was cut off (its
     // lease still holds, so its receipt is current, or the delete applied before the kill).
     let api = dev.api();
-    let done = Arc::new(Mutex::new(Deliveries::default()));
-    std::mem::swap(&mut *done.lock().expect("deliveries"), &mut *deliveries.lock().expect("deliveries"));
+    let mut d = std::mem::take(&mut *deliveries.lock().expect("deliveries"));
     loop {
         let receive = json!({ "max_messages": 10, "wait_seconds": 1, "visibility_timeout_seconds": LEASE_SECONDS });
         let got = api.post_ok(&format!("/v1/queues/{DRAIN_QUEUE}/receive"), receive).await?;
@@ -198,21 +197,19 @@ async fn sigkill_during_concurrent_receives_and_deletes_loses_no_acknowledged_de
         if messages.is_empty() {
             break;
         }
-        let mut d = done.lock().expect("deliveries");
         for m in &messages {
             let body = m["body"].as_str().unwrap_or_default().to_owned();
             *d.delivered.entry(body.clone()).or_default() += 1;
             d.undeleted.insert(body, m["receipt_handle"].clone());
         }
     }
-    let undeleted: Vec<Value> = done.lock().expect("deliveries").undeleted.values().cloned().collect();
+    let undeleted: Vec<Value> = d.undeleted.values().cloned().collect();
     for chunk in undeleted.chunks(10) {
         let answer =
             api.post_ok(&format!("/v1/queues/{DRAIN_QUEUE}/delete"), json!({ "receipt_handles": chunk })).await?;
         assert!(every_delete_ok(&answer), "a receipt under its lease failed: {answer}");
     }
 
-    let d = done.lock().expect("deliveries");
     let twice: Vec<&String> = d.delivered.iter().filter(|(_, n)| **n > 1).map(|(b, _)| b).collect();
     let deleted_and_back: Vec<&String> = twice.iter().copied().filter(|b| d.deleted.contains(*b)).collect();
     let never_sent: Vec<&String> = d.delivered.keys().filter(|b| !sent.contains(*b)).collect();

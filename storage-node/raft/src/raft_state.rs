@@ -289,6 +289,15 @@ impl<C: RaftTypeConfig, S: ReplicatedState> SharedState<C, S> {
     pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
         self.applied_index.subscribe()
     }
+
+    /// The stored snapshot's last log index and size in bytes (`(0, 0)` before the first);
+    /// `None` while one is being stored, sent or installed (this never waits for those).
+    pub fn stored_snapshot(&self) -> Option<(u64, u64)> {
+        let slot = self.snapshot.try_lock()?;
+        let stored =
+            slot.as_ref().map(|(meta, bytes)| (meta.last_log_id.as_ref().map_or(0, |id| id.index()), bytes.len()));
+        Some(stored.map_or((0, 0), |(index, bytes)| (index, bytes as u64)))
+    }
 }
 
 /// A read guard that derefs to the replicated state.

@@ -48,6 +48,11 @@
 //!   retention restarts at the move. If the dead-letter queue does not exist
 //!   (deleted), nothing moves.
 //!
+//! * Calls sharing an entry ([`Command::Calls`]): receives, deletes and
+//!   visibility changes of many clients apply one after another at one log
+//!   index, each answered on its own; a receive passes over messages an earlier
+//!   call of its entry leased (so no two deliveries share a receipt).
+//!
 //! * Scheduled messages (`deliver_at_ms`, see [`schedule`]): due within about
 //!   ten minutes they wait in memory in their queue's wheel, later ones in slice
 //!   files the storage node writes for the state; either way they enter the

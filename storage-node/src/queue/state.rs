@@ -92,6 +92,10 @@ impl ShardState {
             Command::Calls { calls } => Response::Calls(self.apply_calls(log_index, calls)),
             command => self.apply_metered(log_index, command, cmd.meter.as_ref()),
         };
+        // Not remembered under the request id: a retry once the outbox has room may succeed.
+        if response == Response::Error(QueueError::MeteringBacklogFull) {
+            return response;
+        }
         if let Some(id) = &cmd.request_id {
             self.requests.remember(log_index, id, &response, REQUEST_IDS_KEPT);
         }
@@ -100,7 +104,6 @@ impl ShardState {
 
     /// Applies `command` and, when it succeeds, queues its metering record `meter`.
     fn apply_metered(&mut self, log_index: u64, command: &Command, meter: Option<&MeterRecord>) -> Response {
-        // Not remembered under a request id: a retry once the outbox has room may succeed.
         if meter.is_some() && self.metering.is_full() {
             return Response::Error(QueueError::MeteringBacklogFull);
         }
