@@ -182,11 +182,8 @@ impl Metadata {
 /// Sends the numbered bodies, then waits until every send has left the local disk by itself:
 /// sealed (the tail once idle), uploaded, cataloged, deleted locally. Afterwards every body
 /// lives only in the bucket.
-async fn send_all_and_wait_until_only_the_bucket_holds_them(
-    node: &StorageNode,
-    client: &mut StorageClient<tonic::transport::Channel>,
-    queue: &pb::QueueRef,
-) {
+/// Sends the numbered bodies, ten per request.
+async fn send_numbered(client: &mut StorageClient<tonic::transport::Channel>, queue: &pb::QueueRef) {
     for batch in 0..MESSAGES / 10 {
         let messages = (0..10)
             .map(|j| pb::NewMessage { body: Bytes::from(body_of(batch * 10 + j)), ..Default::default() })
@@ -194,6 +191,14 @@ async fn send_all_and_wait_until_only_the_bucket_holds_them(
         let request = pb::SendRequest { queue: Some(queue.clone()), messages, ..Default::default() };
         client.send(request).await.expect("send");
     }
+}
+
+async fn send_all_and_wait_until_only_the_bucket_holds_them(
+    node: &StorageNode,
+    client: &mut StorageClient<tonic::transport::Channel>,
+    queue: &pb::QueueRef,
+) {
+    send_numbered(client, queue).await;
     let shard = node.shard(node.shard_ids()[0]).expect("one shard");
     let last_send_index = shard.wal().last_index().expect("sends are in the log");
     wait_for("the sends to be tiered and removed locally", Duration::from_secs(60), async || {
@@ -500,18 +505,9 @@ async fn segments_drained_before_they_are_due_are_never_uploaded() {
     let ensure = pb::EnsureQueueRequest { queue: Some(queue.clone()), config: Some(config) };
     client.ensure_queue(ensure).await.expect("ensure");
     let shard = node.shard(info.shard_id).expect("the shard");
-    let send_all = async |client: &mut StorageClient<tonic::transport::Channel>| {
-        for batch in 0..MESSAGES / 10 {
-            let messages = (0..10)
-                .map(|j| pb::NewMessage { body: Bytes::from(body_of(batch * 10 + j)), ..Default::default() })
-                .collect();
-            let request = pb::SendRequest { queue: Some(queue.clone()), messages, ..Default::default() };
-            client.send(request).await.expect("send");
-        }
-    };
 
     // Sent and drained at once: the sealed segments die before they are due.
-    send_all(&mut client).await;
+    send_numbered(&mut client, &queue).await;
     let sealed = shard.wal().sealed_segments().len();
     assert!(sealed >= 3, "expected several sealed segments, found {sealed}");
     let receipts = receive_all(&mut client, &queue).await;
@@ -528,7 +524,7 @@ async fn segments_drained_before_they_are_due_are_never_uploaded() {
     assert!(object_keys(store.as_ref()).await.is_empty(), "the bucket holds segments nobody reads");
 
     // A backlog still there once its segments are due goes to the bucket.
-    send_all(&mut client).await;
+    send_numbered(&mut client, &queue).await;
     wait_for("the backlog to be uploaded", UPLOAD_AFTER * 3, async || {
         node.reader.stats.segments_uploaded.load(Ordering::Relaxed) > 0
     })

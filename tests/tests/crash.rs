@@ -41,22 +41,22 @@ async fn sender(api: Api, round: usize, id: usize, ledger: Arc<Mutex<Ledger>>) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_during_concurrent_sends_loses_no_acknowledged_message() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut dev = DevProcess::start(&dir.path().join("dev"), &[])?;
-    dev.api().create_queue(&model::CreateQueue::named(QUEUE)).await?;
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-
+/// [`ROUNDS`] times: starts the clients `spawn` makes (given the API and the round), lets
+/// `acknowledged` rise by `per_round`, SIGKILLs the process in the middle of the traffic, waits
+/// for the clients to notice, and restarts it on the same directory.
+async fn kill_in_rounds(
+    dev: &mut DevProcess,
+    what: &str,
+    per_round: usize,
+    acknowledged: impl Fn() -> usize,
+    spawn: impl Fn(&Api, usize) -> Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<()> {
     for round in 0..ROUNDS {
-        let api = dev.api();
-        let tasks: Vec<_> =
-            (0..SENDERS).map(|id| tokio::spawn(sender(api.clone(), round, id, ledger.clone()))).collect();
-        // Let acknowledgements accumulate, then kill in the middle of the traffic.
-        let acked_before = ledger.lock().expect("ledger").acknowledged.len();
+        let tasks = spawn(&dev.api(), round);
+        let before = acknowledged();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while ledger.lock().expect("ledger").acknowledged.len() < acked_before + 200 {
-            assert!(tokio::time::Instant::now() < deadline, "round {round}: sends stopped being acknowledged");
+        while acknowledged() < before + per_round {
+            assert!(tokio::time::Instant::now() < deadline, "round {round}: {what} stopped being acknowledged");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         dev.kill9();
@@ -65,6 +65,21 @@ async fn sigkill_during_concurrent_sends_loses_no_acknowledged_message() -> anyh
         }
         dev.restart()?;
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_concurrent_sends_loses_no_acknowledged_message() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut dev = DevProcess::start(&dir.path().join("dev"), &[])?;
+    dev.api().create_queue(&model::CreateQueue::named(QUEUE)).await?;
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+
+    let acknowledged = || ledger.lock().expect("ledger").acknowledged.len();
+    kill_in_rounds(&mut dev, "sends", 200, acknowledged, |api, round| {
+        (0..SENDERS).map(|id| tokio::spawn(sender(api.clone(), round, id, ledger.clone()))).collect()
+    })
+    .await?;
 
     // Drain everything; each message stays invisible long enough to be deleted once.
     let api = dev.api();
@@ -170,21 +185,11 @@ async fn sigkill_during_concurrent_receives_and_deletes_loses_no_acknowledged_de
     }
 
     let deliveries = Arc::new(Mutex::new(Deliveries::default()));
-    for round in 0..ROUNDS {
-        let api = dev.api();
-        let tasks: Vec<_> = (0..DRAINERS).map(|_| tokio::spawn(drainer(api.clone(), deliveries.clone()))).collect();
-        let deleted_before = deliveries.lock().expect("deliveries").deleted.len();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while deliveries.lock().expect("deliveries").deleted.len() < deleted_before + 300 {
-            assert!(tokio::time::Instant::now() < deadline, "round {round}: deletes stopped being acknowledged");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        dev.kill9();
-        for task in tasks {
-            task.await?;
-        }
-        dev.restart()?;
-    }
+    let deleted = || deliveries.lock().expect("deliveries").deleted.len();
+    kill_in_rounds(&mut dev, "deletes", 300, deleted, |api, _| {
+        (0..DRAINERS).map(|_| tokio::spawn(drainer(api.clone(), deliveries.clone()))).collect()
+    })
+    .await?;
 
     // Drain what is visible, then delete what was delivered but whose delete was cut off (its
     // lease still holds, so its receipt is current, or the delete applied before the kill).
