@@ -87,7 +87,13 @@ async fn gather_loop(writer: EntryWriter, mut waiting: mpsc::Receiver<Pending>) 
 
 /// Writes the gathered calls in one entry (or each on its own: a lone call, or a cluster that
 /// does not read such entries yet) and answers each caller.
-async fn write(writer: &EntryWriter, calls: Vec<Pending>) {
+async fn write(writer: &EntryWriter, mut calls: Vec<Pending>) {
+    // A caller that went away while its call waited (a client that timed out) is not served:
+    // its receive would only hide messages until their visibility timeout ran out.
+    calls.retain(|p| !p.answer.is_closed());
+    if calls.is_empty() {
+        return;
+    }
     if calls.len() == 1 || writer.format().writing() < BATCHED_CALLS_GENERATION {
         let alone = calls.into_iter().map(|p| async move {
             let outcome = writer.write(None, p.call.meter, p.call.command).await;

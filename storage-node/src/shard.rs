@@ -307,9 +307,17 @@ impl Default for ShardLogSettings {
 /// large state is snapshotted less often, so its snapshots never cost more writes (and encoding
 /// CPU) than the log itself, while a restart replays about as many log bytes as the snapshot
 /// holds at most (beyond the `every_entries`); a small state snapshots every `every_entries`.
+/// Whatever the bytes, `SNAPSHOT_ENTRIES_FACTOR_MAX` times `every_entries` entries are enough:
+/// log bytes count from what the running process wrote, so this bounds the replay of a node
+/// that restarts before it writes a snapshot's size of log.
 pub fn snapshot_due(entries_since: u64, log_bytes_since: u64, snapshot_bytes: u64, every_entries: u64) -> bool {
-    entries_since >= every_entries && log_bytes_since >= snapshot_bytes
+    entries_since >= every_entries
+        && (log_bytes_since >= snapshot_bytes
+            || entries_since >= every_entries.saturating_mul(SNAPSHOT_ENTRIES_FACTOR_MAX))
 }
+
+/// See [`snapshot_due`].
+const SNAPSHOT_ENTRIES_FACTOR_MAX: u64 = 10;
 
 /// Maps a state-machine error onto the public error vocabulary (exhaustive, no wildcard).
 pub fn queue_error(e: QueueError) -> StrataError {
@@ -1047,10 +1055,12 @@ mod snapshot_tests {
         // A small state: every 20,000 entries.
         assert!(!snapshot_due(19_999, 10 << 20, 1_000, 20_000));
         assert!(snapshot_due(20_000, 10 << 20, 1_000, 20_000));
-        // A 60 MB state: 20,000 small entries are not enough, 60 MB of log is.
+        // A 60 MB state: 20,000 small entries are not enough, 60 MB of log is, and so are ten
+        // times the entries.
         assert!(!snapshot_due(20_000, 5 << 20, 60 << 20, 20_000));
-        assert!(!snapshot_due(500_000, (60 << 20) - 1, 60 << 20, 20_000));
-        assert!(snapshot_due(500_000, 60 << 20, 60 << 20, 20_000));
+        assert!(!snapshot_due(199_999, (60 << 20) - 1, 60 << 20, 20_000));
+        assert!(snapshot_due(100_000, 60 << 20, 60 << 20, 20_000));
+        assert!(snapshot_due(200_000, 0, 60 << 20, 20_000));
         // The first snapshot: entries alone.
         assert!(snapshot_due(20_000, 0, 0, 20_000));
     }

@@ -564,7 +564,8 @@ pub async fn tier_shard_once(
                 .map_err(|e| NodeError::local_file("local segment removal failed", e))?;
             reader.stats.segments_removed_locally.fetch_add(removed.len() as u64, Ordering::Relaxed);
             pass.removed_locally += removed.len();
-        } else {
+        } else if info.last_index < keep_from {
+            // A snapshot would let it go now; one kept for reads waits for the shard's own.
             needs_snapshot = true;
         }
     }

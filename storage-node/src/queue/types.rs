@@ -361,7 +361,9 @@ pub struct Call {
     pub meter: Option<MeterRecord>,
 }
 
-/// Most calls one [`Command::Calls`] entry carries.
+/// Most calls one [`Command::Calls`] entry carries. Applies refuse a larger entry, so the value
+/// is part of the command's meaning: raising it takes a new shard command version (a replica of
+/// the older release would refuse what a newer one applies).
 pub const CALLS_PER_ENTRY_MAX: usize = 64;
 
 impl Command {
