@@ -493,6 +493,9 @@ async fn segments_drained_before_they_are_due_are_never_uploaded() {
     let store_settings = ObjectStoreSettings::Local { dir: dir.path().join("bucket") };
     let storage_addr = free_addr();
     // The local retention budget only holds segments while the disk has 1 GiB of room.
+    let room = strata_storage::disk::DiskGuard::new(dir.path(), strata_storage::disk::DISK_RESERVE_BYTES_DEFAULT)
+        .room_above_reserve_bytes();
+    assert!(room >= 2 << 30, "this test needs 2 GiB free on the temporary directory's disk, found {room} bytes");
     let log = ShardLogSettings { local_retention_bytes: 1 << 30, upload_after: UPLOAD_AFTER, ..tiny_segments() };
     let node =
         start_storage_with(&dir.path().join("storage"), &metadata.endpoint, &store_settings, storage_addr, log).await;
