@@ -24,7 +24,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::error::NodeError;
 use crate::queue::{CALLS_PER_ENTRY_MAX, Call, Command, Response};
-use crate::shard::{BATCHED_CALLS_GENERATION, EntryWriter};
+use crate::shard::{BATCHED_CALLS_GENERATION, EntryWriter, answer_of};
 
 /// Entries of gathered calls on their way through the log at once, per shard. More keeps the
 /// log busier at low load; fewer gathers more calls per entry.
@@ -117,13 +117,5 @@ async fn write(writer: &EntryWriter, mut calls: Vec<Pending>) {
     };
     for (answer, outcome) in answers.into_iter().zip(outcomes) {
         let _ = answer.send(outcome);
-    }
-}
-
-/// One call's answer, as [`EntryWriter::write`] gives a command's.
-fn answer_of(response: Response) -> Result<Response, StrataError> {
-    match response {
-        Response::Error(e) => Err(crate::shard::queue_error(e)),
-        other => Ok(other),
     }
 }

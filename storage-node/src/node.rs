@@ -585,9 +585,16 @@ async fn tier_loop(shard: Arc<Shard>, tier: TierLoop, cancel: CancellationToken)
         // A replica move waits until the bucket holds what the new replica lacks: nothing waits.
         let moving = shard.placement().is_some_and(|p| !shard.voters_are(&p));
         let upload_after = if moving { Duration::ZERO } else { upload_after };
-        let sealed = shard.wal().sealed_segments();
-        let waiting_from = sealed_ages.waiting_from(&sealed, clock.instant(), upload_after, keep_local_bytes);
-        match tier_shard_once(&shard, store.as_ref(), &metadata, &reader, keep_local_bytes, waiting_from).await {
+        let pass = tier_shard_once(
+            &shard,
+            store.as_ref(),
+            &metadata,
+            &reader,
+            keep_local_bytes,
+            &mut sealed_ages,
+            upload_after,
+        );
+        match pass.await {
             Ok(pass) if pass != Default::default() => tracing::info!(shard = shard.shard_id, ?pass, "tiering pass"),
             Ok(_) => {}
             Err(e) => tracing::warn!(shard = shard.shard_id, error = %e, "tiering pass failed; will retry"),

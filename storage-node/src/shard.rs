@@ -319,6 +319,14 @@ pub fn snapshot_due(entries_since: u64, log_bytes_since: u64, snapshot_bytes: u6
 /// See [`snapshot_due`].
 const SNAPSHOT_ENTRIES_FACTOR_MAX: u64 = 10;
 
+/// A command's answer as callers get it: a [`Response::Error`] as the error it names.
+pub(crate) fn answer_of(response: Response) -> Result<Response, StrataError> {
+    match response {
+        Response::Error(e) => Err(queue_error(e)),
+        other => Ok(other),
+    }
+}
+
 /// Maps a state-machine error onto the public error vocabulary (exhaustive, no wildcard).
 pub fn queue_error(e: QueueError) -> StrataError {
     let kind = match &e {
@@ -392,10 +400,7 @@ impl EntryWriter {
                     .into()
             }
         })?;
-        match response.data {
-            Response::Error(e) => Err(queue_error(e)),
-            other => Ok(other),
-        }
+        answer_of(response.data)
     }
 
     /// The generation the shard's log writes.

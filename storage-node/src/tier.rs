@@ -502,16 +502,17 @@ impl SealedAges {
     }
 }
 
-/// One pass of upload → commit → local removal, then bucket GC, for a shard. Sealed segments
-/// from `waiting_from` on are not uploaded yet (see [`SealedAges`]); those of them that hold
-/// only dead entries are removed all the same.
+/// One pass of upload → commit → local removal, then bucket GC, for a shard. The newest sealed
+/// segments kept for reads are not uploaded before `upload_after` (see [`SealedAges`]); those of
+/// them that hold only dead entries are removed all the same.
 pub async fn tier_shard_once(
     shard: &crate::shard::Shard,
     store: &dyn ObjectStore,
     metadata: &MetadataClient,
     reader: &TieredReader,
     keep_local_bytes: u64,
-    waiting_from: u64,
+    ages: &mut SealedAges,
+    upload_after: std::time::Duration,
 ) -> Result<TierPass, StrataError> {
     let mut pass = TierPass::default();
     let writer_epoch = claim_writer_epoch(shard, metadata).await?;
@@ -533,6 +534,7 @@ pub async fn tier_shard_once(
             upload_gaps(shard, store, metadata, reader, writer_epoch, &info, reclaim_below, &mut covered).await?;
     }
     let sealed = shard.wal().sealed_segments();
+    let waiting_from = ages.waiting_from(&sealed, shard.clock().instant(), upload_after, keep_local_bytes);
     // Segments ending at or after this hold live entries and are among the newest kept for reads.
     let keep_from = kept_for_reads_from(&sealed, keep_local_bytes).max(reclaim_below);
     let live_min = shard.state().0.min_live_log_index();

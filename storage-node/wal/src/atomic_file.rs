@@ -70,9 +70,13 @@ fn replace_file(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
             // Synced as it is written, a chunk at a time: the disk then never holds more than a
             // chunk of this file's write-back ahead of a WAL's group commit (a snapshot is tens
             // of MB, and one fsync at the end made the log's fsyncs wait for all of it).
-            for chunk in bytes.chunks(SYNC_CHUNK_BYTES) {
+            let chunks = bytes.len().div_ceil(SYNC_CHUNK_BYTES);
+            for (n, chunk) in bytes.chunks(SYNC_CHUNK_BYTES).enumerate() {
                 tmp.write_all(chunk)?;
-                tmp.sync_data()?;
+                // The last chunk is synced with the file's metadata below.
+                if n + 1 < chunks {
+                    tmp.sync_data()?;
+                }
             }
             tmp.sync_all()?;
         } else {
