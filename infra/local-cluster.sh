@@ -9,7 +9,8 @@
 #                                           # storage-2 (from DIR/storage-2.toml)
 #
 # Ports start at STRATA_PORT_BASE (default 19000): metadata +1..+3, storage +11..+13, proxies
-# +21/+22 (API) and +31/+32 (admin), billing +41 (API) and +42 (admin). The binary is STRATA_BIN, else target/release/strata, else
+# +21/+22 (API) and +31/+32 (admin), billing +41 (API) and +42 (admin), the /metrics listeners of
+# metadata +51..+53 and storage +61..+63. The binary is STRATA_BIN, else target/release/strata, else
 # target/debug/strata. Garage listens on fixed ports, so there is one per machine: the one of
 # STRATA_GARAGE_DIR (default target/garage, shared with the test command), started if needed
 # and stopped by `down` only if `up` started it. Each cluster keeps its objects (segments,
@@ -86,6 +87,10 @@ up() {
     mkdir -p -m 700 "$dir/tls"
     (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/tls/kek-1.secret")
   fi
+  # The token Prometheus presents to scrape every process's /metrics.
+  if [ ! -f "$dir/tls/metrics-token" ]; then
+    (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/tls/metrics-token")
+  fi
   local members="" metadata_endpoints=""
   for i in 1 2 3; do
     members+="$i = \"https://127.0.0.1:$((BASE + i))\""$'\n'
@@ -98,6 +103,8 @@ data_dir = "$dir/metadata-$i"
 listen = "127.0.0.1:$((BASE + i))"
 initialize = $([ "$i" = 1 ] && echo true || echo false)
 backup_interval_s = 30
+admin_listen = "127.0.0.1:$((BASE + 50 + i))"
+metrics_token_file = "$dir/tls/metrics-token"
 $(format_cap_line "metadata-$i")
 
 [members]
@@ -122,6 +129,8 @@ metadata = "$metadata_endpoints"
 zone = "zone-$i"
 replication_factor = 3
 initial_shards = 3
+admin_listen = "127.0.0.1:$((BASE + 60 + i))"
+metrics_token_file = "$dir/tls/metrics-token"
 $(format_cap_line "storage-$i")
 
 $(object_store_section "$dir")
@@ -145,6 +154,7 @@ audience = "strata"
 admin_audience = "strata-admin"
 # Each proxy enforces half of a tenant's rate limits.
 fleet_proxies = 2
+metrics_token_file = "$dir/tls/metrics-token"
 
 [[keys]]
 kid = "local-1"
@@ -163,6 +173,7 @@ listen = "127.0.0.1:$((BASE + 41))"
 admin_listen = "127.0.0.1:$((BASE + 42))"
 metadata = "$metadata_endpoints"
 database = "sqlite://$dir/billing.db"
+metrics_token_file = "$dir/tls/metrics-token"
 issuer = "strata-local-cluster"
 audience = "strata"
 admin_audience = "strata-admin"
@@ -215,6 +226,9 @@ export STRATA_BILLING_ADMIN_ENDPOINT=http://127.0.0.1:$((BASE + 42))
 export STRATA_PROXY_ENDPOINTS=http://127.0.0.1:$((BASE + 21)),http://127.0.0.1:$((BASE + 22))
 export STRATA_METADATA_ENDPOINTS=$metadata_endpoints
 export STRATA_PID_FILES="$pids"
+# Prometheus: every process's /metrics, scraped with the bearer token in this file.
+export STRATA_METRICS_TOKEN_FILE=$dir/tls/metrics-token
+export STRATA_METRICS_TARGETS=$(for p in 31 32 42 51 52 53 61 62 63; do printf '%s' "${sep:-}127.0.0.1:$((BASE + p))"; sep=,; done)
 # The internal plane (mutual TLS): its CA and an operator's certificate.
 export STRATA_TLS_CA=$dir/tls/ca.pem
 export STRATA_TLS_CERT=$dir/tls/operator-local-operator.pem

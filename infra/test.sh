@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: formatting, lints, and every test against real
 # components. Installs and starts what the tests need (Garage for S3; PostgreSQL for billing; the
-# AWS CLI, boto3 and moto's server for the SQS tests) idempotently.
+# AWS CLI, boto3 and moto's server for the SQS tests; Prometheus and promtool for the
+# observability tests) idempotently.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,8 @@ fi
 GARAGE_DIR="${STRATA_GARAGE_DIR:-$PWD/target/garage}"
 eval "$(infra/garage.sh start "$GARAGE_DIR")"
 infra/postgres.sh install
+# Prometheus and promtool, for the observability tests (they start their own server).
+infra/prometheus.sh install
 # Its directory is outside the checkout: the server runs as the `postgres` user, which may not
 # traverse the directories above the checkout.
 eval "$(infra/postgres.sh start "${STRATA_POSTGRES_DIR:-/tmp/strata-postgres}")"

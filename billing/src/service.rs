@@ -105,6 +105,7 @@ pub async fn consume_once(store: &BillingStore, placement: &Placement) -> Result
     }
     // One transaction (one commit, one fsync) for every batch of the receive.
     let new = store.record_batches(&batches).await?;
+    strata_telemetry::billing().counted_records.inc_by(new as u64);
     if !counted.is_empty() {
         let deleted = queues::on_queue(placement, SYSTEM_TENANT, METERING_QUEUE, |mut c, queue| {
             let receipt_handles = counted.clone();
@@ -161,6 +162,9 @@ pub async fn drain_outboxes_once(store: &BillingStore, placement: &Placement) ->
             let (first_seq, through_seq) = (shard.first_seq, shard.through_seq);
             let records: Vec<MeterRecord> = shard.records.into_iter().map(Into::into).collect();
             let counted = store.record_outbox(shard.shard_id, first_seq, through_seq, &records, &shard.usage).await;
+            if let Ok(new) = &counted {
+                strata_telemetry::billing().counted_records.inc_by(*new as u64);
+            }
             // Counted already: what a failed trim leaves counts as nothing when read again.
             let trim_through = match counted {
                 Ok(_) => through_seq,
@@ -175,6 +179,8 @@ pub async fn drain_outboxes_once(store: &BillingStore, placement: &Placement) ->
             }
         }
     }
+    let now_s = placement.metadata.clock().now_ms() / 1000;
+    strata_telemetry::billing().last_pass_unix_seconds.set(i64::try_from(now_s).unwrap_or(i64::MAX));
     Ok(read)
 }
 

@@ -217,6 +217,15 @@ fn signing_secret(dir: &Path, file: &str) -> anyhow::Result<Vec<u8>> {
     Ok(secret.to_vec())
 }
 
+/// The token Prometheus presents to scrape `/metrics`, kept in `path` (created on first start).
+fn dev_scrape_token(path: &Path) -> anyhow::Result<strata_telemetry::ScrapeToken> {
+    if !path.exists() {
+        let secret: [u8; DEV_SECRET_BYTES] = strata_common::random::secret_bytes();
+        write_secret_file(path, hex::encode(secret).as_bytes())?;
+    }
+    strata_http::observe::read_scrape_token(path).map_err(|e| anyhow::anyhow!("{e}; delete it to issue a new one"))
+}
+
 /// The dev tenant's SigV4 access key, kept in `DIR/dev-access-key` (id and secret, one per
 /// line) and re-created when it is missing or was revoked.
 async fn dev_access_key(dir: &Path, metadata: &MetadataClient, now_ms: u64) -> anyhow::Result<(String, String)> {
@@ -410,6 +419,8 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("HTTP port {proxy_addr} is taken (use --port)"))?;
     let endpoint = format!("http://{proxy_addr}");
+    let scrape_token_file = dir.join("metrics-token");
+    let scrape_token = dev_scrape_token(&scrape_token_file)?;
     let credentials = dir.join("dev-credentials.env");
     let env_text = format!(
         "# Written by `strata dev`; `source` this file to use the CLI, curl or SDKs.\n\
@@ -419,9 +430,12 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
          export AWS_DEFAULT_REGION={DEV_REGION}\nexport AWS_ENDPOINT_URL={endpoint}\n\
          # The admin API (operators; `strata keys ... --tenant T`):\n\
          export STRATA_ADMIN_ENDPOINT=http://{admin_addr}\nexport STRATA_ADMIN_TOKEN={admin_token}\n\
+         # Prometheus: scrape http://{admin_addr}/metrics with this bearer token file.\n\
+         export STRATA_METRICS_TOKEN_FILE={scrape_token_file}\n\
          # The internal gRPC plane (mutual TLS): its CA and an operator's certificate.\n\
          export STRATA_METADATA_ENDPOINTS={metadata_endpoint}\nexport STRATA_STORAGE_ENDPOINT=http://{storage_addr}\n\
          export STRATA_TLS_CA={ca}\nexport STRATA_TLS_CERT={cert}\nexport STRATA_TLS_KEY={key}\n",
+        scrape_token_file = scrape_token_file.display(),
         ca = tls.operator.ca.display(),
         cert = tls.operator.cert.display(),
         key = tls.operator.key.display(),
@@ -449,7 +463,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let proxy_task =
         tokio::spawn(strata_proxy::api::serve(api, proxy_listener, limits, proxy_cancel.cancelled_owned()));
     let admin_cancel = cancel.clone();
-    let admin = routers.admin.merge(billing.admin);
+    let admin = routers.admin.merge(billing.admin).merge(strata_http::observe::metrics_route(scrape_token));
     let admin_task =
         tokio::spawn(strata_proxy::api::serve(admin, admin_listener, limits, admin_cancel.cancelled_owned()));
     shutdown_signal().await;

@@ -86,6 +86,48 @@ struct MetadataConfig {
     /// The KEKs that seal SigV4 secrets at rest, the sealing one first (docs/security.md).
     #[serde(default)]
     kek: Vec<KekSource>,
+    /// An HTTP listener for `/metrics` and `/healthz` (see [`Observed`]).
+    admin_listen: Option<SocketAddr>,
+    metrics_token_file: Option<PathBuf>,
+}
+
+/// Where a role is watched from: a file holding the token Prometheus presents to scrape
+/// `/metrics` (on the admin listener), and, for roles without an admin API (metadata members,
+/// storage nodes), the address of an HTTP listener serving `/metrics` and `/healthz`.
+struct Observed {
+    admin_listen: Option<SocketAddr>,
+    metrics_token_file: Option<PathBuf>,
+}
+
+impl Observed {
+    fn scrape_token(&self) -> anyhow::Result<Option<strata_telemetry::ScrapeToken>> {
+        self.metrics_token_file
+            .as_deref()
+            .map(strata_http::observe::read_scrape_token)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("metrics_token_file: {e}"))
+    }
+
+    /// For a role without an admin API: serves `/metrics` and `/healthz` on `admin_listen`
+    /// until `cancel`, when both are configured.
+    async fn serve(&self, cancel: CancellationToken) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+        let Some(listen) = self.admin_listen else {
+            if self.metrics_token_file.is_some() {
+                anyhow::bail!("metrics_token_file needs admin_listen, the address /metrics is served on");
+            }
+            return Ok(None);
+        };
+        let token = self.scrape_token()?.context("admin_listen needs metrics_token_file: /metrics is never open")?;
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let router = strata_http::observe::admin_router(token);
+        let limits = strata_proxy::ServerLimits::default();
+        Ok(Some(tokio::spawn(async move {
+            if let Err(e) = strata_proxy::api::serve(router, listener, limits, cancel.cancelled_owned()).await {
+                tracing::error!(error = %e, "the admin listener stopped");
+            }
+        })))
+    }
 }
 
 fn newest_generation() -> FormatGeneration {
@@ -143,6 +185,9 @@ pub(crate) async fn metadata(args: MetadataArgs) -> anyhow::Result<()> {
     tracing::info!(node = config.node_id, listen = %config.listen, "metadata member running");
     let cancel = CancellationToken::new();
     let serving = tokio::spawn(node.clone().serve_with_listener(listener, cancel.clone().cancelled_owned()));
+    let observed =
+        Observed { admin_listen: config.admin_listen, metrics_token_file: config.metrics_token_file.clone() };
+    let admin = observed.serve(cancel.clone()).await?;
     let backups = match &config.object_store {
         Some(store) => {
             let interval = Duration::from_secs(config.backup_interval_s.max(1));
@@ -153,6 +198,9 @@ pub(crate) async fn metadata(args: MetadataArgs) -> anyhow::Result<()> {
     shutdown_signal().await;
     cancel.cancel();
     let _ = serving.await;
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     if let Some(backups) = backups {
         let _ = backups.await;
     }
@@ -218,6 +266,9 @@ struct StorageConfig {
     #[serde(default = "default_disk_reserve_bytes")]
     disk_reserve_bytes: u64,
     tls: TlsFiles,
+    /// An HTTP listener for `/metrics` and `/healthz` (see [`Observed`]).
+    admin_listen: Option<SocketAddr>,
+    metrics_token_file: Option<PathBuf>,
 }
 
 fn default_disk_reserve_bytes() -> u64 {
@@ -250,6 +301,10 @@ fn default_cache_disk_mib() -> usize {
 pub(crate) async fn storage(args: RoleArgs) -> anyhow::Result<()> {
     init_tracing();
     let config: StorageConfig = read_config(&args.config)?;
+    let observed =
+        Observed { admin_listen: config.admin_listen, metrics_token_file: config.metrics_token_file.clone() };
+    let cancel = CancellationToken::new();
+    let admin = observed.serve(cancel.clone()).await?;
     let settings = StorageSettings {
         node_id: config.node_id,
         data_dir: config.data_dir,
@@ -277,6 +332,10 @@ pub(crate) async fn storage(args: RoleArgs) -> anyhow::Result<()> {
         StorageNode::start(settings, Arc::new(SystemClock), Random::os()).await.context("starting the storage node")?;
     tracing::info!(address = %node.address, shards = node.shard_ids().len(), "storage node running");
     shutdown_signal().await;
+    cancel.cancel();
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     node.shutdown().await;
     Ok(())
 }
@@ -331,6 +390,9 @@ struct ProxyConfig {
     #[serde(default = "tenant_receives_max")]
     tenant_receives_under_way_max: u32,
     tls: TlsFiles,
+    /// The token Prometheus presents to scrape `/metrics` on the admin listener (no `/metrics`
+    /// without it).
+    metrics_token_file: Option<PathBuf>,
 }
 
 fn tenant_calls_max() -> u32 {
@@ -438,13 +500,13 @@ pub(crate) async fn proxy(args: RoleArgs) -> anyhow::Result<()> {
             receives_max: config.tenant_receives_under_way_max,
         },
     })?;
-    serve_until_signal(
-        "proxy",
-        (routers.api, config.listen),
-        (routers.admin, config.admin_listen),
-        CancellationToken::new(),
-    )
-    .await
+    let observed = Observed { admin_listen: None, metrics_token_file: config.metrics_token_file.clone() };
+    let admin = match observed.scrape_token()? {
+        Some(token) => routers.admin.merge(strata_http::observe::metrics_route(token)),
+        None => routers.admin,
+    };
+    serve_until_signal("proxy", (routers.api, config.listen), (admin, config.admin_listen), CancellationToken::new())
+        .await
 }
 
 /// Serves a role's tenant and admin routers on their listeners until SIGTERM or Ctrl-C, then
@@ -507,6 +569,8 @@ struct BillingConfig {
     #[serde(default = "day_s")]
     admin_token_lifetime_s_max: u64,
     tls: TlsFiles,
+    /// As a proxy's.
+    metrics_token_file: Option<PathBuf>,
 }
 
 /// Runs the billing service until SIGTERM or Ctrl-C: counts the metering queue, enforces
@@ -545,8 +609,12 @@ pub(crate) async fn billing(args: RoleArgs) -> anyhow::Result<()> {
     };
     let json_errors = axum::middleware::map_response(strata_proxy::error::json_errors);
     let api = routers.api.fallback(not_found).layer(json_errors.clone());
-    let admin =
-        routers.admin.route("/healthz", axum::routing::get(|| async { "ok" })).fallback(not_found).layer(json_errors);
+    let observed = Observed { admin_listen: None, metrics_token_file: config.metrics_token_file.clone() };
+    let mut admin = routers.admin.route("/healthz", axum::routing::get(|| async { "ok" }));
+    if let Some(token) = observed.scrape_token()? {
+        admin = admin.merge(strata_http::observe::metrics_route(token));
+    }
+    let admin = admin.fallback(not_found).layer(json_errors);
     serve_until_signal("billing", (api, config.listen), (admin, config.admin_listen), cancel).await
 }
 

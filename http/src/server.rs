@@ -144,9 +144,12 @@ pub async fn serve(
             router.clone().oneshot(request)
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service));
+        let open = &strata_telemetry::api().connections_open;
+        open.inc();
         tokio::spawn(async move {
             // A client that goes away, or a timeout, ends its connection; nothing to report.
             let _ = connection.await;
+            open.dec();
             drop(admitted);
         });
     }

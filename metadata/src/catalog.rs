@@ -1155,6 +1155,7 @@ fn check_writer_epoch(shard: &ShardRecord, writer_epoch: u64) -> Result<(), Stra
 impl ReplicatedState for Catalog {
     type Command = MetaEntry;
     type Response = MetaResponse;
+    const METRICS_GROUP: &'static str = "metadata";
 
     fn apply(&mut self, log_index: u64, entry: &MetaEntry) -> MetaResponse {
         if let Some(first) = entry.request_id.as_deref().and_then(|id| self.requests.answer(id)) {

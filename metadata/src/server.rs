@@ -343,7 +343,11 @@ impl MetadataNode {
     /// request id is applied once (see [`MetaEntry`]).
     pub async fn propose(&self, request_id: Option<String>, command: MetaCommand) -> Result<MetaResponse, Status> {
         let entry = MetaEntry { request_id, command };
-        let response = self.group.raft.client_write(entry).await.map_err(|e| {
+        let timer = strata_telemetry::Timer::start();
+        let written = self.group.raft.client_write(entry).await;
+        let group = strata_telemetry::GroupLabel { group: "metadata" };
+        timer.observe(&strata_telemetry::raft().commit_seconds.get_or_create(&group));
+        let response = written.map_err(|e| {
             tracing::debug!(error = %e, "metadata proposal not taken here");
             Self::not_leader(e.forward_to_leader())
         })?;

@@ -6,6 +6,7 @@
 //! the verified token; another tenant's queue answers exactly like a missing one.
 
 pub mod api;
+mod call_metrics;
 pub mod metering;
 pub mod queue_rules;
 pub mod queues;

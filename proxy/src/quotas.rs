@@ -233,7 +233,8 @@ impl Quotas {
             }
             all.entry(tenant.to_owned()).or_default().clone()
         };
-        let busy = |what: &str, max: u32| {
+        let busy = |what: &'static str, max: u32| {
+            crate::call_metrics::throttled(what);
             StrataError::throttled(format!("this tenant has {max} {what} under way at once; retry when some end"), 1)
         };
         let call = Slot::take(&under_way, false, self.concurrency.calls_max)
@@ -250,6 +251,7 @@ impl Quotas {
     async fn admit_rates(&self, tenant: &str, payload_bytes: u64, receive: bool) -> Result<(), StrataError> {
         let Some(quota) = self.quota(tenant).await else { return Ok(()) };
         if !quota.capped_reason.is_empty() {
+            crate::call_metrics::throttled("capped");
             return Err(StrataError::new(
                 ErrorKind::LimitExceeded,
                 format!("calls are refused: {}", quota.capped_reason),
@@ -258,6 +260,7 @@ impl Quotas {
         if let Some(requests) = &quota.requests
             && let Err(not_until) = requests.check()
         {
+            crate::call_metrics::throttled("requests");
             return Err(throttled("requests per second", not_until.wait_time_from(DefaultClock::default().now())));
         }
         if let (Some(bytes), Some(n)) =
@@ -266,6 +269,7 @@ impl Quotas {
             match bytes.check_n(n) {
                 Ok(Ok(())) => {}
                 Ok(Err(not_until)) => {
+                    crate::call_metrics::throttled("payload_bytes");
                     return Err(throttled(
                         "payload bytes per second",
                         not_until.wait_time_from(DefaultClock::default().now()),
@@ -290,6 +294,7 @@ impl Quotas {
         }
         let stored = self.usage(&quota, tenant).await.stored_bytes;
         if stored >= max {
+            crate::call_metrics::throttled("stored_bytes");
             return Err(StrataError::new(
                 ErrorKind::LimitExceeded,
                 format!(
@@ -338,6 +343,7 @@ impl Quotas {
         }
         let total = self.usage(quota, tenant).await.in_flight;
         if total >= max {
+            crate::call_metrics::throttled("in_flight");
             return Err(StrataError::throttled(
                 format!("this tenant has {total} messages in flight (limit {max}); delete some or let them time out"),
                 1,

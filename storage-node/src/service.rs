@@ -297,6 +297,7 @@ async fn receive(
             return Ok(Vec::new());
         }
         let wake_ms = next_visible_ms.map_or(deadline_ms, |n| n.min(deadline_ms)).max(now_ms + 1);
+        let _waiting = strata_telemetry::Held::new(&strata_telemetry::api().long_polls_waiting);
         tokio::select! {
             _ = woken.changed() => {}
             () = shard.clock().sleep(Duration::from_millis(wake_ms - now_ms)) => {}

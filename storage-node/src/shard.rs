@@ -205,6 +205,7 @@ impl ShardMachine {
 impl ReplicatedState for ShardMachine {
     type Command = ShardEntry;
     type Response = Response;
+    const METRICS_GROUP: &'static str = "shard";
 
     fn apply(&mut self, log_index: u64, command: &ShardEntry) -> Response {
         let response = self.0.apply(log_index, &command.0);
@@ -380,6 +381,10 @@ pub(crate) struct EntryWriter {
     format: FormatGate,
 }
 
+/// The label of shards' Raft metrics.
+const SHARD_GROUP: strata_telemetry::GroupLabel =
+    strata_telemetry::GroupLabel { group: <ShardMachine as ReplicatedState>::METRICS_GROUP };
+
 impl EntryWriter {
     /// Proposes `command` at the current time; answers after it is durable and applied (a
     /// [`Response::Error`] as the error it names).
@@ -390,7 +395,10 @@ impl EntryWriter {
         command: Command,
     ) -> Result<Response, StrataError> {
         let entry = ShardEntry(ShardCommand { now_ms: self.clock.now_ms(), command, request_id, meter });
-        let response = self.raft.client_write(entry).await.map_err(|e| match e.forward_to_leader() {
+        let timer = strata_telemetry::Timer::start();
+        let written = self.raft.client_write(entry).await;
+        timer.observe(&strata_telemetry::raft().commit_seconds.get_or_create(&SHARD_GROUP));
+        let response = written.map_err(|e| match e.forward_to_leader() {
             Some(forward) => {
                 let leader = forward.leader_node.as_ref().map(|n| n.addr.clone()).filter(|a| !a.is_empty());
                 StrataError::not_leader(&format!("shard {}", self.shard_id), leader)

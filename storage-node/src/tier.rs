@@ -236,12 +236,14 @@ impl TieredReader {
         match self.cache.get(&cache_key).await {
             Ok(Some(entry)) => {
                 self.stats.block_cache_hits.fetch_add(1, Ordering::Relaxed);
+                strata_telemetry::cache().requests.get_or_create(&CACHE_HIT).inc();
                 return Ok(entry.value().clone());
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "segment cache read failed; reading the bucket"),
         }
         self.stats.block_cache_misses.fetch_add(1, Ordering::Relaxed);
+        strata_telemetry::cache().requests.get_or_create(&CACHE_MISS).inc();
         let start = block * BLOCK_BYTES;
         let end = (start + BLOCK_BYTES).min(segment.size_bytes);
         let bytes = self.get_range(&segment.object_key, start..end).await?;
@@ -295,6 +297,9 @@ impl TieredReader {
 /// Uploads one sealed segment file (idempotently) and returns its catalog record, which covers
 /// the file's entries `first_index..=last_index` (fewer than the file holds when other writers
 /// tiered the others: the object's index still locates every entry it holds).
+const CACHE_HIT: strata_telemetry::ReasonLabel = strata_telemetry::ReasonLabel { reason: "hit" };
+const CACHE_MISS: strata_telemetry::ReasonLabel = strata_telemetry::ReasonLabel { reason: "miss" };
+
 async fn upload_segment(
     store: &dyn ObjectStore,
     shard_id: u64,
@@ -321,7 +326,16 @@ async fn upload_segment(
         writer_epoch,
     };
     let options = PutOptions { mode: PutMode::Create, ..Default::default() };
-    match store.put_opts(&ObjectPath::from(key.as_str()), PutPayload::from(object), options).await {
+    let metrics = strata_telemetry::tier();
+    let timer = strata_telemetry::Timer::start();
+    let put = store.put_opts(&ObjectPath::from(key.as_str()), PutPayload::from(object), options).await;
+    timer.observe(&metrics.upload_seconds);
+    match &put {
+        Ok(_) => metrics.uploaded_bytes.inc_by(segment.size_bytes),
+        Err(object_store::Error::AlreadyExists { .. }) => 0,
+        Err(_) => metrics.upload_failures.inc(),
+    };
+    match put {
         Ok(_) => Ok(segment),
         // A retry after a failure between upload and commit: same epoch, same bytes.
         Err(object_store::Error::AlreadyExists { .. }) => {
@@ -475,6 +489,8 @@ pub struct TierPass {
 #[derive(Debug, Default)]
 pub struct SealedAges {
     first_seen: BTreeMap<u64, std::time::Instant>,
+    /// This shard's share of the process's `tier_pending_bytes` at its last pass.
+    pending_bytes: u64,
 }
 
 impl SealedAges {
@@ -574,6 +590,16 @@ pub async fn tier_shard_once(
     if needs_snapshot {
         shard.trigger_snapshot();
     }
+    let pending_bytes: u64 = shard
+        .wal()
+        .sealed_segments()
+        .iter()
+        .filter(|info| !gaps(&covered, info.first_index.max(reclaim_below), info.last_index).is_empty())
+        .map(|info| info.size_bytes)
+        .sum();
+    let pending = &strata_telemetry::tier().pending_bytes;
+    pending.inc_by(pending_bytes as i64 - ages.pending_bytes as i64);
+    ages.pending_bytes = pending_bytes;
 
     let garbage: Vec<&pb::Segment> = catalog.iter().filter(|s| s.last_index < reclaim_below).collect();
     if !garbage.is_empty() {

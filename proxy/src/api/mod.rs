@@ -146,6 +146,7 @@ pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
         .route("/", post(sqs::handle).get(sqs::handle))
         .route("/{account}/{queue}", post(sqs::handle).get(sqs::handle))
         .layer(DefaultBodyLimit::max(HTTP_REQUEST_BYTES_MAX))
+        .layer(axum::middleware::from_fn(|request, next| crate::call_metrics::record("sqs", request, next)))
         .with_state(sqs);
     let (native, document) = native_routes().split_for_parts();
     let document = document.to_pretty_json().map_err(|e| StrataError::internal(format!("OpenAPI document: {e}")))?;
@@ -160,6 +161,7 @@ pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
         // The native API's own routes answer errors in JSON only (the SQS routes merged below
         // answer in their protocol's shapes).
         .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::from_fn(|request, next| crate::call_metrics::record("native", request, next)))
         .with_state(state)
         .merge(sqs_router);
     Ok(Routers { api, admin })

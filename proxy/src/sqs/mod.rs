@@ -33,7 +33,7 @@ use crate::routing::Router as Placement;
 use crate::sigv4::SignedParts;
 
 const JSON_CONTENT_TYPE: &str = "application/x-amz-json-1.0";
-const TARGET_PREFIX: &str = "AmazonSQS.";
+pub(crate) const TARGET_PREFIX: &str = "AmazonSQS.";
 
 /// What the SQS handlers share.
 pub struct SqsState {
@@ -127,6 +127,10 @@ pub async fn handle(
         },
         Err(e) => Err(e),
     };
+    let action = match &received {
+        Ok((_, body)) => crate::call_metrics::sqs_action(&headers, uri.query(), body),
+        Err(_) => crate::call_metrics::sqs_action(&headers, uri.query(), b""),
+    };
     let mut response = match (received, query_protocol) {
         (Ok((signed, body)), true) => query::handle(&state, signed, &method, &uri, &headers, &body, &request_id).await,
         (Ok((signed, body)), false) => json_response(serve(&state, signed, &method, &uri, &headers, &body).await),
@@ -136,6 +140,7 @@ pub async fn handle(
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-amzn-requestid", value);
     }
+    response.extensions_mut().insert(crate::call_metrics::CallAction(action));
     response
 }
 

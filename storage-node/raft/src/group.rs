@@ -37,6 +37,8 @@ where
     pub raft: Raft<C, StateMachineStore<C, S>>,
     pub state: Arc<SharedState<C, S>>,
     pub log: WalLogStore<C>,
+    /// Keeps the group in the scrape's Raft figures while it is open.
+    _probe: Arc<dyn crate::probe::Probe>,
 }
 
 /// A voter that acknowledged a heartbeat within this long is taken to be running.
@@ -188,5 +190,6 @@ where
     {
         raft.initialize(members).await.map_err(io::Error::other)?;
     }
-    Ok(RaftGroup { raft, state, log })
+    let _probe = crate::probe::watch::<C>(S::METRICS_GROUP, raft.metrics());
+    Ok(RaftGroup { raft, state, log, _probe })
 }

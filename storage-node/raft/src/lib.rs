@@ -8,6 +8,7 @@
 //!   memberships), versioned and gated by the cluster's format generation (`docs/formats.md`);
 //! - [`transport`]: Raft messages between processes over gRPC, one router per process;
 //! - [`group`]: opening a group (single voter or replicated) from those parts;
+//! - `probe`: the Raft figures of `/metrics`, read from every open group at a scrape;
 //! - [`requests`]: the answers of recently applied request ids, for exactly-once retries.
 //!
 //! Time: openraft runs its elections, heartbeats and timeouts on tokio's timer, so this crate's
@@ -16,6 +17,7 @@
 
 pub mod group;
 pub mod persisted;
+mod probe;
 pub mod raft_state;
 pub mod raft_store;
 pub mod requests;

@@ -44,6 +44,8 @@ pub trait ReplicatedState: Default + Persisted + Send + Sync + 'static {
     type Command: openraft::AppData + Persisted;
     /// What applying a command answers to the proposer.
     type Response;
+    /// The kind of group this state is, as metrics name it (`shard`, `metadata`).
+    const METRICS_GROUP: &'static str = "other";
 
     /// Applies one command. Must be deterministic: same state, index and command give the same
     /// result on every replica and on every replay.
@@ -411,6 +413,7 @@ where
         let store = self.clone();
         tokio::task::spawn_blocking(move || {
             let started = crate::RAFT_CLOCK.instant();
+            let timer = strata_telemetry::Timer::start();
             let (meta, bytes) = store.encode_current()?;
             let encoded_after = crate::RAFT_CLOCK.instant().duration_since(started);
             let mut slot = store.shared.snapshot.lock();
@@ -423,6 +426,8 @@ where
             let snapshot = store.store_snapshot(&mut slot, meta, bytes)?;
             store.shared.applied.read().state.snapshot_stored()?;
             drop(slot);
+            let group = strata_telemetry::GroupLabel { group: S::METRICS_GROUP };
+            timer.observe(&strata_telemetry::raft().snapshot_build_seconds.get_or_create(&group));
             tracing::debug!(
                 bytes = snapshot.snapshot.len(),
                 encode_ms = encoded_after.as_millis() as u64,

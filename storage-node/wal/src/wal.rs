@@ -235,7 +235,12 @@ impl Shared {
         }
         let (op, result) = match (kind, &self.options.sync_hook) {
             (SyncKind::GroupCommit, Some(hook)) => ("fdatasync", hook(file)),
-            (SyncKind::GroupCommit, None) => ("fdatasync", file.sync_data()),
+            (SyncKind::GroupCommit, None) => {
+                let timer = strata_telemetry::Timer::start();
+                let result = file.sync_data();
+                timer.observe(&strata_telemetry::storage().wal_fsync_seconds);
+                ("fdatasync", result)
+            }
             (SyncKind::Full, _) => ("fsync", file.sync_all()),
         };
         self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
@@ -467,6 +472,7 @@ fn run_sync_thread(shared: Arc<Shared>) {
             (std::mem::take(&mut queue.pending), queue.closing)
         };
         if !callbacks.is_empty() {
+            strata_telemetry::storage().group_commit_appends.observe(callbacks.len() as f64);
             let result = shared.group_commit();
             for callback in callbacks {
                 let result = result.clone();
@@ -623,6 +629,7 @@ impl Wal {
             stats.appends.fetch_add(1, Ordering::Relaxed);
             stats.records.fetch_add(records.len() as u64, Ordering::Relaxed);
             stats.bytes_written.fetch_add(batch.bytes.len() as u64, Ordering::Relaxed);
+            strata_telemetry::storage().wal_written_bytes.inc_by(batch.bytes.len() as u64);
         } else {
             shared.stats.appends.fetch_add(1, Ordering::Relaxed);
         }

@@ -1,0 +1,134 @@
+//! API calls in `/metrics`: each answered call counts by API, action and HTTP status, with its
+//! latency; calls refused for their credentials count as authentication failures.
+//!
+//! Every label value comes from a fixed list (an unknown SQS action or an unrouted path counts
+//! as `unknown`), so a stranger cannot grow the number of series.
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use strata_telemetry::{ActionLabels, CallLabels, ReasonLabel, Timer};
+
+/// The SQS action a response answered, set by the SQS handler for [`record`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallAction(pub(crate) &'static str);
+
+/// The action names of the SQS API, as labels.
+const SQS_ACTIONS: &[&str] = &[
+    "CreateQueue",
+    "GetQueueUrl",
+    "ListQueues",
+    "DeleteQueue",
+    "GetQueueAttributes",
+    "SetQueueAttributes",
+    "PurgeQueue",
+    "SendMessage",
+    "SendMessageBatch",
+    "ReceiveMessage",
+    "DeleteMessage",
+    "DeleteMessageBatch",
+    "ChangeMessageVisibility",
+    "ChangeMessageVisibilityBatch",
+    "TagQueue",
+    "UntagQueue",
+    "ListQueueTags",
+    "ListDeadLetterSourceQueues",
+    "StartMessageMoveTask",
+    "ListMessageMoveTasks",
+    "CancelMessageMoveTask",
+    "AddPermission",
+    "RemovePermission",
+];
+
+const UNKNOWN: &str = "unknown";
+
+/// The SQS action a request names (`X-Amz-Target: AmazonSQS.<Action>`, or an `Action=`
+/// parameter of the query string or the form body), as a label.
+pub(crate) fn sqs_action(headers: &HeaderMap, query: Option<&str>, body: &[u8]) -> &'static str {
+    let named = match headers.get("x-amz-target").and_then(|v| v.to_str().ok()) {
+        Some(target) => target.strip_prefix(super::sqs::TARGET_PREFIX),
+        None => {
+            let in_form = |text: &[u8]| -> Option<Vec<u8>> {
+                text.split(|b| *b == b'&').find_map(|pair| pair.strip_prefix(b"Action=").map(<[u8]>::to_vec))
+            };
+            let action = query.and_then(|q| in_form(q.as_bytes())).or_else(|| in_form(body));
+            return action
+                .and_then(|a| SQS_ACTIONS.iter().find(|known| known.as_bytes() == a.as_slice()).copied())
+                .unwrap_or(UNKNOWN);
+        }
+    };
+    named.and_then(|name| SQS_ACTIONS.iter().find(|known| **known == name).copied()).unwrap_or(UNKNOWN)
+}
+
+/// The native API's action of a routed request, named as the SQS action it matches.
+fn native_action(method: &Method, path: Option<&str>) -> &'static str {
+    let Some(path) = path else { return UNKNOWN };
+    match (method.as_str(), path) {
+        ("POST", "/v1/queues") => "CreateQueue",
+        ("GET", "/v1/queues") => "ListQueues",
+        ("GET", "/v1/queues/{name}") => "GetQueueAttributes",
+        ("DELETE", "/v1/queues/{name}") => "DeleteQueue",
+        ("PATCH", "/v1/queues/{name}") => "SetQueueAttributes",
+        ("POST", "/v1/queues/{name}/purge") => "PurgeQueue",
+        ("POST", "/v1/queues/{name}/messages") => "SendMessage",
+        ("POST", "/v1/queues/{name}/receive") => "ReceiveMessage",
+        ("POST", "/v1/queues/{name}/delete") => "DeleteMessage",
+        ("POST", "/v1/queues/{name}/visibility") => "ChangeMessageVisibility",
+        ("DELETE", "/v1/queues/{name}/scheduled/{message_id}") => "CancelScheduledMessage",
+        ("GET", "/v1/queues/{name}/tags") => "ListQueueTags",
+        ("POST", "/v1/queues/{name}/tags") => "TagQueue",
+        ("DELETE", "/v1/queues/{name}/tags/{key}") => "UntagQueue",
+        ("GET", "/v1/queues/{name}/dead-letter-sources") => "ListDeadLetterSourceQueues",
+        ("POST", "/v1/queues/{name}/move-tasks") => "StartMessageMoveTask",
+        ("GET", "/v1/queues/{name}/move-tasks") => "ListMessageMoveTasks",
+        ("DELETE", "/v1/queues/{name}/move-tasks/{task_id}") => "CancelMessageMoveTask",
+        ("GET", "/v1/limits") => "GetLimits",
+        ("POST", "/v1/access-keys") => "CreateAccessKey",
+        ("GET", "/v1/access-keys") => "ListAccessKeys",
+        ("DELETE", "/v1/access-keys/{id}") => "RevokeAccessKey",
+        ("POST", "/v1/access-keys/{id}/rotate") => "RotateAccessKey",
+        _ => UNKNOWN,
+    }
+}
+
+/// Middleware recording each call of `api` (`native` or `sqs`) once it is answered.
+pub(crate) async fn record(api: &'static str, request: Request, next: Next) -> Response {
+    let native = (api == "native")
+        .then(|| native_action(request.method(), request.extensions().get::<MatchedPath>().map(MatchedPath::as_str)));
+    let timer = Timer::start();
+    let response = next.run(request).await;
+    let action = native.or_else(|| response.extensions().get::<CallAction>().map(|a| a.0)).unwrap_or(UNKNOWN);
+    let status = response.status();
+    let metrics = strata_telemetry::api();
+    metrics.requests.get_or_create(&CallLabels { api, action, code: status.as_u16() }).inc();
+    timer.observe(&metrics.duration.get_or_create(&ActionLabels { api, action }));
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        metrics.auth_failures.get_or_create(&ReasonLabel { reason: api }).inc();
+    }
+    response
+}
+
+/// Counts a call refused by admission control for `reason`.
+pub(crate) fn throttled(reason: &'static str) {
+    strata_telemetry::api().throttled.get_or_create(&ReasonLabel { reason }).inc();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_come_from_fixed_lists() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(sqs_action(&headers, Some("Action=SendMessage&QueueUrl=x"), b""), "SendMessage");
+        assert_eq!(sqs_action(&headers, None, b"QueueUrl=x&Action=ReceiveMessage"), "ReceiveMessage");
+        assert_eq!(sqs_action(&headers, None, b"Action=MadeUp"), UNKNOWN);
+        headers.insert("x-amz-target", "AmazonSQS.DeleteMessage".parse().expect("header"));
+        assert_eq!(sqs_action(&headers, None, b"{}"), "DeleteMessage");
+        headers.insert("x-amz-target", "AmazonSQS.Whatever".parse().expect("header"));
+        assert_eq!(sqs_action(&headers, None, b"{}"), UNKNOWN);
+        assert_eq!(native_action(&Method::POST, Some("/v1/queues/{name}/messages")), "SendMessage");
+        assert_eq!(native_action(&Method::POST, None), UNKNOWN);
+    }
+}

@@ -1,0 +1,135 @@
+//! What operators watch, checked with the real thing: Debian's Prometheus scrapes `strata dev`
+//! and every process of a local cluster with the scrape token, `promtool check metrics` accepts
+//! every exposition, and queries over the scraped series count exactly the calls the test made.
+
+#![allow(clippy::disallowed_methods)] // a test waits in real time
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::json;
+use strata_tests::cluster::LocalCluster;
+use strata_tests::prometheus::{Prometheus, promtool_check_metrics};
+use strata_tests::{Api, DevProcess, model};
+
+/// Long enough for a first scrape of a process that just started (1 s interval).
+const SCRAPED_WITHIN: Duration = Duration::from_secs(60);
+
+async fn scrape(target: &str, token: Option<&str>) -> (u16, String) {
+    let mut request = reqwest::Client::new().get(format!("http://{target}/metrics"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("scrape");
+    (response.status().as_u16(), response.text().await.expect("scrape body"))
+}
+
+fn host_port(endpoint: &str) -> String {
+    endpoint.trim_start_matches("http://").trim_end_matches('/').to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_strata_dev_and_counts_the_sends_made() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dev = DevProcess::start(&dir.path().join("dev"), &[]).expect("strata dev");
+    let env: BTreeMap<String, String> = dev.credentials_env().expect("credentials").into_iter().collect();
+    let token_file = PathBuf::from(&env["STRATA_METRICS_TOKEN_FILE"]);
+    let token = std::fs::read_to_string(&token_file).expect("scrape token").trim().to_string();
+    let target = host_port(&env["STRATA_ADMIN_ENDPOINT"]);
+
+    // /metrics is answered to the scrape token only.
+    assert_eq!(scrape(&target, None).await.0, 401);
+    assert_eq!(scrape(&target, Some("not-the-token-at-all")).await.0, 401);
+    assert_eq!(scrape(&target, Some(&dev.token)).await.0, 401, "a tenant's token is not the scrape token");
+
+    let api = dev.api();
+    api.create_queue(&model::CreateQueue::named("watched")).await.expect("create");
+    for i in 0..7 {
+        api.post_ok("/v1/queues/watched/messages", json!({ "messages": [{ "body": format!("m{i}") }] }))
+            .await
+            .expect("native send");
+    }
+    let (status, url) = dev
+        .sqs_call("GetQueueUrl", None, &json!({ "QueueName": "watched" }), &Default::default(), &[])
+        .await
+        .expect("GetQueueUrl");
+    assert_eq!(status, 200, "{url}");
+    let queue_url = url["QueueUrl"].as_str().expect("QueueUrl").to_string();
+    for i in 0..3 {
+        let body = json!({ "QueueUrl": queue_url, "MessageBody": format!("s{i}") });
+        let (status, answer) = dev.sqs_call("SendMessage", None, &body, &Default::default(), &[]).await.expect("send");
+        assert_eq!(status, 200, "{answer}");
+    }
+
+    let (status, body) = scrape(&target, Some(&token)).await;
+    assert_eq!(status, 200, "{body}");
+    let complaints = promtool_check_metrics(&body).expect("promtool");
+    assert!(complaints.is_empty(), "promtool check metrics: {complaints}");
+    for family in [
+        "strata_wal_fsync_duration_seconds_count",
+        "strata_raft_commit_duration_seconds_count{group=\"shard\"}",
+        "strata_raft_groups_led{group=\"metadata\"} 1",
+        "strata_api_connections_open",
+        "strata_process_open_fds",
+    ] {
+        assert!(body.contains(family), "{family} missing from the scrape:\n{body}");
+    }
+    assert!(!body.contains("watched"), "a queue's name leaked into the default scrape");
+
+    let prometheus = Prometheus::start(&dir.path().join("prometheus"), &[target], &token_file).expect("prometheus");
+    let native = "sum(strata_api_requests_total{api=\"native\",action=\"SendMessage\",code=\"200\"})";
+    assert_eq!(prometheus.wait_for(native, 7.0, SCRAPED_WITHIN).await.expect("query"), Some(7.0));
+    let sqs = "sum(strata_api_requests_total{api=\"sqs\",action=\"SendMessage\",code=\"200\"})";
+    assert_eq!(prometheus.wait_for(sqs, 3.0, SCRAPED_WITHIN).await.expect("query"), Some(3.0));
+    assert_eq!(prometheus.scalar("up").await.expect("query"), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_every_process_of_a_local_cluster() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = LocalCluster::up(&dir.path().join("cluster"), LocalCluster::port_base(1)).expect("up");
+    let env = cluster.credentials().expect("credentials");
+    let token_file = PathBuf::from(&env["STRATA_METRICS_TOKEN_FILE"]);
+    let token = std::fs::read_to_string(&token_file).expect("scrape token").trim().to_string();
+    let targets: Vec<String> = env["STRATA_METRICS_TARGETS"].split(',').map(str::to_string).collect();
+    assert_eq!(targets.len(), 9, "two proxies, billing, three metadata members, three storage nodes");
+    for target in &targets {
+        assert_eq!(scrape(target, None).await.0, 401, "{target} answers /metrics without the token");
+        let (status, body) = scrape(target, Some(&token)).await;
+        assert_eq!(status, 200, "{target}: {body}");
+        let complaints = promtool_check_metrics(&body).expect("promtool");
+        assert!(complaints.is_empty(), "{target}: promtool check metrics: {complaints}");
+    }
+
+    let proxies: Vec<Api> =
+        env["STRATA_PROXY_ENDPOINTS"].split(',').map(|e| Api::new(e, &env["STRATA_TOKEN"])).collect();
+    proxies[0].create_queue(&model::CreateQueue::named("watched")).await.expect("create");
+    for i in 0..6 {
+        proxies[i % 2]
+            .post_ok("/v1/queues/watched/messages", json!({ "messages": [{ "body": format!("m{i}") }] }))
+            .await
+            .expect("send");
+    }
+
+    let prometheus = Prometheus::start(&dir.path().join("prometheus"), &targets, &token_file).expect("prometheus");
+    assert_eq!(prometheus.wait_for("sum(up)", 9.0, SCRAPED_WITHIN).await.expect("query"), Some(9.0));
+    let sends = "sum(strata_api_requests_total{action=\"SendMessage\",code=\"200\"})";
+    assert_eq!(prometheus.wait_for(sends, 6.0, SCRAPED_WITHIN).await.expect("query"), Some(6.0));
+    // Three metadata members with one leader; three shards of three replicas, one leader each.
+    for (query, expected) in [
+        ("sum(strata_raft_groups{group=\"metadata\"})", 3.0),
+        ("sum(strata_raft_groups_led{group=\"metadata\"})", 1.0),
+        ("sum(strata_raft_groups_without_leader{group=\"metadata\"})", 0.0),
+        ("sum(strata_raft_groups{group=\"shard\"})", 9.0),
+        ("sum(strata_raft_groups_led{group=\"shard\"})", 3.0),
+    ] {
+        assert_eq!(
+            prometheus.wait_for(query, expected, SCRAPED_WITHIN).await.expect("query"),
+            Some(expected),
+            "{query}"
+        );
+    }
+    drop(prometheus);
+    cluster.down().expect("down");
+}
