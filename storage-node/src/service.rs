@@ -438,9 +438,10 @@ impl Storage for StorageService {
         let r = request.into_inner();
         let (shard, queue, tenant) = self.route(Some(&r))?;
         shard.read_barrier().await?;
+        let now_ms = shard.now_ms();
         let state = shard.state();
         let not_found = || queue_error(queue::QueueError::QueueNotFound);
-        let counts = state.0.queue_counts(queue, &tenant).ok_or_else(not_found)?;
+        let counts = state.0.queue_counts_at(queue, &tenant, now_ms).ok_or_else(not_found)?;
         let stored_bytes = state.0.queue_stored_bytes(queue, &tenant).ok_or_else(not_found)?;
         Ok(Response::new(pb::QueueStats {
             visible: counts.visible,

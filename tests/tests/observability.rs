@@ -133,3 +133,39 @@ async fn prometheus_scrapes_every_process_of_a_local_cluster() {
     drop(prometheus);
     cluster.down().expect("down");
 }
+
+/// Counts are true without traffic: a queue whose consumer died shows its messages visible
+/// again once their visibility timeout runs out, and a delayed message visible once due, with
+/// no command on the queue in between (depth alarms and KEDA read exactly this).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_counts_follow_visibility_timeouts_and_delays_without_traffic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dev = DevProcess::start(&dir.path().join("dev"), &[]).expect("strata dev");
+    let api = dev.api();
+    api.create_queue(&model::CreateQueue::named("quiet")).await.expect("create");
+    api.post_ok(
+        "/v1/queues/quiet/messages",
+        json!({ "messages": [{ "body": "taken" }, { "body": "later", "delay_seconds": 2 }] }),
+    )
+    .await
+    .expect("send");
+    let taken = api
+        .receive(
+            "quiet",
+            &model::Receive { max_messages: Some(1), visibility_timeout_seconds: Some(1), ..Default::default() },
+        )
+        .await
+        .expect("receive");
+    assert_eq!(taken.messages.len(), 1);
+    let counts = |q: &model::Queue| {
+        (
+            q.approximate_number_of_messages,
+            q.approximate_number_of_messages_not_visible,
+            q.approximate_number_of_messages_delayed,
+        )
+    };
+    assert_eq!(counts(&api.get_queue("quiet").await.expect("read")), (Some(0), Some(1), Some(1)));
+    // The consumer went away; nothing else touches the queue.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(counts(&api.get_queue("quiet").await.expect("read")), (Some(2), Some(0), Some(0)));
+}

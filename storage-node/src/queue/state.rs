@@ -357,12 +357,19 @@ impl ShardState {
         state
     }
 
-    /// Approximate counts as of the last command applied to this queue: a
-    /// message whose delay or visibility timeout ran out since then is still
-    /// counted as delayed or in flight, and messages past retention are counted
-    /// until dropped. `None` if the queue does not exist for this tenant.
+    /// Counts as of the last command applied to this queue (what the state machine itself
+    /// holds; [`ShardState::queue_counts_at`] is what readers see). `None` if the queue does
+    /// not exist for this tenant.
     pub fn queue_counts(&self, queue: QueueId, tenant: &str) -> Option<QueueCounts> {
         self.get(queue, tenant).map(Queue::counts)
+    }
+
+    /// Counts at `now_ms`: a message whose delay or visibility timeout ran out since the last
+    /// command on the queue counts as visible already, as does a scheduled message now due
+    /// (messages past retention still count until a command drops them). `None` if the queue
+    /// does not exist for this tenant.
+    pub fn queue_counts_at(&self, queue: QueueId, tenant: &str, now_ms: u64) -> Option<QueueCounts> {
+        self.get(queue, tenant).map(|q| q.counts_at(now_ms))
     }
 
     /// Whether a Receive at `now_ms` would deliver at least one message. Cheap

@@ -1000,6 +1000,27 @@ impl Queue {
         }
     }
 
+    /// Counts as they are at `now_ms`, without settling: a message whose delay or visibility
+    /// timeout ran out since the last settle counts as visible, and so does a scheduled message
+    /// now due (a read never changes the state; the next command settles it the same way).
+    /// Costs a walk over the messages that became due since the last settle.
+    pub(crate) fn counts_at(&self, now_ms: u64) -> QueueCounts {
+        let mut counts = self.counts();
+        let (mut were_delayed, mut were_in_flight) = (0, 0);
+        for &(_, seq) in self.pending.iter().take_while(|&&(visible_at_ms, _)| visible_at_ms <= now_ms) {
+            if self.messages.get(&seq).is_some_and(|m| m.receive_count == 0) {
+                were_delayed += 1;
+            } else {
+                were_in_flight += 1;
+            }
+        }
+        let due_scheduled = self.wheel.keys().take_while(|&&(deliver_at_ms, _)| deliver_at_ms <= now_ms).count() as u64;
+        counts.visible += were_delayed + were_in_flight + due_scheduled;
+        counts.in_flight = counts.in_flight.saturating_sub(were_in_flight);
+        counts.delayed = counts.delayed.saturating_sub(were_delayed + due_scheduled);
+        counts
+    }
+
     /// Whether a Receive at `now_ms` would deliver at least one message.
     /// Only messages that became due since the last settle and are expired
     /// are scanned over, so this is cheap in practice.

@@ -1998,3 +1998,34 @@ fn an_entry_with_too_many_calls_is_refused_whole() {
     assert_eq!(shard.counts().visible, 1);
     assert!(shard.outbox_ids().is_empty());
 }
+
+// ------------------------------------------------------------------------ counts without traffic
+
+#[test]
+fn counts_read_later_see_visibility_timeouts_delays_and_schedules_that_ran_out() {
+    let mut shard = Shard::with_queue();
+    shard.send(1, &[1, 2, 3, 4]);
+    let delayed = NewMessage { delay_ms: Some(15_000), ..new_message(5) };
+    let id = super::schedule::scheduled_message_id(20_000, Uuid::from_u128(6));
+    let scheduled = NewMessage { message_id: id, deliver_at_ms: Some(20_000), ..new_message(6) };
+    let sent =
+        shard.apply(2, Command::Send { queue: Q, tenant: TENANT.to_owned(), messages: vec![delayed, scheduled] });
+    assert!(matches!(sent, Response::Sent(_)), "{sent:?}");
+    // Three received with a 10 s visibility timeout, one of them 5 s: all four in flight at 3.
+    let received = shard.receive(3, 3, Some(10_000));
+    assert_eq!(received.len(), 3);
+    assert_eq!(shard.change_visibility(3, &received[0].receipt, 5_000), Response::VisibilityChanged);
+    let at = |now_ms| shard.state.queue_counts_at(Q, TENANT, now_ms).expect("queue");
+    assert_eq!(at(3), QueueCounts { visible: 1, in_flight: 3, delayed: 2 });
+    // No command since: the one with 5 s is visible again at 8 s, the others at 13 s, the
+    // delayed one at 17 s and the scheduled one at 20 s.
+    assert_eq!(at(8_003), QueueCounts { visible: 2, in_flight: 2, delayed: 2 });
+    assert_eq!(at(13_003), QueueCounts { visible: 4, in_flight: 0, delayed: 2 });
+    assert_eq!(at(17_002), QueueCounts { visible: 5, in_flight: 0, delayed: 1 });
+    assert_eq!(at(20_000), QueueCounts { visible: 6, in_flight: 0, delayed: 0 });
+    // Reading changed nothing: the state still holds the counts of its last command, and the
+    // next command settles the queue to what was read.
+    assert_eq!(shard.counts(), QueueCounts { visible: 1, in_flight: 3, delayed: 2 });
+    assert_eq!(shard.receive(20_000, 1, None).len(), 1);
+    assert_eq!(shard.counts(), QueueCounts { visible: 5, in_flight: 1, delayed: 0 });
+}
