@@ -14,33 +14,6 @@ use strata_telemetry::{ActionLabels, CallLabels, ReasonLabel, Timer};
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CallAction(pub(crate) &'static str);
 
-/// The action names of the SQS API, as labels.
-const SQS_ACTIONS: &[&str] = &[
-    "CreateQueue",
-    "GetQueueUrl",
-    "ListQueues",
-    "DeleteQueue",
-    "GetQueueAttributes",
-    "SetQueueAttributes",
-    "PurgeQueue",
-    "SendMessage",
-    "SendMessageBatch",
-    "ReceiveMessage",
-    "DeleteMessage",
-    "DeleteMessageBatch",
-    "ChangeMessageVisibility",
-    "ChangeMessageVisibilityBatch",
-    "TagQueue",
-    "UntagQueue",
-    "ListQueueTags",
-    "ListDeadLetterSourceQueues",
-    "StartMessageMoveTask",
-    "ListMessageMoveTasks",
-    "CancelMessageMoveTask",
-    "AddPermission",
-    "RemovePermission",
-];
-
 const UNKNOWN: &str = "unknown";
 
 /// The SQS action a request names (`X-Amz-Target: AmazonSQS.<Action>`, or an `Action=`
@@ -54,11 +27,11 @@ pub(crate) fn sqs_action(headers: &HeaderMap, query: Option<&str>, body: &[u8]) 
             };
             let action = query.and_then(|q| in_form(q.as_bytes())).or_else(|| in_form(body));
             return action
-                .and_then(|a| SQS_ACTIONS.iter().find(|known| known.as_bytes() == a.as_slice()).copied())
+                .and_then(|a| std::str::from_utf8(&a).ok().and_then(super::sqs::query::action_name))
                 .unwrap_or(UNKNOWN);
         }
     };
-    named.and_then(|name| SQS_ACTIONS.iter().find(|known| **known == name).copied()).unwrap_or(UNKNOWN)
+    named.and_then(super::sqs::query::action_name).unwrap_or(UNKNOWN)
 }
 
 /// The native API's action of a routed request, named as the SQS action it matches.

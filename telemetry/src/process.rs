@@ -38,33 +38,35 @@ fn open_fds() -> Option<u64> {
     Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u64)
 }
 
+/// Writes one figure's family and value.
+fn emit(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    metric: &impl EncodeMetric,
+) -> Result<(), std::fmt::Error> {
+    metric.encode(encoder.encode_descriptor(name, help, unit, metric.metric_type())?)
+}
+
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         if let Some(seconds) = cpu_seconds() {
-            let counter = ConstCounter::new(seconds);
-            let metric = encoder.encode_descriptor(
-                "process_cpu",
-                "User and system CPU time of this process",
-                Some(&Unit::Seconds),
-                counter.metric_type(),
-            )?;
-            counter.encode(metric)?;
+            let cpu = ConstCounter::new(seconds);
+            emit(&mut encoder, "process_cpu", "User and system CPU time of this process", Some(&Unit::Seconds), &cpu)?;
         }
         if let Some(bytes) = resident_bytes() {
-            let gauge = ConstGauge::new(bytes as i64);
-            let metric = encoder.encode_descriptor(
+            let resident = ConstGauge::new(bytes as i64);
+            emit(
+                &mut encoder,
                 "process_resident_memory",
                 "Resident memory of this process",
                 Some(&Unit::Bytes),
-                gauge.metric_type(),
+                &resident,
             )?;
-            gauge.encode(metric)?;
         }
         if let Some(fds) = open_fds() {
-            let gauge = ConstGauge::new(fds as i64);
-            let metric =
-                encoder.encode_descriptor("process_open_fds", "Open file descriptors", None, gauge.metric_type())?;
-            gauge.encode(metric)?;
+            emit(&mut encoder, "process_open_fds", "Open file descriptors", None, &ConstGauge::new(fds as i64))?;
         }
         Ok(())
     }

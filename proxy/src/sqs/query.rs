@@ -339,6 +339,11 @@ fn operation(name: &str) -> Option<&'static Operation> {
     OPERATIONS.iter().find(|op| op.name == name)
 }
 
+/// The SQS action called `name`, as a `'static` name (for metric labels), if there is one.
+pub(crate) fn action_name(name: &str) -> Option<&'static str> {
+    operation(name).map(|op| op.name)
+}
+
 // ------------------------------------------------------------------------------ the handler
 
 /// Whether a request to an SQS route speaks the query protocol: anything that is not the JSON
