@@ -103,19 +103,20 @@ pub async fn consume_once(store: &BillingStore, placement: &Placement) -> Result
         batches.push((message.message_id, records));
         counted.push(message.receipt_handle);
     }
+    if counted.is_empty() {
+        return Ok(0);
+    }
     // One transaction (one commit, one fsync) for every batch of the receive.
     let new = store.record_batches(&batches).await?;
     strata_telemetry::billing().counted_records.inc_by(new as u64);
-    if !counted.is_empty() {
-        let deleted = queues::on_queue(placement, SYSTEM_TENANT, METERING_QUEUE, |mut c, queue| {
-            let receipt_handles = counted.clone();
-            async move { c.delete(pb::DeleteRequest { queue: Some(queue), receipt_handles, meter: None }).await }
-        })
-        .await;
-        // Counted already: a batch that stays is counted as nothing when it comes back.
-        if let Err(e) = deleted {
-            tracing::warn!(error = %e, "deleting counted metering batches failed; they will be seen again");
-        }
+    let deleted = queues::on_queue(placement, SYSTEM_TENANT, METERING_QUEUE, |mut c, queue| {
+        let receipt_handles = counted.clone();
+        async move { c.delete(pb::DeleteRequest { queue: Some(queue), receipt_handles, meter: None }).await }
+    })
+    .await;
+    // Counted already: a batch that stays is counted as nothing when it comes back.
+    if let Err(e) = deleted {
+        tracing::warn!(error = %e, "deleting counted metering batches failed; they will be seen again");
     }
     Ok(new)
 }
@@ -145,6 +146,7 @@ pub async fn drain_outboxes(store: BillingStore, placement: Arc<Placement>, canc
 /// be reached is skipped until the next pass (its records stay in its shards' outboxes).
 pub async fn drain_outboxes_once(store: &BillingStore, placement: &Placement) -> Result<usize, ServiceError> {
     let mut read = 0;
+    let mut unread_nodes = 0;
     for node in placement.metadata.storage_nodes().await?.nodes {
         if !node.live {
             continue;
@@ -155,6 +157,7 @@ pub async fn drain_outboxes_once(store: &BillingStore, placement: &Placement) ->
             Ok(response) => response.into_inner().shards,
             Err(status) => {
                 tracing::warn!(node = %node.node_id, error = %StrataError::from(status), "reading metering outboxes failed");
+                unread_nodes += 1;
                 continue;
             }
         };
@@ -162,12 +165,12 @@ pub async fn drain_outboxes_once(store: &BillingStore, placement: &Placement) ->
             let (first_seq, through_seq) = (shard.first_seq, shard.through_seq);
             let records: Vec<MeterRecord> = shard.records.into_iter().map(Into::into).collect();
             let counted = store.record_outbox(shard.shard_id, first_seq, through_seq, &records, &shard.usage).await;
-            if let Ok(new) = &counted {
-                strata_telemetry::billing().counted_records.inc_by(*new as u64);
-            }
             // Counted already: what a failed trim leaves counts as nothing when read again.
             let trim_through = match counted {
-                Ok(_) => through_seq,
+                Ok(new) => {
+                    strata_telemetry::billing().counted_records.inc_by(new as u64);
+                    through_seq
+                }
                 // A trim failed after an earlier count: drop what was counted, read the rest next pass.
                 Err(StoreError::OutboxOverlap { counted_through_seq }) => counted_through_seq,
                 Err(e) => return Err(e.into()),
@@ -179,8 +182,10 @@ pub async fn drain_outboxes_once(store: &BillingStore, placement: &Placement) ->
             }
         }
     }
-    let now_s = placement.metadata.clock().now_ms() / 1000;
-    strata_telemetry::billing().last_pass_unix_seconds.set(i64::try_from(now_s).unwrap_or(i64::MAX));
+    if unread_nodes == 0 {
+        let now_s = placement.metadata.clock().now_ms() / 1000;
+        strata_telemetry::billing().last_pass_unix_seconds.set(i64::try_from(now_s).unwrap_or(i64::MAX));
+    }
     Ok(read)
 }
 

@@ -22,7 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,48 +86,44 @@ struct MetadataConfig {
     /// The KEKs that seal SigV4 secrets at rest, the sealing one first (docs/security.md).
     #[serde(default)]
     kek: Vec<KekSource>,
-    /// An HTTP listener for `/metrics` and `/healthz` (see [`Observed`]).
+    /// An HTTP listener for `/metrics` and `/healthz`, and the scrape token's file (see
+    /// [`serve_observed`]).
     admin_listen: Option<SocketAddr>,
     metrics_token_file: Option<PathBuf>,
 }
 
-/// Where a role is watched from: a file holding the token Prometheus presents to scrape
-/// `/metrics` (on the admin listener), and, for roles without an admin API (metadata members,
-/// storage nodes), the address of an HTTP listener serving `/metrics` and `/healthz`.
-struct Observed {
-    admin_listen: Option<SocketAddr>,
-    metrics_token_file: Option<PathBuf>,
+/// The token Prometheus presents to scrape `/metrics`, from a role's `metrics_token_file`
+/// (`None` without one: the role then serves no `/metrics`).
+fn scrape_token(file: Option<&Path>) -> anyhow::Result<Option<strata_telemetry::ScrapeToken>> {
+    file.map(strata_http::observe::read_scrape_token)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("metrics_token_file: {e}"))
 }
 
-impl Observed {
-    fn scrape_token(&self) -> anyhow::Result<Option<strata_telemetry::ScrapeToken>> {
-        self.metrics_token_file
-            .as_deref()
-            .map(strata_http::observe::read_scrape_token)
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("metrics_token_file: {e}"))
-    }
-
-    /// For a role without an admin API: serves `/metrics` and `/healthz` on `admin_listen`
-    /// until `cancel`, when both are configured.
-    async fn serve(&self, cancel: CancellationToken) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-        let Some(listen) = self.admin_listen else {
-            if self.metrics_token_file.is_some() {
-                anyhow::bail!("metrics_token_file needs admin_listen, the address /metrics is served on");
-            }
-            return Ok(None);
-        };
-        let token = self.scrape_token()?.context("admin_listen needs metrics_token_file: /metrics is never open")?;
-        let listener =
-            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-        let router = strata_http::observe::admin_router(token);
-        let limits = strata_proxy::ServerLimits::default();
-        Ok(Some(tokio::spawn(async move {
-            if let Err(e) = strata_proxy::api::serve(router, listener, limits, cancel.cancelled_owned()).await {
-                tracing::error!(error = %e, "the admin listener stopped");
-            }
-        })))
-    }
+/// For a role without an admin API (metadata members, storage nodes): serves `/metrics` and
+/// `/healthz` on `admin_listen` until `cancel`. Both settings go together: `/metrics` is never
+/// open, and a token without a listener would be a mistake left unnoticed.
+async fn serve_observed(
+    admin_listen: Option<SocketAddr>,
+    metrics_token_file: Option<&Path>,
+    cancel: CancellationToken,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(listen) = admin_listen else {
+        if metrics_token_file.is_some() {
+            anyhow::bail!("metrics_token_file needs admin_listen, the address /metrics is served on");
+        }
+        return Ok(None);
+    };
+    let token =
+        scrape_token(metrics_token_file)?.context("admin_listen needs metrics_token_file: /metrics is never open")?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let router = strata_http::observe::admin_router(token);
+    let limits = strata_proxy::ServerLimits::default();
+    Ok(Some(tokio::spawn(async move {
+        if let Err(e) = strata_proxy::api::serve(router, listener, limits, cancel.cancelled_owned()).await {
+            tracing::error!(error = %e, "the admin listener stopped");
+        }
+    })))
 }
 
 fn newest_generation() -> FormatGeneration {
@@ -185,9 +181,7 @@ pub(crate) async fn metadata(args: MetadataArgs) -> anyhow::Result<()> {
     tracing::info!(node = config.node_id, listen = %config.listen, "metadata member running");
     let cancel = CancellationToken::new();
     let serving = tokio::spawn(node.clone().serve_with_listener(listener, cancel.clone().cancelled_owned()));
-    let observed =
-        Observed { admin_listen: config.admin_listen, metrics_token_file: config.metrics_token_file.clone() };
-    let admin = observed.serve(cancel.clone()).await?;
+    let admin = serve_observed(config.admin_listen, config.metrics_token_file.as_deref(), cancel.clone()).await?;
     let backups = match &config.object_store {
         Some(store) => {
             let interval = Duration::from_secs(config.backup_interval_s.max(1));
@@ -266,7 +260,8 @@ struct StorageConfig {
     #[serde(default = "default_disk_reserve_bytes")]
     disk_reserve_bytes: u64,
     tls: TlsFiles,
-    /// An HTTP listener for `/metrics` and `/healthz` (see [`Observed`]).
+    /// An HTTP listener for `/metrics` and `/healthz`, and the scrape token's file (see
+    /// [`serve_observed`]).
     admin_listen: Option<SocketAddr>,
     metrics_token_file: Option<PathBuf>,
 }
@@ -301,10 +296,8 @@ fn default_cache_disk_mib() -> usize {
 pub(crate) async fn storage(args: RoleArgs) -> anyhow::Result<()> {
     init_tracing();
     let config: StorageConfig = read_config(&args.config)?;
-    let observed =
-        Observed { admin_listen: config.admin_listen, metrics_token_file: config.metrics_token_file.clone() };
     let cancel = CancellationToken::new();
-    let admin = observed.serve(cancel.clone()).await?;
+    let admin = serve_observed(config.admin_listen, config.metrics_token_file.as_deref(), cancel.clone()).await?;
     let settings = StorageSettings {
         node_id: config.node_id,
         data_dir: config.data_dir,
@@ -500,8 +493,7 @@ pub(crate) async fn proxy(args: RoleArgs) -> anyhow::Result<()> {
             receives_max: config.tenant_receives_under_way_max,
         },
     })?;
-    let observed = Observed { admin_listen: None, metrics_token_file: config.metrics_token_file.clone() };
-    let admin = match observed.scrape_token()? {
+    let admin = match scrape_token(config.metrics_token_file.as_deref())? {
         Some(token) => routers.admin.merge(strata_http::observe::metrics_route(token)),
         None => routers.admin,
     };
@@ -609,9 +601,8 @@ pub(crate) async fn billing(args: RoleArgs) -> anyhow::Result<()> {
     };
     let json_errors = axum::middleware::map_response(strata_proxy::error::json_errors);
     let api = routers.api.fallback(not_found).layer(json_errors.clone());
-    let observed = Observed { admin_listen: None, metrics_token_file: config.metrics_token_file.clone() };
     let mut admin = routers.admin.route("/healthz", axum::routing::get(|| async { "ok" }));
-    if let Some(token) = observed.scrape_token()? {
+    if let Some(token) = scrape_token(config.metrics_token_file.as_deref())? {
         admin = admin.merge(strata_http::observe::metrics_route(token));
     }
     let admin = admin.fallback(not_found).layer(json_errors);

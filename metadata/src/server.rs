@@ -345,7 +345,9 @@ impl MetadataNode {
         let entry = MetaEntry { request_id, command };
         let timer = strata_telemetry::Timer::start();
         let written = self.group.raft.client_write(entry).await;
-        let group = strata_telemetry::GroupLabel { group: "metadata" };
+        let group = strata_telemetry::GroupLabel {
+            group: <Catalog as strata_raft::raft_state::ReplicatedState>::METRICS_GROUP,
+        };
         timer.observe(&strata_telemetry::raft().commit_seconds.get_or_create(&group));
         let response = written.map_err(|e| {
             tracing::debug!(error = %e, "metadata proposal not taken here");

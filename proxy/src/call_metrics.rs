@@ -21,17 +21,14 @@ const UNKNOWN: &str = "unknown";
 pub(crate) fn sqs_action(headers: &HeaderMap, query: Option<&str>, body: &[u8]) -> &'static str {
     let named = match headers.get("x-amz-target").and_then(|v| v.to_str().ok()) {
         Some(target) => target.strip_prefix(super::sqs::TARGET_PREFIX),
-        None => {
-            let in_form = |text: &[u8]| -> Option<Vec<u8>> {
-                text.split(|b| *b == b'&').find_map(|pair| pair.strip_prefix(b"Action=").map(<[u8]>::to_vec))
-            };
-            let action = query.and_then(|q| in_form(q.as_bytes())).or_else(|| in_form(body));
-            return action
-                .and_then(|a| std::str::from_utf8(&a).ok().and_then(super::sqs::query::action_name))
-                .unwrap_or(UNKNOWN);
-        }
+        None => query.and_then(|q| form_action(q.as_bytes())).or_else(|| form_action(body)),
     };
     named.and_then(super::sqs::query::action_name).unwrap_or(UNKNOWN)
+}
+
+/// The value of a form's `Action=` parameter, when it is plain text (as every action name is).
+fn form_action(form: &[u8]) -> Option<&str> {
+    form.split(|b| *b == b'&').find_map(|pair| pair.strip_prefix(b"Action=")).and_then(|a| std::str::from_utf8(a).ok())
 }
 
 /// The native API's action of a routed request, named as the SQS action it matches.

@@ -28,7 +28,7 @@ use crate::shard::{BATCHED_CALLS_GENERATION, EntryWriter, answer_of};
 
 /// Entries of gathered calls on their way through the log at once, per shard. More keeps the
 /// log busier at low load; fewer gathers more calls per entry.
-pub(crate) const ENTRIES_IN_FLIGHT_MAX: usize = 4;
+const ENTRIES_IN_FLIGHT_MAX: usize = 4;
 
 /// Calls that may wait for an entry, per shard; callers beyond wait for room (each caller
 /// already holds a request slot of its proxy, so this bounds memory, not admission).

@@ -502,7 +502,8 @@ async fn backfill_loop(shard: Arc<Shard>, metadata: MetadataClient, cancel: Canc
     }
 }
 
-/// How often a shard checks whether its state is due for a snapshot.
+/// How often a shard that applies entries checks whether its state is due for a snapshot (an
+/// idle shard does not check: without applies it cannot become due).
 const SNAPSHOT_TICK: Duration = Duration::from_millis(100);
 /// A snapshot asked for and not stored after this long is asked for again.
 const SNAPSHOT_RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -511,21 +512,30 @@ const SNAPSHOT_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// what this process wrote since it saw the stored snapshot (after a restart, from then).
 async fn snapshot_loop(shard: Arc<Shard>, every_entries: u64, cancel: CancellationToken) {
     let clock = shard.clock().clone();
+    let mut applied = shard.subscribe_applied();
+    // The first check comes at once: what was replayed at start may be due already.
+    applied.mark_changed();
     // The stored snapshot's index, and the log's bytes written when it was first seen.
     let mut seen: Option<(u64, u64)> = None;
     let mut asked_at = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
+            changed = applied.changed() => if changed.is_err() { return },
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
             () = clock.sleep(SNAPSHOT_TICK) => {}
         }
         let Some((snapshot_index, snapshot_bytes)) = shard.stored_snapshot() else { continue };
         let written = shard.wal().stats().bytes_written;
-        if seen.is_none_or(|(index, _)| index != snapshot_index) {
-            seen = Some((snapshot_index, written));
-            asked_at = None;
-        }
-        let written_at = seen.map_or(0, |(_, bytes)| bytes);
+        let (_, written_at) = match seen {
+            Some(same @ (index, _)) if index == snapshot_index => same,
+            _ => {
+                asked_at = None;
+                *seen.insert((snapshot_index, written))
+            }
+        };
         let entries_since = shard.applied_index().unwrap_or(0).saturating_sub(snapshot_index);
         let asked_lately = asked_at.is_some_and(|at| clock.instant().duration_since(at) < SNAPSHOT_RETRY_AFTER);
         if !asked_lately
@@ -573,8 +583,10 @@ async fn tier_loop(shard: Arc<Shard>, tier: TierLoop, cancel: CancellationToken)
             idle_since = clock.instant();
         }
         let keep_local_bytes = kept_for_reads_bytes(local_retention_bytes, disk.room_above_reserve_bytes());
-        // Only the leader uploads and collects; followers drop what it has tiered.
+        // Only the leader uploads and collects; followers drop what it has tiered (and count
+        // nothing pending: the leader does).
         if !shard.is_leader() {
+            sealed_ages.release_pending();
             match release_tiered_segments(&shard, &metadata, &reader, keep_local_bytes).await {
                 Ok(0) => {}
                 Ok(removed) => tracing::info!(shard = shard.shard_id, removed, "released tiered segments"),

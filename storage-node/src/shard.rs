@@ -379,11 +379,9 @@ pub(crate) struct EntryWriter {
     raft: openraft::Raft<ShardRaftConfig, strata_raft::raft_state::StateMachineStore<ShardRaftConfig, ShardMachine>>,
     clock: Arc<dyn Clock>,
     format: FormatGate,
+    /// Shards' series of `raft_commit_duration_seconds`.
+    commit_seconds: strata_telemetry::Histogram,
 }
-
-/// The label of shards' Raft metrics.
-const SHARD_GROUP: strata_telemetry::GroupLabel =
-    strata_telemetry::GroupLabel { group: <ShardMachine as ReplicatedState>::METRICS_GROUP };
 
 impl EntryWriter {
     /// Proposes `command` at the current time; answers after it is durable and applied (a
@@ -397,7 +395,7 @@ impl EntryWriter {
         let entry = ShardEntry(ShardCommand { now_ms: self.clock.now_ms(), command, request_id, meter });
         let timer = strata_telemetry::Timer::start();
         let written = self.raft.client_write(entry).await;
-        timer.observe(&strata_telemetry::raft().commit_seconds.get_or_create(&SHARD_GROUP));
+        timer.observe(&self.commit_seconds);
         let response = written.map_err(|e| match e.forward_to_leader() {
             Some(forward) => {
                 let leader = forward.leader_node.as_ref().map(|n| n.addr.clone()).filter(|a| !a.is_empty());
@@ -568,6 +566,9 @@ impl Shard {
             raft: group.raft.clone(),
             clock: clock.clone(),
             format: group.log.format().clone(),
+            commit_seconds: strata_telemetry::raft()
+                .commit_seconds
+                .get_or_create_owned(&strata_telemetry::GroupLabel { group: ShardMachine::METRICS_GROUP }),
         };
         let calls = CallBatcher::start(writer.clone());
         Ok(Self {
@@ -643,6 +644,11 @@ impl Shard {
     /// The applied queue state. Hold the guard briefly: applies wait for it.
     pub fn state(&self) -> StateGuard<'_, ShardRaftConfig, ShardMachine> {
         self.group.state.read()
+    }
+
+    /// Changes whenever entries are applied.
+    pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
+        self.group.state.subscribe_applied()
     }
 
     /// Changes whenever an apply may have made a message of `queue` receivable, or changed or

@@ -236,14 +236,14 @@ impl TieredReader {
         match self.cache.get(&cache_key).await {
             Ok(Some(entry)) => {
                 self.stats.block_cache_hits.fetch_add(1, Ordering::Relaxed);
-                strata_telemetry::cache().requests.get_or_create(&CACHE_HIT).inc();
+                strata_telemetry::cache().hits.inc();
                 return Ok(entry.value().clone());
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "segment cache read failed; reading the bucket"),
         }
         self.stats.block_cache_misses.fetch_add(1, Ordering::Relaxed);
-        strata_telemetry::cache().requests.get_or_create(&CACHE_MISS).inc();
+        strata_telemetry::cache().misses.inc();
         let start = block * BLOCK_BYTES;
         let end = (start + BLOCK_BYTES).min(segment.size_bytes);
         let bytes = self.get_range(&segment.object_key, start..end).await?;
@@ -297,9 +297,6 @@ impl TieredReader {
 /// Uploads one sealed segment file (idempotently) and returns its catalog record, which covers
 /// the file's entries `first_index..=last_index` (fewer than the file holds when other writers
 /// tiered the others: the object's index still locates every entry it holds).
-const CACHE_HIT: strata_telemetry::ReasonLabel = strata_telemetry::ReasonLabel { reason: "hit" };
-const CACHE_MISS: strata_telemetry::ReasonLabel = strata_telemetry::ReasonLabel { reason: "miss" };
-
 async fn upload_segment(
     store: &dyn ObjectStore,
     shard_id: u64,
@@ -330,13 +327,11 @@ async fn upload_segment(
     let timer = strata_telemetry::Timer::start();
     let put = store.put_opts(&ObjectPath::from(key.as_str()), PutPayload::from(object), options).await;
     timer.observe(&metrics.upload_seconds);
-    match &put {
-        Ok(_) => metrics.uploaded_bytes.inc_by(segment.size_bytes),
-        Err(object_store::Error::AlreadyExists { .. }) => 0,
-        Err(_) => metrics.upload_failures.inc(),
-    };
     match put {
-        Ok(_) => Ok(segment),
+        Ok(_) => {
+            metrics.uploaded_bytes.inc_by(segment.size_bytes);
+            Ok(segment)
+        }
         // A retry after a failure between upload and commit: same epoch, same bytes.
         Err(object_store::Error::AlreadyExists { .. }) => {
             let meta = store
@@ -350,6 +345,7 @@ async fn upload_segment(
             }
         }
         Err(e) => {
+            metrics.upload_failures.inc();
             Err(NodeError::bucket("object storage is not reachable", format_args!("uploading {key}: {e}")).into())
         }
     }
@@ -386,7 +382,11 @@ fn kept_for_reads_from(sealed: &[strata_wal::SegmentInfo], keep_local_bytes: u64
 
 /// Entries below both the oldest live message and the purge point are never read again.
 pub(crate) fn reclaim_below(shard: &crate::shard::Shard, purged_index: Option<u64>) -> u64 {
-    let live_min = shard.state().0.min_live_log_index();
+    reclaim_below_of(shard.state().0.min_live_log_index(), purged_index)
+}
+
+/// [`reclaim_below`] from the oldest live entry's index, already read.
+fn reclaim_below_of(live_min: Option<u64>, purged_index: Option<u64>) -> u64 {
     match (live_min, purged_index) {
         (_, None) => 0,
         (Some(live), Some(purged)) => live.min(purged + 1),
@@ -486,26 +486,49 @@ pub struct TierPass {
 /// When a shard's sealed segments were first seen sealed, so that the newest wait before they
 /// are uploaded (see `ShardLogSettings::upload_after`). In memory only: after a restart every
 /// segment waits once more.
+/// The ages travel with the shard's share of the process's `tier_pending_bytes`, taken back when
+/// the shard stops leading ([`SealedAges::release_pending`]) or they are dropped (the shard
+/// closed or moved away).
 #[derive(Debug, Default)]
 pub struct SealedAges {
     first_seen: BTreeMap<u64, std::time::Instant>,
-    /// This shard's share of the process's `tier_pending_bytes` at its last pass.
-    pending_bytes: u64,
+    pending: PendingShare,
+}
+
+/// One shard's part of `tier_pending_bytes`.
+#[derive(Debug, Default)]
+struct PendingShare(u64);
+
+impl PendingShare {
+    fn set(&mut self, bytes: u64) {
+        strata_telemetry::tier().pending_bytes.inc_by(bytes as i64 - self.0 as i64);
+        self.0 = bytes;
+    }
+}
+
+impl Drop for PendingShare {
+    fn drop(&mut self) {
+        self.set(0);
+    }
 }
 
 impl SealedAges {
+    /// Takes back this shard's share of the pending bytes (it no longer leads).
+    pub fn release_pending(&mut self) {
+        self.pending.set(0);
+    }
+
     /// The first index from which the sealed segments wait (`u64::MAX` when none does): the
     /// oldest segment sealed less than `upload_after` before `now` among those kept for reads
-    /// (within `keep_local_bytes`, newest first).
+    /// (from `kept_from`, see [`kept_for_reads_from`]).
     pub fn waiting_from(
         &mut self,
         sealed: &[strata_wal::SegmentInfo],
         now: std::time::Instant,
         upload_after: std::time::Duration,
-        keep_local_bytes: u64,
+        kept_from: u64,
     ) -> u64 {
         self.first_seen.retain(|first_index, _| sealed.iter().any(|info| info.first_index == *first_index));
-        let kept_from = kept_for_reads_from(sealed, keep_local_bytes);
         let mut waiting_from = u64::MAX;
         for info in sealed.iter().rev() {
             let seen = *self.first_seen.entry(info.first_index).or_insert(now);
@@ -541,7 +564,8 @@ pub async fn tier_shard_once(
     let applied_index = shard.applied_index().unwrap_or(0);
     let mut covered = covered_ranges(&catalog);
     let purged_index = shard.purged_index();
-    let reclaim_below = reclaim_below(shard, purged_index);
+    let live_min = shard.state().0.min_live_log_index();
+    let reclaim_below = reclaim_below_of(live_min, purged_index);
     let mut needs_snapshot = false;
     // Entries copied from peers (this replica joined by snapshot) tier like sealed segments; the
     // backfill pass removes their files once the catalog covers them.
@@ -550,11 +574,11 @@ pub async fn tier_shard_once(
             upload_gaps(shard, store, metadata, reader, writer_epoch, &info, reclaim_below, &mut covered).await?;
     }
     let sealed = shard.wal().sealed_segments();
-    let waiting_from = ages.waiting_from(&sealed, shard.clock().instant(), upload_after, keep_local_bytes);
+    let kept_from = kept_for_reads_from(&sealed, keep_local_bytes);
+    let waiting_from = ages.waiting_from(&sealed, shard.clock().instant(), upload_after, kept_from);
     // Segments ending at or after this hold live entries and are among the newest kept for reads.
-    let keep_from = kept_for_reads_from(&sealed, keep_local_bytes).max(reclaim_below);
-    let live_min = shard.state().0.min_live_log_index();
-    for info in sealed {
+    let keep_from = kept_from.max(reclaim_below);
+    for info in &sealed {
         // Removal goes through a segment's last index, so the first segment that must stay
         // (not applied, or waiting with live entries) ends the pass.
         if info.last_index > applied_index {
@@ -569,7 +593,7 @@ pub async fn tier_shard_once(
             break;
         }
         pass.uploaded +=
-            upload_gaps(shard, store, metadata, reader, writer_epoch, &info, reclaim_below, &mut covered).await?;
+            upload_gaps(shard, store, metadata, reader, writer_epoch, info, reclaim_below, &mut covered).await?;
         // Tiered (or dead) and recorded: the file may go once no restart would replay it,
         // unless it is among the newest kept for reads.
         if purged_index.is_some_and(|p| info.last_index <= p) {
@@ -590,16 +614,13 @@ pub async fn tier_shard_once(
     if needs_snapshot {
         shard.trigger_snapshot();
     }
-    let pending_bytes: u64 = shard
-        .wal()
-        .sealed_segments()
+    // What the catalog does not cover yet (the segments removed above were covered).
+    let pending_bytes = sealed
         .iter()
         .filter(|info| !gaps(&covered, info.first_index.max(reclaim_below), info.last_index).is_empty())
         .map(|info| info.size_bytes)
         .sum();
-    let pending = &strata_telemetry::tier().pending_bytes;
-    pending.inc_by(pending_bytes as i64 - ages.pending_bytes as i64);
-    ages.pending_bytes = pending_bytes;
+    ages.pending.set(pending_bytes);
 
     let garbage: Vec<&pb::Segment> = catalog.iter().filter(|s| s.last_index < reclaim_below).collect();
     if !garbage.is_empty() {
@@ -724,18 +745,22 @@ mod tests {
         let minute = std::time::Duration::from_secs(60);
         let start = strata_common::Clock::instant(&strata_common::SystemClock);
         let mut ages = SealedAges::default();
+        // The budget in bytes, as the tiering pass turns it into the first index kept for reads.
+        let mut waiting_from = |sealed: &[strata_wal::SegmentInfo], now, wait, budget| {
+            ages.waiting_from(sealed, now, wait, kept_for_reads_from(sealed, budget))
+        };
         let sealed = vec![segment(1, 10), segment(11, 20)];
         // Just sealed: both wait, while the budget holds them.
-        assert_eq!(ages.waiting_from(&sealed, start, minute, 1_000), 1);
+        assert_eq!(waiting_from(&sealed, start, minute, 1_000), 1);
         // Beyond the budget, the older one goes at once; with no wait, none waits.
-        assert_eq!(ages.waiting_from(&sealed, start, minute, 150), 11);
-        assert_eq!(ages.waiting_from(&sealed, start, std::time::Duration::ZERO, 1_000), u64::MAX);
+        assert_eq!(waiting_from(&sealed, start, minute, 150), 11);
+        assert_eq!(waiting_from(&sealed, start, std::time::Duration::ZERO, 1_000), u64::MAX);
         // A minute later they are due, while a segment sealed since still waits.
         let later = start + minute;
         let sealed = vec![segment(1, 10), segment(11, 20), segment(21, 30)];
-        assert_eq!(ages.waiting_from(&sealed, later, minute, 1_000), 21);
+        assert_eq!(waiting_from(&sealed, later, minute, 1_000), 21);
         // Segments removed are forgotten.
-        assert_eq!(ages.waiting_from(&sealed[2..], later, minute, 1_000), 21);
+        assert_eq!(waiting_from(&sealed[2..], later, minute, 1_000), 21);
         assert_eq!(ages.first_seen.len(), 1);
     }
 

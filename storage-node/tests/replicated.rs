@@ -18,7 +18,7 @@ use strata_common::{Clock, Random, SystemClock};
 use strata_metadata::MetadataNode;
 use strata_metadata_client::MetadataClient;
 use strata_storage::queue::{Command, MessageRef};
-use strata_storage::shard::{BATCHED_CALLS_GENERATION, ShardEntry, ShardLogSettings};
+use strata_storage::shard::{BATCHED_CALLS_GENERATION, Shard, ShardEntry, ShardLogSettings};
 use strata_storage::{ObjectStoreSettings, StorageNode, StorageSettings};
 use strata_tls::Role;
 use strata_tls::pki::{test_channel, test_credentials};
@@ -213,6 +213,20 @@ async fn drain(
     bodies
 }
 
+/// Waits (at most 20 s) until `shard`'s replica of `queue` holds no message, or fails with
+/// `what` and the counts last seen.
+async fn wait_until_empty(shard: &Shard, queue: u64, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let counts = shard.state().0.queue_counts(queue, TENANT);
+        if counts.is_some_and(|c| c.visible + c.in_flight + c.delayed == 0) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {counts:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Sends `bodies` at the leader, ten per request.
 async fn send_all(nodes: &[Option<StorageNode>], addrs: &[SocketAddr], queue: &pb::QueueRef, bodies: &[String]) {
     for (batch, chunk) in bodies.chunks(10).enumerate() {
@@ -292,15 +306,7 @@ async fn a_shard_on_three_nodes_keeps_acknowledged_sends_when_its_leader_goes() 
     // The node comes back from its directory and catches up with the deletes.
     nodes[first] = Some(start_node(root.path(), first, addrs[first], &metadata_endpoint).await);
     let back = nodes[first].as_ref().and_then(|n| n.shard(1)).expect("shard 1 reopened");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let counts = back.state().0.queue_counts(info.queue_id, TENANT);
-        if counts.is_some_and(|c| c.visible + c.in_flight + c.delayed == 0) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the returning replica did not catch up: {counts:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_empty(&back, info.queue_id, "the returning replica did not catch up").await;
 
     // A planned stop hands leadership to another voter instead of leaving it to an election.
     let current = leader(&nodes).await;
@@ -828,17 +834,9 @@ async fn concurrent_receives_and_deletes_share_entries_and_keep_every_guarantee(
     assert!(shared > 0, "no entry carried the calls of several clients: {calls_per_entry:?}");
 
     // Every replica applies them to the same, empty queue.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     for node in nodes.iter().flatten() {
         let replica = node.shard(1).expect("a replica of shard 1");
-        loop {
-            let counts = replica.state().0.queue_counts(info.queue_id, TENANT);
-            if counts.is_some_and(|c| c.visible + c.in_flight + c.delayed == 0) {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "a replica did not apply every delete: {counts:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_until_empty(&replica, info.queue_id, "a replica did not apply every delete").await;
     }
 
     for node in nodes.into_iter().flatten() {

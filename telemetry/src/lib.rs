@@ -22,7 +22,8 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+pub use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::{Registry, Unit};
 use sha2::{Digest, Sha256};
 
@@ -107,7 +108,7 @@ pub struct StorageMetrics {
 /// Raft groups (shards and the metadata quorum), by kind of group.
 #[derive(Debug)]
 pub struct RaftMetrics {
-    /// From a proposal to its answer (appended, replicated, applied).
+    /// A log entry from its proposal to its answer (appended, replicated, applied).
     pub commit_seconds: Family<GroupLabel, Histogram, fn() -> Histogram>,
     /// Entries committed but not applied yet, summed over this process's groups.
     pub apply_lag_entries: Family<GroupLabel, Gauge>,
@@ -136,6 +137,9 @@ pub struct TierMetrics {
 pub struct CacheMetrics {
     /// Block reads by `hit` or `miss`.
     pub requests: Family<ReasonLabel, Counter>,
+    /// The `hit` and `miss` series of `requests`, resolved once so reads skip the label lookup.
+    pub hits: Counter,
+    pub misses: Counter,
 }
 
 /// Billing's progress through the metering records.
@@ -143,7 +147,7 @@ pub struct CacheMetrics {
 pub struct BillingMetrics {
     /// Metering records counted (new ones; a record seen again is not).
     pub counted_records: Counter,
-    /// When billing last finished a pass over every node's metering records (Unix seconds).
+    /// When billing last read every live node's metering records in one pass (Unix seconds).
     pub last_pass_unix_seconds: Gauge,
 }
 
@@ -180,7 +184,12 @@ static TIER: LazyLock<TierMetrics> = LazyLock::new(|| TierMetrics {
     upload_failures: Counter::default(),
 });
 
-static CACHE: LazyLock<CacheMetrics> = LazyLock::new(|| CacheMetrics { requests: Family::default() });
+static CACHE: LazyLock<CacheMetrics> = LazyLock::new(|| {
+    let requests: Family<ReasonLabel, Counter> = Family::default();
+    let hits = requests.get_or_create_owned(&ReasonLabel { reason: "hit" });
+    let misses = requests.get_or_create_owned(&ReasonLabel { reason: "miss" });
+    CacheMetrics { requests, hits, misses }
+});
 
 static BILLING: LazyLock<BillingMetrics> =
     LazyLock::new(|| BillingMetrics { counted_records: Counter::default(), last_pass_unix_seconds: Gauge::default() });
@@ -239,7 +248,7 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
     let r = raft();
     registry.register_with_unit(
         "raft_commit_duration",
-        "From a proposal to its answer, by kind of group",
+        "A log entry from its proposal to its answer, by kind of group",
         Unit::Seconds,
         r.commit_seconds.clone(),
     );
@@ -254,7 +263,11 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         Unit::Seconds,
         r.snapshot_build_seconds.clone(),
     );
-    registry.register("raft_leader_changes", "Leaders this process saw elected", r.leader_changes.clone());
+    registry.register(
+        "raft_leader_changes",
+        "Leaders newly known at a scrape (several elections between two scrapes count once)",
+        r.leader_changes.clone(),
+    );
     registry.register("raft_groups_led", "Raft groups this process leads", r.groups_led.clone());
     registry.register("raft_groups", "Raft groups this process is a member of", r.groups.clone());
     registry.register(
@@ -280,7 +293,7 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
     registry.register("billing_counted_records", "Metering records counted", b.counted_records.clone());
     registry.register_with_unit(
         "billing_last_pass_timestamp",
-        "When billing last finished a pass over every node's metering records (Unix time)",
+        "When billing last read every live storage node's metering records in one pass (Unix time)",
         Unit::Seconds,
         b.last_pass_unix_seconds.clone(),
     );
@@ -341,9 +354,11 @@ pub fn add_sampler(sampler: impl Fn() + Send + Sync + 'static) {
     SAMPLERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Box::new(sampler));
 }
 
-/// The body of a scrape: every family in the Prometheus text format.
+/// The body of a scrape: every family in the Prometheus text format. Scrapes take turns, so
+/// one never encodes gauges another is bringing up to date.
 pub fn render() -> String {
-    for sampler in SAMPLERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
+    let samplers = SAMPLERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    for sampler in samplers.iter() {
         sampler();
     }
     let mut body = String::with_capacity(16 * 1024);

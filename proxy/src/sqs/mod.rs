@@ -127,10 +127,8 @@ pub async fn handle(
         },
         Err(e) => Err(e),
     };
-    let action = match &received {
-        Ok((_, body)) => crate::call_metrics::sqs_action(&headers, uri.query(), body),
-        Err(_) => crate::call_metrics::sqs_action(&headers, uri.query(), b""),
-    };
+    let body = received.as_ref().map_or(&[][..], |(_, body)| &body[..]);
+    let action = crate::call_metrics::sqs_action(&headers, uri.query(), body);
     let mut response = match (received, query_protocol) {
         (Ok((signed, body)), true) => query::handle(&state, signed, &method, &uri, &headers, &body, &request_id).await,
         (Ok((signed, body)), false) => json_response(serve(&state, signed, &method, &uri, &headers, &body).await),

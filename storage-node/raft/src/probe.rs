@@ -72,7 +72,12 @@ pub(crate) fn watch<C: RaftTypeConfig>(
     metrics: openraft::alias::WatchReceiverOf<C, openraft::RaftMetrics<C>>,
 ) -> Arc<dyn Probe> {
     SAMPLER.call_once(|| strata_telemetry::add_sampler(sample_all));
-    let probe: Arc<dyn Probe> = Arc::new(GroupProbe::<C> { group, metrics, last_term_led: Mutex::new(None) });
+    // The leader known at opening is not a change this process saw.
+    let known = {
+        let now = metrics.borrow_watched();
+        now.current_leader.is_some().then(|| (now.current_term, now.current_leader.clone()))
+    };
+    let probe: Arc<dyn Probe> = Arc::new(GroupProbe::<C> { group, metrics, last_term_led: Mutex::new(known) });
     PROBES.lock().unwrap_or_else(PoisonError::into_inner).push(Arc::downgrade(&probe));
     probe
 }

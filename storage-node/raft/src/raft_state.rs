@@ -296,9 +296,11 @@ impl<C: RaftTypeConfig, S: ReplicatedState> SharedState<C, S> {
     /// `None` while one is being stored, sent or installed (this never waits for those).
     pub fn stored_snapshot(&self) -> Option<(u64, u64)> {
         let slot = self.snapshot.try_lock()?;
-        let stored =
-            slot.as_ref().map(|(meta, bytes)| (meta.last_log_id.as_ref().map_or(0, |id| id.index()), bytes.len()));
-        Some(stored.map_or((0, 0), |(index, bytes)| (index, bytes as u64)))
+        Some(
+            slot.as_ref().map_or((0, 0), |(meta, bytes)| {
+                (meta.last_log_id.as_ref().map_or(0, |id| id.index()), bytes.len() as u64)
+            }),
+        )
     }
 }
 
