@@ -41,9 +41,11 @@ pub struct BillingApi {
 pub struct BillingRouters {
     pub api: Router,
     pub admin: Router,
+    /// The role's readiness: its database and the metadata quorum reachable.
+    pub readiness: strata_http::observe::Readiness,
 }
 
-pub fn routers(state: BillingApi) -> BillingRouters {
+pub fn routers(state: BillingApi, readiness: strata_http::observe::Readiness) -> BillingRouters {
     let api = Router::new()
         .route("/v1/billing/usage", get(usage::<Tenant>))
         .route("/v1/billing/invoices/{month}", get(invoice::<Tenant>))
@@ -57,7 +59,7 @@ pub fn routers(state: BillingApi) -> BillingRouters {
         .route("/admin/v1/tenants/{tenant}/billing/packages", axum::routing::post(add_package).get(list_packages))
         .route("/admin/v1/tenants/{tenant}/billing/budget", put(set_budget).get(get_budget))
         .with_state(state);
-    BillingRouters { api, admin }
+    BillingRouters { api, admin, readiness }
 }
 
 fn store_error(e: StoreError) -> ApiError {

@@ -293,15 +293,23 @@ pub async fn start(
     let metadata = strata_metadata_client::MetadataClient::connect_lazy(&settings.metadata_endpoint, &settings.tls)?
         .with_seams(settings.clock.clone(), settings.random.clone());
     let storage = strata_storage_client::clients::StorageClients::new(settings.tls);
+    let readiness = {
+        let (store, metadata) = (store.clone(), metadata.clone());
+        strata_http::observe::Readiness::new(settings.clock.clone(), move || {
+            let (store, metadata) = (store.clone(), metadata.clone());
+            async move { vec![store.ready_check().await, metadata.quorum_check().await] }
+        })
+    };
     let placement = Arc::new(Placement::new(metadata, storage));
     tokio::spawn(consume(store.clone(), placement.clone(), cancel.clone()));
     tokio::spawn(drain_outboxes(store.clone(), placement.clone(), cancel.clone()));
     tokio::spawn(prune_keys(store.clone(), settings.clock.clone(), cancel.clone()));
     tokio::spawn(enforce_budgets(store.clone(), placement, settings.clock.clone(), cancel));
-    Ok(crate::api::routers(crate::api::BillingApi {
+    let api = crate::api::BillingApi {
         store,
         verifier: Arc::new(settings.verifier),
         admin_verifier: Arc::new(settings.admin_verifier),
         clock: settings.clock,
-    }))
+    };
+    Ok(crate::api::routers(api, readiness))
 }

@@ -341,6 +341,13 @@ impl BillingStore {
 
     /// Counts `records` into hourly usage, each once per (tenant, request id); answers how many
     /// were new. Durable when it returns.
+    /// Readiness: the database answers a query.
+    pub async fn ready_check(&self) -> strata_telemetry::ReadyCheck {
+        let answered = sqlx::query("SELECT 1").execute(&self.pool).await;
+        let problem = answered.err().map(|e| format!("the billing database did not answer: {e}"));
+        strata_telemetry::ReadyCheck::new("database", problem)
+    }
+
     pub async fn record(&self, records: &[MeterRecord]) -> Result<usize, StoreError> {
         check_batch(records, RECORDS_PER_BATCH_MAX)?;
         if records.is_empty() {

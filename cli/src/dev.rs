@@ -260,12 +260,6 @@ fn write_secret_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     strata_wal::write_file_atomic(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
-pub(crate) fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,foyer=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
-}
-
 pub(crate) async fn shutdown_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
@@ -282,7 +276,7 @@ pub(crate) async fn shutdown_signal() {
 }
 
 pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
-    init_tracing();
+    crate::logs::init();
     let dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     strata_wal::private_fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     strata_wal::private_fs::restrict_dir(&dir)
@@ -463,7 +457,23 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let proxy_task =
         tokio::spawn(strata_proxy::api::serve(api, proxy_listener, limits, proxy_cancel.cancelled_owned()));
     let admin_cancel = cancel.clone();
-    let admin = routers.admin.merge(billing.admin).merge(strata_http::observe::metrics_route(scrape_token));
+    let readiness = {
+        let (metadata, storage) = (metadata.clone(), storage.ready_checker());
+        strata_http::observe::Readiness::new(clock.clone(), move || {
+            let (metadata, storage) = (metadata.clone(), storage.clone());
+            async move {
+                let quorum = strata_telemetry::ReadyCheck::new("metadata_quorum", metadata.quorum_view().problem());
+                let mut checks = vec![quorum];
+                checks.extend(storage.checks(false).await);
+                checks
+            }
+        })
+    };
+    let admin = routers
+        .admin
+        .merge(billing.admin)
+        .merge(strata_http::observe::metrics_route(scrape_token))
+        .merge(strata_http::observe::readyz_route(readiness));
     let admin_task =
         tokio::spawn(strata_proxy::api::serve(admin, admin_listener, limits, admin_cancel.cancelled_owned()));
     shutdown_signal().await;

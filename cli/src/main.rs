@@ -11,6 +11,7 @@
 mod bench;
 mod bench_apis;
 mod dev;
+mod logs;
 mod roles;
 mod user;
 

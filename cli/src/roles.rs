@@ -31,6 +31,7 @@ use clap::Args;
 use serde::Deserialize;
 use strata_common::format::{FormatGate, FormatGeneration, NEWEST_GENERATION};
 use strata_common::{Clock, Random, SystemClock};
+use strata_http::observe::Readiness;
 use strata_metadata::sealing::{KekSource, Keks};
 use strata_metadata::server::MemberSettings;
 use strata_metadata::{MetadataNode, backup};
@@ -39,10 +40,11 @@ use strata_proxy::auth::{JwtIssuer, JwtKey, JwtVerifier};
 use strata_proxy::quotas::ConcurrencyLimits;
 use strata_storage::shard::ShardLogSettings;
 use strata_storage::{ObjectStoreSettings, StorageNode, StorageSettings};
+use strata_telemetry::ReadyCheck;
 use strata_tls::{Credentials, TlsFiles};
 use tokio_util::sync::CancellationToken;
 
-use crate::dev::{init_tracing, shutdown_signal};
+use crate::dev::shutdown_signal;
 
 #[derive(Args, Debug)]
 pub(crate) struct RoleArgs {
@@ -100,12 +102,14 @@ fn scrape_token(file: Option<&Path>) -> anyhow::Result<Option<strata_telemetry::
         .map_err(|e| anyhow::anyhow!("metrics_token_file: {e}"))
 }
 
-/// For a role without an admin API (metadata members, storage nodes): serves `/metrics` and
-/// `/healthz` on `admin_listen` until `cancel`. Both settings go together: `/metrics` is never
-/// open, and a token without a listener would be a mistake left unnoticed.
+/// For a role without an admin API (metadata members, storage nodes): serves `/metrics`,
+/// `/healthz` and `/readyz` (by `readiness`) on `admin_listen` until `cancel`. Both settings go
+/// together: `/metrics` is never open, and a token without a listener would be a mistake left
+/// unnoticed.
 async fn serve_observed(
     admin_listen: Option<SocketAddr>,
     metrics_token_file: Option<&Path>,
+    readiness: Readiness,
     cancel: CancellationToken,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
     let Some(listen) = admin_listen else {
@@ -117,7 +121,7 @@ async fn serve_observed(
     let token =
         scrape_token(metrics_token_file)?.context("admin_listen needs metrics_token_file: /metrics is never open")?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let router = strata_http::observe::admin_router(token);
+    let router = strata_http::observe::admin_router(token, readiness);
     let limits = strata_proxy::ServerLimits::default();
     Ok(Some(tokio::spawn(async move {
         if let Err(e) = strata_proxy::api::serve(router, listener, limits, cancel.cancelled_owned()).await {
@@ -146,7 +150,7 @@ fn read_config<T: serde::de::DeserializeOwned>(path: &PathBuf) -> anyhow::Result
 
 /// Runs one metadata member until SIGTERM or Ctrl-C.
 pub(crate) async fn metadata(args: MetadataArgs) -> anyhow::Result<()> {
-    init_tracing();
+    crate::logs::init();
     let config: MetadataConfig = read_config(&args.role.config)?;
     let mut members = BTreeMap::new();
     for (id, endpoint) in config.members {
@@ -172,8 +176,9 @@ pub(crate) async fn metadata(args: MetadataArgs) -> anyhow::Result<()> {
     if keks.is_empty() {
         tracing::warn!("no [[kek]] configured: SigV4 secrets are stored in clear");
     }
-    let node =
-        MetadataNode::open_member(&config.data_dir, &settings, clock, format, tls).await.context("opening metadata")?;
+    let node = MetadataNode::open_member(&config.data_dir, &settings, clock.clone(), format, tls)
+        .await
+        .context("opening metadata")?;
     node.use_keks(keks);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -181,7 +186,15 @@ pub(crate) async fn metadata(args: MetadataArgs) -> anyhow::Result<()> {
     tracing::info!(node = config.node_id, listen = %config.listen, "metadata member running");
     let cancel = CancellationToken::new();
     let serving = tokio::spawn(node.clone().serve_with_listener(listener, cancel.clone().cancelled_owned()));
-    let admin = serve_observed(config.admin_listen, config.metrics_token_file.as_deref(), cancel.clone()).await?;
+    let readiness = {
+        let node = node.clone();
+        Readiness::new(clock.clone(), move || {
+            let problem = node.quorum_view().problem();
+            async move { vec![ReadyCheck::new("metadata_quorum", problem)] }
+        })
+    };
+    let admin =
+        serve_observed(config.admin_listen, config.metrics_token_file.as_deref(), readiness, cancel.clone()).await?;
     let backups = match &config.object_store {
         Some(store) => {
             let interval = Duration::from_secs(config.backup_interval_s.max(1));
@@ -294,10 +307,25 @@ fn default_cache_disk_mib() -> usize {
 
 /// Runs one storage node until SIGTERM or Ctrl-C.
 pub(crate) async fn storage(args: RoleArgs) -> anyhow::Result<()> {
-    init_tracing();
+    crate::logs::init();
     let config: StorageConfig = read_config(&args.config)?;
     let cancel = CancellationToken::new();
-    let admin = serve_observed(config.admin_listen, config.metrics_token_file.as_deref(), cancel.clone()).await?;
+    // The admin listener serves while the node starts (its `/readyz` says so meanwhile).
+    let checker = Arc::new(std::sync::OnceLock::<strata_storage::ReadyChecker>::new());
+    let readiness = {
+        let checker = checker.clone();
+        Readiness::new(Arc::new(SystemClock), move || {
+            let checker = checker.get().cloned();
+            async move {
+                match checker {
+                    Some(checker) => checker.checks(true).await,
+                    None => vec![ReadyCheck::new("start", Some("the storage node is starting".to_owned()))],
+                }
+            }
+        })
+    };
+    let admin =
+        serve_observed(config.admin_listen, config.metrics_token_file.as_deref(), readiness, cancel.clone()).await?;
     let settings = StorageSettings {
         node_id: config.node_id,
         data_dir: config.data_dir,
@@ -323,6 +351,7 @@ pub(crate) async fn storage(args: RoleArgs) -> anyhow::Result<()> {
     };
     let node =
         StorageNode::start(settings, Arc::new(SystemClock), Random::os()).await.context("starting the storage node")?;
+    let _ = checker.set(node.ready_checker());
     tracing::info!(address = %node.address, shards = node.shard_ids().len(), "storage node running");
     shutdown_signal().await;
     cancel.cancel();
@@ -466,7 +495,7 @@ impl TokenSettings<'_> {
 
 /// Runs one proxy until SIGTERM or Ctrl-C.
 pub(crate) async fn proxy(args: RoleArgs) -> anyhow::Result<()> {
-    init_tracing();
+    crate::logs::init();
     let config: ProxyConfig = read_config(&args.config)?;
     let (verifier, admin_verifier) = TokenSettings {
         issuer: &config.issuer,
@@ -493,9 +522,10 @@ pub(crate) async fn proxy(args: RoleArgs) -> anyhow::Result<()> {
             receives_max: config.tenant_receives_under_way_max,
         },
     })?;
+    let admin = routers.admin.merge(strata_http::observe::readyz_route(routers.readiness));
     let admin = match scrape_token(config.metrics_token_file.as_deref())? {
-        Some(token) => routers.admin.merge(strata_http::observe::metrics_route(token)),
-        None => routers.admin,
+        Some(token) => admin.merge(strata_http::observe::metrics_route(token)),
+        None => admin,
     };
     serve_until_signal("proxy", (routers.api, config.listen), (admin, config.admin_listen), CancellationToken::new())
         .await
@@ -569,7 +599,7 @@ struct BillingConfig {
 /// budgets, and serves usage and invoices (one instance per cluster; a second one is safe, as
 /// counting is idempotent, but does the work twice).
 pub(crate) async fn billing(args: RoleArgs) -> anyhow::Result<()> {
-    init_tracing();
+    crate::logs::init();
     let config: BillingConfig = read_config(&args.config)?;
     let (verifier, admin_verifier) = TokenSettings {
         issuer: &config.issuer,
@@ -601,7 +631,10 @@ pub(crate) async fn billing(args: RoleArgs) -> anyhow::Result<()> {
     };
     let json_errors = axum::middleware::map_response(strata_proxy::error::json_errors);
     let api = routers.api.fallback(not_found).layer(json_errors.clone());
-    let mut admin = routers.admin.route("/healthz", axum::routing::get(|| async { "ok" }));
+    let mut admin = routers
+        .admin
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .merge(strata_http::observe::readyz_route(routers.readiness));
     if let Some(token) = scrape_token(config.metrics_token_file.as_deref())? {
         admin = admin.merge(strata_http::observe::metrics_route(token));
     }

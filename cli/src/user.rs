@@ -100,6 +100,19 @@ pub(crate) enum QueueCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Show a queue's metrics minute by minute (sent, received, deleted, empty receives, moved
+    /// to the dead-letter queue, bytes, depth) and its depth now. Minutes are kept 15 days.
+    Metrics {
+        name: String,
+        /// The last this many minutes (at most 21600, 15 days).
+        #[arg(long, default_value_t = 60)]
+        minutes: u64,
+        /// Print the answer as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// List the queues that use this queue as their dead-letter queue.
     DeadLetterSources {
         name: String,
@@ -448,6 +461,39 @@ fn print(value: &impl Serialize) {
     println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
 }
 
+/// A queue's metrics as a table: one row per minute in which something happened, then the depth
+/// now.
+fn print_queue_metrics(metrics: &model::QueueMetrics) {
+    let depth = |d: &model::QueueDepth| {
+        format!("{:>8} {:>9} {:>8} {:>10}", d.visible, d.in_flight, d.delayed, d.oldest_message_age_seconds)
+    };
+    println!(
+        "{:<17} {:>7} {:>8} {:>7} {:>6} {:>5} {:>10} {:>10} {:>8} {:>9} {:>8} {:>10}",
+        "minute (UTC)",
+        "sent",
+        "received",
+        "deleted",
+        "empty",
+        "dlq",
+        "bytes in",
+        "bytes out",
+        "visible",
+        "in flight",
+        "delayed",
+        "oldest (s)"
+    );
+    for m in &metrics.minutes {
+        let start = chrono::DateTime::from_timestamp(i64::try_from(m.start).unwrap_or(i64::MAX), 0)
+            .map_or_else(|| m.start.to_string(), |t| t.format("%Y-%m-%d %H:%M").to_string());
+        let depth = m.depth.as_ref().map_or_else(|| format!("{:>38}", "-"), depth);
+        println!(
+            "{start:<17} {:>7} {:>8} {:>7} {:>6} {:>5} {:>10} {:>10} {depth}",
+            m.sent, m.received, m.deleted, m.empty_receives, m.moved_to_dead_letter, m.bytes_in, m.bytes_out
+        );
+    }
+    println!("{:<17} {:>68} {}", "now", "", depth(&metrics.now));
+}
+
 pub(crate) async fn queue(command: QueueCommand) -> anyhow::Result<()> {
     match command {
         QueueCommand::Create { name, settings, tags, connection } => {
@@ -499,6 +545,15 @@ pub(crate) async fn queue(command: QueueCommand) -> anyhow::Result<()> {
                 client.untag_queue(&name, &key).await?;
             }
             print(&client.tags(&name).await?);
+        }
+        QueueCommand::Metrics { name, minutes, json, connection } => {
+            let to_s = strata_common::Clock::now_ms(&strata_common::SystemClock) / 1000 + 1;
+            let from_s = to_s.saturating_sub(minutes.max(1).saturating_mul(60));
+            let metrics = connection.client()?.queue_metrics(&name, Some(from_s), Some(to_s)).await?;
+            match json {
+                true => print(&metrics),
+                false => print_queue_metrics(&metrics),
+            }
         }
         QueueCommand::DeadLetterSources { name, connection } => {
             let client = connection.client()?;

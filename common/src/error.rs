@@ -170,6 +170,22 @@ pub struct StrataError {
 /// too, on answers without an error kind).
 pub const LEADER_HINT_METADATA_KEY: &str = "x-strata-leader";
 
+/// gRPC metadata key with which a metadata member says why it did not take a call although it
+/// answered: [`QUORUM_ELECTING`] (no leader yet; wait) or [`QUORUM_LOST`] (no majority reachable
+/// for a while; another member may still reach one). A transport failure carries neither.
+pub const QUORUM_METADATA_KEY: &str = "x-strata-quorum";
+/// [`QUORUM_METADATA_KEY`]: an election is under way or the leader is unknown for a moment.
+pub const QUORUM_ELECTING: &str = "electing";
+/// [`QUORUM_METADATA_KEY`]: this member has reached no majority for longer than an election takes.
+pub const QUORUM_LOST: &str = "lost";
+
+/// The words, public, with which an `Unavailable` error says that the metadata quorum cannot take
+/// calls (lost its majority, or no member answers). Callers see this much of the message; the
+/// detail after it (members, how long) goes to the log.
+pub const METADATA_UNAVAILABLE_MESSAGE: &str = "the service's metadata quorum is unavailable: queues cannot be \
+    created, changed or deleted, nor access keys or limits, until it recovers (sends and receives to existing \
+    queues go on); retry later";
+
 impl StrataError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self { kind, message: message.into(), leader_hint: None, retry_after_s: None }

@@ -1,13 +1,14 @@
 //! HTTP error responses: `{"error": {"code": "...", "message": "..."}}` with the status of the
 //! error's kind. Codes are the stable [`ErrorKind`] codes; messages never carry internal detail:
 //! the message of an `Internal` or `Unavailable` error (which may name a shard, a peer's
-//! address, a file or a peer's error) goes to the log, and the caller gets a fixed one.
+//! address, a file or a peer's error) goes to the log, and the caller gets a fixed one (one of
+//! two for `Unavailable`: the metadata quorum's loss has its own words, as it lasts).
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use strata_common::error::{ErrorKind, StrataError};
+use strata_common::error::{ErrorKind, METADATA_UNAVAILABLE_MESSAGE, StrataError};
 
 /// An error answered to a tenant.
 #[derive(Debug)]
@@ -37,7 +38,10 @@ pub fn public_message(kind: ErrorKind, message: String) -> String {
         }
         ErrorKind::Unavailable => {
             tracing::warn!(%message, "unavailable answered to a caller");
-            UNAVAILABLE_MESSAGE.to_owned()
+            match message.starts_with(METADATA_UNAVAILABLE_MESSAGE) {
+                true => METADATA_UNAVAILABLE_MESSAGE.to_owned(),
+                false => UNAVAILABLE_MESSAGE.to_owned(),
+            }
         }
         _ => message,
     }
@@ -125,6 +129,11 @@ mod tests {
         let hidden = [
             (StrataError::internal(detail), StatusCode::INTERNAL_SERVER_ERROR, INTERNAL_ERROR_MESSAGE),
             (StrataError::unavailable(detail), StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE_MESSAGE),
+            (
+                StrataError::unavailable(format!("{METADATA_UNAVAILABLE_MESSAGE}. {detail}")),
+                StatusCode::SERVICE_UNAVAILABLE,
+                METADATA_UNAVAILABLE_MESSAGE,
+            ),
         ];
         for (error, status, public) in hidden {
             let (answered_status, text) = answered(error).await;

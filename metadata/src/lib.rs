@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod error;
 mod formats;
 pub mod leases;
+pub mod quorum;
 pub mod sealing;
 pub mod server;
 

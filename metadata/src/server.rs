@@ -42,12 +42,15 @@ use crate::catalog::{
     ShardRecord,
 };
 use crate::leases::Leases;
+use crate::quorum::{LEADERLESS_MAX, Leaderless, QUORUM_SILENCE_MAX, QuorumView};
 use strata_common::limits::LEASE_MS;
 
 /// Most voters of the metadata quorum.
 pub const METADATA_MEMBERS_MAX: usize = 7;
 /// How long a membership change waits for a new member to catch up.
 pub const MEMBER_CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// A member that acknowledged the leader within this long is live (heartbeats go every 100 ms).
+pub const MEMBER_LIVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 /// How far behind the leader's log a new member may be when it becomes a voter.
 pub const MEMBER_CATCH_UP_LAG_ENTRIES: u64 = 64;
 
@@ -154,6 +157,8 @@ pub struct MetadataNode {
     pub(crate) credentials: Credentials,
     /// The KEKs that seal SigV4 secrets at rest (see [`crate::sealing`]); none: in clear.
     keks: parking_lot::RwLock<Keks>,
+    /// Since when this member has known no leader.
+    leaderless: Leaderless,
 }
 
 fn raft_config() -> Config {
@@ -201,7 +206,17 @@ impl MetadataNode {
         .await?;
         crate::formats::follow_catalog(&group.state, &format);
         let keks = parking_lot::RwLock::default();
-        Ok(Arc::new(Self { group, clock, router: None, leases: Leases::default(), format, credentials, keks }))
+        let leaderless = Leaderless::watch(group.raft.metrics(), clock.clone());
+        Ok(Arc::new(Self {
+            group,
+            clock,
+            router: None,
+            leases: Leases::default(),
+            format,
+            credentials,
+            keks,
+            leaderless,
+        }))
     }
 
     /// Opens (or creates) this member's replica of the metadata quorum in `dir`. Returns at once;
@@ -231,7 +246,8 @@ impl MetadataNode {
         let router = RaftRouter::new(format.readable_max());
         router.register(METADATA_GROUP, group.raft.clone(), Senders::MembersById);
         let (leases, keks) = (Leases::default(), parking_lot::RwLock::default());
-        Ok(Arc::new(Self { group, clock, router: Some(router), leases, format, credentials, keks }))
+        let leaderless = Leaderless::watch(group.raft.metrics(), clock.clone());
+        Ok(Arc::new(Self { group, clock, router: Some(router), leases, format, credentials, keks, leaderless }))
     }
 
     /// The quorum's voters (node id → endpoint) and its leader, as this member knows them.
@@ -245,6 +261,38 @@ impl MetadataNode {
             .map(|(id, node)| (*id, node.addr.clone()))
             .collect();
         (members, metrics.current_leader)
+    }
+
+    /// On the leader: each of `members` as the leader sees it (its own entry says `leader`).
+    /// Elsewhere: empty, as only the leader hears from every member.
+    pub fn member_health(&self, members: impl Iterator<Item = u64>) -> Vec<pb::MemberHealth> {
+        let contacts = self.group.voter_contacts();
+        let metrics = self.group.raft.metrics().borrow_watched().clone();
+        if metrics.state != openraft::ServerState::Leader {
+            return Vec::new();
+        }
+        let last_index = metrics.last_log_index.unwrap_or(0);
+        members
+            .map(|node_id| {
+                if node_id == metrics.id {
+                    return pb::MemberHealth {
+                        node_id,
+                        state: "leader".to_owned(),
+                        last_contact_ms: Some(0),
+                        lag_entries: Some(0),
+                    };
+                }
+                let contact = contacts.iter().find(|c| c.id == node_id);
+                let acked_ago = contact.and_then(|c| c.acked_ago);
+                let live = acked_ago.is_some_and(|ago| ago <= MEMBER_LIVE_WITHIN);
+                pb::MemberHealth {
+                    node_id,
+                    state: if live { "live" } else { "unreachable" }.to_owned(),
+                    last_contact_ms: acked_ago.map(|ago| u64::try_from(ago.as_millis()).unwrap_or(u64::MAX)),
+                    lag_entries: contact.and_then(|c| c.matched_index).map(|m| last_index.saturating_sub(m)),
+                }
+            })
+            .collect()
     }
 
     /// Makes the voters the current ones plus `add` minus `remove`, on the leader: each new
@@ -329,19 +377,50 @@ impl MetadataNode {
         self.group.raft.current_leader().await
     }
 
+    /// The quorum as this member sees it now.
+    pub fn quorum_view(&self) -> QuorumView {
+        let members = self.group.raft.metrics().borrow_watched().membership_config.membership().voter_ids().count();
+        if let Some(silent) = self.group.quorum_silence() {
+            return match silent > QUORUM_SILENCE_MAX {
+                true => QuorumView::Lost { silent, members, leader: true },
+                false => QuorumView::Leads,
+            };
+        }
+        if let Some(leader) = self.group.raft.metrics().borrow_watched().current_leader {
+            return QuorumView::Follows { leader };
+        }
+        match self.leaderless.for_how_long(self.clock.instant()) {
+            Some(silent) if silent > LEADERLESS_MAX => QuorumView::Lost { silent, members, leader: false },
+            _ => QuorumView::Electing,
+        }
+    }
+
     /// Answers `Unavailable`, with the leader's address when known: the caller retries there.
-    fn not_leader(forward: Option<&ForwardToLeader<MetaRaftConfig>>) -> Status {
-        let mut status = Status::unavailable("this metadata member is not the leader; retry at the leader");
+    /// Without one, the answer says whether an election is under way or the quorum is lost.
+    fn not_leader(&self, forward: Option<&ForwardToLeader<MetaRaftConfig>>) -> Status {
         let leader = forward.and_then(|f| f.leader_node.as_ref()).and_then(|n| n.addr.parse().ok());
-        if let Some(addr) = leader {
-            status.metadata_mut().insert(LEADER_HINT_METADATA_KEY, addr);
+        if leader.is_none()
+            && let Some(refusal) = self.quorum_view().refusal()
+        {
+            return refusal;
+        }
+        let mut status = Status::unavailable("this metadata member is not the leader; retry at the leader");
+        match leader {
+            Some(addr) => _ = status.metadata_mut().insert(LEADER_HINT_METADATA_KEY, addr),
+            None => crate::quorum::mark_electing(&mut status),
         }
         status
+    }
+
+    /// Refuses at once a call that would wait for a quorum this member cannot reach.
+    fn require_quorum(&self) -> Result<(), Status> {
+        self.quorum_view().refusal().map_or(Ok(()), Err)
     }
 
     /// Proposes a command and returns its applied result; a command retried with the same
     /// request id is applied once (see [`MetaEntry`]).
     pub async fn propose(&self, request_id: Option<String>, command: MetaCommand) -> Result<MetaResponse, Status> {
+        self.require_quorum()?;
         let entry = MetaEntry { request_id, command };
         let timer = strata_telemetry::Timer::start();
         let written = self.group.raft.client_write(entry).await;
@@ -351,7 +430,7 @@ impl MetadataNode {
         timer.observe(&strata_telemetry::raft().commit_seconds.get_or_create(&group));
         let response = written.map_err(|e| {
             tracing::debug!(error = %e, "metadata proposal not taken here");
-            Self::not_leader(e.forward_to_leader())
+            self.not_leader(e.forward_to_leader())
         })?;
         match response.data {
             MetaResponse::Error(e) => Err(StrataError::from(e).into()),
@@ -362,9 +441,10 @@ impl MetadataNode {
     /// Waits until a read of the catalog here is linearizable: this member leads and has applied
     /// every entry committed before the call.
     pub async fn read_barrier(&self) -> Result<(), Status> {
+        self.require_quorum()?;
         self.group.raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map(|_| ()).map_err(|e| {
             tracing::debug!(error = %e, "metadata read not served here");
-            Self::not_leader(e.forward_to_leader())
+            self.not_leader(e.forward_to_leader())
         })
     }
 
@@ -541,13 +621,15 @@ impl MetadataService {
     }
 }
 
-fn members_response(members: &BTreeMap<u64, String>, leader: Option<u64>) -> pb::MetadataMembersResponse {
+fn members_response(members: &BTreeMap<u64, String>, node: &MetadataNode) -> pb::MetadataMembersResponse {
+    let (_, leader) = node.members();
     pb::MetadataMembersResponse {
         members: members
             .iter()
             .map(|(&node_id, address)| pb::MetadataMember { node_id, address: address.clone() })
             .collect(),
         leader_id: leader.unwrap_or(0),
+        health: node.member_health(members.keys().copied()),
     }
 }
 
@@ -809,8 +891,7 @@ impl Metadata for MetadataService {
         let r = request.into_inner();
         let add = r.add.into_iter().map(|m| (m.node_id, m.address)).collect();
         let members = self.node.change_members(add, r.remove.into_iter().collect()).await?;
-        let (_, leader) = self.node.members();
-        Ok(Response::new(members_response(&members, leader)))
+        Ok(Response::new(members_response(&members, &self.node)))
     }
 
     async fn list_metadata_members(
@@ -818,8 +899,8 @@ impl Metadata for MetadataService {
         _: Request<pb::ListMetadataMembersRequest>,
     ) -> Result<Response<pb::MetadataMembersResponse>, Status> {
         self.node.read_barrier().await?;
-        let (members, leader) = self.node.members();
-        Ok(Response::new(members_response(&members, leader)))
+        let (members, _) = self.node.members();
+        Ok(Response::new(members_response(&members, &self.node)))
     }
 
     async fn list_segments(

@@ -3,6 +3,9 @@
 //!
 //! Every label value comes from a fixed list (an unknown SQS action or an unrouted path counts
 //! as `unknown`), so a stranger cannot grow the number of series.
+//!
+//! The same middleware writes the access log: one `INFO` event per answered call with target
+//! [`ACCESS_LOG_TARGET`], off unless the log filter turns that target on.
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -47,6 +50,8 @@ fn native_action(method: &Method, path: Option<&str>) -> &'static str {
         ("POST", "/v1/queues/{name}/visibility") => "ChangeMessageVisibility",
         ("DELETE", "/v1/queues/{name}/scheduled/{message_id}") => "CancelScheduledMessage",
         ("GET", "/v1/queues/{name}/tags") => "ListQueueTags",
+        ("GET", "/v1/queues/{name}/metrics") => "GetQueueMetrics",
+        ("GET", "/v1/metrics") => "GetMetrics",
         ("POST", "/v1/queues/{name}/tags") => "TagQueue",
         ("DELETE", "/v1/queues/{name}/tags/{key}") => "UntagQueue",
         ("GET", "/v1/queues/{name}/dead-letter-sources") => "ListDeadLetterSourceQueues",
@@ -62,10 +67,20 @@ fn native_action(method: &Method, path: Option<&str>) -> &'static str {
     }
 }
 
+/// The `tracing` target of access log events.
+pub const ACCESS_LOG_TARGET: &str = "strata_access";
+/// Most characters of a request path an access log event carries.
+const ACCESS_LOG_PATH_CHARS_MAX: usize = 256;
+
 /// Middleware recording each call of `api` (`native` or `sqs`) once it is answered.
 pub(crate) async fn record(api: &'static str, request: Request, next: Next) -> Response {
     let native = (api == "native")
         .then(|| native_action(request.method(), request.extensions().get::<MatchedPath>().map(MatchedPath::as_str)));
+    let access = tracing::enabled!(target: ACCESS_LOG_TARGET, tracing::Level::INFO).then(|| {
+        let path: String = request.uri().path().chars().take(ACCESS_LOG_PATH_CHARS_MAX).collect();
+        let peer = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
+        (request.method().clone(), path, peer)
+    });
     let timer = Timer::start();
     let response = next.run(request).await;
     let action = native.or_else(|| response.extensions().get::<CallAction>().map(|a| a.0)).unwrap_or(UNKNOWN);
@@ -75,6 +90,19 @@ pub(crate) async fn record(api: &'static str, request: Request, next: Next) -> R
     timer.observe(&metrics.duration.get_or_create(&ActionLabels { api, action }));
     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
         metrics.auth_failures.get_or_create(&ReasonLabel { reason: api }).inc();
+    }
+    if let Some((method, path, peer)) = access {
+        tracing::info!(
+            target: ACCESS_LOG_TARGET,
+            api,
+            action,
+            %method,
+            path,
+            status = status.as_u16(),
+            duration_ms = (timer.seconds() * 1000.0).round() as u64,
+            peer = peer.map(|p| p.ip().to_string()).unwrap_or_default(),
+            "call answered"
+        );
     }
     response
 }

@@ -7,6 +7,7 @@
 
 pub mod api;
 mod call_metrics;
+pub use call_metrics::ACCESS_LOG_TARGET;
 pub mod metering;
 pub mod queue_rules;
 pub mod queues;

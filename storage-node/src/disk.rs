@@ -105,6 +105,18 @@ impl DiskGuard {
         self.available_bytes.load(Ordering::Acquire).saturating_sub(admitted).saturating_sub(self.reserve_bytes)
     }
 
+    /// Readiness: the free space is above the reserve (as of the last check).
+    pub fn ready_check(&self) -> strata_telemetry::ReadyCheck {
+        let problem = self.low.load(Ordering::Acquire).then(|| {
+            format!(
+                "free disk space ({} MiB) is below the reserve ({} MiB): new messages are refused",
+                self.available_bytes.load(Ordering::Acquire) >> 20,
+                self.reserve_bytes >> 20
+            )
+        });
+        strata_telemetry::ReadyCheck::new("disk", problem)
+    }
+
     /// Whether new data may be written; the refusal to answer otherwise.
     pub fn admit(&self) -> Result<(), StrataError> {
         self.admit_bytes(0)

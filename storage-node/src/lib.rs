@@ -10,10 +10,11 @@ pub mod disk;
 pub mod error;
 pub mod node;
 pub mod queue;
+pub mod queue_metrics;
 pub mod schedule_files;
 pub mod service;
 pub mod shard;
 pub mod tier;
 
 pub use error::NodeError;
-pub use node::{ObjectStoreSettings, StorageNode, StorageSettings};
+pub use node::{ObjectStoreSettings, ReadyChecker, StorageNode, StorageSettings};

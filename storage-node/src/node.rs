@@ -137,6 +137,40 @@ pub struct StorageNode {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// Checks a storage node's readiness.
+#[derive(Clone)]
+pub struct ReadyChecker {
+    host: Arc<Host>,
+}
+
+/// Most shard ids a readiness answer names.
+const READY_SHARDS_NAMED_MAX: usize = 8;
+
+impl ReadyChecker {
+    /// Its shards led or followed, its disk above the reserve, and (when `metadata_too`; not
+    /// when the metadata quorum runs in the same process) the metadata quorum reachable.
+    pub async fn checks(&self, metadata_too: bool) -> Vec<strata_telemetry::ReadyCheck> {
+        let shards: Vec<Arc<Shard>> = self.host.shards.read().values().cloned().collect();
+        let mut leaderless: Vec<u64> = shards.iter().filter(|s| !s.leader_known()).map(|s| s.shard_id).collect();
+        leaderless.sort_unstable();
+        let problem = (!leaderless.is_empty()).then(|| {
+            let named: Vec<String> = leaderless.iter().take(READY_SHARDS_NAMED_MAX).map(u64::to_string).collect();
+            format!(
+                "{} of its {} shard replicas know no leader (shards {}{})",
+                leaderless.len(),
+                shards.len(),
+                named.join(", "),
+                if leaderless.len() > named.len() { ", ..." } else { "" }
+            )
+        });
+        let mut checks = vec![strata_telemetry::ReadyCheck::new("shards", problem), self.host.disk.ready_check()];
+        if metadata_too {
+            checks.push(self.host.metadata.quorum_check().await);
+        }
+        checks
+    }
+}
+
 /// A shard replica this node runs, with its background loops.
 struct Hosted {
     shard: Arc<Shard>,
@@ -287,6 +321,12 @@ impl StorageNode {
         ids
     }
 
+    /// What answers this node's readiness (see [`ReadyChecker::checks`]); it outlives no
+    /// more than the node's parts.
+    pub fn ready_checker(&self) -> ReadyChecker {
+        ReadyChecker { host: self.host.clone() }
+    }
+
     /// The gRPC service itself, for a proxy in the same process to call without a network hop
     /// (the same requests and answers as over gRPC).
     pub fn grpc_service(&self) -> StorageServer<StorageService> {
@@ -360,6 +400,7 @@ impl Host {
             )),
             tokio::spawn(snapshot_loop(shard.clone(), settings.log.snapshot_every_entries, cancel.clone())),
             tokio::spawn(expire_loop(shard.clone(), settings.expire_interval, cancel.clone())),
+            tokio::spawn(queue_metrics_loop(shard.clone(), cancel.clone())),
             tokio::spawn(move_loop(shard.clone(), cancel.clone())),
             tokio::spawn(schedule_loop(shard.clone(), cancel.clone())),
             tokio::spawn(membership_loop(shard.clone(), self.metadata.clone(), cancel.clone())),
@@ -687,6 +728,34 @@ async fn schedule_loop(shard: Arc<Shard>, cancel: CancellationToken) {
                     cache = None;
                     break;
                 }
+            }
+        }
+    }
+}
+
+/// How often a replica removes the queue minutes past their retention.
+const QUEUE_METRICS_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Writes down the replica's per-queue counts every [`queue_metrics::FLUSH_INTERVAL`] (and a last
+/// time when the replica closes), and prunes old minutes every hour.
+async fn queue_metrics_loop(shard: Arc<Shard>, cancel: CancellationToken) {
+    let mut since_prune = Duration::ZERO;
+    loop {
+        let stopping = tokio::select! {
+            _ = cancel.cancelled() => true,
+            () = shard.clock().sleep(crate::queue_metrics::FLUSH_INTERVAL) => false,
+        };
+        if let Err(e) = shard.write_queue_metrics().await {
+            tracing::warn!(shard = shard.shard_id, error = %e, "writing queue metrics failed: the counts of the last second are lost");
+        }
+        if stopping {
+            return;
+        }
+        since_prune += crate::queue_metrics::FLUSH_INTERVAL;
+        if since_prune >= QUEUE_METRICS_PRUNE_INTERVAL {
+            since_prune = Duration::ZERO;
+            if let Err(e) = shard.prune_queue_metrics().await {
+                tracing::warn!(shard = shard.shard_id, error = %e, "pruning queue metrics failed; will retry");
             }
         }
     }

@@ -21,6 +21,7 @@ use crate::disk::DiskGuard;
 use crate::error::NodeError;
 use crate::node::ShardMap;
 use crate::queue::{self, AttributeValue, Command, Delivery, FifoConfig, FifoIds, NewMessage, QueueConfig, Redrive};
+use crate::queue_metrics;
 use crate::shard::{REQUEST_DIGEST_GENERATION, RETURN_UNDELIVERED_GENERATION, Shard, queue_error};
 
 /// Everything the service routes to.
@@ -294,6 +295,7 @@ async fn receive(
             }
         }
         if now_ms >= deadline_ms {
+            shard.count_empty_receive(queue_id);
             return Ok(Vec::new());
         }
         let wake_ms = next_visible_ms.map_or(deadline_ms, |n| n.min(deadline_ms)).max(now_ms + 1);
@@ -443,12 +445,49 @@ impl Storage for StorageService {
         let not_found = || queue_error(queue::QueueError::QueueNotFound);
         let counts = state.0.queue_counts_at(queue, &tenant, now_ms).ok_or_else(not_found)?;
         let stored_bytes = state.0.queue_stored_bytes(queue, &tenant).ok_or_else(not_found)?;
+        let oldest_age_s = state.0.queue_gauges(queue, now_ms).map_or(0, |g| g.oldest_age_s);
         Ok(Response::new(pb::QueueStats {
             visible: counts.visible,
             in_flight: counts.in_flight,
             delayed: counts.delayed,
             stored_bytes,
+            oldest_age_s,
         }))
+    }
+
+    async fn get_queue_metrics(
+        &self,
+        request: Request<pb::QueueMetricsRequest>,
+    ) -> Result<Response<pb::QueueMetricsResponse>, Status> {
+        let r = request.into_inner();
+        let (shard, queue, tenant) = self.route(r.queue.as_ref())?;
+        if r.from_minute > r.to_minute {
+            return Err(StrataError::invalid("the metrics' start must not be after their end").into());
+        }
+        // At the leader, which counts the receives that found nothing.
+        shard.read_barrier().await?;
+        let (minutes, now) = shard.read_queue_metrics(queue, &tenant, r.from_minute, r.to_minute).await?;
+        let gauges = |g: queue_metrics::Gauges| pb::QueueGauges {
+            visible: g.visible,
+            in_flight: g.in_flight,
+            delayed: g.delayed,
+            oldest_age_s: g.oldest_age_s,
+        };
+        let minutes = minutes
+            .into_iter()
+            .map(|m| pb::QueueMinute {
+                minute: m.minute,
+                sent: m.counts.sent,
+                received: m.counts.received,
+                deleted: m.counts.deleted,
+                empty_receives: m.counts.empty_receives,
+                moved_to_dead_letter: m.counts.moved_to_dead_letter,
+                bytes_in: m.counts.bytes_in,
+                bytes_out: m.counts.bytes_out,
+                gauges: m.gauges.map(gauges),
+            })
+            .collect();
+        Ok(Response::new(pb::QueueMetricsResponse { minutes, now: Some(gauges(now)) }))
     }
 
     async fn start_move_task(

@@ -41,6 +41,7 @@ use crate::queue::{
     Command, MessageRef, MovedAway, NewMessage, QueueError, QueueId, REQUEST_DIGEST_SEPARATOR, Response, ShardCommand,
     ShardState, StoredSizes, Touch,
 };
+use crate::queue_metrics::{Gauges, MINUTE_MS, MetricsStore, Minute};
 use crate::schedule_files::{self, SliceFiles, read_slice};
 use crate::tier::TieredReader;
 
@@ -194,6 +195,8 @@ pub struct ShardMachine(pub ShardState, Option<SliceFiles>);
 const SCHEDULE_DIR: &str = "schedule";
 /// Where a shard's backfill files live, inside its directory.
 const BACKFILL_DIR: &str = "backfill";
+/// Where a replica keeps its queues' minutes (see [`crate::queue_metrics`]).
+const QUEUE_METRICS_DIR: &str = "queue-metrics";
 
 impl ShardMachine {
     /// The directory of the slice files (`None` before the store opened them).
@@ -446,6 +449,8 @@ pub struct Shard {
     writer: EntryWriter,
     /// Gathers receives, deletes and visibility changes into shared entries.
     calls: CallBatcher,
+    /// This replica's per-queue minutes (see [`crate::queue_metrics`]); one writer at a time.
+    queue_metrics: Arc<std::sync::Mutex<MetricsStore>>,
 }
 
 /// One watch channel per queue that has long polls waiting (dropped once none waits).
@@ -571,6 +576,7 @@ impl Shard {
                 .get_or_create_owned(&strata_telemetry::GroupLabel { group: ShardMachine::METRICS_GROUP }),
         };
         let calls = CallBatcher::start(writer.clone());
+        let queue_metrics = Arc::new(std::sync::Mutex::new(MetricsStore::new(dir.join(QUEUE_METRICS_DIR))));
         Ok(Self {
             shard_id,
             node_id: node_id.to_owned(),
@@ -586,7 +592,104 @@ impl Shard {
             wakers,
             writer,
             calls,
+            queue_metrics,
         })
+    }
+
+    /// Writes down the per-queue counts of the applies since the last call, with the depth of
+    /// each queue they name.
+    pub async fn write_queue_metrics(&self) -> Result<(), StrataError> {
+        let now_ms = self.clock.now_ms();
+        let (deltas, gauges) = {
+            let state = self.state();
+            let (deltas, dropped) = state.0.activity().take();
+            if dropped > 0 {
+                tracing::warn!(
+                    shard = self.shard_id,
+                    dropped,
+                    "queue metrics counts dropped: they were not written down in time"
+                );
+            }
+            let gauges: BTreeMap<QueueId, Gauges> = deltas
+                .iter()
+                .map(|d| d.queue)
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .filter_map(|queue| Some((queue, state.0.queue_gauges(queue, now_ms)?)))
+                .collect();
+            (deltas, gauges)
+        };
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        let store = self.queue_metrics.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            store.write(&deltas, &gauges, now_ms / MINUTE_MS)
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(NodeError::local_file("writing queue metrics", e).into()),
+            Err(e) => Err(NodeError::bug("the queue metrics writer stopped", e).into()),
+        }
+    }
+
+    /// The minutes of `queue` (the tenant's) from `from_minute` to `to_minute` that hold
+    /// anything, and its depth now; every count applied here so far included.
+    pub async fn read_queue_metrics(
+        &self,
+        queue: QueueId,
+        tenant: &str,
+        from_minute: u64,
+        to_minute: u64,
+    ) -> Result<(Vec<Minute>, Gauges), StrataError> {
+        let now_ms = self.clock.now_ms();
+        let now = {
+            let state = self.state();
+            if state.0.queue_counts_at(queue, tenant, now_ms).is_none() {
+                return Err(queue_error(QueueError::QueueNotFound));
+            }
+            state.0.queue_gauges(queue, now_ms).unwrap_or_default()
+        };
+        self.write_queue_metrics().await?;
+        let store = self.queue_metrics.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            store.read(queue, from_minute, to_minute)
+        })
+        .await;
+        match read {
+            Ok(Ok(minutes)) => Ok((minutes, now)),
+            Ok(Err(e)) => Err(NodeError::local_file("reading queue metrics", e).into()),
+            Err(e) => Err(NodeError::bug("the queue metrics reader stopped", e).into()),
+        }
+    }
+
+    /// Counts a receive of `queue` that delivered nothing without reaching the log.
+    pub fn count_empty_receive(&self, queue: QueueId) {
+        let counts = crate::queue_metrics::Counts { empty_receives: 1, ..Default::default() };
+        self.state().0.activity().record(0, queue, self.clock.now_ms(), counts);
+    }
+
+    /// Removes the minutes past their retention and those of deleted queues.
+    pub async fn prune_queue_metrics(&self) -> Result<usize, StrataError> {
+        let now_ms = self.clock.now_ms();
+        let live: BTreeSet<QueueId> = {
+            let state = self.state();
+            state.0.queue_ids().collect()
+        };
+        let store = self.queue_metrics.clone();
+        let pruned = tokio::task::spawn_blocking(move || {
+            let store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            store.prune(now_ms, |queue| live.contains(&queue))
+        })
+        .await;
+        match pruned {
+            Ok(Ok(removed)) => Ok(removed),
+            Ok(Err(e)) => Err(NodeError::local_file("pruning queue metrics", e).into()),
+            Err(e) => Err(NodeError::bug("the queue metrics pruner stopped", e).into()),
+        }
     }
 
     /// Waits until a read of this replica's state is linearizable: it leads (confirmed by a
@@ -609,6 +712,11 @@ impl Shard {
     /// leader only.
     pub fn is_leader(&self) -> bool {
         self.group.is_leader()
+    }
+
+    /// Whether this replica knows its group's leader (itself or another): it is led or followed.
+    pub fn leader_known(&self) -> bool {
+        self.group.leader_known()
     }
 
     pub fn now_ms(&self) -> u64 {

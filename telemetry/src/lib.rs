@@ -28,6 +28,10 @@ use prometheus_client::registry::{Registry, Unit};
 use sha2::{Digest, Sha256};
 
 pub mod process;
+mod ready;
+pub use ready::ReadyCheck;
+mod tenant;
+pub use tenant::{QueueDepthSample, render_queue_depths};
 
 /// The `Content-Type` of [`render`]'s body.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;

@@ -169,3 +169,88 @@ async fn queue_counts_follow_visibility_timeouts_and_delays_without_traffic() {
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert_eq!(counts(&api.get_queue("quiet").await.expect("read")), (Some(2), Some(0), Some(0)));
 }
+
+/// `/readyz` of a role: its status and its needs (`"ok"` or the problem).
+async fn readyz(target: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::get(format!("http://{target}/readyz")).await.expect("readyz");
+    (response.status().as_u16(), response.json().await.expect("readyz body"))
+}
+
+/// Polls `target`'s `/readyz` until its status is `status` (at most a minute); its last body.
+async fn readyz_until(target: &str, status: u16) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    for _ in 0..120 {
+        let (now, body) = readyz(target).await;
+        if now == status {
+            return body;
+        }
+        last = body;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("{target}/readyz never answered {status}; last: {last}");
+}
+
+/// Readiness turns false when the metadata quorum is lost, on every role that needs it, and
+/// says why; admin calls and queue creation then fail at once with an error that says so
+/// (before, they waited out the 10 s failover window), while sends and receives to existing
+/// queues go on. Once a majority runs again, all is ready and admin calls work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_turns_false_and_admin_calls_fail_fast_when_the_metadata_quorum_is_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = LocalCluster::up(&dir.path().join("cluster"), LocalCluster::port_base(0)).expect("up");
+    let env = cluster.credentials().expect("credentials");
+    let targets: Vec<String> = env["STRATA_METRICS_TARGETS"].split(',').map(str::to_string).collect();
+    // Proxies, billing, metadata members 1-3, storage nodes 1-3.
+    let (proxy, billing, member_1, storage_1) = (&targets[0], &targets[2], &targets[3], &targets[6]);
+    for target in &targets {
+        let body = readyz_until(target, 200).await;
+        assert_eq!(body["ready"], true, "{target}: {body}");
+    }
+    assert_eq!(readyz(storage_1).await.1["needs"]["shards"], "ok");
+
+    let tenant = Api::new(env["STRATA_PROXY_ENDPOINTS"].split(',').next().expect("a proxy"), &env["STRATA_TOKEN"]);
+    let admin = Api::new(&env["STRATA_ADMIN_ENDPOINT"], &env["STRATA_ADMIN_TOKEN"]);
+    tenant.create_queue(&model::CreateQueue::named("kept")).await.expect("create");
+    tenant.post_ok("/v1/queues/kept/messages", json!({ "messages": [{ "body": "before" }] })).await.expect("send");
+
+    cluster.kill9("metadata-2").expect("kill metadata-2");
+    cluster.kill9("metadata-3").expect("kill metadata-3");
+    for target in [member_1, proxy, billing, storage_1] {
+        let body = readyz_until(target, 503).await;
+        let problem = body["needs"]["metadata_quorum"].as_str().unwrap_or_default().to_owned();
+        assert!(problem.contains("metadata quorum is unavailable"), "{target}: {body}");
+    }
+
+    let started = std::time::Instant::now();
+    let refused = admin.metadata_members().await.expect_err("no quorum, no member list");
+    let admin_took = started.elapsed();
+    let started = std::time::Instant::now();
+    let not_created = tenant.create_queue(&model::CreateQueue::named("new")).await.expect_err("no quorum, no queue");
+    let create_took = started.elapsed();
+    eprintln!(
+        "with the quorum lost: an admin call failed after {admin_took:?}, a queue creation after {create_took:?}"
+    );
+    for error in [&refused, &not_created] {
+        let strata_client::ClientError::Api { status, code, message, .. } = error else { panic!("{error}") };
+        assert_eq!((*status, code.as_str()), (503, "Unavailable"), "{error}");
+        assert!(message.contains("metadata quorum is unavailable"), "{error}");
+    }
+    // The client's failover window, which the calls used to wait out in full.
+    let window = strata_metadata_client::FAILOVER_WAIT;
+    assert!(admin_took < window && create_took < window, "{admin_took:?}, {create_took:?}");
+
+    tenant.post_ok("/v1/queues/kept/messages", json!({ "messages": [{ "body": "during" }] })).await.expect("send");
+    let received = tenant
+        .receive("kept", &model::Receive { max_messages: Some(10), ..Default::default() })
+        .await
+        .expect("receive");
+    assert_eq!(received.messages.len(), 2, "{received:?}");
+
+    cluster.start("metadata-2").expect("restart metadata-2");
+    for target in [member_1, proxy, billing, storage_1] {
+        readyz_until(target, 200).await;
+    }
+    admin.metadata_members().await.expect("members once a majority runs");
+    tenant.create_queue(&model::CreateQueue::named("new")).await.expect("create once a majority runs");
+    cluster.down().expect("down");
+}

@@ -4,7 +4,9 @@
 //! to the member believed to lead; a member that does not lead answers `Unavailable` with the
 //! leader's address when it knows it, and the call moves there. Without a hint (an election in
 //! progress, a member down) it tries the next member after a short pause, for at most
-//! [`FAILOVER_WAIT`].
+//! [`FAILOVER_WAIT`]. When a whole round of members either did not answer or answered that they
+//! reach no majority, the quorum is lost and the call fails at once, saying so
+//! ([`METADATA_UNAVAILABLE_MESSAGE`]).
 //!
 //! Every call returns a [`StrataError`] whose kind survived the wire; transport failures come
 //! back as `Unavailable`, so callers retry instead of blaming the tenant.
@@ -17,7 +19,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use strata_common::error::{ERROR_CODE_METADATA_KEY, LEADER_HINT_METADATA_KEY, StrataError};
+use strata_common::error::{
+    ERROR_CODE_METADATA_KEY, LEADER_HINT_METADATA_KEY, METADATA_UNAVAILABLE_MESSAGE, QUORUM_LOST, QUORUM_METADATA_KEY,
+    StrataError,
+};
 use strata_common::limits;
 use strata_common::proto::{self as pb, metadata_client};
 use strata_common::{Clock, Random, SystemClock};
@@ -42,6 +47,50 @@ pub const FAILOVER_WAIT: Duration = Duration::from_secs(10);
 const NEXT_MEMBER_PAUSE: Duration = Duration::from_millis(100);
 
 type Client = metadata_client::MetadataClient<Channel>;
+
+/// What a member's failed answer means for the call.
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    /// The service's answer (it carries an error kind): back to the caller.
+    Final,
+    /// The member is not the leader (naming it or not) or an election is under way: go on.
+    Elsewhere,
+    /// The member reaches no majority: try the others once.
+    QuorumLost,
+    /// No answer: the member is down, unreachable, or the connection broke mid-call (which the
+    /// request id makes safe to retry).
+    Unreachable,
+}
+
+impl Answer {
+    fn of(status: &tonic::Status) -> Self {
+        let metadata = status.metadata();
+        let quorum = metadata.get(QUORUM_METADATA_KEY).and_then(|v| v.to_str().ok());
+        if quorum == Some(QUORUM_LOST) {
+            return Answer::QuorumLost;
+        }
+        let unavailable =
+            matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled);
+        if !unavailable || metadata.get(ERROR_CODE_METADATA_KEY).is_some() {
+            return Answer::Final;
+        }
+        match quorum.is_some() || metadata.get(LEADER_HINT_METADATA_KEY).is_some() {
+            true => Answer::Elsewhere,
+            false => Answer::Unreachable,
+        }
+    }
+}
+
+/// The error of a call no member could take: a whole round of members was unreachable or said
+/// the quorum is lost (`lost`, the last such answer). It starts with the public words of
+/// [`METADATA_UNAVAILABLE_MESSAGE`]; the detail follows.
+fn quorum_unavailable(lost: Option<&tonic::Status>, last: &tonic::Status, members: usize) -> StrataError {
+    let detail = match lost {
+        Some(lost) => lost.message().to_owned(),
+        None => format!("none of the {members} members answered (last: {})", last.message()),
+    };
+    StrataError::unavailable(format!("{METADATA_UNAVAILABLE_MESSAGE}. {detail}"))
+}
 
 #[derive(Clone)]
 pub struct MetadataClient {
@@ -138,6 +187,10 @@ impl MetadataClient {
         let members = &self.members;
         let deadline = self.clock.instant() + FAILOVER_WAIT;
         let request_id = new_request_id(&self.random);
+        // Members in a row that did not answer, or answered that the quorum is lost; a whole
+        // round of them ends the call, since waiting cannot help.
+        let mut silent_streak = 0;
+        let mut lost: Option<tonic::Status> = None;
         loop {
             let (at, count, client) = {
                 let endpoints = members.endpoints.read();
@@ -148,21 +201,22 @@ impl MetadataClient {
             attempt.metadata_mut().insert(REQUEST_ID_KEY, request_id.clone());
             let status = match send(client, attempt).await {
                 Ok(response) => return Ok(response.into_inner()),
-                // Without an error kind, the member could not take or finish the call: not the
-                // leader, down, electing, or the connection broke mid-call (Unknown, Cancelled),
-                // which the request id makes safe to retry. With a kind, it is the service's
-                // answer (such as "no storage node yet") and goes back to the caller.
-                Err(status)
-                    if matches!(
-                        status.code(),
-                        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
-                    ) && (count > 1 || status.metadata().get(LEADER_HINT_METADATA_KEY).is_some())
-                        && status.metadata().get(ERROR_CODE_METADATA_KEY).is_none() =>
-                {
-                    status
-                }
-                Err(status) => return Err(status.into()),
+                Err(status) => status,
             };
+            match Answer::of(&status) {
+                Answer::Final => return Err(status.into()),
+                Answer::Elsewhere => silent_streak = 0,
+                Answer::QuorumLost => {
+                    silent_streak += 1;
+                    lost = Some(status.clone());
+                }
+                // Alone, a member that cannot be reached is final: there is nowhere else to go.
+                Answer::Unreachable if count == 1 => return Err(status.into()),
+                Answer::Unreachable => silent_streak += 1,
+            }
+            if silent_streak >= count {
+                return Err(quorum_unavailable(lost.as_ref(), &status, count));
+            }
             if self.clock.instant() >= deadline {
                 return Err(status.into());
             }
@@ -321,6 +375,18 @@ impl MetadataClient {
         self.call(request, |mut c, r| async move { c.list_metadata_members(r).await }).await
     }
 
+    /// Readiness: whether the metadata quorum takes calls through this client (a linearizable
+    /// read at its leader), and if not, why.
+    pub async fn quorum_check(&self) -> strata_telemetry::ReadyCheck {
+        let problem = self.list_metadata_members().await.err().map(|e| {
+            match e.message.strip_prefix(METADATA_UNAVAILABLE_MESSAGE) {
+                Some(detail) => format!("the metadata quorum is unavailable{detail}"),
+                None => format!("the metadata quorum did not answer: {}", e.message),
+            }
+        });
+        strata_telemetry::ReadyCheck::new("metadata_quorum", problem)
+    }
+
     pub async fn list_segments(&self, shard_id: u64) -> Result<Vec<pb::Segment>, StrataError> {
         let request = pb::ListSegmentsRequest { shard_id };
         Ok(self.call(request, |mut c, r| async move { c.list_segments(r).await }).await?.segments)
@@ -438,12 +504,12 @@ mod tests {
 
     use super::*;
 
-    /// The failover loop runs on the client's clock: with no member answering, a call gives up
-    /// only once a manual clock has been moved past the failover window, however long the test
-    /// takes in real time (the seam a simulator drives).
+    /// With no member answering, a call gives up after one round of the members, saying the
+    /// quorum is unavailable; its pauses between members run on the client's clock (the seam a
+    /// simulator drives).
     #[tokio::test]
     #[allow(clippy::disallowed_methods)] // the test gives the real attempts real time to fail
-    async fn failover_waits_on_the_clients_clock() {
+    async fn a_round_of_silent_members_ends_the_call() {
         let clock = ManualClock::new(0);
         // Nothing listens on the discard and echo ports of loopback: every attempt is refused.
         let credentials = strata_tls::pki::test_credentials(strata_tls::Role::Proxy, "proxy");
@@ -459,9 +525,27 @@ mod tests {
         }
         let error = call.await.expect("the call task").expect_err("no member answers");
         assert_eq!(error.kind, ErrorKind::Unavailable);
+        assert!(error.message.starts_with(METADATA_UNAVAILABLE_MESSAGE), "{}", error.message);
+        assert!(error.message.contains("none of the 2 members answered"), "{}", error.message);
         let waited = clock.instant() - start;
-        // Not before the window, and not long after it: a loop timed by the real clock would see
-        // the manual one race far ahead (20 manual ms per real ms) before giving up.
-        assert!(waited >= FAILOVER_WAIT && waited < 2 * FAILOVER_WAIT, "gave up after {waited:?}");
+        assert!(waited >= NEXT_MEMBER_PAUSE && waited < FAILOVER_WAIT, "gave up after {waited:?}");
+    }
+
+    #[test]
+    fn answers_are_told_apart() {
+        let with = |mut status: tonic::Status, key: &'static str, value: &'static str| {
+            status.metadata_mut().insert(key, tonic::metadata::AsciiMetadataValue::from_static(value));
+            status
+        };
+        let not_leader = tonic::Status::unavailable("not the leader");
+        assert_eq!(Answer::of(&not_leader), Answer::Unreachable, "no mark: a transport failure");
+        let electing = with(not_leader.clone(), QUORUM_METADATA_KEY, strata_common::error::QUORUM_ELECTING);
+        assert_eq!(Answer::of(&electing), Answer::Elsewhere);
+        let hinted = with(not_leader.clone(), LEADER_HINT_METADATA_KEY, "https://127.0.0.1:7001");
+        assert_eq!(Answer::of(&hinted), Answer::Elsewhere);
+        let lost: tonic::Status = StrataError::unavailable("quorum lost").into();
+        assert_eq!(Answer::of(&lost), Answer::Final, "an unmarked service answer is the caller's");
+        assert_eq!(Answer::of(&with(lost, QUORUM_METADATA_KEY, QUORUM_LOST)), Answer::QuorumLost);
+        assert_eq!(Answer::of(&StrataError::queue_not_found("q").into()), Answer::Final);
     }
 }

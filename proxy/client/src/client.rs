@@ -272,6 +272,24 @@ impl Client {
         self.json(Method::POST, &format!("{}/purge", queue_path(name)), None::<&Value>).await
     }
 
+    /// The queue's metrics from `from` to `to` (Unix seconds; the last hour without them).
+    pub async fn queue_metrics(
+        &self,
+        queue: &str,
+        from: Option<u64>,
+        to: Option<u64>,
+    ) -> Result<model::QueueMetrics, ClientError> {
+        let mut params = Vec::new();
+        if let Some(from) = from {
+            params.push(format!("from={from}"));
+        }
+        if let Some(to) = to {
+            params.push(format!("to={to}"));
+        }
+        let query = if params.is_empty() { String::new() } else { format!("?{}", params.join("&")) };
+        self.get_as(&format!("{}/metrics{query}", queue_path(queue))).await
+    }
+
     pub async fn tags(&self, queue: &str) -> Result<model::TagSet, ClientError> {
         self.get_as(&format!("{}/tags", queue_path(queue))).await
     }

@@ -252,6 +252,68 @@ pub struct TagSet {
     pub tags: BTreeMap<String, String>,
 }
 
+// ----------------------------------------------------------------------------- queue metrics
+
+/// Which minutes of a queue's metrics to read: Unix seconds, `from` inclusive, `to` exclusive.
+/// Without them, the last hour; at most 15 days, which is as long as minutes are kept.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct QueueMetricsQuery {
+    pub from: Option<u64>,
+    pub to: Option<u64>,
+}
+
+/// A queue's depth at a moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueueDepth {
+    /// Messages ready to be received.
+    pub visible: u64,
+    /// Messages received and within their visibility timeout.
+    pub in_flight: u64,
+    /// Messages delayed or scheduled.
+    pub delayed: u64,
+    /// Seconds since the oldest message entered the queue (0 when it is empty).
+    pub oldest_message_age_seconds: u64,
+}
+
+/// What happened to a queue in one minute.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueueMinute {
+    /// The minute's start, in Unix seconds.
+    pub start: u64,
+    pub sent: u64,
+    /// Messages delivered.
+    pub received: u64,
+    pub deleted: u64,
+    /// Receives that delivered nothing.
+    pub empty_receives: u64,
+    /// Messages moved to the dead-letter queue after their last receive.
+    pub moved_to_dead_letter: u64,
+    /// Bytes of the messages sent (bodies and attributes).
+    pub bytes_in: u64,
+    /// Bytes of the messages delivered.
+    pub bytes_out: u64,
+    /// The depth near the minute's end, when something happened in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<QueueDepth>,
+}
+
+/// A queue's metrics at one-minute resolution; minutes in which nothing happened are left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueueMetrics {
+    /// Unix seconds: the first minute asked for.
+    pub from: u64,
+    /// Unix seconds: the end of the last minute asked for.
+    pub to: u64,
+    /// The depth now.
+    pub now: QueueDepth,
+    pub minutes: Vec<QueueMinute>,
+}
+
 // ---------------------------------------------------------------------------------- messages
 
 /// A message attribute.
@@ -620,6 +682,24 @@ pub mod admin {
     pub struct MetadataMembers {
         pub members: Vec<MetadataMember>,
         pub leader_id: u64,
+        /// Each member as the leader sees it.
+        #[serde(default)]
+        pub health: Vec<MemberHealth>,
+    }
+
+    /// A metadata member as the quorum's leader sees it.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct MemberHealth {
+        pub node_id: u64,
+        /// `leader`, `live` (acknowledged the leader within a second) or `unreachable`.
+        pub state: String,
+        /// Milliseconds since the member last acknowledged the leader; absent: not since this
+        /// leader was elected.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub last_contact_ms: Option<u64>,
+        /// Log entries the member is known to lack; absent: not known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub lag_entries: Option<u64>,
     }
 
     /// Adds members (running, caught up first) to the metadata quorum and removes others.

@@ -51,6 +51,7 @@ use crate::sqs::{self, SqsState};
 use crate::storage_client::{CoLocatedStorage, StorageClients};
 
 mod dead_letters;
+mod queue_metrics;
 mod settings;
 mod tags;
 
@@ -95,12 +96,21 @@ struct AppState {
 pub struct Routers {
     pub api: Router,
     pub admin: Router,
+    /// The proxy's readiness: the metadata quorum reachable.
+    pub readiness: strata_http::observe::Readiness,
 }
 
 /// The proxy's axum routers.
 pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
     let metadata = MetadataClient::connect_lazy(&settings.metadata_endpoint, &settings.tls)?
         .with_seams(settings.clock.clone(), settings.random.clone());
+    let readiness = {
+        let metadata = metadata.clone();
+        strata_http::observe::Readiness::new(settings.clock.clone(), move || {
+            let metadata = metadata.clone();
+            async move { vec![metadata.quorum_check().await] }
+        })
+    };
     let storage = match settings.co_located_storage {
         Some(co_located) => StorageClients::with_co_located(settings.tls, co_located),
         None => StorageClients::new(settings.tls),
@@ -164,7 +174,7 @@ pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
         .layer(axum::middleware::from_fn(|request, next| crate::call_metrics::record("native", request, next)))
         .with_state(state)
         .merge(sqs_router);
-    Ok(Routers { api, admin })
+    Ok(Routers { api, admin, readiness })
 }
 
 /// Serves the router on `listener` within `limits` until `shutdown` resolves (see
@@ -224,6 +234,8 @@ fn native_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(cancel_scheduled))
         .routes(routes!(tags::list, tags::add))
         .routes(routes!(tags::remove))
+        .routes(routes!(queue_metrics::read))
+        .routes(routes!(queue_metrics::scrape))
         .routes(routes!(dead_letters::sources))
         .routes(routes!(dead_letters::start, dead_letters::list))
         .routes(routes!(dead_letters::cancel))
@@ -1051,6 +1063,16 @@ fn members_answer(members: pb::MetadataMembersResponse) -> admin::MetadataMember
             .map(|m| admin::MetadataMember { node_id: m.node_id, address: m.address })
             .collect(),
         leader_id: members.leader_id,
+        health: members
+            .health
+            .into_iter()
+            .map(|h| admin::MemberHealth {
+                node_id: h.node_id,
+                state: h.state,
+                last_contact_ms: h.last_contact_ms,
+                lag_entries: h.lag_entries,
+            })
+            .collect(),
     }
 }
 

@@ -41,6 +41,14 @@ where
     _probe: Arc<dyn crate::probe::Probe>,
 }
 
+/// What a leader knows of another voter: see [`RaftGroup::voter_contacts`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VoterContact<Id> {
+    pub id: Id,
+    pub acked_ago: Option<Duration>,
+    pub matched_index: Option<u64>,
+}
+
 /// A voter that acknowledged a heartbeat within this long is taken to be running.
 const RECENT_HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long a leader that stops waits for its successor to take over.
@@ -55,6 +63,50 @@ where
     /// Whether this member leads its group now.
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow_watched().state == ServerState::Leader
+    }
+
+    /// Whether this member knows a leader of its group (itself or another).
+    pub fn leader_known(&self) -> bool {
+        self.raft.metrics().borrow_watched().current_leader.is_some()
+    }
+
+    /// On the leader: how long since a majority of the voters last acknowledged it (zero when
+    /// it is the only voter, or has not yet been acknowledged since its election). `None` when
+    /// this member does not lead.
+    pub fn quorum_silence(&self) -> Option<Duration> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        if metrics.state != ServerState::Leader {
+            return None;
+        }
+        if metrics.membership_config.membership().voter_ids().count() <= 1 {
+            return Some(Duration::ZERO);
+        }
+        Some(metrics.last_quorum_acked.map_or(Duration::ZERO, |at| openraft::Instant::elapsed(&*at)))
+    }
+
+    /// On the leader: each other voter, with how long ago it last acknowledged a heartbeat
+    /// (`None`: not since this member leads) and the last log index it is known to hold.
+    /// Empty elsewhere.
+    pub fn voter_contacts(&self) -> Vec<VoterContact<C::NodeId>> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        if metrics.state != ServerState::Leader {
+            return Vec::new();
+        }
+        let heartbeats = metrics.heartbeat.as_ref();
+        let replication = metrics.replication.as_ref();
+        metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|id| *id != metrics.id)
+            .map(|id| VoterContact {
+                acked_ago: heartbeats
+                    .and_then(|h| h.get(&id).cloned().flatten())
+                    .map(|at| openraft::Instant::elapsed(&*at)),
+                matched_index: replication.and_then(|r| r.get(&id).cloned().flatten()).map(|m| m.index()),
+                id,
+            })
+            .collect()
     }
 
     /// On the leader: hands leadership to the most up-to-date other voter that answered

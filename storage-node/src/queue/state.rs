@@ -19,6 +19,7 @@ use super::types::{
     REQUEST_DIGEST_SEPARATOR, REQUEST_IDS_KEPT, Response, SEND_BATCH_MAX, ShardCommand, check_delay,
     check_visibility_timeout,
 };
+use crate::queue_metrics::{Activity, Counts, Gauges};
 
 /// What the messages of a shard's queues count in their stored bytes, queue by queue (see
 /// [`ShardState::stored_sizes`]).
@@ -55,6 +56,10 @@ pub struct ShardState {
     /// persisted, not compared).
     #[serde(skip)]
     touches: Touches,
+    /// Per-queue counts of the last applies, until the shard writes them down (not persisted,
+    /// not compared; see [`crate::queue_metrics`]).
+    #[serde(skip)]
+    activity: Activity,
 }
 
 impl ShardState {
@@ -110,6 +115,7 @@ impl ShardState {
         let touch = self.touch_of(command);
         let response = self.apply_command(log_index, command);
         self.touches.record(log_index, touch);
+        self.count_activity(log_index, command, &response);
         if let Some(record) = meter
             && !matches!(response, Response::Error(_))
         {
@@ -280,6 +286,54 @@ impl ShardState {
             | Command::StartScheduledLoad { .. }
             | Command::LoadScheduled { .. } => Some(Touch::All),
         }
+    }
+
+    /// What an applied command did to its queue, for the queue's metrics (a dead-letter move is
+    /// counted where it happens).
+    fn count_activity(&self, log_index: u64, command: &Command, response: &Response) {
+        let (queue, counts) = match (command, response) {
+            (Command::Send { queue, messages, .. }, Response::Sent(sent)) => {
+                let bytes_in = messages.iter().map(|m| u64::from(m.stored_bytes())).sum();
+                (*queue, Counts { sent: sent.len() as u64, bytes_in, ..Counts::default() })
+            }
+            // A receive that found nothing is counted by the leader as it answers (most such
+            // receives never reach the log).
+            (
+                Command::Receive { queue, tenant, .. } | Command::ReceiveAttempt { queue, tenant, .. },
+                Response::Received(got),
+            ) => {
+                let bytes_out =
+                    self.get(*queue, tenant).map_or(0, |q| got.iter().map(|d| q.message_bytes(d.seq)).sum());
+                (*queue, Counts { received: got.len() as u64, bytes_out, ..Counts::default() })
+            }
+            (Command::Delete { queue, .. }, Response::Deleted(results)) => {
+                (*queue, Counts { deleted: results.iter().filter(|r| r.is_ok()).count() as u64, ..Counts::default() })
+            }
+            _ => return,
+        };
+        self.activity.record(log_index, queue, self.clock_ms, counts);
+    }
+
+    /// The per-queue counts of the applies since the shard last took them.
+    pub fn activity(&self) -> &Activity {
+        &self.activity
+    }
+
+    /// A queue's depth for its metrics at `now_ms`; `None` if it does not exist.
+    pub fn queue_gauges(&self, queue: QueueId, now_ms: u64) -> Option<Gauges> {
+        let q = self.queues.get(&queue)?;
+        let counts = q.counts_at(now_ms);
+        Some(Gauges {
+            visible: counts.visible,
+            in_flight: counts.in_flight,
+            delayed: counts.delayed,
+            oldest_age_s: q.oldest_enqueued_ms().map_or(0, |at| now_ms.saturating_sub(at) / 1000),
+        })
+    }
+
+    /// The ids of every queue of the shard.
+    pub fn queue_ids(&self) -> impl Iterator<Item = QueueId> + '_ {
+        self.queues.keys().copied()
     }
 
     /// Which queues the last applies may have made receivable.
@@ -507,7 +561,7 @@ impl ShardState {
             return Err(QueueError::InFlightLimit);
         }
         let max = max.min(usize::try_from(room).unwrap_or(usize::MAX));
-        let exhausted_at = self.move_dead_letters(queue, tenant, max, now_ms);
+        let exhausted_at = self.move_dead_letters(queue, tenant, max, log_index, now_ms);
         self.with_queue(queue, tenant, |q| {
             let deliveries = q.receive(queue, log_index, now_ms, max, timeout_ms, exhausted_at);
             if let Some(id) = attempt_id {
@@ -747,7 +801,14 @@ impl ShardState {
     /// Moves the exhausted messages a receive of `max` on `queue` (settled at `now_ms`) would reach into its
     /// dead-letter queue, when it has one of the same tenant (other than itself). Answers the
     /// receive count from which messages are dead letters (not to be delivered), if any.
-    fn move_dead_letters(&mut self, queue: QueueId, tenant: &str, max: usize, now_ms: u64) -> Option<u32> {
+    fn move_dead_letters(
+        &mut self,
+        queue: QueueId,
+        tenant: &str,
+        max: usize,
+        log_index: u64,
+        now_ms: u64,
+    ) -> Option<u32> {
         let source = self.get(queue, tenant)?;
         let redrive = source.config.redrive?;
         let source_fifo = source.config.fifo.is_some();
@@ -762,6 +823,8 @@ impl ShardState {
         if let Ok(moved) = moved
             && !moved.is_empty()
         {
+            let counts = Counts { moved_to_dead_letter: moved.len() as u64, ..Counts::default() };
+            self.activity.record(log_index, queue, now_ms, counts);
             let _ = self.with_queue(redrive.dead_letter_queue, tenant, |dlq| {
                 dlq.settle(now_ms);
                 for message in moved {

@@ -955,6 +955,16 @@ impl Queue {
         self.stored_bytes
     }
 
+    /// What the message `seq` counts in the stored bytes (0 when gone or unknown).
+    pub(crate) fn message_bytes(&self, seq: u64) -> u64 {
+        self.messages.get(&seq).map_or(0, |m| u64::from(m.body_bytes))
+    }
+
+    /// When the oldest message it holds entered it (scheduled ones aside); `None` when empty.
+    pub(crate) fn oldest_enqueued_ms(&self) -> Option<u64> {
+        self.messages.values().next().map(|m| m.enqueued_ms)
+    }
+
     /// What each message counts in the stored bytes, for the shard state's format version 3,
     /// which carries them after the serde layout.
     pub(crate) fn sizes(&self) -> QueueSizes {
