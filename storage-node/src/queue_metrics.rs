@@ -417,7 +417,8 @@ mod tests {
         let old = today_ms - (RETENTION_DAYS + 1) * DAY_MS;
         store.write(&[at(1, old), at(1, today_ms), at(2, today_ms)], &BTreeMap::new(), 0).expect("write");
         assert_eq!(store.prune(today_ms, |queue| queue == 1).expect("prune"), 2);
-        assert_eq!(store.read(1, old / MINUTE_MS, today_ms / MINUTE_MS).expect("read").len(), 1);
+        assert!(!dir.path().join("1").join(format!("{}.min", old / DAY_MS)).exists(), "the old day is gone");
+        assert_eq!(store.read(1, today_ms / MINUTE_MS, today_ms / MINUTE_MS).expect("read").len(), 1);
         assert!(!dir.path().join("2").exists());
     }
 
