@@ -34,12 +34,13 @@ const DEFAULT_FILTER: &str = "info,openraft=warn,foyer=warn";
 
 /// Sets up the process's log (see the module doc); later calls change nothing.
 pub(crate) fn init() {
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    if std::env::var("STRATA_ACCESS_LOG").is_ok_and(|v| v == "1" || v == "true")
-        && let Ok(directive) = format!("{}=info", strata_proxy::ACCESS_LOG_TARGET).parse()
-    {
-        filter = filter.add_directive(directive);
-    }
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let access = std::env::var("STRATA_ACCESS_LOG").is_ok_and(|v| v == "1" || v == "true");
+    let level = if access { "info" } else { "off" };
+    let filter = match format!("{}={level}", strata_proxy::ACCESS_LOG_TARGET).parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let repeats = RepeatLimit::new();
     let json = std::env::var("STRATA_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let layer = match json {

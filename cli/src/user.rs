@@ -298,6 +298,14 @@ pub(crate) struct AdminConnection {
 
 #[derive(Subcommand)]
 pub(crate) enum ClusterCommand {
+    /// List the tenants with their queue counts; with a tenant, its queues with their depth,
+    /// stored bytes and last minute's messages, and the totals.
+    Tenants {
+        /// A tenant whose queues to show.
+        tenant: Option<String>,
+        #[command(flatten)]
+        admin: AdminConnection,
+    },
     /// List the storage nodes, with whether each keeps its lease and which format generations it
     /// reads, and the generation the cluster writes.
     Nodes {
@@ -344,6 +352,32 @@ fn member_arg(text: &str) -> Result<(u64, String), String> {
 pub(crate) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
     let admin = |a: AdminConnection| Client::new(&a.admin_endpoint, &a.admin_token);
     match command {
+        ClusterCommand::Tenants { tenant: None, admin: a } => {
+            let client = admin(a);
+            let mut next: Option<String> = None;
+            loop {
+                let page = client.tenants(next.as_deref()).await?;
+                for t in &page.tenants {
+                    println!("{}\t{} queues", t.tenant, t.queues);
+                }
+                match page.next_token {
+                    Some(token) => next = Some(token),
+                    None => break,
+                }
+            }
+        }
+        ClusterCommand::Tenants { tenant: Some(tenant), admin: a } => {
+            let client = admin(a);
+            let mut next: Option<String> = None;
+            loop {
+                let page = client.tenant_queues(&tenant, next.as_deref()).await?;
+                print(&page);
+                match page.next_token {
+                    Some(token) => next = Some(token),
+                    None => break,
+                }
+            }
+        }
         ClusterCommand::Nodes { admin: a } => print(&admin(a).storage_nodes().await?),
         ClusterCommand::Shard { shard_id, admin: a } => print(&admin(a).shard(shard_id).await?),
         ClusterCommand::MetadataMembers { add, remove, admin: a } if add.is_empty() && remove.is_empty() => {

@@ -662,6 +662,21 @@ impl Catalog {
 
     /// Queues of a tenant with names starting with `prefix` and strictly after `start_after`,
     /// in name order; the flag says whether more remain.
+    /// Tenants after `start_after` by id, at most `max`, with their live queue counts; and
+    /// whether more follow.
+    pub fn list_tenants(&self, start_after: &str, max: usize) -> (Vec<(TenantRecord, u64)>, bool) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let mut page: Vec<(TenantRecord, u64)> = self
+            .tenants
+            .range::<str, _>((Excluded(start_after), Unbounded))
+            .take(max.saturating_add(1))
+            .map(|(id, record)| (record.clone(), self.queues_per_tenant.get(id).copied().unwrap_or(0)))
+            .collect();
+        let more = page.len() > max;
+        page.truncate(max);
+        (page, more)
+    }
+
     pub fn list_queues(&self, tenant: &str, prefix: &str, start_after: &str, max: usize) -> (Vec<QueueRecord>, bool) {
         let from = (tenant.to_string(), start_after.to_string());
         let mut out = Vec::new();

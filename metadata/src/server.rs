@@ -685,6 +685,21 @@ impl Metadata for MetadataService {
         Ok(Response::new(pb::ListQueuesResponse { queues: queues.into_iter().map(Into::into).collect(), truncated }))
     }
 
+    async fn list_tenants(
+        &self,
+        request: Request<pb::ListTenantsRequest>,
+    ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        self.node.read_barrier().await?;
+        let r = request.into_inner();
+        let max = if r.max_results == 0 { LIST_QUEUES_PAGE_MAX } else { r.max_results.min(LIST_QUEUES_PAGE_MAX) };
+        let (tenants, truncated) = self.node.catalog().list_tenants(&r.start_after, max as usize);
+        let tenants = tenants
+            .into_iter()
+            .map(|(t, queues)| pb::TenantSummary { tenant: t.tenant, created_ms: t.created_ms, queues })
+            .collect();
+        Ok(Response::new(pb::ListTenantsResponse { tenants, truncated }))
+    }
+
     async fn delete_queue(&self, request: Request<pb::QueueName>) -> Result<Response<pb::QueueInfo>, Status> {
         let request_id = request_id(&request)?;
         let r = request.into_inner();

@@ -61,6 +61,8 @@ pub struct DevProcess {
     storage_port: u16,
     admin_port: u16,
     extra_args: Vec<String>,
+    /// Environment variables set for the process, beyond the test's own.
+    env: Vec<(String, String)>,
     child: Option<Child>,
     pub endpoint: String,
     pub token: String,
@@ -69,6 +71,11 @@ pub struct DevProcess {
 impl DevProcess {
     /// Starts `strata dev` in `data_dir` with extra command-line arguments.
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_env(data_dir, extra_args, &[])
+    }
+
+    /// [`DevProcess::start`] with environment variables `env` set for the process.
+    pub fn start_with_env(data_dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let mut dev = Self {
             data_dir: data_dir.to_path_buf(),
             port: free_port(),
@@ -76,6 +83,7 @@ impl DevProcess {
             storage_port: free_port(),
             admin_port: free_port(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             child: None,
             endpoint: String::new(),
             token: String::new(),
@@ -101,6 +109,7 @@ impl DevProcess {
             .args(["--storage-port", &self.storage_port.to_string()])
             .args(["--admin-port", &self.admin_port.to_string()])
             .args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -133,6 +142,11 @@ impl DevProcess {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// What the process wrote to its log (stderr) so far.
+    pub fn log(&self) -> anyhow::Result<String> {
+        Ok(std::fs::read_to_string(self.data_dir.with_extension("log"))?)
     }
 
     /// SIGKILL: no shutdown path runs.

@@ -83,6 +83,41 @@ async fn prometheus_scrapes_strata_dev_and_counts_the_sends_made() {
     let sqs = "sum(strata_api_requests_total{api=\"sqs\",action=\"SendMessage\",code=\"200\"})";
     assert_eq!(prometheus.wait_for(sqs, 3.0, SCRAPED_WITHIN).await.expect("query"), Some(3.0));
     assert_eq!(prometheus.scalar("up").await.expect("query"), Some(1.0));
+    let log = dev.log().expect("the dev log");
+    assert!(!log.contains('\x1b'), "colour codes in a log that is not a terminal:\n{log}");
+    assert!(!log.contains("call answered"), "the access log is off unless asked for");
+}
+
+/// `STRATA_LOG_FORMAT=json` writes one JSON object per line; `STRATA_ACCESS_LOG=1` adds a line
+/// per answered call, naming its action, status and time, never its body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_and_the_access_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = [("STRATA_LOG_FORMAT", "json"), ("STRATA_ACCESS_LOG", "1")];
+    let dev = DevProcess::start_with_env(&dir.path().join("dev"), &[], &env).expect("strata dev");
+    let api = dev.api();
+    api.create_queue(&model::CreateQueue::named("logged")).await.expect("create");
+    api.post_ok("/v1/queues/logged/messages", json!({ "messages": [{ "body": "a secret body" }] }))
+        .await
+        .expect("send");
+    let mut access = Vec::new();
+    for _ in 0..50 {
+        let log = dev.log().expect("the dev log");
+        let lines: Vec<serde_json::Value> = log
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+            .collect();
+        access = lines.into_iter().filter(|l| l["target"] == "strata_access").collect();
+        if access.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let send = access.iter().find(|l| l["fields"]["action"] == "SendMessage").expect("the send's access line");
+    assert_eq!(send["fields"]["status"], 200, "{send}");
+    assert_eq!(send["fields"]["path"], "/v1/queues/logged/messages", "{send}");
+    assert!(send["fields"]["duration_ms"].is_u64(), "{send}");
+    assert!(!dev.log().expect("log").contains("a secret body"), "a message body reached the log");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,7 +285,28 @@ async fn readiness_turns_false_and_admin_calls_fail_fast_when_the_metadata_quoru
     for target in [member_1, proxy, billing, storage_1] {
         readyz_until(target, 200).await;
     }
-    admin.metadata_members().await.expect("members once a majority runs");
     tenant.create_queue(&model::CreateQueue::named("new")).await.expect("create once a majority runs");
+    // The leader tells the dead member from the live ones.
+    let members = admin.metadata_members().await.expect("members once a majority runs");
+    let mut states: Vec<(u64, String)> = members.health.iter().map(|h| (h.node_id, h.state.clone())).collect();
+    states.sort();
+    let dead = states.iter().find(|(id, _)| *id == 3).map(|(_, state)| state.as_str());
+    assert_eq!(dead, Some("unreachable"), "{members:?}");
+    let leaders = states.iter().filter(|(_, state)| state == "leader").count();
+    let live = states.iter().filter(|(_, state)| state == "live").count();
+    assert_eq!((leaders, live), (1, 1), "{members:?}");
+
+    // The operators' listings of tenants and of a tenant's queues with their figures.
+    let tenant_id = env["STRATA_TENANT"].clone();
+    let tenants = admin.tenants(None).await.expect("tenants");
+    let listed = tenants.tenants.iter().find(|t| t.tenant == tenant_id).expect("the tenant is listed");
+    let queues = admin.tenant_queues(&tenant_id, None).await.expect("the tenant's queues");
+    assert_eq!(listed.queues, queues.queues.len() as u64, "{tenants:?} {queues:?}");
+    let kept = queues.queues.iter().find(|q| q.name == "kept").expect("kept is listed");
+    assert!(queues.queues.iter().any(|q| q.name == "new"), "{queues:?}");
+    assert_eq!(kept.depth.in_flight, 2, "{queues:?}");
+    let messages: u64 = queues.queues.iter().map(|q| q.depth.visible + q.depth.in_flight + q.depth.delayed).sum();
+    assert_eq!((queues.totals.queues, queues.totals.messages), (listed.queues, messages), "{queues:?}");
+    assert!(kept.stored_bytes > 0 && queues.totals.stored_bytes >= kept.stored_bytes, "{queues:?}");
     cluster.down().expect("down");
 }

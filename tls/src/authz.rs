@@ -31,6 +31,7 @@ pub const RPC_ROLES: &[(Listener, &str, &[Role])] = &[
     (Listener::Metadata, "/strata.v1.Metadata/CreateQueue", &[Proxy, Billing, Operator]),
     (Listener::Metadata, "/strata.v1.Metadata/GetQueue", &[Proxy, Billing, Operator]),
     (Listener::Metadata, "/strata.v1.Metadata/ListQueues", &[Proxy, Operator]),
+    (Listener::Metadata, "/strata.v1.Metadata/ListTenants", &[Proxy, Operator]),
     (Listener::Metadata, "/strata.v1.Metadata/DeleteQueue", &[Proxy, Operator]),
     (Listener::Metadata, "/strata.v1.Metadata/SetQueueConfig", &[Proxy, Operator]),
     (Listener::Metadata, "/strata.v1.Metadata/TagQueue", &[Proxy, Operator]),

@@ -375,6 +375,16 @@ impl MetadataClient {
         self.call(request, |mut c, r| async move { c.list_metadata_members(r).await }).await
     }
 
+    /// Tenants after `start_after` by id (at most `max_results`, 1000 a page).
+    pub async fn list_tenants(
+        &self,
+        start_after: &str,
+        max_results: u32,
+    ) -> Result<pb::ListTenantsResponse, StrataError> {
+        let request = pb::ListTenantsRequest { start_after: start_after.to_owned(), max_results };
+        self.call(request, |mut c, r| async move { c.list_tenants(r).await }).await
+    }
+
     /// Readiness: whether the metadata quorum takes calls through this client (a linearizable
     /// read at its leader), and if not, why.
     pub async fn quorum_check(&self) -> strata_telemetry::ReadyCheck {

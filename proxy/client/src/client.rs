@@ -440,6 +440,22 @@ impl Client {
         self.json(Method::PUT, &format!("/admin/v1/limit-plans/{}", path_segment(name)), Some(limits)).await
     }
 
+    /// Operators: a page of tenants after `next_token`.
+    pub async fn tenants(&self, next_token: Option<&str>) -> Result<admin::TenantList, ClientError> {
+        let query = next_token.map(|t| format!("?next_token={}", path_segment(t))).unwrap_or_default();
+        self.get_as(&format!("/admin/v1/tenants{query}")).await
+    }
+
+    /// Operators: a page of a tenant's queues after `next_token`, with their figures.
+    pub async fn tenant_queues(
+        &self,
+        tenant: &str,
+        next_token: Option<&str>,
+    ) -> Result<admin::TenantQueues, ClientError> {
+        let query = next_token.map(|t| format!("?next_token={}", path_segment(t))).unwrap_or_default();
+        self.get_as(&format!("/admin/v1/tenants/{}/queues{query}", path_segment(tenant))).await
+    }
+
     pub async fn storage_nodes(&self) -> Result<admin::StorageNodeList, ClientError> {
         self.get_as("/admin/v1/storage-nodes").await
     }

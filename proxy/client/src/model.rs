@@ -621,7 +621,64 @@ pub struct LimitsInfo {
 pub mod admin {
     use serde::{Deserialize, Serialize};
 
-    use super::TenantLimits;
+    use super::{QueueDepth, TenantLimits};
+
+    /// A tenant, as an operator's listing shows it.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct TenantSummary {
+        pub tenant: String,
+        pub created_ms: u64,
+        /// Its queues.
+        pub queues: u64,
+    }
+
+    /// A page of tenants, by id.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct TenantList {
+        pub tenants: Vec<TenantSummary>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub next_token: Option<String>,
+    }
+
+    /// Messages through a queue (or a tenant's queues) in the last whole minute.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct LastMinute {
+        pub sent: u64,
+        pub received: u64,
+        pub deleted: u64,
+        pub empty_receives: u64,
+    }
+
+    /// One of a tenant's queues, with its depth, stored bytes and last minute.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct TenantQueue {
+        pub name: String,
+        pub shard_id: u64,
+        pub depth: QueueDepth,
+        pub stored_bytes: u64,
+        pub last_minute: LastMinute,
+    }
+
+    /// A page of a tenant's queues, by name, and the page's totals.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct TenantQueues {
+        pub tenant: String,
+        pub queues: Vec<TenantQueue>,
+        /// Summed over this page's queues.
+        pub totals: TenantTotals,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub next_token: Option<String>,
+    }
+
+    /// A tenant's figures summed over queues.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct TenantTotals {
+        pub queues: u64,
+        /// Messages held: visible, in flight and delayed.
+        pub messages: u64,
+        pub stored_bytes: u64,
+        pub last_minute: LastMinute,
+    }
 
     /// A storage node as metadata knows it.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -54,6 +54,7 @@ mod dead_letters;
 mod queue_metrics;
 mod settings;
 mod tags;
+mod tenants;
 
 pub(crate) use settings::default_config;
 use settings::{DELAY_S_MAX, VISIBILITY_TIMEOUT_S_MAX};
@@ -139,6 +140,8 @@ pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
         )
         .route("/admin/v1/tenants/{tenant}/access-keys/{id}", delete(revoke_access_key::<AdminTenant>))
         .route("/admin/v1/tenants/{tenant}/access-keys/{id}/rotate", post(rotate_access_key::<AdminTenant>))
+        .route("/admin/v1/tenants", get(tenants::list))
+        .route("/admin/v1/tenants/{tenant}/queues", get(tenants::queues))
         .route("/admin/v1/storage-nodes", get(list_storage_nodes))
         .route("/admin/v1/shards/{id}", get(get_shard))
         .route("/admin/v1/shards/{id}/move-replica", post(move_replica))
