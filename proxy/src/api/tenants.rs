@@ -99,8 +99,8 @@ pub(super) async fn queues(
     let mut queues = Vec::with_capacity(listed.queues.len());
     for chunk in listed.queues.chunks(READ_CONCURRENCY) {
         let mut reads = tokio::task::JoinSet::new();
-        for info in chunk.iter().cloned() {
-            let (placement, tenant) = (state.placement.clone(), tenant.clone());
+        for info in chunk {
+            let (placement, tenant, info) = (state.placement.clone(), tenant.clone(), info.clone());
             reads.spawn(async move { queue_figures(&placement, &tenant, &info, last_minute).await });
         }
         while let Some(read) = reads.join_next().await {
