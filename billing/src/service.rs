@@ -290,6 +290,9 @@ pub async fn start(
     cancel: CancellationToken,
 ) -> Result<crate::api::BillingRouters, ServiceError> {
     let store = BillingStore::open(&settings.database_url).await?;
+    // Behind is measured from here until the first whole pass.
+    let started_s = i64::try_from(settings.clock.now_ms() / 1000).unwrap_or(i64::MAX);
+    strata_telemetry::billing().last_pass_unix_seconds.set(started_s);
     let metadata = strata_metadata_client::MetadataClient::connect_lazy(&settings.metadata_endpoint, &settings.tls)?
         .with_seams(settings.clock.clone(), settings.random.clone());
     let storage = strata_storage_client::clients::StorageClients::new(settings.tls);

@@ -131,6 +131,19 @@ fn own_storage_node<T>(request: &Request<T>, node_id: &str) -> Result<(), Status
     }
 }
 
+/// Reports at each scrape whether `node` reaches its quorum (while it is open).
+fn sample_quorum(node: &Arc<MetadataNode>) {
+    let node = Arc::downgrade(node);
+    let label =
+        strata_telemetry::GroupLabel { group: <Catalog as strata_raft::raft_state::ReplicatedState>::METRICS_GROUP };
+    strata_telemetry::add_sampler(move || {
+        if let Some(node) = node.upgrade() {
+            let reachable = i64::from(node.quorum_view().serves());
+            strata_telemetry::raft().quorum_reachable.get_or_create(&label).set(reachable);
+        }
+    });
+}
+
 /// How a quorum member finds the others.
 #[derive(Debug, Clone)]
 pub struct MemberSettings {
@@ -247,7 +260,9 @@ impl MetadataNode {
         router.register(METADATA_GROUP, group.raft.clone(), Senders::MembersById);
         let (leases, keks) = (Leases::default(), parking_lot::RwLock::default());
         let leaderless = Leaderless::watch(group.raft.metrics(), clock.clone());
-        Ok(Arc::new(Self { group, clock, router: Some(router), leases, format, credentials, keks, leaderless }))
+        let node = Arc::new(Self { group, clock, router: Some(router), leases, format, credentials, keks, leaderless });
+        sample_quorum(&node);
+        Ok(node)
     }
 
     /// The quorum's voters (node id → endpoint) and its leader, as this member knows them.

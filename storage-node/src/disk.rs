@@ -78,7 +78,11 @@ impl DiskGuard {
         };
         self.available_bytes.store(available, Ordering::Release);
         let above_reserve = available.saturating_sub(self.reserve_bytes);
-        strata_telemetry::storage().disk_free_bytes.set(i64::try_from(above_reserve).unwrap_or(i64::MAX));
+        let disk = strata_telemetry::DiskLabel { disk: "data" };
+        strata_telemetry::storage()
+            .disk_free_bytes
+            .get_or_create(&disk)
+            .set(i64::try_from(above_reserve).unwrap_or(i64::MAX));
         self.admitted_bytes.store(0, Ordering::Release);
         let low = available < self.reserve_bytes;
         if self.low.swap(low, Ordering::AcqRel) != low {

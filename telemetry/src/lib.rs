@@ -66,6 +66,12 @@ pub struct CallLabels {
     pub code: u16,
 }
 
+/// Which disk of a process: `data` (a storage node's data directory).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DiskLabel {
+    pub disk: &'static str,
+}
+
 /// An API call's labels without its status (for the latency histogram).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabels {
@@ -105,8 +111,9 @@ pub struct StorageMetrics {
     pub wal_written_bytes: Counter,
     /// WAL appends made durable by one fsync.
     pub group_commit_appends: Histogram,
-    /// Free space of the data directory's disk above its reserve.
-    pub disk_free_bytes: Gauge,
+    /// Free space of the data directory's disk above its reserve (a family, so that processes
+    /// without a data disk show no series rather than a zero).
+    pub disk_free_bytes: Family<DiskLabel, Gauge>,
 }
 
 /// Raft groups (shards and the metadata quorum), by kind of group.
@@ -124,6 +131,8 @@ pub struct RaftMetrics {
     pub groups: Family<GroupLabel, Gauge>,
     /// Groups that know no leader now: for `metadata`, the quorum is lost or electing.
     pub groups_without_leader: Family<GroupLabel, Gauge>,
+    /// 1 while this member reaches a majority of its group, else 0 (metadata members only).
+    pub quorum_reachable: Family<GroupLabel, Gauge>,
 }
 
 /// Tiering of sealed segments to the bucket.
@@ -151,7 +160,8 @@ pub struct CacheMetrics {
 pub struct BillingMetrics {
     /// Metering records counted (new ones; a record seen again is not).
     pub counted_records: Counter,
-    /// When billing last read every live node's metering records in one pass (Unix seconds).
+    /// When billing last read every live node's metering records in one pass, or started
+    /// (Unix seconds).
     pub last_pass_unix_seconds: Gauge,
 }
 
@@ -168,7 +178,7 @@ static STORAGE: LazyLock<StorageMetrics> = LazyLock::new(|| StorageMetrics {
     wal_fsync_seconds: io_seconds(),
     wal_written_bytes: Counter::default(),
     group_commit_appends: batch_sizes(),
-    disk_free_bytes: Gauge::default(),
+    disk_free_bytes: Family::default(),
 });
 
 static RAFT: LazyLock<RaftMetrics> = LazyLock::new(|| RaftMetrics {
@@ -179,6 +189,7 @@ static RAFT: LazyLock<RaftMetrics> = LazyLock::new(|| RaftMetrics {
     groups_led: Family::default(),
     groups: Family::default(),
     groups_without_leader: Family::default(),
+    quorum_reachable: Family::default(),
 });
 
 static TIER: LazyLock<TierMetrics> = LazyLock::new(|| TierMetrics {
@@ -217,10 +228,35 @@ pub fn billing() -> &'static BillingMetrics {
     &BILLING
 }
 
+/// The registry and the names of the families in it (a family without series yet shows nothing
+/// in a scrape, so the names are kept for checking dashboards and alert rules against).
+struct Families {
+    registry: Registry,
+    names: Vec<String>,
+}
+
+impl Families {
+    fn register(&mut self, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
+        self.names.push(format!("strata_{name}"));
+        self.registry.register(name, help, metric);
+    }
+
+    fn register_with_unit(
+        &mut self,
+        name: &str,
+        help: &str,
+        unit: Unit,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.names.push(format!("strata_{name}_{}", unit.as_str()));
+        self.registry.register_with_unit(name, help, unit, metric);
+    }
+}
+
 /// Every family, registered once under the `strata_` prefix (metrics are shared handles: the
 /// registry holds clones of the statics above).
-static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
-    let mut registry = Registry::with_prefix("strata");
+static REGISTRY: LazyLock<Families> = LazyLock::new(|| {
+    let mut registry = Families { registry: Registry::with_prefix("strata"), names: Vec::new() };
     let a = api();
     registry.register("api_requests", "API calls answered, by API, action and HTTP status", a.requests.clone());
     registry.register_with_unit(
@@ -279,6 +315,11 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         "Raft groups that know no leader (metadata: the quorum is lost or electing)",
         r.groups_without_leader.clone(),
     );
+    registry.register(
+        "raft_quorum_reachable",
+        "1 while this member reaches a majority of its group (leads with a recent quorum, or follows a leader), else 0",
+        r.quorum_reachable.clone(),
+    );
 
     let t = tier();
     registry.register_with_unit(
@@ -297,12 +338,13 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
     registry.register("billing_counted_records", "Metering records counted", b.counted_records.clone());
     registry.register_with_unit(
         "billing_last_pass_timestamp",
-        "When billing last read every live storage node's metering records in one pass (Unix time)",
+        "When billing last read every live storage node's metering records in one pass, or started (Unix time)",
         Unit::Seconds,
         b.last_pass_unix_seconds.clone(),
     );
 
-    registry.register_collector(Box::new(process::ProcessCollector));
+    registry.registry.register_collector(Box::new(process::ProcessCollector));
+    registry.names.extend(process::FAMILY_NAMES.iter().map(|n| format!("strata_{n}")));
     registry
 });
 
@@ -358,6 +400,18 @@ pub fn add_sampler(sampler: impl Fn() + Send + Sync + 'static) {
     SAMPLERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Box::new(sampler));
 }
 
+/// The name of every family a role's scrape may show, and of the tenant-scoped endpoint's (with
+/// units, without the `_total` and `_bucket` of their series); for checking dashboards and
+/// alert rules against.
+pub fn family_names() -> Vec<String> {
+    let tenant = tenant::render_queue_depths(&[QueueDepthSample::default()]);
+    let tenant_names =
+        tenant.lines().filter_map(|l| l.strip_prefix("# TYPE ").and_then(|rest| rest.split_whitespace().next()));
+    let mut names: Vec<String> = REGISTRY.names.iter().cloned().chain(tenant_names.map(str::to_owned)).collect();
+    names.sort();
+    names
+}
+
 /// The body of a scrape: every family in the Prometheus text format. Scrapes take turns, so
 /// one never encodes gauges another is bringing up to date.
 pub fn render() -> String {
@@ -367,7 +421,7 @@ pub fn render() -> String {
     }
     let mut body = String::with_capacity(16 * 1024);
     // Writing into a String cannot fail.
-    let _ = prometheus_client::encoding::prometheus_text::encode(&mut body, &REGISTRY);
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut body, &REGISTRY.registry);
     body
 }
 

@@ -49,6 +49,9 @@ fn emit(
     metric.encode(encoder.encode_descriptor(name, help, unit, metric.metric_type())?)
 }
 
+/// The families the collector emits, with their units.
+pub(crate) const FAMILY_NAMES: [&str; 3] = ["process_cpu_seconds", "process_resident_memory_bytes", "process_open_fds"];
+
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         if let Some(seconds) = cpu_seconds() {

@@ -21,11 +21,23 @@ impl Prometheus {
     /// Starts Prometheus in `dir`, scraping `targets` (host:port) at `/metrics` with the bearer
     /// token in `token_file`.
     pub fn start(dir: &Path, targets: &[String], token_file: &Path) -> anyhow::Result<Self> {
+        Self::start_with_rules(dir, targets, token_file, None)
+    }
+
+    /// [`Prometheus::start`], evaluating the alert rules of `rules` every second.
+    pub fn start_with_rules(
+        dir: &Path,
+        targets: &[String],
+        token_file: &Path,
+        rules: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let port = crate::free_port();
         let targets = targets.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", ");
+        let rule_files = rules.map(|r| format!("rule_files: ['{}']\n", r.display())).unwrap_or_default();
         let config = format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: strata\n    \
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n{rule_files}\
+             scrape_configs:\n  - job_name: strata\n    \
              authorization:\n      credentials_file: {}\n    static_configs:\n      - targets: [{targets}]\n",
             token_file.display()
         );
@@ -73,6 +85,56 @@ impl Prometheus {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+}
+
+impl Prometheus {
+    /// Runs `query` as an instant query; an error if Prometheus refuses it (bad PromQL).
+    pub async fn check_query(&self, query: &str) -> anyhow::Result<()> {
+        let url = reqwest::Url::parse_with_params(&format!("{}/api/v1/query", self.endpoint), [("query", query)])?;
+        let body: Value = reqwest::Client::new().get(url).send().await?.json().await?;
+        anyhow::ensure!(body["status"] == "success", "query {query} refused: {body}");
+        Ok(())
+    }
+
+    /// `(alert name, state, labels)` of every alert pending or firing now.
+    pub async fn alerts(&self) -> anyhow::Result<Vec<(String, String, Value)>> {
+        let body: Value = reqwest::get(format!("{}/api/v1/alerts", self.endpoint)).await?.json().await?;
+        let alerts = body["data"]["alerts"].as_array().context("no alert list")?;
+        Ok(alerts
+            .iter()
+            .map(|a| {
+                let name = a["labels"]["alertname"].as_str().unwrap_or_default().to_owned();
+                (name, a["state"].as_str().unwrap_or_default().to_owned(), a["labels"].clone())
+            })
+            .collect())
+    }
+
+    /// `(rule name, health, last error)` of every rule loaded.
+    pub async fn rules(&self) -> anyhow::Result<Vec<(String, String, String)>> {
+        let body: Value = reqwest::get(format!("{}/api/v1/rules", self.endpoint)).await?.json().await?;
+        let groups = body["data"]["groups"].as_array().context("no rule groups")?;
+        Ok(groups
+            .iter()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .map(|r| {
+                let text = |key: &str| r[key].as_str().unwrap_or_default().to_owned();
+                (text("name"), text("health"), text("lastError"))
+            })
+            .collect())
+    }
+}
+
+/// Runs `promtool check rules` on a rules file; answers its output when it fails.
+pub fn promtool_check_rules(path: &Path) -> anyhow::Result<()> {
+    let output = Command::new("promtool").args(["check", "rules"]).arg(path).output().context("starting promtool")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "promtool check rules {}: {}{}",
+        path.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
 }
 
 impl Drop for Prometheus {

@@ -10,8 +10,17 @@ use std::time::Duration;
 
 use serde_json::json;
 use strata_tests::cluster::LocalCluster;
-use strata_tests::prometheus::{Prometheus, promtool_check_metrics};
+use strata_tests::prometheus::{Prometheus, promtool_check_metrics, promtool_check_rules};
 use strata_tests::{Api, DevProcess, model};
+
+/// Every `strata_*` series name in `text` (a query, a rules file) is one Strata exports.
+fn assert_names_exported(text: &str) {
+    let exported = strata_telemetry::family_names();
+    for name in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("strata_")) {
+        let stem = ["_total", "_bucket"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+        assert!(exported.iter().any(|e| e == name || e == stem), "{name} is not exported; exported: {exported:?}");
+    }
+}
 
 /// Long enough for a first scrape of a process that just started (1 s interval).
 const SCRAPED_WITHIN: Duration = Duration::from_secs(60);
@@ -77,12 +86,33 @@ async fn prometheus_scrapes_strata_dev_and_counts_the_sends_made() {
     }
     assert!(!body.contains("watched"), "a queue's name leaked into the default scrape");
 
-    let prometheus = Prometheus::start(&dir.path().join("prometheus"), &[target], &token_file).expect("prometheus");
+    let prometheus =
+        Prometheus::start(&dir.path().join("prometheus"), &[target.clone()], &token_file).expect("prometheus");
     let native = "sum(strata_api_requests_total{api=\"native\",action=\"SendMessage\",code=\"200\"})";
     assert_eq!(prometheus.wait_for(native, 7.0, SCRAPED_WITHIN).await.expect("query"), Some(7.0));
     let sqs = "sum(strata_api_requests_total{api=\"sqs\",action=\"SendMessage\",code=\"200\"})";
     assert_eq!(prometheus.wait_for(sqs, 3.0, SCRAPED_WITHIN).await.expect("query"), Some(3.0));
     assert_eq!(prometheus.scalar("up").await.expect("query"), Some(1.0));
+
+    // The dashboard of infra/observability: every query is valid PromQL and names only
+    // families Strata exports (on its roles' /metrics or the tenant-scoped endpoint).
+    let dashboard =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/observability/grafana-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dashboard).expect("dashboard")).expect("dashboard JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let queries: Vec<&str> = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .filter_map(|t| t["expr"].as_str())
+        .collect();
+    assert!(queries.len() >= 20, "{} queries", queries.len());
+    for query in queries {
+        prometheus.check_query(query).await.expect("valid PromQL");
+        assert_names_exported(query);
+    }
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/observability/alerts.yml");
+    assert_names_exported(&std::fs::read_to_string(rules).expect("alert rules"));
     let log = dev.log().expect("the dev log");
     assert!(!log.contains('\x1b'), "colour codes in a log that is not a terminal:\n{log}");
     assert!(!log.contains("call answered"), "the access log is off unless asked for");
@@ -247,6 +277,23 @@ async fn readiness_turns_false_and_admin_calls_fail_fast_when_the_metadata_quoru
     let admin = Api::new(&env["STRATA_ADMIN_ENDPOINT"], &env["STRATA_ADMIN_TOKEN"]);
     tenant.create_queue(&model::CreateQueue::named("kept")).await.expect("create");
     tenant.post_ok("/v1/queues/kept/messages", json!({ "messages": [{ "body": "before" }] })).await.expect("send");
+    // The alert rules of infra/observability, evaluated by a real Prometheus scraping everything.
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/observability/alerts.yml");
+    promtool_check_rules(&rules).expect("promtool check rules");
+    let token_file = PathBuf::from(&env["STRATA_METRICS_TOKEN_FILE"]);
+    let prometheus = Prometheus::start_with_rules(&dir.path().join("prometheus"), &targets, &token_file, Some(&rules))
+        .expect("prometheus");
+    assert_eq!(prometheus.wait_for("sum(up)", 9.0, SCRAPED_WITHIN).await.expect("query"), Some(9.0));
+    let quiet_until = std::time::Instant::now() + SCRAPED_WITHIN;
+    loop {
+        let rules = prometheus.rules().await.expect("rules");
+        if !rules.is_empty() && rules.iter().all(|(_, health, _)| health == "ok") {
+            break;
+        }
+        assert!(std::time::Instant::now() < quiet_until, "rules not all evaluated without error: {rules:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(prometheus.alerts().await.expect("alerts"), vec![], "a healthy cluster raises no alert");
 
     cluster.kill9("metadata-2").expect("kill metadata-2");
     cluster.kill9("metadata-3").expect("kill metadata-3");
@@ -255,6 +302,19 @@ async fn readiness_turns_false_and_admin_calls_fail_fast_when_the_metadata_quoru
         let problem = body["needs"]["metadata_quorum"].as_str().unwrap_or_default().to_owned();
         assert!(problem.contains("metadata quorum is unavailable"), "{target}: {body}");
     }
+
+    // The quorum-loss alert and the dead targets' alerts become active.
+    let active_until = std::time::Instant::now() + SCRAPED_WITHIN;
+    loop {
+        let alerts = prometheus.alerts().await.expect("alerts");
+        let named = |name: &str| alerts.iter().filter(|(n, _, _)| n == name).count();
+        if named("StrataMetadataQuorumLost") == 1 && named("StrataTargetDown") == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < active_until, "alerts: {alerts:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(prometheus);
 
     let started = std::time::Instant::now();
     let refused = admin.metadata_members().await.expect_err("no quorum, no member list");
