@@ -86,8 +86,8 @@ async fn prometheus_scrapes_strata_dev_and_counts_the_sends_made() {
     }
     assert!(!body.contains("watched"), "a queue's name leaked into the default scrape");
 
-    let prometheus =
-        Prometheus::start(&dir.path().join("prometheus"), &[target.clone()], &token_file).expect("prometheus");
+    let prometheus = Prometheus::start(&dir.path().join("prometheus"), std::slice::from_ref(&target), &token_file)
+        .expect("prometheus");
     let native = "sum(strata_api_requests_total{api=\"native\",action=\"SendMessage\",code=\"200\"})";
     assert_eq!(prometheus.wait_for(native, 7.0, SCRAPED_WITHIN).await.expect("query"), Some(7.0));
     let sqs = "sum(strata_api_requests_total{api=\"sqs\",action=\"SendMessage\",code=\"200\"})";
