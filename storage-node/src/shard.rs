@@ -622,16 +622,25 @@ impl Shard {
         if deltas.is_empty() {
             return Ok(());
         }
+        self.on_queue_metrics("writing queue metrics", move |store| store.write(&deltas, &gauges, now_ms / MINUTE_MS))
+            .await
+    }
+
+    /// Runs `work` on this replica's queue metrics store, away from the async threads, one
+    /// at a time.
+    async fn on_queue_metrics<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        work: impl FnOnce(&MetricsStore) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T, StrataError> {
         let store = self.queue_metrics.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            let store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            store.write(&deltas, &gauges, now_ms / MINUTE_MS)
-        })
-        .await;
-        match written {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(NodeError::local_file("writing queue metrics", e).into()),
-            Err(e) => Err(NodeError::bug("the queue metrics writer stopped", e).into()),
+        let done =
+            tokio::task::spawn_blocking(move || work(&store.lock().unwrap_or_else(std::sync::PoisonError::into_inner)))
+                .await;
+        match done {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => Err(NodeError::local_file(what, e).into()),
+            Err(e) => Err(NodeError::bug("the queue metrics store stopped", e).into()),
         }
     }
 
@@ -653,17 +662,10 @@ impl Shard {
             state.0.queue_gauges(queue, now_ms).unwrap_or_default()
         };
         self.write_queue_metrics().await?;
-        let store = self.queue_metrics.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            let store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            store.read(queue, from_minute, to_minute)
-        })
-        .await;
-        match read {
-            Ok(Ok(minutes)) => Ok((minutes, now)),
-            Ok(Err(e)) => Err(NodeError::local_file("reading queue metrics", e).into()),
-            Err(e) => Err(NodeError::bug("the queue metrics reader stopped", e).into()),
-        }
+        let minutes = self
+            .on_queue_metrics("reading queue metrics", move |store| store.read(queue, from_minute, to_minute))
+            .await?;
+        Ok((minutes, now))
     }
 
     /// Counts a receive of `queue` that delivered nothing without reaching the log.
@@ -679,17 +681,8 @@ impl Shard {
             let state = self.state();
             state.0.queue_ids().collect()
         };
-        let store = self.queue_metrics.clone();
-        let pruned = tokio::task::spawn_blocking(move || {
-            let store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            store.prune(now_ms, |queue| live.contains(&queue))
-        })
-        .await;
-        match pruned {
-            Ok(Ok(removed)) => Ok(removed),
-            Ok(Err(e)) => Err(NodeError::local_file("pruning queue metrics", e).into()),
-            Err(e) => Err(NodeError::bug("the queue metrics pruner stopped", e).into()),
-        }
+        self.on_queue_metrics("pruning queue metrics", move |store| store.prune(now_ms, |queue| live.contains(&queue)))
+            .await
     }
 
     /// Waits until a read of this replica's state is linearizable: it leads (confirmed by a
