@@ -339,15 +339,18 @@ impl BillingStore {
         Ok(Self { pool })
     }
 
-    /// Counts `records` into hourly usage, each once per (tenant, request id); answers how many
-    /// were new. Durable when it returns.
     /// Readiness: the database answers a query.
     pub async fn ready_check(&self) -> strata_telemetry::ReadyCheck {
         let answered = sqlx::query("SELECT 1").execute(&self.pool).await;
-        let problem = answered.err().map(|e| format!("the billing database did not answer: {e}"));
+        let problem = answered.err().map(|e| {
+            tracing::info!(error = %e, "readiness: the billing database did not answer");
+            "the billing database did not answer".to_owned()
+        });
         strata_telemetry::ReadyCheck::new("database", problem)
     }
 
+    /// Counts `records` into hourly usage, each once per (tenant, request id); answers how many
+    /// were new. Durable when it returns.
     pub async fn record(&self, records: &[MeterRecord]) -> Result<usize, StoreError> {
         check_batch(records, RECORDS_PER_BATCH_MAX)?;
         if records.is_empty() {

@@ -78,15 +78,25 @@ impl Readiness {
     }
 }
 
-/// `/readyz`: 200 when every need is met, else 503; the body says which are not and why.
+/// `/readyz`: 200 when every need is met, else 503; the body says which are not and why. As
+/// with Kubernetes' own `/readyz`, `?exclude=NEED` (repeatable) leaves a need out of the verdict,
+/// not out of the body: a load balancer in front of proxies may keep sending to them while the
+/// metadata quorum is lost (`?exclude=metadata_quorum`), as sends and receives go on.
 pub fn readyz_route(readiness: Readiness) -> Router {
     Router::new().route(
         "/readyz",
-        get(move || {
+        get(move |uri: axum::http::Uri| {
             let readiness = readiness.clone();
             async move {
+                let excluded: Vec<String> = uri
+                    .query()
+                    .unwrap_or_default()
+                    .split('&')
+                    .filter_map(|pair| pair.strip_prefix("exclude="))
+                    .map(str::to_owned)
+                    .collect();
                 let checks = readiness.checks().await;
-                let ready = checks.iter().all(ReadyCheck::is_met);
+                let ready = checks.iter().all(|c| c.is_met() || excluded.iter().any(|e| e == c.need));
                 let needs: serde_json::Map<String, serde_json::Value> = checks
                     .into_iter()
                     .map(|c| (c.need.to_owned(), c.problem.map_or_else(|| "ok".into(), serde_json::Value::String)))

@@ -660,8 +660,6 @@ impl Catalog {
         self.queues.get(&(tenant.to_string(), name.to_string()))
     }
 
-    /// Queues of a tenant with names starting with `prefix` and strictly after `start_after`,
-    /// in name order; the flag says whether more remain.
     /// Tenants after `start_after` by id, at most `max`, with their live queue counts; and
     /// whether more follow.
     pub fn list_tenants(&self, start_after: &str, max: usize) -> (Vec<(TenantRecord, u64)>, bool) {
@@ -677,6 +675,8 @@ impl Catalog {
         (page, more)
     }
 
+    /// Queues of a tenant with names starting with `prefix` and strictly after `start_after`,
+    /// in name order; the flag says whether more remain.
     pub fn list_queues(&self, tenant: &str, prefix: &str, start_after: &str, max: usize) -> (Vec<QueueRecord>, bool) {
         let from = (tenant.to_string(), start_after.to_string());
         let mut out = Vec::new();

@@ -5,17 +5,21 @@
 //! [`RETENTION_DAYS`] days.
 //!
 //! **Where the figures come from.** Every replica counts the commands it applies
-//! ([`Activity`], filled by the state machine, not part of the replicated state), so every
-//! replica holds the whole history and a new leader answers as the old one did. Receives that
-//! found nothing never reach the log; the leader counts them as it answers (a leader change
-//! loses at most the current minute of those).
+//! ([`Activity`], filled by the state machine, not part of the replicated state), so a replica
+//! that applied the same log holds the same counts, and a new leader answers as the old one did
+//! for everything logged. Receives that found nothing never reach the log: the leader counts
+//! them as it answers, so another leader does not know the ones counted before it led. A replica
+//! brought up to date by a snapshot (a new or moved replica) lacks the minutes the snapshot
+//! covered, and counts not yet written when a state is replaced by a snapshot are lost.
 //!
 //! **Where they are kept.** A shard replica's task writes the counts down every
 //! [`FLUSH_INTERVAL`] into [`MetricsStore`]: one file per queue and day with a slot per minute,
 //! created only for a day the queue had activity, so an idle queue costs nothing and a busy one at
 //! most [`DAY_FILE_BYTES`] a day. Each slot remembers the last log index it counted, so the
-//! commands a restart applies again are not counted twice. Writes are not fsynced: a process
-//! crash loses nothing written, a machine crash at most the last minutes.
+//! commands a restart applies again are not counted twice (and those applied since the last
+//! snapshot and not yet written are counted when applied again). Writes are not fsynced: a
+//! process crash loses at most the last second's counts not in the log; a machine crash may lose
+//! the last minutes, and a damaged day file is set aside (`.damaged`) and started anew.
 //!
 //! **Format** (little-endian), version [`FORMAT_VERSION`]: a 16-byte header (the magic
 //! `SQMD`, the version as u16, 10 bytes zero), then 1440 slots of [`SLOT_WORDS`] u64 each:
@@ -99,7 +103,10 @@ impl Counts {
     }
 
     fn add(&mut self, other: &Counts) {
-        let sum: Vec<u64> = self.words().iter().zip(other.words()).map(|(a, b)| a.saturating_add(b)).collect();
+        let mut sum = self.words();
+        for (word, more) in sum.iter_mut().zip(other.words()) {
+            *word = word.saturating_add(more);
+        }
         *self = Self::from_words(&sum);
     }
 
@@ -197,14 +204,18 @@ fn slot_offset(minute: u64) -> u64 {
     HEADER_BYTES + (minute % MINUTES_PER_DAY) * SLOT_BYTES
 }
 
-fn read_slot(file: &File, minute: u64) -> std::io::Result<[u64; SLOT_WORDS]> {
-    let mut bytes = [0u8; SLOT_BYTES as usize];
-    file.read_exact_at(&mut bytes, slot_offset(minute))?;
+fn slot_words(bytes: &[u8]) -> [u64; SLOT_WORDS] {
     let mut words = [0u64; SLOT_WORDS];
     for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
         *word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
     }
-    Ok(words)
+    words
+}
+
+fn read_slot(file: &File, minute: u64) -> std::io::Result<[u64; SLOT_WORDS]> {
+    let mut bytes = [0u8; SLOT_BYTES as usize];
+    file.read_exact_at(&mut bytes, slot_offset(minute))?;
+    Ok(slot_words(&bytes))
 }
 
 fn write_slot(file: &File, minute: u64, words: &[u64; SLOT_WORDS]) -> std::io::Result<()> {
@@ -222,15 +233,23 @@ fn header() -> [u8; HEADER_BYTES as usize] {
     header
 }
 
-/// Checks a day file's header: its magic and a version this release reads.
-fn check_header(file: &mut File, path: &Path) -> std::io::Result<()> {
+/// Checks a day file: its length, its magic and a version this release reads (a newer version is
+/// refused as `Unsupported`, never set aside: a later release wrote it).
+fn check_day_file(file: &mut File, path: &Path) -> std::io::Result<()> {
+    let damaged = |what: &str| std::io::Error::new(ErrorKind::InvalidData, format!("{}: {what}", path.display()));
+    if file.metadata()?.len() != DAY_FILE_BYTES {
+        return Err(damaged("not the length of a day"));
+    }
     let mut found = [0u8; HEADER_BYTES as usize];
     file.read_exact(&mut found)?;
     let version = u16::from_le_bytes([found[4], found[5]]);
-    if &found[..4] != MAGIC || version == 0 || version > FORMAT_VERSION {
+    if &found[..4] != MAGIC || version == 0 {
+        return Err(damaged("not a queue metrics file"));
+    }
+    if version > FORMAT_VERSION {
         return Err(std::io::Error::new(
-            ErrorKind::InvalidData,
-            format!("{} is not a queue metrics file of version 1-{FORMAT_VERSION}", path.display()),
+            ErrorKind::Unsupported,
+            format!("{} is of version {version}; this release reads 1-{FORMAT_VERSION}", path.display()),
         ));
     }
     Ok(())
@@ -245,26 +264,35 @@ impl MetricsStore {
         self.dir.join(queue.to_string()).join(format!("{day}.min"))
     }
 
-    /// The day file, created (sized, with its header) when `create`; `None` if absent.
+    /// The day file, created (sized, with its header, under a temporary name first, so that a
+    /// crash leaves no half-made file) when `create`; `None` if absent. A damaged file (short, or
+    /// not of this format) is set aside with a warning and, when `create`, started anew.
     fn open_day(&self, queue: QueueId, day: u64, create: bool) -> std::io::Result<Option<File>> {
         let path = self.day_path(queue, day);
         match OpenOptions::new().read(true).write(create).open(&path) {
-            Ok(mut file) => {
-                check_header(&mut file, &path)?;
-                Ok(Some(file))
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound && create => {
-                if let Some(parent) = path.parent() {
-                    strata_wal::private_fs::create_dir_all(parent)?;
+            Ok(mut file) => match check_day_file(&mut file, &path) {
+                Ok(()) => return Ok(Some(file)),
+                Err(e) if e.kind() == ErrorKind::InvalidData => {
+                    tracing::warn!(file = %path.display(), error = %e, "queue metrics file damaged; set aside");
+                    std::fs::rename(&path, path.with_extension("min.damaged"))?;
                 }
-                let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
-                file.write_all_at(&header(), 0)?;
-                file.set_len(DAY_FILE_BYTES)?;
-                Ok(Some(file))
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+                Err(e) => return Err(e),
+            },
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
+        if !create {
+            return Ok(None);
+        }
+        if let Some(parent) = path.parent() {
+            strata_wal::private_fs::create_dir_all(parent)?;
+        }
+        let fresh = path.with_extension("min.new");
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&fresh)?;
+        file.write_all_at(&header(), 0)?;
+        file.set_len(DAY_FILE_BYTES)?;
+        std::fs::rename(&fresh, &path)?;
+        Ok(Some(file))
     }
 
     /// Adds `deltas` (in log order) to their minutes, passing over those a slot counted already
@@ -323,8 +351,10 @@ impl MetricsStore {
             let Some(file) = self.open_day(queue, day, false)? else { continue };
             let first = from_minute.max(day * MINUTES_PER_DAY);
             let last = to_minute.min(day * MINUTES_PER_DAY + MINUTES_PER_DAY - 1);
-            for minute in first..=last {
-                let words = read_slot(&file, minute)?;
+            let mut bytes = vec![0u8; ((last - first + 1) * SLOT_BYTES) as usize];
+            file.read_exact_at(&mut bytes, slot_offset(first))?;
+            for (minute, slot) in (first..=last).zip(bytes.chunks_exact(SLOT_BYTES as usize)) {
+                let words = slot_words(slot);
                 let counts = Counts::from_words(&words[2..9]);
                 let gauges = (words[1] & GAUGES_SET != 0).then(|| Gauges {
                     visible: words[9],
@@ -433,6 +463,21 @@ mod tests {
         let file = OpenOptions::new().write(true).open(&path).expect("open");
         file.write_all_at(&(FORMAT_VERSION + 1).to_le_bytes(), 4).expect("bump the version");
         let error = store.read(3, 0, 10).expect_err("a newer version");
-        assert_eq!(error.kind(), ErrorKind::InvalidData);
+        assert_eq!(error.kind(), ErrorKind::Unsupported);
+        assert!(path.exists(), "a newer release's file is kept");
+    }
+
+    #[test]
+    fn a_damaged_day_is_set_aside_and_started_anew() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = MetricsStore::new(dir.path().to_owned());
+        let at = |log_index| Delta { log_index, queue: 3, minute: 5, counts: sent(1) };
+        store.write(&[at(1)], &BTreeMap::new(), 0).expect("write");
+        let path = dir.path().join("3").join("0.min");
+        OpenOptions::new().write(true).open(&path).expect("open").set_len(100).expect("cut short");
+        assert!(store.read(3, 0, 10).expect("a damaged day reads as empty").is_empty());
+        assert!(path.with_extension("min.damaged").exists());
+        store.write(&[at(2)], &BTreeMap::new(), 0).expect("write again");
+        assert_eq!(store.read(3, 0, 10).expect("read").first().map(|m| m.counts.sent), Some(1));
     }
 }

@@ -451,6 +451,8 @@ pub struct Shard {
     calls: CallBatcher,
     /// This replica's per-queue minutes (see [`crate::queue_metrics`]); one writer at a time.
     queue_metrics: Arc<std::sync::Mutex<MetricsStore>>,
+    /// Held by a flush from taking the counts to writing them.
+    queue_metrics_flush: tokio::sync::Mutex<()>,
 }
 
 /// One watch channel per queue that has long polls waiting (dropped once none waits).
@@ -593,12 +595,16 @@ impl Shard {
             writer,
             calls,
             queue_metrics,
+            queue_metrics_flush: tokio::sync::Mutex::new(()),
         })
     }
 
     /// Writes down the per-queue counts of the applies since the last call, with the depth of
     /// each queue they name.
     pub async fn write_queue_metrics(&self) -> Result<(), StrataError> {
+        // One flush at a time, from taking the counts to writing them: a later batch written
+        // first would make its slots pass over the earlier one's counts as counted already.
+        let _flushing = self.queue_metrics_flush.lock().await;
         let now_ms = self.clock.now_ms();
         let (deltas, gauges) = {
             let state = self.state();
@@ -656,7 +662,7 @@ impl Shard {
         let now_ms = self.clock.now_ms();
         let now = {
             let state = self.state();
-            if state.0.queue_counts_at(queue, tenant, now_ms).is_none() {
+            if state.0.queue_config(queue, tenant).is_none() {
                 return Err(queue_error(QueueError::QueueNotFound));
             }
             state.0.queue_gauges(queue, now_ms).unwrap_or_default()
@@ -668,8 +674,12 @@ impl Shard {
         Ok((minutes, now))
     }
 
-    /// Counts a receive of `queue` that delivered nothing without reaching the log.
+    /// Counts a receive of `queue` that delivered nothing without reaching the log (at the
+    /// leader only: a follower's answer is not the queue's).
     pub fn count_empty_receive(&self, queue: QueueId) {
+        if !self.is_leader() {
+            return;
+        }
         let counts = crate::queue_metrics::Counts { empty_receives: 1, ..Default::default() };
         self.state().0.activity().record(0, queue, self.clock.now_ms(), counts);
     }

@@ -112,6 +112,15 @@ async fn queue_metrics_count_every_call_per_minute_across_a_restart() {
     assert_eq!(metrics.minutes[1].depth.map(|d| d.visible), Some(2), "{metrics:?}");
     assert_eq!(metrics.now.visible, 2);
 
+    // Counts written down by the replica's own flush (no read in between) survive a SIGKILL.
+    api.post_ok("/v1/queues/counted/messages", json!({ "messages": [{ "body": "flushed" }] })).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    dev.restart().expect("restart after SIGKILL");
+    let api = dev.api();
+    let metrics = api.queue_metrics("counted", Some(first * 60), None).await.expect("metrics");
+    let sent: u64 = metrics.minutes.iter().map(|m| m.sent).sum();
+    assert_eq!(sent, 8, "{metrics:?}");
+
     // The CLI shows the same.
     let out = dev
         .command_with_credentials(&strata_tests::strata_binary().to_string_lossy())
@@ -122,7 +131,7 @@ async fn queue_metrics_count_every_call_per_minute_across_a_restart() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let shown: model::QueueMetrics = serde_json::from_slice(&out.stdout).expect("JSON");
     let sent: u64 = shown.minutes.iter().map(|m| m.sent).sum();
-    assert_eq!(sent, 7, "{shown:?}");
+    assert_eq!(sent, 8, "{shown:?}");
 
     // Bad ranges are refused with a clear error.
     let refused = api.queue_metrics("counted", Some(100), Some(100)).await.expect_err("empty range");

@@ -43,6 +43,8 @@ fn new_request_id(random: &Random) -> tonic::metadata::AsciiMetadataValue {
 const METADATA_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a call keeps looking for the leader (elections take about a second).
 pub const FAILOVER_WAIT: Duration = Duration::from_secs(10);
+/// Longest a readiness check waits for the metadata quorum.
+pub const QUORUM_CHECK_WAIT: Duration = Duration::from_secs(2);
 /// Pause before trying the next member when no leader is known.
 const NEXT_MEMBER_PAUSE: Duration = Duration::from_millis(100);
 
@@ -53,7 +55,8 @@ type Client = metadata_client::MetadataClient<Channel>;
 enum Answer {
     /// The service's answer (it carries an error kind): back to the caller.
     Final,
-    /// The member is not the leader (naming it or not) or an election is under way: go on.
+    /// The member is not the leader (naming it or not), an election is under way, or it answered
+    /// without saying why: go on.
     Elsewhere,
     /// The member reaches no majority: try the others once.
     QuorumLost,
@@ -74,20 +77,26 @@ impl Answer {
         if !unavailable || metadata.get(ERROR_CODE_METADATA_KEY).is_some() {
             return Answer::Final;
         }
-        match quorum.is_some() || metadata.get(LEADER_HINT_METADATA_KEY).is_some() {
-            true => Answer::Elsewhere,
-            false => Answer::Unreachable,
+        let marked = quorum.is_some() || metadata.get(LEADER_HINT_METADATA_KEY).is_some();
+        // A transport failure carries its cause; an answer a member sent without marks is an
+        // older release's "not the leader".
+        match !marked && std::error::Error::source(status).is_some() {
+            true => Answer::Unreachable,
+            false => Answer::Elsewhere,
         }
     }
 }
 
 /// The error of a call no member could take: a whole round of members was unreachable or said
 /// the quorum is lost (`lost`, the last such answer). It starts with the public words of
-/// [`METADATA_UNAVAILABLE_MESSAGE`]; the detail follows.
+/// [`METADATA_UNAVAILABLE_MESSAGE`]; the detail follows (no address: the last failure is logged).
 fn quorum_unavailable(lost: Option<&tonic::Status>, last: &tonic::Status, members: usize) -> StrataError {
     let detail = match lost {
         Some(lost) => lost.message().to_owned(),
-        None => format!("none of the {members} members answered (last: {})", last.message()),
+        None => {
+            tracing::debug!(last = %last.message(), "no metadata member answered");
+            format!("none of the {members} members answered")
+        }
     };
     StrataError::unavailable(format!("{METADATA_UNAVAILABLE_MESSAGE}. {detail}"))
 }
@@ -187,9 +196,9 @@ impl MetadataClient {
         let members = &self.members;
         let deadline = self.clock.instant() + FAILOVER_WAIT;
         let request_id = new_request_id(&self.random);
-        // Members in a row that did not answer, or answered that the quorum is lost; a whole
-        // round of them ends the call, since waiting cannot help.
-        let mut silent_streak = 0;
+        // Members (by position) that did not answer, or answered that they reach no majority,
+        // since a member last answered otherwise; once that is every member, waiting cannot help.
+        let mut silent = std::collections::BTreeSet::new();
         let mut lost: Option<tonic::Status> = None;
         loop {
             let (at, count, client) = {
@@ -205,16 +214,16 @@ impl MetadataClient {
             };
             match Answer::of(&status) {
                 Answer::Final => return Err(status.into()),
-                Answer::Elsewhere => silent_streak = 0,
+                Answer::Elsewhere => silent.clear(),
                 Answer::QuorumLost => {
-                    silent_streak += 1;
+                    silent.insert(at);
                     lost = Some(status.clone());
                 }
                 // Alone, a member that cannot be reached is final: there is nowhere else to go.
                 Answer::Unreachable if count == 1 => return Err(status.into()),
-                Answer::Unreachable => silent_streak += 1,
+                Answer::Unreachable => _ = silent.insert(at),
             }
-            if silent_streak >= count {
+            if silent.len() >= count {
                 return Err(quorum_unavailable(lost.as_ref(), &status, count));
             }
             if self.clock.instant() >= deadline {
@@ -386,14 +395,22 @@ impl MetadataClient {
     }
 
     /// Readiness: whether the metadata quorum takes calls through this client (a linearizable
-    /// read at its leader), and if not, why.
+    /// read at its leader, within [`QUORUM_CHECK_WAIT`]), and if not, why (no address: the
+    /// detail is logged).
     pub async fn quorum_check(&self) -> strata_telemetry::ReadyCheck {
-        let problem = self.list_metadata_members().await.err().map(|e| {
-            match e.message.strip_prefix(METADATA_UNAVAILABLE_MESSAGE) {
+        let answered =
+            strata_common::ClockExt::timeout(&*self.clock, QUORUM_CHECK_WAIT, self.list_metadata_members()).await;
+        let problem = match answered {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(match e.message.strip_prefix(METADATA_UNAVAILABLE_MESSAGE) {
                 Some(detail) => format!("the metadata quorum is unavailable{detail}"),
-                None => format!("the metadata quorum did not answer: {}", e.message),
-            }
-        });
+                None => {
+                    tracing::info!(error = %e, "readiness: the metadata quorum did not answer");
+                    format!("the metadata quorum did not answer ({})", e.kind)
+                }
+            }),
+            Err(_) => Some(format!("the metadata quorum did not answer within {} s", QUORUM_CHECK_WAIT.as_secs())),
+        };
         strata_telemetry::ReadyCheck::new("metadata_quorum", problem)
     }
 
@@ -548,7 +565,9 @@ mod tests {
             status
         };
         let not_leader = tonic::Status::unavailable("not the leader");
-        assert_eq!(Answer::of(&not_leader), Answer::Unreachable, "no mark: a transport failure");
+        assert_eq!(Answer::of(&not_leader), Answer::Elsewhere, "an older member's answer");
+        let refused = tonic::Status::from_error(Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));
+        assert_eq!(Answer::of(&refused), Answer::Unreachable, "a transport failure");
         let electing = with(not_leader.clone(), QUORUM_METADATA_KEY, strata_common::error::QUORUM_ELECTING);
         assert_eq!(Answer::of(&electing), Answer::Elsewhere);
         let hinted = with(not_leader.clone(), LEADER_HINT_METADATA_KEY, "https://127.0.0.1:7001");

@@ -90,6 +90,8 @@ struct AppState {
     admin_verifier: Arc<JwtVerifier>,
     sqs: Arc<SqsState>,
     meter: Meter,
+    /// Tenants' last scrapes of `/v1/metrics`.
+    tenant_scrapes: Arc<queue_metrics::TenantScrapes>,
 }
 
 /// The proxy's two routers: the tenant-facing API (native and SQS) and the operators' admin API,
@@ -131,6 +133,7 @@ pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
         admin_verifier: Arc::new(settings.admin_verifier),
         sqs: sqs.clone(),
         meter,
+        tenant_scrapes: Arc::default(),
     };
     let admin = Router::new()
         .route("/healthz", get(|| async { "ok" }))

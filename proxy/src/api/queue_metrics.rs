@@ -40,7 +40,8 @@ pub(super) fn depth(g: Option<pb::QueueGauges>) -> QueueDepth {
 /// The first and last minute (Unix minutes, inclusive) that `from`..`to` (Unix seconds) covers
 /// at `now_s`.
 fn minutes_of(query: &QueueMetricsQuery, now_s: u64) -> Result<(u64, u64), ApiError> {
-    let to_s = query.to.unwrap_or(now_s + 1);
+    // Minutes to come hold nothing yet: a later end is read as the next minute's.
+    let to_s = query.to.unwrap_or(now_s + 1).min(now_s.saturating_add(MINUTE_S));
     let from_s = query.from.unwrap_or(to_s.saturating_sub(DEFAULT_MINUTES * MINUTE_S));
     if from_s >= to_s {
         return Err(ApiError::invalid("from must be before to"));
@@ -99,6 +100,34 @@ pub(super) async fn read(
 
 /// Queues one tenant scrape reads at once.
 const SCRAPE_CONCURRENCY: usize = 16;
+/// How long a tenant's scrape is answered again as it was (a scrape reads every queue).
+const SCRAPE_REUSE_MS: u64 = 5_000;
+/// Tenants whose last scrape is kept, at most.
+const SCRAPES_KEPT_MAX: usize = 10_000;
+
+/// The last scrape of each tenant, reused for [`SCRAPE_REUSE_MS`].
+#[derive(Default)]
+pub(super) struct TenantScrapes(parking_lot::Mutex<std::collections::HashMap<String, (u64, String)>>);
+
+impl TenantScrapes {
+    fn fresh(&self, tenant: &str, now_ms: u64) -> Option<String> {
+        let scrapes = self.0.lock();
+        scrapes
+            .get(tenant)
+            .filter(|(at_ms, _)| now_ms.saturating_sub(*at_ms) < SCRAPE_REUSE_MS)
+            .map(|(_, body)| body.clone())
+    }
+
+    fn keep(&self, tenant: &str, now_ms: u64, body: &str) {
+        let mut scrapes = self.0.lock();
+        if scrapes.len() >= SCRAPES_KEPT_MAX {
+            scrapes.retain(|_, (at_ms, _)| now_ms.saturating_sub(*at_ms) < SCRAPE_REUSE_MS);
+        }
+        if scrapes.len() < SCRAPES_KEPT_MAX {
+            scrapes.insert(tenant.to_owned(), (now_ms, body.to_owned()));
+        }
+    }
+}
 
 /// The depth of each of the tenant's queues, in Prometheus text
 ///
@@ -106,6 +135,7 @@ const SCRAPE_CONCURRENCY: usize = 16;
 /// tenant's token as a bearer token. Series `strata_queue_messages_visible`,
 /// `strata_queue_messages_in_flight`, `strata_queue_messages_delayed` and
 /// `strata_queue_oldest_message_age_seconds`, labelled by queue; the first 1000 queues by name.
+/// An answer is reused for 5 seconds; a queue that cannot be read now is left out.
 #[utoipa::path(get, path = "/v1/metrics", tag = "queues",
     responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String),
         Errors),
@@ -116,12 +146,27 @@ pub(super) async fn scrape(
     call: CallId,
 ) -> Result<impl IntoResponse, ApiError> {
     let _admission = state.admit(&tenant, 0).await?;
-    let page = state.placement.metadata.list_queues(&tenant, "", "", LIST_QUEUES_PAGE_MAX).await?;
+    let now_ms = state.sqs.clock.now_ms();
+    let body = match state.tenant_scrapes.fresh(&tenant, now_ms) {
+        Some(body) => body,
+        None => {
+            let body = render_depths(&state, &tenant).await?;
+            state.tenant_scrapes.keep(&tenant, now_ms, &body);
+            body
+        }
+    };
+    state.charge(&tenant, &call, b"", Charge::new("GetMetrics", "")).await?;
+    Ok(([(header::CONTENT_TYPE, strata_telemetry::CONTENT_TYPE)], body))
+}
+
+/// The depth of every queue of `tenant` (the first 1000), in Prometheus text.
+async fn render_depths(state: &AppState, tenant: &str) -> Result<String, ApiError> {
+    let page = state.placement.metadata.list_queues(tenant, "", "", LIST_QUEUES_PAGE_MAX).await?;
     let mut samples = Vec::with_capacity(page.queues.len());
     for chunk in page.queues.chunks(SCRAPE_CONCURRENCY) {
         let mut reads = tokio::task::JoinSet::new();
         for info in chunk {
-            let (placement, tenant, name) = (state.placement.clone(), tenant.clone(), info.name.clone());
+            let (placement, tenant, name) = (state.placement.clone(), tenant.to_owned(), info.name.clone());
             reads.spawn(async move {
                 let stats =
                     queues::on_queue(&placement, &tenant, &name, |mut c, q| async move { c.get_queue_stats(q).await })
@@ -142,13 +187,13 @@ pub(super) async fn scrape(
                 }),
                 // Deleted since it was listed.
                 Err(e) if e.kind == ErrorKind::QueueNotFound => {}
-                Err(e) => return Err(ApiError(e)),
+                // Its shard cannot answer now: the others still count.
+                Err(e) => tracing::info!(%tenant, %queue, error = %e, "a queue left out of a tenant scrape"),
             }
         }
     }
     samples.sort_by(|a, b| a.queue.cmp(&b.queue));
-    state.charge(&tenant, &call, b"", Charge::new("GetMetrics", "")).await?;
-    Ok(([(header::CONTENT_TYPE, strata_telemetry::CONTENT_TYPE)], strata_telemetry::render_queue_depths(&samples)))
+    Ok(strata_telemetry::render_queue_depths(&samples))
 }
 
 #[cfg(test)]
