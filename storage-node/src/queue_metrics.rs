@@ -191,6 +191,38 @@ impl Activity {
     }
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The one thread of the process that does the stores' file work. A long-lived thread rather
+/// than the runtime's blocking pool: a task handed to that pool every second keeps starting
+/// threads, and each new thread's allocations cost the process resident memory that stays.
+static IO_THREAD: std::sync::LazyLock<Option<Mutex<std::sync::mpsc::Sender<Job>>>> = std::sync::LazyLock::new(|| {
+    let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+    let spawned = std::thread::Builder::new().name("queue-metrics-io".to_owned()).spawn(move || {
+        while let Ok(job) = queue.recv() {
+            job();
+        }
+    });
+    match spawned {
+        Ok(_) => Some(Mutex::new(jobs)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the queue metrics thread: queue metrics are not kept");
+            None
+        }
+    }
+});
+
+/// Runs `work` on the queue metrics thread and answers its result; `None` if that thread is
+/// gone or could not start.
+pub async fn on_io_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = answer.send(work());
+    });
+    IO_THREAD.as_ref()?.lock().send(job).ok()?;
+    answered.await.ok()
+}
+
 /// One shard replica's per-queue minutes, in `dir`.
 pub struct MetricsStore {
     dir: PathBuf,

@@ -632,21 +632,22 @@ impl Shard {
             .await
     }
 
-    /// Runs `work` on this replica's queue metrics store, away from the async threads, one
-    /// at a time.
+    /// Runs `work` on this replica's queue metrics store, on the queue metrics thread (away
+    /// from the async threads), one at a time.
     async fn on_queue_metrics<T: Send + 'static>(
         &self,
         what: &'static str,
         work: impl FnOnce(&MetricsStore) -> std::io::Result<T> + Send + 'static,
     ) -> Result<T, StrataError> {
         let store = self.queue_metrics.clone();
-        let done =
-            tokio::task::spawn_blocking(move || work(&store.lock().unwrap_or_else(std::sync::PoisonError::into_inner)))
-                .await;
+        let done = crate::queue_metrics::on_io_thread(move || {
+            work(&store.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+        })
+        .await;
         match done {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(e)) => Err(NodeError::local_file(what, e).into()),
-            Err(e) => Err(NodeError::bug("the queue metrics store stopped", e).into()),
+            Some(Ok(answer)) => Ok(answer),
+            Some(Err(e)) => Err(NodeError::local_file(what, e).into()),
+            None => Err(NodeError::bug("the queue metrics thread stopped", what).into()),
         }
     }
 
