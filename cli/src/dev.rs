@@ -462,8 +462,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         strata_http::observe::Readiness::new(clock.clone(), move || {
             let (metadata, storage) = (metadata.clone(), storage.clone());
             async move {
-                let quorum = strata_telemetry::ReadyCheck::new("metadata_quorum", metadata.quorum_view().problem());
-                let mut checks = vec![quorum];
+                let mut checks = vec![metadata.ready_check()];
                 checks.extend(storage.checks(false).await);
                 checks
             }

@@ -189,8 +189,8 @@ pub(crate) async fn metadata(args: MetadataArgs) -> anyhow::Result<()> {
     let readiness = {
         let node = node.clone();
         Readiness::new(clock.clone(), move || {
-            let problem = node.quorum_view().problem();
-            async move { vec![ReadyCheck::new("metadata_quorum", problem)] }
+            let check = node.ready_check();
+            async move { vec![check] }
         })
     };
     let admin =

@@ -92,15 +92,14 @@ impl Leaderless {
         let leaderless = Leaderless::default();
         let since = leaderless.0.clone();
         tokio::spawn(async move {
+            // The metrics change with every apply; the lock is taken only when a leader comes
+            // or goes.
+            let mut known_before = None;
             loop {
                 let known = metrics.borrow_watched().current_leader.is_some();
-                {
-                    let mut since = since.lock();
-                    match (known, *since) {
-                        (true, _) => *since = None,
-                        (false, None) => *since = Some(clock.instant()),
-                        (false, Some(_)) => {}
-                    }
+                if known_before != Some(known) {
+                    known_before = Some(known);
+                    *since.lock() = (!known).then(|| clock.instant());
                 }
                 if metrics.changed().await.is_err() {
                     return;

@@ -410,6 +410,11 @@ impl MetadataNode {
         }
     }
 
+    /// Readiness: this member reaches its quorum.
+    pub fn ready_check(&self) -> strata_telemetry::ReadyCheck {
+        strata_telemetry::ReadyCheck::new("metadata_quorum", self.quorum_view().problem())
+    }
+
     /// Answers `Unavailable`, with the leader's address when known: the caller retries there.
     /// Without one, the answer says whether an election is under way or the quorum is lost.
     fn not_leader(&self, forward: Option<&ForwardToLeader<MetaRaftConfig>>) -> Status {

@@ -27,7 +27,7 @@ const DEFAULT_MINUTES: u64 = 60;
 /// The most minutes one read covers: as long as they are kept.
 const MINUTES_MAX: u64 = 15 * 24 * 60;
 
-pub(super) fn depth(g: Option<pb::QueueGauges>) -> QueueDepth {
+fn depth(g: Option<pb::QueueGauges>) -> QueueDepth {
     let g = g.unwrap_or_default();
     QueueDepth {
         visible: g.visible,
@@ -98,8 +98,6 @@ pub(super) async fn read(
     }))
 }
 
-/// Queues one tenant scrape reads at once.
-const SCRAPE_CONCURRENCY: usize = 16;
 /// How long a tenant's scrape is answered again as it was (a scrape reads every queue).
 const SCRAPE_REUSE_MS: u64 = 5_000;
 /// Tenants whose last scrape is kept, at most.
@@ -159,40 +157,62 @@ pub(super) async fn scrape(
     Ok(([(header::CONTENT_TYPE, strata_telemetry::CONTENT_TYPE)], body))
 }
 
+/// Queues read at once when a call reads many.
+const READ_CONCURRENCY: usize = 16;
+
+/// Runs `read` for each of `queues`, [`READ_CONCURRENCY`] at a time; answers each queue's name
+/// and result, by name.
+pub(super) async fn read_each<T, F, Fut>(
+    queues: &[pb::QueueInfo],
+    read: F,
+) -> Result<Vec<(String, Result<T, StrataError>)>, ApiError>
+where
+    T: Send + 'static,
+    F: Fn(pb::QueueInfo) -> Fut,
+    Fut: std::future::Future<Output = Result<T, StrataError>> + Send + 'static,
+{
+    let mut answers = Vec::with_capacity(queues.len());
+    for chunk in queues.chunks(READ_CONCURRENCY) {
+        let mut reads = tokio::task::JoinSet::new();
+        for info in chunk {
+            let (name, answer) = (info.name.clone(), read(info.clone()));
+            reads.spawn(async move { (name, answer.await) });
+        }
+        while let Some(read) = reads.join_next().await {
+            answers.push(read.map_err(|e| ApiError(StrataError::internal(format!("a queue read stopped: {e}"))))?);
+        }
+    }
+    answers.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(answers)
+}
+
 /// The depth of every queue of `tenant` (the first 1000), in Prometheus text.
 async fn render_depths(state: &AppState, tenant: &str) -> Result<String, ApiError> {
     let page = state.placement.metadata.list_queues(tenant, "", "", LIST_QUEUES_PAGE_MAX).await?;
-    let mut samples = Vec::with_capacity(page.queues.len());
-    for chunk in page.queues.chunks(SCRAPE_CONCURRENCY) {
-        let mut reads = tokio::task::JoinSet::new();
-        for info in chunk {
-            let (placement, tenant, name) = (state.placement.clone(), tenant.to_owned(), info.name.clone());
-            reads.spawn(async move {
-                let stats =
-                    queues::on_queue(&placement, &tenant, &name, |mut c, q| async move { c.get_queue_stats(q).await })
-                        .await;
-                (name, stats)
-            });
+    let stats = read_each(&page.queues, |info| {
+        let (placement, tenant) = (state.placement.clone(), tenant.to_owned());
+        async move {
+            queues::on_queue(&placement, &tenant, &info.name, |mut c, q| async move { c.get_queue_stats(q).await })
+                .await
         }
-        while let Some(read) = reads.join_next().await {
-            let (queue, stats) =
-                read.map_err(|e| ApiError(StrataError::internal(format!("a queue read stopped: {e}"))))?;
-            match stats {
-                Ok(s) => samples.push(QueueDepthSample {
-                    queue,
-                    visible: s.visible,
-                    in_flight: s.in_flight,
-                    delayed: s.delayed,
-                    oldest_age_s: s.oldest_age_s,
-                }),
-                // Deleted since it was listed.
-                Err(e) if e.kind == ErrorKind::QueueNotFound => {}
-                // Its shard cannot answer now: the others still count.
-                Err(e) => tracing::info!(%tenant, %queue, error = %e, "a queue left out of a tenant scrape"),
-            }
+    })
+    .await?;
+    let mut samples = Vec::with_capacity(stats.len());
+    for (queue, stats) in stats {
+        match stats {
+            Ok(s) => samples.push(QueueDepthSample {
+                queue,
+                visible: s.visible,
+                in_flight: s.in_flight,
+                delayed: s.delayed,
+                oldest_age_s: s.oldest_age_s,
+            }),
+            // Deleted since it was listed.
+            Err(e) if e.kind == ErrorKind::QueueNotFound => {}
+            // Its shard cannot answer now: the others still count.
+            Err(e) => tracing::info!(%tenant, %queue, error = %e, "a queue left out of a tenant scrape"),
         }
     }
-    samples.sort_by(|a, b| a.queue.cmp(&b.queue));
     Ok(strata_telemetry::render_queue_depths(&samples))
 }
 

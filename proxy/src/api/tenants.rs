@@ -5,21 +5,20 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use serde::Deserialize;
+use strata_client::model::QueueDepth;
 use strata_client::model::admin::{LastMinute, TenantList, TenantQueue, TenantQueues, TenantSummary, TenantTotals};
 use strata_common::error::{ErrorKind, StrataError};
 use strata_common::limits::LIST_QUEUES_PAGE_MAX;
 use strata_common::names::validate_tenant;
 use strata_common::proto as pb;
 
-use super::queue_metrics::depth;
+use super::queue_metrics::read_each;
 use super::{AppState, Operator};
 use crate::error::ApiError;
 use crate::queues;
 
 /// Queues a page of one tenant's listing shows (each is read from its shard twice).
 const TENANT_QUEUES_PAGE_MAX: u32 = 100;
-/// Queues read at once.
-const READ_CONCURRENCY: usize = 16;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,12 +66,12 @@ async fn queue_figures(
     Ok(TenantQueue {
         name: info.name.clone(),
         shard_id: info.shard_id,
-        depth: depth(Some(pb::QueueGauges {
+        depth: QueueDepth {
             visible: stats.visible,
             in_flight: stats.in_flight,
             delayed: stats.delayed,
-            oldest_age_s: stats.oldest_age_s,
-        })),
+            oldest_message_age_seconds: stats.oldest_age_s,
+        },
         stored_bytes: stats.stored_bytes,
         last_minute: LastMinute {
             sent: minute.map_or(0, |m| m.sent),
@@ -96,23 +95,20 @@ pub(super) async fn queues(
     let listed = state.placement.metadata.list_queues(&tenant, "", &start_after, TENANT_QUEUES_PAGE_MAX).await?;
     let next_token = if listed.truncated { listed.queues.last().map(|q| q.name.clone()) } else { None };
     let last_minute = (state.sqs.clock.now_ms() / 60_000).saturating_sub(1);
-    let mut queues = Vec::with_capacity(listed.queues.len());
-    for chunk in listed.queues.chunks(READ_CONCURRENCY) {
-        let mut reads = tokio::task::JoinSet::new();
-        for info in chunk {
-            let (placement, tenant, info) = (state.placement.clone(), tenant.clone(), info.clone());
-            reads.spawn(async move { queue_figures(&placement, &tenant, &info, last_minute).await });
-        }
-        while let Some(read) = reads.join_next().await {
-            match read.map_err(|e| ApiError(StrataError::internal(format!("a queue read stopped: {e}"))))? {
-                Ok(queue) => queues.push(queue),
-                // Deleted since it was listed.
-                Err(e) if e.kind == ErrorKind::QueueNotFound => {}
-                Err(e) => return Err(ApiError(e)),
-            }
+    let figures = read_each(&listed.queues, |info| {
+        let (placement, tenant) = (state.placement.clone(), tenant.clone());
+        async move { queue_figures(&placement, &tenant, &info, last_minute).await }
+    })
+    .await?;
+    let mut queues = Vec::with_capacity(figures.len());
+    for (_, figures) in figures {
+        match figures {
+            Ok(queue) => queues.push(queue),
+            // Deleted since it was listed.
+            Err(e) if e.kind == ErrorKind::QueueNotFound => {}
+            Err(e) => return Err(ApiError(e)),
         }
     }
-    queues.sort_by(|a, b| a.name.cmp(&b.name));
     let mut totals = TenantTotals { queues: queues.len() as u64, ..TenantTotals::default() };
     for q in &queues {
         totals.messages += q.depth.visible + q.depth.in_flight + q.depth.delayed;

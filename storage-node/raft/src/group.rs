@@ -74,7 +74,9 @@ where
     /// it is the only voter, or has not yet been acknowledged since its election). `None` when
     /// this member does not lead.
     pub fn quorum_silence(&self) -> Option<Duration> {
-        let metrics = self.raft.metrics().borrow_watched().clone();
+        // Called before every metadata proposal: read in place, not cloned.
+        let receiver = self.raft.metrics();
+        let metrics = receiver.borrow_watched();
         if metrics.state != ServerState::Leader {
             return None;
         }
