@@ -276,7 +276,7 @@ pub(crate) async fn shutdown_signal() {
 }
 
 pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
-    crate::logs::init();
+    crate::logs::init("dev");
     let dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     strata_wal::private_fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     strata_wal::private_fs::restrict_dir(&dir)

@@ -5,6 +5,7 @@
 //! - `RUST_LOG` filters as usual; unset, `info` with the chatty libraries at `warn`.
 //! - `STRATA_ACCESS_LOG=1` adds the access log: one line per answered API call (target
 //!   `strata_access`).
+//! - Traces are exported over OTLP when configured (see [`crate::traces`]).
 //! - Repeated warnings and errors are rate-limited per place in the code
 //!   ([`REPEATS_BURST`] at once, then one per [`REPEAT_EVERY`]): a peer that is down must not
 //!   flood the log. How many were left out is logged once a minute.
@@ -32,8 +33,9 @@ const SUPPRESSED_REPORT_EVERY: Duration = Duration::from_secs(60);
 /// The filter when `RUST_LOG` is unset.
 const DEFAULT_FILTER: &str = "info,openraft=warn,foyer=warn";
 
-/// Sets up the process's log (see the module doc); later calls change nothing.
-pub(crate) fn init() {
+/// Sets up the process's log (see the module doc), and its traces when the environment asks for
+/// them (see [`crate::traces`]), for a process of `role`; later calls change nothing.
+pub(crate) fn init(role: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let access = std::env::var("STRATA_ACCESS_LOG").is_ok_and(|v| v == "1" || v == "true");
     let level = if access { "info" } else { "off" };
@@ -50,8 +52,11 @@ pub(crate) fn init() {
             .with_writer(std::io::stderr)
             .boxed(),
     };
-    let installed =
-        tracing_subscriber::registry().with(layer.with_filter(repeats.clone()).with_filter(filter)).try_init();
+    let traces = if crate::traces::configured() { crate::traces::layer(role) } else { None };
+    let installed = tracing_subscriber::registry()
+        .with(layer.with_filter(repeats.clone()).with_filter(filter))
+        .with(traces)
+        .try_init();
     if installed.is_ok()
         && let Ok(runtime) = tokio::runtime::Handle::try_current()
     {

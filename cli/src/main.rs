@@ -13,6 +13,7 @@ mod bench_apis;
 mod dev;
 mod logs;
 mod roles;
+mod traces;
 mod user;
 
 use clap::{Parser, Subcommand};
@@ -111,6 +112,7 @@ fn main() -> std::process::ExitCode {
             Command::Bench(args) => bench::run(args).await,
         }
     });
+    traces::flush();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -150,7 +150,7 @@ fn read_config<T: serde::de::DeserializeOwned>(path: &PathBuf) -> anyhow::Result
 
 /// Runs one metadata member until SIGTERM or Ctrl-C.
 pub(crate) async fn metadata(args: MetadataArgs) -> anyhow::Result<()> {
-    crate::logs::init();
+    crate::logs::init("metadata");
     let config: MetadataConfig = read_config(&args.role.config)?;
     let mut members = BTreeMap::new();
     for (id, endpoint) in config.members {
@@ -307,7 +307,7 @@ fn default_cache_disk_mib() -> usize {
 
 /// Runs one storage node until SIGTERM or Ctrl-C.
 pub(crate) async fn storage(args: RoleArgs) -> anyhow::Result<()> {
-    crate::logs::init();
+    crate::logs::init("storage");
     let config: StorageConfig = read_config(&args.config)?;
     let cancel = CancellationToken::new();
     // The admin listener serves while the node starts (its `/readyz` says so meanwhile).
@@ -495,7 +495,7 @@ impl TokenSettings<'_> {
 
 /// Runs one proxy until SIGTERM or Ctrl-C.
 pub(crate) async fn proxy(args: RoleArgs) -> anyhow::Result<()> {
-    crate::logs::init();
+    crate::logs::init("proxy");
     let config: ProxyConfig = read_config(&args.config)?;
     let (verifier, admin_verifier) = TokenSettings {
         issuer: &config.issuer,
@@ -599,7 +599,7 @@ struct BillingConfig {
 /// budgets, and serves usage and invoices (one instance per cluster; a second one is safe, as
 /// counting is idempotent, but does the work twice).
 pub(crate) async fn billing(args: RoleArgs) -> anyhow::Result<()> {
-    crate::logs::init();
+    crate::logs::init("billing");
     let config: BillingConfig = read_config(&args.config)?;
     let (verifier, admin_verifier) = TokenSettings {
         issuer: &config.issuer,

@@ -505,6 +505,7 @@ impl MetadataNode {
             .initial_stream_window_size(limits::GRPC_STREAM_WINDOW_BYTES)
             .initial_connection_window_size(limits::GRPC_CONNECTION_WINDOW_BYTES)
             .layer(AuthorizeLayer::new(Listener::Metadata))
+            .layer(strata_telemetry::trace::GrpcServerSpans)
             .add_service(service)
             .add_optional_service(raft_transport)
             .serve_with_incoming_shutdown(incoming, shutdown)

@@ -4,7 +4,7 @@
 //! Every label value comes from a fixed list (an unknown SQS action or an unrouted path counts
 //! as `unknown`), so a stranger cannot grow the number of series.
 //!
-//! The same middleware writes the access log: one `INFO` event per answered call with target
+//! The same middleware makes each call's span when traces are on, and writes the access log: one `INFO` event per answered call with target
 //! [`ACCESS_LOG_TARGET`], off unless the log filter turns that target on.
 
 use axum::extract::{MatchedPath, Request};
@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use strata_telemetry::{ActionLabels, CallLabels, ReasonLabel, Timer};
+use tracing::Instrument;
 
 /// The SQS action a response answered, set by the SQS handler for [`record`].
 #[derive(Debug, Clone, Copy)]
@@ -82,9 +83,20 @@ pub(crate) async fn record(api: &'static str, request: Request, next: Next) -> R
         (request.method().clone(), path, peer)
     });
     let timer = Timer::start();
-    let response = next.run(request).await;
+    let span = strata_telemetry::trace::enabled().then(|| call_span(api, native, &request));
+    let response = match &span {
+        Some(span) => next.run(request).instrument(span.clone()).await,
+        None => next.run(request).await,
+    };
     let action = native.or_else(|| response.extensions().get::<CallAction>().map(|a| a.0)).unwrap_or(UNKNOWN);
     let status = response.status();
+    if let Some(span) = span {
+        span.record("otel.name", action);
+        span.record("http.response.status_code", status.as_u16());
+        if status.is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
     let metrics = strata_telemetry::api();
     metrics.requests.get_or_create(&CallLabels { api, action, code: status.as_u16() }).inc();
     timer.observe(&metrics.duration.get_or_create(&ActionLabels { api, action }));
@@ -105,6 +117,23 @@ pub(crate) async fn record(api: &'static str, request: Request, next: Next) -> R
         );
     }
     response
+}
+
+/// The span of one API call (exported when traces are on): the child of the client's
+/// `traceparent` when it sent one, named by its action once that is known (an SQS call's
+/// action may be in its body).
+fn call_span(api: &'static str, native: Option<&'static str>, request: &Request) -> tracing::Span {
+    let span = tracing::info_span!(
+        "api call",
+        otel.name = native.unwrap_or("api call"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        api,
+        http.request.method = %request.method(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    strata_telemetry::trace::continue_from(&span, request.headers());
+    span
 }
 
 /// Counts a call refused by admission control for `reason`.

@@ -297,6 +297,7 @@ impl StorageNode {
                 .initial_stream_window_size(limits::GRPC_STREAM_WINDOW_BYTES)
                 .initial_connection_window_size(limits::GRPC_CONNECTION_WINDOW_BYTES)
                 .layer(AuthorizeLayer::new(Listener::Storage))
+                .layer(strata_telemetry::trace::GrpcServerSpans)
                 .add_service(served)
                 .add_service(raft_transport)
                 .serve_with_incoming_shutdown(incoming, serve_cancel.cancelled_owned())

@@ -29,6 +29,7 @@ use strata_tls::{Credentials, Role};
 use strata_wal::format::{LEGACY_FRAME_VERSION, versioned_payload};
 use strata_wal::{FsyncFailure, WalOptions};
 use tokio::sync::watch;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::backfill::{BackfillFiles, FETCH_BYTES_MAX, FETCH_ENTRIES_MAX};
@@ -747,10 +748,17 @@ impl Shard {
         meter: Option<MeterRecord>,
         command: Command,
     ) -> Result<Response, StrataError> {
-        if request_id.is_none() && command.batchable() {
-            return self.calls.propose(command, meter).await;
+        let commit = async {
+            if request_id.is_none() && command.batchable() {
+                return self.calls.propose(command, meter).await;
+            }
+            self.writer.write(request_id, meter, command).await
+        };
+        if !strata_telemetry::trace::traced() {
+            return commit.await;
         }
-        self.writer.write(request_id, meter, command).await
+        // A traced call's wait for its entry to be durable on a majority and applied.
+        commit.instrument(tracing::info_span!("raft commit", otel.name = "raft commit", shard = self.shard_id)).await
     }
 
     /// The applied queue state. Hold the guard briefly: applies wait for it.

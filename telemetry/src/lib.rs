@@ -31,6 +31,7 @@ pub mod process;
 mod ready;
 pub use ready::ReadyCheck;
 mod tenant;
+pub mod trace;
 pub use tenant::{QueueDepthSample, render_queue_depths};
 
 /// The `Content-Type` of [`render`]'s body.

@@ -27,7 +27,10 @@ use strata_common::limits;
 use strata_common::proto::{self as pb, metadata_client};
 use strata_common::{Clock, Random, SystemClock};
 use strata_tls::{Credentials, Role};
+use tonic::body::Body;
+use tonic::codegen::http::Request;
 use tonic::transport::Channel;
+use tower::util::MapRequest;
 
 use strata_common::grpc::REQUEST_ID_KEY;
 
@@ -48,7 +51,8 @@ pub const QUORUM_CHECK_WAIT: Duration = Duration::from_secs(2);
 /// Pause before trying the next member when no leader is known.
 const NEXT_MEMBER_PAUSE: Duration = Duration::from_millis(100);
 
-type Client = metadata_client::MetadataClient<Channel>;
+/// A member's client; its requests carry the caller's trace context.
+type Client = metadata_client::MetadataClient<MapRequest<Channel, fn(Request<Body>) -> Request<Body>>>;
 
 /// What a member's failed answer means for the call.
 #[derive(Debug, PartialEq, Eq)]
@@ -124,7 +128,8 @@ const KNOWN_MEMBERS_MAX: usize = 16;
 fn member_client(endpoint: &str, credentials: &Credentials) -> Result<Client, StrataError> {
     let channel = strata_tls::lazy_channel(endpoint, METADATA_CALL_TIMEOUT, credentials, Role::Metadata)
         .map_err(|e| StrataError::invalid(format!("bad metadata endpoint '{endpoint}': {e}")))?;
-    Ok(metadata_client::MetadataClient::new(channel)
+    let traced: fn(Request<Body>) -> Request<Body> = strata_telemetry::trace::injected::<Body>;
+    Ok(metadata_client::MetadataClient::new(MapRequest::new(channel, traced))
         .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX))
 }

@@ -41,7 +41,9 @@ pub struct CoLocatedStorage {
 }
 
 impl CoLocatedStorage {
-    /// Wraps a generated gRPC server (such as `StorageServer<..>`) as a transport.
+    /// Wraps a generated gRPC server (such as `StorageServer<..>`) as a transport, serving each
+    /// traced call in its span as a server reached over the network would
+    /// ([`strata_telemetry::trace::GrpcServerSpans`]).
     pub fn new<S>(address: impl Into<String>, service: S) -> Self
     where
         S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
@@ -51,6 +53,7 @@ impl CoLocatedStorage {
             + 'static,
         S::Future: Send + 'static,
     {
+        let service = tower::Layer::layer(&strata_telemetry::trace::GrpcServerSpans, service);
         let transport =
             BoxCloneSyncService::new(service.map_err(|never: Infallible| -> TransportError { match never {} }));
         Self { address: address.into(), transport }
@@ -92,8 +95,10 @@ impl StorageClients {
     }
 }
 
+/// A client over `transport` whose requests carry the caller's trace context.
 fn client(transport: StorageTransport) -> StorageGrpcClient {
-    storage_client::StorageClient::new(transport)
+    let traced = BoxCloneSyncService::new(transport.map_request(strata_telemetry::trace::injected::<Body>));
+    storage_client::StorageClient::new(traced)
         .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
 }
