@@ -109,11 +109,14 @@ pub async fn consume_once(store: &BillingStore, placement: &Placement) -> Result
     // One transaction (one commit, one fsync) for every batch of the receive.
     let new = store.record_batches(&batches).await?;
     strata_telemetry::billing().counted_records.inc_by(new as u64);
-    let deleted = queues::on_queue(placement, SYSTEM_TENANT, METERING_QUEUE, |mut c, queue| {
-        let receipt_handles = counted.clone();
-        async move { c.delete(pb::DeleteRequest { queue: Some(queue), receipt_handles, meter: None }).await }
-    })
-    .await;
+    let deleted =
+        queues::on_queue(placement, SYSTEM_TENANT, METERING_QUEUE, |mut c, queue| {
+            let receipt_handles = counted.clone();
+            async move {
+                c.delete(pb::DeleteRequest { queue: Some(queue), receipt_handles, meter: None, caller: None }).await
+            }
+        })
+        .await;
     // Counted already: a batch that stays is counted as nothing when it comes back.
     if let Err(e) = deleted {
         tracing::warn!(error = %e, "deleting counted metering batches failed; they will be seen again");

@@ -60,7 +60,7 @@ const PENDING_RECORDS_MAX: usize = 100_000;
 /// A record's encoded size beyond its text fields (field names, numbers), for batch sizing.
 const RECORD_OVERHEAD_BYTES: usize = 160;
 
-fn valid_token(value: &str, chars_max: usize) -> bool {
+pub(crate) fn valid_token(value: &str, chars_max: usize) -> bool {
     (1..=chars_max).contains(&value.len())
         && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
@@ -296,7 +296,14 @@ async fn append(placement: &Placement, records: &[MeterRecord]) -> Result<(), St
         queues::on_queue(placement, SYSTEM_TENANT, METERING_QUEUE, |mut c, queue| {
             let (message, request_id) = (message.clone(), request_id.clone());
             async move {
-                c.send(pb::SendRequest { queue: Some(queue), messages: vec![message], request_id, meter: None }).await
+                c.send(pb::SendRequest {
+                    queue: Some(queue),
+                    messages: vec![message],
+                    request_id,
+                    meter: None,
+                    caller: None,
+                })
+                .await
             }
         })
     };

@@ -21,12 +21,21 @@ pub async fn send(
     call: &CallId,
     messages: Vec<pb::NewMessage>,
     meter: Option<MeterRecord>,
+    caller: Option<pb::Caller>,
 ) -> Result<pb::SendResponse, StrataError> {
     let generated = placement.metadata.random().uuid().to_string();
     on_queue(placement, tenant, name, |mut c, q| {
         let request_id = call.send_request_id(tenant, q.queue_id).unwrap_or_else(|| generated.clone());
-        let (messages, meter) = (messages.clone(), meter.clone().map(Into::into));
-        async move { c.send(pb::SendRequest { queue: Some(q), messages, request_id, meter }).await }
+        let (messages, meter, caller) = (messages.clone(), meter.clone().map(Into::into), caller.clone());
+        async move { c.send(pb::SendRequest { queue: Some(q), messages, request_id, meter, caller }).await }
     })
     .await
+}
+
+/// Links the current span (a receive's) to the spans that sent the messages it got, when they
+/// kept trace headers.
+pub fn link_to_sends(received: &pb::ReceiveResponse) {
+    for message in received.messages.iter().filter(|m| !m.trace_header.is_empty()) {
+        strata_telemetry::trace::link_to(&message.trace_header);
+    }
 }

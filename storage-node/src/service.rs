@@ -20,9 +20,13 @@ use tonic::{Request, Response, Status};
 use crate::disk::DiskGuard;
 use crate::error::NodeError;
 use crate::node::ShardMap;
-use crate::queue::{self, AttributeValue, Command, Delivery, FifoConfig, FifoIds, NewMessage, QueueConfig, Redrive};
+use crate::queue::{
+    self, AttributeValue, CallerNote, Command, Delivery, FifoConfig, FifoIds, NewMessage, QueueConfig, Redrive,
+};
 use crate::queue_metrics;
-use crate::shard::{REQUEST_DIGEST_GENERATION, RETURN_UNDELIVERED_GENERATION, Shard, queue_error};
+use crate::shard::{
+    CALLER_NOTES_GENERATION, REQUEST_DIGEST_GENERATION, RETURN_UNDELIVERED_GENERATION, Shard, queue_error,
+};
 
 /// Everything the service routes to.
 pub struct StorageService {
@@ -164,6 +168,31 @@ fn meter_of(
     Ok(Some(record))
 }
 
+/// What the shard's log keeps of who made a call (and the trace headers of a send's messages,
+/// by position): nothing until every replica can read it ([`CALLER_NOTES_GENERATION`]), nor
+/// when the call names no caller and carries no trace header.
+fn caller_note(
+    shard: &Shard,
+    caller: Option<pb::Caller>,
+    trace_headers: Vec<Option<String>>,
+) -> Result<Option<CallerNote>, StrataError> {
+    if shard.log_format().writing() < CALLER_NOTES_GENERATION {
+        return Ok(None);
+    }
+    let messages = trace_headers.len();
+    let mut trace_headers = trace_headers;
+    while trace_headers.last().is_some_and(Option::is_none) {
+        trace_headers.pop();
+    }
+    if caller.is_none() && trace_headers.is_empty() {
+        return Ok(None);
+    }
+    let caller = caller.unwrap_or_default();
+    let note = CallerNote { credential: caller.credential, request_id: caller.request_id, trace_headers };
+    note.check(messages).map_err(queue_error)?;
+    Ok(Some(note))
+}
+
 /// Reads the bodies of what a receive leased and answers the messages whose bodies were read.
 /// Those that could not be read are taken back in the same shard (visible again, their receive
 /// count as before), so a receive counts only when it delivers; in a FIFO queue, so are the
@@ -199,8 +228,9 @@ async fn deliver(
         out.push(pb::ReceivedMessage {
             message_id: d.message_id.to_string(),
             receipt_handle: d.receipt,
-            body: message.body,
-            attributes: message.attributes.into_iter().map(|(k, v)| (k, attribute_to_pb(v))).collect(),
+            body: message.message.body,
+            attributes: message.message.attributes.into_iter().map(|(k, v)| (k, attribute_to_pb(v))).collect(),
+            trace_header: message.trace_header.unwrap_or_default(),
             receive_count: d.receive_count,
             sent_ms: d.sent_ms,
             first_receive_ms: d.first_receive_ms,
@@ -240,23 +270,45 @@ async fn return_undelivered(shard: &Shard, queue: u64, tenant: &str, receipts: V
     }
 }
 
-/// Receives with long polling: proposes a Receive only when a message is visible, otherwise waits
-/// for the next apply (a send) or the next visibility deadline, until `wait_ms` runs out.
-async fn receive(
-    shard: &Shard,
-    queue_id: u64,
+/// The receive a request asks for, checked: a `Receive`, or a `ReceiveAttempt` when it carries
+/// an attempt id, noted with its caller.
+fn receive_command(
+    queue: u64,
     tenant: String,
-    max_messages: u32,
-    visibility_timeout_ms: Option<u64>,
-    wait_ms: u64,
-    attempt_id: String,
-) -> Result<Vec<pb::ReceivedMessage>, StrataError> {
+    r: &pb::ReceiveRequest,
+    caller: Option<CallerNote>,
+) -> Result<Command, StrataError> {
+    let (max_messages, visibility_timeout_ms) = (r.max_messages, r.visibility_timeout_ms);
     if !(1..=queue::RECEIVE_BATCH_MAX).contains(&max_messages) {
         return Err(StrataError::invalid(format!("max messages must be 1-{}", queue::RECEIVE_BATCH_MAX)));
     }
     if visibility_timeout_ms.is_some_and(|v| v > queue::VISIBILITY_TIMEOUT_MS_MAX) {
         return Err(StrataError::invalid("visibility timeout must be at most 12 hours"));
     }
+    let command = match r.receive_request_attempt_id.as_str() {
+        "" => Command::Receive { queue, tenant, max_messages, visibility_timeout_ms },
+        attempt_id => Command::ReceiveAttempt {
+            queue,
+            tenant,
+            max_messages,
+            visibility_timeout_ms,
+            attempt_id: attempt_id.to_owned(),
+        },
+    };
+    Ok(command.with_caller(caller))
+}
+
+/// Receives with long polling: proposes `command` (see [`receive_command`]) only when a message
+/// is visible, otherwise waits for the next apply (a send) or the next visibility deadline, until
+/// `wait_ms` runs out.
+async fn receive(
+    shard: &Shard,
+    queue_id: u64,
+    tenant: String,
+    wait_ms: u64,
+    command: Command,
+) -> Result<Vec<pb::ReceivedMessage>, StrataError> {
+    let with_attempt_id = matches!(command.call_and_caller().0, Command::ReceiveAttempt { .. });
     let wait_ms = wait_ms.min(limits::LONG_POLL_MS_MAX);
     let deadline_ms = shard.now_ms() + wait_ms;
     let mut woken = shard.queue_waker(queue_id);
@@ -275,20 +327,9 @@ async fn receive(
             return Err(queue_error(queue::QueueError::QueueNotFound));
         }
         // A receive with an attempt id is proposed at once: its retry answers messages in flight.
-        if visible || (!attempt_id.is_empty() && first) {
+        if visible || (with_attempt_id && first) {
             first = false;
-            let command = if attempt_id.is_empty() {
-                Command::Receive { queue: queue_id, tenant: tenant.clone(), max_messages, visibility_timeout_ms }
-            } else {
-                Command::ReceiveAttempt {
-                    queue: queue_id,
-                    tenant: tenant.clone(),
-                    max_messages,
-                    visibility_timeout_ms,
-                    attempt_id: attempt_id.clone(),
-                }
-            };
-            if let queue::Response::Received(deliveries) = shard.propose(command).await?
+            if let queue::Response::Received(deliveries) = shard.propose(command.clone()).await?
                 && !deliveries.is_empty()
             {
                 return deliver(shard, queue_id, &tenant, deliveries).await;
@@ -334,11 +375,17 @@ impl Storage for StorageService {
     }
 
     async fn send(&self, request: Request<pb::SendRequest>) -> Result<Response<pb::SendResponse>, Status> {
-        let r = request.into_inner();
+        let mut r = request.into_inner();
         let (shard, queue, tenant) = self.route(r.queue.as_ref())?;
         if r.messages.is_empty() || r.messages.len() > queue::SEND_BATCH_MAX {
             return Err(StrataError::invalid(format!("a send carries 1-{} messages", queue::SEND_BATCH_MAX)).into());
         }
+        let trace_headers: Vec<Option<String>> = r
+            .messages
+            .iter_mut()
+            .map(|m| Some(std::mem::take(&mut m.trace_header)).filter(|h| !h.is_empty()))
+            .collect();
+        let caller = caller_note(&shard, r.caller, trace_headers)?;
         let messages =
             r.messages.into_iter().map(|m| message_from_pb(m, &self.random)).collect::<Result<Vec<_>, _>>()?;
         // What the messages will count in their queue's stored bytes is what they take on disk.
@@ -356,7 +403,8 @@ impl Storage for StorageService {
         let digests = shard.log_format().writing() >= REQUEST_DIGEST_GENERATION;
         let request_id = (!r.request_id.is_empty())
             .then(|| if digests { queue::request_key(&r.request_id, &messages) } else { r.request_id });
-        match shard.propose_metered(request_id, meter, Command::Send { queue, tenant, messages }).await? {
+        let command = Command::Send { queue, tenant, messages }.with_caller(caller);
+        match shard.propose_metered(request_id, meter, command).await? {
             queue::Response::Sent(sent) => Ok(Response::new(pb::SendResponse {
                 messages: sent
                     .into_iter()
@@ -370,16 +418,9 @@ impl Storage for StorageService {
     async fn receive(&self, request: Request<pb::ReceiveRequest>) -> Result<Response<pb::ReceiveResponse>, Status> {
         let r = request.into_inner();
         let (shard, queue, tenant) = self.route(r.queue.as_ref())?;
-        let messages = receive(
-            &shard,
-            queue,
-            tenant,
-            r.max_messages,
-            r.visibility_timeout_ms,
-            r.wait_ms,
-            r.receive_request_attempt_id,
-        )
-        .await?;
+        let caller = caller_note(&shard, r.caller.clone(), Vec::new())?;
+        let command = receive_command(queue, tenant.clone(), &r, caller)?;
+        let messages = receive(&shard, queue, tenant, r.wait_ms, command).await?;
         Ok(Response::new(pb::ReceiveResponse { messages }))
     }
 
@@ -390,7 +431,10 @@ impl Storage for StorageService {
             return Err(StrataError::invalid(format!("a delete carries 1-{} receipts", queue::DELETE_BATCH_MAX)).into());
         }
         let meter = meter_of(r.meter, &tenant)?;
-        match shard.propose_metered(None, meter, Command::Delete { queue, tenant, receipts: r.receipt_handles }).await?
+        let command = Command::Delete { queue, tenant, receipts: r.receipt_handles };
+        match shard
+            .propose_metered(None, meter, command.with_caller(caller_note(&shard, r.caller, Vec::new())?))
+            .await?
         {
             queue::Response::Deleted(results) => Ok(Response::new(pb::DeleteResponse {
                 results: results
@@ -423,7 +467,7 @@ impl Storage for StorageService {
             receipt: r.receipt_handle,
             visibility_timeout_ms: r.visibility_timeout_ms,
         };
-        shard.propose(command).await?;
+        shard.propose(command.with_caller(caller_note(&shard, r.caller, Vec::new())?)).await?;
         Ok(Response::new(pb::Empty {}))
     }
 

@@ -39,8 +39,8 @@ use crate::queue::schedule::{
     LOAD_CHUNK_RECORDS_MAX, ScheduledMessage, SliceRecord, deliver_at_of, is_waiting_in, slice_of,
 };
 use crate::queue::{
-    Command, MessageRef, MovedAway, NewMessage, QueueError, QueueId, REQUEST_DIGEST_SEPARATOR, Response, ShardCommand,
-    ShardState, StoredSizes, Touch,
+    CallerNote, Command, MessageRef, MovedAway, NewMessage, QueueError, QueueId, REQUEST_DIGEST_SEPARATOR, Response,
+    ShardCommand, ShardState, StoredSizes, Touch,
 };
 use crate::queue_metrics::{Gauges, MINUTE_MS, MetricsStore, Minute};
 use crate::schedule_files::{self, SliceFiles, read_slice};
@@ -61,16 +61,24 @@ pub const RETURN_UNDELIVERED_GENERATION: strata_common::format::FormatGeneration
 /// ([`Command::Calls`], version 4).
 pub const BATCHED_CALLS_GENERATION: strata_common::format::FormatGeneration = 6;
 
+/// The first format generation whose shard commands may keep who made a call
+/// ([`Command::WithCaller`], version 5).
+pub const CALLER_NOTES_GENERATION: strata_common::format::FormatGeneration = 7;
+
 /// A shard log entry's command, persisted (see `docs/formats.md`). Version 1 is the postcard
 /// encoding of [`ShardCommand`] as it stands; the legacy version is the same layout. Version 2
 /// has that layout too, and its request id may carry the digest of its request
 /// ([`crate::queue::request_key`]), which releases before it would take for a plain id.
 /// Version 3 has that layout too, and may hold [`Command::ReturnUndelivered`], a variant that
-/// releases before it do not know. Version 4 likewise may hold [`Command::Calls`].
+/// releases before it do not know. Version 4 likewise may hold [`Command::Calls`], and version
+/// 5 [`Command::WithCaller`] (alone or in `Calls`).
 impl Persisted for ShardEntry {
-    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 1, 2, 2, 2, 3, 4];
+    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 1, 2, 2, 2, 3, 4, 5];
 
     fn version_needed(&self) -> u8 {
+        if self.0.command.holds_caller_notes() {
+            return 5;
+        }
         if matches!(self.0.command, Command::Calls { .. }) {
             return 4;
         }
@@ -182,9 +190,17 @@ impl fmt::Display for ShardEntry {
             Command::TrimMetering { .. } => "trim-metering",
             Command::ReturnUndelivered { .. } => "return-undelivered",
             Command::Calls { .. } => "calls",
+            Command::WithCaller { .. } => "with-caller",
         };
         write!(f, "{name}@{}", self.0.now_ms)
     }
+}
+
+/// A message as its send left it in the log: the message and its trace header, if it has one.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub message: NewMessage,
+    pub trace_header: Option<String>,
 }
 
 /// The replicated state of a shard, and the slice files of its scheduled messages (which its
@@ -1012,26 +1028,37 @@ impl Shard {
         }
     }
 
-    /// Reads the messages `refs` point at, one answer per ref in order: each Send entry is read
-    /// and decoded once however many of its messages are asked for, from the local WAL first
-    /// (then its backfill files), then object storage, then another replica's local log. One
-    /// entry that cannot be read fails only the refs into it.
-    pub async fn read_messages(&self, refs: &[MessageRef]) -> Vec<Result<NewMessage, StrataError>> {
+    /// Reads the messages `refs` point at, one answer per ref in order, each with the trace
+    /// header its send kept for it: each Send entry is read and decoded once however many of
+    /// its messages are asked for, from the local WAL first (then its backfill files), then
+    /// object storage, then another replica's local log. One entry that cannot be read fails
+    /// only the refs into it.
+    pub async fn read_messages(&self, refs: &[MessageRef]) -> Vec<Result<StoredMessage, StrataError>> {
         let mut by_entry: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
         for (position, at) in refs.iter().enumerate() {
             by_entry.entry(at.log_index).or_default().push(position);
         }
-        let mut out: Vec<Option<Result<NewMessage, StrataError>>> = vec![None; refs.len()];
+        let mut out: Vec<Option<Result<StoredMessage, StrataError>>> = vec![None; refs.len()];
         for (log_index, positions) in by_entry {
             // Each message moves out of its decoded entry (a receive names a message once).
-            let mut messages = self.send_entry(log_index).await.map(|m| m.into_iter().map(Some).collect::<Vec<_>>());
+            let mut entry = self
+                .send_entry(log_index)
+                .await
+                .map(|(messages, caller)| (messages.into_iter().map(Some).collect::<Vec<_>>(), caller));
             for position in positions {
                 let slot = refs[position].slot;
-                out[position] = Some(match &mut messages {
-                    Ok(messages) => messages.get_mut(usize::from(slot)).and_then(Option::take).ok_or_else(|| {
-                        let detail = format!("shard {}, entry {log_index}, slot {slot}", self.shard_id);
-                        NodeError::damaged("a message reference points past its batch", detail).into()
-                    }),
+                out[position] = Some(match &mut entry {
+                    Ok((messages, caller)) => messages
+                        .get_mut(usize::from(slot))
+                        .and_then(Option::take)
+                        .map(|message| StoredMessage {
+                            message,
+                            trace_header: caller.as_ref().and_then(|c| c.trace_header(slot)).map(str::to_owned),
+                        })
+                        .ok_or_else(|| {
+                            let detail = format!("shard {}, entry {log_index}, slot {slot}", self.shard_id);
+                            NodeError::damaged("a message reference points past its batch", detail).into()
+                        }),
                     Err(e) => Err(e.clone()),
                 });
             }
@@ -1039,18 +1066,23 @@ impl Shard {
         out.into_iter().flatten().collect()
     }
 
-    /// The messages of the Send entry at `log_index`.
-    async fn send_entry(&self, log_index: u64) -> Result<Vec<NewMessage>, StrataError> {
+    /// The messages of the Send entry at `log_index`, and who sent them when the entry says.
+    async fn send_entry(&self, log_index: u64) -> Result<(Vec<NewMessage>, Option<CallerNote>), StrataError> {
         let local = self.group.log.read_entry(log_index).map_err(|e| self.log_read_failed(log_index, e))?;
         let entry = match local {
             Some(entry) => entry,
             None => self.entry_elsewhere(log_index).await?,
         };
-        match entry.payload {
-            openraft::EntryPayload::Normal(ShardEntry(ShardCommand {
-                command: Command::Send { messages, .. },
-                ..
-            })) => Ok(messages),
+        let command = match entry.payload {
+            openraft::EntryPayload::Normal(ShardEntry(ShardCommand { command, .. })) => Some(command),
+            _ => None,
+        };
+        let (command, caller) = match command {
+            Some(Command::WithCaller { caller, command }) => (Some(*command), Some(caller)),
+            command => (command, None),
+        };
+        match command {
+            Some(Command::Send { messages, .. }) => Ok((messages, caller)),
             _ => {
                 let detail = format!("shard {}, entry {log_index}", self.shard_id);
                 Err(NodeError::damaged("a message reference does not point at a send", detail).into())
@@ -1478,6 +1510,42 @@ mod format_tests {
         assert!(entry.encode_body(3, &mut too_old).is_err(), "version 3 cannot hold calls");
         assert_eq!(ShardEntry::version_for(BATCHED_CALLS_GENERATION - 1), 3);
         assert_eq!(ShardEntry::version_for(BATCHED_CALLS_GENERATION), 4);
+
+        let caller = CallerNote {
+            credential: "AKIDEXAMPLE".into(),
+            request_id: "5f1c3a52-0c0e-4b8e-9c51-2a7a3f0e1d11".into(),
+            trace_headers: vec![
+                None,
+                Some("Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1".into()),
+            ],
+        };
+        let send =
+            Command::Send { queue: 1, tenant: TENANT.into(), messages: vec![message(10, None), message(11, None)] };
+        let entry = ShardEntry(ShardCommand {
+            now_ms: NOW_MS,
+            command: send.with_caller(Some(caller.clone())),
+            request_id: Some("c-req-3".into()),
+            meter: Some(meter()),
+        });
+        assert_eq!(entry.version_needed(), 5);
+        golden::check(&fixtures(), "command-send-with-caller", &entry);
+        assert!(entry.encode_body(4, &mut too_old).is_err(), "version 4 cannot hold a caller's note");
+        let receive =
+            Command::Receive { queue: 1, tenant: TENANT.into(), max_messages: 1, visibility_timeout_ms: None };
+        let calls = vec![Call {
+            command: receive.with_caller(Some(CallerNote { trace_headers: Vec::new(), ..caller })),
+            meter: None,
+        }];
+        let entry = ShardEntry(ShardCommand {
+            now_ms: NOW_MS,
+            command: Command::Calls { calls },
+            request_id: None,
+            meter: None,
+        });
+        assert_eq!(entry.version_needed(), 5);
+        golden::check(&fixtures(), "command-calls-with-caller", &entry);
+        assert_eq!(ShardEntry::version_for(CALLER_NOTES_GENERATION - 1), 4);
+        assert_eq!(ShardEntry::version_for(CALLER_NOTES_GENERATION), 5);
     }
 
     #[test]

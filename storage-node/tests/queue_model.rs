@@ -16,9 +16,9 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::Config;
 use strata_storage::queue::{
-    AttributeValue, Call, Command, DELAY_MS_MAX, DELETE_BATCH_MAX, Delivery, MESSAGE_ATTRIBUTES_MAX, MessageRef,
-    NewMessage, QueueConfig, QueueCounts, QueueError, QueueId, RECEIVE_BATCH_MAX, RETENTION_MS_MAX, RETENTION_MS_MIN,
-    Response, SEND_BATCH_MAX, SentMessage, ShardCommand, ShardState, VISIBILITY_TIMEOUT_MS_MAX,
+    AttributeValue, Call, CallerNote, Command, DELAY_MS_MAX, DELETE_BATCH_MAX, Delivery, MESSAGE_ATTRIBUTES_MAX,
+    MessageRef, NewMessage, QueueConfig, QueueCounts, QueueError, QueueId, RECEIVE_BATCH_MAX, RETENTION_MS_MAX,
+    RETENTION_MS_MIN, Response, SEND_BATCH_MAX, SentMessage, ShardCommand, ShardState, VISIBILITY_TIMEOUT_MS_MAX,
 };
 use uuid::Uuid;
 
@@ -115,7 +115,7 @@ impl Model {
             Command::Calls { calls } => Response::Calls(
                 calls
                     .iter()
-                    .map(|call| match call.command {
+                    .map(|call| match call.command.call_and_caller().0 {
                         Command::Receive { .. }
                         | Command::Delete { .. }
                         | Command::ChangeVisibility { .. }
@@ -330,6 +330,11 @@ impl Model {
                 let count = self.queues.values_mut().map(|q| q.drop_expired(now)).sum();
                 Ok(Response::Expired { count })
             }
+            // A caller's note wraps one call, which applies as it would alone.
+            Command::WithCaller { command, .. } => match **command {
+                Command::Calls { .. } | Command::WithCaller { .. } => Err(invalid()),
+                ref call => return self.apply_command(log_index, call, receipts),
+            },
             // Not generated here: move tasks, dead letters, FIFO, scheduled messages and metering
             // have tests of their own.
             Command::StartMoveTask { .. }
@@ -450,6 +455,20 @@ struct Step {
     /// How far this command's `now_ms` lags the wall clock (leader change).
     skew_ms: u64,
     op: Op,
+}
+
+/// `command` with a caller's note one time in three (by `choice`): a note changes nothing the
+/// state does.
+fn noted(command: Command, choice: u64) -> Command {
+    if !choice.is_multiple_of(3) {
+        return command;
+    }
+    let caller = CallerNote {
+        credential: "AKIDMODEL".to_owned(),
+        request_id: format!("request-{choice}"),
+        trace_headers: vec![Some("Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1".into())],
+    };
+    command.with_caller(Some(caller))
 }
 
 /// A duration below `max_ms`, mostly on a coarse 500 ms grid so that
@@ -648,7 +667,9 @@ impl Harness {
     }
 
     fn learn_receipts(&mut self, response: &Response, command: &Command) {
-        if let (Response::Received(deliveries), Command::Receive { queue, .. }) = (response, command) {
+        if let (Response::Received(deliveries), (Command::Receive { queue, .. }, _)) =
+            (response, command.call_and_caller())
+        {
             for d in deliveries {
                 self.issued.push(d.receipt.clone());
                 self.known.insert(d.receipt.clone(), KnownReceipt { queue: *queue, seq: d.seq, lease: self.log_index });
@@ -680,7 +701,7 @@ impl Harness {
     /// The command of a call on `queue` (a receive, delete, take-back, visibility change or
     /// purge).
     fn call_command(&self, queue: QueueId, tenant: String, op: &Op) -> Command {
-        match op {
+        let command = match op {
             Op::Receive { max, timeout_ms } => {
                 Command::Receive { queue, tenant, max_messages: *max, visibility_timeout_ms: *timeout_ms }
             }
@@ -698,7 +719,8 @@ impl Harness {
             },
             Op::Purge => Command::Purge { queue, tenant },
             other => unreachable!("{other:?} is not a call"),
-        }
+        };
+        noted(command, self.log_index)
     }
 
     fn step(&mut self, step: &Step) -> Result<(), TestCaseError> {
@@ -738,7 +760,7 @@ impl Harness {
                         _ => {}
                     }
                 }
-                self.apply(skew, Command::Send { queue, tenant, messages })?;
+                self.apply(skew, noted(Command::Send { queue, tenant, messages }, u64::from(*fault)))?;
             }
             Op::Receive { .. } | Op::Delete(_) | Op::ReturnUndelivered(_) | Op::ChangeVisibility { .. } | Op::Purge => {
                 let command = self.call_command(queue, tenant, &step.op);

@@ -206,7 +206,12 @@ async fn drain(
         let receipts = got.iter().map(|m| m.receipt_handle.clone()).collect();
         bodies.extend(got.into_iter().map(|m| String::from_utf8_lossy(&m.body).into_owned()));
         client
-            .delete(pb::DeleteRequest { queue: Some(queue.clone()), receipt_handles: receipts, meter: None })
+            .delete(pb::DeleteRequest {
+                queue: Some(queue.clone()),
+                receipt_handles: receipts,
+                meter: None,
+                caller: None,
+            })
             .await
             .expect("delete");
     }
@@ -233,7 +238,7 @@ async fn send_all(nodes: &[Option<StorageNode>], addrs: &[SocketAddr], queue: &p
         let messages: Vec<pb::NewMessage> =
             chunk.iter().map(|b| pb::NewMessage { body: Bytes::from(b.clone()), ..Default::default() }).collect();
         let request_id = format!("send-{}-{batch}", &chunk[0][..4.min(chunk[0].len())]);
-        let send = pb::SendRequest { queue: Some(queue.clone()), messages, request_id, meter: None };
+        let send = pb::SendRequest { queue: Some(queue.clone()), messages, request_id, meter: None, caller: None };
         at_leader(nodes, addrs, |mut c| {
             let send = send.clone();
             async move { c.send(send).await.map(|_| ()) }
@@ -570,7 +575,7 @@ async fn a_replica_joined_by_snapshot_copies_older_entries_from_its_peers() {
     let mut bodies = Vec::new();
     for log_index in 1..=applied {
         if let Some(Ok(message)) = joined.read_messages(&[MessageRef { log_index, slot: 0 }]).await.pop() {
-            bodies.push(String::from_utf8_lossy(&message.body).into_owned());
+            bodies.push(String::from_utf8_lossy(&message.message.body).into_owned());
         }
     }
     bodies.sort();
@@ -598,7 +603,7 @@ async fn a_replica_joined_by_snapshot_copies_older_entries_from_its_peers() {
     let mut bodies = Vec::new();
     for log_index in 1..=applied {
         if let Some(Ok(message)) = joined.read_messages(&[MessageRef { log_index, slot: 0 }]).await.pop() {
-            bodies.push(String::from_utf8_lossy(&message.body).into_owned());
+            bodies.push(String::from_utf8_lossy(&message.message.body).into_owned());
         }
     }
     bodies.sort();
@@ -644,6 +649,7 @@ async fn a_replica_joined_by_snapshot_receives_the_slice_files_of_scheduled_mess
             messages: vec![message],
             request_id: format!("scheduled-{i}"),
             meter: None,
+            caller: None,
         };
         at_leader(&nodes, &addrs, |mut c| {
             let (send, ids) = (send.clone(), ids.clone());
@@ -792,8 +798,12 @@ async fn concurrent_receives_and_deletes_share_entries_and_keep_every_guarantee(
                         continue;
                     }
                     let receipts = got.iter().map(|m| m.receipt_handle.clone()).collect();
-                    let request =
-                        pb::DeleteRequest { queue: Some(queue.clone()), receipt_handles: receipts, meter: None };
+                    let request = pb::DeleteRequest {
+                        queue: Some(queue.clone()),
+                        receipt_handles: receipts,
+                        meter: None,
+                        caller: None,
+                    };
                     let results = client.delete(request).await.expect("delete").into_inner().results;
                     assert!(results.iter().all(|r| r.error_code.is_empty()), "a delete failed: {results:?}");
                     delivered.lock().extend(got.into_iter().map(|m| String::from_utf8_lossy(&m.body).into_owned()));

@@ -108,7 +108,12 @@ async fn drain(client: &mut Client, queue: &pb::QueueRef) -> Vec<String> {
         }
         let receipts = got.iter().map(|m| m.receipt_handle.clone()).collect();
         client
-            .delete(pb::DeleteRequest { queue: Some(queue.clone()), receipt_handles: receipts, meter: None })
+            .delete(pb::DeleteRequest {
+                queue: Some(queue.clone()),
+                receipt_handles: receipts,
+                meter: None,
+                caller: None,
+            })
             .await
             .expect("delete");
         ids.extend(got.into_iter().map(|m| m.message_id));

@@ -260,6 +260,7 @@ async fn tiering_round_trip(store_settings: ObjectStoreSettings) {
             queue: Some(queue.clone()),
             receipt_handle: receipt.clone(),
             visibility_timeout_ms: 0,
+            caller: None,
         };
         client.change_visibility(request).await.expect("change visibility");
     }
@@ -272,7 +273,12 @@ async fn tiering_round_trip(store_settings: ObjectStoreSettings) {
     assert!(node.reader.stats.block_cache_hits.load(Ordering::Relaxed) > 0);
 
     for chunk in receipts.chunks(10) {
-        let request = pb::DeleteRequest { queue: Some(queue.clone()), receipt_handles: chunk.to_vec(), meter: None };
+        let request = pb::DeleteRequest {
+            queue: Some(queue.clone()),
+            receipt_handles: chunk.to_vec(),
+            meter: None,
+            caller: None,
+        };
         let results = client.delete(request).await.expect("delete").into_inner().results;
         assert!(results.iter().all(|r| r.error_code.is_empty()), "delete failed: {results:?}");
     }
@@ -469,7 +475,12 @@ async fn a_bucket_outage_during_receives_counts_no_receive_and_dead_letters_noth
     let receipts = receive_all_counted(&mut client, &queue, 1).await;
     assert_eq!(receipts.len(), MESSAGES);
     for receipt in receipts.chunks(10) {
-        let request = pb::DeleteRequest { queue: Some(queue.clone()), receipt_handles: receipt.to_vec(), meter: None };
+        let request = pb::DeleteRequest {
+            queue: Some(queue.clone()),
+            receipt_handles: receipt.to_vec(),
+            meter: None,
+            caller: None,
+        };
         let results = client.delete(request).await.expect("delete").into_inner().results;
         assert!(results.iter().all(|r| r.error_code.is_empty()), "delete failed: {results:?}");
     }
@@ -515,7 +526,12 @@ async fn segments_drained_before_they_are_due_are_never_uploaded() {
     assert!(sealed >= 3, "expected several sealed segments, found {sealed}");
     let receipts = receive_all(&mut client, &queue).await;
     for chunk in receipts.chunks(10) {
-        let request = pb::DeleteRequest { queue: Some(queue.clone()), receipt_handles: chunk.to_vec(), meter: None };
+        let request = pb::DeleteRequest {
+            queue: Some(queue.clone()),
+            receipt_handles: chunk.to_vec(),
+            meter: None,
+            caller: None,
+        };
         client.delete(request).await.expect("delete");
     }
     let last_drained_index = shard.applied_index().expect("applied");

@@ -49,7 +49,9 @@ use crate::routing::Router as Placement;
 use crate::sqs::auth::AccessKeys;
 use crate::sqs::{self, SqsState};
 use crate::storage_client::{CoLocatedStorage, StorageClients};
+use callers::NativeCaller;
 
+mod callers;
 mod dead_letters;
 mod queue_metrics;
 mod settings;
@@ -177,6 +179,7 @@ pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
         // The native API's own routes answer errors in JSON only (the SQS routes merged below
         // answer in their protocol's shapes).
         .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), callers::request_ids))
         .layer(axum::middleware::from_fn(|request, next| crate::call_metrics::record("native", request, next)))
         .with_state(state)
         .merge(sqs_router);
@@ -752,6 +755,8 @@ fn message_to_pb(m: model::NewMessage, config: &pb::QueueConfig) -> Result<pb::N
         deliver_at_ms: m.deliver_at_ms,
         message_group_id,
         message_deduplication_id,
+        // The call's trace context, when it is traced and sampled.
+        trace_header: strata_telemetry::trace::current_trace_header().unwrap_or_default(),
     })
 }
 
@@ -803,6 +808,7 @@ async fn send_messages(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     call: CallId,
+    NativeCaller(caller): NativeCaller,
     Path(QueuePath { name }): Path<QueuePath>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<model::SendResult>, ApiError> {
@@ -816,7 +822,7 @@ async fn send_messages(
     state.sqs.quotas.admit_store(&tenant, payload_in_bytes).await?;
     let action = if messages.len() == 1 { "SendMessage" } else { "SendMessageBatch" };
     let meter = state.meter.record(&tenant, &call, &body, Charge { payload_in_bytes, ..Charge::new(action, &name) });
-    let sent = queues::send(&state.placement, &tenant, &name, &call, messages, meter).await?;
+    let sent = queues::send(&state.placement, &tenant, &name, &call, messages, meter, Some(caller)).await?;
     let messages = sent
         .messages
         .iter()
@@ -864,6 +870,7 @@ async fn receive_messages(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     call: CallId,
+    NativeCaller(caller): NativeCaller,
     Path(QueuePath { name }): Path<QueuePath>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<model::ReceiveResult>, ApiError> {
@@ -893,7 +900,7 @@ async fn receive_messages(
     }
     let visibility_timeout_ms = request.visibility_timeout_seconds.map(|v| v * 1000);
     let received = queues::on_queue_polling(&state.placement, &tenant, &name, wait_ms, |mut c, q| {
-        let receive_request_attempt_id = attempt_id.clone();
+        let (receive_request_attempt_id, caller) = (attempt_id.clone(), Some(caller.clone()));
         async move {
             c.receive(pb::ReceiveRequest {
                 queue: Some(q),
@@ -901,11 +908,13 @@ async fn receive_messages(
                 visibility_timeout_ms,
                 wait_ms,
                 receive_request_attempt_id,
+                caller,
             })
             .await
         }
     })
     .await?;
+    queues::link_to_sends(&received);
     let payload_out_bytes = received.messages.iter().map(|m| message_payload_bytes(&m.body, &m.attributes)).sum();
     let charge = Charge {
         payload_out_bytes,
@@ -924,6 +933,7 @@ async fn delete_messages(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     call: CallId,
+    NativeCaller(caller): NativeCaller,
     Path(QueuePath { name }): Path<QueuePath>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<model::DeleteResult>, ApiError> {
@@ -936,8 +946,8 @@ async fn delete_messages(
     let action = if receipts.len() == 1 { "DeleteMessage" } else { "DeleteMessageBatch" };
     let meter = state.meter.record(&tenant, &call, &body, Charge::new(action, &name)).map(pb::MeterRecord::from);
     let response = queues::on_queue(&state.placement, &tenant, &name, |mut c, q| {
-        let (receipt_handles, meter) = (receipts.clone(), meter.clone());
-        async move { c.delete(pb::DeleteRequest { queue: Some(q), receipt_handles, meter }).await }
+        let (receipt_handles, meter, caller) = (receipts.clone(), meter.clone(), Some(caller.clone()));
+        async move { c.delete(pb::DeleteRequest { queue: Some(q), receipt_handles, meter, caller }).await }
     })
     .await?;
     let results = response
@@ -962,6 +972,7 @@ async fn change_visibility(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     call: CallId,
+    NativeCaller(caller): NativeCaller,
     Path(QueuePath { name }): Path<QueuePath>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
@@ -972,10 +983,10 @@ async fn change_visibility(
     let receipt = request.receipt_handle;
     let visibility_timeout_ms = request.visibility_timeout_seconds * 1000;
     queues::on_queue(&state.placement, &tenant, &name, |mut c, q| {
-        let receipt_handle = receipt.clone();
+        let (receipt_handle, caller) = (receipt.clone(), Some(caller.clone()));
         async move {
-            c.change_visibility(pb::ChangeVisibilityRequest { queue: Some(q), receipt_handle, visibility_timeout_ms })
-                .await
+            let request = pb::ChangeVisibilityRequest { queue: Some(q), receipt_handle, visibility_timeout_ms, caller };
+            c.change_visibility(request).await
         }
     })
     .await?;

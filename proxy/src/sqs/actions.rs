@@ -823,6 +823,59 @@ struct Outgoing {
     message: pb::NewMessage,
     md5_of_body: String,
     md5_of_attributes: Option<String>,
+    /// Of the message system attributes the client gave (`AWSTraceHeader` only).
+    md5_of_system_attributes: Option<String>,
+}
+
+impl Outgoing {
+    /// Adds the digests of the message's attributes and system attributes to a send's `answer`.
+    fn add_digests(&self, answer: &mut Value) {
+        if let Some(md5) = &self.md5_of_attributes {
+            answer["MD5OfMessageAttributes"] = json!(md5);
+        }
+        if let Some(md5) = &self.md5_of_system_attributes {
+            answer["MD5OfMessageSystemAttributes"] = json!(md5);
+        }
+    }
+}
+
+/// The system attribute a sent message may carry: its trace header.
+const TRACE_HEADER_ATTRIBUTE: &str = "AWSTraceHeader";
+
+/// The trace header a send's `MessageSystemAttributes` give (`AWSTraceHeader`, a String, the
+/// only one SQS takes), with the digest of those attributes for the answer.
+fn system_attributes(entry: &Value) -> Result<Option<(String, String)>, SqsError> {
+    let Some(value) = entry.get("MessageSystemAttributes").filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let map =
+        value.as_object().ok_or_else(|| SqsError::invalid_parameter_value("MessageSystemAttributes must be a map."))?;
+    let mut trace_header = None;
+    for (name, attribute) in map {
+        if name != TRACE_HEADER_ATTRIBUTE {
+            return Err(SqsError::invalid_parameter_value(format!(
+                "Message system attribute name '{name}' is invalid: the only one a message may carry is                  {TRACE_HEADER_ATTRIBUTE}."
+            )));
+        }
+        if string(attribute, "DataType")? != Some("String") {
+            return Err(SqsError::invalid_parameter_value(format!(
+                "The message system attribute '{TRACE_HEADER_ATTRIBUTE}' must be of type 'String'."
+            )));
+        }
+        let header = string(attribute, "StringValue")?.unwrap_or_default();
+        if !strata_telemetry::trace::valid_trace_header(header) {
+            return Err(SqsError::invalid_parameter_value(format!(
+                "The message system attribute '{TRACE_HEADER_ATTRIBUTE}' must be 1-{} printable ASCII characters.",
+                strata_telemetry::trace::TRACE_HEADER_CHARS_MAX
+            )));
+        }
+        trace_header = Some(header.to_owned());
+    }
+    let Some(header) = trace_header else { return Ok(None) };
+    let attribute =
+        pb::MessageAttribute { data_type: "String".to_owned(), string_value: header.clone(), binary_value: Vec::new() };
+    let md5 = md5::of_attributes([(&TRACE_HEADER_ATTRIBUTE.to_owned(), &attribute)]).unwrap_or_default();
+    Ok(Some((header, md5)))
 }
 
 /// The group and deduplication ids of a message (see [`queue_rules::fifo_ids`]). A FIFO
@@ -876,9 +929,15 @@ fn outgoing(entry: &Value, config: &pb::QueueConfig) -> Result<Outgoing, SqsErro
         )));
     }
     let md5_of_attributes = md5::of_attributes(&attributes);
+    // The client's trace header, else the call's own when it is traced and sampled.
+    let (trace_header, md5_of_system_attributes) = match system_attributes(entry)? {
+        Some((header, md5)) => (header, Some(md5)),
+        None => (strata_telemetry::trace::current_trace_header().unwrap_or_default(), None),
+    };
     Ok(Outgoing {
         md5_of_body: md5::of_body(body.as_bytes()),
         md5_of_attributes,
+        md5_of_system_attributes,
         message: pb::NewMessage {
             body: Bytes::copy_from_slice(body.as_bytes()),
             attributes,
@@ -887,6 +946,7 @@ fn outgoing(entry: &Value, config: &pb::QueueConfig) -> Result<Outgoing, SqsErro
             message_deduplication_id: deduplication_id,
             // SQS has delays only; deliver-at times are the native API's.
             deliver_at_ms: None,
+            trace_header,
         },
     })
 }
@@ -914,7 +974,8 @@ async fn send(
     // The record travels with the messages: the shard keeps both or neither.
     let charge = Charge { payload_in_bytes, ..ctx.charge.lock().clone() };
     let meter = ctx.state.meter.record(ctx.tenant(), &call, ctx.body, charge);
-    let sent = queues::send(&ctx.state.placement, ctx.tenant(), &info.name, &call, messages, meter).await?;
+    let caller = ctx.storage_caller();
+    let sent = queues::send(&ctx.state.placement, ctx.tenant(), &info.name, &call, messages, meter, caller).await?;
     ctx.charge.lock().carried = true;
     if sent.messages.len() != count {
         return Err(SqsError::internal_error("The storage node answered a different number of messages."));
@@ -924,13 +985,11 @@ async fn send(
 
 async fn send_message(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
     let info = queue_of(ctx, input).await?;
-    let out = outgoing(input, &info.config.clone().unwrap_or_default())?;
+    let mut out = outgoing(input, &info.config.clone().unwrap_or_default())?;
     let fifo = !out.message.message_group_id.is_empty();
-    let sent = send(ctx, &info, vec![out.message]).await?;
+    let sent = send(ctx, &info, vec![std::mem::take(&mut out.message)]).await?;
     let mut answer = json!({ "MessageId": sent.messages[0].message_id, "MD5OfMessageBody": out.md5_of_body });
-    if let Some(md5) = out.md5_of_attributes {
-        answer["MD5OfMessageAttributes"] = json!(md5);
-    }
+    out.add_digests(&mut answer);
     if fifo {
         answer["SequenceNumber"] = json!(sequence_number(sent.messages[0].seq));
     }
@@ -1008,9 +1067,7 @@ async fn send_message_batch(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsEr
         let sent = send(ctx, &info, messages).await?;
         for ((id, out), sent) in accepted.into_iter().zip(sent.messages) {
             let mut entry = json!({ "Id": id, "MessageId": sent.message_id, "MD5OfMessageBody": out.md5_of_body });
-            if let Some(md5) = out.md5_of_attributes {
-                entry["MD5OfMessageAttributes"] = json!(md5);
-            }
+            out.add_digests(&mut entry);
             if !out.message.message_group_id.is_empty() {
                 entry["SequenceNumber"] = json!(sequence_number(sent.seq));
             }
@@ -1026,12 +1083,14 @@ fn sequence_number(seq: u64) -> String {
     format!("{seq:020}")
 }
 
-/// System attributes a receive may ask for (the last three only on FIFO messages).
-const SYSTEM_ATTRIBUTE_NAMES: [&str; 7] = [
+/// System attributes a receive may ask for (the last three only on FIFO messages; the trace
+/// header only on messages that keep one).
+const SYSTEM_ATTRIBUTE_NAMES: [&str; 8] = [
     "SenderId",
     "SentTimestamp",
     "ApproximateReceiveCount",
     "ApproximateFirstReceiveTimestamp",
+    TRACE_HEADER_ATTRIBUTE,
     "MessageGroupId",
     "MessageDeduplicationId",
     "SequenceNumber",
@@ -1082,7 +1141,7 @@ async fn receive_message(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError
         _ => String::new(),
     };
     let received = queues::on_queue_polling(&ctx.state.placement, ctx.tenant(), &info.name, wait_ms, |mut c, q| {
-        let receive_request_attempt_id = attempt_id.clone();
+        let (receive_request_attempt_id, caller) = (attempt_id.clone(), ctx.storage_caller());
         async move {
             c.receive(pb::ReceiveRequest {
                 queue: Some(q),
@@ -1090,11 +1149,13 @@ async fn receive_message(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError
                 visibility_timeout_ms,
                 wait_ms,
                 receive_request_attempt_id,
+                caller,
             })
             .await
         }
     })
     .await?;
+    queues::link_to_sends(&received);
     {
         let mut charge = ctx.charge.lock();
         charge.payload_out_bytes =
@@ -1124,6 +1185,7 @@ async fn receive_message(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError
                             m.message_deduplication_id.clone()
                         }
                         "SequenceNumber" if !m.message_group_id.is_empty() => sequence_number(m.sequence_number),
+                        TRACE_HEADER_ATTRIBUTE if !m.trace_header.is_empty() => m.trace_header.clone(),
                         _ => continue,
                     };
                     system.insert(name.to_string(), Value::String(value));
@@ -1178,8 +1240,8 @@ async fn delete_receipts(
         None
     };
     let response = queues::on_queue(&ctx.state.placement, ctx.tenant(), &info.name, |mut c, q| {
-        let (receipt_handles, meter) = (receipts.clone(), meter.clone());
-        async move { c.delete(pb::DeleteRequest { queue: Some(q), receipt_handles, meter }).await }
+        let (receipt_handles, meter, caller) = (receipts.clone(), meter.clone(), ctx.storage_caller());
+        async move { c.delete(pb::DeleteRequest { queue: Some(q), receipt_handles, meter, caller }).await }
     })
     .await?;
     ctx.charge.lock().carried = batch;
@@ -1238,10 +1300,10 @@ async fn change_visibility(
 ) -> Result<(), SqsError> {
     let receipt = receipt_handle.to_string();
     let changed = queues::on_queue(&ctx.state.placement, ctx.tenant(), &info.name, |mut c, q| {
-        let receipt_handle = receipt.clone();
+        let (receipt_handle, caller) = (receipt.clone(), ctx.storage_caller());
         async move {
-            c.change_visibility(pb::ChangeVisibilityRequest { queue: Some(q), receipt_handle, visibility_timeout_ms })
-                .await
+            let request = pb::ChangeVisibilityRequest { queue: Some(q), receipt_handle, visibility_timeout_ms, caller };
+            c.change_visibility(request).await
         }
     })
     .await;

@@ -25,6 +25,8 @@ pub struct Caller {
     pub tenant: String,
     /// The region of the signature's credential scope (used in ARNs).
     pub region: String,
+    /// The access key the request was signed with.
+    pub access_key_id: String,
 }
 
 pub struct AccessKeys {
@@ -89,7 +91,11 @@ impl Signed {
         // The body may have taken a while: a revocation meanwhile counts.
         self.check_live(now_ms)?;
         sigv4::verify(&self.signature, parts, &self.key.secret_access_key, now_ms).map_err(sigv4_error)?;
-        Ok(Caller { tenant: self.key.tenant, region: self.signature.region })
+        Ok(Caller {
+            tenant: self.key.tenant,
+            region: self.signature.region,
+            access_key_id: self.signature.access_key_id,
+        })
     }
 
     fn check_live(&self, now_ms: u64) -> Result<(), SqsError> {

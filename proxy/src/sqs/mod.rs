@@ -56,11 +56,21 @@ pub struct Ctx<'a> {
     pub charge: parking_lot::Mutex<Charge>,
     /// The request body as received (part of the call's billing key).
     pub body: &'a [u8],
+    /// The id the call is answered with (`x-amzn-RequestId`).
+    pub request_id: &'a str,
 }
 
 impl Ctx<'_> {
     pub fn tenant(&self) -> &str {
         &self.caller.tenant
+    }
+
+    /// Who makes the call, as the shard's log keeps it: the access key and the request id.
+    pub fn storage_caller(&self) -> Option<strata_common::proto::Caller> {
+        Some(strata_common::proto::Caller {
+            credential: self.caller.access_key_id.clone(),
+            request_id: self.request_id.to_owned(),
+        })
     }
 
     pub fn queue_url(&self, name: &str) -> String {
@@ -130,8 +140,19 @@ pub async fn handle(
     let body = received.as_ref().map_or(&[][..], |(_, body)| &body[..]);
     let action = crate::call_metrics::sqs_action(&headers, uri.query(), body);
     let mut response = match (received, query_protocol) {
-        (Ok((signed, body)), true) => query::handle(&state, signed, &method, &uri, &headers, &body, &request_id).await,
-        (Ok((signed, body)), false) => json_response(serve(&state, signed, &method, &uri, &headers, &body).await),
+        (Ok((signed, body)), true) => {
+            query::handle(
+                &state,
+                signed,
+                &Signing { method: &method, uri: &uri, headers: &headers },
+                &body,
+                &request_id,
+            )
+            .await
+        }
+        (Ok((signed, body)), false) => json_response(
+            serve(&state, signed, &Signing { method: &method, uri: &uri, headers: &headers }, &body, &request_id).await,
+        ),
         (Err(e), true) => query::error_answer(&e, &request_id),
         (Err(e), false) => json_response(Err(e)),
     };
@@ -151,17 +172,24 @@ fn json_response(result: Result<Value, SqsError>) -> Response {
     response
 }
 
+/// What a request's signature covers besides its body: its method, URI and headers.
+pub(crate) struct Signing<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) uri: &'a Uri,
+    pub(crate) headers: &'a HeaderMap,
+}
+
 /// Verifies the request's signature (read before the body, as `signed`) over its method, path,
-/// query, headers and body exactly as received; the context carries the caller and the base of
-/// its queue URLs (`http://{Host}`).
+/// query, headers and body exactly as received; the context carries the caller, the base of
+/// its queue URLs (`http://{Host}`) and `request_id`, the id the call is answered with.
 fn authenticate<'s>(
     state: &'s SqsState,
     signed: Signed,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
+    request: &Signing<'_>,
     body: &'s [u8],
+    request_id: &'s str,
 ) -> Result<Ctx<'s>, SqsError> {
+    let Signing { method, uri, headers } = *request;
     let parts =
         SignedParts { method: method.as_str(), path: uri.path(), query: uri.query().unwrap_or(""), headers, body };
     let caller = signed.verify(&parts, state.clock.now_ms())?;
@@ -174,6 +202,7 @@ fn authenticate<'s>(
         call: parking_lot::Mutex::new(call),
         charge: parking_lot::Mutex::new(Charge::default()),
         body,
+        request_id,
     })
 }
 
@@ -195,11 +224,11 @@ async fn run(ctx: &Ctx<'_>, action: &str, input: Value) -> Result<Value, SqsErro
 async fn serve(
     state: &SqsState,
     signed: Signed,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
+    request: &Signing<'_>,
     body: &[u8],
+    request_id: &str,
 ) -> Result<Value, SqsError> {
+    let headers = request.headers;
     let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).ok_or_else(|| {
         SqsError::invalid_action(
             "A JSON-protocol request needs X-Amz-Target: AmazonSQS.<Action> (with Content-Type: \
@@ -209,7 +238,7 @@ async fn serve(
     let action = target
         .strip_prefix(TARGET_PREFIX)
         .ok_or_else(|| SqsError::invalid_action(format!("Unknown target '{target}'.")))?;
-    let ctx = authenticate(state, signed, method, uri, headers, body)?;
+    let ctx = authenticate(state, signed, request, body, request_id)?;
     let input: Value = if body.is_empty() {
         json!({})
     } else {

@@ -31,7 +31,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io;
 
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use quick_xml::Writer;
 use quick_xml::events::{BytesDecl, BytesText, Event};
@@ -361,16 +361,14 @@ fn content_type(headers: &HeaderMap) -> Option<String> {
 
 /// Serves one query-protocol request; `request_id` goes into the XML and is the caller's
 /// `x-amzn-requestid`.
-pub async fn handle(
+pub(crate) async fn handle(
     state: &SqsState,
     signed: Signed,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
+    request: &super::Signing<'_>,
     body: &[u8],
     request_id: &str,
 ) -> Response {
-    match serve(state, signed, method, uri, headers, body).await {
+    match serve(state, signed, request, body, request_id).await {
         Ok((operation, output)) => xml_answer(StatusCode::OK, response_xml(operation, &output, request_id), None),
         Err(e) => error_answer(&e, request_id),
     }
@@ -403,13 +401,13 @@ fn xml_answer(status: StatusCode, xml: io::Result<Vec<u8>>, retry_after_s: Optio
 async fn serve(
     state: &SqsState,
     signed: Signed,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
+    request: &super::Signing<'_>,
     body: &[u8],
+    request_id: &str,
 ) -> Result<(&'static Operation, Value), SqsError> {
     // Authentication first, over the query and body exactly as received.
-    let ctx = super::authenticate(state, signed, method, uri, headers, body)?;
+    let ctx = super::authenticate(state, signed, request, body, request_id)?;
+    let super::Signing { method, uri, headers } = *request;
     let mut params = Vec::new();
     parse_form(uri.query().unwrap_or("").as_bytes(), &mut params)?;
     if *method == Method::POST && !body.is_empty() {

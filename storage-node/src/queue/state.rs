@@ -112,6 +112,8 @@ impl ShardState {
         if meter.is_some() && self.metering.is_full() {
             return Response::Error(QueueError::MeteringBacklogFull);
         }
+        // What the log keeps of the caller beside the call changes nothing in the state.
+        let (command, _caller) = command.call_and_caller();
         let touch = self.touch_of(command);
         let response = self.apply_command(log_index, command);
         self.touches.record(log_index, touch);
@@ -255,8 +257,12 @@ impl ShardState {
                 self.metering.trim(*through_seq);
                 Ok(Response::MeteringTrimmed)
             }
-            // Calls are applied by `apply`, one by one; they do not nest.
+            // Calls are applied by `apply`, one by one, and unwrapped from their notes by
+            // `apply_metered`, once; neither nests.
             Command::Calls { .. } => Err(QueueError::InvalidParameter("calls do not nest".to_owned())),
+            Command::WithCaller { .. } => {
+                Err(QueueError::InvalidParameter("a caller's note wraps one call".to_owned()))
+            }
         };
         result.unwrap_or_else(Response::Error)
     }
@@ -278,7 +284,11 @@ impl ShardState {
                 let redrive = self.queue_config(*queue, tenant).and_then(|c| c.redrive);
                 redrive.map(|r| Touch::Queue(r.dead_letter_queue))
             }
-            Command::Delete { .. } | Command::Expire | Command::TrimMetering { .. } | Command::Calls { .. } => None,
+            Command::Delete { .. }
+            | Command::Expire
+            | Command::TrimMetering { .. }
+            | Command::Calls { .. }
+            | Command::WithCaller { .. } => None,
             Command::StartMoveTask { .. }
             | Command::CancelMoveTask { .. }
             | Command::MoveStep { .. }

@@ -351,6 +351,57 @@ pub enum Command {
     Calls {
         calls: Vec<Call>,
     },
+    /// A client's call with who made it ([`CallerNote`]): applied as `command` is, and the note
+    /// kept in the log beside it (a send's trace headers are read back with its messages).
+    /// Wraps one call (never `Calls` or another `WithCaller`); may ride in a `Calls` entry when
+    /// its call may. Shard command version 5 and later.
+    WithCaller {
+        caller: CallerNote,
+        command: Box<Command>,
+    },
+}
+
+/// Who made a call, and the trace contexts of the messages it sent: what the log keeps of a
+/// call beyond its command ([`Command::WithCaller`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallerNote {
+    /// The credential the call was made with, as its proxy verified it: an access key id, or
+    /// `token` for a call with the tenant's bearer token. At most [`CREDENTIAL_CHARS_MAX`].
+    pub credential: String,
+    /// The request id the caller was answered with. At most [`REQUEST_ID_CHARS_MAX`].
+    pub request_id: String,
+    /// A send's messages' trace headers (SQS's `AWSTraceHeader`, X-Ray format), by position in
+    /// the send; empty when none has one. Each as [`strata_telemetry::trace::valid_trace_header`]
+    /// allows.
+    pub trace_headers: Vec<Option<String>>,
+}
+
+/// Longest credential name a [`CallerNote`] holds.
+pub const CREDENTIAL_CHARS_MAX: usize = 128;
+
+impl CallerNote {
+    /// Whether the note is within its limits for a command carrying `messages` messages.
+    pub fn check(&self, messages: usize) -> Result<(), QueueError> {
+        let invalid = |what: &str| Err(QueueError::InvalidParameter(what.to_owned()));
+        if self.credential.len() > CREDENTIAL_CHARS_MAX {
+            return invalid("a caller's credential name is too long");
+        }
+        if self.request_id.len() > REQUEST_ID_CHARS_MAX {
+            return invalid("a caller's request id is too long");
+        }
+        if self.trace_headers.len() > messages {
+            return invalid("more trace headers than messages");
+        }
+        if self.trace_headers.iter().flatten().any(|h| !strata_telemetry::trace::valid_trace_header(h)) {
+            return invalid("a trace header is empty, too long or not printable ASCII");
+        }
+        Ok(())
+    }
+
+    /// The trace header of the message at `slot` of its send, if it has one.
+    pub fn trace_header(&self, slot: u16) -> Option<&str> {
+        self.trace_headers.get(usize::from(slot)).and_then(Option::as_deref)
+    }
 }
 
 /// One client's call in a [`Command::Calls`] entry, with its metering record (which enters the
@@ -371,14 +422,42 @@ impl Command {
     /// clients make at the rate they receive, which neither place message bodies in the entry
     /// (sends locate bodies by log index and slot) nor remember request ids.
     pub fn batchable(&self) -> bool {
-        matches!(
-            self,
-            Command::Receive { .. }
-                | Command::ReceiveAttempt { .. }
-                | Command::Delete { .. }
-                | Command::ChangeVisibility { .. }
-                | Command::ReturnUndelivered { .. }
-        )
+        match self {
+            Command::WithCaller { command, .. } => command.batchable(),
+            command => matches!(
+                command,
+                Command::Receive { .. }
+                    | Command::ReceiveAttempt { .. }
+                    | Command::Delete { .. }
+                    | Command::ChangeVisibility { .. }
+                    | Command::ReturnUndelivered { .. }
+            ),
+        }
+    }
+
+    /// The call itself and who made it: a [`Command::WithCaller`] unwrapped once.
+    pub fn call_and_caller(&self) -> (&Command, Option<&CallerNote>) {
+        match self {
+            Command::WithCaller { caller, command } => (command, Some(caller)),
+            command => (command, None),
+        }
+    }
+
+    /// `self` noted with `caller` (unchanged when there is no note to keep).
+    pub fn with_caller(self, caller: Option<CallerNote>) -> Command {
+        match caller {
+            Some(caller) => Command::WithCaller { caller, command: Box::new(self) },
+            None => self,
+        }
+    }
+
+    /// Whether the command is or carries a [`Command::WithCaller`] (shard command version 5).
+    pub fn holds_caller_notes(&self) -> bool {
+        match self {
+            Command::WithCaller { .. } => true,
+            Command::Calls { calls } => calls.iter().any(|c| c.command.holds_caller_notes()),
+            _ => false,
+        }
     }
 }
 
