@@ -91,7 +91,7 @@ pub(crate) async fn record(api: &'static str, request: Request, next: Next) -> R
     let action = native.or_else(|| response.extensions().get::<CallAction>().map(|a| a.0)).unwrap_or(UNKNOWN);
     let status = response.status();
     if let Some(span) = span {
-        span.record("otel.name", action);
+        strata_telemetry::trace::rename(&span, action);
         span.record("http.response.status_code", status.as_u16());
         if status.is_server_error() {
             span.record("otel.status_code", "ERROR");

@@ -66,6 +66,14 @@ pub fn inject(headers: &mut http::HeaderMap) {
     opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut HeaderInjector(headers)));
 }
 
+/// Names `span`'s exported span `name` (a call's action, known only once it is parsed), even
+/// after it started.
+pub fn rename(span: &tracing::Span, name: &'static str) {
+    if enabled() {
+        span.context().span().update_name(name);
+    }
+}
+
 /// Whether the current span belongs to a trace this process exports (sampled or not): work
 /// done for a traced call may make child spans; background work, outside any call, makes none.
 pub fn traced() -> bool {

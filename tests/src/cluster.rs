@@ -40,6 +40,15 @@ impl LocalCluster {
         Self::up_with_format_cap(dir, port_base, &[], 0)
     }
 
+    /// [`LocalCluster::up`] with `env` set for every process.
+    pub fn up_with_env(dir: &Path, port_base: u16, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let cluster = Self { dir: dir.to_path_buf(), port_base };
+        let mut up = cluster.script("up");
+        up.envs(env.iter().copied());
+        run_ok(&mut up).context("local-cluster.sh up")?;
+        Ok(cluster)
+    }
+
     /// [`LocalCluster::up`] with the processes `capped` reading format generations only up to
     /// `generation`, as processes of an older release would (`docs/formats.md`).
     pub fn up_with_format_cap(dir: &Path, port_base: u16, capped: &[&str], generation: u32) -> anyhow::Result<Self> {

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod history;
 pub mod internal;
 pub mod load;
+pub mod otlp;
 pub mod prometheus;
 
 use std::net::TcpListener;

@@ -1,6 +1,7 @@
 //! What operators watch, checked with the real thing: Debian's Prometheus scrapes `strata dev`
 //! and every process of a local cluster with the scrape token, `promtool check metrics` accepts
 //! every exposition, and queries over the scraped series count exactly the calls the test made.
+//! A cluster's processes export traces to a real OTLP receiver.
 
 #![allow(clippy::disallowed_methods)] // a test waits in real time
 
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use strata_tests::cluster::LocalCluster;
+use strata_tests::otlp::OtlpReceiver;
 use strata_tests::prometheus::{Prometheus, promtool_check_metrics, promtool_check_rules};
 use strata_tests::{Api, DevProcess, model};
 
@@ -150,10 +152,20 @@ async fn json_logs_and_the_access_log() {
     assert!(!dev.log().expect("log").contains("a secret body"), "a message body reached the log");
 }
 
+/// Prometheus scrapes every process of a local cluster; and every process exports traces, so
+/// that a client's traced send is one trace across the proxy and the storage node's processes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_scrapes_every_process_of_a_local_cluster() {
+async fn every_process_of_a_local_cluster_is_scraped_and_traced() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = LocalCluster::up(&dir.path().join("cluster"), LocalCluster::port_base(1)).expect("up");
+    let receiver =
+        OtlpReceiver::start(env!("CARGO_BIN_EXE_otlp-receiver").as_ref(), &dir.path().join("otlp")).expect("receiver");
+    let traces = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0"),
+    ];
+    let cluster =
+        LocalCluster::up_with_env(&dir.path().join("cluster"), LocalCluster::port_base(1), &traces).expect("up");
     let env = cluster.credentials().expect("credentials");
     let token_file = PathBuf::from(&env["STRATA_METRICS_TOKEN_FILE"]);
     let token = std::fs::read_to_string(&token_file).expect("scrape token").trim().to_string();
@@ -196,6 +208,31 @@ async fn prometheus_scrapes_every_process_of_a_local_cluster() {
         );
     }
     drop(prometheus);
+
+    let trace_id = "5b8efff798038103d269b633813fc60c";
+    let answer = reqwest::Client::new()
+        .post(format!("{}/v1/queues/watched/messages", env["STRATA_PROXY_ENDPOINTS"].split(',').next().unwrap_or("")))
+        .bearer_auth(&env["STRATA_TOKEN"])
+        .header("traceparent", format!("00-{trace_id}-eee19b7ec3c1b174-01"))
+        .json(&json!({ "messages": [{ "body": "traced" }] }))
+        .send()
+        .await
+        .expect("a traced send");
+    assert_eq!(answer.status(), 200);
+    let in_trace = |spans: &[serde_json::Value], service: &str, name: &str| {
+        spans.iter().find(|s| s["trace_id"] == trace_id && s["service"] == service && s["name"] == name).cloned()
+    };
+    let spans = receiver
+        .wait_for("the traced send's spans", Duration::from_secs(20), |spans| {
+            in_trace(spans, "strata-storage", "raft commit").is_some()
+        })
+        .await
+        .expect("spans");
+    let call = in_trace(&spans, "strata-proxy", "SendMessage").expect("the proxy's span");
+    let storage = in_trace(&spans, "strata-storage", "/strata.v1.Storage/Send").expect("the storage node's span");
+    let commit = in_trace(&spans, "strata-storage", "raft commit").expect("the Raft commit's span");
+    assert_eq!(storage["parent_span_id"], call["span_id"], "the trace crosses from the proxy: {spans:#?}");
+    assert_eq!(commit["parent_span_id"], storage["span_id"], "{spans:#?}");
     cluster.down().expect("down");
 }
 

@@ -433,6 +433,10 @@ pub struct ReceivedMessage {
     /// FIFO queues.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sequence_number: Option<String>,
+    /// The trace context of the call that sent the message, when that call was traced and
+    /// sampled (AWS X-Ray format, as SQS's `AWSTraceHeader`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_header: Option<String>,
 }
 
 /// The messages received (none when the wait ended empty).

@@ -859,6 +859,7 @@ fn received_answer(m: pb::ReceivedMessage) -> model::ReceivedMessage {
         group_id: fifo.then_some(m.message_group_id),
         deduplication_id: fifo.then_some(m.message_deduplication_id),
         sequence_number: fifo.then(|| m.sequence_number.to_string()),
+        trace_header: (!m.trace_header.is_empty()).then_some(m.trace_header),
     }
 }
 
