@@ -74,6 +74,11 @@ enum Command {
     Delete(user::DeleteArgs),
     /// Cancel a message sent with `--deliver-at-ms` before it is due.
     Cancel(user::CancelArgs),
+    /// A message's life by id: sends, receives, deletes, moves, who made each call, where it is.
+    Message {
+        #[command(subcommand)]
+        command: user::MessageCommand,
+    },
     /// Measure throughput and latency of a running service.
     Bench(bench::BenchArgs),
 }
@@ -109,6 +114,7 @@ fn main() -> std::process::ExitCode {
             Command::Receive(args) => user::receive(args).await,
             Command::Delete(args) => user::delete(args).await,
             Command::Cancel(args) => user::cancel(args).await,
+            Command::Message { command } => user::message(command).await,
             Command::Bench(args) => bench::run(args).await,
         }
     });

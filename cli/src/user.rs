@@ -449,6 +449,78 @@ pub(crate) struct SendArgs {
     connection: Connection,
 }
 
+#[derive(Subcommand)]
+pub(crate) enum MessageCommand {
+    /// What happened to a message, by its id, for its retention: each send, receive, visibility
+    /// change, delete and move, with the credential and request id of each call, and where the
+    /// message is now.
+    Trace {
+        queue: String,
+        /// The id its send answered.
+        message_id: String,
+        /// Print the answer as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+pub(crate) async fn message(command: MessageCommand) -> anyhow::Result<()> {
+    match command {
+        MessageCommand::Trace { queue, message_id, json, connection } => {
+            let trace = connection.client()?.message_trace(&queue, &message_id).await?;
+            match json {
+                true => print(&trace),
+                false => print_message_trace(&trace),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Unix milliseconds as a UTC time to the millisecond.
+fn utc_ms(at_ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(i64::try_from(at_ms).unwrap_or(i64::MAX))
+        .map_or_else(|| at_ms.to_string(), |t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+}
+
+/// A message's trace as a table: one row per event, then where the message is now.
+fn print_message_trace(trace: &model::MessageTrace) {
+    println!("message {} of queue {}", trace.message_id, trace.queue);
+    println!("{:<23} {:<20} {:<20} {:<40} detail", "time (UTC)", "queue", "event", "by (credential, request)");
+    for e in &trace.events {
+        let by = match (&e.credential, &e.request_id) {
+            (Some(credential), Some(request)) => format!("{credential} {request}"),
+            (Some(credential), None) => credential.clone(),
+            _ => "-".to_owned(),
+        };
+        let mut detail = Vec::new();
+        if let Some(count) = e.receive_count {
+            detail.push(format!("receive #{count}"));
+        }
+        if let Some(at) = e.visible_at_ms {
+            detail.push(format!("visible again at {}", utc_ms(at)));
+        }
+        if let Some(other) = &e.other_queue {
+            let kind = if e.dead_letter == Some(true) { "dead-letter queue " } else { "" };
+            detail.push(format!("{kind}{other}"));
+        }
+        if let Some(at) = e.deliver_at_ms {
+            detail.push(format!("due at {}", utc_ms(at)));
+        }
+        println!("{:<23} {:<20} {:<20} {:<40} {}", utc_ms(e.at_ms), e.queue, e.event, by, detail.join(", "));
+    }
+    let mut now = format!("now: {}", trace.now.state);
+    if let Some(queue) = &trace.now.queue {
+        now.push_str(&format!(" in {queue}"));
+    }
+    if let Some(at) = trace.now.visible_at_ms {
+        now.push_str(&format!(", visible at {}", utc_ms(at)));
+    }
+    println!("{now}");
+}
+
 #[derive(Args)]
 pub(crate) struct CancelArgs {
     queue: String,

@@ -45,6 +45,9 @@ pub enum ErrorKind {
     /// No message with this id waits for its deliver-at time on the queue (never scheduled, due
     /// already, or cancelled).
     ScheduledMessageNotFound,
+    /// The queue holds no record of a message with this id (never sent to it, or its trace is
+    /// past its keeping).
+    MessageNotFound,
     /// A request id was used before by a different request; nothing was done.
     IdempotencyConflict,
     /// No route has this method and path.
@@ -56,7 +59,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, for exhaustive tests of mappings.
-    pub const ALL: [ErrorKind; 17] = [
+    pub const ALL: [ErrorKind; 18] = [
         ErrorKind::QueueNotFound,
         ErrorKind::QueueAlreadyExists,
         ErrorKind::InvalidParameter,
@@ -71,6 +74,7 @@ impl ErrorKind {
         ErrorKind::MessageNotInFlight,
         ErrorKind::StaleReceipt,
         ErrorKind::ScheduledMessageNotFound,
+        ErrorKind::MessageNotFound,
         ErrorKind::IdempotencyConflict,
         ErrorKind::UnknownRoute,
         ErrorKind::InsufficientStorage,
@@ -93,6 +97,7 @@ impl ErrorKind {
             ErrorKind::MessageNotInFlight => "MessageNotInFlight",
             ErrorKind::StaleReceipt => "StaleReceipt",
             ErrorKind::ScheduledMessageNotFound => "ScheduledMessageNotFound",
+            ErrorKind::MessageNotFound => "MessageNotFound",
             ErrorKind::IdempotencyConflict => "IdempotencyConflict",
             ErrorKind::UnknownRoute => "UnknownRoute",
             ErrorKind::InsufficientStorage => "InsufficientStorage",
@@ -109,6 +114,7 @@ impl ErrorKind {
             ErrorKind::QueueNotFound
             | ErrorKind::AccessKeyNotFound
             | ErrorKind::ScheduledMessageNotFound
+            | ErrorKind::MessageNotFound
             | ErrorKind::UnknownRoute => 404,
             ErrorKind::QueueAlreadyExists | ErrorKind::IdempotencyConflict => 409,
             ErrorKind::InvalidParameter
@@ -127,9 +133,10 @@ impl ErrorKind {
 
     fn grpc_code(self) -> tonic::Code {
         match self {
-            ErrorKind::QueueNotFound | ErrorKind::AccessKeyNotFound | ErrorKind::ScheduledMessageNotFound => {
-                tonic::Code::NotFound
-            }
+            ErrorKind::QueueNotFound
+            | ErrorKind::AccessKeyNotFound
+            | ErrorKind::ScheduledMessageNotFound
+            | ErrorKind::MessageNotFound => tonic::Code::NotFound,
             ErrorKind::QueueAlreadyExists => tonic::Code::AlreadyExists,
             ErrorKind::InvalidParameter | ErrorKind::InvalidReceipt | ErrorKind::StaleReceipt => {
                 tonic::Code::InvalidArgument

@@ -48,6 +48,13 @@ impl Random {
         uuid::Builder::from_random_bytes(bytes).into_uuid()
     }
 
+    /// A time-ordered uuid (version 7): `unix_ms` in its first 48 bits, the rest random.
+    pub fn uuid_at(&self, unix_ms: u64) -> Uuid {
+        let mut bytes = [0u8; 10];
+        self.fill(&mut bytes);
+        uuid::Builder::from_unix_timestamp_millis(unix_ms, &bytes).into_uuid()
+    }
+
     /// A number in `0..bound`; 0 when `bound` is 0.
     pub fn below(&self, bound: u64) -> u64 {
         if bound == 0 {

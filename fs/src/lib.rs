@@ -37,6 +37,11 @@ pub fn restrict_dir(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// fsyncs a directory so that entries created, renamed or removed in it are durable.
+pub fn sync_dir(dir: impl AsRef<Path>) -> io::Result<()> {
+    std::fs::File::open(dir.as_ref())?.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;

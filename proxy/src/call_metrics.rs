@@ -52,6 +52,7 @@ fn native_action(method: &Method, path: Option<&str>) -> &'static str {
         ("DELETE", "/v1/queues/{name}/scheduled/{message_id}") => "CancelScheduledMessage",
         ("GET", "/v1/queues/{name}/tags") => "ListQueueTags",
         ("GET", "/v1/queues/{name}/metrics") => "GetQueueMetrics",
+        ("GET", "/v1/queues/{name}/messages/{message_id}/trace") => "GetMessageTrace",
         ("GET", "/v1/metrics") => "GetMetrics",
         ("POST", "/v1/queues/{name}/tags") => "TagQueue",
         ("DELETE", "/v1/queues/{name}/tags/{key}") => "UntagQueue",

@@ -8,6 +8,7 @@ pub mod backfill;
 mod calls;
 pub mod disk;
 pub mod error;
+pub mod message_trace;
 pub mod node;
 pub mod queue;
 pub mod queue_metrics;

@@ -749,6 +749,10 @@ async fn queue_metrics_loop(shard: Arc<Shard>, cancel: CancellationToken) {
         if let Err(e) = shard.write_queue_metrics().await {
             tracing::warn!(shard = shard.shard_id, error = %e, "writing queue metrics failed: the counts of the last second are lost");
         }
+        // Records that cannot be written now wait: the next write, or the next snapshot, takes them.
+        if let Err(e) = shard.write_message_trace().await {
+            tracing::warn!(shard = shard.shard_id, error = %e, "writing the message trace failed; will retry");
+        }
         if stopping {
             return;
         }
@@ -757,6 +761,9 @@ async fn queue_metrics_loop(shard: Arc<Shard>, cancel: CancellationToken) {
             since_prune = Duration::ZERO;
             if let Err(e) = shard.prune_queue_metrics().await {
                 tracing::warn!(shard = shard.shard_id, error = %e, "pruning queue metrics failed; will retry");
+            }
+            if let Err(e) = shard.prune_message_trace().await {
+                tracing::warn!(shard = shard.shard_id, error = %e, "pruning the message trace failed; will retry");
             }
         }
     }

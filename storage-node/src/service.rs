@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 
 use crate::disk::DiskGuard;
 use crate::error::NodeError;
+use crate::message_trace::{CallBy, TraceEvent, TraceRecord};
 use crate::node::ShardMap;
 use crate::queue::{
     self, AttributeValue, CallerNote, Command, Delivery, FifoConfig, FifoIds, NewMessage, QueueConfig, Redrive,
@@ -125,7 +126,9 @@ fn attribute_to_pb(value: AttributeValue) -> pb::MessageAttribute {
     }
 }
 
-fn message_from_pb(m: pb::NewMessage, random: &Random) -> Result<NewMessage, StrataError> {
+/// A message to send at `now_ms`: its id is time-ordered (version 7, the send time first), so
+/// that its trace is found by the id alone (see [`crate::message_trace::hour_of`]).
+fn message_from_pb(m: pb::NewMessage, random: &Random, now_ms: u64) -> Result<NewMessage, StrataError> {
     let mut attributes = BTreeMap::new();
     for (name, value) in m.attributes {
         let parsed = attribute_from_pb(&name, value)?;
@@ -136,7 +139,7 @@ fn message_from_pb(m: pb::NewMessage, random: &Random) -> Result<NewMessage, Str
     // A scheduled message's id carries its deliver-at time, for cancel by id.
     let message_id = match m.deliver_at_ms {
         Some(deliver_at_ms) => queue::schedule::scheduled_message_id(deliver_at_ms, random.uuid()),
-        None => random.uuid(),
+        None => random.uuid_at(now_ms),
     };
     // The body is copied out of the request's receive buffer: the log's cache of recent entries
     // keeps bodies, and a slice would keep the whole buffer (often several times the body) alive.
@@ -166,6 +169,58 @@ fn meter_of(
         return Err(StrataError::invalid("the metering record names another tenant than the queue"));
     }
     Ok(Some(record))
+}
+
+/// A trace record as the proxy gets it.
+fn trace_event_to_pb(queue_id: u64, record: TraceRecord) -> pb::MessageTraceEvent {
+    let mut event = pb::MessageTraceEvent { at_ms: record.at_ms, queue_id, ..Default::default() };
+    let mut by = |by: CallBy| {
+        event.credential = by.credential;
+        event.request_id = by.request_id;
+    };
+    let kind = match record.event {
+        TraceEvent::Sent { by: who, deliver_at_ms, .. } => {
+            by(who);
+            event.deliver_at_ms = deliver_at_ms.unwrap_or(0);
+            "sent"
+        }
+        TraceEvent::Received { by: who, receive_count, visible_at_ms } => {
+            by(who);
+            event.receive_count = receive_count;
+            event.visible_at_ms = visible_at_ms;
+            "received"
+        }
+        TraceEvent::VisibilityChanged { by: who, visible_at_ms } => {
+            by(who);
+            event.visible_at_ms = visible_at_ms;
+            "visibility_changed"
+        }
+        TraceEvent::Returned => "returned",
+        TraceEvent::Deleted { by: who } => {
+            by(who);
+            "deleted"
+        }
+        TraceEvent::MovedTo { to, dead_letter } => {
+            event.other_queue_id = to;
+            event.dead_letter = dead_letter;
+            "moved_to"
+        }
+        TraceEvent::ArrivedFrom { from, dead_letter, .. } => {
+            event.other_queue_id = from;
+            event.dead_letter = dead_letter;
+            "arrived_from"
+        }
+        TraceEvent::Cancelled { by: who } => {
+            by(who);
+            "cancelled"
+        }
+        TraceEvent::Purged { by: who } => {
+            by(who);
+            "purged"
+        }
+    };
+    event.kind = kind.to_owned();
+    event
 }
 
 /// What the shard's log keeps of who made a call (and the trace headers of a send's messages,
@@ -386,8 +441,11 @@ impl Storage for StorageService {
             .map(|m| Some(std::mem::take(&mut m.trace_header)).filter(|h| !h.is_empty()))
             .collect();
         let caller = caller_note(&shard, r.caller, trace_headers)?;
-        let messages =
-            r.messages.into_iter().map(|m| message_from_pb(m, &self.random)).collect::<Result<Vec<_>, _>>()?;
+        let messages = r
+            .messages
+            .into_iter()
+            .map(|m| message_from_pb(m, &self.random, shard.now_ms()))
+            .collect::<Result<Vec<_>, _>>()?;
         // What the messages will count in their queue's stored bytes is what they take on disk.
         self.admit_growth(&tenant, messages.iter().map(|m| u64::from(m.stored_bytes())).sum())?;
         if r.request_id.len() > queue::REQUEST_ID_CHARS_MAX {
@@ -532,6 +590,33 @@ impl Storage for StorageService {
             })
             .collect();
         Ok(Response::new(pb::QueueMetricsResponse { minutes, now: Some(gauges(now)) }))
+    }
+
+    async fn get_message_trace(
+        &self,
+        request: Request<pb::MessageTraceRequest>,
+    ) -> Result<Response<pb::MessageTraceResponse>, Status> {
+        let r = request.into_inner();
+        let (shard, queue, tenant) = self.route(r.queue.as_ref())?;
+        let message_id = uuid::Uuid::parse_str(&r.message_id)
+            .map_err(|_| StrataError::new(ErrorKind::MessageNotFound, "no message has this id"))?;
+        // At the leader, which holds every record applied so far.
+        shard.read_barrier().await?;
+        shard.write_message_trace().await?;
+        let history = shard.read_message_trace(queue, &tenant, message_id).await?;
+        let events =
+            history.records.into_iter().map(|(queue_id, record)| trace_event_to_pb(queue_id, record)).collect();
+        let (held, held_in_queue_id, visible_at_ms) = match history.now {
+            Some((queue_id, visible_at_ms)) => (true, queue_id, visible_at_ms),
+            None => (false, 0, 0),
+        };
+        Ok(Response::new(pb::MessageTraceResponse {
+            events,
+            held,
+            held_in_queue_id,
+            visible_at_ms,
+            now_ms: history.now_ms,
+        }))
     }
 
     async fn start_move_task(

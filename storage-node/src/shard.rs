@@ -35,6 +35,7 @@ use uuid::Uuid;
 use crate::backfill::{BackfillFiles, FETCH_BYTES_MAX, FETCH_ENTRIES_MAX};
 use crate::calls::CallBatcher;
 use crate::error::NodeError;
+use crate::message_trace::{TraceEvent, TraceRecord};
 use crate::queue::schedule::{
     LOAD_CHUNK_RECORDS_MAX, ScheduledMessage, SliceRecord, deliver_at_of, is_waiting_in, slice_of,
 };
@@ -196,6 +197,39 @@ impl fmt::Display for ShardEntry {
     }
 }
 
+/// A queue's records of a message, with only the purges that found it there: after it entered
+/// and before it left (deleted, moved, cancelled, or an earlier purge).
+fn purges_while_held(records: Vec<TraceRecord>, message_id: Uuid) -> Vec<TraceRecord> {
+    let mut held = false;
+    records
+        .into_iter()
+        .filter(|record| match record.event {
+            TraceEvent::Purged { .. } => std::mem::replace(&mut held, false),
+            _ if record.message_id != message_id => false,
+            TraceEvent::Sent { .. } | TraceEvent::ArrivedFrom { .. } => {
+                held = true;
+                true
+            }
+            TraceEvent::Deleted { .. } | TraceEvent::MovedTo { .. } | TraceEvent::Cancelled { .. } => {
+                held = false;
+                true
+            }
+            _ => true,
+        })
+        .collect()
+}
+
+/// What happened to a message (see [`Shard::read_message_trace`]).
+#[derive(Debug, Clone)]
+pub struct MessageHistory {
+    /// Its records, and its queue's purges, each with the queue it happened in, in log order.
+    pub records: Vec<(QueueId, TraceRecord)>,
+    /// The queue holding it now and when it is next visible, if a queue of the shard holds it.
+    pub now: Option<(QueueId, u64)>,
+    /// The shard's time of the answer.
+    pub now_ms: u64,
+}
+
 /// A message as its send left it in the log: the message and its trace header, if it has one.
 #[derive(Debug, Clone)]
 pub struct StoredMessage {
@@ -257,11 +291,14 @@ impl ReplicatedState for ShardMachine {
     fn open_side_files(&mut self, dir: &Path, last_applied: Option<u64>) -> std::io::Result<()> {
         let expected = self.0.slice_record_counts();
         self.1 = Some(SliceFiles::recover(&dir.join(SCHEDULE_DIR), last_applied.unwrap_or(0), &expected)?);
-        Ok(())
+        self.0.message_trace().open(&dir.join(crate::message_trace::TRACE_DIR))
     }
 
+    /// The slice files, and the message trace's records of what was applied so far: a
+    /// snapshot is taken only once they are durable.
     fn sync_side_files(&self) -> std::io::Result<()> {
-        self.1.as_ref().map_or(Ok(()), SliceFiles::sync)
+        self.1.as_ref().map_or(Ok(()), SliceFiles::sync)?;
+        self.0.message_trace().write(true).map(drop)
     }
 
     fn snapshot_stored(&self) -> std::io::Result<()> {
@@ -657,15 +694,7 @@ impl Shard {
         work: impl FnOnce(&MetricsStore) -> std::io::Result<T> + Send + 'static,
     ) -> Result<T, StrataError> {
         let store = self.queue_metrics.clone();
-        let done = crate::queue_metrics::on_io_thread(move || {
-            work(&store.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
-        })
-        .await;
-        match done {
-            Some(Ok(answer)) => Ok(answer),
-            Some(Err(e)) => Err(NodeError::local_file(what, e).into()),
-            None => Err(NodeError::bug("the queue metrics thread stopped", what).into()),
-        }
+        self.on_io(what, move || work(&store.lock().unwrap_or_else(std::sync::PoisonError::into_inner))).await
     }
 
     /// The minutes of `queue` (the tenant's) from `from_minute` to `to_minute` that hold
@@ -711,6 +740,99 @@ impl Shard {
         };
         self.on_queue_metrics("pruning queue metrics", move |store| store.prune(now_ms, |queue| live.contains(&queue)))
             .await
+    }
+
+    /// Writes the message trace's waiting records (without fsync: a snapshot syncs them), on
+    /// the queue metrics thread.
+    pub async fn write_message_trace(&self) -> Result<(), StrataError> {
+        let trace = self.state().0.message_trace().clone();
+        let left_out = self.on_io("writing the message trace", move || trace.write(false)).await?;
+        if left_out > 0 {
+            tracing::warn!(
+                shard = self.shard_id,
+                left_out,
+                "message trace records left out: they were not written in time"
+            );
+        }
+        Ok(())
+    }
+
+    /// Removes message trace files past their keeping, or of deleted queues (see
+    /// [`crate::message_trace::MessageTrace::prune`]).
+    pub async fn prune_message_trace(&self) -> Result<(), StrataError> {
+        let now_ms = self.clock.now_ms();
+        let (trace, live) = {
+            let state = self.state();
+            (state.0.message_trace().clone(), state.0.queue_ids().collect::<BTreeSet<QueueId>>())
+        };
+        self.on_io("pruning the message trace", move || trace.prune(now_ms, &live)).await
+    }
+
+    /// What happened to message `message_id` of `queue` (the tenant's): its records in log
+    /// order, following it into the queues it moved to, each with the queue it happened in;
+    /// and, when a queue of this shard holds it now, that queue and when it is next visible.
+    /// Answers `MessageNotFound` when the queue holds no record of it.
+    pub async fn read_message_trace(
+        &self,
+        queue: QueueId,
+        tenant: &str,
+        message_id: Uuid,
+    ) -> Result<MessageHistory, StrataError> {
+        let trace = {
+            let state = self.state();
+            if state.0.queue_config(queue, tenant).is_none() {
+                return Err(queue_error(QueueError::QueueNotFound));
+            }
+            state.0.message_trace().clone()
+        };
+        let mut records = Vec::new();
+        let mut at = Some(queue);
+        let mut seen = BTreeSet::new();
+        // A message moves between queues of one tenant on one shard; each queue at most once
+        // is followed (a message moved back and forth is traced as far as the first return).
+        while let Some(current) = at.take().filter(|q| seen.insert(*q)) {
+            let trace = trace.clone();
+            let found = self.on_io("reading the message trace", move || trace.read(current, message_id)).await?;
+            for record in purges_while_held(found, message_id) {
+                if let TraceEvent::MovedTo { to, .. } = record.event
+                    && self.state().0.queue_config(to, tenant).is_some()
+                {
+                    at = Some(to);
+                }
+                records.push((current, record));
+            }
+        }
+        if !records.iter().any(|(_, r)| r.message_id == message_id) {
+            return Err(StrataError::new(
+                ErrorKind::MessageNotFound,
+                "this queue holds no record of a message with this id",
+            ));
+        }
+        // Where the message entered last, and whether that queue holds it still.
+        let last_entry = records.iter().rev().find_map(|(q, r)| match r.event {
+            TraceEvent::Sent { seq, .. } | TraceEvent::ArrivedFrom { seq, .. } if r.message_id == message_id => {
+                Some((*q, seq))
+            }
+            _ => None,
+        });
+        let now = last_entry.and_then(|(q, seq)| {
+            let visible_at_ms = self.state().0.message_now(q, tenant, seq, message_id)?;
+            Some((q, visible_at_ms))
+        });
+        Ok(MessageHistory { records, now, now_ms: self.now_ms() })
+    }
+
+    /// Runs `work` on the queue metrics thread (away from the async threads).
+    async fn on_io<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T, StrataError> {
+        match crate::queue_metrics::on_io_thread(work).await {
+            Some(Ok(answer)) => Ok(answer),
+            Some(Err(e)) => Err(NodeError::local_file(what, e).into()),
+            None => Err(NodeError::bug("the queue metrics thread stopped", what).into()),
+        }
     }
 
     /// Waits until a read of this replica's state is linearizable: it leads (confirmed by a

@@ -80,6 +80,7 @@ pub const RPC_ROLES: &[(Listener, &str, &[Role])] = &[
     (Listener::Storage, "/strata.v1.Storage/Purge", &[Proxy]),
     (Listener::Storage, "/strata.v1.Storage/GetQueueStats", &[Proxy]),
     (Listener::Storage, "/strata.v1.Storage/GetQueueMetrics", &[Proxy]),
+    (Listener::Storage, "/strata.v1.Storage/GetMessageTrace", &[Proxy]),
     (Listener::Storage, "/strata.v1.Storage/StartMoveTask", &[Proxy]),
     (Listener::Storage, "/strata.v1.Storage/CancelMoveTask", &[Proxy]),
     (Listener::Storage, "/strata.v1.Storage/ListMoveTasks", &[Proxy]),

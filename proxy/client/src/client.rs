@@ -290,6 +290,11 @@ impl Client {
         self.get_as(&format!("{}/metrics{query}", queue_path(queue))).await
     }
 
+    /// What happened to message `message_id` of `queue` (see [`model::MessageTrace`]).
+    pub async fn message_trace(&self, queue: &str, message_id: &str) -> Result<model::MessageTrace, ClientError> {
+        self.get_as(&format!("{}/messages/{}/trace", queue_path(queue), path_segment(message_id))).await
+    }
+
     pub async fn tags(&self, queue: &str) -> Result<model::TagSet, ClientError> {
         self.get_as(&format!("{}/tags", queue_path(queue))).await
     }

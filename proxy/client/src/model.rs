@@ -314,6 +314,73 @@ pub struct QueueMetrics {
     pub minutes: Vec<QueueMinute>,
 }
 
+// ----------------------------------------------------------------------------- message trace
+
+/// What happened to one message, by its id, for its retention: every send, receive, visibility
+/// change, delete and move, who made each call, and where the message is now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessageTrace {
+    pub message_id: String,
+    /// The queue asked about.
+    pub queue: String,
+    /// In the order they happened, following the message into the queues it moved to.
+    pub events: Vec<MessageEvent>,
+    pub now: MessageNow,
+}
+
+/// One thing that happened to a message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessageEvent {
+    /// Unix milliseconds (the queue's clock).
+    pub at_ms: u64,
+    /// The queue it happened in.
+    pub queue: String,
+    /// `sent`, `received`, `visibility_changed`, `returned` (a receive that could not be
+    /// delivered was taken back), `deleted`, `moved_to`, `arrived_from`, `cancelled` (a
+    /// scheduled message), `purged` (its queue).
+    pub event: String,
+    /// The credential of the call: an access key id, or `token:` and a fingerprint of the
+    /// bearer token (absent for the service's own work).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// The request id the call was answered with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// `received`: how many times it has been received, this time included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receive_count: Option<u32>,
+    /// `received`, `visibility_changed`: when it becomes visible again (Unix milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visible_at_ms: Option<u64>,
+    /// `moved_to`: where; `arrived_from`: from where.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_queue: Option<String>,
+    /// `moved_to`, `arrived_from`: a dead-letter move (received too often), not a move task's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<bool>,
+    /// `sent`: when a message scheduled for later is due (Unix milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliver_at_ms: Option<u64>,
+}
+
+/// Where a message is now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessageNow {
+    /// `visible`, `in_flight` (received, not yet visible again), `delayed` (not yet visible:
+    /// a delay or a deliver-at time), `deleted`, `purged`, `cancelled`, or `expired` (gone with
+    /// no call to explain it: its retention ran out, or its queue was deleted).
+    pub state: String,
+    /// The queue holding it, while one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// While held and not visible: when it becomes visible (Unix milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visible_at_ms: Option<u64>,
+}
+
 // ---------------------------------------------------------------------------------- messages
 
 /// A message attribute.

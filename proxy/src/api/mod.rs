@@ -53,6 +53,7 @@ use callers::NativeCaller;
 
 mod callers;
 mod dead_letters;
+mod message_trace;
 mod queue_metrics;
 mod settings;
 mod tags;
@@ -210,7 +211,7 @@ async fn no_such_route() -> ApiError {
         description = "Queues and messages over HTTP/JSON. Authenticate with a JWT bearer token; the tenant is \
             the token's subject. Errors are {\"error\": {\"code\", \"message\"}} with stable codes: \
             QueueNotFound, QueueAlreadyExists, InvalidParameter, InvalidReceipt, StaleReceipt, \
-            MessageNotInFlight, ScheduledMessageNotFound, AccessKeyNotFound, LimitExceeded, IdempotencyConflict, \
+            MessageNotInFlight, ScheduledMessageNotFound, MessageNotFound, AccessKeyNotFound, LimitExceeded, IdempotencyConflict, \
             TooLarge, Unauthenticated, Throttled, Unavailable, Internal, UnknownRoute, InsufficientStorage.",
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
@@ -244,6 +245,7 @@ fn native_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tags::list, tags::add))
         .routes(routes!(tags::remove))
         .routes(routes!(queue_metrics::read))
+        .routes(routes!(message_trace::read))
         .routes(routes!(queue_metrics::scrape))
         .routes(routes!(dead_letters::sources))
         .routes(routes!(dead_letters::start, dead_letters::list))

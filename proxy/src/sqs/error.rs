@@ -79,11 +79,13 @@ impl From<StrataError> for SqsError {
             ErrorKind::QueueAlreadyExists => {
                 Self::queue_name_exists("A queue already exists with the same name and different attributes.")
             }
-            // The SQS API cancels no scheduled messages; the kind is listed for completeness.
+            // The SQS API neither cancels scheduled messages nor traces messages; the kinds are
+            // listed for completeness.
             ErrorKind::InvalidParameter
             | ErrorKind::TooLarge
             | ErrorKind::AccessKeyNotFound
-            | ErrorKind::ScheduledMessageNotFound => Self::invalid_parameter_value(e.message),
+            | ErrorKind::ScheduledMessageNotFound
+            | ErrorKind::MessageNotFound => Self::invalid_parameter_value(e.message),
             ErrorKind::UnknownRoute => Self::invalid_action("The request names no action of this endpoint."),
             ErrorKind::IdempotencyConflict => Self::invalid_parameter_value(
                 "This request id (x-strata-request-id, or the SDK's amz-sdk-invocation-id) was used by a different \

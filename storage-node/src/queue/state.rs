@@ -12,6 +12,7 @@ use super::receipt::Receipt;
 use super::schedule::{Schedule, ScheduledMessage, Slice, SliceWrite, deliver_at_of, slice_of};
 use super::store::{LeaseCheck, Queue, QueueSizes};
 use super::touches::{Touch, Touches};
+use super::types::CallerNote;
 use super::types::{
     CALLS_PER_ENTRY_MAX, Call, Command, DELETE_BATCH_MAX, DELIVER_AHEAD_MS_MAX, FIFO_ID_CHARS_MAX, IN_FLIGHT_MAX,
     MESSAGE_ATTRIBUTES_MAX, MOVE_PER_SECOND_MAX, MOVE_STEP_MESSAGES_MAX, MOVE_TASKS_KEPT_PER_SOURCE, MoveTask,
@@ -19,6 +20,7 @@ use super::types::{
     REQUEST_DIGEST_SEPARATOR, REQUEST_IDS_KEPT, Response, SEND_BATCH_MAX, ShardCommand, check_delay,
     check_visibility_timeout,
 };
+use crate::message_trace::{CallBy, MessageTrace, TraceEvent, TraceRecord};
 use crate::queue_metrics::{Activity, Counts, Gauges};
 
 /// What the messages of a shard's queues count in their stored bytes, queue by queue (see
@@ -60,7 +62,14 @@ pub struct ShardState {
     /// not compared; see [`crate::queue_metrics`]).
     #[serde(skip)]
     activity: Activity,
+    /// Records of what happened to each message, until the shard writes them down (not
+    /// persisted, not compared; see [`crate::message_trace`]).
+    #[serde(skip)]
+    trace: MessageTrace,
 }
+
+/// What a receipt named before its call applied: the message's seq and id (for the trace).
+type ReceiptTarget = Option<(u64, Uuid)>;
 
 impl ShardState {
     pub fn new() -> Self {
@@ -113,11 +122,13 @@ impl ShardState {
             return Response::Error(QueueError::MeteringBacklogFull);
         }
         // What the log keeps of the caller beside the call changes nothing in the state.
-        let (command, _caller) = command.call_and_caller();
+        let (command, caller) = command.call_and_caller();
+        let targets = self.receipt_targets(command);
         let touch = self.touch_of(command);
         let response = self.apply_command(log_index, command);
         self.touches.record(log_index, touch);
         self.count_activity(log_index, command, &response);
+        self.trace_call(log_index, command, caller, &response, &targets);
         if let Some(record) = meter
             && !matches!(response, Response::Error(_))
         {
@@ -226,7 +237,7 @@ impl ShardState {
                 self.start_move_task(log_index, tenant, *source, *destination, *max_per_second, now_ms)
             }
             Command::CancelMoveTask { tenant, task_id } => self.cancel_move_task(tenant, *task_id),
-            Command::MoveStep { task_id, max_messages } => self.move_step(*task_id, *max_messages, now_ms),
+            Command::MoveStep { task_id, max_messages } => self.move_step(*task_id, *max_messages, log_index, now_ms),
             Command::CancelScheduled { queue, tenant, message_id } => {
                 self.cancel_scheduled(*queue, tenant, *message_id, log_index, now_ms)
             }
@@ -322,6 +333,141 @@ impl ShardState {
             _ => return,
         };
         self.activity.record(log_index, queue, self.clock_ms, counts);
+    }
+
+    /// The messages a delete's, visibility change's or take-back's receipts name before it
+    /// applies (only while the trace is kept): a receipt names its message only while it is
+    /// the latest one, and a take-back's only while the message is in flight.
+    fn receipt_targets(&self, command: &Command) -> Vec<ReceiptTarget> {
+        if !self.trace.is_open() {
+            return Vec::new();
+        }
+        let (queue, tenant, receipts, in_flight_only) = match command {
+            Command::Delete { queue, tenant, receipts } => (*queue, tenant, receipts.as_slice(), false),
+            Command::ReturnUndelivered { queue, tenant, receipts } => (*queue, tenant, receipts.as_slice(), true),
+            Command::ChangeVisibility { queue, tenant, receipt, .. } => {
+                (*queue, tenant, std::slice::from_ref(receipt), true)
+            }
+            _ => return Vec::new(),
+        };
+        let Some(q) = self.get(queue, tenant) else { return Vec::new() };
+        receipts
+            .iter()
+            .map(|text| {
+                let receipt = decode_for(q, queue, text).ok()?;
+                match q.check_lease(&receipt, self.clock_ms) {
+                    LeaseCheck::Current { in_flight } if in_flight || !in_flight_only => {
+                        q.message_at(receipt.seq).map(|(id, _)| (receipt.seq, id))
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// Records what an applied call did to its messages (while the trace is kept).
+    fn trace_call(
+        &self,
+        log_index: u64,
+        command: &Command,
+        caller: Option<&CallerNote>,
+        response: &Response,
+        targets: &[ReceiptTarget],
+    ) {
+        if !self.trace.is_open() {
+            return;
+        }
+        let by = || {
+            caller.map_or_else(CallBy::default, |c| CallBy {
+                credential: c.credential.clone(),
+                request_id: c.request_id.clone(),
+            })
+        };
+        let at_ms = self.clock_ms;
+        let record = |message_id, event| TraceRecord { log_index, at_ms, message_id, event };
+        let visible_at = |queue: QueueId, seq: u64| {
+            self.queues.get(&queue).and_then(|q| q.message_at(seq)).map_or(at_ms, |(_, at)| at)
+        };
+        let (queue, records): (QueueId, Vec<TraceRecord>) = match (command, response) {
+            (Command::Send { queue, messages, .. }, Response::Sent(sent)) => {
+                // A FIFO send deduplicated answers the first message's id: nothing new entered.
+                let entered = messages.iter().zip(sent).filter(|(m, s)| m.message_id == s.message_id);
+                let records = entered
+                    .map(|(m, s)| {
+                        let deliver_at_ms = m.deliver_at_ms.filter(|&at| at > at_ms);
+                        record(m.message_id, TraceEvent::Sent { by: by(), seq: s.seq, deliver_at_ms })
+                    })
+                    .collect();
+                (*queue, records)
+            }
+            (
+                Command::Receive { queue, .. } | Command::ReceiveAttempt { queue, .. },
+                Response::Received(deliveries),
+            ) => {
+                let records = deliveries
+                    .iter()
+                    .map(|d| {
+                        let visible_at_ms = visible_at(*queue, d.seq);
+                        let event = TraceEvent::Received { by: by(), receive_count: d.receive_count, visible_at_ms };
+                        record(d.message_id, event)
+                    })
+                    .collect();
+                (*queue, records)
+            }
+            (Command::Delete { queue, .. }, Response::Deleted(results)) => {
+                let deleted = targets.iter().zip(results).filter(|(_, r)| r.is_ok());
+                let records = deleted
+                    .filter_map(|(t, _)| *t)
+                    .map(|(_, id)| record(id, TraceEvent::Deleted { by: by() }))
+                    .collect();
+                (*queue, records)
+            }
+            (Command::ChangeVisibility { queue, .. }, Response::VisibilityChanged) => {
+                let records = targets
+                    .iter()
+                    .flatten()
+                    .map(|&(seq, id)| {
+                        record(id, TraceEvent::VisibilityChanged { by: by(), visible_at_ms: visible_at(*queue, seq) })
+                    })
+                    .collect();
+                (*queue, records)
+            }
+            (Command::ReturnUndelivered { queue, .. }, Response::VisibilityChanged) => {
+                (*queue, targets.iter().flatten().map(|&(_, id)| record(id, TraceEvent::Returned)).collect())
+            }
+            (Command::CancelScheduled { queue, message_id, .. }, Response::ScheduledCancelled) => {
+                (*queue, vec![record(*message_id, TraceEvent::Cancelled { by: by() })])
+            }
+            (Command::Purge { queue, .. }, Response::Purged { .. }) => {
+                (*queue, vec![record(Uuid::nil(), TraceEvent::Purged { by: by() })])
+            }
+            _ => return,
+        };
+        self.trace.add(queue, records);
+    }
+
+    /// Records messages moved from `from` to `to` (while the trace is kept): `moved` are their
+    /// ids and their seqs in `to`.
+    fn trace_moves(&self, log_index: u64, from: QueueId, to: QueueId, moved: &[(Uuid, u64)], dead_letter: bool) {
+        if !self.trace.is_open() || moved.is_empty() {
+            return;
+        }
+        let at_ms = self.clock_ms;
+        let record = |message_id, event| TraceRecord { log_index, at_ms, message_id, event };
+        self.trace.add(from, moved.iter().map(|&(id, _)| record(id, TraceEvent::MovedTo { to, dead_letter })));
+        self.trace
+            .add(to, moved.iter().map(|&(id, seq)| record(id, TraceEvent::ArrivedFrom { from, seq, dead_letter })));
+    }
+
+    /// The shard's message traces.
+    pub fn message_trace(&self) -> &MessageTrace {
+        &self.trace
+    }
+
+    /// Where message `message_id` is in `queue` now, if the queue holds it as `seq`: when it is
+    /// next visible (at or before `now_ms`: visible).
+    pub fn message_now(&self, queue: QueueId, tenant: &str, seq: u64, message_id: Uuid) -> Option<u64> {
+        self.get(queue, tenant).and_then(|q| q.message_at(seq)).filter(|(id, _)| *id == message_id).map(|(_, at)| at)
     }
 
     /// The per-queue counts of the applies since the shard last took them.
@@ -768,7 +914,13 @@ impl ShardState {
         Ok(Response::MoveTask(task.clone()))
     }
 
-    fn move_step(&mut self, task_id: MoveTaskId, max_messages: u32, now_ms: u64) -> Result<Response, QueueError> {
+    fn move_step(
+        &mut self,
+        task_id: MoveTaskId,
+        max_messages: u32,
+        log_index: u64,
+        now_ms: u64,
+    ) -> Result<Response, QueueError> {
         let task = self
             .move_tasks
             .get(&task_id)
@@ -787,13 +939,14 @@ impl ShardState {
                     Ok(q.take_visible(max))
                 })?;
                 let count = moved.len() as u64;
-                self.with_queue(task.destination, &task.tenant, |q| {
+                let arrived = self.with_queue(task.destination, &task.tenant, |q| {
                     q.settle(now_ms);
-                    for message in moved {
-                        q.adopt(message, now_ms);
-                    }
-                    Ok(())
+                    Ok(moved
+                        .into_iter()
+                        .map(|message| (message.message_id(), q.adopt(message, now_ms)))
+                        .collect::<Vec<_>>())
                 })?;
+                self.trace_moves(log_index, task.source, task.destination, &arrived, false);
                 if let Some(t) = self.move_tasks.get_mut(&task_id) {
                     t.moved += count;
                 }
@@ -835,13 +988,16 @@ impl ShardState {
         {
             let counts = Counts { moved_to_dead_letter: moved.len() as u64, ..Counts::default() };
             self.activity.record(log_index, queue, now_ms, counts);
-            let _ = self.with_queue(redrive.dead_letter_queue, tenant, |dlq| {
+            let arrived = self.with_queue(redrive.dead_letter_queue, tenant, |dlq| {
                 dlq.settle(now_ms);
-                for message in moved {
-                    dlq.adopt(message, now_ms);
-                }
-                Ok(())
+                Ok(moved
+                    .into_iter()
+                    .map(|message| (message.message_id(), dlq.adopt(message, now_ms)))
+                    .collect::<Vec<_>>())
             });
+            if let Ok(arrived) = arrived {
+                self.trace_moves(log_index, queue, redrive.dead_letter_queue, &arrived, true);
+            }
         }
         Some(redrive.max_receive_count)
     }

@@ -138,6 +138,12 @@ pub(crate) struct Moved {
     fifo: Option<FifoIds>,
 }
 
+impl Moved {
+    pub(crate) fn message_id(&self) -> Uuid {
+        self.message.message_id
+    }
+}
+
 /// What a receipt currently designates, checked without changing anything.
 pub(crate) enum LeaseCheck {
     /// The message was deleted or is past retention.
@@ -545,8 +551,8 @@ impl Queue {
     }
 
     /// Adds a dead letter moved from another queue: visible now, not received
-    /// yet, retention counted from now. `now_ms` must be settled.
-    pub(crate) fn adopt(&mut self, moved: Moved, now_ms: u64) {
+    /// yet, retention counted from now; answers its seq here. `now_ms` must be settled.
+    pub(crate) fn adopt(&mut self, moved: Moved, now_ms: u64) -> u64 {
         let Moved { message: moved, fifo } = moved;
         let seq = self.take_seq();
         self.count_older_body(moved.body_log_index);
@@ -567,6 +573,12 @@ impl Queue {
             state.ids.insert(seq, ids);
         }
         self.place(seq, now_ms, false, now_ms);
+        seq
+    }
+
+    /// The id of message `seq` and when it is next visible, while the queue holds it.
+    pub(crate) fn message_at(&self, seq: u64) -> Option<(Uuid, u64)> {
+        self.messages.get(&seq).map(|m| (m.message_id, m.visible_at_ms))
     }
 
     /// Drops the messages past retention at `now_ms`; returns how many.

@@ -7,7 +7,7 @@
 //! not honour rename ordering, bit rot, a foreign file) is detected instead of misread.
 
 use std::ffi::OsString;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -118,10 +118,7 @@ fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
-/// fsyncs a directory so that entries created, renamed or removed in it are durable.
-pub(crate) fn sync_dir(dir: impl AsRef<Path>) -> io::Result<()> {
-    File::open(dir.as_ref())?.sync_all()
-}
+pub(crate) use strata_fs::sync_dir;
 
 #[cfg(test)]
 mod tests {
