@@ -5,9 +5,10 @@
 //! - `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`): where spans go, an
 //!   OTLP/gRPC receiver such as an OpenTelemetry Collector (`http://collector:4317`). Unset, the
 //!   process exports nothing and makes no spans.
-//! - `OTEL_TRACES_SAMPLER_ARG`: the share of traces started here that are kept, 0.0 to 1.0
-//!   (default [`DEFAULT_SAMPLE_RATIO`]). A call that arrives with a `traceparent` follows its
-//!   caller's decision. `OTEL_TRACES_SAMPLER` picks another sampler, as the SDK defines them.
+//! - `OTEL_TRACES_SAMPLER_ARG`: the share of API calls without a `traceparent` that are traced,
+//!   0.0 to 1.0 (default [`DEFAULT_SAMPLE_RATIO`]). A call that arrives with a `traceparent`
+//!   follows its caller's decision. Calls not traced make no span (see
+//!   `strata_telemetry::trace::traces_call`).
 //! - `OTEL_SERVICE_NAME`: the service name spans carry (default `strata-<role>`).
 //! - `OTEL_BSP_*`: the batch exporter's queue and delays.
 //!
@@ -57,19 +58,21 @@ where
     if std::env::var("OTEL_SERVICE_NAME").is_err() {
         resource = resource.with_service_name(format!("strata-{role}"));
     }
-    let mut provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource.build());
-    if std::env::var("OTEL_TRACES_SAMPLER").is_err() {
-        let ratio = std::env::var("OTEL_TRACES_SAMPLER_ARG")
-            .ok()
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|r| (0.0..=1.0).contains(r))
-            .unwrap_or(DEFAULT_SAMPLE_RATIO);
-        provider = provider.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))));
-    }
-    let provider = provider.build();
+    // Which calls are traced is chosen as they arrive (strata_telemetry::trace::traces_call):
+    // the exporter keeps every span it is given.
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
+        .build();
+    let ratio = std::env::var("OTEL_TRACES_SAMPLER_ARG")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|r| (0.0..=1.0).contains(r))
+        .unwrap_or(DEFAULT_SAMPLE_RATIO);
     let tracer = provider.tracer("strata");
     let _ = PROVIDER.set(provider);
-    strata_telemetry::trace::enable();
+    strata_telemetry::trace::enable(ratio);
     let layer = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_threads(false)

@@ -84,7 +84,7 @@ pub(crate) async fn record(api: &'static str, request: Request, next: Next) -> R
         (request.method().clone(), path, peer)
     });
     let timer = Timer::start();
-    let span = strata_telemetry::trace::enabled().then(|| call_span(api, native, &request));
+    let span = strata_telemetry::trace::traces_call(request.headers()).then(|| call_span(api, native, &request));
     let response = match &span {
         Some(span) => next.run(request).instrument(span.clone()).await,
         None => next.run(request).await,
@@ -120,9 +120,8 @@ pub(crate) async fn record(api: &'static str, request: Request, next: Next) -> R
     response
 }
 
-/// The span of one API call (exported when traces are on): the child of the client's
-/// `traceparent` when it sent one, named by its action once that is known (an SQS call's
-/// action may be in its body).
+/// The span of one traced API call: the child of the client's `traceparent` when it sent one,
+/// named by its action once that is known (an SQS call's action may be in its body).
 fn call_span(api: &'static str, native: Option<&'static str>, request: &Request) -> tracing::Span {
     let span = tracing::info_span!(
         "api call",

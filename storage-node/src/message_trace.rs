@@ -60,7 +60,7 @@ pub const KEPT_HOURS: u64 = 15 * 24;
 /// Most bytes of trace files one shard replica keeps; beyond, the oldest hours go first.
 pub const SHARD_TRACE_BYTES_MAX: u64 = 4 << 30;
 /// Most records waiting to be written.
-pub const PENDING_RECORDS_MAX: usize = 1 << 20;
+pub const PENDING_RECORDS_MAX: usize = 1 << 19;
 /// Longest record a file may hold (a record is well under a kilobyte).
 const RECORD_BYTES_MAX: u32 = 64 * 1024;
 /// The file of a queue's purges.
@@ -466,6 +466,36 @@ mod tests {
         assert!(!dir.path().join("1/1.mtr").exists(), "past its keeping");
         assert!(dir.path().join(format!("1/{}.mtr", now_ms / HOUR_MS)).exists());
         assert!(!dir.path().join("2").exists(), "a deleted queue's traces go with it");
+    }
+
+    /// The records of every event kind, as a file of version 1 holds them: pinned by a golden
+    /// fixture, and read back.
+    #[test]
+    fn a_file_of_every_record_kind_matches_its_golden_fixture() {
+        let by = || CallBy { credential: "AKIDEXAMPLE".into(), request_id: "req-1".into() };
+        let id = Uuid::from_u128(0x0190_a5c3_6f2e_7d41_9b0a_1f2e_3d4c_5b6a);
+        let events = [
+            TraceEvent::Sent { by: by(), seq: 7, deliver_at_ms: Some(1_767_225_600_000) },
+            TraceEvent::Received { by: by(), receive_count: 2, visible_at_ms: 1_767_225_630_000 },
+            TraceEvent::VisibilityChanged { by: by(), visible_at_ms: 1_767_225_700_000 },
+            TraceEvent::Returned,
+            TraceEvent::Deleted { by: by() },
+            TraceEvent::MovedTo { to: 12, dead_letter: true },
+            TraceEvent::ArrivedFrom { from: 11, seq: 3, dead_letter: false },
+            TraceEvent::Cancelled { by: by() },
+            TraceEvent::Purged { by: CallBy::default() },
+        ];
+        let records: Vec<TraceRecord> = (1..).zip(events).map(|(i, event)| record(i, id, event)).collect();
+        let mut file = FILE_MAGIC.to_vec();
+        file.push(FILE_FORMAT_VERSION);
+        for r in &records {
+            encode_record(r, &mut file);
+        }
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/formats/shard");
+        let stored = strata_common::format::golden::check_bytes(&fixtures, "message-trace-v1.bin", &file);
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("trace.mtr"), stored).expect("write");
+        assert_eq!(read_file(&dir.path().join("trace.mtr")).expect("read"), records);
     }
 
     #[test]

@@ -6,6 +6,10 @@
 //! - Whether this process exports traces ([`enable`], [`enabled`]): the binary sets up the OTLP
 //!   exporter and says so once. Spans are only made while it is on, so a process without an
 //!   exporter pays nothing per call.
+//! - Which API calls are traced ([`traces_call`]): a client's `traceparent` decides; otherwise
+//!   a share of the calls, drawn at random. A call not traced makes no span at all, here or in
+//!   the processes it calls (they make spans only for a sampled caller), so the calls not kept
+//!   cost next to nothing.
 //! - W3C trace context in HTTP headers (`traceparent`, `tracestate`): [`continue_from`] makes a
 //!   span the child of the caller's context (a client's `traceparent`, or the proxy's over gRPC),
 //!   and [`inject`] writes the current span's context for the next process.
@@ -19,7 +23,9 @@
 //! A header that does not parse is ignored: a bad `traceparent` starts a new trace, as the W3C
 //! recommendation says, and never fails the call.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use opentelemetry::trace::TraceContextExt;
@@ -30,11 +36,38 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Whether this process exports traces.
 static ENABLED: AtomicBool = AtomicBool::new(false);
+/// A call without a `traceparent` is traced when a random u64 falls below this.
+static SAMPLE_BELOW: AtomicU64 = AtomicU64::new(0);
+/// Draws of [`traces_call`], hashed into its random numbers.
+static DRAWS: AtomicU64 = AtomicU64::new(0);
 
-/// Says that this process exports traces: from now on spans are made and contexts propagated.
-pub fn enable() {
+/// Says that this process exports traces, and traces `sample_ratio` (0.0 to 1.0) of the API
+/// calls that come without a `traceparent`: from now on spans are made and contexts propagated.
+/// The exporter's own sampler must keep every span it is given a parent for, or none
+/// (`ParentBased(AlwaysOn)`): the choice is made here.
+pub fn enable(sample_ratio: f64) {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let below = if sample_ratio >= 1.0 { u64::MAX } else { (sample_ratio.max(0.0) * u64::MAX as f64) as u64 };
+    SAMPLE_BELOW.store(below, Ordering::Relaxed);
     ENABLED.store(true, Ordering::Release);
+}
+
+/// Whether an API call with `headers` is traced: as its `traceparent` says when it carries a
+/// valid one, else by a random draw at the configured ratio. Never while traces are off.
+pub fn traces_call(headers: &http::HeaderMap) -> bool {
+    if !enabled() {
+        return false;
+    }
+    if headers.contains_key("traceparent")
+        && let Some(parent) = remote_parent(headers)
+    {
+        return parent.span().span_context().is_sampled();
+    }
+    let draw = RandomState::new().hash_one(DRAWS.fetch_add(1, Ordering::Relaxed));
+    match SAMPLE_BELOW.load(Ordering::Relaxed) {
+        u64::MAX => true,
+        below => draw < below,
+    }
 }
 
 /// Whether this process exports traces (see [`enable`]).
@@ -59,7 +92,7 @@ fn remote_parent(headers: &http::HeaderMap) -> Option<opentelemetry::Context> {
 
 /// Writes the current span's trace context into `headers`, for the process a request goes to.
 pub fn inject(headers: &mut http::HeaderMap) {
-    if !enabled() {
+    if !traced() {
         return;
     }
     let context = tracing::Span::current().context();
@@ -74,10 +107,10 @@ pub fn rename(span: &tracing::Span, name: &'static str) {
     }
 }
 
-/// Whether the current span belongs to a trace this process exports (sampled or not): work
-/// done for a traced call may make child spans; background work, outside any call, makes none.
+/// Whether the current span belongs to a sampled trace this process exports: work done for a
+/// traced call makes child spans; background work, outside any call, makes none.
 pub fn traced() -> bool {
-    enabled() && tracing::Span::current().context().span().span_context().is_valid()
+    enabled() && tracing::Span::current().context().span().span_context().is_sampled()
 }
 
 /// `request` with the current span's trace context in its headers (see [`inject`]): for a
@@ -122,10 +155,10 @@ pub fn valid_trace_header(value: &str) -> bool {
 /// Longest trace header a message keeps.
 pub const TRACE_HEADER_CHARS_MAX: usize = 256;
 
-/// A tower layer that serves each gRPC request that carries a trace context inside a span of its
-/// own (`otel.kind = server`, named by the request's path), the child of that context. Requests
-/// without one (Raft's own traffic, callers that do not trace) pass as they are, and so does
-/// everything while this process exports no traces.
+/// A tower layer that serves each gRPC request that carries a sampled trace context inside a
+/// span of its own (`otel.kind = server`, named by the request's path), the child of that
+/// context. Requests without one (Raft's own traffic, callers that do not trace) pass as they
+/// are, and so does everything while this process exports no traces.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GrpcServerSpans;
 
@@ -157,7 +190,8 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let Some(parent) = enabled().then(|| remote_parent(request.headers())).flatten() else {
+        let parent = enabled().then(|| remote_parent(request.headers())).flatten();
+        let Some(parent) = parent.filter(|p| p.span().span_context().is_sampled()) else {
             return futures::future::Either::Left(self.inner.call(request));
         };
         let span = tracing::info_span!(

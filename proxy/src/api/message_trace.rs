@@ -108,7 +108,7 @@ fn now_of(answer: &pb::MessageTraceResponse, name_of: &impl Fn(u64) -> String) -
         Some("deleted") => "deleted",
         Some("purged") => "purged",
         Some("cancelled") => "cancelled",
-        // A scheduled message not due yet has no seq to be found by.
+        // A message scheduled far ahead waits in a file the shard does not search.
         _ if answer.events.iter().any(|e| e.kind == "sent" && e.deliver_at_ms > answer.now_ms) => "delayed",
         _ => "expired",
     };

@@ -464,10 +464,14 @@ impl ShardState {
         &self.trace
     }
 
-    /// Where message `message_id` is in `queue` now, if the queue holds it as `seq`: when it is
-    /// next visible (at or before `now_ms`: visible).
+    /// When message `message_id`, which entered `queue` as `seq` (0: scheduled for later), is
+    /// next visible there, if the queue holds it still.
     pub fn message_now(&self, queue: QueueId, tenant: &str, seq: u64, message_id: Uuid) -> Option<u64> {
-        self.get(queue, tenant).and_then(|q| q.message_at(seq)).filter(|(id, _)| *id == message_id).map(|(_, at)| at)
+        let q = self.get(queue, tenant)?;
+        match seq {
+            0 => q.locate(message_id),
+            seq => q.message_at(seq).filter(|(id, _)| *id == message_id).map(|(_, at)| at),
+        }
     }
 
     /// The per-queue counts of the applies since the shard last took them.

@@ -581,6 +581,14 @@ impl Queue {
         self.messages.get(&seq).map(|m| (m.message_id, m.visible_at_ms))
     }
 
+    /// When message `message_id` is next visible, if the queue holds it, found by its id: a
+    /// scan, for the trace of a scheduled message (whose seq is given only when it is due). One
+    /// still in a slice file is not found.
+    pub(crate) fn locate(&self, message_id: Uuid) -> Option<u64> {
+        let queued = self.messages.values().find(|m| m.message_id == message_id).map(|m| m.visible_at_ms);
+        queued.or_else(|| self.wheel.keys().find(|(_, id)| *id == message_id).map(|(deliver_at_ms, _)| *deliver_at_ms))
+    }
+
     /// Drops the messages past retention at `now_ms`; returns how many.
     pub(crate) fn drop_expired(&mut self, now_ms: u64) -> u64 {
         let mut dropped = 0;

@@ -2029,3 +2029,65 @@ fn counts_read_later_see_visibility_timeouts_delays_and_schedules_that_ran_out()
     assert_eq!(shard.receive(20_000, 1, None).len(), 1);
     assert_eq!(shard.counts(), QueueCounts { visible: 5, in_flight: 1, delayed: 0 });
 }
+
+/// The message trace records what each applied call did to its messages, with the caller the
+/// log kept: a stale receipt's delete and a receive of nothing record nothing.
+#[test]
+fn the_message_trace_records_what_calls_did_to_each_message() {
+    use crate::message_trace::{CallBy, TraceEvent};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut shard = shard_with_dead_letter_queue(1);
+    shard.state.message_trace().open(dir.path()).expect("open");
+    let caller = |request: &str| CallerNote {
+        credential: "AKIDEXAMPLE".into(),
+        request_id: request.into(),
+        trace_headers: Vec::new(),
+    };
+    let by = |request: &str| CallBy { credential: "AKIDEXAMPLE".into(), request_id: request.into() };
+    let send = Command::Send { queue: Q, tenant: TENANT.to_owned(), messages: vec![new_message(1), new_message(2)] };
+    assert!(matches!(shard.apply(0, send.with_caller(Some(caller("s")))), Response::Sent(_)));
+    let first = match shard.apply(10, receive_cmd(1, Some(5_000)).with_caller(Some(caller("r")))) {
+        Response::Received(d) => d,
+        other => panic!("{other:?}"),
+    };
+    let stale = first[0].receipt.clone();
+    // Message 1 again once visible (moved away: it was received once already), message 2.
+    assert_eq!(shard.receive(6_000, 10, None).len(), 1);
+    let receipt_of_2 = match shard.state.message_trace().read(Q, Uuid::from_u128(2)).expect("read").last() {
+        Some(r) => matches!(r.event, TraceEvent::Received { .. }),
+        None => false,
+    };
+    assert!(receipt_of_2, "message 2 was received");
+    let changed = Command::ChangeVisibility {
+        queue: Q,
+        tenant: TENANT.to_owned(),
+        receipt: stale.clone(),
+        visibility_timeout_ms: 1_000,
+    };
+    assert!(matches!(shard.apply(6_100, changed), Response::Error(_)), "message 1 left: its receipt is stale");
+    assert!(matches!(shard.delete(6_200, &[&stale]), Response::Deleted(_)));
+    shard.apply(7_000, Command::Purge { queue: Q, tenant: TENANT.to_owned() }.with_caller(Some(caller("p"))));
+
+    let events = |queue, n| -> Vec<(u64, TraceEvent)> {
+        let records = shard.state.message_trace().read(queue, Uuid::from_u128(n)).expect("read");
+        records.into_iter().map(|r| (r.at_ms, r.event)).collect()
+    };
+    let moved = events(Q, 1);
+    assert_eq!(
+        moved,
+        [
+            (0, TraceEvent::Sent { by: by("s"), seq: 0, deliver_at_ms: None }),
+            (10, TraceEvent::Received { by: by("r"), receive_count: 1, visible_at_ms: 5_010 }),
+            (6_000, TraceEvent::MovedTo { to: DLQ, dead_letter: true }),
+            (7_000, TraceEvent::Purged { by: by("p") }),
+        ],
+        "no visibility change or delete with a stale receipt; the queue's purge (a read keeps only \
+         those that found the message)"
+    );
+    assert_eq!(events(DLQ, 1), [(6_000, TraceEvent::ArrivedFrom { from: Q, seq: 0, dead_letter: true })]);
+    let kept = events(Q, 2);
+    assert!(
+        matches!(kept[1], (6_000, TraceEvent::Received { receive_count: 1, visible_at_ms: 16_000, .. })),
+        "{kept:?}"
+    );
+}
