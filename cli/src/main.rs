@@ -88,6 +88,10 @@ fn main() -> std::process::ExitCode {
     // read cache's files), is its user's only: files 0600, directories 0700.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
+    // Opt-in: `/metrics` shows the N busiest tenants' calls (strata_telemetry::top_tenants).
+    if let Some(n) = std::env::var("STRATA_METRICS_TOP_TENANTS").ok().and_then(|v| v.trim().parse::<usize>().ok()) {
+        strata_telemetry::top_tenants::keep_top(n);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -220,6 +220,7 @@ impl Meter {
     /// exactly when the command applies, so it is durable with the call's effect. None when
     /// metering is off.
     pub fn record(&self, tenant: &str, call: &CallId, body: &[u8], charge: Charge) -> Option<MeterRecord> {
+        strata_telemetry::top_tenants::count_call(tenant, charge.payload_in_bytes + charge.payload_out_bytes);
         let recorder = self.recorder.as_ref()?;
         Some(MeterRecord {
             request_id: call.billing_key(&recorder.random, &charge.action, &charge.queue, body),

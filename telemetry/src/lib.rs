@@ -14,7 +14,8 @@
 //!
 //! No label takes a tenant's or a queue's name, and every label value comes from a fixed list
 //! (actions, status codes, roles): the series a scrape returns stay bounded however many tenants
-//! and queues there are. Per-queue figures are served by the queue metrics API instead.
+//! and queues there are. Per-queue figures are served by the queue metrics API instead; the
+//! busiest tenants' calls are an opt-in ([`top_tenants`]), bounded by the N asked for.
 
 use std::sync::LazyLock;
 
@@ -31,6 +32,7 @@ pub mod process;
 mod ready;
 pub use ready::ReadyCheck;
 mod tenant;
+pub mod top_tenants;
 pub mod trace;
 pub use tenant::{QueueDepthSample, render_queue_depths};
 
@@ -423,6 +425,7 @@ pub fn render() -> String {
     let mut body = String::with_capacity(16 * 1024);
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::prometheus_text::encode(&mut body, &REGISTRY.registry);
+    top_tenants::render(&mut body);
     body
 }
 

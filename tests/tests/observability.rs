@@ -87,6 +87,7 @@ async fn prometheus_scrapes_strata_dev_and_counts_the_sends_made() {
         assert!(body.contains(family), "{family} missing from the scrape:\n{body}");
     }
     assert!(!body.contains("watched"), "a queue's name leaked into the default scrape");
+    assert!(!body.contains("tenant=\""), "a tenant's name in the default scrape");
 
     let prometheus = Prometheus::start(&dir.path().join("prometheus"), std::slice::from_ref(&target), &token_file)
         .expect("prometheus");
@@ -118,6 +119,32 @@ async fn prometheus_scrapes_strata_dev_and_counts_the_sends_made() {
     let log = dev.log().expect("the dev log");
     assert!(!log.contains('\x1b'), "colour codes in a log that is not a terminal:\n{log}");
     assert!(!log.contains("call answered"), "the access log is off unless asked for");
+}
+
+/// `STRATA_METRICS_TOP_TENANTS=N` adds the busiest tenants' calls and payload bytes to the scrape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_busiest_tenants_are_scraped_when_asked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dev = DevProcess::start_with_env(&dir.path().join("dev"), &[], &[("STRATA_METRICS_TOP_TENANTS", "1")])
+        .expect("strata dev");
+    let env: BTreeMap<String, String> = dev.credentials_env().expect("credentials").into_iter().collect();
+    let token = std::fs::read_to_string(&env["STRATA_METRICS_TOKEN_FILE"]).expect("scrape token").trim().to_string();
+    let api = dev.api();
+    api.create_queue(&model::CreateQueue::named("hot")).await.expect("create");
+    for _ in 0..4 {
+        api.post_ok("/v1/queues/hot/messages", json!({ "messages": [{ "body": "12345" }] })).await.expect("send");
+    }
+    let other = Api::new(&dev.endpoint, &dev.token_for("colder").expect("token"));
+    other.create_queue(&model::CreateQueue::named("cold")).await.expect("create");
+    other.post_ok("/v1/queues/cold/messages", json!({ "messages": [{ "body": "1" }] })).await.expect("send");
+    let (status, body) = scrape(&host_port(&env["STRATA_ADMIN_ENDPOINT"]), Some(&token)).await;
+    assert_eq!(status, 200, "{body}");
+    let complaints = promtool_check_metrics(&body).expect("promtool");
+    assert!(complaints.is_empty(), "promtool check metrics: {complaints}");
+    // The dev tenant's queue creation and four sends; the other tenant is not in the top one.
+    assert!(body.contains("strata_tenant_calls_total{tenant=\"dev\"} 5"), "{body}");
+    assert!(body.contains("strata_tenant_payload_bytes_total{tenant=\"dev\"} 20"), "{body}");
+    assert!(!body.contains("colder"), "{body}");
 }
 
 /// `STRATA_LOG_FORMAT=json` writes one JSON object per line; `STRATA_ACCESS_LOG=1` adds a line
