@@ -802,6 +802,9 @@ impl Shard {
                 records.push((current, record));
             }
         }
+        // Each queue's records came in log order; together they may not be (a message moved
+        // away and back has records in its first queue from before and after the move).
+        records.sort_by_key(|(_, r)| r.log_index);
         if !records.iter().any(|(_, r)| r.message_id == message_id) {
             return Err(StrataError::new(
                 ErrorKind::MessageNotFound,

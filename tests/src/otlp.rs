@@ -40,6 +40,16 @@ impl OtlpReceiver {
         &self.endpoint
     }
 
+    /// The environment of a process that exports here: spans sent every 100 ms, and only the
+    /// calls a client traces with a sampled `traceparent` (no other call is sampled).
+    pub fn env(&self) -> [(&str, &str); 3] {
+        [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", self.endpoint()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0"),
+        ]
+    }
+
     /// Every span received so far: `service`, `name`, `kind`, `trace_id`, `span_id`,
     /// `parent_span_id`, `links` (`trace_id`, `span_id`).
     pub fn spans(&self) -> anyhow::Result<Vec<Value>> {

@@ -186,13 +186,8 @@ async fn every_process_of_a_local_cluster_is_scraped_and_traced() {
     let dir = tempfile::tempdir().expect("tempdir");
     let receiver =
         OtlpReceiver::start(env!("CARGO_BIN_EXE_otlp-receiver").as_ref(), &dir.path().join("otlp")).expect("receiver");
-    let traces = [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ("OTEL_TRACES_SAMPLER_ARG", "0"),
-    ];
-    let cluster =
-        LocalCluster::up_with_env(&dir.path().join("cluster"), LocalCluster::port_base(1), &traces).expect("up");
+    let cluster = LocalCluster::up_with_env(&dir.path().join("cluster"), LocalCluster::port_base(1), &receiver.env())
+        .expect("up");
     let env = cluster.credentials().expect("credentials");
     let token_file = PathBuf::from(&env["STRATA_METRICS_TOKEN_FILE"]);
     let token = std::fs::read_to_string(&token_file).expect("scrape token").trim().to_string();

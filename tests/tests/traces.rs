@@ -29,13 +29,8 @@ async fn a_traced_send_is_one_trace_to_the_raft_commit_and_its_receive_links_to_
     let dir = tempfile::tempdir().expect("tempdir");
     let receiver =
         OtlpReceiver::start(env!("CARGO_BIN_EXE_otlp-receiver").as_ref(), &dir.path().join("otlp")).expect("receiver");
-    // No trace started here is kept: only the client's sampled ones are.
-    let env = [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ("OTEL_TRACES_SAMPLER_ARG", "0"),
-    ];
-    let dev = DevProcess::start_with_env(&dir.path().join("dev"), &[], &env).expect("strata dev");
+    // No call is traced but those a client samples.
+    let dev = DevProcess::start_with_env(&dir.path().join("dev"), &[], &receiver.env()).expect("strata dev");
     // Messages keep trace headers once every replica reads them (format generation 7).
     dev.wait_for_newest_formats().await.expect("newest formats");
     let sqs = |action: &'static str, body: Value, extra: Vec<(&'static str, String)>| {
