@@ -12,11 +12,10 @@ use super::receipt::Receipt;
 use super::schedule::{Schedule, ScheduledMessage, Slice, SliceWrite, deliver_at_of, slice_of};
 use super::store::{LeaseCheck, Queue, QueueSizes};
 use super::touches::{Touch, Touches};
-use super::types::CallerNote;
 use super::types::{
-    CALLS_PER_ENTRY_MAX, Call, Command, DELETE_BATCH_MAX, DELIVER_AHEAD_MS_MAX, FIFO_ID_CHARS_MAX, IN_FLIGHT_MAX,
-    MESSAGE_ATTRIBUTES_MAX, MOVE_PER_SECOND_MAX, MOVE_STEP_MESSAGES_MAX, MOVE_TASKS_KEPT_PER_SOURCE, MoveTask,
-    MoveTaskId, MoveTaskStatus, NewMessage, QueueConfig, QueueCounts, QueueError, QueueId, RECEIVE_BATCH_MAX,
+    CALLS_PER_ENTRY_MAX, Call, CallerNote, Command, DELETE_BATCH_MAX, DELIVER_AHEAD_MS_MAX, FIFO_ID_CHARS_MAX,
+    IN_FLIGHT_MAX, MESSAGE_ATTRIBUTES_MAX, MOVE_PER_SECOND_MAX, MOVE_STEP_MESSAGES_MAX, MOVE_TASKS_KEPT_PER_SOURCE,
+    MoveTask, MoveTaskId, MoveTaskStatus, NewMessage, QueueConfig, QueueCounts, QueueError, QueueId, RECEIVE_BATCH_MAX,
     REQUEST_DIGEST_SEPARATOR, REQUEST_IDS_KEPT, Response, SEND_BATCH_MAX, ShardCommand, check_delay,
     check_visibility_timeout,
 };
