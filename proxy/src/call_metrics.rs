@@ -84,7 +84,8 @@ pub(crate) async fn record(api: &'static str, request: Request, next: Next) -> R
         (request.method().clone(), path, peer)
     });
     let timer = Timer::start();
-    let span = strata_telemetry::trace::traces_call(request.headers()).then(|| call_span(api, native, &request));
+    let span =
+        strata_telemetry::trace::traces_call(request.headers()).map(|traced| call_span(api, native, &request, traced));
     let response = match &span {
         Some(span) => next.run(request).instrument(span.clone()).await,
         None => next.run(request).await,
@@ -122,7 +123,12 @@ pub(crate) async fn record(api: &'static str, request: Request, next: Next) -> R
 
 /// The span of one traced API call: the child of the client's `traceparent` when it sent one,
 /// named by its action once that is known (an SQS call's action may be in its body).
-fn call_span(api: &'static str, native: Option<&'static str>, request: &Request) -> tracing::Span {
+fn call_span(
+    api: &'static str,
+    native: Option<&'static str>,
+    request: &Request,
+    traced: strata_telemetry::trace::TracedCall,
+) -> tracing::Span {
     let span = tracing::info_span!(
         "api call",
         otel.name = native.unwrap_or("api call"),
@@ -132,7 +138,7 @@ fn call_span(api: &'static str, native: Option<&'static str>, request: &Request)
         http.request.method = %request.method(),
         http.response.status_code = tracing::field::Empty,
     );
-    strata_telemetry::trace::continue_from(&span, request.headers());
+    traced.adopt(&span);
     span
 }
 

@@ -39,8 +39,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -133,6 +132,59 @@ pub enum TraceEvent {
     },
 }
 
+impl TraceEvent {
+    /// The event's name as traces answer it (`sent`, `received`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TraceEvent::Sent { .. } => "sent",
+            TraceEvent::Received { .. } => "received",
+            TraceEvent::VisibilityChanged { .. } => "visibility_changed",
+            TraceEvent::Returned => "returned",
+            TraceEvent::Deleted { .. } => "deleted",
+            TraceEvent::MovedTo { .. } => "moved_to",
+            TraceEvent::ArrivedFrom { .. } => "arrived_from",
+            TraceEvent::Cancelled { .. } => "cancelled",
+            TraceEvent::Purged { .. } => "purged",
+        }
+    }
+
+    /// Who made the call behind the event (none for the service's own work).
+    pub fn by(&self) -> Option<&CallBy> {
+        match self {
+            TraceEvent::Sent { by, .. }
+            | TraceEvent::Received { by, .. }
+            | TraceEvent::VisibilityChanged { by, .. }
+            | TraceEvent::Deleted { by }
+            | TraceEvent::Cancelled { by }
+            | TraceEvent::Purged { by } => Some(by),
+            TraceEvent::Returned | TraceEvent::MovedTo { .. } | TraceEvent::ArrivedFrom { .. } => None,
+        }
+    }
+}
+
+/// A queue's records of a message (as [`MessageTrace::read`] answers them), with only the
+/// purges that found it there: after it entered and before it left (deleted, moved, cancelled,
+/// or an earlier purge).
+pub fn purges_while_held(records: Vec<TraceRecord>, message_id: Uuid) -> Vec<TraceRecord> {
+    let mut held = false;
+    records
+        .into_iter()
+        .filter(|record| match record.event {
+            TraceEvent::Purged { .. } => std::mem::replace(&mut held, false),
+            _ if record.message_id != message_id => false,
+            TraceEvent::Sent { .. } | TraceEvent::ArrivedFrom { .. } => {
+                held = true;
+                true
+            }
+            TraceEvent::Deleted { .. } | TraceEvent::MovedTo { .. } | TraceEvent::Cancelled { .. } => {
+                held = false;
+                true
+            }
+            _ => true,
+        })
+        .collect()
+}
+
 /// The file hour of a message: the hour its id says it was sent (or is due, for a scheduled
 /// message); 0 for ids without a time.
 pub fn hour_of(message_id: &Uuid) -> u64 {
@@ -154,10 +206,8 @@ pub struct MessageTrace(Arc<Inner>);
 
 #[derive(Default)]
 struct Inner {
-    /// Whether the directory is open (read on every apply).
-    open: AtomicBool,
-    /// The directory, once open.
-    dir: Mutex<Option<PathBuf>>,
+    /// The directory, once open (read on every apply).
+    dir: OnceLock<PathBuf>,
     pending: Mutex<Pending>,
     /// Records encoded for their files whose write failed, by file: written first next time.
     unwritten: Mutex<BTreeMap<FileKey, Vec<u8>>>,
@@ -190,14 +240,14 @@ impl MessageTrace {
     /// Starts keeping records, in files under `dir`.
     pub fn open(&self, dir: &Path) -> std::io::Result<()> {
         strata_fs::create_dir_all(dir)?;
-        *self.0.dir.lock() = Some(dir.to_path_buf());
-        self.0.open.store(true, Ordering::Release);
+        // A state's files open once (a state installed from a snapshot has a trace of its own).
+        let _ = self.0.dir.set(dir.to_path_buf());
         Ok(())
     }
 
     /// Whether records are kept (the files are open).
     pub fn is_open(&self) -> bool {
-        self.0.open.load(Ordering::Acquire)
+        self.0.dir.get().is_some()
     }
 
     /// Keeps `records` of `queue` for writing.
@@ -217,7 +267,7 @@ impl MessageTrace {
     /// failed write did not write wait for the next one.
     pub fn write(&self, sync: bool) -> std::io::Result<u64> {
         let _writing = self.0.writing.lock();
-        let Some(dir) = self.0.dir.lock().clone() else { return Ok(0) };
+        let Some(dir) = self.0.dir.get() else { return Ok(0) };
         let Pending { records, left_out } = std::mem::take(&mut *self.0.pending.lock());
         let mut by_file = std::mem::take(&mut *self.0.unwritten.lock());
         for (queue, record) in records {
@@ -229,7 +279,7 @@ impl MessageTrace {
         }
         let mut files = by_file.into_iter();
         while let Some((key, bytes)) = files.next() {
-            if let Err(e) = write_file(&dir, key, &bytes, sync) {
+            if let Err(e) = write_file(dir, key, &bytes, sync) {
                 let mut unwritten = self.0.unwritten.lock();
                 unwritten.insert(key, bytes);
                 unwritten.extend(files);
@@ -243,7 +293,7 @@ impl MessageTrace {
     /// duplicates: those written and those waiting.
     pub fn read(&self, queue: QueueId, message_id: Uuid) -> std::io::Result<Vec<TraceRecord>> {
         let _writing = self.0.writing.lock();
-        let Some(dir) = self.0.dir.lock().clone() else { return Ok(Vec::new()) };
+        let Some(dir) = self.0.dir.get() else { return Ok(Vec::new()) };
         let queue_dir = dir.join(queue.to_string());
         let wanted = |r: &TraceRecord| r.message_id == message_id || matches!(r.event, TraceEvent::Purged { .. });
         let mut records = Vec::new();
@@ -265,11 +315,11 @@ impl MessageTrace {
     /// no longer in `live`, and then the oldest hours while the shard's files hold more than
     /// [`SHARD_TRACE_BYTES_MAX`].
     pub fn prune(&self, now_ms: u64, live: &std::collections::BTreeSet<QueueId>) -> std::io::Result<()> {
-        let Some(dir) = self.0.dir.lock().clone() else { return Ok(()) };
+        let Some(dir) = self.0.dir.get() else { return Ok(()) };
         let oldest_kept = (now_ms / HOUR_MS).saturating_sub(KEPT_HOURS);
         let mut hours: Vec<(u64, PathBuf, u64)> = Vec::new();
         let mut total_bytes = 0;
-        for queue_entry in std::fs::read_dir(&dir)? {
+        for queue_entry in std::fs::read_dir(dir)? {
             let queue_dir = queue_entry?.path();
             let queue = queue_dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<QueueId>().ok());
             if queue.is_none_or(|q| !live.contains(&q)) {
@@ -279,11 +329,12 @@ impl MessageTrace {
             for file in std::fs::read_dir(&queue_dir)? {
                 let path = file?.path();
                 let hour = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u64>().ok());
-                let bytes = std::fs::metadata(&path)?.len();
+                let metadata = std::fs::metadata(&path)?;
+                let bytes = metadata.len();
                 match hour {
                     // Ids without a time (hour 0) are kept like the hour their file last grew.
                     Some(0) => {
-                        let modified_ms = std::fs::metadata(&path)?
+                        let modified_ms = metadata
                             .modified()?
                             .duration_since(std::time::UNIX_EPOCH)
                             .map_or(0, |d| d.as_millis() as u64);

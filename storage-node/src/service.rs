@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status};
 
 use crate::disk::DiskGuard;
 use crate::error::NodeError;
-use crate::message_trace::{CallBy, TraceEvent, TraceRecord};
+use crate::message_trace::{TraceEvent, TraceRecord};
 use crate::node::ShardMap;
 use crate::queue::{
     self, AttributeValue, CallerNote, Command, Delivery, FifoConfig, FifoIds, NewMessage, QueueConfig, Redrive,
@@ -173,53 +173,31 @@ fn meter_of(
 
 /// A trace record as the proxy gets it.
 fn trace_event_to_pb(queue_id: u64, record: TraceRecord) -> pb::MessageTraceEvent {
-    let mut event = pb::MessageTraceEvent { at_ms: record.at_ms, queue_id, ..Default::default() };
-    let mut by = |by: CallBy| {
-        event.credential = by.credential;
-        event.request_id = by.request_id;
+    let by = record.event.by().cloned().unwrap_or_default();
+    let mut event = pb::MessageTraceEvent {
+        at_ms: record.at_ms,
+        queue_id,
+        kind: record.event.kind().to_owned(),
+        credential: by.credential,
+        request_id: by.request_id,
+        ..Default::default()
     };
-    let kind = match record.event {
-        TraceEvent::Sent { by: who, deliver_at_ms, .. } => {
-            by(who);
-            event.deliver_at_ms = deliver_at_ms.unwrap_or(0);
-            "sent"
-        }
-        TraceEvent::Received { by: who, receive_count, visible_at_ms } => {
-            by(who);
+    match record.event {
+        TraceEvent::Sent { deliver_at_ms, .. } => event.deliver_at_ms = deliver_at_ms.unwrap_or(0),
+        TraceEvent::Received { receive_count, visible_at_ms, .. } => {
             event.receive_count = receive_count;
             event.visible_at_ms = visible_at_ms;
-            "received"
         }
-        TraceEvent::VisibilityChanged { by: who, visible_at_ms } => {
-            by(who);
-            event.visible_at_ms = visible_at_ms;
-            "visibility_changed"
-        }
-        TraceEvent::Returned => "returned",
-        TraceEvent::Deleted { by: who } => {
-            by(who);
-            "deleted"
-        }
-        TraceEvent::MovedTo { to, dead_letter } => {
-            event.other_queue_id = to;
+        TraceEvent::VisibilityChanged { visible_at_ms, .. } => event.visible_at_ms = visible_at_ms,
+        TraceEvent::MovedTo { to: other, dead_letter } | TraceEvent::ArrivedFrom { from: other, dead_letter, .. } => {
+            event.other_queue_id = other;
             event.dead_letter = dead_letter;
-            "moved_to"
         }
-        TraceEvent::ArrivedFrom { from, dead_letter, .. } => {
-            event.other_queue_id = from;
-            event.dead_letter = dead_letter;
-            "arrived_from"
-        }
-        TraceEvent::Cancelled { by: who } => {
-            by(who);
-            "cancelled"
-        }
-        TraceEvent::Purged { by: who } => {
-            by(who);
-            "purged"
-        }
-    };
-    event.kind = kind.to_owned();
+        TraceEvent::Returned
+        | TraceEvent::Deleted { .. }
+        | TraceEvent::Cancelled { .. }
+        | TraceEvent::Purged { .. } => {}
+    }
     event
 }
 
@@ -229,13 +207,12 @@ fn trace_event_to_pb(queue_id: u64, record: TraceRecord) -> pb::MessageTraceEven
 fn caller_note(
     shard: &Shard,
     caller: Option<pb::Caller>,
-    trace_headers: Vec<Option<String>>,
+    mut trace_headers: Vec<Option<String>>,
 ) -> Result<Option<CallerNote>, StrataError> {
     if shard.log_format().writing() < CALLER_NOTES_GENERATION {
         return Ok(None);
     }
     let messages = trace_headers.len();
-    let mut trace_headers = trace_headers;
     while trace_headers.last().is_some_and(Option::is_none) {
         trace_headers.pop();
     }
@@ -441,11 +418,9 @@ impl Storage for StorageService {
             .map(|m| Some(std::mem::take(&mut m.trace_header)).filter(|h| !h.is_empty()))
             .collect();
         let caller = caller_note(&shard, r.caller, trace_headers)?;
-        let messages = r
-            .messages
-            .into_iter()
-            .map(|m| message_from_pb(m, &self.random, shard.now_ms()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let now_ms = shard.now_ms();
+        let messages =
+            r.messages.into_iter().map(|m| message_from_pb(m, &self.random, now_ms)).collect::<Result<Vec<_>, _>>()?;
         // What the messages will count in their queue's stored bytes is what they take on disk.
         self.admit_growth(&tenant, messages.iter().map(|m| u64::from(m.stored_bytes())).sum())?;
         if r.request_id.len() > queue::REQUEST_ID_CHARS_MAX {
@@ -474,9 +449,9 @@ impl Storage for StorageService {
     }
 
     async fn receive(&self, request: Request<pb::ReceiveRequest>) -> Result<Response<pb::ReceiveResponse>, Status> {
-        let r = request.into_inner();
+        let mut r = request.into_inner();
         let (shard, queue, tenant) = self.route(r.queue.as_ref())?;
-        let caller = caller_note(&shard, r.caller.clone(), Vec::new())?;
+        let caller = caller_note(&shard, r.caller.take(), Vec::new())?;
         let command = receive_command(queue, tenant.clone(), &r, caller)?;
         let messages = receive(&shard, queue, tenant, r.wait_ms, command).await?;
         Ok(Response::new(pb::ReceiveResponse { messages }))
@@ -600,9 +575,8 @@ impl Storage for StorageService {
         let (shard, queue, tenant) = self.route(r.queue.as_ref())?;
         let message_id = uuid::Uuid::parse_str(&r.message_id)
             .map_err(|_| StrataError::new(ErrorKind::MessageNotFound, "no message has this id"))?;
-        // At the leader, which holds every record applied so far.
+        // At the leader, which holds every record applied so far (written or still waiting).
         shard.read_barrier().await?;
-        shard.write_message_trace().await?;
         let history = shard.read_message_trace(queue, &tenant, message_id).await?;
         let events =
             history.records.into_iter().map(|(queue_id, record)| trace_event_to_pb(queue_id, record)).collect();

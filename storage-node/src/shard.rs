@@ -197,28 +197,6 @@ impl fmt::Display for ShardEntry {
     }
 }
 
-/// A queue's records of a message, with only the purges that found it there: after it entered
-/// and before it left (deleted, moved, cancelled, or an earlier purge).
-fn purges_while_held(records: Vec<TraceRecord>, message_id: Uuid) -> Vec<TraceRecord> {
-    let mut held = false;
-    records
-        .into_iter()
-        .filter(|record| match record.event {
-            TraceEvent::Purged { .. } => std::mem::replace(&mut held, false),
-            _ if record.message_id != message_id => false,
-            TraceEvent::Sent { .. } | TraceEvent::ArrivedFrom { .. } => {
-                held = true;
-                true
-            }
-            TraceEvent::Deleted { .. } | TraceEvent::MovedTo { .. } | TraceEvent::Cancelled { .. } => {
-                held = false;
-                true
-            }
-            _ => true,
-        })
-        .collect()
-}
-
 /// What happened to a message (see [`Shard::read_message_trace`]).
 #[derive(Debug, Clone)]
 pub struct MessageHistory {
@@ -793,7 +771,7 @@ impl Shard {
         while let Some(current) = at.take().filter(|q| seen.insert(*q)) {
             let trace = trace.clone();
             let found = self.on_io("reading the message trace", move || trace.read(current, message_id)).await?;
-            for record in purges_while_held(found, message_id) {
+            for record in crate::message_trace::purges_while_held(found, message_id) {
                 if let TraceEvent::MovedTo { to, .. } = record.event
                     && self.state().0.queue_config(to, tenant).is_some()
                 {
@@ -1202,12 +1180,8 @@ impl Shard {
             openraft::EntryPayload::Normal(ShardEntry(ShardCommand { command, .. })) => Some(command),
             _ => None,
         };
-        let (command, caller) = match command {
-            Some(Command::WithCaller { caller, command }) => (Some(*command), Some(caller)),
-            command => (command, None),
-        };
-        match command {
-            Some(Command::Send { messages, .. }) => Ok((messages, caller)),
+        match command.map(Command::into_call_and_caller) {
+            Some((Command::Send { messages, .. }, caller)) => Ok((messages, caller)),
             _ => {
                 let detail = format!("shard {}, entry {log_index}", self.shard_id);
                 Err(NodeError::damaged("a message reference does not point at a send", detail).into())

@@ -10,9 +10,10 @@
 //!   a share of the calls, drawn at random. A call not traced makes no span at all, here or in
 //!   the processes it calls (they make spans only for a sampled caller), so the calls not kept
 //!   cost next to nothing.
-//! - W3C trace context in HTTP headers (`traceparent`, `tracestate`): [`continue_from`] makes a
-//!   span the child of the caller's context (a client's `traceparent`, or the proxy's over gRPC),
-//!   and [`inject`] writes the current span's context for the next process.
+//! - W3C trace context in HTTP headers (`traceparent`, `tracestate`): a call's span is made the
+//!   child of the caller's context (a client's `traceparent` through [`TracedCall`], the proxy's
+//!   over gRPC through [`GrpcServerSpans`]), and [`inject`] writes the current span's context for
+//!   the next process.
 //! - One span per traced gRPC call served ([`GrpcServerSpans`]), named by its method.
 //! - A message's trace header ([`current_trace_header`]): the sending call's span context in the
 //!   AWS X-Ray format SQS keeps as the `AWSTraceHeader` system attribute, and [`link_to`], which
@@ -53,35 +54,42 @@ pub fn enable(sample_ratio: f64) {
 }
 
 /// Whether an API call with `headers` is traced: as its `traceparent` says when it carries a
-/// valid one, else by a random draw at the configured ratio. Never while traces are off.
-pub fn traces_call(headers: &http::HeaderMap) -> bool {
+/// valid one, else by a random draw at the configured ratio. Never while traces are off. A
+/// traced call's span takes its parent from the answer ([`TracedCall::adopt`]).
+pub fn traces_call(headers: &http::HeaderMap) -> Option<TracedCall> {
     if !enabled() {
-        return false;
+        return None;
     }
     if headers.contains_key("traceparent")
         && let Some(parent) = remote_parent(headers)
     {
-        return parent.span().span_context().is_sampled();
+        return parent.span().span_context().is_sampled().then_some(TracedCall(Some(parent)));
     }
     let draw = RandomState::new().hash_one(DRAWS.fetch_add(1, Ordering::Relaxed));
-    match SAMPLE_BELOW.load(Ordering::Relaxed) {
+    let sampled = match SAMPLE_BELOW.load(Ordering::Relaxed) {
         u64::MAX => true,
         below => draw < below,
+    };
+    sampled.then_some(TracedCall(None))
+}
+
+/// A traced API call: the client's trace context, when it sent one.
+pub struct TracedCall(Option<opentelemetry::Context>);
+
+impl TracedCall {
+    /// Makes `span` (the call's, not yet entered) the child of the client's span, or the root
+    /// of a trace of its own.
+    pub fn adopt(self, span: &tracing::Span) {
+        if let Some(parent) = self.0 {
+            // Fails only when no exporting layer is installed, or the span was entered already.
+            let _ = span.set_parent(parent);
+        }
     }
 }
 
 /// Whether this process exports traces (see [`enable`]).
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
-}
-
-/// Makes `span` (not yet entered) the child of the trace context in `headers`, when they carry
-/// one. Without one, or with one that does not parse, `span` starts a trace of its own.
-pub fn continue_from(span: &tracing::Span, headers: &http::HeaderMap) {
-    if let Some(parent) = remote_parent(headers) {
-        // Fails only when no exporting layer is installed, or the span was entered already.
-        let _ = span.set_parent(parent);
-    }
 }
 
 /// The trace context `headers` carry, if they carry a valid one.

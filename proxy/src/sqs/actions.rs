@@ -974,7 +974,7 @@ async fn send(
     // The record travels with the messages: the shard keeps both or neither.
     let charge = Charge { payload_in_bytes, ..ctx.charge.lock().clone() };
     let meter = ctx.state.meter.record(ctx.tenant(), &call, ctx.body, charge);
-    let caller = ctx.storage_caller();
+    let caller = Some(ctx.storage_caller());
     let sent = queues::send(&ctx.state.placement, ctx.tenant(), &info.name, &call, messages, meter, caller).await?;
     ctx.charge.lock().carried = true;
     if sent.messages.len() != count {
@@ -1141,7 +1141,7 @@ async fn receive_message(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError
         _ => String::new(),
     };
     let received = queues::on_queue_polling(&ctx.state.placement, ctx.tenant(), &info.name, wait_ms, |mut c, q| {
-        let (receive_request_attempt_id, caller) = (attempt_id.clone(), ctx.storage_caller());
+        let (receive_request_attempt_id, caller) = (attempt_id.clone(), Some(ctx.storage_caller()));
         async move {
             c.receive(pb::ReceiveRequest {
                 queue: Some(q),
@@ -1240,7 +1240,7 @@ async fn delete_receipts(
         None
     };
     let response = queues::on_queue(&ctx.state.placement, ctx.tenant(), &info.name, |mut c, q| {
-        let (receipt_handles, meter, caller) = (receipts.clone(), meter.clone(), ctx.storage_caller());
+        let (receipt_handles, meter, caller) = (receipts.clone(), meter.clone(), Some(ctx.storage_caller()));
         async move { c.delete(pb::DeleteRequest { queue: Some(q), receipt_handles, meter, caller }).await }
     })
     .await?;
@@ -1300,7 +1300,7 @@ async fn change_visibility(
 ) -> Result<(), SqsError> {
     let receipt = receipt_handle.to_string();
     let changed = queues::on_queue(&ctx.state.placement, ctx.tenant(), &info.name, |mut c, q| {
-        let (receipt_handle, caller) = (receipt.clone(), ctx.storage_caller());
+        let (receipt_handle, caller) = (receipt.clone(), Some(ctx.storage_caller()));
         async move {
             let request = pb::ChangeVisibilityRequest { queue: Some(q), receipt_handle, visibility_timeout_ms, caller };
             c.change_visibility(request).await

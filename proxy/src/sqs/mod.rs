@@ -66,11 +66,11 @@ impl Ctx<'_> {
     }
 
     /// Who makes the call, as the shard's log keeps it: the access key and the request id.
-    pub fn storage_caller(&self) -> Option<strata_common::proto::Caller> {
-        Some(strata_common::proto::Caller {
+    pub fn storage_caller(&self) -> strata_common::proto::Caller {
+        strata_common::proto::Caller {
             credential: self.caller.access_key_id.clone(),
             request_id: self.request_id.to_owned(),
-        })
+        }
     }
 
     pub fn queue_url(&self, name: &str) -> String {
@@ -139,20 +139,10 @@ pub async fn handle(
     };
     let body = received.as_ref().map_or(&[][..], |(_, body)| &body[..]);
     let action = crate::call_metrics::sqs_action(&headers, uri.query(), body);
+    let signing = Signing { method: &method, uri: &uri, headers: &headers };
     let mut response = match (received, query_protocol) {
-        (Ok((signed, body)), true) => {
-            query::handle(
-                &state,
-                signed,
-                &Signing { method: &method, uri: &uri, headers: &headers },
-                &body,
-                &request_id,
-            )
-            .await
-        }
-        (Ok((signed, body)), false) => json_response(
-            serve(&state, signed, &Signing { method: &method, uri: &uri, headers: &headers }, &body, &request_id).await,
-        ),
+        (Ok((signed, body)), true) => query::handle(&state, signed, &signing, &body, &request_id).await,
+        (Ok((signed, body)), false) => json_response(serve(&state, signed, &signing, &body, &request_id).await),
         (Err(e), true) => query::error_answer(&e, &request_id),
         (Err(e), false) => json_response(Err(e)),
     };

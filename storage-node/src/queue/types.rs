@@ -443,6 +443,14 @@ impl Command {
         }
     }
 
+    /// [`Command::call_and_caller`], taking the command apart.
+    pub fn into_call_and_caller(self) -> (Command, Option<CallerNote>) {
+        match self {
+            Command::WithCaller { caller, command } => (*command, Some(caller)),
+            command => (command, None),
+        }
+    }
+
     /// `self` noted with `caller` (unchanged when there is no note to keep).
     pub fn with_caller(self, caller: Option<CallerNote>) -> Command {
         match caller {
