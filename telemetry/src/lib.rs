@@ -480,6 +480,7 @@ mod tests {
         );
         assert!(body.contains("# TYPE strata_wal_fsync_duration_seconds histogram"), "{body}");
         assert!(body.contains("strata_process_resident_memory_bytes "), "{body}");
+        assert!(body.contains("strata_process_heap_bytes "), "{body}");
     }
 
     #[test]

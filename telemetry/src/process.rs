@@ -1,6 +1,11 @@
 //! This process's CPU time, resident memory and open file descriptors, read from `/proc/self`
-//! at each scrape (the names Prometheus's own client libraries use, so stock dashboards work).
-//! On a system without `/proc` the figures are left out of the scrape.
+//! at each scrape (the names Prometheus's own client libraries use, so stock dashboards work),
+//! and the heap bytes the allocator has handed out. On a system without `/proc` (or another
+//! allocator than glibc's) those figures are left out of the scrape.
+//!
+//! Heap bytes next to resident memory tell what the process's data holds from what the
+//! allocator keeps free in its arenas: only the first is an exact, repeatable figure (what a
+//! queue costs is measured with it, `tests/tests/memory.rs`).
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -34,6 +39,20 @@ fn resident_bytes() -> Option<u64> {
     Some(pages * PAGE_BYTES)
 }
 
+/// Bytes in use in the allocator's arenas plus its separately mapped large blocks (glibc's
+/// `mallinfo2`, which walks every arena under its lock: a scrape's cost, not a call's).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn heap_bytes() -> Option<u64> {
+    // SAFETY: mallinfo2 takes no arguments and returns a plain struct by value.
+    let info = unsafe { libc::mallinfo2() };
+    Some(info.uordblks as u64 + info.hblkhd as u64)
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn heap_bytes() -> Option<u64> {
+    None
+}
+
 fn open_fds() -> Option<u64> {
     Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u64)
 }
@@ -50,7 +69,8 @@ fn emit(
 }
 
 /// The families the collector emits, with their units.
-pub(crate) const FAMILY_NAMES: [&str; 3] = ["process_cpu_seconds", "process_resident_memory_bytes", "process_open_fds"];
+pub(crate) const FAMILY_NAMES: [&str; 4] =
+    ["process_cpu_seconds", "process_resident_memory_bytes", "process_heap_bytes", "process_open_fds"];
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -67,6 +87,11 @@ impl Collector for ProcessCollector {
                 Some(&Unit::Bytes),
                 &resident,
             )?;
+        }
+        if let Some(bytes) = heap_bytes() {
+            let heap = ConstGauge::new(bytes as i64);
+            let help = "Heap bytes the allocator has handed out and not taken back";
+            emit(&mut encoder, "process_heap", help, Some(&Unit::Bytes), &heap)?;
         }
         if let Some(fds) = open_fds() {
             emit(&mut encoder, "process_open_fds", "Open file descriptors", None, &ConstGauge::new(fds as i64))?;

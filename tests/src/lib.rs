@@ -172,6 +172,23 @@ impl DevProcess {
         Ok(line.split_whitespace().nth(1).context("bad VmRSS line")?.parse()?)
     }
 
+    /// The process's `/metrics`, scraped with its scrape token.
+    pub async fn scrape_metrics(&self) -> anyhow::Result<String> {
+        let env = self.credentials_env()?;
+        let value = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).context(key.to_owned());
+        let token = std::fs::read_to_string(value("STRATA_METRICS_TOKEN_FILE")?)?;
+        let url = format!("{}/metrics", value("STRATA_ADMIN_ENDPOINT")?.trim_end_matches('/'));
+        let response = reqwest::Client::new().get(url).bearer_auth(token.trim()).send().await?;
+        Ok(response.error_for_status()?.text().await?)
+    }
+
+    /// The heap bytes the process's allocator has handed out (`strata_process_heap_bytes`).
+    pub async fn heap_bytes(&self) -> anyhow::Result<u64> {
+        let metrics = self.scrape_metrics().await?;
+        let line = metrics.lines().find_map(|l| l.strip_prefix("strata_process_heap_bytes "));
+        Ok(line.context("no strata_process_heap_bytes in /metrics")?.trim().parse()?)
+    }
+
     /// The variables of `dev-credentials.env` (`STRATA_*` and `AWS_*`), as `source` would set them.
     pub fn credentials_env(&self) -> anyhow::Result<Vec<(String, String)>> {
         let text = std::fs::read_to_string(self.data_dir.join("dev-credentials.env"))?;

@@ -1,5 +1,9 @@
 //! What an idle queue costs a running `strata dev`: the resident memory of the whole process
-//! (metadata, shard state, proxy, billing) grows by at most [`IDLE_QUEUE_BYTES_MAX`] per queue.
+//! (metadata, shard state, proxy, billing) grows by at most [`IDLE_QUEUE_BYTES_MAX`] per queue,
+//! and so do the heap bytes its allocator has handed out (`strata_process_heap_bytes`). The heap
+//! figure is the one to compare between versions: it counts what the process's data holds, while
+//! resident memory also counts what the allocator keeps free, which varies from run to run by
+//! about 100 bytes per queue.
 //!
 //! The process's bounded caches (recent log entries, recent request answers, the metering
 //! pipeline) fill as calls go by, whatever they are for, so they are warmed first: 10,000
@@ -46,6 +50,7 @@ async fn an_idle_queue_costs_the_process_at_most_2_kib() -> anyhow::Result<()> {
     }
     SystemClock.sleep(Duration::from_secs(2)).await;
     let before_kib = dev.rss_kib()?;
+    let before_heap_bytes = dev.heap_bytes().await?;
 
     let queues = 10_000;
     create_queues(&api, "idle", queues).await?;
@@ -53,6 +58,10 @@ async fn an_idle_queue_costs_the_process_at_most_2_kib() -> anyhow::Result<()> {
     let grown_bytes = dev.rss_kib()?.saturating_sub(before_kib) * 1024;
     let per_queue = grown_bytes / queues as u64;
     eprintln!("{queues} idle queues grew the process by {grown_bytes} bytes, {per_queue} per queue");
+    let heap_grown_bytes = dev.heap_bytes().await?.saturating_sub(before_heap_bytes);
+    let heap_per_queue = heap_grown_bytes / queues as u64;
+    eprintln!("{queues} idle queues grew the heap by {heap_grown_bytes} bytes, {heap_per_queue} per queue");
     assert!(per_queue <= IDLE_QUEUE_BYTES_MAX, "an idle queue costs {per_queue} bytes of RSS");
+    assert!(heap_per_queue <= IDLE_QUEUE_BYTES_MAX, "an idle queue holds {heap_per_queue} bytes of heap");
     Ok(())
 }
