@@ -82,6 +82,11 @@ pub(crate) struct DevArgs {
     /// The billing database (default: SQLite at DATA_DIR/billing.db; or postgres://...).
     #[arg(long)]
     billing_database: Option<String>,
+    /// Shards (Raft groups) the storage node runs, all on this one node, so queues can be spread
+    /// and moved between shards on one machine. Used when the data directory is new: the shards
+    /// are made once, when the storage node first registers.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(strata_metadata::catalog::INITIAL_SHARDS_MAX)))]
+    shards: u32,
     /// Seal WAL segments at this size (smaller means earlier tiering).
     #[arg(long, default_value_t = ShardLogSettings::default().segment_size_bytes_max)]
     segment_bytes: u64,
@@ -330,7 +335,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
             listen: storage_addr,
             metadata_endpoint: metadata_endpoint.clone(),
             object_store,
-            initial_shards: 1,
+            initial_shards: args.shards,
             log: ShardLogSettings {
                 segment_size_bytes_max: args.segment_bytes,
                 snapshot_every_entries: args.snapshot_every,

@@ -249,6 +249,30 @@ strata_common::same_fields!(SegmentRecord, pb::Segment, {
     shard_id, first_index, last_index, object_key, size_bytes, crc32c, writer_epoch,
 });
 
+/// A change the catalog has recorded and a storage node still has to carry out: the leader of
+/// [`Operation::shard_id`] does it and tells metadata, which ends it; a leader after a crash
+/// finds it here and does it again (every step is idempotent). See `docs/elasticity.md`.
+/// Persisted in catalogs of version 5: new variants go at the end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Operation {
+    /// A deleted queue incarnation whose state its shard still holds (it holds back the shard's
+    /// segment garbage collection until it goes).
+    DropQueue { tenant: String, queue_id: u64, shard_id: u64 },
+}
+
+impl Operation {
+    /// The shard whose leader carries the operation out.
+    pub fn shard_id(&self) -> u64 {
+        match self {
+            Operation::DropQueue { shard_id, .. } => *shard_id,
+        }
+    }
+}
+
+/// Most operations the journal holds: a deletion is refused (`Unavailable`, retry) while this
+/// many wait for their storage nodes, which only happens while those nodes are down.
+pub const OPERATIONS_MAX: usize = 100_000;
+
 /// A mutation of the catalog, carried in a Raft log entry. New variants go at the end: the
 /// variant index is part of the log's encoding.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -376,6 +400,12 @@ pub enum MetaCommand {
         access_key_id: String,
         secret: Secret,
     },
+    /// The shard of a deleted queue incarnation dropped its state: the deletion's
+    /// [`Operation::DropQueue`] ends (nothing when there is none). Only command format version 5
+    /// holds it.
+    QueueDropped {
+        queue_id: u64,
+    },
 }
 
 /// Whose limits a command sets.
@@ -399,6 +429,7 @@ impl fmt::Display for MetaCommand {
                 write!(f, "set-stored-bytes-max {of:?} {stored_bytes_max}")
             }
             MetaCommand::SealSecret { access_key_id, .. } => write!(f, "seal-secret {access_key_id}"),
+            MetaCommand::QueueDropped { queue_id } => write!(f, "queue-dropped {queue_id}"),
             MetaCommand::CreateQueue { tenant, name, .. } => write!(f, "create-queue {tenant}/{name}"),
             MetaCommand::DeleteQueue { tenant, name } => write!(f, "delete-queue {tenant}/{name}"),
             MetaCommand::SetQueueConfig { tenant, name, .. } => write!(f, "set-queue-config {tenant}/{name}"),
@@ -502,6 +533,10 @@ pub struct Catalog {
     /// version 2 appends it (see the `Persisted` impl).
     #[serde(skip)]
     format_generation: FormatGeneration,
+    /// Operations storage nodes still have to carry out, by the log index that recorded them.
+    /// Not part of the serde layout: catalog format version 5 appends it.
+    #[serde(skip)]
+    operations: BTreeMap<u64, Operation>,
 }
 
 /// The format generation from which new SigV4 secrets are stored sealed (see
@@ -516,14 +551,20 @@ pub const SEAL_CLEAR_SECRETS_GENERATION: FormatGeneration = 4;
 /// The metadata command and catalog format version of generation 4: stored-bytes limits, and
 /// secrets sealed after their key was made.
 const VERSION_4: u8 = 4;
+/// The format generation from which queue deletions are journaled ([`Operation::DropQueue`],
+/// ended by [`MetaCommand::QueueDropped`]): metadata commands and catalogs of version 5.
+pub const OPERATIONS_GENERATION: FormatGeneration = 8;
+/// The metadata command and catalog format version of generation 8: the operations journal.
+const VERSION_5: u8 = 5;
 
 /// A metadata log entry, persisted (see `docs/formats.md`). Version 1 is the postcard encoding
 /// of [`MetaEntry`] without [`MetaCommand::SetFormatGeneration`] (the legacy version is the same
 /// layout); version 2 adds that command as the enum's last variant; version 3 is the layout of
 /// 2 whose access-key secrets may be sealed; version 4 adds [`MetaCommand::SetStoredBytesMax`]
-/// and [`MetaCommand::SealSecret`] as the last variants.
+/// and [`MetaCommand::SealSecret`] as the last variants; version 5 adds
+/// [`MetaCommand::QueueDropped`] as the last one.
 impl Persisted for MetaEntry {
-    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 2, 2, 3, 4];
+    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 2, 2, 3, 4, 4, 4, 4, VERSION_5];
 
     fn version_needed(&self) -> u8 {
         match &self.command {
@@ -532,6 +573,7 @@ impl Persisted for MetaEntry {
             {
                 3
             }
+            MetaCommand::QueueDropped { .. } => VERSION_5,
             MetaCommand::SetStoredBytesMax { .. } | MetaCommand::SealSecret { .. } => VERSION_4,
             MetaCommand::SetFormatGeneration { .. } => 2,
             _ => LEGACY_FORMAT_VERSION,
@@ -547,20 +589,23 @@ impl Persisted for MetaEntry {
 
     fn decode_body(version: u8, body: &[u8]) -> std::io::Result<Self> {
         // Every version so far is one layout; version 2 may hold one more command, version 3
-        // sealed secrets, version 4 one more command again.
-        postcard_of_versions("metadata command", version, &[LEGACY_FORMAT_VERSION, 1, 2, 3, 4], body)
+        // sealed secrets, versions 4 and 5 more commands again.
+        postcard_of_versions("metadata command", version, &[LEGACY_FORMAT_VERSION, 1, 2, 3, 4, VERSION_5], body)
     }
 }
 
 /// The catalog in a metadata snapshot. Version 1 is the postcard encoding of [`Catalog`]'s serde
 /// layout (the legacy version is the same); version 2 appends the format generation; version 3
 /// is the layout of 2 whose access-key secrets may be sealed; version 4 appends after the
-/// generation the stored-bytes limits ([`StoredBytesLimits`]).
+/// generation the stored-bytes limits ([`StoredBytesLimits`]); version 5 appends after them
+/// the operations journal ([`Catalog::operations`]).
 impl Persisted for Catalog {
-    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 2, 2, 3, 4];
+    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 2, 2, 3, 4, 4, 4, 4, VERSION_5];
 
     fn version_needed(&self) -> u8 {
-        if self.stored_bytes_limits() != StoredBytesLimits::default() {
+        if !self.operations.is_empty() {
+            VERSION_5
+        } else if self.stored_bytes_limits() != StoredBytesLimits::default() {
             VERSION_4
         } else if self.access_keys.values().any(|k| crate::sealing::is_sealed(&k.secret.0)) {
             3
@@ -582,6 +627,9 @@ impl Persisted for Catalog {
         if version >= VERSION_4 {
             postcard_into(&self.stored_bytes_limits(), out)?;
         }
+        if version >= VERSION_5 {
+            postcard_into(&self.operations, out)?;
+        }
         Ok(())
     }
 
@@ -594,12 +642,18 @@ impl Persisted for Catalog {
                 catalog.format_generation = postcard_exact(rest)?;
                 Ok(catalog)
             }
-            VERSION_4 => {
+            VERSION_4 | VERSION_5 => {
                 let (mut catalog, rest): (Catalog, &[u8]) =
                     postcard::take_from_bytes(body).map_err(|e| invalid_data(e.to_string()))?;
                 let (generation, rest) = postcard::take_from_bytes(rest).map_err(|e| invalid_data(e.to_string()))?;
                 catalog.format_generation = generation;
-                catalog.set_stored_bytes_limits(postcard_exact(rest)?)?;
+                if version == VERSION_4 {
+                    catalog.set_stored_bytes_limits(postcard_exact(rest)?)?;
+                } else {
+                    let (limits, rest) = postcard::take_from_bytes(rest).map_err(|e| invalid_data(e.to_string()))?;
+                    catalog.set_stored_bytes_limits(limits)?;
+                    catalog.operations = postcard_exact(rest)?;
+                }
                 Ok(catalog)
             }
             v => Err(unknown_version("metadata catalog", v)),
@@ -727,6 +781,12 @@ impl Catalog {
     /// The shards `node_id` holds a replica of.
     pub fn shards_of<'a>(&'a self, node_id: &'a str) -> impl Iterator<Item = &'a ShardRecord> + 'a {
         self.shards.values().filter(move |s| s.replicas.iter().any(|r| r == node_id))
+    }
+
+    /// The open operations of the shards `shard_ids`, oldest first, at most `max`: (id, what).
+    pub fn operations_of(&self, shard_ids: &[u64], max: usize) -> Vec<(u64, Operation)> {
+        let of_shards = self.operations.iter().filter(|(_, op)| shard_ids.contains(&op.shard_id()));
+        of_shards.take(max).map(|(&id, op)| (id, op.clone())).collect()
     }
 
     pub fn segments(&self, shard_id: u64) -> Vec<SegmentRecord> {
@@ -862,6 +922,11 @@ impl Catalog {
                 limits.stored_bytes_max = *stored_bytes_max;
                 Ok(MetaResponse::Done)
             }
+            MetaCommand::QueueDropped { queue_id } => {
+                self.operations
+                    .retain(|_, op| !matches!(op, Operation::DropQueue { queue_id: q, .. } if q == queue_id));
+                Ok(MetaResponse::Done)
+            }
             MetaCommand::SetFormatGeneration { generation } => {
                 self.format_generation = self.format_generation.max(*generation);
                 Ok(MetaResponse::Done)
@@ -927,10 +992,21 @@ impl Catalog {
                 Ok(MetaResponse::Queue(record))
             }
             MetaCommand::DeleteQueue { tenant, name } => {
+                let journaled = self.format_generation >= OPERATIONS_GENERATION;
+                if journaled && self.operations.len() >= OPERATIONS_MAX {
+                    return Err(StrataError::unavailable(
+                        "too many deleted queues wait for their storage nodes; retry later",
+                    ));
+                }
                 let record = self
                     .queues
                     .remove(&(tenant.clone(), name.clone()))
                     .ok_or_else(|| StrataError::queue_not_found(name))?;
+                if journaled {
+                    let (queue_id, shard_id) = (record.queue_id, record.shard_id);
+                    self.operations
+                        .insert(log_index, Operation::DropQueue { tenant: tenant.clone(), queue_id, shard_id });
+                }
                 if let Some(count) = self.queues_per_tenant.get_mut(tenant) {
                     *count = count.saturating_sub(1);
                     if *count == 0 {
@@ -1414,6 +1490,48 @@ mod tests {
     }
 
     #[test]
+    fn a_deletion_is_journaled_from_the_operations_generation_until_its_shard_dropped_it() {
+        let mut c = catalog_with_node();
+        let delete = |name: &str| MetaCommand::DeleteQueue { tenant: "t1".into(), name: name.into() };
+        create(&mut c, 10, "t1", "old", config());
+        c.run(11, &delete("old"));
+        assert!(c.operations.is_empty(), "before generation 8 a deletion is the old two calls");
+
+        c.run(12, &MetaCommand::SetFormatGeneration { generation: OPERATIONS_GENERATION });
+        create(&mut c, 13, "t1", "a", config());
+        create(&mut c, 14, "t1", "b", config());
+        let shard_of = |c: &Catalog, name: &str| c.queue("t1", name).map(|q| q.shard_id).unwrap_or_default();
+        let (shard_a, shard_b) = (shard_of(&c, "a"), shard_of(&c, "b"));
+        c.run(15, &delete("a"));
+        c.run(16, &delete("b"));
+        assert_eq!(c.queue("t1", "a"), None, "the name is free at once");
+        let open = c.operations_of(&[shard_a], 10);
+        assert_eq!(
+            open.first(),
+            Some(&(15, Operation::DropQueue { tenant: "t1".into(), queue_id: 13, shard_id: shard_a }))
+        );
+        assert!(c.operations_of(&[shard_a + 100], 10).is_empty(), "only the shards asked about");
+        assert_eq!(c.operations_of(&[1, 2], 1).len(), 1, "at most max");
+
+        // The drop ends it; ending it again, or one never journaled, is no error.
+        for _ in 0..2 {
+            assert_eq!(c.run(17, &MetaCommand::QueueDropped { queue_id: 13 }), MetaResponse::Done);
+        }
+        assert_eq!(c.run(18, &MetaCommand::QueueDropped { queue_id: 10 }), MetaResponse::Done);
+        let left = Operation::DropQueue { tenant: "t1".into(), queue_id: 14, shard_id: shard_b };
+        assert_eq!(c.operations.values().collect::<Vec<_>>(), [&left]);
+
+        // A full journal refuses deletions (retry later) and keeps the queue.
+        for id in 0..OPERATIONS_MAX as u64 {
+            c.operations.insert(1_000 + id, Operation::DropQueue { tenant: "t".into(), queue_id: id, shard_id: 1 });
+        }
+        create(&mut c, 19, "t1", "kept", config());
+        let MetaResponse::Error(e) = c.run(20, &delete("kept")) else { panic!("refused") };
+        assert_eq!(e.code, ErrorKind::Unavailable.code());
+        assert!(c.queue("t1", "kept").is_some());
+    }
+
+    #[test]
     fn recreated_queue_gets_new_incarnation_and_tenants_are_separate() {
         let mut c = catalog_with_node();
         create(&mut c, 10, "t1", "q", config());
@@ -1799,6 +1917,13 @@ mod format_tests {
         assert!(set_stored_bytes_limit().encode_body(3, &mut Vec::new()).is_err());
         golden::check(&fixtures(), "command-seal-secret", &seal_secret("SKOLD"));
         assert!(seal_secret("SKOLD").encode_body(3, &mut Vec::new()).is_err());
+        // Only version 5 holds the end of a journaled deletion.
+        golden::check(&fixtures(), "command-queue-dropped", &queue_dropped());
+        assert!(queue_dropped().encode_body(VERSION_4, &mut Vec::new()).is_err());
+    }
+
+    fn queue_dropped() -> MetaEntry {
+        MetaEntry { request_id: Some("req-dropped".into()), command: MetaCommand::QueueDropped { queue_id: 3 } }
     }
 
     /// The secret of key `access_key_id` sealed in place (a fixed text, as in [`create_sealed_key`]).
@@ -1902,5 +2027,14 @@ mod format_tests {
         assert_eq!(catalog.limit_plans()["gold"].stored_bytes_max, 1 << 30);
         golden::check(&fixtures(), "catalog-stored-bytes-limit", &catalog);
         assert!(catalog.encode_body(3, &mut Vec::new()).is_err());
+
+        // A journaled deletion: only version 5 holds the operations journal.
+        catalog
+            .apply(106, &MetaEntry { request_id: None, command: MetaCommand::SetFormatGeneration { generation: 8 } });
+        let delete = MetaCommand::DeleteQueue { tenant: "acme".into(), name: "orders.fifo".into() };
+        catalog.apply(107, &MetaEntry { request_id: None, command: delete });
+        assert_eq!(catalog.operations.len(), 1);
+        golden::check(&fixtures(), "catalog-operations", &catalog);
+        assert!(catalog.encode_body(VERSION_4, &mut Vec::new()).is_err());
     }
 }

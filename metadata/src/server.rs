@@ -31,7 +31,7 @@ use strata_raft::raft_store::SegmentRetention;
 use strata_raft::transport::{GroupId, GrpcNetwork, RaftRouter, Senders};
 use strata_tls::{AuthorizeLayer, Credentials, Listener, Peer, Role};
 
-use crate::catalog::{SEALED_SECRETS_GENERATION, STORED_BYTES_LIMITS_GENERATION};
+use crate::catalog::{OPERATIONS_GENERATION, Operation, SEALED_SECRETS_GENERATION, STORED_BYTES_LIMITS_GENERATION};
 use crate::sealing::Keks;
 use strata_wal::{FsyncFailure, WalOptions};
 use tonic::{Request, Response, Status};
@@ -57,6 +57,8 @@ pub const MEMBER_CATCH_UP_LAG_ENTRIES: u64 = 64;
 /// Log entries between metadata snapshots. The catalog is small; frequent snapshots keep
 /// restart replay short and let old segments go.
 const METADATA_SNAPSHOT_EVERY_ENTRIES: u64 = 10_000;
+/// Most operations one heartbeat hands a storage node; the rest come with the next ones.
+const OPERATIONS_PER_HEARTBEAT_MAX: usize = 100;
 /// WAL segment size of the metadata log.
 const METADATA_SEGMENT_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
@@ -854,21 +856,36 @@ impl Metadata for MetadataService {
         own_storage_node(&request, &request.get_ref().node_id)?;
         self.node.read_barrier().await?;
         let pb::HeartbeatRequest { node_id, format_generation_max } = request.into_inner();
-        let (shards, leaving, format_generation): (Vec<ShardRecord>, Vec<ShardRecord>, _) = {
+        let (shards, leaving, format_generation, operations): (Vec<ShardRecord>, Vec<ShardRecord>, _, _) = {
             let catalog = self.node.catalog();
             if catalog.node(&node_id).is_none() {
                 return Err(StrataError::invalid(format!("storage node {node_id} is not registered")).into());
             }
+            let shards: Vec<ShardRecord> = catalog.shards_of(&node_id).cloned().collect();
+            let shard_ids: Vec<u64> = shards.iter().map(|s| s.shard_id).collect();
             (
-                catalog.shards_of(&node_id).cloned().collect(),
+                shards,
                 catalog.shards_leaving(&node_id).cloned().collect(),
                 catalog.format_generation(),
+                catalog.operations_of(&shard_ids, OPERATIONS_PER_HEARTBEAT_MAX),
             )
         };
+        let queue_drops = operations
+            .into_iter()
+            .map(|(_, op)| match op {
+                Operation::DropQueue { tenant, queue_id, shard_id } => pb::QueueRef { shard_id, queue_id, tenant },
+            })
+            .collect();
         self.node.leases.heartbeat(&node_id, self.node.term(), self.node.now_ms(), format_generation_max);
         let shards = shards.iter().map(|s| self.shard_info(s)).collect();
         let leaving_shards = leaving.iter().map(|s| self.shard_info(s)).collect();
-        Ok(Response::new(pb::HeartbeatResponse { lease_ms: LEASE_MS, shards, leaving_shards, format_generation }))
+        Ok(Response::new(pb::HeartbeatResponse {
+            lease_ms: LEASE_MS,
+            shards,
+            leaving_shards,
+            format_generation,
+            queue_drops,
+        }))
     }
 
     async fn list_storage_nodes(
@@ -961,6 +978,17 @@ impl Metadata for MetadataService {
             writer_epoch: r.writer_epoch,
         };
         self.node.propose(request_id, command).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn queue_dropped(&self, request: Request<pb::QueueDroppedRequest>) -> Result<Response<pb::Empty>, Status> {
+        let request_id = request_id(&request)?;
+        let queue_id = request.into_inner().queue_id;
+        // Before the journal's generation no deletion was journaled, and the command cannot be
+        // written: there is nothing to end.
+        if self.node.catalog().format_generation() >= OPERATIONS_GENERATION {
+            self.node.propose(request_id, MetaCommand::QueueDropped { queue_id }).await?;
+        }
         Ok(Response::new(pb::Empty {}))
     }
 

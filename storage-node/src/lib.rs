@@ -10,6 +10,7 @@ pub mod disk;
 pub mod error;
 pub mod message_trace;
 pub mod node;
+mod operations;
 pub mod queue;
 pub mod queue_metrics;
 pub mod schedule_files;

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backfill::backfill_shard_once;
 use crate::disk::DiskGuard;
+use crate::operations::Operations;
 use crate::queue::Command;
 use crate::service::StorageService;
 use crate::shard::{Shard, ShardLogSettings, ShardReplicas, snapshot_due};
@@ -194,6 +195,8 @@ struct Host {
     /// The data directory's free space (new data is refused below the reserve; sealed segments
     /// are kept locally for reads only while there is room).
     disk: Arc<DiskGuard>,
+    /// Carries out what metadata's journal hands this node.
+    operations: Operations,
 }
 
 /// How long start-up keeps retrying registration while metadata comes up.
@@ -277,6 +280,7 @@ impl StorageNode {
             cancel: CancellationToken::new(),
             format,
             disk: disk.clone(),
+            operations: Operations::default(),
         });
         for placement in &placements {
             host.open_shard(placement, false).await?;
@@ -464,7 +468,8 @@ async fn heartbeat_loop(host: Arc<Host>) {
         match host.metadata.heartbeat(&host.settings.node_id, host.format.readable_max()).await {
             Ok(answer) => {
                 host.format.raise(answer.format_generation);
-                host.reconcile(&answer.shards, &answer.leaving_shards).await
+                host.reconcile(&answer.shards, &answer.leaving_shards).await;
+                host.operations.run(&host.shards, &host.metadata, answer.queue_drops);
             }
             Err(e) => tracing::warn!(error = %e, "heartbeat to metadata failed; will retry"),
         }

@@ -33,6 +33,8 @@ pub const RPC_ROLES: &[(Listener, &str, &[Role])] = &[
     (Listener::Metadata, "/strata.v1.Metadata/ListQueues", &[Proxy, Operator]),
     (Listener::Metadata, "/strata.v1.Metadata/ListTenants", &[Proxy, Operator]),
     (Listener::Metadata, "/strata.v1.Metadata/DeleteQueue", &[Proxy, Operator]),
+    // A deletion's second step: the deleting proxy, or the shard's leader resuming it.
+    (Listener::Metadata, "/strata.v1.Metadata/QueueDropped", &[Proxy, Storage, Operator]),
     (Listener::Metadata, "/strata.v1.Metadata/SetQueueConfig", &[Proxy, Operator]),
     (Listener::Metadata, "/strata.v1.Metadata/TagQueue", &[Proxy, Operator]),
     (Listener::Metadata, "/strata.v1.Metadata/UntagQueue", &[Proxy, Operator]),

@@ -292,6 +292,12 @@ impl MetadataClient {
         self.call(request, |mut c, r| async move { c.delete_queue(r).await }).await
     }
 
+    /// Ends a deletion once the queue's shard dropped the incarnation's state (idempotent).
+    pub async fn queue_dropped(&self, queue_id: u64) -> Result<(), StrataError> {
+        let request = pb::QueueDroppedRequest { queue_id };
+        self.call(request, |mut c, r| async move { c.queue_dropped(r).await }).await.map(|_| ())
+    }
+
     pub async fn set_queue_config(
         &self,
         tenant: &str,

@@ -47,16 +47,22 @@ pub async fn delete_queue(placement: &Placement, tenant: &str, name: &str) -> Re
     validate_queue_name(name)?;
     let info = placement.metadata.delete_queue(tenant, name).await?;
     placement.forget(tenant, name);
-    // The queue is gone for tenants once metadata forgets it; dropping its state on the storage
-    // node frees memory and is retried by nobody if it fails (the incarnation is unreachable).
+    // The queue is gone for tenants once metadata forgets it. Its state on the storage node goes
+    // next: metadata journaled that step, so if this proxy fails before it ends, the shard's
+    // leader does it from its heartbeats (docs/elasticity.md).
     let queue = routing::queue_ref(&info);
     let dropped = on_shard(placement, info.shard_id, |mut c| {
         let queue = queue.clone();
         async move { c.drop_queue(queue).await }
     })
-    .await;
-    if let Err(e) = dropped {
-        tracing::warn!(queue_id = info.queue_id, error = %e, "dropping deleted queue state failed");
+    .await
+    .map_err(|e| ("dropping", e));
+    let ended = match dropped {
+        Ok(_) => placement.metadata.queue_dropped(info.queue_id).await.map_err(|e| ("ending", e)),
+        Err(e) => Err(e),
+    };
+    if let Err((step, e)) = ended {
+        tracing::info!(queue_id = info.queue_id, error = %e, "{step} a deleted queue's state failed; its shard's leader finishes it");
     }
     Ok(info)
 }

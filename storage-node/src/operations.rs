@@ -1,0 +1,79 @@
+//! Carries out the operations metadata's journal hands this node with its heartbeats (see
+//! `docs/elasticity.md`): for each shard this node leads, the steps still to do, each one
+//! idempotent, so that an operation whose driver crashed is finished by whoever leads next.
+//!
+//! Today that is the second step of a queue deletion: dropping a deleted incarnation's state
+//! from its shard (which otherwise holds back the shard's segment garbage collection), then
+//! telling metadata so.
+//!
+//! One pass runs at a time, apart from the heartbeats, so a shard that cannot commit (a lost
+//! majority) never delays the node's lease.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_common::ClockExt;
+use strata_common::error::ErrorKind;
+use strata_common::proto as pb;
+use strata_metadata_client::MetadataClient;
+
+use crate::node::ShardMap;
+use crate::queue::Command;
+
+/// How long one step may take before the pass gives up on it (the next heartbeat brings it
+/// again).
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs passes, one at a time.
+#[derive(Clone, Default)]
+pub(crate) struct Operations {
+    running: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Operations {
+    /// Starts a pass over `queue_drops` unless one is still running (its operations come again
+    /// with a later heartbeat if it does not finish them).
+    pub(crate) fn run(&self, shards: &ShardMap, metadata: &MetadataClient, queue_drops: Vec<pb::QueueRef>) {
+        if queue_drops.is_empty() {
+            return;
+        }
+        let Ok(running) = self.running.clone().try_lock_owned() else { return };
+        let (shards, metadata) = (shards.clone(), metadata.clone());
+        tokio::spawn(async move {
+            drop_queues(&shards, &metadata, queue_drops).await;
+            drop(running);
+        });
+    }
+}
+
+/// Drops each deleted incarnation from its shard where this node leads it, then ends the
+/// deletion in metadata.
+async fn drop_queues(shards: &ShardMap, metadata: &MetadataClient, queue_drops: Vec<pb::QueueRef>) {
+    for drop in queue_drops {
+        let Some(shard) = shards.read().get(&drop.shard_id).cloned().filter(|s| s.is_leader()) else { continue };
+        let command = Command::DeleteQueue { queue: drop.queue_id, tenant: drop.tenant.clone() };
+        let dropped = match shard.clock().timeout(STEP_TIMEOUT, shard.propose(command)).await {
+            Ok(Ok(_)) => true,
+            // Dropped already (by the deleting proxy, or an earlier pass).
+            Ok(Err(e)) if e.kind == ErrorKind::QueueNotFound => false,
+            Ok(Err(e)) => {
+                tracing::warn!(shard = drop.shard_id, queue_id = drop.queue_id, error = %e, "dropping a deleted queue failed; will retry");
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    shard = drop.shard_id,
+                    queue_id = drop.queue_id,
+                    "dropping a deleted queue timed out; will retry"
+                );
+                continue;
+            }
+        };
+        if dropped {
+            tracing::info!(shard = drop.shard_id, queue_id = drop.queue_id, "dropped a deleted queue's state");
+        }
+        if let Err(e) = metadata.queue_dropped(drop.queue_id).await {
+            tracing::warn!(queue_id = drop.queue_id, error = %e, "ending a deletion in metadata failed; will retry");
+        }
+    }
+}
