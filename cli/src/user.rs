@@ -330,6 +330,17 @@ pub(crate) enum ClusterCommand {
         #[command(flatten)]
         admin: AdminConnection,
     },
+    /// Hand a shard's leadership to its replica on another storage node (which must be caught
+    /// up); if that one does not take over within seconds, leadership falls back to another
+    /// caught-up replica. Prints who leads then.
+    TransferLeader {
+        shard_id: u64,
+        /// The storage node whose replica is to lead.
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        admin: AdminConnection,
+    },
     /// Move a replica of a shard to another (live) storage node; completes in the background.
     MoveReplica {
         shard_id: u64,
@@ -386,6 +397,9 @@ pub(crate) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
         ClusterCommand::MetadataMembers { add, remove, admin: a } => {
             let add = add.into_iter().map(|(node_id, address)| admin::MetadataMember { node_id, address }).collect();
             print(&admin(a).change_metadata_members(&admin::ChangeMembers { add, remove }).await?)
+        }
+        ClusterCommand::TransferLeader { shard_id, to, admin: a } => {
+            print(&admin(a).transfer_leader(shard_id, &admin::TransferLeader { to_node: to }).await?)
         }
         ClusterCommand::MoveReplica { shard_id, from, to, admin: a } => {
             let request = admin::MoveReplica { from_node: from, to_node: to };

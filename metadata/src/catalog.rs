@@ -13,8 +13,9 @@
 //! - an access key id is unique for the life of the service (revoked keys are kept, so an id
 //!   is never issued twice) and belongs to exactly one tenant; a tenant has at most
 //!   [`ACCESS_KEYS_PER_TENANT_MAX`] keys that are not yet revoked;
-//! - a storage node re-registering bumps the writer epoch of every shard it hosts, so objects it
-//!   writes after a restart never share a key with objects written before.
+//! - every claim of a shard's writer role starts a new writer epoch (a new Raft term's leader,
+//!   or, from generation 8, a restarted leader claiming again in its term), so objects written
+//!   after a change of leader or a restart never share a key with objects written before.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -552,7 +553,9 @@ pub const SEAL_CLEAR_SECRETS_GENERATION: FormatGeneration = 4;
 /// secrets sealed after their key was made.
 const VERSION_4: u8 = 4;
 /// The format generation from which queue deletions are journaled ([`Operation::DropQueue`],
-/// ended by [`MetaCommand::QueueDropped`]): metadata commands and catalogs of version 5.
+/// ended by [`MetaCommand::QueueDropped`]): metadata commands and catalogs of version 5. From it
+/// too, a writer claiming its shard again in the same Raft term (after a restart) gets a new
+/// writer epoch (members of older releases would keep the old one, so the catalogs would part).
 pub const OPERATIONS_GENERATION: FormatGeneration = 8;
 /// The metadata command and catalog format version of generation 8: the operations journal.
 const VERSION_5: u8 = 5;
@@ -1136,7 +1139,13 @@ impl Catalog {
                 if !shard.replicas.contains(node_id) && !shard.leaving.contains(node_id) {
                     return Err(StrataError::invalid(format!("{node_id} holds no replica of shard {shard_id}")));
                 }
-                if *raft_term > shard.writer_term {
+                // From the operations generation, the writer that claims again in its term (its
+                // process restarted: a Raft term can outlive a single voter's restart) gets a new
+                // epoch too, so what it uploads never meets what it uploaded before.
+                let reclaim = self.format_generation >= OPERATIONS_GENERATION
+                    && *raft_term == shard.writer_term
+                    && shard.node_id == *node_id;
+                if *raft_term > shard.writer_term || reclaim {
                     shard.node_id = node_id.clone();
                     shard.writer_term = *raft_term;
                     shard.writer_epoch += 1;
@@ -1574,7 +1583,7 @@ mod tests {
         let writer = |c: &Catalog| c.shard(1).map(|s| (s.node_id.clone(), s.writer_epoch, s.writer_term));
         assert!(matches!(claim(&mut c, 4, "n2", 3), MetaResponse::Shard(_)));
         assert_eq!(writer(&c), Some(("n2".into(), 1, 3)));
-        // The same leader asking again in its term (a retry, a restart): the same epoch.
+        // The same leader asking again in its term (a restart) before generation 8: the same epoch.
         assert!(matches!(claim(&mut c, 5, "n2", 3), MetaResponse::Shard(_)));
         assert_eq!(writer(&c), Some(("n2".into(), 1, 3)));
         // A deposed leader (older term), or another node in the same term, is refused.
@@ -1587,6 +1596,13 @@ mod tests {
         assert_eq!(writer(&c), Some(("n1".into(), 2, 4)));
         claim(&mut c, 10, "n1", 5);
         assert_eq!(writer(&c), Some(("n1".into(), 3, 5)));
+        // From generation 8, the same leader claiming again in its term (its process restarted)
+        // gets a new epoch; others in the term are still refused.
+        c.run(11, &MetaCommand::SetFormatGeneration { generation: OPERATIONS_GENERATION });
+        claim(&mut c, 12, "n1", 5);
+        assert_eq!(writer(&c), Some(("n1".into(), 4, 5)));
+        assert!(matches!(claim(&mut c, 13, "n2", 5), MetaResponse::Error(_)));
+        assert_eq!(writer(&c), Some(("n1".into(), 4, 5)));
         let mut c = catalog_with_node();
         claim(&mut c, 5, "n1", 1);
         claim(&mut c, 6, "n1", 2);

@@ -29,8 +29,8 @@ use crate::queue::Command;
 use crate::service::StorageService;
 use crate::shard::{Shard, ShardLogSettings, ShardReplicas, snapshot_due};
 use crate::tier::{
-    SealedAges, TieredReader, kept_for_reads_bytes, probe_conditional_create, release_tiered_segments, tier_shard_once,
-    tiered_through_snapshot,
+    SealedAges, TieredReader, claim_writer_epoch, kept_for_reads_bytes, probe_conditional_create,
+    release_tiered_segments, tier_shard_once, tiered_through_snapshot,
 };
 
 /// Where tiered segments go.
@@ -409,6 +409,7 @@ impl Host {
             tokio::spawn(move_loop(shard.clone(), cancel.clone())),
             tokio::spawn(schedule_loop(shard.clone(), cancel.clone())),
             tokio::spawn(membership_loop(shard.clone(), self.metadata.clone(), cancel.clone())),
+            tokio::spawn(writer_loop(shard.clone(), self.metadata.clone(), cancel.clone())),
             tokio::spawn(backfill_loop(shard.clone(), self.metadata.clone(), cancel.clone())),
         ];
         self.shards.write().insert(placement.shard_id, shard.clone());
@@ -526,6 +527,24 @@ async fn membership_loop(shard: Arc<Shard>, metadata: MetadataClient, cancel: Ca
                 }
                 Err(e) => tracing::warn!(shard = shard.shard_id, error = %e, "confirming a replica move failed"),
             }
+        }
+    }
+}
+
+/// On the leader: claims the shard's writer role in metadata as soon as it leads in a new Raft
+/// term, so the writer epoch in object keys changes with every change of leader and the
+/// shard's record names its current writer (not only once it next uploads).
+async fn writer_loop(shard: Arc<Shard>, metadata: MetadataClient, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            () = shard.clock().sleep(MEMBERSHIP_TICK) => {}
+        }
+        let Some(term) = shard.leader_term() else { continue };
+        if shard.writer_epoch_of_term(term).is_none()
+            && let Err(e) = claim_writer_epoch(&shard, &metadata).await
+        {
+            tracing::warn!(shard = shard.shard_id, error = %e, "claiming the shard's writer role failed; will retry");
         }
     }
 }

@@ -29,6 +29,10 @@ use crate::shard::{
     CALLER_NOTES_GENERATION, REQUEST_DIGEST_GENERATION, RETURN_UNDELIVERED_GENERATION, Shard, queue_error,
 };
 
+/// How long the replica asked to lead may take to take over before leadership falls back to
+/// another caught-up replica (writes to the shard pause meanwhile).
+const LEADER_TRANSFER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Everything the service routes to.
 pub struct StorageService {
     shards: ShardMap,
@@ -404,6 +408,18 @@ impl Storage for StorageService {
             Err(e) if e.kind == ErrorKind::QueueNotFound => Ok(Response::new(pb::Empty {})),
             Err(e) => Err(e.into()),
         }
+    }
+
+    async fn transfer_shard_leader(
+        &self,
+        request: Request<pb::TransferShardLeaderRequest>,
+    ) -> Result<Response<pb::TransferShardLeaderResponse>, Status> {
+        let r = request.into_inner();
+        let shard = self.shards.read().get(&r.shard_id).cloned().ok_or_else(|| {
+            StrataError::unavailable(format!("shard {} is not served here; retry at its leader", r.shard_id))
+        })?;
+        let leader_node = shard.transfer_leadership(&r.to_node, LEADER_TRANSFER_WAIT).await?;
+        Ok(Response::new(pb::TransferShardLeaderResponse { leader_node }))
     }
 
     async fn send(&self, request: Request<pb::SendRequest>) -> Result<Response<pb::SendResponse>, Status> {

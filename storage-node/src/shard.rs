@@ -458,6 +458,9 @@ pub struct Shard {
     /// The writer epoch claimed in metadata for the Raft term this replica leads in, if it has
     /// claimed one: `(raft term, writer epoch)`.
     writer_claim: parking_lot::Mutex<Option<(u64, u64)>>,
+    /// Held while a writer claim is asked of metadata: one claim per leadership (every claim
+    /// starts a new writer epoch).
+    claiming: tokio::sync::Mutex<()>,
     /// The shard's placement in metadata as last seen (from this node's heartbeats, or a
     /// change this replica made): where its leader takes the voters to have, and whose nodes
     /// may send the group Raft messages ([`admits_raft_sender`]).
@@ -615,6 +618,7 @@ impl Shard {
             shard_id,
             node_id: node_id.to_owned(),
             writer_claim,
+            claiming: tokio::sync::Mutex::new(()),
             placement,
             peers,
             credentials,
@@ -968,6 +972,36 @@ impl Shard {
         moved
     }
 
+    /// Hands the shard's leadership to the replica on `to_node` (see
+    /// [`strata_raft::group::RaftGroup::transfer_leadership`], which falls back to another
+    /// caught-up replica when that one does not take over within `wait`); answers the node that
+    /// leads then. Elsewhere than on the leader, answers where the leader is.
+    pub async fn transfer_leadership(&self, to_node: &str, wait: std::time::Duration) -> Result<String, StrataError> {
+        self.read_barrier().await?;
+        let what = format!("shard {}", self.shard_id);
+        let replicas = self.placement().map(|p| p.replicas).unwrap_or_default();
+        let Some(to) = replicas.iter().find(|r| r.node_id == to_node) else {
+            if to_node == self.node_id {
+                return Ok(to_node.to_owned());
+            }
+            return Err(StrataError::invalid(format!("{to_node} holds no replica of {what}")));
+        };
+        use strata_raft::group::TransferRefused;
+        let leader = self.group.transfer_leadership(to.raft_id, wait).await.map_err(|e| match e {
+            TransferRefused::NotLeader => StrataError::not_leader(&what, None),
+            TransferRefused::NotAVoter => {
+                StrataError::invalid(format!("{to_node} is not a voter of {what} yet (its replica is still joining)"))
+            }
+            TransferRefused::Stopped(e) => StrataError::unavailable(format!("{what} stopped: {e}")),
+            // About the replica asked for, not this one: a retry elsewhere would not help.
+            refused => StrataError::invalid(format!("leadership of {what} stays where it is: {to_node}: {refused}")),
+        })?;
+        let node = leader.and_then(|id| replicas.iter().find(|r| r.raft_id == id)).map(|r| r.node_id.clone());
+        node.ok_or_else(|| {
+            StrataError::unavailable(format!("no replica took over {what} in time; an election follows"))
+        })
+    }
+
     /// The Raft term this replica leads in, if it leads.
     pub fn leader_term(&self) -> Option<u64> {
         let metrics = self.group.raft.metrics().borrow_watched().clone();
@@ -982,6 +1016,12 @@ impl Shard {
     /// The writer epoch recorded for `raft_term`, if this replica claimed one in that term.
     pub fn writer_epoch_of_term(&self, raft_term: u64) -> Option<u64> {
         self.writer_claim.lock().filter(|(term, _)| *term == raft_term).map(|(_, epoch)| epoch)
+    }
+
+    /// Waits for any other writer claim of this replica to finish (see
+    /// [`crate::tier::claim_writer_epoch`]).
+    pub(crate) async fn claiming(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.claiming.lock().await
     }
 
     /// Records the writer epoch metadata granted for `raft_term`.

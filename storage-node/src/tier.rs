@@ -436,12 +436,20 @@ pub(crate) fn gaps(covered: &[(u64, u64)], first: u64, last: u64) -> Vec<(u64, u
     out
 }
 
-/// The writer epoch this replica uploads under: claimed in metadata once per Raft term it leads
-/// in, so a new leader's object keys never meet a deposed one's, and a deposed leader can no
-/// longer change the segment catalog.
-async fn claim_writer_epoch(shard: &crate::shard::Shard, metadata: &MetadataClient) -> Result<u64, StrataError> {
+/// The writer epoch this replica uploads under: claimed in metadata once per leadership (a Raft
+/// term it leads in, in this process), so a new leader's object keys never meet a deposed
+/// one's, nor a restarted leader's its earlier self's, and a deposed leader can no longer
+/// change the segment catalog. Claims are made one at a time: each one starts a new epoch.
+pub(crate) async fn claim_writer_epoch(
+    shard: &crate::shard::Shard,
+    metadata: &MetadataClient,
+) -> Result<u64, StrataError> {
     let term =
         shard.leader_term().ok_or_else(|| StrataError::not_leader(&format!("shard {}", shard.shard_id), None))?;
+    if let Some(epoch) = shard.writer_epoch_of_term(term) {
+        return Ok(epoch);
+    }
+    let _claiming = shard.claiming().await;
     if let Some(epoch) = shard.writer_epoch_of_term(term) {
         return Ok(epoch);
     }

@@ -1,6 +1,9 @@
-//! Where queues live and how that changes (`docs/elasticity.md`), on a real `strata dev`:
-//! `--shards N` spreads queues over N shards of its one node, and a queue deletion cut short
-//! after its metadata step is finished by the shard's leader, across a SIGKILL.
+//! Where queues live and how that changes (`docs/elasticity.md`). On a real `strata dev`:
+//! `--shards N` spreads queues over N shards of its one node, a queue deletion cut short after
+//! its metadata step is finished by the shard's leader across a SIGKILL, and the restarted
+//! leader writes under a new writer epoch. On a local
+//! cluster: an operator hands a shard's leadership to another replica under sends, the shard's
+//! record names the new writer with a new writer epoch, and no acknowledged send is lost.
 
 #![allow(clippy::disallowed_methods)] // a test of real processes in real time
 
@@ -11,8 +14,9 @@ use strata_client::model;
 use strata_common::error::{ErrorKind, StrataError};
 use strata_common::proto as pb;
 use strata_metadata_client::MetadataClient;
-use strata_tests::DevProcess;
+use strata_tests::cluster::{LocalCluster, STORAGE};
 use strata_tests::internal::channel;
+use strata_tests::{DevProcess, strata_binary};
 use strata_tls::pki::LocalCa;
 use strata_tls::{Credentials, Role};
 
@@ -36,6 +40,19 @@ async fn stats_on_shard(dev: &DevProcess, queue: &pb::QueueRef) -> anyhow::Resul
     let channel = channel(&env["STRATA_STORAGE_ENDPOINT"], &proxy_credentials(dev)?, Role::Storage);
     let answer = pb::storage_client::StorageClient::new(channel).get_queue_stats(queue.clone()).await;
     Ok(answer.map(|_| ()).map_err(StrataError::from))
+}
+
+/// The shard's writer epoch once a writer claimed one above `above`.
+async fn claimed_epoch(metadata: &MetadataClient, shard_id: u64, above: u64) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + FINISHED_WITHIN;
+    loop {
+        let epoch = metadata.get_shard(shard_id).await.map(|s| s.writer_epoch).unwrap_or(0);
+        if epoch > above {
+            return Ok(epoch);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "shard {shard_id}'s writer epoch stays {epoch}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,10 +80,15 @@ async fn a_deletion_cut_short_after_metadata_is_finished_by_the_shards_leader() 
     let queue = pb::QueueRef { shard_id: info.shard_id, queue_id: info.queue_id, tenant: info.tenant.clone() };
     stats_on_shard(&dev, &queue).await??;
 
+    // Each leadership of a shard claims a new writer epoch, also a leader restarted in its Raft
+    // term (a single voter keeps its term across restarts).
+    let epoch_before = claimed_epoch(&metadata, info.shard_id, 0).await?;
+
     // As a proxy that dies right after metadata's step: the name is gone, the shard still holds
     // the incarnation's state; then the whole process is killed.
     metadata.delete_queue("dev", "doomed").await?;
     dev.restart()?;
+    claimed_epoch(&metadata, info.shard_id, epoch_before).await?;
 
     let deadline = Instant::now() + FINISHED_WITHIN;
     loop {
@@ -84,5 +106,101 @@ async fn a_deletion_cut_short_after_metadata_is_finished_by_the_shards_leader() 
     let got = api.receive("doomed", &model::Receive { max_messages: Some(10), ..Default::default() }).await?;
     assert!(got.messages.is_empty(), "{:?}", got.messages);
     assert_eq!(metadata.get_queue("dev", "spread-0").await?.name, "spread-0");
+    Ok(())
+}
+
+/// `strata cluster ARGS` against the cluster's admin API: (succeeded, stdout as JSON, stderr).
+fn cluster_cli(env: &BTreeMap<String, String>, args: &[&str]) -> (bool, serde_json::Value, String) {
+    let mut command = std::process::Command::new(strata_binary());
+    command.arg("cluster").args(args);
+    for key in ["STRATA_ADMIN_ENDPOINT", "STRATA_ADMIN_TOKEN"] {
+        command.env(key, &env[key]);
+    }
+    let output = command.output().expect("run strata cluster");
+    let json = serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
+    (output.status.success(), json, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_to_the_replica_asked_for_and_the_writer_follows_under_sends() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cluster = LocalCluster::up(&dir.path().join("cluster"), LocalCluster::port_base(3))?;
+    let env = cluster.credentials()?;
+    let api = strata_tests::Api::new(&env["STRATA_ENDPOINT"], &env["STRATA_TOKEN"]);
+    api.create_queue(&model::CreateQueue::named("orders")).await?;
+    let shard_id = cluster.metadata_client()?.get_queue("dev", "orders").await?.shard_id;
+    let leader = cluster.wait_for_leader(&STORAGE, shard_id).await?;
+    let to = STORAGE.iter().find(|n| **n != leader).copied().unwrap_or_default();
+
+    // Sends go on throughout, through the proxy.
+    let sending = tokio::spawn({
+        let api = api.clone();
+        async move {
+            let mut acknowledged = Vec::new();
+            for i in 0..300 {
+                let body = format!("m{i:03}");
+                let messages = vec![model::NewMessage::new(&body)];
+                if api.send("orders", &model::SendMessages { messages }, None).await.is_ok() {
+                    acknowledged.push(body);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            acknowledged
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let shard = shard_id.to_string();
+    // The writer is claimed as soon as a replica leads, without waiting for an upload.
+    let deadline = Instant::now() + FINISHED_WITHIN;
+    let before = loop {
+        let (_, record, _) = cluster_cli(&env, &["shard", &shard]);
+        if record["writer"] == leader {
+            break record;
+        }
+        assert!(Instant::now() < deadline, "the shard's record names {} while {leader} leads", record["writer"]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    let (ok, moved, stderr) = cluster_cli(&env, &["transfer-leader", &shard, "--to", to]);
+    assert!(ok, "{stderr}");
+    assert_eq!(moved["leader_node"], to, "{moved}");
+    assert_eq!(cluster.leader_of(&STORAGE, shard_id).await.as_deref(), Some(to));
+    let deadline = Instant::now() + FINISHED_WITHIN;
+    loop {
+        let (_, record, _) = cluster_cli(&env, &["shard", &shard]);
+        if record["writer"] == to {
+            let epochs = (before["writer_epoch"].as_u64(), record["writer_epoch"].as_u64());
+            assert!(matches!(epochs, (Some(old), Some(new)) if new > old), "writer epochs {epochs:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the shard's record still names {}", record["writer"]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Refused with a reason: a node without a replica; a replica that does not answer.
+    let (ok, _, stderr) = cluster_cli(&env, &["transfer-leader", &shard, "--to", "storage-9"]);
+    assert!(!ok && stderr.contains("holds no replica"), "{stderr}");
+    let paused = STORAGE.iter().find(|n| **n != to).copied().unwrap_or_default();
+    cluster.pause(paused)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (ok, _, stderr) = cluster_cli(&env, &["transfer-leader", &shard, "--to", paused]);
+    cluster.resume(paused)?;
+    assert!(!ok && stderr.contains("has not answered"), "{stderr}");
+    assert_eq!(cluster.leader_of(&STORAGE, shard_id).await.as_deref(), Some(to), "leadership stayed");
+
+    // Every acknowledged send is there, once.
+    let mut acknowledged = sending.await?;
+    assert!(acknowledged.len() >= 250, "only {} of 300 sends acknowledged", acknowledged.len());
+    let mut received = Vec::new();
+    let deadline = Instant::now() + FINISHED_WITHIN;
+    while received.len() < acknowledged.len() && Instant::now() < deadline {
+        let receive =
+            model::Receive { max_messages: Some(10), visibility_timeout_seconds: Some(600), ..Default::default() };
+        let got = api.receive("orders", &receive).await?;
+        received.extend(got.messages.into_iter().map(|m| m.body));
+    }
+    received.sort();
+    acknowledged.sort();
+    assert_eq!(received, acknowledged, "every acknowledged send, exactly once");
     Ok(())
 }

@@ -75,6 +75,8 @@ pub const RPC_ROLES: &[(Listener, &str, &[Role])] = &[
     // tenant's metering queue).
     (Listener::Storage, "/strata.v1.Storage/EnsureQueue", &[Proxy, Billing]),
     (Listener::Storage, "/strata.v1.Storage/DropQueue", &[Proxy]),
+    // Placement: operators and the autoscaler move leadership.
+    (Listener::Storage, "/strata.v1.Storage/TransferShardLeader", &[Proxy, Autoscaler, Operator]),
     (Listener::Storage, "/strata.v1.Storage/Send", &[Proxy]),
     (Listener::Storage, "/strata.v1.Storage/Receive", &[Proxy, Billing]),
     (Listener::Storage, "/strata.v1.Storage/Delete", &[Proxy, Billing]),

@@ -474,6 +474,15 @@ impl Client {
         self.post_as(&format!("/admin/v1/shards/{shard_id}/move-replica"), request).await
     }
 
+    /// Hands a shard's leadership to the replica on `request.to_node`; answers who leads then.
+    pub async fn transfer_leader(
+        &self,
+        shard_id: u64,
+        request: &admin::TransferLeader,
+    ) -> Result<admin::LeaderTransferred, ClientError> {
+        self.post_as(&format!("/admin/v1/shards/{shard_id}/transfer-leader"), request).await
+    }
+
     pub async fn metadata_members(&self) -> Result<admin::MetadataMembers, ClientError> {
         self.get_as("/admin/v1/metadata-members").await
     }

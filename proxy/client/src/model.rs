@@ -797,6 +797,22 @@ pub mod admin {
         pub to_node: String,
     }
 
+    /// Hands a shard's leadership to the replica on another storage node.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct TransferLeader {
+        pub to_node: String,
+    }
+
+    /// Who leads a shard after a leadership transfer: the node asked for, or the replica
+    /// leadership fell back to when that one did not take over in time.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct LeaderTransferred {
+        pub shard_id: u64,
+        pub leader_node: String,
+    }
+
     /// A member of the metadata quorum.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]

@@ -151,6 +151,7 @@ pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
         .route("/admin/v1/storage-nodes", get(list_storage_nodes))
         .route("/admin/v1/shards/{id}", get(get_shard))
         .route("/admin/v1/shards/{id}/move-replica", post(move_replica))
+        .route("/admin/v1/shards/{id}/transfer-leader", post(transfer_leader))
         .route("/admin/v1/metadata-members", get(list_metadata_members).post(change_metadata_members))
         .route("/admin/v1/limit-plans", get(list_limit_plans))
         .route("/admin/v1/limit-plans/{name}", axum::routing::put(set_limit_plan))
@@ -1073,6 +1074,24 @@ async fn move_replica(
     let request: admin::MoveReplica = parse_json(body)?;
     let shard = state.placement.metadata.move_replica(id, &request.from_node, &request.to_node).await?;
     Ok((StatusCode::ACCEPTED, Json(shard_answer(shard))).into_response())
+}
+
+/// Hands a shard's leadership to the replica on another node, at the shard's leader; answers
+/// once the transfer is done (writes to the shard pause for as long).
+async fn transfer_leader(
+    State(state): State<AppState>,
+    _: Operator,
+    Path(ShardId { id }): Path<ShardId>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<admin::LeaderTransferred>, ApiError> {
+    let request: admin::TransferLeader = parse_json(body)?;
+    let transfer = pb::TransferShardLeaderRequest { shard_id: id, to_node: request.to_node };
+    let answer = crate::queues::on_shard(&state.placement, id, |mut c| {
+        let transfer = transfer.clone();
+        async move { c.transfer_shard_leader(transfer).await }
+    })
+    .await?;
+    Ok(Json(admin::LeaderTransferred { shard_id: id, leader_node: answer.leader_node }))
 }
 
 fn members_answer(members: pb::MetadataMembersResponse) -> admin::MetadataMembers {

@@ -14,7 +14,7 @@ use strata_common::Clock;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::network::{NetSnapshot, RaftNetworkFactory};
-use openraft::{Config, LogIdOptionExt, Raft, RaftTypeConfig, ServerState};
+use openraft::{Config, Raft, RaftTypeConfig, ServerState};
 
 use openraft::alias::{LogIdOf, VoteOf};
 
@@ -116,36 +116,97 @@ where
     /// leads, so a planned stop costs no election timeout. Answers whether leadership moved;
     /// elsewhere, does nothing.
     pub async fn hand_off_leadership(&self) -> bool {
-        let metrics = self.raft.metrics().borrow_watched().clone();
-        if metrics.state != ServerState::Leader {
-            return false;
-        }
-        let voters: BTreeSet<C::NodeId> = metrics.membership_config.membership().voter_ids().collect();
-        let answering = |id: &C::NodeId| {
-            let last = metrics.heartbeat.as_ref().and_then(|h| h.get(id).cloned().flatten());
-            last.is_some_and(|at| openraft::Instant::elapsed(&*at) < RECENT_HEARTBEAT)
-        };
-        let successor = metrics
-            .replication
-            .iter()
-            .flatten()
-            .filter(|(id, _)| **id != metrics.id && voters.contains(id) && answering(id))
-            .max_by_key(|(_, matched)| matched.index())
-            .map(|(id, _)| *id);
-        let Some(successor) = successor else { return false };
+        let Some(successor) = self.successors().first().cloned() else { return false };
         if let Err(e) = self.raft.trigger().transfer_leader(successor).await {
             tracing::warn!(error = %e, "handing off leadership failed");
             return false;
         }
-        let deadline = crate::RAFT_CLOCK.instant() + HAND_OFF_WAIT;
-        while crate::RAFT_CLOCK.instant() < deadline {
-            if !self.is_leader() {
-                return true;
+        self.successor_within(HAND_OFF_WAIT).await.is_some()
+    }
+
+    /// On the leader: the other voters that answered heartbeats lately and trail its log by at
+    /// most [`TRANSFER_LAG_ENTRIES_MAX`], most up to date first. Empty elsewhere.
+    fn successors(&self) -> Vec<C::NodeId> {
+        let last_index = self.raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
+        let mut ready: Vec<VoterContact<C::NodeId>> = self
+            .voter_contacts()
+            .into_iter()
+            .filter(|c| c.acked_ago.is_some_and(|ago| ago < RECENT_HEARTBEAT))
+            .filter(|c| c.matched_index.is_some_and(|m| m.saturating_add(TRANSFER_LAG_ENTRIES_MAX) >= last_index))
+            .collect();
+        ready.sort_by_key(|c| std::cmp::Reverse(c.matched_index));
+        ready.into_iter().map(|c| c.id).collect()
+    }
+
+    /// Waits at most `wait` for another member to lead; answers it.
+    async fn successor_within(&self, wait: Duration) -> Option<C::NodeId> {
+        let deadline = crate::RAFT_CLOCK.instant() + wait;
+        loop {
+            let metrics = self.raft.metrics().borrow_watched().clone();
+            if let Some(leader) = metrics.current_leader.filter(|l| *l != metrics.id) {
+                return Some(leader);
+            }
+            if crate::RAFT_CLOCK.instant() >= deadline {
+                return None;
             }
             crate::RAFT_CLOCK.sleep(Duration::from_millis(10)).await;
         }
-        false
     }
+
+    /// On the leader: hands leadership to voter `to`, which must have answered heartbeats
+    /// lately and trail the log by at most [`TRANSFER_LAG_ENTRIES_MAX`] entries. Writes pause
+    /// while it takes over. If it has not within `wait`, the fallback: leadership goes to the
+    /// most up-to-date other voter instead (a transfer leaves this member refusing writes
+    /// until someone takes over, so it must not be left hanging). Answers who leads then:
+    /// `None` if nobody took over within the fallback's `wait` either (an election follows).
+    pub async fn transfer_leadership(
+        &self,
+        to: C::NodeId,
+        wait: Duration,
+    ) -> Result<Option<C::NodeId>, TransferRefused> {
+        let own_id = self.raft.metrics().borrow_watched().id;
+        if !self.is_leader() {
+            return Err(TransferRefused::NotLeader);
+        }
+        if to == own_id {
+            return Ok(Some(to));
+        }
+        let contact = self.voter_contacts().into_iter().find(|c| c.id == to).ok_or(TransferRefused::NotAVoter)?;
+        let successors = self.successors();
+        if !successors.contains(&to) {
+            let answering = contact.acked_ago.is_some_and(|ago| ago < RECENT_HEARTBEAT);
+            return Err(if answering { TransferRefused::Behind } else { TransferRefused::NotAnswering });
+        }
+        self.raft.trigger().transfer_leader(to).await.map_err(|e| TransferRefused::Stopped(e.to_string()))?;
+        if let Some(leader) = self.successor_within(wait).await {
+            return Ok(Some(leader));
+        }
+        let Some(instead) = successors.into_iter().find(|id| *id != to) else { return Ok(None) };
+        tracing::warn!(?to, ?instead, "the voter asked for did not take over in time; handing leadership to another");
+        self.raft.trigger().transfer_leader(instead).await.map_err(|e| TransferRefused::Stopped(e.to_string()))?;
+        Ok(self.successor_within(wait).await)
+    }
+}
+
+/// How far a voter's log may trail the leader's for leadership to be handed to it: it must
+/// catch up before it can take writes, and writes wait meanwhile.
+pub const TRANSFER_LAG_ENTRIES_MAX: u64 = 1_000;
+
+/// Why leadership was not handed to the voter asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransferRefused {
+    #[error("this member does not lead the group")]
+    NotLeader,
+    #[error("the node is not a voter of the group")]
+    NotAVoter,
+    #[error("the node has not answered the leader's heartbeats lately")]
+    NotAnswering,
+    #[error(
+        "the node's log trails the leader's by more than {TRANSFER_LAG_ENTRIES_MAX} entries; retry once it caught up"
+    )]
+    Behind,
+    #[error("the group stopped: {0}")]
+    Stopped(String),
 }
 
 /// Where a group keeps its log (the WAL and Raft's facts) and its state machine, inside its

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use strata_common::format::FormatGate;
 use strata_common::proto as pb;
@@ -16,7 +17,7 @@ use strata_common::proto::raft_transport_client::RaftTransportClient;
 
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use strata_common::SystemClock;
-use strata_raft::group::{GroupStorage, RaftGroup, open_group};
+use strata_raft::group::{GroupStorage, RaftGroup, TransferRefused, open_group};
 use strata_raft::raft_state::ReplicatedState;
 use strata_raft::raft_store::SegmentRetention;
 use strata_raft::transport::{GrpcNetwork, RaftRouter, Senders};
@@ -62,6 +63,9 @@ struct Voter {
     router: RaftRouter,
     stop_server: oneshot::Sender<()>,
     server: tokio::task::JoinHandle<()>,
+    /// While set, the voter's transport refuses leadership transfers handed to it (as a voter
+    /// would that is too slow to take over): every other message goes through.
+    refuse_transfers: Arc<AtomicBool>,
 }
 
 fn free_addr() -> SocketAddr {
@@ -102,8 +106,17 @@ async fn start_voter(id: u64, dir: &Path, addr: SocketAddr, members: Option<BTre
     let service = router.service();
     let incoming =
         strata_tls::incoming(listener, test_credentials(Role::Storage, &id.to_string()), Arc::new(SystemClock));
+    let refuse_transfers = Arc::new(AtomicBool::new(false));
+    let refusing = refuse_transfers.clone();
+    let refuse = tower::util::MapRequestLayer::new(move |mut request: http::Request<tonic::body::Body>| {
+        if refusing.load(Ordering::Relaxed) && request.uri().path().ends_with("/TransferLeader") {
+            *request.uri_mut() = http::Uri::from_static("/strata.v1.RaftTransport/Refused");
+        }
+        request
+    });
     let server = tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
+            .layer(refuse)
             .layer(AuthorizeLayer::new(Listener::Storage))
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, async {
@@ -111,7 +124,7 @@ async fn start_voter(id: u64, dir: &Path, addr: SocketAddr, members: Option<BTre
             })
             .await;
     });
-    Voter { id, group, router, stop_server, server }
+    Voter { id, group, router, stop_server, server, refuse_transfers }
 }
 
 async fn stop_voter(voter: Voter) {
@@ -300,6 +313,57 @@ async fn three_voters_fail_over_catch_up_and_refuse_without_a_majority() {
         };
         let tail: Vec<&String> = applied[acked.len()..].iter().collect();
         assert!(tail.iter().all(|c| *c == "c0" || *c == "lost"), "unexpected commands: {tail:?}");
+    }
+    for v in voters {
+        stop_voter(v).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_goes_to_the_voter_asked_for_or_falls_back_to_another() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let addrs: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, free_addr())).collect();
+    let members: BTreeMap<u64, BasicNode> = addrs.iter().map(|(&id, &addr)| (id, node(addr))).collect();
+    let mut voters = Vec::new();
+    for (&id, &addr) in &addrs {
+        let initial = (id == 1).then(|| members.clone());
+        voters.push(start_voter(id, &dir_of(root.path(), id), addr, initial).await);
+    }
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        acked.push(format!("before-{i}"));
+        write(&voters, &acked[i]).await;
+    }
+    // Heartbeats answered lately: give every follower a few rounds.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let leader = leader_among(&voters, &[1, 2, 3]).await;
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+
+    // To a caught-up voter: it leads.
+    let wait = Duration::from_secs(2);
+    let moved = voter(&voters, leader).group.transfer_leadership(others[0], wait).await.expect("transfer");
+    assert_eq!(moved, Some(others[0]));
+    assert_eq!(leader_among(&voters, &[1, 2, 3]).await, others[0]);
+    // Refused: not a voter; not the leader.
+    let refused = voter(&voters, others[0]).group.transfer_leadership(9, wait).await;
+    assert_eq!(refused, Err(TransferRefused::NotAVoter));
+    let refused = voter(&voters, leader).group.transfer_leadership(others[1], wait).await;
+    assert_eq!(refused, Err(TransferRefused::NotLeader));
+
+    // To a voter that does not take over (its transport refuses the hand-over): leadership falls
+    // back to the other caught-up voter before an election timeout would end the pause.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (current, stuck, instead) = (others[0], leader, others[1]);
+    voter(&voters, stuck).refuse_transfers.store(true, Ordering::Relaxed);
+    let short = Duration::from_millis(150);
+    let moved = voter(&voters, current).group.transfer_leadership(stuck, short).await.expect("transfer");
+    assert_eq!(moved, Some(instead), "fell back to the other voter");
+    for i in 0..5 {
+        acked.push(format!("after-{i}"));
+        write(&voters, &acked[5 + i]).await;
+    }
+    for v in &voters {
+        wait_applied(v, &acked).await;
     }
     for v in voters {
         stop_voter(v).await;
