@@ -125,7 +125,8 @@ where
     }
 
     /// On the leader: the other voters that answered heartbeats lately and trail its log by at
-    /// most [`TRANSFER_LAG_ENTRIES_MAX`], most up to date first. Empty elsewhere.
+    /// most [`TRANSFER_LAG_ENTRIES_MAX`], most up to date first (then by id, highest first).
+    /// Empty elsewhere.
     fn successors(&self) -> Vec<C::NodeId> {
         let last_index = self.raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
         let mut ready: Vec<VoterContact<C::NodeId>> = self
@@ -134,7 +135,8 @@ where
             .filter(|c| c.acked_ago.is_some_and(|ago| ago < RECENT_HEARTBEAT))
             .filter(|c| c.matched_index.is_some_and(|m| m.saturating_add(TRANSFER_LAG_ENTRIES_MAX) >= last_index))
             .collect();
-        ready.sort_by_key(|c| std::cmp::Reverse(c.matched_index));
+        // Among equally caught-up voters, the highest id first (as before transfers had a target).
+        ready.sort_by_key(|c| std::cmp::Reverse((c.matched_index, c.id)));
         ready.into_iter().map(|c| c.id).collect()
     }
 
