@@ -330,6 +330,15 @@ pub(crate) enum ClusterCommand {
         #[command(flatten)]
         admin: AdminConnection,
     },
+    /// Add a shard (a new Raft group) on the least loaded live storage nodes; new queues are
+    /// placed on it as on the others.
+    AddShard {
+        /// Replicas of the new shard (default: as many as shard 1 has).
+        #[arg(long)]
+        replicas: Option<u32>,
+        #[command(flatten)]
+        admin: AdminConnection,
+    },
     /// Hand a shard's leadership to its replica on another storage node (which must be caught
     /// up); if that one does not take over within seconds, leadership falls back to another
     /// caught-up replica. Prints who leads then.
@@ -397,6 +406,9 @@ pub(crate) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
         ClusterCommand::MetadataMembers { add, remove, admin: a } => {
             let add = add.into_iter().map(|(node_id, address)| admin::MetadataMember { node_id, address }).collect();
             print(&admin(a).change_metadata_members(&admin::ChangeMembers { add, remove }).await?)
+        }
+        ClusterCommand::AddShard { replicas, admin: a } => {
+            print(&admin(a).add_shard(&admin::AddShard { replicas }).await?)
         }
         ClusterCommand::TransferLeader { shard_id, to, admin: a } => {
             print(&admin(a).transfer_leader(shard_id, &admin::TransferLeader { to_node: to }).await?)

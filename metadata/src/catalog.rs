@@ -33,6 +33,9 @@ use strata_raft::requests::RecentRequests;
 /// Most shards one registration may create.
 pub const INITIAL_SHARDS_MAX: u32 = 64;
 
+/// Most shards a cluster may have (each is a Raft group on every one of its replicas' nodes).
+pub const SHARDS_MAX: usize = 1_024;
+
 /// Most queues one tenant may have (their state costs a few hundred bytes each on a storage node
 /// and a record here).
 pub const QUEUES_PER_TENANT_MAX: u64 = 100_000;
@@ -407,6 +410,12 @@ pub enum MetaCommand {
     QueueDropped {
         queue_id: u64,
     },
+    /// Adds a shard (a new Raft group) on `replicas` (registered, distinct; the first creates
+    /// the group), with the next shard id. The proposer picks live, least loaded nodes
+    /// ([`Catalog::place_new_shard`]). Only command format version 5 holds it.
+    AddShard {
+        replicas: Vec<String>,
+    },
 }
 
 /// Whose limits a command sets.
@@ -431,6 +440,7 @@ impl fmt::Display for MetaCommand {
             }
             MetaCommand::SealSecret { access_key_id, .. } => write!(f, "seal-secret {access_key_id}"),
             MetaCommand::QueueDropped { queue_id } => write!(f, "queue-dropped {queue_id}"),
+            MetaCommand::AddShard { replicas } => write!(f, "add-shard {}", replicas.join(",")),
             MetaCommand::CreateQueue { tenant, name, .. } => write!(f, "create-queue {tenant}/{name}"),
             MetaCommand::DeleteQueue { tenant, name } => write!(f, "delete-queue {tenant}/{name}"),
             MetaCommand::SetQueueConfig { tenant, name, .. } => write!(f, "set-queue-config {tenant}/{name}"),
@@ -565,7 +575,7 @@ const VERSION_5: u8 = 5;
 /// layout); version 2 adds that command as the enum's last variant; version 3 is the layout of
 /// 2 whose access-key secrets may be sealed; version 4 adds [`MetaCommand::SetStoredBytesMax`]
 /// and [`MetaCommand::SealSecret`] as the last variants; version 5 adds
-/// [`MetaCommand::QueueDropped`] as the last one.
+/// [`MetaCommand::QueueDropped`] and [`MetaCommand::AddShard`] as the last ones.
 impl Persisted for MetaEntry {
     const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 2, 2, 3, 4, 4, 4, 4, VERSION_5];
 
@@ -576,7 +586,7 @@ impl Persisted for MetaEntry {
             {
                 3
             }
-            MetaCommand::QueueDropped { .. } => VERSION_5,
+            MetaCommand::QueueDropped { .. } | MetaCommand::AddShard { .. } => VERSION_5,
             MetaCommand::SetStoredBytesMax { .. } | MetaCommand::SealSecret { .. } => VERSION_4,
             MetaCommand::SetFormatGeneration { .. } => 2,
             _ => LEGACY_FORMAT_VERSION,
@@ -786,6 +796,22 @@ impl Catalog {
         self.shards.values().filter(move |s| s.replicas.iter().any(|r| r == node_id))
     }
 
+    /// The replicas of a new shard: `count` of the nodes `live`, those hosting the fewest
+    /// shards first, in distinct zones while there are unused zones (see [`place_replicas`]).
+    /// Fewer than `count` only if fewer are live.
+    pub fn place_new_shard(&self, live: &[String], count: usize) -> Vec<String> {
+        let hosted = |node: &str| self.shards.values().filter(|s| s.replicas.iter().any(|r| r == node)).count();
+        let mut nodes: Vec<(usize, String, String)> = self
+            .nodes
+            .values()
+            .filter(|n| live.contains(&n.node_id))
+            .map(|n| (hosted(&n.node_id), n.node_id.clone(), n.zone.clone()))
+            .collect();
+        nodes.sort();
+        let nodes: Vec<(String, String)> = nodes.into_iter().map(|(_, node, zone)| (node, zone)).collect();
+        place_replicas(&nodes, 0, count)
+    }
+
     /// The open operations of the shards `shard_ids`, oldest first, at most `max`: (id, what).
     pub fn operations_of(&self, shard_ids: &[u64], max: usize) -> Vec<(u64, Operation)> {
         let of_shards = self.operations.iter().filter(|(_, op)| shard_ids.contains(&op.shard_id()));
@@ -925,6 +951,41 @@ impl Catalog {
                 limits.stored_bytes_max = *stored_bytes_max;
                 Ok(MetaResponse::Done)
             }
+            MetaCommand::AddShard { replicas } => {
+                if self.shards.is_empty() {
+                    return Err(StrataError::unavailable(
+                        "the cluster has no shards yet: storage nodes make the first ones as they register",
+                    ));
+                }
+                if self.shards.len() >= SHARDS_MAX {
+                    return Err(StrataError::new(
+                        ErrorKind::LimitExceeded,
+                        format!("a cluster has at most {SHARDS_MAX} shards"),
+                    ));
+                }
+                let count = replicas.len();
+                if count == 0 || count > REPLICATION_FACTOR_MAX as usize {
+                    return Err(StrataError::invalid(format!("a shard has 1-{REPLICATION_FACTOR_MAX} replicas")));
+                }
+                let distinct: std::collections::BTreeSet<&String> = replicas.iter().collect();
+                if distinct.len() != count {
+                    return Err(StrataError::invalid("a shard's replicas are on distinct nodes"));
+                }
+                if let Some(unknown) = replicas.iter().find(|r| !self.nodes.contains_key(*r)) {
+                    return Err(StrataError::invalid(format!("storage node {unknown} is not registered")));
+                }
+                let shard_id = self.shards.keys().next_back().copied().unwrap_or(0) + 1;
+                let record = ShardRecord {
+                    shard_id,
+                    node_id: replicas[0].clone(),
+                    writer_epoch: 0,
+                    writer_term: 0,
+                    replicas: replicas.clone(),
+                    leaving: Vec::new(),
+                };
+                self.shards.insert(shard_id, record.clone());
+                Ok(MetaResponse::Shard(record))
+            }
             MetaCommand::QueueDropped { queue_id } => {
                 self.operations
                     .retain(|_, op| !matches!(op, Operation::DropQueue { queue_id: q, .. } if q == queue_id));
@@ -975,7 +1036,15 @@ impl Catalog {
                         format!("this tenant may have at most {limit} queues; delete some first"),
                     ));
                 }
-                let shard_ids: Vec<u64> = self.shards.keys().copied().collect();
+                let mut shard_ids: Vec<u64> = self.shards.keys().copied().collect();
+                // From generation 8, only shards whose group runs (a leader claimed the writer
+                // role) take queues, so a shard added at runtime serves its first queue at once;
+                // all of them while none is claimed yet (a cluster just made).
+                let claimed: Vec<u64> =
+                    self.shards.values().filter(|s| s.writer_epoch > 0).map(|s| s.shard_id).collect();
+                if self.format_generation >= OPERATIONS_GENERATION && !claimed.is_empty() {
+                    shard_ids = claimed;
+                }
                 if shard_ids.is_empty() {
                     return Err(StrataError::unavailable("no storage node has registered yet; retry shortly"));
                 }
@@ -1541,6 +1610,49 @@ mod tests {
     }
 
     #[test]
+    fn a_shard_is_added_on_the_least_loaded_live_nodes() {
+        let mut c = Catalog::default();
+        let add = |c: &mut Catalog, index, replicas: &[&str]| {
+            let replicas = replicas.iter().map(|r| r.to_string()).collect();
+            c.run(index, &MetaCommand::AddShard { replicas })
+        };
+        assert!(matches!(add(&mut c, 1, &["n1"]), MetaResponse::Error(_)), "no shards yet");
+        register(&mut c, 2, "n1", "z1", 2);
+        register(&mut c, 3, "n2", "z2", 2);
+        register(&mut c, 4, "n3", "z3", 2);
+        let live: Vec<String> = ["n1", "n2", "n3"].iter().map(|n| n.to_string()).collect();
+        // Shards 1 and 2 were placed on n1 and n2 as they registered: n3 hosts none, the others
+        // two each (the lower id first).
+        let placed = c.place_new_shard(&live, 2);
+        assert_eq!(placed, ["n3", "n1"]);
+        assert_eq!(c.place_new_shard(&live[..1], 2), ["n1"], "only live nodes");
+        let MetaResponse::Shard(added) = add(&mut c, 5, &["n3", "n1"]) else { panic!("added") };
+        assert_eq!((added.shard_id, added.node_id.as_str(), added.writer_epoch), (3, "n3", 0));
+        assert_eq!(c.shard_count(), 3);
+        for (index, replicas) in [(6, &["n1", "n1"][..]), (7, &["n9"][..]), (8, &[][..])] {
+            assert!(matches!(add(&mut c, index, replicas), MetaResponse::Error(_)), "{replicas:?}");
+        }
+        assert_eq!(c.shard_count(), 3);
+
+        // From generation 8 queues go to shards a leader claimed: not the new one until it is.
+        c.run(9, &MetaCommand::SetFormatGeneration { generation: OPERATIONS_GENERATION });
+        c.run(10, &MetaCommand::EnsureTenant { tenant: "t1".into(), now_ms: 0 });
+        claim(&mut c, 11, "n1", 1);
+        let on_shards = |c: &mut Catalog, first: u64| -> std::collections::BTreeSet<u64> {
+            (first..first + 30)
+                .filter_map(|i| match create(c, i, "t1", &format!("q{i}"), config()) {
+                    MetaResponse::Queue(q) => Some(q.shard_id),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(on_shards(&mut c, 100), [1].into(), "only the claimed shard");
+        let claim3 = MetaCommand::ClaimShardWriter { shard_id: 3, node_id: "n1".into(), raft_term: 1 };
+        c.run(200, &claim3);
+        assert!(on_shards(&mut c, 300).contains(&3), "the added shard takes queues once claimed");
+    }
+
+    #[test]
     fn recreated_queue_gets_new_incarnation_and_tenants_are_separate() {
         let mut c = catalog_with_node();
         create(&mut c, 10, "t1", "q", config());
@@ -1933,9 +2045,15 @@ mod format_tests {
         assert!(set_stored_bytes_limit().encode_body(3, &mut Vec::new()).is_err());
         golden::check(&fixtures(), "command-seal-secret", &seal_secret("SKOLD"));
         assert!(seal_secret("SKOLD").encode_body(3, &mut Vec::new()).is_err());
-        // Only version 5 holds the end of a journaled deletion.
+        // Only version 5 holds the end of a journaled deletion, or an added shard.
         golden::check(&fixtures(), "command-queue-dropped", &queue_dropped());
         assert!(queue_dropped().encode_body(VERSION_4, &mut Vec::new()).is_err());
+        let add_shard = MetaEntry {
+            request_id: Some("req-add-shard".into()),
+            command: MetaCommand::AddShard { replicas: vec!["node-1".into(), "node-2".into()] },
+        };
+        golden::check(&fixtures(), "command-add-shard", &add_shard);
+        assert!(add_shard.encode_body(VERSION_4, &mut Vec::new()).is_err());
     }
 
     fn queue_dropped() -> MetaEntry {

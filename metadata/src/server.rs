@@ -927,6 +927,42 @@ impl Metadata for MetadataService {
         self.propose_shard(request_id, command).await
     }
 
+    async fn add_shard(&self, request: Request<pb::AddShardRequest>) -> Result<Response<pb::ShardInfo>, Status> {
+        let request_id = request_id(&request)?;
+        let wanted = request.into_inner().replicas;
+        // Leases live on the leader: this member must lead to judge them.
+        self.node.read_barrier().await?;
+        let (term, now_ms) = (self.node.term(), self.node.now_ms());
+        let replicas = {
+            let catalog = self.node.catalog();
+            if catalog.format_generation() < OPERATIONS_GENERATION {
+                return Err(StrataError::invalid(format!(
+                    "shards are added once the cluster writes format generation {OPERATIONS_GENERATION}"
+                ))
+                .into());
+            }
+            let count = match wanted {
+                0 => catalog.shard(1).map_or(1, |s| s.replicas.len()),
+                n => usize::try_from(n).unwrap_or(usize::MAX),
+            };
+            let live: Vec<String> = catalog
+                .nodes()
+                .filter(|n| self.node.leases.is_live(&n.node_id, term, now_ms))
+                .map(|n| n.node_id.clone())
+                .collect();
+            let replicas = catalog.place_new_shard(&live, count);
+            if replicas.len() < count {
+                return Err(StrataError::invalid(format!(
+                    "a shard of {count} replicas needs {count} live storage nodes; {} are live",
+                    replicas.len()
+                ))
+                .into());
+            }
+            replicas
+        };
+        self.propose_shard(request_id, MetaCommand::AddShard { replicas }).await
+    }
+
     async fn confirm_replicas(
         &self,
         request: Request<pb::ConfirmReplicasRequest>,

@@ -436,13 +436,17 @@ impl Host {
         }
     }
 
-    /// Follows metadata's placement: opens replicas moved here, closes the ones moved off once
+    /// Follows metadata's placement: opens replicas moved or added here, closes the ones moved off once
     /// their move is done (before that, the group may still need them as voters), and hands
     /// each running replica its shard's placement.
     async fn reconcile(&self, assigned: &[ShardInfo], leaving: &[ShardInfo]) {
         let running: Vec<u64> = self.hosted.lock().await.keys().copied().collect();
         for placement in assigned.iter().filter(|p| !running.contains(&p.shard_id)) {
-            if let Err(e) = self.open_shard(placement, true).await {
+            // A shard added at runtime that never had a writer is created by its first replica;
+            // a replica moved here joins its running group.
+            let creates = placement.writer_epoch == 0
+                && placement.replicas.first().is_some_and(|r| r.node_id == self.settings.node_id);
+            if let Err(e) = self.open_shard(placement, !creates).await {
                 tracing::warn!(shard = placement.shard_id, error = %e, "opening a replica moved here failed; will retry");
             }
         }

@@ -3,7 +3,8 @@
 //! its metadata step is finished by the shard's leader across a SIGKILL, and the restarted
 //! leader writes under a new writer epoch. On a local
 //! cluster: an operator hands a shard's leadership to another replica under sends, the shard's
-//! record names the new writer with a new writer epoch, and no acknowledged send is lost.
+//! record names the new writer with a new writer epoch, a shard added at runtime takes queues,
+//! and no acknowledged send is lost. In both, shards are added while the service runs.
 
 #![allow(clippy::disallowed_methods)] // a test of real processes in real time
 
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use strata_client::model;
 use strata_common::error::{ErrorKind, StrataError};
+use strata_common::format::NEWEST_GENERATION;
 use strata_common::proto as pb;
 use strata_metadata_client::MetadataClient;
 use strata_tests::cluster::{LocalCluster, STORAGE};
@@ -109,6 +111,48 @@ async fn a_deletion_cut_short_after_metadata_is_finished_by_the_shards_leader() 
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_added_at_runtime_takes_new_queues_and_survives_a_restart() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut dev = DevProcess::start(&dir.path().join("dev"), &[])?;
+    dev.wait_for_newest_formats().await?;
+    let env: BTreeMap<String, String> = dev.credentials_env()?.into_iter().collect();
+    let metadata = MetadataClient::connect_lazy(&env["STRATA_METADATA_ENDPOINTS"], &proxy_credentials(&dev)?)?;
+    let api = dev.api();
+    api.create_queue(&model::CreateQueue::named("before")).await?;
+
+    let (ok, added, stderr) = cluster_cli(&env, &["add-shard"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(added["shard_id"], 2, "{added}");
+    assert_eq!(added["replicas"].as_array().map(Vec::len), Some(1), "{added}");
+    let (ok, _, stderr) = cluster_cli(&env, &["add-shard", "--replicas", "3"]);
+    assert!(!ok && stderr.contains("live storage nodes"), "{stderr}");
+
+    // New queues spread over both shards once the new one runs (its leader claimed it, within
+    // a heartbeat); one on it serves calls.
+    claimed_epoch(&metadata, 2, 0).await?;
+    let mut on_new = None;
+    for i in 0..60 {
+        let name = format!("q{i:02}");
+        api.create_queue(&model::CreateQueue::named(&name)).await?;
+        if metadata.get_queue("dev", &name).await?.shard_id == 2 {
+            on_new = Some(name);
+            break;
+        }
+    }
+    let name = on_new.ok_or_else(|| anyhow::anyhow!("none of 60 new queues went to the added shard"))?;
+    let messages = vec![model::NewMessage::new("on the added shard")];
+    api.send(&name, &model::SendMessages { messages }, None).await?;
+
+    // After a restart the node opens the added shard with the others.
+    dev.restart()?;
+    let got = api.receive(&name, &model::Receive { max_messages: Some(10), ..Default::default() }).await?;
+    let bodies: Vec<&str> = got.messages.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(bodies, ["on the added shard"]);
+    assert_eq!(metadata.get_queue("dev", "before").await?.shard_id, 1);
+    Ok(())
+}
+
 /// `strata cluster ARGS` against the cluster's admin API: (succeeded, stdout as JSON, stderr).
 fn cluster_cli(env: &BTreeMap<String, String>, args: &[&str]) -> (bool, serde_json::Value, String) {
     let mut command = std::process::Command::new(strata_binary());
@@ -187,6 +231,33 @@ async fn leadership_moves_to_the_replica_asked_for_and_the_writer_follows_under_
     cluster.resume(paused)?;
     assert!(!ok && stderr.contains("has not answered"), "{stderr}");
     assert_eq!(cluster.leader_of(&STORAGE, shard_id).await.as_deref(), Some(to), "leadership stayed");
+
+    // A shard added at runtime (once the cluster writes the newest formats): a replica on each
+    // node, a leader, and queues of its own.
+    let deadline = Instant::now() + FINISHED_WITHIN;
+    while cluster_cli(&env, &["nodes"]).1["format_generation"] != NEWEST_GENERATION {
+        assert!(Instant::now() < deadline, "the cluster never wrote generation {NEWEST_GENERATION}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (ok, added, stderr) = cluster_cli(&env, &["add-shard"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(added["replicas"].as_array().map(Vec::len), Some(3), "{added}");
+    let added_shard = added["shard_id"].as_u64().unwrap_or_default();
+    let metadata = cluster.metadata_client()?;
+    claimed_epoch(&metadata, added_shard, 0).await?;
+    let mut on_added = None;
+    for i in 0..80 {
+        let name = format!("q{i:02}");
+        api.create_queue(&model::CreateQueue::named(&name)).await?;
+        if metadata.get_queue("dev", &name).await?.shard_id == added_shard {
+            on_added = Some(name);
+            break;
+        }
+    }
+    let name = on_added.ok_or_else(|| anyhow::anyhow!("none of 80 new queues went to the added shard"))?;
+    api.send(&name, &model::SendMessages { messages: vec![model::NewMessage::new("added")] }, None).await?;
+    let got = api.receive(&name, &model::Receive { max_messages: Some(10), ..Default::default() }).await?;
+    assert_eq!(got.messages.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), ["added"]);
 
     // Every acknowledged send is there, once.
     let mut acknowledged = sending.await?;

@@ -50,6 +50,7 @@ pub const RPC_ROLES: &[(Listener, &str, &[Role])] = &[
     (Listener::Metadata, "/strata.v1.Metadata/GetShard", &[Proxy, Storage, Billing, Autoscaler, Operator]),
     (Listener::Metadata, "/strata.v1.Metadata/ListStorageNodes", &[Proxy, Billing, Autoscaler, Operator]),
     (Listener::Metadata, "/strata.v1.Metadata/MoveReplica", &[Proxy, Autoscaler, Operator]),
+    (Listener::Metadata, "/strata.v1.Metadata/AddShard", &[Proxy, Autoscaler, Operator]),
     // Every role reads it for its readiness (the metadata quorum reachable).
     (Listener::Metadata, "/strata.v1.Metadata/ListMetadataMembers", &[Proxy, Storage, Billing, Autoscaler, Operator]),
     (Listener::Metadata, "/strata.v1.Metadata/ChangeMetadataMembers", &[Proxy, Operator]),

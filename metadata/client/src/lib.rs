@@ -292,6 +292,13 @@ impl MetadataClient {
         self.call(request, |mut c, r| async move { c.delete_queue(r).await }).await
     }
 
+    /// Adds a shard of `replicas` replicas (0: as many as shard 1 has) on the least loaded
+    /// live storage nodes.
+    pub async fn add_shard(&self, replicas: u32) -> Result<pb::ShardInfo, StrataError> {
+        let request = pb::AddShardRequest { replicas };
+        self.call(request, |mut c, r| async move { c.add_shard(r).await }).await
+    }
+
     /// Ends a deletion once the queue's shard dropped the incarnation's state (idempotent).
     pub async fn queue_dropped(&self, queue_id: u64) -> Result<(), StrataError> {
         let request = pb::QueueDroppedRequest { queue_id };

@@ -474,6 +474,12 @@ impl Client {
         self.post_as(&format!("/admin/v1/shards/{shard_id}/move-replica"), request).await
     }
 
+    /// Adds a shard; the answer is the new shard as placed (its replicas start it within a
+    /// heartbeat).
+    pub async fn add_shard(&self, request: &admin::AddShard) -> Result<admin::Shard, ClientError> {
+        self.post_as("/admin/v1/shards", request).await
+    }
+
     /// Hands a shard's leadership to the replica on `request.to_node`; answers who leads then.
     pub async fn transfer_leader(
         &self,

@@ -797,6 +797,15 @@ pub mod admin {
         pub to_node: String,
     }
 
+    /// Adds a shard on the least loaded live storage nodes.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct AddShard {
+        /// Replicas of the new shard; as many as shard 1 has when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub replicas: Option<u32>,
+    }
+
     /// Hands a shard's leadership to the replica on another storage node.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]

@@ -149,6 +149,7 @@ pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
         .route("/admin/v1/tenants", get(tenants::list))
         .route("/admin/v1/tenants/{tenant}/queues", get(tenants::queues))
         .route("/admin/v1/storage-nodes", get(list_storage_nodes))
+        .route("/admin/v1/shards", post(add_shard))
         .route("/admin/v1/shards/{id}", get(get_shard))
         .route("/admin/v1/shards/{id}/move-replica", post(move_replica))
         .route("/admin/v1/shards/{id}/transfer-leader", post(transfer_leader))
@@ -1074,6 +1075,18 @@ async fn move_replica(
     let request: admin::MoveReplica = parse_json(body)?;
     let shard = state.placement.metadata.move_replica(id, &request.from_node, &request.to_node).await?;
     Ok((StatusCode::ACCEPTED, Json(shard_answer(shard))).into_response())
+}
+
+/// Adds a shard on the least loaded live storage nodes; its replicas start it at their next
+/// heartbeat, and new queues are placed on it as on the others.
+async fn add_shard(
+    State(state): State<AppState>,
+    _: Operator,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: admin::AddShard = parse_json(body)?;
+    let shard = state.placement.metadata.add_shard(request.replicas.unwrap_or(0)).await?;
+    Ok((StatusCode::CREATED, Json(shard_answer(shard))).into_response())
 }
 
 /// Hands a shard's leadership to the replica on another node, at the shard's leader; answers
