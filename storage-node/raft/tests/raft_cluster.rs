@@ -191,16 +191,23 @@ fn dir_of(root: &Path, id: u64) -> PathBuf {
     root.join(format!("voter-{id}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_voters_fail_over_catch_up_and_refuse_without_a_majority() {
-    let root = tempfile::tempdir().expect("tempdir");
+/// Voters 1-3 in `root`, the first creating the group; with their addresses.
+async fn start_three_voters(root: &Path) -> (BTreeMap<u64, SocketAddr>, Vec<Voter>) {
     let addrs: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, free_addr())).collect();
     let members: BTreeMap<u64, BasicNode> = addrs.iter().map(|(&id, &addr)| (id, node(addr))).collect();
     let mut voters = Vec::new();
     for (&id, &addr) in &addrs {
         let initial = (id == 1).then(|| members.clone());
-        voters.push(start_voter(id, &dir_of(root.path(), id), addr, initial).await);
+        voters.push(start_voter(id, &dir_of(root, id), addr, initial).await);
     }
+    (addrs, voters)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_voters_fail_over_catch_up_and_refuse_without_a_majority() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (addrs, mut voters) = start_three_voters(root.path()).await;
+    let members: BTreeMap<u64, BasicNode> = addrs.iter().map(|(&id, &addr)| (id, node(addr))).collect();
 
     // Replication: 100 acknowledged writes reach every voter.
     let leader = leader_among(&voters, &[1, 2, 3]).await;
@@ -322,13 +329,7 @@ async fn three_voters_fail_over_catch_up_and_refuse_without_a_majority() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leadership_goes_to_the_voter_asked_for_or_falls_back_to_another() {
     let root = tempfile::tempdir().expect("tempdir");
-    let addrs: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, free_addr())).collect();
-    let members: BTreeMap<u64, BasicNode> = addrs.iter().map(|(&id, &addr)| (id, node(addr))).collect();
-    let mut voters = Vec::new();
-    for (&id, &addr) in &addrs {
-        let initial = (id == 1).then(|| members.clone());
-        voters.push(start_voter(id, &dir_of(root.path(), id), addr, initial).await);
-    }
+    let (_, voters) = start_three_voters(root.path()).await;
     let mut acked = Vec::new();
     for i in 0..5 {
         acked.push(format!("before-{i}"));
