@@ -436,9 +436,9 @@ impl Host {
         }
     }
 
-    /// Follows metadata's placement: opens replicas moved or added here, closes the ones moved off once
-    /// their move is done (before that, the group may still need them as voters), and hands
-    /// each running replica its shard's placement.
+    /// Follows metadata's placement: opens replicas moved or added here, closes the ones moved
+    /// off once their move is done (before that, the group may still need them as voters), and
+    /// hands each running replica its shard's placement.
     async fn reconcile(&self, assigned: &[ShardInfo], leaving: &[ShardInfo]) {
         let running: Vec<u64> = self.hosted.lock().await.keys().copied().collect();
         for placement in assigned.iter().filter(|p| !running.contains(&p.shard_id)) {
