@@ -7,10 +7,11 @@
 #   infra/local-cluster.sh down DIR   # stop everything it started
 #   infra/local-cluster.sh start DIR NAME   # start one process again after it died, such as
 #                                           # storage-2 (from DIR/storage-2.toml)
+#   infra/local-cluster.sh add DIR storage-4  # a new storage node (storage-4 to storage-9)
 #
-# Ports start at STRATA_PORT_BASE (default 19000): metadata +1..+3, storage +11..+13, proxies
+# Ports start at STRATA_PORT_BASE (default 19000): metadata +1..+3, storage +11..+19, proxies
 # +21/+22 (API) and +31/+32 (admin), billing +41 (API) and +42 (admin), the /metrics listeners of
-# metadata +51..+53 and storage +61..+63. The binary is STRATA_BIN, else target/release/strata, else
+# metadata +51..+53 and storage +61..+69. The binary is STRATA_BIN, else target/release/strata, else
 # target/debug/strata. Garage listens on fixed ports, so there is one per machine: the one of
 # STRATA_GARAGE_DIR (default target/garage, shared with the test command), started if needed
 # and stopped by `down` only if `up` started it. Each cluster keeps its objects (segments,
@@ -70,6 +71,34 @@ start_role() { # name role
   echo $! >"$dir/$name.pid"
 }
 
+# The metadata members' endpoints, as every client names them.
+metadata_endpoints() {
+  local endpoints=""
+  for i in 1 2 3; do endpoints+="${endpoints:+,}https://127.0.0.1:$((BASE + i))"; done
+  echo "$endpoints"
+}
+
+# The config of storage node `storage-I`, in zone `zone-I`, with its own certificate.
+write_storage_config() { # dir i
+  local dir=$1 i=$2
+  cat >"$dir/storage-$i.toml" <<CONF
+node_id = "storage-$i"
+data_dir = "$dir/storage-$i"
+listen = "127.0.0.1:$((BASE + 10 + i))"
+metadata = "$(metadata_endpoints)"
+zone = "zone-$i"
+replication_factor = 3
+initial_shards = 3
+admin_listen = "127.0.0.1:$((BASE + 60 + i))"
+metrics_token_file = "$dir/tls/metrics-token"
+$(format_cap_line "storage-$i")
+
+$(object_store_section "$dir")
+
+$(tls_section "$dir" storage "storage-$i")
+CONF
+}
+
 up() {
   local dir
   mkdir -p "$1"
@@ -121,22 +150,7 @@ CONF
   done
 
   for i in 1 2 3; do
-    cat >"$dir/storage-$i.toml" <<CONF
-node_id = "storage-$i"
-data_dir = "$dir/storage-$i"
-listen = "127.0.0.1:$((BASE + 10 + i))"
-metadata = "$metadata_endpoints"
-zone = "zone-$i"
-replication_factor = 3
-initial_shards = 3
-admin_listen = "127.0.0.1:$((BASE + 60 + i))"
-metrics_token_file = "$dir/tls/metrics-token"
-$(format_cap_line "storage-$i")
-
-$(object_store_section "$dir")
-
-$(tls_section "$dir" storage "storage-$i")
-CONF
+    write_storage_config "$dir" "$i"
     start_role "$dir" "storage-$i" storage
   done
 
@@ -238,6 +252,24 @@ ENV
   echo "local cluster up; source $dir/cluster-credentials.env"
 }
 
+# Adds storage node storage-N (N from 4 to 9) to a running cluster: it registers and holds no
+# replica until one is moved to it (strata cluster move-replica) or a shard is added.
+add_storage() {
+  local dir name i
+  dir="$(cd "$1" && pwd)"
+  name=$2
+  i=${name#storage-}
+  case "$name" in storage-[4-9]) ;; *) echo "name a new storage node storage-4 to storage-9, not $name" >&2; exit 2 ;; esac
+  [ -f "$dir/cluster-credentials.env" ] || { echo "no cluster in $dir: run up first" >&2; exit 2; }
+  [ -f "$dir/$name.toml" ] && { echo "$name exists already: start it with start" >&2; exit 2; }
+  BIN="$(binary)"
+  # The bucket's settings (Garage is running: the cluster's processes use it).
+  eval "$("$ROOT/infra/garage.sh" start "${STRATA_GARAGE_DIR:-$ROOT/target/garage}")"
+  write_storage_config "$dir" "$i"
+  start_role "$dir" "$name" storage
+  echo "$name added"
+}
+
 start_one() {
   local dir name role
   dir="$(cd "$1" && pwd)"
@@ -275,5 +307,6 @@ case "${1:-}" in
   up) up "${2:?directory}" ;;
   down) down "${2:?directory}" ;;
   start) start_one "${2:?directory}" "${3:?process name, such as storage-2}" ;;
-  *) echo "usage: $0 up DIR | down DIR | start DIR NAME" >&2; exit 2 ;;
+  add) add_storage "${2:?directory}" "${3:?a new storage node, such as storage-4}" ;;
+  *) echo "usage: $0 up DIR | down DIR | start DIR NAME | add DIR storage-N" >&2; exit 2 ;;
 esac

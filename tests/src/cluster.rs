@@ -218,6 +218,13 @@ impl LocalCluster {
         run_ok(&mut command).map(|_| ())
     }
 
+    /// Adds storage node `name` (`storage-4` to `storage-9`) to the running cluster.
+    pub fn add_storage(&self, name: &str) -> anyhow::Result<()> {
+        let mut command = self.script("add");
+        command.arg(name);
+        run_ok(&mut command).map(|_| ())
+    }
+
     /// The Raft groups the process `name` serves, with its view of each (role, term, leader).
     pub async fn raft_status(&self, name: &str) -> anyhow::Result<Vec<pb::RaftGroupStatus>> {
         let role = if name.starts_with("metadata") { Role::Metadata } else { Role::Storage };

@@ -4,7 +4,8 @@
 //! leader writes under a new writer epoch. On a local
 //! cluster: an operator hands a shard's leadership to another replica under sends, the shard's
 //! record names the new writer with a new writer epoch, a shard added at runtime takes queues,
-//! and no acknowledged send is lost. In both, shards are added while the service runs.
+//! a fourth storage node added by `infra/local-cluster.sh add` takes a replica of it, and no
+//! acknowledged send is lost. In both, shards are added while the service runs.
 
 #![allow(clippy::disallowed_methods)] // a test of real processes in real time
 
@@ -258,6 +259,37 @@ async fn leadership_moves_to_the_replica_asked_for_and_the_writer_follows_under_
     api.send(&name, &model::SendMessages { messages: vec![model::NewMessage::new("added")] }, None).await?;
     let got = api.receive(&name, &model::Receive { max_messages: Some(10), ..Default::default() }).await?;
     assert_eq!(got.messages.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), ["added"]);
+
+    // A fourth storage node joins, and the added shard's replica on storage-1 moves to it
+    // (the README's example), its queue still served.
+    cluster.add_storage("storage-4")?;
+    let deadline = Instant::now() + FINISHED_WITHIN;
+    loop {
+        let (_, nodes, _) = cluster_cli(&env, &["nodes"]);
+        let live = nodes["storage_nodes"].as_array().into_iter().flatten().filter(|n| n["live"] == true).count();
+        if live == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "storage-4 never became live: {nodes}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let shard = added_shard.to_string();
+    let (ok, _, stderr) = cluster_cli(&env, &["move-replica", &shard, "--from", "storage-1", "--to", "storage-4"]);
+    assert!(ok, "{stderr}");
+    let deadline = Instant::now() + FINISHED_WITHIN;
+    loop {
+        let (_, record, _) = cluster_cli(&env, &["shard", &shard]);
+        let replicas: Vec<&str> =
+            record["replicas"].as_array().into_iter().flatten().filter_map(|r| r["node_id"].as_str()).collect();
+        if replicas.contains(&"storage-4") && record["leaving"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replica never finished moving: {record}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    api.send(&name, &model::SendMessages { messages: vec![model::NewMessage::new("moved")] }, None).await?;
+    let got = api.receive(&name, &model::Receive { max_messages: Some(10), ..Default::default() }).await?;
+    assert_eq!(got.messages.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), ["moved"]);
 
     // Every acknowledged send is there, once.
     let mut acknowledged = sending.await?;
