@@ -120,10 +120,10 @@ up() {
   if [ ! -f "$dir/tls/metrics-token" ]; then
     (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/tls/metrics-token")
   fi
-  local members="" metadata_endpoints=""
+  local members="" metadata_endpoints
+  metadata_endpoints="$(metadata_endpoints)"
   for i in 1 2 3; do
     members+="$i = \"https://127.0.0.1:$((BASE + i))\""$'\n'
-    metadata_endpoints+="${metadata_endpoints:+,}https://127.0.0.1:$((BASE + i))"
   done
   for i in 1 2 3; do
     cat >"$dir/metadata-$i.toml" <<CONF

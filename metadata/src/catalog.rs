@@ -800,12 +800,11 @@ impl Catalog {
     /// shards first, in distinct zones while there are unused zones (see [`place_replicas`]).
     /// Fewer than `count` only if fewer are live.
     pub fn place_new_shard(&self, live: &[String], count: usize) -> Vec<String> {
-        let hosted = |node: &str| self.shards.values().filter(|s| s.replicas.iter().any(|r| r == node)).count();
         let mut nodes: Vec<(usize, String, String)> = self
             .nodes
             .values()
             .filter(|n| live.contains(&n.node_id))
-            .map(|n| (hosted(&n.node_id), n.node_id.clone(), n.zone.clone()))
+            .map(|n| (self.shards_of(&n.node_id).count(), n.node_id.clone(), n.zone.clone()))
             .collect();
         nodes.sort();
         let nodes: Vec<(String, String)> = nodes.into_iter().map(|(_, node, zone)| (node, zone)).collect();

@@ -544,8 +544,7 @@ async fn writer_loop(shard: Arc<Shard>, metadata: MetadataClient, cancel: Cancel
             _ = cancel.cancelled() => return,
             () = shard.clock().sleep(MEMBERSHIP_TICK) => {}
         }
-        let Some(term) = shard.leader_term() else { continue };
-        if shard.writer_epoch_of_term(term).is_none()
+        if shard.is_leader()
             && let Err(e) = claim_writer_epoch(&shard, &metadata).await
         {
             tracing::warn!(shard = shard.shard_id, error = %e, "claiming the shard's writer role failed; will retry");

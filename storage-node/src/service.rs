@@ -47,13 +47,17 @@ impl StorageService {
         Self { shards, random, disk }
     }
 
+    /// This node's replica of `shard_id`; `Unavailable` (retry elsewhere) when it runs none.
+    fn shard(&self, shard_id: u64) -> Result<Arc<Shard>, StrataError> {
+        self.shards.read().get(&shard_id).cloned().ok_or_else(|| {
+            tracing::warn!(shard = shard_id, "request for a shard this node does not host");
+            StrataError::unavailable(format!("shard {shard_id} is not served here; retry"))
+        })
+    }
+
     fn route(&self, queue: Option<&pb::QueueRef>) -> Result<(Arc<Shard>, u64, String), StrataError> {
         let queue = queue.ok_or_else(|| StrataError::invalid("queue reference is required"))?;
-        let shard = self.shards.read().get(&queue.shard_id).cloned().ok_or_else(|| {
-            tracing::warn!(shard = queue.shard_id, "request for a shard this node does not host");
-            StrataError::unavailable("the queue's shard is not served here; retry")
-        })?;
-        Ok((shard, queue.queue_id, queue.tenant.clone()))
+        Ok((self.shard(queue.shard_id)?, queue.queue_id, queue.tenant.clone()))
     }
 
     /// Whether `tenant` may add about `bytes` of data now (see [`crate::disk`]). The system
@@ -415,10 +419,7 @@ impl Storage for StorageService {
         request: Request<pb::TransferShardLeaderRequest>,
     ) -> Result<Response<pb::TransferShardLeaderResponse>, Status> {
         let r = request.into_inner();
-        let shard = self.shards.read().get(&r.shard_id).cloned().ok_or_else(|| {
-            StrataError::unavailable(format!("shard {} is not served here; retry at its leader", r.shard_id))
-        })?;
-        let leader_node = shard.transfer_leadership(&r.to_node, LEADER_TRANSFER_WAIT).await?;
+        let leader_node = self.shard(r.shard_id)?.transfer_leadership(&r.to_node, LEADER_TRANSFER_WAIT).await?;
         Ok(Response::new(pb::TransferShardLeaderResponse { leader_node }))
     }
 
@@ -666,9 +667,7 @@ impl Storage for StorageService {
         request: Request<pb::ReadLogEntriesRequest>,
     ) -> Result<Response<pb::ReadLogEntriesResponse>, Status> {
         let r = request.into_inner();
-        let shard = self.shards.read().get(&r.shard_id).cloned();
-        let shard = shard.ok_or_else(|| StrataError::unavailable("the shard is not served here"))?;
-        let mut entries = shard.local_entries(r.first_index, r.count_max)?;
+        let mut entries = self.shard(r.shard_id)?.local_entries(r.first_index, r.count_max)?;
         if !r.versioned_payloads {
             // A release from before payload versions reads only legacy entries, without a version.
             for entry in &mut entries {
@@ -713,9 +712,7 @@ impl Storage for StorageService {
 
     async fn trim_metering(&self, request: Request<pb::TrimMeteringRequest>) -> Result<Response<pb::Empty>, Status> {
         let r = request.into_inner();
-        let shard = self.shards.read().get(&r.shard_id).cloned();
-        let shard = shard.ok_or_else(|| StrataError::unavailable("the shard is not served here"))?;
-        shard.propose(Command::TrimMetering { through_seq: r.through_seq }).await?;
+        self.shard(r.shard_id)?.propose(Command::TrimMetering { through_seq: r.through_seq }).await?;
         Ok(Response::new(pb::Empty {}))
     }
 }

@@ -21,7 +21,7 @@ use strata_common::format::{
     postcard_of_versions, unknown_version,
 };
 use strata_common::metering::MeterRecord;
-use strata_raft::group::{GroupStorage, RaftGroup, open_group, open_single_voter};
+use strata_raft::group::{GroupStorage, RaftGroup, TransferRefused, open_group, open_single_voter};
 use strata_raft::raft_state::{ReplicatedState, SharedState, StateGuard};
 use strata_raft::raft_store::SegmentRetention;
 use strata_raft::transport::{GrpcNetwork, RaftRouter, Senders};
@@ -456,11 +456,9 @@ pub struct Shard {
     /// The storage node this replica runs on (its id in metadata).
     pub node_id: String,
     /// The writer epoch claimed in metadata for the Raft term this replica leads in, if it has
-    /// claimed one: `(raft term, writer epoch)`.
-    writer_claim: parking_lot::Mutex<Option<(u64, u64)>>,
-    /// Held while a writer claim is asked of metadata: one claim per leadership (every claim
-    /// starts a new writer epoch).
-    claiming: tokio::sync::Mutex<()>,
+    /// claimed one: `(raft term, writer epoch)`. Held while a claim is asked of metadata, so
+    /// one leadership makes one claim (every claim starts a new writer epoch).
+    writer_claim: tokio::sync::Mutex<Option<(u64, u64)>>,
     /// The shard's placement in metadata as last seen (from this node's heartbeats, or a
     /// change this replica made): where its leader takes the voters to have, and whose nodes
     /// may send the group Raft messages ([`admits_raft_sender`]).
@@ -618,7 +616,6 @@ impl Shard {
             shard_id,
             node_id: node_id.to_owned(),
             writer_claim,
-            claiming: tokio::sync::Mutex::new(()),
             placement,
             peers,
             credentials,
@@ -986,7 +983,6 @@ impl Shard {
             }
             return Err(StrataError::invalid(format!("{to_node} holds no replica of {what}")));
         };
-        use strata_raft::group::TransferRefused;
         let leader = self.group.transfer_leadership(to.raft_id, wait).await.map_err(|e| match e {
             TransferRefused::NotLeader => StrataError::not_leader(&what, None),
             TransferRefused::NotAVoter => {
@@ -1013,20 +1009,10 @@ impl Shard {
         self.group.raft.metrics().borrow_watched().last_applied.map(|id| id.index)
     }
 
-    /// The writer epoch recorded for `raft_term`, if this replica claimed one in that term.
-    pub fn writer_epoch_of_term(&self, raft_term: u64) -> Option<u64> {
-        self.writer_claim.lock().filter(|(term, _)| *term == raft_term).map(|(_, epoch)| epoch)
-    }
-
-    /// Waits for any other writer claim of this replica to finish (see
+    /// The writer claim of this replica, `(raft term, writer epoch)`, locked (see
     /// [`crate::tier::claim_writer_epoch`]).
-    pub(crate) async fn claiming(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.claiming.lock().await
-    }
-
-    /// Records the writer epoch metadata granted for `raft_term`.
-    pub fn set_writer_claim(&self, raft_term: u64, writer_epoch: u64) {
-        *self.writer_claim.lock() = Some((raft_term, writer_epoch));
+    pub(crate) async fn writer_claim(&self) -> tokio::sync::MutexGuard<'_, Option<(u64, u64)>> {
+        self.writer_claim.lock().await
     }
 
     pub fn purged_index(&self) -> Option<u64> {

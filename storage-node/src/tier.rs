@@ -446,16 +446,13 @@ pub(crate) async fn claim_writer_epoch(
 ) -> Result<u64, StrataError> {
     let term =
         shard.leader_term().ok_or_else(|| StrataError::not_leader(&format!("shard {}", shard.shard_id), None))?;
-    if let Some(epoch) = shard.writer_epoch_of_term(term) {
-        return Ok(epoch);
-    }
-    let _claiming = shard.claiming().await;
-    if let Some(epoch) = shard.writer_epoch_of_term(term) {
+    let mut claim = shard.writer_claim().await;
+    if let Some((_, epoch)) = claim.filter(|(claimed_term, _)| *claimed_term == term) {
         return Ok(epoch);
     }
     let claimed = metadata.claim_shard_writer(shard.shard_id, &shard.node_id, term).await?;
     tracing::info!(shard = shard.shard_id, term, epoch = claimed.writer_epoch, "claimed the shard's writer role");
-    shard.set_writer_claim(term, claimed.writer_epoch);
+    *claim = Some((term, claimed.writer_epoch));
     Ok(claimed.writer_epoch)
 }
 

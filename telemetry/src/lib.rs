@@ -348,6 +348,8 @@ static REGISTRY: LazyLock<Families> = LazyLock::new(|| {
 
     registry.registry.register_collector(Box::new(process::ProcessCollector));
     registry.names.extend(process::FAMILY_NAMES.iter().map(|n| format!("strata_{n}")));
+    registry.registry.register_collector(Box::new(top_tenants::TopTenantsCollector));
+    registry.names.extend(top_tenants::FAMILY_NAMES.iter().map(|n| format!("strata_{n}")));
     registry
 });
 
@@ -425,7 +427,6 @@ pub fn render() -> String {
     let mut body = String::with_capacity(16 * 1024);
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::prometheus_text::encode(&mut body, &REGISTRY.registry);
-    top_tenants::render(&mut body);
     body
 }
 
