@@ -55,11 +55,14 @@ pub enum ErrorKind {
     /// The storage holding the queue is low on disk space: it takes no new messages or queues
     /// until space returns (by itself); receives and deletes go on. Retry later.
     InsufficientStorage,
+    /// The queue is moving to another shard for a moment: retry (proxies do, at its new shard;
+    /// a tenant sees it only when a move outlasts the proxy's wait, as a retryable 503).
+    QueueMoving,
 }
 
 impl ErrorKind {
     /// Every kind, for exhaustive tests of mappings.
-    pub const ALL: [ErrorKind; 18] = [
+    pub const ALL: [ErrorKind; 19] = [
         ErrorKind::QueueNotFound,
         ErrorKind::QueueAlreadyExists,
         ErrorKind::InvalidParameter,
@@ -78,6 +81,7 @@ impl ErrorKind {
         ErrorKind::IdempotencyConflict,
         ErrorKind::UnknownRoute,
         ErrorKind::InsufficientStorage,
+        ErrorKind::QueueMoving,
     ];
 
     /// The stable code string shown to tenants.
@@ -101,6 +105,7 @@ impl ErrorKind {
             ErrorKind::IdempotencyConflict => "IdempotencyConflict",
             ErrorKind::UnknownRoute => "UnknownRoute",
             ErrorKind::InsufficientStorage => "InsufficientStorage",
+            ErrorKind::QueueMoving => "QueueMoving",
         }
     }
 
@@ -125,7 +130,7 @@ impl ErrorKind {
             ErrorKind::TooLarge => 413,
             ErrorKind::Unauthenticated => 401,
             ErrorKind::Throttled => 429,
-            ErrorKind::Unavailable => 503,
+            ErrorKind::Unavailable | ErrorKind::QueueMoving => 503,
             ErrorKind::Internal => 500,
             ErrorKind::InsufficientStorage => 507,
         }
@@ -147,7 +152,7 @@ impl ErrorKind {
             ErrorKind::LimitExceeded | ErrorKind::MessageNotInFlight | ErrorKind::IdempotencyConflict => {
                 tonic::Code::FailedPrecondition
             }
-            ErrorKind::Unavailable => tonic::Code::Unavailable,
+            ErrorKind::Unavailable | ErrorKind::QueueMoving => tonic::Code::Unavailable,
             ErrorKind::Internal => tonic::Code::Internal,
             ErrorKind::UnknownRoute => tonic::Code::Unimplemented,
         }

@@ -31,7 +31,9 @@ pub const LEGACY_FORMAT_VERSION: u8 = 0;
 /// catalog, generation 5 shard commands that take back undelivered receives, generation 6
 /// shard log entries that carry the calls of many clients, generation 7 shard commands that
 /// keep who made a call and the trace headers of what it sent, generation 8 the metadata
-/// catalog's journal of operations storage nodes carry out. A process writes the generation
+/// catalog's journal of operations storage nodes carry out, generation 9 queues moved between
+/// shards (shard commands and states that fence, export and adopt a queue; metadata's queue
+/// epochs and moves). A process writes the generation
 /// its cluster has reached (recorded in metadata, raised once every process can read it) and
 /// reads every generation up to its own newest (see `docs/formats.md`, rolling upgrades).
 pub type FormatGeneration = u32;
@@ -39,7 +41,7 @@ pub type FormatGeneration = u32;
 /// The generation of everything written before formats were versioned.
 pub const LEGACY_GENERATION: FormatGeneration = 0;
 /// The newest generation this release reads and writes.
-pub const NEWEST_GENERATION: FormatGeneration = 8;
+pub const NEWEST_GENERATION: FormatGeneration = 9;
 
 /// A value with a versioned persisted form.
 pub trait Persisted: Sized {

@@ -40,8 +40,8 @@ use crate::queue::schedule::{
     LOAD_CHUNK_RECORDS_MAX, ScheduledMessage, SliceRecord, deliver_at_of, is_waiting_in, slice_of,
 };
 use crate::queue::{
-    CallerNote, Command, MessageRef, MovedAway, NewMessage, QueueError, QueueId, REQUEST_DIGEST_SEPARATOR, Response,
-    ShardCommand, ShardState, StoredSizes, Touch,
+    CallerNote, Command, MessageRef, MovedAway, Moves, NewMessage, QueueError, QueueId, REQUEST_DIGEST_SEPARATOR,
+    Response, ShardCommand, ShardState, StoredSizes, Touch,
 };
 use crate::queue_metrics::{Gauges, MINUTE_MS, MetricsStore, Minute};
 use crate::schedule_files::{self, SliceFiles, read_slice};
@@ -66,17 +66,26 @@ pub const BATCHED_CALLS_GENERATION: strata_common::format::FormatGeneration = 6;
 /// ([`Command::WithCaller`], version 5).
 pub const CALLER_NOTES_GENERATION: strata_common::format::FormatGeneration = 7;
 
+/// The first format generation whose shard commands may move a queue between shards
+/// ([`Command::is_move_step`], version 6) and whose states may hold what a move keeps
+/// ([`Moves`], state version 5).
+pub const QUEUE_MOVES_GENERATION: strata_common::format::FormatGeneration = 9;
+
 /// A shard log entry's command, persisted (see `docs/formats.md`). Version 1 is the postcard
 /// encoding of [`ShardCommand`] as it stands; the legacy version is the same layout. Version 2
 /// has that layout too, and its request id may carry the digest of its request
 /// ([`crate::queue::request_key`]), which releases before it would take for a plain id.
 /// Version 3 has that layout too, and may hold [`Command::ReturnUndelivered`], a variant that
 /// releases before it do not know. Version 4 likewise may hold [`Command::Calls`], and version
-/// 5 [`Command::WithCaller`] (alone or in `Calls`).
+/// 5 [`Command::WithCaller`] (alone or in `Calls`), and version 6 the commands of a queue's
+/// move between shards ([`Command::is_move_step`]).
 impl Persisted for ShardEntry {
-    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 1, 2, 2, 2, 3, 4, 5];
+    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 1, 2, 2, 2, 3, 4, 5, 5, 6];
 
     fn version_needed(&self) -> u8 {
+        if self.0.command.is_move_step() {
+            return 6;
+        }
         if self.0.command.holds_caller_notes() {
             return 5;
         }
@@ -108,12 +117,20 @@ impl Persisted for ShardEntry {
 /// version 2 do). Version 3 appends what each message counts in its queue's stored bytes
 /// ([`StoredSizes`]), which the serde layout leaves out; a state of an older version counts
 /// its messages as 0 bytes. Version 4 appends, after those, the seqs of received messages each
-/// queue remembers as moved away ([`MovedAway`]); an older version remembers none.
+/// queue remembers as moved away ([`MovedAway`]); an older version remembers none. Version 5
+/// appends, after those, what the shard keeps of its queues' moves ([`Moves`]); an older version
+/// holds none.
 impl Persisted for ShardMachine {
-    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 1, 2, 2, 3, 4];
+    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 1, 2, 2, 3, 4, 4, 4, 4, MOVES_VERSION];
 
     fn version_needed(&self) -> u8 {
-        if self.0.holds_request_digests() { 2 } else { LEGACY_FORMAT_VERSION }
+        if self.0.holds_moves() {
+            MOVES_VERSION
+        } else if self.0.holds_request_digests() {
+            2
+        } else {
+            LEGACY_FORMAT_VERSION
+        }
     }
 
     fn encode_body(&self, version: u8, out: &mut Vec<u8>) -> std::io::Result<()> {
@@ -127,6 +144,9 @@ impl Persisted for ShardMachine {
         if version >= MOVED_AWAY_VERSION {
             postcard_into(&self.0.moved_away(), out)?;
         }
+        if version >= MOVES_VERSION {
+            postcard_into(self.0.moves(), out)?;
+        }
         Ok(())
     }
 
@@ -134,7 +154,7 @@ impl Persisted for ShardMachine {
         if version < STORED_SIZES_VERSION {
             return Ok(ShardMachine(postcard_of_versions("shard state", version, Self::VERSIONS, body)?, None));
         }
-        if version > MOVED_AWAY_VERSION {
+        if version > MOVES_VERSION {
             return Err(unknown_version("shard state", version));
         }
         let (mut state, rest): (ShardState, &[u8]) =
@@ -146,7 +166,14 @@ impl Persisted for ShardMachine {
         let (sizes, rest): (StoredSizes, &[u8]) =
             postcard::take_from_bytes(rest).map_err(|e| invalid_data(e.to_string()))?;
         state.restore_stored_sizes(sizes).map_err(invalid_data)?;
-        state.restore_moved_away(postcard_exact::<MovedAway>(rest)?).map_err(invalid_data)?;
+        if version == MOVED_AWAY_VERSION {
+            state.restore_moved_away(postcard_exact::<MovedAway>(rest)?).map_err(invalid_data)?;
+            return Ok(ShardMachine(state, None));
+        }
+        let (moved, rest): (MovedAway, &[u8]) =
+            postcard::take_from_bytes(rest).map_err(|e| invalid_data(e.to_string()))?;
+        state.restore_moved_away(moved).map_err(invalid_data)?;
+        state.restore_moves(postcard_exact::<Moves>(rest)?);
         Ok(ShardMachine(state, None))
     }
 }
@@ -155,6 +182,8 @@ impl Persisted for ShardMachine {
 const STORED_SIZES_VERSION: u8 = 3;
 /// The shard state format version that carries the seqs moved away.
 const MOVED_AWAY_VERSION: u8 = 4;
+/// The shard state format version that carries what the shard keeps of its queues' moves.
+const MOVES_VERSION: u8 = 5;
 
 /// A shard state as its snapshot holds it (without the slice files beside it), in the newest
 /// format version: the version byte and the body.
@@ -192,6 +221,13 @@ impl fmt::Display for ShardEntry {
             Command::ReturnUndelivered { .. } => "return-undelivered",
             Command::Calls { .. } => "calls",
             Command::WithCaller { .. } => "with-caller",
+            Command::FenceQueue { .. } => "fence-queue",
+            Command::UnfenceQueue { .. } => "unfence-queue",
+            Command::ReleaseQueue { .. } => "release-queue",
+            Command::AdoptState { .. } => "adopt-state",
+            Command::AdoptBodies { .. } => "adopt-bodies",
+            Command::AdoptQueue { .. } => "adopt-queue",
+            Command::DropAdoption { .. } => "drop-adoption",
         };
         write!(f, "{name}@{}", self.0.now_ms)
     }
@@ -376,6 +412,7 @@ pub fn queue_error(e: QueueError) -> StrataError {
         QueueError::ScheduledMessageNotFound => ErrorKind::ScheduledMessageNotFound,
         QueueError::MeteringBacklogFull => ErrorKind::Unavailable,
         QueueError::IdempotencyConflict => ErrorKind::IdempotencyConflict,
+        QueueError::QueueMoving => ErrorKind::QueueMoving,
     };
     StrataError::new(kind, e.to_string())
 }
@@ -1208,6 +1245,10 @@ impl Shard {
         };
         match command.map(Command::into_call_and_caller) {
             Some((Command::Send { messages, .. }, caller)) => Ok((messages, caller)),
+            // Bodies copied here with a queue that moved from another shard.
+            Some((Command::AdoptBodies { messages, trace_headers, .. }, None)) => {
+                Ok((messages, Some(CallerNote { trace_headers, ..CallerNote::default() })))
+            }
             _ => {
                 let detail = format!("shard {}, entry {log_index}", self.shard_id);
                 Err(NodeError::damaged("a message reference does not point at a send", detail).into())
@@ -1671,6 +1712,42 @@ mod format_tests {
         golden::check(&fixtures(), "command-calls-with-caller", &entry);
         assert_eq!(ShardEntry::version_for(CALLER_NOTES_GENERATION - 1), 4);
         assert_eq!(ShardEntry::version_for(CALLER_NOTES_GENERATION), 5);
+
+        let moves = [
+            ("fence-queue", Command::FenceQueue { queue: 1, tenant: TENANT.into(), move_id: 40 }),
+            ("unfence-queue", Command::UnfenceQueue { queue: 1, move_id: 40 }),
+            ("release-queue", Command::ReleaseQueue { queue: 1, move_id: 40 }),
+            (
+                "adopt-state",
+                Command::AdoptState {
+                    queue: 1,
+                    tenant: TENANT.into(),
+                    move_id: 40,
+                    offset: 0,
+                    part: Bytes::from_static(b"\x01state"),
+                },
+            ),
+            (
+                "adopt-bodies",
+                Command::AdoptBodies {
+                    queue: 1,
+                    move_id: 40,
+                    refs: vec![MessageRef { log_index: 5, slot: 1 }],
+                    messages: vec![message(13, None)],
+                    trace_headers: vec![Some("Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1".into())],
+                },
+            ),
+            ("adopt-queue", Command::AdoptQueue { queue: 1, move_id: 40 }),
+            ("drop-adoption", Command::DropAdoption { queue: 1, move_id: 40 }),
+        ];
+        for (name, command) in moves {
+            let entry = ShardEntry(ShardCommand { now_ms: NOW_MS, command, request_id: None, meter: None });
+            assert_eq!(entry.version_needed(), 6);
+            golden::check(&fixtures(), &format!("command-{name}"), &entry);
+            assert!(entry.encode_body(5, &mut too_old).is_err(), "version 5 cannot hold a move");
+        }
+        assert_eq!(ShardEntry::version_for(QUEUE_MOVES_GENERATION - 1), 5);
+        assert_eq!(ShardEntry::version_for(QUEUE_MOVES_GENERATION), 6);
     }
 
     #[test]
@@ -1702,16 +1779,38 @@ mod format_tests {
         state.apply(103, &command(receive()));
         assert!(state.moved_away() != MovedAway::default(), "the state remembers a message moved away");
         check_state(&fixtures(), "state-with-moved-away", &state);
+        // Queue 3 fenced for a move away, and queue 50 arriving: its state and one body.
+        state.apply(104, &command(Command::FenceQueue { queue: 3, tenant: TENANT.into(), move_id: 40 }));
+        let part = Bytes::from_static(b"\x01part");
+        state.apply(
+            105,
+            &command(Command::AdoptState { queue: 50, tenant: TENANT.into(), move_id: 41, offset: 0, part }),
+        );
+        let refs = vec![MessageRef { log_index: 77, slot: 0 }];
+        let bodies = Command::AdoptBodies {
+            queue: 50,
+            move_id: 41,
+            refs,
+            messages: vec![message(12, None)],
+            trace_headers: vec![],
+        };
+        state.apply(106, &command(bodies));
+        assert!(ShardMachine(state.clone(), None).version_needed() == MOVES_VERSION, "the state holds moves");
+        check_state(&fixtures(), "state-with-moves", &state);
     }
 
     /// A shard state's fixtures: versions before 3 hold no stored sizes, and read as 0 bytes;
-    /// versions before 4 remember no message as moved away.
-    fn check_state(dir: &Path, name: &str, state: &ShardState) {
+    /// versions before 4 remember no message as moved away; versions before 5 hold no moves.
+    fn check_state(dir: &Path, name: &str, whole_state: &ShardState) {
+        let state = whole_state;
         let whole = format!("{:?}", ShardMachine(state.clone(), None));
+        let state = state.without_moves();
+        let with_moved_away = format!("{:?}", ShardMachine(state.clone(), None));
         let with_sizes = format!("{:?}", ShardMachine(state.without_moved_away(), None));
         let without_sizes = format!("{:?}", ShardMachine(state.without_moved_away().without_stored_sizes(), None));
-        golden::check_as(dir, name, &ShardMachine(state.clone(), None), |version| match version {
-            v if v >= MOVED_AWAY_VERSION => whole.clone(),
+        golden::check_as(dir, name, &ShardMachine(whole_state.clone(), None), |version| match version {
+            v if v >= MOVES_VERSION => whole.clone(),
+            MOVED_AWAY_VERSION => with_moved_away.clone(),
             STORED_SIZES_VERSION => with_sizes.clone(),
             _ => without_sizes.clone(),
         });

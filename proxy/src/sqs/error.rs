@@ -100,6 +100,8 @@ impl From<StrataError> for SqsError {
             ErrorKind::InsufficientStorage => {
                 Self { retry_after_s: e.retry_after_s, ..Self::service_unavailable(e.message) }
             }
+            // A move that outlasted the proxy's wait: SDKs retry a 503 by themselves.
+            ErrorKind::QueueMoving => Self::service_unavailable(e.message),
             // The detail (a shard, a peer's address or error, a file) is logged, not answered.
             ErrorKind::Unavailable => {
                 tracing::warn!(message = %e.message, "unavailable answered on the SQS API");

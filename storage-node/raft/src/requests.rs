@@ -55,6 +55,17 @@ impl<R: Clone> RecentRequests<R> {
         }
     }
 
+    /// The request id remembered at `log_index`, with its answer.
+    pub fn at(&self, log_index: u64) -> Option<(&str, &R)> {
+        let id = self.by_index.get(&log_index)?;
+        Some((id.as_str(), self.answers.get(id)?))
+    }
+
+    /// The log index of the oldest request remembered.
+    pub fn oldest_log_index(&self) -> Option<u64> {
+        self.by_index.get_min().map(|(index, _)| *index)
+    }
+
     /// Whether any id kept starts with `prefix`.
     pub fn any_with_prefix(&self, prefix: &str) -> bool {
         self.answers

@@ -113,6 +113,9 @@ mod types;
 mod tests;
 
 pub use receipt::Receipt;
+pub use state::moves::{
+    ADOPT_BODIES_PART_MESSAGES, ADOPT_STATE_PART_BYTES, ADOPTED_STATE_BYTES_MAX, Exported, MoveId, Moves,
+};
 pub use state::{MovedAway, ShardState, StoredSizes};
 pub use touches::{Touch, Touches};
 pub use types::{

@@ -22,6 +22,9 @@ use super::types::{
 use crate::message_trace::{CallBy, MessageTrace, TraceEvent, TraceRecord};
 use crate::queue_metrics::{Activity, Counts, Gauges};
 
+pub(super) mod moves;
+use moves::Moves;
+
 /// What the messages of a shard's queues count in their stored bytes, queue by queue (see
 /// [`ShardState::stored_sizes`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +56,10 @@ pub struct ShardState {
     requests: RecentRequests<Response>,
     /// Metering records of applied commands, until the billing service has counted them.
     metering: MeterOutbox,
+    /// Queues moving to or from other shards (not in the serde layout: shard state format
+    /// version 5 carries it after the moved-away seqs; see [`moves`]).
+    #[serde(skip)]
+    moves: Moves,
     /// Which queues the last applies may have made receivable (for waking long polls; not
     /// persisted, not compared).
     #[serde(skip)]
@@ -105,12 +112,16 @@ impl ShardState {
             Command::Calls { calls } => Response::Calls(self.apply_calls(log_index, calls)),
             command => self.apply_metered(log_index, command, cmd.meter.as_ref()),
         };
-        // Not remembered under the request id: a retry once the outbox has room may succeed.
-        if response == Response::Error(QueueError::MeteringBacklogFull) {
+        // Not remembered under the request id: a retry once the outbox has room (or at the
+        // queue's new shard, or after a move rolled back) may succeed.
+        if matches!(response, Response::Error(QueueError::MeteringBacklogFull | QueueError::QueueMoving)) {
             return response;
         }
         if let Some(id) = &cmd.request_id {
             self.requests.remember(log_index, id, &response, REQUEST_IDS_KEPT);
+            if let (Command::Send { queue, .. }, _) = cmd.command.call_and_caller() {
+                self.note_sent(log_index, *queue);
+            }
         }
         response
     }
@@ -157,7 +168,7 @@ impl ShardState {
     /// the same request (the same key, or the bare id a command from before request digests
     /// remembered), a conflict for the same id with another request, nothing for a new id.
     fn earlier_request(&self, key: &str) -> Option<Result<&Response, QueueError>> {
-        if let Some(first) = self.requests.answer(key) {
+        if let Some(first) = self.requests.answer(key).or_else(|| self.carried_answer(key)) {
             return Some(Ok(first));
         }
         let (id, _digest) = key.split_once(REQUEST_DIGEST_SEPARATOR)?;
@@ -263,6 +274,17 @@ impl ShardState {
                     Ok(Response::VisibilityChanged)
                 })
             }
+            Command::FenceQueue { queue, tenant, move_id } => self.fence_queue(*queue, tenant, *move_id, log_index),
+            Command::UnfenceQueue { queue, move_id } => self.unfence_queue(*queue, *move_id),
+            Command::ReleaseQueue { queue, move_id } => self.release_queue(*queue, *move_id),
+            Command::AdoptState { queue, tenant, move_id, offset, part } => {
+                self.adopt_state(*queue, tenant, *move_id, *offset, part)
+            }
+            Command::AdoptBodies { queue, move_id, refs, messages, .. } => {
+                self.adopt_bodies(*queue, *move_id, refs, messages, log_index)
+            }
+            Command::AdoptQueue { queue, move_id } => self.adopt_queue(*queue, *move_id, log_index),
+            Command::DropAdoption { queue, move_id } => self.drop_adoption(*queue, *move_id),
             Command::TrimMetering { through_seq } => {
                 self.metering.trim(*through_seq);
                 Ok(Response::MeteringTrimmed)
@@ -298,7 +320,14 @@ impl ShardState {
             | Command::Expire
             | Command::TrimMetering { .. }
             | Command::Calls { .. }
-            | Command::WithCaller { .. } => None,
+            | Command::WithCaller { .. }
+            | Command::FenceQueue { .. }
+            | Command::ReleaseQueue { .. }
+            | Command::AdoptState { .. }
+            | Command::AdoptBodies { .. }
+            | Command::DropAdoption { .. } => None,
+            // Long polls waiting at the shard go on when the queue serves here (again).
+            Command::UnfenceQueue { queue, .. } | Command::AdoptQueue { queue, .. } => Some(Touch::Queue(*queue)),
             Command::StartMoveTask { .. }
             | Command::CancelMoveTask { .. }
             | Command::MoveStep { .. }
@@ -609,7 +638,7 @@ impl ShardState {
     /// hold no live body. `None` if the shard holds no message.
     pub fn min_live_log_index(&self) -> Option<u64> {
         let in_memory = self.by_log_index.first().map(|&(log_index, _)| log_index);
-        in_memory.into_iter().chain(self.schedule.min_log_index()).min()
+        in_memory.into_iter().chain(self.schedule.min_log_index()).chain(self.min_adopting_log_index()).min()
     }
 
     /// The slice files the last applies asked to change, in order; the storage node makes the
@@ -668,12 +697,16 @@ impl ShardState {
         tenant: &str,
         f: impl FnOnce(&mut Queue) -> Result<T, QueueError>,
     ) -> Result<T, QueueError> {
+        let fenced = self.is_moving(queue);
         let q = self
             .queues
             .get_mut(&queue)
             // Another tenant's queue answers exactly like a missing one.
             .filter(|q| q.tenant == tenant)
             .ok_or(QueueError::QueueNotFound)?;
+        if fenced {
+            return Err(QueueError::QueueMoving);
+        }
         let result = f(q);
         reindex(&mut self.by_expiry, &mut self.by_log_index, queue, q);
         result
@@ -721,8 +754,10 @@ impl ShardState {
         }
         let max = max.min(usize::try_from(room).unwrap_or(usize::MAX));
         let exhausted_at = self.move_dead_letters(queue, tenant, max, log_index, now_ms);
+        // The lease is the receive's log index, raised for a queue that came from another shard.
+        let lease = self.lease_at(queue, log_index);
         self.with_queue(queue, tenant, |q| {
-            let deliveries = q.receive(queue, log_index, now_ms, max, timeout_ms, exhausted_at);
+            let deliveries = q.receive(queue, lease, now_ms, max, timeout_ms, exhausted_at);
             if let Some(id) = attempt_id {
                 q.record_receive_attempt(id, &deliveries, now_ms);
             }
@@ -738,8 +773,12 @@ impl ShardState {
         log_index: u64,
         now_ms: u64,
     ) -> Result<Response, QueueError> {
+        let fenced = self.is_moving(queue);
         let Self { queues, schedule, by_expiry, by_log_index, .. } = self;
         let q = queues.get_mut(&queue).filter(|q| q.tenant == tenant).ok_or(QueueError::QueueNotFound)?;
+        if fenced {
+            return Err(QueueError::QueueMoving);
+        }
         validate_send(messages, q.config.fifo.is_some(), now_ms)?;
         q.settle(now_ms);
         let goes_to_disk = |deliver_at_ms| schedule.goes_to_disk(deliver_at_ms, now_ms);
@@ -764,7 +803,11 @@ impl ShardState {
         log_index: u64,
         now_ms: u64,
     ) -> Result<Response, QueueError> {
+        let fenced = self.is_moving(queue);
         let q = self.queues.get_mut(&queue).filter(|q| q.tenant == tenant).ok_or(QueueError::QueueNotFound)?;
+        if fenced {
+            return Err(QueueError::QueueMoving);
+        }
         let deliver_at_ms = deliver_at_of(&message_id).ok_or(QueueError::ScheduledMessageNotFound)?;
         q.settle(now_ms);
         let result = if deliver_at_ms <= now_ms {
@@ -870,6 +913,9 @@ impl ShardState {
         let (Some(from), Some(to)) = (self.get(source, tenant), self.get(destination, tenant)) else {
             return Err(QueueError::QueueNotFound);
         };
+        if self.is_moving(source) || self.is_moving(destination) {
+            return Err(QueueError::QueueMoving);
+        }
         if from.config.fifo.is_some() || to.config.fifo.is_some() {
             return Err(QueueError::InvalidParameter(
                 "move tasks between FIFO queues are not supported yet".to_owned(),
@@ -929,7 +975,9 @@ impl ShardState {
             .get(&task_id)
             .cloned()
             .ok_or_else(|| QueueError::InvalidParameter("no such move task".to_owned()))?;
-        if task.status != MoveTaskStatus::Running {
+        // A step waits while either queue moves to another shard (the source cannot be fenced
+        // while a task runs, but the destination can be adopted elsewhere meanwhile).
+        if task.status != MoveTaskStatus::Running || self.is_moving(task.source) || self.is_moving(task.destination) {
             return Ok(Response::MoveTask(task));
         }
         let max = usize::try_from(max_messages.clamp(1, MOVE_STEP_MESSAGES_MAX)).unwrap_or(1);
@@ -981,7 +1029,11 @@ impl ShardState {
         // The dead-letter queue must exist for the tenant and be of the same kind (a FIFO
         // queue's dead letters keep their groups in a FIFO dead-letter queue).
         let dead_letter_fifo = self.get(redrive.dead_letter_queue, tenant)?.config.fifo.is_some();
-        if redrive.dead_letter_queue == queue || dead_letter_fifo != source_fifo {
+        // Nothing moves into a dead-letter queue that is moving to another shard meanwhile.
+        if redrive.dead_letter_queue == queue
+            || dead_letter_fifo != source_fifo
+            || self.is_moving(redrive.dead_letter_queue)
+        {
             return None;
         }
         // The caller settled the source at `now_ms`.
@@ -1025,13 +1077,22 @@ impl ShardState {
         if self.get(queue, tenant).is_none() {
             return Err(QueueError::QueueNotFound);
         }
+        if self.is_moving(queue) {
+            return Err(QueueError::QueueMoving);
+        }
+        self.remove_queue(queue);
+        Ok(Response::QueueDeleted)
+    }
+
+    /// Drops a queue's state, its entries in the shard indexes and what moves kept of it.
+    fn remove_queue(&mut self, queue: QueueId) {
         if let Some(q) = self.queues.remove(&queue)
             && let Some(keys) = q.indexed
         {
             self.by_expiry.remove(&(keys.expires_at_ms, queue));
             self.by_log_index.remove(&(keys.log_index, queue));
         }
-        Ok(Response::QueueDeleted)
+        self.forget_moves_of(queue);
     }
 
     /// Drops every message past retention at `now_ms`; returns how many.

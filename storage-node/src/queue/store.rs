@@ -1092,3 +1092,49 @@ impl Queue {
         pending.into_iter().chain(scheduled).min()
     }
 }
+
+/// Moving a queue to another shard (see `state::moves`): what its bodies are and where they go.
+impl Queue {
+    /// Scheduled messages of this queue still in slice files (which a move does not carry).
+    pub(crate) fn on_disk(&self) -> u64 {
+        self.on_disk
+    }
+
+    /// Where every body the queue references is: its messages' in seq order, then its wheel's,
+    /// each once.
+    pub(crate) fn body_refs(&self) -> Vec<MessageRef> {
+        let mut seen = std::collections::BTreeSet::new();
+        let messages = self.messages.values().map(Message::body_ref);
+        let wheel = self.wheel.values().map(|s| s.body_ref);
+        messages.chain(wheel).filter(|at| seen.insert(*at)).collect()
+    }
+
+    /// The queue as another shard holds it once its bodies were copied into that shard's log:
+    /// every body reference goes through `moved` (which holds one for each of
+    /// [`Queue::body_refs`]), the older-body counts follow, and the purge mark (a log index of the
+    /// old shard, which only matters for messages in slice files, none of which moved) is reset.
+    pub(crate) fn rebased(&self, moved: &std::collections::BTreeMap<MessageRef, MessageRef>) -> Result<Queue, String> {
+        let target = |at: MessageRef| moved.get(&at).copied().ok_or_else(|| format!("no copy of the body at {at:?}"));
+        let mut queue = self.clone();
+        queue.older_bodies = OrdMap::new();
+        queue.purged_at_log_index = 0;
+        let mut messages = OrdMap::new();
+        for (seq, message) in &self.messages {
+            let body = target(message.body_ref())?;
+            if message.older_body {
+                queue.count_older_body(body.log_index);
+            }
+            messages.insert(*seq, Message { body_log_index: body.log_index, body_slot: body.slot, ..message.clone() });
+        }
+        queue.messages = messages;
+        let mut wheel = OrdMap::new();
+        for (key, scheduled) in &self.wheel {
+            let body_ref = target(scheduled.body_ref)?;
+            queue.count_older_body(body_ref.log_index);
+            wheel.insert(*key, ScheduledMessage { body_ref, ..*scheduled });
+        }
+        queue.wheel = wheel;
+        queue.indexed = None;
+        Ok(queue)
+    }
+}

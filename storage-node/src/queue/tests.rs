@@ -2091,3 +2091,196 @@ fn the_message_trace_records_what_calls_did_to_each_message() {
         "{kept:?}"
     );
 }
+
+// ------------------------------------------------------------------- moves between shards
+
+/// Moves `queue` from `source` to `target` as a move's driver does: fence, export, the state
+/// and the bodies in parts, adopt, release. The bodies are stand-ins (the test has no log).
+fn move_queue(source: &mut Shard, target: &mut Shard, queue: QueueId, move_id: MoveId) {
+    let fence = Command::FenceQueue { queue, tenant: TENANT.to_owned(), move_id };
+    assert_eq!(source.apply(source.clock(), fence), Response::Moved);
+    let exported = source.state.export_queue(queue, move_id).expect("export");
+    // The target lags far behind the source's log: leases must still never collide.
+    let now_ms = source.clock();
+    let mut offset = 0;
+    for part in exported.state {
+        let len = part.len() as u64;
+        let adopt = Command::AdoptState { queue, tenant: exported.tenant.clone(), move_id, offset, part };
+        assert_eq!(target.apply(now_ms, adopt), Response::Moved);
+        offset += len;
+    }
+    for refs in exported.bodies.chunks(2) {
+        let messages =
+            refs.iter().map(|at| new_message(u128::from(at.log_index) << 16 | u128::from(at.slot))).collect();
+        let bodies = Command::AdoptBodies { queue, move_id, refs: refs.to_vec(), messages, trace_headers: Vec::new() };
+        assert_eq!(target.apply(now_ms, bodies), Response::Moved);
+    }
+    assert_eq!(target.apply(now_ms, Command::AdoptQueue { queue, move_id }), Response::Moved);
+    assert_eq!(source.apply(now_ms, Command::ReleaseQueue { queue, move_id }), Response::Moved);
+    assert!(source.state.queue_counts(queue, TENANT).is_none(), "the source holds nothing of the queue");
+}
+
+impl Shard {
+    fn clock(&self) -> u64 {
+        self.state.clock_ms()
+    }
+}
+
+#[test]
+fn a_moved_queue_keeps_its_messages_leases_and_receipts_and_never_reissues_a_lease() {
+    let mut source = Shard::with_queue();
+    source.log_index = 10_000;
+    source.send(1_000, &[1, 2, 3, 4]);
+    let leased = source.receive(1_000, 2, Some(60_000));
+    assert_eq!(leased.len(), 2);
+    let before = source.counts();
+
+    let mut target = Shard::new();
+    move_queue(&mut source, &mut target, Q, 42);
+    assert_eq!(target.counts(), before, "the same messages, visible and in flight");
+
+    // A receipt from before the move deletes its message at the target.
+    assert_eq!(target.delete(2_000, &[&leased[0].receipt]), Response::Deleted(vec![Ok(())]));
+    // Each new delivery's lease lies above every lease of the source.
+    let again = target.receive(2_000, 10, Some(60_000));
+    assert_eq!(again.iter().map(|d| d.message_id.as_u128()).collect::<Vec<_>>(), [3, 4]);
+    for delivery in &again {
+        let receipt = Receipt::decode(&delivery.receipt).expect("receipt");
+        assert!(receipt.lease > source.log_index, "lease {} is at or below the source's log", receipt.lease);
+    }
+    // The second message's old receipt still leases it: it stays in flight until its timeout.
+    let visible = target.receive(61_001, 10, Some(60_000));
+    assert_eq!(visible.iter().map(|d| d.message_id.as_u128()).collect::<Vec<_>>(), [2]);
+    assert_eq!(target.delete(61_001, &[&leased[1].receipt]), Response::Error(QueueError::StaleReceipt).into_deleted());
+    // Bodies resolve at the target's copies, in seq order.
+    let refs: Vec<MessageRef> = visible.iter().map(|d| d.body_ref).collect();
+    assert!(refs.iter().all(|at| at.log_index <= target.log_index));
+}
+
+impl Response {
+    /// A delete's answer for one receipt that failed with `self`'s error.
+    fn into_deleted(self) -> Response {
+        match self {
+            Response::Error(e) => Response::Deleted(vec![Err(e)]),
+            other => other,
+        }
+    }
+}
+
+#[test]
+fn a_fenced_queue_answers_moving_until_released_or_unfenced_and_remembers_no_moving_answer() {
+    let mut shard = Shard::with_queue();
+    shard.send(1_000, &[1]);
+    let fence = Command::FenceQueue { queue: Q, tenant: TENANT.to_owned(), move_id: 5 };
+    assert_eq!(shard.apply(1_000, fence.clone()), Response::Moved);
+    assert_eq!(shard.apply(1_000, fence), Response::Moved, "repeated by its move: done already");
+    let other = Command::FenceQueue { queue: Q, tenant: TENANT.to_owned(), move_id: 6 };
+    assert_eq!(shard.apply_rejected(1_000, other), QueueError::QueueMoving);
+    assert_eq!(shard.apply_rejected(1_000, receive_cmd(1, None)), QueueError::QueueMoving);
+    let delete_queue = Command::DeleteQueue { queue: Q, tenant: TENANT.to_owned() };
+    assert_eq!(shard.apply_rejected(1_000, delete_queue), QueueError::QueueMoving);
+    // A send refused for the move is not remembered: its retry after a roll back is stored.
+    let send = || ShardCommand {
+        now_ms: 1_000,
+        command: Command::Send { queue: Q, tenant: TENANT.to_owned(), messages: vec![new_message(2)] },
+        request_id: Some("r1".to_owned()),
+        meter: None,
+    };
+    shard.log_index += 1;
+    assert_eq!(shard.state.apply(shard.log_index, &send()), Response::Error(QueueError::QueueMoving));
+    assert_eq!(shard.apply(1_000, Command::UnfenceQueue { queue: Q, move_id: 5 }), Response::Moved);
+    shard.log_index += 1;
+    assert!(matches!(shard.state.apply(shard.log_index, &send()), Response::Sent(_)));
+    assert_eq!(shard.counts().visible, 2);
+    // Release only by the move that fenced.
+    let release = Command::ReleaseQueue { queue: Q, move_id: 5 };
+    assert!(matches!(shard.apply_rejected(1_000, release), QueueError::InvalidParameter(_)));
+}
+
+#[test]
+fn a_send_retried_at_the_target_after_a_move_is_answered_its_first_answer() {
+    let mut source = Shard::with_queue();
+    let command = Command::Send { queue: Q, tenant: TENANT.to_owned(), messages: vec![new_message(1)] };
+    let key = request_key("req-1", &[new_message(1)]);
+    let send = ShardCommand { now_ms: 1_000, command, request_id: Some(key.clone()), meter: None };
+    source.log_index += 1;
+    let first = source.state.apply(source.log_index, &send);
+    let mut target = Shard::new();
+    move_queue(&mut source, &mut target, Q, 7);
+    target.log_index += 1;
+    assert_eq!(target.state.apply(target.log_index, &send), first);
+    assert_eq!(target.counts().visible, 1, "stored once");
+    // And again after a second move onward.
+    let mut third = Shard::new();
+    move_queue(&mut target, &mut third, Q, 8);
+    third.log_index += 1;
+    assert_eq!(third.state.apply(third.log_index, &send), first);
+    assert_eq!(third.counts().visible, 1);
+}
+
+#[test]
+fn a_moved_fifo_queue_keeps_its_group_locks_order_and_deduplication_window() {
+    let mut source = fifo_shard(false);
+    let sent = fifo_send(
+        &mut source,
+        1_000,
+        vec![fifo_message(1, "g1", "d1"), fifo_message(2, "g1", "d2"), fifo_message(3, "g2", "d3")],
+    );
+    assert!(matches!(sent, Response::Sent(_)));
+    assert_eq!(fifo_receive(&mut source, 1_000, 1, 60_000), [(1, "g1".to_owned())]);
+    let mut target = Shard::new();
+    move_queue(&mut source, &mut target, FIFO_Q, 9);
+    // g1 stays locked by message 1 in flight; g2 is served.
+    assert_eq!(fifo_receive(&mut target, 2_000, 10, 60_000), [(3, "g2".to_owned())]);
+    // A duplicate within the window is answered the first message and stored nothing.
+    match fifo_send(&mut target, 2_000, vec![fifo_message(9, "g1", "d2")]) {
+        Response::Sent(sent) => assert_eq!(sent[0].message_id, Uuid::from_u128(2)),
+        other => panic!("send failed: {other:?}"),
+    }
+    // Message 1's visibility runs out: g1 delivers 1 then 2, in order.
+    let order: Vec<u128> = fifo_receive(&mut target, 61_500, 10, 60_000).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(order, [1, 2]);
+}
+
+#[test]
+fn an_adoption_holds_its_bodies_back_from_garbage_collection_and_a_roll_back_drops_it() {
+    let mut source = Shard::with_queue();
+    source.send(1_000, &[1, 2]);
+    let fence = Command::FenceQueue { queue: Q, tenant: TENANT.to_owned(), move_id: 3 };
+    assert_eq!(source.apply(1_000, fence), Response::Moved);
+    let exported = source.state.export_queue(Q, 3).expect("export");
+    let mut target = Shard::new();
+    let part = exported.state[0].clone();
+    assert_eq!(
+        target.apply(1_000, Command::AdoptState { queue: Q, tenant: TENANT.to_owned(), move_id: 3, offset: 0, part }),
+        Response::Moved
+    );
+    let messages = vec![new_message(1), new_message(2)];
+    let bodies = Command::AdoptBodies { queue: Q, move_id: 3, refs: exported.bodies, messages, trace_headers: vec![] };
+    assert_eq!(target.apply(1_000, bodies), Response::Moved);
+    let bodies_at = target.log_index;
+    assert_eq!(target.state.min_live_log_index(), Some(bodies_at), "staged bodies are live");
+    assert_eq!(target.apply_rejected(1_000, receive_cmd(1, None)), QueueError::QueueNotFound, "not served yet");
+    assert_eq!(target.apply(1_000, Command::DropAdoption { queue: Q, move_id: 3 }), Response::Moved);
+    assert_eq!(target.state.min_live_log_index(), None);
+    assert!(!target.state.holds_moves(), "nothing of the move is left");
+    assert_eq!(source.apply(1_000, Command::UnfenceQueue { queue: Q, move_id: 3 }), Response::Moved);
+    assert_eq!(source.receive(1_000, 10, None).len(), 2, "the source serves again");
+}
+
+#[test]
+fn a_queue_a_move_cannot_carry_yet_is_refused_at_the_fence() {
+    let mut shard = Shard::with_queue();
+    let dlq = Command::CreateQueue { queue: DLQ, tenant: TENANT.to_owned(), config: config() };
+    assert_eq!(shard.apply(0, dlq), Response::QueueCreated);
+    let redrive = Some(Redrive { dead_letter_queue: DLQ, max_receive_count: 3 });
+    let set =
+        Command::SetQueueConfig { queue: Q, tenant: TENANT.to_owned(), config: QueueConfig { redrive, ..config() } };
+    assert_eq!(shard.apply(0, set), Response::QueueConfigSet);
+    for queue in [Q, DLQ] {
+        let fence = Command::FenceQueue { queue, tenant: TENANT.to_owned(), move_id: 1 };
+        assert!(matches!(shard.apply_rejected(0, fence), QueueError::InvalidParameter(_)), "queue {queue}");
+    }
+    let fence = Command::FenceQueue { queue: Q, tenant: OTHER_TENANT.to_owned(), move_id: 1 };
+    assert_eq!(shard.apply_rejected(0, fence), QueueError::QueueNotFound, "another tenant's queue");
+}

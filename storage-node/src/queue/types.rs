@@ -359,6 +359,55 @@ pub enum Command {
         caller: CallerNote,
         command: Box<Command>,
     },
+    /// Freezes a queue for its move `move_id` to another shard: from here every call on it
+    /// answers [`QueueError::QueueMoving`] until the move releases it (or rolls back,
+    /// [`Command::UnfenceQueue`]). Refused for a queue a move does not carry yet (see
+    /// `state::moves`). Proposed by the move's driver. Shard command version 6 and later, as
+    /// every move command.
+    FenceQueue {
+        queue: QueueId,
+        tenant: String,
+        move_id: u64,
+    },
+    /// Ends the fence of a move that rolled back: the queue serves here again.
+    UnfenceQueue {
+        queue: QueueId,
+        move_id: u64,
+    },
+    /// Drops a fenced queue's state once its move switched routing to the target shard.
+    ReleaseQueue {
+        queue: QueueId,
+        move_id: u64,
+    },
+    /// On the target: the part at byte `offset` of the moving queue's exported state.
+    AdoptState {
+        queue: QueueId,
+        tenant: String,
+        move_id: u64,
+        offset: u64,
+        part: Bytes,
+    },
+    /// On the target: copies of the moving queue's bodies (the messages they belong to, as
+    /// their sends carried them), and where each was on the source (`refs`, one per message).
+    /// Read back as a send's messages are, by log index and slot.
+    AdoptBodies {
+        queue: QueueId,
+        move_id: u64,
+        refs: Vec<MessageRef>,
+        messages: Vec<NewMessage>,
+        trace_headers: Vec<Option<String>>,
+    },
+    /// On the target: every part arrived; the queue is whole and serves once metadata routes
+    /// to it.
+    AdoptQueue {
+        queue: QueueId,
+        move_id: u64,
+    },
+    /// On the target: drops what the move brought before its routing switched.
+    DropAdoption {
+        queue: QueueId,
+        move_id: u64,
+    },
 }
 
 /// Who made a call, and the trace contexts of the messages it sent: what the log keeps of a
@@ -459,6 +508,20 @@ impl Command {
         }
     }
 
+    /// Whether the command is one of a queue's move between shards (shard command version 6).
+    pub fn is_move_step(&self) -> bool {
+        matches!(
+            self,
+            Command::FenceQueue { .. }
+                | Command::UnfenceQueue { .. }
+                | Command::ReleaseQueue { .. }
+                | Command::AdoptState { .. }
+                | Command::AdoptBodies { .. }
+                | Command::AdoptQueue { .. }
+                | Command::DropAdoption { .. }
+        )
+    }
+
     /// Whether the command is or carries a [`Command::WithCaller`] (shard command version 5).
     pub fn holds_caller_notes(&self) -> bool {
         match self {
@@ -557,6 +620,8 @@ pub enum Response {
     MeteringTrimmed,
     /// The answers to the calls of a [`Command::Calls`] entry, in its order.
     Calls(Vec<Response>),
+    /// A step of a queue's move between shards was taken (or had been).
+    Moved,
 }
 
 /// Approximate counts, as SQS's `ApproximateNumberOf{Messages, MessagesNotVisible,
@@ -615,6 +680,10 @@ pub enum QueueError {
     /// stored. Never remembered, so never persisted.
     #[error("this request id was used by a different request; use a new id for a new request")]
     IdempotencyConflict,
+    /// The queue is moving to another shard: retry in a moment (proxies do, at its new shard).
+    /// Never remembered, so never persisted.
+    #[error("the queue is moving between shards; retry")]
+    QueueMoving,
 }
 
 /// Most messages a queue may have in flight (received, not yet deleted or visible again): SQS's

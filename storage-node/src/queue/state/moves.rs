@@ -1,0 +1,422 @@
+//! Moving a queue between shards, as the shard's state machine sees it (see
+//! `docs/elasticity.md`): the fence on the source, the export of the fenced state, its adoption on
+//! the target in bounded parts, and the release on the source.
+//!
+//! # What it guarantees
+//!
+//! * A fenced queue changes no more: every call on it is answered
+//!   [`QueueError::QueueMoving`] (never remembered under a request id, so a retry after a roll
+//!   back is served), and no dead-letter move or move task takes messages into or out of it.
+//! * The export is the whole queue: messages with their receive counts and leases, FIFO groups,
+//!   locks, deduplication window and receive attempts, the wheel of scheduled messages, the seqs
+//!   moved away, and the answers of the sends to it this shard remembers (so a send retried at
+//!   the target after its answer was lost is stored once). Its bodies travel beside it, copied
+//!   into the target's log ([`Command::AdoptBodies`](super::Command::AdoptBodies)), so the
+//!   target reads them as it reads its own.
+//! * On the target, the queue is served only once every part arrived
+//!   ([`Command::AdoptQueue`](super::Command::AdoptQueue)); its receipts keep their queue id, seq
+//!   and lease, and every lease it issues there lies above every lease issued before the fence
+//!   (a per-queue lease base), so a receipt from before the move never matches a later delivery.
+//! * Every step is idempotent for its move id, so a driver that repeats one after a crash
+//!   changes nothing; a partial adoption is dropped by its move id (a roll back).
+//!
+//! # Limits
+//!
+//! A queue with messages scheduled in slice files, with a dead-letter queue, that is another
+//! queue's dead-letter queue, or that a running move task names, is refused at the fence (its
+//! move would need the cross-shard hand-over of those messages, not built yet). The exported
+//! state is at most [`ADOPTED_STATE_BYTES_MAX`].
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use strata_raft::requests::RecentRequests;
+
+use super::super::store::{Queue, QueueSizes};
+use super::super::types::{MessageRef, MoveTaskStatus, NewMessage, QueueError, QueueId, REQUEST_IDS_KEPT, Response};
+use super::{ShardState, reindex};
+
+/// A move's id: the log index of the metadata entry that started it.
+pub type MoveId = u64;
+
+/// Most bytes of exported queue state a shard stages for one adoption (about ten million
+/// messages); a larger queue is refused by the driver before the fence holds it long.
+pub const ADOPTED_STATE_BYTES_MAX: u64 = 1 << 30;
+/// Most bytes of exported state one [`Command::AdoptState`](super::Command::AdoptState) carries.
+pub const ADOPT_STATE_PART_BYTES: usize = 1 << 20;
+/// Most bodies one [`Command::AdoptBodies`](super::Command::AdoptBodies) carries (and about a
+/// mebibyte of them, at least one).
+pub const ADOPT_BODIES_PART_MESSAGES: usize = 1_000;
+
+/// The format version of an exported queue ([`QueueExport`]) as adoption entries carry it.
+const EXPORT_VERSION: u8 = 1;
+
+/// What a shard keeps of the moves of its queues. Not in the serde layout of the shard state:
+/// shard states of format version 5 carry it after the moved-away seqs (older ones hold none).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Moves {
+    /// Queues fenced for a move away.
+    fenced: BTreeMap<QueueId, Fence>,
+    /// Queues arriving from another shard: what arrived so far.
+    adopting: BTreeMap<QueueId, Adoption>,
+    /// Queues a move brought here, by that move, until they move again or go: a roll back
+    /// drops them by its move id.
+    adopted: BTreeMap<QueueId, MoveId>,
+    /// Added to the log index of every receive of the queue to make its lease (queues that came
+    /// from another shard only).
+    lease_bases: BTreeMap<QueueId, u64>,
+    /// Log index of a remembered send -> the queue it sent to.
+    sent_to: BTreeMap<u64, QueueId>,
+    /// Sends other shards remembered for queues that moved here: their answers by request key,
+    /// kept as this shard keeps its own.
+    carried: RecentRequests<Response>,
+    /// Key of a carried answer in `carried` -> its queue.
+    carried_to: BTreeMap<u64, QueueId>,
+    /// The next key in `carried`.
+    carried_next: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Fence {
+    move_id: MoveId,
+    /// Above every lease the queue issued here.
+    lease_floor: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Adoption {
+    move_id: MoveId,
+    tenant: String,
+    /// The exported state's parts, in order.
+    state: Vec<Bytes>,
+    /// A body's place on the old shard -> its copy in this shard's log.
+    bodies: BTreeMap<MessageRef, MessageRef>,
+    /// Log index of the first entry holding copied bodies (they only grow).
+    first_body_index: Option<u64>,
+}
+
+impl Adoption {
+    fn state_bytes(&self) -> u64 {
+        self.state.iter().map(|part| part.len() as u64).sum()
+    }
+}
+
+/// A fenced queue as the target adopts it: everything but its bodies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct QueueExport {
+    queue: Queue,
+    sizes: QueueSizes,
+    moved_away: Vec<u64>,
+    lease_floor: u64,
+    /// The answers of sends to the queue the old shard remembered, by request key.
+    requests: Vec<(String, Response)>,
+}
+
+/// A fenced queue, ready to be handed over: its state in [`ADOPT_STATE_PART_BYTES`] parts and
+/// where its bodies are on this shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exported {
+    pub tenant: String,
+    pub state: Vec<Bytes>,
+    pub bodies: Vec<MessageRef>,
+}
+
+fn moving() -> QueueError {
+    QueueError::QueueMoving
+}
+
+fn refused(reason: &str) -> QueueError {
+    QueueError::InvalidParameter(reason.to_owned())
+}
+
+impl ShardState {
+    /// Whether the queue is fenced for a move away, or arriving and not yet whole.
+    pub(super) fn is_moving(&self, queue: QueueId) -> bool {
+        self.moves.fenced.contains_key(&queue) || self.moves.adopting.contains_key(&queue)
+    }
+
+    /// The lease a receive at `log_index` gives the queue's messages.
+    pub(super) fn lease_at(&self, queue: QueueId, log_index: u64) -> u64 {
+        log_index.saturating_add(self.moves.lease_bases.get(&queue).copied().unwrap_or(0))
+    }
+
+    /// A send to `queue` was remembered at `log_index`: noted, and notes older than what the
+    /// shard still remembers dropped.
+    pub(super) fn note_sent(&mut self, log_index: u64, queue: QueueId) {
+        self.moves.sent_to.insert(log_index, queue);
+        let oldest = self.requests.oldest_log_index().unwrap_or(log_index);
+        while self.moves.sent_to.first_key_value().is_some_and(|(&index, _)| index < oldest) {
+            self.moves.sent_to.pop_first();
+        }
+    }
+
+    /// The first answer of a send carried here with its queue.
+    pub(super) fn carried_answer(&self, key: &str) -> Option<&Response> {
+        self.moves.carried.answer(key)
+    }
+
+    /// Lowest log index of a body copied for an adoption still under way.
+    pub(super) fn min_adopting_log_index(&self) -> Option<u64> {
+        self.moves.adopting.values().filter_map(|a| a.first_body_index).min()
+    }
+
+    /// A queue leaves the shard (deleted or released): what the moves kept of it goes too.
+    pub(super) fn forget_moves_of(&mut self, queue: QueueId) {
+        self.moves.fenced.remove(&queue);
+        self.moves.adopted.remove(&queue);
+        self.moves.lease_bases.remove(&queue);
+    }
+
+    /// What shard state format version 5 carries after the moved-away seqs.
+    pub fn moves(&self) -> &Moves {
+        &self.moves
+    }
+
+    /// Puts back what [`ShardState::moves`] gave.
+    pub fn restore_moves(&mut self, moves: Moves) {
+        self.moves = moves;
+    }
+
+    /// Whether the state holds anything of a move (which only shard state version 5 carries).
+    /// The notes of which queue a remembered send went to do not count: a version without them
+    /// loses only what a later move would carry of those sends, and moves start at the
+    /// generation that writes version 5.
+    pub fn holds_moves(&self) -> bool {
+        let Moves { fenced, adopting, adopted, lease_bases, sent_to: _, carried, carried_to: _, carried_next: _ } =
+            &self.moves;
+        !(fenced.is_empty()
+            && adopting.is_empty()
+            && adopted.is_empty()
+            && lease_bases.is_empty()
+            && carried.is_empty())
+    }
+
+    /// This state as read from a format version without moves (test support).
+    #[cfg(test)]
+    pub fn without_moves(&self) -> ShardState {
+        ShardState { moves: Moves::default(), ..self.clone() }
+    }
+
+    pub(super) fn fence_queue(
+        &mut self,
+        queue: QueueId,
+        tenant: &str,
+        move_id: MoveId,
+        log_index: u64,
+    ) -> Result<Response, QueueError> {
+        let q = self.get(queue, tenant).ok_or(QueueError::QueueNotFound)?;
+        if let Some(fence) = self.moves.fenced.get(&queue) {
+            return if fence.move_id == move_id { Ok(Response::Moved) } else { Err(moving()) };
+        }
+        if q.on_disk() > 0 {
+            return Err(refused(
+                "the queue holds messages scheduled more than about ten minutes ahead, which a move does not carry yet",
+            ));
+        }
+        if q.config.redrive.is_some() {
+            return Err(refused("the queue has a dead-letter queue, which a move does not carry yet"));
+        }
+        let dead_letter_of_another =
+            self.queues.values().any(|other| other.config.redrive.is_some_and(|r| r.dead_letter_queue == queue));
+        if dead_letter_of_another {
+            return Err(refused("the queue is another queue's dead-letter queue, which a move does not carry yet"));
+        }
+        let tasked = self
+            .move_tasks
+            .values()
+            .any(|t| t.status == MoveTaskStatus::Running && (t.source == queue || t.destination == queue));
+        if tasked {
+            return Err(refused("a running message move task names the queue; cancel it or wait for it to end"));
+        }
+        let lease_floor = self.lease_at(queue, log_index);
+        self.moves.fenced.insert(queue, Fence { move_id, lease_floor });
+        Ok(Response::Moved)
+    }
+
+    pub(super) fn unfence_queue(&mut self, queue: QueueId, move_id: MoveId) -> Result<Response, QueueError> {
+        if self.moves.fenced.get(&queue).is_some_and(|f| f.move_id == move_id) {
+            self.moves.fenced.remove(&queue);
+        }
+        Ok(Response::Moved)
+    }
+
+    /// Drops a fenced queue whose move switched routing: done once, a success after.
+    pub(super) fn release_queue(&mut self, queue: QueueId, move_id: MoveId) -> Result<Response, QueueError> {
+        match self.moves.fenced.get(&queue) {
+            Some(fence) if fence.move_id == move_id => {
+                self.remove_queue(queue);
+                Ok(Response::Moved)
+            }
+            Some(_) => Err(moving()),
+            None if self.queues.contains_key(&queue) => Err(refused("the queue is not fenced for this move")),
+            None => Ok(Response::Moved),
+        }
+    }
+
+    /// The fenced queue's state for its move `move_id`.
+    pub fn export_queue(&self, queue: QueueId, move_id: MoveId) -> Result<Exported, QueueError> {
+        let fence = self.moves.fenced.get(&queue).filter(|f| f.move_id == move_id);
+        let (Some(fence), Some(q)) = (fence, self.queues.get(&queue)) else {
+            return Err(refused("the queue is not fenced for this move"));
+        };
+        let mut requests = Vec::new();
+        for (&index, _) in self.moves.sent_to.iter().filter(|(_, to)| **to == queue) {
+            if let Some((key, answer)) = self.requests.at(index) {
+                requests.push((key.to_owned(), answer.clone()));
+            }
+        }
+        for (&index, _) in self.moves.carried_to.iter().filter(|(_, to)| **to == queue) {
+            if let Some((key, answer)) = self.moves.carried.at(index) {
+                requests.push((key.to_owned(), answer.clone()));
+            }
+        }
+        let export = QueueExport {
+            queue: q.clone(),
+            sizes: q.sizes(),
+            moved_away: q.moved_away().iter().copied().collect(),
+            lease_floor: fence.lease_floor,
+            requests,
+        };
+        let bytes = postcard::to_extend(&export, vec![EXPORT_VERSION])
+            .map_err(|_| refused("the queue's state could not be encoded"))?;
+        Ok(Exported {
+            tenant: q.tenant.clone(),
+            state: bytes.chunks(ADOPT_STATE_PART_BYTES).map(Bytes::copy_from_slice).collect(),
+            bodies: q.body_refs(),
+        })
+    }
+
+    pub(super) fn adopt_state(
+        &mut self,
+        queue: QueueId,
+        tenant: &str,
+        move_id: MoveId,
+        offset: u64,
+        part: &Bytes,
+    ) -> Result<Response, QueueError> {
+        if self.moves.adopted.get(&queue) == Some(&move_id) {
+            return Ok(Response::Moved);
+        }
+        if self.queues.contains_key(&queue) {
+            return Err(refused("the shard holds this queue already"));
+        }
+        if tenant.is_empty() || part.len() > ADOPT_STATE_PART_BYTES {
+            return Err(refused("an adoption part names no tenant or is too large"));
+        }
+        let adoption = match self.moves.adopting.get_mut(&queue) {
+            Some(adoption) if adoption.move_id == move_id => adoption,
+            // A later move's parts replace what an abandoned one left.
+            Some(adoption) if adoption.move_id > move_id => return Err(moving()),
+            _ if offset == 0 => {
+                let fresh = Adoption {
+                    move_id,
+                    tenant: tenant.to_owned(),
+                    state: Vec::new(),
+                    bodies: BTreeMap::new(),
+                    first_body_index: None,
+                };
+                self.moves.adopting.insert(queue, fresh);
+                self.moves.adopting.get_mut(&queue).ok_or_else(moving)?
+            }
+            _ => return Err(refused("an adoption part arrived before the parts before it")),
+        };
+        let held = adoption.state_bytes();
+        if offset < held {
+            // A part repeated by a driver that did not see its answer.
+            return Ok(Response::Moved);
+        }
+        if offset > held || held + part.len() as u64 > ADOPTED_STATE_BYTES_MAX {
+            return Err(refused("an adoption part does not follow the parts before it, or the state is too large"));
+        }
+        adoption.state.push(part.clone());
+        Ok(Response::Moved)
+    }
+
+    pub(super) fn adopt_bodies(
+        &mut self,
+        queue: QueueId,
+        move_id: MoveId,
+        refs: &[MessageRef],
+        messages: &[NewMessage],
+        log_index: u64,
+    ) -> Result<Response, QueueError> {
+        if self.moves.adopted.get(&queue) == Some(&move_id) {
+            return Ok(Response::Moved);
+        }
+        let adoption = self.moves.adopting.get_mut(&queue).filter(|a| a.move_id == move_id);
+        let Some(adoption) = adoption else {
+            return Err(refused("no adoption of this queue by this move is under way"));
+        };
+        if refs.len() != messages.len() || refs.is_empty() || refs.len() > ADOPT_BODIES_PART_MESSAGES {
+            return Err(refused("an adoption's bodies do not match their references"));
+        }
+        for (slot, at) in refs.iter().enumerate() {
+            let slot = u16::try_from(slot).map_err(|_| refused("too many bodies"))?;
+            adoption.bodies.insert(*at, MessageRef { log_index, slot });
+        }
+        adoption.first_body_index.get_or_insert(log_index);
+        Ok(Response::Moved)
+    }
+
+    /// Makes an adopted queue whole: it serves from here on (once metadata routes to it).
+    pub(super) fn adopt_queue(
+        &mut self,
+        queue: QueueId,
+        move_id: MoveId,
+        log_index: u64,
+    ) -> Result<Response, QueueError> {
+        if self.moves.adopted.get(&queue) == Some(&move_id) {
+            return Ok(Response::Moved);
+        }
+        let adoption = self.moves.adopting.get(&queue).filter(|a| a.move_id == move_id);
+        let Some(adoption) = adoption else {
+            return Err(refused("no adoption of this queue by this move is under way"));
+        };
+        let bytes: Vec<u8> = adoption.state.iter().flat_map(|part| part.iter().copied()).collect();
+        let export = match bytes.split_first() {
+            Some((&EXPORT_VERSION, body)) => postcard::from_bytes::<QueueExport>(body).ok(),
+            _ => None,
+        };
+        let Some(export) = export else {
+            return Err(refused("the adopted state cannot be read (parts missing, or from a newer release)"));
+        };
+        let mut q = export.queue;
+        if q.tenant != adoption.tenant {
+            return Err(refused("the adopted state is another tenant's"));
+        }
+        q.set_sizes(export.sizes).map_err(refused)?;
+        q.set_moved_away(export.moved_away.into_iter().collect());
+        let mut q = q.rebased(&adoption.bodies).map_err(|e| refused(&e))?;
+        self.moves.adopting.remove(&queue);
+        // Every lease issued here lies above the floor: log_index + base > floor.
+        let base = export.lease_floor.saturating_add(1).saturating_sub(log_index.saturating_add(1));
+        self.moves.lease_bases.insert(queue, base);
+        self.moves.adopted.insert(queue, move_id);
+        for (key, answer) in export.requests {
+            let index = self.moves.carried_next;
+            self.moves.carried_next += 1;
+            self.moves.carried.remember(index, &key, &answer, REQUEST_IDS_KEPT);
+            self.moves.carried_to.insert(index, queue);
+        }
+        let oldest = self.moves.carried.oldest_log_index().unwrap_or(0);
+        while self.moves.carried_to.first_key_value().is_some_and(|(&index, _)| index < oldest) {
+            self.moves.carried_to.pop_first();
+        }
+        reindex(&mut self.by_expiry, &mut self.by_log_index, queue, &mut q);
+        self.queues.insert(queue, q);
+        Ok(Response::Moved)
+    }
+
+    /// Drops what a move brought of the queue before its routing switched (a roll back, or a
+    /// driver starting the hand-over again): its parts, or the adopted queue itself.
+    pub(super) fn drop_adoption(&mut self, queue: QueueId, move_id: MoveId) -> Result<Response, QueueError> {
+        if self.moves.adopting.get(&queue).is_some_and(|a| a.move_id == move_id) {
+            self.moves.adopting.remove(&queue);
+        }
+        if self.moves.adopted.get(&queue) == Some(&move_id) {
+            self.remove_queue(queue);
+        }
+        Ok(Response::Moved)
+    }
+}
