@@ -6,8 +6,10 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use std::time::Duration;
 use strata_client::model::{self, admin};
 use strata_client::{Client, path_segment};
+use strata_common::Clock;
 
 /// Where a call goes and the token it carries.
 pub(crate) struct Target {
@@ -350,6 +352,32 @@ pub(crate) enum ClusterCommand {
         #[command(flatten)]
         admin: AdminConnection,
     },
+    /// Show which shard a queue lives on, and its epoch (how many times it moved).
+    Queue {
+        tenant: String,
+        queue: String,
+        #[command(flatten)]
+        admin: AdminConnection,
+    },
+    /// Move a queue to another shard, online: calls on it pause for about a second (they wait
+    /// and go on at the new shard). Waits for the move to end and prints it, with how long the
+    /// queue paused and the bytes copied; a move that cannot happen rolls back, with the reason.
+    MoveQueue {
+        tenant: String,
+        queue: String,
+        #[arg(long)]
+        to_shard: u64,
+        /// Print the move as started, without waiting for it to end.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        admin: AdminConnection,
+    },
+    /// List the queue moves under way and the last 100 that ended, with their timings.
+    Moves {
+        #[command(flatten)]
+        admin: AdminConnection,
+    },
     /// Move a replica of a shard to another (live) storage node; completes in the background.
     MoveReplica {
         shard_id: u64,
@@ -360,6 +388,26 @@ pub(crate) enum ClusterCommand {
         #[command(flatten)]
         admin: AdminConnection,
     },
+}
+
+/// How long `move-queue` waits for its move to end (a move that cannot finish its hand-over
+/// rolls back within 30 s of its start).
+const MOVE_WAIT: Duration = Duration::from_secs(90);
+
+/// The move `move_id` once it ended.
+async fn wait_for_move(client: &Client, move_id: u64) -> anyhow::Result<admin::QueueMove> {
+    let clock = strata_common::SystemClock;
+    let started = clock.instant();
+    loop {
+        let moves = client.queue_moves().await?.moves;
+        if let Some(ended) = moves.into_iter().find(|m| m.move_id == move_id && !m.is_under_way()) {
+            return Ok(ended);
+        }
+        if clock.instant().duration_since(started) > MOVE_WAIT {
+            bail!("move {move_id} has not ended after {} s; see `strata cluster moves`", MOVE_WAIT.as_secs());
+        }
+        clock.sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// `ID=ENDPOINT`, a metadata member to add.
@@ -413,6 +461,21 @@ pub(crate) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
         ClusterCommand::TransferLeader { shard_id, to, admin: a } => {
             print(&admin(a).transfer_leader(shard_id, &admin::TransferLeader { to_node: to }).await?)
         }
+        ClusterCommand::Queue { tenant, queue, admin: a } => print(&admin(a).queue_placement(&tenant, &queue).await?),
+        ClusterCommand::MoveQueue { tenant, queue, to_shard, no_wait, admin: a } => {
+            let client = admin(a);
+            let started = client.move_queue(&tenant, &queue, &admin::MoveQueue { to_shard }).await?;
+            if no_wait {
+                print(&started);
+            } else {
+                let ended = wait_for_move(&client, started.move_id).await?;
+                print(&ended);
+                if ended.phase != "completed" {
+                    bail!("the move rolled back: {}", ended.reason);
+                }
+            }
+        }
+        ClusterCommand::Moves { admin: a } => print(&admin(a).queue_moves().await?),
         ClusterCommand::MoveReplica { shard_id, from, to, admin: a } => {
             let request = admin::MoveReplica { from_node: from, to_node: to };
             print(&admin(a).move_replica(shard_id, &request).await?)

@@ -42,6 +42,9 @@ pub const QUEUES_PER_TENANT_MAX: u64 = 100_000;
 
 use strata_common::limits::QUEUE_TAGS_MAX;
 
+pub mod moves;
+pub use moves::{FinishedMove, MovePhase, QueueMove};
+
 /// Most access keys a tenant may hold at once (revoked keys past their grace period do not count).
 pub const ACCESS_KEYS_PER_TENANT_MAX: usize = 10;
 
@@ -262,6 +265,9 @@ pub enum Operation {
     /// A deleted queue incarnation whose state its shard still holds (it holds back the shard's
     /// segment garbage collection until it goes).
     DropQueue { tenant: String, queue_id: u64, shard_id: u64 },
+    /// A queue moving between shards, driven by its source shard's leader. Only catalogs of
+    /// version 6 hold it.
+    MoveQueue(QueueMove),
 }
 
 impl Operation {
@@ -269,6 +275,7 @@ impl Operation {
     pub fn shard_id(&self) -> u64 {
         match self {
             Operation::DropQueue { shard_id, .. } => *shard_id,
+            Operation::MoveQueue(queue_move) => queue_move.from_shard,
         }
     }
 }
@@ -416,6 +423,27 @@ pub enum MetaCommand {
     AddShard {
         replicas: Vec<String>,
     },
+    /// Starts moving a queue to shard `to_shard` ([`Operation::MoveQueue`]; refused while
+    /// another operation holds the queue). Only command format version 6 holds it, as the two
+    /// after it.
+    StartQueueMove {
+        tenant: String,
+        name: String,
+        to_shard: u64,
+        now_ms: u64,
+    },
+    /// Takes a move's decision: switch (route the queue to the target) or roll back.
+    SetQueueMovePhase {
+        move_id: u64,
+        phase: MovePhase,
+    },
+    /// Ends a decided move (its driver finished the shards' steps), with its figures.
+    FinishQueueMove {
+        move_id: u64,
+        now_ms: u64,
+        paused_ms: u64,
+        bytes_moved: u64,
+    },
 }
 
 /// Whose limits a command sets.
@@ -441,6 +469,11 @@ impl fmt::Display for MetaCommand {
             MetaCommand::SealSecret { access_key_id, .. } => write!(f, "seal-secret {access_key_id}"),
             MetaCommand::QueueDropped { queue_id } => write!(f, "queue-dropped {queue_id}"),
             MetaCommand::AddShard { replicas } => write!(f, "add-shard {}", replicas.join(",")),
+            MetaCommand::StartQueueMove { tenant, name, to_shard, .. } => {
+                write!(f, "start-queue-move {tenant}/{name} to={to_shard}")
+            }
+            MetaCommand::SetQueueMovePhase { move_id, phase } => write!(f, "set-queue-move-phase {move_id} {phase:?}"),
+            MetaCommand::FinishQueueMove { move_id, .. } => write!(f, "finish-queue-move {move_id}"),
             MetaCommand::CreateQueue { tenant, name, .. } => write!(f, "create-queue {tenant}/{name}"),
             MetaCommand::DeleteQueue { tenant, name } => write!(f, "delete-queue {tenant}/{name}"),
             MetaCommand::SetQueueConfig { tenant, name, .. } => write!(f, "set-queue-config {tenant}/{name}"),
@@ -548,6 +581,10 @@ pub struct Catalog {
     /// Not part of the serde layout: catalog format version 5 appends it.
     #[serde(skip)]
     operations: BTreeMap<u64, Operation>,
+    /// Queue epochs and finished moves. Not part of the serde layout: catalog format version 6
+    /// appends it.
+    #[serde(skip)]
+    moves: moves::Moves,
 }
 
 /// The format generation from which new SigV4 secrets are stored sealed (see
@@ -569,15 +606,22 @@ const VERSION_4: u8 = 4;
 pub const OPERATIONS_GENERATION: FormatGeneration = 8;
 /// The metadata command and catalog format version of generation 8: the operations journal.
 const VERSION_5: u8 = 5;
+/// The format generation from which queues move between shards ([`MetaCommand::StartQueueMove`]
+/// and the two after it, [`Operation::MoveQueue`]): metadata commands and catalogs of version 6.
+pub const QUEUE_MOVES_GENERATION: FormatGeneration = 9;
+/// The metadata command and catalog format version of generation 9: queue moves.
+const VERSION_6: u8 = 6;
 
 /// A metadata log entry, persisted (see `docs/formats.md`). Version 1 is the postcard encoding
 /// of [`MetaEntry`] without [`MetaCommand::SetFormatGeneration`] (the legacy version is the same
 /// layout); version 2 adds that command as the enum's last variant; version 3 is the layout of
 /// 2 whose access-key secrets may be sealed; version 4 adds [`MetaCommand::SetStoredBytesMax`]
 /// and [`MetaCommand::SealSecret`] as the last variants; version 5 adds
-/// [`MetaCommand::QueueDropped`] and [`MetaCommand::AddShard`] as the last ones.
+/// [`MetaCommand::QueueDropped`] and [`MetaCommand::AddShard`] as the last ones; version 6
+/// [`MetaCommand::StartQueueMove`], [`MetaCommand::SetQueueMovePhase`] and
+/// [`MetaCommand::FinishQueueMove`].
 impl Persisted for MetaEntry {
-    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 2, 2, 3, 4, 4, 4, 4, VERSION_5];
+    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 2, 2, 3, 4, 4, 4, 4, VERSION_5, VERSION_6];
 
     fn version_needed(&self) -> u8 {
         match &self.command {
@@ -586,6 +630,9 @@ impl Persisted for MetaEntry {
             {
                 3
             }
+            MetaCommand::StartQueueMove { .. }
+            | MetaCommand::SetQueueMovePhase { .. }
+            | MetaCommand::FinishQueueMove { .. } => VERSION_6,
             MetaCommand::QueueDropped { .. } | MetaCommand::AddShard { .. } => VERSION_5,
             MetaCommand::SetStoredBytesMax { .. } | MetaCommand::SealSecret { .. } => VERSION_4,
             MetaCommand::SetFormatGeneration { .. } => 2,
@@ -603,7 +650,8 @@ impl Persisted for MetaEntry {
     fn decode_body(version: u8, body: &[u8]) -> std::io::Result<Self> {
         // Every version so far is one layout; version 2 may hold one more command, version 3
         // sealed secrets, versions 4 and 5 more commands again.
-        postcard_of_versions("metadata command", version, &[LEGACY_FORMAT_VERSION, 1, 2, 3, 4, VERSION_5], body)
+        let layouts = [LEGACY_FORMAT_VERSION, 1, 2, 3, 4, VERSION_5, VERSION_6];
+        postcard_of_versions("metadata command", version, &layouts, body)
     }
 }
 
@@ -611,12 +659,16 @@ impl Persisted for MetaEntry {
 /// layout (the legacy version is the same); version 2 appends the format generation; version 3
 /// is the layout of 2 whose access-key secrets may be sealed; version 4 appends after the
 /// generation the stored-bytes limits ([`StoredBytesLimits`]); version 5 appends after them
-/// the operations journal ([`Catalog::operations`]).
+/// the operations journal ([`Catalog::operations`]); version 6 appends after it the queue
+/// epochs and finished moves, and its journal may hold [`Operation::MoveQueue`].
 impl Persisted for Catalog {
-    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 2, 2, 3, 4, 4, 4, 4, VERSION_5];
+    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 2, 2, 3, 4, 4, 4, 4, VERSION_5, VERSION_6];
 
     fn version_needed(&self) -> u8 {
-        if !self.operations.is_empty() {
+        let moving = self.operations.values().any(|op| matches!(op, Operation::MoveQueue(_)));
+        if moving || !self.moves.is_empty() {
+            VERSION_6
+        } else if !self.operations.is_empty() {
             VERSION_5
         } else if self.stored_bytes_limits() != StoredBytesLimits::default() {
             VERSION_4
@@ -643,6 +695,9 @@ impl Persisted for Catalog {
         if version >= VERSION_5 {
             postcard_into(&self.operations, out)?;
         }
+        if version >= VERSION_6 {
+            postcard_into(&self.moves, out)?;
+        }
         Ok(())
     }
 
@@ -655,7 +710,7 @@ impl Persisted for Catalog {
                 catalog.format_generation = postcard_exact(rest)?;
                 Ok(catalog)
             }
-            VERSION_4 | VERSION_5 => {
+            VERSION_4 | VERSION_5 | VERSION_6 => {
                 let (mut catalog, rest): (Catalog, &[u8]) =
                     postcard::take_from_bytes(body).map_err(|e| invalid_data(e.to_string()))?;
                 let (generation, rest) = postcard::take_from_bytes(rest).map_err(|e| invalid_data(e.to_string()))?;
@@ -665,7 +720,14 @@ impl Persisted for Catalog {
                 } else {
                     let (limits, rest) = postcard::take_from_bytes(rest).map_err(|e| invalid_data(e.to_string()))?;
                     catalog.set_stored_bytes_limits(limits)?;
-                    catalog.operations = postcard_exact(rest)?;
+                    if version == VERSION_5 {
+                        catalog.operations = postcard_exact(rest)?;
+                    } else {
+                        let (operations, rest) =
+                            postcard::take_from_bytes(rest).map_err(|e| invalid_data(e.to_string()))?;
+                        catalog.operations = operations;
+                        catalog.moves = postcard_exact(rest)?;
+                    }
                 }
                 Ok(catalog)
             }
@@ -985,6 +1047,17 @@ impl Catalog {
                 self.shards.insert(shard_id, record.clone());
                 Ok(MetaResponse::Shard(record))
             }
+            MetaCommand::StartQueueMove { tenant, name, to_shard, now_ms } => {
+                Ok(MetaResponse::Queue(self.start_queue_move(log_index, tenant, name, *to_shard, *now_ms)?))
+            }
+            MetaCommand::SetQueueMovePhase { move_id, phase } => {
+                self.set_queue_move_phase(*move_id, phase)?;
+                Ok(MetaResponse::Done)
+            }
+            MetaCommand::FinishQueueMove { move_id, now_ms, paused_ms, bytes_moved } => {
+                self.finish_queue_move(*move_id, *now_ms, *paused_ms, *bytes_moved)?;
+                Ok(MetaResponse::Done)
+            }
             MetaCommand::QueueDropped { queue_id } => {
                 self.operations
                     .retain(|_, op| !matches!(op, Operation::DropQueue { queue_id: q, .. } if q == queue_id));
@@ -1069,10 +1142,17 @@ impl Catalog {
                         "too many deleted queues wait for their storage nodes; retry later",
                     ));
                 }
+                let moving = self.queues.get(&(tenant.clone(), name.clone())).is_some_and(|r| {
+                    self.operations.values().any(|op| matches!(op, Operation::MoveQueue(m) if m.queue_id == r.queue_id))
+                });
+                if moving {
+                    return Err(StrataError::unavailable("the queue is moving between shards; retry in a moment"));
+                }
                 let record = self
                     .queues
                     .remove(&(tenant.clone(), name.clone()))
                     .ok_or_else(|| StrataError::queue_not_found(name))?;
+                self.forget_queue_epoch(record.queue_id);
                 if journaled {
                     let (queue_id, shard_id) = (record.queue_id, record.shard_id);
                     self.operations

@@ -38,9 +38,12 @@ use tonic::{Request, Response, Status};
 
 use crate::MetaRaftConfig;
 use crate::catalog::{
-    AccessKeyRecord, Catalog, Limits, LimitsOf, MetaCommand, MetaEntry, MetaResponse, QueueConfig, QueueRecord, Secret,
-    ShardRecord,
+    AccessKeyRecord, Catalog, FinishedMove, Limits, LimitsOf, MetaCommand, MetaEntry, MetaResponse, MovePhase,
+    QueueConfig, QueueMove, QueueRecord, Secret, ShardRecord,
 };
+
+/// Longest reason a rolled-back move keeps.
+const MOVE_REASON_CHARS_MAX: usize = 512;
 use crate::leases::Leases;
 use crate::quorum::{LEADERLESS_MAX, Leaderless, QUORUM_SILENCE_MAX, QuorumView};
 use strata_common::limits::LEASE_MS;
@@ -603,8 +606,46 @@ impl From<QueueRecord> for pb::QueueInfo {
             created_ms: q.created_ms,
             modified_ms: q.modified_ms,
             tags: q.tags.into_iter().collect(),
+            // Filled in where the catalog is at hand (`queue_info`).
+            epoch: 0,
         }
     }
+}
+
+/// A queue's record with its epoch.
+fn queue_info(catalog: &Catalog, record: QueueRecord) -> pb::QueueInfo {
+    let epoch = catalog.queue_epoch(record.queue_id);
+    pb::QueueInfo { epoch, ..record.into() }
+}
+
+/// A move under way, as the API shows it.
+fn move_info(move_id: u64, m: &QueueMove) -> pb::QueueMoveInfo {
+    let (phase, reason, switched_ms) = match &m.phase {
+        MovePhase::Started => ("started", String::new(), 0),
+        MovePhase::Switched { at_ms } => ("switched", String::new(), *at_ms),
+        MovePhase::RollingBack { reason } => ("rolling back", reason.clone(), 0),
+    };
+    pb::QueueMoveInfo {
+        move_id,
+        tenant: m.tenant.clone(),
+        name: m.name.clone(),
+        queue_id: m.queue_id,
+        from_shard: m.from_shard,
+        to_shard: m.to_shard,
+        started_ms: m.started_ms,
+        phase: phase.to_owned(),
+        reason,
+        switched_ms,
+        ..Default::default()
+    }
+}
+
+/// A move that ended, as the API shows it.
+fn finished_info(f: &FinishedMove) -> pb::QueueMoveInfo {
+    let mut info = move_info(f.move_id, &f.queue);
+    info.phase =
+        if matches!(f.queue.phase, MovePhase::Switched { .. }) { "completed" } else { "rolled back" }.to_owned();
+    pb::QueueMoveInfo { finished_ms: f.finished_ms, paused_ms: f.paused_ms, bytes_moved: f.bytes_moved, ..info }
 }
 
 struct MetadataService {
@@ -693,8 +734,11 @@ impl Metadata for MetadataService {
     async fn get_queue(&self, request: Request<pb::QueueName>) -> Result<Response<pb::QueueInfo>, Status> {
         self.node.read_barrier().await?;
         let r = request.into_inner();
-        let found = self.node.catalog().queue(&r.tenant, &r.name).cloned();
-        found.map(|q| Response::new(q.into())).ok_or_else(|| StrataError::queue_not_found(&r.name).into())
+        let catalog = self.node.catalog();
+        let found = catalog.queue(&r.tenant, &r.name).cloned();
+        found
+            .map(|q| Response::new(queue_info(&catalog, q)))
+            .ok_or_else(|| StrataError::queue_not_found(&r.name).into())
     }
 
     async fn list_queues(
@@ -870,12 +914,15 @@ impl Metadata for MetadataService {
                 catalog.operations_of(&shard_ids, OPERATIONS_PER_HEARTBEAT_MAX),
             )
         };
-        let queue_drops = operations
-            .into_iter()
-            .map(|(_, op)| match op {
-                Operation::DropQueue { tenant, queue_id, shard_id } => pb::QueueRef { shard_id, queue_id, tenant },
-            })
-            .collect();
+        let (mut queue_drops, mut queue_moves) = (Vec::new(), Vec::new());
+        for (id, op) in operations {
+            match op {
+                Operation::DropQueue { tenant, queue_id, shard_id } => {
+                    queue_drops.push(pb::QueueRef { shard_id, queue_id, tenant });
+                }
+                Operation::MoveQueue(queue_move) => queue_moves.push(move_info(id, &queue_move)),
+            }
+        }
         self.node.leases.heartbeat(&node_id, self.node.term(), self.node.now_ms(), format_generation_max);
         let shards = shards.iter().map(|s| self.shard_info(s)).collect();
         let leaving_shards = leaving.iter().map(|s| self.shard_info(s)).collect();
@@ -885,6 +932,7 @@ impl Metadata for MetadataService {
             leaving_shards,
             format_generation,
             queue_drops,
+            queue_moves,
         }))
     }
 
@@ -1026,6 +1074,64 @@ impl Metadata for MetadataService {
             self.node.propose(request_id, MetaCommand::QueueDropped { queue_id }).await?;
         }
         Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn start_queue_move(
+        &self,
+        request: Request<pb::StartQueueMoveRequest>,
+    ) -> Result<Response<pb::QueueMoveInfo>, Status> {
+        let request_id = request_id(&request)?;
+        let r = request.into_inner();
+        let now_ms = self.node.now_ms();
+        let command = MetaCommand::StartQueueMove { tenant: r.tenant, name: r.name, to_shard: r.to_shard, now_ms };
+        let queue_id = match self.node.propose(request_id, command).await? {
+            MetaResponse::Queue(record) => record.queue_id,
+            other => return Err(unexpected(other)),
+        };
+        let (open, _) = self.node.catalog().queue_moves();
+        let started = open.iter().find(|(_, m)| m.queue_id == queue_id);
+        started.map(|(id, m)| Response::new(move_info(*id, m))).ok_or_else(|| {
+            // Ended already (a quick roll back) between the proposal and this read.
+            Status::from(StrataError::invalid("the move ended at once; see the finished moves"))
+        })
+    }
+
+    async fn decide_queue_move(
+        &self,
+        request: Request<pb::DecideQueueMoveRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let request_id = request_id(&request)?;
+        let r = request.into_inner();
+        let phase = if r.switch {
+            MovePhase::Switched { at_ms: self.node.now_ms() }
+        } else {
+            MovePhase::RollingBack { reason: r.reason.chars().take(MOVE_REASON_CHARS_MAX).collect() }
+        };
+        self.node.propose(request_id, MetaCommand::SetQueueMovePhase { move_id: r.move_id, phase }).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn finish_queue_move(
+        &self,
+        request: Request<pb::FinishQueueMoveRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let request_id = request_id(&request)?;
+        let r = request.into_inner();
+        let command = MetaCommand::FinishQueueMove {
+            move_id: r.move_id,
+            now_ms: self.node.now_ms(),
+            paused_ms: r.paused_ms,
+            bytes_moved: r.bytes_moved,
+        };
+        self.node.propose(request_id, command).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn list_queue_moves(&self, _: Request<pb::Empty>) -> Result<Response<pb::ListQueueMovesResponse>, Status> {
+        self.node.read_barrier().await?;
+        let (open, finished) = self.node.catalog().queue_moves();
+        let moves = finished.iter().map(finished_info).chain(open.iter().map(|(id, m)| move_info(*id, m))).collect();
+        Ok(Response::new(pb::ListQueueMovesResponse { moves }))
     }
 
     async fn create_access_key(

@@ -13,6 +13,7 @@ pub mod node;
 mod operations;
 pub mod queue;
 pub mod queue_metrics;
+mod queue_moves;
 pub mod schedule_files;
 pub mod service;
 pub mod shard;

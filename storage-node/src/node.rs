@@ -474,7 +474,7 @@ async fn heartbeat_loop(host: Arc<Host>) {
             Ok(answer) => {
                 host.format.raise(answer.format_generation);
                 host.reconcile(&answer.shards, &answer.leaving_shards).await;
-                host.operations.run(&host.shards, &host.metadata, answer.queue_drops);
+                host.operations.run(&host.shards, &host.metadata, answer.queue_drops, answer.queue_moves);
             }
             Err(e) => tracing::warn!(error = %e, "heartbeat to metadata failed; will retry"),
         }

@@ -2,9 +2,9 @@
 //! `docs/elasticity.md`): for each shard this node leads, the steps still to do, each one
 //! idempotent, so that an operation whose driver crashed is finished by whoever leads next.
 //!
-//! Today that is the second step of a queue deletion: dropping a deleted incarnation's state
-//! from its shard (which otherwise holds back the shard's segment garbage collection), then
-//! telling metadata so.
+//! Today that is the second step of a queue deletion (dropping a deleted incarnation's state
+//! from its shard, which otherwise holds back the shard's segment garbage collection, then
+//! telling metadata so) and the moves of queues between shards ([`crate::queue_moves`]).
 //!
 //! One pass runs at a time, apart from the heartbeats, so a shard that cannot commit (a lost
 //! majority) never delays the node's lease.
@@ -31,16 +31,23 @@ pub(crate) struct Operations {
 }
 
 impl Operations {
-    /// Starts a pass over `queue_drops` unless one is still running (its operations come again
-    /// with a later heartbeat if it does not finish them).
-    pub(crate) fn run(&self, shards: &ShardMap, metadata: &MetadataClient, queue_drops: Vec<pb::QueueRef>) {
-        if queue_drops.is_empty() {
+    /// Starts a pass over `queue_drops` and `queue_moves` unless one is still running (its
+    /// operations come again with a later heartbeat if it does not finish them).
+    pub(crate) fn run(
+        &self,
+        shards: &ShardMap,
+        metadata: &MetadataClient,
+        queue_drops: Vec<pb::QueueRef>,
+        queue_moves: Vec<pb::QueueMoveInfo>,
+    ) {
+        if queue_drops.is_empty() && queue_moves.is_empty() {
             return;
         }
         let Ok(running) = self.running.clone().try_lock_owned() else { return };
         let (shards, metadata) = (shards.clone(), metadata.clone());
         tokio::spawn(async move {
             drop_queues(&shards, &metadata, queue_drops).await;
+            crate::queue_moves::drive_moves(&shards, &metadata, queue_moves).await;
             drop(running);
         });
     }

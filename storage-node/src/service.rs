@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use strata_common::Random;
 use strata_common::error::{ErrorKind, StrataError};
+use strata_common::format::Persisted;
 use strata_common::limits;
 use strata_common::metering::READ_METERING_RECORDS_MAX;
 use strata_common::proto::storage_server::Storage;
@@ -26,7 +27,8 @@ use crate::queue::{
 };
 use crate::queue_metrics;
 use crate::shard::{
-    CALLER_NOTES_GENERATION, REQUEST_DIGEST_GENERATION, RETURN_UNDELIVERED_GENERATION, Shard, queue_error,
+    CALLER_NOTES_GENERATION, QUEUE_MOVES_GENERATION, REQUEST_DIGEST_GENERATION, RETURN_UNDELIVERED_GENERATION, Shard,
+    ShardEntry, queue_error,
 };
 
 /// How long the replica asked to lead may take to take over before leadership falls back to
@@ -355,16 +357,21 @@ async fn receive(
     let mut first = true;
     loop {
         let now_ms = shard.now_ms();
-        let (exists, visible, next_visible_ms) = {
+        let (exists, moving, visible, next_visible_ms) = {
             let state = shard.state();
             (
                 state.0.queue_config(queue_id, &tenant).is_some(),
+                state.0.is_moving(queue_id),
                 state.0.has_visible(queue_id, &tenant, now_ms),
                 state.0.next_visible_at_ms(queue_id, &tenant, now_ms),
             )
         };
         if !exists {
             return Err(queue_error(queue::QueueError::QueueNotFound));
+        }
+        // The proxy waits for the move and polls on at the queue's new shard.
+        if moving {
+            return Err(queue_error(queue::QueueError::QueueMoving));
         }
         // A receive with an attempt id is proposed at once: its retry answers messages in flight.
         if visible || (with_attempt_id && first) {
@@ -421,6 +428,34 @@ impl Storage for StorageService {
         let r = request.into_inner();
         let leader_node = self.shard(r.shard_id)?.transfer_leadership(&r.to_node, LEADER_TRANSFER_WAIT).await?;
         Ok(Response::new(pb::TransferShardLeaderResponse { leader_node }))
+    }
+
+    async fn adopt_queue_step(
+        &self,
+        request: Request<pb::AdoptQueueStepRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let r = request.into_inner();
+        let shard = self.shard(r.shard_id)?;
+        let entry = ShardEntry::decode_versioned(&r.entry)
+            .map_err(|e| StrataError::invalid(format!("an adoption step does not decode: {e}")))?;
+        let command = entry.0.command;
+        let adoption = matches!(
+            command,
+            Command::AdoptState { .. }
+                | Command::AdoptBodies { .. }
+                | Command::AdoptQueue { .. }
+                | Command::DropAdoption { .. }
+        );
+        if !adoption {
+            return Err(StrataError::invalid("only adoption steps are taken from another shard").into());
+        }
+        if shard.log_format().writing() < QUEUE_MOVES_GENERATION {
+            return Err(
+                StrataError::invalid("queues move once the cluster writes the queue-moves format generation").into()
+            );
+        }
+        shard.propose(command).await?;
+        Ok(Response::new(pb::Empty {}))
     }
 
     async fn send(&self, request: Request<pb::SendRequest>) -> Result<Response<pb::SendResponse>, Status> {

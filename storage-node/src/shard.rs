@@ -1120,7 +1120,7 @@ impl Shard {
     }
 
     /// A client of the replica at `address` (`None` if the address is not one).
-    fn peer_client(&self, address: &str) -> Option<PeerClient> {
+    pub(crate) fn peer_client(&self, address: &str) -> Option<PeerClient> {
         let mut peers = self.peers.lock();
         if let Some(client) = peers.get(address) {
             return Some(client.clone());

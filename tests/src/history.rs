@@ -9,6 +9,8 @@
 //! * deliveries of messages never sent (invented or corrupted; must be 0);
 //! * deliveries to another tenant or another queue than the one sent to (must be 0);
 //! * deliveries that started after a delete of that message had succeeded (must be 0);
+//! * FIFO order: a FIFO stream's messages (one group, `STREAM/N` sent in order) first delivered
+//!   after one sent later (must be 0);
 //! * duplicates: deliveries beyond a message's first (allowed, at-least-once; counted);
 //! * recovery after each fault: from the fault until every stream (a tenant's queue) that
 //!   sends again after it has had a send acknowledged, with p50 and p99 over the faults.
@@ -34,6 +36,11 @@ pub struct Stream {
 impl Stream {
     pub fn new(tenant: &str, queue: &str) -> Self {
         Self { tenant: tenant.to_owned(), queue: queue.to_owned() }
+    }
+
+    /// Whether the queue is a FIFO queue (its sends go to one group, in order).
+    pub fn is_fifo(&self) -> bool {
+        self.queue.ends_with(".fifo")
     }
 }
 
@@ -185,6 +192,7 @@ impl History {
             }
         }
         report.duplicates = deliveries.values().map(|n| n - 1).sum();
+        report.fifo_out_of_order = fifo_out_of_order(&events);
         let mut never: Vec<String> = sent
             .iter()
             .filter(|(id, (_, outcome))| *outcome == Outcome::Ok && !deliveries.contains_key(*id))
@@ -195,6 +203,36 @@ impl History {
         report.recoveries = recoveries(&events);
         report
     }
+}
+
+/// Messages of a FIFO stream (one group, sent in order, ids `STREAM/N`) delivered for the first
+/// time before one sent earlier was: each as `id (after later)`.
+fn fifo_out_of_order(events: &[Event]) -> Vec<String> {
+    let mut seen: BTreeSet<&str> = BTreeSet::new();
+    let mut last: HashMap<&Stream, (u64, &str)> = HashMap::new();
+    let mut out = Vec::new();
+    for event in events {
+        let Event::Receive { stream, ids, .. } = event else { continue };
+        if !stream.is_fifo() {
+            continue;
+        }
+        for id in ids {
+            if !seen.insert(id.as_str()) {
+                continue;
+            }
+            let Some(n) = id.rsplit('/').next().and_then(|n| n.parse::<u64>().ok()) else { continue };
+            if let Some((before, before_id)) = last.get(stream)
+                && *before > n
+            {
+                out.push(format!("{id} (after {before_id})"));
+            }
+            let entry = last.entry(stream).or_insert((n, id.as_str()));
+            if entry.0 < n {
+                *entry = (n, id.as_str());
+            }
+        }
+    }
+    out
 }
 
 /// For each fault: how long until every stream that had a send acknowledged after it had one,
@@ -242,6 +280,8 @@ pub struct Report {
     pub delivered_after_delete: Vec<String>,
     /// Deliveries beyond each message's first.
     pub duplicates: usize,
+    /// FIFO messages first delivered after one sent later (see [`fifo_out_of_order`]).
+    pub fifo_out_of_order: Vec<String>,
     /// Per fault, in order: its label and the recovery time in ms (`None`: no recovery seen).
     pub recoveries: Vec<(String, Option<u64>)>,
 }
@@ -254,6 +294,7 @@ impl Report {
             && self.wrong_tenant.is_empty()
             && self.wrong_queue.is_empty()
             && self.delivered_after_delete.is_empty()
+            && self.fifo_out_of_order.is_empty()
     }
 
     /// The recovery time at quantile `q` (0-1) over the faults that recovered.
@@ -282,6 +323,7 @@ impl fmt::Display for Report {
             ("deliveries to the wrong tenant", &self.wrong_tenant),
             ("deliveries to the wrong queue", &self.wrong_queue),
             ("deliveries after a successful delete", &self.delivered_after_delete),
+            ("FIFO messages delivered before one sent earlier", &self.fifo_out_of_order),
         ] {
             writeln!(f, "{what}: {} {}", items.len(), list(items))?;
         }
@@ -390,5 +432,17 @@ mod tests {
         assert_eq!(report.recovery_ms_quantile(0.5), Some(100));
         assert_eq!(h.acknowledged_sends_between(std::slice::from_ref(&b), 12, 200), ["b2"]);
         assert!(h.acknowledged_sends_between(std::slice::from_ref(&b), 12, 100).is_empty());
+    }
+
+    #[test]
+    fn a_fifo_message_first_delivered_after_one_sent_later_is_out_of_order() {
+        let history = History::new();
+        let (fifo, standard) = (Stream::new("t", "q.fifo"), Stream::new("t", "q"));
+        let ids = |ns: &[u32], stream: &Stream| ns.iter().map(|n| format!("{stream}/{n}")).collect::<Vec<_>>();
+        at(&history, Event::Receive { stream: fifo.clone(), ids: ids(&[0, 2], &fifo), started_ms: 1 });
+        // 0 again is a redelivery, not a first delivery; 1 came after 2.
+        at(&history, Event::Receive { stream: fifo.clone(), ids: ids(&[1, 0, 3], &fifo), started_ms: 2 });
+        at(&history, Event::Receive { stream: standard.clone(), ids: ids(&[5, 4], &standard), started_ms: 3 });
+        assert_eq!(history.check().fifo_out_of_order, ["t/q.fifo/1 (after t/q.fifo/2)"]);
     }
 }

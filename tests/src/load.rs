@@ -28,14 +28,17 @@ fn outcome(answer: &Result<(u16, serde_json::Value), strata_client::ClientError>
     }
 }
 
-/// Sends unique bodies to one queue, alternating proxies, until `stop`.
+/// Sends unique bodies to one queue, alternating proxies, until `stop`. A FIFO queue's messages
+/// all go to one group, in order (each with its unique id as its deduplication id).
 pub async fn sender(history: History, stream: Stream, proxies: Vec<Api>, stop: CancellationToken) {
     let path = format!("/v1/queues/{}/messages", stream.queue);
+    let fifo = stream.is_fifo();
     let mut i = 0usize;
     while !stop.is_cancelled() {
         let id = format!("{stream}/{i}");
         let started_ms = history.now_ms();
-        let answer = proxies[i % proxies.len()].post(&path, json!({ "messages": [{ "body": id }] })).await;
+        let message = if fifo { json!({ "body": id, "group_id": "g", "deduplication_id": id }) } else { json!({ "body": id }) };
+        let answer = proxies[i % proxies.len()].post(&path, json!({ "messages": [message] })).await;
         history.send(&stream, &id, started_ms, outcome(&answer));
         i += 1;
         tokio::time::sleep(SEND_PAUSE).await;
@@ -99,13 +102,22 @@ impl Load {
     pub async fn start(cluster: &LocalCluster, tenants: &[&str], queues: &[&str]) -> anyhow::Result<Self> {
         let env = cluster.credentials()?;
         let endpoints: Vec<String> = env["STRATA_PROXY_ENDPOINTS"].split(',').map(str::to_owned).collect();
+        let mut clients = Vec::new();
+        for tenant in tenants {
+            let token = cluster.token_for(tenant)?;
+            clients.push(((*tenant).to_owned(), endpoints.iter().map(|e| Api::new(e, &token)).collect()));
+        }
+        Self::start_with(clients, queues).await
+    }
+
+    /// Creates `queues` for every tenant of `clients` (with its clients of the proxies) and
+    /// starts their clients.
+    pub async fn start_with(clients: Vec<(String, Vec<Api>)>, queues: &[&str]) -> anyhow::Result<Self> {
         let history = History::new();
         let (stop_sending, stop_receiving) = (CancellationToken::new(), CancellationToken::new());
         let mut streams = Vec::new();
         let (mut senders, mut receivers) = (Vec::new(), Vec::new());
-        for tenant in tenants {
-            let token = cluster.token_for(tenant)?;
-            let proxies: Vec<Api> = endpoints.iter().map(|e| Api::new(e, &token)).collect();
+        for (tenant, proxies) in &clients {
             for queue in queues {
                 proxies[0].create_queue(&model::CreateQueue::named(*queue)).await?;
                 let stream = Stream::new(tenant, queue);

@@ -19,6 +19,7 @@ use strata_common::proto as pb;
 use strata_metadata_client::MetadataClient;
 use strata_tests::cluster::{LocalCluster, STORAGE};
 use strata_tests::internal::channel;
+use strata_tests::load::Load;
 use strata_tests::{DevProcess, strata_binary};
 use strata_tls::pki::LocalCa;
 use strata_tls::{Credentials, Role};
@@ -151,6 +152,85 @@ async fn a_shard_added_at_runtime_takes_new_queues_and_survives_a_restart() -> a
     let bodies: Vec<&str> = got.messages.iter().map(|m| m.body.as_str()).collect();
     assert_eq!(bodies, ["on the added shard"]);
     assert_eq!(metadata.get_queue("dev", "before").await?.shard_id, 1);
+    Ok(())
+}
+
+/// Moves `name` of tenant `dev` to the other of shards 1 and 2, `times` times, each through the
+/// admin API and until it ends; answers each move as it ended.
+async fn move_back_and_forth(
+    admin: strata_client::Client,
+    name: &str,
+    times: usize,
+) -> anyhow::Result<Vec<model::admin::QueueMove>> {
+    let mut ended = Vec::new();
+    for _ in 0..times {
+        let at = admin.queue_placement("dev", name).await?.shard_id;
+        let to_shard = if at == 1 { 2 } else { 1 };
+        let started = admin.move_queue("dev", name, &model::admin::MoveQueue { to_shard }).await?;
+        let deadline = Instant::now() + FINISHED_WITHIN;
+        let done = loop {
+            let moves = admin.queue_moves().await?.moves;
+            if let Some(done) = moves.into_iter().find(|m| m.move_id == started.move_id && !m.is_under_way()) {
+                break done;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "move {} of {name} never ended", started.move_id);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        anyhow::ensure!(done.phase == "completed", "move of {name} rolled back: {done:?}");
+        ended.push(done);
+    }
+    Ok(ended)
+}
+
+fn quantile(sorted: &[u64], q: f64) -> u64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_move_between_shards_back_and_forth_under_load_losing_nothing() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dev = DevProcess::start(&dir.path().join("dev"), &["--shards", "2"])?;
+    dev.wait_for_newest_formats().await?;
+    let env: BTreeMap<String, String> = dev.credentials_env()?.into_iter().collect();
+    let endpoint = &env["STRATA_ENDPOINT"];
+    let clients = vec![
+        ("dev".to_owned(), vec![dev.api()]),
+        ("acme".to_owned(), vec![strata_tests::Api::new(endpoint, &dev.token_for("acme")?)]),
+    ];
+    // Sends with unique ids, receives and deletes on a standard and a FIFO queue of two tenants.
+    let load = Load::start_with(clients, &["hot", "hot.fifo"]).await?;
+    claimed_epoch(&MetadataClient::connect_lazy(&env["STRATA_METADATA_ENDPOINTS"], &proxy_credentials(&dev)?)?, 2, 0)
+        .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // The standard and the FIFO queue of `dev` each move 20 times, both at once.
+    let admin = dev.admin_api()?;
+    let (standard, fifo) =
+        tokio::join!(move_back_and_forth(admin.clone(), "hot", 20), move_back_and_forth(admin.clone(), "hot.fifo", 20));
+    let moves: Vec<_> = standard?.into_iter().chain(fifo?).collect();
+    let (ok, placement, stderr) = cluster_cli(&env, &["queue", "dev", "hot"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(placement["epoch"], 20, "{placement}");
+    assert_eq!(placement["shard_id"], admin.queue_placement("dev", "hot").await?.shard_id, "{placement}");
+    let (ok, listed, stderr) = cluster_cli(&env, &["moves"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(listed["moves"].as_array().map(Vec::len), Some(40), "{listed}");
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let report = load.finish().await;
+    let mut paused: Vec<u64> = moves.iter().map(|m| m.paused_ms).collect();
+    paused.sort_unstable();
+    let copied: u64 = moves.iter().map(|m| m.bytes_moved).sum();
+    println!(
+        "{report}\n{} moves: paused p50 {} ms, p99 {} ms, max {} ms; {copied} bytes copied",
+        moves.len(),
+        quantile(&paused, 0.5),
+        quantile(&paused, 0.99),
+        quantile(&paused, 1.0)
+    );
+    assert!(report.is_safe(), "{report}");
+    assert!(report.sends_acknowledged > 200, "{report}");
+    assert_eq!(report.duplicates, 0, "{report}");
     Ok(())
 }
 

@@ -51,6 +51,11 @@ pub const RPC_ROLES: &[(Listener, &str, &[Role])] = &[
     (Listener::Metadata, "/strata.v1.Metadata/ListStorageNodes", &[Proxy, Billing, Autoscaler, Operator]),
     (Listener::Metadata, "/strata.v1.Metadata/MoveReplica", &[Proxy, Autoscaler, Operator]),
     (Listener::Metadata, "/strata.v1.Metadata/AddShard", &[Proxy, Autoscaler, Operator]),
+    (Listener::Metadata, "/strata.v1.Metadata/StartQueueMove", &[Proxy, Autoscaler, Operator]),
+    (Listener::Metadata, "/strata.v1.Metadata/ListQueueMoves", &[Proxy, Autoscaler, Operator]),
+    // A move's driver is its source shard's leader.
+    (Listener::Metadata, "/strata.v1.Metadata/DecideQueueMove", &[Storage]),
+    (Listener::Metadata, "/strata.v1.Metadata/FinishQueueMove", &[Storage]),
     // Every role reads it for its readiness (the metadata quorum reachable).
     (Listener::Metadata, "/strata.v1.Metadata/ListMetadataMembers", &[Proxy, Storage, Billing, Autoscaler, Operator]),
     (Listener::Metadata, "/strata.v1.Metadata/ChangeMetadataMembers", &[Proxy, Operator]),
@@ -78,6 +83,8 @@ pub const RPC_ROLES: &[(Listener, &str, &[Role])] = &[
     (Listener::Storage, "/strata.v1.Storage/DropQueue", &[Proxy]),
     // Placement: operators and the autoscaler move leadership.
     (Listener::Storage, "/strata.v1.Storage/TransferShardLeader", &[Proxy, Autoscaler, Operator]),
+    // A queue moving between shards: the source's leader hands it to the target's.
+    (Listener::Storage, "/strata.v1.Storage/AdoptQueueStep", &[Storage]),
     (Listener::Storage, "/strata.v1.Storage/Send", &[Proxy]),
     (Listener::Storage, "/strata.v1.Storage/Receive", &[Proxy, Billing]),
     (Listener::Storage, "/strata.v1.Storage/Delete", &[Proxy, Billing]),

@@ -305,6 +305,37 @@ impl MetadataClient {
         self.call(request, |mut c, r| async move { c.queue_dropped(r).await }).await.map(|_| ())
     }
 
+    /// Starts moving a queue to shard `to_shard` (docs/elasticity.md); its source shard's
+    /// leader drives the move.
+    pub async fn start_queue_move(
+        &self,
+        tenant: &str,
+        name: &str,
+        to_shard: u64,
+    ) -> Result<pb::QueueMoveInfo, StrataError> {
+        let request = pb::StartQueueMoveRequest { tenant: tenant.to_owned(), name: name.to_owned(), to_shard };
+        self.call(request, |mut c, r| async move { c.start_queue_move(r).await }).await
+    }
+
+    /// A move's decision: switch its queue's routing to the target, or roll back for `reason`
+    /// (refused when the other was taken).
+    pub async fn decide_queue_move(&self, move_id: u64, switch: bool, reason: &str) -> Result<(), StrataError> {
+        let request = pb::DecideQueueMoveRequest { move_id, switch, reason: reason.to_owned() };
+        self.call(request, |mut c, r| async move { c.decide_queue_move(r).await }).await.map(|_| ())
+    }
+
+    /// Ends a decided move, with how long its queue was fenced and the bytes it copied.
+    pub async fn finish_queue_move(&self, move_id: u64, paused_ms: u64, bytes_moved: u64) -> Result<(), StrataError> {
+        let request = pb::FinishQueueMoveRequest { move_id, paused_ms, bytes_moved };
+        self.call(request, |mut c, r| async move { c.finish_queue_move(r).await }).await.map(|_| ())
+    }
+
+    /// The last finished moves, oldest first, then those under way.
+    pub async fn list_queue_moves(&self) -> Result<Vec<pb::QueueMoveInfo>, StrataError> {
+        let moves = self.call(pb::Empty {}, |mut c, r| async move { c.list_queue_moves(r).await }).await?;
+        Ok(moves.moves)
+    }
+
     pub async fn set_queue_config(
         &self,
         tenant: &str,

@@ -489,6 +489,29 @@ impl Client {
         self.post_as(&format!("/admin/v1/shards/{shard_id}/transfer-leader"), request).await
     }
 
+    /// Where a tenant's queue lives: its shard and epoch.
+    pub async fn queue_placement(&self, tenant: &str, name: &str) -> Result<admin::QueuePlacement, ClientError> {
+        self.get_as(&format!("/admin/v1/tenants/{}/queues/{}/placement", path_segment(tenant), path_segment(name)))
+            .await
+    }
+
+    /// Starts moving a tenant's queue to another shard; the answer is the move as started (see
+    /// [`Client::queue_moves`] for how it goes on).
+    pub async fn move_queue(
+        &self,
+        tenant: &str,
+        name: &str,
+        request: &admin::MoveQueue,
+    ) -> Result<admin::QueueMove, ClientError> {
+        self.post_as(&format!("/admin/v1/tenants/{}/queues/{}/move", path_segment(tenant), path_segment(name)), request)
+            .await
+    }
+
+    /// The last finished queue moves, oldest first, then those under way.
+    pub async fn queue_moves(&self) -> Result<admin::QueueMoves, ClientError> {
+        self.get_as("/admin/v1/queue-moves").await
+    }
+
     pub async fn metadata_members(&self) -> Result<admin::MetadataMembers, ClientError> {
         self.get_as("/admin/v1/metadata-members").await
     }

@@ -822,6 +822,67 @@ pub mod admin {
         pub leader_node: String,
     }
 
+    /// Where a queue lives: its shard, and how many times it moved between shards.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct QueuePlacement {
+        pub tenant: String,
+        pub name: String,
+        pub queue_id: u64,
+        pub shard_id: u64,
+        pub epoch: u64,
+    }
+
+    /// Moves a queue to another shard.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct MoveQueue {
+        pub to_shard: u64,
+    }
+
+    /// A queue's move between shards, under way or ended.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct QueueMove {
+        pub move_id: u64,
+        pub tenant: String,
+        pub name: String,
+        pub queue_id: u64,
+        pub from_shard: u64,
+        pub to_shard: u64,
+        /// `started`, `switched`, `rolling back` (under way), `completed` or `rolled back`.
+        pub phase: String,
+        /// Why it rolls or rolled back.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        pub reason: String,
+        pub started_ms: u64,
+        /// When routing switched to the target (0: not yet, or never).
+        #[serde(default)]
+        pub switched_ms: u64,
+        /// When it ended (0: under way).
+        #[serde(default)]
+        pub finished_ms: u64,
+        /// How long calls on the queue waited (ended moves).
+        #[serde(default)]
+        pub paused_ms: u64,
+        /// Bytes of state and bodies copied to the target (ended moves).
+        #[serde(default)]
+        pub bytes_moved: u64,
+    }
+
+    impl QueueMove {
+        pub fn is_under_way(&self) -> bool {
+            self.finished_ms == 0
+        }
+    }
+
+    /// The last finished moves, oldest first, then those under way.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct QueueMoves {
+        pub moves: Vec<QueueMove>,
+    }
+
     /// A member of the metadata quorum.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]

@@ -55,6 +55,7 @@ mod callers;
 mod dead_letters;
 mod message_trace;
 mod queue_metrics;
+mod queue_moves;
 mod settings;
 mod tags;
 mod tenants;
@@ -148,6 +149,9 @@ pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
         .route("/admin/v1/tenants/{tenant}/access-keys/{id}/rotate", post(rotate_access_key::<AdminTenant>))
         .route("/admin/v1/tenants", get(tenants::list))
         .route("/admin/v1/tenants/{tenant}/queues", get(tenants::queues))
+        .route("/admin/v1/tenants/{tenant}/queues/{name}/placement", get(queue_moves::placement))
+        .route("/admin/v1/tenants/{tenant}/queues/{name}/move", post(queue_moves::start))
+        .route("/admin/v1/queue-moves", get(queue_moves::list))
         .route("/admin/v1/storage-nodes", get(list_storage_nodes))
         .route("/admin/v1/shards", post(add_shard))
         .route("/admin/v1/shards/{id}", get(get_shard))

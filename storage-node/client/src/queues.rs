@@ -121,6 +121,8 @@ where
     validate_queue_name(name)?;
     let not_found = || StrataError::queue_not_found(name);
     let mut healed = false;
+    let clock = placement.metadata.clock();
+    let mut moving_since = None;
     loop {
         let info = match placement.queue(tenant, name).await {
             Ok(info) => info,
@@ -130,6 +132,17 @@ where
         let queue = routing::queue_ref(&info);
         let e = match on_shard_within(placement, info.shard_id, attempt_timeout, |c| call(c, queue.clone())).await {
             Ok(answer) => return Ok(answer),
+            // The queue is moving to another shard: wait for the switch, then go where metadata
+            // routes it (a send's request id keeps a retry of one that was applied stored once).
+            Err(e) if e.kind == ErrorKind::QueueMoving => {
+                let since = *moving_since.get_or_insert_with(|| clock.instant());
+                if clock.instant().duration_since(since) >= MOVE_WAIT {
+                    return Err(e);
+                }
+                placement.forget(tenant, name);
+                clock.sleep(MOVE_RETRY_PAUSE).await;
+                continue;
+            }
             Err(e) if e.kind != ErrorKind::QueueNotFound => return Err(e),
             Err(e) => e,
         };
@@ -154,6 +167,13 @@ where
         }
     }
 }
+
+/// How long a call waits for a queue moving between shards (a move pauses its queue for about
+/// a second; one that cannot finish rolls back within 30 s), before it answers `QueueMoving`
+/// (a 503, which clients retry).
+const MOVE_WAIT: Duration = Duration::from_secs(15);
+/// Pause between attempts on a moving queue.
+const MOVE_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// How long one call keeps moving between the replicas of its shard: several elections (about
 /// a second each), and a paused leader's attempt timeout on the way.

@@ -321,13 +321,15 @@ impl ShardState {
             | Command::TrimMetering { .. }
             | Command::Calls { .. }
             | Command::WithCaller { .. }
-            | Command::FenceQueue { .. }
-            | Command::ReleaseQueue { .. }
             | Command::AdoptState { .. }
             | Command::AdoptBodies { .. }
             | Command::DropAdoption { .. } => None,
-            // Long polls waiting at the shard go on when the queue serves here (again).
-            Command::UnfenceQueue { queue, .. } | Command::AdoptQueue { queue, .. } => Some(Touch::Queue(*queue)),
+            // Long polls waiting at the shard learn that the queue moves away (and go to its new
+            // shard), or that it serves here (again).
+            Command::FenceQueue { queue, .. }
+            | Command::ReleaseQueue { queue, .. }
+            | Command::UnfenceQueue { queue, .. }
+            | Command::AdoptQueue { queue, .. } => Some(Touch::Queue(*queue)),
             Command::StartMoveTask { .. }
             | Command::CancelMoveTask { .. }
             | Command::MoveStep { .. }

@@ -132,7 +132,7 @@ fn refused(reason: &str) -> QueueError {
 
 impl ShardState {
     /// Whether the queue is fenced for a move away, or arriving and not yet whole.
-    pub(super) fn is_moving(&self, queue: QueueId) -> bool {
+    pub fn is_moving(&self, queue: QueueId) -> bool {
         self.moves.fenced.contains_key(&queue) || self.moves.adopting.contains_key(&queue)
     }
 

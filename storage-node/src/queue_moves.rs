@@ -1,0 +1,274 @@
+//! Drives the moves of queues between shards whose source shard this node leads (see
+//! `docs/elasticity.md`): metadata's heartbeat answers name them, and the pass of
+//! [`crate::operations`] hands each here.
+//!
+//! # What it guarantees
+//!
+//! * The queue is fenced on its source before anything is copied, so the copy is its whole
+//!   state; calls on it wait (proxies retry on `QueueMoving`) until routing switches.
+//! * Metadata decides each move (switch or roll back) before the driver acts on it: the source
+//!   releases its copy only after the switch, unfences only after a roll back, and what the
+//!   target got is dropped only after a roll back. A driver that lost its shard's leadership
+//!   and goes on cannot undo its successor's work: proposals on the source need leadership, and
+//!   metadata refuses a decision other than the one taken.
+//! * Every step is idempotent, so a pass that stops half way (a crash, a timeout) is resumed
+//!   by the next pass of whoever leads the source then.
+//!
+//! A move that cannot finish its hand-over within [`HAND_OVER_DEADLINE`] of its start (the
+//! target shard unreachable, say) is rolled back, so a queue is never fenced for longer; one
+//! the source refuses to fence (see `queue::state::moves`) is rolled back at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_common::ClockExt;
+use strata_common::error::{ErrorKind, StrataError};
+use strata_common::format::Persisted;
+use strata_common::proto as pb;
+use strata_metadata_client::MetadataClient;
+
+use crate::node::ShardMap;
+use crate::queue::{ADOPT_BODIES_PART_MESSAGES, ADOPTED_STATE_BYTES_MAX, Command, MessageRef, ShardCommand};
+use crate::shard::{QUEUE_MOVES_GENERATION, Shard, ShardEntry};
+
+/// How long a move may stay before its switch: past it, a failed hand-over rolls back.
+pub(crate) const HAND_OVER_DEADLINE: Duration = Duration::from_secs(30);
+/// How long one step (a proposal, a call to the target) may take.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bodies read from the source log at a time.
+const BODIES_READ_AT_ONCE: usize = 100;
+/// About how many bytes of bodies one adoption entry carries (at least one body).
+const BODIES_PART_BYTES: usize = 1 << 20;
+
+/// Why a hand-over stopped.
+enum Stop {
+    /// The move cannot happen (the source refused to fence the queue): roll back now.
+    Refused(String),
+    /// Something failed that a later pass may get past.
+    Failed(StrataError),
+}
+
+impl From<StrataError> for Stop {
+    fn from(e: StrataError) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+/// What a hand-over did, for the move's record.
+struct Handed {
+    fenced_at_ms: u64,
+    bytes_moved: u64,
+}
+
+/// Carries each move on as far as it goes now.
+pub(crate) async fn drive_moves(shards: &ShardMap, metadata: &MetadataClient, moves: Vec<pb::QueueMoveInfo>) {
+    for queue_move in moves {
+        let Some(source) = shards.read().get(&queue_move.from_shard).cloned().filter(|s| s.is_leader()) else {
+            continue;
+        };
+        if let Err(e) = drive(&source, shards, metadata, &queue_move).await {
+            tracing::warn!(move_id = queue_move.move_id, queue_id = queue_move.queue_id, error = %e, "a queue move stopped; the next pass goes on");
+        }
+    }
+}
+
+async fn drive(
+    source: &Arc<Shard>,
+    shards: &ShardMap,
+    metadata: &MetadataClient,
+    m: &pb::QueueMoveInfo,
+) -> Result<(), StrataError> {
+    // Metadata starts moves only from this generation on; a node whose gate has not followed
+    // yet waits for its next heartbeat.
+    if source.log_format().writing() < QUEUE_MOVES_GENERATION {
+        return Ok(());
+    }
+    let target =
+        Target { shards: shards.clone(), metadata: metadata.clone(), source: source.clone(), shard_id: m.to_shard };
+    match m.phase.as_str() {
+        "started" => match hand_over(source, &target, m).await {
+            Ok(handed) => {
+                metadata.decide_queue_move(m.move_id, true, "").await?;
+                let paused_ms = source.now_ms().saturating_sub(handed.fenced_at_ms);
+                release(source, m).await?;
+                metadata.finish_queue_move(m.move_id, paused_ms, handed.bytes_moved).await?;
+                tracing::info!(
+                    move_id = m.move_id,
+                    queue_id = m.queue_id,
+                    from = m.from_shard,
+                    to = m.to_shard,
+                    paused_ms,
+                    bytes = handed.bytes_moved,
+                    "queue moved"
+                );
+                Ok(())
+            }
+            Err(Stop::Refused(reason)) => roll_back(source, &target, metadata, m, &reason).await,
+            Err(Stop::Failed(e)) => {
+                let waited_ms = source.now_ms().saturating_sub(m.started_ms);
+                if u128::from(waited_ms) < HAND_OVER_DEADLINE.as_millis() {
+                    return Err(e);
+                }
+                let reason =
+                    format!("the hand-over did not finish within {} s: {}", HAND_OVER_DEADLINE.as_secs(), e.message);
+                roll_back(source, &target, metadata, m, &reason).await
+            }
+        },
+        "switched" => {
+            release(source, m).await?;
+            let paused_ms = m.switched_ms.saturating_sub(m.started_ms);
+            metadata.finish_queue_move(m.move_id, paused_ms, 0).await
+        }
+        "rolling back" => roll_back(source, &target, metadata, m, &m.reason).await,
+        other => Err(StrataError::internal(format!("a queue move in an unknown phase '{other}'"))),
+    }
+}
+
+/// Fences the queue on the source and hands its state and bodies to the target.
+async fn hand_over(source: &Arc<Shard>, target: &Target, m: &pb::QueueMoveInfo) -> Result<Handed, Stop> {
+    let (queue, move_id) = (m.queue_id, m.move_id);
+    let fenced_at_ms = source.now_ms();
+    let fence = Command::FenceQueue { queue, tenant: m.tenant.clone(), move_id };
+    match step(source, fence).await {
+        Ok(()) => {}
+        Err(e) if matches!(e.kind, ErrorKind::InvalidParameter | ErrorKind::QueueNotFound) => {
+            return Err(Stop::Refused(e.message));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let exported = source.state().0.export_queue(queue, move_id).map_err(|e| Stop::Refused(e.to_string()))?;
+    let state_bytes: u64 = exported.state.iter().map(|part| part.len() as u64).sum();
+    if state_bytes > ADOPTED_STATE_BYTES_MAX {
+        return Err(Stop::Refused(format!("the queue's state ({state_bytes} bytes) is too large to move")));
+    }
+    let mut offset = 0;
+    for part in exported.state {
+        let len = part.len() as u64;
+        target.adopt(Command::AdoptState { queue, tenant: exported.tenant.clone(), move_id, offset, part }).await?;
+        offset += len;
+    }
+    let mut bytes_moved = state_bytes;
+    for refs in exported.bodies.chunks(BODIES_READ_AT_ONCE) {
+        bytes_moved += copy_bodies(source, target, queue, move_id, refs).await?;
+    }
+    target.adopt(Command::AdoptQueue { queue, move_id }).await?;
+    Ok(Handed { fenced_at_ms, bytes_moved })
+}
+
+/// Reads `refs` from the source's log and hands them to the target in entries of about
+/// [`BODIES_PART_BYTES`]; answers the bytes copied.
+async fn copy_bodies(
+    source: &Shard,
+    target: &Target,
+    queue: u64,
+    move_id: u64,
+    refs: &[MessageRef],
+) -> Result<u64, StrataError> {
+    let read = source.read_messages(refs).await;
+    let (mut part_refs, mut messages, mut trace_headers, mut part_bytes, mut copied) =
+        (Vec::new(), Vec::new(), Vec::new(), 0usize, 0u64);
+    for (at, stored) in refs.iter().zip(read) {
+        let stored = stored?;
+        let bytes = stored.message.body.len();
+        if !messages.is_empty()
+            && (part_bytes + bytes > BODIES_PART_BYTES || messages.len() == ADOPT_BODIES_PART_MESSAGES)
+        {
+            let command = Command::AdoptBodies {
+                queue,
+                move_id,
+                refs: std::mem::take(&mut part_refs),
+                messages: std::mem::take(&mut messages),
+                trace_headers: std::mem::take(&mut trace_headers),
+            };
+            target.adopt(command).await?;
+            part_bytes = 0;
+        }
+        part_bytes += bytes;
+        copied += bytes as u64;
+        part_refs.push(*at);
+        messages.push(stored.message);
+        trace_headers.push(stored.trace_header);
+    }
+    if !messages.is_empty() {
+        target.adopt(Command::AdoptBodies { queue, move_id, refs: part_refs, messages, trace_headers }).await?;
+    }
+    Ok(copied)
+}
+
+/// Drops the source's copy of a switched queue.
+async fn release(source: &Shard, m: &pb::QueueMoveInfo) -> Result<(), StrataError> {
+    step(source, Command::ReleaseQueue { queue: m.queue_id, move_id: m.move_id }).await
+}
+
+/// Rolls a move back: decided in metadata first, then the source serves again and the target
+/// drops what it got.
+async fn roll_back(
+    source: &Shard,
+    target: &Target,
+    metadata: &MetadataClient,
+    m: &pb::QueueMoveInfo,
+    reason: &str,
+) -> Result<(), StrataError> {
+    metadata.decide_queue_move(m.move_id, false, reason).await?;
+    step(source, Command::UnfenceQueue { queue: m.queue_id, move_id: m.move_id }).await?;
+    target.adopt(Command::DropAdoption { queue: m.queue_id, move_id: m.move_id }).await?;
+    let paused_ms = source.now_ms().saturating_sub(m.started_ms);
+    metadata.finish_queue_move(m.move_id, paused_ms, 0).await?;
+    tracing::info!(move_id = m.move_id, queue_id = m.queue_id, reason, "queue move rolled back");
+    Ok(())
+}
+
+/// Proposes one step on the source, within [`STEP_TIMEOUT`].
+async fn step(shard: &Shard, command: Command) -> Result<(), StrataError> {
+    match shard.clock().timeout(STEP_TIMEOUT, shard.propose(command)).await {
+        Ok(answer) => answer.map(|_| ()),
+        Err(_) => Err(StrataError::unavailable("a step of a queue move timed out")),
+    }
+}
+
+/// The target shard of a move, wherever its leader is.
+struct Target {
+    shards: ShardMap,
+    metadata: MetadataClient,
+    /// Its peer clients reach other storage nodes.
+    source: Arc<Shard>,
+    shard_id: u64,
+}
+
+impl Target {
+    /// Proposes an adoption step at the target's leader: here when this node leads it, else
+    /// through its storage node (following a not-leader answer's hint once).
+    async fn adopt(&self, command: Command) -> Result<(), StrataError> {
+        let local = self.shards.read().get(&self.shard_id).cloned().filter(|s| s.is_leader());
+        if let Some(shard) = local {
+            return step(&shard, command).await;
+        }
+        let entry = ShardEntry(ShardCommand { now_ms: 0, command, request_id: None, meter: None });
+        let version = entry.version_to_write(self.source.log_format().writing());
+        let mut bytes = vec![version];
+        entry
+            .encode_body(version, &mut bytes)
+            .map_err(|e| StrataError::internal(format!("an adoption step does not encode: {e}")))?;
+        let info = self.metadata.get_shard(self.shard_id).await?;
+        let mut address = info.address;
+        for _ in 0..2 {
+            let Some(mut client) = self.source.peer_client(&address) else {
+                return Err(StrataError::unavailable("the target shard's leader has no usable address"));
+            };
+            let request = pb::AdoptQueueStepRequest { shard_id: self.shard_id, entry: bytes.clone() };
+            let call = self.source.clock().timeout(STEP_TIMEOUT, client.adopt_queue_step(request)).await;
+            match call {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(status)) => {
+                    let e = StrataError::from(status);
+                    match e.leader_hint.clone() {
+                        Some(hint) if e.kind == ErrorKind::Unavailable && hint != address => address = hint,
+                        _ => return Err(e),
+                    }
+                }
+                Err(_) => return Err(StrataError::unavailable("the target shard's leader did not answer in time")),
+            }
+        }
+        Err(StrataError::unavailable("the target shard's leader moved while the queue was handed over"))
+    }
+}
