@@ -1689,6 +1689,60 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_move_is_switched_or_rolled_back_never_both_and_holds_its_queue_meanwhile() {
+        let mut c = Catalog::default();
+        register(&mut c, 1, "n1", "z1", 1);
+        c.run(2, &MetaCommand::EnsureTenant { tenant: "t1".into(), now_ms: 0 });
+        let start = |c: &mut Catalog, index, to_shard| {
+            c.run(index, &MetaCommand::StartQueueMove { tenant: "t1".into(), name: "q".into(), to_shard, now_ms: 9 })
+        };
+        let phase =
+            |c: &mut Catalog, index, move_id, phase| c.run(index, &MetaCommand::SetQueueMovePhase { move_id, phase });
+        let switched = MovePhase::Switched { at_ms: 10 };
+        let rolling_back = MovePhase::RollingBack { reason: "refused".into() };
+        let MetaResponse::Queue(q) = create(&mut c, 3, "t1", "q", config()) else { panic!("created") };
+        let other = if q.shard_id == 1 { 2 } else { 1 };
+        assert!(matches!(start(&mut c, 4, other), MetaResponse::Error(_)), "before generation 9");
+        c.run(5, &MetaCommand::SetFormatGeneration { generation: QUEUE_MOVES_GENERATION });
+        assert!(matches!(start(&mut c, 6, other), MetaResponse::Error(_)), "the target has not started");
+        for (index, shard_id) in [(7, 1), (8, 2)] {
+            c.run(index, &MetaCommand::ClaimShardWriter { shard_id, node_id: "n1".into(), raft_term: 1 });
+        }
+        assert!(matches!(start(&mut c, 9, q.shard_id), MetaResponse::Error(_)), "to the shard it is on");
+        assert!(matches!(start(&mut c, 10, 77), MetaResponse::Error(_)), "to no shard");
+        assert!(matches!(start(&mut c, 11, other), MetaResponse::Queue(_)));
+        assert!(matches!(start(&mut c, 12, other), MetaResponse::Error(_)), "one operation per queue");
+        let delete = MetaCommand::DeleteQueue { tenant: "t1".into(), name: "q".into() };
+        assert!(matches!(c.run(13, &delete), MetaResponse::Error(_)), "not deleted while moving");
+        let finish = |c: &mut Catalog, index, move_id| {
+            c.run(index, &MetaCommand::FinishQueueMove { move_id, now_ms: 20, paused_ms: 5, bytes_moved: 100 })
+        };
+        assert!(matches!(finish(&mut c, 14, 11), MetaResponse::Error(_)), "not decided yet");
+
+        // Switched: routed to the target with a new epoch; a roll back is refused after it.
+        assert_eq!(phase(&mut c, 15, 11, switched.clone()), MetaResponse::Done);
+        assert_eq!(phase(&mut c, 16, 11, switched.clone()), MetaResponse::Done, "taken again: no change");
+        assert!(matches!(phase(&mut c, 17, 11, rolling_back.clone()), MetaResponse::Error(_)));
+        let moved = c.queue("t1", "q").cloned().unwrap_or_else(|| panic!("the queue is gone"));
+        assert_eq!((moved.shard_id, c.queue_epoch(q.queue_id)), (other, 1));
+        assert_eq!(finish(&mut c, 18, 11), MetaResponse::Done);
+        assert_eq!(finish(&mut c, 19, 11), MetaResponse::Done, "ended already");
+
+        // Rolled back: the queue stays; a switch is refused after it.
+        assert!(matches!(start(&mut c, 20, q.shard_id), MetaResponse::Queue(_)));
+        assert_eq!(phase(&mut c, 21, 20, rolling_back), MetaResponse::Done);
+        assert!(matches!(phase(&mut c, 22, 20, switched), MetaResponse::Error(_)));
+        assert_eq!(finish(&mut c, 23, 20), MetaResponse::Done);
+        assert_eq!(c.queue("t1", "q").map(|q| q.shard_id), Some(other));
+        assert_eq!(c.queue_epoch(q.queue_id), 1);
+        let (open, finished) = c.queue_moves();
+        assert!(open.is_empty());
+        assert_eq!(finished.iter().map(|f| f.move_id).collect::<Vec<_>>(), [11, 20]);
+        assert!(matches!(c.run(24, &delete), MetaResponse::Queue(_)), "deleted once no move holds it");
+        assert_eq!(c.queue_epoch(q.queue_id), 0, "its epoch went with it");
+    }
+
+    #[test]
     fn a_shard_is_added_on_the_least_loaded_live_nodes() {
         let mut c = Catalog::default();
         let add = |c: &mut Catalog, index, replicas: &[&str]| {
@@ -2249,5 +2303,86 @@ mod format_tests {
         assert_eq!(catalog.operations.len(), 1);
         golden::check(&fixtures(), "catalog-operations", &catalog);
         assert!(catalog.encode_body(VERSION_4, &mut Vec::new()).is_err());
+
+        // A queue moved once (its epoch, a finished move) and moving back: only version 6.
+        catalog
+            .apply(108, &MetaEntry { request_id: None, command: MetaCommand::SetFormatGeneration { generation: 9 } });
+        for shard_id in [1, 2] {
+            let node_id = catalog.shards[&shard_id].node_id.clone();
+            let claim = MetaCommand::ClaimShardWriter { shard_id, node_id, raft_term: 7 };
+            catalog.apply(108 + shard_id, &MetaEntry { request_id: None, command: claim });
+        }
+        let create = MetaCommand::CreateQueue {
+            tenant: "acme".into(),
+            name: "movable".into(),
+            config: QueueConfig::default(),
+            now_ms: NOW_MS,
+        };
+        catalog.apply(111, &MetaEntry { request_id: None, command: create });
+        let at = catalog.queue("acme", "movable").map(|q| q.shard_id).unwrap_or_default();
+        let other = if at == 1 { 2 } else { 1 };
+        for (index, command) in (112..).zip(move_commands(112, other)) {
+            let answer = catalog.apply(index, &command);
+            assert!(!matches!(answer, MetaResponse::Error(_)), "{command:?}: {answer:?}");
+        }
+        let moved = catalog.queue("acme", "movable").cloned().unwrap_or_else(|| panic!("the queue is gone"));
+        assert_eq!((moved.shard_id, catalog.queue_epoch(moved.queue_id)), (other, 1));
+        let (open, finished) = catalog.queue_moves();
+        assert_eq!((open.len(), finished.len()), (1, 1));
+        golden::check(&fixtures(), "catalog-moves", &catalog);
+        assert!(catalog.encode_body(VERSION_5, &mut Vec::new()).is_err());
+    }
+
+    /// A move of `movable` to `to_shard` started at `first_index`, switched and finished, then
+    /// one back started.
+    fn move_commands(first_index: u64, to_shard: u64) -> Vec<MetaEntry> {
+        let entry = |command: MetaCommand| MetaEntry { request_id: Some(format!("req-{}", command)), command };
+        let start = |to_shard| MetaCommand::StartQueueMove {
+            tenant: "acme".into(),
+            name: "movable".into(),
+            to_shard,
+            now_ms: NOW_MS,
+        };
+        vec![
+            entry(start(to_shard)),
+            entry(MetaCommand::SetQueueMovePhase {
+                move_id: first_index,
+                phase: MovePhase::Switched { at_ms: NOW_MS + 1 },
+            }),
+            entry(MetaCommand::FinishQueueMove {
+                move_id: first_index,
+                now_ms: NOW_MS + 2,
+                paused_ms: 40,
+                bytes_moved: 4096,
+            }),
+            entry(start(if to_shard == 1 { 2 } else { 1 })),
+        ]
+    }
+
+    #[test]
+    fn the_commands_of_a_queue_move_match_their_golden_fixtures() {
+        let rolling_back = MetaEntry {
+            request_id: None,
+            command: MetaCommand::SetQueueMovePhase {
+                move_id: 9,
+                phase: MovePhase::RollingBack { reason: "the target did not answer".into() },
+            },
+        };
+        let mut entries = move_commands(9, 2);
+        entries.push(rolling_back);
+        for (name, entry) in [
+            "start-queue-move",
+            "switch-queue-move",
+            "finish-queue-move",
+            "start-queue-move-back",
+            "roll-back-queue-move",
+        ]
+        .into_iter()
+        .zip(entries)
+        {
+            assert_eq!(entry.version_needed(), VERSION_6);
+            golden::check(&fixtures(), &format!("command-{name}"), &entry);
+            assert!(entry.encode_body(VERSION_5, &mut Vec::new()).is_err());
+        }
     }
 }

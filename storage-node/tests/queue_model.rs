@@ -335,8 +335,8 @@ impl Model {
                 Command::Calls { .. } | Command::WithCaller { .. } => Err(invalid()),
                 ref call => return self.apply_command(log_index, call, receipts),
             },
-            // Not generated here: move tasks, dead letters, FIFO, scheduled messages and metering
-            // have tests of their own.
+            // Not generated here: move tasks, dead letters, FIFO, scheduled messages, metering and
+            // moves between shards have tests of their own.
             Command::StartMoveTask { .. }
             | Command::CancelMoveTask { .. }
             | Command::MoveStep { .. }
@@ -345,9 +345,16 @@ impl Model {
             | Command::StartScheduledLoad { .. }
             | Command::LoadScheduled { .. }
             | Command::TrimMetering { .. }
-            | Command::Calls { .. } => {
+            | Command::Calls { .. }
+            | Command::FenceQueue { .. }
+            | Command::UnfenceQueue { .. }
+            | Command::ReleaseQueue { .. }
+            | Command::AdoptState { .. }
+            | Command::AdoptBodies { .. }
+            | Command::AdoptQueue { .. }
+            | Command::DropAdoption { .. } => {
                 unreachable!(
-                    "the model test does not generate move-task, receive-attempt, schedule or metering commands"
+                    "the model test does not generate move-task, receive-attempt, schedule, metering or queue-move commands"
                 )
             }
         };

@@ -37,7 +37,8 @@ pub async fn sender(history: History, stream: Stream, proxies: Vec<Api>, stop: C
     while !stop.is_cancelled() {
         let id = format!("{stream}/{i}");
         let started_ms = history.now_ms();
-        let message = if fifo { json!({ "body": id, "group_id": "g", "deduplication_id": id }) } else { json!({ "body": id }) };
+        let message =
+            if fifo { json!({ "body": id, "group_id": "g", "deduplication_id": id }) } else { json!({ "body": id }) };
         let answer = proxies[i % proxies.len()].post(&path, json!({ "messages": [message] })).await;
         history.send(&stream, &id, started_ms, outcome(&answer));
         i += 1;
