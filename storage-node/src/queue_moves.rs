@@ -4,8 +4,9 @@
 //!
 //! # What it guarantees
 //!
-//! * The queue is fenced on its source before anything is copied, so the copy is its whole
-//!   state; calls on it wait (proxies retry on `QueueMoving`) until routing switches.
+//! * The queue's bodies are copied while it still serves; then it is fenced on its source, so
+//!   the copy of its state is whole, and only the bodies sent since are copied while calls on
+//!   it wait (proxies retry on `QueueMoving`) until routing switches.
 //! * Metadata decides each move (switch or roll back) before the driver acts on it: the source
 //!   releases its copy only after the switch, unfences only after a roll back, and what the
 //!   target got is dropped only after a roll back. A driver that lost its shard's leadership
@@ -18,6 +19,7 @@
 //! target shard unreachable, say) is rolled back, so a queue is never fenced for longer; one
 //! the source refuses to fence (see `queue::state::moves`) is rolled back at once.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,6 +91,7 @@ async fn drive(
         "started" => match hand_over(source, &target, m).await {
             Ok(handed) => {
                 metadata.decide_queue_move(m.move_id, true, "").await?;
+                tracing::info!(move_id = m.move_id, queue_id = m.queue_id, "queue move: switched");
                 let paused_ms = source.now_ms().saturating_sub(handed.fenced_at_ms);
                 release(source, m).await?;
                 metadata.finish_queue_move(m.move_id, paused_ms, handed.bytes_moved).await?;
@@ -124,9 +127,21 @@ async fn drive(
     }
 }
 
-/// Fences the queue on the source and hands its state and bodies to the target.
+/// Copies the bodies of the queue to the target while it still serves, fences it on the
+/// source, and hands its state and the bodies sent since to the target.
 async fn hand_over(source: &Arc<Shard>, target: &Target, m: &pb::QueueMoveInfo) -> Result<Handed, Stop> {
     let (queue, move_id) = (m.queue_id, m.move_id);
+    tracing::info!(move_id, queue_id = queue, from = m.from_shard, to = m.to_shard, "queue move: copying bodies");
+    let open = Command::AdoptState { queue, tenant: m.tenant.clone(), move_id, offset: 0, part: Default::default() };
+    target.adopt(open).await?;
+    let live_refs = source.state().0.queue_body_refs(queue, &m.tenant).unwrap_or_default();
+    let mut copied = BTreeSet::new();
+    let mut bytes_moved = 0;
+    for refs in live_refs.chunks(BODIES_READ_AT_ONCE) {
+        let (bytes, done) = copy_bodies(source, target, queue, move_id, refs).await?;
+        bytes_moved += bytes;
+        copied.extend(done);
+    }
     let fenced_at_ms = source.now_ms();
     let fence = Command::FenceQueue { queue, tenant: m.tenant.clone(), move_id };
     match step(source, fence).await {
@@ -136,6 +151,7 @@ async fn hand_over(source: &Arc<Shard>, target: &Target, m: &pb::QueueMoveInfo) 
         }
         Err(e) => return Err(e.into()),
     }
+    tracing::info!(move_id, queue_id = queue, "queue move: fenced");
     let exported = source.state().0.export_queue(queue, move_id).map_err(|e| Stop::Refused(e.to_string()))?;
     let state_bytes: u64 = exported.state.iter().map(|part| part.len() as u64).sum();
     if state_bytes > ADOPTED_STATE_BYTES_MAX {
@@ -147,32 +163,39 @@ async fn hand_over(source: &Arc<Shard>, target: &Target, m: &pb::QueueMoveInfo) 
         target.adopt(Command::AdoptState { queue, tenant: exported.tenant.clone(), move_id, offset, part }).await?;
         offset += len;
     }
-    let mut bytes_moved = state_bytes;
-    for refs in exported.bodies.chunks(BODIES_READ_AT_ONCE) {
-        bytes_moved += copy_bodies(source, target, queue, move_id, refs).await?;
+    bytes_moved += state_bytes;
+    let missing: Vec<MessageRef> = exported.bodies.into_iter().filter(|at| !copied.contains(at)).collect();
+    for refs in missing.chunks(BODIES_READ_AT_ONCE) {
+        let (bytes, done) = copy_bodies(source, target, queue, move_id, refs).await?;
+        if done.len() < refs.len() {
+            return Err(Stop::Failed(StrataError::unavailable("a body of the fenced queue could not be read")));
+        }
+        bytes_moved += bytes;
     }
     target.adopt(Command::AdoptQueue { queue, move_id }).await?;
     Ok(Handed { fenced_at_ms, bytes_moved })
 }
 
 /// Reads `refs` from the source's log and hands them to the target in entries of about
-/// [`BODIES_PART_BYTES`]; answers the bytes copied.
+/// [`BODIES_PART_BYTES`]; answers the bytes copied and the refs copied (a body that cannot be
+/// read is left out: before the fence it is copied after it, if still needed).
 async fn copy_bodies(
     source: &Shard,
     target: &Target,
     queue: u64,
     move_id: u64,
     refs: &[MessageRef],
-) -> Result<u64, StrataError> {
+) -> Result<(u64, Vec<MessageRef>), StrataError> {
     let read = source.read_messages(refs).await;
-    let (mut part_refs, mut messages, mut trace_headers, mut part_bytes, mut copied) =
-        (Vec::new(), Vec::new(), Vec::new(), 0usize, 0u64);
+    let (mut part_refs, mut messages, mut trace_headers, mut part_bytes) = (Vec::new(), Vec::new(), Vec::new(), 0usize);
+    let (mut copied_bytes, mut copied) = (0u64, Vec::new());
     for (at, stored) in refs.iter().zip(read) {
-        let stored = stored?;
+        let Ok(stored) = stored else { continue };
         let bytes = stored.message.body.len();
         if !messages.is_empty()
             && (part_bytes + bytes > BODIES_PART_BYTES || messages.len() == ADOPT_BODIES_PART_MESSAGES)
         {
+            copied.extend_from_slice(&part_refs);
             let command = Command::AdoptBodies {
                 queue,
                 move_id,
@@ -184,15 +207,16 @@ async fn copy_bodies(
             part_bytes = 0;
         }
         part_bytes += bytes;
-        copied += bytes as u64;
+        copied_bytes += bytes as u64;
         part_refs.push(*at);
         messages.push(stored.message);
         trace_headers.push(stored.trace_header);
     }
     if !messages.is_empty() {
+        copied.extend_from_slice(&part_refs);
         target.adopt(Command::AdoptBodies { queue, move_id, refs: part_refs, messages, trace_headers }).await?;
     }
-    Ok(copied)
+    Ok((copied_bytes, copied))
 }
 
 /// Drops the source's copy of a switched queue.

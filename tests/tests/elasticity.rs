@@ -236,6 +236,91 @@ async fn queues_move_between_shards_back_and_forth_under_load_losing_nothing() -
     Ok(())
 }
 
+/// The move `move_id` once it ended, completed or rolled back.
+async fn ended_move(admin: &strata_client::Client, move_id: u64) -> anyhow::Result<model::admin::QueueMove> {
+    let deadline = Instant::now() + FINISHED_WITHIN;
+    loop {
+        if let Ok(moves) = admin.queue_moves().await
+            && let Some(done) = moves.moves.into_iter().find(|m| m.move_id == move_id && !m.is_under_way())
+        {
+            return Ok(done);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "move {move_id} never ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_cut_short_by_sigkill_completes_or_rolls_back_after_a_restart_losing_nothing() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut dev = DevProcess::start(&dir.path().join("dev"), &["--shards", "2"])?;
+    dev.wait_for_newest_formats().await?;
+    let (api, admin) = (dev.api(), dev.admin_api()?);
+    api.create_queue(&model::CreateQueue::named("big")).await?;
+    // 240 messages of 64 KiB: copying them takes a while, long enough to be cut short.
+    let body = |i: usize| format!("{i:04}-{}", "x".repeat(64 * 1024));
+    for batch in 0..24 {
+        let messages = (0..10).map(|j| model::NewMessage::new(body(batch * 10 + j))).collect();
+        api.send("big", &model::SendMessages { messages }, None).await?;
+    }
+    // The process (source and target leader, and metadata's) dies as the move copies bodies,
+    // right after the fence, and right after the switch.
+    let mut completed = 0;
+    let copying = "queue move: copying bodies";
+    for step in [copying, "queue move: fenced", "queue move: switched"] {
+        let seen_before = dev.log()?.matches(step).count();
+        let copies_before = dev.log()?.matches(copying).count();
+        let at = admin.queue_placement("dev", "big").await?.shard_id;
+        let to_shard = if at == 1 { 2 } else { 1 };
+        let started = admin.move_queue("dev", "big", &model::admin::MoveQueue { to_shard }).await?;
+        let deadline = Instant::now() + FINISHED_WITHIN;
+        while dev.log()?.matches(step).count() == seen_before {
+            anyhow::ensure!(Instant::now() < deadline, "the move never logged '{step}'");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        dev.restart()?;
+        let ended = ended_move(&admin, started.move_id).await?;
+        let copies = dev.log()?.matches(copying).count() - copies_before;
+        println!("killed at '{step}': the move {} ({}), its bodies copied {copies} times", ended.phase, ended.reason);
+        if step == copying {
+            assert_eq!(copies, 2, "the restarted node hands the queue over again");
+        }
+        if ended.phase == "completed" {
+            completed += 1;
+        }
+        let placement = admin.queue_placement("dev", "big").await?;
+        assert_eq!(placement.epoch, completed, "{placement:?} after {ended:?}");
+    }
+    anyhow::ensure!(completed > 0, "no move completed");
+
+    // Every message is there once, whole.
+    let mut bodies = BTreeSet::new();
+    let deadline = Instant::now() + FINISHED_WITHIN;
+    while bodies.len() < 240 && Instant::now() < deadline {
+        let request = model::Receive { max_messages: Some(10), wait_seconds: Some(1), ..Default::default() };
+        for m in api.receive("big", &request).await?.messages {
+            assert!(bodies.insert(m.body.clone()), "delivered twice: {}", &m.body[..4]);
+        }
+    }
+    let expected: BTreeSet<String> = (0..240).map(body).collect();
+    assert!(bodies == expected, "{} of 240 messages came back whole", bodies.intersection(&expected).count());
+
+    // A queue holding a message scheduled a day ahead is not moved (its move would not carry
+    // it yet): the move rolls back, with the reason, and the queue serves where it was.
+    api.create_queue(&model::CreateQueue::named("later")).await?;
+    let tomorrow = model::NewMessage { deliver_at_ms: Some(now_ms() + 86_400_000), ..model::NewMessage::new("later") };
+    api.send("later", &model::SendMessages { messages: vec![tomorrow] }, None).await?;
+    let env: BTreeMap<String, String> = dev.credentials_env()?.into_iter().collect();
+    let at = admin.queue_placement("dev", "later").await?.shard_id;
+    let to = if at == 1 { "2" } else { "1" };
+    let (ok, _, stderr) = cluster_cli(&env, &["move-queue", "dev", "later", "--to-shard", to]);
+    assert!(!ok && stderr.contains("rolled back") && stderr.contains("scheduled"), "{stderr}");
+    let placement = admin.queue_placement("dev", "later").await?;
+    assert_eq!((placement.shard_id, placement.epoch), (at, 0));
+    api.send("later", &model::SendMessages { messages: vec![model::NewMessage::new("now")] }, None).await?;
+    Ok(())
+}
+
 /// `strata cluster ARGS` against the cluster's admin API: (succeeded, stdout as JSON, stderr).
 fn cluster_cli(env: &BTreeMap<String, String>, args: &[&str]) -> (bool, serde_json::Value, String) {
     let mut command = std::process::Command::new(strata_binary());

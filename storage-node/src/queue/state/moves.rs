@@ -12,7 +12,9 @@
 //!   moved away, and the answers of the sends to it this shard remembers (so a send retried at
 //!   the target after its answer was lost is stored once). Its bodies travel beside it, copied
 //!   into the target's log ([`Command::AdoptBodies`](super::Command::AdoptBodies)), so the
-//!   target reads them as it reads its own.
+//!   target reads them as it reads its own; most are copied before the fence, while the queue
+//!   still serves (a body never changes), so the fence waits only for the state and the bodies
+//!   sent since.
 //! * On the target, the queue is served only once every part arrived
 //!   ([`Command::AdoptQueue`](super::Command::AdoptQueue)); its receipts keep their queue id, seq
 //!   and lease, and every lease it issues there lies above every lease issued before the fence
@@ -254,6 +256,13 @@ impl ShardState {
         }
     }
 
+    /// Where the bodies of a queue still serving are (for copying them to a move's target
+    /// before the fence: bodies never change, so a copy stays good for as long as its message
+    /// lives). `None` if the queue does not exist for this tenant.
+    pub fn queue_body_refs(&self, queue: QueueId, tenant: &str) -> Option<Vec<MessageRef>> {
+        self.get(queue, tenant).map(Queue::body_refs)
+    }
+
     /// The fenced queue's state for its move `move_id`.
     pub fn export_queue(&self, queue: QueueId, move_id: MoveId) -> Result<Exported, QueueError> {
         let fence = self.moves.fenced.get(&queue).filter(|f| f.move_id == move_id);
@@ -305,6 +314,12 @@ impl ShardState {
             return Err(refused("an adoption part names no tenant or is too large"));
         }
         let adoption = match self.moves.adopting.get_mut(&queue) {
+            // The first part again (a driver that starts the hand-over over, or that copied
+            // bodies before the fence): the state starts anew, the bodies copied stay.
+            Some(adoption) if adoption.move_id == move_id && offset == 0 => {
+                adoption.state.clear();
+                adoption
+            }
             Some(adoption) if adoption.move_id == move_id => adoption,
             // A later move's parts replace what an abandoned one left.
             Some(adoption) if adoption.move_id > move_id => return Err(moving()),
@@ -321,9 +336,15 @@ impl ShardState {
             }
             _ => return Err(refused("an adoption part arrived before the parts before it")),
         };
+        if adoption.tenant != tenant {
+            return Err(refused("an adoption part names another tenant"));
+        }
         let held = adoption.state_bytes();
         if offset < held {
             // A part repeated by a driver that did not see its answer.
+            return Ok(Response::Moved);
+        }
+        if part.is_empty() {
             return Ok(Response::Moved);
         }
         if offset > held || held + part.len() as u64 > ADOPTED_STATE_BYTES_MAX {
