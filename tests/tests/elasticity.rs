@@ -17,7 +17,7 @@ use strata_common::error::{ErrorKind, StrataError};
 use strata_common::format::NEWEST_GENERATION;
 use strata_common::proto as pb;
 use strata_metadata_client::MetadataClient;
-use strata_tests::cluster::{LocalCluster, STORAGE};
+use strata_tests::cluster::{LocalCluster, METADATA, STORAGE};
 use strata_tests::internal::channel;
 use strata_tests::load::Load;
 use strata_tests::{DevProcess, strata_binary};
@@ -318,6 +318,102 @@ async fn a_move_cut_short_by_sigkill_completes_or_rolls_back_after_a_restart_los
     let placement = admin.queue_placement("dev", "later").await?;
     assert_eq!((placement.shard_id, placement.epoch), (at, 0));
     api.send("later", &model::SendMessages { messages: vec![model::NewMessage::new("now")] }, None).await?;
+    Ok(())
+}
+
+/// Lines of `name`'s log in the local cluster that contain `text`.
+fn logged(cluster: &LocalCluster, name: &str, text: &str) -> usize {
+    std::fs::read_to_string(cluster.dir.join(format!("{name}.log"))).map_or(0, |log| log.matches(text).count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_move_between_nodes_under_load_and_each_leader_may_die_mid_move() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cluster = LocalCluster::up(&dir.path().join("cluster"), LocalCluster::port_base(3))?;
+    let env = cluster.credentials()?;
+    let deadline = Instant::now() + FINISHED_WITHIN;
+    while cluster_cli(&env, &["nodes"]).1["format_generation"] != NEWEST_GENERATION {
+        anyhow::ensure!(Instant::now() < deadline, "the cluster never wrote generation {NEWEST_GENERATION}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Each of the three shards led by another node, so a move crosses nodes.
+    for (shard_id, node) in (1..).zip(STORAGE) {
+        cluster.wait_for_leader(&STORAGE, shard_id).await?;
+        let (ok, _, stderr) = cluster_cli(&env, &["transfer-leader", &shard_id.to_string(), "--to", node]);
+        anyhow::ensure!(ok, "{stderr}");
+    }
+    let api = strata_tests::Api::new(&env["STRATA_ENDPOINT"], &env["STRATA_TOKEN"]);
+    api.create_queue(&model::CreateQueue::named("big")).await?;
+    let body = |i: usize| format!("{i:04}-{}", "x".repeat(64 * 1024));
+    for batch in 0..24 {
+        let messages = (0..10).map(|j| model::NewMessage::new(body(batch * 10 + j))).collect();
+        api.send("big", &model::SendMessages { messages }, None).await?;
+    }
+    let load = Load::start(&cluster, &["dev", "acme"], &["moving", "moving.fifo"]).await?;
+    let admin = strata_client::Client::new(&env["STRATA_ADMIN_ENDPOINT"], &env["STRATA_ADMIN_TOKEN"]);
+    let next_shard = |at: u64| at % 3 + 1;
+
+    // Moves between nodes under load, through the proxies, both queues of `dev`.
+    let mut pauses = Vec::new();
+    for _ in 0..3 {
+        for name in ["moving", "moving.fifo"] {
+            let to_shard = next_shard(admin.queue_placement("dev", name).await?.shard_id);
+            let started = admin.move_queue("dev", name, &model::admin::MoveQueue { to_shard }).await?;
+            let ended = ended_move(&admin, started.move_id).await?;
+            anyhow::ensure!(ended.phase == "completed", "{ended:?}");
+            pauses.push(ended.paused_ms);
+        }
+    }
+
+    // The source's leader, the target's leader and metadata's leader each die as `big` moves.
+    let mut outcomes = Vec::new();
+    for victim in ["source", "target", "metadata"] {
+        let placement = admin.queue_placement("dev", "big").await?;
+        let to_shard = next_shard(placement.shard_id);
+        let source_leader = cluster.wait_for_leader(&STORAGE, placement.shard_id).await?;
+        let node = match victim {
+            "source" => source_leader.clone(),
+            "target" => cluster.wait_for_leader(&STORAGE, to_shard).await?,
+            _ => cluster.wait_for_leader(&METADATA, strata_metadata::server::METADATA_GROUP).await?,
+        };
+        // Killed once the move copies bodies (source), or once the queue is fenced.
+        let step = if victim == "source" { "queue move: copying bodies" } else { "queue move: fenced" };
+        let before = logged(&cluster, &source_leader, step);
+        let started = admin.move_queue("dev", "big", &model::admin::MoveQueue { to_shard }).await?;
+        let deadline = Instant::now() + FINISHED_WITHIN;
+        while logged(&cluster, &source_leader, step) == before {
+            anyhow::ensure!(Instant::now() < deadline, "{source_leader} never logged '{step}'");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        cluster.kill9(&node)?;
+        let ended = ended_move(&admin, started.move_id).await;
+        cluster.start(&node)?;
+        let ended = ended?;
+        println!("{victim} leader {node} killed mid-move: {} {}", ended.phase, ended.reason);
+        outcomes.push(ended.phase);
+    }
+    anyhow::ensure!(outcomes.iter().any(|p| p == "completed"), "no move completed: {outcomes:?}");
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = load.finish().await;
+    pauses.sort_unstable();
+    println!(
+        "{report}\nmoves between nodes: paused p50 {} ms, max {} ms",
+        quantile(&pauses, 0.5),
+        quantile(&pauses, 1.0)
+    );
+    assert!(report.is_safe(), "{report}");
+
+    let mut bodies = BTreeSet::new();
+    let deadline = Instant::now() + FINISHED_WITHIN;
+    while bodies.len() < 240 && Instant::now() < deadline {
+        let request = model::Receive { max_messages: Some(10), wait_seconds: Some(1), ..Default::default() };
+        if let Ok(got) = api.receive("big", &request).await {
+            bodies.extend(got.messages.into_iter().map(|m| m.body));
+        }
+    }
+    let expected: BTreeSet<String> = (0..240).map(body).collect();
+    assert!(bodies == expected, "{} of 240 messages came back whole", bodies.intersection(&expected).count());
     Ok(())
 }
 
