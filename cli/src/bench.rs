@@ -7,7 +7,8 @@
 //! stays beside it); a preloaded backlog (`--backlog N`); receive+delete drain throughput;
 //! memory of the server with many idle queues (`--idle-queues N --server-pid PID`, read from
 //! /proc); and the native API next to the SQS API with SigV4 (`--compare-apis-seconds N`, see
-//! `bench_apis`). The report holds the run's settings and the machine's load average before and
+//! `bench_apis`); and queue moves between shards (`--move-data-bytes`, `--move-send-seconds`,
+//! see `bench_moves`). The report holds the run's settings and the machine's load average before and
 //! after, since only ratios from one run on a shared machine mean anything.
 
 use std::sync::Arc;
@@ -99,6 +100,29 @@ pub(crate) struct BenchArgs {
     aws_secret_access_key: Option<String>,
     #[arg(long, env = "AWS_DEFAULT_REGION", default_value = "us-east-1")]
     aws_region: String,
+    /// Fill a queue with this many bytes of messages and move it between shards 1 and 2
+    /// --moves times, reporting each move's pause and the bytes it copied (comma-separated
+    /// sizes, one queue each; needs two shards and the admin API).
+    #[arg(long, value_delimiter = ',')]
+    move_data_bytes: Vec<u64>,
+    /// Moves per size of --move-data-bytes.
+    #[arg(long, default_value_t = 5)]
+    moves: usize,
+    /// Message size of --move-data-bytes.
+    #[arg(long, default_value_t = 65_536)]
+    move_message_bytes: usize,
+    /// Send at --rate this many seconds to a queue that stays, then to one moving between
+    /// shards all the while, and report both latencies (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    move_send_seconds: u64,
+    /// The tenant of the bench's token, whose queues the move phases move.
+    #[arg(long, default_value = "dev")]
+    tenant: String,
+    #[arg(long, env = "STRATA_ADMIN_ENDPOINT", hide_env_values = true)]
+    admin_endpoint: Option<String>,
+    #[arg(long, env = "STRATA_ADMIN_TOKEN", hide_env_values = true)]
+    #[serde(skip)]
+    admin_token: Option<String>,
 }
 
 /// The machine's 1-minute load average (`/proc/loadavg`), if readable.
@@ -193,38 +217,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     if args.latency_seconds > 0 && args.rate > 0 {
-        let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
-        let total = args.rate * args.latency_seconds;
-        let latencies = Arc::new(Mutex::new(new_histogram()?));
-        let errors = Arc::new(AtomicU64::new(0));
         let request = bytes::Bytes::from(serde_json::to_vec(&batch_of(1))?);
-        let started = CLOCK.instant();
-        let mut tasks = Vec::with_capacity(total as usize);
-        for i in 0..total {
-            let due = started + interval.mul_f64(i as f64);
-            CLOCK.sleep_until(due).await;
-            let (api, latencies, errors, request, queue) =
-                (api.clone(), latencies.clone(), errors.clone(), request.clone(), queue.clone());
-            tasks.push(tokio::spawn(async move {
-                // Latency from the scheduled time: a late start is the system's delay too.
-                match api.send_encoded(&queue, request).await {
-                    Ok(_) => {
-                        let _ = latencies.lock().await.record(CLOCK.instant().duration_since(due).as_micros() as u64);
-                    }
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }));
-        }
-        for task in tasks {
-            task.await?;
-        }
-        let h = latencies.lock().await;
+        let (h, errors) = send_at_rate(&api, &queue, request, args.rate, args.latency_seconds).await?;
         report.insert(
             "send_latency_fixed_rate".into(),
             json!({ "offered_messages_per_second": args.rate, "seconds": args.latency_seconds,
-                    "errors": errors.load(Ordering::Relaxed), "latency": percentiles(&h) }),
+                    "errors": errors, "latency": percentiles(&h) }),
         );
         eprintln!(
             "send latency at {} msg/s: p50 {:.2} ms, p99 {:.2} ms",
@@ -310,7 +308,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 .context("--compare-apis-seconds needs AWS_SECRET_ACCESS_KEY")?,
         };
         let result = crate::bench_apis::compare(
-            client,
+            client.clone(),
             &args.endpoint,
             &args.token,
             sqs,
@@ -368,9 +366,67 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         report.insert("memory_per_message".into(), memory_per_message(&api, pid, args.memory_messages, far).await?);
     }
 
+    if !args.move_data_bytes.is_empty() || args.move_send_seconds > 0 {
+        let endpoint = args.admin_endpoint.as_deref().context("the move phases need --admin-endpoint")?;
+        let admin = Client::with_http(
+            client,
+            endpoint,
+            args.admin_token.as_deref().context("the move phases need --admin-token")?,
+        );
+        let bench = crate::bench_moves::MoveBench {
+            data_bytes: args.move_data_bytes.clone(),
+            message_bytes: args.move_message_bytes,
+            moves: args.moves,
+            send_seconds: args.move_send_seconds,
+            rate: args.rate,
+            tenant: args.tenant.clone(),
+        };
+        report.insert("queue_moves".into(), crate::bench_moves::run(&api, &admin, &bench).await?);
+    }
+
     report.insert("load_average_1m_after".into(), json!(load_average_1m()));
     println!("{}", serde_json::to_string_pretty(&Value::Object(report))?);
     Ok(())
+}
+
+/// Sends `request` (one message) to `queue` at `rate` per second for `seconds`, open loop (on a
+/// schedule, not after the previous one returns, so queueing delay counts): the latencies from
+/// each send's scheduled time, and the number of sends that failed.
+pub(crate) async fn send_at_rate(
+    api: &Arc<Client>,
+    queue: &Arc<String>,
+    request: bytes::Bytes,
+    rate: u64,
+    seconds: u64,
+) -> anyhow::Result<(Histogram<u64>, u64)> {
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let total = rate * seconds;
+    let latencies = Arc::new(Mutex::new(new_histogram()?));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = CLOCK.instant();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let due = started + interval.mul_f64(i as f64);
+        CLOCK.sleep_until(due).await;
+        let (api, latencies, errors, request, queue) =
+            (api.clone(), latencies.clone(), errors.clone(), request.clone(), queue.clone());
+        tasks.push(tokio::spawn(async move {
+            // Latency from the scheduled time: a late start is the system's delay too.
+            match api.send_encoded(&queue, request).await {
+                Ok(_) => {
+                    let _ = latencies.lock().await.record(CLOCK.instant().duration_since(due).as_micros() as u64);
+                }
+                Err(_) => {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let h = latencies.lock().await.clone();
+    Ok((h, errors.load(Ordering::Relaxed)))
 }
 
 /// Send-to-receive latency at `rate` messages per second for `seconds`, on `queue` (created or

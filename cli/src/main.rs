@@ -10,6 +10,7 @@
 
 mod bench;
 mod bench_apis;
+mod bench_moves;
 mod dev;
 mod logs;
 mod roles;
