@@ -134,7 +134,9 @@ async fn hand_over(source: &Arc<Shard>, target: &Target, m: &pb::QueueMoveInfo) 
     tracing::info!(move_id, queue_id = queue, from = m.from_shard, to = m.to_shard, "queue move: copying bodies");
     let open = Command::AdoptState { queue, tenant: m.tenant.clone(), move_id, offset: 0, part: Default::default() };
     target.adopt(open).await?;
-    let live_refs = source.state().0.queue_body_refs(queue, &m.tenant).unwrap_or_default();
+    // Copied under the state's lock in constant time; walked after it.
+    let live = source.state().0.copy_queue(queue, &m.tenant);
+    let live_refs = live.map(|copy| copy.body_refs()).unwrap_or_default();
     let mut copied = BTreeSet::new();
     let mut bytes_moved = 0;
     for refs in live_refs.chunks(BODIES_READ_AT_ONCE) {
@@ -153,18 +155,20 @@ async fn hand_over(source: &Arc<Shard>, target: &Target, m: &pb::QueueMoveInfo) 
     }
     tracing::info!(move_id, queue_id = queue, "queue move: fenced");
     let exported = source.state().0.export_queue(queue, move_id).map_err(|e| Stop::Refused(e.to_string()))?;
-    let state_bytes: u64 = exported.state.iter().map(|part| part.len() as u64).sum();
+    let parts = exported.state_parts().map_err(|e| Stop::Refused(e.to_string()))?;
+    let state_bytes: u64 = parts.iter().map(|part| part.len() as u64).sum();
     if state_bytes > ADOPTED_STATE_BYTES_MAX {
         return Err(Stop::Refused(format!("the queue's state ({state_bytes} bytes) is too large to move")));
     }
     let mut offset = 0;
-    for part in exported.state {
+    for part in parts {
         let len = part.len() as u64;
-        target.adopt(Command::AdoptState { queue, tenant: exported.tenant.clone(), move_id, offset, part }).await?;
+        let tenant = exported.tenant().to_owned();
+        target.adopt(Command::AdoptState { queue, tenant, move_id, offset, part }).await?;
         offset += len;
     }
     bytes_moved += state_bytes;
-    let missing: Vec<MessageRef> = exported.bodies.into_iter().filter(|at| !copied.contains(at)).collect();
+    let missing: Vec<MessageRef> = exported.body_refs().into_iter().filter(|at| !copied.contains(at)).collect();
     for refs in missing.chunks(BODIES_READ_AT_ONCE) {
         let (bytes, done) = copy_bodies(source, target, queue, move_id, refs).await?;
         if done.len() < refs.len() {

@@ -114,7 +114,7 @@ mod tests;
 
 pub use receipt::Receipt;
 pub use state::moves::{
-    ADOPT_BODIES_PART_MESSAGES, ADOPT_STATE_PART_BYTES, ADOPTED_STATE_BYTES_MAX, Exported, MoveId, Moves,
+    ADOPT_BODIES_PART_MESSAGES, ADOPT_STATE_PART_BYTES, ADOPTED_STATE_BYTES_MAX, MoveId, Moves, QueueCopy,
 };
 pub use state::{MovedAway, ShardState, StoredSizes};
 pub use touches::{Touch, Touches};

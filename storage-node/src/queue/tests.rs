@@ -2103,13 +2103,13 @@ fn move_queue(source: &mut Shard, target: &mut Shard, queue: QueueId, move_id: M
     // The target lags far behind the source's log: leases must still never collide.
     let now_ms = source.clock();
     let mut offset = 0;
-    for part in exported.state {
+    for part in exported.state_parts().expect("encode") {
         let len = part.len() as u64;
-        let adopt = Command::AdoptState { queue, tenant: exported.tenant.clone(), move_id, offset, part };
+        let adopt = Command::AdoptState { queue, tenant: exported.tenant().to_owned(), move_id, offset, part };
         assert_eq!(target.apply(now_ms, adopt), Response::Moved);
         offset += len;
     }
-    for refs in exported.bodies.chunks(2) {
+    for refs in exported.body_refs().chunks(2) {
         let messages =
             refs.iter().map(|at| new_message(u128::from(at.log_index) << 16 | u128::from(at.slot))).collect();
         let bodies = Command::AdoptBodies { queue, move_id, refs: refs.to_vec(), messages, trace_headers: Vec::new() };
@@ -2250,13 +2250,14 @@ fn an_adoption_holds_its_bodies_back_from_garbage_collection_and_a_roll_back_dro
     assert_eq!(source.apply(1_000, fence), Response::Moved);
     let exported = source.state.export_queue(Q, 3).expect("export");
     let mut target = Shard::new();
-    let part = exported.state[0].clone();
+    let part = exported.state_parts().expect("encode")[0].clone();
     assert_eq!(
         target.apply(1_000, Command::AdoptState { queue: Q, tenant: TENANT.to_owned(), move_id: 3, offset: 0, part }),
         Response::Moved
     );
     let messages = vec![new_message(1), new_message(2)];
-    let bodies = Command::AdoptBodies { queue: Q, move_id: 3, refs: exported.bodies, messages, trace_headers: vec![] };
+    let bodies =
+        Command::AdoptBodies { queue: Q, move_id: 3, refs: exported.body_refs(), messages, trace_headers: vec![] };
     assert_eq!(target.apply(1_000, bodies), Response::Moved);
     let bodies_at = target.log_index;
     assert_eq!(target.state.min_live_log_index(), Some(bodies_at), "staged bodies are live");

@@ -115,13 +115,40 @@ pub(crate) struct QueueExport {
     requests: Vec<(String, Response)>,
 }
 
-/// A fenced queue, ready to be handed over: its state in [`ADOPT_STATE_PART_BYTES`] parts and
-/// where its bodies are on this shard.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Exported {
-    pub tenant: String,
-    pub state: Vec<Bytes>,
-    pub bodies: Vec<MessageRef>,
+/// A copy of one queue, taken under the state's lock in constant time (its collections are
+/// shared, copy on write), to be worked on once the lock is released: where its bodies are,
+/// and for a fenced queue its exported state.
+#[derive(Debug, Clone)]
+pub struct QueueCopy {
+    queue: Queue,
+    lease_floor: u64,
+    requests: Vec<(String, Response)>,
+}
+
+impl QueueCopy {
+    pub fn tenant(&self) -> &str {
+        &self.queue.tenant
+    }
+
+    /// Where the queue's bodies are on this shard, each once.
+    pub fn body_refs(&self) -> Vec<MessageRef> {
+        self.queue.body_refs()
+    }
+
+    /// The exported state (of a copy [`ShardState::export_queue`] gave) in parts of at most
+    /// [`ADOPT_STATE_PART_BYTES`].
+    pub fn state_parts(&self) -> Result<Vec<Bytes>, QueueError> {
+        let export = QueueExport {
+            queue: self.queue.clone(),
+            sizes: self.queue.sizes(),
+            moved_away: self.queue.moved_away().iter().copied().collect(),
+            lease_floor: self.lease_floor,
+            requests: self.requests.clone(),
+        };
+        let bytes = postcard::to_extend(&export, vec![EXPORT_VERSION])
+            .map_err(|_| refused("the queue's state could not be encoded"))?;
+        Ok(bytes.chunks(ADOPT_STATE_PART_BYTES).map(Bytes::copy_from_slice).collect())
+    }
 }
 
 fn moving() -> QueueError {
@@ -256,15 +283,17 @@ impl ShardState {
         }
     }
 
-    /// Where the bodies of a queue still serving are (for copying them to a move's target
-    /// before the fence: bodies never change, so a copy stays good for as long as its message
-    /// lives). `None` if the queue does not exist for this tenant.
-    pub fn queue_body_refs(&self, queue: QueueId, tenant: &str) -> Option<Vec<MessageRef>> {
-        self.get(queue, tenant).map(Queue::body_refs)
+    /// A copy of a queue still serving, for copying its bodies to a move's target before the
+    /// fence (a body never changes, so a copy stays good for as long as its message lives).
+    /// `None` if the queue does not exist for this tenant.
+    pub fn copy_queue(&self, queue: QueueId, tenant: &str) -> Option<QueueCopy> {
+        let queue = self.get(queue, tenant)?.clone();
+        Some(QueueCopy { queue, lease_floor: 0, requests: Vec::new() })
     }
 
-    /// The fenced queue's state for its move `move_id`.
-    pub fn export_queue(&self, queue: QueueId, move_id: MoveId) -> Result<Exported, QueueError> {
+    /// A copy of the queue fenced for its move `move_id`, with what the target needs besides:
+    /// the floor of its leases and the answers of the sends to it this shard remembers.
+    pub fn export_queue(&self, queue: QueueId, move_id: MoveId) -> Result<QueueCopy, QueueError> {
         let fence = self.moves.fenced.get(&queue).filter(|f| f.move_id == move_id);
         let (Some(fence), Some(q)) = (fence, self.queues.get(&queue)) else {
             return Err(refused("the queue is not fenced for this move"));
@@ -280,20 +309,7 @@ impl ShardState {
                 requests.push((key.to_owned(), answer.clone()));
             }
         }
-        let export = QueueExport {
-            queue: q.clone(),
-            sizes: q.sizes(),
-            moved_away: q.moved_away().iter().copied().collect(),
-            lease_floor: fence.lease_floor,
-            requests,
-        };
-        let bytes = postcard::to_extend(&export, vec![EXPORT_VERSION])
-            .map_err(|_| refused("the queue's state could not be encoded"))?;
-        Ok(Exported {
-            tenant: q.tenant.clone(),
-            state: bytes.chunks(ADOPT_STATE_PART_BYTES).map(Bytes::copy_from_slice).collect(),
-            bodies: q.body_refs(),
-        })
+        Ok(QueueCopy { queue: q.clone(), lease_floor: fence.lease_floor, requests })
     }
 
     pub(super) fn adopt_state(
