@@ -167,15 +167,7 @@ async fn move_back_and_forth(
         let at = admin.queue_placement("dev", name).await?.shard_id;
         let to_shard = if at == 1 { 2 } else { 1 };
         let started = admin.move_queue("dev", name, &model::admin::MoveQueue { to_shard }).await?;
-        let deadline = Instant::now() + FINISHED_WITHIN;
-        let done = loop {
-            let moves = admin.queue_moves().await?.moves;
-            if let Some(done) = moves.into_iter().find(|m| m.move_id == started.move_id && !m.is_under_way()) {
-                break done;
-            }
-            anyhow::ensure!(Instant::now() < deadline, "move {} of {name} never ended", started.move_id);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let done = ended_move(&admin, started.move_id).await?;
         anyhow::ensure!(done.phase == "completed", "move of {name} rolled back: {done:?}");
         ended.push(done);
     }
