@@ -155,7 +155,14 @@ async fn hand_over(source: &Arc<Shard>, target: &Target, m: &pb::QueueMoveInfo) 
     }
     tracing::info!(move_id, queue_id = queue, "queue move: fenced");
     let exported = source.state().0.export_queue(queue, move_id).map_err(|e| Stop::Refused(e.to_string()))?;
-    let parts = exported.state_parts().map_err(|e| Stop::Refused(e.to_string()))?;
+    // Its scheduled messages in slice files, read from the files (the fence stops sends and
+    // cancels; records loaded meanwhile are in the copy, those not yet loaded are read here).
+    let mut scheduled = Vec::new();
+    for slice_start_ms in exported.slice_starts() {
+        let records = source.slice_records(slice_start_ms).await?;
+        scheduled.extend(exported.scheduled_in(slice_start_ms, &records));
+    }
+    let parts = exported.state_parts(&scheduled).map_err(|e| Stop::Refused(e.to_string()))?;
     let state_bytes: u64 = parts.iter().map(|part| part.len() as u64).sum();
     if state_bytes > ADOPTED_STATE_BYTES_MAX {
         return Err(Stop::Refused(format!("the queue's state ({state_bytes} bytes) is too large to move")));
@@ -168,7 +175,10 @@ async fn hand_over(source: &Arc<Shard>, target: &Target, m: &pb::QueueMoveInfo) 
         offset += len;
     }
     bytes_moved += state_bytes;
-    let missing: Vec<MessageRef> = exported.body_refs().into_iter().filter(|at| !copied.contains(at)).collect();
+    let mut missing: Vec<MessageRef> = exported.body_refs();
+    missing.extend(scheduled.iter().map(|m| m.body_ref));
+    missing.retain(|at| !copied.contains(at));
+    missing.dedup();
     for refs in missing.chunks(BODIES_READ_AT_ONCE) {
         let (bytes, done) = copy_bodies(source, target, queue, move_id, refs).await?;
         if done.len() < refs.len() {

@@ -1194,6 +1194,14 @@ impl Shard {
         }
     }
 
+    /// The records of this replica's slice file starting at `slice_start_ms` (for a queue's move).
+    pub async fn slice_records(&self, slice_start_ms: u64) -> Result<Vec<SliceRecord>, StrataError> {
+        let dir = self.state().slice_dir().map(Path::to_path_buf);
+        let dir =
+            dir.ok_or_else(|| NodeError::bug("a shard without slice files has scheduled messages", slice_start_ms))?;
+        read_slice_blocking(dir, slice_start_ms).await
+    }
+
     /// Reads the messages `refs` point at, one answer per ref in order, each with the trace
     /// header its send kept for it: each Send entry is read and decoded once however many of
     /// its messages are asked for, from the local WAL first (then its backfill files), then

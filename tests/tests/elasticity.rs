@@ -243,7 +243,7 @@ async fn ended_move(admin: &strata_client::Client, move_id: u64) -> anyhow::Resu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_move_cut_short_by_sigkill_completes_or_rolls_back_after_a_restart_losing_nothing() -> anyhow::Result<()> {
+async fn a_move_cut_short_by_sigkill_completes_after_a_restart_and_one_not_possible_rolls_back() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut dev = DevProcess::start(&dir.path().join("dev"), &["--shards", "2"])?;
     dev.wait_for_newest_formats().await?;
@@ -297,19 +297,46 @@ async fn a_move_cut_short_by_sigkill_completes_or_rolls_back_after_a_restart_los
     let expected: BTreeSet<String> = (0..240).map(body).collect();
     assert!(bodies == expected, "{} of 240 messages came back whole", bodies.intersection(&expected).count());
 
-    // A queue holding a message scheduled a day ahead is not moved (its move would not carry
-    // it yet): the move rolls back, with the reason, and the queue serves where it was.
+    // A queue holding messages scheduled a day ahead (in slice files) takes them along: at the
+    // new shard one can be cancelled by its id, and the other still waits there.
     api.create_queue(&model::CreateQueue::named("later")).await?;
-    let tomorrow = model::NewMessage { deliver_at_ms: Some(now_ms() + 86_400_000), ..model::NewMessage::new("later") };
-    api.send("later", &model::SendMessages { messages: vec![tomorrow] }, None).await?;
+    let tomorrow =
+        || model::NewMessage { deliver_at_ms: Some(now_ms() + 86_400_000), ..model::NewMessage::new("later") };
+    let sent = api.send("later", &model::SendMessages { messages: vec![tomorrow(), tomorrow()] }, None).await?;
     let env: BTreeMap<String, String> = dev.credentials_env()?.into_iter().collect();
     let at = admin.queue_placement("dev", "later").await?.shard_id;
     let to = if at == 1 { "2" } else { "1" };
-    let (ok, _, stderr) = cluster_cli(&env, &["move-queue", "dev", "later", "--to-shard", to]);
-    assert!(!ok && stderr.contains("rolled back") && stderr.contains("scheduled"), "{stderr}");
+    let (ok, moved, stderr) = cluster_cli(&env, &["move-queue", "dev", "later", "--to-shard", to]);
+    assert!(ok, "{stderr}");
+    assert_eq!(moved["phase"], "completed", "{moved}");
     let placement = admin.queue_placement("dev", "later").await?;
+    assert_eq!((placement.shard_id.to_string().as_str(), placement.epoch), (to, 1));
+    api.cancel_scheduled("later", &sent.messages[0].message_id).await?;
+    let waiting = api.get_queue("later").await?;
+    assert_eq!(waiting.approximate_number_of_messages_delayed, Some(1), "{waiting:?}");
+
+    // A queue with a dead-letter queue (on its shard) is not moved yet: the move rolls back,
+    // with the reason, and the queue serves where it was.
+    api.create_queue(&model::CreateQueue::named("dlq")).await?;
+    let dead_letter = Some(Some(model::DeadLetter { queue: "dlq".into(), max_receive_count: 3 }));
+    let attributes = model::QueueAttributesChange { dead_letter, ..Default::default() };
+    let mut with_dlq = None;
+    for i in 0..20 {
+        let name = format!("src-{i}");
+        let create = model::CreateQueue { attributes: attributes.clone(), ..model::CreateQueue::named(&name) };
+        if api.create_queue(&create).await.is_ok() {
+            with_dlq = Some(name);
+            break;
+        }
+    }
+    let name = with_dlq.ok_or_else(|| anyhow::anyhow!("no queue of 20 landed on its dead-letter queue's shard"))?;
+    let at = admin.queue_placement("dev", &name).await?.shard_id;
+    let to = if at == 1 { "2" } else { "1" };
+    let (ok, _, stderr) = cluster_cli(&env, &["move-queue", "dev", &name, "--to-shard", to]);
+    assert!(!ok && stderr.contains("rolled back") && stderr.contains("dead-letter"), "{stderr}");
+    let placement = admin.queue_placement("dev", &name).await?;
     assert_eq!((placement.shard_id, placement.epoch), (at, 0));
-    api.send("later", &model::SendMessages { messages: vec![model::NewMessage::new("now")] }, None).await?;
+    api.send(&name, &model::SendMessages { messages: vec![model::NewMessage::new("still here")] }, None).await?;
     Ok(())
 }
 

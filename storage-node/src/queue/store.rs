@@ -1095,6 +1095,29 @@ impl Queue {
 
 /// Moving a queue to another shard (see `state::moves`): what its bodies are and where they go.
 impl Queue {
+    /// Forgets the scheduled messages counted in slice files (which stay with the old shard's
+    /// files): answers how many there were and the mean of what they counted.
+    pub(crate) fn leave_slice_files(&mut self) -> (u64, u32) {
+        let (count, bytes) = (self.on_disk, self.on_disk_bytes);
+        self.on_disk = 0;
+        self.on_disk_bytes = 0;
+        self.stored_bytes = self.stored_bytes.saturating_sub(bytes);
+        (count, u32::try_from(bytes / count.max(1)).unwrap_or(u32::MAX))
+    }
+
+    /// A scheduled message that came from another shard's slice files with the queue: into the
+    /// wheel, or counted as on disk (the caller appends it to this shard's slice file).
+    pub(crate) fn arrive_scheduled(&mut self, scheduled: ScheduledMessage, to_disk: bool) {
+        if to_disk {
+            let bytes = u64::from(scheduled.body_bytes);
+            self.on_disk += 1;
+            self.on_disk_bytes = self.on_disk_bytes.saturating_add(bytes);
+            self.stored_bytes = self.stored_bytes.saturating_add(bytes);
+        } else {
+            self.wait(scheduled);
+        }
+    }
+
     /// Scheduled messages of this queue still in slice files (which a move does not carry).
     pub(crate) fn on_disk(&self) -> u64 {
         self.on_disk
@@ -1111,13 +1134,19 @@ impl Queue {
 
     /// The queue as another shard holds it once its bodies were copied into that shard's log:
     /// every body reference goes through `moved` (which holds one for each of
-    /// [`Queue::body_refs`]), the older-body counts follow, and the purge mark (a log index of the
-    /// old shard, which only matters for messages in slice files, none of which moved) is reset.
-    pub(crate) fn rebased(&self, moved: &std::collections::BTreeMap<MessageRef, MessageRef>) -> Result<Queue, String> {
+    /// [`Queue::body_refs`]), and the older-body counts follow. The purge mark (a log index of
+    /// the old shard, which only matters for messages loaded from slice files) becomes
+    /// `arrived_at`, the new shard's log index from which the copies lie: records in its files
+    /// from an earlier stay of the queue there are dropped when loaded.
+    pub(crate) fn rebased(
+        &self,
+        moved: &std::collections::BTreeMap<MessageRef, MessageRef>,
+        arrived_at: u64,
+    ) -> Result<Queue, String> {
         let target = |at: MessageRef| moved.get(&at).copied().ok_or_else(|| format!("no copy of the body at {at:?}"));
         let mut queue = self.clone();
         queue.older_bodies = OrdMap::new();
-        queue.purged_at_log_index = 0;
+        queue.purged_at_log_index = arrived_at;
         let mut messages = OrdMap::new();
         for (seq, message) in &self.messages {
             let body = target(message.body_ref())?;

@@ -22,12 +22,18 @@
 //! * Every step is idempotent for its move id, so a driver that repeats one after a crash
 //!   changes nothing; a partial adoption is dropped by its move id (a roll back).
 //!
+//! * Scheduled messages go too: those in the wheel with the queue, those in the shard's slice
+//!   files read from the files by the driver (only records the fenced state has not loaded,
+//!   not cancelled, sent after the queue's last purge) and appended to the target's files, or
+//!   its wheel when due soon. The old shard's records stay in its files and are dropped when
+//!   loaded, as a deleted queue's are.
+//!
 //! # Limits
 //!
-//! A queue with messages scheduled in slice files, with a dead-letter queue, that is another
-//! queue's dead-letter queue, or that a running move task names, is refused at the fence (its
-//! move would need the cross-shard hand-over of those messages, not built yet). The exported
-//! state is at most [`ADOPTED_STATE_BYTES_MAX`].
+//! A queue with a dead-letter queue, that is another queue's dead-letter queue, or that a
+//! running move task names, is refused at the fence (its move would need the cross-shard
+//! hand-over of those messages, not built yet). The exported state is at most
+//! [`ADOPTED_STATE_BYTES_MAX`].
 
 use std::collections::BTreeMap;
 
@@ -35,6 +41,11 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use strata_raft::requests::RecentRequests;
 
+use std::collections::BTreeSet;
+
+use uuid::Uuid;
+
+use super::super::schedule::{ScheduledMessage, Slice, SliceRecord};
 use super::super::store::{Queue, QueueSizes};
 use super::super::types::{MessageRef, MoveTaskStatus, NewMessage, QueueError, QueueId, REQUEST_IDS_KEPT, Response};
 use super::{ShardState, reindex};
@@ -113,6 +124,8 @@ pub(crate) struct QueueExport {
     lease_floor: u64,
     /// The answers of sends to the queue the old shard remembered, by request key.
     requests: Vec<(String, Response)>,
+    /// Its scheduled messages that were in the old shard's slice files.
+    scheduled: Vec<ScheduledMessage>,
 }
 
 /// A copy of one queue, taken under the state's lock in constant time (its collections are
@@ -120,9 +133,14 @@ pub(crate) struct QueueExport {
 /// and for a fenced queue its exported state.
 #[derive(Debug, Clone)]
 pub struct QueueCopy {
+    queue_id: QueueId,
     queue: Queue,
     lease_floor: u64,
     requests: Vec<(String, Response)>,
+    /// The shard's slice files when the queue has messages in them: each slice's start, the
+    /// records already loaded (a loading slice's prefix, in memory now), and the queue's
+    /// messages cancelled while it loads.
+    slices: Vec<(u64, u64, BTreeSet<Uuid>)>,
 }
 
 impl QueueCopy {
@@ -135,20 +153,52 @@ impl QueueCopy {
         self.queue.body_refs()
     }
 
-    /// The exported state (of a copy [`ShardState::export_queue`] gave) in parts of at most
-    /// [`ADOPT_STATE_PART_BYTES`].
-    pub fn state_parts(&self) -> Result<Vec<Bytes>, QueueError> {
+    /// The slice files that may hold the queue's scheduled messages (all the shard's, when it
+    /// has any there; none otherwise).
+    pub fn slice_starts(&self) -> Vec<u64> {
+        self.slices.iter().map(|(start, _, _)| *start).collect()
+    }
+
+    /// The queue's scheduled messages still waiting in `records`, the records of the slice file
+    /// starting at `slice_start_ms`: not loaded yet, sent after its last purge, not cancelled.
+    pub fn scheduled_in(&self, slice_start_ms: u64, records: &[SliceRecord]) -> Vec<ScheduledMessage> {
+        let Some((_, loaded, cancels)) = self.slices.iter().find(|(start, _, _)| *start == slice_start_ms) else {
+            return Vec::new();
+        };
+        let waiting = records.iter().skip(usize::try_from(*loaded).unwrap_or(usize::MAX));
+        let purged_at = self.queue.purged_at_log_index();
+        waiting
+            .filter_map(|record| match record {
+                SliceRecord::Message(m) if m.queue == self.queue_id && m.body_ref.log_index >= purged_at => Some(*m),
+                _ => None,
+            })
+            .filter(|m| !cancels.contains(&m.message_id) && !is_cancelled_in(records, self.queue_id, m.message_id))
+            .collect()
+    }
+
+    /// The exported state (of a copy [`ShardState::export_queue`] gave) with the queue's
+    /// `scheduled` messages from the slice files ([`QueueCopy::scheduled_in`]), in parts of at
+    /// most [`ADOPT_STATE_PART_BYTES`].
+    pub fn state_parts(&self, scheduled: &[ScheduledMessage]) -> Result<Vec<Bytes>, QueueError> {
         let export = QueueExport {
             queue: self.queue.clone(),
             sizes: self.queue.sizes(),
             moved_away: self.queue.moved_away().iter().copied().collect(),
             lease_floor: self.lease_floor,
             requests: self.requests.clone(),
+            scheduled: scheduled.to_vec(),
         };
         let bytes = postcard::to_extend(&export, vec![EXPORT_VERSION])
             .map_err(|_| refused("the queue's state could not be encoded"))?;
         Ok(bytes.chunks(ADOPT_STATE_PART_BYTES).map(Bytes::copy_from_slice).collect())
     }
+}
+
+/// Whether `records` hold a cancel of message `message_id` of `queue`.
+fn is_cancelled_in(records: &[SliceRecord], queue: QueueId, message_id: Uuid) -> bool {
+    records
+        .iter()
+        .any(|r| matches!(r, SliceRecord::Cancel { queue: q, message_id: id, .. } if *q == queue && *id == message_id))
 }
 
 fn moving() -> QueueError {
@@ -238,11 +288,6 @@ impl ShardState {
         if let Some(fence) = self.moves.fenced.get(&queue) {
             return if fence.move_id == move_id { Ok(Response::Moved) } else { Err(moving()) };
         }
-        if q.on_disk() > 0 {
-            return Err(refused(
-                "the queue holds messages scheduled more than about ten minutes ahead, which a move does not carry yet",
-            ));
-        }
         if q.config.redrive.is_some() {
             return Err(refused("the queue has a dead-letter queue, which a move does not carry yet"));
         }
@@ -287,8 +332,8 @@ impl ShardState {
     /// fence (a body never changes, so a copy stays good for as long as its message lives).
     /// `None` if the queue does not exist for this tenant.
     pub fn copy_queue(&self, queue: QueueId, tenant: &str) -> Option<QueueCopy> {
-        let queue = self.get(queue, tenant)?.clone();
-        Some(QueueCopy { queue, lease_floor: 0, requests: Vec::new() })
+        let copy = self.get(queue, tenant)?.clone();
+        Some(QueueCopy { queue_id: queue, queue: copy, lease_floor: 0, requests: Vec::new(), slices: Vec::new() })
     }
 
     /// A copy of the queue fenced for its move `move_id`, with what the target needs besides:
@@ -309,7 +354,17 @@ impl ShardState {
                 requests.push((key.to_owned(), answer.clone()));
             }
         }
-        Ok(QueueCopy { queue: q.clone(), lease_floor: fence.lease_floor, requests })
+        let slices = if q.on_disk() == 0 {
+            Vec::new()
+        } else {
+            let slices = self.schedule.slices.iter();
+            let of_queue =
+                |slice: &Slice| slice.cancels.iter().filter(|(to, _)| *to == queue).map(|(_, id)| *id).collect();
+            slices
+                .map(|(&start, slice)| (start, if slice.loading { slice.loaded } else { 0 }, of_queue(slice)))
+                .collect()
+        };
+        Ok(QueueCopy { queue_id: queue, queue: q.clone(), lease_floor: fence.lease_floor, requests, slices })
     }
 
     pub(super) fn adopt_state(
@@ -424,8 +479,25 @@ impl ShardState {
         }
         q.set_sizes(export.sizes).map_err(refused)?;
         q.set_moved_away(export.moved_away.into_iter().collect());
-        let mut q = q.rebased(&adoption.bodies).map_err(|e| refused(&e))?;
+        let arrived_at = adoption.first_body_index.unwrap_or(log_index);
+        let mut q = q.rebased(&adoption.bodies, arrived_at).map_err(|e| refused(&e))?;
+        // Scheduled messages from the old shard's slice files: into this shard's files, or the
+        // wheel when due soon; each counts the mean of what they counted there.
+        let (_, mean_bytes) = q.leave_slice_files();
+        let mut scheduled = Vec::with_capacity(export.scheduled.len());
+        for m in &export.scheduled {
+            let body_ref =
+                adoption.bodies.get(&m.body_ref).copied().ok_or_else(|| refused("a scheduled body was not copied"))?;
+            scheduled.push(ScheduledMessage { body_ref, body_bytes: mean_bytes, ..*m });
+        }
         self.moves.adopting.remove(&queue);
+        for m in scheduled {
+            let to_disk = self.schedule.goes_to_disk(m.deliver_at_ms, self.clock_ms);
+            q.arrive_scheduled(m, to_disk);
+            if to_disk {
+                self.schedule.append_message(m);
+            }
+        }
         // Every lease issued here lies above the floor: log_index + base > floor.
         let base = export.lease_floor.saturating_add(1).saturating_sub(log_index.saturating_add(1));
         self.moves.lease_bases.insert(queue, base);
