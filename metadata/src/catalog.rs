@@ -1097,6 +1097,7 @@ impl Catalog {
                         format!("queue '{name}' already exists with different attributes"),
                     ));
                 }
+                self.check_dead_letter_not_moving(None, config.dead_letter_queue_id)?;
                 let count = self.queues_per_tenant.get(tenant).copied().unwrap_or(0);
                 let limit = match self.limits_of(tenant).1.queues_max {
                     0 => QUEUES_PER_TENANT_MAX,
@@ -1167,6 +1168,8 @@ impl Catalog {
                 Ok(MetaResponse::Queue(record))
             }
             MetaCommand::SetQueueConfig { tenant, name, config, now_ms } => {
+                let queue_id = self.queue_mut(tenant, name)?.queue_id;
+                self.check_dead_letter_not_moving(Some(queue_id), config.dead_letter_queue_id)?;
                 let record = self.queue_mut(tenant, name)?;
                 record.config = config.clone();
                 record.modified_ms = *now_ms;
@@ -1714,6 +1717,12 @@ mod tests {
         assert!(matches!(start(&mut c, 12, other), MetaResponse::Error(_)), "one operation per queue");
         let delete = MetaCommand::DeleteQueue { tenant: "t1".into(), name: "q".into() };
         assert!(matches!(c.run(13, &delete), MetaResponse::Error(_)), "not deleted while moving");
+        // No dead-letter relation is made with a moving queue (its move checked them at the fence).
+        let with_dead_letter = QueueConfig { dead_letter_queue_id: q.queue_id, max_receive_count: 3, ..config() };
+        assert!(matches!(create(&mut c, 130, "t1", "src", with_dead_letter.clone()), MetaResponse::Error(_)));
+        let set =
+            MetaCommand::SetQueueConfig { tenant: "t1".into(), name: "q".into(), config: with_dead_letter, now_ms: 9 };
+        assert!(matches!(c.run(131, &set), MetaResponse::Error(_)), "nor set on it");
         let finish = |c: &mut Catalog, index, move_id| {
             c.run(index, &MetaCommand::FinishQueueMove { move_id, now_ms: 20, paused_ms: 5, bytes_moved: 100 })
         };

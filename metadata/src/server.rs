@@ -31,7 +31,9 @@ use strata_raft::raft_store::SegmentRetention;
 use strata_raft::transport::{GroupId, GrpcNetwork, RaftRouter, Senders};
 use strata_tls::{AuthorizeLayer, Credentials, Listener, Peer, Role};
 
-use crate::catalog::{OPERATIONS_GENERATION, Operation, SEALED_SECRETS_GENERATION, STORED_BYTES_LIMITS_GENERATION};
+use crate::catalog::{
+    OPERATIONS_GENERATION, Operation, QUEUE_MOVES_GENERATION, SEALED_SECRETS_GENERATION, STORED_BYTES_LIMITS_GENERATION,
+};
 use crate::sealing::Keks;
 use strata_wal::{FsyncFailure, WalOptions};
 use tonic::{Request, Response, Status};
@@ -1082,6 +1084,13 @@ impl Metadata for MetadataService {
     ) -> Result<Response<pb::QueueMoveInfo>, Status> {
         let request_id = request_id(&request)?;
         let r = request.into_inner();
+        // Older members could not read the command: it is not written before the generation.
+        if self.node.catalog().format_generation() < QUEUE_MOVES_GENERATION {
+            return Err(StrataError::invalid(format!(
+                "queues move between shards once the cluster writes format generation {QUEUE_MOVES_GENERATION}"
+            ))
+            .into());
+        }
         let now_ms = self.node.now_ms();
         let command = MetaCommand::StartQueueMove { tenant: r.tenant, name: r.name, to_shard: r.to_shard, now_ms };
         let queue_id = match self.node.propose(request_id, command).await? {

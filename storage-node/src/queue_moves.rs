@@ -7,9 +7,10 @@
 //! * The queue's bodies are copied while it still serves; then it is fenced on its source, so
 //!   the copy of its state is whole, and only the bodies sent since are copied while calls on
 //!   it wait (proxies retry on `QueueMoving`) until routing switches.
-//! * Metadata decides each move (switch or roll back) before the driver acts on it: the source
-//!   releases its copy only after the switch, unfences only after a roll back, and what the
-//!   target got is dropped only after a roll back. A driver that lost its shard's leadership
+//! * Metadata decides each move (switch or roll back) before the driver acts on it: the target
+//!   serves the queue (`OpenQueue`) and the source releases its copy only after the switch; the
+//!   source unfences, and what the target got is dropped, only after a roll back. So no call
+//!   is ever served by the copy a roll back drops. A driver that lost its shard's leadership
 //!   and goes on cannot undo its successor's work: proposals on the source need leadership, and
 //!   metadata refuses a decision other than the one taken.
 //! * Every step is idempotent, so a pass that stops half way (a crash, a timeout) is resumed
@@ -92,6 +93,7 @@ async fn drive(
             Ok(handed) => {
                 metadata.decide_queue_move(m.move_id, true, "").await?;
                 tracing::info!(move_id = m.move_id, queue_id = m.queue_id, "queue move: switched");
+                target.adopt(Command::OpenQueue { queue: m.queue_id, move_id: m.move_id }).await?;
                 let paused_ms = source.now_ms().saturating_sub(handed.fenced_at_ms);
                 release(source, m).await?;
                 metadata.finish_queue_move(m.move_id, paused_ms, handed.bytes_moved).await?;
@@ -118,6 +120,7 @@ async fn drive(
             }
         },
         "switched" => {
+            target.adopt(Command::OpenQueue { queue: m.queue_id, move_id: m.move_id }).await?;
             release(source, m).await?;
             let paused_ms = m.switched_ms.saturating_sub(m.started_ms);
             metadata.finish_queue_move(m.move_id, paused_ms, 0).await

@@ -445,6 +445,7 @@ impl Storage for StorageService {
                 | Command::AdoptBodies { .. }
                 | Command::AdoptQueue { .. }
                 | Command::DropAdoption { .. }
+                | Command::OpenQueue { .. }
         );
         if !adoption {
             return Err(StrataError::invalid("only adoption steps are taken from another shard").into());

@@ -228,6 +228,7 @@ impl fmt::Display for ShardEntry {
             Command::AdoptBodies { .. } => "adopt-bodies",
             Command::AdoptQueue { .. } => "adopt-queue",
             Command::DropAdoption { .. } => "drop-adoption",
+            Command::OpenQueue { .. } => "open-queue",
         };
         write!(f, "{name}@{}", self.0.now_ms)
     }
@@ -1747,6 +1748,7 @@ mod format_tests {
             ),
             ("adopt-queue", Command::AdoptQueue { queue: 1, move_id: 40 }),
             ("drop-adoption", Command::DropAdoption { queue: 1, move_id: 40 }),
+            ("open-queue", Command::OpenQueue { queue: 1, move_id: 40 }),
         ];
         for (name, command) in moves {
             let entry = ShardEntry(ShardCommand { now_ms: NOW_MS, command, request_id: None, meter: None });

@@ -86,6 +86,29 @@ impl Catalog {
         (open.collect(), self.moves.finished.iter().cloned().collect())
     }
 
+    /// Whether the queue incarnation is moving between shards.
+    pub(super) fn is_moving(&self, queue_id: u64) -> bool {
+        self.operations.values().any(|op| matches!(op, Operation::MoveQueue(m) if m.queue_id == queue_id))
+    }
+
+    /// Refuses, for a moment, a dead-letter relation one of whose queues is moving: the move
+    /// checked the relations when it fenced its queue, and would carry a new one nowhere.
+    pub(super) fn check_dead_letter_not_moving(
+        &self,
+        queue_id: Option<u64>,
+        dead_letter_queue_id: u64,
+    ) -> Result<(), StrataError> {
+        if dead_letter_queue_id == 0 {
+            return Ok(());
+        }
+        if queue_id.is_some_and(|id| self.is_moving(id)) || self.is_moving(dead_letter_queue_id) {
+            return Err(StrataError::unavailable(
+                "a queue of this dead-letter relation is moving between shards; retry in a moment",
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether an operation holds the queue incarnation (a move or a pending drop).
     pub(super) fn operation_holds(&self, queue_id: u64) -> bool {
         self.operations.values().any(|op| match op {

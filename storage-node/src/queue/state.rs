@@ -176,7 +176,8 @@ impl ShardState {
             return Some(Ok(first));
         }
         let prefix = format!("{id}{REQUEST_DIGEST_SEPARATOR}");
-        self.requests.any_with_prefix(&prefix).then_some(Err(QueueError::IdempotencyConflict))
+        let conflict = self.requests.any_with_prefix(&prefix) || self.carried_with_prefix(&prefix);
+        conflict.then_some(Err(QueueError::IdempotencyConflict))
     }
 
     fn apply_command(&mut self, log_index: u64, command: &Command) -> Response {
@@ -285,6 +286,7 @@ impl ShardState {
             }
             Command::AdoptQueue { queue, move_id } => self.adopt_queue(*queue, *move_id, log_index),
             Command::DropAdoption { queue, move_id } => self.drop_adoption(*queue, *move_id),
+            Command::OpenQueue { queue, move_id } => self.open_queue(*queue, *move_id),
             Command::TrimMetering { through_seq } => {
                 self.metering.trim(*through_seq);
                 Ok(Response::MeteringTrimmed)
@@ -329,7 +331,8 @@ impl ShardState {
             Command::FenceQueue { queue, .. }
             | Command::ReleaseQueue { queue, .. }
             | Command::UnfenceQueue { queue, .. }
-            | Command::AdoptQueue { queue, .. } => Some(Touch::Queue(*queue)),
+            | Command::AdoptQueue { queue, .. }
+            | Command::OpenQueue { queue, .. } => Some(Touch::Queue(*queue)),
             Command::StartMoveTask { .. }
             | Command::CancelMoveTask { .. }
             | Command::MoveStep { .. }

@@ -1134,7 +1134,8 @@ impl Queue {
 
     /// The queue as another shard holds it once its bodies were copied into that shard's log:
     /// every body reference goes through `moved` (which holds one for each of
-    /// [`Queue::body_refs`]), and the older-body counts follow. The purge mark (a log index of
+    /// [`Queue::body_refs`]), and every body counts as older (the copies' log indexes do not
+    /// follow the seqs). The purge mark (a log index of
     /// the old shard, which only matters for messages loaded from slice files) becomes
     /// `arrived_at`, the new shard's log index from which the copies lie: records in its files
     /// from an earlier stay of the queue there are dropped when loaded.
@@ -1150,10 +1151,13 @@ impl Queue {
         let mut messages = OrdMap::new();
         for (seq, message) in &self.messages {
             let body = target(message.body_ref())?;
-            if message.older_body {
-                queue.count_older_body(body.log_index);
-            }
-            messages.insert(*seq, Message { body_log_index: body.log_index, body_slot: body.slot, ..message.clone() });
+            // The copies were made in no particular order (before and after the fence, by one
+            // driver or the next): each counts as an older body, so the queue's lowest log index
+            // covers them all.
+            queue.count_older_body(body.log_index);
+            let copy =
+                Message { body_log_index: body.log_index, body_slot: body.slot, older_body: true, ..message.clone() };
+            messages.insert(*seq, copy);
         }
         queue.messages = messages;
         let mut wheel = OrdMap::new();

@@ -1413,6 +1413,7 @@ mod scheduled {
         let bodies = Command::AdoptBodies { queue: Q, move_id, refs, messages, trace_headers: Vec::new() };
         assert_eq!(to.apply(now_ms, bodies), Response::Moved);
         assert_eq!(to.apply(now_ms, Command::AdoptQueue { queue: Q, move_id }), Response::Moved);
+        assert_eq!(to.apply(now_ms, Command::OpenQueue { queue: Q, move_id }), Response::Moved);
         assert_eq!(from.apply(now_ms, Command::ReleaseQueue { queue: Q, move_id }), Response::Moved);
     }
 
@@ -2172,6 +2173,7 @@ fn move_queue(source: &mut Shard, target: &mut Shard, queue: QueueId, move_id: M
         assert_eq!(target.apply(now_ms, bodies), Response::Moved);
     }
     assert_eq!(target.apply(now_ms, Command::AdoptQueue { queue, move_id }), Response::Moved);
+    assert_eq!(target.apply(now_ms, Command::OpenQueue { queue, move_id }), Response::Moved);
     assert_eq!(source.apply(now_ms, Command::ReleaseQueue { queue, move_id }), Response::Moved);
     assert!(source.state.queue_counts(queue, TENANT).is_none(), "the source holds nothing of the queue");
 }
@@ -2323,6 +2325,44 @@ fn an_adoption_holds_its_bodies_back_from_garbage_collection_and_a_roll_back_dro
     assert!(!target.state.holds_moves(), "nothing of the move is left");
     assert_eq!(source.apply(1_000, Command::UnfenceQueue { queue: Q, move_id: 3 }), Response::Moved);
     assert_eq!(source.receive(1_000, 10, None).len(), 2, "the source serves again");
+}
+
+#[test]
+fn copies_made_out_of_order_stay_live_and_an_adopted_queue_serves_only_once_opened() {
+    let mut source = Shard::with_queue();
+    source.send(1_000, &[1, 2, 3]);
+    let fence = Command::FenceQueue { queue: Q, tenant: TENANT.to_owned(), move_id: 4 };
+    assert_eq!(source.apply(1_000, fence), Response::Moved);
+    let exported = source.state.export_queue(Q, 4).expect("export");
+    let mut target = Shard::new();
+    for part in exported.state_parts(&[]).expect("encode") {
+        let adopt = Command::AdoptState { queue: Q, tenant: TENANT.to_owned(), move_id: 4, offset: 0, part };
+        assert_eq!(target.apply(1_000, adopt), Response::Moved);
+    }
+    // The last message's body is copied first (a driver after another, say).
+    let mut first_copy = None;
+    for at in exported.body_refs().into_iter().rev() {
+        let bodies = Command::AdoptBodies {
+            queue: Q,
+            move_id: 4,
+            refs: vec![at],
+            messages: vec![new_message(9)],
+            trace_headers: vec![],
+        };
+        assert_eq!(target.apply(1_000, bodies), Response::Moved);
+        first_copy.get_or_insert(target.log_index);
+    }
+    assert_eq!(target.apply(1_000, Command::AdoptQueue { queue: Q, move_id: 4 }), Response::Moved);
+    // Whole, but not served before the switch: a roll back would drop what it did.
+    assert_eq!(target.apply_rejected(1_000, receive_cmd(1, None)), QueueError::QueueMoving);
+    assert_eq!(target.apply(1_000, Command::OpenQueue { queue: Q, move_id: 4 }), Response::Moved);
+    assert_eq!(target.apply(1_000, Command::OpenQueue { queue: Q, move_id: 4 }), Response::Moved, "again: no change");
+    assert_eq!(target.apply(1_000, Command::DropAdoption { queue: Q, move_id: 4 }), Response::Moved);
+    assert_eq!(target.counts().visible, 3, "an opened queue is never dropped as an adoption");
+    // The first message goes: the third's copy, the oldest entry, is still live.
+    let first = target.receive(1_000, 1, None);
+    assert_eq!(target.delete(1_000, &[&first[0].receipt]), Response::Deleted(vec![Ok(())]));
+    assert_eq!(target.state.min_live_log_index(), first_copy);
 }
 
 #[test]

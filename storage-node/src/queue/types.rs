@@ -397,14 +397,21 @@ pub enum Command {
         messages: Vec<NewMessage>,
         trace_headers: Vec<Option<String>>,
     },
-    /// On the target: every part arrived; the queue is whole and serves once metadata routes
-    /// to it.
+    /// On the target: every part arrived; the queue is whole, and serves once opened
+    /// ([`Command::OpenQueue`]).
     AdoptQueue {
         queue: QueueId,
         move_id: u64,
     },
     /// On the target: drops what the move brought before its routing switched.
     DropAdoption {
+        queue: QueueId,
+        move_id: u64,
+    },
+    /// On the target, once metadata switched the queue's routing here: the adopted queue
+    /// serves (until then it answers [`QueueError::QueueMoving`], so nothing it did could be
+    /// lost to a roll back).
+    OpenQueue {
         queue: QueueId,
         move_id: u64,
     },
@@ -519,6 +526,7 @@ impl Command {
                 | Command::AdoptBodies { .. }
                 | Command::AdoptQueue { .. }
                 | Command::DropAdoption { .. }
+                | Command::OpenQueue { .. }
         )
     }
 

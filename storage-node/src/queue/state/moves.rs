@@ -73,8 +73,9 @@ pub struct Moves {
     fenced: BTreeMap<QueueId, Fence>,
     /// Queues arriving from another shard: what arrived so far.
     adopting: BTreeMap<QueueId, Adoption>,
-    /// Queues a move brought here, by that move, until they move again or go: a roll back
-    /// drops them by its move id.
+    /// Queues a move brought here whole, by that move, until metadata switched their routing
+    /// and the move opened them ([`Command::OpenQueue`](super::Command::OpenQueue)): they answer
+    /// `QueueMoving` meanwhile, and a roll back drops them by its move id.
     adopted: BTreeMap<QueueId, MoveId>,
     /// Added to the log index of every receive of the queue to make its lease (queues that came
     /// from another shard only).
@@ -126,6 +127,9 @@ pub(crate) struct QueueExport {
     requests: Vec<(String, Response)>,
     /// Its scheduled messages that were in the old shard's slice files.
     scheduled: Vec<ScheduledMessage>,
+    /// The old shard's clock: the new one's never lags it (visibility deadlines keep their
+    /// meaning, and the queue's times never run backwards).
+    clock_ms: u64,
 }
 
 /// A copy of one queue, taken under the state's lock in constant time (its collections are
@@ -136,6 +140,7 @@ pub struct QueueCopy {
     queue_id: QueueId,
     queue: Queue,
     lease_floor: u64,
+    clock_ms: u64,
     requests: Vec<(String, Response)>,
     /// The shard's slice files when the queue has messages in them: each slice's start, the
     /// records already loaded (a loading slice's prefix, in memory now), and the queue's
@@ -187,9 +192,14 @@ impl QueueCopy {
             lease_floor: self.lease_floor,
             requests: self.requests.clone(),
             scheduled: scheduled.to_vec(),
+            clock_ms: self.clock_ms,
         };
-        let bytes = postcard::to_extend(&export, vec![EXPORT_VERSION])
-            .map_err(|_| refused("the queue's state could not be encoded"))?;
+        let body = postcard::to_allocvec(&export).map_err(|_| refused("the queue's state could not be encoded"))?;
+        // The version, then a checksum of the body: parts of two drivers' exports spliced
+        // together never decode.
+        let mut bytes = vec![EXPORT_VERSION];
+        bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        bytes.extend_from_slice(&body);
         Ok(bytes.chunks(ADOPT_STATE_PART_BYTES).map(Bytes::copy_from_slice).collect())
     }
 }
@@ -210,9 +220,25 @@ fn refused(reason: &str) -> QueueError {
 }
 
 impl ShardState {
-    /// Whether the queue is fenced for a move away, or arriving and not yet whole.
+    /// Opens a queue adopted by move `move_id` once its routing switched here; opening it again
+    /// changes nothing.
+    pub(super) fn open_queue(&mut self, queue: QueueId, move_id: MoveId) -> Result<Response, QueueError> {
+        match self.moves.adopted.get(&queue) {
+            Some(&by) if by == move_id => {
+                self.moves.adopted.remove(&queue);
+                Ok(Response::Moved)
+            }
+            Some(_) => Err(moving()),
+            None if self.queues.contains_key(&queue) => Ok(Response::Moved),
+            None => Err(refused("no queue of this move was adopted here")),
+        }
+    }
+
+    /// Whether the queue is fenced for a move away, or arriving and not yet opened.
     pub fn is_moving(&self, queue: QueueId) -> bool {
-        self.moves.fenced.contains_key(&queue) || self.moves.adopting.contains_key(&queue)
+        self.moves.fenced.contains_key(&queue)
+            || self.moves.adopting.contains_key(&queue)
+            || self.moves.adopted.contains_key(&queue)
     }
 
     /// The lease a receive at `log_index` gives the queue's messages.
@@ -233,6 +259,11 @@ impl ShardState {
     /// The first answer of a send carried here with its queue.
     pub(super) fn carried_answer(&self, key: &str) -> Option<&Response> {
         self.moves.carried.answer(key)
+    }
+
+    /// Whether a send carried here with its queue had a request key starting with `prefix`.
+    pub(super) fn carried_with_prefix(&self, prefix: &str) -> bool {
+        self.moves.carried.any_with_prefix(prefix)
     }
 
     /// Lowest log index of a body copied for an adoption still under way.
@@ -333,7 +364,8 @@ impl ShardState {
     /// `None` if the queue does not exist for this tenant.
     pub fn copy_queue(&self, queue: QueueId, tenant: &str) -> Option<QueueCopy> {
         let copy = self.get(queue, tenant)?.clone();
-        Some(QueueCopy { queue_id: queue, queue: copy, lease_floor: 0, requests: Vec::new(), slices: Vec::new() })
+        let (lease_floor, clock_ms, requests, slices) = (0, self.clock_ms, Vec::new(), Vec::new());
+        Some(QueueCopy { queue_id: queue, queue: copy, lease_floor, clock_ms, requests, slices })
     }
 
     /// A copy of the queue fenced for its move `move_id`, with what the target needs besides:
@@ -364,7 +396,8 @@ impl ShardState {
                 .map(|(&start, slice)| (start, if slice.loading { slice.loaded } else { 0 }, of_queue(slice)))
                 .collect()
         };
-        Ok(QueueCopy { queue_id: queue, queue: q.clone(), lease_floor: fence.lease_floor, requests, slices })
+        let (queue_id, lease_floor, clock_ms) = (queue, fence.lease_floor, self.clock_ms);
+        Ok(QueueCopy { queue_id, queue: q.clone(), lease_floor, clock_ms, requests, slices })
     }
 
     pub(super) fn adopt_state(
@@ -467,12 +500,17 @@ impl ShardState {
         };
         let bytes: Vec<u8> = adoption.state.iter().flat_map(|part| part.iter().copied()).collect();
         let export = match bytes.split_first() {
-            Some((&EXPORT_VERSION, body)) => postcard::from_bytes::<QueueExport>(body).ok(),
+            Some((&EXPORT_VERSION, rest)) if rest.len() >= 4 => {
+                let (crc, body) = rest.split_at(4);
+                let whole = crc32c::crc32c(body).to_le_bytes() == crc;
+                whole.then(|| postcard::from_bytes::<QueueExport>(body).ok()).flatten()
+            }
             _ => None,
         };
         let Some(export) = export else {
-            return Err(refused("the adopted state cannot be read (parts missing, or from a newer release)"));
+            return Err(refused("the adopted state cannot be read (parts missing or mixed, or from a newer release)"));
         };
+        self.clock_ms = self.clock_ms.max(export.clock_ms);
         let mut q = export.queue;
         if q.tenant != adoption.tenant {
             return Err(refused("the adopted state is another tenant's"));
@@ -517,8 +555,8 @@ impl ShardState {
         Ok(Response::Moved)
     }
 
-    /// Drops what a move brought of the queue before its routing switched (a roll back, or a
-    /// driver starting the hand-over again): its parts, or the adopted queue itself.
+    /// Drops what a move brought of the queue before its routing switched (a roll back): its
+    /// parts, or the adopted queue not yet opened. An opened queue is never dropped so.
     pub(super) fn drop_adoption(&mut self, queue: QueueId, move_id: MoveId) -> Result<Response, QueueError> {
         if self.moves.adopting.get(&queue).is_some_and(|a| a.move_id == move_id) {
             self.moves.adopting.remove(&queue);
