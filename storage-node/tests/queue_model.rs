@@ -352,7 +352,8 @@ impl Model {
             | Command::AdoptState { .. }
             | Command::AdoptBodies { .. }
             | Command::AdoptQueue { .. }
-            | Command::DropAdoption { .. } => {
+            | Command::DropAdoption { .. }
+            | Command::OpenQueue { .. } => {
                 unreachable!(
                     "the model test does not generate move-task, receive-attempt, schedule, metering or queue-move commands"
                 )
