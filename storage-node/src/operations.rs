@@ -40,7 +40,8 @@ impl Operations {
         queue_drops: Vec<pb::QueueRef>,
         queue_moves: Vec<pb::QueueMoveInfo>,
     ) {
-        if queue_drops.is_empty() && queue_moves.is_empty() {
+        let adopting = shards.read().values().any(|s| s.is_leader() && !s.state().0.adoptions().is_empty());
+        if queue_drops.is_empty() && queue_moves.is_empty() && !adopting {
             return;
         }
         let Ok(running) = self.running.clone().try_lock_owned() else { return };
@@ -48,6 +49,9 @@ impl Operations {
         tokio::spawn(async move {
             drop_queues(&shards, &metadata, queue_drops).await;
             crate::queue_moves::drive_moves(&shards, &metadata, queue_moves).await;
+            if adopting {
+                crate::queue_moves::sweep(&shards, &metadata).await;
+            }
             drop(running);
         });
     }

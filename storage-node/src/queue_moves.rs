@@ -75,6 +75,42 @@ pub(crate) async fn drive_moves(shards: &ShardMap, metadata: &MetadataClient, mo
     }
 }
 
+/// Drops the adoptions of the shards this node leads whose moves are no longer under way: a
+/// driver that lost its source's leadership may go on sending parts after its move ended, and
+/// they would hold back the log's garbage collection for good. An adoption of a move under way
+/// is never touched, nor a queue already opened (`DropAdoption` leaves those).
+pub(crate) async fn sweep(shards: &ShardMap, metadata: &MetadataClient) {
+    let held: Vec<(Arc<Shard>, Vec<(u64, u64)>)> = {
+        let led = shards.read().values().filter(|s| s.is_leader()).cloned().collect::<Vec<_>>();
+        led.into_iter()
+            .map(|shard| {
+                let adoptions = shard.state().0.adoptions();
+                (shard, adoptions)
+            })
+            .filter(|(_, adoptions)| !adoptions.is_empty())
+            .collect()
+    };
+    if held.is_empty() {
+        return;
+    }
+    // Listed after the adoptions were read: a move that started since has none here yet.
+    let under_way: BTreeSet<u64> = match metadata.list_queue_moves().await {
+        Ok(moves) => moves.into_iter().filter(|m| m.finished_ms == 0).map(|m| m.move_id).collect(),
+        Err(e) => {
+            tracing::debug!(error = %e, "the moves under way could not be listed; adoptions are swept later");
+            return;
+        }
+    };
+    for (shard, adoptions) in held {
+        for (queue, move_id) in adoptions.into_iter().filter(|(_, id)| !under_way.contains(id)) {
+            match step(&shard, Command::DropAdoption { queue, move_id }).await {
+                Ok(()) => tracing::info!(queue_id = queue, move_id, "dropped an adoption left over by an ended move"),
+                Err(e) => tracing::warn!(queue_id = queue, move_id, error = %e, "dropping a left-over adoption failed"),
+            }
+        }
+    }
+}
+
 async fn drive(
     source: &Arc<Shard>,
     shards: &ShardMap,

@@ -340,6 +340,53 @@ async fn a_move_cut_short_by_sigkill_completes_after_a_restart_and_one_not_possi
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adoption_left_by_a_driver_of_an_ended_move_is_swept() -> anyhow::Result<()> {
+    use strata_common::format::Persisted;
+    use strata_storage::queue::{Command, ShardCommand};
+    use strata_storage::shard::ShardEntry;
+
+    let dir = tempfile::tempdir()?;
+    let dev = DevProcess::start(&dir.path().join("dev"), &["--shards", "2"])?;
+    dev.wait_for_newest_formats().await?;
+    let (api, admin) = (dev.api(), dev.admin_api()?);
+    api.create_queue(&model::CreateQueue::named("swept")).await?;
+    let from = admin.queue_placement("dev", "swept").await?;
+    let to_shard = if from.shard_id == 1 { 2 } else { 1 };
+    let started = admin.move_queue("dev", "swept", &model::admin::MoveQueue { to_shard }).await?;
+    assert_eq!(ended_move(&admin, started.move_id).await?.phase, "completed");
+
+    // As a driver that lost its shard's leadership and goes on after the move ended: the first
+    // part of an adoption of the queue, on the shard it left.
+    let command = Command::AdoptState {
+        queue: from.queue_id,
+        tenant: "dev".into(),
+        move_id: started.move_id,
+        offset: 0,
+        part: Default::default(),
+    };
+    let entry = ShardEntry(ShardCommand { now_ms: 0, command, request_id: None, meter: None });
+    let mut bytes = vec![ShardEntry::FORMAT_VERSION];
+    entry.encode_body(ShardEntry::FORMAT_VERSION, &mut bytes)?;
+    let env: BTreeMap<String, String> = dev.credentials_env()?.into_iter().collect();
+    let ca = LocalCa::open_or_create(&dev.data_dir.join("tls"), now_ms())?;
+    let storage = ca.credentials(Role::Storage, "stale-driver", now_ms())?;
+    let channel = channel(&env["STRATA_STORAGE_ENDPOINT"], &storage, Role::Storage);
+    let request = pb::AdoptQueueStepRequest { shard_id: from.shard_id, entry: bytes };
+    pb::storage_client::StorageClient::new(channel).adopt_queue_step(request).await?;
+
+    // The shard's leader drops it within a heartbeat or two.
+    let swept = "dropped an adoption left over by an ended move";
+    let deadline = Instant::now() + FINISHED_WITHIN;
+    while !dev.log()?.contains(swept) {
+        anyhow::ensure!(Instant::now() < deadline, "the left-over adoption was never dropped");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The queue itself serves on at its shard.
+    api.send("swept", &model::SendMessages { messages: vec![model::NewMessage::new("on")] }, None).await?;
+    Ok(())
+}
+
 /// Lines of `name`'s log in the local cluster that contain `text`.
 fn logged(cluster: &LocalCluster, name: &str, text: &str) -> usize {
     std::fs::read_to_string(cluster.dir.join(format!("{name}.log"))).map_or(0, |log| log.matches(text).count())

@@ -278,6 +278,14 @@ impl ShardState {
         self.moves.lease_bases.remove(&queue);
     }
 
+    /// The adoptions this shard holds (parts arriving, or a queue whole and not yet opened), by
+    /// queue and move: each belongs to a move under way, or is left over by a driver that went
+    /// on after its move ended (then dropped, see `queue_moves::sweep`).
+    pub fn adoptions(&self) -> Vec<(QueueId, MoveId)> {
+        let arriving = self.moves.adopting.iter().map(|(&queue, a)| (queue, a.move_id));
+        arriving.chain(self.moves.adopted.iter().map(|(&queue, &move_id)| (queue, move_id))).collect()
+    }
+
     /// What shard state format version 5 carries after the moved-away seqs.
     pub fn moves(&self) -> &Moves {
         &self.moves
