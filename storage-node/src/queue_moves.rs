@@ -80,16 +80,15 @@ pub(crate) async fn drive_moves(shards: &ShardMap, metadata: &MetadataClient, mo
 /// they would hold back the log's garbage collection for good. An adoption of a move under way
 /// is never touched, nor a queue already opened (`DropAdoption` leaves those).
 pub(crate) async fn sweep(shards: &ShardMap, metadata: &MetadataClient) {
-    let held: Vec<(Arc<Shard>, Vec<(u64, u64)>)> = {
-        let led = shards.read().values().filter(|s| s.is_leader()).cloned().collect::<Vec<_>>();
-        led.into_iter()
-            .map(|shard| {
-                let adoptions = shard.state().0.adoptions();
-                (shard, adoptions)
-            })
-            .filter(|(_, adoptions)| !adoptions.is_empty())
-            .collect()
-    };
+    let led: Vec<Arc<Shard>> = shards.read().values().filter(|s| s.is_leader()).cloned().collect();
+    let held: Vec<_> = led
+        .into_iter()
+        .map(|shard| {
+            let adoptions = shard.state().0.adoptions();
+            (shard, adoptions)
+        })
+        .filter(|(_, adoptions)| !adoptions.is_empty())
+        .collect();
     if held.is_empty() {
         return;
     }
