@@ -172,9 +172,19 @@ async fn hand_over(source: &Arc<Shard>, target: &Target, m: &pb::QueueMoveInfo) 
     tracing::info!(move_id, queue_id = queue, from = m.from_shard, to = m.to_shard, "queue move: copying bodies");
     let open = Command::AdoptState { queue, tenant: m.tenant.clone(), move_id, offset: 0, part: Default::default() };
     target.adopt(open).await?;
-    // Copied under the state's lock in constant time; walked after it.
+    // Copied under the state's lock in constant time; walked after it. Scheduled messages in
+    // slice files too: their bodies, often old, are copied before the fence like the others.
     let live = source.state().0.copy_queue(queue, &m.tenant);
-    let live_refs = live.map(|copy| copy.body_refs()).unwrap_or_default();
+    let mut live_refs = Vec::new();
+    if let Some(copy) = live {
+        live_refs = copy.body_refs();
+        for slice_start_ms in copy.slice_starts() {
+            // A slice loaded since the copy is gone: its bodies are copied after the fence.
+            if let Ok(records) = source.slice_records(slice_start_ms).await {
+                live_refs.extend(copy.scheduled_in(slice_start_ms, &records).iter().map(|m| m.body_ref));
+            }
+        }
+    }
     let mut copied = BTreeSet::new();
     let mut bytes_moved = 0;
     for refs in live_refs.chunks(BODIES_READ_AT_ONCE) {

@@ -371,9 +371,20 @@ impl ShardState {
     /// fence (a body never changes, so a copy stays good for as long as its message lives).
     /// `None` if the queue does not exist for this tenant.
     pub fn copy_queue(&self, queue: QueueId, tenant: &str) -> Option<QueueCopy> {
-        let copy = self.get(queue, tenant)?.clone();
-        let (lease_floor, clock_ms, requests, slices) = (0, self.clock_ms, Vec::new(), Vec::new());
-        Some(QueueCopy { queue_id: queue, queue: copy, lease_floor, clock_ms, requests, slices })
+        let copy = self.get(queue, tenant)?;
+        let slices = self.slices_of(queue, copy);
+        let (lease_floor, clock_ms, requests) = (0, self.clock_ms, Vec::new());
+        Some(QueueCopy { queue_id: queue, queue: copy.clone(), lease_floor, clock_ms, requests, slices })
+    }
+
+    /// The slice files that may hold `q`'s scheduled messages, as [`QueueCopy`] keeps them.
+    fn slices_of(&self, queue: QueueId, q: &Queue) -> Vec<(u64, u64, BTreeSet<Uuid>)> {
+        if q.on_disk() == 0 {
+            return Vec::new();
+        }
+        let of_queue = |slice: &Slice| slice.cancels.iter().filter(|(to, _)| *to == queue).map(|(_, id)| *id).collect();
+        let slices = self.schedule.slices.iter();
+        slices.map(|(&start, slice)| (start, if slice.loading { slice.loaded } else { 0 }, of_queue(slice))).collect()
     }
 
     /// A copy of the queue fenced for its move `move_id`, with what the target needs besides:
@@ -394,16 +405,7 @@ impl ShardState {
                 requests.push((key.to_owned(), answer.clone()));
             }
         }
-        let slices = if q.on_disk() == 0 {
-            Vec::new()
-        } else {
-            let slices = self.schedule.slices.iter();
-            let of_queue =
-                |slice: &Slice| slice.cancels.iter().filter(|(to, _)| *to == queue).map(|(_, id)| *id).collect();
-            slices
-                .map(|(&start, slice)| (start, if slice.loading { slice.loaded } else { 0 }, of_queue(slice)))
-                .collect()
-        };
+        let slices = self.slices_of(queue, q);
         let (queue_id, lease_floor, clock_ms) = (queue, fence.lease_floor, self.clock_ms);
         Ok(QueueCopy { queue_id, queue: q.clone(), lease_floor, clock_ms, requests, slices })
     }
