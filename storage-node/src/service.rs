@@ -439,15 +439,7 @@ impl Storage for StorageService {
         let entry = ShardEntry::decode_versioned(&r.entry)
             .map_err(|e| StrataError::invalid(format!("an adoption step does not decode: {e}")))?;
         let command = entry.0.command;
-        let adoption = matches!(
-            command,
-            Command::AdoptState { .. }
-                | Command::AdoptBodies { .. }
-                | Command::AdoptQueue { .. }
-                | Command::DropAdoption { .. }
-                | Command::OpenQueue { .. }
-        );
-        if !adoption {
+        if !command.is_adoption_step() {
             return Err(StrataError::invalid("only adoption steps are taken from another shard").into());
         }
         if shard.log_format().writing() < QUEUE_MOVES_GENERATION {

@@ -517,12 +517,16 @@ impl Command {
 
     /// Whether the command is one of a queue's move between shards (shard command version 6).
     pub fn is_move_step(&self) -> bool {
+        self.is_adoption_step()
+            || matches!(self, Command::FenceQueue { .. } | Command::UnfenceQueue { .. } | Command::ReleaseQueue { .. })
+    }
+
+    /// Whether the command is a step of a move on its target shard: what a source's driver may
+    /// propose there (`AdoptQueueStep`).
+    pub fn is_adoption_step(&self) -> bool {
         matches!(
             self,
-            Command::FenceQueue { .. }
-                | Command::UnfenceQueue { .. }
-                | Command::ReleaseQueue { .. }
-                | Command::AdoptState { .. }
+            Command::AdoptState { .. }
                 | Command::AdoptBodies { .. }
                 | Command::AdoptQueue { .. }
                 | Command::DropAdoption { .. }
