@@ -148,13 +148,29 @@ pub fn postcard_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> io:
     Ok(())
 }
 
+/// Decodes the `T` at the start of `rest` and moves `rest` past it: for the parts a version
+/// appends after a value's serde layout, read one after another, the last with
+/// [`postcard_exact`].
+pub fn postcard_take<T: DeserializeOwned>(rest: &mut &[u8]) -> io::Result<T> {
+    let (value, after) = postcard::take_from_bytes(rest).map_err(|e| invalid_data(e.to_string()))?;
+    *rest = after;
+    Ok(value)
+}
+
 /// Decodes a postcard body that must be exactly one `T` (trailing bytes are damage).
 pub fn postcard_exact<T: DeserializeOwned>(body: &[u8]) -> io::Result<T> {
-    let (value, rest) = postcard::take_from_bytes(body).map_err(|e| invalid_data(e.to_string()))?;
+    let mut rest = body;
+    let value = postcard_take(&mut rest)?;
+    postcard_done(rest)?;
+    Ok(value)
+}
+
+/// Checks that nothing follows the last value read ([`postcard_take`]): trailing bytes are damage.
+pub fn postcard_done(rest: &[u8]) -> io::Result<()> {
     if !rest.is_empty() {
         return Err(invalid_data(format!("{} bytes after the value", rest.len())));
     }
-    Ok(value)
+    Ok(())
 }
 
 /// Decodes a body of `version` as the one postcard layout shared by `layout_versions` (the

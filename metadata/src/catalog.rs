@@ -23,8 +23,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use strata_common::error::{ErrorKind, StrataError};
 use strata_common::format::{
-    FormatGeneration, LEGACY_FORMAT_VERSION, LEGACY_GENERATION, Persisted, cannot_hold, invalid_data, postcard_exact,
-    postcard_into, postcard_of_versions, unknown_version,
+    FormatGeneration, LEGACY_FORMAT_VERSION, LEGACY_GENERATION, Persisted, cannot_hold, invalid_data, postcard_done,
+    postcard_exact, postcard_into, postcard_of_versions, postcard_take, unknown_version,
 };
 use strata_common::proto as pb;
 use strata_raft::raft_state::ReplicatedState;
@@ -704,31 +704,21 @@ impl Persisted for Catalog {
     fn decode_body(version: u8, body: &[u8]) -> std::io::Result<Self> {
         match version {
             LEGACY_FORMAT_VERSION | 1 => postcard_exact(body),
-            2 | 3 => {
-                let (mut catalog, rest): (Catalog, &[u8]) =
-                    postcard::take_from_bytes(body).map_err(|e| invalid_data(e.to_string()))?;
-                catalog.format_generation = postcard_exact(rest)?;
-                Ok(catalog)
-            }
-            VERSION_4 | VERSION_5 | VERSION_6 => {
-                let (mut catalog, rest): (Catalog, &[u8]) =
-                    postcard::take_from_bytes(body).map_err(|e| invalid_data(e.to_string()))?;
-                let (generation, rest) = postcard::take_from_bytes(rest).map_err(|e| invalid_data(e.to_string()))?;
-                catalog.format_generation = generation;
-                if version == VERSION_4 {
-                    catalog.set_stored_bytes_limits(postcard_exact(rest)?)?;
-                } else {
-                    let (limits, rest) = postcard::take_from_bytes(rest).map_err(|e| invalid_data(e.to_string()))?;
-                    catalog.set_stored_bytes_limits(limits)?;
-                    if version == VERSION_5 {
-                        catalog.operations = postcard_exact(rest)?;
-                    } else {
-                        let (operations, rest) =
-                            postcard::take_from_bytes(rest).map_err(|e| invalid_data(e.to_string()))?;
-                        catalog.operations = operations;
-                        catalog.moves = postcard_exact(rest)?;
-                    }
+            2..=VERSION_6 => {
+                // The serde layout, then what each version appends, in order; nothing after.
+                let mut rest = body;
+                let mut catalog: Catalog = postcard_take(&mut rest)?;
+                catalog.format_generation = postcard_take(&mut rest)?;
+                if version >= VERSION_4 {
+                    catalog.set_stored_bytes_limits(postcard_take(&mut rest)?)?;
                 }
+                if version >= VERSION_5 {
+                    catalog.operations = postcard_take(&mut rest)?;
+                }
+                if version >= VERSION_6 {
+                    catalog.moves = postcard_take(&mut rest)?;
+                }
+                postcard_done(rest)?;
                 Ok(catalog)
             }
             v => Err(unknown_version("metadata catalog", v)),

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use strata_common::Clock;
 use strata_common::error::{ErrorKind, StrataError};
 use strata_common::format::{
-    FormatGate, LEGACY_FORMAT_VERSION, Persisted, cannot_hold, invalid_data, postcard_exact, postcard_into,
-    postcard_of_versions, unknown_version,
+    FormatGate, LEGACY_FORMAT_VERSION, Persisted, cannot_hold, invalid_data, postcard_done, postcard_into,
+    postcard_of_versions, postcard_take, unknown_version,
 };
 use strata_common::metering::MeterRecord;
 use strata_raft::group::{GroupStorage, RaftGroup, TransferRefused, open_group, open_single_voter};
@@ -157,23 +157,17 @@ impl Persisted for ShardMachine {
         if version > MOVES_VERSION {
             return Err(unknown_version("shard state", version));
         }
-        let (mut state, rest): (ShardState, &[u8]) =
-            postcard::take_from_bytes(body).map_err(|e| invalid_data(e.to_string()))?;
-        if version == STORED_SIZES_VERSION {
-            state.restore_stored_sizes(postcard_exact::<StoredSizes>(rest)?).map_err(invalid_data)?;
-            return Ok(ShardMachine(state, None));
+        // The serde layout, then what each version appends, in order; nothing after.
+        let mut rest = body;
+        let mut state: ShardState = postcard_take(&mut rest)?;
+        state.restore_stored_sizes(postcard_take::<StoredSizes>(&mut rest)?).map_err(invalid_data)?;
+        if version >= MOVED_AWAY_VERSION {
+            state.restore_moved_away(postcard_take::<MovedAway>(&mut rest)?).map_err(invalid_data)?;
         }
-        let (sizes, rest): (StoredSizes, &[u8]) =
-            postcard::take_from_bytes(rest).map_err(|e| invalid_data(e.to_string()))?;
-        state.restore_stored_sizes(sizes).map_err(invalid_data)?;
-        if version == MOVED_AWAY_VERSION {
-            state.restore_moved_away(postcard_exact::<MovedAway>(rest)?).map_err(invalid_data)?;
-            return Ok(ShardMachine(state, None));
+        if version >= MOVES_VERSION {
+            state.restore_moves(postcard_take::<Moves>(&mut rest)?);
         }
-        let (moved, rest): (MovedAway, &[u8]) =
-            postcard::take_from_bytes(rest).map_err(|e| invalid_data(e.to_string()))?;
-        state.restore_moved_away(moved).map_err(invalid_data)?;
-        state.restore_moves(postcard_exact::<Moves>(rest)?);
+        postcard_done(rest)?;
         Ok(ShardMachine(state, None))
     }
 }
