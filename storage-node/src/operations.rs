@@ -40,7 +40,7 @@ impl Operations {
         queue_drops: Vec<pb::QueueRef>,
         queue_moves: Vec<pb::QueueMoveInfo>,
     ) {
-        let adopting = shards.read().values().any(|s| s.is_leader() && !s.state().0.adoptions().is_empty());
+        let adopting = shards.read().values().any(|s| s.is_leader() && s.state().0.has_adoptions());
         if queue_drops.is_empty() && queue_moves.is_empty() && !adopting {
             return;
         }

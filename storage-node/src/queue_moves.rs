@@ -31,7 +31,8 @@ use strata_common::proto as pb;
 use strata_metadata_client::MetadataClient;
 
 use crate::node::ShardMap;
-use crate::queue::{ADOPT_BODIES_PART_MESSAGES, ADOPTED_STATE_BYTES_MAX, Command, MessageRef, ShardCommand};
+use crate::queue::schedule::ScheduledMessage;
+use crate::queue::{ADOPT_BODIES_PART_MESSAGES, ADOPTED_STATE_BYTES_MAX, Command, MessageRef, QueueCopy, ShardCommand};
 use crate::shard::{QUEUE_MOVES_GENERATION, Shard, ShardEntry};
 
 /// How long a move may stay before its switch: past it, a failed hand-over rolls back.
@@ -121,16 +122,14 @@ async fn drive(
     if source.log_format().writing() < QUEUE_MOVES_GENERATION {
         return Ok(());
     }
-    let target =
-        Target { shards: shards.clone(), metadata: metadata.clone(), source: source.clone(), shard_id: m.to_shard };
+    let target = Target::new(shards, metadata, source, m.to_shard);
     match m.phase.as_str() {
         "started" => match hand_over(source, &target, m).await {
             Ok(handed) => {
                 metadata.decide_queue_move(m.move_id, true, "").await?;
                 tracing::info!(move_id = m.move_id, queue_id = m.queue_id, "queue move: switched");
-                target.adopt(Command::OpenQueue { queue: m.queue_id, move_id: m.move_id }).await?;
+                open_and_release(source, &target, m).await?;
                 let paused_ms = source.now_ms().saturating_sub(handed.fenced_at_ms);
-                release(source, m).await?;
                 metadata.finish_queue_move(m.move_id, paused_ms, handed.bytes_moved).await?;
                 tracing::info!(
                     move_id = m.move_id,
@@ -155,8 +154,7 @@ async fn drive(
             }
         },
         "switched" => {
-            target.adopt(Command::OpenQueue { queue: m.queue_id, move_id: m.move_id }).await?;
-            release(source, m).await?;
+            open_and_release(source, &target, m).await?;
             let paused_ms = m.switched_ms.saturating_sub(m.started_ms);
             metadata.finish_queue_move(m.move_id, paused_ms, 0).await
         }
@@ -178,20 +176,9 @@ async fn hand_over(source: &Arc<Shard>, target: &Target, m: &pb::QueueMoveInfo) 
     let mut live_refs = Vec::new();
     if let Some(copy) = live {
         live_refs = copy.body_refs();
-        for slice_start_ms in copy.slice_starts() {
-            // A slice loaded since the copy is gone: its bodies are copied after the fence.
-            if let Ok(records) = source.slice_records(slice_start_ms).await {
-                live_refs.extend(copy.scheduled_in(slice_start_ms, &records).iter().map(|m| m.body_ref));
-            }
-        }
+        live_refs.extend(scheduled_of(source, &copy, false).await?.iter().map(|m| m.body_ref));
     }
-    let mut copied = BTreeSet::new();
-    let mut bytes_moved = 0;
-    for refs in live_refs.chunks(BODIES_READ_AT_ONCE) {
-        let (bytes, done) = copy_bodies(source, target, queue, move_id, refs).await?;
-        bytes_moved += bytes;
-        copied.extend(done);
-    }
+    let (mut bytes_moved, copied) = copy_all(source, target, queue, move_id, &live_refs).await?;
     let fenced_at_ms = source.now_ms();
     let fence = Command::FenceQueue { queue, tenant: m.tenant.clone(), move_id };
     match step(source, fence).await {
@@ -205,11 +192,7 @@ async fn hand_over(source: &Arc<Shard>, target: &Target, m: &pb::QueueMoveInfo) 
     let exported = source.state().0.export_queue(queue, move_id).map_err(|e| Stop::Refused(e.to_string()))?;
     // Its scheduled messages in slice files, read from the files (the fence stops sends and
     // cancels; records loaded meanwhile are in the copy, those not yet loaded are read here).
-    let mut scheduled = Vec::new();
-    for slice_start_ms in exported.slice_starts() {
-        let records = source.slice_records(slice_start_ms).await?;
-        scheduled.extend(exported.scheduled_in(slice_start_ms, &records));
-    }
+    let scheduled = scheduled_of(source, &exported, true).await?;
     let parts = exported.state_parts(&scheduled).map_err(|e| Stop::Refused(e.to_string()))?;
     let state_bytes: u64 = parts.iter().map(|part| part.len() as u64).sum();
     if state_bytes > ADOPTED_STATE_BYTES_MAX {
@@ -226,16 +209,47 @@ async fn hand_over(source: &Arc<Shard>, target: &Target, m: &pb::QueueMoveInfo) 
     let mut missing: Vec<MessageRef> = exported.body_refs();
     missing.extend(scheduled.iter().map(|m| m.body_ref));
     missing.retain(|at| !copied.contains(at));
-    missing.dedup();
-    for refs in missing.chunks(BODIES_READ_AT_ONCE) {
-        let (bytes, done) = copy_bodies(source, target, queue, move_id, refs).await?;
-        if done.len() < refs.len() {
-            return Err(Stop::Failed(StrataError::unavailable("a body of the fenced queue could not be read")));
-        }
-        bytes_moved += bytes;
+    let (bytes, done) = copy_all(source, target, queue, move_id, &missing).await?;
+    if done.len() < missing.len() {
+        return Err(Stop::Failed(StrataError::unavailable("a body of the fenced queue could not be read")));
     }
+    bytes_moved += bytes;
     target.adopt(Command::AdoptQueue { queue, move_id }).await?;
     Ok(Handed { fenced_at_ms, bytes_moved })
+}
+
+/// The queue's scheduled messages waiting in the source's slice files (see
+/// [`QueueCopy::scheduled_in`]). A file that cannot be read fails the call when `whole`, else
+/// it is passed over (before the fence: a slice loaded since the copy is gone, and whatever it
+/// still holds of the queue is copied after the fence).
+async fn scheduled_of(source: &Shard, copy: &QueueCopy, whole: bool) -> Result<Vec<ScheduledMessage>, StrataError> {
+    let mut scheduled = Vec::new();
+    for slice_start_ms in copy.slice_starts() {
+        match source.slice_records(slice_start_ms).await {
+            Ok(records) => scheduled.extend(copy.scheduled_in(slice_start_ms, &records)),
+            Err(e) if whole => return Err(e),
+            Err(_) => {}
+        }
+    }
+    Ok(scheduled)
+}
+
+/// Copies the bodies at `refs` to the target, [`BODIES_READ_AT_ONCE`] read at a time: the bytes
+/// copied, and which were (one that cannot be read is left out).
+async fn copy_all(
+    source: &Shard,
+    target: &Target,
+    queue: u64,
+    move_id: u64,
+    refs: &[MessageRef],
+) -> Result<(u64, BTreeSet<MessageRef>), StrataError> {
+    let (mut bytes, mut copied) = (0, BTreeSet::new());
+    for chunk in refs.chunks(BODIES_READ_AT_ONCE) {
+        let (chunk_bytes, done) = copy_bodies(source, target, queue, move_id, chunk).await?;
+        bytes += chunk_bytes;
+        copied.extend(done);
+    }
+    Ok((bytes, copied))
 }
 
 /// Reads `refs` from the source's log and hands them to the target in entries of about
@@ -281,8 +295,9 @@ async fn copy_bodies(
     Ok((copied_bytes, copied))
 }
 
-/// Drops the source's copy of a switched queue.
-async fn release(source: &Shard, m: &pb::QueueMoveInfo) -> Result<(), StrataError> {
+/// After the switch: the target serves the queue, then the source drops its copy.
+async fn open_and_release(source: &Shard, target: &Target, m: &pb::QueueMoveInfo) -> Result<(), StrataError> {
+    target.adopt(Command::OpenQueue { queue: m.queue_id, move_id: m.move_id }).await?;
     step(source, Command::ReleaseQueue { queue: m.queue_id, move_id: m.move_id }).await
 }
 
@@ -319,9 +334,17 @@ struct Target {
     /// Its peer clients reach other storage nodes.
     source: Arc<Shard>,
     shard_id: u64,
+    /// Where the target's leader was last found: read from metadata once per hand-over, not
+    /// once per step, and forgotten when a step there fails.
+    leader: parking_lot::Mutex<Option<String>>,
 }
 
 impl Target {
+    fn new(shards: &ShardMap, metadata: &MetadataClient, source: &Arc<Shard>, shard_id: u64) -> Self {
+        let (shards, metadata, source) = (shards.clone(), metadata.clone(), source.clone());
+        Self { shards, metadata, source, shard_id, leader: parking_lot::Mutex::new(None) }
+    }
+
     /// Proposes an adoption step at the target's leader: here when this node leads it, else
     /// through its storage node (following a not-leader answer's hint once).
     async fn adopt(&self, command: Command) -> Result<(), StrataError> {
@@ -335,20 +358,31 @@ impl Target {
         entry
             .encode_body(version, &mut bytes)
             .map_err(|e| StrataError::internal(format!("an adoption step does not encode: {e}")))?;
-        let info = self.metadata.get_shard(self.shard_id).await?;
-        let mut address = info.address;
+        let known = self.leader.lock().clone();
+        let mut address = match known {
+            Some(address) => address,
+            None => self.metadata.get_shard(self.shard_id).await?.address,
+        };
+        let answer = self.adopt_at(&mut address, bytes).await;
+        *self.leader.lock() = answer.is_ok().then_some(address);
+        answer
+    }
+
+    /// Sends an encoded step to the storage node at `address`, and once more to the leader a
+    /// not-leader answer names (then `address` becomes that one).
+    async fn adopt_at(&self, address: &mut String, entry: Vec<u8>) -> Result<(), StrataError> {
         for _ in 0..2 {
-            let Some(mut client) = self.source.peer_client(&address) else {
+            let Some(mut client) = self.source.peer_client(address) else {
                 return Err(StrataError::unavailable("the target shard's leader has no usable address"));
             };
-            let request = pb::AdoptQueueStepRequest { shard_id: self.shard_id, entry: bytes.clone() };
+            let request = pb::AdoptQueueStepRequest { shard_id: self.shard_id, entry: entry.clone() };
             let call = self.source.clock().timeout(STEP_TIMEOUT, client.adopt_queue_step(request)).await;
             match call {
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(status)) => {
                     let e = StrataError::from(status);
                     match e.leader_hint.clone() {
-                        Some(hint) if e.kind == ErrorKind::Unavailable && hint != address => address = hint,
+                        Some(hint) if e.kind == ErrorKind::Unavailable && hint != *address => *address = hint,
                         _ => return Err(e),
                     }
                 }

@@ -110,6 +110,20 @@ struct Adoption {
     first_body_index: Option<u64>,
 }
 
+impl Moves {
+    /// The adoption of `queue` by move `move_id` still arriving; `None` once it is whole (a step
+    /// repeated then changes nothing). An error when there is none.
+    fn under_way(&mut self, queue: QueueId, move_id: MoveId) -> Result<Option<&mut Adoption>, QueueError> {
+        if self.adopted.get(&queue) == Some(&move_id) {
+            return Ok(None);
+        }
+        match self.adopting.get_mut(&queue).filter(|a| a.move_id == move_id) {
+            Some(adoption) => Ok(Some(adoption)),
+            None => Err(refused("no adoption of this queue by this move is under way")),
+        }
+    }
+}
+
 impl Adoption {
     fn state_bytes(&self) -> u64 {
         self.state.iter().map(|part| part.len() as u64).sum()
@@ -211,6 +225,24 @@ fn is_cancelled_in(records: &[SliceRecord], queue: QueueId, message_id: Uuid) ->
         .any(|r| matches!(r, SliceRecord::Cancel { queue: q, message_id: id, .. } if *q == queue && *id == message_id))
 }
 
+/// The remembered answers (by request key) that `notes` say went to `queue`.
+fn answers_to(
+    queue: QueueId,
+    notes: &BTreeMap<u64, QueueId>,
+    answers: &RecentRequests<Response>,
+) -> Vec<(String, Response)> {
+    let of_queue = notes.iter().filter(|(_, to)| **to == queue);
+    of_queue.filter_map(|(&index, _)| answers.at(index)).map(|(key, answer)| (key.to_owned(), answer.clone())).collect()
+}
+
+/// Drops the notes of which queue a remembered answer went to, for answers no longer
+/// remembered (keyed below `oldest`).
+fn forget_before(notes: &mut BTreeMap<u64, QueueId>, oldest: u64) {
+    while notes.first_key_value().is_some_and(|(&index, _)| index < oldest) {
+        notes.pop_first();
+    }
+}
+
 fn moving() -> QueueError {
     QueueError::QueueMoving
 }
@@ -250,10 +282,7 @@ impl ShardState {
     /// shard still remembers dropped.
     pub(super) fn note_sent(&mut self, log_index: u64, queue: QueueId) {
         self.moves.sent_to.insert(log_index, queue);
-        let oldest = self.requests.oldest_log_index().unwrap_or(log_index);
-        while self.moves.sent_to.first_key_value().is_some_and(|(&index, _)| index < oldest) {
-            self.moves.sent_to.pop_first();
-        }
+        forget_before(&mut self.moves.sent_to, self.requests.oldest_log_index().unwrap_or(log_index));
     }
 
     /// The first answer of a send carried here with its queue.
@@ -278,9 +307,14 @@ impl ShardState {
         self.moves.lease_bases.remove(&queue);
     }
 
-    /// The adoptions this shard holds (parts arriving, or a queue whole and not yet opened), by
-    /// queue and move: each belongs to a move under way, or is left over by a driver that went
+    /// Whether the shard holds adoptions (parts arriving, or a queue whole and not yet opened):
+    /// each belongs to a move under way, or is left over by a driver that went
     /// on after its move ended (then dropped, see `queue_moves::sweep`).
+    pub fn has_adoptions(&self) -> bool {
+        !self.moves.adopting.is_empty() || !self.moves.adopted.is_empty()
+    }
+
+    /// The adoptions themselves (see [`ShardState::has_adoptions`]).
     pub fn adoptions(&self) -> Vec<(QueueId, MoveId)> {
         let arriving = self.moves.adopting.iter().map(|(&queue, a)| (queue, a.move_id));
         arriving.chain(self.moves.adopted.iter().map(|(&queue, &move_id)| (queue, move_id))).collect()
@@ -394,17 +428,8 @@ impl ShardState {
         let (Some(fence), Some(q)) = (fence, self.queues.get(&queue)) else {
             return Err(refused("the queue is not fenced for this move"));
         };
-        let mut requests = Vec::new();
-        for (&index, _) in self.moves.sent_to.iter().filter(|(_, to)| **to == queue) {
-            if let Some((key, answer)) = self.requests.at(index) {
-                requests.push((key.to_owned(), answer.clone()));
-            }
-        }
-        for (&index, _) in self.moves.carried_to.iter().filter(|(_, to)| **to == queue) {
-            if let Some((key, answer)) = self.moves.carried.at(index) {
-                requests.push((key.to_owned(), answer.clone()));
-            }
-        }
+        let mut requests = answers_to(queue, &self.moves.sent_to, &self.requests);
+        requests.extend(answers_to(queue, &self.moves.carried_to, &self.moves.carried));
         let slices = self.slices_of(queue, q);
         let (queue_id, lease_floor, clock_ms) = (queue, fence.lease_floor, self.clock_ms);
         Ok(QueueCopy { queue_id, queue: q.clone(), lease_floor, clock_ms, requests, slices })
@@ -476,13 +501,7 @@ impl ShardState {
         messages: &[NewMessage],
         log_index: u64,
     ) -> Result<Response, QueueError> {
-        if self.moves.adopted.get(&queue) == Some(&move_id) {
-            return Ok(Response::Moved);
-        }
-        let adoption = self.moves.adopting.get_mut(&queue).filter(|a| a.move_id == move_id);
-        let Some(adoption) = adoption else {
-            return Err(refused("no adoption of this queue by this move is under way"));
-        };
+        let Some(adoption) = self.moves.under_way(queue, move_id)? else { return Ok(Response::Moved) };
         if refs.len() != messages.len() || refs.is_empty() || refs.len() > ADOPT_BODIES_PART_MESSAGES {
             return Err(refused("an adoption's bodies do not match their references"));
         }
@@ -501,13 +520,7 @@ impl ShardState {
         move_id: MoveId,
         log_index: u64,
     ) -> Result<Response, QueueError> {
-        if self.moves.adopted.get(&queue) == Some(&move_id) {
-            return Ok(Response::Moved);
-        }
-        let adoption = self.moves.adopting.get(&queue).filter(|a| a.move_id == move_id);
-        let Some(adoption) = adoption else {
-            return Err(refused("no adoption of this queue by this move is under way"));
-        };
+        let Some(adoption) = self.moves.under_way(queue, move_id)? else { return Ok(Response::Moved) };
         let bytes: Vec<u8> = adoption.state.iter().flat_map(|part| part.iter().copied()).collect();
         let export = match bytes.split_first() {
             Some((&EXPORT_VERSION, rest)) if rest.len() >= 4 => {
@@ -556,10 +569,7 @@ impl ShardState {
             self.moves.carried.remember(index, &key, &answer, REQUEST_IDS_KEPT);
             self.moves.carried_to.insert(index, queue);
         }
-        let oldest = self.moves.carried.oldest_log_index().unwrap_or(0);
-        while self.moves.carried_to.first_key_value().is_some_and(|(&index, _)| index < oldest) {
-            self.moves.carried_to.pop_first();
-        }
+        forget_before(&mut self.moves.carried_to, self.moves.carried.oldest_log_index().unwrap_or(0));
         reindex(&mut self.by_expiry, &mut self.by_log_index, queue, &mut q);
         self.queues.insert(queue, q);
         Ok(Response::Moved)
