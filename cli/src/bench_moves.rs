@@ -104,20 +104,11 @@ async fn move_once(admin: &Client, tenant: &str, queue: &str) -> anyhow::Result<
     let started = admin.move_queue(tenant, queue, &MoveQueue { to_shard }).await.with_context(|| {
         format!("moving {queue} to shard {to_shard} (moves need two shards: strata dev --shards 2)")
     })?;
-    let deadline = CLOCK.instant() + MOVE_TIMEOUT;
-    loop {
-        let moves = admin.queue_moves().await?.moves;
-        if let Some(ended) = moves.into_iter().find(|m| m.move_id == started.move_id && !m.is_under_way()) {
-            if ended.phase != "completed" {
-                bail!("a move of {queue} rolled back: {}", ended.reason);
-            }
-            return Ok(ended);
-        }
-        if CLOCK.instant() > deadline {
-            bail!("a move of {queue} did not end within {} s", MOVE_TIMEOUT.as_secs());
-        }
-        CLOCK.sleep(Duration::from_millis(50)).await;
+    let ended = crate::user::wait_for_move(admin, started.move_id, MOVE_TIMEOUT).await?;
+    if ended.phase != "completed" {
+        bail!("a move of {queue} rolled back: {}", ended.reason);
     }
+    Ok(ended)
 }
 
 /// Send latency at `rate` to a queue that stays put, then to one that moves all the while.

@@ -394,8 +394,9 @@ pub(crate) enum ClusterCommand {
 /// rolls back within 30 s of its start).
 const MOVE_WAIT: Duration = Duration::from_secs(90);
 
-/// The move `move_id` once it ended.
-async fn wait_for_move(client: &Client, move_id: u64) -> anyhow::Result<admin::QueueMove> {
+/// The move `move_id` once it ended (completed or rolled back), polling the moves every 50 ms
+/// for at most `wait`.
+pub(crate) async fn wait_for_move(client: &Client, move_id: u64, wait: Duration) -> anyhow::Result<admin::QueueMove> {
     let clock = strata_common::SystemClock;
     let started = clock.instant();
     loop {
@@ -403,10 +404,10 @@ async fn wait_for_move(client: &Client, move_id: u64) -> anyhow::Result<admin::Q
         if let Some(ended) = moves.into_iter().find(|m| m.move_id == move_id && !m.is_under_way()) {
             return Ok(ended);
         }
-        if clock.instant().duration_since(started) > MOVE_WAIT {
-            bail!("move {move_id} has not ended after {} s; see `strata cluster moves`", MOVE_WAIT.as_secs());
+        if clock.instant().duration_since(started) > wait {
+            bail!("move {move_id} has not ended after {} s; see `strata cluster moves`", wait.as_secs());
         }
-        clock.sleep(Duration::from_millis(200)).await;
+        clock.sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -468,7 +469,7 @@ pub(crate) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
             if no_wait {
                 print(&started);
             } else {
-                let ended = wait_for_move(&client, started.move_id).await?;
+                let ended = wait_for_move(&client, started.move_id, MOVE_WAIT).await?;
                 print(&ended);
                 if ended.phase != "completed" {
                     bail!("the move rolled back: {}", ended.reason);

@@ -1133,9 +1133,7 @@ impl Catalog {
                         "too many deleted queues wait for their storage nodes; retry later",
                     ));
                 }
-                let moving = self.queues.get(&(tenant.clone(), name.clone())).is_some_and(|r| {
-                    self.operations.values().any(|op| matches!(op, Operation::MoveQueue(m) if m.queue_id == r.queue_id))
-                });
+                let moving = self.queue(tenant, name).is_some_and(|r| self.is_moving(r.queue_id));
                 if moving {
                     return Err(StrataError::unavailable("the queue is moving between shards; retry in a moment"));
                 }

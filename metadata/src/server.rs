@@ -1097,9 +1097,8 @@ impl Metadata for MetadataService {
             MetaResponse::Queue(record) => record.queue_id,
             other => return Err(unexpected(other)),
         };
-        let (open, _) = self.node.catalog().queue_moves();
-        let started = open.iter().find(|(_, m)| m.queue_id == queue_id);
-        started.map(|(id, m)| Response::new(move_info(*id, m))).ok_or_else(|| {
+        let started = self.node.catalog().queue_move_of(queue_id);
+        started.map(|(id, m)| Response::new(move_info(id, &m))).ok_or_else(|| {
             // Ended already (a quick roll back) between the proposal and this read.
             Status::from(StrataError::invalid("the move ended at once; see the finished moves"))
         })

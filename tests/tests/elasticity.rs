@@ -397,11 +397,7 @@ async fn queues_move_between_nodes_under_load_and_each_leader_may_die_mid_move()
     let dir = tempfile::tempdir()?;
     let cluster = LocalCluster::up(&dir.path().join("cluster"), LocalCluster::port_base(3))?;
     let env = cluster.credentials()?;
-    let deadline = Instant::now() + FINISHED_WITHIN;
-    while cluster_cli(&env, &["nodes"]).1["format_generation"] != NEWEST_GENERATION {
-        anyhow::ensure!(Instant::now() < deadline, "the cluster never wrote generation {NEWEST_GENERATION}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    newest_formats(&env).await?;
     // Each of the three shards led by another node, so a move crosses nodes.
     for (shard_id, node) in (1..).zip(STORAGE) {
         cluster.wait_for_leader(&STORAGE, shard_id).await?;
@@ -480,6 +476,16 @@ async fn queues_move_between_nodes_under_load_and_each_leader_may_die_mid_move()
     }
     let expected: BTreeSet<String> = (0..240).map(body).collect();
     assert!(bodies == expected, "{} of 240 messages came back whole", bodies.intersection(&expected).count());
+    Ok(())
+}
+
+/// Waits until the cluster writes the newest format generation.
+async fn newest_formats(env: &BTreeMap<String, String>) -> anyhow::Result<()> {
+    let deadline = Instant::now() + FINISHED_WITHIN;
+    while cluster_cli(env, &["nodes"]).1["format_generation"] != NEWEST_GENERATION {
+        anyhow::ensure!(Instant::now() < deadline, "the cluster never wrote generation {NEWEST_GENERATION}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     Ok(())
 }
 
@@ -564,11 +570,7 @@ async fn leadership_moves_to_the_replica_asked_for_and_the_writer_follows_under_
 
     // A shard added at runtime (once the cluster writes the newest formats): a replica on each
     // node, a leader, and queues of its own.
-    let deadline = Instant::now() + FINISHED_WITHIN;
-    while cluster_cli(&env, &["nodes"]).1["format_generation"] != NEWEST_GENERATION {
-        assert!(Instant::now() < deadline, "the cluster never wrote generation {NEWEST_GENERATION}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    newest_formats(&env).await?;
     let (ok, added, stderr) = cluster_cli(&env, &["add-shard"]);
     assert!(ok, "{stderr}");
     assert_eq!(added["replicas"].as_array().map(Vec::len), Some(3), "{added}");

@@ -86,9 +86,17 @@ impl Catalog {
         (open.collect(), self.moves.finished.iter().cloned().collect())
     }
 
+    /// The move of the queue incarnation under way, if any: its id and what it is.
+    pub fn queue_move_of(&self, queue_id: u64) -> Option<(u64, QueueMove)> {
+        self.operations.iter().find_map(|(&id, op)| match op {
+            Operation::MoveQueue(m) if m.queue_id == queue_id => Some((id, m.clone())),
+            _ => None,
+        })
+    }
+
     /// Whether the queue incarnation is moving between shards.
     pub(super) fn is_moving(&self, queue_id: u64) -> bool {
-        self.operations.values().any(|op| matches!(op, Operation::MoveQueue(m) if m.queue_id == queue_id))
+        self.queue_move_of(queue_id).is_some()
     }
 
     /// Refuses, for a moment, a dead-letter relation one of whose queues is moving: the move
