@@ -33,7 +33,9 @@ pub const LEGACY_FORMAT_VERSION: u8 = 0;
 /// keep who made a call and the trace headers of what it sent, generation 8 the metadata
 /// catalog's journal of operations storage nodes carry out, generation 9 queues moved between
 /// shards (shard commands and states that fence, export and adopt a queue; metadata's queue
-/// epochs and moves). A process writes the generation
+/// epochs and moves), generation 10 messages handed between shards (shard commands and states
+/// of the hand-off outbox, for dead-letter queues and move tasks on another shard). A process
+/// writes the generation
 /// its cluster has reached (recorded in metadata, raised once every process can read it) and
 /// reads every generation up to its own newest (see `docs/formats.md`, rolling upgrades).
 pub type FormatGeneration = u32;
@@ -41,7 +43,7 @@ pub type FormatGeneration = u32;
 /// The generation of everything written before formats were versioned.
 pub const LEGACY_GENERATION: FormatGeneration = 0;
 /// The newest generation this release reads and writes.
-pub const NEWEST_GENERATION: FormatGeneration = 9;
+pub const NEWEST_GENERATION: FormatGeneration = 10;
 
 /// A value with a versioned persisted form.
 pub trait Persisted: Sized {

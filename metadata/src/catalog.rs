@@ -779,6 +779,12 @@ impl Catalog {
         self.queues.get(&(tenant.to_string(), name.to_string()))
     }
 
+    /// The live queue of `tenant` whose id is `queue_id` (a scan of the tenant's queues).
+    pub fn queue_by_id(&self, tenant: &str, queue_id: u64) -> Option<&QueueRecord> {
+        let of_tenant = self.queues.range((tenant.to_string(), String::new())..);
+        of_tenant.take_while(|((t, _), _)| t == tenant).map(|(_, q)| q).find(|q| q.queue_id == queue_id)
+    }
+
     /// Tenants after `start_after` by id, at most `max`, with their live queue counts; and
     /// whether more follow.
     pub fn list_tenants(&self, start_after: &str, max: usize) -> (Vec<(TenantRecord, u64)>, bool) {

@@ -1135,6 +1135,16 @@ impl Metadata for MetadataService {
         Ok(Response::new(pb::Empty {}))
     }
 
+    async fn locate_queue(&self, request: Request<pb::LocateQueueRequest>) -> Result<Response<pb::QueueInfo>, Status> {
+        self.node.read_barrier().await?;
+        let r = request.into_inner();
+        let catalog = self.node.catalog();
+        let found = catalog.queue_by_id(&r.tenant, r.queue_id).cloned();
+        found
+            .map(|q| Response::new(queue_info(&catalog, q)))
+            .ok_or_else(|| StrataError::new(ErrorKind::QueueNotFound, format!("no queue has id {}", r.queue_id)).into())
+    }
+
     async fn list_queue_moves(&self, _: Request<pb::Empty>) -> Result<Response<pb::ListQueueMovesResponse>, Status> {
         self.node.read_barrier().await?;
         let (open, finished) = self.node.catalog().queue_moves();

@@ -67,8 +67,6 @@ pub enum Refusal {
     DeadLetterIsItself,
     DeadLetterKindMismatch,
     DeadLetterNotAllowed,
-    /// The dead-letter queue (or move destination) is on another shard.
-    DifferentShard,
     /// A move task's source that no queue uses as its dead-letter queue.
     NotADeadLetterQueue,
     /// Several queues use the dead-letter queue and the move names no destination.
@@ -115,11 +113,6 @@ impl std::fmt::Display for Refusal {
             Refusal::DeadLetterNotAllowed => {
                 write!(f, "the dead-letter queue's allow policy does not allow this queue")
             }
-            Refusal::DifferentShard => write!(
-                f,
-                "the dead-letter queue must be on the same shard as its source queue in this version; create the \
-                 queues in one tenant and retry, or use another dead-letter queue"
-            ),
             Refusal::NotADeadLetterQueue => write!(f, "no queue uses this queue as its dead-letter queue"),
             Refusal::MoveDestinationNeeded => write!(
                 f,
@@ -270,7 +263,7 @@ pub fn redrive_allowed(tenant: &str, allow_policy: &str, source: &str) -> bool {
 
 /// Makes `target` the dead-letter queue of `source` in `config` after checking it exists, is not
 /// `source`, is of the same kind and allows `source`. `target_arn` is stored in the policy text.
-/// Answers the dead-letter queue's shard.
+/// The two queues may be on different shards (their dead letters are handed between them).
 pub async fn set_dead_letter(
     placement: &Placement,
     tenant: &str,
@@ -278,7 +271,7 @@ pub async fn set_dead_letter(
     config: &mut pb::QueueConfig,
     target_arn: &str,
     max_receive_count: u64,
-) -> Result<u64, Refusal> {
+) -> Result<(), Refusal> {
     let target = queue_name_of_arn(tenant, target_arn).ok_or(Refusal::DeadLetterMissing)?;
     if target == source {
         return Err(Refusal::DeadLetterIsItself);
@@ -297,7 +290,7 @@ pub async fn set_dead_letter(
         json!({ "deadLetterTargetArn": target_arn, "maxReceiveCount": max_receive_count }).to_string();
     config.dead_letter_queue_id = dead_letter.queue_id;
     config.max_receive_count = max_receive_count as u32;
-    Ok(dead_letter.shard_id)
+    Ok(())
 }
 
 /// Removes a queue's dead-letter queue from `config`.
@@ -323,25 +316,6 @@ pub fn allow_policy(permission: &str, source_arns: Option<&[Value]>) -> Result<S
         }
     };
     Ok(policy.to_string())
-}
-
-/// Creates a queue with `config`. When its dead-letter queue turned out to be on another shard
-/// (known only once the queue is placed), the policy is taken off again and the create refused.
-pub async fn create_queue_with_dead_letter(
-    placement: &Placement,
-    tenant: &str,
-    name: &str,
-    config: pb::QueueConfig,
-    dead_letter_shard: Option<u64>,
-) -> Result<pb::QueueInfo, Refusal> {
-    let info = queues::create_queue(placement, tenant, name, config.clone()).await?;
-    if dead_letter_shard.is_some_and(|shard| shard != info.shard_id) {
-        let mut without = config;
-        clear_dead_letter(&mut without);
-        queues::set_config(placement, tenant, name, without).await?;
-        return Err(Refusal::DifferentShard);
-    }
-    Ok(info)
 }
 
 /// The tenant's queues whose dead-letter queue is `dead_letter_queue_id`, in name order after
@@ -395,9 +369,6 @@ pub async fn start_move_task(
         None if sources.len() == 1 => sources.remove(0),
         None => return Err(Refusal::MoveDestinationNeeded),
     };
-    if destination.shard_id != source.shard_id {
-        return Err(Refusal::DifferentShard);
-    }
     let destination_queue_id = destination.queue_id;
     let task = queues::on_queue(placement, tenant, &source.name, |mut c, q| async move {
         c.start_move_task(pb::StartMoveTaskRequest {

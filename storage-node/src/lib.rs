@@ -8,6 +8,7 @@ pub mod backfill;
 mod calls;
 pub mod disk;
 pub mod error;
+mod hand_offs;
 pub mod message_trace;
 pub mod node;
 mod operations;

@@ -411,6 +411,12 @@ impl Host {
             tokio::spawn(membership_loop(shard.clone(), self.metadata.clone(), cancel.clone())),
             tokio::spawn(writer_loop(shard.clone(), self.metadata.clone(), cancel.clone())),
             tokio::spawn(backfill_loop(shard.clone(), self.metadata.clone(), cancel.clone())),
+            tokio::spawn(crate::hand_offs::hand_off_loop(
+                shard.clone(),
+                self.shards.clone(),
+                self.metadata.clone(),
+                cancel.clone(),
+            )),
         ];
         self.shards.write().insert(placement.shard_id, shard.clone());
         self.hosted.lock().await.insert(placement.shard_id, Hosted { shard, cancel, tasks });

@@ -169,7 +169,7 @@ async fn hand_over(source: &Arc<Shard>, target: &Target, m: &pb::QueueMoveInfo) 
     let (queue, move_id) = (m.queue_id, m.move_id);
     tracing::info!(move_id, queue_id = queue, from = m.from_shard, to = m.to_shard, "queue move: copying bodies");
     let open = Command::AdoptState { queue, tenant: m.tenant.clone(), move_id, offset: 0, part: Default::default() };
-    target.adopt(open).await?;
+    target.propose(open).await?;
     // Copied under the state's lock in constant time; walked after it. Scheduled messages in
     // slice files too: their bodies, often old, are copied before the fence like the others.
     let live = source.state().0.copy_queue(queue, &m.tenant);
@@ -202,7 +202,7 @@ async fn hand_over(source: &Arc<Shard>, target: &Target, m: &pb::QueueMoveInfo) 
     for part in parts {
         let len = part.len() as u64;
         let tenant = exported.tenant().to_owned();
-        target.adopt(Command::AdoptState { queue, tenant, move_id, offset, part }).await?;
+        target.propose(Command::AdoptState { queue, tenant, move_id, offset, part }).await?;
         offset += len;
     }
     bytes_moved += state_bytes;
@@ -214,7 +214,7 @@ async fn hand_over(source: &Arc<Shard>, target: &Target, m: &pb::QueueMoveInfo) 
         return Err(Stop::Failed(StrataError::unavailable("a body of the fenced queue could not be read")));
     }
     bytes_moved += bytes;
-    target.adopt(Command::AdoptQueue { queue, move_id }).await?;
+    target.propose(Command::AdoptQueue { queue, move_id }).await?;
     Ok(Handed { fenced_at_ms, bytes_moved })
 }
 
@@ -279,7 +279,7 @@ async fn copy_bodies(
                 messages: std::mem::take(&mut messages),
                 trace_headers: std::mem::take(&mut trace_headers),
             };
-            target.adopt(command).await?;
+            target.propose(command).await?;
             part_bytes = 0;
         }
         part_bytes += bytes;
@@ -290,14 +290,14 @@ async fn copy_bodies(
     }
     if !messages.is_empty() {
         copied.extend_from_slice(&part_refs);
-        target.adopt(Command::AdoptBodies { queue, move_id, refs: part_refs, messages, trace_headers }).await?;
+        target.propose(Command::AdoptBodies { queue, move_id, refs: part_refs, messages, trace_headers }).await?;
     }
     Ok((copied_bytes, copied))
 }
 
 /// After the switch: the target serves the queue, then the source drops its copy.
 async fn open_and_release(source: &Shard, target: &Target, m: &pb::QueueMoveInfo) -> Result<(), StrataError> {
-    target.adopt(Command::OpenQueue { queue: m.queue_id, move_id: m.move_id }).await?;
+    target.propose(Command::OpenQueue { queue: m.queue_id, move_id: m.move_id }).await?;
     step(source, Command::ReleaseQueue { queue: m.queue_id, move_id: m.move_id }).await
 }
 
@@ -312,7 +312,7 @@ async fn roll_back(
 ) -> Result<(), StrataError> {
     metadata.decide_queue_move(m.move_id, false, reason).await?;
     step(source, Command::UnfenceQueue { queue: m.queue_id, move_id: m.move_id }).await?;
-    target.adopt(Command::DropAdoption { queue: m.queue_id, move_id: m.move_id }).await?;
+    target.propose(Command::DropAdoption { queue: m.queue_id, move_id: m.move_id }).await?;
     let paused_ms = source.now_ms().saturating_sub(m.started_ms);
     metadata.finish_queue_move(m.move_id, paused_ms, 0).await?;
     tracing::info!(move_id = m.move_id, queue_id = m.queue_id, reason, "queue move rolled back");
@@ -320,15 +320,15 @@ async fn roll_back(
 }
 
 /// Proposes one step on the source, within [`STEP_TIMEOUT`].
-async fn step(shard: &Shard, command: Command) -> Result<(), StrataError> {
+pub(crate) async fn step(shard: &Shard, command: Command) -> Result<(), StrataError> {
     match shard.clock().timeout(STEP_TIMEOUT, shard.propose(command)).await {
         Ok(answer) => answer.map(|_| ()),
         Err(_) => Err(StrataError::unavailable("a step of a queue move timed out")),
     }
 }
 
-/// The target shard of a move, wherever its leader is.
-struct Target {
+/// The target shard of a move (or of a hand-off), wherever its leader is.
+pub(crate) struct Target {
     shards: ShardMap,
     metadata: MetadataClient,
     /// Its peer clients reach other storage nodes.
@@ -340,14 +340,15 @@ struct Target {
 }
 
 impl Target {
-    fn new(shards: &ShardMap, metadata: &MetadataClient, source: &Arc<Shard>, shard_id: u64) -> Self {
+    pub(crate) fn new(shards: &ShardMap, metadata: &MetadataClient, source: &Arc<Shard>, shard_id: u64) -> Self {
         let (shards, metadata, source) = (shards.clone(), metadata.clone(), source.clone());
         Self { shards, metadata, source, shard_id, leader: parking_lot::Mutex::new(None) }
     }
 
-    /// Proposes an adoption step at the target's leader: here when this node leads it, else
-    /// through its storage node (following a not-leader answer's hint once).
-    async fn adopt(&self, command: Command) -> Result<(), StrataError> {
+    /// Proposes a step from another shard ([`Command::is_from_another_shard`]) at the target's
+    /// leader: here when this node leads it, else through its storage node (following a
+    /// not-leader answer's hint once).
+    pub(crate) async fn propose(&self, command: Command) -> Result<(), StrataError> {
         let local = self.shards.read().get(&self.shard_id).cloned().filter(|s| s.is_leader());
         if let Some(shard) = local {
             return step(&shard, command).await;
@@ -363,14 +364,14 @@ impl Target {
             Some(address) => address,
             None => self.metadata.get_shard(self.shard_id).await?.address,
         };
-        let answer = self.adopt_at(&mut address, bytes).await;
+        let answer = self.propose_at(&mut address, bytes).await;
         *self.leader.lock() = answer.is_ok().then_some(address);
         answer
     }
 
     /// Sends an encoded step to the storage node at `address`, and once more to the leader a
     /// not-leader answer names (then `address` becomes that one).
-    async fn adopt_at(&self, address: &mut String, entry: Vec<u8>) -> Result<(), StrataError> {
+    async fn propose_at(&self, address: &mut String, entry: Vec<u8>) -> Result<(), StrataError> {
         for _ in 0..2 {
             let Some(mut client) = self.source.peer_client(address) else {
                 return Err(StrataError::unavailable("the target shard's leader has no usable address"));

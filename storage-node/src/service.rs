@@ -27,8 +27,8 @@ use crate::queue::{
 };
 use crate::queue_metrics;
 use crate::shard::{
-    CALLER_NOTES_GENERATION, QUEUE_MOVES_GENERATION, REQUEST_DIGEST_GENERATION, RETURN_UNDELIVERED_GENERATION, Shard,
-    ShardEntry, queue_error,
+    CALLER_NOTES_GENERATION, HAND_OFFS_GENERATION, QUEUE_MOVES_GENERATION, REQUEST_DIGEST_GENERATION,
+    RETURN_UNDELIVERED_GENERATION, Shard, ShardEntry, queue_error,
 };
 
 /// How long the replica asked to lead may take to take over before leadership falls back to
@@ -439,13 +439,16 @@ impl Storage for StorageService {
         let entry = ShardEntry::decode_versioned(&r.entry)
             .map_err(|e| StrataError::invalid(format!("an adoption step does not decode: {e}")))?;
         let command = entry.0.command;
-        if !command.is_adoption_step() {
-            return Err(StrataError::invalid("only adoption steps are taken from another shard").into());
+        if !command.is_from_another_shard() {
+            return Err(StrataError::invalid("only adoption and hand-off steps are taken from another shard").into());
         }
-        if shard.log_format().writing() < QUEUE_MOVES_GENERATION {
-            return Err(
-                StrataError::invalid("queues move once the cluster writes the queue-moves format generation").into()
-            );
+        let needed = if command.is_hand_off_step() { HAND_OFFS_GENERATION } else { QUEUE_MOVES_GENERATION };
+        if shard.log_format().writing() < needed {
+            // Not a refusal of the step itself: its sender retries.
+            return Err(StrataError::unavailable(
+                "the step needs a newer format generation than the cluster writes; retry after the upgrade",
+            )
+            .into());
         }
         shard.propose(command).await?;
         Ok(Response::new(pb::Empty {}))

@@ -40,8 +40,8 @@ use crate::queue::schedule::{
     LOAD_CHUNK_RECORDS_MAX, ScheduledMessage, SliceRecord, deliver_at_of, is_waiting_in, slice_of,
 };
 use crate::queue::{
-    CallerNote, Command, MessageRef, MovedAway, Moves, NewMessage, QueueError, QueueId, REQUEST_DIGEST_SEPARATOR,
-    Response, ShardCommand, ShardState, StoredSizes, Touch,
+    CallerNote, Command, HandOffs, MessageRef, MovedAway, Moves, NewMessage, QueueError, QueueId,
+    REQUEST_DIGEST_SEPARATOR, Response, ShardCommand, ShardState, StoredSizes, Touch,
 };
 use crate::queue_metrics::{Gauges, MINUTE_MS, MetricsStore, Minute};
 use crate::schedule_files::{self, SliceFiles, read_slice};
@@ -71,6 +71,11 @@ pub const CALLER_NOTES_GENERATION: strata_common::format::FormatGeneration = 7;
 /// ([`Moves`], state version 5).
 pub const QUEUE_MOVES_GENERATION: strata_common::format::FormatGeneration = 9;
 
+/// The first format generation whose shard commands may hand messages to another shard's
+/// queues ([`Command::is_hand_off_step`], version 7) and whose states may hold the hand-off
+/// outbox and marks ([`HandOffs`], state version 6).
+pub const HAND_OFFS_GENERATION: strata_common::format::FormatGeneration = 10;
+
 /// A shard log entry's command, persisted (see `docs/formats.md`). Version 1 is the postcard
 /// encoding of [`ShardCommand`] as it stands; the legacy version is the same layout. Version 2
 /// has that layout too, and its request id may carry the digest of its request
@@ -78,11 +83,15 @@ pub const QUEUE_MOVES_GENERATION: strata_common::format::FormatGeneration = 9;
 /// Version 3 has that layout too, and may hold [`Command::ReturnUndelivered`], a variant that
 /// releases before it do not know. Version 4 likewise may hold [`Command::Calls`], and version
 /// 5 [`Command::WithCaller`] (alone or in `Calls`), and version 6 the commands of a queue's
-/// move between shards ([`Command::is_move_step`]).
+/// move between shards ([`Command::is_move_step`]), and version 7 the hand-offs of messages
+/// between shards ([`Command::is_hand_off_step`]).
 impl Persisted for ShardEntry {
-    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 1, 2, 2, 2, 3, 4, 5, 5, 6];
+    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 1, 2, 2, 2, 3, 4, 5, 5, 6, 7];
 
     fn version_needed(&self) -> u8 {
+        if self.0.command.is_hand_off_step() {
+            return 7;
+        }
         if self.0.command.is_move_step() {
             return 6;
         }
@@ -119,12 +128,15 @@ impl Persisted for ShardEntry {
 /// its messages as 0 bytes. Version 4 appends, after those, the seqs of received messages each
 /// queue remembers as moved away ([`MovedAway`]); an older version remembers none. Version 5
 /// appends, after those, what the shard keeps of its queues' moves ([`Moves`]); an older version
-/// holds none.
+/// holds none. Version 6 appends, after those, the hand-off outbox and marks ([`HandOffs`]); an
+/// older version holds none (hand-offs closed).
 impl Persisted for ShardMachine {
-    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 1, 2, 2, 3, 4, 4, 4, 4, MOVES_VERSION];
+    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 1, 2, 2, 3, 4, 4, 4, 4, MOVES_VERSION, HAND_OFFS_VERSION];
 
     fn version_needed(&self) -> u8 {
-        if self.0.holds_moves() {
+        if self.0.holds_hand_offs() {
+            HAND_OFFS_VERSION
+        } else if self.0.holds_moves() {
             MOVES_VERSION
         } else if self.0.holds_request_digests() {
             2
@@ -147,6 +159,9 @@ impl Persisted for ShardMachine {
         if version >= MOVES_VERSION {
             postcard_into(self.0.moves(), out)?;
         }
+        if version >= HAND_OFFS_VERSION {
+            postcard_into(self.0.hand_offs(), out)?;
+        }
         Ok(())
     }
 
@@ -154,7 +169,7 @@ impl Persisted for ShardMachine {
         if version < STORED_SIZES_VERSION {
             return Ok(ShardMachine(postcard_of_versions("shard state", version, Self::VERSIONS, body)?, None));
         }
-        if version > MOVES_VERSION {
+        if version > HAND_OFFS_VERSION {
             return Err(unknown_version("shard state", version));
         }
         // The serde layout, then what each version appends, in order; nothing after.
@@ -167,6 +182,9 @@ impl Persisted for ShardMachine {
         if version >= MOVES_VERSION {
             state.restore_moves(postcard_take::<Moves>(&mut rest)?);
         }
+        if version >= HAND_OFFS_VERSION {
+            state.restore_hand_offs(postcard_take::<HandOffs>(&mut rest)?);
+        }
         postcard_done(rest)?;
         Ok(ShardMachine(state, None))
     }
@@ -178,6 +196,8 @@ const STORED_SIZES_VERSION: u8 = 3;
 const MOVED_AWAY_VERSION: u8 = 4;
 /// The shard state format version that carries what the shard keeps of its queues' moves.
 const MOVES_VERSION: u8 = 5;
+/// The shard state format version that carries the hand-off outbox and marks.
+const HAND_OFFS_VERSION: u8 = 6;
 
 /// A shard state as its snapshot holds it (without the slice files beside it), in the newest
 /// format version: the version byte and the body.
@@ -223,6 +243,10 @@ impl fmt::Display for ShardEntry {
             Command::AdoptQueue { .. } => "adopt-queue",
             Command::DropAdoption { .. } => "drop-adoption",
             Command::OpenQueue { .. } => "open-queue",
+            Command::OpenHandOffs => "open-hand-offs",
+            Command::AcceptHandOffs { .. } => "accept-hand-offs",
+            Command::TrimHandOffs { .. } => "trim-hand-offs",
+            Command::ReturnHandOffs { .. } => "return-hand-offs",
         };
         write!(f, "{name}@{}", self.0.now_ms)
     }
@@ -1248,10 +1272,13 @@ impl Shard {
         };
         match command.map(Command::into_call_and_caller) {
             Some((Command::Send { messages, .. }, caller)) => Ok((messages, caller)),
-            // Bodies copied here with a queue that moved from another shard.
-            Some((Command::AdoptBodies { messages, trace_headers, .. }, None)) => {
-                Ok((messages, Some(CallerNote { trace_headers, ..CallerNote::default() })))
-            }
+            // Bodies copied here with a queue that moved from another shard, or with messages
+            // another shard handed off.
+            Some((
+                Command::AdoptBodies { messages, trace_headers, .. }
+                | Command::AcceptHandOffs { messages, trace_headers, .. },
+                None,
+            )) => Ok((messages, Some(CallerNote { trace_headers, ..CallerNote::default() }))),
             _ => {
                 let detail = format!("shard {}, entry {log_index}", self.shard_id);
                 Err(NodeError::damaged("a message reference does not point at a send", detail).into())
@@ -1444,7 +1471,7 @@ mod format_tests {
 
     use super::*;
     use crate::queue::schedule::scheduled_message_id;
-    use crate::queue::{AttributeValue, Call, FifoConfig, FifoIds, QueueConfig, Receipt, Redrive};
+    use crate::queue::{AttributeValue, Call, FifoConfig, FifoIds, HandOffArrival, QueueConfig, Receipt, Redrive};
 
     const TENANT: &str = "acme";
     const NOW_MS: u64 = 1_796_569_000_000;
@@ -1752,6 +1779,40 @@ mod format_tests {
         }
         assert_eq!(ShardEntry::version_for(QUEUE_MOVES_GENERATION - 1), 5);
         assert_eq!(ShardEntry::version_for(QUEUE_MOVES_GENERATION), 6);
+
+        let arrival = HandOffArrival {
+            seq: 12,
+            from: 1,
+            dead_letter: true,
+            message_id: message(14, Some(("g", "d"))).message_id,
+            sent_ms: NOW_MS - 5,
+            body_bytes: 300,
+            fifo: Some(FifoIds { group_id: "g".into(), deduplication_id: "d".into() }),
+        };
+        let hand_offs = [
+            ("open-hand-offs", Command::OpenHandOffs),
+            (
+                "accept-hand-offs",
+                Command::AcceptHandOffs {
+                    source_shard: 3,
+                    queue: 2,
+                    tenant: TENANT.into(),
+                    arrivals: vec![arrival],
+                    messages: vec![message(14, Some(("g", "d")))],
+                    trace_headers: vec![None],
+                },
+            ),
+            ("trim-hand-offs", Command::TrimHandOffs { through_seq: 12 }),
+            ("return-hand-offs", Command::ReturnHandOffs { through_seq: 12 }),
+        ];
+        for (name, command) in hand_offs {
+            let entry = ShardEntry(ShardCommand { now_ms: NOW_MS, command, request_id: None, meter: None });
+            assert_eq!(entry.version_needed(), 7);
+            golden::check(&fixtures(), &format!("command-{name}"), &entry);
+            assert!(entry.encode_body(6, &mut too_old).is_err(), "version 6 cannot hold a hand-off");
+        }
+        assert_eq!(ShardEntry::version_for(HAND_OFFS_GENERATION - 1), 6);
+        assert_eq!(ShardEntry::version_for(HAND_OFFS_GENERATION), 7);
     }
 
     #[test]
@@ -1801,19 +1862,55 @@ mod format_tests {
         state.apply(106, &command(bodies));
         assert!(ShardMachine(state.clone(), None).version_needed() == MOVES_VERSION, "the state holds moves");
         check_state(&fixtures(), "state-with-moves", &state);
+        // Hand-offs open: queue 1 dead-letters to queue 77 elsewhere (one message waits in the
+        // outbox), and queue 2 took a message shard 5 handed off.
+        state.apply(107, &command(Command::OpenHandOffs));
+        let redrive = Some(Redrive { dead_letter_queue: 77, max_receive_count: 1 });
+        let config =
+            Command::SetQueueConfig { queue: 1, tenant: TENANT.into(), config: QueueConfig { redrive, ..standard() } };
+        state.apply(108, &command(config));
+        state
+            .apply(109, &command(Command::Send { queue: 1, tenant: TENANT.into(), messages: vec![message(15, None)] }));
+        state.apply(110, &command(receive()));
+        state.apply(111, &command(receive()));
+        let arrival = HandOffArrival {
+            seq: 4,
+            from: 30,
+            dead_letter: false,
+            message_id: message(16, None).message_id,
+            sent_ms: NOW_MS,
+            body_bytes: 200,
+            fifo: None,
+        };
+        let accept = Command::AcceptHandOffs {
+            source_shard: 5,
+            queue: 2,
+            tenant: TENANT.into(),
+            arrivals: vec![arrival],
+            messages: vec![message(16, None)],
+            trace_headers: vec![None],
+        };
+        assert_eq!(state.apply(112, &command(accept)), Response::Moved);
+        assert!(state.has_hand_offs(), "a message waits in the outbox");
+        assert!(ShardMachine(state.clone(), None).version_needed() == HAND_OFFS_VERSION, "the state holds hand-offs");
+        check_state(&fixtures(), "state-with-hand-offs", &state);
     }
 
     /// A shard state's fixtures: versions before 3 hold no stored sizes, and read as 0 bytes;
-    /// versions before 4 remember no message as moved away; versions before 5 hold no moves.
+    /// versions before 4 remember no message as moved away; versions before 5 hold no moves;
+    /// versions before 6 hold no hand-offs.
     fn check_state(dir: &Path, name: &str, whole_state: &ShardState) {
         let state = whole_state;
         let whole = format!("{:?}", ShardMachine(state.clone(), None));
+        let state = state.without_hand_offs();
+        let with_moves = format!("{:?}", ShardMachine(state.clone(), None));
         let state = state.without_moves();
         let with_moved_away = format!("{:?}", ShardMachine(state.clone(), None));
         let with_sizes = format!("{:?}", ShardMachine(state.without_moved_away(), None));
         let without_sizes = format!("{:?}", ShardMachine(state.without_moved_away().without_stored_sizes(), None));
         golden::check_as(dir, name, &ShardMachine(whole_state.clone(), None), |version| match version {
-            v if v >= MOVES_VERSION => whole.clone(),
+            v if v >= HAND_OFFS_VERSION => whole.clone(),
+            MOVES_VERSION => with_moves.clone(),
             MOVED_AWAY_VERSION => with_moved_away.clone(),
             STORED_SIZES_VERSION => with_sizes.clone(),
             _ => without_sizes.clone(),

@@ -353,9 +353,13 @@ impl Model {
             | Command::AdoptBodies { .. }
             | Command::AdoptQueue { .. }
             | Command::DropAdoption { .. }
-            | Command::OpenQueue { .. } => {
+            | Command::OpenQueue { .. }
+            | Command::OpenHandOffs
+            | Command::AcceptHandOffs { .. }
+            | Command::TrimHandOffs { .. }
+            | Command::ReturnHandOffs { .. } => {
                 unreachable!(
-                    "the model test does not generate move-task, receive-attempt, schedule, metering or queue-move commands"
+                    "the model test does not generate move-task, receive-attempt, schedule, metering, queue-move or hand-off commands"
                 )
             }
         };

@@ -54,6 +54,7 @@ pub const RPC_ROLES: &[(Listener, &str, &[Role])] = &[
     (Listener::Metadata, "/strata.v1.Metadata/StartQueueMove", &[Proxy, Autoscaler, Operator]),
     // Storage nodes sweep adoptions left over by ended moves.
     (Listener::Metadata, "/strata.v1.Metadata/ListQueueMoves", &[Proxy, Storage, Autoscaler, Operator]),
+    (Listener::Metadata, "/strata.v1.Metadata/LocateQueue", &[Storage]),
     // A move's driver is its source shard's leader.
     (Listener::Metadata, "/strata.v1.Metadata/DecideQueueMove", &[Storage]),
     (Listener::Metadata, "/strata.v1.Metadata/FinishQueueMove", &[Storage]),

@@ -271,6 +271,12 @@ impl MetadataClient {
         self.call(request, |mut c, r| async move { c.get_queue(r).await }).await
     }
 
+    /// The queue of `tenant` whose id is `queue_id`; `QueueNotFound` when it is gone.
+    pub async fn locate_queue(&self, tenant: &str, queue_id: u64) -> Result<pb::QueueInfo, StrataError> {
+        let request = pb::LocateQueueRequest { tenant: tenant.to_string(), queue_id };
+        self.call(request, |mut c, r| async move { c.locate_queue(r).await }).await
+    }
+
     pub async fn list_queues(
         &self,
         tenant: &str,

@@ -42,7 +42,7 @@ use crate::auth::JwtVerifier;
 use crate::credentials::{admin_path_tenant, verified_subject};
 use crate::error::{ApiError, json_errors, public_message};
 use crate::metering::{CallId, Charge, Meter, message_payload_bytes};
-use crate::queue_rules::{self, Refusal};
+use crate::queue_rules;
 use crate::queues;
 use crate::quotas::{Admission, ConcurrencyLimits, Quotas};
 use crate::routing::Router as Placement;
@@ -562,11 +562,9 @@ async fn create_queue(
     let (body, request, _admission): (_, model::CreateQueue, _) = state.admit_json(&tenant, body, false).await?;
     validate_name(&request.name)?;
     tags::check(&request.tags)?;
-    let (config, dead_letter_shard) =
+    let config =
         settings::apply(&request.attributes, &state.placement, &tenant, &request.name, default_config(), true).await?;
-    let mut info =
-        queue_rules::create_queue_with_dead_letter(&state.placement, &tenant, &request.name, config, dead_letter_shard)
-            .await?;
+    let mut info = queues::create_queue(&state.placement, &tenant, &request.name, config).await?;
     if !request.tags.is_empty() {
         info = state.placement.metadata.tag_queue(&tenant, &request.name, request.tags.into_iter().collect()).await?;
     }
@@ -652,10 +650,7 @@ async fn set_queue_attributes(
         state.admit_json(&tenant, body, false).await?;
     let current = queues::info(&state.placement, &tenant, &name).await?;
     let base = current.config.clone().unwrap_or_default();
-    let (config, dead_letter_shard) = settings::apply(&change, &state.placement, &tenant, &name, base, false).await?;
-    if dead_letter_shard.is_some_and(|shard| shard != current.shard_id) {
-        return Err(ApiError(Refusal::DifferentShard.into()));
-    }
+    let config = settings::apply(&change, &state.placement, &tenant, &name, base, false).await?;
     let info = queues::set_config(&state.placement, &tenant, &name, config).await?;
     state.charge(&tenant, &call, &body, Charge::new("SetQueueAttributes", &name)).await?;
     Ok(Json(queue_answer(&info, None)))

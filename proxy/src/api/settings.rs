@@ -41,7 +41,7 @@ pub(crate) fn default_config() -> pb::QueueConfig {
 }
 
 /// `base` with `change` applied and checked. `creating` says whether the queue is being created
-/// (the only time its kind may be chosen). Answers the dead-letter queue's shard when one is set.
+/// (the only time its kind may be chosen).
 pub(super) async fn apply(
     change: &QueueAttributesChange,
     placement: &Placement,
@@ -49,7 +49,7 @@ pub(super) async fn apply(
     name: &str,
     base: pb::QueueConfig,
     creating: bool,
-) -> Result<(pb::QueueConfig, Option<u64>), ApiError> {
+) -> Result<pb::QueueConfig, ApiError> {
     let mut config = base;
     if let Some(s) = change.retention_seconds {
         config.retention_ms = in_range("retention_seconds", s, RETENTION_S_MIN, RETENTION_S_MAX)? * 1000;
@@ -103,7 +103,6 @@ pub(super) async fn apply(
             config.redrive_allow_policy = queue_rules::allow_policy(permission, sources)?;
         }
     }
-    let mut dead_letter_shard = None;
     match &change.dead_letter {
         None => {}
         Some(None) => queue_rules::clear_dead_letter(&mut config),
@@ -111,11 +110,10 @@ pub(super) async fn apply(
             let count =
                 in_range("dead_letter.max_receive_count", dead_letter.max_receive_count, 1, MAX_RECEIVE_COUNT_MAX)?;
             let arn = queue_rules::queue_arn(NATIVE_ARN_REGION, tenant, &dead_letter.queue);
-            let shard = queue_rules::set_dead_letter(placement, tenant, name, &mut config, &arn, count).await?;
-            dead_letter_shard = Some(shard);
+            queue_rules::set_dead_letter(placement, tenant, name, &mut config, &arn, count).await?;
         }
     }
-    Ok((config, dead_letter_shard))
+    Ok(config)
 }
 
 /// A queue's settings as the native API shows them.

@@ -292,10 +292,6 @@ fn refused(refusal: Refusal, attribute: &str) -> SqsError {
         Refusal::DeadLetterNotAllowed => {
             redrive_error(attribute, "the dead-letter queue's RedriveAllowPolicy does not allow this queue.")
         }
-        Refusal::DifferentShard => SqsError::invalid_parameter_value(format!(
-            "Value for parameter {attribute} is invalid. Reason: the queues must be placed on the same shard in \
-             this version; cross-shard dead-letter queues and moves are not supported yet."
-        )),
         Refusal::NotADeadLetterQueue => SqsError::invalid_parameter_value(
             "Source queue must be configured as a Dead Letter Queue (no queue names it in its RedrivePolicy).",
         ),
@@ -326,21 +322,19 @@ async fn create_queue(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {
         Refusal::FifoName if !config.fifo_queue => SqsError::invalid_parameter_value(QUEUE_NAME_RULE),
         other => refused(other, "Attributes"),
     })?;
-    let dead_letter_shard = resolve_redrive(ctx, name, &mut config, &attributes).await?;
-    let created =
-        queue_rules::create_queue_with_dead_letter(&ctx.state.placement, ctx.tenant(), name, config, dead_letter_shard)
-            .await;
+    resolve_redrive(ctx, name, &mut config, &attributes).await?;
+    let created = queues::create_queue(&ctx.state.placement, ctx.tenant(), name, config).await;
     match created {
         Ok(_) => {}
         // As SQS: a create that names no attributes gets an existing queue's URL, whatever its
         // settings (only attributes that differ from the queue's are a conflict).
-        Err(Refusal::Service(e)) if e.kind == ErrorKind::QueueAlreadyExists && attributes.is_empty() => {
+        Err(e) if e.kind == ErrorKind::QueueAlreadyExists && attributes.is_empty() => {
             return Ok(json!({ "QueueUrl": ctx.queue_url(name) }));
         }
-        Err(Refusal::Service(e)) if e.kind == ErrorKind::QueueAlreadyExists => {
+        Err(e) if e.kind == ErrorKind::QueueAlreadyExists => {
             return Err(already_exists(ctx, name, &attributes).await);
         }
-        Err(r) => return Err(refused(r, "RedrivePolicy")),
+        Err(e) => return Err(e.into()),
     }
     if !tags.is_empty() {
         let tags = tags.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -531,9 +525,7 @@ async fn set_queue_attributes(ctx: &Ctx<'_>, input: &Value) -> Result<Value, Sqs
     }
     apply_queue_attributes(&mut config, &attributes)?;
     queue_rules::check_fifo_config(&info.name, &config).map_err(|r| refused(r, "Attributes"))?;
-    if resolve_redrive(ctx, &info.name, &mut config, &attributes).await?.is_some_and(|shard| shard != info.shard_id) {
-        return Err(refused(Refusal::DifferentShard, "RedrivePolicy"));
-    }
+    resolve_redrive(ctx, &info.name, &mut config, &attributes).await?;
     queues::set_config(&ctx.state.placement, ctx.tenant(), &info.name, config).await?;
     Ok(json!({}))
 }
@@ -542,15 +534,13 @@ fn redrive_error(attribute: &str, reason: &str) -> SqsError {
     SqsError::invalid_parameter_value(format!("Value for parameter {attribute} is invalid. Reason: {reason}"))
 }
 
-/// Checks and applies `RedrivePolicy` and `RedriveAllowPolicy` for queue `source`; answers the
-/// shard of the dead-letter queue when a RedrivePolicy names one.
+/// Checks and applies `RedrivePolicy` and `RedriveAllowPolicy` for queue `source`.
 async fn resolve_redrive(
     ctx: &Ctx<'_>,
     source: &str,
     config: &mut pb::QueueConfig,
     attributes: &[(&str, &str)],
-) -> Result<Option<u64>, SqsError> {
-    let mut dead_letter_shard = None;
+) -> Result<(), SqsError> {
     for &(name, value) in attributes {
         if value.len() > REDRIVE_POLICY_BYTES_MAX && (name == "RedrivePolicy" || name == "RedriveAllowPolicy") {
             return Err(redrive_error(name, "the policy is too long."));
@@ -572,7 +562,7 @@ async fn resolve_redrive(
                 }
                 .filter(|n| (1..=1000).contains(n))
                 .ok_or_else(|| redrive_error(name, "maxReceiveCount must be an integer from 1 to 1000."))?;
-                let shard = queue_rules::set_dead_letter(
+                queue_rules::set_dead_letter(
                     &ctx.state.placement,
                     ctx.tenant(),
                     source,
@@ -582,7 +572,6 @@ async fn resolve_redrive(
                 )
                 .await
                 .map_err(|r| refused(r, name))?;
-                dead_letter_shard = Some(shard);
             }
             "RedriveAllowPolicy" if value.is_empty() => config.redrive_allow_policy.clear(),
             "RedriveAllowPolicy" => {
@@ -600,7 +589,7 @@ async fn resolve_redrive(
             _ => {}
         }
     }
-    Ok(dead_letter_shard)
+    Ok(())
 }
 
 async fn list_dead_letter_source_queues(ctx: &Ctx<'_>, input: &Value) -> Result<Value, SqsError> {

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::outbox::MeterOutbox;
 use super::receipt::Receipt;
 use super::schedule::{Schedule, ScheduledMessage, Slice, SliceWrite, deliver_at_of, slice_of};
-use super::store::{LeaseCheck, Queue, QueueSizes};
+use super::store::{DEAD_LETTER_MOVES_MAX, LeaseCheck, Queue, QueueSizes};
 use super::touches::{Touch, Touches};
 use super::types::{
     CALLS_PER_ENTRY_MAX, Call, CallerNote, Command, DELETE_BATCH_MAX, DELIVER_AHEAD_MS_MAX, FIFO_ID_CHARS_MAX,
@@ -22,7 +22,9 @@ use super::types::{
 use crate::message_trace::{CallBy, MessageTrace, TraceEvent, TraceRecord};
 use crate::queue_metrics::{Activity, Counts, Gauges};
 
+pub(super) mod hand_offs;
 pub(super) mod moves;
+use hand_offs::HandOffs;
 use moves::Moves;
 
 /// What the messages of a shard's queues count in their stored bytes, queue by queue (see
@@ -60,6 +62,11 @@ pub struct ShardState {
     /// version 5 carries it after the moved-away seqs; see [`moves`]).
     #[serde(skip)]
     moves: Moves,
+    /// Messages handed to other shards' queues, and the marks of those handed here (not in the
+    /// serde layout: shard state format version 6 carries it after the moves; see
+    /// [`hand_offs`]).
+    #[serde(skip)]
+    hand_offs: HandOffs,
     /// Which queues the last applies may have made receivable (for waking long polls; not
     /// persisted, not compared).
     #[serde(skip)]
@@ -197,6 +204,7 @@ impl ShardState {
                     q.config = config;
                     Ok(Response::QueueConfigSet)
                 })
+                .inspect(|_| self.forget_gone_dead_letter(*queue))
             }
             Command::DeleteQueue { queue, tenant } => self.delete_queue(*queue, tenant),
             Command::Send { queue, tenant, messages } => self.send(*queue, tenant, messages, log_index, now_ms),
@@ -287,6 +295,12 @@ impl ShardState {
             Command::AdoptQueue { queue, move_id } => self.adopt_queue(*queue, *move_id, log_index),
             Command::DropAdoption { queue, move_id } => self.drop_adoption(*queue, *move_id),
             Command::OpenQueue { queue, move_id } => self.open_queue(*queue, *move_id),
+            Command::OpenHandOffs => self.open_hand_offs(),
+            Command::AcceptHandOffs { source_shard, queue, tenant, arrivals, messages, .. } => {
+                self.accept_hand_offs(*source_shard, *queue, tenant, arrivals, messages, log_index)
+            }
+            Command::TrimHandOffs { through_seq } => self.trim_hand_offs(*through_seq),
+            Command::ReturnHandOffs { through_seq } => self.return_hand_offs(*through_seq, log_index),
             Command::TrimMetering { through_seq } => {
                 self.metering.trim(*through_seq);
                 Ok(Response::MeteringTrimmed)
@@ -325,7 +339,10 @@ impl ShardState {
             | Command::WithCaller { .. }
             | Command::AdoptState { .. }
             | Command::AdoptBodies { .. }
-            | Command::DropAdoption { .. } => None,
+            | Command::DropAdoption { .. }
+            | Command::OpenHandOffs
+            | Command::TrimHandOffs { .. } => None,
+            Command::AcceptHandOffs { queue, .. } => Some(Touch::Queue(*queue)),
             // Long polls waiting at the shard learn that the queue moves away (and go to its new
             // shard), or that it serves here (again).
             Command::FenceQueue { queue, .. }
@@ -338,7 +355,8 @@ impl ShardState {
             | Command::MoveStep { .. }
             | Command::CancelScheduled { .. }
             | Command::StartScheduledLoad { .. }
-            | Command::LoadScheduled { .. } => Some(Touch::All),
+            | Command::LoadScheduled { .. }
+            | Command::ReturnHandOffs { .. } => Some(Touch::All),
         }
     }
 
@@ -482,14 +500,36 @@ impl ShardState {
     /// Records messages moved from `from` to `to` (while the trace is kept): `moved` are their
     /// ids and their seqs in `to`.
     fn trace_moves(&self, log_index: u64, from: QueueId, to: QueueId, moved: &[(Uuid, u64)], dead_letter: bool) {
-        if !self.trace.is_open() || moved.is_empty() {
+        let ids: Vec<Uuid> = moved.iter().map(|&(id, _)| id).collect();
+        self.trace_left(log_index, from, to, &ids, dead_letter);
+        self.trace_arrived(log_index, from, to, moved, dead_letter);
+    }
+
+    /// Records messages that left `from` for `to` (while the trace is kept).
+    fn trace_left(&self, log_index: u64, from: QueueId, to: QueueId, ids: &[Uuid], dead_letter: bool) {
+        if !self.trace.is_open() || ids.is_empty() {
             return;
         }
         let at_ms = self.clock_ms;
-        let record = |message_id, event| TraceRecord { log_index, at_ms, message_id, event };
-        self.trace.add(from, moved.iter().map(|&(id, _)| record(id, TraceEvent::MovedTo { to, dead_letter })));
-        self.trace
-            .add(to, moved.iter().map(|&(id, seq)| record(id, TraceEvent::ArrivedFrom { from, seq, dead_letter })));
+        let event = TraceEvent::MovedTo { to, dead_letter };
+        let record = |&message_id| TraceRecord { log_index, at_ms, message_id, event: event.clone() };
+        self.trace.add(from, ids.iter().map(record));
+    }
+
+    /// Records messages that arrived in `to` from `from` (while the trace is kept): their ids
+    /// and their seqs in `to`.
+    fn trace_arrived(&self, log_index: u64, from: QueueId, to: QueueId, arrived: &[(Uuid, u64)], dead_letter: bool) {
+        if !self.trace.is_open() || arrived.is_empty() {
+            return;
+        }
+        let at_ms = self.clock_ms;
+        let record = |&(message_id, seq)| TraceRecord {
+            log_index,
+            at_ms,
+            message_id,
+            event: TraceEvent::ArrivedFrom { from, seq, dead_letter },
+        };
+        self.trace.add(to, arrived.iter().map(record));
     }
 
     /// The shard's message traces.
@@ -643,7 +683,8 @@ impl ShardState {
     /// hold no live body. `None` if the shard holds no message.
     pub fn min_live_log_index(&self) -> Option<u64> {
         let in_memory = self.by_log_index.first().map(|&(log_index, _)| log_index);
-        in_memory.into_iter().chain(self.schedule.min_log_index()).chain(self.min_adopting_log_index()).min()
+        let elsewhere = self.min_adopting_log_index().into_iter().chain(self.min_hand_off_log_index());
+        in_memory.into_iter().chain(self.schedule.min_log_index()).chain(elsewhere).min()
     }
 
     /// The slice files the last applies asked to change, in order; the storage node makes the
@@ -915,13 +956,16 @@ impl ShardState {
         if source == destination {
             return Err(QueueError::InvalidParameter("a move task needs two different queues".to_owned()));
         }
-        let (Some(from), Some(to)) = (self.get(source, tenant), self.get(destination, tenant)) else {
+        // A destination on another shard is checked where it is, as its messages arrive (a
+        // refusal sends them back and fails the task).
+        let to = self.get(destination, tenant);
+        let (Some(from), true) = (self.get(source, tenant), to.is_some() || self.hand_offs_open()) else {
             return Err(QueueError::QueueNotFound);
         };
         if self.is_moving(source) || self.is_moving(destination) {
             return Err(QueueError::QueueMoving);
         }
-        if from.config.fifo.is_some() || to.config.fifo.is_some() {
+        if from.config.fifo.is_some() || to.is_some_and(|to| to.config.fifo.is_some()) {
             return Err(QueueError::InvalidParameter(
                 "move tasks between FIFO queues are not supported yet".to_owned(),
             ));
@@ -986,29 +1030,44 @@ impl ShardState {
             return Ok(Response::MoveTask(task));
         }
         let max = usize::try_from(max_messages.clamp(1, MOVE_STEP_MESSAGES_MAX)).unwrap_or(1);
-        let status =
-            if self.get(task.source, &task.tenant).is_none() || self.get(task.destination, &task.tenant).is_none() {
-                MoveTaskStatus::Failed("the source or the destination queue was deleted".to_owned())
-            } else {
-                let moved = self.with_queue(task.source, &task.tenant, |q| {
-                    q.settle(now_ms);
-                    Ok(q.take_visible(max))
-                })?;
-                let count = moved.len() as u64;
-                let arrived = self.with_queue(task.destination, &task.tenant, |q| {
-                    q.settle(now_ms);
-                    Ok(moved
-                        .into_iter()
-                        .map(|message| (message.message_id(), q.adopt(message, now_ms)))
-                        .collect::<Vec<_>>())
-                })?;
-                self.trace_moves(log_index, task.source, task.destination, &arrived, false);
-                if let Some(t) = self.move_tasks.get_mut(&task_id) {
-                    t.moved += count;
-                }
-                let source_empty = self.queues.get(&task.source).is_none_or(Queue::is_empty);
-                if source_empty { MoveTaskStatus::Completed } else { MoveTaskStatus::Running }
-            };
+        let here = self.get(task.destination, &task.tenant).is_some();
+        let status = if self.get(task.source, &task.tenant).is_none() || (!here && !self.hand_offs_open()) {
+            MoveTaskStatus::Failed("the source or the destination queue was deleted".to_owned())
+        } else if !here {
+            // To another shard, through the outbox, as far as it has room.
+            let max = max.min(self.hand_off_room());
+            let moved = self.with_queue(task.source, &task.tenant, |q| {
+                q.settle(now_ms);
+                Ok(q.take_visible(max))
+            })?;
+            let ids: Vec<Uuid> = moved.iter().map(|m| m.message_id()).collect();
+            self.trace_left(log_index, task.source, task.destination, &ids, false);
+            if let Some(t) = self.move_tasks.get_mut(&task_id) {
+                t.moved += moved.len() as u64;
+            }
+            self.hand_off_for_task(&task.tenant, task.source, task.destination, task_id, moved);
+            let source_empty = self.queues.get(&task.source).is_none_or(Queue::is_empty);
+            if source_empty { MoveTaskStatus::Completed } else { MoveTaskStatus::Running }
+        } else {
+            let moved = self.with_queue(task.source, &task.tenant, |q| {
+                q.settle(now_ms);
+                Ok(q.take_visible(max))
+            })?;
+            let count = moved.len() as u64;
+            let arrived = self.with_queue(task.destination, &task.tenant, |q| {
+                q.settle(now_ms);
+                Ok(moved
+                    .into_iter()
+                    .map(|message| (message.message_id(), q.adopt(message, now_ms)))
+                    .collect::<Vec<_>>())
+            })?;
+            self.trace_moves(log_index, task.source, task.destination, &arrived, false);
+            if let Some(t) = self.move_tasks.get_mut(&task_id) {
+                t.moved += count;
+            }
+            let source_empty = self.queues.get(&task.source).is_none_or(Queue::is_empty);
+            if source_empty { MoveTaskStatus::Completed } else { MoveTaskStatus::Running }
+        };
         let task = self
             .move_tasks
             .get_mut(&task_id)
@@ -1017,9 +1076,12 @@ impl ShardState {
         Ok(Response::MoveTask(task.clone()))
     }
 
-    /// Moves the exhausted messages a receive of `max` on `queue` (settled at `now_ms`) would reach into its
-    /// dead-letter queue, when it has one of the same tenant (other than itself). Answers the
-    /// receive count from which messages are dead letters (not to be delivered), if any.
+    /// Moves the exhausted messages a receive of `max` on `queue` (settled at `now_ms`) would
+    /// reach into its dead-letter queue, when it has one (other than itself): at once when it is
+    /// on this shard, serving and of the same kind (a FIFO queue's dead letters keep their groups
+    /// in a FIFO dead-letter queue); through the hand-off outbox when it is elsewhere or moving
+    /// (once hand-offs are open; until then they stay). Answers the receive count from which
+    /// messages are dead letters (not to be delivered), if any.
     fn move_dead_letters(
         &mut self,
         queue: QueueId,
@@ -1030,36 +1092,41 @@ impl ShardState {
     ) -> Option<u32> {
         let source = self.get(queue, tenant)?;
         let redrive = source.config.redrive?;
-        let source_fifo = source.config.fifo.is_some();
-        // The dead-letter queue must exist for the tenant and be of the same kind (a FIFO
-        // queue's dead letters keep their groups in a FIFO dead-letter queue).
-        let dead_letter_fifo = self.get(redrive.dead_letter_queue, tenant)?.config.fifo.is_some();
-        // Nothing moves into a dead-letter queue that is moving to another shard meanwhile.
-        if redrive.dead_letter_queue == queue
-            || dead_letter_fifo != source_fifo
-            || self.is_moving(redrive.dead_letter_queue)
-        {
+        let (dead_letter, exhausted) = (redrive.dead_letter_queue, redrive.max_receive_count);
+        if dead_letter == queue || self.dead_letter_gone(queue, dead_letter) {
             return None;
         }
-        // The caller settled the source at `now_ms`.
-        let moved = self.with_queue(queue, tenant, |q| Ok(q.take_dead_letters(max, redrive.max_receive_count)));
-        if let Ok(moved) = moved
-            && !moved.is_empty()
-        {
-            let counts = Counts { moved_to_dead_letter: moved.len() as u64, ..Counts::default() };
-            self.activity.record(log_index, queue, now_ms, counts);
-            let arrived = self.with_queue(redrive.dead_letter_queue, tenant, |dlq| {
-                dlq.settle(now_ms);
-                Ok(moved
-                    .into_iter()
-                    .map(|message| (message.message_id(), dlq.adopt(message, now_ms)))
-                    .collect::<Vec<_>>())
-            });
-            if let Ok(arrived) = arrived {
-                self.trace_moves(log_index, queue, redrive.dead_letter_queue, &arrived, true);
-            }
+        let same_kind = |q: &Queue| q.config.fifo.is_some() == source.config.fifo.is_some();
+        let here = self.get(dead_letter, tenant).map(same_kind);
+        let at_once = here == Some(true) && !self.is_moving(dead_letter) && !self.hands_off_to(dead_letter);
+        if here == Some(false) || (!at_once && !self.hand_offs_open()) {
+            return None;
         }
-        Some(redrive.max_receive_count)
+        if !at_once && self.hand_off_room() < DEAD_LETTER_MOVES_MAX {
+            // The outbox is full: the exhausted messages wait in the queue, not delivered.
+            return Some(exhausted);
+        }
+        // The caller settled the source at `now_ms`.
+        let moved = self.with_queue(queue, tenant, |q| Ok(q.take_dead_letters(max, exhausted))).unwrap_or_default();
+        if moved.is_empty() {
+            return Some(exhausted);
+        }
+        let counts = Counts { moved_to_dead_letter: moved.len() as u64, ..Counts::default() };
+        self.activity.record(log_index, queue, now_ms, counts);
+        if !at_once {
+            let ids: Vec<Uuid> = moved.iter().map(|m| m.message_id()).collect();
+            self.trace_left(log_index, queue, dead_letter, &ids, true);
+            self.hand_off_dead_letters(tenant, queue, dead_letter, moved);
+            return Some(exhausted);
+        }
+        let arrived = self.with_queue(dead_letter, tenant, |dlq| {
+            dlq.settle(now_ms);
+            Ok(moved.into_iter().map(|message| (message.message_id(), dlq.adopt(message, now_ms))).collect::<Vec<_>>())
+        });
+        if let Ok(arrived) = arrived {
+            self.trace_moves(log_index, queue, dead_letter, &arrived, true);
+        }
+        Some(exhausted)
     }
 
     fn create_queue(&mut self, queue: QueueId, tenant: &str, config: &QueueConfig) -> Result<Response, QueueError> {
@@ -1098,6 +1165,7 @@ impl ShardState {
             self.by_log_index.remove(&(keys.log_index, queue));
         }
         self.forget_moves_of(queue);
+        self.forget_hand_offs_of(queue);
     }
 
     /// Drops every message past retention at `now_ms`; returns how many.

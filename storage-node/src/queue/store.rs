@@ -144,6 +144,39 @@ impl Moved {
     }
 }
 
+/// A message on its way to another shard's queue: what that queue keeps of it. A move resets
+/// what a queue adds to a message (its receive count, lease and times), so this is all of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Handed {
+    pub(crate) message_id: Uuid,
+    /// Where its body is, on the shard it is handed from.
+    pub(crate) body: MessageRef,
+    pub(crate) sent_ms: u64,
+    pub(crate) body_bytes: u32,
+    pub(crate) fifo: Option<FifoIds>,
+}
+
+impl From<Moved> for Handed {
+    fn from(moved: Moved) -> Self {
+        let Moved { message, fifo } = moved;
+        Handed {
+            message_id: message.message_id,
+            body: message.body_ref(),
+            sent_ms: message.sent_ms,
+            body_bytes: message.body_bytes,
+            fifo,
+        }
+    }
+}
+
+impl Handed {
+    /// The message to adopt (on the shard whose log holds `body`).
+    pub(crate) fn into_moved(self) -> Moved {
+        let message = Message::entering(self.message_id, self.body, self.sent_ms, 0, 0, true, self.body_bytes);
+        Moved { message, fifo: self.fifo }
+    }
+}
+
 /// What a receipt currently designates, checked without changing anything.
 pub(crate) enum LeaseCheck {
     /// The message was deleted or is past retention.

@@ -2380,4 +2380,208 @@ fn a_queue_a_move_cannot_carry_yet_is_refused_at_the_fence() {
     }
     let fence = Command::FenceQueue { queue: Q, tenant: OTHER_TENANT.to_owned(), move_id: 1 };
     assert_eq!(shard.apply_rejected(0, fence), QueueError::QueueNotFound, "another tenant's queue");
+
+    // Once hand-offs are open, dead letters reach a queue on another shard: both may move. The
+    // source of a running move task may not (the task stays with its shard).
+    assert_eq!(shard.apply(0, Command::OpenHandOffs), Response::Moved);
+    let to_dlq = Command::Send { queue: DLQ, tenant: TENANT.to_owned(), messages: vec![new_message(1)] };
+    assert!(matches!(shard.apply(0, to_dlq), Response::Sent(_)));
+    assert!(matches!(start_move(&mut shard, DLQ, Q, 1), Response::MoveTask(_)));
+    let fence = |queue| Command::FenceQueue { queue, tenant: TENANT.to_owned(), move_id: 2 };
+    assert!(matches!(shard.apply_rejected(0, fence(DLQ)), QueueError::InvalidParameter(_)), "a task's source");
+    assert_eq!(shard.apply(0, fence(Q)), Response::Moved, "a task's destination and a dead letter's source");
+}
+
+// ---------------------------------------------------------- hand-offs between shards
+
+/// The id the tests give the shard messages are handed from.
+const FROM_SHARD: u64 = 1;
+
+/// A shard with hand-offs open.
+fn opened(mut shard: Shard) -> Shard {
+    assert_eq!(shard.apply(0, Command::OpenHandOffs), Response::Moved);
+    shard
+}
+
+/// The `AcceptHandOffs` of the first batch of `from`'s outbox (bodies are stand-ins: the test has
+/// no log), and the seq it goes through.
+fn accept_first_batch(from: &Shard) -> (Command, u64) {
+    let batch = from.state.hand_off_batch(HAND_OFF_BATCH_MESSAGES).expect("messages wait in the outbox");
+    let messages = batch.arrivals.iter().map(|a| NewMessage { message_id: a.message_id, ..new_message(0) }).collect();
+    let HandOffBatch { tenant, queue, through_seq, arrivals, .. } = batch;
+    let accept =
+        Command::AcceptHandOffs { source_shard: FROM_SHARD, queue, tenant, arrivals, messages, trace_headers: vec![] };
+    (accept, through_seq)
+}
+
+/// Hands `from`'s first batch to `to` as the leader of `from` does: accepted, then trimmed.
+fn hand_over(from: &mut Shard, to: &mut Shard) {
+    let (accept, through_seq) = accept_first_batch(from);
+    let now_ms = from.clock();
+    assert_eq!(to.apply(now_ms, accept), Response::Moved);
+    assert_eq!(from.apply(now_ms, Command::TrimHandOffs { through_seq }), Response::Moved);
+}
+
+/// Shard "a" holds `Q`, whose dead-letter queue `DLQ` (after one receive) is on shard "b".
+fn shards_with_dead_letter_elsewhere() -> (Shard, Shard) {
+    let mut a = opened(Shard::new());
+    let redrive = Some(Redrive { dead_letter_queue: DLQ, max_receive_count: 1 });
+    let create = |queue, config| Command::CreateQueue { queue, tenant: TENANT.to_owned(), config };
+    assert_eq!(a.apply(0, create(Q, QueueConfig { redrive, ..config() })), Response::QueueCreated);
+    let mut b = opened(Shard::new());
+    b.log_index = 500;
+    assert_eq!(b.apply(0, create(DLQ, config())), Response::QueueCreated);
+    (a, b)
+}
+
+#[test]
+fn dead_letters_leave_for_another_shard_once_and_arrive_there_once() {
+    let (mut a, mut b) = shards_with_dead_letter_elsewhere();
+    a.send(0, &[1, 2, 3]);
+    let send_index = a.log_index;
+    assert_eq!(receive_from(&mut a, Q, 0).len(), 3);
+    let old_receipt = receive_from(&mut a, Q, 0);
+    assert!(old_receipt.is_empty(), "in flight");
+    // Exhausted at 2 s: they leave the queue for the outbox in the receive that reached them.
+    assert!(receive_from(&mut a, Q, 2_000).is_empty(), "exhausted messages are not delivered");
+    assert_eq!(a.counts(), QueueCounts::default());
+    assert!(a.state.has_hand_offs());
+    // Their bodies stay live on the source until they are handed over.
+    assert_eq!(a.state.min_live_log_index(), Some(send_index));
+
+    let (accept, through_seq) = accept_first_batch(&a);
+    assert_eq!(b.apply(2_000, accept.clone()), Response::Moved);
+    // The same entry again (its answer lost, the leader changed) changes nothing.
+    assert_eq!(b.apply(2_000, accept), Response::Moved);
+    assert_eq!(b.state.queue_counts(DLQ, TENANT).map(|c| c.visible), Some(3), "each arrived once");
+    assert_eq!(a.apply(2_000, Command::TrimHandOffs { through_seq }), Response::Moved);
+    assert!(!a.state.has_hand_offs());
+    assert_eq!(a.state.min_live_log_index(), None, "the source's log is released");
+
+    // At the dead-letter queue: the same ids, bodies in b's log, in the order they left.
+    let arrived = receive_from(&mut b, DLQ, 2_000);
+    assert_eq!(ids(&arrived), [1, 2, 3]);
+    let accept_index = b.log_index - 2;
+    assert!(arrived.iter().all(|d| d.body_ref.log_index == accept_index), "{arrived:?}");
+    assert_eq!(b.state.min_live_log_index(), Some(accept_index));
+}
+
+#[test]
+fn before_hand_offs_open_exhausted_messages_stay_where_they_are() {
+    let mut a = Shard::new();
+    let redrive = Some(Redrive { dead_letter_queue: DLQ, max_receive_count: 1 });
+    let create =
+        Command::CreateQueue { queue: Q, tenant: TENANT.to_owned(), config: QueueConfig { redrive, ..config() } };
+    assert_eq!(a.apply(0, create), Response::QueueCreated);
+    a.send(0, &[1]);
+    assert_eq!(receive_from(&mut a, Q, 0).len(), 1);
+    assert_eq!(receive_from(&mut a, Q, 2_000).len(), 1, "delivered again, as releases before generation 10 do");
+    assert!(!a.state.has_hand_offs() && !a.state.holds_hand_offs());
+}
+
+#[test]
+fn dead_letters_for_a_queue_gone_come_back_and_are_delivered_until_the_configuration_changes() {
+    let (mut a, _) = shards_with_dead_letter_elsewhere();
+    a.send(0, &[1, 2]);
+    assert_eq!(receive_from(&mut a, Q, 0).len(), 2);
+    assert!(receive_from(&mut a, Q, 2_000).is_empty());
+    let (_, through_seq) = accept_first_batch(&a);
+    // The leader found no such queue in metadata: back to the queue they left.
+    assert_eq!(a.apply(2_000, Command::ReturnHandOffs { through_seq }), Response::Moved);
+    assert!(!a.state.has_hand_offs());
+    assert_eq!(ids(&receive_from(&mut a, Q, 2_000)), [1, 2], "delivered again, not dead-lettered");
+    assert_eq!(ids(&receive_from(&mut a, Q, 4_000)), [1, 2], "and again: its dead-letter queue is gone");
+    // A new configuration names a dead-letter queue again: the next receive hands them off.
+    let redrive = Some(Redrive { dead_letter_queue: DLQ + 1, max_receive_count: 1 });
+    let set =
+        Command::SetQueueConfig { queue: Q, tenant: TENANT.to_owned(), config: QueueConfig { redrive, ..config() } };
+    assert_eq!(a.apply(4_000, set), Response::QueueConfigSet);
+    assert!(receive_from(&mut a, Q, 6_000).is_empty());
+    assert_eq!(a.state.hand_off_batch(10).map(|b| (b.queue, b.arrivals.len())), Some((DLQ + 1, 2)));
+}
+
+#[test]
+fn a_destination_of_another_kind_refuses_and_changes_nothing() {
+    let (mut a, _) = shards_with_dead_letter_elsewhere();
+    let mut b = opened(fifo_shard(false));
+    a.send(0, &[1]);
+    receive_from(&mut a, Q, 0);
+    receive_from(&mut a, Q, 2_000);
+    let (accept, _) = accept_first_batch(&a);
+    let Command::AcceptHandOffs { arrivals, messages, tenant, .. } = accept else { unreachable!() };
+    let into_fifo = Command::AcceptHandOffs {
+        source_shard: FROM_SHARD,
+        queue: FIFO_Q,
+        tenant,
+        arrivals,
+        messages,
+        trace_headers: vec![],
+    };
+    // The state stays as it was (`apply_rejected` checks), marks included.
+    assert!(matches!(b.apply_rejected(0, into_fifo), QueueError::InvalidParameter(_)));
+}
+
+#[test]
+fn a_move_task_to_another_shard_hands_off_and_fails_when_its_destination_is_gone() {
+    let (mut a, mut b) = shards_with_dead_letter_elsewhere();
+    let to_dlq = Command::Send { queue: DLQ, tenant: TENANT.to_owned(), messages: (1..=5).map(new_message).collect() };
+    assert!(matches!(b.apply(0, to_dlq), Response::Sent(_)));
+    // Back to Q, which b does not hold.
+    let Response::MoveTask(task) = start_move(&mut b, DLQ, Q, 10) else { panic!("start") };
+    let step = |shard: &mut Shard| shard.apply(0, Command::MoveStep { task_id: task.task_id, max_messages: 3 });
+    assert!(matches!(step(&mut b), Response::MoveTask(ref t) if t.moved == 3 && t.status == MoveTaskStatus::Running));
+    assert!(matches!(step(&mut b), Response::MoveTask(ref t) if t.moved == 5 && t.status == MoveTaskStatus::Completed));
+    hand_over(&mut b, &mut a);
+    assert_eq!(a.counts().visible, 5);
+    assert_eq!(ids(&a.receive(0, 10, None)), [1, 2, 3, 4, 5], "in the order they left");
+
+    // A task to a queue that is gone: its messages come back, and the task fails.
+    let to_dlq = Command::Send { queue: DLQ, tenant: TENANT.to_owned(), messages: vec![new_message(6)] };
+    assert!(matches!(b.apply(0, to_dlq), Response::Sent(_)));
+    let Response::MoveTask(task) = start_move(&mut b, DLQ, 99, 10) else { panic!("start") };
+    assert!(matches!(b.apply(0, Command::MoveStep { task_id: task.task_id, max_messages: 3 }), Response::MoveTask(_)));
+    let (_, through_seq) = accept_first_batch(&b);
+    assert_eq!(b.apply(0, Command::ReturnHandOffs { through_seq }), Response::Moved);
+    assert_eq!(b.state.queue_counts(DLQ, TENANT).map(|c| c.visible), Some(1));
+    let status = b.state.move_tasks_of(TENANT, DLQ).first().map(|t| t.status.clone());
+    assert!(matches!(status, Some(MoveTaskStatus::Failed(_))), "{status:?}");
+}
+
+#[test]
+fn a_queue_keeps_its_hand_off_marks_when_it_moves_so_a_repeated_entry_stays_a_repeat() {
+    let (mut a, mut b) = shards_with_dead_letter_elsewhere();
+    a.send(0, &[1, 2]);
+    receive_from(&mut a, Q, 0);
+    receive_from(&mut a, Q, 2_000);
+    let (accept, _) = accept_first_batch(&a);
+    assert_eq!(b.apply(2_000, accept.clone()), Response::Moved);
+    // The dead-letter queue moves on before the source saw the answer; the source repeats.
+    let mut c = opened(Shard::new());
+    move_queue(&mut b, &mut c, DLQ, 3);
+    assert_eq!(c.apply(2_000, accept), Response::Moved);
+    assert_eq!(c.state.queue_counts(DLQ, TENANT).map(|q| q.visible), Some(2), "not taken twice");
+    assert_eq!(round_trip(&c.state), c.state, "the marks survive a snapshot");
+}
+
+#[test]
+fn a_full_outbox_holds_exhausted_messages_in_their_queue() {
+    let (mut a, _) = shards_with_dead_letter_elsewhere();
+    let ids_all: Vec<u128> = (0..HAND_OFF_OUTBOX_MAX as u128 + 5).collect();
+    for chunk in ids_all.chunks(SEND_BATCH_MAX) {
+        a.send(0, chunk);
+    }
+    let receive_all = |a: &mut Shard, now_ms| while !receive_from(a, Q, now_ms).is_empty() {};
+    receive_all(&mut a, 0);
+    // Exhausted: they move, 100 per receive, until the outbox is full; then they wait unseen.
+    for _ in 0..=ids_all.len() / 100 {
+        assert!(receive_from(&mut a, Q, 2_000).is_empty());
+    }
+    let waiting = a.counts().visible;
+    assert_eq!(waiting, 5, "{:?}", a.counts());
+    assert_eq!(ids_all.len() as u64 - waiting, HAND_OFF_OUTBOX_MAX as u64);
+    let (_, through_seq) = accept_first_batch(&a);
+    assert_eq!(a.apply(2_000, Command::TrimHandOffs { through_seq }), Response::Moved);
+    assert!(receive_from(&mut a, Q, 2_000).is_empty());
+    assert_eq!(a.counts().visible, 0, "room again: they leave too");
+    assert_eq!(round_trip(&a.state), a.state);
 }

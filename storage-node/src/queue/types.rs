@@ -415,6 +415,49 @@ pub enum Command {
         queue: QueueId,
         move_id: u64,
     },
+    /// From here on, messages whose dead-letter queue or move task destination is not on this
+    /// shard leave through its hand-off outbox (see `state::hand_offs`). Proposed by the
+    /// shard's leader once its cluster writes format generation 10; until then such messages
+    /// stay where they are. Shard command version 7 and later, as every hand-off command.
+    OpenHandOffs,
+    /// On the shard of `queue`: messages another shard (`source_shard`) handed off to it, each
+    /// once (a hand-off seq at or below the queue's mark for that shard changes nothing). Their
+    /// bodies are `messages`, read back by log index and slot as a send's are.
+    AcceptHandOffs {
+        source_shard: u64,
+        queue: QueueId,
+        tenant: String,
+        arrivals: Vec<HandOffArrival>,
+        messages: Vec<NewMessage>,
+        trace_headers: Vec<Option<String>>,
+    },
+    /// Drops the hand-off outbox's entries up to and including `through_seq`, once their
+    /// destinations accepted them.
+    TrimHandOffs {
+        through_seq: u64,
+    },
+    /// The outbox's entries up to and including `through_seq` found no destination (deleted,
+    /// or refusing them): each goes back to the queue it left.
+    ReturnHandOffs {
+        through_seq: u64,
+    },
+}
+
+/// One message of a [`Command::AcceptHandOffs`]: where it came from and what its queue keeps
+/// of it (its body is the entry's message of the same slot).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandOffArrival {
+    /// Its seq in the source shard's outbox.
+    pub seq: u64,
+    /// The queue it left.
+    pub from: QueueId,
+    /// Whether it left as a dead letter (else a move task or a return moved it).
+    pub dead_letter: bool,
+    pub message_id: Uuid,
+    pub sent_ms: u64,
+    /// What it counts in its queue's stored bytes.
+    pub body_bytes: u32,
+    pub fifo: Option<FifoIds>,
 }
 
 /// Who made a call, and the trace contexts of the messages it sent: what the log keeps of a
@@ -513,6 +556,24 @@ impl Command {
             Some(caller) => Command::WithCaller { caller, command: Box::new(self) },
             None => self,
         }
+    }
+
+    /// Whether the command is one of the hand-offs of messages between shards (shard command
+    /// version 7).
+    pub fn is_hand_off_step(&self) -> bool {
+        matches!(
+            self,
+            Command::OpenHandOffs
+                | Command::AcceptHandOffs { .. }
+                | Command::TrimHandOffs { .. }
+                | Command::ReturnHandOffs { .. }
+        )
+    }
+
+    /// Whether another shard's leader may propose the command on this shard (`AdoptQueueStep`):
+    /// the steps of a move on its target, and the hand-off of messages.
+    pub fn is_from_another_shard(&self) -> bool {
+        self.is_adoption_step() || matches!(self, Command::AcceptHandOffs { .. })
     }
 
     /// Whether the command is one of a queue's move between shards (shard command version 6).

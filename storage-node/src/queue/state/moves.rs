@@ -39,6 +39,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use strata_common::format::{postcard_done, postcard_take};
 use strata_raft::requests::RecentRequests;
 
 use std::collections::BTreeSet;
@@ -64,6 +65,8 @@ pub const ADOPT_BODIES_PART_MESSAGES: usize = 1_000;
 
 /// The format version of an exported queue ([`QueueExport`]) as adoption entries carry it.
 const EXPORT_VERSION: u8 = 1;
+/// The format version of an exported queue followed by its hand-off marks (source shard, seq).
+const EXPORT_MARKS_VERSION: u8 = 2;
 
 /// What a shard keeps of the moves of its queues. Not in the serde layout of the shard state:
 /// shard states of format version 5 carry it after the moved-away seqs (older ones hold none).
@@ -156,6 +159,8 @@ pub struct QueueCopy {
     lease_floor: u64,
     clock_ms: u64,
     requests: Vec<(String, Response)>,
+    /// The queue's hand-off marks (source shard, seq): what it accepted from other shards.
+    marks: Vec<(u64, u64)>,
     /// The shard's slice files when the queue has messages in them: each slice's start, the
     /// records already loaded (a loading slice's prefix, in memory now), and the queue's
     /// messages cancelled while it loads.
@@ -208,14 +213,40 @@ impl QueueCopy {
             scheduled: scheduled.to_vec(),
             clock_ms: self.clock_ms,
         };
-        let body = postcard::to_allocvec(&export).map_err(|_| refused("the queue's state could not be encoded"))?;
+        let cannot = |_| refused("the queue's state could not be encoded");
+        let mut body = postcard::to_allocvec(&export).map_err(cannot)?;
+        // Marks exist only where hand-offs are open, which every process then reads.
+        let version = if self.marks.is_empty() {
+            EXPORT_VERSION
+        } else {
+            body.extend(postcard::to_allocvec(&self.marks).map_err(cannot)?);
+            EXPORT_MARKS_VERSION
+        };
         // The version, then a checksum of the body: parts of two drivers' exports spliced
         // together never decode.
-        let mut bytes = vec![EXPORT_VERSION];
+        let mut bytes = vec![version];
         bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
         bytes.extend_from_slice(&body);
         Ok(bytes.chunks(ADOPT_STATE_PART_BYTES).map(Bytes::copy_from_slice).collect())
     }
+}
+
+/// An exported queue and its hand-off marks from the bytes of its parts; `None` when they are
+/// damaged, mixed or of a newer release.
+fn decode_export(bytes: &[u8]) -> Option<(QueueExport, Vec<(u64, u64)>)> {
+    let (&version, rest) = bytes.split_first()?;
+    if !(EXPORT_VERSION..=EXPORT_MARKS_VERSION).contains(&version) || rest.len() < 4 {
+        return None;
+    }
+    let (crc, body) = rest.split_at(4);
+    if crc32c::crc32c(body).to_le_bytes() != crc {
+        return None;
+    }
+    let mut rest = body;
+    let export: QueueExport = postcard_take(&mut rest).ok()?;
+    let marks = if version == EXPORT_MARKS_VERSION { postcard_take(&mut rest).ok()? } else { Vec::new() };
+    postcard_done(rest).ok()?;
+    Some((export, marks))
 }
 
 /// Whether `records` hold a cancel of message `message_id` of `queue`.
@@ -361,18 +392,23 @@ impl ShardState {
         if let Some(fence) = self.moves.fenced.get(&queue) {
             return if fence.move_id == move_id { Ok(Response::Moved) } else { Err(moving()) };
         }
-        if q.config.redrive.is_some() {
-            return Err(refused("the queue has a dead-letter queue, which a move does not carry yet"));
+        // Before hand-offs are open, the messages of a dead-letter relation or a move task
+        // could not reach a queue on another shard.
+        if !self.hand_offs_open() {
+            if q.config.redrive.is_some() {
+                return Err(refused("the queue has a dead-letter queue, which a move does not carry yet"));
+            }
+            let dead_letter_of_another =
+                self.queues.values().any(|other| other.config.redrive.is_some_and(|r| r.dead_letter_queue == queue));
+            if dead_letter_of_another {
+                return Err(refused("the queue is another queue's dead-letter queue, which a move does not carry yet"));
+            }
         }
-        let dead_letter_of_another =
-            self.queues.values().any(|other| other.config.redrive.is_some_and(|r| r.dead_letter_queue == queue));
-        if dead_letter_of_another {
-            return Err(refused("the queue is another queue's dead-letter queue, which a move does not carry yet"));
-        }
-        let tasked = self
-            .move_tasks
-            .values()
-            .any(|t| t.status == MoveTaskStatus::Running && (t.source == queue || t.destination == queue));
+        // A move task stays with the shard of its source queue.
+        let tasked = self.move_tasks.values().any(|t| {
+            t.status == MoveTaskStatus::Running
+                && (t.source == queue || (t.destination == queue && !self.hand_offs_open()))
+        });
         if tasked {
             return Err(refused("a running message move task names the queue; cancel it or wait for it to end"));
         }
@@ -407,8 +443,8 @@ impl ShardState {
     pub fn copy_queue(&self, queue: QueueId, tenant: &str) -> Option<QueueCopy> {
         let copy = self.get(queue, tenant)?;
         let slices = self.slices_of(queue, copy);
-        let (lease_floor, clock_ms, requests) = (0, self.clock_ms, Vec::new());
-        Some(QueueCopy { queue_id: queue, queue: copy.clone(), lease_floor, clock_ms, requests, slices })
+        let (lease_floor, clock_ms, requests, marks) = (0, self.clock_ms, Vec::new(), Vec::new());
+        Some(QueueCopy { queue_id: queue, queue: copy.clone(), lease_floor, clock_ms, requests, marks, slices })
     }
 
     /// The slice files that may hold `q`'s scheduled messages, as [`QueueCopy`] keeps them.
@@ -431,8 +467,8 @@ impl ShardState {
         let mut requests = answers_to(queue, &self.moves.sent_to, &self.requests);
         requests.extend(answers_to(queue, &self.moves.carried_to, &self.moves.carried));
         let slices = self.slices_of(queue, q);
-        let (queue_id, lease_floor, clock_ms) = (queue, fence.lease_floor, self.clock_ms);
-        Ok(QueueCopy { queue_id, queue: q.clone(), lease_floor, clock_ms, requests, slices })
+        let (queue_id, lease_floor, clock_ms, marks) = (queue, fence.lease_floor, self.clock_ms, self.marks_of(queue));
+        Ok(QueueCopy { queue_id, queue: q.clone(), lease_floor, clock_ms, requests, marks, slices })
     }
 
     pub(super) fn adopt_state(
@@ -522,15 +558,7 @@ impl ShardState {
     ) -> Result<Response, QueueError> {
         let Some(adoption) = self.moves.under_way(queue, move_id)? else { return Ok(Response::Moved) };
         let bytes: Vec<u8> = adoption.state.iter().flat_map(|part| part.iter().copied()).collect();
-        let export = match bytes.split_first() {
-            Some((&EXPORT_VERSION, rest)) if rest.len() >= 4 => {
-                let (crc, body) = rest.split_at(4);
-                let whole = crc32c::crc32c(body).to_le_bytes() == crc;
-                whole.then(|| postcard::from_bytes::<QueueExport>(body).ok()).flatten()
-            }
-            _ => None,
-        };
-        let Some(export) = export else {
+        let Some((export, marks)) = decode_export(&bytes) else {
             return Err(refused("the adopted state cannot be read (parts missing or mixed, or from a newer release)"));
         };
         self.clock_ms = self.clock_ms.max(export.clock_ms);
@@ -570,6 +598,7 @@ impl ShardState {
             self.moves.carried_to.insert(index, queue);
         }
         forget_before(&mut self.moves.carried_to, self.moves.carried.oldest_log_index().unwrap_or(0));
+        self.set_marks(queue, marks);
         reindex(&mut self.by_expiry, &mut self.by_log_index, queue, &mut q);
         self.queues.insert(queue, q);
         Ok(Response::Moved)
