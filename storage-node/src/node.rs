@@ -708,10 +708,12 @@ fn shard_replicas(placement: &ShardInfo, node_id: &str) -> anyhow::Result<Option
 /// How often running move tasks take a step; each step moves a tick's share of the task's rate.
 const MOVE_TICK: Duration = Duration::from_millis(200);
 
-/// Paces the shard's running move tasks: every tick, one step per task of
-/// `max_per_second * tick` messages (at least one).
+/// Paces the shard's running move tasks: every tick, each task earns `max_per_second` credits,
+/// and a step moves one message per `ticks_per_second` credits it holds (so a task slower than
+/// a message per tick steps every few ticks, at its rate).
 async fn move_loop(shard: Arc<Shard>, cancel: CancellationToken) {
     let ticks_per_second = (1000 / MOVE_TICK.as_millis()).max(1) as u32;
+    let mut credits: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -721,6 +723,7 @@ async fn move_loop(shard: Arc<Shard>, cancel: CancellationToken) {
             continue;
         }
         let running = shard.state().0.running_move_tasks();
+        credits.retain(|id, _| running.iter().any(|t| t.task_id == *id));
         for task in running {
             // Nothing to move now but messages still in flight or delayed: no step (a step on an
             // empty source completes the task).
@@ -731,9 +734,17 @@ async fn move_loop(shard: Arc<Shard>, cancel: CancellationToken) {
                 !empty && !state.0.has_visible(task.source, &task.tenant, shard.now_ms())
             };
             if idle {
+                credits.remove(&task.task_id);
                 continue;
             }
-            let max_messages = task.max_per_second.div_ceil(ticks_per_second).max(1);
+            // At most a second's worth is saved up.
+            let credit = credits.entry(task.task_id).or_insert(0);
+            *credit = credit.saturating_add(task.max_per_second).min(task.max_per_second.max(ticks_per_second));
+            let max_messages = *credit / ticks_per_second;
+            if max_messages == 0 {
+                continue;
+            }
+            *credit -= max_messages * ticks_per_second;
             if let Err(e) = shard.propose(Command::MoveStep { task_id: task.task_id, max_messages }).await {
                 tracing::warn!(shard = shard.shard_id, task = task.task_id, error = %e, "move step failed; will retry");
             }

@@ -315,28 +315,154 @@ async fn a_move_cut_short_by_sigkill_completes_after_a_restart_and_one_not_possi
     let waiting = api.get_queue("later").await?;
     assert_eq!(waiting.approximate_number_of_messages_delayed, Some(1), "{waiting:?}");
 
-    // A queue with a dead-letter queue (on its shard) is not moved yet: the move rolls back,
-    // with the reason, and the queue serves where it was.
+    // The source of a running move task is not moved (the task stays with its shard): the
+    // move rolls back, with the reason, and the queue serves where it was.
     api.create_queue(&model::CreateQueue::named("dlq")).await?;
     let dead_letter = Some(Some(model::DeadLetter { queue: "dlq".into(), max_receive_count: 3 }));
     let attributes = model::QueueAttributesChange { dead_letter, ..Default::default() };
-    let mut with_dlq = None;
-    for i in 0..20 {
-        let name = format!("src-{i}");
-        let create = model::CreateQueue { attributes: attributes.clone(), ..model::CreateQueue::named(&name) };
-        if api.create_queue(&create).await.is_ok() {
-            with_dlq = Some(name);
-            break;
-        }
+    api.create_queue(&model::CreateQueue { attributes, ..model::CreateQueue::named("src") }).await?;
+    for batch in 0..5 {
+        let messages = (0..10).map(|i| model::NewMessage::new(format!("dead {batch}-{i}"))).collect();
+        api.send("dlq", &model::SendMessages { messages }, None).await?;
     }
-    let name = with_dlq.ok_or_else(|| anyhow::anyhow!("no queue of 20 landed on its dead-letter queue's shard"))?;
-    let at = admin.queue_placement("dev", &name).await?.shard_id;
+    // One message a second: it runs for the rest of the test.
+    let slow = model::StartMoveTask { destination: None, max_messages_per_second: Some(1) };
+    api.start_move_task("dlq", &slow).await?;
+    let at = admin.queue_placement("dev", "dlq").await?.shard_id;
     let to = if at == 1 { "2" } else { "1" };
-    let (ok, _, stderr) = cluster_cli(&env, &["move-queue", "dev", &name, "--to-shard", to]);
-    assert!(!ok && stderr.contains("rolled back") && stderr.contains("dead-letter"), "{stderr}");
-    let placement = admin.queue_placement("dev", &name).await?;
+    let (ok, _, stderr) = cluster_cli(&env, &["move-queue", "dev", "dlq", "--to-shard", to]);
+    assert!(!ok && stderr.contains("rolled back") && stderr.contains("move task"), "{stderr}");
+    let placement = admin.queue_placement("dev", "dlq").await?;
     assert_eq!((placement.shard_id, placement.epoch), (at, 0));
-    api.send(&name, &model::SendMessages { messages: vec![model::NewMessage::new("still here")] }, None).await?;
+    api.send("dlq", &model::SendMessages { messages: vec![model::NewMessage::new("still here")] }, None).await?;
+    Ok(())
+}
+
+/// Puts queue `name` of `dev` on `shard`, moving it there when it was placed elsewhere.
+async fn place_on(dev: &DevProcess, name: &str, shard: u64) -> anyhow::Result<()> {
+    let admin = dev.admin_api()?;
+    if admin.queue_placement("dev", name).await?.shard_id != shard {
+        let started = admin.move_queue("dev", name, &model::admin::MoveQueue { to_shard: shard }).await?;
+        let ended = ended_move(&admin, started.move_id).await?;
+        anyhow::ensure!(ended.phase == "completed", "{name} did not move to shard {shard}: {ended:?}");
+    }
+    Ok(())
+}
+
+/// Receives every message of `queue` once with no visibility timeout, and then once more: each
+/// is received once (and, with a maximum receive count of 1, a dead letter then). Answers how
+/// many were received.
+async fn receive_each_once(api: &strata_client::Client, queue: &str, count: usize) -> anyhow::Result<usize> {
+    let request = model::Receive { max_messages: Some(10), visibility_timeout_seconds: Some(0), ..Default::default() };
+    let (mut seen, deadline) = (BTreeSet::new(), Instant::now() + FINISHED_WITHIN);
+    while seen.len() < count {
+        anyhow::ensure!(Instant::now() < deadline, "only {} of {count} messages of {queue} came", seen.len());
+        seen.extend(api.receive(queue, &request).await?.messages.into_iter().map(|m| m.message_id));
+    }
+    // The receives that find them exhausted move them.
+    for _ in 0..=count / 10 {
+        api.receive(queue, &request).await?;
+    }
+    Ok(seen.len())
+}
+
+/// Receives and deletes every message of `queue` until `count` came (within a deadline): their
+/// bodies in the order received.
+async fn drain(api: &strata_client::Client, queue: &str, count: usize) -> anyhow::Result<Vec<String>> {
+    let request = model::Receive { max_messages: Some(10), wait_seconds: Some(1), ..Default::default() };
+    let (mut bodies, deadline) = (Vec::new(), Instant::now() + FINISHED_WITHIN);
+    while bodies.len() < count {
+        anyhow::ensure!(Instant::now() < deadline, "only {} of {count} messages reached {queue}", bodies.len());
+        let got = api.receive(queue, &request).await?.messages;
+        if got.is_empty() {
+            continue;
+        }
+        let receipt_handles = got.iter().map(|m| m.receipt_handle.clone()).collect();
+        api.delete_messages(queue, &model::DeleteMessages { receipt_handles }).await?;
+        bodies.extend(got.into_iter().map(|m| m.body));
+    }
+    Ok(bodies)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_and_move_tasks_reach_queues_on_another_shard_across_a_sigkill() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut dev = DevProcess::start(&dir.path().join("dev"), &["--shards", "2"])?;
+    dev.wait_for_newest_formats().await?;
+    let api = dev.api();
+    // A standard queue on shard 1 with its dead-letter queue on shard 2, and a FIFO queue on
+    // shard 2 with its dead-letter queue on shard 1.
+    for (name, shard) in [("dlq", 2), ("dlq.fifo", 1)] {
+        api.create_queue(&model::CreateQueue::named(name)).await?;
+        place_on(&dev, name, shard).await?;
+    }
+    for (name, dead_letter, shard) in [("src", "dlq", 1), ("src.fifo", "dlq.fifo", 2)] {
+        let dead_letter = Some(Some(model::DeadLetter { queue: dead_letter.into(), max_receive_count: 1 }));
+        let attributes = model::QueueAttributesChange { dead_letter, ..Default::default() };
+        api.create_queue(&model::CreateQueue { attributes, ..model::CreateQueue::named(name) }).await?;
+        place_on(&dev, name, shard).await?;
+    }
+    let standard: Vec<String> = (0..30).map(|i| format!("standard {i:02}")).collect();
+    for chunk in standard.chunks(10) {
+        let messages = chunk.iter().map(|b| model::NewMessage::new(b.clone())).collect();
+        api.send("src", &model::SendMessages { messages }, None).await?;
+    }
+    // Two groups, interleaved, each in order.
+    let fifo: Vec<(String, String)> = (0..30).map(|i| (format!("g{}", i % 2), format!("fifo {i:02}"))).collect();
+    for chunk in fifo.chunks(10) {
+        let messages = chunk
+            .iter()
+            .map(|(group, body)| model::NewMessage {
+                group_id: Some(group.clone()),
+                deduplication_id: Some(body.replace(' ', "-")),
+                ..model::NewMessage::new(body.clone())
+            })
+            .collect();
+        api.send("src.fifo", &model::SendMessages { messages }, None).await?;
+    }
+    assert_eq!(receive_each_once(&api, "src", 30).await?, 30);
+    assert_eq!(receive_each_once(&api, "src.fifo", 30).await?, 30);
+    // The process dies while dead letters may still wait in a shard's outbox.
+    dev.restart()?;
+    let mut arrived = drain(&api, "dlq", 30).await?;
+    arrived.sort();
+    assert_eq!(arrived, standard, "every dead letter arrived once");
+    let arrived = drain(&api, "dlq.fifo", 30).await?;
+    for group in ["g0", "g1"] {
+        let sent: Vec<&String> = fifo.iter().filter(|(g, _)| g == group).map(|(_, body)| body).collect();
+        let got: Vec<&String> = arrived.iter().filter(|body| sent.contains(body)).collect();
+        assert_eq!(got, sent, "group {group} arrived whole and in order");
+    }
+    for queue in ["src", "src.fifo"] {
+        let left = api.get_queue(queue).await?;
+        assert_eq!(left.approximate_number_of_messages, Some(0), "{queue}: {left:?}");
+    }
+
+    // A move task takes dead letters back to their source queue on the other shard.
+    let messages = standard.iter().take(10).map(|b| model::NewMessage::new(b.clone())).collect();
+    api.send("dlq", &model::SendMessages { messages }, None).await?;
+    let started = api.start_move_task("dlq", &model::StartMoveTask::default()).await?;
+    let mut back = drain(&api, "src", 10).await?;
+    back.sort();
+    assert_eq!(back, standard[..10], "the task moved each once");
+    let tasks = api.move_tasks("dlq").await?;
+    let task = tasks.tasks.iter().find(|t| t.task_id == started.task_id).expect("the task is listed");
+    assert_eq!((task.status, task.moved), (model::MoveTaskStatus::Completed, 10), "{task:?}");
+
+    // Queues with dead-letter relations move; their dead letters follow.
+    place_on(&dev, "dlq", 1).await?;
+    place_on(&dev, "src", 2).await?;
+    let messages = vec![model::NewMessage::new("after the moves")];
+    api.send("src", &model::SendMessages { messages }, None).await?;
+    receive_each_once(&api, "src", 1).await?;
+    assert_eq!(drain(&api, "dlq", 1).await?, ["after the moves"]);
+
+    // Dead letters for a dead-letter queue deleted meanwhile come back to their queue.
+    api.delete_queue("dlq").await?;
+    let messages = vec![model::NewMessage::new("no dead-letter queue")];
+    api.send("src", &model::SendMessages { messages }, None).await?;
+    receive_each_once(&api, "src", 1).await?;
+    assert_eq!(drain(&api, "src", 1).await?, ["no dead-letter queue"]);
     Ok(())
 }
 
