@@ -30,10 +30,9 @@
 //!
 //! # Limits
 //!
-//! A queue with a dead-letter queue, that is another queue's dead-letter queue, or that a
-//! running move task names, is refused at the fence (its move would need the cross-shard
-//! hand-over of those messages, not built yet). The exported state is at most
-//! [`ADOPTED_STATE_BYTES_MAX`].
+//! The source of a running move task is refused at the fence (the task stays with its shard);
+//! so, until hand-offs are open (see [`super::hand_offs`]), is a queue with a dead-letter queue
+//! or that is one. The exported state is at most [`ADOPTED_STATE_BYTES_MAX`].
 
 use std::collections::BTreeMap;
 
