@@ -5,7 +5,8 @@
 //! cluster: an operator hands a shard's leadership to another replica under sends, the shard's
 //! record names the new writer with a new writer epoch, a shard added at runtime takes queues,
 //! a fourth storage node added by `infra/local-cluster.sh add` takes a replica of it, and no
-//! acknowledged send is lost. In both, shards are added while the service runs.
+//! acknowledged send is lost. In both, shards are added while the service runs, queues move
+//! between shards, and dead letters and move tasks reach queues on other shards.
 
 #![allow(clippy::disallowed_methods)] // a test of real processes in real time
 
@@ -339,8 +340,7 @@ async fn a_move_cut_short_by_sigkill_completes_after_a_restart_and_one_not_possi
 }
 
 /// Puts queue `name` of `dev` on `shard`, moving it there when it was placed elsewhere.
-async fn place_on(dev: &DevProcess, name: &str, shard: u64) -> anyhow::Result<()> {
-    let admin = dev.admin_api()?;
+async fn place_on(admin: &strata_client::Client, name: &str, shard: u64) -> anyhow::Result<()> {
     if admin.queue_placement("dev", name).await?.shard_id != shard {
         let started = admin.move_queue("dev", name, &model::admin::MoveQueue { to_shard: shard }).await?;
         let ended = ended_move(&admin, started.move_id).await?;
@@ -390,17 +390,25 @@ async fn dead_letters_and_move_tasks_reach_queues_on_another_shard_across_a_sigk
     let mut dev = DevProcess::start(&dir.path().join("dev"), &["--shards", "2"])?;
     dev.wait_for_newest_formats().await?;
     let api = dev.api();
+    // Under a steady load on two other queues of two tenants, judged by the history checker.
+    let env: BTreeMap<String, String> = dev.credentials_env()?.into_iter().collect();
+    let clients = vec![
+        ("dev".to_owned(), vec![dev.api()]),
+        ("acme".to_owned(), vec![strata_tests::Api::new(&env["STRATA_ENDPOINT"], &dev.token_for("acme")?)]),
+    ];
+    let load = Load::start_with(clients, &["steady", "steady.fifo"]).await?;
+    let admin = dev.admin_api()?;
     // A standard queue on shard 1 with its dead-letter queue on shard 2, and a FIFO queue on
     // shard 2 with its dead-letter queue on shard 1.
     for (name, shard) in [("dlq", 2), ("dlq.fifo", 1)] {
         api.create_queue(&model::CreateQueue::named(name)).await?;
-        place_on(&dev, name, shard).await?;
+        place_on(&admin, name, shard).await?;
     }
     for (name, dead_letter, shard) in [("src", "dlq", 1), ("src.fifo", "dlq.fifo", 2)] {
         let dead_letter = Some(Some(model::DeadLetter { queue: dead_letter.into(), max_receive_count: 1 }));
         let attributes = model::QueueAttributesChange { dead_letter, ..Default::default() };
         api.create_queue(&model::CreateQueue { attributes, ..model::CreateQueue::named(name) }).await?;
-        place_on(&dev, name, shard).await?;
+        place_on(&admin, name, shard).await?;
     }
     let standard: Vec<String> = (0..30).map(|i| format!("standard {i:02}")).collect();
     for chunk in standard.chunks(10) {
@@ -450,8 +458,8 @@ async fn dead_letters_and_move_tasks_reach_queues_on_another_shard_across_a_sigk
     assert_eq!((task.status, task.moved), (model::MoveTaskStatus::Completed, 10), "{task:?}");
 
     // Queues with dead-letter relations move; their dead letters follow.
-    place_on(&dev, "dlq", 1).await?;
-    place_on(&dev, "src", 2).await?;
+    place_on(&admin, "dlq", 1).await?;
+    place_on(&admin, "src", 2).await?;
     let messages = vec![model::NewMessage::new("after the moves")];
     api.send("src", &model::SendMessages { messages }, None).await?;
     receive_each_once(&api, "src", 1).await?;
@@ -463,6 +471,11 @@ async fn dead_letters_and_move_tasks_reach_queues_on_another_shard_across_a_sigk
     api.send("src", &model::SendMessages { messages }, None).await?;
     receive_each_once(&api, "src", 1).await?;
     assert_eq!(drain(&api, "src", 1).await?, ["no dead-letter queue"]);
+
+    let report = load.finish().await;
+    println!("{report}");
+    assert!(report.is_safe(), "{report}");
+    assert!(report.sends_acknowledged > 100, "{report}");
     Ok(())
 }
 
@@ -581,6 +594,25 @@ async fn queues_move_between_nodes_under_load_and_each_leader_may_die_mid_move()
         outcomes.push(ended.phase);
     }
     anyhow::ensure!(outcomes.iter().any(|p| p == "completed"), "no move completed: {outcomes:?}");
+
+    // Dead letters and a move task between shards led by different nodes.
+    api.create_queue(&model::CreateQueue::named("dlq")).await?;
+    let dead_letter = Some(Some(model::DeadLetter { queue: "dlq".into(), max_receive_count: 1 }));
+    let attributes = model::QueueAttributesChange { dead_letter, ..Default::default() };
+    api.create_queue(&model::CreateQueue { attributes, ..model::CreateQueue::named("src") }).await?;
+    place_on(&admin, "dlq", 1).await?;
+    place_on(&admin, "src", 2).await?;
+    let sent: Vec<String> = (0..10).map(|i| format!("dead {i}")).collect();
+    let messages = sent.iter().map(|b| model::NewMessage::new(b.clone())).collect();
+    api.send("src", &model::SendMessages { messages }, None).await?;
+    receive_each_once(&api, "src", 10).await?;
+    let mut arrived = drain(&api, "dlq", 10).await?;
+    arrived.sort();
+    assert_eq!(arrived, sent, "the dead letters crossed nodes once each");
+    let messages = sent.iter().map(|b| model::NewMessage::new(format!("{b} again"))).collect();
+    api.send("dlq", &model::SendMessages { messages }, None).await?;
+    api.start_move_task("dlq", &model::StartMoveTask::default()).await?;
+    assert_eq!(drain(&api, "src", 10).await?.len(), 10, "the move task crossed nodes");
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let report = load.finish().await;
