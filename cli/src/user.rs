@@ -378,6 +378,18 @@ pub(crate) enum ClusterCommand {
         #[command(flatten)]
         admin: AdminConnection,
     },
+    /// Drain a storage node: the shards it leads hand their leadership over, its replicas move
+    /// to other live nodes (each joins as a learner, catches up, becomes a voter, then the old
+    /// one leaves), and the node is deregistered. Waits until it is gone, printing its progress;
+    /// a dead node is replaced the same way.
+    DrainNode {
+        node: String,
+        /// Print the node as its drain started, without waiting for it to end.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        admin: AdminConnection,
+    },
     /// Move a replica of a shard to another (live) storage node; completes in the background.
     MoveReplica {
         shard_id: u64,
@@ -388,6 +400,30 @@ pub(crate) enum ClusterCommand {
         #[command(flatten)]
         admin: AdminConnection,
     },
+}
+
+/// How long `drain-node` waits for its node to be drained (each replica move takes a few
+/// seconds; a node holds at most a few hundred).
+const DRAIN_WAIT: Duration = Duration::from_secs(3600);
+
+/// Waits until storage node `node` left the list of storage nodes (drained and deregistered),
+/// telling on stderr how many shards it still holds whenever that changes.
+pub(crate) async fn wait_for_drain(client: &Client, node: &str, wait: Duration) -> anyhow::Result<()> {
+    let clock = strata_common::SystemClock;
+    let started = clock.instant();
+    let mut told = None;
+    loop {
+        let listed = client.storage_nodes().await?;
+        let Some(left) = listed.storage_nodes.iter().find(|n| n.node_id == node) else { return Ok(()) };
+        if told != Some(left.shards) {
+            eprintln!("{node}: {} shard replicas left to move", left.shards);
+            told = Some(left.shards);
+        }
+        if clock.instant().duration_since(started) > wait {
+            bail!("{node} still holds {} shard replicas after {} s", left.shards, wait.as_secs());
+        }
+        clock.sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// How long `move-queue` waits for its move to end (a move that cannot finish its hand-over
@@ -477,6 +513,16 @@ pub(crate) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
             }
         }
         ClusterCommand::Moves { admin: a } => print(&admin(a).queue_moves().await?),
+        ClusterCommand::DrainNode { node, no_wait, admin: a } => {
+            let client = admin(a);
+            let started = client.drain_node(&node).await?;
+            if no_wait {
+                print(&started);
+            } else {
+                wait_for_drain(&client, &node, DRAIN_WAIT).await?;
+                print(&serde_json::json!({ "node_id": node, "drained": true }));
+            }
+        }
         ClusterCommand::MoveReplica { shard_id, from, to, admin: a } => {
             let request = admin::MoveReplica { from_node: from, to_node: to };
             print(&admin(a).move_replica(shard_id, &request).await?)

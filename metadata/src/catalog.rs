@@ -42,6 +42,7 @@ pub const QUEUES_PER_TENANT_MAX: u64 = 100_000;
 
 use strata_common::limits::QUEUE_TAGS_MAX;
 
+pub mod drains;
 pub mod moves;
 pub use moves::{FinishedMove, MovePhase, QueueMove};
 
@@ -444,6 +445,16 @@ pub enum MetaCommand {
         paused_ms: u64,
         bytes_moved: u64,
     },
+    /// Starts draining a storage node: it takes no new replica, and the metadata leader moves
+    /// its replicas away. Only command format version 7 holds it, as the one after it.
+    DrainNode {
+        node_id: String,
+        now_ms: u64,
+    },
+    /// Deregisters a drained node that holds no replica any more.
+    RemoveNode {
+        node_id: String,
+    },
 }
 
 /// Whose limits a command sets.
@@ -474,6 +485,8 @@ impl fmt::Display for MetaCommand {
             }
             MetaCommand::SetQueueMovePhase { move_id, phase } => write!(f, "set-queue-move-phase {move_id} {phase:?}"),
             MetaCommand::FinishQueueMove { move_id, .. } => write!(f, "finish-queue-move {move_id}"),
+            MetaCommand::DrainNode { node_id, .. } => write!(f, "drain-node {node_id}"),
+            MetaCommand::RemoveNode { node_id } => write!(f, "remove-node {node_id}"),
             MetaCommand::CreateQueue { tenant, name, .. } => write!(f, "create-queue {tenant}/{name}"),
             MetaCommand::DeleteQueue { tenant, name } => write!(f, "delete-queue {tenant}/{name}"),
             MetaCommand::SetQueueConfig { tenant, name, .. } => write!(f, "set-queue-config {tenant}/{name}"),
@@ -585,6 +598,10 @@ pub struct Catalog {
     /// appends it.
     #[serde(skip)]
     moves: moves::Moves,
+    /// Nodes draining, and Raft ids of removed nodes. Not part of the serde layout: catalog
+    /// format version 7 appends it.
+    #[serde(skip)]
+    drains: drains::Drains,
 }
 
 /// The format generation from which new SigV4 secrets are stored sealed (see
@@ -611,6 +628,12 @@ const VERSION_5: u8 = 5;
 pub const QUEUE_MOVES_GENERATION: FormatGeneration = 9;
 /// The metadata command and catalog format version of generation 9: queue moves.
 const VERSION_6: u8 = 6;
+/// The format generation from which storage nodes are drained and removed
+/// ([`MetaCommand::DrainNode`], [`MetaCommand::RemoveNode`]): metadata commands and catalogs of
+/// version 7.
+pub const DRAINS_GENERATION: FormatGeneration = 10;
+/// The metadata command and catalog format version of generation 10: node drains.
+const VERSION_7: u8 = 7;
 
 /// A metadata log entry, persisted (see `docs/formats.md`). Version 1 is the postcard encoding
 /// of [`MetaEntry`] without [`MetaCommand::SetFormatGeneration`] (the legacy version is the same
@@ -619,9 +642,10 @@ const VERSION_6: u8 = 6;
 /// and [`MetaCommand::SealSecret`] as the last variants; version 5 adds
 /// [`MetaCommand::QueueDropped`] and [`MetaCommand::AddShard`] as the last ones; version 6
 /// [`MetaCommand::StartQueueMove`], [`MetaCommand::SetQueueMovePhase`] and
-/// [`MetaCommand::FinishQueueMove`].
+/// [`MetaCommand::FinishQueueMove`]; version 7 [`MetaCommand::DrainNode`] and
+/// [`MetaCommand::RemoveNode`].
 impl Persisted for MetaEntry {
-    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 2, 2, 3, 4, 4, 4, 4, VERSION_5, VERSION_6];
+    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 2, 2, 3, 4, 4, 4, 4, VERSION_5, VERSION_6, VERSION_7];
 
     fn version_needed(&self) -> u8 {
         match &self.command {
@@ -633,6 +657,7 @@ impl Persisted for MetaEntry {
             MetaCommand::StartQueueMove { .. }
             | MetaCommand::SetQueueMovePhase { .. }
             | MetaCommand::FinishQueueMove { .. } => VERSION_6,
+            MetaCommand::DrainNode { .. } | MetaCommand::RemoveNode { .. } => VERSION_7,
             MetaCommand::QueueDropped { .. } | MetaCommand::AddShard { .. } => VERSION_5,
             MetaCommand::SetStoredBytesMax { .. } | MetaCommand::SealSecret { .. } => VERSION_4,
             MetaCommand::SetFormatGeneration { .. } => 2,
@@ -650,7 +675,7 @@ impl Persisted for MetaEntry {
     fn decode_body(version: u8, body: &[u8]) -> std::io::Result<Self> {
         // Every version so far is one layout; version 2 may hold one more command, version 3
         // sealed secrets, versions 4 and 5 more commands again.
-        let layouts = [LEGACY_FORMAT_VERSION, 1, 2, 3, 4, VERSION_5, VERSION_6];
+        let layouts = [LEGACY_FORMAT_VERSION, 1, 2, 3, 4, VERSION_5, VERSION_6, VERSION_7];
         postcard_of_versions("metadata command", version, &layouts, body)
     }
 }
@@ -660,13 +685,16 @@ impl Persisted for MetaEntry {
 /// is the layout of 2 whose access-key secrets may be sealed; version 4 appends after the
 /// generation the stored-bytes limits ([`StoredBytesLimits`]); version 5 appends after them
 /// the operations journal ([`Catalog::operations`]); version 6 appends after it the queue
-/// epochs and finished moves, and its journal may hold [`Operation::MoveQueue`].
+/// epochs and finished moves, and its journal may hold [`Operation::MoveQueue`]; version 7
+/// appends after them the node drains ([`drains::Drains`]).
 impl Persisted for Catalog {
-    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 2, 2, 3, 4, 4, 4, 4, VERSION_5, VERSION_6];
+    const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 2, 2, 3, 4, 4, 4, 4, VERSION_5, VERSION_6, VERSION_7];
 
     fn version_needed(&self) -> u8 {
         let moving = self.operations.values().any(|op| matches!(op, Operation::MoveQueue(_)));
-        if moving || !self.moves.is_empty() {
+        if !self.drains.is_empty() {
+            VERSION_7
+        } else if moving || !self.moves.is_empty() {
             VERSION_6
         } else if !self.operations.is_empty() {
             VERSION_5
@@ -698,13 +726,16 @@ impl Persisted for Catalog {
         if version >= VERSION_6 {
             postcard_into(&self.moves, out)?;
         }
+        if version >= VERSION_7 {
+            postcard_into(&self.drains, out)?;
+        }
         Ok(())
     }
 
     fn decode_body(version: u8, body: &[u8]) -> std::io::Result<Self> {
         match version {
             LEGACY_FORMAT_VERSION | 1 => postcard_exact(body),
-            2..=VERSION_6 => {
+            2..=VERSION_7 => {
                 // The serde layout, then what each version appends, in order; nothing after.
                 let mut rest = body;
                 let mut catalog: Catalog = postcard_take(&mut rest)?;
@@ -717,6 +748,9 @@ impl Persisted for Catalog {
                 }
                 if version >= VERSION_6 {
                     catalog.moves = postcard_take(&mut rest)?;
+                }
+                if version >= VERSION_7 {
+                    catalog.drains = postcard_take(&mut rest)?;
                 }
                 postcard_done(rest)?;
                 Ok(catalog)
@@ -850,18 +884,22 @@ impl Catalog {
     }
 
     /// The shards `node_id` holds a replica of.
+    pub fn shards(&self) -> impl Iterator<Item = &ShardRecord> {
+        self.shards.values()
+    }
+
     pub fn shards_of<'a>(&'a self, node_id: &'a str) -> impl Iterator<Item = &'a ShardRecord> + 'a {
         self.shards.values().filter(move |s| s.replicas.iter().any(|r| r == node_id))
     }
 
     /// The replicas of a new shard: `count` of the nodes `live`, those hosting the fewest
     /// shards first, in distinct zones while there are unused zones (see [`place_replicas`]).
-    /// Fewer than `count` only if fewer are live.
+    /// Fewer than `count` only if fewer are live. Draining nodes take none.
     pub fn place_new_shard(&self, live: &[String], count: usize) -> Vec<String> {
         let mut nodes: Vec<(usize, String, String)> = self
             .nodes
             .values()
-            .filter(|n| live.contains(&n.node_id))
+            .filter(|n| live.contains(&n.node_id) && !self.is_draining(&n.node_id))
             .map(|n| (self.shards_of(&n.node_id).count(), n.node_id.clone(), n.zone.clone()))
             .collect();
         nodes.sort();
@@ -1054,6 +1092,14 @@ impl Catalog {
                 self.finish_queue_move(*move_id, *now_ms, *paused_ms, *bytes_moved)?;
                 Ok(MetaResponse::Done)
             }
+            MetaCommand::DrainNode { node_id, now_ms } => {
+                self.drain_node(node_id, *now_ms)?;
+                Ok(MetaResponse::Done)
+            }
+            MetaCommand::RemoveNode { node_id } => {
+                self.remove_node(node_id)?;
+                Ok(MetaResponse::Done)
+            }
             MetaCommand::QueueDropped { queue_id } => {
                 self.operations
                     .retain(|_, op| !matches!(op, Operation::DropQueue { queue_id: q, .. } if q == queue_id));
@@ -1210,7 +1256,7 @@ impl Catalog {
                 // A node keeps its Raft id across registrations.
                 let raft_id = match self.nodes.get(node_id) {
                     Some(known) => known.raft_id,
-                    None => self.nodes.values().map(|n| n.raft_id).max().unwrap_or(0) + 1,
+                    None => self.next_raft_id(),
                 };
                 let record = NodeRecord {
                     node_id: node_id.clone(),
@@ -1306,6 +1352,9 @@ impl Catalog {
             MetaCommand::MoveReplica { shard_id, from, to } => {
                 if !self.nodes.contains_key(to) {
                     return Err(StrataError::invalid(format!("storage node {to} is not registered")));
+                }
+                if self.is_draining(to) {
+                    return Err(StrataError::invalid(format!("storage node {to} is draining")));
                 }
                 let shard = self
                     .shards
@@ -1536,6 +1585,53 @@ mod tests {
         assert!(matches!(c.run(11, &confirm(&shuffled)), MetaResponse::Shard(_)));
         assert!(replicas(&c).1.is_empty());
         assert_eq!(c.shards_leaving(&from).count(), 0);
+    }
+
+    #[test]
+    fn a_draining_node_takes_no_replica_and_is_removed_only_once_it_holds_none() {
+        let mut c = Catalog::default();
+        for (i, node) in ["n1", "n2", "n3", "n4"].iter().enumerate() {
+            register(&mut c, i as u64 + 1, node, if i == 3 { "z2" } else { "z1" }, 3);
+        }
+        let drain = |node: &str| MetaCommand::DrainNode { node_id: node.into(), now_ms: 5 };
+        assert!(matches!(c.run(5, &drain("n1")), MetaResponse::Error(_)), "before generation 10");
+        c.run(6, &MetaCommand::SetFormatGeneration { generation: DRAINS_GENERATION });
+        assert!(matches!(c.run(7, &drain("n9")), MetaResponse::Error(_)), "an unknown node");
+        let held: Vec<u64> = c.shards_of("n1").map(|s| s.shard_id).collect();
+        assert!(!held.is_empty());
+        assert_eq!(c.run(8, &drain("n1")), MetaResponse::Done);
+        assert_eq!(c.run(9, &drain("n1")), MetaResponse::Done, "again: nothing changes");
+        let remove = MetaCommand::RemoveNode { node_id: "n1".into() };
+        assert!(matches!(c.run(10, &remove), MetaResponse::Error(_)), "it still holds replicas");
+        // No replica moves to it, and no new shard lands on it.
+        let live: Vec<String> = ["n1", "n2", "n3", "n4"].map(str::to_owned).to_vec();
+        assert!(!c.place_new_shard(&live, 4).contains(&"n1".to_owned()));
+        let onto_it = MetaCommand::MoveReplica { shard_id: held[0], from: "n4".into(), to: "n1".into() };
+        assert!(matches!(c.run(11, &onto_it), MetaResponse::Error(_)));
+        // Its replicas go to the node in another zone first, then to those holding the fewest.
+        let mut index = 12;
+        for shard_id in held {
+            let to = c.replacement_for(shard_id, "n1", &live).expect("a node takes the replica");
+            assert!(to != "n1" && c.shard(shard_id).is_some_and(|s| !s.replicas.contains(&to)));
+            let moved = c.run(index, &MetaCommand::MoveReplica { shard_id, from: "n1".into(), to: to.clone() });
+            assert!(matches!(moved, MetaResponse::Shard(_)), "{moved:?}");
+            let voters = c.shard(shard_id).map(|s| s.replicas.clone()).unwrap_or_default();
+            assert!(matches!(
+                c.run(index + 1, &MetaCommand::ConfirmReplicas { shard_id, voters }),
+                MetaResponse::Shard(_)
+            ));
+            index += 2;
+        }
+        let raft_id = c.node("n1").map(|n| n.raft_id).unwrap_or_default();
+        assert_eq!(c.run(index, &remove), MetaResponse::Done);
+        assert!(c.node("n1").is_none() && !c.is_draining("n1"));
+        // A node registering later never gets the removed node's Raft id.
+        register(&mut c, index + 1, "n1", "z1", 3);
+        assert!(c.node("n1").is_some_and(|n| n.raft_id > raft_id.max(4)));
+        let mut bytes = vec![Catalog::FORMAT_VERSION];
+        c.encode_body(Catalog::FORMAT_VERSION, &mut bytes).expect("encode");
+        let back = Catalog::decode_versioned(&bytes).expect("decode");
+        assert_eq!(format!("{back:?}"), format!("{c:?}"), "the drains survive a snapshot");
     }
 
     fn claim(c: &mut Catalog, index: u64, node: &str, raft_term: u64) -> MetaResponse {
@@ -2334,6 +2430,30 @@ mod format_tests {
         assert_eq!((open.len(), finished.len()), (1, 1));
         golden::check(&fixtures(), "catalog-moves", &catalog);
         assert!(catalog.encode_body(VERSION_5, &mut Vec::new()).is_err());
+
+        // Generation 10: a node draining.
+        catalog
+            .apply(116, &MetaEntry { request_id: None, command: MetaCommand::SetFormatGeneration { generation: 10 } });
+        let node_id = catalog.nodes().next().map(|n| n.node_id.clone()).unwrap_or_default();
+        let drain = MetaCommand::DrainNode { node_id, now_ms: NOW_MS };
+        assert_eq!(catalog.apply(117, &MetaEntry { request_id: None, command: drain }), MetaResponse::Done);
+        assert_eq!(catalog.version_needed(), VERSION_7);
+        golden::check(&fixtures(), "catalog-drains", &catalog);
+        assert!(catalog.encode_body(VERSION_6, &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn the_commands_of_a_node_drain_match_their_golden_fixtures() {
+        let entry = |command| MetaEntry { request_id: None, command };
+        let commands = [
+            ("drain-node", entry(MetaCommand::DrainNode { node_id: "storage-2".into(), now_ms: NOW_MS })),
+            ("remove-node", entry(MetaCommand::RemoveNode { node_id: "storage-2".into() })),
+        ];
+        for (name, entry) in commands {
+            assert_eq!(entry.version_needed(), VERSION_7);
+            golden::check(&fixtures(), &format!("command-{name}"), &entry);
+            assert!(entry.encode_body(VERSION_6, &mut Vec::new()).is_err());
+        }
     }
 
     /// A move of `movable` to `to_shard` started at `first_index`, switched and finished, then

@@ -6,6 +6,7 @@
 
 pub mod backup;
 pub mod catalog;
+mod drains;
 pub mod error;
 mod formats;
 pub mod leases;

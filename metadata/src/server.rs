@@ -41,7 +41,7 @@ use tonic::{Request, Response, Status};
 use crate::MetaRaftConfig;
 use crate::catalog::{
     AccessKeyRecord, Catalog, FinishedMove, Limits, LimitsOf, MetaCommand, MetaEntry, MetaResponse, MovePhase,
-    QueueConfig, QueueMove, QueueRecord, Secret, ShardRecord,
+    NodeRecord, QueueConfig, QueueMove, QueueRecord, Secret, ShardRecord,
 };
 
 /// Longest reason a rolled-back move keeps.
@@ -504,6 +504,7 @@ impl MetadataNode {
         let raft_transport = self.router.as_ref().map(RaftRouter::service);
         let upgrades = tokio::spawn(crate::formats::raise_format_generation(self.clone()));
         let sealing = tokio::spawn(crate::sealing::seal_clear_secrets(self.clone()));
+        let drains = tokio::spawn(crate::drains::drive_drains(self.clone()));
         let incoming = strata_tls::incoming(listener, self.credentials.clone(), self.clock.clone());
         let service = MetadataServer::new(MetadataService { node: self })
             .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
@@ -519,6 +520,7 @@ impl MetadataNode {
             .await;
         upgrades.abort();
         sealing.abort();
+        drains.abort();
         served?;
         Ok(())
     }
@@ -664,6 +666,22 @@ impl MetadataService {
         match self.node.propose(request_id, command).await? {
             MetaResponse::Shard(shard) => Ok(Response::new(self.shard_info(&shard))),
             other => Err(unexpected(other)),
+        }
+    }
+
+    /// A storage node as listed: its record, its lease and drain, how many shards it holds.
+    fn node_info(&self, catalog: &Catalog, n: &NodeRecord, term: u64, now_ms: u64) -> pb::StorageNodeInfo {
+        pb::StorageNodeInfo {
+            node_id: n.node_id.clone(),
+            address: n.address.clone(),
+            zone: n.zone.clone(),
+            capacity_bytes: n.capacity_bytes,
+            raft_id: n.raft_id,
+            live: self.node.leases.is_live(&n.node_id, term, now_ms),
+            registered_ms: n.registered_ms,
+            format_generation_max: self.node.leases.format_generation_max(&n.node_id, term).unwrap_or_default(),
+            drain_started_ms: catalog.draining_nodes().find(|(id, _)| **id == n.node_id).map_or(0, |(_, at)| at),
+            shards: u32::try_from(catalog.shards_of(&n.node_id).count()).unwrap_or(u32::MAX),
         }
     }
 
@@ -928,7 +946,9 @@ impl Metadata for MetadataService {
         self.node.leases.heartbeat(&node_id, self.node.term(), self.node.now_ms(), format_generation_max);
         let shards = shards.iter().map(|s| self.shard_info(s)).collect();
         let leaving_shards = leaving.iter().map(|s| self.shard_info(s)).collect();
+        let draining = self.node.catalog().is_draining(&node_id);
         Ok(Response::new(pb::HeartbeatResponse {
+            draining,
             lease_ms: LEASE_MS,
             shards,
             leaving_shards,
@@ -945,20 +965,22 @@ impl Metadata for MetadataService {
         self.node.read_barrier().await?;
         let (term, now_ms) = (self.node.term(), self.node.now_ms());
         let catalog = self.node.catalog();
-        let nodes = catalog
-            .nodes()
-            .map(|n| pb::StorageNodeInfo {
-                node_id: n.node_id.clone(),
-                address: n.address.clone(),
-                zone: n.zone.clone(),
-                capacity_bytes: n.capacity_bytes,
-                raft_id: n.raft_id,
-                live: self.node.leases.is_live(&n.node_id, term, now_ms),
-                registered_ms: n.registered_ms,
-                format_generation_max: self.node.leases.format_generation_max(&n.node_id, term).unwrap_or_default(),
-            })
-            .collect();
+        let nodes = catalog.nodes().map(|n| self.node_info(&catalog, n, term, now_ms)).collect();
         Ok(Response::new(pb::ListStorageNodesResponse { nodes, format_generation: catalog.format_generation() }))
+    }
+
+    async fn drain_node(
+        &self,
+        request: Request<pb::DrainNodeRequest>,
+    ) -> Result<Response<pb::StorageNodeInfo>, Status> {
+        let request_id = request_id(&request)?;
+        let node_id = request.into_inner().node_id;
+        let command = MetaCommand::DrainNode { node_id: node_id.clone(), now_ms: self.node.now_ms() };
+        self.node.propose(request_id, command).await?;
+        let (term, now_ms) = (self.node.term(), self.node.now_ms());
+        let catalog = self.node.catalog();
+        let node = catalog.node(&node_id).ok_or_else(|| StrataError::invalid("the node was removed already"))?;
+        Ok(Response::new(self.node_info(&catalog, node, term, now_ms)))
     }
 
     async fn move_replica(&self, request: Request<pb::MoveReplicaRequest>) -> Result<Response<pb::ShardInfo>, Status> {

@@ -480,7 +480,8 @@ async fn heartbeat_loop(host: Arc<Host>) {
             Ok(answer) => {
                 host.format.raise(answer.format_generation);
                 host.reconcile(&answer.shards, &answer.leaving_shards).await;
-                host.operations.run(&host.shards, &host.metadata, answer.queue_drops, answer.queue_moves);
+                let drain = answer.draining.then(|| host.settings.node_id.clone());
+                host.operations.run(&host.shards, &host.metadata, answer.queue_drops, answer.queue_moves, drain);
             }
             Err(e) => tracing::warn!(error = %e, "heartbeat to metadata failed; will retry"),
         }

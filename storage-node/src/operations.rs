@@ -4,7 +4,9 @@
 //!
 //! Today that is the second step of a queue deletion (dropping a deleted incarnation's state
 //! from its shard, which otherwise holds back the shard's segment garbage collection, then
-//! telling metadata so) and the moves of queues between shards ([`crate::queue_moves`]).
+//! telling metadata so), the moves of queues between shards ([`crate::queue_moves`]), and, on
+//! a draining node, handing over the leadership of the shards it leads (metadata then moves
+//! their replicas away).
 //!
 //! One pass runs at a time, apart from the heartbeats, so a shard that cannot commit (a lost
 //! majority) never delays the node's lease.
@@ -31,17 +33,19 @@ pub(crate) struct Operations {
 }
 
 impl Operations {
-    /// Starts a pass over `queue_drops` and `queue_moves` unless one is still running (its
-    /// operations come again with a later heartbeat if it does not finish them).
+    /// Starts a pass over `queue_drops` and `queue_moves` (and, when `draining` names this
+    /// node, its leaderships) unless one is still running (its operations come again with a
+    /// later heartbeat if it does not finish them).
     pub(crate) fn run(
         &self,
         shards: &ShardMap,
         metadata: &MetadataClient,
         queue_drops: Vec<pb::QueueRef>,
         queue_moves: Vec<pb::QueueMoveInfo>,
+        draining: Option<String>,
     ) {
         let adopting = shards.read().values().any(|s| s.is_leader() && s.state().0.has_adoptions());
-        if queue_drops.is_empty() && queue_moves.is_empty() && !adopting {
+        if queue_drops.is_empty() && queue_moves.is_empty() && !adopting && draining.is_none() {
             return;
         }
         let Ok(running) = self.running.clone().try_lock_owned() else { return };
@@ -51,6 +55,9 @@ impl Operations {
             crate::queue_moves::drive_moves(&shards, &metadata, queue_moves).await;
             if adopting {
                 crate::queue_moves::sweep(&shards, &metadata).await;
+            }
+            if let Some(node_id) = draining {
+                hand_over_leaderships(&shards, &node_id).await;
             }
             drop(running);
         });
@@ -85,6 +92,26 @@ async fn drop_queues(shards: &ShardMap, metadata: &MetadataClient, queue_drops: 
         }
         if let Err(e) = metadata.queue_dropped(drop.queue_id).await {
             tracing::warn!(queue_id = drop.queue_id, error = %e, "ending a deletion in metadata failed; will retry");
+        }
+    }
+}
+
+/// How long a draining node's shard may take to hand its leadership over.
+const DRAIN_TRANSFER_WAIT: Duration = Duration::from_secs(3);
+
+/// The node drains: every shard it leads hands its leadership to another replica (the most
+/// up-to-date one when the one asked for cannot take it), so that metadata can move the replica
+/// away without a leader stepping down under writes.
+async fn hand_over_leaderships(shards: &ShardMap, node_id: &str) {
+    let led: Vec<_> = shards.read().values().filter(|s| s.is_leader()).cloned().collect();
+    for shard in led {
+        let replicas = shard.placement().map(|p| p.replicas).unwrap_or_default();
+        let Some(to) = replicas.iter().find(|r| r.node_id != node_id) else { continue };
+        match shard.transfer_leadership(&to.node_id, DRAIN_TRANSFER_WAIT).await {
+            Ok(leader) => {
+                tracing::info!(shard = shard.shard_id, leader, "draining: handed the shard's leadership over")
+            }
+            Err(e) => tracing::warn!(shard = shard.shard_id, error = %e, "draining: the leadership stays for now"),
         }
     }
 }

@@ -343,7 +343,7 @@ async fn a_move_cut_short_by_sigkill_completes_after_a_restart_and_one_not_possi
 async fn place_on(admin: &strata_client::Client, name: &str, shard: u64) -> anyhow::Result<()> {
     if admin.queue_placement("dev", name).await?.shard_id != shard {
         let started = admin.move_queue("dev", name, &model::admin::MoveQueue { to_shard: shard }).await?;
-        let ended = ended_move(&admin, started.move_id).await?;
+        let ended = ended_move(admin, started.move_id).await?;
         anyhow::ensure!(ended.phase == "completed", "{name} did not move to shard {shard}: {ended:?}");
     }
     Ok(())

@@ -401,6 +401,12 @@ impl MetadataClient {
 
     /// Every registered storage node, with whether its lease is current and which format
     /// generations it reads, and the format generation the cluster writes.
+    /// Starts draining storage node `node_id`.
+    pub async fn drain_node(&self, node_id: &str) -> Result<pb::StorageNodeInfo, StrataError> {
+        let request = pb::DrainNodeRequest { node_id: node_id.to_string() };
+        self.call(request, |mut c, r| async move { c.drain_node(r).await }).await
+    }
+
     pub async fn storage_nodes(&self) -> Result<pb::ListStorageNodesResponse, StrataError> {
         let request = pb::ListStorageNodesRequest {};
         self.call(request, |mut c, r| async move { c.list_storage_nodes(r).await }).await

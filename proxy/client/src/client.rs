@@ -465,6 +465,12 @@ impl Client {
         self.get_as("/admin/v1/storage-nodes").await
     }
 
+    /// Starts draining a storage node: its leaderships, then its replicas, move to other
+    /// nodes, then it is deregistered (it leaves the list of storage nodes).
+    pub async fn drain_node(&self, node_id: &str) -> Result<admin::StorageNode, ClientError> {
+        self.post_as(&format!("/admin/v1/storage-nodes/{node_id}/drain"), &serde_json::json!({})).await
+    }
+
     pub async fn shard(&self, shard_id: u64) -> Result<admin::Shard, ClientError> {
         self.get_as(&format!("/admin/v1/shards/{shard_id}")).await
     }

@@ -762,6 +762,12 @@ pub mod admin {
         pub registered_ms: u64,
         /// The newest format generation this node's build can read and write.
         pub format_generation_max: u32,
+        /// Draining since this time (`strata cluster drain-node`); absent when not draining.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub drain_started_ms: Option<u64>,
+        /// How many shards it holds a replica of.
+        #[serde(default)]
+        pub shards: u32,
     }
 
     /// The storage nodes and the cluster's format generation.

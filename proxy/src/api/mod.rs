@@ -153,6 +153,7 @@ pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
         .route("/admin/v1/tenants/{tenant}/queues/{name}/move", post(queue_moves::start))
         .route("/admin/v1/queue-moves", get(queue_moves::list))
         .route("/admin/v1/storage-nodes", get(list_storage_nodes))
+        .route("/admin/v1/storage-nodes/{node}/drain", post(drain_node))
         .route("/admin/v1/shards", post(add_shard))
         .route("/admin/v1/shards/{id}", get(get_shard))
         .route("/admin/v1/shards/{id}/move-replica", post(move_replica))
@@ -1019,20 +1020,39 @@ async fn list_storage_nodes(
     _: Operator,
 ) -> Result<Json<admin::StorageNodeList>, ApiError> {
     let answer = state.placement.metadata.storage_nodes().await?;
-    let storage_nodes = answer
-        .nodes
-        .into_iter()
-        .map(|n| admin::StorageNode {
-            node_id: n.node_id,
-            address: n.address,
-            zone: n.zone,
-            capacity_bytes: n.capacity_bytes,
-            live: n.live,
-            registered_ms: n.registered_ms,
-            format_generation_max: n.format_generation_max,
-        })
-        .collect();
+    let storage_nodes = answer.nodes.into_iter().map(node_answer).collect();
     Ok(Json(admin::StorageNodeList { storage_nodes, format_generation: answer.format_generation }))
+}
+
+fn node_answer(n: pb::StorageNodeInfo) -> admin::StorageNode {
+    admin::StorageNode {
+        node_id: n.node_id,
+        address: n.address,
+        zone: n.zone,
+        capacity_bytes: n.capacity_bytes,
+        live: n.live,
+        registered_ms: n.registered_ms,
+        format_generation_max: n.format_generation_max,
+        drain_started_ms: (n.drain_started_ms != 0).then_some(n.drain_started_ms),
+        shards: n.shards,
+    }
+}
+
+/// The `{node}` of a storage node route.
+#[derive(Debug, Deserialize)]
+struct NodePath {
+    node: String,
+}
+
+/// Starts draining a storage node; the drain goes on in the background (the node leaves the
+/// list once drained).
+async fn drain_node(
+    State(state): State<AppState>,
+    _: Operator,
+    Path(NodePath { node }): Path<NodePath>,
+) -> Result<Response, ApiError> {
+    let answer = state.placement.metadata.drain_node(&node).await?;
+    Ok((StatusCode::ACCEPTED, Json(node_answer(answer))).into_response())
 }
 
 fn shard_answer(shard: pb::ShardInfo) -> admin::Shard {
