@@ -796,3 +796,79 @@ async fn leadership_moves_to_the_replica_asked_for_and_the_writer_follows_under_
     assert_eq!(received, acknowledged, "every acknowledged send, exactly once");
     Ok(())
 }
+
+/// Waits until `live` storage nodes keep their lease.
+async fn live_nodes(env: &BTreeMap<String, String>, live: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + FINISHED_WITHIN;
+    loop {
+        let (_, nodes, _) = cluster_cli(env, &["nodes"]);
+        let now = nodes["storage_nodes"].as_array().into_iter().flatten().filter(|n| n["live"] == true).count();
+        if now == live {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{now} live storage nodes, not {live}: {nodes}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Every shard's replicas, by shard id (none still leaving).
+async fn replicas_of_shards(cluster: &LocalCluster) -> anyhow::Result<BTreeMap<u64, Vec<String>>> {
+    let metadata = cluster.metadata_client()?;
+    let mut shards = BTreeMap::new();
+    for shard_id in 1.. {
+        let Ok(shard) = metadata.get_shard(shard_id).await else { break };
+        anyhow::ensure!(shard.leaving.is_empty(), "shard {shard_id} still moves a replica: {shard:?}");
+        shards.insert(shard_id, shard.replicas.into_iter().map(|r| r.node_id).collect());
+    }
+    Ok(shards)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_drain_and_leave_and_new_ones_fill_under_load_and_a_dead_node_is_replaced() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cluster = LocalCluster::up(&dir.path().join("cluster"), LocalCluster::port_base(2))?;
+    let env = cluster.credentials()?;
+    newest_formats(&env).await?;
+    let load = Load::start(&cluster, &["dev", "acme"], &["draining", "draining.fifo"]).await?;
+
+    // A fourth node joins; storage-1 drains: its leaderships, then its replicas, go (to the
+    // new node, the only one without them), and it leaves the cluster.
+    cluster.add_storage("storage-4")?;
+    live_nodes(&env, 4).await?;
+    let started = Instant::now();
+    let (ok, drained, stderr) = cluster_cli(&env, &["drain-node", "storage-1"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(drained["drained"], true, "{drained}");
+    println!("storage-1 drained in {} ms:\n{stderr}", started.elapsed().as_millis());
+    let (_, nodes, _) = cluster_cli(&env, &["nodes"]);
+    let listed: Vec<&str> =
+        nodes["storage_nodes"].as_array().into_iter().flatten().filter_map(|n| n["node_id"].as_str()).collect();
+    assert!(!listed.contains(&"storage-1"), "{nodes}");
+    let shards = replicas_of_shards(&cluster).await?;
+    for (shard_id, replicas) in &shards {
+        assert_eq!(replicas.len(), 3, "shard {shard_id}: {replicas:?}");
+        assert!(!replicas.contains(&"storage-1".to_owned()) && replicas.contains(&"storage-4".to_owned()));
+    }
+    cluster.stop("storage-1")?;
+
+    // storage-2 dies; a fifth node joins, and draining the dead node replaces it from the
+    // snapshot, the bucket and the live replicas.
+    cluster.kill9("storage-2")?;
+    cluster.add_storage("storage-5")?;
+    let started = Instant::now();
+    let (ok, drained, stderr) = cluster_cli(&env, &["drain-node", "storage-2"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(drained["drained"], true, "{drained}");
+    println!("dead storage-2 replaced in {} ms:\n{stderr}", started.elapsed().as_millis());
+    for (shard_id, replicas) in replicas_of_shards(&cluster).await? {
+        assert_eq!(replicas.len(), 3, "shard {shard_id}: {replicas:?}");
+        assert!(replicas.contains(&"storage-5".to_owned()) && !replicas.contains(&"storage-2".to_owned()));
+    }
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = load.finish().await;
+    println!("{report}");
+    assert!(report.is_safe(), "{report}");
+    assert!(report.sends_acknowledged > 200, "{report}");
+    Ok(())
+}

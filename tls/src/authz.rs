@@ -55,7 +55,7 @@ pub const RPC_ROLES: &[(Listener, &str, &[Role])] = &[
     // Storage nodes sweep adoptions left over by ended moves.
     (Listener::Metadata, "/strata.v1.Metadata/ListQueueMoves", &[Proxy, Storage, Autoscaler, Operator]),
     (Listener::Metadata, "/strata.v1.Metadata/LocateQueue", &[Storage]),
-    (Listener::Metadata, "/strata.v1.Metadata/DrainNode", &[Autoscaler, Operator]),
+    (Listener::Metadata, "/strata.v1.Metadata/DrainNode", &[Proxy, Autoscaler, Operator]),
     // A move's driver is its source shard's leader.
     (Listener::Metadata, "/strata.v1.Metadata/DecideQueueMove", &[Storage]),
     (Listener::Metadata, "/strata.v1.Metadata/FinishQueueMove", &[Storage]),
