@@ -89,6 +89,7 @@ metadata = "$(metadata_endpoints)"
 zone = "zone-$i"
 replication_factor = 3
 initial_shards = 3
+hibernate_after_s = ${STRATA_HIBERNATE_AFTER_S:-300}
 admin_listen = "127.0.0.1:$((BASE + 60 + i))"
 metrics_token_file = "$dir/tls/metrics-token"
 $(format_cap_line "storage-$i")

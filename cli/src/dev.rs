@@ -104,6 +104,10 @@ pub(crate) struct DevArgs {
     /// (what consumers delete meanwhile is never uploaded).
     #[arg(long, default_value_t = ShardLogSettings::default().upload_after.as_millis() as u64)]
     upload_after_ms: u64,
+    /// A shard idle this long (no call, nothing due) hibernates until a call wakes it, in
+    /// milliseconds (0: never).
+    #[arg(long, default_value_t = ShardLogSettings::default().hibernate_after.as_millis() as u64)]
+    hibernate_after_ms: u64,
     /// How often sealed segments are tiered, in milliseconds.
     #[arg(long, default_value_t = 5_000)]
     tier_interval_ms: u64,
@@ -342,6 +346,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
                 seal_idle_after: Duration::from_millis(args.seal_idle_ms),
                 local_retention_bytes: args.local_retention_bytes,
                 upload_after: Duration::from_millis(args.upload_after_ms),
+                hibernate_after: Duration::from_millis(args.hibernate_after_ms),
             },
             tier_interval: Duration::from_millis(args.tier_interval_ms),
             expire_interval: Duration::from_secs(1),

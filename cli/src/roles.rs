@@ -261,6 +261,10 @@ struct StorageConfig {
     /// what consumers delete meanwhile is never uploaded.
     #[serde(default = "default_upload_after_ms")]
     upload_after_ms: u64,
+    /// A shard idle this long (no call, nothing due) hibernates: its Raft heartbeats and timers
+    /// stop until a call wakes it (default 300 s; 0: never).
+    #[serde(default = "default_hibernate_after_s")]
+    hibernate_after_s: u64,
     #[serde(default = "default_cache_memory_mib")]
     cache_memory_mib: usize,
     #[serde(default = "default_cache_disk_mib")]
@@ -294,6 +298,9 @@ fn default_local_retention_bytes() -> u64 {
 }
 fn default_upload_after_ms() -> u64 {
     ShardLogSettings::default().upload_after.as_millis() as u64
+}
+fn default_hibernate_after_s() -> u64 {
+    ShardLogSettings::default().hibernate_after.as_secs()
 }
 fn default_tier_interval_ms() -> u64 {
     5_000
@@ -337,6 +344,7 @@ pub(crate) async fn storage(args: RoleArgs) -> anyhow::Result<()> {
             segment_size_bytes_max: config.segment_bytes,
             local_retention_bytes: config.local_retention_bytes,
             upload_after: Duration::from_millis(config.upload_after_ms),
+            hibernate_after: Duration::from_secs(config.hibernate_after_s),
             ..ShardLogSettings::default()
         },
         tier_interval: Duration::from_millis(config.tier_interval_ms),

@@ -694,6 +694,7 @@ impl MetadataService {
             .filter_map(|id| catalog.node(id))
             .map(|n| pb::Replica { node_id: n.node_id.clone(), address: n.address.clone(), raft_id: n.raft_id })
             .collect();
+        let (term, now_ms) = (self.node.term(), self.node.now_ms());
         pb::ShardInfo {
             shard_id: shard.shard_id,
             node_id: shard.node_id.clone(),
@@ -701,6 +702,7 @@ impl MetadataService {
             writer_epoch: shard.writer_epoch,
             replicas,
             leaving: shard.leaving.clone(),
+            writer_lease_lost: !self.node.leases.is_live(&shard.node_id, term, now_ms),
         }
     }
 }

@@ -9,6 +9,7 @@ mod calls;
 pub mod disk;
 pub mod error;
 mod hand_offs;
+pub mod hibernation;
 pub mod message_trace;
 pub mod node;
 mod operations;

@@ -411,6 +411,11 @@ impl Host {
             tokio::spawn(membership_loop(shard.clone(), self.metadata.clone(), cancel.clone())),
             tokio::spawn(writer_loop(shard.clone(), self.metadata.clone(), cancel.clone())),
             tokio::spawn(backfill_loop(shard.clone(), self.metadata.clone(), cancel.clone())),
+            tokio::spawn(crate::hibernation::hibernate_loop(
+                shard.clone(),
+                settings.log.hibernate_after,
+                cancel.clone(),
+            )),
             tokio::spawn(crate::hand_offs::hand_off_loop(
                 shard.clone(),
                 self.shards.clone(),
@@ -461,6 +466,13 @@ impl Host {
                 Some(placement) => {
                     if let Some(shard) = self.shards.read().get(&shard_id) {
                         shard.set_placement(placement.clone());
+                        // A sleeping replica wakes to elect a leader when its leader's node is
+                        // gone, and to move a replica.
+                        if placement.writer_lease_lost {
+                            shard.hibernation().wake("its leader's node lost its lease");
+                        } else if !placement.leaving.is_empty() {
+                            shard.hibernation().wake("a replica moves");
+                        }
                     }
                 }
                 None => self.close_shard(shard_id, true).await,
@@ -497,9 +509,8 @@ const MEMBERSHIP_TICK: Duration = Duration::from_secs(1);
 /// openraft's joint consensus), then confirms the move to metadata.
 async fn membership_loop(shard: Arc<Shard>, metadata: MetadataClient, cancel: CancellationToken) {
     loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            () = shard.clock().sleep(MEMBERSHIP_TICK) => {}
+        if !shard.pause(MEMBERSHIP_TICK, &cancel).await {
+            return;
         }
         // The placement comes with this node's heartbeats: nothing is asked while none moves.
         let Some(placement) = shard.placement().filter(|p| p.replicas.len() > 1) else { continue };
@@ -547,9 +558,8 @@ async fn membership_loop(shard: Arc<Shard>, metadata: MetadataClient, cancel: Ca
 /// shard's record names its current writer (not only once it next uploads).
 async fn writer_loop(shard: Arc<Shard>, metadata: MetadataClient, cancel: CancellationToken) {
     loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            () = shard.clock().sleep(MEMBERSHIP_TICK) => {}
+        if !shard.pause(MEMBERSHIP_TICK, &cancel).await {
+            return;
         }
         if shard.is_leader()
             && let Err(e) = claim_writer_epoch(&shard, &metadata).await
@@ -566,9 +576,8 @@ const BACKFILL_TICK: Duration = Duration::from_secs(1);
 /// `backfill`), soon after it caught up by snapshot rather than at the next tiering pass.
 async fn backfill_loop(shard: Arc<Shard>, metadata: MetadataClient, cancel: CancellationToken) {
     loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            () = shard.clock().sleep(BACKFILL_TICK) => {}
+        if !shard.pause(BACKFILL_TICK, &cancel).await {
+            return;
         }
         match backfill_shard_once(&shard, &metadata).await {
             Ok(pass) if pass != Default::default() => tracing::info!(shard = shard.shard_id, ?pass, "backfill pass"),
@@ -644,9 +653,8 @@ async fn tier_loop(shard: Arc<Shard>, tier: TierLoop, cancel: CancellationToken)
     let clock = shard.clock().clone();
     let mut idle_since = clock.instant();
     loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            () = shard.clock().sleep(interval) => {}
+        if !shard.pause(interval, &cancel).await {
+            return;
         }
         let last_index = shard.wal().last_index();
         if last_index != last_seen_index {
@@ -716,9 +724,8 @@ async fn move_loop(shard: Arc<Shard>, cancel: CancellationToken) {
     let ticks_per_second = (1000 / MOVE_TICK.as_millis()).max(1) as u32;
     let mut credits: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
     loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            () = shard.clock().sleep(MOVE_TICK) => {}
+        if !shard.pause(MOVE_TICK, &cancel).await {
+            return;
         }
         if !shard.is_leader() {
             continue;
@@ -761,9 +768,8 @@ const SCHEDULE_TICK: Duration = Duration::from_millis(250);
 async fn schedule_loop(shard: Arc<Shard>, cancel: CancellationToken) {
     let mut cache = None;
     loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            () = shard.clock().sleep(SCHEDULE_TICK) => {}
+        if !shard.pause(SCHEDULE_TICK, &cancel).await {
+            return;
         }
         while shard.is_leader() {
             match shard.load_scheduled_step(&mut cache).await {
@@ -787,10 +793,7 @@ const QUEUE_METRICS_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 async fn queue_metrics_loop(shard: Arc<Shard>, cancel: CancellationToken) {
     let mut since_prune = Duration::ZERO;
     loop {
-        let stopping = tokio::select! {
-            _ = cancel.cancelled() => true,
-            () = shard.clock().sleep(crate::queue_metrics::FLUSH_INTERVAL) => false,
-        };
+        let stopping = !shard.pause(crate::queue_metrics::FLUSH_INTERVAL, &cancel).await;
         if let Err(e) = shard.write_queue_metrics().await {
             tracing::warn!(shard = shard.shard_id, error = %e, "writing queue metrics failed: the counts of the last second are lost");
         }
@@ -816,9 +819,8 @@ async fn queue_metrics_loop(shard: Arc<Shard>, cancel: CancellationToken) {
 
 async fn expire_loop(shard: Arc<Shard>, interval: Duration, cancel: CancellationToken) {
     loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            () = shard.clock().sleep(interval) => {}
+        if !shard.pause(interval, &cancel).await {
+            return;
         }
         let due = shard.is_leader() && shard.state().0.has_expirable(shard.now_ms());
         if due && let Err(e) = shard.propose(Command::Expire).await {

@@ -107,6 +107,7 @@ async fn hand_over_leaderships(shards: &ShardMap, node_id: &str) {
     for shard in led {
         let replicas = shard.placement().map(|p| p.replicas).unwrap_or_default();
         let Some(to) = replicas.iter().find(|r| r.node_id != node_id) else { continue };
+        shard.hibernation().wake("its node drains");
         match shard.transfer_leadership(&to.node_id, DRAIN_TRANSFER_WAIT).await {
             Ok(leader) => {
                 tracing::info!(shard = shard.shard_id, leader, "draining: handed the shard's leadership over")

@@ -59,7 +59,10 @@ impl StorageService {
 
     fn route(&self, queue: Option<&pb::QueueRef>) -> Result<(Arc<Shard>, u64, String), StrataError> {
         let queue = queue.ok_or_else(|| StrataError::invalid("queue reference is required"))?;
-        Ok((self.shard(queue.shard_id)?, queue.queue_id, queue.tenant.clone()))
+        let shard = self.shard(queue.shard_id)?;
+        // A call wakes a sleeping shard (see `crate::hibernation`).
+        shard.hibernation().note_call(shard.now_ms());
+        Ok((shard, queue.queue_id, queue.tenant.clone()))
     }
 
     /// Whether `tenant` may add about `bytes` of data now (see [`crate::disk`]). The system

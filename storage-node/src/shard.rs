@@ -29,12 +29,14 @@ use strata_tls::{Credentials, Role};
 use strata_wal::format::{LEGACY_FRAME_VERSION, versioned_payload};
 use strata_wal::{FsyncFailure, WalOptions};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::backfill::{BackfillFiles, FETCH_BYTES_MAX, FETCH_ENTRIES_MAX};
 use crate::calls::CallBatcher;
 use crate::error::NodeError;
+use crate::hibernation::Hibernation;
 use crate::message_trace::{TraceEvent, TraceRecord};
 use crate::queue::schedule::{
     LOAD_CHUNK_RECORDS_MAX, ScheduledMessage, SliceRecord, deliver_at_of, is_waiting_in, slice_of,
@@ -84,12 +86,12 @@ pub const HAND_OFFS_GENERATION: strata_common::format::FormatGeneration = 10;
 /// releases before it do not know. Version 4 likewise may hold [`Command::Calls`], and version
 /// 5 [`Command::WithCaller`] (alone or in `Calls`), and version 6 the commands of a queue's
 /// move between shards ([`Command::is_move_step`]), and version 7 the hand-offs of messages
-/// between shards ([`Command::is_hand_off_step`]).
+/// between shards and hibernation ([`Command::needs_version_7`]).
 impl Persisted for ShardEntry {
     const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 1, 2, 2, 2, 3, 4, 5, 5, 6, 7];
 
     fn version_needed(&self) -> u8 {
-        if self.0.command.is_hand_off_step() {
+        if self.0.command.needs_version_7() {
             return 7;
         }
         if self.0.command.is_move_step() {
@@ -247,6 +249,7 @@ impl fmt::Display for ShardEntry {
             Command::AcceptHandOffs { .. } => "accept-hand-offs",
             Command::TrimHandOffs { .. } => "trim-hand-offs",
             Command::ReturnHandOffs { .. } => "return-hand-offs",
+            Command::Hibernate => "hibernate",
         };
         write!(f, "{name}@{}", self.0.now_ms)
     }
@@ -379,6 +382,9 @@ pub struct ShardLogSettings {
     /// replicated) before a send is acknowledged. Disk pressure (segments beyond the local
     /// retention) and replica moves upload at once.
     pub upload_after: std::time::Duration,
+    /// A shard whose leader served no call for this long, and whose timers have no work,
+    /// hibernates (see [`crate::hibernation`]); zero: never.
+    pub hibernate_after: std::time::Duration,
 }
 
 impl Default for ShardLogSettings {
@@ -389,6 +395,7 @@ impl Default for ShardLogSettings {
             seal_idle_after: std::time::Duration::from_secs(60),
             local_retention_bytes: 1 << 30,
             upload_after: std::time::Duration::from_secs(60),
+            hibernate_after: std::time::Duration::from_secs(300),
         }
     }
 }
@@ -542,6 +549,8 @@ pub struct Shard {
     queue_metrics: Arc<std::sync::Mutex<MetricsStore>>,
     /// Held by a flush from taking the counts to writing them.
     queue_metrics_flush: tokio::sync::Mutex<()>,
+    /// Whether this replica sleeps (see [`crate::hibernation`]).
+    hibernation: Arc<Hibernation>,
 }
 
 /// One watch channel per queue that has long polls waiting (dropped once none waits).
@@ -578,17 +587,30 @@ impl QueueWakers {
     }
 }
 
-/// Wakes long polls after each batch of applies, reading what the applies touched, until the
-/// shard's state is dropped.
-async fn wake_loop(state: std::sync::Weak<SharedState<ShardRaftConfig, ShardMachine>>, wakers: Arc<QueueWakers>) {
+/// Wakes long polls after each batch of applies, reading what the applies touched, and puts
+/// the replica to sleep or wakes it as the last entry applied says (see
+/// [`crate::hibernation`]), until the shard's state is dropped.
+async fn wake_loop(
+    state: std::sync::Weak<SharedState<ShardRaftConfig, ShardMachine>>,
+    wakers: Arc<QueueWakers>,
+    hibernation: Arc<Hibernation>,
+) {
     let Some(mut applied) = state.upgrade().map(|s| s.subscribe_applied()) else { return };
     let mut seen = *applied.borrow_and_update();
     while applied.changed().await.is_ok() {
         let Some(state) = state.upgrade() else { return };
         let now = *applied.borrow_and_update();
-        let touches = state.read().0.touches().since(seen);
+        let (touches, asleep) = {
+            let state = state.read();
+            (state.0.touches().since(seen), state.0.asleep())
+        };
         seen = now;
         wakers.wake(touches);
+        if asleep {
+            hibernation.sleep();
+        } else {
+            hibernation.wake("an entry");
+        }
     }
 }
 
@@ -656,7 +678,10 @@ impl Shard {
         let backfill = BackfillFiles::open(&dir.join(BACKFILL_DIR))?;
         let (writer_claim, peers, backfill_verified_through) = Default::default();
         let wakers = Arc::new(QueueWakers::default());
-        tokio::spawn(wake_loop(Arc::downgrade(&group.state), wakers.clone()));
+        let raft = group.raft.clone();
+        let set_tick = Box::new(move |on: bool| raft.runtime_config().tick(on));
+        let hibernation = Arc::new(Hibernation::new(shard_id, set_tick, clock.now_ms()));
+        tokio::spawn(wake_loop(Arc::downgrade(&group.state), wakers.clone(), hibernation.clone()));
         let writer = EntryWriter {
             shard_id,
             raft: group.raft.clone(),
@@ -685,7 +710,34 @@ impl Shard {
             calls,
             queue_metrics,
             queue_metrics_flush: tokio::sync::Mutex::new(()),
+            hibernation,
         })
+    }
+
+    /// Whether this replica sleeps, and what wakes it (see [`crate::hibernation`]).
+    pub fn hibernation(&self) -> &Hibernation {
+        &self.hibernation
+    }
+
+    /// Whether a replica of the shard is moving to another node (its leader's membership work).
+    pub fn moves_replicas(&self) -> bool {
+        self.placement().is_some_and(|p| !p.leaving.is_empty())
+    }
+
+    /// Waits `period`, then, while the replica sleeps, until it wakes: the pace of the shard's
+    /// timers. False once `cancel` fires.
+    pub async fn pause(&self, period: std::time::Duration, cancel: &CancellationToken) -> bool {
+        tokio::select! {
+            _ = cancel.cancelled() => return false,
+            () = self.clock.sleep(period) => {}
+        }
+        if !self.hibernation.is_asleep() {
+            return true;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => false,
+            () = self.hibernation.until_awake() => true,
+        }
     }
 
     /// Writes down the per-queue counts of the applies since the last call, with the depth of
@@ -1804,6 +1856,7 @@ mod format_tests {
             ),
             ("trim-hand-offs", Command::TrimHandOffs { through_seq: 12 }),
             ("return-hand-offs", Command::ReturnHandOffs { through_seq: 12 }),
+            ("hibernate", Command::Hibernate),
         ];
         for (name, command) in hand_offs {
             let entry = ShardEntry(ShardCommand { now_ms: NOW_MS, command, request_id: None, meter: None });

@@ -357,7 +357,8 @@ impl Model {
             | Command::OpenHandOffs
             | Command::AcceptHandOffs { .. }
             | Command::TrimHandOffs { .. }
-            | Command::ReturnHandOffs { .. } => {
+            | Command::ReturnHandOffs { .. }
+            | Command::Hibernate => {
                 unreachable!(
                     "the model test does not generate move-task, receive-attempt, schedule, metering, queue-move or hand-off commands"
                 )

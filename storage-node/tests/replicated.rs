@@ -83,6 +83,7 @@ fn tiering_fast() -> (ShardLogSettings, Duration) {
         seal_idle_after: Duration::from_millis(300),
         local_retention_bytes: 0,
         upload_after: Duration::ZERO,
+        hibernate_after: Duration::ZERO,
     };
     (log, Duration::from_millis(100))
 }

@@ -51,6 +51,7 @@ fn tiny_segments() -> ShardLogSettings {
         seal_idle_after: Duration::from_millis(300),
         local_retention_bytes: 0,
         upload_after: Duration::ZERO,
+        hibernate_after: Duration::ZERO,
     }
 }
 

@@ -872,3 +872,156 @@ async fn nodes_drain_and_leave_and_new_ones_fill_under_load_and_a_dead_node_is_r
     assert!(report.sends_acknowledged > 200, "{report}");
     Ok(())
 }
+
+/// How many times `text` is in the dev process's log.
+fn dev_logged(dev: &DevProcess, text: &str) -> anyhow::Result<usize> {
+    Ok(dev.log()?.matches(text).count())
+}
+
+/// Waits until the dev process logged `text` more than `before` times.
+async fn dev_logs_again(dev: &DevProcess, text: &str, before: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + FINISHED_WITHIN;
+    while dev_logged(dev, text)? <= before {
+        anyhow::ensure!(Instant::now() < deadline, "the dev process never logged '{text}' again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hibernated_shard_is_woken_by_a_send_a_receive_and_a_long_poll() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dev = DevProcess::start(&dir.path().join("dev"), &["--hibernate-after-ms", "500"])?;
+    dev.wait_for_newest_formats().await?;
+    let api = dev.api();
+    api.create_queue(&model::CreateQueue::named("sleepy")).await?;
+    let (mut wake_ms, mut sent, mut received) = (Vec::new(), BTreeSet::new(), BTreeSet::new());
+    for cycle in 0..15 {
+        let before = dev_logged(&dev, "shard hibernates")?;
+        dev_logs_again(&dev, "shard hibernates", before).await?;
+        let woken = dev_logged(&dev, "shard wakes")?;
+        let started = Instant::now();
+        match cycle % 3 {
+            // A send wakes it and is stored.
+            0 => {
+                let body = format!("sent to a sleeping shard {cycle}");
+                api.send("sleepy", &model::SendMessages { messages: vec![model::NewMessage::new(&body)] }, None)
+                    .await?;
+                wake_ms.push(started.elapsed().as_millis() as u64);
+                sent.insert(body);
+            }
+            // A receive wakes it and gets what is there.
+            1 => {
+                let request = model::Receive { max_messages: Some(10), ..Default::default() };
+                let got = api.receive("sleepy", &request).await?;
+                wake_ms.push(started.elapsed().as_millis() as u64);
+                for m in got.messages {
+                    let receipt_handles = vec![m.receipt_handle.clone()];
+                    api.delete_messages("sleepy", &model::DeleteMessages { receipt_handles }).await?;
+                    received.insert(m.body);
+                }
+            }
+            // A long poll wakes it, and a send during the poll ends the poll.
+            _ => {
+                let (poller, body) = (api.clone(), format!("sent during a long poll {cycle}"));
+                let poll = tokio::spawn(async move {
+                    let request =
+                        model::Receive { max_messages: Some(1), wait_seconds: Some(10), ..Default::default() };
+                    poller.receive("sleepy", &request).await
+                });
+                dev_logs_again(&dev, "shard wakes", woken).await?;
+                wake_ms.push(started.elapsed().as_millis() as u64);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                api.send("sleepy", &model::SendMessages { messages: vec![model::NewMessage::new(&body)] }, None)
+                    .await?;
+                sent.insert(body);
+                let got = poll.await??;
+                anyhow::ensure!(!got.messages.is_empty(), "the long poll ended empty");
+                for m in got.messages {
+                    let receipt_handles = vec![m.receipt_handle.clone()];
+                    api.delete_messages("sleepy", &model::DeleteMessages { receipt_handles }).await?;
+                    received.insert(m.body);
+                }
+            }
+        }
+        assert!(dev_logged(&dev, "shard wakes")? > woken, "cycle {cycle}: the call did not wake the shard");
+    }
+    // Whatever is left arrives, once.
+    received.extend(drain(&api, "sleepy", sent.len() - received.len()).await?);
+    assert_eq!(received, sent, "every message sent to a sleeping shard arrived");
+    wake_ms.sort_unstable();
+    println!(
+        "{} wakes by a call: p50 {} ms, p99 {} ms, max {} ms",
+        wake_ms.len(),
+        quantile(&wake_ms, 0.5),
+        quantile(&wake_ms, 0.99),
+        quantile(&wake_ms, 1.0)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_of_an_idle_shard_sleeps_and_a_dead_leader_is_replaced_while_it_sleeps() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cluster = LocalCluster::up_with_env(
+        &dir.path().join("cluster"),
+        LocalCluster::port_base(1),
+        &[("STRATA_HIBERNATE_AFTER_S", "2")],
+    )?;
+    let env = cluster.credentials()?;
+    newest_formats(&env).await?;
+    let api = strata_tests::Api::new(&env["STRATA_ENDPOINT"], &env["STRATA_TOKEN"]);
+    api.create_queue(&model::CreateQueue::named("sleepy")).await?;
+    let shard_id = cluster.metadata_client()?.get_queue("dev", "sleepy").await?.shard_id;
+    let text = format!("shard={shard_id}");
+    let hibernated = |node: &str| {
+        let log = std::fs::read_to_string(cluster.dir.join(format!("{node}.log"))).unwrap_or_default();
+        log.lines().filter(|l| l.contains("shard hibernates") && l.contains(&text)).count()
+    };
+    // Every replica of the idle shard sleeps.
+    let deadline = Instant::now() + FINISHED_WITHIN;
+    while STORAGE.iter().any(|node| hibernated(node) == 0) {
+        anyhow::ensure!(Instant::now() < deadline, "not every replica of shard {shard_id} hibernated");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A send wakes it, and is stored.
+    api.send("sleepy", &model::SendMessages { messages: vec![model::NewMessage::new("first")] }, None).await?;
+    // It sleeps again; its leader's node dies meanwhile: its followers wake (the dead node's
+    // lease runs out), elect a leader, and the next send is served there.
+    let before: Vec<usize> = STORAGE.iter().map(|node| hibernated(node)).collect();
+    let deadline = Instant::now() + FINISHED_WITHIN;
+    while STORAGE.iter().zip(&before).any(|(node, &n)| hibernated(node) == n) {
+        anyhow::ensure!(Instant::now() < deadline, "shard {shard_id} never hibernated again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let leader = cluster.wait_for_leader(&STORAGE, shard_id).await?;
+    cluster.kill9(&leader)?;
+    let started = Instant::now();
+    // Before any call: the followers wake once the dead node's lease runs out, and elect.
+    let survivors: Vec<&str> = STORAGE.iter().copied().filter(|node| *node != leader).collect();
+    let lease_lost = |node: &str| {
+        let log = std::fs::read_to_string(cluster.dir.join(format!("{node}.log"))).unwrap_or_default();
+        log.lines().any(|l| l.contains("shard wakes") && l.contains(&text) && l.contains("lost its lease"))
+    };
+    let deadline = Instant::now() + FINISHED_WITHIN;
+    while !survivors.iter().any(|node| lease_lost(node)) {
+        anyhow::ensure!(Instant::now() < deadline, "no follower woke when its leader's node lost its lease");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elected = cluster.wait_for_leader(&survivors, shard_id).await?;
+    println!("a sleeping shard whose leader died elected {elected} after {} ms", started.elapsed().as_millis());
+    let deadline = Instant::now() + FINISHED_WITHIN;
+    loop {
+        let second = model::SendMessages { messages: vec![model::NewMessage::new("second")] };
+        if api.send("sleepy", &second, None).await.is_ok() {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the new leader did not serve the sleeping shard");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut bodies = drain(&api, "sleepy", 2).await?;
+    bodies.sort();
+    assert_eq!(bodies, ["first", "second"]);
+    cluster.start(&leader)?;
+    Ok(())
+}

@@ -67,6 +67,10 @@ pub struct ShardState {
     /// [`hand_offs`]).
     #[serde(skip)]
     hand_offs: HandOffs,
+    /// Whether the last entry applied was [`Command::Hibernate`] (not persisted: a replica
+    /// opened again starts awake).
+    #[serde(skip)]
+    asleep: bool,
     /// Which queues the last applies may have made receivable (for waking long polls; not
     /// persisted, not compared).
     #[serde(skip)]
@@ -95,6 +99,29 @@ impl ShardState {
         self.requests.ids().any(|id| id.contains(REQUEST_DIGEST_SEPARATOR))
     }
 
+    /// Whether the shard's timers have work soon (at `now_ms`): messages waiting to be handed
+    /// off, running move tasks, a queue moving in or out, scheduled messages coming due, or
+    /// messages past retention. A shard with none may hibernate.
+    pub fn has_timed_work(&self, now_ms: u64) -> bool {
+        self.has_hand_offs()
+            || self.move_tasks.values().any(|t| t.status == MoveTaskStatus::Running)
+            || self.has_adoptions()
+            || self.has_fences()
+            || self.next_slice_to_load(now_ms).is_some()
+            || self.has_expirable(now_ms)
+    }
+
+    /// Whether the last entry applied was [`Command::Hibernate`]: the shard sleeps.
+    pub fn asleep(&self) -> bool {
+        self.asleep
+    }
+
+    /// This state awake (test support).
+    #[cfg(test)]
+    pub fn without_sleep(&self) -> ShardState {
+        ShardState { asleep: false, ..self.clone() }
+    }
+
     /// The shard clock: the highest `now_ms` applied so far.
     pub fn clock_ms(&self) -> u64 {
         self.clock_ms
@@ -106,6 +133,7 @@ impl ShardState {
     /// but the clock changed.
     pub fn apply(&mut self, log_index: u64, cmd: &ShardCommand) -> Response {
         self.clock_ms = self.clock_ms.max(cmd.now_ms);
+        self.asleep = matches!(cmd.command, Command::Hibernate);
         if let Some(key) = cmd.request_id.as_deref() {
             match self.earlier_request(key) {
                 // Its record entered the outbox with the first answer, if that was a success.
@@ -300,6 +328,7 @@ impl ShardState {
                 self.accept_hand_offs(*source_shard, *queue, tenant, arrivals, messages, log_index)
             }
             Command::TrimHandOffs { through_seq } => self.trim_hand_offs(*through_seq),
+            Command::Hibernate => Ok(Response::Moved),
             Command::ReturnHandOffs { through_seq } => self.return_hand_offs(*through_seq, log_index),
             Command::TrimMetering { through_seq } => {
                 self.metering.trim(*through_seq);
@@ -341,7 +370,8 @@ impl ShardState {
             | Command::AdoptBodies { .. }
             | Command::DropAdoption { .. }
             | Command::OpenHandOffs
-            | Command::TrimHandOffs { .. } => None,
+            | Command::TrimHandOffs { .. }
+            | Command::Hibernate => None,
             Command::AcceptHandOffs { queue, .. } => Some(Touch::Queue(*queue)),
             // Long polls waiting at the shard learn that the queue moves away (and go to its new
             // shard), or that it serves here (again).

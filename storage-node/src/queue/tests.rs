@@ -2585,3 +2585,18 @@ fn a_full_outbox_holds_exhausted_messages_in_their_queue() {
     assert_eq!(a.counts().visible, 0, "room again: they leave too");
     assert_eq!(round_trip(&a.state), a.state);
 }
+
+#[test]
+fn a_hibernate_entry_puts_the_shard_to_sleep_until_the_next_entry_and_changes_nothing_else() {
+    let mut shard = Shard::with_queue();
+    shard.send(0, &[1]);
+    let before = shard.state.clone();
+    assert_eq!(shard.apply(0, Command::Hibernate), Response::Moved);
+    assert!(shard.state.asleep());
+    assert_eq!(shard.state.without_sleep(), before, "nothing but the flag changed");
+    assert!(!shard.state.has_timed_work(0), "an idle shard has no timed work");
+    assert_eq!(shard.receive(0, 1, None).len(), 1);
+    assert!(!shard.state.asleep(), "any later entry wakes it");
+    // Work a timer must do keeps a shard awake: here a message past its retention.
+    assert!(shard.state.has_timed_work(config().retention_ms + 1));
+}

@@ -441,6 +441,10 @@ pub enum Command {
     ReturnHandOffs {
         through_seq: u64,
     },
+    /// The shard's leader found it idle: every replica stops its Raft ticker and its timers
+    /// until a call, or any later entry, wakes it (see `crate::hibernation`). Changes nothing
+    /// else. Shard command version 7 and later.
+    Hibernate,
 }
 
 /// One message of a [`Command::AcceptHandOffs`]: where it came from and what its queue keeps
@@ -574,6 +578,11 @@ impl Command {
     /// the steps of a move on its target, and the hand-off of messages.
     pub fn is_from_another_shard(&self) -> bool {
         self.is_adoption_step() || matches!(self, Command::AcceptHandOffs { .. })
+    }
+
+    /// Whether the command needs shard command version 7: a hand-off, or a hibernation.
+    pub fn needs_version_7(&self) -> bool {
+        self.is_hand_off_step() || matches!(self, Command::Hibernate)
     }
 
     /// Whether the command is one of a queue's move between shards (shard command version 6).

@@ -344,6 +344,11 @@ impl ShardState {
         !self.moves.adopting.is_empty() || !self.moves.adopted.is_empty()
     }
 
+    /// Whether a queue of the shard is fenced for a move away.
+    pub(super) fn has_fences(&self) -> bool {
+        !self.moves.fenced.is_empty()
+    }
+
     /// The adoptions themselves (see [`ShardState::has_adoptions`]).
     pub fn adoptions(&self) -> Vec<(QueueId, MoveId)> {
         let arriving = self.moves.adopting.iter().map(|(&queue, a)| (queue, a.move_id));

@@ -1,0 +1,121 @@
+//! Idle shards sleep (see `docs/elasticity.md`): a shard whose leader saw no call for
+//! [`ShardLogSettings::hibernate_after`](crate::shard::ShardLogSettings::hibernate_after) and
+//! whose timers have no work proposes [`Command::Hibernate`]; every replica that applies it
+//! stops its Raft ticker (no heartbeats, no election timer) and its per-shard timers, which wait
+//! until it wakes. Its state stays as it was: waking costs no election and no reload.
+//!
+//! # What wakes a shard
+//!
+//! * A call routed to it (the gRPC service notes every call on a replica): the leader proposes
+//!   the call as usual, and its entry wakes the followers as they apply it. Raft needs no ticker
+//!   to replicate or to confirm a leader's reads, so the first call is served at once.
+//! * Any entry after the `Hibernate` entry, applied by any replica (a new leader's, say).
+//! * Its leader's node losing its lease in metadata (seen in this node's heartbeats): the
+//!   followers wake, so that one of them is elected, as if the shard had never slept.
+//! * Scheduled messages coming due (one timer per shard keeps watch while it sleeps).
+//!
+//! A replica opened again (a restart) starts awake; its shard hibernates again once idle.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use strata_common::ClockExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::queue::Command;
+use crate::shard::Shard;
+
+/// How often a shard looks whether it may hibernate (or, asleep, whether scheduled messages
+/// come due).
+const HIBERNATE_TICK: Duration = Duration::from_secs(1);
+/// How long the proposal of a hibernation may take.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether a replica of a shard sleeps, and when it last served a call.
+pub struct Hibernation {
+    shard_id: u64,
+    /// Starts or stops the replica's Raft ticker.
+    set_tick: Box<dyn Fn(bool) + Send + Sync>,
+    asleep: watch::Sender<bool>,
+    last_call_ms: AtomicU64,
+}
+
+impl Hibernation {
+    pub(crate) fn new(shard_id: u64, set_tick: Box<dyn Fn(bool) + Send + Sync>, now_ms: u64) -> Self {
+        let (asleep, _) = watch::channel(false);
+        Self { shard_id, set_tick, asleep, last_call_ms: AtomicU64::new(now_ms) }
+    }
+
+    pub fn is_asleep(&self) -> bool {
+        *self.asleep.borrow()
+    }
+
+    /// Stops the Raft ticker and the timers (nothing when asleep already).
+    pub(crate) fn sleep(&self) {
+        if self.asleep.send_if_modified(|asleep| !std::mem::replace(asleep, true)) {
+            (self.set_tick)(false);
+            tracing::info!(shard = self.shard_id, "shard hibernates");
+        }
+    }
+
+    /// Starts the Raft ticker and the timers again (nothing when awake).
+    pub(crate) fn wake(&self, why: &str) {
+        if self.asleep.send_if_modified(|asleep| std::mem::replace(asleep, false)) {
+            (self.set_tick)(true);
+            tracing::info!(shard = self.shard_id, why, "shard wakes");
+        }
+    }
+
+    /// A call reached the replica at `now_ms`: it wakes, and its idle time starts over.
+    pub(crate) fn note_call(&self, now_ms: u64) {
+        self.last_call_ms.fetch_max(now_ms, Ordering::Relaxed);
+        self.wake("a call");
+    }
+
+    /// How long the replica has served no call.
+    fn idle_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.last_call_ms.load(Ordering::Relaxed))
+    }
+
+    /// Returns once the replica is awake.
+    pub(crate) async fn until_awake(&self) {
+        let mut asleep = self.asleep.subscribe();
+        // The sender lives as long as `self`.
+        let _ = asleep.wait_for(|asleep| !*asleep).await;
+    }
+}
+
+/// On every replica: while awake and leading, proposes a hibernation once the shard has been idle
+/// for `after` with no timed work; while asleep, wakes it when scheduled messages come due.
+/// Does nothing when `after` is zero.
+pub(crate) async fn hibernate_loop(shard: Arc<Shard>, after: Duration, cancel: CancellationToken) {
+    if after.is_zero() {
+        return;
+    }
+    let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            () = shard.clock().sleep(HIBERNATE_TICK) => {}
+        }
+        let now_ms = shard.now_ms();
+        let hibernation = shard.hibernation();
+        if hibernation.is_asleep() {
+            if shard.state().0.next_slice_to_load(now_ms).is_some() {
+                hibernation.wake("scheduled messages come due");
+            }
+            continue;
+        }
+        let busy = shard.state().0.has_timed_work(now_ms) || shard.moves_replicas();
+        if !shard.is_leader() || hibernation.idle_ms(now_ms) < after_ms || busy {
+            continue;
+        }
+        match shard.clock().timeout(PROPOSE_TIMEOUT, shard.propose(Command::Hibernate)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!(shard = shard.shard_id, error = %e, "the shard did not hibernate"),
+            Err(_) => tracing::debug!(shard = shard.shard_id, "the shard's hibernation timed out"),
+        }
+    }
+}
