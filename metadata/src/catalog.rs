@@ -455,6 +455,16 @@ pub enum MetaCommand {
     RemoveNode {
         node_id: String,
     },
+    /// [`MetaCommand::CreateQueue`] on `shard_id` when it is one of the queue's two choices
+    /// ([`Catalog::queue_shard_choices`]; the proposer picks the less loaded), else on the
+    /// first. Only command format version 7 holds it.
+    CreateQueueOn {
+        tenant: String,
+        name: String,
+        config: QueueConfig,
+        now_ms: u64,
+        shard_id: u64,
+    },
 }
 
 /// Whose limits a command sets.
@@ -487,6 +497,9 @@ impl fmt::Display for MetaCommand {
             MetaCommand::FinishQueueMove { move_id, .. } => write!(f, "finish-queue-move {move_id}"),
             MetaCommand::DrainNode { node_id, .. } => write!(f, "drain-node {node_id}"),
             MetaCommand::RemoveNode { node_id } => write!(f, "remove-node {node_id}"),
+            MetaCommand::CreateQueueOn { tenant, name, shard_id, .. } => {
+                write!(f, "create-queue {tenant}/{name} on={shard_id}")
+            }
             MetaCommand::CreateQueue { tenant, name, .. } => write!(f, "create-queue {tenant}/{name}"),
             MetaCommand::DeleteQueue { tenant, name } => write!(f, "delete-queue {tenant}/{name}"),
             MetaCommand::SetQueueConfig { tenant, name, .. } => write!(f, "set-queue-config {tenant}/{name}"),
@@ -632,7 +645,11 @@ const VERSION_6: u8 = 6;
 /// ([`MetaCommand::DrainNode`], [`MetaCommand::RemoveNode`]): metadata commands and catalogs of
 /// version 7.
 pub const DRAINS_GENERATION: FormatGeneration = 10;
-/// The metadata command and catalog format version of generation 10: node drains.
+/// The format generation from which new queues go to the less loaded of two shards
+/// ([`MetaCommand::CreateQueueOn`], command format version 7).
+pub const LOAD_PLACEMENT_GENERATION: FormatGeneration = 10;
+/// The metadata command and catalog format version of generation 10: node drains, placement by
+/// load.
 const VERSION_7: u8 = 7;
 
 /// A metadata log entry, persisted (see `docs/formats.md`). Version 1 is the postcard encoding
@@ -642,8 +659,8 @@ const VERSION_7: u8 = 7;
 /// and [`MetaCommand::SealSecret`] as the last variants; version 5 adds
 /// [`MetaCommand::QueueDropped`] and [`MetaCommand::AddShard`] as the last ones; version 6
 /// [`MetaCommand::StartQueueMove`], [`MetaCommand::SetQueueMovePhase`] and
-/// [`MetaCommand::FinishQueueMove`]; version 7 [`MetaCommand::DrainNode`] and
-/// [`MetaCommand::RemoveNode`].
+/// [`MetaCommand::FinishQueueMove`]; version 7 [`MetaCommand::DrainNode`],
+/// [`MetaCommand::RemoveNode`] and [`MetaCommand::CreateQueueOn`].
 impl Persisted for MetaEntry {
     const VERSIONS: &'static [u8] = &[LEGACY_FORMAT_VERSION, 2, 2, 3, 4, 4, 4, 4, VERSION_5, VERSION_6, VERSION_7];
 
@@ -657,7 +674,9 @@ impl Persisted for MetaEntry {
             MetaCommand::StartQueueMove { .. }
             | MetaCommand::SetQueueMovePhase { .. }
             | MetaCommand::FinishQueueMove { .. } => VERSION_6,
-            MetaCommand::DrainNode { .. } | MetaCommand::RemoveNode { .. } => VERSION_7,
+            MetaCommand::DrainNode { .. } | MetaCommand::RemoveNode { .. } | MetaCommand::CreateQueueOn { .. } => {
+                VERSION_7
+            }
             MetaCommand::QueueDropped { .. } | MetaCommand::AddShard { .. } => VERSION_5,
             MetaCommand::SetStoredBytesMax { .. } | MetaCommand::SealSecret { .. } => VERSION_4,
             MetaCommand::SetFormatGeneration { .. } => 2,
@@ -796,6 +815,13 @@ impl Catalog {
     }
 }
 
+/// SplitMix64's finalizer: every bit of `x` moves every bit of the answer.
+fn mix64(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
 /// FNV-1a: a stable hash (unlike std's, which is randomly seeded) for placing queues on shards.
 fn stable_hash(parts: &[&str]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -811,6 +837,88 @@ fn stable_hash(parts: &[&str]) -> u64 {
 impl Catalog {
     pub fn queue(&self, tenant: &str, name: &str) -> Option<&QueueRecord> {
         self.queues.get(&(tenant.to_string(), name.to_string()))
+    }
+
+    /// The shards a new queue of `tenant` named `name` may go to, first choice first: two picked
+    /// by stable hashes of its name (one when they coincide) among the shards that take queues.
+    /// From generation 8, only shards whose group runs (a leader claimed the writer role) take
+    /// queues, so a shard added at runtime serves its first queue at once; all of them while
+    /// none is claimed yet (a cluster just made). The proposer places the queue on the less
+    /// loaded of the two ([`MetaCommand::CreateQueueOn`]), so queues spread by load without
+    /// every create of a burst landing on one shard.
+    pub fn queue_shard_choices(&self, tenant: &str, name: &str) -> Vec<u64> {
+        let mut shard_ids: Vec<u64> = self.shards.keys().copied().collect();
+        let claimed: Vec<u64> = self.shards.values().filter(|s| s.writer_epoch > 0).map(|s| s.shard_id).collect();
+        if self.format_generation >= OPERATIONS_GENERATION && !claimed.is_empty() {
+            shard_ids = claimed;
+        }
+        if shard_ids.is_empty() {
+            return Vec::new();
+        }
+        let count = shard_ids.len() as u64;
+        let hash = stable_hash(&[tenant, name]);
+        let first = shard_ids[(hash % count) as usize];
+        // FNV's low bits of two hashes of the same bytes move together: the second choice
+        // mixes all of the hash's bits.
+        let second = shard_ids[(mix64(hash) % count) as usize];
+        if first == second { vec![first] } else { vec![first, second] }
+    }
+
+    /// Creates a queue on `preferred` when it is one of its choices
+    /// ([`Catalog::queue_shard_choices`]), else on the first choice; an existing queue of the
+    /// same configuration is answered as created.
+    fn create_queue(
+        &mut self,
+        log_index: u64,
+        tenant: &str,
+        name: &str,
+        config: &QueueConfig,
+        now_ms: u64,
+        preferred: Option<u64>,
+    ) -> Result<QueueRecord, StrataError> {
+        strata_common::names::validate_queue_name(name)?;
+        if !self.tenants.contains_key(tenant) {
+            return Err(StrataError::new(ErrorKind::Unauthenticated, "unknown tenant"));
+        }
+        if let Some(existing) = self.queue(tenant, name) {
+            if existing.config == *config {
+                return Ok(existing.clone());
+            }
+            return Err(StrataError::new(
+                ErrorKind::QueueAlreadyExists,
+                format!("queue '{name}' already exists with different attributes"),
+            ));
+        }
+        self.check_dead_letter_not_moving(None, config.dead_letter_queue_id)?;
+        let count = self.queues_per_tenant.get(tenant).copied().unwrap_or(0);
+        let limit = match self.limits_of(tenant).1.queues_max {
+            0 => QUEUES_PER_TENANT_MAX,
+            own => own.min(QUEUES_PER_TENANT_MAX),
+        };
+        if count >= limit {
+            return Err(StrataError::new(
+                ErrorKind::LimitExceeded,
+                format!("this tenant may have at most {limit} queues; delete some first"),
+            ));
+        }
+        let choices = self.queue_shard_choices(tenant, name);
+        let Some(&first) = choices.first() else {
+            return Err(StrataError::unavailable("no storage node has registered yet; retry shortly"));
+        };
+        let shard_id = preferred.filter(|p| choices.contains(p)).unwrap_or(first);
+        let record = QueueRecord {
+            tenant: tenant.to_owned(),
+            name: name.to_owned(),
+            queue_id: log_index,
+            shard_id,
+            config: config.clone(),
+            created_ms: now_ms,
+            modified_ms: now_ms,
+            tags: BTreeMap::new(),
+        };
+        self.queues.insert((tenant.to_owned(), name.to_owned()), record.clone());
+        *self.queues_per_tenant.entry(tenant.to_owned()).or_insert(0) += 1;
+        Ok(record)
     }
 
     /// The live queue of `tenant` whose id is `queue_id` (a scan of the tenant's queues).
@@ -1126,57 +1234,10 @@ impl Catalog {
                 Ok(MetaResponse::Tenant(record.clone()))
             }
             MetaCommand::CreateQueue { tenant, name, config, now_ms } => {
-                strata_common::names::validate_queue_name(name)?;
-                if !self.tenants.contains_key(tenant) {
-                    return Err(StrataError::new(ErrorKind::Unauthenticated, "unknown tenant"));
-                }
-                if let Some(existing) = self.queue(tenant, name) {
-                    if existing.config == *config {
-                        return Ok(MetaResponse::Queue(existing.clone()));
-                    }
-                    return Err(StrataError::new(
-                        ErrorKind::QueueAlreadyExists,
-                        format!("queue '{name}' already exists with different attributes"),
-                    ));
-                }
-                self.check_dead_letter_not_moving(None, config.dead_letter_queue_id)?;
-                let count = self.queues_per_tenant.get(tenant).copied().unwrap_or(0);
-                let limit = match self.limits_of(tenant).1.queues_max {
-                    0 => QUEUES_PER_TENANT_MAX,
-                    own => own.min(QUEUES_PER_TENANT_MAX),
-                };
-                if count >= limit {
-                    return Err(StrataError::new(
-                        ErrorKind::LimitExceeded,
-                        format!("this tenant may have at most {limit} queues; delete some first"),
-                    ));
-                }
-                let mut shard_ids: Vec<u64> = self.shards.keys().copied().collect();
-                // From generation 8, only shards whose group runs (a leader claimed the writer
-                // role) take queues, so a shard added at runtime serves its first queue at once;
-                // all of them while none is claimed yet (a cluster just made).
-                let claimed: Vec<u64> =
-                    self.shards.values().filter(|s| s.writer_epoch > 0).map(|s| s.shard_id).collect();
-                if self.format_generation >= OPERATIONS_GENERATION && !claimed.is_empty() {
-                    shard_ids = claimed;
-                }
-                if shard_ids.is_empty() {
-                    return Err(StrataError::unavailable("no storage node has registered yet; retry shortly"));
-                }
-                let pick = (stable_hash(&[tenant, name]) % shard_ids.len() as u64) as usize;
-                let record = QueueRecord {
-                    tenant: tenant.clone(),
-                    name: name.clone(),
-                    queue_id: log_index,
-                    shard_id: shard_ids[pick],
-                    config: config.clone(),
-                    created_ms: *now_ms,
-                    modified_ms: *now_ms,
-                    tags: BTreeMap::new(),
-                };
-                self.queues.insert((tenant.clone(), name.clone()), record.clone());
-                *self.queues_per_tenant.entry(tenant.clone()).or_insert(0) += 1;
-                Ok(MetaResponse::Queue(record))
+                Ok(MetaResponse::Queue(self.create_queue(log_index, tenant, name, config, *now_ms, None)?))
+            }
+            MetaCommand::CreateQueueOn { tenant, name, config, now_ms, shard_id } => {
+                Ok(MetaResponse::Queue(self.create_queue(log_index, tenant, name, config, *now_ms, Some(*shard_id))?))
             }
             MetaCommand::DeleteQueue { tenant, name } => {
                 let journaled = self.format_generation >= OPERATIONS_GENERATION;
@@ -1632,6 +1693,42 @@ mod tests {
         c.encode_body(Catalog::FORMAT_VERSION, &mut bytes).expect("encode");
         let back = Catalog::decode_versioned(&bytes).expect("decode");
         assert_eq!(format!("{back:?}"), format!("{c:?}"), "the drains survive a snapshot");
+    }
+
+    #[test]
+    fn a_new_queue_goes_to_the_preferred_of_its_two_shards_and_only_to_one_of_them() {
+        let mut c = Catalog::default();
+        for (i, node) in ["n1", "n2", "n3"].iter().enumerate() {
+            register(&mut c, i as u64 + 1, node, "z", 1);
+        }
+        c.run(4, &MetaCommand::EnsureTenant { tenant: "acme".into(), now_ms: 5 });
+        // Names whose two choices differ, and one preferred shard outside its choices.
+        let names: Vec<String> = (0..40).map(|i| format!("q{i}")).collect();
+        let two: Vec<&String> = names.iter().filter(|n| c.queue_shard_choices("acme", n).len() == 2).collect();
+        assert!(two.len() > 10, "most names have two choices among two shards");
+        for (index, name) in (10..).zip(&two) {
+            let choices = c.queue_shard_choices("acme", name);
+            let create = MetaCommand::CreateQueueOn {
+                tenant: "acme".into(),
+                name: (*name).clone(),
+                config: config(),
+                now_ms: 5,
+                shard_id: choices[1],
+            };
+            assert!(matches!(c.run(index, &create), MetaResponse::Queue(ref q) if q.shard_id == choices[1]));
+        }
+        // A shard that is not among a queue's choices is not taken: the first choice is.
+        let one = names.iter().find(|n| c.queue_shard_choices("acme", n).len() == 1).expect("a name with one choice");
+        let first = c.queue_shard_choices("acme", one)[0];
+        let outside = if first == 1 { 2 } else { 1 };
+        let create = MetaCommand::CreateQueueOn {
+            tenant: "acme".into(),
+            name: one.clone(),
+            config: config(),
+            now_ms: 5,
+            shard_id: outside,
+        };
+        assert!(matches!(c.run(100, &create), MetaResponse::Queue(ref q) if q.shard_id == first));
     }
 
     fn claim(c: &mut Catalog, index: u64, node: &str, raft_term: u64) -> MetaResponse {
@@ -2448,6 +2545,16 @@ mod format_tests {
         let commands = [
             ("drain-node", entry(MetaCommand::DrainNode { node_id: "storage-2".into(), now_ms: NOW_MS })),
             ("remove-node", entry(MetaCommand::RemoveNode { node_id: "storage-2".into() })),
+            (
+                "create-queue-on",
+                entry(MetaCommand::CreateQueueOn {
+                    tenant: "acme".into(),
+                    name: "orders".into(),
+                    config: QueueConfig { retention_ms: 60_000, ..QueueConfig::default() },
+                    now_ms: NOW_MS,
+                    shard_id: 2,
+                }),
+            ),
         ];
         for (name, entry) in commands {
             assert_eq!(entry.version_needed(), VERSION_7);

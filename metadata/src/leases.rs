@@ -22,6 +22,8 @@ struct Inner {
     since_ms: u64,
     /// Node id → its last heartbeat.
     heartbeats: HashMap<String, Heartbeat>,
+    /// Shard id → its load as its leader last reported it: (log entries per minute, when).
+    shard_loads: HashMap<u64, (u64, u64)>,
 }
 
 /// What a node's last heartbeat said.
@@ -52,6 +54,24 @@ impl Leases {
         let mut inner = self.inner.lock();
         Self::in_term(&mut inner, term, now_ms);
         inner.heartbeats.insert(node_id.to_owned(), Heartbeat { at_ms: now_ms, format_generation_max });
+    }
+
+    /// Records the load of a shard, as its leader reported it in a heartbeat.
+    pub fn shard_load(&self, shard_id: u64, entries_per_minute: u64, term: u64, now_ms: u64) {
+        let mut inner = self.inner.lock();
+        Self::in_term(&mut inner, term, now_ms);
+        inner.shard_loads.insert(shard_id, (entries_per_minute, now_ms));
+    }
+
+    /// A shard's load (log entries per minute) as reported within the last lease in `term`;
+    /// `None` when unknown.
+    pub fn load_of(&self, shard_id: u64, term: u64, now_ms: u64) -> Option<u64> {
+        let inner = self.inner.lock();
+        if inner.term != term {
+            return None;
+        }
+        let &(load, at_ms) = inner.shard_loads.get(&shard_id)?;
+        (now_ms.saturating_sub(at_ms) < LEASE_MS).then_some(load)
     }
 
     /// The newest format generation `node_id` reads, as it said in a heartbeat in `term` (`None`

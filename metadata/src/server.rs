@@ -32,7 +32,8 @@ use strata_raft::transport::{GroupId, GrpcNetwork, RaftRouter, Senders};
 use strata_tls::{AuthorizeLayer, Credentials, Listener, Peer, Role};
 
 use crate::catalog::{
-    OPERATIONS_GENERATION, Operation, QUEUE_MOVES_GENERATION, SEALED_SECRETS_GENERATION, STORED_BYTES_LIMITS_GENERATION,
+    LOAD_PLACEMENT_GENERATION, OPERATIONS_GENERATION, Operation, QUEUE_MOVES_GENERATION, SEALED_SECRETS_GENERATION,
+    STORED_BYTES_LIMITS_GENERATION,
 };
 use crate::sealing::Keks;
 use strata_wal::{FsyncFailure, WalOptions};
@@ -64,6 +65,8 @@ pub const MEMBER_CATCH_UP_LAG_ENTRIES: u64 = 64;
 const METADATA_SNAPSHOT_EVERY_ENTRIES: u64 = 10_000;
 /// Most operations one heartbeat hands a storage node; the rest come with the next ones.
 const OPERATIONS_PER_HEARTBEAT_MAX: usize = 100;
+/// Most shard loads one heartbeat reports (as many shards as a cluster may have).
+const SHARD_LOADS_PER_HEARTBEAT_MAX: usize = 1_024;
 /// WAL segment size of the metadata log.
 const METADATA_SEGMENT_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
@@ -746,11 +749,23 @@ impl Metadata for MetadataService {
         let r = request.into_inner();
         let config = required_config(r.config)?;
         let now_ms = if r.now_ms == 0 { self.node.now_ms() } else { r.now_ms };
-        queue_response(
-            self.node
-                .propose(request_id, MetaCommand::CreateQueue { tenant: r.tenant, name: r.name, config, now_ms })
-                .await?,
-        )
+        let (tenant, name) = (r.tenant, r.name);
+        // On the less loaded of its two shards, as their leaders last reported (a shard not
+        // heard from counts as idle; ties keep the first choice).
+        let by_load = {
+            let catalog = self.node.catalog();
+            let (term, clock_ms) = (self.node.term(), self.node.now_ms());
+            let load = |shard: u64| self.node.leases.load_of(shard, term, clock_ms).unwrap_or(0);
+            let choices = catalog.queue_shard_choices(&tenant, &name);
+            (catalog.format_generation() >= LOAD_PLACEMENT_GENERATION)
+                .then(|| choices.into_iter().min_by_key(|&shard| load(shard)))
+                .flatten()
+        };
+        let command = match by_load {
+            Some(shard_id) => MetaCommand::CreateQueueOn { tenant, name, config, now_ms, shard_id },
+            None => MetaCommand::CreateQueue { tenant, name, config, now_ms },
+        };
+        queue_response(self.node.propose(request_id, command).await?)
     }
 
     async fn get_queue(&self, request: Request<pb::QueueName>) -> Result<Response<pb::QueueInfo>, Status> {
@@ -921,7 +936,7 @@ impl Metadata for MetadataService {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         own_storage_node(&request, &request.get_ref().node_id)?;
         self.node.read_barrier().await?;
-        let pb::HeartbeatRequest { node_id, format_generation_max } = request.into_inner();
+        let pb::HeartbeatRequest { node_id, format_generation_max, shard_loads } = request.into_inner();
         let (shards, leaving, format_generation, operations): (Vec<ShardRecord>, Vec<ShardRecord>, _, _) = {
             let catalog = self.node.catalog();
             if catalog.node(&node_id).is_none() {
@@ -945,7 +960,11 @@ impl Metadata for MetadataService {
                 Operation::MoveQueue(queue_move) => queue_moves.push(move_info(id, &queue_move)),
             }
         }
-        self.node.leases.heartbeat(&node_id, self.node.term(), self.node.now_ms(), format_generation_max);
+        let (term, now_ms) = (self.node.term(), self.node.now_ms());
+        self.node.leases.heartbeat(&node_id, term, now_ms, format_generation_max);
+        for load in shard_loads.iter().take(SHARD_LOADS_PER_HEARTBEAT_MAX) {
+            self.node.leases.shard_load(load.shard_id, load.entries_per_minute, term, now_ms);
+        }
         let shards = shards.iter().map(|s| self.shard_info(s)).collect();
         let leaving_shards = leaving.iter().map(|s| self.shard_info(s)).collect();
         let draining = self.node.catalog().is_draining(&node_id);

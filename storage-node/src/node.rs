@@ -483,12 +483,15 @@ impl Host {
 
 /// Keeps this node's lease in metadata, and follows the placement each heartbeat answers.
 async fn heartbeat_loop(host: Arc<Host>) {
+    // The applied index and time of each shard led at the last heartbeat, to report its load.
+    let mut last: HashMap<u64, (u64, u64)> = HashMap::new();
     loop {
         tokio::select! {
             _ = host.cancel.cancelled() => return,
             () = host.clock.sleep(Duration::from_millis(HEARTBEAT_INTERVAL_MS)) => {}
         }
-        match host.metadata.heartbeat(&host.settings.node_id, host.format.readable_max()).await {
+        let shard_loads = shard_loads(&host.shards, &mut last, host.clock.now_ms());
+        match host.metadata.heartbeat(&host.settings.node_id, host.format.readable_max(), shard_loads).await {
             Ok(answer) => {
                 host.format.raise(answer.format_generation);
                 host.reconcile(&answer.shards, &answer.leaving_shards).await;
@@ -498,6 +501,32 @@ async fn heartbeat_loop(host: Arc<Host>) {
             Err(e) => tracing::warn!(error = %e, "heartbeat to metadata failed; will retry"),
         }
     }
+}
+
+/// The load of each shard this node leads: log entries applied per minute since `last` (which
+/// this updates; a shard first seen reports nothing yet).
+fn shard_loads(
+    shards: &ShardMap,
+    last: &mut HashMap<u64, (u64, u64)>,
+    now_ms: u64,
+) -> Vec<strata_common::proto::ShardLoad> {
+    let led: Vec<(u64, u64)> = shards
+        .read()
+        .values()
+        .filter(|s| s.is_leader())
+        .map(|s| (s.shard_id, s.applied_index().unwrap_or(0)))
+        .collect();
+    last.retain(|id, _| led.iter().any(|(led_id, _)| led_id == id));
+    let mut loads = Vec::new();
+    for (shard_id, index) in led {
+        if let Some(&(before, at_ms)) = last.get(&shard_id) {
+            let elapsed_ms = now_ms.saturating_sub(at_ms).max(1);
+            let entries_per_minute = index.saturating_sub(before).saturating_mul(60_000) / elapsed_ms;
+            loads.push(strata_common::proto::ShardLoad { shard_id, entries_per_minute });
+        }
+        last.insert(shard_id, (index, now_ms));
+    }
+    loads
 }
 
 /// How often a shard's leader compares its group's voters with the replicas of the placement

@@ -1025,3 +1025,30 @@ async fn every_replica_of_an_idle_shard_sleeps_and_a_dead_leader_is_replaced_whi
     cluster.start(&leader)?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_queues_go_to_the_less_loaded_shard() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dev = DevProcess::start(&dir.path().join("dev"), &["--shards", "2"])?;
+    dev.wait_for_newest_formats().await?;
+    let (api, admin) = (dev.api(), dev.admin_api()?);
+    // A steady load on a queue of shard 1; shard 2 idle. Its leader reports both loads with
+    // its heartbeats.
+    api.create_queue(&model::CreateQueue::named("busy")).await?;
+    place_on(&admin, "busy", 1).await?;
+    let load = Load::start_with(vec![("dev".to_owned(), vec![dev.api()])], &["busy"]).await?;
+    tokio::time::sleep(Duration::from_millis(3 * strata_common::limits::HEARTBEAT_INTERVAL_MS)).await;
+    let mut on_shard = BTreeMap::new();
+    for i in 0..30 {
+        let name = format!("new-{i:02}");
+        api.create_queue(&model::CreateQueue::named(&name)).await?;
+        *on_shard.entry(admin.queue_placement("dev", &name).await?.shard_id).or_insert(0) += 1;
+    }
+    let report = load.finish().await;
+    assert!(report.is_safe(), "{report}");
+    println!("new queues by shard under a load on shard 1: {on_shard:?}");
+    // Each goes to the less loaded of its two shards: all but those whose two choices are one.
+    let (busy, idle) = (on_shard.get(&1).copied().unwrap_or(0), on_shard.get(&2).copied().unwrap_or(0));
+    assert!(idle > 2 * busy, "{on_shard:?}");
+    Ok(())
+}

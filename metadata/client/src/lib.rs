@@ -390,12 +390,14 @@ impl MetadataClient {
 
     /// Keeps `node_id`'s lease, saying the newest format generation it reads; answers the lease,
     /// the shards the node holds a replica of and the generation the cluster writes.
+    /// Keeps the node's lease, reporting the load of the shards it leads.
     pub async fn heartbeat(
         &self,
         node_id: &str,
         format_generation_max: u32,
+        shard_loads: Vec<pb::ShardLoad>,
     ) -> Result<pb::HeartbeatResponse, StrataError> {
-        let request = pb::HeartbeatRequest { node_id: node_id.to_owned(), format_generation_max };
+        let request = pb::HeartbeatRequest { node_id: node_id.to_owned(), format_generation_max, shard_loads };
         self.call(request, |mut c, r| async move { c.heartbeat(r).await }).await
     }
 
