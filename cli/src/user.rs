@@ -341,6 +341,19 @@ pub(crate) enum ClusterCommand {
         #[command(flatten)]
         admin: AdminConnection,
     },
+    /// Split a shard: add a shard on the least loaded live nodes and move some of its queues
+    /// there online (half of them by default). Waits for the moves to end and prints them.
+    SplitShard {
+        shard_id: u64,
+        /// How many of its queues move.
+        #[arg(long)]
+        queues: Option<u32>,
+        /// Print the moves as started, without waiting for them to end.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        admin: AdminConnection,
+    },
     /// Hand a shard's leadership to its replica on another storage node (which must be caught
     /// up); if that one does not take over within seconds, leadership falls back to another
     /// caught-up replica. Prints who leads then.
@@ -494,6 +507,18 @@ pub(crate) async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
         }
         ClusterCommand::AddShard { replicas, admin: a } => {
             print(&admin(a).add_shard(&admin::AddShard { replicas }).await?)
+        }
+        ClusterCommand::SplitShard { shard_id, queues, no_wait, admin: a } => {
+            let client = admin(a);
+            let mut split = client.split_shard(shard_id, &admin::SplitShard { queues }).await?;
+            if !no_wait {
+                let mut ended = Vec::with_capacity(split.moves.len());
+                for started in &split.moves {
+                    ended.push(wait_for_move(&client, started.move_id, MOVE_WAIT).await?);
+                }
+                split.moves = ended;
+            }
+            print(&split);
         }
         ClusterCommand::TransferLeader { shard_id, to, admin: a } => {
             print(&admin(a).transfer_leader(shard_id, &admin::TransferLeader { to_node: to }).await?)

@@ -921,6 +921,14 @@ impl Catalog {
         Ok(record)
     }
 
+    /// The queues placed on `shard_id`, by queue id, at most `max` (a scan of every queue).
+    pub fn queues_on_shard(&self, shard_id: u64, max: usize) -> Vec<&QueueRecord> {
+        let mut on_shard: Vec<&QueueRecord> = self.queues.values().filter(|q| q.shard_id == shard_id).collect();
+        on_shard.sort_by_key(|q| q.queue_id);
+        on_shard.truncate(max);
+        on_shard
+    }
+
     /// The live queue of `tenant` whose id is `queue_id` (a scan of the tenant's queues).
     pub fn queue_by_id(&self, tenant: &str, queue_id: u64) -> Option<&QueueRecord> {
         let of_tenant = self.queues.range((tenant.to_string(), String::new())..);

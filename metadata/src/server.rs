@@ -65,6 +65,8 @@ pub const MEMBER_CATCH_UP_LAG_ENTRIES: u64 = 64;
 const METADATA_SNAPSHOT_EVERY_ENTRIES: u64 = 10_000;
 /// Most operations one heartbeat hands a storage node; the rest come with the next ones.
 const OPERATIONS_PER_HEARTBEAT_MAX: usize = 100;
+/// Most queues one `ListShardQueues` answer holds.
+const SHARD_QUEUES_PAGE_MAX: usize = 10_000;
 /// Most shard loads one heartbeat reports (as many shards as a cluster may have).
 const SHARD_LOADS_PER_HEARTBEAT_MAX: usize = 1_024;
 /// WAL segment size of the metadata log.
@@ -988,6 +990,21 @@ impl Metadata for MetadataService {
         let catalog = self.node.catalog();
         let nodes = catalog.nodes().map(|n| self.node_info(&catalog, n, term, now_ms)).collect();
         Ok(Response::new(pb::ListStorageNodesResponse { nodes, format_generation: catalog.format_generation() }))
+    }
+
+    async fn list_shard_queues(
+        &self,
+        request: Request<pb::ListShardQueuesRequest>,
+    ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        self.node.read_barrier().await?;
+        let r = request.into_inner();
+        let asked = usize::try_from(r.max).unwrap_or(usize::MAX);
+        let max = if asked == 0 { SHARD_QUEUES_PAGE_MAX } else { asked.min(SHARD_QUEUES_PAGE_MAX) };
+        let catalog = self.node.catalog();
+        let on_shard = catalog.queues_on_shard(r.shard_id, max);
+        let truncated = on_shard.len() == max;
+        let queues = on_shard.into_iter().map(|q| q.clone().into()).collect();
+        Ok(Response::new(pb::ListQueuesResponse { queues, truncated }))
     }
 
     async fn drain_node(

@@ -1052,3 +1052,46 @@ async fn new_queues_go_to_the_less_loaded_shard() -> anyhow::Result<()> {
     assert!(idle > 2 * busy, "{on_shard:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_splits_and_half_its_queues_move_online_to_the_new_one() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dev = DevProcess::start(&dir.path().join("dev"), &[])?;
+    dev.wait_for_newest_formats().await?;
+    let api = dev.api();
+    let names: Vec<String> = (0..6).map(|i| format!("part-{i}")).collect();
+    for name in &names {
+        api.create_queue(&model::CreateQueue::named(name)).await?;
+        let messages = (0..5).map(|j| model::NewMessage::new(format!("{name} {j}"))).collect();
+        api.send(name, &model::SendMessages { messages }, None).await?;
+    }
+    let env: BTreeMap<String, String> = dev.credentials_env()?.into_iter().collect();
+    // Refused with the reason: more queues than the shard can give.
+    let (ok, _, stderr) = cluster_cli(&env, &["split-shard", "1", "--queues", "100000"]);
+    assert!(!ok && stderr.contains("the shard holds"), "{stderr}");
+    let held: usize = stderr
+        .split("the shard holds ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no queue count in: {stderr}"))?;
+    assert!(held >= names.len(), "{stderr}");
+    let (ok, split, stderr) = cluster_cli(&env, &["split-shard", "1"]);
+    assert!(ok, "{stderr}");
+    let new_shard = split["shard"]["shard_id"].as_u64().unwrap_or_default();
+    assert_eq!(new_shard, 2, "{split}");
+    let moves = split["moves"].as_array().cloned().unwrap_or_default();
+    assert_eq!(moves.len(), held / 2, "{split}");
+    assert!(moves.iter().all(|m| m["phase"] == "completed" && m["to_shard"] == 2), "{split}");
+    let admin = dev.admin_api()?;
+    let mut shards = BTreeSet::new();
+    for name in &names {
+        shards.insert(admin.queue_placement("dev", name).await?.shard_id);
+        // Every message is where its queue is now.
+        let mut bodies = drain(&api, name, 5).await?;
+        bodies.sort();
+        assert_eq!(bodies, (0..5).map(|j| format!("{name} {j}")).collect::<Vec<_>>());
+    }
+    assert_eq!(shards, BTreeSet::from([1, 2]), "the queues are on both shards now");
+    Ok(())
+}

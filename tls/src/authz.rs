@@ -56,6 +56,7 @@ pub const RPC_ROLES: &[(Listener, &str, &[Role])] = &[
     (Listener::Metadata, "/strata.v1.Metadata/ListQueueMoves", &[Proxy, Storage, Autoscaler, Operator]),
     (Listener::Metadata, "/strata.v1.Metadata/LocateQueue", &[Storage]),
     (Listener::Metadata, "/strata.v1.Metadata/DrainNode", &[Proxy, Autoscaler, Operator]),
+    (Listener::Metadata, "/strata.v1.Metadata/ListShardQueues", &[Proxy, Autoscaler, Operator]),
     // A move's driver is its source shard's leader.
     (Listener::Metadata, "/strata.v1.Metadata/DecideQueueMove", &[Storage]),
     (Listener::Metadata, "/strata.v1.Metadata/FinishQueueMove", &[Storage]),

@@ -403,6 +403,13 @@ impl MetadataClient {
 
     /// Every registered storage node, with whether its lease is current and which format
     /// generations it reads, and the format generation the cluster writes.
+    /// The queues placed on shard `shard_id`, by queue id, at most `max`.
+    pub async fn list_shard_queues(&self, shard_id: u64, max: u32) -> Result<Vec<pb::QueueInfo>, StrataError> {
+        let request = pb::ListShardQueuesRequest { shard_id, max };
+        let answer = self.call(request, |mut c, r| async move { c.list_shard_queues(r).await }).await?;
+        Ok(answer.queues)
+    }
+
     /// Starts draining storage node `node_id`.
     pub async fn drain_node(&self, node_id: &str) -> Result<pb::StorageNodeInfo, StrataError> {
         let request = pb::DrainNodeRequest { node_id: node_id.to_string() };

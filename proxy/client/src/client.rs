@@ -503,6 +503,16 @@ impl Client {
 
     /// Starts moving a tenant's queue to another shard; the answer is the move as started (see
     /// [`Client::queue_moves`] for how it goes on).
+    /// Splits shard `shard_id`: a new shard on the least loaded nodes takes some of its queues
+    /// (half by default), each by an online move; answers the moves as started.
+    pub async fn split_shard(
+        &self,
+        shard_id: u64,
+        request: &admin::SplitShard,
+    ) -> Result<admin::ShardSplit, ClientError> {
+        self.post_as(&format!("/admin/v1/shards/{shard_id}/split"), request).await
+    }
+
     pub async fn move_queue(
         &self,
         tenant: &str,

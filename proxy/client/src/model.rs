@@ -889,6 +889,26 @@ pub mod admin {
         pub moves: Vec<QueueMove>,
     }
 
+    /// Splits a shard: a new shard takes some of its queues.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct SplitShard {
+        /// How many of its queues move; half of them when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub queues: Option<u32>,
+    }
+
+    /// A split under way: the new shard and the moves of queues to it, as started.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ShardSplit {
+        pub shard: Shard,
+        pub moves: Vec<QueueMove>,
+        /// Queues whose move could not start (another operation holds them, say), with why.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub refused: Vec<String>,
+    }
+
     /// A member of the metadata quorum.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]

@@ -158,6 +158,7 @@ pub fn router(settings: ProxySettings) -> Result<Routers, StrataError> {
         .route("/admin/v1/shards/{id}", get(get_shard))
         .route("/admin/v1/shards/{id}/move-replica", post(move_replica))
         .route("/admin/v1/shards/{id}/transfer-leader", post(transfer_leader))
+        .route("/admin/v1/shards/{id}/split", post(queue_moves::split))
         .route("/admin/v1/metadata-members", get(list_metadata_members).post(change_metadata_members))
         .route("/admin/v1/limit-plans", get(list_limit_plans))
         .route("/admin/v1/limit-plans/{name}", axum::routing::put(set_limit_plan))
@@ -1055,7 +1056,7 @@ async fn drain_node(
     Ok((StatusCode::ACCEPTED, Json(node_answer(answer))).into_response())
 }
 
-fn shard_answer(shard: pb::ShardInfo) -> admin::Shard {
+pub(super) fn shard_answer(shard: pb::ShardInfo) -> admin::Shard {
     admin::Shard {
         shard_id: shard.shard_id,
         writer: shard.node_id,
@@ -1071,8 +1072,8 @@ fn shard_answer(shard: pb::ShardInfo) -> admin::Shard {
 
 /// The `{id}` of a shard route.
 #[derive(Debug, Deserialize)]
-struct ShardId {
-    id: u64,
+pub(super) struct ShardId {
+    pub(super) id: u64,
 }
 
 async fn get_shard(
