@@ -2,7 +2,9 @@
 //! [`ShardLogSettings::hibernate_after`](crate::shard::ShardLogSettings::hibernate_after) and
 //! whose timers have no work proposes [`Command::Hibernate`]; every replica that applies it
 //! stops its Raft ticker (no heartbeats, no election timer) and its per-shard timers, which wait
-//! until it wakes. Its state stays as it was: waking costs no election and no reload.
+//! until it wakes, and drops its caches (the decoded recent log entries, up to 8 MiB; a
+//! scheduled slice's records). Its queues' state stays in memory: waking costs no election and
+//! no reload.
 //!
 //! # What wakes a shard
 //!
@@ -38,24 +40,33 @@ pub struct Hibernation {
     shard_id: u64,
     /// Starts or stops the replica's Raft ticker.
     set_tick: Box<dyn Fn(bool) + Send + Sync>,
+    /// Drops what the replica keeps in memory only to be faster.
+    drop_caches: Box<dyn Fn() + Send + Sync>,
     asleep: watch::Sender<bool>,
     last_call_ms: AtomicU64,
 }
 
 impl Hibernation {
-    pub(crate) fn new(shard_id: u64, set_tick: Box<dyn Fn(bool) + Send + Sync>, now_ms: u64) -> Self {
+    pub(crate) fn new(
+        shard_id: u64,
+        set_tick: Box<dyn Fn(bool) + Send + Sync>,
+        drop_caches: Box<dyn Fn() + Send + Sync>,
+        now_ms: u64,
+    ) -> Self {
         let (asleep, _) = watch::channel(false);
-        Self { shard_id, set_tick, asleep, last_call_ms: AtomicU64::new(now_ms) }
+        Self { shard_id, set_tick, drop_caches, asleep, last_call_ms: AtomicU64::new(now_ms) }
     }
 
     pub fn is_asleep(&self) -> bool {
         *self.asleep.borrow()
     }
 
-    /// Stops the Raft ticker and the timers (nothing when asleep already).
+    /// Stops the Raft ticker and the timers, and drops the caches (nothing when asleep
+    /// already).
     pub(crate) fn sleep(&self) {
         if self.asleep.send_if_modified(|asleep| !std::mem::replace(asleep, true)) {
             (self.set_tick)(false);
+            (self.drop_caches)();
             tracing::info!(shard = self.shard_id, "shard hibernates");
         }
     }

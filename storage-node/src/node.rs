@@ -797,8 +797,17 @@ const SCHEDULE_TICK: Duration = Duration::from_millis(250);
 async fn schedule_loop(shard: Arc<Shard>, cancel: CancellationToken) {
     let mut cache = None;
     loop {
-        if !shard.pause(SCHEDULE_TICK, &cancel).await {
-            return;
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            () = shard.clock().sleep(SCHEDULE_TICK) => {}
+        }
+        // A sleeping shard keeps no slice in memory, and waits until it wakes.
+        if shard.hibernation().is_asleep() {
+            cache = None;
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                () = shard.hibernation().until_awake() => {}
+            }
         }
         while shard.is_leader() {
             match shard.load_scheduled_step(&mut cache).await {

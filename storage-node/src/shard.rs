@@ -680,7 +680,9 @@ impl Shard {
         let wakers = Arc::new(QueueWakers::default());
         let raft = group.raft.clone();
         let set_tick = Box::new(move |on: bool| raft.runtime_config().tick(on));
-        let hibernation = Arc::new(Hibernation::new(shard_id, set_tick, clock.now_ms()));
+        let log = group.log.clone();
+        let drop_caches = Box::new(move || log.forget_recent());
+        let hibernation = Arc::new(Hibernation::new(shard_id, set_tick, drop_caches, clock.now_ms()));
         tokio::spawn(wake_loop(Arc::downgrade(&group.state), wakers.clone(), hibernation.clone()));
         let writer = EntryWriter {
             shard_id,

@@ -244,6 +244,14 @@ impl<C: PersistedRaftTypes> WalLogStore<C> {
         &self.inner.format
     }
 
+    /// Drops the decoded copies of recent entries (a group that sleeps: reads after it wakes
+    /// go to the log files until new entries come).
+    pub fn forget_recent(&self) {
+        let mut recent = self.inner.recent.lock();
+        recent.entries = VecDeque::new();
+        recent.bytes = 0;
+    }
+
     /// Reads and decodes one entry from the local WAL (ignores the purge point).
     pub fn read_entry(&self, index: u64) -> io::Result<Option<EntryOf<C>>>
     where
