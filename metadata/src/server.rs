@@ -32,8 +32,8 @@ use strata_raft::transport::{GroupId, GrpcNetwork, RaftRouter, Senders};
 use strata_tls::{AuthorizeLayer, Credentials, Listener, Peer, Role};
 
 use crate::catalog::{
-    LOAD_PLACEMENT_GENERATION, OPERATIONS_GENERATION, Operation, QUEUE_MOVES_GENERATION, SEALED_SECRETS_GENERATION,
-    STORED_BYTES_LIMITS_GENERATION,
+    DRAINS_GENERATION, LOAD_PLACEMENT_GENERATION, OPERATIONS_GENERATION, Operation, QUEUE_MOVES_GENERATION,
+    SEALED_SECRETS_GENERATION, STORED_BYTES_LIMITS_GENERATION,
 };
 use crate::sealing::Keks;
 use strata_wal::{FsyncFailure, WalOptions};
@@ -1013,6 +1013,13 @@ impl Metadata for MetadataService {
     ) -> Result<Response<pb::StorageNodeInfo>, Status> {
         let request_id = request_id(&request)?;
         let node_id = request.into_inner().node_id;
+        // Members of older releases could not read the entry.
+        if self.node.catalog().format_generation() < DRAINS_GENERATION {
+            return Err(StrataError::invalid(format!(
+                "nodes are drained once the cluster writes format generation {DRAINS_GENERATION}"
+            ))
+            .into());
+        }
         let command = MetaCommand::DrainNode { node_id: node_id.clone(), now_ms: self.node.now_ms() };
         self.node.propose(request_id, command).await?;
         let (term, now_ms) = (self.node.term(), self.node.now_ms());

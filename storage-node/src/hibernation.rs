@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::queue::Command;
-use crate::shard::Shard;
+use crate::shard::{HIBERNATION_GENERATION, Shard};
 
 /// How often a shard looks whether it may hibernate (or, asleep, whether scheduled messages
 /// come due).
@@ -120,7 +120,9 @@ pub(crate) async fn hibernate_loop(shard: Arc<Shard>, after: Duration, cancel: C
             continue;
         }
         let busy = shard.state().0.has_timed_work(now_ms) || shard.moves_replicas();
-        if !shard.is_leader() || hibernation.idle_ms(now_ms) < after_ms || busy {
+        // Older releases cannot read the entry: a cluster hibernates once it writes generation 10.
+        let readable = shard.log_format().writing() >= HIBERNATION_GENERATION;
+        if !shard.is_leader() || !readable || hibernation.idle_ms(now_ms) < after_ms || busy {
             continue;
         }
         match shard.clock().timeout(PROPOSE_TIMEOUT, shard.propose(Command::Hibernate)).await {

@@ -78,6 +78,10 @@ pub const QUEUE_MOVES_GENERATION: strata_common::format::FormatGeneration = 9;
 /// outbox and marks ([`HandOffs`], state version 6).
 pub const HAND_OFFS_GENERATION: strata_common::format::FormatGeneration = 10;
 
+/// The first format generation whose shards may hibernate ([`Command::Hibernate`], shard
+/// command version 7).
+pub const HIBERNATION_GENERATION: strata_common::format::FormatGeneration = 10;
+
 /// A shard log entry's command, persisted (see `docs/formats.md`). Version 1 is the postcard
 /// encoding of [`ShardCommand`] as it stands; the legacy version is the same layout. Version 2
 /// has that layout too, and its request id may carry the digest of its request

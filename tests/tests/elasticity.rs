@@ -1032,8 +1032,8 @@ async fn new_queues_go_to_the_less_loaded_shard() -> anyhow::Result<()> {
     let dev = DevProcess::start(&dir.path().join("dev"), &["--shards", "2"])?;
     dev.wait_for_newest_formats().await?;
     let (api, admin) = (dev.api(), dev.admin_api()?);
-    // A steady load on a queue of shard 1; shard 2 idle. Its leader reports both loads with
-    // its heartbeats.
+    // A steady load on a queue of shard 1; shard 2 idle. The shards' leader reports their loads
+    // with its heartbeats.
     api.create_queue(&model::CreateQueue::named("busy")).await?;
     place_on(&admin, "busy", 1).await?;
     let load = Load::start_with(vec![("dev".to_owned(), vec![dev.api()])], &["busy"]).await?;
