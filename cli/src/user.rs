@@ -341,8 +341,9 @@ pub(crate) enum ClusterCommand {
         #[command(flatten)]
         admin: AdminConnection,
     },
-    /// Split a shard: add a shard on the least loaded live nodes and move some of its queues
-    /// there online (half of them by default). Waits for the moves to end and prints them.
+    /// Split a shard: add a shard on the live nodes hosting the fewest shards and move some of
+    /// its queues there online (half of them by default). Waits for the moves to end and prints
+    /// them. Not idempotent: run again, it adds another shard.
     SplitShard {
         shard_id: u64,
         /// How many of its queues move.

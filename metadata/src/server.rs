@@ -707,7 +707,8 @@ impl MetadataService {
             writer_epoch: shard.writer_epoch,
             replicas,
             leaving: shard.leaving.clone(),
-            writer_lease_lost: !self.node.leases.is_live(&shard.node_id, term, now_ms),
+            // A shard no leader claimed yet has no writer to lose.
+            writer_lease_lost: shard.writer_epoch > 0 && !self.node.leases.is_live(&shard.node_id, term, now_ms),
         }
     }
 }
@@ -964,7 +965,10 @@ impl Metadata for MetadataService {
         }
         let (term, now_ms) = (self.node.term(), self.node.now_ms());
         self.node.leases.heartbeat(&node_id, term, now_ms, format_generation_max);
-        for load in shard_loads.iter().take(SHARD_LOADS_PER_HEARTBEAT_MAX) {
+        // Only the load of a shard the node is the writer (the claimed leader) of counts.
+        let writer_of: Vec<u64> =
+            shards.iter().filter(|s| s.node_id == node_id && s.writer_epoch > 0).map(|s| s.shard_id).collect();
+        for load in shard_loads.iter().filter(|l| writer_of.contains(&l.shard_id)).take(SHARD_LOADS_PER_HEARTBEAT_MAX) {
             self.node.leases.shard_load(load.shard_id, load.entries_per_minute, term, now_ms);
         }
         let shards = shards.iter().map(|s| self.shard_info(s)).collect();

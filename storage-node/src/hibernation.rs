@@ -11,10 +11,14 @@
 //! * A call routed to it (the gRPC service notes every call on a replica): the leader proposes
 //!   the call as usual, and its entry wakes the followers as they apply it. Raft needs no ticker
 //!   to replicate or to confirm a leader's reads, so the first call is served at once.
-//! * Any entry after the `Hibernate` entry, applied by any replica (a new leader's, say).
+//! * Any entry after the `Hibernate` entry, applied by any replica (a new leader's first entry
+//!   too).
+//! * No leader known to a sleeping replica (a follower that missed the `Hibernate` entry made
+//!   its leader step down, say): it wakes to elect one.
 //! * Its leader's node losing its lease in metadata (seen in this node's heartbeats): the
 //!   followers wake, so that one of them is elected, as if the shard had never slept.
-//! * Scheduled messages coming due (one timer per shard keeps watch while it sleeps).
+//! * Work for its timers arriving just before it slept (a move task started, scheduled messages
+//!   coming due, messages past retention): one timer per shard keeps watch while it sleeps.
 //!
 //! A replica opened again (a restart) starts awake; its shard hibernates again once idle.
 
@@ -43,6 +47,9 @@ pub struct Hibernation {
     /// Drops what the replica keeps in memory only to be faster.
     drop_caches: Box<dyn Fn() + Send + Sync>,
     asleep: watch::Sender<bool>,
+    /// Held while the flag and the ticker change together, so that a sleep and a wake racing
+    /// never leave the ticker off under an awake flag.
+    switching: parking_lot::Mutex<()>,
     last_call_ms: AtomicU64,
 }
 
@@ -54,7 +61,8 @@ impl Hibernation {
         now_ms: u64,
     ) -> Self {
         let (asleep, _) = watch::channel(false);
-        Self { shard_id, set_tick, drop_caches, asleep, last_call_ms: AtomicU64::new(now_ms) }
+        let switching = parking_lot::Mutex::new(());
+        Self { shard_id, set_tick, drop_caches, asleep, switching, last_call_ms: AtomicU64::new(now_ms) }
     }
 
     pub fn is_asleep(&self) -> bool {
@@ -64,6 +72,7 @@ impl Hibernation {
     /// Stops the Raft ticker and the timers, and drops the caches (nothing when asleep
     /// already).
     pub(crate) fn sleep(&self) {
+        let _switching = self.switching.lock();
         if self.asleep.send_if_modified(|asleep| !std::mem::replace(asleep, true)) {
             (self.set_tick)(false);
             (self.drop_caches)();
@@ -73,6 +82,7 @@ impl Hibernation {
 
     /// Starts the Raft ticker and the timers again (nothing when awake).
     pub(crate) fn wake(&self, why: &str) {
+        let _switching = self.switching.lock();
         if self.asleep.send_if_modified(|asleep| std::mem::replace(asleep, false)) {
             (self.set_tick)(true);
             tracing::info!(shard = self.shard_id, why, "shard wakes");
@@ -99,8 +109,8 @@ impl Hibernation {
 }
 
 /// On every replica: while awake and leading, proposes a hibernation once the shard has been idle
-/// for `after` with no timed work; while asleep, wakes it when scheduled messages come due.
-/// Does nothing when `after` is zero.
+/// for `after` with no timed work; while asleep, wakes it when its timers have work or it knows
+/// no leader. Does nothing when `after` is zero.
 pub(crate) async fn hibernate_loop(shard: Arc<Shard>, after: Duration, cancel: CancellationToken) {
     if after.is_zero() {
         return;
@@ -114,8 +124,10 @@ pub(crate) async fn hibernate_loop(shard: Arc<Shard>, after: Duration, cancel: C
         let now_ms = shard.now_ms();
         let hibernation = shard.hibernation();
         if hibernation.is_asleep() {
-            if shard.state().0.next_slice_to_load(now_ms).is_some() {
-                hibernation.wake("scheduled messages come due");
+            if shard.state().0.has_timed_work(now_ms) {
+                hibernation.wake("its timers have work");
+            } else if !shard.leader_known() {
+                hibernation.wake("no leader is known");
             }
             continue;
         }

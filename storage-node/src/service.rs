@@ -439,6 +439,8 @@ impl Storage for StorageService {
     ) -> Result<Response<pb::Empty>, Status> {
         let r = request.into_inner();
         let shard = self.shard(r.shard_id)?;
+        // Another shard's steps wake a sleeping shard as a client's calls do.
+        shard.hibernation().note_call(shard.now_ms());
         let entry = ShardEntry::decode_versioned(&r.entry)
             .map_err(|e| StrataError::invalid(format!("an adoption step does not decode: {e}")))?;
         let command = entry.0.command;

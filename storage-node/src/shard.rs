@@ -606,7 +606,7 @@ async fn wake_loop(
         let now = *applied.borrow_and_update();
         let (touches, asleep) = {
             let state = state.read();
-            (state.0.touches().since(seen), state.0.asleep())
+            (state.0.touches().since(seen), state.0.asleep_at() == Some(now))
         };
         seen = now;
         wakers.wake(touches);

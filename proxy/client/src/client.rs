@@ -503,7 +503,7 @@ impl Client {
 
     /// Starts moving a tenant's queue to another shard; the answer is the move as started (see
     /// [`Client::queue_moves`] for how it goes on).
-    /// Splits shard `shard_id`: a new shard on the least loaded nodes takes some of its queues
+    /// Splits shard `shard_id`: a new shard on the nodes hosting the fewest shards takes some of its queues
     /// (half by default), each by an online move; answers the moves as started.
     pub async fn split_shard(
         &self,

@@ -57,10 +57,11 @@ const SPLIT_QUEUES_MAX: u32 = 10_000;
 /// How long a split waits for its new shard's group to run (a leader claims it).
 const SPLIT_SHARD_READY_WAIT: Duration = Duration::from_secs(30);
 
-/// `POST /admin/v1/shards/{id}/split`: adds a shard on the least loaded live nodes, waits until
-/// its group runs, and starts moving some of the shard's queues to it (half by default: every
-/// other queue by id, so old and new queues spread alike). Answers the moves as started (202:
-/// they go on in the background; `strata cluster moves` shows them).
+/// `POST /admin/v1/shards/{id}/split`: adds a shard on the live nodes hosting the fewest shards,
+/// waits until its group runs, and starts moving some of the shard's queues (of its first
+/// [`SPLIT_QUEUES_MAX`] by id) to it: half by default, every other queue by id, so old and new
+/// queues spread alike. Answers the moves as started (202: they go on in the background;
+/// `strata cluster moves` shows them). Not idempotent: a retry adds another shard.
 pub(super) async fn split(
     State(state): State<AppState>,
     _: Operator,

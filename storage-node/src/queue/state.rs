@@ -67,10 +67,10 @@ pub struct ShardState {
     /// [`hand_offs`]).
     #[serde(skip)]
     hand_offs: HandOffs,
-    /// Whether the last entry applied was [`Command::Hibernate`] (not persisted: a replica
-    /// opened again starts awake).
+    /// The log index of the [`Command::Hibernate`] entry, while it is the last command applied
+    /// (not persisted: a replica opened again starts awake).
     #[serde(skip)]
-    asleep: bool,
+    asleep_at: Option<u64>,
     /// Which queues the last applies may have made receivable (for waking long polls; not
     /// persisted, not compared).
     #[serde(skip)]
@@ -99,9 +99,9 @@ impl ShardState {
         self.requests.ids().any(|id| id.contains(REQUEST_DIGEST_SEPARATOR))
     }
 
-    /// Whether the shard's timers have work soon (at `now_ms`): messages waiting to be handed
-    /// off, running move tasks, a queue moving in or out, scheduled messages coming due, or
-    /// messages past retention. A shard with none may hibernate.
+    /// Whether the shard's timers have work at `now_ms`: messages waiting to be handed off,
+    /// running move tasks, a queue moving in or out, scheduled messages due for loading, or
+    /// messages past retention. A shard with none may hibernate; one asleep with some wakes.
     pub fn has_timed_work(&self, now_ms: u64) -> bool {
         self.has_hand_offs()
             || self.move_tasks.values().any(|t| t.status == MoveTaskStatus::Running)
@@ -111,15 +111,17 @@ impl ShardState {
             || self.has_expirable(now_ms)
     }
 
-    /// Whether the last entry applied was [`Command::Hibernate`]: the shard sleeps.
-    pub fn asleep(&self) -> bool {
-        self.asleep
+    /// The log index of the [`Command::Hibernate`] entry when it is the last command applied.
+    /// Raft's own entries (a new leader's first, membership changes) do not pass through
+    /// [`ShardState::apply`]: the shard sleeps only while the applied index is this one.
+    pub fn asleep_at(&self) -> Option<u64> {
+        self.asleep_at
     }
 
     /// This state awake (test support).
     #[cfg(test)]
     pub fn without_sleep(&self) -> ShardState {
-        ShardState { asleep: false, ..self.clone() }
+        ShardState { asleep_at: None, ..self.clone() }
     }
 
     /// The shard clock: the highest `now_ms` applied so far.
@@ -133,7 +135,7 @@ impl ShardState {
     /// but the clock changed.
     pub fn apply(&mut self, log_index: u64, cmd: &ShardCommand) -> Response {
         self.clock_ms = self.clock_ms.max(cmd.now_ms);
-        self.asleep = matches!(cmd.command, Command::Hibernate);
+        self.asleep_at = matches!(cmd.command, Command::Hibernate).then_some(log_index);
         if let Some(key) = cmd.request_id.as_deref() {
             match self.earlier_request(key) {
                 // Its record entered the outbox with the first answer, if that was a success.
@@ -989,9 +991,14 @@ impl ShardState {
         // A destination on another shard is checked where it is, as its messages arrive (a
         // refusal sends them back and fails the task).
         let to = self.get(destination, tenant);
-        let (Some(from), true) = (self.get(source, tenant), to.is_some() || self.hand_offs_open()) else {
-            return Err(QueueError::QueueNotFound);
-        };
+        let Some(from) = self.get(source, tenant) else { return Err(QueueError::QueueNotFound) };
+        if to.is_none() && !self.hand_offs_open() {
+            return Err(QueueError::InvalidParameter(
+                "the destination queue is on another shard: moves between shards start once the cluster's \
+                 upgrade completes (format generation 10)"
+                    .to_owned(),
+            ));
+        }
         if self.is_moving(source) || self.is_moving(destination) {
             return Err(QueueError::QueueMoving);
         }

@@ -1004,7 +1004,8 @@ fn move_tasks_cancel_fail_and_check_their_input() {
         assert!(matches!(start_move(&mut shard, DLQ, Q, bad_rate), Response::Error(_)));
     }
     assert!(matches!(start_move(&mut shard, DLQ, DLQ, 1), Response::Error(_)));
-    assert!(matches!(start_move(&mut shard, DLQ, 999, 1), Response::Error(QueueError::QueueNotFound)));
+    // A destination not on this shard, before hand-offs open: refused with why.
+    assert!(matches!(start_move(&mut shard, DLQ, 999, 1), Response::Error(QueueError::InvalidParameter(_))));
     let other =
         Command::StartMoveTask { tenant: OTHER_TENANT.to_owned(), source: DLQ, destination: Q, max_per_second: 1 };
     assert!(matches!(shard.apply(0, other), Response::Error(QueueError::QueueNotFound)));
@@ -2592,11 +2593,42 @@ fn a_hibernate_entry_puts_the_shard_to_sleep_until_the_next_entry_and_changes_no
     shard.send(0, &[1]);
     let before = shard.state.clone();
     assert_eq!(shard.apply(0, Command::Hibernate), Response::Moved);
-    assert!(shard.state.asleep());
+    assert_eq!(shard.state.asleep_at(), Some(shard.log_index));
     assert_eq!(shard.state.without_sleep(), before, "nothing but the flag changed");
     assert!(!shard.state.has_timed_work(0), "an idle shard has no timed work");
     assert_eq!(shard.receive(0, 1, None).len(), 1);
-    assert!(!shard.state.asleep(), "any later entry wakes it");
+    assert_eq!(shard.state.asleep_at(), None, "any later command wakes it");
     // Work a timer must do keeps a shard awake: here a message past its retention.
     assert!(shard.state.has_timed_work(config().retention_ms + 1));
+}
+
+#[test]
+fn hand_off_batches_are_bounded_in_bytes_and_a_late_return_never_drops_a_message_going_back() {
+    let (mut a, _) = shards_with_dead_letter_elsewhere();
+    let big = |n| NewMessage { body: Bytes::from(vec![b'x'; 600 * 1024]), ..new_message(n) };
+    let send = Command::Send { queue: Q, tenant: TENANT.to_owned(), messages: vec![big(1), big(2), big(3)] };
+    assert!(matches!(a.apply(0, send), Response::Sent(_)));
+    receive_from(&mut a, Q, 0);
+    receive_from(&mut a, Q, 2_000);
+    let batch = a.state.hand_off_batch(HAND_OFF_BATCH_MESSAGES).expect("a batch");
+    assert_eq!(batch.arrivals.len(), 1, "600 KiB bodies go one by one, under a mebibyte");
+
+    // A move task's messages, back from another shard's queue to the dead-letter queue's
+    // shard b, where their source queue no longer is: they go back through the outbox, under
+    // new seqs, so a late repeat of the return leaves them.
+    let (_, mut b) = shards_with_dead_letter_elsewhere();
+    let to_dlq = Command::Send { queue: DLQ, tenant: TENANT.to_owned(), messages: vec![new_message(7)] };
+    assert!(matches!(b.apply(0, to_dlq), Response::Sent(_)));
+    let Response::MoveTask(task) = start_move(&mut b, DLQ, Q, 10) else { panic!("start") };
+    assert!(matches!(b.apply(0, Command::MoveStep { task_id: task.task_id, max_messages: 1 }), Response::MoveTask(_)));
+    let (_, through_seq) = accept_first_batch(&b);
+    // Its source (the dead-letter queue) moves away before the return.
+    let mut c = opened(Shard::new());
+    move_queue(&mut b, &mut c, DLQ, 9);
+    assert_eq!(b.apply(0, Command::ReturnHandOffs { through_seq }), Response::Moved);
+    assert_eq!(b.apply(0, Command::ReturnHandOffs { through_seq }), Response::Moved, "a late repeat");
+    let back = b.state.hand_off_batch(10).expect("the message goes back through the outbox");
+    assert!(back.through_seq > through_seq && back.queue == DLQ && back.arrivals.len() == 1, "{back:?}");
+    hand_over(&mut b, &mut c);
+    assert_eq!(c.state.queue_counts(DLQ, TENANT).map(|q| q.visible), Some(1), "back in its queue, once");
 }

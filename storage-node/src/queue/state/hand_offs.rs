@@ -15,7 +15,9 @@
 //!   handed off is never lost and never taken twice, and a FIFO group keeps its order.
 //! * The outbox's entries are trimmed only once accepted; an entry whose destination is gone
 //!   goes back to the queue it left (and that queue stops dead-lettering to it until its
-//!   configuration changes), or is dropped when that queue is gone too.
+//!   configuration changes), or is dropped when that queue is gone too. A batch accepted whose
+//!   answer was lost, and whose queue was deleted before the next try, goes back too: its copy
+//!   went with the deleted queue, so the message is in one live queue still.
 //! * Nothing changes before the cluster writes format generation 10 and the shard's log says
 //!   so ([`Command::OpenHandOffs`](super::super::Command::OpenHandOffs)): every replica applies
 //!   every entry alike, whichever release it runs.
@@ -39,6 +41,9 @@ use super::{ShardState, reindex};
 pub const HAND_OFF_OUTBOX_MAX: usize = 10_000;
 /// Most messages one [`Command::AcceptHandOffs`](super::super::Command::AcceptHandOffs) carries.
 pub const HAND_OFF_BATCH_MESSAGES: usize = 100;
+/// About how many bytes of messages one batch carries (at least one message): far below a gRPC
+/// message's limit, so that no batch of large bodies is ever too large to hand over.
+pub(crate) const HAND_OFF_BATCH_BYTES: u64 = 1 << 20;
 
 /// What a shard keeps of the messages it hands to other shards and of those handed to it. Not in
 /// the serde layout of the shard state: shard states of format version 6 carry it after the
@@ -119,13 +124,18 @@ impl ShardState {
         !self.hand_offs.outbox.is_empty()
     }
 
-    /// The first entries of the outbox that go to one queue, at most `max` of them.
+    /// The first entries of the outbox that go to one queue, at most `max` of them and about
+    /// [`HAND_OFF_BATCH_BYTES`] (at least one).
     pub fn hand_off_batch(&self, max: usize) -> Option<HandOffBatch> {
         let (_, first) = self.hand_offs.outbox.first_key_value()?;
         let (tenant, queue) = (first.tenant.clone(), first.to);
         let same = self.hand_offs.outbox.iter().take_while(|(_, h)| h.to == queue && h.tenant == tenant).take(max);
-        let (mut arrivals, mut bodies, mut through_seq) = (Vec::new(), Vec::new(), 0);
+        let (mut arrivals, mut bodies, mut through_seq, mut bytes) = (Vec::new(), Vec::new(), 0, 0u64);
         for (&seq, h) in same {
+            bytes += u64::from(h.message.body_bytes);
+            if !arrivals.is_empty() && bytes > HAND_OFF_BATCH_BYTES {
+                break;
+            }
             arrivals.push(HandOffArrival {
                 seq,
                 from: h.from,
@@ -280,8 +290,9 @@ impl ShardState {
     }
 
     /// The outbox's entries through `through_seq` found no destination: each goes back to the
-    /// queue it left (here when it is here and serves, else through the outbox under the same
-    /// seq), or is dropped when it was going back already.
+    /// queue it left (here when it is here and serves, else through the outbox under a new seq,
+    /// so that a repeated or late `ReturnHandOffs` or `TrimHandOffs` of the same seqs never
+    /// touches it), or is dropped when it was going back already.
     pub(super) fn return_hand_offs(&mut self, through_seq: u64, log_index: u64) -> Result<Response, QueueError> {
         let now_ms = self.clock_ms;
         let seqs: Vec<u64> = self.hand_offs.outbox.range(..=through_seq).map(|(&seq, _)| seq).collect();
@@ -300,6 +311,8 @@ impl ShardState {
             let serves_here = self.get(from, &tenant).is_some() && !self.is_moving(from);
             if !serves_here {
                 let back = HandOff { tenant, from: to, to: from, why: Why::Return, message };
+                let seq = self.hand_offs.next_seq;
+                self.hand_offs.next_seq += 1;
                 self.hand_offs.outbox.insert(seq, back);
                 continue;
             }
