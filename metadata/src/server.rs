@@ -143,6 +143,23 @@ fn own_storage_node<T>(request: &Request<T>, node_id: &str) -> Result<(), Status
     }
 }
 
+/// Only a storage node holding a replica of a move's source shard (the one whose leader drives
+/// it) may decide or finish the move; a move no longer under way is left to the catalog, which
+/// answers a repeat as done.
+fn move_driver<T>(request: &Request<T>, catalog: &Catalog, move_id: u64) -> Result<(), Status> {
+    let peer = request.extensions().get::<Peer>().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+    let Some(from_shard) = catalog.move_source(move_id) else { return Ok(()) };
+    let name = &peer.identity.name;
+    let holds = catalog.shard(from_shard).is_some_and(|s| s.replicas.contains(name) || s.leaving.contains(name));
+    if peer.identity.role == Role::Storage && holds {
+        return Ok(());
+    }
+    Err(Status::permission_denied(format!(
+        "{} holds no replica of shard {from_shard}, whose leader drives move {move_id}",
+        peer.identity
+    )))
+}
+
 /// Reports at each scrape whether `node` reaches its quorum (while it is open).
 fn sample_quorum(node: &Arc<MetadataNode>) {
     let node = Arc::downgrade(node);
@@ -1180,6 +1197,8 @@ impl Metadata for MetadataService {
         request: Request<pb::DecideQueueMoveRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
         let request_id = request_id(&request)?;
+        self.node.read_barrier().await?;
+        move_driver(&request, &self.node.catalog(), request.get_ref().move_id)?;
         let r = request.into_inner();
         let phase = if r.switch {
             MovePhase::Switched { at_ms: self.node.now_ms() }
@@ -1195,6 +1214,8 @@ impl Metadata for MetadataService {
         request: Request<pb::FinishQueueMoveRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
         let request_id = request_id(&request)?;
+        self.node.read_barrier().await?;
+        move_driver(&request, &self.node.catalog(), request.get_ref().move_id)?;
         let r = request.into_inner();
         let command = MetaCommand::FinishQueueMove {
             move_id: r.move_id,
@@ -1368,5 +1389,71 @@ impl MetadataService {
             effective: Some(effective.into()),
             capped_reason: record.capped_reason,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use strata_raft::raft_state::ReplicatedState;
+
+    use super::*;
+
+    /// A catalog of four nodes (three replicas a shard) with a queue moving from its shard.
+    fn catalog_with_a_move() -> (Catalog, u64, u64) {
+        let mut c = Catalog::default();
+        let mut index = 0;
+        let mut run = |c: &mut Catalog, command: MetaCommand| {
+            index += 1;
+            let answer = c.apply(index, &MetaEntry { request_id: None, command });
+            assert!(!matches!(answer, MetaResponse::Error(_)), "{answer:?}");
+            index
+        };
+        for node in ["n1", "n2", "n3", "n4"] {
+            let register = MetaCommand::RegisterStorageNode {
+                node_id: node.into(),
+                address: format!("http://{node}"),
+                initial_shards: 2,
+                now_ms: 0,
+                zone: String::new(),
+                capacity_bytes: 1 << 40,
+                replication_factor: 3,
+            };
+            run(&mut c, register);
+        }
+        run(&mut c, MetaCommand::SetFormatGeneration { generation: QUEUE_MOVES_GENERATION });
+        for shard_id in [1, 2] {
+            let node_id = c.shard(shard_id).map(|s| s.node_id.clone()).unwrap_or_default();
+            run(&mut c, MetaCommand::ClaimShardWriter { shard_id, node_id, raft_term: 1 });
+        }
+        run(&mut c, MetaCommand::EnsureTenant { tenant: "acme".into(), now_ms: 0 });
+        let config = QueueConfig { retention_ms: 60_000, visibility_timeout_ms: 30_000, ..Default::default() };
+        run(&mut c, MetaCommand::CreateQueue { tenant: "acme".into(), name: "q".into(), config, now_ms: 0 });
+        let from = c.queue("acme", "q").map(|q| q.shard_id).unwrap_or_default();
+        let to_shard = if from == 1 { 2 } else { 1 };
+        let move_id =
+            run(&mut c, MetaCommand::StartQueueMove { tenant: "acme".into(), name: "q".into(), to_shard, now_ms: 0 });
+        (c, move_id, from)
+    }
+
+    fn as_peer(role: Role, name: &str) -> Request<()> {
+        let mut request = Request::new(());
+        let identity = strata_tls::Identity { role, name: name.to_owned() };
+        request.extensions_mut().insert(Peer { identity, remote_addr: ([127, 0, 0, 1], 1).into() });
+        request
+    }
+
+    #[test]
+    fn only_a_storage_node_holding_the_source_shard_decides_a_move() {
+        let (c, move_id, from) = catalog_with_a_move();
+        let replicas = c.shard(from).map(|s| s.replicas.clone()).unwrap_or_default();
+        let stranger = ["n1", "n2", "n3", "n4"].into_iter().find(|n| !replicas.iter().any(|r| r == n));
+        let stranger = stranger.expect("one of four nodes holds no replica of a 3-replica shard");
+        assert!(move_driver(&as_peer(Role::Storage, &replicas[0]), &c, move_id).is_ok());
+        let refused = move_driver(&as_peer(Role::Storage, stranger), &c, move_id).expect_err("a stranger");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        let refused = move_driver(&as_peer(Role::Proxy, &replicas[0]), &c, move_id).expect_err("a proxy");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        // A move no longer under way is left to the catalog.
+        assert!(move_driver(&as_peer(Role::Storage, stranger), &c, move_id + 1000).is_ok());
     }
 }

@@ -86,6 +86,14 @@ impl Catalog {
         (open.collect(), self.moves.finished.iter().cloned().collect())
     }
 
+    /// The source shard of move `move_id` while it is under way.
+    pub fn move_source(&self, move_id: u64) -> Option<u64> {
+        match self.operations.get(&move_id) {
+            Some(Operation::MoveQueue(m)) => Some(m.from_shard),
+            _ => None,
+        }
+    }
+
     /// The move of the queue incarnation under way, if any: its id and what it is.
     pub fn queue_move_of(&self, queue_id: u64) -> Option<(u64, QueueMove)> {
         self.operations.iter().find_map(|(&id, op)| match op {
