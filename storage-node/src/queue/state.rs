@@ -1070,35 +1070,28 @@ impl ShardState {
         let here = self.get(task.destination, &task.tenant).is_some();
         let status = if self.get(task.source, &task.tenant).is_none() || (!here && !self.hand_offs_open()) {
             MoveTaskStatus::Failed("the source or the destination queue was deleted".to_owned())
-        } else if !here {
-            // To another shard, through the outbox, as far as it has room.
-            let max = max.min(self.hand_off_room());
-            let moved = self.with_queue(task.source, &task.tenant, |q| {
-                q.settle(now_ms);
-                Ok(q.take_visible(max))
-            })?;
-            let ids: Vec<Uuid> = moved.iter().map(|m| m.message_id()).collect();
-            self.trace_left(log_index, task.source, task.destination, &ids, false);
-            if let Some(t) = self.move_tasks.get_mut(&task_id) {
-                t.moved += moved.len() as u64;
-            }
-            self.hand_off_for_task(&task.tenant, task.source, task.destination, task_id, moved);
-            let source_empty = self.queues.get(&task.source).is_none_or(Queue::is_empty);
-            if source_empty { MoveTaskStatus::Completed } else { MoveTaskStatus::Running }
         } else {
+            // To another shard through the outbox, as far as it has room.
+            let max = if here { max } else { max.min(self.hand_off_room()) };
             let moved = self.with_queue(task.source, &task.tenant, |q| {
                 q.settle(now_ms);
                 Ok(q.take_visible(max))
             })?;
             let count = moved.len() as u64;
-            let arrived = self.with_queue(task.destination, &task.tenant, |q| {
-                q.settle(now_ms);
-                Ok(moved
-                    .into_iter()
-                    .map(|message| (message.message_id(), q.adopt(message, now_ms)))
-                    .collect::<Vec<_>>())
-            })?;
-            self.trace_moves(log_index, task.source, task.destination, &arrived, false);
+            if here {
+                let arrived = self.with_queue(task.destination, &task.tenant, |q| {
+                    q.settle(now_ms);
+                    Ok(moved
+                        .into_iter()
+                        .map(|message| (message.message_id(), q.adopt(message, now_ms)))
+                        .collect::<Vec<_>>())
+                })?;
+                self.trace_moves(log_index, task.source, task.destination, &arrived, false);
+            } else {
+                let ids: Vec<Uuid> = moved.iter().map(|m| m.message_id()).collect();
+                self.trace_left(log_index, task.source, task.destination, &ids, false);
+                self.hand_off_for_task(&task.tenant, task.source, task.destination, task_id, moved);
+            }
             if let Some(t) = self.move_tasks.get_mut(&task_id) {
                 t.moved += count;
             }
