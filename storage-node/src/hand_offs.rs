@@ -15,6 +15,7 @@
 //!   `OpenHandOffs` then, so every replica of the shard, whatever its release, applies every
 //!   entry before it the old way and every entry after it the new way.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,10 +74,12 @@ async fn pass(shard: &Arc<Shard>, shards: &ShardMap, metadata: &MetadataClient) 
     if !shard.state().0.hand_offs_open() {
         step(shard, Command::OpenHandOffs).await?;
     }
+    // One per destination shard, each remembering where its leader was found.
+    let mut targets: HashMap<u64, Target> = HashMap::new();
     for _ in 0..BATCHES_PER_PASS {
         let Some(batch) = shard.state().0.hand_off_batch(HAND_OFF_BATCH_MESSAGES) else { return Ok(()) };
         let (through_seq, queue, count) = (batch.through_seq, batch.queue, batch.arrivals.len());
-        match hand_over(shard, shards, metadata, batch).await? {
+        match hand_over(shard, shards, metadata, &mut targets, batch).await? {
             Outcome::Accepted => step(shard, Command::TrimHandOffs { through_seq }).await?,
             Outcome::Gone => {
                 step(shard, Command::ReturnHandOffs { through_seq }).await?;
@@ -97,6 +100,7 @@ async fn hand_over(
     shard: &Arc<Shard>,
     shards: &ShardMap,
     metadata: &MetadataClient,
+    targets: &mut HashMap<u64, Target>,
     batch: HandOffBatch,
 ) -> Result<Outcome, StrataError> {
     let info = match metadata.locate_queue(&batch.tenant, batch.queue).await {
@@ -113,7 +117,8 @@ async fn hand_over(
     let HandOffBatch { tenant, queue, arrivals, .. } = batch;
     let command =
         Command::AcceptHandOffs { source_shard: shard.shard_id, queue, tenant, arrivals, messages, trace_headers };
-    match Target::new(shards, metadata, shard, info.shard_id).propose(command).await {
+    let target = targets.entry(info.shard_id).or_insert_with(|| Target::new(shards, metadata, shard, info.shard_id));
+    match target.propose(command).await {
         Ok(()) => Ok(Outcome::Accepted),
         // The destination's shard refuses these messages (see `accept_hand_offs`).
         Err(e) if e.kind == ErrorKind::InvalidParameter => Ok(Outcome::Gone),

@@ -82,6 +82,11 @@ impl Hibernation {
 
     /// Starts the Raft ticker and the timers again (nothing when awake).
     pub(crate) fn wake(&self, why: &str) {
+        // Every call and every apply asks: an awake replica answers without the lock. One
+        // falling asleep meanwhile is woken by the call's own entry.
+        if !self.is_asleep() {
+            return;
+        }
         let _switching = self.switching.lock();
         if self.asleep.send_if_modified(|asleep| std::mem::replace(asleep, false)) {
             (self.set_tick)(true);
