@@ -752,16 +752,7 @@ async fn leadership_moves_to_the_replica_asked_for_and_the_writer_follows_under_
     // A fourth storage node joins, and the added shard's replica on storage-1 moves to it
     // (the README's example), its queue still served.
     cluster.add_storage("storage-4")?;
-    let deadline = Instant::now() + FINISHED_WITHIN;
-    loop {
-        let (_, nodes, _) = cluster_cli(&env, &["nodes"]);
-        let live = nodes["storage_nodes"].as_array().into_iter().flatten().filter(|n| n["live"] == true).count();
-        if live == 4 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "storage-4 never became live: {nodes}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    live_nodes(&env, 4).await?;
     let shard = added_shard.to_string();
     let (ok, _, stderr) = cluster_cli(&env, &["move-replica", &shard, "--from", "storage-1", "--to", "storage-4"]);
     assert!(ok, "{stderr}");
